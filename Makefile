@@ -1,0 +1,61 @@
+# retention-fanout: two commands matter — `make demo` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+INFRA := infra/infra.sh
+ENV_FILE := .cache/infra.env
+# Every target that touches Kafka or PostgreSQL reads the settings infra-up wrote.
+WITH_INFRA := set -a; source $(ENV_FILE); set +a;
+
+.PHONY: help venv infra-up infra-down infra-status lint typecheck schemas test test-unit test-faults demo bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ needed"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP) ## create or refresh .venv with the project and its test extras
+
+infra-up: ## start (or reuse) Kafka 4.1.1 and PostgreSQL; write .cache/infra.env
+	$(INFRA) up
+
+infra-down: ## stop what infra-up started (by pid), nothing else
+	$(INFRA) down
+
+infra-status: ## show what runs and the settings in use
+	$(INFRA) status
+
+lint: $(STAMP) ## ruff check and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP) ## mypy (strict on schemas, coordinator, consumer_sdk)
+	$(BIN)/mypy
+
+schemas: $(STAMP) ## regenerate schemas/json from the wire models
+	$(BIN)/python -m schemas.export
+
+test: $(STAMP) infra-up lint typecheck ## everything: venv, infra, lint, types, all tests
+	$(WITH_INFRA) $(BIN)/pytest
+
+test-faults: $(STAMP) infra-up ## the full fault-injection suite
+	$(WITH_INFRA) $(BIN)/pytest -m slow tests/faults
+
+demo: $(STAMP) infra-up ## run the whole system on demo data and show the result
+	$(WITH_INFRA) $(BIN)/python -m demo
+
+bench: $(STAMP) infra-up ## benchmarks side by side (BENCH_ROWS=100000 by default)
+	$(WITH_INFRA) $(BIN)/python -m bench
+
+clean: infra-down ## stop infra and remove caches (keeps the downloaded jars)
+	rm -rf .cache/kafka/data .mypy_cache .ruff_cache .pytest_cache

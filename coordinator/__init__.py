@@ -1,0 +1,1 @@
+"""The retention coordinator: policies, planning, purge, holds, outbox relay, tracking."""

@@ -1,0 +1,244 @@
+#!/usr/bin/env bash
+# Brings up (or finds) the real Kafka broker and PostgreSQL server the project needs,
+# without Docker, and writes their connection settings to one env file.
+#
+#   infra/infra.sh up | down | status | env-file
+#   infra/infra.sh kafka-start | kafka-stop [--kill]     (used by the fault tests)
+#
+# Settings already in the environment win: RETENTION_KAFKA_BOOTSTRAP_SERVERS or
+# KAFKA_BOOTSTRAP_SERVERS, RETENTION_DATABASE_URL or DATABASE_URL. Then, a broker or
+# server this script started before is reused. With a Docker engine answering and
+# INFRA_USE_DOCKER=1, docker compose provides both. Otherwise Kafka runs from Maven
+# Central jars and PostgreSQL from Debian's package.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE="$ROOT/.cache"
+KAFKA_HOME="$CACHE/kafka"
+KAFKA_LIB="$KAFKA_HOME/lib"
+KAFKA_DATA="$KAFKA_HOME/data"
+KAFKA_PID="$KAFKA_HOME/broker.pid"
+KAFKA_LOG="$KAFKA_HOME/broker.log"
+KAFKA_VERSION=4.1.1
+KAFKA_PORT=${INFRA_KAFKA_PORT:-19092}
+KAFKA_CONTROLLER_PORT=${INFRA_KAFKA_CONTROLLER_PORT:-19093}
+PG_STATE="$CACHE/postgres"
+PG_PORT=${INFRA_PG_PORT:-5432}
+PG_USER=retention
+PG_PASSWORD=retention
+PG_DATABASES=(retention retention_services)
+ENV_FILE="$CACHE/infra.env"
+# Fixed so a re-format after a wiped data dir cannot mismatch a stale meta.properties.
+CLUSTER_ID=cmV0ZW50aW9uLWZhbm91dA
+
+log() { printf '[infra] %s\n' "$*" >&2; }
+die() { printf '[infra] ERROR: %s\n' "$*" >&2; exit 1; }
+
+mkdir -p "$CACHE"
+
+# ---------------------------------------------------------------- Kafka
+kafka_env_override() { printf '%s' "${RETENTION_KAFKA_BOOTSTRAP_SERVERS:-${KAFKA_BOOTSTRAP_SERVERS:-}}"; }
+
+kafka_running() { [[ -f "$KAFKA_PID" ]] && kill -0 "$(cat "$KAFKA_PID")" 2>/dev/null; }
+
+java_opts() {
+  printf '%s ' -Xms256m -Xmx768m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+    -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true \
+    "-Dlog4j2.configurationFile=$ROOT/infra/kafka/log4j2.properties"
+}
+
+kafka_fetch() {
+  if [[ -f "$KAFKA_LIB/kafka_2.13-$KAFKA_VERSION.jar" && -f "$KAFKA_LIB/.complete" ]]; then return; fi
+  command -v java >/dev/null || die "java not found: install a Java 17+ JDK (Debian: openjdk-17-jre-headless)"
+  command -v mvn >/dev/null || die "mvn not found: install Maven (Debian: maven)"
+  log "fetching Kafka $KAFKA_VERSION jars from Maven Central into $KAFKA_LIB"
+  rm -rf "$KAFKA_LIB"
+  # The plugin version is pinned: Maven 3.8's super-POM would pick dependency-plugin 2.8.
+  mvn -B -q -f "$ROOT/infra/kafka/pom.xml" \
+    org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIB" >&2 || die "Maven could not fetch the Kafka jars"
+  touch "$KAFKA_LIB/.complete"
+}
+
+kafka_wait_ready() {
+  local deadline=$((SECONDS + 90))
+  until grep -q "Kafka Server started" "$KAFKA_LOG" 2>/dev/null; do
+    kafka_running || { tail -30 "$KAFKA_LOG" >&2; die "Kafka exited during start-up (log: $KAFKA_LOG)"; }
+    ((SECONDS < deadline)) || { tail -30 "$KAFKA_LOG" >&2; die "Kafka not started after 90 s (log: $KAFKA_LOG)"; }
+    sleep 0.5
+  done
+  # The log line comes before the listener serves metadata to clients: ask it like a client.
+  until java $(java_opts) -cp "$KAFKA_LIB/*" org.apache.kafka.tools.TopicCommand \
+      --bootstrap-server "127.0.0.1:$KAFKA_PORT" --list >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || die "Kafka does not answer an admin client on 127.0.0.1:$KAFKA_PORT"
+    sleep 1
+  done
+}
+
+kafka_start() {
+  if kafka_running; then log "Kafka already running (pid $(cat "$KAFKA_PID"))"; return; fi
+  kafka_fetch
+  mkdir -p "$KAFKA_DATA"
+  sed -e "s#@DATA_DIR@#$KAFKA_DATA#" -e "s#@PORT@#$KAFKA_PORT#g" \
+    -e "s#@CONTROLLER_PORT@#$KAFKA_CONTROLLER_PORT#g" \
+    "$ROOT/infra/kafka/server.properties" > "$KAFKA_HOME/server.properties"
+  if [[ ! -f "$KAFKA_DATA/meta.properties" ]]; then
+    # --standalone goes with controller.quorum.bootstrap.servers (dynamic quorum).
+    java $(java_opts) -cp "$KAFKA_LIB/*" kafka.tools.StorageTool format --standalone \
+      -t "$CLUSTER_ID" -c "$KAFKA_HOME/server.properties" >&2 || die "kafka storage format failed"
+  fi
+  local started=$SECONDS
+  : > "$KAFKA_LOG"
+  # setsid: the broker must outlive the shell (and make) that started it.
+  setsid nohup java $(java_opts) -cp "$KAFKA_LIB/*" kafka.Kafka "$KAFKA_HOME/server.properties" \
+    >> "$KAFKA_LOG" 2>&1 < /dev/null &
+  echo $! > "$KAFKA_PID"
+  kafka_wait_ready
+  log "Kafka $KAFKA_VERSION ready on 127.0.0.1:$KAFKA_PORT in $((SECONDS - started)) s (pid $(cat "$KAFKA_PID"))"
+}
+
+kafka_stop() {
+  local sig=TERM
+  [[ "${1:-}" == "--kill" ]] && sig=KILL
+  if ! kafka_running; then rm -f "$KAFKA_PID"; return; fi
+  local pid; pid=$(cat "$KAFKA_PID")
+  log "stopping Kafka (pid $pid, SIG$sig)"
+  kill "-$sig" "$pid"
+  for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+  rm -f "$KAFKA_PID"
+}
+
+# ---------------------------------------------------------------- PostgreSQL
+pg_env_override() { printf '%s' "${RETENTION_DATABASE_URL:-${DATABASE_URL:-}}"; }
+
+pg_answers() { pg_isready -q -h 127.0.0.1 -p "$PG_PORT" 2>/dev/null; }
+
+pg_cluster() { pg_lsclusters --no-header 2>/dev/null | awk -v p="$PG_PORT" '$3 == p {print $1" "$2; exit}'; }
+
+as_postgres() {
+  if [[ $(id -u) == 0 ]]; then su postgres -c "$1"; else sudo -u postgres bash -c "$1"; fi
+}
+
+pg_install() {
+  command -v pg_ctlcluster >/dev/null && [[ -n "$(pg_cluster)" ]] && return
+  [[ $(id -u) == 0 ]] || die "PostgreSQL is not installed and this is not root: install Debian's postgresql package or set RETENTION_DATABASE_URL"
+  log "installing Debian's postgresql package"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >&2 && apt-get install -y -q postgresql >&2 || die "apt-get install postgresql failed"
+  [[ -n "$(pg_cluster)" ]] || die "no PostgreSQL cluster on port $PG_PORT after install (pg_lsclusters)"
+}
+
+pg_start() {
+  if pg_answers; then
+    log "PostgreSQL already answers on 127.0.0.1:$PG_PORT: reusing it"
+  else
+    pg_install
+    local ver name; read -r ver name <<< "$(pg_cluster)"
+    # The packaged cluster runs as the postgres user; PostgreSQL refuses to run as root.
+    pg_ctlcluster "$ver" "$name" start || die "pg_ctlcluster $ver $name start failed"
+    for _ in $(seq 1 60); do pg_answers && break; sleep 0.5; done
+    pg_answers || die "PostgreSQL did not come up on port $PG_PORT"
+    mkdir -p "$PG_STATE"
+    head -1 "/var/lib/postgresql/$ver/$name/postmaster.pid" > "$PG_STATE/started.pid"
+    echo "$ver $name" > "$PG_STATE/cluster"
+    log "PostgreSQL $ver/$name started (pid $(cat "$PG_STATE/started.pid"))"
+  fi
+  pg_provision
+}
+
+pg_provision() {
+  if PGPASSWORD=$PG_PASSWORD psql -qAtX -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d postgres \
+      -c 'select 1' >/dev/null 2>&1; then
+    :
+  elif [[ -n "$(pg_cluster)" ]]; then
+    as_postgres "psql -qAtX -p $PG_PORT -d postgres -c \"CREATE ROLE $PG_USER LOGIN CREATEDB PASSWORD '$PG_PASSWORD'\"" >&2 \
+      || die "could not create role $PG_USER"
+  else
+    die "PostgreSQL on port $PG_PORT refuses $PG_USER/$PG_PASSWORD and is not a local cluster: set RETENTION_DATABASE_URL"
+  fi
+  local db
+  for db in "${PG_DATABASES[@]}"; do
+    if [[ -z $(PGPASSWORD=$PG_PASSWORD psql -qAtX -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d postgres \
+        -c "select 1 from pg_database where datname = '$db'") ]]; then
+      PGPASSWORD=$PG_PASSWORD createdb -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" "$db" || die "createdb $db failed"
+    fi
+  done
+}
+
+pg_stop() {
+  [[ -f "$PG_STATE/started.pid" ]] || return 0
+  local ver name pid; read -r ver name < "$PG_STATE/cluster"; pid=$(cat "$PG_STATE/started.pid")
+  local current; current=$(head -1 "/var/lib/postgresql/$ver/$name/postmaster.pid" 2>/dev/null || true)
+  if [[ "$current" == "$pid" ]]; then
+    log "stopping PostgreSQL $ver/$name (pid $pid)"
+    pg_ctlcluster "$ver" "$name" stop || true
+  fi
+  rm -f "$PG_STATE/started.pid" "$PG_STATE/cluster"
+}
+
+# ---------------------------------------------------------------- Docker
+docker_answers() { command -v docker >/dev/null && docker info >/dev/null 2>&1; }
+
+# ---------------------------------------------------------------- commands
+write_env() {
+  local kafka=$1 db=$2
+  cat > "$ENV_FILE" <<EOF
+# Written by infra/infra.sh; read by the Makefile, the tests and the demo.
+RETENTION_KAFKA_BOOTSTRAP_SERVERS=$kafka
+RETENTION_DATABASE_URL=$db
+EOF
+  log "settings written to $ENV_FILE"
+}
+
+cmd_up() {
+  local kafka db
+  kafka=$(kafka_env_override); db=$(pg_env_override)
+  if [[ -z "$kafka$db" && "${INFRA_USE_DOCKER:-0}" == 1 ]] && docker_answers; then
+    log "Docker engine answers: docker compose up kafka postgres"
+    docker compose -f "$ROOT/docker-compose.yml" up -d --wait kafka postgres >&2
+    write_env "127.0.0.1:9092" "postgresql://$PG_USER:$PG_PASSWORD@127.0.0.1:5432/retention"
+    return
+  fi
+  if [[ -n "$kafka" ]]; then log "using Kafka from the environment: $kafka"; else
+    kafka_start; kafka="127.0.0.1:$KAFKA_PORT"; fi
+  if [[ -n "$db" ]]; then log "using PostgreSQL from the environment"; else
+    pg_start; db="postgresql://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/retention"; fi
+  write_env "$kafka" "$db"
+  cmd_versions
+}
+
+cmd_versions() {
+  local pgv
+  pgv=$(PGPASSWORD=$PG_PASSWORD psql -qAtX -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d postgres \
+    -c 'show server_version' 2>/dev/null || echo "unknown (external)")
+  if kafka_running; then log "Kafka $KAFKA_VERSION (KRaft, started by this project, pid $(cat "$KAFKA_PID"))"
+  else log "Kafka: external ($(kafka_env_override))"; fi
+  log "PostgreSQL $pgv"
+}
+
+cmd_down() {
+  kafka_stop
+  pg_stop
+  rm -f "$ENV_FILE"
+}
+
+cmd_status() {
+  if kafka_running; then echo "kafka: running (pid $(cat "$KAFKA_PID"), 127.0.0.1:$KAFKA_PORT)"
+  else echo "kafka: not started by this project"; fi
+  if pg_answers; then echo "postgres: answers on 127.0.0.1:$PG_PORT"
+  else echo "postgres: not answering on 127.0.0.1:$PG_PORT"; fi
+  if [[ -f "$PG_STATE/started.pid" ]]; then echo "postgres: started by this project (pid $(cat "$PG_STATE/started.pid"))"; fi
+  [[ -f "$ENV_FILE" ]] && cat "$ENV_FILE"
+  return 0
+}
+
+case "${1:-}" in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  versions) cmd_versions ;;
+  kafka-start) kafka_start ;;
+  kafka-stop) shift; kafka_stop "${1:-}" ;;
+  *) echo "usage: $0 up|down|status|versions|kafka-start|kafka-stop [--kill]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,36 @@
+"""Wire models, topic names and codecs shared by every side of retention-fanout."""
+
+from schemas.codec import MAX_RECORD_BYTES, PoisonRecord, decode, encode
+from schemas.database import DEFAULT_DATABASE_URL, async_database_url
+from schemas.kafka import KafkaSettings
+from schemas.models import (
+    SCHEMA_VERSION,
+    AckStatus,
+    EventType,
+    HandledEntity,
+    RetentionAck,
+    RetentionEvent,
+    ServiceRegistration,
+    utc_now,
+)
+from schemas.topics import DEFAULT_PREFIX, Topics
+
+__all__ = [
+    "DEFAULT_DATABASE_URL",
+    "DEFAULT_PREFIX",
+    "MAX_RECORD_BYTES",
+    "SCHEMA_VERSION",
+    "AckStatus",
+    "EventType",
+    "HandledEntity",
+    "KafkaSettings",
+    "PoisonRecord",
+    "RetentionAck",
+    "RetentionEvent",
+    "ServiceRegistration",
+    "Topics",
+    "async_database_url",
+    "decode",
+    "encode",
+    "utc_now",
+]

@@ -1,0 +1,35 @@
+"""Topic names: four topics derived from one configurable prefix (SPEC §2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["DEFAULT_PREFIX", "Topics"]
+
+DEFAULT_PREFIX = "data.retention"
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """The product's topics for one prefix; `Topics()` gives the defaults."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    @property
+    def events(self) -> str:
+        return self.prefix
+
+    @property
+    def acks(self) -> str:
+        return f"{self.prefix}.acks"
+
+    @property
+    def services(self) -> str:
+        return f"{self.prefix}.services"
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.prefix}.dlq"
+
+    def all(self) -> tuple[str, str, str, str]:
+        return (self.events, self.acks, self.services, self.dlq)

@@ -1,0 +1,1 @@
+"""Example downstream services, built only on `consumer_sdk`."""

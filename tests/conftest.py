@@ -1,0 +1,70 @@
+"""Fixtures for the real broker and database; see tests/infra.py."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from coordinator.kafka_admin import ensure_topics
+from coordinator.migrate import upgrade
+from schemas import KafkaSettings
+from tests import infra
+
+infra.load_infra_env()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    """The broker's address, after proving it answers (fails loudly otherwise)."""
+    kafka = KafkaSettings()
+    try:
+        asyncio.run(infra.check_kafka(kafka))
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    return kafka.bootstrap_servers
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The server's URL, after proving it answers (fails loudly otherwise)."""
+    url = infra.database_url()
+    try:
+        asyncio.run(infra.check_postgres(url))
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    return url
+
+
+@pytest.fixture(scope="module")
+def fresh_database(postgres_url: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """An empty database of the module's own, dropped afterwards."""
+    url = asyncio.run(
+        infra.create_database(postgres_url, request.module.__name__.rpartition(".")[2])
+    )
+    yield url
+    asyncio.run(infra.drop_database(url))
+
+
+@pytest.fixture(scope="module")
+def coordinator_db(fresh_database: str) -> str:
+    """A fresh database migrated to the coordinator's latest schema."""
+    asyncio.run(upgrade(fresh_database))
+    return fresh_database
+
+
+@pytest.fixture
+def kafka_settings(kafka_bootstrap: str, request: pytest.FixtureRequest) -> KafkaSettings:
+    """Settings with a topic prefix of the test's own, so tests never see each other's records."""
+    return KafkaSettings(
+        bootstrap_servers=kafka_bootstrap,
+        topic_prefix=infra.unique_topic_prefix(request.node.name),
+    )
+
+
+@pytest.fixture
+async def topics(kafka_settings: KafkaSettings) -> KafkaSettings:
+    """`kafka_settings` with its four topics created (3 partitions each)."""
+    await ensure_topics(kafka_settings, partitions=3)
+    return kafka_settings

@@ -1,0 +1,100 @@
+"""Test access to the real Kafka broker and PostgreSQL server that `make infra-up` starts.
+
+A missing broker or server is a test failure with a message saying how to start it,
+never a skip: tests that prove the product must not pass by not running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import uuid
+from pathlib import Path
+
+import asyncpg
+from aiokafka.admin import AIOKafkaAdminClient
+
+from schemas import DEFAULT_DATABASE_URL, KafkaSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV_FILE = ROOT / ".cache" / "infra.env"
+
+HOW_TO_START = (
+    "start it with `make infra-up` (or set RETENTION_KAFKA_BOOTSTRAP_SERVERS / "
+    "RETENTION_DATABASE_URL to a running one)"
+)
+
+
+def load_infra_env() -> None:
+    """Read the settings `infra/infra.sh up` wrote, unless the environment already has them."""
+    if not ENV_FILE.exists():
+        return
+    for line in ENV_FILE.read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            key, value = line.split("=", 1)
+            os.environ.setdefault(key.strip(), value.strip())
+
+
+def database_url() -> str:
+    return os.environ.get("RETENTION_DATABASE_URL") or os.environ.get(
+        "DATABASE_URL", DEFAULT_DATABASE_URL
+    )
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return re.sub(r"^postgres(ql)?(\+asyncpg)?://", "postgresql://", url)
+
+
+def with_database(url: str, name: str) -> str:
+    """`url` pointing at database `name` instead."""
+    base, _, _ = url.rpartition("/")
+    return f"{base}/{name}"
+
+
+async def check_kafka(kafka: KafkaSettings) -> None:
+    admin = AIOKafkaAdminClient(**kafka.client_kwargs())
+    try:
+        await asyncio.wait_for(admin.start(), timeout=15)
+        await asyncio.wait_for(admin.list_topics(), timeout=15)
+    except Exception as exc:
+        raise RuntimeError(
+            f"Kafka is not reachable at {kafka.bootstrap_servers} ({exc!r}): {HOW_TO_START}"
+        ) from exc
+    finally:
+        await admin.close()
+
+
+async def check_postgres(url: str) -> str:
+    try:
+        conn = await asyncpg.connect(_asyncpg_dsn(url), timeout=10)
+    except Exception as exc:
+        raise RuntimeError(f"PostgreSQL is not reachable ({exc!r}): {HOW_TO_START}") from exc
+    try:
+        return str(await conn.fetchval("show server_version"))
+    finally:
+        await conn.close()
+
+
+async def create_database(url: str, prefix: str) -> str:
+    """Create a fresh, uniquely named database; return its URL."""
+    name = f"{re.sub(r'[^a-z0-9_]', '_', prefix.lower())[:40]}_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(_asyncpg_dsn(with_database(url, "postgres")))
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return with_database(url, name)
+
+
+async def drop_database(url: str) -> None:
+    name = url.rpartition("/")[2]
+    conn = await asyncpg.connect(_asyncpg_dsn(with_database(url, "postgres")))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def unique_topic_prefix(label: str = "t") -> str:
+    return f"test.{re.sub(r'[^a-zA-Z0-9]', '', label)[:20]}.{uuid.uuid4().hex[:8]}.data.retention"
