@@ -21,6 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 
 __all__ = [
+    "audit_log",
     "legal_hold_entities",
     "legal_holds",
     "metadata",
@@ -124,4 +125,19 @@ outbox = Table(
         "created_at",
         postgresql_where=text("published_at IS NULL"),
     ),
+)
+
+# Append-only hash chain (see coordinator/audit.py); seq is assigned under a lock, not
+# by a sequence, so gaps can only come from deletion — which verification reports.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    _ts("at", nullable=False),
+    Column("action", Text, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("data", JSONB, nullable=False),
+    Column("prev_hash", Text, nullable=False),
+    Column("hash", Text, nullable=False),
+    Index(None, "action"),
 )

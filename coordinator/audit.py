@@ -1,0 +1,127 @@
+"""The tamper-evident audit log: an append-only hash chain in one table.
+
+Each row's `hash` is sha256(previous row's hash ‖ canonical JSON of the row's content).
+Editing, deleting or reordering any row breaks every later link, and `verify` names the
+first row where the chain no longer holds. Rows carry ids only, never personal data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from coordinator.tables import audit_log
+
+__all__ = ["GENESIS", "AuditEntry", "BrokenLink", "append", "canonical", "verify"]
+
+GENESIS = "0" * 64
+"""The `prev_hash` of the first row."""
+
+# Appends serialize on this transaction-scoped advisory lock so that two writers can
+# never chain onto the same predecessor. The number is arbitrary but fixed.
+_CHAIN_LOCK = 0x72657461
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One thing the coordinator did."""
+
+    action: str
+    actor: str
+    data: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class BrokenLink:
+    seq: int
+    reason: str
+
+
+def canonical(seq: int, at: datetime, entry: AuditEntry) -> bytes:
+    """The bytes a row's hash covers: sorted keys, no whitespace, UTC timestamps."""
+    document = {
+        "seq": seq,
+        "at": at.astimezone(UTC).isoformat(timespec="microseconds"),
+        "action": entry.action,
+        "actor": entry.actor,
+        "data": entry.data,
+    }
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def _link(prev_hash: str, body: bytes) -> str:
+    return hashlib.sha256(prev_hash.encode() + body).hexdigest()
+
+
+async def append(
+    conn: AsyncConnection, entries: Sequence[AuditEntry], *, at: datetime
+) -> list[str]:
+    """Append `entries` in order inside the caller's transaction; return their hashes.
+
+    Call it in the same transaction as the change it records, so the log and the data
+    can never disagree.
+    """
+    if not entries:
+        return []
+    await conn.execute(select(func.pg_advisory_xact_lock(_CHAIN_LOCK)))
+    last = (
+        await conn.execute(
+            select(audit_log.c.seq, audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1)
+        )
+    ).first()
+    seq, prev = (last.seq, last.hash) if last else (0, GENESIS)
+    rows: list[dict[str, Any]] = []
+    for entry in entries:
+        seq += 1
+        # Round-trip the data through JSON so what is stored is exactly what was hashed.
+        data = json.loads(json.dumps(dict(entry.data), default=str))
+        stored = AuditEntry(entry.action, entry.actor, data)
+        digest = _link(prev, canonical(seq, at, stored))
+        rows.append(
+            {
+                "seq": seq,
+                "at": at,
+                "action": entry.action,
+                "actor": entry.actor,
+                "data": data,
+                "prev_hash": prev,
+                "hash": digest,
+            }
+        )
+        prev = digest
+    await conn.execute(insert(audit_log), rows)
+    return [row["hash"] for row in rows]
+
+
+async def verify(conn: AsyncConnection, *, chunk: int = 10_000) -> tuple[int, BrokenLink | None]:
+    """Walk the chain from the start; return rows checked and the first broken link, if any."""
+    prev, expected_seq, checked = GENESIS, 1, 0
+    after = 0
+    while True:
+        rows = (
+            await conn.execute(
+                select(audit_log)
+                .where(audit_log.c.seq > after)
+                .order_by(audit_log.c.seq)
+                .limit(chunk)
+            )
+        ).all()
+        if not rows:
+            return checked, None
+        for row in rows:
+            if row.seq != expected_seq:
+                return checked, BrokenLink(expected_seq, f"row {expected_seq} is missing")
+            if row.prev_hash != prev:
+                return checked, BrokenLink(row.seq, "prev_hash does not match the previous row")
+            entry = AuditEntry(row.action, row.actor, row.data)
+            if _link(prev, canonical(row.seq, row.at, entry)) != row.hash:
+                return checked, BrokenLink(row.seq, "content does not match its hash (edited)")
+            prev, expected_seq, checked = row.hash, expected_seq + 1, checked + 1
+        after = rows[-1].seq
