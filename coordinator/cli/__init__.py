@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
+from sqlalchemy.exc import DBAPIError, ProgrammingError
+
 from coordinator.cli import audit, db
-from coordinator.cli._app import app
+from coordinator.cli._app import ExitCode, app, err_console
 
 __all__ = ["app", "main"]
 
@@ -12,4 +16,21 @@ app.add_typer(audit.app, name="audit")
 
 
 def main() -> None:
-    app()
+    # Operational failures get one clear line, not a driver traceback.
+    try:
+        app()
+    except ProgrammingError as exc:
+        if "does not exist" in str(exc.orig):
+            err_console.print(
+                f"[red]database schema missing or outdated[/red] ({exc.orig}): "
+                "run `retention db upgrade`"
+            )
+        else:
+            err_console.print(f"[red]database error:[/red] {exc.orig}")
+        sys.exit(ExitCode.ERRORS)
+    except (DBAPIError, OSError) as exc:
+        detail = exc.orig if isinstance(exc, DBAPIError) else exc
+        err_console.print(
+            f"[red]cannot reach the database:[/red] {detail} (check RETENTION_DATABASE_URL)"
+        )
+        sys.exit(ExitCode.ERRORS)

@@ -1,0 +1,88 @@
+"""The coordinator's Prometheus metrics (SPEC §8), built on an injected registry.
+
+Labels are bounded: policy, action, service and status names — never entity ids.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["Metrics"]
+
+_DURATION_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600)
+_COMPLETION_BUCKETS = (1, 10, 60, 300, 1800, 3600, 6 * 3600, 86400, 7 * 86400, 30 * 86400)
+
+
+class Metrics:
+    """Every metric the coordinator exports; one instance per registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.records_processed = Counter(
+            "retention_records_processed",
+            "Rows deleted, anonymized or archived locally.",
+            ["policy", "action"],
+            registry=r,
+        )
+        self.records_held = Counter(
+            "retention_records_held",
+            "Due rows skipped because an active legal hold covers them.",
+            ["policy"],
+            registry=r,
+        )
+        self.run_duration = Histogram(
+            "retention_run_duration_seconds",
+            "Duration of one policy's execution within a run.",
+            ["policy"],
+            buckets=_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.oldest_unprocessed = Gauge(
+            "retention_oldest_unprocessed_days",
+            "Age in days of the oldest row that should already be gone (held rows excluded).",
+            ["policy"],
+            registry=r,
+        )
+        self.events_published = Counter(
+            "retention_events_published",
+            "RetentionEvents published to the events topic.",
+            ["policy"],
+            registry=r,
+        )
+        self.acks = Counter(
+            "retention_acks",
+            "Acknowledgements accepted into the ledger.",
+            ["service", "status"],
+            registry=r,
+        )
+        self.acks_rejected = Counter(
+            "retention_acks_rejected",
+            "Acknowledgements refused (unknown event, unexpected service, malformed).",
+            ["reason"],
+            registry=r,
+        )
+        self.pending_acks = Gauge(
+            "retention_pending_acks",
+            "Acknowledgements still expected from each service.",
+            ["service"],
+            registry=r,
+        )
+        self.overdue_events = Gauge(
+            "retention_overdue_events",
+            "Events past their deadline without this service's acknowledgement.",
+            ["service"],
+            registry=r,
+        )
+        self.completion_seconds = Histogram(
+            "retention_event_completion_seconds",
+            "Time from publication to the last expected acknowledgement.",
+            ["policy"],
+            buckets=_COMPLETION_BUCKETS,
+            registry=r,
+        )
+        self.outbox_backlog = Gauge(
+            "retention_outbox_unpublished",
+            "Outbox rows not yet published.",
+            registry=r,
+        )
