@@ -36,8 +36,6 @@ _ACK_FIELDS = (
     "first_ack_at",
     "acks_received",
 )
-# asyncpg allows 32767 bind parameters per statement; a ledger row takes 16.
-_INSERT_CHUNK = 1500
 
 
 class RejectReason(StrEnum):
@@ -303,17 +301,15 @@ def _ledger_row(record: ConsumedAck, now: datetime, reason: RejectReason | None)
 async def _insert_ledger(conn: AsyncConnection, rows: list[dict[str, Any]]) -> dict[_Where, int]:
     """Insert what is new; return the ledger id of each record that was."""
     c = ack_ledger.c
-    inserted: dict[_Where, int] = {}
-    for start in range(0, len(rows), _INSERT_CHUNK):
-        result = await conn.execute(
-            pg_insert(ack_ledger)
-            .values(rows[start : start + _INSERT_CHUNK])
-            .on_conflict_do_nothing()
-            .returning(c.id, c.kafka_topic, c.kafka_partition, c.kafka_offset)
-        )
-        for row in result:
-            inserted[(row.kafka_topic, row.kafka_partition, row.kafka_offset)] = row.id
-    return inserted
+    # A parameter list (not .values(rows)) lets SQLAlchemy compile the statement once and
+    # batch the rows itself ("insertmanyvalues"); compiling 1000-row VALUES costs seconds.
+    result = await conn.execute(
+        pg_insert(ack_ledger)
+        .on_conflict_do_nothing()
+        .returning(c.id, c.kafka_topic, c.kafka_partition, c.kafka_offset),
+        rows,
+    )
+    return {(row.kafka_topic, row.kafka_partition, row.kafka_offset): row.id for row in result}
 
 
 def _apply(row: dict[str, Any], ack: RetentionAck) -> None:

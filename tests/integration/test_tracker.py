@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -335,3 +336,30 @@ async def _read_all(kafka: KafkaSettings, topic: str, n: int) -> list[object]:
         return sorted(found, key=lambda m: m.timestamp)  # type: ignore[attr-defined]
     finally:
         await consumer.stop()
+
+
+async def test_run_forever_tracks_and_completes(database: str, topics: KafkaSettings) -> None:
+    clock = FrozenClock(T0)
+    tracker, engine, metrics = make_tracker(database, topics, clock)
+    await produce(topics, topics.topics.services, [registration("billing", T0 - timedelta(days=1))])
+    [event] = await insert_published(engine, ["7"], published_at=T0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(tracker.run_forever(stop))
+    try:
+        await produce(topics, topics.topics.acks, [ack(event, "billing", "7", T0)])
+        for _ in range(100):
+            async with engine.connect() as conn:
+                state = (
+                    await conn.execute(
+                        select(event_status.c.state).where(event_status.c.event_id == event)
+                    )
+                ).scalar()
+            if state == "completed":
+                break
+            await asyncio.sleep(0.1)
+        assert state == "completed"
+        assert _value(metrics, "retention_acks_total", service="billing", status="completed") == 1
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        await engine.dispose()

@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.clock import FrozenClock
+from coordinator.clock import Clock
 from coordinator.db import make_engine
 from coordinator.metrics import Metrics
 from coordinator.settings import TrackerSettings
@@ -149,7 +149,7 @@ async def drain(tracker: Tracker, records: int, *, max_polls: int = 200) -> int:
 def make_tracker(
     database_url: str,
     kafka: KafkaSettings,
-    clock: FrozenClock,
+    clock: Clock,
     *,
     reminder_interval: timedelta = timedelta(hours=1),
     max_reminders: int = 2,
