@@ -19,7 +19,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.tables import audit_log
 
-__all__ = ["GENESIS", "AuditEntry", "BrokenLink", "append", "canonical", "verify"]
+__all__ = [
+    "GENESIS",
+    "AuditEntry",
+    "AuditRef",
+    "BrokenLink",
+    "append",
+    "append_refs",
+    "canonical",
+    "verify",
+]
 
 GENESIS = "0" * 64
 """The `prev_hash` of the first row."""
@@ -36,6 +45,14 @@ class AuditEntry:
     action: str
     actor: str
     data: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRef:
+    """Where an entry landed in the chain: what evidence (a certificate) points at."""
+
+    seq: int
+    hash: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +85,13 @@ async def append(
     Call it in the same transaction as the change it records, so the log and the data
     can never disagree.
     """
+    return [ref.hash for ref in await append_refs(conn, entries, at=at)]
+
+
+async def append_refs(
+    conn: AsyncConnection, entries: Sequence[AuditEntry], *, at: datetime
+) -> list[AuditRef]:
+    """Like `append`, returning each entry's sequence number with its hash."""
     if not entries:
         return []
     await conn.execute(select(func.pg_advisory_xact_lock(_CHAIN_LOCK)))
@@ -97,7 +121,7 @@ async def append(
         )
         prev = digest
     await conn.execute(insert(audit_log), rows)
-    return [row["hash"] for row in rows]
+    return [AuditRef(row["seq"], row["hash"]) for row in rows]
 
 
 async def verify(conn: AsyncConnection, *, chunk: int = 10_000) -> tuple[int, BrokenLink | None]:

@@ -81,6 +81,12 @@ class Metrics:
             buckets=_COMPLETION_BUCKETS,
             registry=r,
         )
+        self.reminders_sent = Counter(
+            "retention_reminders_sent",
+            "Events re-published because an expected service had not acknowledged them.",
+            ["policy"],
+            registry=r,
+        )
         self.outbox_backlog = Gauge(
             "retention_outbox_unpublished",
             "Outbox rows not yet published.",

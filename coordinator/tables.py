@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     DateTime,
     Float,
@@ -14,6 +15,7 @@ from sqlalchemy import (
     MetaData,
     Table,
     Text,
+    UniqueConstraint,
     Uuid,
     func,
     text,
@@ -21,13 +23,17 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 
 __all__ = [
+    "ack_ledger",
     "audit_log",
+    "event_status",
+    "expected_acks",
     "legal_hold_entities",
     "legal_holds",
     "metadata",
     "outbox",
     "policy_results",
     "runs",
+    "service_registry",
 ]
 
 metadata = MetaData(
@@ -140,4 +146,131 @@ audit_log = Table(
     Column("prev_hash", Text, nullable=False),
     Column("hash", Text, nullable=False),
     Index(None, "action"),
+)
+
+
+# --- Completion tracking (docs/tracking.md) ---------------------------------------------
+
+# Who handles what, from the compacted services topic: one row per service, entity type
+# and action. first_seen/last_seen are the registrations' own `registered_at` times, so
+# "registered when the event was published" can be decided after the fact.
+service_registry = Table(
+    "retention_services",
+    metadata,
+    Column("service", Text, primary_key=True),
+    Column("entity_type", Text, primary_key=True),
+    Column("action", Text, primary_key=True),
+    Column("sdk_version", Text, nullable=False),
+    _ts("first_seen", nullable=False),
+    _ts("last_seen", nullable=False),
+    _ts("retired_at"),
+    Index(None, "entity_type", "action"),
+)
+
+# One row per published event the tracker follows. It repeats the outbox's identifying
+# columns so that evidence survives the outbox being pruned.
+event_status = Table(
+    "retention_event_status",
+    metadata,
+    Column("event_id", Uuid, primary_key=True),
+    Column("policy", Text, nullable=False),
+    Column("event_type", Text, nullable=False),
+    Column("entity_type", Text, nullable=False),
+    Column("entity_id", Text, nullable=False),
+    _ts("initiated_at", nullable=False),
+    _ts("published_at", nullable=False),
+    _ts("deadline", nullable=False),
+    Column("state", Text, nullable=False, server_default=text("'pending'")),
+    Column("expected", Integer, nullable=False),
+    _ts("completed_at"),
+    _ts("overdue_at"),
+    Column("reminders_sent", Integer, nullable=False, server_default=text("0")),
+    _ts("next_reminder_at"),
+    _ts("tracked_at", nullable=False),
+    _ts("updated_at", nullable=False),
+    Column("tracked_audit_seq", BigInteger),
+    Column("completed_audit_seq", BigInteger),
+    CheckConstraint(
+        "state IN ('pending', 'completed', 'failed', 'overdue')",
+        name="ck_retention_event_status_state",
+    ),
+    Index(None, "entity_type", "entity_id"),
+    Index(None, "published_at"),
+    # Reminders and deadline escalation scan only events that are still open.
+    Index(
+        "ix_retention_event_status_open",
+        "next_reminder_at",
+        postgresql_where=text("state <> 'completed'"),
+    ),
+)
+
+# The expected acknowledgers of each event (snapshot at publication) and where each stands.
+expected_acks = Table(
+    "retention_expected_acks",
+    metadata,
+    Column(
+        "event_id",
+        Uuid,
+        ForeignKey("retention_event_status.event_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("service", Text, primary_key=True),
+    Column("status", Text, nullable=False, server_default=text("'pending'")),
+    Column("records_affected", BigInteger),
+    Column("attempt", Integer),
+    Column("detail", Text),
+    _ts("acknowledged_at"),
+    _ts("first_ack_at"),
+    Column("acks_received", Integer, nullable=False, server_default=text("0")),
+    # True when the service was registered in time but reached the tracker's registry
+    # only after the snapshot; its first ack added it (docs/tracking.md).
+    Column("joined_late", Boolean, nullable=False, server_default=text("false")),
+    CheckConstraint(
+        "status IN ('pending', 'completed', 'not_found', 'failed')",
+        name="ck_retention_expected_acks_status",
+    ),
+    # The pending/overdue gauges count only what is still open, per service.
+    Index(
+        "ix_retention_expected_acks_open",
+        "service",
+        postgresql_where=text("status IN ('pending', 'failed')"),
+    ),
+)
+
+# Every ack record consumed, accepted or rejected. (topic, partition, offset) makes a
+# redelivered record a no-op; the partial unique index makes a re-sent ack one.
+ack_ledger = Table(
+    "retention_ack_ledger",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    _ts("received_at", nullable=False),
+    Column("kafka_topic", Text, nullable=False),
+    Column("kafka_partition", Integer, nullable=False),
+    Column("kafka_offset", BigInteger, nullable=False),
+    Column("event_id", Uuid),
+    Column("service", Text),
+    Column("entity_type", Text),
+    Column("entity_id", Text),
+    Column("status", Text),
+    Column("records_affected", BigInteger),
+    Column("attempt", Integer),
+    Column("detail", Text),
+    _ts("acknowledged_at"),
+    Column("accepted", Boolean, nullable=False),
+    Column("reject_reason", Text),
+    Column("audit_seq", BigInteger),
+    UniqueConstraint(
+        "kafka_topic", "kafka_partition", "kafka_offset", name="uq_retention_ack_ledger_record"
+    ),
+    Index(
+        "uq_retention_ack_ledger_ack",
+        "event_id",
+        "service",
+        "attempt",
+        "status",
+        unique=True,
+        postgresql_where=text("accepted"),
+    ),
+    Index(None, "event_id"),
+    Index(None, "received_at"),
 )

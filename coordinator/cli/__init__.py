@@ -6,13 +6,16 @@ import sys
 
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 
-from coordinator.cli import audit, db
+from coordinator.cli import audit, db, report, status
 from coordinator.cli._app import ExitCode, app, err_console
 
 __all__ = ["app", "main"]
 
 app.add_typer(db.app, name="db")
 app.add_typer(audit.app, name="audit")
+app.command("status")(status.status)
+app.command("report")(report.report)
+app.command("certificate")(status.certificate)
 
 
 def main() -> None:

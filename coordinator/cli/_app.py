@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
+from collections.abc import Awaitable, Callable
 from enum import IntEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from coordinator.db import make_engine
 from coordinator.settings import Settings
 
-__all__ = ["ExitCode", "app", "emit_json", "err_console", "load_settings", "out_console"]
+__all__ = [
+    "ExitCode",
+    "app",
+    "emit_json",
+    "err_console",
+    "load_settings",
+    "out_console",
+    "read_database",
+]
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="retention",
@@ -45,3 +59,17 @@ def emit_json(document: Any) -> None:
     """Write one JSON document to stdout, and nothing else."""
     json.dump(document, sys.stdout, indent=2, default=str, sort_keys=True)
     sys.stdout.write("\n")
+
+
+def read_database(settings: Settings, query: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    """Run one read-only `query` on a connection of its own, from synchronous CLI code."""
+
+    async def run() -> T:
+        engine = make_engine(settings.database_url.get_secret_value(), pool_size=1)
+        try:
+            async with engine.connect() as conn:
+                return await query(conn)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())

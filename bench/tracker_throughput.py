@@ -1,0 +1,158 @@
+"""How fast the tracker applies acks, and how soon an event reads `completed`.
+
+    python bench/tracker_throughput.py [--acks 100000] [--services 3] [--batch 1000]
+
+Phase 1 (throughput): N acks (events × services) wait on the acks topic; the tracker
+drains them batch by batch, one transaction each; reports acks/s.
+Phase 2 (lag): with `run_forever` running, acks for fresh events arrive at a steady rate;
+for each event, lag = when its state became `completed` (tracker clock) − when its last
+ack was handed to the producer. Uses a fresh database and topic prefix; drops the database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from aiokafka import AIOKafkaProducer
+from sqlalchemy import func, select
+
+from coordinator.clock import FrozenClock, SystemClock
+from coordinator.kafka_admin import ensure_topics
+from coordinator.migrate import upgrade
+from coordinator.tables import event_status
+from schemas import KafkaSettings, encode
+from tests import infra
+from tests.integration.tracking_support import (
+    ack,
+    insert_published,
+    make_tracker,
+    produce,
+    registration,
+)
+
+
+async def _produce_acks(kafka: KafkaSettings, acks: list, *, rate: float | None) -> dict:
+    """Send acks; with `rate`, pace them; return event_id → time its last ack was sent."""
+    producer = AIOKafkaProducer(**kafka.client_kwargs(), linger_ms=5)
+    await producer.start()
+    last_sent: dict = {}
+    try:
+        futures = []
+        start = time.time()
+        for n, a in enumerate(acks):
+            if rate is not None:
+                delay = start + n / rate - time.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            futures.append(await producer.send(kafka.topics.acks, encode(a), key=a.key.encode()))
+            last_sent[a.event_id] = time.time()
+        for f in futures:
+            await f
+    finally:
+        await producer.stop()
+    return last_sent
+
+
+async def main(total_acks: int, services: int, batch: int, lag_events: int) -> None:
+    url = await infra.create_database(infra.database_url(), "bench_tracker")
+    kafka = KafkaSettings(topic_prefix=infra.unique_topic_prefix("bench"))
+    try:
+        await upgrade(url)
+        await ensure_topics(kafka, partitions=6)
+        names = [f"svc{i}" for i in range(services)]
+        t0 = datetime.now(UTC) - timedelta(days=1)
+        await produce(kafka, kafka.topics.services, [registration(n, t0) for n in names])
+
+        # --- phase 1: throughput ----------------------------------------------------
+        clock = FrozenClock(datetime.now(UTC))
+        tracker, engine, _ = make_tracker(url, kafka, clock, batch_size=batch)
+        n_events = total_acks // services
+        ids = [str(i) for i in range(n_events)]
+        events = await insert_published(engine, ids, published_at=clock.now())
+        await tracker.start()
+        await tracker.sync_registry()
+        started = time.perf_counter()
+        tracked = await tracker.track_published()
+        snapshot_s = time.perf_counter() - started
+        acks = [ack(e, n, i, clock.now()) for e, i in zip(events, ids, strict=True) for n in names]
+        started = time.perf_counter()
+        await _produce_acks(kafka, acks, rate=None)
+        produce_s = time.perf_counter() - started
+
+        consumed, batches = 0, 0
+        started = time.perf_counter()
+        while consumed < len(acks):
+            outcome = await tracker.consume_acks(timeout_ms=1000)
+            if outcome is None:
+                continue
+            consumed += outcome.records
+            batches += 1
+        apply_s = time.perf_counter() - started
+        await tracker.stop()
+        async with engine.connect() as conn:
+            done = (
+                await conn.execute(select(func.count()).where(event_status.c.state == "completed"))
+            ).scalar_one()
+        await engine.dispose()
+        print(f"snapshot: {tracked} events × {services} services in {snapshot_s:.2f}s")
+        print(f"produce:  {len(acks)} acks in {produce_s:.2f}s")
+        print(
+            f"ledger:   {consumed} acks in {apply_s:.2f}s = {consumed / apply_s:,.0f} acks/s "
+            f"({batches} batches of ≤{batch}); completed events {done}/{n_events}"
+        )
+
+        # --- phase 2: lag from last ack to `completed` ------------------------------
+        live, engine2, _ = make_tracker(url, kafka, SystemClock(), batch_size=batch)
+        lag_ids = [f"lag-{uuid.uuid4().hex[:8]}" for _ in range(lag_events)]
+        lag_events_ids = await insert_published(engine2, lag_ids, published_at=datetime.now(UTC))
+        stop = asyncio.Event()
+        task = asyncio.create_task(live.run_forever(stop))
+        await asyncio.sleep(3)  # group join
+        lag_acks = [
+            ack(e, n, i, datetime.now(UTC))
+            for e, i in zip(lag_events_ids, lag_ids, strict=True)
+            for n in names
+        ]
+        last_sent = await _produce_acks(kafka, lag_acks, rate=1000.0)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            async with engine2.connect() as conn:
+                rows = (
+                    await conn.execute(
+                        select(event_status.c.event_id, event_status.c.updated_at).where(
+                            event_status.c.event_id.in_(lag_events_ids),
+                            event_status.c.state == "completed",
+                        )
+                    )
+                ).all()
+            if len(rows) == len(lag_events_ids):
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await task
+        await engine2.dispose()
+        lags = sorted(r.updated_at.timestamp() - last_sent[r.event_id] for r in rows)
+        print(
+            f"lag:      {len(rows)}/{lag_events} events completed; last ack → completed "
+            f"median {statistics.median(lags) * 1000:.0f} ms, "
+            f"p95 {lags[int(len(lags) * 0.95) - 1] * 1000:.0f} ms, max {lags[-1] * 1000:.0f} ms "
+            f"(acks paced at 1000/s)"
+        )
+    finally:
+        await infra.drop_database(url)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--acks", type=int, default=100_000)
+    parser.add_argument("--services", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--lag-events", type=int, default=500)
+    args = parser.parse_args()
+    infra.load_infra_env()
+    asyncio.run(main(args.acks, args.services, args.batch, args.lag_events))

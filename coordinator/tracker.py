@@ -1,0 +1,373 @@
+"""The completion tracker: registry and ack consumers, snapshots, reminders, deadlines.
+
+Each step is a method a test can drive on its own; `run_forever` loops over them. The
+acks consumer is in a consumer group with manual commits: a batch's offsets commit only
+after the transaction that recorded it (docs/tracking.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import OffsetAndMetadata
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coordinator.clock import Clock
+from coordinator.metrics import Metrics
+from coordinator.settings import TrackerSettings
+from coordinator.tracking import deadlines, ledger, registry, snapshot
+from schemas import (
+    KafkaSettings,
+    PoisonRecord,
+    RetentionAck,
+    ServiceRegistration,
+    decode,
+    encode,
+)
+
+__all__ = ["Cycle", "Tracker"]
+
+log = structlog.get_logger("retention.tracker")
+
+_HOUSEKEEPING_LIMIT = 1000
+_RETRY_DELAY_S = 2.0
+
+
+@dataclass(slots=True)
+class Cycle:
+    """What one `process_once` did."""
+
+    registrations: int = 0
+    tracked: int = 0
+    acks: ledger.LedgerOutcome | None = None
+    reminders: int = 0
+    overdue: int = 0
+
+
+class Tracker:
+    """Follows every published event until each expected service has acknowledged it."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        kafka: KafkaSettings,
+        settings: TrackerSettings,
+        *,
+        clock: Clock,
+        metrics: Metrics,
+    ) -> None:
+        self._engine = engine
+        self._kafka = kafka
+        self._settings = settings
+        self._clock = clock
+        self._metrics = metrics
+        self._topics = kafka.topics
+        self._schedule = deadlines.ReminderSchedule(
+            interval=timedelta(seconds=settings.reminder_interval_s),
+            backoff=settings.reminder_backoff,
+            max_reminders=settings.max_reminders,
+        )
+        self._producer: AIOKafkaProducer | None = None
+        self._acks: AIOKafkaConsumer | None = None
+        self._services: AIOKafkaConsumer | None = None
+        self._gauge_services: set[str] = set()
+        self._last_housekeeping = float("-inf")
+
+    async def start(self) -> None:
+        common = self._kafka.client_kwargs()
+        self._producer = AIOKafkaProducer(**common, acks="all", enable_idempotence=True)
+        self._acks = AIOKafkaConsumer(
+            self._topics.acks,
+            **common,
+            group_id=self._settings.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self._settings.batch_size,
+        )
+        # No group: every tracker reads the whole compacted topic from its start.
+        self._services = AIOKafkaConsumer(
+            self._topics.services,
+            **common,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        try:
+            await self._producer.start()
+            await self._acks.start()
+            await self._services.start()
+            await self._assign_services()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _assign_services(self, *, timeout_s: float = 30.0) -> None:
+        consumer, topic = self._services_, self._topics.services
+        deadline = time.monotonic() + timeout_s
+        # Without a group the consumer assigns itself every partition once the topic's
+        # metadata arrives, which for a topic created a moment ago can take a while.
+        while not consumer.assignment():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"topic {topic} does not exist (run `retention serve` once)")
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        for client in (self._acks, self._services, self._producer):
+            if client is not None:
+                await client.stop()
+        self._acks = self._services = self._producer = None
+
+    # --- registry -------------------------------------------------------------------
+
+    async def sync_registry(self, *, timeout_s: float = 30.0) -> int:
+        """Read the services topic up to its current end: call before trusting snapshots."""
+        consumer = self._services_
+        assigned = list(consumer.assignment())
+        end = await consumer.end_offsets(assigned)
+        applied = 0
+        deadline = time.monotonic() + timeout_s
+        while [tp for tp in assigned if await consumer.position(tp) < end[tp]]:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"services topic not read to its end in {timeout_s}s")
+            applied += await self.poll_registry(timeout_ms=500)
+        return applied
+
+    async def poll_registry(self, *, timeout_ms: int = 0) -> int:
+        consumer = self._services_
+        batches = await consumer.getmany(timeout_ms=timeout_ms)
+        records: list[ServiceRegistration | registry.Retirement] = []
+        for tp, messages in batches.items():
+            for msg in messages:
+                if msg.value is None and msg.key is not None:
+                    at = _from_ms(msg.timestamp)
+                    records.append(registry.Retirement(msg.key.decode("utf-8", "replace"), at))
+                    continue
+                try:
+                    records.append(decode(ServiceRegistration, msg.value))
+                except PoisonRecord as exc:
+                    log.warning(
+                        "registration_rejected",
+                        partition=tp.partition,
+                        offset=msg.offset,
+                        reason=exc.reason,
+                    )
+        if not records:
+            return 0
+        records.sort(key=lambda r: r.registered_at if isinstance(r, ServiceRegistration) else r.at)
+        async with self._engine.begin() as conn:
+            return await registry.apply_registrations(conn, records)
+
+    # --- events and acks ---------------------------------------------------------------
+
+    async def track_published(self) -> int:
+        """Snapshot the expected acknowledgers of newly published events."""
+        total = 0
+        while True:
+            async with self._engine.begin() as conn:
+                tracked = await snapshot.track_published(
+                    conn,
+                    now=self._clock.now(),
+                    reminder_interval=self._schedule.interval,
+                    limit=_HOUSEKEEPING_LIMIT,
+                )
+            total += len(tracked)
+            if len(tracked) < _HOUSEKEEPING_LIMIT:
+                return total
+
+    async def consume_acks(self, *, timeout_ms: int = 1000) -> ledger.LedgerOutcome | None:
+        """Apply one batch of acks in one transaction, then commit its offsets."""
+        consumer = self._acks_
+        batches = await consumer.getmany(
+            timeout_ms=timeout_ms, max_records=self._settings.batch_size
+        )
+        records: list[ledger.ConsumedAck] = []
+        poison = []
+        for tp, messages in batches.items():
+            for msg in messages:
+                try:
+                    ack = decode(RetentionAck, msg.value)
+                except PoisonRecord as exc:
+                    records.append(
+                        ledger.ConsumedAck(tp.topic, tp.partition, msg.offset, None, exc.reason)
+                    )
+                    poison.append((msg, exc.reason))
+                else:
+                    records.append(ledger.ConsumedAck(tp.topic, tp.partition, msg.offset, ack))
+        if not records:
+            return None
+        try:
+            if poison:
+                await self._dead_letter(poison)
+            async with self._engine.begin() as conn:
+                outcome = await ledger.apply_acks(
+                    conn,
+                    records,
+                    now=self._clock.now(),
+                    reminder_interval=self._schedule.interval,
+                )
+        except Exception:
+            # Nothing was recorded: rewind so the batch is read again, not skipped.
+            for tp, messages in batches.items():
+                if messages:
+                    consumer.seek(tp, messages[0].offset)
+            raise
+        await consumer.commit(
+            {tp: OffsetAndMetadata(msgs[-1].offset + 1, "") for tp, msgs in batches.items() if msgs}
+        )
+        self._count(outcome)
+        return outcome
+
+    async def _dead_letter(self, poison: list[tuple[Any, str]]) -> None:
+        producer = self._producer_
+        sent = await asyncio.gather(
+            *(
+                producer.send(
+                    self._topics.dlq,
+                    value=msg.value,
+                    key=msg.key,
+                    headers=[
+                        ("retention-error", reason.encode()),
+                        ("retention-source", f"{msg.topic}:{msg.partition}:{msg.offset}".encode()),
+                    ],
+                )
+                for msg, reason in poison
+            )
+        )
+        await asyncio.gather(*sent)
+
+    def _count(self, outcome: ledger.LedgerOutcome) -> None:
+        m = self._metrics
+        for ack in outcome.accepted:
+            m.acks.labels(service=ack.service, status=ack.status.value).inc()
+        for _, reason in outcome.rejected:
+            m.acks_rejected.labels(reason=reason.value).inc()
+        for policy, seconds in outcome.completed:
+            m.completion_seconds.labels(policy=policy).observe(seconds)
+        if outcome.rejected:
+            log.warning(
+                "acks_rejected",
+                count=len(outcome.rejected),
+                reasons=sorted({reason.value for _, reason in outcome.rejected}),
+            )
+
+    # --- reminders and deadlines -------------------------------------------------------
+
+    async def send_reminders(self) -> int:
+        """Re-publish due events; counted and scheduled only once the broker has them."""
+        producer = self._producer_
+        total = 0
+        while True:
+            async with self._engine.begin() as conn:
+                now = self._clock.now()
+                due = await deadlines.due_reminders(conn, now=now, limit=_HOUSEKEEPING_LIMIT)
+                if not due:
+                    return total
+                sent = await asyncio.gather(
+                    *(
+                        producer.send(
+                            self._topics.events,
+                            value=encode(r.event),
+                            key=r.event.key.encode(),
+                            headers=[("retention-reminder", str(r.number).encode())],
+                        )
+                        for r in due
+                    )
+                )
+                await asyncio.gather(*sent)
+                await deadlines.record_reminders(conn, due, now=now, schedule=self._schedule)
+            for r in due:
+                self._metrics.reminders_sent.labels(policy=r.event.policy).inc()
+            total += len(due)
+            if len(due) < _HOUSEKEEPING_LIMIT:
+                return total
+
+    async def escalate_overdue(self) -> int:
+        total = 0
+        while True:
+            async with self._engine.begin() as conn:
+                overdue = await deadlines.escalate_overdue(
+                    conn, now=self._clock.now(), limit=_HOUSEKEEPING_LIMIT
+                )
+            if overdue:
+                log.warning("events_overdue", count=len(overdue))
+            total += len(overdue)
+            if len(overdue) < _HOUSEKEEPING_LIMIT:
+                return total
+
+    async def refresh_gauges(self) -> None:
+        async with self._engine.connect() as conn:
+            counts = await deadlines.open_acks_by_service(conn)
+        for service in self._gauge_services - counts.keys():
+            self._metrics.pending_acks.labels(service=service).set(0)
+            self._metrics.overdue_events.labels(service=service).set(0)
+        for service, (pending, overdue) in counts.items():
+            self._metrics.pending_acks.labels(service=service).set(pending)
+            self._metrics.overdue_events.labels(service=service).set(overdue)
+        self._gauge_services |= counts.keys()
+
+    # --- loop ----------------------------------------------------------------------------
+
+    async def housekeeping(self) -> Cycle:
+        """Everything but acks: registry, new publications, reminders, deadlines, gauges."""
+        cycle = Cycle()
+        cycle.registrations = await self.poll_registry()
+        cycle.tracked = await self.track_published()
+        cycle.reminders = await self.send_reminders()
+        cycle.overdue = await self.escalate_overdue()
+        await self.refresh_gauges()
+        return cycle
+
+    async def process_once(self, *, timeout_ms: int = 1000) -> Cycle:
+        """One batch of acks, then housekeeping if it is due."""
+        outcome = await self.consume_acks(timeout_ms=timeout_ms)
+        cycle = Cycle()
+        if time.monotonic() - self._last_housekeeping >= self._settings.poll_interval_s:
+            cycle = await self.housekeeping()
+            self._last_housekeeping = time.monotonic()
+        cycle.acks = outcome
+        return cycle
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        await self.start()
+        try:
+            await self.sync_registry()
+            timeout_ms = int(self._settings.poll_interval_s * 1000)
+            while not stop.is_set():
+                try:
+                    await self.process_once(timeout_ms=timeout_ms)
+                except Exception:
+                    # A database or broker outage: the batch was rewound; try again later.
+                    log.exception("tracker_cycle_failed")
+                    with suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), _RETRY_DELAY_S)
+        finally:
+            await self.stop()
+
+    @property
+    def _producer_(self) -> AIOKafkaProducer:
+        return _started(self._producer)
+
+    @property
+    def _acks_(self) -> AIOKafkaConsumer:
+        return _started(self._acks)
+
+    @property
+    def _services_(self) -> AIOKafkaConsumer:
+        return _started(self._services)
+
+
+def _started(client: Any) -> Any:
+    if client is None:
+        raise RuntimeError("Tracker.start() has not been called")
+    return client
+
+
+def _from_ms(timestamp_ms: int) -> datetime:
+    return datetime.fromtimestamp(timestamp_ms / 1000, UTC)

@@ -1,0 +1,295 @@
+"""Read-only answers about completion, shared by the CLI and the HTTP API.
+
+Every function returns JSON-ready data (RFC 3339 UTC strings for times, ids as strings),
+so the CLI prints it and the API returns it unchanged.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Row, and_, case, extract, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from coordinator.tables import ack_ledger, audit_log, event_status, expected_acks, outbox
+
+__all__ = ["certificate", "entity_status", "event_status_of", "report"]
+
+_DONE = ("completed", "not_found")
+_OPEN = ("pending", "failed")
+
+
+def _ts(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+async def entity_status(
+    conn: AsyncConnection, entity_type: str, entity_id: str
+) -> list[dict[str, Any]]:
+    """Every retention event of one entity, oldest first, with each service's answer."""
+    return await _events(
+        conn,
+        and_(event_status.c.entity_type == entity_type, event_status.c.entity_id == entity_id),
+        and_(outbox.c.entity_type == entity_type, outbox.c.entity_id == entity_id),
+    )
+
+
+async def event_status_of(conn: AsyncConnection, event_id: uuid.UUID) -> dict[str, Any] | None:
+    found = await _events(conn, event_status.c.event_id == event_id, outbox.c.event_id == event_id)
+    return found[0] if found else None
+
+
+async def _events(
+    conn: AsyncConnection, tracked: ColumnElement[bool], outboxed: ColumnElement[bool]
+) -> list[dict[str, Any]]:
+    statuses = {r.event_id: r for r in await conn.execute(select(event_status).where(tracked))}
+    local = {r.event_id: r for r in await conn.execute(select(outbox).where(outboxed))}
+    ids = sorted(statuses.keys() | local.keys())
+    if not ids:
+        return []
+    services: dict[uuid.UUID, list[dict[str, Any]]] = defaultdict(list)
+    for row in await conn.execute(
+        select(expected_acks)
+        .where(expected_acks.c.event_id.in_(ids))
+        .order_by(expected_acks.c.event_id, expected_acks.c.service)
+    ):
+        services[row.event_id].append(
+            {
+                "service": row.service,
+                "status": row.status,
+                "acknowledged_at": _ts(row.acknowledged_at),
+                "first_ack_at": _ts(row.first_ack_at),
+                "records_affected": row.records_affected,
+                "attempt": row.attempt,
+                "acks_received": row.acks_received,
+                "detail": row.detail or "",
+                "joined_late": row.joined_late,
+            }
+        )
+    rejected: dict[uuid.UUID, int] = dict(
+        (
+            await conn.execute(
+                select(ack_ledger.c.event_id, func.count())
+                .where(ack_ledger.c.event_id.in_(ids), ~ack_ledger.c.accepted)
+                .group_by(ack_ledger.c.event_id)
+            )
+        ).all()
+    )
+    documents = [
+        _event_document(statuses.get(i), local.get(i), services[i], rejected.get(i, 0)) for i in ids
+    ]
+    return sorted(documents, key=lambda d: (d["initiated_at"] or "", d["event_id"]))
+
+
+def _event_document(
+    status: Row[Any] | None,
+    local: Row[Any] | None,
+    services: list[dict[str, Any]],
+    rejected: int,
+) -> dict[str, Any]:
+    source = status if status is not None else local
+    assert source is not None
+    if status is not None:
+        state = status.state
+    elif local is not None and local.published_at is not None:
+        state = "published"  # the tracker has not picked it up yet
+    else:
+        state = "unpublished"
+    return {
+        "event_id": str(source.event_id),
+        "policy": source.policy,
+        "action": source.event_type,
+        "entity_type": source.entity_type,
+        "entity_id": source.entity_id,
+        "state": state,
+        "legal_basis": local.legal_basis if local is not None else None,
+        "purged_at": _ts(local.created_at) if local is not None else None,
+        "initiated_at": _ts(source.initiated_at),
+        "published_at": _ts(
+            status.published_at if status is not None else local.published_at if local else None
+        ),
+        "deadline": _ts(status.deadline) if status is not None else None,
+        "completed_at": _ts(status.completed_at) if status is not None else None,
+        "overdue_at": _ts(status.overdue_at) if status is not None else None,
+        "reminders_sent": status.reminders_sent if status is not None else 0,
+        "services": services,
+        "rejected_acks": rejected,
+    }
+
+
+async def report(conn: AsyncConnection, *, since: datetime) -> dict[str, Any]:
+    """Per policy and per service, for events published since `since`: outcomes and the
+    median and 95th percentile of seconds from publication to completion."""
+    s, e = event_status.c, expected_acks.c
+
+    event_seconds = extract("epoch", s.completed_at - s.published_at)
+    by_policy = await conn.execute(
+        select(
+            s.policy,
+            func.count(),
+            *(func.count().filter(s.state == state) for state in _STATES),
+            *_percentiles(case((s.state == "completed", event_seconds))),
+        )
+        .where(s.published_at >= since)
+        .group_by(s.policy)
+        .order_by(s.policy)
+    )
+    ack_seconds = extract("epoch", e.acknowledged_at - s.published_at)
+    by_service = await conn.execute(
+        select(
+            e.service,
+            func.count(),
+            func.count().filter(e.status.in_(_DONE)),
+            func.count().filter(e.status == "failed"),
+            func.count().filter(e.status.in_(_OPEN), s.state == "overdue"),
+            func.count().filter(e.status == "pending"),
+            *_percentiles(case((e.status.in_(_DONE), ack_seconds))),
+        )
+        .join_from(expected_acks, event_status, s.event_id == e.event_id)
+        .where(s.published_at >= since)
+        .group_by(e.service)
+        .order_by(e.service)
+    )
+    a = ack_ledger.c
+    rejected = await conn.execute(
+        select(a.service, a.reject_reason, func.count())
+        .where(~a.accepted, a.received_at >= since)
+        .group_by(a.service, a.reject_reason)
+        .order_by(a.service, a.reject_reason)
+    )
+    return {
+        "since": _ts(since),
+        "policies": [_outcome_row("policy", row) for row in by_policy],
+        "services": [_outcome_row("service", row) for row in by_service],
+        "rejected_acks": [
+            {"service": row[0], "reason": row[1], "count": row[2]} for row in rejected
+        ],
+    }
+
+
+# Event states in report order; a service's counts use the same names (see docs).
+_STATES = ("completed", "failed", "overdue", "pending")
+
+
+def _percentiles(seconds: ColumnElement[Any]) -> list[ColumnElement[Any]]:
+    # percentile_cont ignores NULLs: the CASE leaves only what completed.
+    return [func.percentile_cont(q).within_group(seconds) for q in (0.5, 0.95)]
+
+
+def _outcome_row(scope: str, row: Row[Any]) -> dict[str, Any]:
+    name, events, completed, failed, overdue, pending, median, p95 = tuple(row)
+    return {
+        scope: name,
+        "events": events,
+        "completed": completed,
+        "failed": failed,
+        "overdue": overdue,
+        "pending": pending,
+        "median_seconds": None if median is None else round(float(median), 3),
+        "p95_seconds": None if p95 is None else round(float(p95), 3),
+    }
+
+
+async def certificate(
+    conn: AsyncConnection, entity_type: str, entity_id: str, *, now: datetime
+) -> dict[str, Any] | None:
+    """A deletion certificate: what was done to one entity, where, when, and the audit rows
+    (sequence number and chain hash) that record each step. None for an unknown entity."""
+    events = await entity_status(conn, entity_type, entity_id)
+    if not events:
+        return None
+    ids = [uuid.UUID(e["event_id"]) for e in events]
+    acks: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    a, log = ack_ledger.c, audit_log.c
+    for row in await conn.execute(
+        select(
+            a.event_id,
+            a.service,
+            a.status,
+            a.records_affected,
+            a.attempt,
+            a.acknowledged_at,
+            log.seq,
+            log.hash,
+        )
+        .join_from(ack_ledger, audit_log, log.seq == a.audit_seq, isouter=True)
+        .where(a.event_id.in_(ids), a.accepted)
+        .order_by(a.acknowledged_at, a.id)
+    ):
+        acks[str(row.event_id)].append(
+            {
+                "service": row.service,
+                "status": row.status,
+                "records_affected": row.records_affected,
+                "attempt": row.attempt,
+                "acknowledged_at": _ts(row.acknowledged_at),
+                "audit": _ref(row.seq, row.hash),
+            }
+        )
+    refs = await _audit_refs(conn, ids)
+    head = (await conn.execute(select(log.seq, log.hash).order_by(log.seq.desc()).limit(1))).first()
+    documents = []
+    for event in events:
+        tracked_seq, completed_seq = refs.get(event["event_id"], (None, None))
+        documents.append(
+            {
+                "event_id": event["event_id"],
+                "policy": event["policy"],
+                "action": event["action"],
+                "legal_basis": event["legal_basis"],
+                "state": event["state"],
+                "purged_at": event["purged_at"],
+                "published_at": event["published_at"],
+                "completed_at": event["completed_at"],
+                "expected_services": [s["service"] for s in event["services"]],
+                "services": [
+                    {k: s[k] for k in ("service", "status", "acknowledged_at", "records_affected")}
+                    for s in event["services"]
+                ],
+                "acknowledgements": acks.get(event["event_id"], []),
+                "evidence": {"tracked": tracked_seq, "completed": completed_seq},
+            }
+        )
+    return {
+        "certificate": "retention-fanout deletion certificate",
+        "version": 1,
+        "entity": {"type": entity_type, "id": entity_id},
+        "generated_at": _ts(now),
+        "complete": all(d["state"] == "completed" for d in documents),
+        "events": documents,
+        "audit_chain": {
+            "head": _ref(head.seq, head.hash) if head is not None else None,
+            "how_to_verify": "retention audit verify: every row up to the head must chain",
+        },
+    }
+
+
+def _ref(seq: int | None, digest: str | None) -> dict[str, Any] | None:
+    return None if seq is None else {"seq": seq, "hash": digest}
+
+
+async def _audit_refs(
+    conn: AsyncConnection, ids: Sequence[uuid.UUID]
+) -> dict[str, tuple[dict[str, Any] | None, dict[str, Any] | None]]:
+    s = event_status.c
+    tracked, completed = audit_log.alias("tracked"), audit_log.alias("completed")
+    rows = await conn.execute(
+        select(
+            s.event_id,
+            tracked.c.seq,
+            tracked.c.hash,
+            completed.c.seq,
+            completed.c.hash,
+        )
+        .select_from(event_status)
+        .join(tracked, tracked.c.seq == s.tracked_audit_seq, isouter=True)
+        .join(completed, completed.c.seq == s.completed_audit_seq, isouter=True)
+        .where(s.event_id.in_(ids))
+    )
+    return {str(r[0]): (_ref(r[1], r[2]), _ref(r[3], r[4])) for r in rows}

@@ -1,0 +1,365 @@
+"""The tracker on the real broker and database: ledger, states, rejections, reminders."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coordinator import audit
+from coordinator.clock import FrozenClock
+from coordinator.metrics import Metrics
+from coordinator.migrate import upgrade
+from coordinator.tables import ack_ledger, event_status, expected_acks, service_registry
+from coordinator.tracker import Tracker
+from schemas import AckStatus, KafkaSettings, RetentionEvent, decode
+from tests import infra
+from tests.integration.tracking_support import (
+    ack,
+    drain,
+    insert_published,
+    make_tracker,
+    produce,
+    registration,
+)
+
+T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+SERVICES = ("billing", "notifications", "analytics")
+
+
+@dataclass
+class Env:
+    tracker: Tracker
+    engine: AsyncEngine
+    metrics: Metrics
+    clock: FrozenClock
+    kafka: KafkaSettings
+    entity_type: str
+
+    async def register(self, *services: str, at: datetime) -> None:
+        await produce(
+            self.kafka,
+            self.kafka.topics.services,
+            [registration(s, at, self.entity_type) for s in services],
+        )
+        await self.tracker.sync_registry()
+
+    async def publish(self, n: int, at: datetime) -> list[tuple[uuid.UUID, str]]:
+        ids = [uuid.uuid4().hex[:10] for _ in range(n)]
+        events = await insert_published(
+            self.engine, ids, published_at=at, entity_type=self.entity_type
+        )
+        return list(zip(events, ids, strict=True))
+
+    async def states(self, events: list[tuple[uuid.UUID, str]]) -> list[str]:
+        async with self.engine.connect() as conn:
+            found = dict(
+                (
+                    await conn.execute(
+                        select(event_status.c.event_id, event_status.c.state).where(
+                            event_status.c.event_id.in_([e for e, _ in events])
+                        )
+                    )
+                ).all()
+            )
+        return [found.get(e, "untracked") for e, _ in events]
+
+    async def service_status(self, event_id: uuid.UUID) -> dict[str, str]:
+        async with self.engine.connect() as conn:
+            return dict(
+                (
+                    await conn.execute(
+                        select(expected_acks.c.service, expected_acks.c.status).where(
+                            expected_acks.c.event_id == event_id
+                        )
+                    )
+                ).all()
+            )
+
+
+@pytest.fixture
+async def database(postgres_url: str) -> AsyncIterator[str]:
+    """A database of the test's own: reminders and deadlines act on every open event."""
+    url = await infra.create_database(postgres_url, "test_tracker")
+    await upgrade(url)
+    yield url
+    await infra.drop_database(url)
+
+
+@pytest.fixture
+async def env(database: str, topics: KafkaSettings) -> AsyncIterator[Env]:
+    clock = FrozenClock(T0)
+    tracker, engine, metrics = make_tracker(database, topics, clock)
+    await tracker.start()
+    try:
+        yield Env(tracker, engine, metrics, clock, topics, f"user_{uuid.uuid4().hex[:8]}")
+    finally:
+        await tracker.stop()
+        await engine.dispose()
+
+
+def _value(metrics: Metrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+async def test_acks_complete_events_idempotently(env: Env) -> None:
+    await env.register(*SERVICES, at=T0 - timedelta(days=1))
+    events = await env.publish(4, T0)
+    assert await env.tracker.track_published() >= 4
+    assert await env.states(events) == ["pending"] * 4
+
+    t = T0 + timedelta(minutes=1)
+    first = [
+        ack(e, "billing", i, t, status=AckStatus.FAILED, entity_type=env.entity_type)
+        for e, i in events[:1]
+    ]
+    await produce(env.kafka, env.kafka.topics.acks, first)
+    await drain(env.tracker, 1)
+    assert await env.states(events) == ["failed", "pending", "pending", "pending"]
+
+    acks = [
+        ack(
+            e,
+            service,
+            i,
+            t + timedelta(minutes=1),
+            attempt=2 if (e, i) == events[0] and service == "billing" else 1,
+            status=AckStatus.NOT_FOUND if service == "analytics" else AckStatus.COMPLETED,
+            entity_type=env.entity_type,
+        )
+        for e, i in events
+        for service in SERVICES
+    ]
+    # At-least-once: every ack arrives twice.
+    await produce(env.kafka, env.kafka.topics.acks, acks + acks)
+    await drain(env.tracker, len(acks) * 2)
+
+    assert await env.states(events) == ["completed"] * 4
+    assert await env.service_status(events[0][0]) == {
+        "billing": "completed",
+        "notifications": "completed",
+        "analytics": "not_found",
+    }
+    m = env.metrics
+    assert _value(m, "retention_acks_total", service="billing", status="completed") == 4
+    assert _value(m, "retention_acks_total", service="billing", status="failed") == 1
+    assert _value(m, "retention_acks_total", service="analytics", status="not_found") == 4
+    assert _value(m, "retention_event_completion_seconds_count", policy="inactive_users") == 4
+    async with env.engine.connect() as conn:
+        accepted = (
+            await conn.execute(
+                select(ack_ledger.c.id).where(
+                    ack_ledger.c.event_id.in_([e for e, _ in events]), ack_ledger.c.accepted
+                )
+            )
+        ).all()
+        assert len(accepted) == 1 + len(acks)
+        assert (await audit.verify(conn))[1] is None
+
+
+async def test_rejected_acks_are_recorded_never_applied(env: Env) -> None:
+    await env.register("billing", at=T0 - timedelta(days=1))
+    [(event, entity)] = await env.publish(1, T0)
+    await env.tracker.track_published()
+    t = T0 + timedelta(minutes=1)
+    records = [
+        ack(event, "mallory", entity, t, entity_type=env.entity_type),  # not expected
+        ack(uuid.uuid4(), "billing", entity, t, entity_type=env.entity_type),  # unknown event
+        ack(event, "billing", "someone-else", t, entity_type=env.entity_type),  # wrong entity
+        (event.bytes, b'{"event_id": "not json'),
+        (b"k", b'{"service": "billing"}'),
+    ]
+    await produce(env.kafka, env.kafka.topics.acks, records)
+    await drain(env.tracker, len(records))
+
+    assert await env.states([(event, entity)]) == ["pending"]
+    assert await env.service_status(event) == {"billing": "pending"}
+    m = env.metrics
+    for reason, count in (
+        ("unexpected_service", 1),
+        ("unknown_event", 1),
+        ("entity_mismatch", 1),
+        ("malformed", 2),
+    ):
+        assert _value(m, "retention_acks_rejected_total", reason=reason) == count, reason
+    async with env.engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(ack_ledger.c.reject_reason, ack_ledger.c.audit_seq).where(
+                    ~ack_ledger.c.accepted,
+                    ack_ledger.c.kafka_topic == env.kafka.topics.acks,
+                )
+            )
+        ).all()
+    assert sorted(r.reject_reason for r in rows) == [
+        "entity_mismatch",
+        "malformed",
+        "malformed",
+        "unexpected_service",
+        "unknown_event",
+    ]
+    assert all(r.audit_seq is not None for r in rows)
+    dead = await _read_all(env.kafka, env.kafka.topics.dlq, 2)
+    assert sorted(dict(m.headers)["retention-error"][:7] for m in dead) == [b"invalid", b"not JSO"]
+
+
+async def test_late_registration_reminders_overdue_then_late_ack(env: Env) -> None:
+    clock, tracker = env.clock, env.tracker
+    await env.register(*SERVICES, at=T0 - timedelta(days=1))
+    old = await env.publish(2, T0)
+    await tracker.track_published()
+    await produce(
+        env.kafka,
+        env.kafka.topics.acks,
+        [ack(e, s, i, T0, entity_type=env.entity_type) for e, i in old for s in SERVICES],
+    )
+    await drain(tracker, 6)
+    assert await env.states(old) == ["completed"] * 2
+
+    # A fourth service registers afterwards: old events stay complete, new ones expect it.
+    clock.set(T0 + timedelta(hours=1))
+    await env.register("crm", at=clock.now())
+    new = await env.publish(3, T0 + timedelta(hours=2))
+    clock.set(T0 + timedelta(hours=2))
+    await tracker.track_published()
+    assert await env.states(old) == ["completed"] * 2
+    assert set(await env.service_status(old[0][0])) == set(SERVICES)
+    assert set(await env.service_status(new[0][0])) == {*SERVICES, "crm"}
+    await produce(
+        env.kafka,
+        env.kafka.topics.acks,
+        [ack(e, s, i, clock.now(), entity_type=env.entity_type) for e, i in new for s in SERVICES],
+    )
+    await drain(tracker, 9)
+    assert await env.states(new) == ["pending"] * 3
+
+    # Reminder 1 after the interval, reminder 2 after twice that, then no more.
+    assert await tracker.send_reminders() == 0
+    clock.advance(timedelta(hours=1))
+    assert await tracker.send_reminders() == 3
+    clock.advance(timedelta(hours=1))
+    assert await tracker.send_reminders() == 0
+    clock.advance(timedelta(hours=1))
+    assert await tracker.send_reminders() == 3
+    clock.advance(timedelta(days=2))
+    assert await tracker.send_reminders() == 0
+    republished = await _read_all(env.kafka, env.kafka.topics.events, 6)
+    events = [decode(RetentionEvent, m.value) for m in republished]
+    assert sorted(str(e.event_id) for e in events) == sorted(str(e) for e, _ in new * 2)
+    assert {e.entity_type for e in events} == {env.entity_type}
+
+    assert await tracker.escalate_overdue() == 0
+    clock.set(T0 + timedelta(hours=2, days=30, seconds=1))
+    assert await tracker.escalate_overdue() == 3
+    assert await env.states(new) == ["overdue"] * 3
+    await tracker.refresh_gauges()
+    assert _value(env.metrics, "retention_overdue_events", service="crm") == 3
+    assert _value(env.metrics, "retention_pending_acks", service="crm") == 3
+    assert _value(env.metrics, "retention_overdue_events", service="billing") == 0
+
+    # A late success still moves an overdue event on.
+    e, i = new[0]
+    await produce(
+        env.kafka,
+        env.kafka.topics.acks,
+        [ack(e, "crm", i, clock.now(), entity_type=env.entity_type)],
+    )
+    await drain(tracker, 1)
+    assert await env.states(new) == ["completed", "overdue", "overdue"]
+    await tracker.refresh_gauges()
+    assert _value(env.metrics, "retention_overdue_events", service="crm") == 2
+    async with env.engine.connect() as conn:
+        assert (await audit.verify(conn))[1] is None
+
+
+async def test_registry_retires_what_a_service_stops_handling(env: Env) -> None:
+    other = f"order_{uuid.uuid4().hex[:8]}"
+    kafka, services = env.kafka, env.kafka.topics.services
+    await produce(kafka, services, [registration("ledger", T0, env.entity_type, other)])
+    # Replayed older registration and a newer one that drops `other`.
+    await produce(
+        kafka,
+        services,
+        [
+            registration("ledger", T0 - timedelta(days=3), env.entity_type, version="0.0.9"),
+            registration("ledger", T0 + timedelta(days=1), env.entity_type, version="0.2.0"),
+        ],
+    )
+    await env.tracker.sync_registry()
+    async with env.engine.connect() as conn:
+        rows = {
+            (r.entity_type, r.action): r
+            for r in await conn.execute(
+                select(service_registry).where(service_registry.c.service == "ledger")
+            )
+        }
+    mine = rows[(env.entity_type, "delete")]
+    assert (mine.first_seen, mine.last_seen, mine.retired_at, mine.sdk_version) == (
+        T0 - timedelta(days=3),
+        T0 + timedelta(days=1),
+        None,
+        "0.2.0",
+    )
+    assert rows[(other, "delete")].retired_at == T0 + timedelta(days=1)
+
+    # Events published while it handled `other` expect it; later ones do not.
+    before = await insert_published(env.engine, ["a"], published_at=T0, entity_type=other)
+    after = await insert_published(
+        env.engine, ["b"], published_at=T0 + timedelta(days=2), entity_type=other
+    )
+    env.clock.set(T0 + timedelta(days=2))
+    await env.tracker.track_published()
+    assert await env.service_status(before[0]) == {"ledger": "pending"}
+    assert await env.service_status(after[0]) == {}
+    assert await env.states([(after[0], "b")]) == ["completed"]
+
+
+async def _read_all(kafka: KafkaSettings, topic: str, n: int) -> list[object]:
+    consumer = AIOKafkaConsumer(
+        topic, **kafka.client_kwargs(), group_id=None, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        found: list[object] = []
+        for _ in range(50):
+            batches = await consumer.getmany(timeout_ms=200)
+            found.extend(m for messages in batches.values() for m in messages)
+            if len(found) >= n:
+                break
+        return sorted(found, key=lambda m: m.timestamp)  # type: ignore[attr-defined]
+    finally:
+        await consumer.stop()
+
+
+async def test_run_forever_tracks_and_completes(database: str, topics: KafkaSettings) -> None:
+    clock = FrozenClock(T0)
+    tracker, engine, metrics = make_tracker(database, topics, clock)
+    await produce(topics, topics.topics.services, [registration("billing", T0 - timedelta(days=1))])
+    [event] = await insert_published(engine, ["7"], published_at=T0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(tracker.run_forever(stop))
+    try:
+        await produce(topics, topics.topics.acks, [ack(event, "billing", "7", T0)])
+        for _ in range(100):
+            async with engine.connect() as conn:
+                state = (
+                    await conn.execute(
+                        select(event_status.c.state).where(event_status.c.event_id == event)
+                    )
+                ).scalar()
+            if state == "completed":
+                break
+            await asyncio.sleep(0.1)
+        assert state == "completed"
+        assert _value(metrics, "retention_acks_total", service="billing", status="completed") == 1
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        await engine.dispose()
