@@ -27,6 +27,7 @@ from tests.sdk.helpers import event
 from tests.sdk.kafka_io import committed, eventually, produce, read_topic
 
 FAST = ConsumerSettings(
+    database_url=None,  # tests choose their database explicitly, never from the environment
     retry_initial_s=0.01,
     retry_max_s=0.05,
     retry_jitter_s=0.01,

@@ -19,7 +19,7 @@ from schemas import KafkaSettings
 
 
 def make_app(**kwargs: object) -> RetentionConsumer:
-    return RetentionConsumer("svc", settings=ConsumerSettings(), **kwargs)  # type: ignore[arg-type]
+    return RetentionConsumer("svc", settings=ConsumerSettings(database_url=None), **kwargs)  # type: ignore[arg-type]
 
 
 def test_decorator_returns_the_function_itself() -> None:

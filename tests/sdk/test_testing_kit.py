@@ -24,7 +24,7 @@ from tests.sdk.helpers import event
 
 
 def make_app() -> RetentionConsumer:
-    return RetentionConsumer("svc", settings=ConsumerSettings(max_attempts=3))
+    return RetentionConsumer("svc", settings=ConsumerSettings(max_attempts=3, database_url=None))
 
 
 async def test_completed_ack_and_mock() -> None:
