@@ -1,3 +1,58 @@
-"""The library each downstream service embeds to handle retention events (SPEC §5)."""
+"""The library each downstream service embeds to handle retention events (SPEC §5).
 
-__all__: list[str] = []
+app = RetentionConsumer(service="notifications")
+
+@app.on_delete("user")
+async def delete_user(event: RetentionEvent, conn: AsyncConnection) -> int: ...
+
+app.run()
+"""
+
+from consumer_sdk.app import SDK_VERSION, RetentionConsumer
+from consumer_sdk.context import HandlerContext
+from consumer_sdk.dlq import DlqHeader, DlqReason
+from consumer_sdk.exceptions import (
+    ConfigurationError,
+    DuplicateHandlerError,
+    EntityNotFound,
+    HandlerSignal,
+    PermanentFailure,
+    RetentionSDKError,
+    RetryLater,
+)
+from consumer_sdk.idempotency import (
+    IdempotencyStore,
+    InMemoryIdempotencyStore,
+    PostgresIdempotencyStore,
+    ProcessedEvent,
+    StoreTransaction,
+)
+from consumer_sdk.metrics import ConsumerMetrics
+from consumer_sdk.settings import ConsumerSettings
+from schemas import AckStatus, EventType, RetentionAck, RetentionEvent
+
+__all__ = [
+    "SDK_VERSION",
+    "AckStatus",
+    "ConfigurationError",
+    "ConsumerMetrics",
+    "ConsumerSettings",
+    "DlqHeader",
+    "DlqReason",
+    "DuplicateHandlerError",
+    "EntityNotFound",
+    "EventType",
+    "HandlerContext",
+    "HandlerSignal",
+    "IdempotencyStore",
+    "InMemoryIdempotencyStore",
+    "PermanentFailure",
+    "PostgresIdempotencyStore",
+    "ProcessedEvent",
+    "RetentionAck",
+    "RetentionConsumer",
+    "RetentionEvent",
+    "RetentionSDKError",
+    "RetryLater",
+    "StoreTransaction",
+]

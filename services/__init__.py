@@ -1,1 +1,1 @@
-"""Example downstream services, built only on `consumer_sdk`."""
+"""Example downstream services, built only on `consumer_sdk` (run: `python -m services.<name>`)."""

@@ -1,0 +1,213 @@
+"""Runs one event through its handler: idempotency, retries with backoff, the ack to send.
+
+Shared by the Kafka runtime and the in-memory test kit, so both behave the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
+
+from consumer_sdk._internal.registry import HandlerSpec
+from consumer_sdk.context import HandlerContext
+from consumer_sdk.exceptions import EntityNotFound
+from consumer_sdk.idempotency import AlreadyRecorded, IdempotencyStore, ProcessedEvent
+from consumer_sdk.metrics import ConsumerMetrics
+from consumer_sdk.settings import ConsumerSettings
+from schemas import AckStatus, RetentionAck, RetentionEvent, utc_now
+
+__all__ = ["Abandoned", "EventExecutor", "Outcome"]
+
+log = structlog.get_logger("consumer_sdk")
+
+MAX_DETAIL = 1000
+
+
+class Abandoned(Exception):
+    """The consumer is stopping (or lost the partition) during a retry wait: no ack, no commit."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: AckStatus
+    records_affected: int
+    attempts: int
+    detail: str = ""
+    redelivered: bool = False
+
+    def ack(self, service: str, event: RetentionEvent) -> RetentionAck:
+        return RetentionAck(
+            event_id=event.event_id,
+            service=service,
+            entity_type=event.entity_type,
+            entity_id=event.entity_id,
+            status=self.status,
+            records_affected=self.records_affected,
+            detail=self.detail,
+            attempt=self.attempts,
+            acknowledged_at=utc_now(),
+        )
+
+    def processed(self, event: RetentionEvent) -> ProcessedEvent:
+        return ProcessedEvent(event.event_id, self.status, self.records_affected, utc_now())
+
+
+def _error_text(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return text[:MAX_DETAIL]
+
+
+class EventExecutor:
+    def __init__(
+        self,
+        service: str,
+        settings: ConsumerSettings,
+        store: IdempotencyStore | None,
+        metrics: ConsumerMetrics,
+        *,
+        on_call: Callable[[HandlerSpec, RetentionEvent, HandlerContext], None] | None = None,
+    ) -> None:
+        self.on_call = on_call
+        self.service = service
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+
+    async def execute(
+        self,
+        event: RetentionEvent,
+        spec: HandlerSpec,
+        known: ProcessedEvent | None,
+        *,
+        stopping: asyncio.Event | None = None,
+    ) -> Outcome:
+        """The outcome to ack; raises `Abandoned` if `stopping` is set during a backoff."""
+        labels = (self.service, spec.entity_type, spec.action.value)
+        if known is not None:
+            self.metrics.duplicates.labels(*labels).inc()
+            return self._redelivered(known)
+        max_attempts = spec.max_attempts or self.settings.max_attempts
+
+        async def sleep(seconds: float) -> None:
+            if stopping is None:
+                await asyncio.sleep(seconds)
+                return
+            try:
+                await asyncio.wait_for(stopping.wait(), timeout=seconds)
+            except TimeoutError:
+                return
+            raise Abandoned(str(event.event_id))
+
+        def before_sleep(state: RetryCallState) -> None:
+            self.metrics.retried.labels(*labels).inc()
+            error = state.outcome.exception() if state.outcome else None
+            log.warning(
+                "handler attempt failed; retrying",
+                service=self.service,
+                event_id=str(event.event_id),
+                entity_type=event.entity_type,
+                action=spec.action.value,
+                attempt=state.attempt_number,
+                max_attempts=max_attempts,
+                error=type(error).__name__ if error else None,
+            )
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(max_attempts),
+            wait=wait_exponential(
+                multiplier=self.settings.retry_initial_s, max=self.settings.retry_max_s
+            )
+            + wait_random(0, self.settings.retry_jitter_s),
+            retry=retry_if_exception(spec.is_retriable),
+            sleep=sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        attempt = 0
+        try:
+            async for attempt_state in retrying:
+                with attempt_state:
+                    attempt = attempt_state.retry_state.attempt_number
+                    return await self._attempt(event, spec, attempt, max_attempts)
+        except Abandoned:
+            raise
+        except Exception as exc:
+            self.metrics.failed.labels(*labels).inc()
+            log.error(
+                "handler failed on its last attempt",
+                service=self.service,
+                event_id=str(event.event_id),
+                entity_type=event.entity_type,
+                action=spec.action.value,
+                attempts=attempt,
+                error=type(exc).__name__,
+            )
+            return Outcome(AckStatus.FAILED, 0, max(attempt, 1), _error_text(exc))
+        raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
+
+    async def _attempt(
+        self, event: RetentionEvent, spec: HandlerSpec, attempt: int, max_attempts: int
+    ) -> Outcome:
+        if self.store is None:
+            context = HandlerContext(self.service, attempt, max_attempts, None)
+            try:
+                count = await self._timed(spec, event, context)
+            except EntityNotFound as exc:
+                return Outcome(AckStatus.NOT_FOUND, 0, attempt, str(exc)[:MAX_DETAIL])
+            return Outcome(AckStatus.COMPLETED, count, attempt)
+        try:
+            async with self.store.transaction(self.service, event.event_id) as tx:
+                context = HandlerContext(self.service, attempt, max_attempts, tx.connection)
+                count = await self._timed(spec, event, context)
+                outcome = Outcome(AckStatus.COMPLETED, count, attempt)
+                await tx.record(outcome.processed(event))
+            return outcome
+        except EntityNotFound as exc:
+            # The handler's transaction is rolled back; the verdict is recorded on its own.
+            outcome = Outcome(AckStatus.NOT_FOUND, 0, attempt, str(exc)[:MAX_DETAIL])
+            try:
+                async with self.store.transaction(self.service, event.event_id) as tx:
+                    await tx.record(outcome.processed(event))
+            except AlreadyRecorded:
+                return await self._recorded_elsewhere(event)
+            return outcome
+        except AlreadyRecorded:
+            return await self._recorded_elsewhere(event)
+
+    async def _timed(self, spec: HandlerSpec, event: RetentionEvent, ctx: HandlerContext) -> int:
+        if self.on_call is not None:
+            self.on_call(spec, event, ctx)
+        started = time.perf_counter()
+        try:
+            return await spec.call(event, ctx)
+        finally:
+            self.metrics.handler_duration.labels(
+                self.service, spec.entity_type, spec.action.value
+            ).observe(time.perf_counter() - started)
+
+    async def _recorded_elsewhere(self, event: RetentionEvent) -> Outcome:
+        assert self.store is not None
+        known = (await self.store.lookup(self.service, [event.event_id]))[event.event_id]
+        return self._redelivered(known)
+
+    @staticmethod
+    def _redelivered(known: ProcessedEvent) -> Outcome:
+        return Outcome(
+            known.status,
+            known.records_affected,
+            1,
+            f"redelivered; processed at {known.processed_at.isoformat()}",
+            redelivered=True,
+        )

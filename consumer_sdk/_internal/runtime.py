@@ -1,0 +1,348 @@
+"""The Kafka side: poll, one worker per partition, acks before commits, rebalances, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Sequence
+from typing import Any
+
+import structlog
+
+from consumer_sdk._internal.executor import Abandoned, EventExecutor
+from consumer_sdk._internal.registry import HandlerRegistry, HandlerSpec
+from consumer_sdk._internal.transport import (
+    CommitLost,
+    ConsumerPort,
+    Partition,
+    ProducerPort,
+    Record,
+)
+from consumer_sdk.dlq import DlqHeader, DlqReason
+from consumer_sdk.idempotency import IdempotencyStore, ProcessedEvent
+from consumer_sdk.metrics import ConsumerMetrics
+from consumer_sdk.settings import ConsumerSettings
+from schemas import (
+    AckStatus,
+    PoisonRecord,
+    RetentionEvent,
+    ServiceRegistration,
+    Topics,
+    decode,
+    encode,
+    utc_now,
+)
+
+__all__ = ["Runtime", "dlq_headers"]
+
+log = structlog.get_logger("consumer_sdk")
+
+
+def dlq_headers(
+    record: Record, *, service: str, reason: DlqReason, error: str, attempts: int
+) -> list[tuple[str, bytes]]:
+    """The original headers, then ours saying why the record is in the DLQ."""
+    ours = {
+        DlqHeader.REASON: reason.value,
+        DlqHeader.ERROR: error,
+        DlqHeader.SERVICE: service,
+        DlqHeader.ATTEMPTS: str(attempts),
+        DlqHeader.ORIGINAL_TOPIC: record.topic,
+        DlqHeader.ORIGINAL_PARTITION: str(record.partition),
+        DlqHeader.ORIGINAL_OFFSET: str(record.offset),
+        DlqHeader.FAILED_AT: utc_now().isoformat().replace("+00:00", "Z"),
+    }
+    kept = [(k, v) for k, v in record.headers if k not in set(ours)]
+    return kept + [(k.value, v.encode("utf-8")) for k, v in ours.items()]
+
+
+class _PartitionWorker:
+    """Processes one partition's batches in order; the poll loop pauses it while busy."""
+
+    def __init__(self, runtime: Runtime, partition: Partition) -> None:
+        self.partition = partition
+        self._runtime = runtime
+        self._batches: asyncio.Queue[list[Record] | None] = asyncio.Queue()
+        self.stopping = asyncio.Event()
+        self.task = asyncio.create_task(self._run(), name=f"retention-worker-{partition}")
+
+    def submit(self, records: list[Record]) -> None:
+        self._batches.put_nowait(records)
+
+    def request_stop(self) -> None:
+        """Finish the record in hand, send the acks, commit, and end."""
+        self.stopping.set()
+        self._batches.put_nowait(None)
+
+    async def _run(self) -> None:
+        while (batch := await self._batches.get()) is not None:
+            await self._runtime.process_batch(self.partition, batch, self.stopping)
+            if self.stopping.is_set():
+                return
+            if self._batches.empty():
+                self._runtime.consumer.resume(self.partition)
+
+
+class Runtime:
+    def __init__(
+        self,
+        *,
+        service: str,
+        topics: Topics,
+        settings: ConsumerSettings,
+        registry: HandlerRegistry,
+        store: IdempotencyStore | None,
+        metrics: ConsumerMetrics,
+        registration: ServiceRegistration,
+        consumer: ConsumerPort,
+        producer: ProducerPort,
+    ) -> None:
+        self.service = service
+        self.topics = topics
+        self.settings = settings
+        self.registry = registry
+        self.store = store
+        self.metrics = metrics
+        self.registration = registration
+        self.consumer = consumer
+        self.producer = producer
+        self.executor = EventExecutor(service, settings, store, metrics)
+        self._workers: dict[Partition, _PartitionWorker] = {}
+        self._lag: dict[Partition, int] = {}
+        self._stopping = asyncio.Event()
+        self._rebalancing = False
+        self._poll_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.producer.start()
+        try:
+            delivered = await self.producer.send(
+                self.topics.services,
+                encode(self.registration),
+                key=self.registration.key.encode(),
+            )
+            await delivered
+            await self.consumer.start()
+        except BaseException:
+            await self.producer.stop()
+            raise
+        self._poll_task = asyncio.create_task(self._poll(), name="retention-poll")
+        log.info(
+            "consumer started",
+            service=self.service,
+            topic=self.topics.events,
+            handles=[h.model_dump(mode="json") for h in self.registration.handles],
+        )
+
+    async def wait(self) -> None:
+        """Until the poll loop ends (after `stop()`), re-raising if it crashed."""
+        if self._poll_task is not None:
+            await asyncio.shield(self._poll_task)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        try:
+            if self._poll_task is not None:
+                await self._poll_task
+            await self._drain(set(self._workers), self.settings.shutdown_timeout_s)
+        finally:
+            try:
+                await self.consumer.stop()
+            finally:
+                await self.producer.stop()
+        log.info("consumer stopped", service=self.service)
+
+    # -- the poll loop -------------------------------------------------------------
+
+    async def _poll(self) -> None:
+        settings = self.settings
+        while not self._stopping.is_set():
+            try:
+                batches = await self.consumer.getmany(
+                    timeout_s=settings.poll_timeout_s, max_records=settings.max_batch
+                )
+            except Exception as exc:
+                log.warning("poll failed; retrying", service=self.service, error=repr(exc))
+                await asyncio.sleep(settings.error_backoff_s)
+                continue
+            if self._rebalancing or self._stopping.is_set():
+                # Positions reset to the committed offsets once the rebalance completes.
+                continue
+            for partition, records in batches.items():
+                if not records:
+                    continue
+                worker = self._workers.get(partition)
+                if worker is None:
+                    worker = self._workers[partition] = _PartitionWorker(self, partition)
+                self.consumer.pause(partition)
+                worker.submit(records)
+
+    async def _drain(self, partitions: set[Partition], limit_s: float) -> None:
+        workers = [self._workers.pop(p) for p in partitions if p in self._workers]
+        for worker in workers:
+            worker.request_stop()
+            self._lag.pop(worker.partition, None)
+        self._update_lag_gauge()
+        if not workers:
+            return
+        done, pending = await asyncio.wait([w.task for w in workers], timeout=limit_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.warning(
+                "handlers still running at the shutdown timeout; cancelled, will be redelivered",
+                service=self.service,
+                workers=len(pending),
+            )
+            await asyncio.gather(*pending, return_exceptions=True)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("worker ended with an error", error=repr(task.exception()))
+
+    async def on_revoked(self, partitions: set[Partition]) -> None:
+        self._rebalancing = True
+        await self._drain(partitions, self.settings.shutdown_timeout_s)
+
+    async def on_assigned(self, partitions: set[Partition]) -> None:
+        self._rebalancing = False
+        log.info(
+            "partitions assigned",
+            service=self.service,
+            partitions=sorted(p.partition for p in partitions),
+        )
+
+    # -- one batch of one partition -------------------------------------------------
+
+    async def process_batch(
+        self, partition: Partition, records: Sequence[Record], stopping: asyncio.Event
+    ) -> None:
+        """Handle records in order, send every ack and DLQ record, await them all, commit."""
+        try:
+            await self._process_batch(partition, records, stopping)
+        except Exception as exc:
+            # Nothing past the last commit is lost: re-read from there after a pause.
+            log.error(
+                "batch failed; re-reading from the committed offset",
+                service=self.service,
+                partition=partition.partition,
+                error=repr(exc),
+            )
+            await asyncio.sleep(self.settings.error_backoff_s)
+            try:
+                await self.consumer.seek_to_committed(partition)
+            except Exception as seek_exc:
+                log.error("seek failed", service=self.service, error=repr(seek_exc))
+
+    async def _process_batch(
+        self, partition: Partition, records: Sequence[Record], stopping: asyncio.Event
+    ) -> None:
+        decoded: list[tuple[Record, RetentionEvent | PoisonRecord]] = []
+        for record in records:
+            try:
+                decoded.append((record, decode(RetentionEvent, record.value)))
+            except PoisonRecord as poison:
+                decoded.append((record, poison))
+        wanted = [
+            item.event_id
+            for _, item in decoded
+            if isinstance(item, RetentionEvent) and self.registry.get(item.entity_type, item.type)
+        ]
+        known: dict[uuid.UUID, ProcessedEvent] = (
+            dict(await self.store.lookup(self.service, wanted)) if self.store and wanted else {}
+        )
+        sends: list[Awaitable[Any]] = []
+        last_done: int | None = None
+        for record, item in decoded:
+            if stopping.is_set():
+                break
+            if isinstance(item, PoisonRecord):
+                log.warning(
+                    "poison record to the DLQ",
+                    service=self.service,
+                    partition=record.partition,
+                    offset=record.offset,
+                    reason=item.reason,
+                )
+                sends.append(await self._dead_letter(record, DlqReason.POISON, item.reason, 0))
+                last_done = record.offset
+                continue
+            spec = self.registry.get(item.entity_type, item.type)
+            if spec is None:
+                self.metrics.skipped.labels(self.service).inc()
+                last_done = record.offset
+                continue
+            try:
+                sends.extend(await self._handle(record, item, spec, known, stopping))
+            except Abandoned:
+                break
+            last_done = record.offset
+        if sends:
+            await asyncio.gather(*sends)
+        if last_done is None:
+            return
+        try:
+            await self.consumer.commit({partition: last_done + 1})
+        except CommitLost as exc:
+            log.warning(
+                "commit lost to a rebalance; records will be redelivered",
+                service=self.service,
+                partition=partition.partition,
+                error=str(exc),
+            )
+            return
+        highwater = self.consumer.highwater(partition)
+        if highwater is not None:
+            self._lag[partition] = max(highwater - (last_done + 1), 0)
+            self._update_lag_gauge()
+
+    async def _handle(
+        self,
+        record: Record,
+        event: RetentionEvent,
+        spec: HandlerSpec,
+        known: dict[uuid.UUID, ProcessedEvent],
+        stopping: asyncio.Event,
+    ) -> list[Awaitable[Any]]:
+        outcome = await self.executor.execute(
+            event, spec, known.get(event.event_id), stopping=stopping
+        )
+        if outcome.status is not AckStatus.FAILED:
+            # A second copy of the event later in this batch is a redelivery too.
+            known[event.event_id] = outcome.processed(event)
+        ack = outcome.ack(self.service, event)
+        self.metrics.handled.labels(
+            self.service, spec.entity_type, spec.action.value, outcome.status.value
+        ).inc()
+        log.info(
+            "event handled",
+            service=self.service,
+            event_id=str(event.event_id),
+            entity_type=event.entity_type,
+            action=spec.action.value,
+            status=outcome.status.value,
+            records_affected=outcome.records_affected,
+            attempts=outcome.attempts,
+            redelivered=outcome.redelivered,
+        )
+        sends = [await self.producer.send(self.topics.acks, encode(ack), key=ack.key.encode())]
+        if outcome.status is AckStatus.FAILED:
+            sends.append(
+                await self._dead_letter(record, DlqReason.FAILED, outcome.detail, outcome.attempts)
+            )
+        return sends
+
+    async def _dead_letter(
+        self, record: Record, reason: DlqReason, error: str, attempts: int
+    ) -> Awaitable[Any]:
+        self.metrics.dead_lettered.labels(self.service, reason.value).inc()
+        return await self.producer.send(
+            self.topics.dlq,
+            record.value or b"",
+            key=record.key,
+            headers=dlq_headers(
+                record, service=self.service, reason=reason, error=error, attempts=attempts
+            ),
+        )
+
+    def _update_lag_gauge(self) -> None:
+        self.metrics.lag.labels(self.service).set(sum(self._lag.values()))

@@ -1,0 +1,214 @@
+"""Kafka behind a small typed surface of ours (aiokafka's wheel ships no type hints)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.structs import TopicPartition
+
+from schemas import KafkaSettings
+
+__all__ = [
+    "CommitLost",
+    "ConsumerPort",
+    "Partition",
+    "ProducerPort",
+    "Record",
+    "TransportError",
+    "kafka_consumer",
+    "kafka_producer",
+]
+
+
+class Partition(NamedTuple):
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+
+
+class TransportError(Exception):
+    """Kafka failed in a way that retrying later may fix."""
+
+
+class CommitLost(TransportError):
+    """The partition moved to another member before the commit: the records will be redelivered."""
+
+
+Headers = Sequence[tuple[str, bytes]]
+RevokeCallback = Callable[[set[Partition]], Awaitable[None]]
+
+
+class ConsumerPort(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def getmany(self, *, timeout_s: float, max_records: int) -> dict[Partition, list[Record]]:
+        """Fetched records per partition; `TransportError` when Kafka fails."""
+
+    async def commit(self, offsets: Mapping[Partition, int]) -> None:
+        """Commit next-offsets; `CommitLost` if the partition is no longer ours."""
+
+    async def seek_to_committed(self, partition: Partition) -> None: ...
+    def assignment(self) -> set[Partition]: ...
+    def pause(self, partition: Partition) -> None: ...
+    def resume(self, partition: Partition) -> None: ...
+    def highwater(self, partition: Partition) -> int | None: ...
+
+
+class ProducerPort(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def send(
+        self, topic: str, value: bytes, *, key: bytes | None, headers: Headers = ()
+    ) -> Awaitable[Any]:
+        """Enqueue a record; the returned awaitable resolves once the broker has it (acks=all)."""
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped base class
+    def __init__(self, on_revoked: RevokeCallback, on_assigned: RevokeCallback) -> None:
+        self._on_revoked = on_revoked
+        self._on_assigned = on_assigned
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self._on_revoked({Partition(tp.topic, tp.partition) for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self._on_assigned({Partition(tp.topic, tp.partition) for tp in assigned})
+
+
+class _AiokafkaConsumer:
+    def __init__(self, consumer: Any, topic: str, listener: _Listener) -> None:
+        self._consumer = consumer
+        self._topic = topic
+        self._listener = listener
+
+    async def start(self) -> None:
+        self._consumer.subscribe([self._topic], listener=self._listener)
+        await self._consumer.start()
+
+    async def stop(self) -> None:
+        await self._consumer.stop()
+
+    async def getmany(self, *, timeout_s: float, max_records: int) -> dict[Partition, list[Record]]:
+        try:
+            batches = await self._consumer.getmany(
+                timeout_ms=int(timeout_s * 1000), max_records=max_records
+            )
+        except KafkaError as exc:
+            raise TransportError(repr(exc)) from exc
+        return {
+            Partition(tp.topic, tp.partition): [
+                Record(
+                    r.topic,
+                    r.partition,
+                    r.offset,
+                    r.key,
+                    r.value,
+                    tuple((k, bytes(v or b"")) for k, v in (r.headers or ())),
+                )
+                for r in records
+            ]
+            for tp, records in batches.items()
+        }
+
+    async def commit(self, offsets: Mapping[Partition, int]) -> None:
+        try:
+            await self._consumer.commit(
+                {TopicPartition(p.topic, p.partition): o for p, o in offsets.items()}
+            )
+        except (CommitFailedError, IllegalStateError) as exc:
+            raise CommitLost(repr(exc)) from exc
+        except KafkaError as exc:
+            raise TransportError(repr(exc)) from exc
+
+    async def seek_to_committed(self, partition: Partition) -> None:
+        tp = TopicPartition(partition.topic, partition.partition)
+        if tp in self._consumer.assignment():
+            try:
+                await self._consumer.seek_to_committed(tp)
+            except (KafkaError, IllegalStateError) as exc:
+                raise TransportError(repr(exc)) from exc
+
+    def assignment(self) -> set[Partition]:
+        return {Partition(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+
+    def pause(self, partition: Partition) -> None:
+        self._consumer.pause(TopicPartition(partition.topic, partition.partition))
+
+    def resume(self, partition: Partition) -> None:
+        tp = TopicPartition(partition.topic, partition.partition)
+        if tp in self._consumer.assignment():
+            self._consumer.resume(tp)
+
+    def highwater(self, partition: Partition) -> int | None:
+        tp = TopicPartition(partition.topic, partition.partition)
+        if tp not in self._consumer.assignment():
+            return None
+        value = self._consumer.highwater(tp)
+        return int(value) if value is not None else None
+
+
+class _AiokafkaProducer:
+    def __init__(self, producer: Any) -> None:
+        self._producer = producer
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def send(
+        self, topic: str, value: bytes, *, key: bytes | None, headers: Headers = ()
+    ) -> Awaitable[Any]:
+        try:
+            future: Awaitable[Any] = await self._producer.send(
+                topic, value, key=key, headers=list(headers)
+            )
+        except KafkaError as exc:
+            raise TransportError(repr(exc)) from exc
+        return future
+
+
+def kafka_consumer(
+    kafka: KafkaSettings,
+    *,
+    group_id: str,
+    max_records: int,
+    on_revoked: RevokeCallback,
+    on_assigned: RevokeCallback,
+) -> ConsumerPort:
+    consumer = AIOKafkaConsumer(
+        **kafka.client_kwargs(),
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=max_records,
+        # Only committed, whole records matter to us: the relay may write transactionally.
+        isolation_level="read_committed",
+    )
+    return _AiokafkaConsumer(consumer, kafka.topics.events, _Listener(on_revoked, on_assigned))
+
+
+def kafka_producer(kafka: KafkaSettings) -> ProducerPort:
+    producer = AIOKafkaProducer(
+        **kafka.client_kwargs(),
+        acks="all",
+        enable_idempotence=True,
+        # Acks of one batch are sent together and awaited together: a short linger packs them.
+        linger_ms=5,
+    )
+    return _AiokafkaProducer(producer)

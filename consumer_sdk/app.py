@@ -1,0 +1,293 @@
+"""`RetentionConsumer`: the one object a service author creates (SPEC §5)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, TypeVar
+
+import structlog
+from prometheus_client import CollectorRegistry
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from consumer_sdk._internal.registry import HandlerRegistry
+from consumer_sdk._internal.runtime import Runtime
+from consumer_sdk._internal.transport import kafka_consumer, kafka_producer
+from consumer_sdk.exceptions import ConfigurationError
+from consumer_sdk.idempotency import IdempotencyStore, PostgresIdempotencyStore
+from consumer_sdk.metrics import ConsumerMetrics
+from consumer_sdk.settings import ConsumerSettings
+from schemas import EventType, KafkaSettings, ServiceRegistration, async_database_url, utc_now
+
+__all__ = ["SDK_VERSION", "RetentionConsumer"]
+
+log = structlog.get_logger("consumer_sdk")
+
+try:
+    SDK_VERSION = metadata.version("retention-fanout")
+except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+    SDK_VERSION = "0+unknown"
+
+H = TypeVar("H", bound=Callable[..., Awaitable[int]])
+StartupHook = Callable[[AsyncConnection], Awaitable[None]]
+S = TypeVar("S", bound=StartupHook)
+StoreFactory = Callable[[AsyncEngine | None], IdempotencyStore]
+
+
+@dataclass(slots=True)
+class Resources:
+    """What a started consumer (or a test kit) holds open: engine and store."""
+
+    engine: AsyncEngine | None
+    store: IdempotencyStore | None
+
+
+class RetentionConsumer:
+    """Registers a service's handlers and runs them against the events topic.
+
+    Args:
+        service: The service's name; its consumer group is `retention.<service>`.
+        kafka: Kafka settings; default `KafkaSettings()` from `RETENTION_KAFKA_*`.
+        settings: Everything else; default `ConsumerSettings()` from `RETENTION_*`.
+        database_url: The service's own database (overrides `settings.database_url`).
+        engine: An engine of the service's own instead of a URL; the SDK won't dispose it.
+        idempotency: A store of your own; default a PostgreSQL table when there is a database.
+        max_attempts: Default attempts per event (overrides `settings.max_attempts`).
+        registry: Where metrics go; default a fresh `CollectorRegistry`.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        *,
+        kafka: KafkaSettings | None = None,
+        settings: ConsumerSettings | None = None,
+        database_url: str | None = None,
+        engine: AsyncEngine | None = None,
+        idempotency: IdempotencyStore | None = None,
+        max_attempts: int | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        if not service or not service.strip() or len(service) > 255:
+            raise ConfigurationError(f"service must be 1-255 characters, not {service!r}")
+        base = settings if settings is not None else ConsumerSettings()
+        updates: dict[str, Any] = {}
+        if database_url is not None:
+            updates["database_url"] = database_url
+        if max_attempts is not None:
+            if max_attempts < 1:
+                raise ConfigurationError(f"max_attempts must be >= 1, not {max_attempts}")
+            updates["max_attempts"] = max_attempts
+        self.settings = base.model_copy(update=updates)
+        if self.settings.database_url is not None:
+            async_database_url(self.settings.database_url)  # a bad URL fails here, not later
+        if engine is not None and self.settings.database_url is not None:
+            raise ConfigurationError("give either engine= or database_url=, not both")
+        self.service = service
+        self.kafka = kafka if kafka is not None else KafkaSettings()
+        self.metrics = ConsumerMetrics(registry)
+        self._engine = engine
+        self._store = idempotency
+        self._registry = HandlerRegistry()
+        self._startup: list[StartupHook] = []
+        self._runtime: Runtime | None = None
+        self._running = AsyncExitStack()
+
+    # -- registration ----------------------------------------------------------------
+
+    @property
+    def has_database(self) -> bool:
+        return self._engine is not None or self.settings.database_url is not None
+
+    @property
+    def group_id(self) -> str:
+        return self.settings.group_id or f"retention.{self.service}"
+
+    def on_delete(
+        self,
+        entity_type: str,
+        *,
+        max_attempts: int | None = None,
+        throws: Iterable[type[BaseException]] = (),
+    ) -> Callable[[H], H]:
+        """Register the handler that deletes `entity_type` entities.
+
+        Args:
+            max_attempts: Attempts for this handler (default: the app's).
+            throws: Exceptions that mean "never going to work": no retries.
+        """
+        return self._register(entity_type, EventType.DELETE, max_attempts, throws)
+
+    def on_anonymize(
+        self,
+        entity_type: str,
+        *,
+        max_attempts: int | None = None,
+        throws: Iterable[type[BaseException]] = (),
+    ) -> Callable[[H], H]:
+        """Register the handler that anonymizes `entity_type` entities; see `on_delete`."""
+        return self._register(entity_type, EventType.ANONYMIZE, max_attempts, throws)
+
+    def on_startup(self, hook: S) -> S:
+        """Run `hook(conn)` in one transaction on the service's database before consuming."""
+        if not self.has_database:
+            raise ConfigurationError(
+                f"on_startup({getattr(hook, '__qualname__', hook)}): the consumer has no database"
+            )
+        self._startup.append(hook)
+        return hook
+
+    def _register(
+        self,
+        entity_type: str,
+        action: EventType,
+        max_attempts: int | None,
+        throws: Iterable[type[BaseException]],
+    ) -> Callable[[H], H]:
+        def decorator(func: H) -> H:
+            self._registry.add(
+                entity_type,
+                action,
+                func,
+                max_attempts=max_attempts,
+                throws=throws,
+                database_available=self.has_database
+                or bool(self._store is not None and self._store.provides_connection),
+            )
+            return func
+
+        return decorator
+
+    @property
+    def handlers(self) -> HandlerRegistry:
+        return self._registry
+
+    def registration(self) -> ServiceRegistration:
+        return ServiceRegistration(
+            service=self.service,
+            handles=self._registry.handles(),
+            sdk_version=SDK_VERSION,
+            registered_at=utc_now(),
+        )
+
+    # -- resources -------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def resources(
+        self, *, store_factory: StoreFactory | None = None
+    ) -> AsyncIterator[Resources]:
+        """Open the engine and the store, run startup hooks; close them on exit.
+
+        The test kit passes a `store_factory` (given the engine, if any); a running
+        consumer uses the app's store, or PostgreSQL when there is a database.
+        """
+        owned: AsyncEngine | None = None
+        engine = self._engine
+        if engine is None and self.settings.database_url is not None:
+            engine = owned = create_async_engine(
+                async_database_url(self.settings.database_url), pool_pre_ping=True
+            )
+        try:
+            chosen = store_factory(engine) if store_factory else self._store
+            if chosen is None and engine is not None:
+                chosen = PostgresIdempotencyStore(engine)
+            if self._registry.needs_connection and not (chosen and chosen.provides_connection):
+                raise ConfigurationError(
+                    f"service {self.service!r}: a handler takes a connection but the "
+                    "idempotency store provides none"
+                )
+            if engine is not None and self._startup:
+                async with engine.begin() as conn:
+                    for hook in self._startup:
+                        await hook(conn)
+            if chosen is not None:
+                await chosen.open()
+            try:
+                yield Resources(engine, chosen)
+            finally:
+                if chosen is not None:
+                    await chosen.close()
+        finally:
+            if owned is not None:
+                await owned.dispose()
+
+    # -- running ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the database, publish the registration, join the group, start consuming."""
+        if self._runtime is not None:
+            raise ConfigurationError(f"service {self.service!r} is already started")
+        if not len(self._registry):
+            raise ConfigurationError(f"service {self.service!r} registered no handlers")
+        runtime: Runtime | None = None
+        async with AsyncExitStack() as stack:
+            resources = await stack.enter_async_context(self.resources())
+            runtime = Runtime(
+                service=self.service,
+                topics=self.kafka.topics,
+                settings=self.settings,
+                registry=self._registry,
+                store=resources.store,
+                metrics=self.metrics,
+                registration=self.registration(),
+                consumer=kafka_consumer(
+                    self.kafka,
+                    group_id=self.group_id,
+                    max_records=self.settings.max_batch,
+                    on_revoked=lambda p: runtime.on_revoked(p) if runtime else _noop(),
+                    on_assigned=lambda p: runtime.on_assigned(p) if runtime else _noop(),
+                ),
+                producer=kafka_producer(self.kafka),
+            )
+            await runtime.start()
+            self._running = stack.pop_all()
+        self._runtime = runtime
+
+    async def stop(self) -> None:
+        """Finish in-flight handlers, send their acks, commit, leave the group, close.
+
+        Bounded by `settings.shutdown_timeout_s`; whatever is cut off is redelivered later.
+        """
+        runtime, self._runtime = self._runtime, None
+        if runtime is None:
+            return
+        try:
+            await runtime.stop()
+        finally:
+            await self._running.aclose()
+
+    async def serve(self) -> None:
+        """Start, run until SIGTERM/SIGINT, stop."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await self.start()
+            assert self._runtime is not None
+            stopped = asyncio.create_task(stop.wait())
+            polling = asyncio.create_task(self._runtime.wait())
+            try:
+                await asyncio.wait([stopped, polling], return_when=asyncio.FIRST_COMPLETED)
+                log.info("stopping", service=self.service)
+            finally:
+                stopped.cancel()
+                try:
+                    await self.stop()  # re-raises if the poll loop crashed
+                finally:
+                    await asyncio.gather(polling, stopped, return_exceptions=True)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    def run(self) -> None:
+        """Blocking: consume until SIGTERM or SIGINT, then stop gracefully."""
+        asyncio.run(self.serve())
+
+
+async def _noop() -> None:
+    return None

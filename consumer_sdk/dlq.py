@@ -1,0 +1,32 @@
+"""Headers the SDK puts on records it sends to the dead-letter topic.
+
+A DLQ record keeps the original key, value and headers; these say why it is there.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = ["DlqHeader", "DlqReason"]
+
+
+class DlqReason(StrEnum):
+    POISON = "poison"
+    """The record could not be decoded (bytes, JSON, schema, version, size)."""
+    FAILED = "failed"
+    """The handler failed on its last attempt; a `failed` ack was sent too."""
+
+
+class DlqHeader(StrEnum):
+    REASON = "retention.dlq.reason"
+    """`poison` or `failed`."""
+    ERROR = "retention.dlq.error"
+    """What went wrong, as text."""
+    SERVICE = "retention.dlq.service"
+    ATTEMPTS = "retention.dlq.attempts"
+    """Handler attempts made (0 for poison records)."""
+    ORIGINAL_TOPIC = "retention.dlq.original_topic"
+    ORIGINAL_PARTITION = "retention.dlq.original_partition"
+    ORIGINAL_OFFSET = "retention.dlq.original_offset"
+    FAILED_AT = "retention.dlq.failed_at"
+    """RFC 3339 UTC."""

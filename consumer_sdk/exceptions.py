@@ -1,0 +1,41 @@
+"""Exceptions of the consumer SDK: one root, and a branch for those that steer delivery."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "DuplicateHandlerError",
+    "EntityNotFound",
+    "HandlerSignal",
+    "PermanentFailure",
+    "RetentionSDKError",
+    "RetryLater",
+]
+
+
+class RetentionSDKError(Exception):
+    """Root of every exception the SDK defines."""
+
+
+class ConfigurationError(RetentionSDKError, ValueError):
+    """The app is set up wrongly: a bad handler signature, a missing database, a bad setting."""
+
+
+class DuplicateHandlerError(ConfigurationError):
+    """A second handler for the same entity type and action; raised at import time."""
+
+
+class HandlerSignal(RetentionSDKError):
+    """Raised by a handler on purpose to tell the SDK how to acknowledge the event."""
+
+
+class EntityNotFound(HandlerSignal):
+    """Nothing to erase: the entity is already gone. Acked `not_found`, which counts as done."""
+
+
+class RetryLater(HandlerSignal):
+    """A transient condition: retry with backoff, up to the handler's `max_attempts`."""
+
+
+class PermanentFailure(HandlerSignal):
+    """This event can never succeed: no retries, a `failed` ack and the record to the DLQ."""

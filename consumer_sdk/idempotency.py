@@ -1,0 +1,247 @@
+"""Idempotency stores: which events a service has already processed, and with what result.
+
+A store hands out one transaction per event. When the store has a database, the
+handler's writes run on `StoreTransaction.connection`, so the event's record and the
+handler's effect commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import uuid
+import zlib
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    Uuid,
+    select,
+    text,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from schemas import AckStatus
+
+__all__ = [
+    "AlreadyRecorded",
+    "IdempotencyStore",
+    "InMemoryIdempotencyStore",
+    "PostgresIdempotencyStore",
+    "ProcessedEvent",
+    "StoreTransaction",
+    "processed_events_table",
+]
+
+DEFAULT_TABLE = "retention_processed_events"
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessedEvent:
+    """The recorded result of one event for one service."""
+
+    event_id: uuid.UUID
+    status: AckStatus
+    records_affected: int
+    processed_at: datetime
+
+
+class AlreadyRecorded(Exception):
+    """Another delivery of the same event committed first; this transaction is void."""
+
+
+class StoreTransaction(Protocol):
+    """One event's transaction: the handler's connection (if any) and the record of it."""
+
+    @property
+    def connection(self) -> AsyncConnection | None: ...
+
+    async def record(self, processed: ProcessedEvent) -> None:
+        """Record the event; raise `AlreadyRecorded` if another delivery already did."""
+
+
+@runtime_checkable
+class IdempotencyStore(Protocol):
+    """Where a service's processed events are kept; pluggable."""
+
+    @property
+    def provides_connection(self) -> bool:
+        """Whether transactions carry a database connection handlers can write with."""
+
+    async def open(self) -> None:
+        """Create what the store needs (tables); safe to call from many replicas at once."""
+
+    async def close(self) -> None: ...
+
+    async def lookup(
+        self, service: str, event_ids: Iterable[uuid.UUID]
+    ) -> Mapping[uuid.UUID, ProcessedEvent]:
+        """The already-processed events among `event_ids`, in one round trip."""
+
+    def transaction(
+        self, service: str, event_id: uuid.UUID
+    ) -> AbstractAsyncContextManager[StoreTransaction]:
+        """Commits on normal exit, rolls back (handler writes included) on an exception."""
+
+
+def processed_events_table(name: str = DEFAULT_TABLE, *, schema: str | None = None) -> Table:
+    return Table(
+        name,
+        MetaData(schema=schema),
+        Column("service", Text, nullable=False),
+        Column("event_id", Uuid, nullable=False),
+        Column("status", Text, nullable=False),
+        Column("records_affected", Integer, nullable=False),
+        Column("processed_at", DateTime(timezone=True), nullable=False),
+        PrimaryKeyConstraint("service", "event_id", name=f"{name}_pkey"),
+    )
+
+
+@dataclass(slots=True)
+class _SqlTransaction:
+    table: Table
+    service: str
+    conn: AsyncConnection
+
+    @property
+    def connection(self) -> AsyncConnection:
+        return self.conn
+
+    async def record(self, processed: ProcessedEvent) -> None:
+        try:
+            # A plain INSERT: a concurrent delivery of the same event blocks on the
+            # primary key until the other commits, then fails here — effects apply once.
+            await self.conn.execute(
+                self.table.insert(),
+                {
+                    "service": self.service,
+                    "event_id": processed.event_id,
+                    "status": processed.status.value,
+                    "records_affected": processed.records_affected,
+                    "processed_at": processed.processed_at,
+                },
+            )
+        except IntegrityError as exc:
+            raise AlreadyRecorded(str(processed.event_id)) from exc
+
+
+class PostgresIdempotencyStore:
+    """The default store: a table in the service's own database, created on `open()`."""
+
+    def __init__(
+        self, engine: AsyncEngine, *, table: str = DEFAULT_TABLE, schema: str | None = None
+    ) -> None:
+        self._engine = engine
+        self.table = processed_events_table(table, schema=schema)
+
+    @property
+    def provides_connection(self) -> bool:
+        return True
+
+    async def open(self) -> None:
+        async with self._engine.begin() as conn:
+            # Replicas starting together would race on CREATE TABLE; the lock serializes them.
+            lock_key = zlib.crc32(self.table.fullname.encode())
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key})
+            await conn.run_sync(self.table.metadata.create_all, checkfirst=True)
+
+    async def close(self) -> None:
+        """Nothing to release: the engine belongs to the consumer."""
+
+    async def lookup(
+        self, service: str, event_ids: Iterable[uuid.UUID]
+    ) -> Mapping[uuid.UUID, ProcessedEvent]:
+        ids = list(event_ids)
+        if not ids:
+            return {}
+        t = self.table
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(t.c.event_id, t.c.status, t.c.records_affected, t.c.processed_at).where(
+                    t.c.service == service, t.c.event_id.in_(ids)
+                )
+            )
+            return {
+                row.event_id: ProcessedEvent(
+                    row.event_id, AckStatus(row.status), row.records_affected, row.processed_at
+                )
+                for row in rows
+            }
+
+    @asynccontextmanager
+    async def transaction(
+        self, service: str, event_id: uuid.UUID
+    ) -> AsyncIterator[StoreTransaction]:
+        async with self._engine.begin() as conn:
+            yield _SqlTransaction(self.table, service, conn)
+
+
+@dataclass(slots=True)
+class _MemoryTransaction:
+    conn: AsyncConnection | None
+    recorded: list[ProcessedEvent]
+    existing: Mapping[uuid.UUID, ProcessedEvent]
+
+    @property
+    def connection(self) -> AsyncConnection | None:
+        return self.conn
+
+    async def record(self, processed: ProcessedEvent) -> None:
+        if processed.event_id in self.existing:
+            raise AlreadyRecorded(str(processed.event_id))
+        self.recorded.append(processed)
+
+
+class InMemoryIdempotencyStore:
+    """A dict of processed events, for tests.
+
+    With an `engine`, each transaction also opens a database transaction and hands its
+    connection to the handler, so handlers that write SQL can be tested as they run.
+    """
+
+    def __init__(self, engine: AsyncEngine | None = None) -> None:
+        self._engine = engine
+        self.processed: dict[tuple[str, uuid.UUID], ProcessedEvent] = {}
+
+    @property
+    def provides_connection(self) -> bool:
+        return self._engine is not None
+
+    async def open(self) -> None:
+        """Nothing to create."""
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    async def lookup(
+        self, service: str, event_ids: Iterable[uuid.UUID]
+    ) -> Mapping[uuid.UUID, ProcessedEvent]:
+        return {
+            event_id: self.processed[(service, event_id)]
+            for event_id in event_ids
+            if (service, event_id) in self.processed
+        }
+
+    @asynccontextmanager
+    async def transaction(
+        self, service: str, event_id: uuid.UUID
+    ) -> AsyncIterator[StoreTransaction]:
+        existing = await self.lookup(service, [event_id])
+        recorded: list[ProcessedEvent] = []
+        if self._engine is None:
+            yield _MemoryTransaction(None, recorded, existing)
+        else:
+            async with self._engine.begin() as conn:
+                yield _MemoryTransaction(conn, recorded, existing)
+        # Only reached when the block (and the database commit) succeeded.
+        for processed in recorded:
+            self.processed[(service, processed.event_id)] = processed

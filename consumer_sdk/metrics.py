@@ -1,0 +1,70 @@
+"""The SDK's Prometheus metrics, on a registry the service injects.
+
+Base units (seconds, records); labels are bounded — service, entity type, action,
+status, DLQ reason — never entity or event ids.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["ConsumerMetrics"]
+
+_HANDLER_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class ConsumerMetrics:
+    """Every metric of one consumer; one instance per registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.handled = Counter(
+            "retention_consumer_events_handled",
+            "Events acknowledged, by the status of the ack sent.",
+            ["service", "entity_type", "action", "status"],
+            registry=r,
+        )
+        self.failed = Counter(
+            "retention_consumer_events_failed",
+            "Events that failed after their last attempt (acked `failed`, sent to the DLQ).",
+            ["service", "entity_type", "action"],
+            registry=r,
+        )
+        self.retried = Counter(
+            "retention_consumer_handler_retries",
+            "Handler attempts that failed and were retried.",
+            ["service", "entity_type", "action"],
+            registry=r,
+        )
+        self.duplicates = Counter(
+            "retention_consumer_events_redelivered",
+            "Events already processed, acked again without calling the handler.",
+            ["service", "entity_type", "action"],
+            registry=r,
+        )
+        self.skipped = Counter(
+            "retention_consumer_events_skipped",
+            "Events for entity types or actions this service does not handle (no ack).",
+            ["service"],
+            registry=r,
+        )
+        self.handler_duration = Histogram(
+            "retention_consumer_handler_duration_seconds",
+            "Duration of one handler attempt, transaction included.",
+            ["service", "entity_type", "action"],
+            buckets=_HANDLER_BUCKETS,
+            registry=r,
+        )
+        self.dead_lettered = Counter(
+            "retention_consumer_dead_lettered",
+            "Records sent to the DLQ, by reason (poison | failed).",
+            ["service", "reason"],
+            registry=r,
+        )
+        self.lag = Gauge(
+            "retention_consumer_lag_records",
+            "Records on assigned partitions not yet processed (from the fetch high-water mark).",
+            ["service"],
+            registry=r,
+        )

@@ -1,0 +1,82 @@
+"""Settings of a consumer, from `RETENTION_*` variables or keyword arguments."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["ConsumerSettings"]
+
+
+class ConsumerSettings(BaseSettings):
+    """How the SDK consumes, retries and stops; Kafka itself is `schemas.KafkaSettings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RETENTION_", extra="ignore", populate_by_name=True
+    )
+
+    database_url: str | None = Field(
+        default=None,
+        # Not RETENTION_DATABASE_URL: that one is the coordinator's database, never a service's.
+        validation_alias=AliasChoices("database_url", "RETENTION_SERVICE_DATABASE_URL"),
+        description=(
+            "The service's own PostgreSQL database (plain postgresql:// accepted). When set, "
+            "the SDK keeps its idempotency table there and hands handlers a connection in "
+            "the same transaction."
+        ),
+    )
+    group_id: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("group_id", "RETENTION_CONSUMER_GROUP_ID"),
+        description="Consumer group; default `retention.<service>`.",
+    )
+    max_attempts: int = Field(
+        default=5,
+        ge=1,
+        validation_alias=AliasChoices("max_attempts", "RETENTION_CONSUMER_MAX_ATTEMPTS"),
+        description="Handler attempts per event unless the handler sets its own.",
+    )
+    retry_initial_s: float = Field(
+        default=0.5,
+        ge=0,
+        validation_alias=AliasChoices("retry_initial_s", "RETENTION_CONSUMER_RETRY_INITIAL_S"),
+        description="First backoff between attempts; doubles each time.",
+    )
+    retry_max_s: float = Field(
+        default=30.0,
+        ge=0,
+        validation_alias=AliasChoices("retry_max_s", "RETENTION_CONSUMER_RETRY_MAX_S"),
+        description="Longest backoff between attempts.",
+    )
+    retry_jitter_s: float = Field(
+        default=0.5,
+        ge=0,
+        validation_alias=AliasChoices("retry_jitter_s", "RETENTION_CONSUMER_RETRY_JITTER_S"),
+        description="Random extra up to this many seconds on each backoff.",
+    )
+    max_batch: int = Field(
+        default=500,
+        ge=1,
+        validation_alias=AliasChoices("max_batch", "RETENTION_CONSUMER_MAX_BATCH"),
+        description="Records fetched per poll; offsets are committed once per batch per partition.",
+    )
+    poll_timeout_s: float = Field(
+        default=0.5,
+        gt=0,
+        validation_alias=AliasChoices("poll_timeout_s", "RETENTION_CONSUMER_POLL_TIMEOUT_S"),
+        description="How long one poll waits for records.",
+    )
+    shutdown_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        validation_alias=AliasChoices(
+            "shutdown_timeout_s", "RETENTION_CONSUMER_SHUTDOWN_TIMEOUT_S"
+        ),
+        description="Bound on finishing in-flight handlers at stop or rebalance.",
+    )
+    error_backoff_s: float = Field(
+        default=1.0,
+        gt=0,
+        validation_alias=AliasChoices("error_backoff_s", "RETENTION_CONSUMER_ERROR_BACKOFF_S"),
+        description="Pause before re-reading a partition after Kafka or the database failed.",
+    )

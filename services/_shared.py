@@ -1,0 +1,112 @@
+"""What the example services share: their database, table creation, logging, the entry point.
+
+Only public `consumer_sdk` API is used here and in the services.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import re
+import sys
+import zlib
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+import structlog
+from sqlalchemy import MetaData, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.schema import CreateSchema
+
+from consumer_sdk import RetentionConsumer
+from schemas import async_database_url
+
+__all__ = [
+    "DEFAULT_SERVICE_DATABASE_URL",
+    "create_tables",
+    "engine_for",
+    "ensure_database",
+    "main",
+    "service_database_url",
+]
+
+DEFAULT_SERVICE_DATABASE_URL = "postgresql://retention:retention@127.0.0.1:5432/retention_services"
+"""All three example services share one database, each in its own schema."""
+
+_DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def service_database_url() -> str:
+    return os.environ.get("RETENTION_SERVICE_DATABASE_URL") or DEFAULT_SERVICE_DATABASE_URL
+
+
+def engine_for(url: str) -> AsyncEngine:
+    return create_async_engine(async_database_url(url), pool_pre_ping=True)
+
+
+async def create_tables(conn: AsyncConnection, metadata: MetaData) -> None:
+    """Create the service's schema and tables if missing (replicas may start together)."""
+    schema = metadata.schema
+    assert schema is not None, "each service keeps its tables in a schema of its own"
+    await conn.execute(
+        text("SELECT pg_advisory_xact_lock(:key)"), {"key": zlib.crc32(schema.encode())}
+    )
+    await conn.execute(CreateSchema(schema, if_not_exists=True))
+    await conn.run_sync(metadata.create_all, checkfirst=True)
+
+
+async def ensure_database(url: str) -> None:
+    """Create the service database if the server lacks it (demo convenience)."""
+    base, _, name = url.rpartition("/")
+    name = name.split("?", 1)[0]
+    if not _DB_NAME.match(name):
+        raise ValueError(f"database name {name!r} in the service URL is not a plain identifier")
+    admin = create_async_engine(
+        async_database_url(f"{base}/postgres"), isolation_level="AUTOCOMMIT"
+    )
+    try:
+        async with admin.connect() as conn:
+            exists = await conn.scalar(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+            )
+            if not exists:
+                # Identifiers cannot be bound parameters; the name was checked above.
+                await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        await admin.dispose()
+
+
+def configure_logging() -> None:
+    """JSON lines on stdout: ours and the libraries'."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(message)s")
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+    )
+
+
+Seed = Callable[[str, Sequence[str]], Coroutine[Any, Any, int]]
+
+
+def main(name: str, create_app: Callable[[], RetentionConsumer], seed: Seed) -> int:
+    """`python -m services.<name>` runs the service; `... seed USER_ID...` inserts demo data."""
+    parser = argparse.ArgumentParser(prog=f"python -m services.{name}")
+    sub = parser.add_subparsers(dest="command")
+    seeding = sub.add_parser("seed", help="insert demo data for these user ids")
+    seeding.add_argument("user_ids", nargs="+")
+    args = parser.parse_args()
+    configure_logging()
+    url = service_database_url()
+    asyncio.run(ensure_database(url))
+    if args.command == "seed":
+        count = asyncio.run(seed(url, args.user_ids))
+        print(f"seeded {count} rows for {len(args.user_ids)} users", file=sys.stderr)
+        return 0
+    create_app().run()
+    return 0

@@ -1,0 +1,172 @@
+"""Billing: orders are financial records that must be kept (amounts, dates) but need not
+name anyone. Anonymizing an order masks its customer's name, email and address; deleting
+a user anonymizes all of that user's orders and unlinks them from the user."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+
+from prometheus_client import CollectorRegistry
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Identity,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    Uuid,
+    func,
+    select,
+)
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from consumer_sdk import ConsumerSettings, EntityNotFound, RetentionConsumer, RetentionEvent
+from schemas import KafkaSettings
+from services._shared import create_tables, engine_for, service_database_url
+
+__all__ = ["MASK", "SERVICE", "create_app", "erasure_log", "metadata", "orders", "seed"]
+
+SERVICE = "billing"
+MASK = "[redacted]"
+metadata = MetaData(schema="billing")
+
+orders = Table(
+    "orders",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("user_id", Text, nullable=True, index=True),
+    Column("customer_name", Text, nullable=False),
+    Column("email", Text, nullable=False),
+    Column("address", Text, nullable=False),
+    Column("amount_cents", BigInteger, nullable=False),
+    Column("currency", Text, nullable=False),
+    Column("ordered_at", DateTime(timezone=True), nullable=False),
+    Column("anonymized_at", DateTime(timezone=True), nullable=True),
+)
+
+erasure_log = Table(
+    "erasure_log",
+    metadata,
+    # No unique key on purpose: a twice-applied event would show as two rows.
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("event_id", Uuid, nullable=False, index=True),
+    Column("entity_type", Text, nullable=False),
+    Column("entity_id", Text, nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("erased_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+_MASKED = {"customer_name": MASK, "email": MASK, "address": MASK}
+
+
+async def _log(conn: AsyncConnection, event: RetentionEvent, rows: int) -> None:
+    await conn.execute(
+        erasure_log.insert(),
+        {
+            "event_id": event.event_id,
+            "entity_type": event.entity_type,
+            "entity_id": event.entity_id,
+            "rows": rows,
+        },
+    )
+
+
+async def anonymize_order(event: RetentionEvent, conn: AsyncConnection) -> int:
+    """Mask one order's personal columns; amounts and dates stay for the tax authority.
+
+    The event's `fields` name the coordinator's columns, not ours: billing always masks
+    every personal column it has.
+    """
+    result = await conn.execute(
+        orders.update()
+        .where(orders.c.id == event.entity_id, orders.c.anonymized_at.is_(None))
+        .values(**_MASKED, anonymized_at=func.now())
+    )
+    if result.rowcount == 0:
+        exists = await conn.scalar(select(orders.c.id).where(orders.c.id == event.entity_id))
+        if exists is None:
+            raise EntityNotFound("no such order")
+    await _log(conn, event, result.rowcount)
+    return result.rowcount
+
+
+async def delete_user(event: RetentionEvent, conn: AsyncConnection) -> int:
+    """A deleted user's orders are kept anonymized and no longer linked to the user."""
+    result = await conn.execute(
+        orders.update()
+        .where(orders.c.user_id == event.entity_id)
+        .values(
+            **_MASKED,
+            user_id=None,
+            anonymized_at=func.coalesce(orders.c.anonymized_at, func.now()),
+        )
+    )
+    if result.rowcount == 0:
+        raise EntityNotFound("no orders for this user")
+    await _log(conn, event, result.rowcount)
+    return result.rowcount
+
+
+async def _create_tables(conn: AsyncConnection) -> None:
+    await create_tables(conn, metadata)
+
+
+def create_app(
+    *,
+    database_url: str | None = None,
+    kafka: KafkaSettings | None = None,
+    settings: ConsumerSettings | None = None,
+    registry: CollectorRegistry | None = None,
+) -> RetentionConsumer:
+    app = RetentionConsumer(
+        SERVICE,
+        kafka=kafka,
+        settings=settings,
+        database_url=database_url or service_database_url(),
+        registry=registry,
+    )
+    app.on_startup(_create_tables)
+    app.on_anonymize("order")(anonymize_order)
+    app.on_delete("user")(delete_user)
+    return app
+
+
+async def seed(
+    database_url: str,
+    user_ids: Sequence[str],
+    *,
+    order_ids: Mapping[str, Sequence[str]] | None = None,
+    per_user: int = 2,
+) -> int:
+    """Insert orders per user: `order_ids[user]` when given (to match the coordinator's
+    order ids), else `per_user` orders named `<user>-order-<n>`. Returns rows inserted."""
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "id": order_id,
+            "user_id": user,
+            "customer_name": f"Customer {user}",
+            "email": f"{user}@example.com",
+            "address": f"{n + 1} Example Street",
+            "amount_cents": 1000 + 250 * n,
+            "currency": "EUR",
+            "ordered_at": now - timedelta(days=30 * (n + 1)),
+        }
+        for user in user_ids
+        for n, order_id in enumerate(
+            (order_ids or {}).get(user) or [f"{user}-order-{i}" for i in range(per_user)]
+        )
+    ]
+    engine = engine_for(database_url)
+    try:
+        async with engine.begin() as conn:
+            await create_tables(conn, metadata)
+            if rows:
+                await conn.execute(postgresql.insert(orders).on_conflict_do_nothing(), rows)
+            return len(rows)
+    finally:
+        await engine.dispose()

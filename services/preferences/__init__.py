@@ -1,0 +1,12 @@
+"""Preferences service: deletes a user's preferences (`user` / delete)."""
+
+from services.preferences.service import (
+    SERVICE,
+    create_app,
+    erasure_log,
+    metadata,
+    preferences,
+    seed,
+)
+
+__all__ = ["SERVICE", "create_app", "erasure_log", "metadata", "preferences", "seed"]

@@ -1,0 +1,82 @@
+"""Producing to and reading back from the real broker, for SDK tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import ConsumerRecord
+
+from schemas import KafkaSettings, RetentionEvent, encode
+
+
+async def produce(
+    kafka: KafkaSettings, records: Sequence[RetentionEvent | tuple[bytes, bytes | None]]
+) -> None:
+    """Events (keyed as the relay keys them) or raw (key, value) pairs, in order."""
+    producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        futures = []
+        for item in records:
+            if isinstance(item, RetentionEvent):
+                key, value = item.key.encode(), encode(item)
+            else:
+                key, value = item
+            futures.append(await producer.send(kafka.topics.events, value, key=key))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def read_topic(
+    kafka: KafkaSettings, topic: str, *, expect: int, timeout_s: float = 20.0
+) -> list[ConsumerRecord]:
+    """All records of `topic` from the beginning, once at least `expect` are there."""
+    # No group: every partition, from the beginning, nothing committed.
+    consumer = AIOKafkaConsumer(
+        topic, **kafka.client_kwargs(), auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        records: list[ConsumerRecord] = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for part in batch.values():
+                records.extend(part)
+            if len(records) >= expect:
+                # Anything beyond `expect` would show up right behind; give it a moment.
+                more = await consumer.getmany(timeout_ms=300)
+                for part in more.values():
+                    records.extend(part)
+                return records
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def committed(kafka: KafkaSettings, group_id: str) -> dict[int, int]:
+    """Committed next-offset per partition of the events topic (absent: none committed)."""
+    admin = AIOKafkaAdminClient(**kafka.client_kwargs())
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group_id)
+    finally:
+        await admin.close()
+    return {
+        tp.partition: meta.offset
+        for tp, meta in offsets.items()
+        if tp.topic == kafka.topics.events and meta.offset >= 0
+    }
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], *, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s}s")
+        await asyncio.sleep(0.1)

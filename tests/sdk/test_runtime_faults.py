@@ -1,0 +1,135 @@
+"""The runtime's commit rule under a failing acks producer, with in-memory transport fakes:
+an offset is committed only once its ack is written, and nothing is lost or re-applied."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import Any
+
+from consumer_sdk import ConsumerMetrics, ConsumerSettings, InMemoryIdempotencyStore, RetentionEvent
+from consumer_sdk._internal.registry import HandlerRegistry
+from consumer_sdk._internal.runtime import Runtime
+from consumer_sdk._internal.transport import Partition, Record
+from schemas import EventType, ServiceRegistration, Topics, encode, utc_now
+from tests.sdk.helpers import event
+
+TOPICS = Topics("fake.retention")
+P0 = Partition(TOPICS.events, 0)
+
+
+class FakeConsumer:
+    def __init__(self, records: list[Record]) -> None:
+        self.records = records
+        self.position = 0
+        self.committed: list[int] = []
+        self.paused: set[Partition] = set()
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+    async def getmany(self, *, timeout_s: float, max_records: int) -> dict[Partition, list[Record]]:
+        await asyncio.sleep(0.01)
+        if P0 in self.paused or self.position >= len(self.records):
+            return {}
+        batch = self.records[self.position : self.position + max_records]
+        self.position += len(batch)
+        return {P0: batch}
+
+    async def commit(self, offsets: Mapping[Partition, int]) -> None:
+        self.committed.append(offsets[P0])
+
+    async def seek_to_committed(self, partition: Partition) -> None:
+        self.position = self.committed[-1] if self.committed else 0
+
+    def assignment(self) -> set[Partition]:
+        return {P0}
+
+    def pause(self, partition: Partition) -> None:
+        self.paused.add(partition)
+
+    def resume(self, partition: Partition) -> None:
+        self.paused.discard(partition)
+
+    def highwater(self, partition: Partition) -> int | None:
+        return len(self.records)
+
+
+class FlakyProducer:
+    """Fails the delivery of the first `failures` acks, as a broker outage would."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.delivered: list[tuple[str, bytes]] = []
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> Awaitable[Any]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if topic == TOPICS.acks and self.failures > 0:
+            self.failures -= 1
+            future.set_exception(ConnectionError("broker unavailable"))
+        else:
+            self.delivered.append((topic, value))
+            future.set_result(None)
+        return future
+
+
+async def test_failed_ack_delivery_means_no_commit_then_redelivery_without_reapplying() -> None:
+    events = [event(f"f{i}") for i in range(5)]
+    records = [
+        Record(TOPICS.events, 0, offset, e.key.encode(), encode(e), ())
+        for offset, e in enumerate(events)
+    ]
+    consumer, producer = FakeConsumer(records), FlakyProducer(failures=1)
+    calls: list[str] = []
+
+    async def delete_user(event: RetentionEvent) -> int:
+        calls.append(event.entity_id)
+        return 1
+
+    registry = HandlerRegistry()
+    registry.add(
+        "user",
+        EventType.DELETE,
+        delete_user,
+        max_attempts=None,
+        throws=(),
+        database_available=False,
+    )
+    runtime = Runtime(
+        service="svc",
+        topics=TOPICS,
+        settings=ConsumerSettings(
+            database_url=None, max_batch=5, error_backoff_s=0.01, poll_timeout_s=0.01
+        ),
+        registry=registry,
+        store=InMemoryIdempotencyStore(),
+        metrics=ConsumerMetrics(),
+        registration=ServiceRegistration(
+            service="svc", handles=registry.handles(), sdk_version="t", registered_at=utc_now()
+        ),
+        consumer=consumer,
+        producer=producer,
+    )
+    await runtime.start()
+    for _ in range(200):
+        if consumer.committed == [5]:
+            break
+        await asyncio.sleep(0.01)
+    await runtime.stop()
+
+    # The first batch's ack failed: nothing was committed for it; the re-read re-acked all.
+    assert consumer.committed == [5]
+    assert calls == [e.entity_id for e in events]
+    acks = [v for t, v in producer.delivered if t == TOPICS.acks]
+    assert len(acks) == 4 + 5  # four delivered the first time, all five again
+    assert sum(1 for t, _ in producer.delivered if t == TOPICS.services) == 1
