@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from contextlib import suppress
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
