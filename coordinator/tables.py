@@ -33,6 +33,7 @@ __all__ = [
     "outbox",
     "policy_results",
     "runs",
+    "scheduler_fires",
     "service_registry",
 ]
 
@@ -273,4 +274,18 @@ ack_ledger = Table(
     ),
     Index(None, "event_id"),
     Index(None, "received_at"),
+)
+
+# One row per cron fire time the leader dealt with; the primary key makes a fire happen
+# at most once even if two schedulers briefly both believe they lead.
+scheduler_fires = Table(
+    "scheduler_fires",
+    metadata,
+    Column("schedule", Text, primary_key=True),
+    Column("fire_at", DateTime(timezone=True), primary_key=True),
+    Column("status", Text, nullable=False),
+    Column("node", Text, nullable=False),
+    _ts("recorded_at", nullable=False, now=True),
+    _ts("finished_at"),
+    Column("detail", Text, nullable=False, server_default=text("''")),
 )
