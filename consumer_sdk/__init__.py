@@ -27,6 +27,7 @@ from consumer_sdk.idempotency import (
     ProcessedEvent,
     StoreTransaction,
 )
+from consumer_sdk.logs import configure_logging
 from consumer_sdk.metrics import ConsumerMetrics
 from consumer_sdk.settings import ConsumerSettings
 from schemas import AckStatus, EventType, RetentionAck, RetentionEvent
@@ -55,4 +56,5 @@ __all__ = [
     "RetentionSDKError",
     "RetryLater",
     "StoreTransaction",
+    "configure_logging",
 ]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import re
 import sys
@@ -15,12 +14,11 @@ import zlib
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-import structlog
 from sqlalchemy import MetaData, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.schema import CreateSchema
 
-from consumer_sdk import RetentionConsumer
+from consumer_sdk import RetentionConsumer, configure_logging
 from schemas import async_database_url
 
 __all__ = [
@@ -76,19 +74,6 @@ async def ensure_database(url: str) -> None:
                 await conn.execute(text(f'CREATE DATABASE "{name}"'))
     finally:
         await admin.dispose()
-
-
-def configure_logging() -> None:
-    """JSON lines on stdout: ours and the libraries'."""
-    logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(message)s")
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.JSONRenderer(),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-    )
 
 
 Seed = Callable[[str, Sequence[str]], Coroutine[Any, Any, int]]

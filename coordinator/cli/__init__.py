@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 
+from consumer_sdk import configure_logging
 from coordinator.cli import audit, db, report, status
 from coordinator.cli._app import ExitCode, app, err_console
 
@@ -19,6 +21,8 @@ app.command("certificate")(status.certificate)
 
 
 def main() -> None:
+    # Logs go to stderr so that `--json` output on stdout stays one document.
+    configure_logging(os.environ.get("RETENTION_LOG_LEVEL", "WARNING"))
     # Operational failures get one clear line, not a driver traceback.
     try:
         app()

@@ -1,4 +1,4 @@
-"""One structlog pipeline for our logs and the libraries' (aiokafka, SQLAlchemy, uvicorn).
+"""One structlog pipeline for a process: our logs and the libraries' (aiokafka, SQLAlchemy).
 
 JSON lines when stderr is not a terminal (production, CI, containers); coloured
 key-value lines for people otherwise. Log event names and ids, never personal data.
