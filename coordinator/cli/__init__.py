@@ -6,13 +6,14 @@ import sys
 
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 
-from coordinator.cli import audit, db
+from coordinator.cli import audit, db, relay
 from coordinator.cli._app import ExitCode, app, err_console
 
 __all__ = ["app", "main"]
 
 app.add_typer(db.app, name="db")
 app.add_typer(audit.app, name="audit")
+app.command("relay")(relay.relay)
 
 
 def main() -> None:
