@@ -19,7 +19,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -56,6 +56,30 @@ class BatchResult:
     """Rows the broker did not acknowledge in time, or refused: they stay unpublished."""
     unbuildable: int = 0
     """Rows that do not make a valid RetentionEvent (a writer's bug): left unpublished."""
+
+
+@dataclass(eq=False, slots=True)
+class _Claim:
+    """A claimed batch: its open transaction, its events, and their send futures."""
+
+    conn: AsyncConnection
+    claimed: int
+    events: list[RetentionEvent] = field(default_factory=list)
+    records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = field(default_factory=list)
+    unbuildable: list[uuid.UUID] = field(default_factory=list)
+    futures: list[asyncio.Future[object]] = field(default_factory=list)
+    enqueue_error: BaseException | None = None
+    deadline: float = 0.0
+
+    async def close(self) -> None:
+        """Release the rows: closing rolls back whatever was not committed."""
+        await self.conn.close()
+
+    async def __aenter__(self) -> _Claim:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
 
 class Watchdog:
@@ -155,7 +179,7 @@ class OutboxRelay:
         self._producer: EventProducer | None = None
         self._watchdog = Watchdog(self._settings.stall_timeout_s)
         self._backlog_refreshed = float("-inf")
-        self._claim = (
+        self._claim_query = (
             select(outbox)
             .where(outbox.c.published_at.is_(None))
             .order_by(outbox.c.created_at)
@@ -205,43 +229,107 @@ class OutboxRelay:
         return int(count)
 
     async def publish_batch(self) -> BatchResult:
-        """One claim-publish-mark transaction, with the producer (re)started as needed."""
+        """One claim-send-mark transaction, with the producer (re)started as needed."""
         producer = await self._healthy_producer()
-        async with self._engine.begin() as conn:
-            rows = (await conn.execute(self._claim)).all()
+        claim = await self._claim()
+        if claim is None:
+            return BatchResult()
+        async with claim:
+            await self._enqueue(producer, claim)
+            return await self._finish(claim)
+
+    async def _claim(self) -> _Claim | None:
+        """Open a transaction, lock the oldest unpublished rows, and encode their events."""
+        conn = await self._engine.connect()
+        try:
+            await conn.begin()
+            rows = (await conn.execute(self._claim_query)).all()
             if not rows:
-                return BatchResult()
-            events: list[RetentionEvent] = []
-            unbuildable: list[uuid.UUID] = []
+                await conn.close()
+                return None
+            claim = _Claim(conn, claimed=len(rows))
             for row in rows:
                 try:
-                    events.append(event_from_row(row))
+                    event = event_from_row(row)
                 except (ValidationError, ValueError) as exc:
-                    unbuildable.append(row.event_id)
+                    claim.unbuildable.append(row.event_id)
                     log.error(
                         "outbox_row_unpublishable", event_id=str(row.event_id), error=str(exc)
                     )
-            outcomes = await self._send(producer, events)
-            published = [e for e, error in zip(events, outcomes, strict=True) if error is None]
-            failed = [e.event_id for e, error in zip(events, outcomes, strict=True) if error]
-            if failed:
-                first = next(error for error in outcomes if error is not None)
-                log.warning(
-                    "publish_failed", rows=len(failed), topic=self._topic, error=repr(first)
+                    continue
+                claim.events.append(event)
+                claim.records.append(
+                    (
+                        encode(event),
+                        event.key.encode(),
+                        [("event_id", str(event.event_id).encode())],
+                    )
                 )
-            policies = Counter(e.policy for e in published)
-            if published:
-                await self._mark_published(conn, published, policies)
-            if failed or unbuildable:
-                await conn.execute(
-                    update(outbox)
-                    .where(outbox.c.event_id == any_(_IDS))
-                    .values(publish_attempts=outbox.c.publish_attempts + 1),
-                    {"ids": failed + unbuildable},
-                )
+            return claim
+        except BaseException:
+            await conn.close()
+            raise
+
+    async def _enqueue(self, producer: EventProducer, claim: _Claim) -> None:
+        """Hand every record to the producer without waiting for acknowledgements."""
+        loop = asyncio.get_running_loop()
+        claim.deadline = loop.time() + self._settings.publish_timeout_s
+        try:
+            # `send` only enqueues, but it awaits topic metadata, which can hang (aiokafka#759).
+            async with asyncio.timeout_at(claim.deadline):
+                for value, key, headers in claim.records:
+                    claim.futures.append(
+                        await producer.send(self._topic, value, key=key, headers=headers)
+                    )
+        except (KafkaError, TimeoutError) as exc:
+            claim.enqueue_error = exc
+
+    async def _finish(self, claim: _Claim) -> BatchResult:
+        """Wait (bounded) for the acknowledgements, mark what was acknowledged, commit."""
+        outcomes = await self._outcomes(claim)
+        published = [e for e, error in zip(claim.events, outcomes, strict=True) if error is None]
+        failed = [e.event_id for e, error in zip(claim.events, outcomes, strict=True) if error]
+        if failed:
+            first = next(error for error in outcomes if error is not None)
+            log.warning("publish_failed", rows=len(failed), topic=self._topic, error=repr(first))
+        policies = Counter(e.policy for e in published)
+        if published:
+            await self._mark_published(claim.conn, published, policies)
+        if failed or claim.unbuildable:
+            await claim.conn.execute(
+                update(outbox)
+                .where(outbox.c.event_id == any_(_IDS))
+                .values(publish_attempts=outbox.c.publish_attempts + 1),
+                {"ids": failed + claim.unbuildable},
+            )
+        await claim.conn.commit()
         for policy, count in policies.items():
             self._metrics.events_published.labels(policy=policy).inc(count)
-        return BatchResult(len(rows), len(published), len(failed), len(unbuildable))
+        return BatchResult(claim.claimed, len(published), len(failed), len(claim.unbuildable))
+
+    async def _outcomes(self, claim: _Claim) -> list[BaseException | None]:
+        """One outcome per event: None when the broker acknowledged it."""
+        loop = asyncio.get_running_loop()
+        if claim.futures:
+            _, pending = await asyncio.wait(
+                claim.futures, timeout=max(0.0, claim.deadline - loop.time())
+            )
+            for future in pending:
+                future.add_done_callback(_consume_outcome)
+        timed_out = TimeoutError(f"no acknowledgement within {self._settings.publish_timeout_s}s")
+        outcomes: list[BaseException | None] = []
+        for index in range(len(claim.events)):
+            if index >= len(claim.futures):
+                outcomes.append(claim.enqueue_error or timed_out)
+                continue
+            future = claim.futures[index]
+            if not future.done():
+                outcomes.append(timed_out)
+            elif future.cancelled():
+                outcomes.append(asyncio.CancelledError("send cancelled"))
+            else:
+                outcomes.append(future.exception())
+        return outcomes
 
     async def _mark_published(
         self, conn: AsyncConnection, published: Sequence[RetentionEvent], policies: Counter[str]
@@ -266,46 +354,33 @@ class OutboxRelay:
         )
         await audit.append(conn, [entry], at=now)
 
-    async def _send(
-        self, producer: EventProducer, events: Sequence[RetentionEvent]
-    ) -> list[BaseException | None]:
-        """Send all, then wait for all, within `publish_timeout_s`; one outcome per event."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._settings.publish_timeout_s
-        futures: list[asyncio.Future[object]] = []
-        enqueue_error: BaseException | None = None
+    async def _round(self, inflight: _Claim | None) -> tuple[BatchResult | None, _Claim | None]:
+        """Finish `inflight` and send the next batch; return its result and the new in-flight.
+
+        The next batch is claimed and encoded while the broker acknowledges `inflight`
+        (SKIP LOCKED keeps the two apart), but sent only after `inflight` committed, so
+        one relay never lets a newer event for a key overtake an older one. After a
+        failed send the claimed batch is released unsent: the failed rows are older and
+        must go first.
+        """
+        claim = None
         try:
-            # `send` only enqueues, but it awaits topic metadata, which can hang (aiokafka#759).
-            async with asyncio.timeout_at(deadline):
-                for event in events:
-                    futures.append(
-                        await producer.send(
-                            self._topic,
-                            encode(event),
-                            key=event.key.encode(),
-                            headers=[("event_id", str(event.event_id).encode())],
-                        )
-                    )
-        except (KafkaError, TimeoutError) as exc:
-            enqueue_error = exc
-        if futures:
-            _, pending = await asyncio.wait(futures, timeout=max(0.0, deadline - loop.time()))
-            for future in pending:
-                future.add_done_callback(_consume_outcome)
-        timed_out = TimeoutError(f"no acknowledgement within {self._settings.publish_timeout_s}s")
-        outcomes: list[BaseException | None] = []
-        for index in range(len(events)):
-            if index >= len(futures):
-                outcomes.append(enqueue_error)
-                continue
-            future = futures[index]
-            if not future.done():
-                outcomes.append(timed_out)
-            elif future.cancelled():
-                outcomes.append(asyncio.CancelledError("send cancelled"))
-            else:
-                outcomes.append(future.exception())
-        return outcomes
+            claim = await self._claim()
+            result = None
+            if inflight is not None:
+                async with inflight:
+                    result = await self._finish(inflight)
+                if result.send_failed and claim is not None:
+                    await claim.close()
+                    claim = None
+            if claim is not None:
+                await self._enqueue(await self._healthy_producer(), claim)
+            return result, claim
+        except BaseException:
+            for batch in (claim, inflight):
+                if batch is not None:
+                    await batch.close()
+            raise
 
     async def _healthy_producer(self) -> EventProducer:
         if self._producer is not None and not self._watchdog.stalled():
@@ -346,29 +421,47 @@ class OutboxRelay:
         if not until_empty:
             transient += (DBAPIError,)
         total = 0
-        while not stop.is_set():
-            try:
-                result = await self.publish_batch()
-            except transient as exc:
-                log.warning("relay_batch_failed", error=repr(exc))
-                await _sleep_unless(stop, backoff.next())
-                continue
-            total += result.published
-            if time.monotonic() - self._backlog_refreshed > 1.0:
-                await self.backlog()
-            if result.send_failed:
-                # Partial progress does not feed the watchdog: a producer that keeps
-                # failing some partitions must be replaced too.
-                if not result.published:
+        inflight: _Claim | None = None
+        try:
+            while not stop.is_set():
+                try:
+                    result, inflight = await self._round(inflight)
+                    if time.monotonic() - self._backlog_refreshed > 1.0:
+                        await self.backlog()
+                except transient as exc:
+                    if inflight is not None:
+                        await inflight.close()
+                        inflight = None
+                    log.warning("relay_batch_failed", error=repr(exc))
                     await _sleep_unless(stop, backoff.next())
-                continue
-            self._watchdog.progress()
-            backoff.reset()
-            if result.published:
-                continue
-            # Nothing this relay could claim, or only unpublishable rows.
-            if until_empty and (result.claimed or await self.backlog() == 0):
-                break
-            await _sleep_unless(stop, settings.idle_sleep_s)
-        await self.backlog()
+                    continue
+                if result is not None:
+                    total += result.published
+                    if result.send_failed:
+                        # Partial progress does not feed the watchdog: a producer that
+                        # keeps failing some partitions must be replaced too.
+                        if not result.published:
+                            await _sleep_unless(stop, backoff.next())
+                        continue
+                    self._watchdog.progress()
+                    backoff.reset()
+                    if result.published or inflight is not None:
+                        continue
+                elif inflight is not None:
+                    continue
+                # Nothing in flight and nothing claimable (or only unpublishable rows).
+                self._watchdog.progress()
+                if until_empty and (result is not None or await self.backlog() == 0):
+                    break
+                await _sleep_unless(stop, settings.idle_sleep_s)
+        except BaseException:
+            if inflight is not None:
+                await inflight.close()
+            raise
+        if inflight is not None:
+            # Stopped with a batch in flight: finish it rather than send it again later.
+            async with inflight:
+                total += (await self._finish(inflight)).published
+        if until_empty:
+            await self.backlog()
         return total

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -253,3 +254,24 @@ async def test_unbuildable_row_is_left_behind_and_the_rest_published(
         ).all()
     # Claimed with the good rows, then alone (which ends the drain): two attempts.
     assert [(r.event_id, r.publish_attempts) for r in left] == [(bad["event_id"], 2)]
+
+
+async def test_one_relay_keeps_each_entitys_events_in_outbox_order(
+    engine: AsyncEngine, topics: KafkaSettings
+) -> None:
+    # Eight purge transactions, each with an event for the same 25 entities; claims of
+    # 10 rows cut across them, and batches overlap (claim while the previous one is acked).
+    generation: dict[uuid.UUID, int] = {}
+    for g in range(8):
+        rows = outbox_rows(25, policy=f"p{g}")
+        generation.update({row["event_id"]: g for row in rows})
+        await insert_rows(engine, rows)
+    async with OutboxRelay(engine, topics, settings=RelaySettings(batch_size=10)) as relay:
+        assert await relay.drain(timeout_s=60) == 200
+    records = await read_records(topics, topics.topics.events, expected=200)
+    per_key: dict[bytes, list[int]] = {}
+    for record in records:  # per partition in offset order; a key lives on one partition
+        event = decode(RetentionEvent, record.value)
+        per_key.setdefault(record.key, []).append(generation[event.event_id])
+    assert len(per_key) == 25
+    assert all(seq == list(range(8)) for seq in per_key.values()), per_key
