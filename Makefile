@@ -46,7 +46,7 @@ schemas: $(STAMP) ## regenerate schemas/json from the wire models
 	$(BIN)/python -m schemas.export
 
 test: $(STAMP) infra-up lint typecheck ## everything: venv, infra, lint, types, all tests
-	$(WITH_INFRA) $(BIN)/pytest
+	$(WITH_INFRA) $(BIN)/pytest -m "slow or not slow"
 
 test-faults: $(STAMP) infra-up ## the full fault-injection suite
 	$(WITH_INFRA) $(BIN)/pytest -m slow tests/faults

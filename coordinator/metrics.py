@@ -92,3 +92,8 @@ class Metrics:
             "Outbox rows not yet published.",
             registry=r,
         )
+        self.relay_producer_restarts = Counter(
+            "retention_relay_producer_restarts",
+            "Kafka producers the outbox relay's watchdog replaced after a stall.",
+            registry=r,
+        )

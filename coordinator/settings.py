@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas import DEFAULT_DATABASE_URL, KafkaSettings
 
-__all__ = ["Settings", "TrackerSettings"]
+__all__ = ["RelaySettings", "Settings", "TrackerSettings"]
 
 
 class TrackerSettings(BaseSettings):
@@ -42,6 +43,50 @@ class TrackerSettings(BaseSettings):
     )
 
 
+class RelaySettings(BaseSettings):
+    """The outbox relay's batching, producer tuning and fault handling (`RETENTION_RELAY_*`).
+
+    docs/relay.md explains each default and the measurements behind it.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="RETENTION_RELAY_", extra="ignore")
+
+    batch_size: int = Field(
+        default=1000, ge=1, le=50_000, description="Outbox rows claimed and published per batch."
+    )
+    idle_sleep_s: float = Field(
+        default=0.5, gt=0, description="Pause before polling again when the outbox is empty."
+    )
+    linger_ms: int = Field(
+        default=5, ge=0, description="Producer linger: how long a partition batch may fill."
+    )
+    max_batch_size: int = Field(
+        default=512 * 1024,
+        ge=16 * 1024,
+        description="Producer per-partition batch size in bytes.",
+    )
+    compression: Literal["lz4", "gzip", "zstd", "snappy", "none"] = Field(
+        default="lz4", description="Compression of producer batches."
+    )
+    publish_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Bound on one batch's sends and acknowledgements; unacknowledged rows retry.",
+    )
+    stall_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Watchdog: recreate the producer after this long without progress.",
+    )
+    producer_stop_timeout_s: float = Field(
+        default=5.0, gt=0, description="Bound on closing a producer; a hung one is abandoned."
+    )
+    backoff_initial_s: float = Field(
+        default=0.2, gt=0, description="First pause after a failed batch (doubles, with jitter)."
+    )
+    backoff_max_s: float = Field(default=10.0, gt=0, description="Longest pause between retries.")
+
+
 class Settings(BaseSettings):
     """Everything the coordinator needs to know about its surroundings."""
 
@@ -57,6 +102,10 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = Field(
         default_factory=KafkaSettings,
         description="Kafka connection and topics (RETENTION_KAFKA_* variables).",
+    )
+    relay: RelaySettings = Field(
+        default_factory=RelaySettings,
+        description="Outbox relay tuning (RETENTION_RELAY_* variables).",
     )
     policies: Path | None = Field(
         default=None, description="Path of the policy YAML file (or --policies)."

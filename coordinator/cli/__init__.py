@@ -8,7 +8,7 @@ import sys
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 
 from consumer_sdk import configure_logging
-from coordinator.cli import audit, db, report, status
+from coordinator.cli import audit, db, relay, report, status
 from coordinator.cli._app import ExitCode, app, err_console
 
 __all__ = ["app", "main"]
@@ -18,6 +18,7 @@ app.add_typer(audit.app, name="audit")
 app.command("status")(status.status)
 app.command("report")(report.report)
 app.command("certificate")(status.certificate)
+app.command("relay")(relay.relay)
 
 
 def main() -> None:

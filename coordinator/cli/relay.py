@@ -1,0 +1,57 @@
+"""`retention relay`: an operator extra that runs the outbox relay on its own.
+
+`retention serve` runs the relay, and `retention run` drains it; this command is for
+operators and benchmarks: `--drain` publishes what is pending and exits, without it
+the relay runs until SIGINT or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+import structlog
+import typer
+
+from coordinator.cli._app import emit_json, err_console, load_settings
+from coordinator.db import make_engine
+from coordinator.kafka_admin import ensure_topics
+from coordinator.relay import OutboxRelay
+from coordinator.settings import Settings
+
+
+async def _relay(settings: Settings, *, drain: bool) -> tuple[int, int]:
+    await ensure_topics(settings.kafka)
+    engine = make_engine(settings.database_url.get_secret_value(), pool_size=2)
+    try:
+        async with OutboxRelay(engine, settings.kafka, settings=settings.relay) as relay:
+            if drain:
+                published = await relay.drain()
+            else:
+                stop = asyncio.Event()
+                loop = asyncio.get_running_loop()
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    loop.add_signal_handler(signum, stop.set)
+                await relay.run_forever(stop)
+                published = 0
+            return published, await relay.backlog()
+    finally:
+        await engine.dispose()
+
+
+def relay(
+    drain: bool = typer.Option(False, "--drain", help="Publish what is pending, then exit."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
+) -> None:
+    """Publish outbox rows to the events topic (operator extra; `serve` runs it too)."""
+    settings = load_settings()
+    # stdout carries only the --json document; the relay's logs go to stderr.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
+    if not drain:
+        err_console.print(f"relaying the outbox to {settings.kafka.topics.events}; Ctrl-C stops")
+    published, unpublished = asyncio.run(_relay(settings, drain=drain))
+    if as_json:
+        emit_json({"published": published, "unpublished": unpublished})
+    else:
+        err_console.print(f"published {published} events; {unpublished} still unpublished")

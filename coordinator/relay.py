@@ -1,0 +1,467 @@
+"""The outbox relay: publishes committed outbox rows as `RetentionEvent`s, at least once.
+
+One batch is one database transaction: claim the oldest unpublished rows with
+`FOR UPDATE SKIP LOCKED`, send them all to Kafka without awaiting each, wait for the
+broker's acknowledgements, then mark the acknowledged rows published, with one audit
+entry, in one statement each. The row locks are held across the send on purpose: if
+the relay dies anywhere before the commit, the transaction rolls back, the rows are
+unlocked and unpublished, and the next claim sends them again with the same
+`event_id`. Nothing is lost; a consumer may see a duplicate, which the SDK's
+idempotency store absorbs. Several relays can run at once: SKIP LOCKED gives each its
+own rows. docs/relay.md has the whole design.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from aiokafka.errors import KafkaError
+from pydantic import ValidationError
+from sqlalchemy import ARRAY, Row, Uuid, any_, bindparam, func, select, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from coordinator import audit
+from coordinator.clock import Clock, SystemClock
+from coordinator.kafka_producer import EventProducer, KafkaEventProducer, ProducerFactory
+from coordinator.metrics import Metrics
+from coordinator.settings import RelaySettings
+from coordinator.tables import outbox
+from schemas import EventType, KafkaSettings, RetentionEvent, encode
+
+__all__ = ["AUDIT_ACTION", "BatchResult", "OutboxRelay", "Watchdog", "event_from_row"]
+
+AUDIT_ACTION = "events_published"
+
+log = structlog.get_logger(__name__)
+
+_IDS = bindparam("ids", type_=ARRAY(Uuid))
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """What one claim-publish-mark transaction did."""
+
+    claimed: int = 0
+    published: int = 0
+    send_failed: int = 0
+    """Rows the broker did not acknowledge in time, or refused: they stay unpublished."""
+    unbuildable: int = 0
+    """Rows that do not make a valid RetentionEvent (a writer's bug): left unpublished."""
+
+
+@dataclass(eq=False, slots=True)
+class _Claim:
+    """A claimed batch: its open transaction, its events, and their send futures."""
+
+    conn: AsyncConnection
+    claimed: int
+    events: list[RetentionEvent] = field(default_factory=list)
+    records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = field(default_factory=list)
+    unbuildable: list[uuid.UUID] = field(default_factory=list)
+    futures: list[asyncio.Future[object]] = field(default_factory=list)
+    enqueue_error: BaseException | None = None
+    deadline: float = 0.0
+
+    async def close(self) -> None:
+        """Release the rows: closing rolls back whatever was not committed."""
+        await self.conn.close()
+
+    async def __aenter__(self) -> _Claim:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+class Watchdog:
+    """Notices when the relay has rows to publish but has made no progress for a while.
+
+    aiokafka has open bugs where a producer never recovers after a broker outage
+    (aio-libs/aiokafka#1101: `send` and `stop` hang forever; #1017: an idempotent
+    producer stuck on OutOfOrderSequenceNumber until restarted; #551: empty metadata
+    after a broker restart). Every Kafka await in the relay is bounded, so the loop
+    always regains control; this class decides when to replace the producer.
+    """
+
+    def __init__(self, stall_after_s: float, *, monotonic: Callable[[], float] = time.monotonic):
+        self._stall_after_s = stall_after_s
+        self._monotonic = monotonic
+        self._last_progress = monotonic()
+
+    def progress(self) -> None:
+        """A batch went through completely, or there was nothing to do."""
+        self._last_progress = self._monotonic()
+
+    def stalled(self) -> bool:
+        return self._monotonic() - self._last_progress > self._stall_after_s
+
+
+class _Backoff:
+    """Exponential backoff with full jitter, reset on success."""
+
+    def __init__(self, initial_s: float, max_s: float) -> None:
+        self._initial_s, self._max_s = initial_s, max_s
+        self._attempt = 0
+
+    def next(self) -> float:
+        ceiling = min(self._max_s, self._initial_s * 2**self._attempt)
+        self._attempt = min(self._attempt + 1, 32)
+        return random.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+
+def event_from_row(row: Row[Any]) -> RetentionEvent:
+    """The wire event for one outbox row; raises `ValueError` if the row cannot be one."""
+    return RetentionEvent(
+        event_id=row.event_id,
+        type=EventType(row.event_type),
+        entity_type=row.entity_type,
+        entity_id=row.entity_id,
+        policy=row.policy,
+        legal_basis=row.legal_basis,
+        initiated_at=row.initiated_at,
+        deadline=row.deadline,
+        fields=list(row.fields),
+        run_id=row.run_id,
+    )
+
+
+def _consume_outcome(future: asyncio.Future[object]) -> None:
+    # A send we stopped waiting for may still fail later; retrieve its exception so
+    # asyncio does not report it as never retrieved. The row is already marked for retry.
+    if not future.cancelled():
+        future.exception()
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        async with asyncio.timeout(seconds):
+            await stop.wait()
+    except TimeoutError:
+        pass
+
+
+class OutboxRelay:
+    """Publishes the outbox to the events topic; use as `async with OutboxRelay(...) as r`."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        kafka: KafkaSettings,
+        *,
+        settings: RelaySettings | None = None,
+        metrics: Metrics | None = None,
+        clock: Clock | None = None,
+        producer_factory: ProducerFactory | None = None,
+        actor: str = "relay",
+    ) -> None:
+        self._engine = engine
+        self._topic = kafka.topics.events
+        self._settings = settings if settings is not None else RelaySettings()
+        self._metrics = metrics if metrics is not None else Metrics()
+        self._clock = clock if clock is not None else SystemClock()
+        relay_settings = self._settings
+        self._factory: ProducerFactory = producer_factory or (
+            lambda: KafkaEventProducer(kafka, relay_settings)
+        )
+        self._actor = actor
+        self._producer: EventProducer | None = None
+        self._watchdog = Watchdog(self._settings.stall_timeout_s)
+        self._backlog_refreshed = float("-inf")
+        self._claim_query = (
+            select(outbox)
+            .where(outbox.c.published_at.is_(None))
+            .order_by(outbox.c.created_at)
+            .limit(self._settings.batch_size)
+            .with_for_update(skip_locked=True)
+        )
+
+    async def __aenter__(self) -> OutboxRelay:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop the producer (bounded: a hung aiokafka producer is abandoned)."""
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await self._stop(producer)
+
+    async def drain(self, *, timeout_s: float | None = None) -> int:
+        """Publish until nothing is left unpublished; return how many this relay published.
+
+        Rows another relay has claimed are waited for (it may roll back). Rows that cannot
+        become a valid event are logged and left behind. Kafka failures are retried with
+        backoff and the watchdog; database errors propagate.
+
+        Raises:
+            TimeoutError: `timeout_s` passed first; what was published stays published.
+        """
+        async with asyncio.timeout(timeout_s):
+            return await self._loop(asyncio.Event(), until_empty=True)
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        """Publish as rows arrive until `stop` is set; survives broker and database outages."""
+        await self._loop(stop, until_empty=False)
+
+    async def backlog(self) -> int:
+        """Unpublished rows (claimed ones included); also sets the backlog gauge."""
+        async with self._engine.connect() as conn:
+            count = (
+                await conn.execute(
+                    select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))
+                )
+            ).scalar_one()
+        self._metrics.outbox_backlog.set(count)
+        self._backlog_refreshed = time.monotonic()
+        return int(count)
+
+    async def publish_batch(self) -> BatchResult:
+        """One claim-send-mark transaction, with the producer (re)started as needed."""
+        producer = await self._healthy_producer()
+        claim = await self._claim()
+        if claim is None:
+            return BatchResult()
+        async with claim:
+            await self._enqueue(producer, claim)
+            return await self._finish(claim)
+
+    async def _claim(self) -> _Claim | None:
+        """Open a transaction, lock the oldest unpublished rows, and encode their events."""
+        conn = await self._engine.connect()
+        try:
+            await conn.begin()
+            rows = (await conn.execute(self._claim_query)).all()
+            if not rows:
+                await conn.close()
+                return None
+            claim = _Claim(conn, claimed=len(rows))
+            for row in rows:
+                try:
+                    event = event_from_row(row)
+                except (ValidationError, ValueError) as exc:
+                    claim.unbuildable.append(row.event_id)
+                    log.error(
+                        "outbox_row_unpublishable", event_id=str(row.event_id), error=str(exc)
+                    )
+                    continue
+                claim.events.append(event)
+                claim.records.append(
+                    (
+                        encode(event),
+                        event.key.encode(),
+                        [("event_id", str(event.event_id).encode())],
+                    )
+                )
+            return claim
+        except BaseException:
+            await conn.close()
+            raise
+
+    async def _enqueue(self, producer: EventProducer, claim: _Claim) -> None:
+        """Hand every record to the producer without waiting for acknowledgements."""
+        loop = asyncio.get_running_loop()
+        claim.deadline = loop.time() + self._settings.publish_timeout_s
+        try:
+            # `send` only enqueues, but it awaits topic metadata, which can hang (aiokafka#759).
+            async with asyncio.timeout_at(claim.deadline):
+                for value, key, headers in claim.records:
+                    claim.futures.append(
+                        await producer.send(self._topic, value, key=key, headers=headers)
+                    )
+        except (KafkaError, TimeoutError) as exc:
+            claim.enqueue_error = exc
+
+    async def _finish(self, claim: _Claim) -> BatchResult:
+        """Wait (bounded) for the acknowledgements, mark what was acknowledged, commit."""
+        outcomes = await self._outcomes(claim)
+        published = [e for e, error in zip(claim.events, outcomes, strict=True) if error is None]
+        failed = [e.event_id for e, error in zip(claim.events, outcomes, strict=True) if error]
+        if failed:
+            first = next(error for error in outcomes if error is not None)
+            log.warning("publish_failed", rows=len(failed), topic=self._topic, error=repr(first))
+        policies = Counter(e.policy for e in published)
+        if published:
+            await self._mark_published(claim.conn, published, policies)
+        if failed or claim.unbuildable:
+            await claim.conn.execute(
+                update(outbox)
+                .where(outbox.c.event_id == any_(_IDS))
+                .values(publish_attempts=outbox.c.publish_attempts + 1),
+                {"ids": failed + claim.unbuildable},
+            )
+        await claim.conn.commit()
+        for policy, count in policies.items():
+            self._metrics.events_published.labels(policy=policy).inc(count)
+        return BatchResult(claim.claimed, len(published), len(failed), len(claim.unbuildable))
+
+    async def _outcomes(self, claim: _Claim) -> list[BaseException | None]:
+        """One outcome per event: None when the broker acknowledged it."""
+        loop = asyncio.get_running_loop()
+        if claim.futures:
+            _, pending = await asyncio.wait(
+                claim.futures, timeout=max(0.0, claim.deadline - loop.time())
+            )
+            for future in pending:
+                future.add_done_callback(_consume_outcome)
+        timed_out = TimeoutError(f"no acknowledgement within {self._settings.publish_timeout_s}s")
+        outcomes: list[BaseException | None] = []
+        for index in range(len(claim.events)):
+            if index >= len(claim.futures):
+                outcomes.append(claim.enqueue_error or timed_out)
+                continue
+            future = claim.futures[index]
+            if not future.done():
+                outcomes.append(timed_out)
+            elif future.cancelled():
+                outcomes.append(asyncio.CancelledError("send cancelled"))
+            else:
+                outcomes.append(future.exception())
+        return outcomes
+
+    async def _mark_published(
+        self, conn: AsyncConnection, published: Sequence[RetentionEvent], policies: Counter[str]
+    ) -> None:
+        now = self._clock.now()
+        ids = [e.event_id for e in published]
+        await conn.execute(
+            update(outbox)
+            .where(outbox.c.event_id == any_(_IDS))
+            .values(published_at=now, publish_attempts=outbox.c.publish_attempts + 1),
+            {"ids": ids},
+        )
+        entry = audit.AuditEntry(
+            AUDIT_ACTION,
+            self._actor,
+            {
+                "topic": self._topic,
+                "count": len(ids),
+                "policies": dict(sorted(policies.items())),
+                "event_ids": [str(i) for i in ids],
+            },
+        )
+        await audit.append(conn, [entry], at=now)
+
+    async def _round(self, inflight: _Claim | None) -> tuple[BatchResult | None, _Claim | None]:
+        """Finish `inflight` and send the next batch; return its result and the new in-flight.
+
+        The next batch is claimed and encoded while the broker acknowledges `inflight`
+        (SKIP LOCKED keeps the two apart), but sent only after `inflight` committed, so
+        one relay never lets a newer event for a key overtake an older one. After a
+        failed send the claimed batch is released unsent: the failed rows are older and
+        must go first.
+        """
+        claim = None
+        try:
+            claim = await self._claim()
+            result = None
+            if inflight is not None:
+                async with inflight:
+                    result = await self._finish(inflight)
+                if result.send_failed and claim is not None:
+                    await claim.close()
+                    claim = None
+            if claim is not None:
+                await self._enqueue(await self._healthy_producer(), claim)
+            return result, claim
+        except BaseException:
+            for batch in (claim, inflight):
+                if batch is not None:
+                    await batch.close()
+            raise
+
+    async def _healthy_producer(self) -> EventProducer:
+        if self._producer is not None and not self._watchdog.stalled():
+            return self._producer
+        if self._producer is not None:
+            log.warning(
+                "relay_stalled_recreating_producer", stall_timeout_s=self._settings.stall_timeout_s
+            )
+            self._metrics.relay_producer_restarts.inc()
+            await self.close()
+        producer = self._factory()
+        try:
+            async with asyncio.timeout(self._settings.publish_timeout_s):
+                await producer.start()
+        except BaseException:
+            await self._stop(producer)
+            raise
+        self._producer = producer
+        # A new producer gets a full window before the watchdog judges it.
+        self._watchdog.progress()
+        return producer
+
+    async def _stop(self, producer: EventProducer) -> None:
+        try:
+            async with asyncio.timeout(self._settings.producer_stop_timeout_s):
+                await producer.stop()
+        except TimeoutError:
+            # aiokafka#1101: stop() can hang when the broker is gone; drop the producer.
+            log.warning("producer_stop_timed_out_abandoned")
+        except KafkaError as exc:
+            log.warning("producer_stop_failed", error=repr(exc))
+
+    async def _loop(self, stop: asyncio.Event, *, until_empty: bool) -> int:
+        settings = self._settings
+        backoff = _Backoff(settings.backoff_initial_s, settings.backoff_max_s)
+        # Draining (inside `retention run`) reports a database error; serving rides it out.
+        transient: tuple[type[BaseException], ...] = (KafkaError, OSError, TimeoutError)
+        if not until_empty:
+            transient += (DBAPIError,)
+        total = 0
+        inflight: _Claim | None = None
+        try:
+            while not stop.is_set():
+                try:
+                    result, inflight = await self._round(inflight)
+                    if time.monotonic() - self._backlog_refreshed > 1.0:
+                        await self.backlog()
+                except transient as exc:
+                    if inflight is not None:
+                        await inflight.close()
+                        inflight = None
+                    log.warning("relay_batch_failed", error=repr(exc))
+                    await _sleep_unless(stop, backoff.next())
+                    continue
+                if result is not None:
+                    total += result.published
+                    if result.send_failed:
+                        # Partial progress does not feed the watchdog: a producer that
+                        # keeps failing some partitions must be replaced too.
+                        if not result.published:
+                            await _sleep_unless(stop, backoff.next())
+                        continue
+                    self._watchdog.progress()
+                    backoff.reset()
+                    if result.published or inflight is not None:
+                        continue
+                elif inflight is not None:
+                    continue
+                # Nothing in flight and nothing claimable (or only unpublishable rows).
+                self._watchdog.progress()
+                if until_empty and (result is not None or await self.backlog() == 0):
+                    break
+                await _sleep_unless(stop, settings.idle_sleep_s)
+        except BaseException:
+            if inflight is not None:
+                await inflight.close()
+            raise
+        if inflight is not None:
+            # Stopped with a batch in flight: finish it rather than send it again later.
+            async with inflight:
+                total += (await self._finish(inflight)).published
+        if until_empty:
+            await self.backlog()
+        return total

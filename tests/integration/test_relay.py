@@ -1,0 +1,277 @@
+"""The outbox relay on the real broker and database: content, concurrency, crashes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coordinator import audit
+from coordinator.db import make_engine
+from coordinator.kafka_producer import EventProducer, KafkaEventProducer
+from coordinator.metrics import Metrics
+from coordinator.relay import AUDIT_ACTION, OutboxRelay
+from coordinator.settings import RelaySettings
+from coordinator.tables import audit_log, outbox
+from schemas import KafkaSettings, RetentionEvent, decode
+from tests.infra import ROOT
+from tests.outbox import clear_outbox, insert_rows, outbox_rows, read_records
+
+# The console script of the venv running the tests.
+RETENTION = str(Path(sys.executable).with_name("retention"))
+FAST = RelaySettings(batch_size=100, idle_sleep_s=0.05, backoff_initial_s=0.05)
+
+
+@pytest.fixture
+async def engine(coordinator_db: str) -> AsyncIterator[AsyncEngine]:
+    engine = make_engine(coordinator_db)
+    await clear_outbox(engine)
+    yield engine
+    await engine.dispose()
+
+
+async def published_state(engine: AsyncEngine) -> tuple[int, int, set[int]]:
+    """(rows, rows published, distinct publish_attempts of published rows)."""
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(outbox.c.published_at, outbox.c.publish_attempts))).all()
+    return (
+        len(rows),
+        sum(1 for r in rows if r.published_at is not None),
+        {r.publish_attempts for r in rows if r.published_at is not None},
+    )
+
+
+async def test_rows_become_records_with_keys_headers_and_audit(
+    engine: AsyncEngine, topics: KafkaSettings
+) -> None:
+    rows = outbox_rows(150, policy="session_logs") + outbox_rows(
+        70, policy="purchase_records", entity_type="order", event_type="anonymize", start=500
+    )
+    await insert_rows(engine, rows)
+    metrics = Metrics()
+    async with OutboxRelay(engine, topics, settings=FAST, metrics=metrics) as relay:
+        assert await relay.drain(timeout_s=60) == len(rows)
+
+    records = await read_records(topics, topics.topics.events, expected=len(rows))
+    by_id = {row["event_id"]: row for row in rows}
+    assert len(records) == len(rows)
+    for record in records:
+        event = decode(RetentionEvent, record.value)
+        row = by_id[event.event_id]
+        assert record.key == f"{row['entity_type']}:{row['entity_id']}".encode()
+        assert dict(record.headers)["event_id"] == str(event.event_id).encode()
+        assert (event.type, event.policy, event.entity_id, event.fields, event.run_id) == (
+            row["event_type"],
+            row["policy"],
+            row["entity_id"],
+            row["fields"],
+            row["run_id"],
+        )
+        assert (event.initiated_at, event.deadline) == (row["initiated_at"], row["deadline"])
+    assert {decode(RetentionEvent, r.value).event_id for r in records} == set(by_id)
+
+    assert await published_state(engine) == (len(rows), len(rows), {1})
+    async with engine.connect() as conn:
+        assert (await audit.verify(conn))[1] is None
+        entries = (
+            await conn.execute(select(audit_log.c.data).where(audit_log.c.action == AUDIT_ACTION))
+        ).scalars()
+        entries = list(entries)
+    # One audit entry per batch of 100, naming every event once, with policy counts.
+    assert len(entries) == 3
+    audited = [i for e in entries for i in e["event_ids"]]
+    assert sorted(audited) == sorted(str(i) for i in by_id)
+    policy_totals: Counter[str] = Counter()
+    for e in entries:
+        policy_totals.update(e["policies"])
+    assert policy_totals == {"session_logs": 150, "purchase_records": 70}
+
+    published = metrics.events_published
+    assert published.labels(policy="session_logs")._value.get() == 150
+    assert published.labels(policy="purchase_records")._value.get() == 70
+    assert metrics.outbox_backlog._value.get() == 0
+
+
+async def test_two_relays_share_the_outbox_without_double_publishing(
+    engine: AsyncEngine, topics: KafkaSettings
+) -> None:
+    rows = outbox_rows(1000)
+    await insert_rows(engine, rows)
+    settings = RelaySettings(batch_size=50, idle_sleep_s=0.05)
+    async with (
+        OutboxRelay(engine, topics, settings=settings, actor="relay-a") as a,
+        OutboxRelay(engine, topics, settings=settings, actor="relay-b") as b,
+    ):
+        counts = await asyncio.gather(a.drain(timeout_s=90), b.drain(timeout_s=90))
+    assert sum(counts) == len(rows)
+    assert all(count > 0 for count in counts), f"one relay did all the work: {counts}"
+
+    records = await read_records(topics, topics.topics.events, expected=len(rows))
+    per_event = Counter(decode(RetentionEvent, r.value).event_id for r in records)
+    assert set(per_event) == {row["event_id"] for row in rows}
+    assert set(per_event.values()) == {1}
+    assert await published_state(engine) == (len(rows), len(rows), {1})
+    async with engine.connect() as conn:
+        assert (await audit.verify(conn))[1] is None
+
+
+class DeliversThenHangs:
+    """A real producer whose acknowledgements never reach the relay.
+
+    Records really reach the broker; the relay then waits for acknowledgements that
+    never come, as if it had crashed between the send and the marking commit.
+    """
+
+    def __init__(self, inner: EventProducer) -> None:
+        self.inner = inner
+        self.delivered: list[asyncio.Future[object]] = []
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def stop(self) -> None:
+        await self.inner.stop()
+
+    async def send(
+        self, topic: str, value: bytes, *, key: bytes, headers: Sequence[tuple[str, bytes]]
+    ) -> asyncio.Future[object]:
+        self.delivered.append(await self.inner.send(topic, value, key=key, headers=headers))
+        return asyncio.get_running_loop().create_future()
+
+
+async def test_crash_after_send_before_commit_republishes_same_event_ids(
+    engine: AsyncEngine, topics: KafkaSettings
+) -> None:
+    rows = outbox_rows(120)
+    await insert_rows(engine, rows)
+    crashing = DeliversThenHangs(KafkaEventProducer(topics, FAST))
+    relay = OutboxRelay(engine, topics, settings=FAST, producer_factory=lambda: crashing)
+    task = asyncio.create_task(relay.drain())
+    # Wait until the first batch is on the broker, then kill the relay mid-transaction.
+    async with asyncio.timeout(30):
+        while len(crashing.delivered) < FAST.batch_size or not all(
+            f.done() for f in crashing.delivered
+        ):
+            await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await relay.close()
+    assert all(f.exception() is None for f in crashing.delivered)
+    assert (await published_state(engine))[1] == 0, "the killed batch must roll back"
+
+    async with OutboxRelay(engine, topics, settings=FAST) as survivor:
+        assert await survivor.drain(timeout_s=60) == len(rows)
+
+    records = await read_records(topics, topics.topics.events, expected=len(rows) + 100)
+    per_event = Counter(decode(RetentionEvent, r.value).event_id for r in records)
+    assert set(per_event) == {row["event_id"] for row in rows}, "an event was lost"
+    # The killed batch went out twice with the same event ids; the rest once.
+    assert Counter(per_event.values()) == {2: FAST.batch_size, 1: len(rows) - FAST.batch_size}
+    assert await published_state(engine) == (len(rows), len(rows), {1})
+
+
+async def test_killed_relay_process_loses_nothing(
+    engine: AsyncEngine, topics: KafkaSettings, coordinator_db: str
+) -> None:
+    rows = outbox_rows(6000)
+    await insert_rows(engine, rows)
+    env = {
+        **os.environ,
+        "RETENTION_DATABASE_URL": coordinator_db,
+        "RETENTION_KAFKA_BOOTSTRAP_SERVERS": topics.bootstrap_servers,
+        "RETENTION_KAFKA_TOPIC_PREFIX": topics.topic_prefix,
+        "RETENTION_RELAY_BATCH_SIZE": "500",
+    }
+    with subprocess.Popen(
+        [RETENTION, "relay", "--drain", "--json"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    ) as process:
+        # Kill it as soon as some, but not all, rows are published.
+        try:
+            async with asyncio.timeout(60):
+                while (await published_state(engine))[1] == 0:
+                    assert process.poll() is None, process.communicate()[1]
+                    await asyncio.sleep(0.01)
+        finally:
+            process.send_signal(signal.SIGKILL)
+    _, published_before, _ = await published_state(engine)
+    assert 0 < published_before < len(rows)
+
+    result = subprocess.run(
+        [RETENTION, "relay", "--drain", "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
+    report = json.loads(result.stdout)
+    assert report["published"] == len(rows) - published_before
+    assert report["unpublished"] == 0
+
+    records = await read_records(topics, topics.topics.events, expected=len(rows))
+    per_event = Counter(decode(RetentionEvent, r.value).event_id for r in records)
+    assert set(per_event) == {row["event_id"] for row in rows}, "an event was lost"
+    async with engine.connect() as conn:
+        assert (
+            await conn.execute(
+                select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))
+            )
+        ).scalar_one() == 0
+        assert (await audit.verify(conn))[1] is None
+
+
+async def test_unbuildable_row_is_left_behind_and_the_rest_published(
+    engine: AsyncEngine, topics: KafkaSettings
+) -> None:
+    rows = outbox_rows(10)
+    bad = {**outbox_rows(1)[0], "event_type": "shred"}
+    await insert_rows(engine, [bad, *rows])
+    async with OutboxRelay(engine, topics, settings=FAST) as relay:
+        assert await relay.drain(timeout_s=30) == 10
+    async with engine.connect() as conn:
+        left = (
+            await conn.execute(
+                select(outbox.c.event_id, outbox.c.publish_attempts).where(
+                    outbox.c.published_at.is_(None)
+                )
+            )
+        ).all()
+    # Claimed with the good rows, then alone (which ends the drain): two attempts.
+    assert [(r.event_id, r.publish_attempts) for r in left] == [(bad["event_id"], 2)]
+
+
+async def test_one_relay_keeps_each_entitys_events_in_outbox_order(
+    engine: AsyncEngine, topics: KafkaSettings
+) -> None:
+    # Eight purge transactions, each with an event for the same 25 entities; claims of
+    # 10 rows cut across them, and batches overlap (claim while the previous one is acked).
+    generation: dict[uuid.UUID, int] = {}
+    for g in range(8):
+        rows = outbox_rows(25, policy=f"p{g}")
+        generation.update({row["event_id"]: g for row in rows})
+        await insert_rows(engine, rows)
+    async with OutboxRelay(engine, topics, settings=RelaySettings(batch_size=10)) as relay:
+        assert await relay.drain(timeout_s=60) == 200
+    records = await read_records(topics, topics.topics.events, expected=200)
+    per_key: dict[bytes, list[int]] = {}
+    for record in records:  # per partition in offset order; a key lives on one partition
+        event = decode(RetentionEvent, record.value)
+        per_key.setdefault(record.key, []).append(generation[event.event_id])
+    assert len(per_key) == 25
+    assert all(seq == list(range(8)) for seq in per_key.values()), per_key
