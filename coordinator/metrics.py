@@ -97,3 +97,14 @@ class Metrics:
             "Kafka producers the outbox relay's watchdog replaced after a stall.",
             registry=r,
         )
+        self.last_successful_run = Gauge(
+            "retention_last_successful_run_timestamp_seconds",
+            "Unix time at which each policy last finished a run without errors.",
+            ["policy"],
+            registry=r,
+        )
+        self.scheduler_leader = Gauge(
+            "retention_scheduler_leader",
+            "1 on the replica that holds the scheduler's leader lock, 0 on the others.",
+            registry=r,
+        )

@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from coordinator.scheduler import validate_cron
 from schemas import DEFAULT_DATABASE_URL, KafkaSettings
 
-__all__ = ["RelaySettings", "Settings", "TrackerSettings"]
+__all__ = ["RelaySettings", "ServeSettings", "Settings", "TrackerSettings"]
 
 
 class TrackerSettings(BaseSettings):
@@ -87,6 +88,47 @@ class RelaySettings(BaseSettings):
     backoff_max_s: float = Field(default=10.0, gt=0, description="Longest pause between retries.")
 
 
+class ServeSettings(BaseSettings):
+    """`retention serve`: HTTP binding, scheduler timing, shutdown and health bounds."""
+
+    model_config = SettingsConfigDict(env_prefix="RETENTION_SERVE_", extra="ignore")
+
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address the HTTP API binds to (0.0.0.0 in containers).",
+    )
+    misfire_grace_s: float = Field(
+        default=3600.0,
+        ge=0,
+        description="A fire missed by downtime runs at start if it is at most this old; "
+        "older misses are recorded, not replayed.",
+    )
+    tick_s: float = Field(
+        default=1.0, gt=0, le=60, description="How often the scheduler checks leadership and cron."
+    )
+    gauges_interval_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often every replica recomputes the database-derived gauges "
+        "(oldest unprocessed row, last successful run).",
+    )
+    drain_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="After a scheduled run, how long the job keeps publishing its events "
+        "before leaving the rest to the always-running relay.",
+    )
+    shutdown_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="On SIGTERM/SIGINT, how long the current run, batch and ack commit may "
+        "take before the remaining tasks are cancelled.",
+    )
+    health_timeout_s: float = Field(
+        default=2.0, gt=0, le=30, description="Bound on each /healthz check (database, Kafka)."
+    )
+
+
 class Settings(BaseSettings):
     """Everything the coordinator needs to know about its surroundings."""
 
@@ -122,3 +164,17 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(
         default=None, description="Bearer token that HTTP write routes require."
     )
+    schedule: str = Field(
+        default="0 3 * * *",
+        description="Cron expression (UTC) of the global run; policies with their own "
+        "`schedule` run on theirs instead.",
+    )
+    serve: ServeSettings = Field(
+        default_factory=ServeSettings,
+        description="`retention serve` (RETENTION_SERVE_* variables).",
+    )
+
+    @field_validator("schedule")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        return validate_cron(value)

@@ -1,0 +1,6 @@
+"""The HTTP API of `retention serve`: health, metrics, policies, runs, completion, holds."""
+
+from coordinator.api._context import ApiContext
+from coordinator.api.app import create_app
+
+__all__ = ["ApiContext", "create_app"]

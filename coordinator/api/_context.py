@@ -1,0 +1,44 @@
+"""What the routes need from the process that serves them, injected through `app.state`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from coordinator.clock import Clock
+from schemas import KafkaSettings
+
+__all__ = ["ApiContext", "Connection", "Context", "connection", "context"]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiContext:
+    engine: AsyncEngine
+    kafka: KafkaSettings
+    registry: CollectorRegistry
+    clock: Clock
+    api_token: SecretStr | None
+    health_timeout_s: float = 2.0
+
+
+def context(request: Request) -> ApiContext:
+    ctx: ApiContext = request.app.state.context
+    return ctx
+
+
+Context = Annotated[ApiContext, Depends(context)]
+
+
+async def connection(ctx: Context) -> AsyncIterator[AsyncConnection]:
+    """A connection for one request's reads (rolled back at the end)."""
+    async with ctx.engine.connect() as conn:
+        yield conn
+
+
+Connection = Annotated[AsyncConnection, Depends(connection)]

@@ -1,0 +1,85 @@
+"""/healthz names what is down; /metrics exposes the injected registry; OpenAPI is served."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import httpx
+
+from coordinator.api import ApiContext
+from coordinator.db import make_engine
+from coordinator.metrics import Metrics
+from schemas import KafkaSettings
+from tests.api.conftest import make_client
+
+
+async def test_healthz_ok_when_database_and_kafka_answer(client: httpx.AsyncClient) -> None:
+    response = await client.get("/healthz")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "ok"
+    assert body["checks"]["database"]["ok"]
+    assert body["checks"]["kafka"]["ok"]
+
+
+async def test_healthz_503_names_the_database_when_it_is_unreachable(ctx: ApiContext) -> None:
+    # A closed port stands in for a stopped server: the shared one stays up for others.
+    dead = make_engine("postgresql://retention:retention@127.0.0.1:1/retention", pool_size=1)
+    try:
+        async with make_client(dataclasses.replace(ctx, engine=dead)) as client:
+            response = await client.get("/healthz")
+    finally:
+        await dead.dispose()
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "unavailable"
+    assert not body["checks"]["database"]["ok"]
+    assert body["checks"]["database"]["detail"]
+    assert body["checks"]["kafka"]["ok"]
+
+
+async def test_healthz_503_names_kafka_when_the_broker_is_unreachable(ctx: ApiContext) -> None:
+    broken = KafkaSettings(bootstrap_servers="127.0.0.1:1", topic_prefix=ctx.kafka.topic_prefix)
+    async with make_client(dataclasses.replace(ctx, kafka=broken, health_timeout_s=2)) as client:
+        response = await client.get("/healthz")
+    assert response.status_code == 503
+    checks = response.json()["checks"]
+    assert checks["database"]["ok"]
+    assert not checks["kafka"]["ok"]
+    assert checks["kafka"]["detail"]
+
+
+async def test_healthz_503_when_the_topics_are_missing(ctx: ApiContext) -> None:
+    missing = KafkaSettings(
+        bootstrap_servers=ctx.kafka.bootstrap_servers, topic_prefix=ctx.kafka.topic_prefix + ".x"
+    )
+    async with make_client(dataclasses.replace(ctx, kafka=missing)) as client:
+        response = await client.get("/healthz")
+    assert response.status_code == 503
+    assert "topics missing" in response.json()["checks"]["kafka"]["detail"]
+
+
+async def test_metrics_exposes_the_injected_registry(
+    client: httpx.AsyncClient, metrics: Metrics
+) -> None:
+    metrics.records_processed.labels("session_logs", "delete").inc(7)
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    assert 'retention_records_processed_total{action="delete",policy="session_logs"} 7.0' in (
+        response.text
+    )
+
+
+async def test_openapi_lists_every_route(client: httpx.AsyncClient) -> None:
+    response = await client.get("/openapi.json")
+    assert response.status_code == 200
+    paths = set(response.json()["paths"])
+    assert {
+        "/healthz",
+        "/metrics",
+        "/v1/runs",
+        "/v1/entities/{entity_type}/{entity_id}",
+        "/v1/events/{event_id}",
+    } <= paths
+    assert (await client.get("/docs")).status_code == 200
