@@ -12,7 +12,7 @@ ENV_FILE := .cache/infra.env
 # Every target that touches Kafka or PostgreSQL reads the settings infra-up wrote.
 WITH_INFRA := set -a; source $(ENV_FILE); set +a;
 
-.PHONY: help venv infra-up infra-down infra-status lint typecheck schemas test test-unit test-faults demo bench clean
+.PHONY: help venv tools infra-up infra-down infra-status lint typecheck schemas test test-unit test-faults demo bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -25,6 +25,15 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP) ## create or refresh .venv with the project and its test extras
+
+# promtool checks and unit-tests deploy/prometheus/alerts.yml (tests/test_deploy.py).
+# Debian's `prometheus` package ships it (~19 MB download); its daemon is not started.
+tools: ## install promtool if missing (Debian/Ubuntu, as root or via sudo)
+	@command -v promtool >/dev/null || { \
+	  command -v apt-get >/dev/null || { echo "install promtool (Prometheus 2.x) and retry" >&2; exit 1; }; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y --no-install-recommends prometheus >/dev/null || { \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y --no-install-recommends prometheus >/dev/null; }; }
 
 infra-up: ## start (or reuse) Kafka 4.1.1 and PostgreSQL; write .cache/infra.env
 	$(INFRA) up
@@ -45,7 +54,7 @@ typecheck: $(STAMP) ## mypy (strict on schemas, coordinator, consumer_sdk)
 schemas: $(STAMP) ## regenerate schemas/json from the wire models
 	$(BIN)/python -m schemas.export
 
-test: $(STAMP) infra-up lint typecheck ## everything: venv, infra, lint, types, all tests
+test: $(STAMP) tools infra-up lint typecheck ## everything: venv, infra, lint, types, all tests
 	$(WITH_INFRA) $(BIN)/pytest -m "slow or not slow"
 
 test-faults: $(STAMP) infra-up ## the full fault-injection suite

@@ -108,3 +108,9 @@ class Metrics:
             "1 on the replica that holds the scheduler's leader lock, 0 on the others.",
             registry=r,
         )
+        self.policy_retention = Gauge(
+            "retention_policy_retention_days",
+            "Each loaded policy's retention period, so alerts can compare ages with it.",
+            ["policy"],
+            registry=r,
+        )

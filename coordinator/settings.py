@@ -127,6 +127,12 @@ class ServeSettings(BaseSettings):
     health_timeout_s: float = Field(
         default=2.0, gt=0, le=30, description="Bound on each /healthz check (database, Kafka)."
     )
+    topic_partitions: int = Field(
+        default=6, ge=1, description="Partitions of each topic `serve` creates when missing."
+    )
+    topic_replication_factor: int = Field(
+        default=1, ge=1, description="Replication factor of the topics `serve` creates."
+    )
 
 
 class Settings(BaseSettings):
