@@ -12,6 +12,7 @@ from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator.clock import Clock
+from coordinator.policies import PolicySet
 from schemas import KafkaSettings
 
 __all__ = ["ApiContext", "Connection", "Context", "connection", "context"]
@@ -24,6 +25,8 @@ class ApiContext:
     registry: CollectorRegistry
     clock: Clock
     api_token: SecretStr | None
+    policy_set: PolicySet
+    global_schedule: str
     health_timeout_s: float = 2.0
 
 

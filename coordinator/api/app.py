@@ -6,7 +6,7 @@ from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 
-from coordinator.api import ops, runs, tracking
+from coordinator.api import holds, ops, policies, runs, tracking
 from coordinator.api._context import ApiContext
 
 __all__ = ["create_app"]
@@ -20,7 +20,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
     )
     app.state.context = ctx
     app.include_router(ops.router)
+    app.include_router(policies.router)
     app.include_router(runs.router)
+    app.include_router(holds.router)
     app.include_router(tracking.router)
 
     @app.exception_handler(DBAPIError)

@@ -6,13 +6,19 @@ import uuid
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+from coordinator.holds import parse_entity
+from coordinator.policies import Policy
 
 __all__ = [
     "EventView",
     "HealthCheck",
     "HealthView",
+    "HoldCreate",
+    "HoldView",
     "PolicyResultView",
+    "PolicyView",
     "RunView",
     "ServiceAnswer",
 ]
@@ -91,3 +97,55 @@ class RunView(_View):
     trigger: str
     forced: bool
     policies: list[PolicyResultView]
+
+
+class HoldView(_View):
+    id: str
+    reason: str
+    created_by: str
+    created_at: datetime
+    expires_at: datetime | None
+    released_at: datetime | None
+    released_by: str | None
+    status: str = Field(description="active | expired | released")
+    entity_count: int
+    entities: list[str] | None = Field(
+        default=None, description="`type:id` of each entity (single-hold answers only)."
+    )
+
+
+class HoldCreate(BaseModel):
+    """A legal hold over one or more entities."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    entities: list[str] = Field(
+        min_length=1, max_length=10_000, description="Entities as `type:id`, e.g. `order:42`."
+    )
+    reason: str = Field(min_length=1, max_length=2000, description="Why (case number, ...).")
+    created_by: str = Field(min_length=1, max_length=200, description="Who asked for it.")
+    expires_at: AwareDatetime | None = Field(
+        default=None, description="When the hold ends by itself (RFC 3339 with a timezone)."
+    )
+    id: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.:-]{1,200}$",
+        description="Your own id for the hold (default: generated).",
+    )
+
+    @field_validator("entities")
+    @classmethod
+    def _entities(cls, value: list[str]) -> list[str]:
+        for entity in value:
+            parse_entity(entity)  # HoldError is a ValueError: pydantic reports it
+        return value
+
+
+class PolicyView(_View):
+    """A loaded policy, the schedule it runs on, and its latest results."""
+
+    name: str
+    definition: Policy
+    schedule: str = Field(description="The cron expression it runs on (its own or the global).")
+    last_result: PolicyResultView | None
+    last_success_at: datetime | None

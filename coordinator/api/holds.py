@@ -1,0 +1,105 @@
+"""Legal holds: list and read for anyone, create and release with the bearer token."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
+
+from coordinator import holds
+from coordinator.api._context import Connection, Context
+from coordinator.api.auth import require_token
+from coordinator.api.models import HoldCreate, HoldView
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1/holds", tags=["legal holds"])
+
+_WRITE = {
+    401: {"description": "missing or wrong bearer token"},
+    503: {"description": "writes disabled: RETENTION_API_TOKEN is not set"},
+}
+HoldId = Annotated[str, Path(min_length=1, max_length=200)]
+
+
+def _view(hold: holds.Hold, ctx: Context) -> HoldView:
+    return HoldView.model_validate(hold.as_dict(ctx.clock.now()))
+
+
+def _error(exc: holds.HoldError) -> HTTPException:
+    if isinstance(exc, holds.HoldNotFound):
+        return HTTPException(status.HTTP_404_NOT_FOUND, str(exc))
+    if isinstance(exc, holds.HoldConflict):
+        return HTTPException(status.HTTP_409_CONFLICT, str(exc))
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc))
+
+
+@router.get("", response_model=list[HoldView])
+async def list_holds(
+    ctx: Context,
+    conn: Connection,
+    include_inactive: Annotated[
+        bool, Query(description="Also released and expired holds.")
+    ] = False,
+) -> list[HoldView]:
+    """Holds, oldest first (active only unless `include_inactive`)."""
+    found = await holds.list_holds(conn, now=ctx.clock.now(), include_inactive=include_inactive)
+    return [_view(h, ctx) for h in found]
+
+
+@router.get("/{hold_id}", response_model=HoldView, responses={404: {"description": "no hold"}})
+async def get_hold(ctx: Context, conn: Connection, hold_id: HoldId) -> HoldView:
+    """One hold with the entities it covers."""
+    try:
+        return _view(await holds.get_hold(conn, hold_id), ctx)
+    except holds.HoldError as exc:
+        raise _error(exc) from None
+
+
+@router.post(
+    "",
+    response_model=HoldView,
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[Depends(require_token)],
+    responses={**_WRITE, 409: {"description": "a hold with this id exists"}},
+)
+async def create_hold(ctx: Context, body: HoldCreate) -> HoldView:
+    """Put entities under a legal hold: no policy touches them until it is released."""
+    try:
+        async with ctx.engine.begin() as conn:
+            hold = await holds.create_hold(
+                conn,
+                entities=body.entities,
+                reason=body.reason,
+                created_by=body.created_by,
+                now=ctx.clock.now(),
+                expires_at=body.expires_at,
+                hold_id=body.id,
+            )
+    except holds.HoldError as exc:
+        raise _error(exc) from None
+    return _view(hold, ctx)
+
+
+@router.delete(
+    "/{hold_id}",
+    response_model=HoldView,
+    dependencies=[Depends(require_token)],
+    responses={
+        **_WRITE,
+        404: {"description": "no hold"},
+        409: {"description": "already released"},
+    },
+)
+async def release_hold(
+    ctx: Context,
+    hold_id: HoldId,
+    by: Annotated[str, Query(min_length=1, max_length=200, description="Who releases it.")],
+) -> HoldView:
+    """Release a hold; its entities become purgeable at the next run."""
+    try:
+        async with ctx.engine.begin() as conn:
+            hold = await holds.release_hold(conn, hold_id, by=by, now=ctx.clock.now())
+    except holds.HoldError as exc:
+        raise _error(exc) from None
+    return _view(hold, ctx)

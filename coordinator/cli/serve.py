@@ -1,0 +1,61 @@
+"""`retention serve`: scheduler, outbox relay, completion tracker and HTTP API in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import structlog
+import typer
+
+from coordinator.cli._app import ExitCode, err_console, load_settings
+from coordinator.cli._policies import POLICIES_OPTION, load_policy_set
+from coordinator.policies import PolicySet
+from coordinator.service import Service, ServiceFailed
+from coordinator.settings import Settings
+
+__all__ = ["serve"]
+
+log = structlog.get_logger("retention.serve")
+
+
+async def _serve(settings: Settings, policy_set: PolicySet, port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, _stopper(stop, signum))
+    try:
+        await Service(settings, policy_set, port=port).run(stop)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+def _stopper(stop: asyncio.Event, signum: int) -> object:
+    def handle() -> None:
+        log.info("signal_received", signal=signal.Signals(signum).name)
+        stop.set()
+
+    return handle
+
+
+def serve(
+    port: int | None = typer.Option(
+        None, "--port", min=1, max=65535, help="HTTP port (default: RETENTION_HTTP_PORT, 8080)."
+    ),
+    policies: Path | None = POLICIES_OPTION,
+) -> None:
+    """Run the scheduler, outbox relay, completion tracker and HTTP API until SIGTERM."""
+    settings = load_settings()
+    policy_set = load_policy_set(policies, settings, as_json=False)
+    chosen = port if port is not None else settings.http_port
+    err_console.print(
+        f"serving on http://{settings.serve.host}:{chosen} "
+        f"({len(policy_set.policies)} policies from {policy_set.source}); Ctrl-C stops"
+    )
+    try:
+        asyncio.run(_serve(settings, policy_set, chosen))
+    except ServiceFailed as exc:
+        err_console.print(f"[red]retention serve stopped:[/red] {exc}")
+        raise typer.Exit(ExitCode.ERRORS) from None

@@ -1,0 +1,333 @@
+"""`retention serve`'s composition root: one process, one event loop, five tasks.
+
+* the **scheduler** (leader only) runs each schedule's policies, then drains the outbox;
+* the **outbox relay** publishes committed outbox rows (on every replica: SKIP LOCKED
+  splits the rows between them);
+* the **completion tracker** consumes acks and registrations (one consumer group);
+* the **gauges** task recomputes the database-derived gauges on a timer;
+* the **HTTP API** (uvicorn, in the same loop).
+
+Stopping (SIGTERM/SIGINT set `stop`): the scheduler lets the current run finish, the
+relay finishes its batch in flight, the tracker commits what it recorded, the API stops
+accepting requests; all of that is bounded by `RETENTION_SERVE_SHUTDOWN_TIMEOUT_S`,
+after which the remaining tasks are cancelled (a cancelled batch rolls back and is
+published again later: nothing is lost). A task that ends on its own before `stop` is a
+fault: the service stops the others and `run` raises `ServiceFailed`, so a supervisor
+restarts the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import structlog
+import uvicorn
+from prometheus_client import CollectorRegistry
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coordinator import run_log
+from coordinator.api import ApiContext, create_app
+from coordinator.clock import Clock, SystemClock
+from coordinator.db import make_engine
+from coordinator.kafka_admin import ensure_topics
+from coordinator.metrics import Metrics
+from coordinator.policies import PolicySet
+from coordinator.relay import OutboxRelay
+from coordinator.runner import Runner
+from coordinator.scheduler import Schedule, Scheduler
+from coordinator.settings import Settings
+from coordinator.tracker import Tracker
+
+__all__ = ["GLOBAL_SCHEDULE", "Service", "ServiceFailed", "schedules_for"]
+
+log = structlog.get_logger("retention.serve")
+
+GLOBAL_SCHEDULE = "global"
+
+
+class ServiceFailed(RuntimeError):
+    """A component of the service stopped on its own; the process should exit non-zero."""
+
+
+def schedules_for(policy_set: PolicySet, global_cron: str) -> list[Schedule]:
+    """One schedule per policy with its own `schedule`, and the global one for the rest."""
+    own = [
+        Schedule(f"policy:{p.name}", p.schedule, (p.name,))
+        for p in policy_set.policies
+        if p.schedule is not None
+    ]
+    rest = tuple(p.name for p in policy_set.policies if p.schedule is None)
+    return [*own, Schedule(GLOBAL_SCHEDULE, global_cron, rest)] if rest else own
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the service owns SIGTERM and SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@dataclass(slots=True)
+class _Parts:
+    engine: AsyncEngine
+    metrics: Metrics
+    runner: Runner
+    relay: OutboxRelay
+    drainer: OutboxRelay
+    tracker: Tracker
+    scheduler: Scheduler
+    server: _Server
+
+
+class Service:
+    """Everything `retention serve` runs, built from settings and a policy set."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        policy_set: PolicySet,
+        *,
+        registry: CollectorRegistry | None = None,
+        clock: Clock | None = None,
+        port: int | None = None,
+        node: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.policy_set = policy_set
+        self.metrics = Metrics(registry if registry is not None else CollectorRegistry())
+        self.clock = clock if clock is not None else SystemClock()
+        self.port = port if port is not None else settings.http_port
+        self.node = node
+        self.schedules = schedules_for(policy_set, settings.schedule)
+        self._parts: _Parts | None = None
+
+    # --- the scheduled job ---------------------------------------------------------------
+
+    async def _job(self, schedule: Schedule, fire_at: datetime) -> None:
+        parts = self._require_parts()
+        names = list(schedule.policies or ())
+        if not names:
+            return
+        report = await parts.runner.run(names, trigger=f"schedule:{schedule.name}")
+        log.info(
+            "scheduled_run_finished",
+            schedule=schedule.name,
+            fire_at=fire_at.isoformat(),
+            run_id=str(report.run_id),
+            ok=report.ok,
+        )
+        finished = time.time()
+        for outcome in report.outcomes:
+            if outcome.status == "ok":
+                self.metrics.last_successful_run.labels(outcome.policy).set(finished)
+        try:
+            # Publishing right away keeps the run's events together; the relay would get
+            # to them anyway, so a timeout only ends the job, never loses an event.
+            published = await parts.drainer.drain(timeout_s=self.settings.serve.drain_timeout_s)
+            log.info("scheduled_run_drained", schedule=schedule.name, published=published)
+        except TimeoutError:
+            log.warning("scheduled_run_drain_timed_out", schedule=schedule.name)
+        if not report.ok:
+            failed = [o.policy for o in report.outcomes if o.status != "ok"]
+            raise RuntimeError(f"run {report.run_id} had failed policies: {', '.join(failed)}")
+
+    # --- gauges --------------------------------------------------------------------------
+
+    async def refresh_gauges(self) -> None:
+        """Last successful run (every replica); oldest unprocessed row (the leader only).
+
+        Planning counts rows in every policy's table, so only the leader pays for it; the
+        other replicas drop the gauge rather than export a stale value.
+        """
+        parts = self._require_parts()
+        async with parts.engine.connect() as conn:
+            successes = await run_log.last_successes(conn)
+        for policy, at in successes.items():
+            self.metrics.last_successful_run.labels(policy).set(at.timestamp())
+        leader = parts.scheduler.is_leader
+        self.metrics.scheduler_leader.set(1 if leader else 0)
+        if not leader:
+            self.metrics.oldest_unprocessed.clear()
+            return
+        plan = await parts.runner.plan()
+        for item in plan.plans:
+            self.metrics.oldest_unprocessed.labels(item.policy).set(item.oldest_age_days or 0.0)
+
+    async def _gauges_forever(self, stop: asyncio.Event) -> None:
+        interval = self.settings.serve.gauges_interval_s
+        while not stop.is_set():
+            try:
+                await self.refresh_gauges()
+            except Exception:
+                log.exception("gauges_refresh_failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def _require_parts(self) -> _Parts:
+        if self._parts is None:
+            raise RuntimeError("the service is not running")
+        return self._parts
+
+    def _relay(self, engine: AsyncEngine, *, actor: str) -> OutboxRelay:
+        return OutboxRelay(
+            engine,
+            self.settings.kafka,
+            settings=self.settings.relay,
+            metrics=self.metrics,
+            clock=self.clock,
+            actor=actor,
+        )
+
+    def _build(self) -> _Parts:
+        s = self.settings
+        engine = make_engine(s.database_url.get_secret_value(), pool_size=5)
+        scheduler = Scheduler(
+            engine,
+            self.schedules,
+            self._job,
+            clock=self.clock,
+            misfire_grace=timedelta(seconds=s.serve.misfire_grace_s),
+            tick_seconds=s.serve.tick_s,
+            node=self.node,
+        )
+        api = create_app(
+            ApiContext(
+                engine=engine,
+                kafka=s.kafka,
+                registry=self.metrics.registry,
+                clock=self.clock,
+                api_token=s.api_token,
+                health_timeout_s=s.serve.health_timeout_s,
+                policy_set=self.policy_set,
+                global_schedule=s.schedule,
+            )
+        )
+        config = uvicorn.Config(
+            api,
+            host=s.serve.host,
+            port=self.port,
+            log_config=None,  # uvicorn's loggers go through our structlog pipeline
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=max(1, int(s.serve.shutdown_timeout_s / 2)),
+        )
+        return _Parts(
+            engine=engine,
+            metrics=self.metrics,
+            runner=Runner(engine, self.policy_set, s, clock=self.clock, metrics=self.metrics),
+            relay=self._relay(engine, actor="relay"),
+            drainer=self._relay(engine, actor="scheduler"),
+            tracker=Tracker(engine, s.kafka, s.tracker, clock=self.clock, metrics=self.metrics),
+            scheduler=scheduler,
+            server=_Server(config),
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set (then shut down gracefully) or a component fails.
+
+        Raises:
+            ServiceFailed: a component ended on its own; the others were stopped.
+        """
+        s = self.settings
+        created = await ensure_topics(
+            s.kafka,
+            partitions=s.serve.topic_partitions,
+            replication_factor=s.serve.topic_replication_factor,
+        )
+        if created:
+            log.info("topics_created", topics=created)
+        parts = self._parts = self._build()
+        server = parts.server
+
+        async def serve_http() -> None:
+            try:
+                await server.serve()
+            except SystemExit as exc:  # uvicorn exits when it cannot bind
+                raise ServiceFailed(
+                    f"HTTP server could not listen on {s.serve.host}:{self.port}"
+                ) from exc
+            if not stop.is_set():
+                raise ServiceFailed(f"HTTP server on {s.serve.host}:{self.port} stopped")
+
+        async def stop_http() -> None:
+            await stop.wait()
+            server.should_exit = True
+
+        components: dict[str, Callable[[], Awaitable[None]]] = {
+            "scheduler": lambda: parts.scheduler.run_forever(stop),
+            "relay": lambda: parts.relay.run_forever(stop),
+            "tracker": lambda: parts.tracker.run_forever(stop),
+            "gauges": lambda: self._gauges_forever(stop),
+            "http": serve_http,
+            "http_stopper": stop_http,
+        }
+        tasks = {
+            asyncio.create_task(start(), name=name): name for name, start in components.items()
+        }
+        log.info(
+            "serve_started",
+            port=self.port,
+            schedules=[f"{x.name}={x.cron}" for x in self.schedules],
+            policies=len(self.policy_set.policies),
+        )
+        try:
+            failure = await self._supervise(stop, tasks)
+        finally:
+            await self._close(parts)
+            self._parts = None
+        if failure is not None:
+            raise failure
+
+    async def _supervise(
+        self, stop: asyncio.Event, tasks: dict[asyncio.Task[None], str]
+    ) -> ServiceFailed | None:
+        pending: set[asyncio.Task[None]] = set(tasks)
+        stop_waiter = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({*pending, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
+        failure: ServiceFailed | None = None
+        for task in done - {stop_waiter}:
+            failure = failure or _failure(tasks[task], task, stopping=stop_waiter in done)
+        stop.set()
+        await stop_waiter
+        log.info("serve_stopping", timeout_s=self.settings.serve.shutdown_timeout_s)
+        pending -= done
+        if pending:
+            done_late, still = await asyncio.wait(
+                pending, timeout=self.settings.serve.shutdown_timeout_s
+            )
+            for task in done_late:
+                failure = failure or _failure(tasks[task], task, stopping=True)
+            for task in still:
+                log.warning("serve_shutdown_timed_out", component=tasks[task])
+                task.cancel()
+            await asyncio.gather(*still, return_exceptions=True)
+        return failure
+
+    async def _close(self, parts: _Parts) -> None:
+        for relay in (parts.relay, parts.drainer):
+            await relay.close()
+        await parts.engine.dispose()
+        log.info("serve_stopped")
+
+
+def _failure(
+    name: str, task: asyncio.Task[None], *, stopping: bool = False
+) -> ServiceFailed | None:
+    """Why a finished task means the service failed, or None if it ended as it should."""
+    if task.cancelled():
+        return ServiceFailed(f"{name} was cancelled")
+    exc = task.exception()
+    if exc is None:
+        return None if stopping else ServiceFailed(f"{name} stopped on its own")
+    log.error("component_failed", component=name, error=repr(exc), exc_info=exc)
+    if isinstance(exc, ServiceFailed):
+        return exc
+    return ServiceFailed(f"{name} failed: {type(exc).__name__}: {exc}")
