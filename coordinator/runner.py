@@ -232,7 +232,7 @@ class Runner:
         async with self.engine.connect() as conn:
             base = await time_base(conn, self.clock)
             plan = await plan_policy(conn, bound, base.now)
-        if abs(base.skew_seconds) > _SKEW_WARNING_SECONDS:
+        if base.skew_seconds > _SKEW_WARNING_SECONDS:  # ahead: cutoffs now follow the DB
             log.warning("clock.skew", policy=policy.name, skew_s=round(base.skew_seconds, 1))
         outcome.cutoff, outcome.due = plan.cutoff, plan.due
         if plan.guard is not None and not force:
