@@ -139,7 +139,10 @@ def test_every_error_is_reported_at_once_with_policy_and_line() -> None:
 
 
 def test_duplicate_names_and_keys() -> None:
-    one = "  - {name: x, table: t, timestamp_column: ts, retention: 1d, action: delete, legal_basis: b}\n"
+    one = (
+        "  - {name: x, table: t, timestamp_column: ts, retention: 1d, action: delete, "
+        "legal_basis: b}\n"
+    )
     with pytest.raises(PolicyFileError) as info:
         parse_policies("policies:\n" + one + one)
     assert [str(i) for i in info.value.issues] == [
