@@ -33,6 +33,7 @@ from pydantic import (
 )
 
 from coordinator import anonymizers
+from coordinator.conditions import ConditionError, parse_condition
 from coordinator.durations import DURATION_PATTERN, format_duration, parse_duration
 
 __all__ = [
@@ -324,6 +325,18 @@ def parse_policies(text: str, source: str = "<policies>") -> PolicySet:
             )
             continue
         seen[policy.name] = start or 0
+        if policy.conditions is not None:
+            # Syntax now; columns and types once the table is known (policy_binding).
+            try:
+                parse_condition(policy.conditions)
+            except ConditionError as condition_error:
+                issues.append(
+                    PolicyIssue(
+                        policy.name,
+                        key_lines.get("conditions", start),
+                        f"conditions: {condition_error}",
+                    )
+                )
         if policy.before_purge is not None:
             try:
                 resolve_hook(policy.before_purge)

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
 from coordinator import anonymizers
+from coordinator.conditions import ConditionError, compile_condition
 from coordinator.policies import Action, BeforePurge, Policy, PolicyIssue, PolicySet, resolve_hook
 from coordinator.settings import Settings
 from coordinator.tables import metadata as coordinator_metadata
@@ -117,8 +118,6 @@ def _bind_one(
 
     condition = None
     if policy.conditions is not None:
-        from coordinator.conditions import ConditionError, compile_condition
-
         try:
             condition = compile_condition(policy.conditions, table)
         except ConditionError as exc:

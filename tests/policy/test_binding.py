@@ -87,3 +87,22 @@ async def test_every_database_problem_is_named(engine: AsyncEngine) -> None:
         "line 32: policy 'bad_archive': archive table 'people_archive' lacks column(s) "
         "born_on, seen_at, short_name, age, code, nickname, archived_at"
     ]
+
+
+async def test_conditions_compile_against_the_table(engine: AsyncEngine) -> None:
+    text_ = """\
+policies:
+  - name: carts
+    table: shopping_carts
+    timestamp_column: updated_at
+    retention: 30d
+    action: delete
+    legal_basis: x
+    conditions: "colour = 'red' AND status = 'abandoned'"
+"""
+    async with engine.connect() as conn:
+        bound, issues = await bind_policies(conn, parse_policies(text_), Settings())
+    assert bound == {}
+    (issue,) = issues["carts"]
+    assert issue.line == 8
+    assert "colour" in issue.message

@@ -176,3 +176,23 @@ def test_json_schema_is_committed_and_current() -> None:
     assert SCHEMA_FILE.read_text(encoding="utf-8") == render(), (
         "policy JSON Schema drifted: run `python -m coordinator.policy_schema`"
     )
+
+
+def test_condition_syntax_is_checked_at_load() -> None:
+    text = (
+        "policies:\n"
+        "  - name: carts\n"
+        "    table: shopping_carts\n"
+        "    timestamp_column: updated_at\n"
+        "    retention: 30d\n"
+        "    action: delete\n"
+        "    legal_basis: b\n"
+        "    conditions: \"status = 'abandoned'; DROP TABLE orders\"\n"
+    )
+    with pytest.raises(PolicyFileError) as info:
+        parse_policies(text)
+    (issue,) = info.value.issues
+    assert issue.line == 8
+    assert issue.policy == "carts"
+    assert "';'" in issue.message
+    assert issue.message.startswith("conditions: ")
