@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -69,13 +68,13 @@ async def _checksums(url: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def cli(coordinator_db: str) -> Iterator[tuple[CliRunner, dict[str, str]]]:
+def cli(coordinator_db: str) -> tuple[CliRunner, dict[str, str]]:
     env = {
         "RETENTION_DATABASE_URL": coordinator_db,
         "RETENTION_POLICIES": str(SEED_POLICIES),
         "RETENTION_HASH_SECRET": "cli-secret",
     }
-    yield CliRunner(), env
+    return CliRunner(), env
 
 
 def invoke(cli: tuple[CliRunner, dict[str, str]], *args: str) -> tuple[int, Any, str]:
