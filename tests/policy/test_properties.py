@@ -1,8 +1,9 @@
 """Property: over random rows, holds and clocks, a run touches exactly the rows that are due.
 
 Rows and hold expiries sit a quarter hour off a half-hour grid around the database's
-clock, and clocks on whole hours, so "due" is never ambiguous by the seconds a run takes. Clocks may run up to 12 hours
-ahead of the database (the skew the planner must defuse) or weeks behind.
+clock, and clocks on whole hours, so "due" is never ambiguous by the seconds a run takes.
+Clocks run up to 12 hours ahead of the database (the skew the planner must defuse) or
+weeks behind.
 """
 
 from __future__ import annotations
