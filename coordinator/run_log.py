@@ -80,11 +80,16 @@ async def recent_runs(
 async def last_results(conn: AsyncConnection) -> dict[str, dict[str, Any]]:
     """Each policy's most recent result, whatever its status."""
     pr = policy_results.c
-    latest = (
-        select(policy_results)
-        .distinct(pr.policy)
-        .order_by(pr.policy, pr.finished_at.desc().nulls_last(), pr.started_at.desc())
+    rank = (
+        func.row_number()
+        .over(
+            partition_by=pr.policy,
+            order_by=(pr.finished_at.desc().nulls_last(), pr.started_at.desc()),
+        )
+        .label("rank")
     )
+    ranked = select(policy_results, rank).subquery()
+    latest = select(ranked).where(ranked.c.rank == 1)
     return {row.policy: _result(row) for row in await conn.execute(latest)}
 
 

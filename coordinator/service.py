@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 import uvicorn
@@ -103,8 +106,12 @@ class Service:
         self.metrics = Metrics(registry if registry is not None else CollectorRegistry())
         self.clock = clock if clock is not None else SystemClock()
         self.port = port if port is not None else settings.http_port
-        self.node = node
+        # Host and pid: replicas on one host (tests, the demo) stay distinguishable.
+        self.node = node or f"{socket.gethostname()}:{os.getpid()}"
         self.schedules = schedules_for(policy_set, settings.schedule)
+        for policy in policy_set.policies:
+            days = policy.retention.total_seconds() / 86400
+            self.metrics.policy_retention.labels(policy.name).set(days)
         self._parts: _Parts | None = None
 
     # --- the scheduled job ---------------------------------------------------------------
@@ -261,7 +268,7 @@ class Service:
             await stop.wait()
             server.should_exit = True
 
-        components: dict[str, Callable[[], Awaitable[None]]] = {
+        components: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
             "scheduler": lambda: parts.scheduler.run_forever(stop),
             "relay": lambda: parts.relay.run_forever(stop),
             "tracker": lambda: parts.tracker.run_forever(stop),
@@ -269,7 +276,7 @@ class Service:
             "http": serve_http,
             "http_stopper": stop_http,
         }
-        tasks = {
+        tasks: dict[asyncio.Task[None], str] = {
             asyncio.create_task(start(), name=name): name for name, start in components.items()
         }
         log.info(
@@ -290,7 +297,11 @@ class Service:
         self, stop: asyncio.Event, tasks: dict[asyncio.Task[None], str]
     ) -> ServiceFailed | None:
         pending: set[asyncio.Task[None]] = set(tasks)
-        stop_waiter = asyncio.create_task(stop.wait())
+
+        async def stopped() -> None:
+            await stop.wait()
+
+        stop_waiter = asyncio.create_task(stopped())
         done, _ = await asyncio.wait({*pending, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
         failure: ServiceFailed | None = None
         for task in done - {stop_waiter}:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
 
@@ -15,7 +15,7 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/holds", tags=["legal holds"])
 
-_WRITE = {
+_WRITE: dict[int | str, dict[str, Any]] = {
     401: {"description": "missing or wrong bearer token"},
     503: {"description": "writes disabled: RETENTION_API_TOKEN is not set"},
 }

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
 import typer
 
+from consumer_sdk import configure_logging
 from coordinator.cli._app import ExitCode, err_console, load_settings
 from coordinator.cli._policies import POLICIES_OPTION, load_policy_set
 from coordinator.policies import PolicySet
@@ -32,7 +35,7 @@ async def _serve(settings: Settings, policy_set: PolicySet, port: int) -> None:
             loop.remove_signal_handler(signum)
 
 
-def _stopper(stop: asyncio.Event, signum: int) -> object:
+def _stopper(stop: asyncio.Event, signum: int) -> Callable[[], None]:
     def handle() -> None:
         log.info("signal_received", signal=signal.Signals(signum).name)
         stop.set()
@@ -47,6 +50,8 @@ def serve(
     policies: Path | None = POLICIES_OPTION,
 ) -> None:
     """Run the scheduler, outbox relay, completion tracker and HTTP API until SIGTERM."""
+    # A long-running service logs what it does; one-shot commands default to warnings.
+    configure_logging(os.environ.get("RETENTION_LOG_LEVEL", "INFO"))
     settings = load_settings()
     policy_set = load_policy_set(policies, settings, as_json=False)
     chosen = port if port is not None else settings.http_port

@@ -14,9 +14,13 @@ from coordinator.api import ApiContext, create_app
 from coordinator.clock import SystemClock
 from coordinator.db import make_engine
 from coordinator.metrics import Metrics
+from coordinator.policies import load_policies
 from schemas import KafkaSettings
+from tests.infra import ROOT
 
 TOKEN = "s3cret-token"
+SEED_POLICIES = load_policies(ROOT / "tests" / "data" / "seed_policies.yaml")
+GLOBAL_CRON = "30 2 * * *"
 
 
 @pytest.fixture
@@ -44,6 +48,8 @@ async def ctx(engine: AsyncEngine, topics: KafkaSettings, metrics: Metrics) -> A
         registry=metrics.registry,
         clock=SystemClock(),
         api_token=SecretStr(TOKEN),
+        policy_set=SEED_POLICIES,
+        global_schedule=GLOBAL_CRON,
         health_timeout_s=5.0,
     )
 

@@ -79,9 +79,7 @@ class Serve:
 
 
 @pytest.fixture
-def serve_env(
-    coordinator_db: str, topics: KafkaSettings, tmp_path: Path
-) -> dict[str, str]:
+def serve_env(coordinator_db: str, topics: KafkaSettings, tmp_path: Path) -> dict[str, str]:
     policy_file = tmp_path / "policies.yaml"
     policy_file.write_text(POLICIES)
     return {
