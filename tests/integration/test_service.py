@@ -1,0 +1,130 @@
+"""The service in-process: schedules from policies, gauges, graceful stop, failing parts."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coordinator.db import make_engine
+from coordinator.holds import create_hold
+from coordinator.policies import load_policies, parse_policies
+from coordinator.seed_data import create_seed_tables, drop_seed_tables, populate
+from coordinator.service import GLOBAL_SCHEDULE, Service, ServiceFailed, schedules_for
+from coordinator.settings import ServeSettings, Settings
+from schemas import KafkaSettings
+from tests.infra import ROOT
+
+SEED = load_policies(ROOT / "tests" / "data" / "seed_policies.yaml")
+
+
+def test_policies_with_a_schedule_get_their_own_the_rest_share_the_global() -> None:
+    schedules = {s.name: s for s in schedules_for(SEED, "15 1 * * *")}
+    assert schedules["policy:abandoned_carts"].cron == "0 3 * * *"
+    assert schedules["policy:abandoned_carts"].policies == ("abandoned_carts",)
+    assert schedules[GLOBAL_SCHEDULE].cron == "15 1 * * *"
+    assert schedules[GLOBAL_SCHEDULE].policies == (
+        "session_logs",
+        "analytics_events",
+        "purchase_records",
+        "support_tickets",
+    )
+
+
+def test_no_global_schedule_when_every_policy_has_its_own() -> None:
+    only = parse_policies(
+        "policies:\n"
+        "  - {name: a, table: t, timestamp_column: ts, retention: 1d, action: delete,\n"
+        "     legal_basis: x, schedule: '*/5 * * * *'}\n"
+    )
+    assert [s.name for s in schedules_for(only, "0 3 * * *")] == ["policy:a"]
+
+
+def test_a_bad_global_schedule_is_rejected_naming_it() -> None:
+    with pytest.raises(ValueError, match="invalid cron expression 'every day'"):
+        Settings(schedule="every day")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+async def seeded(coordinator_db: str) -> AsyncIterator[AsyncEngine]:
+    engine = make_engine(coordinator_db, pool_size=2)
+    async with engine.begin() as conn:
+        await drop_seed_tables(conn)
+        await create_seed_tables(conn)
+        await conn.execute(text("TRUNCATE scheduler_fires"))
+        now = datetime.now(UTC)
+        data = await populate(conn, now)
+        await create_hold(conn, entities=data.holds, reason="case 1", created_by="legal", now=now)
+    yield engine
+    await engine.dispose()
+
+
+def settings_for(coordinator_db: str, topics: KafkaSettings, **serve: float) -> Settings:
+    return Settings(
+        database_url=coordinator_db,
+        kafka=topics,
+        hash_secret="test",
+        schedule="0 3 * * *",
+        serve=ServeSettings(tick_s=0.2, gauges_interval_s=0.3, shutdown_timeout_s=10, **serve),
+    )
+
+
+async def test_leader_exports_gauges_and_stops_gracefully(
+    seeded: AsyncEngine, coordinator_db: str, topics: KafkaSettings
+) -> None:
+    registry = CollectorRegistry()
+    port = free_port()
+    service = Service(settings_for(coordinator_db, topics), SEED, registry=registry, port=port)
+    stop = asyncio.Event()
+    running = asyncio.create_task(service.run(stop))
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    try:
+        async with asyncio.timeout(30):
+            while value("retention_oldest_unprocessed_days", policy="abandoned_carts") is None:
+                assert not running.done(), running
+                await asyncio.sleep(0.1)
+        assert value("retention_scheduler_leader") == 1
+        for policy in SEED.policies:
+            oldest = value("retention_oldest_unprocessed_days", policy=policy.name)
+            retention = value("retention_policy_retention_days", policy=policy.name)
+            assert retention == policy.retention.total_seconds() / 86400
+            # The oldest due row is 3 days past the cutoff; held ones (5 days) do not count.
+            assert oldest == pytest.approx(retention + 3, abs=0.01), policy.name
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            assert (await client.get("/healthz")).status_code == 200
+            body = (await client.get("/metrics")).text
+        assert 'retention_oldest_unprocessed_days{policy="session_logs"}' in body
+    finally:
+        stop.set()
+        async with asyncio.timeout(20):
+            await running  # returns normally: a graceful stop is not a failure
+
+
+async def test_a_port_in_use_fails_the_service_naming_it(
+    coordinator_db: str, topics: KafkaSettings
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        service = Service(settings_for(coordinator_db, topics), SEED, port=port)
+        with pytest.raises(ServiceFailed, match=f"could not listen on 127.0.0.1:{port}"):
+            async with asyncio.timeout(30):
+                await service.run(asyncio.Event())
