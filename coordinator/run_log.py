@@ -11,12 +11,12 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.tables import policy_results, runs
 
-__all__ = ["last_results", "last_successes", "recent_runs"]
+__all__ = ["get_run", "last_results", "last_successes", "recent_runs"]
 
 _RESULT_COLUMNS = (
     "policy",
@@ -36,6 +36,11 @@ def _result(row: Any) -> dict[str, Any]:
     return {name: getattr(row, name) for name in _RESULT_COLUMNS}
 
 
+async def get_run(conn: AsyncConnection, run_id: uuid.UUID) -> dict[str, Any] | None:
+    found = await _runs(conn, select(runs).where(runs.c.id == run_id), policy=None)
+    return found[0] if found else None
+
+
 async def recent_runs(
     conn: AsyncConnection, *, limit: int, policy: str | None = None
 ) -> list[dict[str, Any]]:
@@ -44,6 +49,12 @@ async def recent_runs(
     With `policy`, only runs that included that policy, and only its result.
     """
     query = select(runs).order_by(runs.c.started_at.desc(), runs.c.id).limit(limit)
+    return await _runs(conn, query, policy=policy)
+
+
+async def _runs(
+    conn: AsyncConnection, query: Select[Any], *, policy: str | None
+) -> list[dict[str, Any]]:
     if policy is not None:
         query = query.where(
             select(policy_results.c.run_id)

@@ -121,7 +121,12 @@ class Runner:
         self.clock = clock or SystemClock()
         self.metrics = metrics or Metrics()
 
-    def _select(self, only: Sequence[str] | None) -> list[str]:
+    def select(self, only: Sequence[str] | None) -> list[str]:
+        """The policy names a run of `only` covers (all when None), in file order.
+
+        Raises:
+            ValueError: a name that is not in the policy file.
+        """
         names = [p.name for p in self.policy_set.policies]
         if only is None:
             return names
@@ -132,7 +137,7 @@ class Runner:
 
     async def plan(self, only: Sequence[str] | None = None) -> PlanReport:
         """Dry run: read-only queries in one transaction that is rolled back."""
-        selected = self._select(only)
+        selected = self.select(only)
         async with self.engine.connect() as conn:
             bound, issues = await bind_policies(conn, self.policy_set, self.settings, only=selected)
             base = await time_base(conn, self.clock)
@@ -149,9 +154,11 @@ class Runner:
         force: bool = False,
         trigger: str = "cli",
         progress: Progress | None = None,
+        run_id: uuid.UUID | None = None,
     ) -> RunReport:
-        selected = self._select(only)
-        run_id = uuid.uuid4()
+        """Run the selected policies; `run_id` lets a caller name the run before it starts."""
+        selected = self.select(only)
+        run_id = run_id or uuid.uuid4()
         started = self.clock.now()
         async with self.engine.begin() as conn:
             await conn.execute(

@@ -23,6 +23,7 @@ import contextlib
 import os
 import socket
 import time
+import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -34,19 +35,19 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator import run_log
-from coordinator.api import ApiContext, create_app
+from coordinator.api import ApiContext, RunInProgress, create_app
 from coordinator.clock import Clock, SystemClock
 from coordinator.db import make_engine
 from coordinator.kafka_admin import ensure_topics
 from coordinator.metrics import Metrics
 from coordinator.policies import PolicySet
 from coordinator.relay import OutboxRelay
-from coordinator.runner import Runner
+from coordinator.runner import Runner, RunReport
 from coordinator.scheduler import Schedule, Scheduler
 from coordinator.settings import Settings
 from coordinator.tracker import Tracker
 
-__all__ = ["GLOBAL_SCHEDULE", "Service", "ServiceFailed", "schedules_for"]
+__all__ = ["GLOBAL_SCHEDULE", "RunInProgress", "Service", "ServiceFailed", "schedules_for"]
 
 log = structlog.get_logger("retention.serve")
 
@@ -55,6 +56,11 @@ GLOBAL_SCHEDULE = "global"
 
 class ServiceFailed(RuntimeError):
     """A component of the service stopped on its own; the process should exit non-zero."""
+
+
+def _log_failure(task: asyncio.Task[RunReport]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("triggered_run_failed", error=repr(task.exception()))
 
 
 def schedules_for(policy_set: PolicySet, global_cron: str) -> list[Schedule]:
@@ -113,22 +119,31 @@ class Service:
             days = policy.retention.total_seconds() / 86400
             self.metrics.policy_retention.labels(policy.name).set(days)
         self._parts: _Parts | None = None
+        self._triggered: asyncio.Task[RunReport] | None = None
 
     # --- the scheduled job ---------------------------------------------------------------
 
     async def _job(self, schedule: Schedule, fire_at: datetime) -> None:
-        parts = self._require_parts()
         names = list(schedule.policies or ())
         if not names:
             return
-        report = await parts.runner.run(names, trigger=f"schedule:{schedule.name}")
-        log.info(
-            "scheduled_run_finished",
-            schedule=schedule.name,
-            fire_at=fire_at.isoformat(),
-            run_id=str(report.run_id),
-            ok=report.ok,
-        )
+        report = await self._run_and_drain(names, trigger=f"schedule:{schedule.name}")
+        log.info("scheduled_run_finished", schedule=schedule.name, fire_at=fire_at.isoformat())
+        if not report.ok:
+            failed = [o.policy for o in report.outcomes if o.status != "ok"]
+            raise RuntimeError(f"run {report.run_id} had failed policies: {', '.join(failed)}")
+
+    async def _run_and_drain(
+        self,
+        names: list[str],
+        *,
+        trigger: str,
+        force: bool = False,
+        run_id: uuid.UUID | None = None,
+    ) -> RunReport:
+        parts = self._require_parts()
+        report = await parts.runner.run(names, trigger=trigger, force=force, run_id=run_id)
+        log.info("run_finished", trigger=trigger, run_id=str(report.run_id), ok=report.ok)
         finished = time.time()
         for outcome in report.outcomes:
             if outcome.status == "ok":
@@ -137,12 +152,40 @@ class Service:
             # Publishing right away keeps the run's events together; the relay would get
             # to them anyway, so a timeout only ends the job, never loses an event.
             published = await parts.drainer.drain(timeout_s=self.settings.serve.drain_timeout_s)
-            log.info("scheduled_run_drained", schedule=schedule.name, published=published)
+            log.info("run_drained", run_id=str(report.run_id), published=published)
         except TimeoutError:
-            log.warning("scheduled_run_drain_timed_out", schedule=schedule.name)
-        if not report.ok:
-            failed = [o.policy for o in report.outcomes if o.status != "ok"]
-            raise RuntimeError(f"run {report.run_id} had failed policies: {', '.join(failed)}")
+            log.warning("run_drain_timed_out", run_id=str(report.run_id))
+        return report
+
+    async def trigger_run(self, policies: list[str] | None, force: bool) -> uuid.UUID:
+        """Start a run now (HTTP `POST /v1/runs`); returns its id at once.
+
+        Raises:
+            RunInProgress: the previous triggered run has not finished.
+            ValueError: an unknown policy name.
+        """
+        parts = self._require_parts()
+        if self._triggered is not None and not self._triggered.done():
+            raise RunInProgress("a triggered run is still in progress")
+        names = parts.runner.select(policies)
+        run_id = uuid.uuid4()
+        self._triggered = asyncio.create_task(
+            self._run_and_drain(names, trigger="api", force=force, run_id=run_id),
+            name=f"run-{run_id}",
+        )
+        self._triggered.add_done_callback(_log_failure)
+        await self._until_recorded(run_id, self._triggered)
+        return run_id
+
+    async def _until_recorded(self, run_id: uuid.UUID, task: asyncio.Task[RunReport]) -> None:
+        """Return once the run log has the run, so its status URL answers at once."""
+        engine = self._require_parts().engine
+        async with asyncio.timeout(30):
+            while not task.done():
+                async with engine.connect() as conn:
+                    if await run_log.get_run(conn, run_id) is not None:
+                        return
+                await asyncio.sleep(0.02)
 
     # --- gauges --------------------------------------------------------------------------
 
@@ -215,6 +258,7 @@ class Service:
                 health_timeout_s=s.serve.health_timeout_s,
                 policy_set=self.policy_set,
                 global_schedule=s.schedule,
+                trigger_run=self.trigger_run,
             )
         )
         config = uvicorn.Config(
@@ -323,6 +367,15 @@ class Service:
         return failure
 
     async def _close(self, parts: _Parts) -> None:
+        triggered = self._triggered
+        if triggered is not None and not triggered.done():
+            # Like a scheduled run: let it finish within the shutdown bound.
+            _, late = await asyncio.wait(
+                {triggered}, timeout=self.settings.serve.shutdown_timeout_s
+            )
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         for relay in (parts.relay, parts.drainer):
             await relay.close()
         await parts.engine.dispose()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -15,7 +16,23 @@ from coordinator.clock import Clock
 from coordinator.policies import PolicySet
 from schemas import KafkaSettings
 
-__all__ = ["ApiContext", "Connection", "Context", "connection", "context"]
+__all__ = [
+    "ApiContext",
+    "Connection",
+    "Context",
+    "RunInProgress",
+    "RunTrigger",
+    "connection",
+    "context",
+]
+
+
+class RunInProgress(RuntimeError):
+    """A run triggered over HTTP is still going (the API answers 409)."""
+
+
+RunTrigger = Callable[[list[str] | None, bool], Awaitable[uuid.UUID]]
+"""Starts a run of these policies (None: all), forced or not; returns its id at once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +45,7 @@ class ApiContext:
     policy_set: PolicySet
     global_schedule: str
     health_timeout_s: float = 2.0
+    trigger_run: RunTrigger | None = None
 
 
 def context(request: Request) -> ApiContext:

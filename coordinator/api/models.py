@@ -19,6 +19,8 @@ __all__ = [
     "HoldView",
     "PolicyResultView",
     "PolicyView",
+    "RunAccepted",
+    "RunRequest",
     "RunView",
     "ServiceAnswer",
 ]
@@ -72,6 +74,23 @@ class EventView(_View):
     reminders_sent: int
     services: list[ServiceAnswer]
     rejected_acks: int
+
+
+class RunRequest(BaseModel):
+    """Start a run now, outside the schedule."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policies: list[str] | None = Field(
+        default=None, min_length=1, description="Policies to run (default: all of them)."
+    )
+    force: bool = Field(default=False, description="Run even where the guard refuses.")
+
+
+class RunAccepted(_View):
+    run_id: uuid.UUID
+    policies: list[str] | None
+    status_url: str = Field(description="Where the run's progress and results appear.")
 
 
 class PolicyResultView(_View):

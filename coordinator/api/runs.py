@@ -1,21 +1,23 @@
-"""The run log: each run and what each policy did in it."""
+"""The run log, and starting a run outside the schedule."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, status
 
 from coordinator import run_log
-from coordinator.api._context import Connection
-from coordinator.api.models import RunView
+from coordinator.api._context import Connection, Context, RunInProgress
+from coordinator.api.auth import require_token
+from coordinator.api.models import RunAccepted, RunRequest, RunView
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1", tags=["runs"])
+router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
 
-@router.get("/runs", response_model=list[RunView])
+@router.get("", response_model=list[RunView])
 async def list_runs(
     conn: Connection,
     limit: Annotated[int, Query(ge=1, le=500, description="Most runs returned.")] = 20,
@@ -26,3 +28,40 @@ async def list_runs(
     """Recent runs, newest first."""
     found = await run_log.recent_runs(conn, limit=limit, policy=policy)
     return [RunView.model_validate(r) for r in found]
+
+
+@router.get("/{run_id}", response_model=RunView, responses={404: {"description": "no run"}})
+async def get_run(conn: Connection, run_id: uuid.UUID) -> RunView:
+    """One run; `finished_at` stays null while it is going."""
+    found = await run_log.get_run(conn, run_id)
+    if found is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no run {run_id}")
+    return RunView.model_validate(found)
+
+
+@router.post(
+    "",
+    response_model=RunAccepted,
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[Depends(require_token)],
+    responses={
+        401: {"description": "missing or wrong bearer token"},
+        409: {"description": "the previously triggered run is still going"},
+        503: {"description": "writes disabled, or not served by `retention serve`"},
+    },
+)
+async def start_run(ctx: Context, body: RunRequest | None = None) -> RunAccepted:
+    """Start a run of the given policies now; poll `status_url` for its results."""
+    request = body or RunRequest()
+    if ctx.trigger_run is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "this server cannot start runs")
+    try:
+        run_id = await ctx.trigger_run(request.policies, request.force)
+    except RunInProgress as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    except ValueError as exc:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            [{"loc": ["body", "policies"], "msg": str(exc), "type": "value_error"}],
+        ) from None
+    return RunAccepted(run_id=run_id, policies=request.policies, status_url=f"/v1/runs/{run_id}")

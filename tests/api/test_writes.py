@@ -13,7 +13,7 @@ from pydantic import SecretStr
 from sqlalchemy import delete, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.api import ApiContext
+from coordinator.api import ApiContext, RunInProgress
 from coordinator.tables import audit_log, legal_hold_entities, legal_holds, policy_results, runs
 from tests.api.conftest import GLOBAL_CRON, SEED_POLICIES, TOKEN, make_client
 
@@ -157,3 +157,46 @@ async def test_policies_with_schedule_and_latest_results(
     assert session["last_success_at"].startswith("2026-11-28T03:00:00")
     assert policies["analytics_events"]["last_result"] is None
     assert policies["analytics_events"]["last_success_at"] is None
+
+
+class FakeTrigger:
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str] | None, bool]] = []
+        self.busy = False
+
+    async def __call__(self, policies: list[str] | None, force: bool) -> uuid.UUID:
+        if self.busy:
+            raise RunInProgress("a triggered run is still in progress")
+        if policies and "nope" in policies:
+            raise ValueError("unknown policy nope (known: a, b)")
+        self.calls.append((policies, force))
+        return uuid.UUID(int=7)
+
+
+async def test_start_a_run(ctx: ApiContext) -> None:
+    trigger = FakeTrigger()
+    async with make_client(dataclasses.replace(ctx, trigger_run=trigger)) as client:
+        response = await client.post("/v1/runs", headers=AUTH)
+        assert response.status_code == 202, response.text
+        assert response.json()["status_url"] == f"/v1/runs/{uuid.UUID(int=7)}"
+        response = await client.post(
+            "/v1/runs", json={"policies": ["session_logs"], "force": True}, headers=AUTH
+        )
+        assert response.status_code == 202
+        assert trigger.calls == [(None, False), (["session_logs"], True)]
+
+        unknown = await client.post("/v1/runs", json={"policies": ["nope"]}, headers=AUTH)
+        assert unknown.status_code == 422
+        assert unknown.json()["detail"][0]["loc"] == ["body", "policies"]
+        assert "unknown policy nope" in unknown.json()["detail"][0]["msg"]
+        empty = await client.post("/v1/runs", json={"policies": []}, headers=AUTH)
+        assert empty.status_code == 422
+        trigger.busy = True
+        assert (await client.post("/v1/runs", headers=AUTH)).status_code == 409
+        assert (await client.post("/v1/runs")).status_code == 401
+        assert (await client.get(f"/v1/runs/{uuid.uuid4()}")).status_code == 404
+
+
+async def test_starting_runs_needs_a_service(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/runs", headers=AUTH)
+    assert response.status_code == 503

@@ -73,11 +73,15 @@ async def seeded(coordinator_db: str) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
+TOKEN = "t0ken"
+
+
 def settings_for(coordinator_db: str, topics: KafkaSettings, **serve: float) -> Settings:
     return Settings(
         database_url=coordinator_db,
         kafka=topics,
         hash_secret="test",
+        api_token=TOKEN,
         schedule="0 3 * * *",
         serve=ServeSettings(tick_s=0.2, gauges_interval_s=0.3, shutdown_timeout_s=10, **serve),
     )
@@ -109,8 +113,28 @@ async def test_leader_exports_gauges_and_stops_gracefully(
             assert oldest == pytest.approx(retention + 3, abs=0.01), policy.name
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             assert (await client.get("/healthz")).status_code == 200
+            # A run over HTTP: its metrics land in this process's registry.
+            accepted = await client.post("/v1/runs", headers={"Authorization": f"Bearer {TOKEN}"})
+            assert accepted.status_code == 202, accepted.text
+            status_url = accepted.json()["status_url"]
+            async with asyncio.timeout(60):
+                while (run := (await client.get(status_url)).json())["finished_at"] is None:
+                    await asyncio.sleep(0.2)
+            assert run["status"] == "ok", run
+            assert run["trigger"] == "api"
             body = (await client.get("/metrics")).text
+        for result in run["policies"]:
+            # due + boundary, and at_cutoff rows once the real clock has moved on.
+            assert result["processed"] in (6, 9), result
+            assert result["held"] == 3, result
+            processed = value(
+                "retention_records_processed_total",
+                policy=result["policy"],
+                action=result["action"],
+            )
+            assert processed == result["processed"]
         assert 'retention_oldest_unprocessed_days{policy="session_logs"}' in body
+        assert 'retention_records_held_total{policy="session_logs"}' in body
     finally:
         stop.set()
         async with asyncio.timeout(20):
