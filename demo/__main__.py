@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -119,17 +120,18 @@ class Demo:
     port: int
     scale: int
     timeout_s: float
+    name: str = "retention_demo"
     run_tag: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     processes: list[Process] = field(default_factory=list)
 
     @property
     def database_url(self) -> str:
-        return _with_database(self.settings.database_url.get_secret_value(), "retention_demo")
+        return _with_database(self.settings.database_url.get_secret_value(), self.name)
 
     @property
     def services_url(self) -> str:
         return _with_database(
-            self.settings.database_url.get_secret_value(), "retention_demo_services"
+            self.settings.database_url.get_secret_value(), f"{self.name}_services"
         )
 
     @property
@@ -183,8 +185,8 @@ async def recreate_databases(demo: Demo) -> None:
     )
     try:
         async with admin.connect() as conn:
-            for name in ("retention_demo", "retention_demo_services"):
-                # Fixed names, not input: safe to format into DDL.
+            for name in (demo.name, f"{demo.name}_services"):
+                # Checked against _NAME in main(): safe to format into DDL.
                 await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
                 await conn.execute(text(f'CREATE DATABASE "{name}"'))
     except OSError as exc:
@@ -371,7 +373,7 @@ def label(labels: str, key: str) -> str:
 
 async def run_demo(demo: Demo) -> tuple[dict[str, Any], Seeded]:
     started = time.monotonic()
-    step("fresh databases retention_demo and retention_demo_services")
+    step(f"fresh databases {demo.name} and {demo.name}_services")
     await recreate_databases(demo)
     step("migrating the coordinator database")
     await upgrade(demo.database_url)
@@ -613,9 +615,16 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("DEMO_PORT", "8080")))
     parser.add_argument("--scale", type=int, default=100, help="rows per category and table")
     parser.add_argument("--timeout", type=float, default=180, help="seconds per waiting step")
+    parser.add_argument(
+        "--name",
+        default="retention_demo",
+        help="database name (recreated; the services use NAME_services)",
+    )
     args = parser.parse_args()
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,50}", args.name):
+        parser.error(f"--name {args.name!r}: lower-case letters, digits and _ only")
     configure_logging("WARNING")
-    demo = Demo(Settings(), args.port, args.scale, args.timeout)
+    demo = Demo(Settings(), args.port, args.scale, args.timeout, args.name)
     if not port_free(demo.port):
         out.print(
             f"[red]demo failed:[/red] port {demo.port} is in use (a demo left running with "
