@@ -115,8 +115,8 @@ class ServeSettings(BaseSettings):
     drain_timeout_s: float = Field(
         default=300.0,
         gt=0,
-        description="After a scheduled run, how long the job keeps publishing its events "
-        "before leaving the rest to the always-running relay.",
+        description="After a run `serve` starts, how long it keeps publishing the run's "
+        "events before leaving the rest to the always-running relay.",
     )
     shutdown_timeout_s: float = Field(
         default=30.0,
