@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import os
 import socket
-import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
@@ -120,6 +119,7 @@ class Service:
             self.metrics.policy_retention.labels(policy.name).set(days)
         self._parts: _Parts | None = None
         self._triggered: asyncio.Task[RunReport] | None = None
+        self._run_lock = asyncio.Lock()
 
     # --- the scheduled job ---------------------------------------------------------------
 
@@ -142,12 +142,12 @@ class Service:
         run_id: uuid.UUID | None = None,
     ) -> RunReport:
         parts = self._require_parts()
-        report = await parts.runner.run(names, trigger=trigger, force=force, run_id=run_id)
+        # One run at a time in this process: a triggered run waits for a scheduled one
+        # rather than racing it over the same rows.
+        async with self._run_lock:
+            report = await parts.runner.run(names, trigger=trigger, force=force, run_id=run_id)
         log.info("run_finished", trigger=trigger, run_id=str(report.run_id), ok=report.ok)
-        finished = time.time()
-        for outcome in report.outcomes:
-            if outcome.status == "ok":
-                self.metrics.last_successful_run.labels(outcome.policy).set(finished)
+        await self._refresh_last_successes(parts.engine)
         try:
             # Publishing right away keeps the run's events together; the relay would get
             # to them anyway, so a timeout only ends the job, never loses an event.
@@ -196,10 +196,7 @@ class Service:
         other replicas drop the gauge rather than export a stale value.
         """
         parts = self._require_parts()
-        async with parts.engine.connect() as conn:
-            successes = await run_log.last_successes(conn)
-        for policy, at in successes.items():
-            self.metrics.last_successful_run.labels(policy).set(at.timestamp())
+        await self._refresh_last_successes(parts.engine)
         leader = parts.scheduler.is_leader
         self.metrics.scheduler_leader.set(1 if leader else 0)
         if not leader:
@@ -208,6 +205,12 @@ class Service:
         plan = await parts.runner.plan()
         for item in plan.plans:
             self.metrics.oldest_unprocessed.labels(item.policy).set(item.oldest_age_days or 0.0)
+
+    async def _refresh_last_successes(self, engine: AsyncEngine) -> None:
+        async with engine.connect() as conn:
+            successes = await run_log.last_successes(conn)
+        for policy, at in successes.items():
+            self.metrics.last_successful_run.labels(policy).set(at.timestamp())
 
     async def _gauges_forever(self, stop: asyncio.Event) -> None:
         interval = self.settings.serve.gauges_interval_s

@@ -135,6 +135,10 @@ async def test_leader_exports_gauges_and_stops_gracefully(
             assert processed == result["processed"]
         assert 'retention_oldest_unprocessed_days{policy="session_logs"}' in body
         assert 'retention_records_held_total{policy="session_logs"}' in body
+        finished = datetime.fromisoformat(run["finished_at"]).timestamp()
+        for policy in SEED.policies:
+            last = value("retention_last_successful_run_timestamp_seconds", policy=policy.name)
+            assert last == pytest.approx(finished, abs=1.0), policy.name
     finally:
         stop.set()
         async with asyncio.timeout(20):
