@@ -94,15 +94,18 @@ async def test_killed_leader_hands_over(engines: tuple[AsyncEngine, AsyncEngine]
         await b.tick()
         assert (a.is_leader, b.is_leader) == (True, False)
         # The leader's database session dies (process killed, network gone).
+        holders = (
+            "FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND pid <> pg_backend_pid() AND database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
         async with engines[1].connect() as conn:
-            await conn.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_locks "
-                    "WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid() "
-                    "AND database = "
-                    "(SELECT oid FROM pg_database WHERE datname = current_database())"
-                )
-            )
+            await conn.execute(text(f"SELECT pg_terminate_backend(pid) {holders}"))
+            # pg_terminate_backend only signals: under load the backend (and its lock)
+            # can outlive the call by a moment.
+            async with asyncio.timeout(10):
+                while (await conn.execute(text(f"SELECT count(*) {holders}"))).scalar():
+                    await asyncio.sleep(0.05)
         clock.advance(timedelta(minutes=1))
         await b.tick()
         await b.wait_idle()
