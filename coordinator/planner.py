@@ -22,6 +22,7 @@ from sqlalchemy import (
     DateTime,
     Text,
     and_,
+    any_,
     bindparam,
     cast,
     exists,
@@ -40,6 +41,7 @@ from coordinator.policy_binding import BoundPolicy
 from coordinator.tables import anonymized
 
 __all__ = [
+    "Batch",
     "PolicyPlan",
     "TimeBase",
     "due_clause",
@@ -83,12 +85,14 @@ def cutoff_for(policy: Policy, now: datetime) -> datetime:
     return now - policy.retention
 
 
-def due_clause(bound: BoundPolicy, cutoff: datetime) -> ColumnElement[bool]:
+def due_clause(
+    bound: BoundPolicy, cutoff: datetime, *, with_ledger: bool = True
+) -> ColumnElement[bool]:
     """Past retention (NULL timestamps never are), in scope, and not yet anonymized."""
     clauses: list[ColumnElement[bool]] = [bound.timestamp_column < _timestamp(bound, cutoff)]
     if bound.condition is not None:
         clauses.append(bound.condition)
-    if bound.policy.action is Action.ANONYMIZE:
+    if with_ledger and bound.policy.action is Action.ANONYMIZE:
         clauses.append(
             not_(
                 exists(
@@ -189,6 +193,14 @@ async def plan_policy(conn: AsyncConnection, bound: BoundPolicy, now: datetime) 
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Due, unheld ids to purge now, and the key the next batch starts after."""
+
+    ids: Sequence[Any]
+    last_scanned: Any | None  # None: nothing left to scan
+
+
 async def next_batch(
     conn: AsyncConnection,
     bound: BoundPolicy,
@@ -197,21 +209,56 @@ async def next_batch(
     now: datetime,
     after: Any | None,
     limit: int,
-) -> Sequence[Any]:
-    """The next due, unheld ids after `after` in id order, locked for this transaction.
+) -> Batch:
+    """The next window of `limit` due rows after `after` in id order, minus held ones.
 
-    Keyset order means each run reads every row at most once: rows skipped (held, or
-    locked by the batch before) are behind the key and are not scanned again. FOR UPDATE
-    makes PostgreSQL re-check the row predicate against a concurrent update (a row made
-    young again while we waited is dropped from the batch).
+    Keyset windows mean each run reads every row at most once: held or already
+    anonymized rows are stepped over with the window, never scanned again, and each
+    batch costs O(limit) however large the table, the holds or the ledger grow. The
+    second statement re-checks the full predicate FOR UPDATE, so PostgreSQL drops a row
+    a concurrent update made young again, and holds are read after the batch's hold lock.
     """
-    query = (
+    window = (
         select(bound.id_column)
-        .where(due_clause(bound, cutoff), not_(held_clause(bound, now)))
+        .where(due_clause(bound, cutoff, with_ledger=False))
         .order_by(bound.id_column)
         .limit(limit)
-        .with_for_update(of=bound.table)
     )
     if after is not None:
-        query = query.where(bound.id_column > bindparam("after", after, type_=bound.id_column.type))
-    return list((await conn.execute(query)).scalars())
+        window = window.where(
+            bound.id_column > bindparam("after", after, type_=bound.id_column.type)
+        )
+    candidates = list((await conn.execute(window)).scalars())
+    if not candidates:
+        return Batch((), None)
+    chosen = (
+        select(bound.id_column)
+        .where(
+            bound.id_column
+            == any_(bindparam("window", candidates, type_=ARRAY(bound.id_column.type))),
+            due_clause(bound, cutoff, with_ledger=False),
+            not_(held_clause(bound, now)),
+        )
+        .order_by(bound.id_column)
+        .with_for_update(of=bound.table)
+    )
+    ids = list((await conn.execute(chosen)).scalars())
+    if ids and bound.policy.action is Action.ANONYMIZE:
+        # Read after the row locks, so a concurrent run's ledger rows are visible. An
+        # `= ANY` probe of the ledger's primary key: a NOT EXISTS join here degenerates
+        # into a nested loop over the whole ledger whenever its statistics are stale,
+        # which they always are during a run that is filling it.
+        done = set(
+            (
+                await conn.execute(
+                    select(anonymized.c.entity_id).where(
+                        anonymized.c.policy == bound.name,
+                        anonymized.c.entity_id
+                        == any_(bindparam("done", [str(i) for i in ids], type_=ARRAY(Text))),
+                        anonymized.c.fields.contains(literal(bound.policy.fields, ARRAY(Text))),
+                    )
+                )
+            ).scalars()
+        )
+        ids = [i for i in ids if str(i) not in done]
+    return Batch(ids, candidates[-1])

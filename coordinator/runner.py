@@ -14,18 +14,18 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import insert, update
+from sqlalchemy import insert, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.audit import AuditEntry, append
 from coordinator.clock import Clock, SystemClock
 from coordinator.metrics import Metrics
 from coordinator.planner import PolicyPlan, plan_policy, time_base
-from coordinator.policies import PolicyIssue, PolicySet
+from coordinator.policies import Action, PolicyIssue, PolicySet
 from coordinator.policy_binding import BoundPolicy, bind_policies
 from coordinator.purge import ensure_archive_table, purge_batch
 from coordinator.settings import Settings
-from coordinator.tables import policy_results, runs
+from coordinator.tables import anonymized, policy_results, runs
 
 __all__ = ["PlanReport", "PolicyOutcome", "Progress", "RunReport", "Runner"]
 
@@ -250,9 +250,9 @@ class Runner:
                 batch = await purge_batch(
                     conn, bound, run_id=run_id, cutoff=plan.cutoff, now=base.now, after=after
                 )
-            if not batch.ids:
+            if batch.last_scanned is None:
                 break
-            after = batch.ids[-1]
+            after = batch.last_scanned
             outcome.processed += len(batch.ids)
             outcome.events += batch.events
             if progress is not None:
@@ -264,6 +264,11 @@ class Runner:
                 and outcome.processed >= policy.max_rows_per_run
             ):
                 break
+        if policy.action is Action.ANONYMIZE and outcome.processed:
+            # The ledger grew during the run; stale statistics would turn the count
+            # below (and the next plan) into nested loops over the whole ledger.
+            async with self.engine.begin() as conn:
+                await conn.execute(text(f"ANALYZE {anonymized.name}"))
         async with self.engine.connect() as conn:
             after_run = await plan_policy(conn, bound, base.now)
         outcome.held = after_run.held
