@@ -50,6 +50,7 @@ class PolicyOutcome:
     oldest_unprocessed_days: float | None = None
     cutoff: datetime | None = None
     errors: list[str] = field(default_factory=list)
+    started_at: datetime | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -174,7 +175,9 @@ class Runner:
         outcomes = []
         for name in selected:
             policy = self.policy_set.get(name)
-            outcome = PolicyOutcome(policy=name, action=policy.action.value)
+            outcome = PolicyOutcome(
+                policy=name, action=policy.action.value, started_at=self.clock.now()
+            )
             begun = time.monotonic()
             if name in issues:
                 outcome.status = "error"
@@ -289,7 +292,7 @@ class Runner:
                     oldest_unprocessed_days=outcome.oldest_unprocessed_days,
                     cutoff=outcome.cutoff,
                     errors=outcome.errors,
-                    started_at=self.clock.now(),
+                    started_at=outcome.started_at,
                     finished_at=self.clock.now(),
                 )
             )
