@@ -8,11 +8,9 @@ from sqlalchemy.exc import DBAPIError, ProgrammingError
 
 from coordinator.cli import audit, db, holds, policies, purge
 from coordinator.cli._app import ExitCode, app, err_console
-from coordinator.logs import configure_logging
 
 __all__ = ["app", "main"]
 
-configure_logging()
 app.add_typer(db.app, name="db")
 app.add_typer(audit.app, name="audit")
 app.add_typer(holds.app, name="holds")
