@@ -163,21 +163,26 @@ def guard_error(policy: Policy, due: int, total: int) -> str | None:
 
 
 async def plan_policy(conn: AsyncConnection, bound: BoundPolicy, now: datetime) -> PolicyPlan:
-    """Count due, held and all rows, and the oldest due row, in one scan."""
+    """Count due, held and all rows, and find the oldest due row.
+
+    Hold and ledger checks sit in WHERE clauses, not in FILTER aggregates, so PostgreSQL
+    can run them as hashed anti/semi joins instead of one subquery per row.
+    """
     cutoff = cutoff_for(bound.policy, now)
     due = due_clause(bound, cutoff)
     held = held_clause(bound, now)
-    row = (
+    total = (await conn.execute(select(func.count()).select_from(bound.table))).scalar_one()
+    unheld = (
         await conn.execute(
-            select(
-                func.count().filter(and_(due, not_(held))).label("due"),
-                func.count().filter(and_(due, held)).label("held"),
-                func.count().label("total"),
-                func.min(bound.timestamp_column).filter(and_(due, not_(held))).label("oldest"),
-            ).select_from(bound.table)
+            select(func.count().label("due"), func.min(bound.timestamp_column).label("oldest"))
+            .select_from(bound.table)
+            .where(due, not_(held))
         )
     ).one()
-    oldest = row.oldest
+    held_count = (
+        await conn.execute(select(func.count()).select_from(bound.table).where(due, held))
+    ).scalar_one()
+    oldest = unheld.oldest
     if oldest is not None and oldest.tzinfo is None:
         oldest = oldest.replace(tzinfo=UTC)
     return PolicyPlan(
@@ -185,11 +190,11 @@ async def plan_policy(conn: AsyncConnection, bound: BoundPolicy, now: datetime) 
         action=bound.policy.action.value,
         cutoff=cutoff,
         now=now,
-        due=row.due,
-        held=row.held,
-        total=row.total,
+        due=unheld.due,
+        held=held_count,
+        total=total,
         oldest_due=oldest,
-        guard=guard_error(bound.policy, row.due, row.total),
+        guard=guard_error(bound.policy, unheld.due, total),
     )
 
 
