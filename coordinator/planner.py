@@ -22,6 +22,7 @@ from sqlalchemy import (
     DateTime,
     Text,
     and_,
+    any_,
     bindparam,
     cast,
     exists,
@@ -40,6 +41,7 @@ from coordinator.policy_binding import BoundPolicy
 from coordinator.tables import anonymized
 
 __all__ = [
+    "Batch",
     "PolicyPlan",
     "TimeBase",
     "due_clause",
@@ -83,12 +85,14 @@ def cutoff_for(policy: Policy, now: datetime) -> datetime:
     return now - policy.retention
 
 
-def due_clause(bound: BoundPolicy, cutoff: datetime) -> ColumnElement[bool]:
+def due_clause(
+    bound: BoundPolicy, cutoff: datetime, *, with_ledger: bool = True
+) -> ColumnElement[bool]:
     """Past retention (NULL timestamps never are), in scope, and not yet anonymized."""
     clauses: list[ColumnElement[bool]] = [bound.timestamp_column < _timestamp(bound, cutoff)]
     if bound.condition is not None:
         clauses.append(bound.condition)
-    if bound.policy.action is Action.ANONYMIZE:
+    if with_ledger and bound.policy.action is Action.ANONYMIZE:
         clauses.append(
             not_(
                 exists(
@@ -159,21 +163,26 @@ def guard_error(policy: Policy, due: int, total: int) -> str | None:
 
 
 async def plan_policy(conn: AsyncConnection, bound: BoundPolicy, now: datetime) -> PolicyPlan:
-    """Count due, held and all rows, and the oldest due row, in one scan."""
+    """Count due, held and all rows, and find the oldest due row.
+
+    Hold and ledger checks sit in WHERE clauses, not in FILTER aggregates, so PostgreSQL
+    can run them as hashed anti/semi joins instead of one subquery per row.
+    """
     cutoff = cutoff_for(bound.policy, now)
     due = due_clause(bound, cutoff)
     held = held_clause(bound, now)
-    row = (
+    total = (await conn.execute(select(func.count()).select_from(bound.table))).scalar_one()
+    unheld = (
         await conn.execute(
-            select(
-                func.count().filter(and_(due, not_(held))).label("due"),
-                func.count().filter(and_(due, held)).label("held"),
-                func.count().label("total"),
-                func.min(bound.timestamp_column).filter(and_(due, not_(held))).label("oldest"),
-            ).select_from(bound.table)
+            select(func.count().label("due"), func.min(bound.timestamp_column).label("oldest"))
+            .select_from(bound.table)
+            .where(due, not_(held))
         )
     ).one()
-    oldest = row.oldest
+    held_count = (
+        await conn.execute(select(func.count()).select_from(bound.table).where(due, held))
+    ).scalar_one()
+    oldest = unheld.oldest
     if oldest is not None and oldest.tzinfo is None:
         oldest = oldest.replace(tzinfo=UTC)
     return PolicyPlan(
@@ -181,12 +190,20 @@ async def plan_policy(conn: AsyncConnection, bound: BoundPolicy, now: datetime) 
         action=bound.policy.action.value,
         cutoff=cutoff,
         now=now,
-        due=row.due,
-        held=row.held,
-        total=row.total,
+        due=unheld.due,
+        held=held_count,
+        total=total,
         oldest_due=oldest,
-        guard=guard_error(bound.policy, row.due, row.total),
+        guard=guard_error(bound.policy, unheld.due, total),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Due, unheld ids to purge now, and the key the next batch starts after."""
+
+    ids: Sequence[Any]
+    last_scanned: Any | None  # None: nothing left to scan
 
 
 async def next_batch(
@@ -197,21 +214,56 @@ async def next_batch(
     now: datetime,
     after: Any | None,
     limit: int,
-) -> Sequence[Any]:
-    """The next due, unheld ids after `after` in id order, locked for this transaction.
+) -> Batch:
+    """The next window of `limit` due rows after `after` in id order, minus held ones.
 
-    Keyset order means each run reads every row at most once: rows skipped (held, or
-    locked by the batch before) are behind the key and are not scanned again. FOR UPDATE
-    makes PostgreSQL re-check the row predicate against a concurrent update (a row made
-    young again while we waited is dropped from the batch).
+    Keyset windows mean each run reads every row at most once: held or already
+    anonymized rows are stepped over with the window, never scanned again, and each
+    batch costs O(limit) however large the table, the holds or the ledger grow. The
+    second statement re-checks the full predicate FOR UPDATE, so PostgreSQL drops a row
+    a concurrent update made young again, and holds are read after the batch's hold lock.
     """
-    query = (
+    window = (
         select(bound.id_column)
-        .where(due_clause(bound, cutoff), not_(held_clause(bound, now)))
+        .where(due_clause(bound, cutoff, with_ledger=False))
         .order_by(bound.id_column)
         .limit(limit)
-        .with_for_update(of=bound.table)
     )
     if after is not None:
-        query = query.where(bound.id_column > bindparam("after", after, type_=bound.id_column.type))
-    return list((await conn.execute(query)).scalars())
+        window = window.where(
+            bound.id_column > bindparam("after", after, type_=bound.id_column.type)
+        )
+    candidates = list((await conn.execute(window)).scalars())
+    if not candidates:
+        return Batch((), None)
+    chosen = (
+        select(bound.id_column)
+        .where(
+            bound.id_column
+            == any_(bindparam("window", candidates, type_=ARRAY(bound.id_column.type))),
+            due_clause(bound, cutoff, with_ledger=False),
+            not_(held_clause(bound, now)),
+        )
+        .order_by(bound.id_column)
+        .with_for_update(of=bound.table)
+    )
+    ids = list((await conn.execute(chosen)).scalars())
+    if ids and bound.policy.action is Action.ANONYMIZE:
+        # Read after the row locks, so a concurrent run's ledger rows are visible. An
+        # `= ANY` probe of the ledger's primary key: a NOT EXISTS join here degenerates
+        # into a nested loop over the whole ledger whenever its statistics are stale,
+        # which they always are during a run that is filling it.
+        done = set(
+            (
+                await conn.execute(
+                    select(anonymized.c.entity_id).where(
+                        anonymized.c.policy == bound.name,
+                        anonymized.c.entity_id
+                        == any_(bindparam("done", [str(i) for i in ids], type_=ARRAY(Text))),
+                        anonymized.c.fields.contains(literal(bound.policy.fields, ARRAY(Text))),
+                    )
+                )
+            ).scalars()
+        )
+        ids = [i for i in ids if str(i) not in done]
+    return Batch(ids, candidates[-1])

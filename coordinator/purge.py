@@ -12,8 +12,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import any_, bindparam, delete, insert, literal, select, update
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import (
+    DateTime,
+    Text,
+    Uuid,
+    any_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
@@ -42,6 +54,7 @@ class PurgeBatch:
 class BatchResult:
     ids: Sequence[Any]
     events: int
+    last_scanned: Any | None  # None: the policy has nothing left to scan
 
 
 def _in_batch(bound: BoundPolicy, ids: Sequence[Any]) -> ColumnElement[bool]:
@@ -93,17 +106,34 @@ async def purge_batch(
     """Purge the next batch after `after` inside the caller's transaction."""
     policy = bound.policy
     await lock_for_purge(conn)  # before the select: see coordinator.holds
-    ids = await next_batch(
+    batch = await next_batch(
         conn, bound, cutoff=cutoff, now=now, after=after, limit=policy.batch_size
     )
+    ids = batch.ids
     if not ids:
-        return BatchResult(ids, 0)
+        return BatchResult(ids, 0, batch.last_scanned)
     if bound.hook is not None:
         await bound.hook(conn, PurgeBatch(policy, run_id, ids))
     await _act(conn, bound, ids, now)
     entity_ids = [str(i) for i in ids]
+    # One row per entity, generated server-side from one array parameter.
+    entity = (
+        func.unnest(bindparam("entity_ids", entity_ids, type_=ARRAY(Text)))
+        .table_valued("entity_id")
+        .render_derived()
+    )
+    fields = literal(policy.fields, ARRAY(Text))
     if policy.action is Action.ANONYMIZE:
-        ledger = pg_insert(anonymized)
+        ledger = pg_insert(anonymized).from_select(
+            ["policy", "entity_id", "fields", "run_id", "anonymized_at"],
+            select(
+                literal(policy.name, Text),
+                entity.c.entity_id,
+                fields,
+                literal(run_id, Uuid),
+                literal(now, DateTime(timezone=True)),
+            ),
+        )
         # A row re-planned because the policy gained a field updates its ledger entry.
         ledger = ledger.on_conflict_do_update(
             index_elements=[anonymized.c.policy, anonymized.c.entity_id],
@@ -113,39 +143,36 @@ async def purge_batch(
                 "anonymized_at": ledger.excluded.anonymized_at,
             },
         )
-        await conn.execute(
-            ledger,
-            [
-                {
-                    "policy": policy.name,
-                    "entity_id": entity_id,
-                    "fields": policy.fields,
-                    "run_id": run_id,
-                    "anonymized_at": now,
-                }
-                for entity_id in entity_ids
-            ],
-        )
+        await conn.execute(ledger)
     events = 0
     if policy.fan_out:
-        deadline = now + policy.completion_deadline
         await conn.execute(
-            insert(outbox),
-            [
-                {
-                    "event_id": uuid.uuid4(),
-                    "run_id": run_id,
-                    "policy": policy.name,
-                    "event_type": policy.event_type,
-                    "entity_type": policy.entity_type,
-                    "entity_id": entity_id,
-                    "legal_basis": policy.legal_basis,
-                    "fields": policy.fields,
-                    "initiated_at": now,
-                    "deadline": deadline,
-                }
-                for entity_id in entity_ids
-            ],
+            insert(outbox).from_select(
+                [
+                    "event_id",
+                    "run_id",
+                    "policy",
+                    "event_type",
+                    "entity_type",
+                    "entity_id",
+                    "legal_basis",
+                    "fields",
+                    "initiated_at",
+                    "deadline",
+                ],
+                select(
+                    func.gen_random_uuid(),
+                    literal(run_id, Uuid),
+                    literal(policy.name, Text),
+                    literal(policy.event_type, Text),
+                    literal(policy.entity_type, Text),
+                    entity.c.entity_id,
+                    literal(policy.legal_basis, Text),
+                    literal(policy.fields, JSONB),
+                    literal(now, DateTime(timezone=True)),
+                    literal(now + policy.completion_deadline, DateTime(timezone=True)),
+                ),
+            )
         )
         events = len(entity_ids)
     await append(
@@ -167,4 +194,4 @@ async def purge_batch(
         ],
         at=now,
     )
-    return BatchResult(ids, events)
+    return BatchResult(ids, events, batch.last_scanned)

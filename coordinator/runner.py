@@ -14,18 +14,18 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import insert, update
+from sqlalchemy import insert, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.audit import AuditEntry, append
 from coordinator.clock import Clock, SystemClock
 from coordinator.metrics import Metrics
 from coordinator.planner import PolicyPlan, plan_policy, time_base
-from coordinator.policies import PolicyIssue, PolicySet
+from coordinator.policies import Action, PolicyIssue, PolicySet
 from coordinator.policy_binding import BoundPolicy, bind_policies
 from coordinator.purge import ensure_archive_table, purge_batch
 from coordinator.settings import Settings
-from coordinator.tables import policy_results, runs
+from coordinator.tables import anonymized, policy_results, runs
 
 __all__ = ["PlanReport", "PolicyOutcome", "Progress", "RunReport", "Runner"]
 
@@ -50,6 +50,7 @@ class PolicyOutcome:
     oldest_unprocessed_days: float | None = None
     cutoff: datetime | None = None
     errors: list[str] = field(default_factory=list)
+    started_at: datetime | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -181,7 +182,9 @@ class Runner:
         outcomes = []
         for name in selected:
             policy = self.policy_set.get(name)
-            outcome = PolicyOutcome(policy=name, action=policy.action.value)
+            outcome = PolicyOutcome(
+                policy=name, action=policy.action.value, started_at=self.clock.now()
+            )
             begun = time.monotonic()
             if name in issues:
                 outcome.status = "error"
@@ -257,9 +260,9 @@ class Runner:
                 batch = await purge_batch(
                     conn, bound, run_id=run_id, cutoff=plan.cutoff, now=base.now, after=after
                 )
-            if not batch.ids:
+            if batch.last_scanned is None:
                 break
-            after = batch.ids[-1]
+            after = batch.last_scanned
             outcome.processed += len(batch.ids)
             outcome.events += batch.events
             if progress is not None:
@@ -271,6 +274,11 @@ class Runner:
                 and outcome.processed >= policy.max_rows_per_run
             ):
                 break
+        if policy.action is Action.ANONYMIZE and outcome.processed:
+            # The ledger grew during the run; stale statistics would turn the count
+            # below (and the next plan) into nested loops over the whole ledger.
+            async with self.engine.begin() as conn:
+                await conn.execute(text(f"ANALYZE {anonymized.name}"))
         async with self.engine.connect() as conn:
             after_run = await plan_policy(conn, bound, base.now)
         outcome.held = after_run.held
@@ -291,7 +299,7 @@ class Runner:
                     oldest_unprocessed_days=outcome.oldest_unprocessed_days,
                     cutoff=outcome.cutoff,
                     errors=outcome.errors,
-                    started_at=self.clock.now(),
+                    started_at=outcome.started_at,
                     finished_at=self.clock.now(),
                 )
             )

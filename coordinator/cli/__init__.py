@@ -8,14 +8,11 @@ import sys
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 
 from consumer_sdk import configure_logging
-from coordinator import logs
 from coordinator.cli import audit, db, holds, policies, purge, relay, report, serve, status
 from coordinator.cli._app import ExitCode, app, err_console
 
 __all__ = ["app", "main"]
 
-# Logs on stderr even when `app` runs without `main` (in-process test runners).
-logs.configure_logging()
 app.add_typer(db.app, name="db")
 app.add_typer(audit.app, name="audit")
 app.command("status")(status.status)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from sqlalchemy import text
 from typer.testing import CliRunner
 
@@ -67,14 +70,21 @@ async def _checksums(url: str) -> dict[str, str]:
         await engine.dispose()
 
 
+def _stderr_logger(*_: Any) -> structlog.PrintLogger:
+    return structlog.PrintLogger(sys.stderr)  # resolved per call: CliRunner swaps stderr
+
+
 @pytest.fixture
-def cli(coordinator_db: str) -> tuple[CliRunner, dict[str, str]]:
+def cli(coordinator_db: str) -> Iterator[tuple[CliRunner, dict[str, str]]]:
+    # `retention` routes logs to stderr in main(); CliRunner calls the app directly.
+    structlog.configure(logger_factory=_stderr_logger, cache_logger_on_first_use=False)
     env = {
         "RETENTION_DATABASE_URL": coordinator_db,
         "RETENTION_POLICIES": str(SEED_POLICIES),
         "RETENTION_HASH_SECRET": "cli-secret",
     }
-    return CliRunner(), env
+    yield CliRunner(), env
+    structlog.reset_defaults()
 
 
 def invoke(cli: tuple[CliRunner, dict[str, str]], *args: str) -> tuple[int, Any, str]:
