@@ -20,10 +20,11 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 __all__ = [
     "ack_ledger",
+    "anonymized",
     "audit_log",
     "event_status",
     "expected_acks",
@@ -102,9 +103,23 @@ policy_results = Table(
     Column("events", BigInteger, nullable=False, server_default=text("0")),
     Column("duration_s", Float, nullable=False, server_default=text("0")),
     Column("oldest_unprocessed_days", Float),
+    _ts("cutoff"),
     Column("errors", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
     _ts("started_at", nullable=False, now=True),
     _ts("finished_at"),
+)
+
+# Which rows an anonymize policy has already rewritten, and which fields it covered:
+# the planner skips them, so a rerun neither rewrites a row nor publishes a second event.
+# A policy that gains a field re-plans its old rows once (`fields @>` no longer holds).
+anonymized = Table(
+    "retention_anonymized",
+    metadata,
+    Column("policy", Text, primary_key=True),
+    Column("entity_id", Text, primary_key=True),
+    Column("fields", ARRAY(Text), nullable=False),
+    Column("run_id", Uuid, nullable=False),
+    _ts("anonymized_at", nullable=False),
 )
 
 # The transactional outbox: one row per RetentionEvent, written in the purge batch's

@@ -8,7 +8,7 @@ import sys
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 
 from consumer_sdk import configure_logging
-from coordinator.cli import audit, db, relay, report, status
+from coordinator.cli import audit, db, holds, policies, purge, relay, report, status
 from coordinator.cli._app import ExitCode, app, err_console
 
 __all__ = ["app", "main"]
@@ -19,6 +19,10 @@ app.command("status")(status.status)
 app.command("report")(report.report)
 app.command("certificate")(status.certificate)
 app.command("relay")(relay.relay)
+app.add_typer(holds.app, name="holds")
+app.add_typer(policies.app, name="policies")
+app.command("plan")(purge.plan)
+app.command("run")(purge.run)
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises: 
-Create Date: 2026-11-29 11:01:28.212663
+Create Date: 2026-11-29 11:10:35.836921
 """
 
 from __future__ import annotations
@@ -28,6 +28,14 @@ def upgrade() -> None:
     sa.Column('released_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('released_by', sa.Text(), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_legal_holds'))
+    )
+    op.create_table('retention_anonymized',
+    sa.Column('policy', sa.Text(), nullable=False),
+    sa.Column('entity_id', sa.Text(), nullable=False),
+    sa.Column('fields', postgresql.ARRAY(sa.Text()), nullable=False),
+    sa.Column('run_id', sa.Uuid(), nullable=False),
+    sa.Column('anonymized_at', sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('policy', 'entity_id', name=op.f('pk_retention_anonymized'))
     )
     op.create_table('retention_outbox',
     sa.Column('event_id', sa.Uuid(), nullable=False),
@@ -75,6 +83,7 @@ def upgrade() -> None:
     sa.Column('events', sa.BigInteger(), server_default=sa.text('0'), nullable=False),
     sa.Column('duration_s', sa.Float(), server_default=sa.text('0'), nullable=False),
     sa.Column('oldest_unprocessed_days', sa.Float(), nullable=True),
+    sa.Column('cutoff', sa.DateTime(timezone=True), nullable=True),
     sa.Column('errors', postgresql.JSONB(astext_type=sa.Text()), server_default=sa.text("'[]'::jsonb"), nullable=False),
     sa.Column('started_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
@@ -93,5 +102,6 @@ def downgrade() -> None:
     op.drop_index('ix_retention_outbox_unpublished', table_name='retention_outbox', postgresql_where=sa.text('published_at IS NULL'))
     op.drop_index(op.f('ix_retention_outbox_entity_type_entity_id'), table_name='retention_outbox')
     op.drop_table('retention_outbox')
+    op.drop_table('retention_anonymized')
     op.drop_table('legal_holds')
     # ### end Alembic commands ###

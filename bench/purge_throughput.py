@@ -1,0 +1,161 @@
+"""Rows/s of the policy engine's delete, anonymize and archive next to one raw DELETE.
+
+    .venv/bin/python -m bench.purge_throughput [--rows 100000] [--held 0.01]
+
+Each scenario starts from the same table of `--rows` rows, all past retention, with
+`--held` of them under one legal hold, on a scratch database that is dropped afterwards.
+The raw baseline is the single statement the engine replaces:
+`DELETE FROM t WHERE ts < cutoff AND NOT EXISTS (active hold on the row)` — no batches,
+no audit, no outbox, one long transaction holding every row lock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import text
+
+from coordinator.clock import FrozenClock
+from coordinator.db import make_engine
+from coordinator.holds import create_hold
+from coordinator.migrate import upgrade
+from coordinator.policies import parse_policies
+from coordinator.runner import Runner
+from coordinator.settings import Settings
+from tests import infra
+
+NOW = datetime.now(UTC) - timedelta(minutes=5)
+BENCH_KEY = "bench-only-key"
+
+POLICY = """
+policies:
+  - name: bench
+    table: bench_rows
+    entity_type: row
+    timestamp_column: created_at
+    retention: 30d
+    action: {action}
+    legal_basis: benchmark
+    fan_out: {fan_out}
+    batch_size: 5000
+{extra}
+"""
+ANONYMIZE = """    anonymize:
+      name: hash
+      email: fake_email
+      address: redact
+      phone: "null"
+"""
+
+RAW_DELETE = """
+DELETE FROM bench_rows r
+WHERE r.created_at < :cutoff
+  AND NOT EXISTS (
+    SELECT 1 FROM legal_hold_entities e JOIN legal_holds h ON h.id = e.hold_id
+    WHERE e.entity_type = 'row' AND e.entity_id = r.id::text
+      AND h.released_at IS NULL AND (h.expires_at IS NULL OR h.expires_at > :now))
+"""
+
+
+async def _reset(url: str, rows: int, held: float) -> None:
+    engine = make_engine(url)
+    async with engine.begin() as conn:
+        await conn.execute(text("DROP TABLE IF EXISTS bench_rows, bench_rows_archive"))
+        await conn.execute(
+            text(
+                "TRUNCATE legal_hold_entities, legal_holds, retention_outbox, "
+                "retention_anonymized, retention_policy_results, retention_runs, audit_log"
+            )
+        )
+        await conn.execute(
+            text(
+                "CREATE TABLE bench_rows (id bigint PRIMARY KEY, name text, email text, "
+                "address text, phone text, created_at timestamptz)"
+            )
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO bench_rows SELECT g, 'Name ' || g, 'user' || g || '@mail.example', "
+                "g || ' Main Street', '+44' || g, "
+                "CAST(:old AS timestamptz) - g * interval '1 second' "
+                "FROM generate_series(1, :rows) g"
+            ),
+            {"rows": rows, "old": NOW - timedelta(days=60)},
+        )
+        await conn.execute(text("CREATE INDEX ON bench_rows (created_at)"))
+        step = max(1, round(1 / held)) if held else 0
+        if step:
+            await create_hold(
+                conn,
+                entities=[f"row:{i}" for i in range(1, rows + 1, step)],
+                reason="bench",
+                created_by="bench",
+                now=NOW,
+            )
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await conn.execute(text("VACUUM ANALYZE"))
+    await engine.dispose()
+
+
+async def _engine_run(url: str, action: str, fan_out: bool) -> tuple[int, float]:
+    extra = ANONYMIZE if action == "anonymize" else ""
+    policy_set = parse_policies(
+        POLICY.format(action=action, fan_out=str(fan_out).lower(), extra=extra)
+    )
+    engine = make_engine(url)
+    runner = Runner(engine, policy_set, Settings(hash_secret=BENCH_KEY), clock=FrozenClock(NOW))
+    start = time.perf_counter()
+    report = await runner.run()
+    elapsed = time.perf_counter() - start
+    await engine.dispose()
+    assert report.ok, report.as_dict()
+    return report.outcomes[0].processed, elapsed
+
+
+async def _raw_delete(url: str) -> tuple[int, float]:
+    engine = make_engine(url)
+    start = time.perf_counter()
+    async with engine.begin() as conn:
+        result = await conn.execute(
+            text(RAW_DELETE), {"cutoff": NOW - timedelta(days=30), "now": NOW}
+        )
+    elapsed = time.perf_counter() - start
+    await engine.dispose()
+    return result.rowcount, elapsed
+
+
+async def main(rows: int, held: float) -> None:
+    url = await infra.create_database(infra.database_url(), "bench_purge")
+    try:
+        await upgrade(url)
+        results: list[tuple[str, int, float]] = []
+        await _reset(url, rows, held)
+        results.append(("raw DELETE … NOT EXISTS", *await _raw_delete(url)))
+        for label, action, fan_out in (
+            ("engine delete", "delete", False),
+            ("engine delete + outbox", "delete", True),
+            ("engine anonymize + outbox", "anonymize", True),
+            ("engine archive + outbox", "archive", True),
+        ):
+            await _reset(url, rows, held)
+            results.append((label, *await _engine_run(url, action, fan_out)))
+        raw_rate = results[0][1] / results[0][2]
+        print(f"{rows} rows, {held:.0%} held, batch 5000\n")
+        print(f"{'scenario':28} {'rows':>7} {'seconds':>8} {'rows/s':>9} {'vs raw':>7}")
+        for label, processed, seconds in results:
+            rate = processed / seconds
+            print(f"{label:28} {processed:7d} {seconds:8.2f} {rate:9.0f} {rate / raw_rate:7.2f}")
+    finally:
+        await infra.drop_database(url)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--held", type=float, default=0.01)
+    args = parser.parse_args()
+    asyncio.run(main(args.rows, args.held))

@@ -1,0 +1,39 @@
+"""What the policy commands share: finding and loading the policy file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from coordinator.cli._app import ExitCode, emit_json, err_console
+from coordinator.policies import PolicyFileError, PolicySet, load_policies
+from coordinator.settings import Settings
+
+__all__ = ["POLICIES_OPTION", "load_policy_set", "report_issues"]
+
+POLICIES_OPTION = typer.Option(
+    None, "--policies", help="Policy YAML file (default: RETENTION_POLICIES)."
+)
+
+
+def report_issues(source: str, issues: list[str], *, as_json: bool) -> None:
+    if as_json:
+        emit_json({"ok": False, "source": source, "errors": issues})
+        return
+    err_console.print(f"[red]{len(issues)} problem(s) in {source}:[/red]")
+    for issue in issues:
+        err_console.print(f"  {source}:{issue}", markup=False, highlight=False, soft_wrap=True)
+
+
+def load_policy_set(path: Path | None, settings: Settings, *, as_json: bool) -> PolicySet:
+    """The policy file from --policies or RETENTION_POLICIES; exit 2 listing every problem."""
+    chosen = path or settings.policies
+    if chosen is None:
+        err_console.print("[red]no policy file:[/red] pass --policies or set RETENTION_POLICIES")
+        raise typer.Exit(ExitCode.BAD_INPUT)
+    try:
+        return load_policies(chosen)
+    except PolicyFileError as exc:
+        report_issues(exc.source, [str(issue) for issue in exc.issues], as_json=as_json)
+        raise typer.Exit(ExitCode.BAD_INPUT) from None

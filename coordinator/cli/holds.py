@@ -1,0 +1,162 @@
+"""`retention holds`: legal holds over entities (`type:id`)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.table import Table
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from coordinator import holds
+from coordinator.cli._app import ExitCode, emit_json, err_console, load_settings, out_console
+from coordinator.clock import SystemClock
+from coordinator.db import make_engine
+
+app = typer.Typer(help="Legal holds: entities no policy may touch.", no_args_is_help=True)
+
+JSON_OPTION = typer.Option(False, "--json", help="One JSON document on stdout.")
+ENTITIES_ARGUMENT = typer.Argument(None, help="Entities as TYPE:ID.")
+FROM_FILE_OPTION = typer.Option(None, "--from-file", help="One TYPE:ID per line.")
+T = TypeVar("T")
+
+
+def _in_transaction(work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    settings = load_settings()
+
+    async def go() -> T:
+        engine = make_engine(settings.database_url.get_secret_value(), pool_size=1)
+        try:
+            async with engine.begin() as conn:
+                return await work(conn)
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(go())
+    except holds.HoldError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(ExitCode.BAD_INPUT) from None
+
+
+def _parse_expiry(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        err_console.print(f"[red]--expires {text!r} is not an ISO 8601 date-time[/red]")
+        raise typer.Exit(ExitCode.BAD_INPUT) from None
+    if value.tzinfo is None:
+        err_console.print(f"[red]--expires {text!r} needs a timezone, e.g. {text}Z[/red]")
+        raise typer.Exit(ExitCode.BAD_INPUT)
+    return value
+
+
+def _read_entities(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        err_console.print(f"[red]cannot read --from-file:[/red] {exc}")
+        raise typer.Exit(ExitCode.BAD_INPUT) from None
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _show(hold: holds.Hold, now: datetime) -> None:
+    out_console.print(f"[bold]{hold.id}[/bold] ({hold.status(now)})")
+    for key, value in hold.as_dict(now).items():
+        if key not in ("id", "entities"):
+            out_console.print(f"  {key}: {value}", markup=False, highlight=False)
+    for entity_type, entity_id in hold.entities:
+        out_console.print(f"  - {entity_type}:{entity_id}", markup=False, highlight=False)
+
+
+@app.command("create")
+def create(
+    entities: list[str] | None = ENTITIES_ARGUMENT,
+    reason: str = typer.Option(..., "--reason", help="Why (case, request, regulator)."),
+    by: str = typer.Option(..., "--by", help="Who asked for the hold."),
+    expires: str | None = typer.Option(None, "--expires", help="ISO 8601 date-time with zone."),
+    hold_id: str | None = typer.Option(None, "--id", help="Hold id (default: generated)."),
+    from_file: Path | None = FROM_FILE_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Hold entities: from the moment this returns, no purge batch touches them."""
+    wanted = list(entities or []) + (_read_entities(from_file) if from_file else [])
+    expires_at = _parse_expiry(expires)
+    now = SystemClock().now()
+    hold = _in_transaction(
+        lambda conn: holds.create_hold(
+            conn,
+            entities=wanted,
+            reason=reason,
+            created_by=by,
+            now=now,
+            expires_at=expires_at,
+            hold_id=hold_id,
+        )
+    )
+    if as_json:
+        emit_json(hold.as_dict(now))
+    else:
+        out_console.print(f"hold [bold]{hold.id}[/bold] created over {hold.entity_count} entities")
+
+
+@app.command("list")
+def list_(
+    include_inactive: bool = typer.Option(False, "--all", help="Also released and expired."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Active holds (all with --all)."""
+    now = SystemClock().now()
+    found = _in_transaction(
+        lambda conn: holds.list_holds(conn, now=now, include_inactive=include_inactive)
+    )
+    if as_json:
+        emit_json({"holds": [hold.as_dict(now) for hold in found]})
+        return
+    table = Table(title="legal holds")
+    for column in ("id", "status", "entities", "created by", "created at", "expires", "reason"):
+        table.add_column(column)
+    for hold in found:
+        row: list[Any] = [
+            hold.id,
+            hold.status(now),
+            str(hold.entity_count),
+            hold.created_by,
+            hold.created_at.isoformat(timespec="seconds"),
+            hold.expires_at.isoformat(timespec="seconds") if hold.expires_at else "never",
+            hold.reason,
+        ]
+        table.add_row(*row)
+    out_console.print(table)
+
+
+@app.command("show")
+def show(hold_id: str = typer.Argument(..., help="Hold id."), as_json: bool = JSON_OPTION) -> None:
+    """One hold with every entity it covers."""
+    now = SystemClock().now()
+    hold = _in_transaction(lambda conn: holds.get_hold(conn, hold_id))
+    if as_json:
+        emit_json(hold.as_dict(now))
+    else:
+        _show(hold, now)
+
+
+@app.command("release")
+def release(
+    hold_id: str = typer.Argument(..., help="Hold id."),
+    by: str = typer.Option(..., "--by", help="Who released it."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Release a hold; its entities become purgeable at the next run."""
+    now = SystemClock().now()
+    hold = _in_transaction(lambda conn: holds.release_hold(conn, hold_id, by=by, now=now))
+    if as_json:
+        emit_json(hold.as_dict(now))
+    else:
+        out_console.print(f"hold [bold]{hold.id}[/bold] released by {by}")

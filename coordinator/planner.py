@@ -1,0 +1,269 @@
+"""What is due: cutoffs, the due/held predicates, counts for the guard, keyset batches.
+
+Which "now"
+-----------
+A retention cutoff computed from a clock that runs ahead would purge young rows, and a
+hold expiry read from it would end holds early. So the planner's `now` is
+`min(injected clock, database clock)`: the injectable clock still steers tests (they set
+it at or before the real time), but a coordinator whose clock jumped hours ahead cannot
+make anything due sooner than the database — whose clock stamped the rows — says. A
+clock running behind only delays purges, the safe direction. The skew is reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    ARRAY,
+    DateTime,
+    Text,
+    and_,
+    any_,
+    bindparam,
+    cast,
+    exists,
+    func,
+    literal,
+    not_,
+    select,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ColumnElement
+
+from coordinator.clock import Clock
+from coordinator.holds import active_hold_exists
+from coordinator.policies import Action, Policy
+from coordinator.policy_binding import BoundPolicy
+from coordinator.tables import anonymized
+
+__all__ = [
+    "Batch",
+    "PolicyPlan",
+    "TimeBase",
+    "due_clause",
+    "guard_error",
+    "held_clause",
+    "next_batch",
+    "plan_policy",
+    "time_base",
+]
+
+_DAY = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class TimeBase:
+    now: datetime
+    clock: datetime
+    database: datetime
+
+    @property
+    def skew_seconds(self) -> float:
+        """How far the injected clock runs ahead of the database (negative: behind)."""
+        return (self.clock - self.database).total_seconds()
+
+
+async def time_base(conn: AsyncConnection, clock: Clock) -> TimeBase:
+    database = (await conn.execute(select(func.statement_timestamp()))).scalar_one()
+    app = clock.now()
+    return TimeBase(now=min(app, database), clock=app, database=database)
+
+
+def _timestamp(bound: BoundPolicy, value: datetime) -> ColumnElement[Any]:
+    column_type = bound.timestamp_column.type
+    if isinstance(column_type, DateTime) and not column_type.timezone:
+        # Naive timestamp columns are read as UTC.
+        return literal(value.astimezone(UTC).replace(tzinfo=None), DateTime())
+    return literal(value, DateTime(timezone=True))
+
+
+def cutoff_for(policy: Policy, now: datetime) -> datetime:
+    return now - policy.retention
+
+
+def due_clause(
+    bound: BoundPolicy, cutoff: datetime, *, with_ledger: bool = True
+) -> ColumnElement[bool]:
+    """Past retention (NULL timestamps never are), in scope, and not yet anonymized."""
+    clauses: list[ColumnElement[bool]] = [bound.timestamp_column < _timestamp(bound, cutoff)]
+    if bound.condition is not None:
+        clauses.append(bound.condition)
+    if with_ledger and bound.policy.action is Action.ANONYMIZE:
+        clauses.append(
+            not_(
+                exists(
+                    select(1).where(
+                        anonymized.c.policy == bound.name,
+                        anonymized.c.entity_id == cast(bound.id_column, Text),
+                        anonymized.c.fields.contains(literal(bound.policy.fields, ARRAY(Text))),
+                    )
+                )
+            )
+        )
+    return and_(*clauses)
+
+
+def held_clause(bound: BoundPolicy, now: datetime) -> ColumnElement[bool]:
+    return active_hold_exists(bound.policy.entity_type, bound.id_column, now)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyPlan:
+    policy: str
+    action: str
+    cutoff: datetime
+    now: datetime
+    due: int
+    held: int
+    total: int
+    oldest_due: datetime | None
+    guard: str | None
+
+    @property
+    def oldest_age_days(self) -> float | None:
+        if self.oldest_due is None:
+            return None
+        return round((self.now - self.oldest_due).total_seconds() / _DAY, 3)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy,
+            "action": self.action,
+            "cutoff": self.cutoff.isoformat(),
+            "due": self.due,
+            "held": self.held,
+            "table_rows": self.total,
+            "oldest_due_age_days": self.oldest_age_days,
+            "guard": self.guard,
+        }
+
+
+def guard_error(policy: Policy, due: int, total: int) -> str | None:
+    """Why the mass-deletion guard refuses this run, naming both limits; None if it allows it."""
+    fraction = due / total if total else 0.0
+    over_rows = policy.max_rows_per_run is not None and due > policy.max_rows_per_run
+    over_fraction = policy.max_fraction is not None and fraction > policy.max_fraction
+    if not (over_rows or over_fraction):
+        return None
+    exceeded = [
+        name
+        for name, over in (("max_rows_per_run", over_rows), ("max_fraction", over_fraction))
+        if over
+    ]
+    return (
+        f"mass-deletion guard: {due} due rows = {fraction:.2%} of {total}; "
+        f"limits max_rows_per_run={policy.max_rows_per_run} and "
+        f"max_fraction={policy.max_fraction} (exceeded: {', '.join(exceeded)}); "
+        "nothing was touched — rerun with --force if this is intended"
+    )
+
+
+async def plan_policy(conn: AsyncConnection, bound: BoundPolicy, now: datetime) -> PolicyPlan:
+    """Count due, held and all rows, and find the oldest due row.
+
+    Hold and ledger checks sit in WHERE clauses, not in FILTER aggregates, so PostgreSQL
+    can run them as hashed anti/semi joins instead of one subquery per row.
+    """
+    cutoff = cutoff_for(bound.policy, now)
+    due = due_clause(bound, cutoff)
+    held = held_clause(bound, now)
+    total = (await conn.execute(select(func.count()).select_from(bound.table))).scalar_one()
+    unheld = (
+        await conn.execute(
+            select(func.count().label("due"), func.min(bound.timestamp_column).label("oldest"))
+            .select_from(bound.table)
+            .where(due, not_(held))
+        )
+    ).one()
+    held_count = (
+        await conn.execute(select(func.count()).select_from(bound.table).where(due, held))
+    ).scalar_one()
+    oldest = unheld.oldest
+    if oldest is not None and oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=UTC)
+    return PolicyPlan(
+        policy=bound.name,
+        action=bound.policy.action.value,
+        cutoff=cutoff,
+        now=now,
+        due=unheld.due,
+        held=held_count,
+        total=total,
+        oldest_due=oldest,
+        guard=guard_error(bound.policy, unheld.due, total),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Due, unheld ids to purge now, and the key the next batch starts after."""
+
+    ids: Sequence[Any]
+    last_scanned: Any | None  # None: nothing left to scan
+
+
+async def next_batch(
+    conn: AsyncConnection,
+    bound: BoundPolicy,
+    *,
+    cutoff: datetime,
+    now: datetime,
+    after: Any | None,
+    limit: int,
+) -> Batch:
+    """The next window of `limit` due rows after `after` in id order, minus held ones.
+
+    Keyset windows mean each run reads every row at most once: held or already
+    anonymized rows are stepped over with the window, never scanned again, and each
+    batch costs O(limit) however large the table, the holds or the ledger grow. The
+    second statement re-checks the full predicate FOR UPDATE, so PostgreSQL drops a row
+    a concurrent update made young again, and holds are read after the batch's hold lock.
+    """
+    window = (
+        select(bound.id_column)
+        .where(due_clause(bound, cutoff, with_ledger=False))
+        .order_by(bound.id_column)
+        .limit(limit)
+    )
+    if after is not None:
+        window = window.where(
+            bound.id_column > bindparam("after", after, type_=bound.id_column.type)
+        )
+    candidates = list((await conn.execute(window)).scalars())
+    if not candidates:
+        return Batch((), None)
+    chosen = (
+        select(bound.id_column)
+        .where(
+            bound.id_column
+            == any_(bindparam("window", candidates, type_=ARRAY(bound.id_column.type))),
+            due_clause(bound, cutoff, with_ledger=False),
+            not_(held_clause(bound, now)),
+        )
+        .order_by(bound.id_column)
+        .with_for_update(of=bound.table)
+    )
+    ids = list((await conn.execute(chosen)).scalars())
+    if ids and bound.policy.action is Action.ANONYMIZE:
+        # Read after the row locks, so a concurrent run's ledger rows are visible. An
+        # `= ANY` probe of the ledger's primary key: a NOT EXISTS join here degenerates
+        # into a nested loop over the whole ledger whenever its statistics are stale,
+        # which they always are during a run that is filling it.
+        done = set(
+            (
+                await conn.execute(
+                    select(anonymized.c.entity_id).where(
+                        anonymized.c.policy == bound.name,
+                        anonymized.c.entity_id
+                        == any_(bindparam("done", [str(i) for i in ids], type_=ARRAY(Text))),
+                        anonymized.c.fields.contains(literal(bound.policy.fields, ARRAY(Text))),
+                    )
+                )
+            ).scalars()
+        )
+        ids = [i for i in ids if str(i) not in done]
+    return Batch(ids, candidates[-1])

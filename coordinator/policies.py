@@ -1,0 +1,405 @@
+"""The policy file (SPEC §4): one pydantic model, and a loader that remembers YAML lines.
+
+`load_policies(path)` parses with `yaml.SafeLoader`, validates every policy, and raises
+one `PolicyFileError` listing *all* problems, each naming the policy, the YAML line and
+what is wrong. Checks that need the live database (tables, columns, types, conditions)
+live in `coordinator.policy_binding`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from croniter import croniter
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from coordinator import anonymizers
+from coordinator.conditions import ConditionError, parse_condition
+from coordinator.durations import DURATION_PATTERN, format_duration, parse_duration
+
+__all__ = [
+    "Action",
+    "Policy",
+    "PolicyFile",
+    "PolicyFileError",
+    "PolicyIssue",
+    "PolicySet",
+    "load_policies",
+    "parse_policies",
+    "resolve_hook",
+]
+
+_IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_HOOK = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+
+
+class Action(StrEnum):
+    DELETE = "delete"
+    ANONYMIZE = "anonymize"
+    ARCHIVE = "archive"
+
+
+def _duration(value: object) -> object:
+    if isinstance(value, str):
+        return parse_duration(value)
+    if isinstance(value, timedelta):
+        return value
+    raise ValueError(f"{value!r} is not a duration: write it as a string such as 90d or P90D")
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(_duration),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN, "examples": ["90d", "P90D"]}),
+]
+
+
+class Policy(BaseModel):
+    """One retention policy."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=100, description="Unique name.")
+    table: str = Field(pattern=_IDENTIFIER, description="Table the policy purges.")
+    entity_type: str = Field(
+        default="",
+        pattern=r"^([A-Za-z0-9_.-]+)?$",
+        description="What downstream services call one row (holds and events use it); "
+        "defaults to the table name.",
+    )
+    id_column: str = Field(default="id", pattern=_IDENTIFIER)
+    timestamp_column: str = Field(pattern=_IDENTIFIER)
+    retention: Duration = Field(description="Rows older than this are due.")
+    action: Action
+    legal_basis: str = Field(min_length=1)
+    conditions: str | None = Field(
+        default=None, description="Optional filter in the policy condition language."
+    )
+    batch_size: int = Field(default=5000, ge=1, le=50_000)
+    anonymize: dict[str, str] = Field(
+        default_factory=dict, description="column → strategy; required for action anonymize."
+    )
+    fan_out: bool = Field(default=False, description="Publish RetentionEvents downstream.")
+    completion_deadline: Duration = Field(
+        default=timedelta(days=30), description="How long services have to acknowledge."
+    )
+    before_purge: str | None = Field(
+        default=None,
+        pattern=_HOOK,
+        description='Async hook "package.module:function" called inside each batch.',
+    )
+    max_rows_per_run: int | None = Field(
+        default=None, ge=1, description="Guard: refuse a run that would touch more rows."
+    )
+    max_fraction: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Guard: refuse a run that would touch a larger fraction of the table.",
+    )
+    schedule: str | None = Field(default=None, description="Cron expression for `serve`.")
+
+    @field_validator("anonymize", mode="before")
+    @classmethod
+    def _unquoted_null(cls, value: object) -> object:
+        # `phone: null` is YAML for None; it can only mean the strategy named "null".
+        if isinstance(value, dict):
+            return {k: "null" if v is None else v for k, v in value.items()}
+        return value
+
+    @field_validator("anonymize")
+    @classmethod
+    def _known_strategies(cls, value: dict[str, str]) -> dict[str, str]:
+        problems = []
+        for column, strategy in value.items():
+            if not re.match(_IDENTIFIER, column):
+                problems.append(f"{column!r} is not a column name")
+            if strategy not in anonymizers.names():
+                problems.append(
+                    f"{column}: unknown strategy {strategy!r} "
+                    f"(known: {', '.join(anonymizers.names())})"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None and not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a valid cron expression")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Policy:
+        if self.action is Action.ANONYMIZE and not self.anonymize:
+            raise ValueError("action anonymize needs an `anonymize:` map of column → strategy")
+        if self.action is not Action.ANONYMIZE and self.anonymize:
+            raise ValueError(
+                f"`anonymize:` is only allowed with action anonymize, not {self.action}"
+            )
+        if self.id_column in self.anonymize:
+            raise ValueError(f"the id column {self.id_column!r} cannot be anonymized")
+        if not self.entity_type:
+            object.__setattr__(self, "entity_type", self.table)
+        return self
+
+    @property
+    def event_type(self) -> str:
+        """What downstream services are asked to do: archive moves the row away, so delete."""
+        return "anonymize" if self.action is Action.ANONYMIZE else "delete"
+
+    @property
+    def fields(self) -> list[str]:
+        return sorted(self.anonymize)
+
+
+class PolicyFile(BaseModel):
+    """The whole YAML document."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policies: list[Policy] = Field(min_length=1)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyIssue:
+    policy: str | None
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"line {self.line}: " if self.line else ""
+        who = f"policy {self.policy!r}: " if self.policy else ""
+        return f"{where}{who}{self.message}"
+
+
+class PolicyFileError(ValueError):
+    """Every problem found in a policy file (never just the first)."""
+
+    def __init__(self, source: str, issues: Sequence[PolicyIssue]) -> None:
+        self.source = source
+        self.issues = list(issues)
+        lines = "\n".join(f"  {source}:{issue}" for issue in self.issues)
+        super().__init__(f"{len(self.issues)} problem(s) in {source}:\n{lines}")
+
+
+@dataclass(frozen=True)
+class PolicySet:
+    """Valid policies plus where each came from, so later checks can name YAML lines."""
+
+    source: str
+    policies: list[Policy]
+    lines: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def line(self, policy: str, key: str = "") -> int | None:
+        return self.lines.get((policy, key)) or self.lines.get((policy, ""))
+
+    def get(self, name: str) -> Policy:
+        for policy in self.policies:
+            if policy.name == name:
+                return policy
+        raise KeyError(name)
+
+
+def _node_at(node: yaml.Node | None, path: Sequence[object]) -> yaml.Node | None:
+    """The YAML node a pydantic error location points at (as deep as it exists)."""
+    for step in path:
+        if isinstance(node, yaml.MappingNode):
+            child = next(
+                (
+                    (k, v)
+                    for k, v in node.value
+                    if isinstance(k, yaml.ScalarNode) and k.value == step
+                ),
+                None,
+            )
+            if child is None:
+                return node
+            node = child[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(step, int):
+            if step >= len(node.value):
+                return node
+            node = node.value[step]
+        else:
+            return node
+    return node
+
+
+def _key_line(mapping: yaml.Node | None, key: str) -> int | None:
+    if isinstance(mapping, yaml.MappingNode):
+        for k, _ in mapping.value:
+            if isinstance(k, yaml.ScalarNode) and k.value == key:
+                return int(k.start_mark.line) + 1
+    return None
+
+
+def _duplicate_keys(node: yaml.Node, issues: list[PolicyIssue], policy: str | None) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                if key.value in seen:
+                    issues.append(
+                        PolicyIssue(policy, key.start_mark.line + 1, f"duplicate key {key.value!r}")
+                    )
+                seen.add(key.value)
+            _duplicate_keys(value, issues, policy)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _duplicate_keys(item, issues, policy)
+
+
+def parse_policies(text: str, source: str = "<policies>") -> PolicySet:
+    """Parse and validate a policy document; raise PolicyFileError with every problem."""
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        data = loader.construct_document(root) if root is not None else None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise PolicyFileError(source, [PolicyIssue(None, line, f"not valid YAML: {exc}")]) from None
+    finally:
+        loader.dispose()
+
+    issues: list[PolicyIssue] = []
+    if root is not None:
+        _duplicate_keys(root, issues, None)
+    policies_node = _node_at(root, ["policies"])
+    items = data.get("policies") if isinstance(data, dict) else None
+    extra = sorted(set(data) - {"policies"}) if isinstance(data, dict) else []
+    if not isinstance(items, list) or not items or extra:
+        line = int(root.start_mark.line) + 1 if root is not None else None
+        problem = (
+            f"unknown top-level key(s) {', '.join(map(str, extra))}"
+            if extra and isinstance(items, list) and items
+            else "the file must be a mapping with a non-empty `policies:` list"
+        )
+        raise PolicyFileError(source, [*issues, PolicyIssue(None, line, problem)])
+
+    # Each policy is validated on its own so one bad policy never hides another's errors.
+    policies: list[Policy] = []
+    lines: dict[tuple[str, str], int] = {}
+    seen: dict[str, int] = {}
+    for index, item in enumerate(items):
+        node = _node_at(policies_node, [index])
+        start = int(node.start_mark.line) + 1 if node is not None else None
+        label = str(item["name"]) if isinstance(item, dict) and "name" in item else f"#{index + 1}"
+        key_lines: dict[str, int] = {}
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                key_lines[str(key.value)] = int(value.start_mark.line) + 1
+        try:
+            policy = Policy.model_validate(item)
+        except ValidationError as exc:
+            issues.extend(_issues(label, start, node, exc))
+            continue
+        if policy.name in seen:
+            issues.append(
+                PolicyIssue(
+                    policy.name,
+                    key_lines.get("name", start),
+                    f"name already used by the policy at line {seen[policy.name]}",
+                )
+            )
+            continue
+        seen[policy.name] = start or 0
+        if policy.conditions is not None:
+            # Syntax now; columns and types once the table is known (policy_binding).
+            try:
+                parse_condition(policy.conditions)
+            except ConditionError as condition_error:
+                issues.append(
+                    PolicyIssue(
+                        policy.name,
+                        key_lines.get("conditions", start),
+                        f"conditions: {condition_error}",
+                    )
+                )
+        if policy.before_purge is not None:
+            try:
+                resolve_hook(policy.before_purge)
+            except ValueError as hook_error:
+                issues.append(
+                    PolicyIssue(policy.name, key_lines.get("before_purge", start), str(hook_error))
+                )
+        if start is not None:
+            lines[(policy.name, "")] = start
+        lines.update({(policy.name, key): line for key, line in key_lines.items()})
+        policies.append(policy)
+    if issues:
+        raise PolicyFileError(source, sorted(issues, key=lambda i: i.line or 0))
+    return PolicySet(source=source, policies=policies, lines=lines)
+
+
+def _issues(
+    label: str, start: int | None, node: yaml.Node | None, exc: ValidationError
+) -> list[PolicyIssue]:
+    issues = []
+    for error in exc.errors():
+        loc = list(error["loc"])
+        field_path = ".".join(str(part) for part in loc)
+        target = _node_at(node, loc)
+        line = int(target.start_mark.line) + 1 if target is not None else start
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "missing":
+            line = start
+            message = f"{field_path}: required field is missing"
+        elif error["type"] == "extra_forbidden":
+            line = _key_line(node, str(loc[-1])) or line
+            message = f"{field_path}: unknown field"
+        elif error["type"] == "string_pattern_mismatch":
+            message = f"{field_path}: {error['input']!r} is not allowed here ({message})"
+        elif field_path:
+            message = f"{field_path}: {message}"
+        issues.append(PolicyIssue(label, line, message))
+    return issues
+
+
+def load_policies(path: Path | str) -> PolicySet:
+    """Read and validate a policy file (see `parse_policies`)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyFileError(str(path), [PolicyIssue(None, None, f"cannot read: {exc}")]) from None
+    return parse_policies(text, str(path))
+
+
+BeforePurge = Callable[..., Awaitable[None]]
+
+
+def resolve_hook(reference: str) -> BeforePurge:
+    """Import `package.module:function`; it must be an async function."""
+    module_name, _, attribute = reference.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"before_purge: cannot import {module_name!r}: {exc}") from None
+    hook: Any = getattr(module, attribute, None)
+    if hook is None:
+        raise ValueError(f"before_purge: {module_name!r} has no attribute {attribute!r}")
+    if not inspect.iscoroutinefunction(hook):
+        raise ValueError(f"before_purge: {reference!r} must be an async function")
+    return hook  # type: ignore[no-any-return]

@@ -1,0 +1,197 @@
+"""One purge batch, in one transaction: lock, select, hook, act, outbox, ledger, audit.
+
+Either all of it commits or none of it does: a crash can neither lose an event for a
+purge that happened nor publish one for a purge that rolled back.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    DateTime,
+    Text,
+    Uuid,
+    any_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ColumnElement
+
+from coordinator import anonymizers
+from coordinator.audit import AuditEntry, append
+from coordinator.holds import lock_for_purge
+from coordinator.planner import next_batch
+from coordinator.policies import Action, Policy
+from coordinator.policy_binding import ARCHIVED_AT, BoundPolicy
+from coordinator.tables import anonymized, outbox
+
+__all__ = ["BatchResult", "PurgeBatch", "ensure_archive_table", "purge_batch"]
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeBatch:
+    """What a `before_purge` hook receives, with the batch's connection, before the purge."""
+
+    policy: Policy
+    run_id: uuid.UUID
+    ids: Sequence[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    ids: Sequence[Any]
+    events: int
+    last_scanned: Any | None  # None: the policy has nothing left to scan
+
+
+def _in_batch(bound: BoundPolicy, ids: Sequence[Any]) -> ColumnElement[bool]:
+    # One array parameter instead of thousands of IN-list parameters.
+    return bound.id_column == any_(bindparam("ids", list(ids), type_=ARRAY(bound.id_column.type)))
+
+
+async def ensure_archive_table(conn: AsyncConnection, bound: BoundPolicy) -> None:
+    if bound.archive is not None and not bound.archive_exists:
+        await conn.run_sync(lambda sync: bound.archive.create(sync, checkfirst=True))  # type: ignore[union-attr]
+
+
+async def _act(conn: AsyncConnection, bound: BoundPolicy, ids: Sequence[Any], now: datetime) -> int:
+    table, action = bound.table, bound.policy.action
+    if action is Action.DELETE:
+        result = await conn.execute(delete(table).where(_in_batch(bound, ids)))
+    elif action is Action.ANONYMIZE:
+        context = anonymizers.StrategyContext(id_column=bound.id_column, hash_key=bound.hash_key)
+        values = {
+            column: anonymizers.get(strategy).expression(table.c[column], context)
+            for column, strategy in bound.policy.anonymize.items()
+        }
+        result = await conn.execute(update(table).where(_in_batch(bound, ids)).values(values))
+    else:
+        assert bound.archive is not None
+        names = list(table.c.keys())
+        moved = delete(table).where(_in_batch(bound, ids)).returning(*table.c).cte("moved")
+        result = await conn.execute(
+            insert(bound.archive).from_select(
+                [*names, ARCHIVED_AT],
+                select(*(moved.c[name] for name in names), literal(now).label(ARCHIVED_AT)),
+            )
+        )
+    if result.rowcount != len(ids):
+        # The ids are locked by this transaction, so anything else is a bug: roll back.
+        raise RuntimeError(f"{action} touched {result.rowcount} rows, expected {len(ids)}")
+    return len(ids)
+
+
+async def purge_batch(
+    conn: AsyncConnection,
+    bound: BoundPolicy,
+    *,
+    run_id: uuid.UUID,
+    cutoff: datetime,
+    now: datetime,
+    after: Any | None,
+) -> BatchResult:
+    """Purge the next batch after `after` inside the caller's transaction."""
+    policy = bound.policy
+    await lock_for_purge(conn)  # before the select: see coordinator.holds
+    batch = await next_batch(
+        conn, bound, cutoff=cutoff, now=now, after=after, limit=policy.batch_size
+    )
+    ids = batch.ids
+    if not ids:
+        return BatchResult(ids, 0, batch.last_scanned)
+    if bound.hook is not None:
+        await bound.hook(conn, PurgeBatch(policy, run_id, ids))
+    await _act(conn, bound, ids, now)
+    entity_ids = [str(i) for i in ids]
+    # One row per entity, generated server-side from one array parameter.
+    entity = (
+        func.unnest(bindparam("entity_ids", entity_ids, type_=ARRAY(Text)))
+        .table_valued("entity_id")
+        .render_derived()
+    )
+    fields = literal(policy.fields, ARRAY(Text))
+    if policy.action is Action.ANONYMIZE:
+        ledger = pg_insert(anonymized).from_select(
+            ["policy", "entity_id", "fields", "run_id", "anonymized_at"],
+            select(
+                literal(policy.name, Text),
+                entity.c.entity_id,
+                fields,
+                literal(run_id, Uuid),
+                literal(now, DateTime(timezone=True)),
+            ),
+        )
+        # A row re-planned because the policy gained a field updates its ledger entry.
+        ledger = ledger.on_conflict_do_update(
+            index_elements=[anonymized.c.policy, anonymized.c.entity_id],
+            set_={
+                "fields": ledger.excluded.fields,
+                "run_id": ledger.excluded.run_id,
+                "anonymized_at": ledger.excluded.anonymized_at,
+            },
+        )
+        await conn.execute(ledger)
+    events = 0
+    if policy.fan_out:
+        await conn.execute(
+            insert(outbox).from_select(
+                [
+                    "event_id",
+                    "run_id",
+                    "policy",
+                    "event_type",
+                    "entity_type",
+                    "entity_id",
+                    "legal_basis",
+                    "fields",
+                    "initiated_at",
+                    "deadline",
+                ],
+                select(
+                    func.gen_random_uuid(),
+                    literal(run_id, Uuid),
+                    literal(policy.name, Text),
+                    literal(policy.event_type, Text),
+                    literal(policy.entity_type, Text),
+                    entity.c.entity_id,
+                    literal(policy.legal_basis, Text),
+                    literal(policy.fields, JSONB),
+                    literal(now, DateTime(timezone=True)),
+                    literal(now + policy.completion_deadline, DateTime(timezone=True)),
+                ),
+            )
+        )
+        events = len(entity_ids)
+    await append(
+        conn,
+        [
+            AuditEntry(
+                "purge.batch",
+                "coordinator",
+                {
+                    "run_id": run_id,
+                    "policy": policy.name,
+                    "action": policy.action.value,
+                    "entity_type": policy.entity_type,
+                    "count": len(entity_ids),
+                    "events": events,
+                    "ids": entity_ids,
+                },
+            )
+        ],
+        at=now,
+    )
+    return BatchResult(ids, events, batch.last_scanned)

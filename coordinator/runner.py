@@ -1,0 +1,303 @@
+"""A retention run: every selected policy, batch by batch, with a run log and metrics.
+
+A policy that fails (bad config, guard, database error, hook error) is recorded with its
+errors and the run goes on with the next one; its result row is written either way.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import insert, text, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coordinator.audit import AuditEntry, append
+from coordinator.clock import Clock, SystemClock
+from coordinator.metrics import Metrics
+from coordinator.planner import PolicyPlan, plan_policy, time_base
+from coordinator.policies import Action, PolicyIssue, PolicySet
+from coordinator.policy_binding import BoundPolicy, bind_policies
+from coordinator.purge import ensure_archive_table, purge_batch
+from coordinator.settings import Settings
+from coordinator.tables import anonymized, policy_results, runs
+
+__all__ = ["PlanReport", "PolicyOutcome", "Progress", "RunReport", "Runner"]
+
+log = structlog.get_logger(__name__)
+
+Progress = Callable[[str, int, int], None]
+"""Called after each batch with (policy, processed so far, due at start)."""
+
+_SKEW_WARNING_SECONDS = 60.0
+
+
+@dataclass
+class PolicyOutcome:
+    policy: str
+    action: str
+    status: str = "ok"
+    due: int = 0
+    processed: int = 0
+    held: int = 0
+    events: int = 0
+    duration_s: float = 0.0
+    oldest_unprocessed_days: float | None = None
+    cutoff: datetime | None = None
+    errors: list[str] = field(default_factory=list)
+    started_at: datetime | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy,
+            "action": self.action,
+            "status": self.status,
+            "due": self.due,
+            "processed": self.processed,
+            "held": self.held,
+            "events": self.events,
+            "duration_s": round(self.duration_s, 3),
+            "oldest_unprocessed_days": self.oldest_unprocessed_days,
+            "cutoff": self.cutoff.isoformat() if self.cutoff else None,
+            "errors": self.errors,
+        }
+
+
+@dataclass
+class RunReport:
+    run_id: uuid.UUID
+    outcomes: list[PolicyOutcome]
+
+    @property
+    def ok(self) -> bool:
+        return all(outcome.status == "ok" for outcome in self.outcomes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": str(self.run_id),
+            "ok": self.ok,
+            "policies": [outcome.as_dict() for outcome in self.outcomes],
+        }
+
+
+@dataclass
+class PlanReport:
+    plans: list[PolicyPlan]
+    issues: dict[str, list[PolicyIssue]]
+    clock_skew_s: float
+
+    @property
+    def ok(self) -> bool:
+        return not self.issues and all(plan.guard is None for plan in self.plans)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "clock_skew_s": round(self.clock_skew_s, 3),
+            "policies": [plan.as_dict() for plan in self.plans],
+            "errors": {name: [str(i) for i in issues] for name, issues in self.issues.items()},
+        }
+
+
+class Runner:
+    """Plans and runs the policies of one policy file against one database."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        policy_set: PolicySet,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.engine = engine
+        self.policy_set = policy_set
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.metrics = metrics or Metrics()
+
+    def _select(self, only: Sequence[str] | None) -> list[str]:
+        names = [p.name for p in self.policy_set.policies]
+        if only is None:
+            return names
+        unknown = sorted(set(only) - set(names))
+        if unknown:
+            raise ValueError(f"unknown policy {', '.join(unknown)} (known: {', '.join(names)})")
+        return [name for name in names if name in only]
+
+    async def plan(self, only: Sequence[str] | None = None) -> PlanReport:
+        """Dry run: read-only queries in one transaction that is rolled back."""
+        selected = self._select(only)
+        async with self.engine.connect() as conn:
+            bound, issues = await bind_policies(conn, self.policy_set, self.settings, only=selected)
+            base = await time_base(conn, self.clock)
+            plans = [
+                await plan_policy(conn, bound[name], base.now) for name in selected if name in bound
+            ]
+            await conn.rollback()
+        return PlanReport(plans, issues, base.skew_seconds)
+
+    async def run(
+        self,
+        only: Sequence[str] | None = None,
+        *,
+        force: bool = False,
+        trigger: str = "cli",
+        progress: Progress | None = None,
+    ) -> RunReport:
+        selected = self._select(only)
+        run_id = uuid.uuid4()
+        started = self.clock.now()
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(runs).values(id=run_id, started_at=started, trigger=trigger, forced=force)
+            )
+            await append(
+                conn,
+                [
+                    AuditEntry(
+                        "run.start",
+                        trigger,
+                        {"run_id": run_id, "policies": selected, "forced": force},
+                    )
+                ],
+                at=started,
+            )
+        log.info("run.start", run_id=str(run_id), policies=len(selected), forced=force)
+        async with self.engine.connect() as conn:
+            bound, issues = await bind_policies(conn, self.policy_set, self.settings, only=selected)
+        outcomes = []
+        for name in selected:
+            policy = self.policy_set.get(name)
+            outcome = PolicyOutcome(
+                policy=name, action=policy.action.value, started_at=self.clock.now()
+            )
+            begun = time.monotonic()
+            if name in issues:
+                outcome.status = "error"
+                outcome.errors = [str(issue) for issue in issues[name]]
+            else:
+                try:
+                    await self._execute(
+                        bound[name], run_id, outcome, force=force, progress=progress
+                    )
+                except Exception as exc:
+                    outcome.status = "error"
+                    outcome.errors.append(f"{type(exc).__name__}: {exc}")
+                    log.error(
+                        "policy.failed", run_id=str(run_id), policy=name, error=type(exc).__name__
+                    )
+            outcome.duration_s = time.monotonic() - begun
+            await self._record(run_id, outcome)
+            outcomes.append(outcome)
+        report = RunReport(run_id, outcomes)
+        finished = self.clock.now()
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id)
+                .values(finished_at=finished, status="ok" if report.ok else "errors")
+            )
+            await append(
+                conn,
+                [
+                    AuditEntry(
+                        "run.finish",
+                        trigger,
+                        {
+                            "run_id": run_id,
+                            "ok": report.ok,
+                            "processed": {o.policy: o.processed for o in outcomes},
+                        },
+                    )
+                ],
+                at=finished,
+            )
+        log.info("run.finish", run_id=str(run_id), ok=report.ok)
+        return report
+
+    async def _execute(
+        self,
+        bound: BoundPolicy,
+        run_id: uuid.UUID,
+        outcome: PolicyOutcome,
+        *,
+        force: bool,
+        progress: Progress | None,
+    ) -> None:
+        policy = bound.policy
+        async with self.engine.connect() as conn:
+            base = await time_base(conn, self.clock)
+            plan = await plan_policy(conn, bound, base.now)
+        if base.skew_seconds > _SKEW_WARNING_SECONDS:  # ahead: cutoffs now follow the DB
+            log.warning("clock.skew", policy=policy.name, skew_s=round(base.skew_seconds, 1))
+        outcome.cutoff, outcome.due = plan.cutoff, plan.due
+        if plan.guard is not None and not force:
+            outcome.status = "error"
+            outcome.errors.append(plan.guard)
+            outcome.held = plan.held
+            outcome.oldest_unprocessed_days = plan.oldest_age_days
+            return
+        if bound.archive is not None and not bound.archive_exists and plan.due:
+            async with self.engine.begin() as conn:
+                await ensure_archive_table(conn, bound)
+        after: Any | None = None
+        while True:
+            async with self.engine.begin() as conn:
+                batch = await purge_batch(
+                    conn, bound, run_id=run_id, cutoff=plan.cutoff, now=base.now, after=after
+                )
+            if batch.last_scanned is None:
+                break
+            after = batch.last_scanned
+            outcome.processed += len(batch.ids)
+            outcome.events += batch.events
+            if progress is not None:
+                progress(policy.name, outcome.processed, plan.due)
+            # The guard counted before the run; rows that became due meanwhile wait.
+            if (
+                not force
+                and policy.max_rows_per_run is not None
+                and outcome.processed >= policy.max_rows_per_run
+            ):
+                break
+        if policy.action is Action.ANONYMIZE and outcome.processed:
+            # The ledger grew during the run; stale statistics would turn the count
+            # below (and the next plan) into nested loops over the whole ledger.
+            async with self.engine.begin() as conn:
+                await conn.execute(text(f"ANALYZE {anonymized.name}"))
+        async with self.engine.connect() as conn:
+            after_run = await plan_policy(conn, bound, base.now)
+        outcome.held = after_run.held
+        outcome.oldest_unprocessed_days = after_run.oldest_age_days
+
+    async def _record(self, run_id: uuid.UUID, outcome: PolicyOutcome) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(policy_results).values(
+                    run_id=run_id,
+                    policy=outcome.policy,
+                    action=outcome.action,
+                    status=outcome.status,
+                    processed=outcome.processed,
+                    held=outcome.held,
+                    events=outcome.events,
+                    duration_s=outcome.duration_s,
+                    oldest_unprocessed_days=outcome.oldest_unprocessed_days,
+                    cutoff=outcome.cutoff,
+                    errors=outcome.errors,
+                    started_at=outcome.started_at,
+                    finished_at=self.clock.now(),
+                )
+            )
+        m = self.metrics
+        m.records_processed.labels(outcome.policy, outcome.action).inc(outcome.processed)
+        m.records_held.labels(outcome.policy).inc(outcome.held)
+        m.run_duration.labels(outcome.policy).observe(outcome.duration_s)
+        m.oldest_unprocessed.labels(outcome.policy).set(outcome.oldest_unprocessed_days or 0.0)

@@ -1,0 +1,225 @@
+"""The CLI: plan changes nothing, run, validate, holds; JSON documents and exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from sqlalchemy import text
+from typer.testing import CliRunner
+
+from coordinator.cli import app
+from coordinator.db import make_engine
+from coordinator.holds import create_hold
+from coordinator.seed_data import SeedData, populate
+from tests.policy.conftest import SEED_POLICIES, reset
+
+
+async def _seed(url: str) -> SeedData:
+    engine = make_engine(url)
+    try:
+        await reset(engine)
+        async with engine.begin() as conn:
+            # A minute in the past, so "now" at plan/run time is later than the data's now.
+            data = await populate(conn, datetime.now(UTC) - timedelta(minutes=1))
+            await create_hold(
+                conn,
+                entities=data.holds,
+                reason="case",
+                created_by="legal",
+                now=datetime.now(UTC),
+            )
+        return data
+    finally:
+        await engine.dispose()
+
+
+async def _checksums(url: str) -> dict[str, str]:
+    """An md5 of every table's full contents, coordinator tables included."""
+    engine = make_engine(url)
+    try:
+        async with engine.connect() as conn:
+            tables = (
+                await conn.execute(
+                    text(
+                        "SELECT table_name FROM information_schema.tables "
+                        "WHERE table_schema = 'public' ORDER BY table_name"
+                    )
+                )
+            ).scalars()
+            sums = {}
+            for name in tables:
+                quoted = '"' + name.replace('"', '""') + '"'
+                sums[name] = (
+                    await conn.execute(
+                        text(
+                            f"SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) "
+                            f"FROM {quoted} t"
+                        )
+                    )
+                ).scalar_one()
+            return sums
+    finally:
+        await engine.dispose()
+
+
+def _stderr_logger(*_: Any) -> structlog.PrintLogger:
+    return structlog.PrintLogger(sys.stderr)  # resolved per call: CliRunner swaps stderr
+
+
+@pytest.fixture
+def cli(coordinator_db: str) -> Iterator[tuple[CliRunner, dict[str, str]]]:
+    # `retention` routes logs to stderr in main(); CliRunner calls the app directly.
+    structlog.configure(logger_factory=_stderr_logger, cache_logger_on_first_use=False)
+    env = {
+        "RETENTION_DATABASE_URL": coordinator_db,
+        "RETENTION_POLICIES": str(SEED_POLICIES),
+        "RETENTION_HASH_SECRET": "cli-secret",
+    }
+    yield CliRunner(), env
+    structlog.reset_defaults()
+
+
+def invoke(cli: tuple[CliRunner, dict[str, str]], *args: str) -> tuple[int, Any, str]:
+    runner, env = cli
+    result = runner.invoke(app, list(args), env=env)
+    document = json.loads(result.stdout) if "--json" in args and result.stdout else None
+    return result.exit_code, document, result.stdout + result.stderr
+
+
+def test_plan_changes_nothing_then_run_does_what_it_said(
+    cli: tuple[CliRunner, dict[str, str]], coordinator_db: str
+) -> None:
+    data = asyncio.run(_seed(coordinator_db))
+    before = asyncio.run(_checksums(coordinator_db))
+    assert "orders" in before
+    assert "audit_log" in before
+
+    code, plan, _ = invoke(cli, "plan", "--json")
+    assert code == 0
+    code, _, human = invoke(cli, "plan")
+    assert code == 0
+    assert "dry run" in human
+    assert asyncio.run(_checksums(coordinator_db)) == before
+
+    due = {p["policy"]: p["due"] for p in plan["policies"]}
+    held = {p["policy"]: p["held"] for p in plan["policies"]}
+    for name in due:
+        # populate() was a minute ago, so rows at its cutoff have become due since.
+        assert due[name] == len(data.expected_processed(name)) + len(data.ids[name]["at_cutoff"])
+        assert held[name] == len(data.ids[name]["held"])
+
+    code, run, _ = invoke(cli, "run", "--json")
+    assert code == 0
+    assert run["ok"] is True
+    assert {p["policy"]: p["processed"] for p in run["policies"]} == due
+    assert {p["policy"]: p["held"] for p in run["policies"]} == held
+
+    code, again, _ = invoke(cli, "plan", "--json")
+    assert all(p["due"] == 0 for p in again["policies"])
+
+
+def test_guard_exit_codes_and_bad_input(
+    cli: tuple[CliRunner, dict[str, str]], coordinator_db: str, tmp_path: Path
+) -> None:
+    asyncio.run(_seed(coordinator_db))
+    guarded = tmp_path / "guarded.yaml"
+    guarded.write_text(
+        SEED_POLICIES.read_text().replace("    batch_size: 4\n", "    max_rows_per_run: 2\n")
+    )
+    code, run, _ = invoke(
+        cli, "run", "--policies", str(guarded), "--policy", "session_logs", "--json"
+    )
+    assert code == 1
+    (outcome,) = run["policies"]
+    assert outcome["processed"] == 0
+    assert "max_rows_per_run=2" in outcome["errors"][0]
+    code, run, _ = invoke(
+        cli, "run", "--policies", str(guarded), "--policy", "session_logs", "--force", "--json"
+    )
+    assert code == 0
+    assert run["policies"][0]["processed"] > 2
+
+    code, _, output = invoke(cli, "run", "--policy", "nope")
+    assert code == 2
+    assert "unknown policy nope" in output
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("policies:\n  - name: x\n    table: nowhere\n    retention: P1Y\n")
+    code, document, _ = invoke(cli, "policies", "validate", "--policies", str(bad), "--json")
+    assert code == 2
+    assert document["ok"] is False
+    assert len(document["errors"]) == 4  # timestamp_column, action, legal_basis, retention
+    code, _, _ = invoke(cli, "plan", "--policies", str(bad))
+    assert code == 2
+
+    code, document, _ = invoke(cli, "policies", "validate", "--json")
+    assert code == 0
+    assert document["ok"] is True
+
+    missing_table = tmp_path / "missing.yaml"
+    missing_table.write_text(
+        "policies:\n  - {name: x, table: nowhere, timestamp_column: ts, retention: 1d, "
+        "action: delete, legal_basis: b}\n"
+    )
+    code, document, _ = invoke(
+        cli, "policies", "validate", "--policies", str(missing_table), "--json"
+    )
+    assert code == 2
+    assert document["errors"] == ["line 2: policy 'x': table 'nowhere' does not exist"]
+
+
+def test_holds_commands(cli: tuple[CliRunner, dict[str, str]], tmp_path: Path) -> None:
+    listing = tmp_path / "entities.txt"
+    listing.write_text("# from the court order\norder:1\n\norder:2\n")
+    code, hold, _ = invoke(
+        cli,
+        "holds",
+        "create",
+        "--reason",
+        "case 7",
+        "--by",
+        "counsel",
+        "--expires",
+        "2099-01-01T00:00:00Z",
+        "--id",
+        "case-7",
+        "--from-file",
+        str(listing),
+        "user:9",
+        "--json",
+    )
+    assert code == 0
+    assert hold["id"] == "case-7"
+    assert hold["entity_count"] == 3
+    assert hold["status"] == "active"
+
+    code, listed, _ = invoke(cli, "holds", "list", "--json")
+    assert "case-7" in [h["id"] for h in listed["holds"]]
+    code, shown, _ = invoke(cli, "holds", "show", "case-7", "--json")
+    assert shown["entities"] == ["order:1", "order:2", "user:9"]
+    code, _, human = invoke(cli, "holds", "show", "case-7")
+    assert "order:2" in human
+
+    code, released, _ = invoke(cli, "holds", "release", "case-7", "--by", "judge", "--json")
+    assert code == 0
+    assert released["status"] == "released"
+    assert released["released_by"] == "judge"
+    code, _, output = invoke(cli, "holds", "release", "case-7", "--by", "judge")
+    assert code == 2
+    assert "already released" in output
+    code, listed, _ = invoke(cli, "holds", "list", "--json")
+    assert "case-7" not in [h["id"] for h in listed["holds"]]
+
+    for bad in (["nocolon"], ["a:1", "--expires", "2099-01-01"], ["a:1", "--expires", "soon"]):
+        code, _, _ = invoke(cli, "holds", "create", "--reason", "r", "--by", "b", *bad)
+        assert code == 2, bad
+    code, _, _ = invoke(cli, "holds", "show", "nope")
+    assert code == 2

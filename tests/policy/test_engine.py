@@ -1,0 +1,238 @@
+"""Guard, failure isolation, clock skew, hooks, hold lifecycle, keyset batching."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coordinator.clock import FrozenClock
+from coordinator.holds import HoldError, create_hold, get_hold, list_holds, release_hold
+from coordinator.policies import parse_policies
+from coordinator.runner import Runner
+from coordinator.seed_data import session_logs, shopping_carts
+from coordinator.settings import Settings
+from coordinator.tables import policy_results
+from tests.policy import hooks
+from tests.policy.conftest import NOW
+
+SESSIONS = """
+policies:
+  - name: sessions
+    table: session_logs
+    entity_type: session
+    timestamp_column: created_at
+    retention: 90d
+    action: delete
+    legal_basis: test
+    batch_size: 3
+{extra}
+"""
+
+
+def policies(extra: str = "", more: str = "") -> str:
+    return SESSIONS.format(extra=extra) + more
+
+
+async def insert_sessions(engine: AsyncEngine, ages_days: list[float]) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(session_logs),
+            [
+                {"id": i, "user_id": "u", "created_at": NOW - timedelta(days=age)}
+                for i, age in enumerate(ages_days, start=1)
+            ],
+        )
+
+
+async def remaining(engine: AsyncEngine) -> set[int]:
+    async with engine.connect() as conn:
+        return set((await conn.execute(select(session_logs.c.id))).scalars())
+
+
+async def test_guard_blocks_everything_and_names_both_limits(
+    engine: AsyncEngine, clock: FrozenClock, settings: Settings
+) -> None:
+    await insert_sessions(engine, [100] * 6 + [10] * 4)
+    text_ = policies("    max_rows_per_run: 5\n    max_fraction: 0.5\n")
+    runner = Runner(engine, parse_policies(text_), settings, clock=clock)
+    report = await runner.run()
+    assert not report.ok
+    (error,) = report.outcomes[0].errors
+    assert "6 due rows" in error
+    assert "max_rows_per_run=5" in error
+    assert "max_fraction=0.5" in error
+    assert await remaining(engine) == set(range(1, 11))
+
+    forced = await runner.run(force=True)
+    assert forced.ok
+    assert forced.outcomes[0].processed == 6
+    assert await remaining(engine) == {7, 8, 9, 10}
+
+
+async def test_fraction_guard_alone(
+    engine: AsyncEngine, clock: FrozenClock, settings: Settings
+) -> None:
+    await insert_sessions(engine, [100] * 6 + [10] * 4)
+    runner = Runner(
+        engine, parse_policies(policies("    max_fraction: 0.5\n")), settings, clock=clock
+    )
+    plan = await runner.plan()
+    assert plan.plans[0].guard is not None
+    assert "exceeded: max_fraction" in plan.plans[0].guard
+
+
+async def test_a_failing_policy_never_stops_the_others(
+    engine: AsyncEngine, clock: FrozenClock, settings: Settings
+) -> None:
+    await insert_sessions(engine, [100, 100])
+    more = """
+  - name: broken_hook
+    table: shopping_carts
+    timestamp_column: updated_at
+    retention: 1d
+    action: delete
+    legal_basis: test
+    before_purge: "tests.policy.hooks:fail"
+  - name: missing_table
+    table: no_such_table
+    timestamp_column: ts
+    retention: 1d
+    action: delete
+    legal_basis: test
+"""
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(shopping_carts).values(
+                id="00000000-0000-0000-0000-000000000001",
+                user_id="u",
+                status="abandoned",
+                updated_at=NOW - timedelta(days=5),
+            )
+        )
+    report = await Runner(engine, parse_policies(policies(more=more)), settings, clock=clock).run()
+    outcomes = {o.policy: o for o in report.outcomes}
+    assert outcomes["sessions"].status == "ok"
+    assert outcomes["sessions"].processed == 2
+    assert outcomes["broken_hook"].errors == ["RuntimeError: aggregation failed"]
+    assert "does not exist" in outcomes["missing_table"].errors[0]
+    async with engine.connect() as conn:
+        results = {r.policy: r for r in await conn.execute(select(policy_results))}
+        carts = (await conn.execute(select(func.count()).select_from(shopping_carts))).scalar()
+    assert {n: r.status for n, r in results.items()} == {
+        "sessions": "ok",
+        "broken_hook": "error",
+        "missing_table": "error",
+    }
+    assert carts == 1  # the failed hook rolled its batch back
+
+
+async def test_coordinator_clock_ahead_of_the_database_purges_nothing_young(
+    engine: AsyncEngine, settings: Settings
+) -> None:
+    async with engine.connect() as conn:
+        db_now = (await conn.execute(select(func.now()))).scalar_one()
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(session_logs),
+            [
+                {"id": 1, "user_id": "u", "created_at": db_now - timedelta(days=91)},
+                {"id": 2, "user_id": "u", "created_at": db_now - timedelta(days=89, hours=20)},
+            ],
+        )
+    skewed = FrozenClock(db_now + timedelta(hours=6))
+    report = await Runner(engine, parse_policies(policies()), settings, clock=skewed).run()
+    assert report.outcomes[0].processed == 1
+    assert await remaining(engine) == {2}
+
+
+async def test_hook_sees_every_batch_and_keyset_covers_all_rows(
+    engine: AsyncEngine, clock: FrozenClock, settings: Settings
+) -> None:
+    await insert_sessions(engine, [100] * 10)
+    async with engine.begin() as conn:
+        await create_hold(
+            conn, entities=["session:2", "session:5"], reason="r", created_by="me", now=NOW
+        )
+    text_ = policies('    before_purge: "tests.policy.hooks:record"\n')
+    hooks.calls.clear()
+    report = await Runner(engine, parse_policies(text_), settings, clock=clock).run()
+    # windows of 3 ids in key order; held ids are stepped over, never re-scanned
+    assert [list(b.ids) for b in hooks.calls] == [[1, 3], [4, 6], [7, 8, 9], [10]]
+    assert report.outcomes[0].processed == 8
+    assert report.outcomes[0].held == 2
+    assert await remaining(engine) == {2, 5}
+
+
+async def test_hold_expiry_and_release(
+    engine: AsyncEngine, clock: FrozenClock, settings: Settings
+) -> None:
+    await insert_sessions(engine, [100, 100, 100])
+    async with engine.begin() as conn:
+        expiring = await create_hold(
+            conn,
+            entities=["session:1"],
+            reason="r",
+            created_by="me",
+            now=NOW,
+            expires_at=NOW + timedelta(days=1),
+        )
+        released = await create_hold(
+            conn,
+            entities=["session:2", "session:3"],
+            reason="r",
+            created_by="me",
+            now=NOW,
+            hold_id="case-7",
+        )
+    runner = Runner(engine, parse_policies(policies()), settings, clock=clock)
+    assert (await runner.run()).outcomes[0].processed == 0
+
+    async with engine.begin() as conn:
+        await release_hold(conn, released.id, by="counsel", now=NOW)
+        with pytest.raises(HoldError, match="already released"):
+            await release_hold(conn, released.id, by="counsel", now=NOW)
+        assert [h.id for h in await list_holds(conn, now=NOW)] == [expiring.id]
+        shown = await get_hold(conn, "case-7")
+    assert shown.status(NOW) == "released"
+    assert shown.entities == (("session", "2"), ("session", "3"))
+    assert (await runner.run()).outcomes[0].processed == 2
+
+    clock.advance(timedelta(days=2))
+    assert (await runner.run()).outcomes[0].processed == 1
+    assert await remaining(engine) == set()
+
+
+async def test_hold_input_errors(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        with pytest.raises(HoldError, match="TYPE:ID"):
+            await create_hold(conn, entities=["nocolon"], reason="r", created_by="me", now=NOW)
+        with pytest.raises(HoldError, match="not in the future"):
+            await create_hold(
+                conn, entities=["a:1"], reason="r", created_by="me", now=NOW, expires_at=NOW
+            )
+        await create_hold(conn, entities=["a:1"], reason="r", created_by="me", now=NOW, hold_id="x")
+        with pytest.raises(HoldError, match="already exists"):
+            await create_hold(
+                conn, entities=["a:1"], reason="r", created_by="me", now=NOW, hold_id="x"
+            )
+        with pytest.raises(HoldError, match="no hold"):
+            await get_hold(conn, "nope")
+
+
+async def test_plan_counts_match_a_raw_query(
+    engine: AsyncEngine, clock: FrozenClock, settings: Settings
+) -> None:
+    await insert_sessions(engine, [100, 95, 90, 89, 1])
+    plan = await Runner(engine, parse_policies(policies()), settings, clock=clock).plan()
+    async with engine.connect() as conn:
+        raw = (
+            await conn.execute(
+                text("SELECT count(*) FROM session_logs WHERE created_at < :cutoff"),
+                {"cutoff": NOW - timedelta(days=90)},
+            )
+        ).scalar()
+    assert plan.plans[0].due == raw == 2
+    assert plan.plans[0].oldest_age_days == 100
