@@ -69,6 +69,9 @@ def faust_app_settings(kafka: KafkaSettings) -> dict[str, Any]:
         "topic_disable_leader": True,
         "web_enabled": False,
         "stream_wait_empty": True,
+        # Faust's default is 60 s: a replacement for a killed worker would wait that long
+        # for the dead member to leave the group. 10 s is aiokafka's, the core SDK's.
+        "broker_session_timeout": 10.0,
     }
 
 
