@@ -17,8 +17,10 @@ acks each event by hand once its ack is on the acks topic.
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -53,7 +55,8 @@ def faust_app_settings(kafka: KafkaSettings) -> dict[str, Any]:
 
     No topic declaration (the coordinator creates the topics; brokers may forbid
     auto-creation), no leader topic, no web server, and no tables (so no changelog
-    topics and none of Faust's table-recovery paths). PLAINTEXT only: give an app on
+    topics and none of Faust's table-recovery paths); its data directory under the
+    system's temporary directory. PLAINTEXT only: give an app on
     TLS/SASL its `broker_credentials` yourself.
     """
     if kafka.security_protocol != "PLAINTEXT":
@@ -62,13 +65,18 @@ def faust_app_settings(kafka: KafkaSettings) -> dict[str, Any]:
             "configure the faust.App's broker_credentials yourself"
         )
     return {
-        "broker": ";".join(f"kafka://{server}" for server in _servers(kafka.bootstrap_servers)),
+        "broker": ";".join(
+            f"kafka://{server}" for server in sorted(_servers(kafka.bootstrap_servers))
+        ),
         "broker_client_id": kafka.client_id,
         "consumer_auto_offset_reset": "earliest",
         "topic_allow_declare": False,
         "topic_disable_leader": True,
         "web_enabled": False,
         "stream_wait_empty": True,
+        # Faust creates its data directory at start even without tables; keep it out of
+        # the working directory ({conf.name} is expanded by Faust).
+        "datadir": str(Path(tempfile.gettempdir()) / "retention-faust-{conf.name}-data"),
         # Faust's default is 60 s: a replacement for a killed worker would wait that long
         # for the dead member to leave the group. 10 s is aiokafka's, the core SDK's.
         "broker_session_timeout": 10.0,
@@ -111,7 +119,8 @@ class FaustRetention:
                 return self._dispatcher
             r = self.retention
             resources = await self._stack.enter_async_context(r.resources())
-            producer: ProducerPort = kafka_producer(r.kafka)
+            # Each event's ack is awaited alone: lingering would only add latency.
+            producer: ProducerPort = kafka_producer(r.kafka, linger_ms=0)
             await producer.start()
             self._stack.push_async_callback(producer.stop)
             registration = r.registration()
