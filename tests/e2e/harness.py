@@ -24,6 +24,7 @@ from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Self
 
@@ -39,7 +40,7 @@ from coordinator.metrics import Metrics
 from coordinator.migrate import upgrade
 from coordinator.relay import OutboxRelay
 from coordinator.settings import RelaySettings, TrackerSettings
-from coordinator.tables import event_status, service_registry
+from coordinator.tables import audit_log, event_status, service_registry
 from coordinator.tracker import Tracker
 from schemas import AckStatus, KafkaSettings, RetentionAck, decode
 from services import billing, notifications, preferences
@@ -59,11 +60,15 @@ __all__ = [
     "effect_problems",
     "erasure_counts",
     "event_states",
+    "has_registered",
     "isolated_stack",
+    "last_completion_at",
     "registered",
     "run_cli",
     "running_relay",
     "running_tracker",
+    "states_are",
+    "tracker_settings",
     "wait_for",
 ]
 
@@ -386,6 +391,15 @@ async def registered(stack: Stack) -> set[str]:
         await engine.dispose()
 
 
+async def has_registered(stack: Stack, services: Iterable[str]) -> bool:
+    return set(services) <= await registered(stack)
+
+
+async def states_are(stack: Stack, **states: int) -> bool:
+    """Whether the tracked events are in exactly these states, in these numbers."""
+    return await event_states(stack) == Counter(states)
+
+
 async def event_states(stack: Stack) -> Counter[str]:
     """How many tracked events are in each state."""
     engine = stack.engine()
@@ -395,6 +409,19 @@ async def event_states(stack: Stack) -> Counter[str]:
                 select(event_status.c.state, func.count()).group_by(event_status.c.state)
             )
             return Counter({row[0]: row[1] for row in rows})
+    finally:
+        await engine.dispose()
+
+
+async def last_completion_at(stack: Stack) -> datetime | None:
+    """When the tracker recorded its latest `events_completed` audit entry."""
+    engine = stack.engine()
+    try:
+        async with engine.connect() as conn:
+            at: datetime | None = await conn.scalar(
+                select(func.max(audit_log.c.at)).where(audit_log.c.action == "events_completed")
+            )
+            return at
     finally:
         await engine.dispose()
 
