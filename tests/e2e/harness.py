@@ -499,15 +499,22 @@ class AckTail(TopicTail):
     def __init__(self, kafka: KafkaSettings) -> None:
         super().__init__(kafka, kafka.topics.acks)
         self._decoded = 0
-        self._pairs: set[Pair] = set()
+        self._copies: Counter[Pair] = Counter()
 
     def pairs(self) -> set[Pair]:
         """Distinct pairs acknowledged so far (decodes only what is new)."""
+        return set(self._update())
+
+    def copies(self, pair: Pair) -> int:
+        """How many acks for `pair` arrived so far."""
+        return self._update()[pair]
+
+    def _update(self) -> Counter[Pair]:
         for record in self.records[self._decoded :]:
             ack = decode(RetentionAck, record.value)
-            self._pairs.add((ack.event_id, ack.service))
+            self._copies[(ack.event_id, ack.service)] += 1
         self._decoded = len(self.records)
-        return self._pairs
+        return self._copies
 
     def acked_by(self, service: str) -> int:
         return sum(1 for _, s in self.pairs() if s == service)

@@ -105,6 +105,17 @@ async def test_tracker_completion_reminders_overdue_forgery_and_cli(stack: Stack
                     alive=alive,
                 )
             assert await states_are(stack, completed=work.events, pending=len(late))
+            # Each reminder reached the real services, which re-acked it.
+            await wait_for(
+                lambda: all(
+                    acks.copies((e, s)) == 1 + MAX_REMINDERS
+                    for e in late.values()
+                    for s in PRODUCT_SERVICES
+                ),
+                timeout_s=30,
+                what="the services' re-acks of both reminders",
+                alive=alive,
+            )
             clock.advance(timedelta(days=31))
             await wait_for(
                 partial(states_are, stack, completed=work.events, overdue=len(late)),
