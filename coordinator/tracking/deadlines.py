@@ -13,15 +13,15 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
-from sqlalchemy import Row, bindparam, func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator import audit
+from coordinator.relay import event_from_row
 from coordinator.tables import event_status, expected_acks, outbox
 from coordinator.tracking.snapshot import ACTOR
-from schemas import EventType, RetentionEvent
+from schemas import RetentionEvent
 
 __all__ = [
     "Overdue",
@@ -29,7 +29,6 @@ __all__ = [
     "ReminderSchedule",
     "due_reminders",
     "escalate_overdue",
-    "event_from_outbox",
     "open_acks_by_service",
     "record_reminders",
 ]
@@ -64,22 +63,6 @@ class Overdue:
     missing: tuple[str, ...]
 
 
-def event_from_outbox(row: Row[Any]) -> RetentionEvent:
-    """The event exactly as the relay published it, from its outbox row."""
-    return RetentionEvent(
-        event_id=row.event_id,
-        type=EventType(row.event_type),
-        entity_type=row.entity_type,
-        entity_id=row.entity_id,
-        policy=row.policy,
-        legal_basis=row.legal_basis,
-        initiated_at=row.initiated_at,
-        deadline=row.deadline,
-        fields=list(row.fields),
-        run_id=row.run_id,
-    )
-
-
 async def _missing(
     conn: AsyncConnection, event_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, tuple[str, ...]]:
@@ -108,7 +91,7 @@ async def due_reminders(conn: AsyncConnection, *, now: datetime, limit: int) -> 
     ).all()
     missing = await _missing(conn, [row.event_id for row in rows])
     return [
-        Reminder(event_from_outbox(row), row.reminders_sent + 1, missing[row.event_id])
+        Reminder(event_from_row(row), row.reminders_sent + 1, missing[row.event_id])
         for row in rows
         if row.event_id in missing
     ]
