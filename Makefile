@@ -17,14 +17,15 @@ WITH_INFRA := set -a; source $(ENV_FILE); set +a;
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
+# The faust extra resolves with our aiokafka pin, so its tests run in `make test` too.
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ needed"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,faust]'
 	touch $(STAMP)
 
-venv: $(STAMP) ## create or refresh .venv with the project and its test extras
+venv: $(STAMP) ## create or refresh .venv with the project, its test extras and faust
 
 # promtool checks and unit-tests deploy/prometheus/alerts.yml (tests/test_deploy.py).
 # Debian's `prometheus` package ships it (~19 MB download); its daemon is not started.

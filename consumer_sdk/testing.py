@@ -22,9 +22,9 @@ from unittest.mock import MagicMock
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from consumer_sdk._internal.dispatch import dlq_headers
 from consumer_sdk._internal.executor import EventExecutor
 from consumer_sdk._internal.registry import HandlerSpec
-from consumer_sdk._internal.runtime import dlq_headers
 from consumer_sdk._internal.transport import Record
 from consumer_sdk.app import RetentionConsumer
 from consumer_sdk.context import HandlerContext

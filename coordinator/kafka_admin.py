@@ -1,7 +1,14 @@
-"""Creates the product's topics when they are missing; never alters existing ones."""
+"""Creates the product's topics when they are missing; never alters existing ones.
+
+`python -m coordinator.kafka_admin` exits 0 once all four topics exist and 1 naming the
+missing ones otherwise: the relay's readiness check in docker-compose.yml, so services
+start only after the coordinator created the topics they consume and produce to.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from contextlib import suppress
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -9,7 +16,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from schemas import KafkaSettings
 
-__all__ = ["ensure_topics"]
+__all__ = ["ensure_topics", "missing_topics"]
 
 
 async def ensure_topics(
@@ -40,3 +47,26 @@ async def ensure_topics(
         return [t.name for t in wanted]
     finally:
         await admin.close()
+
+
+async def missing_topics(kafka: KafkaSettings) -> list[str]:
+    """Which of the four topics the cluster does not have."""
+    admin = AIOKafkaAdminClient(**kafka.client_kwargs())
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+    finally:
+        await admin.close()
+    return [name for name in kafka.topics.all() if name not in existing]
+
+
+def main() -> int:
+    missing = asyncio.run(missing_topics(KafkaSettings()))
+    if missing:
+        print(f"missing topics: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

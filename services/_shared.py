@@ -12,13 +12,13 @@ import re
 import sys
 import zlib
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import MetaData, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.schema import CreateSchema
 
-from consumer_sdk import RetentionConsumer, configure_logging
+from consumer_sdk import configure_logging
 from schemas import async_database_url
 
 __all__ = [
@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 DEFAULT_SERVICE_DATABASE_URL = "postgresql://retention:retention@127.0.0.1:5432/retention_services"
-"""All three example services share one database, each in its own schema."""
+"""All the example services share one database, each in its own schema."""
 
 _DB_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -79,7 +79,13 @@ async def ensure_database(url: str) -> None:
 Seed = Callable[[str, Sequence[str]], Coroutine[Any, Any, int]]
 
 
-def main(name: str, create_app: Callable[[], RetentionConsumer], seed: Seed) -> int:
+class Runnable(Protocol):
+    """A `RetentionConsumer`, or a Faust app's retention handle (`consumer_sdk.faust`)."""
+
+    def run(self) -> None: ...
+
+
+def main(name: str, create_app: Callable[[], Runnable], seed: Seed) -> int:
     """`python -m services.<name>` runs the service; `... seed USER_ID...` inserts demo data."""
     parser = argparse.ArgumentParser(prog=f"python -m services.{name}")
     sub = parser.add_subparsers(dest="command")

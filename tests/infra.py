@@ -87,11 +87,20 @@ async def create_database(url: str, prefix: str) -> str:
     return with_database(url, name)
 
 
-async def drop_database(url: str) -> None:
+async def drop_database(url: str, *, attempts: int = 20) -> None:
     name = url.rpartition("/")[2]
     conn = await asyncpg.connect(_asyncpg_dsn(with_database(url, "postgres")))
     try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for attempt in range(attempts):
+            try:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                return
+            except asyncpg.InsufficientPrivilegeError:
+                # FORCE cannot end a superuser's backend: an autovacuum worker that a
+                # test's bulk writes woke. It finishes in moments; try again.
+                if attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(0.25)
     finally:
         await conn.close()
 

@@ -26,8 +26,14 @@ def outbox_rows(
     entity_type: str = "user",
     event_type: str = "delete",
     start: int = 0,
+    entity_ids: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """`count` outbox rows shaped like the purge writes them (~300-byte events)."""
+    """`count` outbox rows shaped like the purge writes them (~300-byte events).
+
+    Entity ids are `100000 + start + i` unless `entity_ids` names them (one per row).
+    """
+    if entity_ids is not None and len(entity_ids) != count:
+        raise ValueError(f"{len(entity_ids)} entity ids for {count} rows")
     run_id = uuid.uuid4()
     fields = ["customer_name", "email", "address"] if event_type == "anonymize" else []
     return [
@@ -37,7 +43,7 @@ def outbox_rows(
             "policy": policy,
             "event_type": event_type,
             "entity_type": entity_type,
-            "entity_id": str(100_000 + start + i),
+            "entity_id": entity_ids[i] if entity_ids is not None else str(100_000 + start + i),
             "legal_basis": "Legitimate interest (security monitoring)",
             "fields": fields,
             "initiated_at": T0,

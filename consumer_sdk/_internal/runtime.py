@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Awaitable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import structlog
 
-from consumer_sdk._internal.executor import Abandoned, EventExecutor
-from consumer_sdk._internal.registry import HandlerRegistry, HandlerSpec
+from consumer_sdk._internal.dispatch import Dispatcher
+from consumer_sdk._internal.executor import EventExecutor
+from consumer_sdk._internal.registry import HandlerRegistry
 from consumer_sdk._internal.transport import (
     CommitLost,
     ConsumerPort,
@@ -18,42 +17,14 @@ from consumer_sdk._internal.transport import (
     ProducerPort,
     Record,
 )
-from consumer_sdk.dlq import DlqHeader, DlqReason
-from consumer_sdk.idempotency import IdempotencyStore, ProcessedEvent
+from consumer_sdk.idempotency import IdempotencyStore
 from consumer_sdk.metrics import ConsumerMetrics
 from consumer_sdk.settings import ConsumerSettings
-from schemas import (
-    AckStatus,
-    PoisonRecord,
-    RetentionEvent,
-    ServiceRegistration,
-    Topics,
-    decode,
-    encode,
-    utc_now,
-)
+from schemas import ServiceRegistration, Topics, encode
 
-__all__ = ["Runtime", "dlq_headers"]
+__all__ = ["Runtime"]
 
 log = structlog.get_logger("consumer_sdk")
-
-
-def dlq_headers(
-    record: Record, *, service: str, reason: DlqReason, error: str, attempts: int
-) -> list[tuple[str, bytes]]:
-    """The original headers, then ours saying why the record is in the DLQ."""
-    ours = {
-        DlqHeader.REASON: reason.value,
-        DlqHeader.ERROR: error,
-        DlqHeader.SERVICE: service,
-        DlqHeader.ATTEMPTS: str(attempts),
-        DlqHeader.ORIGINAL_TOPIC: record.topic,
-        DlqHeader.ORIGINAL_PARTITION: str(record.partition),
-        DlqHeader.ORIGINAL_OFFSET: str(record.offset),
-        DlqHeader.FAILED_AT: utc_now().isoformat().replace("+00:00", "Z"),
-    }
-    kept = [(k, v) for k, v in record.headers if k not in set(ours)]
-    return kept + [(k.value, v.encode("utf-8")) for k, v in ours.items()]
 
 
 class _PartitionWorker:
@@ -106,7 +77,15 @@ class Runtime:
         self.registration = registration
         self.consumer = consumer
         self.producer = producer
-        self.executor = EventExecutor(service, settings, store, metrics)
+        self.dispatcher = Dispatcher(
+            service=service,
+            topics=topics,
+            registry=registry,
+            store=store,
+            metrics=metrics,
+            executor=EventExecutor(service, settings, store, metrics),
+            producer=producer,
+        )
         self._workers: dict[Partition, _PartitionWorker] = {}
         self._lag: dict[Partition, int] = {}
         self._stopping = asyncio.Event()
@@ -236,52 +215,13 @@ class Runtime:
     async def _process_batch(
         self, partition: Partition, records: Sequence[Record], stopping: asyncio.Event
     ) -> None:
-        decoded: list[tuple[Record, RetentionEvent | PoisonRecord]] = []
-        for record in records:
-            try:
-                decoded.append((record, decode(RetentionEvent, record.value)))
-            except PoisonRecord as poison:
-                decoded.append((record, poison))
-        wanted = [
-            item.event_id
-            for _, item in decoded
-            if isinstance(item, RetentionEvent) and self.registry.get(item.entity_type, item.type)
-        ]
-        known: dict[uuid.UUID, ProcessedEvent] = (
-            dict(await self.store.lookup(self.service, wanted)) if self.store and wanted else {}
-        )
-        sends: list[Awaitable[Any]] = []
-        last_done: int | None = None
-        for record, item in decoded:
-            if stopping.is_set():
-                break
-            if isinstance(item, PoisonRecord):
-                log.warning(
-                    "poison record to the DLQ",
-                    service=self.service,
-                    partition=record.partition,
-                    offset=record.offset,
-                    reason=item.reason,
-                )
-                sends.append(await self._dead_letter(record, DlqReason.POISON, item.reason, 0))
-                last_done = record.offset
-                continue
-            spec = self.registry.get(item.entity_type, item.type)
-            if spec is None:
-                self.metrics.skipped.labels(self.service).inc()
-                last_done = record.offset
-                continue
-            try:
-                sends.extend(await self._handle(record, item, spec, known, stopping))
-            except Abandoned:
-                break
-            last_done = record.offset
-        if sends:
-            await asyncio.gather(*sends)
-        if last_done is None:
+        done = await self.dispatcher.dispatch(records, stopping)
+        if done.sends:
+            await asyncio.gather(*done.sends)
+        if done.last_done is None:
             return
         try:
-            await self.consumer.commit({partition: last_done + 1})
+            await self.consumer.commit({partition: done.last_done + 1})
         except CommitLost as exc:
             log.warning(
                 "commit lost to a rebalance; records will be redelivered",
@@ -292,57 +232,8 @@ class Runtime:
             return
         highwater = self.consumer.highwater(partition)
         if highwater is not None:
-            self._lag[partition] = max(highwater - (last_done + 1), 0)
+            self._lag[partition] = max(highwater - (done.last_done + 1), 0)
             self._update_lag_gauge()
-
-    async def _handle(
-        self,
-        record: Record,
-        event: RetentionEvent,
-        spec: HandlerSpec,
-        known: dict[uuid.UUID, ProcessedEvent],
-        stopping: asyncio.Event,
-    ) -> list[Awaitable[Any]]:
-        outcome = await self.executor.execute(
-            event, spec, known.get(event.event_id), stopping=stopping
-        )
-        if outcome.status is not AckStatus.FAILED:
-            # A second copy of the event later in this batch is a redelivery too.
-            known[event.event_id] = outcome.processed(event)
-        ack = outcome.ack(self.service, event)
-        self.metrics.handled.labels(
-            self.service, spec.entity_type, spec.action.value, outcome.status.value
-        ).inc()
-        log.info(
-            "event handled",
-            service=self.service,
-            event_id=str(event.event_id),
-            entity_type=event.entity_type,
-            action=spec.action.value,
-            status=outcome.status.value,
-            records_affected=outcome.records_affected,
-            attempts=outcome.attempts,
-            redelivered=outcome.redelivered,
-        )
-        sends = [await self.producer.send(self.topics.acks, encode(ack), key=ack.key.encode())]
-        if outcome.status is AckStatus.FAILED:
-            sends.append(
-                await self._dead_letter(record, DlqReason.FAILED, outcome.detail, outcome.attempts)
-            )
-        return sends
-
-    async def _dead_letter(
-        self, record: Record, reason: DlqReason, error: str, attempts: int
-    ) -> Awaitable[Any]:
-        self.metrics.dead_lettered.labels(self.service, reason.value).inc()
-        return await self.producer.send(
-            self.topics.dlq,
-            record.value or b"",
-            key=record.key,
-            headers=dlq_headers(
-                record, service=self.service, reason=reason, error=error, attempts=attempts
-            ),
-        )
 
     def _update_lag_gauge(self) -> None:
         self.metrics.lag.labels(self.service).set(sum(self._lag.values()))

@@ -203,12 +203,13 @@ def kafka_consumer(
     return _AiokafkaConsumer(consumer, kafka.topics.events, _Listener(on_revoked, on_assigned))
 
 
-def kafka_producer(kafka: KafkaSettings) -> ProducerPort:
+def kafka_producer(kafka: KafkaSettings, *, linger_ms: int = 5) -> ProducerPort:
+    """Acks of one batch are sent together and awaited together: a short linger packs them;
+    a consumer that awaits each ack on its own (the Faust adapter) passes 0."""
     producer = AIOKafkaProducer(
         **kafka.client_kwargs(),
         acks="all",
         enable_idempotence=True,
-        # Acks of one batch are sent together and awaited together: a short linger packs them.
-        linger_ms=5,
+        linger_ms=linger_ms,
     )
     return _AiokafkaProducer(producer)

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 
-import structlog
 import typer
 
 from coordinator.cli._app import emit_json, err_console, load_settings
@@ -46,8 +44,8 @@ def relay(
 ) -> None:
     """Publish outbox rows to the events topic (operator extra; `serve` runs it too)."""
     settings = load_settings()
-    # stdout carries only the --json document; the relay's logs go to stderr.
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
+    # stdout carries only the --json document: `main` already sends every log to stderr
+    # through the one pipeline (consumer_sdk.configure_logging); don't reconfigure here.
     if not drain:
         err_console.print(f"relaying the outbox to {settings.kafka.topics.events}; Ctrl-C stops")
     published, unpublished = asyncio.run(_relay(settings, drain=drain))

@@ -256,6 +256,37 @@ async def test_unbuildable_row_is_left_behind_and_the_rest_published(
     assert [(r.event_id, r.publish_attempts) for r in left] == [(bad["event_id"], 2)]
 
 
+async def test_relay_command_logs_through_the_one_pipeline(
+    engine: AsyncEngine, topics: KafkaSettings, coordinator_db: str
+) -> None:
+    # Regression: `retention relay` once re-configured structlog with a PrintLogger under
+    # the stdlib pipeline, so its first log line (here: an unbuildable row) crashed it.
+    await clear_outbox(engine)
+    bad = {**outbox_rows(1)[0], "event_type": "shred"}
+    await insert_rows(engine, [bad, *outbox_rows(3)])
+    env = {
+        **os.environ,
+        "RETENTION_DATABASE_URL": coordinator_db,
+        "RETENTION_KAFKA_BOOTSTRAP_SERVERS": topics.bootstrap_servers,
+        "RETENTION_KAFKA_TOPIC_PREFIX": topics.topic_prefix,
+    }
+    result = subprocess.run(
+        [RETENTION, "relay", "--drain", "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"published": 3, "unpublished": 1}
+    # Logged at each of its two claims, as JSON lines (stderr is not a terminal).
+    lines = [ln for ln in result.stderr.splitlines() if "outbox_row_unpublishable" in ln]
+    assert [json.loads(ln)["event_id"] for ln in lines] == [str(bad["event_id"])] * 2
+    await clear_outbox(engine)
+
+
 async def test_one_relay_keeps_each_entitys_events_in_outbox_order(
     engine: AsyncEngine, topics: KafkaSettings
 ) -> None:

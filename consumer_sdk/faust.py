@@ -1,0 +1,266 @@
+"""Retention handlers on an existing Faust app (faust-streaming), with the core SDK's guarantees.
+
+    retention = RetentionConsumer("search_index", database_url=...)
+
+    @retention.on_delete("user")
+    async def delete_user(event: RetentionEvent, conn: AsyncConnection) -> int: ...
+
+    app = faust.App("retention.search_index", **faust_app_settings(retention.kafka))
+    attach(app, retention)
+
+Handlers, wire models, idempotency store, retries, DLQ, registration message and acks
+are the core SDK's (`RetentionConsumer`, the shared dispatcher and executor); only the
+consuming is Faust's. See docs/faust.md for why the agent runs with concurrency 1 and
+acks each event by hand once its ack is on the acks topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import Mapping
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+try:
+    import faust
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        "consumer_sdk.faust needs faust-streaming: pip install 'retention-fanout[faust]'"
+    ) from exc
+
+from consumer_sdk._internal.dispatch import Dispatcher
+from consumer_sdk._internal.executor import EventExecutor
+from consumer_sdk._internal.transport import ProducerPort, Record, kafka_producer
+from consumer_sdk.app import RetentionConsumer
+from consumer_sdk.exceptions import ConfigurationError
+from consumer_sdk.logs import configure_logging
+from schemas import KafkaSettings, encode
+
+__all__ = ["FaustRetention", "attach", "faust_app_settings"]
+
+log = structlog.get_logger("consumer_sdk")
+
+# The agent handles one event at a time: faust-streaming commits the highest contiguous
+# run of acked offsets, and with concurrency > 1 it can commit past an event still being
+# handled (faust-streaming/faust#606, open). One actor acks strictly in offset order.
+CONCURRENCY = 1
+
+
+def faust_app_settings(kafka: KafkaSettings) -> dict[str, Any]:
+    """Keyword arguments for a `faust.App` that consumes the retention topic safely.
+
+    No topic declaration (the coordinator creates the topics; brokers may forbid
+    auto-creation), no leader topic, no web server, and no tables (so no changelog
+    topics and none of Faust's table-recovery paths); its data directory under the
+    system's temporary directory. PLAINTEXT only: give an app on
+    TLS/SASL its `broker_credentials` yourself.
+    """
+    if kafka.security_protocol != "PLAINTEXT":
+        raise ConfigurationError(
+            f"faust_app_settings supports PLAINTEXT brokers, not {kafka.security_protocol}; "
+            "configure the faust.App's broker_credentials yourself"
+        )
+    return {
+        "broker": ";".join(
+            f"kafka://{server}" for server in sorted(_servers(kafka.bootstrap_servers))
+        ),
+        "broker_client_id": kafka.client_id,
+        "consumer_auto_offset_reset": "earliest",
+        "topic_allow_declare": False,
+        "topic_disable_leader": True,
+        "web_enabled": False,
+        "stream_wait_empty": True,
+        # Faust creates its data directory at start even without tables; keep it out of
+        # the working directory ({conf.name} is expanded by Faust).
+        "datadir": str(Path(tempfile.gettempdir()) / "retention-faust-{conf.name}-data"),
+        # Faust's default is 60 s: a replacement for a killed worker would wait that long
+        # for the dead member to leave the group. 10 s is aiokafka's, the core SDK's.
+        "broker_session_timeout": 10.0,
+    }
+
+
+def _servers(bootstrap: str) -> set[str]:
+    return {s.strip() for s in bootstrap.split(",") if s.strip()}
+
+
+def _record(message: Any) -> Record:
+    headers = message.headers or ()
+    if isinstance(headers, Mapping):
+        headers = headers.items()
+    return Record(
+        message.topic,
+        message.partition,
+        message.offset,
+        message.key,
+        message.value,
+        tuple((str(k), bytes(v or b"")) for k, v in headers),
+    )
+
+
+class FaustRetention:
+    """The retention agent of one Faust app: opens resources on first use, closes at shutdown."""
+
+    def __init__(self, app: Any, retention: RetentionConsumer) -> None:
+        self.app = app
+        self.retention = retention
+        self._stack = AsyncExitStack()
+        self._dispatcher: Dispatcher | None = None
+        self._opening = asyncio.Lock()
+        self.stopping = asyncio.Event()
+
+    async def open(self) -> Dispatcher:
+        """Open the database and store, start the ack producer, publish the registration."""
+        async with self._opening:
+            if self._dispatcher is not None:
+                return self._dispatcher
+            r = self.retention
+            resources = await self._stack.enter_async_context(r.resources())
+            # Each event's ack is awaited alone: lingering would only add latency.
+            producer: ProducerPort = kafka_producer(r.kafka, linger_ms=0)
+            await producer.start()
+            self._stack.push_async_callback(producer.stop)
+            registration = r.registration()
+            await (
+                await producer.send(
+                    r.kafka.topics.services, encode(registration), key=registration.key.encode()
+                )
+            )
+            self._dispatcher = Dispatcher(
+                service=r.service,
+                topics=r.kafka.topics,
+                registry=r.handlers,
+                store=resources.store,
+                metrics=r.metrics,
+                executor=EventExecutor(r.service, r.settings, resources.store, r.metrics),
+                producer=producer,
+            )
+            log.info(
+                "faust retention agent started",
+                service=r.service,
+                topic=r.kafka.topics.events,
+                group=self.app.conf.id,
+                handles=[h.model_dump(mode="json") for h in registration.handles],
+            )
+            return self._dispatcher
+
+    async def close(self) -> None:
+        self.stopping.set()
+        async with self._opening:
+            self._dispatcher = None
+            await self._stack.aclose()
+
+    async def handle(self, message: Any) -> bool:
+        """Handle one message and await its ack (and DLQ record); False if abandoned.
+
+        Kafka or database trouble is retried here, in place, until it works or the app
+        stops: letting the error out would restart the agent, Faust would go on with the
+        next events, and its commit would pass this one (see `CONCURRENCY`).
+        """
+        record = _record(message)
+        while True:
+            try:
+                dispatcher = await self.open()
+                done = await dispatcher.dispatch([record], self.stopping)
+                if done.sends:
+                    await asyncio.gather(*done.sends)
+                return done.last_done is not None
+            except Exception as exc:
+                log.error(
+                    "event not handled; retrying in place",
+                    service=self.retention.service,
+                    partition=record.partition,
+                    offset=record.offset,
+                    error=repr(exc),
+                )
+            if self.stopping.is_set() or self.app.should_stop:
+                return False
+            try:
+                await asyncio.wait_for(
+                    self.stopping.wait(), timeout=self.retention.settings.error_backoff_s
+                )
+            except TimeoutError:
+                continue
+            return False
+
+    async def agent(self, stream: Any) -> None:
+        """The Faust agent: manual acks, each after the event's ack is on the acks topic."""
+        watcher = asyncio.create_task(self._watch_stop())
+        manual = stream.noack()
+        try:
+            async for event in manual.events():
+                if not await self.handle(event.message):
+                    # Stopping: leave the event unacked, so its offset is not committed.
+                    return
+                await manual.ack(event)
+        finally:
+            watcher.cancel()
+
+    def run(self, *, loglevel: str = "INFO") -> None:
+        """Blocking: run the app's worker with the SDK's log pipeline until SIGTERM/SIGINT."""
+        configure_logging(loglevel)
+        worker = faust.Worker(
+            self.app,
+            loglevel=loglevel,
+            quiet=True,  # no banner or spinner on stdout: logs are JSON lines on stderr
+            override_logging=False,
+            redirect_stdouts=False,
+        )
+        try:
+            worker.execute_from_commandline()
+        except SystemExit as exit_:
+            if exit_.code not in (None, 0):
+                raise
+
+    async def _watch_stop(self) -> None:
+        # The app's stop begins by waiting for in-hand events to be acked; a handler
+        # waiting for a retry must learn of it then, not when the agent is cancelled.
+        await self.app.wait_until_stopped()
+        self.stopping.set()
+
+
+def attach(app: Any, retention: RetentionConsumer) -> FaustRetention:
+    """Consume `retention`'s events topic in `app` with one agent; return its handle.
+
+    The consumer group is the Faust app's id. `retention.kafka` must name the same
+    brokers as the app: acks, DLQ records and the registration are produced there.
+    """
+    if not isinstance(app, faust.App):
+        raise ConfigurationError(f"attach() needs a faust.App, not {type(app).__name__}")
+    if not len(retention.handlers):
+        raise ConfigurationError(f"service {retention.service!r} registered no handlers")
+    group = retention.settings.group_id
+    if group is not None and group != app.conf.id:
+        raise ConfigurationError(
+            f"a Faust app consumes in the group named by its id ({app.conf.id!r}), "
+            f"not {group!r}: unset RETENTION_CONSUMER_GROUP_ID or rename the app"
+        )
+    brokers = {f"{url.host}:{url.port}" for url in app.conf.broker}
+    if brokers != _servers(retention.kafka.bootstrap_servers):
+        raise ConfigurationError(
+            f"the Faust app's brokers {sorted(brokers)} differ from the retention "
+            f"settings' {sorted(_servers(retention.kafka.bootstrap_servers))}"
+        )
+    handle = FaustRetention(app, retention)
+    topic = app.topic(
+        retention.kafka.topics.events,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        # Empty values reach the agent (and the DLQ) instead of being dropped and acked.
+        allow_empty=True,
+    )
+    app.agent(topic, name=f"retention.{retention.service}", concurrency=CONCURRENCY)(handle.agent)
+    app.on_before_shutdown.connect(_closer(handle))
+    return handle
+
+
+def _closer(handle: FaustRetention) -> Any:
+    async def close(app: Any, **kwargs: Any) -> None:
+        await handle.close()
+
+    return close

@@ -1,0 +1,76 @@
+"""consumer_sdk.faust without a broker: the import guard and attach()'s checks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import faust
+import pytest
+
+from consumer_sdk import ConfigurationError, ConsumerSettings, RetentionConsumer, RetentionEvent
+from consumer_sdk.faust import CONCURRENCY, attach, faust_app_settings
+from schemas import KafkaSettings
+from tests.infra import ROOT
+
+KAFKA = KafkaSettings(bootstrap_servers="127.0.0.1:19092", topic_prefix="t.adapter")
+
+
+def consumer(**settings: object) -> RetentionConsumer:
+    retention = RetentionConsumer(
+        "idx", kafka=KAFKA, settings=ConsumerSettings(database_url=None, **settings)
+    )
+
+    @retention.on_delete("user")
+    async def delete_user(event: RetentionEvent) -> int:
+        return 1
+
+    return retention
+
+
+def test_importing_without_faust_names_the_extra() -> None:
+    code = (
+        "import sys; sys.modules['faust'] = None\n"
+        "import consumer_sdk\n"  # the core SDK never needs faust
+        "import consumer_sdk.faust\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 1
+    assert "ImportError" in result.stderr
+    assert "pip install 'retention-fanout[faust]'" in result.stderr
+
+
+def test_attach_adds_one_agent_with_concurrency_one() -> None:
+    app = faust.App("retention.idx", **faust_app_settings(KAFKA))
+    handle = attach(app, consumer())
+    [agent] = app.agents.values()
+    assert (agent.concurrency, CONCURRENCY) == (1, 1)
+    assert list(agent.channel.topics) == ["t.adapter"]
+    assert handle.retention.service == "idx"
+    assert app.conf.topic_allow_declare is False
+    assert app.conf.topic_disable_leader is True
+
+
+def test_attach_rejects_other_brokers_groups_and_empty_registries() -> None:
+    other = faust.App("retention.idx", broker="kafka://10.0.0.1:9092")
+    with pytest.raises(ConfigurationError, match="brokers"):
+        attach(other, consumer())
+    app = faust.App("retention.idx", **faust_app_settings(KAFKA))
+    with pytest.raises(ConfigurationError, match="group named by its id"):
+        attach(app, consumer(group_id="something.else"))
+    with pytest.raises(ConfigurationError, match="registered no handlers"):
+        attach(
+            app,
+            RetentionConsumer("idx", kafka=KAFKA, settings=ConsumerSettings(database_url=None)),
+        )
+    with pytest.raises(ConfigurationError, match=r"faust\.App"):
+        attach(object(), consumer())
+
+
+def test_app_settings_refuse_what_they_cannot_express() -> None:
+    with pytest.raises(ConfigurationError, match="SASL_SSL"):
+        faust_app_settings(KAFKA.model_copy(update={"security_protocol": "SASL_SSL"}))
+    two = KAFKA.model_copy(update={"bootstrap_servers": "b:2, a:1"})
+    assert faust_app_settings(two)["broker"] == "kafka://a:1;kafka://b:2"
