@@ -75,8 +75,15 @@ kafka_wait_ready() {
   done
 }
 
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
 kafka_start() {
   if kafka_running; then log "Kafka already running (pid $(cat "$KAFKA_PID"))"; return; fi
+  if port_open "$KAFKA_PORT"; then
+    # Another checkout's broker (or the user's): reuse it, as with PostgreSQL.
+    log "a broker not started by this checkout already listens on 127.0.0.1:$KAFKA_PORT: reusing it"
+    return
+  fi
   kafka_fetch
   mkdir -p "$KAFKA_DATA"
   sed -e "s#@DATA_DIR@#$KAFKA_DATA#" -e "s#@PORT@#$KAFKA_PORT#g" \
