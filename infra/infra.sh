@@ -84,6 +84,8 @@ kafka_start() {
     log "a broker not started by this checkout already listens on 127.0.0.1:$KAFKA_PORT: reusing it"
     return
   fi
+  port_open "$KAFKA_CONTROLLER_PORT" && die "port $KAFKA_CONTROLLER_PORT is taken by another process: \
+set INFRA_KAFKA_PORT / INFRA_KAFKA_CONTROLLER_PORT to free ports"
   kafka_fetch
   mkdir -p "$KAFKA_DATA"
   sed -e "s#@DATA_DIR@#$KAFKA_DATA#" -e "s#@PORT@#$KAFKA_PORT#g" \
