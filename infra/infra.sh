@@ -211,6 +211,7 @@ cmd_up() {
   fi
   if [[ -n "$kafka" ]]; then log "using Kafka from the environment: $kafka"; else
     kafka_start; kafka="127.0.0.1:$KAFKA_PORT"; fi
+  KAFKA_BOOTSTRAP=$kafka
   if [[ -n "$db" ]]; then log "using PostgreSQL from the environment"; else
     pg_start; db="postgresql://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/retention"; fi
   write_env "$kafka" "$db"
@@ -222,7 +223,7 @@ cmd_versions() {
   pgv=$(PGPASSWORD=$PG_PASSWORD psql -qAtX -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d postgres \
     -c 'show server_version' 2>/dev/null || echo "unknown (external)")
   if kafka_running; then log "Kafka $KAFKA_VERSION (KRaft, started by this project, pid $(cat "$KAFKA_PID"))"
-  else log "Kafka: external ($(kafka_env_override))"; fi
+  else log "Kafka: not started by this checkout (${KAFKA_BOOTSTRAP:-$(kafka_env_override)})"; fi
   log "PostgreSQL $pgv"
 }
 
