@@ -18,6 +18,7 @@ from sqlalchemy import (
     Uuid,
     any_,
     bindparam,
+    cast,
     delete,
     func,
     insert,
@@ -67,31 +68,104 @@ async def ensure_archive_table(conn: AsyncConnection, bound: BoundPolicy) -> Non
         await conn.run_sync(lambda sync: bound.archive.create(sync, checkfirst=True))  # type: ignore[union-attr]
 
 
-async def _act(conn: AsyncConnection, bound: BoundPolicy, ids: Sequence[Any], now: datetime) -> int:
+def _acted(bound: BoundPolicy, ids: Sequence[Any], now: datetime) -> tuple[Any, list[Any]]:
+    """The action as a data-modifying CTE returning the ids it touched, plus its helpers."""
     table, action = bound.table, bound.policy.action
     if action is Action.DELETE:
-        result = await conn.execute(delete(table).where(_in_batch(bound, ids)))
-    elif action is Action.ANONYMIZE:
+        return delete(table).where(_in_batch(bound, ids)).returning(bound.id_column).cte(
+            "acted"
+        ), []
+    if action is Action.ANONYMIZE:
         context = anonymizers.StrategyContext(id_column=bound.id_column, hash_key=bound.hash_key)
         values = {
             column: anonymizers.get(strategy).expression(table.c[column], context)
             for column, strategy in bound.policy.anonymize.items()
         }
-        result = await conn.execute(update(table).where(_in_batch(bound, ids)).values(values))
-    else:
-        assert bound.archive is not None
-        names = list(table.c.keys())
-        moved = delete(table).where(_in_batch(bound, ids)).returning(*table.c).cte("moved")
-        result = await conn.execute(
-            insert(bound.archive).from_select(
-                [*names, ARCHIVED_AT],
-                select(*(moved.c[name] for name in names), literal(now).label(ARCHIVED_AT)),
-            )
-        )
-    if result.rowcount != len(ids):
+        acted = update(table).where(_in_batch(bound, ids)).values(values)
+        return acted.returning(bound.id_column).cte("acted"), []
+    assert bound.archive is not None
+    names = list(table.c.keys())
+    moved = delete(table).where(_in_batch(bound, ids)).returning(*table.c).cte("acted")
+    archived = insert(bound.archive).from_select(
+        [*names, ARCHIVED_AT],
+        select(*(moved.c[name] for name in names), literal(now).label(ARCHIVED_AT)),
+    )
+    return moved, [archived.cte("archived")]
+
+
+def _ledger(policy: Policy, entity: Any, run_id: uuid.UUID, now: datetime) -> Any:
+    ledger = pg_insert(anonymized).from_select(
+        ["policy", "entity_id", "fields", "run_id", "anonymized_at"],
+        select(
+            literal(policy.name, Text),
+            entity,
+            literal(policy.fields, ARRAY(Text)),
+            literal(run_id, Uuid),
+            literal(now, DateTime(timezone=True)),
+        ),
+    )
+    # A row re-planned because the policy gained a field updates its ledger entry.
+    return ledger.on_conflict_do_update(
+        index_elements=[anonymized.c.policy, anonymized.c.entity_id],
+        set_={
+            "fields": ledger.excluded.fields,
+            "run_id": ledger.excluded.run_id,
+            "anonymized_at": ledger.excluded.anonymized_at,
+        },
+    )
+
+
+def _outbox(policy: Policy, entity: Any, run_id: uuid.UUID, now: datetime) -> Any:
+    return insert(outbox).from_select(
+        [
+            "event_id",
+            "run_id",
+            "policy",
+            "event_type",
+            "entity_type",
+            "entity_id",
+            "legal_basis",
+            "fields",
+            "initiated_at",
+            "deadline",
+        ],
+        select(
+            func.gen_random_uuid(),
+            literal(run_id, Uuid),
+            literal(policy.name, Text),
+            literal(policy.event_type, Text),
+            literal(policy.entity_type, Text),
+            entity,
+            literal(policy.legal_basis, Text),
+            literal(policy.fields, JSONB),
+            literal(now, DateTime(timezone=True)),
+            literal(now + policy.completion_deadline, DateTime(timezone=True)),
+        ),
+    )
+
+
+async def _act(
+    conn: AsyncConnection, bound: BoundPolicy, ids: Sequence[Any], run_id: uuid.UUID, now: datetime
+) -> int:
+    """Action, archive copy, ledger and outbox rows in one statement (one round trip).
+
+    The ledger and outbox rows are generated server-side from the action's RETURNING,
+    so they describe exactly the rows it touched.
+    """
+    policy = bound.policy
+    acted, helpers = _acted(bound, ids, now)
+    entity = cast(acted.c[bound.id_column.name], Text)
+    if policy.action is Action.ANONYMIZE:
+        helpers.append(_ledger(policy, entity, run_id, now).cte("ledger"))
+    if policy.fan_out:
+        helpers.append(_outbox(policy, entity, run_id, now).cte("events"))
+    touched = (
+        await conn.execute(select(func.count()).select_from(acted).add_cte(*helpers))
+    ).scalar_one()
+    if touched != len(ids):
         # The ids are locked by this transaction, so anything else is a bug: roll back.
-        raise RuntimeError(f"{action} touched {result.rowcount} rows, expected {len(ids)}")
-    return len(ids)
+        raise RuntimeError(f"{policy.action} touched {touched} rows, expected {len(ids)}")
+    return touched
 
 
 async def purge_batch(
@@ -103,7 +177,12 @@ async def purge_batch(
     now: datetime,
     after: Any | None,
 ) -> BatchResult:
-    """Purge the next batch after `after` inside the caller's transaction."""
+    """Purge the next batch after `after` inside the caller's transaction.
+
+    Round trips per batch: the hold lock, one select-and-lock statement (two for
+    anonymize: the ledger is read after the row locks), the optional hook, one statement
+    for action + archive + ledger + outbox, and the audit append.
+    """
     policy = bound.policy
     await lock_for_purge(conn)  # before the select: see coordinator.holds
     batch = await next_batch(
@@ -114,67 +193,9 @@ async def purge_batch(
         return BatchResult(ids, 0, batch.last_scanned)
     if bound.hook is not None:
         await bound.hook(conn, PurgeBatch(policy, run_id, ids))
-    await _act(conn, bound, ids, now)
+    await _act(conn, bound, ids, run_id, now)
     entity_ids = [str(i) for i in ids]
-    # One row per entity, generated server-side from one array parameter.
-    entity = (
-        func.unnest(bindparam("entity_ids", entity_ids, type_=ARRAY(Text)))
-        .table_valued("entity_id")
-        .render_derived()
-    )
-    fields = literal(policy.fields, ARRAY(Text))
-    if policy.action is Action.ANONYMIZE:
-        ledger = pg_insert(anonymized).from_select(
-            ["policy", "entity_id", "fields", "run_id", "anonymized_at"],
-            select(
-                literal(policy.name, Text),
-                entity.c.entity_id,
-                fields,
-                literal(run_id, Uuid),
-                literal(now, DateTime(timezone=True)),
-            ),
-        )
-        # A row re-planned because the policy gained a field updates its ledger entry.
-        ledger = ledger.on_conflict_do_update(
-            index_elements=[anonymized.c.policy, anonymized.c.entity_id],
-            set_={
-                "fields": ledger.excluded.fields,
-                "run_id": ledger.excluded.run_id,
-                "anonymized_at": ledger.excluded.anonymized_at,
-            },
-        )
-        await conn.execute(ledger)
-    events = 0
-    if policy.fan_out:
-        await conn.execute(
-            insert(outbox).from_select(
-                [
-                    "event_id",
-                    "run_id",
-                    "policy",
-                    "event_type",
-                    "entity_type",
-                    "entity_id",
-                    "legal_basis",
-                    "fields",
-                    "initiated_at",
-                    "deadline",
-                ],
-                select(
-                    func.gen_random_uuid(),
-                    literal(run_id, Uuid),
-                    literal(policy.name, Text),
-                    literal(policy.event_type, Text),
-                    literal(policy.entity_type, Text),
-                    entity.c.entity_id,
-                    literal(policy.legal_basis, Text),
-                    literal(policy.fields, JSONB),
-                    literal(now, DateTime(timezone=True)),
-                    literal(now + policy.completion_deadline, DateTime(timezone=True)),
-                ),
-            )
-        )
-        events = len(entity_ids)
+    events = len(entity_ids) if policy.fan_out else 0
     await append(
         conn,
         [

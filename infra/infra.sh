@@ -249,6 +249,7 @@ case "${1:-}" in
   status) cmd_status ;;
   versions) cmd_versions ;;
   kafka-start) kafka_start ;;
+  kafka-fetch) kafka_fetch ;;
   kafka-stop) shift; kafka_stop "${1:-}" ;;
-  *) echo "usage: $0 up|down|status|versions|kafka-start|kafka-stop [--kill]" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|versions|kafka-start|kafka-stop [--kill]|kafka-fetch" >&2; exit 2 ;;
 esac
