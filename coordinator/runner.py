@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import insert, text, update
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.audit import AuditEntry, append
@@ -191,9 +192,17 @@ class Runner:
                 outcome.errors = [str(issue) for issue in issues[name]]
             else:
                 try:
-                    await self._execute(
-                        bound[name], run_id, outcome, force=force, progress=progress
-                    )
+                    async with self._exclusive(name) as acquired:
+                        if acquired:
+                            await self._execute(
+                                bound[name], run_id, outcome, force=force, progress=progress
+                            )
+                        else:
+                            outcome.status = "error"
+                            outcome.errors.append(
+                                f"policy {name!r} is already being run by another process; "
+                                "skipped so that it runs once at a time"
+                            )
                 except Exception as exc:
                     outcome.status = "error"
                     outcome.errors.append(f"{type(exc).__name__}: {exc}")
@@ -228,6 +237,25 @@ class Runner:
             )
         log.info("run.finish", run_id=str(run_id), ok=report.ok)
         return report
+
+    @asynccontextmanager
+    async def _exclusive(self, policy: str) -> AsyncIterator[bool]:
+        """Hold the policy's run lock for the duration, if no other process holds it.
+
+        Scheduled runs are already single-leader, but a manual `retention run` or an API
+        trigger on another replica could overlap them; two concurrent runs of one policy
+        would race on the same rows.
+        """
+        key = func.hashtext(f"retention.policy:{policy}")
+        async with self.engine.connect() as conn:
+            # Autocommit: the lock is the session's; no transaction is held open meanwhile.
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            acquired = bool((await conn.execute(select(func.pg_try_advisory_lock(key)))).scalar())
+            try:
+                yield acquired
+            finally:
+                if acquired:
+                    await conn.execute(select(func.pg_advisory_unlock(key)))
 
     async def _execute(
         self,

@@ -236,3 +236,26 @@ async def test_plan_counts_match_a_raw_query(
         ).scalar()
     assert plan.plans[0].due == raw == 2
     assert plan.plans[0].oldest_age_days == 100
+
+
+async def test_a_policy_already_running_elsewhere_is_skipped_and_untouched(
+    engine: AsyncEngine, clock: FrozenClock, settings: Settings
+) -> None:
+    await insert_sessions(engine, [100] * 4)
+    runner = Runner(engine, parse_policies(policies()), settings, clock=clock)
+    async with engine.connect() as other:
+        # Another process (a replica, a manual run) holds the policy's run lock.
+        await other.execute(
+            select(func.pg_advisory_lock(func.hashtext("retention.policy:sessions")))
+        )
+        report = await runner.run()
+        (outcome,) = report.outcomes
+        assert outcome.status == "error"
+        assert "already being run by another process" in outcome.errors[0]
+        assert await remaining(engine) == {1, 2, 3, 4}
+        await other.execute(
+            select(func.pg_advisory_unlock(func.hashtext("retention.policy:sessions")))
+        )
+    report = await runner.run()
+    assert report.ok
+    assert await remaining(engine) == set()
