@@ -7,12 +7,29 @@ the services run as in the e2e harness, the tracker in-process.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
 
+from sqlalchemy import Select, func, select
+
+from coordinator.db import make_engine
+from coordinator.tables import audit_log, outbox
 from tests.e2e.harness import PRODUCT_SERVICES, ServiceProcess, Stack, has_registered, wait_for
+from tests.faults.invariants import SERVICE_LOGS
 from tests.faults.world import HASH_SECRET, World
 
-__all__ = ["RUN_TIMEOUT_S", "complete", "coordinator_processes", "start_services"]
+__all__ = [
+    "RUN_TIMEOUT_S",
+    "audit_entries",
+    "complete",
+    "coordinator_processes",
+    "count",
+    "effects_applied",
+    "published_events",
+    "start_services",
+    "wait_until_above",
+]
 
 RUN_TIMEOUT_S = 120.0
 
@@ -50,3 +67,52 @@ async def start_services(stack: Stack) -> None:
         timeout_s=30,
         what="the three registrations",
     )
+
+
+async def count(stack: Stack, query: Select[tuple[int]]) -> int:
+    engine = stack.engine()
+    try:
+        async with engine.connect() as conn:
+            return int(await conn.scalar(query) or 0)
+    finally:
+        await engine.dispose()
+
+
+def audit_entries(action: str) -> Select[tuple[int]]:
+    return select(func.count()).select_from(audit_log).where(audit_log.c.action == action)
+
+
+def published_events() -> Select[tuple[int]]:
+    return select(func.count()).select_from(outbox).where(outbox.c.published_at.is_not(None))
+
+
+async def effects_applied(stack: Stack, service: str) -> int:
+    """How many effects `service` has applied so far (its erasure_log rows)."""
+    engine = make_engine(stack.services_url)
+    try:
+        async with engine.connect() as conn:
+            table = SERVICE_LOGS[service][0]
+            return int(await conn.scalar(select(func.count()).select_from(table)) or 0)
+    finally:
+        await engine.dispose()
+
+
+async def wait_until_above(
+    read: Callable[[], Awaitable[int]],
+    floor: int,
+    *,
+    process: ServiceProcess,
+    timeout_s: float = 60.0,
+    interval_s: float = 0.01,
+) -> int | None:
+    """Poll `read` until it passes `floor`; None if `process` ended first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await read()
+        if value > floor:
+            return value
+        if not process.alive:
+            return None
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{process.name}: no progress past {floor} in {timeout_s}s")
+        await asyncio.sleep(interval_s)
