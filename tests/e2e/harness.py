@@ -196,6 +196,18 @@ class ServiceProcess:
         self.proc.wait()
         self.kills += 1
 
+    def pause(self) -> None:
+        """SIGSTOP: the process freezes (no poll, no heartbeat) but keeps its connections."""
+        if self.proc is None or not self.alive:
+            raise RuntimeError(f"{self.name} is not running")
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after `pause`: a zombie comes back and finds its partitions reassigned."""
+        if self.proc is None or not self.alive:
+            raise RuntimeError(f"{self.name} is not running")
+        self.proc.send_signal(signal.SIGCONT)
+
     async def terminate(self, *, timeout_s: float = 30.0) -> int:
         """SIGTERM and wait for the graceful stop; SIGKILL after `timeout_s`."""
         proc = self.proc
