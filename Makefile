@@ -56,10 +56,10 @@ schemas: $(STAMP) ## regenerate schemas/json from the wire models
 	$(BIN)/python -m schemas.export
 
 test: $(STAMP) tools infra-up lint typecheck ## everything: venv, infra, lint, types, all tests
-	$(WITH_INFRA) $(BIN)/pytest -m "slow or not slow"
+	$(WITH_INFRA) $(BIN)/pytest -m "not faults_full"
 
-test-faults: $(STAMP) infra-up ## the full fault-injection suite
-	$(WITH_INFRA) $(BIN)/pytest -m slow tests/faults
+test-faults: $(STAMP) infra-up ## the full fault-injection suite (every scenario, full size)
+	$(WITH_INFRA) $(BIN)/pytest -m "faults_full or slow or not slow" tests/faults
 
 demo: $(STAMP) infra-up ## run the whole system on demo data and show the result
 	$(WITH_INFRA) $(BIN)/python -m demo

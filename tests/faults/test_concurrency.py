@@ -69,6 +69,6 @@ async def test_two_relays_two_trackers(stack: Stack, tmp_path: Path) -> None:
     await two_of_each(stack, tmp_path, seed=1212, users=30, both_publish=False)
 
 
-@pytest.mark.slow
+@pytest.mark.faults_full
 async def test_two_relays_two_trackers_large(stack: Stack, tmp_path: Path) -> None:
     await two_of_each(stack, tmp_path, seed=121212, users=300, both_publish=True)

@@ -117,7 +117,7 @@ async def test_coordinator_killed_at_random_points(stack: Stack, tmp_path: Path)
     await coordinator_kills(stack, tmp_path, seed=1001, kills=6, users=16, per_category=2)
 
 
-@pytest.mark.slow
+@pytest.mark.faults_full
 @pytest.mark.parametrize("seed", [4242])
 async def test_coordinator_killed_twenty_times(stack: Stack, tmp_path: Path, seed: int) -> None:
     await coordinator_kills(stack, tmp_path, seed=seed, kills=24, users=60, per_category=5)

@@ -97,6 +97,6 @@ async def test_connections_terminated(stack: Stack, tmp_path: Path) -> None:
     await terminations(stack, tmp_path, seed=4004, users=30, during_purge=2, during_tracking=2)
 
 
-@pytest.mark.slow
+@pytest.mark.faults_full
 async def test_connections_terminated_often(stack: Stack, tmp_path: Path) -> None:
     await terminations(stack, tmp_path, seed=40404, users=150, during_purge=6, during_tracking=6)

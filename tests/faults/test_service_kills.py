@@ -109,7 +109,7 @@ async def test_services_killed_mid_batch(stack: Stack, tmp_path: Path) -> None:
     await service_kills(stack, tmp_path, seed=2002, kills=2, users=40, zombie=False)
 
 
-@pytest.mark.slow
+@pytest.mark.faults_full
 @pytest.mark.parametrize("seed", [2718])
 async def test_services_killed_and_a_zombie_returns(
     stack: Stack, tmp_path: Path, seed: int
