@@ -32,6 +32,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from coordinator.db import make_engine
+from coordinator.tables import outbox
 from schemas import KafkaSettings
 from services import notifications
 from tests import infra
@@ -107,6 +108,24 @@ async def one_service(stack: Stack, events: int) -> dict[str, Any]:
     }
 
 
+async def published_after(stack: Stack, started: float, events: int) -> float:
+    """Seconds from `started` until the relay marked every outbox row published."""
+    engine = stack.engine()
+    try:
+        while True:
+            async with engine.connect() as conn:
+                done = await conn.scalar(
+                    select(func.count())
+                    .select_from(outbox)
+                    .where(outbox.c.published_at.is_not(None))
+                )
+            if done == events:
+                return time.monotonic() - started
+            await asyncio.sleep(0.05)
+    finally:
+        await engine.dispose()
+
+
 async def three_services(stack: Stack, users: int) -> dict[str, Any]:
     work = await workload.prepare(stack, users=users, customers=50)
     expected = work.expected_acks()
@@ -117,6 +136,7 @@ async def three_services(stack: Stack, users: int) -> dict[str, Any]:
         load_before = loadavg()
         started = time.monotonic()
         async with running_relay(stack) as relay:
+            published = await published_after(stack, started, work.events)
             await wait_for(
                 lambda: expected.keys() <= acks.pairs(),
                 timeout_s=max(180.0, len(expected) / 10),
@@ -131,6 +151,7 @@ async def three_services(stack: Stack, users: int) -> dict[str, Any]:
         "entities": work.events,
         "acks": len(expected),
         "seconds": round(elapsed, 2),
+        "relay_published_all_after_s": round(published, 2),
         "entities_per_s": round(work.events / elapsed, 1),
         "acks_per_s": round(len(expected) / elapsed, 1),
         "cpu_percent": {name: round(100 * s / elapsed, 1) for name, s in cpu.items()},

@@ -135,27 +135,49 @@ def processed_events_table(name: str = DEFAULT_TABLE, *, schema: str | None = No
 SAVEPOINT = "retention_event"
 
 
-@asynccontextmanager
-async def _savepoint(conn: AsyncConnection) -> AsyncIterator[AsyncConnection]:
-    # One fixed name, in plain SQL: SQLAlchemy's begin_nested() names every savepoint
-    # anew, and the asyncpg dialect prepares each new statement text before running it
-    # (two round trips instead of one, per SAVEPOINT and per RELEASE).
-    await conn.exec_driver_sql(f"SAVEPOINT {SAVEPOINT}")
-    try:
-        yield conn
-    except Exception:
-        await conn.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
-        raise
-    await conn.exec_driver_sql(f"RELEASE SAVEPOINT {SAVEPOINT}")
+@dataclass(slots=True)
+class _Savepoints:
+    """One savepoint per handler call on one connection, at one round trip per call.
+
+    The savepoint of the previous call is left open and released in the same round trip
+    that sets the next (`RELEASE …; SAVEPOINT …`, one simple query on asyncpg); the last
+    one is committed with the transaction. One fixed name, in plain SQL: SQLAlchemy's
+    `begin_nested()` names every savepoint anew, which the asyncpg dialect prepares anew
+    (two round trips per statement).
+    """
+
+    conn: AsyncConnection
+    open: bool = False
+
+    @asynccontextmanager
+    async def __call__(self) -> AsyncIterator[AsyncConnection]:
+        if not self.open:
+            # Through SQLAlchemy: it begins the driver's transaction on the first statement.
+            await self.conn.exec_driver_sql(f"SAVEPOINT {SAVEPOINT}")
+            self.open = True
+        elif self.conn.dialect.driver == "asyncpg":
+            raw = await self.conn.get_raw_connection()
+            await raw.driver_connection.execute(  # type: ignore[union-attr]
+                f"RELEASE SAVEPOINT {SAVEPOINT}; SAVEPOINT {SAVEPOINT}"
+            )
+        else:
+            await self.conn.exec_driver_sql(f"RELEASE SAVEPOINT {SAVEPOINT}")
+            await self.conn.exec_driver_sql(f"SAVEPOINT {SAVEPOINT}")
+        try:
+            yield self.conn
+        except Exception:
+            # The savepoint stays established after this: the next call releases it.
+            await self.conn.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
+            raise
 
 
 @dataclass(slots=True)
 class _SqlBatch:
-    conn: AsyncConnection
+    savepoints: _Savepoints
     recorded: list[ProcessedEvent]
 
     def savepoint(self) -> AbstractAsyncContextManager[AsyncConnection | None]:
-        return _savepoint(self.conn)
+        return self.savepoints()
 
     def record(self, processed: ProcessedEvent) -> None:
         self.recorded.append(processed)
@@ -246,7 +268,7 @@ class PostgresIdempotencyStore:
     @asynccontextmanager
     async def batch(self, service: str) -> AsyncIterator[BatchTransaction]:
         async with self._engine.begin() as conn:
-            batch = _SqlBatch(conn, [])
+            batch = _SqlBatch(_Savepoints(conn), [])
             yield batch
             if batch.recorded:
                 try:
@@ -329,7 +351,7 @@ class InMemoryIdempotencyStore:
             self._check_new(service, batch.recorded)
         else:
             async with self._engine.begin() as conn:
-                batch = _MemoryBatch(conn, [])
+                batch = _MemoryBatch(_Savepoints(conn), [])
                 yield batch
                 # Before the commit, so a clash rolls the handlers' writes back.
                 self._check_new(service, batch.recorded)
@@ -344,13 +366,13 @@ class InMemoryIdempotencyStore:
 
 @dataclass(slots=True)
 class _MemoryBatch:
-    conn: AsyncConnection | None
+    savepoints: _Savepoints | None
     recorded: list[ProcessedEvent]
 
     def savepoint(self) -> AbstractAsyncContextManager[AsyncConnection | None]:
-        if self.conn is None:
+        if self.savepoints is None:
             return nullcontext(None)
-        return _savepoint(self.conn)
+        return self.savepoints()
 
     def record(self, processed: ProcessedEvent) -> None:
         self.recorded.append(processed)

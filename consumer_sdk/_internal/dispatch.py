@@ -191,15 +191,19 @@ class Dispatcher:
                         batch.record(recorded[item.event_id])
                     handled.append((record, item, spec, result))
                     i += 1
-        except AlreadyRecorded:
-            # Another delivery (a member racing during a rebalance) recorded one of these
-            # events first; everything of the run is rolled back. Redo it event by event,
-            # which settles each race on its own.
-            log.info(
-                "batch raced with another delivery; redoing it event by event",
+        except Exception as exc:
+            # Nothing of the run is committed. AlreadyRecorded: another delivery (a member
+            # racing during a rebalance) recorded one of these events first. Else the
+            # commit failed: the database is gone, or a handler swallowed an error that
+            # aborted the transaction. Event by event, each race is settled on its own and
+            # a culprit fails alone; if the database is gone, that raises too.
+            log.warning(
+                "batch transaction failed; redoing it event by event",
                 service=self.service,
                 partition=decoded[start][0].partition,
                 offset=decoded[start][0].offset,
+                events=i - start,
+                error=repr(exc) if not isinstance(exc, AlreadyRecorded) else "AlreadyRecorded",
             )
             known.update(await self._lookup(item for _, item in decoded[start:i]))
             for record, item in decoded[start:i]:

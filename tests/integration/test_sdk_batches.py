@@ -8,9 +8,11 @@ import asyncio
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
+from contextlib import suppress
 
 import pytest
 from sqlalchemy import func, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consumer_sdk import (
@@ -203,3 +205,39 @@ async def test_cancelled_mid_batch_commits_and_acks_nothing_then_all_applied_onc
     assert calls == Counter({e.event_id: 1 for e in events})
     assert sorted(r[0] for r in await rows(table)) == sorted(str(e.event_id) for e in events)
     assert sum((await committed(kafka, again.group_id)).values()) == 10
+
+
+async def test_handler_that_aborts_the_transaction_fails_alone(
+    one_partition: KafkaSettings, table: str
+) -> None:
+    kafka, service = one_partition, service_name()
+    a, swallower, b = event("a"), event("swallower"), event("b")
+    app = RetentionConsumer(service, kafka=kafka, settings=FAST, database_url=table)
+
+    @app.on_delete("user")
+    async def delete_user(event: RetentionEvent, conn: AsyncConnection) -> int:
+        await conn.execute(
+            erased.insert(),
+            {"event_id": str(event.event_id), "entity_id": event.entity_id, "seq": 0},
+        )
+        if event.entity_id == "swallower":
+            # Wrong, but it happens: the error is swallowed, the transaction is aborted.
+            with suppress(DBAPIError):
+                await conn.execute(text("SELECT 1 / 0"))
+        return 1
+
+    await produce(kafka, [a, swallower, b])
+    await app.start()
+    try:
+        acks = await acks_of(kafka, expect=3)
+    finally:
+        await app.stop()
+
+    got = {ack.entity_id: (ack.status, ack.attempt) for ack in acks}
+    assert got == {
+        "a": (AckStatus.COMPLETED, 1),
+        "swallower": (AckStatus.FAILED, 3),
+        "b": (AckStatus.COMPLETED, 1),
+    }
+    assert sorted(entity for _, entity, _ in await rows(table)) == ["a", "b"]
+    assert sum((await committed(kafka, app.group_id)).values()) == 3
