@@ -3,14 +3,17 @@
     python -m bench.sdk_throughput [--events 5000] [--e2e-users 1000] [--skip-e2e]
 
 1. `one`: one `python -m services.notifications` process on a fresh topic (3 partitions)
-   and a fresh service database seeded with 3 notifications per user. Once it has its
-   partitions, `--events` user-delete events are produced; timed until every ack is on
-   the acks topic. Checks each event's effect is in `erasure_log` exactly once.
+   and a fresh service database seeded with 3 notifications per user, and a backlog of
+   `--events` user-delete events; timed from its partition assignment (seen in its log
+   within 0.1 s) until every ack is on the acks topic. Checks each event's effect is in
+   `erasure_log` exactly once.
 2. `e2e`: the three product services as processes, the outbox relay in this process,
    `--e2e-users` users and 100 orders (the e2e test's workload); timed from the relay's
    start to the last expected ack.
 
-CPU is each service process's user+system time (from /proc) over the timed span.
+CPU is each service process's user+system time (from /proc) over the timed span;
+`database_commits` is how many transactions the service database committed meanwhile
+(pg_stat_database; includes the service's start-up and a few of the bench's own).
 Prints one JSON document on stdout, progress on stderr. Needs the broker and PostgreSQL
 of `make infra-up`. To measure another SDK version, put its `consumer_sdk` first on
 PYTHONPATH; the service processes inherit it.
@@ -29,7 +32,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from coordinator.db import make_engine
 from coordinator.tables import outbox
@@ -67,16 +70,34 @@ def loadavg() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
+async def commits(url: str) -> int:
+    """Transactions committed in the database of `url` so far (pg_stat_database)."""
+    engine = make_engine(url)
+    try:
+        async with engine.connect() as conn:
+            # Statistics reach pg_stat_database up to a second after a backend's commit.
+            await asyncio.sleep(1.5)
+            await conn.execute(text("SELECT pg_stat_clear_snapshot()"))
+            value = await conn.scalar(
+                text("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+            )
+            return int(value)
+    finally:
+        await engine.dispose()
+
+
 async def one_service(stack: Stack, events: int) -> dict[str, Any]:
     users = [f"bench-u{i:06d}" for i in range(events)]
     await notifications.seed(stack.services_url, users, per_user=3)
-    work = [event(user) for user in users]
-    await stack.start_services("notifications")
-    process = stack.processes["notifications"]
+    commits_before = await commits(stack.services_url)
+    # A backlog, as after an outage or a big purge: the service's own pace, not the producer's.
+    await produce(stack.kafka, [event(user) for user in users])
     async with AckTail(stack.kafka) as acks:
+        await stack.start_services("notifications")
+        process = stack.processes["notifications"]
         cpu_before, load_before = cpu_seconds(process), loadavg()
+        # From the partition assignment (consuming starts there; seen within 0.1 s).
         started = time.monotonic()
-        await produce(stack.kafka, work)
         await wait_for(
             lambda: len(acks.pairs()) >= events,
             timeout_s=max(120.0, events / 10),
@@ -87,6 +108,7 @@ async def one_service(stack: Stack, events: int) -> dict[str, Any]:
         elapsed = time.monotonic() - started
         cpu = cpu_seconds(process) - cpu_before
     await stack.stop_services()
+    database_commits = await commits(stack.services_url) - commits_before
     engine = make_engine(stack.services_url)
     try:
         async with engine.connect() as conn:
@@ -104,6 +126,7 @@ async def one_service(stack: Stack, events: int) -> dict[str, Any]:
         "cpu_seconds": round(cpu, 2),
         "cpu_percent": round(100 * cpu / elapsed, 1),
         "cpu_ms_per_event": round(1000 * cpu / events, 2),
+        "database_commits": database_commits,
         "loadavg_1m_before": load_before,
     }
 
