@@ -21,6 +21,8 @@ from consumer_sdk.exceptions import (
     RetryLater,
 )
 from consumer_sdk.idempotency import (
+    BatchingStore,
+    BatchTransaction,
     IdempotencyStore,
     InMemoryIdempotencyStore,
     PostgresIdempotencyStore,
@@ -35,6 +37,8 @@ from schemas import AckStatus, EventType, RetentionAck, RetentionEvent
 __all__ = [
     "SDK_VERSION",
     "AckStatus",
+    "BatchTransaction",
+    "BatchingStore",
     "ConfigurationError",
     "ConsumerMetrics",
     "ConsumerSettings",

@@ -1,16 +1,17 @@
 """Idempotency stores: which events a service has already processed, and with what result.
 
-A store hands out one transaction per event. When the store has a database, the
-handler's writes run on `StoreTransaction.connection`, so the event's record and the
-handler's effect commit together or not at all.
+A store hands out one transaction per event and, if it is a `BatchingStore`, one
+transaction for a run of events with a savepoint per event. When the store has a
+database, the handler's writes run on the transaction's connection, so the events'
+records and the handlers' effects commit together or not at all.
 """
 
 from __future__ import annotations
 
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Iterable, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
@@ -34,6 +35,8 @@ from schemas import AckStatus
 
 __all__ = [
     "AlreadyRecorded",
+    "BatchTransaction",
+    "BatchingStore",
     "IdempotencyStore",
     "InMemoryIdempotencyStore",
     "PostgresIdempotencyStore",
@@ -93,6 +96,29 @@ class IdempotencyStore(Protocol):
         """Commits on normal exit, rolls back (handler writes included) on an exception."""
 
 
+class BatchTransaction(Protocol):
+    """A run of events in one transaction: a savepoint per handler call, records at the end."""
+
+    def savepoint(self) -> AbstractAsyncContextManager[AsyncConnection | None]:
+        """One handler call's work: kept on normal exit, rolled back alone on an exception.
+
+        Yields the transaction's connection (None when the store has no database).
+        """
+
+    def record(self, processed: ProcessedEvent) -> None:
+        """Record the event when the transaction commits (all records in one statement)."""
+
+
+@runtime_checkable
+class BatchingStore(IdempotencyStore, Protocol):
+    """A store that can handle a run of events in one transaction (one commit)."""
+
+    def batch(self, service: str) -> AbstractAsyncContextManager[BatchTransaction]:
+        """Commits the records and the handlers' writes on normal exit, rolls all back on
+        an exception; raises `AlreadyRecorded` (after rolling back) if another delivery
+        recorded one of the events first."""
+
+
 def processed_events_table(name: str = DEFAULT_TABLE, *, schema: str | None = None) -> Table:
     return Table(
         name,
@@ -104,6 +130,70 @@ def processed_events_table(name: str = DEFAULT_TABLE, *, schema: str | None = No
         Column("processed_at", DateTime(timezone=True), nullable=False),
         PrimaryKeyConstraint("service", "event_id", name=f"{name}_pkey"),
     )
+
+
+SAVEPOINT = "retention_event"
+
+
+@dataclass(slots=True)
+class _Savepoints:
+    """One savepoint per handler call on one connection, at one round trip per call.
+
+    The savepoint of the previous call is left open and released in the same round trip
+    that sets the next (`RELEASE …; SAVEPOINT …`, one simple query on asyncpg); the last
+    one is committed with the transaction. One fixed name, in plain SQL: SQLAlchemy's
+    `begin_nested()` names every savepoint anew, which the asyncpg dialect prepares anew
+    (two round trips per statement).
+    """
+
+    conn: AsyncConnection
+    open: bool = False
+
+    @asynccontextmanager
+    async def __call__(self) -> AsyncIterator[AsyncConnection]:
+        if not self.open:
+            # Through SQLAlchemy: it begins the driver's transaction on the first statement.
+            await self.conn.exec_driver_sql(f"SAVEPOINT {SAVEPOINT}")
+            self.open = True
+        elif self.conn.dialect.driver == "asyncpg":
+            raw = await self.conn.get_raw_connection()
+            await raw.driver_connection.execute(  # type: ignore[union-attr]
+                f"RELEASE SAVEPOINT {SAVEPOINT}; SAVEPOINT {SAVEPOINT}"
+            )
+        else:
+            await self.conn.exec_driver_sql(f"RELEASE SAVEPOINT {SAVEPOINT}")
+            await self.conn.exec_driver_sql(f"SAVEPOINT {SAVEPOINT}")
+        try:
+            yield self.conn
+        except Exception:
+            # The savepoint stays established after this: the next call releases it.
+            await self.conn.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
+            raise
+
+
+@dataclass(slots=True)
+class _SqlBatch:
+    savepoints: _Savepoints
+    recorded: list[ProcessedEvent]
+
+    def savepoint(self) -> AbstractAsyncContextManager[AsyncConnection | None]:
+        return self.savepoints()
+
+    def record(self, processed: ProcessedEvent) -> None:
+        self.recorded.append(processed)
+
+
+def _rows(service: str, recorded: Sequence[ProcessedEvent]) -> list[dict[str, object]]:
+    return [
+        {
+            "service": service,
+            "event_id": p.event_id,
+            "status": p.status.value,
+            "records_affected": p.records_affected,
+            "processed_at": p.processed_at,
+        }
+        for p in recorded
+    ]
 
 
 @dataclass(slots=True)
@@ -120,16 +210,7 @@ class _SqlTransaction:
         try:
             # A plain INSERT: a concurrent delivery of the same event blocks on the
             # primary key until the other commits, then fails here — effects apply once.
-            await self.conn.execute(
-                self.table.insert(),
-                {
-                    "service": self.service,
-                    "event_id": processed.event_id,
-                    "status": processed.status.value,
-                    "records_affected": processed.records_affected,
-                    "processed_at": processed.processed_at,
-                },
-            )
+            await self.conn.execute(self.table.insert(), _rows(self.service, [processed]))
         except IntegrityError as exc:
             raise AlreadyRecorded(str(processed.event_id)) from exc
 
@@ -183,6 +264,22 @@ class PostgresIdempotencyStore:
     ) -> AsyncIterator[StoreTransaction]:
         async with self._engine.begin() as conn:
             yield _SqlTransaction(self.table, service, conn)
+
+    @asynccontextmanager
+    async def batch(self, service: str) -> AsyncIterator[BatchTransaction]:
+        async with self._engine.begin() as conn:
+            batch = _SqlBatch(_Savepoints(conn), [])
+            yield batch
+            if batch.recorded:
+                try:
+                    # One multi-row INSERT; a delivery racing on any of the events blocks
+                    # on its primary key and fails the whole batch, which is then redone
+                    # event by event.
+                    await conn.execute(self.table.insert(), _rows(service, batch.recorded))
+                except IntegrityError as exc:
+                    raise AlreadyRecorded(
+                        ", ".join(str(p.event_id) for p in batch.recorded)
+                    ) from exc
 
 
 @dataclass(slots=True)
@@ -245,3 +342,37 @@ class InMemoryIdempotencyStore:
         # Only reached when the block (and the database commit) succeeded.
         for processed in recorded:
             self.processed[(service, processed.event_id)] = processed
+
+    @asynccontextmanager
+    async def batch(self, service: str) -> AsyncIterator[BatchTransaction]:
+        if self._engine is None:
+            batch = _MemoryBatch(None, [])
+            yield batch
+            self._check_new(service, batch.recorded)
+        else:
+            async with self._engine.begin() as conn:
+                batch = _MemoryBatch(_Savepoints(conn), [])
+                yield batch
+                # Before the commit, so a clash rolls the handlers' writes back.
+                self._check_new(service, batch.recorded)
+        for processed in batch.recorded:
+            self.processed[(service, processed.event_id)] = processed
+
+    def _check_new(self, service: str, recorded: Sequence[ProcessedEvent]) -> None:
+        taken = [str(p.event_id) for p in recorded if (service, p.event_id) in self.processed]
+        if taken:
+            raise AlreadyRecorded(", ".join(taken))
+
+
+@dataclass(slots=True)
+class _MemoryBatch:
+    savepoints: _Savepoints | None
+    recorded: list[ProcessedEvent]
+
+    def savepoint(self) -> AbstractAsyncContextManager[AsyncConnection | None]:
+        if self.savepoints is None:
+            return nullcontext(None)
+        return self.savepoints()
+
+    def record(self, processed: ProcessedEvent) -> None:
+        self.recorded.append(processed)

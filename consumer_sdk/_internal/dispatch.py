@@ -9,23 +9,30 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
-from consumer_sdk._internal.executor import Abandoned, EventExecutor
+from consumer_sdk._internal.executor import Abandoned, EventExecutor, Outcome, Retry
 from consumer_sdk._internal.registry import HandlerRegistry, HandlerSpec
 from consumer_sdk._internal.transport import ProducerPort, Record
 from consumer_sdk.dlq import DlqHeader, DlqReason
-from consumer_sdk.idempotency import IdempotencyStore, ProcessedEvent
+from consumer_sdk.idempotency import (
+    AlreadyRecorded,
+    BatchingStore,
+    IdempotencyStore,
+    ProcessedEvent,
+)
 from consumer_sdk.metrics import ConsumerMetrics
 from schemas import AckStatus, PoisonRecord, RetentionEvent, Topics, decode, encode, utc_now
 
 __all__ = ["Dispatched", "Dispatcher", "dlq_headers"]
 
 log = structlog.get_logger("consumer_sdk")
+
+_Item = tuple[Record, RetentionEvent | PoisonRecord]
 
 
 def dlq_headers(
@@ -80,64 +87,161 @@ class Dispatcher:
     ) -> Dispatched:
         """Handle records in order (one store lookup for all); stop early if `stopping` is set.
 
-        Raises what the store lookup or the producer raise; the caller re-reads from its
-        last commit.
+        With a `BatchingStore` and more than one record, runs of events share one
+        transaction (see `_run`). Raises what the store or the producer raise; the caller
+        re-reads from its last commit.
         """
-        decoded: list[tuple[Record, RetentionEvent | PoisonRecord]] = []
+        decoded: list[_Item] = []
         for record in records:
             try:
                 decoded.append((record, decode(RetentionEvent, record.value)))
             except PoisonRecord as poison:
                 decoded.append((record, poison))
-        wanted = [
-            item.event_id
-            for _, item in decoded
-            if isinstance(item, RetentionEvent) and self.registry.get(item.entity_type, item.type)
-        ]
-        known: dict[uuid.UUID, ProcessedEvent] = (
-            dict(await self.store.lookup(self.service, wanted)) if self.store and wanted else {}
-        )
+        known = await self._lookup(item for _, item in decoded)
         done = Dispatched()
-        for record, item in decoded:
-            if stopping is not None and stopping.is_set():
-                break
-            if isinstance(item, PoisonRecord):
-                log.warning(
-                    "poison record to the DLQ",
-                    service=self.service,
-                    partition=record.partition,
-                    offset=record.offset,
-                    reason=item.reason,
-                )
-                done.sends.append(await self._dead_letter(record, DlqReason.POISON, item.reason, 0))
-                done.last_done = record.offset
-                continue
-            spec = self.registry.get(item.entity_type, item.type)
-            if spec is None:
-                self.metrics.skipped.labels(self.service).inc()
-                done.last_done = record.offset
-                continue
+        batching = isinstance(self.store, BatchingStore) and len(decoded) > 1
+        i = 0
+        while i < len(decoded) and not (stopping is not None and stopping.is_set()):
             try:
-                done.sends.extend(await self._handle(record, item, spec, known, stopping))
+                if batching:
+                    i = await self._run(decoded, i, known, done, stopping)
+                else:
+                    await self._one(*decoded[i], known, done, stopping)
+                    i += 1
             except Abandoned:
+                # A stop during a retry's backoff: `done` holds what was finished before.
                 break
-            done.last_done = record.offset
         return done
 
-    async def _handle(
+    async def _lookup(
+        self, items: Iterable[RetentionEvent | PoisonRecord]
+    ) -> dict[uuid.UUID, ProcessedEvent]:
+        wanted = [
+            item.event_id
+            for item in items
+            if isinstance(item, RetentionEvent) and self.registry.get(item.entity_type, item.type)
+        ]
+        return dict(await self.store.lookup(self.service, wanted)) if self.store and wanted else {}
+
+    async def _one(
         self,
         record: Record,
-        event: RetentionEvent,
-        spec: HandlerSpec,
+        item: RetentionEvent | PoisonRecord,
         known: dict[uuid.UUID, ProcessedEvent],
+        done: Dispatched,
         stopping: asyncio.Event | None,
-    ) -> list[Awaitable[Any]]:
-        outcome = await self.executor.execute(
-            event, spec, known.get(event.event_id), stopping=stopping
+        first_error: Exception | None = None,
+    ) -> None:
+        """One record on its own: its own transaction per attempt, retries in place."""
+        if isinstance(item, PoisonRecord):
+            done.sends.append(await self._poison(record, item))
+        elif (spec := self._spec(item)) is not None:
+            outcome = await self.executor.execute(
+                item, spec, known.get(item.event_id), stopping=stopping, first_error=first_error
+            )
+            if outcome.status is not AckStatus.FAILED:
+                # A second copy of the event later in this batch is a redelivery too.
+                known[item.event_id] = outcome.processed(item)
+            done.sends.extend(await self._emit(record, item, spec, outcome))
+        done.last_done = record.offset
+
+    async def _run(
+        self,
+        decoded: Sequence[_Item],
+        start: int,
+        known: dict[uuid.UUID, ProcessedEvent],
+        done: Dispatched,
+        stopping: asyncio.Event | None,
+    ) -> int:
+        """Records from `start` in one transaction, a savepoint per handler call; returns
+        the index to go on from.
+
+        The run ends at the batch's end, at a stop, or at an event whose first attempt
+        failed with an error worth retrying: the run before it is committed and its acks
+        sent, then that event is retried on its own (so nothing behind it, of its key
+        or any other, passes it), and the next run starts after it.
+        """
+        assert isinstance(self.store, BatchingStore)
+        handled: list[
+            tuple[Record, RetentionEvent | PoisonRecord, HandlerSpec | None, Outcome | None]
+        ] = []
+        recorded: dict[uuid.UUID, ProcessedEvent] = {}
+        retry: Retry | None = None
+        i = start
+        try:
+            async with self.store.batch(self.service) as batch:
+                while i < len(decoded) and not (stopping is not None and stopping.is_set()):
+                    record, item = decoded[i]
+                    spec = None if isinstance(item, PoisonRecord) else self._spec(item)
+                    if spec is None or isinstance(item, PoisonRecord):
+                        handled.append((record, item, spec, None))
+                        i += 1
+                        continue
+                    prior = recorded.get(item.event_id) or known.get(item.event_id)
+                    if prior is not None:
+                        handled.append((record, item, spec, self.executor.redelivered(spec, prior)))
+                        i += 1
+                        continue
+                    result = await self.executor.first_attempt(item, spec, batch)
+                    if isinstance(result, Retry):
+                        retry = result
+                        break
+                    if result.status is not AckStatus.FAILED:
+                        recorded[item.event_id] = result.processed(item)
+                        batch.record(recorded[item.event_id])
+                    handled.append((record, item, spec, result))
+                    i += 1
+        except Exception as exc:
+            # Nothing of the run is committed. AlreadyRecorded: another delivery (a member
+            # racing during a rebalance) recorded one of these events first. Else the
+            # commit failed: the database is gone, or a handler swallowed an error that
+            # aborted the transaction. Event by event, each race is settled on its own and
+            # a culprit fails alone; if the database is gone, that raises too.
+            log.warning(
+                "batch transaction failed; redoing it event by event",
+                service=self.service,
+                partition=decoded[start][0].partition,
+                offset=decoded[start][0].offset,
+                events=i - start,
+                error=repr(exc) if not isinstance(exc, AlreadyRecorded) else "AlreadyRecorded",
+            )
+            known.update(await self._lookup(item for _, item in decoded[start:i]))
+            for record, item in decoded[start:i]:
+                await self._one(record, item, known, done, stopping)
+            return i
+        known.update(recorded)
+        for record, item, spec, outcome in handled:
+            if isinstance(item, PoisonRecord):
+                done.sends.append(await self._poison(record, item))
+            elif spec is not None and outcome is not None:
+                done.sends.extend(await self._emit(record, item, spec, outcome))
+            done.last_done = record.offset
+        if retry is None:
+            return i
+        record, item = decoded[i]
+        await self._one(record, item, known, done, stopping, first_error=retry.error)
+        return i + 1
+
+    def _spec(self, event: RetentionEvent) -> HandlerSpec | None:
+        spec = self.registry.get(event.entity_type, event.type)
+        if spec is None:
+            self.metrics.skipped.labels(self.service).inc()
+        return spec
+
+    async def _poison(self, record: Record, poison: PoisonRecord) -> Awaitable[Any]:
+        log.warning(
+            "poison record to the DLQ",
+            service=self.service,
+            partition=record.partition,
+            offset=record.offset,
+            reason=poison.reason,
         )
-        if outcome.status is not AckStatus.FAILED:
-            # A second copy of the event later in this batch is a redelivery too.
-            known[event.event_id] = outcome.processed(event)
+        return await self._dead_letter(record, DlqReason.POISON, poison.reason, 0)
+
+    async def _emit(
+        self, record: Record, event: RetentionEvent, spec: HandlerSpec, outcome: Outcome
+    ) -> list[Awaitable[Any]]:
+        """Count, log and send the event's ack (and DLQ record if it failed)."""
         ack = outcome.ack(self.service, event)
         self.metrics.handled.labels(
             self.service, spec.entity_type, spec.action.value, outcome.status.value

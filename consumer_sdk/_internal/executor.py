@@ -1,6 +1,8 @@
 """Runs one event through its handler: idempotency, retries with backoff, the ack to send.
 
-Shared by the Kafka runtime and the in-memory test kit, so both behave the same.
+Shared by the Kafka runtime and the in-memory test kit, so both behave the same. In a
+batch (`first_attempt`) an event gets one attempt in its own savepoint; an event that
+needs retrying is then retried on its own (`execute(first_error=...)`).
 """
 
 from __future__ import annotations
@@ -23,12 +25,17 @@ from tenacity import (
 from consumer_sdk._internal.registry import HandlerSpec
 from consumer_sdk.context import HandlerContext
 from consumer_sdk.exceptions import EntityNotFound
-from consumer_sdk.idempotency import AlreadyRecorded, IdempotencyStore, ProcessedEvent
+from consumer_sdk.idempotency import (
+    AlreadyRecorded,
+    BatchTransaction,
+    IdempotencyStore,
+    ProcessedEvent,
+)
 from consumer_sdk.metrics import ConsumerMetrics
 from consumer_sdk.settings import ConsumerSettings
 from schemas import AckStatus, RetentionAck, RetentionEvent, utc_now
 
-__all__ = ["Abandoned", "EventExecutor", "Outcome"]
+__all__ = ["Abandoned", "EventExecutor", "Outcome", "Retry"]
 
 log = structlog.get_logger("consumer_sdk")
 
@@ -64,6 +71,13 @@ class Outcome:
         return ProcessedEvent(event.event_id, self.status, self.records_affected, utc_now())
 
 
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """The first attempt, in a batch, failed with an error worth retrying."""
+
+    error: Exception
+
+
 def _error_text(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return text[:MAX_DETAIL]
@@ -92,12 +106,15 @@ class EventExecutor:
         known: ProcessedEvent | None,
         *,
         stopping: asyncio.Event | None = None,
+        first_error: Exception | None = None,
     ) -> Outcome:
-        """The outcome to ack; raises `Abandoned` if `stopping` is set during a backoff."""
+        """The outcome to ack; raises `Abandoned` if `stopping` is set during a backoff.
+
+        `first_error`: attempt 1 was made in a batch and failed so; go on from attempt 2.
+        """
         labels = (self.service, spec.entity_type, spec.action.value)
         if known is not None:
-            self.metrics.duplicates.labels(*labels).inc()
-            return self._redelivered(known)
+            return self.redelivered(spec, known)
         max_attempts = spec.max_attempts or self.settings.max_attempts
 
         async def sleep(seconds: float) -> None:
@@ -140,22 +157,51 @@ class EventExecutor:
             async for attempt_state in retrying:
                 with attempt_state:
                     attempt = attempt_state.retry_state.attempt_number
+                    if attempt == 1 and first_error is not None:
+                        raise first_error
                     return await self._attempt(event, spec, attempt, max_attempts)
         except Abandoned:
             raise
         except Exception as exc:
-            self.metrics.failed.labels(*labels).inc()
-            log.error(
-                "handler failed on its last attempt",
-                service=self.service,
-                event_id=str(event.event_id),
-                entity_type=event.entity_type,
-                action=spec.action.value,
-                attempts=attempt,
-                error=type(exc).__name__,
-            )
-            return Outcome(AckStatus.FAILED, 0, max(attempt, 1), _error_text(exc))
+            return self._failed(event, spec, exc, max(attempt, 1))
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
+
+    async def first_attempt(
+        self, event: RetentionEvent, spec: HandlerSpec, batch: BatchTransaction
+    ) -> Outcome | Retry:
+        """Attempt 1 inside a batch, in its own savepoint: the outcome to ack (the caller
+        records it unless failed), or `Retry` when the error deserves another attempt."""
+        max_attempts = spec.max_attempts or self.settings.max_attempts
+        try:
+            async with batch.savepoint() as conn:
+                context = HandlerContext(self.service, 1, max_attempts, conn)
+                count = await self._timed(spec, event, context)
+        except EntityNotFound as exc:
+            return Outcome(AckStatus.NOT_FOUND, 0, 1, str(exc)[:MAX_DETAIL])
+        except Exception as exc:
+            if max_attempts > 1 and spec.is_retriable(exc):
+                return Retry(exc)
+            return self._failed(event, spec, exc, 1)
+        return Outcome(AckStatus.COMPLETED, count, 1)
+
+    def redelivered(self, spec: HandlerSpec, known: ProcessedEvent) -> Outcome:
+        self.metrics.duplicates.labels(self.service, spec.entity_type, spec.action.value).inc()
+        return self._redelivered(known)
+
+    def _failed(
+        self, event: RetentionEvent, spec: HandlerSpec, exc: Exception, attempts: int
+    ) -> Outcome:
+        self.metrics.failed.labels(self.service, spec.entity_type, spec.action.value).inc()
+        log.error(
+            "handler failed on its last attempt",
+            service=self.service,
+            event_id=str(event.event_id),
+            entity_type=event.entity_type,
+            action=spec.action.value,
+            attempts=attempts,
+            error=type(exc).__name__,
+        )
+        return Outcome(AckStatus.FAILED, 0, attempts, _error_text(exc))
 
     async def _attempt(
         self, event: RetentionEvent, spec: HandlerSpec, attempt: int, max_attempts: int

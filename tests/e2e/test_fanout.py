@@ -100,6 +100,8 @@ async def test_sigkill_midway_then_restart_applies_each_effect_once(stack: Stack
     work = await workload.prepare(stack, users=KILL_USERS, customers=KILL_CUSTOMERS)
     expected = work.expected_acks()
     victim_total = sum(1 for _, service in expected if service == "billing")
+    # A partition's batch is acked all at once; small batches let the kill land mid-way.
+    stack.add_service("billing", env={"RETENTION_CONSUMER_MAX_BATCH": "20"})
     await stack.start_services(*PRODUCT_SERVICES)
     victim = stack.processes["billing"]
     async with running_tracker(stack) as tracker, AckTail(stack.kafka) as acks:
