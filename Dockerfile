@@ -1,5 +1,7 @@
-# One image for the coordinator CLI (`retention ...`) and the example services
-# (`python -m services.<name>`); docker-compose.yml runs it with different commands.
+# One image for the coordinator CLI (`retention ...`), the example services
+# (`python -m services.<name>`, search_index included: the `faust` extra) and the demo
+# seeding (`python -m demo seed`, demo/policies.yaml); docker-compose.yml runs it with
+# different commands.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -9,12 +11,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 # Metadata first, then the four packages pyproject.toml ships; tests and tools stay out.
+# demo/ is not installed: `python -m demo seed` runs it from the working directory.
 COPY pyproject.toml README.md ./
 COPY schemas ./schemas
 COPY coordinator ./coordinator
 COPY consumer_sdk ./consumer_sdk
 COPY services ./services
-RUN pip install . && useradd --system --uid 10001 --no-create-home retention
+RUN pip install ".[faust]" && useradd --system --uid 10001 --no-create-home retention
+
+COPY demo ./demo
 
 USER retention
 CMD ["retention", "--help"]

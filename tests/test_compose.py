@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.util
+import subprocess
+import sys
 import tomllib
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
 import yaml
 from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
@@ -15,7 +20,11 @@ from typer.testing import CliRunner
 
 from consumer_sdk import ConsumerSettings
 from coordinator.cli import app as cli_app
-from coordinator.settings import RelaySettings, Settings, TrackerSettings
+from coordinator.policies import load_policies
+from coordinator.seed_data import seed_metadata
+from coordinator.settings import RelaySettings, ServeSettings, Settings, TrackerSettings
+from demo.seed import POLICIES as DEMO_POLICIES
+from demo.seed import users
 from schemas import DEFAULT_DATABASE_URL, KafkaSettings, async_database_url
 from tests.infra import ROOT
 
@@ -54,10 +63,12 @@ def test_postgres_matches_default_database_url() -> None:
     assert "healthcheck" in postgres
 
 
-# --- the application services: relay and the three example services ----------------------
+# --- the application: migrate, seed, serve and the example services ----------------------
 
-APP_SERVICES = ("migrate", "relay", "notifications", "preferences", "billing")
-EXAMPLE_SERVICES = ("notifications", "preferences", "billing")
+COORDINATOR = ("migrate", "serve")
+EXAMPLE_SERVICES = ("notifications", "preferences", "billing", "search_index")
+APP_SERVICES = ("migrate", "seed", "serve", *EXAMPLE_SERVICES)
+OBSERVABILITY = ("prometheus", "grafana")
 
 
 def _services() -> dict[str, Any]:
@@ -88,6 +99,7 @@ def settings_variables() -> set[str]:
         KafkaSettings,
         RelaySettings,
         TrackerSettings,
+        ServeSettings,
         ConsumerSettings,
     ]
     return {n for m in models for n in _env_names(m) if n.startswith("RETENTION_")}
@@ -101,9 +113,15 @@ def test_settings_variables_are_derived_from_the_models() -> None:
         "RETENTION_KAFKA_BOOTSTRAP_SERVERS",
         "RETENTION_RELAY_BATCH_SIZE",
         "RETENTION_CONSUMER_MAX_ATTEMPTS",
+        "RETENTION_SERVE_HOST",
+        "RETENTION_POLICIES",
+        "RETENTION_API_TOKEN",
+        "RETENTION_HTTP_PORT",
     } <= known
     # Nested models are read through their own prefixes, not as RETENTION_KAFKA etc.
-    assert not {"RETENTION_KAFKA", "RETENTION_RELAY", "RETENTION_TRACKER"} & known
+    assert not {"RETENTION_KAFKA", "RETENTION_RELAY", "RETENTION_TRACKER", "RETENTION_SERVE"} & (
+        known
+    )
 
 
 def test_every_app_variable_is_a_setting_and_every_service_has_its_database() -> None:
@@ -119,23 +137,89 @@ def test_every_app_variable_is_a_setting_and_every_service_has_its_database() ->
     postgres = services["postgres"]["environment"]
     for name in APP_SERVICES:
         env = services[name]["environment"]
-        coordinator = name in ("migrate", "relay")
-        # The coordinator's database and a service's database are never mixed up.
-        key = "RETENTION_DATABASE_URL" if coordinator else "RETENTION_SERVICE_DATABASE_URL"
-        other = "RETENTION_SERVICE_DATABASE_URL" if coordinator else "RETENTION_DATABASE_URL"
-        assert other not in env, name
-        url = urlsplit(env[key])
-        assert (url.hostname, url.port, url.username, url.password) == (
-            "postgres",
-            5432,
-            postgres["POSTGRES_USER"],
-            postgres["POSTGRES_PASSWORD"],
-        ), name
-        async_database_url(env[key])  # a URL our code accepts
-        if coordinator:
-            assert url.path == f"/{postgres['POSTGRES_DB']}"
+        keys = {"RETENTION_DATABASE_URL", "RETENTION_SERVICE_DATABASE_URL"} & set(env)
+        # The coordinator's database and a service's database are never mixed up; only the
+        # seed writes to both.
+        if name in COORDINATOR:
+            assert keys == {"RETENTION_DATABASE_URL"}, name
+        elif name in EXAMPLE_SERVICES:
+            assert keys == {"RETENTION_SERVICE_DATABASE_URL"}, name
         else:
-            assert url.path != f"/{postgres['POSTGRES_DB']}"
+            assert name == "seed"
+            assert len(keys) == 2
+        for key in keys:
+            url = urlsplit(env[key])
+            assert (url.hostname, url.port, url.username, url.password) == (
+                "postgres",
+                5432,
+                postgres["POSTGRES_USER"],
+                postgres["POSTGRES_PASSWORD"],
+            ), name
+            async_database_url(env[key])  # a URL our code accepts
+            if key == "RETENTION_DATABASE_URL":
+                assert url.path == f"/{postgres['POSTGRES_DB']}"
+            else:
+                assert url.path != f"/{postgres['POSTGRES_DB']}"
+    # The seed fills exactly the databases the coordinator and the services use.
+    seed = services["seed"]["environment"]
+    for name in APP_SERVICES:
+        for key, value in services[name]["environment"].items():
+            if key in seed:
+                assert value == seed[key], (name, key)
+
+
+def _serve_settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
+    for key, value in _services()["serve"]["environment"].items():
+        monkeypatch.setenv(key, str(value))
+    return Settings()
+
+
+def test_serve_listens_on_all_interfaces_with_a_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = _serve_settings(monkeypatch)
+    serve = _services()["serve"]
+    assert serve["command"] == ["retention", "serve"]
+    assert settings.serve.host == "0.0.0.0"  # noqa: S104 - a container's published port
+    assert settings.api_token is not None
+    assert settings.api_token.get_secret_value()
+    assert settings.hash_secret.get_secret_value()  # purchase_records hashes customer_name
+    assert f"127.0.0.1:{settings.http_port}:{settings.http_port}" in serve["ports"]
+    # The healthcheck asks this port's /healthz; urlopen raises (exit 1) on a 503.
+    test = serve["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"]
+    code = test[3]
+    ast.parse(code)
+    assert f"'http://127.0.0.1:{settings.http_port}/healthz'" in code
+    assert "urllib.request.urlopen(" in code
+    assert int(serve["stop_grace_period"].rstrip("s")) > settings.serve.shutdown_timeout_s
+
+
+def _image_path(container_path: str) -> Path:
+    """The build-context file the Dockerfile puts at `container_path`."""
+    lines = [line.split() for line in (ROOT / "Dockerfile").read_text().splitlines() if line]
+    workdir = PurePosixPath(next(p[1] for p in lines if p[0] == "WORKDIR"))
+    target = PurePosixPath(container_path)
+    for parts in lines:
+        if parts[0] == "COPY" and len(parts) == 3:
+            destination = workdir / parts[2]
+            if target == destination or destination in target.parents:
+                return ROOT / parts[1] / target.relative_to(destination)
+    raise AssertionError(f"the Dockerfile copies nothing to {container_path}")
+
+
+def test_the_policy_file_is_in_the_image_and_the_seed_creates_its_tables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = _serve_settings(monkeypatch)
+    assert settings.policies is not None
+    source = _image_path(str(settings.policies))
+    assert source == DEMO_POLICIES
+    policies = load_policies(source).policies
+    seeded = {t.name for t in seed_metadata.sorted_tables} | {users.name}
+    assert {p.table for p in policies} <= seeded
+    # demo/policies.yaml is the seed file plus closed_accounts, kept identical.
+    seed_file = load_policies(ROOT / "tests" / "data" / "seed_policies.yaml").policies
+    assert [p for p in policies if p.name != "closed_accounts"] == seed_file
+    assert {p.name for p in policies} - {p.name for p in seed_file} == {"closed_accounts"}
 
 
 def test_app_commands_exist() -> None:
@@ -148,13 +232,31 @@ def test_app_commands_exist() -> None:
         else:
             assert command[:2] == ["python", "-m"], name
             assert importlib.util.find_spec(f"{command[2]}.__main__") is not None, name
-    assert [services[n]["command"][2] for n in EXAMPLE_SERVICES] == [
-        f"services.{n}" for n in EXAMPLE_SERVICES
+    assert [services[n]["command"] for n in EXAMPLE_SERVICES] == [
+        ["python", "-m", f"services.{n}"] for n in EXAMPLE_SERVICES
     ]
-    health = services["relay"]["healthcheck"]["test"]
-    assert health[:3] == ["CMD", "python", "-m"]
-    assert importlib.util.find_spec(health[3]) is not None
-    assert "main" in vars(importlib.import_module(health[3]))
+    assert services["seed"]["command"] == ["python", "-m", "demo", "seed"]
+
+
+def test_the_seed_command_runs_without_test_dependencies() -> None:
+    # The image installs `.[faust]`, not `.[test]`: `python -m demo seed` must not import
+    # the full demo (httpx) or anything test-only.
+    probe = (
+        "import runpy, sys\n"
+        "sys.argv = ['demo', 'seed', '--help']\n"
+        "try:\n"
+        "    runpy.run_module('demo', run_name='__main__')\n"
+        "except SystemExit as exit:\n"
+        "    assert exit.code == 0, exit.code\n"
+        "test_only = {'httpx', 'pytest', 'hypothesis', 'testcontainers', 'demo.run'}\n"
+        "print(sorted(test_only & set(sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "python -m demo seed" in result.stdout
+    assert result.stdout.strip().endswith("[]"), result.stdout
 
 
 def test_start_order_waits_for_health() -> None:
@@ -164,16 +266,76 @@ def test_start_order_waits_for_health() -> None:
         return {dep: spec["condition"] for dep, spec in services[name]["depends_on"].items()}
 
     assert waits_for("migrate") == {"postgres": "service_healthy"}
-    assert waits_for("relay") == {
-        "migrate": "service_completed_successfully",
+    assert waits_for("seed") == {"migrate": "service_completed_successfully"}
+    assert waits_for("serve") == {
+        "seed": "service_completed_successfully",
         "kafka": "service_healthy",
     }
     for name in EXAMPLE_SERVICES:
-        assert waits_for(name) == {"postgres": "service_healthy", "relay": "service_healthy"}
-    for name in ("kafka", "postgres", "relay"):
+        assert waits_for(name) == {"postgres": "service_healthy", "serve": "service_healthy"}
+    assert waits_for("prometheus") == {"serve": "service_healthy"}
+    assert waits_for("grafana") == {"prometheus": "service_started"}
+    for name in ("kafka", "postgres", "serve"):
         assert "healthcheck" in services[name], name
-    assert services["migrate"]["restart"] == "no"
+    for name in ("migrate", "seed"):
+        assert services[name]["restart"] == "no", name
     assert {services[n]["build"] for n in APP_SERVICES} == {"."}
+    assert "relay" not in services  # `retention serve` runs the relay
+    # `docker compose up` starts everything but the observability profile.
+    assert {n for n, s in services.items() if "profiles" in s} == set(OBSERVABILITY)
+    assert all(services[n]["profiles"] == ["observability"] for n in OBSERVABILITY)
+
+
+def _mounts(name: str) -> dict[str, Path]:
+    """Container path → host path of a service's read-only bind mounts."""
+    mounts = {}
+    for volume in _services()[name]["volumes"]:
+        host, container, mode = volume.split(":")
+        assert mode == "ro", volume
+        assert host.startswith("./"), volume
+        assert (ROOT / host).exists(), volume
+        mounts[container] = ROOT / host
+    return mounts
+
+
+def test_prometheus_scrapes_serve_and_loads_the_alerts(monkeypatch: pytest.MonkeyPatch) -> None:
+    mounts = _mounts("prometheus")
+    config_path = PurePosixPath("/etc/prometheus/prometheus.yml")
+    config = yaml.safe_load(mounts[str(config_path)].read_text())
+    for rule_file in config["rule_files"]:
+        in_container = config_path.parent / rule_file
+        assert mounts[str(in_container)] == ROOT / "deploy" / "prometheus" / "alerts.yml"
+    targets = {
+        target
+        for job in config["scrape_configs"]
+        for static in job["static_configs"]
+        for target in static["targets"]
+    }
+    # serve's metrics are on its HTTP port; the example services expose no HTTP endpoint
+    # (the SDK's registry stays in-process), so serve is the only target.
+    settings = _serve_settings(monkeypatch)
+    assert targets == {f"serve:{settings.http_port}"}
+    assert all(
+        job.get("metrics_path", "/metrics") == "/metrics" for job in config["scrape_configs"]
+    )
+    assert "127.0.0.1:9090:9090" in _services()["prometheus"]["ports"]
+
+
+def test_grafana_provisions_the_dashboard_and_the_datasource() -> None:
+    mounts = _mounts("grafana")
+    provisioning = mounts["/etc/grafana/provisioning"]
+    assert provisioning == ROOT / "deploy" / "grafana" / "provisioning"
+    datasources = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    (source,) = datasources["datasources"]
+    assert source["type"] == "prometheus"
+    assert source["isDefault"] is True
+    prometheus_port = _services()["prometheus"]["ports"][0].rsplit(":", 1)[1]
+    assert source["url"] == f"http://prometheus:{prometheus_port}"
+    providers = yaml.safe_load((provisioning / "dashboards" / "retention.yml").read_text())
+    (provider,) = providers["providers"]
+    folder = PurePosixPath(provider["options"]["path"])
+    dashboards = {c: h for c, h in mounts.items() if PurePosixPath(c).parent == folder}
+    assert list(dashboards.values()) == [ROOT / "deploy" / "grafana" / "retention.json"]
 
 
 def test_dockerfile_installs_every_shipped_package() -> None:
@@ -188,5 +350,8 @@ def test_dockerfile_installs_every_shipped_package() -> None:
         p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
     }
     assert shipped <= copied
+    assert "demo" in copied  # `python -m demo seed` and demo/policies.yaml
     assert pyproject["project"]["readme"] in copied
-    assert "pip install ." in dockerfile
+    # The faust extra, for services.search_index; never the test extra.
+    assert 'pip install ".[faust]"' in dockerfile
+    assert "faust" in pyproject["project"]["optional-dependencies"]

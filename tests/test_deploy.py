@@ -122,3 +122,13 @@ def test_promtool_unit_tests_fire_each_alert() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     tested = set(re.findall(r"alertname: (\w+)", ALERTS_TEST.read_text()))
     assert tested == {name for name, _ in alert_expressions()}
+
+
+def test_promtool_checks_the_compose_prometheus_config() -> None:
+    # Also loads alerts.yml through rule_files, as the container does.
+    config = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+    result = subprocess.run(
+        [promtool(), "check", "config", str(config)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 rule files found" in result.stdout + result.stderr

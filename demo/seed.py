@@ -1,0 +1,165 @@
+"""Demo data: the five seed policies' tables, a users table, legal holds, the services' data.
+
+`make demo` calls `seed_coordinator` and `seed_services` on fresh databases;
+`python -m demo seed` (the compose stack's one-shot `seed` service) seeds migrated
+databases once and leaves them alone when they already hold the demo data. Only runtime
+dependencies are imported here: the Docker image has no test extras.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Column, DateTime, MetaData, Text, func, insert, inspect, select
+from sqlalchemy import Table as SqlTable
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from consumer_sdk import configure_logging
+from coordinator.db import make_engine
+from coordinator.holds import create_hold
+from coordinator.seed_data import create_seed_tables, populate, seed_metadata
+from coordinator.settings import Settings
+from services import billing, notifications, preferences
+from services._shared import ensure_database, service_database_url
+
+__all__ = ["POLICIES", "Seeded", "main", "seed_coordinator", "seed_services", "users"]
+
+POLICIES = Path(__file__).resolve().parent / "policies.yaml"
+"""The seed file's five policies plus closed_accounts (on `users`), so every service has work."""
+
+users = SqlTable(
+    "users",
+    MetaData(),
+    Column("id", Text, primary_key=True),
+    Column("email", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("closed_at", DateTime(timezone=True)),
+)
+
+
+@dataclass
+class Seeded:
+    rows: dict[str, int]
+    held_entities: int
+    users_due: list[str]
+
+
+async def seed_coordinator(engine: AsyncEngine, scale: int) -> tuple[Seeded, dict[str, list[str]]]:
+    now = datetime.now(UTC)
+    async with engine.begin() as conn:
+        await create_seed_tables(conn)
+        await conn.run_sync(users.metadata.create_all)
+        data = await populate(conn, now, per_category=scale)
+        user_rows = _users(now, scale)
+        await conn.execute(insert(users), user_rows)
+        due_users = [
+            u["id"]
+            for u in user_rows
+            if u["closed_at"] and u["closed_at"] < now - timedelta(days=30)
+        ]
+        held_users = [f"user:{u}" for u in due_users[: max(1, scale // 20)]]
+        await create_hold(
+            conn,
+            entities=data.holds,
+            reason="Litigation hold, case 2026-117 (demo)",
+            created_by="legal@example.com",
+            now=now,
+            hold_id="case-2026-117",
+        )
+        await create_hold(
+            conn,
+            entities=held_users,
+            reason="Data subject dispute (demo)",
+            created_by="dpo@example.com",
+            now=now,
+            hold_id="dispute-42",
+        )
+        counts = {}
+        for table in [*seed_metadata.sorted_tables, users]:
+            counts[table.name] = int(
+                await conn.scalar(select(func.count()).select_from(table)) or 0
+            )
+    # Every coordinator order belongs to some user in billing, under the same id.
+    orders_of: dict[str, list[str]] = {u["id"]: [] for u in user_rows}
+    user_ids = list(orders_of)
+    all_orders = [str(i) for ids in data.ids["purchase_records"].values() for i in ids]
+    for n, order_id in enumerate(all_orders):
+        orders_of[user_ids[n % len(user_ids)]].append(order_id)
+    return Seeded(counts, len(data.holds) + len(held_users), due_users), orders_of
+
+
+def _users(now: datetime, scale: int) -> list[dict[str, Any]]:
+    rows = []
+    for n in range(3 * scale):
+        kind = n % 6  # half closed long ago, a sixth closed recently, a third active
+        closed_at = (
+            now - timedelta(days=31 + n % 400)
+            if kind < 3
+            else now - timedelta(days=n % 20)
+            if kind == 3
+            else None
+        )
+        rows.append(
+            {
+                "id": f"user-{n:05d}",
+                "email": f"user{n}@example.com",
+                "status": "closed" if closed_at else "active",
+                "closed_at": closed_at,
+            }
+        )
+    return rows
+
+
+async def seed_services(url: str, orders_of: dict[str, list[str]]) -> dict[str, int]:
+    user_ids = list(orders_of)
+    return {
+        "notifications": await notifications.seed(url, user_ids),
+        "preferences": await preferences.seed(url, user_ids),
+        "billing": await billing.seed(url, user_ids, order_ids=orders_of),
+    }
+
+
+async def _seeded_already(conn: AsyncConnection) -> bool:
+    names = await conn.run_sync(lambda sync: set(inspect(sync).get_table_names()))
+    return users.name in names
+
+
+async def seed_once(database_url: str, services_url: str, scale: int) -> str:
+    """Seed a migrated coordinator database and the services' database, unless done before."""
+    engine = make_engine(database_url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            if await _seeded_already(conn):
+                return "already seeded: left as it is"
+        seeded, orders_of = await seed_coordinator(engine, scale)
+    finally:
+        await engine.dispose()
+    await ensure_database(services_url)
+    service_rows = await seed_services(services_url, orders_of)
+    return (
+        f"seeded {sum(seeded.rows.values())} rows in {len(seeded.rows)} tables, "
+        f"{seeded.held_entities} entities under legal hold; services: "
+        + ", ".join(f"{name} {rows}" for name, rows in service_rows.items())
+    )
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m demo seed",
+        description="Seed the demo data into RETENTION_DATABASE_URL (migrated) and "
+        "RETENTION_SERVICE_DATABASE_URL, once.",
+    )
+    parser.add_argument("--scale", type=int, default=100, help="rows per category and table")
+    args = parser.parse_args(argv)
+    if args.scale < 1:
+        parser.error("--scale must be at least 1")
+    configure_logging("WARNING")
+    database_url = Settings().database_url.get_secret_value()
+    print(asyncio.run(seed_once(database_url, service_database_url(), args.scale)), file=sys.stderr)
+    return 0
