@@ -42,18 +42,18 @@ N_USERS = 1000
 CUSTOMERS = 50  # 100 orders anonymized
 
 
-async def test_thousand_users_erased_by_four_services_once(stack: Stack) -> None:
+async def test_thousand_users_erased_everywhere_once(stack: Stack) -> None:
     work = await workload.prepare(stack, users=N_USERS, customers=CUSTOMERS, with_search_index=True)
     expected = work.expected_acks()
-    await stack.start_services(*ALL_SERVICES)
+    await stack.start_services(*PRODUCT_SERVICES)
     async with (
         running_tracker(stack) as tracker,
         AckTail(stack.kafka) as acks,
     ):
         await wait_for(
-            partial(has_registered, stack, ALL_SERVICES),
+            partial(has_registered, stack, PRODUCT_SERVICES),
             timeout_s=30,
-            what="the four registrations",
+            what="the three registrations",
         )
 
         alive = all_of(stack.check_alive, tracker.check, acks.check)
@@ -79,7 +79,7 @@ async def test_thousand_users_erased_by_four_services_once(stack: Stack) -> None
         )
         completed_at = await last_completion_at(stack)
 
-    assert codes == dict.fromkeys(ALL_SERVICES, 0)
+    assert codes == dict.fromkeys(PRODUCT_SERVICES, 0)
     assert ack_problems(pairs, expected) == []
     assert effect_problems(await erasure_counts(stack.services_url), pairs) == []
     assert await workload.data_problems(stack, work) == []
@@ -89,7 +89,7 @@ async def test_thousand_users_erased_by_four_services_once(stack: Stack) -> None
     lag = completed_at.timestamp() - last_ack
     print(
         f"\n[e2e] {work.events} entities ({N_USERS} users, {len(work.orders)} orders), "
-        f"{len(expected)} acks from 4 service processes (one Faust) in {elapsed:.2f}s: "
+        f"{len(expected)} acks from 3 service processes in {elapsed:.2f}s: "
         f"{work.events / elapsed:.0f} entities/s, {len(expected) / elapsed:.0f} acks/s; "
         f"tracker recorded the last completion {lag:.2f}s after the last ack"
     )
@@ -156,7 +156,10 @@ async def test_sigkill_midway_then_restart_applies_each_effect_once(stack: Stack
     )
 
 
-FAUST_KILL_USERS = 300  # the restart waits out the dead member's 10 s session
+# Four services, the Faust one killed: the issue-9 scenario. Smaller than N_USERS because
+# the Faust adapter handles one event at a time and the restart waits out the dead
+# member's 10 s session.
+FAUST_KILL_USERS = 300
 FAUST_KILL_CUSTOMERS = 5
 
 
