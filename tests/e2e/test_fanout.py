@@ -43,7 +43,7 @@ CUSTOMERS = 50  # 100 orders anonymized
 
 
 async def test_thousand_users_erased_everywhere_once(stack: Stack) -> None:
-    work = await workload.prepare(stack, users=N_USERS, customers=CUSTOMERS, with_search_index=True)
+    work = await workload.prepare(stack, users=N_USERS, customers=CUSTOMERS)
     expected = work.expected_acks()
     await stack.start_services(*PRODUCT_SERVICES)
     async with (
