@@ -147,6 +147,27 @@ class FaustRetention:
             )
             return self._dispatcher
 
+    async def on_assigned(self, partitions: set[Any]) -> None:
+        """After each rebalance: publish the registration now, not at the first event.
+
+        The tracker must know the service before events arrive, or it cannot tell who
+        still owes an ack; `partitions assigned` is also the core SDK's readiness line.
+        """
+        try:
+            await self.open()
+        except Exception as exc:
+            # Not fatal here: `handle` opens (and retries) again at the first event.
+            log.error(
+                "registration not published; retrying at the first event",
+                service=self.retention.service,
+                error=repr(exc),
+            )
+        log.info(
+            "partitions assigned",
+            service=self.retention.service,
+            partitions=sorted(tp.partition for tp in partitions),
+        )
+
     async def close(self) -> None:
         self.stopping.set()
         async with self._opening:
@@ -255,8 +276,16 @@ def attach(app: Any, retention: RetentionConsumer) -> FaustRetention:
         allow_empty=True,
     )
     app.agent(topic, name=f"retention.{retention.service}", concurrency=CONCURRENCY)(handle.agent)
+    app.on_partitions_assigned.connect(_on_assigned(handle))
     app.on_before_shutdown.connect(_closer(handle))
     return handle
+
+
+def _on_assigned(handle: FaustRetention) -> Any:
+    async def on_assigned(app: Any, assigned: set[Any], **kwargs: Any) -> None:
+        await handle.on_assigned(assigned)
+
+    return on_assigned
 
 
 def _closer(handle: FaustRetention) -> Any:

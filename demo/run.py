@@ -4,7 +4,8 @@ Steps (each fails with a message naming what did not come up):
  1. fresh databases `retention_demo` (coordinator) and `retention_demo_services`;
  2. migrate, seed the five seed policies' tables, a users table, legal holds and the services'
     own data (demo/seed.py; policies demo/policies.yaml);
- 3. start `retention serve` and the three example services as subprocesses;
+ 3. start `retention serve` and the four example services (`search_index` is a Faust app)
+    as subprocesses, and wait until each one's registration reached the tracker;
  4. trigger a run over HTTP (POST /v1/runs) and wait until every event is completed;
  5. print the summary, then stop what it started (`--keep` leaves it running).
 
@@ -45,11 +46,11 @@ from coordinator.tables import event_status, outbox, service_registry
 from coordinator.tracking import queries
 from demo.seed import POLICIES, Seeded, seed_coordinator, seed_services
 from schemas import KafkaSettings, async_database_url
-from services import billing, notifications, preferences
+from services import billing, notifications, preferences, search_index
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".cache" / "demo"
-SERVICES = ("notifications", "preferences", "billing")
+SERVICES = ("notifications", "preferences", "billing", "search_index")
 TOKEN = "demo-token"  # noqa: S105 - a demo-only token, printed for the user
 SPEC_METRICS = (
     "retention_records_processed_total",
@@ -378,7 +379,7 @@ async def erasure_counts(url: str) -> dict[str, int]:
                     await conn.scalar(select(func.coalesce(func.sum(module.erasure_log.c.rows), 0)))
                     or 0
                 )
-                for module in (notifications, preferences, billing)
+                for module in (notifications, preferences, billing, search_index)
             }
     finally:
         await engine.dispose()

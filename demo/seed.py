@@ -25,7 +25,7 @@ from coordinator.db import make_engine
 from coordinator.holds import create_hold
 from coordinator.seed_data import create_seed_tables, populate, seed_metadata
 from coordinator.settings import Settings
-from services import billing, notifications, preferences
+from services import billing, notifications, preferences, search_index
 from services._shared import ensure_database, service_database_url
 
 __all__ = ["POLICIES", "Seeded", "main", "seed_coordinator", "seed_services", "users"]
@@ -122,6 +122,7 @@ async def seed_services(url: str, orders_of: dict[str, list[str]]) -> dict[str, 
         "notifications": await notifications.seed(url, user_ids),
         "preferences": await preferences.seed(url, user_ids),
         "billing": await billing.seed(url, user_ids, order_ids=orders_of),
+        "search_index": await search_index.seed(url, user_ids),
     }
 
 

@@ -30,7 +30,7 @@ from typing import Any, Self
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
-from sqlalchemy import func, select
+from sqlalchemy import func, inspect, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import Clock, SystemClock
@@ -43,11 +43,13 @@ from coordinator.settings import RelaySettings, TrackerSettings
 from coordinator.tables import audit_log, event_status, service_registry
 from coordinator.tracker import Tracker
 from schemas import AckStatus, KafkaSettings, RetentionAck, decode
-from services import billing, notifications, preferences
+from services import billing, notifications, preferences, search_index
 from tests import infra
 from tests.infra import ROOT
 
 __all__ = [
+    "ALL_SERVICES",
+    "FAUST_SERVICE",
     "PRODUCT_SERVICES",
     "AckTail",
     "Pair",
@@ -73,12 +75,18 @@ __all__ = [
 ]
 
 PRODUCT_SERVICES = ("notifications", "preferences", "billing")
-"""The example services, each run as `python -m services.<name>`."""
+"""The example services on the core SDK, each run as `python -m services.<name>`."""
+
+FAUST_SERVICE = search_index.SERVICE
+"""The example service built as a Faust app (`python -m services.search_index`)."""
+
+ALL_SERVICES = (*PRODUCT_SERVICES, FAUST_SERVICE)
 
 ERASURE_LOGS = {
     "notifications": notifications.erasure_log,
     "preferences": preferences.erasure_log,
     "billing": billing.erasure_log,
+    FAUST_SERVICE: search_index.erasure_log,
 }
 """One row per applied effect, with no unique key: a twice-applied event shows twice."""
 
@@ -639,12 +647,19 @@ def ack_problems(
 
 
 async def erasure_counts(services_url: str) -> dict[str, Counter[uuid.UUID]]:
-    """Per service, how many `erasure_log` rows (applied effects) each event left."""
+    """Per service, how many `erasure_log` rows (applied effects) each event left.
+
+    A service whose tables were never created (not seeded, never started) is left out.
+    """
     engine = make_engine(services_url)
     try:
         counts: dict[str, Counter[uuid.UUID]] = {}
         async with engine.connect() as conn:
             for service, table in ERASURE_LOGS.items():
+                if not await conn.run_sync(
+                    lambda sync, t=table: inspect(sync).has_table(t.name, schema=t.schema)
+                ):
+                    continue
                 rows = await conn.execute(
                     select(table.c.event_id, func.count()).group_by(table.c.event_id)
                 )

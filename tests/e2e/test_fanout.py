@@ -1,6 +1,7 @@
-"""Issue 4, end to end: outbox → relay → three service processes → acks, on the real
-broker and database. Effects are counted in the services' `erasure_log` tables, acks by
-reading the acks topic to its end after the services stopped."""
+"""Issues 4 and 9, end to end: outbox → relay → service processes (three on the core SDK,
+`search_index` on Faust) → acks, on the real broker and database. Effects are counted in
+the services' `erasure_log` tables, acks by reading the acks topic to its end after the
+services stopped."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from consumer_sdk import DlqHeader, DlqReason
 from schemas import AckStatus, RetentionEvent, decode
 from tests.e2e import crm_service, workload
 from tests.e2e.harness import (
+    ALL_SERVICES,
+    FAUST_SERVICE,
     PRODUCT_SERVICES,
     AckTail,
     Pair,
@@ -150,6 +153,76 @@ async def test_sigkill_midway_then_restart_applies_each_effect_once(stack: Stack
         f"\n[e2e] SIGKILL billing after {acked_at_kill}/{victim_total} acks; restarted, all "
         f"{len(expected)} acks in {recovered:.1f}s after the kill; {resent} billing acks "
         "re-sent for redelivered events (idempotency store), every effect applied once"
+    )
+
+
+# Four services, the Faust one killed: the issue-9 scenario. Smaller than N_USERS because
+# the Faust adapter handles one event at a time and the restart waits out the dead
+# member's 10 s session.
+FAUST_KILL_USERS = 300
+FAUST_KILL_CUSTOMERS = 5
+
+
+async def test_sigkill_faust_service_midway_then_restart_applies_each_effect_once(
+    stack: Stack,
+) -> None:
+    work = await workload.prepare(
+        stack,
+        users=FAUST_KILL_USERS,
+        customers=FAUST_KILL_CUSTOMERS,
+        label="fk",
+        with_search_index=True,
+    )
+    expected = work.expected_acks()
+    victim_total = sum(1 for _, service in expected if service == FAUST_SERVICE)
+    await stack.start_services(*ALL_SERVICES)
+    victim = stack.processes[FAUST_SERVICE]
+    async with running_tracker(stack) as tracker, AckTail(stack.kafka) as acks:
+        await wait_for(
+            partial(has_registered, stack, ALL_SERVICES), timeout_s=30, what="registrations"
+        )
+        async with running_relay(stack) as relay:
+            alive = all_of(stack.check_alive, tracker.check, relay.check, acks.check)
+            await wait_for(
+                lambda: acks.acked_by(FAUST_SERVICE) >= victim_total // 4,
+                timeout_s=60,
+                what=f"{FAUST_SERVICE} to be a quarter through",
+                alive=alive,
+                interval_s=0.01,
+            )
+            victim.kill()
+            acked_at_kill = acks.acked_by(FAUST_SERVICE)
+            killed = time.monotonic()
+            victim.start()
+            await victim.wait_ready(timeout_s=60)
+            await wait_for(
+                lambda: expected.keys() <= acks.pairs(),
+                timeout_s=90,
+                what=f"{len(expected)} acks",
+                alive=alive,
+                interval_s=0.1,
+            )
+            recovered = time.monotonic() - killed
+        codes = await stack.stop_services()
+        await acks.caught_up()
+        pairs = acks_by_pair(acks.records)
+        await wait_for(
+            partial(states_are, stack, completed=work.events),
+            timeout_s=30,
+            what="every event completed in the tracker",
+            alive=tracker.check,
+        )
+
+    assert 0 < acked_at_kill < victim_total, "the kill must land mid-way"
+    assert codes == dict.fromkeys(ALL_SERVICES, 0)
+    assert ack_problems(pairs, expected, redelivery_from={FAUST_SERVICE}) == []
+    assert effect_problems(await erasure_counts(stack.services_url), pairs) == []
+    assert await workload.data_problems(stack, work) == []
+    resent = sum(len(c) - 1 for (_, s), c in pairs.items() if s == FAUST_SERVICE)
+    print(
+        f"\n[e2e] SIGKILL {FAUST_SERVICE} (Faust) after {acked_at_kill}/{victim_total} acks; "
+        f"restarted, all {len(expected)} acks in {recovered:.1f}s after the kill; {resent} "
+        "acks re-sent for redelivered events (idempotency store), every effect applied once"
     )
 
 

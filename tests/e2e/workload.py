@@ -1,6 +1,7 @@
 """The end-to-end workload: users to erase, orders to anonymize, customers to leave alone.
 
-`prepare` seeds the three services' databases through their own `seed` functions and
+`prepare` seeds the three core-SDK services' databases (and, with `with_search_index=True`,
+the Faust service's index) through their own `seed` functions and
 writes one outbox row per entity, as the policy engine's purge would. The expected
 acks follow from what was seeded: a user without notifications is `not_found` there.
 `data_problems` checks the services' tables afterwards, including that nothing outside
@@ -14,11 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.db import make_engine
 from schemas import AckStatus
-from services import billing, notifications, preferences
-from tests.e2e.harness import Pair, Stack
+from services import billing, notifications, preferences, search_index
+from tests.e2e.harness import FAUST_SERVICE, Pair, Stack
 from tests.outbox import insert_rows, outbox_rows
 
 __all__ = ["ORDERS_PER_CUSTOMER", "Workload", "data_problems", "prepare"]
@@ -26,6 +28,7 @@ __all__ = ["ORDERS_PER_CUSTOMER", "Workload", "data_problems", "prepare"]
 ORDERS_PER_CUSTOMER = 3
 ANONYMIZED_PER_CUSTOMER = 2
 NOTIFICATIONS_PER_USER = 3
+DOCUMENTS_PER_USER = 2
 
 
 @dataclass
@@ -39,6 +42,8 @@ class Workload:
     silent_users: set[str]
     """Users seeded without notifications: that service acks `not_found`."""
     rows: list[dict[str, Any]] = field(default_factory=list)
+    with_search_index: bool = False
+    """Whether the Faust service's index was seeded: it takes part and acks every user."""
 
     @property
     def events(self) -> int:
@@ -55,6 +60,8 @@ class Workload:
             )
             expected[(event_id, "preferences")] = AckStatus.COMPLETED
             expected[(event_id, "billing")] = AckStatus.COMPLETED
+            if self.with_search_index:
+                expected[(event_id, FAUST_SERVICE)] = AckStatus.COMPLETED
         for event_id in self.event_ids("order").values():
             expected[(event_id, "billing")] = AckStatus.COMPLETED
         return expected
@@ -65,7 +72,13 @@ def _order_ids(customer: str) -> list[str]:
 
 
 async def prepare(
-    stack: Stack, *, users: int, customers: int, label: str = "e2e", silent_every: int = 10
+    stack: Stack,
+    *,
+    users: int,
+    customers: int,
+    label: str = "e2e",
+    silent_every: int = 10,
+    with_search_index: bool = False,
 ) -> Workload:
     """Seed the services and fill the outbox; nothing is published yet."""
     user_ids = [f"{label}-u{i:05d}" for i in range(users)]
@@ -81,6 +94,8 @@ async def prepare(
     await preferences.seed(url, user_ids + customer_ids)
     await billing.seed(url, user_ids)
     await billing.seed(url, customer_ids, order_ids={c: _order_ids(c) for c in customer_ids})
+    if with_search_index:
+        await search_index.seed(url, user_ids + customer_ids, per_user=DOCUMENTS_PER_USER)
     rows = outbox_rows(len(user_ids), policy="inactive_users", entity_ids=user_ids)
     rows += outbox_rows(
         len(orders),
@@ -94,7 +109,7 @@ async def prepare(
         await insert_rows(engine, rows)
     finally:
         await engine.dispose()
-    return Workload(user_ids, customer_ids, orders, silent, rows)
+    return Workload(user_ids, customer_ids, orders, silent, rows, with_search_index)
 
 
 async def data_problems(stack: Stack, work: Workload) -> list[str]:
@@ -132,10 +147,26 @@ async def data_problems(stack: Stack, work: Workload) -> list[str]:
             )
             if kept != len(work.customers):
                 problems.append(f"customers' preferences: {kept} customers left")
+            if work.with_search_index:
+                problems.extend(await _index_problems(conn, work))
             for order in (await conn.execute(select(o))).all():
                 problems.extend(_order_problems(order, work, anonymized))
     finally:
         await engine.dispose()
+    return problems
+
+
+async def _index_problems(conn: AsyncConnection, work: Workload) -> list[str]:
+    d = search_index.documents
+    problems: list[str] = []
+    left = await conn.scalar(select(func.count()).select_from(d).where(d.c.user_id.in_(work.users)))
+    if left:
+        problems.append(f"{left} indexed documents of erased users left")
+    kept = await conn.scalar(
+        select(func.count()).select_from(d).where(d.c.user_id.in_(work.customers))
+    )
+    if kept != DOCUMENTS_PER_USER * len(work.customers):
+        problems.append(f"customers' indexed documents: {kept} left")
     return problems
 
 
