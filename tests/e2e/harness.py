@@ -82,6 +82,9 @@ ERASURE_LOGS = {
 }
 """One row per applied effect, with no unique key: a twice-applied event shows twice."""
 
+RETENTION_CLI = str(Path(sys.executable).with_name("retention"))
+"""The installed `retention` command of this environment."""
+
 READY_MARKER = b"partitions assigned"
 """What the SDK logs once the consumer group handed the service its partitions."""
 
@@ -133,6 +136,8 @@ class ServiceProcess:
     module: str
     env: dict[str, str]
     log_path: Path
+    argv: tuple[str, ...] = ()
+    """The command instead of `python -m <module>` (e.g. the `retention` CLI)."""
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
     kills: int = 0
@@ -148,7 +153,7 @@ class ServiceProcess:
         self._ready_marks = self.log().count(READY_MARKER)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", self.module],
+                list(self.argv) or [sys.executable, "-m", self.module],
                 cwd=ROOT,
                 env=self.env,
                 stdout=log,
@@ -166,6 +171,17 @@ class ServiceProcess:
             alive=self.check_alive,
         )
 
+    async def wait(self, *, timeout_s: float) -> int:
+        """Until the process exits on its own; its exit code."""
+        if self.proc is None:
+            raise RuntimeError(f"{self.name} was never started")
+        try:
+            return await asyncio.to_thread(self.proc.wait, timeout_s)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"{self.name} still running after {timeout_s}s:\n{self.log_tail()}"
+            ) from None
+
     def check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(
@@ -179,6 +195,18 @@ class ServiceProcess:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
         self.kills += 1
+
+    def pause(self) -> None:
+        """SIGSTOP: the process freezes (no poll, no heartbeat) but keeps its connections."""
+        if self.proc is None or not self.alive:
+            raise RuntimeError(f"{self.name} is not running")
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after `pause`: a zombie comes back and finds its partitions reassigned."""
+        if self.proc is None or not self.alive:
+            raise RuntimeError(f"{self.name} is not running")
+        self.proc.send_signal(signal.SIGCONT)
 
     async def terminate(self, *, timeout_s: float = 30.0) -> int:
         """SIGTERM and wait for the graceful stop; SIGKILL after `timeout_s`."""
@@ -261,6 +289,9 @@ class Stack:
 
     def check_alive(self) -> None:
         for process in self.processes.values():
+            # One-shot `retention` commands end on their own; their callers wait for them.
+            if process.argv:
+                continue
             if process.starts and process.proc is not None:
                 # A process the test killed on purpose is not running until restarted.
                 if process.proc.returncode == -signal.SIGKILL:
@@ -269,6 +300,31 @@ class Stack:
 
     def engine(self) -> AsyncEngine:
         return make_engine(self.coordinator_url)
+
+    def coordinator_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The environment of a `retention` command on this stack's database and topics."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RETENTION_")}
+        env["RETENTION_DATABASE_URL"] = self.coordinator_url
+        env["RETENTION_KAFKA_BOOTSTRAP_SERVERS"] = self.kafka.bootstrap_servers
+        env["RETENTION_KAFKA_TOPIC_PREFIX"] = self.kafka.topic_prefix
+        env.update(extra or {})
+        return env
+
+    def add_cli(
+        self, name: str, *args: str, env: Mapping[str, str] | None = None
+    ) -> ServiceProcess:
+        """A `retention <args>` process on this stack (start, kill, restart like a service)."""
+        if name in self.processes:
+            raise ValueError(f"process {name} already added")
+        process = ServiceProcess(
+            name=name,
+            module="coordinator.cli",
+            env=self.coordinator_env(env),
+            log_path=self.log_dir / f"{name}.log",
+            argv=(RETENTION_CLI, *args),
+        )
+        self.processes[name] = process
+        return process
 
 
 @asynccontextmanager
@@ -428,14 +484,10 @@ async def last_completion_at(stack: Stack) -> datetime | None:
 
 def run_cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     """The installed `retention` command, as an operator runs it, on the stack's database."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RETENTION_")}
-    env["RETENTION_DATABASE_URL"] = stack.coordinator_url
-    env["RETENTION_KAFKA_BOOTSTRAP_SERVERS"] = stack.kafka.bootstrap_servers
-    env["RETENTION_KAFKA_TOPIC_PREFIX"] = stack.kafka.topic_prefix
     return subprocess.run(
-        [str(Path(sys.executable).with_name("retention")), *args],
+        [RETENTION_CLI, *args],
         cwd=ROOT,
-        env=env,
+        env=stack.coordinator_env(),
         capture_output=True,
         text=True,
         timeout=60,

@@ -1,0 +1,49 @@
+"""The invariant check itself: a clean run passes all six; sabotage fails the right one."""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, insert, select, update
+
+from coordinator.db import make_engine
+from coordinator.tables import audit_log
+from services import notifications
+from tests.e2e.harness import Stack, running_tracker
+from tests.faults.drive import complete, coordinator_processes, start_services
+from tests.faults.invariants import check_invariants, settle
+from tests.faults.world import USERS_POLICY, World, fault_users
+
+
+async def test_clean_run_passes_and_sabotage_is_caught(stack: Stack, world: World) -> None:
+    run, relay = coordinator_processes(stack, world)
+    async with running_tracker(stack) as tracker:
+        await start_services(stack)
+        await complete(run)
+        await complete(relay)
+        await settle(stack, world, timeout_s=60, alive=tracker.check)
+    report = await check_invariants(stack, world, scenario="clean", seed=0, faults={})
+    report.assert_ok()
+    assert report.events == world.expected_events > 0
+
+    # Each kind of damage shows up under its own invariant, and only there.
+    held_user = sorted(world.held(USERS_POLICY))[0]
+    young_user = sorted(world.young(USERS_POLICY))[0]
+    engine, services = stack.engine(), make_engine(stack.services_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(delete(fault_users).where(fault_users.c.id == held_user))
+            await conn.execute(
+                update(fault_users).where(fault_users.c.id == young_user).values(email="x")
+            )
+            await conn.execute(update(audit_log).where(audit_log.c.seq == 2).values(actor="eve"))
+        async with services.begin() as conn:
+            log = notifications.erasure_log
+            first = (await conn.execute(select(log.c.event_id, log.c.user_id).limit(1))).one()
+            await conn.execute(insert(log), [{**first._asdict(), "rows": 1}])
+    finally:
+        await engine.dispose()
+        await services.dispose()
+    broken = await check_invariants(
+        stack, world, scenario="sabotaged", seed=0, faults={}, record=False
+    )
+    failed = {name for name, problems in broken.problems.items() if problems}
+    assert failed == {"holds", "young", "once", "audit"}, broken.details()

@@ -1,0 +1,117 @@
+"""Scenario 2: SIGKILL a service mid-batch and restart it; a zombie replica comes back.
+
+The run is done and the relay publishes everything; then a seeded schedule picks a
+service and SIGKILLs it after it applied a random few more effects, while handlers and
+acks of its current batch are in flight; it is restarted each time. In the slow
+variant, billing runs two replicas and one is frozen (SIGSTOP) mid-batch past the
+consumer session timeout: the group gives its partitions to the other replica, which
+processes the same events; then the zombie gets SIGCONT and must neither apply an
+effect twice nor die.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import PRODUCT_SERVICES, Stack, running_tracker
+from tests.faults.drive import (
+    complete,
+    coordinator_processes,
+    effects_applied,
+    start_services,
+    wait_until_above,
+)
+from tests.faults.invariants import check_invariants, settle
+from tests.faults.world import USERS_POLICY, World, prepare_world
+
+SESSION_TIMEOUT_S = 10.0
+"""aiokafka's default `session_timeout_ms`: a frozen member is evicted after this."""
+
+
+def _expected_effects(world: World, service: str) -> int:
+    users = len(world.processed(USERS_POLICY))
+    return users + len(world.processed("purchase_records")) if service == "billing" else users
+
+
+async def _zombie(stack: Stack, world: World, rng: random.Random, faults: Counter[str]) -> None:
+    zombie, other = (
+        stack.processes["billing"],
+        stack.add_service("billing-2", module="services.billing"),
+    )
+    await stack.start_services("billing-2")
+    before = await effects_applied(stack, "billing")
+    await wait_until_above(
+        lambda: effects_applied(stack, "billing"),
+        min(before + rng.randint(0, 3), _expected_effects(world, "billing") - 1),
+        process=zombie,
+    )
+    zombie.pause()
+    faults["zombie_service"] += 1
+    try:
+        await asyncio.sleep(SESSION_TIMEOUT_S + rng.uniform(3, 8))
+        other.check_alive()
+    finally:
+        zombie.resume()
+
+
+async def service_kills(
+    stack: Stack, directory: Path, *, seed: int, kills: int, users: int, zombie: bool
+) -> None:
+    rng = random.Random(seed)
+    world = await prepare_world(stack, directory, users=users, per_category=2)
+    run, relay = coordinator_processes(stack, world)
+    faults: Counter[str] = Counter()
+    async with running_tracker(stack) as tracker:
+        await start_services(stack)
+        await complete(run)
+        relay.start()
+        attempts = 0
+        while faults["kill_service"] < kills:
+            attempts += 1
+            assert attempts < kills * 4, f"only {dict(faults)} in {attempts} attempts"
+            unfinished = [
+                s
+                for s in PRODUCT_SERVICES
+                if await effects_applied(stack, s) < _expected_effects(world, s) - 2
+            ]
+            assert unfinished, f"the services finished after {dict(faults)}: more users needed"
+            service = stack.processes[rng.choice(unfinished)]
+            before = await effects_applied(stack, service.name)
+            seen = await wait_until_above(
+                lambda: effects_applied(stack, service.name),  # noqa: B023
+                min(before + rng.randint(0, 4), _expected_effects(world, service.name) - 1),
+                process=service,
+            )
+            if seen is None or not service.alive:
+                continue
+            await asyncio.sleep(rng.uniform(0, 0.02))
+            service.kill()
+            faults["kill_service"] += 1
+            await stack.start_services(service.name)
+        if zombie:
+            await _zombie(stack, world, rng, faults)
+        assert await relay.wait(timeout_s=60) == 0, relay.log_tail()
+        await settle(stack, world, timeout_s=120, alive=tracker.check)
+        stack.check_alive()
+    report = await check_invariants(
+        stack, world, scenario="2-service-kills", seed=seed, faults=faults
+    )
+    report.assert_ok()
+    assert report.events == world.expected_events
+
+
+async def test_services_killed_mid_batch(stack: Stack, tmp_path: Path) -> None:
+    await service_kills(stack, tmp_path, seed=2002, kills=2, users=40, zombie=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [2718])
+async def test_services_killed_and_a_zombie_returns(
+    stack: Stack, tmp_path: Path, seed: int
+) -> None:
+    await service_kills(stack, tmp_path, seed=seed, kills=6, users=200, zombie=True)

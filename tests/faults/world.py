@@ -1,0 +1,221 @@
+"""The fault suite's world: coordinator tables with labelled rows, matching service data.
+
+`prepare_world` writes, on a `Stack`:
+
+* the five seed tables of `coordinator.seed_data` (every row in a labelled category)
+  and one more, `fault_users`, whose `user` entities the three example services hold;
+* the services' data through their own `seed` functions: notifications, preferences
+  and orders for every fault user (due, held and young alike), and a billing order for
+  every row of the coordinator's `orders` table (its `purchase_records` policy
+  anonymizes them and fans out to billing);
+* a legal hold over every `held` row, and a policy file (the seed policies with small
+  batches, plus `inactive_users`) for `retention run`.
+
+It also records a checksum of every row that must stay untouched, so the invariant
+check (tests/faults/invariants.py) can prove nothing held or young changed.
+
+Times are real: `retention run` uses the system clock. Rows written `at_cutoff` are due
+by the time any run starts (its cutoff is later than the one they were written at), so
+here they count as processed; `young` rows are a day inside retention and stay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+from sqlalchemy import Column, DateTime, MetaData, Table, Text, insert, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from coordinator.holds import create_hold
+from coordinator.seed_data import (
+    PROCESSED,
+    SeedData,
+    create_seed_tables,
+    populate,
+)
+from services import billing, notifications, preferences
+from tests.e2e.harness import Stack
+from tests.infra import ROOT
+
+__all__ = [
+    "ENTITY_SERVICES",
+    "HASH_SECRET",
+    "PROCESSED_LIVE",
+    "USERS_POLICY",
+    "PolicyFacts",
+    "World",
+    "fault_users",
+    "prepare_world",
+    "row_checksums",
+]
+
+HASH_SECRET = "faults-hash-secret"
+USERS_POLICY = "inactive_users"
+USERS_RETENTION = timedelta(days=365)
+NOTIFICATIONS_PER_USER = 2
+ORDER_OWNER = "shop-ledger"
+"""The billing customer every coordinator order belongs to (never erased itself)."""
+
+PROCESSED_LIVE = PROCESSED | {"at_cutoff"}
+"""Processed in a real-time run: the cutoff has moved past rows written at the old one."""
+
+ENTITY_SERVICES: Mapping[str, frozenset[str]] = {
+    "user": frozenset({"notifications", "preferences", "billing"}),
+    "order": frozenset({"billing"}),
+}
+"""Which example services register for which entity type; every other type: none."""
+
+SEED_POLICY_FILE = ROOT / "tests" / "data" / "seed_policies.yaml"
+
+fault_metadata = MetaData()
+fault_users = Table(
+    "fault_users",
+    fault_metadata,
+    Column("id", Text, primary_key=True),
+    Column("email", Text, nullable=False),
+    Column("last_seen_at", DateTime(timezone=True)),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyFacts:
+    """What the invariant check needs to know of one policy."""
+
+    name: str
+    table: str
+    entity_type: str
+    action: str
+    fan_out: bool
+
+
+@dataclass
+class World:
+    """Everything written, by policy and category, and how it must end."""
+
+    data: SeedData
+    policies: dict[str, PolicyFacts]
+    policy_file: Path
+    untouched_checksums: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Policy → entity id → md5 of the row, for every row that must not change."""
+
+    def ids(self, policy: str, *categories: str) -> set[str]:
+        return {str(i) for c in categories for i in self.data.ids[policy].get(c, [])}
+
+    def processed(self, policy: str) -> set[str]:
+        return self.ids(policy, *PROCESSED_LIVE)
+
+    def held(self, policy: str) -> set[str]:
+        return self.ids(policy, "held")
+
+    def young(self, policy: str) -> set[str]:
+        """Rows not due: inside retention, NULL timestamp, or excluded by conditions."""
+        return self.ids(policy, "young", "null_ts", "excluded")
+
+    @property
+    def expected_events(self) -> int:
+        return sum(len(self.processed(p.name)) for p in self.policies.values() if p.fan_out)
+
+
+def _policy_file(path: Path, *, batch_size: int) -> dict[str, PolicyFacts]:
+    document = yaml.safe_load(SEED_POLICY_FILE.read_text())
+    policies: list[dict[str, Any]] = document["policies"]
+    policies.append(
+        {
+            "name": USERS_POLICY,
+            "table": str(fault_users.name),
+            "entity_type": "user",
+            "timestamp_column": "last_seen_at",
+            "retention": f"{USERS_RETENTION.days}d",
+            "action": "delete",
+            "legal_basis": "Storage limitation (inactive accounts)",
+            "fan_out": True,
+        }
+    )
+    for policy in policies:
+        # Small batches: many transactions per run, so a kill lands between or inside them.
+        policy["batch_size"] = batch_size
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return {
+        p["name"]: PolicyFacts(
+            p["name"], p["table"], p["entity_type"], p["action"], bool(p.get("fan_out"))
+        )
+        for p in policies
+    }
+
+
+async def _populate_users(conn: AsyncConnection, now: datetime, data: SeedData, users: int) -> None:
+    cutoff = now - USERS_RETENTION
+    held, young = max(2, users // 5), max(2, users // 5)
+    categories = {
+        "due": [cutoff - timedelta(days=1 + k) for k in range(users)],
+        "held": [cutoff - timedelta(days=2 + k) for k in range(held)],
+        "young": [cutoff + timedelta(days=1, hours=k) for k in range(young)],
+        "null_ts": [None, None],
+    }
+    rows: list[dict[str, Any]] = []
+    data.ids[USERS_POLICY] = {}
+    for category, stamps in categories.items():
+        for k, ts in enumerate(stamps):
+            user = f"fu-{category}-{k:04d}"
+            data.ids[USERS_POLICY].setdefault(category, []).append(user)
+            rows.append({"id": user, "email": f"{user}@example.com", "last_seen_at": ts})
+            if category == "held":
+                data.holds.append(f"user:{user}")
+    await conn.run_sync(fault_metadata.create_all)
+    await conn.execute(insert(fault_users), rows)
+
+
+async def row_checksums(
+    conn: AsyncConnection, world: World, policy: str, ids: set[str]
+) -> dict[str, str]:
+    """md5 of each row's full text, by entity id (rows that no longer exist are absent)."""
+    if not ids:
+        return {}
+    table = world.policies[policy].table
+    # `table` comes from our own policy file (a fixed set of names), not from input.
+    rows = await conn.execute(
+        text(f'SELECT t.id::text, md5(t::text) FROM "{table}" t WHERE t.id::text = ANY(:ids)'),
+        {"ids": sorted(ids)},
+    )
+    return {row[0]: row[1] for row in rows}
+
+
+async def prepare_world(
+    stack: Stack, directory: Path, *, per_category: int = 3, users: int = 20, batch_size: int = 2
+) -> World:
+    """Seed the coordinator and the services; create the holds and the policy file."""
+    policies = _policy_file(directory / "policies.yaml", batch_size=batch_size)
+    now = datetime.now(UTC)
+    engine = stack.engine()
+    try:
+        async with engine.begin() as conn:
+            await create_seed_tables(conn)
+            data = await populate(conn, now, per_category=per_category)
+            await _populate_users(conn, now, data, users)
+            await create_hold(
+                conn,
+                entities=data.holds,
+                reason="litigation (fault suite)",
+                created_by="legal",
+                now=now,
+            )
+        world = World(data, policies, directory / "policies.yaml")
+        async with engine.connect() as conn:
+            for name in policies:
+                untouched = world.held(name) | world.young(name)
+                world.untouched_checksums[name] = await row_checksums(conn, world, name, untouched)
+    finally:
+        await engine.dispose()
+    every_user = sorted(world.ids(USERS_POLICY, *data.ids[USERS_POLICY]))
+    url = stack.services_url
+    await notifications.seed(url, every_user, per_user=NOTIFICATIONS_PER_USER)
+    await preferences.seed(url, every_user)
+    await billing.seed(url, every_user, per_user=1)
+    order_ids = sorted(world.ids("purchase_records", *data.ids["purchase_records"]))
+    await billing.seed(url, [ORDER_OWNER], order_ids={ORDER_OWNER: order_ids})
+    return world
