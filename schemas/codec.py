@@ -46,6 +46,9 @@ def decode(model: type[M], raw: bytes | None) -> M:
         raise PoisonRecord(
             f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", raw
         ) from None
+    except RecursionError:
+        # `[[[[…` a few hundred KB deep: the parser's recursion limit, not our bug to crash on.
+        raise PoisonRecord("JSON nested too deeply", raw) from None
     if not isinstance(document, dict):
         raise PoisonRecord(f"not a JSON object but {type(document).__name__}", raw)
     try:

@@ -114,6 +114,15 @@ def test_higher_schema_version_is_poison() -> None:
         decode(RetentionEvent, json.dumps(document).encode())
 
 
+@pytest.mark.parametrize(
+    "raw", [b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 50_000 + b"1" + b"}" * 50_000]
+)
+def test_deeply_nested_json_is_poison_not_a_crash(raw: bytes) -> None:
+    # Found by fault scenario 5: a RecursionError escaped decode and stalled the consumer.
+    with pytest.raises(PoisonRecord, match="nested too deeply"):
+        decode(RetentionEvent, raw)
+
+
 def test_unknown_event_type_is_poison() -> None:
     document = as_dict(make_event())
     document["type"] = "shred"
