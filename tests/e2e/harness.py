@@ -412,7 +412,11 @@ def tracker_settings(stack: Stack, **overrides: Any) -> TrackerSettings:
 
 @asynccontextmanager
 async def running_tracker(
-    stack: Stack, *, clock: Clock | None = None, settings: TrackerSettings | None = None
+    stack: Stack,
+    *,
+    clock: Clock | None = None,
+    settings: TrackerSettings | None = None,
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[Running]:
     """`Tracker.run_forever` (registry consumer, ack ledger, reminders, deadlines)."""
     engine = stack.engine()
@@ -421,7 +425,7 @@ async def running_tracker(
         stack.kafka,
         settings or tracker_settings(stack),
         clock=clock or SystemClock(),
-        metrics=Metrics(),
+        metrics=metrics or Metrics(),
     )
     stop = asyncio.Event()
     task = asyncio.create_task(tracker.run_forever(stop), name="tracker")
