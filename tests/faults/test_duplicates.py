@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 from sqlalchemy import select
 
+from coordinator.metrics import Metrics
 from coordinator.tables import event_status, expected_acks
-from schemas import AckStatus
+from schemas import AckStatus, RetentionAck, decode
 from tests.e2e.harness import (
     PRODUCT_SERVICES,
     AckTail,
@@ -36,6 +38,7 @@ from tests.e2e.harness import (
 )
 from tests.faults import garbage
 from tests.faults.drive import complete, coordinator_processes, start_services
+from tests.faults.forgery import forgery_problems, inject_forgeries, wait_for_rejections
 from tests.faults.invariants import check_invariants, settle
 from tests.faults.replay import add_services_in_own_groups, rewind_group, tracker_caught_up
 from tests.faults.world import ENTITY_SERVICES, World, prepare_world
@@ -113,20 +116,28 @@ async def deliver_everything_again(
 
 
 async def duplicates_scenario(
-    stack: Stack, directory: Path, *, seed: int, users: int, replays: int
+    stack: Stack, directory: Path, *, seed: int, users: int, replays: int, forged: int = 0
 ) -> None:
+    """Scenario 6; with `forged`, scenario 11's forgeries join the first delivery."""
     rng = random.Random(seed)
     print(f"\n[faults] scenario 6 (duplicate deliveries), seed {seed}")
     world = await prepare_world(stack, directory, users=users, per_category=2)
     run, relay = coordinator_processes(stack, world)
     faults: Counter[str] = Counter()
-    async with running_tracker(stack) as tracker, AckTail(stack.kafka) as acks:
+    registry = CollectorRegistry()
+    async with (
+        running_tracker(stack, metrics=Metrics(registry)) as tracker,
+        AckTail(stack.kafka) as acks,
+    ):
         alive = all_of(stack.check_alive, tracker.check, acks.check)
         groups = add_services_in_own_groups(stack, PRODUCT_SERVICES)
         await start_services(stack)
         await complete(run)
         await complete(relay)
+        want, fakes = await inject_forgeries(stack, rng, forged) if forged else (Counter(), set())
+        faults["forged_acks"] = forged
         await settle(stack, world, timeout_s=120, alive=alive)
+        await wait_for_rejections(stack, want, alive)
         expected = await expected_pairs(stack)
         await wait_for(
             lambda: expected.keys() <= acks.pairs(), timeout_s=60, what="every ack", alive=alive
@@ -151,12 +162,19 @@ async def duplicates_scenario(
         await stack.stop_services()
         await acks.caught_up()
 
-    pairs = acks_by_pair(acks.records)
+    pairs = acks_by_pair(r for r in acks.records if decode(RetentionAck, r.value) not in fakes)
+    assert await forgery_problems(stack, registry, want) == []
     assert ack_problems(pairs, expected, redelivery_from=PRODUCT_SERVICES) == []
     assert {len(c) for c in pairs.values()} == {copies}
     assert await erasure_counts(stack.services_url) == effects_before
     assert after == before
-    report = await check_invariants(stack, world, scenario="6-duplicates", seed=seed, faults=faults)
+    report = await check_invariants(
+        stack,
+        world,
+        scenario="6+11-duplicates+forged" if forged else "6-duplicates",
+        seed=seed,
+        faults=faults,
+    )
     report.assert_ok()
     assert report.events == world.expected_events
     print(
@@ -166,8 +184,11 @@ async def duplicates_scenario(
     )
 
 
-async def test_replayed_and_duplicated_events_apply_once(stack: Stack, tmp_path: Path) -> None:
-    await duplicates_scenario(stack, tmp_path, seed=6006, users=20, replays=1)
+async def test_replayed_and_duplicated_events_apply_once_forgeries_rejected(
+    stack: Stack, tmp_path: Path
+) -> None:
+    # The reduced variants of scenarios 6 and 11 share one world to save a stack's start.
+    await duplicates_scenario(stack, tmp_path, seed=6006, users=20, replays=1, forged=60)
 
 
 @pytest.mark.slow
