@@ -11,13 +11,14 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, func, select, text
 
 from coordinator.db import make_engine
 from coordinator.tables import audit_log, outbox
 from tests.e2e.harness import PRODUCT_SERVICES, ServiceProcess, Stack, has_registered, wait_for
 from tests.faults.invariants import SERVICE_LOGS
 from tests.faults.world import HASH_SECRET, World
+from tests.infra import with_database
 
 __all__ = [
     "RUN_TIMEOUT_S",
@@ -28,6 +29,7 @@ __all__ = [
     "effects_applied",
     "published_events",
     "start_services",
+    "terminate_connections",
     "wait_until_above",
 ]
 
@@ -116,3 +118,21 @@ async def wait_until_above(
         if time.monotonic() > deadline:
             raise AssertionError(f"{process.name}: no progress past {floor} in {timeout_s}s")
         await asyncio.sleep(interval_s)
+
+
+async def terminate_connections(*urls: str) -> int:
+    """`pg_terminate_backend` every connection to these databases (ours only); how many."""
+    names = [url.rpartition("/")[2] for url in urls]
+    admin = make_engine(with_database(urls[0], "postgres"))
+    try:
+        async with admin.connect() as conn:
+            ended = await conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = ANY(:names) AND pid <> pg_backend_pid()"
+                ),
+                {"names": names},
+            )
+            return sum(1 for (ok,) in ended if ok)
+    finally:
+        await admin.dispose()
