@@ -34,7 +34,7 @@ async def run_policies(
 
 async def deliver(stack: Stack, world: World, *, timeout_s: float = 120.0) -> None:
     """Publish what the runs wrote and wait until every event settled at the tracker."""
-    _, relay = coordinator_processes(stack, world)
+    _, relay = coordinator_processes(stack, world, suffix="-deliver")
     async with running_tracker(stack) as tracker:
         await start_services(stack)
         await complete(relay)

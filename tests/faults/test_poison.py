@@ -122,6 +122,14 @@ async def poison_scenario(
         }
 
     assert _dead_letters(dlq.records, topics.acks) == want
+    # Records larger than the DLQ takes are dead-lettered cut to size, saying so.
+    cut = Counter(
+        "tracker" if "retention-truncated" in h else h.get(DlqHeader.SERVICE, "?")
+        for h in map(_headers, dlq.records)
+        if DlqHeader.TRUNCATED in h or "retention-truncated" in h
+    )
+    big = oversized + giant
+    assert cut == (Counter({**dict.fromkeys(PRODUCT_SERVICES, big), "tracker": big}) if big else {})
     assert len(dlq.records) == len(bad_events) * len(PRODUCT_SERVICES) + len(bad_acks)
     assert malformed == len(bad_acks)
     assert restarted == {}

@@ -6,7 +6,9 @@ months, overflowing periods, non-UTF-8, alias bombs, deep nesting, names the dat
 contradicts) follows. For each, `retention policies validate` and `retention run` must
 exit 2 with an error naming the problem, and an md5 of every table's rows must not
 move. The fast variant samples the corpus; the slow one takes all of it and also runs a
-sample through the installed `retention` executable.
+sample through the installed `retention` executable. The database is a fault-suite
+world (tests/faults/world.py), so the scenario ends with the world's good file run
+end to end and the invariant check.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ import os
 import random
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +30,14 @@ import structlog
 from typer.testing import CliRunner
 
 from coordinator.cli import app
-from coordinator.db import make_engine
-from coordinator.holds import create_hold
-from coordinator.seed_data import populate
 from tests.condition_grammar import corpus
+from tests.e2e.harness import Stack
 from tests.faults.db_state import table_checksums
+from tests.faults.drive import complete, coordinator_processes
+from tests.faults.inprocess import deliver
+from tests.faults.invariants import check_invariants
+from tests.faults.world import HASH_SECRET, SEED_POLICY_FILE, prepare_world
 from tests.infra import ROOT
-from tests.policy.conftest import SEED_POLICIES, reset
 
 SEED = 1010
 FAST_CORPUS_SAMPLE = 12
@@ -244,36 +247,23 @@ def _corpus_cases() -> list[Case]:
     ]
 
 
-async def _seed(url: str) -> None:
-    engine = make_engine(url)
-    try:
-        await reset(engine)
-        async with engine.begin() as conn:
-            data = await populate(conn, datetime.now(UTC) - timedelta(days=1), per_category=4)
-            await create_hold(
-                conn, entities=data.holds, reason="case", created_by="legal", now=datetime.now(UTC)
-            )
-    finally:
-        await engine.dispose()
-
-
 def _stderr_logger(*_: Any) -> structlog.PrintLogger:
     return structlog.PrintLogger(sys.stderr)  # resolved per call: CliRunner swaps stderr
 
 
 @pytest.fixture
-def seeded(coordinator_db: str) -> Iterator[str]:
-    asyncio.run(_seed(coordinator_db))
+def cli_logs() -> Iterator[None]:
+    # `retention` routes logs to stderr in main(); CliRunner calls the app directly.
     structlog.configure(logger_factory=_stderr_logger, cache_logger_on_first_use=False)
-    yield coordinator_db
+    yield
     structlog.reset_defaults()
 
 
 def _env(url: str) -> dict[str, str]:
     return {
         "RETENTION_DATABASE_URL": url,
-        "RETENTION_POLICIES": str(SEED_POLICIES),
-        "RETENTION_HASH_SECRET": "faults-secret",
+        "RETENTION_POLICIES": str(SEED_POLICY_FILE),
+        "RETENTION_HASH_SECRET": HASH_SECRET,
     }
 
 
@@ -323,30 +313,44 @@ def _problems(url: str, cases: list[Case], path: Path, via: Any) -> list[str]:
 @pytest.mark.parametrize(
     "size", [pytest.param("full", marks=pytest.mark.slow), pytest.param("sample")]
 )
-def test_hostile_and_broken_policy_files_exit_2_and_change_nothing(
-    seeded: str, tmp_path: Path, size: str
+async def test_hostile_and_broken_policy_files_exit_2_and_change_nothing(
+    stack: Stack, tmp_path: Path, size: str, cli_logs: None
 ) -> None:
     rng = random.Random(SEED)
     print(f"\n[faults] scenario 10 (policy files), seed {SEED}, size {size}")
+    world = await prepare_world(stack, tmp_path, users=10, per_category=2)
+    url = stack.coordinator_url
     hostile = _corpus_cases()
     if size == "sample":
         hostile = rng.sample(hostile, FAST_CORPUS_SAMPLE)
     cases = hostile + BROKEN
-    before = asyncio.run(table_checksums(seeded))
+    before = await table_checksums(url)
     assert {"session_logs", "support_tickets", "audit_log", "retention_runs"} <= before.keys()
 
-    path = tmp_path / "policies.yaml"
-    problems = _problems(seeded, cases, path, _in_process)
+    path = tmp_path / "broken.yaml"
+    # CliRunner's commands call asyncio.run: they get a thread (and a loop) of their own.
+    problems = await asyncio.to_thread(_problems, url, cases, path, _in_process)
     if size == "full":
-        problems += _problems(seeded, rng.sample(cases, EXECUTABLE_SAMPLE), path, _executable)
-    after = asyncio.run(table_checksums(seeded))
+        sample = rng.sample(cases, EXECUTABLE_SAMPLE)
+        problems += await asyncio.to_thread(_problems, url, sample, path, _executable)
+    after = await table_checksums(url)
 
     assert problems == []
     changed = sorted(name for name in before if before[name] != after.get(name))
     assert changed == [], f"tables changed by rejected policy files: {changed}"
-    # The same database still runs a good file: the rejections were not a broken setup.
-    code, stdout, stderr = _in_process(seeded, ["policies", "validate"])
-    assert code == 0, stdout + stderr
+
+    # The same database then runs the world's good file, end to end.
+    run, _ = coordinator_processes(stack, world)
+    await complete(run)
+    await deliver(stack, world)
+    report = await check_invariants(
+        stack,
+        world,
+        scenario="10-policy-files",
+        seed=SEED,
+        faults=Counter(rejected_policy_files=len(cases)),
+    )
+    report.assert_ok()
     print(
         f"[faults] {len(hostile)} hostile conditions + {len(BROKEN)} broken files, "
         f"validate and run each: all exit 2 naming the problem, {len(before)} tables unchanged"
