@@ -49,6 +49,7 @@ from tests.infra import ROOT
 
 __all__ = [
     "PRODUCT_SERVICES",
+    "AckCopy",
     "AckTail",
     "Pair",
     "ServiceProcess",
