@@ -42,6 +42,7 @@ __all__ = [
     "allow_giant_records",
     "base_ack",
     "base_event",
+    "counts",
     "poison",
     "produce_raw",
 ]
