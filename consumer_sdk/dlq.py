@@ -30,3 +30,5 @@ class DlqHeader(StrEnum):
     ORIGINAL_OFFSET = "retention.dlq.original_offset"
     FAILED_AT = "retention.dlq.failed_at"
     """RFC 3339 UTC."""
+    TRUNCATED = "retention.dlq.truncated"
+    """Only on copies cut to fit the DLQ: what was cut, e.g. `value 2105096 bytes`."""

@@ -5,6 +5,9 @@ days, hours, minutes and seconds (`P2W`, `P1DT12H`, `PT90M`). Months and years a
 rejected on purpose: they have no fixed length (28–31 days, 365 or 366), and a retention
 period that silently means different things in February and in March cannot be audited.
 Write days instead: 13 months → `395d`, 7 years → `2557d`.
+
+Periods longer than `MAX_DURATION` (100 years) are rejected too: cutoffs and deadlines
+are dates, and a period of millions of days (a unit typo) would overflow them mid-run.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-__all__ = ["DURATION_PATTERN", "format_duration", "parse_duration"]
+__all__ = ["DURATION_PATTERN", "MAX_DURATION", "format_duration", "parse_duration"]
+
+MAX_DURATION = timedelta(days=36500)
 
 _SHORT = re.compile(r"^(\d+)([dhm])$")
 _ISO = re.compile(
@@ -32,12 +37,12 @@ def parse_duration(text: str) -> timedelta:
     upper = value.upper()
     short = _SHORT.match(value)
     if short:
-        result = timedelta(**{_SHORT_UNITS[short.group(2)]: int(short.group(1))})
+        result = _bounded(text, {_SHORT_UNITS[short.group(2)]: int(short.group(1))})
     else:
         iso = _ISO.match(upper)
         if iso and upper != "P" and not upper.endswith("T"):
             parts = {k: int(v) for k, v in iso.groupdict().items() if v is not None}
-            result = timedelta(**parts)
+            result = _bounded(text, parts)
         elif _ISO_CALENDAR.match(upper):
             raise ValueError(
                 f"{text!r}: months and years have no fixed length; write days instead "
@@ -50,6 +55,19 @@ def parse_duration(text: str) -> timedelta:
             )
     if result <= timedelta(0):
         raise ValueError(f"{text!r}: a retention period must be longer than zero")
+    return result
+
+
+def _bounded(text: str, parts: dict[str, int]) -> timedelta:
+    too_long = ValueError(
+        f"{text!r}: longer than {MAX_DURATION.days} days (100 years); check the unit"
+    )
+    try:
+        result = timedelta(**parts)
+    except OverflowError:
+        raise too_long from None
+    if result > MAX_DURATION:
+        raise too_long
     return result
 
 

@@ -254,20 +254,29 @@ def _key_line(mapping: yaml.Node | None, key: str) -> int | None:
     return None
 
 
-def _duplicate_keys(node: yaml.Node, issues: list[PolicyIssue], policy: str | None) -> None:
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key, value in node.value:
-            if isinstance(key, yaml.ScalarNode):
-                if key.value in seen:
-                    issues.append(
-                        PolicyIssue(policy, key.start_mark.line + 1, f"duplicate key {key.value!r}")
-                    )
-                seen.add(key.value)
-            _duplicate_keys(value, issues, policy)
-    elif isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            _duplicate_keys(item, issues, policy)
+def _duplicate_keys(root: yaml.Node, issues: list[PolicyIssue], policy: str | None) -> None:
+    # Each node once, without recursion: YAML aliases share nodes, so a walk that follows
+    # them re-visits a "billion laughs" document 9**9 times, and deep nesting overflows.
+    pending, visited = [root], set()
+    while pending:
+        node = pending.pop()
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    if key.value in seen:
+                        issues.append(
+                            PolicyIssue(
+                                policy, key.start_mark.line + 1, f"duplicate key {key.value!r}"
+                            )
+                        )
+                    seen.add(key.value)
+                pending.append(value)
+        elif isinstance(node, yaml.SequenceNode):
+            pending.extend(node.value)
 
 
 def parse_policies(text: str, source: str = "<policies>") -> PolicySet:
@@ -280,6 +289,10 @@ def parse_policies(text: str, source: str = "<policies>") -> PolicySet:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         raise PolicyFileError(source, [PolicyIssue(None, line, f"not valid YAML: {exc}")]) from None
+    except RecursionError:
+        raise PolicyFileError(
+            source, [PolicyIssue(None, None, "not a policy file: YAML nested too deeply")]
+        ) from None
     finally:
         loader.dispose()
 
@@ -384,6 +397,9 @@ def load_policies(path: Path | str) -> PolicySet:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PolicyFileError(str(path), [PolicyIssue(None, None, f"cannot read: {exc}")]) from None
+    except UnicodeDecodeError as exc:
+        problem = f"not UTF-8: {exc.reason} at byte {exc.start}"
+        raise PolicyFileError(str(path), [PolicyIssue(None, None, problem)]) from None
     return parse_policies(text, str(path))
 
 

@@ -28,6 +28,8 @@ from schemas import (
     PoisonRecord,
     RetentionAck,
     ServiceRegistration,
+    clip_text,
+    dead_letter,
     decode,
     encode,
 )
@@ -226,21 +228,21 @@ class Tracker:
 
     async def _dead_letter(self, poison: list[tuple[Any, str]]) -> None:
         producer = self._producer_
-        sent = await asyncio.gather(
-            *(
-                producer.send(
-                    self._topics.dlq,
-                    value=msg.value,
-                    key=msg.key,
-                    headers=[
-                        ("retention-error", reason.encode()),
-                        ("retention-source", f"{msg.topic}:{msg.partition}:{msg.offset}".encode()),
-                    ],
-                )
-                for msg, reason in poison
+        sends = []
+        for msg, reason in poison:
+            # Cut to fit: a record too large for the DLQ would fail this batch forever.
+            letter = dead_letter(msg.key, msg.value, msg.headers or ())
+            headers = [
+                *letter.headers,
+                ("retention-error", clip_text(reason)),
+                ("retention-source", f"{msg.topic}:{msg.partition}:{msg.offset}".encode()),
+            ]
+            if letter.truncated:
+                headers.append(("retention-truncated", letter.truncated.encode()))
+            sends.append(
+                producer.send(self._topics.dlq, value=letter.value, key=letter.key, headers=headers)
             )
-        )
-        await asyncio.gather(*sent)
+        await asyncio.gather(*await asyncio.gather(*sends))
 
     def _count(self, outcome: ledger.LedgerOutcome) -> None:
         m = self._metrics

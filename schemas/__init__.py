@@ -1,6 +1,14 @@
 """Wire models, topic names and codecs shared by every side of retention-fanout."""
 
-from schemas.codec import MAX_RECORD_BYTES, PoisonRecord, decode, encode
+from schemas.codec import (
+    MAX_RECORD_BYTES,
+    DeadLetter,
+    PoisonRecord,
+    clip_text,
+    dead_letter,
+    decode,
+    encode,
+)
 from schemas.database import DEFAULT_DATABASE_URL, async_database_url
 from schemas.kafka import KafkaSettings
 from schemas.models import (
@@ -21,6 +29,7 @@ __all__ = [
     "MAX_RECORD_BYTES",
     "SCHEMA_VERSION",
     "AckStatus",
+    "DeadLetter",
     "EventType",
     "HandledEntity",
     "KafkaSettings",
@@ -30,6 +39,8 @@ __all__ = [
     "ServiceRegistration",
     "Topics",
     "async_database_url",
+    "clip_text",
+    "dead_letter",
     "decode",
     "encode",
     "utc_now",

@@ -3,18 +3,34 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 from pydantic import ValidationError
 
 from schemas.models import WireModel
 
-__all__ = ["MAX_RECORD_BYTES", "PoisonRecord", "decode", "encode"]
+__all__ = [
+    "MAX_RECORD_BYTES",
+    "DeadLetter",
+    "PoisonRecord",
+    "clip_text",
+    "dead_letter",
+    "decode",
+    "encode",
+]
 
 M = TypeVar("M", bound=WireModel)
 
 MAX_RECORD_BYTES = 1_000_000
 """Larger values are refused before parsing: no legitimate record comes near this."""
+
+
+DLQ_KEY_BYTES = 1024
+"""Record keys we write are `type:id`, at most ~512 bytes; longer ones are cut here."""
+DLQ_HEADERS_BYTES = 16 * 1024
+DLQ_TEXT_BYTES = 2048
 
 
 class PoisonRecord(ValueError):
@@ -46,6 +62,9 @@ def decode(model: type[M], raw: bytes | None) -> M:
         raise PoisonRecord(
             f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", raw
         ) from None
+    except RecursionError:
+        # `[[[[…` a few hundred KB deep: the parser's recursion limit, not our bug to crash on.
+        raise PoisonRecord("JSON nested too deeply", raw) from None
     if not isinstance(document, dict):
         raise PoisonRecord(f"not a JSON object but {type(document).__name__}", raw)
     try:
@@ -56,3 +75,46 @@ def decode(model: type[M], raw: bytes | None) -> M:
             for err in exc.errors(include_url=False)
         )
         raise PoisonRecord(f"invalid {model.__name__}: {problems}", raw) from None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """What of a record fits a dead-letter record, and what had to be cut to fit."""
+
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    truncated: str
+    """Empty, or what was cut (e.g. `value 2105096 bytes`): goes into a header."""
+
+
+def dead_letter(
+    key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]] = ()
+) -> DeadLetter:
+    """The record's key, value and headers, cut so the copy fits any DLQ topic.
+
+    A record the broker accepted on a topic with a raised `max.message.bytes` can be
+    larger than the DLQ (or the producer) takes; sending it whole fails every time and
+    wedges the partition. Values up to MAX_RECORD_BYTES stay whole, larger ones keep
+    their first MAX_RECORD_BYTES; key and original headers are bounded too, so the
+    whole copy stays under the broker's default limit (1,048,588 bytes).
+    """
+    cut = []
+    raw = value or b""
+    if len(raw) > MAX_RECORD_BYTES:
+        cut.append(f"value {len(raw)} bytes")
+        raw = raw[:MAX_RECORD_BYTES]
+    if key is not None and len(key) > DLQ_KEY_BYTES:
+        cut.append(f"key {len(key)} bytes")
+        key = key[:DLQ_KEY_BYTES]
+    kept = list(headers)
+    size = sum(len(k) + len(v) for k, v in kept)
+    if size > DLQ_HEADERS_BYTES:
+        cut.append(f"headers {size} bytes")
+        kept = []
+    return DeadLetter(key, raw, kept, ", ".join(cut))
+
+
+def clip_text(text: str) -> bytes:
+    """A header value from free text (an error message), bounded."""
+    return text.encode("utf-8")[:DLQ_TEXT_BYTES]

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from schemas import (
+    MAX_RECORD_BYTES,
     AckStatus,
     EventType,
     HandledEntity,
@@ -17,6 +18,7 @@ from schemas import (
     RetentionEvent,
     ServiceRegistration,
     Topics,
+    dead_letter,
     decode,
     encode,
 )
@@ -114,6 +116,15 @@ def test_higher_schema_version_is_poison() -> None:
         decode(RetentionEvent, json.dumps(document).encode())
 
 
+@pytest.mark.parametrize(
+    "raw", [b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 50_000 + b"1" + b"}" * 50_000]
+)
+def test_deeply_nested_json_is_poison_not_a_crash(raw: bytes) -> None:
+    # Found by fault scenario 5: a RecursionError escaped decode and stalled the consumer.
+    with pytest.raises(PoisonRecord, match="nested too deeply"):
+        decode(RetentionEvent, raw)
+
+
 def test_unknown_event_type_is_poison() -> None:
     document = as_dict(make_event())
     document["type"] = "shred"
@@ -150,3 +161,21 @@ def test_topics_derive_from_one_prefix() -> None:
 def test_committed_json_schemas_match_the_models() -> None:
     committed = {p.name: p.read_text(encoding="utf-8") for p in JSON_DIR.glob("*.json")}
     assert committed == render(), "schemas/json drifted from the models: run `make schemas`"
+
+
+def test_dead_letter_copy_fits_the_dlq_whatever_the_record() -> None:
+    # Found by fault scenario 5: a 2 MB record (its topic allowed it) could not be
+    # dead-lettered, so every consumer re-read its batch forever.
+    whole = dead_letter(b"user:1", b"x" * MAX_RECORD_BYTES, [("h", b"v")])
+    assert (whole.key, len(whole.value), whole.headers, whole.truncated) == (
+        b"user:1",
+        MAX_RECORD_BYTES,
+        [("h", b"v")],
+        "",
+    )
+    cut = dead_letter(b"k" * 5000, b"y" * 2_000_000, [("big", b"z" * 20_000)])
+    assert len(cut.value) == MAX_RECORD_BYTES
+    assert cut.key == b"k" * 1024
+    assert cut.headers == []
+    assert cut.truncated == "value 2000000 bytes, key 5000 bytes, headers 20003 bytes"
+    assert dead_letter(None, None).value == b""

@@ -26,7 +26,17 @@ from consumer_sdk.idempotency import (
     ProcessedEvent,
 )
 from consumer_sdk.metrics import ConsumerMetrics
-from schemas import AckStatus, PoisonRecord, RetentionEvent, Topics, decode, encode, utc_now
+from schemas import (
+    AckStatus,
+    PoisonRecord,
+    RetentionEvent,
+    Topics,
+    clip_text,
+    dead_letter,
+    decode,
+    encode,
+    utc_now,
+)
 
 __all__ = ["Dispatched", "Dispatcher", "dlq_headers"]
 
@@ -39,6 +49,18 @@ def dlq_headers(
     record: Record, *, service: str, reason: DlqReason, error: str, attempts: int
 ) -> list[tuple[str, bytes]]:
     """The original headers, then ours saying why the record is in the DLQ."""
+    return _headers(record, record.headers, "", service, reason, error, attempts)
+
+
+def _headers(
+    record: Record,
+    original: Sequence[tuple[str, bytes]],
+    truncated: str,
+    service: str,
+    reason: DlqReason,
+    error: str,
+    attempts: int,
+) -> list[tuple[str, bytes]]:
     ours = {
         DlqHeader.REASON: reason.value,
         DlqHeader.ERROR: error,
@@ -49,8 +71,10 @@ def dlq_headers(
         DlqHeader.ORIGINAL_OFFSET: str(record.offset),
         DlqHeader.FAILED_AT: utc_now().isoformat().replace("+00:00", "Z"),
     }
-    kept = [(k, v) for k, v in record.headers if k not in set(ours)]
-    return kept + [(k.value, v.encode("utf-8")) for k, v in ours.items()]
+    if truncated:
+        ours[DlqHeader.TRUNCATED] = truncated
+    kept = [(k, v) for k, v in original if k not in set(ours)]
+    return kept + [(k.value, clip_text(v)) for k, v in ours.items()]
 
 
 @dataclass(slots=True)
@@ -270,11 +294,13 @@ class Dispatcher:
         self, record: Record, reason: DlqReason, error: str, attempts: int
     ) -> Awaitable[Any]:
         self.metrics.dead_lettered.labels(self.service, reason.value).inc()
+        # Cut to fit: a record too large for the DLQ would fail this send on every re-read.
+        letter = dead_letter(record.key, record.value, record.headers)
         return await self.producer.send(
             self.topics.dlq,
-            record.value or b"",
-            key=record.key,
-            headers=dlq_headers(
-                record, service=self.service, reason=reason, error=error, attempts=attempts
+            letter.value,
+            key=letter.key,
+            headers=_headers(
+                record, letter.headers, letter.truncated, self.service, reason, error, attempts
             ),
         )

@@ -17,7 +17,12 @@ from rich.progress import (
 from rich.table import Table
 
 from coordinator.cli._app import ExitCode, emit_json, err_console, load_settings, out_console
-from coordinator.cli._policies import POLICIES_OPTION, load_policy_set, report_issues
+from coordinator.cli._policies import (
+    POLICIES_OPTION,
+    exit_on_database_issues,
+    load_policy_set,
+    report_issues,
+)
 from coordinator.db import make_engine
 from coordinator.policies import PolicySet
 from coordinator.runner import PlanReport, Runner, RunReport
@@ -126,10 +131,15 @@ def run(
     ),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Purge what is due, policy by policy; exit 1 if any policy failed."""
+    """Purge what is due, policy by policy; exit 1 if any policy failed.
+
+    A policy file the database contradicts (missing table or column, a condition on an
+    unknown column) exits 2 before the run starts, leaving the database untouched.
+    """
     settings = load_settings()
     policy_set = load_policy_set(policies, settings, as_json=as_json)
     _check_names(policy_set, policy)
+    exit_on_database_issues(policy_set, settings, policy, as_json=as_json)
     report = asyncio.run(_run(policy_set, settings, policy, force=force, show_progress=not as_json))
     if as_json:
         emit_json(report.as_dict())

@@ -51,6 +51,7 @@ __all__ = [
     "ALL_SERVICES",
     "FAUST_SERVICE",
     "PRODUCT_SERVICES",
+    "AckCopy",
     "AckTail",
     "Pair",
     "ServiceProcess",
@@ -420,7 +421,11 @@ def tracker_settings(stack: Stack, **overrides: Any) -> TrackerSettings:
 
 @asynccontextmanager
 async def running_tracker(
-    stack: Stack, *, clock: Clock | None = None, settings: TrackerSettings | None = None
+    stack: Stack,
+    *,
+    clock: Clock | None = None,
+    settings: TrackerSettings | None = None,
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[Running]:
     """`Tracker.run_forever` (registry consumer, ack ledger, reminders, deadlines)."""
     engine = stack.engine()
@@ -429,7 +434,7 @@ async def running_tracker(
         stack.kafka,
         settings or tracker_settings(stack),
         clock=clock or SystemClock(),
-        metrics=Metrics(),
+        metrics=metrics or Metrics(),
     )
     stop = asyncio.Event()
     task = asyncio.create_task(tracker.run_forever(stop), name="tracker")

@@ -166,8 +166,13 @@ async def check_invariants(
     faults: Mapping[str, int],
     allow_unfinished: bool = False,
     record: bool = True,
+    entity_services: Mapping[str, frozenset[str]] = ENTITY_SERVICES,
 ) -> InvariantReport:
-    """Check the six invariants on the stack's databases; the report lists every violation."""
+    """Check the six invariants on the stack's databases; the report lists every violation.
+
+    `entity_services` says which services each entity type's events must reach, for a
+    scenario that runs a test-only service besides the three example ones.
+    """
     report = InvariantReport(scenario, seed, Counter(faults))
     coordinator = stack.engine()
     services = make_engine(stack.services_url)
@@ -180,7 +185,7 @@ async def check_invariants(
             await _check_services_untouched(svc, world, report)
             _check_events(world, events, report)
             acks = await _acks(conn)
-            _check_delivery(events, acks, report)
+            _check_delivery(events, acks, report, entity_services)
             _check_effects(events, acks, effects, report)
             await _check_settled(conn, allow_unfinished, report)
             checked, broken = await audit.verify(conn)
@@ -374,13 +379,16 @@ def _check_events(world: World, events: list[_Event], report: InvariantReport) -
 
 
 def _check_delivery(
-    events: list[_Event], acks: dict[object, dict[str, str]], report: InvariantReport
+    events: list[_Event],
+    acks: dict[object, dict[str, str]],
+    report: InvariantReport,
+    entity_services: Mapping[str, frozenset[str]],
 ) -> None:
     for event in events:
         if event.event_id not in acks:
             report.problems["delivered"].append(f"event {event.event_id} not tracked")
             continue
-        want = ENTITY_SERVICES.get(event.entity_type, frozenset())
+        want = entity_services.get(event.entity_type, frozenset())
         got = acks[event.event_id]
         if set(got) != want:
             report.problems["delivered"].append(
@@ -414,10 +422,13 @@ def _check_effects(
     for event_id, services in acks.items():
         event = by_id.get(event_id)
         for service, status in services.items():
+            # Only services whose effects this check can count (a scenario's own
+            # test service counts its effects itself).
             if (
                 status == "completed"
                 and event is not None
-                and effects.get(service, Counter())[(event_id, event.entity_id)] == 0
+                and service in effects
+                and effects[service][(event_id, event.entity_id)] == 0
             ):
                 report.problems["once"].append(
                     f"{service}: completed ack for {event_id} but no effect"
