@@ -198,7 +198,7 @@ async def test_clock_ahead_and_behind(stack: Stack, tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.slow
+@pytest.mark.faults_full
 @pytest.mark.parametrize(
     ("seed", "ahead", "behind"),
     [(9101, "hours", "days"), (9102, "months", "hours"), (9103, "days", "months")],

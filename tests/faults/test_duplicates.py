@@ -212,6 +212,6 @@ async def test_replayed_and_duplicated_events_apply_once_forgeries_rejected(
     await duplicates_scenario(stack, tmp_path, seed=6006, users=20, replays=1, forged=60)
 
 
-@pytest.mark.slow
+@pytest.mark.faults_full
 async def test_replayed_twice_and_duplicated_at_scale(stack: Stack, tmp_path: Path) -> None:
     await duplicates_scenario(stack, tmp_path, seed=6666, users=150, replays=2)

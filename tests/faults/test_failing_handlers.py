@@ -184,6 +184,6 @@ async def test_intermittent_and_permanent_handler_failures(stack: Stack, tmp_pat
     await failing_scenario(stack, tmp_path, seed=7007, per_category=3)
 
 
-@pytest.mark.slow
+@pytest.mark.faults_full
 async def test_handler_failures_at_scale(stack: Stack, tmp_path: Path) -> None:
     await failing_scenario(stack, tmp_path, seed=7777, per_category=12)

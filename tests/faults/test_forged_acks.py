@@ -50,7 +50,7 @@ async def forged_scenario(
     print(f"[faults] {forged} forged acks rejected: {dict(want)}")
 
 
-@pytest.mark.slow
+@pytest.mark.faults_full
 @pytest.mark.parametrize("seed", [1112, 1113])
 async def test_forged_acks_at_scale(stack: Stack, tmp_path: Path, seed: int) -> None:
     await forged_scenario(stack, tmp_path, seed=seed, users=150, forged=600)

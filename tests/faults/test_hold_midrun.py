@@ -154,7 +154,7 @@ async def test_hold_created_mid_run(stack: Stack, tmp_path: Path) -> None:
     await hold_midrun_scenario(stack, tmp_path, seed=8008, users=12, per_category=3)
 
 
-@pytest.mark.slow
+@pytest.mark.faults_full
 @pytest.mark.parametrize("seed", [8101, 8102, 8103])
 async def test_holds_created_mid_run_seeds(stack: Stack, tmp_path: Path, seed: int) -> None:
     await hold_midrun_scenario(stack, tmp_path, seed=seed, users=40, per_category=6)

@@ -152,7 +152,7 @@ async def test_poison_records_reduced(stack: Stack, tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.slow
+@pytest.mark.faults_full
 async def test_poison_records_thousand(stack: Stack, tmp_path: Path) -> None:
     await poison_scenario(
         stack, tmp_path, seed=5555, users=150, on_events=700, on_acks=400, oversized=3, giant=2
