@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+)
 from aiokafka.structs import TopicPartition
 
 from schemas import KafkaSettings
@@ -161,9 +169,19 @@ class _AiokafkaConsumer:
         return int(value) if value is not None else None
 
 
+_LOST_SEQUENCE = (OutOfOrderSequenceNumber, UnknownProducerId)
+"""The broker lost this idempotent producer's sequence state (it was SIGKILLed): aiokafka
+keeps the producer id and fails every later send the same way, so only a new producer
+(a new id) gets acks out again (fault scenario 3)."""
+
+_STOP_TIMEOUT_S = 5.0
+
+
 class _AiokafkaProducer:
-    def __init__(self, producer: Any) -> None:
-        self._producer = producer
+    def __init__(self, create: Callable[[], Any]) -> None:
+        self._create = create
+        self._producer = create()
+        self._lost_sequence = False
 
     async def start(self) -> None:
         await self._producer.start()
@@ -174,13 +192,32 @@ class _AiokafkaProducer:
     async def send(
         self, topic: str, value: bytes, *, key: bytes | None, headers: Headers = ()
     ) -> Awaitable[Any]:
+        if self._lost_sequence:
+            await self._replace()
         try:
-            future: Awaitable[Any] = await self._producer.send(
+            future: asyncio.Future[Any] = await self._producer.send(
                 topic, value, key=key, headers=list(headers)
             )
         except KafkaError as exc:
             raise TransportError(repr(exc)) from exc
+        future.add_done_callback(self._note_failure)
         return future
+
+    def _note_failure(self, future: asyncio.Future[Any]) -> None:
+        if not future.cancelled() and isinstance(future.exception(), _LOST_SEQUENCE):
+            self._lost_sequence = True
+
+    async def _replace(self) -> None:
+        old, self._producer = self._producer, self._create()
+        self._lost_sequence = False
+        # The old producer's batches all failed already; a hung close must not block acks.
+        with suppress(KafkaError, TimeoutError):
+            await asyncio.wait_for(old.stop(), _STOP_TIMEOUT_S)
+        try:
+            await self._producer.start()
+        except KafkaError as exc:
+            self._lost_sequence = True  # try a fresh one again on the next send
+            raise TransportError(repr(exc)) from exc
 
 
 def kafka_consumer(
@@ -206,10 +243,11 @@ def kafka_consumer(
 def kafka_producer(kafka: KafkaSettings, *, linger_ms: int = 5) -> ProducerPort:
     """Acks of one batch are sent together and awaited together: a short linger packs them;
     a consumer that awaits each ack on its own (the Faust adapter) passes 0."""
-    producer = AIOKafkaProducer(
-        **kafka.client_kwargs(),
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=linger_ms,
+    return _AiokafkaProducer(
+        lambda: AIOKafkaProducer(
+            **kafka.client_kwargs(),
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=linger_ms,
+        )
     )
-    return _AiokafkaProducer(producer)

@@ -8,10 +8,7 @@ owns the broker is `RETENTION_INFRA_SCRIPT`, by default this checkout's infra/in
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -20,16 +17,10 @@ from coordinator.db import make_engine
 from coordinator.relay import OutboxRelay
 from coordinator.settings import RelaySettings
 from schemas import KafkaSettings, RetentionEvent, decode
-from tests.infra import ROOT
+from tests.faults.drive import infra
 from tests.outbox import clear_outbox, insert_rows, outbox_rows, read_records
 
 pytestmark = pytest.mark.slow
-
-INFRA = Path(os.environ.get("RETENTION_INFRA_SCRIPT", ROOT / "infra" / "infra.sh"))
-
-
-async def infra(command: str) -> None:
-    await asyncio.to_thread(subprocess.run, [str(INFRA), command], check=True, timeout=180)
 
 
 @pytest.fixture
