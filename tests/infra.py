@@ -65,6 +65,21 @@ async def check_kafka(kafka: KafkaSettings) -> None:
         await admin.close()
 
 
+async def wait_for_topics(kafka: KafkaSettings, *, timeout_s: float = 30) -> None:
+    """Return once a new client's metadata lists all four topics of `kafka`."""
+    wanted = set(kafka.topics.all())
+    async with asyncio.timeout(timeout_s):
+        while True:
+            admin = AIOKafkaAdminClient(**kafka.client_kwargs())
+            try:
+                await admin.start()
+                if wanted <= set(await admin.list_topics()):
+                    return
+            finally:
+                await admin.close()
+            await asyncio.sleep(0.2)
+
+
 async def check_postgres(url: str) -> str:
     try:
         conn = await asyncpg.connect(_asyncpg_dsn(url), timeout=10)

@@ -19,7 +19,7 @@ async def test_healthz_ok_when_database_and_kafka_answer(client: httpx.AsyncClie
     body = response.json()
     assert body["status"] == "ok"
     assert body["checks"]["database"]["ok"]
-    assert body["checks"]["kafka"]["ok"]
+    assert body["checks"]["kafka"]["ok"], body["checks"]["kafka"]
 
 
 async def test_healthz_503_names_the_database_when_it_is_unreachable(ctx: ApiContext) -> None:
@@ -35,7 +35,7 @@ async def test_healthz_503_names_the_database_when_it_is_unreachable(ctx: ApiCon
     assert body["status"] == "unavailable"
     assert not body["checks"]["database"]["ok"]
     assert body["checks"]["database"]["detail"]
-    assert body["checks"]["kafka"]["ok"]
+    assert body["checks"]["kafka"]["ok"], body["checks"]["kafka"]
 
 
 async def test_healthz_503_names_kafka_when_the_broker_is_unreachable(ctx: ApiContext) -> None:
