@@ -66,6 +66,9 @@ async def service_kills(
     world = await prepare_world(stack, directory, users=users, per_category=2)
     run, relay = coordinator_processes(stack, world)
     faults: Counter[str] = Counter()
+    for name in PRODUCT_SERVICES:
+        # Small batches, so that a kill lands mid-way even when the services run fast.
+        stack.add_service(name, env={"RETENTION_CONSUMER_MAX_BATCH": "5"})
     async with running_tracker(stack) as tracker:
         await start_services(stack)
         await complete(run)
