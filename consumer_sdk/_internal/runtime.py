@@ -199,18 +199,18 @@ class Runtime:
         try:
             await self._process_batch(partition, records, stopping)
         except Exception as exc:
-            # Nothing past the last commit is lost: re-read from there after a pause.
+            # Re-read the whole batch after a pause, from its first offset known here: a
+            # rewind to the committed offset fetched from a broker that is down did not
+            # take effect, and the next commit then passed events whose acks were lost.
             log.error(
-                "batch failed; re-reading from the committed offset",
+                "batch failed; re-reading it",
                 service=self.service,
                 partition=partition.partition,
+                offset=records[0].offset,
                 error=repr(exc),
             )
             await asyncio.sleep(self.settings.error_backoff_s)
-            try:
-                await self.consumer.seek_to_committed(partition)
-            except Exception as seek_exc:
-                log.error("seek failed", service=self.service, error=repr(seek_exc))
+            self.consumer.seek(partition, records[0].offset)
 
     async def _process_batch(
         self, partition: Partition, records: Sequence[Record], stopping: asyncio.Event

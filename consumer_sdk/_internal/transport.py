@@ -69,7 +69,9 @@ class ConsumerPort(Protocol):
     async def commit(self, offsets: Mapping[Partition, int]) -> None:
         """Commit next-offsets; `CommitLost` if the partition is no longer ours."""
 
-    async def seek_to_committed(self, partition: Partition) -> None: ...
+    def seek(self, partition: Partition, offset: int) -> None:
+        """Read `partition` from `offset` on; nothing when it is no longer assigned."""
+
     def assignment(self) -> set[Partition]: ...
     def pause(self, partition: Partition) -> None: ...
     def resume(self, partition: Partition) -> None: ...
@@ -142,13 +144,11 @@ class _AiokafkaConsumer:
         except KafkaError as exc:
             raise TransportError(repr(exc)) from exc
 
-    async def seek_to_committed(self, partition: Partition) -> None:
+    def seek(self, partition: Partition, offset: int) -> None:
         tp = TopicPartition(partition.topic, partition.partition)
+        # A partition revoked meanwhile restarts from its committed offset when reassigned.
         if tp in self._consumer.assignment():
-            try:
-                await self._consumer.seek_to_committed(tp)
-            except (KafkaError, IllegalStateError) as exc:
-                raise TransportError(repr(exc)) from exc
+            self._consumer.seek(tp, offset)
 
     def assignment(self) -> set[Partition]:
         return {Partition(tp.topic, tp.partition) for tp in self._consumer.assignment()}

@@ -5,9 +5,9 @@ services consume, ack and the tracker records. A seeded schedule stops the share
 broker, cleanly or with SIGKILL, after a random number of published events (the relay
 is between batches or waiting for acks) and after a random few effects of a service
 still working through its backlog (handlers, offset commits and acks in flight), keeps
-it down a random few seconds and starts it again. Nothing is restarted but the broker:
-the services must stay up and their SDK reconnect by itself, and the relay and the
-tracker must resume too. Then the six invariants.
+it down past the clients' request timeout and starts it again. Nothing is restarted but
+the broker: the services must stay up and their SDK reconnect by itself, and the relay
+and the tracker must resume too. Then the six invariants.
 
 Both tests restart the broker every other test uses, so they are `slow` (`make test`)
 or `faults_full` (`make test-faults`). The script that owns the broker is
@@ -98,7 +98,9 @@ async def _restart_broker(
 ) -> None:
     await infra("kafka-stop", *(["--kill"] if kill else []))
     try:
-        await asyncio.sleep(rng.uniform(1, 4))
+        # Longer than the clients' 30 s request timeout, so sends and commits in flight
+        # fail while the broker is still away (shorter outages are hidden by retries).
+        await asyncio.sleep(rng.uniform(71, 74))
     finally:
         # Whatever happened, the shared broker comes back. Loading its ~15,000 test
         # partitions can outlast the start script's own deadline on a busy machine.
@@ -186,6 +188,6 @@ async def test_broker_restarted_during_publish_and_consumption(
         stack,
         tmp_path,
         seed=seed,
-        users=120,
+        users=360,
         restarts=[("publish", True), ("consume", False), ("consume", True)],
     )

@@ -39,8 +39,8 @@ class FakeConsumer:
     async def commit(self, offsets: Mapping[Partition, int]) -> None:
         self.committed.append(offsets[P0])
 
-    async def seek_to_committed(self, partition: Partition) -> None:
-        self.position = self.committed[-1] if self.committed else 0
+    def seek(self, partition: Partition, offset: int) -> None:
+        self.position = offset
 
     def assignment(self) -> set[Partition]:
         return {P0}
