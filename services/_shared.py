@@ -14,7 +14,19 @@ import zlib
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
-from sqlalchemy import MetaData, text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Identity,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    Uuid,
+    func,
+    text,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.schema import CreateSchema
 
@@ -28,6 +40,7 @@ __all__ = [
     "ensure_database",
     "main",
     "service_database_url",
+    "user_erasure_log",
 ]
 
 DEFAULT_SERVICE_DATABASE_URL = "postgresql://retention:retention@127.0.0.1:5432/retention_services"
@@ -42,6 +55,20 @@ def service_database_url() -> str:
 
 def engine_for(url: str) -> AsyncEngine:
     return create_async_engine(async_database_url(url), pool_pre_ping=True)
+
+
+def user_erasure_log(metadata: MetaData) -> Table:
+    """One row per applied event, in the service's schema: how tests count effects per event."""
+    return Table(
+        "erasure_log",
+        metadata,
+        # No unique key on purpose: a twice-applied event would show as two rows.
+        Column("id", BigInteger, Identity(), primary_key=True),
+        Column("event_id", Uuid, nullable=False, index=True),
+        Column("user_id", Text, nullable=False),
+        Column("rows", Integer, nullable=False),
+        Column("erased_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    )
 
 
 async def create_tables(conn: AsyncConnection, metadata: MetaData) -> None:

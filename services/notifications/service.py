@@ -10,11 +10,9 @@ from sqlalchemy import (
     Column,
     DateTime,
     Identity,
-    Integer,
     MetaData,
     Table,
     Text,
-    Uuid,
     func,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -26,7 +24,7 @@ from consumer_sdk import (
     RetentionEvent,
 )
 from schemas import KafkaSettings
-from services._shared import create_tables, engine_for, service_database_url
+from services._shared import create_tables, engine_for, service_database_url, user_erasure_log
 
 __all__ = ["SERVICE", "create_app", "erasure_log", "metadata", "notifications", "seed"]
 
@@ -43,16 +41,7 @@ notifications = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
-erasure_log = Table(
-    "erasure_log",
-    metadata,
-    # No unique key on purpose: a twice-applied event would show as two rows.
-    Column("id", BigInteger, Identity(), primary_key=True),
-    Column("event_id", Uuid, nullable=False, index=True),
-    Column("user_id", Text, nullable=False),
-    Column("rows", Integer, nullable=False),
-    Column("erased_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-)
+erasure_log = user_erasure_log(metadata)
 
 
 async def delete_user(event: RetentionEvent, conn: AsyncConnection) -> int:

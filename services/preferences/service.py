@@ -6,16 +6,12 @@ from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry
 from sqlalchemy import (
-    BigInteger,
     Column,
     DateTime,
-    Identity,
-    Integer,
     MetaData,
     PrimaryKeyConstraint,
     Table,
     Text,
-    Uuid,
     func,
 )
 from sqlalchemy.dialects import postgresql
@@ -23,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consumer_sdk import ConsumerSettings, EntityNotFound, RetentionConsumer, RetentionEvent
 from schemas import KafkaSettings
-from services._shared import create_tables, engine_for, service_database_url
+from services._shared import create_tables, engine_for, service_database_url, user_erasure_log
 
 __all__ = ["SERVICE", "create_app", "erasure_log", "metadata", "preferences", "seed"]
 
@@ -40,16 +36,7 @@ preferences = Table(
     PrimaryKeyConstraint("user_id", "key"),
 )
 
-erasure_log = Table(
-    "erasure_log",
-    metadata,
-    # No unique key on purpose: a twice-applied event would show as two rows.
-    Column("id", BigInteger, Identity(), primary_key=True),
-    Column("event_id", Uuid, nullable=False, index=True),
-    Column("user_id", Text, nullable=False),
-    Column("rows", Integer, nullable=False),
-    Column("erased_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-)
+erasure_log = user_erasure_log(metadata)
 
 DEMO_PREFERENCES = {"language": "en", "theme": "dark", "newsletter": "weekly"}
 

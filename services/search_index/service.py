@@ -12,11 +12,9 @@ from sqlalchemy import (
     Column,
     DateTime,
     Identity,
-    Integer,
     MetaData,
     Table,
     Text,
-    Uuid,
     func,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -24,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from consumer_sdk import ConsumerSettings, EntityNotFound, RetentionConsumer, RetentionEvent
 from consumer_sdk.faust import FaustRetention, attach, faust_app_settings
 from schemas import KafkaSettings
-from services._shared import create_tables, engine_for, service_database_url
+from services._shared import create_tables, engine_for, service_database_url, user_erasure_log
 
 __all__ = ["SERVICE", "create_app", "documents", "erasure_log", "metadata", "seed"]
 
@@ -41,16 +39,7 @@ documents = Table(
     Column("indexed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
-erasure_log = Table(
-    "erasure_log",
-    metadata,
-    # No unique key on purpose: a twice-applied event would show as two rows.
-    Column("id", BigInteger, Identity(), primary_key=True),
-    Column("event_id", Uuid, nullable=False, index=True),
-    Column("user_id", Text, nullable=False),
-    Column("rows", Integer, nullable=False),
-    Column("erased_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-)
+erasure_log = user_erasure_log(metadata)
 
 
 async def delete_user(event: RetentionEvent, conn: AsyncConnection) -> int:
