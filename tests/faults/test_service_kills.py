@@ -109,7 +109,7 @@ async def service_kills(
 
 
 async def test_services_killed_mid_batch(stack: Stack, tmp_path: Path) -> None:
-    await service_kills(stack, tmp_path, seed=2002, kills=2, users=40, zombie=False)
+    await service_kills(stack, tmp_path, seed=2002, kills=2, users=100, zombie=False)
 
 
 @pytest.mark.faults_full
