@@ -11,7 +11,7 @@ from importlib import metadata
 from typing import Any, TypeVar
 
 import structlog
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, start_http_server
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from consumer_sdk._internal.registry import HandlerRegistry
@@ -96,6 +96,7 @@ class RetentionConsumer:
         self._startup: list[StartupHook] = []
         self._runtime: Runtime | None = None
         self._running = AsyncExitStack()
+        self._metrics_address: tuple[str, int] | None = None
 
     # -- registration ----------------------------------------------------------------
 
@@ -225,6 +226,7 @@ class RetentionConsumer:
             raise ConfigurationError(f"service {self.service!r} registered no handlers")
         runtime: Runtime | None = None
         async with AsyncExitStack() as stack:
+            self._serve_metrics(stack)
             resources = await stack.enter_async_context(self.resources())
             runtime = Runtime(
                 service=self.service,
@@ -246,6 +248,35 @@ class RetentionConsumer:
             await runtime.start()
             self._running = stack.pop_all()
         self._runtime = runtime
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """Host and port of the running metrics endpoint, if `metrics_port` is set."""
+        return self._metrics_address
+
+    def _serve_metrics(self, stack: AsyncExitStack) -> None:
+        port = self.settings.metrics_port
+        # Already serving: the Faust adapter retries its open after a failure.
+        if port is None or self._metrics_address is not None:
+            return
+        host = self.settings.metrics_host
+        try:
+            server, thread = start_http_server(port, host, registry=self.metrics.registry)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"service {self.service!r}: cannot serve metrics on {host}:{port}: {exc}"
+            ) from exc
+        self._metrics_address = (host, int(server.server_address[1]))
+        log.info("metrics endpoint", service=self.service, address=self._metrics_address)
+
+        async def close() -> None:
+            self._metrics_address = None
+            # shutdown() waits for serve_forever's next poll: keep the event loop free.
+            await asyncio.to_thread(server.shutdown)
+            server.server_close()
+            thread.join()
+
+        stack.push_async_callback(close)
 
     async def stop(self) -> None:
         """Finish in-flight handlers, send their acks, commit, leave the group, close.

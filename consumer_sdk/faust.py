@@ -118,6 +118,7 @@ class FaustRetention:
             if self._dispatcher is not None:
                 return self._dispatcher
             r = self.retention
+            r._serve_metrics(self._stack)
             resources = await self._stack.enter_async_context(r.resources())
             # Each event's ack is awaited alone: lingering would only add latency.
             producer: ProducerPort = kafka_producer(r.kafka, linger_ms=0)

@@ -74,6 +74,22 @@ class ConsumerSettings(BaseSettings):
         ),
         description="Bound on finishing in-flight handlers at stop or rebalance.",
     )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        validation_alias=AliasChoices("metrics_port", "RETENTION_CONSUMER_METRICS_PORT"),
+        description=(
+            "Serve this consumer's retention_consumer_* metrics at /metrics on this port "
+            "(0 picks a free one). Unset: no HTTP endpoint; the service can expose "
+            "`app.metrics.registry` through its own web framework instead."
+        ),
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        validation_alias=AliasChoices("metrics_host", "RETENTION_CONSUMER_METRICS_HOST"),
+        description="Address the metrics endpoint binds to; 0.0.0.0 inside containers.",
+    )
     error_backoff_s: float = Field(
         default=1.0,
         gt=0,

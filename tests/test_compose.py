@@ -311,10 +311,18 @@ def test_prometheus_scrapes_serve_and_loads_the_alerts(monkeypatch: pytest.Monke
         for static in job["static_configs"]
         for target in static["targets"]
     }
-    # serve's metrics are on its HTTP port; the example services expose no HTTP endpoint
-    # (the SDK's registry stays in-process), so serve is the only target.
+    # serve's metrics are on its HTTP port, each service's on the SDK's metrics port.
     settings = _serve_settings(monkeypatch)
-    assert targets == {f"serve:{settings.http_port}"}
+    services = _services()
+    service_ports = set()
+    for name in EXAMPLE_SERVICES:
+        for key, value in services[name]["environment"].items():
+            monkeypatch.setenv(key, str(value))
+        consumer = ConsumerSettings()
+        assert consumer.metrics_host == "0.0.0.0", name  # noqa: S104 - containers listen for the scraper
+        assert consumer.metrics_port is not None, name
+        service_ports.add(f"{name}:{consumer.metrics_port}")
+    assert targets == {f"serve:{settings.http_port}", *service_ports}
     assert all(
         job.get("metrics_path", "/metrics") == "/metrics" for job in config["scrape_configs"]
     )

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consumer_sdk import (
     AckStatus,
+    ConfigurationError,
     ConsumerSettings,
     DlqHeader,
     EventType,
@@ -315,3 +316,59 @@ async def test_two_members_share_partitions_without_double_effects(
     assert {a.event_id for a in acks} == {e.event_id for e in events}
     assert len(await rows(table)) == 40
     assert sum((await committed(topics, first.group_id)).values()) == 40
+
+
+async def test_metrics_endpoint_serves_the_consumer_registry(
+    topics: KafkaSettings, table: str
+) -> None:
+    service = service_name()
+    await produce(topics, [event("u1"), event("u2")])
+    settings = FAST.model_copy(update={"metrics_port": 0})
+    app = RetentionConsumer(service, kafka=topics, settings=settings, database_url=table)
+
+    @app.on_delete("user")
+    async def delete_user(event: RetentionEvent) -> int:
+        return 1
+
+    assert app.metrics_address is None
+    await app.start()
+    try:
+        await acks_of(topics, expect=2)
+        assert app.metrics_address is not None
+        host, port = app.metrics_address
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(f"GET /metrics HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        body = (await reader.read()).decode()
+        writer.close()
+    finally:
+        await app.stop()
+    assert body.startswith("HTTP/1.0 200")
+    completed = (
+        'retention_consumer_events_handled_total{action="delete",entity_type="user",'
+        f'service="{service}",status="completed"}} 2.0'
+    )
+    assert completed in body
+    assert app.metrics_address is None
+    # The endpoint is closed on stop.
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection(host, port)
+
+
+async def test_metrics_port_in_use_is_a_configuration_error(
+    topics: KafkaSettings, table: str
+) -> None:
+    blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = blocker.sockets[0].getsockname()[1]
+    settings = FAST.model_copy(update={"metrics_port": port})
+    app = RetentionConsumer(service_name(), kafka=topics, settings=settings, database_url=table)
+
+    @app.on_delete("user")
+    async def delete_user(event: RetentionEvent) -> int:
+        return 1
+
+    try:
+        with pytest.raises(ConfigurationError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
+            await app.start()
+    finally:
+        blocker.close()
+        await blocker.wait_closed()
