@@ -162,5 +162,12 @@ def run(
         for outcome in report.outcomes:
             for error in outcome.errors:
                 err_console.print(f"[red]{outcome.policy}:[/red] {error}", highlight=False)
+        events = sum(outcome.events for outcome in report.outcomes)
+        if events:
+            err_console.print(
+                f"{events} events written to the outbox: `retention serve` publishes them, "
+                "or `retention relay --drain` now.",
+                soft_wrap=True,
+            )
     if not report.ok:
         raise typer.Exit(ExitCode.ERRORS)

@@ -1,8 +1,8 @@
 """`retention relay`: an operator extra that runs the outbox relay on its own.
 
-`retention serve` runs the relay, and `retention run` drains it; this command is for
-operators and benchmarks: `--drain` publishes what is pending and exits, without it
-the relay runs until SIGINT or SIGTERM.
+`retention serve` runs the relay; `retention run` only writes the outbox. This command
+is for operators and benchmarks: `--drain` publishes what is pending and exits (e.g.
+after a one-shot `retention run`), without it the relay runs until SIGINT or SIGTERM.
 """
 
 from __future__ import annotations

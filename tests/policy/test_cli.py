@@ -126,6 +126,32 @@ def test_plan_changes_nothing_then_run_does_what_it_said(
     assert all(p["due"] == 0 for p in again["policies"])
 
 
+async def _outbox_rows(url: str) -> int:
+    engine = make_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return int(
+                (await conn.execute(text("SELECT count(*) FROM retention_outbox"))).scalar_one()
+            )
+    finally:
+        await engine.dispose()
+
+
+def test_run_says_its_events_wait_in_the_outbox(
+    cli: tuple[CliRunner, dict[str, str]], coordinator_db: str
+) -> None:
+    asyncio.run(_seed(coordinator_db))
+    code, _, human = invoke(cli, "run")
+    assert code == 0
+    events = asyncio.run(_outbox_rows(coordinator_db))
+    assert events > 0
+    assert f"{events} events written to the outbox" in human
+    assert "retention relay --drain" in human
+    code, _, human = invoke(cli, "run")
+    assert code == 0
+    assert "written to the outbox" not in human
+
+
 def test_guard_exit_codes_and_bad_input(
     cli: tuple[CliRunner, dict[str, str]], coordinator_db: str, tmp_path: Path
 ) -> None:
