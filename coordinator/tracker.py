@@ -16,7 +16,9 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import Clock
@@ -40,6 +42,7 @@ log = structlog.get_logger("retention.tracker")
 
 _HOUSEKEEPING_LIMIT = 1000
 _RETRY_DELAY_S = 2.0
+_OUTAGES = (DBAPIError, KafkaError, OSError, TimeoutError)
 
 
 @dataclass(slots=True)
@@ -344,9 +347,13 @@ class Tracker:
             while not stop.is_set():
                 try:
                     await self.process_once(timeout_ms=timeout_ms)
-                except Exception:
-                    # A database or broker outage: the batch was rewound; try again later.
-                    log.exception("tracker_cycle_failed")
+                except Exception as exc:
+                    # The batch was rewound; try again later. Outages are expected: one
+                    # line each, not a traceback per retry. Anything else is a bug.
+                    if isinstance(exc, _OUTAGES):
+                        log.warning("tracker_cycle_failed", error=repr(exc))
+                    else:
+                        log.exception("tracker_cycle_failed")
                     with suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), _RETRY_DELAY_S)
         finally:
