@@ -115,6 +115,16 @@ def _ledger(policy: Policy, entity: Any, run_id: uuid.UUID, now: datetime) -> An
     )
 
 
+def _event_ids() -> ColumnElement[uuid.UUID]:
+    """Time-ordered event ids for one batch (UUIDv7, functions of migration 0005).
+
+    One random base per statement (an InitPlan) and a row counter: the ids append to the
+    right edge of the outbox's primary key instead of landing on random index pages.
+    """
+    base = select(func.retention_uuidv7()).scalar_subquery()
+    return func.retention_uuidv7_nth(base, func.row_number().over(), type_=Uuid)
+
+
 def _outbox(policy: Policy, entity: Any, run_id: uuid.UUID, now: datetime) -> Any:
     return insert(outbox).from_select(
         [
@@ -130,7 +140,7 @@ def _outbox(policy: Policy, entity: Any, run_id: uuid.UUID, now: datetime) -> An
             "deadline",
         ],
         select(
-            func.gen_random_uuid(),
+            _event_ids(),
             literal(run_id, Uuid),
             literal(policy.name, Text),
             literal(policy.event_type, Text),
