@@ -93,7 +93,7 @@ def _acted(bound: BoundPolicy, which: ColumnElement[bool], now: datetime) -> tup
     return moved, [archived.cte("archived")]
 
 
-def _ledger(policy: Policy, entity: Any, run_id: uuid.UUID, now: datetime) -> Any:
+def _ledger(policy: Policy, entity: Any, run_id: uuid.UUID, now: datetime, *, relabel: bool) -> Any:
     ledger = pg_insert(anonymized).from_select(
         ["policy", "entity_id", "fields", "run_id", "anonymized_at"],
         select(
@@ -104,6 +104,10 @@ def _ledger(policy: Policy, entity: Any, run_id: uuid.UUID, now: datetime) -> An
             literal(now, DateTime(timezone=True)),
         ),
     )
+    if not relabel:
+        # The ids are locked and none has a ledger row, so none can conflict; if one
+        # did, the unique violation rolls the batch back.
+        return ledger
     # A row re-planned because the policy gained a field updates its ledger entry.
     return ledger.on_conflict_do_update(
         index_elements=[anonymized.c.policy, anonymized.c.entity_id],
@@ -155,7 +159,12 @@ def _outbox(policy: Policy, entity: Any, run_id: uuid.UUID, now: datetime) -> An
 
 
 def _with_events(
-    bound: BoundPolicy, which: ColumnElement[bool], run_id: uuid.UUID, now: datetime
+    bound: BoundPolicy,
+    which: ColumnElement[bool],
+    run_id: uuid.UUID,
+    now: datetime,
+    *,
+    relabel: bool = False,
 ) -> tuple[Any, list[Any]]:
     """Action, archive copy, ledger and outbox rows as CTEs of one statement.
 
@@ -166,17 +175,18 @@ def _with_events(
     acted, helpers = _acted(bound, which, now)
     entity = cast(acted.c[bound.id_column.name], Text)
     if policy.action is Action.ANONYMIZE:
-        helpers.append(_ledger(policy, entity, run_id, now).cte("ledger"))
+        helpers.append(_ledger(policy, entity, run_id, now, relabel=relabel).cte("ledger"))
     if policy.fan_out:
         helpers.append(_outbox(policy, entity, run_id, now).cte("events"))
     return acted, helpers
 
 
 async def _act(
-    conn: AsyncConnection, bound: BoundPolicy, ids: Sequence[Any], run_id: uuid.UUID, now: datetime
+    conn: AsyncConnection, bound: BoundPolicy, batch: Batch, run_id: uuid.UUID, now: datetime
 ) -> None:
     """Act on ids selected and locked before: one statement, one round trip."""
-    acted, helpers = _with_events(bound, _in_batch(bound, ids), run_id, now)
+    ids = batch.ids
+    acted, helpers = _with_events(bound, _in_batch(bound, ids), run_id, now, relabel=batch.relabel)
     touched = (
         await conn.execute(select(func.count()).select_from(acted).add_cte(*helpers))
     ).scalar_one()
@@ -253,7 +263,7 @@ async def purge_batch(
         if batch.ids:
             if bound.hook is not None:
                 await bound.hook(conn, PurgeBatch(policy, run_id, batch.ids))
-            await _act(conn, bound, batch.ids, run_id, now)
+            await _act(conn, bound, batch, run_id, now)
     ids = batch.ids
     if not ids:
         return BatchResult(ids, 0, batch.last_scanned)
