@@ -106,7 +106,9 @@ def _raw_statement(policy: str, layout: data.Layout, *, with_outbox: bool) -> tu
         parts.append(
             ", events AS (INSERT INTO retention_outbox (event_id, policy, event_type, "
             "entity_type, entity_id, legal_basis, initiated_at, deadline) "
-            f"SELECT gen_random_uuid(), '{policy}', '{spec['action']}', '{seed.entity_type}', "
+            # The same time-ordered event ids as ours (migration 0005).
+            "SELECT retention_uuidv7_nth((SELECT retention_uuidv7()), row_number() OVER ()), "
+            f"'{policy}', '{spec['action']}', '{seed.entity_type}', "
             "acted.id::text, 'benchmark', now(), now() + interval '30 days' FROM acted "
             "RETURNING 1)"
         )

@@ -35,6 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.selectable import ScalarSelect
 
 from coordinator.clock import Clock
 from coordinator.holds import active_hold_exists
@@ -46,6 +47,8 @@ __all__ = [
     "Batch",
     "PolicyPlan",
     "TimeBase",
+    "Window",
+    "batch_window",
     "due_clause",
     "guard_error",
     "held_clause",
@@ -206,6 +209,58 @@ class Batch:
 
     ids: Sequence[Any]
     last_scanned: Any | None  # None: nothing left to scan
+    # Anonymize: some ids already have a ledger row (the policy gained a field since),
+    # so the ledger write must update; otherwise a plain insert, about half the cost.
+    relabel: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The next keyset window of a policy, as SQL to embed in one statement.
+
+    `last` is the window's last key (NULL: nothing left to scan); `chosen` selects the
+    rows of the window to purge: due, unheld, in the primary-key range the window spans.
+    """
+
+    last: ScalarSelect[Any]
+    chosen: ColumnElement[bool]
+
+
+def batch_window(
+    bound: BoundPolicy, *, cutoff: datetime, now: datetime, after: Any | None, limit: int
+) -> Window:
+    """The next window of `limit` due rows after `after` in id order, minus held ones.
+
+    Keyset windows mean each run reads every row at most once: held or already
+    anonymized rows are stepped over with the window, never scanned again, and each
+    batch costs O(limit) however large the table, the holds or the ledger grow. The
+    window is materialized, and its last key bounds a primary-key range scan for the
+    rows chosen (cheaper than probing the index once per window id). Whoever embeds
+    `chosen` locks the rows (FOR UPDATE, or the DELETE itself), so PostgreSQL re-checks
+    the full predicate against a row a concurrent update made young again; holds are
+    read after the batch's hold lock, since the statement runs after it.
+    """
+    id_column = bound.id_column
+    window_query = (
+        select(id_column.label("id"))
+        .where(due_clause(bound, cutoff, with_ledger=False))
+        .order_by(id_column)
+        .limit(limit)
+    )
+    chosen: list[ColumnElement[bool]] = []
+    if after is not None:
+        start = id_column > bindparam("after", after, type_=id_column.type)
+        window_query = window_query.where(start)
+        chosen.append(start)
+    window = window_query.cte("window")
+    # max() has no uuid version; the window is ordered anyway.
+    last = select(window.c.id).order_by(window.c.id.desc()).limit(1).scalar_subquery()
+    chosen += [
+        id_column <= last,
+        due_clause(bound, cutoff, with_ledger=False),
+        not_(held_clause(bound, now)),
+    ]
+    return Window(last, and_(*chosen))
 
 
 async def next_batch(
@@ -217,48 +272,21 @@ async def next_batch(
     after: Any | None,
     limit: int,
 ) -> Batch:
-    """The next window of `limit` due rows after `after` in id order, minus held ones.
+    """Select and lock the next batch (`batch_window`) in one statement, one result row.
 
-    Keyset windows mean each run reads every row at most once: held or already
-    anonymized rows are stepped over with the window, never scanned again, and each
-    batch costs O(limit) however large the table, the holds or the ledger grow. The
-    locking part re-checks the full predicate FOR UPDATE, so PostgreSQL drops a row a
-    concurrent update made young again, and holds are read after the batch's hold lock.
-
-    One statement, one round trip, one result row: the window is materialized, its last
-    key bounds a primary-key range scan for the locking select (cheaper than probing the
-    index once per window id), and the chosen ids come back as one array instead of
-    thousands of rows through the result machinery (what the profile showed).
+    The chosen ids come back as one array instead of thousands of rows through the
+    result machinery (what the profile showed).
     """
     id_column = bound.id_column
-    window_query = (
+    window = batch_window(bound, cutoff=cutoff, now=now, after=after, limit=limit)
+    last = window.last
+    chosen = (
         select(id_column.label("id"))
-        .where(due_clause(bound, cutoff, with_ledger=False))
-        .order_by(id_column)
-        .limit(limit)
-    )
-    if after is not None:
-        window_query = window_query.where(
-            id_column > bindparam("after", after, type_=id_column.type)
-        )
-    window = window_query.cte("window")
-    # max() has no uuid version; the window is ordered anyway.
-    last = select(window.c.id).order_by(window.c.id.desc()).limit(1).scalar_subquery()
-    chosen_query = (
-        select(id_column.label("id"))
-        .where(
-            id_column <= last,
-            due_clause(bound, cutoff, with_ledger=False),
-            not_(held_clause(bound, now)),
-        )
+        .where(window.chosen)
         .order_by(id_column)
         .with_for_update(of=bound.table)
+        .cte("chosen")
     )
-    if after is not None:
-        chosen_query = chosen_query.where(
-            id_column > bindparam("after", after, type_=id_column.type)
-        )
-    chosen = chosen_query.cte("chosen")
     ids_type = ARRAY(id_column.type)
     row = (
         await conn.execute(
@@ -277,22 +305,22 @@ async def next_batch(
     if row.last is None:
         return Batch((), None)
     ids = list(row.ids or ())
-    if ids and bound.policy.action is Action.ANONYMIZE:
-        # Read after the row locks, so a concurrent run's ledger rows are visible. An
-        # `= ANY` probe of the ledger's primary key: a NOT EXISTS join here degenerates
-        # into a nested loop over the whole ledger whenever its statistics are stale,
-        # which they always are during a run that is filling it.
-        done = set(
-            (
-                await conn.execute(
-                    select(anonymized.c.entity_id).where(
-                        anonymized.c.policy == bound.name,
-                        anonymized.c.entity_id
-                        == any_(bindparam("done", [str(i) for i in ids], type_=ARRAY(Text))),
-                        anonymized.c.fields.contains(literal(bound.policy.fields, ARRAY(Text))),
-                    )
-                )
-            ).scalars()
+    if not ids or bound.policy.action is not Action.ANONYMIZE:
+        return Batch(ids, row.last)
+    # Read after the row locks, so a concurrent run's ledger rows are visible. An
+    # `= ANY` probe of the ledger's primary key: a NOT EXISTS join here degenerates into
+    # a nested loop over the whole ledger whenever its statistics are stale, which they
+    # always are during a run that is filling it.
+    covered = anonymized.c.fields.contains(literal(bound.policy.fields, ARRAY(Text)))
+    ledger = {
+        r.entity_id: r.covered
+        for r in await conn.execute(
+            select(anonymized.c.entity_id, covered.label("covered")).where(
+                anonymized.c.policy == bound.name,
+                anonymized.c.entity_id
+                == any_(bindparam("done", [str(i) for i in ids], type_=ARRAY(Text))),
+            )
         )
-        ids = [i for i in ids if str(i) not in done]
-    return Batch(ids, row.last)
+    }
+    ids = [i for i in ids if not ledger.get(str(i), False)]
+    return Batch(ids, row.last, relabel=any(str(i) in ledger for i in ids))

@@ -24,9 +24,10 @@ from sqlalchemy import (
     insert,
     literal,
     select,
+    type_coerce,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, aggregate_order_by
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
@@ -34,7 +35,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from coordinator import anonymizers
 from coordinator.audit import AuditEntry, append
 from coordinator.holds import lock_for_purge
-from coordinator.planner import next_batch
+from coordinator.planner import Batch, batch_window, next_batch
 from coordinator.policies import Action, Policy
 from coordinator.policy_binding import ARCHIVED_AT, BoundPolicy
 from coordinator.tables import anonymized, outbox
@@ -68,24 +69,23 @@ async def ensure_archive_table(conn: AsyncConnection, bound: BoundPolicy) -> Non
         await conn.run_sync(lambda sync: bound.archive.create(sync, checkfirst=True))  # type: ignore[union-attr]
 
 
-def _acted(bound: BoundPolicy, ids: Sequence[Any], now: datetime) -> tuple[Any, list[Any]]:
-    """The action as a data-modifying CTE returning the ids it touched, plus its helpers."""
+def _acted(bound: BoundPolicy, which: ColumnElement[bool], now: datetime) -> tuple[Any, list[Any]]:
+    """The action on the rows `which` selects as a data-modifying CTE returning the ids
+    it touched, plus its helpers."""
     table, action = bound.table, bound.policy.action
     if action is Action.DELETE:
-        return delete(table).where(_in_batch(bound, ids)).returning(bound.id_column).cte(
-            "acted"
-        ), []
+        return delete(table).where(which).returning(bound.id_column).cte("acted"), []
     if action is Action.ANONYMIZE:
         context = anonymizers.StrategyContext(id_column=bound.id_column, hash_key=bound.hash_key)
         values = {
             column: anonymizers.get(strategy).expression(table.c[column], context)
             for column, strategy in bound.policy.anonymize.items()
         }
-        acted = update(table).where(_in_batch(bound, ids)).values(values)
+        acted = update(table).where(which).values(values)
         return acted.returning(bound.id_column).cte("acted"), []
     assert bound.archive is not None
     names = list(table.c.keys())
-    moved = delete(table).where(_in_batch(bound, ids)).returning(*table.c).cte("acted")
+    moved = delete(table).where(which).returning(*table.c).cte("acted")
     archived = insert(bound.archive).from_select(
         [*names, ARCHIVED_AT],
         select(*(moved.c[name] for name in names), literal(now).label(ARCHIVED_AT)),
@@ -93,7 +93,7 @@ def _acted(bound: BoundPolicy, ids: Sequence[Any], now: datetime) -> tuple[Any, 
     return moved, [archived.cte("archived")]
 
 
-def _ledger(policy: Policy, entity: Any, run_id: uuid.UUID, now: datetime) -> Any:
+def _ledger(policy: Policy, entity: Any, run_id: uuid.UUID, now: datetime, *, relabel: bool) -> Any:
     ledger = pg_insert(anonymized).from_select(
         ["policy", "entity_id", "fields", "run_id", "anonymized_at"],
         select(
@@ -104,6 +104,10 @@ def _ledger(policy: Policy, entity: Any, run_id: uuid.UUID, now: datetime) -> An
             literal(now, DateTime(timezone=True)),
         ),
     )
+    if not relabel:
+        # The ids are locked and none has a ledger row, so none can conflict; if one
+        # did, the unique violation rolls the batch back.
+        return ledger
     # A row re-planned because the policy gained a field updates its ledger entry.
     return ledger.on_conflict_do_update(
         index_elements=[anonymized.c.policy, anonymized.c.entity_id],
@@ -113,6 +117,16 @@ def _ledger(policy: Policy, entity: Any, run_id: uuid.UUID, now: datetime) -> An
             "anonymized_at": ledger.excluded.anonymized_at,
         },
     )
+
+
+def _event_ids() -> ColumnElement[uuid.UUID]:
+    """Time-ordered event ids for one batch (UUIDv7, functions of migration 0005).
+
+    One random base per statement (an InitPlan) and a row counter: the ids append to the
+    right edge of the outbox's primary key instead of landing on random index pages.
+    """
+    base = select(func.retention_uuidv7()).scalar_subquery()
+    return func.retention_uuidv7_nth(base, func.row_number().over(), type_=Uuid)
 
 
 def _outbox(policy: Policy, entity: Any, run_id: uuid.UUID, now: datetime) -> Any:
@@ -130,7 +144,7 @@ def _outbox(policy: Policy, entity: Any, run_id: uuid.UUID, now: datetime) -> An
             "deadline",
         ],
         select(
-            func.gen_random_uuid(),
+            _event_ids(),
             literal(run_id, Uuid),
             literal(policy.name, Text),
             literal(policy.event_type, Text),
@@ -144,28 +158,80 @@ def _outbox(policy: Policy, entity: Any, run_id: uuid.UUID, now: datetime) -> An
     )
 
 
-async def _act(
-    conn: AsyncConnection, bound: BoundPolicy, ids: Sequence[Any], run_id: uuid.UUID, now: datetime
-) -> int:
-    """Action, archive copy, ledger and outbox rows in one statement (one round trip).
+def _with_events(
+    bound: BoundPolicy,
+    which: ColumnElement[bool],
+    run_id: uuid.UUID,
+    now: datetime,
+    *,
+    relabel: bool = False,
+) -> tuple[Any, list[Any]]:
+    """Action, archive copy, ledger and outbox rows as CTEs of one statement.
 
     The ledger and outbox rows are generated server-side from the action's RETURNING,
     so they describe exactly the rows it touched.
     """
     policy = bound.policy
-    acted, helpers = _acted(bound, ids, now)
+    acted, helpers = _acted(bound, which, now)
     entity = cast(acted.c[bound.id_column.name], Text)
     if policy.action is Action.ANONYMIZE:
-        helpers.append(_ledger(policy, entity, run_id, now).cte("ledger"))
+        helpers.append(_ledger(policy, entity, run_id, now, relabel=relabel).cte("ledger"))
     if policy.fan_out:
         helpers.append(_outbox(policy, entity, run_id, now).cte("events"))
+    return acted, helpers
+
+
+async def _act(
+    conn: AsyncConnection, bound: BoundPolicy, batch: Batch, run_id: uuid.UUID, now: datetime
+) -> None:
+    """Act on ids selected and locked before: one statement, one round trip."""
+    ids = batch.ids
+    acted, helpers = _with_events(bound, _in_batch(bound, ids), run_id, now, relabel=batch.relabel)
     touched = (
         await conn.execute(select(func.count()).select_from(acted).add_cte(*helpers))
     ).scalar_one()
     if touched != len(ids):
         # The ids are locked by this transaction, so anything else is a bug: roll back.
-        raise RuntimeError(f"{policy.action} touched {touched} rows, expected {len(ids)}")
-    return touched
+        raise RuntimeError(f"{bound.policy.action} touched {touched} rows, expected {len(ids)}")
+
+
+async def _select_and_act(
+    conn: AsyncConnection,
+    bound: BoundPolicy,
+    *,
+    run_id: uuid.UUID,
+    cutoff: datetime,
+    now: datetime,
+    after: Any | None,
+) -> Batch:
+    """Choose and act in one statement: the action's own row locks replace FOR UPDATE.
+
+    For a delete or archive with no hook nothing has to happen between choosing the rows
+    and acting on them, so the DELETE takes the window's predicate itself: one pass over
+    the rows instead of a locking select, an id array round trip and index probes.
+    PostgreSQL re-checks the predicate on rows changed concurrently, as FOR UPDATE does.
+    """
+    id_column = bound.id_column
+    window = batch_window(bound, cutoff=cutoff, now=now, after=after, limit=bound.policy.batch_size)
+    acted, helpers = _with_events(bound, window.chosen, run_id, now)
+    done = acted.c[id_column.name]
+    ids = select(
+        type_coerce(func.array_agg(aggregate_order_by(done, done)), ARRAY(id_column.type))
+    ).scalar_subquery()
+    row = (
+        await conn.execute(
+            select(window.last.label("last"), ids.label("ids")).add_cte(acted, *helpers)
+        )
+    ).one()
+    if row.last is None:
+        return Batch((), None)
+    return Batch(list(row.ids or ()), row.last)
+
+
+def _one_pass(bound: BoundPolicy) -> bool:
+    # A hook must see the ids before the purge; anonymize reads its ledger after the
+    # row locks (coordinator.planner.next_batch).
+    return bound.hook is None and bound.policy.action is not Action.ANONYMIZE
 
 
 async def purge_batch(
@@ -179,21 +245,28 @@ async def purge_batch(
 ) -> BatchResult:
     """Purge the next batch after `after` inside the caller's transaction.
 
-    Round trips per batch: the hold lock, one select-and-lock statement (two for
-    anonymize: the ledger is read after the row locks), the optional hook, one statement
-    for action + archive + ledger + outbox, and the audit append.
+    Round trips per batch: the hold lock, then either one statement that chooses the rows
+    and acts on them (delete and archive without a hook), or one select-and-lock
+    statement (two for anonymize: the ledger is read after the row locks), the optional
+    hook and one statement for action + archive + ledger + outbox; last the audit append.
     """
     policy = bound.policy
     await lock_for_purge(conn)  # before the select: see coordinator.holds
-    batch = await next_batch(
-        conn, bound, cutoff=cutoff, now=now, after=after, limit=policy.batch_size
-    )
+    if _one_pass(bound):
+        batch = await _select_and_act(
+            conn, bound, run_id=run_id, cutoff=cutoff, now=now, after=after
+        )
+    else:
+        batch = await next_batch(
+            conn, bound, cutoff=cutoff, now=now, after=after, limit=policy.batch_size
+        )
+        if batch.ids:
+            if bound.hook is not None:
+                await bound.hook(conn, PurgeBatch(policy, run_id, batch.ids))
+            await _act(conn, bound, batch, run_id, now)
     ids = batch.ids
     if not ids:
         return BatchResult(ids, 0, batch.last_scanned)
-    if bound.hook is not None:
-        await bound.hook(conn, PurgeBatch(policy, run_id, ids))
-    await _act(conn, bound, ids, run_id, now)
     entity_ids = [str(i) for i in ids]
     events = len(entity_ids) if policy.fan_out else 0
     await append(

@@ -10,11 +10,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import FrozenClock
 from coordinator.holds import HoldError, create_hold, get_hold, list_holds, release_hold
-from coordinator.policies import parse_policies
+from coordinator.policies import PolicySet, parse_policies
 from coordinator.runner import Runner
-from coordinator.seed_data import session_logs, shopping_carts
+from coordinator.seed_data import orders, session_logs, shopping_carts
 from coordinator.settings import Settings
-from coordinator.tables import policy_results
+from coordinator.tables import anonymized, outbox, policy_results
 from tests.policy import hooks
 from tests.policy.conftest import NOW
 
@@ -259,3 +259,61 @@ async def test_a_policy_already_running_elsewhere_is_skipped_and_untouched(
     report = await runner.run()
     assert report.ok
     assert await remaining(engine) == set()
+
+
+ORDERS = """
+policies:
+  - name: orders
+    table: orders
+    entity_type: order
+    timestamp_column: created_at
+    retention: 30d
+    action: anonymize
+    legal_basis: test
+    batch_size: 2
+    fan_out: true
+    anonymize:
+{fields}
+"""
+
+
+async def test_a_policy_that_gains_a_field_reanonymizes_its_rows_once(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(orders),
+            [
+                {
+                    "id": i,
+                    "customer_name": f"name {i}",
+                    "email": f"u{i}@shop.example",
+                    "phone": f"+44{i}",
+                    "status": "paid",
+                    "total": 1,
+                    "created_at": NOW - timedelta(days=40 + i),
+                }
+                for i in range(1, 6)
+            ],
+        )
+    narrow = parse_policies(ORDERS.format(fields="      email: fake_email"))
+    wide = parse_policies(ORDERS.format(fields='      email: fake_email\n      phone: "null"'))
+    settings = Settings(hash_secret="k")
+
+    async def run(policy_set: PolicySet) -> int:
+        report = await Runner(engine, policy_set, settings, clock=FrozenClock(NOW)).run()
+        assert report.ok, report.as_dict()
+        return report.outcomes[0].events
+
+    assert await run(narrow) == 5  # first pass: plain ledger inserts
+    assert await run(narrow) == 0
+    assert await run(wide) == 5  # the ledger rows exist and now get updated
+    assert await run(wide) == 0
+    assert await run(narrow) == 0  # the wider ledger entries cover the narrow policy
+    async with engine.connect() as conn:
+        ledger = (await conn.execute(select(anonymized.c.entity_id, anonymized.c.fields))).all()
+        phones = set((await conn.execute(select(orders.c.phone))).scalars())
+        events = (await conn.execute(select(outbox.c.fields))).scalars().all()
+    assert sorted((e, sorted(f)) for e, f in ledger) == [
+        (str(i), ["email", "phone"]) for i in range(1, 6)
+    ]
+    assert phones == {None}
+    assert sorted(map(sorted, events)) == [["email"]] * 5 + [["email", "phone"]] * 5

@@ -106,6 +106,7 @@ async def test_plan_then_run_leaves_exactly_the_expected_rows(
             assert event.entity_type == seed_policy.entity_type
             assert event.event_type == ("anonymize" if name == "purchase_records" else "delete")
             assert event.deadline - event.initiated_at == timedelta(days=30)
+            assert event.event_id.version == 7  # time-ordered ids (migration 0005)
             assert event.run_id == report.run_id
     assert {e.policy for e in events} == {"purchase_records", "support_tickets", "abandoned_carts"}
     assert next(e.fields for e in events if e.policy == "purchase_records") == [
