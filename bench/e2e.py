@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -79,7 +80,7 @@ policies:
 """
 BATCH_SIZE = 5000  # the article's, and the policy's default
 TIMEOUT_S = 1200
-POLL_S = 0.1
+POLL_S = 0.2  # milestone resolution; each poll is one query per pending milestone
 HELD_FRACTION, YOUNG_FRACTION = 0.01, 0.05
 ROWS_PER_USER = {"notifications": 3, "preferences": 3, "billing": 2}
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -270,6 +271,11 @@ async def _check(stack: Stack, users: Users, *, ours: bool) -> dict[str, Any]:
     return result
 
 
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _report(
     users: Users, seconds: float, milestones: Milestones, cpu: dict[str, float]
 ) -> dict[str, Any]:
@@ -278,7 +284,9 @@ def _report(
         "seconds": round(seconds, 2),
         "entities_per_s": len(users.due) / seconds,
         "milestones_s": dict(sorted(milestones.at.items(), key=lambda kv: kv[1])),
-        "service_cpu_s": {name: round(value, 2) for name, value in cpu.items()},
+        # "bench": this process — ours: Runner, relay, tracker (as `retention serve` runs
+        # them); seed: its executor and publisher. Both include the milestone poller.
+        "cpu_s": {name: round(value, 2) for name, value in cpu.items()},
     }
 
 
@@ -322,6 +330,7 @@ async def _ours(users: Users, log_dir: Path, label: str) -> dict[str, Any]:
                 )
                 processes = [stack.processes[s] for s in PRODUCT_SERVICES]
                 cpu_before = {p.name: _cpu_seconds(p) for p in processes}
+                cpu_before["bench"] = _own_cpu_seconds()
                 async with running_relay(stack) as relay:
                     milestones.begin()
                     runner = Runner(
@@ -342,6 +351,7 @@ async def _ours(users: Users, log_dir: Path, label: str) -> dict[str, Any]:
                     )
                     seconds = milestones.at["completed"]
                     cpu = {p.name: _cpu_seconds(p) - cpu_before[p.name] for p in processes}
+                    cpu["bench"] = _own_cpu_seconds() - cpu_before["bench"]
                     await milestones.stop()
         finally:
             await coordinator.dispose()
@@ -415,6 +425,7 @@ async def _seed(users: Users, log_dir: Path, label: str) -> dict[str, Any]:
         try:
             milestones = Milestones(_service_checks(services))
             cpu_before = {p.name: _cpu_seconds(p) for p in processes}
+            cpu_before["bench"] = _own_cpu_seconds()
             milestones.begin()
             sent = await _seed_purge_and_publish(stack)
             milestones.mark("published")
@@ -428,6 +439,7 @@ async def _seed(users: Users, log_dir: Path, label: str) -> dict[str, Any]:
             )
             seconds = max(milestones.at[s] for s in PRODUCT_SERVICES)
             cpu = {p.name: _cpu_seconds(p) - cpu_before[p.name] for p in processes}
+            cpu["bench"] = _own_cpu_seconds() - cpu_before["bench"]
             await milestones.stop()
         finally:
             await services.dispose()
