@@ -96,7 +96,7 @@ def draw(result: dict[str, Any], path: Path) -> bool:
     ratio = a.get("e2e.ours/seed", {}).get("median")
     subtitle = f"; end to end ours/seed {ratio:.2f}× (goal ≥ 20×)" if ratio else ""
     ax.set_title(
-        f"{meta['rows']:,} rows, {meta['rounds']} rounds, {meta['machine']['cores']} cores, "
+        f"{meta['rows']:,} rows, {meta['rounds']} round(s), {meta['machine']['cores']} cores, "
         f"load {meta['machine']['load_avg_at_start'][0]:.1f} at start{subtitle}",
         fontsize=9,
     )
