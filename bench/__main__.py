@@ -427,6 +427,10 @@ def aggregate(result: dict[str, Any]) -> dict[str, Any]:
                     r[contestant]["check"][key] for r in e2e_rounds
                 )
             milestones = {m for r in e2e_rounds for m in r[contestant]["milestones_s"]}
+            agg[f"e2e.{contestant}.cpu_ms_per_entity"] = {
+                part: statistics.median(_cpu_part(r[contestant], part) for r in e2e_rounds)
+                for part in ("services", "bench", "postgres")
+            }
             agg[f"e2e.{contestant}.milestones_s"] = {
                 m: statistics.median(r[contestant]["milestones_s"].get(m, 0) for r in e2e_rounds)
                 for m in milestones
@@ -441,6 +445,17 @@ def aggregate(result: dict[str, Any]) -> dict[str, Any]:
             [r["ours"]["entities_per_s"] / r["seed"]["entities_per_s"] for r in e2e_rounds]
         )
     return agg
+
+
+def _cpu_part(got: dict[str, Any], part: str) -> float:
+    """CPU ms per entity of one part of an end-to-end contestant (services summed)."""
+    cpu = got["cpu_s"]
+    seconds = (
+        cpu.get(part, 0.0)
+        if part != "services"
+        else sum(v for k, v in cpu.items() if k not in ("bench", "postgres"))
+    )
+    return 1000 * seconds / got["entities"]
 
 
 def fmt(s: dict[str, float], unit: str = "") -> str:
@@ -512,6 +527,10 @@ def table(result: dict[str, Any]) -> str:
             marks = sorted(a[f"e2e.{c}.milestones_s"].items(), key=lambda kv: kv[1])
             return ", ".join(f"{m} {s:.1f}" for m, s in marks)
 
+        def cpu(c: str) -> str:
+            parts = a[f"e2e.{c}.cpu_ms_per_entity"]
+            return ", ".join(f"{p} {ms:.2f}" for p, ms in parts.items())
+
         lines += [
             "",
             "End to end, correctness (worst round): "
@@ -520,7 +539,8 @@ def table(result: dict[str, Any]) -> str:
             f"{a['e2e.check.ours.applied_missing']} (seed: not recorded, cannot be checked).",
             "",
             f"End to end, where the time goes (median s from the clock's start): "
-            f"ours: {timeline('ours')}; seed: {timeline('seed')}.",
+            f"ours: {timeline('ours')}; seed: {timeline('seed')}. CPU ms per entity "
+            f"(median): ours: {cpu('ours')}; seed: {cpu('seed')}.",
         ]
     return "\n".join(lines)
 

@@ -271,6 +271,37 @@ async def _check(stack: Stack, users: Users, *, ours: bool) -> dict[str, Any]:
     return result
 
 
+async def _backend_cpu(stack: Stack) -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL backend serving this stack's two databases.
+
+    The server is local (the bench reads /proc); backends are pooled and live through
+    the round, so the difference of two snapshots is the database's work for it.
+    """
+    engine = make_engine(infra.with_database(stack.coordinator_url, "postgres"))
+    names = [url.rpartition("/")[2] for url in (stack.coordinator_url, stack.services_url)]
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                text("SELECT pid FROM pg_stat_activity WHERE datname = ANY(:names)"),
+                {"names": names},
+            )
+            pids = [row[0] for row in rows]
+    finally:
+        await engine.dispose()
+    cpu: dict[int, float] = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:  # ended meanwhile, or the server is not on this machine
+            continue
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return cpu
+
+
+def _backend_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(value - before.get(pid, 0.0) for pid, value in after.items())
+
+
 def _own_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -286,6 +317,7 @@ def _report(
         "milestones_s": dict(sorted(milestones.at.items(), key=lambda kv: kv[1])),
         # "bench": this process — ours: Runner, relay, tracker (as `retention serve` runs
         # them); seed: its executor and publisher. Both include the milestone poller.
+        # "postgres": the backends serving this round's two databases.
         "cpu_s": {name: round(value, 2) for name, value in cpu.items()},
     }
 
@@ -332,6 +364,7 @@ async def _ours(users: Users, log_dir: Path, label: str) -> dict[str, Any]:
                 cpu_before = {p.name: _cpu_seconds(p) for p in processes}
                 cpu_before["bench"] = _own_cpu_seconds()
                 async with running_relay(stack) as relay:
+                    backends_before = await _backend_cpu(stack)
                     milestones.begin()
                     runner = Runner(
                         coordinator,
@@ -352,6 +385,7 @@ async def _ours(users: Users, log_dir: Path, label: str) -> dict[str, Any]:
                     seconds = milestones.at["completed"]
                     cpu = {p.name: _cpu_seconds(p) - cpu_before[p.name] for p in processes}
                     cpu["bench"] = _own_cpu_seconds() - cpu_before["bench"]
+                    cpu["postgres"] = _backend_delta(backends_before, await _backend_cpu(stack))
                     await milestones.stop()
         finally:
             await coordinator.dispose()
@@ -426,6 +460,7 @@ async def _seed(users: Users, log_dir: Path, label: str) -> dict[str, Any]:
             milestones = Milestones(_service_checks(services))
             cpu_before = {p.name: _cpu_seconds(p) for p in processes}
             cpu_before["bench"] = _own_cpu_seconds()
+            backends_before = await _backend_cpu(stack)
             milestones.begin()
             sent = await _seed_purge_and_publish(stack)
             milestones.mark("published")
@@ -440,6 +475,7 @@ async def _seed(users: Users, log_dir: Path, label: str) -> dict[str, Any]:
             seconds = max(milestones.at[s] for s in PRODUCT_SERVICES)
             cpu = {p.name: _cpu_seconds(p) - cpu_before[p.name] for p in processes}
             cpu["bench"] = _own_cpu_seconds() - cpu_before["bench"]
+            cpu["postgres"] = _backend_delta(backends_before, await _backend_cpu(stack))
             await milestones.stop()
         finally:
             await services.dispose()
