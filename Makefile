@@ -25,6 +25,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test,faust]'
 	touch $(STAMP)
 
+# The bench's own extra (matplotlib for its chart), on top of the project's venv.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[test,faust,bench]'
+	touch $(BENCH_STAMP)
+
 venv: $(STAMP) ## create or refresh .venv with the project, its test extras and faust
 
 # promtool checks and unit-tests deploy/prometheus/alerts.yml (tests/test_deploy.py).
@@ -64,7 +70,7 @@ test-faults: $(STAMP) infra-up ## the full fault-injection suite (every scenario
 demo: $(STAMP) infra-up ## run the whole system on demo data and show the result
 	$(WITH_INFRA) $(BIN)/python -m demo
 
-bench: $(STAMP) infra-up ## benchmarks side by side (BENCH_ROWS=100000 by default)
+bench: $(BENCH_STAMP) infra-up ## benchmarks side by side (BENCH_ROWS=100000 by default)
 	$(WITH_INFRA) $(BIN)/python -m bench
 
 clean: infra-down ## stop infra and remove caches (keeps the downloaded jars)

@@ -5,8 +5,9 @@
 
 Environment: BENCH_ROWS (rows over the five seed tables), BENCH_ROUNDS (3),
 BENCH_SEED_EVENTS (events the seed publishes one `send_and_wait` at a time, 2000),
-BENCH_E2E_USERS (entities for the end-to-end phase, 300; 0 skips it), BENCH_KAFKA_LIB.
-Writes bench/results/<timestamp>.json and prints a markdown table (docs/benchmarks.md).
+BENCH_E2E_USERS (users in the end-to-end phase, 10000; 0 skips it), BENCH_KAFKA_LIB.
+Writes bench/results/<timestamp>.json, .md (the table it prints) and .png (the chart,
+when matplotlib is installed: `pip install -e '.[bench]'`); see docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import delete, not_, text
 from sqlalchemy.dialects import postgresql
 
-from bench import data, e2e, kafka_tools
+from bench import chart, data, e2e, kafka_tools
 from bench.seed_executor import execute_policy
 from coordinator.db import make_engine
 from coordinator.holds import active_hold_exists
@@ -419,10 +420,44 @@ def aggregate(result: dict[str, Any]) -> dict[str, Any]:
             agg[f"check.{contestant}.{key}"] = max(r[contestant]["check"][key] for r in rounds)
     e2e_rounds = [r["e2e"] for r in result["rounds"] if "e2e" in r]
     if e2e_rounds:
-        agg["e2e.ours"] = summary([r["ours"] for r in e2e_rounds])
-        agg["e2e.seed"] = summary([r["seed"] for r in e2e_rounds])
-        agg["e2e.ours/seed"] = summary([r["ours"] / r["seed"] for r in e2e_rounds])
+        for contestant in ("ours", "seed"):
+            agg[f"e2e.{contestant}"] = summary(
+                [r[contestant]["entities_per_s"] for r in e2e_rounds]
+            )
+            for key in ("held_touched", "young_touched", "due_missed", "users_table_wrong"):
+                agg[f"e2e.check.{contestant}.{key}"] = max(
+                    r[contestant]["check"][key] for r in e2e_rounds
+                )
+            milestones = {m for r in e2e_rounds for m in r[contestant]["milestones_s"]}
+            agg[f"e2e.{contestant}.cpu_ms_per_entity"] = {
+                part: statistics.median(_cpu_part(r[contestant], part) for r in e2e_rounds)
+                for part in ("services", "bench", "postgres")
+            }
+            agg[f"e2e.{contestant}.milestones_s"] = {
+                m: statistics.median(r[contestant]["milestones_s"].get(m, 0) for r in e2e_rounds)
+                for m in milestones
+            }
+        agg["e2e.check.ours.applied_twice"] = max(
+            r["ours"]["check"]["applied_twice"] for r in e2e_rounds
+        )
+        agg["e2e.check.ours.applied_missing"] = max(
+            r["ours"]["check"]["applied_missing"] for r in e2e_rounds
+        )
+        agg["e2e.ours/seed"] = summary(
+            [r["ours"]["entities_per_s"] / r["seed"]["entities_per_s"] for r in e2e_rounds]
+        )
     return agg
+
+
+def _cpu_part(got: dict[str, Any], part: str) -> float:
+    """CPU ms per entity of one part of an end-to-end contestant (services summed)."""
+    cpu = got["cpu_s"]
+    seconds = (
+        cpu.get(part, 0.0)
+        if part != "services"
+        else sum(v for k, v in cpu.items() if k not in ("bench", "postgres"))
+    )
+    return 1000 * seconds / got["entities"]
 
 
 def fmt(s: dict[str, float], unit: str = "") -> str:
@@ -462,7 +497,8 @@ def table(result: dict[str, Any]) -> str:
     )
     if "e2e.ours" in a:
         lines.append(
-            f"| end to end, entities/s ({meta['e2e_users']} users × 3 services) | "
+            f"| end to end, entities/s ({meta['e2e_entities']:,} due of "
+            f"{meta['e2e_users']:,} users × 3 services) | "
             f"{fmt(a['e2e.seed'])} | {fmt(a['e2e.ours'])} | – | ours/seed "
             f"{fmt(a['e2e.ours/seed'])} | ≥ 20 |"
         )
@@ -480,13 +516,41 @@ def table(result: dict[str, Any]) -> str:
         )
         + f"; seed never terminates on: {', '.join(meta['seed_nonterminating']) or 'none'}.",
     ]
+    if "e2e.ours" in a:
+
+        def e2e_check(c: str) -> str:
+            return (
+                f"{c}: held users touched {a[f'e2e.check.{c}.held_touched']}, young "
+                f"{a[f'e2e.check.{c}.young_touched']}, due rows missed "
+                f"{a[f'e2e.check.{c}.due_missed']}"
+            )
+
+        def timeline(c: str) -> str:
+            marks = sorted(a[f"e2e.{c}.milestones_s"].items(), key=lambda kv: kv[1])
+            return ", ".join(f"{m} {s:.1f}" for m, s in marks)
+
+        def cpu(c: str) -> str:
+            parts = a[f"e2e.{c}.cpu_ms_per_entity"]
+            return ", ".join(f"{p} {ms:.2f}" for p, ms in parts.items())
+
+        lines += [
+            "",
+            "End to end, correctness (worst round): "
+            + "; ".join(e2e_check(c) for c in ("seed", "ours"))
+            + f"; ours applied twice {a['e2e.check.ours.applied_twice']}, missing "
+            f"{a['e2e.check.ours.applied_missing']} (seed: not recorded, cannot be checked).",
+            "",
+            f"End to end, where the time goes (median s from the clock's start): "
+            f"ours: {timeline('ours')}; seed: {timeline('seed')}. CPU ms per entity "
+            f"(median): ours: {cpu('ours')}; seed: {cpu('seed')}.",
+        ]
     return "\n".join(lines)
 
 
 async def main() -> None:
     infra.load_infra_env()
     rows, rounds = env_int("BENCH_ROWS", 100_000), env_int("BENCH_ROUNDS", 3)
-    e2e_users = env_int("BENCH_E2E_USERS", 300)
+    e2e_users = env_int("BENCH_E2E_USERS", 10_000)
     say(f"building the template: {rows:,} rows")
     template, layout = await data.build_template(rows, "bench_tpl")
     result: dict[str, Any] = {"rounds": [{} for _ in range(rounds)]}
@@ -497,8 +561,13 @@ async def main() -> None:
             for n in range(rounds):
                 await one_round(n, template, layout, Path(policy_file.name), result)
                 if e2e_users:
-                    result["rounds"][n]["e2e"] = await e2e.compare(e2e_users, n)
-                    say(f"round {n} e2e: {result['rounds'][n]['e2e']}")
+                    got = result["rounds"][n]["e2e"] = await e2e.compare(e2e_users, n)
+                    say(
+                        f"round {n} e2e: ours {got['ours']['entities_per_s']:,.0f}/s "
+                        f"{got['ours']['milestones_s']} {got['ours']['check']}; seed "
+                        f"{got['seed']['entities_per_s']:,.0f}/s "
+                        f"{got['seed']['milestones_s']} {got['seed']['check']}"
+                    )
     finally:
         await infra.drop_database(template)
     ours = [r["ours"] for r in result["rounds"] if "ours" in r]
@@ -508,6 +577,7 @@ async def main() -> None:
         "young": layout.young,
         "rounds": rounds,
         "e2e_users": e2e_users,
+        "e2e_entities": len(e2e.Users.make(e2e_users).due) if e2e_users else 0,
         "event_bytes": statistics.median(o["event_bytes"] for o in ours),
         "seed_nonterminating": sorted(
             {p for r in result["rounds"] for p in r.get("seed", {}).get("nonterminating", [])}
@@ -522,7 +592,10 @@ async def main() -> None:
     (RESULTS / f"{stamp}.json").write_text(json.dumps(result, indent=2, default=str))
     (RESULTS / f"{stamp}.md").write_text(markdown + "\n")
     print(markdown)
-    say(f"wrote bench/results/{stamp}.json and .md")
+    written = ".json and .md"
+    if chart.draw(result, RESULTS / f"{stamp}.png"):
+        written = ".json, .md and .png"
+    say(f"wrote bench/results/{stamp}{written}")
 
 
 if __name__ == "__main__":

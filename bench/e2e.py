@@ -1,41 +1,68 @@
-"""End to end: users erased locally, then by three service processes, until proven done.
+"""End to end: users erased locally, then by three services, until the effects are done.
 
-Ours: `Runner` (policy `inactive_users`, delete, fan-out) → relay → notifications,
-preferences, billing (real processes) → tracker; the clock stops when the tracker has
-every event `completed`. Seed: the article's loop (SELECT … LIMIT, DELETE … IN, commit)
-then one awaited `send_and_wait` per event; it has no tracker, so the clock stops when
-the acks topic holds an ack from each of the three services for every event. Services
-are started and registered before the clock starts. Runs on `users` entities only: the
-services process ~200 events/s each, so this phase uses a subset (BENCH_E2E_USERS).
+Both contestants get the same world: a `bench_users` table (1 % held — the oldest —,
+5 % young, the rest due), the same rows in the notifications, preferences and billing
+tables of a fresh service database, a legal hold on the held users (ours in
+`legal_holds`, the article's as a JSON blob in `seed_legal_holds`), a fresh topic
+prefix. Service processes are started and ready (partitions assigned) before the clock.
+
+* Ours: the relay and the tracker run (as `retention serve` runs them) while `Runner`
+  purges `bench_users` (policy `inactive_users`, fan-out); notifications, preferences
+  and billing are our example services (the SDK, batch transactions, acks); the clock
+  stops when the tracker has every event `completed` — the product knows it is done.
+* Seed: the article's executor loop on `bench_users` (bench/seed_executor.py's hold
+  check) publishing the article's JSON message with one awaited `send_and_wait` per
+  event after each batch; one bench/seed_consumer.py process per service (one message
+  at a time, a transaction per effect, auto-commit, no acks). The article cannot know
+  when it is done, so the bench watches from outside: the clock stops when no due
+  user's row is left in any of the three service tables.
+
+A background poller records when each milestone was first reached (published, each
+service's effects visible, completed), which is where the time goes; each service
+process's CPU seconds are read from /proc. Afterwards both are checked the same way:
+held and young users untouched everywhere, due users' rows gone (billing: anonymized
+and unlinked), and for ours each event applied exactly once per service (its
+`erasure_log`; the seed keeps no such record, so a redelivered message would be
+applied again unseen).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import resource
 import time
-import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import text
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bench.seed_executor import check_ids, in_params
 from coordinator.clock import SystemClock
+from coordinator.db import make_engine
+from coordinator.holds import create_hold
 from coordinator.policies import parse_policies
 from coordinator.runner import Runner
 from coordinator.settings import Settings
-from schemas import EventType, RetentionEvent, encode
+from coordinator.tables import event_status, outbox
 from services import billing, notifications, preferences
 from tests import infra
 from tests.e2e.harness import (
     PRODUCT_SERVICES,
-    AckTail,
+    ServiceProcess,
     Stack,
+    erasure_counts,
     has_registered,
     isolated_stack,
     running_relay,
     running_tracker,
-    states_are,
     wait_for,
 )
 from tests.infra import ROOT
@@ -51,29 +78,328 @@ policies:
     legal_basis: benchmark
     fan_out: true
 """
-TIMEOUT_S = 600
+BATCH_SIZE = 5000  # the article's, and the policy's default
+TIMEOUT_S = 1200
+POLL_S = 0.2  # milestone resolution; each poll is one query per pending milestone
+HELD_FRACTION, YOUNG_FRACTION = 0.01, 0.05
+ROWS_PER_USER = {"notifications": 3, "preferences": 3, "billing": 2}
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-async def _prepare(stack: Stack, users: list[str]) -> None:
+@dataclass(frozen=True)
+class Users:
+    held: list[str]
+    due: list[str]
+    young: list[str]
+
+    @classmethod
+    def make(cls, count: int) -> Users:
+        held = max(1, int(count * HELD_FRACTION))
+        young = max(1, int(count * YOUNG_FRACTION))
+        return cls(
+            held=[f"bench-held-{i:07d}" for i in range(held)],
+            due=[f"bench-due-{i:07d}" for i in range(count - held - young)],
+            young=[f"bench-young-{i:07d}" for i in range(young)],
+        )
+
+    @property
+    def all(self) -> list[str]:
+        return self.held + self.due + self.young
+
+
+# --- the world both contestants start from --------------------------------------------
+
+
+async def _prepare(stack: Stack, users: Users) -> None:
+    now = datetime.now(UTC)
     engine = stack.engine()
     try:
         async with engine.begin() as conn:
             await conn.execute(
                 text("CREATE TABLE bench_users (id text PRIMARY KEY, last_seen timestamptz)")
             )
-            await conn.execute(
-                text("INSERT INTO bench_users SELECT unnest(CAST(:ids AS text[])), :at"),
-                {"ids": users, "at": datetime.now(UTC) - timedelta(days=400)},
+            # Inserted oldest first (held, due, young): the physical order `LIMIT` returns.
+            for group, age in ((users.held, 800), (users.due, 400), (users.young, 10)):
+                await conn.execute(
+                    text("INSERT INTO bench_users SELECT unnest(CAST(:ids AS text[])), :at"),
+                    {"ids": group, "at": now - timedelta(days=age)},
+                )
+            await create_hold(
+                conn,
+                entities=[f"user:{u}" for u in users.held],
+                reason="bench",
+                created_by="bench",
+                now=now,
             )
+            await conn.execute(
+                text(
+                    "CREATE TABLE seed_legal_holds (id text PRIMARY KEY, reason text, "
+                    "tables text, record_ids text, created_by text, "
+                    "created_at timestamptz, expires_at timestamptz)"
+                )
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO seed_legal_holds VALUES ('hold-bench', 'bench', 'bench_users', "
+                    ":ids, 'bench', now(), NULL)"
+                ),
+                {"ids": json.dumps({"bench_users": users.held})},
+            )
+            await conn.execute(text("ANALYZE bench_users"))
     finally:
         await engine.dispose()
-    await notifications.seed(stack.services_url, users)
-    await preferences.seed(stack.services_url, users)
-    await billing.seed(stack.services_url, users)
+    await notifications.seed(stack.services_url, users.all, per_user=3)
+    await preferences.seed(stack.services_url, users.all)
+    await billing.seed(stack.services_url, users.all, per_user=2)
+
+
+# --- measuring ------------------------------------------------------------------------
+
+
+def _due_rows(service: str) -> Any:
+    """Rows of due users still linked in one service's table (0 = its effects are done)."""
+    table = {
+        "notifications": notifications.notifications,
+        "preferences": preferences.preferences,
+        "billing": billing.orders,
+    }[service]
+    return (
+        select(func.count()).select_from(table).where(table.c.user_id.like("bench-due-%"))
+    ).scalar_subquery()
+
+
+class Milestones:
+    """Polls conditions in the background; records when each first held (s from start)."""
+
+    def __init__(self, checks: dict[str, Callable[[], Awaitable[bool]]]) -> None:
+        self.checks = dict(checks)
+        self.at: dict[str, float] = {}
+        self.start = time.perf_counter()
+        self._task: asyncio.Task[None] | None = None
+
+    def mark(self, name: str) -> None:
+        self.at.setdefault(name, round(time.perf_counter() - self.start, 2))
+
+    async def _poll(self) -> None:
+        while self.checks:
+            for name, check in list(self.checks.items()):
+                if await check():
+                    self.mark(name)
+                    del self.checks[name]
+            await asyncio.sleep(POLL_S)
+
+    def begin(self) -> None:
+        self.start = time.perf_counter()
+        self._task = asyncio.create_task(self._poll(), name="milestones")
+
+    def done(self, name: str) -> bool:
+        if self._task is not None and self._task.done() and self._task.exception():
+            raise self._task.exception()  # type: ignore[misc]
+        return name in self.at
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+def _service_checks(engine: AsyncEngine) -> dict[str, Callable[[], Awaitable[bool]]]:
+    async def none_left(service: str) -> bool:
+        async with engine.connect() as conn:
+            return await conn.scalar(select(_due_rows(service))) == 0
+
+    return {service: partial(none_left, service) for service in PRODUCT_SERVICES}
+
+
+def _cpu_seconds(process: ServiceProcess) -> float:
+    assert process.proc is not None
+    fields = Path(f"/proc/{process.proc.pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime: proc(5)
+
+
+async def _check(stack: Stack, users: Users, *, ours: bool) -> dict[str, Any]:
+    """Held and young users untouched, due users' effects applied (once, where recorded)."""
+    engine = make_engine(stack.services_url)
+    coordinator = stack.engine()
+    try:
+        async with engine.connect() as conn:
+
+            async def rows(service: str, ids: list[str]) -> int:
+                table = {
+                    "notifications": notifications.notifications,
+                    "preferences": preferences.preferences,
+                    "billing": billing.orders,
+                }[service]
+                query = select(func.count()).select_from(table).where(table.c.user_id.in_(ids))
+                if service == "billing":
+                    query = query.where(table.c.anonymized_at.is_(None))
+                return int(await conn.scalar(query) or 0)
+
+            touched = {"held": 0, "young": 0}
+            due_left = 0
+            for service, per_user in ROWS_PER_USER.items():
+                touched["held"] += per_user * len(users.held) - await rows(service, users.held)
+                touched["young"] += per_user * len(users.young) - await rows(service, users.young)
+                due_left += int(await conn.scalar(select(_due_rows(service))) or 0)
+            orders = billing.orders
+            anonymized = await conn.scalar(
+                select(func.count())
+                .select_from(orders)
+                .where(orders.c.user_id.is_(None), orders.c.customer_name == billing.MASK)
+            )
+        async with coordinator.connect() as conn:
+            kept = await conn.scalar(text("SELECT count(*) FROM bench_users"))
+    finally:
+        await engine.dispose()
+        await coordinator.dispose()
+    result: dict[str, Any] = {
+        "held_touched": touched["held"],
+        "young_touched": touched["young"],
+        "due_missed": due_left + ROWS_PER_USER["billing"] * len(users.due) - int(anonymized or 0),
+        "users_table_wrong": abs(int(kept or 0) - len(users.held) - len(users.young)),
+    }
+    if ours:
+        counts = await erasure_counts(stack.services_url)
+        result["applied_twice"] = sum(
+            1 for per_event in counts.values() for n in per_event.values() if n > 1
+        )
+        result["applied_missing"] = sum(
+            len(users.due) - len(counts.get(service, {})) for service in PRODUCT_SERVICES
+        )
+    else:
+        result["applied_twice"] = None  # the article records nothing a bench could count
+    return result
+
+
+async def _backend_cpu(stack: Stack) -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL backend serving this stack's two databases.
+
+    The server is local (the bench reads /proc); backends are pooled and live through
+    the round, so the difference of two snapshots is the database's work for it.
+    """
+    engine = make_engine(infra.with_database(stack.coordinator_url, "postgres"))
+    names = [url.rpartition("/")[2] for url in (stack.coordinator_url, stack.services_url)]
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                text("SELECT pid FROM pg_stat_activity WHERE datname = ANY(:names)"),
+                {"names": names},
+            )
+            pids = [row[0] for row in rows]
+    finally:
+        await engine.dispose()
+    cpu: dict[int, float] = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:  # ended meanwhile, or the server is not on this machine
+            continue
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return cpu
+
+
+def _backend_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(value - before.get(pid, 0.0) for pid, value in after.items())
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _report(
+    users: Users, seconds: float, milestones: Milestones, cpu: dict[str, float]
+) -> dict[str, Any]:
+    return {
+        "entities": len(users.due),
+        "seconds": round(seconds, 2),
+        "entities_per_s": len(users.due) / seconds,
+        "milestones_s": dict(sorted(milestones.at.items(), key=lambda kv: kv[1])),
+        # "bench": this process — ours: Runner, relay, tracker (as `retention serve` runs
+        # them); seed: its executor and publisher. Both include the milestone poller.
+        # "postgres": the backends serving this round's two databases.
+        "cpu_s": {name: round(value, 2) for name, value in cpu.items()},
+    }
+
+
+# --- ours -----------------------------------------------------------------------------
+
+
+async def _ours(users: Users, log_dir: Path, label: str) -> dict[str, Any]:
+    async with isolated_stack(
+        infra.database_url(), infra.KafkaSettings().bootstrap_servers, label, log_dir
+    ) as stack:
+        await _prepare(stack, users)
+        await stack.start_services(*PRODUCT_SERVICES)
+        coordinator, services = stack.engine(), make_engine(stack.services_url)
+        try:
+            async with running_tracker(stack) as tracker:
+                await wait_for(
+                    partial(has_registered, stack, PRODUCT_SERVICES),
+                    timeout_s=60,
+                    what="registrations",
+                    alive=tracker.check,
+                )
+
+                async def count(query: Any) -> int:
+                    async with coordinator.connect() as conn:
+                        return int(await conn.scalar(query) or 0)
+
+                async def published() -> bool:
+                    unpublished = outbox.c.published_at.is_(None)
+                    return await count(
+                        select(func.count()).select_from(outbox).where(~unpublished)
+                    ) == len(users.due)
+
+                async def completed() -> bool:
+                    done = event_status.c.state == "completed"
+                    return await count(
+                        select(func.count()).select_from(event_status).where(done)
+                    ) == len(users.due)
+
+                milestones = Milestones(
+                    {"published": published, **_service_checks(services), "completed": completed}
+                )
+                processes = [stack.processes[s] for s in PRODUCT_SERVICES]
+                cpu_before = {p.name: _cpu_seconds(p) for p in processes}
+                cpu_before["bench"] = _own_cpu_seconds()
+                async with running_relay(stack) as relay:
+                    backends_before = await _backend_cpu(stack)
+                    milestones.begin()
+                    runner = Runner(
+                        coordinator,
+                        parse_policies(POLICY),
+                        Settings(database_url=stack.coordinator_url),
+                        clock=SystemClock(),
+                    )
+                    report = await runner.run()
+                    assert report.ok, report.as_dict()
+                    milestones.mark("purged")
+                    await wait_for(
+                        lambda: milestones.done("completed"),
+                        timeout_s=TIMEOUT_S,
+                        what="every event completed",
+                        interval_s=0.02,
+                        alive=lambda: (stack.check_alive(), relay.check(), tracker.check()),
+                    )
+                    seconds = milestones.at["completed"]
+                    cpu = {p.name: _cpu_seconds(p) - cpu_before[p.name] for p in processes}
+                    cpu["bench"] = _own_cpu_seconds() - cpu_before["bench"]
+                    cpu["postgres"] = _backend_delta(backends_before, await _backend_cpu(stack))
+                    await milestones.stop()
+        finally:
+            await coordinator.dispose()
+            await services.dispose()
+        got = _report(users, seconds, milestones, cpu)
+        got["check"] = await _check(stack, users, ours=True)
+        return got
+
+
+# --- the seed article -----------------------------------------------------------------
 
 
 async def _seed_purge_and_publish(stack: Stack) -> int:
-    """The article's executor loop on `bench_users`, then its publisher, per batch."""
+    """The article's executor loop on `bench_users` and its publisher, per batch."""
     engine = stack.engine()
     producer = AIOKafkaProducer(**stack.kafka.client_kwargs())
     await producer.start()
@@ -83,33 +409,33 @@ async def _seed_purge_and_publish(stack: Stack) -> int:
             cutoff = datetime.now(UTC) - timedelta(days=365)
             while True:
                 rows = await conn.execute(
-                    text("SELECT id FROM bench_users WHERE last_seen < :cutoff LIMIT 5000"),
-                    {"cutoff": cutoff},
+                    text("SELECT id FROM bench_users WHERE last_seen < :cutoff LIMIT :batch"),
+                    {"cutoff": cutoff, "batch": BATCH_SIZE},
                 )
-                ids = [row[0] for row in rows]
-                if not ids:
+                candidate_ids = [row[0] for row in rows]
+                if not candidate_ids:
                     break
-                placeholders = ", ".join(f":id_{i}" for i in range(len(ids)))
+                held_ids = await check_ids(conn, "bench_users", candidate_ids)
+                actionable = [id_ for id_ in candidate_ids if id_ not in held_ids]
+                if not actionable:
+                    break
+                placeholders, params = in_params(actionable)
                 await conn.execute(
-                    text(f"DELETE FROM bench_users WHERE id IN ({placeholders})"),
-                    {f"id_{i}": id_ for i, id_ in enumerate(ids)},
+                    text(f"DELETE FROM bench_users WHERE id IN ({placeholders})"), params
                 )
                 await conn.commit()
-                now = datetime.now(UTC)
-                for user in ids:
-                    event = RetentionEvent(
-                        event_id=uuid.uuid4(),
-                        type=EventType.DELETE,
-                        entity_type="user",
-                        entity_id=user,
-                        policy="inactive_users",
-                        legal_basis="benchmark",
-                        initiated_at=now,
-                        deadline=now + timedelta(days=30),
-                        fields=[],
-                        run_id=None,
+                initiated_at = datetime.now(UTC).isoformat()
+                for user in actionable:
+                    message = {
+                        "type": "delete",
+                        "entity_type": "user",
+                        "entity_id": user,
+                        "policy": "inactive_users",
+                        "initiated_at": initiated_at,
+                    }
+                    await producer.send_and_wait(
+                        stack.kafka.topics.events, json.dumps(message).encode()
                     )
-                    await producer.send_and_wait(stack.kafka.topics.events, encode(event))
                     sent += 1
     finally:
         await producer.stop()
@@ -117,68 +443,59 @@ async def _seed_purge_and_publish(stack: Stack) -> int:
     return sent
 
 
-async def _ours(users: list[str], log_dir: Path, label: str) -> float:
+async def _seed(users: Users, log_dir: Path, label: str) -> dict[str, Any]:
     async with isolated_stack(
         infra.database_url(), infra.KafkaSettings().bootstrap_servers, label, log_dir
     ) as stack:
         await _prepare(stack, users)
-        await stack.start_services(*PRODUCT_SERVICES)
-        async with running_tracker(stack) as tracker:
-            await wait_for(
-                partial(has_registered, stack, PRODUCT_SERVICES),
-                timeout_s=60,
-                what="registrations",
-                alive=tracker.check,
+        names = [f"seed-{s}" for s in PRODUCT_SERVICES]
+        for service, name in zip(PRODUCT_SERVICES, names, strict=True):
+            stack.add_service(
+                name, module="bench.seed_consumer", env={"BENCH_SEED_SERVICE": service}
             )
-            start = time.perf_counter()
-            engine = stack.engine()
-            try:
-                runner = Runner(
-                    engine,
-                    parse_policies(POLICY),
-                    Settings(database_url=stack.coordinator_url),
-                    clock=SystemClock(),
-                )
-                report = await runner.run()
-                assert report.ok, report.as_dict()
-            finally:
-                await engine.dispose()
-            async with running_relay(stack) as relay:
-                await wait_for(
-                    partial(states_are, stack, completed=len(users)),
-                    timeout_s=TIMEOUT_S,
-                    what="every event completed",
-                    interval_s=0.2,
-                    alive=lambda: (stack.check_alive(), relay.check(), tracker.check()),
-                )
-            return len(users) / (time.perf_counter() - start)
-
-
-async def _seed(users: list[str], log_dir: Path, label: str) -> float:
-    async with isolated_stack(
-        infra.database_url(), infra.KafkaSettings().bootstrap_servers, label, log_dir
-    ) as stack:
-        await _prepare(stack, users)
-        await stack.start_services(*PRODUCT_SERVICES)
-        async with AckTail(stack.kafka) as acks:
-            start = time.perf_counter()
+        await stack.start_services(*names)
+        processes = [stack.processes[n] for n in names]
+        services = make_engine(stack.services_url)
+        try:
+            milestones = Milestones(_service_checks(services))
+            cpu_before = {p.name: _cpu_seconds(p) for p in processes}
+            cpu_before["bench"] = _own_cpu_seconds()
+            backends_before = await _backend_cpu(stack)
+            milestones.begin()
             sent = await _seed_purge_and_publish(stack)
-            assert sent == len(users), (sent, len(users))
+            milestones.mark("published")
+            assert sent == len(users.due), (sent, len(users.due))
             await wait_for(
-                lambda: len(acks.pairs()) >= 3 * len(users),
+                lambda: all(milestones.done(s) for s in PRODUCT_SERVICES),
                 timeout_s=TIMEOUT_S,
-                what="three acks per event",
-                interval_s=0.2,
+                what="every due user's rows gone from the three services",
+                interval_s=0.02,
                 alive=stack.check_alive,
             )
-            return len(users) / (time.perf_counter() - start)
+            seconds = max(milestones.at[s] for s in PRODUCT_SERVICES)
+            cpu = {p.name: _cpu_seconds(p) - cpu_before[p.name] for p in processes}
+            cpu["bench"] = _own_cpu_seconds() - cpu_before["bench"]
+            cpu["postgres"] = _backend_delta(backends_before, await _backend_cpu(stack))
+            await milestones.stop()
+        finally:
+            await services.dispose()
+        got = _report(users, seconds, milestones, cpu)
+        got["check"] = await _check(stack, users, ours=False)
+        return got
 
 
-async def compare(count: int, round_no: int) -> dict[str, float]:
-    users = [f"bench-u{i:07d}" for i in range(count)]
+async def compare(count: int, round_no: int) -> dict[str, Any]:
+    """One round of both contestants on `count` users (order alternates by round)."""
+    users = Users.make(count)
     log_dir = ROOT / "bench" / "results" / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     runs = [("seed", _seed), ("ours", _ours)]
     if round_no % 2:
         runs.reverse()
     return {name: await run(users, log_dir, f"bench_e2e_{name}") for name, run in runs}
+
+
+if __name__ == "__main__":
+    # One round on its own: BENCH_E2E_USERS=2000 python -m bench.e2e
+    infra.load_infra_env()
+    print(json.dumps(asyncio.run(compare(int(os.environ.get("BENCH_E2E_USERS", 2000)), 0))))

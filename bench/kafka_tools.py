@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -13,15 +14,21 @@ from tests.infra import ROOT
 MAIN_CLASS = "org.apache.kafka.tools.{}"
 
 
+@functools.cache
 def kafka_lib() -> Path:
-    """The Kafka jars: $BENCH_KAFKA_LIB, else .cache/kafka/lib (fetched by infra.sh if absent)."""
+    """The Kafka jars: $BENCH_KAFKA_LIB, else .cache/kafka/lib.
+
+    `infra.sh kafka-fetch` owns that directory: it returns at once when its last fetch
+    completed, and otherwise (fresh clone, or a fetch cut short) fetches from Maven
+    Central — the same jars the broker runs on, so the tools match its version.
+    """
     explicit = os.environ.get("BENCH_KAFKA_LIB")
-    lib = Path(explicit) if explicit else ROOT / ".cache" / "kafka" / "lib"
-    if not any(lib.glob("kafka-tools-*.jar")):
-        if explicit:
-            raise SystemExit(f"BENCH_KAFKA_LIB={lib} holds no kafka-tools jar")
-        subprocess.run([str(ROOT / "infra" / "infra.sh"), "kafka-fetch"], check=True, timeout=900)
-    return lib
+    if explicit:
+        if not any(Path(explicit).glob("kafka-tools-*.jar")):
+            raise SystemExit(f"BENCH_KAFKA_LIB={explicit} holds no kafka-tools jar")
+        return Path(explicit)
+    subprocess.run([str(ROOT / "infra" / "infra.sh"), "kafka-fetch"], check=True, timeout=900)
+    return ROOT / ".cache" / "kafka" / "lib"
 
 
 def _java(tool: str, args: list[str], timeout_s: float) -> str:

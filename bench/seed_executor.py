@@ -42,7 +42,7 @@ class SeedResult:
     errors: list[str] = field(default_factory=list)
 
 
-async def _check_ids(conn: AsyncConnection, table: str, ids: list[Any]) -> set[Any]:
+async def check_ids(conn: AsyncConnection, table: str, ids: list[Any]) -> set[Any]:
     result = await conn.execute(
         text(
             "SELECT record_ids FROM seed_legal_holds "
@@ -58,7 +58,7 @@ async def _check_ids(conn: AsyncConnection, table: str, ids: list[Any]) -> set[A
     return held_ids.intersection(ids)
 
 
-def _in(ids: list[Any]) -> tuple[str, dict[str, Any]]:
+def in_params(ids: list[Any]) -> tuple[str, dict[str, Any]]:
     placeholders = ", ".join(f":id_{i}" for i in range(len(ids)))
     return placeholders, {f"id_{i}": id_ for i, id_ in enumerate(ids)}
 
@@ -83,7 +83,7 @@ async def execute_policy(conn: AsyncConnection, policy: str) -> SeedResult:
         candidate_ids = [row[0] for row in rows.fetchall()]
         if not candidate_ids:
             break
-        held_ids = await _check_ids(conn, table, candidate_ids)
+        held_ids = await check_ids(conn, table, candidate_ids)
         actionable = [id_ for id_ in candidate_ids if id_ not in held_ids]
         result.held_skipped += len(held_ids)
         if not actionable:
@@ -94,7 +94,7 @@ async def execute_policy(conn: AsyncConnection, policy: str) -> SeedResult:
             await conn.rollback()
             break
         try:
-            placeholders, params = _in(actionable)
+            placeholders, params = in_params(actionable)
             if action == "delete":
                 await conn.execute(
                     text(f"DELETE FROM {table} WHERE id IN ({placeholders})"), params
