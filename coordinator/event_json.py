@@ -20,7 +20,7 @@ from pydantic import TypeAdapter
 from schemas import RetentionEvent
 from schemas.models import UtcDatetime
 
-__all__ = ["FIELDS", "EventWriter"]
+__all__ = ["FIELDS", "EventWriter", "Parts", "splice"]
 
 FIELDS = (
     "schema_version",
@@ -35,13 +35,23 @@ FIELDS = (
     "fields",
     "run_id",
 )
-"""The wire order of `RetentionEvent`'s fields, which the template below follows."""
+"""The wire order of `RetentionEvent`'s fields, which the templates below follow."""
 
-_TEMPLATE = (
-    '{"schema_version":%d,"event_id":"%s","type":%s,"entity_type":%s,"entity_id":%s,'
-    '"policy":%s,"legal_basis":%s,"initiated_at":%s,"deadline":%s,"fields":[%s],"run_id":%s}'
-)
+# The event's JSON around its two per-entity fields, event_id and entity_id, so that
+# `coordinator.outbox_events` can reuse the rest for every event of one purge batch.
+_HEAD = '{"schema_version":%d,"event_id":"'
+_MIDDLE = '","type":%s,"entity_type":%s,"entity_id":'
+_TAIL = ',"policy":%s,"legal_basis":%s,"initiated_at":%s,"deadline":%s,"fields":[%s],"run_id":%s}'
 _TIMESTAMP: TypeAdapter[datetime] = TypeAdapter(UtcDatetime)
+
+Parts = tuple[str, str, str]
+"""An event's JSON before its event_id, between event_id and entity_id, after entity_id."""
+
+
+def splice(parts: Parts, event_id: object, entity_id: str) -> bytes:
+    """The JSON of the event `parts` came from, with this event_id and entity_id."""
+    head, middle, tail = parts
+    return f"{head}{event_id}{middle}{encode_basestring(entity_id)}{tail}".encode()
 
 
 class EventWriter:
@@ -56,20 +66,20 @@ class EventWriter:
             text = self._timestamps[value] = _TIMESTAMP.dump_json(value).decode()
         return text
 
-    def __call__(self, event: RetentionEvent) -> bytes:
+    def parts(self, event: RetentionEvent) -> Parts:
         return (
-            _TEMPLATE
+            _HEAD % event.schema_version,
+            _MIDDLE % (encode_basestring(event.type.value), encode_basestring(event.entity_type)),
+            _TAIL
             % (
-                event.schema_version,
-                event.event_id,
-                encode_basestring(event.type.value),
-                encode_basestring(event.entity_type),
-                encode_basestring(event.entity_id),
                 encode_basestring(event.policy),
                 encode_basestring(event.legal_basis),
                 self._timestamp(event.initiated_at),
                 self._timestamp(event.deadline),
                 ",".join(map(encode_basestring, event.fields)),
                 "null" if event.run_id is None else f'"{event.run_id}"',
-            )
-        ).encode()
+            ),
+        )
+
+    def __call__(self, event: RetentionEvent) -> bytes:
+        return splice(self.parts(event), event.event_id, event.entity_id)
