@@ -80,9 +80,9 @@ def producer_options(relay: RelaySettings) -> dict[str, Any]:
         # already waiting when the sender runs; a short linger only helps the tail of a
         # batch join the same request. Larger values add latency to every batch.
         "linger_ms": relay.linger_ms,
-        # aiokafka keeps one request in flight per partition: with the 16 KiB default a
-        # 1,000-record claim (~300 KB) needs ~20 sequential round trips spread over the
-        # partitions. 512 KiB lets one claim leave in about one request per partition.
+        # The size of one partition's batch builder. aiokafka keeps one request in flight
+        # per partition: with the 16 KiB default a 5,000-record claim (~1.8 MB) would
+        # leave in ~20 sequential requests per partition; 512 KiB, in about one.
         "max_batch_size": relay.max_batch_size,
         "max_request_size": max(relay.max_batch_size * 2, 1_048_576),
         # lz4: JSON events with repeated field names shrink ~3x at a CPU cost that does
