@@ -1,14 +1,26 @@
-"""Outbox relay throughput against aiokafka's raw producer, on the same records.
+"""Outbox relay throughput against bare aiokafka and Kafka's own producer, same records.
 
-    python -m bench.relay_throughput [--rows 100000] [--variants]
+    python -m bench.relay_throughput [--rows 100000] [--rounds 3] [--variants]
+                                     [--producer-performance]
 
-Fills the outbox of a scratch database with `--rows` rows (~330-byte events), times
-`OutboxRelay.drain()`, and times a bare aiokafka producer (same options) sending the
-same records with every future collected and gathered once: the ceiling for anything
-that publishes through aiokafka in one Python process. `--variants` repeats the relay
-run with other producer settings and claim sizes, to justify the defaults. Prints one
-JSON document on stdout; progress on stderr. Needs the broker and PostgreSQL of
-`make infra-up`.
+Fills the outbox of a scratch database with `--rows` rows (~330-byte events) and, per
+round, times on fresh topics (interleaved, rotated every round):
+
+* `relay`: `OutboxRelay.drain()` — claim, validate, encode, send, await acks, mark, audit;
+* `send_per_message`: a bare aiokafka producer (same options) encoding each event with
+  `schemas.encode` and calling `send()` per record, every future gathered once — what
+  the relay did before it used the batch API;
+* `batch_api`: the relay's `KafkaEventProducer.send_all` (aiokafka's `create_batch` /
+  `send_batch`, one builder per partition) on the same events encoded as the relay
+  does, a claim-sized chunk at a time without waiting between chunks: the ceiling for
+  publishing these events through aiokafka from one Python process;
+* with `--producer-performance`: Kafka's `ProducerPerformance` (bench/kafka_tools.py)
+  on the same encoded events with the same producer settings.
+
+Reports medians with min–max, CPU seconds of this process, and the load average.
+`--variants` repeats the relay run with other producer settings and claim sizes, to
+justify the defaults. Prints one JSON document on stdout; progress on stderr. Needs the
+broker and PostgreSQL of `make infra-up`.
 """
 
 from __future__ import annotations
@@ -16,17 +28,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import statistics
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
+from bench import kafka_tools
 from coordinator.db import make_engine
+from coordinator.event_json import EventWriter
 from coordinator.kafka_admin import ensure_topics
-from coordinator.kafka_producer import producer_options
+from coordinator.kafka_producer import KafkaEventProducer, OutgoingRecord, producer_options
 from coordinator.migrate import upgrade
 from coordinator.relay import OutboxRelay
 from coordinator.settings import RelaySettings
@@ -43,10 +62,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "tuned, no compression": {"compression": "none"},
     "tuned, gzip": {"compression": "gzip"},
     "tuned, zstd": {"compression": "zstd"},
-    "tuned, claim 500": {"batch_size": 500},
-    "tuned, claim 2000": {"batch_size": 2000},
+    "tuned, claim 1000": {"batch_size": 1000},
     "tuned, claim 5000": {"batch_size": 5000},
+    "tuned, claim 10000": {"batch_size": 10000},
 }
+
+Timing = tuple[float, float]
+"""Wall and CPU seconds."""
 
 
 def say(message: str) -> None:
@@ -71,15 +93,14 @@ def events_of(rows: list[dict[str, Any]]) -> list[RetentionEvent]:
     ]
 
 
-async def raw_send(
+async def send_per_message(
     kafka: KafkaSettings, relay: RelaySettings, events: list[RetentionEvent]
-) -> float:
-    """Seconds for a bare producer to send and have acknowledged every record."""
+) -> Timing:
+    """A bare producer's `send()` per record, encoding included, all futures gathered."""
     await ensure_topics(kafka)
     producer = AIOKafkaProducer(**kafka.client_kwargs(), **producer_options(relay))
     await producer.start()
     try:
-        # Encoding is part of the work the relay does too.
         started, cpu = time.perf_counter(), time.process_time()
         futures = [
             await producer.send(
@@ -96,9 +117,35 @@ async def raw_send(
         await producer.stop()
 
 
+async def batch_api(
+    kafka: KafkaSettings, relay: RelaySettings, events: list[RetentionEvent]
+) -> Timing:
+    """The batch API through the relay's producer, encoding included, acks awaited once."""
+    await ensure_topics(kafka)
+    producer = KafkaEventProducer(kafka, relay)
+    await producer.start()
+    try:
+        started, cpu = time.perf_counter(), time.process_time()
+        write = EventWriter()
+        futures = []
+        for offset in range(0, len(events), relay.batch_size):
+            records = [
+                OutgoingRecord(
+                    event.key.encode(), write(event), [("event_id", str(event.event_id).encode())]
+                )
+                for event in events[offset : offset + relay.batch_size]
+            ]
+            async for delivery in producer.send_all(kafka.topics.events, records):
+                futures.append(delivery.future)
+        await asyncio.gather(*futures)
+        return time.perf_counter() - started, time.process_time() - cpu
+    finally:
+        await producer.stop()
+
+
 async def relay_drain(
     url: str, kafka: KafkaSettings, relay: RelaySettings, rows: list[dict[str, Any]]
-) -> tuple[float, float]:
+) -> Timing:
     """Wall and CPU seconds of `drain()` over `rows`."""
     await ensure_topics(kafka)
     engine = make_engine(url)
@@ -115,6 +162,25 @@ async def relay_drain(
         return elapsed, cpu
     finally:
         await engine.dispose()
+
+
+async def producer_performance(
+    kafka: KafkaSettings, relay: RelaySettings, events: list[RetentionEvent]
+) -> Timing:
+    """Kafka's ProducerPerformance on the same encoded events; its CPU is the JVM's, not ours."""
+    await ensure_topics(kafka)
+    with tempfile.NamedTemporaryFile("wb", suffix=".payloads") as payloads:
+        payloads.write(b"\n".join(encode(e) for e in events))
+        payloads.flush()
+        per_s = await asyncio.to_thread(
+            kafka_tools.producer_performance,
+            kafka.bootstrap_servers,
+            kafka.topics.events,
+            len(events),
+            Path(payloads.name),
+            relay,
+        )
+    return len(events) / per_s, float("nan")
 
 
 PREFIXES: list[str] = []
@@ -137,7 +203,18 @@ async def delete_topics(kafka: KafkaSettings) -> None:
         await admin.close()
 
 
-async def main(count: int, variants: bool) -> dict[str, Any]:
+def summary(count: int, timings: list[Timing]) -> dict[str, Any]:
+    rates = sorted(count / wall for wall, _ in timings)
+    cpus = [cpu for _, cpu in timings if cpu == cpu]
+    return {
+        "events_per_s": round(statistics.median(rates)),
+        "min": round(rates[0]),
+        "max": round(rates[-1]),
+        "cpu_us_per_event": round(statistics.median(cpus) / count * 1e6, 1) if cpus else None,
+    }
+
+
+async def main(count: int, rounds: int, variants: bool, java: bool) -> dict[str, Any]:
     infra.load_infra_env()
     base = KafkaSettings()
     url = await infra.create_database(infra.database_url(), "bench_relay")
@@ -147,45 +224,50 @@ async def main(count: int, variants: bool) -> dict[str, Any]:
         rows = outbox_rows(count, policy="session_logs")
         events = events_of(rows)
         record_bytes = sum(len(encode(e)) for e in events) / len(events)
-        say(f"{count} events of {record_bytes:.0f} bytes on average")
+        say(f"{count} events of {record_bytes:.0f} bytes on average, {rounds} rounds")
 
-        raw_s, raw_cpu = await raw_send(
-            base.model_copy(update={"topic_prefix": prefix("raw")}), tuned, events
-        )
-        say(f"raw aiokafka producer: {count / raw_s:,.0f} events/s, CPU {raw_cpu:.2f}s")
-        relay_s, relay_cpu = await relay_drain(
-            url, base.model_copy(update={"topic_prefix": prefix("relay")}), tuned, rows
-        )
-        say(
-            f"relay drain: {count / relay_s:,.0f} events/s ({relay_s / raw_s:.2f}x raw time), "
-            f"CPU {relay_cpu:.2f}s"
-        )
+        def kafka(label: str) -> KafkaSettings:
+            return base.model_copy(update={"topic_prefix": prefix(label)})
+
+        contestants: dict[str, Callable[[], Awaitable[Timing]]] = {
+            "relay": lambda: relay_drain(url, kafka("relay"), tuned, rows),
+            "send_per_message": lambda: send_per_message(kafka("raw"), tuned, events),
+            "batch_api": lambda: batch_api(kafka("batch"), tuned, events),
+        }
+        if java:
+            contestants["producer_performance"] = lambda: producer_performance(
+                kafka("perf"), tuned, events
+            )
+        timings: dict[str, list[Timing]] = {name: [] for name in contestants}
+        loads = []
+        names = list(contestants)
+        for n in range(rounds):
+            for name in names[n % len(names) :] + names[: n % len(names)]:
+                loads.append(os.getloadavg()[0])
+                wall, cpu = await contestants[name]()
+                timings[name].append((wall, cpu))
+                say(f"round {n} {name}: {count / wall:,.0f} events/s, CPU {cpu:.2f}s")
+            await delete_topics(base)
+            PREFIXES.clear()
         result: dict[str, Any] = {
             "events": count,
+            "rounds": rounds,
             "record_bytes_avg": round(record_bytes),
+            "load_average_1m": {"min": min(loads), "max": max(loads)},
             "settings": tuned.model_dump(),
-            "raw_producer_events_per_s": round(count / raw_s),
-            "relay_events_per_s": round(count / relay_s),
-            "relay_vs_raw": round(raw_s / relay_s, 3),
-            "raw_cpu_s": round(raw_cpu, 2),
-            "relay_cpu_s": round(relay_cpu, 2),
+            **{name: summary(count, t) for name, t in timings.items()},
             "variants": {},
         }
+        relay_rate = result["relay"]["events_per_s"]
+        for name in names[1:]:
+            result[f"relay/{name}"] = round(relay_rate / result[name]["events_per_s"], 3)
         if variants:
             for name, change in VARIANTS.items():
                 settings = tuned.model_copy(update=change)
                 fresh = outbox_rows(count, policy="session_logs")
-                seconds, cpu = await relay_drain(
-                    url,
-                    base.model_copy(update={"topic_prefix": prefix("variant")}),
-                    settings,
-                    fresh,
-                )
+                seconds, cpu = await relay_drain(url, kafka("variant"), settings, fresh)
                 say(f"variant {name}: {count / seconds:,.0f} events/s, CPU {cpu:.2f}s")
-                result["variants"][name] = {
-                    "events_per_s": round(count / seconds),
-                    "cpu_s": round(cpu, 2),
-                }
+                result["variants"][name] = summary(count, [(seconds, cpu)])
         return result
     finally:
         await infra.drop_database(url)
@@ -195,6 +277,17 @@ async def main(count: int, variants: bool) -> dict[str, Any]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--variants", action="store_true", help="also time other settings")
+    parser.add_argument(
+        "--producer-performance",
+        action="store_true",
+        help="also run Kafka's ProducerPerformance (needs java and the Kafka jars)",
+    )
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(main(args.rows, args.variants)), indent=2))
+    print(
+        json.dumps(
+            asyncio.run(main(args.rows, args.rounds, args.variants, args.producer_performance)),
+            indent=2,
+        )
+    )

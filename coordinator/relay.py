@@ -18,24 +18,29 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 from aiokafka.errors import KafkaError
-from pydantic import ValidationError
-from sqlalchemy import ARRAY, Row, Uuid, any_, bindparam, func, select, update
+from sqlalchemy import ARRAY, Uuid, any_, bindparam, func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator import audit
 from coordinator.clock import Clock, SystemClock
-from coordinator.kafka_producer import EventProducer, KafkaEventProducer, ProducerFactory
+from coordinator.kafka_producer import (
+    Delivery,
+    EventProducer,
+    KafkaEventProducer,
+    OutgoingRecord,
+    ProducerFactory,
+)
 from coordinator.metrics import Metrics
+from coordinator.outbox_events import EVENT_COLUMNS, RecordEncoder, event_from_row
 from coordinator.settings import RelaySettings
 from coordinator.tables import outbox
-from schemas import EventType, KafkaSettings, RetentionEvent, encode
+from schemas import KafkaSettings
 
 __all__ = ["AUDIT_ACTION", "BatchResult", "OutboxRelay", "Watchdog", "event_from_row"]
 
@@ -44,6 +49,7 @@ AUDIT_ACTION = "events_published"
 log = structlog.get_logger(__name__)
 
 _IDS = bindparam("ids", type_=ARRAY(Uuid))
+_POLICY = EVENT_COLUMNS.index("policy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,14 +66,16 @@ class BatchResult:
 
 @dataclass(eq=False, slots=True)
 class _Claim:
-    """A claimed batch: its open transaction, its events, and their send futures."""
+    """A claimed batch: its open transaction, its encoded records, and their deliveries."""
 
     conn: AsyncConnection
     claimed: int
-    events: list[RetentionEvent] = field(default_factory=list)
-    records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = field(default_factory=list)
+    event_ids: list[uuid.UUID] = field(default_factory=list)
+    policies: list[str] = field(default_factory=list)
+    records: list[OutgoingRecord] = field(default_factory=list)
+    """One per built event, in claim order; `event_ids` and `policies` run alongside."""
     unbuildable: list[uuid.UUID] = field(default_factory=list)
-    futures: list[asyncio.Future[object]] = field(default_factory=list)
+    deliveries: list[Delivery] = field(default_factory=list)
     enqueue_error: BaseException | None = None
     deadline: float = 0.0
 
@@ -121,22 +129,6 @@ class _Backoff:
         self._attempt = 0
 
 
-def event_from_row(row: Row[Any]) -> RetentionEvent:
-    """The wire event for one outbox row; raises `ValueError` if the row cannot be one."""
-    return RetentionEvent(
-        event_id=row.event_id,
-        type=EventType(row.event_type),
-        entity_type=row.entity_type,
-        entity_id=row.entity_id,
-        policy=row.policy,
-        legal_basis=row.legal_basis,
-        initiated_at=row.initiated_at,
-        deadline=row.deadline,
-        fields=list(row.fields),
-        run_id=row.run_id,
-    )
-
-
 def _consume_outcome(future: asyncio.Future[object]) -> None:
     # A send we stopped waiting for may still fail later; retrieve its exception so
     # asyncio does not report it as never retrieved. The row is already marked for retry.
@@ -180,7 +172,7 @@ class OutboxRelay:
         self._watchdog = Watchdog(self._settings.stall_timeout_s)
         self._backlog_refreshed = float("-inf")
         self._claim_query = (
-            select(outbox)
+            select(*(outbox.c[name] for name in EVENT_COLUMNS))
             .where(outbox.c.published_at.is_(None))
             .order_by(outbox.c.created_at)
             .limit(self._settings.batch_size)
@@ -248,22 +240,19 @@ class OutboxRelay:
                 await conn.close()
                 return None
             claim = _Claim(conn, claimed=len(rows))
+            encode = RecordEncoder()
             for row in rows:
+                event_id = row[0]  # EVENT_COLUMNS starts with it
                 try:
-                    event = event_from_row(row)
-                except (ValidationError, ValueError) as exc:
-                    claim.unbuildable.append(row.event_id)
-                    log.error(
-                        "outbox_row_unpublishable", event_id=str(row.event_id), error=str(exc)
-                    )
+                    key, value = encode(row)
+                except ValueError as exc:  # pydantic's ValidationError included
+                    claim.unbuildable.append(event_id)
+                    log.error("outbox_row_unpublishable", event_id=str(event_id), error=str(exc))
                     continue
-                claim.events.append(event)
+                claim.event_ids.append(event_id)
+                claim.policies.append(row[_POLICY])
                 claim.records.append(
-                    (
-                        encode(event),
-                        event.key.encode(),
-                        [("event_id", str(event.event_id).encode())],
-                    )
+                    OutgoingRecord(key, value, [("event_id", str(event_id).encode())])
                 )
             return claim
         except BaseException:
@@ -275,26 +264,26 @@ class OutboxRelay:
         loop = asyncio.get_running_loop()
         claim.deadline = loop.time() + self._settings.publish_timeout_s
         try:
-            # `send` only enqueues, but it awaits topic metadata, which can hang (aiokafka#759).
+            # Enqueueing awaits topic metadata, which can hang (aiokafka#759).
             async with asyncio.timeout_at(claim.deadline):
-                for value, key, headers in claim.records:
-                    claim.futures.append(
-                        await producer.send(self._topic, value, key=key, headers=headers)
-                    )
+                async for delivery in producer.send_all(self._topic, claim.records):
+                    claim.deliveries.append(delivery)
         except (KafkaError, TimeoutError) as exc:
             claim.enqueue_error = exc
 
     async def _finish(self, claim: _Claim) -> BatchResult:
         """Wait (bounded) for the acknowledgements, mark what was acknowledged, commit."""
         outcomes = await self._outcomes(claim)
-        published = [e for e, error in zip(claim.events, outcomes, strict=True) if error is None]
-        failed = [e.event_id for e, error in zip(claim.events, outcomes, strict=True) if error]
+        published = [i for i, error in enumerate(outcomes) if error is None]
+        failed = [claim.event_ids[i] for i, error in enumerate(outcomes) if error is not None]
         if failed:
             first = next(error for error in outcomes if error is not None)
             log.warning("publish_failed", rows=len(failed), topic=self._topic, error=repr(first))
-        policies = Counter(e.policy for e in published)
+        policies = Counter(claim.policies[i] for i in published)
         if published:
-            await self._mark_published(claim.conn, published, policies)
+            await self._mark_published(
+                claim.conn, [claim.event_ids[i] for i in published], policies
+            )
         if failed or claim.unbuildable:
             await claim.conn.execute(
                 update(outbox)
@@ -308,34 +297,35 @@ class OutboxRelay:
         return BatchResult(claim.claimed, len(published), len(failed), len(claim.unbuildable))
 
     async def _outcomes(self, claim: _Claim) -> list[BaseException | None]:
-        """One outcome per event: None when the broker acknowledged it."""
+        """One outcome per record: None when the broker acknowledged it."""
         loop = asyncio.get_running_loop()
-        if claim.futures:
-            _, pending = await asyncio.wait(
-                claim.futures, timeout=max(0.0, claim.deadline - loop.time())
-            )
+        futures = [delivery.future for delivery in claim.deliveries]
+        if futures:
+            _, pending = await asyncio.wait(futures, timeout=max(0.0, claim.deadline - loop.time()))
             for future in pending:
                 future.add_done_callback(_consume_outcome)
         timed_out = TimeoutError(f"no acknowledgement within {self._settings.publish_timeout_s}s")
-        outcomes: list[BaseException | None] = []
-        for index in range(len(claim.events)):
-            if index >= len(claim.futures):
-                outcomes.append(claim.enqueue_error or timed_out)
-                continue
-            future = claim.futures[index]
+        # Records no delivery carries were never enqueued.
+        outcomes: list[BaseException | None] = [claim.enqueue_error or timed_out] * len(
+            claim.records
+        )
+        for delivery in claim.deliveries:
+            future = delivery.future
+            outcome: BaseException | None
             if not future.done():
-                outcomes.append(timed_out)
+                outcome = timed_out
             elif future.cancelled():
-                outcomes.append(asyncio.CancelledError("send cancelled"))
+                outcome = asyncio.CancelledError("send cancelled")
             else:
-                outcomes.append(future.exception())
+                outcome = future.exception()
+            for index in delivery.indexes:
+                outcomes[index] = outcome
         return outcomes
 
     async def _mark_published(
-        self, conn: AsyncConnection, published: Sequence[RetentionEvent], policies: Counter[str]
+        self, conn: AsyncConnection, ids: list[uuid.UUID], policies: Counter[str]
     ) -> None:
         now = self._clock.now()
-        ids = [e.event_id for e in published]
         await conn.execute(
             update(outbox)
             .where(outbox.c.event_id == any_(_IDS))

@@ -53,7 +53,7 @@ class RelaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RETENTION_RELAY_", extra="ignore")
 
     batch_size: int = Field(
-        default=1000, ge=1, le=50_000, description="Outbox rows claimed and published per batch."
+        default=5000, ge=1, le=50_000, description="Outbox rows claimed and published per batch."
     )
     idle_sleep_s: float = Field(
         default=0.5, gt=0, description="Pause before polling again when the outbox is empty."

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator import audit
 from coordinator.db import make_engine
-from coordinator.kafka_producer import EventProducer, KafkaEventProducer
+from coordinator.kafka_producer import Delivery, EventProducer, KafkaEventProducer, OutgoingRecord
 from coordinator.metrics import Metrics
 from coordinator.relay import AUDIT_ACTION, OutboxRelay
 from coordinator.settings import RelaySettings
@@ -135,7 +135,7 @@ class DeliversThenHangs:
 
     def __init__(self, inner: EventProducer) -> None:
         self.inner = inner
-        self.delivered: list[asyncio.Future[object]] = []
+        self.delivered: list[Delivery] = []
 
     async def start(self) -> None:
         await self.inner.start()
@@ -143,11 +143,12 @@ class DeliversThenHangs:
     async def stop(self) -> None:
         await self.inner.stop()
 
-    async def send(
-        self, topic: str, value: bytes, *, key: bytes, headers: Sequence[tuple[str, bytes]]
-    ) -> asyncio.Future[object]:
-        self.delivered.append(await self.inner.send(topic, value, key=key, headers=headers))
-        return asyncio.get_running_loop().create_future()
+    async def send_all(
+        self, topic: str, records: Sequence[OutgoingRecord]
+    ) -> AsyncIterator[Delivery]:
+        async for delivery in self.inner.send_all(topic, records):
+            self.delivered.append(delivery)
+            yield Delivery(delivery.indexes, asyncio.get_running_loop().create_future())
 
 
 async def test_crash_after_send_before_commit_republishes_same_event_ids(
@@ -160,15 +161,15 @@ async def test_crash_after_send_before_commit_republishes_same_event_ids(
     task = asyncio.create_task(relay.drain())
     # Wait until the first batch is on the broker, then kill the relay mid-transaction.
     async with asyncio.timeout(30):
-        while len(crashing.delivered) < FAST.batch_size or not all(
-            f.done() for f in crashing.delivered
+        while sum(len(d.indexes) for d in crashing.delivered) < FAST.batch_size or not all(
+            d.future.done() for d in crashing.delivered
         ):
             await asyncio.sleep(0.02)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     await relay.close()
-    assert all(f.exception() is None for f in crashing.delivered)
+    assert all(d.future.exception() is None for d in crashing.delivered)
     assert (await published_state(engine))[1] == 0, "the killed batch must roll back"
 
     async with OutboxRelay(engine, topics, settings=FAST) as survivor:

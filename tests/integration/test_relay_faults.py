@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.db import make_engine
-from coordinator.kafka_producer import EventProducer, KafkaEventProducer
+from coordinator.kafka_producer import Delivery, EventProducer, KafkaEventProducer, OutgoingRecord
 from coordinator.metrics import Metrics
 from coordinator.relay import OutboxRelay
 from coordinator.settings import RelaySettings
@@ -52,16 +52,16 @@ class Misbehaving:
     async def stop(self) -> None:
         await asyncio.Event().wait()
 
-    async def send(
-        self, topic: str, value: bytes, *, key: bytes, headers: Sequence[tuple[str, bytes]]
-    ) -> asyncio.Future[object]:
-        self.sends += 1
+    async def send_all(
+        self, topic: str, records: Sequence[OutgoingRecord]
+    ) -> AsyncIterator[Delivery]:
+        self.sends += len(records)
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         if self.how == "enqueue_hangs":
             await asyncio.Event().wait()
         elif self.how == "fails":
             future.set_exception(OutOfOrderSequenceNumber())
-        return future
+        yield Delivery(range(len(records)), future)
 
 
 @pytest.fixture
