@@ -5,9 +5,13 @@ app = RetentionConsumer(service="notifications")
 @app.on_delete("user")
 async def delete_user(event: RetentionEvent, conn: AsyncConnection) -> int: ...
 
+@app.on_delete_batch("order")  # set-based: one call per run of events in a batch
+async def delete_orders(events: Sequence[RetentionEvent], conn: AsyncConnection) -> list[int]: ...
+
 app.run()
 """
 
+from consumer_sdk._internal.registry import BatchResult
 from consumer_sdk.app import SDK_VERSION, RetentionConsumer
 from consumer_sdk.context import HandlerContext
 from consumer_sdk.dlq import DlqHeader, DlqReason
@@ -37,6 +41,7 @@ from schemas import AckStatus, EventType, RetentionAck, RetentionEvent
 __all__ = [
     "SDK_VERSION",
     "AckStatus",
+    "BatchResult",
     "BatchTransaction",
     "BatchingStore",
     "ConfigurationError",

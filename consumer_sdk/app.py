@@ -14,7 +14,7 @@ import structlog
 from prometheus_client import CollectorRegistry, start_http_server
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from consumer_sdk._internal.registry import HandlerRegistry
+from consumer_sdk._internal.registry import BatchResult, HandlerRegistry
 from consumer_sdk._internal.runtime import Runtime
 from consumer_sdk._internal.transport import kafka_consumer, kafka_producer
 from consumer_sdk.exceptions import ConfigurationError
@@ -33,6 +33,8 @@ except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare 
     SDK_VERSION = "0+unknown"
 
 H = TypeVar("H", bound=Callable[..., Awaitable[int]])
+B = TypeVar("B", bound=Callable[..., Awaitable[BatchResult]])
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 StartupHook = Callable[[AsyncConnection], Awaitable[None]]
 S = TypeVar("S", bound=StartupHook)
 StoreFactory = Callable[[AsyncEngine | None], IdempotencyStore]
@@ -133,6 +135,32 @@ class RetentionConsumer:
         """Register the handler that anonymizes `entity_type` entities; see `on_delete`."""
         return self._register(entity_type, EventType.ANONYMIZE, max_attempts, throws)
 
+    def on_delete_batch(
+        self,
+        entity_type: str,
+        *,
+        max_attempts: int | None = None,
+        throws: Iterable[type[BaseException]] = (),
+    ) -> Callable[[B], B]:
+        """Register a set-based handler that deletes a batch of `entity_type` entities.
+
+        It takes `(events: Sequence[RetentionEvent], ...)` and returns, per event, the
+        records affected or an `EntityNotFound`: a sequence in the events' order or a
+        mapping by event id. Same options as `on_delete`; one handler per entity type
+        and action, single or batch.
+        """
+        return self._register(entity_type, EventType.DELETE, max_attempts, throws, batch=True)
+
+    def on_anonymize_batch(
+        self,
+        entity_type: str,
+        *,
+        max_attempts: int | None = None,
+        throws: Iterable[type[BaseException]] = (),
+    ) -> Callable[[B], B]:
+        """Register a set-based anonymize handler; see `on_delete_batch`."""
+        return self._register(entity_type, EventType.ANONYMIZE, max_attempts, throws, batch=True)
+
     def on_startup(self, hook: S) -> S:
         """Run `hook(conn)` in one transaction on the service's database before consuming."""
         if not self.has_database:
@@ -148,8 +176,10 @@ class RetentionConsumer:
         action: EventType,
         max_attempts: int | None,
         throws: Iterable[type[BaseException]],
-    ) -> Callable[[H], H]:
-        def decorator(func: H) -> H:
+        *,
+        batch: bool = False,
+    ) -> Callable[[F], F]:
+        def decorator(func: F) -> F:
             self._registry.add(
                 entity_type,
                 action,
@@ -158,6 +188,7 @@ class RetentionConsumer:
                 throws=throws,
                 database_available=self.has_database
                 or bool(self._store is not None and self._store.provides_connection),
+                batch=batch,
             )
             return func
 

@@ -9,11 +9,16 @@ records that would go to the DLQ, and a `.mock` per handler recording its calls.
 Handlers that take a connection get a real transaction on the app's database; the
 idempotency store is in memory (`t.store`), so a second `deliver` of the same event
 is acked again without calling the handler — as in production.
+
+`deliver` hands events over one at a time (a batch handler gets batches of one);
+`deliver_batch` hands them over as one fetched partition batch, through the same
+dispatcher as the Kafka runtime (one transaction, batch handlers called set-based).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from types import TracebackType
@@ -22,7 +27,7 @@ from unittest.mock import MagicMock
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from consumer_sdk._internal.dispatch import dlq_headers
+from consumer_sdk._internal.dispatch import Dispatcher, dlq_headers
 from consumer_sdk._internal.executor import EventExecutor
 from consumer_sdk._internal.registry import HandlerSpec
 from consumer_sdk._internal.transport import Record
@@ -38,6 +43,8 @@ from schemas import (
     decode,
     encode,
 )
+
+_Headers = Sequence[tuple[str, bytes]]
 
 __all__ = ["DeadLetter", "TestConsumer"]
 
@@ -123,7 +130,8 @@ class TestConsumer:
         await self._stack.aclose()
 
     def mock(self, handler: Callable[..., Any]) -> MagicMock:
-        """The mock recording calls of a registered handler: `mock(event)` per attempt."""
+        """The mock recording calls of a registered handler: `mock(event)` per attempt
+        (a batch handler: `mock(events)` per call, a list)."""
         try:
             return self._mocks[handler]
         except KeyError:
@@ -134,6 +142,47 @@ class TestConsumer:
         acks: list[RetentionAck] = []
         for event in events:
             acks.extend(await self._deliver(encode(event), event.key.encode()))
+        return acks
+
+    async def deliver_batch(self, *events: RetentionEvent) -> list[RetentionAck]:
+        """Deliver events as one partition batch, as the real consumer fetches them; return
+        the acks it would send, in order. A batch handler's mock gets each call's list."""
+        if self._executor is None:
+            raise RuntimeError("use TestConsumer as `async with TestConsumer(app) as t:`")
+        topics = self.app.kafka.topics
+        records = []
+        for event in events:
+            records.append(
+                Record(topics.events, 0, self._offset, event.key.encode(), encode(event), ())
+            )
+            self._offset += 1
+        sent = _Sent()
+        dispatcher = Dispatcher(
+            service=self.app.service,
+            topics=topics,
+            registry=self.app.handlers,
+            store=self.store,
+            metrics=self.app.metrics,
+            executor=self._executor,
+            producer=sent,
+        )
+        await dispatcher.dispatch(records)
+        acks = [
+            decode(RetentionAck, value)
+            for topic, _, value, _ in sent.records
+            if topic == topics.acks
+        ]
+        self.acks.extend(acks)
+        self.dead_letters.extend(
+            DeadLetter(key, value, {k: v.decode() for k, v in headers})
+            for topic, key, value, headers in sent.records
+            if topic == topics.dlq
+        )
+        self.skipped.extend(
+            event
+            for event in events
+            if self.app.handlers.get(event.entity_type, event.type) is None
+        )
         return acks
 
     async def deliver_raw(
@@ -176,8 +225,29 @@ class TestConsumer:
             DeadLetter(record.key, record.value or b"", {k: v.decode() for k, v in headers})
         )
 
-    def _record_call(self, spec: HandlerSpec, event: RetentionEvent, ctx: HandlerContext) -> None:
-        self._mocks[spec.func](event)
+    def _record_call(self, spec: HandlerSpec, argument: object, ctx: HandlerContext) -> None:
+        self._mocks[spec.func](argument)
+
+
+class _Sent:
+    """A producer that keeps what would have been sent."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, bytes | None, bytes, _Headers]] = []
+
+    async def start(self) -> None:
+        """Nothing to start."""
+
+    async def stop(self) -> None:
+        """Nothing to stop."""
+
+    async def send(
+        self, topic: str, value: bytes, *, key: bytes | None, headers: _Headers = ()
+    ) -> Awaitable[None]:
+        self.records.append((topic, key, value, headers))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
 
 def _detach_mock(func: Callable[..., Any]) -> None:

@@ -11,7 +11,7 @@ import os
 import re
 import sys
 import zlib
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Protocol
 
 from sqlalchemy import (
@@ -24,13 +24,16 @@ from sqlalchemy import (
     Table,
     Text,
     Uuid,
+    bindparam,
     func,
     text,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.schema import CreateSchema
+from sqlalchemy.sql.elements import BindParameter
 
-from consumer_sdk import configure_logging
+from consumer_sdk import EntityNotFound, RetentionEvent, configure_logging
 from schemas import async_database_url
 
 __all__ = [
@@ -38,7 +41,10 @@ __all__ = [
     "create_tables",
     "engine_for",
     "ensure_database",
+    "entity_ids",
+    "log_erasures",
     "main",
+    "per_entity",
     "service_database_url",
     "user_erasure_log",
 ]
@@ -69,6 +75,42 @@ def user_erasure_log(metadata: MetaData) -> Table:
         Column("rows", Integer, nullable=False),
         Column("erased_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     )
+
+
+def entity_ids(events: Sequence[RetentionEvent]) -> BindParameter[Any]:
+    """The events' entity ids as one array parameter: the statement's text is the same
+    for any batch size (one prepared statement, not one per size)."""
+    ids: list[str] = [event.entity_id for event in events]
+    return bindparam(None, ids, type_=ARRAY(Text))
+
+
+def per_entity(
+    events: Sequence[RetentionEvent], counts: Mapping[str, int], missing: str
+) -> list[int | EntityNotFound]:
+    """A batch handler's results from rows affected per entity id: the count for the
+    first event of each entity, `EntityNotFound(missing)` when nothing was affected (or
+    for a second event of one entity, which the SDK never puts in one call anyway)."""
+    left = dict(counts)
+    return [
+        left.pop(event.entity_id) if event.entity_id in left else EntityNotFound(missing)
+        for event in events
+    ]
+
+
+async def log_erasures(
+    conn: AsyncConnection,
+    erasure_log: Table,
+    events: Sequence[RetentionEvent],
+    results: Sequence[int | EntityNotFound],
+) -> None:
+    """One `erasure_log` row per applied event, in one executemany."""
+    rows = [
+        {"event_id": event.event_id, "user_id": event.entity_id, "rows": result}
+        for event, result in zip(events, results, strict=True)
+        if not isinstance(result, EntityNotFound)
+    ]
+    if rows:
+        await conn.execute(erasure_log.insert(), rows)
 
 
 async def create_tables(conn: AsyncConnection, metadata: MetaData) -> None:

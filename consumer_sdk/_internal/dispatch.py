@@ -180,6 +180,11 @@ class Dispatcher:
         """Records from `start` in one transaction, a savepoint per handler call; returns
         the index to go on from.
 
+        A batch handler is called once for a group of consecutive events (`_group`). If
+        that call raises, its savepoint is rolled back and the group's events go one by
+        one, each its own call of the handler with a batch of one, like any other event
+        below; the next group after them is called as a batch again.
+
         The run ends at the batch's end, at a stop, or at an event whose first attempt
         failed with an error worth retrying: the run before it is committed and its acks
         sent, then that event is retried on its own (so nothing behind it, of its key
@@ -192,6 +197,7 @@ class Dispatcher:
         recorded: dict[uuid.UUID, ProcessedEvent] = {}
         retry: Retry | None = None
         i = start
+        isolate_until = start  # events before this index go one by one, even to a batch handler
         try:
             async with self.store.batch(self.service) as batch:
                 while i < len(decoded) and not (stopping is not None and stopping.is_set()):
@@ -205,6 +211,21 @@ class Dispatcher:
                     if prior is not None:
                         handled.append((record, item, spec, self.executor.redelivered(spec, prior)))
                         i += 1
+                        continue
+                    if spec.batch and i >= isolate_until:
+                        group = self._group(decoded, i, spec, known, recorded)
+                        outcomes = await self.executor.batch_attempt(group, spec, batch)
+                        if outcomes is None:
+                            # Its writes are rolled back: find the culprit event by event.
+                            isolate_until = i + len(group)
+                            continue
+                        for (grouped, _), event, settled in zip(
+                            decoded[i : i + len(group)], group, outcomes, strict=True
+                        ):
+                            recorded[event.event_id] = settled.processed(event)
+                            batch.record(recorded[event.event_id])
+                            handled.append((grouped, event, spec, settled))
+                        i += len(group)
                         continue
                     result = await self.executor.first_attempt(item, spec, batch)
                     if isinstance(result, Retry):
@@ -245,6 +266,35 @@ class Dispatcher:
         record, item = decoded[i]
         await self._one(record, item, known, done, stopping, first_error=retry.error)
         return i + 1
+
+    def _group(
+        self,
+        decoded: Sequence[_Item],
+        start: int,
+        spec: HandlerSpec,
+        known: dict[uuid.UUID, ProcessedEvent],
+        recorded: dict[uuid.UUID, ProcessedEvent],
+    ) -> list[RetentionEvent]:
+        """The events from `start` for one call of the batch handler `spec`: consecutive
+        new events of its entity type and action, each entity at most once (a second
+        event for an entity waits for the next call, so per-key order holds)."""
+        group: list[RetentionEvent] = []
+        keys: set[str] = set()
+        ids: set[uuid.UUID] = set()
+        for _, item in decoded[start:]:
+            if (
+                not isinstance(item, RetentionEvent)
+                or self.registry.get(item.entity_type, item.type) is not spec
+                or item.key in keys
+                or item.event_id in ids
+                or item.event_id in known
+                or item.event_id in recorded
+            ):
+                break
+            group.append(item)
+            keys.add(item.key)
+            ids.add(item.event_id)
+        return group
 
     def _spec(self, event: RetentionEvent) -> HandlerSpec | None:
         spec = self.registry.get(event.entity_type, event.type)

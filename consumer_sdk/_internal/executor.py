@@ -2,14 +2,16 @@
 
 Shared by the Kafka runtime and the in-memory test kit, so both behave the same. In a
 batch (`first_attempt`) an event gets one attempt in its own savepoint; an event that
-needs retrying is then retried on its own (`execute(first_error=...)`).
+needs retrying is then retried on its own (`execute(first_error=...)`). A batch handler
+gets a group of events in one savepoint (`batch_attempt`); if that call raises, its
+events are taken one by one as above.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -91,7 +93,7 @@ class EventExecutor:
         store: IdempotencyStore | None,
         metrics: ConsumerMetrics,
         *,
-        on_call: Callable[[HandlerSpec, RetentionEvent, HandlerContext], None] | None = None,
+        on_call: Callable[[HandlerSpec, object, HandlerContext], None] | None = None,
     ) -> None:
         self.on_call = on_call
         self.service = service
@@ -184,6 +186,42 @@ class EventExecutor:
             return self._failed(event, spec, exc, 1)
         return Outcome(AckStatus.COMPLETED, count, 1)
 
+    async def batch_attempt(
+        self, events: Sequence[RetentionEvent], spec: HandlerSpec, batch: BatchTransaction
+    ) -> list[Outcome] | None:
+        """Attempt 1 of a batch handler for `events`, in one savepoint: an outcome per
+        event (completed or not_found; the caller records them), or None when the call
+        raised — its writes are rolled back and no event's attempt is counted; the caller
+        then takes the events one by one."""
+        max_attempts = spec.max_attempts or self.settings.max_attempts
+        try:
+            async with batch.savepoint() as conn:
+                context = HandlerContext(self.service, 1, max_attempts, conn)
+                if self.on_call is not None:
+                    self.on_call(spec, list(events), context)
+                started = time.perf_counter()
+                try:
+                    results = await spec.call_batch(events, context)
+                finally:
+                    self._observe(spec, time.perf_counter() - started, len(events))
+        except Exception as exc:
+            log.warning(
+                "batch handler failed; taking its events one by one",
+                service=self.service,
+                entity_type=spec.entity_type,
+                action=spec.action.value,
+                events=len(events),
+                first_event_id=str(events[0].event_id),
+                error=type(exc).__name__,
+            )
+            return None
+        return [
+            Outcome(AckStatus.NOT_FOUND, 0, 1, str(result)[:MAX_DETAIL])
+            if isinstance(result, EntityNotFound)
+            else Outcome(AckStatus.COMPLETED, result, 1)
+            for result in results
+        ]
+
     def redelivered(self, spec: HandlerSpec, known: ProcessedEvent) -> Outcome:
         self.metrics.duplicates.labels(self.service, spec.entity_type, spec.action.value).inc()
         return self._redelivered(known)
@@ -234,14 +272,20 @@ class EventExecutor:
 
     async def _timed(self, spec: HandlerSpec, event: RetentionEvent, ctx: HandlerContext) -> int:
         if self.on_call is not None:
-            self.on_call(spec, event, ctx)
+            self.on_call(spec, [event] if spec.batch else event, ctx)
         started = time.perf_counter()
         try:
             return await spec.call(event, ctx)
         finally:
-            self.metrics.handler_duration.labels(
-                self.service, spec.entity_type, spec.action.value
-            ).observe(time.perf_counter() - started)
+            self._observe(spec, time.perf_counter() - started, 1)
+
+    def _observe(self, spec: HandlerSpec, seconds: float, events: int) -> None:
+        """One observation per event; a batch call's time is shared evenly by its events."""
+        histogram = self.metrics.handler_duration.labels(
+            self.service, spec.entity_type, spec.action.value
+        )
+        for _ in range(events):
+            histogram.observe(seconds / events)
 
     async def _recorded_elsewhere(self, event: RetentionEvent) -> Outcome:
         assert self.store is not None

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Awaitable, Callable, Iterable
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -22,7 +23,12 @@ from consumer_sdk.exceptions import (
 )
 from schemas import EventType, HandledEntity, RetentionEvent
 
-__all__ = ["Extra", "HandlerRegistry", "HandlerSpec"]
+__all__ = ["BatchResult", "Extra", "HandlerRegistry", "HandlerSpec"]
+
+BatchResult = Sequence[int | EntityNotFound] | Mapping[uuid.UUID, int | EntityNotFound]
+"""What a batch handler returns per event: records affected, or an `EntityNotFound`
+(the event is acked `not_found`). A sequence follows the events' order; a mapping is
+keyed by event id and must cover every event."""
 
 
 class Extra(Enum):
@@ -37,10 +43,12 @@ class Extra(Enum):
 class HandlerSpec:
     entity_type: str
     action: EventType
-    func: Callable[..., Awaitable[int]]
+    func: Callable[..., Awaitable[Any]]
     extra: Extra
     max_attempts: int | None
     throws: tuple[type[BaseException], ...]
+    batch: bool = False
+    """Takes a sequence of events (`on_delete_batch` / `on_anonymize_batch`)."""
 
     @property
     def name(self) -> str:
@@ -57,21 +65,69 @@ class HandlerSpec:
         return retriable is not False and isinstance(exc, Exception)
 
     async def call(self, event: RetentionEvent, context: HandlerContext) -> int:
-        if self.extra is Extra.CONNECTION:
-            result = await self.func(event, context.connection)
-        elif self.extra is Extra.CONTEXT:
-            result = await self.func(event, context)
-        else:
-            result = await self.func(event)
-        if isinstance(result, bool) or not isinstance(result, int) or result < 0:
+        """One event; a batch handler gets it as a batch of one, and its `EntityNotFound`
+        result for it is raised, as a single-event handler would."""
+        if self.batch:
+            [result] = await self.call_batch([event], context)
+            if isinstance(result, EntityNotFound):
+                raise result
+            return result
+        result = await self._invoke(event, context)
+        if not _is_count(result):
             raise PermanentFailure(
                 f"handler {self.name} returned {result!r}; it must return the number of "
                 "records affected (an int >= 0) or raise"
             )
-        return result
+        return typing.cast(int, result)
+
+    async def call_batch(
+        self, events: Sequence[RetentionEvent], context: HandlerContext
+    ) -> list[int | EntityNotFound]:
+        """A batch handler's results, one per event in `events`' order; a malformed
+        result raises `PermanentFailure`."""
+        assert self.batch, f"{self.name} is not a batch handler"
+        result = await self._invoke(list(events), context)
+        if isinstance(result, Mapping):
+            wanted = {event.event_id for event in events}
+            if set(result) != wanted:
+                raise PermanentFailure(
+                    f"batch handler {self.name} returned results for {len(set(result))} "
+                    f"event ids; it must return one for each of the {len(wanted)} events"
+                )
+            values = [result[event.event_id] for event in events]
+        elif isinstance(result, Sequence) and not isinstance(result, (str, bytes)):
+            if len(result) != len(events):
+                raise PermanentFailure(
+                    f"batch handler {self.name} returned {len(result)} results for "
+                    f"{len(events)} events; it must return one per event"
+                )
+            values = list(result)
+        else:
+            raise PermanentFailure(
+                f"batch handler {self.name} returned {type(result).__name__}; it must return "
+                "a sequence (in the events' order) or a mapping by event id"
+            )
+        for value in values:
+            if not (_is_count(value) or isinstance(value, EntityNotFound)):
+                raise PermanentFailure(
+                    f"batch handler {self.name} returned {value!r} for an event; each result "
+                    "must be the number of records affected (an int >= 0) or an EntityNotFound"
+                )
+        return values
+
+    async def _invoke(self, argument: object, context: HandlerContext) -> Any:
+        if self.extra is Extra.CONNECTION:
+            return await self.func(argument, context.connection)
+        if self.extra is Extra.CONTEXT:
+            return await self.func(argument, context)
+        return await self.func(argument)
 
 
-def _extra_of(func: Callable[..., Any], where: str) -> Extra:
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _extra_of(func: Callable[..., Any], where: str, first: str) -> Extra:
     if not inspect.iscoroutinefunction(func):
         raise ConfigurationError(f"{where}: handler must be an `async def` function")
     params = [
@@ -86,8 +142,8 @@ def _extra_of(func: Callable[..., Any], where: str) -> Extra:
     ]
     if required_rest or not 1 <= len(params) <= 2:
         raise ConfigurationError(
-            f"{where}: handler must take (event) or (event, conn: AsyncConnection) or "
-            "(event, ctx: HandlerContext)"
+            f"{where}: handler must take ({first}) or ({first}, conn: AsyncConnection) or "
+            f"({first}, ctx: HandlerContext)"
         )
     if len(params) == 1:
         return Extra.NOTHING
@@ -119,13 +175,15 @@ class HandlerRegistry:
         self,
         entity_type: str,
         action: EventType,
-        func: Callable[..., Awaitable[int]],
+        func: Callable[..., Awaitable[Any]],
         *,
         max_attempts: int | None,
         throws: Iterable[type[BaseException]],
         database_available: bool,
+        batch: bool = False,
     ) -> HandlerSpec:
-        where = f"@on_{action.value}({entity_type!r}) on {getattr(func, '__qualname__', func)}"
+        decorator = f"on_{action.value}_batch" if batch else f"on_{action.value}"
+        where = f"@{decorator}({entity_type!r}) on {getattr(func, '__qualname__', func)}"
         if not entity_type or not entity_type.strip():
             raise ConfigurationError(f"{where}: entity_type must be a non-empty string")
         if max_attempts is not None and max_attempts < 1:
@@ -135,7 +193,7 @@ class HandlerRegistry:
             raise DuplicateHandlerError(
                 f"{where}: {entity_type!r}/{action.value} is already handled by {existing.name}"
             )
-        extra = _extra_of(func, where)
+        extra = _extra_of(func, where, "events" if batch else "event")
         if extra is Extra.CONNECTION and not database_available:
             raise ConfigurationError(
                 f"{where}: the handler takes a connection but the consumer has no database; "
@@ -144,7 +202,7 @@ class HandlerRegistry:
         throws = tuple(throws)
         if EntityNotFound in throws or RetryLater in throws:
             raise ConfigurationError(f"{where}: throws= cannot hold the SDK's own signals")
-        spec = HandlerSpec(entity_type, action, func, extra, max_attempts, throws)
+        spec = HandlerSpec(entity_type, action, func, extra, max_attempts, throws, batch)
         self._specs[(entity_type, action)] = spec
         return spec
 

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Table,
     Text,
     Uuid,
+    any_,
     func,
     select,
 )
@@ -26,7 +27,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consumer_sdk import ConsumerSettings, EntityNotFound, RetentionConsumer, RetentionEvent
 from schemas import KafkaSettings
-from services._shared import create_tables, engine_for, service_database_url
+from services._shared import (
+    create_tables,
+    engine_for,
+    entity_ids,
+    per_entity,
+    service_database_url,
+)
 
 __all__ = ["MASK", "SERVICE", "create_app", "erasure_log", "metadata", "orders", "seed"]
 
@@ -63,52 +70,78 @@ erasure_log = Table(
 _MASKED = {"customer_name": MASK, "email": MASK, "address": MASK}
 
 
-async def _log(conn: AsyncConnection, event: RetentionEvent, rows: int) -> None:
-    await conn.execute(
-        erasure_log.insert(),
+async def _log(
+    conn: AsyncConnection,
+    events: Sequence[RetentionEvent],
+    results: Sequence[int | EntityNotFound],
+) -> None:
+    """One `erasure_log` row per applied event, in one executemany."""
+    rows = [
         {
             "event_id": event.event_id,
             "entity_type": event.entity_type,
             "entity_id": event.entity_id,
-            "rows": rows,
-        },
-    )
+            "rows": result,
+        }
+        for event, result in zip(events, results, strict=True)
+        if not isinstance(result, EntityNotFound)
+    ]
+    if rows:
+        await conn.execute(erasure_log.insert(), rows)
 
 
-async def anonymize_order(event: RetentionEvent, conn: AsyncConnection) -> int:
-    """Mask one order's personal columns; amounts and dates stay for the tax authority.
+async def anonymize_orders(
+    events: Sequence[RetentionEvent], conn: AsyncConnection
+) -> list[int | EntityNotFound]:
+    """Mask the orders' personal columns; amounts and dates stay for the tax authority.
 
-    The event's `fields` name the coordinator's columns, not ours: billing always masks
-    every personal column it has.
+    Set-based: one UPDATE for the batch; only if some order was not updated, one SELECT
+    telling an already anonymized order (0 records) from a missing one. The events'
+    `fields` name the coordinator's columns, not ours: billing always masks every
+    personal column it has.
     """
-    result = await conn.execute(
+    masked = await conn.execute(
         orders.update()
-        .where(orders.c.id == event.entity_id, orders.c.anonymized_at.is_(None))
+        .where(orders.c.id == any_(entity_ids(events)), orders.c.anonymized_at.is_(None))
         .values(**_MASKED, anonymized_at=func.now())
+        .returning(orders.c.id)
     )
-    if result.rowcount == 0:
-        exists = await conn.scalar(select(orders.c.id).where(orders.c.id == event.entity_id))
-        if exists is None:
-            raise EntityNotFound("no such order")
-    await _log(conn, event, result.rowcount)
-    return result.rowcount
+    counts = dict.fromkeys(masked.scalars().all(), 1)
+    rest = [event for event in events if event.entity_id not in counts]
+    if rest:
+        existing = await conn.execute(
+            select(orders.c.id).where(orders.c.id == any_(entity_ids(rest)))
+        )
+        counts.update(dict.fromkeys(existing.scalars().all(), 0))
+    results = per_entity(events, counts, "no such order")
+    await _log(conn, events, results)
+    return results
 
 
-async def delete_user(event: RetentionEvent, conn: AsyncConnection) -> int:
-    """A deleted user's orders are kept anonymized and no longer linked to the user."""
-    result = await conn.execute(
+async def delete_users(
+    events: Sequence[RetentionEvent], conn: AsyncConnection
+) -> list[int | EntityNotFound]:
+    """Deleted users' orders are kept anonymized and no longer linked to the users.
+
+    Set-based: one UPDATE for the batch's users, joined to their ids so RETURNING can
+    name the user each order belonged to (the row's own `user_id` is now NULL).
+    """
+    users = func.unnest(entity_ids(events)).table_valued("user_id").render_derived(name="erased")
+    updated = (
         orders.update()
-        .where(orders.c.user_id == event.entity_id)
+        .where(orders.c.user_id == users.c.user_id)
         .values(
             **_MASKED,
             user_id=None,
             anonymized_at=func.coalesce(orders.c.anonymized_at, func.now()),
         )
+        .returning(users.c.user_id)
+        .cte("updated")
     )
-    if result.rowcount == 0:
-        raise EntityNotFound("no orders for this user")
-    await _log(conn, event, result.rowcount)
-    return result.rowcount
+    counts = await conn.execute(select(updated.c.user_id, func.count()).group_by(updated.c.user_id))
+    results = per_entity(events, {user: count for user, count in counts}, "no orders for this user")
+    await _log(conn, events, results)
+    return results
 
 
 async def _create_tables(conn: AsyncConnection) -> None:
@@ -130,8 +163,8 @@ def create_app(
         registry=registry,
     )
     app.on_startup(_create_tables)
-    app.on_anonymize("order")(anonymize_order)
-    app.on_delete("user")(delete_user)
+    app.on_anonymize_batch("order")(anonymize_orders)
+    app.on_delete_batch("user")(delete_users)
     return app
 
 

@@ -13,7 +13,9 @@ from sqlalchemy import (
     MetaData,
     Table,
     Text,
+    any_,
     func,
+    select,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -24,7 +26,15 @@ from consumer_sdk import (
     RetentionEvent,
 )
 from schemas import KafkaSettings
-from services._shared import create_tables, engine_for, service_database_url, user_erasure_log
+from services._shared import (
+    create_tables,
+    engine_for,
+    entity_ids,
+    log_erasures,
+    per_entity,
+    service_database_url,
+    user_erasure_log,
+)
 
 __all__ = ["SERVICE", "create_app", "erasure_log", "metadata", "notifications", "seed"]
 
@@ -44,17 +54,22 @@ notifications = Table(
 erasure_log = user_erasure_log(metadata)
 
 
-async def delete_user(event: RetentionEvent, conn: AsyncConnection) -> int:
-    result = await conn.execute(
-        notifications.delete().where(notifications.c.user_id == event.entity_id)
+async def delete_users(
+    events: Sequence[RetentionEvent], conn: AsyncConnection
+) -> list[int | EntityNotFound]:
+    """Set-based: one DELETE for the batch's users, one insert into the erasure log."""
+    deleted = (
+        notifications.delete()
+        .where(notifications.c.user_id == any_(entity_ids(events)))
+        .returning(notifications.c.user_id)
+        .cte("deleted")
     )
-    if result.rowcount == 0:
-        raise EntityNotFound("no notifications for this user")
-    await conn.execute(
-        erasure_log.insert(),
-        {"event_id": event.event_id, "user_id": event.entity_id, "rows": result.rowcount},
+    counts = await conn.execute(select(deleted.c.user_id, func.count()).group_by(deleted.c.user_id))
+    results = per_entity(
+        events, {user: count for user, count in counts}, "no notifications for this user"
     )
-    return result.rowcount
+    await log_erasures(conn, erasure_log, events, results)
+    return results
 
 
 async def _create_tables(conn: AsyncConnection) -> None:
@@ -76,7 +91,7 @@ def create_app(
         registry=registry,
     )
     app.on_startup(_create_tables)
-    app.on_delete("user")(delete_user)
+    app.on_delete_batch("user")(delete_users)
     return app
 
 

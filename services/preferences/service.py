@@ -12,14 +12,24 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     Table,
     Text,
+    any_,
     func,
+    select,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consumer_sdk import ConsumerSettings, EntityNotFound, RetentionConsumer, RetentionEvent
 from schemas import KafkaSettings
-from services._shared import create_tables, engine_for, service_database_url, user_erasure_log
+from services._shared import (
+    create_tables,
+    engine_for,
+    entity_ids,
+    log_erasures,
+    per_entity,
+    service_database_url,
+    user_erasure_log,
+)
 
 __all__ = ["SERVICE", "create_app", "erasure_log", "metadata", "preferences", "seed"]
 
@@ -41,17 +51,22 @@ erasure_log = user_erasure_log(metadata)
 DEMO_PREFERENCES = {"language": "en", "theme": "dark", "newsletter": "weekly"}
 
 
-async def delete_user(event: RetentionEvent, conn: AsyncConnection) -> int:
-    result = await conn.execute(
-        preferences.delete().where(preferences.c.user_id == event.entity_id)
+async def delete_users(
+    events: Sequence[RetentionEvent], conn: AsyncConnection
+) -> list[int | EntityNotFound]:
+    """Set-based: one DELETE for the batch's users, one insert into the erasure log."""
+    deleted = (
+        preferences.delete()
+        .where(preferences.c.user_id == any_(entity_ids(events)))
+        .returning(preferences.c.user_id)
+        .cte("deleted")
     )
-    if result.rowcount == 0:
-        raise EntityNotFound("no preferences for this user")
-    await conn.execute(
-        erasure_log.insert(),
-        {"event_id": event.event_id, "user_id": event.entity_id, "rows": result.rowcount},
+    counts = await conn.execute(select(deleted.c.user_id, func.count()).group_by(deleted.c.user_id))
+    results = per_entity(
+        events, {user: count for user, count in counts}, "no preferences for this user"
     )
-    return result.rowcount
+    await log_erasures(conn, erasure_log, events, results)
+    return results
 
 
 async def _create_tables(conn: AsyncConnection) -> None:
@@ -73,7 +88,7 @@ def create_app(
         registry=registry,
     )
     app.on_startup(_create_tables)
-    app.on_delete("user")(delete_user)
+    app.on_delete_batch("user")(delete_users)
     return app
 
 

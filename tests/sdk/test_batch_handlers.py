@@ -1,0 +1,190 @@
+"""Set-based handlers (`on_delete_batch` / `on_anonymize_batch`): registration, one call
+per group of a partition batch, and isolation of a culprit when a call raises."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+
+import pytest
+
+from consumer_sdk import (
+    AckStatus,
+    ConfigurationError,
+    ConsumerSettings,
+    DuplicateHandlerError,
+    EntityNotFound,
+    EventType,
+    PermanentFailure,
+    RetentionConsumer,
+    RetentionEvent,
+    RetryLater,
+)
+from consumer_sdk.testing import TestConsumer
+from tests.sdk.helpers import event
+
+
+def make_app() -> RetentionConsumer:
+    return RetentionConsumer("svc", settings=ConsumerSettings(max_attempts=3, database_url=None))
+
+
+def statuses(acks: Sequence[object]) -> list[tuple[str, AckStatus, int]]:
+    return [(a.entity_id, a.status, a.records_affected) for a in acks]  # type: ignore[attr-defined]
+
+
+def test_registration_returns_the_function_and_marks_it_batch() -> None:
+    app = make_app()
+
+    async def delete_users(events: Sequence[RetentionEvent]) -> list[int]:
+        return [1 for _ in events]
+
+    assert app.on_delete_batch("user")(delete_users) is delete_users
+    spec = app.handlers.get("user", EventType.DELETE)
+    assert spec is not None
+    assert spec.batch
+    assert spec.func is delete_users
+    assert [h.actions for h in app.registration().handles] == [[EventType.DELETE]]
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_single_and_batch_handler_for_one_pair_is_a_duplicate(batch_first: bool) -> None:
+    app = make_app()
+
+    async def single(event: RetentionEvent) -> int:
+        return 1
+
+    async def batch(events: Sequence[RetentionEvent]) -> list[int]:
+        return [1 for _ in events]
+
+    first, second = (
+        (app.on_anonymize_batch("user"), app.on_anonymize("user"))
+        if batch_first
+        else (app.on_anonymize("user"), app.on_anonymize_batch("user"))
+    )
+    first(batch if batch_first else single)  # type: ignore[arg-type]
+    with pytest.raises(DuplicateHandlerError, match="already handled"):
+        second(single if batch_first else batch)  # type: ignore[arg-type]
+
+
+def test_a_sync_batch_handler_is_refused_naming_the_decorator() -> None:
+    app = make_app()
+
+    def delete_users(events: Sequence[RetentionEvent]) -> list[int]:
+        return []
+
+    with pytest.raises(ConfigurationError, match=r"@on_delete_batch\('user'\)"):
+        app.on_delete_batch("user")(delete_users)  # type: ignore[type-var]
+
+
+async def test_one_call_for_the_batch_with_per_event_results() -> None:
+    app = make_app()
+
+    @app.on_delete_batch("user")
+    async def delete_users(
+        events: Sequence[RetentionEvent],
+    ) -> Mapping[uuid.UUID, int | EntityNotFound]:
+        return {
+            e.event_id: EntityNotFound("gone") if e.entity_id == "x" else int(e.entity_id)
+            for e in events
+        }
+
+    events = [event("1"), event("x"), event("3")]
+    async with TestConsumer(app) as t:
+        acks = await t.deliver_batch(*events)
+        again = await t.deliver_batch(*events)
+        t.mock(delete_users).assert_called_once_with(events)
+    assert statuses(acks) == [
+        ("1", AckStatus.COMPLETED, 1),
+        ("x", AckStatus.NOT_FOUND, 0),
+        ("3", AckStatus.COMPLETED, 3),
+    ]
+    assert acks[1].detail == "gone"
+    assert statuses(again) == statuses(acks)
+    assert all("redelivered" in a.detail for a in again)
+    handled = app.metrics.registry.get_sample_value(
+        "retention_consumer_handler_duration_seconds_count",
+        {"service": "svc", "entity_type": "user", "action": "delete"},
+    )
+    assert handled == 3  # one observation per event, the call's time shared
+
+
+async def test_a_call_never_holds_two_events_of_one_entity_or_another_handler() -> None:
+    app = make_app()
+    calls: list[list[str]] = []
+
+    @app.on_delete_batch("user")
+    async def delete_users(events: Sequence[RetentionEvent]) -> list[int]:
+        calls.append([e.entity_id for e in events])
+        return [1 for _ in events]
+
+    @app.on_delete("order")
+    async def delete_order(event: RetentionEvent) -> int:
+        calls.append([f"order {event.entity_id}"])
+        return 1
+
+    async with TestConsumer(app) as t:
+        acks = await t.deliver_batch(
+            event("a"), event("b"), event("a"), event("o", entity_type="order"), event("c")
+        )
+    assert calls == [["a", "b"], ["a"], ["order o"], ["c"]]
+    assert [a.entity_id for a in acks] == ["a", "b", "a", "o", "c"]
+
+
+@pytest.mark.parametrize(
+    ("signal", "attempts"), [(PermanentFailure("bad row"), 1), (RetryLater("locked"), 3)]
+)
+async def test_a_raising_call_isolates_the_culprit_and_spares_its_neighbours(
+    signal: Exception, attempts: int
+) -> None:
+    app = make_app()
+    calls: list[list[str]] = []
+
+    @app.on_delete_batch("user")
+    async def delete_users(events: Sequence[RetentionEvent]) -> list[int]:
+        calls.append([e.entity_id for e in events])
+        if any(e.entity_id == "bad" for e in events):
+            raise signal
+        return [2 for _ in events]
+
+    async with TestConsumer(app) as t:
+        acks = await t.deliver_batch(event("a"), event("bad"), event("b"), event("c"))
+        [letter] = t.dead_letters
+    assert statuses(acks) == [
+        ("a", AckStatus.COMPLETED, 2),
+        ("bad", AckStatus.FAILED, 0),
+        ("b", AckStatus.COMPLETED, 2),
+        ("c", AckStatus.COMPLETED, 2),
+    ]
+    assert acks[1].attempt == attempts
+    assert letter.headers["retention.dlq.attempts"] == str(attempts)
+    # The whole group once, then one by one; a retried culprit ends the run, and the
+    # events behind it go on as a batch again.
+    expected_tail = [["b", "c"]] if attempts > 1 else [["b"], ["c"]]
+    assert calls == [["a", "bad", "b", "c"], ["a"], *[["bad"]] * attempts, *expected_tail]
+
+
+async def test_a_malformed_result_fails_only_the_events_it_cannot_vouch_for() -> None:
+    app = make_app()
+
+    @app.on_delete_batch("user")
+    async def delete_users(events: Sequence[RetentionEvent]) -> list[int]:
+        return [1] if len(events) > 1 or events[0].entity_id == "a" else [-1]
+
+    async with TestConsumer(app) as t:
+        acks = await t.deliver_batch(event("a"), event("b"))
+    assert statuses(acks) == [("a", AckStatus.COMPLETED, 1), ("b", AckStatus.FAILED, 0)]
+    assert "must be the number of records affected" in acks[1].detail
+
+
+async def test_single_delivery_calls_a_batch_handler_with_a_batch_of_one() -> None:
+    app = make_app()
+
+    @app.on_delete_batch("user")
+    async def delete_users(events: Sequence[RetentionEvent]) -> list[int | EntityNotFound]:
+        return [EntityNotFound("nothing") if e.entity_id == "gone" else 4 for e in events]
+
+    found, gone = event("here"), event("gone")
+    async with TestConsumer(app) as t:
+        acks = await t.deliver(found, gone)
+        assert [c.args for c in t.mock(delete_users).call_args_list] == [([found],), ([gone],)]
+    assert statuses(acks) == [("here", AckStatus.COMPLETED, 4), ("gone", AckStatus.NOT_FOUND, 0)]
