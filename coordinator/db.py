@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import structlog
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from schemas import async_database_url
 
-__all__ = ["make_engine"]
+__all__ = ["RECONNECT_TIMEOUT_S", "is_disconnect", "make_engine", "when_reachable"]
+
+log = structlog.get_logger("retention.db")
+
+T = TypeVar("T")
+
+RECONNECT_TIMEOUT_S = 60.0
+"""How long bookkeeping waits for a restarting server before giving up."""
 
 
 def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> AsyncEngine:
@@ -18,3 +31,38 @@ def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> AsyncEng
         pool_pre_ping=True,
         echo=echo,
     )
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    """Whether `exc` means the server was unreachable, not that the statement was wrong."""
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated or isinstance(exc, InterfaceError | OperationalError)
+    # asyncpg's connect raises OSError (refused, reset) before SQLAlchemy can wrap it.
+    return isinstance(exc, OSError)
+
+
+async def when_reachable(
+    operation: Callable[[], Awaitable[T]],
+    *,
+    what: str,
+    timeout_s: float = RECONNECT_TIMEOUT_S,
+    first_delay_s: float = 0.5,
+) -> T:
+    """`operation()`, tried again while the server is unreachable, for up to `timeout_s`.
+
+    For the record of something that already happened (a run's or a fire's outcome):
+    a server restart must not leave it unrecorded. Only disconnects are retried; the
+    operation must be one transaction, so a retry repeats all of it or nothing.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    delay = first_delay_s
+    while True:
+        try:
+            return await operation()
+        except Exception as exc:
+            if not is_disconnect(exc) or loop.time() + delay > deadline:
+                raise
+            log.warning("db_unreachable_retrying", what=what, error=type(exc).__name__)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
