@@ -61,7 +61,9 @@ Restart = tuple[Phase, tuple[float, float]]
 PURGE_THROTTLE_S = 0.1
 """Each user DELETE sleeps this long: the users' purge takes seconds, not milliseconds."""
 EFFECT_THROTTLE_S = 0.1
-"""Each effect insert sleeps this long: the services stay busy past the restarts."""
+"""Each effect insert sleeps this long: the services are inside their batches."""
+CONSUME_THROTTLE_S = 0.5
+"""The effect brake from the `consume` phase on: a backlog builds up behind the purge."""
 MARGIN = 10
 """Work (users, effects) that must still be ahead when the server goes down."""
 FAILED_BATCHES_PER_RESTART = 50
@@ -146,6 +148,9 @@ async def _during_purge(
 
 async def _during_consumption(stack: Stack, world: World, rng: random.Random) -> None:
     """After the purge, until a service with work ahead applied a few more effects."""
+    # The services work their three partitions in parallel and keep pace with the purge;
+    # braked harder now, they still have a backlog when it is over.
+    await set_throttle(stack.services_url, CONSUME_THROTTLE_S)
     due = len(world.processed(USERS_POLICY))
     await wait_until_above(
         lambda: _users_deleted(stack, world), due - 1, process=stack.processes["billing"]
