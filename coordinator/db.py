@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import asyncpg
 import structlog
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -33,12 +34,20 @@ def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> AsyncEng
     )
 
 
+_UNREACHABLE = (
+    OSError,  # refused, reset, timed out
+    asyncpg.PostgresConnectionError,  # class 08: the connection is gone
+    asyncpg.CannotConnectNowError,  # "the database system is starting up" (recovery)
+    asyncpg.InterfaceError,  # "connection is closed"
+)
+"""What asyncpg raises on connect, before SQLAlchemy could wrap it."""
+
+
 def is_disconnect(exc: BaseException) -> bool:
     """Whether `exc` means the server was unreachable, not that the statement was wrong."""
     if isinstance(exc, DBAPIError):
         return exc.connection_invalidated or isinstance(exc, InterfaceError | OperationalError)
-    # asyncpg's connect raises OSError (refused, reset) before SQLAlchemy can wrap it.
-    return isinstance(exc, OSError)
+    return isinstance(exc, _UNREACHABLE)
 
 
 async def when_reachable(
