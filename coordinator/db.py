@@ -6,14 +6,12 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import asyncpg
 import structlog
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from schemas import async_database_url
+from schemas import async_database_url, is_disconnect
 
-__all__ = ["RECONNECT_TIMEOUT_S", "is_disconnect", "make_engine", "when_reachable"]
+__all__ = ["RECONNECT_TIMEOUT_S", "make_engine", "when_reachable"]
 
 log = structlog.get_logger("retention.db")
 
@@ -32,22 +30,6 @@ def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> AsyncEng
         pool_pre_ping=True,
         echo=echo,
     )
-
-
-_UNREACHABLE = (
-    OSError,  # refused, reset, timed out
-    asyncpg.PostgresConnectionError,  # class 08: the connection is gone
-    asyncpg.CannotConnectNowError,  # "the database system is starting up" (recovery)
-    asyncpg.InterfaceError,  # "connection is closed"
-)
-"""What asyncpg raises on connect, before SQLAlchemy could wrap it."""
-
-
-def is_disconnect(exc: BaseException) -> bool:
-    """Whether `exc` means the server was unreachable, not that the statement was wrong."""
-    if isinstance(exc, DBAPIError):
-        return exc.connection_invalidated or isinstance(exc, InterfaceError | OperationalError)
-    return isinstance(exc, _UNREACHABLE)
 
 
 async def when_reachable(

@@ -1,4 +1,5 @@
-"""`coordinator.db.when_reachable`: disconnects are waited out, real errors are not."""
+"""`schemas.is_disconnect` and `coordinator.db.when_reachable`: disconnects are waited
+out, real errors are not."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import asyncpg
 import pytest
 from sqlalchemy.exc import IntegrityError, InterfaceError
 
-from coordinator.db import is_disconnect, when_reachable
+from coordinator.db import when_reachable
+from schemas import is_disconnect
 
 
 @pytest.mark.parametrize(

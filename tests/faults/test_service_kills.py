@@ -37,12 +37,12 @@ from tests.faults.world import USERS_POLICY, World, prepare_world
 
 SESSION_TIMEOUT_S = 10.0
 """aiokafka's default `session_timeout_ms`: a frozen member is evicted after this."""
-THROTTLE_S = 0.15
-"""How long each effect insert sleeps while kills remain: a batch of 5 stays open ~0.75 s."""
-MARGIN = 20
-"""Effects a service must still have ahead to be a target; a restarted target keeps at
-least MARGIN - 5 (one batch may commit before the kill), seconds of throttled work, so
-the next kill always finds a service with work left."""
+THROTTLE_S = 0.2
+"""How long each effect insert sleeps while kills remain: a batch of 5 stays open ~1 s."""
+MARGIN = 40
+"""A kill waits at most until MARGIN effects are left; it may see up to three batches
+(one per partition, 5 each) commit late, so the killed service keeps more than
+MARGIN // 2 ahead, which makes it a target for the next kill."""
 
 
 def _expected_effects(world: World, service: str) -> int:
@@ -51,13 +51,15 @@ def _expected_effects(world: World, service: str) -> int:
 
 
 async def _zombie(stack: Stack, world: World, rng: random.Random, faults: Counter[str]) -> None:
+    """Freeze billing mid-batch while a second replica takes over; then thaw it."""
     zombie = stack.processes["billing"]
     other = stack.add_service("billing-2", module="services.billing", env=zombie.env)
     await stack.start_services("billing-2")
     before = await effects_applied(stack, "billing")
+    assert before <= _expected_effects(world, "billing") - MARGIN, "billing finished first"
     await wait_until_above(
         lambda: effects_applied(stack, "billing"),
-        min(before + rng.randint(0, 3), _expected_effects(world, "billing") - 1),
+        min(before + rng.randint(0, 3), _expected_effects(world, "billing") - MARGIN),
         process=zombie,
     )
     zombie.pause()
@@ -67,6 +69,18 @@ async def _zombie(stack: Stack, world: World, rng: random.Random, faults: Counte
         other.check_alive()
     finally:
         zombie.resume()
+    # One replica again, so that a kill below hits the replica whose insert was seen;
+    # stopped on purpose, it leaves the stack's liveness checks.
+    assert await other.terminate() == 0, other.log_tail()
+    del stack.processes[other.name]
+
+
+async def _targets(stack: Stack, world: World) -> list[str]:
+    return [
+        s
+        for s in PRODUCT_SERVICES
+        if await effects_applied(stack, s) <= _expected_effects(world, s) - MARGIN // 2
+    ]
 
 
 async def service_kills(
@@ -88,17 +102,13 @@ async def service_kills(
         await start_services(stack)
         await complete(run)
         relay.start()
-        attempts = 0
+        if zombie:
+            # First, while billing has its whole backlog ahead.
+            await _zombie(stack, world, rng, faults)
+        targets = await _targets(stack, world)
         while faults["kill_service"] < kills:
-            attempts += 1
-            assert attempts < kills * 4, f"only {dict(faults)} in {attempts} attempts"
-            unfinished = [
-                s
-                for s in PRODUCT_SERVICES
-                if await effects_applied(stack, s) <= _expected_effects(world, s) - MARGIN
-            ]
-            assert unfinished, f"the services finished after {dict(faults)}: throttle broken?"
-            service = stack.processes[rng.choice(unfinished)]
+            assert targets, f"the services finished after {dict(faults)}: throttle broken?"
+            service = stack.processes[rng.choice(targets)]
             before = await effects_applied(stack, service.name)
             seen = await wait_until_above(
                 lambda: effects_applied(stack, service.name),  # noqa: B023
@@ -106,15 +116,17 @@ async def service_kills(
                 process=service,
             )
             log = SERVICE_LOGS[service.name][0]
-            if seen is None or not await wait_until_writing(
-                stack.services_url, log, process=service
-            ):
-                continue
+            assert seen is not None, f"{service.name} died:\n{service.log_tail()}"
+            assert await wait_until_writing(stack.services_url, log, process=service)
             service.kill()  # an effect insert is executing: its batch is open
             faults["kill_service"] += 1
-            await stack.start_services(service.name)
-        if zombie:
-            await _zombie(stack, world, rng, faults)
+            # Chosen while the killed one is down: its count cannot move, and it stopped
+            # with more than MARGIN // 2 effects ahead, so there always is a next target.
+            # Not waiting for the restart to be assigned its partitions (10 s and more)
+            # keeps a running target from finishing meanwhile.
+            targets = await _targets(stack, world)
+            service.start()
+        await asyncio.gather(*(stack.processes[s].wait_ready() for s in PRODUCT_SERVICES))
         await set_throttle(stack.services_url, 0)
         assert await relay.wait(timeout_s=60) == 0, relay.log_tail()
         await settle(stack, world, timeout_s=120, alive=tracker.check)
