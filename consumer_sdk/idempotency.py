@@ -8,6 +8,7 @@ records and the handlers' effects commit together or not at all.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 import zlib
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -237,6 +238,15 @@ class PostgresIdempotencyStore:
 
     async def close(self) -> None:
         """Nothing to release: the engine belongs to the consumer."""
+
+    async def reachable(self, *, timeout_s: float = 5.0) -> bool:
+        """Whether the database answers now (a failed handler attempt may be its outage)."""
+        try:
+            async with asyncio.timeout(timeout_s), self._engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception:
+            return False
+        return True
 
     async def lookup(
         self, service: str, event_ids: Iterable[uuid.UUID]

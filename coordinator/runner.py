@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.audit import AuditEntry, append
 from coordinator.clock import Clock, SystemClock
+from coordinator.db import when_reachable
 from coordinator.metrics import Metrics
 from coordinator.planner import PolicyPlan, plan_policy, time_base
 from coordinator.policies import Action, PolicyIssue, PolicySet
@@ -214,27 +215,32 @@ class Runner:
             outcomes.append(outcome)
         report = RunReport(run_id, outcomes)
         finished = self.clock.now()
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                update(runs)
-                .where(runs.c.id == run_id)
-                .values(finished_at=finished, status="ok" if report.ok else "errors")
-            )
-            await append(
-                conn,
-                [
-                    AuditEntry(
-                        "run.finish",
-                        trigger,
-                        {
-                            "run_id": run_id,
-                            "ok": report.ok,
-                            "processed": {o.policy: o.processed for o in outcomes},
-                        },
-                    )
-                ],
-                at=finished,
-            )
+
+        async def finish() -> None:
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    update(runs)
+                    .where(runs.c.id == run_id)
+                    .values(finished_at=finished, status="ok" if report.ok else "errors")
+                )
+                await append(
+                    conn,
+                    [
+                        AuditEntry(
+                            "run.finish",
+                            trigger,
+                            {
+                                "run_id": run_id,
+                                "ok": report.ok,
+                                "processed": {o.policy: o.processed for o in outcomes},
+                            },
+                        )
+                    ],
+                    at=finished,
+                )
+
+        # The run is over; its record must not stay `running` because the server restarted.
+        await when_reachable(finish, what="run outcome")
         log.info("run.finish", run_id=str(run_id), ok=report.ok)
         return report
 
@@ -313,24 +319,30 @@ class Runner:
         outcome.oldest_unprocessed_days = after_run.oldest_age_days
 
     async def _record(self, run_id: uuid.UUID, outcome: PolicyOutcome) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                insert(policy_results).values(
-                    run_id=run_id,
-                    policy=outcome.policy,
-                    action=outcome.action,
-                    status=outcome.status,
-                    processed=outcome.processed,
-                    held=outcome.held,
-                    events=outcome.events,
-                    duration_s=outcome.duration_s,
-                    oldest_unprocessed_days=outcome.oldest_unprocessed_days,
-                    cutoff=outcome.cutoff,
-                    errors=outcome.errors,
-                    started_at=outcome.started_at,
-                    finished_at=self.clock.now(),
+        finished = self.clock.now()
+
+        async def record() -> None:
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    insert(policy_results).values(
+                        run_id=run_id,
+                        policy=outcome.policy,
+                        action=outcome.action,
+                        status=outcome.status,
+                        processed=outcome.processed,
+                        held=outcome.held,
+                        events=outcome.events,
+                        duration_s=outcome.duration_s,
+                        oldest_unprocessed_days=outcome.oldest_unprocessed_days,
+                        cutoff=outcome.cutoff,
+                        errors=outcome.errors,
+                        started_at=outcome.started_at,
+                        finished_at=finished,
+                    )
                 )
-            )
+
+        # A policy that failed because the server restarted is recorded once it is back.
+        await when_reachable(record, what="policy result")
         m = self.metrics
         m.records_processed.labels(outcome.policy, outcome.action).inc(outcome.processed)
         m.records_held.labels(outcome.policy).inc(outcome.held)

@@ -27,6 +27,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator.clock import Clock
+from coordinator.db import when_reachable
 from coordinator.tables import scheduler_fires
 
 __all__ = ["LEADER_LOCK", "Fire", "Job", "Schedule", "Scheduler", "validate_cron"]
@@ -239,14 +240,25 @@ class Scheduler:
             await self._finish(fire, status, detail)
 
     async def _finish(self, fire: Fire, status: str, detail: str) -> None:
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                update(scheduler_fires)
-                .where(
-                    scheduler_fires.c.schedule == fire.schedule,
-                    scheduler_fires.c.fire_at == fire.fire_at,
+        async def record() -> None:
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    update(scheduler_fires)
+                    .where(
+                        scheduler_fires.c.schedule == fire.schedule,
+                        scheduler_fires.c.fire_at == fire.fire_at,
+                    )
+                    .values(status=status, detail=detail, finished_at=self._clock.now())
                 )
-                .values(status=status, detail=detail, finished_at=self._clock.now())
+
+        # The job may have failed because the server went away: wait for it to come
+        # back rather than leave the fire `started` forever. Nobody awaits this task,
+        # so a failure to record is logged here, never raised into the void.
+        try:
+            await when_reachable(record, what="scheduler fire outcome")
+        except Exception:
+            log.exception(
+                "scheduler.fire_unrecorded", schedule=fire.schedule, status=status, node=self.node
             )
 
     async def wait_idle(self) -> None:

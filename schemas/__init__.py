@@ -9,7 +9,7 @@ from schemas.codec import (
     decode,
     encode,
 )
-from schemas.database import DEFAULT_DATABASE_URL, async_database_url
+from schemas.database import DEFAULT_DATABASE_URL, async_database_url, is_disconnect
 from schemas.kafka import KafkaSettings
 from schemas.models import (
     SCHEMA_VERSION,
@@ -43,5 +43,6 @@ __all__ = [
     "dead_letter",
     "decode",
     "encode",
+    "is_disconnect",
     "utc_now",
 ]

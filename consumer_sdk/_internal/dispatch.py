@@ -237,6 +237,12 @@ class Dispatcher:
                     handled.append((record, item, spec, result))
                     i += 1
         except Exception as exc:
+            if i == start:
+                # Failed before its first event: the transaction could not even begin (the
+                # database is unreachable). Nothing to redo one by one, and returning here
+                # would run the same batch again at once, in a loop, until the database
+                # is back; the caller pauses and re-reads instead.
+                raise
             # Nothing of the run is committed. AlreadyRecorded: another delivery (a member
             # racing during a rebalance) recorded one of these events first. Else the
             # commit failed: the database is gone, or a handler swallowed an error that

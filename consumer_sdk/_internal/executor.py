@@ -35,7 +35,7 @@ from consumer_sdk.idempotency import (
 )
 from consumer_sdk.metrics import ConsumerMetrics
 from consumer_sdk.settings import ConsumerSettings
-from schemas import AckStatus, RetentionAck, RetentionEvent, utc_now
+from schemas import AckStatus, RetentionAck, RetentionEvent, is_disconnect, utc_now
 
 __all__ = ["Abandoned", "EventExecutor", "Outcome", "Retry"]
 
@@ -165,8 +165,28 @@ class EventExecutor:
         except Abandoned:
             raise
         except Exception as exc:
+            await self._unless_database_down(event, exc)
             return self._failed(event, spec, exc, max(attempt, 1))
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
+
+    async def _unless_database_down(self, event: RetentionEvent, exc: Exception) -> None:
+        """Raise `exc` again if the service's own database is unreachable right now.
+
+        Attempts that failed because the store's database was restarting say nothing
+        about the event: acking `failed` would turn an outage of a few seconds into a
+        permanent failure. Raised, the batch is re-read after `error_backoff_s`, until
+        the database is back. A handler's own failure (the database answers) is acked.
+        """
+        reachable = getattr(self.store, "reachable", None)
+        if reachable is None or not is_disconnect(exc) or await reachable():
+            return
+        log.warning(
+            "database unreachable; the event will be read again",
+            service=self.service,
+            event_id=str(event.event_id),
+            error=type(exc).__name__,
+        )
+        raise exc
 
     async def first_attempt(
         self, event: RetentionEvent, spec: HandlerSpec, batch: BatchTransaction
@@ -183,6 +203,7 @@ class EventExecutor:
         except Exception as exc:
             if max_attempts > 1 and spec.is_retriable(exc):
                 return Retry(exc)
+            await self._unless_database_down(event, exc)
             return self._failed(event, spec, exc, 1)
         return Outcome(AckStatus.COMPLETED, count, 1)
 

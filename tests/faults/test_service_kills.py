@@ -1,12 +1,17 @@
 """Scenario 2: SIGKILL a service mid-batch and restart it; a zombie replica comes back.
 
 The run is done and the relay publishes everything; then a seeded schedule picks a
-service and SIGKILLs it after it applied a random few more effects, while handlers and
-acks of its current batch are in flight; it is restarted each time. In the slow
-variant, billing runs two replicas and one is frozen (SIGSTOP) mid-batch past the
-consumer session timeout: the group gives its partitions to the other replica, which
-processes the same events; then the zombie gets SIGCONT and must neither apply an
-effect twice nor die.
+service that still has work ahead and SIGKILLs it after it applied a random few more
+effects, at a moment its current batch is open: one of its effect inserts is executing
+(`pg_stat_activity`), so handlers and acks of that batch are in flight and roll back.
+It is restarted each time. The kills do not race the services' speed: while kills
+remain, every effect insert sleeps `THROTTLE_S` in the service's own transaction
+(a trigger in the stack's service database, tests/faults/throttle.py), and a service is
+only a target while `MARGIN` effects are still ahead of it; after the last kill (and
+the zombie) the brake is released. In the slow variant, billing runs two replicas and
+one is frozen (SIGSTOP) mid-batch past the consumer session timeout: the group gives
+its partitions to the other replica, which processes the same events; then the zombie
+gets SIGCONT and must neither apply an effect twice nor die.
 """
 
 from __future__ import annotations
@@ -26,11 +31,18 @@ from tests.faults.drive import (
     start_services,
     wait_until_above,
 )
-from tests.faults.invariants import check_invariants, settle
+from tests.faults.invariants import SERVICE_LOGS, check_invariants, settle
+from tests.faults.throttle import install_throttle, set_throttle, wait_until_writing
 from tests.faults.world import USERS_POLICY, World, prepare_world
 
 SESSION_TIMEOUT_S = 10.0
 """aiokafka's default `session_timeout_ms`: a frozen member is evicted after this."""
+THROTTLE_S = 0.2
+"""How long each effect insert sleeps while kills remain: a batch of 5 stays open ~1 s."""
+MARGIN = 40
+"""A kill waits at most until MARGIN effects are left; it may see up to three batches
+(one per partition, 5 each) commit late, so the killed service keeps more than
+MARGIN // 2 ahead, which makes it a target for the next kill."""
 
 
 def _expected_effects(world: World, service: str) -> int:
@@ -39,15 +51,15 @@ def _expected_effects(world: World, service: str) -> int:
 
 
 async def _zombie(stack: Stack, world: World, rng: random.Random, faults: Counter[str]) -> None:
-    zombie, other = (
-        stack.processes["billing"],
-        stack.add_service("billing-2", module="services.billing"),
-    )
+    """Freeze billing mid-batch while a second replica takes over; then thaw it."""
+    zombie = stack.processes["billing"]
+    other = stack.add_service("billing-2", module="services.billing", env=zombie.env)
     await stack.start_services("billing-2")
     before = await effects_applied(stack, "billing")
+    assert before <= _expected_effects(world, "billing") - MARGIN, "billing finished first"
     await wait_until_above(
         lambda: effects_applied(stack, "billing"),
-        min(before + rng.randint(0, 3), _expected_effects(world, "billing") - 1),
+        min(before + rng.randint(0, 3), _expected_effects(world, "billing") - MARGIN),
         process=zombie,
     )
     zombie.pause()
@@ -57,6 +69,18 @@ async def _zombie(stack: Stack, world: World, rng: random.Random, faults: Counte
         other.check_alive()
     finally:
         zombie.resume()
+    # One replica again, so that a kill below hits the replica whose insert was seen;
+    # stopped on purpose, it leaves the stack's liveness checks.
+    assert await other.terminate() == 0, other.log_tail()
+    del stack.processes[other.name]
+
+
+async def _targets(stack: Stack, world: World) -> list[str]:
+    return [
+        s
+        for s in PRODUCT_SERVICES
+        if await effects_applied(stack, s) <= _expected_effects(world, s) - MARGIN // 2
+    ]
 
 
 async def service_kills(
@@ -67,37 +91,43 @@ async def service_kills(
     run, relay = coordinator_processes(stack, world)
     faults: Counter[str] = Counter()
     for name in PRODUCT_SERVICES:
-        # Small batches, so that a kill lands mid-way even when the services run fast.
-        stack.add_service(name, env={"RETENTION_CONSUMER_MAX_BATCH": "5"})
+        # Small batches, and groups of the stack's own: a restart rebalances only itself.
+        group = f"{stack.kafka.topic_prefix}.{name}"
+        stack.add_service(
+            name, env={"RETENTION_CONSUMER_MAX_BATCH": "5", "RETENTION_CONSUMER_GROUP_ID": group}
+        )
+    logs = [table for table, _ in SERVICE_LOGS.values()]
+    await install_throttle(stack.services_url, logs, delay_s=THROTTLE_S)
     async with running_tracker(stack) as tracker:
         await start_services(stack)
         await complete(run)
         relay.start()
-        attempts = 0
+        if zombie:
+            # First, while billing has its whole backlog ahead.
+            await _zombie(stack, world, rng, faults)
+        targets = await _targets(stack, world)
         while faults["kill_service"] < kills:
-            attempts += 1
-            assert attempts < kills * 4, f"only {dict(faults)} in {attempts} attempts"
-            unfinished = [
-                s
-                for s in PRODUCT_SERVICES
-                if await effects_applied(stack, s) < _expected_effects(world, s) - 2
-            ]
-            assert unfinished, f"the services finished after {dict(faults)}: more users needed"
-            service = stack.processes[rng.choice(unfinished)]
+            assert targets, f"the services finished after {dict(faults)}: throttle broken?"
+            service = stack.processes[rng.choice(targets)]
             before = await effects_applied(stack, service.name)
             seen = await wait_until_above(
                 lambda: effects_applied(stack, service.name),  # noqa: B023
-                min(before + rng.randint(0, 4), _expected_effects(world, service.name) - 1),
+                min(before + rng.randint(0, 4), _expected_effects(world, service.name) - MARGIN),
                 process=service,
             )
-            if seen is None or not service.alive:
-                continue
-            await asyncio.sleep(rng.uniform(0, 0.02))
-            service.kill()
+            log = SERVICE_LOGS[service.name][0]
+            assert seen is not None, f"{service.name} died:\n{service.log_tail()}"
+            assert await wait_until_writing(stack.services_url, log, process=service)
+            service.kill()  # an effect insert is executing: its batch is open
             faults["kill_service"] += 1
-            await stack.start_services(service.name)
-        if zombie:
-            await _zombie(stack, world, rng, faults)
+            # Chosen while the killed one is down: its count cannot move, and it stopped
+            # with more than MARGIN // 2 effects ahead, so there always is a next target.
+            # Not waiting for the restart to be assigned its partitions (10 s and more)
+            # keeps a running target from finishing meanwhile.
+            targets = await _targets(stack, world)
+            service.start()
+        await asyncio.gather(*(stack.processes[s].wait_ready() for s in PRODUCT_SERVICES))
+        await set_throttle(stack.services_url, 0)
         assert await relay.wait(timeout_s=60) == 0, relay.log_tail()
         await settle(stack, world, timeout_s=120, alive=tracker.check)
         stack.check_alive()

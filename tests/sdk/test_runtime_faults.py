@@ -4,14 +4,23 @@ an offset is committed only once its ack is written, and nothing is lost or re-a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from consumer_sdk import ConsumerMetrics, ConsumerSettings, InMemoryIdempotencyStore, RetentionEvent
 from consumer_sdk._internal.registry import HandlerRegistry
 from consumer_sdk._internal.runtime import Runtime
 from consumer_sdk._internal.transport import Partition, Record
-from schemas import EventType, ServiceRegistration, Topics, encode, utc_now
+from schemas import (
+    AckStatus,
+    EventType,
+    RetentionAck,
+    ServiceRegistration,
+    Topics,
+    decode,
+    encode,
+    utc_now,
+)
 from tests.sdk.helpers import event
 
 TOPICS = Topics("fake.retention")
@@ -133,3 +142,76 @@ async def test_failed_ack_delivery_means_no_commit_then_redelivery_without_reapp
     acks = [v for t, v in producer.delivered if t == TOPICS.acks]
     assert len(acks) == 4 + 5  # four delivered the first time, all five again
     assert sum(1 for t, _ in producer.delivered if t == TOPICS.services) == 1
+
+
+class OutageStore(InMemoryIdempotencyStore):
+    """An in-memory store whose "database" answers only from probe `outage_probes + 1` on."""
+
+    def __init__(self, outage_probes: int) -> None:
+        super().__init__()
+        self.outage_probes = outage_probes
+        self.probes = 0
+
+    async def reachable(self) -> bool:
+        self.probes += 1
+        return self.probes > self.outage_probes
+
+
+async def _run(store: OutageStore, failing: Callable[[], bool]) -> tuple[list[Any], list[int]]:
+    """One event whose handler raises a disconnect while `failing()`; its acks and commits."""
+    records = [Record(TOPICS.events, 0, 0, b"u1", encode(event("u1")), ())]
+    consumer, producer = FakeConsumer(records), FlakyProducer(failures=0)
+
+    async def delete_user(event: RetentionEvent) -> int:
+        if failing():
+            raise ConnectionRefusedError(111, "Connect call failed")
+        return 1
+
+    registry = HandlerRegistry()
+    registry.add(
+        "user", EventType.DELETE, delete_user, max_attempts=2, throws=(), database_available=False
+    )
+    runtime = Runtime(
+        service="svc",
+        topics=TOPICS,
+        settings=ConsumerSettings(
+            database_url=None,
+            error_backoff_s=0.01,
+            poll_timeout_s=0.01,
+            retry_initial_s=0.0,
+            retry_jitter_s=0.0,
+        ),
+        registry=registry,
+        store=store,
+        metrics=ConsumerMetrics(),
+        registration=ServiceRegistration(
+            service="svc", handles=registry.handles(), sdk_version="t", registered_at=utc_now()
+        ),
+        consumer=consumer,
+        producer=producer,
+    )
+    await runtime.start()
+    for _ in range(300):
+        if consumer.committed:
+            break
+        await asyncio.sleep(0.01)
+    await runtime.stop()
+    acks = [decode(RetentionAck, v) for t, v in producer.delivered if t == TOPICS.acks]
+    return acks, consumer.committed
+
+
+async def test_attempts_ending_on_an_unreachable_database_are_read_again_not_failed() -> None:
+    # Down for two rounds of attempts (two probes say so), then back.
+    store = OutageStore(outage_probes=2)
+    acks, committed = await _run(store, lambda: store.probes < store.outage_probes)
+    assert [a.status for a in acks] == [AckStatus.COMPLETED]
+    assert committed == [1]
+    assert store.probes == 2
+
+
+async def test_a_disconnect_while_the_database_answers_is_the_handlers_failure() -> None:
+    store = OutageStore(outage_probes=0)
+    acks, committed = await _run(store, lambda: True)
+    assert [a.status for a in acks] == [AckStatus.FAILED]
+    assert committed == [1]
+    assert store.probes == 1
