@@ -111,10 +111,15 @@ async def drop_database(url: str, *, attempts: int = 20) -> None:
                 await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
                 return
             except asyncpg.InsufficientPrivilegeError:
-                # FORCE cannot end a superuser's backend: an autovacuum worker that a
-                # test's bulk writes woke. It finishes in moments; try again.
-                if attempt == attempts - 1:
-                    raise
+                # FORCE cannot end a superuser's backend: an autovacuum worker that bulk
+                # writes woke (on a million rows it runs for many seconds). A plain DROP
+                # cancels autovacuum workers itself; it only fails while clients remain.
+                try:
+                    await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+                    return
+                except asyncpg.ObjectInUseError:
+                    if attempt == attempts - 1:
+                        raise
                 await asyncio.sleep(0.25)
     finally:
         await conn.close()

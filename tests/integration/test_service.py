@@ -135,10 +135,14 @@ async def test_leader_exports_gauges_and_stops_gracefully(
             assert processed == result["processed"]
         assert 'retention_oldest_unprocessed_days{policy="session_logs"}' in body
         assert 'retention_records_held_total{policy="session_logs"}' in body
+        # Each policy's success is when that policy finished, within the run's span
+        # (a loaded machine stretches the span, so no fixed tolerance to the run's end).
+        started = datetime.fromisoformat(run["started_at"]).timestamp()
         finished = datetime.fromisoformat(run["finished_at"]).timestamp()
         for policy in SEED.policies:
             last = value("retention_last_successful_run_timestamp_seconds", policy=policy.name)
-            assert last == pytest.approx(finished, abs=1.0), policy.name
+            assert last is not None, policy.name
+            assert started - 0.001 <= last <= finished + 0.001, policy.name
     finally:
         stop.set()
         async with asyncio.timeout(20):
