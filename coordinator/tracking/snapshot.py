@@ -18,6 +18,7 @@ from sqlalchemy import (
     ColumnElement,
     Interval,
     and_,
+    any_,
     bindparam,
     exists,
     func,
@@ -32,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator import audit
 from coordinator.tables import event_status, expected_acks, outbox, service_registry
+from coordinator.tracking.columns import event_ids_param, unnest
 
 __all__ = ["ACTOR", "TrackedEvent", "track_events", "track_published"]
 
@@ -75,7 +77,7 @@ async def track_events(
         return []
     return await _track(
         conn,
-        outbox.c.event_id.in_(event_ids),
+        outbox.c.event_id == any_(event_ids_param(event_ids)),
         now=now,
         reminder_interval=reminder_interval,
         limit=None,
@@ -159,13 +161,13 @@ async def _track(
                     or_(r.retired_at.is_(None), r.retired_at > s.published_at),
                 ),
             )
-            .where(s.event_id.in_(ids)),
+            .where(s.event_id == any_(event_ids_param(ids))),
         )
     )
     services: dict[uuid.UUID, list[str]] = defaultdict(list)
     for row in await conn.execute(
         select(expected_acks.c.event_id, expected_acks.c.service)
-        .where(expected_acks.c.event_id.in_(ids))
+        .where(expected_acks.c.event_id == any_(event_ids_param(ids)))
         .order_by(expected_acks.c.event_id, expected_acks.c.service)
     ):
         services[row.event_id].append(row.service)
@@ -186,25 +188,35 @@ async def _track(
         at=now,
     )
     # An event nobody handles is complete the moment it is published.
-    await conn.execute(
-        update(event_status)
-        .where(event_status.c.event_id == bindparam("b_event_id"))
-        .values(
-            expected=bindparam("b_expected"),
-            tracked_audit_seq=ref.seq,
-            state=bindparam("b_state"),
-            completed_at=bindparam("b_completed_at"),
-            completed_audit_seq=bindparam("b_completed_seq"),
-        ),
+    snap = unnest(
+        "snap",
+        {
+            "event_id": s.event_id.type,
+            "expected": s.expected.type,
+            "state": s.state.type,
+            "completed_at": s.completed_at.type,
+            "completed_audit_seq": s.completed_audit_seq.type,
+        },
         [
             {
-                "b_event_id": t.event_id,
-                "b_expected": len(t.expected),
-                "b_state": "pending" if t.expected else "completed",
-                "b_completed_at": None if t.expected else t.published_at,
-                "b_completed_seq": None if t.expected else ref.seq,
+                "event_id": t.event_id,
+                "expected": len(t.expected),
+                "state": "pending" if t.expected else "completed",
+                "completed_at": None if t.expected else t.published_at,
+                "completed_audit_seq": None if t.expected else ref.seq,
             }
             for t in tracked
         ],
+    )
+    await conn.execute(
+        update(event_status)
+        .where(s.event_id == snap.c.event_id)
+        .values(
+            expected=snap.c.expected,
+            tracked_audit_seq=ref.seq,
+            state=snap.c.state,
+            completed_at=snap.c.completed_at,
+            completed_audit_seq=snap.c.completed_audit_seq,
+        )
     )
     return tracked
