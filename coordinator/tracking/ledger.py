@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import BigInteger, Row, any_, select, update
+from sqlalchemy import BigInteger, Row, any_, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -99,18 +99,14 @@ async def apply_acks(
     outcome = LedgerOutcome(records=len(records))
     acks = [r for r in records if r.ack is not None]
     event_ids = sorted({r.ack.event_id for r in acks if r.ack is not None})
-    await track_events(conn, event_ids, now=now, reminder_interval=reminder_interval)
-
     # Lock the events in a fixed order so reminder and deadline passes never interleave.
-    events = {
-        row.event_id: row
-        for row in await conn.execute(
-            select(event_status)
-            .where(event_status.c.event_id == any_(event_ids_param(event_ids)))
-            .order_by(event_status.c.event_id)
-            .with_for_update()
-        )
-    }
+    # Only events nobody tracked yet (their ack overtook the snapshot) need the outbox.
+    events = await _lock_events(conn, event_ids)
+    missing = [e for e in event_ids if e not in events]
+    if missing:
+        # Re-read even if we tracked none: another tracker may just have tracked them.
+        await track_events(conn, missing, now=now, reminder_interval=reminder_interval)
+        events |= await _lock_events(conn, missing)
     expected: dict[tuple[uuid.UUID, str], dict[str, Any]] = {
         (row.event_id, row.service): dict(row._mapping)
         for row in await conn.execute(
@@ -129,21 +125,30 @@ async def apply_acks(
         for key in late:
             expected[key] = _pending_row(*key)
 
-    rows: list[dict[str, Any]] = []
+    accepted_rows: list[dict[str, Any]] = []
+    rejected_rows: list[dict[str, Any]] = []
     candidates: dict[_Where, ConsumedAck] = {}
     for record in records:
         reason = _reject_reason(record, events, expected)
-        rows.append(_ledger_row(record, now, reason))
         if reason is None:
+            accepted_rows.append(_ledger_row(record, now, reason))
             candidates[_where(record)] = record
         else:
+            rejected_rows.append(_ledger_row(record, now, reason))
             outcome.rejected.append((record, reason))
 
-    ledger_ids = await _insert_ledger(conn, rows)
-    fresh = [record for key, record in candidates.items() if key in ledger_ids]
+    # This batch's audit entries come in a fixed order, acks_accepted first, then
+    # acks_rejected. With the chain locked from here on, each ledger row is written with
+    # the seq of the entry that will record it, rather than updated once it exists.
+    last_seq, _ = await audit.lock_head(conn)
+    accepted_seq = last_seq + 1
+    inserted = await _insert_ledger(conn, accepted_rows, audit_seq=accepted_seq)
+    fresh = [record for key, record in candidates.items() if key in inserted]
+    rejected_seq = accepted_seq + 1 if fresh else accepted_seq
+    inserted |= await _insert_ledger(conn, rejected_rows, audit_seq=rejected_seq)
     outcome.duplicates = len(candidates) - len(fresh)
     # A redelivered rejected record was already recorded (and audited) the first time.
-    outcome.rejected = [(r, why) for r, why in outcome.rejected if _where(r) in ledger_ids]
+    outcome.rejected = [(r, why) for r, why in outcome.rejected if _where(r) in inserted]
 
     changed: dict[tuple[uuid.UUID, str], dict[str, Any]] = {}
     for ack in sorted((r.ack for r in fresh if r.ack is not None), key=_order):
@@ -165,20 +170,9 @@ async def apply_acks(
     entries = _audit_entries(outcome, transitions)
     refs = await audit.append_refs(conn, entries, at=now)
     ref_by_action = dict(zip((e.action for e in entries), refs, strict=True))
-    recorded = [
-        {"id": ledger_ids[_where(r)], "audit_seq": ref_by_action["acks_accepted"].seq}
-        for r in fresh
-    ] + [
-        {"id": ledger_ids[_where(r)], "audit_seq": ref_by_action["acks_rejected"].seq}
-        for r, _ in outcome.rejected
-    ]
-    if recorded:
-        seqs = unnest("seqs", {"id": BigInteger(), "audit_seq": BigInteger()}, recorded)
-        await conn.execute(
-            update(ack_ledger)
-            .where(ack_ledger.c.id == seqs.c.id)
-            .values(audit_seq=seqs.c.audit_seq)
-        )
+    for action, seq in (("acks_accepted", accepted_seq), ("acks_rejected", rejected_seq)):
+        if action in ref_by_action and ref_by_action[action].seq != seq:
+            raise RuntimeError(f"{action} landed at seq {ref_by_action[action].seq}, not {seq}")
     if transitions:
         completed_ref = ref_by_action.get("events_completed")
         s = event_status.c
@@ -226,6 +220,18 @@ async def apply_acks(
 
 
 _Where = tuple[str, int, int]
+
+
+async def _lock_events(
+    conn: AsyncConnection, event_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, Row[Any]]:
+    rows = await conn.execute(
+        select(event_status)
+        .where(event_status.c.event_id == any_(event_ids_param(event_ids)))
+        .order_by(event_status.c.event_id)
+        .with_for_update()
+    )
+    return {row.event_id: row for row in rows}
 
 
 def _where(record: ConsumedAck) -> _Where:
@@ -327,17 +333,24 @@ def _ledger_row(record: ConsumedAck, now: datetime, reason: RejectReason | None)
     }
 
 
-async def _insert_ledger(conn: AsyncConnection, rows: list[dict[str, Any]]) -> dict[_Where, int]:
-    """Insert what is new; return the ledger id of each record that was."""
+async def _insert_ledger(
+    conn: AsyncConnection, rows: list[dict[str, Any]], *, audit_seq: int
+) -> set[_Where]:
+    """Insert what is new; return which records were."""
+    if not rows:
+        return set()
     c = ack_ledger.c
     consumed = unnest("consumed", {name: c[name].type for name in _LEDGER_COLUMNS}, rows)
     result = await conn.execute(
         pg_insert(ack_ledger)
-        .from_select(_LEDGER_COLUMNS, select(*consumed.c))
+        .from_select(
+            [*_LEDGER_COLUMNS, "audit_seq"],
+            select(*consumed.c, literal(audit_seq, BigInteger())),
+        )
         .on_conflict_do_nothing()
-        .returning(c.id, c.kafka_topic, c.kafka_partition, c.kafka_offset),
+        .returning(c.kafka_topic, c.kafka_partition, c.kafka_offset),
     )
-    return {(row.kafka_topic, row.kafka_partition, row.kafka_offset): row.id for row in result}
+    return {(row.kafka_topic, row.kafka_partition, row.kafka_offset) for row in result}
 
 
 def _apply(row: dict[str, Any], ack: RetentionAck) -> None:

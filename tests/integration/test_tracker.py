@@ -17,7 +17,7 @@ from coordinator import audit
 from coordinator.clock import FrozenClock
 from coordinator.metrics import Metrics
 from coordinator.migrate import upgrade
-from coordinator.tables import ack_ledger, event_status, expected_acks, service_registry
+from coordinator.tables import ack_ledger, audit_log, event_status, expected_acks, service_registry
 from coordinator.tracker import Tracker
 from schemas import AckStatus, KafkaSettings, RetentionEvent, decode
 from tests import infra
@@ -208,6 +208,47 @@ async def test_rejected_acks_are_recorded_never_applied(env: Env) -> None:
     assert all(r.audit_seq is not None for r in rows)
     dead = await _read_all(env.kafka, env.kafka.topics.dlq, 2)
     assert sorted(dict(m.headers)["retention-error"][:7] for m in dead) == [b"invalid", b"not JSO"]
+
+
+async def test_acks_ahead_of_the_snapshot_and_rejects_cite_their_audit_rows(env: Env) -> None:
+    await env.register("billing", at=T0 - timedelta(days=1))
+    tracked = await env.publish(2, T0)
+    await env.tracker.track_published()
+    # Published but not yet snapshotted, and sent by a relay that crashed before marking.
+    ahead = await env.publish(1, T0)
+    [unmarked] = await insert_published(
+        env.engine, ["unmarked"], published_at=None, entity_type=env.entity_type
+    )
+    t = T0 + timedelta(minutes=1)
+    mine = [*tracked, *ahead, (unmarked, "unmarked")]
+    good = [ack(e, "billing", i, t, entity_type=env.entity_type) for e, i in mine]
+    forged = [ack(e, "mallory", i, t, entity_type=env.entity_type) for e, i in mine[:2]]
+    await produce(env.kafka, env.kafka.topics.acks, [*good, *forged, *good[:1]])
+    await drain(env.tracker, len(good) + len(forged) + 1)
+
+    assert await env.states(mine) == ["completed"] * 4
+    async with env.engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(ack_ledger, audit_log.c.action, audit_log.c.data)
+                .join(audit_log, audit_log.c.seq == ack_ledger.c.audit_seq)
+                .where(ack_ledger.c.kafka_topic == env.kafka.topics.acks)
+            )
+        ).all()
+        assert (await audit.verify(conn))[1] is None
+    # The re-sent ack landed in the ledger as a no-op: only the first copy has a row.
+    assert len(rows) == len(good) + len(forged)
+    for row in rows:
+        cited = row.data["acks"]
+        if row.accepted:
+            assert row.action == "acks_accepted"
+            assert any(
+                (a["event_id"], a["service"]) == (str(row.event_id), "billing") for a in cited
+            )
+        else:
+            assert (row.action, row.reject_reason) == ("acks_rejected", "unexpected_service")
+            where = (row.kafka_partition, row.kafka_offset)
+            assert any((a["partition"], a["offset"]) == where for a in cited)
 
 
 async def test_late_registration_reminders_overdue_then_late_ack(env: Env) -> None:
