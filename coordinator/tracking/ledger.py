@@ -108,7 +108,7 @@ async def apply_acks(
         await track_events(conn, missing, now=now, reminder_interval=reminder_interval)
         events |= await _lock_events(conn, missing)
     expected: dict[tuple[uuid.UUID, str], dict[str, Any]] = {
-        (row.event_id, row.service): dict(row._mapping)
+        (row.event_id, row.service): row._asdict()
         for row in await conn.execute(
             select(expected_acks).where(
                 expected_acks.c.event_id == any_(event_ids_param(list(events)))
