@@ -210,6 +210,47 @@ async def test_rejected_acks_are_recorded_never_applied(env: Env) -> None:
     assert sorted(dict(m.headers)["retention-error"][:7] for m in dead) == [b"invalid", b"not JSO"]
 
 
+async def test_snapshot_rows_cite_their_events_tracked_entry(env: Env) -> None:
+    await env.register("billing", "notifications", at=T0 - timedelta(days=1))
+    handled = await env.publish(2, T0)
+    unhandled = await insert_published(
+        env.engine, ["orphan"], published_at=T0, entity_type=f"{env.entity_type}-none"
+    )
+    assert await env.tracker.track_published() == 3
+    async with env.engine.connect() as conn:
+        rows = {
+            row.event_id: row
+            for row in await conn.execute(
+                select(event_status, audit_log.c.action, audit_log.c.data)
+                .join(audit_log, audit_log.c.seq == event_status.c.tracked_audit_seq)
+                .where(event_status.c.event_id.in_([*(e for e, _ in handled), *unhandled]))
+            )
+        }
+        services = (
+            await conn.execute(
+                select(expected_acks.c.event_id, expected_acks.c.service).where(
+                    expected_acks.c.event_id.in_(rows)
+                )
+            )
+        ).all()
+    assert len(rows) == 3
+    assert {row.action for row in rows.values()} == {"events_tracked"}
+    for event_id, row in rows.items():
+        listed = {e["event_id"]: e["expected"] for e in row.data["events"]}
+        mine = sorted(svc for e, svc in services if e == event_id)
+        assert listed[str(event_id)] == mine
+        assert row.expected == len(mine)
+        if mine:
+            assert (row.state, row.completed_at, row.completed_audit_seq) == ("pending", None, None)
+        else:
+            assert (row.state, row.completed_at) == ("completed", row.published_at)
+            assert row.completed_audit_seq == row.tracked_audit_seq
+    assert all(
+        sorted(svc for e, svc in services if e == event_id) == ["billing", "notifications"]
+        for event_id, _ in handled
+    )
+
+
 async def test_acks_ahead_of_the_snapshot_and_rejects_cite_their_audit_rows(env: Env) -> None:
     await env.register("billing", at=T0 - timedelta(days=1))
     tracked = await env.publish(2, T0)
