@@ -29,6 +29,7 @@ applied again unseen).
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import resource
@@ -365,6 +366,7 @@ async def _ours(users: Users, log_dir: Path, label: str) -> dict[str, Any]:
                 cpu_before["bench"] = _own_cpu_seconds()
                 async with running_relay(stack) as relay:
                     backends_before = await _backend_cpu(stack)
+                    gc.freeze()  # as `retention serve` does once started
                     milestones.begin()
                     runner = Runner(
                         coordinator,
@@ -461,6 +463,7 @@ async def _seed(users: Users, log_dir: Path, label: str) -> dict[str, Any]:
             cpu_before = {p.name: _cpu_seconds(p) for p in processes}
             cpu_before["bench"] = _own_cpu_seconds()
             backends_before = await _backend_cpu(stack)
+            gc.freeze()  # the same for the seed: neither pays for the other's setup
             milestones.begin()
             sent = await _seed_purge_and_publish(stack)
             milestones.mark("published")

@@ -27,6 +27,7 @@ __all__ = [
     "append",
     "append_refs",
     "canonical",
+    "lock_head",
     "verify",
 ]
 
@@ -94,13 +95,7 @@ async def append_refs(
     """Like `append`, returning each entry's sequence number with its hash."""
     if not entries:
         return []
-    await conn.execute(select(func.pg_advisory_xact_lock(_CHAIN_LOCK)))
-    last = (
-        await conn.execute(
-            select(audit_log.c.seq, audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1)
-        )
-    ).first()
-    seq, prev = (last.seq, last.hash) if last else (0, GENESIS)
+    seq, prev = await lock_head(conn)
     rows: list[dict[str, Any]] = []
     for entry in entries:
         seq += 1
@@ -122,6 +117,21 @@ async def append_refs(
         prev = digest
     await conn.execute(insert(audit_log), rows)
     return [AuditRef(row["seq"], row["hash"]) for row in rows]
+
+
+async def lock_head(conn: AsyncConnection) -> tuple[int, str]:
+    """Lock the chain until the transaction ends; return its last (seq, hash).
+
+    While the caller holds the lock its next appended entry gets seq + 1, so it can write
+    that number next to the change before appending the entry that records it.
+    """
+    await conn.execute(select(func.pg_advisory_xact_lock(_CHAIN_LOCK)))
+    last = (
+        await conn.execute(
+            select(audit_log.c.seq, audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1)
+        )
+    ).first()
+    return (last.seq, last.hash) if last else (0, GENESIS)
 
 
 async def verify(conn: AsyncConnection, *, chunk: int = 10_000) -> tuple[int, BrokenLink | None]:

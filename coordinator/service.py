@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import socket
 import uuid
@@ -299,6 +300,11 @@ class Service:
         if created:
             log.info("topics_created", topics=created)
         parts = self._parts = self._build()
+        # What exists now (imported modules, clients, settings) lives as long as the
+        # process. Frozen, it is left out of full collections, which the tracker's and
+        # relay's batches trigger and which otherwise walk it all every time (about a
+        # third of the tracker's CPU in bench.e2e, docs/tracking.md).
+        gc.freeze()
         server = parts.server
 
         async def serve_http() -> None:

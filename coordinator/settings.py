@@ -25,7 +25,7 @@ class TrackerSettings(BaseSettings):
         default="retention.tracker", description="Consumer group of the acks consumer."
     )
     batch_size: int = Field(
-        default=1000, ge=1, le=2000, description="Most acks applied in one transaction."
+        default=2000, ge=1, le=5000, description="Most acks applied in one transaction."
     )
     poll_interval_s: float = Field(
         default=1.0, gt=0, description="Longest wait for acks before checking deadlines."

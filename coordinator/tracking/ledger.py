@@ -14,12 +14,13 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Row, and_, bindparam, select, update
+from sqlalchemy import BigInteger, Row, any_, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator import audit
 from coordinator.tables import ack_ledger, event_status, expected_acks, service_registry
+from coordinator.tracking.columns import event_ids_param, unnest
 from coordinator.tracking.snapshot import ACTOR, track_events
 from schemas import AckStatus, RetentionAck
 
@@ -35,6 +36,26 @@ _ACK_FIELDS = (
     "acknowledged_at",
     "first_ack_at",
     "acks_received",
+)
+
+
+_KEY = ("event_id", "service")
+_LEDGER_COLUMNS = (
+    "received_at",
+    "kafka_topic",
+    "kafka_partition",
+    "kafka_offset",
+    "event_id",
+    "service",
+    "entity_type",
+    "entity_id",
+    "status",
+    "records_affected",
+    "attempt",
+    "detail",
+    "acknowledged_at",
+    "accepted",
+    "reject_reason",
 )
 
 
@@ -78,22 +99,20 @@ async def apply_acks(
     outcome = LedgerOutcome(records=len(records))
     acks = [r for r in records if r.ack is not None]
     event_ids = sorted({r.ack.event_id for r in acks if r.ack is not None})
-    await track_events(conn, event_ids, now=now, reminder_interval=reminder_interval)
-
     # Lock the events in a fixed order so reminder and deadline passes never interleave.
-    events = {
-        row.event_id: row
-        for row in await conn.execute(
-            select(event_status)
-            .where(event_status.c.event_id.in_(event_ids))
-            .order_by(event_status.c.event_id)
-            .with_for_update()
-        )
-    }
+    # Only events nobody tracked yet (their ack overtook the snapshot) need the outbox.
+    events = await _lock_events(conn, event_ids)
+    missing = [e for e in event_ids if e not in events]
+    if missing:
+        # Re-read even if we tracked none: another tracker may just have tracked them.
+        await track_events(conn, missing, now=now, reminder_interval=reminder_interval)
+        events |= await _lock_events(conn, missing)
     expected: dict[tuple[uuid.UUID, str], dict[str, Any]] = {
-        (row.event_id, row.service): dict(row._mapping)
+        (row.event_id, row.service): row._asdict()
         for row in await conn.execute(
-            select(expected_acks).where(expected_acks.c.event_id.in_(events))
+            select(expected_acks).where(
+                expected_acks.c.event_id == any_(event_ids_param(list(events)))
+            )
         )
     }
     late = await _late_joiners(conn, acks, events, expected)
@@ -106,21 +125,30 @@ async def apply_acks(
         for key in late:
             expected[key] = _pending_row(*key)
 
-    rows: list[dict[str, Any]] = []
+    accepted_rows: list[dict[str, Any]] = []
+    rejected_rows: list[dict[str, Any]] = []
     candidates: dict[_Where, ConsumedAck] = {}
     for record in records:
         reason = _reject_reason(record, events, expected)
-        rows.append(_ledger_row(record, now, reason))
         if reason is None:
+            accepted_rows.append(_ledger_row(record, now, reason))
             candidates[_where(record)] = record
         else:
+            rejected_rows.append(_ledger_row(record, now, reason))
             outcome.rejected.append((record, reason))
 
-    ledger_ids = await _insert_ledger(conn, rows)
-    fresh = [record for key, record in candidates.items() if key in ledger_ids]
+    # This batch's audit entries come in a fixed order, acks_accepted first, then
+    # acks_rejected. With the chain locked from here on, each ledger row is written with
+    # the seq of the entry that will record it, rather than updated once it exists.
+    last_seq, _ = await audit.lock_head(conn)
+    accepted_seq = last_seq + 1
+    inserted = await _insert_ledger(conn, accepted_rows, audit_seq=accepted_seq)
+    fresh = [record for key, record in candidates.items() if key in inserted]
+    rejected_seq = accepted_seq + 1 if fresh else accepted_seq
+    inserted |= await _insert_ledger(conn, rejected_rows, audit_seq=rejected_seq)
     outcome.duplicates = len(candidates) - len(fresh)
     # A redelivered rejected record was already recorded (and audited) the first time.
-    outcome.rejected = [(r, why) for r, why in outcome.rejected if _where(r) in ledger_ids]
+    outcome.rejected = [(r, why) for r, why in outcome.rejected if _where(r) in inserted]
 
     changed: dict[tuple[uuid.UUID, str], dict[str, Any]] = {}
     for ack in sorted((r.ack for r in fresh if r.ack is not None), key=_order):
@@ -129,19 +157,12 @@ async def apply_acks(
         changed[key] = expected[key]
         outcome.accepted.append(ack)
     if changed:
+        e = expected_acks.c
+        new = unnest("new", {n: e[n].type for n in _KEY + _ACK_FIELDS}, list(changed.values()))
         await conn.execute(
             update(expected_acks)
-            .where(
-                and_(
-                    expected_acks.c.event_id == bindparam("b_event_id"),
-                    expected_acks.c.service == bindparam("b_service"),
-                )
-            )
-            .values({name: bindparam(f"b_{name}") for name in _ACK_FIELDS}),
-            [
-                {f"b_{name}": row[name] for name in ("event_id", "service", *_ACK_FIELDS)}
-                for row in changed.values()
-            ],
+            .where(e.event_id == new.c.event_id, e.service == new.c.service)
+            .values({name: new.c[name] for name in _ACK_FIELDS})
         )
 
     touched = {event_id for event_id, _ in changed} | {event_id for event_id, _ in late}
@@ -149,42 +170,44 @@ async def apply_acks(
     entries = _audit_entries(outcome, transitions)
     refs = await audit.append_refs(conn, entries, at=now)
     ref_by_action = dict(zip((e.action for e in entries), refs, strict=True))
-    if "acks_accepted" in ref_by_action:
-        await conn.execute(
-            update(ack_ledger)
-            .where(ack_ledger.c.id.in_([ledger_ids[_where(r)] for r in fresh]))
-            .values(audit_seq=ref_by_action["acks_accepted"].seq)
-        )
-    if "acks_rejected" in ref_by_action:
-        await conn.execute(
-            update(ack_ledger)
-            .where(ack_ledger.c.id.in_([ledger_ids[_where(r)] for r, _ in outcome.rejected]))
-            .values(audit_seq=ref_by_action["acks_rejected"].seq)
-        )
+    for action, seq in (("acks_accepted", accepted_seq), ("acks_rejected", rejected_seq)):
+        if action in ref_by_action and ref_by_action[action].seq != seq:
+            raise RuntimeError(f"{action} landed at seq {ref_by_action[action].seq}, not {seq}")
     if transitions:
         completed_ref = ref_by_action.get("events_completed")
-        await conn.execute(
-            update(event_status)
-            .where(event_status.c.event_id == bindparam("b_event_id"))
-            .values(
-                state=bindparam("b_state"),
-                expected=bindparam("b_expected"),
-                completed_at=bindparam("b_completed_at"),
-                completed_audit_seq=bindparam("b_completed_seq"),
-                updated_at=now,
-            ),
+        s = event_status.c
+        states = unnest(
+            "states",
+            {
+                "event_id": s.event_id.type,
+                "state": s.state.type,
+                "expected": s.expected.type,
+                "completed_at": s.completed_at.type,
+                "completed_audit_seq": s.completed_audit_seq.type,
+            },
             [
                 {
-                    "b_event_id": t.event_id,
-                    "b_state": t.state,
-                    "b_expected": t.expected,
-                    "b_completed_at": t.completed_at,
-                    "b_completed_seq": completed_ref.seq
+                    "event_id": t.event_id,
+                    "state": t.state,
+                    "expected": t.expected,
+                    "completed_at": t.completed_at,
+                    "completed_audit_seq": completed_ref.seq
                     if completed_ref is not None and t.state == "completed"
                     else None,
                 }
                 for t in transitions
             ],
+        )
+        await conn.execute(
+            update(event_status)
+            .where(s.event_id == states.c.event_id)
+            .values(
+                state=states.c.state,
+                expected=states.c.expected,
+                completed_at=states.c.completed_at,
+                completed_audit_seq=states.c.completed_audit_seq,
+                updated_at=now,
+            )
         )
     for t in transitions:
         if t.state == "completed" and t.completed_at is not None:
@@ -197,6 +220,18 @@ async def apply_acks(
 
 
 _Where = tuple[str, int, int]
+
+
+async def _lock_events(
+    conn: AsyncConnection, event_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, Row[Any]]:
+    rows = await conn.execute(
+        select(event_status)
+        .where(event_status.c.event_id == any_(event_ids_param(event_ids)))
+        .order_by(event_status.c.event_id)
+        .with_for_update()
+    )
+    return {row.event_id: row for row in rows}
 
 
 def _where(record: ConsumedAck) -> _Where:
@@ -298,18 +333,24 @@ def _ledger_row(record: ConsumedAck, now: datetime, reason: RejectReason | None)
     }
 
 
-async def _insert_ledger(conn: AsyncConnection, rows: list[dict[str, Any]]) -> dict[_Where, int]:
-    """Insert what is new; return the ledger id of each record that was."""
+async def _insert_ledger(
+    conn: AsyncConnection, rows: list[dict[str, Any]], *, audit_seq: int
+) -> set[_Where]:
+    """Insert what is new; return which records were."""
+    if not rows:
+        return set()
     c = ack_ledger.c
-    # A parameter list (not .values(rows)) lets SQLAlchemy compile the statement once and
-    # batch the rows itself ("insertmanyvalues"); compiling 1000-row VALUES costs seconds.
+    consumed = unnest("consumed", {name: c[name].type for name in _LEDGER_COLUMNS}, rows)
     result = await conn.execute(
         pg_insert(ack_ledger)
+        .from_select(
+            [*_LEDGER_COLUMNS, "audit_seq"],
+            select(*consumed.c, literal(audit_seq, BigInteger())),
+        )
         .on_conflict_do_nothing()
-        .returning(c.id, c.kafka_topic, c.kafka_partition, c.kafka_offset),
-        rows,
+        .returning(c.kafka_topic, c.kafka_partition, c.kafka_offset),
     )
-    return {(row.kafka_topic, row.kafka_partition, row.kafka_offset): row.id for row in result}
+    return {(row.kafka_topic, row.kafka_partition, row.kafka_offset) for row in result}
 
 
 def _apply(row: dict[str, Any], ack: RetentionAck) -> None:

@@ -13,25 +13,30 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Interval,
     and_,
+    any_,
     bindparam,
+    case,
+    distinct,
     exists,
     func,
     insert,
     literal,
     or_,
     select,
-    update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator import audit
 from coordinator.tables import event_status, expected_acks, outbox, service_registry
+from coordinator.tracking.columns import event_ids_param
 
 __all__ = ["ACTOR", "TrackedEvent", "track_events", "track_published"]
 
@@ -75,7 +80,7 @@ async def track_events(
         return []
     return await _track(
         conn,
-        outbox.c.event_id.in_(event_ids),
+        outbox.c.event_id == any_(event_ids_param(event_ids)),
         now=now,
         reminder_interval=reminder_interval,
         limit=None,
@@ -90,89 +95,94 @@ async def _track(
     reminder_interval: timedelta,
     limit: int | None,
 ) -> list[TrackedEvent]:
-    published = func.coalesce(outbox.c.published_at, literal(now, event_status.c.tracked_at.type))
+    # The events_tracked entry comes next in the chain: with it locked, each status row is
+    # written with that seq, its expected count and its state in one go, never updated.
+    last_seq, _ = await audit.lock_head(conn)
+    seq = last_seq + 1
+    o, r = outbox.c, service_registry.c
+    published = func.coalesce(o.published_at, literal(now, event_status.c.tracked_at.type))
     interval = bindparam("reminder_interval", reminder_interval, type_=Interval)
+    expected = (
+        select(func.count(distinct(r.service)))
+        .where(_registered(o.entity_type, o.event_type, published))
+        .scalar_subquery()
+    )
     source = (
         select(
-            outbox.c.event_id,
-            outbox.c.policy,
-            outbox.c.event_type,
-            outbox.c.entity_type,
-            outbox.c.entity_id,
-            outbox.c.initiated_at,
-            published,
+            o.event_id,
+            o.policy,
+            o.event_type,
+            o.entity_type,
+            o.entity_id,
+            o.initiated_at,
+            published.label("published_at"),
             # The outbox deadline is initiated_at + completion_deadline; services get the
             # full completion_deadline from publication, so shift it by the relay's delay.
-            published + (outbox.c.deadline - outbox.c.initiated_at),
-            literal(0),
-            published + interval,
-            literal(now, event_status.c.tracked_at.type),
-            literal(now, event_status.c.updated_at.type),
+            (published + (o.deadline - o.initiated_at)).label("deadline"),
+            expected.label("expected"),
+            (published + interval).label("next_reminder_at"),
         )
         .where(which)
-        .where(~exists().where(event_status.c.event_id == outbox.c.event_id))
-        .order_by(outbox.c.published_at)
+        .where(~exists().where(event_status.c.event_id == o.event_id))
+        .order_by(o.published_at)
     )
     if limit is not None:
         source = source.limit(limit)
-    inserted = (
-        await conn.execute(
-            pg_insert(event_status)
-            .from_select(
-                [
-                    "event_id",
-                    "policy",
-                    "event_type",
-                    "entity_type",
-                    "entity_id",
-                    "initiated_at",
-                    "published_at",
-                    "deadline",
-                    "expected",
-                    "next_reminder_at",
-                    "tracked_at",
-                    "updated_at",
-                ],
-                source,
-            )
-            .on_conflict_do_nothing()
-            .returning(event_status.c.event_id, event_status.c.policy, event_status.c.published_at)
+    src = source.subquery("src")
+    # An event nobody handles is complete the moment it is published.
+    unhandled = src.c.expected == 0
+    new = (
+        pg_insert(event_status)
+        .from_select(
+            [*_COPIED, *_SET_HERE],
+            select(
+                *(src.c[name] for name in _COPIED),
+                literal(now, event_status.c.tracked_at.type),
+                literal(now, event_status.c.updated_at.type),
+                literal(seq, BigInteger()),
+                case((unhandled, "completed"), else_="pending"),
+                case((unhandled, src.c.published_at)),
+                case((unhandled, literal(seq, BigInteger()))),
+            ),
         )
-    ).all()
-    if not inserted:
-        return []
-    ids = [row.event_id for row in inserted]
-
-    s, r = event_status.c, service_registry.c
-    await conn.execute(
-        insert(expected_acks).from_select(
+        .on_conflict_do_nothing()
+        .returning(event_status.c.event_id, event_status.c.policy, event_status.c.published_at)
+        .returning(event_status.c.entity_type, event_status.c.event_type)
+        .cte("new")
+    )
+    snapshot = (
+        insert(expected_acks)
+        .from_select(
             ["event_id", "service"],
-            select(s.event_id, r.service)
+            select(new.c.event_id, r.service)
             .distinct()
             .join_from(
-                event_status,
+                new,
                 service_registry,
-                and_(
-                    r.entity_type == s.entity_type,
-                    r.action == s.event_type,
-                    r.first_seen <= s.published_at,
-                    or_(r.retired_at.is_(None), r.retired_at > s.published_at),
-                ),
-            )
-            .where(s.event_id.in_(ids)),
+                _registered(new.c.entity_type, new.c.event_type, new.c.published_at),
+            ),
         )
+        .returning(expected_acks.c.event_id, expected_acks.c.service)
+        .cte("snapshot")
     )
+    rows = await conn.execute(
+        select(new.c.event_id, new.c.policy, new.c.published_at, snapshot.c.service)
+        .outerjoin(snapshot, snapshot.c.event_id == new.c.event_id)
+        .order_by(new.c.published_at, new.c.event_id, snapshot.c.service)
+    )
+    tracked: dict[uuid.UUID, TrackedEvent] = {}
     services: dict[uuid.UUID, list[str]] = defaultdict(list)
-    for row in await conn.execute(
-        select(expected_acks.c.event_id, expected_acks.c.service)
-        .where(expected_acks.c.event_id.in_(ids))
-        .order_by(expected_acks.c.event_id, expected_acks.c.service)
-    ):
-        services[row.event_id].append(row.service)
-
-    tracked = [
-        TrackedEvent(row.event_id, row.policy, row.published_at, tuple(services[row.event_id]))
-        for row in inserted
+    for row in rows:
+        tracked.setdefault(
+            row.event_id, TrackedEvent(row.event_id, row.policy, row.published_at, ())
+        )
+        if row.service is not None:
+            services[row.event_id].append(row.service)
+    if not tracked:
+        return []
+    events = [
+        TrackedEvent(t.event_id, t.policy, t.published_at, tuple(services[t.event_id]))
+        for t in tracked.values()
     ]
     [ref] = await audit.append_refs(
         conn,
@@ -180,31 +190,49 @@ async def _track(
             audit.AuditEntry(
                 "events_tracked",
                 ACTOR,
-                {"events": [{"event_id": t.event_id, "expected": t.expected} for t in tracked]},
+                {"events": [{"event_id": t.event_id, "expected": t.expected} for t in events]},
             )
         ],
         at=now,
     )
-    # An event nobody handles is complete the moment it is published.
-    await conn.execute(
-        update(event_status)
-        .where(event_status.c.event_id == bindparam("b_event_id"))
-        .values(
-            expected=bindparam("b_expected"),
-            tracked_audit_seq=ref.seq,
-            state=bindparam("b_state"),
-            completed_at=bindparam("b_completed_at"),
-            completed_audit_seq=bindparam("b_completed_seq"),
-        ),
-        [
-            {
-                "b_event_id": t.event_id,
-                "b_expected": len(t.expected),
-                "b_state": "pending" if t.expected else "completed",
-                "b_completed_at": None if t.expected else t.published_at,
-                "b_completed_seq": None if t.expected else ref.seq,
-            }
-            for t in tracked
-        ],
+    if ref.seq != seq:
+        raise RuntimeError(f"events_tracked landed at seq {ref.seq}, not {seq}")
+    return events
+
+
+# Columns copied from the outbox row (published_at, deadline: as the tracker sees them).
+_COPIED = (
+    "event_id",
+    "policy",
+    "event_type",
+    "entity_type",
+    "entity_id",
+    "initiated_at",
+    "published_at",
+    "deadline",
+    "expected",
+    "next_reminder_at",
+)
+
+
+_SET_HERE = (
+    "tracked_at",
+    "updated_at",
+    "tracked_audit_seq",
+    "state",
+    "completed_at",
+    "completed_audit_seq",
+)
+
+
+def _registered(
+    entity_type: ColumnElement[str], action: ColumnElement[str], published: ColumnElement[Any]
+) -> ColumnElement[bool]:
+    """Registry rows of services registered for this entity type and action at publication."""
+    r = service_registry.c
+    return and_(
+        r.entity_type == entity_type,
+        r.action == action,
+        r.first_seen <= published,
+        or_(r.retired_at.is_(None), r.retired_at > published),
     )
-    return tracked

@@ -17,7 +17,7 @@ from coordinator import audit
 from coordinator.clock import FrozenClock
 from coordinator.metrics import Metrics
 from coordinator.migrate import upgrade
-from coordinator.tables import ack_ledger, event_status, expected_acks, service_registry
+from coordinator.tables import ack_ledger, audit_log, event_status, expected_acks, service_registry
 from coordinator.tracker import Tracker
 from schemas import AckStatus, KafkaSettings, RetentionEvent, decode
 from tests import infra
@@ -210,6 +210,88 @@ async def test_rejected_acks_are_recorded_never_applied(env: Env) -> None:
     assert sorted(dict(m.headers)["retention-error"][:7] for m in dead) == [b"invalid", b"not JSO"]
 
 
+async def test_snapshot_rows_cite_their_events_tracked_entry(env: Env) -> None:
+    await env.register("billing", "notifications", at=T0 - timedelta(days=1))
+    handled = await env.publish(2, T0)
+    unhandled = await insert_published(
+        env.engine, ["orphan"], published_at=T0, entity_type=f"{env.entity_type}-none"
+    )
+    assert await env.tracker.track_published() == 3
+    async with env.engine.connect() as conn:
+        rows = {
+            row.event_id: row
+            for row in await conn.execute(
+                select(event_status, audit_log.c.action, audit_log.c.data)
+                .join(audit_log, audit_log.c.seq == event_status.c.tracked_audit_seq)
+                .where(event_status.c.event_id.in_([*(e for e, _ in handled), *unhandled]))
+            )
+        }
+        services = (
+            await conn.execute(
+                select(expected_acks.c.event_id, expected_acks.c.service).where(
+                    expected_acks.c.event_id.in_(rows)
+                )
+            )
+        ).all()
+    assert len(rows) == 3
+    assert {row.action for row in rows.values()} == {"events_tracked"}
+    for event_id, row in rows.items():
+        listed = {e["event_id"]: e["expected"] for e in row.data["events"]}
+        mine = sorted(svc for e, svc in services if e == event_id)
+        assert listed[str(event_id)] == mine
+        assert row.expected == len(mine)
+        if mine:
+            assert (row.state, row.completed_at, row.completed_audit_seq) == ("pending", None, None)
+        else:
+            assert (row.state, row.completed_at) == ("completed", row.published_at)
+            assert row.completed_audit_seq == row.tracked_audit_seq
+    assert all(
+        sorted(svc for e, svc in services if e == event_id) == ["billing", "notifications"]
+        for event_id, _ in handled
+    )
+
+
+async def test_acks_ahead_of_the_snapshot_and_rejects_cite_their_audit_rows(env: Env) -> None:
+    await env.register("billing", at=T0 - timedelta(days=1))
+    tracked = await env.publish(2, T0)
+    await env.tracker.track_published()
+    # Published but not yet snapshotted, and sent by a relay that crashed before marking.
+    ahead = await env.publish(1, T0)
+    [unmarked] = await insert_published(
+        env.engine, ["unmarked"], published_at=None, entity_type=env.entity_type
+    )
+    t = T0 + timedelta(minutes=1)
+    mine = [*tracked, *ahead, (unmarked, "unmarked")]
+    good = [ack(e, "billing", i, t, entity_type=env.entity_type) for e, i in mine]
+    forged = [ack(e, "mallory", i, t, entity_type=env.entity_type) for e, i in mine[:2]]
+    await produce(env.kafka, env.kafka.topics.acks, [*good, *forged, *good[:1]])
+    await drain(env.tracker, len(good) + len(forged) + 1)
+
+    assert await env.states(mine) == ["completed"] * 4
+    async with env.engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(ack_ledger, audit_log.c.action, audit_log.c.data)
+                .join(audit_log, audit_log.c.seq == ack_ledger.c.audit_seq)
+                .where(ack_ledger.c.kafka_topic == env.kafka.topics.acks)
+            )
+        ).all()
+        assert (await audit.verify(conn))[1] is None
+    # The re-sent ack landed in the ledger as a no-op: only the first copy has a row.
+    assert len(rows) == len(good) + len(forged)
+    for row in rows:
+        cited = row.data["acks"]
+        if row.accepted:
+            assert row.action == "acks_accepted"
+            assert any(
+                (a["event_id"], a["service"]) == (str(row.event_id), "billing") for a in cited
+            )
+        else:
+            assert (row.action, row.reject_reason) == ("acks_rejected", "unexpected_service")
+            where = (row.kafka_partition, row.kafka_offset)
+            assert any((a["partition"], a["offset"]) == where for a in cited)
+
+
 async def test_late_registration_reminders_overdue_then_late_ack(env: Env) -> None:
     clock, tracker = env.clock, env.tracker
     await env.register(*SERVICES, at=T0 - timedelta(days=1))
@@ -354,7 +436,9 @@ async def test_run_forever_tracks_and_completes(database: str, topics: KafkaSett
                         select(event_status.c.state).where(event_status.c.event_id == event)
                     )
                 ).scalar()
-            if state == "completed":
+            counted = _value(metrics, "retention_acks_total", service="billing", status="completed")
+            # Metrics follow the offset commit, which comes after the state's commit.
+            if state == "completed" and counted:
                 break
             await asyncio.sleep(0.1)
         assert state == "completed"
