@@ -80,6 +80,18 @@ kafka_wait_ready() {
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# A listener port inside the kernel's ephemeral range can be taken by any outgoing
+# connection while the broker is down, and a restart then fails with "Address already
+# in use" (seen with 39092 in a broker-restart test).
+warn_ephemeral() {
+  local range lo hi
+  range=$(cat /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null) || return 0
+  read -r lo hi <<<"$range"
+  if (( $1 >= lo && $1 <= hi )); then
+    log "WARNING: port $1 is in the ephemeral range $lo-$hi: a restart may find it taken; prefer a port below $lo"
+  fi
+}
+
 kafka_start() {
   if kafka_running; then log "Kafka already running (pid $(cat "$KAFKA_PID"))"; return; fi
   if port_open "$KAFKA_PORT"; then
@@ -89,6 +101,7 @@ kafka_start() {
   fi
   port_open "$KAFKA_CONTROLLER_PORT" && die "port $KAFKA_CONTROLLER_PORT is taken by another process: \
 set INFRA_KAFKA_PORT / INFRA_KAFKA_CONTROLLER_PORT to free ports"
+  warn_ephemeral "$KAFKA_PORT"; warn_ephemeral "$KAFKA_CONTROLLER_PORT"
   kafka_fetch
   mkdir -p "$KAFKA_DATA"
   sed -e "s#@DATA_DIR@#$KAFKA_DATA#" -e "s#@PORT@#$KAFKA_PORT#g" \
