@@ -285,7 +285,9 @@ class Runner:
             outcome.held = plan.held
             outcome.oldest_unprocessed_days = plan.oldest_age_days
             return
-        if bound.archive is not None and not bound.archive_exists and plan.due:
+        # Even when nothing is due yet: rows may become due during the run, and a delete
+        # and archive batch is one statement naming the archive table.
+        if bound.archive is not None and not bound.archive_exists:
             async with self.engine.begin() as conn:
                 await ensure_archive_table(conn, bound)
         after: Any | None = None

@@ -317,3 +317,39 @@ async def test_a_policy_that_gains_a_field_reanonymizes_its_rows_once(engine: As
     ]
     assert phones == {None}
     assert sorted(map(sorted, events)) == [["email"]] * 5 + [["email", "phone"]] * 5
+
+
+ARCHIVE_SESSIONS = """
+policies:
+  - name: sessions
+    table: session_logs
+    entity_type: session
+    timestamp_column: created_at
+    retention: 90d
+    action: archive
+    legal_basis: test
+    batch_size: 3
+"""
+
+
+async def test_archive_policy_with_nothing_due_and_no_archive_table_yet(
+    engine: AsyncEngine, settings: Settings
+) -> None:
+    # Regression (fault scenario 9, clock behind by months): nothing due and no archive
+    # table yet, while the batch statement names the archive table.
+    async with engine.begin() as conn:
+        db_now = (await conn.execute(select(func.now()))).scalar_one()
+        await conn.execute(
+            insert(session_logs),
+            [
+                {"id": i, "user_id": "u", "created_at": db_now - timedelta(days=days)}
+                for i, days in ((1, 10), (2, 20))
+            ],
+        )
+    report = await Runner(engine, parse_policies(ARCHIVE_SESSIONS), settings).run()
+    assert report.ok, report.as_dict()
+    assert report.outcomes[0].processed == 0
+    assert await remaining(engine) == {1, 2}
+    async with engine.connect() as conn:
+        archived = await conn.execute(text("SELECT count(*) FROM session_logs_archive"))
+        assert archived.scalar_one() == 0
