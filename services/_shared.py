@@ -24,8 +24,10 @@ from sqlalchemy import (
     Table,
     Text,
     Uuid,
+    any_,
     bindparam,
     func,
+    select,
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -39,6 +41,7 @@ from schemas import async_database_url
 __all__ = [
     "DEFAULT_SERVICE_DATABASE_URL",
     "create_tables",
+    "delete_users_rows",
     "engine_for",
     "ensure_database",
     "entity_ids",
@@ -111,6 +114,27 @@ async def log_erasures(
     ]
     if rows:
         await conn.execute(erasure_log.insert(), rows)
+
+
+async def delete_users_rows(
+    conn: AsyncConnection,
+    table: Table,
+    erasure_log: Table,
+    events: Sequence[RetentionEvent],
+    missing: str,
+) -> list[int | EntityNotFound]:
+    """Set-based: one DELETE of the batch's users' rows in `table` (a `user_id` column),
+    counted per user, and one insert into the erasure log."""
+    deleted = (
+        table.delete()
+        .where(table.c.user_id == any_(entity_ids(events)))
+        .returning(table.c.user_id)
+        .cte("deleted")
+    )
+    counts = await conn.execute(select(deleted.c.user_id, func.count()).group_by(deleted.c.user_id))
+    results = per_entity(events, {user: count for user, count in counts}, missing)
+    await log_erasures(conn, erasure_log, events, results)
+    return results
 
 
 async def create_tables(conn: AsyncConnection, metadata: MetaData) -> None:

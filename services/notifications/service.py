@@ -13,9 +13,7 @@ from sqlalchemy import (
     MetaData,
     Table,
     Text,
-    any_,
     func,
-    select,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -28,10 +26,8 @@ from consumer_sdk import (
 from schemas import KafkaSettings
 from services._shared import (
     create_tables,
+    delete_users_rows,
     engine_for,
-    entity_ids,
-    log_erasures,
-    per_entity,
     service_database_url,
     user_erasure_log,
 )
@@ -58,18 +54,9 @@ async def delete_users(
     events: Sequence[RetentionEvent], conn: AsyncConnection
 ) -> list[int | EntityNotFound]:
     """Set-based: one DELETE for the batch's users, one insert into the erasure log."""
-    deleted = (
-        notifications.delete()
-        .where(notifications.c.user_id == any_(entity_ids(events)))
-        .returning(notifications.c.user_id)
-        .cte("deleted")
+    return await delete_users_rows(
+        conn, notifications, erasure_log, events, "no notifications for this user"
     )
-    counts = await conn.execute(select(deleted.c.user_id, func.count()).group_by(deleted.c.user_id))
-    results = per_entity(
-        events, {user: count for user, count in counts}, "no notifications for this user"
-    )
-    await log_erasures(conn, erasure_log, events, results)
-    return results
 
 
 async def _create_tables(conn: AsyncConnection) -> None:

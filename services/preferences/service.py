@@ -12,9 +12,7 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     Table,
     Text,
-    any_,
     func,
-    select,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -23,10 +21,8 @@ from consumer_sdk import ConsumerSettings, EntityNotFound, RetentionConsumer, Re
 from schemas import KafkaSettings
 from services._shared import (
     create_tables,
+    delete_users_rows,
     engine_for,
-    entity_ids,
-    log_erasures,
-    per_entity,
     service_database_url,
     user_erasure_log,
 )
@@ -55,18 +51,9 @@ async def delete_users(
     events: Sequence[RetentionEvent], conn: AsyncConnection
 ) -> list[int | EntityNotFound]:
     """Set-based: one DELETE for the batch's users, one insert into the erasure log."""
-    deleted = (
-        preferences.delete()
-        .where(preferences.c.user_id == any_(entity_ids(events)))
-        .returning(preferences.c.user_id)
-        .cte("deleted")
+    return await delete_users_rows(
+        conn, preferences, erasure_log, events, "no preferences for this user"
     )
-    counts = await conn.execute(select(deleted.c.user_id, func.count()).group_by(deleted.c.user_id))
-    results = per_entity(
-        events, {user: count for user, count in counts}, "no preferences for this user"
-    )
-    await log_erasures(conn, erasure_log, events, results)
-    return results
 
 
 async def _create_tables(conn: AsyncConnection) -> None:
