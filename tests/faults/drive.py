@@ -137,7 +137,9 @@ async def terminate_connections(*urls: str) -> int:
             ended = await conn.execute(
                 text(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = ANY(:names) AND pid <> pg_backend_pid()"
+                    # Client connections only: an autovacuum worker is a superuser's.
+                    "WHERE datname = ANY(:names) AND pid <> pg_backend_pid() "
+                    "AND backend_type = 'client backend'"
                 ),
                 {"names": names},
             )
