@@ -35,12 +35,12 @@ from sqlalchemy.dialects import postgresql
 from bench import chart, data, e2e, kafka_tools
 from bench.seed_executor import execute_policy
 from coordinator.db import make_engine
-from coordinator.holds import active_hold_exists
 from coordinator.kafka_admin import ensure_topics
-from coordinator.relay import OutboxRelay, event_from_row
-from coordinator.seed_data import SEED_POLICIES
+from coordinator.outbox.relay import OutboxRelay, event_from_row
+from coordinator.purge.holds import active_hold_exists
 from coordinator.settings import RelaySettings
 from coordinator.tables import outbox
+from demo.seed_data import SEED_POLICIES
 from schemas import EventType, KafkaSettings, RetentionEvent, Topics, encode
 from tests import infra
 from tests.infra import ROOT

@@ -1,6 +1,6 @@
 """The benchmark's data: a template database every contestant gets a fresh copy of.
 
-The five seed tables (coordinator/seed_data.py) with `rows // 5` rows each, in id order
+The five seed tables (demo/seed_data.py) with `rows // 5` rows each, in id order
 = timestamp order = physical order. Per table the first 1 % of ids (the oldest rows,
 where the seed's `SELECT … LIMIT` keeps landing) are under legal hold, the last 5 % are
 young (inside retention), everything between is due. Holds exist twice: in our
@@ -21,9 +21,9 @@ import asyncpg
 from sqlalchemy import text
 
 from coordinator.db import make_engine
-from coordinator.holds import create_hold
 from coordinator.migrate import upgrade
-from coordinator.seed_data import SEED_POLICIES, create_seed_tables
+from coordinator.purge.holds import create_hold
+from demo.seed_data import SEED_POLICIES, create_seed_tables
 from tests import infra
 
 HELD_FRACTION = 0.01

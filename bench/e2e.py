@@ -48,9 +48,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bench.seed_executor import check_ids, in_params
 from coordinator.clock import SystemClock
 from coordinator.db import make_engine
-from coordinator.holds import create_hold
-from coordinator.policies import parse_policies
-from coordinator.runner import Runner
+from coordinator.policy.model import parse_policies
+from coordinator.purge.holds import create_hold
+from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
 from coordinator.tables import event_status, outbox
 from services import billing, notifications, preferences

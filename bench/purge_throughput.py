@@ -20,10 +20,10 @@ from sqlalchemy import text
 
 from coordinator.clock import FrozenClock
 from coordinator.db import make_engine
-from coordinator.holds import create_hold
 from coordinator.migrate import upgrade
-from coordinator.policies import parse_policies
-from coordinator.runner import Runner
+from coordinator.policy.model import parse_policies
+from coordinator.purge.holds import create_hold
+from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
 from tests import infra
 

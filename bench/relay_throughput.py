@@ -43,11 +43,11 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from bench import kafka_tools
 from coordinator.db import make_engine
-from coordinator.event_json import EventWriter
 from coordinator.kafka_admin import ensure_topics
-from coordinator.kafka_producer import KafkaEventProducer, OutgoingRecord, producer_options
 from coordinator.migrate import upgrade
-from coordinator.relay import OutboxRelay
+from coordinator.outbox.event_json import EventWriter
+from coordinator.outbox.producer import KafkaEventProducer, OutgoingRecord, producer_options
+from coordinator.outbox.relay import OutboxRelay
 from coordinator.settings import RelaySettings
 from schemas import EventType, KafkaSettings, RetentionEvent, Topics, encode
 from tests import infra

@@ -28,7 +28,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bench.data import BATCH_SIZE, POLICIES
-from coordinator.seed_data import SEED_POLICIES
+from demo.seed_data import SEED_POLICIES
 
 
 @dataclass

@@ -33,10 +33,10 @@ from consumer_sdk.idempotency import (
     ProcessedEvent,
     StoreTransaction,
 )
-from consumer_sdk.logs import configure_logging
 from consumer_sdk.metrics import ConsumerMetrics
 from consumer_sdk.settings import ConsumerSettings
 from schemas import AckStatus, EventType, RetentionAck, RetentionEvent
+from schemas.logs import configure_logging
 
 __all__ = [
     "SDK_VERSION",

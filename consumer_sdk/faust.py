@@ -37,8 +37,8 @@ from consumer_sdk._internal.executor import EventExecutor
 from consumer_sdk._internal.transport import ProducerPort, Record, kafka_producer
 from consumer_sdk.app import RetentionConsumer
 from consumer_sdk.exceptions import ConfigurationError
-from consumer_sdk.logs import configure_logging
 from schemas import KafkaSettings, encode
+from schemas.logs import configure_logging
 
 __all__ = ["FaustRetention", "attach", "faust_app_settings"]
 

@@ -125,7 +125,7 @@ anonymized = Table(
 # The transactional outbox: one row per RetentionEvent, written in the purge batch's
 # transaction, so an event exists exactly when its local purge committed. Event ids are
 # time-ordered UUIDv7s from the SQL functions retention_uuidv7()/retention_uuidv7_nth()
-# (migration 0005; coordinator/purge.py), so inserts append to the primary key's edge.
+# (migration 0005; coordinator/purge/batch.py), so inserts append to the primary key's edge.
 outbox = Table(
     "retention_outbox",
     metadata,

@@ -22,9 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from consumer_sdk import configure_logging
 from coordinator.db import make_engine
-from coordinator.holds import create_hold
-from coordinator.seed_data import create_seed_tables, populate, seed_metadata
+from coordinator.purge.holds import create_hold
 from coordinator.settings import Settings
+from demo.seed_data import create_seed_tables, populate, seed_metadata
 from services import billing, notifications, preferences, search_index
 from services._shared import ensure_database, service_database_url
 

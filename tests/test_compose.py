@@ -20,11 +20,11 @@ from typer.testing import CliRunner
 
 from consumer_sdk import ConsumerSettings
 from coordinator.cli import app as cli_app
-from coordinator.policies import load_policies
-from coordinator.seed_data import seed_metadata
+from coordinator.policy.model import load_policies
 from coordinator.settings import RelaySettings, ServeSettings, Settings, TrackerSettings
 from demo.seed import POLICIES as DEMO_POLICIES
 from demo.seed import users
+from demo.seed_data import seed_metadata
 from schemas import DEFAULT_DATABASE_URL, KafkaSettings, async_database_url
 from tests.infra import ROOT
 

@@ -14,7 +14,7 @@ from sqlalchemy import Column, ColumnElement, Integer, MetaData, String, Table, 
 from sqlalchemy import text as raw_sql
 from sqlalchemy.dialects import postgresql
 
-from coordinator.conditions import (
+from coordinator.policy.conditions import (
     MAX_DEPTH,
     MAX_LENGTH,
     ConditionError,

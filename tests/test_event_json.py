@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from coordinator.event_json import FIELDS, EventWriter
-from coordinator.outbox_events import EVENT_COLUMNS, RecordEncoder, event_from_columns
+from coordinator.outbox.event_json import FIELDS, EventWriter
+from coordinator.outbox.events import EVENT_COLUMNS, RecordEncoder, event_from_columns
 from schemas import EventType, RetentionEvent, encode
 
 # Quotes, backslashes, every control character, DEL, the JSON-hostile line separators,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from coordinator.relay import Watchdog
+from coordinator.outbox.relay import Watchdog
 
 
 def test_stalls_only_after_the_window_without_progress() -> None:

@@ -13,7 +13,7 @@ from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator.clock import Clock
-from coordinator.policies import PolicySet
+from coordinator.policy.model import PolicySet
 from schemas import KafkaSettings
 
 __all__ = [

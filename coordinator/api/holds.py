@@ -6,10 +6,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
 
-from coordinator import holds
 from coordinator.api._context import Connection, Context
 from coordinator.api.auth import require_token
 from coordinator.api.models import HoldCreate, HoldView
+from coordinator.purge import holds
 
 __all__ = ["router"]
 

@@ -8,8 +8,8 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
-from coordinator.holds import parse_entity
-from coordinator.policies import Policy
+from coordinator.policy.model import Policy
+from coordinator.purge.holds import parse_entity
 
 __all__ = [
     "EventView",

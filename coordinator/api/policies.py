@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from coordinator import run_log
 from coordinator.api._context import Connection, Context
 from coordinator.api.models import PolicyResultView, PolicyView
+from coordinator.purge import run_log
 
 __all__ = ["router"]
 

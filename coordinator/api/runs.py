@@ -7,10 +7,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 
-from coordinator import run_log
 from coordinator.api._context import Connection, Context, RunInProgress
 from coordinator.api.auth import require_token
 from coordinator.api.models import RunAccepted, RunRequest, RunView
+from coordinator.purge import run_log
 
 __all__ = ["router"]
 

@@ -7,9 +7,9 @@ import sys
 
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 
-from consumer_sdk import configure_logging
 from coordinator.cli import audit, db, holds, policies, purge, relay, report, serve, status
 from coordinator.cli._app import ExitCode, app, err_console
+from schemas.logs import configure_logging
 
 __all__ = ["app", "main"]
 

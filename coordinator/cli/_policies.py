@@ -10,8 +10,8 @@ import typer
 
 from coordinator.cli._app import ExitCode, emit_json, err_console
 from coordinator.db import make_engine
-from coordinator.policies import PolicyFileError, PolicyIssue, PolicySet, load_policies
-from coordinator.policy_binding import bind_policies
+from coordinator.policy.binding import bind_policies
+from coordinator.policy.model import PolicyFileError, PolicyIssue, PolicySet, load_policies
 from coordinator.settings import Settings
 
 __all__ = [

@@ -12,10 +12,10 @@ import typer
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator import holds
 from coordinator.cli._app import ExitCode, emit_json, err_console, load_settings, out_console
 from coordinator.clock import SystemClock
 from coordinator.db import make_engine
+from coordinator.purge import holds
 
 app = typer.Typer(help="Legal holds: entities no policy may touch.", no_args_is_help=True)
 

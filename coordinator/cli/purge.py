@@ -24,8 +24,8 @@ from coordinator.cli._policies import (
     report_issues,
 )
 from coordinator.db import make_engine
-from coordinator.policies import PolicySet
-from coordinator.runner import PlanReport, Runner, RunReport
+from coordinator.policy.model import PolicySet
+from coordinator.purge.runner import PlanReport, Runner, RunReport
 from coordinator.settings import Settings
 
 __all__ = ["plan", "run"]

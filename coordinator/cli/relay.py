@@ -15,7 +15,7 @@ import typer
 from coordinator.cli._app import emit_json, err_console, load_settings
 from coordinator.db import make_engine
 from coordinator.kafka_admin import ensure_topics
-from coordinator.relay import OutboxRelay
+from coordinator.outbox.relay import OutboxRelay
 from coordinator.settings import Settings
 
 
@@ -45,7 +45,7 @@ def relay(
     """Publish outbox rows to the events topic (operator extra; `serve` runs it too)."""
     settings = load_settings()
     # stdout carries only the --json document: `main` already sends every log to stderr
-    # through the one pipeline (consumer_sdk.configure_logging); don't reconfigure here.
+    # through the one pipeline (schemas.logs.configure_logging); don't reconfigure here.
     if not drain:
         err_console.print(f"relaying the outbox to {settings.kafka.topics.events}; Ctrl-C stops")
     published, unpublished = asyncio.run(_relay(settings, drain=drain))

@@ -1,4 +1,4 @@
 """Completion tracking: who must acknowledge each event, what they said, and the proof.
 
-See docs/tracking.md for the design; `coordinator.tracker` runs it against Kafka.
+See docs/tracking.md for the design; `coordinator.tracking.tracker` runs it against Kafka.
 """

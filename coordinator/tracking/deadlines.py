@@ -18,7 +18,7 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator import audit
-from coordinator.outbox_events import event_from_row
+from coordinator.outbox.events import event_from_row
 from coordinator.tables import event_status, expected_acks, outbox
 from coordinator.tracking.snapshot import ACTOR
 from schemas import RetentionEvent

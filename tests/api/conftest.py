@@ -14,7 +14,7 @@ from coordinator.api import ApiContext, create_app
 from coordinator.clock import SystemClock
 from coordinator.db import make_engine
 from coordinator.metrics import Metrics
-from coordinator.policies import load_policies
+from coordinator.policy.model import load_policies
 from schemas import KafkaSettings
 from tests.infra import ROOT
 

@@ -38,10 +38,10 @@ from coordinator.db import make_engine
 from coordinator.kafka_admin import ensure_topics
 from coordinator.metrics import Metrics
 from coordinator.migrate import upgrade
-from coordinator.relay import OutboxRelay
+from coordinator.outbox.relay import OutboxRelay
 from coordinator.settings import RelaySettings, TrackerSettings
 from coordinator.tables import audit_log, event_status, service_registry
-from coordinator.tracker import Tracker
+from coordinator.tracking.tracker import Tracker
 from schemas import AckStatus, KafkaSettings, RetentionAck, decode
 from services import billing, notifications, preferences, search_index
 from tests import infra

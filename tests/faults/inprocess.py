@@ -2,15 +2,15 @@
 
 Scenarios 8 and 9 need what a `retention run` process cannot offer: a pause between
 two batches, a clock that is wrong. `run_policies` runs the world's policy file with
-`coordinator.runner.Runner`; `deliver` publishes with `retention relay --drain`, lets
+`coordinator.purge.runner.Runner`; `deliver` publishes with `retention relay --drain`, lets
 the three services and the tracker finish, and waits until everything settled.
 """
 
 from __future__ import annotations
 
 from coordinator.clock import Clock
-from coordinator.policies import load_policies
-from coordinator.runner import Progress, Runner, RunReport
+from coordinator.policy.model import load_policies
+from coordinator.purge.runner import Progress, Runner, RunReport
 from coordinator.settings import Settings
 from tests.e2e.harness import Stack, all_of, running_tracker
 from tests.faults.drive import complete, coordinator_processes, start_services

@@ -1,6 +1,6 @@
 """Scenario 9: the coordinator's clock hours or days ahead of (or behind) the database's.
 
-The engine takes `now = min(injected clock, database clock)` (coordinator/planner.py):
+The engine takes `now = min(injected clock, database clock)` (coordinator/purge/planner.py):
 a clock running ahead cannot make anything due sooner or end a hold sooner than the
 database's clock says; one running behind only delays purges. Two in-process runs on
 one world: first with the clock behind by a seeded skew (rows due by less than the
@@ -21,9 +21,9 @@ import pytest
 from sqlalchemy import insert
 
 from coordinator.clock import FrozenClock
-from coordinator.holds import create_hold
-from coordinator.policies import load_policies
-from coordinator.seed_data import SEED_POLICIES, session_logs
+from coordinator.policy.model import load_policies
+from coordinator.purge.holds import create_hold
+from demo.seed_data import SEED_POLICIES, session_logs
 from services import billing, notifications, preferences
 from tests.e2e.harness import Stack
 from tests.faults.inprocess import deliver, row_digests, run_policies

@@ -3,7 +3,7 @@
 `retention run`'s engine runs in-process with small batches; a progress callback, called
 after each batch committed, pauses the run at two seeded batches. At the first pause a
 hold is created with the `retention holds create` command, at the second with
-`coordinator.holds.create_hold` from another thread, each over a seeded choice of rows
+`coordinator.purge.holds.create_hold` from another thread, each over a seeded choice of rows
 that are due and not yet processed (later in the current policy, or in policies still
 to come). Those rows must never be purged or published: no row change, no outbox row,
 no service data touched, and the run's report counts them as held.
@@ -23,7 +23,7 @@ import pytest
 from sqlalchemy import func, select
 
 from coordinator.db import make_engine
-from coordinator.holds import create_hold
+from coordinator.purge.holds import create_hold
 from coordinator.tables import outbox
 from tests.e2e.harness import Stack, run_cli
 from tests.faults.drive import count

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.db import make_engine
-from coordinator.relay import OutboxRelay
+from coordinator.outbox.relay import OutboxRelay
 from coordinator.settings import RelaySettings
 from schemas import KafkaSettings, RetentionEvent, decode
 from tests.faults.drive import infra

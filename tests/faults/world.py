@@ -2,7 +2,7 @@
 
 `prepare_world` writes, on a `Stack`:
 
-* the five seed tables of `coordinator.seed_data` (every row in a labelled category)
+* the five seed tables of `demo.seed_data` (every row in a labelled category)
   and one more, `fault_users`, whose `user` entities the three example services hold;
 * the services' data through their own `seed` functions: notifications, preferences
   and orders for every fault user (due, held and young alike), and a billing order for
@@ -31,8 +31,8 @@ import yaml
 from sqlalchemy import Column, DateTime, MetaData, Table, Text, insert, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.holds import create_hold
-from coordinator.seed_data import (
+from coordinator.purge.holds import create_hold
+from demo.seed_data import (
     PROCESSED,
     SeedData,
     create_seed_tables,

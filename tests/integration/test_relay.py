@@ -19,9 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator import audit
 from coordinator.db import make_engine
-from coordinator.kafka_producer import Delivery, EventProducer, KafkaEventProducer, OutgoingRecord
 from coordinator.metrics import Metrics
-from coordinator.relay import AUDIT_ACTION, OutboxRelay
+from coordinator.outbox.producer import Delivery, EventProducer, KafkaEventProducer, OutgoingRecord
+from coordinator.outbox.relay import AUDIT_ACTION, OutboxRelay
 from coordinator.settings import RelaySettings
 from coordinator.tables import audit_log, outbox
 from schemas import KafkaSettings, RetentionEvent, decode

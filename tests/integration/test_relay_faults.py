@@ -17,9 +17,9 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.db import make_engine
-from coordinator.kafka_producer import Delivery, EventProducer, KafkaEventProducer, OutgoingRecord
 from coordinator.metrics import Metrics
-from coordinator.relay import OutboxRelay
+from coordinator.outbox.producer import Delivery, EventProducer, KafkaEventProducer, OutgoingRecord
+from coordinator.outbox.relay import OutboxRelay
 from coordinator.settings import RelaySettings
 from coordinator.tables import outbox
 from schemas import KafkaSettings, RetentionEvent, decode

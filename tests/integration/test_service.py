@@ -14,11 +14,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.db import make_engine
-from coordinator.holds import create_hold
-from coordinator.policies import load_policies, parse_policies
-from coordinator.seed_data import create_seed_tables, drop_seed_tables, populate
-from coordinator.service import GLOBAL_SCHEDULE, Service, ServiceFailed, schedules_for
+from coordinator.policy.model import load_policies, parse_policies
+from coordinator.purge.holds import create_hold
+from coordinator.serve import GLOBAL_SCHEDULE, Service, ServiceFailed, schedules_for
 from coordinator.settings import ServeSettings, Settings
+from demo.seed_data import create_seed_tables, drop_seed_tables, populate
 from schemas import KafkaSettings
 from tests.infra import ROOT
 

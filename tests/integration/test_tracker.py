@@ -18,7 +18,7 @@ from coordinator.clock import FrozenClock
 from coordinator.metrics import Metrics
 from coordinator.migrate import upgrade
 from coordinator.tables import ack_ledger, audit_log, event_status, expected_acks, service_registry
-from coordinator.tracker import Tracker
+from coordinator.tracking.tracker import Tracker
 from schemas import AckStatus, KafkaSettings, RetentionEvent, decode
 from tests import infra
 from tests.integration.tracking_support import (

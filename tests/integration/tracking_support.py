@@ -16,7 +16,7 @@ from coordinator.db import make_engine
 from coordinator.metrics import Metrics
 from coordinator.settings import TrackerSettings
 from coordinator.tables import outbox
-from coordinator.tracker import Tracker
+from coordinator.tracking.tracker import Tracker
 from schemas import (
     AckStatus,
     EventType,

@@ -12,9 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import FrozenClock
 from coordinator.db import make_engine
-from coordinator.policies import PolicySet, load_policies
-from coordinator.seed_data import create_seed_tables, drop_seed_tables
+from coordinator.policy.model import PolicySet, load_policies
 from coordinator.settings import Settings
+from demo.seed_data import create_seed_tables, drop_seed_tables
 
 SEED_POLICIES = Path(__file__).resolve().parent.parent / "data" / "seed_policies.yaml"
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.purge import PurgeBatch
+from coordinator.purge.batch import PurgeBatch
 
 Interceptor = Callable[[AsyncConnection, PurgeBatch], Awaitable[None]]
 calls: list[PurgeBatch] = []

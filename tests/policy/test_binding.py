@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.policies import parse_policies
-from coordinator.policy_binding import bind_policies
+from coordinator.policy.binding import bind_policies
+from coordinator.policy.model import parse_policies
 from coordinator.settings import Settings
 
 BAD = """\

@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 from coordinator.cli import app
 from coordinator.db import make_engine
-from coordinator.holds import create_hold
-from coordinator.seed_data import SeedData, populate
+from coordinator.purge.holds import create_hold
+from demo.seed_data import SeedData, populate
 from tests.policy.conftest import SEED_POLICIES, reset
 
 

@@ -9,12 +9,12 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import FrozenClock
-from coordinator.holds import HoldError, create_hold, get_hold, list_holds, release_hold
-from coordinator.policies import PolicySet, parse_policies
-from coordinator.runner import Runner
-from coordinator.seed_data import orders, session_logs, shopping_carts
+from coordinator.policy.model import PolicySet, parse_policies
+from coordinator.purge.holds import HoldError, create_hold, get_hold, list_holds, release_hold
+from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
 from coordinator.tables import anonymized, outbox, policy_results
+from demo.seed_data import orders, session_logs, shopping_carts
 from tests.policy import hooks
 from tests.policy.conftest import NOW
 

@@ -3,7 +3,7 @@
 The hook pauses a batch *after* it selected its rows and *before* it deletes them, and
 starts creating a hold over due rows (some in this batch, some in later ones) on another
 connection. It lets the batch continue only once the hold creation is blocked on a lock,
-or finished. Without the lock of coordinator.holds the hold commits during the pause and
+or finished. Without the lock of coordinator.purge.holds the hold commits during the pause and
 the batch then deletes rows under a committed hold; the audit log shows it, because both
 append to it in their transactions and the chain lock orders them by commit.
 """
@@ -18,13 +18,13 @@ from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator.clock import FrozenClock
-from coordinator.holds import create_hold
-from coordinator.policies import parse_policies
-from coordinator.purge import PurgeBatch
-from coordinator.runner import Runner
-from coordinator.seed_data import session_logs
+from coordinator.policy.model import parse_policies
+from coordinator.purge.batch import PurgeBatch
+from coordinator.purge.holds import create_hold
+from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
 from coordinator.tables import audit_log, legal_hold_entities, legal_holds
+from demo.seed_data import session_logs
 from tests.policy import hooks
 from tests.policy.conftest import NOW
 

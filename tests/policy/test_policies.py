@@ -6,9 +6,9 @@ from datetime import timedelta
 
 import pytest
 
-from coordinator.durations import format_duration, parse_duration
-from coordinator.policies import Action, PolicyFileError, load_policies, parse_policies
-from coordinator.policy_schema import SCHEMA_FILE, render
+from coordinator.policy.durations import format_duration, parse_duration
+from coordinator.policy.model import Action, PolicyFileError, load_policies, parse_policies
+from coordinator.policy.schema import SCHEMA_FILE, render
 from tests.policy.conftest import SEED_POLICIES
 
 
@@ -174,7 +174,7 @@ def test_unreadable_file(tmp_path: object) -> None:
 
 def test_json_schema_is_committed_and_current() -> None:
     assert SCHEMA_FILE.read_text(encoding="utf-8") == render(), (
-        "policy JSON Schema drifted: run `python -m coordinator.policy_schema`"
+        "policy JSON Schema drifted: run `python -m coordinator.policy.schema`"
     )
 
 

@@ -18,11 +18,11 @@ from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import FrozenClock
-from coordinator.holds import create_hold, release_hold
-from coordinator.policies import parse_policies
-from coordinator.runner import Runner
-from coordinator.seed_data import orders, shopping_carts
+from coordinator.policy.model import parse_policies
+from coordinator.purge.holds import create_hold, release_hold
+from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
+from demo.seed_data import orders, shopping_carts
 
 POLICIES = parse_policies("""
 policies:

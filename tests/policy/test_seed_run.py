@@ -12,13 +12,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator import audit
 from coordinator.clock import FrozenClock
-from coordinator.holds import create_hold
 from coordinator.metrics import Metrics
-from coordinator.policies import PolicySet
-from coordinator.runner import Runner
-from coordinator.seed_data import SEED_POLICIES, SeedData, populate
+from coordinator.policy.model import PolicySet
+from coordinator.purge.holds import create_hold
+from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
 from coordinator.tables import outbox, policy_results, runs
+from demo.seed_data import SEED_POLICIES, SeedData, populate
 from tests.policy.conftest import HASH_SECRET, NOW
 
 

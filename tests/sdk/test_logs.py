@@ -8,7 +8,7 @@ import logging
 import pytest
 import structlog
 
-from consumer_sdk.logs import configure_logging
+from schemas.logs import configure_logging
 
 
 def test_ours_and_library_logs_are_json_lines(capsys: pytest.CaptureFixture[str]) -> None:

@@ -29,15 +29,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator import audit
 from coordinator.clock import Clock, SystemClock
-from coordinator.kafka_producer import (
+from coordinator.metrics import Metrics
+from coordinator.outbox.events import EVENT_COLUMNS, RecordEncoder, event_from_row
+from coordinator.outbox.producer import (
     Delivery,
     EventProducer,
     KafkaEventProducer,
     OutgoingRecord,
     ProducerFactory,
 )
-from coordinator.metrics import Metrics
-from coordinator.outbox_events import EVENT_COLUMNS, RecordEncoder, event_from_row
 from coordinator.settings import RelaySettings
 from coordinator.tables import outbox
 from schemas import KafkaSettings

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TypeAlias
 
-from coordinator.conditions._errors import ConditionError, show
-from coordinator.conditions._lexer import KEYWORDS, Kind, Lexer, Token
+from coordinator.policy.conditions._errors import ConditionError, show
+from coordinator.policy.conditions._lexer import KEYWORDS, Kind, Lexer, Token
 
 MAX_LENGTH = 10_000
 """Longest condition accepted; a policy filter is a line or two, not a program."""

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 from pydantic import ConfigDict, TypeAdapter
 from sqlalchemy import Row
 
-from coordinator.event_json import EventWriter, Parts, splice
+from coordinator.outbox.event_json import EventWriter, Parts, splice
 from schemas import EventType, RetentionEvent
 
 __all__ = ["EVENT_COLUMNS", "RecordEncoder", "event_from_columns", "event_from_row"]

@@ -38,7 +38,7 @@ FIELDS = (
 """The wire order of `RetentionEvent`'s fields, which the templates below follow."""
 
 # The event's JSON around its two per-entity fields, event_id and entity_id, so that
-# `coordinator.outbox_events` can reuse the rest for every event of one purge batch.
+# `coordinator.outbox.events` can reuse the rest for every event of one purge batch.
 _HEAD = '{"schema_version":%d,"event_id":"'
 _MIDDLE = '","type":%s,"entity_type":%s,"entity_id":'
 _TAIL = ',"policy":%s,"legal_basis":%s,"initiated_at":%s,"deadline":%s,"fields":[%s],"run_id":%s}'

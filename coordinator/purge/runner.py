@@ -22,10 +22,10 @@ from coordinator.audit import AuditEntry, append
 from coordinator.clock import Clock, SystemClock
 from coordinator.db import when_reachable
 from coordinator.metrics import Metrics
-from coordinator.planner import PolicyPlan, plan_policy, time_base
-from coordinator.policies import Action, PolicyIssue, PolicySet
-from coordinator.policy_binding import BoundPolicy, bind_policies
-from coordinator.purge import ensure_archive_table, purge_batch
+from coordinator.policy.binding import BoundPolicy, bind_policies
+from coordinator.policy.model import Action, PolicyIssue, PolicySet
+from coordinator.purge.batch import ensure_archive_table, purge_batch
+from coordinator.purge.planner import PolicyPlan, plan_policy, time_base
 from coordinator.settings import Settings
 from coordinator.tables import anonymized, policy_results, runs
 

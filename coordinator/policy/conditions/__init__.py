@@ -8,9 +8,9 @@ typed for its column. Anything outside the language is a `ConditionError` naming
 offending fragment and its offset. Grammar and rationale: ``docs/conditions.md``.
 """
 
-from coordinator.conditions._compiler import compile_condition
-from coordinator.conditions._errors import ConditionError
-from coordinator.conditions._syntax import (
+from coordinator.policy.conditions._compiler import compile_condition
+from coordinator.policy.conditions._errors import ConditionError
+from coordinator.policy.conditions._syntax import (
     MAX_DEPTH,
     MAX_LENGTH,
     And,

@@ -34,18 +34,18 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator import run_log
 from coordinator.api import ApiContext, RunInProgress, create_app
 from coordinator.clock import Clock, SystemClock
 from coordinator.db import make_engine
 from coordinator.kafka_admin import ensure_topics
 from coordinator.metrics import Metrics
-from coordinator.policies import PolicySet
-from coordinator.relay import OutboxRelay
-from coordinator.runner import Runner, RunReport
+from coordinator.outbox.relay import OutboxRelay
+from coordinator.policy.model import PolicySet
+from coordinator.purge import run_log
+from coordinator.purge.runner import Runner, RunReport
 from coordinator.scheduler import Schedule, Scheduler
 from coordinator.settings import Settings
-from coordinator.tracker import Tracker
+from coordinator.tracking.tracker import Tracker
 
 __all__ = ["GLOBAL_SCHEDULE", "RunInProgress", "Service", "ServiceFailed", "schedules_for"]
 

@@ -1,6 +1,6 @@
-"""Writes the policy file's JSON Schema for editors (`python -m coordinator.policy_schema`).
+"""Writes the policy file's JSON Schema for editors (`python -m coordinator.policy.schema`).
 
-Point an editor at `coordinator/policy.schema.json` (e.g. a `# yaml-language-server:
+Point an editor at `coordinator/policy/policy.schema.json` (e.g. a `# yaml-language-server:
 $schema=…` comment) to get completion and validation of policy files while typing.
 """
 
@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from coordinator.policies import PolicyFile
+from coordinator.policy.model import PolicyFile
 
 __all__ = ["SCHEMA_FILE", "main", "render"]
 

@@ -30,8 +30,8 @@ from sqlalchemy import Column as SAColumn
 from sqlalchemy.sql import sqltypes
 from sqlalchemy.types import TypeEngine
 
-from coordinator.conditions._errors import ConditionError, show
-from coordinator.conditions._syntax import (
+from coordinator.policy.conditions._errors import ConditionError, show
+from coordinator.policy.conditions._syntax import (
     And,
     BooleanColumn,
     ColumnRef,

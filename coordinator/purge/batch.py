@@ -32,12 +32,12 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
-from coordinator import anonymizers
 from coordinator.audit import AuditEntry, append
-from coordinator.holds import lock_for_purge
-from coordinator.planner import Batch, batch_window, next_batch
-from coordinator.policies import Action, Policy
-from coordinator.policy_binding import ARCHIVED_AT, BoundPolicy
+from coordinator.policy import anonymizers
+from coordinator.policy.binding import ARCHIVED_AT, BoundPolicy
+from coordinator.policy.model import Action, Policy
+from coordinator.purge.holds import lock_for_purge
+from coordinator.purge.planner import Batch, batch_window, next_batch
 from coordinator.tables import anonymized, outbox
 
 __all__ = ["BatchResult", "PurgeBatch", "ensure_archive_table", "purge_batch"]
@@ -230,7 +230,7 @@ async def _select_and_act(
 
 def _one_pass(bound: BoundPolicy) -> bool:
     # A hook must see the ids before the purge; anonymize reads its ledger after the
-    # row locks (coordinator.planner.next_batch).
+    # row locks (coordinator.purge.planner.next_batch).
     return bound.hook is None and bound.policy.action is not Action.ANONYMIZE
 
 
@@ -251,7 +251,7 @@ async def purge_batch(
     hook and one statement for action + archive + ledger + outbox; last the audit append.
     """
     policy = bound.policy
-    await lock_for_purge(conn)  # before the select: see coordinator.holds
+    await lock_for_purge(conn)  # before the select: see coordinator.purge.holds
     if _one_pass(bound):
         batch = await _select_and_act(
             conn, bound, run_id=run_id, cutoff=cutoff, now=now, after=after

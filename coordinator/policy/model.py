@@ -3,7 +3,7 @@
 `load_policies(path)` parses with `yaml.SafeLoader`, validates every policy, and raises
 one `PolicyFileError` listing *all* problems, each naming the policy, the YAML line and
 what is wrong. Checks that need the live database (tables, columns, types, conditions)
-live in `coordinator.policy_binding`.
+live in `coordinator.policy.binding`.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from pydantic import (
     model_validator,
 )
 
-from coordinator import anonymizers
-from coordinator.conditions import ConditionError, parse_condition
-from coordinator.durations import DURATION_PATTERN, format_duration, parse_duration
+from coordinator.policy import anonymizers
+from coordinator.policy.conditions import ConditionError, parse_condition
+from coordinator.policy.durations import DURATION_PATTERN, format_duration, parse_duration
 
 __all__ = [
     "Action",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from coordinator.conditions._errors import ConditionError, show
+from coordinator.policy.conditions._errors import ConditionError, show
 
 MAX_NUMBER_LENGTH = 100
 """Longest number literal; keeps int() and float() far from their limits."""

@@ -38,9 +38,9 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import ScalarSelect
 
 from coordinator.clock import Clock
-from coordinator.holds import active_hold_exists
-from coordinator.policies import Action, Policy
-from coordinator.policy_binding import BoundPolicy
+from coordinator.policy.binding import BoundPolicy
+from coordinator.policy.model import Action, Policy
+from coordinator.purge.holds import active_hold_exists
 from coordinator.tables import anonymized
 
 __all__ = [

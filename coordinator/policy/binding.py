@@ -15,9 +15,16 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
-from coordinator import anonymizers
-from coordinator.conditions import ConditionError, compile_condition
-from coordinator.policies import Action, BeforePurge, Policy, PolicyIssue, PolicySet, resolve_hook
+from coordinator.policy import anonymizers
+from coordinator.policy.conditions import ConditionError, compile_condition
+from coordinator.policy.model import (
+    Action,
+    BeforePurge,
+    Policy,
+    PolicyIssue,
+    PolicySet,
+    resolve_hook,
+)
 from coordinator.settings import Settings
 from coordinator.tables import metadata as coordinator_metadata
 
