@@ -37,8 +37,9 @@ from consumer_sdk._internal.executor import EventExecutor
 from consumer_sdk._internal.transport import ProducerPort, Record, kafka_producer
 from consumer_sdk.app import RetentionConsumer
 from consumer_sdk.exceptions import ConfigurationError
-from schemas import KafkaSettings, encode
+from schemas import KafkaSettings, Stopped, encode, retry
 from schemas.logs import configure_logging
+from schemas.retries import any_error
 
 __all__ = ["FaustRetention", "attach", "faust_app_settings"]
 
@@ -183,29 +184,34 @@ class FaustRetention:
         next events, and its commit would pass this one (see `CONCURRENCY`).
         """
         record = _record(message)
-        while True:
+
+        async def attempt() -> bool:
             try:
                 dispatcher = await self.open()
                 done = await dispatcher.dispatch([record], self.stopping)
                 if done.sends:
                     await asyncio.gather(*done.sends)
-                return done.last_done is not None
-            except Exception as exc:
-                log.error(
-                    "event not handled; retrying in place",
-                    service=self.retention.service,
-                    partition=record.partition,
-                    offset=record.offset,
-                    error=repr(exc),
-                )
-            if self.stopping.is_set() or self.app.should_stop:
-                return False
-            try:
-                await asyncio.wait_for(
-                    self.stopping.wait(), timeout=self.retention.settings.error_backoff_s
-                )
-            except TimeoutError:
-                continue
+            except Exception:
+                if self.app.should_stop:
+                    # Stopping: no wait, no retry; the event stays unacked.
+                    self.stopping.set()
+                raise
+            return done.last_done is not None
+
+        try:
+            return await retry(
+                attempt,
+                policy=self.retention.settings.outage_policy,
+                what="faust_event",
+                retry_on=any_error,
+                stop=self.stopping,
+                log_fields={
+                    "service": self.retention.service,
+                    "partition": record.partition,
+                    "offset": record.offset,
+                },
+            )
+        except Stopped:
             return False
 
     async def agent(self, stream: Any) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas import RetryPolicy
+
 __all__ = ["ConsumerSettings"]
 
 
@@ -94,5 +96,17 @@ class ConsumerSettings(BaseSettings):
         default=1.0,
         gt=0,
         validation_alias=AliasChoices("error_backoff_s", "RETENTION_CONSUMER_ERROR_BACKOFF_S"),
-        description="Pause before re-reading a partition after Kafka or the database failed.",
+        description=(
+            "First pause before polling again or retrying a batch after Kafka or the "
+            "database failed; doubles up to five times this."
+        ),
     )
+
+    @property
+    def outage_policy(self) -> RetryPolicy:
+        """The SDK's one outage policy: polls, batches, and the Faust adapter's events."""
+        return RetryPolicy(
+            initial_s=self.error_backoff_s,
+            max_s=5 * self.error_backoff_s,
+            jitter_s=self.error_backoff_s / 4,
+        )

@@ -29,6 +29,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from coordinator.clock import Clock
 from coordinator.db import when_reachable
 from coordinator.tables import scheduler_fires
+from schemas import RetryPolicy, Stopped, retry
+from schemas.retries import any_error
 
 __all__ = ["LEADER_LOCK", "Fire", "Job", "Schedule", "Scheduler", "validate_cron"]
 
@@ -110,6 +112,9 @@ class Scheduler:
         self._running: dict[str, asyncio.Task[None]] = {}
         # Before any fire is recorded, "history" starts when this scheduler first led.
         self._baseline: datetime | None = None
+        self.retry_policy = RetryPolicy(initial_s=tick_seconds, max_s=tick_seconds)
+        """A failed tick is tried again a tick later, not later still: a leader that backs
+        off longer lets fires pass their misfire grace."""
 
     @property
     def is_leader(self) -> bool:
@@ -276,16 +281,29 @@ class Scheduler:
         try:
             while not stop.is_set():
                 try:
-                    await self.tick()
-                except Exception:
-                    # A database outage must not kill the scheduler: retry at the next tick.
-                    log.exception("scheduler.tick_failed", node=self.node)
-                    await self._drop_lock_conn()
+                    # A database outage must not kill the scheduler: every error is retried.
+                    await retry(
+                        self._tick_or_resign,
+                        policy=self.retry_policy,
+                        what="scheduler_tick",
+                        retry_on=any_error,
+                        stop=stop,
+                    )
+                except Stopped:
+                    break
                 with suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=self._tick)
             await self.wait_idle()
         finally:
             await self.close()
+
+    async def _tick_or_resign(self) -> None:
+        try:
+            await self.tick()
+        except Exception:
+            # The lock's session may be gone with the server: take leadership afresh.
+            await self._drop_lock_conn()
+            raise
 
     async def close(self) -> None:
         """Release leadership (closing the lock connection frees the advisory lock)."""

@@ -21,6 +21,7 @@ from schemas.models import (
     ServiceRegistration,
     utc_now,
 )
+from schemas.retries import RetryPolicy, Stopped, is_transient, retry
 from schemas.topics import DEFAULT_PREFIX, Topics
 
 __all__ = [
@@ -36,7 +37,9 @@ __all__ = [
     "PoisonRecord",
     "RetentionAck",
     "RetentionEvent",
+    "RetryPolicy",
     "ServiceRegistration",
+    "Stopped",
     "Topics",
     "async_database_url",
     "clip_text",
@@ -44,5 +47,7 @@ __all__ = [
     "decode",
     "encode",
     "is_disconnect",
+    "is_transient",
+    "retry",
     "utc_now",
 ]

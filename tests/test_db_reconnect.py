@@ -8,7 +8,9 @@ import pytest
 from sqlalchemy.exc import IntegrityError, InterfaceError
 
 from coordinator.db import when_reachable
-from schemas import is_disconnect
+from schemas import RetryPolicy, is_disconnect
+
+FAST = RetryPolicy(initial_s=0.01, max_s=0.01)
 
 
 @pytest.mark.parametrize(
@@ -46,7 +48,7 @@ async def test_retries_until_reachable() -> None:
             raise ConnectionRefusedError(111, "Connect call failed")
         return "recorded"
 
-    assert await when_reachable(flaky, what="test", first_delay_s=0.01) == "recorded"
+    assert await when_reachable(flaky, what="test", policy=FAST) == "recorded"
     assert calls == 3
 
 
@@ -59,11 +61,13 @@ async def test_gives_up_after_the_timeout_and_never_retries_real_errors() -> Non
         raise ConnectionRefusedError(111, "Connect call failed")
 
     with pytest.raises(ConnectionRefusedError):
-        await when_reachable(down, what="test", timeout_s=0.05, first_delay_s=0.01)
+        await when_reachable(
+            down, what="test", policy=FAST.model_copy(update={"give_up_after_s": 0.05})
+        )
     assert 2 <= calls <= 6
 
     async def wrong() -> None:
         raise IntegrityError("INSERT", {}, Exception("duplicate key"))
 
     with pytest.raises(IntegrityError):
-        await when_reachable(wrong, what="test", first_delay_s=0.01)
+        await when_reachable(wrong, what="test", policy=FAST)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from contextlib import suppress
 
 import structlog
 
@@ -20,7 +21,8 @@ from consumer_sdk._internal.transport import (
 from consumer_sdk.idempotency import IdempotencyStore
 from consumer_sdk.metrics import ConsumerMetrics
 from consumer_sdk.settings import ConsumerSettings
-from schemas import ServiceRegistration, Topics, encode
+from schemas import ServiceRegistration, Stopped, Topics, encode, retry
+from schemas.retries import any_error
 
 __all__ = ["Runtime"]
 
@@ -137,13 +139,18 @@ class Runtime:
         settings = self.settings
         while not self._stopping.is_set():
             try:
-                batches = await self.consumer.getmany(
-                    timeout_s=settings.poll_timeout_s, max_records=settings.max_batch
+                batches = await retry(
+                    lambda: self.consumer.getmany(
+                        timeout_s=settings.poll_timeout_s, max_records=settings.max_batch
+                    ),
+                    policy=settings.outage_policy,
+                    what="poll",
+                    retry_on=any_error,
+                    stop=self._stopping,
+                    log_fields={"service": self.service},
                 )
-            except Exception as exc:
-                log.warning("poll failed; retrying", service=self.service, error=repr(exc))
-                await asyncio.sleep(settings.error_backoff_s)
-                continue
+            except Stopped:
+                return
             if self._rebalancing or self._stopping.is_set():
                 # Positions reset to the committed offsets once the rebalance completes.
                 continue
@@ -195,22 +202,26 @@ class Runtime:
     async def process_batch(
         self, partition: Partition, records: Sequence[Record], stopping: asyncio.Event
     ) -> None:
-        """Handle records in order, send every ack and DLQ record, await them all, commit."""
-        try:
-            await self._process_batch(partition, records, stopping)
-        except Exception as exc:
-            # Re-read the whole batch after a pause, from its first offset known here: a
-            # rewind to the committed offset fetched from a broker that is down did not
-            # take effect, and the next commit then passed events whose acks were lost.
-            log.error(
-                "batch failed; re-reading it",
-                service=self.service,
-                partition=partition.partition,
-                offset=records[0].offset,
-                error=repr(exc),
+        """Handle records in order, send every ack and DLQ record, await them all, commit.
+
+        A failed batch is tried again whole, in place, until it goes through or the
+        partition stops (then nothing is committed and the batch is redelivered). Not a
+        rewind: a rewind to the committed offset fetched from a broker that is down did
+        not take effect, and the next commit then passed events whose acks were lost.
+        """
+        with suppress(Stopped):
+            await retry(
+                lambda: self._process_batch(partition, records, stopping),
+                policy=self.settings.outage_policy,
+                what="batch",
+                retry_on=any_error,
+                stop=stopping,
+                log_fields={
+                    "service": self.service,
+                    "partition": partition.partition,
+                    "offset": records[0].offset,
+                },
             )
-            await asyncio.sleep(self.settings.error_backoff_s)
-            self.consumer.seek(partition, records[0].offset)
 
     async def _process_batch(
         self, partition: Partition, records: Sequence[Record], stopping: asyncio.Event

@@ -69,9 +69,6 @@ class ConsumerPort(Protocol):
     async def commit(self, offsets: Mapping[Partition, int]) -> None:
         """Commit next-offsets; `CommitLost` if the partition is no longer ours."""
 
-    def seek(self, partition: Partition, offset: int) -> None:
-        """Read `partition` from `offset` on; nothing when it is no longer assigned."""
-
     def assignment(self) -> set[Partition]: ...
     def pause(self, partition: Partition) -> None: ...
     def resume(self, partition: Partition) -> None: ...
@@ -143,12 +140,6 @@ class _AiokafkaConsumer:
             raise CommitLost(repr(exc)) from exc
         except KafkaError as exc:
             raise TransportError(repr(exc)) from exc
-
-    def seek(self, partition: Partition, offset: int) -> None:
-        tp = TopicPartition(partition.topic, partition.partition)
-        # A partition revoked meanwhile restarts from its committed offset when reassigned.
-        if tp in self._consumer.assignment():
-            self._consumer.seek(tp, offset)
 
     def assignment(self) -> set[Partition]:
         return {Partition(tp.topic, tp.partition) for tp in self._consumer.assignment()}

@@ -14,17 +14,16 @@ own rows. docs/relay.md has the whole design.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 
 import structlog
 from aiokafka.errors import KafkaError
 from sqlalchemy import ARRAY, Uuid, any_, bindparam, func, select, update
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator import audit
@@ -40,9 +39,17 @@ from coordinator.outbox.producer import (
 )
 from coordinator.settings import RelaySettings
 from coordinator.tables import outbox
-from schemas import KafkaSettings
+from schemas import KafkaSettings, RetryPolicy, Stopped, is_transient, retry
+from schemas.retries import is_kafka_transient
 
-__all__ = ["AUDIT_ACTION", "BatchResult", "OutboxRelay", "Watchdog", "event_from_row"]
+__all__ = [
+    "AUDIT_ACTION",
+    "BatchResult",
+    "OutboxRelay",
+    "PublishFailed",
+    "Watchdog",
+    "event_from_row",
+]
 
 AUDIT_ACTION = "events_published"
 
@@ -113,22 +120,6 @@ class Watchdog:
         return self._monotonic() - self._last_progress > self._stall_after_s
 
 
-class _Backoff:
-    """Exponential backoff with full jitter, reset on success."""
-
-    def __init__(self, initial_s: float, max_s: float) -> None:
-        self._initial_s, self._max_s = initial_s, max_s
-        self._attempt = 0
-
-    def next(self) -> float:
-        ceiling = min(self._max_s, self._initial_s * 2**self._attempt)
-        self._attempt = min(self._attempt + 1, 32)
-        return random.uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> None:
-        self._attempt = 0
-
-
 def _consume_outcome(future: asyncio.Future[object]) -> None:
     # A send we stopped waiting for may still fail later; retrieve its exception so
     # asyncio does not report it as never retrieved. The row is already marked for retry.
@@ -136,12 +127,17 @@ def _consume_outcome(future: asyncio.Future[object]) -> None:
         future.exception()
 
 
-async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        async with asyncio.timeout(seconds):
-            await stop.wait()
-    except TimeoutError:
-        pass
+class PublishFailed(KafkaError):  # type: ignore[misc]  # aiokafka ships no types
+    """The broker acknowledged none of a batch's records: wait, then send them again."""
+
+    retriable = True
+
+
+@dataclass(eq=False, slots=True)
+class _LoopState:
+    total: int = 0
+    inflight: _Claim | None = None
+    result: BatchResult | None = None
 
 
 class OutboxRelay:
@@ -170,6 +166,12 @@ class OutboxRelay:
         self._actor = actor
         self._producer: EventProducer | None = None
         self._watchdog = Watchdog(self._settings.stall_timeout_s)
+        self.retry_policy = RetryPolicy(
+            initial_s=self._settings.backoff_initial_s,
+            max_s=self._settings.backoff_max_s,
+            jitter_s=self._settings.backoff_initial_s,
+        )
+        """After a failed batch; what is retried depends on the mode (see `_loop`)."""
         self._backlog_refreshed = float("-inf")
         self._claim_query = (
             select(*(outbox.c[name] for name in EVENT_COLUMNS))
@@ -404,54 +406,65 @@ class OutboxRelay:
             log.warning("producer_stop_failed", error=repr(exc))
 
     async def _loop(self, stop: asyncio.Event, *, until_empty: bool) -> int:
-        settings = self._settings
-        backoff = _Backoff(settings.backoff_initial_s, settings.backoff_max_s)
         # Draining (inside `retention run`) reports a database error; serving rides it out.
-        transient: tuple[type[BaseException], ...] = (KafkaError, OSError, TimeoutError)
-        if not until_empty:
-            transient += (DBAPIError,)
-        total = 0
-        inflight: _Claim | None = None
+        retry_on = is_kafka_transient if until_empty else is_transient
+        state = _LoopState()
         try:
             while not stop.is_set():
                 try:
-                    result, inflight = await self._round(inflight)
-                    if time.monotonic() - self._backlog_refreshed > 1.0:
-                        await self.backlog()
-                except transient as exc:
-                    if inflight is not None:
-                        await inflight.close()
-                        inflight = None
-                    log.warning("relay_batch_failed", error=repr(exc))
-                    await _sleep_unless(stop, backoff.next())
-                    continue
-                if result is not None:
-                    total += result.published
-                    if result.send_failed:
-                        # Partial progress does not feed the watchdog: a producer that
-                        # keeps failing some partitions must be replaced too.
-                        if not result.published:
-                            await _sleep_unless(stop, backoff.next())
-                        continue
-                    self._watchdog.progress()
-                    backoff.reset()
-                    if result.published or inflight is not None:
-                        continue
-                elif inflight is not None:
+                    busy = await retry(
+                        lambda: self._step(state),
+                        policy=self.retry_policy,
+                        what="relay_batch",
+                        retry_on=retry_on,
+                        stop=stop,
+                    )
+                except Stopped:
+                    break
+                if busy:
                     continue
                 # Nothing in flight and nothing claimable (or only unpublishable rows).
                 self._watchdog.progress()
-                if until_empty and (result is not None or await self.backlog() == 0):
+                if until_empty and (state.result is not None or await self.backlog() == 0):
                     break
-                await _sleep_unless(stop, settings.idle_sleep_s)
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self._settings.idle_sleep_s)
         except BaseException:
-            if inflight is not None:
-                await inflight.close()
+            if state.inflight is not None:
+                await state.inflight.close()
             raise
-        if inflight is not None:
+        if state.inflight is not None:
             # Stopped with a batch in flight: finish it rather than send it again later.
-            async with inflight:
-                total += (await self._finish(inflight)).published
+            async with state.inflight:
+                state.total += (await self._finish(state.inflight)).published
         if until_empty:
             await self.backlog()
-        return total
+        return state.total
+
+    async def _step(self, state: _LoopState) -> bool:
+        """One round; True while there is more to do at once, False when idle.
+
+        Raises:
+            PublishFailed: the broker took none of the batch; the retry waits first.
+        """
+        try:
+            state.result, state.inflight = await self._round(state.inflight)
+            if time.monotonic() - self._backlog_refreshed > 1.0:
+                await self.backlog()
+        except BaseException:
+            if state.inflight is not None:
+                await state.inflight.close()
+                state.inflight = None
+            raise
+        result = state.result
+        if result is None:
+            return state.inflight is not None
+        state.total += result.published
+        if result.send_failed:
+            # Partial progress does not feed the watchdog: a producer that keeps
+            # failing some partitions must be replaced too.
+            if not result.published:
+                raise PublishFailed(f"{result.send_failed} records not acknowledged")
+            return True
+        self._watchdog.progress()
+        return bool(result.published or state.inflight is not None)

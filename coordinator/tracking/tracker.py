@@ -10,16 +10,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import Clock
@@ -30,20 +27,22 @@ from schemas import (
     KafkaSettings,
     PoisonRecord,
     RetentionAck,
+    RetryPolicy,
     ServiceRegistration,
+    Stopped,
     clip_text,
     dead_letter,
     decode,
     encode,
+    retry,
 )
+from schemas.retries import any_error
 
 __all__ = ["Cycle", "Tracker"]
 
 log = structlog.get_logger("retention.tracker")
 
 _HOUSEKEEPING_LIMIT = 1000
-_RETRY_DELAY_S = 2.0
-_OUTAGES = (DBAPIError, KafkaError, OSError, TimeoutError)
 
 
 @dataclass(slots=True)
@@ -59,6 +58,9 @@ class Cycle:
 
 class Tracker:
     """Follows every published event until each expected service has acknowledged it."""
+
+    retry_policy = RetryPolicy(initial_s=0.5, max_s=5.0, jitter_s=0.5)
+    """Between failed cycles: soon after a blip, no faster than every 5 s in an outage."""
 
     def __init__(
         self,
@@ -350,16 +352,17 @@ class Tracker:
             timeout_ms = int(self._settings.poll_interval_s * 1000)
             while not stop.is_set():
                 try:
-                    await self.process_once(timeout_ms=timeout_ms)
-                except Exception as exc:
-                    # The batch was rewound; try again later. Outages are expected: one
-                    # line each, not a traceback per retry. Anything else is a bug.
-                    if isinstance(exc, _OUTAGES):
-                        log.warning("tracker_cycle_failed", error=repr(exc))
-                    else:
-                        log.exception("tracker_cycle_failed")
-                    with suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), _RETRY_DELAY_S)
+                    # A failed batch was rewound and is read again. Every error is
+                    # retried; one that is no outage is logged as the bug it is.
+                    await retry(
+                        lambda: self.process_once(timeout_ms=timeout_ms),
+                        policy=self.retry_policy,
+                        what="tracker_cycle",
+                        retry_on=any_error,
+                        stop=stop,
+                    )
+                except Stopped:
+                    break
         finally:
             await self.stop()
 

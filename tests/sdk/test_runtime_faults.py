@@ -48,9 +48,6 @@ class FakeConsumer:
     async def commit(self, offsets: Mapping[Partition, int]) -> None:
         self.committed.append(offsets[P0])
 
-    def seek(self, partition: Partition, offset: int) -> None:
-        self.position = offset
-
     def assignment(self) -> set[Partition]:
         return {P0}
 
