@@ -28,14 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import delete, not_, text
 from sqlalchemy.dialects import postgresql
 
 from bench import chart, data, e2e, kafka_tools
 from bench.seed_executor import execute_policy
 from coordinator.db import make_engine
-from coordinator.kafka_admin import ensure_topics
+from coordinator.kafka import admin
+from coordinator.kafka.admin import ensure_topics
 from coordinator.outbox.relay import OutboxRelay, event_from_row
 from coordinator.purge.holds import active_hold_exists
 from coordinator.settings import RelaySettings
@@ -201,15 +201,7 @@ def kafka_for(label: str) -> KafkaSettings:
 
 
 async def delete_topics(kafka: KafkaSettings) -> None:
-    admin = AIOKafkaAdminClient(**kafka.client_kwargs())
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        names = [t for t in Topics(kafka.topic_prefix).all() if t in existing]
-        if names:
-            await admin.delete_topics(names)
-    finally:
-        await admin.close()
+    await admin.delete_topics(kafka, Topics(kafka.topic_prefix).all())
 
 
 async def sample_events(url: str, limit: int) -> list[RetentionEvent]:

@@ -39,14 +39,14 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 
 from bench import kafka_tools
 from coordinator.db import make_engine
-from coordinator.kafka_admin import ensure_topics
+from coordinator.kafka import admin
+from coordinator.kafka.admin import ensure_topics
+from coordinator.kafka.producer import KafkaEventProducer, OutgoingRecord, producer_options
 from coordinator.migrate import upgrade
 from coordinator.outbox.event_json import EventWriter
-from coordinator.outbox.producer import KafkaEventProducer, OutgoingRecord, producer_options
 from coordinator.outbox.relay import OutboxRelay
 from coordinator.settings import RelaySettings
 from schemas import EventType, KafkaSettings, RetentionEvent, Topics, encode
@@ -193,14 +193,7 @@ def prefix(label: str) -> str:
 
 async def delete_topics(kafka: KafkaSettings) -> None:
     """The broker is shared: remove the bench's topics (millions of records) afterwards."""
-    admin = AIOKafkaAdminClient(**kafka.client_kwargs())
-    await admin.start()
-    try:
-        names = [t for p in PREFIXES for t in Topics(p).all()]
-        existing = set(await admin.list_topics())
-        await admin.delete_topics([t for t in names if t in existing])
-    finally:
-        await admin.close()
+    await admin.delete_topics(kafka, [t for p in PREFIXES for t in Topics(p).all()])
 
 
 def summary(count: int, timings: list[Timing]) -> dict[str, Any]:

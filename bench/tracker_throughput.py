@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy import func, select
 
 from coordinator.clock import FrozenClock, SystemClock
-from coordinator.kafka_admin import ensure_topics
+from coordinator.kafka.admin import ensure_topics
 from coordinator.migrate import upgrade
 from coordinator.tables import event_status
 from schemas import KafkaSettings, encode
@@ -87,7 +87,7 @@ async def main(total_acks: int, services: int, batch: int, lag_events: int) -> N
         consumed, batches = 0, 0
         started = time.perf_counter()
         while consumed < len(acks):
-            outcome = await tracker.consume_acks(timeout_ms=1000)
+            outcome = await tracker.consume_acks(timeout_s=1.0)
             if outcome is None:
                 continue
             consumed += outcome.records

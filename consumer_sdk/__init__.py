@@ -14,7 +14,6 @@ app.run()
 from consumer_sdk._internal.registry import BatchResult
 from consumer_sdk.app import SDK_VERSION, RetentionConsumer
 from consumer_sdk.context import HandlerContext
-from consumer_sdk.dlq import DlqHeader, DlqReason
 from consumer_sdk.exceptions import (
     ConfigurationError,
     DuplicateHandlerError,
@@ -36,6 +35,7 @@ from consumer_sdk.idempotency import (
 from consumer_sdk.metrics import ConsumerMetrics
 from consumer_sdk.settings import ConsumerSettings
 from schemas import AckStatus, EventType, RetentionAck, RetentionEvent
+from schemas.dlq import DlqHeader, DlqReason
 from schemas.logs import configure_logging
 
 __all__ = [

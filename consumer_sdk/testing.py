@@ -33,7 +33,6 @@ from consumer_sdk._internal.registry import HandlerSpec
 from consumer_sdk._internal.transport import Record
 from consumer_sdk.app import RetentionConsumer
 from consumer_sdk.context import HandlerContext
-from consumer_sdk.dlq import DlqHeader, DlqReason
 from consumer_sdk.idempotency import IdempotencyStore, InMemoryIdempotencyStore
 from schemas import (
     AckStatus,
@@ -43,6 +42,7 @@ from schemas import (
     decode,
     encode,
 )
+from schemas.dlq import DlqHeader, DlqReason
 
 _Headers = Sequence[tuple[str, bytes]]
 

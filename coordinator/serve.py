@@ -37,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from coordinator.api import ApiContext, RunInProgress, create_app
 from coordinator.clock import Clock, SystemClock
 from coordinator.db import make_engine
-from coordinator.kafka_admin import ensure_topics
+from coordinator.kafka.admin import ensure_topics
 from coordinator.metrics import Metrics
 from coordinator.outbox.relay import OutboxRelay
 from coordinator.policy.model import PolicySet

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from coordinator.kafka_admin import ensure_topics
+from coordinator.kafka.admin import ensure_topics
 from coordinator.migrate import upgrade
 from schemas import KafkaSettings
 from tests import infra

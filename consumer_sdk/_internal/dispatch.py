@@ -18,7 +18,6 @@ import structlog
 from consumer_sdk._internal.executor import Abandoned, EventExecutor, Outcome, Retry
 from consumer_sdk._internal.registry import HandlerRegistry, HandlerSpec
 from consumer_sdk._internal.transport import ProducerPort, Record
-from consumer_sdk.dlq import DlqHeader, DlqReason
 from consumer_sdk.idempotency import (
     AlreadyRecorded,
     BatchingStore,
@@ -31,12 +30,12 @@ from schemas import (
     PoisonRecord,
     RetentionEvent,
     Topics,
-    clip_text,
     dead_letter,
     decode,
     encode,
-    utc_now,
 )
+from schemas.dlq import DlqReason
+from schemas.dlq import dlq_headers as schemas_dlq_headers
 
 __all__ = ["Dispatched", "Dispatcher", "dlq_headers"]
 
@@ -61,20 +60,17 @@ def _headers(
     error: str,
     attempts: int,
 ) -> list[tuple[str, bytes]]:
-    ours = {
-        DlqHeader.REASON: reason.value,
-        DlqHeader.ERROR: error,
-        DlqHeader.SERVICE: service,
-        DlqHeader.ATTEMPTS: str(attempts),
-        DlqHeader.ORIGINAL_TOPIC: record.topic,
-        DlqHeader.ORIGINAL_PARTITION: str(record.partition),
-        DlqHeader.ORIGINAL_OFFSET: str(record.offset),
-        DlqHeader.FAILED_AT: utc_now().isoformat().replace("+00:00", "Z"),
-    }
-    if truncated:
-        ours[DlqHeader.TRUNCATED] = truncated
-    kept = [(k, v) for k, v in original if k not in set(ours)]
-    return kept + [(k.value, clip_text(v)) for k, v in ours.items()]
+    return schemas_dlq_headers(
+        original,
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        service=service,
+        reason=reason,
+        error=error,
+        attempts=attempts,
+        truncated=truncated,
+    )
 
 
 @dataclass(slots=True)

@@ -6,7 +6,6 @@ import asyncio
 import time
 from collections.abc import Awaitable
 
-from aiokafka.admin import AIOKafkaAdminClient
 from fastapi import APIRouter, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import select
@@ -14,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.api._context import Context
 from coordinator.api.models import HealthCheck, HealthView
+from coordinator.kafka.admin import missing_topics
 from schemas import KafkaSettings
 
 __all__ = ["check_database", "check_kafka", "router"]
@@ -28,13 +28,7 @@ async def check_database(engine: AsyncEngine) -> None:
 
 async def check_kafka(kafka: KafkaSettings) -> None:
     """The broker answers a metadata request and the events and acks topics exist."""
-    admin = AIOKafkaAdminClient(**kafka.client_kwargs())
-    try:
-        await admin.start()
-        existing = set(await admin.list_topics())
-    finally:
-        await admin.close()
-    missing = sorted({kafka.topics.events, kafka.topics.acks} - existing)
+    missing = await missing_topics(kafka, [kafka.topics.events, kafka.topics.acks])
     if missing:
         raise LookupError(f"topics missing: {', '.join(missing)}")
 

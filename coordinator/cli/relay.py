@@ -14,7 +14,7 @@ import typer
 
 from coordinator.cli._app import emit_json, err_console, load_settings
 from coordinator.db import make_engine
-from coordinator.kafka_admin import ensure_topics
+from coordinator.kafka.admin import ensure_topics
 from coordinator.outbox.relay import OutboxRelay
 from coordinator.settings import Settings
 

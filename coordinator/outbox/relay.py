@@ -28,15 +28,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator import audit
 from coordinator.clock import Clock, SystemClock
-from coordinator.metrics import Metrics
-from coordinator.outbox.events import EVENT_COLUMNS, RecordEncoder, event_from_row
-from coordinator.outbox.producer import (
+from coordinator.kafka.producer import (
     Delivery,
     EventProducer,
     KafkaEventProducer,
     OutgoingRecord,
     ProducerFactory,
 )
+from coordinator.metrics import Metrics
+from coordinator.outbox.events import EVENT_COLUMNS, RecordEncoder, event_from_row
 from coordinator.settings import RelaySettings
 from coordinator.tables import outbox
 from schemas import KafkaSettings, RetryPolicy, Stopped, is_transient, retry

@@ -12,14 +12,20 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TypeVar
 
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.structs import OffsetAndMetadata
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import Clock
+from coordinator.kafka.clients import KafkaAckReader, KafkaPublisher, KafkaRegistrationReader
+from coordinator.kafka.ports import (
+    AckReader,
+    ConsumedRecord,
+    OutgoingRecord,
+    Publisher,
+    RegistrationReader,
+)
 from coordinator.metrics import Metrics
 from coordinator.settings import TrackerSettings
 from coordinator.tracking import deadlines, ledger, registry, snapshot
@@ -30,19 +36,23 @@ from schemas import (
     RetryPolicy,
     ServiceRegistration,
     Stopped,
-    clip_text,
     dead_letter,
     decode,
     encode,
     retry,
 )
+from schemas.dlq import DlqReason, dlq_headers
 from schemas.retries import any_error
 
-__all__ = ["Cycle", "Tracker"]
+__all__ = ["Cycle", "Tracker", "TrackerKafka"]
 
 log = structlog.get_logger("retention.tracker")
 
 _HOUSEKEEPING_LIMIT = 1000
+DLQ_SERVICE = "tracker"
+"""`DlqHeader.SERVICE` on acks the tracker dead-letters."""
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -54,6 +64,23 @@ class Cycle:
     acks: ledger.LedgerOutcome | None = None
     reminders: int = 0
     overdue: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TrackerKafka:
+    """The tracker's three Kafka clients; `coordinator.kafka.memory` has stand-ins."""
+
+    publisher: Publisher
+    acks: AckReader
+    registrations: RegistrationReader
+
+    @classmethod
+    def connect(cls, kafka: KafkaSettings, settings: TrackerSettings) -> TrackerKafka:
+        return cls(
+            KafkaPublisher(kafka),
+            KafkaAckReader(kafka, group_id=settings.group_id, max_poll_records=settings.batch_size),
+            KafkaRegistrationReader(kafka),
+        )
 
 
 class Tracker:
@@ -70,9 +97,10 @@ class Tracker:
         *,
         clock: Clock,
         metrics: Metrics,
+        clients: TrackerKafka | None = None,
     ) -> None:
         self._engine = engine
-        self._kafka = kafka
+        self._kafka = clients if clients is not None else TrackerKafka.connect(kafka, settings)
         self._settings = settings
         self._clock = clock
         self._metrics = metrics
@@ -82,90 +110,57 @@ class Tracker:
             backoff=settings.reminder_backoff,
             max_reminders=settings.max_reminders,
         )
-        self._producer: AIOKafkaProducer | None = None
-        self._acks: AIOKafkaConsumer | None = None
-        self._services: AIOKafkaConsumer | None = None
+        self._started = False
         self._gauge_services: set[str] = set()
         self._last_housekeeping = float("-inf")
 
-    async def start(self) -> None:
-        common = self._kafka.client_kwargs()
-        self._producer = AIOKafkaProducer(**common, acks="all", enable_idempotence=True)
-        self._acks = AIOKafkaConsumer(
-            self._topics.acks,
-            **common,
-            group_id=self._settings.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=self._settings.batch_size,
-        )
-        # No group: every tracker reads the whole compacted topic from its start.
-        self._services = AIOKafkaConsumer(
-            self._topics.services,
-            **common,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-        )
+    async def start(self, *, timeout_s: float = 30.0) -> None:
+        k = self._kafka
         try:
-            await self._producer.start()
-            await self._acks.start()
-            await self._services.start()
-            await self._assign_services()
+            await k.publisher.start()
+            await k.acks.start()
+            await k.registrations.start(timeout_s=timeout_s)
         except BaseException:
             await self.stop()
             raise
-
-    async def _assign_services(self, *, timeout_s: float = 30.0) -> None:
-        consumer, topic = self._services_, self._topics.services
-        deadline = time.monotonic() + timeout_s
-        # Without a group the consumer assigns itself every partition once the topic's
-        # metadata arrives, which for a topic created a moment ago can take a while.
-        while not consumer.assignment():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"topic {topic} does not exist (run `retention serve` once)")
-            await asyncio.sleep(0.05)
+        self._started = True
 
     async def stop(self) -> None:
-        for client in (self._acks, self._services, self._producer):
-            if client is not None:
-                await client.stop()
-        self._acks = self._services = self._producer = None
+        self._started = False
+        for client in (self._kafka.acks, self._kafka.registrations, self._kafka.publisher):
+            await client.stop()
 
     # --- registry -------------------------------------------------------------------
 
     async def sync_registry(self, *, timeout_s: float = 30.0) -> int:
         """Read the services topic up to its current end: call before trusting snapshots."""
-        consumer = self._services_
-        assigned = list(consumer.assignment())
-        end = await consumer.end_offsets(assigned)
+        reader = self._client(self._kafka.registrations)
+        end = await reader.end_offsets()
         applied = 0
         deadline = time.monotonic() + timeout_s
-        while [tp for tp in assigned if await consumer.position(tp) < end[tp]]:
+        while any(end.get(p, 0) > at for p, at in (await reader.positions()).items()):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"services topic not read to its end in {timeout_s}s")
-            applied += await self.poll_registry(timeout_ms=500)
+            applied += await self.poll_registry(timeout_s=0.5)
         return applied
 
-    async def poll_registry(self, *, timeout_ms: int = 0) -> int:
-        consumer = self._services_
-        batches = await consumer.getmany(timeout_ms=timeout_ms)
+    async def poll_registry(self, *, timeout_s: float = 0.0) -> int:
+        messages = await self._client(self._kafka.registrations).read(timeout_s=timeout_s)
         records: list[ServiceRegistration | registry.Retirement] = []
-        for tp, messages in batches.items():
-            for msg in messages:
-                if msg.value is None and msg.key is not None:
-                    at = _from_ms(msg.timestamp)
-                    records.append(registry.Retirement(msg.key.decode("utf-8", "replace"), at))
-                    continue
-                try:
-                    records.append(decode(ServiceRegistration, msg.value))
-                except PoisonRecord as exc:
-                    log.warning(
-                        "registration_rejected",
-                        partition=tp.partition,
-                        offset=msg.offset,
-                        reason=exc.reason,
-                    )
+        for msg in messages:
+            if msg.value is None and msg.key is not None:
+                at = _from_ms(msg.timestamp_ms)
+                records.append(registry.Retirement(msg.key.decode("utf-8", "replace"), at))
+                continue
+            try:
+                records.append(decode(ServiceRegistration, msg.value))
+            except PoisonRecord as exc:
+                log.warning(
+                    "registration_rejected",
+                    partition=msg.partition,
+                    offset=msg.offset,
+                    reason=exc.reason,
+                )
         if not records:
             return 0
         records.sort(key=lambda r: r.registered_at if isinstance(r, ServiceRegistration) else r.at)
@@ -189,27 +184,24 @@ class Tracker:
             if len(tracked) < _HOUSEKEEPING_LIMIT:
                 return total
 
-    async def consume_acks(self, *, timeout_ms: int = 1000) -> ledger.LedgerOutcome | None:
+    async def consume_acks(self, *, timeout_s: float = 1.0) -> ledger.LedgerOutcome | None:
         """Apply one batch of acks in one transaction, then commit its offsets."""
-        consumer = self._acks_
-        batches = await consumer.getmany(
-            timeout_ms=timeout_ms, max_records=self._settings.batch_size
-        )
-        records: list[ledger.ConsumedAck] = []
-        poison = []
-        for tp, messages in batches.items():
-            for msg in messages:
-                try:
-                    ack = decode(RetentionAck, msg.value)
-                except PoisonRecord as exc:
-                    records.append(
-                        ledger.ConsumedAck(tp.topic, tp.partition, msg.offset, None, exc.reason)
-                    )
-                    poison.append((msg, exc.reason))
-                else:
-                    records.append(ledger.ConsumedAck(tp.topic, tp.partition, msg.offset, ack))
-        if not records:
+        reader = self._client(self._kafka.acks)
+        messages = await reader.read(timeout_s=timeout_s, max_records=self._settings.batch_size)
+        if not messages:
             return None
+        records: list[ledger.ConsumedAck] = []
+        poison: list[tuple[ConsumedRecord, str]] = []
+        for msg in messages:
+            try:
+                ack = decode(RetentionAck, msg.value)
+            except PoisonRecord as exc:
+                records.append(
+                    ledger.ConsumedAck(msg.topic, msg.partition, msg.offset, None, exc.reason)
+                )
+                poison.append((msg, exc.reason))
+            else:
+                records.append(ledger.ConsumedAck(msg.topic, msg.partition, msg.offset, ack))
         try:
             if poison:
                 await self._dead_letter(poison)
@@ -222,33 +214,30 @@ class Tracker:
                 )
         except Exception:
             # Nothing was recorded: rewind so the batch is read again, not skipped.
-            for tp, messages in batches.items():
-                if messages:
-                    consumer.seek(tp, messages[0].offset)
+            reader.rewind(messages)
             raise
-        await consumer.commit(
-            {tp: OffsetAndMetadata(msgs[-1].offset + 1, "") for tp, msgs in batches.items() if msgs}
-        )
+        await reader.commit(messages)
         self._count(outcome)
         return outcome
 
-    async def _dead_letter(self, poison: list[tuple[Any, str]]) -> None:
-        producer = self._producer_
-        sends = []
+    async def _dead_letter(self, poison: list[tuple[ConsumedRecord, str]]) -> None:
+        letters = []
         for msg, reason in poison:
             # Cut to fit: a record too large for the DLQ would fail this batch forever.
-            letter = dead_letter(msg.key, msg.value, msg.headers or ())
-            headers = [
-                *letter.headers,
-                ("retention-error", clip_text(reason)),
-                ("retention-source", f"{msg.topic}:{msg.partition}:{msg.offset}".encode()),
-            ]
-            if letter.truncated:
-                headers.append(("retention-truncated", letter.truncated.encode()))
-            sends.append(
-                producer.send(self._topics.dlq, value=letter.value, key=letter.key, headers=headers)
+            letter = dead_letter(msg.key, msg.value, msg.headers)
+            headers = dlq_headers(
+                letter.headers,
+                topic=msg.topic,
+                partition=msg.partition,
+                offset=msg.offset,
+                service=DLQ_SERVICE,
+                reason=DlqReason.POISON,
+                error=reason,
+                attempts=0,
+                truncated=letter.truncated,
             )
-        await asyncio.gather(*await asyncio.gather(*sends))
+            letters.append(OutgoingRecord(letter.key, letter.value, headers))
+        await self._client(self._kafka.publisher).publish(self._topics.dlq, letters)
 
     def _count(self, outcome: ledger.LedgerOutcome) -> None:
         m = self._metrics
@@ -272,7 +261,7 @@ class Tracker:
 
     async def send_reminders(self) -> int:
         """Re-publish due events; counted and scheduled only once the broker has them."""
-        producer = self._producer_
+        publisher = self._client(self._kafka.publisher)
         total = 0
         while True:
             async with self._engine.begin() as conn:
@@ -280,18 +269,17 @@ class Tracker:
                 due = await deadlines.due_reminders(conn, now=now, limit=_HOUSEKEEPING_LIMIT)
                 if not due:
                     return total
-                sent = await asyncio.gather(
-                    *(
-                        producer.send(
-                            self._topics.events,
-                            value=encode(r.event),
-                            key=r.event.key.encode(),
-                            headers=[("retention-reminder", str(r.number).encode())],
+                await publisher.publish(
+                    self._topics.events,
+                    [
+                        OutgoingRecord(
+                            r.event.key.encode(),
+                            encode(r.event),
+                            [("retention-reminder", str(r.number).encode())],
                         )
                         for r in due
-                    )
+                    ],
                 )
-                await asyncio.gather(*sent)
                 await deadlines.record_reminders(conn, due, now=now, schedule=self._schedule)
             for r in due:
                 self._metrics.reminders_sent.labels(policy=r.event.policy).inc()
@@ -335,9 +323,9 @@ class Tracker:
         await self.refresh_gauges()
         return cycle
 
-    async def process_once(self, *, timeout_ms: int = 1000) -> Cycle:
+    async def process_once(self, *, timeout_s: float = 1.0) -> Cycle:
         """One batch of acks, then housekeeping if it is due."""
-        outcome = await self.consume_acks(timeout_ms=timeout_ms)
+        outcome = await self.consume_acks(timeout_s=timeout_s)
         cycle = Cycle()
         if time.monotonic() - self._last_housekeeping >= self._settings.poll_interval_s:
             cycle = await self.housekeeping()
@@ -349,13 +337,13 @@ class Tracker:
         await self.start()
         try:
             await self.sync_registry()
-            timeout_ms = int(self._settings.poll_interval_s * 1000)
+            timeout_s = self._settings.poll_interval_s
             while not stop.is_set():
                 try:
                     # A failed batch was rewound and is read again. Every error is
                     # retried; one that is no outage is logged as the bug it is.
                     await retry(
-                        lambda: self.process_once(timeout_ms=timeout_ms),
+                        lambda: self.process_once(timeout_s=timeout_s),
                         policy=self.retry_policy,
                         what="tracker_cycle",
                         retry_on=any_error,
@@ -366,23 +354,10 @@ class Tracker:
         finally:
             await self.stop()
 
-    @property
-    def _producer_(self) -> AIOKafkaProducer:
-        return _started(self._producer)
-
-    @property
-    def _acks_(self) -> AIOKafkaConsumer:
-        return _started(self._acks)
-
-    @property
-    def _services_(self) -> AIOKafkaConsumer:
-        return _started(self._services)
-
-
-def _started(client: Any) -> Any:
-    if client is None:
-        raise RuntimeError("Tracker.start() has not been called")
-    return client
+    def _client(self, client: T) -> T:
+        if not self._started:
+            raise RuntimeError("Tracker.start() has not been called")
+        return client
 
 
 def _from_ms(timestamp_ms: int) -> datetime:

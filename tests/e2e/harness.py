@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import Clock, SystemClock
 from coordinator.db import make_engine
-from coordinator.kafka_admin import ensure_topics
+from coordinator.kafka.admin import ensure_topics
 from coordinator.metrics import Metrics
 from coordinator.migrate import upgrade
 from coordinator.outbox.relay import OutboxRelay

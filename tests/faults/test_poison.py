@@ -45,9 +45,8 @@ def _dead_letters(records: Sequence[ConsumerRecord[bytes, bytes]], acks_topic: s
     for record in records:
         headers = _headers(record)
         if headers.get(DlqHeader.REASON) == DlqReason.POISON.value:
-            found[headers[DlqHeader.SERVICE]] += 1
-        elif headers.get("retention-source", "").startswith(f"{acks_topic}:"):
-            found["tracker"] += 1
+            tracker = headers[DlqHeader.ORIGINAL_TOPIC] == acks_topic
+            found["tracker" if tracker else headers[DlqHeader.SERVICE]] += 1
     return found
 
 
@@ -124,9 +123,9 @@ async def poison_scenario(
     assert _dead_letters(dlq.records, topics.acks) == want
     # Records larger than the DLQ takes are dead-lettered cut to size, saying so.
     cut = Counter(
-        "tracker" if "retention-truncated" in h else h.get(DlqHeader.SERVICE, "?")
+        h.get(DlqHeader.SERVICE, "?")
         for h in map(_headers, dlq.records)
-        if DlqHeader.TRUNCATED in h or "retention-truncated" in h
+        if DlqHeader.TRUNCATED in h
     )
     big = oversized + giant
     assert cut == (Counter({**dict.fromkeys(PRODUCT_SERVICES, big), "tracker": big}) if big else {})

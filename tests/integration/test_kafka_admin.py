@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from coordinator.kafka_admin import ensure_topics, missing_topics
+from coordinator.kafka.admin import ensure_topics, missing_topics
 from schemas import KafkaSettings
 from tests.infra import ROOT
 
@@ -18,7 +18,7 @@ def _ready(kafka: KafkaSettings) -> subprocess.CompletedProcess[str]:
         "RETENTION_KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
     }
     return subprocess.run(
-        [sys.executable, "-m", "coordinator.kafka_admin"],
+        [sys.executable, "-m", "coordinator.kafka.admin"],
         cwd=ROOT,
         env=env,
         capture_output=True,

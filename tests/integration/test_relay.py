@@ -19,8 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator import audit
 from coordinator.db import make_engine
+from coordinator.kafka.producer import Delivery, EventProducer, KafkaEventProducer, OutgoingRecord
 from coordinator.metrics import Metrics
-from coordinator.outbox.producer import Delivery, EventProducer, KafkaEventProducer, OutgoingRecord
 from coordinator.outbox.relay import AUDIT_ACTION, OutboxRelay
 from coordinator.settings import RelaySettings
 from coordinator.tables import audit_log, outbox

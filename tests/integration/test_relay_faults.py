@@ -17,8 +17,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.db import make_engine
+from coordinator.kafka.producer import Delivery, EventProducer, KafkaEventProducer, OutgoingRecord
 from coordinator.metrics import Metrics
-from coordinator.outbox.producer import Delivery, EventProducer, KafkaEventProducer, OutgoingRecord
 from coordinator.outbox.relay import OutboxRelay
 from coordinator.settings import RelaySettings
 from coordinator.tables import outbox

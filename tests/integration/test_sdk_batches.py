@@ -24,7 +24,7 @@ from consumer_sdk import (
     RetryLater,
 )
 from coordinator.db import make_engine
-from coordinator.kafka_admin import ensure_topics
+from coordinator.kafka.admin import ensure_topics
 from schemas import KafkaSettings, decode
 from tests.integration.test_sdk_delivery import (
     FAST,

@@ -20,6 +20,7 @@ from coordinator.migrate import upgrade
 from coordinator.tables import ack_ledger, audit_log, event_status, expected_acks, service_registry
 from coordinator.tracking.tracker import Tracker
 from schemas import AckStatus, KafkaSettings, RetentionEvent, decode
+from schemas.dlq import DlqHeader
 from tests import infra
 from tests.integration.tracking_support import (
     ack,
@@ -207,7 +208,7 @@ async def test_rejected_acks_are_recorded_never_applied(env: Env) -> None:
     ]
     assert all(r.audit_seq is not None for r in rows)
     dead = await _read_all(env.kafka, env.kafka.topics.dlq, 2)
-    assert sorted(dict(m.headers)["retention-error"][:7] for m in dead) == [b"invalid", b"not JSO"]
+    assert sorted(dict(m.headers)[DlqHeader.ERROR][:7] for m in dead) == [b"invalid", b"not JSO"]
 
 
 async def test_snapshot_rows_cite_their_events_tracked_entry(env: Env) -> None:

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from coordinator.cli import app
 from coordinator.clock import FrozenClock
 from coordinator.db import make_engine
-from coordinator.kafka_admin import ensure_topics
+from coordinator.kafka.admin import ensure_topics
 from coordinator.tables import audit_log
 from schemas import AckStatus, KafkaSettings
 from tests import infra

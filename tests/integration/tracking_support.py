@@ -138,7 +138,7 @@ async def drain(tracker: Tracker, records: int, *, max_polls: int = 200) -> int:
     """Consume ack batches until `records` records went through the ledger."""
     seen = 0
     for _ in range(max_polls):
-        outcome = await tracker.consume_acks(timeout_ms=200)
+        outcome = await tracker.consume_acks(timeout_s=0.2)
         if outcome is not None:
             seen += outcome.records
         if seen >= records:

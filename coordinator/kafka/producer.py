@@ -35,7 +35,7 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class OutgoingRecord:
-    key: bytes
+    key: bytes | None
     value: bytes
     headers: list[tuple[str, bytes]]
 

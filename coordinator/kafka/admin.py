@@ -1,0 +1,149 @@
+"""Topic administration: create the product's topics when missing, say which are missing.
+
+`missing_topics` is the one "which topics are missing" check (readiness, /healthz,
+benchmarks). `python -m coordinator.kafka.admin` exits 0 once all four topics exist and
+1 naming the missing ones otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from schemas import KafkaSettings
+
+__all__ = [
+    "KafkaTopicAdmin",
+    "TopicAdmin",
+    "TopicSpec",
+    "delete_topics",
+    "ensure_topics",
+    "kafka_admin",
+    "missing_topics",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    replication_factor: int
+    compacted: bool = False
+
+
+class TopicAdmin(Protocol):
+    """What the coordinator asks of the cluster about topics."""
+
+    async def list_topics(self) -> set[str]: ...
+
+    async def create_topics(self, topics: Sequence[TopicSpec]) -> None:
+        """Create these; one that another client created meanwhile is no error."""
+
+    async def delete_topics(self, names: Sequence[str]) -> None: ...
+
+
+class KafkaTopicAdmin:
+    """`TopicAdmin` backed by aiokafka's admin client (started by `kafka_admin`)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    async def list_topics(self) -> set[str]:
+        return set(await self._client.list_topics())
+
+    async def create_topics(self, topics: Sequence[TopicSpec]) -> None:
+        new = [
+            NewTopic(
+                t.name,
+                num_partitions=t.partitions,
+                replication_factor=t.replication_factor,
+                topic_configs={"cleanup.policy": "compact"} if t.compacted else {},
+            )
+            for t in topics
+        ]
+        # Another coordinator may create them between our list and create: that's fine.
+        with suppress(TopicAlreadyExistsError):
+            await self._client.create_topics(new)
+
+    async def delete_topics(self, names: Sequence[str]) -> None:
+        await self._client.delete_topics(list(names))
+
+
+@asynccontextmanager
+async def kafka_admin(kafka: KafkaSettings) -> AsyncIterator[KafkaTopicAdmin]:
+    client = AIOKafkaAdminClient(**kafka.client_kwargs())
+    try:
+        await client.start()
+        yield KafkaTopicAdmin(client)
+    finally:
+        await client.close()
+
+
+async def ensure_topics(
+    kafka: KafkaSettings,
+    *,
+    partitions: int = 6,
+    replication_factor: int = 1,
+    admin: TopicAdmin | None = None,
+) -> list[str]:
+    """Create whichever of the four topics are missing; return the names created."""
+    if admin is None:
+        async with kafka_admin(kafka) as opened:
+            return await ensure_topics(
+                kafka, partitions=partitions, replication_factor=replication_factor, admin=opened
+            )
+    topics = kafka.topics
+    wanted = [
+        # Registrations are keyed by service: only the latest per service matters.
+        TopicSpec(name, partitions, replication_factor, compacted=name == topics.services)
+        for name in await missing_topics(kafka, admin=admin)
+    ]
+    if wanted:
+        await admin.create_topics(wanted)
+    return [t.name for t in wanted]
+
+
+async def missing_topics(
+    kafka: KafkaSettings,
+    names: Iterable[str] | None = None,
+    *,
+    admin: TopicAdmin | None = None,
+    present: bool = False,
+) -> list[str]:
+    """Which of `names` (default: the four topics) the cluster does not have, in order;
+    with `present`, which it has."""
+    wanted = list(kafka.topics.all() if names is None else names)
+    if admin is None:
+        async with kafka_admin(kafka) as opened:
+            existing = await opened.list_topics()
+    else:
+        existing = await admin.list_topics()
+    return [name for name in wanted if (name in existing) is present]
+
+
+async def delete_topics(kafka: KafkaSettings, names: Iterable[str]) -> list[str]:
+    """Delete whichever of `names` exist (benchmarks clean up the shared broker)."""
+    async with kafka_admin(kafka) as admin:
+        existing = await missing_topics(kafka, names, admin=admin, present=True)
+        if existing:
+            await admin.delete_topics(existing)
+    return existing
+
+
+def main() -> int:
+    missing = asyncio.run(missing_topics(KafkaSettings()))
+    if missing:
+        print(f"missing topics: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

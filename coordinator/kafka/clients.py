@@ -1,0 +1,167 @@
+"""The tracker's Kafka ports on aiokafka; each client is made at `start` and dropped at `stop`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import OffsetAndMetadata, TopicPartition
+
+from coordinator.kafka.ports import ConsumedRecord, OutgoingRecord
+from schemas import KafkaSettings
+
+__all__ = ["KafkaAckReader", "KafkaPublisher", "KafkaRegistrationReader"]
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+def _started(client: Any) -> Any:
+    if client is None:
+        raise RuntimeError("start() has not been called")
+    return client
+
+
+def _records(batches: dict[Any, list[Any]]) -> list[ConsumedRecord]:
+    return [
+        ConsumedRecord(
+            tp.topic,
+            tp.partition,
+            msg.offset,
+            msg.key,
+            msg.value,
+            tuple(msg.headers or ()),
+            msg.timestamp,
+        )
+        for tp, messages in batches.items()
+        for msg in messages
+    ]
+
+
+def _last_per_partition(records: Sequence[ConsumedRecord]) -> dict[TopicPartition, int]:
+    last: dict[TopicPartition, int] = {}
+    for r in records:
+        tp = TopicPartition(r.topic, r.partition)
+        last[tp] = max(last.get(tp, r.offset), r.offset)
+    return last
+
+
+class KafkaPublisher:
+    """`Publisher` on an idempotent `acks=all` producer."""
+
+    def __init__(self, kafka: KafkaSettings) -> None:
+        self._kafka = kafka
+        self._producer: Any = None
+
+    async def start(self) -> None:
+        producer = AIOKafkaProducer(
+            **self._kafka.client_kwargs(), acks="all", enable_idempotence=True
+        )
+        await producer.start()
+        self._producer = producer
+
+    async def stop(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
+
+    async def publish(self, topic: str, records: Sequence[OutgoingRecord]) -> None:
+        producer = _started(self._producer)
+        sent = await asyncio.gather(
+            *(producer.send(topic, value=r.value, key=r.key, headers=r.headers) for r in records)
+        )
+        await asyncio.gather(*sent)
+
+
+class KafkaAckReader:
+    """`AckReader` on a group consumer with auto-commit off."""
+
+    def __init__(self, kafka: KafkaSettings, *, group_id: str, max_poll_records: int) -> None:
+        self._kafka = kafka
+        self._group_id = group_id
+        self._max_poll_records = max_poll_records
+        self._consumer: Any = None
+
+    async def start(self) -> None:
+        consumer = AIOKafkaConsumer(
+            self._kafka.topics.acks,
+            **self._kafka.client_kwargs(),
+            group_id=self._group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self._max_poll_records,
+        )
+        await consumer.start()
+        self._consumer = consumer
+
+    async def stop(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
+
+    async def read(self, *, timeout_s: float, max_records: int) -> list[ConsumedRecord]:
+        consumer = _started(self._consumer)
+        return _records(await consumer.getmany(timeout_ms=_ms(timeout_s), max_records=max_records))
+
+    async def commit(self, records: Sequence[ConsumedRecord]) -> None:
+        offsets = _last_per_partition(records)
+        await _started(self._consumer).commit(
+            {tp: OffsetAndMetadata(offset + 1, "") for tp, offset in offsets.items()}
+        )
+
+    def rewind(self, records: Sequence[ConsumedRecord]) -> None:
+        consumer = _started(self._consumer)
+        first: dict[TopicPartition, int] = {}
+        for r in records:
+            first.setdefault(TopicPartition(r.topic, r.partition), r.offset)
+        for tp, offset in first.items():
+            consumer.seek(tp, offset)
+
+
+class KafkaRegistrationReader:
+    """`RegistrationReader` on a consumer without a group, from the earliest offset."""
+
+    def __init__(self, kafka: KafkaSettings) -> None:
+        self._kafka = kafka
+        self._consumer: Any = None
+
+    async def start(self, *, timeout_s: float) -> None:
+        topic = self._kafka.topics.services
+        consumer = AIOKafkaConsumer(
+            topic,
+            **self._kafka.client_kwargs(),
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        await consumer.start()
+        self._consumer = consumer
+        deadline = time.monotonic() + timeout_s
+        # Without a group the consumer assigns itself every partition once the topic's
+        # metadata arrives, which for a topic created a moment ago can take a while.
+        while not consumer.assignment():
+            if time.monotonic() > deadline:
+                await self.stop()
+                raise LookupError(f"topic {topic} does not exist (run `retention serve` once)")
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
+
+    async def read(self, *, timeout_s: float) -> list[ConsumedRecord]:
+        return _records(await _started(self._consumer).getmany(timeout_ms=_ms(timeout_s)))
+
+    async def end_offsets(self) -> dict[int, int]:
+        consumer = _started(self._consumer)
+        ends = await consumer.end_offsets(list(consumer.assignment()))
+        return {tp.partition: offset for tp, offset in ends.items()}
+
+    async def positions(self) -> dict[int, int]:
+        consumer = _started(self._consumer)
+        return {tp.partition: await consumer.position(tp) for tp in consumer.assignment()}

@@ -1,0 +1,196 @@
+"""`Tracker` driven through the in-memory Kafka boundary: no broker, the real database.
+
+Acks, registrations, rejects and reminders go in and out through `coordinator.kafka.memory`,
+so each test states exactly which records the tracker read, committed and published.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coordinator.clock import FrozenClock
+from coordinator.db import make_engine
+from coordinator.kafka.memory import (
+    MemoryAckReader,
+    MemoryKafka,
+    MemoryPublisher,
+    MemoryRegistrationReader,
+)
+from coordinator.metrics import Metrics
+from coordinator.migrate import upgrade
+from coordinator.settings import TrackerSettings
+from coordinator.tables import event_status, service_registry
+from coordinator.tracking.ledger import RejectReason
+from coordinator.tracking.tracker import DLQ_SERVICE, Tracker, TrackerKafka
+from schemas import KafkaSettings, RetentionEvent, decode, encode
+from schemas.dlq import DlqHeader, DlqReason
+from tests import infra
+from tests.integration.tracking_support import ack, insert_published, registration
+
+T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+KAFKA = KafkaSettings(bootstrap_servers="127.0.0.1:1", topic_prefix="t.memory")
+TOPICS = KAFKA.topics
+
+
+@dataclass
+class World:
+    tracker: Tracker
+    kafka: MemoryKafka
+    publisher: MemoryPublisher
+    acks: MemoryAckReader
+    engine: AsyncEngine
+    clock: FrozenClock
+    entity_type: str
+
+    def register(self, *services: str, at: datetime) -> None:
+        for s in services:
+            reg = registration(s, at, self.entity_type)
+            self.kafka.append(TOPICS.services, encode(reg), key=reg.key.encode())
+
+    async def publish(self, n: int) -> list[tuple[uuid.UUID, str]]:
+        ids = [uuid.uuid4().hex[:10] for _ in range(n)]
+        events = await insert_published(
+            self.engine, ids, published_at=T0, entity_type=self.entity_type
+        )
+        await self.tracker.track_published()
+        return list(zip(events, ids, strict=True))
+
+    def ack(self, event: tuple[uuid.UUID, str], service: str) -> None:
+        a = ack(event[0], service, event[1], self.clock.now(), entity_type=self.entity_type)
+        self.kafka.append(TOPICS.acks, encode(a), key=a.key.encode())
+
+    async def states(self, events: list[tuple[uuid.UUID, str]]) -> list[str]:
+        async with self.engine.connect() as conn:
+            found = dict(
+                (
+                    await conn.execute(
+                        select(event_status.c.event_id, event_status.c.state).where(
+                            event_status.c.event_id.in_([e for e, _ in events])
+                        )
+                    )
+                ).all()
+            )
+        return [found.get(e, "untracked") for e, _ in events]
+
+
+@pytest.fixture
+async def database(postgres_url: str) -> AsyncIterator[str]:
+    """A database of the test's own: reminders and deadlines act on every open event."""
+    url = await infra.create_database(postgres_url, "test_tracker_memory")
+    await upgrade(url)
+    yield url
+    await infra.drop_database(url)
+
+
+@pytest.fixture
+async def world(database: str) -> AsyncIterator[World]:
+    kafka = MemoryKafka()
+    kafka.topics[TOPICS.services]  # the topic exists, empty
+    publisher = MemoryPublisher(kafka)
+    acks = MemoryAckReader(kafka, TOPICS.acks)
+    clock = FrozenClock(T0)
+    engine = make_engine(database)
+    tracker = Tracker(
+        engine,
+        KAFKA,
+        TrackerSettings(reminder_interval_s=3600, reminder_backoff=2.0, max_reminders=2),
+        clock=clock,
+        metrics=Metrics(),
+        clients=TrackerKafka(publisher, acks, MemoryRegistrationReader(kafka, TOPICS.services)),
+    )
+    await tracker.start()
+    try:
+        yield World(tracker, kafka, publisher, acks, engine, clock, f"user_{uuid.uuid4().hex[:8]}")
+    finally:
+        await tracker.stop()
+        await engine.dispose()
+
+
+async def test_registrations_are_read_to_the_end_and_tombstones_retire(world: World) -> None:
+    world.register("billing", "crm", at=T0 - timedelta(days=1))
+    world.kafka.append(TOPICS.services, b"not json", key=b"broken")
+    assert await world.tracker.sync_registry() == 2
+    world.kafka.append(TOPICS.services, None, key=b"crm", timestamp_ms=int(T0.timestamp() * 1000))
+    assert await world.tracker.poll_registry() == 1
+    async with world.engine.connect() as conn:
+        rows = set(
+            (
+                await conn.execute(
+                    select(service_registry.c.service, service_registry.c.retired_at)
+                )
+            ).all()
+        )
+    assert {(service, retired) for service, retired in rows} == {("billing", None), ("crm", T0)}
+
+
+async def test_acks_complete_events_and_commit_only_after(world: World) -> None:
+    world.register("billing", "crm", at=T0 - timedelta(days=1))
+    await world.tracker.sync_registry()
+    events = await world.publish(2)
+    for event in events:
+        world.ack(event, "billing")
+    world.ack(events[0], "crm")
+    outcome = await world.tracker.consume_acks()
+    assert outcome is not None
+    assert (outcome.records, len(outcome.accepted), outcome.rejected) == (3, 3, [])
+    assert world.kafka.committed[TOPICS.acks] == 3
+    assert await world.states(events) == ["completed", "pending"]
+    assert await world.tracker.consume_acks() is None
+
+
+async def test_rejects_are_recorded_and_poison_is_dead_lettered(world: World) -> None:
+    world.register("billing", at=T0 - timedelta(days=1))
+    await world.tracker.sync_registry()
+    [event] = await world.publish(1)
+    world.ack((uuid.uuid4(), "nobody"), "billing")  # unknown event
+    world.ack(event, "crm")  # not expected of this service
+    world.kafka.append(TOPICS.acks, b"{not json", key=b"k", headers=[("trace", b"1")])
+    outcome = await world.tracker.consume_acks()
+    assert outcome is not None
+    assert sorted(reason for _, reason in outcome.rejected) == sorted(
+        [RejectReason.UNKNOWN_EVENT, RejectReason.UNEXPECTED_SERVICE, RejectReason.MALFORMED]
+    )
+    [letter] = world.kafka.topics[TOPICS.dlq]
+    headers = {k: v.decode() for k, v in letter.headers}
+    assert (letter.key, letter.value, headers["trace"]) == (b"k", b"{not json", "1")
+    assert headers[DlqHeader.REASON] == DlqReason.POISON.value
+    assert headers[DlqHeader.SERVICE] == DLQ_SERVICE
+    assert headers[DlqHeader.ORIGINAL_TOPIC] == TOPICS.acks
+    assert headers[DlqHeader.ORIGINAL_OFFSET] == "2"
+    assert world.kafka.committed[TOPICS.acks] == 3
+
+
+async def test_a_failed_batch_is_rewound_not_committed(world: World) -> None:
+    world.kafka.append(TOPICS.acks, b"{not json")
+    world.publisher.fail_with.append(ConnectionResetError("broker gone"))
+    with pytest.raises(ConnectionResetError):
+        await world.tracker.consume_acks()
+    assert TOPICS.acks not in world.kafka.committed
+    assert world.acks.position == 0
+    outcome = await world.tracker.consume_acks()
+    assert outcome is not None
+    assert outcome.records == 1
+    assert world.kafka.committed[TOPICS.acks] == 1
+
+
+async def test_reminders_republish_due_events_with_their_number(world: World) -> None:
+    world.register("billing", at=T0 - timedelta(days=1))
+    await world.tracker.sync_registry()
+    [event] = await world.publish(1)
+    assert await world.tracker.send_reminders() == 0
+    world.clock.advance(timedelta(hours=1))
+    assert await world.tracker.send_reminders() == 1
+    world.clock.advance(timedelta(hours=2))
+    assert await world.tracker.send_reminders() == 1
+    world.clock.advance(timedelta(days=1))
+    assert await world.tracker.send_reminders() == 0  # max_reminders reached
+    sent = world.kafka.topics[TOPICS.events]
+    assert [dict(r.headers)["retention-reminder"] for r in sent] == [b"1", b"2"]
+    assert {decode(RetentionEvent, r.value).event_id for r in sent} == {event[0]}
