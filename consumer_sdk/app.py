@@ -90,7 +90,8 @@ class RetentionConsumer:
         if engine is not None and self.settings.database_url is not None:
             raise ConfigurationError("give either engine= or database_url=, not both")
         self.service = service
-        self.kafka = kafka if kafka is not None else KafkaSettings()
+        # Each service's own client id, so broker logs and quotas tell services apart.
+        self.kafka = (kafka if kafka is not None else KafkaSettings()).for_client(service)
         self.metrics = ConsumerMetrics(registry)
         self._engine = engine
         self._store = idempotency

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from coordinator.scheduler import validate_cron
 from schemas import DEFAULT_DATABASE_URL, KafkaSettings
 
-__all__ = ["RelaySettings", "ServeSettings", "Settings", "TrackerSettings"]
+__all__ = ["COORDINATOR_CLIENT_ID", "RelaySettings", "ServeSettings", "Settings", "TrackerSettings"]
+
+COORDINATOR_CLIENT_ID = "retention-coordinator"
+"""Kafka client id of the relay, the tracker and the admin client unless
+`RETENTION_KAFKA_CLIENT_ID` names another."""
 
 
 class TrackerSettings(BaseSettings):
@@ -184,3 +188,8 @@ class Settings(BaseSettings):
     @classmethod
     def _valid_cron(cls, value: str) -> str:
         return validate_cron(value)
+
+    @model_validator(mode="after")
+    def _coordinator_client_id(self) -> Self:
+        self.kafka = self.kafka.for_client(COORDINATOR_CLIENT_ID)
+        return self
