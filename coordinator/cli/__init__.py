@@ -7,7 +7,18 @@ import sys
 
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 
-from coordinator.cli import audit, db, holds, policies, purge, relay, report, serve, status
+from coordinator.cli import (
+    audit,
+    db,
+    holds,
+    kafka,
+    policies,
+    purge,
+    relay,
+    report,
+    serve,
+    status,
+)
 from coordinator.cli._app import ExitCode, app, err_console
 from schemas.logs import configure_logging
 
@@ -24,6 +35,7 @@ app.add_typer(policies.app, name="policies")
 app.command("plan")(purge.plan)
 app.command("run")(purge.run)
 app.command("serve")(serve.serve)
+app.add_typer(kafka.app, name="kafka")
 
 
 def main() -> None:
