@@ -3,14 +3,15 @@
 A private broker (tests/secure_kafka.py) authenticates every client with SCRAM-SHA-512
 over TLS and enforces the ACLs of coordinator/kafka_acls.py. The coordinator's principal
 publishes through the relay and records acks with the tracker; the `billing` principal
-consumes with the SDK, registers and acks. Then the point of the ACLs: `billing` may not
-write the events topic, so it cannot forge an event at the transport level.
+consumes with the SDK in this process, `search_index` with the Faust adapter in its own;
+both register and ack. Then the point of the ACLs: a service may not write the events
+topic, so it cannot forge an event at the transport level.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from aiokafka.errors import (
 from consumer_sdk import ConsumerSettings, RetentionConsumer, RetentionEvent
 from coordinator.kafka_admin import ensure_topics
 from coordinator.settings import TrackerSettings
+from tests import infra
 from tests.e2e.harness import (
     Stack,
     all_of,
@@ -34,31 +36,40 @@ from tests.e2e.harness import (
     states_are,
     wait_for,
 )
-from tests.infra import wait_for_topics
 from tests.outbox import insert_rows, outbox_rows
 from tests.secure_kafka import SecuredKafka, secured_kafka
 
 pytestmark = pytest.mark.slow
 
 SERVICE = "billing"
+FAUST_SERVICE = "search_index"
 EVENTS = 30
 
 
 @pytest.fixture(scope="module")
 def broker() -> Iterator[SecuredKafka]:
-    with secured_kafka([SERVICE]) as secured:
+    with secured_kafka([SERVICE, FAUST_SERVICE]) as secured:
         admin = secured.settings("admin")
         asyncio.run(ensure_topics(admin, partitions=2))
-        asyncio.run(wait_for_topics(admin))
+        asyncio.run(infra.wait_for_topics(admin))
         yield secured
 
 
+@pytest.fixture
+async def services_db(postgres_url: str) -> AsyncIterator[str]:
+    url = await infra.create_database(postgres_url, "kafka_security_svc")
+    yield url
+    await infra.drop_database(url)
+
+
 async def test_fan_out_over_sasl_ssl(
-    broker: SecuredKafka, coordinator_db: str, tmp_path: Path
+    broker: SecuredKafka, coordinator_db: str, services_db: str, tmp_path: Path
 ) -> None:
     coordinator = broker.settings("coordinator")
     assert coordinator.security_protocol == "SASL_SSL"
-    stack = Stack(coordinator, coordinator_db, coordinator_db, tmp_path)
+    stack = Stack(coordinator, coordinator_db, services_db, tmp_path)
+    # The Faust service's process gets its own principal's settings over the coordinator's.
+    stack.add_service(FAUST_SERVICE, env=broker.settings(FAUST_SERVICE).environ())
     handled: list[str] = []
     billing = RetentionConsumer(
         SERVICE,
@@ -76,11 +87,12 @@ async def test_fan_out_over_sasl_ssl(
     async with running_tracker(stack, settings=TrackerSettings(poll_interval_s=0.05)) as tracker:
         await billing.start()
         try:
+            await stack.start_services(FAUST_SERVICE)
             await wait_for(
-                partial(has_registered, stack, [SERVICE]),
+                partial(has_registered, stack, [SERVICE, FAUST_SERVICE]),
                 timeout_s=30,
-                what="billing's registration, read by the tracker",
-                alive=tracker.check,
+                what="both registrations, read by the tracker",
+                alive=all_of(tracker.check, stack.check_alive),
             )
             engine = stack.engine()
             try:
@@ -91,11 +103,12 @@ async def test_fan_out_over_sasl_ssl(
                 await wait_for(
                     partial(states_are, stack, completed=EVENTS),
                     timeout_s=60,
-                    what=f"{EVENTS} events completed by billing's acks",
-                    alive=all_of(tracker.check, relay.check),
+                    what=f"{EVENTS} events completed by both services' acks",
+                    alive=all_of(tracker.check, relay.check, stack.check_alive),
                 )
         finally:
             await billing.stop()
+            await stack.stop_services()
     assert sorted(handled) == sorted(row["entity_id"] for row in rows)
 
 
