@@ -32,11 +32,14 @@ SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 _ENV = "RETENTION_KAFKA_"
 _TLS: frozenset[str] = frozenset({"SSL", "SASL_SSL"})
 _SASL: frozenset[str] = frozenset({"SASL_PLAINTEXT", "SASL_SSL"})
+_SASL_FIELDS = ("sasl_mechanism", "sasl_username", "sasl_password")
+_TLS_FIELDS = ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
 
 
 class KafkaSettingsError(ValueError):
-    """The Kafka settings contradict each other or name an unusable file; the message names
-    the setting (`RETENTION_KAFKA_*`) and never carries a secret."""
+    """Kafka settings that contradict each other (pydantic reports it as a `ValidationError`)
+    or name an unusable file (raised when a client is built). The message names the
+    variable (`RETENTION_KAFKA_*`) and never carries a secret."""
 
 
 class KafkaSettings(BaseSettings):
@@ -102,41 +105,29 @@ class KafkaSettings(BaseSettings):
     def _consistent(self) -> Self:
         protocol = f"{_ENV}SECURITY_PROTOCOL={self.security_protocol}"
         if self.security_protocol in _SASL:
-            missing = [
-                f"{_ENV}{name.upper()}"
-                for name in ("sasl_mechanism", "sasl_username", "sasl_password")
-                if getattr(self, name) is None
-            ]
-            if missing:
+            if missing := self._variables(_SASL_FIELDS, given=False):
                 raise KafkaSettingsError(f"{protocol} needs {', '.join(missing)}")
-        else:
-            given = [
-                f"{_ENV}{name.upper()}"
-                for name in ("sasl_mechanism", "sasl_username", "sasl_password")
-                if getattr(self, name) is not None
-            ]
-            if given:
-                # Credentials without a SASL protocol are never sent: refuse rather than let
-                # an operator believe the client authenticates.
-                raise KafkaSettingsError(
-                    f"{', '.join(given)} set, but {protocol} sends no SASL credentials: "
-                    "use SASL_SSL (or SASL_PLAINTEXT)"
-                )
-        if self.security_protocol not in _TLS:
-            given = [
-                f"{_ENV}{name.upper()}"
-                for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
-                if getattr(self, name) is not None
-            ]
-            if given:
-                raise KafkaSettingsError(
-                    f"{', '.join(given)} set, but {protocol} does not use TLS: use SSL or SASL_SSL"
-                )
+        elif given := self._variables(_SASL_FIELDS, given=True):
+            # Credentials without a SASL protocol are never sent: refuse rather than let an
+            # operator believe the client authenticates.
+            raise KafkaSettingsError(
+                f"{', '.join(given)} set, but {protocol} sends no SASL credentials: "
+                "use SASL_SSL (or SASL_PLAINTEXT)"
+            )
+        if self.security_protocol not in _TLS and (
+            given := self._variables(_TLS_FIELDS, given=True)
+        ):
+            raise KafkaSettingsError(
+                f"{', '.join(given)} set, but {protocol} does not use TLS: use SSL or SASL_SSL"
+            )
         if self.ssl_keyfile is not None and self.ssl_certfile is None:
             raise KafkaSettingsError(f"{_ENV}SSL_KEYFILE needs {_ENV}SSL_CERTFILE")
         if self.client_id is not None and not self.client_id.strip():
             raise KafkaSettingsError(f"{_ENV}CLIENT_ID must not be blank")
         return self
+
+    def _variables(self, names: tuple[str, ...], *, given: bool) -> list[str]:
+        return [f"{_ENV}{n.upper()}" for n in names if (getattr(self, n) is not None) is given]
 
     @property
     def topics(self) -> Topics:
@@ -180,16 +171,18 @@ class KafkaSettings(BaseSettings):
             context = ssl.create_default_context(cafile=cafile)
         except ssl.SSLError as exc:
             raise KafkaSettingsError(
-                f"{_ENV}SSL_CAFILE={cafile}: not a PEM CA bundle ({exc.reason})"
+                f"{_ENV}SSL_CAFILE={cafile}: not a PEM CA bundle ({exc.reason or exc})"
             ) from None
         if certfile is not None:
             try:
-                context.load_cert_chain(certfile, keyfile)
+                # No password: an encrypted key fails here instead of OpenSSL prompting for
+                # one on a terminal that a service doesn't have.
+                context.load_cert_chain(certfile, keyfile, password=b"")
             except ssl.SSLError as exc:
                 raise KafkaSettingsError(
                     f"{_ENV}SSL_CERTFILE={certfile}"
                     + (f" / {_ENV}SSL_KEYFILE={keyfile}" if keyfile else "")
-                    + f": no usable PEM certificate and matching key ({exc.reason})"
+                    + f": no usable PEM certificate and unencrypted matching key ({exc.reason or exc})"
                 ) from None
         return context
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +114,40 @@ def test_environ_round_trips_everything_but_the_client_id(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert KafkaSettings() == kafka.model_copy(update={"client_id": None})
+
+
+def _self_signed(directory: Path, *, passphrase: str | None) -> tuple[Path, Path]:
+    key, cert = directory / "client.key", directory / "client.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=billing",
+            *(["-passout", f"pass:{passphrase}"] if passphrase else ["-nodes"]),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def test_a_client_certificate_loads_and_an_encrypted_key_is_refused(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path, passphrase=None)
+    kafka = KafkaSettings(security_protocol="SSL", ssl_certfile=cert, ssl_keyfile=key)
+    assert kafka.client_kwargs()["ssl_context"] is not None
+    cert, key = _self_signed(tmp_path, passphrase="secret")
+    # No prompt on a terminal: a clear error naming both files.
+    with pytest.raises(KafkaSettingsError, match="RETENTION_KAFKA_SSL_KEYFILE="):
+        KafkaSettings(security_protocol="SSL", ssl_certfile=cert, ssl_keyfile=key).ssl_context()
