@@ -182,7 +182,8 @@ class KafkaSettings(BaseSettings):
                 raise KafkaSettingsError(
                     f"{_ENV}SSL_CERTFILE={certfile}"
                     + (f" / {_ENV}SSL_KEYFILE={keyfile}" if keyfile else "")
-                    + f": no usable PEM certificate and unencrypted matching key ({exc.reason or exc})"
+                    + ": no usable PEM certificate and unencrypted matching key "
+                    + f"({exc.reason or exc})"
                 ) from None
         return context
 
