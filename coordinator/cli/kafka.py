@@ -6,6 +6,7 @@ import asyncio
 from typing import Annotated
 
 import typer
+from aiokafka.errors import KafkaError
 
 from coordinator.cli._app import ExitCode, err_console, load_settings, out_console
 from coordinator.kafka_acls import (
@@ -70,5 +71,8 @@ def acls(
         created = asyncio.run(apply_acls(settings.kafka, wanted))
     except AclError as exc:
         err_console.print(f"[red]ACL refused:[/red] {exc}")
+        raise typer.Exit(ExitCode.ERRORS) from None
+    except KafkaError as exc:
+        err_console.print(f"[red]Kafka at {settings.kafka.bootstrap_servers}:[/red] {exc!r}")
         raise typer.Exit(ExitCode.ERRORS) from None
     err_console.print(f"{created} ACL bindings in place on {settings.kafka.bootstrap_servers}")
