@@ -50,33 +50,49 @@ def _environment(ports: dict[str, int]) -> dict[str, str]:
     return env
 
 
-@contextmanager
-def secured_kafka(services: Sequence[str]) -> Iterator[SecuredKafka]:
+def _stop(root: Path, env: dict[str, str]) -> None:
+    # Its data goes away with it: no clean shutdown needed.
+    subprocess.run(
+        [str(INFRA), "secure-stop", str(root), "--kill"],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _start(services: Sequence[str]) -> tuple[Path, dict[str, str], str]:
+    """Start one on fresh ports; the failure text if it did not come up."""
     root = Path(tempfile.mkdtemp(prefix="secure-kafka-"))
     env = _environment(
         {"PORT": free_port(), "TLS_PORT": free_port(), "CONTROLLER_PORT": free_port()}
     )
+    done = subprocess.run(
+        [str(INFRA), "secure-start", str(root), *services],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT_S,
+        check=False,
+    )
+    if done.returncode == 0:
+        return root, env, ""
+    log = root / "broker.log"
+    tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+    _stop(root, env)
+    return root, env, f"{done.stderr}\n{tail}"
+
+
+@contextmanager
+def secured_kafka(services: Sequence[str]) -> Iterator[SecuredKafka]:
+    root, env, failure = _start(services)
+    # A free port is free when asked, not necessarily when the broker binds it.
+    if "already in use" in failure or "is taken" in failure:
+        root, env, failure = _start(services)
+    if failure:
+        raise RuntimeError(f"infra.sh secure-start failed:\n{failure}")
     try:
-        done = subprocess.run(
-            [str(INFRA), "secure-start", str(root), *services],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=START_TIMEOUT_S,
-            check=False,
-        )
-        if done.returncode != 0:
-            log = root / "broker.log"
-            tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
-            raise RuntimeError(f"infra.sh secure-start failed:\n{done.stderr}\n{tail}")
         yield SecuredKafka(root)
     finally:
-        # Its data goes away with it: no clean shutdown needed.
-        subprocess.run(
-            [str(INFRA), "secure-stop", str(root), "--kill"],
-            env=env,
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
-        shutil.rmtree(root, ignore_errors=True)
+        _stop(root, env)
