@@ -56,18 +56,24 @@ async def get_hold(ctx: Context, conn: Connection, hold_id: HoldId) -> HoldView:
     "",
     response_model=HoldView,
     status_code=status.HTTP_201_CREATED,
-    responses={409: {"description": "a hold with this id exists"}},
+    responses={
+        409: {"description": "a hold with this id exists"},
+        422: {"description": "an unknown entity type or an id its column cannot hold"},
+    },
 )
 async def create_hold(ctx: Context, actor: Writer, body: HoldCreate) -> HoldView:
     """Put entities under a legal hold: no policy touches them until it is released.
 
-    The hold's `created_by` is the token's name; a `created_by` in the body is ignored.
+    Each entity's type must be one the policies purge, and its id a value that type's id
+    column can hold; ids are stored in the column's text form (`order:042` holds order
+    42). The hold's `created_by` is the token's name; a `created_by` in the body is ignored.
     """
     try:
         async with ctx.engine.begin() as conn:
             hold = await holds.create_hold(
                 conn,
                 entities=body.entities,
+                types=await holds.entity_types(conn, ctx.policy_set),
                 reason=body.reason,
                 created_by=actor.name,
                 now=ctx.clock.now(),

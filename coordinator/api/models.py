@@ -62,7 +62,8 @@ class EventView(_View):
     entity_type: str
     entity_id: str
     state: str = Field(
-        description="unpublished | published | pending | completed | failed | overdue"
+        description="unpublished | published | pending | completed | failed | overdue | "
+        "held (not completed, and its entity is under an active legal hold now)"
     )
     legal_basis: str | None
     purged_at: datetime | None

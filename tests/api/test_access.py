@@ -16,10 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.api import ApiContext, create_app
 from coordinator.api.limits import MAX_BODY_BYTES
-from coordinator.purge.holds import create_hold
+from coordinator.purge.holds import create_hold, entity_types
 from coordinator.tables import audit_log, legal_hold_entities, legal_holds, policy_results, runs
 from coordinator.tokens import Scope, add_token, new_token
-from tests.api.conftest import auth, make_client
+from tests.api.conftest import SEED_POLICIES, auth, make_client
 
 SAMPLE_PATH_VALUES = {
     "entity_type": "order",
@@ -126,6 +126,7 @@ async def secrets_in_the_database(engine: AsyncEngine) -> AsyncIterator[tuple[st
     async with engine.begin() as conn:
         await create_hold(
             conn,
+            types=await entity_types(conn, SEED_POLICIES),
             entities=[f"order:{entity}"],
             reason=reason,
             created_by="legal",

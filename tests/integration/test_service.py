@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.db import make_engine
 from coordinator.policy.model import load_policies, parse_policies
-from coordinator.purge.holds import create_hold
+from coordinator.purge.holds import create_hold, entity_types
 from coordinator.serve import GLOBAL_SCHEDULE, Service, ServiceFailed, schedules_for
 from coordinator.settings import ServeSettings, Settings
 from coordinator.tables import audit_log
@@ -71,7 +71,14 @@ async def seeded(coordinator_db: str) -> AsyncIterator[AsyncEngine]:
         await conn.execute(text("TRUNCATE scheduler_fires"))
         now = datetime.now(UTC)
         data = await populate(conn, now)
-        await create_hold(conn, entities=data.holds, reason="case 1", created_by="legal", now=now)
+        await create_hold(
+            conn,
+            types=await entity_types(conn, SEED),
+            entities=data.holds,
+            reason="case 1",
+            created_by="legal",
+            now=now,
+        )
     yield engine
     await engine.dispose()
 
