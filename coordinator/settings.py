@@ -171,8 +171,10 @@ class Settings(BaseSettings):
         description="Completion tracker (RETENTION_TRACKER_* variables).",
     )
     http_port: int = Field(default=8080, ge=1, le=65535, description="Port of `retention serve`.")
-    api_token: SecretStr | None = Field(
-        default=None, description="Bearer token that HTTP write routes require."
+    api_tokens_file: Path | None = Field(
+        default=None,
+        description="YAML file of the HTTP API's named, scoped tokens (SHA-256 hashes; "
+        "`retention tokens create`). Without it every /v1 route answers 503.",
     )
     schedule: str = Field(
         default="0 3 * * *",

@@ -18,6 +18,7 @@ from coordinator.cli import (
     report,
     serve,
     status,
+    tokens,
 )
 from coordinator.cli._app import ExitCode, app, err_console
 from schemas.logs import configure_logging
@@ -32,6 +33,7 @@ app.command("certificate")(status.certificate)
 app.command("relay")(relay.relay)
 app.add_typer(holds.app, name="holds")
 app.add_typer(policies.app, name="policies")
+app.add_typer(tokens.app, name="tokens")
 app.command("plan")(purge.plan)
 app.command("run")(purge.run)
 app.command("serve")(serve.serve)
