@@ -22,7 +22,7 @@ from schemas.models import (
     utc_now,
 )
 from schemas.retries import RetryPolicy, Stopped, is_transient, retry
-from schemas.topics import DEFAULT_PREFIX, Topics
+from schemas.topics import DEFAULT_PREFIX, Topics, service_group
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
@@ -49,5 +49,6 @@ __all__ = [
     "is_disconnect",
     "is_transient",
     "retry",
+    "service_group",
     "utc_now",
 ]
