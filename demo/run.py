@@ -47,11 +47,11 @@ from coordinator.tracking import queries
 from demo.seed import POLICIES, Seeded, seed_coordinator, seed_services
 from demo.tokens import DEMO_TOKENS, create_demo_tokens
 from schemas import KafkaSettings, async_database_url
-from services import billing, notifications, preferences, search_index
+from services import EXAMPLES
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".cache" / "demo"
-SERVICES = ("notifications", "preferences", "billing", "search_index")
+SERVICES = tuple(e.name for e in EXAMPLES)
 SPEC_METRICS = (
     "retention_records_processed_total",
     "retention_records_held_total",
@@ -392,11 +392,10 @@ async def erasure_counts(url: str) -> dict[str, int]:
     try:
         async with engine.connect() as conn:
             return {
-                module.SERVICE: int(
-                    await conn.scalar(select(func.coalesce(func.sum(module.erasure_log.c.rows), 0)))
-                    or 0
+                e.name: int(
+                    await conn.scalar(select(func.coalesce(func.sum(e.erasure_log.c.rows), 0))) or 0
                 )
-                for module in (notifications, preferences, billing, search_index)
+                for e in EXAMPLES
             }
     finally:
         await engine.dispose()

@@ -26,7 +26,7 @@ from coordinator.policy.model import load_policies
 from coordinator.purge.holds import create_hold, entity_types
 from coordinator.settings import Settings
 from demo.seed_data import create_seed_tables, populate, seed_metadata
-from services import billing, notifications, preferences, search_index
+from services import EXAMPLES, billing
 from services._shared import ensure_database, service_database_url
 
 __all__ = ["POLICIES", "Seeded", "main", "seed_coordinator", "seed_services", "users"]
@@ -122,12 +122,9 @@ def _users(now: datetime, scale: int) -> list[dict[str, Any]]:
 
 async def seed_services(url: str, orders_of: dict[str, list[str]]) -> dict[str, int]:
     user_ids = list(orders_of)
-    return {
-        "notifications": await notifications.seed(url, user_ids),
-        "preferences": await preferences.seed(url, user_ids),
-        "billing": await billing.seed(url, user_ids, order_ids=orders_of),
-        "search_index": await search_index.seed(url, user_ids),
-    }
+    # Billing's orders take the coordinator's order ids; every other service its defaults.
+    options: dict[str, dict[str, Any]] = {billing.SERVICE: {"order_ids": orders_of}}
+    return {e.name: await e.seed(url, user_ids, **options.get(e.name, {})) for e in EXAMPLES}
 
 
 async def _seeded_already(conn: AsyncConnection) -> bool:

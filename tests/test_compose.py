@@ -28,6 +28,8 @@ from demo.seed import users
 from demo.seed_data import seed_metadata
 from demo.tokens import main as tokens_main
 from schemas import DEFAULT_DATABASE_URL, KafkaSettings, async_database_url
+from services import EXAMPLES
+from services.example import METRICS_PORT
 from tests.infra import ROOT
 
 
@@ -68,7 +70,7 @@ def test_postgres_matches_default_database_url() -> None:
 # --- the application: migrate, seed, serve and the example services ----------------------
 
 COORDINATOR = ("migrate", "serve")
-EXAMPLE_SERVICES = ("notifications", "preferences", "billing", "search_index")
+EXAMPLE_SERVICES = tuple(e.name for e in EXAMPLES)
 APP_SERVICES = ("migrate", "seed", "serve", *EXAMPLE_SERVICES)
 OBSERVABILITY = ("prometheus", "grafana")
 
@@ -241,6 +243,18 @@ def test_app_commands_exist() -> None:
     assert services["seed"]["command"] == ["python", "-m", "demo", "seed"]
 
 
+def test_compose_runs_exactly_the_example_services() -> None:
+    """A service added to `services.EXAMPLES` but not to docker-compose.yml (or left
+    there after its removal) fails here."""
+    running = {
+        name
+        for name, service in _services().items()
+        if service.get("command", [])[:2] == ["python", "-m"]
+        and str(service["command"][2]).startswith("services.")
+    }
+    assert running == set(EXAMPLE_SERVICES)
+
+
 @pytest.mark.parametrize("command", ["seed", "tokens"])
 def test_the_one_shot_demo_commands_run_without_test_dependencies(command: str) -> None:
     # The image installs `.[faust]`, not `.[test]`: `python -m demo seed|tokens` must not
@@ -359,7 +373,7 @@ def test_prometheus_scrapes_serve_and_loads_the_alerts(monkeypatch: pytest.Monke
             monkeypatch.setenv(key, str(value))
         consumer = ConsumerSettings()
         assert consumer.metrics_host == "0.0.0.0", name  # noqa: S104 - containers listen for the scraper
-        assert consumer.metrics_port is not None, name
+        assert consumer.metrics_port == METRICS_PORT, name
         service_ports.add(f"{name}:{consumer.metrics_port}")
     assert targets == {f"serve:{settings.http_port}", *service_ports}
     assert all(

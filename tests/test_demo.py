@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 
+from services import EXAMPLES
 from tests import infra
 
 
@@ -34,5 +35,5 @@ def test_demo_completes_every_event(postgres_url: str, kafka_bootstrap: str) -> 
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "every event completed" in result.stdout
     assert "exports all 8 SPEC §8 metrics" in result.stdout
-    for service in ("billing", "notifications", "preferences", "search_index"):
+    for service in (e.name for e in EXAMPLES):
         assert service in result.stdout

@@ -2,6 +2,7 @@
 (`user` / delete), keeping amounts and dates."""
 
 from services.billing.service import (
+    EXAMPLE,
     MASK,
     SERVICE,
     create_app,
@@ -11,4 +12,4 @@ from services.billing.service import (
     seed,
 )
 
-__all__ = ["MASK", "SERVICE", "create_app", "erasure_log", "metadata", "orders", "seed"]
+__all__ = ["EXAMPLE", "MASK", "SERVICE", "create_app", "erasure_log", "metadata", "orders", "seed"]

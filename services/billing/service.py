@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from prometheus_client import CollectorRegistry
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -22,20 +22,13 @@ from sqlalchemy import (
     func,
     select,
 )
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from consumer_sdk import ConsumerSettings, EntityNotFound, RetentionConsumer, RetentionEvent
-from schemas import KafkaSettings
-from services._shared import (
-    create_tables,
-    engine_for,
-    entity_ids,
-    per_entity,
-    service_database_url,
-)
+from consumer_sdk import EntityNotFound, EventType, RetentionEvent
+from services._shared import entity_ids, per_entity
+from services.example import Example, Handler
 
-__all__ = ["MASK", "SERVICE", "create_app", "erasure_log", "metadata", "orders", "seed"]
+__all__ = ["EXAMPLE", "MASK", "SERVICE", "create_app", "erasure_log", "metadata", "orders", "seed"]
 
 SERVICE = "billing"
 MASK = "[redacted]"
@@ -144,62 +137,44 @@ async def delete_users(
     return results
 
 
-async def _create_tables(conn: AsyncConnection) -> None:
-    await create_tables(conn, metadata)
-
-
-def create_app(
-    *,
-    database_url: str | None = None,
-    kafka: KafkaSettings | None = None,
-    settings: ConsumerSettings | None = None,
-    registry: CollectorRegistry | None = None,
-) -> RetentionConsumer:
-    app = RetentionConsumer(
-        SERVICE,
-        kafka=kafka,
-        settings=settings,
-        database_url=database_url or service_database_url(),
-        registry=registry,
-    )
-    app.on_startup(_create_tables)
-    app.on_anonymize_batch("order")(anonymize_orders)
-    app.on_delete_batch("user")(delete_users)
-    return app
-
-
-async def seed(
-    database_url: str,
+def seed_rows(
     user_ids: Sequence[str],
     *,
     order_ids: Mapping[str, Sequence[str]] | None = None,
     per_user: int = 2,
-) -> int:
-    """Insert orders per user: `order_ids[user]` when given (to match the coordinator's
-    order ids), else `per_user` orders named `<user>-order-<n>`. Returns rows inserted."""
+) -> dict[Table, list[dict[str, Any]]]:
+    """Orders per user: `order_ids[user]` when given (to match the coordinator's order
+    ids), else `per_user` orders named `<user>-order-<n>`."""
     now = datetime.now(UTC)
-    rows = [
-        {
-            "id": order_id,
-            "user_id": user,
-            "customer_name": f"Customer {user}",
-            "email": f"{user}@example.com",
-            "address": f"{n + 1} Example Street",
-            "amount_cents": 1000 + 250 * n,
-            "currency": "EUR",
-            "ordered_at": now - timedelta(days=30 * (n + 1)),
-        }
-        for user in user_ids
-        for n, order_id in enumerate(
-            (order_ids or {}).get(user) or [f"{user}-order-{i}" for i in range(per_user)]
-        )
-    ]
-    engine = engine_for(database_url)
-    try:
-        async with engine.begin() as conn:
-            await create_tables(conn, metadata)
-            if rows:
-                await conn.execute(postgresql.insert(orders).on_conflict_do_nothing(), rows)
-            return len(rows)
-    finally:
-        await engine.dispose()
+    return {
+        orders: [
+            {
+                "id": order_id,
+                "user_id": user,
+                "customer_name": f"Customer {user}",
+                "email": f"{user}@example.com",
+                "address": f"{n + 1} Example Street",
+                "amount_cents": 1000 + 250 * n,
+                "currency": "EUR",
+                "ordered_at": now - timedelta(days=30 * (n + 1)),
+            }
+            for user in user_ids
+            for n, order_id in enumerate(
+                (order_ids or {}).get(user) or [f"{user}-order-{i}" for i in range(per_user)]
+            )
+        ]
+    }
+
+
+EXAMPLE = Example(
+    SERVICE,
+    metadata,
+    erasure_log,
+    (
+        Handler("order", EventType.ANONYMIZE, anonymize_orders, batch=True),
+        Handler("user", EventType.DELETE, delete_users, batch=True),
+    ),
+    seed_rows,
+)
+create_app = EXAMPLE.consumer
+seed = EXAMPLE.seed

@@ -1,6 +1,7 @@
 """Notifications service: deletes a user's notifications (`user` / delete)."""
 
 from services.notifications.service import (
+    EXAMPLE,
     SERVICE,
     create_app,
     erasure_log,
@@ -9,4 +10,4 @@ from services.notifications.service import (
     seed,
 )
 
-__all__ = ["SERVICE", "create_app", "erasure_log", "metadata", "notifications", "seed"]
+__all__ = ["EXAMPLE", "SERVICE", "create_app", "erasure_log", "metadata", "notifications", "seed"]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from prometheus_client import CollectorRegistry
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -17,22 +17,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from consumer_sdk import (
-    ConsumerSettings,
-    EntityNotFound,
-    RetentionConsumer,
-    RetentionEvent,
-)
-from schemas import KafkaSettings
-from services._shared import (
-    create_tables,
-    delete_users_rows,
-    engine_for,
-    service_database_url,
-    user_erasure_log,
-)
+from consumer_sdk import EntityNotFound, EventType, RetentionEvent
+from services._shared import delete_users_rows, user_erasure_log
+from services.example import Example, Handler
 
-__all__ = ["SERVICE", "create_app", "erasure_log", "metadata", "notifications", "seed"]
+__all__ = ["EXAMPLE", "SERVICE", "create_app", "erasure_log", "metadata", "notifications", "seed"]
 
 SERVICE = "notifications"
 metadata = MetaData(schema="notifications")
@@ -59,42 +48,23 @@ async def delete_users(
     )
 
 
-async def _create_tables(conn: AsyncConnection) -> None:
-    await create_tables(conn, metadata)
+def seed_rows(user_ids: Sequence[str], *, per_user: int = 3) -> dict[Table, list[dict[str, Any]]]:
+    """`per_user` notifications for each user."""
+    return {
+        notifications: [
+            {"user_id": user, "channel": ("email", "push", "sms")[n % 3], "body": f"note {n}"}
+            for user in user_ids
+            for n in range(per_user)
+        ]
+    }
 
 
-def create_app(
-    *,
-    database_url: str | None = None,
-    kafka: KafkaSettings | None = None,
-    settings: ConsumerSettings | None = None,
-    registry: CollectorRegistry | None = None,
-) -> RetentionConsumer:
-    app = RetentionConsumer(
-        SERVICE,
-        kafka=kafka,
-        settings=settings,
-        database_url=database_url or service_database_url(),
-        registry=registry,
-    )
-    app.on_startup(_create_tables)
-    app.on_delete_batch("user")(delete_users)
-    return app
-
-
-async def seed(database_url: str, user_ids: Sequence[str], *, per_user: int = 3) -> int:
-    """Insert `per_user` notifications for each user; returns rows inserted."""
-    engine = engine_for(database_url)
-    try:
-        async with engine.begin() as conn:
-            await create_tables(conn, metadata)
-            rows = [
-                {"user_id": user, "channel": ("email", "push", "sms")[n % 3], "body": f"note {n}"}
-                for user in user_ids
-                for n in range(per_user)
-            ]
-            if rows:
-                await conn.execute(notifications.insert(), rows)
-            return len(rows)
-    finally:
-        await engine.dispose()
+EXAMPLE = Example(
+    SERVICE,
+    metadata,
+    erasure_log,
+    (Handler("user", EventType.DELETE, delete_users, batch=True),),
+    seed_rows,
+)
+create_app = EXAMPLE.consumer
+seed = EXAMPLE.seed

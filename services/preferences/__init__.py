@@ -1,6 +1,7 @@
 """Preferences service: deletes a user's preferences (`user` / delete)."""
 
 from services.preferences.service import (
+    EXAMPLE,
     SERVICE,
     create_app,
     erasure_log,
@@ -9,4 +10,4 @@ from services.preferences.service import (
     seed,
 )
 
-__all__ = ["SERVICE", "create_app", "erasure_log", "metadata", "preferences", "seed"]
+__all__ = ["EXAMPLE", "SERVICE", "create_app", "erasure_log", "metadata", "preferences", "seed"]

@@ -1,4 +1,4 @@
 from services._shared import main
-from services.preferences import SERVICE, create_app, seed
+from services.preferences import EXAMPLE
 
-raise SystemExit(main(SERVICE, create_app, seed))
+raise SystemExit(main(EXAMPLE.name, EXAMPLE.create_app, EXAMPLE.seed))

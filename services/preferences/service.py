@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from prometheus_client import CollectorRegistry
 from sqlalchemy import (
     Column,
     DateTime,
@@ -14,20 +14,13 @@ from sqlalchemy import (
     Text,
     func,
 )
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from consumer_sdk import ConsumerSettings, EntityNotFound, RetentionConsumer, RetentionEvent
-from schemas import KafkaSettings
-from services._shared import (
-    create_tables,
-    delete_users_rows,
-    engine_for,
-    service_database_url,
-    user_erasure_log,
-)
+from consumer_sdk import EntityNotFound, EventType, RetentionEvent
+from services._shared import delete_users_rows, user_erasure_log
+from services.example import Example, Handler
 
-__all__ = ["SERVICE", "create_app", "erasure_log", "metadata", "preferences", "seed"]
+__all__ = ["EXAMPLE", "SERVICE", "create_app", "erasure_log", "metadata", "preferences", "seed"]
 
 SERVICE = "preferences"
 metadata = MetaData(schema="preferences")
@@ -56,42 +49,23 @@ async def delete_users(
     )
 
 
-async def _create_tables(conn: AsyncConnection) -> None:
-    await create_tables(conn, metadata)
+def seed_rows(user_ids: Sequence[str]) -> dict[Table, list[dict[str, Any]]]:
+    """The demo preferences for each user."""
+    return {
+        preferences: [
+            {"user_id": user, "key": key, "value": value}
+            for user in user_ids
+            for key, value in DEMO_PREFERENCES.items()
+        ]
+    }
 
 
-def create_app(
-    *,
-    database_url: str | None = None,
-    kafka: KafkaSettings | None = None,
-    settings: ConsumerSettings | None = None,
-    registry: CollectorRegistry | None = None,
-) -> RetentionConsumer:
-    app = RetentionConsumer(
-        SERVICE,
-        kafka=kafka,
-        settings=settings,
-        database_url=database_url or service_database_url(),
-        registry=registry,
-    )
-    app.on_startup(_create_tables)
-    app.on_delete_batch("user")(delete_users)
-    return app
-
-
-async def seed(database_url: str, user_ids: Sequence[str]) -> int:
-    """Insert the demo preferences for each user (existing ones are kept); returns rows."""
-    engine = engine_for(database_url)
-    try:
-        async with engine.begin() as conn:
-            await create_tables(conn, metadata)
-            rows = [
-                {"user_id": user, "key": key, "value": value}
-                for user in user_ids
-                for key, value in DEMO_PREFERENCES.items()
-            ]
-            if rows:
-                await conn.execute(postgresql.insert(preferences).on_conflict_do_nothing(), rows)
-            return len(rows)
-    finally:
-        await engine.dispose()
+EXAMPLE = Example(
+    SERVICE,
+    metadata,
+    erasure_log,
+    (Handler("user", EventType.DELETE, delete_users, batch=True),),
+    seed_rows,
+)
+create_app = EXAMPLE.consumer
+seed = EXAMPLE.seed

@@ -4,9 +4,8 @@ deleted. Built as a Faust app; the retention handler is attached with `consumer_
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-import faust
-from prometheus_client import CollectorRegistry
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -19,12 +18,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from consumer_sdk import ConsumerSettings, EntityNotFound, RetentionConsumer, RetentionEvent
-from consumer_sdk.faust import FaustRetention, attach, faust_app_settings
-from schemas import KafkaSettings, service_group
-from services._shared import create_tables, engine_for, service_database_url, user_erasure_log
+from consumer_sdk import EntityNotFound, EventType, RetentionEvent
+from consumer_sdk.faust import FaustRetention
+from services._shared import user_erasure_log
+from services.example import Example, Handler
 
-__all__ = ["SERVICE", "create_app", "documents", "erasure_log", "metadata", "seed"]
+__all__ = ["EXAMPLE", "SERVICE", "create_app", "documents", "erasure_log", "metadata", "seed"]
 
 SERVICE = "search_index"
 metadata = MetaData(schema="search_index")
@@ -53,45 +52,30 @@ async def delete_user(event: RetentionEvent, conn: AsyncConnection) -> int:
     return result.rowcount
 
 
-async def _create_tables(conn: AsyncConnection) -> None:
-    await create_tables(conn, metadata)
+def seed_rows(user_ids: Sequence[str], *, per_user: int = 2) -> dict[Table, list[dict[str, Any]]]:
+    """`per_user` indexed documents for each user."""
+    return {
+        documents: [
+            {"user_id": user, "title": f"doc {n}", "body": f"text {n} of {user}"}
+            for user in user_ids
+            for n in range(per_user)
+        ]
+    }
 
 
-def create_app(
-    *,
-    database_url: str | None = None,
-    kafka: KafkaSettings | None = None,
-    settings: ConsumerSettings | None = None,
-    registry: CollectorRegistry | None = None,
-) -> FaustRetention:
+EXAMPLE = Example(
+    SERVICE,
+    metadata,
+    erasure_log,
+    (Handler("user", EventType.DELETE, delete_user),),
+    seed_rows,
+    faust=True,
+)
+seed = EXAMPLE.seed
+
+
+def create_app(**options: Any) -> FaustRetention:
     """The Faust app with the retention agent attached (`.app` is the `faust.App`)."""
-    retention = RetentionConsumer(
-        SERVICE,
-        kafka=kafka,
-        settings=settings,
-        database_url=database_url or service_database_url(),
-        registry=registry,
-    )
-    retention.on_startup(_create_tables)
-    retention.on_delete("user")(delete_user)
-    # The app's id is its consumer group: the same name the core SDK would use.
-    app = faust.App(service_group(SERVICE), **faust_app_settings(retention.kafka))
-    return attach(app, retention)
-
-
-async def seed(database_url: str, user_ids: Sequence[str], *, per_user: int = 2) -> int:
-    """Index `per_user` documents for each user; returns rows inserted."""
-    engine = engine_for(database_url)
-    try:
-        async with engine.begin() as conn:
-            await create_tables(conn, metadata)
-            rows = [
-                {"user_id": user, "title": f"doc {n}", "body": f"text {n} of {user}"}
-                for user in user_ids
-                for n in range(per_user)
-            ]
-            if rows:
-                await conn.execute(documents.insert(), rows)
-            return len(rows)
-    finally:
-        await engine.dispose()
+    app = EXAMPLE.create_app(**options)
+    assert isinstance(app, FaustRetention)
+    return app

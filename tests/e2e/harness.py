@@ -43,7 +43,7 @@ from coordinator.settings import RelaySettings, TrackerSettings
 from coordinator.tables import audit_log, event_status, service_registry
 from coordinator.tracking.tracker import Tracker
 from schemas import AckStatus, KafkaSettings, RetentionAck, decode
-from services import billing, notifications, preferences, search_index
+from services import EXAMPLES
 from tests import infra
 from tests.infra import ROOT
 
@@ -75,20 +75,15 @@ __all__ = [
     "wait_for",
 ]
 
-PRODUCT_SERVICES = ("notifications", "preferences", "billing")
+PRODUCT_SERVICES = tuple(e.name for e in EXAMPLES if not e.faust)
 """The example services on the core SDK, each run as `python -m services.<name>`."""
 
-FAUST_SERVICE = search_index.SERVICE
+[FAUST_SERVICE] = [e.name for e in EXAMPLES if e.faust]
 """The example service built as a Faust app (`python -m services.search_index`)."""
 
 ALL_SERVICES = (*PRODUCT_SERVICES, FAUST_SERVICE)
 
-ERASURE_LOGS = {
-    "notifications": notifications.erasure_log,
-    "preferences": preferences.erasure_log,
-    "billing": billing.erasure_log,
-    FAUST_SERVICE: search_index.erasure_log,
-}
+ERASURE_LOGS = {e.name: e.erasure_log for e in EXAMPLES}
 """One row per applied effect, with no unique key: a twice-applied event shows twice."""
 
 RETENTION_CLI = str(Path(sys.executable).with_name("retention"))

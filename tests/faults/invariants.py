@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from coordinator import audit
 from coordinator.db import make_engine
 from coordinator.tables import anonymized, event_status, expected_acks, outbox
-from services import billing, notifications, preferences
+from services import EXAMPLES, billing, notifications, preferences
 from tests.e2e.harness import Stack
 from tests.faults.world import (
     ENTITY_SERVICES,
@@ -55,11 +55,7 @@ INVARIANTS = ("holds", "young", "delivered", "once", "settled", "audit")
 REPORTS: list[InvariantReport] = []
 """Every report of this session, for the totals line."""
 
-SERVICE_LOGS = {
-    "notifications": (notifications.erasure_log, notifications.erasure_log.c.user_id),
-    "preferences": (preferences.erasure_log, preferences.erasure_log.c.user_id),
-    "billing": (billing.erasure_log, billing.erasure_log.c.entity_id),
-}
+SERVICE_LOGS = {e.name: (e.erasure_log, e.erased_id) for e in EXAMPLES if not e.faust}
 
 
 @dataclass

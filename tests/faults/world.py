@@ -39,7 +39,7 @@ from demo.seed_data import (
     create_seed_tables,
     populate,
 )
-from services import billing, notifications, preferences
+from services import EXAMPLES, billing, notifications, preferences
 from tests.e2e.harness import Stack
 from tests.infra import ROOT
 
@@ -66,10 +66,13 @@ PROCESSED_LIVE = PROCESSED | {"at_cutoff"}
 """Processed in a real-time run: the cutoff has moved past rows written at the old one."""
 
 ENTITY_SERVICES: Mapping[str, frozenset[str]] = {
-    "user": frozenset({"notifications", "preferences", "billing"}),
-    "order": frozenset({"billing"}),
+    entity_type: frozenset(
+        e.name for e in EXAMPLES if not e.faust and entity_type in e.entity_types
+    )
+    for entity_type in {t for e in EXAMPLES for t in e.entity_types}
 }
-"""Which example services register for which entity type; every other type: none."""
+"""Which example services on the core SDK (the ones the fault scenarios run) register for
+which entity type; every other type: none."""
 
 SEED_POLICY_FILE = ROOT / "tests" / "data" / "seed_policies.yaml"
 
