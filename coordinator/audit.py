@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import func, insert, select
@@ -21,6 +22,7 @@ from coordinator.tables import audit_log
 
 __all__ = [
     "GENESIS",
+    "AuditAction",
     "AuditEntry",
     "AuditRef",
     "BrokenLink",
@@ -39,11 +41,31 @@ GENESIS = "0" * 64
 _CHAIN_LOCK = 0x72657461
 
 
+class AuditAction(StrEnum):
+    """Every action the coordinator writes to the chain. The values are stored and hashed:
+    an existing one never changes (new ones take a `snake_case` verb phrase)."""
+
+    RUN_START = "run.start"
+    RUN_FINISH = "run.finish"
+    PURGE_BATCH = "purge.batch"
+    HOLD_CREATE = "hold.create"
+    HOLD_RELEASE = "hold.release"
+    EVENTS_PUBLISHED = "events_published"
+    EVENTS_TRACKED = "events_tracked"
+    ACKS_ACCEPTED = "acks_accepted"
+    ACKS_REJECTED = "acks_rejected"
+    EVENTS_COMPLETED = "events_completed"
+    EVENTS_FAILED = "events_failed"
+    REMINDERS_SENT = "reminders_sent"
+    EVENTS_OVERDUE = "events_overdue"
+
+
 @dataclass(frozen=True, slots=True)
 class AuditEntry:
     """One thing the coordinator did."""
 
     action: str
+    """An `AuditAction` when written; read back as the stored text."""
     actor: str
     data: Mapping[str, Any]
 

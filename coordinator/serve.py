@@ -34,6 +34,7 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from coordinator import CoordinatorError
 from coordinator.api import ApiContext, RunInProgress, create_app
 from coordinator.api.health import KafkaHealth
 from coordinator.clock import Clock, SystemClock
@@ -56,7 +57,7 @@ log = structlog.get_logger("retention.serve")
 GLOBAL_SCHEDULE = "global"
 
 
-class ServiceFailed(RuntimeError):
+class ServiceFailed(CoordinatorError, RuntimeError):
     """A component of the service stopped on its own; the process should exit non-zero."""
 
 

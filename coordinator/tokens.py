@@ -32,6 +32,8 @@ from pydantic import (
     model_validator,
 )
 
+from coordinator import CoordinatorError
+
 __all__ = [
     "MAX_TOKENS_FILE_BYTES",
     "NewToken",
@@ -108,7 +110,7 @@ class TokensFile(BaseModel):
         return self
 
 
-class TokensFileError(ValueError):
+class TokensFileError(CoordinatorError, ValueError):
     """The tokens file is missing, too big, or not `{tokens: [{name, scope, sha256}]}`."""
 
 

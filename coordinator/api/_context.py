@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from coordinator import CoordinatorError
 from coordinator.api.health import KafkaHealth
 from coordinator.clock import Clock
 from coordinator.policy.model import PolicySet
@@ -27,7 +28,7 @@ __all__ = [
 ]
 
 
-class RunInProgress(RuntimeError):
+class RunInProgress(CoordinatorError, RuntimeError):
     """A run triggered over HTTP is still going (the API answers 409)."""
 
 

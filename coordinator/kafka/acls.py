@@ -18,6 +18,7 @@ from typing import Any, Literal
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.protocol.admin import CreateAclsRequest
 
+from coordinator import CoordinatorError
 from schemas import KafkaSettings, Topics, service_group
 
 __all__ = [
@@ -45,7 +46,7 @@ READ: tuple[Operation, ...] = ("Read", "Describe")
 WRITE: tuple[Operation, ...] = ("Write", "Describe")
 
 
-class AclError(RuntimeError):
+class AclError(CoordinatorError, RuntimeError):
     """The broker refused to create an ACL; the message says which and why."""
 
 

@@ -26,7 +26,7 @@ from aiokafka.errors import KafkaError
 from sqlalchemy import ARRAY, Uuid, any_, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from coordinator import audit
+from coordinator import CoordinatorError, audit
 from coordinator.clock import Clock, SystemClock
 from coordinator.kafka.producer import (
     Delivery,
@@ -51,7 +51,7 @@ __all__ = [
     "event_from_row",
 ]
 
-AUDIT_ACTION = "events_published"
+AUDIT_ACTION = audit.AuditAction.EVENTS_PUBLISHED
 
 log = structlog.get_logger(__name__)
 
@@ -127,7 +127,7 @@ def _consume_outcome(future: asyncio.Future[object]) -> None:
         future.exception()
 
 
-class PublishFailed(KafkaError):  # type: ignore[misc]  # aiokafka ships no types
+class PublishFailed(CoordinatorError, KafkaError):  # type: ignore[misc]  # aiokafka: untyped
     """The broker acknowledged none of a batch's records: wait, then send them again."""
 
     retriable = True

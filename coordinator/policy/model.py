@@ -32,6 +32,7 @@ from pydantic import (
     model_validator,
 )
 
+from coordinator import CoordinatorError
 from coordinator.policy import anonymizers
 from coordinator.policy.conditions import ConditionError, parse_condition
 from coordinator.policy.durations import DURATION_PATTERN, format_duration, parse_duration
@@ -194,7 +195,7 @@ class PolicyIssue:
         return f"{where}{who}{self.message}"
 
 
-class PolicyFileError(ValueError):
+class PolicyFileError(CoordinatorError, ValueError):
     """Every problem found in a policy file (never just the first)."""
 
     def __init__(self, source: str, issues: Sequence[PolicyIssue]) -> None:

@@ -32,7 +32,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
-from coordinator.audit import AuditEntry, append
+from coordinator.audit import AuditAction, AuditEntry, append
 from coordinator.policy import anonymizers
 from coordinator.policy.binding import ARCHIVED_AT, BoundPolicy
 from coordinator.policy.model import Action, Policy
@@ -273,7 +273,7 @@ async def purge_batch(
         conn,
         [
             AuditEntry(
-                "purge.batch",
+                AuditAction.PURGE_BATCH,
                 "coordinator",
                 {
                     "run_id": run_id,

@@ -58,7 +58,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeEngine
 
-from coordinator.audit import AuditEntry, append
+from coordinator import CoordinatorError
+from coordinator.audit import AuditAction, AuditEntry, append
 from coordinator.policy.model import PolicySet
 from coordinator.tables import legal_hold_entities, legal_holds
 
@@ -86,7 +87,7 @@ HOLD_LOCK = 0x686F6C64
 """Advisory lock key that orders hold creation against purge batches (see module doc)."""
 
 
-class HoldError(ValueError):
+class HoldError(CoordinatorError, ValueError):
     """A hold request that cannot be honoured (bad entity, unknown or released hold)."""
 
 
@@ -335,7 +336,7 @@ async def create_hold(
         conn,
         [
             AuditEntry(
-                "hold.create",
+                AuditAction.HOLD_CREATE,
                 created_by,
                 {
                     "hold_id": hold_id,
@@ -413,5 +414,5 @@ async def release_hold(conn: AsyncConnection, hold_id: str, *, by: str, now: dat
     if released is None:
         hold = await get_hold(conn, hold_id)  # raises for an unknown id
         raise HoldConflict(f"hold {hold_id!r} was already released at {hold.released_at}")
-    await append(conn, [AuditEntry("hold.release", by, {"hold_id": hold_id})], at=now)
+    await append(conn, [AuditEntry(AuditAction.HOLD_RELEASE, by, {"hold_id": hold_id})], at=now)
     return await get_hold(conn, hold_id)

@@ -18,7 +18,7 @@ import structlog
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.audit import AuditEntry, append
+from coordinator.audit import AuditAction, AuditEntry, append
 from coordinator.clock import Clock, SystemClock
 from coordinator.db import when_reachable
 from coordinator.metrics import Metrics
@@ -176,7 +176,7 @@ class Runner:
                 conn,
                 [
                     AuditEntry(
-                        "run.start",
+                        AuditAction.RUN_START,
                         actor,
                         {"run_id": run_id, "policies": selected, "forced": force},
                     )
@@ -232,7 +232,7 @@ class Runner:
                     conn,
                     [
                         AuditEntry(
-                            "run.finish",
+                            AuditAction.RUN_FINISH,
                             actor,
                             {
                                 "run_id": run_id,

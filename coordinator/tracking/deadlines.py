@@ -130,7 +130,7 @@ async def record_reminders(
         conn,
         [
             audit.AuditEntry(
-                "reminders_sent",
+                audit.AuditAction.REMINDERS_SENT,
                 ACTOR,
                 {
                     "events": [
@@ -188,7 +188,7 @@ async def escalate_overdue(conn: AsyncConnection, *, now: datetime, limit: int) 
         conn,
         [
             audit.AuditEntry(
-                "events_overdue",
+                audit.AuditAction.EVENTS_OVERDUE,
                 ACTOR,
                 {"events": [{"event_id": o.event_id, "missing": o.missing} for o in overdue]},
             )

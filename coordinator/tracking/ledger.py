@@ -416,7 +416,7 @@ def _audit_entries(
     if outcome.accepted:
         entries.append(
             audit.AuditEntry(
-                "acks_accepted",
+                audit.AuditAction.ACKS_ACCEPTED,
                 ACTOR,
                 {
                     "acks": [
@@ -435,7 +435,7 @@ def _audit_entries(
     if outcome.rejected:
         entries.append(
             audit.AuditEntry(
-                "acks_rejected",
+                audit.AuditAction.ACKS_REJECTED,
                 ACTOR,
                 {
                     "acks": [
@@ -454,5 +454,7 @@ def _audit_entries(
     for state in ("completed", "failed"):
         ids = [t.event_id for t in transitions if t.state == state]
         if ids:
-            entries.append(audit.AuditEntry(f"events_{state}", ACTOR, {"events": ids}))
+            entries.append(
+                audit.AuditEntry(audit.AuditAction(f"events_{state}"), ACTOR, {"events": ids})
+            )
     return entries

@@ -188,7 +188,7 @@ async def _track(
         conn,
         [
             audit.AuditEntry(
-                "events_tracked",
+                audit.AuditAction.EVENTS_TRACKED,
                 ACTOR,
                 {"events": [{"event_id": t.event_id, "expected": t.expected} for t in events]},
             )

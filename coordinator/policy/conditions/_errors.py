@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from coordinator import CoordinatorError
 
-class ConditionError(ValueError):
+
+class ConditionError(CoordinatorError, ValueError):
     """A condition outside the language, or one that does not fit its table.
 
     ``str(error)`` reads ``<reason> at position <n>``; callers that know where the
