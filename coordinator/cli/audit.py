@@ -10,6 +10,8 @@ from coordinator import audit as audit_log
 from coordinator.cli._app import ExitCode, emit_json, err_console, load_settings, out_console
 from coordinator.db import make_engine
 
+__all__ = ["app", "verify"]
+
 app = typer.Typer(help="Tamper-evident audit log.", no_args_is_help=True)
 
 

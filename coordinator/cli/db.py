@@ -9,6 +9,8 @@ import typer
 from coordinator.cli._app import err_console, load_settings
 from coordinator.migrate import upgrade
 
+__all__ = ["app", "db_upgrade"]
+
 app = typer.Typer(help="Database schema.", no_args_is_help=True)
 
 

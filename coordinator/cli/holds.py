@@ -19,6 +19,8 @@ from coordinator.db import make_engine
 from coordinator.purge import holds
 from coordinator.settings import Settings
 
+__all__ = ["app", "create", "list_", "release", "show"]
+
 app = typer.Typer(help="Legal holds: entities no policy may touch.", no_args_is_help=True)
 
 JSON_OPTION = typer.Option(False, "--json", help="One JSON document on stdout.")

@@ -18,6 +18,8 @@ from coordinator.kafka.acls import (
     service_principal,
 )
 
+__all__ = ["acls", "app"]
+
 app = typer.Typer(no_args_is_help=True, help="Kafka: the ACLs that go with the topics.")
 
 

@@ -9,6 +9,8 @@ import typer
 from coordinator.cli._app import emit_json, load_settings, out_console
 from coordinator.cli._policies import POLICIES_OPTION, exit_on_database_issues, load_policy_set
 
+__all__ = ["app", "validate"]
+
 app = typer.Typer(help="Policy files.", no_args_is_help=True)
 
 

@@ -18,6 +18,8 @@ from coordinator.kafka.admin import ensure_topics
 from coordinator.outbox.relay import OutboxRelay
 from coordinator.settings import Settings
 
+__all__ = ["relay"]
+
 
 async def _relay(settings: Settings, *, drain: bool) -> tuple[int, int]:
     await ensure_topics(settings.kafka)

@@ -9,6 +9,8 @@ import typer
 from coordinator.cli._app import ExitCode, emit_json, err_console, out_console
 from coordinator.tokens import Scope, TokensFileError, add_token, new_token
 
+__all__ = ["app", "create"]
+
 app = typer.Typer(help="API tokens: named, scoped, stored as hashes.", no_args_is_help=True)
 
 SCOPE_OPTION = typer.Option(..., "--scope", help="read, write or admin.")
