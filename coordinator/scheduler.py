@@ -126,7 +126,7 @@ class Scheduler:
                 await self._lock_conn.execute(select(1))
                 return True
             except Exception:
-                log.warning("scheduler.leadership_lost", node=self.node)
+                log.warning("scheduler_leadership_lost", node=self.node)
                 await self._drop_lock_conn()
         conn = await self._engine.connect()
         # Autocommit: holding the lock must not hold a transaction (and a snapshot) open.
@@ -140,7 +140,7 @@ class Scheduler:
             await conn.close()
             return False
         self._lock_conn = conn
-        log.info("scheduler.leader", node=self.node)
+        log.info("scheduler_leading", node=self.node)
         return True
 
     async def _drop_lock_conn(self) -> None:
@@ -149,7 +149,7 @@ class Scheduler:
             try:
                 await conn.invalidate()
             except Exception:  # the connection is already gone; nothing left to release
-                log.debug("scheduler.lock_connection_invalidate_failed", node=self.node)
+                log.debug("scheduler_lock_connection_invalidate_failed", node=self.node)
 
     async def tick(self) -> list[Fire]:
         """Take or keep leadership, then deal with every due fire time. Returns decisions."""
@@ -181,7 +181,7 @@ class Scheduler:
         decisions = [Fire(schedule.name, t, "missed") for t in older[-_MAX_MISSES_RECORDED:]]
         if len(older) > _MAX_MISSES_RECORDED:
             log.warning(
-                "scheduler.misses_truncated",
+                "scheduler_misses_truncated",
                 schedule=schedule.name,
                 missed=len(older),
                 recorded=_MAX_MISSES_RECORDED,
@@ -196,7 +196,8 @@ class Scheduler:
         recorded = await self._record(decisions)
         for fire in recorded:
             log.info(
-                f"scheduler.{fire.status}",
+                "scheduler_fire_recorded",
+                status=fire.status,
                 schedule=fire.schedule,
                 fire_at=fire.fire_at.isoformat(),
                 node=self.node,
@@ -240,7 +241,7 @@ class Scheduler:
             raise
         except Exception as exc:
             status, detail = "failed", f"{type(exc).__name__}: {exc}"
-            log.exception("scheduler.job_failed", schedule=schedule.name)
+            log.exception("scheduler_job_failed", schedule=schedule.name)
         finally:
             await self._finish(fire, status, detail)
 
@@ -263,7 +264,7 @@ class Scheduler:
             await when_reachable(record, what="scheduler fire outcome")
         except Exception:
             log.exception(
-                "scheduler.fire_unrecorded", schedule=fire.schedule, status=status, node=self.node
+                "scheduler_fire_unrecorded", schedule=fire.schedule, status=status, node=self.node
             )
 
     async def wait_idle(self) -> None:

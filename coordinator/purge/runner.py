@@ -183,7 +183,7 @@ class Runner:
                 ],
                 at=started,
             )
-        log.info("run.start", run_id=str(run_id), policies=len(selected), forced=force)
+        log.info("run_started", run_id=str(run_id), policies=len(selected), forced=force)
         async with self.engine.connect() as conn:
             bound, issues = await bind_policies(conn, self.policy_set, self.settings, only=selected)
         outcomes = []
@@ -213,7 +213,7 @@ class Runner:
                     outcome.status = "error"
                     outcome.errors.append(f"{type(exc).__name__}: {exc}")
                     log.error(
-                        "policy.failed", run_id=str(run_id), policy=name, error=type(exc).__name__
+                        "policy_failed", run_id=str(run_id), policy=name, error=type(exc).__name__
                     )
             outcome.duration_s = time.monotonic() - begun
             await self._record(run_id, outcome)
@@ -246,7 +246,7 @@ class Runner:
 
         # The run is over; its record must not stay `running` because the server restarted.
         await when_reachable(finish, what="run outcome")
-        log.info("run.finish", run_id=str(run_id), ok=report.ok)
+        log.info("run_finished", run_id=str(run_id), ok=report.ok)
         return report
 
     @asynccontextmanager
@@ -282,7 +282,9 @@ class Runner:
             base = await time_base(conn, self.clock)
             plan = await plan_policy(conn, bound, base.now)
         if base.skew_seconds > _SKEW_WARNING_SECONDS:  # ahead: cutoffs now follow the DB
-            log.warning("clock.skew", policy=policy.name, skew_s=round(base.skew_seconds, 1))
+            log.warning(
+                "clock_skew_detected", policy=policy.name, skew_s=round(base.skew_seconds, 1)
+            )
         outcome.cutoff, outcome.due = plan.cutoff, plan.due
         if plan.guard is not None and not force:
             outcome.status = "error"
