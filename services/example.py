@@ -17,11 +17,18 @@ from sqlalchemy import Column, MetaData, Table
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from consumer_sdk import ConsumerSettings, RetentionConsumer
+from consumer_sdk import ConsumerSettings, EntityNotFound, RetentionConsumer, RetentionEvent
 from schemas import EventType, KafkaSettings
-from services._shared import Runnable, create_tables, engine_for, service_database_url
+from services._shared import (
+    Runnable,
+    create_tables,
+    delete_users_rows,
+    engine_for,
+    service_database_url,
+    user_erasure_log,
+)
 
-__all__ = ["METRICS_PORT", "Example", "Handler", "SeedRows"]
+__all__ = ["METRICS_PORT", "Example", "Handler", "SeedRows", "user_rows_example"]
 
 METRICS_PORT = 9100
 """Where every example service serves /metrics in docker-compose (each in its container)."""
@@ -137,3 +144,20 @@ class Example:
                 return total
         finally:
             await engine.dispose()
+
+
+def user_rows_example(
+    name: str, metadata: MetaData, table: Table, seed_rows: SeedRows, *, missing: str
+) -> Example:
+    """A service whose only personal data is `table`'s rows of a user (a `user_id`
+    column), deleted when the user is: one set-based DELETE per batch, logged in a
+    `user_erasure_log`; `missing` is the `not_found` detail for a user without rows."""
+    erasure_log = user_erasure_log(metadata)
+
+    async def delete_users(
+        events: Sequence[RetentionEvent], conn: AsyncConnection
+    ) -> list[int | EntityNotFound]:
+        return await delete_users_rows(conn, table, erasure_log, events, missing)
+
+    handler = Handler("user", EventType.DELETE, delete_users, batch=True)
+    return Example(name, metadata, erasure_log, (handler,), seed_rows)

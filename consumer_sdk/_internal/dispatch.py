@@ -74,6 +74,20 @@ def _headers(
 
 
 @dataclass(slots=True)
+class _Run:
+    """How far one transaction's run over the records got, and what it handled."""
+
+    next: int
+    """The index of the first record not handled in the run."""
+    handled: list[
+        tuple[Record, RetentionEvent | PoisonRecord, HandlerSpec | None, Outcome | None]
+    ] = field(default_factory=list)
+    recorded: dict[uuid.UUID, ProcessedEvent] = field(default_factory=dict)
+    retry: Retry | None = None
+    """Set when the run stopped at `next` because its first attempt is worth retrying."""
+
+
+@dataclass(slots=True)
 class Dispatched:
     """What a run over records produced: sends to await, and how far it got."""
 
@@ -186,88 +200,112 @@ class Dispatcher:
         sent, then that event is retried on its own (so nothing behind it, of its key
         or any other, passes it), and the next run starts after it.
         """
-        assert isinstance(self.store, BatchingStore)
-        handled: list[
-            tuple[Record, RetentionEvent | PoisonRecord, HandlerSpec | None, Outcome | None]
-        ] = []
-        recorded: dict[uuid.UUID, ProcessedEvent] = {}
-        retry: Retry | None = None
-        i = start
-        isolate_until = start  # events before this index go one by one, even to a batch handler
+        run = _Run(start)
         try:
-            async with self.store.batch(self.service) as batch:
-                while i < len(decoded) and not (stopping is not None and stopping.is_set()):
-                    record, item = decoded[i]
-                    spec = None if isinstance(item, PoisonRecord) else self._spec(item)
-                    if spec is None or isinstance(item, PoisonRecord):
-                        handled.append((record, item, spec, None))
-                        i += 1
-                        continue
-                    prior = recorded.get(item.event_id) or known.get(item.event_id)
-                    if prior is not None:
-                        handled.append((record, item, spec, self.executor.redelivered(spec, prior)))
-                        i += 1
-                        continue
-                    if spec.batch and i >= isolate_until:
-                        group = self._group(decoded, i, spec, known, recorded)
-                        outcomes = await self.executor.batch_attempt(group, spec, batch)
-                        if outcomes is None:
-                            # Its writes are rolled back: find the culprit event by event.
-                            isolate_until = i + len(group)
-                            continue
-                        for (grouped, _), event, settled in zip(
-                            decoded[i : i + len(group)], group, outcomes, strict=True
-                        ):
-                            recorded[event.event_id] = settled.processed(event)
-                            batch.record(recorded[event.event_id])
-                            handled.append((grouped, event, spec, settled))
-                        i += len(group)
-                        continue
-                    result = await self.executor.first_attempt(item, spec, batch)
-                    if isinstance(result, Retry):
-                        retry = result
-                        break
-                    if result.status is not AckStatus.FAILED:
-                        recorded[item.event_id] = result.processed(item)
-                        batch.record(recorded[item.event_id])
-                    handled.append((record, item, spec, result))
-                    i += 1
+            await self._transaction(decoded, run, known, stopping)
         except Exception as exc:
-            if i == start:
+            if run.next == start:
                 # Failed before its first event: the transaction could not even begin (the
                 # database is unreachable). Nothing to redo one by one, and returning here
                 # would run the same batch again at once, in a loop, until the database
-                # is back; the caller pauses and re-reads instead.
+                # is back; the caller pauses and tries again instead.
                 raise
-            # Nothing of the run is committed. AlreadyRecorded: another delivery (a member
-            # racing during a rebalance) recorded one of these events first. Else the
-            # commit failed: the database is gone, or a handler swallowed an error that
-            # aborted the transaction. Event by event, each race is settled on its own and
-            # a culprit fails alone; if the database is gone, that raises too.
-            log.warning(
-                "batch transaction failed; redoing it event by event",
-                service=self.service,
-                partition=decoded[start][0].partition,
-                offset=decoded[start][0].offset,
-                events=i - start,
-                error=repr(exc) if not isinstance(exc, AlreadyRecorded) else "AlreadyRecorded",
-            )
-            known.update(await self._lookup(item for _, item in decoded[start:i]))
-            for record, item in decoded[start:i]:
-                await self._one(record, item, known, done, stopping)
-            return i
-        known.update(recorded)
-        for record, item, spec, outcome in handled:
+            await self._redo_one_by_one(decoded, start, run.next, exc, known, done, stopping)
+            return run.next
+        known.update(run.recorded)
+        await self._send(run, done)
+        if run.retry is None:
+            return run.next
+        record, item = decoded[run.next]
+        await self._one(record, item, known, done, stopping, first_error=run.retry.error)
+        return run.next + 1
+
+    async def _transaction(
+        self,
+        decoded: Sequence[_Item],
+        run: _Run,
+        known: dict[uuid.UUID, ProcessedEvent],
+        stopping: asyncio.Event | None,
+    ) -> None:
+        """Handle records from `run.next` in one store transaction until the batch's end, a
+        stop, or a first attempt worth retrying; `run` says how far it got either way."""
+        assert isinstance(self.store, BatchingStore)
+        handled, recorded = run.handled, run.recorded
+        isolate_until = run.next  # events before this index go one by one, even to a batch handler
+        async with self.store.batch(self.service) as batch:
+            while run.next < len(decoded) and not (stopping is not None and stopping.is_set()):
+                i = run.next
+                record, item = decoded[i]
+                spec = None if isinstance(item, PoisonRecord) else self._spec(item)
+                if spec is None or isinstance(item, PoisonRecord):
+                    handled.append((record, item, spec, None))
+                    run.next += 1
+                    continue
+                prior = recorded.get(item.event_id) or known.get(item.event_id)
+                if prior is not None:
+                    handled.append((record, item, spec, self.executor.redelivered(spec, prior)))
+                    run.next += 1
+                    continue
+                if spec.batch and i >= isolate_until:
+                    group = self._group(decoded, i, spec, known, recorded)
+                    outcomes = await self.executor.batch_attempt(group, spec, batch)
+                    if outcomes is None:
+                        # Its writes are rolled back: find the culprit event by event.
+                        isolate_until = i + len(group)
+                        continue
+                    for (grouped, _), event, settled in zip(
+                        decoded[i : i + len(group)], group, outcomes, strict=True
+                    ):
+                        recorded[event.event_id] = settled.processed(event)
+                        batch.record(recorded[event.event_id])
+                        handled.append((grouped, event, spec, settled))
+                    run.next += len(group)
+                    continue
+                result = await self.executor.first_attempt(item, spec, batch)
+                if isinstance(result, Retry):
+                    run.retry = result
+                    return
+                if result.status is not AckStatus.FAILED:
+                    recorded[item.event_id] = result.processed(item)
+                    batch.record(recorded[item.event_id])
+                handled.append((record, item, spec, result))
+                run.next += 1
+
+    async def _redo_one_by_one(
+        self,
+        decoded: Sequence[_Item],
+        start: int,
+        end: int,
+        exc: Exception,
+        known: dict[uuid.UUID, ProcessedEvent],
+        done: Dispatched,
+        stopping: asyncio.Event | None,
+    ) -> None:
+        """Nothing of the run is committed. AlreadyRecorded: another delivery (a member
+        racing during a rebalance) recorded one of these events first. Else the commit
+        failed: the database is gone, or a handler swallowed an error that aborted the
+        transaction. Event by event, each race is settled on its own and a culprit fails
+        alone; if the database is gone, that raises too."""
+        log.warning(
+            "batch transaction failed; redoing it event by event",
+            service=self.service,
+            partition=decoded[start][0].partition,
+            offset=decoded[start][0].offset,
+            events=end - start,
+            error=repr(exc) if not isinstance(exc, AlreadyRecorded) else "AlreadyRecorded",
+        )
+        known.update(await self._lookup(item for _, item in decoded[start:end]))
+        for record, item in decoded[start:end]:
+            await self._one(record, item, known, done, stopping)
+
+    async def _send(self, run: _Run, done: Dispatched) -> None:
+        """The committed run's acks and dead letters, in record order."""
+        for record, item, spec, outcome in run.handled:
             if isinstance(item, PoisonRecord):
                 done.sends.append(await self._poison(record, item))
             elif spec is not None and outcome is not None:
                 done.sends.extend(await self._emit(record, item, spec, outcome))
             done.last_done = record.offset
-        if retry is None:
-            return i
-        record, item = decoded[i]
-        await self._one(record, item, known, done, stopping, first_error=retry.error)
-        return i + 1
 
     def _group(
         self,

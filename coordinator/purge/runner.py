@@ -167,6 +167,24 @@ class Runner:
         selected = self.select(only)
         actor = actor or trigger
         run_id = run_id or uuid.uuid4()
+        await self._start(run_id, selected, trigger=trigger, force=force, actor=actor)
+        async with self.engine.connect() as conn:
+            bound, issues = await bind_policies(conn, self.policy_set, self.settings, only=selected)
+        outcomes = []
+        for name in selected:
+            # A policy that did not bind is reported with its issues, not run.
+            binding = issues[name] if name in issues else bound[name]
+            outcome = await self._run_policy(name, binding, run_id, force=force, progress=progress)
+            await self._record(run_id, outcome)
+            outcomes.append(outcome)
+        report = RunReport(run_id, outcomes)
+        await self._finish(report, actor=actor)
+        return report
+
+    async def _start(
+        self, run_id: uuid.UUID, selected: list[str], *, trigger: str, force: bool, actor: str
+    ) -> None:
+        """The run's row and its `run.start` audit entry, in one transaction."""
         started = self.clock.now()
         async with self.engine.begin() as conn:
             await conn.execute(
@@ -184,42 +202,53 @@ class Runner:
                 at=started,
             )
         log.info("run_started", run_id=str(run_id), policies=len(selected), forced=force)
-        async with self.engine.connect() as conn:
-            bound, issues = await bind_policies(conn, self.policy_set, self.settings, only=selected)
-        outcomes = []
-        for name in selected:
-            policy = self.policy_set.get(name)
-            outcome = PolicyOutcome(
-                policy=name, action=policy.action.value, started_at=self.clock.now()
-            )
-            begun = time.monotonic()
-            if name in issues:
+
+    async def _run_policy(
+        self,
+        name: str,
+        binding: BoundPolicy | list[PolicyIssue],
+        run_id: uuid.UUID,
+        *,
+        force: bool,
+        progress: Progress | None,
+    ) -> PolicyOutcome:
+        """One policy of the run: its binding issues, or its purge under the policy's lock.
+        Any error ends up in the outcome, never out of the run."""
+        policy = self.policy_set.get(name)
+        outcome = PolicyOutcome(
+            policy=name, action=policy.action.value, started_at=self.clock.now()
+        )
+        begun = time.monotonic()
+        if isinstance(binding, list):
+            outcome.status = "error"
+            outcome.errors = [str(issue) for issue in binding]
+        else:
+            try:
+                async with self._exclusive(name) as acquired:
+                    if acquired:
+                        await self._execute(
+                            binding, run_id, outcome, force=force, progress=progress
+                        )
+                    else:
+                        outcome.status = "error"
+                        outcome.errors.append(
+                            f"policy {name!r} is already being run by another process; "
+                            "skipped so that it runs once at a time"
+                        )
+            except Exception as exc:
                 outcome.status = "error"
-                outcome.errors = [str(issue) for issue in issues[name]]
-            else:
-                try:
-                    async with self._exclusive(name) as acquired:
-                        if acquired:
-                            await self._execute(
-                                bound[name], run_id, outcome, force=force, progress=progress
-                            )
-                        else:
-                            outcome.status = "error"
-                            outcome.errors.append(
-                                f"policy {name!r} is already being run by another process; "
-                                "skipped so that it runs once at a time"
-                            )
-                except Exception as exc:
-                    outcome.status = "error"
-                    outcome.errors.append(f"{type(exc).__name__}: {exc}")
-                    log.error(
-                        "policy_failed", run_id=str(run_id), policy=name, error=type(exc).__name__
-                    )
-            outcome.duration_s = time.monotonic() - begun
-            await self._record(run_id, outcome)
-            outcomes.append(outcome)
-        report = RunReport(run_id, outcomes)
+                outcome.errors.append(f"{type(exc).__name__}: {exc}")
+                log.error(
+                    "policy_failed", run_id=str(run_id), policy=name, error=type(exc).__name__
+                )
+        outcome.duration_s = time.monotonic() - begun
+        return outcome
+
+    async def _finish(self, report: RunReport, *, actor: str) -> None:
+        """The run's outcome and its `run.finish` audit entry, waiting out a server restart:
+        the run is over, and its record must not stay `running`."""
         finished = self.clock.now()
+        run_id = report.run_id
 
         async def finish() -> None:
             async with self.engine.begin() as conn:
@@ -237,17 +266,15 @@ class Runner:
                             {
                                 "run_id": run_id,
                                 "ok": report.ok,
-                                "processed": {o.policy: o.processed for o in outcomes},
+                                "processed": {o.policy: o.processed for o in report.outcomes},
                             },
                         )
                     ],
                     at=finished,
                 )
 
-        # The run is over; its record must not stay `running` because the server restarted.
         await when_reachable(finish, what="run outcome")
         log.info("run_finished", run_id=str(run_id), ok=report.ok)
-        return report
 
     @asynccontextmanager
     async def _exclusive(self, policy: str) -> AsyncIterator[bool]:

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    CTE,
     BigInteger,
     ColumnElement,
     Interval,
+    Subquery,
     and_,
     any_,
     bindparam,
@@ -99,6 +101,29 @@ async def _track(
     # written with that seq, its expected count and its state in one go, never updated.
     last_seq, _ = await audit.lock_head(conn)
     seq = last_seq + 1
+    src = _untracked(which, now=now, reminder_interval=reminder_interval, limit=limit)
+    new = _insert_statuses(src, now=now, seq=seq)
+    snapshot = _insert_expected(new)
+    rows = await conn.execute(
+        select(new.c.event_id, new.c.policy, new.c.published_at, snapshot.c.service)
+        .outerjoin(snapshot, snapshot.c.event_id == new.c.event_id)
+        .order_by(new.c.published_at, new.c.event_id, snapshot.c.service)
+    )
+    events = _tracked_events(rows)
+    if events:
+        await _append_tracked(conn, events, now=now, seq=seq)
+    return events
+
+
+def _untracked(
+    which: ColumnElement[bool],
+    *,
+    now: datetime,
+    reminder_interval: timedelta,
+    limit: int | None,
+) -> Subquery:
+    """Published events `which` selects that have no status row yet, oldest first, with
+    what their status row starts from (deadline, expected count, first reminder)."""
     o, r = outbox.c, service_registry.c
     published = func.coalesce(o.published_at, literal(now, event_status.c.tracked_at.type))
     interval = bindparam("reminder_interval", reminder_interval, type_=Interval)
@@ -128,10 +153,14 @@ async def _track(
     )
     if limit is not None:
         source = source.limit(limit)
-    src = source.subquery("src")
+    return source.subquery("src")
+
+
+def _insert_statuses(src: Subquery, *, now: datetime, seq: int) -> CTE:
+    """One status row per event of `src`, citing the coming audit entry `seq`."""
     # An event nobody handles is complete the moment it is published.
     unhandled = src.c.expected == 0
-    new = (
+    return (
         pg_insert(event_status)
         .from_select(
             [*_COPIED, *_SET_HERE],
@@ -150,11 +179,15 @@ async def _track(
         .returning(event_status.c.entity_type, event_status.c.event_type)
         .cte("new")
     )
-    snapshot = (
+
+
+def _insert_expected(new: CTE) -> CTE:
+    """The snapshot: one expected-ack row per new event and service registered for it."""
+    return (
         insert(expected_acks)
         .from_select(
             ["event_id", "service"],
-            select(new.c.event_id, r.service)
+            select(new.c.event_id, service_registry.c.service)
             .distinct()
             .join_from(
                 new,
@@ -165,11 +198,10 @@ async def _track(
         .returning(expected_acks.c.event_id, expected_acks.c.service)
         .cte("snapshot")
     )
-    rows = await conn.execute(
-        select(new.c.event_id, new.c.policy, new.c.published_at, snapshot.c.service)
-        .outerjoin(snapshot, snapshot.c.event_id == new.c.event_id)
-        .order_by(new.c.published_at, new.c.event_id, snapshot.c.service)
-    )
+
+
+def _tracked_events(rows: Iterable[Any]) -> list[TrackedEvent]:
+    """Rows of (event, policy, published_at, service or None) as one TrackedEvent each."""
     tracked: dict[uuid.UUID, TrackedEvent] = {}
     services: dict[uuid.UUID, list[str]] = defaultdict(list)
     for row in rows:
@@ -178,12 +210,15 @@ async def _track(
         )
         if row.service is not None:
             services[row.event_id].append(row.service)
-    if not tracked:
-        return []
-    events = [
+    return [
         TrackedEvent(t.event_id, t.policy, t.published_at, tuple(services[t.event_id]))
         for t in tracked.values()
     ]
+
+
+async def _append_tracked(
+    conn: AsyncConnection, events: list[TrackedEvent], *, now: datetime, seq: int
+) -> None:
     [ref] = await audit.append_refs(
         conn,
         [
@@ -197,7 +232,6 @@ async def _track(
     )
     if ref.seq != seq:
         raise RuntimeError(f"events_tracked landed at seq {ref.seq}, not {seq}")
-    return events
 
 
 # Columns copied from the outbox row (published_at, deadline: as the tracker sees them).

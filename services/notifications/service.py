@@ -15,11 +15,8 @@ from sqlalchemy import (
     Text,
     func,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from consumer_sdk import EntityNotFound, EventType, RetentionEvent
-from services._shared import delete_users_rows, user_erasure_log
-from services.example import Example, Handler
+from services.example import user_rows_example
 
 __all__ = ["EXAMPLE", "SERVICE", "create_app", "erasure_log", "metadata", "notifications", "seed"]
 
@@ -36,17 +33,6 @@ notifications = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
-erasure_log = user_erasure_log(metadata)
-
-
-async def delete_users(
-    events: Sequence[RetentionEvent], conn: AsyncConnection
-) -> list[int | EntityNotFound]:
-    """Set-based: one DELETE for the batch's users, one insert into the erasure log."""
-    return await delete_users_rows(
-        conn, notifications, erasure_log, events, "no notifications for this user"
-    )
-
 
 def seed_rows(user_ids: Sequence[str], *, per_user: int = 3) -> dict[Table, list[dict[str, Any]]]:
     """`per_user` notifications for each user."""
@@ -59,12 +45,9 @@ def seed_rows(user_ids: Sequence[str], *, per_user: int = 3) -> dict[Table, list
     }
 
 
-EXAMPLE = Example(
-    SERVICE,
-    metadata,
-    erasure_log,
-    (Handler("user", EventType.DELETE, delete_users, batch=True),),
-    seed_rows,
+EXAMPLE = user_rows_example(
+    SERVICE, metadata, notifications, seed_rows, missing="no notifications for this user"
 )
+erasure_log = EXAMPLE.erasure_log
 create_app = EXAMPLE.consumer
 seed = EXAMPLE.seed

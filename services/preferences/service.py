@@ -14,11 +14,8 @@ from sqlalchemy import (
     Text,
     func,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from consumer_sdk import EntityNotFound, EventType, RetentionEvent
-from services._shared import delete_users_rows, user_erasure_log
-from services.example import Example, Handler
+from services.example import user_rows_example
 
 __all__ = ["EXAMPLE", "SERVICE", "create_app", "erasure_log", "metadata", "preferences", "seed"]
 
@@ -35,18 +32,7 @@ preferences = Table(
     PrimaryKeyConstraint("user_id", "key"),
 )
 
-erasure_log = user_erasure_log(metadata)
-
 DEMO_PREFERENCES = {"language": "en", "theme": "dark", "newsletter": "weekly"}
-
-
-async def delete_users(
-    events: Sequence[RetentionEvent], conn: AsyncConnection
-) -> list[int | EntityNotFound]:
-    """Set-based: one DELETE for the batch's users, one insert into the erasure log."""
-    return await delete_users_rows(
-        conn, preferences, erasure_log, events, "no preferences for this user"
-    )
 
 
 def seed_rows(user_ids: Sequence[str]) -> dict[Table, list[dict[str, Any]]]:
@@ -60,12 +46,9 @@ def seed_rows(user_ids: Sequence[str]) -> dict[Table, list[dict[str, Any]]]:
     }
 
 
-EXAMPLE = Example(
-    SERVICE,
-    metadata,
-    erasure_log,
-    (Handler("user", EventType.DELETE, delete_users, batch=True),),
-    seed_rows,
+EXAMPLE = user_rows_example(
+    SERVICE, metadata, preferences, seed_rows, missing="no preferences for this user"
 )
+erasure_log = EXAMPLE.erasure_log
 create_app = EXAMPLE.consumer
 seed = EXAMPLE.seed
