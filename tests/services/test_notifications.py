@@ -36,7 +36,7 @@ async def test_deletes_the_users_notifications_once(fresh_database: str) -> None
         "notifications",
     )
     assert (again.status, again.records_affected) == (AckStatus.COMPLETED, 3)
-    assert t.mock(notifications.service.delete_users).call_count == 2  # n1 once, nobody once
+    assert t.mock(notifications.EXAMPLE.handlers[0].handle).call_count == 2  # n1 once, nobody once
     assert missing.status is AckStatus.NOT_FOUND
     assert left == {"n2": 3}
     assert log == [3]
