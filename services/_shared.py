@@ -44,6 +44,7 @@ __all__ = [
     "delete_users_rows",
     "engine_for",
     "ensure_database",
+    "entity_erasure_log",
     "entity_ids",
     "log_erasures",
     "main",
@@ -68,13 +69,26 @@ def engine_for(url: str) -> AsyncEngine:
 
 def user_erasure_log(metadata: MetaData) -> Table:
     """One row per applied event, in the service's schema: how tests count effects per event."""
+    return _erasure_log(metadata, Column("user_id", Text, nullable=False))
+
+
+def entity_erasure_log(metadata: MetaData) -> Table:
+    """`user_erasure_log` for a service that handles more than one entity type."""
+    return _erasure_log(
+        metadata,
+        Column("entity_type", Text, nullable=False),
+        Column("entity_id", Text, nullable=False),
+    )
+
+
+def _erasure_log(metadata: MetaData, *ids: Column[Any]) -> Table:
     return Table(
         "erasure_log",
         metadata,
         # No unique key on purpose: a twice-applied event would show as two rows.
         Column("id", BigInteger, Identity(), primary_key=True),
         Column("event_id", Uuid, nullable=False, index=True),
-        Column("user_id", Text, nullable=False),
+        *ids,
         Column("rows", Integer, nullable=False),
         Column("erased_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     )
@@ -107,8 +121,14 @@ async def log_erasures(
     results: Sequence[int | EntityNotFound],
 ) -> None:
     """One `erasure_log` row per applied event, in one executemany."""
+    by_entity = "entity_id" in erasure_log.c
     rows = [
-        {"event_id": event.event_id, "user_id": event.entity_id, "rows": result}
+        {"event_id": event.event_id, "rows": result}
+        | (
+            {"entity_type": event.entity_type, "entity_id": event.entity_id}
+            if by_entity
+            else {"user_id": event.entity_id}
+        )
         for event, result in zip(events, results, strict=True)
         if not isinstance(result, EntityNotFound)
     ]

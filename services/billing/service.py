@@ -8,24 +8,11 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import (
-    BigInteger,
-    Column,
-    DateTime,
-    Identity,
-    Integer,
-    MetaData,
-    Table,
-    Text,
-    Uuid,
-    any_,
-    func,
-    select,
-)
+from sqlalchemy import BigInteger, Column, DateTime, MetaData, Table, Text, any_, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consumer_sdk import EntityNotFound, EventType, RetentionEvent
-from services._shared import entity_ids, per_entity
+from services._shared import entity_erasure_log, entity_ids, log_erasures, per_entity
 from services.example import Example, Handler
 
 __all__ = ["EXAMPLE", "MASK", "SERVICE", "create_app", "erasure_log", "metadata", "orders", "seed"]
@@ -48,39 +35,9 @@ orders = Table(
     Column("anonymized_at", DateTime(timezone=True), nullable=True),
 )
 
-erasure_log = Table(
-    "erasure_log",
-    metadata,
-    # No unique key on purpose: a twice-applied event would show as two rows.
-    Column("id", BigInteger, Identity(), primary_key=True),
-    Column("event_id", Uuid, nullable=False, index=True),
-    Column("entity_type", Text, nullable=False),
-    Column("entity_id", Text, nullable=False),
-    Column("rows", Integer, nullable=False),
-    Column("erased_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-)
+erasure_log = entity_erasure_log(metadata)
 
 _MASKED = {"customer_name": MASK, "email": MASK, "address": MASK}
-
-
-async def _log(
-    conn: AsyncConnection,
-    events: Sequence[RetentionEvent],
-    results: Sequence[int | EntityNotFound],
-) -> None:
-    """One `erasure_log` row per applied event, in one executemany."""
-    rows = [
-        {
-            "event_id": event.event_id,
-            "entity_type": event.entity_type,
-            "entity_id": event.entity_id,
-            "rows": result,
-        }
-        for event, result in zip(events, results, strict=True)
-        if not isinstance(result, EntityNotFound)
-    ]
-    if rows:
-        await conn.execute(erasure_log.insert(), rows)
 
 
 async def anonymize_orders(
@@ -107,7 +64,7 @@ async def anonymize_orders(
         )
         counts.update(dict.fromkeys(existing.scalars().all(), 0))
     results = per_entity(events, counts, "no such order")
-    await _log(conn, events, results)
+    await log_erasures(conn, erasure_log, events, results)
     return results
 
 
@@ -133,7 +90,7 @@ async def delete_users(
     )
     counts = await conn.execute(select(updated.c.user_id, func.count()).group_by(updated.c.user_id))
     results = per_entity(events, {user: count for user, count in counts}, "no orders for this user")
-    await _log(conn, events, results)
+    await log_erasures(conn, erasure_log, events, results)
     return results
 
 

@@ -5,16 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import (
-    BigInteger,
-    Column,
-    DateTime,
-    Identity,
-    MetaData,
-    Table,
-    Text,
-    func,
-)
+from sqlalchemy import BigInteger, Column, DateTime, Identity, MetaData, Table, Text, func
 
 from services.example import user_rows_example
 

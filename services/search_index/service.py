@@ -6,16 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import (
-    BigInteger,
-    Column,
-    DateTime,
-    Identity,
-    MetaData,
-    Table,
-    Text,
-    func,
-)
+from sqlalchemy import BigInteger, Column, DateTime, Identity, MetaData, Table, Text, func
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consumer_sdk import EntityNotFound, EventType, RetentionEvent
