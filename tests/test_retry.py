@@ -15,7 +15,7 @@ from typing import Any
 import faust
 import pytest
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, UnsupportedVersionError
-from sqlalchemy.exc import IntegrityError, InterfaceError
+from sqlalchemy.exc import IntegrityError, InterfaceError, InternalError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from consumer_sdk import ConsumerSettings, RetentionConsumer, RetentionEvent
@@ -199,14 +199,24 @@ async def test_relay_declares_its_backoff_settings(waits: list[float]) -> None:
 
 async def test_relay_drain_waits_out_kafka_but_reports_the_database(waits: list[float]) -> None:
     relay = _relay()
-    relay._round = failing([BROKER_DOWN, DISCONNECT], (None, None))  # type: ignore[method-assign]
+    refused = InternalError("connect", {}, Exception("database is not accepting connections"))
+    outages = [BROKER_DOWN, UnsupportedVersionError(), DISCONNECT, refused]
+    relay._round = failing(outages, (None, None))  # type: ignore[method-assign]
     relay.backlog = failing([], 0)  # type: ignore[method-assign]
-    with pytest.raises(ConnectionRefusedError):
+    with pytest.raises(InternalError):
         await relay.drain(timeout_s=5)
-    assert len(waits) == 1
-    relay._round = failing([UnsupportedVersionError()], (None, None))  # type: ignore[method-assign]
-    with pytest.raises(UnsupportedVersionError):
+    assert len(waits) == 3
+    assert_follows(relay.retry_policy, waits)
+
+
+async def test_relay_serving_rides_out_database_errors_but_not_bugs(waits: list[float]) -> None:
+    relay = _relay()
+    refused = InternalError("connect", {}, Exception("database is not accepting connections"))
+    relay._round = failing([refused, ValueError("a bug")], (None, None))  # type: ignore[method-assign]
+    relay.backlog = failing([], 0)  # type: ignore[method-assign]
+    with pytest.raises(ValueError, match="a bug"):
         await relay.run_forever(asyncio.Event())
+    assert len(waits) == 1
 
 
 async def test_tracker_retries_every_cycle_error_on_its_policy(waits: list[float]) -> None:

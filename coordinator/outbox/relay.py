@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import structlog
 from aiokafka.errors import KafkaError
 from sqlalchemy import ARRAY, Uuid, any_, bindparam, func, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator import CoordinatorError, audit
@@ -39,8 +40,7 @@ from coordinator.metrics import Metrics
 from coordinator.outbox.events import EVENT_COLUMNS, RecordEncoder, event_from_row
 from coordinator.settings import RelaySettings
 from coordinator.tables import outbox
-from schemas import KafkaSettings, RetryPolicy, Stopped, is_transient, retry
-from schemas.retries import is_kafka_transient
+from schemas import KafkaSettings, RetryPolicy, Stopped, retry
 
 __all__ = [
     "AUDIT_ACTION",
@@ -48,7 +48,9 @@ __all__ = [
     "OutboxRelay",
     "PublishFailed",
     "Watchdog",
+    "draining_outage",
     "event_from_row",
+    "serving_outage",
 ]
 
 AUDIT_ACTION = audit.AuditAction.EVENTS_PUBLISHED
@@ -125,6 +127,19 @@ def _consume_outcome(future: asyncio.Future[object]) -> None:
     # asyncio does not report it as never retrieved. The row is already marked for retry.
     if not future.cancelled():
         future.exception()
+
+
+def draining_outage(exc: BaseException) -> bool:
+    """What `drain` (inside `retention run`) waits out: Kafka trouble and unreachable
+    servers; a database error is reported to the run."""
+    return isinstance(exc, KafkaError | OSError | TimeoutError)
+
+
+def serving_outage(exc: BaseException) -> bool:
+    """What `run_forever` (inside `retention serve`) waits out: all of `draining_outage`
+    and every database error. A database that refuses connections (ALLOW_CONNECTIONS
+    false, too many clients) is no disconnect, but an outage all the same."""
+    return draining_outage(exc) or isinstance(exc, DBAPIError)
 
 
 class PublishFailed(CoordinatorError, KafkaError):  # type: ignore[misc]  # aiokafka: untyped
@@ -406,8 +421,7 @@ class OutboxRelay:
             log.warning("producer_stop_failed", error=repr(exc))
 
     async def _loop(self, stop: asyncio.Event, *, until_empty: bool) -> int:
-        # Draining (inside `retention run`) reports a database error; serving rides it out.
-        retry_on = is_kafka_transient if until_empty else is_transient
+        retry_on = draining_outage if until_empty else serving_outage
         state = _LoopState()
         try:
             while not stop.is_set():
