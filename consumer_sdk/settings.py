@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["ConsumerSettings"]
@@ -15,7 +15,7 @@ class ConsumerSettings(BaseSettings):
         env_prefix="RETENTION_", extra="ignore", populate_by_name=True
     )
 
-    database_url: str | None = Field(
+    database_url: SecretStr | None = Field(
         default=None,
         # Not RETENTION_DATABASE_URL: that one is the coordinator's database, never a service's.
         validation_alias=AliasChoices("database_url", "RETENTION_SERVICE_DATABASE_URL"),
@@ -95,4 +95,13 @@ class ConsumerSettings(BaseSettings):
         gt=0,
         validation_alias=AliasChoices("error_backoff_s", "RETENTION_CONSUMER_ERROR_BACKOFF_S"),
         description="Pause before re-reading a partition after Kafka or the database failed.",
+    )
+    error_messages: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("error_messages", "RETENTION_CONSUMER_ERROR_MESSAGES"),
+        description=(
+            "Opt-in: put a handler's exception message (and an `EntityNotFound` text) into "
+            "ack `detail` and DLQ headers. Off, they carry only the exception class and "
+            "its SQLSTATE or Kafka error code: messages can hold personal data (SPEC §13)."
+        ),
     )

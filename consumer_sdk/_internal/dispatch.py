@@ -20,7 +20,6 @@ from consumer_sdk._internal.registry import HandlerRegistry, HandlerSpec
 from consumer_sdk._internal.transport import ProducerPort, Record
 from consumer_sdk.dlq import DlqHeader, DlqReason
 from consumer_sdk.idempotency import (
-    AlreadyRecorded,
     BatchingStore,
     IdempotencyStore,
     ProcessedEvent,
@@ -35,6 +34,7 @@ from schemas import (
     dead_letter,
     decode,
     encode,
+    error_text,
     utc_now,
 )
 
@@ -254,7 +254,7 @@ class Dispatcher:
                 partition=decoded[start][0].partition,
                 offset=decoded[start][0].offset,
                 events=i - start,
-                error=repr(exc) if not isinstance(exc, AlreadyRecorded) else "AlreadyRecorded",
+                error=error_text(exc),
             )
             known.update(await self._lookup(item for _, item in decoded[start:i]))
             for record, item in decoded[start:i]:

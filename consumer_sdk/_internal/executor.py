@@ -35,7 +35,7 @@ from consumer_sdk.idempotency import (
 )
 from consumer_sdk.metrics import ConsumerMetrics
 from consumer_sdk.settings import ConsumerSettings
-from schemas import AckStatus, RetentionAck, RetentionEvent, is_disconnect, utc_now
+from schemas import AckStatus, RetentionAck, RetentionEvent, error_text, is_disconnect, utc_now
 
 __all__ = ["Abandoned", "EventExecutor", "Outcome", "Retry"]
 
@@ -78,11 +78,6 @@ class Retry:
     """The first attempt, in a batch, failed with an error worth retrying."""
 
     error: Exception
-
-
-def _error_text(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return text[:MAX_DETAIL]
 
 
 class EventExecutor:
@@ -199,7 +194,7 @@ class EventExecutor:
                 context = HandlerContext(self.service, 1, max_attempts, conn)
                 count = await self._timed(spec, event, context)
         except EntityNotFound as exc:
-            return Outcome(AckStatus.NOT_FOUND, 0, 1, str(exc)[:MAX_DETAIL])
+            return Outcome(AckStatus.NOT_FOUND, 0, 1, self._detail(exc))
         except Exception as exc:
             if max_attempts > 1 and spec.is_retriable(exc):
                 return Retry(exc)
@@ -237,7 +232,7 @@ class EventExecutor:
             )
             return None
         return [
-            Outcome(AckStatus.NOT_FOUND, 0, 1, str(result)[:MAX_DETAIL])
+            Outcome(AckStatus.NOT_FOUND, 0, 1, self._detail(result))
             if isinstance(result, EntityNotFound)
             else Outcome(AckStatus.COMPLETED, result, 1)
             for result in results
@@ -260,7 +255,14 @@ class EventExecutor:
             attempts=attempts,
             error=type(exc).__name__,
         )
-        return Outcome(AckStatus.FAILED, 0, attempts, _error_text(exc))
+        return Outcome(AckStatus.FAILED, 0, attempts, self._detail(exc))
+
+    def _detail(self, exc: BaseException) -> str:
+        """Ack `detail` and DLQ error header: class and code; the message only on opt-in."""
+        text = error_text(exc)
+        if self.settings.error_messages and str(exc):
+            text = f"{text}: {exc}"
+        return text[:MAX_DETAIL]
 
     async def _attempt(
         self, event: RetentionEvent, spec: HandlerSpec, attempt: int, max_attempts: int
@@ -270,7 +272,7 @@ class EventExecutor:
             try:
                 count = await self._timed(spec, event, context)
             except EntityNotFound as exc:
-                return Outcome(AckStatus.NOT_FOUND, 0, attempt, str(exc)[:MAX_DETAIL])
+                return Outcome(AckStatus.NOT_FOUND, 0, attempt, self._detail(exc))
             return Outcome(AckStatus.COMPLETED, count, attempt)
         try:
             async with self.store.transaction(self.service, event.event_id) as tx:
@@ -281,7 +283,7 @@ class EventExecutor:
             return outcome
         except EntityNotFound as exc:
             # The handler's transaction is rolled back; the verdict is recorded on its own.
-            outcome = Outcome(AckStatus.NOT_FOUND, 0, attempt, str(exc)[:MAX_DETAIL])
+            outcome = Outcome(AckStatus.NOT_FOUND, 0, attempt, self._detail(exc))
             try:
                 async with self.store.transaction(self.service, event.event_id) as tx:
                     await tx.record(outcome.processed(event))

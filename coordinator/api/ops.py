@@ -15,10 +15,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from coordinator.api._context import Context
 from coordinator.api.models import HealthCheck, HealthView
 from schemas import KafkaSettings
+from schemas.errors import error_text
 
 __all__ = ["check_database", "check_kafka", "router"]
 
 router = APIRouter(tags=["operations"])
+
+
+class Unhealthy(Exception):
+    """A check's own finding; its text is ours and safe to serve (a driver's may not be)."""
 
 
 async def check_database(engine: AsyncEngine) -> None:
@@ -36,7 +41,7 @@ async def check_kafka(kafka: KafkaSettings) -> None:
         await admin.close()
     missing = sorted({kafka.topics.events, kafka.topics.acks} - existing)
     if missing:
-        raise LookupError(f"topics missing: {', '.join(missing)}")
+        raise Unhealthy(f"topics missing: {', '.join(missing)}")
 
 
 async def _timed(check: Awaitable[None], timeout_s: float) -> HealthCheck:
@@ -47,9 +52,10 @@ async def _timed(check: Awaitable[None], timeout_s: float) -> HealthCheck:
             await check
     except TimeoutError:
         detail = f"no answer within {timeout_s:g}s"
+    except Unhealthy as exc:
+        detail = str(exc)
     except Exception as exc:
-        # The exception text names the host or the problem; URLs carry no password here.
-        detail = f"{type(exc).__name__}: {exc}"[:300]
+        detail = error_text(exc)
     return HealthCheck(ok=not detail, detail=detail, seconds=round(time.monotonic() - started, 3))
 
 

@@ -36,6 +36,7 @@ from schemas import (
     decode,
     encode,
 )
+from schemas.errors import error_text
 from schemas.models import EARLIEST, LATEST, MAX_NAME_CHARS
 
 __all__ = ["Cycle", "Tracker"]
@@ -362,7 +363,7 @@ class Tracker:
                     # The batch was rewound; try again later. Outages are expected: one
                     # line each, not a traceback per retry. Anything else is a bug.
                     if isinstance(exc, _OUTAGES):
-                        log.warning("tracker_cycle_failed", error=repr(exc))
+                        log.warning("tracker_cycle_failed", error=error_text(exc))
                     else:
                         log.exception("tracker_cycle_failed")
                     with suppress(TimeoutError):

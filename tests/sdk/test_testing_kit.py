@@ -76,7 +76,7 @@ async def test_entity_not_found_is_acked_not_found() -> None:
         assert (ack.status, ack.records_affected, ack.detail) == (
             AckStatus.NOT_FOUND,
             0,
-            "no such user",
+            "EntityNotFound",
         )
         assert t.dead_letters == []
 
@@ -109,7 +109,7 @@ async def test_always_raising_handler_fails_after_max_attempts_to_the_dlq() -> N
         assert (ack.status, ack.attempt, ack.detail) == (
             AckStatus.FAILED,
             4,
-            "RuntimeError: disk on fire",
+            "RuntimeError",
         )
         assert t.mock(delete_user).call_count == 4
         [dead] = t.dead_letters
@@ -149,7 +149,7 @@ async def test_bad_return_value_is_a_permanent_failure() -> None:
     async with TestConsumer(app) as t:
         [ack] = await t.deliver(event())
         assert ack.status is AckStatus.FAILED
-        assert "int >= 0" in ack.detail
+        assert ack.detail == "PermanentFailure"
         assert ack.attempt == 1
 
 
@@ -210,3 +210,22 @@ async def test_metrics_count_outcomes() -> None:
     assert (
         registry.get_sample_value("retention_consumer_handler_duration_seconds_count", labels) == 3
     )
+
+
+async def test_error_texts_hold_no_message_unless_the_service_opts_in() -> None:
+    # SPEC §13: a handler's message can hold personal data (a duplicate key's e-mail).
+    message = "duplicate key (email)=(alice@example.com)"
+    for opt_in, detail in ((False, "RuntimeError"), (True, f"RuntimeError: {message}")):
+        app = RetentionConsumer(
+            "svc", settings=ConsumerSettings(error_messages=opt_in), max_attempts=1
+        )
+
+        @app.on_delete("user")
+        async def delete_user(event: RetentionEvent) -> int:
+            raise RuntimeError(message)
+
+        async with TestConsumer(app) as t:
+            [ack] = await t.deliver(event())
+            [dead] = t.dead_letters
+        assert (ack.status, ack.detail) == (AckStatus.FAILED, detail)
+        assert dead.headers[DlqHeader.ERROR] == detail
