@@ -48,6 +48,12 @@ __all__ = [
     "resolve_hook",
 ]
 
+MAX_FILE_BYTES = 1024 * 1024
+"""A policy file larger than this is refused unread: real ones are a few KB."""
+MAX_EXPANDED_NODES = 100_000
+"""YAML nodes once every alias is expanded. A 1 KB "billion laughs" file expands to
+hundreds of millions, and anything that walks it (validation, error messages) with it."""
+
 _IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _HOOK = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
 
@@ -254,6 +260,35 @@ def _key_line(mapping: yaml.Node | None, key: str) -> int | None:
     return None
 
 
+def _expanded_nodes(root: yaml.Node) -> int | None:
+    """How many nodes `root` has with aliases expanded, up to just past MAX_EXPANDED_NODES;
+    None for an alias that contains itself. Each node is sized once (memo by identity)."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    pending: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while pending:
+        node, children_done = pending.pop()
+        if id(node) in sizes:
+            continue
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        if not children_done:
+            if id(node) in open_nodes:
+                return None
+            open_nodes.add(id(node))
+            pending.append((node, True))
+            pending.extend((child, False) for child in children if id(child) not in sizes)
+            continue
+        open_nodes.discard(id(node))
+        sizes[id(node)] = 1 + sum(sizes.get(id(child), 0) for child in children)
+        if sizes[id(node)] > MAX_EXPANDED_NODES:
+            return sizes[id(node)]
+    return sizes[id(root)]
+
+
 def _duplicate_keys(root: yaml.Node, issues: list[PolicyIssue], policy: str | None) -> None:
     # Each node once, without recursion: YAML aliases share nodes, so a walk that follows
     # them re-visits a "billion laughs" document 9**9 times, and deep nesting overflows.
@@ -279,11 +314,31 @@ def _duplicate_keys(root: yaml.Node, issues: list[PolicyIssue], policy: str | No
             pending.extend(node.value)
 
 
+def _refuse_alias_bombs(root: yaml.Node, source: str) -> None:
+    expanded = _expanded_nodes(root)
+    if expanded is None:
+        problem = "a YAML alias refers to a node that contains it"
+    elif expanded > MAX_EXPANDED_NODES:
+        problem = (
+            f"YAML aliases expand to more than {MAX_EXPANDED_NODES} nodes "
+            "(an alias bomb?): write the values out"
+        )
+    else:
+        return
+    raise PolicyFileError(source, [PolicyIssue(None, None, problem)])
+
+
 def parse_policies(text: str, source: str = "<policies>") -> PolicySet:
     """Parse and validate a policy document; raise PolicyFileError with every problem."""
+    if len(text) > MAX_FILE_BYTES:
+        raise PolicyFileError(
+            source, [PolicyIssue(None, None, f"larger than {MAX_FILE_BYTES} bytes")]
+        )
     loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()
+        if root is not None:
+            _refuse_alias_bombs(root, source)
         data = loader.construct_document(root) if root is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -394,6 +449,9 @@ def load_policies(path: Path | str) -> PolicySet:
     """Read and validate a policy file (see `parse_policies`)."""
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            problem = f"larger than {MAX_FILE_BYTES} bytes"
+            raise PolicyFileError(str(path), [PolicyIssue(None, None, problem)])
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PolicyFileError(str(path), [PolicyIssue(None, None, f"cannot read: {exc}")]) from None

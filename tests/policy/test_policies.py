@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
 from coordinator.policy.durations import format_duration, parse_duration
-from coordinator.policy.model import Action, PolicyFileError, load_policies, parse_policies
+from coordinator.policy.model import (
+    MAX_FILE_BYTES,
+    Action,
+    PolicyFileError,
+    load_policies,
+    parse_policies,
+)
 from coordinator.policy.schema import SCHEMA_FILE, render
 from tests.policy.conftest import SEED_POLICIES
 
@@ -196,3 +203,27 @@ def test_condition_syntax_is_checked_at_load() -> None:
     assert issue.policy == "carts"
     assert "';'" in issue.message
     assert issue.message.startswith("conditions: ")
+
+
+def _alias_bomb(levels: int = 9) -> str:
+    lines = ["policies:", "  - &a [x, x, x, x, x, x, x, x, x]"]
+    for level in range(1, levels):
+        name, previous = chr(97 + level), chr(96 + level)
+        lines.append(f"  - &{name} [{', '.join(['*' + previous] * 9)}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_a_yaml_alias_bomb_fails_fast_naming_the_problem() -> None:
+    bomb = _alias_bomb()
+    assert len(bomb) < 1024
+    with pytest.raises(PolicyFileError, match="alias bomb"):
+        parse_policies(bomb)
+    with pytest.raises(PolicyFileError, match="refers to a node that contains it"):
+        parse_policies("policies: &a [*a]\n")
+
+
+def test_policy_files_over_the_size_limit_are_refused_unread(tmp_path: Path) -> None:
+    big = tmp_path / "big.yaml"
+    big.write_text("# padding\n" * (MAX_FILE_BYTES // 10 + 1))
+    with pytest.raises(PolicyFileError, match=f"larger than {MAX_FILE_BYTES} bytes"):
+        load_policies(big)
