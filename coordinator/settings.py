@@ -166,6 +166,12 @@ class Settings(BaseSettings):
         default_factory=TrackerSettings,
         description="Completion tracker (RETENTION_TRACKER_* variables).",
     )
+    hook_modules: str = Field(
+        default="",
+        description="Comma-separated modules (with their submodules) a policy's "
+        "`before_purge` may name, besides the policy file's own Python package; any "
+        "other is refused before it is imported.",
+    )
     http_port: int = Field(default=8080, ge=1, le=65535, description="Port of `retention serve`.")
     api_token: SecretStr | None = Field(
         default=None, description="Bearer token that HTTP write routes require."
@@ -179,6 +185,9 @@ class Settings(BaseSettings):
         default_factory=ServeSettings,
         description="`retention serve` (RETENTION_SERVE_* variables).",
     )
+
+    def allowed_hook_modules(self) -> tuple[str, ...]:
+        return tuple(m.strip() for m in self.hook_modules.split(",") if m.strip())
 
     @field_validator("schedule")
     @classmethod

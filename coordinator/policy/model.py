@@ -328,8 +328,14 @@ def _refuse_alias_bombs(root: yaml.Node, source: str) -> None:
     raise PolicyFileError(source, [PolicyIssue(None, None, problem)])
 
 
-def parse_policies(text: str, source: str = "<policies>") -> PolicySet:
-    """Parse and validate a policy document; raise PolicyFileError with every problem."""
+def parse_policies(
+    text: str, source: str = "<policies>", *, hook_modules: Sequence[str] = ()
+) -> PolicySet:
+    """Parse and validate a policy document; raise PolicyFileError with every problem.
+
+    `hook_modules`: the modules (with their submodules) a `before_purge` may name; any
+    other is refused before it is imported.
+    """
     if len(text) > MAX_FILE_BYTES:
         raise PolicyFileError(
             source, [PolicyIssue(None, None, f"larger than {MAX_FILE_BYTES} bytes")]
@@ -407,7 +413,7 @@ def parse_policies(text: str, source: str = "<policies>") -> PolicySet:
                 )
         if policy.before_purge is not None:
             try:
-                resolve_hook(policy.before_purge)
+                resolve_hook(policy.before_purge, allowed=hook_modules)
             except ValueError as hook_error:
                 issues.append(
                     PolicyIssue(policy.name, key_lines.get("before_purge", start), str(hook_error))
@@ -445,8 +451,9 @@ def _issues(
     return issues
 
 
-def load_policies(path: Path | str) -> PolicySet:
-    """Read and validate a policy file (see `parse_policies`)."""
+def load_policies(path: Path | str, *, hook_modules: Sequence[str] = ()) -> PolicySet:
+    """Read and validate a policy file (see `parse_policies`); its hooks may also live
+    in the Python package the file itself is in."""
     path = Path(path)
     try:
         if path.stat().st_size > MAX_FILE_BYTES:
@@ -458,15 +465,39 @@ def load_policies(path: Path | str) -> PolicySet:
     except UnicodeDecodeError as exc:
         problem = f"not UTF-8: {exc.reason} at byte {exc.start}"
         raise PolicyFileError(str(path), [PolicyIssue(None, None, problem)]) from None
-    return parse_policies(text, str(path))
+    own = _package_of(path)
+    return parse_policies(text, str(path), hook_modules=[*hook_modules, *([own] if own else [])])
+
+
+def _package_of(path: Path) -> str | None:
+    """`demo` for demo/policies.yaml when demo/ has an `__init__.py`; else None."""
+    parts: list[str] = []
+    directory = path.resolve().parent
+    while (directory / "__init__.py").is_file():
+        parts.insert(0, directory.name)
+        directory = directory.parent
+    return ".".join(parts) or None
 
 
 BeforePurge = Callable[..., Awaitable[None]]
 
 
-def resolve_hook(reference: str) -> BeforePurge:
-    """Import `package.module:function`; it must be an async function."""
+def resolve_hook(reference: str, *, allowed: Sequence[str] | None = None) -> BeforePurge:
+    """Import `package.module:function`; it must be an async function.
+
+    With `allowed`, a module outside those (and their submodules) is refused unimported:
+    importing runs its code. `None` is for references `parse_policies` already checked.
+    """
     module_name, _, attribute = reference.partition(":")
+    if allowed is not None and not any(
+        module_name == prefix or module_name.startswith(f"{prefix}.") for prefix in allowed
+    ):
+        where = ", ".join(repr(prefix) for prefix in allowed) or "none"
+        raise ValueError(
+            f"before_purge: module {module_name!r} is not allowed (allowed: {where}); "
+            f"add it to RETENTION_HOOK_MODULES (comma-separated), or put the hook in the "
+            "Python package that holds the policy file"
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
