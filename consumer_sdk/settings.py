@@ -96,6 +96,16 @@ class ConsumerSettings(BaseSettings):
         validation_alias=AliasChoices("error_backoff_s", "RETENTION_CONSUMER_ERROR_BACKOFF_S"),
         description="Pause before re-reading a partition after Kafka or the database failed.",
     )
+    handler_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        validation_alias=AliasChoices("handler_timeout_s", "RETENTION_CONSUMER_HANDLER_TIMEOUT_S"),
+        description=(
+            "Longest one handler call may take. Past it the call is cancelled, its "
+            "transaction rolled back, and the attempt retried like `RetryLater` "
+            "(`HandlerTimeout`); after the last attempt the event is `failed` and dead-lettered."
+        ),
+    )
     error_messages: bool = Field(
         default=False,
         validation_alias=AliasChoices("error_messages", "RETENTION_CONSUMER_ERROR_MESSAGES"),

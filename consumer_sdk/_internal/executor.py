@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import structlog
 from tenacity import (
@@ -26,7 +27,7 @@ from tenacity import (
 
 from consumer_sdk._internal.registry import HandlerSpec
 from consumer_sdk.context import HandlerContext
-from consumer_sdk.exceptions import EntityNotFound
+from consumer_sdk.exceptions import EntityNotFound, HandlerTimeout
 from consumer_sdk.idempotency import (
     AlreadyRecorded,
     BatchTransaction,
@@ -40,6 +41,8 @@ from schemas import AckStatus, RetentionAck, RetentionEvent, error_text, is_disc
 __all__ = ["Abandoned", "EventExecutor", "Outcome", "Retry"]
 
 log = structlog.get_logger("consumer_sdk")
+
+T = TypeVar("T")
 
 MAX_DETAIL = 1000
 
@@ -217,7 +220,7 @@ class EventExecutor:
                     self.on_call(spec, list(events), context)
                 started = time.perf_counter()
                 try:
-                    results = await spec.call_batch(events, context)
+                    results = await self._bounded(spec, spec.call_batch(events, context))
                 finally:
                     self._observe(spec, time.perf_counter() - started, len(events))
         except Exception as exc:
@@ -298,9 +301,22 @@ class EventExecutor:
             self.on_call(spec, [event] if spec.batch else event, ctx)
         started = time.perf_counter()
         try:
-            return await spec.call(event, ctx)
+            return await self._bounded(spec, spec.call(event, ctx))
         finally:
             self._observe(spec, time.perf_counter() - started, 1)
+
+    async def _bounded(self, spec: HandlerSpec, call: Awaitable[T]) -> T:
+        """`call`, cancelled past `handler_timeout_s`: a hung handler must not hold its
+        partition, or its transaction, forever. The caller's `async with` rolls back."""
+        limit = self.settings.handler_timeout_s
+        deadline = asyncio.timeout(limit)
+        try:
+            async with deadline:
+                return await call
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # the handler's own TimeoutError
+            raise HandlerTimeout(f"handler {spec.name} ran past {limit:g}s") from None
 
     def _observe(self, spec: HandlerSpec, seconds: float, events: int) -> None:
         """One observation per event; a batch call's time is shared evenly by its events."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -229,3 +230,41 @@ async def test_error_texts_hold_no_message_unless_the_service_opts_in() -> None:
             [dead] = t.dead_letters
         assert (ack.status, ack.detail) == (AckStatus.FAILED, detail)
         assert dead.headers[DlqHeader.ERROR] == detail
+
+
+async def test_a_hung_handler_times_out_retries_then_fails_to_the_dlq() -> None:
+    app = RetentionConsumer(
+        "svc",
+        settings=ConsumerSettings(
+            database_url=None, handler_timeout_s=0.05, max_attempts=3, retry_initial_s=0
+        ),
+    )
+    hang_until = {"late": 3, "never": 99}
+
+    @app.on_delete("user")
+    async def delete_user(event: RetentionEvent, ctx: HandlerContext) -> int:
+        if ctx.attempt < hang_until[event.entity_id]:
+            await asyncio.Event().wait()  # forever
+        return 1
+
+    async with TestConsumer(app) as t:
+        [late] = await t.deliver(event("late"))
+        [never] = await t.deliver(event("never"))
+        [dead] = t.dead_letters
+    assert (late.status, late.attempt) == (AckStatus.COMPLETED, 3)
+    assert (never.status, never.attempt, never.detail) == (AckStatus.FAILED, 3, "HandlerTimeout")
+    assert dead.headers[DlqHeader.ERROR] == "HandlerTimeout"
+
+
+async def test_a_handlers_own_timeout_error_is_not_taken_for_the_sdks() -> None:
+    app = RetentionConsumer(
+        "svc", settings=ConsumerSettings(database_url=None, max_attempts=1, handler_timeout_s=5)
+    )
+
+    @app.on_delete("user")
+    async def delete_user(event: RetentionEvent) -> int:
+        raise TimeoutError("the search cluster did not answer")
+
+    async with TestConsumer(app) as t:
+        [ack] = await t.deliver(event())
+    assert (ack.status, ack.detail) == (AckStatus.FAILED, "TimeoutError")
