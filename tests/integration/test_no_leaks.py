@@ -16,6 +16,7 @@ every API response is searched for the secret, its pads and the e-mail address.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -26,12 +27,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consumer_sdk import ConsumerSettings, RetentionConsumer
 from coordinator.api import ApiContext, create_app
+from coordinator.api.health import KafkaHealth
 from coordinator.clock import SystemClock
 from coordinator.db import make_engine
 from coordinator.metrics import Metrics
 from coordinator.policy.model import parse_policies
 from coordinator.purge.runner import Runner
 from coordinator.settings import Settings, TrackerSettings
+from coordinator.tokens import Scope, TokenStore, add_token, new_token
 from coordinator.tracking.tracker import Tracker
 from schemas import KafkaSettings, RetentionEvent
 from schemas.logs import configure_logging
@@ -40,7 +43,6 @@ from tests.sdk.kafka_io import produce, read_topic
 
 SECRET = "Leaky-HMAC-Key-7f3a9c"
 EMAIL = "alice.leak@example.com"
-TOKEN = "test-token"
 
 POLICIES = """\
 policies:
@@ -146,6 +148,7 @@ async def test_no_secret_or_email_in_tables_topics_logs_or_responses(
     topics: KafkaSettings,
     subject_table: str,
     capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
 ) -> None:
     configure_logging("DEBUG", json=True)
     engine = make_engine(coordinator_db)
@@ -202,12 +205,16 @@ async def test_no_secret_or_email_in_tables_topics_logs_or_responses(
             await tracker.stop()
 
         # 3. Everything that is stored, sent or served.
+        tokens_file = tmp_path / "tokens.yaml"
+        reader = new_token("leak-reader", Scope.READ)
+        add_token(tokens_file, reader.entry)
+        health = KafkaHealth(topics)
         ctx = ApiContext(
             engine=engine,
-            kafka=topics,
+            kafka_health=health,
             registry=CollectorRegistry(),
             clock=SystemClock(),
-            api_token=SecretStr(TOKEN),
+            tokens=TokenStore(tokens_file),
             policy_set=parse_policies(POLICIES),
             global_schedule="30 2 * * *",
             health_timeout_s=15.0,
@@ -217,7 +224,7 @@ async def test_no_secret_or_email_in_tables_topics_logs_or_responses(
         async with httpx.AsyncClient(
             transport=transport,
             base_url="http://api",
-            headers={"Authorization": f"Bearer {TOKEN}"},
+            headers={"Authorization": f"Bearer {reader.token}"},
         ) as client:
             paths = [
                 "/healthz",
@@ -232,6 +239,7 @@ async def test_no_secret_or_email_in_tables_topics_logs_or_responses(
             for path in paths:
                 response = await client.get(path)
                 responses.append(f"{path} {response.status_code} {response.text}")
+        await health.close()
         assert any(str(report.run_id) in r for r in responses)
 
         async with engine.connect() as conn:
