@@ -79,7 +79,7 @@ async def _one_race(
         async with engine.begin() as conn:
             return await create_hold(
                 conn,
-                types=await entity_types(conn, parse_policies(POLICY)),
+                types=await entity_types(conn, parse_policies(POLICY, hook_modules=hooks.ALLOWED)),
                 entities=targets,
                 reason="race",
                 created_by="legal",
