@@ -12,7 +12,11 @@ class ConsumerSettings(BaseSettings):
     """How the SDK consumes, retries and stops; Kafka itself is `schemas.KafkaSettings`."""
 
     model_config = SettingsConfigDict(
-        env_prefix="RETENTION_", extra="ignore", populate_by_name=True
+        env_prefix="RETENTION_",
+        extra="ignore",
+        populate_by_name=True,
+        # Errors never echo the input: it may be a secret (a database URL, a key).
+        hide_input_in_errors=True,
     )
 
     database_url: SecretStr | None = Field(

@@ -143,7 +143,11 @@ class Settings(BaseSettings):
     """Everything the coordinator needs to know about its surroundings."""
 
     model_config = SettingsConfigDict(
-        env_prefix="RETENTION_", extra="ignore", populate_by_name=True
+        env_prefix="RETENTION_",
+        extra="ignore",
+        populate_by_name=True,
+        # Errors never echo the input: it may be a secret (a database URL, a key).
+        hide_input_in_errors=True,
     )
 
     database_url: SecretStr = Field(
