@@ -264,7 +264,9 @@ class EventExecutor:
         """Ack `detail` and DLQ error header: class and code; the message only on opt-in."""
         text = error_text(exc)
         if self.settings.error_messages and str(exc):
-            text = f"{text}: {exc}"
+            # Whatever the message holds, the ack must stay valid on the wire (SPEC §3).
+            message = str(exc).replace("\x00", "\\0").encode("utf-8", "replace").decode()
+            text = f"{text}: {message}"
         return text[:MAX_DETAIL]
 
     async def _attempt(

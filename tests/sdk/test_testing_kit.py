@@ -268,3 +268,17 @@ async def test_a_handlers_own_timeout_error_is_not_taken_for_the_sdks() -> None:
     async with TestConsumer(app) as t:
         [ack] = await t.deliver(event())
     assert (ack.status, ack.detail) == (AckStatus.FAILED, "TimeoutError")
+
+
+async def test_an_opted_in_message_that_the_wire_refuses_is_made_safe() -> None:
+    app = RetentionConsumer(
+        "svc", settings=ConsumerSettings(error_messages=True, max_attempts=1, database_url=None)
+    )
+
+    @app.on_delete("user")
+    async def delete_user(event: RetentionEvent) -> int:
+        raise RuntimeError("nul \x00 and a lone \ud800 surrogate")
+
+    async with TestConsumer(app) as t:
+        [ack] = await t.deliver(event())
+    assert ack.detail == "RuntimeError: nul \\0 and a lone ? surrogate"
