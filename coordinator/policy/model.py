@@ -35,6 +35,7 @@ from pydantic import (
 from coordinator.policy import anonymizers
 from coordinator.policy.conditions import ConditionError, parse_condition
 from coordinator.policy.durations import DURATION_PATTERN, format_duration, parse_duration
+from schemas.models import MAX_NAME_CHARS, MAX_TEXT_CHARS
 
 __all__ = [
     "Action",
@@ -90,6 +91,8 @@ class Policy(BaseModel):
     entity_type: str = Field(
         default="",
         pattern=r"^([A-Za-z0-9_.-]+)?$",
+        # What events carry must fit the wire's bounds, or the relay could never publish.
+        max_length=MAX_NAME_CHARS,
         description="What downstream services call one row (holds and events use it); "
         "defaults to the table name.",
     )
@@ -97,7 +100,7 @@ class Policy(BaseModel):
     timestamp_column: str = Field(pattern=_IDENTIFIER)
     retention: Duration = Field(description="Rows older than this are due.")
     action: Action
-    legal_basis: str = Field(min_length=1)
+    legal_basis: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
     conditions: str | None = Field(
         default=None, description="Optional filter in the policy condition language."
     )
