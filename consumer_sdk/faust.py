@@ -37,7 +37,7 @@ from consumer_sdk._internal.executor import EventExecutor
 from consumer_sdk._internal.transport import ProducerPort, Record, kafka_producer
 from consumer_sdk.app import RetentionConsumer
 from consumer_sdk.exceptions import ConfigurationError
-from schemas import KafkaSettings, Stopped, encode, retry
+from schemas import KafkaSettings, Stopped, encode, error_text, retry
 from schemas.logs import configure_logging
 from schemas.retries import any_error
 
@@ -175,7 +175,7 @@ class FaustRetention:
             log.error(
                 "registration not published; retrying at the first event",
                 service=self.retention.service,
-                error=repr(exc),
+                error=error_text(exc),
             )
         log.info(
             "partitions assigned",

@@ -30,6 +30,7 @@ from coordinator.clock import Clock
 from coordinator.db import when_reachable
 from coordinator.tables import scheduler_fires
 from schemas import RetryPolicy, Stopped, retry
+from schemas.errors import error_text
 from schemas.retries import any_error
 
 __all__ = ["LEADER_LOCK", "Fire", "Job", "Schedule", "Scheduler", "validate_cron"]
@@ -240,7 +241,7 @@ class Scheduler:
             status, detail = "cancelled", "scheduler stopped during the run"
             raise
         except Exception as exc:
-            status, detail = "failed", f"{type(exc).__name__}: {exc}"
+            status, detail = "failed", error_text(exc)
             log.exception("scheduler_job_failed", schedule=schedule.name)
         finally:
             await self._finish(fire, status, detail)

@@ -26,6 +26,7 @@ from tenacity import (
 )
 
 from schemas.database import is_disconnect
+from schemas.errors import error_text
 
 __all__ = [
     "RetryPolicy",
@@ -136,7 +137,7 @@ async def retry(
         fields = {"what": what, "wait_s": round(wait_s, 3), **(log_fields or {})}
         if exc is None or is_transient(exc):
             # Outages are expected: one line each, not a traceback per retry.
-            log.warning("retry_scheduled", error=repr(exc), **fields)
+            log.warning("retry_scheduled", error=error_text(exc) if exc else None, **fields)
         else:
             log.error("retry_scheduled", exc_info=exc, **fields)
 

@@ -18,8 +18,8 @@ import structlog
 from consumer_sdk._internal.executor import Abandoned, EventExecutor, Outcome, Retry
 from consumer_sdk._internal.registry import HandlerRegistry, HandlerSpec
 from consumer_sdk._internal.transport import ProducerPort, Record
+from consumer_sdk.exceptions import HandlerTimeout
 from consumer_sdk.idempotency import (
-    AlreadyRecorded,
     BatchingStore,
     IdempotencyStore,
     ProcessedEvent,
@@ -33,6 +33,7 @@ from schemas import (
     dead_letter,
     decode,
     encode,
+    error_text,
 )
 from schemas.dlq import DlqReason
 from schemas.dlq import dlq_headers as schemas_dlq_headers
@@ -204,18 +205,37 @@ class Dispatcher:
         try:
             await self._transaction(decoded, run, known, stopping)
         except Exception as exc:
-            if run.next == start:
+            # A timed-out handler invalidated the batch's connection, so the commit fails
+            # too; the event is to blame, and is retried below, on its own. Any other
+            # retry starts the next run afresh (its first error may be another's fault).
+            timed_out = run.retry is not None and isinstance(run.retry.error, HandlerTimeout)
+            if run.next == start and not timed_out:
                 # Failed before its first event: the transaction could not even begin (the
                 # database is unreachable). Nothing to redo one by one, and returning here
                 # would run the same batch again at once, in a loop, until the database
                 # is back; the caller pauses and tries again instead.
                 raise
             await self._redo_one_by_one(decoded, start, run.next, exc, known, done, stopping)
-            return run.next
+            if not timed_out:
+                return run.next
+            # Now, or the next run would start with it and fail the same way, forever.
+            return await self._retry_alone(decoded, run, known, done, stopping)
         known.update(run.recorded)
         await self._send(run, done)
         if run.retry is None:
             return run.next
+        return await self._retry_alone(decoded, run, known, done, stopping)
+
+    async def _retry_alone(
+        self,
+        decoded: Sequence[_Item],
+        run: _Run,
+        known: dict[uuid.UUID, ProcessedEvent],
+        done: Dispatched,
+        stopping: asyncio.Event | None,
+    ) -> int:
+        """The event the run stopped at, retried on its own from its second attempt."""
+        assert run.retry is not None
         record, item = decoded[run.next]
         await self._one(record, item, known, done, stopping, first_error=run.retry.error)
         return run.next + 1
@@ -292,7 +312,7 @@ class Dispatcher:
             partition=decoded[start][0].partition,
             offset=decoded[start][0].offset,
             events=end - start,
-            error=repr(exc) if not isinstance(exc, AlreadyRecorded) else "AlreadyRecorded",
+            error=error_text(exc),
         )
         known.update(await self._lookup(item for _, item in decoded[start:end]))
         for record, item in decoded[start:end]:

@@ -21,7 +21,7 @@ from consumer_sdk._internal.transport import (
 from consumer_sdk.idempotency import IdempotencyStore
 from consumer_sdk.metrics import ConsumerMetrics
 from consumer_sdk.settings import ConsumerSettings
-from schemas import ServiceRegistration, Stopped, Topics, encode, retry
+from schemas import ServiceRegistration, Stopped, Topics, encode, error_text, retry
 from schemas.retries import any_error
 
 __all__ = ["Runtime"]
@@ -183,7 +183,7 @@ class Runtime:
             await asyncio.gather(*pending, return_exceptions=True)
         for task in done:
             if not task.cancelled() and task.exception() is not None:
-                log.error("worker ended with an error", error=repr(task.exception()))
+                log.error("worker ended with an error", exc_info=task.exception())
 
     async def on_revoked(self, partitions: set[Partition]) -> None:
         self._rebalancing = True
@@ -238,7 +238,7 @@ class Runtime:
                 "commit lost to a rebalance; records will be redelivered",
                 service=self.service,
                 partition=partition.partition,
-                error=str(exc),
+                error=error_text(exc),
             )
             return
         highwater = self.consumer.highwater(partition)

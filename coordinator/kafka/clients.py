@@ -50,6 +50,16 @@ def _last_per_partition(records: Sequence[ConsumedRecord]) -> dict[TopicPartitio
     return last
 
 
+def _rewind(consumer: Any, records: Sequence[ConsumedRecord]) -> None:
+    first: dict[TopicPartition, int] = {}
+    for r in records:
+        first.setdefault(TopicPartition(r.topic, r.partition), r.offset)
+    for tp, offset in first.items():
+        # A partition revoked meanwhile restarts from its committed offset when reassigned.
+        if tp in consumer.assignment():
+            consumer.seek(tp, offset)
+
+
 class KafkaPublisher:
     """`Publisher` on an idempotent `acks=all` producer."""
 
@@ -114,12 +124,7 @@ class KafkaAckReader:
         )
 
     def rewind(self, records: Sequence[ConsumedRecord]) -> None:
-        consumer = _started(self._consumer)
-        first: dict[TopicPartition, int] = {}
-        for r in records:
-            first.setdefault(TopicPartition(r.topic, r.partition), r.offset)
-        for tp, offset in first.items():
-            consumer.seek(tp, offset)
+        _rewind(_started(self._consumer), records)
 
 
 class KafkaRegistrationReader:
@@ -156,6 +161,9 @@ class KafkaRegistrationReader:
 
     async def read(self, *, timeout_s: float) -> list[ConsumedRecord]:
         return _records(await _started(self._consumer).getmany(timeout_ms=_ms(timeout_s)))
+
+    def rewind(self, records: Sequence[ConsumedRecord]) -> None:
+        _rewind(_started(self._consumer), records)
 
     async def end_offsets(self) -> dict[int, int]:
         consumer = _started(self._consumer)

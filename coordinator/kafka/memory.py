@@ -77,6 +77,10 @@ class _MemoryReader:
     async def stop(self) -> None:
         self.started = False
 
+    def rewind(self, records: Sequence[ConsumedRecord]) -> None:
+        if records:
+            self.position = min(r.offset for r in records)
+
     def _take(self, max_records: int | None) -> list[ConsumedRecord]:
         log = self.kafka.topics[self.topic]
         end = len(log) if max_records is None else min(len(log), self.position + max_records)
@@ -98,10 +102,6 @@ class MemoryAckReader(_MemoryReader):
     async def commit(self, records: Sequence[ConsumedRecord]) -> None:
         if records:
             self.kafka.committed[self.topic] = max(r.offset for r in records) + 1
-
-    def rewind(self, records: Sequence[ConsumedRecord]) -> None:
-        if records:
-            self.position = min(r.offset for r in records)
 
 
 class MemoryRegistrationReader(_MemoryReader):

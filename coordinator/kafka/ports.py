@@ -65,6 +65,9 @@ class RegistrationReader(Protocol):
 
     async def read(self, *, timeout_s: float) -> list[ConsumedRecord]: ...
 
+    def rewind(self, records: Sequence[ConsumedRecord]) -> None:
+        """Read `records` again: each partition from its first one here."""
+
     async def end_offsets(self) -> dict[int, int]:
         """Per partition, the offset the next record written will get."""
 

@@ -41,6 +41,7 @@ from coordinator.outbox.events import EVENT_COLUMNS, RecordEncoder, event_from_r
 from coordinator.settings import RelaySettings
 from coordinator.tables import outbox
 from schemas import KafkaSettings, RetryPolicy, Stopped, retry
+from schemas.errors import error_text
 
 __all__ = [
     "AUDIT_ACTION",
@@ -264,7 +265,9 @@ class OutboxRelay:
                     key, value = encode(row)
                 except ValueError as exc:  # pydantic's ValidationError included
                     claim.unbuildable.append(event_id)
-                    log.error("outbox_row_unpublishable", event_id=str(event_id), error=str(exc))
+                    log.error(
+                        "outbox_row_unpublishable", event_id=str(event_id), error=error_text(exc)
+                    )
                     continue
                 claim.event_ids.append(event_id)
                 claim.policies.append(row[_POLICY])
@@ -295,7 +298,9 @@ class OutboxRelay:
         failed = [claim.event_ids[i] for i, error in enumerate(outcomes) if error is not None]
         if failed:
             first = next(error for error in outcomes if error is not None)
-            log.warning("publish_failed", rows=len(failed), topic=self._topic, error=repr(first))
+            log.warning(
+                "publish_failed", rows=len(failed), topic=self._topic, error=error_text(first)
+            )
         policies = Counter(claim.policies[i] for i in published)
         if published:
             await self._mark_published(
@@ -418,7 +423,7 @@ class OutboxRelay:
             # aiokafka#1101: stop() can hang when the broker is gone; drop the producer.
             log.warning("producer_stop_timed_out_abandoned")
         except KafkaError as exc:
-            log.warning("producer_stop_failed", error=repr(exc))
+            log.warning("producer_stop_failed", error=error_text(exc))
 
     async def _loop(self, stop: asyncio.Event, *, until_empty: bool) -> int:
         retry_on = draining_outage if until_empty else serving_outage

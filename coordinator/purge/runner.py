@@ -28,6 +28,7 @@ from coordinator.purge.batch import ensure_archive_table, purge_batch
 from coordinator.purge.planner import PolicyPlan, plan_policy, time_base
 from coordinator.settings import Settings
 from coordinator.tables import anonymized, policy_results, runs
+from schemas.errors import error_text
 
 __all__ = ["PlanReport", "PolicyOutcome", "Progress", "RunReport", "Runner"]
 
@@ -237,10 +238,8 @@ class Runner:
                         )
             except Exception as exc:
                 outcome.status = "error"
-                outcome.errors.append(f"{type(exc).__name__}: {exc}")
-                log.error(
-                    "policy_failed", run_id=str(run_id), policy=name, error=type(exc).__name__
-                )
+                outcome.errors.append(error_text(exc))
+                log.error("policy_failed", run_id=str(run_id), policy=name, error=error_text(exc))
         outcome.duration_s = time.monotonic() - begun
         return outcome
 

@@ -42,6 +42,7 @@ from schemas import (
     retry,
 )
 from schemas.dlq import DlqReason, dlq_headers
+from schemas.models import EARLIEST, LATEST, MAX_NAME_CHARS
 from schemas.retries import any_error
 
 __all__ = ["Cycle", "Tracker", "TrackerKafka"]
@@ -53,6 +54,7 @@ DLQ_SERVICE = "tracker"
 """`DlqHeader.SERVICE` on acks the tracker dead-letters."""
 
 T = TypeVar("T")
+_EARLIEST_MS, _LATEST_MS = (int(t.timestamp() * 1000) for t in (EARLIEST, LATEST))
 
 
 @dataclass(slots=True)
@@ -145,27 +147,35 @@ class Tracker:
         return applied
 
     async def poll_registry(self, *, timeout_s: float = 0.0) -> int:
-        messages = await self._client(self._kafka.registrations).read(timeout_s=timeout_s)
-        records: list[ServiceRegistration | registry.Retirement] = []
-        for msg in messages:
-            if msg.value is None and msg.key is not None:
-                at = _from_ms(msg.timestamp_ms)
-                records.append(registry.Retirement(msg.key.decode("utf-8", "replace"), at))
-                continue
-            try:
-                records.append(decode(ServiceRegistration, msg.value))
-            except PoisonRecord as exc:
-                log.warning(
-                    "registration_rejected",
-                    partition=msg.partition,
-                    offset=msg.offset,
-                    reason=exc.reason,
-                )
-        if not records:
-            return 0
-        records.sort(key=lambda r: r.registered_at if isinstance(r, ServiceRegistration) else r.at)
-        async with self._engine.begin() as conn:
-            return await registry.apply_registrations(conn, records)
+        reader = self._client(self._kafka.registrations)
+        messages = await reader.read(timeout_s=timeout_s)
+        try:
+            records: list[ServiceRegistration | registry.Retirement] = []
+            poison: list[tuple[ConsumedRecord, str]] = []
+            for msg in messages:
+                try:
+                    records.append(_registration(msg))
+                except PoisonRecord as exc:
+                    log.warning(
+                        "registration_rejected",
+                        partition=msg.partition,
+                        offset=msg.offset,
+                        reason=exc.reason,
+                    )
+                    poison.append((msg, exc.reason))
+            if poison:
+                await self._dead_letter(poison)
+            if not records:
+                return 0
+            records.sort(
+                key=lambda r: r.registered_at if isinstance(r, ServiceRegistration) else r.at
+            )
+            async with self._engine.begin() as conn:
+                return await registry.apply_registrations(conn, records)
+        except BaseException:
+            # Nothing was applied: read the batch again rather than lose a registration.
+            reader.rewind(messages)
+            raise
 
     # --- events and acks ---------------------------------------------------------------
 
@@ -190,19 +200,19 @@ class Tracker:
         messages = await reader.read(timeout_s=timeout_s, max_records=self._settings.batch_size)
         if not messages:
             return None
-        records: list[ledger.ConsumedAck] = []
-        poison: list[tuple[ConsumedRecord, str]] = []
-        for msg in messages:
-            try:
-                ack = decode(RetentionAck, msg.value)
-            except PoisonRecord as exc:
-                records.append(
-                    ledger.ConsumedAck(msg.topic, msg.partition, msg.offset, None, exc.reason)
-                )
-                poison.append((msg, exc.reason))
-            else:
-                records.append(ledger.ConsumedAck(msg.topic, msg.partition, msg.offset, ack))
         try:
+            records: list[ledger.ConsumedAck] = []
+            poison: list[tuple[ConsumedRecord, str]] = []
+            for msg in messages:
+                try:
+                    ack = decode(RetentionAck, msg.value)
+                except PoisonRecord as exc:
+                    records.append(
+                        ledger.ConsumedAck(msg.topic, msg.partition, msg.offset, None, exc.reason)
+                    )
+                    poison.append((msg, exc.reason))
+                else:
+                    records.append(ledger.ConsumedAck(msg.topic, msg.partition, msg.offset, ack))
             if poison:
                 await self._dead_letter(poison)
             async with self._engine.begin() as conn:
@@ -212,7 +222,7 @@ class Tracker:
                     now=self._clock.now(),
                     reminder_interval=self._schedule.interval,
                 )
-        except Exception:
+        except BaseException:
             # Nothing was recorded: rewind so the batch is read again, not skipped.
             reader.rewind(messages)
             raise
@@ -360,6 +370,23 @@ class Tracker:
         if not self._started:
             raise RuntimeError("Tracker.start() has not been called")
         return client
+
+
+def _registration(msg: ConsumedRecord) -> ServiceRegistration | registry.Retirement:
+    """A registration, or a tombstone retiring the service named by its key."""
+    if msg.value is not None or msg.key is None:
+        return decode(ServiceRegistration, msg.value)
+    try:
+        service = msg.key.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PoisonRecord("tombstone key is not UTF-8", msg.value) from None
+    # The key becomes a service name in the registry: the same bounds as on the wire.
+    if not 0 < len(service) <= MAX_NAME_CHARS or "\x00" in service:
+        raise PoisonRecord("tombstone key is not a service name", msg.value)
+    # The producer sets a record's timestamp: any int64 can arrive here.
+    if not _EARLIEST_MS <= msg.timestamp_ms < _LATEST_MS:
+        raise PoisonRecord(f"tombstone timestamp {msg.timestamp_ms} out of range", msg.value)
+    return registry.Retirement(service, _from_ms(msg.timestamp_ms))
 
 
 def _from_ms(timestamp_ms: int) -> datetime:

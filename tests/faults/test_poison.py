@@ -31,8 +31,9 @@ from tests.faults.drive import complete, coordinator_processes, count, start_ser
 from tests.faults.invariants import check_invariants, settle
 from tests.faults.world import prepare_world
 
-BATCH_FAILED = b"batch failed"
-"""What the SDK logs when it re-reads a batch: a poison record must never cause one."""
+BATCH_FAILED = b'"what": "batch"'
+"""What the SDK logs (`retry_scheduled`) when it tries a batch again: a poison record
+must never cause one."""
 
 
 def _headers(record: ConsumerRecord[bytes, bytes]) -> dict[str, str]:
