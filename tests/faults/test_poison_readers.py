@@ -25,6 +25,7 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 
 from consumer_sdk import DlqHeader, DlqReason
+from coordinator.tracking.registry import Retirement
 from schemas import RetentionEvent, ServiceRegistration, encode
 from tests.e2e.harness import FAUST_SERVICE, AckTail, Stack, TopicTail, all_of, registered, wait_for
 from tests.faults import garbage
@@ -188,15 +189,16 @@ async def test_faust_service_dead_letters_poison_and_acks_what_follows(stack: St
 
 def test_tombstone_timestamps_out_of_range_are_poison() -> None:
     # The producer sets a record's timestamp; the broker may accept any int64.
-    from types import SimpleNamespace
-
+    from coordinator.kafka.ports import ConsumedRecord
     from coordinator.tracking.tracker import _registration
     from schemas import PoisonRecord
 
+    def tombstone(timestamp_ms: int) -> ConsumedRecord:
+        return ConsumedRecord("t.services", 0, 0, b"billing", None, timestamp_ms=timestamp_ms)
+
     for timestamp in (-(2**63), -1, 2**63 - 1, 253_402_300_800_000):
-        record = SimpleNamespace(key=b"billing", value=None, timestamp=timestamp)
         with pytest.raises(PoisonRecord, match="timestamp"):
-            _registration(record)
-    assert _registration(SimpleNamespace(key=b"billing", value=None, timestamp=0)).service == (
-        "billing"
-    )
+            _registration(tombstone(timestamp))
+    retirement = _registration(tombstone(0))
+    assert isinstance(retirement, Retirement)
+    assert retirement.service == "billing"
