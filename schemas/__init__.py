@@ -14,6 +14,7 @@ from schemas.kafka import KafkaSettings
 from schemas.models import (
     SCHEMA_VERSION,
     AckStatus,
+    EventReason,
     EventType,
     HandledEntity,
     RetentionAck,
@@ -30,6 +31,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "AckStatus",
     "DeadLetter",
+    "EventReason",
     "EventType",
     "HandledEntity",
     "KafkaSettings",

@@ -21,6 +21,7 @@ from pydantic import (
 __all__ = [
     "SCHEMA_VERSION",
     "AckStatus",
+    "EventReason",
     "EventType",
     "HandledEntity",
     "RetentionAck",
@@ -58,6 +59,13 @@ UtcDatetime = Annotated[
 class EventType(StrEnum):
     DELETE = "delete"
     ANONYMIZE = "anonymize"
+
+
+class EventReason(StrEnum):
+    """Why an event exists (SPEC §11)."""
+
+    RETENTION_POLICY = "retention_policy"
+    ERASURE_REQUEST = "erasure_request"
 
 
 class AckStatus(StrEnum):
@@ -101,6 +109,12 @@ class RetentionEvent(WireModel):
     deadline: UtcDatetime
     fields: list[str] = Field(default_factory=list)
     run_id: uuid.UUID | None = None
+    reason: EventReason = EventReason.RETENTION_POLICY
+    request_id: uuid.UUID | None = None
+    subject: Annotated[str, Field(min_length=3, max_length=511, pattern=r"^[^:]+:[\s\S]+$")] | None = (
+        None
+    )
+    """`"type:id"` of the data subject whose row this is; null when the policy names none."""
 
     @property
     def key(self) -> str:
