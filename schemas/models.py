@@ -37,6 +37,7 @@ SCHEMA_VERSION = 1
 """Major version this code writes and the highest it reads."""
 
 NonEmpty = Annotated[str, Field(min_length=1, max_length=255)]
+SubjectRef = Annotated[str, Field(min_length=3, max_length=511, pattern=r"^[^:]+:[\s\S]+$")]
 
 
 def utc_now() -> datetime:
@@ -111,9 +112,7 @@ class RetentionEvent(WireModel):
     run_id: uuid.UUID | None = None
     reason: EventReason = EventReason.RETENTION_POLICY
     request_id: uuid.UUID | None = None
-    subject: Annotated[str, Field(min_length=3, max_length=511, pattern=r"^[^:]+:[\s\S]+$")] | None = (
-        None
-    )
+    subject: SubjectRef | None = None
     """`"type:id"` of the data subject whose row this is; null when the policy names none."""
 
     @property
