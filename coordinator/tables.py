@@ -334,6 +334,8 @@ erasure_requests = Table(
     _ts("due_at", nullable=False),
     _ts("created_at", nullable=False),
     Column("created_by", Text, nullable=False),
+    # The latest execution's run (retention_runs, trigger erasure_request).
+    Column("run_id", Uuid),
     _ts("extended_at"),
     Column("extension_reason", Text),
     _ts("local_done_at"),

@@ -41,6 +41,7 @@ __all__ = [
     "HoldNotFound",
     "active_hold_exists",
     "create_hold",
+    "event_held",
     "get_hold",
     "list_holds",
     "lock_for_creation",
@@ -134,6 +135,41 @@ def active_hold_exists(
             or_(legal_holds.c.expires_at.is_(None), legal_holds.c.expires_at > now),
         )
     )
+
+
+def event_held(
+    entity_type: ColumnElement[str],
+    entity_id: ColumnElement[str],
+    subject: ColumnElement[str | None],
+    now: datetime,
+) -> ColumnElement[bool]:
+    """SQL: an active hold covers an event's entity, or its `subject` (`"type:id"`)."""
+    active = and_(
+        legal_holds.c.released_at.is_(None),
+        or_(legal_holds.c.expires_at.is_(None), legal_holds.c.expires_at > now),
+    )
+    joined = legal_hold_entities.join(
+        legal_holds, legal_holds.c.id == legal_hold_entities.c.hold_id
+    )
+    on_entity = exists(
+        select(1)
+        .select_from(joined)
+        .where(
+            legal_hold_entities.c.entity_type == entity_type,
+            legal_hold_entities.c.entity_id == entity_id,
+            active,
+        )
+    )
+    on_subject = exists(
+        select(1)
+        .select_from(joined)
+        .where(
+            legal_hold_entities.c.entity_type == func.split_part(subject, ":", 1),
+            legal_hold_entities.c.entity_id == func.substr(subject, func.strpos(subject, ":") + 1),
+            active,
+        )
+    )
+    return or_(on_entity, and_(subject.is_not(None), on_subject))
 
 
 async def create_hold(

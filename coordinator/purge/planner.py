@@ -29,6 +29,7 @@ from sqlalchemy import (
     func,
     literal,
     not_,
+    or_,
     select,
     type_coerce,
 )
@@ -113,7 +114,14 @@ def due_clause(
 
 
 def held_clause(bound: BoundPolicy, now: datetime) -> ColumnElement[bool]:
-    return active_hold_exists(bound.policy.entity_type, bound.id_column, now)
+    """A hold covers the row itself, or the subject it belongs to (SPEC §11)."""
+    entity = active_hold_exists(bound.policy.entity_type, bound.id_column, now)
+    subject = bound.subject
+    if subject is None or bound.subject_column is None:
+        return entity
+    if subject.entity_type == bound.policy.entity_type and subject.column == bound.id_column.name:
+        return entity  # the row is its own subject
+    return or_(entity, active_hold_exists(subject.entity_type, bound.subject_column, now))
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +235,13 @@ class Window:
 
 
 def batch_window(
-    bound: BoundPolicy, *, cutoff: datetime, now: datetime, after: Any | None, limit: int
+    bound: BoundPolicy,
+    *,
+    cutoff: datetime,
+    now: datetime,
+    after: Any | None,
+    limit: int,
+    scope: ColumnElement[bool] | None = None,
 ) -> Window:
     """The next window of `limit` due rows after `after` in id order, minus held ones.
 
@@ -239,14 +253,13 @@ def batch_window(
     `chosen` locks the rows (FOR UPDATE, or the DELETE itself), so PostgreSQL re-checks
     the full predicate against a row a concurrent update made young again; holds are
     read after the batch's hold lock, since the statement runs after it.
+
+    `scope` replaces "due" as what the window looks for: an erasure request's rows of
+    one subject, whatever their age (coordinator.erasure.execute).
     """
     id_column = bound.id_column
-    window_query = (
-        select(id_column.label("id"))
-        .where(due_clause(bound, cutoff, with_ledger=False))
-        .order_by(id_column)
-        .limit(limit)
-    )
+    wanted = scope if scope is not None else due_clause(bound, cutoff, with_ledger=False)
+    window_query = select(id_column.label("id")).where(wanted).order_by(id_column).limit(limit)
     chosen: list[ColumnElement[bool]] = []
     if after is not None:
         start = id_column > bindparam("after", after, type_=id_column.type)
@@ -255,11 +268,7 @@ def batch_window(
     window = window_query.cte("window")
     # max() has no uuid version; the window is ordered anyway.
     last = select(window.c.id).order_by(window.c.id.desc()).limit(1).scalar_subquery()
-    chosen += [
-        id_column <= last,
-        due_clause(bound, cutoff, with_ledger=False),
-        not_(held_clause(bound, now)),
-    ]
+    chosen += [id_column <= last, wanted, not_(held_clause(bound, now))]
     return Window(last, and_(*chosen))
 
 
@@ -271,6 +280,7 @@ async def next_batch(
     now: datetime,
     after: Any | None,
     limit: int,
+    scope: ColumnElement[bool] | None = None,
 ) -> Batch:
     """Select and lock the next batch (`batch_window`) in one statement, one result row.
 
@@ -278,7 +288,7 @@ async def next_batch(
     result machinery (what the profile showed).
     """
     id_column = bound.id_column
-    window = batch_window(bound, cutoff=cutoff, now=now, after=after, limit=limit)
+    window = batch_window(bound, cutoff=cutoff, now=now, after=after, limit=limit, scope=scope)
     last = window.last
     chosen = (
         select(id_column.label("id"))

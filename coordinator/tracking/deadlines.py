@@ -14,11 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, not_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator import audit
 from coordinator.outbox.events import event_from_row
+from coordinator.purge.holds import event_held
 from coordinator.tables import event_status, expected_acks, outbox
 from coordinator.tracking.snapshot import ACTOR
 from schemas import RetentionEvent
@@ -83,7 +84,12 @@ async def due_reminders(conn: AsyncConnection, *, now: datetime, limit: int) -> 
         await conn.execute(
             select(outbox, s.reminders_sent)
             .join_from(event_status, outbox, outbox.c.event_id == s.event_id)
-            .where(s.state != "completed", s.next_reminder_at <= now)
+            .where(
+                s.state != "completed",
+                s.next_reminder_at <= now,
+                # A held entity or subject is not asked again while the hold lasts.
+                not_(event_held(outbox.c.entity_type, outbox.c.entity_id, outbox.c.subject, now)),
+            )
             .order_by(s.next_reminder_at)
             .limit(limit)
             .with_for_update(of=event_status, skip_locked=True)

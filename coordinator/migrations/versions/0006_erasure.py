@@ -33,6 +33,7 @@ def upgrade() -> None:
     sa.Column('due_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('created_by', sa.Text(), nullable=False),
+    sa.Column('run_id', sa.Uuid(), nullable=True),
     sa.Column('extended_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('extension_reason', sa.Text(), nullable=True),
     sa.Column('local_done_at', sa.DateTime(timezone=True), nullable=True),
