@@ -296,6 +296,12 @@ async def _publish_subject_event(
 ) -> tuple[bool, list[str]]:
     """One subject event per request, once; none while the subject is held."""
     async with engine.begin() as conn:
+        # The request's row lock makes "not published yet, publish" one step.
+        await conn.execute(
+            select(erasure_requests.c.id)
+            .where(erasure_requests.c.id == request.id)
+            .with_for_update()
+        )
         await lock_for_purge(conn)  # a hold created meanwhile waits, or is seen here
         held = await _subject_held(conn, request, now)
         if held:

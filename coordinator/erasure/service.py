@@ -66,14 +66,17 @@ class Erasure:
             self.engine, self.policy_set, self.settings, request_id, clock=self.clock, by=by
         )
 
-    async def advance(self) -> list[uuid.UUID]:
+    async def advance(self, *, reexecute: bool = True) -> list[uuid.UUID]:
         """Complete what every service acknowledged; re-execute requests whose holds
-        are all released; refresh the gauges. Returns the requests completed."""
+        are all released (when `reexecute`); refresh the gauges. Returns the requests
+        completed."""
         now = self.clock.now()
         async with self.engine.begin() as conn:
             completed = await status.complete_acknowledged(conn, now=now)
-        async with self.engine.connect() as conn:
-            released = await status.released_holds(conn, now=now)
+        released: list[uuid.UUID] = []
+        if reexecute:
+            async with self.engine.connect() as conn:
+                released = await status.released_holds(conn, now=now)
         for request_id in released:
             log.info("erasure.hold_released", request_id=str(request_id))
             await self.execute(request_id, by=status.ACTOR)
