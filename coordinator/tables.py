@@ -100,6 +100,8 @@ policy_results = Table(
     Column("policy", Text, primary_key=True),
     Column("action", Text, nullable=False),
     Column("status", Text, nullable=False),
+    # The policy's legal basis when it ran, for the report (the file may change later).
+    Column("legal_basis", Text),
     Column("processed", BigInteger, nullable=False, server_default=text("0")),
     Column("held", BigInteger, nullable=False, server_default=text("0")),
     Column("events", BigInteger, nullable=False, server_default=text("0")),

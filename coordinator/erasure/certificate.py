@@ -15,10 +15,10 @@ from typing import Any
 from sqlalchemy import and_, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.erasure.requests import get_request, request_parts
-from coordinator.tables import audit_log, expected_acks, legal_holds, outbox
+from coordinator.erasure.requests import get_request, request_from_row, request_parts
+from coordinator.tables import audit_log, erasure_requests, expected_acks, legal_holds, outbox
 
-__all__ = ["certificate", "detail", "render_html"]
+__all__ = ["certificate", "detail", "render_html", "requests_since"]
 
 _ACTIONS = ("erasure.create", "erasure.execute", "erasure.extend", "erasure.reject")
 
@@ -82,6 +82,67 @@ async def detail(conn: AsyncConnection, request_id: uuid.UUID, *, now: datetime)
         "fan_out": await _events(conn, request_id),
         "services": await _services(conn, request_id),
     }
+
+
+async def requests_since(
+    conn: AsyncConnection, *, since: datetime, now: datetime
+) -> list[dict[str, Any]]:
+    """For the report: requests received since `since`, each with due, completed and,
+    per expected service, how many of its events it acknowledged."""
+    r, e = erasure_requests.c, expected_acks.c
+    found = [
+        request_from_row(row)
+        for row in await conn.execute(
+            select(erasure_requests).where(r.received_at >= since).order_by(r.received_at, r.id)
+        )
+    ]
+    services: dict[uuid.UUID, list[dict[str, Any]]] = {q.id: [] for q in found}
+    if found:
+        rows = await conn.execute(
+            select(
+                outbox.c.request_id,
+                e.service,
+                func.count().label("events"),
+                func.count().filter(e.status.in_(("completed", "not_found"))).label("done"),
+                func.max(e.acknowledged_at).label("last_ack_at"),
+            )
+            .join_from(expected_acks, outbox, outbox.c.event_id == e.event_id)
+            .where(outbox.c.request_id.in_(list(services)))
+            .group_by(outbox.c.request_id, e.service)
+            .order_by(outbox.c.request_id, e.service)
+        )
+        for row in rows:
+            services[row.request_id].append(
+                {
+                    "service": row.service,
+                    "events": row.events,
+                    "acknowledged": row.done,
+                    "last_ack_at": _iso(row.last_ack_at),
+                }
+            )
+    return [
+        {
+            **{
+                k: v
+                for k, v in q.as_dict(now).items()
+                if k
+                in (
+                    "id",
+                    "subject",
+                    "regulation",
+                    "status",
+                    "received_at",
+                    "due_at",
+                    "completed_at",
+                    "overdue",
+                    "extended",
+                    "holds",
+                )
+            },
+            "services": services[q.id],
+        }
+        for q in found
+    ]
 
 
 async def _audit_range(conn: AsyncConnection, request_id: uuid.UUID) -> dict[str, Any] | None:

@@ -32,6 +32,7 @@ __all__ = [
     "list_requests",
     "parse_subject",
     "reject_request",
+    "request_from_row",
     "request_parts",
 ]
 
@@ -120,7 +121,7 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def _request(row: Row[Any]) -> ErasureRequest:
+def request_from_row(row: Row[Any]) -> ErasureRequest:
     m = row._mapping
     return ErasureRequest(
         id=m["id"],
@@ -219,7 +220,7 @@ async def create_request(
                 select(erasure_requests).where(erasure_requests.c.reference == reference)
             )
         ).one()
-        return _request(existing), False
+        return request_from_row(existing), False
     await append(
         conn,
         [
@@ -246,7 +247,7 @@ async def get_request(conn: AsyncConnection, request_id: uuid.UUID) -> ErasureRe
     ).first()
     if row is None:
         raise RequestNotFound(f"no erasure request with id {request_id}")
-    return _request(row)
+    return request_from_row(row)
 
 
 async def list_requests(
@@ -265,7 +266,7 @@ async def list_requests(
         query = query.where(
             erasure_requests.c.due_at < now, erasure_requests.c.status.not_in(CLOSED)
         )
-    return [_request(row) for row in await conn.execute(query.limit(limit))]
+    return [request_from_row(row) for row in await conn.execute(query.limit(limit))]
 
 
 async def request_parts(conn: AsyncConnection, request_id: uuid.UUID) -> list[dict[str, Any]]:

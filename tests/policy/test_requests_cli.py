@@ -4,6 +4,8 @@ reject, certificate in JSON and HTML; `policies validate` lists the subject's ta
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 
 from typer.testing import CliRunner
 
@@ -87,6 +89,25 @@ def test_requests_commands(cli: Cli, coordinator_db: str) -> None:
     page = runner.invoke(app, ["requests", "certificate", request_id, "--format", "html"], env=env)
     assert page.exit_code == 0
     assert page.stdout.startswith("<!DOCTYPE html>")
+
+    code, run, _ = invoke(cli, "run", "--json")
+    assert code == 0
+    code, report, _ = invoke(cli, "report", "--since", "2000-01-01", "--json")
+    assert code == 0
+    results = {r["policy"]: r for r in report["purge_results"] if r["run_id"] == run["run_id"]}
+    assert results["session_logs"]["legal_basis"] == "Legitimate interest (security monitoring)"
+    assert results["session_logs"]["action"] == "delete"
+    assert results["session_logs"]["processed"] > 0
+    assert results["session_logs"]["held"] > 0
+    assert results["session_logs"]["errors"] == 0
+    [filed] = [r for r in report["erasure_requests"] if r["id"] == request_id]
+    assert (filed["regulation"], filed["status"]) == ("ccpa", "in_progress")
+    table = runner.invoke(app, ["report", "--since", "2000-01-01", "--format", "csv"], env=env)
+    rows = list(csv.DictReader(io.StringIO(table.stdout)))
+    assert {(r["scope"], r["name"]) for r in rows} >= {
+        ("purge", "session_logs"),
+        ("erasure_request", request_id),
+    }
 
     code, rejected, _ = invoke(
         cli, "requests", "reject", request_id, "--reason", "not verified", "--by", "dpo", "--json"

@@ -1,4 +1,4 @@
-"""erasure requests: requests, their per-policy parts, and outbox reason/request/subject
+"""erasure requests: requests, their parts, outbox reason/request/subject, results' legal basis
 
 Revision ID: 0006_erasure
 Revises: 0005_event_ids
@@ -18,6 +18,7 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.add_column('retention_policy_results', sa.Column('legal_basis', sa.Text(), nullable=True))
     op.add_column('retention_outbox', sa.Column('reason', sa.Text(), server_default=sa.text("'retention_policy'"), nullable=False))
     op.add_column('retention_outbox', sa.Column('request_id', sa.Uuid(), nullable=True))
     op.add_column('retention_outbox', sa.Column('subject', sa.Text(), nullable=True))
@@ -78,3 +79,4 @@ def downgrade() -> None:
     op.drop_column('retention_outbox', 'subject')
     op.drop_column('retention_outbox', 'request_id')
     op.drop_column('retention_outbox', 'reason')
+    op.drop_column('retention_policy_results', 'legal_basis')
