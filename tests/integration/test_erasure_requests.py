@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from consumer_sdk import ConsumerSettings, RetentionConsumer, RetentionEvent
-from coordinator.clock import SystemClock
+from coordinator.clock import FrozenClock, SystemClock
 from coordinator.db import make_engine
 from coordinator.erasure.due import Regulation
 from coordinator.erasure.requests import (
@@ -35,7 +35,12 @@ from coordinator.settings import RelaySettings, Settings
 from coordinator.tracking.tracker import Tracker
 from schemas import KafkaSettings
 from tests import infra
-from tests.integration.tracking_support import make_tracker
+from tests.integration.tracking_support import (
+    insert_published,
+    make_tracker,
+    produce,
+    registration,
+)
 
 POLICIES = """\
 policies:
@@ -415,3 +420,47 @@ async def test_unknown_subject_types_and_bad_input_are_refused(env: Env) -> None
             reference=None,
             by="dpo",
         )
+
+
+async def test_reminders_skip_events_whose_entity_or_subject_is_held(
+    postgres_url: str, topics: KafkaSettings
+) -> None:
+    url = await infra.create_database(postgres_url, "test_erasure_reminders")
+    await upgrade(url)
+    t0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+    clock = FrozenClock(t0)
+    tracker, engine, _ = make_tracker(url, topics, clock)
+    try:
+        await produce(
+            topics, topics.topics.services, [registration("crm", t0 - timedelta(days=1), "session")]
+        )
+        await tracker.start()
+        await tracker.sync_registry()
+        subject_held, entity_held, free = await insert_published(
+            engine, ["1", "2", "3"], published_at=t0, entity_type="session"
+        )
+        async with engine.begin() as conn:
+            for event_id, subject in ((subject_held, "user:44"), (free, "user:41")):
+                await conn.execute(
+                    text("UPDATE retention_outbox SET subject = :s WHERE event_id = :e"),
+                    {"s": subject, "e": event_id},
+                )
+            await create_hold(
+                conn, entities=["user:44", "session:2"], reason="case", created_by="legal", now=t0
+            )
+        assert await tracker.track_published() == 3
+        clock.advance(timedelta(hours=2))
+        assert await tracker.send_reminders() == 1
+        async with engine.connect() as conn:
+            sent = dict(
+                (
+                    await conn.execute(
+                        text("SELECT event_id, reminders_sent FROM retention_event_status")
+                    )
+                ).all()
+            )
+        assert sent == {subject_held: 0, entity_held: 0, free: 1}
+    finally:
+        await tracker.stop()
+        await engine.dispose()
+        await infra.drop_database(url)
