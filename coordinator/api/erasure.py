@@ -1,16 +1,16 @@
-"""Erasure requests (SPEC §11): read for anyone with access, create/extend with the write
-token, reject as admin."""
+"""Erasure requests (SPEC §11): read with a `read` token, create and extend with `write`,
+reject with `admin`. The actor recorded is the token's name, never a body field."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
+from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.responses import HTMLResponse
 
 from coordinator.api._context import Connection, Context
-from coordinator.api.auth import require_token
+from coordinator.api.auth import Admin, Writer
 from coordinator.api.models import ErasureCreate, ErasureReason, ErasureRequestView
 from coordinator.erasure import certificate as certificates
 from coordinator.erasure import requests
@@ -20,14 +20,6 @@ from coordinator.erasure.service import Erasure
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/erasure-requests", tags=["erasure requests"])
-
-ACTOR = "api"
-"""Recorded as the actor of HTTP writes: a body field never names who acted."""
-
-_WRITE: dict[int | str, dict[str, Any]] = {
-    401: {"description": "missing or wrong bearer token"},
-    503: {"description": "writes disabled: no token configured"},
-}
 
 
 def _error(exc: requests.ErasureError) -> HTTPException:
@@ -52,15 +44,13 @@ def _view(request: requests.ErasureRequest, ctx: Context) -> ErasureRequestView:
     "",
     response_model=ErasureRequestView,
     status_code=status.HTTP_201_CREATED,
-    dependencies=[Depends(require_token)],
     responses={
-        **_WRITE,
         200: {"description": "a request with this reference exists: it is returned"},
         422: {"description": "unknown subject type (the known ones are listed), bad input"},
     },
 )
 async def create_request(
-    ctx: Context, body: ErasureCreate, response: Response
+    ctx: Context, actor: Writer, body: ErasureCreate, response: Response
 ) -> ErasureRequestView:
     """File an erasure request and act on it: every mapped table, then the fan-out."""
     try:
@@ -69,7 +59,7 @@ async def create_request(
             regulation=Regulation(body.regulation),
             received_at=body.received_at,
             reference=body.reference,
-            by=ACTOR,
+            by=actor.name,
         )
     except requests.ErasureError as exc:
         raise _error(exc) from None
@@ -102,11 +92,13 @@ async def get_request(ctx: Context, conn: Connection, request_id: uuid.UUID) -> 
 @router.post(
     "/{request_id}/extend",
     response_model=ErasureRequestView,
-    dependencies=[Depends(require_token)],
-    responses={**_WRITE, 404: {"description": "no such request"}, 409: {"description": "no"}},
+    responses={
+        404: {"description": "no such request"},
+        409: {"description": "already extended, completed or rejected"},
+    },
 )
 async def extend_request(
-    ctx: Context, request_id: uuid.UUID, body: ErasureReason
+    ctx: Context, actor: Writer, request_id: uuid.UUID, body: ErasureReason
 ) -> ErasureRequestView:
     """Extend the due date once, as the regulation allows."""
     erasure = _erasure(ctx)
@@ -116,7 +108,7 @@ async def extend_request(
                 conn,
                 request_id,
                 reason=body.reason,
-                by=ACTOR,
+                by=actor.name,
                 now=ctx.clock.now(),
                 default_days=erasure.settings.erasure_default_days,
             )
@@ -128,17 +120,19 @@ async def extend_request(
 @router.post(
     "/{request_id}/reject",
     response_model=ErasureRequestView,
-    dependencies=[Depends(require_token)],
-    responses={**_WRITE, 404: {"description": "no such request"}, 409: {"description": "no"}},
+    responses={
+        404: {"description": "no such request"},
+        409: {"description": "already completed or rejected"},
+    },
 )
 async def reject_request(
-    ctx: Context, request_id: uuid.UUID, body: ErasureReason
+    ctx: Context, actor: Admin, request_id: uuid.UUID, body: ErasureReason
 ) -> ErasureRequestView:
     """Reject a request that is not completed, with a reason (e.g. identity not verified)."""
     try:
         async with ctx.engine.begin() as conn:
             request = await requests.reject_request(
-                conn, request_id, reason=body.reason, by=ACTOR, now=ctx.clock.now()
+                conn, request_id, reason=body.reason, by=actor.name, now=ctx.clock.now()
             )
     except requests.ErasureError as exc:
         raise _error(exc) from None

@@ -11,6 +11,7 @@ from coordinator.cli import (
     audit,
     db,
     holds,
+    kafka,
     policies,
     purge,
     relay,
@@ -18,6 +19,7 @@ from coordinator.cli import (
     requests,
     serve,
     status,
+    tokens,
 )
 from coordinator.cli._app import ExitCode, app, err_console
 from schemas.logs import configure_logging
@@ -33,9 +35,11 @@ app.command("relay")(relay.relay)
 app.add_typer(holds.app, name="holds")
 app.add_typer(policies.app, name="policies")
 app.add_typer(requests.app, name="requests")
+app.add_typer(tokens.app, name="tokens")
 app.command("plan")(purge.plan)
 app.command("run")(purge.run)
 app.command("serve")(serve.serve)
+app.add_typer(kafka.app, name="kafka")
 
 
 def main() -> None:

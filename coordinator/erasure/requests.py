@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from coordinator.audit import AuditEntry, append
 from coordinator.erasure.due import Regulation, due_at
 from coordinator.policy.model import PolicySet
-from coordinator.purge.holds import HoldError, parse_entity
+from coordinator.purge.holds import EntityTypes, HoldError, parse_entity
 from coordinator.tables import erasure_parts, erasure_requests
 
 __all__ = [
@@ -146,12 +146,14 @@ def request_from_row(row: Row[Any]) -> ErasureRequest:
     )
 
 
-def parse_subject(text: str, policy_set: PolicySet) -> tuple[str, str]:
-    """`"user:42"` → `("user", "42")`, for a type some policy maps rows to.
+def parse_subject(text: str, policy_set: PolicySet, types: EntityTypes) -> tuple[str, str]:
+    """`"user:42"` → `("user", "42")`, for a type some policy maps rows to, with the id
+    in the text form of the subject columns (as holds store it: `user:042` on integer
+    columns is `user:42`).
 
     Raises:
         UnknownSubjectType: listing the known subject types.
-        ErasureError: not `TYPE:ID`.
+        ErasureError: not `TYPE:ID`, or an id no subject column can hold.
     """
     try:
         subject_type, subject_id = parse_entity(text)
@@ -163,12 +165,18 @@ def parse_subject(text: str, policy_set: PolicySet) -> tuple[str, str]:
             f"no policy maps rows to subject type {subject_type!r} "
             f"(known subject types: {', '.join(known) or 'none: add `subject:` to a policy'})"
         )
-    return subject_type, subject_id
+    try:
+        forms = types.resolve(f"{subject_type}:{subject_id}")
+    except HoldError as exc:
+        raise ErasureError(str(exc)) from None
+    # Several forms (text and integer columns) disagree on "042": keep it as written.
+    return (subject_type, forms[0][1]) if len(forms) == 1 else (subject_type, subject_id)
 
 
 async def create_request(
     conn: AsyncConnection,
     policy_set: PolicySet,
+    types: EntityTypes,
     *,
     subject: str,
     regulation: Regulation,
@@ -183,7 +191,7 @@ async def create_request(
     The same `reference` again returns the first request and `created=False`, whatever
     else differs: a retried submission must not erase twice or restart the clock.
     """
-    subject_type, subject_id = parse_subject(subject, policy_set)
+    subject_type, subject_id = parse_subject(subject, policy_set, types)
     if not by.strip():
         raise ErasureError("a request needs --by (who filed it)")
     received = received_at or now

@@ -15,6 +15,7 @@ from coordinator.erasure.due import Regulation
 from coordinator.erasure.execute import Execution, execute_request
 from coordinator.metrics import Metrics
 from coordinator.policy.model import PolicySet
+from coordinator.purge.holds import entity_types
 from coordinator.settings import Settings
 
 __all__ = ["Erasure"]
@@ -48,6 +49,7 @@ class Erasure:
             request, created = await requests.create_request(
                 conn,
                 self.policy_set,
+                await entity_types(conn, self.policy_set),
                 subject=subject,
                 regulation=regulation,
                 received_at=received_at,

@@ -18,10 +18,10 @@ from coordinator.clock import SystemClock
 from coordinator.erasure.service import Erasure
 from coordinator.metrics import Metrics
 from coordinator.settings import Settings
+from coordinator.tokens import Scope
 from demo.seed_data import create_seed_tables, drop_seed_tables, populate, session_logs
-from tests.api.conftest import SEED_POLICIES, TOKEN, make_client
+from tests.api.conftest import SEED_POLICIES, auth, make_client
 
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SUBJECT = "user-00000"
 
 
@@ -36,11 +36,17 @@ async def seeded(engine: AsyncEngine) -> AsyncEngine:
 
 @pytest.fixture
 async def erasure_client(
-    ctx: ApiContext, seeded: AsyncEngine, coordinator_db: str, metrics: Metrics
+    ctx: ApiContext,
+    seeded: AsyncEngine,
+    coordinator_db: str,
+    metrics: Metrics,
+    tokens: dict[Scope, str],
 ) -> AsyncIterator[httpx.AsyncClient]:
+    """Reads with the `read` token unless a request sends another."""
     settings = Settings(database_url=coordinator_db, hash_secret="test-secret")
     erasure = Erasure(seeded, SEED_POLICIES, settings, SystemClock(), metrics)
-    async with make_client(dataclasses.replace(ctx, erasure=erasure)) as client:
+    context = dataclasses.replace(ctx, erasure=erasure)
+    async with make_client(context, tokens[Scope.READ]) as client:
         yield client
 
 
@@ -51,8 +57,9 @@ async def _sessions_of(engine: AsyncEngine, user: str) -> int:
 
 
 async def test_create_is_idempotent_by_reference_and_acts(
-    erasure_client: httpx.AsyncClient, seeded: AsyncEngine
+    erasure_client: httpx.AsyncClient, seeded: AsyncEngine, tokens: dict[Scope, str]
 ) -> None:
+    writer, admin = auth(tokens[Scope.WRITE]), auth(tokens[Scope.ADMIN])
     assert await _sessions_of(seeded, SUBJECT) > 0
     body = {
         "subject": f"user:{SUBJECT}",
@@ -60,7 +67,7 @@ async def test_create_is_idempotent_by_reference_and_acts(
         "received_at": "2026-01-31T10:00:00Z",
         "reference": "api-1",
     }
-    first = await erasure_client.post("/v1/erasure-requests", json=body, headers=AUTH)
+    first = await erasure_client.post("/v1/erasure-requests", json=body, headers=writer)
     assert first.status_code == 201, first.text
     created = first.json()
     assert created["status"] == "in_progress"
@@ -69,7 +76,7 @@ async def test_create_is_idempotent_by_reference_and_acts(
     assert await _sessions_of(seeded, SUBJECT) == 0
 
     again = await erasure_client.post(
-        "/v1/erasure-requests", json={**body, "subject": "user:user-00001"}, headers=AUTH
+        "/v1/erasure-requests", json={**body, "subject": "user:user-00001"}, headers=writer
     )
     assert again.status_code == 200
     assert again.json()["id"] == created["id"]
@@ -84,13 +91,13 @@ async def test_create_is_idempotent_by_reference_and_acts(
     extended = await erasure_client.post(
         f"/v1/erasure-requests/{created['id']}/extend",
         json={"reason": "complex request"},
-        headers=AUTH,
+        headers=writer,
     )
     assert extended.status_code == 200, extended.text
     assert extended.json()["due_at"].startswith("2026-04-30T10:00:00")
     assert extended.json()["extended"] is True
     twice = await erasure_client.post(
-        f"/v1/erasure-requests/{created['id']}/extend", json={"reason": "again"}, headers=AUTH
+        f"/v1/erasure-requests/{created['id']}/extend", json={"reason": "again"}, headers=writer
     )
     assert twice.status_code == 409
 
@@ -107,37 +114,43 @@ async def test_create_is_idempotent_by_reference_and_acts(
     ).json()
     assert certificate["subject"] == f"user:{SUBJECT}"
     assert certificate["audit"]["first"]["action"] == "erasure.create"
+    assert certificate["created_by"] == "write-bot"  # the token's name
 
-    rejected = await erasure_client.post(
-        f"/v1/erasure-requests/{created['id']}/reject",
-        json={"reason": "identity not verified"},
-        headers=AUTH,
-    )
+    reject = f"/v1/erasure-requests/{created['id']}/reject"
+    body = {"reason": "identity not verified"}
+    refused = await erasure_client.post(reject, json=body, headers=writer)
+    assert refused.status_code == 403  # rejecting needs admin
+    rejected = await erasure_client.post(reject, json=body, headers=admin)
     assert rejected.status_code == 200
     assert rejected.json()["status"] == "rejected"
     assert rejected.json()["overdue"] is False
 
 
 async def test_unknown_subject_type_is_422_listing_the_known_types(
-    erasure_client: httpx.AsyncClient,
+    erasure_client: httpx.AsyncClient, tokens: dict[Scope, str]
 ) -> None:
     response = await erasure_client.post(
         "/v1/erasure-requests",
         json={"subject": "customer:9", "regulation": "ccpa"},
-        headers=AUTH,
+        headers=auth(tokens[Scope.WRITE]),
     )
     assert response.status_code == 422
     assert "known subject types: user" in response.json()["detail"]
 
 
-async def test_writes_need_the_token(erasure_client: httpx.AsyncClient) -> None:
+async def test_writes_need_a_write_token(
+    erasure_client: httpx.AsyncClient, tokens: dict[Scope, str]
+) -> None:
+    body = {"subject": "user:x", "regulation": "gdpr"}
+    response = await erasure_client.post("/v1/erasure-requests", json=body)
+    assert response.status_code == 403  # the client's read token
     response = await erasure_client.post(
-        "/v1/erasure-requests", json={"subject": "user:x", "regulation": "gdpr"}
+        "/v1/erasure-requests", json=body, headers={"Authorization": "Bearer nope"}
     )
     assert response.status_code == 401
     missing = await erasure_client.post(
         "/v1/erasure-requests/00000000-0000-0000-0000-000000000000/reject",
         json={"reason": "x"},
-        headers=AUTH,
+        headers=auth(tokens[Scope.ADMIN]),
     )
     assert missing.status_code == 404

@@ -29,7 +29,14 @@ from coordinator.metrics import Metrics
 from coordinator.migrate import upgrade
 from coordinator.outbox.relay import OutboxRelay
 from coordinator.policy.model import PolicySet, parse_policies
-from coordinator.purge.holds import create_hold, release_hold
+from coordinator.purge.holds import (
+    EntityTypes,
+    IdForm,
+    IdKind,
+    create_hold,
+    entity_types,
+    release_hold,
+)
 from coordinator.purge.runner import Runner
 from coordinator.settings import RelaySettings, Settings
 from coordinator.tracking.tracker import Tracker
@@ -201,6 +208,7 @@ async def env(postgres_url: str, topics: KafkaSettings) -> AsyncIterator[Env]:
     async with engine.begin() as conn:
         await create_hold(
             conn,
+            types=await entity_types(conn, policy_set),
             entities=[f"user:{HELD}"],
             reason="Litigation hold, case 7",
             created_by="legal",
@@ -412,6 +420,20 @@ async def test_unknown_subject_types_and_bad_input_are_refused(env: Env) -> None
             reference=None,
             by="dpo",
         )
+    with pytest.raises(ErasureError, match="is not one"):
+        await env.erasure.create(
+            subject="user:abc",  # every user column is an integer
+            regulation=Regulation.GDPR,
+            received_at=None,
+            reference=None,
+            by="dpo",
+        )
+    # Ids are normalised as holds normalise them: user:041 is user:41.
+    request, _ = await env.erasure.create(
+        subject="user:041", regulation=Regulation.GDPR, received_at=None, reference=None, by="dpo"
+    )
+    assert request.subject == "user:41"
+    assert await _rows(env.engine, "er_accounts", "id", 41) == []
     with pytest.raises(ErasureError, match="in the future"):
         await env.erasure.create(
             subject="user:42",
@@ -446,7 +468,14 @@ async def test_reminders_skip_events_whose_entity_or_subject_is_held(
                     {"s": subject, "e": event_id},
                 )
             await create_hold(
-                conn, entities=["user:44", "session:2"], reason="case", created_by="legal", now=t0
+                conn,
+                types=EntityTypes(
+                    {"user": (IdForm(IdKind.TEXT),), "session": (IdForm(IdKind.TEXT),)}
+                ),
+                entities=["user:44", "session:2"],
+                reason="case",
+                created_by="legal",
+                now=t0,
             )
         assert await tracker.track_published() == 3
         clock.advance(timedelta(hours=2))

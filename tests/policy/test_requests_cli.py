@@ -30,6 +30,13 @@ def test_requests_commands(cli: Cli, coordinator_db: str) -> None:
     }
     assert tables["purchase_records"]["on_erasure_request"] == "exempt"
 
+    # `user` is only a subject type in the seed file, and a known type for holds.
+    code, hold, output = invoke(
+        cli, "holds", "create", "user:user-00001", "--reason", "case", "--by", "legal", "--json"
+    )
+    assert code == 0, output
+    assert hold["entities"] == ["user:user-00001"]
+
     code, _, output = invoke(
         cli, "requests", "create", "order:1", "--regulation", "gdpr", "--by", "dpo", "--json"
     )
