@@ -56,6 +56,7 @@ __all__ = [
     "next_batch",
     "plan_policy",
     "time_base",
+    "unheld_clause",
 ]
 
 _DAY = 86400.0
@@ -113,15 +114,29 @@ def due_clause(
     return and_(*clauses)
 
 
+def _hold_checks(bound: BoundPolicy, now: datetime) -> list[ColumnElement[bool]]:
+    """One EXISTS per way a hold can cover a row: its entity, and its subject (SPEC §11)."""
+    checks = [active_hold_exists(bound.policy.entity_type, bound.id_column, now)]
+    subject, column = bound.subject, bound.subject_column
+    is_itself = (
+        subject is not None
+        and subject.entity_type == bound.policy.entity_type
+        and column is bound.id_column
+    )
+    if subject is not None and column is not None and not is_itself:
+        checks.append(active_hold_exists(subject.entity_type, column, now))
+    return checks
+
+
 def held_clause(bound: BoundPolicy, now: datetime) -> ColumnElement[bool]:
-    """A hold covers the row itself, or the subject it belongs to (SPEC §11)."""
-    entity = active_hold_exists(bound.policy.entity_type, bound.id_column, now)
-    subject = bound.subject
-    if subject is None or bound.subject_column is None:
-        return entity
-    if subject.entity_type == bound.policy.entity_type and subject.column == bound.id_column.name:
-        return entity  # the row is its own subject
-    return or_(entity, active_hold_exists(subject.entity_type, bound.subject_column, now))
+    """A hold covers the row itself, or the subject it belongs to."""
+    return or_(*_hold_checks(bound, now))
+
+
+def unheld_clause(bound: BoundPolicy, now: datetime) -> ColumnElement[bool]:
+    """No hold covers the row: one NOT EXISTS per check, so that PostgreSQL can plan each
+    as its own hashed anti-join, as it does for the entity check alone."""
+    return and_(*(not_(check) for check in _hold_checks(bound, now)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,18 +198,19 @@ async def plan_policy(conn: AsyncConnection, bound: BoundPolicy, now: datetime) 
     """
     cutoff = cutoff_for(bound.policy, now)
     due = due_clause(bound, cutoff)
-    held = held_clause(bound, now)
     total = (await conn.execute(select(func.count()).select_from(bound.table))).scalar_one()
     unheld = (
         await conn.execute(
             select(func.count().label("due"), func.min(bound.timestamp_column).label("oldest"))
             .select_from(bound.table)
-            .where(due, not_(held))
+            .where(due, unheld_clause(bound, now))
         )
     ).one()
-    held_count = (
-        await conn.execute(select(func.count()).select_from(bound.table).where(due, held))
+    # Held = due − unheld: both counts use only anti-joins (see unheld_clause).
+    all_due = (
+        await conn.execute(select(func.count()).select_from(bound.table).where(due))
     ).scalar_one()
+    held_count = all_due - unheld.due
     oldest = unheld.oldest
     if oldest is not None and oldest.tzinfo is None:
         oldest = oldest.replace(tzinfo=UTC)
@@ -268,7 +284,7 @@ def batch_window(
     window = window_query.cte("window")
     # max() has no uuid version; the window is ordered anyway.
     last = select(window.c.id).order_by(window.c.id.desc()).limit(1).scalar_subquery()
-    chosen += [id_column <= last, wanted, not_(held_clause(bound, now))]
+    chosen += [id_column <= last, wanted, unheld_clause(bound, now)]
     return Window(last, and_(*chosen))
 
 
