@@ -28,6 +28,7 @@ from sqlalchemy import (
     Uuid,
     and_,
     bindparam,
+    case,
     cast,
     delete,
     func,
@@ -39,6 +40,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -355,13 +357,35 @@ async def execute_request(
     *,
     clock: Clock,
     by: str,
-) -> Execution:
+) -> Execution | None:
     """Act on every mapped table for the request's subject; record parts and status.
 
     Safe to repeat (after a crash, after a hold is released): rows already erased are
-    no longer found, anonymized ones are skipped by the ledger, and the subject event
-    is published once.
+    no longer found, anonymized ones are skipped by the ledger, the subject event is
+    published once, and each part adds what this execution did to what earlier ones did.
+    One execution of a request at a time (a session advisory lock); None when another
+    process is executing it now.
     """
+    key = func.hashtext(f"retention.erasure:{request_id}")
+    async with engine.connect() as lock:
+        await lock.execution_options(isolation_level="AUTOCOMMIT")
+        if not (await lock.execute(select(func.pg_try_advisory_lock(key)))).scalar():
+            return None
+        try:
+            return await _execute(engine, policy_set, settings, request_id, clock=clock, by=by)
+        finally:
+            await lock.execute(select(func.pg_advisory_unlock(key)))
+
+
+async def _execute(
+    engine: AsyncEngine,
+    policy_set: PolicySet,
+    settings: Settings,
+    request_id: uuid.UUID,
+    *,
+    clock: Clock,
+    by: str,
+) -> Execution:
     async with engine.connect() as conn:
         request = await get_request(conn, request_id)
         base = await time_base(conn, clock)
@@ -424,10 +448,28 @@ async def _record(engine: AsyncEngine, execution: Execution, now: datetime, by: 
     request, parts = execution.request, execution.parts
     status = execution.status
     async with engine.begin() as conn:
-        await conn.execute(erasure_parts.delete().where(erasure_parts.c.request_id == request.id))
         if parts:
+            add = pg_insert(erasure_parts)
+            new = add.excluded
             await conn.execute(
-                insert(erasure_parts),
+                # A later execution (after a hold's release, after a crash) adds what it
+                # did; exempt rows (still there), held rows and the outcome are the latest.
+                add.on_conflict_do_update(
+                    index_elements=[erasure_parts.c.request_id, erasure_parts.c.policy],
+                    set_={
+                        "rows": case(
+                            (new.outcome == "exempt", new.rows),
+                            else_=erasure_parts.c.rows + new.rows,
+                        ),
+                        "events": erasure_parts.c.events + new.events,
+                        "archived_copies_deleted": erasure_parts.c.archived_copies_deleted
+                        + new.archived_copies_deleted,
+                        "held": new.held,
+                        "outcome": new.outcome,
+                        "detail": new.detail,
+                        "done_at": new.done_at,
+                    },
+                ),
                 [
                     {
                         "request_id": request.id,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -21,6 +21,10 @@ from coordinator.settings import Settings
 __all__ = ["Erasure"]
 
 log = structlog.get_logger(__name__)
+
+UNFINISHED_AFTER = timedelta(minutes=1)
+"""A request still `received` this long after it was filed, whose execution never
+finished, lost it to a crash: the leader executes it again."""
 
 
 @dataclass
@@ -58,29 +62,34 @@ class Erasure:
                 now=self.clock.now(),
                 default_days=self.settings.erasure_default_days,
             )
-        if not created:
-            return request, False
-        execution = await self.execute(request.id, by=by)
-        return execution.request, True
+        if created or request.status is requests.Status.RECEIVED:
+            # Filing it again resumes a request whose execution never finished (a crash
+            # between recording and acting, a failed part).
+            await self.execute(request.id, by=by)
+            async with self.engine.connect() as conn:
+                request = await requests.get_request(conn, request.id)
+        return request, created
 
-    async def execute(self, request_id: uuid.UUID, *, by: str) -> Execution:
+    async def execute(self, request_id: uuid.UUID, *, by: str) -> Execution | None:
+        """Execute now; None when another process is executing the request."""
         return await execute_request(
             self.engine, self.policy_set, self.settings, request_id, clock=self.clock, by=by
         )
 
     async def advance(self, *, reexecute: bool = True) -> list[uuid.UUID]:
-        """Complete what every service acknowledged; re-execute requests whose holds
-        are all released (when `reexecute`); refresh the gauges. Returns the requests
-        completed."""
+        """Complete what every service acknowledged; when `reexecute`, execute again the
+        requests whose holds are all released and those whose execution never finished;
+        refresh the gauges. Returns the requests completed."""
         now = self.clock.now()
         async with self.engine.begin() as conn:
             completed = await status.complete_acknowledged(conn, now=now)
-        released: list[uuid.UUID] = []
+        again: list[uuid.UUID] = []
         if reexecute:
             async with self.engine.connect() as conn:
-                released = await status.released_holds(conn, now=now)
-        for request_id in released:
-            log.info("erasure.hold_released", request_id=str(request_id))
+                again = await status.released_holds(conn, now=now)
+                again += await status.unfinished(conn, now=now, after=UNFINISHED_AFTER)
+        for request_id in again:
+            log.info("erasure.execute_again", request_id=str(request_id))
             await self.execute(request_id, by=status.ACTOR)
         await self.refresh_gauges()
         return completed

@@ -5,16 +5,16 @@ request is completed at every expected service (coordinator/tracking), and the l
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import and_, exists, func, not_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.audit import AuditEntry, append
 from coordinator.erasure.requests import Status
-from coordinator.tables import erasure_requests, event_status, legal_holds, outbox
+from coordinator.tables import erasure_requests, event_status, legal_holds, outbox, runs
 
-__all__ = ["ACTOR", "complete_acknowledged", "released_holds"]
+__all__ = ["ACTOR", "complete_acknowledged", "released_holds", "unfinished"]
 
 ACTOR = "erasure"
 
@@ -77,5 +77,22 @@ async def released_holds(conn: AsyncConnection, *, now: datetime) -> list[uuid.U
     )
     rows = await conn.execute(
         select(r.id).where(and_(r.status == Status.ON_HOLD.value, not_(active_named)))
+    )
+    return list(rows.scalars())
+
+
+async def unfinished(conn: AsyncConnection, *, now: datetime, after: timedelta) -> list[uuid.UUID]:
+    """Requests still `received` longer than `after` after they were filed whose
+    execution never started or never finished (a crash). One that finished with errors
+    is not retried in a loop: filing it again with its reference retries it."""
+    r = erasure_requests.c
+    rows = await conn.execute(
+        select(r.id)
+        .select_from(erasure_requests.outerjoin(runs, runs.c.id == r.run_id))
+        .where(
+            r.status == Status.RECEIVED.value,
+            r.created_at < now - after,
+            or_(r.run_id.is_(None), runs.c.finished_at.is_(None)),
+        )
     )
     return list(rows.scalars())

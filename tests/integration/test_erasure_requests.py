@@ -21,7 +21,9 @@ from coordinator.erasure.requests import (
     ErasureError,
     Status,
     UnknownSubjectType,
+    create_request,
     get_request,
+    list_requests,
     request_parts,
 )
 from coordinator.erasure.service import Erasure
@@ -392,8 +394,50 @@ async def test_subject_hold_keeps_every_mapped_row_and_names_the_hold(env: Env) 
     await env.erasure.advance()
     async with engine.connect() as conn:
         after = await get_request(conn, request.id)
+        parts = {p["policy"]: p for p in await request_parts(conn, request.id)}
     assert after.status is Status.IN_PROGRESS
+    assert after.holds == ()
     assert await _rows(engine, "er_sessions", "user_id", HELD) == []
+    # The parts add up both executions: held first, erased after the release.
+    assert (parts["sessions"]["rows"], parts["sessions"]["held"]) == (2, 0)
+    assert (parts["invoices"]["outcome"], parts["invoices"]["rows"]) == ("exempt", 2)
+
+
+async def test_a_request_whose_execution_was_lost_is_executed_again(env: Env) -> None:
+    engine = env.engine
+    filed_at = datetime.now(UTC) - timedelta(minutes=5)
+    async with engine.begin() as conn:
+        types = await entity_types(conn, env.policy_set)
+        for subject, reference in (("user:41", "lost-1"), ("user:42", "lost-2")):
+            # Recorded, then the process died before acting (no run, status received).
+            await create_request(
+                conn,
+                env.policy_set,
+                types,
+                subject=subject,
+                regulation=Regulation.GDPR,
+                received_at=None,
+                reference=reference,
+                by="dpo",
+                now=filed_at,
+                default_days=30,
+            )
+    # Filing it again with its reference resumes it.
+    resumed, created = await env.erasure.create(
+        subject="user:41",
+        regulation=Regulation.GDPR,
+        received_at=None,
+        reference="lost-1",
+        by="dpo",
+    )
+    assert (created, resumed.status) == (False, Status.IN_PROGRESS)
+    assert await _rows(engine, "er_accounts", "id", 41) == []
+    # The leader's status moves pick up the other one.
+    await env.erasure.advance()
+    assert await _rows(engine, "er_accounts", "id", 42) == []
+    async with engine.connect() as conn:
+        lost = await list_requests(conn, now=datetime.now(UTC), status=Status.RECEIVED)
+    assert lost == []
 
 
 async def test_subject_hold_protects_mapped_rows_in_a_policy_run(env: Env) -> None:
