@@ -146,6 +146,12 @@ def request_from_row(row: Row[Any]) -> ErasureRequest:
     )
 
 
+def _no_nul(*texts: str) -> None:
+    # PostgreSQL text cannot hold NUL: refuse it as bad input, not as a database error.
+    if any("\x00" in text for text in texts):
+        raise ErasureError("text fields cannot contain NUL characters")
+
+
 def parse_subject(text: str, policy_set: PolicySet, types: EntityTypes) -> tuple[str, str]:
     """`"user:42"` → `("user", "42")`, for a type some policy maps rows to, with the id
     in the text form of the subject columns (as holds store it: `user:042` on integer
@@ -201,6 +207,7 @@ async def create_request(
         raise ErasureError(f"received_at {received.isoformat()} is in the future")
     if reference is not None and not reference.strip():
         raise ErasureError("reference, when given, must not be blank")
+    _no_nul(by, reference or "")
     request_id = uuid.uuid4()
     values = {
         "id": request_id,
@@ -314,6 +321,7 @@ async def extend_request(
     """Extend the due date once, as the regulation allows (GDPR +2 months, CCPA +45 days)."""
     if not reason.strip():
         raise ErasureError("an extension needs a reason")
+    _no_nul(reason, by)
     request = await get_request(conn, request_id)
     if request.extended_at is not None:
         raise RequestConflict(f"request {request_id} was already extended")
@@ -352,6 +360,7 @@ async def reject_request(
     """
     if not reason.strip():
         raise ErasureError("a rejection needs a reason")
+    _no_nul(reason, by)
     rejected = (
         await conn.execute(
             update(erasure_requests)

@@ -136,6 +136,12 @@ async def test_unknown_subject_type_is_422_listing_the_known_types(
     )
     assert response.status_code == 422
     assert "known subject types: user" in response.json()["detail"]
+    nul = await erasure_client.post(
+        "/v1/erasure-requests",
+        json={"subject": "user:user-00002", "regulation": "ccpa", "reference": "a\u0000b"},
+        headers=auth(tokens[Scope.WRITE]),
+    )
+    assert nul.status_code == 422
 
 
 async def test_writes_need_a_write_token(
