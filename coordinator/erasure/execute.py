@@ -404,11 +404,23 @@ async def _execute(
             .values(run_id=run_id)
         )
     parts: list[Part] = []
-    errors = [
-        str(issue)
-        for policy, _ in policy_set.subject_map().get(request.subject_type, [])
-        for issue in issues.get(policy.name, [])
-    ]
+    errors: list[str] = []
+    for policy, _ in policy_set.subject_map().get(request.subject_type, []):
+        found = [str(issue) for issue in issues.get(policy.name, [])]
+        if found:
+            # A mapped table that cannot be bound is never skipped silently: the request
+            # stays open and says why.
+            errors += found
+            parts.append(
+                Part(
+                    policy=policy.name,
+                    table=policy.table,
+                    action=policy.action.value,
+                    outcome="error",
+                    legal_basis=policy.legal_basis,
+                    detail="; ".join(found),
+                )
+            )
     for table, candidates in _mapped(bound, policy_set, request.subject_type).items():
         winner, *others = candidates
         part = Part(

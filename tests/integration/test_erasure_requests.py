@@ -537,3 +537,17 @@ async def test_reminders_skip_events_whose_entity_or_subject_is_held(
         await tracker.stop()
         await engine.dispose()
         await infra.drop_database(url)
+
+
+async def test_a_mapped_table_that_does_not_bind_is_an_error_not_a_skip(env: Env) -> None:
+    async with env.engine.begin() as conn:
+        await conn.execute(text("ALTER TABLE er_invoices RENAME COLUMN customer_id TO client_id"))
+    request, _ = await env.erasure.create(
+        subject="user:42", regulation=Regulation.GDPR, received_at=None, reference=None, by="dpo"
+    )
+    assert request.status is Status.RECEIVED  # open: not every mapped table was handled
+    async with env.engine.connect() as conn:
+        parts = {p["policy"]: p for p in await request_parts(conn, request.id)}
+    assert parts["invoices"]["outcome"] == "error"
+    assert "no column 'customer_id'" in parts["invoices"]["detail"]
+    assert parts["sessions"]["outcome"] == "done"  # the rest is still done
