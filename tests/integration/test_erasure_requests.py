@@ -551,3 +551,33 @@ async def test_a_mapped_table_that_does_not_bind_is_an_error_not_a_skip(env: Env
     assert parts["invoices"]["outcome"] == "error"
     assert "no column 'customer_id'" in parts["invoices"]["detail"]
     assert parts["sessions"]["outcome"] == "done"  # the rest is still done
+
+
+async def test_an_entity_hold_keeps_one_row_and_the_parts_add_up_after_release(env: Env) -> None:
+    engine = env.engine
+    async with engine.begin() as conn:
+        await create_hold(
+            conn,
+            types=await entity_types(conn, env.policy_set),
+            entities=["session:420"],
+            reason="one session under review",
+            created_by="legal",
+            now=datetime.now(UTC),
+            hold_id="review-420",
+        )
+    request, _ = await env.erasure.create(
+        subject="user:42", regulation=Regulation.GDPR, received_at=None, reference=None, by="dpo"
+    )
+    assert (request.status, request.holds) == (Status.ON_HOLD, ("review-420",))
+    assert [r[0] for r in await _rows(engine, "er_sessions", "user_id", 42)] == [420]
+    assert await _rows(engine, "er_accounts", "id", 42) == []  # the rest is still done
+    async with engine.begin() as conn:
+        await release_hold(conn, "review-420", by="legal", now=datetime.now(UTC))
+    await env.erasure.advance()
+    async with engine.connect() as conn:
+        after = await get_request(conn, request.id)
+        parts = {p["policy"]: p for p in await request_parts(conn, request.id)}
+    assert after.status is Status.IN_PROGRESS
+    assert await _rows(engine, "er_sessions", "user_id", 42) == []
+    assert (parts["sessions"]["rows"], parts["sessions"]["held"]) == (2, 0)
+    assert parts["accounts"]["rows"] == 1  # not counted twice
