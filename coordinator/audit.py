@@ -58,6 +58,11 @@ class AuditAction(StrEnum):
     EVENTS_FAILED = "events_failed"
     REMINDERS_SENT = "reminders_sent"
     EVENTS_OVERDUE = "events_overdue"
+    ERASURE_CREATE = "erasure.create"
+    ERASURE_EXTEND = "erasure.extend"
+    ERASURE_REJECT = "erasure.reject"
+    ERASURE_EXECUTE = "erasure.execute"
+    ERASURE_COMPLETE = "erasure.complete"
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,9 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator import CoordinatorError
 from coordinator.api.health import KafkaHealth
+from coordinator.api.tokens import TokenStore
 from coordinator.clock import Clock
+from coordinator.erasure.service import Erasure
 from coordinator.policy.model import PolicySet
-from coordinator.tokens import TokenStore
 
 __all__ = [
     "ApiContext",
@@ -49,6 +50,7 @@ class ApiContext:
     global_schedule: str
     health_timeout_s: float = 2.0
     trigger_run: RunTrigger | None = None
+    erasure: Erasure | None = None
 
 
 def context(request: Request) -> ApiContext:
