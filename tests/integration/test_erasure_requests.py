@@ -267,7 +267,7 @@ async def test_request_erases_every_mapped_table_fans_out_and_completes(env: Env
     try:
         # The service's registration reaches the tracker before anything is published.
         async def registered() -> bool:
-            await tracker.poll_registry(timeout_ms=200)
+            await tracker.poll_registry(timeout_s=0.2)
             async with engine.connect() as conn:
                 found = await conn.execute(text("SELECT count(*) FROM retention_services"))
                 return bool(found.scalar_one() >= 3)
@@ -338,7 +338,7 @@ async def test_request_erases_every_mapped_table_fans_out_and_completes(env: Env
 
         async def completed() -> bool:
             await tracker.track_published()
-            await tracker.consume_acks(timeout_ms=200)
+            await tracker.consume_acks(timeout_s=0.2)
             await env.erasure.advance()
             async with engine.connect() as conn:
                 return (await get_request(conn, request.id)).status is Status.COMPLETED

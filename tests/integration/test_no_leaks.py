@@ -200,7 +200,7 @@ async def test_no_secret_or_email_in_tables_topics_logs_or_responses(
         )
         await tracker.start()
         try:
-            assert await tracker.consume_acks(timeout_ms=5000) is not None
+            assert await tracker.consume_acks(timeout_s=5.0) is not None
         finally:
             await tracker.stop()
 
