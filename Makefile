@@ -12,7 +12,8 @@ ENV_FILE := .cache/infra.env
 # Every target that touches Kafka or PostgreSQL reads the settings infra-up wrote.
 WITH_INFRA := set -a; source $(ENV_FILE); set +a;
 
-.PHONY: help venv tools infra-up infra-down infra-status lint typecheck schemas test test-unit test-faults demo bench clean
+.PHONY: help venv tools infra-up infra-down infra-status lint typecheck schemas test test-unit test-faults demo bench clean \
+	docker-up docker-down images images-clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -50,6 +51,22 @@ infra-down: ## stop what infra-up started (by pid), nothing else
 
 infra-status: ## show what runs and the settings in use
 	$(INFRA) status
+
+# Docker (docs/containers.md): an engine, our images, the containers tests, the compose check.
+DOCKER := deploy/docker.sh
+IMAGES := deploy/images/build.sh
+
+docker-up: ## use the Docker engine that answers, or install and start one (root, Debian)
+	$(DOCKER) up
+
+docker-down: ## remove our containers; stop the dockerd docker-up started, and its mounts
+	$(DOCKER) down
+
+images: docker-up ## build our Kafka, PostgreSQL, app and Prometheus images (layers reused)
+	$(IMAGES) all
+
+images-clean: ## remove our images and the local debootstrap base
+	$(IMAGES) clean
 
 lint: $(STAMP) ## ruff check and format check
 	$(BIN)/ruff check .
