@@ -13,7 +13,7 @@ ENV_FILE := .cache/infra.env
 WITH_INFRA := set -a; source $(ENV_FILE); set +a;
 
 .PHONY: help venv tools infra-up infra-down infra-status lint typecheck schemas test test-unit test-faults demo bench clean \
-	docker-up docker-down images images-clean
+	docker-up docker-down images images-clean test-containers
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -67,6 +67,17 @@ images: docker-up ## build our Kafka, PostgreSQL, app and Prometheus images (lay
 
 images-clean: ## remove our images and the local debootstrap base
 	$(IMAGES) clean
+
+# The containers mode on a meaningful subset: schema round trip through Kafka into
+# PostgreSQL, the relay, SDK delivery, the e2e fan-out, and a `docker kill` of Kafka during
+# consumption (fault scenario 3) with its invariants.
+CONTAINER_TESTS := tests/test_containers.py tests/test_schemas.py tests/integration/test_roundtrip.py \
+	tests/integration/test_relay.py tests/integration/test_sdk_delivery.py \
+	tests/e2e/test_fanout.py::test_thousand_users_erased_everywhere_once \
+	tests/faults/test_broker_restarts.py::test_broker_killed_during_consumption
+
+test-containers: $(STAMP) images ## the subset above against Kafka and PostgreSQL containers
+	RETENTION_TEST_INFRA=containers $(BIN)/pytest -m "slow or not slow" $(CONTAINER_TESTS)
 
 lint: $(STAMP) ## ruff check and format check
 	$(BIN)/ruff check .

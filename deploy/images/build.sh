@@ -51,7 +51,7 @@ build() {
   # The legacy builder (no buildx in Debian bookworm) warns that it is deprecated; it works.
   local out="$STAGE/build-${tag//[\/:]/-}.log"
   mkdir -p "$STAGE"
-  DOCKER_BUILDKIT=0 docker build --network host --build-arg "BASE=$base" \
+  DOCKER_BUILDKIT=0 docker build --force-rm --network host --build-arg "BASE=$base" \
     -t "$tag" -f "$dockerfile" "$context" >"$out" 2>&1 || { tail -30 "$out" >&2; die "building $tag failed (log: $out)"; }
   log "$tag ready in $((SECONDS - started)) s ($(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%d MB", $1/1e6}'))"
 }
