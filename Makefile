@@ -13,7 +13,7 @@ ENV_FILE := .cache/infra.env
 WITH_INFRA := set -a; source $(ENV_FILE); set +a;
 
 .PHONY: help venv tools infra-up infra-down infra-status lint typecheck schemas test test-unit test-faults demo bench clean \
-	docker-up docker-down images images-clean test-containers
+	docker-up docker-down images images-clean test-containers compose-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -78,6 +78,9 @@ CONTAINER_TESTS := tests/test_containers.py tests/test_schemas.py tests/integrat
 
 test-containers: $(STAMP) images ## the subset above against Kafka and PostgreSQL containers
 	RETENTION_TEST_INFRA=containers $(BIN)/pytest -m "slow or not slow" $(CONTAINER_TESTS)
+
+compose-check: $(STAMP) images ## docker-compose.yml's stack on the host network: up, a run, acks, Prometheus, down
+	$(BIN)/python -m deploy.compose.check
 
 lint: $(STAMP) ## ruff check and format check
 	$(BIN)/ruff check .

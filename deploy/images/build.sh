@@ -26,7 +26,7 @@ PROMETHEUS=retention-fanout/prometheus:local
 log() { printf '[images] %s\n' "$*" >&2; }
 die() { printf '[images] ERROR: %s\n' "$*" >&2; exit 1; }
 
-docker info >/dev/null 2>&1 || die "no Docker engine answers: run \`make docker-up\` first"
+[[ "${1:-}" == tags ]] || docker info >/dev/null 2>&1 || die "no Docker engine answers: run \`make docker-up\` first"
 
 have() { docker image inspect "$1" >/dev/null 2>&1; }
 
