@@ -92,11 +92,12 @@ typecheck: $(STAMP) ## mypy (strict on schemas, coordinator, consumer_sdk)
 schemas: $(STAMP) ## regenerate schemas/json from the wire models
 	$(BIN)/python -m schemas.export
 
+# RETENTION_TEST_INFRA=local: the broker and server infra-up provides, never containers.
 test: $(STAMP) tools infra-up lint typecheck ## everything: venv, infra, lint, types, all tests
-	$(WITH_INFRA) $(BIN)/pytest -m "not faults_full"
+	$(WITH_INFRA) RETENTION_TEST_INFRA=local $(BIN)/pytest -m "not faults_full"
 
 test-faults: $(STAMP) infra-up ## the full fault-injection suite (every scenario, full size)
-	$(WITH_INFRA) $(BIN)/pytest -m "faults_full or slow or not slow" tests/faults
+	$(WITH_INFRA) RETENTION_TEST_INFRA=local $(BIN)/pytest -m "faults_full or slow or not slow" tests/faults
 
 demo: $(STAMP) infra-up ## run the whole system on demo data and show the result
 	$(WITH_INFRA) $(BIN)/python -m demo

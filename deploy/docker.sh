@@ -101,11 +101,18 @@ cmd_down() {
     local rest; rest=$(docker ps -aq)
     [[ -z "$rest" ]] || docker rm -f $rest >/dev/null
   fi
-  log "stopping dockerd (pid $pid)"
+  # Its children (the containerd it manages) must end with it.
+  local children; children=$(pgrep -P "$pid" | tr '\n' ' ' || true)
+  log "stopping dockerd (pid $pid; children: ${children:-none})"
   kill -TERM "$pid"
   for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
   if kill -0 "$pid" 2>/dev/null; then log "dockerd still up after 30 s: SIGKILL"; kill -KILL "$pid"; sleep 1; fi
   rm -f "$PID_FILE"
+  local child
+  for child in $children; do
+    for _ in $(seq 1 20); do kill -0 "$child" 2>/dev/null || break; sleep 0.5; done
+    if kill -0 "$child" 2>/dev/null; then log "dockerd's child $child still up: SIGKILL"; kill -KILL "$child"; fi
+  done
   local mount
   while read -r mount; do
     [[ -n "$mount" ]] || continue
