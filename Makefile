@@ -94,7 +94,7 @@ schemas: $(STAMP) ## regenerate schemas/json from the wire models
 
 # RETENTION_TEST_INFRA=local: the broker and server infra-up provides, never containers.
 test: $(STAMP) tools infra-up lint typecheck ## everything: venv, infra, lint, types, all tests
-	$(WITH_INFRA) RETENTION_TEST_INFRA=local $(BIN)/pytest -m "not faults_full"
+	$(WITH_INFRA) RETENTION_TEST_INFRA=local $(BIN)/pytest -m "not faults_full and not containers"
 
 test-faults: $(STAMP) infra-up ## the full fault-injection suite (every scenario, full size)
 	$(WITH_INFRA) RETENTION_TEST_INFRA=local $(BIN)/pytest -m "faults_full or slow or not slow" tests/faults

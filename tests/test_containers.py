@@ -37,6 +37,7 @@ def test_free_ports_are_free_distinct_and_below_the_ephemeral_range() -> None:
             probe.bind(("127.0.0.1", port))
 
 
+@pytest.mark.containers
 def test_a_second_server_on_a_taken_port_fails_instead_of_standing_in() -> None:
     session = infra.active_containers()
     if session is None:
