@@ -1,7 +1,7 @@
 """`make compose-check`: the whole compose stack started, used and checked, then removed.
 
 On the host-network variant of docker-compose.yml (deploy/compose/host_network.py) with our
-local images: Kafka, PostgreSQL, migrate, seed, serve, the four services and Prometheus come
+local images: Kafka, PostgreSQL, migrate, seed, tokens, serve, the four services and Prometheus come
 up in docker-compose.yml's order; the check waits on their healthchecks, triggers a run
 through the API, waits until every event is acked by every service, asks Prometheus' HTTP
 API for our metrics and the loaded alert rules, and brings everything down, whatever
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -32,7 +33,9 @@ from deploy.compose.host_network import LEFT_OUT, ROOT, generate
 PROJECT = "retention-fanout-check"
 OUT = ROOT / ".cache" / "compose"
 HEALTHY = ("kafka", "postgres", "serve")
-ONE_SHOT = ("migrate", "seed")
+ONE_SHOT = ("migrate", "seed", "tokens")
+WRITER = "demo-writer"
+"""The write-scope token `tokens` makes (demo/tokens.py) and prints once, as users read it."""
 LONG_RUNNING = ("notifications", "preferences", "billing", "search_index", "prometheus")
 PROFILE = "observability"
 TIMEOUT_S = 240.0
@@ -215,7 +218,9 @@ async def check() -> None:
     database_url = serve_env["RETENTION_DATABASE_URL"]
     prometheus = f"http://127.0.0.1:{ports['prometheus']['9090']}"
 
-    say(f"{' '.join(compose_command())} up -d (migrate, seed, serve, four services, Prometheus)")
+    say(
+        f"{' '.join(compose_command())} up -d (migrate, seed, tokens, serve, four services, Prometheus)"
+    )
     compose("--profile", PROFILE, "up", "-d")
     # v1 returns once every depends_on condition held (healthy, exited 0); v2 with --wait
     # would too. The healthchecks are checked here all the same.
@@ -229,10 +234,19 @@ async def check() -> None:
     if networks() != ["host", "none"]:
         raise CheckFailed(f"networks other than host and none exist: {networks()}")
 
-    events = await run_and_wait_for_acks(api, serve_env["RETENTION_API_TOKEN"], database_url)
+    events = await run_and_wait_for_acks(api, writer_token(), database_url)
     say(f"{events} events, each acked by every service that registered for it")
     await check_prometheus(prometheus, alert_rule_count())
     check_containers()
+
+
+def writer_token() -> str:
+    """The write token from `tokens`' log (`docker compose logs tokens`); never printed."""
+    logs = compose("logs", "--no-color", "tokens").stdout
+    found = re.search(rf"\b{WRITER}\s+(\S+)\s*$", logs, re.MULTILINE)
+    if found is None:
+        raise CheckFailed(f"`tokens` printed no {WRITER} token")
+    return found[1]
 
 
 def _all_healthy() -> bool:

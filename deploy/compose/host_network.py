@@ -14,7 +14,8 @@ docs/containers.md) every container shares the host's network, so this variant
 - uses our local images (deploy/images/build.sh) instead of building or pulling, and
   Debian's Prometheus with a generated configuration that scrapes the same targets;
 - leaves out what Debian's docker-compose 1.29 rejects (a top-level `name:`: the project
-  name is given on the command line) and Grafana, which has no Debian package.
+  name is given on the command line), the `x-` anchors (expanded) and Grafana, which has
+  no Debian package.
 Everything else (commands, environment, start order, healthchecks) is docker-compose.yml's;
 tests/test_compose_host_network.py keeps the two in step.
 
@@ -167,7 +168,11 @@ def host_network_variant(
         elif "volumes" in service:
             service["volumes"] = [_absolute(v) for v in service["volumes"]]
         services[name] = service
-    return {"services": services}
+    variant: dict[str, Any] = {"services": services}
+    if "volumes" in compose:
+        # Named volumes (the API tokens file's) need no network: kept as they are.
+        variant["volumes"] = copy.deepcopy(compose["volumes"])
+    return variant
 
 
 def _absolute(volume: str) -> str:
