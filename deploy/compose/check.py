@@ -133,8 +133,9 @@ def networks() -> list[str]:
 async def run_and_wait_for_acks(api: str, token: str, database_url: str) -> int:
     engine = make_engine(database_url, pool_size=1)
     try:
-        async with httpx.AsyncClient(base_url=api, timeout=10) as client:
-            accepted = await client.post("/v1/runs", headers={"Authorization": f"Bearer {token}"})
+        headers = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(base_url=api, timeout=10, headers=headers) as client:
+            accepted = await client.post("/v1/runs")
             if accepted.status_code != 202:
                 raise CheckFailed(f"POST /v1/runs: {accepted.status_code} {accepted.text}")
             status_url = accepted.json()["status_url"]
@@ -143,7 +144,10 @@ async def run_and_wait_for_acks(api: str, token: str, database_url: str) -> int:
 
             async def finished() -> bool:
                 nonlocal run
-                run = (await client.get(status_url)).json()
+                answer = await client.get(status_url)
+                if answer.status_code != 200:
+                    raise CheckFailed(f"GET {status_url}: {answer.status_code} {answer.text}")
+                run = answer.json()
                 return run.get("finished_at") is not None
 
             await wait_until("the run finished", finished, TIMEOUT_S)
@@ -218,9 +222,8 @@ async def check() -> None:
     database_url = serve_env["RETENTION_DATABASE_URL"]
     prometheus = f"http://127.0.0.1:{ports['prometheus']['9090']}"
 
-    say(
-        f"{' '.join(compose_command())} up -d (migrate, seed, tokens, serve, four services, Prometheus)"
-    )
+    services = "migrate, seed, tokens, serve, four services, Prometheus"
+    say(f"{' '.join(compose_command())} up -d ({services})")
     compose("--profile", PROFILE, "up", "-d")
     # v1 returns once every depends_on condition held (healthy, exited 0); v2 with --wait
     # would too. The healthchecks are checked here all the same.
