@@ -83,10 +83,25 @@ our_containers() {
   for image in "${OUR_IMAGES[@]}"; do docker ps -aq --filter "ancestor=$image"; done | sort -u
 }
 
-# What dockerd and its containers mounted: overlays under the data root, the netns mount.
+# What our dockerd and its containers mounted: the data root and overlays under it, and
+# (when no engine answers, so none owns it) the exec root's netns mount. /var/run is a
+# link to /run: mount targets are matched on the resolved paths.
 our_mounts() {
-  findmnt -rn -o TARGET | awk -v data="$DATA" -v run="$EXEC_ROOT" \
+  local data run=/nonexistent
+  data=$(readlink -m "$DATA")
+  answers || run=$(readlink -m "$EXEC_ROOT")
+  findmnt -rn -o TARGET | awk -v data="$data" -v run="$run" \
     '$0 == data || index($0, data "/") == 1 || index($0, run "/") == 1' | sort -r
+}
+
+unmount_ours() {
+  local mount
+  while read -r mount; do
+    [[ -n "$mount" ]] || continue
+    log "unmounting $mount"
+    umount "$mount" 2>/dev/null || umount -l "$mount"
+  done < <(our_mounts)
+  [[ -z "$(our_mounts)" ]] || die "mounts left behind: $(our_mounts | tr '\n' ' ')"
 }
 
 cmd_down() {
@@ -94,7 +109,12 @@ cmd_down() {
     local ids; ids=$(our_containers)
     if [[ -n "$ids" ]]; then log "removing containers: $(echo $ids)"; docker rm -f $ids >/dev/null; fi
   fi
-  if ! ours_running; then rm -f "$PID_FILE"; log "no dockerd started by this checkout"; return; fi
+  if ! ours_running; then
+    rm -f "$PID_FILE"
+    log "no dockerd started by this checkout is running"
+    unmount_ours
+    return
+  fi
   local pid; pid=$(cat "$PID_FILE")
   if answers; then
     # Any container left on our own engine is ours too (a compose check killed midway).
@@ -113,13 +133,7 @@ cmd_down() {
     for _ in $(seq 1 20); do kill -0 "$child" 2>/dev/null || break; sleep 0.5; done
     if kill -0 "$child" 2>/dev/null; then log "dockerd's child $child still up: SIGKILL"; kill -KILL "$child"; fi
   done
-  local mount
-  while read -r mount; do
-    [[ -n "$mount" ]] || continue
-    log "unmounting $mount"
-    umount "$mount" 2>/dev/null || umount -l "$mount"
-  done < <(our_mounts)
-  [[ -z "$(our_mounts)" ]] || die "mounts left behind: $(our_mounts | tr '\n' ' ')"
+  unmount_ours
 }
 
 # Only `host` and `none` may exist: no bridge, no private addresses.
