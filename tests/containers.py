@@ -145,6 +145,8 @@ class ContainerInfra:
     kafka_port: int
     postgres_port: int
     lines: list[str] = field(default_factory=list)
+    kills: int = 0
+    """`docker kill`s of the Kafka container so far."""
 
     @property
     def bootstrap_servers(self) -> str:
@@ -197,6 +199,7 @@ class ContainerInfra:
         if command == "kafka-stop" and args == ("--kill",):
             container.kill()
             container.wait(timeout=60)
+            self.kills += 1
         elif command == "kafka-stop" and not args:
             container.stop(timeout=30)
         elif command == "kafka-start" and not args:

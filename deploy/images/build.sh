@@ -87,8 +87,18 @@ clean() {
   docker image prune -f >/dev/null
 }
 
+# The base first (once), then the four images side by side: apt and pip downloads overlap.
+build_all() {
+  base_for debian:bookworm-slim >/dev/null
+  base_for python:3.11-slim >/dev/null
+  local names=(postgres kafka app prometheus) pids=() failed=() i
+  for i in "${names[@]}"; do "build_$i" & pids+=($!); done
+  for i in "${!names[@]}"; do wait "${pids[$i]}" || failed+=("${names[$i]}"); done
+  ((${#failed[@]} == 0)) || die "images not built: ${failed[*]}"
+}
+
 case "${1:-all}" in
-  all) build_postgres; build_kafka; build_app; build_prometheus ;;
+  all) build_all ;;
   kafka) build_kafka ;;
   postgres) build_postgres ;;
   app) build_app ;;
