@@ -206,6 +206,9 @@ def _image_path(container_path: str) -> Path:
     for parts in lines:
         if parts[0] == "COPY" and len(parts) == 3:
             destination = workdir / parts[2]
+            if (ROOT / parts[1]).is_file():
+                # A file copied into a directory (`COPY pyproject.toml ./`) keeps its name.
+                destination /= PurePosixPath(parts[1]).name
             if target == destination or destination in target.parents:
                 return ROOT / parts[1] / target.relative_to(destination)
     raise AssertionError(f"the Dockerfile copies nothing to {container_path}")
