@@ -15,11 +15,11 @@ from coordinator.outbox.event_json import FIELDS, EventWriter
 from coordinator.outbox.events import EVENT_COLUMNS, RecordEncoder, event_from_columns
 from schemas import EventType, RetentionEvent, encode
 
-# Quotes, backslashes, every control character, DEL, the JSON-hostile line separators,
+# Quotes, backslashes, every control character but NUL (the model refuses it), DEL, the JSON-hostile line separators,
 # non-ASCII and astral characters: everything whose escaping could differ.
 AWKWARD = [
     'quote " and \\ backslash',
-    "".join(chr(c) for c in range(0x20)) + "\x7f",
+    "".join(chr(c) for c in range(1, 0x20)) + "\x7f",
     "line\u2028para\u2029end",
     "Zoë Ærø — 東京 🙂",
     "</script> & 'single'",
@@ -108,6 +108,9 @@ def bad_rows() -> list[tuple[str, tuple[Any, ...]]]:
         ("fields with an unhashable item", bad(fields=["a", {"b": 1}])),
         ("naive timestamp", bad(deadline=good.deadline.replace(tzinfo=None))),
         ("empty policy", bad(policy="")),
+        ("NUL in the entity id", bad(entity_id="4\x002")),
+        ("NUL in the policy", bad(policy="a\x00b")),
+        ("timestamp before 1970", bad(deadline=good.deadline.replace(year=1969))),
     ]
 
 
