@@ -15,8 +15,9 @@ from coordinator.outbox.event_json import FIELDS, EventWriter
 from coordinator.outbox.events import EVENT_COLUMNS, RecordEncoder, event_from_columns
 from schemas import EventType, RetentionEvent, encode
 
-# Quotes, backslashes, every control character but NUL (the model refuses it), DEL, the JSON-hostile line separators,
-# non-ASCII and astral characters: everything whose escaping could differ.
+# Quotes, backslashes, every control character but NUL (the model refuses it), DEL, the
+# JSON-hostile line separators, non-ASCII and astral characters: everything whose escaping
+# could differ.
 AWKWARD = [
     'quote " and \\ backslash',
     "".join(chr(c) for c in range(1, 0x20)) + "\x7f",
