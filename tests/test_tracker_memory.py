@@ -117,6 +117,8 @@ async def test_registrations_are_read_to_the_end_and_tombstones_retire(world: Wo
     world.register("billing", "crm", at=T0 - timedelta(days=1))
     world.kafka.append(TOPICS.services, b"not json", key=b"broken")
     assert await world.tracker.sync_registry() == 2
+    [letter] = world.kafka.topics[TOPICS.dlq]
+    assert dict(letter.headers)[DlqHeader.ORIGINAL_TOPIC] == TOPICS.services.encode()
     world.kafka.append(TOPICS.services, None, key=b"crm", timestamp_ms=int(T0.timestamp() * 1000))
     assert await world.tracker.poll_registry() == 1
     async with world.engine.connect() as conn:
