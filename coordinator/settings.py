@@ -42,6 +42,12 @@ class TrackerSettings(BaseSettings):
     max_reminders: int = Field(
         default=3, ge=0, description="Re-publications per event before only escalation is left."
     )
+    gauges_interval_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often the tracker recounts its open-backlog gauges (pending acks, "
+        "overdue events); housekeeping runs every poll interval, the counts need not.",
+    )
 
 
 class RelaySettings(BaseSettings):

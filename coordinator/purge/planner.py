@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -35,7 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
-from sqlalchemy.sql.selectable import ScalarSelect
+from sqlalchemy.sql.selectable import ScalarSelect, Select
 
 from coordinator.clock import Clock
 from coordinator.policy.binding import BoundPolicy
@@ -53,6 +53,8 @@ __all__ = [
     "guard_error",
     "held_clause",
     "next_batch",
+    "oldest_due",
+    "oldest_due_query",
     "plan_policy",
     "time_base",
 ]
@@ -201,6 +203,38 @@ async def plan_policy(conn: AsyncConnection, bound: BoundPolicy, now: datetime) 
         oldest_due=oldest,
         guard=guard_error(bound.policy, unheld.due, total),
     )
+
+
+def oldest_due_query(bound: BoundPolicy, now: datetime) -> Select[Any]:
+    """The oldest due, unheld row's timestamp, without counting anything.
+
+    `min(ts)` spelled `ORDER BY ts LIMIT 1` under `ts < cutoff`: PostgreSQL rewrites a
+    bare `min()` into an index read only for a single table, and the hold check is a
+    join. With an index on the timestamp column it reads that index from its oldest end
+    and stops at the first row that is due and not held, so the cost is the held (or
+    out-of-scope) rows older than that one, not the table (tests/policy/test_oldest_due.py
+    checks the plan). Without such an index it is a sequential scan that stops at the
+    first hit of a sort-free top-1: docs/operations.md asks for the index.
+    """
+    cutoff = cutoff_for(bound.policy, now)
+    ts = bound.timestamp_column
+    return (
+        select(ts)
+        .where(due_clause(bound, cutoff), not_(held_clause(bound, now)))
+        .order_by(ts)
+        .limit(1)
+    )
+
+
+async def oldest_due(conn: AsyncConnection, bound: BoundPolicy, now: datetime) -> float | None:
+    """Age in days of the oldest due, unheld row (None: nothing due)."""
+    oldest = (await conn.execute(oldest_due_query(bound, now))).scalar_one_or_none()
+    if oldest is None:
+        return None
+    if oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=UTC)
+    age: timedelta = now - oldest
+    return round(age.total_seconds() / _DAY, 3)
 
 
 @dataclass(frozen=True, slots=True)
