@@ -187,6 +187,7 @@ def run_ours(url: str, policy_file: Path, timeout_s: float) -> dict[str, Any]:
     return {
         "rates": _rates(per_policy),
         "rows": sum(r for r, _ in per_policy.values()),
+        "per_policy": {p: {"rows": n, "seconds": s} for p, (n, s) in per_policy.items()},
         "wall_s": wall,
         "max_rss_mb": usage.ru_maxrss / 1024,
     }
@@ -314,6 +315,15 @@ async def one_round(
         try:
             got = run_ours(url, policy_file, timeout_s=1800)
             got["check"] = await data.check(url, layout, archive="archive")
+            # Nothing is due any more: an anonymize re-run should cost next to nothing,
+            # not a walk over every row it anonymized (coordinator/purge/marks.py).
+            again = run_ours(url, policy_file, timeout_s=1800)
+            anonymize = [p for p, spec in data.POLICIES.items() if spec["action"] == "anonymize"]
+            got["anonymize"] = {
+                "rows": sum(got["per_policy"][p]["rows"] for p in anonymize),
+                "first_s": sum(got["per_policy"][p]["seconds"] for p in anonymize),
+                "rerun_s": sum(again["per_policy"][p]["seconds"] for p in anonymize),
+            }
             kafka = kafka_for("ours")
             try:
                 published, seconds = await publish_ours(url, kafka)
@@ -414,6 +424,14 @@ def phases(result: dict[str, Any], rows: int) -> dict[str, Any]:
                     for r in rounds
                 ],
             )
+    got["anonymize.rerun"] = results.phase(
+        "anonymize.rerun",
+        rounds[0]["ours"]["anonymize"]["rows"],
+        [
+            {"ours": r["ours"]["anonymize"]["rerun_s"], "limit": r["ours"]["anonymize"]["first_s"]}
+            for r in rounds
+        ],
+    )
     published = statistics.median(r["ours"]["published"] for r in rounds)
     got["publish"] = results.phase(
         "publish",

@@ -58,9 +58,9 @@ PHASES: dict[str, Phase] = {
         for a in ACTIONS
     },
     "anonymize.rerun": Phase(
-        "anonymize re-run, nothing new (wall s; seed: rows re-walked)",
+        "anonymize re-run with nothing new due (`retention run` again)",
         "s",
-        "first run (s)",
+        "the first run, which anonymized `rows`",
         None,
     ),
     "publish": Phase(

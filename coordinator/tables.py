@@ -24,6 +24,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 __all__ = [
     "ack_ledger",
+    "anonymize_marks",
     "anonymized",
     "audit_log",
     "event_status",
@@ -120,6 +121,22 @@ anonymized = Table(
     Column("fields", ARRAY(Text), nullable=False),
     Column("run_id", Uuid, nullable=False),
     _ts("anonymized_at", nullable=False),
+)
+
+# Per anonymize policy, the end of its anonymized prefix: every row whose key is at most
+# `last_key` was anonymized with `fields` (or a superset) when the mark was set, so a run
+# starts its keyset after it instead of re-walking (and row-locking) every row it ever
+# anonymized. `cutoff` was that run's cutoff: a row at or below the key with a newer
+# timestamp appeared later (a late commit) and sends the next run back to it.
+# coordinator/purge/marks.py; migration 0007.
+anonymize_marks = Table(
+    "retention_anonymize_marks",
+    metadata,
+    Column("policy", Text, primary_key=True),
+    Column("fingerprint", Text, nullable=False),
+    Column("last_key", Text, nullable=False),
+    _ts("cutoff", nullable=False),
+    _ts("updated_at", nullable=False),
 )
 
 # The transactional outbox: one row per RetentionEvent, written in the purge batch's

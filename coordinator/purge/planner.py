@@ -30,6 +30,7 @@ from sqlalchemy import (
     literal,
     not_,
     select,
+    true,
     type_coerce,
 )
 from sqlalchemy.dialects.postgresql import aggregate_order_by
@@ -57,6 +58,7 @@ __all__ = [
     "oldest_due_query",
     "plan_policy",
     "time_base",
+    "timestamp_value",
 ]
 
 _DAY = 86400.0
@@ -80,7 +82,7 @@ async def time_base(conn: AsyncConnection, clock: Clock) -> TimeBase:
     return TimeBase(now=min(app, database), clock=app, database=database)
 
 
-def _timestamp(bound: BoundPolicy, value: datetime) -> ColumnElement[Any]:
+def timestamp_value(bound: BoundPolicy, value: datetime) -> ColumnElement[Any]:
     column_type = bound.timestamp_column.type
     if isinstance(column_type, DateTime) and not column_type.timezone:
         # Naive timestamp columns are read as UTC.
@@ -96,7 +98,7 @@ def due_clause(
     bound: BoundPolicy, cutoff: datetime, *, with_ledger: bool = True
 ) -> ColumnElement[bool]:
     """Past retention (NULL timestamps never are), in scope, and not yet anonymized."""
-    clauses: list[ColumnElement[bool]] = [bound.timestamp_column < _timestamp(bound, cutoff)]
+    clauses: list[ColumnElement[bool]] = [bound.timestamp_column < timestamp_value(bound, cutoff)]
     if bound.condition is not None:
         clauses.append(bound.condition)
     if with_ledger and bound.policy.action is Action.ANONYMIZE:
@@ -169,14 +171,24 @@ def guard_error(policy: Policy, due: int, total: int) -> str | None:
     )
 
 
-async def plan_policy(conn: AsyncConnection, bound: BoundPolicy, now: datetime) -> PolicyPlan:
+def _after(bound: BoundPolicy, after: Any | None) -> ColumnElement[bool]:
+    if after is None:
+        return true()
+    return bound.id_column > bindparam("after", after, type_=bound.id_column.type)
+
+
+async def plan_policy(
+    conn: AsyncConnection, bound: BoundPolicy, now: datetime, *, after: Any | None = None
+) -> PolicyPlan:
     """Count due, held and all rows, and find the oldest due row.
 
     Hold and ledger checks sit in WHERE clauses, not in FILTER aggregates, so PostgreSQL
-    can run them as hashed anti/semi joins instead of one subquery per row.
+    can run them as hashed anti/semi joins instead of one subquery per row. `after`:
+    an anonymize policy's mark (coordinator/purge/marks.py); no row at or below it is
+    due, so the due and held counts skip them.
     """
     cutoff = cutoff_for(bound.policy, now)
-    due = due_clause(bound, cutoff)
+    due = and_(due_clause(bound, cutoff), _after(bound, after))
     held = held_clause(bound, now)
     total = (await conn.execute(select(func.count()).select_from(bound.table))).scalar_one()
     unheld = (
@@ -205,7 +217,7 @@ async def plan_policy(conn: AsyncConnection, bound: BoundPolicy, now: datetime) 
     )
 
 
-def oldest_due_query(bound: BoundPolicy, now: datetime) -> Select[Any]:
+def oldest_due_query(bound: BoundPolicy, now: datetime, after: Any | None = None) -> Select[Any]:
     """The oldest due, unheld row's timestamp, without counting anything.
 
     `min(ts)` spelled `ORDER BY ts LIMIT 1` under `ts < cutoff`: PostgreSQL rewrites a
@@ -220,15 +232,17 @@ def oldest_due_query(bound: BoundPolicy, now: datetime) -> Select[Any]:
     ts = bound.timestamp_column
     return (
         select(ts)
-        .where(due_clause(bound, cutoff), not_(held_clause(bound, now)))
+        .where(due_clause(bound, cutoff), _after(bound, after), not_(held_clause(bound, now)))
         .order_by(ts)
         .limit(1)
     )
 
 
-async def oldest_due(conn: AsyncConnection, bound: BoundPolicy, now: datetime) -> float | None:
+async def oldest_due(
+    conn: AsyncConnection, bound: BoundPolicy, now: datetime, *, after: Any | None = None
+) -> float | None:
     """Age in days of the oldest due, unheld row (None: nothing due)."""
-    oldest = (await conn.execute(oldest_due_query(bound, now))).scalar_one_or_none()
+    oldest = (await conn.execute(oldest_due_query(bound, now, after))).scalar_one_or_none()
     if oldest is None:
         return None
     if oldest.tzinfo is None:
@@ -246,6 +260,10 @@ class Batch:
     # Anonymize: some ids already have a ledger row (the policy gained a field since),
     # so the ledger write must update; otherwise a plain insert, about half the cost.
     relabel: bool = False
+    # Anonymize: every row in the key range scanned was chosen (due and unheld), so once
+    # the batch commits all of them are anonymized and the policy's mark may move past
+    # them (coordinator/purge/marks.py).
+    contiguous: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,25 +340,28 @@ async def next_batch(
         .cte("chosen")
     )
     ids_type = ARRAY(id_column.type)
-    row = (
-        await conn.execute(
-            select(
-                last.label("last"),
-                select(
-                    type_coerce(
-                        func.array_agg(aggregate_order_by(chosen.c.id, chosen.c.id)), ids_type
-                    )
-                )
-                .scalar_subquery()
-                .label("ids"),
-            )
-        )
-    ).one()
+    columns = [
+        last.label("last"),
+        select(type_coerce(func.array_agg(aggregate_order_by(chosen.c.id, chosen.c.id)), ids_type))
+        .scalar_subquery()
+        .label("ids"),
+    ]
+    anonymize = bound.policy.action is Action.ANONYMIZE
+    if anonymize:
+        # Every row of the scanned key range, due or not: an index-only range count.
+        in_range = [id_column <= last]
+        if after is not None:
+            in_range.append(id_column > bindparam("after", after, type_=id_column.type))
+        columns.append(select(func.count()).where(*in_range).scalar_subquery().label("in_range"))
+    row = (await conn.execute(select(*columns))).one()
     if row.last is None:
         return Batch((), None)
     ids = list(row.ids or ())
-    if not ids or bound.policy.action is not Action.ANONYMIZE:
+    if not anonymize:
         return Batch(ids, row.last)
+    contiguous = len(ids) == row.in_range
+    if not ids:
+        return Batch(ids, row.last, contiguous=contiguous)
     # Read after the row locks, so a concurrent run's ledger rows are visible. An
     # `= ANY` probe of the ledger's primary key: a NOT EXISTS join here degenerates into
     # a nested loop over the whole ledger whenever its statistics are stale, which they
@@ -357,4 +378,4 @@ async def next_batch(
         )
     }
     ids = [i for i in ids if not ledger.get(str(i), False)]
-    return Batch(ids, row.last, relabel=any(str(i) in ledger for i in ids))
+    return Batch(ids, row.last, relabel=any(str(i) in ledger for i in ids), contiguous=contiguous)
