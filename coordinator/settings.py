@@ -185,6 +185,12 @@ class Settings(BaseSettings):
         default_factory=ServeSettings,
         description="`retention serve` (RETENTION_SERVE_* variables).",
     )
+    outbox_retention_days: float = Field(
+        default=30.0,
+        gt=0,
+        description="`retention db prune` deletes the outbox rows of events completed more "
+        "than this many days ago; rows of events not completed are never pruned.",
+    )
 
     @field_validator("schedule")
     @classmethod
