@@ -41,7 +41,7 @@ from coordinator.kafka_admin import ensure_topics
 from coordinator.outbox.relay import OutboxRelay, event_from_row
 from coordinator.purge.holds import active_hold_exists
 from coordinator.settings import RelaySettings
-from coordinator.tables import outbox
+from coordinator.tables import anonymize_marks, outbox
 from demo.seed_data import SEED_POLICIES
 from schemas import EventType, KafkaSettings, RetentionEvent, Topics, encode
 from tests import infra
@@ -193,6 +193,15 @@ def run_ours(url: str, policy_file: Path, timeout_s: float) -> dict[str, Any]:
     }
 
 
+async def forget_marks(url: str) -> None:
+    engine = make_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(delete(anonymize_marks))
+    finally:
+        await engine.dispose()
+
+
 # --- publish ---------------------------------------------------------------------------
 
 
@@ -315,14 +324,22 @@ async def one_round(
         try:
             got = run_ours(url, policy_file, timeout_s=1800)
             got["check"] = await data.check(url, layout, archive="archive")
-            # Nothing is due any more: an anonymize re-run should cost next to nothing,
-            # not a walk over every row it anonymized (coordinator/purge/marks.py).
-            again = run_ours(url, policy_file, timeout_s=1800)
+            # Nothing is due any more: an anonymize re-run starts after its mark
+            # (coordinator/purge/marks.py); with the mark deleted it walks (and row-locks)
+            # every row it anonymized, as every re-run did before marks.
             anonymize = [p for p, spec in data.POLICIES.items() if spec["action"] == "anonymize"]
+
+            def anonymize_s(report: dict[str, Any]) -> float:
+                return sum(report["per_policy"][p]["seconds"] for p in anonymize)
+
+            rerun = run_ours(url, policy_file, timeout_s=1800)
+            await forget_marks(url)
+            full_walk = run_ours(url, policy_file, timeout_s=1800)
             got["anonymize"] = {
                 "rows": sum(got["per_policy"][p]["rows"] for p in anonymize),
-                "first_s": sum(got["per_policy"][p]["seconds"] for p in anonymize),
-                "rerun_s": sum(again["per_policy"][p]["seconds"] for p in anonymize),
+                "first_s": anonymize_s(got),
+                "rerun_s": anonymize_s(rerun),
+                "full_walk_s": anonymize_s(full_walk),
             }
             kafka = kafka_for("ours")
             try:
@@ -428,7 +445,10 @@ def phases(result: dict[str, Any], rows: int) -> dict[str, Any]:
         "anonymize.rerun",
         rounds[0]["ours"]["anonymize"]["rows"],
         [
-            {"ours": r["ours"]["anonymize"]["rerun_s"], "limit": r["ours"]["anonymize"]["first_s"]}
+            {
+                "ours": r["ours"]["anonymize"]["rerun_s"],
+                "limit": r["ours"]["anonymize"]["full_walk_s"],
+            }
             for r in rounds
         ],
     )

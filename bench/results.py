@@ -58,9 +58,9 @@ PHASES: dict[str, Phase] = {
         for a in ACTIONS
     },
     "anonymize.rerun": Phase(
-        "anonymize re-run with nothing new due (`retention run` again)",
+        "anonymize re-run, nothing new due (`rows` anonymized before)",
         "s",
-        "the first run, which anonymized `rows`",
+        "the same re-run with the mark deleted (the walk every re-run made before marks)",
         None,
     ),
     "publish": Phase(
