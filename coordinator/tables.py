@@ -124,11 +124,11 @@ anonymized = Table(
 )
 
 # Per anonymize policy, the end of its anonymized prefix: every row whose key is at most
-# `last_key` was anonymized with `fields` (or a superset) when the mark was set, so a run
-# starts its keyset after it instead of re-walking (and row-locking) every row it ever
-# anonymized. `cutoff` was that run's cutoff: a row at or below the key with a newer
-# timestamp appeared later (a late commit) and sends the next run back to it.
-# coordinator/purge/marks.py; migration 0007.
+# `last_key` was anonymized (with the policy's fields or more) or held when the mark was
+# set, so a run starts its keyset after it instead of re-walking (and row-locking) every
+# row it ever anonymized. `cutoff` was that run's cutoff and `updated_at` its time: a
+# row at or below the key with a newer timestamp, or under a hold ended since, sends the
+# next run back to it. coordinator/purge/marks.py; migration 0007.
 anonymize_marks = Table(
     "retention_anonymize_marks",
     metadata,

@@ -4,41 +4,48 @@ An anonymize policy keeps its rows, so without this every run would re-walk and
 row-lock every row it ever anonymized (the ledger only filtered them out afterwards):
 a run's cost grew with the policy's history instead of with its new rows.
 
-The mark is the largest key K such that every row with a key at most K was anonymized
-(with the policy's fields or more) when the mark was set. A batch extends it only when
-every row of the key range it scanned was due, unheld and is anonymized once it commits
-(`Batch.contiguous`): a held, young or out-of-scope row ends the prefix, so a row that
-becomes due later (a hold released, a row ageing, a condition turning true) is always
-after the mark. The mark is written in the batch's own transaction, so it never runs
-ahead of what committed.
+The mark is the largest key K such that every row with a key at most K was, when the
+mark was set, either anonymized (with the policy's fields or more) or under a legal
+hold. A batch extends it only when every row of the key range it scanned was due —
+old enough and in scope (`Batch.contiguous`), so each is anonymized or held once the
+batch commits. A young or out-of-scope row ends the prefix, so a row that becomes due
+later by ageing or by a condition turning true is always after the mark. The mark is
+written in the batch's own transaction, so it never runs ahead of what committed.
 
-What the mark cannot see, and how it is caught:
-* a row committed with a key at or below the mark after the mark passed it (a
-  transaction still open while the run went by): its timestamp is newer than the cutoff
-  of the run that set the mark, so `start` looks for such rows and restarts just before
-  the first one;
-* a policy whose fields, table, key or entity type change: the fingerprint differs and
-  the run starts from the first key again, as before marks existed.
-It cannot see a row inserted below the mark with an old timestamp (a backfill of old
-rows under keys that do not increase); docs/policies.md says so, and deleting the
-policy's mark row makes the next run walk everything.
+`start` sends a run back below the mark, to just before the first such row, when:
+* a hold on this entity type ended (released, or expired) since the mark was set, minus
+  `_HOLD_MARGIN` for clock differences between replicas: its rows may be due now;
+* a row at or below the mark has a timestamp at or after the cutoff of the run that set
+  it: it was committed after that run passed its key (a transaction still open then)
+  or its timestamp was changed;
+and from the first key when the policy's fields, table, key or entity type changed
+(the fingerprint).
+
+It cannot see a row inserted below the mark with an old timestamp — a backfill of old
+rows under keys that do not increase (random UUIDs, reused ids, a table reloaded from a
+dump); docs/policies.md says so, and deleting the policy's mark row makes the next run
+walk everything. The restart checks read the timestamp column with `id <= mark`: with
+an index on it they cost the young rows; the hold check costs nothing while no hold of
+the entity type ended, and one scan of the table when one did.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Text, bindparam, cast, literal, select
+from sqlalchemy import Text, and_, bindparam, cast, literal, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.policy.binding import BoundPolicy
 from coordinator.purge.planner import timestamp_value
-from coordinator.tables import anonymize_marks
+from coordinator.tables import anonymize_marks, legal_hold_entities, legal_holds
 
 __all__ = ["advance", "fingerprint", "start"]
+
+_HOLD_MARGIN = timedelta(hours=1)
 
 
 def fingerprint(bound: BoundPolicy) -> str:
@@ -54,39 +61,54 @@ def fingerprint(bound: BoundPolicy) -> str:
     )
 
 
-async def start(conn: AsyncConnection, bound: BoundPolicy) -> Any | None:
+async def start(conn: AsyncConnection, bound: BoundPolicy, now: datetime) -> Any | None:
     """The key a run starts after (None: from the first key)."""
     m = anonymize_marks.c
     mark = (
         await conn.execute(
             select(
-                m.fingerprint, cast(m.last_key, bound.id_column.type).label("key"), m.cutoff
+                m.fingerprint,
+                cast(m.last_key, bound.id_column.type).label("key"),
+                m.cutoff,
+                m.updated_at,
             ).where(m.policy == bound.name)
         )
     ).one_or_none()
     if mark is None or mark.fingerprint != fingerprint(bound):
         return None
     id_column = bound.id_column
-    key = bindparam("mark", mark.key, type_=id_column.type)
+    below = id_column <= bindparam("mark", mark.key, type_=id_column.type)
+    since = mark.updated_at - _HOLD_MARGIN
+    h, e = legal_holds.c, legal_hold_entities.c
+    ended = (
+        select(e.entity_id)
+        .join_from(legal_hold_entities, legal_holds, h.id == e.hold_id)
+        .where(
+            e.entity_type == bound.policy.entity_type,
+            or_(h.released_at >= since, and_(h.expires_at >= since, h.expires_at <= now)),
+        )
+    )
     # No min()/max() for uuid keys: ORDER BY … LIMIT 1 reads the same index.
-    late = (
+    first = (
         await conn.execute(
             select(id_column)
             .where(
-                id_column <= key,
-                bound.timestamp_column >= timestamp_value(bound, mark.cutoff),
+                below,
+                or_(
+                    bound.timestamp_column >= timestamp_value(bound, mark.cutoff),
+                    cast(id_column, Text).in_(ended),
+                ),
             )
             .order_by(id_column)
             .limit(1)
         )
     ).scalar_one_or_none()
-    if late is None:
+    if first is None:
         return mark.key
-    # Restart just before the first row the mark went past unseen.
     return (
         await conn.execute(
             select(id_column)
-            .where(id_column < bindparam("late", late, type_=id_column.type))
+            .where(id_column < bindparam("first", first, type_=id_column.type))
             .order_by(id_column.desc())
             .limit(1)
         )

@@ -36,7 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
-from sqlalchemy.sql.selectable import ScalarSelect, Select
+from sqlalchemy.sql.selectable import CTE, ScalarSelect, Select
 
 from coordinator.clock import Clock
 from coordinator.policy.binding import BoundPolicy
@@ -260,9 +260,9 @@ class Batch:
     # Anonymize: some ids already have a ledger row (the policy gained a field since),
     # so the ledger write must update; otherwise a plain insert, about half the cost.
     relabel: bool = False
-    # Anonymize: every row in the key range scanned was chosen (due and unheld), so once
-    # the batch commits all of them are anonymized and the policy's mark may move past
-    # them (coordinator/purge/marks.py).
+    # Anonymize: every row in the key range scanned is due (timestamp and conditions),
+    # so once the batch commits each is anonymized or held, and the policy's mark may
+    # move past them (coordinator/purge/marks.py).
     contiguous: bool = False
 
 
@@ -271,11 +271,13 @@ class Window:
     """The next keyset window of a policy, as SQL to embed in one statement.
 
     `last` is the window's last key (NULL: nothing left to scan); `chosen` selects the
-    rows of the window to purge: due, unheld, in the primary-key range the window spans.
+    rows of the window to purge: due, unheld, in the primary-key range the window spans;
+    `window` is the CTE of the window's due rows.
     """
 
     last: ScalarSelect[Any]
     chosen: ColumnElement[bool]
+    window: CTE
 
 
 def batch_window(
@@ -312,7 +314,7 @@ def batch_window(
         due_clause(bound, cutoff, with_ledger=False),
         not_(held_clause(bound, now)),
     ]
-    return Window(last, and_(*chosen))
+    return Window(last, and_(*chosen), window)
 
 
 async def next_batch(
@@ -348,18 +350,22 @@ async def next_batch(
     ]
     anonymize = bound.policy.action is Action.ANONYMIZE
     if anonymize:
-        # Every row of the scanned key range, due or not: an index-only range count.
+        # Every row of the scanned key range, due or not (an index-only range count),
+        # against the window's due rows: equal when nothing young or out of scope is in it.
         in_range = [id_column <= last]
         if after is not None:
             in_range.append(id_column > bindparam("after", after, type_=id_column.type))
-        columns.append(select(func.count()).where(*in_range).scalar_subquery().label("in_range"))
+        columns += [
+            select(func.count()).where(*in_range).scalar_subquery().label("in_range"),
+            select(func.count()).select_from(window.window).scalar_subquery().label("due"),
+        ]
     row = (await conn.execute(select(*columns))).one()
     if row.last is None:
         return Batch((), None)
     ids = list(row.ids or ())
     if not anonymize:
         return Batch(ids, row.last)
-    contiguous = len(ids) == row.in_range
+    contiguous = row.due == row.in_range
     if not ids:
         return Batch(ids, row.last, contiguous=contiguous)
     # Read after the row locks, so a concurrent run's ledger rows are visible. An

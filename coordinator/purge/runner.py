@@ -165,7 +165,7 @@ class Runner:
                     conn,
                     b,
                     base.now,
-                    after=await marks.start(conn, b)
+                    after=await marks.start(conn, b, base.now)
                     if b.policy.action is Action.ANONYMIZE
                     else None,
                 )
@@ -302,7 +302,7 @@ class Runner:
             base = await time_base(conn, self.clock)
             # Anonymize starts after its mark: the rows it already anonymized are not
             # walked again (coordinator/purge/marks.py).
-            start = await marks.start(conn, bound) if anonymize else None
+            start = await marks.start(conn, bound, base.now) if anonymize else None
             plan = await plan_policy(conn, bound, base.now, after=start)
         if base.skew_seconds > _SKEW_WARNING_SECONDS:  # ahead: cutoffs now follow the DB
             log.warning("clock.skew", policy=policy.name, skew_s=round(base.skew_seconds, 1))

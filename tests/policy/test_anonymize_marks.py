@@ -110,24 +110,49 @@ async def test_a_rerun_walks_only_the_new_rows(engine: AsyncEngine, clock: Froze
     assert len(third) == 1
 
 
-async def test_held_and_young_rows_end_the_prefix_and_are_caught_later(
+async def test_held_rows_are_passed_and_caught_when_their_hold_ends(
     engine: AsyncEngine, clock: FrozenClock
 ) -> None:
     await add_orders(engine, range(1, 31), age_days=40)
     await add_orders(engine, range(31, 36), age_days=10)  # young
     async with engine.begin() as conn:
-        hold = await create_hold(conn, entities=["order:15"], reason="r", created_by="me", now=NOW)
-    assert await run(engine, clock) == 29
-    assert await mark(engine) == "10"  # the window holding order 15 ends the prefix
-    assert await originals(engine) == {15, *range(31, 36)}
+        released = await create_hold(
+            conn, entities=["order:3"], reason="r", created_by="me", now=NOW
+        )
+        await create_hold(
+            conn,
+            entities=["order:15"],
+            reason="r",
+            created_by="me",
+            now=NOW,
+            expires_at=NOW + timedelta(days=2),
+        )
+    with windows(engine) as first:
+        assert await run(engine, clock) == 28
+    assert len(first) == 4
+    # Held rows among the oldest do not pin the prefix (a hold on an old entity can last
+    # years); the young rows end it.
+    assert await mark(engine) == "30"
+    assert await originals(engine) == {3, 15, *range(31, 36)}
 
+    with windows(engine) as idle:
+        assert await run(engine, clock) == 0
+    assert len(idle) == 1  # nothing walked below the mark while the holds last
+
+    clock.advance(timedelta(hours=2))
     async with engine.begin() as conn:
-        await release_hold(conn, hold.id, by="counsel", now=NOW)
-    assert await run(engine, clock) == 1
-    assert await mark(engine) == "30"  # the young rows end it now
+        await release_hold(conn, released.id, by="counsel", now=clock.now())
+    assert await run(engine, clock) == 1  # back to just before order 3
+    assert await originals(engine) == {15, *range(31, 36)}
+    assert await mark(engine) == "30"
+    clock.advance(timedelta(hours=2))
+    assert await run(engine, clock) == 0  # within the clock margin: walked once more
+    with windows(engine) as settled:
+        assert await run(engine, clock) == 0
+    assert len(settled) == 1  # the release is behind the mark now
 
-    clock.advance(timedelta(days=25))
-    assert await run(engine, clock) == 5
+    clock.advance(timedelta(days=21))  # order 15's hold expired; orders 31-35 are old now
+    assert await run(engine, clock) == 6
     assert await originals(engine) == set()
     assert await mark(engine) == "35"
 
