@@ -58,7 +58,7 @@ PHASES: dict[str, Phase] = {
         for a in ACTIONS
     },
     "anonymize.rerun": Phase(
-        "anonymize re-run, nothing new due (`rows` anonymized before)",
+        "anonymize re-run, nothing new due (rows: anonymized before)",
         "s",
         "the same re-run with the mark deleted (the walk every re-run made before marks)",
         None,
@@ -149,8 +149,8 @@ def markdown(path: Path, result: dict[str, Any]) -> str:
         f"Python {m['python']}; load average {load['start'][0]:.1f} at the start, "
         f"{load['end'][0]:.1f} at the end. Values: median (min–max) of rounds.",
         "",
-        "| phase | unit | seed (article) | ours | limit | ours / limit | goal |",
-        "|---|---|---|---|---|---|---|",
+        "| phase | rows | unit | seed (article) | ours | limit | ours / limit | goal |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, spec in PHASES.items():
         entry = result["phases"].get(name)
@@ -161,7 +161,8 @@ def markdown(path: Path, result: dict[str, Any]) -> str:
         if not spec.limit and entry["ratio"] is not None:
             ratio = f"ours/seed {ratio}"
         lines.append(
-            f"| {spec.title} | {spec.unit} | {_span(entry, 'seed')} | {_span(entry, 'ours')} "
+            f"| {spec.title} | {entry['rows']:,} | {spec.unit} | {_span(entry, 'seed')} "
+            f"| {_span(entry, 'ours')} "
             f"| {limit} | {ratio} | {_verdict(entry)} |"
         )
     checks = result["checks"]

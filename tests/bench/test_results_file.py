@@ -62,7 +62,7 @@ def test_docs_regenerate_only_the_marked_block(tmp_path, monkeypatch) -> None:
     assert rendered.startswith("# prose stays\n")
     assert rendered.endswith("more prose\n")
     assert "old table" not in rendered
-    assert "| publish | events/s | – | 40.00 |" in rendered
+    assert "| publish | 10 | events/s | – | 40.00 |" in rendered
     assert "≥ 0.3: **reached**" in rendered
 
 
