@@ -7,7 +7,19 @@ import sys
 
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 
-from coordinator.cli import audit, db, holds, policies, purge, relay, report, serve, status
+from coordinator.cli import (
+    audit,
+    db,
+    holds,
+    kafka,
+    policies,
+    purge,
+    relay,
+    report,
+    serve,
+    status,
+    tokens,
+)
 from coordinator.cli._app import ExitCode, app, err_console
 from schemas.logs import configure_logging
 
@@ -21,9 +33,11 @@ app.command("certificate")(status.certificate)
 app.command("relay")(relay.relay)
 app.add_typer(holds.app, name="holds")
 app.add_typer(policies.app, name="policies")
+app.add_typer(tokens.app, name="tokens")
 app.command("plan")(purge.plan)
 app.command("run")(purge.run)
 app.command("serve")(serve.serve)
+app.add_typer(kafka.app, name="kafka")
 
 
 def main() -> None:

@@ -276,7 +276,9 @@ class Tracker:
         while True:
             async with self._engine.begin() as conn:
                 now = self._clock.now()
-                due = await deadlines.due_reminders(conn, now=now, limit=_HOUSEKEEPING_LIMIT)
+                due = await deadlines.due_reminders(
+                    conn, now=now, limit=_HOUSEKEEPING_LIMIT, schedule=self._schedule
+                )
                 if not due:
                     return total
                 sent = await asyncio.gather(
