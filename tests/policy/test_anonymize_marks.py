@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import FrozenClock
 from coordinator.policy.model import parse_policies
-from coordinator.purge.holds import create_hold, release_hold
+from coordinator.purge.holds import create_hold, entity_types, release_hold
 from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
 from coordinator.tables import anonymize_marks
@@ -117,11 +117,17 @@ async def test_held_rows_are_passed_and_caught_when_their_hold_ends(
     await add_orders(engine, range(31, 36), age_days=10)  # young
     async with engine.begin() as conn:
         released = await create_hold(
-            conn, entities=["order:3"], reason="r", created_by="me", now=NOW
+            conn,
+            entities=["order:3"],
+            types=await entity_types(conn, parse_policies(POLICY)),
+            reason="r",
+            created_by="me",
+            now=NOW,
         )
         await create_hold(
             conn,
             entities=["order:15"],
+            types=await entity_types(conn, parse_policies(POLICY)),
             reason="r",
             created_by="me",
             now=NOW,

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from coordinator.clock import FrozenClock
 from coordinator.policy.binding import bind_policies
 from coordinator.policy.model import parse_policies
-from coordinator.purge.holds import create_hold
+from coordinator.purge.holds import create_hold, entity_types
 from coordinator.purge.planner import oldest_due_query
 from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
@@ -44,6 +44,7 @@ async def test_oldest_due_is_a_bounded_index_read(
         await create_hold(
             conn,
             entities=[f"session:{i}" for i in range(1, HELD + 1)],
+            types=await entity_types(conn, parse_policies(policies())),
             reason="r",
             created_by="me",
             now=NOW,
