@@ -137,6 +137,12 @@ class ServeSettings(BaseSettings):
     health_timeout_s: float = Field(
         default=2.0, gt=0, le=30, description="Bound on each /healthz check (database, Kafka)."
     )
+    erasure_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often erasure requests' statuses move (completion, released holds) "
+        "and their gauges are refreshed.",
+    )
     topic_partitions: int = Field(
         default=6, ge=1, description="Partitions of each topic `serve` creates when missing."
     )
@@ -149,7 +155,11 @@ class Settings(BaseSettings):
     """Everything the coordinator needs to know about its surroundings."""
 
     model_config = SettingsConfigDict(
-        env_prefix="RETENTION_", extra="ignore", populate_by_name=True
+        env_prefix="RETENTION_",
+        extra="ignore",
+        populate_by_name=True,
+        # Errors never echo the input: it may be a secret (a database URL, a key).
+        hide_input_in_errors=True,
     )
 
     database_url: SecretStr = Field(
@@ -176,6 +186,12 @@ class Settings(BaseSettings):
         default_factory=TrackerSettings,
         description="Completion tracker (RETENTION_TRACKER_* variables).",
     )
+    hook_modules: str = Field(
+        default="",
+        description="Comma-separated modules (with their submodules) a policy's "
+        "`before_purge` may name, besides the policy file's own Python package; any "
+        "other is refused before it is imported.",
+    )
     http_port: int = Field(default=8080, ge=1, le=65535, description="Port of `retention serve`.")
     api_tokens_file: Path | None = Field(
         default=None,
@@ -197,6 +213,15 @@ class Settings(BaseSettings):
         description="`retention db prune` deletes the outbox rows of events completed more "
         "than this many days ago; rows of events not completed are never pruned.",
     )
+    erasure_default_days: int = Field(
+        default=30,
+        ge=1,
+        le=3650,
+        description="Days an erasure request under regulation `other` has (extended: twice).",
+    )
+
+    def allowed_hook_modules(self) -> tuple[str, ...]:
+        return tuple(m.strip() for m in self.hook_modules.split(",") if m.strip())
 
     @field_validator("schedule")
     @classmethod

@@ -13,8 +13,9 @@ later by ageing or by a condition turning true is always after the mark. The mar
 written in the batch's own transaction, so it never runs ahead of what committed.
 
 `start` sends a run back below the mark, to just before the first such row, when:
-* a hold on this entity type ended (released, or expired) since the mark was set, minus
-  `_HOLD_MARGIN` for clock differences between replicas: its rows may be due now;
+* a hold on a row's entity or on its subject (SPEC §11) ended — released or expired —
+  since the mark was set, minus `_HOLD_MARGIN` for clock differences between
+  replicas: its rows may be due now;
 * a row at or below the mark has a timestamp at or after the cutoff of the run that set
   it: it was committed after that run passed its key (a transaction still open then)
   or its timestamp was changed;
@@ -38,6 +39,7 @@ from typing import Any
 from sqlalchemy import Text, and_, bindparam, cast, literal, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql import Select
 
 from coordinator.policy.binding import BoundPolicy
 from coordinator.purge.planner import timestamp_value
@@ -80,24 +82,34 @@ async def start(conn: AsyncConnection, bound: BoundPolicy, now: datetime) -> Any
     below = id_column <= bindparam("mark", mark.key, type_=id_column.type)
     since = mark.updated_at - _HOLD_MARGIN
     h, e = legal_holds.c, legal_hold_entities.c
-    ended = (
-        select(e.entity_id)
-        .join_from(legal_hold_entities, legal_holds, h.id == e.hold_id)
-        .where(
-            e.entity_type == bound.policy.entity_type,
-            or_(h.released_at >= since, and_(h.expires_at >= since, h.expires_at <= now)),
+
+    def ended(entity_type: str) -> Select[Any]:
+        return (
+            select(e.entity_id)
+            .join_from(legal_hold_entities, legal_holds, h.id == e.hold_id)
+            .where(
+                e.entity_type == entity_type,
+                or_(h.released_at >= since, and_(h.expires_at >= since, h.expires_at <= now)),
+            )
         )
+
+    # As the planner's hold checks: a hold on the row's entity, or on its subject.
+    released = [cast(id_column, Text).in_(ended(bound.policy.entity_type))]
+    subject, column = bound.subject, bound.subject_column
+    itself = (
+        subject is not None
+        and subject.entity_type == bound.policy.entity_type
+        and column is id_column
     )
+    if subject is not None and column is not None and not itself:
+        released.append(cast(column, Text).in_(ended(subject.entity_type)))
     # No min()/max() for uuid keys: ORDER BY … LIMIT 1 reads the same index.
     first = (
         await conn.execute(
             select(id_column)
             .where(
                 below,
-                or_(
-                    bound.timestamp_column >= timestamp_value(bound, mark.cutoff),
-                    cast(id_column, Text).in_(ended),
-                ),
+                or_(bound.timestamp_column >= timestamp_value(bound, mark.cutoff), *released),
             )
             .order_by(id_column)
             .limit(1)
