@@ -132,7 +132,7 @@ anonymized = Table(
 # set, so a run starts its keyset after it instead of re-walking (and row-locking) every
 # row it ever anonymized. `cutoff` was that run's cutoff and `updated_at` its time: a
 # row at or below the key with a newer timestamp, or under a hold ended since, sends the
-# next run back to it. coordinator/purge/marks.py; migration 0007.
+# next run back to it. coordinator/purge/marks.py; migration 0008.
 anonymize_marks = Table(
     "retention_anonymize_marks",
     metadata,
@@ -250,7 +250,7 @@ event_status = Table(
         "next_reminder_at",
         postgresql_where=text("state <> 'completed'"),
     ),
-    # The overdue gauge starts from the overdue events, which are few (migration 0006).
+    # The overdue gauge starts from the overdue events, which are few (migration 0007).
     Index(
         "ix_retention_event_status_overdue",
         "event_id",

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import event, insert, select
+from sqlalchemy import case, event, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import FrozenClock
@@ -188,3 +188,34 @@ async def test_a_changed_policy_walks_from_the_start(
         engine, parse_policies(wider), Settings(hash_secret="k"), clock=clock
     ).run()
     assert report.outcomes[0].processed == 20  # every row gets the new field
+
+
+async def test_rows_held_through_their_subject_are_caught_when_that_hold_ends(
+    engine: AsyncEngine, clock: FrozenClock
+) -> None:
+    """A hold on a user covers that user's orders (SPEC §11): the mark passes them, and
+    the user's hold ending sends the next run back to them."""
+    policy = parse_policies(POLICY + "    subject: {entity_type: user, column: customer_id}\n")
+    await add_orders(engine, range(1, 21), age_days=40)
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(orders).values(customer_id=case((orders.c.id.in_([4, 12]), "u7"), else_="u1"))
+        )
+        hold = await create_hold(
+            conn,
+            entities=["user:u7"],
+            types=await entity_types(conn, policy),
+            reason="r",
+            created_by="me",
+            now=NOW,
+        )
+    runner = Runner(engine, policy, Settings(hash_secret="k"), clock=clock)
+    assert (await runner.run()).outcomes[0].processed == 18
+    assert await mark(engine) == "20"
+    assert await originals(engine) == {4, 12}
+
+    clock.advance(timedelta(hours=2))
+    async with engine.begin() as conn:
+        await release_hold(conn, hold.id, by="counsel", now=clock.now())
+    assert (await runner.run()).outcomes[0].processed == 2
+    assert await originals(engine) == set()

@@ -1,7 +1,7 @@
 """a partial index on overdue events, for the tracker's overdue gauge
 
-Revision ID: 0006_overdue_index
-Revises: 0005_event_ids
+Revision ID: 0007_overdue_index
+Revises: 0006_erasure
 Create Date: 2026-12-06 04:40:00.000000
 
 The gauge counted every open expected ack and joined each to its event to find the
@@ -13,8 +13,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0006_overdue_index'
-down_revision = '0005_event_ids'
+revision = '0007_overdue_index'
+down_revision = '0006_erasure'
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,7 @@
 """anonymize marks: where each anonymize policy's anonymized prefix ends
 
-Revision ID: 0007_anonymize_marks
-Revises: 0006_overdue_index
+Revision ID: 0008_anonymize_marks
+Revises: 0007_overdue_index
 Create Date: 2026-12-06 05:00:00.000000
 
 Without it every anonymize run re-walked and row-locked every row the policy had ever
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0007_anonymize_marks'
-down_revision = '0006_overdue_index'
+revision = '0008_anonymize_marks'
+down_revision = '0007_overdue_index'
 branch_labels = None
 depends_on = None
 
