@@ -8,11 +8,8 @@ the services run as in the e2e harness, the tracker in-process.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from pathlib import Path
 
 from sqlalchemy import Select, func, select, text
 
@@ -21,17 +18,15 @@ from coordinator.tables import audit_log, outbox
 from tests.e2e.harness import PRODUCT_SERVICES, ServiceProcess, Stack, has_registered, wait_for
 from tests.faults.invariants import SERVICE_LOGS
 from tests.faults.world import HASH_SECRET, World
-from tests.infra import ROOT, with_database
+from tests.infra import with_database
 
 __all__ = [
-    "INFRA",
     "RUN_TIMEOUT_S",
     "audit_entries",
     "complete",
     "coordinator_processes",
     "count",
     "effects_applied",
-    "infra",
     "published_events",
     "start_services",
     "terminate_connections",
@@ -39,9 +34,6 @@ __all__ = [
 ]
 
 RUN_TIMEOUT_S = 120.0
-
-INFRA = Path(os.environ.get("RETENTION_INFRA_SCRIPT", ROOT / "infra" / "infra.sh"))
-"""The script that owns the broker (`kafka-stop [--kill]`, `kafka-start`)."""
 
 COORDINATOR_ENV = {
     "RETENTION_HASH_SECRET": HASH_SECRET,
@@ -146,8 +138,3 @@ async def terminate_connections(*urls: str) -> int:
             return sum(1 for (ok,) in ended if ok)
     finally:
         await admin.dispose()
-
-
-async def infra(*command: str) -> None:
-    """Run `infra.sh <command>`; the broker commands wait until Kafka is down or ready."""
-    await asyncio.to_thread(subprocess.run, [str(INFRA), *command], check=True, timeout=180)

@@ -1,50 +1,53 @@
 """Scenario 3: the Kafka broker restarted (SIGTERM and SIGKILL) under publish and consumption.
 
 The run is done; the relay (in-process, small batches) publishes the outbox while the
-services consume, ack and the tracker records. A seeded schedule stops the shared
-broker, cleanly or with SIGKILL, after a random number of published events (the relay
+services consume, ack and the tracker records. A seeded schedule stops the broker,
+cleanly or with SIGKILL, after a random number of published events (the relay
 is between batches or waiting for acks) and after a random few effects of a service
 still working through its backlog (handlers, offset commits and acks in flight), keeps
 it down past the clients' request timeout and starts it again. Nothing is restarted but
 the broker: the services must stay up and their SDK reconnect by itself, and the relay
 and the tracker must resume too. Then the six invariants.
 
-Both tests restart the broker every other test uses, so they are `slow` (`make test`)
-or `faults_full` (`make test-faults`). The script that owns the broker is
-`RETENTION_INFRA_SCRIPT`, by default this checkout's infra/infra.sh.
+The broker is the scenario's own (tests/faults/private_kafka.py: its own ports, data and
+process), so the scenario passes whatever listens on the default port, and the shared
+broker every other test uses is never touched. The stack (databases, topics, services,
+relay, tracker) runs on it. Both tests are `slow` (`make test`) or `faults_full`
+(`make test-faults`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-import subprocess
-import sys
-import time
 from collections import Counter
-from collections.abc import Callable, Sequence
-from contextlib import suppress
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
 import pytest
 
 from coordinator.settings import RelaySettings
-from schemas import KafkaSettings
-from tests.e2e.harness import PRODUCT_SERVICES, Stack, all_of, running_relay, running_tracker
+from tests.e2e.harness import (
+    PRODUCT_SERVICES,
+    Stack,
+    all_of,
+    isolated_stack,
+    running_relay,
+    running_tracker,
+)
 from tests.faults.drive import (
     complete,
     coordinator_processes,
     count,
     effects_applied,
-    infra,
     published_events,
     start_services,
     wait_until_above,
 )
 from tests.faults.invariants import check_invariants, settle
+from tests.faults.private_kafka import PrivateKafka, private_kafka, restart
 from tests.faults.world import USERS_POLICY, World, prepare_world
-from tests.infra import ROOT
 
 Phase = Literal["publish", "consume"]
 Restart = tuple[Phase, bool]
@@ -69,44 +72,27 @@ def _expected_effects(world: World, service: str) -> int:
     return users + len(world.processed("purchase_records")) if service == "billing" else users
 
 
-async def _broker_answers(kafka: KafkaSettings, *, timeout_s: float) -> None:
-    # Asked from a child process: an admin client given up on mid-connect leaves its
-    # sockets behind, and this process must end without unclosed resources.
-    probe = (
-        "import asyncio, sys; from schemas import KafkaSettings; "
-        "from tests.infra import check_kafka; "
-        "asyncio.run(check_kafka(KafkaSettings(bootstrap_servers=sys.argv[1])))"
-    )
-    deadline = time.monotonic() + timeout_s
-    while True:
-        done = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-c", probe, kafka.bootstrap_servers],
-            cwd=ROOT,
-            capture_output=True,
-            timeout=60,
-        )
-        if done.returncode == 0:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the broker does not answer:\n{done.stderr.decode()[-2000:]}")
-        await asyncio.sleep(2)
+@pytest.fixture
+def broker() -> Iterator[PrivateKafka]:
+    with private_kafka() as broker:
+        yield broker
+
+
+@pytest.fixture
+async def stack(
+    postgres_url: str, broker: PrivateKafka, request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Stack]:
+    """The fault suite's stack, on this scenario's own broker."""
+    async with isolated_stack(postgres_url, broker.bootstrap, request.node.name, tmp_path) as s:
+        yield s
 
 
 async def _restart_broker(
-    stack: Stack, rng: random.Random, faults: Counter[str], phase: Phase, *, kill: bool
+    broker: PrivateKafka, rng: random.Random, faults: Counter[str], phase: Phase, *, kill: bool
 ) -> None:
-    await infra("kafka-stop", *(["--kill"] if kill else []))
-    try:
-        # Longer than the clients' 30 s request timeout, so sends and commits in flight
-        # fail while the broker is still away (shorter outages are hidden by retries).
-        await asyncio.sleep(rng.uniform(71, 74))
-    finally:
-        # Whatever happened, the shared broker comes back. Loading its ~15,000 test
-        # partitions can outlast the start script's own deadline on a busy machine.
-        with suppress(subprocess.CalledProcessError):
-            await infra("kafka-start")
-        await _broker_answers(stack.kafka, timeout_s=BROKER_START_TIMEOUT_S)
+    # Longer than the clients' 30 s request timeout, so sends and commits in flight fail
+    # while the broker is still away (shorter outages are hidden by retries).
+    await restart(broker, kill=kill, down_s=rng.uniform(71, 74))
     faults[f"{'kill' if kill else 'restart'}_broker_during_{phase}"] += 1
 
 
@@ -144,7 +130,13 @@ async def _during_consumption(stack: Stack, world: World, rng: random.Random) ->
 
 
 async def broker_restarts(
-    stack: Stack, directory: Path, *, seed: int, users: int, restarts: Sequence[Restart]
+    stack: Stack,
+    broker: PrivateKafka,
+    directory: Path,
+    *,
+    seed: int,
+    users: int,
+    restarts: Sequence[Restart],
 ) -> None:
     rng = random.Random(seed)
     world = await prepare_world(stack, directory, users=users, per_category=2)
@@ -162,7 +154,7 @@ async def broker_restarts(
                     await _during_publish(stack, world, rng, alive)
                 else:
                     await _during_consumption(stack, world, rng)
-                await _restart_broker(stack, rng, faults, phase, kill=kill)
+                await _restart_broker(broker, rng, faults, phase, kill=kill)
                 alive()
             await settle(stack, world, timeout_s=300, alive=alive)
             alive()
@@ -175,17 +167,22 @@ async def broker_restarts(
 
 
 @pytest.mark.slow
-async def test_broker_killed_during_consumption(stack: Stack, tmp_path: Path) -> None:
-    await broker_restarts(stack, tmp_path, seed=3003, users=30, restarts=[("consume", True)])
+async def test_broker_killed_during_consumption(
+    stack: Stack, broker: PrivateKafka, tmp_path: Path
+) -> None:
+    await broker_restarts(
+        stack, broker, tmp_path, seed=3003, users=30, restarts=[("consume", True)]
+    )
 
 
 @pytest.mark.faults_full
 @pytest.mark.parametrize("seed", [3141])
 async def test_broker_restarted_during_publish_and_consumption(
-    stack: Stack, tmp_path: Path, seed: int
+    stack: Stack, broker: PrivateKafka, tmp_path: Path, seed: int
 ) -> None:
     await broker_restarts(
         stack,
+        broker,
         tmp_path,
         seed=seed,
         users=360,
