@@ -5,6 +5,7 @@
   splits the rows between them);
 * the **completion tracker** consumes acks and registrations (one consumer group);
 * the **gauges** task recomputes the database-derived gauges on a timer;
+* the **erasure** task moves erasure requests' statuses (coordinator/erasure/);
 * the **HTTP API** (uvicorn, in the same loop).
 
 Stopping (SIGTERM/SIGINT set `stop`): the scheduler lets the current run finish, the
@@ -38,6 +39,7 @@ from coordinator.api import ApiContext, RunInProgress, create_app
 from coordinator.api.health import KafkaHealth
 from coordinator.clock import Clock, SystemClock
 from coordinator.db import make_engine
+from coordinator.erasure.service import Erasure
 from coordinator.kafka_admin import ensure_topics
 from coordinator.metrics import Metrics
 from coordinator.outbox.relay import OutboxRelay
@@ -48,6 +50,7 @@ from coordinator.scheduler import Schedule, Scheduler
 from coordinator.settings import Settings
 from coordinator.tokens import TokenStore
 from coordinator.tracking.tracker import Tracker
+from schemas.errors import error_text
 
 __all__ = ["GLOBAL_SCHEDULE", "RunInProgress", "Service", "ServiceFailed", "schedules_for"]
 
@@ -62,7 +65,7 @@ class ServiceFailed(RuntimeError):
 
 def _log_failure(task: asyncio.Task[RunReport]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.error("triggered_run_failed", error=repr(task.exception()))
+        log.error("triggered_run_failed", exc_info=task.exception())
 
 
 def schedules_for(policy_set: PolicySet, global_cron: str) -> list[Schedule]:
@@ -95,6 +98,7 @@ class _Parts:
     scheduler: Scheduler
     server: _Server
     kafka_health: KafkaHealth
+    erasure: Erasure
 
 
 class Service:
@@ -223,6 +227,21 @@ class Service:
         for policy, at in successes.items():
             self.metrics.last_successful_run.labels(policy).set(at.timestamp())
 
+    async def _erasure_forever(self, stop: asyncio.Event) -> None:
+        """Erasure requests' status moves: completion from the acks, re-execution once
+        their holds are released, and their gauges."""
+        parts = self._require_parts()
+        interval = self.settings.serve.erasure_interval_s
+        while not stop.is_set():
+            try:
+                # Every replica may complete requests (one UPDATE); only the leader
+                # executes released ones again, so two replicas never race for them.
+                await parts.erasure.advance(reexecute=parts.scheduler.is_leader)
+            except Exception:
+                log.exception("erasure_advance_failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+
     async def _gauges_forever(self, stop: asyncio.Event) -> None:
         interval = self.settings.serve.gauges_interval_s
         while not stop.is_set():
@@ -263,6 +282,7 @@ class Service:
             node=self.node,
         )
         kafka_health = KafkaHealth(s.kafka)
+        erasure = Erasure(engine, self.policy_set, s, self.clock, self.metrics)
         api = create_app(
             ApiContext(
                 engine=engine,
@@ -274,6 +294,7 @@ class Service:
                 policy_set=self.policy_set,
                 global_schedule=s.schedule,
                 trigger_run=self.trigger_run,
+                erasure=erasure,
             )
         )
         config = uvicorn.Config(
@@ -295,6 +316,7 @@ class Service:
             scheduler=scheduler,
             server=_Server(config),
             kafka_health=kafka_health,
+            erasure=erasure,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -338,6 +360,7 @@ class Service:
             "relay": lambda: parts.relay.run_forever(stop),
             "tracker": lambda: parts.tracker.run_forever(stop),
             "gauges": lambda: self._gauges_forever(stop),
+            "erasure": lambda: self._erasure_forever(stop),
             "http": serve_http,
             "http_stopper": stop_http,
         }
@@ -413,7 +436,7 @@ def _failure(
     exc = task.exception()
     if exc is None:
         return None if stopping else ServiceFailed(f"{name} stopped on its own")
-    log.error("component_failed", component=name, error=repr(exc), exc_info=exc)
+    log.error("component_failed", component=name, error=error_text(exc), exc_info=exc)
     if isinstance(exc, ServiceFailed):
         return exc
-    return ServiceFailed(f"{name} failed: {type(exc).__name__}: {exc}")
+    return ServiceFailed(f"{name} failed: {error_text(exc)}")

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from coordinator.scheduler import validate_cron
 from schemas import DEFAULT_DATABASE_URL, KafkaSettings
 
-__all__ = ["RelaySettings", "ServeSettings", "Settings", "TrackerSettings"]
+__all__ = ["COORDINATOR_CLIENT_ID", "RelaySettings", "ServeSettings", "Settings", "TrackerSettings"]
+
+COORDINATOR_CLIENT_ID = "retention-coordinator"
+"""Kafka client id of the relay, the tracker and the admin client unless
+`RETENTION_KAFKA_CLIENT_ID` names another."""
 
 
 class TrackerSettings(BaseSettings):
@@ -127,6 +131,12 @@ class ServeSettings(BaseSettings):
     health_timeout_s: float = Field(
         default=2.0, gt=0, le=30, description="Bound on each /healthz check (database, Kafka)."
     )
+    erasure_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often erasure requests' statuses move (completion, released holds) "
+        "and their gauges are refreshed.",
+    )
     topic_partitions: int = Field(
         default=6, ge=1, description="Partitions of each topic `serve` creates when missing."
     )
@@ -139,7 +149,11 @@ class Settings(BaseSettings):
     """Everything the coordinator needs to know about its surroundings."""
 
     model_config = SettingsConfigDict(
-        env_prefix="RETENTION_", extra="ignore", populate_by_name=True
+        env_prefix="RETENTION_",
+        extra="ignore",
+        populate_by_name=True,
+        # Errors never echo the input: it may be a secret (a database URL, a key).
+        hide_input_in_errors=True,
     )
 
     database_url: SecretStr = Field(
@@ -166,6 +180,12 @@ class Settings(BaseSettings):
         default_factory=TrackerSettings,
         description="Completion tracker (RETENTION_TRACKER_* variables).",
     )
+    hook_modules: str = Field(
+        default="",
+        description="Comma-separated modules (with their submodules) a policy's "
+        "`before_purge` may name, besides the policy file's own Python package; any "
+        "other is refused before it is imported.",
+    )
     http_port: int = Field(default=8080, ge=1, le=65535, description="Port of `retention serve`.")
     api_tokens_file: Path | None = Field(
         default=None,
@@ -181,8 +201,22 @@ class Settings(BaseSettings):
         default_factory=ServeSettings,
         description="`retention serve` (RETENTION_SERVE_* variables).",
     )
+    erasure_default_days: int = Field(
+        default=30,
+        ge=1,
+        le=3650,
+        description="Days an erasure request under regulation `other` has (extended: twice).",
+    )
+
+    def allowed_hook_modules(self) -> tuple[str, ...]:
+        return tuple(m.strip() for m in self.hook_modules.split(",") if m.strip())
 
     @field_validator("schedule")
     @classmethod
     def _valid_cron(cls, value: str) -> str:
         return validate_cron(value)
+
+    @model_validator(mode="after")
+    def _coordinator_client_id(self) -> Self:
+        self.kafka = self.kafka.for_client(COORDINATOR_CLIENT_ID)
+        return self

@@ -10,10 +10,12 @@ from schemas.codec import (
     encode,
 )
 from schemas.database import DEFAULT_DATABASE_URL, async_database_url, is_disconnect
+from schemas.errors import error_text
 from schemas.kafka import KafkaSettings
 from schemas.models import (
     SCHEMA_VERSION,
     AckStatus,
+    EventReason,
     EventType,
     HandledEntity,
     RetentionAck,
@@ -21,7 +23,7 @@ from schemas.models import (
     ServiceRegistration,
     utc_now,
 )
-from schemas.topics import DEFAULT_PREFIX, Topics
+from schemas.topics import DEFAULT_PREFIX, Topics, service_group
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
@@ -30,6 +32,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "AckStatus",
     "DeadLetter",
+    "EventReason",
     "EventType",
     "HandledEntity",
     "KafkaSettings",
@@ -43,6 +46,8 @@ __all__ = [
     "dead_letter",
     "decode",
     "encode",
+    "error_text",
     "is_disconnect",
+    "service_group",
     "utc_now",
 ]

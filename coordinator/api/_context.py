@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator.api.health import KafkaHealth
 from coordinator.clock import Clock
+from coordinator.erasure.service import Erasure
 from coordinator.policy.model import PolicySet
 from coordinator.tokens import TokenStore
 
@@ -48,6 +49,7 @@ class ApiContext:
     global_schedule: str
     health_timeout_s: float = 2.0
     trigger_run: RunTrigger | None = None
+    erasure: Erasure | None = None
 
 
 def context(request: Request) -> ApiContext:
