@@ -18,7 +18,7 @@ from coordinator.tables import audit_log, outbox
 from tests.e2e.harness import PRODUCT_SERVICES, ServiceProcess, Stack, has_registered, wait_for
 from tests.faults.invariants import SERVICE_LOGS
 from tests.faults.world import HASH_SECRET, World
-from tests.infra import with_database
+from tests.infra import active_containers, with_database
 
 __all__ = [
     "RUN_TIMEOUT_S",
@@ -27,6 +27,7 @@ __all__ = [
     "coordinator_processes",
     "count",
     "effects_applied",
+    "infra",
     "published_events",
     "start_services",
     "terminate_connections",
@@ -138,3 +139,16 @@ async def terminate_connections(*urls: str) -> int:
             return sum(1 for (ok,) in ended if ok)
     finally:
         await admin.dispose()
+
+
+async def infra(*command: str) -> None:
+    """`kafka-stop [--kill]` / `kafka-start` on the session's Kafka container (containers
+    mode: `docker kill`, `docker stop`, `docker start`).
+
+    The local broker is shared with every other test and checkout and is never stopped:
+    local scenarios stop a broker of their own (tests/faults/private_kafka.py).
+    """
+    containers = active_containers()
+    if containers is None:
+        raise RuntimeError("only the containers mode's own Kafka container may be stopped")
+    await asyncio.to_thread(containers.kafka_command, *command)

@@ -13,7 +13,8 @@ The broker is the scenario's own (tests/faults/private_kafka.py: its own ports, 
 process), so the scenario passes whatever listens on the default port, and the shared
 broker every other test uses is never touched. The stack (databases, topics, services,
 relay, tracker) runs on it. Both tests are `slow` (`make test`) or `faults_full`
-(`make test-faults`).
+(`make test-faults`). In containers mode (`make test-containers`) one more test kills the
+session's own Kafka container instead.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -41,13 +42,15 @@ from tests.faults.drive import (
     coordinator_processes,
     count,
     effects_applied,
+    infra,
     published_events,
     start_services,
     wait_until_above,
 )
 from tests.faults.invariants import check_invariants, settle
-from tests.faults.private_kafka import PrivateKafka, private_kafka, restart
+from tests.faults.private_kafka import PrivateKafka, private_kafka, restart, wait_until_answering
 from tests.faults.world import USERS_POLICY, World, prepare_world
+from tests.infra import active_containers
 
 Phase = Literal["publish", "consume"]
 Restart = tuple[Phase, bool]
@@ -79,7 +82,7 @@ def broker() -> Iterator[PrivateKafka]:
 
 
 @pytest.fixture
-async def stack(
+async def private_stack(
     postgres_url: str, broker: PrivateKafka, request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[Stack]:
     """The fault suite's stack, on this scenario's own broker."""
@@ -87,12 +90,48 @@ async def stack(
         yield s
 
 
+FULL_OUTAGE_S = (71.0, 74.0)
+"""Longer than the clients' 30 s request timeout, so sends and commits in flight fail while
+the broker is still away (shorter outages are hidden by retries)."""
+
+Restarter = Callable[[bool, float], Awaitable[None]]
+"""Takes the broker down (SIGKILL if true, else a clean stop) for that many seconds, then
+brings it back and returns once a client gets metadata again."""
+
+
+def private_restarter(broker: PrivateKafka) -> Restarter:
+    async def go(kill: bool, down_s: float) -> None:
+        await restart(broker, kill=kill, down_s=down_s)
+
+    return go
+
+
+def container_restarter(stack: Stack) -> Restarter:
+    """The session's Kafka container (`docker kill`/`stop`, then `start`)."""
+
+    async def go(kill: bool, down_s: float) -> None:
+        await infra("kafka-stop", *(["--kill"] if kill else []))
+        try:
+            await asyncio.sleep(down_s)
+        finally:
+            await infra("kafka-start")
+        await asyncio.to_thread(
+            wait_until_answering, stack.kafka.bootstrap_servers, timeout_s=BROKER_START_TIMEOUT_S
+        )
+
+    return go
+
+
 async def _restart_broker(
-    broker: PrivateKafka, rng: random.Random, faults: Counter[str], phase: Phase, *, kill: bool
+    restarter: Restarter,
+    rng: random.Random,
+    faults: Counter[str],
+    phase: Phase,
+    *,
+    kill: bool,
+    outage_s: tuple[float, float],
 ) -> None:
-    # Longer than the clients' 30 s request timeout, so sends and commits in flight fail
-    # while the broker is still away (shorter outages are hidden by retries).
-    await restart(broker, kill=kill, down_s=rng.uniform(71, 74))
+    await restarter(kill, rng.uniform(*outage_s))
     faults[f"{'kill' if kill else 'restart'}_broker_during_{phase}"] += 1
 
 
@@ -131,12 +170,13 @@ async def _during_consumption(stack: Stack, world: World, rng: random.Random) ->
 
 async def broker_restarts(
     stack: Stack,
-    broker: PrivateKafka,
+    restarter: Restarter,
     directory: Path,
     *,
     seed: int,
     users: int,
     restarts: Sequence[Restart],
+    outage_s: tuple[float, float] = FULL_OUTAGE_S,
 ) -> None:
     rng = random.Random(seed)
     world = await prepare_world(stack, directory, users=users, per_category=2)
@@ -154,7 +194,7 @@ async def broker_restarts(
                     await _during_publish(stack, world, rng, alive)
                 else:
                     await _during_consumption(stack, world, rng)
-                await _restart_broker(broker, rng, faults, phase, kill=kill)
+                await _restart_broker(restarter, rng, faults, phase, kill=kill, outage_s=outage_s)
                 alive()
             await settle(stack, world, timeout_s=300, alive=alive)
             alive()
@@ -168,21 +208,50 @@ async def broker_restarts(
 
 @pytest.mark.slow
 async def test_broker_killed_during_consumption(
-    stack: Stack, broker: PrivateKafka, tmp_path: Path
+    private_stack: Stack, broker: PrivateKafka, tmp_path: Path
 ) -> None:
     await broker_restarts(
-        stack, broker, tmp_path, seed=3003, users=30, restarts=[("consume", True)]
+        private_stack,
+        private_restarter(broker),
+        tmp_path,
+        seed=3003,
+        users=30,
+        restarts=[("consume", True)],
     )
+
+
+@pytest.mark.containers
+async def test_broker_container_killed_during_consumption(stack: Stack, tmp_path: Path) -> None:
+    """`docker kill` of the session's Kafka container mid-consumption, `docker start` of the
+    same container (same data, same port), then the invariants. The outage is shorter than
+    the full scenario's (retries may hide some in-flight failures); the container path is
+    what this adds, the full-length outage runs on a private broker in `make test`."""
+    containers = active_containers()
+    if containers is None:
+        pytest.fail("needs RETENTION_TEST_INFRA=containers (`make test-containers`)")
+    kafka_id, starts = containers.kafka.short_id, containers.kafka.ready_lines()
+    await broker_restarts(
+        stack,
+        container_restarter(stack),
+        tmp_path,
+        seed=3003,
+        users=30,
+        restarts=[("consume", True)],
+        outage_s=(8, 10),
+    )
+    assert containers.kills == 1
+    assert containers.kafka.short_id == kafka_id  # restarted, not replaced
+    assert containers.kafka.ready_lines() == starts + 1
 
 
 @pytest.mark.faults_full
 @pytest.mark.parametrize("seed", [3141])
 async def test_broker_restarted_during_publish_and_consumption(
-    stack: Stack, broker: PrivateKafka, tmp_path: Path, seed: int
+    private_stack: Stack, broker: PrivateKafka, tmp_path: Path, seed: int
 ) -> None:
     await broker_restarts(
-        stack,
-        broker,
+        private_stack,
+        private_restarter(broker),
         tmp_path,
         seed=seed,
         users=360,
