@@ -63,6 +63,7 @@ class AuditAction(StrEnum):
     ERASURE_REJECT = "erasure.reject"
     ERASURE_EXECUTE = "erasure.execute"
     ERASURE_COMPLETE = "erasure.complete"
+    DB_PRUNE = "db.prune"
 
 
 @dataclass(frozen=True, slots=True)
