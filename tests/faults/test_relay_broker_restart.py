@@ -12,10 +12,10 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from coordinator.kafka_admin import ensure_topics
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.db import make_engine
+from coordinator.kafka.admin import ensure_topics
 from coordinator.outbox.relay import OutboxRelay
 from coordinator.settings import RelaySettings
 from schemas import KafkaSettings, RetentionEvent, decode
