@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from coordinator.api import ApiContext, RunInProgress, create_app
 from coordinator.api.health import KafkaHealth
 from coordinator.clock import Clock, SystemClock
+from coordinator.console.sessions import load_secret
 from coordinator.db import make_engine
 from coordinator.kafka_admin import ensure_topics
 from coordinator.metrics import Metrics
@@ -122,6 +123,8 @@ class Service:
         self.tokens = (
             TokenStore(settings.api_tokens_file) if settings.api_tokens_file is not None else None
         )
+        # Read now too: a secret file that is set but unusable stops the service at start.
+        self.ui_secret = load_secret(settings.ui_secret_file)
         for policy in policy_set.policies:
             days = policy.retention.total_seconds() / 86400
             self.metrics.policy_retention.labels(policy.name).set(days)
@@ -274,6 +277,8 @@ class Service:
                 policy_set=self.policy_set,
                 global_schedule=s.schedule,
                 trigger_run=self.trigger_run,
+                ui_secret=self.ui_secret,
+                ui_session_s=s.ui_session_hours * 3600,
             )
         )
         config = uvicorn.Config(

@@ -176,6 +176,14 @@ class Settings(BaseSettings):
         description="YAML file of the HTTP API's named, scoped tokens (SHA-256 hashes; "
         "`retention tokens create`). Without it every /v1 route answers 503.",
     )
+    ui_secret_file: Path | None = Field(
+        default=None,
+        description="File whose bytes sign the console's session cookies (32 bytes or more); "
+        "without it a secret is generated at start and sessions end with the process.",
+    )
+    ui_session_hours: float = Field(
+        default=8.0, gt=0, le=720, description="How long a console sign-in lasts."
+    )
     schedule: str = Field(
         default="0 3 * * *",
         description="Cron expression (UTC) of the global run; policies with their own "

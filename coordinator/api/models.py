@@ -176,3 +176,35 @@ class PolicyView(_View):
     schedule: str = Field(description="The cron expression it runs on (its own or the global).")
     last_result: PolicyResultView | None
     last_success_at: datetime | None
+
+
+class ServiceCompletionView(_View):
+    """One service: what it handles now and where its expected acknowledgements stand."""
+
+    service: str
+    registered: bool = Field(description="Has a current (not retired) registration.")
+    handles: list[str] = Field(description="`action entity_type` of its registration.")
+    sdk_version: str | None
+    last_seen: datetime | None
+    pending: int = Field(description="Open, deadline not yet passed.")
+    overdue: int = Field(description="Open past the event's deadline.")
+    failed: int = Field(description="Its last answer was `failed` (also counted as open).")
+    completed: int = Field(description="Answered `completed` or `not_found`.")
+    next_deadline: datetime | None = Field(description="Earliest deadline of its open ones.")
+
+
+class ServiceEventView(_View):
+    """One event a service is expected to acknowledge, and its answer so far."""
+
+    event_id: uuid.UUID
+    policy: str
+    action: str
+    entity_type: str
+    entity_id: str
+    published_at: datetime
+    deadline: datetime
+    event_state: str = Field(description="The event's state over all its services.")
+    status: str = Field(description="This service's: pending | completed | not_found | failed")
+    acknowledged_at: datetime | None
+    attempt: int | None
+    detail: str

@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, status
+from fastapi import APIRouter, HTTPException, Path, Query, status
 
 from coordinator.api._context import Connection, Context
-from coordinator.api.models import EventView
+from coordinator.api.models import EventView, ServiceCompletionView, ServiceEventView
 from coordinator.tracking import queries
 
 __all__ = ["router"]
@@ -49,3 +49,26 @@ async def event(ctx: Context, conn: Connection, event_id: uuid.UUID) -> EventVie
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no event {event_id}")
     return EventView.model_validate(found)
+
+
+@router.get("/completion/services", response_model=list[ServiceCompletionView])
+async def services_completion(ctx: Context, conn: Connection) -> list[ServiceCompletionView]:
+    """Every registered or expected service, with its pending, overdue, failed and completed
+    acknowledgements (an open one past its event's deadline counts as overdue)."""
+    found = await queries.services_completion(conn, now=ctx.clock.now())
+    return [ServiceCompletionView.model_validate(s) for s in found]
+
+
+@router.get("/completion/services/{service}/events", response_model=list[ServiceEventView])
+async def service_events(
+    ctx: Context,
+    conn: Connection,
+    service: Annotated[str, Path(pattern=_NAME, max_length=255)],
+    state: Annotated[queries.ServiceState, Query(description="Which answers.")] = ("overdue"),
+    limit: Annotated[int, Query(ge=1, le=1000, description="Most events returned.")] = 200,
+) -> list[ServiceEventView]:
+    """One service's expected acknowledgements in `state`, earliest deadline first."""
+    found = await queries.service_events(
+        conn, service, state=state, now=ctx.clock.now(), limit=limit
+    )
+    return [ServiceEventView.model_validate(e) for e in found]

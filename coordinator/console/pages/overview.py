@@ -1,0 +1,68 @@
+"""Overview: each policy's backlog age against its retention, last runs, overdue services."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import HTMLResponse, Response
+
+from coordinator.api._context import Connection, Context
+from coordinator.console._render import ReadPage
+from coordinator.purge import run_log
+from coordinator.tracking import queries
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/ui")
+
+DAY_S = 86400.0
+
+
+async def backlog(ctx: Context, conn: Connection) -> list[dict[str, Any]]:
+    """Per policy: retention and the age of its oldest row not yet processed, in days."""
+    results = await run_log.last_results(conn)
+    rows = []
+    for policy in ctx.policy_set.policies:
+        last = results.get(policy.name) or {}
+        rows.append(
+            {
+                "policy": policy.name,
+                "action": policy.action,
+                "retention_days": policy.retention.total_seconds() / DAY_S,
+                "backlog_days": last.get("oldest_unprocessed_days"),
+                "status": last.get("status"),
+                "finished_at": last.get("finished_at"),
+            }
+        )
+    return rows
+
+
+@router.get("/", response_class=HTMLResponse)
+async def overview(page: ReadPage, ctx: Context, conn: Connection) -> Response:
+    policies = await backlog(ctx, conn)
+    chart = {
+        "labels": [p["policy"] for p in policies],
+        "backlog": [p["backlog_days"] or 0 for p in policies],
+        "retention": [p["retention_days"] for p in policies],
+    }
+    return page.render(
+        "overview.html",
+        title="Overview",
+        nav="overview",
+        policies=policies,
+        chart=chart,
+        runs=await run_log.recent_runs(conn, limit=5),
+        services=await _late_services(ctx, conn),
+    )
+
+
+async def _late_services(ctx: Context, conn: Connection) -> list[dict[str, Any]]:
+    found = await queries.services_completion(conn, now=ctx.clock.now())
+    return [s for s in found if s["overdue"] or s["failed"] or s["pending"]]
+
+
+@router.get("/overview/services", response_class=HTMLResponse)
+async def late_services(page: ReadPage, ctx: Context, conn: Connection) -> Response:
+    """The overdue-per-service panel alone, for htmx's periodic refresh."""
+    return page.render("_late_services.html", services=await _late_services(ctx, conn))
