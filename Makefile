@@ -12,7 +12,7 @@ ENV_FILE := .cache/infra.env
 # Every target that touches Kafka or PostgreSQL reads the settings infra-up wrote.
 WITH_INFRA := set -a; source $(ENV_FILE); set +a;
 
-.PHONY: help venv tools infra-up infra-down infra-status lint typecheck schemas test test-unit test-faults demo bench clean
+.PHONY: help venv tools browser infra-up infra-down infra-status lint typecheck schemas test test-unit test-faults demo bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -42,6 +42,15 @@ tools: ## install promtool if missing (Debian/Ubuntu, as root or via sudo)
 	  $$SUDO apt-get install -y --no-install-recommends prometheus >/dev/null || { \
 	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y --no-install-recommends prometheus >/dev/null; }; }
 
+# The console's browser tests (tests/console) drive Debian's chromium through Playwright's
+# executable_path: browser downloads are impossible on our machines, Debian's package is not.
+browser: ## install Debian's chromium for the console's browser tests if missing
+	@command -v chromium >/dev/null || { \
+	  command -v apt-get >/dev/null || { echo "install chromium and retry" >&2; exit 1; }; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y --no-install-recommends chromium >/dev/null || { \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y --no-install-recommends chromium >/dev/null; }; }
+
 infra-up: ## start (or reuse) Kafka 4.1.1 and PostgreSQL; write .cache/infra.env
 	$(INFRA) up
 
@@ -61,7 +70,7 @@ typecheck: $(STAMP) ## mypy (strict on schemas, coordinator, consumer_sdk)
 schemas: $(STAMP) ## regenerate schemas/json from the wire models
 	$(BIN)/python -m schemas.export
 
-test: $(STAMP) tools infra-up lint typecheck ## everything: venv, infra, lint, types, all tests
+test: $(STAMP) tools browser infra-up lint typecheck ## everything: venv, infra, lint, types, all tests
 	$(WITH_INFRA) $(BIN)/pytest -m "not faults_full"
 
 test-faults: $(STAMP) infra-up ## the full fault-injection suite (every scenario, full size)

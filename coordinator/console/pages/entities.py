@@ -27,7 +27,9 @@ async def lookup(
     entity_id: Annotated[str, Query(alias="id", min_length=1, max_length=500)],
 ) -> Response:
     """The overview's look-up form lands here."""
-    target = page.request.url_for("entity", entity_type=entity_type, entity_id=entity_id.strip())
+    target = page.request.url_for(
+        "console_entity", entity_type=entity_type, entity_id=entity_id.strip()
+    )
     return RedirectResponse(target.path, status.HTTP_303_SEE_OTHER)
 
 
@@ -66,7 +68,7 @@ async def _certificate(
     return found
 
 
-@router.get("/{entity_type}/{entity_id}", response_class=HTMLResponse, name="entity")
+@router.get("/{entity_type}/{entity_id}", response_class=HTMLResponse, name="console_entity")
 async def entity(
     page: ReadPage, ctx: Context, conn: Connection, entity_type: EntityType, entity_id: EntityId
 ) -> Response:
@@ -82,7 +84,7 @@ async def entity(
     )
 
 
-@router.get("/{entity_type}/{entity_id}/certificate.json", name="certificate")
+@router.get("/{entity_type}/{entity_id}/certificate.json", name="console_certificate")
 async def certificate_download(
     page: ReadPage, ctx: Context, conn: Connection, entity_type: EntityType, entity_id: EntityId
 ) -> Response:

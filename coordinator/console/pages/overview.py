@@ -41,10 +41,12 @@ async def backlog(ctx: Context, conn: Connection) -> list[dict[str, Any]]:
 @router.get("/", response_class=HTMLResponse)
 async def overview(page: ReadPage, ctx: Context, conn: Connection) -> Response:
     policies = await backlog(ctx, conn)
+    # As a share of retention, so a 30-day and a 7-year policy compare on one axis.
     chart = {
         "labels": [p["policy"] for p in policies],
-        "backlog": [p["backlog_days"] or 0 for p in policies],
-        "retention": [p["retention_days"] for p in policies],
+        "percent": [
+            round(100 * (p["backlog_days"] or 0) / p["retention_days"], 1) for p in policies
+        ],
     }
     return page.render(
         "overview.html",

@@ -55,14 +55,19 @@
       type: "bar",
       data: {
         labels: d.labels,
-        datasets: [
-          { label: "Backlog age (days)", data: d.backlog, backgroundColor: "#a4161a" },
-          { label: "Retention (days)", data: d.retention, backgroundColor: "#16324f" }
-        ]
+        datasets: [{
+          label: "Backlog age, % of retention",
+          data: d.percent,
+          backgroundColor: d.percent.map(function (p) { return p > 100 ? "#a4161a" : "#16324f"; })
+        }]
       },
       options: {
         indexAxis: "y", responsive: true, maintainAspectRatio: false, animation: false,
-        scales: { x: { beginAtZero: true, title: { display: true, text: "days" } } }
+        plugins: { legend: { display: false } },
+        scales: {
+          x: { beginAtZero: true, suggestedMax: 120,
+               title: { display: true, text: "backlog age, % of retention (over 100: kept too long)" } }
+        }
       }
     });
   }

@@ -1,0 +1,105 @@
+"""A small, fixed world for the browser tests: three services, runs, events and acks,
+written through the coordinator's own functions (registry, snapshot, ledger)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coordinator.tables import policy_results, runs
+from coordinator.tracking.ledger import ConsumedAck, apply_acks
+from coordinator.tracking.registry import apply_registrations
+from coordinator.tracking.snapshot import track_published
+from schemas import AckStatus
+from tests.integration.tracking_support import ack, insert_published, registration
+
+SERVICES = ("billing", "notifications", "search_index")
+REMINDERS = timedelta(hours=6)
+DEADLINE = timedelta(days=30)
+COMPLETE = "1001"  # every service confirmed
+PARTIAL = "1002"  # billing confirmed, the others not
+FAILED = "1003"  # notifications failed, the others not
+# Backlog age in days per policy of tests/data/seed_policies.yaml (retention in comments).
+BACKLOG = {
+    "session_logs": 96.5,  # 90 d: late
+    "analytics_events": 120.0,  # 395 d
+    "purchase_records": 2100.0,  # 2557 d
+    "support_tickets": 700.0,  # 1095 d
+    "abandoned_carts": 33.0,  # 30 d: late
+}
+
+
+async def seed(engine: AsyncEngine, now: datetime) -> list[uuid.UUID]:
+    """Write the world at `now`; return the event ids of the three entities, in order."""
+    async with engine.begin() as conn:
+        await apply_registrations(
+            conn, [registration(s, now - timedelta(days=2), "session") for s in SERVICES]
+        )
+    event_ids = await insert_published(
+        engine,
+        [COMPLETE, PARTIAL, FAILED],
+        published_at=now - timedelta(hours=1),
+        entity_type="session",
+        policy="session_logs",
+        completion_deadline=DEADLINE,
+    )
+    acks = [ack(event_ids[0], s, COMPLETE, now, entity_type="session") for s in SERVICES]
+    acks.append(ack(event_ids[1], "billing", PARTIAL, now, entity_type="session"))
+    acks.append(
+        ack(
+            event_ids[2],
+            "notifications",
+            FAILED,
+            now,
+            entity_type="session",
+            status=AckStatus.FAILED,
+        )
+    )
+    async with engine.begin() as conn:
+        await track_published(conn, now=now, reminder_interval=REMINDERS, limit=100)
+        await apply_acks(
+            conn,
+            [ConsumedAck("acks", 0, offset, a) for offset, a in enumerate(acks)],
+            now=now,
+            reminder_interval=REMINDERS,
+        )
+        for day in (3, 2, 1):
+            run_id = uuid.uuid4()
+            started = now - timedelta(days=day, hours=-3)
+            await conn.execute(
+                insert(runs).values(
+                    id=run_id,
+                    started_at=started,
+                    finished_at=started + timedelta(seconds=42),
+                    status="ok" if day > 1 else "errors",
+                    trigger="schedule:global",
+                )
+            )
+            await conn.execute(
+                insert(policy_results),
+                [
+                    {
+                        "run_id": run_id,
+                        "policy": name,
+                        "action": "delete",
+                        "status": "error" if day == 1 and name == "abandoned_carts" else "ok",
+                        "processed": 1000 * (i + 1) * day,
+                        "held": i,
+                        "events": 3 if name == "session_logs" else 0,
+                        "duration_s": 1.5 * (i + 1),
+                        "oldest_unprocessed_days": backlog + 1 - day,
+                        "errors": (
+                            ["UndefinedTable (SQLSTATE 42P01)"]
+                            if day == 1 and name == "abandoned_carts"
+                            else []
+                        ),
+                        "started_at": started,
+                        "finished_at": started + timedelta(seconds=40),
+                    }
+                    for i, (name, backlog) in enumerate(BACKLOG.items())
+                ],
+            )
+    return event_ids
