@@ -26,6 +26,11 @@ Tokens = tuple[Path, dict[Scope, str]]
 
 
 def test_every_page_signed_in_and_accessible(page: Page, tokens: Tokens, output_dir: Path) -> None:
+    page.goto("/ui/sign-in")
+    check_page(page, output_dir, "sign-in")
+    page.get_by_label("Token").fill("rtk_not-a-token")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_have_text("That token is not valid.")
     sign_in(page, tokens[1][Scope.WRITE], expect_name="legal-team", expect_scope="write")
     # The chart is drawn by Chart.js from the page's data, beside the same numbers as a table.
     page.wait_for_function(
@@ -81,6 +86,10 @@ def test_every_page_signed_in_and_accessible(page: Page, tokens: Tokens, output_
 
     page.get_by_role("link", name="Holds", exact=True).click()
     check_page(page, output_dir, "holds", docs=DOCS_IMAGES)
+
+    page.goto("/ui/holds/no-such-hold")
+    expect(page.get_by_role("heading", level=1)).to_have_text("404: not found")
+    check_page(page, output_dir, "not-found")
 
 
 def test_hold_created_and_released_through_the_form_is_in_the_audit_chain(
