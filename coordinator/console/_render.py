@@ -65,6 +65,12 @@ class Page:
     def can_write(self) -> bool:
         return self.principal.allows(Scope.WRITE)
 
+    @property
+    def partial(self) -> bool:
+        """htmx asks for a fragment; a history restore after a cache miss wants the page."""
+        headers = self.request.headers
+        return headers.get("HX-Request") == "true" and not headers.get("HX-History-Restore-Request")
+
     def render(
         self, template: str, *, status_code: int = status.HTTP_200_OK, **values: Any
     ) -> HTMLResponse:
@@ -77,7 +83,6 @@ class Page:
                 "csrf_field": CSRF_FIELD,
                 "csrf_header": CSRF_HEADER,
                 "can_write": self.can_write,
-                "partial": self.request.headers.get("HX-Request") == "true",
                 **values,
             },
             status_code=status_code,

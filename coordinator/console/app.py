@@ -81,7 +81,7 @@ def _error_page(request: Request, code: int, detail: str) -> Response:
     return templates.TemplateResponse(
         request,
         "error.html",
-        {"code": code, "detail": detail, "principal": None, "partial": False},
+        {"code": code, "detail": detail, "principal": None},
         status_code=code,
     )
 

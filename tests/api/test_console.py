@@ -208,3 +208,14 @@ async def test_without_a_tokens_file_every_ui_route_is_503_naming_the_setting(
             response = await client.request(method, path, data=form)
             assert response.status_code == 503, (method, path)
             assert "RETENTION_API_TOKENS_FILE" in response.text, (method, path)
+
+
+async def test_sign_out_needs_the_csrf_token_and_ends_the_session(
+    browser: httpx.AsyncClient, tokens: dict[Scope, str]
+) -> None:
+    csrf = await sign_in(browser, tokens[Scope.READ])
+    assert (await browser.post("/ui/sign-out")).status_code == 403
+    response = await browser.post("/ui/sign-out", data={"csrf_token": csrf})
+    assert response.status_code == 303
+    assert f'{COOKIE}=""' in response.headers["set-cookie"]
+    assert (await browser.get("/ui/")).status_code == 303

@@ -47,7 +47,7 @@ def _list_page(
 ) -> Response:
     now = ctx.clock.now()
     return page.render(
-        "_holds_table.html" if page.request.headers.get("HX-Request") else "holds.html",
+        "_holds_table.html" if page.partial else "holds.html",
         status_code=status.HTTP_422_UNPROCESSABLE_CONTENT if error else status.HTTP_200_OK,
         title="Legal holds",
         nav="holds",

@@ -41,7 +41,7 @@ async def service_detail(
         conn, service, state=state, now=ctx.clock.now(), limit=EVENTS_SHOWN
     )
     # htmx swaps only the table when another state is picked.
-    template = "_service_events.html" if page.request.headers.get("HX-Request") else "service.html"
+    template = "_service_events.html" if page.partial else "service.html"
     return page.render(
         template,
         title=f"Service {service}",
