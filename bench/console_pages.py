@@ -2,6 +2,7 @@
 
     python -m bench.console_pages            # SCALE=100 (the demo's volume ×100)
     BENCH_CONSOLE_SCALE=10 python -m bench.console_pages
+    BENCH_CONSOLE_KEEP=1 python -m bench.console_pages   # keep the database to EXPLAIN
 
 A fresh database gets what one `make demo` leaves behind, multiplied: per 1× there are
 1,045 events (purchase_records 300 → billing; support_tickets and abandoned_carts 300 each,
@@ -32,7 +33,7 @@ from typing import Any
 
 import httpx
 from prometheus_client import CollectorRegistry
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.api import ApiContext, create_app
@@ -346,11 +347,19 @@ async def main() -> None:
         engine = make_engine(url, pool_size=2)
         started = time.monotonic()
         seeded = await seed(engine, scale, datetime.now(UTC))
+        # Statistics as autovacuum would have them on a database that grew to this size.
+        async with engine.connect() as conn:
+            await (await conn.execution_options(isolation_level="AUTOCOMMIT")).execute(
+                text("ANALYZE")
+            )
         await engine.dispose()
         print(f"seeded ×{scale} in {time.monotonic() - started:.0f}s: {seeded}")
         results = await measure(url, seeded, repeat)
     finally:
-        await infra.drop_database(url)
+        if os.environ.get("BENCH_CONSOLE_KEEP"):
+            print(f"kept the database: {url.rpartition('/')[2]}")
+        else:
+            await infra.drop_database(url)
     print("\n| page | median ms | p95 ms | max ms | KiB |\n| --- | ---: | ---: | ---: | ---: |")
     for r in results:
         print(

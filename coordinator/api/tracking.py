@@ -67,7 +67,8 @@ async def service_events(
     state: Annotated[queries.ServiceState, Query(description="Which answers.")] = ("overdue"),
     limit: Annotated[int, Query(ge=1, le=1000, description="Most events returned.")] = 200,
 ) -> list[ServiceEventView]:
-    """One service's expected acknowledgements in `state`, earliest deadline first."""
+    """One service's expected acknowledgements in `state`: open ones earliest deadline
+    first, completed ones most recently published first."""
     found = await queries.service_events(
         conn, service, state=state, now=ctx.clock.now(), limit=limit
     )

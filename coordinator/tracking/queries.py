@@ -380,17 +380,25 @@ async def services_completion(conn: AsyncConnection, *, now: datetime) -> list[d
     """Every service that is registered or expected somewhere, by name: what it handles,
     and how many expected acknowledgements are pending, overdue, failed and completed."""
     e, s = expected_acks.c, event_status.c
-    open_ = e.status.in_(_OPEN)
-    counts = await conn.execute(
+    # Two reads instead of one join over every acknowledgement: the done ones are only
+    # counted (one pass over the ack table), and only the few open ones (its partial
+    # index) meet their events for the deadline.
+    done: dict[str, int] = {
+        row[0]: row[1]
+        for row in await conn.execute(
+            select(e.service, func.count()).where(e.status.in_(_DONE)).group_by(e.service)
+        )
+    }
+    open_counts = await conn.execute(
         select(
             e.service,
-            func.count().filter(open_, ~_overdue(now)),
-            func.count().filter(open_, _overdue(now)),
+            func.count().filter(~_overdue(now)),
+            func.count().filter(_overdue(now)),
             func.count().filter(e.status == "failed"),
-            func.count().filter(e.status.in_(_DONE)),
-            func.min(s.deadline).filter(open_),
+            func.min(s.deadline),
         )
         .join_from(expected_acks, event_status, s.event_id == e.event_id)
+        .where(e.status.in_(_OPEN))
         .group_by(e.service)
     )
     found: dict[str, dict[str, Any]] = {}
@@ -426,14 +434,11 @@ async def services_completion(conn: AsyncConnection, *, now: datetime) -> list[d
             item["last_seen"], item["sdk_version"] = row.last_seen, row.sdk_version
     for item in found.values():
         item["last_seen"] = _ts(item["last_seen"])
-    for name, pending, overdue, failed, completed, next_deadline in counts:
-        item = entry(name)
-        item.update(
-            pending=pending,
-            overdue=overdue,
-            failed=failed,
-            completed=completed,
-            next_deadline=_ts(next_deadline),
+    for name, completed in done.items():
+        entry(name)["completed"] = completed
+    for name, pending, overdue, failed, next_deadline in open_counts:
+        entry(name).update(
+            pending=pending, overdue=overdue, failed=failed, next_deadline=_ts(next_deadline)
         )
     return [found[name] for name in sorted(found)]
 
@@ -446,8 +451,15 @@ async def service_events(
     now: datetime,
     limit: int,
 ) -> list[dict[str, Any]]:
-    """One service's expected acknowledgements in `state`, earliest deadline first."""
+    """One service's expected acknowledgements in `state`: open ones earliest deadline
+    first, completed ones most recently published first."""
     e, s = expected_acks.c, event_status.c
+    # Open ones are few (the acks' partial index finds them); completed ones are most of
+    # the table, so they are read newest first along the events' published_at index and
+    # the scan stops after `limit`.
+    order = (
+        (s.published_at.desc(), s.event_id) if state == "completed" else (s.deadline, s.event_id)
+    )
     rows = await conn.execute(
         select(
             s.event_id,
@@ -465,7 +477,7 @@ async def service_events(
         )
         .join_from(expected_acks, event_status, s.event_id == e.event_id)
         .where(e.service == service, _state_filter(state, now))
-        .order_by(s.deadline, s.event_id)
+        .order_by(*order)
         .limit(limit)
     )
     return [
