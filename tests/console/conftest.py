@@ -84,7 +84,7 @@ def server(
 ) -> Iterator[ConsoleServer]:
     running = ConsoleServer(console_db, tokens[0], SEED_POLICIES, clock).start()
     try:
-        running.call(lambda engine: seed.seed(engine, clock.now()))
+        running.call(lambda engine: seed.seed(engine, clock.now(), SEED_POLICIES))
         yield running
     finally:
         running.stop()

@@ -9,6 +9,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from coordinator.policy.model import PolicySet
+from coordinator.purge import holds
 from coordinator.tables import policy_results, runs
 from coordinator.tracking.ledger import ConsumedAck, apply_acks
 from coordinator.tracking.registry import apply_registrations
@@ -32,9 +34,18 @@ BACKLOG = {
 }
 
 
-async def seed(engine: AsyncEngine, now: datetime) -> list[uuid.UUID]:
+async def seed(engine: AsyncEngine, now: datetime, policy_set: PolicySet) -> list[uuid.UUID]:
     """Write the world at `now`; return the event ids of the three entities, in order."""
     async with engine.begin() as conn:
+        await holds.create_hold(
+            conn,
+            entities=["session:4001", "session:4002", "order:77"],
+            types=await holds.entity_types(conn, policy_set),
+            reason="Subject access request SAR-2026-031: keep until answered",
+            created_by="dpo-office",
+            now=now - timedelta(days=5),
+            hold_id="sar-2026-031",
+        )
         await apply_registrations(
             conn, [registration(s, now - timedelta(days=2), "session") for s in SERVICES]
         )
