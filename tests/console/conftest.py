@@ -40,18 +40,20 @@ def chromium_path() -> str:
     return found
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def console_db(postgres_url: str) -> Iterator[str]:
-    """A migrated database of the browser tests' own. Session-scoped like the browser, and
-    made before it: asyncio.run cannot run where Playwright's sync API keeps its loop."""
+    """A migrated database of the browser tests' own, made before the browser starts:
+    asyncio.run cannot run while Playwright's sync API keeps its loop in this thread."""
     url = asyncio.run(infra.create_database(postgres_url, "console"))
     asyncio.run(upgrade(url))
     yield url
     asyncio.run(infra.drop_database(url))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(server: ConsoleServer) -> Iterator[Browser]:
+    """One Chromium for all the browser tests (they live in one module). Module-scoped, not
+    session-scoped: Playwright's loop must be gone before later modules' asyncio fixtures."""
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(
             executable_path=chromium_path(),
@@ -62,7 +64,7 @@ def browser(server: ConsoleServer) -> Iterator[Browser]:
         launched.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tokens(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[Scope, str]]:
     path = tmp_path_factory.mktemp("console") / "tokens.yaml"
     made = {}
@@ -73,12 +75,12 @@ def tokens(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[Scope, 
     return path, made
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def clock() -> FrozenClock:
     return FrozenClock(T0)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def server(
     console_db: str, tokens: tuple[Path, dict[Scope, str]], clock: FrozenClock
 ) -> Iterator[ConsoleServer]:
