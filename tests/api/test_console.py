@@ -80,6 +80,12 @@ async def test_wrong_token_and_offsite_next(
         "/ui/sign-in", data={"token": tokens[Scope.READ], "next": "//evil.example/ui/"}
     )
     assert response.headers["location"] == "/ui/"
+    response = await browser.post(
+        "/ui/sign-in",
+        data={"token": tokens[Scope.READ]},
+        headers={"Sec-Fetch-Site": "cross-site"},
+    )
+    assert response.status_code == 403
 
 
 async def test_forged_expired_and_revoked_sessions_are_signed_out(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import structlog
-from fastapi import APIRouter, Form, Request, status
+from fastapi import APIRouter, Form, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from coordinator.api._context import Context
@@ -43,6 +43,10 @@ async def sign_in(
     token: Annotated[str, Form(max_length=500)],
     next: Annotated[str | None, Form(max_length=2000)] = None,
 ) -> Response:
+    if request.headers.get("Sec-Fetch-Site") == "cross-site":
+        # Sign-in has no session to carry a CSRF token yet: refuse a form another site
+        # posts, which could sign this browser in as the other site's token.
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "sign in from the console's own page")
     try:
         principal = token_store(ctx).authenticate(token.strip())
     except TokensFileError as exc:
