@@ -11,12 +11,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.policy.model import PolicySet
 from coordinator.purge import holds
-from coordinator.tables import policy_results, runs
+from coordinator.tables import outbox, policy_results, runs
 from coordinator.tracking.ledger import ConsumedAck, apply_acks
 from coordinator.tracking.registry import apply_registrations
 from coordinator.tracking.snapshot import track_published
-from schemas import AckStatus
-from tests.integration.tracking_support import ack, insert_published, registration
+from schemas import AckStatus, EventType
+from tests.integration.tracking_support import ack, registration
 
 SERVICES = ("billing", "notifications", "search_index")
 REMINDERS = timedelta(hours=6)
@@ -34,6 +34,10 @@ BACKLOG = {
 }
 
 
+def fixed_id(kind: int, n: int) -> uuid.UUID:
+    return uuid.UUID(int=(kind << 120) | n)
+
+
 async def seed(engine: AsyncEngine, now: datetime, policy_set: PolicySet) -> list[uuid.UUID]:
     """Write the world at `now`; return the event ids of the three entities, in order."""
     async with engine.begin() as conn:
@@ -49,14 +53,30 @@ async def seed(engine: AsyncEngine, now: datetime, policy_set: PolicySet) -> lis
         await apply_registrations(
             conn, [registration(s, now - timedelta(days=2), "session") for s in SERVICES]
         )
-    event_ids = await insert_published(
-        engine,
-        [COMPLETE, PARTIAL, FAILED],
-        published_at=now - timedelta(hours=1),
-        entity_type="session",
-        policy="session_logs",
-        completion_deadline=DEADLINE,
-    )
+    # Fixed ids, like the clock: the screenshots in docs/ come out the same on every run.
+    event_ids = [fixed_id(0xE0, n) for n in range(3)]
+    published = now - timedelta(hours=1)
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(outbox),
+            [
+                {
+                    "event_id": event_id,
+                    "run_id": fixed_id(0xA0, 1),
+                    "policy": "session_logs",
+                    "event_type": EventType.DELETE.value,
+                    "entity_type": "session",
+                    "entity_id": entity_id,
+                    "legal_basis": "Legitimate interest (security monitoring)",
+                    "fields": [],
+                    "initiated_at": published - timedelta(minutes=5),
+                    "deadline": published - timedelta(minutes=5) + DEADLINE,
+                    "created_at": published - timedelta(minutes=5),
+                    "published_at": published,
+                }
+                for event_id, entity_id in zip(event_ids, (COMPLETE, PARTIAL, FAILED), strict=True)
+            ],
+        )
     acks = [ack(event_ids[0], s, COMPLETE, now, entity_type="session") for s in SERVICES]
     acks.append(ack(event_ids[1], "billing", PARTIAL, now, entity_type="session"))
     acks.append(
@@ -78,7 +98,7 @@ async def seed(engine: AsyncEngine, now: datetime, policy_set: PolicySet) -> lis
             reminder_interval=REMINDERS,
         )
         for day in (3, 2, 1):
-            run_id = uuid.uuid4()
+            run_id = fixed_id(0xA0, day)
             started = now - timedelta(days=day, hours=-3)
             await conn.execute(
                 insert(runs).values(
