@@ -77,6 +77,10 @@ def test_every_page_signed_in_and_accessible(page: Page, tokens: Tokens, output_
     page.get_by_role("link", name="completed", exact=True).click()
     expect(page.get_by_role("cell", name=f"session:{seed.COMPLETE}")).to_be_visible()
     expect(page).to_have_url(re.compile(r"state=completed$"))
+    expect(page.get_by_role("link", name="completed", exact=True)).to_have_attribute(
+        "aria-current", "page"
+    )
+    expect(page.get_by_role("link", name="completed", exact=True)).to_be_focused()
     check_page(page, output_dir, "service")
 
     page.get_by_role("link", name=f"session:{seed.COMPLETE}").click()
