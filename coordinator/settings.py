@@ -131,6 +131,12 @@ class ServeSettings(BaseSettings):
     health_timeout_s: float = Field(
         default=2.0, gt=0, le=30, description="Bound on each /healthz check (database, Kafka)."
     )
+    erasure_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often erasure requests' statuses move (completion, released holds) "
+        "and their gauges are refreshed.",
+    )
     topic_partitions: int = Field(
         default=6, ge=1, description="Partitions of each topic `serve` creates when missing."
     )
@@ -202,6 +208,12 @@ class Settings(BaseSettings):
     serve: ServeSettings = Field(
         default_factory=ServeSettings,
         description="`retention serve` (RETENTION_SERVE_* variables).",
+    )
+    erasure_default_days: int = Field(
+        default=30,
+        ge=1,
+        le=3650,
+        description="Days an erasure request under regulation `other` has (extended: twice).",
     )
 
     def allowed_hook_modules(self) -> tuple[str, ...]:

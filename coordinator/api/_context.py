@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator.api.health import KafkaHealth
 from coordinator.clock import Clock
+from coordinator.erasure.service import Erasure
 from coordinator.policy.model import PolicySet
 from coordinator.tokens import TokenStore
 
@@ -49,6 +50,7 @@ class ApiContext:
     global_schedule: str
     health_timeout_s: float = 2.0
     trigger_run: RunTrigger | None = None
+    erasure: Erasure | None = None
     # The console's session cookies (SPEC §14): signed with this secret, valid this long.
     ui_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     ui_session_s: float = 8 * 3600.0

@@ -17,6 +17,7 @@ from coordinator.cli import (
     purge,
     relay,
     report,
+    requests,
     serve,
     status,
     tokens,
@@ -37,6 +38,7 @@ app.command("certificate")(status.certificate)
 app.command("relay")(relay.relay)
 app.add_typer(holds.app, name="holds")
 app.add_typer(policies.app, name="policies")
+app.add_typer(requests.app, name="requests")
 app.add_typer(tokens.app, name="tokens")
 app.command("plan")(purge.plan)
 app.command("run")(purge.run)
