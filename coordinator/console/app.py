@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
 from coordinator.console._render import HERE, templates
-from coordinator.console.pages import entities, holds, overview, runs, services, sign_in
+from coordinator.console.pages import entities, erasure, holds, overview, runs, services, sign_in
 
 __all__ = ["PREFIX", "mount_console"]
 
@@ -27,6 +27,7 @@ ROUTERS = (
     overview.router,
     runs.router,
     holds.router,
+    erasure.router,
     services.router,
     entities.router,
 )

@@ -116,6 +116,14 @@ async def test_read_token_sees_no_write_forms_and_gets_403(
     assert "this needs write" in response.text
     response = await browser.post("/ui/holds/any/release", data={"csrf_token": csrf})
     assert response.status_code == 403
+    page = await browser.get("/ui/erasure-requests")
+    assert page.status_code == 200
+    assert 'id="new-request"' not in page.text
+    response = await browser.post(
+        "/ui/erasure-requests",
+        data={"csrf_token": csrf, "subject": "user:1", "regulation": "gdpr"},
+    )
+    assert response.status_code == 403
 
 
 async def test_cookie_reads_v1_but_never_writes_it(
@@ -178,7 +186,14 @@ async def test_every_page_answers_html_for_missing_things(
     browser: httpx.AsyncClient, tokens: dict[Scope, str]
 ) -> None:
     await sign_in(browser, tokens[Scope.READ])
-    for path in ("/ui/", "/ui/runs", "/ui/holds?all=true", "/ui/services", "/ui/services/x"):
+    for path in (
+        "/ui/",
+        "/ui/runs",
+        "/ui/holds?all=true",
+        "/ui/services",
+        "/ui/services/x",
+        "/ui/erasure-requests?status=on_hold&overdue=true",
+    ):
         response = await browser.get(path)
         assert response.status_code == 200, (path, response.text)
         assert "<title>" in response.text
@@ -188,6 +203,8 @@ async def test_every_page_answers_html_for_missing_things(
         ("/ui/holds/nope", 404),
         ("/ui/entities/user/nobody", 404),
         ("/ui/services/x?state=bogus", 422),
+        ("/ui/erasure-requests/00000000-0000-0000-0000-000000000000", 404),
+        ("/ui/erasure-requests?status=bogus", 422),
     ):
         response = await browser.get(path)
         assert response.status_code == code, path

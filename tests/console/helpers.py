@@ -39,7 +39,7 @@ def axe_violations(page: Page) -> list[dict[str, Any]]:
 def check_page(page: Page, out: Path, name: str, *, docs: Path | None = None) -> None:
     """The page has a title and one h1 first, headings that never skip a level, no
     serious or critical axe violations; a full-page screenshot goes to `out` (and `docs`)."""
-    assert page.title().endswith("· retention console"), page.title()
+    expect(page).to_have_title(re.compile(r"\S · retention console$"))  # waits for navigation
     levels = page.eval_on_selector_all(
         "main h1, main h2, main h3, main h4", "els => els.map(e => Number(e.tagName[1]))"
     )

@@ -6,15 +6,17 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy import insert
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from coordinator.erasure.status import complete_acknowledged
 from coordinator.policy.model import PolicySet
 from coordinator.purge import holds
-from coordinator.tables import outbox, policy_results, runs
+from coordinator.tables import event_status, expected_acks, outbox, policy_results, runs
 from coordinator.tracking.ledger import ConsumedAck, apply_acks
 from coordinator.tracking.registry import apply_registrations
 from coordinator.tracking.snapshot import track_published
+from demo.seed_data import create_seed_tables, populate
 from schemas import AckStatus, EventType
 from tests.integration.tracking_support import ack, registration
 
@@ -41,6 +43,9 @@ def fixed_id(kind: int, n: int) -> uuid.UUID:
 async def seed(engine: AsyncEngine, now: datetime, policy_set: PolicySet) -> list[uuid.UUID]:
     """Write the world at `now`; return the event ids of the three entities, in order."""
     async with engine.begin() as conn:
+        # The seed tables and their rows: erasure requests act on them.
+        await create_seed_tables(conn)
+        await populate(conn, now, per_category=2)
         await holds.create_hold(
             conn,
             entities=["session:4001", "session:4002", "order:77"],
@@ -51,7 +56,11 @@ async def seed(engine: AsyncEngine, now: datetime, policy_set: PolicySet) -> lis
             hold_id="sar-2026-031",
         )
         await apply_registrations(
-            conn, [registration(s, now - timedelta(days=2), "session") for s in SERVICES]
+            conn,
+            [
+                registration(s, now - timedelta(days=2), "session", "cart", "order", "user")
+                for s in SERVICES
+            ],
         )
     # Fixed ids, like the clock: the screenshots in docs/ come out the same on every run.
     event_ids = [fixed_id(0xE0, n) for n in range(3)]
@@ -134,3 +143,41 @@ async def seed(engine: AsyncEngine, now: datetime, policy_set: PolicySet) -> lis
                 ],
             )
     return event_ids
+
+
+async def publish_request(engine: AsyncEngine, request_id: uuid.UUID, now: datetime) -> None:
+    """Play relay and tracker for one erasure request's events: publish and track them."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(outbox)
+            .where(outbox.c.request_id == request_id, outbox.c.published_at.is_(None))
+            .values(published_at=now)
+        )
+        await track_published(conn, now=now, reminder_interval=REMINDERS, limit=1000)
+
+
+async def acknowledge_request(engine: AsyncEngine, request_id: uuid.UUID, now: datetime) -> int:
+    """Every service acknowledges what it owes for the request, then the completion pass
+    of `serve` runs; returns the acks applied."""
+    async with engine.begin() as conn:
+        s, e = event_status.c, expected_acks.c
+        owed = (
+            await conn.execute(
+                select(s.event_id, s.entity_type, s.entity_id, e.service)
+                .join_from(expected_acks, event_status, s.event_id == e.event_id)
+                .join(outbox, outbox.c.event_id == s.event_id)
+                .where(outbox.c.request_id == request_id, e.status == "pending")
+            )
+        ).all()
+        acks = [
+            ack(row.event_id, row.service, row.entity_id, now, entity_type=row.entity_type)
+            for row in owed
+        ]
+        await apply_acks(
+            conn,
+            [ConsumedAck("acks", 1, 1000 + n, a) for n, a in enumerate(acks)],
+            now=now,
+            reminder_interval=REMINDERS,
+        )
+        await complete_acknowledged(conn, now=now)
+    return len(acks)

@@ -22,7 +22,9 @@ from coordinator.api import ApiContext, create_app
 from coordinator.api.health import KafkaHealth
 from coordinator.clock import FrozenClock
 from coordinator.db import make_engine
+from coordinator.erasure.service import Erasure
 from coordinator.policy.model import PolicySet
+from coordinator.settings import Settings
 from coordinator.tokens import TokenStore
 from schemas import KafkaSettings
 
@@ -74,6 +76,12 @@ class ConsoleServer:
             tokens=TokenStore(self.tokens_file),
             policy_set=self.policy_set,
             global_schedule="0 3 * * *",
+            erasure=Erasure(
+                self.engine,
+                self.policy_set,
+                Settings(database_url=self.database_url, hash_secret="test-secret"),
+                self.clock,
+            ),
         )
         config = uvicorn.Config(create_app(ctx), log_config=None, access_log=False, lifespan="off")
         self._server = uvicorn.Server(config)

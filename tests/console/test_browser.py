@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -69,7 +70,7 @@ def test_every_page_signed_in_and_accessible(page: Page, tokens: Tokens, output_
 
     page.get_by_role("link", name="Services", exact=True).click()
     expect(page.locator("#services-table tbody tr")).to_have_count(len(seed.SERVICES))
-    check_page(page, output_dir, "services", docs=DOCS_IMAGES)
+    check_page(page, output_dir, "services")
 
     page.get_by_role("link", name="1 failed at notifications").click()
     expect(page.get_by_role("cell", name=f"session:{seed.FAILED}")).to_be_visible()
@@ -89,6 +90,7 @@ def test_every_page_signed_in_and_accessible(page: Page, tokens: Tokens, output_
     check_page(page, output_dir, "entity", docs=DOCS_IMAGES)
 
     page.get_by_role("link", name="Holds", exact=True).click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Legal holds")
     check_page(page, output_dir, "holds", docs=DOCS_IMAGES)
 
     page.goto("/ui/holds/no-such-hold")
@@ -203,3 +205,49 @@ def test_services_overdue_after_the_deadline_passes(
     expect(page.get_by_role("cell", name=f"session:{seed.PARTIAL}")).to_be_visible()
     expect(page.get_by_role("cell", name=f"session:{seed.FAILED}")).to_be_visible()
     check_page(page, output_dir, "service-overdue")
+
+
+def test_erasure_request_filed_through_the_form_completes_as_services_ack(
+    page: Page, tokens: Tokens, server: ConsoleServer, clock: FrozenClock, output_dir: Path
+) -> None:
+    sign_in(page, tokens[1][Scope.WRITE], expect_name="legal-team", expect_scope="write")
+    page.get_by_role("link", name="Erasure requests", exact=True).click()
+    page.get_by_label("Data subject, as type:id").fill("user:user-00000")
+    page.get_by_label("Regulation").select_option("gdpr")
+    page.get_by_label(re.compile(r"^Your reference")).fill("DSR-2026-0042")
+    page.get_by_role("button", name="File request").click()
+
+    expect(page.get_by_role("heading", level=1)).to_have_text("Erasure request user:user-00000")
+    expect(page.locator("dl.facts")).to_contain_text("legal-team")
+    request_id = uuid.UUID(page.url.rstrip("/").rpartition("/")[2])
+    check_page(page, output_dir, "erasure-request-filed")
+
+    page.get_by_label("Reason").fill("Identity check by post, Art. 12(3)")
+    page.get_by_role("button", name="Extend").click()
+    expect(page.locator("dl.facts")).to_contain_text("(extended: Identity check by post")
+
+    server.call(lambda engine: seed.publish_request(engine, request_id, clock.now()))
+    page.reload()
+    services = page.locator("#request-services tbody tr")
+    expect(services).to_have_count(len(seed.SERVICES))
+    expect(services.first).to_contain_text("pending")
+    check_page(page, output_dir, "erasure-request-published")
+
+    acked = server.call(lambda engine: seed.acknowledge_request(engine, request_id, clock.now()))
+    assert acked >= len(seed.SERVICES)
+    page.reload()
+    expect(services.first).to_contain_text("completed")
+    expect(page.locator("dl.facts .badge").first).to_have_text("completed")
+    check_page(page, output_dir, "erasure-request", docs=DOCS_IMAGES)
+
+    page.get_by_role("link", name="Erasure requests", exact=True).click()
+    expect(page.get_by_role("link", name="user:user-00000")).to_be_visible()
+    page.get_by_label("Status").select_option("completed")
+    expect(page).to_have_url(re.compile(r"status=completed"))
+    expect(page.get_by_role("link", name="user:user-00000")).to_be_visible()
+    check_page(page, output_dir, "erasure-requests", docs=DOCS_IMAGES)
+
+    page.goto(f"/ui/erasure-requests/{request_id}")
+    page.get_by_role("link", name="HTML").click()
+    expect(page.locator("body")).to_contain_text("user:user-00000")
+    page.screenshot(path=str(output_dir / "erasure-certificate.png"), full_page=True)

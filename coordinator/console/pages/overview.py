@@ -9,6 +9,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from coordinator.api._context import Connection, Context
 from coordinator.console._render import ReadPage
+from coordinator.erasure import requests
 from coordinator.purge import run_log
 from coordinator.tracking import queries
 
@@ -17,6 +18,7 @@ __all__ = ["router"]
 router = APIRouter(prefix="/ui")
 
 DAY_S = 86400.0
+OPEN_SHOWN = 10
 
 
 async def backlog(ctx: Context, conn: Connection) -> list[dict[str, Any]]:
@@ -56,7 +58,21 @@ async def overview(page: ReadPage, ctx: Context, conn: Connection) -> Response:
         chart=chart,
         runs=await run_log.recent_runs(conn, limit=5),
         services=await _late_services(ctx, conn),
+        erasures=await _open_erasures(ctx, conn),
     )
+
+
+async def _open_erasures(ctx: Context, conn: Connection) -> list[dict[str, Any]]:
+    """The open erasure requests due soonest (at most `OPEN_SHOWN`)."""
+    now = ctx.clock.now()
+    found = [
+        r
+        for state in requests.Status
+        if state.value not in requests.CLOSED
+        for r in await requests.list_requests(conn, now=now, status=state, limit=OPEN_SHOWN)
+    ]
+    found.sort(key=lambda r: (r.due_at, str(r.id)))
+    return [r.as_dict(now) for r in found[:OPEN_SHOWN]]
 
 
 async def _late_services(ctx: Context, conn: Connection) -> list[dict[str, Any]]:
