@@ -8,8 +8,9 @@ A fresh database gets what one `make demo` leaves behind, multiplied: per 1× th
 1,045 events (purchase_records 300 → billing; support_tickets and abandoned_carts 300 each,
 no service; closed_accounts 145 → billing, notifications, preferences, search_index), so
 880 expected acknowledgements and as many ledger rows, 2 holds over 505 entities, one run
-of six policies and ~580 audit rows. Services stay the demo's four. Answers are 94%
-completed, 3% pending, 2% overdue and 1% failed, so every drill-down has rows.
+of six policies, two erasure requests and ~580 audit rows. Services stay the demo's four.
+Answers are 94% completed, 3% pending, 2% overdue and 1% failed, so every drill-down has
+rows.
 
 Each page is requested through the ASGI app in this process (no network, a signed-in
 session cookie): 3 warm-up requests, then `BENCH_CONSOLE_REPEAT` (20) timed ones. Server
@@ -45,6 +46,8 @@ from coordinator.migrate import upgrade
 from coordinator.policy.model import load_policies
 from coordinator.tables import (
     ack_ledger,
+    erasure_parts,
+    erasure_requests,
     event_status,
     expected_acks,
     legal_hold_entities,
@@ -262,7 +265,50 @@ async def seed(engine: AsyncEngine, scale: int, now: datetime) -> dict[str, Any]
         ]
         for start in range(0, len(entries), CHUNK):
             await append(conn, entries[start : start + CHUNK], at=now)
+    # The demo files two erasure requests: one completes, one stays on hold.
+    request_ids = [uuid.uuid4() for _ in range(2 * scale)]
+    await _insert(
+        engine,
+        erasure_requests,
+        [
+            {
+                "id": request_id,
+                "subject_type": "user",
+                "subject_id": f"user-{i:07d}",
+                "regulation": "gdpr" if i % 2 else "ccpa",
+                "reference": f"DSR-{i:05d}",
+                "status": "completed" if i % 2 else "on_hold",
+                "received_at": now - timedelta(days=i % 40),
+                "due_at": now - timedelta(days=i % 40) + timedelta(days=30),
+                "created_at": now - timedelta(days=i % 40),
+                "created_by": "legal-team",
+                "completed_at": now if i % 2 else None,
+                "holds": [] if i % 2 else ["dispute-42"],
+            }
+            for i, request_id in enumerate(request_ids)
+        ],
+    )
+    await _insert(
+        engine,
+        erasure_parts,
+        [
+            {
+                "request_id": request_id,
+                "policy": policy.name,
+                "table_name": policy.table,
+                "action": policy.action,
+                "outcome": "done",
+                "rows": 3,
+                "legal_basis": policy.legal_basis,
+                "done_at": now,
+            }
+            for request_id in request_ids
+            for policy in POLICIES.policies
+        ],
+    )
     return {
+        "erasure_requests": len(request_ids),
+        "request_id": str(request_ids[1]),
         "events": len(status_rows),
         "expected_acks": len(expected_rows),
         "ledger": len(ledger_rows),
@@ -287,6 +333,9 @@ def pages(seeded: dict[str, Any]) -> list[str]:
         f"/ui/holds/{seeded['hold_id']}",
         "/ui/services",
         *(f"/ui/services/billing?state={s}" for s in ("overdue", "pending", "failed", "completed")),
+        "/ui/erasure-requests",
+        "/ui/erasure-requests?status=on_hold",
+        f"/ui/erasure-requests/{seeded['request_id']}",
         f"/ui/entities/user/{user}",
         f"/ui/entities/user/{user}/certificate.json",
     ]
