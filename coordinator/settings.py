@@ -44,7 +44,16 @@ class TrackerSettings(BaseSettings):
         default=2.0, ge=1.0, description="Each further reminder waits this factor longer."
     )
     max_reminders: int = Field(
-        default=3, ge=0, description="Re-publications per event before only escalation is left."
+        default=3,
+        ge=0,
+        description="Re-publications on the growing schedule; later ones come every "
+        "`slow_reminder_interval_s`.",
+    )
+    slow_reminder_interval_s: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description="Wait between reminders once `max_reminders` are spent, until the event "
+        "is completed or nothing is left to remind.",
     )
 
 
