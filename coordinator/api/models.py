@@ -80,6 +80,27 @@ class EventView(_View):
     rejected_acks: int
 
 
+class OverdueView(_View):
+    """One overdue event and one service it still waits for."""
+
+    event_id: uuid.UUID
+    entity_type: str
+    entity_id: str
+    policy: str
+    service: str
+    status: str = Field(description="the service's answer so far: pending | failed")
+    deadline: datetime
+    overdue_at: datetime | None
+    last_ack_at: datetime | None = Field(description="the service's latest valid ack, if any")
+    attempt: int | None
+    reminders_sent: int
+
+
+class OverduePageView(_View):
+    items: list[OverdueView]
+    next: str | None = Field(description="pass as `after` for the next page; null on the last page")
+
+
 class RunRequest(BaseModel):
     """Start a run now, outside the schedule."""
 
