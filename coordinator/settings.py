@@ -11,7 +11,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from coordinator.scheduler import validate_cron
 from schemas import DEFAULT_DATABASE_URL, KafkaSettings
 
-__all__ = ["COORDINATOR_CLIENT_ID", "RelaySettings", "ServeSettings", "Settings", "TrackerSettings"]
+__all__ = [
+    "COORDINATOR_CLIENT_ID",
+    "NotifySettings",
+    "RelaySettings",
+    "ServeSettings",
+    "Settings",
+    "TrackerSettings",
+]
 
 COORDINATOR_CLIENT_ID = "retention-coordinator"
 """Kafka client id of the relay, the tracker and the admin client unless
@@ -154,6 +161,33 @@ class ServeSettings(BaseSettings):
     )
 
 
+class NotifySettings(BaseSettings):
+    """Webhook notifications (`RETENTION_NOTIFY_*`); the webhooks are in
+    `RETENTION_WEBHOOKS_FILE`."""
+
+    model_config = SettingsConfigDict(env_prefix="RETENTION_NOTIFY_", extra="ignore")
+
+    interval_s: float = Field(
+        default=30.0, gt=0, description="Pause between passes (find what is new, post what is due)."
+    )
+    lookback_s: float = Field(
+        default=7 * 86400.0,
+        gt=0,
+        description="Requests completed or due longer ago than this are not announced (a first "
+        "start does not replay history).",
+    )
+    timeout_s: float = Field(default=10.0, gt=0, le=120, description="Bound on one POST.")
+    batch_size: int = Field(
+        default=100, ge=1, le=5000, description="Deliveries posted (concurrently) per batch."
+    )
+    backoff_initial_s: float = Field(
+        default=30.0, gt=0, description="Wait before retrying a failed delivery (doubles)."
+    )
+    backoff_max_s: float = Field(
+        default=3600.0, gt=0, description="Longest wait between retries; retries never stop."
+    )
+
+
 class Settings(BaseSettings):
     """Everything the coordinator needs to know about its surroundings."""
 
@@ -200,6 +234,15 @@ class Settings(BaseSettings):
         default=None,
         description="YAML file of the HTTP API's named, scoped tokens (SHA-256 hashes; "
         "`retention tokens create`). Without it every /v1 route answers 503.",
+    )
+    webhooks_file: Path | None = Field(
+        default=None,
+        description="YAML file of webhooks to notify (url, events, HMAC secret); without it "
+        "nothing is notified.",
+    )
+    notify: NotifySettings = Field(
+        default_factory=NotifySettings,
+        description="Webhook delivery (RETENTION_NOTIFY_* variables).",
     )
     schedule: str = Field(
         default="0 3 * * *",

@@ -3,6 +3,7 @@ real HTTP server on loopback, every signature checked, failures retried with bac
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -19,11 +20,16 @@ import httpx
 import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
+from typer.testing import CliRunner
 
+from coordinator.cli import app
+from coordinator.clock import FrozenClock
 from coordinator.db import make_engine
 from coordinator.notify.delivery import Backoff, deliver_due, list_notifications
+from coordinator.notify.notifier import Notifier
 from coordinator.notify.sweep import sweep
 from coordinator.notify.webhooks import Kind, Webhook, WebhooksFileError, load_webhooks
+from coordinator.settings import NotifySettings
 from coordinator.tables import erasure_requests, notifications
 from tests.overdue_rows import insert_events
 
@@ -252,3 +258,50 @@ async def test_unreachable_and_removed_webhooks(engine: AsyncEngine, tmp_path: P
         load_webhooks(bad)
     assert "s3cr3t" not in str(caught.value)
     assert "events" in str(caught.value)
+
+
+async def test_notifier_pass_and_cli_show_delivery_state(
+    engine: AsyncEngine, coordinator_db: str, receiver: tuple[Receiver, str]
+) -> None:
+    server, base = receiver
+    name = f"ops_{uuid.uuid4().hex[:6]}"
+    hook = Webhook(
+        name=name,
+        url=f"{base}/ops",  # type: ignore[arg-type]
+        events=frozenset({Kind.REQUEST_COMPLETED}),
+        secret=PRIVACY_SECRET,  # type: ignore[arg-type]
+    )
+    now = T0 + timedelta(days=100)
+    request_id = await _request(
+        engine, "completed", due=now, completed_at=now - timedelta(minutes=5)
+    )
+    clock = FrozenClock(now)
+    notifier = Notifier(engine, [hook], NotifySettings(backoff_initial_s=60), clock=clock)
+    async with httpx.AsyncClient(timeout=5) as client:
+        # The receiver fails the first post: queued, not delivered, retried a minute later.
+        assert await notifier.run_once(client) == (1, 0, 1)
+        shown = await _cli_json(
+            coordinator_db, "notifications", "list", "--status", "pending", "--json"
+        )
+        [pending] = [row for row in shown["notifications"] if row["webhook"] == name]
+        assert (pending["key"], pending["attempts"], pending["last_error"]) == (
+            f"request_completed:{request_id}",
+            1,
+            "HTTP 500",
+        )
+        assert pending["next_attempt_at"] == "2027-02-28T10:01:00.000000Z"
+        clock.advance(timedelta(minutes=1))
+        assert await notifier.run_once(client) == (0, 1, 0)
+    shown = await _cli_json(coordinator_db, "notifications", "list", "--json")
+    [done] = [row for row in shown["notifications"] if row["webhook"] == name]
+    assert (done["status"], done["attempts"], done["next_attempt_at"]) == ("delivered", 2, None)
+    assert [p for p, _, _ in server.received] == ["/ops", "/ops"]
+
+
+async def _cli_json(database_url: str, *args: str) -> Any:
+    """The CLI runs its own event loop: off this one, in a thread."""
+    result = await asyncio.to_thread(
+        CliRunner().invoke, app, list(args), env={"RETENTION_DATABASE_URL": database_url}
+    )
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    return json.loads(result.stdout)
