@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator import audit
@@ -522,6 +522,37 @@ async def test_reminders_never_republish_for_an_entity_held_now(env: Env) -> Non
         await release_hold(conn, hold.id, by="legal", now=clock.now())
     assert await shown_states() == ["pending"] * 3
     clock.set(T0 + timedelta(hours=2))
+    assert await tracker.send_reminders() == 1
+
+
+async def test_an_event_with_nothing_left_open_leaves_the_schedule(env: Env) -> None:
+    # Slow reminders never end on their own, so an event left open with no expected ack
+    # still open (all answered, or waived) must leave the schedule, not be picked forever.
+    clock, tracker = env.clock, env.tracker
+    await env.register(*SERVICES, at=T0 - timedelta(days=1))
+    events = await env.publish(2, T0)
+    await tracker.track_published()
+    settled, _ = events[0]
+    async with env.engine.begin() as conn:
+        await conn.execute(
+            update(expected_acks)
+            .where(expected_acks.c.event_id == settled)
+            .values(status="completed")
+        )
+    clock.set(T0 + timedelta(hours=1))
+    assert await tracker.send_reminders() == 1
+    async with env.engine.connect() as conn:
+        rows = await conn.execute(
+            select(
+                event_status.c.event_id,
+                event_status.c.reminders_sent,
+                event_status.c.next_reminder_at,
+            ).where(event_status.c.event_id.in_([e for e, _ in events]))
+        )
+        schedule = {row.event_id: (row.reminders_sent, row.next_reminder_at) for row in rows}
+    assert schedule[settled] == (0, None)
+    assert schedule[events[1][0]] == (1, clock.now() + timedelta(hours=2))
+    clock.advance(timedelta(days=10))
     assert await tracker.send_reminders() == 1
 
 
