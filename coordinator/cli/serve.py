@@ -16,6 +16,7 @@ from coordinator.cli._policies import POLICIES_OPTION, load_policy_set
 from coordinator.policy.model import PolicySet
 from coordinator.serve import Service, ServiceFailed
 from coordinator.settings import Settings
+from coordinator.notify.webhooks import WebhooksFileError
 from coordinator.tokens import TokensFileError
 from schemas.logs import configure_logging
 
@@ -68,6 +69,9 @@ def serve(
         asyncio.run(_serve(settings, policy_set, chosen))
     except TokensFileError as exc:
         err_console.print(f"[red]RETENTION_API_TOKENS_FILE:[/red] {exc}", highlight=False)
+        raise typer.Exit(ExitCode.BAD_INPUT) from None
+    except WebhooksFileError as exc:
+        err_console.print(f"[red]RETENTION_WEBHOOKS_FILE:[/red] {exc}", highlight=False)
         raise typer.Exit(ExitCode.BAD_INPUT) from None
     except ServiceFailed as exc:
         err_console.print(f"[red]retention serve stopped:[/red] {exc}")

@@ -7,12 +7,9 @@ import asyncio
 import hashlib
 import hmac
 import json
-import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +29,7 @@ from coordinator.notify.webhooks import Kind, Webhook, WebhooksFileError, load_w
 from coordinator.settings import NotifySettings
 from coordinator.tables import erasure_requests, notifications
 from tests.overdue_rows import insert_events
+from tests.webhook_receiver import Receiver, receiving
 
 T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
 BACKOFF = Backoff(initial=timedelta(seconds=30), maximum=timedelta(minutes=10))
@@ -39,44 +37,10 @@ PRIVACY_SECRET = "privacy-secret-0123456789"
 CHAT_SECRET = "chat-secret-0123456789abc"
 
 
-@dataclass
-class Receiver:
-    """An HTTP server on loopback that records each request; the first `fail` answer 500."""
-
-    fail: int = 0
-    received: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def handler(self) -> type[BaseHTTPRequestHandler]:
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                with receiver.lock:
-                    receiver.received.append((self.path, dict(self.headers.items()), body))
-                    failing = receiver.fail > 0
-                    receiver.fail -= 1
-                self.send_response(500 if failing else 204)
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        return Handler
-
-
 @pytest.fixture
 def receiver() -> Iterator[tuple[Receiver, str]]:
-    receiver = Receiver(fail=1)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), receiver.handler())
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield receiver, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with receiving(fail=1) as found:
+        yield found
 
 
 @pytest.fixture
