@@ -13,10 +13,10 @@ import typer
 
 from coordinator.cli._app import ExitCode, err_console, load_settings
 from coordinator.cli._policies import POLICIES_OPTION, load_policy_set
+from coordinator.notify.webhooks import WebhooksFileError
 from coordinator.policy.model import PolicySet
 from coordinator.serve import Service, ServiceFailed
 from coordinator.settings import Settings
-from coordinator.notify.webhooks import WebhooksFileError
 from coordinator.tokens import TokensFileError
 from schemas.logs import configure_logging
 
