@@ -327,7 +327,7 @@ class Service:
             kafka_health=kafka_health,
             erasure=erasure,
             notifier=(
-                Notifier(engine, self.webhooks, s.notify, clock=self.clock)
+                Notifier(engine, self.webhooks, s.notify, clock=self.clock, metrics=self.metrics)
                 if self.webhooks
                 else None
             ),

@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from coordinator.notify.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, Webhook, sign
 from coordinator.tables import notifications
 
-__all__ = ["Backoff", "deliver_due", "list_notifications"]
+__all__ = ["Backoff", "Outcome", "deliver_due", "list_notifications"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +81,12 @@ async def _post(client: httpx.AsyncClient, hook: Webhook, row: Any, now: datetim
     return f"HTTP {response.status_code}"
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    webhook: str
+    delivered: bool
+
+
 async def deliver_due(
     conn: AsyncConnection,
     client: httpx.AsyncClient,
@@ -89,8 +95,8 @@ async def deliver_due(
     now: datetime,
     limit: int,
     backoff: Backoff,
-) -> tuple[int, int]:
-    """Post up to `limit` due rows; returns (delivered, failed attempts)."""
+) -> list[Outcome]:
+    """Post up to `limit` due rows; returns each attempt's webhook and outcome."""
     n = notifications.c
     rows = (
         await conn.execute(
@@ -102,7 +108,7 @@ async def deliver_due(
         )
     ).all()
     if not rows:
-        return 0, 0
+        return []
     hooks = {hook.name: hook for hook in webhooks}
     dropped = [row.id for row in rows if row.webhook not in hooks]
     if dropped:
@@ -139,8 +145,7 @@ async def deliver_due(
             ),
             outcomes,
         )
-    failed = sum(1 for error in errors if error is not None)
-    return len(sending) - failed, failed
+    return [Outcome(row.webhook, error is None) for row, error in zip(sending, errors, strict=True)]
 
 
 async def list_notifications(

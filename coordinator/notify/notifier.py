@@ -14,6 +14,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import Clock
+from coordinator.metrics import Metrics
 from coordinator.notify.delivery import Backoff, deliver_due
 from coordinator.notify.sweep import sweep
 from coordinator.notify.webhooks import Webhook
@@ -32,11 +33,13 @@ class Notifier:
         settings: NotifySettings,
         *,
         clock: Clock,
+        metrics: Metrics,
     ) -> None:
         self._engine = engine
         self._webhooks = tuple(webhooks)
         self._settings = settings
         self._clock = clock
+        self._metrics = metrics
         self._backoff = Backoff(
             initial=timedelta(seconds=settings.backoff_initial_s),
             maximum=timedelta(seconds=settings.backoff_max_s),
@@ -54,7 +57,7 @@ class Notifier:
         delivered = failed = 0
         while True:
             async with self._engine.begin() as conn:
-                ok, bad = await deliver_due(
+                outcomes = await deliver_due(
                     conn,
                     client,
                     self._webhooks,
@@ -62,8 +65,12 @@ class Notifier:
                     limit=self._settings.batch_size,
                     backoff=self._backoff,
                 )
-            delivered, failed = delivered + ok, failed + bad
-            if ok + bad < self._settings.batch_size:
+            for outcome in outcomes:
+                label = "delivered" if outcome.delivered else "failed"
+                self._metrics.notifications.labels(webhook=outcome.webhook, outcome=label).inc()
+            ok = sum(1 for outcome in outcomes if outcome.delivered)
+            delivered, failed = delivered + ok, failed + len(outcomes) - ok
+            if len(outcomes) < self._settings.batch_size:
                 return queued, delivered, failed
 
     async def run_forever(self, stop: asyncio.Event) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner
@@ -22,6 +23,7 @@ from typer.testing import CliRunner
 from coordinator.cli import app
 from coordinator.clock import FrozenClock
 from coordinator.db import make_engine
+from coordinator.metrics import Metrics
 from coordinator.notify.delivery import Backoff, deliver_due, list_notifications
 from coordinator.notify.notifier import Notifier
 from coordinator.notify.sweep import sweep
@@ -120,7 +122,11 @@ webhooks:
 
         async def deliver(now: datetime) -> tuple[int, int]:
             async with engine.begin() as conn:
-                return await deliver_due(conn, client, hooks, now=now, limit=100, backoff=BACKOFF)
+                outcomes = await deliver_due(
+                    conn, client, hooks, now=now, limit=100, backoff=BACKOFF
+                )
+            delivered = sum(1 for o in outcomes if o.delivered)
+            return delivered, len(outcomes) - delivered
 
         # The first post (ordered by id: privacy's first) gets a 500 and is retried later.
         assert await deliver(T0) == (4, 1)
@@ -185,11 +191,11 @@ async def test_unreachable_and_removed_webhooks(engine: AsyncEngine, tmp_path: P
     async with httpx.AsyncClient(timeout=2) as client:
         for attempt, wait in enumerate((30, 60, 120), 1):
             async with engine.begin() as conn:
-                delivered, failed = await deliver_due(
+                outcomes = await deliver_due(
                     conn, client, [gone], now=now, limit=100, backoff=BACKOFF
                 )
-            assert delivered == 0
-            assert failed >= 1
+            assert outcomes
+            assert not any(o.delivered for o in outcomes)
             async with engine.connect() as conn:
                 row = (
                     await conn.execute(
@@ -240,7 +246,10 @@ async def test_notifier_pass_and_cli_show_delivery_state(
         engine, "completed", due=now, completed_at=now - timedelta(minutes=5)
     )
     clock = FrozenClock(now)
-    notifier = Notifier(engine, [hook], NotifySettings(backoff_initial_s=60), clock=clock)
+    metrics = Metrics(CollectorRegistry())
+    notifier = Notifier(
+        engine, [hook], NotifySettings(backoff_initial_s=60), clock=clock, metrics=metrics
+    )
     async with httpx.AsyncClient(timeout=5) as client:
         # The receiver fails the first post: queued, not delivered, retried a minute later.
         assert await notifier.run_once(client) == (1, 0, 1)
@@ -260,6 +269,11 @@ async def test_notifier_pass_and_cli_show_delivery_state(
     [done] = [row for row in shown["notifications"] if row["webhook"] == name]
     assert (done["status"], done["attempts"], done["next_attempt_at"]) == ("delivered", 2, None)
     assert [p for p, _, _ in server.received] == ["/ops", "/ops"]
+    for outcome in ("delivered", "failed"):
+        sample = metrics.registry.get_sample_value(
+            "retention_notifications_total", {"webhook": name, "outcome": outcome}
+        )
+        assert sample == 1
 
 
 async def _cli_json(database_url: str, *args: str) -> Any:
