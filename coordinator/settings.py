@@ -62,6 +62,12 @@ class TrackerSettings(BaseSettings):
         description="Wait between reminders once `max_reminders` are spent, until the event "
         "is completed or nothing is left to remind.",
     )
+    gauges_interval_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often the tracker recounts its open-backlog gauges (pending acks, "
+        "overdue events); housekeeping runs every poll interval, the counts need not.",
+    )
 
 
 class RelaySettings(BaseSettings):
@@ -252,6 +258,12 @@ class Settings(BaseSettings):
     serve: ServeSettings = Field(
         default_factory=ServeSettings,
         description="`retention serve` (RETENTION_SERVE_* variables).",
+    )
+    outbox_retention_days: float = Field(
+        default=30.0,
+        gt=0,
+        description="`retention db prune` deletes the outbox rows of events completed more "
+        "than this many days ago; rows of events not completed are never pruned.",
     )
     erasure_default_days: int = Field(
         default=30,

@@ -1,7 +1,7 @@
 """notifications: the webhook delivery outbox
 
-Revision ID: 0007_notifications
-Revises: 0006_erasure
+Revision ID: 0009_notifications
+Revises: 0008_anonymize_marks
 Create Date: 2026-12-06 05:50:00.000000
 """
 
@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision = '0007_notifications'
-down_revision = '0006_erasure'
+revision = '0009_notifications'
+down_revision = '0008_anonymize_marks'
 branch_labels = None
 depends_on = None
 
