@@ -80,6 +80,45 @@ class EventView(_View):
     rejected_acks: int
 
 
+class OverdueView(_View):
+    """One overdue event and one service it still waits for."""
+
+    event_id: uuid.UUID
+    entity_type: str
+    entity_id: str
+    policy: str
+    service: str
+    status: str = Field(description="the service's answer so far: pending | failed")
+    deadline: datetime
+    overdue_at: datetime | None
+    last_ack_at: datetime | None = Field(description="the service's latest valid ack, if any")
+    attempt: int | None
+    reminders_sent: int
+
+
+class OverduePageView(_View):
+    items: list[OverdueView]
+    next: str | None = Field(description="pass as `after` for the next page; null on the last page")
+
+
+class NotificationView(_View):
+    """One webhook delivery (its payload is not shown)."""
+
+    id: int
+    webhook: str
+    kind: str = Field(
+        description="request_completed | request_overdue | request_on_hold | service_overdue"
+    )
+    key: str = Field(description="what is notified; one delivery per webhook and key")
+    status: str = Field(description="pending | delivered | dropped (webhook removed)")
+    attempts: int
+    created_at: datetime
+    last_attempt_at: datetime | None
+    next_attempt_at: datetime | None = Field(description="the next try, while pending")
+    last_error: str | None = Field(description="HTTP status or error class of a failed try")
+    delivered_at: datetime | None
+
+
 class RunRequest(BaseModel):
     """Start a run now, outside the schedule."""
 

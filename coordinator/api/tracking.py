@@ -8,8 +8,15 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Query, status
 
 from coordinator.api._context import Connection, Context
-from coordinator.api.models import EventView, ServiceCompletionView, ServiceEventView
+from coordinator.api.models import (
+    EventView,
+    OverduePageView,
+    OverdueView,
+    ServiceCompletionView,
+    ServiceEventView,
+)
 from coordinator.tracking import queries
+from coordinator.tracking.overdue import BadCursor, Cursor, overdue_page
 
 __all__ = ["router"]
 
@@ -73,3 +80,30 @@ async def service_events(
         conn, service, state=state, now=ctx.clock.now(), limit=limit
     )
     return [ServiceEventView.model_validate(e) for e in found]
+
+
+@router.get(
+    "/services/{name}/overdue",
+    response_model=OverduePageView,
+    responses={422: {"description": "a cursor this list did not hand out"}},
+)
+async def service_overdue(
+    conn: Connection,
+    name: Annotated[str, Path(pattern=_NAME, max_length=100)],
+    limit: Annotated[int, Query(ge=1, le=1000, description="Most rows per page.")] = 100,
+    after: Annotated[
+        str | None, Query(max_length=2000, description="`next` of the previous page.")
+    ] = None,
+) -> OverduePageView:
+    """The overdue events still waiting for this service, by deadline, one page at a time."""
+    try:
+        cursor = Cursor.decode(after) if after is not None else None
+    except BadCursor:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, "after: not a cursor of this list"
+        ) from None
+    page = await overdue_page(conn, service=name, after=cursor, limit=limit)
+    return OverduePageView(
+        items=[OverdueView.model_validate(item) for item in page.items],
+        next=page.next.encode() if page.next is not None else None,
+    )

@@ -14,6 +14,7 @@ import typer
 from coordinator.cli._app import ExitCode, err_console, load_settings
 from coordinator.cli._policies import POLICIES_OPTION, load_policy_set
 from coordinator.console.sessions import ConsoleSecretError
+from coordinator.notify.webhooks import WebhooksFileError
 from coordinator.policy.model import PolicySet
 from coordinator.serve import Service, ServiceFailed
 from coordinator.settings import Settings
@@ -75,6 +76,9 @@ def serve(
         raise typer.Exit(ExitCode.BAD_INPUT) from None
     except ConsoleSecretError as exc:
         err_console.print(f"[red]{exc}[/red]", highlight=False)
+        raise typer.Exit(ExitCode.BAD_INPUT) from None
+    except WebhooksFileError as exc:
+        err_console.print(f"[red]RETENTION_WEBHOOKS_FILE:[/red] {exc}", highlight=False)
         raise typer.Exit(ExitCode.BAD_INPUT) from None
     except ServiceFailed as exc:
         err_console.print(f"[red]retention serve stopped:[/red] {exc}")
