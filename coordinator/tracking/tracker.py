@@ -111,6 +111,7 @@ class Tracker:
             interval=timedelta(seconds=settings.reminder_interval_s),
             backoff=settings.reminder_backoff,
             max_reminders=settings.max_reminders,
+            slow_interval=timedelta(seconds=settings.slow_reminder_interval_s),
         )
         self._started = False
         self._gauge_services: set[str] = set()
