@@ -39,7 +39,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.api import ApiContext, create_app
 from coordinator.api.health import KafkaHealth
-from coordinator.api.tokens import Scope, TokenStore, add_token, new_token
 from coordinator.audit import AuditEntry, append
 from coordinator.clock import SystemClock
 from coordinator.db import make_engine
@@ -58,6 +57,7 @@ from coordinator.tables import (
     runs,
     service_registry,
 )
+from coordinator.tokens import Scope, TokenStore, add_token, new_token
 from schemas import KafkaSettings
 from tests import infra
 

@@ -40,7 +40,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from coordinator import CoordinatorError
 from coordinator.api import ApiContext, RunInProgress, create_app
 from coordinator.api.health import KafkaHealth
-from coordinator.api.tokens import TokenStore
 from coordinator.clock import Clock, SystemClock
 from coordinator.console.sessions import load_secret
 from coordinator.db import make_engine
@@ -55,6 +54,7 @@ from coordinator.purge import run_log
 from coordinator.purge.runner import Runner, RunReport
 from coordinator.scheduler import Schedule, Scheduler
 from coordinator.settings import Settings
+from coordinator.tokens import TokenStore
 from coordinator.tracking.tracker import Tracker
 from schemas.errors import error_text
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from coordinator.api.tokens import Scope, add_token, load_tokens_file, new_token
+from coordinator.tokens import Scope, add_token, load_tokens_file, new_token
 
 __all__ = ["DEMO_TOKENS", "create_demo_tokens", "main"]
 

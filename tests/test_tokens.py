@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from coordinator.api.tokens import (
+from coordinator.cli import app
+from coordinator.tokens import (
     MAX_TOKENS_FILE_BYTES,
     Principal,
     Scope,
@@ -19,7 +20,6 @@ from coordinator.api.tokens import (
     load_tokens_file,
     new_token,
 )
-from coordinator.cli import app
 
 runner = CliRunner()
 

@@ -100,7 +100,12 @@ async def world(database: str) -> AsyncIterator[World]:
     tracker = Tracker(
         engine,
         KAFKA,
-        TrackerSettings(reminder_interval_s=3600, reminder_backoff=2.0, max_reminders=2),
+        TrackerSettings(
+            reminder_interval_s=3600,
+            reminder_backoff=2.0,
+            max_reminders=2,
+            slow_reminder_interval_s=7 * 86400,
+        ),
         clock=clock,
         metrics=Metrics(),
         clients=TrackerKafka(publisher, acks, MemoryRegistrationReader(kafka, TOPICS.services)),
@@ -192,7 +197,9 @@ async def test_reminders_republish_due_events_with_their_number(world: World) ->
     world.clock.advance(timedelta(hours=2))
     assert await world.tracker.send_reminders() == 1
     world.clock.advance(timedelta(days=1))
-    assert await world.tracker.send_reminders() == 0  # max_reminders reached
+    assert await world.tracker.send_reminders() == 0  # max_reminders spent: slow ones now
+    world.clock.advance(timedelta(days=7))
+    assert await world.tracker.send_reminders() == 1
     sent = world.kafka.topics[TOPICS.events]
-    assert [dict(r.headers)["retention-reminder"] for r in sent] == [b"1", b"2"]
+    assert [dict(r.headers)["retention-reminder"] for r in sent] == [b"1", b"2", b"3"]
     assert {decode(RetentionEvent, r.value).event_id for r in sent} == {event[0]}

@@ -14,10 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator import CoordinatorError
 from coordinator.api.health import KafkaHealth
-from coordinator.api.tokens import TokenStore
 from coordinator.clock import Clock
 from coordinator.erasure.service import Erasure
 from coordinator.policy.model import PolicySet
+from coordinator.tokens import TokenStore
 
 __all__ = [
     "ApiContext",

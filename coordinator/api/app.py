@@ -10,7 +10,7 @@ from coordinator.api import erasure, holds, notifications, ops, policies, runs, 
 from coordinator.api._context import ApiContext
 from coordinator.api.auth import ACCESS_RESPONSES, requires
 from coordinator.api.limits import BodyLimit
-from coordinator.api.tokens import Scope
+from coordinator.tokens import Scope
 
 __all__ = ["create_app"]
 

@@ -13,7 +13,6 @@ from fastapi.templating import Jinja2Templates
 
 from coordinator.api._context import Context
 from coordinator.api.auth import requires
-from coordinator.api.tokens import Principal, Scope
 from coordinator.console.sessions import (
     CSRF_FIELD,
     CSRF_HEADER,
@@ -23,6 +22,7 @@ from coordinator.console.sessions import (
     current_session,
     session_principal,
 )
+from coordinator.tokens import Principal, Scope
 
 __all__ = ["Page", "ReadForm", "ReadPage", "WritePage", "templates"]
 

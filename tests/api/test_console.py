@@ -15,10 +15,10 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.api import ApiContext
-from coordinator.api.tokens import Scope, hash_token
 from coordinator.console.app import ROUTERS
 from coordinator.console.sessions import COOKIE, SessionSigner
 from coordinator.tables import audit_log, legal_hold_entities, legal_holds
+from coordinator.tokens import Scope, hash_token
 from tests.api.conftest import make_client
 from tests.api.test_access import SAMPLE_PATH_VALUES
 

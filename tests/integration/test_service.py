@@ -15,7 +15,6 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.api.tokens import Scope, add_token, new_token
 from coordinator.db import make_engine
 from coordinator.notify.webhooks import WebhooksFileError, sign
 from coordinator.policy.model import load_policies, parse_policies
@@ -23,6 +22,7 @@ from coordinator.purge.holds import create_hold, entity_types
 from coordinator.serve import GLOBAL_SCHEDULE, Service, ServiceFailed, schedules_for
 from coordinator.settings import NotifySettings, ServeSettings, Settings
 from coordinator.tables import audit_log, erasure_requests
+from coordinator.tokens import Scope, add_token, new_token
 from demo.seed_data import create_seed_tables, drop_seed_tables, populate
 from schemas import KafkaSettings
 from tests.infra import ROOT
