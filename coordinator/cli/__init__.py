@@ -13,6 +13,7 @@ from coordinator.cli import (
     db,
     holds,
     kafka,
+    keys,
     policies,
     purge,
     relay,
@@ -44,6 +45,7 @@ app.command("plan")(purge.plan)
 app.command("run")(purge.run)
 app.command("serve")(serve.serve)
 app.add_typer(kafka.app, name="kafka")
+app.add_typer(keys.app, name="keys")
 
 
 def main() -> None:
