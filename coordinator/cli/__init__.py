@@ -9,6 +9,7 @@ from rich.markup import escape
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 
 from coordinator.cli import (
+    archive,
     audit,
     db,
     holds,
@@ -46,6 +47,7 @@ app.command("run")(purge.run)
 app.command("serve")(serve.serve)
 app.add_typer(kafka.app, name="kafka")
 app.add_typer(keys.app, name="keys")
+app.add_typer(archive.app, name="archive")
 
 
 def main() -> None:
