@@ -7,23 +7,31 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The exact versions (with hashes) `make test` installs; `make lock` refreshes it.
+LOCK := requirements/lock.txt
+LOCK_TOOLS := .cache/lock-tools
 INFRA := infra/infra.sh
 ENV_FILE := .cache/infra.env
 # Every target that touches Kafka or PostgreSQL reads the settings infra-up wrote.
 WITH_INFRA := set -a; source $(ENV_FILE); set +a;
 
-.PHONY: help venv tools infra-up infra-down infra-status lint typecheck schemas test test-unit test-faults fuzz fuzz-run demo bench clean \
+.PHONY: help venv lock tools infra-up infra-down infra-status lint typecheck schemas test test-unit test-faults fuzz fuzz-run demo bench clean \
 	docker-up docker-down images images-clean test-containers compose-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 # The faust extra resolves with our aiokafka pin, so its tests run in `make test` too.
-$(STAMP): pyproject.toml
+# Dependencies come from the lock only (hashes checked); the project itself is installed
+# without resolving anything, and `pip check` fails when the lock misses or contradicts
+# pyproject.toml (run `make lock` then).
+$(STAMP): pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ needed"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,faust]'
+	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-deps -e '.[test,faust]'
+	$(BIN)/python -m pip check
 	touch $(STAMP)
 
 # The bench's own extra (matplotlib for its chart), on top of the project's venv.
@@ -39,6 +47,15 @@ $(FUZZ_STAMP): $(STAMP) pyproject.toml
 	touch $(FUZZ_STAMP)
 
 venv: $(STAMP) ## create or refresh .venv with the project, its test extras and faust
+
+# pip-tools in a venv of its own (not the project's), resolving on this Python (3.11 in CI).
+lock: ## re-resolve requirements/lock.txt (exact versions with hashes) from pyproject.toml
+	test -x $(LOCK_TOOLS)/bin/pip-compile || { $(PYTHON) -m venv $(LOCK_TOOLS) && \
+	  $(LOCK_TOOLS)/bin/python -m pip install -q pip-tools; }
+	mkdir -p $(dir $(LOCK))
+	$(LOCK_TOOLS)/bin/pip-compile -q --upgrade --generate-hashes --allow-unsafe --strip-extras \
+	  --extra test --extra faust --no-emit-find-links --no-emit-index-url \
+	  --output-file $(LOCK) pyproject.toml
 
 # promtool checks and unit-tests deploy/prometheus/alerts.yml (tests/test_deploy.py).
 # Debian's `prometheus` package ships it (~19 MB download); its daemon is not started.
@@ -106,7 +123,7 @@ test: $(STAMP) tools infra-up lint typecheck ## everything: venv, infra, lint, t
 	$(WITH_INFRA) RETENTION_TEST_INFRA=local $(BIN)/pytest -m "not faults_full and not containers"
 
 test-faults: $(FUZZ_STAMP) infra-up ## the full fault-injection suite (every scenario, full size) and a bounded fuzz run
-	$(WITH_INFRA) RETENTION_TEST_INFRA=local $(BIN)/pytest -m "faults_full or slow or not slow" tests/faults
+	$(WITH_INFRA) RETENTION_TEST_INFRA=local $(BIN)/pytest -m "(faults_full or slow or not slow) and not containers" tests/faults
 	$(MAKE) --no-print-directory fuzz-run FUZZ_CORPUS=.cache/fuzz/corpus FUZZ_SECONDS=$(FAULTS_FUZZ_SECONDS)
 
 # `make fuzz` keeps what it finds in the committed corpus; test-faults keeps its finds in
