@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from coordinator.cli._app import ExitCode, emit_json, err_console, load_settings
 from coordinator.cli._policies import POLICIES_OPTION, load_policy_set
@@ -90,9 +91,9 @@ def read(
     try:
         rows = asyncio.run(_read(settings, policy_set, policy, entity_type, entity_id))
     except (_NotFound, KeyStoreError) as exc:
-        err_console.print(f"[red]{exc}[/red]", markup=True, highlight=False)
+        err_console.print(f"[red]{escape(str(exc))}[/red]", highlight=False)
         raise typer.Exit(ExitCode.BAD_INPUT) from None
     except (CryptoShredded, ArchiveTampered) as exc:
-        err_console.print(f"[red]{exc}[/red]", markup=True, highlight=False)
+        err_console.print(f"[red]{escape(str(exc))}[/red]", highlight=False)
         raise typer.Exit(ExitCode.ERRORS) from None
     emit_json(rows)

@@ -13,9 +13,10 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import Text, any_, bindparam, delete, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator.crypto.envelope import new_key
 from coordinator.crypto.provider import KeyProvider, LocalKeyProvider
@@ -57,12 +58,14 @@ class KeyStore:
         self, scopes: Collection[str], *, create: bool, now: datetime | None = None
     ) -> dict[str, DataKey]:
         """The data keys of `scopes`, unwrapped once each; missing ones are created
-        (wrapped before they are stored) when `create`, else left out."""
+        (wrapped once before they are stored) when `create`, else left out."""
         wanted = sorted(set(scopes))
         if not wanted:
             return {}
         async with self.engine.begin() as conn:
-            if create:
+            found = await self._select(conn, wanted)
+            missing = [scope for scope in wanted if scope not in found]
+            if create and missing:
                 fresh = [
                     {
                         "scope": scope,
@@ -71,19 +74,23 @@ class KeyStore:
                         "wrapped": self.provider.wrap(new_key()),
                         **({"created_at": now} if now is not None else {}),
                     }
-                    for scope in wanted
+                    for scope in missing
                 ]
                 # Keys that exist win: a concurrent creator's key is the one data is sealed under.
                 await conn.execute(pg_insert(data_keys).on_conflict_do_nothing(), fresh)
-            rows = await conn.execute(
-                select(
-                    data_keys.c.scope, data_keys.c.key_id, data_keys.c.kek_id, data_keys.c.wrapped
-                ).where(data_keys.c.scope.in_(wanted))
-            )
-            return {
-                row.scope: DataKey(row.key_id, self.provider.unwrap(row.wrapped, row.kek_id))
-                for row in rows
-            }
+                found.update(await self._select(conn, missing))
+            return found
+
+    async def _select(self, conn: AsyncConnection, scopes: list[str]) -> dict[str, DataKey]:
+        rows = await conn.execute(
+            select(
+                data_keys.c.scope, data_keys.c.key_id, data_keys.c.kek_id, data_keys.c.wrapped
+            ).where(data_keys.c.scope == any_(bindparam("scopes", scopes, type_=ARRAY(Text))))
+        )
+        return {
+            row.scope: DataKey(row.key_id, self.provider.unwrap(row.wrapped, row.kek_id))
+            for row in rows
+        }
 
     async def keys_by_id(self, key_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, DataKey]:
         """The data keys still in the store among `key_ids`, unwrapped."""
