@@ -15,7 +15,7 @@ ENV_FILE := .cache/infra.env
 # Every target that touches Kafka or PostgreSQL reads the settings infra-up wrote.
 WITH_INFRA := set -a; source $(ENV_FILE); set +a;
 
-.PHONY: help venv lock tools infra-up infra-down infra-status lint typecheck schemas test test-unit test-faults fuzz fuzz-run demo bench clean \
+.PHONY: help venv lock tools infra-up infra-down infra-status lint typecheck schemas test test-unit test-faults fuzz fuzz-run demo bench bench-docs clean \
 	docker-up docker-down images images-clean test-containers compose-check
 
 help: ## list the targets
@@ -143,8 +143,11 @@ fuzz-run:
 demo: $(STAMP) infra-up ## run the whole system on demo data and show the result
 	$(WITH_INFRA) $(BIN)/python -m demo
 
-bench: $(BENCH_STAMP) infra-up ## benchmarks side by side (BENCH_ROWS=100000 by default)
+bench: $(BENCH_STAMP) infra-up ## benchmarks side by side (BENCH_ROWS=100000); writes bench/results/*.json
 	$(WITH_INFRA) $(BIN)/python -m bench
+
+bench-docs: $(BENCH_STAMP) ## render the newest bench/results/*.json into docs/benchmarks.md
+	$(BIN)/python -m bench.docs
 
 clean: infra-down ## stop infra and remove caches (keeps the downloaded jars)
 	rm -rf .cache/kafka/data .mypy_cache .ruff_cache .pytest_cache

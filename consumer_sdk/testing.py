@@ -249,6 +249,15 @@ class _Sent:
         done.set_result(None)
         return done
 
+    async def send_many(
+        self, topic: str, records: Sequence[tuple[bytes, bytes]]
+    ) -> Awaitable[None]:
+        for key, value in records:
+            await self.send(topic, value, key=key)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
 
 def _detach_mock(func: Callable[..., Any]) -> None:
     if hasattr(func, "mock"):

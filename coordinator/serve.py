@@ -207,8 +207,9 @@ class Service:
     async def refresh_gauges(self) -> None:
         """Last successful run (every replica); oldest unprocessed row (the leader only).
 
-        Planning counts rows in every policy's table, so only the leader pays for it; the
-        other replicas drop the gauge rather than export a stale value.
+        The oldest row is one bounded index read per policy (`planner.oldest_due`), never
+        a count; only the leader exports it, the other replicas drop the gauge rather
+        than export a stale value.
         """
         parts = self._require_parts()
         await self._refresh_last_successes(parts.engine)
@@ -217,9 +218,8 @@ class Service:
         if not leader:
             self.metrics.oldest_unprocessed.clear()
             return
-        plan = await parts.runner.plan()
-        for item in plan.plans:
-            self.metrics.oldest_unprocessed.labels(item.policy).set(item.oldest_age_days or 0.0)
+        for policy, age in (await parts.runner.oldest_unprocessed()).items():
+            self.metrics.oldest_unprocessed.labels(policy).set(age or 0.0)
 
     async def _refresh_last_successes(self, engine: AsyncEngine) -> None:
         async with engine.connect() as conn:

@@ -46,6 +46,12 @@ class TrackerSettings(BaseSettings):
     max_reminders: int = Field(
         default=3, ge=0, description="Re-publications per event before only escalation is left."
     )
+    gauges_interval_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often the tracker recounts its open-backlog gauges (pending acks, "
+        "overdue events); housekeeping runs every poll interval, the counts need not.",
+    )
 
 
 class RelaySettings(BaseSettings):
@@ -200,6 +206,12 @@ class Settings(BaseSettings):
     serve: ServeSettings = Field(
         default_factory=ServeSettings,
         description="`retention serve` (RETENTION_SERVE_* variables).",
+    )
+    outbox_retention_days: float = Field(
+        default=30.0,
+        gt=0,
+        description="`retention db prune` deletes the outbox rows of events completed more "
+        "than this many days ago; rows of events not completed are never pruned.",
     )
     erasure_default_days: int = Field(
         default=30,

@@ -25,6 +25,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 __all__ = [
     "ack_ledger",
+    "anonymize_marks",
     "anonymized",
     "audit_log",
     "data_keys",
@@ -126,6 +127,22 @@ anonymized = Table(
     Column("fields", ARRAY(Text), nullable=False),
     Column("run_id", Uuid, nullable=False),
     _ts("anonymized_at", nullable=False),
+)
+
+# Per anonymize policy, the end of its anonymized prefix: every row whose key is at most
+# `last_key` was anonymized (with the policy's fields or more) or held when the mark was
+# set, so a run starts its keyset after it instead of re-walking (and row-locking) every
+# row it ever anonymized. `cutoff` was that run's cutoff and `updated_at` its time: a
+# row at or below the key with a newer timestamp, or under a hold ended since, sends the
+# next run back to it. coordinator/purge/marks.py; migration 0008.
+anonymize_marks = Table(
+    "retention_anonymize_marks",
+    metadata,
+    Column("policy", Text, primary_key=True),
+    Column("fingerprint", Text, nullable=False),
+    Column("last_key", Text, nullable=False),
+    _ts("cutoff", nullable=False),
+    _ts("updated_at", nullable=False),
 )
 
 # The transactional outbox: one row per RetentionEvent, written in the purge batch's
@@ -234,6 +251,12 @@ event_status = Table(
         "ix_retention_event_status_open",
         "next_reminder_at",
         postgresql_where=text("state <> 'completed'"),
+    ),
+    # The overdue gauge starts from the overdue events, which are few (migration 0007).
+    Index(
+        "ix_retention_event_status_overdue",
+        "event_id",
+        postgresql_where=text("state = 'overdue'"),
     ),
 )
 

@@ -76,6 +76,7 @@ class BatchResult:
     ids: Sequence[Any]
     events: int
     last_scanned: Any | None  # None: the policy has nothing left to scan
+    contiguous: bool = False  # see planner.Batch
 
 
 def _in_batch(bound: BoundPolicy, ids: Sequence[Any]) -> ColumnElement[bool]:
@@ -381,7 +382,7 @@ async def purge_batch(
             await _act(conn, bound, batch, run_id, now, origin, keys)
     ids = batch.ids
     if not ids:
-        return BatchResult(ids, 0, batch.last_scanned)
+        return BatchResult(ids, 0, batch.last_scanned, batch.contiguous)
     entity_ids = [str(i) for i in ids]
     events = len(entity_ids) if policy.fan_out else 0
     await append(
@@ -404,4 +405,4 @@ async def purge_batch(
         ],
         at=now,
     )
-    return BatchResult(ids, events, batch.last_scanned)
+    return BatchResult(ids, events, batch.last_scanned, batch.contiguous)
