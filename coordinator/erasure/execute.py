@@ -227,7 +227,7 @@ async def _shred_archived_copies(
     rows, held_rows, key_ids = int(counts[0]), int(counts[1]), list(counts[2] or ())
     if held_rows:
         return Shredding(rows, held_rows, key_ids[0] if key_ids else None, destroyed=False)
-    scope = key_scope(subject.entity_type, value)
+    scope = key_scope(bound.name, subject.entity_type, value)
     destroyed = await keys.destroy(scope)
     key_id = destroyed or (key_ids[0] if key_ids else None)
     if key_id is not None:

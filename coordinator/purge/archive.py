@@ -65,8 +65,10 @@ def archive_definition(table: Table, clear: Sequence[str]) -> Table:
     )
 
 
-def key_scope(entity_type: str, entity_id: Any) -> str:
-    return f"{entity_type}:{entity_id}"
+def key_scope(policy: str, entity_type: str, entity_id: Any) -> str:
+    """Whose data key: one per archive policy and subject (or entity), so that a hold on
+    one archive's rows never keeps another archive's copies readable, nor the reverse."""
+    return f"{policy}/{entity_type}:{entity_id}"
 
 
 def _plain(value: Any) -> Any:

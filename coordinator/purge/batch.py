@@ -237,12 +237,12 @@ def _scopes(bound: BoundPolicy, rows: Sequence[Any]) -> list[str]:
     """Whose data key seals each archived row: its subject's, else its entity's."""
     policy, id_name = bound.policy, bound.id_column.name
     if bound.subject is None or bound.subject_column is None:
-        return [key_scope(policy.entity_type, row._mapping[id_name]) for row in rows]
+        return [key_scope(policy.name, policy.entity_type, row._mapping[id_name]) for row in rows]
     subject_name, subject_type = bound.subject_column.name, bound.subject.entity_type
     return [
-        key_scope(subject_type, row._mapping[subject_name])
+        key_scope(policy.name, subject_type, row._mapping[subject_name])
         if row._mapping[subject_name] is not None
-        else key_scope(policy.entity_type, row._mapping[id_name])
+        else key_scope(policy.name, policy.entity_type, row._mapping[id_name])
         for row in rows
     ]
 

@@ -187,7 +187,7 @@ async def test_archive_is_sealed_readable_and_shredded_even_in_an_old_backup(
             left = (await conn.execute(select(data_keys.c.scope))).scalars().all()
     finally:
         await keystore.dispose()
-    assert left == ["user:8"]
+    assert left == ["notes/user:8"]
 
     code, out, err = await _archive_read(env, env.url, "user:7")
     assert code == 1

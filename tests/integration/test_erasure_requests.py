@@ -196,7 +196,7 @@ async def _seed(engine: AsyncEngine) -> None:
             archived,
             id_column="id",
             clear=clear,
-            scopes=["user:42", "user:41"],
+            scopes=["tickets/user:42", "tickets/user:41"],
             keys=keys,
             now=now,
         )
