@@ -28,6 +28,7 @@ from coordinator.erasure.service import Erasure
 from coordinator.metrics import Metrics
 from coordinator.migrate import upgrade
 from coordinator.policy.model import parse_policies
+from coordinator.purge.holds import create_hold, entity_types
 from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
 from coordinator.tables import audit_log, data_keys
@@ -206,3 +207,33 @@ async def test_archive_is_sealed_readable_and_shredded_even_in_an_old_backup(
         assert [r["body"] for r in json.loads(out)] == [SECRET.format(n=3)]
     finally:
         await infra.drop_database(restored)
+
+
+async def test_a_held_archived_copy_keeps_the_subjects_key(env: Env) -> None:
+    policy_set = parse_policies(POLICIES, "notes.yaml")
+    assert (await Runner(env.engine, policy_set, env.settings).run(None)).ok
+    async with env.engine.begin() as conn:
+        await create_hold(
+            conn,
+            types=await entity_types(conn, policy_set),
+            entities=["note:3"],
+            reason="Litigation hold",
+            created_by="legal",
+            now=datetime.now(UTC),
+            hold_id="case-3",
+        )
+    erasure = Erasure(env.engine, policy_set, env.settings, SystemClock(), Metrics())
+    request, _ = await erasure.create(
+        subject="user:8",
+        regulation=Regulation.GDPR,
+        received_at=datetime.now(UTC),
+        reference="case-8",
+        by="dpo@example.com",
+    )
+    async with env.engine.connect() as conn:
+        (part,) = await request_parts(conn, request.id)
+    assert part["archived_copies_shredded"] == 0
+    assert part["held"] == 1
+    code, out, err = await _archive_read(env, env.url, "user:8")
+    assert code == 0, err
+    assert [r["body"] for r in json.loads(out)] == [SECRET.format(n=3)]
