@@ -9,7 +9,7 @@ import typer
 
 from coordinator.cli._app import ExitCode, err_console, load_settings, out_console
 from coordinator.crypto.keystore import KeyStoreError, open_keystore
-from coordinator.crypto.provider import write_kek
+from coordinator.crypto.provider import LocalKeyProvider, write_kek
 from coordinator.db import make_engine
 
 app = typer.Typer(help="Encryption keys.", no_args_is_help=True)
@@ -62,3 +62,42 @@ def init_store() -> None:
         err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(ExitCode.BAD_INPUT) from None
     out_console.print("key store ready")
+
+
+PREVIOUS_OPTION = typer.Option(
+    ..., "--previous-kek", help="The KEK file the data keys are wrapped under now."
+)
+
+
+@app.command("rotate")
+def rotate(previous: Path = PREVIOUS_OPTION) -> None:
+    """Re-wrap every data key from --previous-kek to RETENTION_KEK_FILE's KEK.
+
+    The archived data is not touched. Resumable: run it again after an interruption.
+    Processes still holding the previous KEK cannot unwrap re-wrapped keys: stop runs
+    (or accept failed archive batches, retried next run) until they use the new file.
+    """
+    settings = load_settings()
+    try:
+        old = LocalKeyProvider.from_file(previous)
+    except (OSError, ValueError) as exc:
+        err_console.print(f"[red]--previous-kek: {type(exc).__name__}[/red]")
+        raise typer.Exit(ExitCode.BAD_INPUT) from None
+
+    async def run() -> int:
+        engine = make_engine(settings.database_url.get_secret_value())
+        try:
+            store = open_keystore(settings, engine)
+            try:
+                return await store.rewrap(old)
+            finally:
+                await store.aclose()
+        finally:
+            await engine.dispose()
+
+    try:
+        count = asyncio.run(run())
+    except KeyStoreError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(ExitCode.BAD_INPUT) from None
+    out_console.print(f"{count} data key(s) re-wrapped under RETENTION_KEK_FILE's KEK")

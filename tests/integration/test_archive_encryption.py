@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import SystemClock
 from coordinator.crypto.keystore import open_keystore
-from coordinator.crypto.provider import write_kek
+from coordinator.crypto.provider import LocalKeyProvider, write_kek
 from coordinator.db import make_engine
 from coordinator.erasure.due import Regulation
 from coordinator.erasure.requests import request_parts
@@ -237,3 +237,28 @@ async def test_a_held_archived_copy_keeps_the_subjects_key(env: Env) -> None:
     code, out, err = await _archive_read(env, env.url, "user:8")
     assert code == 0, err
     assert [r["body"] for r in json.loads(out)] == [SECRET.format(n=3)]
+
+
+async def test_kek_rotation_rewraps_keys_and_leaves_the_data(env: Env, tmp_path: Path) -> None:
+    policy_set = parse_policies(POLICIES, "notes.yaml")
+    assert (await Runner(env.engine, policy_set, env.settings).run(None)).ok
+    async with env.engine.connect() as conn:
+        before = (await conn.execute(text("SELECT * FROM ae_notes_archive ORDER BY id"))).all()
+    new_kek = tmp_path / "new" / "kek.hex"
+    new_kek.parent.mkdir()
+    write_kek(new_kek)
+    rotated = Settings(database_url=env.url, keystore_url=env.keystore_url, kek_file=new_kek)
+    keys = open_keystore(rotated, env.engine)
+    try:
+        assert await keys.rewrap(LocalKeyProvider.from_file(env.kek), batch_size=1) == 2
+        assert await keys.rewrap(LocalKeyProvider.from_file(env.kek)) == 0  # resumable, done
+    finally:
+        await keys.aclose()
+    async with env.engine.connect() as conn:
+        after = (await conn.execute(text("SELECT * FROM ae_notes_archive ORDER BY id"))).all()
+    assert after == before  # the data is not touched
+
+    env.kek = new_kek
+    code, out, err = await _archive_read(env, env.url, "user:7")
+    assert code == 0, err
+    assert [r["body"] for r in json.loads(out)] == [SECRET.format(n=1), SECRET.format(n=2)]
