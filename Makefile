@@ -15,7 +15,7 @@ ENV_FILE := .cache/infra.env
 # Every target that touches Kafka or PostgreSQL reads the settings infra-up wrote.
 WITH_INFRA := set -a; source $(ENV_FILE); set +a;
 
-.PHONY: help venv lock tools infra-up infra-down infra-status lint typecheck schemas test test-unit test-faults fuzz fuzz-run demo bench bench-docs clean \
+.PHONY: help venv lock tools browser infra-up infra-down infra-status lint typecheck schemas test test-unit test-faults fuzz fuzz-run demo bench bench-docs clean \
 	docker-up docker-down images images-clean test-containers compose-check
 
 help: ## list the targets
@@ -65,6 +65,15 @@ tools: ## install promtool if missing (Debian/Ubuntu, as root or via sudo)
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get install -y --no-install-recommends prometheus >/dev/null || { \
 	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y --no-install-recommends prometheus >/dev/null; }; }
+
+# The console's browser tests (tests/console) drive Debian's chromium through Playwright's
+# executable_path: browser downloads are impossible on our machines, Debian's package is not.
+browser: ## install Debian's chromium for the console's browser tests if missing
+	@command -v chromium >/dev/null || { \
+	  command -v apt-get >/dev/null || { echo "install chromium and retry" >&2; exit 1; }; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y --no-install-recommends chromium >/dev/null || { \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y --no-install-recommends chromium >/dev/null; }; }
 
 infra-up: ## start (or reuse) Kafka 4.1.1 and PostgreSQL; write .cache/infra.env
 	$(INFRA) up
@@ -119,7 +128,7 @@ schemas: $(STAMP) ## regenerate schemas/json from the wire models
 	$(BIN)/python -m schemas.export
 
 # RETENTION_TEST_INFRA=local: the broker and server infra-up provides, never containers.
-test: $(STAMP) tools infra-up lint typecheck ## everything: venv, infra, lint, types, all tests
+test: $(STAMP) tools browser infra-up lint typecheck ## everything: venv, infra, lint, types, all tests
 	$(WITH_INFRA) RETENTION_TEST_INFRA=local $(BIN)/pytest -m "not faults_full and not containers"
 
 test-faults: $(FUZZ_STAMP) infra-up ## the full fault-injection suite (every scenario, full size) and a bounded fuzz run

@@ -36,6 +36,7 @@ __all__ = [
     "legal_hold_entities",
     "legal_holds",
     "metadata",
+    "notifications",
     "outbox",
     "policy_results",
     "runs",
@@ -431,4 +432,36 @@ data_keys = Table(
     Column("kek_id", Text, nullable=False),
     Column("wrapped", LargeBinary, nullable=False),
     _ts("created_at", nullable=False, now=True),
+)
+
+# Webhook notifications (coordinator/notify/): one row per (webhook, notification), the
+# outbox the deliverer posts from until the receiver answers 2xx. `key` names what is
+# notified (`request_completed:<id>`, `service_overdue:<service>:<day>`), so deriving the
+# same notification again inserts nothing.
+notifications = Table(
+    "retention_notifications",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("webhook", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("key", Text, nullable=False),
+    Column("payload", JSONB, nullable=False),
+    Column("status", Text, nullable=False, server_default=text("'pending'")),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    _ts("created_at", nullable=False),
+    _ts("next_attempt_at", nullable=False),
+    _ts("last_attempt_at"),
+    Column("last_error", Text),
+    _ts("delivered_at"),
+    UniqueConstraint("webhook", "key"),
+    CheckConstraint(
+        "status IN ('pending', 'delivered', 'dropped')",
+        name="ck_retention_notifications_status",
+    ),
+    # The deliverer scans only what is still to be sent.
+    Index(
+        "ix_retention_notifications_due",
+        "next_attempt_at",
+        postgresql_where=text("status = 'pending'"),
+    ),
 )

@@ -15,6 +15,7 @@ from coordinator.cli import (
     holds,
     kafka,
     keys,
+    notifications,
     policies,
     purge,
     relay,
@@ -48,6 +49,7 @@ app.command("serve")(serve.serve)
 app.add_typer(kafka.app, name="kafka")
 app.add_typer(keys.app, name="keys")
 app.add_typer(archive.app, name="archive")
+app.add_typer(notifications.app, name="notifications")
 
 
 def main() -> None:

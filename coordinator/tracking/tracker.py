@@ -82,6 +82,7 @@ class Tracker:
             interval=timedelta(seconds=settings.reminder_interval_s),
             backoff=settings.reminder_backoff,
             max_reminders=settings.max_reminders,
+            slow_interval=timedelta(seconds=settings.slow_reminder_interval_s),
         )
         self._producer: AIOKafkaProducer | None = None
         self._acks: AIOKafkaConsumer | None = None

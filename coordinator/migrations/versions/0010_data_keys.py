@@ -1,7 +1,7 @@
 """key store of wrapped data keys; crypto-shredded archive copies on erasure parts
 
-Revision ID: 0009_data_keys
-Revises: 0008_anonymize_marks
+Revision ID: 0010_data_keys
+Revises: 0009_notifications
 Create Date: 2026-12-06 05:45:00.000000
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0009_data_keys'
-down_revision = '0008_anonymize_marks'
+revision = '0010_data_keys'
+down_revision = '0009_notifications'
 branch_labels = None
 depends_on = None
 
