@@ -35,6 +35,7 @@ from sqlalchemy.dialects import postgresql
 
 from bench import data, e2e, kafka_tools, results
 from bench.seed_executor import execute_policy
+from coordinator.crypto.provider import write_kek
 from coordinator.db import make_engine
 from coordinator.kafka import admin
 from coordinator.kafka.admin import ensure_topics
@@ -157,7 +158,14 @@ def run_ours(url: str, policy_file: Path, timeout_s: float) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RETENTION_")}
     env.update(RETENTION_DATABASE_URL=url, RETENTION_HASH_SECRET="bench-only-key")  # noqa: S106
     retention = str(Path(sys.executable).with_name("retention"))
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        tempfile.TemporaryDirectory() as keys,
+    ):
+        # The archive policy seals its rows under data keys wrapped by a KEK.
+        write_kek(Path(keys) / "kek.hex")
+        env["RETENTION_KEK_FILE"] = str(Path(keys) / "kek.hex")
         start = time.perf_counter()
         proc = subprocess.Popen(
             [retention, "run", "--policies", str(policy_file), "--json"],

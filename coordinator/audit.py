@@ -64,6 +64,7 @@ class AuditAction(StrEnum):
     ERASURE_EXECUTE = "erasure.execute"
     ERASURE_COMPLETE = "erasure.complete"
     DB_PRUNE = "db.prune"
+    DATA_KEY_DESTROYED = "data_key.destroyed"
 
 
 @dataclass(frozen=True, slots=True)

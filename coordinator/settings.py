@@ -280,6 +280,18 @@ class Settings(BaseSettings):
         description="Days an erasure request under regulation `other` has (extended: twice).",
     )
 
+    kek_file: Path | None = Field(
+        default=None,
+        description="File of the local key-encryption key that wraps archive data keys "
+        "(`retention keys generate --kek --out DIR`); required by archive policies.",
+    )
+    keystore_url: SecretStr | None = Field(
+        default=None,
+        description="PostgreSQL URL of the key store of wrapped data keys. Unset: the "
+        "coordinator's own database, so its backups hold the keys too and crypto-shredding "
+        "only reaches them once they expire (docs/operations.md).",
+    )
+
     def allowed_hook_modules(self) -> tuple[str, ...]:
         return tuple(m.strip() for m in self.hook_modules.split(",") if m.strip())
 

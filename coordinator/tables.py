@@ -12,6 +12,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Table,
     Text,
@@ -27,6 +28,7 @@ __all__ = [
     "anonymize_marks",
     "anonymized",
     "audit_log",
+    "data_keys",
     "erasure_parts",
     "erasure_requests",
     "event_status",
@@ -406,6 +408,9 @@ erasure_parts = Table(
     Column("held", BigInteger, nullable=False, server_default=text("0")),
     Column("events", BigInteger, nullable=False, server_default=text("0")),
     Column("archived_copies_deleted", BigInteger, nullable=False, server_default=text("0")),
+    # Archived copies made unreadable by destroying the subject's data key (SPEC §12).
+    Column("archived_copies_shredded", BigInteger, nullable=False, server_default=text("0")),
+    Column("shredded_key_id", Uuid),
     Column("legal_basis", Text, nullable=False),
     Column("exemption_basis", Text),
     Column("detail", Text, nullable=False, server_default=text("''")),
@@ -414,6 +419,19 @@ erasure_parts = Table(
         "outcome IN ('pending', 'done', 'exempt', 'superseded', 'error')",
         name="ck_erasure_request_parts_outcome",
     ),
+)
+
+# The key store (SPEC §12): data keys, wrapped by the KEK, one per subject (or entity).
+# It may live in another database (RETENTION_KEYSTORE_URL); `retention keys init-store`
+# creates it there. Destroying a key deletes its row: nothing else holds the key.
+data_keys = Table(
+    "retention_data_keys",
+    metadata,
+    Column("scope", Text, primary_key=True),
+    Column("key_id", Uuid, nullable=False, unique=True),
+    Column("kek_id", Text, nullable=False),
+    Column("wrapped", LargeBinary, nullable=False),
+    _ts("created_at", nullable=False, now=True),
 )
 
 # Webhook notifications (coordinator/notify/): one row per (webhook, notification), the

@@ -42,6 +42,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from consumer_sdk import configure_logging
+from coordinator.crypto.provider import write_kek
 from coordinator.db import make_engine
 from coordinator.migrate import upgrade
 from coordinator.settings import Settings
@@ -108,10 +109,17 @@ class Demo:
     def tokens_file(self) -> Path:
         return WORK / f"{self.name}-tokens.yaml"
 
+    @property
+    def kek_file(self) -> Path:
+        return WORK / f"{self.name}-kek.hex"
+
     def make_tokens(self) -> None:
-        """New tokens for every demo run; the old file (and its tokens) go."""
+        """New tokens for every demo run; the old file (and its tokens) go. The archive's
+        key-encryption key is kept: it must outlive the archive it protects."""
         self.tokens_file.unlink(missing_ok=True)
         self.tokens = create_demo_tokens(self.tokens_file)
+        if not self.kek_file.exists():
+            write_kek(self.kek_file)
 
     def auth(self, name: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens[name]}"}
@@ -218,6 +226,7 @@ def start_serve(demo: Demo, policies: Path) -> Process:
         "RETENTION_POLICIES": str(policies),
         "RETENTION_HASH_SECRET": "demo-hash-secret",
         "RETENTION_API_TOKENS_FILE": str(demo.tokens_file),
+        "RETENTION_KEK_FILE": str(demo.kek_file),
         "RETENTION_SERVE_GAUGES_INTERVAL_S": "2",
         "RETENTION_SERVE_ERASURE_INTERVAL_S": "1",
         "RETENTION_TRACKER_POLL_INTERVAL_S": "0.5",

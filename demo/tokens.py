@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from coordinator.cli.keys import KEK_FILE
+from coordinator.crypto.provider import write_kek
 from coordinator.tokens import Scope, add_token, load_tokens_file, new_token
 
 __all__ = ["DEMO_TOKENS", "create_demo_tokens", "main"]
@@ -36,10 +38,14 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m demo tokens",
         description="Create the demo's API tokens (one per scope) in a new tokens file and "
-        "print them; a file that exists already is left alone.",
+        "print them, and the archive's KEK beside it; files that exist are left alone.",
     )
     parser.add_argument("file", type=Path, help="the RETENTION_API_TOKENS_FILE to create")
     path: Path = parser.parse_args(argv).file
+    # The archive's key-encryption key lives beside the tokens, made once like them.
+    kek = path.with_name(KEK_FILE)
+    if not kek.exists():
+        print(f"archive key-encryption key written to {kek} ({write_kek(kek)})")
     if path.exists():
         names = ", ".join(t.name for t in load_tokens_file(path).tokens)
         print(f"{path} exists ({names}): kept; its tokens were printed when it was made")

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from coordinator.crypto.provider import write_kek
 from coordinator.kafka.admin import ensure_topics
 from coordinator.migrate import upgrade
 from schemas import KafkaSettings
@@ -22,6 +26,11 @@ def pytest_configure(config: pytest.Config) -> None:
     except Exception:
         infra.stop_infra()
         raise
+    # Archive policies seal rows under a KEK: one for the session, unless one is given.
+    if "RETENTION_KEK_FILE" not in os.environ:
+        folder = Path(tempfile.mkdtemp(prefix="retention-kek-"))
+        write_kek(folder / "kek.hex")
+        os.environ["RETENTION_KEK_FILE"] = str(folder / "kek.hex")
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

@@ -9,10 +9,12 @@ from rich.markup import escape
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 
 from coordinator.cli import (
+    archive,
     audit,
     db,
     holds,
     kafka,
+    keys,
     notifications,
     policies,
     purge,
@@ -45,6 +47,8 @@ app.command("plan")(purge.plan)
 app.command("run")(purge.run)
 app.command("serve")(serve.serve)
 app.add_typer(kafka.app, name="kafka")
+app.add_typer(keys.app, name="keys")
+app.add_typer(archive.app, name="archive")
 app.add_typer(notifications.app, name="notifications")
 
 

@@ -207,6 +207,8 @@ async def certificate(
                     "rows",
                     "held",
                     "archived_copies_deleted",
+                    "archived_copies_shredded",
+                    "shredded_key_id",
                     "legal_basis",
                     "exemption_basis",
                     "detail",

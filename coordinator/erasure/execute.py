@@ -30,11 +30,9 @@ from sqlalchemy import (
     bindparam,
     case,
     cast,
-    delete,
     func,
     insert,
     literal,
-    not_,
     or_,
     select,
     update,
@@ -46,10 +44,12 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from coordinator.audit import AuditAction, AuditEntry, append
 from coordinator.clock import Clock
+from coordinator.crypto.keystore import KeyStore, KeyStoreError, open_keystore
 from coordinator.erasure.due import LEGAL_BASIS
 from coordinator.erasure.requests import CLOSED, ErasureRequest, Status, get_request
 from coordinator.policy.binding import BoundPolicy, bind_policies
 from coordinator.policy.model import Action, OnErasure, PolicySet
+from coordinator.purge.archive import KEY_ID, key_scope
 from coordinator.purge.batch import EventOrigin, ensure_archive_table, purge_batch
 from coordinator.purge.holds import active_hold_exists, lock_for_purge
 from coordinator.purge.planner import held_clause, time_base
@@ -64,7 +64,7 @@ from coordinator.tables import (
 )
 from schemas import EventReason
 
-__all__ = ["SUBJECT_EVENT_POLICY", "Execution", "execute_request", "precedence"]
+__all__ = ["SUBJECT_EVENT_POLICY", "Execution", "execute_request", "precedence", "typed_id"]
 
 log = structlog.get_logger(__name__)
 
@@ -91,6 +91,8 @@ class Part:
     held: int = 0
     events: int = 0
     archived_copies_deleted: int = 0
+    archived_copies_shredded: int = 0
+    shredded_key_id: uuid.UUID | None = None
     legal_basis: str = ""
     exemption_basis: str | None = None
     detail: str = ""
@@ -111,7 +113,7 @@ class Execution:
         return Status.ON_HOLD if self.holds else Status.IN_PROGRESS
 
 
-def _typed_id(column: Any, subject_id: str) -> Any | None:
+def typed_id(column: Any, subject_id: str) -> Any | None:
     """The subject id as the column's type, or None when it cannot be one (no rows)."""
     if isinstance(column.type, (Integer, BigInteger, SmallInteger)):
         try:
@@ -127,7 +129,7 @@ def _typed_id(column: Any, subject_id: str) -> Any | None:
 
 
 def _of_subject(column: Any, subject_id: str) -> ColumnElement[bool] | None:
-    value = _typed_id(column, subject_id)
+    value = typed_id(column, subject_id)
     if value is None:
         return None
     return column == bindparam(None, value, type_=column.type)  # type: ignore[no-any-return]
@@ -178,27 +180,77 @@ async def _count(conn: AsyncConnection, bound: BoundPolicy, where: ColumnElement
     )
 
 
-async def _archived_copies(
-    conn: AsyncConnection, bound: BoundPolicy, subject_id: str, now: datetime
-) -> int:
-    """Delete the subject's rows from the archive table, except held ones.
+@dataclass(frozen=True, slots=True)
+class Shredding:
+    rows: int
+    held: int
+    key_id: uuid.UUID | None
+    destroyed: bool
 
-    Until archives are encrypted, an archived copy is personal data like the original.
+
+async def _shred_archived_copies(
+    engine: AsyncEngine,
+    keys: KeyStore,
+    bound: BoundPolicy,
+    request: ErasureRequest,
+    now: datetime,
+) -> Shredding:
+    """Crypto-shred the subject's archived copies: destroy the subject's data key.
+
+    The key seals every archived row of the subject, so while any of them is held the
+    key stays and nothing is shredded. The destruction is audited once the key store
+    confirms it; a crash in between leaves the key gone, and a repeat of the request
+    finds the key id on the archived rows and records it then.
     """
     archive, subject = bound.archive, bound.subject
-    if archive is None or not bound.archive_exists or subject is None:
-        return 0
+    assert subject is not None
+    if archive is None or not bound.archive_exists:
+        return Shredding(0, 0, None, destroyed=False)
     column = archive.c[subject.column]
-    scope = _of_subject(column, subject_id)
-    if scope is None:
-        return 0
+    value = typed_id(column, request.subject_id)
+    if value is None:
+        return Shredding(0, 0, None, destroyed=False)
     held = or_(
         active_hold_exists(bound.policy.entity_type, archive.c[bound.id_column.name], now),
         active_hold_exists(subject.entity_type, column, now),
     )
-    await lock_for_purge(conn)
-    result = await conn.execute(delete(archive).where(scope, not_(held)))
-    return int(result.rowcount)
+    async with engine.connect() as conn:
+        counts = (
+            await conn.execute(
+                select(
+                    func.count(),
+                    func.count().filter(held),
+                    func.array_agg(func.distinct(archive.c[KEY_ID])),
+                ).where(column == value)
+            )
+        ).one()
+    rows, held_rows, key_ids = int(counts[0]), int(counts[1]), list(counts[2] or ())
+    if held_rows:
+        return Shredding(rows, held_rows, key_ids[0] if key_ids else None, destroyed=False)
+    scope = key_scope(bound.name, subject.entity_type, value)
+    destroyed = await keys.destroy(scope)
+    key_id = destroyed or (key_ids[0] if key_ids else None)
+    if key_id is not None:
+        async with engine.begin() as conn:
+            await append(
+                conn,
+                [
+                    AuditEntry(
+                        AuditAction.DATA_KEY_DESTROYED,
+                        "coordinator",
+                        {
+                            "key_id": key_id,
+                            "scope": scope,
+                            "request_id": request.id,
+                            "policy": bound.name,
+                            "archived_rows": rows,
+                            "already_gone": destroyed is None,
+                        },
+                    )
+                ],
+                at=now,
+            )
+    return Shredding(rows, 0, key_id, destroyed=key_id is not None)
 
 
 async def _act_on(
@@ -208,6 +260,7 @@ async def _act_on(
     run_id: uuid.UUID,
     now: datetime,
     part: Part,
+    keys: KeyStore | None,
 ) -> None:
     subject = bound.subject
     assert subject is not None
@@ -231,6 +284,7 @@ async def _act_on(
     if bound.archive is not None and not bound.archive_exists:
         async with engine.begin() as conn:
             await ensure_archive_table(conn, bound)
+    archive_held = 0
     # A run of the same policy would race for the same rows: wait for it, don't skip.
     key = func.hashtext(f"retention.policy:{bound.name}")
     async with engine.connect() as lock:
@@ -249,6 +303,7 @@ async def _act_on(
                         after=after,
                         scope=scope,
                         origin=origin,
+                        keys=keys,
                     )
                 if batch.last_scanned is None:
                     break
@@ -256,19 +311,29 @@ async def _act_on(
                 part.rows += len(batch.ids)
                 part.events += batch.events
             if bound.policy.action is Action.ARCHIVE:
-                async with engine.begin() as conn:
-                    part.archived_copies_deleted = await _archived_copies(
-                        conn, bound, request.subject_id, now
+                assert keys is not None
+                shredded = await _shred_archived_copies(engine, keys, bound, request, now)
+                part.shredded_key_id = shredded.key_id
+                if shredded.destroyed:
+                    part.archived_copies_shredded = shredded.rows
+                    part.detail = (
+                        f"archive policy: the rows were archived, and all {shredded.rows} "
+                        f"archived copies of the subject are crypto-shredded (data key "
+                        f"{shredded.key_id} destroyed)"
                     )
-                part.detail = (
-                    "archive policy: the rows were archived and the archived copies of the "
-                    "subject deleted (archives are not encrypted yet)"
-                )
+                elif shredded.held:
+                    archive_held = shredded.held
+                    part.detail = (
+                        f"archive policy: {shredded.held} archived copies of the subject are "
+                        "held, so the subject's data key is kept"
+                    )
+                else:
+                    part.detail = "archive policy: no archived copies of the subject"
         finally:
             await lock.execute(select(func.pg_advisory_unlock(key)))
     async with engine.connect() as conn:
         held = and_(scope, held_clause(bound, now))
-        part.held = await _count(conn, bound, held)
+        part.held = await _count(conn, bound, held) + archive_held
         if part.held:
             part.holds = await _hold_names(
                 conn, bound, held, (subject.entity_type, request.subject_id), now
@@ -421,32 +486,42 @@ async def _execute(
                     detail="; ".join(found),
                 )
             )
-    for table, candidates in _mapped(bound, policy_set, request.subject_type).items():
-        winner, *others = candidates
-        part = Part(
-            policy=winner.name,
-            table=table,
-            action=winner.policy.action.value,
-            legal_basis=winner.policy.legal_basis,
-        )
-        try:
-            await _act_on(engine, winner, request, run_id, now, part)
-        except Exception as exc:  # recorded, and the request stays open for a retry
-            part.outcome, part.detail = "error", type(exc).__name__
-            errors.append(f"{winner.name}: {type(exc).__name__}")
-            log.error("erasure_part_failed", request_id=str(request.id), policy=winner.name)
-        parts.append(part)
-        parts.extend(
-            Part(
-                policy=other.name,
+    keys: KeyStore | None = None
+    try:
+        for table, candidates in _mapped(bound, policy_set, request.subject_type).items():
+            winner, *others = candidates
+            part = Part(
+                policy=winner.name,
                 table=table,
-                action=other.policy.action.value,
-                outcome="superseded",
-                legal_basis=other.policy.legal_basis,
-                detail=f"table {table!r} is handled by policy {winner.name!r}",
+                action=winner.policy.action.value,
+                legal_basis=winner.policy.legal_basis,
             )
-            for other in others
-        )
+            try:
+                if winner.policy.action is Action.ARCHIVE and keys is None:
+                    keys = open_keystore(settings, engine)
+                await _act_on(engine, winner, request, run_id, now, part, keys)
+            except KeyStoreError as exc:
+                part.outcome, part.detail = "error", str(exc)
+                errors.append(f"{winner.name}: {exc}")
+            except Exception as exc:  # recorded, and the request stays open for a retry
+                part.outcome, part.detail = "error", type(exc).__name__
+                errors.append(f"{winner.name}: {type(exc).__name__}")
+                log.error("erasure_part_failed", request_id=str(request.id), policy=winner.name)
+            parts.append(part)
+            parts.extend(
+                Part(
+                    policy=other.name,
+                    table=table,
+                    action=other.policy.action.value,
+                    outcome="superseded",
+                    legal_basis=other.policy.legal_basis,
+                    detail=f"table {table!r} is handled by policy {winner.name!r}",
+                )
+                for other in others
+            )
+    finally:
+        if keys is not None:
+            await keys.aclose()
     published, subject_holds = await _publish_subject_event(engine, request, run_id, now)
     holds = sorted({*subject_holds, *(h for p in parts for h in p.holds)})
     execution = Execution(request, run_id, parts, published, holds, errors)
@@ -476,6 +551,12 @@ async def _record(engine: AsyncEngine, execution: Execution, now: datetime, by: 
                         "events": erasure_parts.c.events + new.events,
                         "archived_copies_deleted": erasure_parts.c.archived_copies_deleted
                         + new.archived_copies_deleted,
+                        "archived_copies_shredded": func.greatest(
+                            erasure_parts.c.archived_copies_shredded, new.archived_copies_shredded
+                        ),
+                        "shredded_key_id": func.coalesce(
+                            new.shredded_key_id, erasure_parts.c.shredded_key_id
+                        ),
                         "held": new.held,
                         "outcome": new.outcome,
                         "detail": new.detail,
@@ -493,6 +574,8 @@ async def _record(engine: AsyncEngine, execution: Execution, now: datetime, by: 
                         "held": p.held,
                         "events": p.events,
                         "archived_copies_deleted": p.archived_copies_deleted,
+                        "archived_copies_shredded": p.archived_copies_shredded,
+                        "shredded_key_id": p.shredded_key_id,
                         "legal_basis": p.legal_basis,
                         "exemption_basis": p.exemption_basis,
                         "detail": p.detail,

@@ -301,6 +301,8 @@ async def request_parts(conn: AsyncConnection, request_id: uuid.UUID) -> list[di
             "held": row.held,
             "events": row.events,
             "archived_copies_deleted": row.archived_copies_deleted,
+            "archived_copies_shredded": row.archived_copies_shredded,
+            "shredded_key_id": row.shredded_key_id,
             "legal_basis": row.legal_basis,
             "exemption_basis": row.exemption_basis,
             "detail": row.detail,

@@ -26,12 +26,12 @@ from coordinator.policy.model import (
     Subject,
     resolve_hook,
 )
+from coordinator.purge.archive import ARCHIVED_AT, KEY_ID, SEALED, archive_definition, clear_columns
 from coordinator.settings import Settings
 from coordinator.tables import metadata as coordinator_metadata
 
 __all__ = ["ARCHIVED_AT", "BoundPolicy", "bind_policies"]
 
-ARCHIVED_AT = "archived_at"
 _MAX_IDENTIFIER = 63  # PostgreSQL truncates longer names silently
 
 
@@ -50,21 +50,12 @@ class BoundPolicy:
     hash_key: bytes
     subject: Subject | None = None
     subject_column: Column[Any] | None = None
+    archive_clear: tuple[str, ...] = ()
+    """The archive's columns kept in clear (id, timestamp, subject id)."""
 
     @property
     def name(self) -> str:
         return self.policy.name
-
-
-def _archive_definition(table: Table) -> Table:
-    """`<table>_archive`: the same columns, no constraints or defaults, plus archived_at."""
-    columns = [Column(c.name, c.type, nullable=c.nullable) for c in table.columns]
-    return Table(
-        f"{table.name}_archive",
-        MetaData(),
-        *columns,
-        Column(ARCHIVED_AT, DateTime(timezone=True), nullable=False),
-    )
 
 
 def _is_unique(connection: Connection, table: Table, column: str) -> bool:
@@ -140,7 +131,10 @@ def _bind_one(
         except ConditionError as exc:
             issue("conditions", f"conditions: {exc}")
 
-    archive, archive_exists = None, False
+    archive, archive_exists, clear = None, False, [policy.id_column, policy.timestamp_column]
+    if subject is not None:
+        clear.append(subject.column)
+    clear = clear_columns(table, clear)
     if policy.action is Action.ARCHIVE:
         name = f"{policy.table}_archive"
         if len(name) > _MAX_IDENTIFIER:
@@ -148,11 +142,16 @@ def _bind_one(
         elif inspector.has_table(name):
             archive_exists = True
             archive = Table(name, MetaData(), autoload_with=connection)
-            missing = [c for c in [*table.c.keys(), ARCHIVED_AT] if c not in archive.c]
-            if missing:
+            if SEALED not in archive.c:
+                issue(
+                    "action",
+                    f"archive table {name!r} is a plain (unencrypted) archive; encrypting "
+                    "existing plain archives is not available yet",
+                )
+            elif missing := [c for c in [*clear, ARCHIVED_AT, KEY_ID] if c not in archive.c]:
                 issue("action", f"archive table {name!r} lacks column(s) {', '.join(missing)}")
         else:
-            archive = _archive_definition(table)
+            archive = archive_definition(table, clear)
 
     # The module was checked against the allowed ones when the file was parsed.
     hook = resolve_hook(policy.before_purge) if policy.before_purge else None
@@ -167,6 +166,7 @@ def _bind_one(
             condition=condition,
             archive=archive,
             archive_exists=archive_exists,
+            archive_clear=tuple(clear),
             hook=hook,
             hash_key=hash_key,
             subject=subject,

@@ -33,9 +33,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
 from coordinator.audit import AuditAction, AuditEntry, append
+from coordinator.crypto.keystore import KeyStore
 from coordinator.policy import anonymizers
-from coordinator.policy.binding import ARCHIVED_AT, BoundPolicy
+from coordinator.policy.binding import BoundPolicy
 from coordinator.policy.model import Action, Policy
+from coordinator.purge.archive import key_scope, store_sealed
 from coordinator.purge.holds import lock_for_purge
 from coordinator.purge.planner import Batch, batch_window, next_batch
 from coordinator.tables import anonymized, outbox
@@ -115,14 +117,8 @@ def _acted(bound: BoundPolicy, which: ColumnElement[bool], now: datetime) -> tup
             )
             return acted.returning(bound.id_column, subject).cte("acted"), []
         return acted.returning(*returned).cte("acted"), []
-    assert bound.archive is not None
-    names = list(table.c.keys())
-    moved = delete(table).where(which).returning(*table.c).cte("acted")
-    archived = insert(bound.archive).from_select(
-        [*names, ARCHIVED_AT],
-        select(*(moved.c[name] for name in names), literal(now).label(ARCHIVED_AT)),
-    )
-    return moved, [archived.cte("archived")]
+    # Archive: the whole rows come back, to be sealed in Python (coordinator.purge.archive).
+    return delete(table).where(which).returning(*table.c).cte("acted"), []
 
 
 def _ledger(policy: Policy, entity: Any, run_id: uuid.UUID, now: datetime, *, relabel: bool) -> Any:
@@ -237,6 +233,20 @@ def _with_events(
     return acted, helpers
 
 
+def _scopes(bound: BoundPolicy, rows: Sequence[Any]) -> list[str]:
+    """Whose data key seals each archived row: its subject's, else its entity's."""
+    policy, id_name = bound.policy, bound.id_column.name
+    if bound.subject is None or bound.subject_column is None:
+        return [key_scope(policy.name, policy.entity_type, row._mapping[id_name]) for row in rows]
+    subject_name, subject_type = bound.subject_column.name, bound.subject.entity_type
+    return [
+        key_scope(policy.name, subject_type, row._mapping[subject_name])
+        if row._mapping[subject_name] is not None
+        else key_scope(policy.name, policy.entity_type, row._mapping[id_name])
+        for row in rows
+    ]
+
+
 async def _act(
     conn: AsyncConnection,
     bound: BoundPolicy,
@@ -244,15 +254,33 @@ async def _act(
     run_id: uuid.UUID,
     now: datetime,
     origin: EventOrigin,
+    keys: KeyStore | None,
 ) -> None:
-    """Act on ids selected and locked before: one statement, one round trip."""
+    """Act on ids selected and locked before: one statement, one round trip (archive:
+    plus the sealed rows' insert and one key-store round trip)."""
     ids = batch.ids
     acted, helpers = _with_events(
         bound, _in_batch(bound, ids), run_id, now, relabel=batch.relabel, origin=origin
     )
-    touched = (
-        await conn.execute(select(func.count()).select_from(acted).add_cte(*helpers))
-    ).scalar_one()
+    if bound.policy.action is Action.ARCHIVE:
+        if keys is None or bound.archive is None:
+            raise RuntimeError("an archive batch needs the key store")
+        rows = (await conn.execute(select(acted).add_cte(*helpers))).all()
+        await store_sealed(
+            conn,
+            bound.archive,
+            rows,
+            id_column=bound.id_column.name,
+            clear=bound.archive_clear,
+            scopes=_scopes(bound, rows),
+            keys=keys,
+            now=now,
+        )
+        touched = len(rows)
+    else:
+        touched = (
+            await conn.execute(select(func.count()).select_from(acted).add_cte(*helpers))
+        ).scalar_one()
     if touched != len(ids):
         # The ids are locked by this transaction, so anything else is a bug: roll back.
         raise RuntimeError(f"{bound.policy.action} touched {touched} rows, expected {len(ids)}")
@@ -297,8 +325,8 @@ async def _select_and_act(
 
 def _one_pass(bound: BoundPolicy) -> bool:
     # A hook must see the ids before the purge; anonymize reads its ledger after the
-    # row locks (coordinator.purge.planner.next_batch).
-    return bound.hook is None and bound.policy.action is not Action.ANONYMIZE
+    # row locks (coordinator.purge.planner.next_batch); archive seals rows in Python.
+    return bound.hook is None and bound.policy.action is Action.DELETE
 
 
 async def purge_batch(
@@ -311,16 +339,19 @@ async def purge_batch(
     after: Any | None,
     scope: ColumnElement[bool] | None = None,
     origin: EventOrigin = RUN,
+    keys: KeyStore | None = None,
 ) -> BatchResult:
     """Purge the next batch after `after` inside the caller's transaction.
 
+    `keys` is the key store an archive policy seals its rows with.
     `scope` and `origin` make it an erasure request's batch: the subject's rows instead
     of the due ones, and events that say so (coordinator.erasure.execute).
 
     Round trips per batch: the hold lock, then either one statement that chooses the rows
     and acts on them (delete and archive without a hook), or one select-and-lock
     statement (two for anonymize: the ledger is read after the row locks), the optional
-    hook and one statement for action + archive + ledger + outbox; last the audit append.
+    hook and one statement for action + ledger + outbox (archive: then the key store,
+    once for the batch, and the sealed rows' insert); last the audit append.
     """
     policy = bound.policy
     await lock_for_purge(conn)  # before the select: see coordinator.purge.holds
@@ -348,7 +379,7 @@ async def purge_batch(
         if batch.ids:
             if bound.hook is not None:
                 await bound.hook(conn, PurgeBatch(policy, run_id, batch.ids))
-            await _act(conn, bound, batch, run_id, now, origin)
+            await _act(conn, bound, batch, run_id, now, origin, keys)
     ids = batch.ids
     if not ids:
         return BatchResult(ids, 0, batch.last_scanned, batch.contiguous)

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.audit import AuditAction, AuditEntry, append
 from coordinator.clock import Clock, SystemClock
+from coordinator.crypto.keystore import KeyStore, KeyStoreError, open_keystore
 from coordinator.db import when_reachable
 from coordinator.metrics import Metrics
 from coordinator.policy.binding import BoundPolicy, bind_policies
@@ -351,31 +352,49 @@ class Runner:
         if bound.archive is not None and not bound.archive_exists:
             async with self.engine.begin() as conn:
                 await ensure_archive_table(conn, bound)
-        after, contiguous = start, anonymize
-        while True:
-            async with self.engine.begin() as conn:
-                batch = await purge_batch(
-                    conn, bound, run_id=run_id, cutoff=plan.cutoff, now=base.now, after=after
-                )
-                contiguous = contiguous and batch.contiguous
-                if contiguous:
-                    await marks.advance(
-                        conn, bound, batch.last_scanned, cutoff=plan.cutoff, now=base.now
+        keys: KeyStore | None = None
+        if policy.action is Action.ARCHIVE:
+            try:
+                keys = open_keystore(self.settings, self.engine)
+            except KeyStoreError as exc:
+                outcome.status = "error"
+                outcome.errors.append(str(exc))
+                return
+        try:
+            after, contiguous = start, anonymize
+            while True:
+                async with self.engine.begin() as conn:
+                    batch = await purge_batch(
+                        conn,
+                        bound,
+                        run_id=run_id,
+                        cutoff=plan.cutoff,
+                        now=base.now,
+                        after=after,
+                        keys=keys,
                     )
-            if batch.last_scanned is None:
-                break
-            after = batch.last_scanned
-            outcome.processed += len(batch.ids)
-            outcome.events += batch.events
-            if progress is not None:
-                progress(policy.name, outcome.processed, plan.due)
-            # The guard counted before the run; rows that became due meanwhile wait.
-            if (
-                not force
-                and policy.max_rows_per_run is not None
-                and outcome.processed >= policy.max_rows_per_run
-            ):
-                break
+                    contiguous = contiguous and batch.contiguous
+                    if contiguous:
+                        await marks.advance(
+                            conn, bound, batch.last_scanned, cutoff=plan.cutoff, now=base.now
+                        )
+                if batch.last_scanned is None:
+                    break
+                after = batch.last_scanned
+                outcome.processed += len(batch.ids)
+                outcome.events += batch.events
+                if progress is not None:
+                    progress(policy.name, outcome.processed, plan.due)
+                # The guard counted before the run; rows that became due meanwhile wait.
+                if (
+                    not force
+                    and policy.max_rows_per_run is not None
+                    and outcome.processed >= policy.max_rows_per_run
+                ):
+                    break
+        finally:
+            if keys is not None:
+                await keys.aclose()
         if anonymize and outcome.processed:
             # The ledger grew during the run; stale statistics would turn the count
             # below (and the next plan) into nested loops over the whole ledger.

@@ -308,6 +308,8 @@ class Stack:
         """The environment of a `retention` command on this stack's database and topics."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("RETENTION_")}
         env["RETENTION_DATABASE_URL"] = self.coordinator_url
+        # The session's KEK (tests/conftest.py), for archive policies.
+        env["RETENTION_KEK_FILE"] = os.environ["RETENTION_KEK_FILE"]
         env.update(self.kafka.environ())
         env.update(extra or {})
         return env

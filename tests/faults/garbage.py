@@ -140,7 +140,14 @@ def _not_utf8(rng: random.Random, base: Document) -> bytes:
 
 def _missing_field(rng: random.Random, base: Document) -> bytes:
     optional = (
-        "schema_version", "fields", "detail", "attempt", "run_id", "reason", "request_id", "subject"
+        "schema_version",
+        "fields",
+        "detail",
+        "attempt",
+        "run_id",
+        "reason",
+        "request_id",
+        "subject",
     )
     required = [k for k in base if k not in optional]
     document = dict(base)

@@ -275,6 +275,8 @@ def _env(url: str) -> dict[str, str]:
         "RETENTION_DATABASE_URL": url,
         "RETENTION_POLICIES": str(SEED_POLICY_FILE),
         "RETENTION_HASH_SECRET": HASH_SECRET,
+        # The session's KEK (tests/conftest.py): the seed file has an archive policy.
+        "RETENTION_KEK_FILE": os.environ["RETENTION_KEK_FILE"],
     }
 
 

@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import MetaData, Table, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from consumer_sdk import ConsumerSettings, RetentionConsumer, RetentionEvent
 from coordinator.clock import FrozenClock, SystemClock
+from coordinator.crypto.keystore import open_keystore
 from coordinator.db import make_engine
 from coordinator.erasure.due import Regulation
 from coordinator.erasure.requests import (
@@ -31,6 +32,13 @@ from coordinator.metrics import Metrics
 from coordinator.migrate import upgrade
 from coordinator.outbox.relay import OutboxRelay
 from coordinator.policy.model import PolicySet, parse_policies
+from coordinator.purge.archive import (
+    CryptoShredded,
+    archive_definition,
+    clear_columns,
+    read_archived,
+    store_sealed,
+)
 from coordinator.purge.holds import (
     EntityTypes,
     IdForm,
@@ -163,20 +171,34 @@ async def _seed(engine: AsyncEngine) -> None:
                     text("INSERT INTO er_tickets VALUES (:n, :u, 'hi', :ts)"), params
                 )
                 await conn.execute(text("INSERT INTO er_invoices VALUES (:n, :u, :ts)"), params)
-        # An old ticket of user 42 archived by an earlier run: its copy goes too.
-        await conn.execute(
-            text(
-                "CREATE TABLE er_tickets_archive AS SELECT *, now() AS archived_at "
-                "FROM er_tickets WHERE false"
+    # An old ticket of user 42 archived, sealed, by an earlier run: its copy is shredded.
+    async with engine.begin() as conn:
+        tickets = await conn.run_sync(
+            lambda sync: Table("er_tickets", MetaData(), autoload_with=sync)
+        )
+        clear = clear_columns(tickets, ["id", "resolved_at", "owner_id"])
+        archive = archive_definition(tickets, clear)
+        await conn.run_sync(lambda sync: archive.create(sync))
+        archived = (
+            await conn.execute(
+                text(
+                    "SELECT * FROM (VALUES (999, 42, 'old', CAST(:ts AS timestamptz)), "
+                    "(998, 41, 'old', CAST(:ts AS timestamptz))) "
+                    "AS t(id, owner_id, body, resolved_at)"
+                ),
+                {"ts": old},
             )
-        )
-        await conn.execute(
-            text("INSERT INTO er_tickets_archive VALUES (999, 42, 'old', :ts, now())"),
-            {"ts": old},
-        )
-        await conn.execute(
-            text("INSERT INTO er_tickets_archive VALUES (998, 41, 'old', :ts, now())"),
-            {"ts": old},
+        ).all()
+        keys = open_keystore(Settings(), engine)
+        await store_sealed(
+            conn,
+            archive,
+            archived,
+            id_column="id",
+            clear=clear,
+            scopes=["tickets/user:42", "tickets/user:41"],
+            keys=keys,
+            now=now,
         )
 
 
@@ -294,7 +316,8 @@ async def test_request_erases_every_mapped_table_fans_out_and_completes(env: Env
             "[REDACTED]",
         ]
         assert await _rows(engine, "er_tickets", "owner_id", 42) == []
-        assert await _rows(engine, "er_tickets_archive", "owner_id", 42) == []
+        # The archived copies stay, sealed under a key that no longer exists.
+        assert len(await _rows(engine, "er_tickets_archive", "owner_id", 42)) == 3
         assert len(await _rows(engine, "er_invoices", "customer_id", 42)) == 2  # exempt
         # Other users untouched, held user included.
         for user in (41, HELD):
@@ -311,7 +334,22 @@ async def test_request_erases_every_mapped_table_fans_out_and_completes(env: Env
         assert parts["sessions_scrub"]["outcome"] == "superseded"  # delete wins over anonymize
         assert parts["orders"]["action"] == "anonymize"
         assert parts["orders"]["rows"] == 2
-        assert parts["tickets"]["archived_copies_deleted"] == 3  # two just archived, one older
+        # Two just archived, one older: all under user 42's data key, now destroyed.
+        assert parts["tickets"]["archived_copies_shredded"] == 3
+        assert parts["tickets"]["shredded_key_id"] is not None
+        keys = open_keystore(env.settings, engine)
+        async with engine.connect() as conn:
+            archive = await conn.run_sync(
+                lambda sync: Table("er_tickets_archive", MetaData(), autoload_with=sync)
+            )
+            with pytest.raises(CryptoShredded, match="crypto-shredded"):
+                await read_archived(
+                    conn, archive, keys, id_column="id", where=archive.c.owner_id == 42
+                )
+            bystander = await read_archived(
+                conn, archive, keys, id_column="id", where=archive.c.owner_id == 41
+            )
+        assert [(r["id"], r["body"]) for r in bystander] == [(998, "old")]
         assert parts["invoices"]["outcome"] == "exempt"
         assert parts["invoices"]["rows"] == 2
         assert parts["invoices"]["exemption_basis"].startswith("GDPR Art. 17(3)(b)")

@@ -1,0 +1,163 @@
+"""The key store: data keys kept wrapped by the KEK, apart from the data (SPEC §12).
+
+A data key exists unwrapped only in memory, for the batch or the read that needs it.
+Destroying it deletes its one wrapped copy: every value sealed under it is then
+crypto-shredded, in the data's database and in every backup of it, as soon as no backup
+of the key store older than the destruction remains.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Text, any_, bindparam, delete, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from coordinator.crypto.envelope import new_key
+from coordinator.crypto.provider import KeyProvider, LocalKeyProvider
+from coordinator.db import make_engine
+from coordinator.settings import Settings
+from coordinator.tables import data_keys
+
+__all__ = ["DataKey", "KeyStore", "KeyStoreError", "open_keystore"]
+
+
+class KeyStoreError(Exception):
+    """The key store cannot be used as configured."""
+
+
+@dataclass(frozen=True, slots=True)
+class DataKey:
+    key_id: uuid.UUID
+    key: bytes
+
+    def __repr__(self) -> str:  # never print key material
+        return f"DataKey({self.key_id})"
+
+
+class KeyStore:
+    def __init__(self, engine: AsyncEngine, provider: KeyProvider, *, owns_engine: bool) -> None:
+        self.engine = engine
+        self.provider = provider
+        self._owns_engine = owns_engine
+
+    async def aclose(self) -> None:
+        if self._owns_engine:
+            await self.engine.dispose()
+
+    async def create_schema(self) -> None:
+        async with self.engine.begin() as conn:
+            await conn.run_sync(lambda sync: data_keys.create(sync, checkfirst=True))
+
+    async def keys_for(
+        self, scopes: Collection[str], *, create: bool, now: datetime | None = None
+    ) -> dict[str, DataKey]:
+        """The data keys of `scopes`, unwrapped once each; missing ones are created
+        (wrapped once before they are stored) when `create`, else left out."""
+        wanted = sorted(set(scopes))
+        if not wanted:
+            return {}
+        async with self.engine.begin() as conn:
+            found = await self._select(conn, wanted)
+            missing = [scope for scope in wanted if scope not in found]
+            if create and missing:
+                fresh = [
+                    {
+                        "scope": scope,
+                        "key_id": uuid.uuid4(),
+                        "kek_id": self.provider.kek_id,
+                        "wrapped": self.provider.wrap(new_key()),
+                        **({"created_at": now} if now is not None else {}),
+                    }
+                    for scope in missing
+                ]
+                # Keys that exist win: a concurrent creator's key is the one data is sealed under.
+                await conn.execute(pg_insert(data_keys).on_conflict_do_nothing(), fresh)
+                found.update(await self._select(conn, missing))
+            return found
+
+    async def _select(self, conn: AsyncConnection, scopes: list[str]) -> dict[str, DataKey]:
+        rows = await conn.execute(
+            select(
+                data_keys.c.scope, data_keys.c.key_id, data_keys.c.kek_id, data_keys.c.wrapped
+            ).where(data_keys.c.scope == any_(bindparam("scopes", scopes, type_=ARRAY(Text))))
+        )
+        return {
+            row.scope: DataKey(row.key_id, self.provider.unwrap(row.wrapped, row.kek_id))
+            for row in rows
+        }
+
+    async def keys_by_id(self, key_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, DataKey]:
+        """The data keys still in the store among `key_ids`, unwrapped."""
+        if not key_ids:
+            return {}
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(data_keys.c.key_id, data_keys.c.kek_id, data_keys.c.wrapped).where(
+                    data_keys.c.key_id.in_(list(key_ids))
+                )
+            )
+            return {
+                row.key_id: DataKey(row.key_id, self.provider.unwrap(row.wrapped, row.kek_id))
+                for row in rows
+            }
+
+    async def rewrap(self, old: KeyProvider, *, batch_size: int = 1000) -> int:
+        """Re-wrap every data key wrapped under `old`'s KEK with this store's provider;
+        the data is not touched. Each batch commits: an interrupted rotation resumes."""
+        done = 0
+        while True:
+            async with self.engine.begin() as conn:
+                rows = (
+                    await conn.execute(
+                        select(data_keys.c.scope, data_keys.c.wrapped)
+                        .where(data_keys.c.kek_id == old.kek_id)
+                        .order_by(data_keys.c.scope)
+                        .limit(batch_size)
+                        .with_for_update(skip_locked=True)
+                    )
+                ).all()
+                if not rows:
+                    return done
+                for row in rows:
+                    data_key = old.unwrap(row.wrapped, old.kek_id)
+                    await conn.execute(
+                        update(data_keys)
+                        .where(data_keys.c.scope == row.scope)
+                        .values(kek_id=self.provider.kek_id, wrapped=self.provider.wrap(data_key))
+                    )
+                done += len(rows)
+
+    async def destroy(self, scope: str) -> uuid.UUID | None:
+        """Delete the scope's data key; its id, or None when there was none."""
+        async with self.engine.begin() as conn:
+            return (
+                await conn.execute(
+                    delete(data_keys)
+                    .where(data_keys.c.scope == scope)
+                    .returning(data_keys.c.key_id)
+                )
+            ).scalar_one_or_none()
+
+
+def open_keystore(settings: Settings, data_engine: AsyncEngine) -> KeyStore:
+    """The configured key store: RETENTION_KEYSTORE_URL's database, else the data's own
+    (docs/operations.md: then backups of the data also hold the keys)."""
+    if settings.kek_file is None:
+        raise KeyStoreError(
+            "archive policies need RETENTION_KEK_FILE (retention keys generate --kek --out DIR)"
+        )
+    try:
+        provider = LocalKeyProvider.from_file(settings.kek_file)
+    except (OSError, ValueError) as exc:
+        raise KeyStoreError(f"RETENTION_KEK_FILE: {type(exc).__name__}: {exc}") from None
+    if settings.keystore_url is None:
+        return KeyStore(data_engine, provider, owns_engine=False)
+    return KeyStore(
+        make_engine(settings.keystore_url.get_secret_value()), provider, owns_engine=True
+    )

@@ -1,0 +1,159 @@
+"""The encrypted archive (SPEC §12): rows sealed under their subject's data key.
+
+An archive row keeps in clear only what finds it (the id, the timestamp, the subject id,
+when it was archived and the id of the key); every other column is sealed together,
+AES-256-GCM under the data key of the row's subject (of the row's entity when the policy
+names no subject). Destroying that key crypto-shreds every archived copy at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Sequence
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Column, DateTime, LargeBinary, MetaData, Row, Table, Uuid, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from coordinator.crypto.envelope import SealError, open_sealed, seal
+from coordinator.crypto.keystore import KeyStore
+
+__all__ = [
+    "ARCHIVED_AT",
+    "KEY_ID",
+    "SEALED",
+    "ArchiveTampered",
+    "CryptoShredded",
+    "archive_definition",
+    "clear_columns",
+    "key_scope",
+    "read_archived",
+    "store_sealed",
+]
+
+ARCHIVED_AT = "archived_at"
+KEY_ID = "archive_key_id"
+SEALED = "archive_sealed"
+
+
+class CryptoShredded(Exception):
+    """The archived rows' data key was destroyed: they can never be read again."""
+
+
+class ArchiveTampered(Exception):
+    """An archived row does not open under its key: altered, or moved from another row."""
+
+
+def clear_columns(table: Table, names: Sequence[str]) -> list[str]:
+    """The finding columns kept in clear, in table order, without duplicates."""
+    return [c.name for c in table.columns if c.name in names]
+
+
+def archive_definition(table: Table, clear: Sequence[str]) -> Table:
+    """`<table>_archive`: the clear columns, archived_at, the key id and the sealed rest."""
+    return Table(
+        f"{table.name}_archive",
+        MetaData(),
+        *(Column(c, table.c[c].type, nullable=table.c[c].nullable) for c in clear),
+        Column(ARCHIVED_AT, DateTime(timezone=True), nullable=False),
+        Column(KEY_ID, Uuid, nullable=False),
+        Column(SEALED, LargeBinary, nullable=False),
+    )
+
+
+def key_scope(policy: str, entity_type: str, entity_id: Any) -> str:
+    """Whose data key: one per archive policy and subject (or entity), so that a hold on
+    one archive's rows never keeps another archive's copies readable, nor the reverse."""
+    return f"{policy}/{entity_type}:{entity_id}"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (datetime, date, time)):
+        return value.isoformat()
+    if isinstance(value, (bytes, memoryview)):
+        return {"base64": base64.b64encode(bytes(value)).decode()}
+    if isinstance(value, (Decimal, uuid.UUID, timedelta)):
+        return str(value)
+    return value
+
+
+def _associated(archive: Table, row_id: Any, key_id: uuid.UUID) -> bytes:
+    # Binds a sealed value to its archive, its row and its key.
+    return f"{archive.name}\x00{row_id}\x00{key_id}".encode()
+
+
+async def store_sealed(
+    conn: AsyncConnection,
+    archive: Table,
+    rows: Sequence[Row[Any]],
+    *,
+    id_column: str,
+    clear: Sequence[str],
+    scopes: Sequence[str],
+    keys: KeyStore,
+    now: datetime,
+) -> None:
+    """Seal `rows` (each under the key of its scope) and insert them into `archive`.
+
+    The key store is asked once per batch: one unwrap (or wrap) per distinct scope.
+    """
+    data_keys = await keys.keys_for(scopes, create=True, now=now)
+    values = []
+    for row, scope in zip(rows, scopes, strict=True):
+        mapping = row._mapping
+        data_key = data_keys[scope]
+        rest = {name: _plain(v) for name, v in mapping.items() if name not in clear}
+        plaintext = json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()
+        values.append(
+            {
+                **{name: mapping[name] for name in clear},
+                ARCHIVED_AT: now,
+                KEY_ID: data_key.key_id,
+                SEALED: seal(
+                    data_key.key,
+                    plaintext,
+                    _associated(archive, mapping[id_column], data_key.key_id),
+                ),
+            }
+        )
+    if values:
+        await conn.execute(insert(archive), values)
+
+
+async def read_archived(
+    conn: AsyncConnection,
+    archive: Table,
+    keys: KeyStore,
+    *,
+    id_column: str,
+    where: Any,
+) -> list[dict[str, Any]]:
+    """The archived rows `where` selects, opened.
+
+    Raises:
+        CryptoShredded: a row's data key is no longer in the key store.
+        ArchiveTampered: a row does not open under its key.
+    """
+    rows = (await conn.execute(select(archive).where(where).order_by(archive.c[id_column]))).all()
+    data_keys = await keys.keys_by_id({row._mapping[KEY_ID] for row in rows})
+    opened = []
+    for row in rows:
+        mapping = dict(row._mapping)
+        key_id, sealed = mapping.pop(KEY_ID), mapping.pop(SEALED)
+        data_key = data_keys.get(key_id)
+        if data_key is None:
+            raise CryptoShredded(f"archived rows are crypto-shredded: data key {key_id} destroyed")
+        try:
+            rest = json.loads(
+                open_sealed(data_key.key, sealed, _associated(archive, mapping[id_column], key_id))
+            )
+        except SealError:
+            raise ArchiveTampered(
+                f"archived row does not open under data key {key_id} (altered or moved)"
+            ) from None
+        opened.append({**mapping, **rest, KEY_ID: str(key_id)})
+    return opened

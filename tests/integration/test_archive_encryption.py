@@ -1,0 +1,264 @@
+"""The encrypted archive on the real database (SPEC §12): no plaintext in a dump of the
+data's database, readable through `retention archive read`, crypto-shredded by an erasure
+request, and a backup taken before the request useless once the key store lost the key."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coordinator.clock import SystemClock
+from coordinator.crypto.keystore import open_keystore
+from coordinator.crypto.provider import LocalKeyProvider, write_kek
+from coordinator.db import make_engine
+from coordinator.erasure.due import Regulation
+from coordinator.erasure.requests import request_parts
+from coordinator.erasure.service import Erasure
+from coordinator.metrics import Metrics
+from coordinator.migrate import upgrade
+from coordinator.policy.model import parse_policies
+from coordinator.purge.holds import create_hold, entity_types
+from coordinator.purge.runner import Runner
+from coordinator.settings import Settings
+from coordinator.tables import audit_log, data_keys
+from tests import infra
+
+POLICIES = """\
+policies:
+  - name: notes
+    table: ae_notes
+    entity_type: note
+    timestamp_column: written_at
+    retention: 30d
+    action: archive
+    legal_basis: "Service improvement"
+    subject: {entity_type: user, column: author_id}
+"""
+
+SECRET = "s3cret-note-of-alice-{n}"
+"""A value only the sealed part of an archived row holds."""
+
+
+@dataclass
+class Env:
+    url: str
+    keystore_url: str
+    kek: Path
+    policies: Path
+    engine: AsyncEngine
+    settings: Settings
+
+
+def _libpq(url: str) -> str:
+    return re.sub(r"^postgres(ql)?(\+asyncpg)?://", "postgresql://", url)
+
+
+async def _tool(*argv: str) -> bytes:
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode(errors="replace")
+    return out
+
+
+async def _archive_read(env: Env, url: str, entity: str) -> tuple[int, str, str]:
+    retention = str(Path(sys.executable).parent / "retention")
+    proc = await asyncio.create_subprocess_exec(
+        retention,
+        "archive",
+        "read",
+        "--policy",
+        "notes",
+        "--entity",
+        entity,
+        env={
+            **os.environ,
+            "RETENTION_DATABASE_URL": url,
+            "RETENTION_KEYSTORE_URL": env.keystore_url,
+            "RETENTION_KEK_FILE": str(env.kek),
+            "RETENTION_POLICIES": str(env.policies),
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+@pytest.fixture
+async def env(postgres_url: str, tmp_path: Path) -> AsyncIterator[Env]:
+    url = await infra.create_database(postgres_url, "test_archive_data")
+    keystore_url = await infra.create_database(postgres_url, "test_archive_keys")
+    await upgrade(url)
+    kek = tmp_path / "kek.hex"
+    write_kek(kek)
+    policies = tmp_path / "policies.yaml"
+    policies.write_text(POLICIES)
+    settings = Settings(database_url=url, keystore_url=keystore_url, kek_file=kek)
+    engine = make_engine(url)
+    keys = open_keystore(settings, engine)
+    await keys.create_schema()
+    await keys.aclose()
+    old = datetime.now(UTC) - timedelta(days=90)
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "CREATE TABLE ae_notes (id bigint PRIMARY KEY, author_id bigint, "
+                "body text, written_at timestamptz)"
+            )
+        )
+        for n, author in ((1, 7), (2, 7), (3, 8)):
+            await conn.execute(
+                text("INSERT INTO ae_notes VALUES (:n, :a, :b, :ts)"),
+                {"n": n, "a": author, "b": SECRET.format(n=n), "ts": old},
+            )
+    try:
+        yield Env(url, keystore_url, kek, policies, engine, settings)
+    finally:
+        await engine.dispose()
+        await infra.drop_database(url)
+        await infra.drop_database(keystore_url)
+
+
+async def test_archive_is_sealed_readable_and_shredded_even_in_an_old_backup(
+    env: Env, tmp_path: Path
+) -> None:
+    policy_set = parse_policies(POLICIES, "notes.yaml")
+    report = await Runner(env.engine, policy_set, env.settings).run(None)
+    assert report.ok, report.as_dict()
+
+    # Sealed at rest: the dump of the data's database holds no plaintext of the bodies,
+    # and no data key (they live, wrapped, in the key store's database only).
+    dump = await _tool("pg_dump", "--data-only", _libpq(env.url))
+    assert b"ae_notes_archive" in dump
+    assert b"s3cret-note" not in dump
+    async with env.engine.connect() as conn:
+        archived = (await conn.execute(text("SELECT count(*) FROM ae_notes_archive"))).scalar()
+        in_data_db = (await conn.execute(select(data_keys.c.scope))).all()
+    assert archived == 3
+    assert in_data_db == []
+
+    code, out, err = await _archive_read(env, env.url, "user:7")
+    assert code == 0, err
+    assert [(r["id"], r["body"]) for r in json.loads(out)] == [
+        (1, SECRET.format(n=1)),
+        (2, SECRET.format(n=2)),
+    ]
+
+    # The backup, taken before the request.
+    backup = tmp_path / "before.sql"
+    backup.write_bytes(await _tool("pg_dump", "--no-owner", _libpq(env.url)))
+
+    erasure = Erasure(env.engine, policy_set, env.settings, SystemClock(), Metrics())
+    request, created = await erasure.create(
+        subject="user:7",
+        regulation=Regulation.GDPR,
+        received_at=datetime.now(UTC),
+        reference="case-7",
+        by="dpo@example.com",
+    )
+    assert created
+    async with env.engine.connect() as conn:
+        (part,) = await request_parts(conn, request.id)
+        destroyed = (
+            await conn.execute(
+                select(audit_log.c.data).where(audit_log.c.action == "data_key.destroyed")
+            )
+        ).scalar_one()
+    assert part["archived_copies_shredded"] == 2
+    assert part["shredded_key_id"] is not None
+    assert destroyed["key_id"] == str(part["shredded_key_id"])
+    assert destroyed["archived_rows"] == 2
+    keystore = make_engine(env.keystore_url)
+    try:
+        async with keystore.connect() as conn:
+            left = (await conn.execute(select(data_keys.c.scope))).scalars().all()
+    finally:
+        await keystore.dispose()
+    assert left == ["notes/user:8"]
+
+    code, out, err = await _archive_read(env, env.url, "user:7")
+    assert code == 1
+    assert "crypto-shredded" in err
+    assert "s3cret" not in out + err
+
+    # The backup restored after the request: the rows are there, the key is not.
+    restored = await infra.create_database(infra.database_url(), "test_archive_restored")
+    try:
+        await _tool("psql", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(backup), _libpq(restored))
+        code, out, err = await _archive_read(env, restored, "user:7")
+        assert code == 1
+        assert "crypto-shredded" in err
+        code, out, err = await _archive_read(env, restored, "user:8")
+        assert code == 0, err
+        assert [r["body"] for r in json.loads(out)] == [SECRET.format(n=3)]
+    finally:
+        await infra.drop_database(restored)
+
+
+async def test_a_held_archived_copy_keeps_the_subjects_key(env: Env) -> None:
+    policy_set = parse_policies(POLICIES, "notes.yaml")
+    assert (await Runner(env.engine, policy_set, env.settings).run(None)).ok
+    async with env.engine.begin() as conn:
+        await create_hold(
+            conn,
+            types=await entity_types(conn, policy_set),
+            entities=["note:3"],
+            reason="Litigation hold",
+            created_by="legal",
+            now=datetime.now(UTC),
+            hold_id="case-3",
+        )
+    erasure = Erasure(env.engine, policy_set, env.settings, SystemClock(), Metrics())
+    request, _ = await erasure.create(
+        subject="user:8",
+        regulation=Regulation.GDPR,
+        received_at=datetime.now(UTC),
+        reference="case-8",
+        by="dpo@example.com",
+    )
+    async with env.engine.connect() as conn:
+        (part,) = await request_parts(conn, request.id)
+    assert part["archived_copies_shredded"] == 0
+    assert part["held"] == 1
+    code, out, err = await _archive_read(env, env.url, "user:8")
+    assert code == 0, err
+    assert [r["body"] for r in json.loads(out)] == [SECRET.format(n=3)]
+
+
+async def test_kek_rotation_rewraps_keys_and_leaves_the_data(env: Env, tmp_path: Path) -> None:
+    policy_set = parse_policies(POLICIES, "notes.yaml")
+    assert (await Runner(env.engine, policy_set, env.settings).run(None)).ok
+    async with env.engine.connect() as conn:
+        before = (await conn.execute(text("SELECT * FROM ae_notes_archive ORDER BY id"))).all()
+    new_kek = tmp_path / "new" / "kek.hex"
+    new_kek.parent.mkdir()
+    write_kek(new_kek)
+    rotated = Settings(database_url=env.url, keystore_url=env.keystore_url, kek_file=new_kek)
+    keys = open_keystore(rotated, env.engine)
+    try:
+        assert await keys.rewrap(LocalKeyProvider.from_file(env.kek), batch_size=1) == 2
+        assert await keys.rewrap(LocalKeyProvider.from_file(env.kek)) == 0  # resumable, done
+    finally:
+        await keys.aclose()
+    async with env.engine.connect() as conn:
+        after = (await conn.execute(text("SELECT * FROM ae_notes_archive ORDER BY id"))).all()
+    assert after == before  # the data is not touched
+
+    env.kek = new_kek
+    code, out, err = await _archive_read(env, env.url, "user:7")
+    assert code == 0, err
+    assert [r["body"] for r in json.loads(out)] == [SECRET.format(n=1), SECRET.format(n=2)]

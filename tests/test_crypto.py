@@ -1,0 +1,44 @@
+"""Envelope encryption: sealing, associated data, KEK wrapping, the KEK file."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from coordinator.crypto.envelope import SealError, new_key, open_sealed, seal
+from coordinator.crypto.provider import LocalKeyProvider, UnwrapError, write_kek
+
+
+def test_sealed_value_opens_only_with_its_key_and_place() -> None:
+    key = new_key()
+    sealed = seal(key, b"alice@example.org", b"t:1")
+    assert b"alice" not in sealed
+    assert open_sealed(key, sealed, b"t:1") == b"alice@example.org"
+    with pytest.raises(SealError):
+        open_sealed(key, sealed, b"t:2")  # copied onto another row
+    with pytest.raises(SealError):
+        open_sealed(new_key(), sealed, b"t:1")
+    altered = sealed[:-1] + bytes([sealed[-1] ^ 1])
+    with pytest.raises(SealError):
+        open_sealed(key, altered, b"t:1")
+
+
+def test_kek_file_wraps_and_refuses_others(tmp_path: Path) -> None:
+    path = tmp_path / "kek.hex"
+    kek_id = write_kek(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with pytest.raises(FileExistsError):
+        write_kek(path)
+    provider = LocalKeyProvider.from_file(path)
+    assert provider.kek_id == kek_id
+    data_key = new_key()
+    wrapped = provider.wrap(data_key)
+    assert data_key not in wrapped
+    assert provider.unwrap(wrapped, kek_id) == data_key
+    other = LocalKeyProvider(new_key())
+    with pytest.raises(UnwrapError):
+        other.unwrap(wrapped, kek_id)
+    with pytest.raises(UnwrapError):
+        other.unwrap(wrapped, other.kek_id)
