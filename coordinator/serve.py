@@ -280,7 +280,15 @@ class Service:
             runner=Runner(engine, self.policy_set, s, clock=self.clock, metrics=self.metrics),
             relay=self._relay(engine, actor="relay"),
             drainer=self._relay(engine, actor="scheduler"),
-            tracker=Tracker(engine, s.kafka, s.tracker, clock=self.clock, metrics=self.metrics),
+            tracker=Tracker(
+                engine,
+                s.kafka,
+                s.tracker,
+                clock=self.clock,
+                metrics=self.metrics,
+                services=self.policy_set.services,
+                signatures=s.signatures.mode,
+            ),
             scheduler=scheduler,
             server=_Server(config),
         )

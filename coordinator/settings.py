@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from coordinator.scheduler import validate_cron
 from schemas import DEFAULT_DATABASE_URL, KafkaSettings
+from schemas.signing import SignatureSettings
 
 __all__ = ["RelaySettings", "ServeSettings", "Settings", "TrackerSettings"]
 
@@ -178,6 +179,10 @@ class Settings(BaseSettings):
     serve: ServeSettings = Field(
         default_factory=ServeSettings,
         description="`retention serve` (RETENTION_SERVE_* variables).",
+    )
+    signatures: SignatureSettings = Field(
+        default_factory=SignatureSettings,
+        description="Signing key and RETENTION_SIGNATURES (SPEC §9).",
     )
 
     @field_validator("schedule")

@@ -6,7 +6,7 @@ from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 
-from coordinator.api import holds, ops, policies, runs, tracking
+from coordinator.api import holds, ops, policies, runs, services, tracking
 from coordinator.api._context import ApiContext
 
 __all__ = ["create_app"]
@@ -24,6 +24,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(runs.router)
     app.include_router(holds.router)
     app.include_router(tracking.router)
+    app.include_router(services.router)
 
     @app.exception_handler(DBAPIError)
     @app.exception_handler(OSError)

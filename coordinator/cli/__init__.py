@@ -7,7 +7,19 @@ import sys
 
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 
-from coordinator.cli import audit, db, holds, policies, purge, relay, report, serve, status
+from coordinator.cli import (
+    audit,
+    db,
+    holds,
+    keys,
+    policies,
+    purge,
+    relay,
+    report,
+    serve,
+    services,
+    status,
+)
 from coordinator.cli._app import ExitCode, app, err_console
 from schemas.logs import configure_logging
 
@@ -21,6 +33,9 @@ app.command("certificate")(status.certificate)
 app.command("relay")(relay.relay)
 app.add_typer(holds.app, name="holds")
 app.add_typer(policies.app, name="policies")
+app.add_typer(services.app, name="services")
+app.add_typer(services.acks_app, name="acks")
+app.add_typer(keys.app, name="keys")
 app.command("plan")(purge.plan)
 app.command("run")(purge.run)
 app.command("serve")(serve.serve)

@@ -64,13 +64,29 @@ def report(
 
 def _write_csv(document: dict[str, Any]) -> None:
     writer = csv.writer(sys.stdout, lineterminator="\n")
-    writer.writerow(("scope", "name", *_COLUMNS, "reason", "rejected"))
+    writer.writerow(("scope", "name", *_COLUMNS, "waived", "reason", "rejected"))
     for scope, key in (("policy", "policies"), ("service", "services")):
         for row in document[key]:
-            writer.writerow((scope, row[scope], *(_blank(row[c]) for c in _COLUMNS), "", ""))
+            writer.writerow(
+                (
+                    scope,
+                    row[scope],
+                    *(_blank(row[c]) for c in _COLUMNS),
+                    _blank(row.get("waived")),
+                    "",
+                    "",
+                )
+            )
     for row in document["rejected_acks"]:
         writer.writerow(
-            ("rejected", row["service"] or "", *("" for _ in _COLUMNS), row["reason"], row["count"])
+            (
+                "rejected",
+                row["service"] or "",
+                *("" for _ in _COLUMNS),
+                "",
+                row["reason"],
+                row["count"],
+            )
         )
 
 
@@ -80,9 +96,10 @@ def _blank(value: object) -> object:
 
 def _print_tables(document: dict[str, Any]) -> None:
     for scope, key in (("policy", "policies"), ("service", "services")):
-        table = Table(scope, *_COLUMNS, title=f"per {scope} since {document['since']}")
+        columns = (*_COLUMNS, "waived") if scope == "service" else _COLUMNS
+        table = Table(scope, *columns, title=f"per {scope} since {document['since']}")
         for row in document[key]:
-            table.add_row(row[scope], *("-" if row[c] is None else str(row[c]) for c in _COLUMNS))
+            table.add_row(row[scope], *("-" if row[c] is None else str(row[c]) for c in columns))
         out_console.print(table)
     if document["rejected_acks"]:
         table = Table("claimed service", "reason", "count", title="rejected acks")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,8 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import Clock
 from coordinator.metrics import Metrics
+from coordinator.policy.model import DeclaredService
 from coordinator.settings import TrackerSettings
-from coordinator.tracking import deadlines, ledger, registry, snapshot
+from coordinator.tracking import deadlines, drift, ledger, registry, snapshot
 from schemas import (
     KafkaSettings,
     PoisonRecord,
@@ -36,6 +38,7 @@ from schemas import (
     decode,
     encode,
 )
+from schemas.signing import SignatureMode, Verdict, Verifier, accepts, parse_public_key
 
 __all__ = ["Cycle", "Tracker"]
 
@@ -68,8 +71,22 @@ class Tracker:
         *,
         clock: Clock,
         metrics: Metrics,
+        services: Sequence[DeclaredService],
+        signatures: SignatureMode,
     ) -> None:
         self._engine = engine
+        self._services_declared = list(services)
+        self._declared: snapshot.Declared = [
+            (svc.name, entity_type, action)
+            for svc in services
+            for entity_type, action in sorted(svc.pairs())
+        ]
+        # Acks and registrations are checked against the declared keys only.
+        self._verifiers = {
+            svc.name: Verifier([parse_public_key(k) for k in svc.public_keys]) for svc in services
+        }
+        self._mode = signatures
+        self._drifting: set[str] = set()
         self._kafka = kafka
         self._settings = settings
         self._clock = clock
@@ -151,13 +168,24 @@ class Tracker:
         records: list[ServiceRegistration | registry.Retirement] = []
         for tp, messages in batches.items():
             for msg in messages:
-                if msg.value is None and msg.key is not None:
+                reason = self._registration_refused(msg)
+                if reason is not None:
+                    self._metrics.registrations_rejected.labels(reason=reason).inc()
+                    log.warning(
+                        "registration_rejected",
+                        partition=tp.partition,
+                        offset=msg.offset,
+                        reason=reason,
+                    )
+                    continue
+                if msg.value is None:
                     at = _from_ms(msg.timestamp)
                     records.append(registry.Retirement(msg.key.decode("utf-8", "replace"), at))
                     continue
                 try:
                     records.append(decode(ServiceRegistration, msg.value))
                 except PoisonRecord as exc:
+                    self._metrics.registrations_rejected.labels(reason="malformed").inc()
                     log.warning(
                         "registration_rejected",
                         partition=tp.partition,
@@ -170,6 +198,41 @@ class Tracker:
         async with self._engine.begin() as conn:
             return await registry.apply_registrations(conn, records)
 
+    def _registration_refused(self, msg: Any) -> str | None:
+        """Why a services-topic record (registration or tombstone) is ignored, if it is.
+
+        The record key names the service; the signature must be that declared service's.
+        Registrations only feed the drift view, but a forged one must not even show there.
+        """
+        if msg.key is None:
+            return "malformed"
+        verifier = self._verifiers.get(msg.key.decode("utf-8", "replace"))
+        if verifier is None:
+            return "unknown_service"
+        if not self._signature_ok(verifier, msg, self._topics.services):
+            return "bad_signature"
+        return None
+
+    def _signature_ok(self, verifier: Verifier, msg: Any, topic: str) -> bool:
+        if self._mode is SignatureMode.OFF:
+            return True
+        checked = verifier.verify(msg.key, msg.value, msg.headers or ())
+        if checked.verdict is Verdict.UNSIGNED and self._mode is SignatureMode.PERMISSIVE:
+            self._metrics.unsigned_records.labels(topic=topic).inc()
+        return accepts(self._mode, checked)
+
+    async def check_drift(self) -> dict[str, drift.Drift]:
+        """Compare registrations with the declaration; gauge every service, log new drift."""
+        async with self._engine.connect() as conn:
+            found = await drift.service_drift(conn, self._services_declared)
+        for name, state in found.items():
+            self._metrics.service_drift.labels(service=name).set(1 if state.drifting else 0)
+        drifting = {name for name, state in found.items() if state.drifting}
+        for name in sorted(drifting - self._drifting):
+            log.warning("service_drift_started", service=name, problem=found[name].problem)
+        self._drifting = drifting
+        return found
+
     # --- events and acks ---------------------------------------------------------------
 
     async def track_published(self) -> int:
@@ -179,6 +242,7 @@ class Tracker:
             async with self._engine.begin() as conn:
                 tracked = await snapshot.track_published(
                     conn,
+                    declared=self._declared,
                     now=self._clock.now(),
                     reminder_interval=self._schedule.interval,
                     limit=_HOUSEKEEPING_LIMIT,
@@ -205,7 +269,11 @@ class Tracker:
                     )
                     poison.append((msg, exc.reason))
                 else:
-                    records.append(ledger.ConsumedAck(tp.topic, tp.partition, msg.offset, ack))
+                    records.append(
+                        ledger.ConsumedAck(
+                            tp.topic, tp.partition, msg.offset, ack, refused=self._refused(ack, msg)
+                        )
+                    )
         if not records:
             return None
         try:
@@ -215,6 +283,7 @@ class Tracker:
                 outcome = await ledger.apply_acks(
                     conn,
                     records,
+                    declared=self._declared,
                     now=self._clock.now(),
                     reminder_interval=self._schedule.interval,
                 )
@@ -229,6 +298,14 @@ class Tracker:
         )
         self._count(outcome)
         return outcome
+
+    def _refused(self, ack: RetentionAck, msg: Any) -> ledger.RejectReason | None:
+        verifier = self._verifiers.get(ack.service)
+        if verifier is None:
+            return ledger.RejectReason.UNKNOWN_SERVICE
+        if not self._signature_ok(verifier, msg, self._topics.acks):
+            return ledger.RejectReason.BAD_SIGNATURE
+        return None
 
     async def _dead_letter(self, poison: list[tuple[Any, str]]) -> None:
         producer = self._producer_
@@ -327,6 +404,7 @@ class Tracker:
         """Everything but acks: registry, new publications, reminders, deadlines, gauges."""
         cycle = Cycle()
         cycle.registrations = await self.poll_registry()
+        await self.check_drift()
         cycle.tracked = await self.track_published()
         cycle.reminders = await self.send_reminders()
         cycle.overdue = await self.escalate_overdue()
