@@ -201,15 +201,15 @@ class Tracker:
     def _registration_refused(self, msg: Any) -> str | None:
         """Why a services-topic record (registration or tombstone) is ignored, if it is.
 
-        The record key names the service; the signature must be that declared service's.
-        Registrations only feed the drift view, but a forged one must not even show there.
+        The record key names the service. A declared service's record must carry its
+        signature, so nobody can make it look drifted or retired. An undeclared service has
+        no key to check: its registration is kept, since showing it as `undeclared` drift
+        is the point, and the registry decides nothing.
         """
         if msg.key is None:
             return "malformed"
         verifier = self._verifiers.get(msg.key.decode("utf-8", "replace"))
-        if verifier is None:
-            return "unknown_service"
-        if not self._signature_ok(verifier, msg, self._topics.services):
+        if verifier is not None and not self._signature_ok(verifier, msg, self._topics.services):
             return "bad_signature"
         return None
 
