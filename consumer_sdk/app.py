@@ -17,11 +17,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from consumer_sdk._internal.registry import BatchResult, HandlerRegistry
 from consumer_sdk._internal.runtime import Runtime
 from consumer_sdk._internal.transport import kafka_consumer, kafka_producer
+from consumer_sdk._internal.trust import Trust
 from consumer_sdk.exceptions import ConfigurationError
 from consumer_sdk.idempotency import IdempotencyStore, PostgresIdempotencyStore
 from consumer_sdk.metrics import ConsumerMetrics
 from consumer_sdk.settings import ConsumerSettings
 from schemas import EventType, KafkaSettings, ServiceRegistration, async_database_url, utc_now
+from schemas.signing import SignatureSettings
 
 __all__ = ["SDK_VERSION", "RetentionConsumer"]
 
@@ -60,6 +62,7 @@ class RetentionConsumer:
         idempotency: A store of your own; default a PostgreSQL table when there is a database.
         max_attempts: Default attempts per event (overrides `settings.max_attempts`).
         registry: Where metrics go; default a fresh `CollectorRegistry`.
+        signatures: Keys and `RETENTION_SIGNATURES`; default `SignatureSettings()` from env.
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class RetentionConsumer:
         idempotency: IdempotencyStore | None = None,
         max_attempts: int | None = None,
         registry: CollectorRegistry | None = None,
+        signatures: SignatureSettings | None = None,
     ) -> None:
         if not service or not service.strip() or len(service) > 255:
             raise ConfigurationError(f"service must be 1-255 characters, not {service!r}")
@@ -91,6 +95,7 @@ class RetentionConsumer:
             raise ConfigurationError("give either engine= or database_url=, not both")
         self.service = service
         self.kafka = kafka if kafka is not None else KafkaSettings()
+        self.signatures = signatures if signatures is not None else SignatureSettings()
         self.metrics = ConsumerMetrics(registry)
         self._engine = engine
         self._store = idempotency
@@ -267,6 +272,7 @@ class RetentionConsumer:
                 store=resources.store,
                 metrics=self.metrics,
                 registration=self.registration(),
+                trust=Trust.from_settings(self.service, self.signatures, self.metrics),
                 consumer=kafka_consumer(
                     self.kafka,
                     group_id=self.group_id,

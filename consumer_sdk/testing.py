@@ -31,6 +31,7 @@ from consumer_sdk._internal.dispatch import Dispatcher, dlq_headers
 from consumer_sdk._internal.executor import EventExecutor
 from consumer_sdk._internal.registry import HandlerSpec
 from consumer_sdk._internal.transport import Record
+from consumer_sdk._internal.trust import Trust
 from consumer_sdk.app import RetentionConsumer
 from consumer_sdk.context import HandlerContext
 from consumer_sdk.dlq import DlqHeader, DlqReason
@@ -165,6 +166,8 @@ class TestConsumer:
             metrics=self.app.metrics,
             executor=self._executor,
             producer=sent,
+            # In memory nothing crosses a broker: signatures have nothing to protect.
+            trust=Trust.off(self.app.service, self.app.metrics),
         )
         await dispatcher.dispatch(records)
         acks = [

@@ -238,6 +238,7 @@ class Service:
             metrics=self.metrics,
             clock=self.clock,
             actor=actor,
+            signatures=self.settings.signatures,
         )
 
     def _build(self) -> _Parts:
@@ -288,6 +289,7 @@ class Service:
                 metrics=self.metrics,
                 services=self.policy_set.services,
                 signatures=s.signatures.mode,
+                signer=s.signatures.coordinator_signer(),
             ),
             scheduler=scheduler,
             server=_Server(config),

@@ -13,6 +13,9 @@ from schemas import KafkaSettings
 from tests import infra
 
 infra.load_infra_env()
+# Everything under test signs and verifies (RETENTION_SIGNATURES defaults to required) with
+# the test keys; subprocesses get the same variables through the harnesses.
+infra.use_test_keys()
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ import structlog
 from consumer_sdk._internal.executor import Abandoned, EventExecutor, Outcome, Retry
 from consumer_sdk._internal.registry import HandlerRegistry, HandlerSpec
 from consumer_sdk._internal.transport import ProducerPort, Record
+from consumer_sdk._internal.trust import Trust
 from consumer_sdk.dlq import DlqHeader, DlqReason
 from consumer_sdk.idempotency import (
     AlreadyRecorded,
@@ -43,6 +44,10 @@ __all__ = ["Dispatched", "Dispatcher", "dlq_headers"]
 log = structlog.get_logger("consumer_sdk")
 
 _Item = tuple[Record, RetentionEvent | PoisonRecord]
+
+
+class _Unverified(PoisonRecord):
+    """A record refused for its signature: dead-lettered like poison, with its own reason."""
 
 
 def dlq_headers(
@@ -97,8 +102,10 @@ class Dispatcher:
         metrics: ConsumerMetrics,
         executor: EventExecutor,
         producer: ProducerPort,
+        trust: Trust,
     ) -> None:
         self.service = service
+        self.trust = trust
         self.topics = topics
         self.registry = registry
         self.store = store
@@ -117,6 +124,12 @@ class Dispatcher:
         """
         decoded: list[_Item] = []
         for record in records:
+            # Before anything else: an event without the coordinator's signature is never
+            # decoded for a handler, whatever it says.
+            refused = self.trust.refused(record)
+            if refused is not None:
+                decoded.append((record, _Unverified(refused, record.value)))
+                continue
             try:
                 decoded.append((record, decode(RetentionEvent, record.value)))
             except PoisonRecord as poison:
@@ -309,14 +322,18 @@ class Dispatcher:
         return spec
 
     async def _poison(self, record: Record, poison: PoisonRecord) -> Awaitable[Any]:
+        unverified = isinstance(poison, _Unverified)
         log.warning(
-            "poison record to the DLQ",
+            "record refused for its signature, to the DLQ"
+            if unverified
+            else "poison record to the DLQ",
             service=self.service,
             partition=record.partition,
             offset=record.offset,
             reason=poison.reason,
         )
-        return await self._dead_letter(record, DlqReason.POISON, poison.reason, 0)
+        reason = DlqReason.BAD_SIGNATURE if unverified else DlqReason.POISON
+        return await self._dead_letter(record, reason, poison.reason, 0)
 
     async def _emit(
         self, record: Record, event: RetentionEvent, spec: HandlerSpec, outcome: Outcome
@@ -339,7 +356,12 @@ class Dispatcher:
             partition=record.partition,
             offset=record.offset,
         )
-        sends = [await self.producer.send(self.topics.acks, encode(ack), key=ack.key.encode())]
+        key, value = ack.key.encode(), encode(ack)
+        sends = [
+            await self.producer.send(
+                self.topics.acks, value, key=key, headers=self.trust.sign(key, value)
+            )
+        ]
         if outcome.status is AckStatus.FAILED:
             sends.append(
                 await self._dead_letter(record, DlqReason.FAILED, outcome.detail, outcome.attempts)

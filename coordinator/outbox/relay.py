@@ -41,6 +41,7 @@ from coordinator.outbox.producer import (
 from coordinator.settings import RelaySettings
 from coordinator.tables import outbox
 from schemas import KafkaSettings
+from schemas.signing import SignatureSettings
 
 __all__ = ["AUDIT_ACTION", "BatchResult", "OutboxRelay", "Watchdog", "event_from_row"]
 
@@ -157,8 +158,11 @@ class OutboxRelay:
         clock: Clock | None = None,
         producer_factory: ProducerFactory | None = None,
         actor: str = "relay",
+        signatures: SignatureSettings | None = None,
     ) -> None:
         self._engine = engine
+        # Every record is signed as sent; a missing key under `required` fails here.
+        self._signer = (signatures or SignatureSettings()).coordinator_signer()
         self._topic = kafka.topics.events
         self._settings = settings if settings is not None else RelaySettings()
         self._metrics = metrics if metrics is not None else Metrics()
@@ -254,6 +258,13 @@ class OutboxRelay:
                 claim.records.append(
                     OutgoingRecord(key, value, [("event_id", str(event_id).encode())])
                 )
+            if self._signer is not None and claim.records:
+                # One Ed25519 signature per claim (a Merkle root), a proof per record.
+                signed = self._signer.sign_batch([(r.key, r.value) for r in claim.records])
+                claim.records = [
+                    OutgoingRecord(r.key, r.value, [*r.headers, *headers])
+                    for r, headers in zip(claim.records, signed, strict=True)
+                ]
             return claim
         except BaseException:
             await conn.close()

@@ -38,7 +38,14 @@ from schemas import (
     decode,
     encode,
 )
-from schemas.signing import SignatureMode, Verdict, Verifier, accepts, parse_public_key
+from schemas.signing import (
+    SignatureMode,
+    Signer,
+    Verdict,
+    Verifier,
+    accepts,
+    parse_public_key,
+)
 
 __all__ = ["Cycle", "Tracker"]
 
@@ -73,7 +80,9 @@ class Tracker:
         metrics: Metrics,
         services: Sequence[DeclaredService],
         signatures: SignatureMode,
+        signer: Signer | None,
     ) -> None:
+        self._signer = signer
         self._engine = engine
         self._services_declared = list(services)
         self._declared: snapshot.Declared = [
@@ -355,15 +364,21 @@ class Tracker:
                 due = await deadlines.due_reminders(conn, now=now, limit=_HOUSEKEEPING_LIMIT)
                 if not due:
                     return total
+                records = [(r.event.key.encode(), encode(r.event)) for r in due]
+                signed = (
+                    self._signer.sign_batch(records)
+                    if self._signer is not None
+                    else [[] for _ in records]
+                )
                 sent = await asyncio.gather(
                     *(
                         producer.send(
                             self._topics.events,
-                            value=encode(r.event),
-                            key=r.event.key.encode(),
-                            headers=[("retention-reminder", str(r.number).encode())],
+                            value=value,
+                            key=key,
+                            headers=[("retention-reminder", str(r.number).encode()), *headers],
                         )
-                        for r in due
+                        for r, (key, value), headers in zip(due, records, signed, strict=True)
                     )
                 )
                 await asyncio.gather(*sent)

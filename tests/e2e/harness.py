@@ -43,8 +43,9 @@ from coordinator.settings import RelaySettings, TrackerSettings
 from coordinator.tables import audit_log, event_status, service_registry
 from coordinator.tracking.tracker import Tracker
 from schemas import AckStatus, KafkaSettings, RetentionAck, decode
+from schemas.signing import SignatureSettings
 from services import billing, notifications, preferences, search_index
-from tests import infra
+from tests import declared, infra
 from tests.infra import ROOT
 
 __all__ = [
@@ -264,6 +265,7 @@ class Stack:
                 "RETENTION_KAFKA_TOPIC_PREFIX": self.kafka.topic_prefix,
                 "RETENTION_SERVICE_DATABASE_URL": self.services_url,
                 "RETENTION_CONSUMER_POLL_TIMEOUT_S": "0.2",
+                **infra.signing_env(),
             }
         )
         env.update(extra or {})
@@ -316,6 +318,7 @@ class Stack:
         env["RETENTION_DATABASE_URL"] = self.coordinator_url
         env["RETENTION_KAFKA_BOOTSTRAP_SERVERS"] = self.kafka.bootstrap_servers
         env["RETENTION_KAFKA_TOPIC_PREFIX"] = self.kafka.topic_prefix
+        env.update(infra.signing_env())
         env.update(extra or {})
         return env
 
@@ -426,15 +429,25 @@ async def running_tracker(
     clock: Clock | None = None,
     settings: TrackerSettings | None = None,
     metrics: Metrics | None = None,
+    services: Sequence[str] | None = None,
 ) -> AsyncIterator[Running]:
-    """`Tracker.run_forever` (registry consumer, ack ledger, reminders, deadlines)."""
+    """`Tracker.run_forever` (registry consumer, ack ledger, reminders, deadlines).
+
+    `services` are the declared ones (who must acknowledge); default the product services
+    and every service process the stack has when the tracker starts."""
     engine = stack.engine()
+    if services is None:
+        services = [*PRODUCT_SERVICES, *(p.module for p in stack.processes.values() if not p.argv)]
+    signatures = SignatureSettings()
     tracker = Tracker(
         engine,
         stack.kafka,
         settings or tracker_settings(stack),
         clock=clock or SystemClock(),
         metrics=metrics or Metrics(),
+        services=declared.declare(services),
+        signatures=signatures.mode,
+        signer=signatures.coordinator_signer(),
     )
     stop = asyncio.Event()
     task = asyncio.create_task(tracker.run_forever(stop), name="tracker")

@@ -62,6 +62,7 @@ class Env:
                 *(keys.declared(s, {"elsewhere": both}) for s in elsewhere),
             ],
             signatures=SignatureMode.REQUIRED,
+            signer=keys.signer(keys.COORDINATOR),
         )
         await self.tracker.start()
 

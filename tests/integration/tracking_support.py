@@ -184,5 +184,6 @@ def make_tracker(
         metrics=metrics,
         services=services,
         signatures=signatures,
+        signer=keys.signer(keys.COORDINATOR),
     )
     return tracker, engine, metrics
