@@ -44,6 +44,7 @@ from coordinator.migrate import upgrade
 from coordinator.settings import Settings
 from coordinator.tables import event_status, outbox, service_registry
 from coordinator.tracking import queries
+from demo import keys
 from demo.seed import POLICIES, Seeded, seed_coordinator, seed_services
 from schemas import KafkaSettings, async_database_url
 from services import billing, notifications, preferences, search_index
@@ -204,6 +205,7 @@ def start_serve(demo: Demo, policies: Path) -> Process:
         "RETENTION_API_TOKEN": TOKEN,
         "RETENTION_SERVE_GAUGES_INTERVAL_S": "2",
         "RETENTION_TRACKER_POLL_INTERVAL_S": "0.5",
+        **keys.signing_env(keys.COORDINATOR),
     }
     return start_process(demo, "serve", [retention, "serve", "--port", str(demo.port)], env)
 
@@ -213,6 +215,7 @@ def start_service(demo: Demo, name: str) -> Process:
         **common_env(demo),
         "RETENTION_SERVICE_DATABASE_URL": demo.services_url,
         "RETENTION_CONSUMER_POLL_TIMEOUT_S": "0.2",
+        **keys.signing_env(name),
     }
     return start_process(demo, name, [sys.executable, "-m", f"services.{name}"], env)
 
@@ -267,6 +270,7 @@ def label(labels: str, key: str) -> str:
 
 async def run_demo(demo: Demo) -> tuple[dict[str, Any], Seeded]:
     started = time.monotonic()
+    step(f"signing keys in {keys.ensure_keys().relative_to(ROOT)} (made once, then reused)")
     step(f"fresh databases {demo.name} and {demo.name}_services")
     await recreate_databases(demo)
     step("migrating the coordinator database")
