@@ -11,6 +11,7 @@ from consumer_sdk import ConsumerMetrics, ConsumerSettings, InMemoryIdempotencyS
 from consumer_sdk._internal.registry import HandlerRegistry
 from consumer_sdk._internal.runtime import Runtime
 from consumer_sdk._internal.transport import Partition, Record
+from consumer_sdk._internal.trust import Trust
 from schemas import (
     AckStatus,
     EventType,
@@ -128,6 +129,7 @@ async def test_failed_ack_delivery_means_no_commit_then_redelivery_without_reapp
         ),
         consumer=consumer,
         producer=producer,
+        trust=Trust.off("svc", ConsumerMetrics()),
     )
     await runtime.start()
     for _ in range(200):
@@ -189,6 +191,7 @@ async def _run(store: OutageStore, failing: Callable[[], bool]) -> tuple[list[An
         ),
         consumer=consumer,
         producer=producer,
+        trust=Trust.off("svc", ConsumerMetrics()),
     )
     await runtime.start()
     for _ in range(300):
