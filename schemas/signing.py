@@ -202,7 +202,8 @@ class Signer:
                 next_members.append(members[-1])
             level, members = next_level, next_members
         signature = self._header(ROOT_CONTEXT + level[0])
-        return [[signature, (PROOF_HEADER, bytes(p))] for p in proofs]
+        # Standard base64 like the signature: headers stay text for every tool and client.
+        return [[signature, (PROOF_HEADER, base64.b64encode(bytes(p)))] for p in proofs]
 
 
 class Verdict(StrEnum):
@@ -253,9 +254,9 @@ class Verifier:
         try:
             kid_text = kid.decode("ascii")
             signature = base64.b64decode(encoded, validate=True)
+            proof = base64.b64decode(proofs[0], validate=True) if proofs else None
         except (UnicodeDecodeError, binascii.Error):
             return Checked(Verdict.MALFORMED)
-        proof = proofs[0] if proofs else None
         if not sep or len(signature) != 64 or (proof is not None and len(proof) % 33):
             return Checked(Verdict.MALFORMED)
         public = self._keys.get(kid_text)
