@@ -70,6 +70,13 @@ class RelaySettings(BaseSettings):
     compression: Literal["lz4", "gzip", "zstd", "snappy", "none"] = Field(
         default="lz4", description="Compression of producer batches."
     )
+    signature_batch: int = Field(
+        default=128,
+        ge=1,
+        le=50_000,
+        description="Records per signed Merkle tree: one Ed25519 signature each, and a proof "
+        "of log2(n) steps in every record (docs/protocol.md).",
+    )
     publish_timeout_s: float = Field(
         default=30.0,
         gt=0,

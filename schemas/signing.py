@@ -182,28 +182,38 @@ class Signer:
             return [self.sign_record(*records[0])]
         if not records:
             return []
-        level = [_leaf(k, v) for k, v in records]
-        proofs: list[bytearray] = [bytearray() for _ in records]
-        # Which leaves sit under each node of the current level.
-        members: list[list[int]] = [[i] for i in range(len(records))]
-        while len(level) > 1:
-            next_level, next_members = [], []
-            for i in range(0, len(level) - 1, 2):
-                left, right = level[i], level[i + 1]
-                for leaf in members[i]:
-                    proofs[leaf] += bytes([_RIGHT]) + right
-                for leaf in members[i + 1]:
-                    proofs[leaf] += bytes([_LEFT]) + left
-                next_level.append(_node(left, right))
-                next_members.append(members[i] + members[i + 1])
-            if len(level) % 2:
-                # The odd one out moves up unchanged; its leaves get no step here.
-                next_level.append(level[-1])
-                next_members.append(members[-1])
-            level, members = next_level, next_members
-        signature = self._header(ROOT_CONTEXT + level[0])
+        levels = [[_leaf(k, v) for k, v in records]]
+        while len(levels[-1]) > 1:
+            below = levels[-1]
+            above = [_node(below[i], below[i + 1]) for i in range(0, len(below) - 1, 2)]
+            if len(below) % 2:
+                # The odd one out moves up unchanged (and gets no step at this level).
+                above.append(below[-1])
+            levels.append(above)
+        # Each node as a proof step, once: side byte + hash, for when it is a left or a
+        # right sibling. A proof is then one join per record.
+        steps = [
+            ([bytes([_LEFT]) + h for h in level], [bytes([_RIGHT]) + h for h in level])
+            for level in levels[:-1]
+        ]
+        # From the root down, each node's proof is its own step plus its parent's proof:
+        # two operations per node, instead of one per leaf and level.
+        proofs = [b""]
+        for (as_left, as_right), level in zip(reversed(steps), reversed(levels[:-1]), strict=True):
+            size, above = len(level), proofs
+            proofs = []
+            for j in range(size):
+                sibling = j ^ 1
+                if sibling >= size:
+                    proofs.append(above[j // 2])
+                elif sibling < j:
+                    proofs.append(as_left[sibling] + above[j // 2])
+                else:
+                    proofs.append(as_right[sibling] + above[j // 2])
+        root = levels[-1][0]
+        signature = self._header(ROOT_CONTEXT + root)
         # Standard base64 like the signature: headers stay text for every tool and client.
-        return [[signature, (PROOF_HEADER, base64.b64encode(bytes(p)))] for p in proofs]
+        return [[signature, (PROOF_HEADER, base64.b64encode(p))] for p in proofs]
 
 
 class Verdict(StrEnum):

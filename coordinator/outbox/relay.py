@@ -258,17 +258,27 @@ class OutboxRelay:
                 claim.records.append(
                     OutgoingRecord(key, value, [("event_id", str(event_id).encode())])
                 )
-            if self._signer is not None and claim.records:
-                # One Ed25519 signature per claim (a Merkle root), a proof per record.
-                signed = self._signer.sign_batch([(r.key, r.value) for r in claim.records])
-                claim.records = [
-                    OutgoingRecord(r.key, r.value, [*r.headers, *headers])
-                    for r, headers in zip(claim.records, signed, strict=True)
-                ]
+            if self._signer is not None:
+                self._sign(claim)
             return claim
         except BaseException:
             await conn.close()
             raise
+
+    def _sign(self, claim: _Claim) -> None:
+        """One Ed25519 signature per `signature_batch` records (a Merkle root), a proof in
+        each: smaller trees keep the proof header short, larger ones sign less often."""
+        assert self._signer is not None
+        size, records = self._settings.signature_batch, claim.records
+        signed: list[OutgoingRecord] = []
+        for start in range(0, len(records), size):
+            chunk = records[start : start + size]
+            headers = self._signer.sign_batch([(r.key, r.value) for r in chunk])
+            signed.extend(
+                OutgoingRecord(r.key, r.value, [*r.headers, *h])
+                for r, h in zip(chunk, headers, strict=True)
+            )
+        claim.records = signed
 
     async def _enqueue(self, producer: EventProducer, claim: _Claim) -> None:
         """Hand every record to the producer without waiting for acknowledgements."""
