@@ -9,12 +9,14 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterable
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from coordinator.policy.model import DeclaredService
 from tests import keys
+from tests.infra import ROOT
 
-__all__ = ["declare", "handles_of", "services_block"]
+__all__ = ["declare", "handles_of", "key_file", "services_block"]
 
 _MODULES = {
     "crm": "tests.e2e.crm_service",
@@ -49,9 +51,16 @@ def handles_of(module: str) -> tuple[str, dict[str, list[str]]]:
 
 
 def declare(names: Iterable[str]) -> list[DeclaredService]:
-    """Declared services for these service names or modules (test service key)."""
+    """Declared services for these service names or modules, each with its own test key
+    (`tests.keys.private_key(service)`; service processes get it from `key_file`)."""
     found = dict(handles_of(module_of(name)) for name in names)
-    return [keys.declared(service, handles) for service, handles in found.items()]
+    return [keys.declared(service, handles, key=service) for service, handles in found.items()]
+
+
+def key_file(module: str) -> Path:
+    """The private key file of the service `module` builds (written on first use)."""
+    service, _ = handles_of(module_of(module))
+    return keys.write_key_files(ROOT / ".cache" / "test-keys", service)[service]
 
 
 def services_block(names: Iterable[str]) -> list[dict[str, Any]]:

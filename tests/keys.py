@@ -7,6 +7,7 @@ TEST KEYS ONLY. Anyone can derive them from this file; nothing real may trust th
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -65,14 +66,21 @@ def write_key_files(folder: Path, *names: str) -> dict[str, Path]:
     for name in names:
         key = private_key(name)
         path = folder / f"{name}.key"
-        path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
         )
-        path.chmod(0o600)
-        (folder / f"{name}.pub").write_text(public_key(name) + "\n", encoding="ascii")
+        # Whole files only: parallel test processes write the same keys.
+        _replace(path, pem, 0o600)
+        _replace(folder / f"{name}.pub", (public_key(name) + "\n").encode(), 0o644)
         paths[name] = path
     return paths
+
+
+def _replace(path: Path, data: bytes, mode: int) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.replace(temporary, path)

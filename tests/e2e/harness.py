@@ -276,10 +276,13 @@ class Stack:
     ) -> ServiceProcess:
         if name in self.processes:
             raise ValueError(f"service {name} already added")
+        module = module or f"services.{name}"
+        # Each service signs with its own key, the one `running_tracker` declares for it.
+        own_key = {"RETENTION_SERVICE_SIGNING_KEY_FILE": str(declared.key_file(module))}
         process = ServiceProcess(
             name=name,
-            module=module or f"services.{name}",
-            env=self.service_env(env),
+            module=module,
+            env=self.service_env({**own_key, **(env or {})}),
             log_path=self.log_dir / f"{name}.log",
         )
         self.processes[name] = process
