@@ -39,6 +39,7 @@ from coordinator.kafka_admin import ensure_topics
 from coordinator.metrics import Metrics
 from coordinator.migrate import upgrade
 from coordinator.outbox.relay import OutboxRelay
+from coordinator.policy.model import DeclaredService
 from coordinator.settings import RelaySettings, TrackerSettings
 from coordinator.tables import audit_log, event_status, service_registry
 from coordinator.tracking.tracker import Tracker
@@ -432,23 +433,29 @@ async def running_tracker(
     clock: Clock | None = None,
     settings: TrackerSettings | None = None,
     metrics: Metrics | None = None,
-    services: Sequence[str] | None = None,
+    services: Sequence[str | DeclaredService] | None = None,
+    signatures: SignatureSettings | None = None,
 ) -> AsyncIterator[Running]:
     """`Tracker.run_forever` (registry consumer, ack ledger, reminders, deadlines).
 
-    `services` are the declared ones (who must acknowledge); default the product services
-    and every service process the stack has when the tracker starts."""
+    `services` are the declared ones (who must acknowledge): names or modules of service
+    processes, or declarations; default the product services and every service process
+    the stack has when the tracker starts. `signatures`: default from the environment."""
     engine = stack.engine()
     if services is None:
         services = [*PRODUCT_SERVICES, *(p.module for p in stack.processes.values() if not p.argv)]
-    signatures = SignatureSettings()
+    declarations = [
+        *declared.declare(s for s in services if isinstance(s, str)),
+        *(s for s in services if isinstance(s, DeclaredService)),
+    ]
+    signatures = signatures or SignatureSettings()
     tracker = Tracker(
         engine,
         stack.kafka,
         settings or tracker_settings(stack),
         clock=clock or SystemClock(),
         metrics=metrics or Metrics(),
-        services=declared.declare(services),
+        services=declarations,
         signatures=signatures.mode,
         signer=signatures.coordinator_signer(),
     )
