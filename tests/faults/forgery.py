@@ -35,6 +35,7 @@ from schemas import (
     RetentionAck,
     RetentionEvent,
     ServiceRegistration,
+    decode,
     encode,
 )
 from schemas.signing import SIGNATURE_HEADER, Signer
@@ -211,13 +212,16 @@ async def inject_forgeries(
     return Counter(KINDS[k] for k in kinds), {a for a, _ in fakes}
 
 
-async def replay_genuine_acks(stack: Stack, rng: random.Random, n: int) -> int:
+async def replay_genuine_acks(
+    stack: Stack, rng: random.Random, n: int, fakes: set[RetentionAck]
+) -> int:
     """Re-send `n` of the services' own ack records verbatim (headers included): each is
     a duplicate of an ack already applied, so nothing may change."""
     genuine = [
         m
         for m in await _read(stack.kafka, stack.kafka.topics.acks, at_least=n)
         if any(k == SIGNATURE_HEADER for k, _ in m.headers or ())  # type: ignore[attr-defined]
+        and decode(RetentionAck, m.value) not in fakes  # type: ignore[attr-defined]
     ]
     chosen = rng.sample(genuine, min(n, len(genuine)))
     await _produce(

@@ -59,10 +59,10 @@ async def forged_scenario(
         held = sorted(world.held(USERS_POLICY))
         events = await forge_events(stack, rng, held)
         # In bursts between the services' own acks, which are still arriving.
-        want, _ = await inject_forgeries(stack, rng, forged)
+        want, fakes = await inject_forgeries(stack, rng, forged)
         await settle(stack, world, timeout_s=120, alive=alive)
         await wait_for_rejections(stack, want, alive)
-        replayed = await replay_genuine_acks(stack, rng, forged // 10)
+        replayed = await replay_genuine_acks(stack, rng, forged // 10, fakes)
         await settle(stack, world, timeout_s=60, alive=alive)
     assert await forgery_problems(stack, registry, want) == []
     assert await forged_event_problems(stack, events, PRODUCT_SERVICES) == []
