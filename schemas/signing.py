@@ -26,7 +26,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
@@ -351,6 +351,12 @@ class SignatureSettings(BaseSettings):
         ),
         description="A service's private key: it signs the service's acks and registration.",
     )
+
+    @field_validator("signing_key_file", "service_signing_key_file", mode="before")
+    @classmethod
+    def _unset(cls, value: object) -> object:
+        # An empty variable (compose's `KEY: ""`) means no key, not the current folder.
+        return None if value == "" else value
 
     def coordinator_signer(self) -> Signer | None:
         """None when signing is off; an error when it is on and the key is missing."""
