@@ -1,6 +1,6 @@
 # One image for the coordinator CLI (`retention ...`), the example services
 # (`python -m services.<name>`, search_index included: the `faust` extra) and the demo
-# seeding (`python -m demo seed`, demo/policies.yaml); docker-compose.yml runs it with
+# seeding and tokens (`python -m demo seed|tokens`, demo/policies.yaml); docker-compose.yml runs it with
 # different commands.
 FROM python:3.11-slim
 
@@ -17,7 +17,9 @@ COPY schemas ./schemas
 COPY coordinator ./coordinator
 COPY consumer_sdk ./consumer_sdk
 COPY services ./services
-RUN pip install ".[faust]" && useradd --system --uid 10001 --no-create-home retention
+# /var/lib/retention: the API tokens file's volume (docker-compose.yml), writable by the user.
+RUN pip install ".[faust]" && useradd --system --uid 10001 --no-create-home retention \
+    && install -d -o retention -m 0700 /var/lib/retention
 
 COPY demo ./demo
 

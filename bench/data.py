@@ -22,7 +22,9 @@ from sqlalchemy import text
 
 from coordinator.db import make_engine
 from coordinator.migrate import upgrade
-from coordinator.purge.holds import create_hold
+from coordinator.policy.model import load_policies
+from coordinator.purge.holds import create_hold, entity_types
+from demo.seed import POLICIES as DEMO_POLICIES
 from demo.seed_data import SEED_POLICIES, create_seed_tables
 from tests import infra
 
@@ -156,7 +158,12 @@ async def build_template(rows: int, label: str) -> tuple[str, Layout]:
                 for n in range(1, layout.held + 1)
             ]
             await create_hold(
-                conn, entities=entities, reason="bench", created_by="bench", now=layout.now
+                conn,
+                entities=entities,
+                types=await entity_types(conn, load_policies(DEMO_POLICIES)),
+                reason="bench",
+                created_by="bench",
+                now=layout.now,
             )
             # The article's hold: one row, record ids as a JSON blob of strings per table.
             await conn.execute(

@@ -49,7 +49,7 @@ from bench.seed_executor import check_ids, in_params
 from coordinator.clock import SystemClock
 from coordinator.db import make_engine
 from coordinator.policy.model import parse_policies
-from coordinator.purge.holds import create_hold
+from coordinator.purge.holds import create_hold, entity_types
 from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
 from coordinator.tables import event_status, outbox
@@ -127,6 +127,7 @@ async def _prepare(stack: Stack, users: Users) -> None:
                 )
             await create_hold(
                 conn,
+                types=await entity_types(conn, parse_policies(POLICY)),
                 entities=[f"user:{u}" for u in users.held],
                 reason="bench",
                 created_by="bench",

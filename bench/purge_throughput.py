@@ -22,7 +22,7 @@ from coordinator.clock import FrozenClock
 from coordinator.db import make_engine
 from coordinator.migrate import upgrade
 from coordinator.policy.model import parse_policies
-from coordinator.purge.holds import create_hold
+from coordinator.purge.holds import create_hold, entity_types
 from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
 from tests import infra
@@ -90,6 +90,9 @@ async def _reset(url: str, rows: int, held: float) -> None:
         if step:
             await create_hold(
                 conn,
+                types=await entity_types(
+                    conn, parse_policies(POLICY.format(action="delete", fan_out="false", extra=""))
+                ),
                 entities=[f"row:{i}" for i in range(1, rows + 1, step)],
                 reason="bench",
                 created_by="bench",

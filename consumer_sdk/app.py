@@ -22,7 +22,14 @@ from consumer_sdk.exceptions import ConfigurationError
 from consumer_sdk.idempotency import IdempotencyStore, PostgresIdempotencyStore
 from consumer_sdk.metrics import ConsumerMetrics
 from consumer_sdk.settings import ConsumerSettings
-from schemas import EventType, KafkaSettings, ServiceRegistration, async_database_url, utc_now
+from schemas import (
+    EventType,
+    KafkaSettings,
+    ServiceRegistration,
+    async_database_url,
+    service_group,
+    utc_now,
+)
 from schemas.signing import SignatureSettings
 
 __all__ = ["SDK_VERSION", "RetentionConsumer"]
@@ -94,7 +101,8 @@ class RetentionConsumer:
         if engine is not None and self.settings.database_url is not None:
             raise ConfigurationError("give either engine= or database_url=, not both")
         self.service = service
-        self.kafka = kafka if kafka is not None else KafkaSettings()
+        # Each service's own client id, so broker logs and quotas tell services apart.
+        self.kafka = (kafka if kafka is not None else KafkaSettings()).for_client(service)
         self.signatures = signatures if signatures is not None else SignatureSettings()
         self.metrics = ConsumerMetrics(registry)
         self._engine = engine
@@ -113,7 +121,7 @@ class RetentionConsumer:
 
     @property
     def group_id(self) -> str:
-        return self.settings.group_id or f"retention.{self.service}"
+        return self.settings.group_id or service_group(self.service)
 
     def on_delete(
         self,

@@ -57,19 +57,15 @@ def faust_app_settings(kafka: KafkaSettings) -> dict[str, Any]:
     No topic declaration (the coordinator creates the topics; brokers may forbid
     auto-creation), no leader topic, no web server, and no tables (so no changelog
     topics and none of Faust's table-recovery paths); its data directory under the
-    system's temporary directory. PLAINTEXT only: give an app on
-    TLS/SASL its `broker_credentials` yourself.
+    system's temporary directory. TLS and SASL come from the same settings as every other
+    client of ours, as Faust's `broker_credentials`.
     """
-    if kafka.security_protocol != "PLAINTEXT":
-        raise ConfigurationError(
-            f"faust_app_settings supports PLAINTEXT brokers, not {kafka.security_protocol}; "
-            "configure the faust.App's broker_credentials yourself"
-        )
     return {
+        **_credentials(kafka),
         "broker": ";".join(
             f"kafka://{server}" for server in sorted(_servers(kafka.bootstrap_servers))
         ),
-        "broker_client_id": kafka.client_id,
+        "broker_client_id": kafka.effective_client_id,
         "consumer_auto_offset_reset": "earliest",
         "topic_allow_declare": False,
         "topic_disable_leader": True,
@@ -82,6 +78,23 @@ def faust_app_settings(kafka: KafkaSettings) -> dict[str, Any]:
         # for the dead member to leave the group. 10 s is aiokafka's, the core SDK's.
         "broker_session_timeout": 10.0,
     }
+
+
+def _credentials(kafka: KafkaSettings) -> dict[str, Any]:
+    context = kafka.ssl_context()
+    if kafka.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+        password = kafka.sasl_password
+        return {
+            "broker_credentials": faust.SASLCredentials(
+                username=kafka.sasl_username,
+                password=password.get_secret_value() if password is not None else None,
+                ssl_context=context,
+                mechanism=kafka.sasl_mechanism,
+            )
+        }
+    if context is not None:
+        return {"broker_credentials": faust.SSLCredentials(context)}
+    return {}
 
 
 def _servers(bootstrap: str) -> set[str]:

@@ -35,6 +35,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.api import ApiContext, RunInProgress, create_app
+from coordinator.api.health import KafkaHealth
 from coordinator.clock import Clock, SystemClock
 from coordinator.db import make_engine
 from coordinator.kafka_admin import ensure_topics
@@ -45,6 +46,7 @@ from coordinator.purge import run_log
 from coordinator.purge.runner import Runner, RunReport
 from coordinator.scheduler import Schedule, Scheduler
 from coordinator.settings import Settings
+from coordinator.tokens import TokenStore
 from coordinator.tracking.tracker import Tracker
 
 __all__ = ["GLOBAL_SCHEDULE", "RunInProgress", "Service", "ServiceFailed", "schedules_for"]
@@ -92,6 +94,7 @@ class _Parts:
     tracker: Tracker
     scheduler: Scheduler
     server: _Server
+    kafka_health: KafkaHealth
 
 
 class Service:
@@ -115,6 +118,10 @@ class Service:
         # Host and pid: replicas on one host (tests, the demo) stay distinguishable.
         self.node = node or f"{socket.gethostname()}:{os.getpid()}"
         self.schedules = schedules_for(policy_set, settings.schedule)
+        # Read now: a tokens file that is set but broken stops the service at start.
+        self.tokens = (
+            TokenStore(settings.api_tokens_file) if settings.api_tokens_file is not None else None
+        )
         for policy in policy_set.policies:
             days = policy.retention.total_seconds() / 86400
             self.metrics.policy_retention.labels(policy.name).set(days)
@@ -141,12 +148,15 @@ class Service:
         trigger: str,
         force: bool = False,
         run_id: uuid.UUID | None = None,
+        actor: str | None = None,
     ) -> RunReport:
         parts = self._require_parts()
         # One run at a time in this process: a triggered run waits for a scheduled one
         # rather than racing it over the same rows.
         async with self._run_lock:
-            report = await parts.runner.run(names, trigger=trigger, force=force, run_id=run_id)
+            report = await parts.runner.run(
+                names, trigger=trigger, force=force, run_id=run_id, actor=actor
+            )
         log.info("run_finished", trigger=trigger, run_id=str(report.run_id), ok=report.ok)
         await self._refresh_last_successes(parts.engine)
         try:
@@ -158,8 +168,8 @@ class Service:
             log.warning("run_drain_timed_out", run_id=str(report.run_id))
         return report
 
-    async def trigger_run(self, policies: list[str] | None, force: bool) -> uuid.UUID:
-        """Start a run now (HTTP `POST /v1/runs`); returns its id at once.
+    async def trigger_run(self, policies: list[str] | None, force: bool, actor: str) -> uuid.UUID:
+        """Start a run now (HTTP `POST /v1/runs`) for `actor`; returns its id at once.
 
         Raises:
             RunInProgress: the previous triggered run has not finished.
@@ -171,7 +181,7 @@ class Service:
         names = parts.runner.select(policies)
         run_id = uuid.uuid4()
         self._triggered = asyncio.create_task(
-            self._run_and_drain(names, trigger="api", force=force, run_id=run_id),
+            self._run_and_drain(names, trigger="api", force=force, run_id=run_id, actor=actor),
             name=f"run-{run_id}",
         )
         self._triggered.add_done_callback(_log_failure)
@@ -253,13 +263,14 @@ class Service:
             tick_seconds=s.serve.tick_s,
             node=self.node,
         )
+        kafka_health = KafkaHealth(s.kafka)
         api = create_app(
             ApiContext(
                 engine=engine,
-                kafka=s.kafka,
+                kafka_health=kafka_health,
                 registry=self.metrics.registry,
                 clock=self.clock,
-                api_token=s.api_token,
+                tokens=self.tokens,
                 health_timeout_s=s.serve.health_timeout_s,
                 policy_set=self.policy_set,
                 global_schedule=s.schedule,
@@ -293,6 +304,7 @@ class Service:
             ),
             scheduler=scheduler,
             server=_Server(config),
+            kafka_health=kafka_health,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -397,6 +409,7 @@ class Service:
             await asyncio.gather(*late, return_exceptions=True)
         for relay in (parts.relay, parts.drainer):
             await relay.close()
+        await parts.kafka_health.close()
         await parts.engine.dispose()
         log.info("serve_stopped")
 

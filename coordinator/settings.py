@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from coordinator.scheduler import validate_cron
 from schemas import DEFAULT_DATABASE_URL, KafkaSettings
 from schemas.signing import SignatureSettings
 
-__all__ = ["RelaySettings", "ServeSettings", "Settings", "TrackerSettings"]
+__all__ = ["COORDINATOR_CLIENT_ID", "RelaySettings", "ServeSettings", "Settings", "TrackerSettings"]
+
+COORDINATOR_CLIENT_ID = "retention-coordinator"
+"""Kafka client id of the relay, the tracker and the admin client unless
+`RETENTION_KAFKA_CLIENT_ID` names another."""
 
 
 class TrackerSettings(BaseSettings):
@@ -175,8 +179,10 @@ class Settings(BaseSettings):
         description="Completion tracker (RETENTION_TRACKER_* variables).",
     )
     http_port: int = Field(default=8080, ge=1, le=65535, description="Port of `retention serve`.")
-    api_token: SecretStr | None = Field(
-        default=None, description="Bearer token that HTTP write routes require."
+    api_tokens_file: Path | None = Field(
+        default=None,
+        description="YAML file of the HTTP API's named, scoped tokens (SHA-256 hashes; "
+        "`retention tokens create`). Without it every /v1 route answers 503.",
     )
     schedule: str = Field(
         default="0 3 * * *",
@@ -196,3 +202,8 @@ class Settings(BaseSettings):
     @classmethod
     def _valid_cron(cls, value: str) -> str:
         return validate_cron(value)
+
+    @model_validator(mode="after")
+    def _coordinator_client_id(self) -> Self:
+        self.kafka = self.kafka.for_client(COORDINATOR_CLIENT_ID)
+        return self

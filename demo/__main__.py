@@ -1,6 +1,7 @@
-"""`python -m demo` runs the whole demo (demo/run.py); `python -m demo seed` only seeds.
+"""`python -m demo` runs the whole demo (demo/run.py); `python -m demo seed` only seeds;
+`python -m demo tokens FILE` only creates the demo's API tokens.
 
-The seeding path imports no test-only dependencies, so the Docker image can run it.
+Seeding and tokens import no test-only dependencies, so the Docker image can run them.
 """
 
 import sys
@@ -9,6 +10,10 @@ if sys.argv[1:2] == ["seed"]:
     from demo.seed import main as seed_main
 
     raise SystemExit(seed_main(sys.argv[2:]))
+if sys.argv[1:2] == ["tokens"]:
+    from demo.tokens import main as tokens_main
+
+    raise SystemExit(tokens_main(sys.argv[2:]))
 
 from demo.run import main
 

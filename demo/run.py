@@ -46,13 +46,13 @@ from coordinator.tables import event_status, outbox, service_registry
 from coordinator.tracking import queries
 from demo import keys
 from demo.seed import POLICIES, Seeded, seed_coordinator, seed_services
+from demo.tokens import DEMO_TOKENS, create_demo_tokens
 from schemas import KafkaSettings, async_database_url
 from services import billing, notifications, preferences, search_index
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".cache" / "demo"
 SERVICES = ("notifications", "preferences", "billing", "search_index")
-TOKEN = "demo-token"  # noqa: S105 - a demo-only token, printed for the user
 SPEC_METRICS = (
     "retention_records_processed_total",
     "retention_records_held_total",
@@ -100,6 +100,19 @@ class Demo:
     name: str = "retention_demo"
     run_tag: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     processes: list[Process] = field(default_factory=list)
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def tokens_file(self) -> Path:
+        return WORK / f"{self.name}-tokens.yaml"
+
+    def make_tokens(self) -> None:
+        """New tokens for every demo run; the old file (and its tokens) go."""
+        self.tokens_file.unlink(missing_ok=True)
+        self.tokens = create_demo_tokens(self.tokens_file)
+
+    def auth(self, name: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[name]}"}
 
     @property
     def database_url(self) -> str:
@@ -202,7 +215,7 @@ def start_serve(demo: Demo, policies: Path) -> Process:
         "RETENTION_DATABASE_URL": demo.database_url,
         "RETENTION_POLICIES": str(policies),
         "RETENTION_HASH_SECRET": "demo-hash-secret",
-        "RETENTION_API_TOKEN": TOKEN,
+        "RETENTION_API_TOKENS_FILE": str(demo.tokens_file),
         "RETENTION_SERVE_GAUGES_INTERVAL_S": "2",
         "RETENTION_TRACKER_POLL_INTERVAL_S": "0.5",
         **keys.signing_env(keys.COORDINATOR),
@@ -287,9 +300,13 @@ async def run_demo(demo: Demo) -> tuple[dict[str, Any], Seeded]:
             f"under legal hold; services: " + ", ".join(f"{k} {v}" for k, v in service_rows.items())
         )
 
+        step(f"API tokens (retention tokens create) in {demo.tokens_file}")
+        demo.make_tokens()
         step(f"starting retention serve on {demo.api} (topics {demo.kafka.topic_prefix}.*)")
         start_serve(demo, POLICIES)
-        async with httpx.AsyncClient(base_url=demo.api, timeout=10) as client:
+        async with httpx.AsyncClient(
+            base_url=demo.api, timeout=10, headers=demo.auth("demo-reader")
+        ) as client:
 
             async def healthy() -> bool:
                 return (await client.get("/healthz")).status_code == 200
@@ -320,7 +337,7 @@ async def run_demo(demo: Demo) -> tuple[dict[str, Any], Seeded]:
             before = samples(await metrics_text(client), "retention_oldest_unprocessed_days")
 
             step("triggering a run: POST /v1/runs")
-            accepted = await client.post("/v1/runs", headers={"Authorization": f"Bearer {TOKEN}"})
+            accepted = await client.post("/v1/runs", headers=demo.auth("demo-writer"))
             if accepted.status_code != 202:
                 raise DemoFailed(f"POST /v1/runs answered {accepted.status_code}: {accepted.text}")
             status_url = accepted.json()["status_url"]
@@ -493,7 +510,9 @@ def print_summary(demo: Demo, summary: dict[str, Any], seeded: Seeded) -> None:
     out.print(f"metrics      {demo.api}/metrics")
     out.print(f"health       {demo.api}/healthz")
     out.print(f"runs         {demo.api}/v1/runs   holds {demo.api}/v1/holds")
-    out.print(f"write token  {TOKEN}  (Authorization: Bearer {TOKEN})")
+    out.print(f"tokens       {demo.tokens_file} (hashes); send one as Authorization: Bearer …")
+    for name, scope in DEMO_TOKENS:
+        out.print(f"  {scope.value:<6} {name:<12} {demo.tokens[name]}", highlight=False)
     out.print(f"logs         {WORK}/*.log")
 
 

@@ -22,7 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from consumer_sdk import configure_logging
 from coordinator.db import make_engine
-from coordinator.purge.holds import create_hold
+from coordinator.policy.model import load_policies
+from coordinator.purge.holds import create_hold, entity_types
 from coordinator.settings import Settings
 from demo.keys import ensure_keys
 from demo.seed_data import create_seed_tables, populate, seed_metadata
@@ -65,8 +66,10 @@ async def seed_coordinator(engine: AsyncEngine, scale: int) -> tuple[Seeded, dic
             if u["closed_at"] and u["closed_at"] < now - timedelta(days=30)
         ]
         held_users = [f"user:{u}" for u in due_users[: max(1, scale // 20)]]
+        types = await entity_types(conn, load_policies(POLICIES))
         await create_hold(
             conn,
+            types=types,
             entities=data.holds,
             reason="Litigation hold, case 2026-117 (demo)",
             created_by="legal@example.com",
@@ -75,6 +78,7 @@ async def seed_coordinator(engine: AsyncEngine, scale: int) -> tuple[Seeded, dic
         )
         await create_hold(
             conn,
+            types=types,
             entities=held_users,
             reason="Data subject dispute (demo)",
             created_by="dpo@example.com",

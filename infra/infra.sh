@@ -4,6 +4,16 @@
 #
 #   infra/infra.sh up | down | status | env-file
 #   infra/infra.sh kafka-start | kafka-stop [--kill]     (used by the fault tests)
+#   infra/infra.sh secure-start DIR [SERVICE...] | secure-stop DIR [--kill]
+#
+# `secure-start` runs a second, private broker from the same jars with TLS, SCRAM users
+# and ACL enforcement (infra/kafka/secure.properties) in DIR, for the transport-security
+# test; see docs/security.md. It never touches the broker `up` starts or reuses.
+#   infra/infra.sh secure-start DIR [SERVICE...] | secure-stop DIR
+#
+# `secure-start` runs a second, private broker from the same jars with TLS, SCRAM and
+# ACLs (infra/kafka/secure.properties) in DIR, for the transport-security test; see
+# docs/security.md. It never touches the broker `up` starts or reuses.
 #
 # Settings already in the environment win: RETENTION_KAFKA_BOOTSTRAP_SERVERS or
 # KAFKA_BOOTSTRAP_SERVERS, RETENTION_DATABASE_URL or DATABASE_URL. Then, a broker or
@@ -22,6 +32,12 @@ KAFKA_LOG="$KAFKA_HOME/broker.log"
 KAFKA_VERSION=4.1.1
 KAFKA_PORT=${INFRA_KAFKA_PORT:-19092}
 KAFKA_CONTROLLER_PORT=${INFRA_KAFKA_CONTROLLER_PORT:-19093}
+# What kafka_wait_ready asks, and with which client settings (the secured broker's differ).
+KAFKA_PROBE_PORT=$KAFKA_PORT
+KAFKA_PROBE_ARGS=()
+# Appended to server.properties (a later key wins), and extra `kafka-storage format` args.
+KAFKA_OVERLAYS=()
+KAFKA_FORMAT_ARGS=()
 # A broker restarted over many test topics (~15,000 partitions after a day of test runs)
 # needs 90 s and more on a busy 2-core machine just to load its logs.
 KAFKA_START_TIMEOUT=${INFRA_KAFKA_START_TIMEOUT:-300}
@@ -72,8 +88,8 @@ kafka_wait_ready() {
   done
   # The log line comes before the listener serves metadata to clients: ask it like a client.
   until java $(java_opts) -cp "$KAFKA_LIB/*" org.apache.kafka.tools.TopicCommand \
-      --bootstrap-server "127.0.0.1:$KAFKA_PORT" --list >/dev/null 2>&1; do
-    ((SECONDS < deadline)) || die "Kafka does not answer an admin client on 127.0.0.1:$KAFKA_PORT"
+      --bootstrap-server "127.0.0.1:$KAFKA_PROBE_PORT" "${KAFKA_PROBE_ARGS[@]}" --list >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || die "Kafka does not answer an admin client on 127.0.0.1:$KAFKA_PROBE_PORT"
     sleep 1
   done
 }
@@ -102,15 +118,25 @@ kafka_start() {
   port_open "$KAFKA_CONTROLLER_PORT" && die "port $KAFKA_CONTROLLER_PORT is taken by another process: \
 set INFRA_KAFKA_PORT / INFRA_KAFKA_CONTROLLER_PORT to free ports"
   warn_ephemeral "$KAFKA_PORT"; warn_ephemeral "$KAFKA_CONTROLLER_PORT"
+  kafka_launch
+}
+
+# Writes server.properties (template + overlays), formats the storage once, starts the
+# broker in the background and waits until it answers.
+kafka_launch() {
   kafka_fetch
   mkdir -p "$KAFKA_DATA"
-  sed -e "s#@DATA_DIR@#$KAFKA_DATA#" -e "s#@PORT@#$KAFKA_PORT#g" \
-    -e "s#@CONTROLLER_PORT@#$KAFKA_CONTROLLER_PORT#g" \
-    "$ROOT/infra/kafka/server.properties" > "$KAFKA_HOME/server.properties"
+  local template
+  for template in "$ROOT/infra/kafka/server.properties" "${KAFKA_OVERLAYS[@]}"; do
+    sed -e "s#@DATA_DIR@#$KAFKA_DATA#" -e "s#@PORT@#$KAFKA_PORT#g" \
+      -e "s#@CONTROLLER_PORT@#$KAFKA_CONTROLLER_PORT#g" \
+      -e "s#@TLS_PORT@#${SECURE_TLS_PORT:-}#g" -e "s#@SECURE_DIR@#${SECURE_DIR:-}#g" "$template"
+  done > "$KAFKA_HOME/server.properties"
   if [[ ! -f "$KAFKA_DATA/meta.properties" ]]; then
     # --standalone goes with controller.quorum.bootstrap.servers (dynamic quorum).
     java $(java_opts) -cp "$KAFKA_LIB/*" kafka.tools.StorageTool format --standalone \
-      -t "$CLUSTER_ID" -c "$KAFKA_HOME/server.properties" >&2 || die "kafka storage format failed"
+      -t "$CLUSTER_ID" -c "$KAFKA_HOME/server.properties" "${KAFKA_FORMAT_ARGS[@]}" >&2 \
+      || die "kafka storage format failed"
   fi
   local started=$SECONDS
   : > "$KAFKA_LOG"
@@ -132,6 +158,129 @@ kafka_stop() {
   for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
   kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
   rm -f "$KAFKA_PID"
+}
+
+# ---------------------------------------------------------------- secured Kafka
+# A private broker in DIR: its own certificates, users, data, pid and log, on its own ports.
+SECURE_PORT=${INFRA_SECURE_PORT:-19192}
+SECURE_TLS_PORT=${INFRA_SECURE_TLS_PORT:-19193}
+SECURE_CONTROLLER_PORT=${INFRA_SECURE_CONTROLLER_PORT:-19194}
+SECURE_CERT_DAYS=30
+
+secure_use() {
+  SECURE_DIR=$1
+  KAFKA_HOME=$SECURE_DIR KAFKA_DATA=$SECURE_DIR/data
+  KAFKA_PID=$SECURE_DIR/broker.pid KAFKA_LOG=$SECURE_DIR/broker.log
+  KAFKA_PORT=$SECURE_PORT KAFKA_CONTROLLER_PORT=$SECURE_CONTROLLER_PORT
+  KAFKA_PROBE_PORT=$SECURE_TLS_PORT
+  KAFKA_PROBE_ARGS=(--command-config "$SECURE_DIR/admin.properties")
+  KAFKA_OVERLAYS=("$ROOT/infra/kafka/secure.properties")
+}
+
+# A CA, and keys and certificates it signs for the broker (server and inter-broker client)
+# and the admin tool; EC P-256, so generating them takes milliseconds.
+secure_certs() {
+  local dir=$SECURE_DIR name
+  command -v openssl >/dev/null || die "openssl not found: install it (Debian: openssl)"
+  [[ -f "$dir/ca.pem" ]] && return
+  (
+    umask 077
+    openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+      -keyout "$dir/ca.key" -out "$dir/ca.pem" -days "$SECURE_CERT_DAYS" \
+      -subj "/CN=retention-fanout test CA" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
+    for name in broker admin; do
+      openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout "$dir/$name.key" -out "$dir/$name.csr" -subj "/CN=$name"
+      printf '%s\n' "basicConstraints=critical,CA:FALSE" \
+        "keyUsage=critical,digitalSignature,keyEncipherment" \
+        "extendedKeyUsage=serverAuth,clientAuth" \
+        "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+        "subjectKeyIdentifier=hash" "authorityKeyIdentifier=keyid,issuer" > "$dir/$name.ext"
+      openssl x509 -req -in "$dir/$name.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
+        -set_serial "0x$(openssl rand -hex 8)" -days "$SECURE_CERT_DAYS" \
+        -extfile "$dir/$name.ext" -out "$dir/$name.pem"
+      rm -f "$dir/$name.csr" "$dir/$name.ext"
+    done
+    # Kafka's PEM key store: the PKCS#8 key, then the certificate chain.
+    cat "$dir/broker.key" "$dir/broker.pem" > "$dir/broker.keystore.pem"
+    cat "$dir/admin.key" "$dir/admin.pem" > "$dir/admin.keystore.pem"
+  ) 2> "$dir/openssl.log" || { cat "$dir/openssl.log" >&2; die "openssl could not make the certificates"; }
+}
+
+# Client settings per principal: `<user>.env` (RETENTION_KAFKA_* for our clients, SCRAM
+# over SASL_SSL) and `admin.env` / `admin.properties` (mutual TLS, a super user).
+secure_client_files() {
+  local dir=$SECURE_DIR user password
+  cat > "$dir/admin.env" <<EOF
+RETENTION_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$SECURE_TLS_PORT
+RETENTION_KAFKA_SECURITY_PROTOCOL=SSL
+RETENTION_KAFKA_SSL_CAFILE=$dir/ca.pem
+RETENTION_KAFKA_SSL_CERTFILE=$dir/admin.pem
+RETENTION_KAFKA_SSL_KEYFILE=$dir/admin.key
+EOF
+  cat > "$dir/admin.properties" <<EOF
+security.protocol=SSL
+ssl.truststore.type=PEM
+ssl.truststore.location=$dir/ca.pem
+ssl.keystore.type=PEM
+ssl.keystore.location=$dir/admin.keystore.pem
+EOF
+  for user in "$@"; do
+    password=$(openssl rand -hex 16)
+    (umask 077; cat > "$dir/$user.env" <<EOF
+RETENTION_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$SECURE_PORT
+RETENTION_KAFKA_SECURITY_PROTOCOL=SASL_SSL
+RETENTION_KAFKA_SASL_MECHANISM=SCRAM-SHA-512
+RETENTION_KAFKA_SASL_USERNAME=$user
+RETENTION_KAFKA_SASL_PASSWORD=$password
+RETENTION_KAFKA_SSL_CAFILE=$dir/ca.pem
+EOF
+    )
+    KAFKA_FORMAT_ARGS+=(--add-scram "SCRAM-SHA-512=[name=$user,password=$password]")
+  done
+}
+
+# The ACLs of coordinator/kafka_acls.py (one list for docs, operators and this broker),
+# created by the project's own CLI as the admin principal; they live in the cluster metadata.
+secure_acls() {
+  local retention=${INFRA_RETENTION:-$ROOT/.venv/bin/retention} args=() name
+  [[ -x "$retention" ]] || die "$retention not found: run make venv (it creates the ACLs)"
+  for name in "$@"; do args+=(--service "$name"); done
+  (
+    for name in $(compgen -e | grep '^RETENTION_KAFKA_' || true); do unset "$name"; done
+    set -a; source "$SECURE_DIR/admin.env"; set +a
+    "$retention" kafka acls --apply "${args[@]}"
+  ) || die "creating the ACLs failed"
+  touch "$SECURE_DIR/.acls"
+}
+
+secure_start() {
+  local dir=${1:-}
+  [[ -n "$dir" ]] || die "usage: $0 secure-start DIR [SERVICE...]"
+  shift
+  mkdir -p "$dir"; dir=$(cd "$dir" && pwd)
+  secure_use "$dir"
+  if kafka_running; then log "secured Kafka already running in $dir (pid $(cat "$KAFKA_PID"))"; return; fi
+  local port
+  for port in "$SECURE_PORT" "$SECURE_TLS_PORT" "$SECURE_CONTROLLER_PORT"; do
+    port_open "$port" && die "port $port is taken: set INFRA_SECURE_PORT / INFRA_SECURE_TLS_PORT / INFRA_SECURE_CONTROLLER_PORT to free ports"
+  done
+  secure_certs
+  if [[ ! -f "$KAFKA_DATA/meta.properties" ]]; then
+    # Users exist from the format on: SCRAM credentials are cluster metadata.
+    secure_client_files coordinator "$@"
+  fi
+  kafka_launch
+  [[ -f "$SECURE_DIR/.acls" ]] || secure_acls "$@"
+  log "secured Kafka: SASL_SSL 127.0.0.1:$SECURE_PORT, mutual TLS 127.0.0.1:$SECURE_TLS_PORT; client settings in $dir/*.env"
+}
+
+secure_stop() {
+  local dir=${1:-}
+  [[ -n "$dir" && -d "$dir" ]] || die "usage: $0 secure-stop DIR [--kill]"
+  secure_use "$(cd "$dir" && pwd)"
+  kafka_stop "${2:-}"
 }
 
 # ---------------------------------------------------------------- PostgreSQL
@@ -267,5 +416,7 @@ case "${1:-}" in
   kafka-start) kafka_start ;;
   kafka-fetch) kafka_fetch ;;
   kafka-stop) shift; kafka_stop "${1:-}" ;;
-  *) echo "usage: $0 up|down|status|versions|kafka-start|kafka-stop [--kill]|kafka-fetch" >&2; exit 2 ;;
+  secure-start) shift; secure_start "$@" ;;
+  secure-stop) shift; secure_stop "$@" ;;
+  *) echo "usage: $0 up|down|status|versions|kafka-start|kafka-stop [--kill]|kafka-fetch|secure-start DIR [SERVICE...]|secure-stop DIR [--kill]" >&2; exit 2 ;;
 esac

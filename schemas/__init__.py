@@ -21,7 +21,7 @@ from schemas.models import (
     ServiceRegistration,
     utc_now,
 )
-from schemas.topics import DEFAULT_PREFIX, Topics
+from schemas.topics import DEFAULT_PREFIX, Topics, service_group
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
@@ -44,5 +44,6 @@ __all__ = [
     "decode",
     "encode",
     "is_disconnect",
+    "service_group",
     "utc_now",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_PREFIX", "Topics"]
+__all__ = ["DEFAULT_PREFIX", "Topics", "service_group"]
 
 DEFAULT_PREFIX = "data.retention"
 
@@ -33,3 +33,9 @@ class Topics:
 
     def all(self) -> tuple[str, str, str, str]:
         return (self.events, self.acks, self.services, self.dlq)
+
+
+def service_group(service: str) -> str:
+    """The consumer group a service reads the events topic in, unless it configures another
+    (`RETENTION_CONSUMER_GROUP_ID`); a Faust app's id is its group."""
+    return f"retention.{service}"

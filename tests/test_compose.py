@@ -22,10 +22,12 @@ from consumer_sdk import ConsumerSettings
 from coordinator.cli import app as cli_app
 from coordinator.policy.model import load_policies
 from coordinator.settings import RelaySettings, ServeSettings, Settings, TrackerSettings
+from coordinator.tokens import load_tokens_file
 from demo import keys as demo_keys
 from demo.seed import POLICIES as DEMO_POLICIES
 from demo.seed import users
 from demo.seed_data import seed_metadata
+from demo.tokens import main as tokens_main
 from schemas import DEFAULT_DATABASE_URL, KafkaSettings, async_database_url
 from schemas.signing import SignatureSettings
 from tests.declared import handles_of
@@ -119,7 +121,7 @@ def test_settings_variables_are_derived_from_the_models() -> None:
         "RETENTION_CONSUMER_MAX_ATTEMPTS",
         "RETENTION_SERVE_HOST",
         "RETENTION_POLICIES",
-        "RETENTION_API_TOKEN",
+        "RETENTION_API_TOKENS_FILE",
         "RETENTION_HTTP_PORT",
     } <= known
     # Nested models are read through their own prefixes, not as RETENTION_KAFKA etc.
@@ -178,13 +180,14 @@ def _serve_settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
     return Settings()
 
 
-def test_serve_listens_on_all_interfaces_with_a_token(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_serve_listens_on_all_interfaces_with_a_tokens_file(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     settings = _serve_settings(monkeypatch)
     serve = _services()["serve"]
     assert serve["command"] == ["retention", "serve"]
     assert settings.serve.host == "0.0.0.0"  # noqa: S104 - a container's published port
-    assert settings.api_token is not None
-    assert settings.api_token.get_secret_value()
+    assert settings.api_tokens_file is not None
     assert settings.hash_secret.get_secret_value()  # purchase_records hashes customer_name
     assert f"127.0.0.1:{settings.http_port}:{settings.http_port}" in serve["ports"]
     # The healthcheck asks this port's /healthz; urlopen raises (exit 1) on a 503.
@@ -262,12 +265,13 @@ def test_app_commands_exist() -> None:
     assert services["seed"]["command"] == ["python", "-m", "demo", "seed"]
 
 
-def test_the_seed_command_runs_without_test_dependencies() -> None:
-    # The image installs `.[faust]`, not `.[test]`: `python -m demo seed` must not import
-    # the full demo (httpx) or anything test-only.
+@pytest.mark.parametrize("command", ["seed", "tokens"])
+def test_the_one_shot_demo_commands_run_without_test_dependencies(command: str) -> None:
+    # The image installs `.[faust]`, not `.[test]`: `python -m demo seed|tokens` must not
+    # import the full demo (httpx) or anything test-only.
     probe = (
         "import runpy, sys\n"
-        "sys.argv = ['demo', 'seed', '--help']\n"
+        f"sys.argv = ['demo', '{command}', '--help']\n"
         "try:\n"
         "    runpy.run_module('demo', run_name='__main__')\n"
         "except SystemExit as exit:\n"
@@ -279,7 +283,7 @@ def test_the_seed_command_runs_without_test_dependencies() -> None:
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
-    assert "python -m demo seed" in result.stdout
+    assert f"python -m demo {command}" in result.stdout
     assert result.stdout.strip().endswith("[]"), result.stdout
 
 
@@ -293,6 +297,7 @@ def test_start_order_waits_for_health() -> None:
     assert waits_for("seed") == {"migrate": "service_completed_successfully"}
     assert waits_for("serve") == {
         "seed": "service_completed_successfully",
+        "tokens": "service_completed_successfully",
         "kafka": "service_healthy",
     }
     for name in EXAMPLE_SERVICES:
@@ -301,13 +306,47 @@ def test_start_order_waits_for_health() -> None:
     assert waits_for("grafana") == {"prometheus": "service_started"}
     for name in ("kafka", "postgres", "serve"):
         assert "healthcheck" in services[name], name
-    for name in ("migrate", "seed"):
+    for name in ("migrate", "seed", "tokens"):
         assert services[name]["restart"] == "no", name
     assert {services[n]["build"] for n in APP_SERVICES} == {"."}
     assert "relay" not in services  # `retention serve` runs the relay
     # `docker compose up` starts everything but the observability profile.
     assert {n for n, s in services.items() if "profiles" in s} == set(OBSERVABILITY)
     assert all(services[n]["profiles"] == ["observability"] for n in OBSERVABILITY)
+
+
+def test_tokens_are_made_once_into_a_volume_only_serve_reads(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    services, settings = _services(), _serve_settings(monkeypatch)
+    tokens = services["tokens"]
+    assert tokens["command"][:4] == ["python", "-m", "demo", "tokens"]
+    assert tokens["build"] == "."
+    assert "environment" not in tokens  # no database, no Kafka: only the file
+    written = PurePosixPath(tokens["command"][4])
+    assert written == PurePosixPath(str(settings.api_tokens_file))
+    [made] = tokens["volumes"]
+    [read] = services["serve"]["volumes"]
+    volume, directory = made.split(":")
+    assert read == f"{volume}:{directory}:ro"
+    assert volume in load_compose()["volumes"]  # type: ignore[operator]
+    assert written.parent == PurePosixPath(directory)
+    # The image makes the mount point the service user's, so the volume starts writable.
+    assert f"install -d -o retention -m 0700 {directory}" in (ROOT / "Dockerfile").read_text()
+    # Every other service sees neither the volume nor the file.
+    for name, service in services.items():
+        if name not in ("tokens", "serve"):
+            assert volume not in str(service.get("volumes", [])), name
+    # What the command writes is a tokens file `serve` loads, with one token per scope.
+    path = tmp_path / written.name
+    assert tokens_main([str(path)]) == 0
+    assert {(t.name, t.scope.value) for t in load_tokens_file(path).tokens} == {
+        ("demo-reader", "read"),
+        ("demo-writer", "write"),
+        ("demo-admin", "admin"),
+    }
+    assert tokens_main([str(path)]) == 0  # a later `up` keeps the file
+    assert len(load_tokens_file(path).tokens) == 3
 
 
 def _mounts(name: str) -> dict[str, Path]:

@@ -9,12 +9,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from prometheus_client import CollectorRegistry
-from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from coordinator.api.health import KafkaHealth
 from coordinator.clock import Clock
 from coordinator.policy.model import PolicySet
-from schemas import KafkaSettings
+from coordinator.tokens import TokenStore
 
 __all__ = [
     "ApiContext",
@@ -31,17 +31,19 @@ class RunInProgress(RuntimeError):
     """A run triggered over HTTP is still going (the API answers 409)."""
 
 
-RunTrigger = Callable[[list[str] | None, bool], Awaitable[uuid.UUID]]
-"""Starts a run of these policies (None: all), forced or not; returns its id at once."""
+RunTrigger = Callable[[list[str] | None, bool, str], Awaitable[uuid.UUID]]
+"""Starts a run of these policies (None: all), forced or not, for an actor; returns its id."""
 
 
 @dataclass(frozen=True, slots=True)
 class ApiContext:
+    """What the routes use; the owner closes `kafka_health` when it stops serving."""
+
     engine: AsyncEngine
-    kafka: KafkaSettings
+    kafka_health: KafkaHealth
     registry: CollectorRegistry
     clock: Clock
-    api_token: SecretStr | None
+    tokens: TokenStore | None
     policy_set: PolicySet
     global_schedule: str
     health_timeout_s: float = 2.0

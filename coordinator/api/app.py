@@ -1,30 +1,37 @@
-"""The FastAPI application of `retention serve` (SPEC §7)."""
+"""The FastAPI application of `retention serve` (SPEC §7, access per §10)."""
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request, status
+from fastapi import Depends, FastAPI, Request, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 
 from coordinator.api import holds, ops, policies, runs, services, tracking
 from coordinator.api._context import ApiContext
+from coordinator.api.auth import ACCESS_RESPONSES, require_read
+from coordinator.api.limits import BodyLimit
 
 __all__ = ["create_app"]
+
+# Every router under /v1: each of its routes needs at least a `read` token.
+V1_ROUTERS = (policies.router, runs.router, holds.router, tracking.router, services.router)
 
 
 def create_app(ctx: ApiContext) -> FastAPI:
     app = FastAPI(
         title="retention-fanout",
         summary="Retention policies, runs, legal holds and per-service completion.",
+        description="Every `/v1` route needs a bearer token of scope `read` or more; writes "
+        "need `write`. The token's name is the actor recorded for every write: fields such "
+        "as `created_by` or `by` are ignored. `/healthz` and `/metrics` are open and reveal "
+        "no entity ids, hold reasons or error texts. Request bodies over 1 MiB get 413.",
         version="1",
     )
     app.state.context = ctx
     app.include_router(ops.router)
-    app.include_router(policies.router)
-    app.include_router(runs.router)
-    app.include_router(holds.router)
-    app.include_router(tracking.router)
-    app.include_router(services.router)
+    for router in V1_ROUTERS:
+        app.include_router(router, dependencies=[Depends(require_read)], responses=ACCESS_RESPONSES)
+    app.add_middleware(BodyLimit)
 
     @app.exception_handler(DBAPIError)
     @app.exception_handler(OSError)

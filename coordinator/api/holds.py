@@ -1,13 +1,13 @@
-"""Legal holds: list and read for anyone, create and release with the bearer token."""
+"""Legal holds: list and read with a `read` token, create and release with `write`."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
+from fastapi import APIRouter, HTTPException, Path, Query, status
 
 from coordinator.api._context import Connection, Context
-from coordinator.api.auth import require_token
+from coordinator.api.auth import Writer
 from coordinator.api.models import HoldCreate, HoldView
 from coordinator.purge import holds
 
@@ -15,10 +15,6 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/holds", tags=["legal holds"])
 
-_WRITE: dict[int | str, dict[str, Any]] = {
-    401: {"description": "missing or wrong bearer token"},
-    503: {"description": "writes disabled: RETENTION_API_TOKEN is not set"},
-}
 HoldId = Annotated[str, Path(min_length=1, max_length=200)]
 
 
@@ -60,18 +56,26 @@ async def get_hold(ctx: Context, conn: Connection, hold_id: HoldId) -> HoldView:
     "",
     response_model=HoldView,
     status_code=status.HTTP_201_CREATED,
-    dependencies=[Depends(require_token)],
-    responses={**_WRITE, 409: {"description": "a hold with this id exists"}},
+    responses={
+        409: {"description": "a hold with this id exists"},
+        422: {"description": "an unknown entity type or an id its column cannot hold"},
+    },
 )
-async def create_hold(ctx: Context, body: HoldCreate) -> HoldView:
-    """Put entities under a legal hold: no policy touches them until it is released."""
+async def create_hold(ctx: Context, actor: Writer, body: HoldCreate) -> HoldView:
+    """Put entities under a legal hold: no policy touches them until it is released.
+
+    Each entity's type must be one the policies purge, and its id a value that type's id
+    column can hold; ids are stored in the column's text form (`order:042` holds order
+    42). The hold's `created_by` is the token's name; a `created_by` in the body is ignored.
+    """
     try:
         async with ctx.engine.begin() as conn:
             hold = await holds.create_hold(
                 conn,
                 entities=body.entities,
+                types=await holds.entity_types(conn, ctx.policy_set),
                 reason=body.reason,
-                created_by=body.created_by,
+                created_by=actor.name,
                 now=ctx.clock.now(),
                 expires_at=body.expires_at,
                 hold_id=body.id,
@@ -84,22 +88,31 @@ async def create_hold(ctx: Context, body: HoldCreate) -> HoldView:
 @router.delete(
     "/{hold_id}",
     response_model=HoldView,
-    dependencies=[Depends(require_token)],
     responses={
-        **_WRITE,
         404: {"description": "no hold"},
         409: {"description": "already released"},
     },
 )
 async def release_hold(
     ctx: Context,
+    actor: Writer,
     hold_id: HoldId,
-    by: Annotated[str, Query(min_length=1, max_length=200, description="Who releases it.")],
+    by: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            deprecated=True,
+            description="Ignored: the releaser recorded is the token's name.",
+        ),
+    ] = None,
 ) -> HoldView:
-    """Release a hold; its entities become purgeable at the next run."""
+    """Release a hold; its entities become purgeable at the next run.
+
+    `released_by` is the token's name; a `by` parameter is ignored.
+    """
     try:
         async with ctx.engine.begin() as conn:
-            hold = await holds.release_hold(conn, hold_id, by=by, now=ctx.clock.now())
+            hold = await holds.release_hold(conn, hold_id, by=actor.name, now=ctx.clock.now())
     except holds.HoldError as exc:
         raise _error(exc) from None
     return _view(hold, ctx)

@@ -75,7 +75,8 @@ class EventView(_View):
     entity_type: str
     entity_id: str
     state: str = Field(
-        description="unpublished | published | pending | completed | failed | overdue"
+        description="unpublished | published | pending | completed | failed | overdue | "
+        "held (not completed, and its entity is under an active legal hold now)"
     )
     legal_basis: str | None
     purged_at: datetime | None
@@ -98,7 +99,9 @@ class RunRequest(BaseModel):
     policies: list[str] | None = Field(
         default=None, min_length=1, description="Policies to run (default: all of them)."
     )
-    force: bool = Field(default=False, description="Run even where the guard refuses.")
+    force: bool = Field(
+        default=False, description="Run even where the guard refuses (needs an admin token)."
+    )
 
 
 class RunAccepted(_View):
@@ -156,7 +159,12 @@ class HoldCreate(BaseModel):
         min_length=1, max_length=10_000, description="Entities as `type:id`, e.g. `order:42`."
     )
     reason: str = Field(min_length=1, max_length=2000, description="Why (case number, ...).")
-    created_by: str = Field(min_length=1, max_length=200, description="Who asked for it.")
+    created_by: str | None = Field(
+        default=None,
+        max_length=200,
+        deprecated=True,
+        description="Ignored over HTTP: the hold's creator is the token's name.",
+    )
     expires_at: AwareDatetime | None = Field(
         default=None, description="When the hold ends by itself (RFC 3339 with a timezone)."
     )

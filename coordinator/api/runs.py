@@ -5,12 +5,13 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Query, status
 
 from coordinator.api._context import Connection, Context, RunInProgress
-from coordinator.api.auth import require_token
+from coordinator.api.auth import Writer
 from coordinator.api.models import RunAccepted, RunRequest, RunView
 from coordinator.purge import run_log
+from coordinator.tokens import Scope
 
 __all__ = ["router"]
 
@@ -43,20 +44,27 @@ async def get_run(conn: Connection, run_id: uuid.UUID) -> RunView:
     "",
     response_model=RunAccepted,
     status_code=status.HTTP_202_ACCEPTED,
-    dependencies=[Depends(require_token)],
     responses={
-        401: {"description": "missing or wrong bearer token"},
+        403: {"description": "`force` needs a token of scope admin"},
         409: {"description": "the previously triggered run is still going"},
-        503: {"description": "writes disabled, or not served by `retention serve`"},
+        503: {"description": "no tokens file, or not served by `retention serve`"},
     },
 )
-async def start_run(ctx: Context, body: RunRequest | None = None) -> RunAccepted:
-    """Start a run of the given policies now; poll `status_url` for its results."""
+async def start_run(ctx: Context, actor: Writer, body: RunRequest | None = None) -> RunAccepted:
+    """Start a run of the given policies now; poll `status_url` for its results.
+
+    Needs `write`, and `admin` with `force`; the run's audit entries name the token.
+    """
     request = body or RunRequest()
+    if request.force and not actor.allows(Scope.ADMIN):
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            f"token {actor.name!r} has scope {actor.scope.value}; force needs admin",
+        )
     if ctx.trigger_run is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "this server cannot start runs")
     try:
-        run_id = await ctx.trigger_run(request.policies, request.force)
+        run_id = await ctx.trigger_run(request.policies, request.force, actor.name)
     except RunInProgress as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     except ValueError as exc:

@@ -5,25 +5,17 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, status
+from fastapi import APIRouter, HTTPException, Path, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from coordinator.api._context import Connection, Context
-from coordinator.api.auth import require_token
+from coordinator.api.auth import Admin
 from coordinator.tracking import drift, waivers
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1", tags=["services"])
 
-# SPEC §10: retire and waive need the `admin` scope. Until api/auth.py has scoped,
-# named tokens, they need the one write token; swap this dependency for the admin one
-# then, and take the actor from the token's name instead of `by`.
-ADMIN = [Depends(require_token)]
-_ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "missing or wrong bearer token"},
-    503: {"description": "writes disabled: no token configured"},
-}
 ServiceName = Path(pattern=r"^[A-Za-z0-9_.-]+$", max_length=255)
 
 
@@ -46,10 +38,11 @@ class Waiver(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str = Field(min_length=1, max_length=2000)
-    by: str = Field(
-        min_length=1,
+    by: str | None = Field(
+        default=None,
         max_length=200,
-        description="Who decided; recorded as the actor until tokens carry names.",
+        deprecated=True,
+        description="Ignored: the actor recorded is the token's name (SPEC §10).",
     )
 
 
@@ -65,17 +58,12 @@ async def list_services(ctx: Context, conn: Connection) -> list[ServiceView]:
     return [ServiceView.model_validate(d.as_dict()) for d in found.values()]
 
 
-@router.post(
-    "/services/{name}/retire",
-    response_model=WaiverResult,
-    dependencies=ADMIN,
-    responses=_ADMIN_ERRORS,
-)
-async def retire(ctx: Context, body: Waiver, name: str = ServiceName) -> WaiverResult:
-    """Waive every open acknowledgement of this service (audited)."""
+@router.post("/services/{name}/retire", response_model=WaiverResult)
+async def retire(ctx: Context, actor: Admin, body: Waiver, name: str = ServiceName) -> WaiverResult:
+    """Waive every open acknowledgement of this service (audited; needs `admin`)."""
     async with ctx.engine.begin() as conn:
         done = await waivers.retire_service(
-            conn, service=name, reason=body.reason, actor=body.by, now=ctx.clock.now()
+            conn, service=name, reason=body.reason, actor=actor.name, now=ctx.clock.now()
         )
     return WaiverResult(waived=done.events, completed=done.completed)
 
@@ -87,18 +75,17 @@ class EventWaiver(Waiver):
 @router.post(
     "/events/{event_id}/waive",
     response_model=WaiverResult,
-    dependencies=ADMIN,
-    responses={**_ADMIN_ERRORS, 404: {"description": "no open acknowledgement to waive"}},
+    responses={404: {"description": "no open acknowledgement to waive"}},
 )
-async def waive(ctx: Context, event_id: uuid.UUID, body: EventWaiver) -> WaiverResult:
-    """Waive one service's open acknowledgement of one event (audited)."""
+async def waive(ctx: Context, actor: Admin, event_id: uuid.UUID, body: EventWaiver) -> WaiverResult:
+    """Waive one service's open acknowledgement of one event (audited; needs `admin`)."""
     async with ctx.engine.begin() as conn:
         done = await waivers.waive_ack(
             conn,
             event_id=event_id,
             service=body.service,
             reason=body.reason,
-            actor=body.by,
+            actor=actor.name,
             now=ctx.clock.now(),
         )
     if not done.events:

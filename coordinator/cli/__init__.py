@@ -11,6 +11,7 @@ from coordinator.cli import (
     audit,
     db,
     holds,
+    kafka,
     keys,
     policies,
     purge,
@@ -19,6 +20,7 @@ from coordinator.cli import (
     serve,
     services,
     status,
+    tokens,
 )
 from coordinator.cli._app import ExitCode, app, err_console
 from schemas.logs import configure_logging
@@ -36,9 +38,11 @@ app.add_typer(policies.app, name="policies")
 app.add_typer(services.app, name="services")
 app.add_typer(services.acks_app, name="acks")
 app.add_typer(keys.app, name="keys")
+app.add_typer(tokens.app, name="tokens")
 app.command("plan")(purge.plan)
 app.command("run")(purge.run)
 app.command("serve")(serve.serve)
+app.add_typer(kafka.app, name="kafka")
 
 
 def main() -> None:

@@ -13,9 +13,11 @@ from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.cli._app import ExitCode, emit_json, err_console, load_settings, out_console
+from coordinator.cli._policies import POLICIES_OPTION, load_policy_set
 from coordinator.clock import SystemClock
 from coordinator.db import make_engine
 from coordinator.purge import holds
+from coordinator.settings import Settings
 
 app = typer.Typer(help="Legal holds: entities no policy may touch.", no_args_is_help=True)
 
@@ -25,8 +27,10 @@ FROM_FILE_OPTION = typer.Option(None, "--from-file", help="One TYPE:ID per line.
 T = TypeVar("T")
 
 
-def _in_transaction(work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-    settings = load_settings()
+def _in_transaction(
+    work: Callable[[AsyncConnection], Awaitable[T]], settings: Settings | None = None
+) -> T:
+    settings = settings or load_settings()
 
     async def go() -> T:
         engine = make_engine(settings.database_url.get_secret_value(), pool_size=1)
@@ -39,7 +43,7 @@ def _in_transaction(work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
     try:
         return asyncio.run(go())
     except holds.HoldError as exc:
-        err_console.print(f"[red]{exc}[/red]")
+        err_console.print(f"[red]{exc}[/red]", markup=False, highlight=False)
         raise typer.Exit(ExitCode.BAD_INPUT) from None
 
 
@@ -83,23 +87,33 @@ def create(
     expires: str | None = typer.Option(None, "--expires", help="ISO 8601 date-time with zone."),
     hold_id: str | None = typer.Option(None, "--id", help="Hold id (default: generated)."),
     from_file: Path | None = FROM_FILE_OPTION,
+    policies: Path | None = POLICIES_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Hold entities: from the moment this returns, no purge batch touches them."""
+    """Hold entities: from the moment this returns, no purge batch touches them.
+
+    Each TYPE must be an entity type of the policy file, and each ID a value its id
+    column can hold (stored in the column's text form: `order:042` holds order 42).
+    """
     wanted = list(entities or []) + (_read_entities(from_file) if from_file else [])
     expires_at = _parse_expiry(expires)
+    settings = load_settings()
+    policy_set = load_policy_set(policies, settings, as_json=as_json)
     now = SystemClock().now()
-    hold = _in_transaction(
-        lambda conn: holds.create_hold(
+
+    async def create(conn: AsyncConnection) -> holds.Hold:
+        return await holds.create_hold(
             conn,
             entities=wanted,
+            types=await holds.entity_types(conn, policy_set),
             reason=reason,
             created_by=by,
             now=now,
             expires_at=expires_at,
             hold_id=hold_id,
         )
-    )
+
+    hold = _in_transaction(create, settings)
     if as_json:
         emit_json(hold.as_dict(now))
     else:

@@ -16,6 +16,7 @@ from coordinator.cli._policies import POLICIES_OPTION, load_policy_set
 from coordinator.policy.model import PolicySet
 from coordinator.serve import Service, ServiceFailed
 from coordinator.settings import Settings
+from coordinator.tokens import TokensFileError
 from schemas.logs import configure_logging
 
 __all__ = ["serve"]
@@ -59,8 +60,15 @@ def serve(
         f"serving on http://{settings.serve.host}:{chosen} "
         f"({len(policy_set.policies)} policies from {policy_set.source}); Ctrl-C stops"
     )
+    if settings.api_tokens_file is None:
+        err_console.print(
+            "[yellow]RETENTION_API_TOKENS_FILE is not set: every /v1 route answers 503[/yellow]"
+        )
     try:
         asyncio.run(_serve(settings, policy_set, chosen))
+    except TokensFileError as exc:
+        err_console.print(f"[red]RETENTION_API_TOKENS_FILE:[/red] {exc}", highlight=False)
+        raise typer.Exit(ExitCode.BAD_INPUT) from None
     except ServiceFailed as exc:
         err_console.print(f"[red]retention serve stopped:[/red] {exc}")
         raise typer.Exit(ExitCode.ERRORS) from None

@@ -61,7 +61,9 @@ def status(
         except ValueError:
             err_console.print(f"[red]bad event id {event!r}[/red]: expected a UUID")
             raise typer.Exit(ExitCode.BAD_INPUT) from None
-        found = read_database(settings, lambda conn: queries.event_status_of(conn, event_id))
+        found = read_database(
+            settings, lambda conn: queries.event_status_of(conn, event_id, now=SystemClock().now())
+        )
         if found is None:
             err_console.print(f"no retention event {event_id}")
             raise typer.Exit(ExitCode.ERRORS)
@@ -74,7 +76,8 @@ def status(
     assert entity is not None
     entity_type, entity_id = parse_entity(entity)
     events = read_database(
-        settings, lambda conn: queries.entity_status(conn, entity_type, entity_id)
+        settings,
+        lambda conn: queries.entity_status(conn, entity_type, entity_id, now=SystemClock().now()),
     )
     if not events:
         err_console.print(f"no retention events for {entity_type}:{entity_id}")

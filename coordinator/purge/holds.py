@@ -15,32 +15,65 @@ Batches of different policies share the lock and run concurrently; hold creation
 for at most the batches in flight. Releasing a hold needs no lock: a batch that misses a
 release only keeps a row one run longer. The audit chain lock is always taken after this
 one, in both paths, so the two locks cannot deadlock.
+
+How a hold names exactly the rows it protects
+---------------------------------------------
+A purge matches a hold by `(entity_type, id_column::text)`. So a hold is only accepted
+for an entity type some policy has (`EntityTypes`, from the policies and the id columns'
+reflected types), and its id is stored in the text form PostgreSQL gives that column:
+an integer without sign or leading zeros (`+042` → `42`, within the column's range), a
+UUID in canonical lower-case form, text exactly as written. An unknown type or an id the
+column cannot hold is refused naming the known types, never stored to protect nothing.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Text, and_, cast, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    SmallInteger,
+    Text,
+    Uuid,
+    and_,
+    cast,
+    exists,
+    func,
+    insert,
+    inspect,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.types import TypeEngine
 
 from coordinator.audit import AuditEntry, append
+from coordinator.policy.model import PolicySet
 from coordinator.tables import legal_hold_entities, legal_holds
 
 __all__ = [
     "HOLD_LOCK",
+    "EntityTypes",
     "Hold",
     "HoldConflict",
     "HoldError",
     "HoldNotFound",
+    "IdForm",
+    "IdKind",
     "active_hold_exists",
     "create_hold",
+    "entity_types",
     "get_hold",
     "list_holds",
     "lock_for_creation",
@@ -102,11 +135,124 @@ class Hold:
 
 
 def parse_entity(text: str) -> tuple[str, str]:
-    """`"order:42"` → `("order", "42")`; the id may itself contain colons."""
+    """`"order:42"` → `("order", "42")`; the id may itself contain colons.
+
+    Only the shape: `EntityTypes.resolve` checks the type and normalises the id.
+    """
     entity_type, sep, entity_id = text.strip().partition(":")
     if not sep or not entity_type.strip() or not entity_id.strip():
-        raise HoldError(f"{text!r} is not an entity: write TYPE:ID, e.g. order:42")
-    return entity_type.strip(), entity_id.strip()
+        raise HoldError(f"{_shown(text)} is not an entity: write TYPE:ID, e.g. order:42")
+    return entity_type.strip(), entity_id
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 80 else text[:80] + "…")
+
+
+class IdKind(StrEnum):
+    INTEGER = "integer"
+    UUID = "uuid"
+    TEXT = "text"
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class IdForm:
+    """How one id column's values read as text (what `column::text` gives)."""
+
+    kind: IdKind
+    bits: int = 0
+    """Width of an integer column (16, 32, 64)."""
+
+    @classmethod
+    def of(cls, column_type: TypeEngine[Any]) -> IdForm:
+        if isinstance(column_type, SmallInteger):
+            return cls(IdKind.INTEGER, 16)
+        if isinstance(column_type, BigInteger):
+            return cls(IdKind.INTEGER, 64)
+        if isinstance(column_type, Integer):
+            return cls(IdKind.INTEGER, 32)
+        if isinstance(column_type, Uuid):
+            return cls(IdKind.UUID)
+        # Text, varchar and anything else compare by their text form, exactly.
+        return cls(IdKind.TEXT)
+
+    def describe(self) -> str:
+        return f"{self.bits}-bit integer" if self.kind is IdKind.INTEGER else self.kind.value
+
+    def normalise(self, entity_id: str) -> str | None:
+        """The column's text form of `entity_id`, or None if no row can have this id."""
+        if self.kind is IdKind.TEXT:
+            return None if "\x00" in entity_id else entity_id  # PostgreSQL text has no NUL
+        candidate = entity_id.strip()
+        if not candidate.isascii():
+            return None  # look-alike digits and letters never name a row
+        if self.kind is IdKind.UUID:
+            try:
+                return str(uuid.UUID(candidate))
+            except ValueError:
+                return None
+        if not _INTEGER.fullmatch(candidate):
+            return None
+        value = int(candidate)
+        limit = 1 << (self.bits - 1)
+        return str(value) if -limit <= value < limit else None
+
+
+@dataclass(frozen=True, slots=True)
+class EntityTypes:
+    """The entity types the policies purge, each with the id forms of its tables."""
+
+    forms: Mapping[str, tuple[IdForm, ...]]
+
+    def known(self) -> str:
+        return ", ".join(sorted(self.forms)) or "none: the policy file has no policies"
+
+    def resolve(self, text: str) -> list[tuple[str, str]]:
+        """`type:id` → the (type, stored id) pairs a hold must record; one per id form.
+
+        Raises:
+            HoldError: an unknown type, or an id that no table of the type can hold.
+        """
+        entity_type, entity_id = parse_entity(text)
+        forms = self.forms.get(entity_type)
+        if forms is None:
+            raise HoldError(
+                f"{_shown(text)}: unknown entity type {_shown(entity_type)} "
+                f"(known types: {self.known()})"
+            )
+        stored = sorted({n for f in forms if (n := f.normalise(entity_id)) is not None})
+        if not stored:
+            wanted = " or ".join(f.describe() for f in forms)
+            raise HoldError(
+                f"{_shown(text)}: the id of {entity_type} is a {wanted}; "
+                f"{_shown(entity_id)} is not one (known types: {self.known()})"
+            )
+        return [(entity_type, entity_id) for entity_id in stored]
+
+
+async def entity_types(conn: AsyncConnection, policy_set: PolicySet) -> EntityTypes:
+    """Every policy's entity type, with the id forms of its tables' id columns.
+
+    A policy whose table or id column does not exist (yet) purges nothing; if no table of
+    a type exists, its ids are taken as text, exactly.
+    """
+
+    def reflect(sync: Connection) -> dict[str, tuple[IdForm, ...]]:
+        inspector = inspect(sync)
+        forms: dict[str, set[IdForm]] = {}
+        for policy in policy_set.policies:
+            found = forms.setdefault(policy.entity_type, set())
+            if not inspector.has_table(policy.table):
+                continue
+            for column in inspector.get_columns(policy.table):
+                if column["name"] == policy.id_column:
+                    found.add(IdForm.of(column["type"]))
+        return {t: tuple(sorted(f)) or (IdForm(IdKind.TEXT),) for t, f in forms.items()}
+
+    return EntityTypes(await conn.run_sync(reflect))
 
 
 async def lock_for_purge(conn: AsyncConnection) -> None:
@@ -119,7 +265,7 @@ async def lock_for_creation(conn: AsyncConnection) -> None:
 
 
 def active_hold_exists(
-    entity_type: str, entity_id: ColumnElement[Any], now: datetime
+    entity_type: str | ColumnElement[str], entity_id: ColumnElement[Any], now: datetime
 ) -> ColumnElement[bool]:
     """SQL: an unreleased, unexpired hold covers (entity_type, entity_id::text) at `now`."""
     return exists(
@@ -140,20 +286,28 @@ async def create_hold(
     conn: AsyncConnection,
     *,
     entities: Iterable[str],
+    types: EntityTypes,
     reason: str,
     created_by: str,
     now: datetime,
     expires_at: datetime | None = None,
     hold_id: str | None = None,
 ) -> Hold:
-    """Create one hold over many entities, in the caller's transaction."""
-    parsed = sorted({parse_entity(entity) for entity in entities})
+    """Create one hold over many entities (`type:id`, resolved by `types`), in the
+    caller's transaction.
+
+    Raises:
+        HoldError: an entity `types` refuses, or an invalid reason, actor or expiry.
+    """
+    parsed = sorted({pair for entity in entities for pair in types.resolve(entity)})
     if not parsed:
         raise HoldError("a hold needs at least one entity (TYPE:ID)")
     if not reason.strip():
         raise HoldError("a hold needs a reason")
     if not created_by.strip():
         raise HoldError("a hold needs --by (who asked for it)")
+    if "\x00" in reason + created_by + (hold_id or ""):
+        raise HoldError("a hold's reason, author and id cannot contain NUL characters")
     if expires_at is not None and expires_at.tzinfo is None:
         raise HoldError("expires_at needs a timezone (e.g. 2027-01-01T00:00:00Z)")
     if expires_at is not None and expires_at <= now:

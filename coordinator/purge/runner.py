@@ -158,9 +158,14 @@ class Runner:
         trigger: str = "cli",
         progress: Progress | None = None,
         run_id: uuid.UUID | None = None,
+        actor: str | None = None,
     ) -> RunReport:
-        """Run the selected policies; `run_id` lets a caller name the run before it starts."""
+        """Run the selected policies; `run_id` lets a caller name the run before it starts.
+
+        `actor` is who the audit entries name (an API token's name); default: `trigger`.
+        """
         selected = self.select(only)
+        actor = actor or trigger
         run_id = run_id or uuid.uuid4()
         started = self.clock.now()
         async with self.engine.begin() as conn:
@@ -172,7 +177,7 @@ class Runner:
                 [
                     AuditEntry(
                         "run.start",
-                        trigger,
+                        actor,
                         {"run_id": run_id, "policies": selected, "forced": force},
                     )
                 ],
@@ -228,7 +233,7 @@ class Runner:
                     [
                         AuditEntry(
                             "run.finish",
-                            trigger,
+                            actor,
                             {
                                 "run_id": run_id,
                                 "ok": report.ok,

@@ -4,6 +4,10 @@ A reminder re-publishes the event unchanged (same `event_id`, rebuilt from the o
 row); the SDK's idempotency makes the repeat harmless for services that already acted.
 Reminders are bounded (`max_reminders`, growing intervals); at its deadline an event that
 is not complete becomes `overdue`, whatever reminders are left.
+
+An event whose entity is under an active legal hold *now* is never re-published: its
+reminder is put off by one interval, uncounted, and looked at again then (so a released
+hold lets reminders resume). Status answers show such an event as `held`.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator import audit
 from coordinator.outbox.events import event_from_row
+from coordinator.purge.holds import active_hold_exists
 from coordinator.tables import event_status, expected_acks, outbox
 from coordinator.tracking.snapshot import ACTOR
 from schemas import RetentionEvent
@@ -76,12 +81,19 @@ async def _missing(
     return {event_id: tuple(services) for event_id, services in missing.items()}
 
 
-async def due_reminders(conn: AsyncConnection, *, now: datetime, limit: int) -> list[Reminder]:
-    """Lock and return the open events whose next reminder is due (skipping locked ones)."""
+async def due_reminders(
+    conn: AsyncConnection, *, now: datetime, limit: int, schedule: ReminderSchedule
+) -> list[Reminder]:
+    """Lock and return the open events whose next reminder is due (skipping locked ones).
+
+    Events of entities held now are not returned: their next reminder moves on by one
+    interval, without counting as sent.
+    """
     s = event_status.c
+    held = active_hold_exists(outbox.c.entity_type, outbox.c.entity_id, now).label("held")
     rows = (
         await conn.execute(
-            select(outbox, s.reminders_sent)
+            select(outbox, s.reminders_sent, held)
             .join_from(event_status, outbox, outbox.c.event_id == s.event_id)
             .where(s.state != "completed", s.next_reminder_at <= now)
             .order_by(s.next_reminder_at)
@@ -89,7 +101,14 @@ async def due_reminders(conn: AsyncConnection, *, now: datetime, limit: int) -> 
             .with_for_update(of=event_status, skip_locked=True)
         )
     ).all()
-    missing = await _missing(conn, [row.event_id for row in rows])
+    postponed = [row.event_id for row in rows if row.held]
+    if postponed:
+        await conn.execute(
+            update(event_status)
+            .where(event_status.c.event_id.in_(postponed))
+            .values(next_reminder_at=now + schedule.interval, updated_at=now)
+        )
+    missing = await _missing(conn, [row.event_id for row in rows if not row.held])
     return [
         Reminder(event_from_row(row), row.reminders_sent + 1, missing[row.event_id])
         for row in rows

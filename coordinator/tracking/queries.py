@@ -12,15 +12,25 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, and_, case, extract, func, select
+from sqlalchemy import ColumnElement, Row, and_, case, extract, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.tables import ack_ledger, audit_log, event_status, expected_acks, outbox
+from coordinator.tables import (
+    ack_ledger,
+    audit_log,
+    event_status,
+    expected_acks,
+    legal_hold_entities,
+    legal_holds,
+    outbox,
+)
 
 __all__ = ["certificate", "entity_status", "event_status_of", "report"]
 
 _DONE = ("completed", "not_found")
 _OPEN = ("pending", "failed")
+_HOLDABLE = (*_OPEN, "overdue")
+"""States shown as `held` while an active hold covers the event's entity."""
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -30,23 +40,54 @@ def _ts(value: datetime | None) -> str | None:
 
 
 async def entity_status(
-    conn: AsyncConnection, entity_type: str, entity_id: str
+    conn: AsyncConnection, entity_type: str, entity_id: str, *, now: datetime
 ) -> list[dict[str, Any]]:
-    """Every retention event of one entity, oldest first, with each service's answer."""
+    """Every retention event of one entity, oldest first, with each service's answer.
+
+    An event not yet completed whose entity is under an active hold at `now` shows the
+    state `held` (reminders are not sent for it).
+    """
     return await _events(
         conn,
         and_(event_status.c.entity_type == entity_type, event_status.c.entity_id == entity_id),
         and_(outbox.c.entity_type == entity_type, outbox.c.entity_id == entity_id),
+        now=now,
     )
 
 
-async def event_status_of(conn: AsyncConnection, event_id: uuid.UUID) -> dict[str, Any] | None:
-    found = await _events(conn, event_status.c.event_id == event_id, outbox.c.event_id == event_id)
+async def event_status_of(
+    conn: AsyncConnection, event_id: uuid.UUID, *, now: datetime
+) -> dict[str, Any] | None:
+    found = await _events(
+        conn, event_status.c.event_id == event_id, outbox.c.event_id == event_id, now=now
+    )
     return found[0] if found else None
 
 
+async def _held_now(
+    conn: AsyncConnection, entities: set[tuple[str, str]], now: datetime
+) -> set[tuple[str, str]]:
+    if not entities:
+        return set()
+    h, e = legal_holds.c, legal_hold_entities.c
+    rows = await conn.execute(
+        select(e.entity_type, e.entity_id)
+        .join_from(legal_hold_entities, legal_holds, h.id == e.hold_id)
+        .where(
+            tuple_(e.entity_type, e.entity_id).in_(sorted(entities)),
+            h.released_at.is_(None),
+            or_(h.expires_at.is_(None), h.expires_at > now),
+        )
+    )
+    return {(row.entity_type, row.entity_id) for row in rows}
+
+
 async def _events(
-    conn: AsyncConnection, tracked: ColumnElement[bool], outboxed: ColumnElement[bool]
+    conn: AsyncConnection,
+    tracked: ColumnElement[bool],
+    outboxed: ColumnElement[bool],
+    *,
+    now: datetime,
 ) -> list[dict[str, Any]]:
     statuses = {r.event_id: r for r in await conn.execute(select(event_status).where(tracked))}
     local = {r.event_id: r for r in await conn.execute(select(outbox).where(outboxed))}
@@ -88,8 +129,11 @@ async def _events(
                 "received_at": _ts(row.received_at),
             }
         )
+    held = await _held_now(
+        conn, {(r.entity_type, r.entity_id) for r in (*statuses.values(), *local.values())}, now
+    )
     documents = [
-        _event_document(statuses.get(i), local.get(i), services[i], rejected[i]) for i in ids
+        _event_document(statuses.get(i), local.get(i), services[i], rejected[i], held) for i in ids
     ]
     return sorted(documents, key=lambda d: (d["initiated_at"] or "", d["event_id"]))
 
@@ -99,10 +143,17 @@ def _event_document(
     local: Row[Any] | None,
     services: list[dict[str, Any]],
     rejected: list[dict[str, Any]],
+    held: set[tuple[str, str]],
 ) -> dict[str, Any]:
     source = status if status is not None else local
     assert source is not None
-    if status is not None:
+    if (
+        status is not None
+        and status.state in _HOLDABLE
+        and ((status.entity_type, status.entity_id) in held)
+    ):
+        state = "held"
+    elif status is not None:
         state = status.state
     elif local is not None and local.published_at is not None:
         state = "published"  # the tracker has not picked it up yet
@@ -212,7 +263,7 @@ async def certificate(
 ) -> dict[str, Any] | None:
     """A deletion certificate: what was done to one entity, where, when, and the audit rows
     (sequence number and chain hash) that record each step. None for an unknown entity."""
-    events = await entity_status(conn, entity_type, entity_id)
+    events = await entity_status(conn, entity_type, entity_id, now=now)
     if not events:
         return None
     ids = [uuid.UUID(e["event_id"]) for e in events]

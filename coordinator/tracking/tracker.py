@@ -361,7 +361,9 @@ class Tracker:
         while True:
             async with self._engine.begin() as conn:
                 now = self._clock.now()
-                due = await deadlines.due_reminders(conn, now=now, limit=_HOUSEKEEPING_LIMIT)
+                due = await deadlines.due_reminders(
+                    conn, now=now, limit=_HOUSEKEEPING_LIMIT, schedule=self._schedule
+                )
                 if not due:
                     return total
                 records = [(r.event.key.encode(), encode(r.event)) for r in due]

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consumer_sdk import ConsumerSettings, EntityNotFound, RetentionConsumer, RetentionEvent
 from consumer_sdk.faust import FaustRetention, attach, faust_app_settings
-from schemas import KafkaSettings
+from schemas import KafkaSettings, service_group
 from services._shared import create_tables, engine_for, service_database_url, user_erasure_log
 
 __all__ = ["SERVICE", "create_app", "documents", "erasure_log", "metadata", "seed"]
@@ -75,7 +75,7 @@ def create_app(
     retention.on_startup(_create_tables)
     retention.on_delete("user")(delete_user)
     # The app's id is its consumer group: the same name the core SDK would use.
-    app = faust.App(f"retention.{SERVICE}", **faust_app_settings(retention.kafka))
+    app = faust.App(service_group(SERVICE), **faust_app_settings(retention.kafka))
     return attach(app, retention)
 
 

@@ -260,10 +260,9 @@ class Stack:
             # The parent's own settings must not leak into a service by accident.
             if not key.startswith("RETENTION_")
         }
+        env.update(self.kafka.environ())
         env.update(
             {
-                "RETENTION_KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers,
-                "RETENTION_KAFKA_TOPIC_PREFIX": self.kafka.topic_prefix,
                 "RETENTION_SERVICE_DATABASE_URL": self.services_url,
                 "RETENTION_CONSUMER_POLL_TIMEOUT_S": "0.2",
                 **infra.signing_env(),
@@ -320,8 +319,7 @@ class Stack:
         """The environment of a `retention` command on this stack's database and topics."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("RETENTION_")}
         env["RETENTION_DATABASE_URL"] = self.coordinator_url
-        env["RETENTION_KAFKA_BOOTSTRAP_SERVERS"] = self.kafka.bootstrap_servers
-        env["RETENTION_KAFKA_TOPIC_PREFIX"] = self.kafka.topic_prefix
+        env.update(self.kafka.environ())
         env.update(infra.signing_env())
         env.update(extra or {})
         return env

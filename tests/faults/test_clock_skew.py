@@ -22,7 +22,7 @@ from sqlalchemy import insert
 
 from coordinator.clock import FrozenClock
 from coordinator.policy.model import load_policies
-from coordinator.purge.holds import create_hold
+from coordinator.purge.holds import create_hold, entity_types
 from demo.seed_data import SEED_POLICIES, session_logs
 from services import billing, notifications, preferences
 from tests.e2e.harness import Stack
@@ -116,6 +116,7 @@ async def _short_hold(
         async with engine.begin() as conn:
             await create_hold(
                 conn,
+                types=await entity_types(conn, load_policies(world.policy_file)),
                 entities=entities,
                 reason="expires soon",
                 created_by="legal",

@@ -23,7 +23,8 @@ import pytest
 from sqlalchemy import func, select
 
 from coordinator.db import make_engine
-from coordinator.purge.holds import create_hold
+from coordinator.policy.model import load_policies
+from coordinator.purge.holds import create_hold, entity_types
 from coordinator.tables import outbox
 from tests.e2e.harness import Stack, run_cli
 from tests.faults.drive import count
@@ -78,7 +79,7 @@ class MidRunHolds:
     def _with_cli(self, entities: list[str], hold_id: str) -> None:
         done = run_cli(
             self.stack, "holds", "create", "--reason", "subpoena", "--by", "counsel",
-            "--id", hold_id, *entities,
+            "--id", hold_id, "--policies", str(self.world.policy_file), *entities,
         )  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
 
@@ -89,6 +90,7 @@ class MidRunHolds:
                 async with engine.begin() as conn:
                     await create_hold(
                         conn,
+                        types=await entity_types(conn, load_policies(self.world.policy_file)),
                         entities=entities,
                         reason="regulator request",
                         created_by="counsel",

@@ -31,7 +31,8 @@ import yaml
 from sqlalchemy import Column, DateTime, MetaData, Table, Text, insert, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.purge.holds import create_hold
+from coordinator.policy.model import load_policies
+from coordinator.purge.holds import create_hold, entity_types
 from demo.seed_data import (
     PROCESSED,
     SeedData,
@@ -199,6 +200,7 @@ async def prepare_world(
             await _populate_users(conn, now, data, users)
             await create_hold(
                 conn,
+                types=await entity_types(conn, load_policies(directory / "policies.yaml")),
                 entities=data.holds,
                 reason="litigation (fault suite)",
                 created_by="legal",

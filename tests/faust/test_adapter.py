@@ -69,8 +69,34 @@ def test_attach_rejects_other_brokers_groups_and_empty_registries() -> None:
         attach(object(), consumer())
 
 
-def test_app_settings_refuse_what_they_cannot_express() -> None:
-    with pytest.raises(ConfigurationError, match="SASL_SSL"):
-        faust_app_settings(KAFKA.model_copy(update={"security_protocol": "SASL_SSL"}))
+def test_app_settings_carry_the_transport_settings() -> None:
+    assert "broker_credentials" not in faust_app_settings(KAFKA)
+    sasl = KafkaSettings(
+        bootstrap_servers="127.0.0.1:19092",
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="idx",
+        sasl_password="idx-password",
+    )
+    settings = faust_app_settings(sasl)
+    credentials = settings["broker_credentials"]
+    assert isinstance(credentials, faust.SASLCredentials)
+    assert (credentials.protocol.value, credentials.mechanism.value) == (
+        "SASL_SSL",
+        "SCRAM-SHA-512",
+    )
+    assert (credentials.username, credentials.password) == ("idx", "idx-password")
+    assert credentials.ssl_context is not None
+    assert "idx-password" not in repr(credentials)
+    tls = faust_app_settings(KAFKA.model_copy(update={"security_protocol": "SSL"}))
+    assert isinstance(tls["broker_credentials"], faust.SSLCredentials)
+    # What Faust hands to its own aiokafka clients: the same as ours.
+    retention = RetentionConsumer("idx", kafka=sasl, settings=ConsumerSettings(database_url=None))
+    app = faust.App("retention.idx", **faust_app_settings(retention.kafka))
+    assert app.conf.broker_credentials.mechanism.value == "SCRAM-SHA-512"
+    assert app.conf.broker_client_id == "idx"
+
+
+def test_app_settings_order_brokers() -> None:
     two = KAFKA.model_copy(update={"bootstrap_servers": "b:2, a:1"})
     assert faust_app_settings(two)["broker"] == "kafka://a:1;kafka://b:2"

@@ -6,18 +6,21 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.db import make_engine
 from coordinator.policy.model import load_policies, parse_policies
-from coordinator.purge.holds import create_hold
+from coordinator.purge.holds import create_hold, entity_types
 from coordinator.serve import GLOBAL_SCHEDULE, Service, ServiceFailed, schedules_for
 from coordinator.settings import ServeSettings, Settings
+from coordinator.tables import audit_log
+from coordinator.tokens import Scope, add_token, new_token
 from demo.seed_data import create_seed_tables, drop_seed_tables, populate
 from schemas import KafkaSettings
 from tests.infra import ROOT
@@ -68,31 +71,51 @@ async def seeded(coordinator_db: str) -> AsyncIterator[AsyncEngine]:
         await conn.execute(text("TRUNCATE scheduler_fires"))
         now = datetime.now(UTC)
         data = await populate(conn, now)
-        await create_hold(conn, entities=data.holds, reason="case 1", created_by="legal", now=now)
+        await create_hold(
+            conn,
+            types=await entity_types(conn, SEED),
+            entities=data.holds,
+            reason="case 1",
+            created_by="legal",
+            now=now,
+        )
     yield engine
     await engine.dispose()
 
 
-TOKEN = "t0ken"
+@pytest.fixture
+def tokens_file(tmp_path: Path) -> Path:
+    return tmp_path / "tokens.yaml"
 
 
-def settings_for(coordinator_db: str, topics: KafkaSettings, **serve: float) -> Settings:
+@pytest.fixture
+def token(tokens_file: Path) -> str:
+    """A `write` token named `ops`, in the file `settings_for` points the service at."""
+    created = new_token("ops", Scope.WRITE)
+    add_token(tokens_file, created.entry)
+    return created.token
+
+
+def settings_for(
+    coordinator_db: str, topics: KafkaSettings, tokens_file: Path, **serve: float
+) -> Settings:
     return Settings(
         database_url=coordinator_db,
         kafka=topics,
         hash_secret="test",
-        api_token=TOKEN,
+        api_tokens_file=tokens_file,
         schedule="0 3 * * *",
         serve=ServeSettings(tick_s=0.2, gauges_interval_s=0.3, shutdown_timeout_s=10, **serve),
     )
 
 
 async def test_leader_exports_gauges_and_stops_gracefully(
-    seeded: AsyncEngine, coordinator_db: str, topics: KafkaSettings
+    seeded: AsyncEngine, coordinator_db: str, topics: KafkaSettings, tokens_file: Path, token: str
 ) -> None:
     registry = CollectorRegistry()
     port = free_port()
-    service = Service(settings_for(coordinator_db, topics), SEED, registry=registry, port=port)
+    settings = settings_for(coordinator_db, topics, tokens_file)
+    service = Service(settings, SEED, registry=registry, port=port)
     stop = asyncio.Event()
     running = asyncio.create_task(service.run(stop))
 
@@ -111,18 +134,37 @@ async def test_leader_exports_gauges_and_stops_gracefully(
             assert retention == policy.retention.total_seconds() / 86400
             # The oldest due row is 3 days past the cutoff; held ones (5 days) do not count.
             assert oldest == pytest.approx(retention + 3, abs=0.01), policy.name
+        headers = {"Authorization": f"Bearer {token}"}
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
             assert (await client.get("/healthz")).status_code == 200
+            # Over the real server too, the body limit comes before the token check.
+            oversized = await client.post("/v1/holds", content=b"x" * (2 * 1024 * 1024))
+            assert oversized.status_code == 413
             # A run over HTTP: its metrics land in this process's registry.
-            accepted = await client.post("/v1/runs", headers={"Authorization": f"Bearer {TOKEN}"})
+            accepted = await client.post("/v1/runs", headers=headers)
             assert accepted.status_code == 202, accepted.text
             status_url = accepted.json()["status_url"]
+            assert (await client.get(status_url)).status_code == 401
             async with asyncio.timeout(60):
-                while (run := (await client.get(status_url)).json())["finished_at"] is None:
+                while (run := (await client.get(status_url, headers=headers)).json())[
+                    "finished_at"
+                ] is None:
                     await asyncio.sleep(0.2)
             assert run["status"] == "ok", run
             assert run["trigger"] == "api"
             body = (await client.get("/metrics")).text
+        async with seeded.connect() as conn:
+            actors = set(
+                (
+                    await conn.execute(
+                        select(audit_log.c.actor).where(
+                            audit_log.c.action.in_(["run.start", "run.finish"]),
+                            audit_log.c.data["run_id"].astext == run["id"],
+                        )
+                    )
+                ).scalars()
+            )
+        assert actors == {"ops"}  # the token's name is the run's recorded actor
         for result in run["policies"]:
             # due + boundary, and at_cutoff rows once the real clock has moved on.
             assert result["processed"] in (6, 9), result
@@ -150,13 +192,13 @@ async def test_leader_exports_gauges_and_stops_gracefully(
 
 
 async def test_a_port_in_use_fails_the_service_naming_it(
-    coordinator_db: str, topics: KafkaSettings
+    coordinator_db: str, topics: KafkaSettings, tokens_file: Path, token: str
 ) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        service = Service(settings_for(coordinator_db, topics), SEED, port=port)
+        service = Service(settings_for(coordinator_db, topics, tokens_file), SEED, port=port)
         with pytest.raises(ServiceFailed, match=f"could not listen on 127.0.0.1:{port}"):
             async with asyncio.timeout(30):
                 await service.run(asyncio.Event())

@@ -17,8 +17,9 @@ from coordinator import audit
 from coordinator.clock import FrozenClock
 from coordinator.metrics import Metrics
 from coordinator.migrate import upgrade
+from coordinator.purge.holds import EntityTypes, IdForm, IdKind, create_hold, release_hold
 from coordinator.tables import ack_ledger, audit_log, event_status, expected_acks, service_registry
-from coordinator.tracking import waivers
+from coordinator.tracking import queries, waivers
 from coordinator.tracking.tracker import Tracker
 from schemas import AckStatus, KafkaSettings, RetentionEvent, decode
 from schemas.signing import SignatureMode
@@ -506,3 +507,49 @@ async def test_run_forever_tracks_and_completes(database: str, topics: KafkaSett
         stop.set()
         await asyncio.wait_for(task, 30)
         await engine.dispose()
+
+
+async def test_reminders_never_republish_for_an_entity_held_now(env: Env) -> None:
+    await env.declare(*SERVICES)
+    clock, tracker = env.clock, env.tracker
+    events = await env.publish(3, T0)
+    await tracker.track_published()
+    held_event, held_id = events[0]
+
+    # A hold put on one entity after its purge, while its event waits for acks.
+    clock.set(T0 + timedelta(minutes=30))
+    types = EntityTypes({env.entity_type: (IdForm(IdKind.TEXT),)})
+    async with env.engine.begin() as conn:
+        hold = await create_hold(
+            conn,
+            entities=[f"{env.entity_type}:{held_id}"],
+            types=types,
+            reason="subpoena",
+            created_by="legal",
+            now=clock.now(),
+        )
+
+    async def shown_states() -> list[str]:
+        async with env.engine.connect() as conn:
+            found = [await queries.event_status_of(conn, e, now=clock.now()) for e, _ in events]
+        return [f["state"] if f else "missing" for f in found]
+
+    assert await shown_states() == ["held", "pending", "pending"]
+    clock.set(T0 + timedelta(hours=1))
+    assert await tracker.send_reminders() == 2
+    republished = await _read_all(env.kafka, env.kafka.topics.events, 2)
+    assert {decode(RetentionEvent, m.value).event_id for m in republished} == {
+        e for e, _ in events[1:]
+    }
+    async with env.engine.connect() as conn:
+        rows = await conn.execute(select(event_status.c.event_id, event_status.c.reminders_sent))
+        sent = {event_id: count for event_id, count in rows}
+    assert sent[held_event] == 0
+
+    # Released: the held event's reminder resumes one interval after it was put off.
+    clock.set(T0 + timedelta(hours=1, minutes=30))
+    async with env.engine.begin() as conn:
+        await release_hold(conn, hold.id, by="legal", now=clock.now())
+    assert await shown_states() == ["pending"] * 3
+    clock.set(T0 + timedelta(hours=2))
+    assert await tracker.send_reminders() == 1

@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 from coordinator.cli import app
 from coordinator.db import make_engine
-from coordinator.purge.holds import create_hold
+from coordinator.policy.model import load_policies
+from coordinator.purge.holds import create_hold, entity_types
 from demo.seed_data import SeedData, populate
 from tests.policy.conftest import SEED_POLICIES, reset
 
@@ -31,6 +32,7 @@ async def _seed(url: str) -> SeedData:
             data = await populate(conn, datetime.now(UTC) - timedelta(minutes=1))
             await create_hold(
                 conn,
+                types=await entity_types(conn, load_policies(SEED_POLICIES)),
                 entities=data.holds,
                 reason="case",
                 created_by="legal",
@@ -219,7 +221,7 @@ def test_holds_commands(cli: tuple[CliRunner, dict[str, str]], tmp_path: Path) -
         "case-7",
         "--from-file",
         str(listing),
-        "user:9",
+        "ticket:9",
         "--json",
     )
     assert code == 0
@@ -230,7 +232,7 @@ def test_holds_commands(cli: tuple[CliRunner, dict[str, str]], tmp_path: Path) -
     code, listed, _ = invoke(cli, "holds", "list", "--json")
     assert "case-7" in [h["id"] for h in listed["holds"]]
     code, shown, _ = invoke(cli, "holds", "show", "case-7", "--json")
-    assert shown["entities"] == ["order:1", "order:2", "user:9"]
+    assert shown["entities"] == ["order:1", "order:2", "ticket:9"]
     code, _, human = invoke(cli, "holds", "show", "case-7")
     assert "order:2" in human
 
@@ -244,7 +246,11 @@ def test_holds_commands(cli: tuple[CliRunner, dict[str, str]], tmp_path: Path) -
     code, listed, _ = invoke(cli, "holds", "list", "--json")
     assert "case-7" not in [h["id"] for h in listed["holds"]]
 
-    for bad in (["nocolon"], ["a:1", "--expires", "2099-01-01"], ["a:1", "--expires", "soon"]):
+    for bad in (
+        ["nocolon"],
+        ["order:1", "--expires", "2099-01-01"],
+        ["order:1", "--expires", "soon"],
+    ):
         code, _, _ = invoke(cli, "holds", "create", "--reason", "r", "--by", "b", *bad)
         assert code == 2, bad
     code, _, _ = invoke(cli, "holds", "show", "nope")

@@ -10,7 +10,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import FrozenClock
 from coordinator.policy.model import PolicySet, parse_policies
-from coordinator.purge.holds import HoldError, create_hold, get_hold, list_holds, release_hold
+from coordinator.purge.holds import (
+    HoldError,
+    create_hold,
+    entity_types,
+    get_hold,
+    list_holds,
+    release_hold,
+)
 from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
 from coordinator.tables import anonymized, outbox, policy_results
@@ -154,7 +161,12 @@ async def test_hook_sees_every_batch_and_keyset_covers_all_rows(
     await insert_sessions(engine, [100] * 10)
     async with engine.begin() as conn:
         await create_hold(
-            conn, entities=["session:2", "session:5"], reason="r", created_by="me", now=NOW
+            conn,
+            types=await entity_types(conn, parse_policies(policies())),
+            entities=["session:2", "session:5"],
+            reason="r",
+            created_by="me",
+            now=NOW,
         )
     text_ = policies('    before_purge: "tests.policy.hooks:record"\n')
     hooks.calls.clear()
@@ -173,6 +185,7 @@ async def test_hold_expiry_and_release(
     async with engine.begin() as conn:
         expiring = await create_hold(
             conn,
+            types=await entity_types(conn, parse_policies(policies())),
             entities=["session:1"],
             reason="r",
             created_by="me",
@@ -181,6 +194,7 @@ async def test_hold_expiry_and_release(
         )
         released = await create_hold(
             conn,
+            types=await entity_types(conn, parse_policies(policies())),
             entities=["session:2", "session:3"],
             reason="r",
             created_by="me",
@@ -208,15 +222,42 @@ async def test_hold_expiry_and_release(
 async def test_hold_input_errors(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         with pytest.raises(HoldError, match="TYPE:ID"):
-            await create_hold(conn, entities=["nocolon"], reason="r", created_by="me", now=NOW)
+            await create_hold(
+                conn,
+                types=await entity_types(conn, parse_policies(policies())),
+                entities=["nocolon"],
+                reason="r",
+                created_by="me",
+                now=NOW,
+            )
         with pytest.raises(HoldError, match="not in the future"):
             await create_hold(
-                conn, entities=["a:1"], reason="r", created_by="me", now=NOW, expires_at=NOW
+                conn,
+                types=await entity_types(conn, parse_policies(policies())),
+                entities=["session:1"],
+                reason="r",
+                created_by="me",
+                now=NOW,
+                expires_at=NOW,
             )
-        await create_hold(conn, entities=["a:1"], reason="r", created_by="me", now=NOW, hold_id="x")
+        await create_hold(
+            conn,
+            types=await entity_types(conn, parse_policies(policies())),
+            entities=["session:1"],
+            reason="r",
+            created_by="me",
+            now=NOW,
+            hold_id="x",
+        )
         with pytest.raises(HoldError, match="already exists"):
             await create_hold(
-                conn, entities=["a:1"], reason="r", created_by="me", now=NOW, hold_id="x"
+                conn,
+                types=await entity_types(conn, parse_policies(policies())),
+                entities=["session:1"],
+                reason="r",
+                created_by="me",
+                now=NOW,
+                hold_id="x",
             )
         with pytest.raises(HoldError, match="no hold"):
             await get_hold(conn, "nope")

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from coordinator.clock import FrozenClock
 from coordinator.policy.model import parse_policies
 from coordinator.purge.batch import PurgeBatch
-from coordinator.purge.holds import create_hold
+from coordinator.purge.holds import create_hold, entity_types
 from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
 from coordinator.tables import audit_log, legal_hold_entities, legal_holds
@@ -78,7 +78,12 @@ async def _one_race(
     async def create() -> object:
         async with engine.begin() as conn:
             return await create_hold(
-                conn, entities=targets, reason="race", created_by="legal", now=NOW
+                conn,
+                types=await entity_types(conn, parse_policies(POLICY)),
+                entities=targets,
+                reason="race",
+                created_by="legal",
+                now=NOW,
             )
 
     async def interleave(conn: AsyncConnection, batch: PurgeBatch) -> None:

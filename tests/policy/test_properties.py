@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import FrozenClock
 from coordinator.policy.model import parse_policies
-from coordinator.purge.holds import create_hold, release_hold
+from coordinator.purge.holds import create_hold, entity_types, release_hold
 from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
 from demo.seed_data import orders, shopping_carts
@@ -164,6 +164,7 @@ async def test_a_run_touches_exactly_the_due_rows(
             expiry, released = row.hold
             hold = await create_hold(
                 conn,
+                types=await entity_types(conn, POLICIES),
                 entities=[entity],
                 reason="p",
                 created_by="t",

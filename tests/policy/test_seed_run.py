@@ -13,20 +13,26 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from coordinator import audit
 from coordinator.clock import FrozenClock
 from coordinator.metrics import Metrics
-from coordinator.policy.model import PolicySet
-from coordinator.purge.holds import create_hold
+from coordinator.policy.model import PolicySet, load_policies
+from coordinator.purge.holds import create_hold, entity_types
 from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
 from coordinator.tables import outbox, policy_results, runs
 from demo.seed_data import SEED_POLICIES, SeedData, populate
 from tests.policy.conftest import HASH_SECRET, NOW
+from tests.policy.conftest import SEED_POLICIES as SEED_POLICY_FILE
 
 
 async def seed(engine: AsyncEngine) -> SeedData:
     async with engine.begin() as conn:
         data = await populate(conn, NOW)
         await create_hold(
-            conn, entities=data.holds, reason="litigation 42", created_by="legal", now=NOW
+            conn,
+            types=await entity_types(conn, load_policies(SEED_POLICY_FILE)),
+            entities=data.holds,
+            reason="litigation 42",
+            created_by="legal",
+            now=NOW,
         )
     return data
 
