@@ -326,7 +326,8 @@ def test_tokens_are_made_once_into_a_volume_only_serve_reads(
     written = PurePosixPath(tokens["command"][4])
     assert written == PurePosixPath(str(settings.api_tokens_file))
     [made] = tokens["volumes"]
-    [read] = services["serve"]["volumes"]
+    # serve mounts the tokens volume and the signing keys volume (test below).
+    [read] = [v for v in services["serve"]["volumes"] if not v.startswith("keys:")]
     volume, directory = made.split(":")
     assert read == f"{volume}:{directory}:ro"
     assert volume in load_compose()["volumes"]  # type: ignore[operator]
@@ -426,3 +427,15 @@ def test_dockerfile_installs_every_shipped_package() -> None:
     # The faust extra, for services.search_index; never the test extra.
     assert 'pip install ".[faust]"' in dockerfile
     assert "faust" in pyproject["project"]["optional-dependencies"]
+
+
+def test_the_signing_keys_are_made_by_seed_into_a_volume_everyone_reads() -> None:
+    services = _services()
+    mount = "keys:/app/.cache/demo/keys"
+    assert mount in services["seed"]["volumes"]
+    assert mount in services["serve"]["volumes"]
+    for name in EXAMPLE_SERVICES:
+        assert services[name]["volumes"] == [mount], name
+    assert "keys" in load_compose()["volumes"]  # type: ignore[operator]
+    key_file = services["serve"]["environment"]["RETENTION_SIGNING_KEY_FILE"]
+    assert key_file == f"{mount.split(':')[1]}/coordinator.key"

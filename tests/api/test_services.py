@@ -20,7 +20,7 @@ NOW = datetime.now(UTC)
 
 async def _pending_event(engine: AsyncEngine, ctx: ApiContext) -> object:
     [event] = await insert_published(
-        engine, [f"u-{NOW.timestamp()}"], published_at=NOW, entity_type="order"
+        engine, [f"u-{NOW.timestamp()}"], published_at=NOW, entity_type="user"
     )
     declared = [(s.name, e, a) for s in ctx.policy_set.services for e, a in sorted(s.pairs())]
     async with engine.begin() as conn:
@@ -69,7 +69,7 @@ async def test_waive_and_retire_need_admin_and_record_the_token(
     client: httpx.AsyncClient, ctx: ApiContext, engine: AsyncEngine, tokens: dict[Scope, str]
 ) -> None:
     event = await _pending_event(engine, ctx)
-    body = {"service": "billing", "reason": "order never reached billing", "by": "ignored"}
+    body = {"service": "billing", "reason": "user never reached billing", "by": "ignored"}
     for scope in (Scope.READ, Scope.WRITE):
         refused = await client.post(
             f"/v1/events/{event}/waive", json=body, headers=auth(tokens[scope])
@@ -91,7 +91,7 @@ async def test_waive_and_retire_need_admin_and_record_the_token(
     assert (answer["status"], answer["waived_by"], answer["detail"]) == (
         "waived",
         "admin-bot",
-        "order never reached billing",
+        "user never reached billing",
     )
     async with engine.connect() as conn:
         entry = (
