@@ -48,6 +48,7 @@ from coordinator.scheduler import Schedule, Scheduler
 from coordinator.settings import Settings
 from coordinator.tokens import TokenStore
 from coordinator.tracking.tracker import Tracker
+from schemas.signing import SignatureMode
 
 __all__ = ["GLOBAL_SCHEDULE", "RunInProgress", "Service", "ServiceFailed", "schedules_for"]
 
@@ -275,6 +276,7 @@ class Service:
                 policy_set=self.policy_set,
                 global_schedule=s.schedule,
                 trigger_run=self.trigger_run,
+                signatures=s.signatures.mode,
             )
         )
         config = uvicorn.Config(
@@ -314,6 +316,14 @@ class Service:
             ServiceFailed: a component ended on its own; the others were stopped.
         """
         s = self.settings
+        if s.signatures.mode is not SignatureMode.REQUIRED:
+            log.warning(
+                "signatures_not_required",
+                mode=s.signatures.mode.value,
+                effect="unsigned acks and registrations count"
+                if s.signatures.mode is SignatureMode.PERMISSIVE
+                else "nothing is verified",
+            )
         created = await ensure_topics(
             s.kafka,
             partitions=s.serve.topic_partitions,

@@ -15,6 +15,7 @@ from coordinator.api.health import KafkaHealth
 from coordinator.clock import Clock
 from coordinator.policy.model import PolicySet
 from coordinator.tokens import TokenStore
+from schemas.signing import SignatureMode
 
 __all__ = [
     "ApiContext",
@@ -48,6 +49,8 @@ class ApiContext:
     global_schedule: str
     health_timeout_s: float = 2.0
     trigger_run: RunTrigger | None = None
+    signatures: SignatureMode = SignatureMode.REQUIRED
+    """Shown by /healthz: `off` must be visible from outside (SPEC §9)."""
 
 
 def context(request: Request) -> ApiContext:

@@ -39,6 +39,9 @@ class HealthCheck(_View):
 class HealthView(_View):
     status: Literal["ok", "unavailable"]
     checks: dict[str, HealthCheck] = Field(description="`database` and `kafka`.")
+    signatures: str = Field(
+        description="RETENTION_SIGNATURES: required | permissive | off (off verifies nothing)."
+    )
 
 
 class ServiceAnswer(_View):
