@@ -155,6 +155,7 @@ def run_ours(url: str, policy_file: Path, timeout_s: float) -> dict[str, Any]:
     """`retention run` as a subprocess; its own per-policy durations, its peak RSS."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RETENTION_")}
     env.update(RETENTION_DATABASE_URL=url, RETENTION_HASH_SECRET="bench-only-key")  # noqa: S106
+    env.update(infra.signing_env())
     retention = str(Path(sys.executable).with_name("retention"))
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
@@ -549,6 +550,7 @@ def table(result: dict[str, Any]) -> str:
 
 async def main() -> None:
     infra.load_infra_env()
+    infra.use_test_keys()  # every benchmark runs signed
     rows, rounds = env_int("BENCH_ROWS", 100_000), env_int("BENCH_ROUNDS", 3)
     e2e_users = env_int("BENCH_E2E_USERS", 10_000)
     say(f"building the template: {rows:,} rows")

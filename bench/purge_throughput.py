@@ -42,6 +42,8 @@ policies:
     fan_out: {fan_out}
     batch_size: 5000
 {extra}
+services:
+  - {{name: bench, owner: bench, handles: {{row: [delete, anonymize]}}}}
 """
 ANONYMIZE = """    anonymize:
       name: hash
