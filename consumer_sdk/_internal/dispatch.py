@@ -87,6 +87,8 @@ class Dispatched:
     """What a run over records produced: sends to await, and how far it got."""
 
     sends: list[Awaitable[Any]] = field(default_factory=list)
+    acks: list[tuple[bytes, bytes]] = field(default_factory=list)
+    """Encoded acks (key, value), sent together and signed once when the run ends."""
     last_done: int | None = None
     """Offset of the last record whose outcome is in `sends` (None: not even the first)."""
 
@@ -148,7 +150,17 @@ class Dispatcher:
             except Abandoned:
                 # A stop during a retry's backoff: `done` holds what was finished before.
                 break
+        done.sends.extend(await self._send_acks(done.acks))
         return done
+
+    async def _send_acks(self, acks: Sequence[tuple[bytes, bytes]]) -> list[Awaitable[Any]]:
+        """One signature for the whole batch (a Merkle root, docs/protocol.md), so the
+        tracker verifies one Ed25519 signature per batch; a batch of one is signed alone."""
+        signed = self.trust.sign_batch(acks)
+        return [
+            await self.producer.send(self.topics.acks, value, key=key, headers=headers)
+            for (key, value), headers in zip(acks, signed, strict=True)
+        ]
 
     async def _lookup(
         self, items: Iterable[RetentionEvent | PoisonRecord]
@@ -179,7 +191,7 @@ class Dispatcher:
             if outcome.status is not AckStatus.FAILED:
                 # A second copy of the event later in this batch is a redelivery too.
                 known[item.event_id] = outcome.processed(item)
-            done.sends.extend(await self._emit(record, item, spec, outcome))
+            done.sends.extend(await self._emit(record, item, spec, outcome, done))
         done.last_done = record.offset
 
     async def _run(
@@ -278,7 +290,7 @@ class Dispatcher:
             if isinstance(item, PoisonRecord):
                 done.sends.append(await self._poison(record, item))
             elif spec is not None and outcome is not None:
-                done.sends.extend(await self._emit(record, item, spec, outcome))
+                done.sends.extend(await self._emit(record, item, spec, outcome, done))
             done.last_done = record.offset
         if retry is None:
             return i
@@ -336,9 +348,15 @@ class Dispatcher:
         return await self._dead_letter(record, reason, poison.reason, 0)
 
     async def _emit(
-        self, record: Record, event: RetentionEvent, spec: HandlerSpec, outcome: Outcome
+        self,
+        record: Record,
+        event: RetentionEvent,
+        spec: HandlerSpec,
+        outcome: Outcome,
+        done: Dispatched,
     ) -> list[Awaitable[Any]]:
-        """Count, log and send the event's ack (and DLQ record if it failed)."""
+        """Count and log the event's ack and queue it in `done`; send its DLQ record if it
+        failed."""
         ack = outcome.ack(self.service, event)
         self.metrics.handled.labels(
             self.service, spec.entity_type, spec.action.value, outcome.status.value
@@ -356,12 +374,8 @@ class Dispatcher:
             partition=record.partition,
             offset=record.offset,
         )
-        key, value = ack.key.encode(), encode(ack)
-        sends = [
-            await self.producer.send(
-                self.topics.acks, value, key=key, headers=self.trust.sign(key, value)
-            )
-        ]
+        done.acks.append((ack.key.encode(), encode(ack)))
+        sends = []
         if outcome.status is AckStatus.FAILED:
             sends.append(
                 await self._dead_letter(record, DlqReason.FAILED, outcome.detail, outcome.attempts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -58,6 +59,11 @@ class Trust:
 
     def sign(self, key: bytes | None, value: bytes | None) -> Headers:
         return [] if self.signer is None else self.signer.sign_record(key, value)
+
+    def sign_batch(self, records: Sequence[tuple[bytes, bytes]]) -> list[Headers]:
+        if self.signer is None:
+            return [[] for _ in records]
+        return self.signer.sign_batch(records)
 
     def refused(self, record: Record) -> str | None:
         """Why this event record must not reach a handler (None: it may)."""
