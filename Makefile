@@ -12,7 +12,7 @@ ENV_FILE := .cache/infra.env
 # Every target that touches Kafka or PostgreSQL reads the settings infra-up wrote.
 WITH_INFRA := set -a; source $(ENV_FILE); set +a;
 
-.PHONY: help venv tools infra-up infra-down infra-status lint typecheck schemas test test-unit test-faults demo bench clean
+.PHONY: help venv tools infra-up infra-down infra-status lint typecheck schemas test test-unit test-faults fuzz fuzz-run demo bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -30,6 +30,12 @@ BENCH_STAMP := $(VENV)/.bench-installed
 $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test,faust,bench]'
 	touch $(BENCH_STAMP)
+
+# atheris (libFuzzer for Python) for `make fuzz` and the fuzz step of `make test-faults`.
+FUZZ_STAMP := $(VENV)/.fuzz-installed
+$(FUZZ_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[test,faust,fuzz]'
+	touch $(FUZZ_STAMP)
 
 venv: $(STAMP) ## create or refresh .venv with the project, its test extras and faust
 
@@ -64,8 +70,23 @@ schemas: $(STAMP) ## regenerate schemas/json from the wire models
 test: $(STAMP) tools infra-up lint typecheck ## everything: venv, infra, lint, types, all tests
 	$(WITH_INFRA) $(BIN)/pytest -m "not faults_full"
 
-test-faults: $(STAMP) infra-up ## the full fault-injection suite (every scenario, full size)
+test-faults: $(FUZZ_STAMP) infra-up ## the full fault-injection suite (every scenario, full size) and a bounded fuzz run
 	$(WITH_INFRA) $(BIN)/pytest -m "faults_full or slow or not slow" tests/faults
+	$(MAKE) --no-print-directory fuzz-run FUZZ_CORPUS=.cache/fuzz/corpus FUZZ_SECONDS=$(FAULTS_FUZZ_SECONDS)
+
+# `make fuzz` keeps what it finds in the committed corpus; test-faults keeps its finds in
+# .cache (libFuzzer writes new inputs into the first corpus directory and reads them all).
+FUZZ_SECONDS ?= 600
+FAULTS_FUZZ_SECONDS ?= 120
+FUZZ_CORPUS ?= tests/fuzz/corpus
+fuzz: $(FUZZ_STAMP) ## fuzz schemas.decode for FUZZ_SECONDS (default 600); finds go into tests/fuzz/corpus
+	$(MAKE) --no-print-directory fuzz-run
+
+fuzz-run:
+	mkdir -p $(FUZZ_CORPUS) .cache/fuzz
+	$(BIN)/python -m tests.fuzz.decode_target $(FUZZ_CORPUS) $(if $(filter tests/fuzz/corpus,$(FUZZ_CORPUS)),,tests/fuzz/corpus) \
+	  -dict=tests/fuzz/decode.dict -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
+	  -artifact_prefix=.cache/fuzz/ -print_final_stats=1
 
 demo: $(STAMP) infra-up ## run the whole system on demo data and show the result
 	$(WITH_INFRA) $(BIN)/python -m demo

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import structlog
 from prometheus_client import CollectorRegistry, start_http_server
+from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from consumer_sdk._internal.registry import BatchResult, HandlerRegistry
@@ -90,14 +91,15 @@ class RetentionConsumer:
         base = settings if settings is not None else ConsumerSettings()
         updates: dict[str, Any] = {}
         if database_url is not None:
-            updates["database_url"] = database_url
+            updates["database_url"] = SecretStr(database_url)
         if max_attempts is not None:
             if max_attempts < 1:
                 raise ConfigurationError(f"max_attempts must be >= 1, not {max_attempts}")
             updates["max_attempts"] = max_attempts
         self.settings = base.model_copy(update=updates)
         if self.settings.database_url is not None:
-            async_database_url(self.settings.database_url)  # a bad URL fails here, not later
+            # A bad URL fails here, not later.
+            async_database_url(self.settings.database_url.get_secret_value())
         if engine is not None and self.settings.database_url is not None:
             raise ConfigurationError("give either engine= or database_url=, not both")
         self.service = service
@@ -234,7 +236,10 @@ class RetentionConsumer:
         engine = self._engine
         if engine is None and self.settings.database_url is not None:
             engine = owned = create_async_engine(
-                async_database_url(self.settings.database_url), pool_pre_ping=True
+                async_database_url(self.settings.database_url.get_secret_value()),
+                pool_pre_ping=True,
+                # A statement's parameters (personal data) stay out of its errors.
+                hide_parameters=True,
             )
         try:
             chosen = store_factory(engine) if store_factory else self._store

@@ -7,6 +7,7 @@ __all__ = [
     "DuplicateHandlerError",
     "EntityNotFound",
     "HandlerSignal",
+    "HandlerTimeout",
     "PermanentFailure",
     "RetentionSDKError",
     "RetryLater",
@@ -35,6 +36,11 @@ class EntityNotFound(HandlerSignal):
 
 class RetryLater(HandlerSignal):
     """A transient condition: retry with backoff, up to the handler's `max_attempts`."""
+
+
+class HandlerTimeout(RetryLater):
+    """Raised by the SDK when a handler ran past `handler_timeout_s`: the attempt is
+    rolled back and retried like `RetryLater`; after the last one, `failed` and the DLQ."""
 
 
 class PermanentFailure(HandlerSignal):

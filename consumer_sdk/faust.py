@@ -38,7 +38,7 @@ from consumer_sdk._internal.transport import ProducerPort, Record, kafka_produce
 from consumer_sdk._internal.trust import Trust
 from consumer_sdk.app import RetentionConsumer
 from consumer_sdk.exceptions import ConfigurationError
-from schemas import KafkaSettings, encode
+from schemas import KafkaSettings, encode, error_text
 from schemas.logs import configure_logging
 
 __all__ = ["FaustRetention", "attach", "faust_app_settings"]
@@ -178,7 +178,7 @@ class FaustRetention:
             log.error(
                 "registration not published; retrying at the first event",
                 service=self.retention.service,
-                error=repr(exc),
+                error=error_text(exc),
             )
         log.info(
             "partitions assigned",
@@ -213,7 +213,7 @@ class FaustRetention:
                     service=self.retention.service,
                     partition=record.partition,
                     offset=record.offset,
-                    error=repr(exc),
+                    error=error_text(exc),
                 )
             if self.stopping.is_set() or self.app.should_stop:
                 return False

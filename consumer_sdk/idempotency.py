@@ -167,8 +167,12 @@ class _Savepoints:
         try:
             yield self.conn
         except Exception:
-            # The savepoint stays established after this: the next call releases it.
-            await self.conn.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
+            # A call cancelled mid-statement (a handler timeout) leaves the connection
+            # invalidated: the server rolled everything back, and the batch must fail as
+            # a whole with the handler's error, not a PendingRollbackError of ours.
+            if not self.conn.invalidated:
+                # The savepoint stays established after this: the next call releases it.
+                await self.conn.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
             raise
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["ConsumerSettings"]
@@ -12,10 +12,14 @@ class ConsumerSettings(BaseSettings):
     """How the SDK consumes, retries and stops; Kafka itself is `schemas.KafkaSettings`."""
 
     model_config = SettingsConfigDict(
-        env_prefix="RETENTION_", extra="ignore", populate_by_name=True
+        env_prefix="RETENTION_",
+        extra="ignore",
+        populate_by_name=True,
+        # Errors never echo the input: it may be a secret (a database URL, a key).
+        hide_input_in_errors=True,
     )
 
-    database_url: str | None = Field(
+    database_url: SecretStr | None = Field(
         default=None,
         # Not RETENTION_DATABASE_URL: that one is the coordinator's database, never a service's.
         validation_alias=AliasChoices("database_url", "RETENTION_SERVICE_DATABASE_URL"),
@@ -95,4 +99,23 @@ class ConsumerSettings(BaseSettings):
         gt=0,
         validation_alias=AliasChoices("error_backoff_s", "RETENTION_CONSUMER_ERROR_BACKOFF_S"),
         description="Pause before re-reading a partition after Kafka or the database failed.",
+    )
+    handler_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        validation_alias=AliasChoices("handler_timeout_s", "RETENTION_CONSUMER_HANDLER_TIMEOUT_S"),
+        description=(
+            "Longest one handler call may take. Past it the call is cancelled, its "
+            "transaction rolled back, and the attempt retried like `RetryLater` "
+            "(`HandlerTimeout`); after the last attempt the event is `failed` and dead-lettered."
+        ),
+    )
+    error_messages: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("error_messages", "RETENTION_CONSUMER_ERROR_MESSAGES"),
+        description=(
+            "Opt-in: put a handler's exception message (and an `EntityNotFound` text) into "
+            "ack `detail` and DLQ headers. Off, they carry only the exception class and "
+            "its SQLSTATE or Kafka error code: messages can hold personal data (SPEC §13)."
+        ),
     )

@@ -28,6 +28,8 @@ def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> AsyncEng
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
+        # A statement's parameters (a hash key, personal data) stay out of its errors.
+        hide_parameters=True,
         echo=echo,
     )
 

@@ -16,7 +16,9 @@ _MIGRATIONS = Path(__file__).parent / "migrations"
 def alembic_config(database_url: str) -> Config:
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
-    config.set_main_option("sqlalchemy.url", database_url)
+    # The option goes through ConfigParser interpolation: a `%` in the password would make
+    # it raise with the whole URL (password included) in its message.
+    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
     return config
 
 

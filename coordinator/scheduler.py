@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from coordinator.clock import Clock
 from coordinator.db import when_reachable
 from coordinator.tables import scheduler_fires
+from schemas.errors import error_text
 
 __all__ = ["LEADER_LOCK", "Fire", "Job", "Schedule", "Scheduler", "validate_cron"]
 
@@ -234,7 +235,7 @@ class Scheduler:
             status, detail = "cancelled", "scheduler stopped during the run"
             raise
         except Exception as exc:
-            status, detail = "failed", f"{type(exc).__name__}: {exc}"
+            status, detail = "failed", error_text(exc)
             log.exception("scheduler.job_failed", schedule=schedule.name)
         finally:
             await self._finish(fire, status, detail)

@@ -48,6 +48,7 @@ from coordinator.scheduler import Schedule, Scheduler
 from coordinator.settings import Settings
 from coordinator.tokens import TokenStore
 from coordinator.tracking.tracker import Tracker
+from schemas.errors import error_text
 from schemas.signing import SignatureMode
 
 __all__ = ["GLOBAL_SCHEDULE", "RunInProgress", "Service", "ServiceFailed", "schedules_for"]
@@ -63,7 +64,7 @@ class ServiceFailed(RuntimeError):
 
 def _log_failure(task: asyncio.Task[RunReport]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.error("triggered_run_failed", error=repr(task.exception()))
+        log.error("triggered_run_failed", exc_info=task.exception())
 
 
 def schedules_for(policy_set: PolicySet, global_cron: str) -> list[Schedule]:
@@ -433,7 +434,7 @@ def _failure(
     exc = task.exception()
     if exc is None:
         return None if stopping else ServiceFailed(f"{name} stopped on its own")
-    log.error("component_failed", component=name, error=repr(exc), exc_info=exc)
+    log.error("component_failed", component=name, error=error_text(exc), exc_info=exc)
     if isinstance(exc, ServiceFailed):
         return exc
-    return ServiceFailed(f"{name} failed: {type(exc).__name__}: {exc}")
+    return ServiceFailed(f"{name} failed: {error_text(exc)}")

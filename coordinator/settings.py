@@ -151,7 +151,11 @@ class Settings(BaseSettings):
     """Everything the coordinator needs to know about its surroundings."""
 
     model_config = SettingsConfigDict(
-        env_prefix="RETENTION_", extra="ignore", populate_by_name=True
+        env_prefix="RETENTION_",
+        extra="ignore",
+        populate_by_name=True,
+        # Errors never echo the input: it may be a secret (a database URL, a key).
+        hide_input_in_errors=True,
     )
 
     database_url: SecretStr = Field(
@@ -178,6 +182,12 @@ class Settings(BaseSettings):
         default_factory=TrackerSettings,
         description="Completion tracker (RETENTION_TRACKER_* variables).",
     )
+    hook_modules: str = Field(
+        default="",
+        description="Comma-separated modules (with their submodules) a policy's "
+        "`before_purge` may name, besides the policy file's own Python package; any "
+        "other is refused before it is imported.",
+    )
     http_port: int = Field(default=8080, ge=1, le=65535, description="Port of `retention serve`.")
     api_tokens_file: Path | None = Field(
         default=None,
@@ -197,6 +207,9 @@ class Settings(BaseSettings):
         default_factory=SignatureSettings,
         description="Signing key and RETENTION_SIGNATURES (SPEC §9).",
     )
+
+    def allowed_hook_modules(self) -> tuple[str, ...]:
+        return tuple(m.strip() for m in self.hook_modules.split(",") if m.strip())
 
     @field_validator("schedule")
     @classmethod

@@ -10,6 +10,7 @@ from schemas.codec import (
     encode,
 )
 from schemas.database import DEFAULT_DATABASE_URL, async_database_url, is_disconnect
+from schemas.errors import error_text
 from schemas.kafka import KafkaSettings
 from schemas.models import (
     SCHEMA_VERSION,
@@ -43,6 +44,7 @@ __all__ = [
     "dead_letter",
     "decode",
     "encode",
+    "error_text",
     "is_disconnect",
     "service_group",
     "utc_now",

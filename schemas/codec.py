@@ -65,6 +65,10 @@ def decode(model: type[M], raw: bytes | None) -> M:
     except RecursionError:
         # `[[[[…` a few hundred KB deep: the parser's recursion limit, not our bug to crash on.
         raise PoisonRecord("JSON nested too deeply", raw) from None
+    except ValueError:
+        # Python's int() limit (sys.get_int_max_str_digits): `{"a": 1111…}` with thousands
+        # of digits is valid JSON that json.loads refuses with a plain ValueError.
+        raise PoisonRecord("JSON number too long", raw) from None
     if not isinstance(document, dict):
         raise PoisonRecord(f"not a JSON object but {type(document).__name__}", raw)
     try:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import asyncpg
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-__all__ = ["DEFAULT_DATABASE_URL", "async_database_url", "is_disconnect"]
+__all__ = ["DEFAULT_DATABASE_URL", "async_database_url", "is_disconnect", "mask_passwords"]
 
 DEFAULT_DATABASE_URL = "postgresql://retention:retention@127.0.0.1:5432/retention"
 """Where `make infra-up` (and docker compose) expose PostgreSQL to the host."""
@@ -24,7 +27,29 @@ def async_database_url(url: str) -> str:
         raise ValueError(
             f"unsupported database URL scheme {scheme!r}: use postgresql://user:password@host/db"
         )
-    return f"{_ASYNC_SCHEMES[scheme]}://{rest}"
+    url = f"{_ASYNC_SCHEMES[scheme]}://{rest}"
+    try:
+        make_url(url)
+    except Exception as exc:
+        # The parser's own message quotes pieces of the URL, the password's among them.
+        raise ValueError(
+            f"database URL {mask_passwords(url)!r} does not parse ({type(exc).__name__}): "
+            "percent-encode special characters in the password"
+        ) from None
+    return url
+
+
+# Up to the last `@` of the URL: a password may itself hold `@`, `:` or `/`.
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^\s]*(?P<at>@)")
+
+
+def mask_passwords(text: str) -> str:
+    """`text` with the password of every URL in it replaced by `***`.
+
+    Works on any text (an exception message quoting a URL), not only on URLs that parse:
+    a password with `%` or `@` is exactly what breaks parsers and ends up printed.
+    """
+    return _URL_PASSWORD.sub(r"\g<head>***\g<at>", text)
 
 
 _UNREACHABLE = (

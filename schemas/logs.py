@@ -11,6 +11,8 @@ import sys
 
 import structlog
 
+from schemas.errors import format_exc_info
+
 __all__ = ["configure_logging"]
 
 
@@ -41,7 +43,8 @@ def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info,
+            # Tracebacks without exception messages: they can hold personal data (SPEC §13).
+            format_exc_info,
             renderer,
         ],
     )

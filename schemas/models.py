@@ -19,7 +19,16 @@ from pydantic import (
 )
 
 __all__ = [
+    "EARLIEST",
+    "LATEST",
+    "MAX_BIGINT",
+    "MAX_DETAIL_CHARS",
+    "MAX_INTEGER",
+    "MAX_LIST_ITEMS",
+    "MAX_NAME_CHARS",
+    "MAX_TEXT_CHARS",
     "SCHEMA_VERSION",
+    "STORABLE_TEXT",
     "AckStatus",
     "EventType",
     "HandledEntity",
@@ -35,7 +44,25 @@ __all__ = [
 SCHEMA_VERSION = 1
 """Major version this code writes and the highest it reads."""
 
-NonEmpty = Annotated[str, Field(min_length=1, max_length=255)]
+# Bounds (SPEC §3): whatever passes decoding must also fit PostgreSQL and Python's datetime,
+# or a reader would accept a record and then fail on it forever.
+STORABLE_TEXT = r"^[^\x00]*$"
+"""PostgreSQL text can't hold NUL; the pattern also refuses lone surrogates (not UTF-8)."""
+MAX_NAME_CHARS = 255
+MAX_TEXT_CHARS = 1024
+MAX_DETAIL_CHARS = 2048
+MAX_LIST_ITEMS = 256
+MAX_BIGINT = 2**63 - 1
+"""PostgreSQL bigint (records_affected)."""
+MAX_INTEGER = 2**31 - 1
+"""PostgreSQL integer (attempt)."""
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+"""Timestamps lie in [EARLIEST, LATEST): far from datetime's year 1..9999, so adding a
+deadline or a reminder interval to one can't overflow."""
+
+NonEmpty = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS, pattern=STORABLE_TEXT)]
+Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS, pattern=STORABLE_TEXT)]
 
 
 def utc_now() -> datetime:
@@ -48,10 +75,20 @@ def _rfc3339(value: datetime) -> str:
 
 UtcDatetime = Annotated[
     AwareDatetime,
+    # Compared before conversion: `0001-01-01T00:00:00+14:00` is refused here rather
+    # than overflowing in astimezone.
+    Field(ge=EARLIEST, lt=LATEST),
     # Every timestamp on the wire is UTC, whatever offset the writer used.
     AfterValidator(lambda value: value.astimezone(UTC)),
     PlainSerializer(_rfc3339, return_type=str, when_used="json"),
-    WithJsonSchema({"type": "string", "format": "date-time"}),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "date-time",
+            "formatMinimum": _rfc3339(EARLIEST),
+            "formatExclusiveMaximum": _rfc3339(LATEST),
+        }
+    ),
 ]
 
 
@@ -96,10 +133,12 @@ class RetentionEvent(WireModel):
     entity_type: NonEmpty
     entity_id: NonEmpty
     policy: NonEmpty
-    legal_basis: str
+    legal_basis: Text
     initiated_at: UtcDatetime
     deadline: UtcDatetime
-    fields: list[str] = Field(default_factory=list)
+    fields: Annotated[list[NonEmpty], Field(max_length=MAX_LIST_ITEMS)] = Field(
+        default_factory=list
+    )
     run_id: uuid.UUID | None = None
 
     @property
@@ -116,9 +155,9 @@ class RetentionAck(WireModel):
     entity_type: NonEmpty
     entity_id: NonEmpty
     status: AckStatus
-    records_affected: Annotated[int, Field(ge=0)]
-    detail: str = ""
-    attempt: Annotated[int, Field(ge=1)] = 1
+    records_affected: Annotated[int, Field(ge=0, le=MAX_BIGINT)]
+    detail: Annotated[str, Field(max_length=MAX_DETAIL_CHARS, pattern=STORABLE_TEXT)] = ""
+    attempt: Annotated[int, Field(ge=1, le=MAX_INTEGER)] = 1
     acknowledged_at: UtcDatetime
 
     @property
@@ -130,15 +169,15 @@ class HandledEntity(StrictModel):
     """One entity type and the actions a service handles for it."""
 
     entity_type: NonEmpty
-    actions: list[EventType]
+    actions: Annotated[list[EventType], Field(max_length=len(EventType))]
 
 
 class ServiceRegistration(WireModel):
     """What a service handles, on the compacted `data.retention.services` topic."""
 
     service: NonEmpty
-    handles: list[HandledEntity]
-    sdk_version: str
+    handles: Annotated[list[HandledEntity], Field(max_length=MAX_LIST_ITEMS)]
+    sdk_version: Annotated[str, Field(max_length=MAX_NAME_CHARS, pattern=STORABLE_TEXT)]
     registered_at: UtcDatetime
 
     @property

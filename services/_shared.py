@@ -63,7 +63,7 @@ def service_database_url() -> str:
 
 
 def engine_for(url: str) -> AsyncEngine:
-    return create_async_engine(async_database_url(url), pool_pre_ping=True)
+    return create_async_engine(async_database_url(url), pool_pre_ping=True, hide_parameters=True)
 
 
 def user_erasure_log(metadata: MetaData) -> Table:

@@ -20,8 +20,8 @@ from consumer_sdk._internal.registry import HandlerRegistry, HandlerSpec
 from consumer_sdk._internal.transport import ProducerPort, Record
 from consumer_sdk._internal.trust import Trust
 from consumer_sdk.dlq import DlqHeader, DlqReason
+from consumer_sdk.exceptions import HandlerTimeout
 from consumer_sdk.idempotency import (
-    AlreadyRecorded,
     BatchingStore,
     IdempotencyStore,
     ProcessedEvent,
@@ -36,6 +36,7 @@ from schemas import (
     dead_letter,
     decode,
     encode,
+    error_text,
     utc_now,
 )
 
@@ -262,7 +263,11 @@ class Dispatcher:
                     handled.append((record, item, spec, result))
                     i += 1
         except Exception as exc:
-            if i == start:
+            # A timed-out handler invalidated the batch's connection, so the commit fails
+            # too; the event is to blame, and is retried below, on its own. Any other
+            # retry starts the next run afresh (its first error may be another's fault).
+            timed_out = retry is not None and isinstance(retry.error, HandlerTimeout)
+            if i == start and not timed_out:
                 # Failed before its first event: the transaction could not even begin (the
                 # database is unreachable). Nothing to redo one by one, and returning here
                 # would run the same batch again at once, in a loop, until the database
@@ -279,12 +284,17 @@ class Dispatcher:
                 partition=decoded[start][0].partition,
                 offset=decoded[start][0].offset,
                 events=i - start,
-                error=repr(exc) if not isinstance(exc, AlreadyRecorded) else "AlreadyRecorded",
+                error=error_text(exc),
             )
             known.update(await self._lookup(item for _, item in decoded[start:i]))
             for record, item in decoded[start:i]:
                 await self._one(record, item, known, done, stopping)
-            return i
+            if retry is None or not timed_out:
+                return i
+            # Now, or the next run would start with it and fail the same way, forever.
+            record, item = decoded[i]
+            await self._one(record, item, known, done, stopping, first_error=retry.error)
+            return i + 1
         known.update(recorded)
         for record, item, spec, outcome in handled:
             if isinstance(item, PoisonRecord):

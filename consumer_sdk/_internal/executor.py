@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import structlog
 from tenacity import (
@@ -26,7 +27,7 @@ from tenacity import (
 
 from consumer_sdk._internal.registry import HandlerSpec
 from consumer_sdk.context import HandlerContext
-from consumer_sdk.exceptions import EntityNotFound
+from consumer_sdk.exceptions import EntityNotFound, HandlerTimeout
 from consumer_sdk.idempotency import (
     AlreadyRecorded,
     BatchTransaction,
@@ -35,11 +36,13 @@ from consumer_sdk.idempotency import (
 )
 from consumer_sdk.metrics import ConsumerMetrics
 from consumer_sdk.settings import ConsumerSettings
-from schemas import AckStatus, RetentionAck, RetentionEvent, is_disconnect, utc_now
+from schemas import AckStatus, RetentionAck, RetentionEvent, error_text, is_disconnect, utc_now
 
 __all__ = ["Abandoned", "EventExecutor", "Outcome", "Retry"]
 
 log = structlog.get_logger("consumer_sdk")
+
+T = TypeVar("T")
 
 MAX_DETAIL = 1000
 
@@ -78,11 +81,6 @@ class Retry:
     """The first attempt, in a batch, failed with an error worth retrying."""
 
     error: Exception
-
-
-def _error_text(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return text[:MAX_DETAIL]
 
 
 class EventExecutor:
@@ -199,7 +197,7 @@ class EventExecutor:
                 context = HandlerContext(self.service, 1, max_attempts, conn)
                 count = await self._timed(spec, event, context)
         except EntityNotFound as exc:
-            return Outcome(AckStatus.NOT_FOUND, 0, 1, str(exc)[:MAX_DETAIL])
+            return Outcome(AckStatus.NOT_FOUND, 0, 1, self._detail(exc))
         except Exception as exc:
             if max_attempts > 1 and spec.is_retriable(exc):
                 return Retry(exc)
@@ -222,7 +220,7 @@ class EventExecutor:
                     self.on_call(spec, list(events), context)
                 started = time.perf_counter()
                 try:
-                    results = await spec.call_batch(events, context)
+                    results = await self._bounded(spec, spec.call_batch(events, context))
                 finally:
                     self._observe(spec, time.perf_counter() - started, len(events))
         except Exception as exc:
@@ -237,7 +235,7 @@ class EventExecutor:
             )
             return None
         return [
-            Outcome(AckStatus.NOT_FOUND, 0, 1, str(result)[:MAX_DETAIL])
+            Outcome(AckStatus.NOT_FOUND, 0, 1, self._detail(result))
             if isinstance(result, EntityNotFound)
             else Outcome(AckStatus.COMPLETED, result, 1)
             for result in results
@@ -260,7 +258,16 @@ class EventExecutor:
             attempts=attempts,
             error=type(exc).__name__,
         )
-        return Outcome(AckStatus.FAILED, 0, attempts, _error_text(exc))
+        return Outcome(AckStatus.FAILED, 0, attempts, self._detail(exc))
+
+    def _detail(self, exc: BaseException) -> str:
+        """Ack `detail` and DLQ error header: class and code; the message only on opt-in."""
+        text = error_text(exc)
+        if self.settings.error_messages and str(exc):
+            # Whatever the message holds, the ack must stay valid on the wire (SPEC §3).
+            message = str(exc).replace("\x00", "\\0").encode("utf-8", "replace").decode()
+            text = f"{text}: {message}"
+        return text[:MAX_DETAIL]
 
     async def _attempt(
         self, event: RetentionEvent, spec: HandlerSpec, attempt: int, max_attempts: int
@@ -270,7 +277,7 @@ class EventExecutor:
             try:
                 count = await self._timed(spec, event, context)
             except EntityNotFound as exc:
-                return Outcome(AckStatus.NOT_FOUND, 0, attempt, str(exc)[:MAX_DETAIL])
+                return Outcome(AckStatus.NOT_FOUND, 0, attempt, self._detail(exc))
             return Outcome(AckStatus.COMPLETED, count, attempt)
         try:
             async with self.store.transaction(self.service, event.event_id) as tx:
@@ -281,7 +288,7 @@ class EventExecutor:
             return outcome
         except EntityNotFound as exc:
             # The handler's transaction is rolled back; the verdict is recorded on its own.
-            outcome = Outcome(AckStatus.NOT_FOUND, 0, attempt, str(exc)[:MAX_DETAIL])
+            outcome = Outcome(AckStatus.NOT_FOUND, 0, attempt, self._detail(exc))
             try:
                 async with self.store.transaction(self.service, event.event_id) as tx:
                     await tx.record(outcome.processed(event))
@@ -296,9 +303,22 @@ class EventExecutor:
             self.on_call(spec, [event] if spec.batch else event, ctx)
         started = time.perf_counter()
         try:
-            return await spec.call(event, ctx)
+            return await self._bounded(spec, spec.call(event, ctx))
         finally:
             self._observe(spec, time.perf_counter() - started, 1)
+
+    async def _bounded(self, spec: HandlerSpec, call: Awaitable[T]) -> T:
+        """`call`, cancelled past `handler_timeout_s`: a hung handler must not hold its
+        partition, or its transaction, forever. The caller's `async with` rolls back."""
+        limit = self.settings.handler_timeout_s
+        deadline = asyncio.timeout(limit)
+        try:
+            async with deadline:
+                return await call
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # the handler's own TimeoutError
+            raise HandlerTimeout(f"handler {spec.name} ran past {limit:g}s") from None
 
     def _observe(self, spec: HandlerSpec, seconds: float, events: int) -> None:
         """One observation per event; a batch call's time is shared evenly by its events."""

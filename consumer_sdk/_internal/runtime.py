@@ -21,7 +21,7 @@ from consumer_sdk._internal.trust import Trust
 from consumer_sdk.idempotency import IdempotencyStore
 from consumer_sdk.metrics import ConsumerMetrics
 from consumer_sdk.settings import ConsumerSettings
-from schemas import ServiceRegistration, Topics, encode
+from schemas import ServiceRegistration, Topics, encode, error_text
 
 __all__ = ["Runtime"]
 
@@ -144,7 +144,7 @@ class Runtime:
                     timeout_s=settings.poll_timeout_s, max_records=settings.max_batch
                 )
             except Exception as exc:
-                log.warning("poll failed; retrying", service=self.service, error=repr(exc))
+                log.warning("poll failed; retrying", service=self.service, error=error_text(exc))
                 await asyncio.sleep(settings.error_backoff_s)
                 continue
             if self._rebalancing or self._stopping.is_set():
@@ -179,7 +179,7 @@ class Runtime:
             await asyncio.gather(*pending, return_exceptions=True)
         for task in done:
             if not task.cancelled() and task.exception() is not None:
-                log.error("worker ended with an error", error=repr(task.exception()))
+                log.error("worker ended with an error", exc_info=task.exception())
 
     async def on_revoked(self, partitions: set[Partition]) -> None:
         self._rebalancing = True
@@ -210,7 +210,7 @@ class Runtime:
                 service=self.service,
                 partition=partition.partition,
                 offset=records[0].offset,
-                error=repr(exc),
+                error=error_text(exc),
             )
             await asyncio.sleep(self.settings.error_backoff_s)
             self.consumer.seek(partition, records[0].offset)
@@ -230,7 +230,7 @@ class Runtime:
                 "commit lost to a rebalance; records will be redelivered",
                 service=self.service,
                 partition=partition.partition,
-                error=str(exc),
+                error=error_text(exc),
             )
             return
         highwater = self.consumer.highwater(partition)

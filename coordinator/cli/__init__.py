@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
+from rich.markup import escape
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 
 from coordinator.cli import (
@@ -23,6 +24,9 @@ from coordinator.cli import (
     tokens,
 )
 from coordinator.cli._app import ExitCode, app, err_console
+from schemas import error_text
+from schemas.database import mask_passwords
+from schemas.errors import traceback_text
 from schemas.logs import configure_logging
 
 __all__ = ["app", "main"]
@@ -58,11 +62,18 @@ def main() -> None:
                 "run `retention db upgrade`"
             )
         else:
-            err_console.print(f"[red]database error:[/red] {exc.orig}")
+            # The message may quote the data a statement was about (SPEC §13).
+            err_console.print(f"[red]database error:[/red] {error_text(exc)}")
         sys.exit(ExitCode.ERRORS)
     except (DBAPIError, OSError) as exc:
-        detail = exc.orig if isinstance(exc, DBAPIError) else exc
         err_console.print(
-            f"[red]cannot reach the database:[/red] {detail} (check RETENTION_DATABASE_URL)"
+            f"[red]cannot reach the database:[/red] {error_text(exc)} "
+            "(check RETENTION_DATABASE_URL)"
         )
+        sys.exit(ExitCode.ERRORS)
+    except Exception as exc:
+        # A bug or a bad setting: where it happened, and the message with URL passwords
+        # masked (a URL that fails to parse is quoted whole).
+        print(traceback_text(exc), file=sys.stderr)
+        err_console.print(f"[red]{error_text(exc)}:[/red] {escape(mask_passwords(str(exc)))}")
         sys.exit(ExitCode.ERRORS)

@@ -43,7 +43,7 @@ def load_policy_set(path: Path | None, settings: Settings, *, as_json: bool) -> 
         err_console.print("[red]no policy file:[/red] pass --policies or set RETENTION_POLICIES")
         raise typer.Exit(ExitCode.BAD_INPUT)
     try:
-        return load_policies(chosen)
+        return load_policies(chosen, hook_modules=settings.allowed_hook_modules())
     except PolicyFileError as exc:
         report_issues(exc.source, [str(issue) for issue in exc.issues], as_json=as_json)
         raise typer.Exit(ExitCode.BAD_INPUT) from None

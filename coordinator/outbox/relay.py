@@ -41,6 +41,7 @@ from coordinator.outbox.producer import (
 from coordinator.settings import RelaySettings
 from coordinator.tables import outbox
 from schemas import KafkaSettings
+from schemas.errors import error_text
 from schemas.signing import SignatureSettings
 
 __all__ = ["AUDIT_ACTION", "BatchResult", "OutboxRelay", "Watchdog", "event_from_row"]
@@ -251,7 +252,9 @@ class OutboxRelay:
                     key, value = encode(row)
                 except ValueError as exc:  # pydantic's ValidationError included
                     claim.unbuildable.append(event_id)
-                    log.error("outbox_row_unpublishable", event_id=str(event_id), error=str(exc))
+                    log.error(
+                        "outbox_row_unpublishable", event_id=str(event_id), error=error_text(exc)
+                    )
                     continue
                 claim.event_ids.append(event_id)
                 claim.policies.append(row[_POLICY])
@@ -299,7 +302,9 @@ class OutboxRelay:
         failed = [claim.event_ids[i] for i, error in enumerate(outcomes) if error is not None]
         if failed:
             first = next(error for error in outcomes if error is not None)
-            log.warning("publish_failed", rows=len(failed), topic=self._topic, error=repr(first))
+            log.warning(
+                "publish_failed", rows=len(failed), topic=self._topic, error=error_text(first)
+            )
         policies = Counter(claim.policies[i] for i in published)
         if published:
             await self._mark_published(
@@ -422,7 +427,7 @@ class OutboxRelay:
             # aiokafka#1101: stop() can hang when the broker is gone; drop the producer.
             log.warning("producer_stop_timed_out_abandoned")
         except KafkaError as exc:
-            log.warning("producer_stop_failed", error=repr(exc))
+            log.warning("producer_stop_failed", error=error_text(exc))
 
     async def _loop(self, stop: asyncio.Event, *, until_empty: bool) -> int:
         settings = self._settings
@@ -443,7 +448,7 @@ class OutboxRelay:
                     if inflight is not None:
                         await inflight.close()
                         inflight = None
-                    log.warning("relay_batch_failed", error=repr(exc))
+                    log.warning("relay_batch_failed", error=error_text(exc))
                     await _sleep_unless(stop, backoff.next())
                     continue
                 if result is not None:

@@ -144,6 +144,7 @@ def _bind_one(
         else:
             archive = _archive_definition(table)
 
+    # The module was checked against the allowed ones when the file was parsed.
     hook = resolve_hook(policy.before_purge) if policy.before_purge else None
     if issues or id_column is None or ts_column is None:
         return None, issues

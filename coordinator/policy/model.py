@@ -36,6 +36,7 @@ from coordinator.policy import anonymizers
 from coordinator.policy.conditions import ConditionError, parse_condition
 from coordinator.policy.durations import DURATION_PATTERN, format_duration, parse_duration
 from schemas import EventType
+from schemas.models import MAX_NAME_CHARS, MAX_TEXT_CHARS
 from schemas.signing import SigningKeyError, parse_public_key
 
 __all__ = [
@@ -50,6 +51,12 @@ __all__ = [
     "parse_policies",
     "resolve_hook",
 ]
+
+MAX_FILE_BYTES = 1024 * 1024
+"""A policy file larger than this is refused unread: real ones are a few KB."""
+MAX_EXPANDED_NODES = 100_000
+"""YAML nodes once every alias is expanded. A 1 KB "billion laughs" file expands to
+hundreds of millions, and anything that walks it (validation, error messages) with it."""
 
 _IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _HOOK = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
@@ -87,6 +94,8 @@ class Policy(BaseModel):
     entity_type: str = Field(
         default="",
         pattern=r"^([A-Za-z0-9_.-]+)?$",
+        # What events carry must fit the wire's bounds, or the relay could never publish.
+        max_length=MAX_NAME_CHARS,
         description="What downstream services call one row (holds and events use it); "
         "defaults to the table name.",
     )
@@ -94,7 +103,7 @@ class Policy(BaseModel):
     timestamp_column: str = Field(pattern=_IDENTIFIER)
     retention: Duration = Field(description="Rows older than this are due.")
     action: Action
-    legal_basis: str = Field(min_length=1)
+    legal_basis: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
     conditions: str | None = Field(
         default=None, description="Optional filter in the policy condition language."
     )
@@ -316,6 +325,35 @@ def _key_line(mapping: yaml.Node | None, key: str) -> int | None:
     return None
 
 
+def _expanded_nodes(root: yaml.Node) -> int | None:
+    """How many nodes `root` has with aliases expanded, up to just past MAX_EXPANDED_NODES;
+    None for an alias that contains itself. Each node is sized once (memo by identity)."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    pending: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while pending:
+        node, children_done = pending.pop()
+        if id(node) in sizes:
+            continue
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        if not children_done:
+            if id(node) in open_nodes:
+                return None
+            open_nodes.add(id(node))
+            pending.append((node, True))
+            pending.extend((child, False) for child in children if id(child) not in sizes)
+            continue
+        open_nodes.discard(id(node))
+        sizes[id(node)] = 1 + sum(sizes.get(id(child), 0) for child in children)
+        if sizes[id(node)] > MAX_EXPANDED_NODES:
+            return sizes[id(node)]
+    return sizes[id(root)]
+
+
 def _duplicate_keys(root: yaml.Node, issues: list[PolicyIssue], policy: str | None) -> None:
     # Each node once, without recursion: YAML aliases share nodes, so a walk that follows
     # them re-visits a "billion laughs" document 9**9 times, and deep nesting overflows.
@@ -341,11 +379,37 @@ def _duplicate_keys(root: yaml.Node, issues: list[PolicyIssue], policy: str | No
             pending.extend(node.value)
 
 
-def parse_policies(text: str, source: str = "<policies>") -> PolicySet:
-    """Parse and validate a policy document; raise PolicyFileError with every problem."""
+def _refuse_alias_bombs(root: yaml.Node, source: str) -> None:
+    expanded = _expanded_nodes(root)
+    if expanded is None:
+        problem = "a YAML alias refers to a node that contains it"
+    elif expanded > MAX_EXPANDED_NODES:
+        problem = (
+            f"YAML aliases expand to more than {MAX_EXPANDED_NODES} nodes "
+            "(an alias bomb?): write the values out"
+        )
+    else:
+        return
+    raise PolicyFileError(source, [PolicyIssue(None, None, problem)])
+
+
+def parse_policies(
+    text: str, source: str = "<policies>", *, hook_modules: Sequence[str] = ()
+) -> PolicySet:
+    """Parse and validate a policy document; raise PolicyFileError with every problem.
+
+    `hook_modules`: the modules (with their submodules) a `before_purge` may name; any
+    other is refused before it is imported.
+    """
+    if len(text) > MAX_FILE_BYTES:
+        raise PolicyFileError(
+            source, [PolicyIssue(None, None, f"larger than {MAX_FILE_BYTES} bytes")]
+        )
     loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()
+        if root is not None:
+            _refuse_alias_bombs(root, source)
         data = loader.construct_document(root) if root is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -414,7 +478,7 @@ def parse_policies(text: str, source: str = "<policies>") -> PolicySet:
                 )
         if policy.before_purge is not None:
             try:
-                resolve_hook(policy.before_purge)
+                resolve_hook(policy.before_purge, allowed=hook_modules)
             except ValueError as hook_error:
                 issues.append(
                     PolicyIssue(policy.name, key_lines.get("before_purge", start), str(hook_error))
@@ -531,25 +595,53 @@ def _issues(
     return issues
 
 
-def load_policies(path: Path | str) -> PolicySet:
-    """Read and validate a policy file (see `parse_policies`)."""
+def load_policies(path: Path | str, *, hook_modules: Sequence[str] = ()) -> PolicySet:
+    """Read and validate a policy file (see `parse_policies`); its hooks may also live
+    in the Python package the file itself is in."""
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            problem = f"larger than {MAX_FILE_BYTES} bytes"
+            raise PolicyFileError(str(path), [PolicyIssue(None, None, problem)])
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PolicyFileError(str(path), [PolicyIssue(None, None, f"cannot read: {exc}")]) from None
     except UnicodeDecodeError as exc:
         problem = f"not UTF-8: {exc.reason} at byte {exc.start}"
         raise PolicyFileError(str(path), [PolicyIssue(None, None, problem)]) from None
-    return parse_policies(text, str(path))
+    own = _package_of(path)
+    return parse_policies(text, str(path), hook_modules=[*hook_modules, *([own] if own else [])])
+
+
+def _package_of(path: Path) -> str | None:
+    """`demo` for demo/policies.yaml when demo/ has an `__init__.py`; else None."""
+    parts: list[str] = []
+    directory = path.resolve().parent
+    while (directory / "__init__.py").is_file():
+        parts.insert(0, directory.name)
+        directory = directory.parent
+    return ".".join(parts) or None
 
 
 BeforePurge = Callable[..., Awaitable[None]]
 
 
-def resolve_hook(reference: str) -> BeforePurge:
-    """Import `package.module:function`; it must be an async function."""
+def resolve_hook(reference: str, *, allowed: Sequence[str] | None = None) -> BeforePurge:
+    """Import `package.module:function`; it must be an async function.
+
+    With `allowed`, a module outside those (and their submodules) is refused unimported:
+    importing runs its code. `None` is for references `parse_policies` already checked.
+    """
     module_name, _, attribute = reference.partition(":")
+    if allowed is not None and not any(
+        module_name == prefix or module_name.startswith(f"{prefix}.") for prefix in allowed
+    ):
+        where = ", ".join(repr(prefix) for prefix in allowed) or "none"
+        raise ValueError(
+            f"before_purge: module {module_name!r} is not allowed (allowed: {where}); "
+            f"add it to RETENTION_HOOK_MODULES (comma-separated), or put the hook in the "
+            "Python package that holds the policy file"
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -28,6 +28,7 @@ from coordinator.purge.batch import ensure_archive_table, purge_batch
 from coordinator.purge.planner import PolicyPlan, plan_policy, time_base
 from coordinator.settings import Settings
 from coordinator.tables import anonymized, policy_results, runs
+from schemas.errors import error_text
 
 __all__ = ["PlanReport", "PolicyOutcome", "Progress", "RunReport", "Runner"]
 
@@ -211,7 +212,7 @@ class Runner:
                             )
                 except Exception as exc:
                     outcome.status = "error"
-                    outcome.errors.append(f"{type(exc).__name__}: {exc}")
+                    outcome.errors.append(error_text(exc))
                     log.error(
                         "policy.failed", run_id=str(run_id), policy=name, error=type(exc).__name__
                     )

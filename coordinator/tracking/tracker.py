@@ -38,6 +38,8 @@ from schemas import (
     decode,
     encode,
 )
+from schemas.errors import error_text
+from schemas.models import EARLIEST, LATEST, MAX_NAME_CHARS
 from schemas.signing import (
     SignatureMode,
     Signer,
@@ -54,6 +56,7 @@ log = structlog.get_logger("retention.tracker")
 _HOUSEKEEPING_LIMIT = 1000
 _RETRY_DELAY_S = 2.0
 _OUTAGES = (DBAPIError, KafkaError, OSError, TimeoutError)
+_EARLIEST_MS, _LATEST_MS = (int(t.timestamp() * 1000) for t in (EARLIEST, LATEST))
 
 
 @dataclass(slots=True)
@@ -174,38 +177,45 @@ class Tracker:
     async def poll_registry(self, *, timeout_ms: int = 0) -> int:
         consumer = self._services_
         batches = await consumer.getmany(timeout_ms=timeout_ms)
-        records: list[ServiceRegistration | registry.Retirement] = []
-        for tp, messages in batches.items():
-            for msg in messages:
-                reason = self._registration_refused(msg)
-                if reason is not None:
-                    self._metrics.registrations_rejected.labels(reason=reason).inc()
-                    log.warning(
-                        "registration_rejected",
-                        partition=tp.partition,
-                        offset=msg.offset,
-                        reason=reason,
-                    )
-                    continue
-                if msg.value is None:
-                    at = _from_ms(msg.timestamp)
-                    records.append(registry.Retirement(msg.key.decode("utf-8", "replace"), at))
-                    continue
-                try:
-                    records.append(decode(ServiceRegistration, msg.value))
-                except PoisonRecord as exc:
-                    self._metrics.registrations_rejected.labels(reason="malformed").inc()
-                    log.warning(
-                        "registration_rejected",
-                        partition=tp.partition,
-                        offset=msg.offset,
-                        reason=exc.reason,
-                    )
-        if not records:
-            return 0
-        records.sort(key=lambda r: r.registered_at if isinstance(r, ServiceRegistration) else r.at)
-        async with self._engine.begin() as conn:
-            return await registry.apply_registrations(conn, records)
+        try:
+            records: list[ServiceRegistration | registry.Retirement] = []
+            poison = []
+            for messages in batches.values():
+                for msg in messages:
+                    refused = self._registration_refused(msg)
+                    if refused is not None:
+                        self._metrics.registrations_rejected.labels(reason=refused).inc()
+                        log.warning(
+                            "registration_rejected",
+                            partition=msg.partition,
+                            offset=msg.offset,
+                            reason=refused,
+                        )
+                        continue
+                    try:
+                        records.append(_registration(msg))
+                    except PoisonRecord as exc:
+                        self._metrics.registrations_rejected.labels(reason="malformed").inc()
+                        log.warning(
+                            "registration_rejected",
+                            partition=msg.partition,
+                            offset=msg.offset,
+                            reason=exc.reason,
+                        )
+                        poison.append((msg, exc.reason))
+            if poison:
+                await self._dead_letter(poison)
+            if not records:
+                return 0
+            records.sort(
+                key=lambda r: r.registered_at if isinstance(r, ServiceRegistration) else r.at
+            )
+            async with self._engine.begin() as conn:
+                return await registry.apply_registrations(conn, records)
+        except BaseException:
+            # Nothing was applied: read the batch again rather than lose a registration.
+            _rewind(consumer, batches)
+            raise
 
     def _registration_refused(self, msg: Any) -> str | None:
         """Why a services-topic record (registration or tombstone) is ignored, if it is.
@@ -266,26 +276,27 @@ class Tracker:
         batches = await consumer.getmany(
             timeout_ms=timeout_ms, max_records=self._settings.batch_size
         )
-        records: list[ledger.ConsumedAck] = []
-        poison = []
-        for tp, messages in batches.items():
-            for msg in messages:
-                try:
-                    ack = decode(RetentionAck, msg.value)
-                except PoisonRecord as exc:
-                    records.append(
-                        ledger.ConsumedAck(tp.topic, tp.partition, msg.offset, None, exc.reason)
-                    )
-                    poison.append((msg, exc.reason))
-                else:
-                    records.append(
-                        ledger.ConsumedAck(
-                            tp.topic, tp.partition, msg.offset, ack, refused=self._refused(ack, msg)
-                        )
-                    )
-        if not records:
-            return None
         try:
+            records: list[ledger.ConsumedAck] = []
+            poison = []
+            for tp, messages in batches.items():
+                for msg in messages:
+                    try:
+                        ack = decode(RetentionAck, msg.value)
+                    except PoisonRecord as exc:
+                        records.append(
+                            ledger.ConsumedAck(tp.topic, tp.partition, msg.offset, None, exc.reason)
+                        )
+                        poison.append((msg, exc.reason))
+                    else:
+                        refused = self._refused(ack, msg)
+                        records.append(
+                            ledger.ConsumedAck(
+                                tp.topic, tp.partition, msg.offset, ack, refused=refused
+                            )
+                        )
+            if not records:
+                return None
             if poison:
                 await self._dead_letter(poison)
             async with self._engine.begin() as conn:
@@ -296,11 +307,9 @@ class Tracker:
                     now=self._clock.now(),
                     reminder_interval=self._schedule.interval,
                 )
-        except Exception:
+        except BaseException:
             # Nothing was recorded: rewind so the batch is read again, not skipped.
-            for tp, messages in batches.items():
-                if messages:
-                    consumer.seek(tp, messages[0].offset)
+            _rewind(consumer, batches)
             raise
         await consumer.commit(
             {tp: OffsetAndMetadata(msgs[-1].offset + 1, "") for tp, msgs in batches.items() if msgs}
@@ -450,7 +459,7 @@ class Tracker:
                     # The batch was rewound; try again later. Outages are expected: one
                     # line each, not a traceback per retry. Anything else is a bug.
                     if isinstance(exc, _OUTAGES):
-                        log.warning("tracker_cycle_failed", error=repr(exc))
+                        log.warning("tracker_cycle_failed", error=error_text(exc))
                     else:
                         log.exception("tracker_cycle_failed")
                     with suppress(TimeoutError):
@@ -475,6 +484,29 @@ def _started(client: Any) -> Any:
     if client is None:
         raise RuntimeError("Tracker.start() has not been called")
     return client
+
+
+def _rewind(consumer: AIOKafkaConsumer, batches: dict[Any, list[Any]]) -> None:
+    for tp, messages in batches.items():
+        if messages:
+            consumer.seek(tp, messages[0].offset)
+
+
+def _registration(msg: Any) -> ServiceRegistration | registry.Retirement:
+    """A registration, or a tombstone retiring the service named by its key."""
+    if msg.value is not None or msg.key is None:
+        return decode(ServiceRegistration, msg.value)
+    try:
+        service = msg.key.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PoisonRecord("tombstone key is not UTF-8", msg.value) from None
+    # The key becomes a service name in the registry: the same bounds as on the wire.
+    if not 0 < len(service) <= MAX_NAME_CHARS or "\x00" in service:
+        raise PoisonRecord("tombstone key is not a service name", msg.value)
+    # The producer sets a record's timestamp: any int64 can arrive here.
+    if not _EARLIEST_MS <= msg.timestamp < _LATEST_MS:
+        raise PoisonRecord(f"tombstone timestamp {msg.timestamp} out of range", msg.value)
+    return registry.Retirement(service, _from_ms(msg.timestamp))
 
 
 def _from_ms(timestamp_ms: int) -> datetime:

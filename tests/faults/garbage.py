@@ -25,10 +25,12 @@ from schemas import (
     MAX_RECORD_BYTES,
     AckStatus,
     EventType,
+    HandledEntity,
     KafkaSettings,
     PoisonRecord,
     RetentionAck,
     RetentionEvent,
+    ServiceRegistration,
     decode,
     encode,
 )
@@ -42,6 +44,7 @@ __all__ = [
     "allow_giant_records",
     "base_ack",
     "base_event",
+    "base_registration",
     "counts",
     "poison",
     "produce_raw",
@@ -77,6 +80,16 @@ def base_event() -> Document:
         deadline=now + timedelta(days=30),
     )
     return json.loads(encode(event))  # type: ignore[no-any-return]
+
+
+def base_registration() -> Document:
+    registration = ServiceRegistration(
+        service="garbage-service",
+        handles=[HandledEntity(entity_type="user", actions=[EventType.DELETE])],
+        sdk_version="0.1.0",
+        registered_at=datetime.now(UTC),
+    )
+    return json.loads(encode(registration))  # type: ignore[no-any-return]
 
 
 def base_ack() -> Document:
@@ -165,6 +178,36 @@ def _giant(rng: random.Random, base: Document) -> bytes:
     return _dumps({**base, "detail": "y" * (GIANT_BYTES + rng.randrange(100_000))})
 
 
+UNSTORABLE: dict[str, list[Any]] = {
+    # Each passed validation once, then failed in a reader (issue 14).
+    "initiated_at": ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"],
+    "deadline": ["0001-01-01T00:00:00+14:00", "1969-12-31T23:59:59Z"],
+    "acknowledged_at": ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"],
+    "entity_id": ["a\x00b", "é" * 256],
+    "entity_type": ["user\x00"],
+    "service": ["\x00", "s" * 256],
+    "policy": ["p\x00"],
+    "legal_basis": ["\x00", "l" * 5000],
+    "detail": ["email=alice@example.com \x00", "d" * 10_000],
+    "records_affected": [2**63, 10**30],
+    "attempt": [2**31, 2**40],
+    "fields": [["email\x00"], ["f"] * 1000],
+    "registered_at": ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"],
+    "sdk_version": ["0.1\x00", "v" * 300],
+}
+"""Values that are well-typed JSON but that PostgreSQL or datetime can't take."""
+
+
+def _unstorable(rng: random.Random, base: Document) -> bytes:
+    key = rng.choice([k for k in base if k in UNSTORABLE])
+    if rng.random() < 0.8:
+        return json.dumps({**base, key: rng.choice(UNSTORABLE[key])}).encode()
+    # A lone surrogate, raw: invalid UTF-8 once encoded with surrogatepass.
+    return json.dumps({**base, "entity_id": "\ud800"}, ensure_ascii=False).encode(
+        "utf-8", "surrogatepass"
+    )
+
+
 def _empty(rng: random.Random, base: Document) -> bytes:
     return rng.choice([b"", b" ", b"\n", b"\x00"])
 
@@ -182,6 +225,7 @@ KINDS: dict[str, Mutation] = {
     "deep_nesting": _deep,
     "empty_value": _empty,
     "tombstone": lambda rng, base: None,
+    "unstorable": _unstorable,
 }
 """Cheap kinds, mixed freely; the two large ones are added in fixed small numbers."""
 
@@ -198,11 +242,13 @@ def poison(
     *,
     oversized: int = 0,
     giant: int = 0,
+    kinds: Sequence[str] = (),
 ) -> list[Poison]:
-    """`n` unreadable records of mixed kinds, `oversized` and `giant` of them large."""
+    """`n` unreadable records of mixed kinds (all of KINDS, or `kinds`), `oversized` and
+    `giant` of them large."""
     records = [Poison("oversized", _key(rng), _oversized(rng, base)) for _ in range(oversized)]
     records += [Poison("giant", _key(rng), _giant(rng, base)) for _ in range(giant)]
-    names = sorted(KINDS)
+    names = sorted(kinds or KINDS)
     while len(records) < n:
         kind = rng.choice(names)
         value = KINDS[kind](rng, base)

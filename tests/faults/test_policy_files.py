@@ -78,6 +78,15 @@ def _laughs() -> str:
     return "\n".join(lines) + "\npolicies: *i\n"
 
 
+def _laughs_in_a_policy() -> str:
+    """The same under one policy's keys, past the top-level key check."""
+    lines = ["    xa: &a [x, x, x, x, x, x, x, x, x]"]
+    for level in range(1, 9):
+        name, previous = chr(97 + level), chr(96 + level)
+        lines.append(f"    x{name}: &{name} [{', '.join(['*' + previous] * 9)}]")
+    return "policies:\n" + _valid() + "\n".join(lines) + "\n"
+
+
 @dataclass(frozen=True, slots=True)
 class Case:
     label: str
@@ -186,15 +195,16 @@ BROKEN: list[Case] = [
         ("policies:\n" + _valid(name='"a\'; DROP TABLE x; --"')).encode(),
         "name",
     ),
+    # Refused before importing: importing a module runs its code.
     Case(
-        "hook not async",
+        "hook outside the allowed modules",
         ("policies:\n" + _valid(before_purge='"os:getcwd"')).encode(),
-        "must be an async function",
+        "module 'os' is not allowed",
     ),
     Case(
         "hook module missing",
         ("policies:\n" + _valid(before_purge='"no_such_module_x:run"')).encode(),
-        "cannot import",
+        "add it to RETENTION_HOOK_MODULES",
     ),
     Case("max_fraction 2", ("policies:\n" + _valid(max_fraction="2")).encode(), "max_fraction"),
     Case(
@@ -203,7 +213,8 @@ BROKEN: list[Case] = [
         "schedule",
     ),
     Case("not UTF-8", b"policies:\n  - name: caf\xe9\n", "not UTF-8"),
-    Case("alias bomb", _laughs().encode(), "unknown top-level key"),
+    Case("alias bomb", _laughs().encode(), "alias bomb"),
+    Case("alias bomb in a policy", _laughs_in_a_policy().encode(), "alias bomb"),
     Case("deep nesting", b"policies: " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested too deeply"),
     # Only the live schema can tell these apart from good files.
     Case(

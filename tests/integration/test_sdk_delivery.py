@@ -213,7 +213,7 @@ async def test_poison_and_failing_handler_go_to_the_dlq_and_the_stream_goes_on(
         {(AckStatus.COMPLETED, e): 1 for e in ("a", "b", "c")} | {(AckStatus.FAILED, "cursed"): 1}
     )
     [failed] = [a for a in acks if a.status is AckStatus.FAILED]
-    assert (failed.attempt, failed.detail) == (3, "RuntimeError: always fails")
+    assert (failed.attempt, failed.detail) == (3, "RuntimeError")
     assert attempts["cursed"] == 3
 
     assert len(dlq) == 3

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -20,6 +21,7 @@ from coordinator.migrate import upgrade
 from coordinator.purge.holds import EntityTypes, IdForm, IdKind, create_hold, release_hold
 from coordinator.tables import ack_ledger, audit_log, event_status, expected_acks, service_registry
 from coordinator.tracking import queries, waivers
+from coordinator.tracking import tracker as tracker_module
 from coordinator.tracking.tracker import Tracker
 from schemas import AckStatus, KafkaSettings, RetentionEvent, decode
 from schemas.signing import SignatureMode
@@ -553,3 +555,37 @@ async def test_reminders_never_republish_for_an_entity_held_now(env: Env) -> Non
     assert await shown_states() == ["pending"] * 3
     clock.set(T0 + timedelta(hours=2))
     assert await tracker.send_reminders() == 1
+
+
+async def _until_records(read: Any) -> None:
+    for _ in range(100):
+        if await read(timeout_ms=200):
+            return
+
+
+async def test_a_batch_that_fails_anywhere_is_read_again_not_dropped(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 14: an exception out of decoding (an overflowing timestamp) left the fetched
+    # ack batch behind without a rewind; the registry consumer had no rewind at all.
+    await env.declare(*SERVICES)
+    events = await env.publish(2, T0)
+    await env.tracker.track_published()
+
+    def broken(model: Any, raw: bytes | None) -> Any:
+        raise RuntimeError("a bug while decoding")
+
+    monkeypatch.setattr(tracker_module, "decode", broken)
+    late = registration("late-service", T0, env.entity_type)
+    await produce(env.kafka, env.kafka.topics.services, [late])
+    t = T0 + timedelta(minutes=1)
+    acks = [ack(e, s, i, t, entity_type=env.entity_type) for e, i in events for s in SERVICES]
+    await produce(env.kafka, env.kafka.topics.acks, acks)
+    for read in (env.tracker.consume_acks, env.tracker.poll_registry):
+        with pytest.raises(RuntimeError, match="a bug while decoding"):
+            await _until_records(read)
+
+    monkeypatch.undo()
+    await drain(env.tracker, len(acks))
+    assert await env.states(events) == ["completed"] * 2
+    assert await env.tracker.poll_registry(timeout_ms=2000) == 1

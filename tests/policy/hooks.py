@@ -9,6 +9,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.purge.batch import PurgeBatch
 
+ALLOWED = (__name__,)
+"""What the policy tests pass as `hook_modules`: these hooks, nothing else."""
+
 Interceptor = Callable[[AsyncConnection, PurgeBatch], Awaitable[None]]
 calls: list[PurgeBatch] = []
 interceptor: Interceptor | None = None

@@ -79,7 +79,7 @@ async def _one_race(
         async with engine.begin() as conn:
             return await create_hold(
                 conn,
-                types=await entity_types(conn, parse_policies(POLICY)),
+                types=await entity_types(conn, parse_policies(POLICY, hook_modules=hooks.ALLOWED)),
                 entities=targets,
                 reason="race",
                 created_by="legal",
@@ -131,7 +131,9 @@ async def _assert_no_purge_after_hold(engine: AsyncEngine) -> None:
 async def test_hold_committed_during_a_batch_is_never_lost(
     engine: AsyncEngine, clock: FrozenClock, settings: Settings
 ) -> None:
-    runner = Runner(engine, parse_policies(POLICY), settings, clock=clock)
+    runner = Runner(
+        engine, parse_policies(POLICY, hook_modules=hooks.ALLOWED), settings, clock=clock
+    )
     rng = random.Random(20261129)
     for _ in range(50):
         targets, remaining = await _one_race(engine, runner, rng)

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
 from coordinator.policy.durations import format_duration, parse_duration
-from coordinator.policy.model import Action, PolicyFileError, load_policies, parse_policies
+from coordinator.policy.model import (
+    MAX_FILE_BYTES,
+    Action,
+    PolicyFileError,
+    load_policies,
+    parse_policies,
+)
 from coordinator.policy.schema import SCHEMA_FILE, render
 from tests.policy.conftest import SEED_POLICIES
 
@@ -119,7 +127,7 @@ policies:
 
 def test_every_error_is_reported_at_once_with_policy_and_line() -> None:
     with pytest.raises(PolicyFileError) as info:
-        parse_policies(BAD, "bad.yaml")
+        parse_policies(BAD, "bad.yaml", hook_modules=["tests.policy"])
     found = {(i.policy, i.line, i.message.split(":")[0]) for i in info.value.issues}
     assert found == {
         ("a", 5, "retention"),
@@ -196,3 +204,72 @@ def test_condition_syntax_is_checked_at_load() -> None:
     assert issue.policy == "carts"
     assert "';'" in issue.message
     assert issue.message.startswith("conditions: ")
+
+
+def _alias_bomb(levels: int = 9) -> str:
+    lines = ["policies:", "  - &a [x, x, x, x, x, x, x, x, x]"]
+    for level in range(1, levels):
+        name, previous = chr(97 + level), chr(96 + level)
+        lines.append(f"  - &{name} [{', '.join(['*' + previous] * 9)}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_a_yaml_alias_bomb_fails_fast_naming_the_problem() -> None:
+    bomb = _alias_bomb()
+    assert len(bomb) < 1024
+    with pytest.raises(PolicyFileError, match="alias bomb"):
+        parse_policies(bomb)
+    with pytest.raises(PolicyFileError, match="refers to a node that contains it"):
+        parse_policies("policies: &a [*a]\n")
+
+
+def test_policy_files_over_the_size_limit_are_refused_unread(tmp_path: Path) -> None:
+    big = tmp_path / "big.yaml"
+    big.write_text("# padding\n" * (MAX_FILE_BYTES // 10 + 1))
+    with pytest.raises(PolicyFileError, match=f"larger than {MAX_FILE_BYTES} bytes"):
+        load_policies(big)
+
+
+HOOKED = """\
+policies:
+  - name: sessions
+    table: t
+    timestamp_column: ts
+    retention: 1d
+    action: delete
+    legal_basis: y
+    before_purge: "{hook}"
+"""
+
+
+def test_before_purge_names_only_allowed_modules_and_says_how_to_allow_one() -> None:
+    sentinel = "tests.policy.import_sentinel"
+    with pytest.raises(PolicyFileError) as info:
+        parse_policies(HOOKED.format(hook=f"{sentinel}:run"))
+    [issue] = info.value.issues
+    assert "module 'tests.policy.import_sentinel' is not allowed (allowed: none)" in str(issue)
+    assert "RETENTION_HOOK_MODULES" in str(issue)
+    assert sentinel not in sys.modules, "refused, and never imported"
+    # A prefix allows the module and its submodules, nothing that merely starts alike.
+    assert parse_policies(HOOKED.format(hook="tests.policy.hooks:record"), hook_modules=["tests"])
+    with pytest.raises(PolicyFileError, match="not allowed"):
+        parse_policies(HOOKED.format(hook="tests.policy.hooks:record"), hook_modules=["test"])
+
+
+def test_a_policy_file_may_name_hooks_in_its_own_package(tmp_path: Path) -> None:
+    package = tmp_path / "ownpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "hooks.py").write_text("async def run(conn, batch):\n    return None\n")
+    inside, outside = package / "policies.yaml", tmp_path / "policies.yaml"
+    inside.write_text(HOOKED.format(hook="ownpkg.hooks:run"))
+    outside.write_text(HOOKED.format(hook="ownpkg.hooks:run"))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        assert load_policies(inside).policies[0].before_purge == "ownpkg.hooks:run"
+        with pytest.raises(PolicyFileError, match=r"'ownpkg\.hooks' is not allowed"):
+            load_policies(outside)
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("ownpkg.hooks", None)
+        sys.modules.pop("ownpkg", None)

@@ -137,7 +137,9 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RETENTION_CONSUMER_MAX_ATTEMPTS", "7")
     monkeypatch.setenv("RETENTION_KAFKA_TOPIC_PREFIX", "acme.retention")
     app = RetentionConsumer("billing")
-    assert app.settings.database_url == "postgresql://a:b@h/servicedb"
+    assert app.settings.database_url is not None
+    assert app.settings.database_url.get_secret_value() == "postgresql://a:b@h/servicedb"
+    assert "a:b" not in repr(app.settings)
     assert app.settings.max_attempts == 7
     assert app.kafka.topics.acks == "acme.retention.acks"
     assert app.group_id == "retention.billing"

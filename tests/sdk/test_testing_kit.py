@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -76,7 +77,7 @@ async def test_entity_not_found_is_acked_not_found() -> None:
         assert (ack.status, ack.records_affected, ack.detail) == (
             AckStatus.NOT_FOUND,
             0,
-            "no such user",
+            "EntityNotFound",
         )
         assert t.dead_letters == []
 
@@ -109,7 +110,7 @@ async def test_always_raising_handler_fails_after_max_attempts_to_the_dlq() -> N
         assert (ack.status, ack.attempt, ack.detail) == (
             AckStatus.FAILED,
             4,
-            "RuntimeError: disk on fire",
+            "RuntimeError",
         )
         assert t.mock(delete_user).call_count == 4
         [dead] = t.dead_letters
@@ -149,7 +150,7 @@ async def test_bad_return_value_is_a_permanent_failure() -> None:
     async with TestConsumer(app) as t:
         [ack] = await t.deliver(event())
         assert ack.status is AckStatus.FAILED
-        assert "int >= 0" in ack.detail
+        assert ack.detail == "PermanentFailure"
         assert ack.attempt == 1
 
 
@@ -210,3 +211,74 @@ async def test_metrics_count_outcomes() -> None:
     assert (
         registry.get_sample_value("retention_consumer_handler_duration_seconds_count", labels) == 3
     )
+
+
+async def test_error_texts_hold_no_message_unless_the_service_opts_in() -> None:
+    # SPEC §13: a handler's message can hold personal data (a duplicate key's e-mail).
+    message = "duplicate key (email)=(alice@example.com)"
+    for opt_in, detail in ((False, "RuntimeError"), (True, f"RuntimeError: {message}")):
+        app = RetentionConsumer(
+            "svc", settings=ConsumerSettings(error_messages=opt_in), max_attempts=1
+        )
+
+        @app.on_delete("user")
+        async def delete_user(event: RetentionEvent) -> int:
+            raise RuntimeError(message)
+
+        async with TestConsumer(app) as t:
+            [ack] = await t.deliver(event())
+            [dead] = t.dead_letters
+        assert (ack.status, ack.detail) == (AckStatus.FAILED, detail)
+        assert dead.headers[DlqHeader.ERROR] == detail
+
+
+async def test_a_hung_handler_times_out_retries_then_fails_to_the_dlq() -> None:
+    app = RetentionConsumer(
+        "svc",
+        settings=ConsumerSettings(
+            database_url=None, handler_timeout_s=0.05, max_attempts=3, retry_initial_s=0
+        ),
+    )
+    hang_until = {"late": 3, "never": 99}
+
+    @app.on_delete("user")
+    async def delete_user(event: RetentionEvent, ctx: HandlerContext) -> int:
+        if ctx.attempt < hang_until[event.entity_id]:
+            await asyncio.Event().wait()  # forever
+        return 1
+
+    async with TestConsumer(app) as t:
+        [late] = await t.deliver(event("late"))
+        [never] = await t.deliver(event("never"))
+        [dead] = t.dead_letters
+    assert (late.status, late.attempt) == (AckStatus.COMPLETED, 3)
+    assert (never.status, never.attempt, never.detail) == (AckStatus.FAILED, 3, "HandlerTimeout")
+    assert dead.headers[DlqHeader.ERROR] == "HandlerTimeout"
+
+
+async def test_a_handlers_own_timeout_error_is_not_taken_for_the_sdks() -> None:
+    app = RetentionConsumer(
+        "svc", settings=ConsumerSettings(database_url=None, max_attempts=1, handler_timeout_s=5)
+    )
+
+    @app.on_delete("user")
+    async def delete_user(event: RetentionEvent) -> int:
+        raise TimeoutError("the search cluster did not answer")
+
+    async with TestConsumer(app) as t:
+        [ack] = await t.deliver(event())
+    assert (ack.status, ack.detail) == (AckStatus.FAILED, "TimeoutError")
+
+
+async def test_an_opted_in_message_that_the_wire_refuses_is_made_safe() -> None:
+    app = RetentionConsumer(
+        "svc", settings=ConsumerSettings(error_messages=True, max_attempts=1, database_url=None)
+    )
+
+    @app.on_delete("user")
+    async def delete_user(event: RetentionEvent) -> int:
+        raise RuntimeError("nul \x00 and a lone \ud800 surrogate")
+
+    async with TestConsumer(app) as t:
+        [ack] = await t.deliver(event())
+    assert ack.detail == "RuntimeError: nul \\0 and a lone ? surrogate"

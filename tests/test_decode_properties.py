@@ -1,0 +1,143 @@
+"""`decode` ends every wrong record as `PoisonRecord`, and what it accepts fits storage.
+
+The property (tests/fuzz/decode_target.py `check`) runs here over arbitrary bytes and over
+arbitrary JSON shaped like each wire model; `make fuzz` runs it coverage-guided.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from schemas import AckStatus, EventType, PoisonRecord, RetentionAck, decode, encode
+from schemas.models import MAX_BIGINT, MAX_INTEGER, WireModel
+from tests.fuzz.decode_target import MODELS, check
+
+FUZZ_DIR = Path(__file__).parent / "fuzz"
+
+_offsets = st.builds(
+    timezone,
+    st.timedeltas(
+        min_value=timedelta(hours=-23, minutes=-59), max_value=timedelta(hours=23, minutes=59)
+    ),
+)
+_timestamps = st.datetimes(min_value=datetime.min, max_value=datetime.max, timezones=_offsets).map(
+    datetime.isoformat
+)
+_edge_ints = st.sampled_from(
+    [0, -1, 1, MAX_INTEGER, MAX_INTEGER + 1, MAX_BIGINT, MAX_BIGINT + 1, -(2**63) - 1, 10**30]
+)
+_edge_text = st.sampled_from(["", "a\x00b", "\ud800", "x" * 256, "x" * 5000, "é" * 300])
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+_scalars = (
+    _timestamps
+    | _edge_ints
+    | _edge_text
+    | st.uuids().map(str)
+    | st.sampled_from([*EventType, *AckStatus]).map(str)
+    | st.integers()
+    | st.text()
+)
+
+
+def _field_values(depth: int = 2) -> st.SearchStrategy[Any]:
+    values = _scalars | _json | st.lists(_scalars, max_size=3)
+    if depth:
+        # Nested models (handles) get documents shaped like them too.
+        values |= st.lists(
+            st.fixed_dictionaries(
+                {"entity_type": _scalars, "actions": st.lists(_scalars, max_size=3)}
+            ),
+            max_size=3,
+        )
+    return values
+
+
+def _shaped_like(model: type[WireModel]) -> st.SearchStrategy[dict[str, Any]]:
+    return st.fixed_dictionaries({}, optional=dict.fromkeys(model.model_fields, _field_values()))
+
+
+def _serialised(document: dict[str, Any], ascii_only: bool) -> bytes:
+    # ensure_ascii=False leaves lone surrogates raw: surrogatepass turns them into
+    # the invalid UTF-8 a hostile producer can send.
+    return json.dumps(document, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=2048))
+def test_arbitrary_bytes_decode_or_are_poison(data: bytes) -> None:
+    check(data)
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.__name__)
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_json_shaped_like_each_model_decodes_or_is_poison(
+    model: type[WireModel], data: st.DataObject
+) -> None:
+    document = data.draw(_shaped_like(model))
+    check(_serialised(document, data.draw(st.booleans())))
+
+
+def _ack(**overrides: Any) -> bytes:
+    ack = RetentionAck(
+        event_id=uuid.uuid4(),
+        service="billing",
+        entity_type="user",
+        entity_id="1",
+        status=AckStatus.COMPLETED,
+        records_affected=1,
+        acknowledged_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    document = {**json.loads(encode(ack)), **overrides}
+    return json.dumps(document).encode()
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        # Each of these passed validation once and then failed in a reader.
+        (_ack(acknowledged_at="0001-01-01T00:00:00+14:00"), "acknowledged_at"),
+        (_ack(acknowledged_at="9999-12-31T23:59:59-14:00"), "acknowledged_at"),
+        (_ack(entity_id="a\x00b"), "entity_id"),
+        (_ack(detail="NUL \x00 in the detail"), "detail"),
+        (_ack(records_affected=2**63), "records_affected"),
+        (_ack(attempt=2**31), "attempt"),
+        (_ack(detail="x" * 100_000), "detail"),
+        (_ack(entity_id="é" * 256), "entity_id"),
+        (_ack(detail="\ud800"), "Invalid JSON"),
+        (b'{"attempt": ' + b"1" * 5000 + b"}", "number too long"),
+        (b'{"a":' + b"[" * 300 + b"]" * 300 + b"}", "recursion limit"),
+    ],
+)
+def test_values_a_reader_cannot_store_are_poison(raw: bytes, reason: str) -> None:
+    with pytest.raises(PoisonRecord, match=reason):
+        decode(RetentionAck, raw)
+    check(raw)
+
+
+def test_fuzz_corpus_still_passes() -> None:
+    """Every input the fuzzer kept (tests/fuzz/corpus) is a regression test."""
+    corpus = sorted((FUZZ_DIR / "corpus").iterdir())
+    assert len(corpus) >= len(MODELS)
+    for path in corpus:
+        check(path.read_bytes())
+
+
+def test_fuzz_dictionary_names_every_wire_field() -> None:
+    tokens = (FUZZ_DIR / "decode.dict").read_text(encoding="utf-8")
+    fields = {name for model in MODELS for name in model.model_fields} | {"actions"}
+    assert {name for name in fields if f'"\\"{name}\\":"' not in tokens} == set()
