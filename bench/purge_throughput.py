@@ -1,9 +1,11 @@
 """Rows/s of the policy engine's delete, anonymize and archive next to one raw DELETE.
 
-    .venv/bin/python -m bench.purge_throughput [--rows 100000] [--held 0.01]
+    .venv/bin/python -m bench.purge_throughput [--rows 100000] [--held 0.01] [--subject]
 
 Each scenario starts from the same table of `--rows` rows, all past retention, with
 `--held` of them under one legal hold, on a scratch database that is dropped afterwards.
+With `--subject` the policy maps its rows to subjects (`user:<user_id>`, 1000 users) and
+one user is under a subject hold too: the cost of the subject half of the hold check.
 The raw baseline is the single statement the engine replaces:
 `DELETE FROM t WHERE ts < cutoff AND NOT EXISTS (active hold on the row)` — no batches,
 no audit, no outbox, one long transaction holding every row lock.
@@ -41,9 +43,10 @@ policies:
     legal_basis: benchmark
     fan_out: {fan_out}
     batch_size: 5000
-{extra}
-services:
+{extra}services:
   - {{name: bench, owner: bench, handles: {{row: [delete, anonymize]}}}}
+"""
+SUBJECT = """    subject: {entity_type: user, column: user_id}
 """
 ANONYMIZE = """    anonymize:
       name: hash
@@ -62,7 +65,7 @@ WHERE r.created_at < :cutoff
 """
 
 
-async def _reset(url: str, rows: int, held: float) -> None:
+async def _reset(url: str, rows: int, held: float, subject: bool) -> None:
     engine = make_engine(url)
     async with engine.begin() as conn:
         await conn.execute(text("DROP TABLE IF EXISTS bench_rows, bench_rows_archive"))
@@ -75,26 +78,32 @@ async def _reset(url: str, rows: int, held: float) -> None:
         await conn.execute(
             text(
                 "CREATE TABLE bench_rows (id bigint PRIMARY KEY, name text, email text, "
-                "address text, phone text, created_at timestamptz)"
+                "address text, phone text, created_at timestamptz, user_id bigint)"
             )
         )
         await conn.execute(
             text(
                 "INSERT INTO bench_rows SELECT g, 'Name ' || g, 'user' || g || '@mail.example', "
                 "g || ' Main Street', '+44' || g, "
-                "CAST(:old AS timestamptz) - g * interval '1 second' "
+                "CAST(:old AS timestamptz) - g * interval '1 second', g % 1000 "
                 "FROM generate_series(1, :rows) g"
             ),
             {"rows": rows, "old": NOW - timedelta(days=60)},
         )
         await conn.execute(text("CREATE INDEX ON bench_rows (created_at)"))
         step = max(1, round(1 / held)) if held else 0
+        extra = SUBJECT if subject else ""
+        types = await entity_types(
+            conn, parse_policies(POLICY.format(action="delete", fan_out="false", extra=extra))
+        )
+        if subject:
+            await create_hold(
+                conn, types=types, entities=["user:7"], reason="bench", created_by="bench", now=NOW
+            )
         if step:
             await create_hold(
                 conn,
-                types=await entity_types(
-                    conn, parse_policies(POLICY.format(action="delete", fan_out="false", extra=""))
-                ),
+                types=types,
                 entities=[f"row:{i}" for i in range(1, rows + 1, step)],
                 reason="bench",
                 created_by="bench",
@@ -106,8 +115,8 @@ async def _reset(url: str, rows: int, held: float) -> None:
     await engine.dispose()
 
 
-async def _engine_run(url: str, action: str, fan_out: bool) -> tuple[int, float]:
-    extra = ANONYMIZE if action == "anonymize" else ""
+async def _engine_run(url: str, action: str, fan_out: bool, subject: bool) -> tuple[int, float]:
+    extra = (ANONYMIZE if action == "anonymize" else "") + (SUBJECT if subject else "")
     policy_set = parse_policies(
         POLICY.format(action=action, fan_out=str(fan_out).lower(), extra=extra)
     )
@@ -133,12 +142,12 @@ async def _raw_delete(url: str) -> tuple[int, float]:
     return result.rowcount, elapsed
 
 
-async def main(rows: int, held: float) -> None:
+async def main(rows: int, held: float, subject: bool) -> None:
     url = await infra.create_database(infra.database_url(), "bench_purge")
     try:
         await upgrade(url)
         results: list[tuple[str, int, float]] = []
-        await _reset(url, rows, held)
+        await _reset(url, rows, held, subject)
         results.append(("raw DELETE … NOT EXISTS", *await _raw_delete(url)))
         for label, action, fan_out in (
             ("engine delete", "delete", False),
@@ -146,10 +155,11 @@ async def main(rows: int, held: float) -> None:
             ("engine anonymize + outbox", "anonymize", True),
             ("engine archive + outbox", "archive", True),
         ):
-            await _reset(url, rows, held)
-            results.append((label, *await _engine_run(url, action, fan_out)))
+            await _reset(url, rows, held, subject)
+            results.append((label, *await _engine_run(url, action, fan_out, subject)))
         raw_rate = results[0][1] / results[0][2]
-        print(f"{rows} rows, {held:.0%} held, batch 5000\n")
+        mapped = ", subject-mapped (1 subject held)" if subject else ""
+        print(f"{rows} rows, {held:.0%} held{mapped}, batch 5000\n")
         print(f"{'scenario':28} {'rows':>7} {'seconds':>8} {'rows/s':>9} {'vs raw':>7}")
         for label, processed, seconds in results:
             rate = processed / seconds
@@ -162,5 +172,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--held", type=float, default=0.01)
+    parser.add_argument("--subject", action="store_true", help="map rows to subjects")
     args = parser.parse_args()
-    asyncio.run(main(args.rows, args.held))
+    asyncio.run(main(args.rows, args.held, args.subject))

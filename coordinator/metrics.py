@@ -127,6 +127,17 @@ class Metrics:
             "1 on the replica that holds the scheduler's leader lock, 0 on the others.",
             registry=r,
         )
+        self.erasure_requests = Gauge(
+            "retention_erasure_requests",
+            "Erasure requests per status.",
+            ["status"],
+            registry=r,
+        )
+        self.erasure_requests_overdue = Gauge(
+            "retention_erasure_requests_overdue",
+            "Erasure requests past their due date and neither completed nor rejected.",
+            registry=r,
+        )
         self.policy_retention = Gauge(
             "retention_policy_retention_days",
             "Each loaded policy's retention period, so alerts can compare ages with it.",

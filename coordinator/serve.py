@@ -5,6 +5,7 @@
   splits the rows between them);
 * the **completion tracker** consumes acks and registrations (one consumer group);
 * the **gauges** task recomputes the database-derived gauges on a timer;
+* the **erasure** task moves erasure requests' statuses (coordinator/erasure/);
 * the **HTTP API** (uvicorn, in the same loop).
 
 Stopping (SIGTERM/SIGINT set `stop`): the scheduler lets the current run finish, the
@@ -38,6 +39,7 @@ from coordinator.api import ApiContext, RunInProgress, create_app
 from coordinator.api.health import KafkaHealth
 from coordinator.clock import Clock, SystemClock
 from coordinator.db import make_engine
+from coordinator.erasure.service import Erasure
 from coordinator.kafka_admin import ensure_topics
 from coordinator.metrics import Metrics
 from coordinator.outbox.relay import OutboxRelay
@@ -97,6 +99,7 @@ class _Parts:
     scheduler: Scheduler
     server: _Server
     kafka_health: KafkaHealth
+    erasure: Erasure
 
 
 class Service:
@@ -225,6 +228,21 @@ class Service:
         for policy, at in successes.items():
             self.metrics.last_successful_run.labels(policy).set(at.timestamp())
 
+    async def _erasure_forever(self, stop: asyncio.Event) -> None:
+        """Erasure requests' status moves: completion from the acks, re-execution once
+        their holds are released, and their gauges."""
+        parts = self._require_parts()
+        interval = self.settings.serve.erasure_interval_s
+        while not stop.is_set():
+            try:
+                # Every replica may complete requests (one UPDATE); only the leader
+                # executes released ones again, so two replicas never race for them.
+                await parts.erasure.advance(reexecute=parts.scheduler.is_leader)
+            except Exception:
+                log.exception("erasure_advance_failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+
     async def _gauges_forever(self, stop: asyncio.Event) -> None:
         interval = self.settings.serve.gauges_interval_s
         while not stop.is_set():
@@ -266,6 +284,7 @@ class Service:
             node=self.node,
         )
         kafka_health = KafkaHealth(s.kafka)
+        erasure = Erasure(engine, self.policy_set, s, self.clock, self.metrics)
         api = create_app(
             ApiContext(
                 engine=engine,
@@ -278,6 +297,7 @@ class Service:
                 global_schedule=s.schedule,
                 trigger_run=self.trigger_run,
                 signatures=s.signatures.mode,
+                erasure=erasure,
             )
         )
         config = uvicorn.Config(
@@ -308,6 +328,7 @@ class Service:
             scheduler=scheduler,
             server=_Server(config),
             kafka_health=kafka_health,
+            erasure=erasure,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -359,6 +380,7 @@ class Service:
             "relay": lambda: parts.relay.run_forever(stop),
             "tracker": lambda: parts.tracker.run_forever(stop),
             "gauges": lambda: self._gauges_forever(stop),
+            "erasure": lambda: self._erasure_forever(stop),
             "http": serve_http,
             "http_stopper": stop_http,
         }

@@ -139,6 +139,12 @@ class ServeSettings(BaseSettings):
     health_timeout_s: float = Field(
         default=2.0, gt=0, le=30, description="Bound on each /healthz check (database, Kafka)."
     )
+    erasure_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often erasure requests' statuses move (completion, released holds) "
+        "and their gauges are refreshed.",
+    )
     topic_partitions: int = Field(
         default=6, ge=1, description="Partitions of each topic `serve` creates when missing."
     )
@@ -206,6 +212,12 @@ class Settings(BaseSettings):
     signatures: SignatureSettings = Field(
         default_factory=SignatureSettings,
         description="Signing key and RETENTION_SIGNATURES (SPEC §9).",
+    )
+    erasure_default_days: int = Field(
+        default=30,
+        ge=1,
+        le=3650,
+        description="Days an erasure request under regulation `other` has (extended: twice).",
     )
 
     def allowed_hook_modules(self) -> tuple[str, ...]:

@@ -26,6 +26,8 @@ __all__ = [
     "ack_ledger",
     "anonymized",
     "audit_log",
+    "erasure_parts",
+    "erasure_requests",
     "event_status",
     "expected_acks",
     "legal_hold_entities",
@@ -98,6 +100,8 @@ policy_results = Table(
     Column("policy", Text, primary_key=True),
     Column("action", Text, nullable=False),
     Column("status", Text, nullable=False),
+    # The policy's legal basis when it ran, for the report (the file may change later).
+    Column("legal_basis", Text),
     Column("processed", BigInteger, nullable=False, server_default=text("0")),
     Column("held", BigInteger, nullable=False, server_default=text("0")),
     Column("events", BigInteger, nullable=False, server_default=text("0")),
@@ -142,7 +146,16 @@ outbox = Table(
     _ts("created_at", nullable=False, now=True),
     _ts("published_at"),
     Column("publish_attempts", Integer, nullable=False, server_default=text("0")),
+    # SPEC §11: why the event exists, the erasure request behind it, whose row it was.
+    Column("reason", Text, nullable=False, server_default=text("'retention_policy'")),
+    Column("request_id", Uuid),
+    Column("subject", Text),
     Index(None, "entity_type", "entity_id"),
+    Index(
+        "ix_retention_outbox_request_id",
+        "request_id",
+        postgresql_where=text("request_id IS NOT NULL"),
+    ),
     # The relay's claim query scans only what is still unpublished.
     Index(
         "ix_retention_outbox_unpublished",
@@ -307,4 +320,76 @@ scheduler_fires = Table(
     _ts("recorded_at", nullable=False, now=True),
     _ts("finished_at"),
     Column("detail", Text, nullable=False, server_default=text("''")),
+)
+
+
+# --- Erasure requests (SPEC §11; coordinator/erasure/) ----------------------------------
+
+erasure_requests = Table(
+    "erasure_requests",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("subject_type", Text, nullable=False),
+    Column("subject_id", Text, nullable=False),
+    Column("regulation", Text, nullable=False),
+    Column("reference", Text),
+    Column("status", Text, nullable=False, server_default=text("'received'")),
+    _ts("received_at", nullable=False),
+    _ts("due_at", nullable=False),
+    _ts("created_at", nullable=False),
+    Column("created_by", Text, nullable=False),
+    # The latest execution's run (retention_runs, trigger erasure_request).
+    Column("run_id", Uuid),
+    _ts("extended_at"),
+    Column("extension_reason", Text),
+    _ts("local_done_at"),
+    _ts("completed_at"),
+    _ts("rejected_at"),
+    Column("rejected_by", Text),
+    Column("rejection_reason", Text),
+    # Names of the holds that kept some of the subject's rows (status on_hold).
+    Column("holds", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    CheckConstraint(
+        "status IN ('received', 'in_progress', 'on_hold', 'completed', 'rejected')",
+        name="ck_erasure_requests_status",
+    ),
+    CheckConstraint(
+        "regulation IN ('gdpr', 'ccpa', 'other')", name="ck_erasure_requests_regulation"
+    ),
+    UniqueConstraint("reference", name="uq_erasure_requests_reference"),
+    Index(None, "subject_type", "subject_id"),
+    # The status mover and the overdue gauge look only at open requests.
+    Index(
+        "ix_erasure_requests_open",
+        "due_at",
+        postgresql_where=text("status NOT IN ('completed', 'rejected')"),
+    ),
+)
+
+# What a request did per policy: rows acted on (or exempt, or held), with the action.
+erasure_parts = Table(
+    "erasure_request_parts",
+    metadata,
+    Column(
+        "request_id",
+        Uuid,
+        ForeignKey("erasure_requests.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("policy", Text, primary_key=True),
+    Column("table_name", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("outcome", Text, nullable=False),
+    Column("rows", BigInteger, nullable=False, server_default=text("0")),
+    Column("held", BigInteger, nullable=False, server_default=text("0")),
+    Column("events", BigInteger, nullable=False, server_default=text("0")),
+    Column("archived_copies_deleted", BigInteger, nullable=False, server_default=text("0")),
+    Column("legal_basis", Text, nullable=False),
+    Column("exemption_basis", Text),
+    Column("detail", Text, nullable=False, server_default=text("''")),
+    _ts("done_at"),
+    CheckConstraint(
+        "outcome IN ('pending', 'done', 'exempt', 'superseded', 'error')",
+        name="ck_erasure_request_parts_outcome",
+    ),
 )

@@ -7,7 +7,10 @@ Steps (each fails with a message naming what did not come up):
  3. start `retention serve` and the four example services (`search_index` is a Faust app)
     as subprocesses, and wait until each one's registration reached the tracker;
  4. trigger a run over HTTP (POST /v1/runs) and wait until every event is completed;
- 5. print the summary, then stop what it started (`--keep` leaves it running).
+ 5. file two erasure requests over HTTP (POST /v1/erasure-requests): one for an active user,
+    which completes once every service acknowledged, and one for a user under a subject
+    hold, which stays `on_hold` naming the hold;
+ 6. print the summary, then stop what it started (`--keep` leaves it running).
 
 Each demo uses its own topic prefix, so repeated demos never see each other's records;
 the topics are deleted when the demo stops (kept with `--keep`).
@@ -217,6 +220,7 @@ def start_serve(demo: Demo, policies: Path) -> Process:
         "RETENTION_HASH_SECRET": "demo-hash-secret",
         "RETENTION_API_TOKENS_FILE": str(demo.tokens_file),
         "RETENTION_SERVE_GAUGES_INTERVAL_S": "2",
+        "RETENTION_SERVE_ERASURE_INTERVAL_S": "1",
         "RETENTION_TRACKER_POLL_INTERVAL_S": "0.5",
         **keys.signing_env(keys.COORDINATOR),
     }
@@ -376,6 +380,7 @@ async def run_demo(demo: Demo) -> tuple[dict[str, Any], Seeded]:
                 erased = await erasure_counts(demo.services_url)
             example_user = next(u for u in seeded.users_due[len(seeded.users_due) // 2 :])
             entity = (await client.get(f"/v1/entities/user/{example_user}")).json()
+            requests = await erasure_requests(demo, client, seeded)
         summary = {
             "run": run,
             "before": before,
@@ -384,11 +389,57 @@ async def run_demo(demo: Demo) -> tuple[dict[str, Any], Seeded]:
             "erased": erased,
             "entity": entity,
             "example_user": example_user,
+            "requests": requests,
             "seconds": time.monotonic() - started,
         }
         return summary, seeded
     finally:
         await engine.dispose()
+
+
+ACTIVE_USER = "user-00004"
+"""Active (never closed), so only an erasure request removes it; seed.py's users."""
+
+
+async def erasure_requests(
+    demo: Demo, client: httpx.AsyncClient, seeded: Seeded
+) -> list[dict[str, Any]]:
+    """File one request that completes and one that a subject hold stops; their rows."""
+    auth = demo.auth("demo-writer")
+    held_user = seeded.users_due[0]  # seed.py puts the first due users under dispute-42
+    step(
+        f"filing erasure requests: user:{ACTIVE_USER} (GDPR) and user:{held_user} (CCPA, "
+        "under a subject hold)"
+    )
+    filed = []
+    for subject, regulation in ((ACTIVE_USER, "gdpr"), (held_user, "ccpa")):
+        response = await client.post(
+            "/v1/erasure-requests",
+            json={"subject": f"user:{subject}", "regulation": regulation, "reference": subject},
+            headers=auth,
+        )
+        if response.status_code != 201:
+            raise DemoFailed(
+                f"POST /v1/erasure-requests answered {response.status_code}: {response.text}"
+            )
+        filed.append(response.json()["id"])
+    completes, held = filed
+
+    async def completed() -> bool:
+        found = (await client.get(f"/v1/erasure-requests/{completes}")).json()
+        return bool(found["status"] == "completed")
+
+    await wait_until(
+        "the erasure request to complete", completed, timeout_s=demo.timeout_s, demo=demo
+    )
+    rows = [(await client.get(f"/v1/erasure-requests/{i}")).json() for i in (completes, held)]
+    if rows[1]["status"] != "on_hold" or not rows[1]["holds"]:
+        raise DemoFailed(f"the held user's request is {rows[1]['status']}, not on_hold")
+    for row in rows:
+        row["hold_reasons"] = [
+            (await client.get(f"/v1/holds/{hold}")).json()["reason"] for hold in row["holds"]
+        ]
+    return rows
 
 
 async def erasure_counts(url: str) -> dict[str, int]:
@@ -487,6 +538,27 @@ def print_summary(demo: Demo, summary: dict[str, Any], seeded: Seeded) -> None:
             f"user:{summary['example_user']}: {entity[0]['state']} ({answers}) — "
             f"GET {demo.api}/v1/entities/user/{summary['example_user']}"
         )
+    requests = Table(title="Erasure requests")
+    for column in ("id", "subject", "regulation", "status", "due", "rows", "exempt", "held by"):
+        requests.add_column(column)
+    for row in summary["requests"]:
+        acted = sum(p["rows"] for p in row["policies"] if p["outcome"] == "done")
+        exempt = sum(p["rows"] for p in row["policies"] if p["outcome"] == "exempt")
+        holds = "; ".join(
+            f"{hold} ({reason})"
+            for hold, reason in zip(row["holds"], row["hold_reasons"], strict=True)
+        )
+        requests.add_row(
+            row["id"][:8],
+            row["subject"],
+            row["regulation"],
+            row["status"],
+            row["due_at"][:10],
+            str(acted),
+            str(exempt),
+            holds or "-",
+        )
+    out.print(requests)
     # A labelled gauge with no sample yet (no pending acks at scrape time) is still exported:
     # its HELP line is there.
     missing = [m for m in SPEC_METRICS if f"# HELP {m} " not in body]
@@ -510,6 +582,7 @@ def print_summary(demo: Demo, summary: dict[str, Any], seeded: Seeded) -> None:
     out.print(f"metrics      {demo.api}/metrics")
     out.print(f"health       {demo.api}/healthz")
     out.print(f"runs         {demo.api}/v1/runs   holds {demo.api}/v1/holds")
+    out.print(f"requests     {demo.api}/v1/erasure-requests")
     out.print(f"tokens       {demo.tokens_file} (hashes); send one as Authorization: Bearer …")
     for name, scope in DEMO_TOKENS:
         out.print(f"  {scope.value:<6} {name:<12} {demo.tokens[name]}", highlight=False)

@@ -68,6 +68,7 @@ orders = Table(
     "orders",
     seed_metadata,
     Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("customer_id", Text),
     Column("customer_name", Text, nullable=False),
     Column("email", Text, nullable=False),
     Column("shipping_address", Text),
@@ -159,11 +160,12 @@ def _row(seed: _Seed, row_id: Any, n: int, ts: datetime | None, in_scope: bool) 
         column, yes, no = seed.scope
         row[column] = yes if in_scope else no
     if table == "session_logs":
-        row.update(user_id=f"user-{n % 97}", ip=f"10.0.{n % 256}.{n % 251}")
+        row.update(user_id=f"user-{n % 97:05d}", ip=f"10.0.{n % 256}.{n % 251}")
     elif table == "analytics_events":
-        row.update(user_id=f"user-{n % 97}", event_name="page_view")
+        row.update(user_id=f"user-{n % 97:05d}", event_name="page_view")
     elif table == "orders":
         row.update(
+            customer_id=f"user-{n % 97:05d}",
             customer_name=f"Customer {n}",
             email=f"customer{n}@shop.example",
             shipping_address=f"{n} Long Road",
@@ -174,7 +176,7 @@ def _row(seed: _Seed, row_id: Any, n: int, ts: datetime | None, in_scope: bool) 
     elif table == "support_tickets":
         row.update(subject=f"ticket {n}")
     else:
-        row.update(user_id=f"user-{n % 97}")
+        row.update(user_id=f"user-{n % 97:05d}")
     return row
 
 

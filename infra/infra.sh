@@ -371,7 +371,7 @@ cmd_up() {
   if [[ -z "$kafka$db" && "${INFRA_USE_DOCKER:-0}" == 1 ]] && docker_answers; then
     log "Docker engine answers: docker compose up kafka postgres"
     docker compose -f "$ROOT/docker-compose.yml" up -d --wait kafka postgres >&2
-    write_env "127.0.0.1:9092" "postgresql://$PG_USER:$PG_PASSWORD@127.0.0.1:5432/retention"
+    write_env "127.0.0.1:19092" "postgresql://$PG_USER:$PG_PASSWORD@127.0.0.1:5432/retention"
     return
   fi
   if [[ -n "$kafka" ]]; then log "using Kafka from the environment: $kafka"; else

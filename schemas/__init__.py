@@ -15,6 +15,7 @@ from schemas.kafka import KafkaSettings
 from schemas.models import (
     SCHEMA_VERSION,
     AckStatus,
+    EventReason,
     EventType,
     HandledEntity,
     RetentionAck,
@@ -31,6 +32,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "AckStatus",
     "DeadLetter",
+    "EventReason",
     "EventType",
     "HandledEntity",
     "KafkaSettings",

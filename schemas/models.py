@@ -30,6 +30,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "STORABLE_TEXT",
     "AckStatus",
+    "EventReason",
     "EventType",
     "HandledEntity",
     "RetentionAck",
@@ -63,6 +64,10 @@ deadline or a reminder interval to one can't overflow."""
 
 NonEmpty = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS, pattern=STORABLE_TEXT)]
 Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS, pattern=STORABLE_TEXT)]
+SubjectRef = Annotated[
+    str, Field(min_length=3, max_length=2 * MAX_NAME_CHARS + 1, pattern=r"^[^:\x00]+:[^\x00]+$")
+]
+"""`"type:id"` of a data subject: a type and an id, each within the names' bounds."""
 
 
 def utc_now() -> datetime:
@@ -95,6 +100,13 @@ UtcDatetime = Annotated[
 class EventType(StrEnum):
     DELETE = "delete"
     ANONYMIZE = "anonymize"
+
+
+class EventReason(StrEnum):
+    """Why an event exists (SPEC §11)."""
+
+    RETENTION_POLICY = "retention_policy"
+    ERASURE_REQUEST = "erasure_request"
 
 
 class AckStatus(StrEnum):
@@ -140,6 +152,10 @@ class RetentionEvent(WireModel):
         default_factory=list
     )
     run_id: uuid.UUID | None = None
+    reason: EventReason = EventReason.RETENTION_POLICY
+    request_id: uuid.UUID | None = None
+    subject: SubjectRef | None = None
+    """`"type:id"` of the data subject whose row this is; null when the policy names none."""
 
     @property
     def key(self) -> str:

@@ -12,10 +12,37 @@ from coordinator.migrate import upgrade
 from schemas import KafkaSettings
 from tests import infra
 
-infra.load_infra_env()
 # Everything under test signs and verifies (RETENTION_SIGNATURES defaults to required) with
 # the test keys; subprocesses get the same variables through the harnesses.
 infra.use_test_keys()
+
+_STARTED: list[str] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Before any test module is imported: settings read at import see the session's infra.
+    try:
+        _STARTED.extend(infra.start_infra())
+    except Exception:
+        infra.stop_infra()
+        raise
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return _STARTED
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # Session fixtures are torn down by now; the terminal still shows what is written here.
+    removed = infra.stop_infra()
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    for line in removed:
+        if reporter is not None:
+            reporter.write_line(f"infra: {line}")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    infra.stop_infra()
 
 
 @pytest.fixture(scope="session")

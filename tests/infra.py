@@ -1,4 +1,12 @@
-"""Test access to the real Kafka broker and PostgreSQL server that `make infra-up` starts.
+"""Test access to the real Kafka broker and PostgreSQL server.
+
+Where they come from is RETENTION_TEST_INFRA:
+- `local`: the ones `make infra-up` (infra/infra.sh) started or found, whose settings it
+  wrote to .cache/infra.env (the environment's own RETENTION_* settings win);
+- `containers`: a Kafka and a PostgreSQL container of our images, started for the session
+  through testcontainers on free ports and removed at its end (tests/containers.py);
+- `auto` (the default): containers when a Docker engine answers, our images exist and the
+  environment names no broker or database of its own; `local` otherwise.
 
 A missing broker or server is a test failure with a message saying how to start it,
 never a skip: tests that prove the product must not pass by not running.
@@ -11,14 +19,26 @@ import os
 import re
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas import DEFAULT_DATABASE_URL, KafkaSettings
 
+if TYPE_CHECKING:
+    from tests.containers import ContainerInfra
+
 ROOT = Path(__file__).resolve().parent.parent
 ENV_FILE = ROOT / ".cache" / "infra.env"
+MODE_VARIABLE = "RETENTION_TEST_INFRA"
+NAMED_BY_ENVIRONMENT = (
+    "RETENTION_KAFKA_BOOTSTRAP_SERVERS",
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "RETENTION_DATABASE_URL",
+    "DATABASE_URL",
+)
+Mode = Literal["containers", "local"]
 
 HOW_TO_START = (
     "start it with `make infra-up` (or set RETENTION_KAFKA_BOOTSTRAP_SERVERS / "
@@ -58,6 +78,80 @@ def use_test_keys() -> None:
 def signing_env() -> dict[str, str]:
     """The signing variables of this process, for a subprocess's environment."""
     return {k: os.environ[k] for k in SIGNING_VARIABLES if k in os.environ}
+
+
+def infra_mode() -> Mode:
+    """RETENTION_TEST_INFRA resolved; `containers` when asked for but impossible is an error."""
+    asked = os.environ.get(MODE_VARIABLE, "auto")
+    if asked not in ("containers", "local", "auto"):
+        raise RuntimeError(f"{MODE_VARIABLE}={asked!r}: use containers, local or auto")
+    if asked == "local":
+        return "local"
+    # Imported only here: the local mode needs neither docker-py nor testcontainers.
+    from tests.containers import engine_problem
+
+    if asked == "auto":
+        if any(os.environ.get(name) for name in NAMED_BY_ENVIRONMENT):
+            return "local"
+        return "local" if engine_problem() else "containers"
+    problem = engine_problem()
+    if problem:
+        raise RuntimeError(f"{MODE_VARIABLE}=containers, but {problem}")
+    return "containers"
+
+
+_CONTAINERS: list[ContainerInfra] = []
+
+
+def start_infra() -> list[str]:
+    """Make this session's broker and database settings the environment's; what was used.
+
+    In containers mode the containers start here, before any test module is imported, and
+    their settings replace any in the environment: subprocesses the tests start inherit them.
+    """
+    mode = infra_mode()
+    if mode == "local":
+        load_infra_env()
+        return [f"infra: local ({ENV_FILE.name} or the environment; `make infra-up`)"]
+    from tests.containers import ContainerInfra
+
+    infra = ContainerInfra.start()
+    _CONTAINERS.append(infra)
+    for name in NAMED_BY_ENVIRONMENT:
+        os.environ.pop(name, None)
+    os.environ["RETENTION_KAFKA_BOOTSTRAP_SERVERS"] = infra.bootstrap_servers
+    os.environ["RETENTION_DATABASE_URL"] = infra.database_url
+    asyncio.run(_provision(infra.database_url))
+    return ["infra: containers (testcontainers)", *infra.lines]
+
+
+async def _provision(url: str) -> None:
+    """The databases infra/infra.sh creates, and proof that both servers answer."""
+    from tests.containers import DATABASES
+
+    await check_postgres(url)
+    await check_kafka(KafkaSettings())
+    conn = await asyncpg.connect(_asyncpg_dsn(with_database(url, "postgres")))
+    try:
+        existing = {r["datname"] for r in await conn.fetch("select datname from pg_database")}
+        for name in DATABASES:
+            if name not in existing:
+                await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+def active_containers() -> ContainerInfra | None:
+    """The session's containers in containers mode, else None."""
+    return _CONTAINERS[0] if _CONTAINERS else None
+
+
+def stop_infra() -> list[str]:
+    """Remove the session's containers, if any; what was removed."""
+    removed: list[str] = []
+    while _CONTAINERS:
+        removed += _CONTAINERS.pop().remove()
+    return removed
 
 
 def database_url() -> str:

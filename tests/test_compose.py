@@ -33,6 +33,8 @@ from schemas.signing import SignatureSettings
 from tests.declared import handles_of
 from tests.infra import ROOT
 
+APP_DOCKERFILE = ROOT / "deploy" / "images" / "app" / "Dockerfile"
+
 
 def load_compose() -> dict[str, object]:
     document = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -202,12 +204,15 @@ def test_serve_listens_on_all_interfaces_with_a_tokens_file(
 
 def _image_path(container_path: str) -> Path:
     """The build-context file the Dockerfile puts at `container_path`."""
-    lines = [line.split() for line in (ROOT / "Dockerfile").read_text().splitlines() if line]
+    lines = [line.split() for line in APP_DOCKERFILE.read_text().splitlines() if line]
     workdir = PurePosixPath(next(p[1] for p in lines if p[0] == "WORKDIR"))
     target = PurePosixPath(container_path)
     for parts in lines:
         if parts[0] == "COPY" and len(parts) == 3:
             destination = workdir / parts[2]
+            if (ROOT / parts[1]).is_file():
+                # A file copied into a directory (`COPY pyproject.toml ./`) keeps its name.
+                destination /= PurePosixPath(parts[1]).name
             if target == destination or destination in target.parents:
                 return ROOT / parts[1] / target.relative_to(destination)
     raise AssertionError(f"the Dockerfile copies nothing to {container_path}")
@@ -308,7 +313,7 @@ def test_start_order_waits_for_health() -> None:
         assert "healthcheck" in services[name], name
     for name in ("migrate", "seed", "tokens"):
         assert services[name]["restart"] == "no", name
-    assert {services[n]["build"] for n in APP_SERVICES} == {"."}
+    assert {str(services[n]["build"]) for n in APP_SERVICES} == {str(services["serve"]["build"])}
     assert "relay" not in services  # `retention serve` runs the relay
     # `docker compose up` starts everything but the observability profile.
     assert {n for n, s in services.items() if "profiles" in s} == set(OBSERVABILITY)
@@ -321,7 +326,7 @@ def test_tokens_are_made_once_into_a_volume_only_serve_reads(
     services, settings = _services(), _serve_settings(monkeypatch)
     tokens = services["tokens"]
     assert tokens["command"][:4] == ["python", "-m", "demo", "tokens"]
-    assert tokens["build"] == "."
+    assert tokens["build"] == _services()["serve"]["build"]
     assert "environment" not in tokens  # no database, no Kafka: only the file
     written = PurePosixPath(tokens["command"][4])
     assert written == PurePosixPath(str(settings.api_tokens_file))
@@ -333,7 +338,7 @@ def test_tokens_are_made_once_into_a_volume_only_serve_reads(
     assert volume in load_compose()["volumes"]  # type: ignore[operator]
     assert written.parent == PurePosixPath(directory)
     # The image makes the mount point the service user's, so the volume starts writable.
-    assert f"install -d -o retention -m 0700 {directory}" in (ROOT / "Dockerfile").read_text()
+    assert f"install -d -o retention -m 0700 {directory}" in APP_DOCKERFILE.read_text()
     # Every other service sees neither the volume nor the file.
     for name, service in services.items():
         if name not in ("tokens", "serve"):
@@ -411,10 +416,16 @@ def test_grafana_provisions_the_dashboard_and_the_datasource() -> None:
 
 
 def test_dockerfile_installs_every_shipped_package() -> None:
-    dockerfile = (ROOT / "Dockerfile").read_text()
+    dockerfile = APP_DOCKERFILE.read_text()
     lines = [line.split() for line in dockerfile.splitlines() if line and line[0] != "#"]
-    assert ["FROM", "python:3.11-slim"] in lines
+    # The official image by default; deploy/images/build.sh passes the local base otherwise.
+    assert ["ARG", "BASE=python:3.11-slim"] in lines
+    assert ["FROM", "${BASE}"] in lines
+    build = _services()["serve"]["build"]
+    assert ROOT / build["context"] / build["dockerfile"] == APP_DOCKERFILE
     copied = {source for parts in lines if parts[0] == "COPY" for source in parts[1:-1]}
+    # The build's certificate authorities, from build.sh's staging area when it is there.
+    copied.discard(".cach[e]/images/build-ca.cr[t]")
     for source in copied:
         assert (ROOT / source).exists(), source
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -426,6 +437,7 @@ def test_dockerfile_installs_every_shipped_package() -> None:
     assert pyproject["project"]["readme"] in copied
     # The faust extra, for services.search_index; never the test extra.
     assert 'pip install ".[faust]"' in dockerfile
+    assert 'pip install --no-deps --force-reinstall ".[faust]"' in dockerfile
     assert "faust" in pyproject["project"]["optional-dependencies"]
 
 

@@ -36,3 +36,8 @@ def test_demo_completes_every_event(postgres_url: str, kafka_bootstrap: str) -> 
     assert "exports all 8 SPEC §8 metrics" in result.stdout
     for service in ("billing", "notifications", "preferences", "search_index"):
         assert service in result.stdout
+    # The two erasure requests: one completed, one on hold naming the hold's reason.
+    assert "Erasure requests" in result.stdout
+    assert "completed" in result.stdout
+    assert "on_hold" in result.stdout
+    assert "Data subject dispute (demo)" in result.stdout

@@ -91,6 +91,7 @@ def test_the_required_alerts_exist() -> None:
         "RetentionAcksOverdue",
         "RetentionHandlerFailureRate",
         "RetentionDeadLetterGrowth",
+        "RetentionErasureRequestsOverdue",
     } <= alerts
 
 

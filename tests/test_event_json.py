@@ -13,13 +13,14 @@ import pytest
 
 from coordinator.outbox.event_json import FIELDS, EventWriter
 from coordinator.outbox.events import EVENT_COLUMNS, RecordEncoder, event_from_columns
-from schemas import EventType, RetentionEvent, encode
+from schemas import EventReason, EventType, RetentionEvent, encode
 
-# Quotes, backslashes, every control character, DEL, the JSON-hostile line separators,
+# Quotes, backslashes, every control character but NUL, DEL, the JSON-hostile line separators,
 # non-ASCII and astral characters: everything whose escaping could differ.
 AWKWARD = [
     'quote " and \\ backslash',
-    "".join(chr(c) for c in range(0x20)) + "\x7f",
+    # NUL is not storable, so the model refuses it (schemas.models.STORABLE_TEXT).
+    "".join(chr(c) for c in range(1, 0x20)) + "\x7f",
     "line\u2028para\u2029end",
     "Zoë Ærø — 東京 🙂",
     "</script> & 'single'",
@@ -49,6 +50,9 @@ def sample_events(count: int) -> list[RetentionEvent]:
                 deadline=initiated.replace(microsecond=0) + timedelta(days=rng.randrange(90)),
                 fields=rng.sample(["email", "name", *AWKWARD], rng.randrange(4)),
                 run_id=rng.choice([None, uuid.UUID(int=rng.getrandbits(128))]),
+                reason=rng.choice(list(EventReason)),
+                request_id=rng.choice([None, uuid.UUID(int=rng.getrandbits(128))]),
+                subject=rng.choice([None, "user:42", *(f"user:{a}" for a in AWKWARD)]),
             )
         )
     return events
@@ -58,6 +62,8 @@ def test_writer_bytes_equal_encode_on_a_varied_sample() -> None:
     events = sample_events(2000)
     assert {e.run_id is None for e in events} == {True, False}
     assert {bool(e.fields) for e in events} == {True, False}
+    assert {e.subject is None for e in events} == {True, False}
+    assert {e.reason for e in events} == set(EventReason)
     write = EventWriter()
     for event in events:
         assert write(event) == encode(event), event
@@ -77,9 +83,11 @@ def row_of(event: RetentionEvent) -> tuple[Any, ...]:
 
 def test_encoder_matches_the_model_on_rows_sharing_and_not_sharing_their_columns() -> None:
     events = sample_events(300)
-    # Rows of one purge batch: the same columns but event_id and entity_id.
+    # Rows of one purge batch: the same columns but event_id, entity_id and subject.
     batch = [
-        events[0].model_copy(update={"event_id": uuid.uuid4(), "entity_id": str(i)})
+        events[0].model_copy(
+            update={"event_id": uuid.uuid4(), "entity_id": str(i), "subject": f"user:{i % 7}"}
+        )
         for i in range(50)
     ]
     encode_row = RecordEncoder()
@@ -108,6 +116,13 @@ def bad_rows() -> list[tuple[str, tuple[Any, ...]]]:
         ("fields with an unhashable item", bad(fields=["a", {"b": 1}])),
         ("naive timestamp", bad(deadline=good.deadline.replace(tzinfo=None))),
         ("empty policy", bad(policy="")),
+        ("NUL in the entity id", bad(entity_id="4\x002")),
+        ("NUL in the policy", bad(policy="a\x00b")),
+        ("timestamp before 1970", bad(deadline=good.deadline.replace(year=1969))),
+        ("unknown reason", bad(reason="curiosity")),
+        ("request id not a UUID", bad(request_id="42")),
+        ("subject without a type", bad(subject="42")),
+        ("subject not text", bad(subject=42)),
     ]
 
 
@@ -132,7 +147,7 @@ def test_encoder_refuses_exactly_what_the_model_refuses(warm: bool) -> None:
 
 
 def test_model_validation_is_per_field() -> None:
-    # RecordEncoder validates event_id and entity_id apart from the rest; a validator
+    # RecordEncoder validates event_id, entity_id and subject apart from the rest; a validator
     # across fields would make that unsound.
     decorators = RetentionEvent.__pydantic_decorators__
     assert not decorators.model_validators

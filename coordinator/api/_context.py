@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator.api.health import KafkaHealth
 from coordinator.clock import Clock
+from coordinator.erasure.service import Erasure
 from coordinator.policy.model import PolicySet
 from coordinator.tokens import TokenStore
 from schemas.signing import SignatureMode
@@ -51,6 +52,7 @@ class ApiContext:
     trigger_run: RunTrigger | None = None
     signatures: SignatureMode = SignatureMode.REQUIRED
     """Shown by /healthz: `off` must be visible from outside (SPEC §9)."""
+    erasure: Erasure | None = None
 
 
 def context(request: Request) -> ApiContext:

@@ -6,7 +6,7 @@ from fastapi import Depends, FastAPI, Request, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 
-from coordinator.api import holds, ops, policies, runs, services, tracking
+from coordinator.api import erasure, holds, ops, policies, runs, services, tracking
 from coordinator.api._context import ApiContext
 from coordinator.api.auth import ACCESS_RESPONSES, require_read
 from coordinator.api.limits import BodyLimit
@@ -14,7 +14,14 @@ from coordinator.api.limits import BodyLimit
 __all__ = ["create_app"]
 
 # Every router under /v1: each of its routes needs at least a `read` token.
-V1_ROUTERS = (policies.router, runs.router, holds.router, tracking.router, services.router)
+V1_ROUTERS = (
+    policies.router,
+    runs.router,
+    holds.router,
+    tracking.router,
+    erasure.router,
+    services.router,
+)
 
 
 def create_app(ctx: ApiContext) -> FastAPI:

@@ -12,6 +12,9 @@ from coordinator.policy.model import Policy
 from coordinator.purge.holds import parse_entity
 
 __all__ = [
+    "ErasureCreate",
+    "ErasureReason",
+    "ErasureRequestView",
     "EventView",
     "HealthCheck",
     "HealthView",
@@ -193,3 +196,45 @@ class PolicyView(_View):
     schedule: str = Field(description="The cron expression it runs on (its own or the global).")
     last_result: PolicyResultView | None
     last_success_at: datetime | None
+
+
+class ErasureCreate(BaseModel):
+    """An erasure request (SPEC §11); the actor recorded is the token's, never a body field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    subject: str = Field(
+        min_length=3, max_length=511, description="The data subject as `type:id`, e.g. user:42."
+    )
+    regulation: Literal["gdpr", "ccpa", "other"]
+    received_at: AwareDatetime | None = Field(
+        default=None, description="When the request arrived (default: now), with a timezone."
+    )
+    reference: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="Your ticket id: the same reference again returns the first request (200).",
+    )
+
+
+class ErasureReason(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class ErasureRequestView(_View):
+    id: uuid.UUID
+    subject: str
+    regulation: str
+    reference: str | None
+    status: str = Field(description="received | in_progress | on_hold | completed | rejected")
+    received_at: datetime
+    due_at: datetime
+    overdue: bool = Field(description="A flag: past due and neither completed nor rejected.")
+    extended: bool
+    extension_reason: str | None
+    holds: list[str] = Field(description="Holds that keep some of the subject's rows.")
+    completed_at: datetime | None
+    rejection_reason: str | None

@@ -18,6 +18,7 @@ from coordinator.cli import (
     purge,
     relay,
     report,
+    requests,
     serve,
     services,
     status,
@@ -42,6 +43,7 @@ app.add_typer(policies.app, name="policies")
 app.add_typer(services.app, name="services")
 app.add_typer(services.acks_app, name="acks")
 app.add_typer(keys.app, name="keys")
+app.add_typer(requests.app, name="requests")
 app.add_typer(tokens.app, name="tokens")
 app.command("plan")(purge.plan)
 app.command("run")(purge.run)

@@ -1,4 +1,5 @@
-"""`retention report`: completion per policy and per service since a date."""
+"""`retention report`: since a date, completion per policy and per service, local purge
+results per run and policy, and erasure requests."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.cli._app import (
     ExitCode,
@@ -19,11 +21,28 @@ from coordinator.cli._app import (
     out_console,
     read_database,
 )
+from coordinator.clock import SystemClock
+from coordinator.erasure.certificate import requests_since
+from coordinator.purge.run_log import purge_results
 from coordinator.tracking import queries
 
 __all__ = ["report"]
 
 _COLUMNS = ("events", "completed", "failed", "overdue", "pending", "median_seconds", "p95_seconds")
+# One CSV table for every section: each row fills the columns of its scope.
+_PURGE_COLUMNS = ("run_id", "started_at", "action", "legal_basis", "status", "processed", "held")
+_REQUEST_COLUMNS = ("regulation", "received_at", "due_at", "completed_at", "overdue")
+_HEADER = (
+    "scope",
+    "name",
+    *_COLUMNS,
+    "waived",
+    "reason",
+    "rejected",
+    *_PURGE_COLUMNS,
+    "errors",
+    *_REQUEST_COLUMNS,
+)
 
 
 class Format(StrEnum):
@@ -50,10 +69,20 @@ def report(
     ] = Format.TABLE,
     as_json: bool = typer.Option(False, "--json", help="Same as --format json."),
 ) -> None:
-    """Events, completed, failed, overdue, median and p95 time to completion."""
+    """Fan-out completion (events, completed, failed, overdue, median and p95 time to
+    completion) per policy and service; local purge results per run and policy (processed,
+    held, errors, action, legal basis); erasure requests (due, completed, per service)."""
     start = parse_since(since)
     settings = load_settings()
-    document = read_database(settings, lambda conn: queries.report(conn, since=start))
+    now = SystemClock().now()
+
+    async def query(conn: AsyncConnection) -> dict[str, Any]:
+        document = await queries.report(conn, since=start)
+        document["purge_results"] = await purge_results(conn, since=start)
+        document["erasure_requests"] = await requests_since(conn, since=start, now=now)
+        return document
+
+    document = read_database(settings, query)
     if as_json or fmt is Format.JSON:
         emit_json(document)
     elif fmt is Format.CSV:
@@ -63,30 +92,44 @@ def report(
 
 
 def _write_csv(document: dict[str, Any]) -> None:
-    writer = csv.writer(sys.stdout, lineterminator="\n")
-    writer.writerow(("scope", "name", *_COLUMNS, "waived", "reason", "rejected"))
+    writer = csv.DictWriter(sys.stdout, fieldnames=_HEADER, lineterminator="\n", restval="")
+    writer.writeheader()
     for scope, key in (("policy", "policies"), ("service", "services")):
         for row in document[key]:
             writer.writerow(
-                (
-                    scope,
-                    row[scope],
-                    *(_blank(row[c]) for c in _COLUMNS),
-                    _blank(row.get("waived")),
-                    "",
-                    "",
-                )
+                {
+                    "scope": scope,
+                    "name": row[scope],
+                    **{c: _blank(row[c]) for c in _COLUMNS},
+                    "waived": _blank(row.get("waived")),
+                }
             )
     for row in document["rejected_acks"]:
         writer.writerow(
-            (
-                "rejected",
-                row["service"] or "",
-                *("" for _ in _COLUMNS),
-                "",
-                row["reason"],
-                row["count"],
-            )
+            {
+                "scope": "rejected",
+                "name": row["service"] or "",
+                "reason": row["reason"],
+                "rejected": row["count"],
+            }
+        )
+    for row in document["purge_results"]:
+        writer.writerow(
+            {
+                "scope": "purge",
+                "name": row["policy"],
+                "errors": row["errors"],
+                **{c: _blank(row[c]) for c in _PURGE_COLUMNS},
+            }
+        )
+    for row in document["erasure_requests"]:
+        writer.writerow(
+            {
+                "scope": "erasure_request",
+                "name": row["id"],
+                "status": row["status"],
+                **{c: _blank(row[c]) for c in _REQUEST_COLUMNS},
+            }
         )
 
 
@@ -105,4 +148,51 @@ def _print_tables(document: dict[str, Any]) -> None:
         table = Table("claimed service", "reason", "count", title="rejected acks")
         for row in document["rejected_acks"]:
             table.add_row(row["service"] or "?", row["reason"], str(row["count"]))
+        out_console.print(table)
+    if document["purge_results"]:
+        table = Table(
+            "run",
+            "policy",
+            "action",
+            "status",
+            "processed",
+            "held",
+            "errors",
+            "legal basis",
+            title="local purge results",
+        )
+        for row in document["purge_results"]:
+            table.add_row(
+                row["run_id"][:8],
+                row["policy"],
+                row["action"],
+                row["status"],
+                str(row["processed"]),
+                str(row["held"]),
+                str(row["errors"]),
+                row["legal_basis"] or "-",
+            )
+        out_console.print(table)
+    if document["erasure_requests"]:
+        table = Table(
+            "request",
+            "regulation",
+            "status",
+            "received",
+            "due",
+            "completed",
+            "flags",
+            title="erasure requests",
+        )
+        for row in document["erasure_requests"]:
+            flags = ", ".join(name for name in ("overdue", "extended") if row[name])
+            table.add_row(
+                row["id"][:8],
+                row["regulation"],
+                row["status"],
+                row["received_at"],
+                row["due_at"],
+                row["completed_at"] or "-",
+                flags,
+            )
         out_console.print(table)

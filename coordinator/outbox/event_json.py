@@ -34,24 +34,34 @@ FIELDS = (
     "deadline",
     "fields",
     "run_id",
+    "reason",
+    "request_id",
+    "subject",
 )
 """The wire order of `RetentionEvent`'s fields, which the templates below follow."""
 
-# The event's JSON around its two per-entity fields, event_id and entity_id, so that
-# `coordinator.outbox.events` can reuse the rest for every event of one purge batch.
+# The event's JSON around its three per-entity fields, event_id, entity_id and subject
+# (the last field), so that `coordinator.outbox.events` can reuse the rest for every
+# event of one purge batch.
 _HEAD = '{"schema_version":%d,"event_id":"'
 _MIDDLE = '","type":%s,"entity_type":%s,"entity_id":'
-_TAIL = ',"policy":%s,"legal_basis":%s,"initiated_at":%s,"deadline":%s,"fields":[%s],"run_id":%s}'
+_TAIL = (
+    ',"policy":%s,"legal_basis":%s,"initiated_at":%s,"deadline":%s,"fields":[%s],"run_id":%s,'
+    '"reason":%s,"request_id":%s,"subject":'
+)
+
 _TIMESTAMP: TypeAdapter[datetime] = TypeAdapter(UtcDatetime)
 
 Parts = tuple[str, str, str]
-"""An event's JSON before its event_id, between event_id and entity_id, after entity_id."""
+"""An event's JSON before its event_id, between event_id and entity_id, and from after
+entity_id up to the subject's value."""
 
 
-def splice(parts: Parts, event_id: object, entity_id: str) -> bytes:
-    """The JSON of the event `parts` came from, with this event_id and entity_id."""
+def splice(parts: Parts, event_id: object, entity_id: str, subject: str | None) -> bytes:
+    """The JSON of the event `parts` came from, with this event_id, entity_id and subject."""
     head, middle, tail = parts
-    return f"{head}{event_id}{middle}{encode_basestring(entity_id)}{tail}".encode()
+    last = "null}" if subject is None else f"{encode_basestring(subject)}}}"
+    return f"{head}{event_id}{middle}{encode_basestring(entity_id)}{tail}{last}".encode()
 
 
 class EventWriter:
@@ -78,8 +88,10 @@ class EventWriter:
                 self._timestamp(event.deadline),
                 ",".join(map(encode_basestring, event.fields)),
                 "null" if event.run_id is None else f'"{event.run_id}"',
+                encode_basestring(event.reason.value),
+                "null" if event.request_id is None else f'"{event.request_id}"',
             ),
         )
 
     def __call__(self, event: RetentionEvent) -> bytes:
-        return splice(self.parts(event), event.event_id, event.entity_id)
+        return splice(self.parts(event), event.event_id, event.entity_id, event.subject)

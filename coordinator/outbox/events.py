@@ -1,9 +1,9 @@
 """Outbox rows as `RetentionEvent`s, and as Kafka records at the relay's rate.
 
 `event_from_row` builds (and validates) one event. The relay uses `RecordEncoder`
-instead: the rows of one purge batch differ only in `event_id` and `entity_id`, so it
+instead: the rows of one purge batch differ only in `event_id`, `entity_id` and `subject`, so it
 validates and encodes each distinct combination of the other columns once, with the
-model itself, and per row validates just those two fields with the model's own field
+model itself, and per row validates just those three fields with the model's own field
 types and splices them into the JSON. A row is accepted exactly when `RetentionEvent`
 would accept it (its validation is per field: the model has no model validators, which
 tests/test_event_json.py checks) and the bytes equal `schemas.encode` of that event.
@@ -19,7 +19,7 @@ from pydantic import ConfigDict, TypeAdapter
 from sqlalchemy import Row
 
 from coordinator.outbox.event_json import EventWriter, Parts, splice
-from schemas import EventType, RetentionEvent
+from schemas import EventReason, EventType, RetentionEvent
 
 __all__ = ["EVENT_COLUMNS", "RecordEncoder", "event_from_columns", "event_from_row"]
 
@@ -34,10 +34,14 @@ EVENT_COLUMNS = (
     "deadline",
     "fields",
     "run_id",
+    "reason",
+    "request_id",
+    "subject",
 )
 """The outbox columns an event is made of, in `event_from_columns`' order."""
 
 _EVENT_TYPES = {kind.value: kind for kind in EventType}
+_REASONS = {reason.value: reason for reason in EventReason}
 
 
 def event_from_columns(
@@ -51,6 +55,9 @@ def event_from_columns(
     deadline: Any,
     fields: Any,
     run_id: Any,
+    reason: Any,
+    request_id: Any,
+    subject: Any,
 ) -> RetentionEvent:
     """The event from `EVENT_COLUMNS`' values, positionally.
 
@@ -60,6 +67,9 @@ def event_from_columns(
     kind = _EVENT_TYPES.get(event_type)
     if kind is None:
         raise ValueError(f"unknown event_type {event_type!r}")
+    why = _REASONS.get(reason)
+    if why is None:
+        raise ValueError(f"unknown reason {reason!r}")
     return RetentionEvent(
         event_id=event_id,
         type=kind,
@@ -72,6 +82,9 @@ def event_from_columns(
         # Strict validation refuses anything but a JSON array of strings.
         fields=fields,
         run_id=run_id,
+        reason=why,
+        request_id=request_id,
+        subject=subject,
     )
 
 
@@ -90,8 +103,10 @@ def _field_type(name: str) -> Any:
     return Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
 
 
-# The two per-row fields, validated as the (strict) model validates them.
-_PER_ROW_TYPE: Any = tuple[_field_type("event_id"), _field_type("entity_id")]  # type: ignore[misc]
+# The per-row fields, validated as the (strict) model validates them.
+_PER_ROW_TYPE: Any = tuple[  # type: ignore[misc]
+    _field_type("event_id"), _field_type("entity_id"), _field_type("subject")
+]
 _PER_ROW: TypeAdapter[tuple[Any, Any]] = TypeAdapter(_PER_ROW_TYPE, config=ConfigDict(strict=True))
 
 
@@ -119,6 +134,9 @@ class RecordEncoder:
             deadline,
             fields,
             run_id,
+            reason,
+            request_id,
+            subject,
         ) = row
         parts: Parts | None = None
         # A cached combination was a valid event, so only a list of strings can match
@@ -134,6 +152,8 @@ class RecordEncoder:
                 deadline,
                 tuple(fields),
                 run_id,
+                reason,
+                request_id,
             )
             try:
                 parts = self._shapes.get(shared)
@@ -145,7 +165,7 @@ class RecordEncoder:
             if shared is not None:
                 self._shapes[shared] = parts
         else:
-            _PER_ROW.validate_python((event_id, entity_id))
+            _PER_ROW.validate_python((event_id, entity_id, subject))
         # RetentionEvent.key; the SPEC's record key.
         key = f"{entity_type}:{entity_id}".encode()
-        return key, splice(parts, event_id, entity_id)
+        return key, splice(parts, event_id, entity_id, subject)

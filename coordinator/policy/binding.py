@@ -23,6 +23,7 @@ from coordinator.policy.model import (
     Policy,
     PolicyIssue,
     PolicySet,
+    Subject,
     resolve_hook,
 )
 from coordinator.settings import Settings
@@ -47,6 +48,8 @@ class BoundPolicy:
     archive_exists: bool
     hook: BeforePurge | None
     hash_key: bytes
+    subject: Subject | None = None
+    subject_column: Column[Any] | None = None
 
     @property
     def name(self) -> str:
@@ -123,6 +126,13 @@ def _bind_one(
         if strategy.needs_secret and not hash_key:
             issue("anonymize", f"{column_name}: {strategy_name} needs RETENTION_HASH_SECRET set")
 
+    subject = policy_set.subject_of(policy)
+    subject_column = None
+    if subject is not None:
+        subject_column = table.c.get(subject.column)
+        if subject_column is None:
+            issue("subject", f"table {policy.table!r} has no column {subject.column!r}")
+
     condition = None
     if policy.conditions is not None:
         try:
@@ -159,6 +169,8 @@ def _bind_one(
             archive_exists=archive_exists,
             hook=hook,
             hash_key=hash_key,
+            subject=subject,
+            subject_column=subject_column,
         ),
         issues,
     )

@@ -42,11 +42,13 @@ from schemas.signing import SigningKeyError, parse_public_key
 __all__ = [
     "Action",
     "DeclaredService",
+    "OnErasure",
     "Policy",
     "PolicyFile",
     "PolicyFileError",
     "PolicyIssue",
     "PolicySet",
+    "Subject",
     "load_policies",
     "parse_policies",
     "resolve_hook",
@@ -66,6 +68,24 @@ class Action(StrEnum):
     DELETE = "delete"
     ANONYMIZE = "anonymize"
     ARCHIVE = "archive"
+
+
+class OnErasure(StrEnum):
+    """What an erasure request (SPEC §11) does to a policy's rows."""
+
+    APPLY = "apply"
+    EXEMPT = "exempt"
+
+
+class Subject(BaseModel):
+    """Whose personal data a row holds: rows belong to `entity_type:<column>`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    entity_type: str = Field(
+        pattern=r"^[A-Za-z0-9_.-]+$", max_length=MAX_NAME_CHARS, description="The subject's type."
+    )
+    column: str = Field(pattern=_IDENTIFIER, description="Column holding the subject's id.")
 
 
 def _duration(value: object) -> object:
@@ -130,6 +150,20 @@ class Policy(BaseModel):
         description="Guard: refuse a run that would touch a larger fraction of the table.",
     )
     schedule: str | None = Field(default=None, description="Cron expression for `serve`.")
+    subject: Subject | None = Field(
+        default=None,
+        description="Whose personal data a row holds, for erasure requests and subject holds.",
+    )
+    on_erasure_request: OnErasure = Field(
+        default=OnErasure.APPLY,
+        description="apply: a request acts on the subject's rows; exempt: they stay.",
+    )
+    exemption_basis: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_TEXT_CHARS,
+        description="Why the rows stay despite a request; required with exempt.",
+    )
 
     @field_validator("anonymize", mode="before")
     @classmethod
@@ -174,7 +208,31 @@ class Policy(BaseModel):
             raise ValueError(f"the id column {self.id_column!r} cannot be anonymized")
         if not self.entity_type:
             object.__setattr__(self, "entity_type", self.table)
+        if self.on_erasure_request is OnErasure.EXEMPT and not self.exemption_basis:
+            raise ValueError("on_erasure_request: exempt needs an `exemption_basis`")
+        if self.on_erasure_request is OnErasure.APPLY and self.exemption_basis:
+            raise ValueError("`exemption_basis` is only allowed with on_erasure_request: exempt")
+        # Rows are their own subjects: the id column says it, another column would not.
+        if (
+            self.subject is not None
+            and self.subject.entity_type == self.entity_type
+            and self.subject.column != self.id_column
+        ):
+            raise ValueError(
+                f"subject type {self.entity_type!r} is the policy's own entity type, "
+                f"so its column must be the id column {self.id_column!r}"
+            )
         return self
+
+    def subject_of_rows(self, subject_types: frozenset[str]) -> Subject | None:
+        """The mapping erasure requests and subject holds use, given every subject type
+        the policy file declares: an explicit `subject:`, else the id column when this
+        policy's entity type is one of them."""
+        if self.subject is not None:
+            return self.subject
+        if self.entity_type in subject_types:
+            return Subject(entity_type=self.entity_type, column=self.id_column)
+        return None
 
     @property
     def event_type(self) -> str:
@@ -285,6 +343,24 @@ class PolicySet:
 
     def line(self, policy: str, key: str = "") -> int | None:
         return self.lines.get((policy, key)) or self.lines.get((policy, ""))
+
+    @property
+    def subject_types(self) -> frozenset[str]:
+        """Every type some policy names as `subject:` (what erasure requests accept)."""
+        return frozenset(p.subject.entity_type for p in self.policies if p.subject is not None)
+
+    def subject_of(self, policy: Policy) -> Subject | None:
+        """Whose rows `policy`'s are, under this file's subject types (SPEC §11)."""
+        return policy.subject_of_rows(self.subject_types)
+
+    def subject_map(self) -> dict[str, list[tuple[Policy, Subject]]]:
+        """Subject type → the policies (and columns) that hold its rows, in file order."""
+        found: dict[str, list[tuple[Policy, Subject]]] = {t: [] for t in sorted(self.subject_types)}
+        for policy in self.policies:
+            subject = self.subject_of(policy)
+            if subject is not None:
+                found[subject.entity_type].append((policy, subject))
+        return found
 
     def get(self, name: str) -> Policy:
         for policy in self.policies:
@@ -506,6 +582,18 @@ def parse_policies(
                     f"fan_out: no declared service handles {policy.event_type} of "
                     f"{policy.entity_type!r}; declare one under `services:` or set "
                     "fan_out: false (`retention services suggest` drafts the block)",
+                )
+            )
+    subject_types = frozenset(p.subject.entity_type for p in policies if p.subject is not None)
+    for policy in policies:
+        if policy.on_erasure_request is OnErasure.EXEMPT and (
+            policy.subject_of_rows(subject_types) is None
+        ):
+            issues.append(
+                PolicyIssue(
+                    policy.name,
+                    lines.get((policy.name, "on_erasure_request")),
+                    "on_erasure_request: exempt needs a `subject:` (whose rows are exempt?)",
                 )
             )
     if issues:

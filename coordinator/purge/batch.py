@@ -39,8 +39,9 @@ from coordinator.policy.model import Action, Policy
 from coordinator.purge.holds import lock_for_purge
 from coordinator.purge.planner import Batch, batch_window, next_batch
 from coordinator.tables import anonymized, outbox
+from schemas import EventReason
 
-__all__ = ["BatchResult", "PurgeBatch", "ensure_archive_table", "purge_batch"]
+__all__ = ["BatchResult", "EventOrigin", "PurgeBatch", "ensure_archive_table", "purge_batch"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,22 @@ class PurgeBatch:
     policy: Policy
     run_id: uuid.UUID
     ids: Sequence[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class EventOrigin:
+    """Why a batch acts, as its events say: a policy run (the default) or an erasure
+    request, whose events carry its id, its legal basis and its due date."""
+
+    reason: EventReason = EventReason.RETENTION_POLICY
+    request_id: uuid.UUID | None = None
+    legal_basis: str | None = None
+    """None: the policy's."""
+    deadline: datetime | None = None
+    """None: the policy's completion deadline from now."""
+
+
+RUN = EventOrigin()
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +90,11 @@ def _acted(bound: BoundPolicy, which: ColumnElement[bool], now: datetime) -> tup
     """The action on the rows `which` selects as a data-modifying CTE returning the ids
     it touched, plus its helpers."""
     table, action = bound.table, bound.policy.action
+    returned = [bound.id_column]
+    if bound.subject_column is not None and bound.subject_column is not bound.id_column:
+        returned.append(bound.subject_column)
     if action is Action.DELETE:
-        return delete(table).where(which).returning(bound.id_column).cte("acted"), []
+        return delete(table).where(which).returning(*returned).cte("acted"), []
     if action is Action.ANONYMIZE:
         context = anonymizers.StrategyContext(id_column=bound.id_column, hash_key=bound.hash_key)
         values = {
@@ -82,7 +102,18 @@ def _acted(bound: BoundPolicy, which: ColumnElement[bool], now: datetime) -> tup
             for column, strategy in bound.policy.anonymize.items()
         }
         acted = update(table).where(which).values(values)
-        return acted.returning(bound.id_column).cte("acted"), []
+        # RETURNING gives the new values: a subject column that is anonymized too comes
+        # back rewritten, so the subject is read from the row before the update.
+        old = table.alias("before")
+        if bound.subject_column is not None and bound.subject_column.name in values:
+            subject = (
+                select(old.c[bound.subject_column.name])
+                .where(old.c[bound.id_column.name] == bound.id_column)
+                .scalar_subquery()
+                .label(bound.subject_column.name)
+            )
+            return acted.returning(bound.id_column, subject).cte("acted"), []
+        return acted.returning(*returned).cte("acted"), []
     assert bound.archive is not None
     names = list(table.c.keys())
     moved = delete(table).where(which).returning(*table.c).cte("acted")
@@ -129,7 +160,24 @@ def _event_ids() -> ColumnElement[uuid.UUID]:
     return func.retention_uuidv7_nth(base, func.row_number().over(), type_=Uuid)
 
 
-def _outbox(policy: Policy, entity: Any, run_id: uuid.UUID, now: datetime) -> Any:
+def _subject(bound: BoundPolicy, acted: Any) -> ColumnElement[Any]:
+    """`"type:id"` of each acted row's subject (NULL when the row names none)."""
+    if bound.subject is None or bound.subject_column is None:
+        return literal(None, Text)
+    column = acted.c[bound.subject_column.name]
+    return literal(f"{bound.subject.entity_type}:", Text).concat(cast(column, Text))
+
+
+def _outbox(
+    bound: BoundPolicy,
+    acted: Any,
+    run_id: uuid.UUID,
+    now: datetime,
+    origin: EventOrigin,
+) -> Any:
+    policy = bound.policy
+    entity = cast(acted.c[bound.id_column.name], Text)
+    deadline = origin.deadline or now + policy.completion_deadline
     return insert(outbox).from_select(
         [
             "event_id",
@@ -142,6 +190,9 @@ def _outbox(policy: Policy, entity: Any, run_id: uuid.UUID, now: datetime) -> An
             "fields",
             "initiated_at",
             "deadline",
+            "reason",
+            "request_id",
+            "subject",
         ],
         select(
             _event_ids(),
@@ -150,10 +201,13 @@ def _outbox(policy: Policy, entity: Any, run_id: uuid.UUID, now: datetime) -> An
             literal(policy.event_type, Text),
             literal(policy.entity_type, Text),
             entity,
-            literal(policy.legal_basis, Text),
+            literal(origin.legal_basis or policy.legal_basis, Text),
             literal(policy.fields, JSONB),
             literal(now, DateTime(timezone=True)),
-            literal(now + policy.completion_deadline, DateTime(timezone=True)),
+            literal(deadline, DateTime(timezone=True)),
+            literal(origin.reason.value, Text),
+            literal(origin.request_id, Uuid),
+            _subject(bound, acted),
         ),
     )
 
@@ -165,6 +219,7 @@ def _with_events(
     now: datetime,
     *,
     relabel: bool = False,
+    origin: EventOrigin = RUN,
 ) -> tuple[Any, list[Any]]:
     """Action, archive copy, ledger and outbox rows as CTEs of one statement.
 
@@ -177,16 +232,23 @@ def _with_events(
     if policy.action is Action.ANONYMIZE:
         helpers.append(_ledger(policy, entity, run_id, now, relabel=relabel).cte("ledger"))
     if policy.fan_out:
-        helpers.append(_outbox(policy, entity, run_id, now).cte("events"))
+        helpers.append(_outbox(bound, acted, run_id, now, origin).cte("events"))
     return acted, helpers
 
 
 async def _act(
-    conn: AsyncConnection, bound: BoundPolicy, batch: Batch, run_id: uuid.UUID, now: datetime
+    conn: AsyncConnection,
+    bound: BoundPolicy,
+    batch: Batch,
+    run_id: uuid.UUID,
+    now: datetime,
+    origin: EventOrigin,
 ) -> None:
     """Act on ids selected and locked before: one statement, one round trip."""
     ids = batch.ids
-    acted, helpers = _with_events(bound, _in_batch(bound, ids), run_id, now, relabel=batch.relabel)
+    acted, helpers = _with_events(
+        bound, _in_batch(bound, ids), run_id, now, relabel=batch.relabel, origin=origin
+    )
     touched = (
         await conn.execute(select(func.count()).select_from(acted).add_cte(*helpers))
     ).scalar_one()
@@ -203,6 +265,8 @@ async def _select_and_act(
     cutoff: datetime,
     now: datetime,
     after: Any | None,
+    scope: ColumnElement[bool] | None,
+    origin: EventOrigin,
 ) -> Batch:
     """Choose and act in one statement: the action's own row locks replace FOR UPDATE.
 
@@ -212,8 +276,10 @@ async def _select_and_act(
     PostgreSQL re-checks the predicate on rows changed concurrently, as FOR UPDATE does.
     """
     id_column = bound.id_column
-    window = batch_window(bound, cutoff=cutoff, now=now, after=after, limit=bound.policy.batch_size)
-    acted, helpers = _with_events(bound, window.chosen, run_id, now)
+    window = batch_window(
+        bound, cutoff=cutoff, now=now, after=after, limit=bound.policy.batch_size, scope=scope
+    )
+    acted, helpers = _with_events(bound, window.chosen, run_id, now, origin=origin)
     done = acted.c[id_column.name]
     ids = select(
         type_coerce(func.array_agg(aggregate_order_by(done, done)), ARRAY(id_column.type))
@@ -242,8 +308,13 @@ async def purge_batch(
     cutoff: datetime,
     now: datetime,
     after: Any | None,
+    scope: ColumnElement[bool] | None = None,
+    origin: EventOrigin = RUN,
 ) -> BatchResult:
     """Purge the next batch after `after` inside the caller's transaction.
+
+    `scope` and `origin` make it an erasure request's batch: the subject's rows instead
+    of the due ones, and events that say so (coordinator.erasure.execute).
 
     Round trips per batch: the hold lock, then either one statement that chooses the rows
     and acts on them (delete and archive without a hook), or one select-and-lock
@@ -254,16 +325,29 @@ async def purge_batch(
     await lock_for_purge(conn)  # before the select: see coordinator.purge.holds
     if _one_pass(bound):
         batch = await _select_and_act(
-            conn, bound, run_id=run_id, cutoff=cutoff, now=now, after=after
+            conn,
+            bound,
+            run_id=run_id,
+            cutoff=cutoff,
+            now=now,
+            after=after,
+            scope=scope,
+            origin=origin,
         )
     else:
         batch = await next_batch(
-            conn, bound, cutoff=cutoff, now=now, after=after, limit=policy.batch_size
+            conn,
+            bound,
+            cutoff=cutoff,
+            now=now,
+            after=after,
+            limit=policy.batch_size,
+            scope=scope,
         )
         if batch.ids:
             if bound.hook is not None:
                 await bound.hook(conn, PurgeBatch(policy, run_id, batch.ids))
-            await _act(conn, bound, batch, run_id, now)
+            await _act(conn, bound, batch, run_id, now, origin)
     ids = batch.ids
     if not ids:
         return BatchResult(ids, 0, batch.last_scanned)
@@ -283,6 +367,7 @@ async def purge_batch(
                     "count": len(entity_ids),
                     "events": events,
                     "ids": entity_ids,
+                    **({"request_id": origin.request_id} if origin.request_id is not None else {}),
                 },
             )
         ],

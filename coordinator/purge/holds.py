@@ -74,6 +74,7 @@ __all__ = [
     "active_hold_exists",
     "create_hold",
     "entity_types",
+    "event_held",
     "get_hold",
     "list_holds",
     "lock_for_creation",
@@ -234,7 +235,8 @@ class EntityTypes:
 
 
 async def entity_types(conn: AsyncConnection, policy_set: PolicySet) -> EntityTypes:
-    """Every policy's entity type, with the id forms of its tables' id columns.
+    """Every policy's entity type and every subject type, with the id forms of the
+    columns that hold their ids (id columns; subject columns).
 
     A policy whose table or id column does not exist (yet) purges nothing; if no table of
     a type exists, its ids are taken as text, exactly.
@@ -245,11 +247,16 @@ async def entity_types(conn: AsyncConnection, policy_set: PolicySet) -> EntityTy
         forms: dict[str, set[IdForm]] = {}
         for policy in policy_set.policies:
             found = forms.setdefault(policy.entity_type, set())
+            # A subject type is known too (SPEC §11), in the form of its subject columns.
+            subject = policy_set.subject_of(policy)
+            of_subject = forms.setdefault(subject.entity_type, set()) if subject else None
             if not inspector.has_table(policy.table):
                 continue
             for column in inspector.get_columns(policy.table):
                 if column["name"] == policy.id_column:
                     found.add(IdForm.of(column["type"]))
+                if of_subject is not None and subject and column["name"] == subject.column:
+                    of_subject.add(IdForm.of(column["type"]))
         return {t: tuple(sorted(f)) or (IdForm(IdKind.TEXT),) for t, f in forms.items()}
 
     return EntityTypes(await conn.run_sync(reflect))
@@ -279,6 +286,21 @@ def active_hold_exists(
             legal_holds.c.released_at.is_(None),
             or_(legal_holds.c.expires_at.is_(None), legal_holds.c.expires_at > now),
         )
+    )
+
+
+def event_held(
+    entity_type: ColumnElement[str],
+    entity_id: ColumnElement[str],
+    subject: ColumnElement[str | None],
+    now: datetime,
+) -> ColumnElement[bool]:
+    """SQL: an active hold covers an event's entity, or its `subject` (`"type:id"`)."""
+    subject_type = func.split_part(subject, ":", 1)
+    subject_id = func.substr(subject, func.strpos(subject, ":") + 1)
+    return or_(
+        active_hold_exists(entity_type, entity_id, now),
+        and_(subject.is_not(None), active_hold_exists(subject_type, subject_id, now)),
     )
 
 

@@ -29,6 +29,7 @@ from sqlalchemy import (
     func,
     literal,
     not_,
+    or_,
     select,
     type_coerce,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "next_batch",
     "plan_policy",
     "time_base",
+    "unheld_clause",
 ]
 
 _DAY = 86400.0
@@ -112,8 +114,29 @@ def due_clause(
     return and_(*clauses)
 
 
+def _hold_checks(bound: BoundPolicy, now: datetime) -> list[ColumnElement[bool]]:
+    """One EXISTS per way a hold can cover a row: its entity, and its subject (SPEC §11)."""
+    checks = [active_hold_exists(bound.policy.entity_type, bound.id_column, now)]
+    subject, column = bound.subject, bound.subject_column
+    is_itself = (
+        subject is not None
+        and subject.entity_type == bound.policy.entity_type
+        and column is bound.id_column
+    )
+    if subject is not None and column is not None and not is_itself:
+        checks.append(active_hold_exists(subject.entity_type, column, now))
+    return checks
+
+
 def held_clause(bound: BoundPolicy, now: datetime) -> ColumnElement[bool]:
-    return active_hold_exists(bound.policy.entity_type, bound.id_column, now)
+    """A hold covers the row itself, or the subject it belongs to."""
+    return or_(*_hold_checks(bound, now))
+
+
+def unheld_clause(bound: BoundPolicy, now: datetime) -> ColumnElement[bool]:
+    """No hold covers the row: one NOT EXISTS per check, so that PostgreSQL can plan each
+    as its own hashed anti-join, as it does for the entity check alone."""
+    return and_(*(not_(check) for check in _hold_checks(bound, now)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,18 +198,19 @@ async def plan_policy(conn: AsyncConnection, bound: BoundPolicy, now: datetime) 
     """
     cutoff = cutoff_for(bound.policy, now)
     due = due_clause(bound, cutoff)
-    held = held_clause(bound, now)
     total = (await conn.execute(select(func.count()).select_from(bound.table))).scalar_one()
     unheld = (
         await conn.execute(
             select(func.count().label("due"), func.min(bound.timestamp_column).label("oldest"))
             .select_from(bound.table)
-            .where(due, not_(held))
+            .where(due, unheld_clause(bound, now))
         )
     ).one()
-    held_count = (
-        await conn.execute(select(func.count()).select_from(bound.table).where(due, held))
+    # Held = due − unheld: both counts use only anti-joins (see unheld_clause).
+    all_due = (
+        await conn.execute(select(func.count()).select_from(bound.table).where(due))
     ).scalar_one()
+    held_count = all_due - unheld.due
     oldest = unheld.oldest
     if oldest is not None and oldest.tzinfo is None:
         oldest = oldest.replace(tzinfo=UTC)
@@ -227,7 +251,13 @@ class Window:
 
 
 def batch_window(
-    bound: BoundPolicy, *, cutoff: datetime, now: datetime, after: Any | None, limit: int
+    bound: BoundPolicy,
+    *,
+    cutoff: datetime,
+    now: datetime,
+    after: Any | None,
+    limit: int,
+    scope: ColumnElement[bool] | None = None,
 ) -> Window:
     """The next window of `limit` due rows after `after` in id order, minus held ones.
 
@@ -239,14 +269,13 @@ def batch_window(
     `chosen` locks the rows (FOR UPDATE, or the DELETE itself), so PostgreSQL re-checks
     the full predicate against a row a concurrent update made young again; holds are
     read after the batch's hold lock, since the statement runs after it.
+
+    `scope` replaces "due" as what the window looks for: an erasure request's rows of
+    one subject, whatever their age (coordinator.erasure.execute).
     """
     id_column = bound.id_column
-    window_query = (
-        select(id_column.label("id"))
-        .where(due_clause(bound, cutoff, with_ledger=False))
-        .order_by(id_column)
-        .limit(limit)
-    )
+    wanted = scope if scope is not None else due_clause(bound, cutoff, with_ledger=False)
+    window_query = select(id_column.label("id")).where(wanted).order_by(id_column).limit(limit)
     chosen: list[ColumnElement[bool]] = []
     if after is not None:
         start = id_column > bindparam("after", after, type_=id_column.type)
@@ -255,11 +284,7 @@ def batch_window(
     window = window_query.cte("window")
     # max() has no uuid version; the window is ordered anyway.
     last = select(window.c.id).order_by(window.c.id.desc()).limit(1).scalar_subquery()
-    chosen += [
-        id_column <= last,
-        due_clause(bound, cutoff, with_ledger=False),
-        not_(held_clause(bound, now)),
-    ]
+    chosen += [id_column <= last, wanted, unheld_clause(bound, now)]
     return Window(last, and_(*chosen))
 
 
@@ -271,6 +296,7 @@ async def next_batch(
     now: datetime,
     after: Any | None,
     limit: int,
+    scope: ColumnElement[bool] | None = None,
 ) -> Batch:
     """Select and lock the next batch (`batch_window`) in one statement, one result row.
 
@@ -278,7 +304,7 @@ async def next_batch(
     result machinery (what the profile showed).
     """
     id_column = bound.id_column
-    window = batch_window(bound, cutoff=cutoff, now=now, after=after, limit=limit)
+    window = batch_window(bound, cutoff=cutoff, now=now, after=after, limit=limit, scope=scope)
     last = window.last
     chosen = (
         select(id_column.label("id"))

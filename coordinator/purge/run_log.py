@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.tables import policy_results, runs
 
-__all__ = ["get_run", "last_results", "last_successes", "recent_runs"]
+__all__ = ["get_run", "last_results", "last_successes", "purge_results", "recent_runs"]
 
 _RESULT_COLUMNS = (
     "policy",
@@ -113,3 +113,44 @@ async def last_successes(conn: AsyncConnection) -> dict[str, datetime]:
         .group_by(pr.policy)
     )
     return {policy: at for policy, at in rows}
+
+
+async def purge_results(conn: AsyncConnection, *, since: datetime) -> list[dict[str, Any]]:
+    """Local purge results per run and policy, for runs started since `since`, oldest
+    first: what each policy did, held back and failed on, with its action and legal basis."""
+    pr = policy_results.c
+    rows = await conn.execute(
+        select(
+            runs.c.id,
+            runs.c.started_at,
+            runs.c.trigger,
+            pr.policy,
+            pr.action,
+            pr.legal_basis,
+            pr.status,
+            pr.processed,
+            pr.held,
+            pr.events,
+            pr.errors,
+        )
+        .join_from(policy_results, runs, runs.c.id == pr.run_id)
+        .where(runs.c.started_at >= since)
+        .order_by(runs.c.started_at, runs.c.id, pr.policy)
+    )
+    return [
+        {
+            "run_id": str(row.id),
+            "started_at": row.started_at.isoformat(),
+            "trigger": row.trigger,
+            "policy": row.policy,
+            "action": row.action,
+            "legal_basis": row.legal_basis,
+            "status": row.status,
+            "processed": row.processed,
+            "held": row.held,
+            "events": row.events,
+            "errors": len(row.errors),
+            "error_texts": list(row.errors),
+        }
+        for row in rows
+    ]

@@ -337,6 +337,7 @@ class Runner:
                         policy=outcome.policy,
                         action=outcome.action,
                         status=outcome.status,
+                        legal_basis=self.policy_set.get(outcome.policy).legal_basis,
                         processed=outcome.processed,
                         held=outcome.held,
                         events=outcome.events,

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator import audit
 from coordinator.outbox.events import event_from_row
-from coordinator.purge.holds import active_hold_exists
+from coordinator.purge.holds import event_held
 from coordinator.tables import event_status, expected_acks, outbox
 from coordinator.tracking.snapshot import ACTOR
 from schemas import RetentionEvent
@@ -86,11 +86,12 @@ async def due_reminders(
 ) -> list[Reminder]:
     """Lock and return the open events whose next reminder is due (skipping locked ones).
 
-    Events of entities held now are not returned: their next reminder moves on by one
-    interval, without counting as sent.
+    Events whose entity or `subject` is held now are not returned: their next reminder
+    moves on by one interval, without counting as sent.
     """
     s = event_status.c
-    held = active_hold_exists(outbox.c.entity_type, outbox.c.entity_id, now).label("held")
+    held = event_held(outbox.c.entity_type, outbox.c.entity_id, outbox.c.subject, now)
+    held = held.label("held")
     rows = (
         await conn.execute(
             select(outbox, s.reminders_sent, held)

@@ -21,7 +21,7 @@ from coordinator.tables import audit_log, outbox
 from tests.e2e.harness import PRODUCT_SERVICES, ServiceProcess, Stack, has_registered, wait_for
 from tests.faults.invariants import SERVICE_LOGS
 from tests.faults.world import HASH_SECRET, World
-from tests.infra import ROOT, with_database
+from tests.infra import ROOT, active_containers, with_database
 
 __all__ = [
     "INFRA",
@@ -149,5 +149,13 @@ async def terminate_connections(*urls: str) -> int:
 
 
 async def infra(*command: str) -> None:
-    """Run `infra.sh <command>`; the broker commands wait until Kafka is down or ready."""
+    """Run `infra.sh <command>`; the broker commands wait until Kafka is down or ready.
+
+    In containers mode the same commands act on the session's Kafka container instead
+    (`docker kill`, `docker stop`, `docker start`).
+    """
+    containers = active_containers()
+    if containers is not None:
+        await asyncio.to_thread(containers.kafka_command, *command)
+        return
     await asyncio.to_thread(subprocess.run, [str(INFRA), *command], check=True, timeout=180)

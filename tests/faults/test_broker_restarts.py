@@ -44,7 +44,7 @@ from tests.faults.drive import (
 )
 from tests.faults.invariants import check_invariants, settle
 from tests.faults.world import USERS_POLICY, World, prepare_world
-from tests.infra import ROOT
+from tests.infra import ROOT, active_containers
 
 Phase = Literal["publish", "consume"]
 Restart = tuple[Phase, bool]
@@ -93,14 +93,23 @@ async def _broker_answers(kafka: KafkaSettings, *, timeout_s: float) -> None:
         await asyncio.sleep(2)
 
 
+FULL_OUTAGE_S = (71.0, 74.0)
+"""Longer than the clients' 30 s request timeout, so sends and commits in flight fail while
+the broker is still away (shorter outages are hidden by retries)."""
+
+
 async def _restart_broker(
-    stack: Stack, rng: random.Random, faults: Counter[str], phase: Phase, *, kill: bool
+    stack: Stack,
+    rng: random.Random,
+    faults: Counter[str],
+    phase: Phase,
+    *,
+    kill: bool,
+    outage_s: tuple[float, float],
 ) -> None:
     await infra("kafka-stop", *(["--kill"] if kill else []))
     try:
-        # Longer than the clients' 30 s request timeout, so sends and commits in flight
-        # fail while the broker is still away (shorter outages are hidden by retries).
-        await asyncio.sleep(rng.uniform(71, 74))
+        await asyncio.sleep(rng.uniform(*outage_s))
     finally:
         # Whatever happened, the shared broker comes back. Loading its ~15,000 test
         # partitions can outlast the start script's own deadline on a busy machine.
@@ -144,7 +153,13 @@ async def _during_consumption(stack: Stack, world: World, rng: random.Random) ->
 
 
 async def broker_restarts(
-    stack: Stack, directory: Path, *, seed: int, users: int, restarts: Sequence[Restart]
+    stack: Stack,
+    directory: Path,
+    *,
+    seed: int,
+    users: int,
+    restarts: Sequence[Restart],
+    outage_s: tuple[float, float] = FULL_OUTAGE_S,
 ) -> None:
     rng = random.Random(seed)
     world = await prepare_world(stack, directory, users=users, per_category=2)
@@ -162,7 +177,7 @@ async def broker_restarts(
                     await _during_publish(stack, world, rng, alive)
                 else:
                     await _during_consumption(stack, world, rng)
-                await _restart_broker(stack, rng, faults, phase, kill=kill)
+                await _restart_broker(stack, rng, faults, phase, kill=kill, outage_s=outage_s)
                 alive()
             await settle(stack, world, timeout_s=300, alive=alive)
             alive()
@@ -177,6 +192,24 @@ async def broker_restarts(
 @pytest.mark.slow
 async def test_broker_killed_during_consumption(stack: Stack, tmp_path: Path) -> None:
     await broker_restarts(stack, tmp_path, seed=3003, users=30, restarts=[("consume", True)])
+
+
+@pytest.mark.containers
+async def test_broker_container_killed_during_consumption(stack: Stack, tmp_path: Path) -> None:
+    """`docker kill` of the session's Kafka container mid-consumption, `docker start` of the
+    same container (same data, same port), then the invariants. The outage is shorter than
+    the full scenario's (retries may hide some in-flight failures); the container path is
+    what this adds, the full-length outage runs on the local broker in `make test`."""
+    containers = active_containers()
+    if containers is None:
+        pytest.fail("needs RETENTION_TEST_INFRA=containers (`make test-containers`)")
+    kafka_id, starts = containers.kafka.short_id, containers.kafka.ready_lines()
+    await broker_restarts(
+        stack, tmp_path, seed=3003, users=30, restarts=[("consume", True)], outage_s=(8, 10)
+    )
+    assert containers.kills == 1
+    assert containers.kafka.short_id == kafka_id  # restarted, not replaced
+    assert containers.kafka.ready_lines() == starts + 1
 
 
 @pytest.mark.faults_full

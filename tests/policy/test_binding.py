@@ -106,3 +106,31 @@ policies:
     (issue,) = issues["carts"]
     assert issue.line == 8
     assert "colour" in issue.message
+
+
+async def test_subject_column_is_checked_against_the_table(engine: AsyncEngine) -> None:
+    text_ = """\
+policies:
+  - name: carts
+    table: shopping_carts
+    timestamp_column: updated_at
+    retention: 30d
+    action: delete
+    legal_basis: x
+    subject: {entity_type: user, column: owner_id}
+  - name: sessions
+    table: session_logs
+    timestamp_column: created_at
+    retention: 30d
+    action: delete
+    legal_basis: x
+    subject: {entity_type: user, column: user_id}
+"""
+    async with engine.connect() as conn:
+        bound, issues = await bind_policies(conn, parse_policies(text_), Settings())
+    assert set(bound) == {"sessions"}
+    assert bound["sessions"].subject_column is not None
+    assert bound["sessions"].subject_column.name == "user_id"
+    (issue,) = issues["carts"]
+    assert issue.line == 8
+    assert "no column 'owner_id'" in issue.message

@@ -75,7 +75,7 @@ def test_seed_policies_load() -> None:
     assert orders.event_type == "anonymize"
     assert policy_set.get("support_tickets").event_type == "delete"  # archive leaves the table
     assert policy_set.get("session_logs").id_column == "id"
-    assert policy_set.line("purchase_records", "anonymize") == 30
+    assert policy_set.line("purchase_records", "anonymize") == 32
 
 
 BAD = """\
@@ -204,6 +204,92 @@ def test_condition_syntax_is_checked_at_load() -> None:
     assert issue.policy == "carts"
     assert "';'" in issue.message
     assert issue.message.startswith("conditions: ")
+
+
+SUBJECTS = """\
+policies:
+  - name: accounts
+    table: users
+    entity_type: user
+    timestamp_column: closed_at
+    retention: 30d
+    action: delete
+    legal_basis: x
+  - name: sessions
+    table: session_logs
+    timestamp_column: created_at
+    retention: 90d
+    action: delete
+    legal_basis: x
+    subject: {entity_type: user, column: user_id}
+  - name: invoices
+    table: orders
+    timestamp_column: created_at
+    retention: 3650d
+    action: delete
+    legal_basis: x
+    subject: {entity_type: user, column: customer_id}
+    on_erasure_request: exempt
+    exemption_basis: "GDPR Art. 17(3)(b)"
+  - name: tickets
+    table: support_tickets
+    timestamp_column: resolved_at
+    retention: 730d
+    action: delete
+    legal_basis: x
+"""
+
+
+def test_subject_mapping_includes_the_subjects_own_table() -> None:
+    policy_set = parse_policies(SUBJECTS)
+    assert policy_set.subject_types == {"user"}
+    mapped = policy_set.subject_map()
+    assert [(p.name, s.column) for p, s in mapped["user"]] == [
+        ("accounts", "id"),
+        ("sessions", "user_id"),
+        ("invoices", "customer_id"),
+    ]
+    assert policy_set.subject_of(policy_set.get("tickets")) is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("    on_erasure_request: exempt\n", "needs an `exemption_basis`"),
+        ('    exemption_basis: "why"\n', "only allowed with on_erasure_request: exempt"),
+        ("    subject: {entity_type: ticket, column: owner}\n", "must be the id column"),
+        ("    subject: {entity_type: user, column: 'a;b'}\n", "is not allowed here"),
+    ],
+)
+def test_bad_subject_lines(extra: str, message: str) -> None:
+    text = (
+        "policies:\n"
+        "  - name: tickets\n"
+        "    table: support_tickets\n"
+        "    entity_type: ticket\n"
+        "    timestamp_column: resolved_at\n"
+        "    retention: 730d\n"
+        "    action: delete\n"
+        "    legal_basis: x\n" + extra
+    )
+    with pytest.raises(PolicyFileError, match=message):
+        parse_policies(text)
+
+
+def test_exempt_without_a_subject_is_refused() -> None:
+    text = (
+        "policies:\n"
+        "  - name: tickets\n"
+        "    table: support_tickets\n"
+        "    timestamp_column: resolved_at\n"
+        "    retention: 730d\n"
+        "    action: delete\n"
+        "    legal_basis: x\n"
+        "    on_erasure_request: exempt\n"
+        '    exemption_basis: "why"\n'
+    )
+    with pytest.raises(PolicyFileError, match=r"line 8: .*exempt needs a `subject:`"):
+        parse_policies(text)
 
 
 def _alias_bomb(levels: int = 9) -> str:

@@ -1,0 +1,540 @@
+"""Carry out an erasure request with the purge engine of a policy run.
+
+Per table that holds the subject's rows, one policy acts (SPEC §11: exempt wins, then
+delete, then archive, then anonymize); the others are recorded as superseded. The
+winner's rows of the subject, whatever their age and whatever the policy's `conditions`,
+go through `coordinator.purge.batch.purge_batch` in keyset batches: the same hold lock,
+the same hold predicate in SQL (entity and subject holds), the same action statements,
+ledger, outbox rows and audit entry, each batch one transaction. Exempt policies leave
+their rows and report how many, with the exemption basis.
+
+Then one subject event goes into the outbox, unless the subject itself is held: a held
+subject must not be erased anywhere, and the SDK's own hold check is not there yet.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    SmallInteger,
+    Text,
+    Uuid,
+    and_,
+    bindparam,
+    case,
+    cast,
+    delete,
+    func,
+    insert,
+    literal,
+    not_,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
+
+from coordinator.audit import AuditEntry, append
+from coordinator.clock import Clock
+from coordinator.erasure.due import LEGAL_BASIS
+from coordinator.erasure.requests import CLOSED, ErasureRequest, Status, get_request
+from coordinator.policy.binding import BoundPolicy, bind_policies
+from coordinator.policy.model import Action, OnErasure, PolicySet
+from coordinator.purge.batch import EventOrigin, ensure_archive_table, purge_batch
+from coordinator.purge.holds import active_hold_exists, lock_for_purge
+from coordinator.purge.planner import held_clause, time_base
+from coordinator.settings import Settings
+from coordinator.tables import (
+    erasure_parts,
+    erasure_requests,
+    legal_hold_entities,
+    legal_holds,
+    outbox,
+    runs,
+)
+from schemas import EventReason
+
+__all__ = ["SUBJECT_EVENT_POLICY", "Execution", "execute_request", "precedence"]
+
+log = structlog.get_logger(__name__)
+
+SUBJECT_EVENT_POLICY = "erasure_request"
+"""The `policy` of a request's subject event (SPEC §11)."""
+
+_ORDER = {"exempt": 0, Action.DELETE.value: 1, Action.ARCHIVE.value: 2, Action.ANONYMIZE.value: 3}
+
+
+def precedence(bound: BoundPolicy) -> tuple[int, str]:
+    """Sort key of the policies mapping one table: the first one acts (SPEC §11)."""
+    policy = bound.policy
+    kind = "exempt" if policy.on_erasure_request is OnErasure.EXEMPT else policy.action.value
+    return _ORDER[kind], policy.name
+
+
+@dataclass
+class Part:
+    policy: str
+    table: str
+    action: str
+    outcome: str = "pending"
+    rows: int = 0
+    held: int = 0
+    events: int = 0
+    archived_copies_deleted: int = 0
+    legal_basis: str = ""
+    exemption_basis: str | None = None
+    detail: str = ""
+    holds: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Execution:
+    request: ErasureRequest
+    run_id: uuid.UUID
+    parts: list[Part]
+    subject_event: bool
+    holds: list[str]
+    errors: list[str]
+
+    @property
+    def status(self) -> Status:
+        return Status.ON_HOLD if self.holds else Status.IN_PROGRESS
+
+
+def _typed_id(column: Any, subject_id: str) -> Any | None:
+    """The subject id as the column's type, or None when it cannot be one (no rows)."""
+    if isinstance(column.type, (Integer, BigInteger, SmallInteger)):
+        try:
+            return int(subject_id)
+        except ValueError:
+            return None
+    if isinstance(column.type, Uuid):
+        try:
+            return uuid.UUID(subject_id)
+        except ValueError:
+            return None
+    return subject_id
+
+
+def _of_subject(column: Any, subject_id: str) -> ColumnElement[bool] | None:
+    value = _typed_id(column, subject_id)
+    if value is None:
+        return None
+    return column == bindparam(None, value, type_=column.type)  # type: ignore[no-any-return]
+
+
+async def _hold_names(
+    conn: AsyncConnection,
+    bound: BoundPolicy,
+    scope: ColumnElement[bool],
+    subject: tuple[str, str],
+    now: datetime,
+) -> list[str]:
+    """The active holds that keep some of these rows: on the subject or on a row."""
+    active = and_(
+        legal_holds.c.released_at.is_(None),
+        or_(legal_holds.c.expires_at.is_(None), legal_holds.c.expires_at > now),
+    )
+    rows = select(cast(bound.id_column, Text)).where(scope)
+    query = (
+        select(legal_holds.c.id)
+        .distinct()
+        .select_from(
+            legal_hold_entities.join(legal_holds, legal_holds.c.id == legal_hold_entities.c.hold_id)
+        )
+        .where(
+            active,
+            or_(
+                and_(
+                    legal_hold_entities.c.entity_type == subject[0],
+                    legal_hold_entities.c.entity_id == subject[1],
+                ),
+                and_(
+                    legal_hold_entities.c.entity_type == bound.policy.entity_type,
+                    legal_hold_entities.c.entity_id.in_(rows),
+                ),
+            ),
+        )
+        .order_by(legal_holds.c.id)
+    )
+    return list((await conn.execute(query)).scalars())
+
+
+async def _count(conn: AsyncConnection, bound: BoundPolicy, where: ColumnElement[bool]) -> int:
+    return int(
+        (
+            await conn.execute(select(func.count()).select_from(bound.table).where(where))
+        ).scalar_one()
+    )
+
+
+async def _archived_copies(
+    conn: AsyncConnection, bound: BoundPolicy, subject_id: str, now: datetime
+) -> int:
+    """Delete the subject's rows from the archive table, except held ones.
+
+    Until archives are encrypted, an archived copy is personal data like the original.
+    """
+    archive, subject = bound.archive, bound.subject
+    if archive is None or not bound.archive_exists or subject is None:
+        return 0
+    column = archive.c[subject.column]
+    scope = _of_subject(column, subject_id)
+    if scope is None:
+        return 0
+    held = or_(
+        active_hold_exists(bound.policy.entity_type, archive.c[bound.id_column.name], now),
+        active_hold_exists(subject.entity_type, column, now),
+    )
+    await lock_for_purge(conn)
+    result = await conn.execute(delete(archive).where(scope, not_(held)))
+    return int(result.rowcount)
+
+
+async def _act_on(
+    engine: AsyncEngine,
+    bound: BoundPolicy,
+    request: ErasureRequest,
+    run_id: uuid.UUID,
+    now: datetime,
+    part: Part,
+) -> None:
+    subject = bound.subject
+    assert subject is not None
+    assert bound.subject_column is not None
+    scope = _of_subject(bound.subject_column, request.subject_id)
+    if scope is None:
+        part.outcome, part.detail = "done", "the subject id cannot be a value of this column"
+        return
+    if bound.policy.on_erasure_request is OnErasure.EXEMPT:
+        async with engine.connect() as conn:
+            part.rows = await _count(conn, bound, scope)
+        part.outcome = "exempt"
+        part.exemption_basis = bound.policy.exemption_basis
+        return
+    origin = EventOrigin(
+        reason=EventReason.ERASURE_REQUEST,
+        request_id=request.id,
+        legal_basis=LEGAL_BASIS[request.regulation],
+        deadline=request.due_at,
+    )
+    if bound.archive is not None and not bound.archive_exists:
+        async with engine.begin() as conn:
+            await ensure_archive_table(conn, bound)
+    # A run of the same policy would race for the same rows: wait for it, don't skip.
+    key = func.hashtext(f"retention.policy:{bound.name}")
+    async with engine.connect() as lock:
+        await lock.execution_options(isolation_level="AUTOCOMMIT")
+        await lock.execute(select(func.pg_advisory_lock(key)))
+        try:
+            after: Any | None = None
+            while True:
+                async with engine.begin() as conn:
+                    batch = await purge_batch(
+                        conn,
+                        bound,
+                        run_id=run_id,
+                        cutoff=now,
+                        now=now,
+                        after=after,
+                        scope=scope,
+                        origin=origin,
+                    )
+                if batch.last_scanned is None:
+                    break
+                after = batch.last_scanned
+                part.rows += len(batch.ids)
+                part.events += batch.events
+            if bound.policy.action is Action.ARCHIVE:
+                async with engine.begin() as conn:
+                    part.archived_copies_deleted = await _archived_copies(
+                        conn, bound, request.subject_id, now
+                    )
+                part.detail = (
+                    "archive policy: the rows were archived and the archived copies of the "
+                    "subject deleted (archives are not encrypted yet)"
+                )
+        finally:
+            await lock.execute(select(func.pg_advisory_unlock(key)))
+    async with engine.connect() as conn:
+        held = and_(scope, held_clause(bound, now))
+        part.held = await _count(conn, bound, held)
+        if part.held:
+            part.holds = await _hold_names(
+                conn, bound, held, (subject.entity_type, request.subject_id), now
+            )
+    part.outcome = "done"
+
+
+async def _subject_held(conn: AsyncConnection, request: ErasureRequest, now: datetime) -> list[str]:
+    rows = await conn.execute(
+        select(legal_holds.c.id)
+        .select_from(
+            legal_hold_entities.join(legal_holds, legal_holds.c.id == legal_hold_entities.c.hold_id)
+        )
+        .where(
+            legal_hold_entities.c.entity_type == request.subject_type,
+            legal_hold_entities.c.entity_id == request.subject_id,
+            legal_holds.c.released_at.is_(None),
+            or_(legal_holds.c.expires_at.is_(None), legal_holds.c.expires_at > now),
+        )
+        .order_by(legal_holds.c.id)
+    )
+    return list(rows.scalars())
+
+
+async def _publish_subject_event(
+    engine: AsyncEngine, request: ErasureRequest, run_id: uuid.UUID, now: datetime
+) -> tuple[bool, list[str]]:
+    """One subject event per request, once; none while the subject is held."""
+    async with engine.begin() as conn:
+        # The request's row lock makes "not published yet, publish" one step.
+        await conn.execute(
+            select(erasure_requests.c.id)
+            .where(erasure_requests.c.id == request.id)
+            .with_for_update()
+        )
+        await lock_for_purge(conn)  # a hold created meanwhile waits, or is seen here
+        held = await _subject_held(conn, request, now)
+        if held:
+            return False, held
+        exists_already = (
+            await conn.execute(
+                select(func.count()).where(
+                    outbox.c.request_id == request.id,
+                    outbox.c.policy == SUBJECT_EVENT_POLICY,
+                )
+            )
+        ).scalar_one()
+        if exists_already:
+            return True, []
+        await conn.execute(
+            insert(outbox).values(
+                event_id=select(func.retention_uuidv7()).scalar_subquery(),
+                run_id=run_id,
+                policy=SUBJECT_EVENT_POLICY,
+                event_type="delete",
+                entity_type=request.subject_type,
+                entity_id=request.subject_id,
+                legal_basis=LEGAL_BASIS[request.regulation],
+                fields=literal([], JSONB),
+                initiated_at=now,
+                deadline=request.due_at,
+                reason=EventReason.ERASURE_REQUEST.value,
+                request_id=request.id,
+                subject=request.subject,
+            )
+        )
+        return True, []
+
+
+def _mapped(
+    bound: dict[str, BoundPolicy], policy_set: PolicySet, subject_type: str
+) -> dict[str, list[BoundPolicy]]:
+    """Table → the bound policies mapping it to this subject type, winner first."""
+    tables: dict[str, list[BoundPolicy]] = {}
+    for policy, _ in policy_set.subject_map().get(subject_type, []):
+        if policy.name in bound:
+            tables.setdefault(policy.table, []).append(bound[policy.name])
+    return {table: sorted(found, key=precedence) for table, found in tables.items()}
+
+
+async def execute_request(
+    engine: AsyncEngine,
+    policy_set: PolicySet,
+    settings: Settings,
+    request_id: uuid.UUID,
+    *,
+    clock: Clock,
+    by: str,
+) -> Execution | None:
+    """Act on every mapped table for the request's subject; record parts and status.
+
+    Safe to repeat (after a crash, after a hold is released): rows already erased are
+    no longer found, anonymized ones are skipped by the ledger, the subject event is
+    published once, and each part adds what this execution did to what earlier ones did.
+    One execution of a request at a time (a session advisory lock); None when another
+    process is executing it now.
+    """
+    key = func.hashtext(f"retention.erasure:{request_id}")
+    async with engine.connect() as lock:
+        await lock.execution_options(isolation_level="AUTOCOMMIT")
+        if not (await lock.execute(select(func.pg_try_advisory_lock(key)))).scalar():
+            return None
+        try:
+            return await _execute(engine, policy_set, settings, request_id, clock=clock, by=by)
+        finally:
+            await lock.execute(select(func.pg_advisory_unlock(key)))
+
+
+async def _execute(
+    engine: AsyncEngine,
+    policy_set: PolicySet,
+    settings: Settings,
+    request_id: uuid.UUID,
+    *,
+    clock: Clock,
+    by: str,
+) -> Execution:
+    async with engine.connect() as conn:
+        request = await get_request(conn, request_id)
+        base = await time_base(conn, clock)
+        bound, issues = await bind_policies(conn, policy_set, settings)
+    if request.status.value in CLOSED:
+        return Execution(request, request.run_id or uuid.uuid4(), [], False, [], [])
+    now = base.now
+    run_id = uuid.uuid4()
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(runs).values(id=run_id, started_at=now, trigger="erasure_request", forced=False)
+        )
+        await conn.execute(
+            update(erasure_requests)
+            .where(erasure_requests.c.id == request.id)
+            .values(run_id=run_id)
+        )
+    parts: list[Part] = []
+    errors: list[str] = []
+    for policy, _ in policy_set.subject_map().get(request.subject_type, []):
+        found = [str(issue) for issue in issues.get(policy.name, [])]
+        if found:
+            # A mapped table that cannot be bound is never skipped silently: the request
+            # stays open and says why.
+            errors += found
+            parts.append(
+                Part(
+                    policy=policy.name,
+                    table=policy.table,
+                    action=policy.action.value,
+                    outcome="error",
+                    legal_basis=policy.legal_basis,
+                    detail="; ".join(found),
+                )
+            )
+    for table, candidates in _mapped(bound, policy_set, request.subject_type).items():
+        winner, *others = candidates
+        part = Part(
+            policy=winner.name,
+            table=table,
+            action=winner.policy.action.value,
+            legal_basis=winner.policy.legal_basis,
+        )
+        try:
+            await _act_on(engine, winner, request, run_id, now, part)
+        except Exception as exc:  # recorded, and the request stays open for a retry
+            part.outcome, part.detail = "error", type(exc).__name__
+            errors.append(f"{winner.name}: {type(exc).__name__}")
+            log.error("erasure.part_failed", request_id=str(request.id), policy=winner.name)
+        parts.append(part)
+        parts.extend(
+            Part(
+                policy=other.name,
+                table=table,
+                action=other.policy.action.value,
+                outcome="superseded",
+                legal_basis=other.policy.legal_basis,
+                detail=f"table {table!r} is handled by policy {winner.name!r}",
+            )
+            for other in others
+        )
+    published, subject_holds = await _publish_subject_event(engine, request, run_id, now)
+    holds = sorted({*subject_holds, *(h for p in parts for h in p.holds)})
+    execution = Execution(request, run_id, parts, published, holds, errors)
+    await _record(engine, execution, now, by)
+    async with engine.connect() as conn:
+        execution.request = await get_request(conn, request.id)
+    return execution
+
+
+async def _record(engine: AsyncEngine, execution: Execution, now: datetime, by: str) -> None:
+    request, parts = execution.request, execution.parts
+    status = execution.status
+    async with engine.begin() as conn:
+        if parts:
+            add = pg_insert(erasure_parts)
+            new = add.excluded
+            await conn.execute(
+                # A later execution (after a hold's release, after a crash) adds what it
+                # did; exempt rows (still there), held rows and the outcome are the latest.
+                add.on_conflict_do_update(
+                    index_elements=[erasure_parts.c.request_id, erasure_parts.c.policy],
+                    set_={
+                        "rows": case(
+                            (new.outcome == "exempt", new.rows),
+                            else_=erasure_parts.c.rows + new.rows,
+                        ),
+                        "events": erasure_parts.c.events + new.events,
+                        "archived_copies_deleted": erasure_parts.c.archived_copies_deleted
+                        + new.archived_copies_deleted,
+                        "held": new.held,
+                        "outcome": new.outcome,
+                        "detail": new.detail,
+                        "done_at": new.done_at,
+                    },
+                ),
+                [
+                    {
+                        "request_id": request.id,
+                        "policy": p.policy,
+                        "table_name": p.table,
+                        "action": p.action,
+                        "outcome": p.outcome,
+                        "rows": p.rows,
+                        "held": p.held,
+                        "events": p.events,
+                        "archived_copies_deleted": p.archived_copies_deleted,
+                        "legal_basis": p.legal_basis,
+                        "exemption_basis": p.exemption_basis,
+                        "detail": p.detail,
+                        "done_at": now if p.outcome != "pending" else None,
+                    }
+                    for p in parts
+                ],
+            )
+        done = not execution.errors
+        await conn.execute(
+            update(erasure_requests)
+            .where(erasure_requests.c.id == request.id, erasure_requests.c.status.not_in(CLOSED))
+            .values(
+                status=status.value if done else Status.RECEIVED.value,
+                holds=execution.holds,
+                local_done_at=now if done and not execution.holds else None,
+            )
+        )
+        await conn.execute(
+            update(runs)
+            .where(runs.c.id == execution.run_id)
+            .values(finished_at=now, status="ok" if done else "errors")
+        )
+        await append(
+            conn,
+            [
+                AuditEntry(
+                    "erasure.execute",
+                    by,
+                    {
+                        "request_id": request.id,
+                        "run_id": execution.run_id,
+                        "status": status.value,
+                        "holds": execution.holds,
+                        "subject_event": execution.subject_event,
+                        "parts": [
+                            {"policy": p.policy, "outcome": p.outcome, "rows": p.rows}
+                            for p in parts
+                        ],
+                        "errors": execution.errors,
+                    },
+                )
+            ],
+            at=now,
+        )

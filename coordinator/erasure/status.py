@@ -1,0 +1,98 @@
+"""Status moves that need no one: `in_progress` → `completed` once every event of the
+request is completed at every expected service (coordinator/tracking), and the list of
+`on_hold` requests whose holds are all gone, to be executed again."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, exists, func, not_, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from coordinator.audit import AuditEntry, append
+from coordinator.erasure.requests import Status
+from coordinator.tables import erasure_requests, event_status, legal_holds, outbox, runs
+
+__all__ = ["ACTOR", "complete_acknowledged", "released_holds", "unfinished"]
+
+ACTOR = "erasure"
+
+
+async def complete_acknowledged(conn: AsyncConnection, *, now: datetime) -> list[uuid.UUID]:
+    """Mark completed the in-progress requests whose every event is completed.
+
+    An event not yet tracked (unpublished, or published but not yet snapshotted) counts
+    as open, so a request never completes ahead of its own fan-out.
+    """
+    r = erasure_requests.c
+    events = outbox.outerjoin(event_status, event_status.c.event_id == outbox.c.event_id)
+    still_open = exists(
+        select(1)
+        .select_from(events)
+        .where(
+            outbox.c.request_id == r.id,
+            or_(event_status.c.state.is_(None), event_status.c.state != "completed"),
+        )
+    )
+    finished = (
+        select(func.max(event_status.c.completed_at))
+        .select_from(events)
+        .where(outbox.c.request_id == r.id)
+        .scalar_subquery()
+    )
+    completed = (
+        await conn.execute(
+            update(erasure_requests)
+            .where(r.status == Status.IN_PROGRESS.value, not_(still_open))
+            .values(status=Status.COMPLETED.value, completed_at=func.coalesce(finished, now))
+            .returning(r.id, r.completed_at)
+        )
+    ).all()
+    if completed:
+        await append(
+            conn,
+            [
+                AuditEntry(
+                    "erasure.complete",
+                    ACTOR,
+                    {"request_id": row.id, "completed_at": row.completed_at},
+                )
+                for row in completed
+            ],
+            at=now,
+        )
+    return [row.id for row in completed]
+
+
+async def released_holds(conn: AsyncConnection, *, now: datetime) -> list[uuid.UUID]:
+    """On-hold requests none of whose holds is active any more: ready to execute again."""
+    r = erasure_requests.c
+    active_named = exists(
+        select(1).where(
+            r.holds.contains(func.to_jsonb(legal_holds.c.id)),
+            legal_holds.c.released_at.is_(None),
+            or_(legal_holds.c.expires_at.is_(None), legal_holds.c.expires_at > now),
+        )
+    )
+    rows = await conn.execute(
+        select(r.id).where(and_(r.status == Status.ON_HOLD.value, not_(active_named)))
+    )
+    return list(rows.scalars())
+
+
+async def unfinished(conn: AsyncConnection, *, now: datetime, after: timedelta) -> list[uuid.UUID]:
+    """Requests still `received` longer than `after` after they were filed whose
+    execution never started or never finished (a crash). One that finished with errors
+    is not retried in a loop: filing it again with its reference retries it."""
+    r = erasure_requests.c
+    rows = await conn.execute(
+        select(r.id)
+        .select_from(erasure_requests.outerjoin(runs, runs.c.id == r.run_id))
+        .where(
+            r.status == Status.RECEIVED.value,
+            r.created_at < now - after,
+            or_(r.run_id.is_(None), runs.c.finished_at.is_(None)),
+        )
+    )
+    return list(rows.scalars())
