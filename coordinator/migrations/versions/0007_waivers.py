@@ -1,7 +1,7 @@
 """declared services: `waived` acknowledgements (retire, waive) and who waived them
 
-Revision ID: 0006_waivers
-Revises: 0005_event_ids
+Revision ID: 0007_waivers
+Revises: 0006_erasure
 Create Date: 2026-12-06 04:30:00.000000
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0006_waivers'
-down_revision = '0005_event_ids'
+revision = '0007_waivers'
+down_revision = '0006_erasure'
 branch_labels = None
 depends_on = None
 
