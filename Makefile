@@ -7,23 +7,31 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The exact versions (with hashes) `make test` installs; `make lock` refreshes it.
+LOCK := requirements/lock.txt
+LOCK_TOOLS := .cache/lock-tools
 INFRA := infra/infra.sh
 ENV_FILE := .cache/infra.env
 # Every target that touches Kafka or PostgreSQL reads the settings infra-up wrote.
 WITH_INFRA := set -a; source $(ENV_FILE); set +a;
 
-.PHONY: help venv tools infra-up infra-down infra-status lint typecheck schemas test test-unit test-faults fuzz fuzz-run demo bench clean \
+.PHONY: help venv lock tools browser infra-up infra-down infra-status lint typecheck schemas test test-unit test-faults fuzz fuzz-run demo bench bench-docs clean \
 	docker-up docker-down images images-clean test-containers compose-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 # The faust extra resolves with our aiokafka pin, so its tests run in `make test` too.
-$(STAMP): pyproject.toml
+# Dependencies come from the lock only (hashes checked); the project itself is installed
+# without resolving anything, and `pip check` fails when the lock misses or contradicts
+# pyproject.toml (run `make lock` then).
+$(STAMP): pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ needed"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,faust]'
+	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-deps -e '.[test,faust]'
+	$(BIN)/python -m pip check
 	touch $(STAMP)
 
 # The bench's own extra (matplotlib for its chart), on top of the project's venv.
@@ -40,6 +48,15 @@ $(FUZZ_STAMP): $(STAMP) pyproject.toml
 
 venv: $(STAMP) ## create or refresh .venv with the project, its test extras and faust
 
+# pip-tools in a venv of its own (not the project's), resolving on this Python (3.11 in CI).
+lock: ## re-resolve requirements/lock.txt (exact versions with hashes) from pyproject.toml
+	test -x $(LOCK_TOOLS)/bin/pip-compile || { $(PYTHON) -m venv $(LOCK_TOOLS) && \
+	  $(LOCK_TOOLS)/bin/python -m pip install -q pip-tools; }
+	mkdir -p $(dir $(LOCK))
+	$(LOCK_TOOLS)/bin/pip-compile -q --upgrade --generate-hashes --allow-unsafe --strip-extras \
+	  --extra test --extra faust --no-emit-find-links --no-emit-index-url \
+	  --output-file $(LOCK) pyproject.toml
+
 # promtool checks and unit-tests deploy/prometheus/alerts.yml (tests/test_deploy.py).
 # Debian's `prometheus` package ships it (~19 MB download); its daemon is not started.
 tools: ## install promtool if missing (Debian/Ubuntu, as root or via sudo)
@@ -48,6 +65,15 @@ tools: ## install promtool if missing (Debian/Ubuntu, as root or via sudo)
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get install -y --no-install-recommends prometheus >/dev/null || { \
 	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y --no-install-recommends prometheus >/dev/null; }; }
+
+# The console's browser tests (tests/console) drive Debian's chromium through Playwright's
+# executable_path: browser downloads are impossible on our machines, Debian's package is not.
+browser: ## install Debian's chromium for the console's browser tests if missing
+	@command -v chromium >/dev/null || { \
+	  command -v apt-get >/dev/null || { echo "install chromium and retry" >&2; exit 1; }; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y --no-install-recommends chromium >/dev/null || { \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y --no-install-recommends chromium >/dev/null; }; }
 
 infra-up: ## start (or reuse) Kafka 4.1.1 and PostgreSQL; write .cache/infra.env
 	$(INFRA) up
@@ -102,11 +128,11 @@ schemas: $(STAMP) ## regenerate schemas/json from the wire models
 	$(BIN)/python -m schemas.export
 
 # RETENTION_TEST_INFRA=local: the broker and server infra-up provides, never containers.
-test: $(STAMP) tools infra-up lint typecheck ## everything: venv, infra, lint, types, all tests
+test: $(STAMP) tools browser infra-up lint typecheck ## everything: venv, infra, lint, types, all tests
 	$(WITH_INFRA) RETENTION_TEST_INFRA=local $(BIN)/pytest -m "not faults_full and not containers"
 
 test-faults: $(FUZZ_STAMP) infra-up ## the full fault-injection suite (every scenario, full size) and a bounded fuzz run
-	$(WITH_INFRA) RETENTION_TEST_INFRA=local $(BIN)/pytest -m "faults_full or slow or not slow" tests/faults
+	$(WITH_INFRA) RETENTION_TEST_INFRA=local $(BIN)/pytest -m "(faults_full or slow or not slow) and not containers" tests/faults
 	$(MAKE) --no-print-directory fuzz-run FUZZ_CORPUS=.cache/fuzz/corpus FUZZ_SECONDS=$(FAULTS_FUZZ_SECONDS)
 
 # `make fuzz` keeps what it finds in the committed corpus; test-faults keeps its finds in
@@ -126,8 +152,11 @@ fuzz-run:
 demo: $(STAMP) infra-up ## run the whole system on demo data and show the result
 	$(WITH_INFRA) $(BIN)/python -m demo
 
-bench: $(BENCH_STAMP) infra-up ## benchmarks side by side (BENCH_ROWS=100000 by default)
+bench: $(BENCH_STAMP) infra-up ## benchmarks side by side (BENCH_ROWS=100000); writes bench/results/*.json
 	$(WITH_INFRA) $(BIN)/python -m bench
+
+bench-docs: $(BENCH_STAMP) ## render the newest bench/results/*.json into docs/benchmarks.md
+	$(BIN)/python -m bench.docs
 
 clean: infra-down ## stop infra and remove caches (keeps the downloaded jars)
 	rm -rf .cache/kafka/data .mypy_cache .ruff_cache .pytest_cache

@@ -5,9 +5,11 @@
 
 Environment: BENCH_ROWS (rows over the five seed tables), BENCH_ROUNDS (3),
 BENCH_SEED_EVENTS (events the seed publishes one `send_and_wait` at a time, 2000),
-BENCH_E2E_USERS (users in the end-to-end phase, 10000; 0 skips it), BENCH_KAFKA_LIB.
-Writes bench/results/<timestamp>.json, .md (the table it prints) and .png (the chart,
-when matplotlib is installed: `pip install -e '.[bench]'`); see docs/benchmarks.md.
+BENCH_E2E_USERS (users in the end-to-end phase, 10000; 0 skips it), BENCH_WARMUP_RECORDS
+(records the Java producer sends before its timed run, 200000), BENCH_KAFKA_LIB.
+Writes one bench/results/<UTC timestamp>.json in the fixed schema of bench/results.py
+(commit it) and prints its table; `make bench-docs` renders the newest file into
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -32,20 +34,19 @@ from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import delete, not_, text
 from sqlalchemy.dialects import postgresql
 
-from bench import chart, data, e2e, kafka_tools
+from bench import data, e2e, kafka_tools, results
 from bench.seed_executor import execute_policy
 from coordinator.db import make_engine
 from coordinator.kafka_admin import ensure_topics
 from coordinator.outbox.relay import OutboxRelay, event_from_row
 from coordinator.purge.holds import active_hold_exists
 from coordinator.settings import RelaySettings
-from coordinator.tables import outbox
+from coordinator.tables import anonymize_marks, outbox
 from demo.seed_data import SEED_POLICIES
 from schemas import EventType, KafkaSettings, RetentionEvent, Topics, encode
 from tests import infra
 from tests.infra import ROOT
 
-RESULTS = ROOT / "bench" / "results"
 ACTIONS = ("delete", "anonymize", "archive")
 
 
@@ -187,9 +188,19 @@ def run_ours(url: str, policy_file: Path, timeout_s: float) -> dict[str, Any]:
     return {
         "rates": _rates(per_policy),
         "rows": sum(r for r, _ in per_policy.values()),
+        "per_policy": {p: {"rows": n, "seconds": s} for p, (n, s) in per_policy.items()},
         "wall_s": wall,
         "max_rss_mb": usage.ru_maxrss / 1024,
     }
+
+
+async def forget_marks(url: str) -> None:
+    engine = make_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(delete(anonymize_marks))
+    finally:
+        await engine.dispose()
 
 
 # --- publish ---------------------------------------------------------------------------
@@ -259,10 +270,6 @@ def event_size(events: list[RetentionEvent]) -> float:
 # --- rounds ----------------------------------------------------------------------------
 
 
-def summary(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
 async def one_round(
     n: int, template: str, layout: data.Layout, policy_file: Path, result: dict[str, Any]
 ) -> None:
@@ -318,6 +325,23 @@ async def one_round(
         try:
             got = run_ours(url, policy_file, timeout_s=1800)
             got["check"] = await data.check(url, layout, archive="archive")
+            # Nothing is due any more: an anonymize re-run starts after its mark
+            # (coordinator/purge/marks.py); with the mark deleted it walks (and row-locks)
+            # every row it anonymized, as every re-run did before marks.
+            anonymize = [p for p, spec in data.POLICIES.items() if spec["action"] == "anonymize"]
+
+            def anonymize_s(report: dict[str, Any]) -> float:
+                return sum(report["per_policy"][p]["seconds"] for p in anonymize)
+
+            rerun = run_ours(url, policy_file, timeout_s=1800)
+            await forget_marks(url)
+            full_walk = run_ours(url, policy_file, timeout_s=1800)
+            got["anonymize"] = {
+                "rows": sum(got["per_policy"][p]["rows"] for p in anonymize),
+                "first_s": anonymize_s(got),
+                "rerun_s": anonymize_s(rerun),
+                "full_walk_s": anonymize_s(full_walk),
+            }
             kafka = kafka_for("ours")
             try:
                 published, seconds = await publish_ours(url, kafka)
@@ -348,24 +372,27 @@ async def kafka_limits(
 ) -> None:
     kafka = kafka_for("perf")
     await ensure_topics(kafka)
+    warmup = env_int("BENCH_WARMUP_RECORDS", 200_000)
     with tempfile.NamedTemporaryFile("wb", suffix=".payloads") as payloads:
-        payloads.write(b"\n".join(encode(e) for e in events))
+        payloads.write(b"\n".join(e.key.encode() + b"\t" + encode(e) for e in events))
         payloads.flush()
         try:
-            producer = kafka_tools.producer_performance(
+            producer = kafka_tools.producer_limit(
                 kafka.bootstrap_servers,
                 kafka.topics.events,
+                warmup,
                 count,
                 Path(payloads.name),
                 RelaySettings(),
             )
+            # The warm-up records are on the topic too: read them all.
             consumer = kafka_tools.consumer_performance(
-                kafka.bootstrap_servers, kafka.topics.events, count
+                kafka.bootstrap_servers, kafka.topics.events, warmup + count
             )
         finally:
             await delete_topics(kafka)
     result["rounds"][n]["kafka"] = {"producer_per_s": producer, "consumer_per_s": consumer}
-    say(f"round {n} kafka: ProducerPerformance {producer:,.0f}/s, Consumer {consumer:,.0f}/s")
+    say(f"round {n} kafka: Java producer {producer:,.0f}/s, Consumer {consumer:,.0f}/s")
 
 
 def machine() -> dict[str, Any]:
@@ -378,76 +405,117 @@ def machine() -> dict[str, Any]:
 
     return {
         "cores": os.cpu_count(),
-        "cpu": out("sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"),
+        "cpu": out("sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip(),
         "python": platform.python_version(),
         "java": out("java", "-version"),
         "kafka": "4.1.1",
-        "load_avg_at_start": os.getloadavg(),
+        "postgres": "?",
     }
 
 
-def aggregate(result: dict[str, Any]) -> dict[str, Any]:
+def commit() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], capture_output=True, text=True, cwd=ROOT, check=False
+        ).stdout.strip()
+
+    head = git("rev-parse", "HEAD") or "unknown"
+    # Only tracked files count: the run's own result file is untracked until committed.
+    return head + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def phases(result: dict[str, Any], rows: int) -> dict[str, Any]:
+    """The fixed-schema phases (bench/results.py) from the rounds' raw measurements."""
     rounds = [r for r in result["rounds"] if "ours" in r]
-
-    def series(path: Callable[[dict[str, Any]], float]) -> dict[str, float]:
-        return summary([path(r) for r in rounds])
-
-    agg: dict[str, Any] = {}
-    for contestant in ("raw", "raw+outbox", "seed", "ours"):
-        for phase in (*ACTIONS, "all"):
-            agg[f"purge.{phase}.{contestant}"] = series(
-                lambda r, c=contestant, p=phase: r[c]["rates"][p]
+    got: dict[str, Any] = {}
+    for action in (*ACTIONS, "all"):
+        for suffix, limit in (("", "raw"), (".same_work", "raw+outbox")):
+            got[f"purge.{action}{suffix}"] = results.phase(
+                f"purge.{action}{suffix}",
+                rows,
+                [
+                    {
+                        "ours": r["ours"]["rates"][action],
+                        "seed": r["seed"]["rates"][action],
+                        "limit": r[limit]["rates"][action],
+                    }
+                    for r in rounds
+                ],
             )
-    for phase in (*ACTIONS, "all"):
-        agg[f"purge.{phase}.ours/raw"] = series(
-            lambda r, p=phase: r["ours"]["rates"][p] / r["raw"]["rates"][p]
-        )
-        agg[f"purge.{phase}.ours/raw+outbox"] = series(
-            lambda r, p=phase: r["ours"]["rates"][p] / r["raw+outbox"]["rates"][p]
-        )
-        agg[f"purge.{phase}.ours/seed"] = series(
-            lambda r, p=phase: r["ours"]["rates"][p] / r["seed"]["rates"][p]
-        )
-    agg["publish.ours"] = series(lambda r: r["ours"]["publish_events_per_s"])
-    agg["publish.seed"] = series(lambda r: r["seed"]["publish_events_per_s"])
-    agg["publish.producer_performance"] = series(lambda r: r["kafka"]["producer_per_s"])
-    agg["publish.consumer_performance"] = series(lambda r: r["kafka"]["consumer_per_s"])
-    agg["publish.ours/producer_performance"] = series(
-        lambda r: r["ours"]["publish_events_per_s"] / r["kafka"]["producer_per_s"]
+    got["anonymize.rerun"] = results.phase(
+        "anonymize.rerun",
+        rounds[0]["ours"]["anonymize"]["rows"],
+        [
+            {
+                "ours": r["ours"]["anonymize"]["rerun_s"],
+                "limit": r["ours"]["anonymize"]["full_walk_s"],
+            }
+            for r in rounds
+        ],
     )
-    agg["rss.ours_mb"] = series(lambda r: r["ours"]["max_rss_mb"])
-    for key in ("held_touched", "young_touched", "due_missed", "archive_lost"):
-        for contestant in ("raw", "seed", "ours"):
-            agg[f"check.{contestant}.{key}"] = max(r[contestant]["check"][key] for r in rounds)
+    published = statistics.median(r["ours"]["published"] for r in rounds)
+    got["publish"] = results.phase(
+        "publish",
+        int(published),
+        [
+            {
+                "ours": r["ours"]["publish_events_per_s"],
+                "seed": r["seed"]["publish_events_per_s"],
+                "limit": r["kafka"]["producer_per_s"],
+            }
+            for r in rounds
+        ],
+    )
+    got["consume"] = results.phase(
+        "consume", int(published), [{"limit": r["kafka"]["consumer_per_s"]} for r in rounds]
+    )
+    got["rss"] = results.phase("rss", rows, [{"ours": r["ours"]["max_rss_mb"]} for r in rounds])
     e2e_rounds = [r["e2e"] for r in result["rounds"] if "e2e" in r]
     if e2e_rounds:
-        for contestant in ("ours", "seed"):
-            agg[f"e2e.{contestant}"] = summary(
-                [r[contestant]["entities_per_s"] for r in e2e_rounds]
-            )
-            for key in ("held_touched", "young_touched", "due_missed", "users_table_wrong"):
-                agg[f"e2e.check.{contestant}.{key}"] = max(
-                    r[contestant]["check"][key] for r in e2e_rounds
-                )
-            milestones = {m for r in e2e_rounds for m in r[contestant]["milestones_s"]}
-            agg[f"e2e.{contestant}.cpu_ms_per_entity"] = {
-                part: statistics.median(_cpu_part(r[contestant], part) for r in e2e_rounds)
+        got["e2e"] = results.phase(
+            "e2e",
+            e2e_rounds[0]["ours"]["entities"],
+            [
+                {"ours": r["ours"]["entities_per_s"], "seed": r["seed"]["entities_per_s"]}
+                for r in e2e_rounds
+            ],
+        )
+    return got
+
+
+def checks(result: dict[str, Any]) -> dict[str, int]:
+    """Worst round's count of each correctness check (0 is right for ours)."""
+    rounds = [r for r in result["rounds"] if "ours" in r]
+    got: dict[str, int] = {}
+    for contestant in ("raw", "seed", "ours"):
+        for key in ("held_touched", "young_touched", "due_missed", "archive_lost"):
+            got[f"{contestant}.{key}"] = max(r[contestant]["check"][key] for r in rounds)
+    e2e_rounds = [r["e2e"] for r in result["rounds"] if "e2e" in r]
+    for contestant in ("seed", "ours") if e2e_rounds else ():
+        keys = ["held_touched", "young_touched", "due_missed", "users_table_wrong"]
+        if contestant == "ours":
+            keys += ["applied_twice", "applied_missing"]
+        for key in keys:
+            got[f"e2e {contestant}.{key}"] = max(r[contestant]["check"][key] for r in e2e_rounds)
+    return got
+
+
+def e2e_detail(result: dict[str, Any]) -> dict[str, Any]:
+    e2e_rounds = [r["e2e"] for r in result["rounds"] if "e2e" in r]
+    detail: dict[str, Any] = {}
+    for contestant in ("ours", "seed") if e2e_rounds else ():
+        runs = [r[contestant] for r in e2e_rounds]
+        marks = {m for got in runs for m in got["milestones_s"]}
+        detail[contestant] = {
+            "milestones_s": {
+                m: statistics.median(got["milestones_s"].get(m, 0) for got in runs) for m in marks
+            },
+            "cpu_ms_per_entity": {
+                part: statistics.median(_cpu_part(got, part) for got in runs)
                 for part in ("services", "bench", "postgres")
-            }
-            agg[f"e2e.{contestant}.milestones_s"] = {
-                m: statistics.median(r[contestant]["milestones_s"].get(m, 0) for r in e2e_rounds)
-                for m in milestones
-            }
-        agg["e2e.check.ours.applied_twice"] = max(
-            r["ours"]["check"]["applied_twice"] for r in e2e_rounds
-        )
-        agg["e2e.check.ours.applied_missing"] = max(
-            r["ours"]["check"]["applied_missing"] for r in e2e_rounds
-        )
-        agg["e2e.ours/seed"] = summary(
-            [r["ours"]["entities_per_s"] / r["seed"]["entities_per_s"] for r in e2e_rounds]
-        )
-    return agg
+            },
+        }
+    return detail
 
 
 def _cpu_part(got: dict[str, Any], part: str) -> float:
@@ -461,143 +529,71 @@ def _cpu_part(got: dict[str, Any], part: str) -> float:
     return 1000 * seconds / got["entities"]
 
 
-def fmt(s: dict[str, float], unit: str = "") -> str:
-    if s["median"] >= 100:
-        return f"{s['median']:,.0f}{unit} ({s['min']:,.0f}–{s['max']:,.0f})"
-    return f"{s['median']:.2f}{unit} ({s['min']:.2f}–{s['max']:.2f})"
-
-
-def table(result: dict[str, Any]) -> str:
-    a, meta = result["aggregate"], result["meta"]
-    lines = [
-        f"**{meta['rows']:,} rows** over five tables ({meta['held']:,} held, "
-        f"{meta['young']:,} young per table), {meta['rounds']} interleaved rounds, "
-        f"median (min–max); {meta['machine']['cores']} cores, load average at start "
-        f"{meta['machine']['load_avg_at_start'][0]:.1f} (machine shared with other work)",
-        "",
-        "| phase | seed (article) | ours | limit | ours / limit | goal |",
-        "|---|---|---|---|---|---|",
-    ]
-    for phase in (*ACTIONS, "all"):
-        lines.append(
-            f"| purge {phase}, rows/s | {fmt(a[f'purge.{phase}.seed'])} | "
-            f"{fmt(a[f'purge.{phase}.ours'])} | raw {fmt(a[f'purge.{phase}.raw'])}; "
-            f"raw+outbox {fmt(a[f'purge.{phase}.raw+outbox'])} | "
-            f"{fmt(a[f'purge.{phase}.ours/raw'])}; "
-            f"{fmt(a[f'purge.{phase}.ours/raw+outbox'])} | ≥ 0.5 |"
-        )
-    lines.append(
-        f"| publish, events/s ({meta['event_bytes']:.0f} B) | {fmt(a['publish.seed'])} | "
-        f"{fmt(a['publish.ours'])} | ProducerPerformance "
-        f"{fmt(a['publish.producer_performance'])} | "
-        f"{fmt(a['publish.ours/producer_performance'])} | ≥ 0.3 |"
-    )
-    lines.append(
-        f"| consume, events/s | – | – | ConsumerPerformance "
-        f"{fmt(a['publish.consumer_performance'])} | – | – |"
-    )
-    if "e2e.ours" in a:
-        lines.append(
-            f"| end to end, entities/s ({meta['e2e_entities']:,} due of "
-            f"{meta['e2e_users']:,} users × 3 services) | "
-            f"{fmt(a['e2e.seed'])} | {fmt(a['e2e.ours'])} | – | ours/seed "
-            f"{fmt(a['e2e.ours/seed'])} | ≥ 20 |"
-        )
-    lines.append(
-        f"| peak RSS of `retention run`, MB | – | {fmt(a['rss.ours_mb'])} | – | – | "
-        "1M ≤ 1.2 × 100k |"
-    )
-    lines += [
-        "",
-        "Correctness (worst round): "
-        + "; ".join(
-            f"{c}: held touched {a[f'check.{c}.held_touched']}, young touched "
-            f"{a[f'check.{c}.young_touched']}, due missed {a[f'check.{c}.due_missed']}"
-            for c in ("raw", "seed", "ours")
-        )
-        + f"; seed never terminates on: {', '.join(meta['seed_nonterminating']) or 'none'}.",
-    ]
-    if "e2e.ours" in a:
-
-        def e2e_check(c: str) -> str:
-            return (
-                f"{c}: held users touched {a[f'e2e.check.{c}.held_touched']}, young "
-                f"{a[f'e2e.check.{c}.young_touched']}, due rows missed "
-                f"{a[f'e2e.check.{c}.due_missed']}"
-            )
-
-        def timeline(c: str) -> str:
-            marks = sorted(a[f"e2e.{c}.milestones_s"].items(), key=lambda kv: kv[1])
-            return ", ".join(f"{m} {s:.1f}" for m, s in marks)
-
-        def cpu(c: str) -> str:
-            parts = a[f"e2e.{c}.cpu_ms_per_entity"]
-            return ", ".join(f"{p} {ms:.2f}" for p, ms in parts.items())
-
-        lines += [
-            "",
-            "End to end, correctness (worst round): "
-            + "; ".join(e2e_check(c) for c in ("seed", "ours"))
-            + f"; ours applied twice {a['e2e.check.ours.applied_twice']}, missing "
-            f"{a['e2e.check.ours.applied_missing']} (seed: not recorded, cannot be checked).",
-            "",
-            f"End to end, where the time goes (median s from the clock's start): "
-            f"ours: {timeline('ours')}; seed: {timeline('seed')}. CPU ms per entity "
-            f"(median): ours: {cpu('ours')}; seed: {cpu('seed')}.",
-        ]
-    return "\n".join(lines)
+async def postgres_version(url: str) -> str:
+    engine = make_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return str((await conn.execute(text("SHOW server_version"))).scalar_one())
+    finally:
+        await engine.dispose()
 
 
 async def main() -> None:
     infra.load_infra_env()
     infra.use_test_keys()  # every benchmark runs signed
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    load_start = list(os.getloadavg())
     rows, rounds = env_int("BENCH_ROWS", 100_000), env_int("BENCH_ROUNDS", 3)
     e2e_users = env_int("BENCH_E2E_USERS", 10_000)
     say(f"building the template: {rows:,} rows")
     template, layout = await data.build_template(rows, "bench_tpl")
-    result: dict[str, Any] = {"rounds": [{} for _ in range(rounds)]}
+    raw: dict[str, Any] = {"rounds": [{} for _ in range(rounds)]}
     try:
+        pg_version = await postgres_version(template)
         with tempfile.NamedTemporaryFile("w", suffix=".yaml") as policy_file:
             policy_file.write(data.policy_yaml())
             policy_file.flush()
             for n in range(rounds):
-                await one_round(n, template, layout, Path(policy_file.name), result)
+                await one_round(n, template, layout, Path(policy_file.name), raw)
                 if e2e_users:
-                    got = result["rounds"][n]["e2e"] = await e2e.compare(e2e_users, n)
+                    got = raw["rounds"][n]["e2e"] = await e2e.compare(e2e_users, n)
                     say(
                         f"round {n} e2e: ours {got['ours']['entities_per_s']:,.0f}/s "
-                        f"{got['ours']['milestones_s']} {got['ours']['check']}; seed "
-                        f"{got['seed']['entities_per_s']:,.0f}/s "
-                        f"{got['seed']['milestones_s']} {got['seed']['check']}"
+                        f"{got['ours']['check']}; seed {got['seed']['entities_per_s']:,.0f}/s "
+                        f"{got['seed']['check']}"
                     )
     finally:
         await infra.drop_database(template)
-    ours = [r["ours"] for r in result["rounds"] if "ours" in r]
-    result["meta"] = {
-        "rows": layout.per_table * len(data.POLICIES),
-        "held": layout.held,
-        "young": layout.young,
-        "rounds": rounds,
-        "e2e_users": e2e_users,
-        "e2e_entities": len(e2e.Users.make(e2e_users).due) if e2e_users else 0,
-        "event_bytes": statistics.median(o["event_bytes"] for o in ours),
-        "seed_nonterminating": sorted(
-            {p for r in result["rounds"] for p in r.get("seed", {}).get("nonterminating", [])}
-        ),
-        "machine": machine(),
+    ours = [r["ours"] for r in raw["rounds"] if "ours" in r]
+    total = layout.per_table * len(data.POLICIES)
+    result = {
+        "schema": results.SCHEMA,
+        "commit": commit(),
+        "started_at": started,
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {**machine(), "postgres": pg_version},
+        "load": {"start": load_start, "end": list(os.getloadavg())},
+        "settings": {
+            "rows": total,
+            "rounds": rounds,
+            "held": layout.held,
+            "young": layout.young,
+            "e2e_users": e2e_users,
+            "e2e_entities": len(e2e.Users.make(e2e_users).due) if e2e_users else 0,
+            "seed_events": env_int("BENCH_SEED_EVENTS", 2000),
+            "warmup_records": env_int("BENCH_WARMUP_RECORDS", 200_000),
+            "event_bytes": statistics.median(o["event_bytes"] for o in ours),
+            "seed_nonterminating": sorted(
+                {p for r in raw["rounds"] for p in r.get("seed", {}).get("nonterminating", [])}
+            ),
+        },
+        "phases": phases(raw, total),
+        "checks": checks(raw),
+        "e2e": e2e_detail(raw),
     }
-    result["aggregate"] = aggregate(result)
-    markdown = table(result)
-    RESULTS.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    (RESULTS / f"{stamp}.json").write_text(json.dumps(result, indent=2, default=str))
-    (RESULTS / f"{stamp}.md").write_text(markdown + "\n")
-    print(markdown)
-    written = ".json and .md"
-    if chart.draw(result, RESULTS / f"{stamp}.png"):
-        written = ".json, .md and .png"
-    say(f"wrote bench/results/{stamp}{written}")
+    path = results.write(result, datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"))
+    print(results.markdown(path, result))
+    say(f"wrote bench/results/{path.name}; `make bench-docs` renders it into docs/benchmarks.md")
 
 
 if __name__ == "__main__":

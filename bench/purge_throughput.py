@@ -72,7 +72,8 @@ async def _reset(url: str, rows: int, held: float, subject: bool) -> None:
         await conn.execute(
             text(
                 "TRUNCATE legal_hold_entities, legal_holds, retention_outbox, "
-                "retention_anonymized, retention_policy_results, retention_runs, audit_log"
+                "retention_anonymized, retention_anonymize_marks, retention_policy_results, "
+                "retention_runs, audit_log"
             )
         )
         await conn.execute(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from importlib import metadata
 from typing import Any, TypeVar
 
@@ -20,7 +22,7 @@ from consumer_sdk._internal.runtime import Runtime
 from consumer_sdk._internal.transport import kafka_consumer, kafka_producer
 from consumer_sdk._internal.trust import Trust
 from consumer_sdk.exceptions import ConfigurationError
-from consumer_sdk.idempotency import IdempotencyStore, PostgresIdempotencyStore
+from consumer_sdk.idempotency import IdempotencyStore, PostgresIdempotencyStore, PrunableStore
 from consumer_sdk.metrics import ConsumerMetrics
 from consumer_sdk.settings import ConsumerSettings
 from schemas import (
@@ -36,6 +38,8 @@ from schemas.signing import SignatureSettings
 __all__ = ["SDK_VERSION", "RetentionConsumer"]
 
 log = structlog.get_logger("consumer_sdk")
+
+_PRUNE_INTERVAL_S = 86400.0
 
 try:
     SDK_VERSION = metadata.version("retention-fanout")
@@ -296,8 +300,30 @@ class RetentionConsumer:
                 producer=kafka_producer(self.kafka),
             )
             await runtime.start()
+            retention = self.settings.idempotency_retention_days
+            if retention is not None and isinstance(resources.store, PrunableStore):
+                # Pushed after the store: cancelled before the store closes.
+                pruning = asyncio.create_task(
+                    self._prune_forever(resources.store, timedelta(days=retention)),
+                    name=f"retention-prune-{self.service}",
+                )
+                stack.push_async_callback(_cancel, pruning)
             self._running = stack.pop_all()
         self._runtime = runtime
+
+    async def _prune_forever(self, store: PrunableStore, retention: timedelta) -> None:
+        """At start, then daily: forget processed events older than `retention`."""
+        while True:
+            try:
+                pruned = await store.prune(self.service, utc_now() - retention)
+                if pruned:
+                    log.info("idempotency records pruned", service=self.service, records=pruned)
+            except Exception as exc:
+                # Only the class: a driver's message may quote bound parameters.
+                log.warning(
+                    "idempotency prune failed", service=self.service, error=type(exc).__name__
+                )
+            await asyncio.sleep(_PRUNE_INTERVAL_S)
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:
@@ -372,3 +398,9 @@ class RetentionConsumer:
 
 async def _noop() -> None:
     return None
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

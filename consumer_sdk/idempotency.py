@@ -26,6 +26,7 @@ from sqlalchemy import (
     Table,
     Text,
     Uuid,
+    delete,
     select,
     text,
 )
@@ -42,11 +43,13 @@ __all__ = [
     "InMemoryIdempotencyStore",
     "PostgresIdempotencyStore",
     "ProcessedEvent",
+    "PrunableStore",
     "StoreTransaction",
     "processed_events_table",
 ]
 
 DEFAULT_TABLE = "retention_processed_events"
+PRUNE_BATCH = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +74,14 @@ class StoreTransaction(Protocol):
 
     async def record(self, processed: ProcessedEvent) -> None:
         """Record the event; raise `AlreadyRecorded` if another delivery already did."""
+
+
+@runtime_checkable
+class PrunableStore(Protocol):
+    """A store that can forget old records (`idempotency_retention_days`)."""
+
+    async def prune(self, service: str, before: datetime) -> int:
+        """Delete the service's records processed before `before`; how many went."""
 
 
 @runtime_checkable
@@ -278,6 +289,29 @@ class PostgresIdempotencyStore:
     ) -> AsyncIterator[StoreTransaction]:
         async with self._engine.begin() as conn:
             yield _SqlTransaction(self.table, service, conn)
+
+    async def prune(self, service: str, before: datetime) -> int:
+        """Delete in short transactions of `PRUNE_BATCH` rows, so a first prune of a
+        large table never holds a long one; the table has no index on `processed_at`
+        (one more per insert on the hot path for a daily job), so each is a scan."""
+        t = self.table
+        total = 0
+        while True:
+            old = (
+                select(t.c.event_id)
+                .where(t.c.service == service, t.c.processed_at < before)
+                .limit(PRUNE_BATCH)
+                .scalar_subquery()
+            )
+            async with self._engine.begin() as conn:
+                deleted = (
+                    await conn.execute(
+                        delete(t).where(t.c.service == service, t.c.event_id.in_(old))
+                    )
+                ).rowcount
+            total += deleted
+            if deleted < PRUNE_BATCH:
+                return total
 
     @asynccontextmanager
     async def batch(self, service: str) -> AsyncIterator[BatchTransaction]:

@@ -64,6 +64,15 @@ class ConsumerSettings(BaseSettings):
         validation_alias=AliasChoices("max_batch", "RETENTION_CONSUMER_MAX_BATCH"),
         description="Records fetched per poll; offsets are committed once per batch per partition.",
     )
+    idempotency_retention_days: float | None = Field(
+        default=30.0,
+        gt=0,
+        validation_alias=AliasChoices(
+            "idempotency_retention_days", "RETENTION_CONSUMER_IDEMPOTENCY_RETENTION_DAYS"
+        ),
+        description="Processed-event records older than this are pruned (at start, then "
+        "daily); keep it longer than the events topic's retention. None keeps them forever.",
+    )
     poll_timeout_s: float = Field(
         default=0.5,
         gt=0,

@@ -252,6 +252,21 @@ class _Sent:
         done.set_result(None)
         return done
 
+    async def send_many(
+        self,
+        topic: str,
+        records: Sequence[tuple[bytes, bytes]],
+        *,
+        headers: Sequence[Sequence[tuple[str, bytes]]] | None = None,
+    ) -> Awaitable[None]:
+        for index, (key, value) in enumerate(records):
+            await self.send(
+                topic, value, key=key, headers=headers[index] if headers is not None else ()
+            )
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
 
 def _detach_mock(func: Callable[..., Any]) -> None:
     if hasattr(func, "mock"):

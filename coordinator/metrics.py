@@ -106,6 +106,13 @@ class Metrics:
             ["policy"],
             registry=r,
         )
+        self.notifications = Counter(
+            "retention_notifications",
+            "Webhook delivery attempts, by webhook (from the webhooks file) and outcome "
+            "(delivered | failed).",
+            ["webhook", "outcome"],
+            registry=r,
+        )
         self.outbox_backlog = Gauge(
             "retention_outbox_unpublished",
             "Outbox rows not yet published.",

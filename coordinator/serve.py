@@ -1,4 +1,4 @@
-"""`retention serve`'s composition root: one process, one event loop, five tasks.
+"""`retention serve`'s composition root: one process, one event loop, a task per part.
 
 * the **scheduler** (leader only) runs each schedule's policies, then drains the outbox;
 * the **outbox relay** publishes committed outbox rows (on every replica: SKIP LOCKED
@@ -6,6 +6,8 @@
 * the **completion tracker** consumes acks and registrations (one consumer group);
 * the **gauges** task recomputes the database-derived gauges on a timer;
 * the **erasure** task moves erasure requests' statuses (coordinator/erasure/);
+* the **notify** task, when `RETENTION_WEBHOOKS_FILE` is set, queues and posts webhook
+  notifications (coordinator/notify/);
 * the **HTTP API** (uvicorn, in the same loop).
 
 Stopping (SIGTERM/SIGINT set `stop`): the scheduler lets the current run finish, the
@@ -38,10 +40,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from coordinator.api import ApiContext, RunInProgress, create_app
 from coordinator.api.health import KafkaHealth
 from coordinator.clock import Clock, SystemClock
+from coordinator.console.sessions import load_secret
 from coordinator.db import make_engine
 from coordinator.erasure.service import Erasure
 from coordinator.kafka_admin import ensure_topics
 from coordinator.metrics import Metrics
+from coordinator.notify.notifier import Notifier
+from coordinator.notify.webhooks import load_webhooks
 from coordinator.outbox.relay import OutboxRelay
 from coordinator.policy.model import PolicySet
 from coordinator.purge import run_log
@@ -100,6 +105,7 @@ class _Parts:
     server: _Server
     kafka_health: KafkaHealth
     erasure: Erasure
+    notifier: Notifier | None
 
 
 class Service:
@@ -126,6 +132,12 @@ class Service:
         # Read now: a tokens file that is set but broken stops the service at start.
         self.tokens = (
             TokenStore(settings.api_tokens_file) if settings.api_tokens_file is not None else None
+        )
+        # Read now too: a secret file that is set but unusable stops the service at start.
+        self.ui_secret = load_secret(settings.ui_secret_file)
+        # Read now too: a webhooks file that is set but broken stops the service at start.
+        self.webhooks = (
+            load_webhooks(settings.webhooks_file) if settings.webhooks_file is not None else ()
         )
         for policy in policy_set.policies:
             days = policy.retention.total_seconds() / 86400
@@ -208,8 +220,9 @@ class Service:
     async def refresh_gauges(self) -> None:
         """Last successful run (every replica); oldest unprocessed row (the leader only).
 
-        Planning counts rows in every policy's table, so only the leader pays for it; the
-        other replicas drop the gauge rather than export a stale value.
+        The oldest row is one bounded index read per policy (`planner.oldest_due`), never
+        a count; only the leader exports it, the other replicas drop the gauge rather
+        than export a stale value.
         """
         parts = self._require_parts()
         await self._refresh_last_successes(parts.engine)
@@ -218,9 +231,8 @@ class Service:
         if not leader:
             self.metrics.oldest_unprocessed.clear()
             return
-        plan = await parts.runner.plan()
-        for item in plan.plans:
-            self.metrics.oldest_unprocessed.labels(item.policy).set(item.oldest_age_days or 0.0)
+        for policy, age in (await parts.runner.oldest_unprocessed()).items():
+            self.metrics.oldest_unprocessed.labels(policy).set(age or 0.0)
 
     async def _refresh_last_successes(self, engine: AsyncEngine) -> None:
         async with engine.connect() as conn:
@@ -298,6 +310,8 @@ class Service:
                 trigger_run=self.trigger_run,
                 signatures=s.signatures.mode,
                 erasure=erasure,
+                ui_secret=self.ui_secret,
+                ui_session_s=s.ui_session_hours * 3600,
             )
         )
         config = uvicorn.Config(
@@ -329,6 +343,11 @@ class Service:
             server=_Server(config),
             kafka_health=kafka_health,
             erasure=erasure,
+            notifier=(
+                Notifier(engine, self.webhooks, s.notify, clock=self.clock, metrics=self.metrics)
+                if self.webhooks
+                else None
+            ),
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -384,6 +403,9 @@ class Service:
             "http": serve_http,
             "http_stopper": stop_http,
         }
+        notifier = parts.notifier
+        if notifier is not None:
+            components["notify"] = lambda: notifier.run_forever(stop)
         tasks: dict[asyncio.Task[None], str] = {
             asyncio.create_task(start(), name=name): name for name, start in components.items()
         }

@@ -12,7 +12,14 @@ from coordinator.scheduler import validate_cron
 from schemas import DEFAULT_DATABASE_URL, KafkaSettings
 from schemas.signing import SignatureSettings
 
-__all__ = ["COORDINATOR_CLIENT_ID", "RelaySettings", "ServeSettings", "Settings", "TrackerSettings"]
+__all__ = [
+    "COORDINATOR_CLIENT_ID",
+    "NotifySettings",
+    "RelaySettings",
+    "ServeSettings",
+    "Settings",
+    "TrackerSettings",
+]
 
 COORDINATOR_CLIENT_ID = "retention-coordinator"
 """Kafka client id of the relay, the tracker and the admin client unless
@@ -45,7 +52,22 @@ class TrackerSettings(BaseSettings):
         default=2.0, ge=1.0, description="Each further reminder waits this factor longer."
     )
     max_reminders: int = Field(
-        default=3, ge=0, description="Re-publications per event before only escalation is left."
+        default=3,
+        ge=0,
+        description="Re-publications on the growing schedule; later ones come every "
+        "`slow_reminder_interval_s`.",
+    )
+    slow_reminder_interval_s: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description="Wait between reminders once `max_reminders` are spent, until the event "
+        "is completed or nothing is left to remind.",
+    )
+    gauges_interval_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often the tracker recounts its open-backlog gauges (pending acks, "
+        "overdue events); housekeeping runs every poll interval, the counts need not.",
     )
 
 
@@ -153,6 +175,33 @@ class ServeSettings(BaseSettings):
     )
 
 
+class NotifySettings(BaseSettings):
+    """Webhook notifications (`RETENTION_NOTIFY_*`); the webhooks are in
+    `RETENTION_WEBHOOKS_FILE`."""
+
+    model_config = SettingsConfigDict(env_prefix="RETENTION_NOTIFY_", extra="ignore")
+
+    interval_s: float = Field(
+        default=30.0, gt=0, description="Pause between passes (find what is new, post what is due)."
+    )
+    lookback_s: float = Field(
+        default=7 * 86400.0,
+        gt=0,
+        description="Requests completed or due longer ago than this are not announced (a first "
+        "start does not replay history).",
+    )
+    timeout_s: float = Field(default=10.0, gt=0, le=120, description="Bound on one POST.")
+    batch_size: int = Field(
+        default=100, ge=1, le=5000, description="Deliveries posted (concurrently) per batch."
+    )
+    backoff_initial_s: float = Field(
+        default=30.0, gt=0, description="Wait before retrying a failed delivery (doubles)."
+    )
+    backoff_max_s: float = Field(
+        default=3600.0, gt=0, description="Longest wait between retries; retries never stop."
+    )
+
+
 class Settings(BaseSettings):
     """Everything the coordinator needs to know about its surroundings."""
 
@@ -200,6 +249,23 @@ class Settings(BaseSettings):
         description="YAML file of the HTTP API's named, scoped tokens (SHA-256 hashes; "
         "`retention tokens create`). Without it every /v1 route answers 503.",
     )
+    ui_secret_file: Path | None = Field(
+        default=None,
+        description="File whose bytes sign the console's session cookies (32 bytes or more); "
+        "without it a secret is generated at start and sessions end with the process.",
+    )
+    ui_session_hours: float = Field(
+        default=8.0, gt=0, le=720, description="How long a console sign-in lasts."
+    )
+    webhooks_file: Path | None = Field(
+        default=None,
+        description="YAML file of webhooks to notify (url, events, HMAC secret); without it "
+        "nothing is notified.",
+    )
+    notify: NotifySettings = Field(
+        default_factory=NotifySettings,
+        description="Webhook delivery (RETENTION_NOTIFY_* variables).",
+    )
     schedule: str = Field(
         default="0 3 * * *",
         description="Cron expression (UTC) of the global run; policies with their own "
@@ -212,6 +278,12 @@ class Settings(BaseSettings):
     signatures: SignatureSettings = Field(
         default_factory=SignatureSettings,
         description="Signing key and RETENTION_SIGNATURES (SPEC §9).",
+    )
+    outbox_retention_days: float = Field(
+        default=30.0,
+        gt=0,
+        description="`retention db prune` deletes the outbox rows of events completed more "
+        "than this many days ago; rows of events not completed are never pruned.",
     )
     erasure_default_days: int = Field(
         default=30,

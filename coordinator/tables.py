@@ -24,6 +24,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 __all__ = [
     "ack_ledger",
+    "anonymize_marks",
     "anonymized",
     "audit_log",
     "erasure_parts",
@@ -33,6 +34,7 @@ __all__ = [
     "legal_hold_entities",
     "legal_holds",
     "metadata",
+    "notifications",
     "outbox",
     "policy_results",
     "runs",
@@ -124,6 +126,22 @@ anonymized = Table(
     Column("fields", ARRAY(Text), nullable=False),
     Column("run_id", Uuid, nullable=False),
     _ts("anonymized_at", nullable=False),
+)
+
+# Per anonymize policy, the end of its anonymized prefix: every row whose key is at most
+# `last_key` was anonymized (with the policy's fields or more) or held when the mark was
+# set, so a run starts its keyset after it instead of re-walking (and row-locking) every
+# row it ever anonymized. `cutoff` was that run's cutoff and `updated_at` its time: a
+# row at or below the key with a newer timestamp, or under a hold ended since, sends the
+# next run back to it. coordinator/purge/marks.py; migration 0008.
+anonymize_marks = Table(
+    "retention_anonymize_marks",
+    metadata,
+    Column("policy", Text, primary_key=True),
+    Column("fingerprint", Text, nullable=False),
+    Column("last_key", Text, nullable=False),
+    _ts("cutoff", nullable=False),
+    _ts("updated_at", nullable=False),
 )
 
 # The transactional outbox: one row per RetentionEvent, written in the purge batch's
@@ -232,6 +250,12 @@ event_status = Table(
         "ix_retention_event_status_open",
         "next_reminder_at",
         postgresql_where=text("state <> 'completed'"),
+    ),
+    # The overdue gauge starts from the overdue events, which are few (migration 0007).
+    Index(
+        "ix_retention_event_status_overdue",
+        "event_id",
+        postgresql_where=text("state = 'overdue'"),
     ),
 )
 
@@ -391,5 +415,37 @@ erasure_parts = Table(
     CheckConstraint(
         "outcome IN ('pending', 'done', 'exempt', 'superseded', 'error')",
         name="ck_erasure_request_parts_outcome",
+    ),
+)
+
+# Webhook notifications (coordinator/notify/): one row per (webhook, notification), the
+# outbox the deliverer posts from until the receiver answers 2xx. `key` names what is
+# notified (`request_completed:<id>`, `service_overdue:<service>:<day>`), so deriving the
+# same notification again inserts nothing.
+notifications = Table(
+    "retention_notifications",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("webhook", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("key", Text, nullable=False),
+    Column("payload", JSONB, nullable=False),
+    Column("status", Text, nullable=False, server_default=text("'pending'")),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    _ts("created_at", nullable=False),
+    _ts("next_attempt_at", nullable=False),
+    _ts("last_attempt_at"),
+    Column("last_error", Text),
+    _ts("delivered_at"),
+    UniqueConstraint("webhook", "key"),
+    CheckConstraint(
+        "status IN ('pending', 'delivered', 'dropped')",
+        name="ck_retention_notifications_status",
+    ),
+    # The deliverer scans only what is still to be sent.
+    Index(
+        "ix_retention_notifications_due",
+        "next_attempt_at",
+        postgresql_where=text("status = 'pending'"),
     ),
 )

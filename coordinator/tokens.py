@@ -256,10 +256,20 @@ class TokenStore:
         Raises:
             TokensFileError: the file cannot be read or does not validate.
         """
-        given = hash_token(token)
+        return self.by_hash(hash_token(token))
+
+    def by_hash(self, sha256: str) -> Principal | None:
+        """The principal of the entry with this token hash, as the file says now, or None.
+
+        The console's session keeps the hash, so a token revoked or re-scoped in the file
+        takes effect on the next request of a signed-in browser too.
+
+        Raises:
+            TokensFileError: the file cannot be read or does not validate.
+        """
         found: TokenEntry | None = None
         # Every entry is compared, in constant time, whether or not one matched already.
         for entry in self.current():
-            if hmac.compare_digest(given, entry.sha256):
+            if hmac.compare_digest(sha256, entry.sha256):
                 found = entry
         return Principal(found.name, found.scope) if found is not None else None

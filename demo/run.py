@@ -381,6 +381,8 @@ async def run_demo(demo: Demo) -> tuple[dict[str, Any], Seeded]:
             example_user = next(u for u in seeded.users_due[len(seeded.users_due) // 2 :])
             entity = (await client.get(f"/v1/entities/user/{example_user}")).json()
             requests = await erasure_requests(demo, client, seeded)
+            step("signing in to the console with the read token")
+            await check_console(client, demo.tokens["demo-reader"])
         summary = {
             "run": run,
             "before": before,
@@ -395,6 +397,20 @@ async def run_demo(demo: Demo) -> tuple[dict[str, Any], Seeded]:
         return summary, seeded
     finally:
         await engine.dispose()
+
+
+async def check_console(client: httpx.AsyncClient, token: str) -> None:
+    """Sign in as a browser would; the overview must name the token."""
+    # A client of its own: the session cookie must not ride along on the API calls above.
+    async with httpx.AsyncClient(base_url=str(client.base_url), timeout=10) as browser:
+        signed_in = await browser.post("/ui/sign-in", data={"token": token, "next": "/ui/"})
+        overview = await browser.get("/ui/")
+    if signed_in.status_code != 303 or overview.status_code != 200:
+        raise DemoFailed(
+            f"console sign-in answered {signed_in.status_code}, overview {overview.status_code}"
+        )
+    if "demo-reader" not in overview.text:
+        raise DemoFailed("the console's overview does not name the signed-in token")
 
 
 ACTIVE_USER = "user-00004"
@@ -578,6 +594,10 @@ def print_summary(demo: Demo, summary: dict[str, Any], seeded: Seeded) -> None:
         f"hold were left alone; demo took {summary['seconds']:.0f}s"
     )
     out.print()
+    out.print(
+        f"console      {demo.api}/ui/  (sign in with the read or write token below; "
+        "`python -m demo --keep` leaves it open)"
+    )
     out.print(f"API          {demo.api}/docs (OpenAPI at {demo.api}/openapi.json)")
     out.print(f"metrics      {demo.api}/metrics")
     out.print(f"health       {demo.api}/healthz")

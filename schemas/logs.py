@@ -32,6 +32,9 @@ def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
     )
     structlog.configure(
         processors=[
+            # First: a call below the level (the SDK's per-event DEBUG line) is dropped
+            # before any processor, timestamps included, spends time on it.
+            structlog.stdlib.filter_by_level,
             *shared,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],

@@ -33,6 +33,7 @@ def test_demo_completes_every_event(postgres_url: str, kafka_bootstrap: str) -> 
             asyncio.run(infra.drop_database(infra.with_database(postgres_url, database)))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "every event completed" in result.stdout
+    assert "/ui/  (sign in with the read or write token" in result.stdout
     assert "exports all 8 SPEC §8 metrics" in result.stdout
     for service in ("billing", "notifications", "preferences", "search_index"):
         assert service in result.stdout

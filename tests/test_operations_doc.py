@@ -7,7 +7,13 @@ from prometheus_client import CollectorRegistry
 from pydantic_settings import BaseSettings
 
 from coordinator.metrics import Metrics
-from coordinator.settings import RelaySettings, ServeSettings, Settings, TrackerSettings
+from coordinator.settings import (
+    NotifySettings,
+    RelaySettings,
+    ServeSettings,
+    Settings,
+    TrackerSettings,
+)
 from schemas import KafkaSettings
 from tests.infra import ROOT
 
@@ -15,7 +21,8 @@ DOC = (ROOT / "docs" / "operations.md").read_text()
 
 
 @pytest.mark.parametrize(
-    "model", [Settings, KafkaSettings, ServeSettings, RelaySettings, TrackerSettings]
+    "model",
+    [Settings, KafkaSettings, ServeSettings, RelaySettings, TrackerSettings, NotifySettings],
 )
 def test_every_setting_is_in_the_settings_tables(model: type[BaseSettings]) -> None:
     prefix = model.model_config.get("env_prefix", "")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,10 +89,14 @@ class Dispatched:
     """What a run over records produced: sends to await, and how far it got."""
 
     sends: list[Awaitable[Any]] = field(default_factory=list)
-    acks: list[tuple[bytes, bytes]] = field(default_factory=list)
-    """Encoded acks (key, value), sent together and signed once when the run ends."""
     last_done: int | None = None
     """Offset of the last record whose outcome is in `sends` (None: not even the first)."""
+    acks: list[tuple[bytes, bytes]] = field(default_factory=list)
+    """Encoded acks (key, value) not yet handed to the producer: sent together by `flush`."""
+    handled: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    """Events handled per (entity type, action, status): the batch's INFO summary."""
+    uncounted: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    """The part of `handled` not yet added to the metrics (added by `flush`)."""
 
 
 class Dispatcher:
@@ -151,17 +156,40 @@ class Dispatcher:
             except Abandoned:
                 # A stop during a retry's backoff: `done` holds what was finished before.
                 break
-        done.sends.extend(await self._send_acks(done.acks))
+        await self._flush(done)
+        if done.handled:
+            log.info(
+                "batch handled",
+                service=self.service,
+                partition=records[0].partition,
+                first_offset=records[0].offset,
+                last_offset=done.last_done,
+                events=sum(done.handled.values()),
+                **{
+                    status: sum(n for (_, _, s), n in done.handled.items() if s == status)
+                    for status in sorted({s for _, _, s in done.handled})
+                },
+            )
         return done
 
-    async def _send_acks(self, acks: Sequence[tuple[bytes, bytes]]) -> list[Awaitable[Any]]:
-        """One signature for the whole batch (a Merkle root, docs/protocol.md), so the
-        tracker verifies one Ed25519 signature per batch; a batch of one is signed alone."""
-        signed = self.trust.sign_batch(acks)
-        return [
-            await self.producer.send(self.topics.acks, value, key=key, headers=headers)
-            for (key, value), headers in zip(acks, signed, strict=True)
-        ]
+    async def _flush(self, done: Dispatched) -> None:
+        """Hand the pending acks to the producer in one call, and count them.
+
+        One `send_many` per batch instead of one awaited `send` per event (the acks'
+        records are unchanged, one per event); the runtime awaits their delivery with
+        every other send before it commits.
+        """
+        if done.acks:
+            # One signature for the batch's acks (a Merkle root, docs/protocol.md): the
+            # tracker verifies one Ed25519 signature per batch; a batch of one is signed alone.
+            signed = self.trust.sign_batch(done.acks)
+            done.sends.append(
+                await self.producer.send_many(self.topics.acks, done.acks, headers=signed)
+            )
+            done.acks = []
+        for (entity_type, action, status), count in done.uncounted.items():
+            self.metrics.handled.labels(self.service, entity_type, action, status).inc(count)
+        done.uncounted.clear()
 
     async def _lookup(
         self, items: Iterable[RetentionEvent | PoisonRecord]
@@ -192,7 +220,7 @@ class Dispatcher:
             if outcome.status is not AckStatus.FAILED:
                 # A second copy of the event later in this batch is a redelivery too.
                 known[item.event_id] = outcome.processed(item)
-            done.sends.extend(await self._emit(record, item, spec, outcome, done))
+            await self._emit(record, item, spec, outcome, done)
         done.last_done = record.offset
 
     async def _run(
@@ -300,10 +328,13 @@ class Dispatcher:
             if isinstance(item, PoisonRecord):
                 done.sends.append(await self._poison(record, item))
             elif spec is not None and outcome is not None:
-                done.sends.extend(await self._emit(record, item, spec, outcome, done))
+                await self._emit(record, item, spec, outcome, done)
             done.last_done = record.offset
         if retry is None:
             return i
+        # The run before the retried event is committed: its acks leave now, not after
+        # the retry's backoff.
+        await self._flush(done)
         record, item = decoded[i]
         await self._one(record, item, known, done, stopping, first_error=retry.error)
         return i + 1
@@ -364,14 +395,17 @@ class Dispatcher:
         spec: HandlerSpec,
         outcome: Outcome,
         done: Dispatched,
-    ) -> list[Awaitable[Any]]:
-        """Count and log the event's ack and queue it in `done`; send its DLQ record if it
-        failed."""
+    ) -> None:
+        """Count, log and queue the event's ack (send the DLQ record if it failed).
+
+        Per event only a DEBUG line: the batch's INFO summary and metrics come from
+        `done.handled` (about a fifth of a service's CPU went to one INFO line per event).
+        """
         ack = outcome.ack(self.service, event)
-        self.metrics.handled.labels(
-            self.service, spec.entity_type, spec.action.value, outcome.status.value
-        ).inc()
-        log.info(
+        labels = (spec.entity_type, spec.action.value, outcome.status.value)
+        done.handled[labels] += 1
+        done.uncounted[labels] += 1
+        log.debug(
             "event handled",
             service=self.service,
             event_id=str(event.event_id),
@@ -385,12 +419,10 @@ class Dispatcher:
             offset=record.offset,
         )
         done.acks.append((ack.key.encode(), encode(ack)))
-        sends = []
         if outcome.status is AckStatus.FAILED:
-            sends.append(
+            done.sends.append(
                 await self._dead_letter(record, DlqReason.FAILED, outcome.detail, outcome.attempts)
             )
-        return sends
 
     async def _dead_letter(
         self, record: Record, reason: DlqReason, error: str, attempts: int

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -53,6 +54,9 @@ class ApiContext:
     signatures: SignatureMode = SignatureMode.REQUIRED
     """Shown by /healthz: `off` must be visible from outside (SPEC §9)."""
     erasure: Erasure | None = None
+    # The console's session cookies (SPEC §14): signed with this secret, valid this long.
+    ui_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
+    ui_session_s: float = 8 * 3600.0
 
 
 def context(request: Request) -> ApiContext:

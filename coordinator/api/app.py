@@ -6,10 +6,11 @@ from fastapi import Depends, FastAPI, Request, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 
-from coordinator.api import erasure, holds, ops, policies, runs, services, tracking
+from coordinator.api import erasure, holds, notifications, ops, policies, runs, services, tracking
 from coordinator.api._context import ApiContext
-from coordinator.api.auth import ACCESS_RESPONSES, require_read
+from coordinator.api.auth import ACCESS_RESPONSES, requires
 from coordinator.api.limits import BodyLimit
+from coordinator.tokens import Scope
 
 __all__ = ["create_app"]
 
@@ -21,6 +22,7 @@ V1_ROUTERS = (
     tracking.router,
     erasure.router,
     services.router,
+    notifications.router,
 )
 
 
@@ -34,10 +36,18 @@ def create_app(ctx: ApiContext) -> FastAPI:
         "no entity ids, hold reasons or error texts. Request bodies over 1 MiB get 413.",
         version="1",
     )
+    # Imported here: the console's modules import this package's context and auth.
+    from coordinator.console import mount_console
+    from coordinator.console.sessions import bearer_or_session_for_get
+
     app.state.context = ctx
     app.include_router(ops.router)
+    # A GET may also carry the console's session cookie, so its "JSON" links open in the
+    # signed-in browser; writes still need the bearer token (their own `Writer`).
+    require_read = requires(Scope.READ, authenticate=bearer_or_session_for_get)
     for router in V1_ROUTERS:
         app.include_router(router, dependencies=[Depends(require_read)], responses=ACCESS_RESPONSES)
+    mount_console(app)
     app.add_middleware(BodyLimit)
 
     @app.exception_handler(DBAPIError)

@@ -97,6 +97,45 @@ class EventView(_View):
     rejected: list[RejectedAck] = Field(description="Each refused ack and why.")
 
 
+class OverdueView(_View):
+    """One overdue event and one service it still waits for."""
+
+    event_id: uuid.UUID
+    entity_type: str
+    entity_id: str
+    policy: str
+    service: str
+    status: str = Field(description="the service's answer so far: pending | failed")
+    deadline: datetime
+    overdue_at: datetime | None
+    last_ack_at: datetime | None = Field(description="the service's latest valid ack, if any")
+    attempt: int | None
+    reminders_sent: int
+
+
+class OverduePageView(_View):
+    items: list[OverdueView]
+    next: str | None = Field(description="pass as `after` for the next page; null on the last page")
+
+
+class NotificationView(_View):
+    """One webhook delivery (its payload is not shown)."""
+
+    id: int
+    webhook: str
+    kind: str = Field(
+        description="request_completed | request_overdue | request_on_hold | service_overdue"
+    )
+    key: str = Field(description="what is notified; one delivery per webhook and key")
+    status: str = Field(description="pending | delivered | dropped (webhook removed)")
+    attempts: int
+    created_at: datetime
+    last_attempt_at: datetime | None
+    next_attempt_at: datetime | None = Field(description="the next try, while pending")
+    last_error: str | None = Field(description="HTTP status or error class of a failed try")
+    delivered_at: datetime | None
+
+
 class RunRequest(BaseModel):
     """Start a run now, outside the schedule."""
 
@@ -196,6 +235,38 @@ class PolicyView(_View):
     schedule: str = Field(description="The cron expression it runs on (its own or the global).")
     last_result: PolicyResultView | None
     last_success_at: datetime | None
+
+
+class ServiceCompletionView(_View):
+    """One service: what it handles now and where its expected acknowledgements stand."""
+
+    service: str
+    registered: bool = Field(description="Has a current (not retired) registration.")
+    handles: list[str] = Field(description="`action entity_type` of its registration.")
+    sdk_version: str | None
+    last_seen: datetime | None
+    pending: int = Field(description="Open, deadline not yet passed.")
+    overdue: int = Field(description="Open past the event's deadline.")
+    failed: int = Field(description="Its last answer was `failed` (also counted as open).")
+    completed: int = Field(description="Answered `completed` or `not_found`.")
+    next_deadline: datetime | None = Field(description="Earliest deadline of its open ones.")
+
+
+class ServiceEventView(_View):
+    """One event a service is expected to acknowledge, and its answer so far."""
+
+    event_id: uuid.UUID
+    policy: str
+    action: str
+    entity_type: str
+    entity_id: str
+    published_at: datetime
+    deadline: datetime
+    event_state: str = Field(description="The event's state over all its services.")
+    status: str = Field(description="This service's: pending | completed | not_found | failed")
+    acknowledged_at: datetime | None
+    attempt: int | None
+    detail: str
 
 
 class ErasureCreate(BaseModel):

@@ -5,11 +5,18 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, status
+from fastapi import APIRouter, HTTPException, Path, Query, status
 
 from coordinator.api._context import Connection, Context
-from coordinator.api.models import EventView
+from coordinator.api.models import (
+    EventView,
+    OverduePageView,
+    OverdueView,
+    ServiceCompletionView,
+    ServiceEventView,
+)
 from coordinator.tracking import queries
+from coordinator.tracking.overdue import BadCursor, Cursor, overdue_page
 
 __all__ = ["router"]
 
@@ -49,3 +56,54 @@ async def event(ctx: Context, conn: Connection, event_id: uuid.UUID) -> EventVie
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no event {event_id}")
     return EventView.model_validate(found)
+
+
+@router.get("/completion/services", response_model=list[ServiceCompletionView])
+async def services_completion(ctx: Context, conn: Connection) -> list[ServiceCompletionView]:
+    """Every registered or expected service, with its pending, overdue, failed and completed
+    acknowledgements (an open one past its event's deadline counts as overdue)."""
+    found = await queries.services_completion(conn, now=ctx.clock.now())
+    return [ServiceCompletionView.model_validate(s) for s in found]
+
+
+@router.get("/completion/services/{service}/events", response_model=list[ServiceEventView])
+async def service_events(
+    ctx: Context,
+    conn: Connection,
+    service: Annotated[str, Path(pattern=_NAME, max_length=255)],
+    state: Annotated[queries.ServiceState, Query(description="Which answers.")] = ("overdue"),
+    limit: Annotated[int, Query(ge=1, le=1000, description="Most events returned.")] = 200,
+) -> list[ServiceEventView]:
+    """One service's expected acknowledgements in `state`: open ones earliest deadline
+    first, completed ones most recently published first."""
+    found = await queries.service_events(
+        conn, service, state=state, now=ctx.clock.now(), limit=limit
+    )
+    return [ServiceEventView.model_validate(e) for e in found]
+
+
+@router.get(
+    "/services/{name}/overdue",
+    response_model=OverduePageView,
+    responses={422: {"description": "a cursor this list did not hand out"}},
+)
+async def service_overdue(
+    conn: Connection,
+    name: Annotated[str, Path(pattern=_NAME, max_length=100)],
+    limit: Annotated[int, Query(ge=1, le=1000, description="Most rows per page.")] = 100,
+    after: Annotated[
+        str | None, Query(max_length=2000, description="`next` of the previous page.")
+    ] = None,
+) -> OverduePageView:
+    """The overdue events still waiting for this service, by deadline, one page at a time."""
+    try:
+        cursor = Cursor.decode(after) if after is not None else None
+    except BadCursor:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, "after: not a cursor of this list"
+        ) from None
+    page = await overdue_page(conn, service=name, after=cursor, limit=limit)
+    return OverduePageView(
+        items=[OverdueView.model_validate(item) for item in page.items],
+        next=page.next.encode() if page.next is not None else None,
+    )

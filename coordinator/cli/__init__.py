@@ -14,6 +14,7 @@ from coordinator.cli import (
     holds,
     kafka,
     keys,
+    notifications,
     policies,
     purge,
     relay,
@@ -49,6 +50,7 @@ app.command("plan")(purge.plan)
 app.command("run")(purge.run)
 app.command("serve")(serve.serve)
 app.add_typer(kafka.app, name="kafka")
+app.add_typer(notifications.app, name="notifications")
 
 
 def main() -> None:

@@ -1,15 +1,19 @@
-"""`retention db`: the coordinator's schema."""
+"""`retention db`: the coordinator's schema and its own retention."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import typer
 
-from coordinator.cli._app import err_console, load_settings
+from coordinator.cli._app import emit_json, err_console, load_settings
+from coordinator.clock import SystemClock
+from coordinator.db import make_engine
 from coordinator.migrate import upgrade
+from coordinator.prune import Pruned, prune_outbox
 
-app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app = typer.Typer(help="Database schema and the system's own retention.", no_args_is_help=True)
 
 
 @app.command("upgrade")
@@ -18,3 +22,38 @@ def db_upgrade(revision: str = typer.Argument("head", help="Target alembic revis
     settings = load_settings()
     asyncio.run(upgrade(settings.database_url.get_secret_value(), revision))
     err_console.print(f"database at revision {revision}")
+
+
+@app.command("prune")
+def db_prune(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Count what would go; delete nothing."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
+) -> None:
+    """Delete the coordinator's own rows past their retention (SPEC §13).
+
+    Now: the outbox rows of events completed more than RETENTION_OUTBOX_RETENTION_DAYS
+    (30) ago. Evidence of an event that is not completed is never removed.
+    """
+    settings = load_settings()
+
+    async def run() -> Pruned:
+        engine = make_engine(settings.database_url.get_secret_value(), pool_size=1)
+        try:
+            return await prune_outbox(
+                engine,
+                now=SystemClock().now(),
+                keep=timedelta(days=settings.outbox_retention_days),
+                dry_run=dry_run,
+            )
+        finally:
+            await engine.dispose()
+
+    pruned = asyncio.run(run())
+    if as_json:
+        emit_json([pruned.as_dict()])
+        return
+    verb = "would be deleted" if dry_run else "deleted"
+    err_console.print(
+        f"{pruned.table}: {pruned.rows} rows of events completed before "
+        f"{pruned.cutoff.isoformat()} {verb}"
+    )

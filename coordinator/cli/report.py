@@ -1,5 +1,6 @@
 """`retention report`: since a date, completion per policy and per service, local purge
-results per run and policy, and erasure requests."""
+results per run and policy, and erasure requests; with `--overdue`, the list of overdue
+events and the services they wait for."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ from coordinator.cli._app import (
 from coordinator.clock import SystemClock
 from coordinator.erasure.certificate import requests_since
 from coordinator.purge.run_log import purge_results
+from coordinator.settings import Settings
 from coordinator.tracking import queries
+from coordinator.tracking.overdue import Cursor, overdue_page
 
 __all__ = ["report"]
 
@@ -32,6 +35,21 @@ _COLUMNS = ("events", "completed", "failed", "overdue", "pending", "median_secon
 # One CSV table for every section: each row fills the columns of its scope.
 _PURGE_COLUMNS = ("run_id", "started_at", "action", "legal_basis", "status", "processed", "held")
 _REQUEST_COLUMNS = ("regulation", "received_at", "due_at", "completed_at", "overdue")
+_OVERDUE_COLUMNS = (
+    "entity_type",
+    "entity_id",
+    "policy",
+    "service",
+    "status",
+    "deadline",
+    "overdue_at",
+    "last_ack_at",
+    "attempt",
+    "reminders_sent",
+    "event_id",
+)
+# Pages read for the overdue list: each is one keyset query, however long the list.
+_OVERDUE_PAGE = 1000
 _HEADER = (
     "scope",
     "name",
@@ -61,8 +79,17 @@ def parse_since(text: str) -> datetime:
 
 
 def report(
-    since: str = typer.Option(
-        ..., "--since", help="Events published from this DATE or DATETIME on (UTC by default)."
+    since: str | None = typer.Option(
+        None,
+        "--since",
+        help="Events published from this DATE or DATETIME on (UTC by default). "
+        "Required unless --overdue.",
+    ),
+    overdue: bool = typer.Option(
+        False, "--overdue", help="List each overdue event and the services it waits for."
+    ),
+    service: str | None = typer.Option(
+        None, "--service", help="With --overdue: only what this service has not acknowledged."
     ),
     fmt: Annotated[
         Format, typer.Option("--format", help="table (people), json or csv.")
@@ -71,7 +98,19 @@ def report(
 ) -> None:
     """Fan-out completion (events, completed, failed, overdue, median and p95 time to
     completion) per policy and service; local purge results per run and policy (processed,
-    held, errors, action, legal basis); erasure requests (due, completed, per service)."""
+    held, errors, action, legal basis); erasure requests (due, completed, per service).
+    With --overdue: the overdue events themselves (entity, policy, service, deadline, last
+    ack), oldest deadline first."""
+    if overdue == (since is not None):
+        err_console.print("[red]give either --since DATE or --overdue[/red]")
+        raise typer.Exit(ExitCode.BAD_INPUT)
+    if service is not None and not overdue:
+        err_console.print("[red]--service goes with --overdue[/red]")
+        raise typer.Exit(ExitCode.BAD_INPUT)
+    if overdue:
+        _overdue(load_settings(), service, Format.JSON if as_json else fmt)
+        return
+    assert since is not None
     start = parse_since(since)
     settings = load_settings()
     now = SystemClock().now()
@@ -89,6 +128,40 @@ def report(
         _write_csv(document)
     else:
         _print_tables(document)
+
+
+def _overdue(settings: Settings, service: str | None, fmt: Format) -> None:
+    async def query(conn: AsyncConnection) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        after: Cursor | None = None
+        while True:
+            page = await overdue_page(conn, service=service, after=after, limit=_OVERDUE_PAGE)
+            rows += page.items
+            if page.next is None:
+                return rows
+            after = page.next
+
+    rows = read_database(settings, query)
+    if fmt is Format.JSON:
+        emit_json({"service": service, "overdue": rows})
+    elif fmt is Format.CSV:
+        writer = csv.DictWriter(sys.stdout, fieldnames=_OVERDUE_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({c: _blank(row[c]) for c in _OVERDUE_COLUMNS} for row in rows)
+    else:
+        table = Table(
+            "entity", "policy", "service", "status", "deadline", "last ack", title="overdue"
+        )
+        for row in rows:
+            table.add_row(
+                f"{row['entity_type']}:{row['entity_id']}",
+                row["policy"],
+                row["service"],
+                row["status"],
+                row["deadline"],
+                row["last_ack_at"] or "-",
+            )
+        out_console.print(table)
 
 
 def _write_csv(document: dict[str, Any]) -> None:

@@ -13,6 +13,8 @@ import typer
 
 from coordinator.cli._app import ExitCode, err_console, load_settings
 from coordinator.cli._policies import POLICIES_OPTION, load_policy_set
+from coordinator.console.sessions import ConsoleSecretError
+from coordinator.notify.webhooks import WebhooksFileError
 from coordinator.policy.model import PolicySet
 from coordinator.serve import Service, ServiceFailed
 from coordinator.settings import Settings
@@ -62,12 +64,21 @@ def serve(
     )
     if settings.api_tokens_file is None:
         err_console.print(
-            "[yellow]RETENTION_API_TOKENS_FILE is not set: every /v1 route answers 503[/yellow]"
+            "[yellow]RETENTION_API_TOKENS_FILE is not set: every /v1 and /ui route answers "
+            "503[/yellow]"
         )
+    else:
+        err_console.print(f"console: http://{settings.serve.host}:{chosen}/ui/")
     try:
         asyncio.run(_serve(settings, policy_set, chosen))
     except TokensFileError as exc:
         err_console.print(f"[red]RETENTION_API_TOKENS_FILE:[/red] {exc}", highlight=False)
+        raise typer.Exit(ExitCode.BAD_INPUT) from None
+    except ConsoleSecretError as exc:
+        err_console.print(f"[red]{exc}[/red]", highlight=False)
+        raise typer.Exit(ExitCode.BAD_INPUT) from None
+    except WebhooksFileError as exc:
+        err_console.print(f"[red]RETENTION_WEBHOOKS_FILE:[/red] {exc}", highlight=False)
         raise typer.Exit(ExitCode.BAD_INPUT) from None
     except ServiceFailed as exc:
         err_console.print(f"[red]retention serve stopped:[/red] {exc}")

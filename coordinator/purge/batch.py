@@ -74,6 +74,7 @@ class BatchResult:
     ids: Sequence[Any]
     events: int
     last_scanned: Any | None  # None: the policy has nothing left to scan
+    contiguous: bool = False  # see planner.Batch
 
 
 def _in_batch(bound: BoundPolicy, ids: Sequence[Any]) -> ColumnElement[bool]:
@@ -350,7 +351,7 @@ async def purge_batch(
             await _act(conn, bound, batch, run_id, now, origin)
     ids = batch.ids
     if not ids:
-        return BatchResult(ids, 0, batch.last_scanned)
+        return BatchResult(ids, 0, batch.last_scanned, batch.contiguous)
     entity_ids = [str(i) for i in ids]
     events = len(entity_ids) if policy.fan_out else 0
     await append(
@@ -373,4 +374,4 @@ async def purge_batch(
         ],
         at=now,
     )
-    return BatchResult(ids, events, batch.last_scanned)
+    return BatchResult(ids, events, batch.last_scanned, batch.contiguous)

@@ -60,7 +60,7 @@ from sqlalchemy.types import TypeEngine
 
 from coordinator.audit import AuditEntry, append
 from coordinator.policy.model import PolicySet
-from coordinator.tables import legal_hold_entities, legal_holds
+from coordinator.tables import audit_log, legal_hold_entities, legal_holds
 
 __all__ = [
     "HOLD_LOCK",
@@ -76,6 +76,7 @@ __all__ = [
     "entity_types",
     "event_held",
     "get_hold",
+    "hold_audit",
     "list_holds",
     "lock_for_creation",
     "lock_for_purge",
@@ -437,3 +438,14 @@ async def release_hold(conn: AsyncConnection, hold_id: str, *, by: str, now: dat
         raise HoldConflict(f"hold {hold_id!r} was already released at {hold.released_at}")
     await append(conn, [AuditEntry("hold.release", by, {"hold_id": hold_id})], at=now)
     return await get_hold(conn, hold_id)
+
+
+async def hold_audit(conn: AsyncConnection, hold_id: str) -> list[dict[str, Any]]:
+    """The audit chain's entries about one hold (created, released), oldest first."""
+    a = audit_log.c
+    rows = await conn.execute(
+        select(a.seq, a.at, a.action, a.actor, a.hash)
+        .where(a.action.in_(("hold.create", "hold.release")), a.data["hold_id"].astext == hold_id)
+        .order_by(a.seq)
+    )
+    return [dict(row._mapping) for row in rows]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -31,12 +31,13 @@ from sqlalchemy import (
     not_,
     or_,
     select,
+    true,
     type_coerce,
 )
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
-from sqlalchemy.sql.selectable import ScalarSelect
+from sqlalchemy.sql.selectable import CTE, ScalarSelect, Select
 
 from coordinator.clock import Clock
 from coordinator.policy.binding import BoundPolicy
@@ -54,8 +55,11 @@ __all__ = [
     "guard_error",
     "held_clause",
     "next_batch",
+    "oldest_due",
+    "oldest_due_query",
     "plan_policy",
     "time_base",
+    "timestamp_value",
     "unheld_clause",
 ]
 
@@ -80,7 +84,7 @@ async def time_base(conn: AsyncConnection, clock: Clock) -> TimeBase:
     return TimeBase(now=min(app, database), clock=app, database=database)
 
 
-def _timestamp(bound: BoundPolicy, value: datetime) -> ColumnElement[Any]:
+def timestamp_value(bound: BoundPolicy, value: datetime) -> ColumnElement[Any]:
     column_type = bound.timestamp_column.type
     if isinstance(column_type, DateTime) and not column_type.timezone:
         # Naive timestamp columns are read as UTC.
@@ -96,7 +100,7 @@ def due_clause(
     bound: BoundPolicy, cutoff: datetime, *, with_ledger: bool = True
 ) -> ColumnElement[bool]:
     """Past retention (NULL timestamps never are), in scope, and not yet anonymized."""
-    clauses: list[ColumnElement[bool]] = [bound.timestamp_column < _timestamp(bound, cutoff)]
+    clauses: list[ColumnElement[bool]] = [bound.timestamp_column < timestamp_value(bound, cutoff)]
     if bound.condition is not None:
         clauses.append(bound.condition)
     if with_ledger and bound.policy.action is Action.ANONYMIZE:
@@ -190,14 +194,24 @@ def guard_error(policy: Policy, due: int, total: int) -> str | None:
     )
 
 
-async def plan_policy(conn: AsyncConnection, bound: BoundPolicy, now: datetime) -> PolicyPlan:
+def _after(bound: BoundPolicy, after: Any | None) -> ColumnElement[bool]:
+    if after is None:
+        return true()
+    return bound.id_column > bindparam("after", after, type_=bound.id_column.type)
+
+
+async def plan_policy(
+    conn: AsyncConnection, bound: BoundPolicy, now: datetime, *, after: Any | None = None
+) -> PolicyPlan:
     """Count due, held and all rows, and find the oldest due row.
 
     Hold and ledger checks sit in WHERE clauses, not in FILTER aggregates, so PostgreSQL
-    can run them as hashed anti/semi joins instead of one subquery per row.
+    can run them as hashed anti/semi joins instead of one subquery per row. `after`:
+    an anonymize policy's mark (coordinator/purge/marks.py); no row at or below it is
+    due, so the due and held counts skip them.
     """
     cutoff = cutoff_for(bound.policy, now)
-    due = due_clause(bound, cutoff)
+    due = and_(due_clause(bound, cutoff), _after(bound, after))
     total = (await conn.execute(select(func.count()).select_from(bound.table))).scalar_one()
     unheld = (
         await conn.execute(
@@ -227,6 +241,40 @@ async def plan_policy(conn: AsyncConnection, bound: BoundPolicy, now: datetime) 
     )
 
 
+def oldest_due_query(bound: BoundPolicy, now: datetime, after: Any | None = None) -> Select[Any]:
+    """The oldest due, unheld row's timestamp, without counting anything.
+
+    `min(ts)` spelled `ORDER BY ts LIMIT 1` under `ts < cutoff`: PostgreSQL rewrites a
+    bare `min()` into an index read only for a single table, and the hold check is a
+    join. With an index on the timestamp column it reads that index from its oldest end
+    and stops at the first row that is due and not held, so the cost is the held (or
+    out-of-scope) rows older than that one, not the table (tests/policy/test_oldest_due.py
+    checks the plan). Without such an index it is a sequential scan that stops at the
+    first hit of a sort-free top-1: docs/operations.md asks for the index.
+    """
+    cutoff = cutoff_for(bound.policy, now)
+    ts = bound.timestamp_column
+    return (
+        select(ts)
+        .where(due_clause(bound, cutoff), _after(bound, after), unheld_clause(bound, now))
+        .order_by(ts)
+        .limit(1)
+    )
+
+
+async def oldest_due(
+    conn: AsyncConnection, bound: BoundPolicy, now: datetime, *, after: Any | None = None
+) -> float | None:
+    """Age in days of the oldest due, unheld row (None: nothing due)."""
+    oldest = (await conn.execute(oldest_due_query(bound, now, after))).scalar_one_or_none()
+    if oldest is None:
+        return None
+    if oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=UTC)
+    age: timedelta = now - oldest
+    return round(age.total_seconds() / _DAY, 3)
+
+
 @dataclass(frozen=True, slots=True)
 class Batch:
     """Due, unheld ids to purge now, and the key the next batch starts after."""
@@ -236,6 +284,10 @@ class Batch:
     # Anonymize: some ids already have a ledger row (the policy gained a field since),
     # so the ledger write must update; otherwise a plain insert, about half the cost.
     relabel: bool = False
+    # Anonymize: every row in the key range scanned is due (timestamp and conditions),
+    # so once the batch commits each is anonymized or held, and the policy's mark may
+    # move past them (coordinator/purge/marks.py).
+    contiguous: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,11 +295,13 @@ class Window:
     """The next keyset window of a policy, as SQL to embed in one statement.
 
     `last` is the window's last key (NULL: nothing left to scan); `chosen` selects the
-    rows of the window to purge: due, unheld, in the primary-key range the window spans.
+    rows of the window to purge: due, unheld, in the primary-key range the window spans;
+    `window` is the CTE of the window's due rows.
     """
 
     last: ScalarSelect[Any]
     chosen: ColumnElement[bool]
+    window: CTE
 
 
 def batch_window(
@@ -285,7 +339,7 @@ def batch_window(
     # max() has no uuid version; the window is ordered anyway.
     last = select(window.c.id).order_by(window.c.id.desc()).limit(1).scalar_subquery()
     chosen += [id_column <= last, wanted, unheld_clause(bound, now)]
-    return Window(last, and_(*chosen))
+    return Window(last, and_(*chosen), window)
 
 
 async def next_batch(
@@ -314,25 +368,34 @@ async def next_batch(
         .cte("chosen")
     )
     ids_type = ARRAY(id_column.type)
-    row = (
-        await conn.execute(
-            select(
-                last.label("last"),
-                select(
-                    type_coerce(
-                        func.array_agg(aggregate_order_by(chosen.c.id, chosen.c.id)), ids_type
-                    )
-                )
-                .scalar_subquery()
-                .label("ids"),
-            )
-        )
-    ).one()
+    columns = [
+        last.label("last"),
+        select(type_coerce(func.array_agg(aggregate_order_by(chosen.c.id, chosen.c.id)), ids_type))
+        .scalar_subquery()
+        .label("ids"),
+    ]
+    anonymize = bound.policy.action is Action.ANONYMIZE
+    # An erasure request's scope says nothing about the policy's prefix: no mark moves.
+    marking = anonymize and scope is None
+    if marking:
+        # Every row of the scanned key range, due or not (an index-only range count),
+        # against the window's due rows: equal when nothing young or out of scope is in it.
+        in_range = [id_column <= last]
+        if after is not None:
+            in_range.append(id_column > bindparam("after", after, type_=id_column.type))
+        columns += [
+            select(func.count()).where(*in_range).scalar_subquery().label("in_range"),
+            select(func.count()).select_from(window.window).scalar_subquery().label("due"),
+        ]
+    row = (await conn.execute(select(*columns))).one()
     if row.last is None:
         return Batch((), None)
     ids = list(row.ids or ())
-    if not ids or bound.policy.action is not Action.ANONYMIZE:
+    if not anonymize:
         return Batch(ids, row.last)
+    contiguous = marking and row.due == row.in_range
+    if not ids:
+        return Batch(ids, row.last, contiguous=contiguous)
     # Read after the row locks, so a concurrent run's ledger rows are visible. An
     # `= ANY` probe of the ledger's primary key: a NOT EXISTS join here degenerates into
     # a nested loop over the whole ledger whenever its statistics are stale, which they
@@ -349,4 +412,4 @@ async def next_batch(
         )
     }
     ids = [i for i in ids if not ledger.get(str(i), False)]
-    return Batch(ids, row.last, relabel=any(str(i) in ledger for i in ids))
+    return Batch(ids, row.last, relabel=any(str(i) in ledger for i in ids), contiguous=contiguous)

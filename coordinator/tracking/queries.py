@@ -10,7 +10,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, Row, and_, case, extract, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -23,13 +23,24 @@ from coordinator.tables import (
     legal_hold_entities,
     legal_holds,
     outbox,
+    service_registry,
 )
 
-__all__ = ["certificate", "entity_status", "event_status_of", "report"]
+__all__ = [
+    "ServiceState",
+    "certificate",
+    "entity_status",
+    "event_status_of",
+    "report",
+    "service_events",
+    "services_completion",
+]
 
 _DONE = ("completed", "not_found")
 _OPEN = ("pending", "failed")
 _HOLDABLE = (*_OPEN, "overdue")
+ServiceState = Literal["pending", "overdue", "failed", "completed"]
+"""Where one service's answer to one event stands, as the console and its JSON count it."""
 """States shown as `held` while an active hold covers the event's entity."""
 
 
@@ -355,3 +366,144 @@ async def _audit_refs(
         .where(s.event_id.in_(ids))
     )
     return {str(r[0]): (_ref(r[1], r[2]), _ref(r[3], r[4])) for r in rows}
+
+
+def _overdue(now: datetime) -> ColumnElement[bool]:
+    # Past its deadline counts as overdue at once, even before the tracker's next pass
+    # marks the event `overdue`: the page answers "what is late now".
+    s = event_status.c
+    return or_(s.state == "overdue", and_(s.state != "completed", s.deadline <= now))
+
+
+def _state_filter(state: ServiceState, now: datetime) -> ColumnElement[bool]:
+    e = expected_acks.c
+    if state == "completed":
+        return e.status.in_(_DONE)
+    if state == "failed":
+        return e.status == "failed"
+    if state == "overdue":
+        return and_(e.status.in_(_OPEN), _overdue(now))
+    return and_(e.status.in_(_OPEN), ~_overdue(now))
+
+
+async def services_completion(conn: AsyncConnection, *, now: datetime) -> list[dict[str, Any]]:
+    """Every service that is registered or expected somewhere, by name: what it handles,
+    and how many expected acknowledgements are pending, overdue, failed and completed."""
+    e, s = expected_acks.c, event_status.c
+    # Two reads instead of one join over every acknowledgement: the done ones are only
+    # counted (one pass over the ack table), and only the few open ones (its partial
+    # index) meet their events for the deadline.
+    done: dict[str, int] = {
+        row[0]: row[1]
+        for row in await conn.execute(
+            select(e.service, func.count()).where(e.status.in_(_DONE)).group_by(e.service)
+        )
+    }
+    open_counts = await conn.execute(
+        select(
+            e.service,
+            func.count().filter(~_overdue(now)),
+            func.count().filter(_overdue(now)),
+            func.count().filter(e.status == "failed"),
+            func.min(s.deadline),
+        )
+        .join_from(expected_acks, event_status, s.event_id == e.event_id)
+        .where(e.status.in_(_OPEN))
+        .group_by(e.service)
+    )
+    found: dict[str, dict[str, Any]] = {}
+
+    def entry(name: str) -> dict[str, Any]:
+        return found.setdefault(
+            name,
+            {
+                "service": name,
+                "registered": False,
+                "handles": [],
+                "sdk_version": None,
+                "last_seen": None,
+                "pending": 0,
+                "overdue": 0,
+                "failed": 0,
+                "completed": 0,
+                "next_deadline": None,
+            },
+        )
+
+    for row in await conn.execute(
+        select(service_registry).order_by(
+            service_registry.c.service, service_registry.c.entity_type, service_registry.c.action
+        )
+    ):
+        item = entry(row.service)
+        active = row.retired_at is None
+        item["registered"] = item["registered"] or active
+        if active:
+            item["handles"].append(f"{row.action} {row.entity_type}")
+        if item["last_seen"] is None or row.last_seen > item["last_seen"]:
+            item["last_seen"], item["sdk_version"] = row.last_seen, row.sdk_version
+    for item in found.values():
+        item["last_seen"] = _ts(item["last_seen"])
+    for name, completed in done.items():
+        entry(name)["completed"] = completed
+    for name, pending, overdue, failed, next_deadline in open_counts:
+        entry(name).update(
+            pending=pending, overdue=overdue, failed=failed, next_deadline=_ts(next_deadline)
+        )
+    return [found[name] for name in sorted(found)]
+
+
+async def service_events(
+    conn: AsyncConnection,
+    service: str,
+    *,
+    state: ServiceState,
+    now: datetime,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """One service's expected acknowledgements in `state`: open ones earliest deadline
+    first, completed ones most recently published first."""
+    e, s = expected_acks.c, event_status.c
+    # Open ones are few (the acks' partial index finds them); completed ones are most of
+    # the table, so they are read newest first along the events' published_at index and
+    # the scan stops after `limit`.
+    order = (
+        (s.published_at.desc(), s.event_id) if state == "completed" else (s.deadline, s.event_id)
+    )
+    rows = await conn.execute(
+        select(
+            s.event_id,
+            s.policy,
+            s.event_type,
+            s.entity_type,
+            s.entity_id,
+            s.published_at,
+            s.deadline,
+            s.state,
+            e.status,
+            e.acknowledged_at,
+            e.attempt,
+            e.detail,
+        )
+        .join_from(expected_acks, event_status, s.event_id == e.event_id)
+        .where(e.service == service, _state_filter(state, now))
+        .order_by(*order)
+        .limit(limit)
+    )
+    return [
+        {
+            "event_id": str(row.event_id),
+            "policy": row.policy,
+            "action": row.event_type,
+            "entity_type": row.entity_type,
+            "entity_id": row.entity_id,
+            "published_at": _ts(row.published_at),
+            "deadline": _ts(row.deadline),
+            "event_state": row.state,
+            "status": row.status,
+            "acknowledged_at": _ts(row.acknowledged_at),
+            "attempt": row.attempt,
+            "detail": row.detail or "",
+        }
+        for row in rows
+    ]

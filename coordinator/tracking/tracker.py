@@ -108,12 +108,14 @@ class Tracker:
             interval=timedelta(seconds=settings.reminder_interval_s),
             backoff=settings.reminder_backoff,
             max_reminders=settings.max_reminders,
+            slow_interval=timedelta(seconds=settings.slow_reminder_interval_s),
         )
         self._producer: AIOKafkaProducer | None = None
         self._acks: AIOKafkaConsumer | None = None
         self._services: AIOKafkaConsumer | None = None
         self._gauge_services: set[str] = set()
         self._last_housekeeping = float("-inf")
+        self._last_gauges = float("-inf")
 
     async def start(self) -> None:
         common = self._kafka.client_kwargs()
@@ -434,7 +436,9 @@ class Tracker:
         cycle.tracked = await self.track_published()
         cycle.reminders = await self.send_reminders()
         cycle.overdue = await self.escalate_overdue()
-        await self.refresh_gauges()
+        if time.monotonic() - self._last_gauges >= self._settings.gauges_interval_s:
+            await self.refresh_gauges()
+            self._last_gauges = time.monotonic()
         return cycle
 
     async def process_once(self, *, timeout_ms: int = 1000) -> Cycle:

@@ -27,8 +27,9 @@ SAMPLE_PATH_VALUES = {
     "event_id": "00000000-0000-0000-0000-000000000001",
     "run_id": "00000000-0000-0000-0000-000000000001",
     "hold_id": "h",
-    "name": "billing",
+    "service": "billing",
     "request_id": "00000000-0000-0000-0000-000000000001",
+    "name": "crm",
 }
 
 

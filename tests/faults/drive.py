@@ -8,11 +8,8 @@ the services run as in the e2e harness, the tracker in-process.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from pathlib import Path
 
 from sqlalchemy import Select, func, select, text
 
@@ -21,10 +18,9 @@ from coordinator.tables import audit_log, outbox
 from tests.e2e.harness import PRODUCT_SERVICES, ServiceProcess, Stack, has_registered, wait_for
 from tests.faults.invariants import SERVICE_LOGS
 from tests.faults.world import HASH_SECRET, World
-from tests.infra import ROOT, active_containers, with_database
+from tests.infra import active_containers, with_database
 
 __all__ = [
-    "INFRA",
     "RUN_TIMEOUT_S",
     "audit_entries",
     "complete",
@@ -39,9 +35,6 @@ __all__ = [
 ]
 
 RUN_TIMEOUT_S = 120.0
-
-INFRA = Path(os.environ.get("RETENTION_INFRA_SCRIPT", ROOT / "infra" / "infra.sh"))
-"""The script that owns the broker (`kafka-stop [--kill]`, `kafka-start`)."""
 
 COORDINATOR_ENV = {
     "RETENTION_HASH_SECRET": HASH_SECRET,
@@ -149,13 +142,13 @@ async def terminate_connections(*urls: str) -> int:
 
 
 async def infra(*command: str) -> None:
-    """Run `infra.sh <command>`; the broker commands wait until Kafka is down or ready.
+    """`kafka-stop [--kill]` / `kafka-start` on the session's Kafka container (containers
+    mode: `docker kill`, `docker stop`, `docker start`).
 
-    In containers mode the same commands act on the session's Kafka container instead
-    (`docker kill`, `docker stop`, `docker start`).
+    The local broker is shared with every other test and checkout and is never stopped:
+    local scenarios stop a broker of their own (tests/faults/private_kafka.py).
     """
     containers = active_containers()
-    if containers is not None:
-        await asyncio.to_thread(containers.kafka_command, *command)
-        return
-    await asyncio.to_thread(subprocess.run, [str(INFRA), *command], check=True, timeout=180)
+    if containers is None:
+        raise RuntimeError("only the containers mode's own Kafka container may be stopped")
+    await asyncio.to_thread(containers.kafka_command, *command)

@@ -1,37 +1,42 @@
 """Scenario 3: the Kafka broker restarted (SIGTERM and SIGKILL) under publish and consumption.
 
 The run is done; the relay (in-process, small batches) publishes the outbox while the
-services consume, ack and the tracker records. A seeded schedule stops the shared
-broker, cleanly or with SIGKILL, after a random number of published events (the relay
+services consume, ack and the tracker records. A seeded schedule stops the broker,
+cleanly or with SIGKILL, after a random number of published events (the relay
 is between batches or waiting for acks) and after a random few effects of a service
 still working through its backlog (handlers, offset commits and acks in flight), keeps
 it down past the clients' request timeout and starts it again. Nothing is restarted but
 the broker: the services must stay up and their SDK reconnect by itself, and the relay
 and the tracker must resume too. Then the six invariants.
 
-Both tests restart the broker every other test uses, so they are `slow` (`make test`)
-or `faults_full` (`make test-faults`). The script that owns the broker is
-`RETENTION_INFRA_SCRIPT`, by default this checkout's infra/infra.sh.
+The broker is the scenario's own (tests/faults/private_kafka.py: its own ports, data and
+process), so the scenario passes whatever listens on the default port, and the shared
+broker every other test uses is never touched. The stack (databases, topics, services,
+relay, tracker) runs on it. Both tests are `slow` (`make test`) or `faults_full`
+(`make test-faults`). In containers mode (`make test-containers`) one more test kills the
+session's own Kafka container instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-import subprocess
-import sys
-import time
 from collections import Counter
-from collections.abc import Callable, Sequence
-from contextlib import suppress
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
 import pytest
 
 from coordinator.settings import RelaySettings
-from schemas import KafkaSettings
-from tests.e2e.harness import PRODUCT_SERVICES, Stack, all_of, running_relay, running_tracker
+from tests.e2e.harness import (
+    PRODUCT_SERVICES,
+    Stack,
+    all_of,
+    isolated_stack,
+    running_relay,
+    running_tracker,
+)
 from tests.faults.drive import (
     complete,
     coordinator_processes,
@@ -43,8 +48,9 @@ from tests.faults.drive import (
     wait_until_above,
 )
 from tests.faults.invariants import check_invariants, settle
+from tests.faults.private_kafka import PrivateKafka, private_kafka, restart, wait_until_answering
 from tests.faults.world import USERS_POLICY, World, prepare_world
-from tests.infra import ROOT, active_containers
+from tests.infra import active_containers
 
 Phase = Literal["publish", "consume"]
 Restart = tuple[Phase, bool]
@@ -69,37 +75,55 @@ def _expected_effects(world: World, service: str) -> int:
     return users + len(world.processed("purchase_records")) if service == "billing" else users
 
 
-async def _broker_answers(kafka: KafkaSettings, *, timeout_s: float) -> None:
-    # Asked from a child process: an admin client given up on mid-connect leaves its
-    # sockets behind, and this process must end without unclosed resources.
-    probe = (
-        "import asyncio, sys; from schemas import KafkaSettings; "
-        "from tests.infra import check_kafka; "
-        "asyncio.run(check_kafka(KafkaSettings(bootstrap_servers=sys.argv[1])))"
-    )
-    deadline = time.monotonic() + timeout_s
-    while True:
-        done = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-c", probe, kafka.bootstrap_servers],
-            cwd=ROOT,
-            capture_output=True,
-            timeout=60,
-        )
-        if done.returncode == 0:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the broker does not answer:\n{done.stderr.decode()[-2000:]}")
-        await asyncio.sleep(2)
+@pytest.fixture
+def broker() -> Iterator[PrivateKafka]:
+    with private_kafka() as broker:
+        yield broker
+
+
+@pytest.fixture
+async def private_stack(
+    postgres_url: str, broker: PrivateKafka, request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Stack]:
+    """The fault suite's stack, on this scenario's own broker."""
+    async with isolated_stack(postgres_url, broker.bootstrap, request.node.name, tmp_path) as s:
+        yield s
 
 
 FULL_OUTAGE_S = (71.0, 74.0)
 """Longer than the clients' 30 s request timeout, so sends and commits in flight fail while
 the broker is still away (shorter outages are hidden by retries)."""
 
+Restarter = Callable[[bool, float], Awaitable[None]]
+"""Takes the broker down (SIGKILL if true, else a clean stop) for that many seconds, then
+brings it back and returns once a client gets metadata again."""
+
+
+def private_restarter(broker: PrivateKafka) -> Restarter:
+    async def go(kill: bool, down_s: float) -> None:
+        await restart(broker, kill=kill, down_s=down_s)
+
+    return go
+
+
+def container_restarter(stack: Stack) -> Restarter:
+    """The session's Kafka container (`docker kill`/`stop`, then `start`)."""
+
+    async def go(kill: bool, down_s: float) -> None:
+        await infra("kafka-stop", *(["--kill"] if kill else []))
+        try:
+            await asyncio.sleep(down_s)
+        finally:
+            await infra("kafka-start")
+        await asyncio.to_thread(
+            wait_until_answering, stack.kafka.bootstrap_servers, timeout_s=BROKER_START_TIMEOUT_S
+        )
+
+    return go
+
 
 async def _restart_broker(
-    stack: Stack,
+    restarter: Restarter,
     rng: random.Random,
     faults: Counter[str],
     phase: Phase,
@@ -107,15 +131,7 @@ async def _restart_broker(
     kill: bool,
     outage_s: tuple[float, float],
 ) -> None:
-    await infra("kafka-stop", *(["--kill"] if kill else []))
-    try:
-        await asyncio.sleep(rng.uniform(*outage_s))
-    finally:
-        # Whatever happened, the shared broker comes back. Loading its ~15,000 test
-        # partitions can outlast the start script's own deadline on a busy machine.
-        with suppress(subprocess.CalledProcessError):
-            await infra("kafka-start")
-        await _broker_answers(stack.kafka, timeout_s=BROKER_START_TIMEOUT_S)
+    await restarter(kill, rng.uniform(*outage_s))
     faults[f"{'kill' if kill else 'restart'}_broker_during_{phase}"] += 1
 
 
@@ -154,6 +170,7 @@ async def _during_consumption(stack: Stack, world: World, rng: random.Random) ->
 
 async def broker_restarts(
     stack: Stack,
+    restarter: Restarter,
     directory: Path,
     *,
     seed: int,
@@ -177,7 +194,7 @@ async def broker_restarts(
                     await _during_publish(stack, world, rng, alive)
                 else:
                     await _during_consumption(stack, world, rng)
-                await _restart_broker(stack, rng, faults, phase, kill=kill, outage_s=outage_s)
+                await _restart_broker(restarter, rng, faults, phase, kill=kill, outage_s=outage_s)
                 alive()
             await settle(stack, world, timeout_s=300, alive=alive)
             alive()
@@ -190,8 +207,17 @@ async def broker_restarts(
 
 
 @pytest.mark.slow
-async def test_broker_killed_during_consumption(stack: Stack, tmp_path: Path) -> None:
-    await broker_restarts(stack, tmp_path, seed=3003, users=30, restarts=[("consume", True)])
+async def test_broker_killed_during_consumption(
+    private_stack: Stack, broker: PrivateKafka, tmp_path: Path
+) -> None:
+    await broker_restarts(
+        private_stack,
+        private_restarter(broker),
+        tmp_path,
+        seed=3003,
+        users=30,
+        restarts=[("consume", True)],
+    )
 
 
 @pytest.mark.containers
@@ -199,13 +225,19 @@ async def test_broker_container_killed_during_consumption(stack: Stack, tmp_path
     """`docker kill` of the session's Kafka container mid-consumption, `docker start` of the
     same container (same data, same port), then the invariants. The outage is shorter than
     the full scenario's (retries may hide some in-flight failures); the container path is
-    what this adds, the full-length outage runs on the local broker in `make test`."""
+    what this adds, the full-length outage runs on a private broker in `make test`."""
     containers = active_containers()
     if containers is None:
         pytest.fail("needs RETENTION_TEST_INFRA=containers (`make test-containers`)")
     kafka_id, starts = containers.kafka.short_id, containers.kafka.ready_lines()
     await broker_restarts(
-        stack, tmp_path, seed=3003, users=30, restarts=[("consume", True)], outage_s=(8, 10)
+        stack,
+        container_restarter(stack),
+        tmp_path,
+        seed=3003,
+        users=30,
+        restarts=[("consume", True)],
+        outage_s=(8, 10),
     )
     assert containers.kills == 1
     assert containers.kafka.short_id == kafka_id  # restarted, not replaced
@@ -215,10 +247,11 @@ async def test_broker_container_killed_during_consumption(stack: Stack, tmp_path
 @pytest.mark.faults_full
 @pytest.mark.parametrize("seed", [3141])
 async def test_broker_restarted_during_publish_and_consumption(
-    stack: Stack, tmp_path: Path, seed: int
+    private_stack: Stack, broker: PrivateKafka, tmp_path: Path, seed: int
 ) -> None:
     await broker_restarts(
-        stack,
+        private_stack,
+        private_restarter(broker),
         tmp_path,
         seed=seed,
         users=360,

@@ -1,23 +1,26 @@
 """The relay survives a real broker restart: rows written while Kafka is down go out after.
 
-This stops and starts the broker, so a plain `pytest` leaves it out (`-m "not slow"` in
-the project's pytest options); `make test` and `make test-faults` include it. The script that
-owns the broker is `RETENTION_INFRA_SCRIPT`, by default this checkout's infra/infra.sh.
+The broker it stops is its own (tests/faults/private_kafka.py), never the shared one on
+the default port. It is `slow` (a broker start takes seconds): a plain `pytest` leaves it
+out (`-m "not slow"` in the project's pytest options); `make test` and `make test-faults`
+include it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.db import make_engine
+from coordinator.kafka_admin import ensure_topics
 from coordinator.outbox.relay import OutboxRelay
 from coordinator.settings import RelaySettings
 from schemas import KafkaSettings, RetentionEvent, decode
-from tests.faults.drive import infra
+from tests import infra
+from tests.faults.private_kafka import PrivateKafka, private_kafka
 from tests.outbox import clear_outbox, insert_rows, outbox_rows, read_records
 
 pytestmark = pytest.mark.slow
@@ -31,6 +34,22 @@ async def engine(coordinator_db: str) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
+@pytest.fixture
+def broker() -> Iterator[PrivateKafka]:
+    with private_kafka() as broker:
+        yield broker
+
+
+@pytest.fixture
+async def topics(broker: PrivateKafka) -> KafkaSettings:
+    kafka = KafkaSettings(
+        bootstrap_servers=broker.bootstrap, topic_prefix=infra.unique_topic_prefix("relay")
+    )
+    await ensure_topics(kafka, partitions=3)
+    await infra.wait_for_topics(kafka)
+    return kafka
+
+
 async def wait_for_backlog(relay: OutboxRelay, *, at_most: int, timeout_s: float) -> None:
     async with asyncio.timeout(timeout_s):
         while await relay.backlog() > at_most:
@@ -38,7 +57,7 @@ async def wait_for_backlog(relay: OutboxRelay, *, at_most: int, timeout_s: float
 
 
 async def test_relay_resumes_after_broker_restart(
-    engine: AsyncEngine, topics: KafkaSettings
+    engine: AsyncEngine, broker: PrivateKafka, topics: KafkaSettings
 ) -> None:
     settings = RelaySettings(
         batch_size=100,
@@ -55,14 +74,14 @@ async def test_relay_resumes_after_broker_restart(
         try:
             await insert_rows(engine, before)
             await wait_for_backlog(relay, at_most=0, timeout_s=30)
-            await infra("kafka-stop")
+            await asyncio.to_thread(broker.stop)
             try:
                 await insert_rows(engine, during)
                 await asyncio.sleep(3)
                 assert await relay.backlog() == len(during), "published with the broker down?"
                 assert not task.done()
             finally:
-                await infra("kafka-start")
+                await asyncio.to_thread(broker.start)
             await wait_for_backlog(relay, at_most=0, timeout_s=120)
         finally:
             stop.set()

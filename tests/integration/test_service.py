@@ -4,26 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry
-from sqlalchemy import select, text
+from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.db import make_engine
+from coordinator.notify.webhooks import WebhooksFileError, sign
 from coordinator.policy.model import load_policies, parse_policies
 from coordinator.purge.holds import create_hold, entity_types
 from coordinator.serve import GLOBAL_SCHEDULE, Service, ServiceFailed, schedules_for
-from coordinator.settings import ServeSettings, Settings
-from coordinator.tables import audit_log
+from coordinator.settings import NotifySettings, ServeSettings, Settings
+from coordinator.tables import audit_log, erasure_requests
 from coordinator.tokens import Scope, add_token, new_token
 from demo.seed_data import create_seed_tables, drop_seed_tables, populate
 from schemas import KafkaSettings
 from tests.infra import ROOT
+from tests.webhook_receiver import receiving
 
 SEED = load_policies(ROOT / "tests" / "data" / "seed_policies.yaml")
 
@@ -202,3 +205,61 @@ async def test_a_port_in_use_fails_the_service_naming_it(
         with pytest.raises(ServiceFailed, match=f"could not listen on 127.0.0.1:{port}"):
             async with asyncio.timeout(30):
                 await service.run(asyncio.Event())
+
+
+async def test_serve_notifies_the_webhooks_of_its_file(
+    coordinator_db: str, topics: KafkaSettings, tokens_file: Path, token: str, tmp_path: Path
+) -> None:
+    webhooks = tmp_path / "webhooks.yaml"
+    webhooks.write_text("webhooks: [{name: x, url: 'ftp://nope/', events: [], secret: s3cr3t}]\n")
+    broken = settings_for(coordinator_db, topics, tokens_file).model_copy(
+        update={"webhooks_file": webhooks}
+    )
+    with pytest.raises(WebhooksFileError) as caught:
+        Service(broken, SEED, port=free_port())
+    assert "s3cr3t" not in str(caught.value)
+
+    engine = make_engine(coordinator_db, pool_size=1)
+    request_id = uuid.uuid4()
+    now = datetime.now(UTC)
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(erasure_requests).values(
+                id=request_id,
+                subject_type="customer",
+                subject_id="c-1",
+                regulation="gdpr",
+                status="completed",
+                received_at=now - timedelta(days=2),
+                due_at=now + timedelta(days=28),
+                created_at=now - timedelta(days=2),
+                created_by="privacy-bot",
+                completed_at=now,
+            )
+        )
+    await engine.dispose()
+    secret = "serve-test-secret-0123"
+    with receiving() as (receiver, base):
+        webhooks.write_text(
+            f"webhooks:\n  - name: privacy\n    url: {base}/hook\n"
+            f"    events: [request_completed]\n    secret: {secret}\n"
+        )
+        settings = settings_for(coordinator_db, topics, tokens_file).model_copy(
+            update={"webhooks_file": webhooks, "notify": NotifySettings(interval_s=0.2)}
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(Service(settings, SEED, port=free_port()).run(stop))
+        try:
+            async with asyncio.timeout(30):
+                while not any(
+                    f"request_completed:{request_id}".encode() in b for *_, b in receiver.received
+                ):
+                    await asyncio.sleep(0.1)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, timeout=30)
+    [(path, headers, body)] = [
+        r for r in receiver.received if f"request_completed:{request_id}".encode() in r[2]
+    ]
+    assert path == "/hook"
+    assert headers["X-Retention-Signature"] == sign(secret, headers["X-Retention-Timestamp"], body)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator import audit
@@ -381,7 +381,8 @@ async def test_registrations_change_no_expectations_reminders_overdue_late_ack(e
     await drain(tracker, 9)
     assert await env.states(new) == ["pending"] * 3
 
-    # Reminder 1 after the interval, reminder 2 after twice that, then no more.
+    # Reminder 1 after the interval, reminder 2 after twice that (max_reminders=2), then
+    # one a day (the default slow cadence): they slow down, they never stop silently.
     assert await tracker.send_reminders() == 0
     clock.advance(timedelta(hours=1))
     assert await tracker.send_reminders() == 3
@@ -389,16 +390,27 @@ async def test_registrations_change_no_expectations_reminders_overdue_late_ack(e
     assert await tracker.send_reminders() == 0
     clock.advance(timedelta(hours=1))
     assert await tracker.send_reminders() == 3
-    clock.advance(timedelta(days=2))
+    clock.advance(timedelta(hours=23, minutes=59))
     assert await tracker.send_reminders() == 0
-    republished = await _read_all(env.kafka, env.kafka.topics.events, 6)
+    clock.advance(timedelta(minutes=1))
+    assert await tracker.send_reminders() == 3
+    republished = await _read_all(env.kafka, env.kafka.topics.events, 9)
     events = [decode(RetentionEvent, m.value) for m in republished]
-    assert sorted(str(e.event_id) for e in events) == sorted(str(e) for e, _ in new * 2)
+    assert sorted(str(e.event_id) for e in events) == sorted(str(e) for e, _ in new * 3)
     assert {e.entity_type for e in events} == {env.entity_type}
+    assert sorted(dict(m.headers)["retention-reminder"] for m in republished) == sorted(
+        [b"1", b"2", b"3"] * 3
+    )
 
     assert await tracker.escalate_overdue() == 0
     clock.set(T0 + timedelta(hours=2, days=30, seconds=1))
     assert await tracker.escalate_overdue() == 3
+    assert await env.states(new) == ["overdue"] * 3
+    # Overdue events are still reminded, once a day, and stay overdue.
+    assert await tracker.send_reminders() == 3
+    assert await tracker.send_reminders() == 0
+    clock.advance(timedelta(days=1))
+    assert await tracker.send_reminders() == 3
     assert await env.states(new) == ["overdue"] * 3
     await tracker.refresh_gauges()
     assert _value(env.metrics, "retention_overdue_events", service="analytics") == 3
@@ -554,6 +566,37 @@ async def test_reminders_never_republish_for_an_entity_held_now(env: Env) -> Non
         await release_hold(conn, hold.id, by="legal", now=clock.now())
     assert await shown_states() == ["pending"] * 3
     clock.set(T0 + timedelta(hours=2))
+    assert await tracker.send_reminders() == 1
+
+
+async def test_an_event_with_nothing_left_open_leaves_the_schedule(env: Env) -> None:
+    # Slow reminders never end on their own, so an event left open with no expected ack
+    # still open (all answered, or waived) must leave the schedule, not be picked forever.
+    clock, tracker = env.clock, env.tracker
+    await env.register(*SERVICES, at=T0 - timedelta(days=1))
+    events = await env.publish(2, T0)
+    await tracker.track_published()
+    settled, _ = events[0]
+    async with env.engine.begin() as conn:
+        await conn.execute(
+            update(expected_acks)
+            .where(expected_acks.c.event_id == settled)
+            .values(status="completed")
+        )
+    clock.set(T0 + timedelta(hours=1))
+    assert await tracker.send_reminders() == 1
+    async with env.engine.connect() as conn:
+        rows = await conn.execute(
+            select(
+                event_status.c.event_id,
+                event_status.c.reminders_sent,
+                event_status.c.next_reminder_at,
+            ).where(event_status.c.event_id.in_([e for e, _ in events]))
+        )
+        schedule = {row.event_id: (row.reminders_sent, row.next_reminder_at) for row in rows}
+    assert schedule[settled] == (0, None)
+    assert schedule[events[1][0]] == (1, clock.now() + timedelta(hours=2))
+    clock.advance(timedelta(days=10))
     assert await tracker.send_reminders() == 1
 
 

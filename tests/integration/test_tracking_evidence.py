@@ -218,6 +218,30 @@ def test_report_counts_outcomes_and_rejections(demo: Demo) -> None:
     _cli(demo, "report", "--since", "yesterday", code=2)
 
 
+def test_report_lists_overdue_events(demo: Demo) -> None:
+    document = _json(demo, "report", "--overdue", "--json")
+    rows = document["overdue"]
+    assert sorted((r["entity_id"], r["event_id"]) for r in rows) == sorted(
+        (entity_id, str(event_id)) for entity_id, event_id in demo.overdue.items()
+    )
+    assert {(r["service"], r["status"], r["policy"], r["last_ack_at"]) for r in rows} == {
+        ("crm", "pending", "inactive_users", None)
+    }
+    assert all(r["deadline"] and r["overdue_at"] for r in rows)
+    assert [r["deadline"] for r in rows] == sorted(r["deadline"] for r in rows)
+    assert _json(demo, "report", "--overdue", "--service", "crm", "--json")["overdue"] == rows
+    assert _json(demo, "report", "--overdue", "--service", "billing", "--json")["overdue"] == []
+
+    table = list(csv.DictReader(io.StringIO(_cli(demo, "report", "--overdue", "--format", "csv"))))
+    assert [(r["entity_id"], r["service"], r["last_ack_at"]) for r in table] == [
+        (r["entity_id"], "crm", "") for r in rows
+    ]
+    assert "crm" in _cli(demo, "report", "--overdue")
+    _cli(demo, "report", code=2)
+    _cli(demo, "report", "--overdue", "--since", "2026-11-01", code=2)
+    _cli(demo, "report", "--since", "2026-11-01", "--service", "crm", code=2)
+
+
 def test_certificate_backs_each_ack_with_audit_hashes(demo: Demo) -> None:
     document = _json(demo, "certificate", "user:42")
     assert document["complete"] is True

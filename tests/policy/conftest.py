@@ -23,7 +23,7 @@ HASH_SECRET = "test-hash-secret"
 
 COORDINATOR_DATA = (
     "legal_hold_entities, legal_holds, retention_outbox, retention_anonymized, "
-    "retention_policy_results, retention_runs, audit_log"
+    "retention_policy_results, retention_runs, audit_log, retention_anonymize_marks"
 )
 
 

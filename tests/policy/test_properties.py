@@ -127,7 +127,8 @@ async def test_a_run_touches_exactly_the_due_rows(
             await conn.execute(delete(table))
         await conn.execute(
             text(
-                "TRUNCATE legal_hold_entities, legal_holds, retention_outbox, retention_anonymized"
+                "TRUNCATE legal_hold_entities, legal_holds, retention_outbox, "
+                "retention_anonymized, retention_anonymize_marks"
             )
         )
         base = (await conn.execute(select(func.now()))).scalar_one()

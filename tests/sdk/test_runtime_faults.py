@@ -92,6 +92,15 @@ class FlakyProducer:
             future.set_result(None)
         return future
 
+    async def send_many(
+        self,
+        topic: str,
+        records: Sequence[tuple[bytes, bytes]],
+        *,
+        headers: Sequence[Sequence[tuple[str, bytes]]] | None = None,
+    ) -> Awaitable[Any]:
+        return asyncio.gather(*[await self.send(topic, v, key=k) for k, v in records])
+
 
 async def test_failed_ack_delivery_means_no_commit_then_redelivery_without_reapplying() -> None:
     events = [event(f"f{i}") for i in range(5)]

@@ -1,0 +1,1 @@
+"""One module per console page family; each has a `router` under `/ui`."""

@@ -1,0 +1,88 @@
+"""The notify loop `retention serve` runs when `RETENTION_WEBHOOKS_FILE` is set: sweep what
+is new into the outbox, then post what is due. Every replica may run it: the sweep's keys
+and the deliverer's row locks keep them from doubling anything."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from datetime import timedelta
+
+import httpx
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coordinator.clock import Clock
+from coordinator.metrics import Metrics
+from coordinator.notify.delivery import Backoff, deliver_due
+from coordinator.notify.sweep import sweep
+from coordinator.notify.webhooks import Webhook
+from coordinator.settings import NotifySettings
+
+__all__ = ["Notifier"]
+
+log = structlog.get_logger("coordinator.notify")
+
+
+class Notifier:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        webhooks: Sequence[Webhook],
+        settings: NotifySettings,
+        *,
+        clock: Clock,
+        metrics: Metrics,
+    ) -> None:
+        self._engine = engine
+        self._webhooks = tuple(webhooks)
+        self._settings = settings
+        self._clock = clock
+        self._metrics = metrics
+        self._backoff = Backoff(
+            initial=timedelta(seconds=settings.backoff_initial_s),
+            maximum=timedelta(seconds=settings.backoff_max_s),
+        )
+
+    async def run_once(self, client: httpx.AsyncClient) -> tuple[int, int, int]:
+        """One pass: (queued, delivered, failed attempts)."""
+        async with self._engine.begin() as conn:
+            queued = await sweep(
+                conn,
+                self._webhooks,
+                now=self._clock.now(),
+                lookback=timedelta(seconds=self._settings.lookback_s),
+            )
+        delivered = failed = 0
+        while True:
+            async with self._engine.begin() as conn:
+                outcomes = await deliver_due(
+                    conn,
+                    client,
+                    self._webhooks,
+                    now=self._clock.now(),
+                    limit=self._settings.batch_size,
+                    backoff=self._backoff,
+                )
+            for outcome in outcomes:
+                label = "delivered" if outcome.delivered else "failed"
+                self._metrics.notifications.labels(webhook=outcome.webhook, outcome=label).inc()
+            ok = sum(1 for outcome in outcomes if outcome.delivered)
+            delivered, failed = delivered + ok, failed + len(outcomes) - ok
+            if len(outcomes) < self._settings.batch_size:
+                return queued, delivered, failed
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        async with httpx.AsyncClient(
+            timeout=self._settings.timeout_s, follow_redirects=False
+        ) as client:
+            while not stop.is_set():
+                try:
+                    queued, delivered, failed = await self.run_once(client)
+                    if queued or delivered or failed:
+                        log.info("notifications", queued=queued, delivered=delivered, failed=failed)
+                except Exception:
+                    log.exception("notify_failed")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=self._settings.interval_s)

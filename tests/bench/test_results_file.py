@@ -1,0 +1,71 @@
+"""The bench's result file: fixed schema, and the docs generated from it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import docs, results
+
+
+def test_phase_takes_medians_of_rounds_and_the_ratio_against_its_limit() -> None:
+    entry = results.phase(
+        "publish",
+        1000,
+        [
+            {"ours": 10.0, "seed": 1.0, "limit": 100.0},
+            {"ours": 30.0, "seed": 3.0, "limit": 100.0},
+            {"ours": 20.0, "seed": 2.0, "limit": 50.0},
+        ],
+    )
+    assert set(entry) == {"ours", "seed", "limit", "ratio", "goal", "unit", "rows", "round"}
+    assert (entry["ours"], entry["seed"], entry["limit"]) == (20.0, 2.0, 100.0)
+    assert [r["ratio"] for r in entry["round"]] == [0.1, 0.3, 0.4]
+    assert entry["ratio"] == 0.3
+    assert (entry["goal"], entry["unit"], entry["rows"]) == (0.3, "events/s", 1000)
+
+
+def test_end_to_end_has_no_limit_so_its_ratio_is_against_the_seed() -> None:
+    entry = results.phase("e2e", 940, [{"ours": 600.0, "seed": 150.0}])
+    assert entry["ratio"] == 4.0
+    assert entry["limit"] is None
+
+
+def _result() -> dict[str, object]:
+    return {
+        "schema": results.SCHEMA,
+        "commit": "abc",
+        "finished_at": "2026-01-01T00:00:00+00:00",
+        "machine": {"cores": 2, "cpu": "x", "postgres": "15", "kafka": "4.1.1", "python": "3.11"},
+        "load": {"start": [1.0, 1.0, 1.0], "end": [2.0, 2.0, 2.0]},
+        "settings": {
+            "rows": 100,
+            "held": 1,
+            "young": 5,
+            "rounds": 1,
+            "e2e_users": 0,
+            "e2e_entities": 0,
+        },
+        "phases": {"publish": results.phase("publish", 10, [{"ours": 40.0, "limit": 100.0}])},
+        "checks": {"ours.held_touched": 0},
+        "e2e": {},
+    }
+
+
+def test_docs_regenerate_only_the_marked_block(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(results, "RESULTS", tmp_path)
+    path = results.write(_result(), "20260101T000000Z")
+    assert json.loads(path.read_text())["phases"]["publish"]["ratio"] == 0.4
+    doc = f"# prose stays\n{docs.BEGIN}\nold table\n{docs.END}\nmore prose\n"
+    rendered = docs.render(doc, results.markdown(*results.newest()))
+    assert rendered.startswith("# prose stays\n")
+    assert rendered.endswith("more prose\n")
+    assert "old table" not in rendered
+    assert "| publish | 10 | events/s | – | 40.00 |" in rendered
+    assert "≥ 0.3: **reached**" in rendered
+
+
+def test_docs_refuse_a_page_without_markers() -> None:
+    with pytest.raises(SystemExit):
+        docs.render("# no markers\n", "table")
