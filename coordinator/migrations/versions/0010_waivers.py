@@ -1,7 +1,7 @@
 """declared services: `waived` acknowledgements (retire, waive) and who waived them
 
-Revision ID: 0007_waivers
-Revises: 0006_erasure
+Revision ID: 0010_waivers
+Revises: 0009_notifications
 Create Date: 2026-12-06 04:30:00.000000
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0007_waivers'
-down_revision = '0006_erasure'
+revision = '0010_waivers'
+down_revision = '0009_notifications'
 branch_labels = None
 depends_on = None
 
