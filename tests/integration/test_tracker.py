@@ -572,8 +572,8 @@ async def test_reminders_never_republish_for_an_entity_held_now(env: Env) -> Non
 async def test_an_event_with_nothing_left_open_leaves_the_schedule(env: Env) -> None:
     # Slow reminders never end on their own, so an event left open with no expected ack
     # still open (all answered, or waived) must leave the schedule, not be picked forever.
+    await env.declare(*SERVICES)
     clock, tracker = env.clock, env.tracker
-    await env.register(*SERVICES, at=T0 - timedelta(days=1))
     events = await env.publish(2, T0)
     await tracker.track_published()
     settled, _ = events[0]
