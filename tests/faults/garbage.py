@@ -140,7 +140,17 @@ def _not_utf8(rng: random.Random, base: Document) -> bytes:
 
 
 def _missing_field(rng: random.Random, base: Document) -> bytes:
-    optional = ("schema_version", "fields", "detail", "attempt", "run_id")
+    # Optional on read (SPEC §3, §11): dropping one leaves a valid record, not garbage.
+    optional = (
+        "schema_version",
+        "fields",
+        "detail",
+        "attempt",
+        "run_id",
+        "reason",
+        "request_id",
+        "subject",
+    )
     required = [k for k in base if k not in optional]
     document = dict(base)
     for key in rng.sample(required, rng.randint(1, 3)):
