@@ -157,6 +157,7 @@ def run_ours(url: str, policy_file: Path, timeout_s: float) -> dict[str, Any]:
     """`retention run` as a subprocess; its own per-policy durations, its peak RSS."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RETENTION_")}
     env.update(RETENTION_DATABASE_URL=url, RETENTION_HASH_SECRET="bench-only-key")  # noqa: S106
+    env.update(infra.signing_env())
     retention = str(Path(sys.executable).with_name("retention"))
     with (
         tempfile.TemporaryFile() as out,
@@ -539,6 +540,7 @@ async def postgres_version(url: str) -> str:
 
 async def main() -> None:
     infra.load_infra_env()
+    infra.use_test_keys()  # every benchmark runs signed
     started = datetime.now(UTC).isoformat(timespec="seconds")
     load_start = list(os.getloadavg())
     rows, rounds = env_int("BENCH_ROWS", 100_000), env_int("BENCH_ROUNDS", 3)

@@ -69,6 +69,19 @@ def policy_yaml() -> str:
         if spec["action"] == "anonymize":
             lines.append("    anonymize:")
             lines += [f"      {column}: {strategy}" for column, strategy in ANONYMIZE.items()]
+    # One declared service handles every event the policies publish (SPEC §9): nobody
+    # acknowledges in this bench, which times purge and publication.
+    handled = sorted(
+        {
+            (
+                SEED_POLICIES[name].entity_type,
+                "anonymize" if spec["action"] == "anonymize" else "delete",
+            )
+            for name, spec in POLICIES.items()
+        }
+    )
+    lines += ["services:", "  - name: bench", "    owner: bench", "    handles:"]
+    lines += [f"      {entity_type}: [{action}]" for entity_type, action in handled]
     return "\n".join(lines) + "\n"
 
 

@@ -41,6 +41,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import yaml
 from aiokafka import AIOKafkaProducer
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -54,7 +55,7 @@ from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
 from coordinator.tables import event_status, outbox
 from services import EXAMPLES, billing, notifications, preferences
-from tests import infra
+from tests import declared, infra
 from tests.e2e.harness import (
     PRODUCT_SERVICES,
     ServiceProcess,
@@ -79,6 +80,14 @@ policies:
     legal_basis: benchmark
     fan_out: true
 """
+
+
+def policy_file() -> str:
+    """The policy and the three services the bench runs, declared (SPEC §9)."""
+    services = declared.services_block(("notifications", "preferences", "billing"))
+    return POLICY + yaml.safe_dump({"services": services}, sort_keys=False)
+
+
 BATCH_SIZE = 5000  # the article's, and the policy's default
 TIMEOUT_S = 1200
 POLL_S = 0.2  # milestone resolution; each poll is one query per pending milestone
@@ -130,7 +139,7 @@ async def _prepare(stack: Stack, users: Users) -> None:
                 )
             await create_hold(
                 conn,
-                types=await entity_types(conn, parse_policies(POLICY)),
+                types=await entity_types(conn, parse_policies(policy_file())),
                 entities=[f"user:{u}" for u in users.held],
                 reason="bench",
                 created_by="bench",
@@ -366,7 +375,7 @@ async def _ours(users: Users, log_dir: Path, label: str) -> dict[str, Any]:
                     milestones.begin()
                     runner = Runner(
                         coordinator,
-                        parse_policies(POLICY),
+                        parse_policies(policy_file()),
                         Settings(database_url=stack.coordinator_url),
                         clock=SystemClock(),
                     )
@@ -497,4 +506,5 @@ async def compare(count: int, round_no: int) -> dict[str, Any]:
 if __name__ == "__main__":
     # One round on its own: BENCH_E2E_USERS=2000 python -m bench.e2e
     infra.load_infra_env()
+    infra.use_test_keys()  # every benchmark runs signed
     print(json.dumps(asyncio.run(compare(int(os.environ.get("BENCH_E2E_USERS", 2000)), 0))))

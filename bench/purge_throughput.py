@@ -43,7 +43,9 @@ policies:
     legal_basis: benchmark
     fan_out: {fan_out}
     batch_size: 5000
-{extra}"""
+{extra}services:
+  - {{name: bench, owner: bench, handles: {{row: [delete, anonymize]}}}}
+"""
 SUBJECT = """    subject: {entity_type: user, column: user_id}
 """
 ANONYMIZE = """    anonymize:

@@ -6,7 +6,9 @@
 Fills the outbox of a scratch database with `--rows` rows (~330-byte events) and, per
 round, times on fresh topics (interleaved, rotated every round):
 
-* `relay`: `OutboxRelay.drain()` — claim, validate, encode, send, await acks, mark, audit;
+* `relay`: `OutboxRelay.drain()` — claim, validate, encode, sign (one Merkle root per
+  claim, SPEC §9), send, await acks, mark, audit;
+* `relay_unsigned`: the same with `RETENTION_SIGNATURES=off`: what signing costs;
 * `send_per_message`: a bare aiokafka producer (same options) encoding each event with
   `schemas.encode` and calling `send()` per record, every future gathered once — what
   the relay did before it used the batch API;
@@ -50,6 +52,7 @@ from coordinator.outbox.event_json import EventWriter
 from coordinator.outbox.relay import OutboxRelay
 from coordinator.settings import RelaySettings
 from schemas import EventType, KafkaSettings, RetentionEvent, Topics, encode
+from schemas.signing import SignatureMode, SignatureSettings
 from tests import infra
 from tests.outbox import clear_outbox, insert_rows, outbox_rows
 
@@ -144,7 +147,11 @@ async def batch_api(
 
 
 async def relay_drain(
-    url: str, kafka: KafkaSettings, relay: RelaySettings, rows: list[dict[str, Any]]
+    url: str,
+    kafka: KafkaSettings,
+    relay: RelaySettings,
+    rows: list[dict[str, Any]],
+    signatures: SignatureSettings | None = None,
 ) -> Timing:
     """Wall and CPU seconds of `drain()` over `rows`."""
     await ensure_topics(kafka)
@@ -154,7 +161,7 @@ async def relay_drain(
         await insert_rows(engine, rows)
         async with engine.connect() as conn:
             await conn.exec_driver_sql("ANALYZE retention_outbox")
-        async with OutboxRelay(engine, kafka, settings=relay) as relay_:
+        async with OutboxRelay(engine, kafka, settings=relay, signatures=signatures) as relay_:
             started, cpu = time.perf_counter(), time.process_time()
             published = await relay_.drain()
             elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
@@ -209,6 +216,7 @@ def summary(count: int, timings: list[Timing]) -> dict[str, Any]:
 
 async def main(count: int, rounds: int, variants: bool, java: bool) -> dict[str, Any]:
     infra.load_infra_env()
+    infra.use_test_keys()  # every benchmark runs signed
     base = KafkaSettings()
     url = await infra.create_database(infra.database_url(), "bench_relay")
     try:
@@ -224,6 +232,9 @@ async def main(count: int, rounds: int, variants: bool, java: bool) -> dict[str,
 
         contestants: dict[str, Callable[[], Awaitable[Timing]]] = {
             "relay": lambda: relay_drain(url, kafka("relay"), tuned, rows),
+            "relay_unsigned": lambda: relay_drain(
+                url, kafka("unsigned"), tuned, rows, SignatureSettings(mode=SignatureMode.OFF)
+            ),
             "send_per_message": lambda: send_per_message(kafka("raw"), tuned, events),
             "batch_api": lambda: batch_api(kafka("batch"), tuned, events),
         }

@@ -26,7 +26,7 @@ from coordinator.kafka.admin import ensure_topics
 from coordinator.migrate import upgrade
 from coordinator.tables import event_status
 from schemas import KafkaSettings, encode
-from tests import infra
+from tests import infra, keys
 from tests.integration.tracking_support import (
     ack,
     insert_published,
@@ -70,7 +70,8 @@ async def main(total_acks: int, services: int, batch: int, lag_events: int) -> N
 
         # --- phase 1: throughput ----------------------------------------------------
         clock = FrozenClock(datetime.now(UTC))
-        tracker, engine, _ = make_tracker(url, kafka, clock, batch_size=batch)
+        declared = [keys.declared(n, {"user": ["delete", "anonymize"]}) for n in names]
+        tracker, engine, _ = make_tracker(url, kafka, clock, batch_size=batch, services=declared)
         n_events = total_acks // services
         ids = [str(i) for i in range(n_events)]
         events = await insert_published(engine, ids, published_at=clock.now())
@@ -107,7 +108,9 @@ async def main(total_acks: int, services: int, batch: int, lag_events: int) -> N
         )
 
         # --- phase 2: lag from last ack to `completed` ------------------------------
-        live, engine2, _ = make_tracker(url, kafka, SystemClock(), batch_size=batch)
+        live, engine2, _ = make_tracker(
+            url, kafka, SystemClock(), batch_size=batch, services=declared
+        )
         lag_ids = [f"lag-{uuid.uuid4().hex[:8]}" for _ in range(lag_events)]
         lag_events_ids = await insert_published(engine2, lag_ids, published_at=datetime.now(UTC))
         stop = asyncio.Event()
@@ -155,4 +158,5 @@ if __name__ == "__main__":
     parser.add_argument("--lag-events", type=int, default=500)
     args = parser.parse_args()
     infra.load_infra_env()
+    infra.use_test_keys()  # every benchmark runs signed: acks verified per record
     asyncio.run(main(args.acks, args.services, args.batch, args.lag_events))

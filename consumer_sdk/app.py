@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from consumer_sdk._internal.registry import BatchResult, HandlerRegistry
 from consumer_sdk._internal.runtime import Runtime
 from consumer_sdk._internal.transport import kafka_consumer, kafka_producer
+from consumer_sdk._internal.trust import Trust
 from consumer_sdk.exceptions import ConfigurationError
 from consumer_sdk.idempotency import IdempotencyStore, PostgresIdempotencyStore, PrunableStore
 from consumer_sdk.metrics import ConsumerMetrics
@@ -32,6 +33,7 @@ from schemas import (
     service_group,
     utc_now,
 )
+from schemas.signing import SignatureSettings
 
 __all__ = ["SDK_VERSION", "RetentionConsumer"]
 
@@ -72,6 +74,7 @@ class RetentionConsumer:
         idempotency: A store of your own; default a PostgreSQL table when there is a database.
         max_attempts: Default attempts per event (overrides `settings.max_attempts`).
         registry: Where metrics go; default a fresh `CollectorRegistry`.
+        signatures: Keys and `RETENTION_SIGNATURES`; default `SignatureSettings()` from env.
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class RetentionConsumer:
         idempotency: IdempotencyStore | None = None,
         max_attempts: int | None = None,
         registry: CollectorRegistry | None = None,
+        signatures: SignatureSettings | None = None,
     ) -> None:
         if not service or not service.strip() or len(service) > 255:
             raise ConfigurationError(f"service must be 1-255 characters, not {service!r}")
@@ -105,6 +109,7 @@ class RetentionConsumer:
         self.service = service
         # Each service's own client id, so broker logs and quotas tell services apart.
         self.kafka = (kafka if kafka is not None else KafkaSettings()).for_client(service)
+        self.signatures = signatures if signatures is not None else SignatureSettings()
         self.metrics = ConsumerMetrics(registry)
         self._engine = engine
         self._store = idempotency
@@ -284,6 +289,7 @@ class RetentionConsumer:
                 store=resources.store,
                 metrics=self.metrics,
                 registration=self.registration(),
+                trust=Trust.from_settings(self.service, self.signatures, self.metrics),
                 consumer=kafka_consumer(
                     self.kafka,
                     group_id=self.group_id,

@@ -35,6 +35,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 from consumer_sdk._internal.dispatch import Dispatcher
 from consumer_sdk._internal.executor import EventExecutor
 from consumer_sdk._internal.transport import ProducerPort, Record, kafka_producer
+from consumer_sdk._internal.trust import Trust
 from consumer_sdk.app import RetentionConsumer
 from consumer_sdk.exceptions import ConfigurationError
 from schemas import KafkaSettings, Stopped, encode, error_text, retry
@@ -138,10 +139,12 @@ class FaustRetention:
             producer: ProducerPort = kafka_producer(r.kafka, linger_ms=0)
             await producer.start()
             self._stack.push_async_callback(producer.stop)
+            trust = Trust.from_settings(r.service, r.signatures, r.metrics)
             registration = r.registration()
+            key, value = registration.key.encode(), encode(registration)
             await (
                 await producer.send(
-                    r.kafka.topics.services, encode(registration), key=registration.key.encode()
+                    r.kafka.topics.services, value, key=key, headers=trust.sign(key, value)
                 )
             )
             self._dispatcher = Dispatcher(
@@ -152,6 +155,7 @@ class FaustRetention:
                 metrics=r.metrics,
                 executor=EventExecutor(r.service, r.settings, resources.store, r.metrics),
                 producer=producer,
+                trust=trust,
             )
             log.info(
                 "faust retention agent started",

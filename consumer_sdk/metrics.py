@@ -58,8 +58,14 @@ class ConsumerMetrics:
         )
         self.dead_lettered = Counter(
             "retention_consumer_dead_lettered",
-            "Records sent to the DLQ, by reason (poison | failed).",
+            "Records sent to the DLQ, by reason (poison | failed | bad_signature).",
             ["service", "reason"],
+            registry=r,
+        )
+        self.unsigned = Counter(
+            "retention_unsigned_records",
+            "Unsigned records accepted under RETENTION_SIGNATURES=permissive.",
+            ["service", "topic"],
             registry=r,
         )
         self.lag = Gauge(

@@ -31,6 +31,7 @@ from consumer_sdk._internal.dispatch import Dispatcher, dlq_headers
 from consumer_sdk._internal.executor import EventExecutor
 from consumer_sdk._internal.registry import HandlerSpec
 from consumer_sdk._internal.transport import Record
+from consumer_sdk._internal.trust import Trust
 from consumer_sdk.app import RetentionConsumer
 from consumer_sdk.context import HandlerContext
 from consumer_sdk.idempotency import IdempotencyStore, InMemoryIdempotencyStore
@@ -165,6 +166,8 @@ class TestConsumer:
             metrics=self.app.metrics,
             executor=self._executor,
             producer=sent,
+            # In memory nothing crosses a broker: signatures have nothing to protect.
+            trust=Trust.off(self.app.service, self.app.metrics),
         )
         await dispatcher.dispatch(records)
         acks = [
@@ -250,10 +253,16 @@ class _Sent:
         return done
 
     async def send_many(
-        self, topic: str, records: Sequence[tuple[bytes, bytes]]
+        self,
+        topic: str,
+        records: Sequence[tuple[bytes, bytes]],
+        *,
+        headers: Sequence[Sequence[tuple[str, bytes]]] | None = None,
     ) -> Awaitable[None]:
-        for key, value in records:
-            await self.send(topic, value, key=key)
+        for index, (key, value) in enumerate(records):
+            await self.send(
+                topic, value, key=key, headers=headers[index] if headers is not None else ()
+            )
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done

@@ -62,6 +62,25 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.service_drift = Gauge(
+            "retention_service_drift",
+            "1 while a service's registration differs from its declaration (or it is not "
+            "declared, or declared but never registered); 0 when they agree.",
+            ["service"],
+            registry=r,
+        )
+        self.unsigned_records = Counter(
+            "retention_unsigned_records",
+            "Unsigned records accepted under RETENTION_SIGNATURES=permissive.",
+            ["topic"],
+            registry=r,
+        )
+        self.registrations_rejected = Counter(
+            "retention_registrations_rejected",
+            "Registrations ignored: bad signature, undeclared service or malformed.",
+            ["reason"],
+            registry=r,
+        )
         self.pending_acks = Gauge(
             "retention_pending_acks",
             "Acknowledgements still expected from each service.",

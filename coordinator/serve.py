@@ -57,6 +57,7 @@ from coordinator.settings import Settings
 from coordinator.tokens import TokenStore
 from coordinator.tracking.tracker import Tracker
 from schemas.errors import error_text
+from schemas.signing import SignatureMode
 
 __all__ = ["GLOBAL_SCHEDULE", "RunInProgress", "Service", "ServiceFailed", "schedules_for"]
 
@@ -280,6 +281,7 @@ class Service:
             metrics=self.metrics,
             clock=self.clock,
             actor=actor,
+            signatures=self.settings.signatures,
         )
 
     def _build(self) -> _Parts:
@@ -307,6 +309,7 @@ class Service:
                 policy_set=self.policy_set,
                 global_schedule=s.schedule,
                 trigger_run=self.trigger_run,
+                signatures=s.signatures.mode,
                 erasure=erasure,
                 ui_secret=self.ui_secret,
                 ui_session_s=s.ui_session_hours * 3600,
@@ -327,7 +330,16 @@ class Service:
             runner=Runner(engine, self.policy_set, s, clock=self.clock, metrics=self.metrics),
             relay=self._relay(engine, actor="relay"),
             drainer=self._relay(engine, actor="scheduler"),
-            tracker=Tracker(engine, s.kafka, s.tracker, clock=self.clock, metrics=self.metrics),
+            tracker=Tracker(
+                engine,
+                s.kafka,
+                s.tracker,
+                clock=self.clock,
+                metrics=self.metrics,
+                services=self.policy_set.services,
+                signatures=s.signatures.mode,
+                signer=s.signatures.coordinator_signer(),
+            ),
             scheduler=scheduler,
             server=_Server(config),
             kafka_health=kafka_health,
@@ -346,6 +358,14 @@ class Service:
             ServiceFailed: a component ended on its own; the others were stopped.
         """
         s = self.settings
+        if s.signatures.mode is not SignatureMode.REQUIRED:
+            log.warning(
+                "signatures_not_required",
+                mode=s.signatures.mode.value,
+                effect="unsigned acks and registrations count"
+                if s.signatures.mode is SignatureMode.PERMISSIVE
+                else "nothing is verified",
+            )
         created = await ensure_topics(
             s.kafka,
             partitions=s.serve.topic_partitions,

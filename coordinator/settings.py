@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from coordinator.scheduler import validate_cron
 from schemas import DEFAULT_DATABASE_URL, KafkaSettings
+from schemas.signing import SignatureSettings
 
 __all__ = [
     "COORDINATOR_CLIENT_ID",
@@ -94,6 +95,13 @@ class RelaySettings(BaseSettings):
     )
     compression: Literal["lz4", "gzip", "zstd", "snappy", "none"] = Field(
         default="lz4", description="Compression of producer batches."
+    )
+    signature_batch: int = Field(
+        default=128,
+        ge=1,
+        le=50_000,
+        description="Records per signed Merkle tree: one Ed25519 signature each, and a proof "
+        "of log2(n) steps in every record (docs/protocol.md).",
     )
     publish_timeout_s: float = Field(
         default=30.0,
@@ -266,6 +274,10 @@ class Settings(BaseSettings):
     serve: ServeSettings = Field(
         default_factory=ServeSettings,
         description="`retention serve` (RETENTION_SERVE_* variables).",
+    )
+    signatures: SignatureSettings = Field(
+        default_factory=SignatureSettings,
+        description="Signing key and RETENTION_SIGNATURES (SPEC §9).",
     )
     outbox_retention_days: float = Field(
         default=30.0,

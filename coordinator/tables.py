@@ -282,8 +282,10 @@ expected_acks = Table(
     # True when the service was registered in time but reached the tracker's registry
     # only after the snapshot; its first ack added it (docs/tracking.md).
     Column("joined_late", Boolean, nullable=False, server_default=text("false")),
+    # Who waived this acknowledgement (`acks waive`, `services retire`); `detail` says why.
+    Column("waived_by", Text),
     CheckConstraint(
-        "status IN ('pending', 'completed', 'not_found', 'failed')",
+        "status IN ('pending', 'completed', 'not_found', 'failed', 'waived')",
         name="ck_retention_expected_acks_status",
     ),
     # The pending/overdue gauges count only what is still open, per service.

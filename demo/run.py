@@ -48,6 +48,7 @@ from coordinator.migrate import upgrade
 from coordinator.settings import Settings
 from coordinator.tables import event_status, outbox, service_registry
 from coordinator.tracking import queries
+from demo import keys
 from demo.seed import POLICIES, Seeded, seed_coordinator, seed_services
 from demo.tokens import DEMO_TOKENS, create_demo_tokens
 from schemas import KafkaSettings, async_database_url
@@ -230,6 +231,7 @@ def start_serve(demo: Demo, policies: Path) -> Process:
         "RETENTION_SERVE_GAUGES_INTERVAL_S": "2",
         "RETENTION_SERVE_ERASURE_INTERVAL_S": "1",
         "RETENTION_TRACKER_POLL_INTERVAL_S": "0.5",
+        **keys.signing_env(keys.COORDINATOR),
     }
     return start_process(demo, "serve", [retention, "serve", "--port", str(demo.port)], env)
 
@@ -239,6 +241,7 @@ def start_service(demo: Demo, name: str) -> Process:
         **common_env(demo),
         "RETENTION_SERVICE_DATABASE_URL": demo.services_url,
         "RETENTION_CONSUMER_POLL_TIMEOUT_S": "0.2",
+        **keys.signing_env(name),
     }
     return start_process(demo, name, [sys.executable, "-m", f"services.{name}"], env)
 
@@ -293,6 +296,7 @@ def label(labels: str, key: str) -> str:
 
 async def run_demo(demo: Demo) -> tuple[dict[str, Any], Seeded]:
     started = time.monotonic()
+    step(f"signing keys in {keys.ensure_keys().relative_to(ROOT)} (made once, then reused)")
     step(f"fresh databases {demo.name} and {demo.name}_services")
     await recreate_databases(demo)
     step("migrating the coordinator database")

@@ -25,6 +25,7 @@ from coordinator.db import make_engine
 from coordinator.policy.model import load_policies
 from coordinator.purge.holds import create_hold, entity_types
 from coordinator.settings import Settings
+from demo.keys import ensure_keys
 from demo.seed_data import create_seed_tables, populate, seed_metadata
 from services import EXAMPLES, billing
 from services._shared import ensure_database, service_database_url
@@ -162,6 +163,8 @@ def main(argv: list[str]) -> int:
     if args.scale < 1:
         parser.error("--scale must be at least 1")
     configure_logging("WARNING")
+    # First, so every other container finds its key (compose mounts the folder).
+    ensure_keys()
     database_url = Settings().database_url.get_secret_value()
     print(asyncio.run(seed_once(database_url, service_database_url(), args.scale)), file=sys.stderr)
     return 0

@@ -21,11 +21,14 @@ class DlqReason(StrEnum):
     """The record could not be decoded (bytes, JSON, schema, version, size)."""
     FAILED = "failed"
     """The handler failed on its last attempt; a `failed` ack was sent too."""
+    BAD_SIGNATURE = "bad_signature"
+    """Unsigned (under `required`), badly signed, or signed by an unknown key: never
+    handed to a handler, never acked. The error header says which."""
 
 
 class DlqHeader(StrEnum):
     REASON = "retention.dlq.reason"
-    """`poison` or `failed`."""
+    """`poison`, `failed` or `bad_signature`."""
     ERROR = "retention.dlq.error"
     """What went wrong, as text."""
     SERVICE = "retention.dlq.service"

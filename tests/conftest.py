@@ -16,6 +16,10 @@ from coordinator.migrate import upgrade
 from schemas import KafkaSettings
 from tests import infra
 
+# Everything under test signs and verifies (RETENTION_SIGNATURES defaults to required) with
+# the test keys; subprocesses get the same variables through the harnesses.
+infra.use_test_keys()
+
 _STARTED: list[str] = []
 
 

@@ -56,6 +56,30 @@ def load_infra_env() -> None:
             os.environ.setdefault(key.strip(), value.strip())
 
 
+SIGNING_VARIABLES = (
+    "RETENTION_SIGNATURES",
+    "RETENTION_SIGNING_KEY_FILE",
+    "RETENTION_COORDINATOR_PUBLIC_KEYS",
+    "RETENTION_SERVICE_SIGNING_KEY_FILE",
+)
+
+
+def use_test_keys() -> None:
+    """Write the test keys (tests/keys.py) under .cache/ and point the signing variables of
+    this process at them: the coordinator's key and the one every test service signs with."""
+    from tests import keys
+
+    paths = keys.write_key_files(ROOT / ".cache" / "test-keys", keys.COORDINATOR, keys.SERVICE)
+    os.environ["RETENTION_SIGNING_KEY_FILE"] = str(paths[keys.COORDINATOR])
+    os.environ["RETENTION_COORDINATOR_PUBLIC_KEYS"] = keys.public_key(keys.COORDINATOR)
+    os.environ["RETENTION_SERVICE_SIGNING_KEY_FILE"] = str(paths[keys.SERVICE])
+
+
+def signing_env() -> dict[str, str]:
+    """The signing variables of this process, for a subprocess's environment."""
+    return {k: os.environ[k] for k in SIGNING_VARIABLES if k in os.environ}
+
+
 def infra_mode() -> Mode:
     """RETENTION_TEST_INFRA resolved; `containers` when asked for but impossible is an error."""
     asked = os.environ.get(MODE_VARIABLE, "auto")

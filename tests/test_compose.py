@@ -23,13 +23,16 @@ from coordinator.cli import app as cli_app
 from coordinator.policy.model import load_policies
 from coordinator.settings import RelaySettings, ServeSettings, Settings, TrackerSettings
 from coordinator.tokens import load_tokens_file
+from demo import keys as demo_keys
 from demo.seed import POLICIES as DEMO_POLICIES
 from demo.seed import users
 from demo.seed_data import seed_metadata
 from demo.tokens import main as tokens_main
 from schemas import DEFAULT_DATABASE_URL, KafkaSettings, async_database_url
+from schemas.signing import SignatureSettings
 from services import EXAMPLES
 from services.example import METRICS_PORT
+from tests.declared import handles_of
 from tests.infra import ROOT
 
 APP_DOCKERFILE = ROOT / "deploy" / "images" / "app" / "Dockerfile"
@@ -107,6 +110,7 @@ def settings_variables() -> set[str]:
         TrackerSettings,
         ServeSettings,
         ConsumerSettings,
+        SignatureSettings,
     ]
     return {n for m in models for n in _env_names(m) if n.startswith("RETENTION_")}
 
@@ -223,18 +227,33 @@ def test_the_policy_file_is_in_the_image_and_the_seed_creates_its_tables(
     assert settings.policies is not None
     source = _image_path(str(settings.policies))
     assert source == DEMO_POLICIES
-    policies = load_policies(source).policies
+    demo_keys.ensure_keys()  # its services' public keys are files `make demo` makes
+    demo = load_policies(source)
+    policies = demo.policies
     seeded = {t.name for t in seed_metadata.sorted_tables} | {users.name}
     assert {p.table for p in policies} <= seeded
-    # demo/policies.yaml is the seed file plus closed_accounts, kept identical.
+    # demo/policies.yaml is the seed file plus closed_accounts, kept identical but for
+    # fan_out of what no demo service keeps.
     seed_file = load_policies(ROOT / "tests" / "data" / "seed_policies.yaml").policies
-    assert [p for p in policies if p.name != "closed_accounts"] == seed_file
+    unkept = {"support_tickets", "abandoned_carts"}
+    assert [p for p in policies if p.name != "closed_accounts"] == [
+        p.model_copy(update={"fan_out": False}) if p.name in unkept else p for p in seed_file
+    ]
+    # Declared: exactly the example services, handling what they register.
+    assert {s.name for s in demo.services} == set(EXAMPLE_SERVICES)
+    for service in demo.services:
+        assert service.pairs() == declared_handles(f"services.{service.name}"), service.name
     assert {p.name for p in policies} - {p.name for p in seed_file} == {"closed_accounts"}
+
+
+def declared_handles(module: str) -> frozenset[tuple[str, str]]:
+    _, handles = handles_of(module)
+    return frozenset((e, a) for e, actions in handles.items() for a in actions)
 
 
 def test_app_commands_exist() -> None:
     services = _services()
-    for name in APP_SERVICES:
+    for name in ("migrate", "seed", "serve"):
         command = services[name]["command"]
         if command[0] == "retention":
             result = CliRunner().invoke(cli_app, [*command[1:], "--help"])
@@ -242,9 +261,14 @@ def test_app_commands_exist() -> None:
         else:
             assert command[:2] == ["python", "-m"], name
             assert importlib.util.find_spec(f"{command[2]}.__main__") is not None, name
-    assert [services[n]["command"] for n in EXAMPLE_SERVICES] == [
-        ["python", "-m", f"services.{n}"] for n in EXAMPLE_SERVICES
-    ]
+    for n in EXAMPLE_SERVICES:
+        # A shell reads the coordinator's public key from the keys volume, then execs.
+        shell, flag, script = services[n]["command"]
+        assert (shell, flag) == ("sh", "-c"), n
+        assert script.endswith(f"exec python -m services.{n}"), n
+        assert importlib.util.find_spec(f"services.{n}.__main__") is not None, n
+        env = services[n]["environment"]
+        assert env["RETENTION_SERVICE_SIGNING_KEY_FILE"].endswith(f"/{n}.key"), n
     assert services["seed"]["command"] == ["python", "-m", "demo", "seed"]
 
 
@@ -321,7 +345,8 @@ def test_tokens_are_made_once_into_a_volume_only_serve_reads(
     written = PurePosixPath(tokens["command"][4])
     assert written == PurePosixPath(str(settings.api_tokens_file))
     [made] = tokens["volumes"]
-    [read] = services["serve"]["volumes"]
+    # serve mounts the tokens volume and the signing keys volume (test below).
+    [read] = [v for v in services["serve"]["volumes"] if not v.startswith("keys:")]
     volume, directory = made.split(":")
     assert read == f"{volume}:{directory}:ro"
     assert volume in load_compose()["volumes"]  # type: ignore[operator]
@@ -428,3 +453,15 @@ def test_dockerfile_installs_every_shipped_package() -> None:
     assert 'pip install ".[faust]"' in dockerfile
     assert 'pip install --no-deps --force-reinstall ".[faust]"' in dockerfile
     assert "faust" in pyproject["project"]["optional-dependencies"]
+
+
+def test_the_signing_keys_are_made_by_seed_into_a_volume_everyone_reads() -> None:
+    services = _services()
+    mount = "keys:/app/.cache/demo/keys"
+    assert mount in services["seed"]["volumes"]
+    assert mount in services["serve"]["volumes"]
+    for name in EXAMPLE_SERVICES:
+        assert services[name]["volumes"] == [mount], name
+    assert "keys" in load_compose()["volumes"]  # type: ignore[operator]
+    key_file = services["serve"]["environment"]["RETENTION_SIGNING_KEY_FILE"]
+    assert key_file == f"{mount.split(':')[1]}/coordinator.key"

@@ -22,6 +22,7 @@ from consumer_sdk import ConsumerSettings, RetentionConsumer, RetentionEvent
 from consumer_sdk._internal.registry import HandlerRegistry
 from consumer_sdk._internal.runtime import Runtime
 from consumer_sdk._internal.transport import Partition, Record
+from consumer_sdk._internal.trust import Trust
 from consumer_sdk.faust import attach, faust_app_settings
 from consumer_sdk.idempotency import InMemoryIdempotencyStore
 from consumer_sdk.metrics import ConsumerMetrics
@@ -45,6 +46,7 @@ from schemas import (
 )
 from schemas import retries as retry_module
 from schemas.retries import is_kafka_transient
+from schemas.signing import SignatureMode
 
 KAFKA = KafkaSettings(bootstrap_servers="127.0.0.1:1", topic_prefix="t.retry")
 # Never connected to: each test replaces what would reach the server.
@@ -226,6 +228,9 @@ async def test_tracker_retries_every_cycle_error_on_its_policy(waits: list[float
         TrackerSettings(),
         clock=SystemClock(),
         metrics=Metrics(),
+        services=[],
+        signatures=SignatureMode.OFF,
+        signer=None,
     )
     assert tracker.retry_policy == RetryPolicy(initial_s=0.5, max_s=5.0, jitter_s=0.5)
     stop = asyncio.Event()
@@ -344,6 +349,7 @@ def _runtime(consumer: _Consumer, settings: ConsumerSettings) -> Runtime:
         ),
         consumer=consumer,
         producer=_Producer(),
+        trust=Trust.off("svc", ConsumerMetrics()),
     )
 
 

@@ -31,7 +31,8 @@ from coordinator.tracking.ledger import RejectReason
 from coordinator.tracking.tracker import DLQ_SERVICE, Tracker, TrackerKafka
 from schemas import KafkaSettings, RetentionEvent, decode, encode
 from schemas.dlq import DlqHeader, DlqReason
-from tests import infra
+from schemas.signing import SignatureMode
+from tests import infra, keys
 from tests.integration.tracking_support import ack, insert_published, registration
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
@@ -97,6 +98,13 @@ async def world(database: str) -> AsyncIterator[World]:
     acks = MemoryAckReader(kafka, TOPICS.acks)
     clock = FrozenClock(T0)
     engine = make_engine(database)
+    entity_type = f"user_{uuid.uuid4().hex[:8]}"
+    # Signatures are the signing tests' business: here the tracker's own logic, unsigned.
+    declared = [
+        keys.declared("billing", {entity_type: ["delete"]}, key="billing"),
+        keys.declared("crm", {entity_type: ["delete"]}, key="crm"),
+        keys.declared("search", {"other": ["delete"]}, key="search"),
+    ]
     tracker = Tracker(
         engine,
         KAFKA,
@@ -109,10 +117,13 @@ async def world(database: str) -> AsyncIterator[World]:
         clock=clock,
         metrics=Metrics(),
         clients=TrackerKafka(publisher, acks, MemoryRegistrationReader(kafka, TOPICS.services)),
+        services=declared,
+        signatures=SignatureMode.OFF,
+        signer=None,
     )
     await tracker.start()
     try:
-        yield World(tracker, kafka, publisher, acks, engine, clock, f"user_{uuid.uuid4().hex[:8]}")
+        yield World(tracker, kafka, publisher, acks, engine, clock, entity_type)
     finally:
         await tracker.stop()
         await engine.dispose()
@@ -157,7 +168,7 @@ async def test_rejects_are_recorded_and_poison_is_dead_lettered(world: World) ->
     await world.tracker.sync_registry()
     [event] = await world.publish(1)
     world.ack((uuid.uuid4(), "nobody"), "billing")  # unknown event
-    world.ack(event, "crm")  # not expected of this service
+    world.ack(event, "search")  # declared, but not for this entity type
     world.kafka.append(TOPICS.acks, b"{not json", key=b"k", headers=[("trace", b"1")])
     outcome = await world.tracker.consume_acks()
     assert outcome is not None

@@ -19,6 +19,7 @@ import structlog
 from consumer_sdk._internal.executor import Abandoned, EventExecutor, Outcome, Retry
 from consumer_sdk._internal.registry import HandlerRegistry, HandlerSpec
 from consumer_sdk._internal.transport import ProducerPort, Record
+from consumer_sdk._internal.trust import Trust
 from consumer_sdk.exceptions import HandlerTimeout
 from consumer_sdk.idempotency import (
     BatchingStore,
@@ -44,6 +45,10 @@ __all__ = ["Dispatched", "Dispatcher", "dlq_headers"]
 log = structlog.get_logger("consumer_sdk")
 
 _Item = tuple[Record, RetentionEvent | PoisonRecord]
+
+
+class _Unverified(PoisonRecord):
+    """A record refused for its signature: dead-lettered like poison, with its own reason."""
 
 
 def dlq_headers(
@@ -115,8 +120,10 @@ class Dispatcher:
         metrics: ConsumerMetrics,
         executor: EventExecutor,
         producer: ProducerPort,
+        trust: Trust,
     ) -> None:
         self.service = service
+        self.trust = trust
         self.topics = topics
         self.registry = registry
         self.store = store
@@ -135,6 +142,12 @@ class Dispatcher:
         """
         decoded: list[_Item] = []
         for record in records:
+            # Before anything else: an event without the coordinator's signature is never
+            # decoded for a handler, whatever it says.
+            refused = self.trust.refused(record)
+            if refused is not None:
+                decoded.append((record, _Unverified(refused, record.value)))
+                continue
             try:
                 decoded.append((record, decode(RetentionEvent, record.value)))
             except PoisonRecord as poison:
@@ -177,7 +190,12 @@ class Dispatcher:
         every other send before it commits.
         """
         if done.acks:
-            done.sends.append(await self.producer.send_many(self.topics.acks, done.acks))
+            # One signature for the batch's acks (a Merkle root, docs/protocol.md): the
+            # tracker verifies one Ed25519 signature per batch; a batch of one is signed alone.
+            signed = self.trust.sign_batch(done.acks)
+            done.sends.append(
+                await self.producer.send_many(self.topics.acks, done.acks, headers=signed)
+            )
             done.acks = []
         for (entity_type, action, status), count in done.uncounted.items():
             self.metrics.handled.labels(self.service, entity_type, action, status).inc(count)
@@ -401,14 +419,18 @@ class Dispatcher:
         return spec
 
     async def _poison(self, record: Record, poison: PoisonRecord) -> Awaitable[Any]:
+        unverified = isinstance(poison, _Unverified)
         log.warning(
-            "poison record to the DLQ",
+            "record refused for its signature, to the DLQ"
+            if unverified
+            else "poison record to the DLQ",
             service=self.service,
             partition=record.partition,
             offset=record.offset,
             reason=poison.reason,
         )
-        return await self._dead_letter(record, DlqReason.POISON, poison.reason, 0)
+        reason = DlqReason.BAD_SIGNATURE if unverified else DlqReason.POISON
+        return await self._dead_letter(record, reason, poison.reason, 0)
 
     async def _emit(
         self,

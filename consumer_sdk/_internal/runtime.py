@@ -18,6 +18,7 @@ from consumer_sdk._internal.transport import (
     ProducerPort,
     Record,
 )
+from consumer_sdk._internal.trust import Trust
 from consumer_sdk.idempotency import IdempotencyStore
 from consumer_sdk.metrics import ConsumerMetrics
 from consumer_sdk.settings import ConsumerSettings
@@ -69,6 +70,7 @@ class Runtime:
         registration: ServiceRegistration,
         consumer: ConsumerPort,
         producer: ProducerPort,
+        trust: Trust,
     ) -> None:
         self.service = service
         self.topics = topics
@@ -79,6 +81,7 @@ class Runtime:
         self.registration = registration
         self.consumer = consumer
         self.producer = producer
+        self.trust = trust
         self.dispatcher = Dispatcher(
             service=service,
             topics=topics,
@@ -87,6 +90,7 @@ class Runtime:
             metrics=metrics,
             executor=EventExecutor(service, settings, store, metrics),
             producer=producer,
+            trust=trust,
         )
         self._workers: dict[Partition, _PartitionWorker] = {}
         self._lag: dict[Partition, int] = {}
@@ -97,10 +101,9 @@ class Runtime:
     async def start(self) -> None:
         await self.producer.start()
         try:
+            key, value = self.registration.key.encode(), encode(self.registration)
             delivered = await self.producer.send(
-                self.topics.services,
-                encode(self.registration),
-                key=self.registration.key.encode(),
+                self.topics.services, value, key=key, headers=self.trust.sign(key, value)
             )
             await delivered
             await self.consumer.start()

@@ -84,9 +84,16 @@ class ProducerPort(Protocol):
     ) -> Awaitable[Any]:
         """Enqueue a record; the returned awaitable resolves once the broker has it (acks=all)."""
 
-    async def send_many(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> Awaitable[Any]:
-        """Enqueue (key, value) records in one call, each partition's in order; the
-        returned awaitable resolves once the broker has them all."""
+    async def send_many(
+        self,
+        topic: str,
+        records: Sequence[tuple[bytes, bytes]],
+        *,
+        headers: Sequence[Headers] | None = None,
+    ) -> Awaitable[Any]:
+        """Enqueue (key, value) records in one call, each partition's in order, with
+        `headers[i]` on record i; the returned awaitable resolves once the broker has them
+        all."""
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped base class
@@ -200,7 +207,13 @@ class _AiokafkaProducer:
         future.add_done_callback(self._note_failure)
         return future
 
-    async def send_many(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> Awaitable[Any]:
+    async def send_many(
+        self,
+        topic: str,
+        records: Sequence[tuple[bytes, bytes]],
+        *,
+        headers: Sequence[Headers] | None = None,
+    ) -> Awaitable[Any]:
         """aiokafka's batch API: one batch builder per partition instead of a `send()`
         per record; the key picks the partition as `send()` would (murmur2)."""
         if self._lost_sequence:
@@ -209,19 +222,20 @@ class _AiokafkaProducer:
         try:
             partitions = sorted(await self._producer.partitions_for(topic))
             open_batches: dict[int, Any] = {}
-            for key, value in records:
+            for index, (key, value) in enumerate(records):
+                extra = list(headers[index]) if headers is not None else []
                 partition = self._partitioner(key, partitions, partitions)
                 builder = open_batches.get(partition)
                 if (
                     builder is None
-                    or builder.append(key=key, value=value, timestamp=None, headers=[]) is None
+                    or builder.append(key=key, value=value, timestamp=None, headers=extra) is None
                 ):
                     if builder is not None:  # full: it leaves, a new one takes the record
                         futures.append(
                             await self._producer.send_batch(builder, topic, partition=partition)
                         )
                     builder = open_batches[partition] = self._producer.create_batch()
-                    builder.append(key=key, value=value, timestamp=None, headers=[])
+                    builder.append(key=key, value=value, timestamp=None, headers=extra)
             for partition, builder in open_batches.items():
                 futures.append(await self._producer.send_batch(builder, topic, partition=partition))
         except KafkaError as exc:

@@ -18,6 +18,7 @@ from coordinator.clock import Clock
 from coordinator.erasure.service import Erasure
 from coordinator.policy.model import PolicySet
 from coordinator.tokens import TokenStore
+from schemas.signing import SignatureMode
 
 __all__ = [
     "ApiContext",
@@ -51,6 +52,8 @@ class ApiContext:
     global_schedule: str
     health_timeout_s: float = 2.0
     trigger_run: RunTrigger | None = None
+    signatures: SignatureMode = SignatureMode.REQUIRED
+    """Shown by /healthz: `off` must be visible from outside (SPEC §9)."""
     erasure: Erasure | None = None
     # The console's session cookies (SPEC §14): signed with this secret, valid this long.
     ui_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)

@@ -42,18 +42,34 @@ class HealthCheck(_View):
 class HealthView(_View):
     status: Literal["ok", "unavailable"]
     checks: dict[str, HealthCheck] = Field(description="`database` and `kafka`.")
+    signatures: str = Field(
+        description="RETENTION_SIGNATURES: required | permissive | off (off verifies nothing)."
+    )
 
 
 class ServiceAnswer(_View):
     service: str
-    status: str = Field(description="pending | completed | not_found | failed")
+    status: str = Field(description="pending | completed | not_found | failed | waived")
     acknowledged_at: datetime | None
     first_ack_at: datetime | None
     records_affected: int | None
     attempt: int | None
     acks_received: int
-    detail: str
+    detail: str = Field(description="The ack's detail, or why it was waived.")
     joined_late: bool
+    waived_by: str | None = Field(default=None, description="Who waived it (retire, waive).")
+
+
+class RejectedAck(_View):
+    """An ack the tracker refused (SPEC §15): it changed no state."""
+
+    service: str | None
+    status: str | None
+    reason: str = Field(
+        description="bad_signature | unknown_service | unexpected_service | unknown_event "
+        "| entity_mismatch | malformed"
+    )
+    received_at: datetime
 
 
 class EventView(_View):
@@ -78,6 +94,7 @@ class EventView(_View):
     reminders_sent: int
     services: list[ServiceAnswer]
     rejected_acks: int
+    rejected: list[RejectedAck] = Field(description="Each refused ack and why.")
 
 
 class OverdueView(_View):

@@ -58,7 +58,9 @@ async def healthz(ctx: Context, response: Response) -> HealthView:
     if not healthy:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     return HealthView(
-        status="ok" if healthy else "unavailable", checks={"database": database, "kafka": kafka}
+        status="ok" if healthy else "unavailable",
+        checks={"database": database, "kafka": kafka},
+        signatures=ctx.signatures.value,
     )
 
 

@@ -22,6 +22,7 @@ from coordinator.cli import (
     report,
     requests,
     serve,
+    services,
     status,
     tokens,
 )
@@ -41,6 +42,9 @@ app.command("certificate")(status.certificate)
 app.command("relay")(relay.relay)
 app.add_typer(holds.app, name="holds")
 app.add_typer(policies.app, name="policies")
+app.add_typer(services.app, name="services")
+app.add_typer(services.acks_app, name="acks")
+app.add_typer(keys.app, name="keys")
 app.add_typer(requests.app, name="requests")
 app.add_typer(tokens.app, name="tokens")
 app.command("plan")(purge.plan)

@@ -1,4 +1,5 @@
-"""`retention keys`: the key-encryption key of archives, and the key store (SPEC §12)."""
+"""`retention keys`: Ed25519 signing keys (SPEC §9), the archives' key-encryption key and
+the key store (SPEC §12)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,18 @@ from coordinator.cli._app import ExitCode, err_console, load_settings, out_conso
 from coordinator.crypto.keystore import KeyStoreError, open_keystore
 from coordinator.crypto.provider import LocalKeyProvider, write_kek
 from coordinator.db import make_engine
+from schemas.signing import generate_key_files
 
-app = typer.Typer(help="Encryption keys.", no_args_is_help=True)
+app = typer.Typer(help="Signing keys and encryption keys.", no_args_is_help=True)
 
 KEK_FILE = "kek.hex"
 
 OUT_OPTION = typer.Option(..., "--out", help="Folder to write the key file(s) to.")
+NAME_OPTION = typer.Option(
+    None,
+    "--name",
+    help="A signing key pair NAME.key / NAME.pub: coordinator, or the service's name.",
+)
 KEK_OPTION = typer.Option(
     False,
     "--kek",
@@ -25,11 +32,17 @@ KEK_OPTION = typer.Option(
 
 
 @app.command("generate")
-def generate(out: Path = OUT_OPTION, kek: bool = KEK_OPTION) -> None:
-    """Write new keys into --out; an existing key file is never overwritten."""
-    if not kek:
-        err_console.print("[red]say which key: --kek[/red]")
+def generate(
+    out: Path = OUT_OPTION, name: str | None = NAME_OPTION, kek: bool = KEK_OPTION
+) -> None:
+    """Write new keys into --out: a signing key pair (--name; NAME.key is PEM PKCS#8, mode
+    0600, NAME.pub is ed25519:<base64>) or the KEK (--kek). Nothing is ever overwritten."""
+    if kek == (name is not None):
+        err_console.print("[red]say which key: --name NAME (signing) or --kek[/red]")
         raise typer.Exit(ExitCode.BAD_INPUT)
+    if name is not None:
+        _signing_pair(out, name)
+        return
     path = out / KEK_FILE
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -38,6 +51,19 @@ def generate(out: Path = OUT_OPTION, kek: bool = KEK_OPTION) -> None:
         err_console.print(f"[red]{path} exists; not overwritten[/red]")
         raise typer.Exit(ExitCode.BAD_INPUT) from None
     out_console.print(f"key-encryption key: {path} ({kek_id}); keep it secret and backed up")
+
+
+def _signing_pair(out: Path, name: str) -> None:
+    if not name or "/" in name or name.startswith("."):
+        err_console.print(f"[red]--name {name!r} is not a file name[/red]")
+        raise typer.Exit(ExitCode.BAD_INPUT)
+    try:
+        key_path, pub_path = generate_key_files(out, name)
+    except FileExistsError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(ExitCode.BAD_INPUT) from None
+    out_console.print(f"private key: {key_path} (keep it secret)")
+    out_console.print(f"public key:  {pub_path.read_text(encoding='ascii').strip()}")
 
 
 @app.command("init-store")

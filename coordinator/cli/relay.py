@@ -25,7 +25,9 @@ async def _relay(settings: Settings, *, drain: bool) -> tuple[int, int]:
     await ensure_topics(settings.kafka)
     engine = make_engine(settings.database_url.get_secret_value(), pool_size=2)
     try:
-        async with OutboxRelay(engine, settings.kafka, settings=settings.relay) as relay:
+        async with OutboxRelay(
+            engine, settings.kafka, settings=settings.relay, signatures=settings.signatures
+        ) as relay:
             if drain:
                 published = await relay.drain()
             else:

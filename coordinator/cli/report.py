@@ -54,6 +54,7 @@ _HEADER = (
     "scope",
     "name",
     *_COLUMNS,
+    "waived",
     "reason",
     "rejected",
     *_PURGE_COLUMNS,
@@ -169,7 +170,12 @@ def _write_csv(document: dict[str, Any]) -> None:
     for scope, key in (("policy", "policies"), ("service", "services")):
         for row in document[key]:
             writer.writerow(
-                {"scope": scope, "name": row[scope], **{c: _blank(row[c]) for c in _COLUMNS}}
+                {
+                    "scope": scope,
+                    "name": row[scope],
+                    **{c: _blank(row[c]) for c in _COLUMNS},
+                    "waived": _blank(row.get("waived")),
+                }
             )
     for row in document["rejected_acks"]:
         writer.writerow(
@@ -206,9 +212,10 @@ def _blank(value: object) -> object:
 
 def _print_tables(document: dict[str, Any]) -> None:
     for scope, key in (("policy", "policies"), ("service", "services")):
-        table = Table(scope, *_COLUMNS, title=f"per {scope} since {document['since']}")
+        columns = (*_COLUMNS, "waived") if scope == "service" else _COLUMNS
+        table = Table(scope, *columns, title=f"per {scope} since {document['since']}")
         for row in document[key]:
-            table.add_row(row[scope], *("-" if row[c] is None else str(row[c]) for c in _COLUMNS))
+            table.add_row(row[scope], *("-" if row[c] is None else str(row[c]) for c in columns))
         out_console.print(table)
     if document["rejected_acks"]:
         table = Table("claimed service", "reason", "count", title="rejected acks")

@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from coordinator.cli._app import (
@@ -29,6 +30,7 @@ _STYLE = {
     "unpublished": "yellow",
     "failed": "red",
     "overdue": "red",
+    "waived": "magenta",
 }
 
 
@@ -132,9 +134,19 @@ def _print_event(event: dict[str, Any]) -> None:
             "-" if svc["records_affected"] is None else str(svc["records_affected"]),
             "-" if svc["attempt"] is None else str(svc["attempt"]),
             str(svc["acks_received"]),
-            svc["detail"],
+            f"{svc['detail']} (waived by {svc['waived_by']})"
+            if svc["status"] == "waived"
+            else svc["detail"],
         )
     if event["services"]:
         out_console.print(table)
+    for rejected in event["rejected"]:
+        out_console.print(
+            f"  [red]rejected[/red] ack claiming {escape(rejected['service'] or '?')} "
+            f"({escape(rejected['status'] or '?')}): {rejected['reason']} "
+            f"at {rejected['received_at']}",
+            markup=True,
+            highlight=False,
+        )
     else:
         out_console.print("  no downstream service is expected to acknowledge this event")

@@ -42,6 +42,7 @@ from coordinator.settings import RelaySettings
 from coordinator.tables import outbox
 from schemas import KafkaSettings, RetryPolicy, Stopped, retry
 from schemas.errors import error_text
+from schemas.signing import SignatureSettings
 
 __all__ = [
     "AUDIT_ACTION",
@@ -169,8 +170,11 @@ class OutboxRelay:
         clock: Clock | None = None,
         producer_factory: ProducerFactory | None = None,
         actor: str = "relay",
+        signatures: SignatureSettings | None = None,
     ) -> None:
         self._engine = engine
+        # Every record is signed as sent; a missing key under `required` fails here.
+        self._signer = (signatures or SignatureSettings()).coordinator_signer()
         self._topic = kafka.topics.events
         self._settings = settings if settings is not None else RelaySettings()
         self._metrics = metrics if metrics is not None else Metrics()
@@ -274,10 +278,27 @@ class OutboxRelay:
                 claim.records.append(
                     OutgoingRecord(key, value, [("event_id", str(event_id).encode())])
                 )
+            if self._signer is not None:
+                self._sign(claim)
             return claim
         except BaseException:
             await conn.close()
             raise
+
+    def _sign(self, claim: _Claim) -> None:
+        """One Ed25519 signature per `signature_batch` records (a Merkle root), a proof in
+        each: smaller trees keep the proof header short, larger ones sign less often."""
+        assert self._signer is not None
+        size, records = self._settings.signature_batch, claim.records
+        signed: list[OutgoingRecord] = []
+        for start in range(0, len(records), size):
+            chunk = records[start : start + size]
+            headers = self._signer.sign_batch([(r.key, r.value) for r in chunk])
+            signed.extend(
+                OutgoingRecord(r.key, r.value, [*r.headers, *h])
+                for r, h in zip(chunk, headers, strict=True)
+            )
+        claim.records = signed
 
     async def _enqueue(self, producer: EventProducer, claim: _Claim) -> None:
         """Hand every record to the producer without waiting for acknowledgements."""

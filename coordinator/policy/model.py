@@ -36,10 +36,13 @@ from coordinator import CoordinatorError
 from coordinator.policy import anonymizers
 from coordinator.policy.conditions import ConditionError, parse_condition
 from coordinator.policy.durations import DURATION_PATTERN, format_duration, parse_duration
+from schemas import EventType
 from schemas.models import MAX_NAME_CHARS, MAX_TEXT_CHARS
+from schemas.signing import SigningKeyError, parse_public_key
 
 __all__ = [
     "Action",
+    "DeclaredService",
     "OnErasure",
     "Policy",
     "PolicyFile",
@@ -242,12 +245,61 @@ class Policy(BaseModel):
         return sorted(self.anonymize)
 
 
+class DeclaredService(BaseModel):
+    """One service that must acknowledge events (SPEC §9): the only source of who is expected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=255)
+    owner: str = Field(min_length=1, description="Who answers for this service.")
+    handles: dict[str, list[EventType]] = Field(
+        min_length=1, description="entity type → actions (delete, anonymize) it acknowledges."
+    )
+    public_keys: list[str] = Field(
+        default_factory=list,
+        description="`ed25519:<base64>` keys its acks and registrations are signed with "
+        "(several during a rotation).",
+    )
+    public_key_files: list[str] = Field(
+        default_factory=list,
+        description="Files holding one such key each; relative to the policy file's folder.",
+    )
+    completion_deadline: Duration | None = Field(
+        default=None, description="Overrides the policy's deadline for this service."
+    )
+
+    @field_validator("handles")
+    @classmethod
+    def _actions(cls, value: dict[str, list[EventType]]) -> dict[str, list[EventType]]:
+        for entity_type, actions in value.items():
+            if not re.match(r"^[A-Za-z0-9_.-]+$", entity_type):
+                raise ValueError(f"{entity_type!r} is not an entity type")
+            if not actions:
+                raise ValueError(f"{entity_type}: list at least one action")
+        return value
+
+    @field_validator("public_keys")
+    @classmethod
+    def _keys(cls, value: list[str]) -> list[str]:
+        for text in value:
+            parse_public_key(text)
+        return value
+
+    def handles_event(self, entity_type: str, action: str) -> bool:
+        return any(a.value == action for a in self.handles.get(entity_type, ()))
+
+    def pairs(self) -> frozenset[tuple[str, str]]:
+        """(entity type, action) pairs it handles."""
+        return frozenset((e, a.value) for e, actions in self.handles.items() for a in actions)
+
+
 class PolicyFile(BaseModel):
     """The whole YAML document."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     policies: list[Policy] = Field(min_length=1)
+    services: list[DeclaredService] = Field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,10 +307,12 @@ class PolicyIssue:
     policy: str | None
     line: int | None
     message: str
+    kind: str = "policy"
+    """What `policy` names: a policy, or a declared service."""
 
     def __str__(self) -> str:
         where = f"line {self.line}: " if self.line else ""
-        who = f"policy {self.policy!r}: " if self.policy else ""
+        who = f"{self.kind} {self.policy!r}: " if self.policy else ""
         return f"{where}{who}{self.message}"
 
 
@@ -279,6 +333,14 @@ class PolicySet:
     source: str
     policies: list[Policy]
     lines: dict[tuple[str, str], int] = field(default_factory=dict)
+    services: list[DeclaredService] = field(default_factory=list)
+    """Declared services, their `public_key_files` already read into `public_keys`."""
+
+    def expected_services(self, entity_type: str, action: str) -> list[DeclaredService]:
+        return [s for s in self.services if s.handles_event(entity_type, action)]
+
+    def service(self, name: str) -> DeclaredService | None:
+        return next((s for s in self.services if s.name == name), None)
 
     def line(self, policy: str, key: str = "") -> int | None:
         return self.lines.get((policy, key)) or self.lines.get((policy, ""))
@@ -442,7 +504,7 @@ def parse_policies(
         _duplicate_keys(root, issues, None)
     policies_node = _node_at(root, ["policies"])
     items = data.get("policies") if isinstance(data, dict) else None
-    extra = sorted(set(data) - {"policies"}) if isinstance(data, dict) else []
+    extra = sorted(set(data) - {"policies", "services"}) if isinstance(data, dict) else []
     if not isinstance(items, list) or not items or extra:
         line = int(root.start_mark.line) + 1 if root is not None else None
         problem = (
@@ -502,6 +564,27 @@ def parse_policies(
             lines[(policy.name, "")] = start
         lines.update({(policy.name, key): line for key, line in key_lines.items()})
         policies.append(policy)
+    services = _services(
+        data.get("services") if isinstance(data, dict) else None,
+        _node_at(root, ["services"]),
+        source,
+        issues,
+    )
+    for policy in policies:
+        if (
+            services is not None
+            and policy.fan_out
+            and not any(s.handles_event(policy.entity_type, policy.event_type) for s in services)
+        ):
+            issues.append(
+                PolicyIssue(
+                    policy.name,
+                    lines.get((policy.name, "fan_out"), lines.get((policy.name, ""))),
+                    f"fan_out: no declared service handles {policy.event_type} of "
+                    f"{policy.entity_type!r}; declare one under `services:` or set "
+                    "fan_out: false (`retention services suggest` drafts the block)",
+                )
+            )
     subject_types = frozenset(p.subject.entity_type for p in policies if p.subject is not None)
     for policy in policies:
         if policy.on_erasure_request is OnErasure.EXEMPT and (
@@ -516,7 +599,65 @@ def parse_policies(
             )
     if issues:
         raise PolicyFileError(source, sorted(issues, key=lambda i: i.line or 0))
-    return PolicySet(source=source, policies=policies, lines=lines)
+    return PolicySet(source=source, policies=policies, lines=lines, services=services or [])
+
+
+def _services(
+    items: object, node: yaml.Node | None, source: str, issues: list[PolicyIssue]
+) -> list[DeclaredService] | None:
+    """The declared services (None when they could not all be read: skip later checks)."""
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        line = int(node.start_mark.line) + 1 if node is not None else None
+        issues.append(PolicyIssue(None, line, "`services:` must be a list"))
+        return None
+    folder = Path(source).parent
+    services: list[DeclaredService] = []
+    seen: dict[str, int] = {}
+    complete = True
+    for index, item in enumerate(items):
+        item_node = _node_at(node, [index])
+        start = int(item_node.start_mark.line) + 1 if item_node is not None else None
+        label = str(item["name"]) if isinstance(item, dict) and "name" in item else f"#{index + 1}"
+        try:
+            service = DeclaredService.model_validate(item)
+        except ValidationError as exc:
+            issues.extend(
+                PolicyIssue(i.policy, i.line, i.message, "service")
+                for i in _issues(label, start, item_node, exc)
+            )
+            complete = False
+            continue
+        if service.name in seen:
+            issues.append(
+                PolicyIssue(
+                    service.name,
+                    start,
+                    f"name already used by the service at line {seen[service.name]}",
+                    "service",
+                )
+            )
+            continue
+        seen[service.name] = start or 0
+        keys = list(service.public_keys)
+        for name in service.public_key_files:
+            path = folder / name
+            try:
+                text = path.read_text(encoding="ascii").strip()
+                parse_public_key(text)
+            except (OSError, UnicodeDecodeError, SigningKeyError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+                key_line = _node_at(item_node, ["public_key_files"])
+                line = int(key_line.start_mark.line) + 1 if key_line is not None else start
+                issues.append(
+                    PolicyIssue(service.name, line, f"public key file {name}: {reason}", "service")
+                )
+                complete = False
+                continue
+            keys.append(text)
+        services.append(service.model_copy(update={"public_keys": keys}))
+    return services if complete else None
 
 
 def _issues(

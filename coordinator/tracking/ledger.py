@@ -19,14 +19,25 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator import audit
-from coordinator.tables import ack_ledger, event_status, expected_acks, service_registry
+from coordinator.tables import ack_ledger, event_status, expected_acks
 from coordinator.tracking.columns import event_ids_param, unnest
-from coordinator.tracking.snapshot import ACTOR, track_events
+from coordinator.tracking.snapshot import ACTOR, Declared, track_events
 from schemas import AckStatus, RetentionAck
 
-__all__ = ["ConsumedAck", "LedgerOutcome", "RejectReason", "apply_acks"]
+__all__ = [
+    "ConsumedAck",
+    "LedgerOutcome",
+    "RejectReason",
+    "Transition",
+    "apply_acks",
+    "compute_transitions",
+    "write_transitions",
+]
 
 DONE = frozenset({AckStatus.COMPLETED.value, AckStatus.NOT_FOUND.value})
+WAIVED = "waived"
+"""Set by `acks waive` / `services retire` only (coordinator/tracking/waivers.py); final."""
+SETTLED = DONE | {WAIVED}
 _DETAIL_CHARS = 2000
 _ACK_FIELDS = (
     "status",
@@ -61,6 +72,8 @@ _LEDGER_COLUMNS = (
 
 class RejectReason(StrEnum):
     MALFORMED = "malformed"
+    BAD_SIGNATURE = "bad_signature"
+    UNKNOWN_SERVICE = "unknown_service"
     UNKNOWN_EVENT = "unknown_event"
     ENTITY_MISMATCH = "entity_mismatch"
     UNEXPECTED_SERVICE = "unexpected_service"
@@ -75,6 +88,9 @@ class ConsumedAck:
     offset: int
     ack: RetentionAck | None
     poison: str | None = None
+    refused: RejectReason | None = None
+    """Set by the consumer before the ledger sees it: an undeclared service, or a signature
+    that does not verify against the service's declared keys."""
 
 
 @dataclass(slots=True)
@@ -92,6 +108,7 @@ async def apply_acks(
     conn: AsyncConnection,
     records: Sequence[ConsumedAck],
     *,
+    declared: Declared,
     now: datetime,
     reminder_interval: timedelta,
 ) -> LedgerOutcome:
@@ -105,7 +122,9 @@ async def apply_acks(
     missing = [e for e in event_ids if e not in events]
     if missing:
         # Re-read even if we tracked none: another tracker may just have tracked them.
-        await track_events(conn, missing, now=now, reminder_interval=reminder_interval)
+        await track_events(
+            conn, missing, declared=declared, now=now, reminder_interval=reminder_interval
+        )
         events |= await _lock_events(conn, missing)
     expected: dict[tuple[uuid.UUID, str], dict[str, Any]] = {
         (row.event_id, row.service): row._asdict()
@@ -115,15 +134,6 @@ async def apply_acks(
             )
         )
     }
-    late = await _late_joiners(conn, acks, events, expected)
-    if late:
-        # Registered in time but missed by the snapshot (the registry lagged): expected.
-        await conn.execute(
-            pg_insert(expected_acks).on_conflict_do_nothing(),
-            [{"event_id": e, "service": svc, "joined_late": True} for e, svc in late],
-        )
-        for key in late:
-            expected[key] = _pending_row(*key)
 
     accepted_rows: list[dict[str, Any]] = []
     rejected_rows: list[dict[str, Any]] = []
@@ -165,50 +175,18 @@ async def apply_acks(
             .values({name: new.c[name] for name in _ACK_FIELDS})
         )
 
-    touched = {event_id for event_id, _ in changed} | {event_id for event_id, _ in late}
-    transitions = _transitions(events, expected, touched)
+    touched = {event_id for event_id, _ in changed}
+    transitions = compute_transitions(events, expected, touched)
     entries = _audit_entries(outcome, transitions)
     refs = await audit.append_refs(conn, entries, at=now)
     ref_by_action = dict(zip((e.action for e in entries), refs, strict=True))
     for action, seq in (("acks_accepted", accepted_seq), ("acks_rejected", rejected_seq)):
         if action in ref_by_action and ref_by_action[action].seq != seq:
             raise RuntimeError(f"{action} landed at seq {ref_by_action[action].seq}, not {seq}")
-    if transitions:
-        completed_ref = ref_by_action.get("events_completed")
-        s = event_status.c
-        states = unnest(
-            "states",
-            {
-                "event_id": s.event_id.type,
-                "state": s.state.type,
-                "expected": s.expected.type,
-                "completed_at": s.completed_at.type,
-                "completed_audit_seq": s.completed_audit_seq.type,
-            },
-            [
-                {
-                    "event_id": t.event_id,
-                    "state": t.state,
-                    "expected": t.expected,
-                    "completed_at": t.completed_at,
-                    "completed_audit_seq": completed_ref.seq
-                    if completed_ref is not None and t.state == "completed"
-                    else None,
-                }
-                for t in transitions
-            ],
-        )
-        await conn.execute(
-            update(event_status)
-            .where(s.event_id == states.c.event_id)
-            .values(
-                state=states.c.state,
-                expected=states.c.expected,
-                completed_at=states.c.completed_at,
-                completed_audit_seq=states.c.completed_audit_seq,
-                updated_at=now,
-            )
-        )
+    completed_ref = ref_by_action.get("events_completed")
+    await write_transitions(
+        conn, transitions, completed_seq=completed_ref.seq if completed_ref else None, now=now
+    )
     for t in transitions:
         if t.state == "completed" and t.completed_at is not None:
             event = events[t.event_id]
@@ -220,6 +198,50 @@ async def apply_acks(
 
 
 _Where = tuple[str, int, int]
+
+
+async def write_transitions(
+    conn: AsyncConnection,
+    transitions: Sequence[Transition],
+    *,
+    completed_seq: int | None,
+    now: datetime,
+) -> None:
+    """Store new event states; `completed_seq` is the audit entry recording completions."""
+    if not transitions:
+        return
+    s = event_status.c
+    states = unnest(
+        "states",
+        {
+            "event_id": s.event_id.type,
+            "state": s.state.type,
+            "expected": s.expected.type,
+            "completed_at": s.completed_at.type,
+            "completed_audit_seq": s.completed_audit_seq.type,
+        },
+        [
+            {
+                "event_id": t.event_id,
+                "state": t.state,
+                "expected": t.expected,
+                "completed_at": t.completed_at,
+                "completed_audit_seq": completed_seq if t.state == "completed" else None,
+            }
+            for t in transitions
+        ],
+    )
+    await conn.execute(
+        update(event_status)
+        .where(s.event_id == states.c.event_id)
+        .values(
+            state=states.c.state,
+            expected=states.c.expected,
+            completed_at=states.c.completed_at,
+            completed_audit_seq=states.c.completed_audit_seq,
+            updated_at=now,
+        )
+    )
 
 
 async def _lock_events(
@@ -242,58 +264,6 @@ def _order(ack: RetentionAck) -> tuple[datetime, int]:
     return (ack.acknowledged_at, ack.attempt)
 
 
-def _pending_row(event_id: uuid.UUID, service: str) -> dict[str, Any]:
-    return {
-        "event_id": event_id,
-        "service": service,
-        "status": "pending",
-        "records_affected": None,
-        "attempt": None,
-        "detail": None,
-        "acknowledged_at": None,
-        "first_ack_at": None,
-        "acks_received": 0,
-        "joined_late": True,
-    }
-
-
-async def _late_joiners(
-    conn: AsyncConnection,
-    acks: Sequence[ConsumedAck],
-    events: dict[uuid.UUID, Row[Any]],
-    expected: dict[tuple[uuid.UUID, str], dict[str, Any]],
-) -> set[tuple[uuid.UUID, str]]:
-    """Acking services the snapshot missed although they were registered at publication."""
-    strangers = {
-        (r.ack.event_id, r.ack.service)
-        for r in acks
-        if r.ack is not None
-        and r.ack.event_id in events
-        and (r.ack.event_id, r.ack.service) not in expected
-    }
-    if not strangers:
-        return set()
-    r = service_registry.c
-    registered = (
-        await conn.execute(
-            select(service_registry).where(r.service.in_({svc for _, svc in strangers}))
-        )
-    ).all()
-    late = set()
-    for event_id, service in strangers:
-        event = events[event_id]
-        if any(
-            reg.service == service
-            and reg.entity_type == event.entity_type
-            and reg.action == event.event_type
-            and reg.first_seen <= event.published_at
-            and (reg.retired_at is None or reg.retired_at > event.published_at)
-            for reg in registered
-        ):
-            late.add((event_id, service))
-    return late
-
-
 def _reject_reason(
     record: ConsumedAck,
     events: dict[uuid.UUID, Row[Any]],
@@ -302,6 +272,8 @@ def _reject_reason(
     ack = record.ack
     if ack is None:
         return RejectReason.MALFORMED
+    if record.refused is not None:
+        return record.refused
     event = events.get(ack.event_id)
     if event is None:
         return RejectReason.UNKNOWN_EVENT
@@ -359,7 +331,7 @@ def _apply(row: dict[str, Any], ack: RetentionAck) -> None:
     row["acks_received"] += 1
     if row["first_ack_at"] is None or ack.acknowledged_at < row["first_ack_at"]:
         row["first_ack_at"] = ack.acknowledged_at
-    if row["status"] in DONE:
+    if row["status"] in SETTLED:
         return
     if (
         row["status"] == AckStatus.FAILED.value
@@ -375,18 +347,18 @@ def _apply(row: dict[str, Any], ack: RetentionAck) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class _Transition:
+class Transition:
     event_id: uuid.UUID
     state: str
     expected: int
     completed_at: datetime | None
 
 
-def _transitions(
+def compute_transitions(
     events: dict[uuid.UUID, Row[Any]],
     expected: dict[tuple[uuid.UUID, str], dict[str, Any]],
     touched: set[uuid.UUID],
-) -> list[_Transition]:
+) -> list[Transition]:
     by_event: dict[uuid.UUID, list[dict[str, Any]]] = {e: [] for e in touched}
     for (event_id, _), row in expected.items():
         if event_id in by_event:
@@ -395,7 +367,7 @@ def _transitions(
     for event_id in sorted(touched):
         event, rows = events[event_id], by_event[event_id]
         completed_at = None
-        if rows and all(r["status"] in DONE for r in rows):
+        if rows and all(r["status"] in SETTLED for r in rows):
             state = "completed"
             completed_at = max(r["acknowledged_at"] for r in rows)
         elif event.state == "overdue":
@@ -405,13 +377,11 @@ def _transitions(
         else:
             state = "pending"
         if state != event.state or len(rows) != event.expected:
-            out.append(_Transition(event_id, state, len(rows), completed_at))
+            out.append(Transition(event_id, state, len(rows), completed_at))
     return out
 
 
-def _audit_entries(
-    outcome: LedgerOutcome, transitions: list[_Transition]
-) -> list[audit.AuditEntry]:
+def _audit_entries(outcome: LedgerOutcome, transitions: list[Transition]) -> list[audit.AuditEntry]:
     entries = []
     if outcome.accepted:
         entries.append(

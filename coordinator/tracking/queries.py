@@ -122,23 +122,29 @@ async def _events(
                 "acks_received": row.acks_received,
                 "detail": row.detail or "",
                 "joined_late": row.joined_late,
+                "waived_by": row.waived_by,
             }
         )
-    rejected: dict[uuid.UUID, int] = dict(
-        (
-            await conn.execute(
-                select(ack_ledger.c.event_id, func.count())
-                .where(ack_ledger.c.event_id.in_(ids), ~ack_ledger.c.accepted)
-                .group_by(ack_ledger.c.event_id)
-            )
-        ).all()
-    )
+    rejected: dict[uuid.UUID, list[dict[str, Any]]] = defaultdict(list)
+    a = ack_ledger.c
+    for row in await conn.execute(
+        select(a.event_id, a.service, a.status, a.reject_reason, a.received_at)
+        .where(a.event_id.in_(ids), ~a.accepted)
+        .order_by(a.event_id, a.id)
+    ):
+        rejected[row.event_id].append(
+            {
+                "service": row.service,
+                "status": row.status,
+                "reason": row.reject_reason,
+                "received_at": _ts(row.received_at),
+            }
+        )
     held = await _held_now(
         conn, {(r.entity_type, r.entity_id) for r in (*statuses.values(), *local.values())}, now
     )
     documents = [
-        _event_document(statuses.get(i), local.get(i), services[i], rejected.get(i, 0), held)
-        for i in ids
+        _event_document(statuses.get(i), local.get(i), services[i], rejected[i], held) for i in ids
     ]
     return sorted(documents, key=lambda d: (d["initiated_at"] or "", d["event_id"]))
 
@@ -147,7 +153,7 @@ def _event_document(
     status: Row[Any] | None,
     local: Row[Any] | None,
     services: list[dict[str, Any]],
-    rejected: int,
+    rejected: list[dict[str, Any]],
     held: set[tuple[str, str]],
 ) -> dict[str, Any]:
     source = status if status is not None else local
@@ -182,7 +188,8 @@ def _event_document(
         "overdue_at": _ts(status.overdue_at) if status is not None else None,
         "reminders_sent": status.reminders_sent if status is not None else 0,
         "services": services,
-        "rejected_acks": rejected,
+        "rejected_acks": len(rejected),
+        "rejected": rejected,
     }
 
 
@@ -213,6 +220,7 @@ async def report(conn: AsyncConnection, *, since: datetime) -> dict[str, Any]:
             func.count().filter(e.status.in_(_OPEN), s.state == "overdue"),
             func.count().filter(e.status == "pending"),
             *_percentiles(case((e.status.in_(_DONE), ack_seconds))),
+            func.count().filter(e.status == "waived"),
         )
         .join_from(expected_acks, event_status, s.event_id == e.event_id)
         .where(s.published_at >= since)
@@ -229,7 +237,9 @@ async def report(conn: AsyncConnection, *, since: datetime) -> dict[str, Any]:
     return {
         "since": _ts(since),
         "policies": [_outcome_row("policy", row) for row in by_policy],
-        "services": [_outcome_row("service", row) for row in by_service],
+        "services": [
+            {**_outcome_row("service", row[:-1]), "waived": row[-1]} for row in by_service
+        ],
         "rejected_acks": [
             {"service": row[0], "reason": row[1], "count": row[2]} for row in rejected
         ],
@@ -245,7 +255,7 @@ def _percentiles(seconds: ColumnElement[Any]) -> list[ColumnElement[Any]]:
     return [func.percentile_cont(q).within_group(seconds) for q in (0.5, 0.95)]
 
 
-def _outcome_row(scope: str, row: Row[Any]) -> dict[str, Any]:
+def _outcome_row(scope: str, row: Sequence[Any]) -> dict[str, Any]:
     name, events, completed, failed, overdue, pending, median, p95 = tuple(row)
     return {
         scope: name,

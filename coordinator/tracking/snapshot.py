@@ -1,26 +1,25 @@
 """Start tracking published events: snapshot each one's expected acknowledgers.
 
-The expected acknowledgers of an event are the services registered for its entity type
-and action when it was published: first seen at or before `published_at` and not retired
-by then. A service registering later does not make old events incomplete; one that
-retires later does not make them complete.
+The expected acknowledgers of an event are the services the policy file declares for its
+entity type and action (SPEC §9), as the tracker knows the declaration when it first
+tracks the event. Registrations play no part: a service that deploys without a handler,
+or a tombstone on the services topic, changes nobody's expectations. Once snapshotted,
+an expectation ends only by a valid ack or by `retire`/`waive`.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import (
-    CTE,
     BigInteger,
     ColumnElement,
     Interval,
-    Subquery,
+    Text,
     and_,
     any_,
     bindparam,
@@ -30,19 +29,22 @@ from sqlalchemy import (
     func,
     insert,
     literal,
-    or_,
     select,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator import audit
-from coordinator.tables import event_status, expected_acks, outbox, service_registry
-from coordinator.tracking.columns import event_ids_param
+from coordinator.tables import event_status, expected_acks, outbox
+from coordinator.tracking.columns import event_ids_param, unnest
 
-__all__ = ["ACTOR", "TrackedEvent", "track_events", "track_published"]
+__all__ = ["ACTOR", "Declared", "TrackedEvent", "track_events", "track_published"]
 
 ACTOR = "tracker"
+
+
+Declared = Sequence[tuple[str, str, str]]
+"""(service, entity type, action) for every pair each declared service handles."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,12 +56,18 @@ class TrackedEvent:
 
 
 async def track_published(
-    conn: AsyncConnection, *, now: datetime, reminder_interval: timedelta, limit: int
+    conn: AsyncConnection,
+    *,
+    declared: Declared,
+    now: datetime,
+    reminder_interval: timedelta,
+    limit: int,
 ) -> list[TrackedEvent]:
     """Track up to `limit` outbox rows the relay has marked published but we do not follow."""
     return await _track(
         conn,
         outbox.c.published_at.is_not(None),
+        declared=declared,
         now=now,
         reminder_interval=reminder_interval,
         limit=limit,
@@ -70,6 +78,7 @@ async def track_events(
     conn: AsyncConnection,
     event_ids: Sequence[uuid.UUID],
     *,
+    declared: Declared,
     now: datetime,
     reminder_interval: timedelta,
 ) -> list[TrackedEvent]:
@@ -83,6 +92,7 @@ async def track_events(
     return await _track(
         conn,
         outbox.c.event_id == any_(event_ids_param(event_ids)),
+        declared=declared,
         now=now,
         reminder_interval=reminder_interval,
         limit=None,
@@ -93,6 +103,7 @@ async def _track(
     conn: AsyncConnection,
     which: ColumnElement[bool],
     *,
+    declared: Declared,
     now: datetime,
     reminder_interval: timedelta,
     limit: int | None,
@@ -101,35 +112,17 @@ async def _track(
     # written with that seq, its expected count and its state in one go, never updated.
     last_seq, _ = await audit.lock_head(conn)
     seq = last_seq + 1
-    src = _untracked(which, now=now, reminder_interval=reminder_interval, limit=limit)
-    new = _insert_statuses(src, now=now, seq=seq)
-    snapshot = _insert_expected(new)
-    rows = await conn.execute(
-        select(new.c.event_id, new.c.policy, new.c.published_at, snapshot.c.service)
-        .outerjoin(snapshot, snapshot.c.event_id == new.c.event_id)
-        .order_by(new.c.published_at, new.c.event_id, snapshot.c.service)
+    o = outbox.c
+    d = unnest(
+        "declared",
+        {"service": Text(), "entity_type": Text(), "action": Text()},
+        [{"service": s, "entity_type": e, "action": a} for s, e, a in declared],
     )
-    events = _tracked_events(rows)
-    if events:
-        await _append_tracked(conn, events, now=now, seq=seq)
-    return events
-
-
-def _untracked(
-    which: ColumnElement[bool],
-    *,
-    now: datetime,
-    reminder_interval: timedelta,
-    limit: int | None,
-) -> Subquery:
-    """Published events `which` selects that have no status row yet, oldest first, with
-    what their status row starts from (deadline, expected count, first reminder)."""
-    o, r = outbox.c, service_registry.c
     published = func.coalesce(o.published_at, literal(now, event_status.c.tracked_at.type))
     interval = bindparam("reminder_interval", reminder_interval, type_=Interval)
     expected = (
-        select(func.count(distinct(r.service)))
-        .where(_registered(o.entity_type, o.event_type, published))
+        select(func.count(distinct(d.c.service)))
+        .where(d.c.entity_type == o.entity_type, d.c.action == o.event_type)
         .scalar_subquery()
     )
     source = (
@@ -153,14 +146,11 @@ def _untracked(
     )
     if limit is not None:
         source = source.limit(limit)
-    return source.subquery("src")
-
-
-def _insert_statuses(src: Subquery, *, now: datetime, seq: int) -> CTE:
-    """One status row per event of `src`, citing the coming audit entry `seq`."""
-    # An event nobody handles is complete the moment it is published.
+    src = source.subquery("src")
+    # Only a policy file edited after the event was written leaves it with nobody: the
+    # load check refuses fan_out policies nobody handles.
     unhandled = src.c.expected == 0
-    return (
+    new = (
         pg_insert(event_status)
         .from_select(
             [*_COPIED, *_SET_HERE],
@@ -179,29 +169,26 @@ def _insert_statuses(src: Subquery, *, now: datetime, seq: int) -> CTE:
         .returning(event_status.c.entity_type, event_status.c.event_type)
         .cte("new")
     )
-
-
-def _insert_expected(new: CTE) -> CTE:
-    """The snapshot: one expected-ack row per new event and service registered for it."""
-    return (
+    snapshot = (
         insert(expected_acks)
         .from_select(
             ["event_id", "service"],
-            select(new.c.event_id, service_registry.c.service)
+            select(new.c.event_id, d.c.service)
             .distinct()
             .join_from(
                 new,
-                service_registry,
-                _registered(new.c.entity_type, new.c.event_type, new.c.published_at),
+                d,
+                and_(d.c.entity_type == new.c.entity_type, d.c.action == new.c.event_type),
             ),
         )
         .returning(expected_acks.c.event_id, expected_acks.c.service)
         .cte("snapshot")
     )
-
-
-def _tracked_events(rows: Iterable[Any]) -> list[TrackedEvent]:
-    """Rows of (event, policy, published_at, service or None) as one TrackedEvent each."""
+    rows = await conn.execute(
+        select(new.c.event_id, new.c.policy, new.c.published_at, snapshot.c.service)
+        .outerjoin(snapshot, snapshot.c.event_id == new.c.event_id)
+        .order_by(new.c.published_at, new.c.event_id, snapshot.c.service)
+    )
     tracked: dict[uuid.UUID, TrackedEvent] = {}
     services: dict[uuid.UUID, list[str]] = defaultdict(list)
     for row in rows:
@@ -210,15 +197,12 @@ def _tracked_events(rows: Iterable[Any]) -> list[TrackedEvent]:
         )
         if row.service is not None:
             services[row.event_id].append(row.service)
-    return [
+    if not tracked:
+        return []
+    events = [
         TrackedEvent(t.event_id, t.policy, t.published_at, tuple(services[t.event_id]))
         for t in tracked.values()
     ]
-
-
-async def _append_tracked(
-    conn: AsyncConnection, events: list[TrackedEvent], *, now: datetime, seq: int
-) -> None:
     [ref] = await audit.append_refs(
         conn,
         [
@@ -232,6 +216,7 @@ async def _append_tracked(
     )
     if ref.seq != seq:
         raise RuntimeError(f"events_tracked landed at seq {ref.seq}, not {seq}")
+    return events
 
 
 # Columns copied from the outbox row (published_at, deadline: as the tracker sees them).
@@ -257,16 +242,3 @@ _SET_HERE = (
     "completed_at",
     "completed_audit_seq",
 )
-
-
-def _registered(
-    entity_type: ColumnElement[str], action: ColumnElement[str], published: ColumnElement[Any]
-) -> ColumnElement[bool]:
-    """Registry rows of services registered for this entity type and action at publication."""
-    r = service_registry.c
-    return and_(
-        r.entity_type == entity_type,
-        r.action == action,
-        r.first_seen <= published,
-        or_(r.retired_at.is_(None), r.retired_at > published),
-    )

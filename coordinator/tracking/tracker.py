@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
@@ -27,8 +28,9 @@ from coordinator.kafka.ports import (
     RegistrationReader,
 )
 from coordinator.metrics import Metrics
+from coordinator.policy.model import DeclaredService
 from coordinator.settings import TrackerSettings
-from coordinator.tracking import deadlines, ledger, registry, snapshot
+from coordinator.tracking import deadlines, drift, ledger, registry, snapshot
 from schemas import (
     KafkaSettings,
     PoisonRecord,
@@ -44,6 +46,14 @@ from schemas import (
 from schemas.dlq import DlqReason, dlq_headers
 from schemas.models import EARLIEST, LATEST, MAX_NAME_CHARS
 from schemas.retries import any_error
+from schemas.signing import (
+    SignatureMode,
+    Signer,
+    Verdict,
+    Verifier,
+    accepts,
+    parse_public_key,
+)
 
 __all__ = ["Cycle", "Tracker", "TrackerKafka"]
 
@@ -100,9 +110,25 @@ class Tracker:
         clock: Clock,
         metrics: Metrics,
         clients: TrackerKafka | None = None,
+        services: Sequence[DeclaredService],
+        signatures: SignatureMode,
+        signer: Signer | None,
     ) -> None:
+        self._signer = signer
         self._engine = engine
         self._kafka = clients if clients is not None else TrackerKafka.connect(kafka, settings)
+        self._services_declared = list(services)
+        self._declared: snapshot.Declared = [
+            (svc.name, entity_type, action)
+            for svc in services
+            for entity_type, action in sorted(svc.pairs())
+        ]
+        # Acks and registrations are checked against the declared keys only.
+        self._verifiers = {
+            svc.name: Verifier([parse_public_key(k) for k in svc.public_keys]) for svc in services
+        }
+        self._mode = signatures
+        self._drifting: set[str] = set()
         self._settings = settings
         self._clock = clock
         self._metrics = metrics
@@ -155,9 +181,20 @@ class Tracker:
             records: list[ServiceRegistration | registry.Retirement] = []
             poison: list[tuple[ConsumedRecord, str]] = []
             for msg in messages:
+                refused = self._registration_refused(msg)
+                if refused is not None:
+                    self._metrics.registrations_rejected.labels(reason=refused).inc()
+                    log.warning(
+                        "registration_rejected",
+                        partition=msg.partition,
+                        offset=msg.offset,
+                        reason=refused,
+                    )
+                    continue
                 try:
                     records.append(_registration(msg))
                 except PoisonRecord as exc:
+                    self._metrics.registrations_rejected.labels(reason="malformed").inc()
                     log.warning(
                         "registration_rejected",
                         partition=msg.partition,
@@ -179,6 +216,41 @@ class Tracker:
             reader.rewind(messages)
             raise
 
+    def _registration_refused(self, msg: ConsumedRecord) -> str | None:
+        """Why a services-topic record (registration or tombstone) is ignored, if it is.
+
+        The record key names the service. A declared service's record must carry its
+        signature, so nobody can make it look drifted or retired. An undeclared service has
+        no key to check: its registration is kept, since showing it as `undeclared` drift
+        is the point, and the registry decides nothing.
+        """
+        if msg.key is None:
+            return "malformed"
+        verifier = self._verifiers.get(msg.key.decode("utf-8", "replace"))
+        if verifier is not None and not self._signature_ok(verifier, msg, self._topics.services):
+            return "bad_signature"
+        return None
+
+    def _signature_ok(self, verifier: Verifier, msg: ConsumedRecord, topic: str) -> bool:
+        if self._mode is SignatureMode.OFF:
+            return True
+        checked = verifier.verify(msg.key, msg.value, msg.headers or ())
+        if checked.verdict is Verdict.UNSIGNED and self._mode is SignatureMode.PERMISSIVE:
+            self._metrics.unsigned_records.labels(topic=topic).inc()
+        return accepts(self._mode, checked)
+
+    async def check_drift(self) -> dict[str, drift.Drift]:
+        """Compare registrations with the declaration; gauge every service, log new drift."""
+        async with self._engine.connect() as conn:
+            found = await drift.service_drift(conn, self._services_declared)
+        for name, state in found.items():
+            self._metrics.service_drift.labels(service=name).set(1 if state.drifting else 0)
+        drifting = {name for name, state in found.items() if state.drifting}
+        for name in sorted(drifting - self._drifting):
+            log.warning("service_drift_started", service=name, problem=found[name].problem)
+        self._drifting = drifting
+        return found
+
     # --- events and acks ---------------------------------------------------------------
 
     async def track_published(self) -> int:
@@ -188,6 +260,7 @@ class Tracker:
             async with self._engine.begin() as conn:
                 tracked = await snapshot.track_published(
                     conn,
+                    declared=self._declared,
                     now=self._clock.now(),
                     reminder_interval=self._schedule.interval,
                     limit=_HOUSEKEEPING_LIMIT,
@@ -214,13 +287,19 @@ class Tracker:
                     )
                     poison.append((msg, exc.reason))
                 else:
-                    records.append(ledger.ConsumedAck(msg.topic, msg.partition, msg.offset, ack))
+                    refused = self._refused(ack, msg)
+                    records.append(
+                        ledger.ConsumedAck(
+                            msg.topic, msg.partition, msg.offset, ack, refused=refused
+                        )
+                    )
             if poison:
                 await self._dead_letter(poison)
             async with self._engine.begin() as conn:
                 outcome = await ledger.apply_acks(
                     conn,
                     records,
+                    declared=self._declared,
                     now=self._clock.now(),
                     reminder_interval=self._schedule.interval,
                 )
@@ -231,6 +310,14 @@ class Tracker:
         await reader.commit(messages)
         self._count(outcome)
         return outcome
+
+    def _refused(self, ack: RetentionAck, msg: ConsumedRecord) -> ledger.RejectReason | None:
+        verifier = self._verifiers.get(ack.service)
+        if verifier is None:
+            return ledger.RejectReason.UNKNOWN_SERVICE
+        if not self._signature_ok(verifier, msg, self._topics.acks):
+            return ledger.RejectReason.BAD_SIGNATURE
+        return None
 
     async def _dead_letter(self, poison: list[tuple[ConsumedRecord, str]]) -> None:
         letters = []
@@ -283,15 +370,21 @@ class Tracker:
                 )
                 if not due:
                     return total
+                records = [(r.event.key.encode(), encode(r.event)) for r in due]
+                signed = (
+                    self._signer.sign_batch(records)
+                    if self._signer is not None
+                    else [[] for _ in records]
+                )
                 await publisher.publish(
                     self._topics.events,
                     [
                         OutgoingRecord(
-                            r.event.key.encode(),
-                            encode(r.event),
-                            [("retention-reminder", str(r.number).encode())],
+                            key,
+                            value,
+                            [("retention-reminder", str(r.number).encode()), *headers],
                         )
-                        for r in due
+                        for r, (key, value), headers in zip(due, records, signed, strict=True)
                     ],
                 )
                 await deadlines.record_reminders(conn, due, now=now, schedule=self._schedule)
@@ -331,6 +424,7 @@ class Tracker:
         """Everything but acks: registry, new publications, reminders, deadlines, gauges."""
         cycle = Cycle()
         cycle.registrations = await self.poll_registry()
+        await self.check_drift()
         cycle.tracked = await self.track_published()
         cycle.reminders = await self.send_reminders()
         cycle.overdue = await self.escalate_overdue()

@@ -14,6 +14,7 @@ from coordinator.api.health import KafkaHealth
 from coordinator.db import make_engine
 from coordinator.metrics import Metrics
 from schemas import KafkaSettings
+from schemas.signing import SignatureMode
 from tests.api.conftest import make_client
 
 # What an open route may say about a failed check: its kind, never an error text.
@@ -27,6 +28,13 @@ async def test_healthz_ok_when_database_and_kafka_answer(client: httpx.AsyncClie
     assert body["status"] == "ok"
     assert body["checks"]["database"]["ok"]
     assert body["checks"]["kafka"]["ok"], body["checks"]["kafka"]
+    assert body["signatures"] == "required"
+
+
+async def test_healthz_shows_signatures_off(ctx: ApiContext) -> None:
+    async with make_client(dataclasses.replace(ctx, signatures=SignatureMode.OFF)) as client:
+        body = (await client.get("/healthz")).json()
+    assert body["signatures"] == "off"
 
 
 async def test_healthz_503_names_the_database_when_it_is_unreachable(ctx: ApiContext) -> None:

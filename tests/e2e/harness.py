@@ -39,12 +39,14 @@ from coordinator.kafka.admin import ensure_topics
 from coordinator.metrics import Metrics
 from coordinator.migrate import upgrade
 from coordinator.outbox.relay import OutboxRelay
+from coordinator.policy.model import DeclaredService
 from coordinator.settings import RelaySettings, TrackerSettings
 from coordinator.tables import audit_log, event_status, service_registry
 from coordinator.tracking.tracker import Tracker
 from schemas import AckStatus, KafkaSettings, RetentionAck, decode
+from schemas.signing import SignatureSettings
 from services import EXAMPLES
-from tests import infra
+from tests import declared, infra
 from tests.infra import ROOT
 
 __all__ = [
@@ -258,6 +260,7 @@ class Stack:
             {
                 "RETENTION_SERVICE_DATABASE_URL": self.services_url,
                 "RETENTION_CONSUMER_POLL_TIMEOUT_S": "0.2",
+                **infra.signing_env(),
             }
         )
         env.update(extra or {})
@@ -268,10 +271,13 @@ class Stack:
     ) -> ServiceProcess:
         if name in self.processes:
             raise ValueError(f"service {name} already added")
+        module = module or f"services.{name}"
+        # Each service signs with its own key, the one `running_tracker` declares for it.
+        own_key = {"RETENTION_SERVICE_SIGNING_KEY_FILE": str(declared.key_file(module))}
         process = ServiceProcess(
             name=name,
-            module=module or f"services.{name}",
-            env=self.service_env(env),
+            module=module,
+            env=self.service_env({**own_key, **(env or {})}),
             log_path=self.log_dir / f"{name}.log",
         )
         self.processes[name] = process
@@ -311,6 +317,7 @@ class Stack:
         # The session's KEK (tests/conftest.py), for archive policies.
         env["RETENTION_KEK_FILE"] = os.environ["RETENTION_KEK_FILE"]
         env.update(self.kafka.environ())
+        env.update(infra.signing_env())
         env.update(extra or {})
         return env
 
@@ -421,15 +428,31 @@ async def running_tracker(
     clock: Clock | None = None,
     settings: TrackerSettings | None = None,
     metrics: Metrics | None = None,
+    services: Sequence[str | DeclaredService] | None = None,
+    signatures: SignatureSettings | None = None,
 ) -> AsyncIterator[Running]:
-    """`Tracker.run_forever` (registry consumer, ack ledger, reminders, deadlines)."""
+    """`Tracker.run_forever` (registry consumer, ack ledger, reminders, deadlines).
+
+    `services` are the declared ones (who must acknowledge): names or modules of service
+    processes, or declarations; default the product services and every service process
+    the stack has when the tracker starts. `signatures`: default from the environment."""
     engine = stack.engine()
+    if services is None:
+        services = [*PRODUCT_SERVICES, *(p.module for p in stack.processes.values() if not p.argv)]
+    declarations = [
+        *declared.declare(s for s in services if isinstance(s, str)),
+        *(s for s in services if isinstance(s, DeclaredService)),
+    ]
+    signatures = signatures or SignatureSettings()
     tracker = Tracker(
         engine,
         stack.kafka,
         settings or tracker_settings(stack),
         clock=clock or SystemClock(),
         metrics=metrics or Metrics(),
+        services=declarations,
+        signatures=signatures.mode,
+        signer=signatures.coordinator_signer(),
     )
     stop = asyncio.Event()
     task = asyncio.create_task(tracker.run_forever(stop), name="tracker")

@@ -20,6 +20,7 @@ from coordinator.tables import ack_ledger, event_status, expected_acks
 from schemas import AckStatus
 from services import billing, notifications, preferences
 from services.preferences.service import DEMO_PREFERENCES
+from tests import keys
 from tests.e2e import workload
 from tests.e2e.harness import (
     PRODUCT_SERVICES,
@@ -59,26 +60,30 @@ async def test_tracker_completion_reminders_overdue_forgery_and_cli(stack: Stack
         reminder_backoff=2.0,
         max_reminders=MAX_REMINDERS,
     )
-    async with (
-        running_tracker(stack, clock=clock, settings=settings) as tracker,
-        AckTail(stack.kafka) as acks,
-    ):
-        alive = all_of(stack.check_alive, tracker.check, acks.check)
+    async with running_tracker(stack, clock=clock, settings=settings) as tracker:
         await wait_for(
             partial(has_registered, stack, PRODUCT_SERVICES), timeout_s=30, what="registrations"
         )
         async with running_relay(stack, clock=clock) as relay:
-            alive = all_of(alive, relay.check)
             # 1. Every event of the three real services ends `completed`.
             await wait_for(
                 partial(states_are, stack, completed=work.events),
                 timeout_s=60,
                 what="all events completed",
-                alive=alive,
+                alive=all_of(stack.check_alive, tracker.check, relay.check),
             )
-
-            # 2. A fourth service registers for `user` (later than those events) and never
-            # acknowledges: new events wait for it, get reminded, then go overdue.
+    # 2. The policy file gains a fourth service for `user` that never acknowledges (the
+    # tracker restarts with it): new events wait for it, get reminded, then go overdue.
+    silent = keys.declared(SILENT, {"user": ["delete", "anonymize"]})
+    async with (
+        running_tracker(
+            stack, clock=clock, settings=settings, services=[*PRODUCT_SERVICES, silent]
+        ) as tracker,
+        AckTail(stack.kafka) as acks,
+    ):
+        alive = all_of(stack.check_alive, tracker.check, acks.check)
+        async with running_relay(stack, clock=clock) as relay:
+            alive = all_of(alive, relay.check)
             clock.advance(timedelta(hours=1))
             await produce(
                 stack.kafka, stack.kafka.topics.services, [registration(SILENT, clock.now())]
@@ -142,7 +147,7 @@ async def test_tracker_completion_reminders_overdue_forgery_and_cli(stack: Stack
                 alive=alive,
             )
 
-            # 3. A forged ack from a service that never registered is rejected.
+            # 3. A forged ack from a service nobody declared is rejected.
             victim_user = work.users[1]
             victim_event = work.event_ids("user")[victim_user]
             forged = ack(victim_event, "mallory", victim_user, clock.now())
@@ -174,7 +179,7 @@ async def test_tracker_completion_reminders_overdue_forgery_and_cli(stack: Stack
     since = (clock.now() - timedelta(days=60)).date().isoformat()
     report = _json(stack, "report", "--since", since, "--json")
     assert report["rejected_acks"] == [
-        {"service": "mallory", "reason": "unexpected_service", "count": 1}
+        {"service": "mallory", "reason": "unknown_service", "count": 1}
     ]
     policies = {p["policy"]: p for p in report["policies"]}
     assert (policies["inactive_users"]["events"], policies["inactive_users"]["overdue"]) == (

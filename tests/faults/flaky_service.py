@@ -52,9 +52,11 @@ def plan(seed: int, entity_id: str, max_attempts: int) -> tuple[str, int]:
     return "flaky", rng.randrange(max_attempts)
 
 
-def create_app() -> RetentionConsumer:
-    app = RetentionConsumer(SERVICE)
-    seed = int(os.environ["FLAKY_SEED"])
+def create_app(seed: int | None = None, database_url: str | None = None) -> RetentionConsumer:
+    app = RetentionConsumer(SERVICE, database_url=database_url)
+    if seed is None:
+        seed = int(os.environ["FLAKY_SEED"])
+    chosen = seed
     attempts: Counter[uuid.UUID] = Counter()
 
     @app.on_startup
@@ -70,7 +72,7 @@ def create_app() -> RetentionConsumer:
                 event_id=event.event_id, entity_id=event.entity_id, attempt=attempt
             )
         )
-        kind, fails = plan(seed, event.entity_id, app.settings.max_attempts)
+        kind, fails = plan(chosen, event.entity_id, app.settings.max_attempts)
         if kind == "fatal":
             raise PermissionError(f"{event.entity_id}: not ours to delete")
         if attempt <= fails:

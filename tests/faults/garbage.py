@@ -35,6 +35,7 @@ from schemas import (
     encode,
 )
 from schemas.models import WireModel
+from schemas.signing import Signer
 
 __all__ = [
     "BROKER_SIZED",
@@ -139,6 +140,7 @@ def _not_utf8(rng: random.Random, base: Document) -> bytes:
 
 
 def _missing_field(rng: random.Random, base: Document) -> bytes:
+    # Optional on read (SPEC §3, §11): dropping one leaves a valid record, not garbage.
     optional = (
         "schema_version",
         "fields",
@@ -296,9 +298,15 @@ async def allow_giant_records(kafka: KafkaSettings, topics: Sequence[str]) -> No
 
 
 async def produce_raw(
-    kafka: KafkaSettings, topic: str, records: Sequence[Poison | tuple[bytes | None, bytes]]
+    kafka: KafkaSettings,
+    topic: str,
+    records: Sequence[Poison | tuple[bytes | None, bytes]],
+    *,
+    signer: Signer | None = None,
 ) -> None:
-    """Raw records in order, as a misbehaving producer would send them."""
+    """Raw records in order, as a misbehaving producer would send them; with `signer`,
+    signed as that key's owner would (garbage the coordinator itself sent, to reach the
+    decoders behind the signature check)."""
     producer = AIOKafkaProducer(
         **kafka.client_kwargs(), acks="all", max_request_size=TOPIC_MAX_BYTES + 1024
     )
@@ -307,7 +315,8 @@ async def produce_raw(
         sent = []
         for record in records:
             key, value = (record.key, record.value) if isinstance(record, Poison) else record
-            sent.append(await producer.send(topic, value, key=key))
+            headers = [] if signer is None else signer.sign_record(key, value)
+            sent.append(await producer.send(topic, value, key=key, headers=headers))
         for future in sent:
             await future
     finally:

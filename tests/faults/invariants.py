@@ -25,12 +25,12 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select, text
+from sqlalchemy import exists, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator import audit
 from coordinator.db import make_engine
-from coordinator.tables import anonymized, event_status, expected_acks, outbox
+from coordinator.tables import ack_ledger, anonymized, event_status, expected_acks, outbox
 from services import EXAMPLES, billing, notifications, preferences
 from tests.e2e.harness import Stack
 from tests.faults.world import (
@@ -50,7 +50,7 @@ __all__ = [
     "totals_line",
 ]
 
-INVARIANTS = ("holds", "young", "delivered", "once", "settled", "audit")
+INVARIANTS = ("holds", "young", "delivered", "once", "signed", "settled", "audit")
 
 REPORTS: list[InvariantReport] = []
 """Every report of this session, for the totals line."""
@@ -76,6 +76,16 @@ class InvariantReport:
     def losses(self) -> int:
         """Events or effects that should exist and do not (invariant 3)."""
         return len(self.problems["delivered"])
+
+    @property
+    def forged_effects(self) -> int:
+        """Service effects of events the coordinator never published (signed)."""
+        return sum("effect of unknown event" in p for p in self.problems["once"])
+
+    @property
+    def forged_completions(self) -> int:
+        """Acknowledgements counted without a verified ack from the service's key."""
+        return len(self.problems["signed"])
 
     def line(self) -> str:
         faults = ",".join(f"{k}={v}" for k, v in sorted(self.faults.items())) or "none"
@@ -109,7 +119,9 @@ def totals_line(reports: list[InvariantReport]) -> str:
         f"passed={sum(r.ok for r in reports)} kills_survived={kills} "
         f"faults_injected={sum(faults.values())} "
         f"events_checked={sum(r.events for r in reports)} "
-        f"losses={sum(r.losses for r in reports)}"
+        f"losses={sum(r.losses for r in reports)} "
+        f"forged_effects={sum(r.forged_effects for r in reports)} "
+        f"forged_completions={sum(r.forged_completions for r in reports)}"
     )
 
 
@@ -183,6 +195,7 @@ async def check_invariants(
             acks = await _acks(conn)
             _check_delivery(events, acks, report, entity_services)
             _check_effects(events, acks, effects, report)
+            await _check_signed(conn, report)
             await _check_settled(conn, allow_unfinished, report)
             checked, broken = await audit.verify(conn)
             if broken is not None or checked == 0:
@@ -429,6 +442,27 @@ def _check_effects(
                 report.problems["once"].append(
                     f"{service}: completed ack for {event_id} but no effect"
                 )
+
+
+async def _check_signed(conn: AsyncConnection, report: InvariantReport) -> None:
+    """Every service counted done has an accepted ack of that status in the ledger; with
+    signatures required, the tracker accepts only acks verified against the service's
+    declared key (a forged ack is recorded rejected)."""
+    e, a = expected_acks.c, ack_ledger.c
+    rows = await conn.execute(
+        select(e.event_id, e.service, e.status).where(
+            e.status.in_(("completed", "not_found")),
+            ~exists().where(
+                a.event_id == e.event_id,
+                a.service == e.service,
+                a.status == e.status,
+                a.accepted,
+            ),
+        )
+    )
+    report.problems["signed"].extend(
+        f"event {row.event_id}: {row.service} {row.status} without an accepted ack" for row in rows
+    )
 
 
 async def _check_settled(

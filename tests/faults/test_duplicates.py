@@ -44,6 +44,7 @@ from tests.faults.forgery import forgery_problems, inject_forgeries, wait_for_re
 from tests.faults.invariants import check_invariants, settle
 from tests.faults.replay import add_services_in_own_groups, rewind_group, tracker_caught_up
 from tests.faults.world import ENTITY_SERVICES, World, prepare_world
+from tests.sdk.kafka_io import COORDINATOR
 
 DONE = frozenset({AckStatus.COMPLETED, AckStatus.NOT_FOUND})
 
@@ -131,7 +132,8 @@ async def deliver_everything_again(
             )
             await stack.stop_services()
     shuffled = rng.sample(originals, len(originals))
-    await garbage.produce_raw(stack.kafka, topics.events, shuffled)
+    # Re-sent by the coordinator's key: the same bytes, the same valid signature.
+    await garbage.produce_raw(stack.kafka, topics.events, shuffled, signer=COORDINATOR)
     faults["duplicated_records"] += len(shuffled)
     return copies + 1
 

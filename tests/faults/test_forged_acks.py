@@ -1,10 +1,19 @@
-"""Scenario 11: forged acks mixed in with the real ones, while the services work.
+"""Scenario 11: forgeries of every kind mixed in with the real traffic.
 
-Forgeries of four kinds (tests/faults/forgery.py) are produced in bursts while the
-services' real acks arrive. Each must be rejected with its reason in the ack ledger,
-counted in `retention_acks_rejected{reason}` and `retention report`, and leave every
-event's state and every service's recorded ack as the real acks made them. The reduced
-variant runs inside scenario 6's reduced test (tests/faults/test_duplicates.py).
+While the services work (tests/faults/forgery.py):
+- forged acks of seven kinds, in bursts between the real ones: each must be rejected
+  with its reason in the ack ledger, counted in `retention_acks_rejected{reason}` and
+  `retention report`, and leave every event's state and every recorded ack as the real
+  acks made them;
+- verbatim replays of genuine acks: duplicates, nothing changes;
+- delete events for held users written straight to the events topic without the
+  coordinator's key: every service dead-letters them as `bad_signature`, touches
+  nothing, acks nothing;
+- tombstones and registrations in the declared services' names without their keys:
+  refused and counted; the expected acknowledgers never change.
+Invariants add: no service effect without a coordinator signature (`once`: no effect of
+an unknown event), no service counted done without an accepted ack (`signed`). The
+reduced variant runs inside scenario 6's reduced test (tests/faults/test_duplicates.py).
 """
 
 from __future__ import annotations
@@ -17,11 +26,20 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from coordinator.metrics import Metrics
-from tests.e2e.harness import Stack, all_of, running_tracker
+from tests.e2e.harness import PRODUCT_SERVICES, Stack, all_of, running_tracker
 from tests.faults.drive import complete, coordinator_processes, start_services
-from tests.faults.forgery import forgery_problems, inject_forgeries, wait_for_rejections
+from tests.faults.forgery import (
+    forge_events,
+    forge_registrations,
+    forged_event_problems,
+    forgery_problems,
+    inject_forgeries,
+    registration_problems,
+    replay_genuine_acks,
+    wait_for_rejections,
+)
 from tests.faults.invariants import check_invariants, settle
-from tests.faults.world import prepare_world
+from tests.faults.world import USERS_POLICY, prepare_world
 
 
 async def forged_scenario(
@@ -35,19 +53,32 @@ async def forged_scenario(
     async with running_tracker(stack, metrics=Metrics(registry)) as tracker:
         alive = all_of(stack.check_alive, tracker.check)
         await start_services(stack)
+        refused_registrations = await forge_registrations(stack, PRODUCT_SERVICES)
         await complete(run)
         await complete(relay)
+        held = sorted(world.held(USERS_POLICY))
+        events = await forge_events(stack, rng, held)
         # In bursts between the services' own acks, which are still arriving.
-        want, _ = await inject_forgeries(stack, rng, forged)
+        want, fakes = await inject_forgeries(stack, rng, forged)
         await settle(stack, world, timeout_s=120, alive=alive)
         await wait_for_rejections(stack, want, alive)
+        replayed = await replay_genuine_acks(stack, rng, forged // 10, fakes)
+        await settle(stack, world, timeout_s=60, alive=alive)
     assert await forgery_problems(stack, registry, want) == []
-    report = await check_invariants(
-        stack, world, scenario="11-forged-acks", seed=seed, faults=Counter(forged_acks=forged)
+    assert await forged_event_problems(stack, events, PRODUCT_SERVICES) == []
+    assert (
+        await registration_problems(stack, registry, refused_registrations, PRODUCT_SERVICES) == []
     )
+    faults = Counter(
+        forged_acks=forged,
+        forged_events=events.records,
+        forged_registrations=refused_registrations,
+        replayed_acks=replayed,
+    )
+    report = await check_invariants(stack, world, scenario="11-forgeries", seed=seed, faults=faults)
     report.assert_ok()
     assert report.events == world.expected_events
-    print(f"[faults] {forged} forged acks rejected: {dict(want)}")
+    print(f"[faults] {forged} forged acks rejected: {dict(want)}; {dict(faults)}")
 
 
 @pytest.mark.faults_full

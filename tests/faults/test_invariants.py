@@ -1,11 +1,11 @@
-"""The invariant check itself: a clean run passes all six; sabotage fails the right one."""
+"""The invariant check itself: a clean run passes all seven; sabotage fails the right one."""
 
 from __future__ import annotations
 
 from sqlalchemy import delete, insert, select, update
 
 from coordinator.db import make_engine
-from coordinator.tables import audit_log
+from coordinator.tables import ack_ledger, audit_log, expected_acks
 from services import notifications
 from tests.e2e.harness import Stack, running_tracker
 from tests.faults.drive import complete, coordinator_processes, start_services
@@ -35,6 +35,16 @@ async def test_clean_run_passes_and_sabotage_is_caught(stack: Stack, world: Worl
                 update(fault_users).where(fault_users.c.id == young_user).values(email="x")
             )
             await conn.execute(update(audit_log).where(audit_log.c.seq == 2).values(actor="eve"))
+            # Completions the ledger never accepted (what a forged ack would have needed).
+            done = (
+                select(expected_acks.c.event_id)
+                .where(expected_acks.c.status == "completed")
+                .limit(1)
+                .scalar_subquery()
+            )
+            await conn.execute(
+                delete(ack_ledger).where(ack_ledger.c.event_id == done, ack_ledger.c.accepted)
+            )
         async with services.begin() as conn:
             log = notifications.erasure_log
             first = (await conn.execute(select(log.c.event_id, log.c.user_id).limit(1))).one()
@@ -46,4 +56,4 @@ async def test_clean_run_passes_and_sabotage_is_caught(stack: Stack, world: Worl
         stack, world, scenario="sabotaged", seed=0, faults={}, record=False
     )
     failed = {name for name, problems in broken.problems.items() if problems}
-    assert failed == {"holds", "young", "once", "audit"}, broken.details()
+    assert failed == {"holds", "young", "once", "signed", "audit"}, broken.details()

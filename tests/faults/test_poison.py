@@ -30,6 +30,7 @@ from tests.faults import garbage
 from tests.faults.drive import complete, coordinator_processes, count, start_services
 from tests.faults.invariants import check_invariants, settle
 from tests.faults.world import prepare_world
+from tests.sdk.kafka_io import COORDINATOR
 
 BATCH_FAILED = b'"what": "batch"'
 """What the SDK logs (`retry_scheduled`) when it tries a batch again: a poison record
@@ -87,7 +88,11 @@ async def poison_scenario(
         relay.start()
         # Garbage before, while and after the relay publishes the run's events.
         for part in range(chunks):
-            await garbage.produce_raw(stack.kafka, topics.events, bad_events[part::chunks])
+            # Signed: the decoders are behind the signature check (scenario 11 covers
+            # what a forger without the key gets).
+            await garbage.produce_raw(
+                stack.kafka, topics.events, bad_events[part::chunks], signer=COORDINATOR
+            )
             await garbage.produce_raw(stack.kafka, topics.acks, bad_acks[part::chunks])
             await asyncio.sleep(rng.uniform(0, 0.3))
         assert await relay.wait(timeout_s=120) == 0, relay.log_tail()

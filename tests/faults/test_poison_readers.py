@@ -33,6 +33,7 @@ from tests.faults.drive import COORDINATOR_ENV
 from tests.faults.world import prepare_world
 from tests.integration.tracking_support import registration
 from tests.sdk.helpers import event
+from tests.sdk.kafka_io import COORDINATOR
 
 SERVICES_KINDS = tuple(k for k in garbage.KINDS if k != "tombstone")
 """A keyed tombstone on the services topic is a retirement, not poison."""
@@ -151,6 +152,7 @@ async def test_faust_service_dead_letters_poison_and_acks_what_follows(stack: St
                     r if isinstance(r, garbage.Poison) else (r.key.encode(), encode(r))
                     for r in chunk
                 ],
+                signer=COORDINATOR,
             )
 
         def dead_lettered() -> Counter[str]:

@@ -53,6 +53,8 @@ POLICY = """policies:
     legal_basis: "Legitimate interest"
     conditions: {condition}
     fan_out: true
+services:
+  - {{name: helpdesk, owner: tests, handles: {{ticket: [delete]}}}}
 """
 VALID = """  - name: {name}
     table: session_logs

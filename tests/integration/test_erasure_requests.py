@@ -51,7 +51,7 @@ from coordinator.purge.runner import Runner
 from coordinator.settings import RelaySettings, Settings
 from coordinator.tracking.tracker import Tracker
 from schemas import KafkaSettings
-from tests import infra
+from tests import infra, keys
 from tests.integration.tracking_support import (
     insert_published,
     make_tracker,
@@ -118,7 +118,12 @@ policies:
     subject: {entity_type: user, column: customer_id}
     on_erasure_request: exempt
     exemption_basis: "GDPR Art. 17(3)(b): tax records kept 10 years"
-"""
+services:
+  - name: billing
+    owner: tests
+    handles: {user: [delete], order: [anonymize], ticket: [delete]}
+    public_keys: ["KEY"]
+""".replace("KEY", keys.public_key())
 
 TABLES = """
 CREATE TABLE er_accounts (id bigint PRIMARY KEY, email text, status text, closed_at timestamptz);
@@ -283,7 +288,9 @@ async def test_request_erases_every_mapped_table_fans_out_and_completes(env: Env
     seen: list[RetentionEvent] = []
     app = _service(env.kafka, seen)
     tracker: Tracker
-    tracker, tracker_engine, _ = make_tracker(env.url, env.kafka, SystemClock())
+    tracker, tracker_engine, _ = make_tracker(
+        env.url, env.kafka, SystemClock(), services=parse_policies(POLICIES).services
+    )
     await app.start()
     await tracker.start()
     try:
@@ -533,7 +540,9 @@ async def test_reminders_skip_events_whose_entity_or_subject_is_held(
     await upgrade(url)
     t0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
     clock = FrozenClock(t0)
-    tracker, engine, _ = make_tracker(url, topics, clock)
+    tracker, engine, _ = make_tracker(
+        url, topics, clock, services=[keys.declared("crm", {"session": ["delete"]})]
+    )
     try:
         await produce(
             topics, topics.topics.services, [registration("crm", t0 - timedelta(days=1), "session")]

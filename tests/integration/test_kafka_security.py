@@ -26,7 +26,8 @@ from aiokafka.errors import (
 from consumer_sdk import ConsumerSettings, RetentionConsumer, RetentionEvent
 from coordinator.kafka.admin import ensure_topics
 from coordinator.settings import TrackerSettings
-from tests import infra
+from schemas.signing import SignatureSettings
+from tests import declared, infra
 from tests.e2e.harness import (
     Stack,
     all_of,
@@ -75,6 +76,8 @@ async def test_fan_out_over_sasl_ssl(
         SERVICE,
         kafka=broker.settings(SERVICE),
         settings=ConsumerSettings(database_url=None, poll_timeout_s=0.2),
+        # Signed with its own key, the one its declaration names.
+        signatures=SignatureSettings(service_signing_key_file=declared.key_file(SERVICE)),
     )
 
     @billing.on_delete("user")
@@ -84,7 +87,11 @@ async def test_fan_out_over_sasl_ssl(
 
     rows = outbox_rows(EVENTS)
     # The tracker's group is the one the ACLs name (RETENTION_TRACKER_GROUP_ID).
-    async with running_tracker(stack, settings=TrackerSettings(poll_interval_s=0.05)) as tracker:
+    async with running_tracker(
+        stack,
+        settings=TrackerSettings(poll_interval_s=0.05),
+        services=[SERVICE, FAUST_SERVICE],
+    ) as tracker:
         await billing.start()
         try:
             await stack.start_services(FAUST_SERVICE)

@@ -38,6 +38,8 @@ from coordinator.tokens import Scope, TokenStore, add_token, new_token
 from coordinator.tracking.tracker import Tracker
 from schemas import KafkaSettings, RetentionEvent
 from schemas.logs import configure_logging
+from schemas.signing import SignatureMode
+from tests import keys
 from tests.sdk.helpers import event
 from tests.sdk.kafka_io import produce, read_topic
 
@@ -197,6 +199,9 @@ async def test_no_secret_or_email_in_tables_topics_logs_or_responses(
             TrackerSettings(group_id=f"{topics.topic_prefix}.tracker"),
             clock=SystemClock(),
             metrics=Metrics(CollectorRegistry()),
+            services=[keys.declared("leaky", {"user": ["delete"]})],
+            signatures=SignatureMode.REQUIRED,
+            signer=keys.signer(keys.COORDINATOR),
         )
         await tracker.start()
         try:

@@ -52,6 +52,8 @@ policies:
     action: delete
     legal_basis: "Test: per-second schedule"
     fan_out: true
+services:
+  - {name: ticker, owner: tests, handles: {tick: [delete]}}
 """
 EVERY_2S = "* * * * * */2"
 RETENTION = str(Path(sys.executable).parent / "retention")

@@ -20,12 +20,13 @@ from coordinator.metrics import Metrics
 from coordinator.migrate import upgrade
 from coordinator.purge.holds import EntityTypes, IdForm, IdKind, create_hold, release_hold
 from coordinator.tables import ack_ledger, audit_log, event_status, expected_acks, service_registry
-from coordinator.tracking import queries
+from coordinator.tracking import queries, waivers
 from coordinator.tracking import tracker as tracker_module
 from coordinator.tracking.tracker import Tracker
 from schemas import AckStatus, KafkaSettings, RetentionEvent, decode
 from schemas.dlq import DlqHeader
-from tests import infra
+from schemas.signing import SignatureMode
+from tests import infra, keys
 from tests.integration.tracking_support import (
     ack,
     drain,
@@ -47,6 +48,27 @@ class Env:
     clock: FrozenClock
     kafka: KafkaSettings
     entity_type: str
+
+    async def declare(self, *services: str, elsewhere: tuple[str, ...] = ()) -> None:
+        """Restart the tracker with `services` declared for the test's entity type, and
+        `elsewhere` for another one."""
+        settings = self.tracker._settings
+        await self.tracker.stop()
+        both = ["delete", "anonymize"]
+        self.tracker = Tracker(
+            self.engine,
+            self.kafka,
+            settings,
+            clock=self.clock,
+            metrics=self.metrics,
+            services=[
+                *(keys.declared(s, {self.entity_type: both}) for s in services),
+                *(keys.declared(s, {"elsewhere": both}) for s in elsewhere),
+            ],
+            signatures=SignatureMode.REQUIRED,
+            signer=keys.signer(keys.COORDINATOR),
+        )
+        await self.tracker.start()
 
     async def register(self, *services: str, at: datetime) -> None:
         await produce(
@@ -101,12 +123,13 @@ async def database(postgres_url: str) -> AsyncIterator[str]:
 @pytest.fixture
 async def env(database: str, topics: KafkaSettings) -> AsyncIterator[Env]:
     clock = FrozenClock(T0)
-    tracker, engine, metrics = make_tracker(database, topics, clock)
+    tracker, engine, metrics = make_tracker(database, topics, clock, services=[])
     await tracker.start()
+    env = Env(tracker, engine, metrics, clock, topics, f"user_{uuid.uuid4().hex[:8]}")
     try:
-        yield Env(tracker, engine, metrics, clock, topics, f"user_{uuid.uuid4().hex[:8]}")
+        yield env
     finally:
-        await tracker.stop()
+        await env.tracker.stop()  # `declare` replaces it
         await engine.dispose()
 
 
@@ -115,7 +138,7 @@ def _value(metrics: Metrics, name: str, **labels: str) -> float:
 
 
 async def test_acks_complete_events_idempotently(env: Env) -> None:
-    await env.register(*SERVICES, at=T0 - timedelta(days=1))
+    await env.declare(*SERVICES)
     events = await env.publish(4, T0)
     assert await env.tracker.track_published() >= 4
     assert await env.states(events) == ["pending"] * 4
@@ -170,28 +193,46 @@ async def test_acks_complete_events_idempotently(env: Env) -> None:
 
 
 async def test_rejected_acks_are_recorded_never_applied(env: Env) -> None:
-    await env.register("billing", at=T0 - timedelta(days=1))
+    await env.declare("billing", "crm")
     [(event, entity)] = await env.publish(1, T0)
     await env.tracker.track_published()
+    async with env.engine.begin() as conn:
+        # crm was declared when the event was published; then its expectation was waived.
+        await waivers.waive_ack(
+            conn, event_id=event, service="crm", reason="test", actor="tests", now=T0
+        )
     t = T0 + timedelta(minutes=1)
+    genuine = ack(event, "billing", entity, t, entity_type=env.entity_type)
+    unsigned = ack(
+        event, "billing", entity, t, status=AckStatus.FAILED, entity_type=env.entity_type
+    )
     records = [
-        ack(event, "mallory", entity, t, entity_type=env.entity_type),  # not expected
+        ack(event, "mallory", entity, t, entity_type=env.entity_type),  # not declared
         ack(uuid.uuid4(), "billing", entity, t, entity_type=env.entity_type),  # unknown event
         ack(event, "billing", "someone-else", t, entity_type=env.entity_type),  # wrong entity
         (event.bytes, b'{"event_id": "not json'),
         (b"k", b'{"service": "billing"}'),
     ]
     await produce(env.kafka, env.kafka.topics.acks, records)
-    await drain(env.tracker, len(records))
-
+    # A forged `completed` with another key, and an unsigned one: neither may take the
+    # genuine ack's place; the genuine one arrives last and still counts.
+    await produce(env.kafka, env.kafka.topics.acks, [genuine], signer=keys.signer("mallory"))
+    await produce(env.kafka, env.kafka.topics.acks, [unsigned], signer=None)
+    await drain(env.tracker, len(records) + 2)
     assert await env.states([(event, entity)]) == ["pending"]
-    assert await env.service_status(event) == {"billing": "pending"}
+    assert await env.service_status(event) == {"billing": "pending", "crm": "waived"}
+
+    await produce(env.kafka, env.kafka.topics.acks, [genuine])
+    await drain(env.tracker, 1)
+    assert await env.states([(event, entity)]) == ["completed"]
+    assert await env.service_status(event) == {"billing": "completed", "crm": "waived"}
     m = env.metrics
     for reason, count in (
-        ("unexpected_service", 1),
+        ("unknown_service", 1),
         ("unknown_event", 1),
         ("entity_mismatch", 1),
         ("malformed", 2),
+        ("bad_signature", 2),
     ):
         assert _value(m, "retention_acks_rejected_total", reason=reason) == count, reason
     async with env.engine.connect() as conn:
@@ -204,11 +245,13 @@ async def test_rejected_acks_are_recorded_never_applied(env: Env) -> None:
             )
         ).all()
     assert sorted(r.reject_reason for r in rows) == [
+        "bad_signature",
+        "bad_signature",
         "entity_mismatch",
         "malformed",
         "malformed",
-        "unexpected_service",
         "unknown_event",
+        "unknown_service",
     ]
     assert all(r.audit_seq is not None for r in rows)
     dead = await _read_all(env.kafka, env.kafka.topics.dlq, 2)
@@ -216,7 +259,7 @@ async def test_rejected_acks_are_recorded_never_applied(env: Env) -> None:
 
 
 async def test_snapshot_rows_cite_their_events_tracked_entry(env: Env) -> None:
-    await env.register("billing", "notifications", at=T0 - timedelta(days=1))
+    await env.declare("billing", "notifications")
     handled = await env.publish(2, T0)
     unhandled = await insert_published(
         env.engine, ["orphan"], published_at=T0, entity_type=f"{env.entity_type}-none"
@@ -257,7 +300,7 @@ async def test_snapshot_rows_cite_their_events_tracked_entry(env: Env) -> None:
 
 
 async def test_acks_ahead_of_the_snapshot_and_rejects_cite_their_audit_rows(env: Env) -> None:
-    await env.register("billing", at=T0 - timedelta(days=1))
+    await env.declare("billing", elsewhere=("mallory",))
     tracked = await env.publish(2, T0)
     await env.tracker.track_published()
     # Published but not yet snapshotted, and sent by a relay that crashed before marking.
@@ -268,6 +311,7 @@ async def test_acks_ahead_of_the_snapshot_and_rejects_cite_their_audit_rows(env:
     t = T0 + timedelta(minutes=1)
     mine = [*tracked, *ahead, (unmarked, "unmarked")]
     good = [ack(e, "billing", i, t, entity_type=env.entity_type) for e, i in mine]
+    # mallory is declared, but not for what these events are about.
     forged = [ack(e, "mallory", i, t, entity_type=env.entity_type) for e, i in mine[:2]]
     await produce(env.kafka, env.kafka.topics.acks, [*good, *forged, *good[:1]])
     await drain(env.tracker, len(good) + len(forged) + 1)
@@ -297,9 +341,9 @@ async def test_acks_ahead_of_the_snapshot_and_rejects_cite_their_audit_rows(env:
             assert any((a["partition"], a["offset"]) == where for a in cited)
 
 
-async def test_late_registration_reminders_overdue_then_late_ack(env: Env) -> None:
+async def test_registrations_change_no_expectations_reminders_overdue_late_ack(env: Env) -> None:
+    await env.declare(*SERVICES)
     clock, tracker = env.clock, env.tracker
-    await env.register(*SERVICES, at=T0 - timedelta(days=1))
     old = await env.publish(2, T0)
     await tracker.track_published()
     await produce(
@@ -310,19 +354,30 @@ async def test_late_registration_reminders_overdue_then_late_ack(env: Env) -> No
     await drain(tracker, 6)
     assert await env.states(old) == ["completed"] * 2
 
-    # A fourth service registers afterwards: old events stay complete, new ones expect it.
+    # An undeclared service registers; a declared one's registration is tombstoned by
+    # someone without its key. Neither changes who is expected; both show as drift.
     clock.set(T0 + timedelta(hours=1))
     await env.register("crm", at=clock.now())
+    await produce(env.kafka, env.kafka.topics.services, [(b"analytics", None)], signer=None)
+    await tracker.sync_registry()
     new = await env.publish(3, T0 + timedelta(hours=2))
     clock.set(T0 + timedelta(hours=2))
     await tracker.track_published()
-    assert await env.states(old) == ["completed"] * 2
     assert set(await env.service_status(old[0][0])) == set(SERVICES)
-    assert set(await env.service_status(new[0][0])) == {*SERVICES, "crm"}
+    assert set(await env.service_status(new[0][0])) == set(SERVICES)
+    drift = await tracker.check_drift()
+    assert drift["crm"].problem == "undeclared"
+    assert drift["analytics"].problem == "not_registered"  # it never registered at all
+    assert _value(env.metrics, "retention_service_drift", service="crm") == 1
+    assert (
+        _value(env.metrics, "retention_registrations_rejected_total", reason="bad_signature") == 1
+    )
+    answered = ("billing", "notifications")
     await produce(
         env.kafka,
         env.kafka.topics.acks,
-        [ack(e, s, i, clock.now(), entity_type=env.entity_type) for e, i in new for s in SERVICES],
+        [ack(e, s, i, clock.now(), entity_type=env.entity_type) for e, i in new for s in answered]
+        + [ack(e, "crm", i, clock.now(), entity_type=env.entity_type) for e, i in new],
     )
     await drain(tracker, 9)
     assert await env.states(new) == ["pending"] * 3
@@ -359,41 +414,38 @@ async def test_late_registration_reminders_overdue_then_late_ack(env: Env) -> No
     assert await tracker.send_reminders() == 3
     assert await env.states(new) == ["overdue"] * 3
     await tracker.refresh_gauges()
-    assert _value(env.metrics, "retention_overdue_events", service="crm") == 3
-    assert _value(env.metrics, "retention_pending_acks", service="crm") == 3
+    assert _value(env.metrics, "retention_overdue_events", service="analytics") == 3
+    assert _value(env.metrics, "retention_pending_acks", service="analytics") == 3
     assert _value(env.metrics, "retention_overdue_events", service="billing") == 0
 
-    # A late success still moves an overdue event on.
+    # A late success still moves an overdue event on; a waiver settles another.
     e, i = new[0]
     await produce(
         env.kafka,
         env.kafka.topics.acks,
-        [ack(e, "crm", i, clock.now(), entity_type=env.entity_type)],
+        [ack(e, "analytics", i, clock.now(), entity_type=env.entity_type)],
     )
     await drain(tracker, 1)
-    assert await env.states(new) == ["completed", "overdue", "overdue"]
-    await tracker.refresh_gauges()
-    assert _value(env.metrics, "retention_overdue_events", service="crm") == 2
-    # The completed event is not reminded again; the two still overdue are.
-    clock.advance(timedelta(days=1))
-    assert await tracker.send_reminders() == 2
-    async with env.engine.connect() as conn:
-        sent = dict(
-            (
-                await conn.execute(
-                    select(event_status.c.event_id, event_status.c.reminders_sent).where(
-                        event_status.c.event_id.in_([e for e, _ in new])
-                    )
-                )
-            ).all()
+    async with env.engine.begin() as conn:
+        waived = await waivers.waive_ack(
+            conn,
+            event_id=new[1][0],
+            service="analytics",
+            reason="decommissioned",
+            actor="tests",
+            now=clock.now(),
         )
-    assert [sent[e] for e, _ in new] == [5, 6, 6]
+    assert waived.completed == [new[1][0]]
+    assert await env.states(new) == ["completed", "completed", "overdue"]
+    await tracker.refresh_gauges()
+    assert _value(env.metrics, "retention_overdue_events", service="analytics") == 1
     async with env.engine.connect() as conn:
         assert (await audit.verify(conn))[1] is None
 
 
 async def test_registry_retires_what_a_service_stops_handling(env: Env) -> None:
     other = f"order_{uuid.uuid4().hex[:8]}"
+    await env.declare("ledger")
     kafka, services = env.kafka, env.kafka.topics.services
     await produce(kafka, services, [registration("ledger", T0, env.entity_type, other)])
     # Replayed older registration and a newer one that drops `other`.
@@ -421,17 +473,8 @@ async def test_registry_retires_what_a_service_stops_handling(env: Env) -> None:
         "0.2.0",
     )
     assert rows[(other, "delete")].retired_at == T0 + timedelta(days=1)
-
-    # Events published while it handled `other` expect it; later ones do not.
-    before = await insert_published(env.engine, ["a"], published_at=T0, entity_type=other)
-    after = await insert_published(
-        env.engine, ["b"], published_at=T0 + timedelta(days=2), entity_type=other
-    )
-    env.clock.set(T0 + timedelta(days=2))
-    await env.tracker.track_published()
-    assert await env.service_status(before[0]) == {"ledger": "pending"}
-    assert await env.service_status(after[0]) == {}
-    assert await env.states([(after[0], "b")]) == ["completed"]
+    # It now registers exactly what it is declared for: no drift.
+    assert (await env.tracker.check_drift())["ledger"].problem is None
 
 
 async def _read_all(kafka: KafkaSettings, topic: str, n: int) -> list[object]:
@@ -453,8 +496,9 @@ async def _read_all(kafka: KafkaSettings, topic: str, n: int) -> list[object]:
 
 async def test_run_forever_tracks_and_completes(database: str, topics: KafkaSettings) -> None:
     clock = FrozenClock(T0)
-    tracker, engine, metrics = make_tracker(database, topics, clock)
-    await produce(topics, topics.topics.services, [registration("billing", T0 - timedelta(days=1))])
+    tracker, engine, metrics = make_tracker(
+        database, topics, clock, services=[keys.declared("billing", {"user": ["delete"]})]
+    )
     [event] = await insert_published(engine, ["7"], published_at=T0)
     stop = asyncio.Event()
     task = asyncio.create_task(tracker.run_forever(stop))
@@ -481,8 +525,8 @@ async def test_run_forever_tracks_and_completes(database: str, topics: KafkaSett
 
 
 async def test_reminders_never_republish_for_an_entity_held_now(env: Env) -> None:
+    await env.declare(*SERVICES)
     clock, tracker = env.clock, env.tracker
-    await env.register(*SERVICES, at=T0 - timedelta(days=1))
     events = await env.publish(3, T0)
     await tracker.track_published()
     held_event, held_id = events[0]
@@ -529,8 +573,8 @@ async def test_reminders_never_republish_for_an_entity_held_now(env: Env) -> Non
 async def test_an_event_with_nothing_left_open_leaves_the_schedule(env: Env) -> None:
     # Slow reminders never end on their own, so an event left open with no expected ack
     # still open (all answered, or waived) must leave the schedule, not be picked forever.
+    await env.declare(*SERVICES)
     clock, tracker = env.clock, env.tracker
-    await env.register(*SERVICES, at=T0 - timedelta(days=1))
     events = await env.publish(2, T0)
     await tracker.track_published()
     settled, _ = events[0]
@@ -568,7 +612,7 @@ async def test_a_batch_that_fails_anywhere_is_read_again_not_dropped(
 ) -> None:
     # Issue 14: an exception out of decoding (an overflowing timestamp) left the fetched
     # ack batch behind without a rewind; the registry consumer had no rewind at all.
-    await env.register(*SERVICES, at=T0 - timedelta(days=1))
+    await env.declare(*SERVICES)
     events = await env.publish(2, T0)
     await env.tracker.track_published()
 

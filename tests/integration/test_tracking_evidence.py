@@ -24,9 +24,10 @@ from coordinator.cli import app
 from coordinator.clock import FrozenClock
 from coordinator.db import make_engine
 from coordinator.kafka.admin import ensure_topics
+from coordinator.policy.model import DeclaredService
 from coordinator.tables import audit_log
 from schemas import AckStatus, KafkaSettings
-from tests import infra
+from tests import infra, keys
 from tests.integration.tracking_support import (
     ack,
     drain,
@@ -37,6 +38,12 @@ from tests.integration.tracking_support import (
 )
 
 T0 = datetime(2026, 11, 3, 2, 0, tzinfo=UTC)
+
+
+def declared(services: tuple[str, ...], entity_types: tuple[str, ...]) -> list[DeclaredService]:
+    return [keys.declared(s, {t: ["delete"] for t in entity_types}) for s in services]
+
+
 SERVICES = ("billing", "notifications", "analytics")
 
 
@@ -50,7 +57,10 @@ class Demo:
 async def _run_demo(database_url: str, kafka: KafkaSettings) -> Demo:
     await ensure_topics(kafka, partitions=3)
     clock = FrozenClock(T0)
-    tracker, engine, _ = make_tracker(database_url, kafka, clock)
+    tracker, engine, _ = make_tracker(
+        database_url, kafka, clock, services=declared(SERVICES, ("user",))
+    )
+    engines = [engine]
     await tracker.start()
     try:
         await produce(
@@ -82,7 +92,14 @@ async def _run_demo(database_url: str, kafka: KafkaSettings) -> Demo:
         await produce(kafka, kafka.topics.acks, [*acks, forged])
         await drain(tracker, len(acks) + 1)
 
+        # The policy file now declares crm too: events published from here on expect it.
         clock.set(T0 + timedelta(hours=1))
+        await tracker.stop()
+        tracker, second_engine, _ = make_tracker(
+            database_url, kafka, clock, services=declared((*SERVICES, "crm"), ("user",))
+        )
+        engines.append(second_engine)
+        await tracker.start()
         await produce(kafka, kafka.topics.services, [registration("crm", clock.now())])
         await tracker.sync_registry()
         late_users = ["45", "46"]
@@ -109,7 +126,8 @@ async def _run_demo(database_url: str, kafka: KafkaSettings) -> Demo:
         assert await tracker.escalate_overdue() == 2
     finally:
         await tracker.stop()
-        await engine.dispose()
+        for each in engines:
+            await each.dispose()
     return Demo(database_url, erased, overdue)
 
 
@@ -183,7 +201,7 @@ def test_report_counts_outcomes_and_rejections(demo: Demo) -> None:
     assert (services["crm"]["events"], services["crm"]["overdue"]) == (2, 2)
     assert (services["billing"]["events"], services["billing"]["completed"]) == (5, 5)
     assert document["rejected_acks"] == [
-        {"service": "mallory", "reason": "unexpected_service", "count": 1}
+        {"service": "mallory", "reason": "unknown_service", "count": 1}
     ]
     assert _json(demo, "report", "--since", "2026-12-31", "--json")["policies"] == []
 

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from coordinator.clock import Clock
 from coordinator.db import make_engine
 from coordinator.metrics import Metrics
+from coordinator.policy.model import DeclaredService
 from coordinator.settings import TrackerSettings
 from coordinator.tables import outbox
 from coordinator.tracking.tracker import Tracker
@@ -26,6 +27,10 @@ from schemas import (
     ServiceRegistration,
     encode,
 )
+from schemas.signing import SignatureMode, Signer
+from tests import keys
+
+DEFAULT_SIGNER = keys.signer()
 
 __all__ = [
     "ack",
@@ -113,8 +118,11 @@ async def produce(
     kafka: KafkaSettings,
     topic: str,
     records: Iterable[RetentionAck | ServiceRegistration | tuple[bytes | None, bytes | None]],
+    *,
+    signer: Signer | None = DEFAULT_SIGNER,
 ) -> int:
-    """Send models (keyed as on the wire) or raw (key, value) pairs; wait for all."""
+    """Send models (keyed as on the wire) or raw (key, value) pairs, signed by `signer` (the
+    test services' key unless told otherwise; None: unsigned); wait for all."""
     producer = AIOKafkaProducer(**kafka.client_kwargs(), linger_ms=5)
     await producer.start()
     count = 0
@@ -125,7 +133,8 @@ async def produce(
                 key, value = record
             else:
                 key, value = record.key.encode(), encode(record)
-            futures.append(await producer.send(topic, value=value, key=key))
+            headers = [] if signer is None else signer.sign_record(key, value)
+            futures.append(await producer.send(topic, value=value, key=key, headers=headers))
             count += 1
         for future in futures:
             await future
@@ -151,6 +160,8 @@ def make_tracker(
     kafka: KafkaSettings,
     clock: Clock,
     *,
+    services: Sequence[DeclaredService],
+    signatures: SignatureMode = SignatureMode.REQUIRED,
     reminder_interval: timedelta = timedelta(hours=1),
     max_reminders: int = 2,
     batch_size: int = 1000,
@@ -165,4 +176,14 @@ def make_tracker(
         reminder_backoff=2.0,
         max_reminders=max_reminders,
     )
-    return Tracker(engine, kafka, settings, clock=clock, metrics=metrics), engine, metrics
+    tracker = Tracker(
+        engine,
+        kafka,
+        settings,
+        clock=clock,
+        metrics=metrics,
+        services=services,
+        signatures=signatures,
+        signer=keys.signer(keys.COORDINATOR),
+    )
+    return tracker, engine, metrics

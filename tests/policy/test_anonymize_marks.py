@@ -20,6 +20,8 @@ from demo.seed_data import orders
 from tests.policy.conftest import NOW
 
 POLICY = """
+services:
+  - {name: billing, owner: tests, handles: {order: [anonymize]}}
 policies:
   - name: orders
     table: orders

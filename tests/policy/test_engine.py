@@ -325,6 +325,8 @@ policies:
     fan_out: true
     anonymize:
 {fields}
+services:
+  - {{name: billing, owner: tests, handles: {{order: [anonymize]}}}}
 """
 
 

@@ -46,6 +46,8 @@ policies:
     conditions: "status IN ('closed', 'refunded') AND total >= 10"
     anonymize: {email: fake_email, phone: "null"}
     batch_size: 2
+services:
+  - {name: carts_service, owner: tests, handles: {cart: [delete]}}
 """)
 CART_RETENTION = timedelta(days=2)
 ORDER_RETENTION = timedelta(hours=36)

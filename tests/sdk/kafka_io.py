@@ -11,12 +11,20 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 
 from schemas import KafkaSettings, RetentionEvent, encode
+from schemas.signing import Signer
+from tests import keys
+
+COORDINATOR = keys.signer(keys.COORDINATOR)
 
 
 async def produce(
-    kafka: KafkaSettings, records: Sequence[RetentionEvent | tuple[bytes, bytes | None]]
+    kafka: KafkaSettings,
+    records: Sequence[RetentionEvent | tuple[bytes, bytes | None]],
+    *,
+    signer: Signer | None = COORDINATOR,
 ) -> None:
-    """Events (keyed as the relay keys them) or raw (key, value) pairs, in order."""
+    """Events (keyed as the relay keys them) or raw (key, value) pairs, in order, each
+    signed as the coordinator signs (None: unsigned, like a forger without the key)."""
     producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all", enable_idempotence=True)
     await producer.start()
     try:
@@ -26,7 +34,10 @@ async def produce(
                 key, value = item.key.encode(), encode(item)
             else:
                 key, value = item
-            futures.append(await producer.send(kafka.topics.events, value, key=key))
+            headers = [] if signer is None else signer.sign_record(key, value)
+            futures.append(
+                await producer.send(kafka.topics.events, value, key=key, headers=headers)
+            )
         await asyncio.gather(*futures)
     finally:
         await producer.stop()

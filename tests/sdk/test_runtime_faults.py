@@ -11,6 +11,7 @@ from consumer_sdk import ConsumerMetrics, ConsumerSettings, InMemoryIdempotencyS
 from consumer_sdk._internal.registry import HandlerRegistry
 from consumer_sdk._internal.runtime import Runtime
 from consumer_sdk._internal.transport import Partition, Record
+from consumer_sdk._internal.trust import Trust
 from schemas import (
     AckStatus,
     EventType,
@@ -88,7 +89,13 @@ class FlakyProducer:
             future.set_result(None)
         return future
 
-    async def send_many(self, topic: str, records: Sequence[tuple[bytes, bytes]]) -> Awaitable[Any]:
+    async def send_many(
+        self,
+        topic: str,
+        records: Sequence[tuple[bytes, bytes]],
+        *,
+        headers: Sequence[Sequence[tuple[str, bytes]]] | None = None,
+    ) -> Awaitable[Any]:
         return asyncio.gather(*[await self.send(topic, v, key=k) for k, v in records])
 
 
@@ -128,6 +135,7 @@ async def test_failed_ack_delivery_means_no_commit_then_redelivery_without_reapp
         ),
         consumer=consumer,
         producer=producer,
+        trust=Trust.off("svc", ConsumerMetrics()),
     )
     await runtime.start()
     for _ in range(200):
@@ -189,6 +197,7 @@ async def _run(store: OutageStore, failing: Callable[[], bool]) -> tuple[list[An
         ),
         consumer=consumer,
         producer=producer,
+        trust=Trust.off("svc", ConsumerMetrics()),
     )
     await runtime.start()
     for _ in range(300):

@@ -1,0 +1,392 @@
+"""Ed25519 signatures on Kafka records (SPEC §9; byte for byte in docs/protocol.md).
+
+Two schemes, told apart by the `retention-proof` header:
+
+* **per record** (the reference scheme, no proof header): the signature covers
+  `signed_bytes(key, value)` directly. Services sign their acks and registrations so.
+* **per batch**: the producer builds a Merkle tree over the `signed_bytes` of a batch's
+  records and signs its root once; each record carries that signature and its own
+  inclusion proof, so it stays verifiable on its own. A verifier checks a root's
+  signature once and remembers it (`Verifier`), so a batch of n records costs one Ed25519
+  verify plus about log2(n) SHA-256 per record. The relay signs so (bench/signing.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = [
+    "PROOF_HEADER",
+    "SIGNATURE_HEADER",
+    "Checked",
+    "SignatureMode",
+    "SignatureSettings",
+    "Signer",
+    "SigningKeyError",
+    "Verdict",
+    "Verifier",
+    "accepts",
+    "format_public_key",
+    "generate_key_files",
+    "key_id",
+    "load_private_key",
+    "parse_public_key",
+    "signed_bytes",
+]
+
+SIGNATURE_HEADER = "retention-signature"
+PROOF_HEADER = "retention-proof"
+RECORD_CONTEXT = b"retention-sig-v1\x00"
+ROOT_CONTEXT = b"retention-root-v1\x00"
+_LEAF, _NODE = b"\x00", b"\x01"
+_LEFT, _RIGHT = 0, 1
+"""Proof step sides: where the sibling hash goes when combining."""
+_PUBLIC_PREFIX = "ed25519:"
+
+
+class SigningKeyError(ValueError):
+    """A key file or key text that is not an Ed25519 key of ours (the text says why)."""
+
+
+class SignatureMode(StrEnum):
+    """`RETENTION_SIGNATURES`: what a reader does with unsigned records."""
+
+    REQUIRED = "required"
+    """Only records with a valid signature from a known key count."""
+    PERMISSIVE = "permissive"
+    """Signed records are verified; unsigned ones count, with a warning (fleet rollout)."""
+    OFF = "off"
+    """Nothing is verified (logged at start, reported by /healthz)."""
+
+
+def key_id(public: Ed25519PublicKey) -> str:
+    """First 16 lower-case hex characters of SHA-256 over the raw 32-byte public key."""
+    return hashlib.sha256(_raw(public)).hexdigest()[:16]
+
+
+def format_public_key(public: Ed25519PublicKey) -> str:
+    return _PUBLIC_PREFIX + base64.b64encode(_raw(public)).decode("ascii")
+
+
+def parse_public_key(text: str) -> Ed25519PublicKey:
+    """`ed25519:<standard base64 of the 32-byte raw public key>`."""
+    text = text.strip()
+    if not text.startswith(_PUBLIC_PREFIX):
+        raise SigningKeyError(f"a public key starts with {_PUBLIC_PREFIX!r}")
+    try:
+        raw = base64.b64decode(text[len(_PUBLIC_PREFIX) :], validate=True)
+    except binascii.Error:
+        raise SigningKeyError("a public key is standard base64 after 'ed25519:'") from None
+    if len(raw) != 32:
+        raise SigningKeyError(f"an Ed25519 public key has 32 bytes, not {len(raw)}")
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def load_private_key(path: Path | str) -> Ed25519PrivateKey:
+    """A PEM PKCS#8 Ed25519 private key (what `retention keys generate` writes)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise SigningKeyError(f"cannot read signing key {path}: {exc.strerror}") from None
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        # Never echo the file's content: it is a secret.
+        raise SigningKeyError(f"{path} is not a PEM PKCS#8 private key") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise SigningKeyError(f"{path} is not an Ed25519 key")
+    return key
+
+
+def generate_key_files(out: Path | str, name: str) -> tuple[Path, Path]:
+    """Write `NAME.key` (PEM PKCS#8, mode 0600) and `NAME.pub` (`ed25519:<base64>`)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    key_path, pub_path = out / f"{name}.key", out / f"{name}.pub"
+    if key_path.exists():
+        raise FileExistsError(f"{key_path} exists; refusing to overwrite a key")
+    private = Ed25519PrivateKey.generate()
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    # Created with 0600 from the start: never readable by others, not even for a moment.
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(pem)
+    pub_path.write_text(format_public_key(private.public_key()) + "\n", encoding="ascii")
+    return key_path, pub_path
+
+
+def signed_bytes(key: bytes | None, value: bytes | None) -> bytes:
+    """What a record's signature covers: context, 4-byte big-endian key length, key, value."""
+    k, v = key or b"", value or b""
+    return RECORD_CONTEXT + len(k).to_bytes(4, "big") + k + v
+
+
+def _leaf(key: bytes | None, value: bytes | None) -> bytes:
+    return hashlib.sha256(_LEAF + signed_bytes(key, value)).digest()
+
+
+def _node(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(_NODE + left + right).digest()
+
+
+def _raw(public: Ed25519PublicKey) -> bytes:
+    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+Headers = list[tuple[str, bytes]]
+
+
+class Signer:
+    """Signs records with one private key."""
+
+    def __init__(self, private: Ed25519PrivateKey) -> None:
+        self._private = private
+        self.public = private.public_key()
+        self.key_id = key_id(self.public)
+
+    @classmethod
+    def from_file(cls, path: Path | str) -> Signer:
+        return cls(load_private_key(path))
+
+    def _header(self, message: bytes) -> tuple[str, bytes]:
+        signature = base64.b64encode(self._private.sign(message))
+        return (SIGNATURE_HEADER, self.key_id.encode("ascii") + b":" + signature)
+
+    def sign_record(self, key: bytes | None, value: bytes | None) -> Headers:
+        """The reference scheme: one signature over this record's signed bytes."""
+        return [self._header(signed_bytes(key, value))]
+
+    def sign_batch(self, records: Sequence[tuple[bytes | None, bytes | None]]) -> list[Headers]:
+        """One signature over the Merkle root of `records`; headers per record, in order.
+
+        A batch of one is signed per record (no proof: it would be empty)."""
+        if len(records) == 1:
+            return [self.sign_record(*records[0])]
+        if not records:
+            return []
+        levels = [[_leaf(k, v) for k, v in records]]
+        while len(levels[-1]) > 1:
+            below = levels[-1]
+            above = [_node(below[i], below[i + 1]) for i in range(0, len(below) - 1, 2)]
+            if len(below) % 2:
+                # The odd one out moves up unchanged (and gets no step at this level).
+                above.append(below[-1])
+            levels.append(above)
+        # Each node as a proof step, once: side byte + hash, for when it is a left or a
+        # right sibling. A proof is then one join per record.
+        steps = [
+            ([bytes([_LEFT]) + h for h in level], [bytes([_RIGHT]) + h for h in level])
+            for level in levels[:-1]
+        ]
+        # From the root down, each node's proof is its own step plus its parent's proof:
+        # two operations per node, instead of one per leaf and level.
+        proofs = [b""]
+        for (as_left, as_right), level in zip(reversed(steps), reversed(levels[:-1]), strict=True):
+            size, above = len(level), proofs
+            proofs = []
+            for j in range(size):
+                sibling = j ^ 1
+                if sibling >= size:
+                    proofs.append(above[j // 2])
+                elif sibling < j:
+                    proofs.append(as_left[sibling] + above[j // 2])
+                else:
+                    proofs.append(as_right[sibling] + above[j // 2])
+        root = levels[-1][0]
+        signature = self._header(ROOT_CONTEXT + root)
+        # Standard base64 like the signature: headers stay text for every tool and client.
+        return [[signature, (PROOF_HEADER, base64.b64encode(p))] for p in proofs]
+
+
+class Verdict(StrEnum):
+    VALID = "valid"
+    UNSIGNED = "unsigned"
+    UNKNOWN_KEY = "unknown_key"
+    BAD_SIGNATURE = "bad_signature"
+    MALFORMED = "malformed_signature"
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    verdict: Verdict
+    key_id: str | None = None
+
+    @property
+    def valid(self) -> bool:
+        return self.verdict is Verdict.VALID
+
+
+class Verifier:
+    """Verifies records against a set of public keys (several during a rotation).
+
+    Batch roots whose signature verified are remembered (at most `cache_size`), so the
+    other records of a batch cost only their proof's hashes. Only verified roots enter the
+    cache: a record with a copied signature and a made-up proof computes another root.
+    """
+
+    def __init__(self, public_keys: Iterable[Ed25519PublicKey], *, cache_size: int = 4096):
+        self._keys = {key_id(k): k for k in public_keys}
+        self._roots: OrderedDict[tuple[str, bytes, bytes], None] = OrderedDict()
+        self._cache_size = cache_size
+
+    @property
+    def key_ids(self) -> frozenset[str]:
+        return frozenset(self._keys)
+
+    def verify(
+        self, key: bytes | None, value: bytes | None, headers: Iterable[tuple[str, bytes]]
+    ) -> Checked:
+        signatures = [v for k, v in headers if k == SIGNATURE_HEADER]
+        proofs = [v for k, v in headers if k == PROOF_HEADER]
+        if not signatures:
+            return Checked(Verdict.MALFORMED if proofs else Verdict.UNSIGNED)
+        if len(signatures) > 1 or len(proofs) > 1:
+            return Checked(Verdict.MALFORMED)
+        kid, sep, encoded = signatures[0].partition(b":")
+        try:
+            kid_text = kid.decode("ascii")
+            signature = base64.b64decode(encoded, validate=True)
+            proof = base64.b64decode(proofs[0], validate=True) if proofs else None
+        except (UnicodeDecodeError, binascii.Error):
+            return Checked(Verdict.MALFORMED)
+        if not sep or len(signature) != 64 or (proof is not None and len(proof) % 33):
+            return Checked(Verdict.MALFORMED)
+        public = self._keys.get(kid_text)
+        if public is None:
+            return Checked(Verdict.UNKNOWN_KEY, kid_text)
+        if proof is None:
+            message = signed_bytes(key, value)
+            if not _verifies(public, signature, message):
+                return Checked(Verdict.BAD_SIGNATURE, kid_text)
+            return Checked(Verdict.VALID, kid_text)
+        root = _root(_leaf(key, value), proof)
+        if root is None:
+            return Checked(Verdict.MALFORMED, kid_text)
+        cached = (kid_text, signature, root)
+        if cached in self._roots:
+            self._roots.move_to_end(cached)
+            return Checked(Verdict.VALID, kid_text)
+        if not _verifies(public, signature, ROOT_CONTEXT + root):
+            return Checked(Verdict.BAD_SIGNATURE, kid_text)
+        self._roots[cached] = None
+        if len(self._roots) > self._cache_size:
+            self._roots.popitem(last=False)
+        return Checked(Verdict.VALID, kid_text)
+
+
+def _root(leaf: bytes, proof: bytes) -> bytes | None:
+    node = leaf
+    for i in range(0, len(proof), 33):
+        side, sibling = proof[i], proof[i + 1 : i + 33]
+        if side == _LEFT:
+            node = _node(sibling, node)
+        elif side == _RIGHT:
+            node = _node(node, sibling)
+        else:
+            return None
+    return node
+
+
+def _verifies(public: Ed25519PublicKey, signature: bytes, message: bytes) -> bool:
+    try:
+        public.verify(signature, message)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def accepts(mode: SignatureMode, checked: Checked) -> bool:
+    """Whether a reader in `mode` may act on a record with this verdict."""
+    if mode is SignatureMode.OFF or checked.valid:
+        return True
+    return mode is SignatureMode.PERMISSIVE and checked.verdict is Verdict.UNSIGNED
+
+
+class SignatureSettings(BaseSettings):
+    """Keys and mode, read alike by the coordinator and the SDK (`RETENTION_*`)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RETENTION_", extra="ignore", populate_by_name=True
+    )
+
+    mode: SignatureMode = Field(
+        default=SignatureMode.REQUIRED,
+        validation_alias=AliasChoices("mode", "RETENTION_SIGNATURES"),
+        description="required | permissive | off (SPEC §9).",
+    )
+    signing_key_file: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("signing_key_file", "RETENTION_SIGNING_KEY_FILE"),
+        description="The coordinator's private key (PEM PKCS#8): it signs every event.",
+    )
+    coordinator_public_keys: str = Field(
+        default="",
+        validation_alias=AliasChoices(
+            "coordinator_public_keys", "RETENTION_COORDINATOR_PUBLIC_KEYS"
+        ),
+        description="Comma-separated `ed25519:<base64>` keys a service accepts events from.",
+    )
+    service_signing_key_file: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "service_signing_key_file", "RETENTION_SERVICE_SIGNING_KEY_FILE"
+        ),
+        description="A service's private key: it signs the service's acks and registration.",
+    )
+
+    @field_validator("signing_key_file", "service_signing_key_file", mode="before")
+    @classmethod
+    def _unset(cls, value: object) -> object:
+        # An empty variable (compose's `KEY: ""`) means no key, not the current folder.
+        return None if value == "" else value
+
+    def coordinator_signer(self) -> Signer | None:
+        """None when signing is off; an error when it is on and the key is missing."""
+        if self.mode is SignatureMode.OFF:
+            return None
+        if self.signing_key_file is None:
+            if self.mode is SignatureMode.PERMISSIVE:
+                return None
+            raise SigningKeyError(
+                "RETENTION_SIGNATURES=required needs RETENTION_SIGNING_KEY_FILE "
+                "(`retention keys generate --out DIR --name coordinator`)"
+            )
+        return Signer.from_file(self.signing_key_file)
+
+    def service_signer(self) -> Signer | None:
+        if self.mode is SignatureMode.OFF:
+            return None
+        if self.service_signing_key_file is None:
+            if self.mode is SignatureMode.PERMISSIVE:
+                return None
+            raise SigningKeyError(
+                "RETENTION_SIGNATURES=required needs RETENTION_SERVICE_SIGNING_KEY_FILE "
+                "(`retention keys generate --out DIR --name <service>`)"
+            )
+        return Signer.from_file(self.service_signing_key_file)
+
+    def coordinator_verifier(self) -> Verifier:
+        keys = [parse_public_key(k) for k in self.coordinator_public_keys.split(",") if k.strip()]
+        if not keys and self.mode is SignatureMode.REQUIRED:
+            raise SigningKeyError(
+                "RETENTION_SIGNATURES=required needs RETENTION_COORDINATOR_PUBLIC_KEYS"
+            )
+        return Verifier(keys)
