@@ -36,13 +36,13 @@ from sqlalchemy.dialects import postgresql
 from bench import data, e2e, kafka_tools, results
 from bench.seed_executor import execute_policy
 from coordinator.crypto.provider import write_kek
-from coordinator.db import make_engine
 from coordinator.kafka import admin
 from coordinator.kafka.admin import ensure_topics
 from coordinator.outbox.relay import OutboxRelay, event_from_row
 from coordinator.purge.holds import active_hold_exists
 from coordinator.settings import RelaySettings
-from coordinator.tables import anonymize_marks, outbox
+from coordinator.store.db import make_engine
+from coordinator.store.tables import anonymize_marks, outbox
 from demo.seed_data import SEED_POLICIES
 from schemas import EventType, KafkaSettings, RetentionEvent, Topics, encode
 from tests import infra

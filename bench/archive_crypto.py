@@ -22,11 +22,11 @@ from pathlib import Path
 from sqlalchemy import text
 
 from coordinator.crypto.provider import write_kek
-from coordinator.db import make_engine
-from coordinator.migrate import upgrade
 from coordinator.policy.model import parse_policies
 from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
+from coordinator.store.db import make_engine
+from coordinator.store.migrate import upgrade
 from tests import infra
 
 BATCH = 1000

@@ -41,10 +41,10 @@ from coordinator.api import ApiContext, create_app
 from coordinator.api.health import KafkaHealth
 from coordinator.audit import AuditEntry, append
 from coordinator.clock import SystemClock
-from coordinator.db import make_engine
-from coordinator.migrate import upgrade
 from coordinator.policy.model import load_policies
-from coordinator.tables import (
+from coordinator.store.db import make_engine
+from coordinator.store.migrate import upgrade
+from coordinator.store.tables import (
     ack_ledger,
     erasure_parts,
     erasure_requests,

@@ -20,10 +20,10 @@ from typing import Any
 import asyncpg
 from sqlalchemy import text
 
-from coordinator.db import make_engine
-from coordinator.migrate import upgrade
 from coordinator.policy.model import load_policies
 from coordinator.purge.holds import create_hold, entity_types
+from coordinator.store.db import make_engine
+from coordinator.store.migrate import upgrade
 from demo.seed import POLICIES as DEMO_POLICIES
 from demo.seed_data import SEED_POLICIES, create_seed_tables
 from tests import infra

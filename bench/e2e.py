@@ -48,12 +48,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.seed_executor import check_ids, in_params
 from coordinator.clock import SystemClock
-from coordinator.db import make_engine
 from coordinator.policy.model import parse_policies
 from coordinator.purge.holds import create_hold, entity_types
 from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
-from coordinator.tables import event_status, outbox
+from coordinator.store.db import make_engine
+from coordinator.store.tables import event_status, outbox
 from services import EXAMPLES, billing, notifications, preferences
 from tests import declared, infra
 from tests.e2e.harness import (

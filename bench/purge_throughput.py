@@ -21,12 +21,12 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import text
 
 from coordinator.clock import FrozenClock
-from coordinator.db import make_engine
-from coordinator.migrate import upgrade
 from coordinator.policy.model import parse_policies
 from coordinator.purge.holds import create_hold, entity_types
 from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
+from coordinator.store.db import make_engine
+from coordinator.store.migrate import upgrade
 from tests import infra
 
 NOW = datetime.now(UTC) - timedelta(minutes=5)

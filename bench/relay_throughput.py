@@ -43,14 +43,14 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from bench import kafka_tools
-from coordinator.db import make_engine
 from coordinator.kafka import admin
 from coordinator.kafka.admin import ensure_topics
 from coordinator.kafka.producer import KafkaEventProducer, OutgoingRecord, producer_options
-from coordinator.migrate import upgrade
 from coordinator.outbox.event_json import EventWriter
 from coordinator.outbox.relay import OutboxRelay
 from coordinator.settings import RelaySettings
+from coordinator.store.db import make_engine
+from coordinator.store.migrate import upgrade
 from schemas import EventType, KafkaSettings, RetentionEvent, Topics, encode
 from schemas.signing import SignatureMode, SignatureSettings
 from tests import infra

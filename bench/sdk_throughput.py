@@ -34,8 +34,8 @@ from typing import Any
 
 from sqlalchemy import func, select, text
 
-from coordinator.db import make_engine
-from coordinator.tables import outbox
+from coordinator.store.db import make_engine
+from coordinator.store.tables import outbox
 from schemas import KafkaSettings
 from services import notifications
 from tests import infra

@@ -23,8 +23,8 @@ from sqlalchemy import func, select
 
 from coordinator.clock import FrozenClock, SystemClock
 from coordinator.kafka.admin import ensure_topics
-from coordinator.migrate import upgrade
-from coordinator.tables import event_status
+from coordinator.store.migrate import upgrade
+from coordinator.store.tables import event_status
 from schemas import KafkaSettings, encode
 from tests import infra, keys
 from tests.integration.tracking_support import (

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.tables import audit_log
+from coordinator.store.tables import audit_log
 
 __all__ = [
     "GENESIS",

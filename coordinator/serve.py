@@ -42,7 +42,6 @@ from coordinator.api import ApiContext, RunInProgress, create_app
 from coordinator.api.health import KafkaHealth
 from coordinator.clock import Clock, SystemClock
 from coordinator.console.sessions import load_secret
-from coordinator.db import make_engine
 from coordinator.erasure.service import Erasure
 from coordinator.kafka.admin import ensure_topics
 from coordinator.metrics import Metrics
@@ -52,8 +51,9 @@ from coordinator.outbox.relay import OutboxRelay
 from coordinator.policy.model import PolicySet
 from coordinator.purge import run_log
 from coordinator.purge.runner import Runner, RunReport
-from coordinator.scheduler import Schedule, Scheduler
+from coordinator.purge.scheduler import Schedule, Scheduler
 from coordinator.settings import Settings
+from coordinator.store.db import make_engine
 from coordinator.tokens import TokenStore
 from coordinator.tracking.tracker import Tracker
 from schemas.errors import error_text

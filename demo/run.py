@@ -43,10 +43,10 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from consumer_sdk import configure_logging
 from coordinator.crypto.provider import write_kek
-from coordinator.db import make_engine
-from coordinator.migrate import upgrade
 from coordinator.settings import Settings
-from coordinator.tables import event_status, outbox, service_registry
+from coordinator.store.db import make_engine
+from coordinator.store.migrate import upgrade
+from coordinator.store.tables import event_status, outbox, service_registry
 from coordinator.tracking import queries
 from demo import keys
 from demo.seed import POLICIES, Seeded, seed_coordinator, seed_services

@@ -21,10 +21,10 @@ from sqlalchemy import Table as SqlTable
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from consumer_sdk import configure_logging
-from coordinator.db import make_engine
 from coordinator.policy.model import load_policies
 from coordinator.purge.holds import create_hold, entity_types
 from coordinator.settings import Settings
+from coordinator.store.db import make_engine
 from demo.keys import ensure_keys
 from demo.seed_data import create_seed_tables, populate, seed_metadata
 from services import EXAMPLES, billing

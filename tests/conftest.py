@@ -12,7 +12,7 @@ import pytest
 
 from coordinator.crypto.provider import write_kek
 from coordinator.kafka.admin import ensure_topics
-from coordinator.migrate import upgrade
+from coordinator.store.migrate import upgrade
 from schemas import KafkaSettings
 from tests import infra
 

@@ -13,7 +13,7 @@ from aiokafka.structs import ConsumerRecord
 from sqlalchemy import delete, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.tables import audit_log, outbox
+from coordinator.store.tables import audit_log, outbox
 from schemas import KafkaSettings
 
 T0 = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.tables import event_status, expected_acks
+from coordinator.store.tables import event_status, expected_acks
 
 
 async def insert_events(

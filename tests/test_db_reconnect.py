@@ -1,4 +1,4 @@
-"""`schemas.is_disconnect` and `coordinator.db.when_reachable`: disconnects are waited
+"""`schemas.is_disconnect` and `coordinator.store.db.when_reachable`: disconnects are waited
 out, real errors are not."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import asyncpg
 import pytest
 from sqlalchemy.exc import IntegrityError, InterfaceError
 
-from coordinator.db import when_reachable
+from coordinator.store.db import when_reachable
 from schemas import RetryPolicy, is_disconnect
 
 FAST = RetryPolicy(initial_s=0.01, max_s=0.01)

@@ -26,12 +26,12 @@ from consumer_sdk._internal.trust import Trust
 from consumer_sdk.faust import attach, faust_app_settings
 from consumer_sdk.idempotency import InMemoryIdempotencyStore
 from consumer_sdk.metrics import ConsumerMetrics
-from coordinator import db
 from coordinator.clock import SystemClock
 from coordinator.metrics import Metrics
 from coordinator.outbox.relay import OutboxRelay, PublishFailed
-from coordinator.scheduler import Schedule, Scheduler
+from coordinator.purge.scheduler import Schedule, Scheduler
 from coordinator.settings import RelaySettings, TrackerSettings
+from coordinator.store import db
 from coordinator.tracking.tracker import Tracker
 from schemas import (
     EventType,

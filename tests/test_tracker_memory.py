@@ -16,7 +16,6 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import FrozenClock
-from coordinator.db import make_engine
 from coordinator.kafka.memory import (
     MemoryAckReader,
     MemoryKafka,
@@ -24,9 +23,10 @@ from coordinator.kafka.memory import (
     MemoryRegistrationReader,
 )
 from coordinator.metrics import Metrics
-from coordinator.migrate import upgrade
 from coordinator.settings import TrackerSettings
-from coordinator.tables import event_status, service_registry
+from coordinator.store.db import make_engine
+from coordinator.store.migrate import upgrade
+from coordinator.store.tables import event_status, service_registry
 from coordinator.tracking.ledger import RejectReason
 from coordinator.tracking.tracker import DLQ_SERVICE, Tracker, TrackerKafka
 from schemas import KafkaSettings, RetentionEvent, decode, encode

@@ -13,8 +13,8 @@ import typer
 from rich.console import Console
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.db import make_engine
 from coordinator.settings import Settings
+from coordinator.store.db import make_engine
 
 __all__ = [
     "ExitCode",

@@ -9,10 +9,10 @@ from pathlib import Path
 import typer
 
 from coordinator.cli._app import ExitCode, emit_json, err_console
-from coordinator.db import make_engine
 from coordinator.policy.binding import bind_policies
 from coordinator.policy.model import PolicyFileError, PolicyIssue, PolicySet, load_policies
 from coordinator.settings import Settings
+from coordinator.store.db import make_engine
 
 __all__ = [
     "POLICIES_OPTION",

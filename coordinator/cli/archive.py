@@ -12,12 +12,12 @@ from rich.markup import escape
 from coordinator.cli._app import ExitCode, emit_json, err_console, load_settings
 from coordinator.cli._policies import POLICIES_OPTION, load_policy_set
 from coordinator.crypto.keystore import KeyStoreError, open_keystore
-from coordinator.db import make_engine
 from coordinator.erasure.execute import typed_id
 from coordinator.policy.binding import BoundPolicy, bind_policies
 from coordinator.policy.model import Action
 from coordinator.purge.archive import ArchiveTampered, CryptoShredded, read_archived
 from coordinator.settings import Settings
+from coordinator.store.db import make_engine
 
 app = typer.Typer(help="The encrypted archive.", no_args_is_help=True)
 

@@ -8,7 +8,7 @@ import typer
 
 from coordinator import audit as audit_log
 from coordinator.cli._app import ExitCode, emit_json, err_console, load_settings, out_console
-from coordinator.db import make_engine
+from coordinator.store.db import make_engine
 
 __all__ = ["app", "verify"]
 

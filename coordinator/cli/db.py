@@ -9,9 +9,9 @@ import typer
 
 from coordinator.cli._app import emit_json, err_console, load_settings
 from coordinator.clock import SystemClock
-from coordinator.db import make_engine
-from coordinator.migrate import upgrade
 from coordinator.outbox.prune import Pruned, prune_outbox
+from coordinator.store.db import make_engine
+from coordinator.store.migrate import upgrade
 
 __all__ = ["app", "db_prune", "db_upgrade"]
 

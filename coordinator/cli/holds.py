@@ -15,9 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from coordinator.cli._app import ExitCode, emit_json, err_console, load_settings, out_console
 from coordinator.cli._policies import POLICIES_OPTION, load_policy_set
 from coordinator.clock import SystemClock
-from coordinator.db import make_engine
 from coordinator.purge import holds
 from coordinator.settings import Settings
+from coordinator.store.db import make_engine
 
 __all__ = ["app", "create", "list_", "release", "show"]
 

@@ -11,7 +11,7 @@ import typer
 from coordinator.cli._app import ExitCode, err_console, load_settings, out_console
 from coordinator.crypto.keystore import KeyStoreError, open_keystore
 from coordinator.crypto.provider import LocalKeyProvider, write_kek
-from coordinator.db import make_engine
+from coordinator.store.db import make_engine
 from schemas.signing import generate_key_files
 
 app = typer.Typer(help="Signing keys and encryption keys.", no_args_is_help=True)

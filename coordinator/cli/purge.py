@@ -23,10 +23,10 @@ from coordinator.cli._policies import (
     load_policy_set,
     report_issues,
 )
-from coordinator.db import make_engine
 from coordinator.policy.model import PolicySet
 from coordinator.purge.runner import PlanReport, Runner, RunReport
 from coordinator.settings import Settings
+from coordinator.store.db import make_engine
 
 __all__ = ["plan", "run"]
 

@@ -13,10 +13,10 @@ import signal
 import typer
 
 from coordinator.cli._app import emit_json, err_console, load_settings
-from coordinator.db import make_engine
 from coordinator.kafka.admin import ensure_topics
 from coordinator.outbox.relay import OutboxRelay
 from coordinator.settings import Settings
+from coordinator.store.db import make_engine
 
 __all__ = ["relay"]
 

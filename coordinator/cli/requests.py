@@ -17,12 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from coordinator.cli._app import ExitCode, emit_json, err_console, load_settings, out_console
 from coordinator.cli._policies import POLICIES_OPTION, load_policy_set
 from coordinator.clock import SystemClock
-from coordinator.db import make_engine
 from coordinator.erasure import certificate as certificates
 from coordinator.erasure import requests
 from coordinator.erasure.due import Regulation
 from coordinator.erasure.service import Erasure
 from coordinator.settings import Settings
+from coordinator.store.db import make_engine
 
 app = typer.Typer(help="Erasure requests: a subject's data, everywhere.", no_args_is_help=True)
 

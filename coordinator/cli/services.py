@@ -26,8 +26,8 @@ from coordinator.cli._app import (
 )
 from coordinator.cli._policies import POLICIES_OPTION, load_policy_set
 from coordinator.clock import SystemClock
-from coordinator.db import make_engine
-from coordinator.tables import service_registry
+from coordinator.store.db import make_engine
+from coordinator.store.tables import service_registry
 from coordinator.tracking import drift, waivers
 
 app = typer.Typer(help="Declared services: drift, suggest, retire.", no_args_is_help=True)

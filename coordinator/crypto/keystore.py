@@ -20,9 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator.crypto.envelope import new_key
 from coordinator.crypto.provider import KeyProvider, LocalKeyProvider
-from coordinator.db import make_engine
 from coordinator.settings import Settings
-from coordinator.tables import data_keys
+from coordinator.store.db import make_engine
+from coordinator.store.tables import data_keys
 
 __all__ = ["DataKey", "KeyStore", "KeyStoreError", "open_keystore"]
 

@@ -16,7 +16,7 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.erasure.requests import get_request, request_from_row, request_parts
-from coordinator.tables import audit_log, erasure_requests, expected_acks, legal_holds, outbox
+from coordinator.store.tables import audit_log, erasure_requests, expected_acks, legal_holds, outbox
 
 __all__ = ["certificate", "detail", "render_html", "requests_since"]
 

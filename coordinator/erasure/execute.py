@@ -54,7 +54,7 @@ from coordinator.purge.batch import EventOrigin, ensure_archive_table, purge_bat
 from coordinator.purge.holds import active_hold_exists, lock_for_purge
 from coordinator.purge.planner import held_clause, time_base
 from coordinator.settings import Settings
-from coordinator.tables import (
+from coordinator.store.tables import (
     erasure_parts,
     erasure_requests,
     legal_hold_entities,

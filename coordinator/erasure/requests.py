@@ -17,7 +17,7 @@ from coordinator.audit import AuditAction, AuditEntry, append
 from coordinator.erasure.due import Regulation, due_at
 from coordinator.policy.model import PolicySet
 from coordinator.purge.holds import EntityTypes, HoldError, parse_entity
-from coordinator.tables import erasure_parts, erasure_requests
+from coordinator.store.tables import erasure_parts, erasure_requests
 
 __all__ = [
     "ErasureError",

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.audit import AuditAction, AuditEntry, append
 from coordinator.erasure.requests import Status
-from coordinator.tables import erasure_requests, event_status, legal_holds, outbox, runs
+from coordinator.store.tables import erasure_requests, event_status, legal_holds, outbox, runs
 
 __all__ = ["ACTOR", "complete_acknowledged", "released_holds", "unfinished"]
 

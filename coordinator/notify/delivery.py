@@ -29,7 +29,7 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.notify.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, Webhook, sign
-from coordinator.tables import notifications
+from coordinator.store.tables import notifications
 
 __all__ = ["Backoff", "Outcome", "deliver_due", "list_notifications"]
 

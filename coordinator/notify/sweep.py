@@ -25,7 +25,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.notify.webhooks import Kind, Webhook
-from coordinator.tables import erasure_requests, event_status, expected_acks, notifications
+from coordinator.store.tables import erasure_requests, event_status, expected_acks, notifications
 
 __all__ = ["sweep"]
 

@@ -24,7 +24,7 @@ from sqlalchemy import bindparam, delete, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.audit import AuditAction, AuditEntry, append
-from coordinator.tables import event_status, outbox
+from coordinator.store.tables import event_status, outbox
 
 __all__ = ["Pruned", "prune_outbox"]
 

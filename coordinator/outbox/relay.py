@@ -39,7 +39,7 @@ from coordinator.kafka.producer import (
 from coordinator.metrics import Metrics
 from coordinator.outbox.events import EVENT_COLUMNS, RecordEncoder, event_from_row
 from coordinator.settings import RelaySettings
-from coordinator.tables import outbox
+from coordinator.store.tables import outbox
 from schemas import KafkaSettings, RetryPolicy, Stopped, retry
 from schemas.errors import error_text
 from schemas.signing import SignatureSettings

@@ -28,7 +28,7 @@ from coordinator.policy.model import (
 )
 from coordinator.purge.archive import ARCHIVED_AT, KEY_ID, SEALED, archive_definition, clear_columns
 from coordinator.settings import Settings
-from coordinator.tables import metadata as coordinator_metadata
+from coordinator.store.tables import metadata as coordinator_metadata
 
 __all__ = ["ARCHIVED_AT", "BoundPolicy", "bind_policies"]
 

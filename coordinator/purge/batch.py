@@ -40,7 +40,7 @@ from coordinator.policy.model import Action, Policy
 from coordinator.purge.archive import key_scope, store_sealed
 from coordinator.purge.holds import lock_for_purge
 from coordinator.purge.planner import Batch, batch_window, next_batch
-from coordinator.tables import anonymized, outbox
+from coordinator.store.tables import anonymized, outbox
 from schemas import EventReason
 
 __all__ = ["BatchResult", "EventOrigin", "PurgeBatch", "ensure_archive_table", "purge_batch"]

@@ -61,7 +61,7 @@ from sqlalchemy.types import TypeEngine
 from coordinator import CoordinatorError
 from coordinator.audit import AuditAction, AuditEntry, append
 from coordinator.policy.model import PolicySet
-from coordinator.tables import audit_log, legal_hold_entities, legal_holds
+from coordinator.store.tables import audit_log, legal_hold_entities, legal_holds
 
 __all__ = [
     "HOLD_LOCK",

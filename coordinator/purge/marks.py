@@ -43,7 +43,7 @@ from sqlalchemy.sql import Select
 
 from coordinator.policy.binding import BoundPolicy
 from coordinator.purge.planner import timestamp_value
-from coordinator.tables import anonymize_marks, legal_hold_entities, legal_holds
+from coordinator.store.tables import anonymize_marks, legal_hold_entities, legal_holds
 
 __all__ = ["advance", "fingerprint", "start"]
 

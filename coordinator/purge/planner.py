@@ -43,7 +43,7 @@ from coordinator.clock import Clock
 from coordinator.policy.binding import BoundPolicy
 from coordinator.policy.model import Action, Policy
 from coordinator.purge.holds import active_hold_exists
-from coordinator.tables import anonymized
+from coordinator.store.tables import anonymized
 
 __all__ = [
     "Batch",

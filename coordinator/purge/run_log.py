@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.tables import policy_results, runs
+from coordinator.store.tables import policy_results, runs
 
 __all__ = ["get_run", "last_results", "last_successes", "purge_results", "recent_runs"]
 

@@ -21,7 +21,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from coordinator.audit import AuditAction, AuditEntry, append
 from coordinator.clock import Clock, SystemClock
 from coordinator.crypto.keystore import KeyStore, KeyStoreError, open_keystore
-from coordinator.db import when_reachable
 from coordinator.metrics import Metrics
 from coordinator.policy.binding import BoundPolicy, bind_policies
 from coordinator.policy.model import Action, PolicyIssue, PolicySet
@@ -29,7 +28,8 @@ from coordinator.purge import marks
 from coordinator.purge.batch import ensure_archive_table, purge_batch
 from coordinator.purge.planner import PolicyPlan, oldest_due, plan_policy, time_base
 from coordinator.settings import Settings
-from coordinator.tables import anonymized, policy_results, runs
+from coordinator.store.db import when_reachable
+from coordinator.store.tables import anonymized, policy_results, runs
 from schemas.errors import error_text
 
 __all__ = ["PlanReport", "PolicyOutcome", "Progress", "RunReport", "Runner"]

@@ -27,7 +27,7 @@ from sqlalchemy.sql import Select
 from coordinator import audit
 from coordinator.outbox.events import event_from_row
 from coordinator.purge.holds import event_held
-from coordinator.tables import event_status, expected_acks, outbox
+from coordinator.store.tables import event_status, expected_acks, outbox
 from coordinator.tracking.snapshot import ACTOR
 from schemas import RetentionEvent
 

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.policy.model import DeclaredService
-from coordinator.tables import service_registry
+from coordinator.store.tables import service_registry
 
 __all__ = ["Drift", "service_drift"]
 

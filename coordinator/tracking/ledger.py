@@ -19,7 +19,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator import audit
-from coordinator.tables import ack_ledger, event_status, expected_acks
+from coordinator.store.tables import ack_ledger, event_status, expected_acks
 from coordinator.tracking.columns import event_ids_param, unnest
 from coordinator.tracking.snapshot import ACTOR, Declared, track_events
 from schemas import AckStatus, RetentionAck

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.tables import event_status, expected_acks
+from coordinator.store.tables import event_status, expected_acks
 
 __all__ = ["BadCursor", "Cursor", "OverduePage", "overdue_page"]
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from sqlalchemy import ColumnElement, Row, and_, case, extract, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.tables import (
+from coordinator.store.tables import (
     ack_ledger,
     audit_log,
     event_status,

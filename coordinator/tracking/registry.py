@@ -11,7 +11,7 @@ from sqlalchemy import DateTime, Text, and_, case, column, func, null, update, v
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.tables import service_registry
+from coordinator.store.tables import service_registry
 from schemas import ServiceRegistration
 
 __all__ = ["Retirement", "apply_registrations"]

@@ -35,7 +35,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator import audit
-from coordinator.tables import event_status, expected_acks, outbox
+from coordinator.store.tables import event_status, expected_acks, outbox
 from coordinator.tracking.columns import event_ids_param, unnest
 
 __all__ = ["ACTOR", "Declared", "TrackedEvent", "track_events", "track_published"]

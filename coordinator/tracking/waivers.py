@@ -16,7 +16,7 @@ from sqlalchemy import and_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator import audit
-from coordinator.tables import event_status, expected_acks
+from coordinator.store.tables import event_status, expected_acks
 from coordinator.tracking import ledger
 
 __all__ = ["Waived", "retire_service", "waive_ack"]

@@ -26,8 +26,8 @@ import httpx
 import yaml
 from sqlalchemy import func, select
 
-from coordinator.db import make_engine
-from coordinator.tables import event_status, outbox
+from coordinator.store.db import make_engine
+from coordinator.store.tables import event_status, outbox
 from deploy.compose.host_network import LEFT_OUT, ROOT, generate
 from services import EXAMPLES
 

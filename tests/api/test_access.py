@@ -17,7 +17,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from coordinator.api import ApiContext, create_app
 from coordinator.api.limits import MAX_BODY_BYTES
 from coordinator.purge.holds import create_hold, entity_types
-from coordinator.tables import audit_log, legal_hold_entities, legal_holds, policy_results, runs
+from coordinator.store.tables import (
+    audit_log,
+    legal_hold_entities,
+    legal_holds,
+    policy_results,
+    runs,
+)
 from coordinator.tokens import Scope, add_token, new_token
 from tests.api.conftest import SEED_POLICIES, auth, make_client
 

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from coordinator.api import ApiContext
 from coordinator.console.app import ROUTERS
 from coordinator.console.sessions import COOKIE, SessionSigner
-from coordinator.tables import audit_log, legal_hold_entities, legal_holds
+from coordinator.store.tables import audit_log, legal_hold_entities, legal_holds
 from coordinator.tokens import Scope, hash_token
 from tests.api.conftest import make_client
 from tests.api.test_access import SAMPLE_PATH_VALUES

@@ -9,7 +9,7 @@ import httpx
 from sqlalchemy import delete, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.tables import notifications
+from coordinator.store.tables import notifications
 
 T0 = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
 

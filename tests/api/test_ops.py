@@ -11,8 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.api import ApiContext
 from coordinator.api.health import KafkaHealth
-from coordinator.db import make_engine
 from coordinator.metrics import Metrics
+from coordinator.store.db import make_engine
 from schemas import KafkaSettings
 from schemas.signing import SignatureMode
 from tests.api.conftest import make_client

@@ -9,7 +9,7 @@ import httpx
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.tables import expected_acks
+from coordinator.store.tables import expected_acks
 from tests.overdue_rows import delete_events, insert_events
 
 T0 = datetime(2026, 10, 1, 12, 0, tzinfo=UTC)

@@ -9,7 +9,7 @@ import httpx
 from sqlalchemy import delete, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.tables import outbox, policy_results, runs
+from coordinator.store.tables import outbox, policy_results, runs
 from tests.outbox import insert_rows, outbox_rows
 
 T0 = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)

@@ -13,7 +13,13 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.api import ApiContext, RunInProgress
-from coordinator.tables import audit_log, legal_hold_entities, legal_holds, policy_results, runs
+from coordinator.store.tables import (
+    audit_log,
+    legal_hold_entities,
+    legal_holds,
+    policy_results,
+    runs,
+)
 from coordinator.tokens import Scope
 from tests.api.conftest import GLOBAL_CRON, SEED_POLICIES, auth, make_client
 

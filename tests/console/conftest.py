@@ -16,7 +16,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
 from coordinator.clock import FrozenClock
-from coordinator.migrate import upgrade
+from coordinator.store.migrate import upgrade
 from coordinator.tokens import Scope, add_token, new_token
 from tests import infra
 from tests.api.conftest import SEED_POLICIES

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from coordinator.erasure.status import complete_acknowledged
 from coordinator.policy.model import PolicySet
 from coordinator.purge import holds
-from coordinator.tables import event_status, expected_acks, outbox, policy_results, runs
+from coordinator.store.tables import event_status, expected_acks, outbox, policy_results, runs
 from coordinator.tracking.ledger import ConsumedAck, apply_acks
 from coordinator.tracking.registry import apply_registrations
 from coordinator.tracking.snapshot import track_published

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import FrozenClock
-from coordinator.tables import audit_log
+from coordinator.store.tables import audit_log
 from coordinator.tokens import Scope
 from coordinator.tracking.deadlines import escalate_overdue
 from tests.console import seed

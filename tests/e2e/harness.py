@@ -34,14 +34,14 @@ from sqlalchemy import func, inspect, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import Clock, SystemClock
-from coordinator.db import make_engine
 from coordinator.kafka.admin import ensure_topics
 from coordinator.metrics import Metrics
-from coordinator.migrate import upgrade
 from coordinator.outbox.relay import OutboxRelay
 from coordinator.policy.model import DeclaredService
 from coordinator.settings import RelaySettings, TrackerSettings
-from coordinator.tables import audit_log, event_status, service_registry
+from coordinator.store.db import make_engine
+from coordinator.store.migrate import upgrade
+from coordinator.store.tables import audit_log, event_status, service_registry
 from coordinator.tracking.tracker import Tracker
 from schemas import AckStatus, KafkaSettings, RetentionAck, decode
 from schemas.signing import SignatureSettings

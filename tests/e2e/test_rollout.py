@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import func, select
 
 from coordinator.metrics import Metrics
-from coordinator.tables import ack_ledger, expected_acks
+from coordinator.store.tables import ack_ledger, expected_acks
 from schemas.signing import SignatureMode, SignatureSettings
 from tests.e2e.harness import (
     Stack,

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from coordinator.clock import FrozenClock
-from coordinator.tables import ack_ledger, event_status, expected_acks
+from coordinator.store.tables import ack_ledger, event_status, expected_acks
 from schemas import AckStatus
 from services import billing, notifications, preferences
 from services.preferences.service import DEMO_PREFERENCES

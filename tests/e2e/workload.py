@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.db import make_engine
+from coordinator.store.db import make_engine
 from schemas import AckStatus
 from services import billing, notifications, preferences, search_index
 from tests.e2e.harness import FAUST_SERVICE, Pair, Stack

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
-from coordinator.db import make_engine
+from coordinator.store.db import make_engine
 
 __all__ = ["table_checksums"]
 

@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from sqlalchemy import Select, func, select, text
 
-from coordinator.db import make_engine
-from coordinator.tables import audit_log, outbox
+from coordinator.store.db import make_engine
+from coordinator.store.tables import audit_log, outbox
 from tests.e2e.harness import PRODUCT_SERVICES, ServiceProcess, Stack, has_registered, wait_for
 from tests.faults.invariants import SERVICE_LOGS
 from tests.faults.world import HASH_SECRET, World

@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 from sqlalchemy import func, select
 
-from coordinator.tables import ack_ledger, expected_acks, outbox, service_registry
+from coordinator.store.tables import ack_ledger, expected_acks, outbox, service_registry
 from schemas import (
     AckStatus,
     EventType,

@@ -29,8 +29,8 @@ from sqlalchemy import exists, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator import audit
-from coordinator.db import make_engine
-from coordinator.tables import ack_ledger, anonymized, event_status, expected_acks, outbox
+from coordinator.store.db import make_engine
+from coordinator.store.tables import ack_ledger, anonymized, event_status, expected_acks, outbox
 from services import EXAMPLES, billing, notifications, preferences
 from tests.e2e.harness import Stack
 from tests.faults.world import (

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from coordinator.tables import ack_ledger
+from coordinator.store.tables import ack_ledger
 from tests.e2e.harness import Stack, all_of, running_relay, running_tracker
 from tests.faults.drive import (
     audit_entries,

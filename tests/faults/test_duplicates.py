@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import select
 
 from coordinator.metrics import Metrics
-from coordinator.tables import event_status, expected_acks
+from coordinator.store.tables import event_status, expected_acks
 from schemas import AckStatus, RetentionAck, decode
 from tests.e2e.harness import (
     PRODUCT_SERVICES,

@@ -22,8 +22,8 @@ import pytest
 from sqlalchemy import func, select
 
 from consumer_sdk import DlqHeader, DlqReason
-from coordinator.db import make_engine
-from coordinator.tables import outbox
+from coordinator.store.db import make_engine
+from coordinator.store.tables import outbox
 from schemas import AckStatus, RetentionEvent, decode
 from tests.e2e.harness import (
     PRODUCT_SERVICES,

@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from coordinator.db import make_engine
 from coordinator.policy.model import load_policies
 from coordinator.purge.holds import create_hold, entity_types
-from coordinator.tables import outbox
+from coordinator.store.db import make_engine
+from coordinator.store.tables import outbox
 from tests.e2e.harness import Stack, run_cli
 from tests.faults.drive import count
 from tests.faults.inprocess import deliver, row_digests, run_policies

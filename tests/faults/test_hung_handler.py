@@ -20,7 +20,7 @@ from sqlalchemy import Column, MetaData, Table, Text, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consumer_sdk import ConsumerSettings, DlqHeader, RetentionConsumer
-from coordinator.db import make_engine
+from coordinator.store.db import make_engine
 from schemas import AckStatus, KafkaSettings, RetentionAck, RetentionEvent, decode
 from tests.sdk.helpers import event
 from tests.sdk.kafka_io import produce, read_topic

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import delete, insert, select, update
 
-from coordinator.db import make_engine
-from coordinator.tables import ack_ledger, audit_log, expected_acks
+from coordinator.store.db import make_engine
+from coordinator.store.tables import ack_ledger, audit_log, expected_acks
 from services import notifications
 from tests.e2e.harness import Stack, running_tracker
 from tests.faults.drive import complete, coordinator_processes, start_services

@@ -23,7 +23,7 @@ from aiokafka.structs import ConsumerRecord
 from sqlalchemy import func, select
 
 from consumer_sdk import DlqHeader, DlqReason
-from coordinator.tables import ack_ledger
+from coordinator.store.tables import ack_ledger
 from schemas import RetentionAck, RetentionEvent
 from tests.e2e.harness import PRODUCT_SERVICES, Stack, TopicTail, all_of, running_tracker, wait_for
 from tests.faults import garbage

@@ -33,7 +33,7 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
-from coordinator.tables import runs, scheduler_fires
+from coordinator.store.tables import runs, scheduler_fires
 from tests.e2e.harness import (
     PRODUCT_SERVICES,
     ServiceProcess,

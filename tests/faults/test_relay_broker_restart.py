@@ -14,10 +14,10 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.db import make_engine
 from coordinator.kafka.admin import ensure_topics
 from coordinator.outbox.relay import OutboxRelay
 from coordinator.settings import RelaySettings
+from coordinator.store.db import make_engine
 from schemas import KafkaSettings, RetentionEvent, decode
 from tests import infra
 from tests.faults.private_kafka import PrivateKafka, private_kafka

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 
 from sqlalchemy import Table, text
 
-from coordinator.db import make_engine
+from coordinator.store.db import make_engine
 from tests.e2e.harness import ServiceProcess
 from tests.infra import with_database
 

@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer
 from sqlalchemy import func, select
 
 from consumer_sdk import DlqHeader
-from coordinator.db import make_engine
+from coordinator.store.db import make_engine
 from schemas import AckStatus, KafkaSettings, RetentionAck, decode
 from services import search_index
 from tests.infra import ROOT

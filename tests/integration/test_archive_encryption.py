@@ -21,17 +21,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from coordinator.clock import SystemClock
 from coordinator.crypto.keystore import open_keystore
 from coordinator.crypto.provider import LocalKeyProvider, write_kek
-from coordinator.db import make_engine
 from coordinator.erasure.due import Regulation
 from coordinator.erasure.requests import request_parts
 from coordinator.erasure.service import Erasure
 from coordinator.metrics import Metrics
-from coordinator.migrate import upgrade
 from coordinator.policy.model import parse_policies
 from coordinator.purge.holds import create_hold, entity_types
 from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
-from coordinator.tables import audit_log, data_keys
+from coordinator.store.db import make_engine
+from coordinator.store.migrate import upgrade
+from coordinator.store.tables import audit_log, data_keys
 from tests import infra
 
 POLICIES = """\

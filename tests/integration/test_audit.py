@@ -10,8 +10,8 @@ from sqlalchemy import Executable, delete, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator import audit
-from coordinator.db import make_engine
-from coordinator.tables import audit_log
+from coordinator.store.db import make_engine
+from coordinator.store.tables import audit_log
 
 T0 = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
 

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.db import make_engine
 from coordinator.policy.conditions import ConditionError, compile_condition
+from coordinator.store.db import make_engine
 from tests.condition_grammar import junk, metadata, orders, valid_condition
 
 UTC = dt.UTC

@@ -13,9 +13,9 @@ from pathlib import Path
 from sqlalchemy import func, insert, select
 
 from coordinator import audit
-from coordinator.db import make_engine
 from coordinator.outbox.prune import prune_outbox
-from coordinator.tables import audit_log, event_status, outbox
+from coordinator.store.db import make_engine
+from coordinator.store.tables import audit_log, event_status, outbox
 
 NOW = datetime.now(UTC)
 OLD, RECENT = NOW - timedelta(days=90), NOW - timedelta(days=5)

@@ -16,7 +16,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from consumer_sdk import ConsumerSettings, RetentionConsumer, RetentionEvent
 from coordinator.clock import FrozenClock, SystemClock
 from coordinator.crypto.keystore import open_keystore
-from coordinator.db import make_engine
 from coordinator.erasure.due import Regulation
 from coordinator.erasure.requests import (
     ErasureError,
@@ -29,7 +28,6 @@ from coordinator.erasure.requests import (
 )
 from coordinator.erasure.service import Erasure
 from coordinator.metrics import Metrics
-from coordinator.migrate import upgrade
 from coordinator.outbox.relay import OutboxRelay
 from coordinator.policy.model import PolicySet, parse_policies
 from coordinator.purge.archive import (
@@ -49,6 +47,8 @@ from coordinator.purge.holds import (
 )
 from coordinator.purge.runner import Runner
 from coordinator.settings import RelaySettings, Settings
+from coordinator.store.db import make_engine
+from coordinator.store.migrate import upgrade
 from coordinator.tracking.tracker import Tracker
 from schemas import KafkaSettings
 from tests import infra, keys

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.db import make_engine
+from coordinator.store.db import make_engine
 
 BATCH = """
 SELECT retention_uuidv7_nth(base, n) AS id, n

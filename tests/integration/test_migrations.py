@@ -1,4 +1,4 @@
-"""The alembic migrations build exactly the schema `coordinator.tables` declares."""
+"""The alembic migrations build exactly the schema `coordinator.store.tables` declares."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection
 
-from coordinator.db import make_engine
-from coordinator.tables import metadata
+from coordinator.store.db import make_engine
+from coordinator.store.tables import metadata
 
 
 async def test_migrations_match_declared_tables(coordinator_db: str) -> None:

@@ -22,14 +22,14 @@ from typer.testing import CliRunner
 
 from coordinator.cli import app
 from coordinator.clock import FrozenClock
-from coordinator.db import make_engine
 from coordinator.metrics import Metrics
 from coordinator.notify.delivery import Backoff, deliver_due, list_notifications
 from coordinator.notify.notifier import Notifier
 from coordinator.notify.sweep import sweep
 from coordinator.notify.webhooks import Kind, Webhook, WebhooksFileError, load_webhooks
 from coordinator.settings import NotifySettings
-from coordinator.tables import erasure_requests, notifications
+from coordinator.store.db import make_engine
+from coordinator.store.tables import erasure_requests, notifications
 from tests.overdue_rows import insert_events
 from tests.webhook_receiver import Receiver, receiving
 

@@ -18,12 +18,12 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator import audit
-from coordinator.db import make_engine
 from coordinator.kafka.producer import Delivery, EventProducer, KafkaEventProducer, OutgoingRecord
 from coordinator.metrics import Metrics
 from coordinator.outbox.relay import AUDIT_ACTION, OutboxRelay
 from coordinator.settings import RelaySettings
-from coordinator.tables import audit_log, outbox
+from coordinator.store.db import make_engine
+from coordinator.store.tables import audit_log, outbox
 from schemas import KafkaSettings, RetentionEvent, decode
 from tests.infra import ROOT
 from tests.outbox import clear_outbox, insert_rows, outbox_rows, read_records

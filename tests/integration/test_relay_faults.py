@@ -16,12 +16,12 @@ from aiokafka.errors import OutOfOrderSequenceNumber
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.db import make_engine
 from coordinator.kafka.producer import Delivery, EventProducer, KafkaEventProducer, OutgoingRecord
 from coordinator.metrics import Metrics
 from coordinator.outbox.relay import OutboxRelay
 from coordinator.settings import RelaySettings
-from coordinator.tables import outbox
+from coordinator.store.db import make_engine
+from coordinator.store.tables import outbox
 from schemas import KafkaSettings, RetentionEvent, decode
 from tests.outbox import clear_outbox, insert_rows, outbox_rows, read_records
 

@@ -9,7 +9,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 from sqlalchemy import Column, MetaData, Table, Text, Uuid, select
 
-from coordinator.db import make_engine
+from coordinator.store.db import make_engine
 from schemas import EventType, KafkaSettings, RetentionEvent, decode, encode
 
 

@@ -11,9 +11,9 @@ from sqlalchemy import delete, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import FrozenClock
-from coordinator.db import make_engine
-from coordinator.scheduler import Schedule, Scheduler
-from coordinator.tables import scheduler_fires
+from coordinator.purge.scheduler import Schedule, Scheduler
+from coordinator.store.db import make_engine
+from coordinator.store.tables import scheduler_fires
 
 T0 = datetime(2026, 11, 29, 2, 59, 30, tzinfo=UTC)
 HOURLY = Schedule("nightly", "0 * * * *")

@@ -23,8 +23,8 @@ from consumer_sdk import (
     RetentionEvent,
     RetryLater,
 )
-from coordinator.db import make_engine
 from coordinator.kafka.admin import ensure_topics
+from coordinator.store.db import make_engine
 from schemas import KafkaSettings, decode
 from tests.integration.test_sdk_delivery import (
     FAST,

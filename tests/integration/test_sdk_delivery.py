@@ -22,7 +22,7 @@ from consumer_sdk import (
     RetentionConsumer,
     RetentionEvent,
 )
-from coordinator.db import make_engine
+from coordinator.store.db import make_engine
 from schemas import KafkaSettings, ServiceRegistration, decode
 from tests.sdk.helpers import event
 from tests.sdk.kafka_io import committed, eventually, produce, read_topic

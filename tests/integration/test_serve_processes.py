@@ -30,8 +30,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.db import make_engine
-from coordinator.tables import outbox, policy_results, runs, scheduler_fires
+from coordinator.store.db import make_engine
+from coordinator.store.tables import outbox, policy_results, runs, scheduler_fires
 from schemas import KafkaSettings
 from tests.infra import ROOT, with_database
 

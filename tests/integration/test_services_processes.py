@@ -10,7 +10,7 @@ from collections import Counter
 
 from sqlalchemy import func, select
 
-from coordinator.db import make_engine
+from coordinator.store.db import make_engine
 from schemas import AckStatus, EventType, KafkaSettings, RetentionAck, decode
 from services import billing, notifications, preferences
 from tests.infra import ROOT

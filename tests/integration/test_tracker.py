@@ -17,9 +17,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from coordinator import audit
 from coordinator.clock import FrozenClock
 from coordinator.metrics import Metrics
-from coordinator.migrate import upgrade
 from coordinator.purge.holds import EntityTypes, IdForm, IdKind, create_hold, release_hold
-from coordinator.tables import ack_ledger, audit_log, event_status, expected_acks, service_registry
+from coordinator.store.migrate import upgrade
+from coordinator.store.tables import (
+    ack_ledger,
+    audit_log,
+    event_status,
+    expected_acks,
+    service_registry,
+)
 from coordinator.tracking import queries, waivers
 from coordinator.tracking import tracker as tracker_module
 from coordinator.tracking.tracker import Tracker

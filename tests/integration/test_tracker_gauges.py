@@ -12,8 +12,8 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Select
 
-from coordinator.db import make_engine
-from coordinator.tables import event_status, expected_acks
+from coordinator.store.db import make_engine
+from coordinator.store.tables import event_status, expected_acks
 from coordinator.tracking import deadlines
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)

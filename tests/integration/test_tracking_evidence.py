@@ -22,10 +22,10 @@ from typer.testing import CliRunner
 
 from coordinator.cli import app
 from coordinator.clock import FrozenClock
-from coordinator.db import make_engine
 from coordinator.kafka.admin import ensure_topics
 from coordinator.policy.model import DeclaredService
-from coordinator.tables import audit_log
+from coordinator.store.db import make_engine
+from coordinator.store.tables import audit_log
 from schemas import AckStatus, KafkaSettings
 from tests import infra, keys
 from tests.integration.tracking_support import (

@@ -12,11 +12,11 @@ from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import Clock
-from coordinator.db import make_engine
 from coordinator.metrics import Metrics
 from coordinator.policy.model import DeclaredService
 from coordinator.settings import TrackerSettings
-from coordinator.tables import outbox
+from coordinator.store.db import make_engine
+from coordinator.store.tables import outbox
 from coordinator.tracking.tracker import Tracker
 from schemas import (
     AckStatus,

@@ -11,9 +11,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import FrozenClock
-from coordinator.db import make_engine
 from coordinator.policy.model import PolicySet, load_policies
 from coordinator.settings import Settings
+from coordinator.store.db import make_engine
 from demo.seed_data import create_seed_tables, drop_seed_tables
 
 SEED_POLICIES = Path(__file__).resolve().parent.parent / "data" / "seed_policies.yaml"

@@ -15,7 +15,7 @@ from coordinator.policy.model import parse_policies
 from coordinator.purge.holds import create_hold, entity_types, release_hold
 from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
-from coordinator.tables import anonymize_marks
+from coordinator.store.tables import anonymize_marks
 from demo.seed_data import orders
 from tests.policy.conftest import NOW
 

@@ -16,9 +16,9 @@ from sqlalchemy import text
 from typer.testing import CliRunner
 
 from coordinator.cli import app
-from coordinator.db import make_engine
 from coordinator.policy.model import load_policies
 from coordinator.purge.holds import create_hold, entity_types
+from coordinator.store.db import make_engine
 from demo.seed_data import SeedData, populate
 from tests.policy.conftest import SEED_POLICIES, reset
 

@@ -20,7 +20,7 @@ from coordinator.purge.holds import (
 )
 from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
-from coordinator.tables import anonymized, outbox, policy_results
+from coordinator.store.tables import anonymized, outbox, policy_results
 from demo.seed_data import orders, session_logs, shopping_carts
 from tests.policy import hooks
 from tests.policy.conftest import NOW

@@ -23,7 +23,7 @@ from coordinator.purge.batch import PurgeBatch
 from coordinator.purge.holds import create_hold, entity_types
 from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
-from coordinator.tables import audit_log, legal_hold_entities, legal_holds
+from coordinator.store.tables import audit_log, legal_hold_entities, legal_holds
 from demo.seed_data import session_logs
 from tests.policy import hooks
 from tests.policy.conftest import NOW

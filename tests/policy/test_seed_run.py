@@ -17,7 +17,7 @@ from coordinator.policy.model import PolicySet, load_policies
 from coordinator.purge.holds import create_hold, entity_types
 from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
-from coordinator.tables import outbox, policy_results, runs
+from coordinator.store.tables import outbox, policy_results, runs
 from demo.seed_data import SEED_POLICIES, SeedData, populate
 from tests.policy.conftest import HASH_SECRET, NOW
 from tests.policy.conftest import SEED_POLICIES as SEED_POLICY_FILE

@@ -27,8 +27,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator.clock import Clock
-from coordinator.db import when_reachable
-from coordinator.tables import scheduler_fires
+from coordinator.store.db import when_reachable
+from coordinator.store.tables import scheduler_fires
 from schemas import RetryPolicy, Stopped, retry
 from schemas.errors import error_text
 from schemas.retries import any_error

@@ -7,8 +7,8 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from coordinator.db import make_engine
-from coordinator.tables import metadata
+from coordinator.store.db import make_engine
+from coordinator.store.tables import metadata
 
 config = context.config
 
