@@ -21,6 +21,14 @@ from schemas import AckStatus, EventType
 from tests.integration.tracking_support import ack, registration
 
 SERVICES = ("billing", "notifications", "search_index")
+# Who must acknowledge (SPEC §9: the declaration, not the registrations): every service,
+# for every entity type the seed publishes.
+DECLARED = [
+    (s, entity_type, action)
+    for s in SERVICES
+    for entity_type in ("session", "cart", "order", "user")
+    for action in ("delete", "anonymize")
+]
 REMINDERS = timedelta(hours=6)
 DEADLINE = timedelta(days=30)
 COMPLETE = "1001"  # every service confirmed
@@ -99,10 +107,13 @@ async def seed(engine: AsyncEngine, now: datetime, policy_set: PolicySet) -> lis
         )
     )
     async with engine.begin() as conn:
-        await track_published(conn, now=now, reminder_interval=REMINDERS, limit=100)
+        await track_published(
+            conn, declared=DECLARED, now=now, reminder_interval=REMINDERS, limit=100
+        )
         await apply_acks(
             conn,
             [ConsumedAck("acks", 0, offset, a) for offset, a in enumerate(acks)],
+            declared=DECLARED,
             now=now,
             reminder_interval=REMINDERS,
         )
@@ -153,7 +164,9 @@ async def publish_request(engine: AsyncEngine, request_id: uuid.UUID, now: datet
             .where(outbox.c.request_id == request_id, outbox.c.published_at.is_(None))
             .values(published_at=now)
         )
-        await track_published(conn, now=now, reminder_interval=REMINDERS, limit=1000)
+        await track_published(
+            conn, declared=DECLARED, now=now, reminder_interval=REMINDERS, limit=1000
+        )
 
 
 async def acknowledge_request(engine: AsyncEngine, request_id: uuid.UUID, now: datetime) -> int:
@@ -176,6 +189,7 @@ async def acknowledge_request(engine: AsyncEngine, request_id: uuid.UUID, now: d
         await apply_acks(
             conn,
             [ConsumedAck("acks", 1, 1000 + n, a) for n, a in enumerate(acks)],
+            declared=DECLARED,
             now=now,
             reminder_interval=REMINDERS,
         )
