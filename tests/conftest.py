@@ -54,6 +54,18 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     infra.stop_infra()
 
 
+@pytest.fixture(autouse=True)
+def _delete_test_topics() -> Iterator[None]:
+    """After each test, the topics of the prefixes it made (not those of module or session
+    fixtures, made before it started) are deleted from the shared broker."""
+    made_before = len(infra.PREFIXES_MADE)
+    yield
+    made = infra.PREFIXES_MADE[made_before:]
+    del infra.PREFIXES_MADE[made_before:]
+    if made:
+        infra.delete_topics_of(KafkaSettings().bootstrap_servers, made)
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> str:
     """The broker's address, after proving it answers (fails loudly otherwise)."""

@@ -15,9 +15,12 @@ never a skip: tests that prove the product must not pass by not running.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
+import threading
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -243,5 +246,40 @@ async def drop_database(url: str, *, attempts: int = 20) -> None:
         await conn.close()
 
 
+PREFIXES_MADE: list[str] = []
+"""Every prefix `unique_topic_prefix` handed out, in order: tests/conftest.py deletes the
+topics of those a test made once it ends."""
+
+
 def unique_topic_prefix(label: str = "t") -> str:
-    return f"test.{re.sub(r'[^a-zA-Z0-9]', '', label)[:20]}.{uuid.uuid4().hex[:8]}.data.retention"
+    prefix = f"test.{re.sub(r'[^a-zA-Z0-9]', '', label)[:20]}.{uuid.uuid4().hex[:8]}.data.retention"
+    PREFIXES_MADE.append(prefix)
+    return prefix
+
+
+def delete_topics_of(bootstrap: str, prefixes: Sequence[str], *, timeout_s: float = 15.0) -> None:
+    """Delete the broker's topics named under `prefixes`; best effort, never raises.
+
+    Every test makes topics of its own and a broker holds each partition's files open: a
+    shared broker that keeps them all runs out of file descriptors (20,000 here) after a few
+    suites, and then shuts down. A broker that is down (a fault scenario's) is left alone.
+    """
+
+    async def delete() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+        await admin.start()
+        try:
+            names = [t for t in await admin.list_topics() if t.startswith(tuple(prefixes))]
+            if names:
+                await admin.delete_topics(names)
+        finally:
+            await admin.close()
+
+    def run() -> None:
+        with contextlib.suppress(Exception):
+            asyncio.run(asyncio.wait_for(delete(), timeout_s))
+
+    # Its own thread and loop: this runs at a test's teardown, maybe inside a running loop.
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout_s + 5)
