@@ -332,7 +332,10 @@ def pages(seeded: dict[str, Any]) -> list[str]:
         "/ui/holds?all=true",
         f"/ui/holds/{seeded['hold_id']}",
         "/ui/services",
-        *(f"/ui/services/billing?state={s}" for s in ("overdue", "pending", "failed", "completed")),
+        *(
+            f"/ui/services/billing?state={s}"
+            for s in ("overdue", "pending", "failed", "completed", "waived")
+        ),
         "/ui/erasure-requests",
         "/ui/erasure-requests?status=on_hold",
         f"/ui/erasure-requests/{seeded['request_id']}",
