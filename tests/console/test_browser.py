@@ -42,6 +42,7 @@ def test_every_page_signed_in_and_accessible(page: Page, tokens: Tokens, output_
     first = page.locator("#policies time").first
     expect(first).to_have_attribute("title", re.compile(r" UTC$"))
     expect(first).to_contain_text(re.compile(r"EST|EDT"))
+    expect(page.locator("#drifting-services li")).to_have_count(len(seed.SERVICES) + 1)
     check_page(page, output_dir, "overview", docs=DOCS_IMAGES)
 
     page.get_by_role("link", name="Runs", exact=True).click()
