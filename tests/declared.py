@@ -16,7 +16,7 @@ from coordinator.policy.model import DeclaredService
 from tests import keys
 from tests.infra import ROOT
 
-__all__ = ["declare", "handles_of", "key_file", "services_block"]
+__all__ = ["declare", "handles_of", "is_service", "key_file", "services_block"]
 
 _MODULES = {
     "crm": "tests.e2e.crm_service",
@@ -55,6 +55,11 @@ def declare(names: Iterable[str]) -> list[DeclaredService]:
     (`tests.keys.private_key(service)`; service processes get it from `key_file`)."""
     found = dict(handles_of(module_of(name)) for name in names)
     return [keys.declared(service, handles, key=service) for service, handles in found.items()]
+
+
+def is_service(module: str) -> bool:
+    """Whether `module` builds an SDK service (it has a `create_app`)."""
+    return hasattr(importlib.import_module(module_of(module)), "create_app")
 
 
 def key_file(module: str) -> Path:

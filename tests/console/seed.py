@@ -7,27 +7,28 @@ import uuid
 from datetime import datetime, timedelta
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.erasure.status import complete_acknowledged
 from coordinator.policy.model import PolicySet
 from coordinator.purge import holds
-from coordinator.store.tables import (
-    event_status,
-    expected_acks,
-    outbox,
-    policy_results,
-    runs,
-    service_registry,
-)
+from coordinator.store.tables import event_status, expected_acks, outbox, policy_results, runs
 from coordinator.tracking.ledger import ConsumedAck, apply_acks
 from coordinator.tracking.registry import apply_registrations
-from coordinator.tracking.snapshot import Declared, track_published
+from coordinator.tracking.snapshot import track_published
 from demo.seed_data import create_seed_tables, populate
 from schemas import AckStatus, EventType
 from tests.integration.tracking_support import ack, registration
 
 SERVICES = ("billing", "notifications", "search_index")
+# Who must acknowledge (SPEC §9: the declaration, not the registrations): every service,
+# for every entity type the seed publishes.
+DECLARED = [
+    (s, entity_type, action)
+    for s in SERVICES
+    for entity_type in ("session", "cart", "order", "user")
+    for action in ("delete", "anonymize")
+]
 REMINDERS = timedelta(hours=6)
 DEADLINE = timedelta(days=30)
 COMPLETE = "1001"  # every service confirmed
@@ -107,12 +108,12 @@ async def seed(engine: AsyncEngine, now: datetime, policy_set: PolicySet) -> lis
     )
     async with engine.begin() as conn:
         await track_published(
-            conn, declared=await _expected(conn), now=now, reminder_interval=REMINDERS, limit=100
+            conn, declared=DECLARED, now=now, reminder_interval=REMINDERS, limit=100
         )
         await apply_acks(
             conn,
             [ConsumedAck("acks", 0, offset, a) for offset, a in enumerate(acks)],
-            declared=await _expected(conn),
+            declared=DECLARED,
             now=now,
             reminder_interval=REMINDERS,
         )
@@ -155,16 +156,6 @@ async def seed(engine: AsyncEngine, now: datetime, policy_set: PolicySet) -> lis
     return event_ids
 
 
-async def _expected(conn: AsyncConnection) -> Declared:
-    """The seed's three services are expected for what they registered. The console's
-    policy file declares other handles (and `flaky`), so the Services page shows drift."""
-    r = service_registry.c
-    rows = await conn.execute(
-        select(r.service, r.entity_type, r.action).where(r.service.in_(SERVICES))
-    )
-    return [(row.service, row.entity_type, row.action) for row in rows]
-
-
 async def publish_request(engine: AsyncEngine, request_id: uuid.UUID, now: datetime) -> None:
     """Play relay and tracker for one erasure request's events: publish and track them."""
     async with engine.begin() as conn:
@@ -174,7 +165,7 @@ async def publish_request(engine: AsyncEngine, request_id: uuid.UUID, now: datet
             .values(published_at=now)
         )
         await track_published(
-            conn, declared=await _expected(conn), now=now, reminder_interval=REMINDERS, limit=1000
+            conn, declared=DECLARED, now=now, reminder_interval=REMINDERS, limit=1000
         )
 
 
@@ -198,7 +189,7 @@ async def acknowledge_request(engine: AsyncEngine, request_id: uuid.UUID, now: d
         await apply_acks(
             conn,
             [ConsumedAck("acks", 1, 1000 + n, a) for n, a in enumerate(acks)],
-            declared=await _expected(conn),
+            declared=DECLARED,
             now=now,
             reminder_interval=REMINDERS,
         )

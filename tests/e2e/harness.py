@@ -273,7 +273,12 @@ class Stack:
             raise ValueError(f"service {name} already added")
         module = module or f"services.{name}"
         # Each service signs with its own key, the one `running_tracker` declares for it.
-        own_key = {"RETENTION_SERVICE_SIGNING_KEY_FILE": str(declared.key_file(module))}
+        # A process that is no SDK service (the bench's seed consumer) has no key to sign with.
+        own_key = (
+            {"RETENTION_SERVICE_SIGNING_KEY_FILE": str(declared.key_file(module))}
+            if declared.is_service(module)
+            else {}
+        )
         process = ServiceProcess(
             name=name,
             module=module,
