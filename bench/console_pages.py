@@ -58,10 +58,13 @@ from coordinator.store.tables import (
     service_registry,
 )
 from coordinator.tokens import Scope, TokenStore, add_token, new_token
+from demo.keys import ensure_keys
 from schemas import KafkaSettings
 from tests import infra
 
 ROOT = Path(__file__).resolve().parent.parent
+# The demo's policy file declares its services with the keys `make demo` makes on first start.
+ensure_keys()
 POLICIES = load_policies(ROOT / "demo" / "policies.yaml")
 SERVICES = ("billing", "notifications", "preferences", "search_index")
 # Per 1× of the demo: (policy, action, entity type, events, expected services).
