@@ -58,10 +58,13 @@ from coordinator.store.tables import (
     service_registry,
 )
 from coordinator.tokens import Scope, TokenStore, add_token, new_token
+from demo.keys import ensure_keys
 from schemas import KafkaSettings
 from tests import infra
 
 ROOT = Path(__file__).resolve().parent.parent
+# The demo's policy file declares its services with the keys `make demo` makes on first start.
+ensure_keys()
 POLICIES = load_policies(ROOT / "demo" / "policies.yaml")
 SERVICES = ("billing", "notifications", "preferences", "search_index")
 # Per 1× of the demo: (policy, action, entity type, events, expected services).
@@ -332,7 +335,10 @@ def pages(seeded: dict[str, Any]) -> list[str]:
         "/ui/holds?all=true",
         f"/ui/holds/{seeded['hold_id']}",
         "/ui/services",
-        *(f"/ui/services/billing?state={s}" for s in ("overdue", "pending", "failed", "completed")),
+        *(
+            f"/ui/services/billing?state={s}"
+            for s in ("overdue", "pending", "failed", "completed", "waived")
+        ),
         "/ui/erasure-requests",
         "/ui/erasure-requests?status=on_hold",
         f"/ui/erasure-requests/{seeded['request_id']}",

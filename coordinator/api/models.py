@@ -249,6 +249,7 @@ class ServiceCompletionView(_View):
     overdue: int = Field(description="Open past the event's deadline.")
     failed: int = Field(description="Its last answer was `failed` (also counted as open).")
     completed: int = Field(description="Answered `completed` or `not_found`.")
+    waived: int = Field(description="Ended without an answer by `waive` or `retire` (audited).")
     next_deadline: datetime | None = Field(description="Earliest deadline of its open ones.")
 
 
@@ -263,10 +264,13 @@ class ServiceEventView(_View):
     published_at: datetime
     deadline: datetime
     event_state: str = Field(description="The event's state over all its services.")
-    status: str = Field(description="This service's: pending | completed | not_found | failed")
+    status: str = Field(
+        description="This service's: pending | completed | not_found | failed | waived"
+    )
     acknowledged_at: datetime | None
     attempt: int | None
-    detail: str
+    detail: str = Field(description="The ack's detail, or why it was waived.")
+    waived_by: str | None = Field(description="Who waived it (retire, waive).")
 
 
 class ErasureCreate(BaseModel):

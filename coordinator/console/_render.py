@@ -24,7 +24,7 @@ from coordinator.console.sessions import (
 )
 from coordinator.tokens import Principal, Scope
 
-__all__ = ["Page", "ReadForm", "ReadPage", "WritePage", "templates"]
+__all__ = ["AdminPage", "Page", "ReadForm", "ReadPage", "WritePage", "templates"]
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -66,6 +66,10 @@ class Page:
         return self.principal.allows(Scope.WRITE)
 
     @property
+    def can_admin(self) -> bool:
+        return self.principal.allows(Scope.ADMIN)
+
+    @property
     def partial(self) -> bool:
         """htmx asks for a fragment; a history restore after a cache miss wants the page."""
         headers = self.request.headers
@@ -83,6 +87,7 @@ class Page:
                 "csrf_field": CSRF_FIELD,
                 "csrf_header": CSRF_HEADER,
                 "can_write": self.can_write,
+                "can_admin": self.can_admin,
                 **values,
             },
             status_code=status_code,
@@ -126,3 +131,5 @@ ReadForm = Annotated[Page, Depends(_form(Scope.READ))]
 """A post any signed-in token may make (sign-out), with the session's CSRF token."""
 WritePage = Annotated[Page, Depends(_form(Scope.WRITE))]
 """A form post: signed in with at least `write`, and the session's CSRF token."""
+AdminPage = Annotated[Page, Depends(_form(Scope.ADMIN))]
+"""An admin form post (retire, waive): signed in with `admin`, and the session's CSRF token."""

@@ -39,7 +39,7 @@ __all__ = [
 _DONE = ("completed", "not_found")
 _OPEN = ("pending", "failed")
 _HOLDABLE = (*_OPEN, "overdue")
-ServiceState = Literal["pending", "overdue", "failed", "completed"]
+ServiceState = Literal["pending", "overdue", "failed", "completed", "waived"]
 """Where one service's answer to one event stands, as the console and its JSON count it."""
 """States shown as `held` while an active hold covers the event's entity."""
 
@@ -381,6 +381,8 @@ def _state_filter(state: ServiceState, now: datetime) -> ColumnElement[bool]:
         return e.status.in_(_DONE)
     if state == "failed":
         return e.status == "failed"
+    if state == "waived":
+        return e.status == "waived"
     if state == "overdue":
         return and_(e.status.in_(_OPEN), _overdue(now))
     return and_(e.status.in_(_OPEN), ~_overdue(now))
@@ -388,17 +390,21 @@ def _state_filter(state: ServiceState, now: datetime) -> ColumnElement[bool]:
 
 async def services_completion(conn: AsyncConnection, *, now: datetime) -> list[dict[str, Any]]:
     """Every service that is registered or expected somewhere, by name: what it handles,
-    and how many expected acknowledgements are pending, overdue, failed and completed."""
+    and how many expected acknowledgements are pending, overdue, failed, completed and
+    waived."""
     e, s = expected_acks.c, event_status.c
     # Two reads instead of one join over every acknowledgement: the done ones are only
     # counted (one pass over the ack table), and only the few open ones (its partial
     # index) meet their events for the deadline.
-    done: dict[str, int] = {
-        row[0]: row[1]
-        for row in await conn.execute(
-            select(e.service, func.count()).where(e.status.in_(_DONE)).group_by(e.service)
+    settled = await conn.execute(
+        select(
+            e.service,
+            func.count().filter(e.status.in_(_DONE)),
+            func.count().filter(e.status == "waived"),
         )
-    }
+        .where(~e.status.in_(_OPEN))
+        .group_by(e.service)
+    )
     open_counts = await conn.execute(
         select(
             e.service,
@@ -426,6 +432,7 @@ async def services_completion(conn: AsyncConnection, *, now: datetime) -> list[d
                 "overdue": 0,
                 "failed": 0,
                 "completed": 0,
+                "waived": 0,
                 "next_deadline": None,
             },
         )
@@ -444,8 +451,8 @@ async def services_completion(conn: AsyncConnection, *, now: datetime) -> list[d
             item["last_seen"], item["sdk_version"] = row.last_seen, row.sdk_version
     for item in found.values():
         item["last_seen"] = _ts(item["last_seen"])
-    for name, completed in done.items():
-        entry(name)["completed"] = completed
+    for name, completed, waived in settled:
+        entry(name).update(completed=completed, waived=waived)
     for name, pending, overdue, failed, next_deadline in open_counts:
         entry(name).update(
             pending=pending, overdue=overdue, failed=failed, next_deadline=_ts(next_deadline)
@@ -468,7 +475,9 @@ async def service_events(
     # the table, so they are read newest first along the events' published_at index and
     # the scan stops after `limit`.
     order = (
-        (s.published_at.desc(), s.event_id) if state == "completed" else (s.deadline, s.event_id)
+        (s.published_at.desc(), s.event_id)
+        if state in ("completed", "waived")
+        else (s.deadline, s.event_id)
     )
     rows = await conn.execute(
         select(
@@ -484,6 +493,7 @@ async def service_events(
             e.acknowledged_at,
             e.attempt,
             e.detail,
+            e.waived_by,
         )
         .join_from(expected_acks, event_status, s.event_id == e.event_id)
         .where(e.service == service, _state_filter(state, now))
@@ -504,6 +514,7 @@ async def service_events(
             "acknowledged_at": _ts(row.acknowledged_at),
             "attempt": row.attempt,
             "detail": row.detail or "",
+            "waived_by": row.waived_by,
         }
         for row in rows
     ]

@@ -182,6 +182,51 @@ async def test_hold_form_needs_csrf_and_records_the_token_name(
             await conn.execute(delete(legal_holds))
 
 
+async def test_admin_forms_only_for_admin_with_csrf_and_a_reason(
+    ctx: ApiContext, tokens: dict[Scope, str]
+) -> None:
+    waive = "/ui/services/billing/events/00000000-0000-0000-0000-000000000001/waive"
+    for scope, name in ((Scope.READ, "read-bot"), (Scope.WRITE, "write-bot")):
+        async with make_client(ctx) as client:
+            csrf = await sign_in(client, tokens[scope])
+            page = await client.get("/ui/services/billing?state=pending")
+            assert page.status_code == 200
+            assert 'id="retire-service"' not in page.text
+            assert 'class="inline waive"' not in page.text
+            for path in ("/ui/services/billing/retire", waive):
+                response = await client.post(path, data={"csrf_token": csrf, "reason": "r"})
+                assert response.status_code == 403, (scope, path)
+                assert name in response.text
+                assert "this needs admin" in response.text
+
+    async with make_client(ctx) as client:
+        csrf = await sign_in(client, tokens[Scope.ADMIN])
+        page = await client.get("/ui/services/billing")
+        assert 'id="retire-service"' in page.text
+        response = await client.post("/ui/services/billing/retire", data={"reason": "r"})
+        assert response.status_code == 403
+        assert "CSRF" in response.text
+        response = await client.post(
+            "/ui/services/billing/retire", data={"csrf_token": csrf, "reason": "  "}
+        )
+        assert response.status_code == 422
+        assert 'role="alert"' in response.text
+        assert "needs a reason" in response.text
+        response = await client.post(waive, data={"csrf_token": csrf, "reason": ""})
+        assert response.status_code == 422
+        response = await client.post(waive, data={"csrf_token": csrf, "reason": "gone"})
+        assert response.status_code == 404
+        assert "No open acknowledgement" in response.text
+        response = await client.post(
+            "/ui/services/billing/retire", data={"csrf_token": csrf, "reason": "decommissioned"}
+        )
+        assert response.status_code == 303
+        assert response.headers["location"] == "/ui/services/billing?state=waived"
+        page = await client.get("/ui/services/billing?state=waived")
+        assert page.status_code == 200
+        assert "Waived answers of billing" in page.text
+
+
 async def test_every_page_answers_html_for_missing_things(
     browser: httpx.AsyncClient, tokens: dict[Scope, str]
 ) -> None:

@@ -102,6 +102,15 @@ async def test_waive_and_retire_need_admin_and_record_the_token(
             )
         ).one()
     assert entry.actor == "admin-bot"
+    # The console's counts and drill-down (and their JSON) show it as waived.
+    [billing] = [
+        s for s in (await client.get("/v1/completion/services")).json() if s["service"] == "billing"
+    ]
+    assert billing["waived"] >= 1
+    waived = (await client.get("/v1/completion/services/billing/events?state=waived")).json()
+    assert (str(event), "admin-bot", "waived") in {
+        (w["event_id"], w["waived_by"], w["status"]) for w in waived
+    }
 
     second = await _pending_event(engine, ctx)
     retired = await client.post(

@@ -68,7 +68,11 @@ def browser(server: ConsoleServer) -> Iterator[Browser]:
 def tokens(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[Scope, str]]:
     path = tmp_path_factory.mktemp("console") / "tokens.yaml"
     made = {}
-    for name, scope in (("dpo-reader", Scope.READ), ("legal-team", Scope.WRITE)):
+    for name, scope in (
+        ("dpo-reader", Scope.READ),
+        ("legal-team", Scope.WRITE),
+        ("privacy-admin", Scope.ADMIN),
+    ):
         created = new_token(name, scope)
         add_token(path, created.entry)
         made[scope] = created.token

@@ -42,6 +42,7 @@ def test_every_page_signed_in_and_accessible(page: Page, tokens: Tokens, output_
     first = page.locator("#policies time").first
     expect(first).to_have_attribute("title", re.compile(r" UTC$"))
     expect(first).to_contain_text(re.compile(r"EST|EDT"))
+    expect(page.locator("#drifting-services li")).to_have_count(len(seed.SERVICES) + 1)
     check_page(page, output_dir, "overview", docs=DOCS_IMAGES)
 
     page.get_by_role("link", name="Runs", exact=True).click()
@@ -69,7 +70,15 @@ def test_every_page_signed_in_and_accessible(page: Page, tokens: Tokens, output_
     check_page(page, output_dir, "run", docs=DOCS_IMAGES)
 
     page.get_by_role("link", name="Services", exact=True).click()
-    expect(page.locator("#services-table tbody tr")).to_have_count(len(seed.SERVICES))
+    # The three seeded services, and `flaky`: declared in the policy file, never registered.
+    expect(page.locator("#services-table tbody tr")).to_have_count(len(seed.SERVICES) + 1)
+    drift = {
+        name: page.locator(f'#services-table tr[data-service="{name}"] td').nth(3)
+        for name in (*seed.SERVICES, "flaky")
+    }
+    expect(drift["flaky"]).to_have_text("not_registered")
+    expect(drift["search_index"]).to_have_text("undeclared")
+    expect(drift["billing"]).to_have_text("handles_differ")
     check_page(page, output_dir, "services")
 
     page.get_by_role("link", name="1 failed at notifications").click()
@@ -160,6 +169,21 @@ def test_read_token_sees_no_write_forms_and_gets_403(
     page: Page, tokens: Tokens, output_dir: Path
 ) -> None:
     sign_in(page, tokens[1][Scope.READ], expect_name="dpo-reader", expect_scope="read")
+    page.goto("/ui/services/notifications?state=failed")
+    expect(page.get_by_role("cell", name=f"session:{seed.FAILED}")).to_be_visible()
+    expect(page.locator("form#retire-service, form.waive")).to_have_count(0)
+    # Posting the admin forms anyway, with the session's own CSRF token: 403 for the scope.
+    statuses = page.evaluate(
+        """async () => {
+            const csrf = document.querySelector("input[name=csrf_token]").value;
+            const post = (url) => fetch(url, {method: "POST",
+                body: new URLSearchParams({csrf_token: csrf, reason: "x"})});
+            return [(await post("/ui/services/notifications/retire")).status,
+                    (await post("/ui/services/notifications/events/"
+                                + "00000000-0000-0000-0000-000000000000/waive")).status];
+        }"""
+    )
+    assert statuses == [403, 403]
     page.goto("/ui/holds")
     expect(page.locator("form#new-hold")).to_have_count(0)
     expect(page.get_by_role("button", name="Create hold")).to_have_count(0)
@@ -184,7 +208,7 @@ def test_services_overdue_after_the_deadline_passes(
     sign_in(page, tokens[1][Scope.READ], expect_name="dpo-reader", expect_scope="read")
     page.goto("/ui/services")
     row = page.locator("#services-table tbody tr", has_text="search_index")
-    expect(row.locator("td").nth(3)).to_have_text("0")
+    expect(row.locator("td").nth(4)).to_have_text("0")
 
     clock.advance(seed.DEADLINE + timedelta(hours=1))
 
@@ -195,7 +219,7 @@ def test_services_overdue_after_the_deadline_passes(
     assert server.call(tracker_pass) == 2  # the partly and the not confirmed events
     page.reload()
     expect(row).to_have_class("late")
-    expect(row.locator("td").nth(3)).to_have_text("2")
+    expect(row.locator("td").nth(4)).to_have_text("2")
     check_page(page, output_dir, "services-overdue", docs=DOCS_IMAGES)
 
     page.goto("/ui/")
@@ -251,3 +275,47 @@ def test_erasure_request_filed_through_the_form_completes_as_services_ack(
     page.get_by_role("link", name="HTML").click()
     expect(page.locator("body")).to_contain_text("user:user-00000")
     page.screenshot(path=str(output_dir / "erasure-certificate.png"), full_page=True)
+
+
+def test_admin_waives_an_ack_through_the_form_and_it_is_audited(
+    page: Page, tokens: Tokens, server: ConsoleServer, output_dir: Path
+) -> None:
+    sign_in(page, tokens[1][Scope.ADMIN], expect_name="privacy-admin", expect_scope="admin")
+    page.goto("/ui/services/search_index?state=pending")
+    page.get_by_role("link", name="overdue", exact=True).click()
+    expect(page).to_have_url(re.compile(r"state=overdue"))
+    expect(page.locator("form#retire-service")).to_have_count(1)
+    label = f"Reason to waive session:{seed.PARTIAL}"
+    # The reason is required: the browser refuses an empty one before it is sent.
+    page.get_by_label(label).press("Enter")
+    expect(page).to_have_url(re.compile(r"state=overdue"))
+    page.get_by_label(label).fill("Index rebuilt from scratch on 2026-03-02, DPO ticket 88")
+    page.get_by_label(label).press("Enter")
+
+    expect(page).to_have_url(re.compile(r"/ui/services/search_index\?state=waived$"))
+    waived = page.locator("#service-events tbody tr", has_text=f"session:{seed.PARTIAL}")
+    expect(waived.locator(".badge")).to_have_text("waived")
+    expect(waived.get_by_test_id("waived-by")).to_have_text("privacy-admin")
+    check_page(page, output_dir, "service-waived", docs=DOCS_IMAGES)
+
+    page.get_by_role("link", name=f"session:{seed.PARTIAL}").click()
+    answer = page.get_by_role("row", name=re.compile(r"^search_index waived"))
+    expect(answer).to_be_visible()
+    check_page(page, output_dir, "entity-waived")
+
+    page.goto("/ui/services")
+    row = page.locator('#services-table tr[data-service="search_index"]')
+    expect(row.locator("td").nth(8)).to_have_text("1")
+
+    async def chain(engine: AsyncEngine) -> list[tuple[str, str, str]]:
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                select(audit_log.c.action, audit_log.c.actor, audit_log.c.data["reason"].astext)
+                .where(audit_log.c.action == "ack_waived")
+                .order_by(audit_log.c.seq)
+            )
+            return [(row.action, row.actor, row[2]) for row in rows]
+
+    assert server.call(chain) == [
+        ("ack_waived", "privacy-admin", "Index rebuilt from scratch on 2026-03-02, DPO ticket 88")
+    ]

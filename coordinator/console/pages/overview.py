@@ -1,4 +1,5 @@
-"""Overview: each policy's backlog age against its retention, last runs, overdue services."""
+"""Overview: each policy's backlog age against its retention, last runs, overdue and
+drifting services."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from coordinator.api._context import Connection, Context
 from coordinator.console._render import ReadPage
 from coordinator.erasure import requests
 from coordinator.purge import run_log
-from coordinator.tracking import queries
+from coordinator.tracking import drift, queries
 
 __all__ = ["router"]
 
@@ -58,6 +59,11 @@ async def overview(page: ReadPage, ctx: Context, conn: Connection) -> Response:
         chart=chart,
         runs=await run_log.recent_runs(conn, limit=5),
         services=await _late_services(ctx, conn),
+        drifting=[
+            d
+            for d in (await drift.service_drift(conn, ctx.policy_set.services)).values()
+            if d.drifting
+        ],
         erasures=await _open_erasures(ctx, conn),
     )
 
