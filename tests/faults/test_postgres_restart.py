@@ -34,6 +34,7 @@ import yaml
 from sqlalchemy import func, select
 
 from coordinator.store.tables import runs, scheduler_fires
+from tests import declared
 from tests.e2e.harness import (
     PRODUCT_SERVICES,
     ServiceProcess,
@@ -93,10 +94,17 @@ def _expected_effects(world: World, service: str) -> int:
 
 
 def _one_schedule(world: World) -> None:
-    """Every policy on the global schedule, so each 2 s run covers all of them."""
+    """Every policy on the global schedule, so each 2 s run covers all of them; `serve`
+    expects the three product services, each declared with its own key (SPEC §9)."""
     document = yaml.safe_load(world.policy_file.read_text())
     for policy in document["policies"]:
         policy.pop("schedule", None)
+    ours = declared.services_block(PRODUCT_SERVICES)
+    names = {s["name"] for s in ours}
+    document["services"] = [
+        *ours,
+        *(s for s in document.get("services", []) if s["name"] not in names),
+    ]
     world.policy_file.write_text(yaml.safe_dump(document, sort_keys=False))
 
 
