@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import structlog
 from prometheus_client import CollectorRegistry
 
@@ -12,6 +13,7 @@ from consumer_sdk import (
     RetentionConsumer,
     RetentionEvent,
 )
+from consumer_sdk._internal import dispatch
 from consumer_sdk._internal.transport import kafka_producer
 from consumer_sdk.testing import TestConsumer
 from schemas import KafkaSettings
@@ -19,7 +21,9 @@ from tests.sdk.helpers import event
 from tests.sdk.kafka_io import read_topic
 
 
-async def test_a_batch_logs_one_info_summary_and_its_events_at_debug() -> None:
+async def test_a_batch_logs_one_info_summary_and_its_events_at_debug(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     registry = CollectorRegistry()
     app = RetentionConsumer("svc", settings=ConsumerSettings(database_url=None), registry=registry)
 
@@ -31,6 +35,9 @@ async def test_a_batch_logs_one_info_summary_and_its_events_at_debug() -> None:
 
     events = [event(f"u{i}") for i in range(4)] + [event("gone")]
     with structlog.testing.capture_logs() as logs:
+        # A logger first used after an earlier test's `configure_logging` stays cached with
+        # that pipeline (it drops DEBUG before any processor): use one made for the capture.
+        monkeypatch.setattr(dispatch, "log", structlog.get_logger("consumer_sdk"))
         async with TestConsumer(app) as t:
             acks = await t.deliver_batch(*events)
     assert [a.status for a in acks] == [AckStatus.COMPLETED] * 4 + [AckStatus.NOT_FOUND]
