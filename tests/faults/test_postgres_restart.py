@@ -23,6 +23,7 @@ insert sleeps in its own transaction), released once the restarts are done.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -99,12 +100,22 @@ def _one_schedule(world: World) -> None:
     document = yaml.safe_load(world.policy_file.read_text())
     for policy in document["policies"]:
         policy.pop("schedule", None)
-    ours = declared.services_block(PRODUCT_SERVICES)
-    names = {s["name"] for s in ours}
-    document["services"] = [
-        *ours,
-        *(s for s in document.get("services", []) if s["name"] not in names),
-    ]
+    # Only the services this scenario runs are declared: a declared service that never runs
+    # would leave its events pending. A fan_out policy none of them handles fans out no more.
+    document["services"] = declared.services_block(PRODUCT_SERVICES)
+    handled = {
+        (entity_type, action)
+        for service in document["services"]
+        for entity_type, actions in service["handles"].items()
+        for action in actions
+    }
+    for policy in document["policies"]:
+        event_type = "anonymize" if policy["action"] == "anonymize" else "delete"
+        if policy.get("fan_out") and (policy["entity_type"], event_type) not in handled:
+            policy["fan_out"] = False
+            world.policies[policy["name"]] = dataclasses.replace(
+                world.policies[policy["name"]], fan_out=False
+            )
     world.policy_file.write_text(yaml.safe_dump(document, sort_keys=False))
 
 
