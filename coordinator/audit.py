@@ -65,6 +65,9 @@ class AuditAction(StrEnum):
     ERASURE_COMPLETE = "erasure.complete"
     DB_PRUNE = "db.prune"
     DATA_KEY_DESTROYED = "data_key.destroyed"
+    EVENTS_REPUBLISHED = "events_republished"
+    DLQ_REDRIVEN = "dlq_redriven"
+    SERVICE_BACKFILLED = "service_backfilled"
 
 
 @dataclass(frozen=True, slots=True)

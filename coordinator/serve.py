@@ -47,6 +47,7 @@ from coordinator.kafka.admin import ensure_topics
 from coordinator.metrics import Metrics
 from coordinator.notify.notifier import Notifier
 from coordinator.notify.webhooks import load_webhooks
+from coordinator.operations.republish import RepublishSetup
 from coordinator.outbox.relay import OutboxRelay
 from coordinator.policy.model import PolicySet
 from coordinator.purge import run_log
@@ -297,6 +298,7 @@ class Service:
             node=self.node,
         )
         kafka_health = KafkaHealth(s.kafka)
+        signer = s.signatures.coordinator_signer()
         erasure = Erasure(engine, self.policy_set, s, self.clock, self.metrics)
         api = create_app(
             ApiContext(
@@ -311,6 +313,7 @@ class Service:
                 trigger_run=self.trigger_run,
                 signatures=s.signatures.mode,
                 erasure=erasure,
+                republish=RepublishSetup(s.kafka, signer),
                 ui_secret=self.ui_secret,
                 ui_session_s=s.ui_session_hours * 3600,
             )
@@ -338,7 +341,7 @@ class Service:
                 metrics=self.metrics,
                 services=self.policy_set.services,
                 signatures=s.signatures.mode,
-                signer=s.signatures.coordinator_signer(),
+                signer=signer,
             ),
             scheduler=scheduler,
             server=_Server(config),

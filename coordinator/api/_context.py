@@ -16,6 +16,7 @@ from coordinator import CoordinatorError
 from coordinator.api.health import KafkaHealth
 from coordinator.clock import Clock
 from coordinator.erasure.service import Erasure
+from coordinator.operations.republish import RepublishSetup
 from coordinator.policy.model import PolicySet
 from coordinator.tokens import TokenStore
 from schemas.signing import SignatureMode
@@ -55,6 +56,8 @@ class ApiContext:
     signatures: SignatureMode = SignatureMode.REQUIRED
     """Shown by /healthz: `off` must be visible from outside (SPEC §9)."""
     erasure: Erasure | None = None
+    republish: RepublishSetup | None = None
+    """Kafka and the signing key for the admin re-publish routes; None: they answer 503."""
     # The console's session cookies (SPEC §14): signed with this secret, valid this long.
     ui_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     ui_session_s: float = 8 * 3600.0

@@ -6,7 +6,17 @@ from fastapi import Depends, FastAPI, Request, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 
-from coordinator.api import erasure, holds, notifications, ops, policies, runs, services, tracking
+from coordinator.api import (
+    erasure,
+    holds,
+    notifications,
+    ops,
+    policies,
+    republish,
+    runs,
+    services,
+    tracking,
+)
 from coordinator.api._context import ApiContext
 from coordinator.api.auth import ACCESS_RESPONSES, requires
 from coordinator.api.limits import BodyLimit
@@ -23,6 +33,7 @@ V1_ROUTERS = (
     erasure.router,
     services.router,
     notifications.router,
+    republish.router,
 )
 
 

@@ -20,6 +20,7 @@ from coordinator.cli import (
     purge,
     relay,
     report,
+    republish,
     requests,
     serve,
     services,
@@ -40,6 +41,7 @@ app.command("status")(status.status)
 app.command("report")(report.report)
 app.command("certificate")(status.certificate)
 app.command("relay")(relay.relay)
+app.command("republish")(republish.republish)
 app.add_typer(holds.app, name="holds")
 app.add_typer(policies.app, name="policies")
 app.add_typer(services.app, name="services")

@@ -1,0 +1,1 @@
+"""Operating the fan-out after something went wrong downstream: re-publish, DLQ, backfill."""

@@ -1,0 +1,217 @@
+"""Re-publishing on the real broker and database: an overdue event completes after a
+republish to one service, repeats are absorbed by the service's idempotency store, held
+entities are never sent, and every batch is audited with its actor."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from consumer_sdk import ConsumerSettings, RetentionConsumer, RetentionEvent
+from coordinator import audit
+from coordinator.clock import FrozenClock
+from coordinator.kafka.clients import KafkaPublisher
+from coordinator.operations.republish import (
+    REPUBLISH_HEADER,
+    Republisher,
+    Selection,
+    UnknownSelection,
+)
+from coordinator.purge.holds import EntityTypes, IdForm, IdKind, create_hold
+from coordinator.store.migrate import upgrade
+from coordinator.store.tables import audit_log, event_status, expected_acks
+from schemas import KafkaSettings
+from schemas.signing import Verifier
+from tests import infra, keys
+from tests.integration.tracking_support import ack, drain, insert_published, make_tracker, produce
+from tests.sdk.kafka_io import read_topic
+
+FAST = ConsumerSettings(
+    database_url=None,
+    retry_initial_s=0.01,
+    retry_max_s=0.05,
+    retry_jitter_s=0.01,
+    poll_timeout_s=0.2,
+    shutdown_timeout_s=10,
+    error_backoff_s=0.2,
+    max_attempts=2,
+)
+BOTH = ["delete", "anonymize"]
+
+
+@pytest.fixture
+async def database(postgres_url: str) -> AsyncIterator[str]:
+    url = await infra.create_database(postgres_url, "test_republish")
+    await upgrade(url)
+    yield url
+    await infra.drop_database(url)
+
+
+def counting_app(
+    kafka: KafkaSettings, url: str, service: str, entity_type: str, calls: Counter[uuid.UUID]
+) -> RetentionConsumer:
+    app = RetentionConsumer(service, kafka=kafka, settings=FAST, database_url=url)
+
+    @app.on_delete(entity_type)
+    async def delete(event: RetentionEvent, conn: AsyncConnection) -> int:
+        calls[event.event_id] += 1
+        return 1
+
+    return app
+
+
+async def test_an_overdue_event_completes_after_a_republish_to_one_service(
+    database: str, fresh_database: str, topics: KafkaSettings
+) -> None:
+    entity_type = f"user_{uuid.uuid4().hex[:8]}"
+    fixed, other = f"fixed-{uuid.uuid4().hex[:6]}", f"other-{uuid.uuid4().hex[:6]}"
+    t0 = datetime.now(UTC)
+    clock = FrozenClock(t0)
+    tracker, engine, _ = make_tracker(
+        database,
+        topics,
+        clock,
+        services=[
+            keys.declared(fixed, {entity_type: BOTH}),
+            keys.declared(other, {entity_type: BOTH, "invoice": BOTH}),
+        ],
+    )
+    await tracker.start()
+    calls: Counter[uuid.UUID] = Counter()
+    app = counting_app(topics, fresh_database, fixed, entity_type, calls)
+    publisher = KafkaPublisher(topics)
+    await publisher.start()
+    republisher = Republisher(
+        engine,
+        publisher,
+        topic=topics.topics.events,
+        signer=keys.signer(keys.COORDINATOR),
+        clock=clock,
+    )
+    try:
+        # Three events `fixed` never acted on (its handler was broken then, and the records
+        # are long gone from Kafka), and one only `other` is expected for.
+        ids = ["u1", "u2", "u3"]
+        events = await insert_published(
+            engine,
+            ids,
+            published_at=t0,
+            entity_type=entity_type,
+            completion_deadline=timedelta(days=1),
+        )
+        [invoice] = await insert_published(engine, ["i1"], published_at=t0, entity_type="invoice")
+        assert await tracker.track_published() == 4
+        await produce(
+            topics,
+            topics.topics.acks,
+            [
+                ack(e, other, i, t0, entity_type=entity_type)
+                for e, i in zip(events, ids, strict=True)
+            ],
+        )
+        await drain(tracker, 3)
+        clock.advance(timedelta(days=2))
+        assert await tracker.escalate_overdue() == 3
+        assert await _states(engine, events) == ["overdue"] * 3
+
+        types = EntityTypes({entity_type: (IdForm(IdKind.TEXT),)})
+        async with engine.begin() as conn:
+            await create_hold(
+                conn,
+                entities=[f"{entity_type}:u3"],
+                types=types,
+                reason="subpoena",
+                created_by="legal",
+                now=clock.now(),
+            )
+
+        await app.start()
+        one = await republisher.republish(
+            Selection(event_id=events[0], service=fixed), actor="ops-token"
+        )
+        by_entity = await republisher.republish(
+            Selection(entity=(entity_type, "u2"), service=fixed), actor="ops-token"
+        )
+        held = await republisher.republish(
+            Selection(entity=(entity_type, "u3"), service=fixed), actor="ops-token"
+        )
+        assert (one.sent, one.held) == ([events[0]], [])
+        assert (by_entity.sent, by_entity.held) == ([events[1]], [])
+        assert (held.sent, held.held) == ([], [events[2]])
+        with pytest.raises(UnknownSelection):
+            await republisher.republish(Selection(event_id=invoice, service=fixed), actor="x")
+        with pytest.raises(UnknownSelection):
+            await republisher.republish(Selection(event_id=uuid.uuid4()), actor="x")
+
+        await drain(tracker, 2)
+        assert await _states(engine, events) == ["completed", "completed", "overdue"]
+        async with engine.connect() as conn:
+            statuses = dict(
+                (
+                    await conn.execute(
+                        select(expected_acks.c.service, expected_acks.c.status).where(
+                            expected_acks.c.event_id == events[0]
+                        )
+                    )
+                ).all()
+            )
+        assert statuses == {fixed: "completed", other: "completed"}
+
+        # Sent again: the service's idempotency store answers; the handler never runs twice.
+        await republisher.republish(Selection(event_id=events[0]), actor="ops-token")
+        await drain(tracker, 1)
+        assert calls == Counter({events[0]: 1, events[1]: 1})
+        assert await _states(engine, events) == ["completed", "completed", "overdue"]
+
+        # What went out is the relay's record: same id, same bytes, a valid coordinator
+        # signature, and the header saying why.
+        records = await read_topic(topics, topics.topics.events, expect=3)
+        verifier = Verifier([keys.private_key(keys.COORDINATOR).public_key()])
+        for record in records:
+            assert verifier.verify(record.key, record.value, record.headers).valid
+            assert (REPUBLISH_HEADER, b"republish") in record.headers
+        assert Counter(dict(r.headers)["event_id"] for r in records) == Counter(
+            {str(events[0]).encode(): 2, str(events[1]).encode(): 1}
+        )
+
+        async with engine.connect() as conn:
+            entries = (
+                await conn.execute(
+                    select(audit_log.c.actor, audit_log.c.data)
+                    .where(audit_log.c.action == audit.AuditAction.EVENTS_REPUBLISHED.value)
+                    .order_by(audit_log.c.seq)
+                )
+            ).all()
+            assert (await audit.verify(conn))[1] is None
+        assert [(a, d["event_ids"]) for a, d in entries] == [
+            ("ops-token", [str(events[0])]),
+            ("ops-token", [str(events[1])]),
+            ("ops-token", [str(events[0])]),
+        ]
+        assert entries[1].data["entity"] == f"{entity_type}:u2"
+        assert entries[0].data["service"] == fixed
+    finally:
+        await app.stop()
+        await publisher.stop()
+        await tracker.stop()
+        await engine.dispose()
+
+
+async def _states(engine: AsyncEngine, events: list[uuid.UUID]) -> list[str]:
+    async with engine.connect() as conn:
+        found = dict(
+            (
+                await conn.execute(
+                    select(event_status.c.event_id, event_status.c.state).where(
+                        event_status.c.event_id.in_(events)
+                    )
+                )
+            ).all()
+        )
+    return [found[e] for e in events]
