@@ -12,6 +12,7 @@ from coordinator.cli import (
     archive,
     audit,
     db,
+    dlq,
     holds,
     kafka,
     keys,
@@ -36,6 +37,7 @@ from schemas.logs import configure_logging
 __all__ = ["app", "main"]
 
 app.add_typer(db.app, name="db")
+app.add_typer(dlq.app, name="dlq")
 app.add_typer(audit.app, name="audit")
 app.command("status")(status.status)
 app.command("report")(report.report)

@@ -92,8 +92,9 @@ def retention_acls(
     """
     acls = [Acl(coordinator, "topic", topic, WRITE) for topic in coordinator_written(topics)]
     acls += [
-        # The tracker dead-letters acks it cannot read.
+        # The tracker dead-letters acks it cannot read; `retention dlq` reads them all.
         Acl(coordinator, "topic", topics.dlq, WRITE),
+        Acl(coordinator, "topic", topics.dlq, READ),
         Acl(coordinator, "topic", topics.acks, READ),
         Acl(coordinator, "topic", topics.services, READ),
         Acl(coordinator, "group", tracker_group, ("Read",)),

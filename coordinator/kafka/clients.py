@@ -13,7 +13,7 @@ from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from coordinator.kafka.ports import ConsumedRecord, OutgoingRecord
 from schemas import KafkaSettings
 
-__all__ = ["KafkaAckReader", "KafkaPublisher", "KafkaRegistrationReader"]
+__all__ = ["KafkaAckReader", "KafkaPublisher", "KafkaRegistrationReader", "KafkaTopicReader"]
 
 
 def _ms(seconds: float) -> int:
@@ -127,15 +127,16 @@ class KafkaAckReader:
         _rewind(_started(self._consumer), records)
 
 
-class KafkaRegistrationReader:
-    """`RegistrationReader` on a consumer without a group, from the earliest offset."""
+class KafkaTopicReader:
+    """A whole topic, read on a consumer without a group from the earliest offset."""
 
-    def __init__(self, kafka: KafkaSettings) -> None:
+    def __init__(self, kafka: KafkaSettings, topic: str) -> None:
         self._kafka = kafka
+        self._topic = topic
         self._consumer: Any = None
 
     async def start(self, *, timeout_s: float) -> None:
-        topic = self._kafka.topics.services
+        topic = self._topic
         consumer = AIOKafkaConsumer(
             topic,
             **self._kafka.client_kwargs(),
@@ -173,3 +174,27 @@ class KafkaRegistrationReader:
     async def positions(self) -> dict[int, int]:
         consumer = _started(self._consumer)
         return {tp.partition: await consumer.position(tp) for tp in consumer.assignment()}
+
+    async def read_to_end(self, *, timeout_s: float) -> list[ConsumedRecord]:
+        """Every record up to the end offsets taken now (later ones are left unread).
+
+        Raises:
+            TimeoutError: the end was not reached within `timeout_s`.
+        """
+        ends = await self.end_offsets()
+        records: list[ConsumedRecord] = []
+        deadline = time.monotonic() + timeout_s
+        while True:
+            positions = await self.positions()
+            if all(positions.get(p, 0) >= end for p, end in ends.items()):
+                return [r for r in records if r.offset < ends.get(r.partition, 0)]
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self._topic} not read to its end within {timeout_s}s")
+            records.extend(await self.read(timeout_s=0.2))
+
+
+class KafkaRegistrationReader(KafkaTopicReader):
+    """`RegistrationReader`: the compacted services topic, whole, without a group."""
+
+    def __init__(self, kafka: KafkaSettings) -> None:
+        super().__init__(kafka, kafka.topics.services)

@@ -1,0 +1,218 @@
+"""The dead-letter topic: read it with its reasons, and re-drive genuine events.
+
+Every writer (SDK, Faust adapter, tracker) dead-letters into the one `<prefix>.dlq` topic
+with the headers of `schemas.dlq`, the service among them (docs/protocol.md says why one
+topic and not one per service). Anyone who may write the DLQ can claim any service in that
+header, so nothing here trusts it beyond filtering: a record is re-driven only when its
+bytes carry a valid coordinator signature, it came from the events topic, and the
+coordinator still keeps the event's evidence. Then the *stored* event is sent again
+(`Republisher.send`: same id, signed anew, held entities skipped, audited `dlq_redriven`).
+Everything else is reported with why it was left. Kafka records cannot be deleted, so a
+re-driven record stays in the DLQ; re-driving it again sends a repeat the services absorb.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coordinator import audit
+from coordinator.kafka.clients import KafkaTopicReader
+from coordinator.kafka.ports import ConsumedRecord
+from coordinator.operations.republish import BATCH, Outcome, Republisher
+from coordinator.outbox.lookup import events_by
+from schemas import KafkaSettings, RetentionEvent, decode
+from schemas.dlq import DlqHeader
+from schemas.signing import SignatureSettings, Signer, Verifier, parse_public_key
+
+__all__ = [
+    "DeadLetter",
+    "Left",
+    "Redriven",
+    "coordinator_keys",
+    "read_dead_letters",
+    "redrive",
+    "select_letters",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    partition: int
+    offset: int
+    timestamp: datetime
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+
+    def header(self, name: str) -> str:
+        for k, v in reversed(self.headers):
+            if k == name:
+                return v.decode("utf-8", "replace")
+        return ""
+
+    @property
+    def service(self) -> str:
+        return self.header(DlqHeader.SERVICE)
+
+    @property
+    def reason(self) -> str:
+        return self.header(DlqHeader.REASON)
+
+    @property
+    def event_id(self) -> str:
+        """What the record's `event_id` header claims (the relay sets it); may be empty."""
+        return self.header("event_id")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "partition": self.partition,
+            "offset": self.offset,
+            "timestamp": self.timestamp.isoformat(),
+            "key": None if self.key is None else self.key.decode("utf-8", "replace"),
+            "event_id": self.event_id or None,
+            "service": self.service,
+            "reason": self.reason,
+            "error": self.header(DlqHeader.ERROR),
+            "attempts": self.header(DlqHeader.ATTEMPTS),
+            "original_topic": self.header(DlqHeader.ORIGINAL_TOPIC),
+            "failed_at": self.header(DlqHeader.FAILED_AT),
+            "truncated": self.header(DlqHeader.TRUNCATED) or None,
+        }
+
+
+def _letter(record: ConsumedRecord) -> DeadLetter:
+    return DeadLetter(
+        record.partition,
+        record.offset,
+        datetime.fromtimestamp(record.timestamp_ms / 1000, UTC),
+        record.key,
+        record.value,
+        record.headers,
+    )
+
+
+async def read_dead_letters(kafka: KafkaSettings, *, timeout_s: float = 60.0) -> list[DeadLetter]:
+    """Every record in the DLQ topic now, oldest first per partition.
+
+    Raises:
+        LookupError: the topic does not exist.
+        TimeoutError: it could not be read to its end in time.
+    """
+    reader = KafkaTopicReader(kafka, kafka.topics.dlq)
+    await reader.start(timeout_s=timeout_s)
+    try:
+        records = await reader.read_to_end(timeout_s=timeout_s)
+    finally:
+        await reader.stop()
+    return sorted(map(_letter, records), key=lambda d: (d.timestamp, d.partition, d.offset))
+
+
+def select_letters(
+    letters: Iterable[DeadLetter],
+    *,
+    service: str | None = None,
+    reason: str | None = None,
+    since: datetime | None = None,
+) -> list[DeadLetter]:
+    return [
+        d
+        for d in letters
+        if (service is None or d.service == service)
+        and (reason is None or d.reason == reason)
+        and (since is None or d.timestamp >= since)
+    ]
+
+
+def coordinator_keys(signatures: SignatureSettings, signer: Signer | None) -> Verifier | None:
+    """What proves an event genuine: this coordinator's own key and the keys services are
+    told to trust (`RETENTION_COORDINATOR_PUBLIC_KEYS`, older ones during a rotation).
+    None when there is neither: nothing can be re-driven then."""
+    keys = [parse_public_key(k) for k in signatures.coordinator_public_keys.split(",") if k.strip()]
+    if signer is not None:
+        keys.append(signer.public)
+    return Verifier(keys) if keys else None
+
+
+class Left(StrEnum):
+    """Why a dead letter was not re-driven."""
+
+    NOT_AN_EVENT = "not_an_event"
+    """It did not come from the events topic (e.g. an ack the tracker could not read)."""
+    NOT_SIGNED_BY_COORDINATOR = "not_signed_by_coordinator"
+    """No valid coordinator signature over its bytes (forged, altered or truncated)."""
+    UNDECODABLE = "undecodable"
+    """Signed, yet no event this coordinator can read (a newer schema version)."""
+    NOT_IN_EVIDENCE = "not_in_evidence"
+    """The coordinator no longer keeps (or never published) this event."""
+    HELD = "held"
+    """An active legal hold covers the entity or its subject now."""
+
+
+@dataclass(slots=True)
+class Redriven:
+    sent: list[uuid.UUID] = field(default_factory=list)
+    left: list[tuple[DeadLetter, Left]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "sent": [str(i) for i in self.sent],
+            "left": [{**d.as_dict(), "left_because": why.value} for d, why in self.left],
+        }
+
+
+async def redrive(
+    letters: Sequence[DeadLetter],
+    *,
+    engine: AsyncEngine,
+    republisher: Republisher,
+    verifier: Verifier,
+    events_topic: str,
+    actor: str,
+    audit_data: dict[str, Any],
+    now: datetime,
+) -> Redriven:
+    """Send the genuine events among `letters` again, from the coordinator's evidence."""
+    done = Redriven()
+    wanted: dict[uuid.UUID, list[DeadLetter]] = {}
+    for letter in letters:
+        if letter.header(DlqHeader.ORIGINAL_TOPIC) != events_topic:
+            done.left.append((letter, Left.NOT_AN_EVENT))
+            continue
+        if not verifier.verify(letter.key, letter.value, letter.headers).valid:
+            done.left.append((letter, Left.NOT_SIGNED_BY_COORDINATOR))
+            continue
+        try:
+            event = decode(RetentionEvent, letter.value)
+        except ValueError:  # PoisonRecord, pydantic's ValidationError
+            done.left.append((letter, Left.UNDECODABLE))
+            continue
+        wanted.setdefault(event.event_id, []).append(letter)
+    if not wanted:
+        return done
+    async with engine.connect() as conn:
+        stored = await events_by(conn, now=now, event_ids=sorted(wanted))
+    found = {s.event.event_id for s in stored}
+    for event_id, copies in wanted.items():
+        if event_id not in found:
+            done.left.extend((letter, Left.NOT_IN_EVIDENCE) for letter in copies)
+    outcome = Outcome()
+    for start in range(0, len(stored), BATCH):
+        await republisher.send(
+            stored[start : start + BATCH],
+            outcome,
+            actor=actor,
+            reason="redrive",
+            audit_data=audit_data,
+            action=audit.AuditAction.DLQ_REDRIVEN,
+        )
+    for event_id in outcome.held:
+        done.left.extend((letter, Left.HELD) for letter in wanted[event_id])
+    done.sent = outcome.sent
+    return done

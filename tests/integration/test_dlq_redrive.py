@@ -1,0 +1,232 @@
+"""The DLQ tools on the real broker and database: a service whose handler had a bug
+dead-letters its events; once fixed, `retention dlq redrive` re-sends the genuine ones and
+they complete. Forged and non-event dead letters are listed and left."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from consumer_sdk import ConsumerSettings, RetentionConsumer, RetentionEvent
+from coordinator.clock import SystemClock
+from coordinator.outbox.relay import OutboxRelay
+from coordinator.settings import RelaySettings
+from coordinator.store.migrate import upgrade
+from coordinator.store.tables import audit_log, event_status
+from schemas import KafkaSettings
+from schemas.dlq import DlqReason, dlq_headers
+from schemas.signing import SignatureSettings
+from tests import infra, keys
+from tests.e2e.harness import RETENTION_CLI
+from tests.infra import ROOT
+from tests.integration.tracking_support import drain, insert_published, make_tracker
+from tests.sdk.kafka_io import eventually, read_topic
+
+FAST = ConsumerSettings(
+    database_url=None,
+    retry_initial_s=0.01,
+    retry_max_s=0.05,
+    retry_jitter_s=0.01,
+    poll_timeout_s=0.2,
+    shutdown_timeout_s=10,
+    error_backoff_s=0.2,
+    max_attempts=2,
+)
+
+
+@pytest.fixture
+async def database(postgres_url: str) -> AsyncIterator[str]:
+    url = await infra.create_database(postgres_url, "test_dlq")
+    await upgrade(url)
+    yield url
+    await infra.drop_database(url)
+
+
+def service_app(
+    kafka: KafkaSettings,
+    url: str,
+    service: str,
+    entity_type: str,
+    calls: Counter[uuid.UUID],
+    *,
+    broken: bool,
+) -> RetentionConsumer:
+    app = RetentionConsumer(service, kafka=kafka, settings=FAST, database_url=url)
+
+    @app.on_delete(entity_type)
+    async def delete(event: RetentionEvent, conn: AsyncConnection) -> int:
+        calls[event.event_id] += 1
+        if broken:
+            raise KeyError("the handler's bug")
+        return 1
+
+    return app
+
+
+def cli(database: str, kafka: KafkaSettings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETENTION_")}
+    env.update(kafka.environ())
+    env.update(infra.signing_env())
+    env["RETENTION_DATABASE_URL"] = database
+    return subprocess.run(
+        [RETENTION_CLI, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+async def test_a_fixed_service_is_redriven_from_the_dlq_and_its_events_complete(
+    database: str, fresh_database: str, topics: KafkaSettings
+) -> None:
+    entity_type = f"user_{uuid.uuid4().hex[:8]}"
+    service = f"svc-{uuid.uuid4().hex[:6]}"
+    tracker, engine, _ = make_tracker(
+        database,
+        topics,
+        SystemClock(),
+        services=[keys.declared(service, {entity_type: ["delete", "anonymize"]})],
+    )
+    await tracker.start()
+    broken_calls: Counter[uuid.UUID] = Counter()
+    fixed_calls: Counter[uuid.UUID] = Counter()
+    broken = service_app(topics, fresh_database, service, entity_type, broken_calls, broken=True)
+    fixed = service_app(topics, fresh_database, service, entity_type, fixed_calls, broken=False)
+    try:
+        events = await insert_published(
+            engine, ["a", "b", "c"], published_at=None, entity_type=entity_type
+        )
+        relay = OutboxRelay(
+            engine, topics, settings=RelaySettings(), signatures=SignatureSettings()
+        )
+        async with relay:
+            assert await relay.drain(timeout_s=60) == 3
+        assert await tracker.track_published() == 3
+
+        await broken.start()
+        try:
+            await drain(tracker, 3)
+        finally:
+            await broken.stop()
+        assert await _states(engine, events) == ["failed"] * 3
+        assert set(broken_calls.values()) == {FAST.max_attempts}
+
+        # Two dead letters that must never become events: an unsigned copy of an event
+        # claiming to be this service's, and an ack the tracker could not read.
+        [record] = [
+            r
+            for r in await read_topic(topics, topics.topics.events, expect=3)
+            if r.key == f"{entity_type}:a".encode()
+        ]
+        unsigned = [(k, v) for k, v in record.headers if not k.startswith("retention-sig")]
+        await _dead_letter(
+            topics, record.key, record.value, unsigned, service, topics.topics.events
+        )
+        await _dead_letter(topics, b"x", b"{}", [], service, topics.topics.acks)
+
+        listed = await asyncio.to_thread(
+            cli, database, topics, "dlq", "list", "--service", service, "--json"
+        )
+        assert listed.returncode == 0, listed.stderr
+        records = json.loads(listed.stdout)["records"]
+        assert Counter(r["reason"] for r in records) == Counter(
+            {DlqReason.FAILED.value: 3, DlqReason.POISON.value: 2}
+        )
+        assert {r["error"] for r in records if r["reason"] == "failed"} == {"KeyError"}
+
+        await fixed.start()
+        done = await asyncio.to_thread(
+            cli,
+            database,
+            topics,
+            "dlq",
+            "redrive",
+            "--service",
+            service,
+            "--by",
+            "oncall",
+            "--json",
+        )
+        assert done.returncode == 0, done.stderr
+        result = json.loads(done.stdout)
+        assert sorted(result["sent"]) == sorted(str(e) for e in events)
+        assert sorted(r["left_because"] for r in result["left"]) == [
+            "not_an_event",
+            "not_signed_by_coordinator",
+        ]
+        await drain(tracker, 3)
+        await eventually(lambda: _are(engine, events, "completed"), timeout_s=30)
+        assert fixed_calls == Counter({e: 1 for e in events})
+
+        async with engine.connect() as conn:
+            [(actor, data)] = (
+                await conn.execute(
+                    select(audit_log.c.actor, audit_log.c.data).where(
+                        audit_log.c.action == "dlq_redriven"
+                    )
+                )
+            ).all()
+        assert actor.startswith("oncall (os user ")
+        assert sorted(data["event_ids"]) == sorted(str(e) for e in events)
+        assert data["service"] == service
+    finally:
+        await fixed.stop()
+        await tracker.stop()
+        await engine.dispose()
+
+
+async def _dead_letter(
+    kafka: KafkaSettings,
+    key: bytes | None,
+    value: bytes | None,
+    original: list[tuple[str, bytes]],
+    service: str,
+    topic: str,
+) -> None:
+    producer = AIOKafkaProducer(**kafka.client_kwargs())
+    await producer.start()
+    try:
+        headers = dlq_headers(
+            original,
+            topic=topic,
+            partition=0,
+            offset=0,
+            service=service,
+            reason=DlqReason.POISON,
+            error="forged",
+            attempts=0,
+        )
+        await producer.send_and_wait(kafka.topics.dlq, value, key=key, headers=headers)
+    finally:
+        await producer.stop()
+
+
+async def _states(engine: AsyncEngine, events: list[uuid.UUID]) -> list[str]:
+    async with engine.connect() as conn:
+        found = dict(
+            (
+                await conn.execute(
+                    select(event_status.c.event_id, event_status.c.state).where(
+                        event_status.c.event_id.in_(events)
+                    )
+                )
+            ).all()
+        )
+    return [found[e] for e in events]
+
+
+async def _are(engine: AsyncEngine, events: list[uuid.UUID], state: str) -> bool:
+    return await _states(engine, events) == [state] * len(events)
