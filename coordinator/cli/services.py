@@ -7,6 +7,7 @@ import getpass
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -26,11 +27,14 @@ from coordinator.cli._app import (
 )
 from coordinator.cli._policies import POLICIES_OPTION, load_policy_set
 from coordinator.clock import SystemClock
+from coordinator.operations import backfill as backfills
+from coordinator.operations.republish import RepublishSetup
+from coordinator.policy.durations import parse_duration
 from coordinator.store.db import make_engine
 from coordinator.store.tables import service_registry
 from coordinator.tracking import drift, waivers
 
-app = typer.Typer(help="Declared services: drift, suggest, retire.", no_args_is_help=True)
+app = typer.Typer(help="Declared services: drift, suggest, retire, backfill.", no_args_is_help=True)
 acks_app = typer.Typer(help="Acknowledgements: waive one.", no_args_is_help=True)
 
 JSON_OPTION = typer.Option(False, "--json", help="One JSON document on stdout.")
@@ -179,4 +183,87 @@ def _report(done: waivers.Waived, *, as_json: bool) -> None:
         return
     out_console.print(
         f"waived {len(done.events)} acknowledgement(s); {len(done.completed)} event(s) completed"
+    )
+
+
+SINCE_OPTION = typer.Option(
+    ..., "--since", help="Events initiated at or after this date (UTC unless it has an offset)."
+)
+ENTITY_TYPE_OPTION = typer.Option(None, "--entity-type", help="Only events of this entity type.")
+WINDOW_OPTION = typer.Option(
+    "14d", "--window", help="The service's time to answer: deadlines are at least now + this."
+)
+
+
+@app.command("backfill")
+def backfill(
+    name: str = typer.Argument(..., help="A service declared in the policy file."),
+    since: datetime = SINCE_OPTION,
+    entity_type: str | None = ENTITY_TYPE_OPTION,
+    window: str = WINDOW_OPTION,
+    by: str = BY_OPTION,
+    policies: Path | None = POLICIES_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Make a newly declared service an expected acknowledger of past events, and send them.
+
+    Covers the events since --since, still in the coordinator's evidence, whose entity type
+    and action its declaration handles. Audited; completion and certificates then include it.
+    """
+    settings = load_settings()
+    policy_set = load_policy_set(policies, settings, as_json=as_json)
+    declared = {s.name: s for s in policy_set.services}.get(name)
+    if declared is None:
+        err_console.print(f"[red]{name!r} is not declared in the policy file[/red]")
+        raise typer.Exit(ExitCode.BAD_INPUT)
+    if entity_type is not None and entity_type not in declared.handles:
+        err_console.print(
+            f"[red]{name} does not handle {entity_type!r}[/red] "
+            f"(it handles: {', '.join(sorted(declared.handles))})"
+        )
+        raise typer.Exit(ExitCode.BAD_INPUT)
+    try:
+        answer_within = parse_duration(window)
+        signer = settings.signatures.coordinator_signer()
+    except ValueError as exc:  # SigningKeyError is one
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(ExitCode.BAD_INPUT) from None
+    start = since if since.tzinfo is not None else since.replace(tzinfo=UTC)
+    clock = SystemClock()
+
+    def shown(so_far: backfills.Backfilled) -> None:
+        err_console.print(
+            f"backfill {name}: {so_far.covered} covered, {len(so_far.added)} added, "
+            f"{len(so_far.sent)} sent",
+            highlight=False,
+        )
+
+    async def go() -> backfills.Backfilled:
+        engine = make_engine(settings.database_url.get_secret_value(), pool_size=1)
+        try:
+            setup = RepublishSetup(settings.kafka, signer)
+            async with setup.open(engine, clock) as republisher:
+                return await backfills.backfill(
+                    engine,
+                    republisher,
+                    declared,
+                    since=start,
+                    entity_type=entity_type,
+                    actor=actor(by),
+                    clock=clock,
+                    window=answer_within,
+                    reminder_interval=timedelta(seconds=settings.tracker.reminder_interval_s),
+                    progress=shown,
+                )
+        finally:
+            await engine.dispose()
+
+    done = asyncio.run(go())
+    if as_json:
+        emit_json(done.as_dict())
+        return
+    out_console.print(
+        f"{name}: expected for {len(done.added)} more event(s) "
+        f"({len(done.reopened)} reopened), {len(done.sent)} sent"
+        + (f", {len(done.held)} held (not sent)" if done.held else "")
     )

@@ -1,0 +1,214 @@
+"""Backfill on the real broker and database: a newly declared service becomes an
+expected acknowledger of the last N days' events, receives them, acknowledges them, and
+those entities' certificates name it; older events and other entity types are untouched."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from consumer_sdk import ConsumerSettings, RetentionConsumer, RetentionEvent
+from coordinator import audit
+from coordinator.clock import SystemClock
+from coordinator.kafka.clients import KafkaPublisher
+from coordinator.operations.backfill import Backfilled, backfill
+from coordinator.operations.republish import Republisher
+from coordinator.store.migrate import upgrade
+from coordinator.store.tables import audit_log, event_status
+from coordinator.tracking import queries
+from schemas import KafkaSettings
+from tests import infra, keys
+from tests.integration.tracking_support import ack, drain, insert_published, make_tracker, produce
+
+FAST = ConsumerSettings(
+    database_url=None,
+    retry_initial_s=0.01,
+    retry_max_s=0.05,
+    retry_jitter_s=0.01,
+    poll_timeout_s=0.2,
+    shutdown_timeout_s=10,
+    error_backoff_s=0.2,
+    max_attempts=2,
+)
+BOTH = ["delete", "anonymize"]
+WINDOW = timedelta(days=14)
+
+
+@pytest.fixture
+async def database(postgres_url: str) -> AsyncIterator[str]:
+    url = await infra.create_database(postgres_url, "test_backfill")
+    await upgrade(url)
+    yield url
+    await infra.drop_database(url)
+
+
+async def test_a_new_service_is_backfilled_for_the_last_days_and_certificates_name_it(
+    database: str, fresh_database: str, topics: KafkaSettings
+) -> None:
+    entity_type = f"user_{uuid.uuid4().hex[:8]}"
+    old, new = f"old-{uuid.uuid4().hex[:6]}", f"new-{uuid.uuid4().hex[:6]}"
+    now = datetime.now(UTC)
+    old_declared = keys.declared(old, {entity_type: BOTH, "invoice": BOTH})
+    new_declared = keys.declared(new, {entity_type: ["delete"]})
+    tracker, engine, _ = make_tracker(database, topics, SystemClock(), services=[old_declared])
+    await tracker.start()
+    recent_ids, past_ids = ["r1", "r2", "r3"], ["p1"]
+    recent = await insert_published(
+        engine, recent_ids, published_at=now - timedelta(days=2), entity_type=entity_type
+    )
+    past = await insert_published(
+        engine, past_ids, published_at=now - timedelta(days=10), entity_type=entity_type
+    )
+    [invoice] = await insert_published(engine, ["i1"], published_at=now, entity_type="invoice")
+    assert await tracker.track_published() == 5
+    await produce(
+        topics,
+        topics.topics.acks,
+        [
+            ack(e, old, i, now, entity_type=t)
+            for e, i, t in [
+                *(
+                    (e, i, entity_type)
+                    for e, i in zip(recent + past, recent_ids + past_ids, strict=True)
+                ),
+                (invoice, "i1", "invoice"),
+            ]
+        ],
+    )
+    await drain(tracker, 5)
+    assert await _states(engine, [*recent, *past, invoice]) == ["completed"] * 5
+    await tracker.stop()  # its engine is `engine`, used to the end
+
+    # The policy file now declares `new`; the tracker restarts with it, as `serve` does.
+    tracker, tracker_engine, _ = make_tracker(
+        database, topics, SystemClock(), services=[old_declared, new_declared]
+    )
+    await tracker.start()
+    calls: Counter[uuid.UUID] = Counter()
+    app = RetentionConsumer(new, kafka=topics, settings=FAST, database_url=fresh_database)
+
+    @app.on_delete(entity_type)
+    async def delete(event: RetentionEvent, conn: AsyncConnection) -> int:
+        calls[event.event_id] += 1
+        return 1
+
+    publisher = KafkaPublisher(topics)
+    await publisher.start()
+    republisher = Republisher(
+        engine,
+        publisher,
+        topic=topics.topics.events,
+        signer=keys.signer(keys.COORDINATOR),
+        clock=SystemClock(),
+    )
+    progress: list[int] = []
+    try:
+        await app.start()
+        done = await backfill(
+            engine,
+            republisher,
+            new_declared,
+            since=now - timedelta(days=5),
+            entity_type=None,
+            actor="admin-bot",
+            clock=SystemClock(),
+            window=WINDOW,
+            reminder_interval=timedelta(hours=1),
+            progress=lambda so_far: progress.append(len(so_far.sent)),
+        )
+        assert sorted(done.added) == sorted(recent)
+        assert sorted(done.reopened) == sorted(recent)
+        assert sorted(done.sent) == sorted(recent)
+        assert (done.covered, done.held, progress) == (3, [], [3])
+        # Open again, waiting for `new`, with time to answer.
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(
+                        event_status.c.state, event_status.c.deadline, event_status.c.expected
+                    ).where(event_status.c.event_id.in_(recent))
+                )
+            ).all()
+        assert {(r.state, r.expected) for r in rows} == {("pending", 2)}
+        assert min(r.deadline for r in rows) >= now + WINDOW
+
+        await drain(tracker, 3)
+        assert await _states(engine, [*recent, *past, invoice]) == ["completed"] * 5
+        assert calls == Counter({e: 1 for e in recent})
+
+        async with engine.connect() as conn:
+            for entity_id in recent_ids:
+                certificate = await queries.certificate(conn, entity_type, entity_id, now=now)
+                assert certificate is not None
+                assert certificate["complete"]
+                [event] = certificate["events"]
+                assert sorted(event["expected_services"]) == sorted([old, new])
+                assert {a["service"] for a in event["acknowledgements"]} == {old, new}
+            untouched = await queries.certificate(conn, entity_type, "p1", now=now)
+            assert untouched is not None
+            assert untouched["events"][0]["expected_services"] == [old]
+            entries = (
+                await conn.execute(
+                    select(audit_log.c.action, audit_log.c.actor, audit_log.c.data)
+                    .where(
+                        audit_log.c.action.in_(
+                            [
+                                audit.AuditAction.SERVICE_BACKFILLED.value,
+                                audit.AuditAction.EVENTS_REPUBLISHED.value,
+                            ]
+                        )
+                    )
+                    .order_by(audit_log.c.seq)
+                )
+            ).all()
+            assert (await audit.verify(conn))[1] is None
+        assert [(a, actor) for a, actor, _ in entries] == [
+            ("service_backfilled", "admin-bot"),
+            ("events_republished", "admin-bot"),
+        ]
+        assert sorted(entries[0].data["events"]) == sorted(str(e) for e in recent)
+
+        # Again: nothing is added twice, and nothing acknowledged is sent again.
+        again = await backfill(
+            engine,
+            republisher,
+            new_declared,
+            since=now - timedelta(days=5),
+            entity_type=entity_type,
+            actor="admin-bot",
+            clock=SystemClock(),
+            window=WINDOW,
+            reminder_interval=timedelta(hours=1),
+        )
+        assert (again.added, again.sent, again.covered) == ([], [], 3)
+    finally:
+        await app.stop()
+        await publisher.stop()
+        await tracker.stop()
+        await tracker_engine.dispose()
+        await engine.dispose()
+
+
+def test_backfilled_reports_counts() -> None:
+    done = Backfilled(covered=2, added=[uuid.uuid4()], sent=[uuid.uuid4()])
+    assert done.as_dict() == {"covered": 2, "added": 1, "reopened": 0, "sent": 1, "held": []}
+
+
+async def _states(engine: AsyncEngine, events: list[uuid.UUID]) -> list[str]:
+    async with engine.connect() as conn:
+        found = dict(
+            (
+                await conn.execute(
+                    select(event_status.c.event_id, event_status.c.state).where(
+                        event_status.c.event_id.in_(events)
+                    )
+                )
+            ).all()
+        )
+    return [found[e] for e in events]
