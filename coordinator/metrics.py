@@ -113,6 +113,12 @@ class Metrics:
             ["webhook", "outcome"],
             registry=r,
         )
+        self.notifications_oldest_pending = Gauge(
+            "retention_notifications_oldest_pending_seconds",
+            "Age of the oldest notification not yet delivered to this webhook (0: none waits).",
+            ["webhook"],
+            registry=r,
+        )
         self.outbox_backlog = Gauge(
             "retention_outbox_unpublished",
             "Outbox rows not yet published.",

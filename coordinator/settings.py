@@ -200,6 +200,15 @@ class NotifySettings(BaseSettings):
     backoff_max_s: float = Field(
         default=3600.0, gt=0, description="Longest wait between retries; retries never stop."
     )
+    signature_failure_threshold: int = Field(
+        default=10,
+        ge=1,
+        description="Acks rejected for a bad signature within the window that make a "
+        "`signature_failures` notification (at most one per UTC hour).",
+    )
+    signature_failure_window_s: float = Field(
+        default=3600.0, gt=0, description="The window `signature_failure_threshold` counts in."
+    )
 
 
 class Settings(BaseSettings):

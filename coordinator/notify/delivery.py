@@ -25,13 +25,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.notify.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, Webhook, sign
 from coordinator.store.tables import notifications
 
-__all__ = ["Backoff", "Outcome", "deliver_due", "list_notifications"]
+__all__ = ["Backoff", "Outcome", "deliver_due", "list_notifications", "oldest_pending"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +146,15 @@ async def deliver_due(
             outcomes,
         )
     return [Outcome(row.webhook, error is None) for row, error in zip(sending, errors, strict=True)]
+
+
+async def oldest_pending(conn: AsyncConnection) -> dict[str, datetime]:
+    """Per webhook, when its oldest still-pending notification was queued."""
+    n = notifications.c
+    rows = await conn.execute(
+        select(n.webhook, func.min(n.created_at)).where(n.status == "pending").group_by(n.webhook)
+    )
+    return {webhook: created for webhook, created in rows}
 
 
 async def list_notifications(

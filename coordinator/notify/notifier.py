@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import Clock
 from coordinator.metrics import Metrics
-from coordinator.notify.delivery import Backoff, deliver_due
-from coordinator.notify.sweep import sweep
+from coordinator.notify.delivery import Backoff, deliver_due, oldest_pending
+from coordinator.notify.sweep import SignatureAlarm, sweep
 from coordinator.notify.webhooks import Webhook
 from coordinator.settings import NotifySettings
 
@@ -53,6 +53,10 @@ class Notifier:
                 self._webhooks,
                 now=self._clock.now(),
                 lookback=timedelta(seconds=self._settings.lookback_s),
+                alarm=SignatureAlarm(
+                    self._settings.signature_failure_threshold,
+                    timedelta(seconds=self._settings.signature_failure_window_s),
+                ),
             )
         delivered = failed = 0
         while True:
@@ -71,7 +75,18 @@ class Notifier:
             ok = sum(1 for outcome in outcomes if outcome.delivered)
             delivered, failed = delivered + ok, failed + len(outcomes) - ok
             if len(outcomes) < self._settings.batch_size:
+                await self._gauge_waiting()
                 return queued, delivered, failed
+
+    async def _gauge_waiting(self) -> None:
+        """What the undelivered-webhook alert watches: per webhook, the oldest wait."""
+        now = self._clock.now()
+        async with self._engine.connect() as conn:
+            oldest = await oldest_pending(conn)
+        for hook in self._webhooks:
+            created = oldest.get(hook.name)
+            waited = 0.0 if created is None else max(0.0, (now - created).total_seconds())
+            self._metrics.notifications_oldest_pending.labels(webhook=hook.name).set(waited)
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         async with httpx.AsyncClient(

@@ -6,7 +6,11 @@ queued is never queued twice, whoever sweeps and however often. The keys:
 
 - `request_completed:<id>`, `request_on_hold:<id>`, `request_overdue:<id>`: once per request;
 - `service_overdue:<service>:<UTC day>`: once per service and day while the service has acks
-  open on overdue events, not once per event.
+  open on overdue events, not once per event;
+- `verification_found_data:<event id>`: once per event a verification found `resurrected`
+  (a service still held data after acknowledging its deletion; SPEC §12, §15);
+- `signature_failures:<UTC hour>`: at most once an hour, when the tracker rejected at least
+  `signature_failures.threshold` acks for a bad signature within the window.
 
 Requests are looked at within `lookback` of the moment that matters (completion, due date),
 so a first sweep does not announce years of history; a coordinator down for longer than
@@ -17,6 +21,7 @@ Payloads name requests, services, counts and times, never the subject's identifi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,9 +30,28 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.notify.webhooks import Kind, Webhook
-from coordinator.store.tables import erasure_requests, event_status, expected_acks, notifications
+from coordinator.store.tables import (
+    ack_ledger,
+    erasure_requests,
+    event_status,
+    expected_acks,
+    notifications,
+)
 
-__all__ = ["sweep"]
+__all__ = ["SignatureAlarm", "sweep"]
+
+RESURRECTED = "resurrected"
+"""The event state a verification that found data sets (SPEC §15). The query is plain text
+comparison, so it finds nothing until the verification code writes that state."""
+STILL_PRESENT = "still_present"
+BAD_SIGNATURE = "bad_signature"
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureAlarm:
+    threshold: int
+    window: timedelta
+
 
 _UNFINISHED = ("received", "in_progress", "on_hold")
 _OPEN = ("pending", "failed")
@@ -52,7 +76,7 @@ def _request(row: Any) -> dict[str, Any]:
 
 
 async def _found(
-    conn: AsyncConnection, *, now: datetime, lookback: timedelta
+    conn: AsyncConnection, *, now: datetime, lookback: timedelta, alarm: SignatureAlarm
 ) -> list[tuple[Kind, str, dict[str, Any]]]:
     r = erasure_requests.c
     since = now - lookback
@@ -90,16 +114,87 @@ async def _found(
                 },
             )
         )
+    found += await _resurrected(conn, since=now - lookback)
+    found += await _signature_failures(conn, now=now, alarm=alarm)
     return found
 
 
+async def _resurrected(
+    conn: AsyncConnection, *, since: datetime
+) -> list[tuple[Kind, str, dict[str, Any]]]:
+    s, e = event_status.c, expected_acks.c
+    holding = (
+        select(func.array_agg(e.service.distinct()))
+        .where(e.event_id == s.event_id, e.status == STILL_PRESENT)
+        .scalar_subquery()
+    )
+    rows = await conn.execute(
+        select(s.event_id, s.entity_type, s.policy, s.updated_at, holding.label("services"))
+        .where(s.state == RESURRECTED, s.updated_at >= since)
+        .order_by(s.event_id)
+    )
+    kind = Kind.VERIFICATION_FOUND_DATA
+    return [
+        (
+            kind,
+            f"{kind.value}:{row.event_id}",
+            {
+                "event_id": str(row.event_id),
+                "entity_type": row.entity_type,
+                "policy": row.policy,
+                "services": sorted(row.services or []),
+                "found_at": _ts(row.updated_at),
+            },
+        )
+        for row in rows
+    ]
+
+
+async def _signature_failures(
+    conn: AsyncConnection, *, now: datetime, alarm: SignatureAlarm
+) -> list[tuple[Kind, str, dict[str, Any]]]:
+    a = ack_ledger.c
+    since = now - alarm.window
+    rows = (
+        await conn.execute(
+            select(a.service, func.count())
+            .where(~a.accepted, a.reject_reason == BAD_SIGNATURE, a.received_at >= since)
+            .group_by(a.service)
+            .order_by(func.count().desc(), a.service)
+        )
+    ).all()
+    total = sum(n for _, n in rows)
+    if total < alarm.threshold:
+        return []
+    kind = Kind.SIGNATURE_FAILURES
+    hour = now.astimezone(UTC).strftime("%Y-%m-%dT%H")
+    return [
+        (
+            kind,
+            f"{kind.value}:{hour}",
+            {
+                "rejected_acks": total,
+                "threshold": alarm.threshold,
+                "since": _ts(since),
+                # Claimed by the records, not proven: a forger names whom it likes.
+                "claimed_services": {str(service): n for service, n in rows[:10]},
+            },
+        )
+    ]
+
+
 async def sweep(
-    conn: AsyncConnection, webhooks: Sequence[Webhook], *, now: datetime, lookback: timedelta
+    conn: AsyncConnection,
+    webhooks: Sequence[Webhook],
+    *,
+    now: datetime,
+    lookback: timedelta,
+    alarm: SignatureAlarm = SignatureAlarm(10, timedelta(hours=1)),
 ) -> int:
     """Queue what is new for each interested webhook; returns how many rows were queued."""
     if not webhooks:
         return 0
-    found = await _found(conn, now=now, lookback=lookback)
+    found = await _found(conn, now=now, lookback=lookback, alarm=alarm)
     rows = [
         {
             "webhook": hook.name,

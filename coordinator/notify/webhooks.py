@@ -49,6 +49,8 @@ class Kind(StrEnum):
     REQUEST_OVERDUE = "request_overdue"
     REQUEST_ON_HOLD = "request_on_hold"
     SERVICE_OVERDUE = "service_overdue"
+    VERIFICATION_FOUND_DATA = "verification_found_data"
+    SIGNATURE_FAILURES = "signature_failures"
 
 
 class Webhook(BaseModel):
