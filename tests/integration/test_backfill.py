@@ -4,12 +4,18 @@ those entities' certificates name it; older events and other entity types are un
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import subprocess
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+import yaml
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -22,9 +28,12 @@ from coordinator.operations.republish import Republisher
 from coordinator.store.migrate import upgrade
 from coordinator.store.tables import audit_log, event_status
 from coordinator.tracking import queries
-from schemas import KafkaSettings
+from schemas import KafkaSettings, decode
 from tests import infra, keys
+from tests.e2e.harness import RETENTION_CLI
+from tests.infra import ROOT
 from tests.integration.tracking_support import ack, drain, insert_published, make_tracker, produce
+from tests.sdk.kafka_io import read_topic
 
 FAST = ConsumerSettings(
     database_url=None,
@@ -212,3 +221,121 @@ async def _states(engine: AsyncEngine, events: list[uuid.UUID]) -> list[str]:
             ).all()
         )
     return [found[e] for e in events]
+
+
+async def test_the_backfill_command_reads_the_declaration_and_shows_progress(
+    database: str, topics: KafkaSettings, tmp_path: Path
+) -> None:
+    entity_type = f"user_{uuid.uuid4().hex[:8]}"
+    old, new = "old", f"new-{uuid.uuid4().hex[:6]}"
+    now = datetime.now(UTC)
+    policies = tmp_path / "policies.yaml"
+    policies.write_text(
+        yaml.safe_dump(
+            {
+                "policies": [
+                    {
+                        "name": "inactive_users",
+                        "table": "users",
+                        "entity_type": entity_type,
+                        "timestamp_column": "last_seen",
+                        "retention": "30d",
+                        "action": "delete",
+                        "legal_basis": "tests",
+                        "fan_out": True,
+                    }
+                ],
+                "services": [
+                    {
+                        "name": name,
+                        "owner": "tests",
+                        "handles": {entity_type: ["delete"]},
+                        "public_keys": [keys.public_key()],
+                    }
+                    for name in (old, new)
+                ],
+            }
+        )
+    )
+    tracker, engine, _ = make_tracker(
+        database, topics, SystemClock(), services=[keys.declared(old, {entity_type: BOTH})]
+    )
+    await tracker.start()
+    try:
+        events = await insert_published(
+            engine, ["c1", "c2"], published_at=now - timedelta(days=1), entity_type=entity_type
+        )
+        assert await tracker.track_published() == 2
+        done = await asyncio.to_thread(
+            _cli,
+            database,
+            topics,
+            "services",
+            "backfill",
+            new,
+            "--since",
+            (now - timedelta(days=3)).date().isoformat(),
+            "--by",
+            "oncall",
+            "--policies",
+            str(policies),
+            "--json",
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {
+            "covered": 2,
+            "added": 2,
+            "reopened": 0,
+            "sent": 2,
+            "held": [],
+        }
+        assert f"backfill {new}: 2 covered, 2 added, 2 sent" in done.stderr
+        async with engine.connect() as conn:
+            certificate = await queries.certificate(conn, entity_type, "c1", now=now)
+            actor = (
+                await conn.execute(
+                    select(audit_log.c.actor).where(audit_log.c.action == "service_backfilled")
+                )
+            ).scalar_one()
+        assert certificate is not None
+        assert sorted(certificate["events"][0]["expected_services"]) == sorted([old, new])
+        assert not certificate["complete"]
+        assert actor.startswith("oncall (os user ")
+        records = await read_topic(topics, topics.topics.events, expect=2)
+        assert {decode(RetentionEvent, r.value).event_id for r in records} == set(events)
+
+        refused = await asyncio.to_thread(
+            _cli,
+            database,
+            topics,
+            "services",
+            "backfill",
+            "nobody",
+            "--since",
+            "2026-01-01",
+            "--by",
+            "oncall",
+            "--policies",
+            str(policies),
+        )
+        assert refused.returncode == 2
+        assert "'nobody' is not declared" in refused.stderr
+    finally:
+        await tracker.stop()
+        await engine.dispose()
+
+
+def _cli(database: str, kafka: KafkaSettings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETENTION_")}
+    env.update(kafka.environ())
+    env.update(infra.signing_env())
+    env["RETENTION_DATABASE_URL"] = database
+    return subprocess.run(
+        [RETENTION_CLI, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
