@@ -32,6 +32,8 @@ class DlqHeader(StrEnum):
     ERROR = "retention.dlq.error"
     """What went wrong, as text."""
     SERVICE = "retention.dlq.service"
+    """Whose dead letter this is: every writer shares one DLQ topic, and the tools filter on
+    this header (`retention dlq list --service`). Claimed, not proven (docs/protocol.md)."""
     ATTEMPTS = "retention.dlq.attempts"
     """Handler attempts made (0 for poison records)."""
     ORIGINAL_TOPIC = "retention.dlq.original_topic"
