@@ -36,6 +36,7 @@ REASON_FILTER = typer.Option(None, "--reason", help=f"Only this reason ({REASONS
 SINCE_OPTION = typer.Option(
     None, "--since", help="Only records written at or after this time (UTC if no offset)."
 )
+RECORDS_OPTION = typer.Option(False, "--records", help="List each record, not only counts.")
 TIMEOUT_OPTION = typer.Option(60.0, "--timeout", help="Seconds to read the topic to its end.")
 
 
@@ -52,31 +53,50 @@ def _read(timeout_s: float) -> list[DeadLetter]:
 def list_letters(
     service: str | None = SERVICE_FILTER,
     reason: str | None = REASON_FILTER,
+    records: bool = RECORDS_OPTION,
     as_json: bool = JSON_OPTION,
     timeout_s: float = TIMEOUT_OPTION,
 ) -> None:
-    """Dead letters with their reasons, oldest first; counts per service and reason."""
+    """Dead letters per service and reason; each record with --service or --records."""
     letters = select_letters(_read(timeout_s), service=service, reason=reason)
     if as_json:
         emit_json({"records": [d.as_dict() for d in letters]})
         return
-    table = Table("written", "service", "reason", "error", "attempts", "event", "from", "at")
+    # A hundred services' dead letters stay readable: one line per service and reason.
+    summary = Table("service", "reason", "records", "oldest", "newest")
+    groups: dict[tuple[str, str], list[DeadLetter]] = {}
+    for d in letters:
+        groups.setdefault((d.service, d.reason), []).append(d)
+    for (name, why), found in sorted(groups.items()):
+        summary.add_row(
+            escape(name) or "?",
+            escape(why) or "?",
+            str(len(found)),
+            _minute(min(d.timestamp for d in found)),
+            _minute(max(d.timestamp for d in found)),
+        )
+    out_console.print(summary)
+    if service is None and not records:
+        if letters:
+            err_console.print("each record: --service NAME or --records")
+        return
+    table = Table("written", "service", "reason", "error", "tries", "event", "at")
     for d in letters:
         row = d.as_dict()
         table.add_row(
-            row["timestamp"][:19],
+            _minute(d.timestamp),
             escape(row["service"]),
             escape(row["reason"]),
             escape(row["error"]),
             row["attempts"],
             escape(row["event_id"] or ""),
-            escape(row["original_topic"]),
             f"{d.partition}:{d.offset}",
         )
     out_console.print(table)
-    counts = Counter((d.service, d.reason) for d in letters)
-    for (name, why), n in sorted(counts.items()):
-        out_console.print(f"{escape(name) or '?'}  {escape(why) or '?'}  {n}")
+
+
+def _minute(at: datetime) -> str:
+    return at.strftime("%Y-%m-%d %H:%M")
 
 
 def _utc(value: datetime | None) -> datetime | None:

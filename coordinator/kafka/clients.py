@@ -144,7 +144,11 @@ class KafkaTopicReader:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
-        await consumer.start()
+        try:
+            await consumer.start()
+        except BaseException:
+            await consumer.stop()
+            raise
         self._consumer = consumer
         deadline = time.monotonic() + timeout_s
         # Without a group the consumer assigns itself every partition once the topic's

@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator import audit
+from coordinator.kafka.admin import missing_topics
 from coordinator.kafka.clients import KafkaTopicReader
 from coordinator.kafka.ports import ConsumedRecord
 from coordinator.operations.republish import BATCH, Outcome, Republisher
@@ -105,6 +106,9 @@ async def read_dead_letters(kafka: KafkaSettings, *, timeout_s: float = 60.0) ->
         LookupError: the topic does not exist.
         TimeoutError: it could not be read to its end in time.
     """
+    # aiokafka would wait for a missing topic's metadata, logging each retry, then fail.
+    if await missing_topics(kafka, [kafka.topics.dlq]):
+        raise LookupError(f"topic {kafka.topics.dlq} does not exist (`retention serve` creates it)")
     reader = KafkaTopicReader(kafka, kafka.topics.dlq)
     await reader.start(timeout_s=timeout_s)
     try:

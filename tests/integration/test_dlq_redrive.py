@@ -146,6 +146,13 @@ async def test_a_fixed_service_is_redriven_from_the_dlq_and_its_events_complete(
             {DlqReason.FAILED.value: 3, DlqReason.POISON.value: 2}
         )
         assert {r["error"] for r in records if r["reason"] == "failed"} == {"KeyError"}
+        summary = await asyncio.to_thread(cli, database, topics, "dlq", "list")
+        assert summary.returncode == 0, summary.stderr
+        rows = {tuple(line.split("│")[1:4]) for line in summary.stdout.splitlines() if "│" in line}
+        assert {tuple(cell.strip() for cell in row) for row in rows} >= {
+            (service, "failed", "3"),
+            (service, "poison", "2"),
+        }
 
         await fixed.start()
         done = await asyncio.to_thread(
