@@ -47,8 +47,8 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 REPUBLISH_HEADER = "retention-republish"
-"""On every re-sent record: the audit action's reason (`republish` or `backfill`). The
-signature covers key and value only; readers need not look at it."""
+"""On every re-sent record, why it was sent again: `republish`, `redrive` or `backfill`.
+The signature covers key and value only; readers need not look at it."""
 
 BATCH = 500
 
@@ -94,7 +94,7 @@ class Outcome:
         return {"sent": [str(i) for i in self.sent], "held": [str(i) for i in self.held]}
 
 
-async def expecting(
+async def _expecting(
     conn: AsyncConnection, service: str, event_ids: Sequence[uuid.UUID]
 ) -> set[uuid.UUID]:
     """Of `event_ids`, those `service` is an expected acknowledger of."""
@@ -171,7 +171,7 @@ class Republisher:
                     break
                 after = page[-1].event.event_id
                 if selection.service is not None:
-                    mine = await expecting(
+                    mine = await _expecting(
                         conn, selection.service, [s.event.event_id for s in page]
                     )
                     page = [s for s in page if s.event.event_id in mine]
