@@ -182,6 +182,8 @@ outbox = Table(
         "created_at",
         postgresql_where=text("published_at IS NULL"),
     ),
+    # `retention republish --run` pages through one run's events in event id order.
+    Index("ix_retention_outbox_run_id_event_id", "run_id", "event_id"),
 )
 
 # Append-only hash chain (see coordinator/audit.py); seq is assigned under a lock, not
@@ -332,6 +334,12 @@ ack_ledger = Table(
     ),
     Index(None, "event_id"),
     Index(None, "received_at"),
+    # The `signature_failures` sweep counts the last hour's rejections, not its acks.
+    Index(
+        "ix_retention_ack_ledger_rejected",
+        "received_at",
+        postgresql_where=text("NOT accepted"),
+    ),
 )
 
 # One row per cron fire time the leader dealt with; the primary key makes a fire happen
