@@ -71,6 +71,11 @@ class Selection:
         if len(chosen) != 1:
             raise ValueError("choose exactly one of an event, an entity or a run")
 
+    def kind(self) -> str:
+        """What was selected, without the entity's id: error texts never name a person."""
+        chosen = "event" if self.event_id else "entity" if self.entity else "run"
+        return chosen if self.service is None else f"{chosen} for service {self.service}"
+
     def described(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if self.event_id is not None:
@@ -183,10 +188,7 @@ class Republisher:
                 audit_data=selection.described(),
             )
         if not outcome.sent and not outcome.held:
-            raise UnknownSelection(
-                "no published event matches "
-                + ", ".join(f"{k} {v}" for k, v in selection.described().items())
-            )
+            raise UnknownSelection(f"no published event matches the {selection.kind()}")
         return outcome
 
     async def send(
