@@ -76,7 +76,7 @@ class DeadLetter:
             "partition": self.partition,
             "offset": self.offset,
             "timestamp": self.timestamp.isoformat(),
-            "key": None if self.key is None else self.key.decode("utf-8", "replace"),
+            # No record key: an event's is `type:id`, and listings never name a person.
             "event_id": self.event_id or None,
             "service": self.service,
             "reason": self.reason,

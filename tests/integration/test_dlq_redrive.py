@@ -11,6 +11,7 @@ import subprocess
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -23,7 +24,7 @@ from coordinator.outbox.relay import OutboxRelay
 from coordinator.settings import RelaySettings
 from coordinator.store.migrate import upgrade
 from coordinator.store.tables import audit_log, event_status
-from schemas import KafkaSettings
+from schemas import EventType, KafkaSettings, encode
 from schemas.dlq import DlqReason, dlq_headers
 from schemas.signing import SignatureSettings
 from tests import infra, keys
@@ -136,6 +137,30 @@ async def test_a_fixed_service_is_redriven_from_the_dlq_and_its_events_complete(
             topics, record.key, record.value, unsigned, service, topics.topics.events
         )
         await _dead_letter(topics, b"x", b"{}", [], service, topics.topics.acks)
+        # An event with a valid coordinator signature that was never published (a key shared
+        # with another deployment, evidence pruned): re-driving it would erase an entity no
+        # purge chose.
+        ghost = RetentionEvent(
+            event_id=uuid.uuid4(),
+            type=EventType.DELETE,
+            entity_type=entity_type,
+            entity_id="never-published",
+            policy="inactive_users",
+            legal_basis="none",
+            initiated_at=datetime.now(UTC),
+            deadline=datetime.now(UTC) + timedelta(days=1),
+        )
+        ghost_key, ghost_value = ghost.key.encode(), encode(ghost)
+        signer = SignatureSettings().coordinator_signer()
+        assert signer is not None
+        await _dead_letter(
+            topics,
+            ghost_key,
+            ghost_value,
+            signer.sign_record(ghost_key, ghost_value),
+            service,
+            topics.topics.events,
+        )
 
         listed = await asyncio.to_thread(
             cli, database, topics, "dlq", "list", "--service", service, "--json"
@@ -143,15 +168,16 @@ async def test_a_fixed_service_is_redriven_from_the_dlq_and_its_events_complete(
         assert listed.returncode == 0, listed.stderr
         records = json.loads(listed.stdout)["records"]
         assert Counter(r["reason"] for r in records) == Counter(
-            {DlqReason.FAILED.value: 3, DlqReason.POISON.value: 2}
+            {DlqReason.FAILED.value: 3, DlqReason.POISON.value: 3}
         )
+        assert "never-published" not in listed.stdout  # record keys name entities
         assert {r["error"] for r in records if r["reason"] == "failed"} == {"KeyError"}
         summary = await asyncio.to_thread(cli, database, topics, "dlq", "list")
         assert summary.returncode == 0, summary.stderr
         rows = {tuple(line.split("│")[1:4]) for line in summary.stdout.splitlines() if "│" in line}
         assert {tuple(cell.strip() for cell in row) for row in rows} >= {
             (service, "failed", "3"),
-            (service, "poison", "2"),
+            (service, "poison", "3"),
         }
 
         await fixed.start()
@@ -172,6 +198,7 @@ async def test_a_fixed_service_is_redriven_from_the_dlq_and_its_events_complete(
         assert sorted(result["sent"]) == sorted(str(e) for e in events)
         assert sorted(r["left_because"] for r in result["left"]) == [
             "not_an_event",
+            "not_in_evidence",
             "not_signed_by_coordinator",
         ]
         await drain(tracker, 3)
