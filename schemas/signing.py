@@ -383,8 +383,12 @@ class SignatureSettings(BaseSettings):
             )
         return Signer.from_file(self.service_signing_key_file)
 
+    def trusted_coordinator_keys(self) -> list[Ed25519PublicKey]:
+        """`coordinator_public_keys` parsed: every key an event may be signed with."""
+        return [parse_public_key(k) for k in self.coordinator_public_keys.split(",") if k.strip()]
+
     def coordinator_verifier(self) -> Verifier:
-        keys = [parse_public_key(k) for k in self.coordinator_public_keys.split(",") if k.strip()]
+        keys = self.trusted_coordinator_keys()
         if not keys and self.mode is SignatureMode.REQUIRED:
             raise SigningKeyError(
                 "RETENTION_SIGNATURES=required needs RETENTION_COORDINATOR_PUBLIC_KEYS"

@@ -30,7 +30,7 @@ from coordinator.operations.republish import BATCH, Outcome, Republisher
 from coordinator.outbox.lookup import events_by
 from schemas import KafkaSettings, RetentionEvent, decode
 from schemas.dlq import DlqHeader
-from schemas.signing import SignatureSettings, Signer, Verifier, parse_public_key
+from schemas.signing import SignatureSettings, Signer, Verifier
 
 __all__ = [
     "DeadLetter",
@@ -137,8 +137,9 @@ def select_letters(
 def coordinator_keys(signatures: SignatureSettings, signer: Signer | None) -> Verifier | None:
     """What proves an event genuine: this coordinator's own key and the keys services are
     told to trust (`RETENTION_COORDINATOR_PUBLIC_KEYS`, older ones during a rotation).
-    None when there is neither: nothing can be re-driven then."""
-    keys = [parse_public_key(k) for k in signatures.coordinator_public_keys.split(",") if k.strip()]
+    None when there is neither: nothing can be re-driven then. The keys are read, and
+    records checked (`Verifier.verify`), exactly as the SDK checks events."""
+    keys = signatures.trusted_coordinator_keys()
     if signer is not None:
         keys.append(signer.public)
     return Verifier(keys) if keys else None
