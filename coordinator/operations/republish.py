@@ -10,8 +10,10 @@ under an active legal hold now are never sent again, and are reported as held.
 
 Records go out in batches; each batch is audited (`events_republished`, with the actor)
 once the broker has acknowledged all of it, so the audit never claims a send that did not
-happen. A crash between the send and the audit leaves a repeat unaudited, which the
-services absorb; the caller sees the error and runs it again.
+happen. Holds are checked again for each batch under the purge's share of the hold lock,
+held through the send, so a hold created while a batch is read is never overtaken. A
+crash between the send and the audit leaves a repeat unaudited, which the services
+absorb; the caller sees the error and runs it again.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from coordinator.clock import Clock
 from coordinator.kafka.clients import KafkaPublisher
 from coordinator.kafka.ports import OutgoingRecord, Publisher
 from coordinator.outbox.lookup import StoredEvent, events_by
+from coordinator.purge.holds import lock_for_purge
 from coordinator.store.tables import expected_acks
 from schemas import KafkaSettings, RetentionEvent, encode
 from schemas.signing import Signer
@@ -203,12 +206,21 @@ class Republisher:
         progress: Callable[[int], None] | None = None,
     ) -> None:
         """Send `stored` (held ones skipped), then audit what the broker acknowledged."""
-        outcome.held.extend(s.event.event_id for s in stored if s.held)
-        events = [s.event for s in stored if not s.held]
-        if not events:
+        if not stored:
             return
-        await self._publisher.publish(self._topic, self.records(events, reason=reason))
         async with self._engine.begin() as conn:
+            # The purge's side of the hold lock (coordinator.purge.holds): a hold created
+            # from here on waits for this transaction, so "held" is decided now, under the
+            # lock, and not when the caller read these events.
+            await lock_for_purge(conn)
+            current = await events_by(
+                conn, now=self._clock.now(), event_ids=[s.event.event_id for s in stored]
+            )
+            outcome.held.extend(s.event.event_id for s in current if s.held)
+            events = [s.event for s in current if not s.held]
+            if not events:
+                return
+            await self._publisher.publish(self._topic, self.records(events, reason=reason))
             await audit.append(
                 conn,
                 [

@@ -19,10 +19,12 @@ from coordinator.clock import FrozenClock
 from coordinator.kafka.clients import KafkaPublisher
 from coordinator.operations.republish import (
     REPUBLISH_HEADER,
+    Outcome,
     Republisher,
     Selection,
     UnknownSelection,
 )
+from coordinator.outbox.lookup import events_by
 from coordinator.purge.holds import EntityTypes, IdForm, IdKind, create_hold
 from coordinator.store.migrate import upgrade
 from coordinator.store.tables import audit_log, event_status, expected_acks
@@ -120,6 +122,10 @@ async def test_an_overdue_event_completes_after_a_republish_to_one_service(
         assert await tracker.escalate_overdue() == 3
         assert await _states(engine, events) == ["overdue"] * 3
 
+        # Read before the hold exists, as a batch in flight would have been.
+        async with engine.connect() as conn:
+            before_hold = await events_by(conn, now=clock.now(), event_ids=[events[2]])
+        assert [s.held for s in before_hold] == [False]
         types = EntityTypes({entity_type: (IdForm(IdKind.TEXT),)})
         async with engine.begin() as conn:
             await create_hold(
@@ -144,6 +150,12 @@ async def test_an_overdue_event_completes_after_a_republish_to_one_service(
         assert (one.sent, one.held) == ([events[0]], [])
         assert (by_entity.sent, by_entity.held) == ([events[1]], [])
         assert (held.sent, held.held) == ([], [events[2]])
+        # The batch read before the hold is checked again when it is sent.
+        late = Outcome()
+        await republisher.send(
+            before_hold, late, actor="ops-token", reason="republish", audit_data={}
+        )
+        assert (late.sent, late.held) == ([], [events[2]])
         with pytest.raises(UnknownSelection):
             await republisher.republish(Selection(event_id=invoice, service=fixed), actor="x")
         with pytest.raises(UnknownSelection):
