@@ -37,6 +37,7 @@ from coordinator.store.tables import (
     expected_acks,
     notifications,
 )
+from coordinator.tracking.ledger import RejectReason
 
 __all__ = ["SignatureAlarm", "sweep"]
 
@@ -44,7 +45,6 @@ RESURRECTED = "resurrected"
 """The event state a verification that found data sets (SPEC §15). The query is plain text
 comparison, so it finds nothing until the verification code writes that state."""
 STILL_PRESENT = "still_present"
-BAD_SIGNATURE = "bad_signature"
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +161,11 @@ async def _signature_failures(
     rows = (
         await conn.execute(
             select(a.service, func.count())
-            .where(~a.accepted, a.reject_reason == BAD_SIGNATURE, a.received_at >= since)
+            .where(
+                ~a.accepted,
+                a.reject_reason == RejectReason.BAD_SIGNATURE.value,
+                a.received_at >= since,
+            )
             .group_by(a.service)
             .order_by(func.count().desc(), a.service)
         )
