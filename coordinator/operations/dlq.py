@@ -53,9 +53,12 @@ class DeadLetter:
     headers: tuple[tuple[str, bytes], ...]
 
     def header(self, name: str) -> str:
+        """The last header `name`, as printable text: whoever wrote the DLQ chose these
+        bytes, and they end up on an operator's terminal (escape sequences included)."""
         for k, v in reversed(self.headers):
             if k == name:
-                return v.decode("utf-8", "replace")
+                text = v.decode("utf-8", "replace")
+                return "".join(c if c.isprintable() else "\ufffd" for c in text)
         return ""
 
     @property

@@ -20,12 +20,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from consumer_sdk import ConsumerSettings, RetentionConsumer, RetentionEvent
 from coordinator.clock import SystemClock
+from coordinator.operations.dlq import DeadLetter
 from coordinator.outbox.relay import OutboxRelay
 from coordinator.settings import RelaySettings
 from coordinator.store.migrate import upgrade
 from coordinator.store.tables import audit_log, event_status
 from schemas import EventType, KafkaSettings, encode
-from schemas.dlq import DlqReason, dlq_headers
+from schemas.dlq import DlqHeader, DlqReason, dlq_headers
 from schemas.signing import SignatureSettings
 from tests import infra, keys
 from tests.e2e.harness import RETENTION_CLI
@@ -220,6 +221,19 @@ async def test_a_fixed_service_is_redriven_from_the_dlq_and_its_events_complete(
         await fixed.stop()
         await tracker.stop()
         await engine.dispose()
+
+
+def test_dead_letter_headers_reach_the_terminal_as_printable_text() -> None:
+    letter = DeadLetter(
+        0,
+        0,
+        datetime.now(UTC),
+        None,
+        None,
+        ((DlqHeader.SERVICE, b"svc"), (DlqHeader.ERROR, b"Key\x1b[2J\x1b]0;owned\x07Error")),
+    )
+    assert letter.service == "svc"
+    assert letter.as_dict()["error"] == "Key\ufffd[2J\ufffd]0;owned\ufffdError"
 
 
 async def _dead_letter(
