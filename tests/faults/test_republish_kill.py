@@ -1,7 +1,7 @@
 """Scenario 13: an operator re-publishes a run while a service is SIGKILLed mid-batch.
 
 The run is done and the relay has published everything; the services are still working
-through it (every effect insert sleeps `THROTTLE_S`, tests/faults/throttle.py). Then
+through it (every effect insert sleeps `BRAKE_S`, tests/faults/throttle.py). Then
 `retention republish --run RUN_ID` sends every event of the run once more, signed, so
 each service holds a second copy of everything behind its backlog, and a seeded service
 is SIGKILLed while one of its effect inserts executes (its batch is open) and restarted.
@@ -34,8 +34,11 @@ from tests.faults.invariants import SERVICE_LOGS, check_invariants, settle
 from tests.faults.throttle import install_throttle, set_throttle, wait_until_writing
 from tests.faults.world import USERS_POLICY, World, prepare_world
 
+BRAKE_S = 2.0
+"""Each effect insert sleeps this long until the re-publish is done: the backlog outlasts
+the run, the relay and the `retention republish` processes however loaded the machine is."""
 THROTTLE_S = 0.2
-"""Each effect insert sleeps this long until the kill: the backlog outlasts the re-publish."""
+"""Then this long until the kill, so the chosen service soon writes again."""
 MARGIN = 20
 """The killed service still has at least this many effects ahead when it is chosen."""
 
@@ -83,7 +86,7 @@ async def test_republish_during_a_service_kill(stack: Stack, tmp_path: Path) -> 
             name, env={"RETENTION_CONSUMER_MAX_BATCH": "5", "RETENTION_CONSUMER_GROUP_ID": group}
         )
     logs = [table for table, _ in SERVICE_LOGS.values()]
-    await install_throttle(stack.services_url, logs, delay_s=THROTTLE_S)
+    await install_throttle(stack.services_url, logs, delay_s=BRAKE_S)
     async with running_tracker(stack) as tracker:
         await start_services(stack)
         await complete(run)
@@ -105,6 +108,7 @@ async def test_republish_during_a_service_kill(stack: Stack, tmp_path: Path) -> 
             faults["republish"] += 1
         # Every event went out again, audited once the broker had it.
         assert await _audited_republishes(stack) == world.expected_events
+        await set_throttle(stack.services_url, THROTTLE_S)
 
         targets = [
             s
