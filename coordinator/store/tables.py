@@ -334,12 +334,6 @@ ack_ledger = Table(
     ),
     Index(None, "event_id"),
     Index(None, "received_at"),
-    # The `signature_failures` sweep counts the last hour's rejections, not its acks.
-    Index(
-        "ix_retention_ack_ledger_rejected",
-        "received_at",
-        postgresql_where=text("NOT accepted"),
-    ),
 )
 
 # One row per cron fire time the leader dealt with; the primary key makes a fire happen
