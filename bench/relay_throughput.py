@@ -62,7 +62,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "max_batch_size": 16 * 1024,
         "compression": "none",
     },
-    "tuned, no compression": {"compression": "none"},
+    "tuned, lz4": {"compression": "lz4"},
     "tuned, gzip": {"compression": "gzip"},
     "tuned, zstd": {"compression": "zstd"},
     "tuned, claim 1000": {"batch_size": 1000},
