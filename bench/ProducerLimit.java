@@ -7,7 +7,9 @@
 // `key<TAB>value` lines of the payload file (our encoded events; JSON holds no raw tab).
 //
 // Run as a single-file source program (JDK 11+): java -cp 'kafka/lib/*' ProducerLimit.java
-// BOOTSTRAP TOPIC PAYLOAD_FILE WARMUP COUNT [prop=value ...]
+// BOOTSTRAP TOPIC PAYLOAD_FILE WARMUP COUNT [prop=value | --config=PROPERTIES_FILE ...]
+// (a file for the connection settings, so a SASL password never shows on a command line;
+// not `@file`, which the java launcher itself expands into arguments)
 // Prints one line: "records=<n> seconds=<s> records_per_s=<r>".
 
 import java.nio.charset.StandardCharsets;
@@ -37,6 +39,13 @@ public class ProducerLimit {
         Properties props = new Properties();
         props.put("bootstrap.servers", bootstrap);
         for (int i = 5; i < args.length; i++) {
+            if (args[i].startsWith("--config=")) {
+                String file = args[i].substring("--config=".length());
+                try (var reader = Files.newBufferedReader(Path.of(file))) {
+                    props.load(reader);
+                }
+                continue;
+            }
             String[] kv = args[i].split("=", 2);
             props.put(kv[0], kv[1]);
         }
@@ -50,7 +59,11 @@ public class ProducerLimit {
             producer.flush();
             double seconds = (System.nanoTime() - start) / 1e9;
             if (failed.get() != null) {
-                throw failed.get();
+                // Not rethrown: the source launcher trims the stack trace of what main
+                // throws, and one captured on the producer's I/O thread is too short for it
+                // ("IllegalArgumentException: 0 > -7" instead of the real error).
+                System.err.println("send failed: " + failed.get());
+                System.exit(1);
             }
             System.out.printf("records=%d seconds=%.3f records_per_s=%.1f%n",
                 count, seconds, count / seconds);

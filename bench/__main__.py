@@ -378,7 +378,7 @@ async def kafka_limits(
         payloads.flush()
         try:
             producer = kafka_tools.producer_limit(
-                kafka.bootstrap_servers,
+                kafka,
                 kafka.topics.events,
                 warmup,
                 count,
@@ -386,9 +386,7 @@ async def kafka_limits(
                 RelaySettings(),
             )
             # The warm-up records are on the topic too: read them all.
-            consumer = kafka_tools.consumer_performance(
-                kafka.bootstrap_servers, kafka.topics.events, warmup + count
-            )
+            consumer = kafka_tools.consumer_performance(kafka, kafka.topics.events, warmup + count)
         finally:
             await delete_topics(kafka)
     result["rounds"][n]["kafka"] = {"producer_per_s": producer, "consumer_per_s": consumer}

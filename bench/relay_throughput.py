@@ -16,8 +16,9 @@ round, times on fresh topics (interleaved, rotated every round):
   `send_batch`, one builder per partition) on the same events encoded as the relay
   does, a claim-sized chunk at a time without waiting between chunks: the ceiling for
   publishing these events through aiokafka from one Python process;
-* with `--producer-performance`: Kafka's `ProducerPerformance` (bench/kafka_tools.py)
-  on the same encoded events with the same producer settings.
+* with `--producer-performance`: Kafka's Java producer (bench/ProducerLimit.java through
+  bench/kafka_tools.py) on the same keyed, encoded events with the same producer and
+  connection settings.
 
 Reports medians with min–max, CPU seconds of this process, and the load average.
 `--variants` repeats the relay run with other producer settings and claim sizes, to
@@ -62,7 +63,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "max_batch_size": 16 * 1024,
         "compression": "none",
     },
-    "tuned, no compression": {"compression": "none"},
+    "tuned, lz4": {"compression": "lz4"},
     "tuned, gzip": {"compression": "gzip"},
     "tuned, zstd": {"compression": "zstd"},
     "tuned, claim 1000": {"batch_size": 1000},
@@ -174,15 +175,17 @@ async def relay_drain(
 async def producer_performance(
     kafka: KafkaSettings, relay: RelaySettings, events: list[RetentionEvent]
 ) -> Timing:
-    """Kafka's ProducerPerformance on the same encoded events; its CPU is the JVM's, not ours."""
+    """Kafka's Java producer (bench/ProducerLimit.java) on the same keyed, encoded events;
+    its CPU is the JVM's, not ours."""
     await ensure_topics(kafka)
     with tempfile.NamedTemporaryFile("wb", suffix=".payloads") as payloads:
-        payloads.write(b"\n".join(encode(e) for e in events))
+        payloads.write(b"\n".join(e.key.encode() + b"\t" + encode(e) for e in events))
         payloads.flush()
         per_s = await asyncio.to_thread(
-            kafka_tools.producer_performance,
-            kafka.bootstrap_servers,
+            kafka_tools.producer_limit,
+            kafka,
             kafka.topics.events,
+            0,
             len(events),
             Path(payloads.name),
             relay,
@@ -286,7 +289,7 @@ if __name__ == "__main__":
     parser.add_argument(
         "--producer-performance",
         action="store_true",
-        help="also run Kafka's ProducerPerformance (needs java and the Kafka jars)",
+        help="also run Kafka's Java producer (needs java and the Kafka jars)",
     )
     args = parser.parse_args()
     print(

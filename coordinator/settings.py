@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Self
+from typing import Self
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from coordinator.purge.scheduler import validate_cron
 from schemas import DEFAULT_DATABASE_URL, KafkaSettings
+from schemas.kafka import Compression
 from schemas.signing import SignatureSettings
 
 __all__ = [
@@ -93,8 +94,10 @@ class RelaySettings(BaseSettings):
         ge=16 * 1024,
         description="Producer per-partition batch size in bytes.",
     )
-    compression: Literal["lz4", "gzip", "zstd", "snappy", "none"] = Field(
-        default="lz4", description="Compression of producer batches."
+    compression: Compression = Field(
+        default="none",
+        description="Codec of the event batches: none and gzip are read by every mainstream "
+        "client out of the box (docs/protocol.md#compression).",
     )
     signature_batch: int = Field(
         default=128,

@@ -14,6 +14,7 @@ from schemas.topics import DEFAULT_PREFIX, Topics
 __all__ = [
     "DEFAULT_BOOTSTRAP_SERVERS",
     "DEFAULT_CLIENT_ID",
+    "Compression",
     "KafkaSettings",
     "KafkaSettingsError",
     "SaslMechanism",
@@ -27,6 +28,7 @@ DEFAULT_CLIENT_ID = "retention-fanout"
 """Client id of a client that names no service (benchmarks, tools)."""
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
 _ENV = "RETENTION_KAFKA_"
@@ -100,6 +102,13 @@ class KafkaSettings(BaseSettings):
         f"name, `retention-coordinator` for the coordinator, else `{DEFAULT_CLIENT_ID}`.",
     )
     request_timeout_s: float = Field(default=30.0, gt=0, description="Per-request timeout.")
+    compression: Compression = Field(
+        default="none",
+        description="Codec of the record batches our producers write outside the relay "
+        "(the SDK's acks and registrations, the tracker's reminders and DLQ records). "
+        "`none` and `gzip` are the codecs every mainstream client reads without extra "
+        "packages; docs/protocol.md has the measurements and what each client needs.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -203,6 +212,12 @@ class KafkaSettings(BaseSettings):
             kwargs["sasl_plain_username"] = self.sasl_username
             kwargs["sasl_plain_password"] = self.sasl_password.get_secret_value()
         return kwargs
+
+    def producer_kwargs(self) -> dict[str, Any]:
+        """`client_kwargs` plus this codec: what every producer of ours but the relay's
+        starts from (the relay has its own codec, `RETENTION_RELAY_COMPRESSION`)."""
+        codec = None if self.compression == "none" else self.compression
+        return {**self.client_kwargs(), "compression_type": codec}
 
 
 def _readable(path: Path | None, setting: str) -> str | None:

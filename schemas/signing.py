@@ -21,7 +21,9 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from itertools import chain, cycle
 from pathlib import Path
+from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -33,6 +35,7 @@ __all__ = [
     "PROOF_HEADER",
     "SIGNATURE_HEADER",
     "Checked",
+    "SignableRecord",
     "SignatureMode",
     "SignatureSettings",
     "Signer",
@@ -44,6 +47,7 @@ __all__ = [
     "generate_key_files",
     "key_id",
     "load_private_key",
+    "merkle_proofs",
     "parse_public_key",
     "signed_bytes",
 ]
@@ -53,8 +57,12 @@ PROOF_HEADER = "retention-proof"
 RECORD_CONTEXT = b"retention-sig-v1\x00"
 ROOT_CONTEXT = b"retention-root-v1\x00"
 _LEAF, _NODE = b"\x00", b"\x01"
+_LEAF_PREFIX = _LEAF + RECORD_CONTEXT
 _LEFT, _RIGHT = 0, 1
 """Proof step sides: where the sibling hash goes when combining."""
+_SIDES = (bytes([_LEFT]), bytes([_RIGHT]))
+_STEP_B64 = 44
+"""Base64 characters of one 33-byte proof step."""
 _PUBLIC_PREFIX = "ed25519:"
 
 
@@ -143,15 +151,24 @@ def _leaf(key: bytes | None, value: bytes | None) -> bytes:
     return hashlib.sha256(_LEAF + signed_bytes(key, value)).digest()
 
 
-def _node(left: bytes, right: bytes) -> bytes:
-    return hashlib.sha256(_NODE + left + right).digest()
-
-
 def _raw(public: Ed25519PublicKey) -> bytes:
     return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 Headers = list[tuple[str, bytes]]
+
+
+class SignableRecord(Protocol):
+    """A record about to be sent: what `Signer.sign_in_place` reads and extends."""
+
+    @property
+    def key(self) -> bytes | None: ...
+
+    @property
+    def value(self) -> bytes | None: ...
+
+    @property
+    def headers(self) -> Headers: ...
 
 
 class Signer:
@@ -182,38 +199,75 @@ class Signer:
             return [self.sign_record(*records[0])]
         if not records:
             return []
-        levels = [[_leaf(k, v) for k, v in records]]
-        while len(levels[-1]) > 1:
-            below = levels[-1]
-            above = [_node(below[i], below[i + 1]) for i in range(0, len(below) - 1, 2)]
-            if len(below) % 2:
-                # The odd one out moves up unchanged (and gets no step at this level).
-                above.append(below[-1])
-            levels.append(above)
-        # Each node as a proof step, once: side byte + hash, for when it is a left or a
-        # right sibling. A proof is then one join per record.
-        steps = [
-            ([bytes([_LEFT]) + h for h in level], [bytes([_RIGHT]) + h for h in level])
-            for level in levels[:-1]
-        ]
-        # From the root down, each node's proof is its own step plus its parent's proof:
-        # two operations per node, instead of one per leaf and level.
-        proofs = [b""]
-        for (as_left, as_right), level in zip(reversed(steps), reversed(levels[:-1]), strict=True):
-            size, above = len(level), proofs
-            proofs = []
-            for j in range(size):
-                sibling = j ^ 1
-                if sibling >= size:
-                    proofs.append(above[j // 2])
-                elif sibling < j:
-                    proofs.append(as_left[sibling] + above[j // 2])
-                else:
-                    proofs.append(as_right[sibling] + above[j // 2])
-        root = levels[-1][0]
+        root, proofs = merkle_proofs(records)
         signature = self._header(ROOT_CONTEXT + root)
-        # Standard base64 like the signature: headers stay text for every tool and client.
-        return [[signature, (PROOF_HEADER, base64.b64encode(p))] for p in proofs]
+        return [[signature, (PROOF_HEADER, proof)] for proof in proofs]
+
+    def sign_in_place(self, records: Sequence[SignableRecord], tree_size: int) -> None:
+        """Sign `records` one Merkle tree per `tree_size` consecutive records, appending the
+        signature and proof headers to each record's own header list.
+
+        The wire bytes are those of `sign_batch` on each chunk; this form exists for the
+        relay, which signs every event it publishes: no per-record lists or records are
+        rebuilt, so signing costs little more than the hashing itself."""
+        if tree_size < 1:
+            raise ValueError("a signature tree holds at least one record")
+        for start in range(0, len(records), tree_size):
+            chunk = records[start : start + tree_size]
+            if len(chunk) == 1:
+                chunk[0].headers.extend(self.sign_record(chunk[0].key, chunk[0].value))
+                continue
+            root, proofs = merkle_proofs([(r.key, r.value) for r in chunk])
+            signature = self._header(ROOT_CONTEXT + root)
+            for record, proof in zip(chunk, proofs, strict=True):
+                record.headers.extend((signature, (PROOF_HEADER, proof)))
+
+
+def merkle_proofs(
+    records: Sequence[tuple[bytes | None, bytes | None]],
+) -> tuple[bytes, list[bytes]]:
+    """The Merkle root over `records` (two or more) and each record's `retention-proof`
+    header value (standard base64 of its steps), in one pass over the tree.
+
+    The relay runs this for every event it publishes, so it is written for CPU: every
+    node is hashed once and encoded once, and proofs are assembled from the root down.
+    """
+    sha256 = hashlib.sha256
+    # A step is 33 bytes, so its base64 is exactly 44 characters with no padding, and a
+    # proof's base64 is the concatenation of its steps' base64: each level is encoded in
+    # one call and sliced, never re-encoded per record.
+    level = [
+        sha256(_LEAF_PREFIX + len(k).to_bytes(4, "big") + k + v).digest()
+        for k, v in ((k or b"", v or b"") for k, v in records)
+    ]
+    steps_by_level: list[list[bytes]] = []
+    while len(level) > 1:
+        above = [
+            sha256(_NODE + left + right).digest()
+            for left, right in zip(level[::2], level[1::2], strict=False)
+        ]
+        if len(level) % 2:
+            # The odd one out moves up unchanged (and gets no step at this level).
+            above.append(level[-1])
+        # A node is only ever a sibling from one side: an even index is the left sibling
+        # of its right neighbour, an odd index the right sibling of its left neighbour.
+        encoded = binascii.b2a_base64(
+            b"".join(chain.from_iterable(zip(cycle(_SIDES), level))), newline=False
+        )
+        steps_by_level.append(
+            [encoded[i : i + _STEP_B64] for i in range(0, len(encoded), _STEP_B64)]
+        )
+        level = above
+    proofs = [b""]
+    for steps in reversed(steps_by_level):
+        # A node's proof is its sibling's step, then its parent's proof.
+        parents, proofs = proofs, []
+        for left, right, parent in zip(steps[::2], steps[1::2], parents, strict=False):
+            proofs.append(right + parent)
+            proofs.append(left + parent)
+        if len(steps) % 2:
+            proofs.append(parents[-1])
+    return level[0], proofs
 
 
 class Verdict(StrEnum):
@@ -263,8 +317,9 @@ class Verifier:
         kid, sep, encoded = signatures[0].partition(b":")
         try:
             kid_text = kid.decode("ascii")
-            signature = base64.b64decode(encoded, validate=True)
-            proof = base64.b64decode(proofs[0], validate=True) if proofs else None
+            # Strict: only canonical standard base64 with its padding, nothing around it.
+            signature = binascii.a2b_base64(encoded, strict_mode=True)
+            proof = binascii.a2b_base64(proofs[0], strict_mode=True) if proofs else None
         except (UnicodeDecodeError, binascii.Error):
             return Checked(Verdict.MALFORMED)
         if not sep or len(signature) != 64 or (proof is not None and len(proof) % 33):
@@ -293,13 +348,13 @@ class Verifier:
 
 
 def _root(leaf: bytes, proof: bytes) -> bytes | None:
-    node = leaf
+    sha256, node = hashlib.sha256, leaf
     for i in range(0, len(proof), 33):
         side, sibling = proof[i], proof[i + 1 : i + 33]
         if side == _LEFT:
-            node = _node(sibling, node)
+            node = sha256(_NODE + sibling + node).digest()
         elif side == _RIGHT:
-            node = _node(node, sibling)
+            node = sha256(_NODE + node + sibling).digest()
         else:
             return None
     return node

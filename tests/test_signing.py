@@ -10,6 +10,7 @@ import os
 import shutil
 import stat
 import subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,100 @@ def test_the_verifier_refuses_what_it_must() -> None:
     both = Verifier([signer.public, other.public])
     assert both.verify(key, value, other.sign_record(key, value)).valid
     assert both.verify(key, value, [good]).valid
+
+
+def _proofs_by_hand(records: list[tuple[bytes | None, bytes | None]]) -> tuple[bytes, list[bytes]]:
+    """docs/protocol.md's tree, leaf by leaf and level by level, without schemas.signing."""
+    level = [
+        hashlib.sha256(
+            b"\x00"
+            + b"retention-sig-v1\x00"
+            + len(k or b"").to_bytes(4, "big")
+            + (k or b"")
+            + (v or b"")
+        ).digest()
+        for k, v in records
+    ]
+    steps: list[list[bytes]] = [[] for _ in records]
+    positions = list(range(len(records)))
+    while len(level) > 1:
+        for leaf, at in enumerate(positions):
+            sibling = at ^ 1
+            if sibling < len(level):
+                side = b"\x00" if sibling < at else b"\x01"
+                steps[leaf].append(side + level[sibling])
+        above = [
+            hashlib.sha256(b"\x01" + level[i] + level[i + 1]).digest()
+            for i in range(0, len(level) - 1, 2)
+        ]
+        if len(level) % 2:
+            above.append(level[-1])
+        level, positions = above, [at // 2 for at in positions]
+    return level[0], [base64.b64encode(b"".join(s)) for s in steps]
+
+
+def test_batch_headers_match_the_tree_by_hand_for_every_shape() -> None:
+    """The relay's fast tree builder against the protocol text: every size up to 70 and
+    around the powers of two, tombstones and empty keys included, byte for byte."""
+    private = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(VECTOR["private_key_seed_hex"]))
+    signer = Signer(private)
+    verifier = Verifier([signer.public])
+    for size in [*range(2, 71), 127, 128, 129, 255, 256, 257, 1000]:
+        records: list[tuple[bytes | None, bytes | None]] = [
+            (f"user:{i}".encode() if i % 7 else b"", None if i % 5 == 3 else os.urandom(i % 40))
+            for i in range(size)
+        ]
+        root, proofs = _proofs_by_hand(records)
+        signed = signer.sign_batch(records)
+        # Ed25519 is deterministic: the root's signature can be made here independently.
+        expected_signature = (
+            signer.key_id.encode()
+            + b":"
+            + base64.b64encode(private.sign(b"retention-root-v1\x00" + root))
+        )
+        for (key, value), headers, proof in zip(records, signed, proofs, strict=True):
+            assert headers == [(SIGNATURE_HEADER, expected_signature), (PROOF_HEADER, proof)]
+            assert _root_by_hand(key or b"", value, proof.decode()) == root
+            assert verifier.verify(key, value, headers).valid
+
+
+@dataclass
+class _Outgoing:
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+def test_sign_in_place_appends_each_trees_headers_after_the_records_own() -> None:
+    signer = _signer()
+    pairs = [(f"user:{i}".encode(), f'{{"n": {i}}}'.encode()) for i in range(9)]
+    records = [_Outgoing(k, v, [("event_id", str(i).encode())]) for i, (k, v) in enumerate(pairs)]
+    signer.sign_in_place(records, 4)
+    # Trees of 4, 4 and 1: the lone last record is signed per record (no proof).
+    expected = [
+        *signer.sign_batch(pairs[:4]),
+        *signer.sign_batch(pairs[4:8]),
+        *signer.sign_batch(pairs[8:]),
+    ]
+    assert expected[-1] == signer.sign_record(*pairs[8])
+    for i, (record, headers) in enumerate(zip(records, expected, strict=True)):
+        assert record.headers == [("event_id", str(i).encode()), *headers]
+    verifier = Verifier([signer.public])
+    assert all(verifier.verify(r.key, r.value, r.headers).valid for r in records)
+
+
+def test_base64_around_the_signature_or_proof_is_refused() -> None:
+    signer = _signer()
+    verifier = Verifier([signer.public])
+    records = [(b"user:1", b"{}"), (b"user:2", b"{}")]
+    [(sig_name, sig), (proof_name, proof)] = signer.sign_batch(records)[0]
+    for changed in (
+        [(sig_name, sig + b"\n"), (proof_name, proof)],
+        [(sig_name, sig), (proof_name, b" " + proof)],
+    ):
+        assert verifier.verify(*records[0], changed).verdict is Verdict.MALFORMED
+    unpadded = [(sig_name, sig.rstrip(b"=")), (proof_name, proof)]
+    assert verifier.verify(*records[0], unpadded).verdict is Verdict.MALFORMED
 
 
 def test_keys_generate_writes_a_private_pem_0600_and_the_public_line(tmp_path: Path) -> None:

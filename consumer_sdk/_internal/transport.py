@@ -286,7 +286,8 @@ def kafka_producer(kafka: KafkaSettings, *, linger_ms: int = 5) -> ProducerPort:
     a consumer that awaits each ack on its own (the Faust adapter) passes 0."""
     return _AiokafkaProducer(
         lambda: AIOKafkaProducer(
-            **kafka.client_kwargs(),
+            # Acks and registrations in RETENTION_KAFKA_COMPRESSION's codec.
+            **kafka.producer_kwargs(),
             acks="all",
             enable_idempotence=True,
             linger_ms=linger_ms,

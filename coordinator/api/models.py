@@ -58,6 +58,11 @@ class ServiceAnswer(_View):
     detail: str = Field(description="The ack's detail, or why it was waived.")
     joined_late: bool
     waived_by: str | None = Field(default=None, description="Who waived it (retire, waive).")
+    deadline: datetime | None = Field(
+        default=None,
+        description="When this service's answer is due: its declared completion_deadline "
+        "from publication, else the event's deadline.",
+    )
 
 
 class RejectedAck(_View):

@@ -61,7 +61,8 @@ async def event(ctx: Context, conn: Connection, event_id: uuid.UUID) -> EventVie
 @router.get("/completion/services", response_model=list[ServiceCompletionView])
 async def services_completion(ctx: Context, conn: Connection) -> list[ServiceCompletionView]:
     """Every registered or expected service, with its pending, overdue, failed and completed
-    acknowledgements (an open one past its event's deadline counts as overdue)."""
+    acknowledgements (an open one past its own deadline counts as overdue: the service's
+    declared `completion_deadline`, else the event's)."""
     found = await queries.services_completion(conn, now=ctx.clock.now())
     return [ServiceCompletionView.model_validate(s) for s in found]
 
@@ -88,6 +89,7 @@ async def service_events(
     responses={422: {"description": "a cursor this list did not hand out"}},
 )
 async def service_overdue(
+    ctx: Context,
     conn: Connection,
     name: Annotated[str, Path(pattern=_NAME, max_length=100)],
     limit: Annotated[int, Query(ge=1, le=1000, description="Most rows per page.")] = 100,
@@ -102,7 +104,7 @@ async def service_overdue(
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT, "after: not a cursor of this list"
         ) from None
-    page = await overdue_page(conn, service=name, after=cursor, limit=limit)
+    page = await overdue_page(conn, service=name, after=cursor, limit=limit, now=ctx.clock.now())
     return OverduePageView(
         items=[OverdueView.model_validate(item) for item in page.items],
         next=page.next.encode() if page.next is not None else None,

@@ -131,11 +131,15 @@ def report(
 
 
 def _overdue(settings: Settings, service: str | None, fmt: Format) -> None:
+    now = SystemClock().now()
+
     async def query(conn: AsyncConnection) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         after: Cursor | None = None
         while True:
-            page = await overdue_page(conn, service=service, after=after, limit=_OVERDUE_PAGE)
+            page = await overdue_page(
+                conn, service=service, after=after, limit=_OVERDUE_PAGE, now=now
+            )
             rows += page.items
             if page.next is None:
                 return rows

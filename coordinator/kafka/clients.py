@@ -69,7 +69,7 @@ class KafkaPublisher:
 
     async def start(self) -> None:
         producer = AIOKafkaProducer(
-            **self._kafka.client_kwargs(), acks="all", enable_idempotence=True
+            **self._kafka.producer_kwargs(), acks="all", enable_idempotence=True
         )
         await producer.start()
         self._producer = producer

@@ -85,9 +85,9 @@ def producer_options(relay: RelaySettings) -> dict[str, Any]:
         # leave in ~20 sequential requests per partition; 512 KiB, in about one.
         "max_batch_size": relay.max_batch_size,
         "max_request_size": max(relay.max_batch_size * 2, 1_048_576),
-        # lz4: JSON events with repeated field names shrink ~3x at a CPU cost that does
-        # not show in throughput (measured in bench/relay_throughput.py); gzip (level 9
-        # in aiokafka) costs more CPU than it saves on a small machine.
+        # Default none: with gzip the only codec every mainstream client reads out of the
+        # box, and gzip (level 9 in aiokafka) costs ~3x the producer's CPU per event
+        # (bench/compression.py, docs/protocol.md#compression).
         "compression_type": None if relay.compression == "none" else relay.compression,
     }
 

@@ -37,6 +37,7 @@ from coordinator.store.tables import (
     expected_acks,
     notifications,
 )
+from coordinator.tracking.deadlines import ack_deadline, ack_late
 from coordinator.tracking.ledger import RejectReason
 
 __all__ = ["SignatureAlarm", "sweep"]
@@ -95,9 +96,9 @@ async def _found(
     s, e = event_status.c, expected_acks.c
     day = now.astimezone(UTC).date().isoformat()
     rows = await conn.execute(
-        select(e.service, func.count(), func.min(s.deadline))
+        select(e.service, func.count(), func.min(ack_deadline()))
         .join_from(expected_acks, event_status, s.event_id == e.event_id)
-        .where(s.state == "overdue", e.status.in_(_OPEN))
+        .where(s.state == "overdue", ack_late(now))
         .group_by(e.service)
         .order_by(e.service)
     )

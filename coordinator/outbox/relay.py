@@ -289,16 +289,7 @@ class OutboxRelay:
         """One Ed25519 signature per `signature_batch` records (a Merkle root), a proof in
         each: smaller trees keep the proof header short, larger ones sign less often."""
         assert self._signer is not None
-        size, records = self._settings.signature_batch, claim.records
-        signed: list[OutgoingRecord] = []
-        for start in range(0, len(records), size):
-            chunk = records[start : start + size]
-            headers = self._signer.sign_batch([(r.key, r.value) for r in chunk])
-            signed.extend(
-                OutgoingRecord(r.key, r.value, [*r.headers, *h])
-                for r, h in zip(chunk, headers, strict=True)
-            )
-        claim.records = signed
+        self._signer.sign_in_place(claim.records, self._settings.signature_batch)
 
     async def _enqueue(self, producer: EventProducer, claim: _Claim) -> None:
         """Hand every record to the producer without waiting for acknowledgements."""

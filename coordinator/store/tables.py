@@ -286,6 +286,9 @@ expected_acks = Table(
     Column("joined_late", Boolean, nullable=False, server_default=text("false")),
     # Who waived this acknowledgement (`acks waive`, `services retire`); `detail` says why.
     Column("waived_by", Text),
+    # This service's own deadline, fixed at the snapshot from its declared
+    # `completion_deadline`; NULL: the event's deadline (tracking/deadlines.ack_deadline).
+    _ts("deadline"),
     CheckConstraint(
         "status IN ('pending', 'completed', 'not_found', 'failed', 'waived')",
         name="ck_retention_expected_acks_status",
@@ -295,6 +298,12 @@ expected_acks = Table(
         "ix_retention_expected_acks_open",
         "service",
         postgresql_where=text("status IN ('pending', 'failed')"),
+    ),
+    # Escalation finds open acks past a deadline of their own without scanning the rest.
+    Index(
+        "ix_retention_expected_acks_own_deadline",
+        "deadline",
+        postgresql_where=text("deadline IS NOT NULL AND status IN ('pending', 'failed')"),
     ),
 )
 

@@ -4,8 +4,10 @@ A reminder re-publishes the event unchanged (same `event_id`, rebuilt from the o
 row); the SDK's idempotency makes the repeat harmless for services that already acted.
 The first `max_reminders` come at growing intervals; after them reminders never stop
 silently but slow to one every `slow_interval`, until the event completes or no expected
-service is left open (a waived ack stops them). At its deadline an event that is not
-complete becomes `overdue`, and stays so while the slow reminders go on.
+service is left open (a waived ack stops them). An event that is not complete becomes
+`overdue` once one of its open acks is past that ack's deadline (`ack_deadline`: the
+service's declared `completion_deadline` when it sets one, else the event's), and stays so
+while the slow reminders go on.
 
 An event whose entity is under an active legal hold *now* is never re-published: its
 reminder is put off by one interval, uncounted, and looked at again then (so a released
@@ -20,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Select
 
@@ -35,6 +37,8 @@ __all__ = [
     "Overdue",
     "Reminder",
     "ReminderSchedule",
+    "ack_deadline",
+    "ack_late",
     "due_reminders",
     "escalate_overdue",
     "open_acks_by_service",
@@ -74,15 +78,35 @@ class Overdue:
     missing: tuple[str, ...]
 
 
+def ack_deadline() -> ColumnElement[datetime]:
+    """When one service's ack of one event is due (over expected_acks joined to
+    event_status): the service's own deadline, fixed at the snapshot from its declared
+    `completion_deadline` and counted from publication, or else the event's deadline."""
+    return func.coalesce(expected_acks.c.deadline, event_status.c.deadline)
+
+
+def ack_late(now: datetime) -> ColumnElement[bool]:
+    """An expected ack still open past its own deadline: that service is overdue."""
+    return and_(expected_acks.c.status.in_(OPEN), ack_deadline() <= now)
+
+
 async def _missing(
-    conn: AsyncConnection, event_ids: Sequence[uuid.UUID]
+    conn: AsyncConnection, event_ids: Sequence[uuid.UUID], *, late_at: datetime | None = None
 ) -> dict[uuid.UUID, tuple[str, ...]]:
+    """The services each event still waits for; with `late_at`, only those past their own
+    deadline then."""
+    e = expected_acks.c
+    query = (
+        select(e.event_id, e.service)
+        .where(e.event_id.in_(event_ids), e.status.in_(OPEN))
+        .order_by(e.event_id, e.service)
+    )
+    if late_at is not None:
+        query = query.join_from(
+            expected_acks, event_status, event_status.c.event_id == e.event_id
+        ).where(ack_deadline() <= late_at)
     missing: dict[uuid.UUID, list[str]] = defaultdict(list)
-    for row in await conn.execute(
-        select(expected_acks.c.event_id, expected_acks.c.service)
-        .where(expected_acks.c.event_id.in_(event_ids), expected_acks.c.status.in_(OPEN))
-        .order_by(expected_acks.c.event_id, expected_acks.c.service)
-    ):
+    for row in await conn.execute(query):
         missing[row.event_id].append(row.service)
     return {event_id: tuple(services) for event_id, services in missing.items()}
 
@@ -179,11 +203,19 @@ async def record_reminders(
 
 
 async def escalate_overdue(conn: AsyncConnection, *, now: datetime, limit: int) -> list[Overdue]:
-    """Mark open events past their deadline `overdue`; audit which services are missing."""
-    s = event_status.c
+    """Mark open events `overdue` once an open ack is past its own deadline; audit which
+    services are late."""
+    s, e = event_status.c, expected_acks.c
+    # Candidates: past the event's deadline, or holding an open ack past a deadline of its
+    # own (that ack's partial index). Kept only if some open ack is late by its own
+    # deadline: a service declared with a longer one is not late at the event's.
+    own_late = select(e.event_id).where(
+        e.deadline.is_not(None), e.deadline <= now, e.status.in_(OPEN)
+    )
+    late = exists().where(e.event_id == s.event_id, ack_late(now))
     due = (
         select(s.event_id)
-        .where(s.state.in_(OPEN), s.deadline <= now)
+        .where(s.state.in_(OPEN), or_(s.deadline <= now, s.event_id.in_(own_late)), late)
         .order_by(s.deadline)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -199,7 +231,7 @@ async def escalate_overdue(conn: AsyncConnection, *, now: datetime, limit: int) 
     ).all()
     if not rows:
         return []
-    missing = await _missing(conn, [row.event_id for row in rows])
+    missing = await _missing(conn, [row.event_id for row in rows], late_at=now)
     overdue = [Overdue(row.event_id, row.policy, missing.get(row.event_id, ())) for row in rows]
     await audit.append(
         conn,
@@ -221,24 +253,26 @@ def open_acks_query() -> Select[str, int]:
     return select(e.service, func.count()).where(e.status.in_(OPEN)).group_by(e.service)
 
 
-def overdue_acks_query() -> Select[str, int]:
-    """Open acks of overdue events per service, from the overdue events' partial index."""
+def overdue_acks_query(now: datetime) -> Select[str, int]:
+    """Late acks of overdue events per service, from the overdue events' partial index."""
     e, s = expected_acks.c, event_status.c
     return (
         select(e.service, func.count())
         .join_from(event_status, expected_acks, e.event_id == s.event_id)
-        .where(s.state == "overdue", e.status.in_(OPEN))
+        .where(s.state == "overdue", ack_late(now))
         .group_by(e.service)
     )
 
 
-async def open_acks_by_service(conn: AsyncConnection) -> dict[str, tuple[int, int]]:
-    """service → (acks still expected, of which for overdue events).
+async def open_acks_by_service(
+    conn: AsyncConnection, *, now: datetime
+) -> dict[str, tuple[int, int]]:
+    """service → (acks still expected, of which past their own deadline on overdue events).
 
     Two index reads and no join over the open backlog (tests/integration/
     test_tracker_gauges.py checks both plans): the pending count reads only the open
     acks' index entries, the overdue count starts from the few overdue events.
     """
     pending = {row[0]: row[1] for row in await conn.execute(open_acks_query())}
-    overdue = {row[0]: row[1] for row in await conn.execute(overdue_acks_query())}
+    overdue = {row[0]: row[1] for row in await conn.execute(overdue_acks_query(now))}
     return {service: (count, overdue.get(service, 0)) for service, count in pending.items()}

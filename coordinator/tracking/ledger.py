@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from coordinator import audit
 from coordinator.store.tables import ack_ledger, event_status, expected_acks
 from coordinator.tracking.columns import event_ids_param, unnest
-from coordinator.tracking.snapshot import ACTOR, Declared, track_events
+from coordinator.tracking.snapshot import ACTOR, Deadlines, Declared, track_events
 from schemas import AckStatus, RetentionAck
 
 __all__ = [
@@ -111,6 +111,7 @@ async def apply_acks(
     declared: Declared,
     now: datetime,
     reminder_interval: timedelta,
+    deadlines: Deadlines | None = None,
 ) -> LedgerOutcome:
     """Record `records` in the ledger and apply the new, valid ones; one audit append."""
     outcome = LedgerOutcome(records=len(records))
@@ -123,7 +124,12 @@ async def apply_acks(
     if missing:
         # Re-read even if we tracked none: another tracker may just have tracked them.
         await track_events(
-            conn, missing, declared=declared, now=now, reminder_interval=reminder_interval
+            conn,
+            missing,
+            declared=declared,
+            now=now,
+            reminder_interval=reminder_interval,
+            deadlines=deadlines,
         )
         events |= await _lock_events(conn, missing)
     expected: dict[tuple[uuid.UUID, str], dict[str, Any]] = {

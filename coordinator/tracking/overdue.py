@@ -1,9 +1,11 @@
 """The overdue list: each overdue event with each service it still waits for.
 
-One row per (event, service) whose ack is still open (`pending` or `failed`) on an event
-in state `overdue`, ordered by (deadline, event id, service). Pages are cut by keyset, not
-offset: a cursor names the last row returned, so a page costs the same however deep it is,
-and rows completing between two pages never make the next one skip or repeat a row.
+One row per (event, service) whose ack is still open (`pending` or `failed`) past its own
+deadline (`deadlines.ack_deadline`: the service's declared `completion_deadline`, else the
+event's) on an event in state `overdue`, ordered by (that deadline, event id, service).
+Pages are cut by keyset, not offset: a cursor names the last row returned, so a page costs
+the same however deep it is, and rows completing between two pages never make the next one
+skip or repeat a row.
 """
 
 from __future__ import annotations
@@ -20,10 +22,9 @@ from sqlalchemy import select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.store.tables import event_status, expected_acks
+from coordinator.tracking.deadlines import ack_deadline, ack_late
 
 __all__ = ["BadCursor", "Cursor", "OverduePage", "overdue_page"]
-
-_OPEN = ("pending", "failed")
 
 
 class BadCursor(ValueError):
@@ -66,10 +67,16 @@ def _ts(value: datetime | None) -> str | None:
 
 
 async def overdue_page(
-    conn: AsyncConnection, *, service: str | None, after: Cursor | None, limit: int
+    conn: AsyncConnection,
+    *,
+    service: str | None,
+    after: Cursor | None,
+    limit: int,
+    now: datetime,
 ) -> OverduePage:
     """Up to `limit` overdue (event, service) rows after `after`; `next` is None at the end."""
     s, e = event_status.c, expected_acks.c
+    due = ack_deadline()
     query = (
         select(
             s.event_id,
@@ -78,22 +85,22 @@ async def overdue_page(
             s.policy,
             e.service,
             e.status,
-            s.deadline,
+            due.label("deadline"),
             s.overdue_at,
             e.acknowledged_at,
             e.attempt,
             s.reminders_sent,
         )
         .join_from(event_status, expected_acks, e.event_id == s.event_id)
-        .where(s.state == "overdue", e.status.in_(_OPEN))
-        .order_by(s.deadline, s.event_id, e.service)
+        .where(s.state == "overdue", ack_late(now))
+        .order_by(due, s.event_id, e.service)
         .limit(limit + 1)
     )
     if service is not None:
         query = query.where(e.service == service)
     if after is not None:
         query = query.where(
-            tuple_(s.deadline, s.event_id, e.service)
+            tuple_(due, s.event_id, e.service)
             > tuple_(after.deadline, after.event_id, after.service)
         )
     rows = (await conn.execute(query)).all()

@@ -25,6 +25,7 @@ from coordinator.store.tables import (
     outbox,
     service_registry,
 )
+from coordinator.tracking.deadlines import ack_deadline
 
 __all__ = [
     "ServiceState",
@@ -123,6 +124,7 @@ async def _events(
                 "detail": row.detail or "",
                 "joined_late": row.joined_late,
                 "waived_by": row.waived_by,
+                "deadline": row.deadline,
             }
         )
     rejected: dict[uuid.UUID, list[dict[str, Any]]] = defaultdict(list)
@@ -187,7 +189,11 @@ def _event_document(
         "completed_at": _ts(status.completed_at) if status is not None else None,
         "overdue_at": _ts(status.overdue_at) if status is not None else None,
         "reminders_sent": status.reminders_sent if status is not None else 0,
-        "services": services,
+        # Each service's own deadline: its declared completion_deadline, else the event's.
+        "services": [
+            {**svc, "deadline": _ts(svc["deadline"] or (status.deadline if status else None))}
+            for svc in services
+        ],
         "rejected_acks": len(rejected),
         "rejected": rejected,
     }
@@ -369,10 +375,10 @@ async def _audit_refs(
 
 
 def _overdue(now: datetime) -> ColumnElement[bool]:
-    # Past its deadline counts as overdue at once, even before the tracker's next pass
-    # marks the event `overdue`: the page answers "what is late now".
-    s = event_status.c
-    return or_(s.state == "overdue", and_(s.state != "completed", s.deadline <= now))
+    # An open ack past its own deadline counts as overdue at once, even before the
+    # tracker's next pass marks the event `overdue`: the page answers "what is late now".
+    # A service declared with a longer deadline is not late because another one is.
+    return ack_deadline() <= now
 
 
 def _state_filter(state: ServiceState, now: datetime) -> ColumnElement[bool]:
@@ -411,7 +417,7 @@ async def services_completion(conn: AsyncConnection, *, now: datetime) -> list[d
             func.count().filter(~_overdue(now)),
             func.count().filter(_overdue(now)),
             func.count().filter(e.status == "failed"),
-            func.min(s.deadline),
+            func.min(ack_deadline()),
         )
         .join_from(expected_acks, event_status, s.event_id == e.event_id)
         .where(e.status.in_(_OPEN))
@@ -477,7 +483,7 @@ async def service_events(
     order = (
         (s.published_at.desc(), s.event_id)
         if state in ("completed", "waived")
-        else (s.deadline, s.event_id)
+        else (ack_deadline(), s.event_id)
     )
     rows = await conn.execute(
         select(
@@ -487,7 +493,7 @@ async def service_events(
             s.entity_type,
             s.entity_id,
             s.published_at,
-            s.deadline,
+            ack_deadline().label("deadline"),
             s.state,
             e.status,
             e.acknowledged_at,

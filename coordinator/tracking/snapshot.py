@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -38,13 +38,16 @@ from coordinator import audit
 from coordinator.store.tables import event_status, expected_acks, outbox
 from coordinator.tracking.columns import event_ids_param, unnest
 
-__all__ = ["ACTOR", "Declared", "TrackedEvent", "track_events", "track_published"]
+__all__ = ["ACTOR", "Deadlines", "Declared", "TrackedEvent", "track_events", "track_published"]
 
 ACTOR = "tracker"
 
 
 Declared = Sequence[tuple[str, str, str]]
 """(service, entity type, action) for every pair each declared service handles."""
+
+Deadlines = Mapping[str, timedelta]
+"""service → its declared `completion_deadline`, for the services that set one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,12 +65,14 @@ async def track_published(
     now: datetime,
     reminder_interval: timedelta,
     limit: int,
+    deadlines: Deadlines | None = None,
 ) -> list[TrackedEvent]:
     """Track up to `limit` outbox rows the relay has marked published but we do not follow."""
     return await _track(
         conn,
         outbox.c.published_at.is_not(None),
         declared=declared,
+        deadlines=deadlines or {},
         now=now,
         reminder_interval=reminder_interval,
         limit=limit,
@@ -81,6 +86,7 @@ async def track_events(
     declared: Declared,
     now: datetime,
     reminder_interval: timedelta,
+    deadlines: Deadlines | None = None,
 ) -> list[TrackedEvent]:
     """Track these events now if the outbox has them, published or not.
 
@@ -93,6 +99,7 @@ async def track_events(
         conn,
         outbox.c.event_id == any_(event_ids_param(event_ids)),
         declared=declared,
+        deadlines=deadlines or {},
         now=now,
         reminder_interval=reminder_interval,
         limit=None,
@@ -104,6 +111,7 @@ async def _track(
     which: ColumnElement[bool],
     *,
     declared: Declared,
+    deadlines: Deadlines,
     now: datetime,
     reminder_interval: timedelta,
     limit: int | None,
@@ -115,8 +123,11 @@ async def _track(
     o = outbox.c
     d = unnest(
         "declared",
-        {"service": Text(), "entity_type": Text(), "action": Text()},
-        [{"service": s, "entity_type": e, "action": a} for s, e, a in declared],
+        {"service": Text(), "entity_type": Text(), "action": Text(), "deadline": Interval()},
+        [
+            {"service": s, "entity_type": e, "action": a, "deadline": deadlines.get(s)}
+            for s, e, a in declared
+        ],
     )
     published = func.coalesce(o.published_at, literal(now, event_status.c.tracked_at.type))
     interval = bindparam("reminder_interval", reminder_interval, type_=Interval)
@@ -172,8 +183,10 @@ async def _track(
     snapshot = (
         insert(expected_acks)
         .from_select(
-            ["event_id", "service"],
-            select(new.c.event_id, d.c.service)
+            ["event_id", "service", "deadline"],
+            # A service's own completion_deadline counts from publication, like the
+            # event's; without one, NULL stands for the event's deadline.
+            select(new.c.event_id, d.c.service, new.c.published_at + d.c.deadline)
             .distinct()
             .join_from(
                 new,

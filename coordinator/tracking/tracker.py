@@ -123,6 +123,12 @@ class Tracker:
             for svc in services
             for entity_type, action in sorted(svc.pairs())
         ]
+        # Fixed per expected ack at the snapshot (tracking/deadlines.py applies them).
+        self._deadlines: snapshot.Deadlines = {
+            svc.name: svc.completion_deadline
+            for svc in services
+            if svc.completion_deadline is not None
+        }
         # Acks and registrations are checked against the declared keys only.
         self._verifiers = {
             svc.name: Verifier([parse_public_key(k) for k in svc.public_keys]) for svc in services
@@ -261,6 +267,7 @@ class Tracker:
                 tracked = await snapshot.track_published(
                     conn,
                     declared=self._declared,
+                    deadlines=self._deadlines,
                     now=self._clock.now(),
                     reminder_interval=self._schedule.interval,
                     limit=_HOUSEKEEPING_LIMIT,
@@ -300,6 +307,7 @@ class Tracker:
                     conn,
                     records,
                     declared=self._declared,
+                    deadlines=self._deadlines,
                     now=self._clock.now(),
                     reminder_interval=self._schedule.interval,
                 )
@@ -409,7 +417,7 @@ class Tracker:
 
     async def refresh_gauges(self) -> None:
         async with self._engine.connect() as conn:
-            counts = await deadlines.open_acks_by_service(conn)
+            counts = await deadlines.open_acks_by_service(conn, now=self._clock.now())
         for service in self._gauge_services - counts.keys():
             self._metrics.pending_acks.labels(service=service).set(0)
             self._metrics.overdue_events.labels(service=service).set(0)

@@ -109,7 +109,9 @@ webhooks:
     )
     held = await _request(engine, "on_hold", due=T0 + timedelta(days=5), holds=["litigation-7"])
     late = await _request(engine, "in_progress", due=T0 - timedelta(hours=2))
-    await insert_events(engine, {"crm": "pending", "billing": "completed"}, n=3, deadline=T0)
+    await insert_events(
+        engine, {"crm": "pending", "billing": "completed"}, n=3, deadline=T0 - timedelta(hours=1)
+    )
     await insert_events(engine, {"crm": "failed"}, n=1, deadline=T0 - timedelta(days=1))
 
     lookback = timedelta(days=7)

@@ -1,0 +1,154 @@
+"""A declared service's own `completion_deadline` (SPEC §9): fixed per expected ack when the
+event is tracked, and applied by escalation, the overdue list, the per-service counts, the
+entity view and the overdue gauge, on the real database."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coordinator.clock import FrozenClock
+from coordinator.store.tables import audit_log, event_status, expected_acks
+from coordinator.tracking import deadlines, queries
+from coordinator.tracking.overdue import overdue_page
+from schemas import KafkaSettings
+from tests import keys
+from tests.integration.tracking_support import insert_published, make_tracker
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+DAY = timedelta(days=1)
+
+
+async def _states(engine: AsyncEngine, events: list[uuid.UUID]) -> list[str]:
+    async with engine.connect() as conn:
+        found = dict(
+            (
+                await conn.execute(
+                    select(event_status.c.event_id, event_status.c.state).where(
+                        event_status.c.event_id.in_(events)
+                    )
+                )
+            ).all()
+        )
+    return [found[e] for e in events]
+
+
+async def _complete(engine: AsyncEngine, event_id: uuid.UUID, *services: str) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(expected_acks)
+            .where(expected_acks.c.event_id == event_id, expected_acks.c.service.in_(services))
+            .values(status="completed", acknowledged_at=T0 + DAY)
+        )
+
+
+async def _last_overdue_audit(engine: AsyncEngine) -> dict[str, list[str]]:
+    async with engine.connect() as conn:
+        data = (
+            await conn.execute(
+                select(audit_log.c.data)
+                .where(audit_log.c.action == "events_overdue")
+                .order_by(audit_log.c.seq.desc())
+                .limit(1)
+            )
+        ).scalar_one()
+    return {e["event_id"]: e["missing"] for e in data["events"]}
+
+
+async def test_each_service_is_late_by_its_own_deadline(
+    coordinator_db: str, kafka_settings: KafkaSettings
+) -> None:
+    clock = FrozenClock(T0 + timedelta(hours=1))
+    # billing must answer within 7 days, crm keeps the policy's 30, archive has 60.
+    services = [
+        keys.declared("billing", {"user": ["delete"]}).model_copy(
+            update={"completion_deadline": 7 * DAY}
+        ),
+        keys.declared("crm", {"user": ["delete"]}),
+        keys.declared("archive", {"user": ["delete"]}).model_copy(
+            update={"completion_deadline": 60 * DAY}
+        ),
+    ]
+    tracker, engine, _ = make_tracker(coordinator_db, kafka_settings, clock, services=services)
+    try:
+        tag = uuid.uuid4().hex[:8]
+        events = await insert_published(
+            engine, [f"{tag}-{n}" for n in range(4)], published_at=T0, entity_type="user"
+        )
+        first, second, third, fourth = events
+        assert await tracker.track_published() == 4
+
+        # Fixed at the snapshot, counted from publication; NULL for the event's own.
+        async with engine.connect() as conn:
+            own = {
+                (row.event_id, row.service): row.deadline
+                for row in await conn.execute(select(expected_acks))
+            }
+        assert {own[(first, s)] for s in ("billing", "crm", "archive")} == {
+            T0 + 7 * DAY,
+            None,
+            T0 + 60 * DAY,
+        }
+        assert own[(first, "crm")] is None
+
+        await _complete(engine, first, "billing")
+        await _complete(engine, fourth, "billing", "crm")
+
+        # Day 7: billing is late where it has not answered; nobody else is late yet.
+        clock.set(T0 + 7 * DAY + timedelta(seconds=1))
+        assert await tracker.escalate_overdue() == 2
+        assert await _states(engine, events) == ["pending", "overdue", "overdue", "pending"]
+        assert await _last_overdue_audit(engine) == {
+            str(second): ["billing"],
+            str(third): ["billing"],
+        }
+        async with engine.connect() as conn:
+            page = await overdue_page(conn, service=None, after=None, limit=10, now=clock.now())
+            completion = {
+                s["service"]: s for s in await queries.services_completion(conn, now=clock.now())
+            }
+            view = await queries.event_status_of(conn, second, now=clock.now())
+            gauges = await deadlines.open_acks_by_service(conn, now=clock.now())
+        assert sorted((i["event_id"], i["service"]) for i in page.items) == sorted(
+            [(str(second), "billing"), (str(third), "billing")]
+        )
+        assert {i["deadline"] for i in page.items} == {"2026-03-09T09:00:00.000000Z"}
+        assert (completion["billing"]["overdue"], completion["billing"]["pending"]) == (2, 0)
+        assert (completion["crm"]["overdue"], completion["crm"]["pending"]) == (0, 3)
+        assert completion["archive"]["next_deadline"] == "2026-05-01T09:00:00.000000Z"
+        assert view is not None
+        assert {s["service"]: s["deadline"] for s in view["services"]} == {
+            "archive": "2026-05-01T09:00:00.000000Z",
+            "billing": "2026-03-09T09:00:00.000000Z",
+            "crm": "2026-04-01T09:00:00.000000Z",  # the event's: published + 30 days
+        }
+        assert gauges == {"billing": (2, 2), "crm": (3, 0), "archive": (4, 0)}
+
+        # Day 30: crm is late on the first event. The fourth waits only for archive, whose
+        # 60 days are not over: past the event's deadline, yet not overdue.
+        clock.set(T0 + 30 * DAY + timedelta(seconds=1))
+        assert await tracker.escalate_overdue() == 1
+        assert await _states(engine, events) == ["overdue", "overdue", "overdue", "pending"]
+        assert await _last_overdue_audit(engine) == {str(first): ["crm"]}
+        async with engine.connect() as conn:
+            archive = await overdue_page(
+                conn, service="archive", after=None, limit=10, now=clock.now()
+            )
+        assert archive.items == []
+
+        # Day 60: archive is late everywhere it has not answered.
+        clock.set(T0 + 60 * DAY + timedelta(seconds=1))
+        assert await tracker.escalate_overdue() == 1
+        assert await _states(engine, events) == ["overdue"] * 4
+        assert await _last_overdue_audit(engine) == {str(fourth): ["archive"]}
+        async with engine.connect() as conn:
+            archive = await overdue_page(
+                conn, service="archive", after=None, limit=10, now=clock.now()
+            )
+        assert len(archive.items) == 4
+    finally:
+        await tracker.stop()
+        await engine.dispose()
