@@ -180,6 +180,23 @@ class RetentionConsumer:
         """Register a set-based anonymize handler; see `on_delete_batch`."""
         return self._register(entity_type, EventType.ANONYMIZE, max_attempts, throws, batch=True)
 
+    def verify(self, entity_type: str) -> Callable[[H], H]:
+        """Register the handler counting the records the service still holds for an
+        `entity_type` entity it was asked to delete (SPEC §12).
+
+        It takes `(event)`, `(event, conn: AsyncConnection)` (a read-only connection,
+        never committed) or `(event, ctx: HandlerContext)`, and returns the count: 0 is
+        acked `verified`, more `still_present`. Without one, a verify event for a type
+        the service handles is acked `unsupported`. A verify event never reaches an
+        `on_delete`/`on_anonymize` handler.
+        """
+
+        def decorator(func: H) -> H:
+            self._registry.add_verifier(entity_type, func, database_available=self.has_database)
+            return func
+
+        return decorator
+
     def on_startup(self, hook: S) -> S:
         """Run `hook(conn)` in one transaction on the service's database before consuming."""
         if not self.has_database:
@@ -298,6 +315,7 @@ class RetentionConsumer:
                     on_assigned=lambda p: runtime.on_assigned(p) if runtime else _noop(),
                 ),
                 producer=kafka_producer(self.kafka),
+                engine=resources.engine,
             )
             await runtime.start()
             retention = self.settings.idempotency_retention_days

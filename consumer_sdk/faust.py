@@ -156,6 +156,7 @@ class FaustRetention:
                 executor=EventExecutor(r.service, r.settings, resources.store, r.metrics),
                 producer=producer,
                 trust=trust,
+                engine=resources.engine,
             )
             log.info(
                 "faust retention agent started",
