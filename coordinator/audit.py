@@ -65,6 +65,10 @@ class AuditAction(StrEnum):
     ERASURE_COMPLETE = "erasure.complete"
     DB_PRUNE = "db.prune"
     DATA_KEY_DESTROYED = "data_key.destroyed"
+    VERIFY_REQUEST = "verify.request"
+    VERIFY_ANSWERS = "verify.answers"
+    ENTITY_RESURRECTED = "entity.resurrected"
+    ENTITY_DELETED_AGAIN = "entity.deleted_again"
 
 
 @dataclass(frozen=True, slots=True)

@@ -87,6 +87,12 @@ class Metrics:
             ["service"],
             registry=r,
         )
+        self.resurrected_events = Gauge(
+            "retention_resurrected_events",
+            "Delete events reopened because a service still held the entity's data when "
+            "asked to verify (state resurrected), until a later delete completes them.",
+            registry=r,
+        )
         self.overdue_events = Gauge(
             "retention_overdue_events",
             "Events past their deadline without this service's acknowledgement.",

@@ -56,6 +56,7 @@ from coordinator.settings import Settings
 from coordinator.store.db import make_engine
 from coordinator.tokens import TokenStore
 from coordinator.tracking.tracker import Tracker
+from coordinator.verification.request import sample_all
 from schemas.errors import error_text
 from schemas.signing import SignatureMode
 
@@ -256,6 +257,24 @@ class Service:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval)
 
+    async def _verify_forever(self, stop: asyncio.Event) -> None:
+        """Sample completed deletions for verification (SPEC §12); the leader only, and an
+        advisory lock in the database besides."""
+        parts = self._require_parts()
+        interval = self.settings.serve.verify_interval_s
+        while not stop.is_set():
+            if parts.scheduler.is_leader:
+                try:
+                    asked = await sample_all(
+                        parts.engine, self.policy_set.policies, now=self.clock.now()
+                    )
+                    if asked:
+                        log.info("verify_sampled", events=len(asked))
+                except Exception:
+                    log.exception("verify_sample_failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+
     async def _gauges_forever(self, stop: asyncio.Event) -> None:
         interval = self.settings.serve.gauges_interval_s
         while not stop.is_set():
@@ -401,6 +420,7 @@ class Service:
             "tracker": lambda: parts.tracker.run_forever(stop),
             "gauges": lambda: self._gauges_forever(stop),
             "erasure": lambda: self._erasure_forever(stop),
+            "verify": lambda: self._verify_forever(stop),
             "http": serve_http,
             "http_stopper": stop_http,
         }

@@ -167,6 +167,12 @@ class ServeSettings(BaseSettings):
         description="How often erasure requests' statuses move (completion, released holds) "
         "and their gauges are refreshed.",
     )
+    verify_interval_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="How often policies with `verify_sample` have completed deletions "
+        "sampled for verification (SPEC §12).",
+    )
     topic_partitions: int = Field(
         default=6, ge=1, description="Partitions of each topic `serve` creates when missing."
     )
