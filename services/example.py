@@ -58,6 +58,8 @@ class Example:
     seed_rows: SeedRows
     faust: bool = False
     """Built as a Faust app with `consumer_sdk.faust`, not on the core SDK's consumer."""
+    verifiers: tuple[Handler, ...] = ()
+    """`@app.verify` handlers (action `verify`): records still held for an entity."""
 
     @property
     def tables(self) -> list[Table]:
@@ -99,6 +101,8 @@ class Example:
                 (EventType.ANONYMIZE, True): app.on_anonymize_batch,
             }[(h.action, h.batch)]
             register(h.entity_type)(h.handle)
+        for v in self.verifiers:
+            app.verify(v.entity_type)(v.handle)
         return app
 
     def create_app(
