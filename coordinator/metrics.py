@@ -89,8 +89,9 @@ class Metrics:
         )
         self.resurrected_events = Gauge(
             "retention_resurrected_events",
-            "Delete events reopened because a service still held the entity's data when "
-            "asked to verify (state resurrected), until a later delete completes them.",
+            "Delete events this service still held data for when asked to verify (its ack "
+            "still_present, the event resurrected), until a later delete completes them.",
+            ["service"],
             registry=r,
         )
         self.overdue_events = Gauge(

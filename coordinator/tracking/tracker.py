@@ -142,6 +142,7 @@ class Tracker:
         )
         self._started = False
         self._gauge_services: set[str] = set()
+        self._resurrected_services: set[str] = set()
         self._last_housekeeping = float("-inf")
         self._last_gauges = float("-inf")
 
@@ -434,7 +435,12 @@ class Tracker:
     async def refresh_gauges(self) -> None:
         async with self._engine.connect() as conn:
             counts = await deadlines.open_acks_by_service(conn)
-            self._metrics.resurrected_events.set(await answers.resurrected_events(conn))
+            resurrected = await answers.resurrected_events(conn)
+        for service in self._resurrected_services - resurrected.keys():
+            self._metrics.resurrected_events.labels(service=service).set(0)
+        for service, count in resurrected.items():
+            self._metrics.resurrected_events.labels(service=service).set(count)
+        self._resurrected_services |= resurrected.keys()
         for service in self._gauge_services - counts.keys():
             self._metrics.pending_acks.labels(service=service).set(0)
             self._metrics.overdue_events.labels(service=service).set(0)

@@ -397,10 +397,13 @@ async def delete_again(
     return completed
 
 
-async def resurrected_events(conn: AsyncConnection) -> int:
-    """Events reopened by a `still_present` answer and not yet deleted again (the gauge)."""
-    return int(
-        (
-            await conn.execute(select(func.count()).where(event_status.c.state == "resurrected"))
-        ).scalar_one()
+async def resurrected_events(conn: AsyncConnection) -> dict[str, int]:
+    """Per service, the delete events it was found still holding data for and that no later
+    delete completed yet (the gauge `retention_resurrected_events{service}`)."""
+    e = expected_acks.c
+    rows = await conn.execute(
+        select(e.service, func.count())
+        .where(e.status == AckStatus.STILL_PRESENT.value)
+        .group_by(e.service)
     )
+    return {service: count for service, count in rows}
