@@ -111,11 +111,11 @@ class TestConsumer:
             settings = settings.model_copy(
                 update={"retry_initial_s": 0.0, "retry_max_s": 0.0, "retry_jitter_s": 0.0}
             )
-        for spec in (*self.app.handlers, *self.app.handlers.verifiers()):
+        for spec in [*self.app.handlers, *self.app.handlers.verifiers()]:
             mock = MagicMock(name=spec.name)
             self._mocks[spec.func] = mock
             # Attribute access for people (`delete_user.mock`); `t.mock(delete_user)` for mypy.
-            spec.func.mock = mock  # type: ignore[attr-defined]
+            spec.func.mock = mock
             self._stack.callback(_detach_mock, spec.func)
         self._executor = EventExecutor(
             self.app.service, settings, self.store, self.app.metrics, on_call=self._record_call
