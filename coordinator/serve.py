@@ -44,6 +44,7 @@ from coordinator.clock import Clock, SystemClock
 from coordinator.console.sessions import load_secret
 from coordinator.erasure.service import Erasure
 from coordinator.kafka.admin import ensure_topics
+from coordinator.kafka.clients import KafkaPublisher
 from coordinator.metrics import Metrics
 from coordinator.notify.notifier import Notifier
 from coordinator.notify.webhooks import load_webhooks
@@ -54,11 +55,13 @@ from coordinator.purge.runner import Runner, RunReport
 from coordinator.purge.scheduler import Schedule, Scheduler
 from coordinator.settings import Settings
 from coordinator.store.db import make_engine
+from coordinator.suppression.entries import Suppression, SuppressionPublisher
 from coordinator.tokens import TokenStore
 from coordinator.tracking.tracker import Tracker
 from coordinator.verification.request import sample_all
 from schemas.errors import error_text
 from schemas.signing import SignatureMode
+from schemas.suppression import PepperError
 
 __all__ = ["GLOBAL_SCHEDULE", "RunInProgress", "Service", "ServiceFailed", "schedules_for"]
 
@@ -108,6 +111,7 @@ class _Parts:
     kafka_health: KafkaHealth
     erasure: Erasure
     notifier: Notifier | None
+    suppression: SuppressionPublisher
 
 
 class Service:
@@ -368,6 +372,13 @@ class Service:
                 if self.webhooks
                 else None
             ),
+            suppression=SuppressionPublisher(
+                engine,
+                s.kafka.topics,
+                KafkaPublisher(s.kafka),
+                s.signatures.coordinator_signer(),
+                clock=self.clock,
+            ),
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -392,6 +403,16 @@ class Service:
         )
         if created:
             log.info("topics_created", topics=created)
+        try:
+            Suppression.from_settings(s)  # a bad pepper file stops `serve` here, not later
+        except PepperError as exc:
+            raise ServiceFailed(str(exc)) from None
+        if s.suppression_pepper_file is None:
+            log.warning(
+                "suppression_list_off",
+                effect="erased entities are not listed on the erased topic",
+                setting="RETENTION_SUPPRESSION_PEPPER_FILE",
+            )
         parts = self._parts = self._build()
         # What exists now (imported modules, clients, settings) lives as long as the
         # process. Frozen, it is left out of full collections, which the tracker's and
@@ -421,6 +442,7 @@ class Service:
             "gauges": lambda: self._gauges_forever(stop),
             "erasure": lambda: self._erasure_forever(stop),
             "verify": lambda: self._verify_forever(stop),
+            "suppression": lambda: parts.suppression.run_forever(stop),
             "http": serve_http,
             "http_stopper": stop_http,
         }

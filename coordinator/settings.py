@@ -208,6 +208,10 @@ class NotifySettings(BaseSettings):
     )
 
 
+EVIDENCE_RETENTION_DAYS = 6 * 365.0
+"""SPEC §13: evidence (ledger, audit) is kept 6 years."""
+
+
 class Settings(BaseSettings):
     """Everything the coordinator needs to know about its surroundings."""
 
@@ -298,6 +302,18 @@ class Settings(BaseSettings):
         description="Days an erasure request under regulation `other` has (extended: twice).",
     )
 
+    suppression_pepper_file: Path | None = Field(
+        default=None,
+        description="File of the pepper (`retention keys generate --pepper --out DIR`) the "
+        "suppression list's keys are HMACs under (SPEC §12). Unset: erased entities are not "
+        "listed on the erased topic. Services need the same file for `is_erased`.",
+    )
+    suppression_retention_days: float = Field(
+        default=EVIDENCE_RETENTION_DAYS,
+        gt=0,
+        description="Days an erased entity stays on the suppression list (default: the "
+        "evidence retention, 6 years); then a tombstone removes it.",
+    )
     kek_file: Path | None = Field(
         default=None,
         description="File of the local key-encryption key that wraps archive data keys "

@@ -62,6 +62,7 @@ from coordinator.store.tables import (
     outbox,
     runs,
 )
+from coordinator.suppression.entries import Suppression, record_erased
 from schemas import EventReason
 
 __all__ = ["SUBJECT_EVENT_POLICY", "Execution", "execute_request", "precedence", "typed_id"]
@@ -359,9 +360,14 @@ async def _subject_held(conn: AsyncConnection, request: ErasureRequest, now: dat
 
 
 async def _publish_subject_event(
-    engine: AsyncEngine, request: ErasureRequest, run_id: uuid.UUID, now: datetime
+    engine: AsyncEngine,
+    request: ErasureRequest,
+    run_id: uuid.UUID,
+    now: datetime,
+    suppression: Suppression | None,
 ) -> tuple[bool, list[str]]:
-    """One subject event per request, once; none while the subject is held."""
+    """One subject event per request, once; none while the subject is held. With it, in the
+    same transaction, the subject goes on the suppression list (SPEC §12)."""
     async with engine.begin() as conn:
         # The request's row lock makes "not published yet, publish" one step.
         await conn.execute(
@@ -400,6 +406,10 @@ async def _publish_subject_event(
                 subject=request.subject,
             )
         )
+        if suppression is not None:
+            await record_erased(
+                conn, suppression, request.subject_type, request.subject_id, now=now
+            )
         return True, []
 
 
@@ -522,7 +532,9 @@ async def _execute(
     finally:
         if keys is not None:
             await keys.aclose()
-    published, subject_holds = await _publish_subject_event(engine, request, run_id, now)
+    published, subject_holds = await _publish_subject_event(
+        engine, request, run_id, now, Suppression.from_settings(settings)
+    )
     holds = sorted({*subject_holds, *(h for p in parts for h in p.holds)})
     execution = Execution(request, run_id, parts, published, holds, errors)
     await _record(engine, execution, now, by)

@@ -29,6 +29,7 @@ __all__ = [
     "anonymized",
     "audit_log",
     "data_keys",
+    "erased_entities",
     "erasure_parts",
     "erasure_requests",
     "event_status",
@@ -523,4 +524,25 @@ verify_marks = Table(
     metadata,
     Column("policy", Text, primary_key=True),
     _ts("completed_before", nullable=False),
+)
+
+
+# --- Suppression list (SPEC §12; coordinator/suppression/) -------------------------------
+
+# One row per erased entity, keyed by the HMAC the erased topic uses (never the clear id),
+# written in the transaction that erases it: the publisher sends what is unpublished, so an
+# entry survives any crash. Past `expires_at` a tombstone is sent and the row deleted.
+erased_entities = Table(
+    "retention_erased_entities",
+    metadata,
+    Column("key", Text, primary_key=True),
+    _ts("erased_at", nullable=False),
+    _ts("expires_at", nullable=False),
+    _ts("published_at"),
+    Index(
+        "ix_retention_erased_entities_unpublished",
+        "erased_at",
+        postgresql_where=text("published_at IS NULL"),
+    ),
+    Index(None, "expires_at"),
 )
