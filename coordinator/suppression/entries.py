@@ -182,8 +182,14 @@ class SuppressionPublisher:
             [OutgoingRecord(k, v, h) for (k, v), h in zip(records, headers, strict=True)],
         )
 
-    async def run_forever(self, stop: asyncio.Event) -> None:
+    async def start(self) -> None:
         await self._publisher.start()
+
+    async def stop(self) -> None:
+        await self._publisher.stop()
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        await self.start()
         try:
             while not stop.is_set():
                 try:
@@ -195,4 +201,4 @@ class SuppressionPublisher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=self._interval_s)
         finally:
-            await self._publisher.stop()
+            await self.stop()
