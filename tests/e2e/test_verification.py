@@ -2,7 +2,8 @@
 broker, relay and tracker in-process. Billing unlinks a deleted user's orders and counts
 them when asked to verify; a late import re-inserts one, a sampled verify catches it and
 the entity shows `resurrected` in status and certificate; a later delete completes it
-again. Notifications has no verify handler: its `unsupported` never counts as verified.
+again. A test-only `legacy` service has no verify handler: its `unsupported` never counts
+as verified.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from tests.e2e.harness import (
 from tests.outbox import insert_rows, outbox_rows
 
 USER = "vu-1"
-SERVICES = ["billing", "notifications"]
+SERVICES = ["billing", "legacy"]
 
 
 def _policy() -> Policy:
@@ -67,6 +68,7 @@ async def _answered(stack: Stack, count: int) -> bool:
 
 async def test_a_sampled_verify_catches_a_reinserted_row(stack: Stack) -> None:
     await billing.seed(stack.services_url, [USER])
+    stack.add_service("legacy", module="tests.e2e.legacy_service")
     await stack.start_services(*SERVICES)
     engine = stack.engine()
     try:
@@ -99,13 +101,13 @@ async def test_a_sampled_verify_catches_a_reinserted_row(stack: Stack) -> None:
             [event] = status["events"]
             assert event["state"] == "resurrected"
             answers = {s["service"]: s["status"] for s in event["services"]}
-            assert answers == {"billing": "still_present", "notifications": "not_found"}
+            assert answers == {"billing": "still_present", "legacy": "not_found"}
             [verification] = status["verifications"]
             assert verification["trigger"] == "sample"
             assert verification["outcome"] == "still_present"
             assert {
                 a["service"]: (a["status"], a["records_affected"]) for a in verification["services"]
-            } == {"billing": ("still_present", 1), "notifications": ("unsupported", 0)}
+            } == {"billing": ("still_present", 1), "legacy": ("unsupported", 0)}
             certificate = run_cli(stack, "certificate", f"user:{USER}")
             assert certificate.returncode == 1
             document = json.loads(certificate.stdout)
@@ -122,7 +124,7 @@ async def test_a_sampled_verify_catches_a_reinserted_row(stack: Stack) -> None:
             assert first["state"] == second["state"] == "completed"
             assert {s["service"]: s["status"] for s in first["services"]}["billing"] == "completed"
 
-            # On demand, from the CLI: billing now holds nothing; notifications can't say.
+            # On demand, from the CLI: billing now holds nothing; legacy can't say.
             asked_now = run_cli(stack, "verify", f"user:{USER}", "--by", "tester", "--json")
             assert asked_now.returncode == 0, asked_now.stderr
             await wait_for(
@@ -132,7 +134,7 @@ async def test_a_sampled_verify_catches_a_reinserted_row(stack: Stack) -> None:
             assert last["requested_by"].startswith("tester")
             assert {a["service"]: a["status"] for a in last["services"]} == {
                 "billing": "verified",
-                "notifications": "unsupported",
+                "legacy": "unsupported",
             }
             # `unsupported` is no proof: the verify event is not `verified`.
             assert last["outcome"] == "incomplete"
