@@ -426,8 +426,18 @@ async def check_console(client: httpx.AsyncClient, token: str) -> None:
         raise DemoFailed("the console's overview does not name the signed-in token")
 
 
-ACTIVE_USER = "user-00004"
-"""Active (never closed), so only an erasure request removes it; seed.py's users."""
+def active_user(scale: int) -> str:
+    """An active user (never closed, so only an erasure request removes it) who owns no row
+    under the litigation hold, so that the request completes.
+
+    seed.py's user n is active when n % 6 is 4 or 5. demo/seed_data.py gives the seed
+    tables' rows to user-00000 … user-00096 (`n % 97`), and from a scale of about 40 each of
+    those owns a held row: past that, a user beyond them.
+    """
+    for n in range(97, 3 * scale):
+        if n % 6 in (4, 5):
+            return f"user-{n:05d}"
+    return "user-00004"
 
 
 async def erasure_requests(
@@ -436,12 +446,13 @@ async def erasure_requests(
     """File one request that completes and one that a subject hold stops; their rows."""
     auth = demo.auth("demo-writer")
     held_user = seeded.users_due[0]  # seed.py puts the first due users under dispute-42
+    active = active_user(demo.scale)
     step(
-        f"filing erasure requests: user:{ACTIVE_USER} (GDPR) and user:{held_user} (CCPA, "
+        f"filing erasure requests: user:{active} (GDPR) and user:{held_user} (CCPA, "
         "under a subject hold)"
     )
     filed = []
-    for subject, regulation in ((ACTIVE_USER, "gdpr"), (held_user, "ccpa")):
+    for subject, regulation in ((active, "gdpr"), (held_user, "ccpa")):
         response = await client.post(
             "/v1/erasure-requests",
             json={"subject": f"user:{subject}", "regulation": regulation, "reference": subject},

@@ -13,13 +13,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from coordinator.api import ApiContext
 from coordinator.store.tables import event_status, expected_acks, outbox
 from coordinator.tokens import Scope
+from coordinator.tracking.ledger import ConsumedAck, apply_acks
 from coordinator.tracking.snapshot import track_published
+from coordinator.verification import answers
+from schemas import AckStatus, RetentionAck
 from tests.api.conftest import auth, make_client
 
 NOW = datetime.now(UTC)
 
 
-async def _completed_deletion(engine: AsyncEngine, entity_id: str) -> uuid.UUID:
+async def _completed_deletion(
+    engine: AsyncEngine, entity_id: str, *, published: datetime = NOW
+) -> uuid.UUID:
     event_id = uuid.uuid4()
     async with engine.begin() as conn:
         await conn.execute(
@@ -30,7 +35,7 @@ async def _completed_deletion(engine: AsyncEngine, entity_id: str) -> uuid.UUID:
                 entity_type="user",
                 entity_id=entity_id,
                 initiated_at=NOW,
-                published_at=NOW,
+                published_at=published,
                 deadline=NOW + timedelta(days=30),
                 state="completed",
                 expected=3,
@@ -104,3 +109,100 @@ async def test_on_demand_verify(
             )
         )
         assert tracked is None
+
+
+async def test_answers_reopen_the_deletion_and_show_in_the_console(
+    ctx: ApiContext, tokens: dict[Scope, str], engine: AsyncEngine
+) -> None:
+    entity = f"ans-{uuid.uuid4().hex[:8]}"
+    deletion = await _completed_deletion(engine, entity)
+    async with make_client(ctx) as client:
+        created = await client.post(
+            f"/v1/entities/user/{entity}/verify", headers=auth(tokens[Scope.WRITE])
+        )
+    verify_id = uuid.UUID(created.json()["event_id"])
+
+    def consumed(offset: int, event_id: uuid.UUID, service: str, status: AckStatus) -> ConsumedAck:
+        ack = RetentionAck(
+            event_id=event_id,
+            service=service,
+            entity_type="user",
+            entity_id=entity,
+            status=status,
+            records_affected=2 if status is AckStatus.STILL_PRESENT else 0,
+            acknowledged_at=datetime.now(UTC),
+        )
+        return ConsumedAck("acks", 0, offset, ack)
+
+    base = int(uuid.uuid4().int % 10**9)
+    async with engine.begin() as conn:
+        outcome = await answers.apply_answers(
+            conn,
+            [
+                consumed(base, verify_id, "billing", AckStatus.STILL_PRESENT),
+                consumed(base + 1, verify_id, "search", AckStatus.UNSUPPORTED),
+                # A deletion status is no answer to a verify event.
+                consumed(base + 2, verify_id, "search", AckStatus.COMPLETED),
+                # Nor may a service that was not asked answer.
+                consumed(base + 3, verify_id, "crm", AckStatus.VERIFIED),
+            ],
+            now=datetime.now(UTC),
+        )
+        # A verify answer to the deletion itself is refused by the ledger.
+        refused = await apply_acks(
+            conn,
+            [consumed(base + 4, deletion, "billing", AckStatus.VERIFIED)],
+            declared=[],
+            now=datetime.now(UTC),
+            reminder_interval=timedelta(hours=1),
+        )
+    assert [(a.service, a.status) for a in outcome.accepted] == [
+        ("billing", AckStatus.STILL_PRESENT),
+        ("search", AckStatus.UNSUPPORTED),
+    ]
+    assert [why.value for _, why in outcome.rejected] == ["unexpected_status", "unexpected_service"]
+    assert outcome.resurrected == [("user", entity, "billing")]
+    assert [why.value for _, why in refused.rejected] == ["unexpected_status"]
+    async with engine.connect() as conn:
+        state = await conn.scalar(
+            select(event_status.c.state).where(event_status.c.event_id == deletion)
+        )
+        statuses = dict(
+            (
+                await conn.execute(
+                    select(expected_acks.c.service, expected_acks.c.status).where(
+                        expected_acks.c.event_id == deletion
+                    )
+                )
+            ).all()
+        )
+        gauge = await answers.resurrected_events(conn)
+    assert state == "resurrected"
+    assert statuses == {"billing": "still_present", "search": "not_found", "crm": "waived"}
+    assert gauge.get("billing") == 1
+
+    async with make_client(ctx) as browser:
+        await browser.post("/ui/sign-in", data={"token": tokens[Scope.READ], "next": "/ui/"})
+        page = await browser.get(f"/ui/entities/user/{entity}")
+    assert page.status_code == 200
+    assert 'id="verifications"' in page.text
+    assert "badge-still_present" in page.text
+    assert "badge-unsupported" in page.text
+    assert "billing answered verify: still_present (2 records left)" in page.text
+    assert "badge-resurrected" in page.text
+
+    # A later delete event for the entity, acked by billing, completes it again.
+    later = await _completed_deletion(
+        engine, entity, published=datetime.now(UTC) + timedelta(seconds=5)
+    )
+    async with engine.begin() as conn:
+        again = await answers.delete_again(
+            conn,
+            [consumed(base + 5, later, "billing", AckStatus.COMPLETED).ack],  # type: ignore[list-item]
+            now=datetime.now(UTC),
+        )
+        state = await conn.scalar(
+            select(event_status.c.state).where(event_status.c.event_id == deletion)
+        )
+    assert again == [deletion]
+    assert state == "completed"

@@ -81,9 +81,16 @@ def upgrade() -> None:
         _EVENTS,
         "state IN ('pending', 'completed', 'failed', 'overdue', 'resurrected')",
     )
+    op.create_index(
+        'ix_retention_expected_acks_still_present',
+        _ACKS,
+        ['service'],
+        postgresql_where=sa.text("status = 'still_present'"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index('ix_retention_expected_acks_still_present', table_name=_ACKS)
     op.drop_constraint(_EVENTS_CHECK, _EVENTS, type_='check')
     op.create_check_constraint(
         _EVENTS_CHECK, _EVENTS, "state IN ('pending', 'completed', 'failed', 'overdue')"
