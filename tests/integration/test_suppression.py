@@ -221,3 +221,38 @@ def _order(order_id: str, user: int | None) -> dict[str, object]:
         "currency": "EUR",
         "ordered_at": datetime(2026, 1, 5, tzinfo=UTC),
     }
+
+
+class _BrokerDown:
+    """A publisher whose broker never acknowledges: what a crash before the mark leaves."""
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def publish(self, topic: str, records: object) -> None:
+        raise ConnectionError("broker unreachable")
+
+
+async def test_an_entry_is_not_lost_when_publishing_fails(world: World) -> None:
+    suppression = Suppression(read_pepper(world.pepper_file), timedelta(days=1))
+    async with world.engine.begin() as conn:
+        key = await record_erased(conn, suppression, "user", "5", now=datetime.now(UTC))
+    down = SuppressionPublisher(
+        world.engine,
+        world.kafka.topics,
+        _BrokerDown(),
+        keys.signer(keys.COORDINATOR),
+        clock=SystemClock(),
+    )
+    with pytest.raises(ConnectionError):
+        await down.publish_once()
+    async with world.engine.connect() as conn:
+        unpublished = await conn.scalar(
+            select(erased_entities.c.key).where(erased_entities.c.published_at.is_(None))
+        )
+    assert unpublished == key  # rolled back with the failed send: sent again next pass
+    assert await _publish(world, SystemClock()) == (1, 0)
+    assert _ask_in_a_fresh_process(world, ("user", "5")) == [True]
