@@ -4,8 +4,9 @@ HMAC-SHA256 of `type:id` under a pepper, never by clear ids.
 The coordinator writes one signed record per erased entity (a tombstone once it expires);
 the SDK keeps the topic as a table and answers `is_erased` from it. Both sides compute the
 key here, so a service needs the pepper file too (docs/suppression.md says how to hand it
-out). The pepper file holds 32 random bytes as 64 hexadecimal characters
-(`retention keys generate --pepper`).
+out). The HMAC key is the pepper file's bytes with surrounding whitespace removed, at least
+32 of them; `retention keys generate --pepper` writes 64 random hexadecimal characters. Old
+evidence keeps entity ids as HMACs under the same key (SPEC §13).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import re
 from pathlib import Path
 from typing import Annotated
 
@@ -31,11 +31,12 @@ __all__ = [
 ]
 
 PEPPER_BYTES = 32
+"""The least a pepper may have; the generated one has 64 (hex characters of 32 random bytes)."""
 _HEX_KEY = r"^[0-9a-f]{64}$"
 
 
 class PepperError(ValueError):
-    """The pepper file is missing or not 64 hexadecimal characters (its content is never
+    """The pepper file is unreadable or shorter than `PEPPER_BYTES` (its content is never
     quoted: it is a secret)."""
 
 
@@ -57,22 +58,21 @@ def suppression_key(pepper: bytes, entity_type: str, entity_id: str) -> str:
 
 
 def read_pepper(path: Path) -> bytes:
-    """The pepper in `path`: 64 hex characters (surrounding whitespace ignored)."""
+    """The HMAC key in `path`: its bytes, surrounding whitespace removed."""
     try:
-        text = path.read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError) as exc:
+        key = path.read_bytes().strip()
+    except OSError as exc:
         raise PepperError(
             f"cannot read the suppression pepper file: {type(exc).__name__}"
         ) from None
-    if not re.fullmatch(r"[0-9a-fA-F]{64}", text):
-        raise PepperError(
-            f"the suppression pepper file must hold {PEPPER_BYTES} bytes as 64 hex characters"
-        )
-    return bytes.fromhex(text)
+    if len(key) < PEPPER_BYTES:
+        raise PepperError(f"the suppression pepper file must hold at least {PEPPER_BYTES} bytes")
+    return key
 
 
 def write_pepper(path: Path) -> None:
-    """Create a new pepper file, mode 0600, refusing to overwrite one."""
+    """Create a new pepper file (64 random hex characters), mode 0600, refusing to
+    overwrite one."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(os.urandom(PEPPER_BYTES).hex() + "\n")
