@@ -191,11 +191,12 @@ async def sample_policy(
     now: datetime,
     by: str,
     chance: random.Random | None = None,
-) -> list[Requested]:
-    """Verify a `verify_sample` fraction of the policy's deletions completed since the last
-    pass and at least `verify_after` ago; each deletion is considered once."""
+) -> tuple[list[Requested], bool]:
+    """Verify a `verify_sample` fraction of the next chunk of the policy's deletions
+    completed since the mark and at least `verify_after` ago; each deletion is considered
+    once. Also says whether the chunk was full (more may wait)."""
     if policy.verify_sample <= 0 or not policy.fan_out:
-        return []
+        return [], False
     draw = chance or random.SystemRandom()
     # One sampler at a time (several `serve` replicas): a deletion is considered once.
     await conn.execute(select(func.pg_advisory_xact_lock(_SAMPLE_LOCK)))
@@ -224,9 +225,9 @@ async def sample_policy(
         if found is not None:
             requested.append(found)
     if considered:
-        # Up to the last one considered: a full chunk leaves the rest for the next pass.
+        # Up to the last one considered: a full chunk leaves the rest for the next one.
         await _set_mark(conn, policy.name, considered[-1].completed_at)
-    return requested
+    return requested, len(considered) == _SAMPLE_CHUNK
 
 
 async def _set_mark(conn: AsyncConnection, policy: str, completed_before: datetime) -> None:
@@ -247,10 +248,13 @@ async def sample_all(
     by: str = SAMPLER,
     chance: random.Random | None = None,
 ) -> list[Requested]:
-    """One sampling pass over every policy with `verify_sample`, a transaction each."""
+    """One sampling pass over every policy with `verify_sample`: chunk by chunk, each in
+    a transaction of its own, until a policy's eligible deletions are all considered."""
     requested: list[Requested] = []
     for policy in policies:
-        if policy.fan_out and policy.verify_sample > 0:
+        more = policy.fan_out and policy.verify_sample > 0
+        while more:
             async with engine.begin() as conn:
-                requested += await sample_policy(conn, policy, now=now, by=by, chance=chance)
+                found, more = await sample_policy(conn, policy, now=now, by=by, chance=chance)
+            requested += found
     return requested

@@ -4,6 +4,7 @@ never snapshots, and shows under /verifications (never among the entity's events
 
 from __future__ import annotations
 
+import random
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -11,11 +12,13 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.api import ApiContext
-from coordinator.store.tables import event_status, expected_acks, outbox
+from coordinator.policy.model import Policy
+from coordinator.store.tables import event_status, expected_acks, outbox, verifications
 from coordinator.tokens import Scope
 from coordinator.tracking.ledger import ConsumedAck, apply_acks
 from coordinator.tracking.snapshot import track_published
 from coordinator.verification import answers
+from coordinator.verification.request import sample_all
 from schemas import AckStatus, RetentionAck
 from tests.api.conftest import auth, make_client
 
@@ -23,14 +26,14 @@ NOW = datetime.now(UTC)
 
 
 async def _completed_deletion(
-    engine: AsyncEngine, entity_id: str, *, published: datetime = NOW
+    engine: AsyncEngine, entity_id: str, *, published: datetime = NOW, policy: str = "accounts"
 ) -> uuid.UUID:
     event_id = uuid.uuid4()
     async with engine.begin() as conn:
         await conn.execute(
             insert(event_status).values(
                 event_id=event_id,
-                policy="accounts",
+                policy=policy,
                 event_type="delete",
                 entity_type="user",
                 entity_id=entity_id,
@@ -206,3 +209,43 @@ async def test_answers_reopen_the_deletion_and_show_in_the_console(
         )
     assert again == [deletion]
     assert state == "completed"
+
+
+async def test_sampling_considers_each_deletion_once_after_verify_after(
+    engine: AsyncEngine,
+) -> None:
+    entities = [f"s-{n}" for n in range(6)]
+    for entity in entities:
+        await _completed_deletion(engine, entity, policy="sampled_accounts")
+    policy = Policy.model_validate(
+        {
+            "name": "sampled_accounts",
+            "table": "accounts",
+            "entity_type": "user",
+            "timestamp_column": "created_at",
+            "retention": "30d",
+            "action": "delete",
+            "legal_basis": "Contract ended",
+            "fan_out": True,
+            "verify_sample": 0.5,
+            "verify_after": "1d",
+        }
+    )
+    # Completed just now: not yet `verify_after` old.
+    assert await sample_all(engine, [policy], now=NOW) == []
+    later = NOW + timedelta(days=1, minutes=1)
+    asked = await sample_all(engine, [policy], now=later, chance=random.Random(7))
+    assert 0 < len(asked) < len(entities)
+    assert {a.entity_id for a in asked} <= set(entities)
+    assert all(a.services == ("billing", "search") for a in asked)
+    # Considered once: the next pass finds nothing new, whatever it draws.
+    assert await sample_all(engine, [policy], now=later, chance=random.Random(8)) == []
+    async with engine.connect() as conn:
+        triggers = (
+            await conn.execute(
+                select(verifications.c.trigger, verifications.c.requested_by).where(
+                    verifications.c.policy == "sampled_accounts"
+                )
+            )
+        ).all()
+    assert set(triggers) == {("sample", "verify-sampler")}
