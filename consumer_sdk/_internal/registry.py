@@ -189,6 +189,9 @@ class HandlerRegistry:
         where = f"@{decorator}({entity_type!r}) on {getattr(func, '__qualname__', func)}"
         if not entity_type or not entity_type.strip():
             raise ConfigurationError(f"{where}: entity_type must be a non-empty string")
+        if action is EventType.VERIFY:
+            # A verify event must never reach a handler that may change data.
+            raise ConfigurationError(f"{where}: register verification with @app.verify")
         if max_attempts is not None and max_attempts < 1:
             raise ConfigurationError(f"{where}: max_attempts must be >= 1, not {max_attempts}")
         existing = self._specs.get((entity_type, action))

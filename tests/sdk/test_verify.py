@@ -113,6 +113,23 @@ def test_verification_is_not_in_the_registration_and_one_per_type() -> None:
         app.verify("user")(count_user)
 
 
+def test_verification_is_never_a_data_changing_handler() -> None:
+    app = make_app()
+
+    async def count_user(event: RetentionEvent) -> int:
+        return 0
+
+    with pytest.raises(ConfigurationError, match="@app.verify"):
+        app.handlers.add(
+            "user",
+            EventType.VERIFY,
+            count_user,
+            max_attempts=None,
+            throws=(),
+            database_available=False,
+        )
+
+
 def test_a_verify_handler_taking_a_connection_needs_a_database() -> None:
     app = make_app()
 
