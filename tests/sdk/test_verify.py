@@ -119,7 +119,7 @@ def test_verification_is_never_a_data_changing_handler() -> None:
     async def count_user(event: RetentionEvent) -> int:
         return 0
 
-    with pytest.raises(ConfigurationError, match="@app.verify"):
+    with pytest.raises(ConfigurationError, match=r"@app\.verify"):
         app.handlers.add(
             "user",
             EventType.VERIFY,
