@@ -132,24 +132,7 @@ async def request_verify(
     services = await _services_to_ask(conn, entity_type, entity_id)
     if not services:
         return None
-    event_id = (await conn.execute(select(func.retention_uuidv7()))).scalar_one()
-    await conn.execute(
-        insert(outbox).values(
-            event_id=event_id,
-            run_id=None,
-            policy=policy,
-            event_type=EventType.VERIFY.value,
-            entity_type=entity_type,
-            entity_id=entity_id,
-            legal_basis=LEGAL_BASIS,
-            fields=literal([], JSONB),
-            initiated_at=now,
-            deadline=now + ANSWER_WINDOW,
-            reason=EventReason.RETENTION_POLICY.value,
-            request_id=None,
-            subject=None,
-        )
-    )
+    event_id = await _enqueue(conn, entity_type, entity_id, policy=policy, now=now)
     await conn.execute(
         insert(verifications).values(
             event_id=event_id,
@@ -182,6 +165,32 @@ async def request_verify(
         at=now,
     )
     return Requested(event_id, entity_type, entity_id, tuple(services))
+
+
+async def _enqueue(
+    conn: AsyncConnection, entity_type: str, entity_id: str, *, policy: str, now: datetime
+) -> uuid.UUID:
+    """The verify event into the outbox, the one path every event takes to the relay (which
+    signs and publishes it); returns its event id."""
+    event_id: uuid.UUID = (await conn.execute(select(func.retention_uuidv7()))).scalar_one()
+    await conn.execute(
+        insert(outbox).values(
+            event_id=event_id,
+            run_id=None,
+            policy=policy,
+            event_type=EventType.VERIFY.value,
+            entity_type=entity_type,
+            entity_id=entity_id,
+            legal_basis=LEGAL_BASIS,
+            fields=literal([], JSONB),
+            initiated_at=now,
+            deadline=now + ANSWER_WINDOW,
+            reason=EventReason.RETENTION_POLICY.value,
+            request_id=None,
+            subject=None,
+        )
+    )
+    return event_id
 
 
 async def sample_policy(
