@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from consumer_sdk import ConsumerSettings
 from coordinator.clock import FrozenClock, SystemClock
 from coordinator.erasure.due import Regulation
+from coordinator.erasure.requests import ErasureError
 from coordinator.erasure.service import Erasure
 from coordinator.kafka.clients import KafkaPublisher
 from coordinator.metrics import Metrics
@@ -256,3 +257,26 @@ async def test_an_entry_is_not_lost_when_publishing_fails(world: World) -> None:
     assert unpublished == key  # rolled back with the failed send: sent again next pass
     assert await _publish(world, SystemClock()) == (1, 0)
     assert _ask_in_a_fresh_process(world, ("user", "5")) == [True]
+
+
+async def test_a_bad_pepper_stops_an_erasure_before_anything_changes(
+    world: World, tmp_path: Path
+) -> None:
+    short = tmp_path / "short.pepper"
+    short.write_text("short\n")
+    settings = world.settings.model_copy(update={"suppression_pepper_file": short})
+    erasure = Erasure(
+        world.engine, parse_policies(POLICIES, "erasure.yaml"), settings, SystemClock(), Metrics()
+    )
+    with pytest.raises(ErasureError, match="at least 32 bytes"):
+        await erasure.create(
+            subject=f"user:{ERASED}",
+            regulation=Regulation.GDPR,
+            received_at=None,
+            reference=None,
+            by="dpo@example.com",
+        )
+    async with world.engine.connect() as conn:
+        kept = await conn.scalar(text(f"SELECT count(*) FROM er_accounts WHERE id = {ERASED}"))
+        outboxed = await conn.scalar(text("SELECT count(*) FROM retention_outbox"))
+    assert (kept, outboxed) == (1, 0)
