@@ -250,9 +250,10 @@ class HandlerRegistry:
         return list(self._verifiers.values())
 
     def answers_verify(self, entity_type: str) -> bool:
-        """Whether a verify event for `entity_type` is this service's to answer: it handles
-        the type (and says `unsupported` if it registered no verify handler for it)."""
-        return entity_type in self._verifiers or any(t == entity_type for t, _ in self._specs)
+        """Whether a verify event for `entity_type` is this service's to answer: it counts
+        the type, or deletes it (and says `unsupported`). Only the acknowledgers of delete
+        events are asked; an anonymize-only service was not, and stays silent."""
+        return entity_type in self._verifiers or (entity_type, EventType.DELETE) in self._specs
 
     def __iter__(self) -> typing.Iterator[HandlerSpec]:
         return iter(self._specs.values())

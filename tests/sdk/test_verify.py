@@ -138,3 +138,14 @@ def test_a_verify_handler_taking_a_connection_needs_a_database() -> None:
 
     with pytest.raises(ConfigurationError, match="no database"):
         app.verify("user")(count_user)
+
+
+async def test_an_anonymize_only_service_is_never_asked_and_stays_silent() -> None:
+    app = make_app()
+
+    @app.on_anonymize("order")
+    async def anonymize_order(event: RetentionEvent) -> int:
+        raise AssertionError("a verify event reached the anonymize handler")
+
+    async with TestConsumer(app) as t:
+        assert await t.deliver(event(entity_type="order", action=EventType.VERIFY)) == []
