@@ -50,8 +50,8 @@ ON_DEMAND = "on_demand"
 LEGAL_BASIS = "Verification of a completed deletion"
 ANSWER_WINDOW = timedelta(days=1)
 """The verify event's `deadline`: when its answers are expected (nothing escalates)."""
-VERIFIED_STATES = ("completed", "not_found", "still_present")
-"""Acknowledgements worth verifying: those that said the data was gone."""
+ASKED_AFTER = ("completed", "not_found", "still_present")
+"""The acknowledgements whose services are asked: those that said the data was gone."""
 _SAMPLE_CHUNK = 1000
 _SAMPLE_LOCK = 0x7665726966790001
 """pg_advisory_xact_lock key of the sampler ("verify" + 1)."""
@@ -110,7 +110,7 @@ async def _services_to_ask(conn: AsyncConnection, entity_type: str, entity_id: s
             s.entity_type == entity_type,
             s.entity_id == entity_id,
             s.event_type == EventType.DELETE.value,
-            e.status.in_(VERIFIED_STATES),
+            e.status.in_(ASKED_AFTER),
         )
         .order_by(e.service)
     )
