@@ -76,6 +76,9 @@ async def apply_answers(
     if not acks:
         return outcome
     ids = sorted({a.event_id for a in acks})
+    # The chain's lock first, as every tracker transaction takes it: answer rows are locked
+    # only while holding it, so two trackers never wait on each other in opposite orders.
+    last_seq, _ = await audit.lock_head(conn)
     asked = {
         row.event_id: row
         for row in await conn.execute(
@@ -97,7 +100,6 @@ async def apply_answers(
         reason = _reject_reason(record, asked, answers)
         verdicts.append((record, reason))
         rows.append(_ledger_row(record, now, reason))
-    last_seq, _ = await audit.lock_head(conn)
     inserted = await _insert_ledger(conn, rows, audit_seq=last_seq + 1)
     changed: dict[tuple[uuid.UUID, str], dict[str, Any]] = {}
     for record, reason in verdicts:
