@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from consumer_sdk._internal.registry import BatchResult, HandlerRegistry
 from consumer_sdk._internal.runtime import Runtime
+from consumer_sdk._internal.suppression import SuppressionTable
 from consumer_sdk._internal.transport import kafka_consumer, kafka_producer
 from consumer_sdk._internal.trust import Trust
 from consumer_sdk.exceptions import ConfigurationError
@@ -34,6 +35,7 @@ from schemas import (
     utc_now,
 )
 from schemas.signing import SignatureSettings
+from schemas.suppression import PepperError, read_pepper
 
 __all__ = ["SDK_VERSION", "RetentionConsumer"]
 
@@ -118,6 +120,8 @@ class RetentionConsumer:
         self._runtime: Runtime | None = None
         self._running = AsyncExitStack()
         self._metrics_address: tuple[str, int] | None = None
+        self._suppression: SuppressionTable | None = None
+        self._suppression_opening = asyncio.Lock()
 
     # -- registration ----------------------------------------------------------------
 
@@ -180,6 +184,23 @@ class RetentionConsumer:
         """Register a set-based anonymize handler; see `on_delete_batch`."""
         return self._register(entity_type, EventType.ANONYMIZE, max_attempts, throws, batch=True)
 
+    def verify(self, entity_type: str) -> Callable[[H], H]:
+        """Register the handler counting the records the service still holds for an
+        `entity_type` entity it was asked to delete (SPEC §12).
+
+        It takes `(event)`, `(event, conn: AsyncConnection)` (a read-only connection,
+        never committed) or `(event, ctx: HandlerContext)`, and returns the count: 0 is
+        acked `verified`, more `still_present`. Without one, a verify event for a type
+        the service handles is acked `unsupported`. A verify event never reaches an
+        `on_delete`/`on_anonymize` handler.
+        """
+
+        def decorator(func: H) -> H:
+            self._registry.add_verifier(entity_type, func, database_available=self.has_database)
+            return func
+
+        return decorator
+
     def on_startup(self, hook: S) -> S:
         """Run `hook(conn)` in one transaction on the service's database before consuming."""
         if not self.has_database:
@@ -224,6 +245,46 @@ class RetentionConsumer:
             sdk_version=SDK_VERSION,
             registered_at=utc_now(),
         )
+
+    # -- suppression -----------------------------------------------------------------
+
+    async def is_erased(self, entity_type: str, entity_id: str) -> bool:
+        """Whether `type:id` is on the suppression list (SPEC §12): erased by the
+        coordinator and not expired. Refuse to import it again when true.
+
+        The first call reads the erased topic to its end (bounded by
+        `suppression_sync_timeout_s`); later calls answer from that table, which follows the
+        topic in the background. Needs `RETENTION_SUPPRESSION_PEPPER_FILE`; the table is
+        closed by `stop()`.
+        """
+        table = await self._suppression_table()
+        return table.contains(entity_type, entity_id)
+
+    async def _suppression_table(self) -> SuppressionTable:
+        async with self._suppression_opening:
+            if self._suppression is not None:
+                return self._suppression
+            path = self.settings.suppression_pepper_file
+            if path is None:
+                raise ConfigurationError(
+                    f"service {self.service!r}: is_erased needs the suppression pepper "
+                    "(RETENTION_SUPPRESSION_PEPPER_FILE, the coordinator's own file)"
+                )
+            try:
+                pepper = read_pepper(path)
+            except PepperError as exc:
+                raise ConfigurationError(f"service {self.service!r}: {exc}") from None
+            table = SuppressionTable(
+                self.kafka, pepper, Trust.from_settings(self.service, self.signatures, self.metrics)
+            )
+            await table.start(timeout_s=self.settings.suppression_sync_timeout_s)
+            self._suppression = table
+            return table
+
+    async def _close_suppression(self) -> None:
+        table, self._suppression = self._suppression, None
+        if table is not None:
+            await table.stop()
 
     # -- resources -------------------------------------------------------------------
 
@@ -298,6 +359,7 @@ class RetentionConsumer:
                     on_assigned=lambda p: runtime.on_assigned(p) if runtime else _noop(),
                 ),
                 producer=kafka_producer(self.kafka),
+                engine=resources.engine,
             )
             await runtime.start()
             retention = self.settings.idempotency_retention_days
@@ -360,12 +422,14 @@ class RetentionConsumer:
         Bounded by `settings.shutdown_timeout_s`; whatever is cut off is redelivered later.
         """
         runtime, self._runtime = self._runtime, None
-        if runtime is None:
-            return
         try:
-            await runtime.stop()
+            if runtime is not None:
+                try:
+                    await runtime.stop()
+                finally:
+                    await self._running.aclose()
         finally:
-            await self._running.aclose()
+            await self._close_suppression()
 
     async def serve(self) -> None:
         """Start, run until SIGTERM/SIGINT, stop."""

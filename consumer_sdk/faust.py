@@ -156,6 +156,7 @@ class FaustRetention:
                 executor=EventExecutor(r.service, r.settings, resources.store, r.metrics),
                 producer=producer,
                 trust=trust,
+                engine=resources.engine,
             )
             log.info(
                 "faust retention agent started",
@@ -191,7 +192,11 @@ class FaustRetention:
         self.stopping.set()
         async with self._opening:
             self._dispatcher = None
-            await self._stack.aclose()
+            try:
+                await self._stack.aclose()
+            finally:
+                # `is_erased`'s table, if the app used it; the consumer itself never started.
+                await self.retention.stop()
 
     async def handle(self, message: Any) -> bool:
         """Handle one message and await its ack (and DLQ record); False if abandoned.

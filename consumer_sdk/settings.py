@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -123,6 +125,24 @@ class ConsumerSettings(BaseSettings):
             "transaction rolled back, and the attempt retried like `RetryLater` "
             "(`HandlerTimeout`); after the last attempt the event is `failed` and dead-lettered."
         ),
+    )
+    suppression_pepper_file: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "suppression_pepper_file", "RETENTION_SUPPRESSION_PEPPER_FILE"
+        ),
+        description=(
+            "The suppression list's pepper, the coordinator's own file (SPEC §12): "
+            "`is_erased` needs it to compute the keys of the erased topic."
+        ),
+    )
+    suppression_sync_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        validation_alias=AliasChoices(
+            "suppression_sync_timeout_s", "RETENTION_CONSUMER_SUPPRESSION_SYNC_TIMEOUT_S"
+        ),
+        description="Bound on reading the erased topic to its end before the first `is_erased`.",
     )
     error_messages: bool = Field(
         default=False,

@@ -37,6 +37,7 @@ from consumer_sdk.context import HandlerContext
 from consumer_sdk.idempotency import IdempotencyStore, InMemoryIdempotencyStore
 from schemas import (
     AckStatus,
+    EventType,
     PoisonRecord,
     RetentionAck,
     RetentionEvent,
@@ -110,11 +111,11 @@ class TestConsumer:
             settings = settings.model_copy(
                 update={"retry_initial_s": 0.0, "retry_max_s": 0.0, "retry_jitter_s": 0.0}
             )
-        for spec in self.app.handlers:
+        for spec in [*self.app.handlers, *self.app.handlers.verifiers()]:
             mock = MagicMock(name=spec.name)
             self._mocks[spec.func] = mock
             # Attribute access for people (`delete_user.mock`); `t.mock(delete_user)` for mypy.
-            spec.func.mock = mock  # type: ignore[attr-defined]
+            spec.func.mock = mock
             self._stack.callback(_detach_mock, spec.func)
         self._executor = EventExecutor(
             self.app.service, settings, self.store, self.app.metrics, on_call=self._record_call
@@ -168,6 +169,7 @@ class TestConsumer:
             producer=sent,
             # In memory nothing crosses a broker: signatures have nothing to protect.
             trust=Trust.off(self.app.service, self.app.metrics),
+            engine=self.engine,
         )
         await dispatcher.dispatch(records)
         acks = [
@@ -204,6 +206,9 @@ class TestConsumer:
         except PoisonRecord as poison:
             self._dead_letter(record, DlqReason.POISON, poison.reason, 0)
             return []
+        if event.type is EventType.VERIFY:
+            # Answered by the dispatcher alone (no handler of the event's type runs).
+            return await self.deliver_batch(event)
         spec: HandlerSpec | None = self.app.handlers.get(event.entity_type, event.type)
         if spec is None:
             self.skipped.append(event)

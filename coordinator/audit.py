@@ -68,6 +68,10 @@ class AuditAction(StrEnum):
     EVENTS_REPUBLISHED = "events_republished"
     DLQ_REDRIVEN = "dlq_redriven"
     SERVICE_BACKFILLED = "service_backfilled"
+    VERIFY_REQUEST = "verify.request"
+    VERIFY_ANSWERS = "verify.answers"
+    ENTITY_RESURRECTED = "entity.resurrected"
+    ENTITY_DELETED_AGAIN = "entity.deleted_again"
 
 
 @dataclass(frozen=True, slots=True)

@@ -87,6 +87,13 @@ class Metrics:
             ["service"],
             registry=r,
         )
+        self.resurrected_events = Gauge(
+            "retention_resurrected_events",
+            "Delete events this service still held data for when asked to verify (its ack "
+            "still_present, the event resurrected), until a later delete completes them.",
+            ["service"],
+            registry=r,
+        )
         self.overdue_events = Gauge(
             "retention_overdue_events",
             "Events past their deadline without this service's acknowledgement.",

@@ -44,6 +44,7 @@ from coordinator.clock import Clock, SystemClock
 from coordinator.console.sessions import load_secret
 from coordinator.erasure.service import Erasure
 from coordinator.kafka.admin import ensure_topics
+from coordinator.kafka.clients import KafkaPublisher
 from coordinator.metrics import Metrics
 from coordinator.notify.notifier import Notifier
 from coordinator.notify.webhooks import load_webhooks
@@ -55,10 +56,13 @@ from coordinator.purge.runner import Runner, RunReport
 from coordinator.purge.scheduler import Schedule, Scheduler
 from coordinator.settings import Settings
 from coordinator.store.db import make_engine
+from coordinator.suppression.entries import Suppression, SuppressionPublisher
 from coordinator.tokens import TokenStore
 from coordinator.tracking.tracker import Tracker
+from coordinator.verification.request import sample_all
 from schemas.errors import error_text
 from schemas.signing import SignatureMode
+from schemas.suppression import PepperError
 
 __all__ = ["GLOBAL_SCHEDULE", "RunInProgress", "Service", "ServiceFailed", "schedules_for"]
 
@@ -108,6 +112,7 @@ class _Parts:
     kafka_health: KafkaHealth
     erasure: Erasure
     notifier: Notifier | None
+    suppression: SuppressionPublisher
 
 
 class Service:
@@ -257,6 +262,24 @@ class Service:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval)
 
+    async def _verify_forever(self, stop: asyncio.Event) -> None:
+        """Sample completed deletions for verification (SPEC §12); the leader only, and an
+        advisory lock in the database besides."""
+        parts = self._require_parts()
+        interval = self.settings.serve.verify_interval_s
+        while not stop.is_set():
+            if parts.scheduler.is_leader:
+                try:
+                    asked = await sample_all(
+                        parts.engine, self.policy_set.policies, now=self.clock.now()
+                    )
+                    if asked:
+                        log.info("verify_sampled", events=len(asked))
+                except Exception:
+                    log.exception("verify_sample_failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+
     async def _gauges_forever(self, stop: asyncio.Event) -> None:
         interval = self.settings.serve.gauges_interval_s
         while not stop.is_set():
@@ -352,6 +375,13 @@ class Service:
                 if self.webhooks
                 else None
             ),
+            suppression=SuppressionPublisher(
+                engine,
+                s.kafka.topics,
+                KafkaPublisher(s.kafka),
+                s.signatures.coordinator_signer(),
+                clock=self.clock,
+            ),
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -376,6 +406,16 @@ class Service:
         )
         if created:
             log.info("topics_created", topics=created)
+        try:
+            Suppression.from_settings(s)  # a bad pepper file stops `serve` here, not later
+        except PepperError as exc:
+            raise ServiceFailed(str(exc)) from None
+        if s.suppression_pepper_file is None:
+            log.warning(
+                "suppression_list_off",
+                effect="erased entities are not listed on the erased topic",
+                setting="RETENTION_SUPPRESSION_PEPPER_FILE",
+            )
         parts = self._parts = self._build()
         # What exists now (imported modules, clients, settings) lives as long as the
         # process. Frozen, it is left out of full collections, which the tracker's and
@@ -404,6 +444,8 @@ class Service:
             "tracker": lambda: parts.tracker.run_forever(stop),
             "gauges": lambda: self._gauges_forever(stop),
             "erasure": lambda: self._erasure_forever(stop),
+            "verify": lambda: self._verify_forever(stop),
+            "suppression": lambda: parts.suppression.run_forever(stop),
             "http": serve_http,
             "http_stopper": stop_http,
         }

@@ -170,6 +170,12 @@ class ServeSettings(BaseSettings):
         description="How often erasure requests' statuses move (completion, released holds) "
         "and their gauges are refreshed.",
     )
+    verify_interval_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="How often policies with `verify_sample` have completed deletions "
+        "sampled for verification (SPEC §12).",
+    )
     topic_partitions: int = Field(
         default=6, ge=1, description="Partitions of each topic `serve` creates when missing."
     )
@@ -212,6 +218,10 @@ class NotifySettings(BaseSettings):
     signature_failure_window_s: float = Field(
         default=3600.0, gt=0, description="The window `signature_failure_threshold` counts in."
     )
+
+
+EVIDENCE_RETENTION_DAYS = 6 * 365.0
+"""SPEC §13: evidence (ledger, audit) is kept 6 years."""
 
 
 class Settings(BaseSettings):
@@ -304,6 +314,18 @@ class Settings(BaseSettings):
         description="Days an erasure request under regulation `other` has (extended: twice).",
     )
 
+    suppression_pepper_file: Path | None = Field(
+        default=None,
+        description="File of the pepper (`retention keys generate --pepper --out DIR`) the "
+        "suppression list's keys are HMACs under (SPEC §12). Unset: erased entities are not "
+        "listed on the erased topic. Services need the same file for `is_erased`.",
+    )
+    suppression_retention_days: float = Field(
+        default=EVIDENCE_RETENTION_DAYS,
+        gt=0,
+        description="Days an erased entity stays on the suppression list (default: the "
+        "evidence retention, 6 years); then a tombstone removes it.",
+    )
     kek_file: Path | None = Field(
         default=None,
         description="File of the local key-encryption key that wraps archive data keys "

@@ -10,7 +10,9 @@ Steps (each fails with a message naming what did not come up):
  5. file two erasure requests over HTTP (POST /v1/erasure-requests): one for an active user,
     which completes once every service acknowledged, and one for a user under a subject
     hold, which stays `on_hold` naming the hold;
- 6. print the summary, then stop what it started (`--keep` leaves it running).
+ 6. verify one deleted user on demand (POST /v1/entities/user/{id}/verify): every service
+    answers how many records it still holds, and the entity must come out `verified`;
+ 7. print the summary, then stop what it started (`--keep` leaves it running).
 
 Each demo uses its own topic prefix, so repeated demos never see each other's records;
 the topics are deleted when the demo stops (kept with `--keep`).
@@ -390,6 +392,7 @@ async def run_demo(demo: Demo) -> tuple[dict[str, Any], Seeded]:
             example_user = next(u for u in seeded.users_due[len(seeded.users_due) // 2 :])
             entity = (await client.get(f"/v1/entities/user/{example_user}")).json()
             requests = await erasure_requests(demo, client, seeded)
+            verification = await verify_entity(demo, client, example_user)
             step("signing in to the console with the read token")
             await check_console(client, demo.tokens["demo-reader"])
         summary = {
@@ -401,6 +404,7 @@ async def run_demo(demo: Demo) -> tuple[dict[str, Any], Seeded]:
             "entity": entity,
             "example_user": example_user,
             "requests": requests,
+            "verification": verification,
             "seconds": time.monotonic() - started,
         }
         return summary, seeded
@@ -422,8 +426,18 @@ async def check_console(client: httpx.AsyncClient, token: str) -> None:
         raise DemoFailed("the console's overview does not name the signed-in token")
 
 
-ACTIVE_USER = "user-00004"
-"""Active (never closed), so only an erasure request removes it; seed.py's users."""
+def active_user(scale: int) -> str:
+    """An active user (never closed, so only an erasure request removes it) who owns no row
+    under the litigation hold, so that the request completes.
+
+    seed.py's user n is active when n % 6 is 4 or 5. demo/seed_data.py gives the seed
+    tables' rows to user-00000 … user-00096 (`n % 97`), and from a scale of about 40 each of
+    those owns a held row: past that, a user beyond them.
+    """
+    for n in range(97, 3 * scale):
+        if n % 6 in (4, 5):
+            return f"user-{n:05d}"
+    return "user-00004"
 
 
 async def erasure_requests(
@@ -432,12 +446,13 @@ async def erasure_requests(
     """File one request that completes and one that a subject hold stops; their rows."""
     auth = demo.auth("demo-writer")
     held_user = seeded.users_due[0]  # seed.py puts the first due users under dispute-42
+    active = active_user(demo.scale)
     step(
-        f"filing erasure requests: user:{ACTIVE_USER} (GDPR) and user:{held_user} (CCPA, "
+        f"filing erasure requests: user:{active} (GDPR) and user:{held_user} (CCPA, "
         "under a subject hold)"
     )
     filed = []
-    for subject, regulation in ((ACTIVE_USER, "gdpr"), (held_user, "ccpa")):
+    for subject, regulation in ((active, "gdpr"), (held_user, "ccpa")):
         response = await client.post(
             "/v1/erasure-requests",
             json={"subject": f"user:{subject}", "regulation": regulation, "reference": subject},
@@ -465,6 +480,29 @@ async def erasure_requests(
             (await client.get(f"/v1/holds/{hold}")).json()["reason"] for hold in row["holds"]
         ]
     return rows
+
+
+async def verify_entity(demo: Demo, client: httpx.AsyncClient, user: str) -> dict[str, Any]:
+    """Ask every service that acked the user's deletion how much it still holds (SPEC §12);
+    each example service counts its rows of the user, so the answer must be `verified`."""
+    step(f"verifying user:{user}: POST /v1/entities/user/{user}/verify")
+    asked = await client.post(f"/v1/entities/user/{user}/verify", headers=demo.auth("demo-writer"))
+    if asked.status_code != 201:
+        raise DemoFailed(f"POST .../verify answered {asked.status_code}: {asked.text}")
+    event_id = asked.json()["event_id"]
+    found: dict[str, Any] = {}
+
+    async def answered() -> bool:
+        nonlocal found
+        listed = (await client.get(f"/v1/entities/user/{user}/verifications")).json()
+        found = next(v for v in listed if v["event_id"] == event_id)
+        return all(a["status"] != "pending" for a in found["services"])
+
+    await wait_until("every service's verify answer", answered, timeout_s=60, demo=demo)
+    if found["outcome"] != "verified":
+        answers = {a["service"]: a["status"] for a in found["services"]}
+        raise DemoFailed(f"user:{user} was not verified: {answers}")
+    return found
 
 
 async def erasure_counts(url: str) -> dict[str, int]:
@@ -562,6 +600,16 @@ def print_summary(demo: Demo, summary: dict[str, Any], seeded: Seeded) -> None:
             f"user:{summary['example_user']}: {entity[0]['state']} ({answers}) — "
             f"GET {demo.api}/v1/entities/user/{summary['example_user']}"
         )
+    verification = summary["verification"]
+    answers = ", ".join(
+        f"{a['service']}={a['status']} ({a['records_affected']} left)"
+        for a in verification["services"]
+    )
+    out.print(
+        f"user:{summary['example_user']} verified after its deletion: "
+        f"{verification['outcome']} ({answers}) — "
+        f"GET {demo.api}/v1/entities/user/{summary['example_user']}/verifications"
+    )
     requests = Table(title="Erasure requests")
     for column in ("id", "subject", "regulation", "status", "due", "rows", "exempt", "held by"):
         requests.add_column(column)

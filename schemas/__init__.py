@@ -13,7 +13,9 @@ from schemas.database import DEFAULT_DATABASE_URL, async_database_url, is_discon
 from schemas.errors import error_text
 from schemas.kafka import KafkaSettings
 from schemas.models import (
+    HANDLED_ACTIONS,
     SCHEMA_VERSION,
+    VERIFY_STATUSES,
     AckStatus,
     EventReason,
     EventType,
@@ -29,8 +31,10 @@ from schemas.topics import DEFAULT_PREFIX, Topics, service_group
 __all__ = [
     "DEFAULT_DATABASE_URL",
     "DEFAULT_PREFIX",
+    "HANDLED_ACTIONS",
     "MAX_RECORD_BYTES",
     "SCHEMA_VERSION",
+    "VERIFY_STATUSES",
     "AckStatus",
     "DeadLetter",
     "EventReason",

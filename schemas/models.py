@@ -20,6 +20,7 @@ from pydantic import (
 
 __all__ = [
     "EARLIEST",
+    "HANDLED_ACTIONS",
     "LATEST",
     "MAX_BIGINT",
     "MAX_DETAIL_CHARS",
@@ -29,6 +30,7 @@ __all__ = [
     "MAX_TEXT_CHARS",
     "SCHEMA_VERSION",
     "STORABLE_TEXT",
+    "VERIFY_STATUSES",
     "AckStatus",
     "EventReason",
     "EventType",
@@ -100,6 +102,14 @@ UtcDatetime = Annotated[
 class EventType(StrEnum):
     DELETE = "delete"
     ANONYMIZE = "anonymize"
+    VERIFY = "verify"
+    """Ask how many records a service still holds for an entity it reported done (SPEC §12);
+    never a reason to change data."""
+
+
+HANDLED_ACTIONS = (EventType.DELETE, EventType.ANONYMIZE)
+"""The actions a service handles and is declared for; `verify` is asked of every service
+that handles the entity type (it answers `unsupported` without a verify handler)."""
 
 
 class EventReason(StrEnum):
@@ -113,6 +123,14 @@ class AckStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     NOT_FOUND = "not_found"
+    # Answers to a `verify` event (SPEC §12), never to a delete or anonymize event.
+    VERIFIED = "verified"
+    STILL_PRESENT = "still_present"
+    UNSUPPORTED = "unsupported"
+
+
+VERIFY_STATUSES = frozenset({AckStatus.VERIFIED, AckStatus.STILL_PRESENT, AckStatus.UNSUPPORTED})
+"""The statuses a verify event is answered with, and only it."""
 
 
 class StrictModel(BaseModel):

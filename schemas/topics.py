@@ -1,4 +1,4 @@
-"""Topic names: four topics derived from one configurable prefix (SPEC §2)."""
+"""Topic names: the product's topics derived from one configurable prefix (SPEC §2, §12)."""
 
 from __future__ import annotations
 
@@ -31,8 +31,17 @@ class Topics:
     def dlq(self) -> str:
         return f"{self.prefix}.dlq"
 
-    def all(self) -> tuple[str, str, str, str]:
-        return (self.events, self.acks, self.services, self.dlq)
+    @property
+    def erased(self) -> str:
+        """The suppression list (SPEC §12): compacted, written by the coordinator only."""
+        return f"{self.prefix}.erased"
+
+    def all(self) -> tuple[str, ...]:
+        return (self.events, self.acks, self.services, self.dlq, self.erased)
+
+    def compacted(self) -> tuple[str, ...]:
+        """Topics keyed so that only the latest record per key matters."""
+        return (self.services, self.erased)
 
 
 def service_group(service: str) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from sqlalchemy import Column, MetaData, Table
+from sqlalchemy import Column, MetaData, Table, func, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -58,6 +58,8 @@ class Example:
     seed_rows: SeedRows
     faust: bool = False
     """Built as a Faust app with `consumer_sdk.faust`, not on the core SDK's consumer."""
+    verifiers: tuple[Handler, ...] = ()
+    """`@app.verify` handlers (action `verify`): records still held for an entity."""
 
     @property
     def tables(self) -> list[Table]:
@@ -99,6 +101,8 @@ class Example:
                 (EventType.ANONYMIZE, True): app.on_anonymize_batch,
             }[(h.action, h.batch)]
             register(h.entity_type)(h.handle)
+        for v in self.verifiers:
+            app.verify(v.entity_type)(v.handle)
         return app
 
     def create_app(
@@ -159,5 +163,13 @@ def user_rows_example(
     ) -> list[int | EntityNotFound]:
         return await delete_users_rows(conn, table, erasure_log, events, missing)
 
+    async def count_user_rows(event: RetentionEvent, conn: AsyncConnection) -> int:
+        """Verification (SPEC §12): the user's rows still in `table`."""
+        found = await conn.execute(
+            select(func.count()).select_from(table).where(table.c.user_id == event.entity_id)
+        )
+        return int(found.scalar_one())
+
     handler = Handler("user", EventType.DELETE, delete_users, batch=True)
-    return Example(name, metadata, erasure_log, (handler,), seed_rows)
+    verifier = Handler("user", EventType.VERIFY, count_user_rows)
+    return Example(name, metadata, erasure_log, (handler,), seed_rows, verifiers=(verifier,))

@@ -20,6 +20,7 @@ __all__ = ["declare", "handles_of", "is_service", "key_file", "services_block"]
 
 _MODULES = {
     "crm": "tests.e2e.crm_service",
+    "legacy": "tests.e2e.legacy_service",
     "flaky": "tests.faults.flaky_service",
 }
 
@@ -37,7 +38,7 @@ def module_of(name: str) -> str:
 def handles_of(module: str) -> tuple[str, dict[str, list[str]]]:
     """(service name, entity type → actions) of the service `module` builds."""
     create_app: Any = importlib.import_module(module).create_app
-    if module == _MODULES["crm"]:
+    if module in (_MODULES["crm"], _MODULES["legacy"]):
         app = create_app()
     elif module == _MODULES["flaky"]:
         app = create_app(seed=0, database_url=_NOWHERE)

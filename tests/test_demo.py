@@ -43,3 +43,5 @@ def test_demo_completes_every_event(postgres_url: str, kafka_bootstrap: str) -> 
     assert "completed" in result.stdout
     assert "on_hold" in result.stdout
     assert "Data subject dispute (demo)" in result.stdout
+    # One deleted user verified on demand: every service counted 0 records left.
+    assert "verified after its deletion: verified (" in result.stdout

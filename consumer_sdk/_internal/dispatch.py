@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from consumer_sdk._internal.executor import Abandoned, EventExecutor, Outcome, Retry
 from consumer_sdk._internal.registry import HandlerRegistry, HandlerSpec
@@ -29,6 +30,7 @@ from consumer_sdk.idempotency import (
 from consumer_sdk.metrics import ConsumerMetrics
 from schemas import (
     AckStatus,
+    EventType,
     PoisonRecord,
     RetentionEvent,
     Topics,
@@ -45,6 +47,10 @@ __all__ = ["Dispatched", "Dispatcher", "dlq_headers"]
 log = structlog.get_logger("consumer_sdk")
 
 _Item = tuple[Record, RetentionEvent | PoisonRecord]
+
+
+def _is_verify(item: RetentionEvent | PoisonRecord) -> bool:
+    return isinstance(item, RetentionEvent) and item.type is EventType.VERIFY
 
 
 class _Unverified(PoisonRecord):
@@ -121,7 +127,10 @@ class Dispatcher:
         executor: EventExecutor,
         producer: ProducerPort,
         trust: Trust,
+        engine: AsyncEngine | None = None,
     ) -> None:
+        self.engine = engine
+        """Verify handlers that take a connection get a read-only one from it."""
         self.service = service
         self.trust = trust
         self.topics = topics
@@ -158,8 +167,18 @@ class Dispatcher:
         i = 0
         while i < len(decoded) and not (stopping is not None and stopping.is_set()):
             try:
-                if batching:
-                    i = await self._run(decoded, i, known, done, stopping)
+                record, item = decoded[i]
+                if isinstance(item, RetentionEvent) and item.type is EventType.VERIFY:
+                    # In record order: what the events before it deleted is committed first.
+                    await self._verify(record, item, done)
+                    i += 1
+                elif batching:
+                    # A run ends before the next verify event.
+                    end = next(
+                        (j for j in range(i, len(decoded)) if _is_verify(decoded[j][1])),
+                        len(decoded),
+                    )
+                    i = await self._run(decoded[:end], i, known, done, stopping)
                 else:
                     await self._one(*decoded[i], known, done, stopping)
                     i += 1
@@ -411,6 +430,31 @@ class Dispatcher:
             keys.add(item.key)
             ids.add(item.event_id)
         return group
+
+    async def _verify(self, record: Record, event: RetentionEvent, done: Dispatched) -> None:
+        """Answer a verify event: `verified` (0 left), `still_present` (n left), or
+        `unsupported` without a verify handler; `failed` if the count raised. Never runs a
+        delete or anonymize handler, never recorded as processed (asking again is harmless).
+        """
+        if not self.registry.answers_verify(event.entity_type):
+            self.metrics.skipped.labels(self.service).inc()
+            done.last_done = record.offset
+            return
+        spec = self.registry.verifier(event.entity_type)
+        if spec is None:
+            outcome = Outcome(AckStatus.UNSUPPORTED, 0, 1, "no verify handler")
+        elif self.engine is None:
+            outcome = await self.executor.verify(event, spec, None)
+        else:
+            async with self.engine.connect() as conn:
+                # Never committed: counting must not change anything.
+                outcome = await self.executor.verify(event, spec, conn)
+        labels = (event.entity_type, EventType.VERIFY.value, outcome.status.value)
+        done.handled[labels] += 1
+        done.uncounted[labels] += 1
+        ack = outcome.ack(self.service, event)
+        done.acks.append((ack.key.encode(), encode(ack)))
+        done.last_done = record.offset
 
     def _spec(self, event: RetentionEvent) -> HandlerSpec | None:
         spec = self.registry.get(event.entity_type, event.type)

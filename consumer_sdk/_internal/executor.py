@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import structlog
+from sqlalchemy.ext.asyncio import AsyncConnection
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -240,6 +241,26 @@ class EventExecutor:
             else Outcome(AckStatus.COMPLETED, result, 1)
             for result in results
         ]
+
+    async def verify(
+        self, event: RetentionEvent, spec: HandlerSpec, conn: AsyncConnection | None
+    ) -> Outcome:
+        """One call of a verify handler: `verified` (0 left), `still_present` (n left), or
+        `failed` when counting raised or ran past the timeout. One attempt: the coordinator
+        asks again if it wants to."""
+        try:
+            count = await self._timed(spec, event, HandlerContext(self.service, 1, 1, conn))
+        except Exception as exc:
+            log.warning(
+                "verify handler failed",
+                service=self.service,
+                event_id=str(event.event_id),
+                entity_type=event.entity_type,
+                error=type(exc).__name__,
+            )
+            return Outcome(AckStatus.FAILED, 0, 1, self._detail(exc))
+        status = AckStatus.VERIFIED if count == 0 else AckStatus.STILL_PRESENT
+        return Outcome(status, count, 1)
 
     def redelivered(self, spec: HandlerSpec, known: ProcessedEvent) -> Outcome:
         self.metrics.duplicates.labels(self.service, spec.entity_type, spec.action.value).inc()

@@ -170,6 +170,9 @@ class HandlerRegistry:
 
     def __init__(self) -> None:
         self._specs: dict[tuple[str, EventType], HandlerSpec] = {}
+        # Apart from the delete/anonymize handlers: `get` can never hand a verify event
+        # to a handler that changes data, and registrations don't list verification.
+        self._verifiers: dict[str, HandlerSpec] = {}
 
     def add(
         self,
@@ -186,6 +189,9 @@ class HandlerRegistry:
         where = f"@{decorator}({entity_type!r}) on {getattr(func, '__qualname__', func)}"
         if not entity_type or not entity_type.strip():
             raise ConfigurationError(f"{where}: entity_type must be a non-empty string")
+        if action is EventType.VERIFY:
+            # A verify event must never reach a handler that may change data.
+            raise ConfigurationError(f"{where}: register verification with @app.verify")
         if max_attempts is not None and max_attempts < 1:
             raise ConfigurationError(f"{where}: max_attempts must be >= 1, not {max_attempts}")
         existing = self._specs.get((entity_type, action))
@@ -206,8 +212,48 @@ class HandlerRegistry:
         self._specs[(entity_type, action)] = spec
         return spec
 
+    def add_verifier(
+        self,
+        entity_type: str,
+        func: Callable[..., Awaitable[Any]],
+        *,
+        database_available: bool,
+    ) -> HandlerSpec:
+        """`@app.verify(entity_type)`: how many records the service still holds for an
+        entity (SPEC §12). Called with a read-only connection, never retried."""
+        where = f"@verify({entity_type!r}) on {getattr(func, '__qualname__', func)}"
+        if not entity_type or not entity_type.strip():
+            raise ConfigurationError(f"{where}: entity_type must be a non-empty string")
+        existing = self._verifiers.get(entity_type)
+        if existing is not None:
+            raise DuplicateHandlerError(
+                f"{where}: {entity_type!r}/verify is already handled by {existing.name}"
+            )
+        extra = _extra_of(func, where, "event")
+        if extra is Extra.CONNECTION and not database_available:
+            raise ConfigurationError(
+                f"{where}: the handler takes a connection but the consumer has no database; "
+                "pass database_url= (or set RETENTION_SERVICE_DATABASE_URL) or engine="
+            )
+        spec = HandlerSpec(entity_type, EventType.VERIFY, func, extra, 1, ())
+        self._verifiers[entity_type] = spec
+        return spec
+
     def get(self, entity_type: str, action: EventType) -> HandlerSpec | None:
+        """The delete or anonymize handler; None for `verify` (see `verifier`)."""
         return self._specs.get((entity_type, action))
+
+    def verifier(self, entity_type: str) -> HandlerSpec | None:
+        return self._verifiers.get(entity_type)
+
+    def verifiers(self) -> list[HandlerSpec]:
+        return list(self._verifiers.values())
+
+    def answers_verify(self, entity_type: str) -> bool:
+        """Whether a verify event for `entity_type` is this service's to answer: it counts
+        the type, or deletes it (and says `unsupported`). Only the acknowledgers of delete
+        events are asked; an anonymize-only service was not, and stays silent."""
+        return entity_type in self._verifiers or (entity_type, EventType.DELETE) in self._specs
 
     def __iter__(self) -> typing.Iterator[HandlerSpec]:
         return iter(self._specs.values())
@@ -224,3 +270,7 @@ class HandlerRegistry:
     @property
     def needs_connection(self) -> bool:
         return any(spec.extra is Extra.CONNECTION for spec in self._specs.values())
+
+    @property
+    def verifiers_need_connection(self) -> bool:
+        return any(spec.extra is Extra.CONNECTION for spec in self._verifiers.values())

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from contextlib import suppress
 
 import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from consumer_sdk._internal.dispatch import Dispatcher
 from consumer_sdk._internal.executor import EventExecutor
@@ -71,6 +72,7 @@ class Runtime:
         consumer: ConsumerPort,
         producer: ProducerPort,
         trust: Trust,
+        engine: AsyncEngine | None = None,
     ) -> None:
         self.service = service
         self.topics = topics
@@ -91,6 +93,7 @@ class Runtime:
             executor=EventExecutor(service, settings, store, metrics),
             producer=producer,
             trust=trust,
+            engine=engine,
         )
         self._workers: dict[Partition, _PartitionWorker] = {}
         self._lag: dict[Partition, int] = {}

@@ -26,6 +26,8 @@ __all__ = [
     "RunRequest",
     "RunView",
     "ServiceAnswer",
+    "VerificationView",
+    "VerifyAnswer",
 ]
 
 
@@ -49,7 +51,10 @@ class HealthView(_View):
 
 class ServiceAnswer(_View):
     service: str
-    status: str = Field(description="pending | completed | not_found | failed | waived")
+    status: str = Field(
+        description="pending | completed | not_found | failed | waived | still_present "
+        "(a verify found data after its ack; the event is `resurrected`)"
+    )
     acknowledged_at: datetime | None
     first_ack_at: datetime | None
     records_affected: int | None
@@ -87,6 +92,7 @@ class EventView(_View):
     entity_id: str
     state: str = Field(
         description="unpublished | published | pending | completed | failed | overdue | "
+        "resurrected (a service still held data when asked to verify) | "
         "held (not completed, and its entity is under an active legal hold now)"
     )
     legal_basis: str | None
@@ -100,6 +106,32 @@ class EventView(_View):
     services: list[ServiceAnswer]
     rejected_acks: int
     rejected: list[RejectedAck] = Field(description="Each refused ack and why.")
+
+
+class VerifyAnswer(_View):
+    service: str
+    status: str = Field(
+        description="pending | verified (0 records left) | still_present (some left) | "
+        "unsupported (no verify handler: no proof either way) | failed (its count raised)"
+    )
+    records_affected: int | None = Field(description="Records the service still holds.")
+    acknowledged_at: datetime | None
+    detail: str
+
+
+class VerificationView(_View):
+    """One verify event (SPEC §12) and each asked service's answer."""
+
+    event_id: uuid.UUID
+    entity_type: str
+    entity_id: str
+    policy: str = Field(description="The sampled policy, or `on_demand`.")
+    trigger: str = Field(description="sample | on_demand")
+    requested_by: str
+    requested_at: datetime
+    published_at: datetime | None
+    outcome: str = Field(description="verified (every service said 0) | still_present | incomplete")
+    services: list[VerifyAnswer]
 
 
 class OverdueView(_View):

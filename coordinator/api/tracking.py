@@ -8,15 +8,19 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Query, status
 
 from coordinator.api._context import Connection, Context
+from coordinator.api.auth import Writer
 from coordinator.api.models import (
     EventView,
     OverduePageView,
     OverdueView,
     ServiceCompletionView,
     ServiceEventView,
+    VerificationView,
 )
 from coordinator.tracking import queries
 from coordinator.tracking.overdue import BadCursor, Cursor, overdue_page
+from coordinator.verification import queries as verification_queries
+from coordinator.verification import request
 
 __all__ = ["router"]
 
@@ -43,6 +47,54 @@ async def entity(
             status.HTTP_404_NOT_FOUND, f"no retention event for {entity_type}:{entity_id}"
         )
     return [EventView.model_validate(e) for e in events]
+
+
+@router.get(
+    "/entities/{entity_type}/{entity_id}/verifications", response_model=list[VerificationView]
+)
+async def entity_verifications(
+    conn: Connection,
+    entity_type: Annotated[str, Path(pattern=_NAME, max_length=100)],
+    entity_id: Annotated[str, Path(min_length=1, max_length=500)],
+) -> list[VerificationView]:
+    """Every verify event of one entity, oldest first, with each asked service's answer."""
+    found = await verification_queries.entity_verifications(conn, entity_type, entity_id)
+    return [VerificationView.model_validate(v) for v in found]
+
+
+@router.post(
+    "/entities/{entity_type}/{entity_id}/verify",
+    response_model=VerificationView,
+    status_code=status.HTTP_201_CREATED,
+    responses={409: {"description": "no service acked a deletion of this entity"}},
+)
+async def verify_entity(
+    ctx: Context,
+    actor: Writer,
+    entity_type: Annotated[str, Path(pattern=_NAME, max_length=100)],
+    entity_id: Annotated[str, Path(min_length=1, max_length=500)],
+) -> VerificationView:
+    """Ask every service that acked one of the entity's deletions how many records it
+    still holds (a `verify` event, signed and sent by the relay). Needs a `write` token;
+    the requester recorded is the token's name."""
+    async with ctx.engine.begin() as conn:
+        asked = await request.request_verify(
+            conn,
+            entity_type,
+            entity_id,
+            policy=request.ON_DEMAND,
+            trigger="on_demand",
+            by=actor.name,
+            now=ctx.clock.now(),
+        )
+        if asked is None:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                f"no service acked a deletion of {entity_type}:{entity_id}: nothing to verify",
+            )
+        found = await verification_queries.entity_verifications(conn, entity_type, entity_id)
+    [view] = [v for v in found if v["event_id"] == str(asked.event_id)]
+    return VerificationView.model_validate(view)
 
 
 @router.get(

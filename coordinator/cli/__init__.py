@@ -27,6 +27,7 @@ from coordinator.cli import (
     services,
     status,
     tokens,
+    verify,
 )
 from coordinator.cli._app import ExitCode, app, err_console
 from schemas import error_text
@@ -58,6 +59,7 @@ app.add_typer(kafka.app, name="kafka")
 app.add_typer(keys.app, name="keys")
 app.add_typer(archive.app, name="archive")
 app.add_typer(notifications.app, name="notifications")
+app.command("verify")(verify.verify)
 
 
 def main() -> None:

@@ -13,10 +13,12 @@ from coordinator.crypto.keystore import KeyStoreError, open_keystore
 from coordinator.crypto.provider import LocalKeyProvider, write_kek
 from coordinator.store.db import make_engine
 from schemas.signing import generate_key_files
+from schemas.suppression import write_pepper
 
 app = typer.Typer(help="Signing keys and encryption keys.", no_args_is_help=True)
 
 KEK_FILE = "kek.hex"
+PEPPER_FILE = "suppression.pepper"
 
 OUT_OPTION = typer.Option(..., "--out", help="Folder to write the key file(s) to.")
 NAME_OPTION = typer.Option(
@@ -30,18 +32,32 @@ KEK_OPTION = typer.Option(
     help=f"Write a key-encryption key, {KEK_FILE} (mode 0600), for RETENTION_KEK_FILE.",
 )
 
+PEPPER_OPTION = typer.Option(
+    False,
+    "--pepper",
+    help=f"Write the suppression list's pepper, {PEPPER_FILE} (mode 0600), for "
+    "RETENTION_SUPPRESSION_PEPPER_FILE (coordinator and services).",
+)
+
 
 @app.command("generate")
 def generate(
-    out: Path = OUT_OPTION, name: str | None = NAME_OPTION, kek: bool = KEK_OPTION
+    out: Path = OUT_OPTION,
+    name: str | None = NAME_OPTION,
+    kek: bool = KEK_OPTION,
+    pepper: bool = PEPPER_OPTION,
 ) -> None:
     """Write new keys into --out: a signing key pair (--name; NAME.key is PEM PKCS#8, mode
-    0600, NAME.pub is ed25519:<base64>) or the KEK (--kek). Nothing is ever overwritten."""
-    if kek == (name is not None):
-        err_console.print("[red]say which key: --name NAME (signing) or --kek[/red]")
+    0600, NAME.pub is ed25519:<base64>), the KEK (--kek) or the suppression pepper
+    (--pepper). Nothing is ever overwritten."""
+    if [kek, pepper, name is not None].count(True) != 1:
+        err_console.print("[red]say which key: --name NAME (signing), --kek or --pepper[/red]")
         raise typer.Exit(ExitCode.BAD_INPUT)
     if name is not None:
         _signing_pair(out, name)
+        return
+    if pepper:
+        _pepper(out / PEPPER_FILE)
         return
     path = out / KEK_FILE
     try:
@@ -51,6 +67,19 @@ def generate(
         err_console.print(f"[red]{path} exists; not overwritten[/red]")
         raise typer.Exit(ExitCode.BAD_INPUT) from None
     out_console.print(f"key-encryption key: {path} ({kek_id}); keep it secret and backed up")
+
+
+def _pepper(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_pepper(path)
+    except FileExistsError:
+        err_console.print(f"[red]{path} exists; not overwritten[/red]")
+        raise typer.Exit(ExitCode.BAD_INPUT) from None
+    out_console.print(
+        f"suppression pepper: {path}; give the same file to the coordinator and every "
+        "service that calls is_erased, and keep it secret"
+    )
 
 
 def _signing_pair(out: Path, name: str) -> None:

@@ -50,11 +50,18 @@ _OVERDUE_COLUMNS = (
 )
 # Pages read for the overdue list: each is one keyset query, however long the list.
 _OVERDUE_PAGE = 1000
+_VERIFY_COLUMNS = ("verified", "still_present", "unsupported", "failed", "pending")
+"""Answers to verify events per service (SPEC §12); `still_present` doubles as the count of
+a service's reopened acknowledgements in its `service` row."""
 _HEADER = (
     "scope",
     "name",
     *_COLUMNS,
     "waived",
+    "resurrected",
+    "verified",
+    "still_present",
+    "unsupported",
     "reason",
     "rejected",
     *_PURGE_COLUMNS,
@@ -179,8 +186,19 @@ def _write_csv(document: dict[str, Any]) -> None:
                     "name": row[scope],
                     **{c: _blank(row[c]) for c in _COLUMNS},
                     "waived": _blank(row.get("waived")),
+                    "resurrected": _blank(row.get("resurrected")),
+                    "still_present": _blank(row.get("still_present")),
                 }
             )
+    for row in document["verification"]:
+        writer.writerow(
+            {
+                "scope": "verification",
+                "name": row["service"],
+                **{c: row[c] for c in ("verified", "still_present", "unsupported", "failed")},
+                "pending": row["pending"],
+            }
+        )
     for row in document["rejected_acks"]:
         writer.writerow(
             {
@@ -216,10 +234,23 @@ def _blank(value: object) -> object:
 
 def _print_tables(document: dict[str, Any]) -> None:
     for scope, key in (("policy", "policies"), ("service", "services")):
-        columns = (*_COLUMNS, "waived") if scope == "service" else _COLUMNS
+        columns = (
+            (*_COLUMNS, "waived", "still_present")
+            if scope == "service"
+            else (*_COLUMNS, "resurrected")
+        )
         table = Table(scope, *columns, title=f"per {scope} since {document['since']}")
         for row in document[key]:
             table.add_row(row[scope], *("-" if row[c] is None else str(row[c]) for c in columns))
+        out_console.print(table)
+    if document["verification"]:
+        table = Table(
+            "service",
+            *_VERIFY_COLUMNS,
+            title="answers to verify events (unsupported: no verify handler, no proof)",
+        )
+        for row in document["verification"]:
+            table.add_row(row["service"], *(str(row[c]) for c in _VERIFY_COLUMNS))
         out_console.print(table)
     if document["rejected_acks"]:
         table = Table("claimed service", "reason", "count", title="rejected acks")

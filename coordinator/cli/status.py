@@ -8,6 +8,7 @@ from typing import Any
 import typer
 from rich.markup import escape
 from rich.table import Table
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.cli._app import (
     ExitCode,
@@ -19,6 +20,7 @@ from coordinator.cli._app import (
 )
 from coordinator.clock import SystemClock
 from coordinator.tracking import queries
+from coordinator.verification.queries import entity_verifications
 
 __all__ = ["certificate", "parse_entity", "status"]
 
@@ -31,6 +33,11 @@ _STYLE = {
     "failed": "red",
     "overdue": "red",
     "waived": "magenta",
+    "resurrected": "red",
+    "still_present": "red",
+    "verified": "green",
+    "unsupported": "yellow",
+    "incomplete": "yellow",
 }
 
 
@@ -75,18 +82,52 @@ def status(
 
     assert entity is not None
     entity_type, entity_id = parse_entity(entity)
-    events = read_database(
-        settings,
-        lambda conn: queries.entity_status(conn, entity_type, entity_id, now=SystemClock().now()),
-    )
+
+    async def both(conn: AsyncConnection) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        now = SystemClock().now()
+        return (
+            await queries.entity_status(conn, entity_type, entity_id, now=now),
+            await entity_verifications(conn, entity_type, entity_id),
+        )
+
+    events, verified = read_database(settings, both)
     if not events:
         err_console.print(f"no retention events for {entity_type}:{entity_id}")
         raise typer.Exit(ExitCode.ERRORS)
     if as_json:
-        emit_json({"entity": {"type": entity_type, "id": entity_id}, "events": events})
+        emit_json(
+            {
+                "entity": {"type": entity_type, "id": entity_id},
+                "events": events,
+                "verifications": verified,
+            }
+        )
         return
     for found in events:
         _print_event(found)
+    for found in verified:
+        _print_verification(found)
+
+
+def _print_verification(found: dict[str, Any]) -> None:
+    outcome = found["outcome"]
+    style = _STYLE.get(outcome, "white")
+    out_console.print(
+        f"[bold]verify[/bold] {found['trigger']} by {escape(found['requested_by'])} at "
+        f"{found['requested_at']} — [{style}]{outcome}[/{style}]",
+        highlight=False,
+    )
+    table = Table("service", "answer", "records left", "answered at", "detail")
+    for svc in found["services"]:
+        answer = svc["status"]
+        table.add_row(
+            svc["service"],
+            f"[{_STYLE.get(answer, 'white')}]{answer}[/{_STYLE.get(answer, 'white')}]",
+            "-" if svc["records_affected"] is None else str(svc["records_affected"]),
+            svc["acknowledged_at"] or "-",
+            escape(svc["detail"]),
+        )
+    out_console.print(table)
 
 
 def certificate(

@@ -46,7 +46,13 @@ from coordinator.audit import AuditAction, AuditEntry, append
 from coordinator.clock import Clock
 from coordinator.crypto.keystore import KeyStore, KeyStoreError, open_keystore
 from coordinator.erasure.due import LEGAL_BASIS
-from coordinator.erasure.requests import CLOSED, ErasureRequest, Status, get_request
+from coordinator.erasure.requests import (
+    CLOSED,
+    ErasureError,
+    ErasureRequest,
+    Status,
+    get_request,
+)
 from coordinator.policy.binding import BoundPolicy, bind_policies
 from coordinator.policy.model import Action, OnErasure, PolicySet
 from coordinator.purge.archive import KEY_ID, key_scope
@@ -62,7 +68,9 @@ from coordinator.store.tables import (
     outbox,
     runs,
 )
+from coordinator.suppression.entries import Suppression, record_erased
 from schemas import EventReason
+from schemas.suppression import PepperError
 
 __all__ = ["SUBJECT_EVENT_POLICY", "Execution", "execute_request", "precedence", "typed_id"]
 
@@ -359,9 +367,14 @@ async def _subject_held(conn: AsyncConnection, request: ErasureRequest, now: dat
 
 
 async def _publish_subject_event(
-    engine: AsyncEngine, request: ErasureRequest, run_id: uuid.UUID, now: datetime
+    engine: AsyncEngine,
+    request: ErasureRequest,
+    run_id: uuid.UUID,
+    now: datetime,
+    suppression: Suppression | None,
 ) -> tuple[bool, list[str]]:
-    """One subject event per request, once; none while the subject is held."""
+    """One subject event per request, once; none while the subject is held. With it, in the
+    same transaction, the subject goes on the suppression list (SPEC §12)."""
     async with engine.begin() as conn:
         # The request's row lock makes "not published yet, publish" one step.
         await conn.execute(
@@ -400,6 +413,10 @@ async def _publish_subject_event(
                 subject=request.subject,
             )
         )
+        if suppression is not None:
+            await record_erased(
+                conn, suppression, request.subject_type, request.subject_id, now=now
+            )
         return True, []
 
 
@@ -431,13 +448,21 @@ async def execute_request(
     One execution of a request at a time (a session advisory lock); None when another
     process is executing it now.
     """
+    try:
+        # Before anything changes: an erasure whose subject can't be listed as erased would
+        # go unlisted for good.
+        suppression = Suppression.from_settings(settings)
+    except PepperError as exc:
+        raise ErasureError(str(exc)) from None
     key = func.hashtext(f"retention.erasure:{request_id}")
     async with engine.connect() as lock:
         await lock.execution_options(isolation_level="AUTOCOMMIT")
         if not (await lock.execute(select(func.pg_try_advisory_lock(key)))).scalar():
             return None
         try:
-            return await _execute(engine, policy_set, settings, request_id, clock=clock, by=by)
+            return await _execute(
+                engine, policy_set, settings, request_id, suppression, clock=clock, by=by
+            )
         finally:
             await lock.execute(select(func.pg_advisory_unlock(key)))
 
@@ -447,6 +472,7 @@ async def _execute(
     policy_set: PolicySet,
     settings: Settings,
     request_id: uuid.UUID,
+    suppression: Suppression | None,
     *,
     clock: Clock,
     by: str,
@@ -522,7 +548,9 @@ async def _execute(
     finally:
         if keys is not None:
             await keys.aclose()
-    published, subject_holds = await _publish_subject_event(engine, request, run_id, now)
+    published, subject_holds = await _publish_subject_event(
+        engine, request, run_id, now, suppression
+    )
     holds = sorted({*subject_holds, *(h for p in parts for h in p.holds)})
     execution = Execution(request, run_id, parts, published, holds, errors)
     await _record(engine, execution, now, by)

@@ -67,7 +67,7 @@ def service_principal(service: str) -> str:
 
 def coordinator_written(topics: Topics) -> tuple[str, ...]:
     """Topics only the coordinator writes: what services act on and trust."""
-    return (topics.events,)
+    return (topics.events, topics.erased)
 
 
 def service_written(topics: Topics) -> tuple[str, ...]:

@@ -36,7 +36,8 @@ __all__ = [
 @dataclass(frozen=True, slots=True)
 class OutgoingRecord:
     key: bytes | None
-    value: bytes
+    value: bytes | None
+    """None: a tombstone (the erased topic's expired entries)."""
     headers: list[tuple[str, bytes]]
 
 

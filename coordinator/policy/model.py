@@ -136,6 +136,17 @@ class Policy(BaseModel):
     completion_deadline: Duration = Field(
         default=timedelta(days=30), description="How long services have to acknowledge."
     )
+    verify_sample: float = Field(
+        default=0,
+        ge=0,
+        le=1,
+        description="Fraction of the entities whose delete events completed at least "
+        "`verify_after` ago that services are asked to verify (SPEC §12); 0: none.",
+    )
+    verify_after: Duration = Field(
+        default=timedelta(days=1),
+        description="How long after completion an entity becomes eligible for a sampled verify.",
+    )
     before_purge: str | None = Field(
         default=None,
         pattern=_HOOK,
@@ -276,6 +287,9 @@ class DeclaredService(BaseModel):
                 raise ValueError(f"{entity_type!r} is not an entity type")
             if not actions:
                 raise ValueError(f"{entity_type}: list at least one action")
+            if EventType.VERIFY in actions:
+                # Verification is asked of whoever handles the type; nobody is declared for it.
+                raise ValueError(f"{entity_type}: list delete or anonymize, not verify")
         return value
 
     @field_validator("public_keys")

@@ -29,6 +29,7 @@ __all__ = [
     "anonymized",
     "audit_log",
     "data_keys",
+    "erased_entities",
     "erasure_parts",
     "erasure_requests",
     "event_status",
@@ -42,6 +43,9 @@ __all__ = [
     "runs",
     "scheduler_fires",
     "service_registry",
+    "verifications",
+    "verify_answers",
+    "verify_marks",
 ]
 
 metadata = MetaData(
@@ -244,7 +248,7 @@ event_status = Table(
     Column("tracked_audit_seq", BigInteger),
     Column("completed_audit_seq", BigInteger),
     CheckConstraint(
-        "state IN ('pending', 'completed', 'failed', 'overdue')",
+        "state IN ('pending', 'completed', 'failed', 'overdue', 'resurrected')",
         name="ck_retention_event_status_state",
     ),
     Index(None, "entity_type", "entity_id"),
@@ -290,7 +294,8 @@ expected_acks = Table(
     # `completion_deadline`; NULL: the event's deadline (tracking/deadlines.ack_deadline).
     _ts("deadline"),
     CheckConstraint(
-        "status IN ('pending', 'completed', 'not_found', 'failed', 'waived')",
+        "status IN ('pending', 'completed', 'not_found', 'failed', 'waived', 'held', "
+        "'still_present')",
         name="ck_retention_expected_acks_status",
     ),
     # The pending/overdue gauges count only what is still open, per service.
@@ -304,6 +309,12 @@ expected_acks = Table(
         "ix_retention_expected_acks_own_deadline",
         "deadline",
         postgresql_where=text("deadline IS NOT NULL AND status IN ('pending', 'failed')"),
+    ),
+    # The resurrected gauge reads only reopened acknowledgements, which are few (0014).
+    Index(
+        "ix_retention_expected_acks_still_present",
+        "service",
+        postgresql_where=text("status = 'still_present'"),
     ),
 )
 
@@ -477,4 +488,78 @@ notifications = Table(
         "next_attempt_at",
         postgresql_where=text("status = 'pending'"),
     ),
+)
+
+
+# --- Verification (SPEC §12; coordinator/verification/) ---------------------------------
+
+# One row per verify event: which entity, why (a sample or on demand) and who asked. The
+# event itself goes out through the outbox like any other; the tracker never snapshots it.
+verifications = Table(
+    "retention_verifications",
+    metadata,
+    Column("event_id", Uuid, primary_key=True),
+    Column("entity_type", Text, nullable=False),
+    Column("entity_id", Text, nullable=False),
+    # The policy of the deletion verified (sample), or "on_demand".
+    Column("policy", Text, nullable=False),
+    Column("trigger", Text, nullable=False),
+    Column("requested_by", Text, nullable=False),
+    _ts("requested_at", nullable=False),
+    CheckConstraint(
+        "trigger IN ('sample', 'on_demand')", name="ck_retention_verifications_trigger"
+    ),
+    Index(None, "entity_type", "entity_id"),
+)
+
+# Each asked service's answer: `unsupported` (no verify handler) is shown as such and never
+# counts as verified; `failed` means its count raised.
+verify_answers = Table(
+    "retention_verify_answers",
+    metadata,
+    Column(
+        "event_id",
+        Uuid,
+        ForeignKey("retention_verifications.event_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("service", Text, primary_key=True),
+    Column("status", Text, nullable=False, server_default=text("'pending'")),
+    Column("records_affected", BigInteger),
+    Column("detail", Text),
+    _ts("acknowledged_at"),
+    CheckConstraint(
+        "status IN ('pending', 'verified', 'still_present', 'unsupported', 'failed')",
+        name="ck_retention_verify_answers_status",
+    ),
+)
+
+# Per policy, the completion time up to which sampling has looked: each completed deletion
+# is considered for a sample once.
+verify_marks = Table(
+    "retention_verify_marks",
+    metadata,
+    Column("policy", Text, primary_key=True),
+    _ts("completed_before", nullable=False),
+)
+
+
+# --- Suppression list (SPEC §12; coordinator/suppression/) -------------------------------
+
+# One row per erased entity, keyed by the HMAC the erased topic uses (never the clear id),
+# written in the transaction that erases it: the publisher sends what is unpublished, so an
+# entry survives any crash. Past `expires_at` a tombstone is sent and the row deleted.
+erased_entities = Table(
+    "retention_erased_entities",
+    metadata,
+    Column("key", Text, primary_key=True),
+    _ts("erased_at", nullable=False),
+    _ts("expires_at", nullable=False),
+    _ts("published_at"),
+    Index(
+        "ix_retention_erased_entities_unpublished",
+        "erased_at",
+        postgresql_where=text("published_at IS NULL"),
+    ),
+    Index(None, "expires_at"),
 )

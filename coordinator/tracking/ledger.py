@@ -22,7 +22,7 @@ from coordinator import audit
 from coordinator.store.tables import ack_ledger, event_status, expected_acks
 from coordinator.tracking.columns import event_ids_param, unnest
 from coordinator.tracking.snapshot import ACTOR, Deadlines, Declared, track_events
-from schemas import AckStatus, RetentionAck
+from schemas import VERIFY_STATUSES, AckStatus, RetentionAck
 
 __all__ = [
     "ConsumedAck",
@@ -38,6 +38,10 @@ DONE = frozenset({AckStatus.COMPLETED.value, AckStatus.NOT_FOUND.value})
 WAIVED = "waived"
 """Set by `acks waive` / `services retire` only (coordinator/tracking/waivers.py); final."""
 SETTLED = DONE | {WAIVED}
+STILL_PRESENT = AckStatus.STILL_PRESENT.value
+"""Set by a verify answer (coordinator/verification/): only an ack of a later delete event
+ends it, never another ack of this one (a redelivery is answered from the service's
+idempotency record, without deleting)."""
 _DETAIL_CHARS = 2000
 _ACK_FIELDS = (
     "status",
@@ -77,6 +81,8 @@ class RejectReason(StrEnum):
     UNKNOWN_EVENT = "unknown_event"
     ENTITY_MISMATCH = "entity_mismatch"
     UNEXPECTED_SERVICE = "unexpected_service"
+    UNEXPECTED_STATUS = "unexpected_status"
+    """A verify answer to a deletion event, or a deletion status to a verify event."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +293,8 @@ def _reject_reason(
         return RejectReason.ENTITY_MISMATCH
     if (ack.event_id, ack.service) not in expected:
         return RejectReason.UNEXPECTED_SERVICE
+    if ack.status in VERIFY_STATUSES:
+        return RejectReason.UNEXPECTED_STATUS
     return None
 
 
@@ -337,7 +345,7 @@ def _apply(row: dict[str, Any], ack: RetentionAck) -> None:
     row["acks_received"] += 1
     if row["first_ack_at"] is None or ack.acknowledged_at < row["first_ack_at"]:
         row["first_ack_at"] = ack.acknowledged_at
-    if row["status"] in SETTLED:
+    if row["status"] in SETTLED or row["status"] == STILL_PRESENT:
         return
     if (
         row["status"] == AckStatus.FAILED.value
@@ -373,7 +381,9 @@ def compute_transitions(
     for event_id in sorted(touched):
         event, rows = events[event_id], by_event[event_id]
         completed_at = None
-        if rows and all(r["status"] in SETTLED for r in rows):
+        if any(r["status"] == STILL_PRESENT for r in rows):
+            state, completed_at = "resurrected", event.completed_at
+        elif rows and all(r["status"] in SETTLED for r in rows):
             state = "completed"
             completed_at = max(r["acknowledged_at"] for r in rows)
         elif event.state == "overdue":

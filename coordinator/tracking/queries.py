@@ -26,6 +26,7 @@ from coordinator.store.tables import (
     service_registry,
 )
 from coordinator.tracking.deadlines import ack_deadline
+from coordinator.verification.queries import answers_by_service, entity_verifications
 
 __all__ = [
     "ServiceState",
@@ -62,7 +63,12 @@ async def entity_status(
     return await _events(
         conn,
         and_(event_status.c.entity_type == entity_type, event_status.c.entity_id == entity_id),
-        and_(outbox.c.entity_type == entity_type, outbox.c.entity_id == entity_id),
+        and_(
+            outbox.c.entity_type == entity_type,
+            outbox.c.entity_id == entity_id,
+            # Verify events are listed apart (coordinator/verification/queries.py).
+            outbox.c.event_type != "verify",
+        ),
         now=now,
     )
 
@@ -211,6 +217,7 @@ async def report(conn: AsyncConnection, *, since: datetime) -> dict[str, Any]:
             func.count(),
             *(func.count().filter(s.state == state) for state in _STATES),
             *_percentiles(case((s.state == "completed", event_seconds))),
+            func.count().filter(s.state == "resurrected"),
         )
         .where(s.published_at >= since)
         .group_by(s.policy)
@@ -227,6 +234,7 @@ async def report(conn: AsyncConnection, *, since: datetime) -> dict[str, Any]:
             func.count().filter(e.status == "pending"),
             *_percentiles(case((e.status.in_(_DONE), ack_seconds))),
             func.count().filter(e.status == "waived"),
+            func.count().filter(e.status == "still_present"),
         )
         .join_from(expected_acks, event_status, s.event_id == e.event_id)
         .where(s.published_at >= since)
@@ -242,10 +250,15 @@ async def report(conn: AsyncConnection, *, since: datetime) -> dict[str, Any]:
     )
     return {
         "since": _ts(since),
-        "policies": [_outcome_row("policy", row) for row in by_policy],
-        "services": [
-            {**_outcome_row("service", row[:-1]), "waived": row[-1]} for row in by_service
+        "policies": [
+            {**_outcome_row("policy", row[:-1]), "resurrected": row[-1]} for row in by_policy
         ],
+        "services": [
+            {**_outcome_row("service", row[:-2]), "waived": row[-2], "still_present": row[-1]}
+            for row in by_service
+        ],
+        # Answers to verify events asked since `since` (SPEC §12); `unsupported` is no proof.
+        "verification": await answers_by_service(conn, since=since),
         "rejected_acks": [
             {"service": row[0], "reason": row[1], "count": row[2]} for row in rejected
         ],
@@ -313,6 +326,7 @@ async def certificate(
         )
     refs = await _audit_refs(conn, ids)
     head = (await conn.execute(select(log.seq, log.hash).order_by(log.seq.desc()).limit(1))).first()
+    verified = await entity_verifications(conn, entity_type, entity_id)
     documents = []
     for event in events:
         tracked_seq, completed_seq = refs.get(event["event_id"], (None, None))
@@ -341,7 +355,14 @@ async def certificate(
         "entity": {"type": entity_type, "id": entity_id},
         "generated_at": _ts(now),
         "complete": all(d["state"] == "completed" for d in documents),
+        # A service found still holding data after its ack: complete again only once a
+        # later delete is acked (SPEC §15).
+        "resurrected": any(d["state"] == "resurrected" for d in documents),
         "events": documents,
+        "verifications": [
+            {k: v[k] for k in ("event_id", "trigger", "requested_at", "outcome", "services")}
+            for v in verified
+        ],
         "audit_chain": {
             "head": _ref(head.seq, head.hash) if head is not None else None,
             "how_to_verify": "retention audit verify: every row up to the head must chain",

@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from coordinator import audit
 from coordinator.store.tables import event_status, expected_acks, outbox
 from coordinator.tracking.columns import event_ids_param, unnest
+from schemas import EventType
 
 __all__ = ["ACTOR", "Deadlines", "Declared", "TrackedEvent", "track_events", "track_published"]
 
@@ -152,6 +153,8 @@ async def _track(
             (published + interval).label("next_reminder_at"),
         )
         .where(which)
+        # Verify events ask, they don't delete: coordinator/verification/ follows them.
+        .where(o.event_type != EventType.VERIFY.value)
         .where(~exists().where(event_status.c.event_id == o.event_id))
         .order_by(o.published_at)
     )

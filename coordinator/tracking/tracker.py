@@ -31,6 +31,7 @@ from coordinator.metrics import Metrics
 from coordinator.policy.model import DeclaredService
 from coordinator.settings import TrackerSettings
 from coordinator.tracking import deadlines, drift, ledger, registry, snapshot
+from coordinator.verification import answers
 from schemas import (
     KafkaSettings,
     PoisonRecord,
@@ -147,6 +148,7 @@ class Tracker:
         )
         self._started = False
         self._gauge_services: set[str] = set()
+        self._resurrected_services: set[str] = set()
         self._last_housekeeping = float("-inf")
         self._last_gauges = float("-inf")
 
@@ -303,20 +305,31 @@ class Tracker:
             if poison:
                 await self._dead_letter(poison)
             async with self._engine.begin() as conn:
+                now = self._clock.now()
+                asked = await answers.verify_event_ids(
+                    conn, [r.ack.event_id for r in records if r.ack is not None]
+                )
                 outcome = await ledger.apply_acks(
                     conn,
-                    records,
+                    [r for r in records if r.ack is None or r.ack.event_id not in asked],
                     declared=self._declared,
                     deadlines=self._deadlines,
-                    now=self._clock.now(),
+                    now=now,
                     reminder_interval=self._schedule.interval,
                 )
+                verified = await answers.apply_answers(
+                    conn,
+                    [r for r in records if r.ack is not None and r.ack.event_id in asked],
+                    now=now,
+                )
+                await answers.delete_again(conn, outcome.accepted, now=now)
         except BaseException:
             # Nothing was recorded: rewind so the batch is read again, not skipped.
             reader.rewind(messages)
             raise
         await reader.commit(messages)
         self._count(outcome)
+        self._count_answers(verified)
         return outcome
 
     def _refused(self, ack: RetentionAck, msg: ConsumedRecord) -> ledger.RejectReason | None:
@@ -326,6 +339,18 @@ class Tracker:
         if not self._signature_ok(verifier, msg, self._topics.acks):
             return ledger.RejectReason.BAD_SIGNATURE
         return None
+
+    def _count_answers(self, outcome: answers.VerifyOutcome) -> None:
+        m = self._metrics
+        for (service, status), n in Counter(
+            (a.service, a.status.value) for a in outcome.accepted
+        ).items():
+            m.acks.labels(service=service, status=status).inc(n)
+        for reason, n in Counter(why.value for _, why in outcome.rejected).items():
+            m.acks_rejected.labels(reason=reason).inc(n)
+        for entity_type, _, service in outcome.resurrected:
+            # The entity's id stays out of logs (personal data); the console names it.
+            log.warning("entity_resurrected", entity_type=entity_type, service=service)
 
     async def _dead_letter(self, poison: list[tuple[ConsumedRecord, str]]) -> None:
         letters = []
@@ -418,6 +443,12 @@ class Tracker:
     async def refresh_gauges(self) -> None:
         async with self._engine.connect() as conn:
             counts = await deadlines.open_acks_by_service(conn, now=self._clock.now())
+            resurrected = await answers.resurrected_events(conn)
+        for service in self._resurrected_services - resurrected.keys():
+            self._metrics.resurrected_events.labels(service=service).set(0)
+        for service, count in resurrected.items():
+            self._metrics.resurrected_events.labels(service=service).set(count)
+        self._resurrected_services |= resurrected.keys()
         for service in self._gauge_services - counts.keys():
             self._metrics.pending_acks.labels(service=service).set(0)
             self._metrics.overdue_events.labels(service=service).set(0)

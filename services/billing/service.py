@@ -15,7 +15,17 @@ from consumer_sdk import EntityNotFound, EventType, RetentionEvent
 from services._shared import entity_erasure_log, entity_ids, log_erasures, per_entity
 from services.example import Example, Handler
 
-__all__ = ["EXAMPLE", "MASK", "SERVICE", "create_app", "erasure_log", "metadata", "orders", "seed"]
+__all__ = [
+    "EXAMPLE",
+    "MASK",
+    "SERVICE",
+    "count_user_orders",
+    "create_app",
+    "erasure_log",
+    "metadata",
+    "orders",
+    "seed",
+]
 
 SERVICE = "billing"
 MASK = "[redacted]"
@@ -94,6 +104,16 @@ async def delete_users(
     return results
 
 
+async def count_user_orders(event: RetentionEvent, conn: AsyncConnection) -> int:
+    """Verification (SPEC §12): orders still linked to the user. A deleted user's orders
+    are unlinked, so anything counted here came back after the deletion (a restore, a late
+    import)."""
+    found = await conn.execute(
+        select(func.count()).select_from(orders).where(orders.c.user_id == event.entity_id)
+    )
+    return int(found.scalar_one())
+
+
 def seed_rows(
     user_ids: Sequence[str],
     *,
@@ -132,6 +152,7 @@ EXAMPLE = Example(
         Handler("user", EventType.DELETE, delete_users, batch=True),
     ),
     seed_rows,
+    verifiers=(Handler("user", EventType.VERIFY, count_user_orders),),
 )
 create_app = EXAMPLE.consumer
 seed = EXAMPLE.seed

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, DateTime, Identity, MetaData, Table, Text, func
+from sqlalchemy import BigInteger, Column, DateTime, Identity, MetaData, Table, Text, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consumer_sdk import EntityNotFound, EventType, RetentionEvent
@@ -30,6 +30,14 @@ documents = Table(
 )
 
 erasure_log = user_erasure_log(metadata)
+
+
+async def count_user_documents(event: RetentionEvent, conn: AsyncConnection) -> int:
+    """Verification (SPEC §12): the user's documents still in the index."""
+    found = await conn.execute(
+        select(func.count()).select_from(documents).where(documents.c.user_id == event.entity_id)
+    )
+    return int(found.scalar_one())
 
 
 async def delete_user(event: RetentionEvent, conn: AsyncConnection) -> int:
@@ -61,6 +69,7 @@ EXAMPLE = Example(
     (Handler("user", EventType.DELETE, delete_user),),
     seed_rows,
     faust=True,
+    verifiers=(Handler("user", EventType.VERIFY, count_user_documents),),
 )
 seed = EXAMPLE.seed
 

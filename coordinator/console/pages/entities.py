@@ -54,6 +54,25 @@ def _timeline(certificate: dict[str, Any]) -> list[dict[str, Any]]:
                     "audit": ack["audit"],
                 }
             )
+    for verification in certificate["verifications"]:
+        asked = ", ".join(a["service"] for a in verification["services"])
+        steps.append(
+            {
+                "at": verification["requested_at"],
+                "what": f"verify ({verification['trigger']}) asked {asked}",
+                "audit": None,
+            }
+        )
+        for answer in verification["services"]:
+            if answer["acknowledged_at"]:
+                steps.append(
+                    {
+                        "at": answer["acknowledged_at"],
+                        "what": f"{answer['service']} answered verify: {answer['status']} "
+                        f"({answer['records_affected']} records left)",
+                        "audit": None,
+                    }
+                )
     return sorted(steps, key=lambda s: s["at"] or "")
 
 

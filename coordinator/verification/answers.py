@@ -1,0 +1,417 @@
+"""Record services' answers to verify events, inside the tracker's ack transaction.
+
+Every answer lands in the ack ledger, accepted or rejected with a reason, like any ack.
+An accepted `still_present` turns that service's done acknowledgements of the entity's
+delete events into `still_present` and those events into `resurrected` (SPEC §15); a
+later delete ack from the same service, for an event published after that answer,
+completes them again. Nothing here ever runs or re-sends a deletion.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, any_, func, literal, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from coordinator import audit
+from coordinator.store.tables import (
+    ack_ledger,
+    event_status,
+    expected_acks,
+    verifications,
+    verify_answers,
+)
+from coordinator.tracking.columns import event_ids_param, unnest
+from coordinator.tracking.ledger import ConsumedAck, RejectReason
+from schemas import VERIFY_STATUSES, AckStatus, EventType, RetentionAck
+
+__all__ = [
+    "ANSWERS",
+    "VerifyOutcome",
+    "apply_answers",
+    "delete_again",
+    "resurrected_events",
+    "verify_event_ids",
+]
+
+ACTOR = "tracker"
+ANSWERS = frozenset({*(s.value for s in VERIFY_STATUSES), AckStatus.FAILED.value})
+"""What a verify event may be answered with; `failed`: the service's count raised."""
+_DONE = ("completed", "not_found")
+
+
+@dataclass(slots=True)
+class VerifyOutcome:
+    accepted: list[RetentionAck] = field(default_factory=list)
+    rejected: list[tuple[ConsumedAck, RejectReason]] = field(default_factory=list)
+    resurrected: list[tuple[str, str, str]] = field(default_factory=list)
+    """(entity type, entity id, service) found still holding data by this batch."""
+
+
+async def verify_event_ids(conn: AsyncConnection, event_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of these are verify events (their acks are answers, recorded here)."""
+    if not event_ids:
+        return set()
+    rows = await conn.execute(
+        select(verifications.c.event_id).where(
+            verifications.c.event_id == any_(event_ids_param(sorted(set(event_ids))))
+        )
+    )
+    return set(rows.scalars())
+
+
+async def apply_answers(
+    conn: AsyncConnection, records: Sequence[ConsumedAck], *, now: datetime
+) -> VerifyOutcome:
+    """Ledger, answers, resurrections and one audit entry for acks of verify events."""
+    outcome = VerifyOutcome()
+    acks = [r.ack for r in records if r.ack is not None]
+    if not acks:
+        return outcome
+    ids = sorted({a.event_id for a in acks})
+    # The chain's lock first, as every tracker transaction takes it: answer rows are locked
+    # only while holding it, so two trackers never wait on each other in opposite orders.
+    last_seq, _ = await audit.lock_head(conn)
+    asked = {
+        row.event_id: row
+        for row in await conn.execute(
+            select(verifications).where(verifications.c.event_id == any_(event_ids_param(ids)))
+        )
+    }
+    answers: dict[tuple[uuid.UUID, str], dict[str, Any]] = {
+        (row.event_id, row.service): row._asdict()
+        for row in await conn.execute(
+            select(verify_answers)
+            .where(verify_answers.c.event_id == any_(event_ids_param(ids)))
+            .order_by(verify_answers.c.event_id, verify_answers.c.service)
+            .with_for_update()
+        )
+    }
+    rows: list[dict[str, Any]] = []
+    verdicts: list[tuple[ConsumedAck, RejectReason | None]] = []
+    for record in records:
+        reason = _reject_reason(record, asked, answers)
+        verdicts.append((record, reason))
+        rows.append(_ledger_row(record, now, reason))
+    inserted = await _insert_ledger(conn, rows, audit_seq=last_seq + 1)
+    changed: dict[tuple[uuid.UUID, str], dict[str, Any]] = {}
+    for record, reason in verdicts:
+        if (record.topic, record.partition, record.offset) not in inserted:
+            continue  # a redelivered record, recorded the first time
+        if reason is not None:
+            outcome.rejected.append((record, reason))
+            continue
+        ack = record.ack
+        assert ack is not None
+        outcome.accepted.append(ack)
+        row = answers[(ack.event_id, ack.service)]
+        if row["acknowledged_at"] is not None and row["acknowledged_at"] > ack.acknowledged_at:
+            continue
+        row.update(
+            status=ack.status.value,
+            records_affected=ack.records_affected,
+            detail=ack.detail[:2000],
+            acknowledged_at=ack.acknowledged_at,
+        )
+        changed[(ack.event_id, ack.service)] = row
+    for r in changed.values():
+        # Few per batch: services answer verify events one per sampled entity.
+        await conn.execute(
+            update(verify_answers)
+            .where(
+                verify_answers.c.event_id == r["event_id"],
+                verify_answers.c.service == r["service"],
+            )
+            .values(
+                status=r["status"],
+                records_affected=r["records_affected"],
+                detail=r["detail"],
+                acknowledged_at=r["acknowledged_at"],
+            )
+        )
+    found = {
+        (asked[r["event_id"]].entity_type, asked[r["event_id"]].entity_id, r["service"])
+        for r in changed.values()
+        if r["status"] == AckStatus.STILL_PRESENT.value
+    }
+    resurrected = await _resurrect(conn, sorted(found), now=now)
+    outcome.resurrected = [key for key in sorted(found) if key in resurrected]
+    entries = []
+    if outcome.accepted or outcome.rejected:
+        entries.append(
+            audit.AuditEntry(
+                audit.AuditAction.VERIFY_ANSWERS,
+                ACTOR,
+                {
+                    "accepted": [
+                        {
+                            "event_id": a.event_id,
+                            "service": a.service,
+                            "status": a.status.value,
+                            "records": a.records_affected,
+                        }
+                        for a in outcome.accepted
+                    ],
+                    "rejected": [
+                        {
+                            "partition": r.partition,
+                            "offset": r.offset,
+                            "reason": why.value,
+                            "event_id": r.ack.event_id if r.ack else None,
+                            "service": r.ack.service if r.ack else None,
+                        }
+                        for r, why in outcome.rejected
+                    ],
+                },
+            )
+        )
+    for (entity_type, entity_id, service), events in sorted(resurrected.items()):
+        entries.append(
+            audit.AuditEntry(
+                audit.AuditAction.ENTITY_RESURRECTED,
+                ACTOR,
+                {
+                    "entity_type": entity_type,
+                    "entity_id": entity_id,
+                    "service": service,
+                    "events": events,
+                },
+            )
+        )
+    refs = await audit.append_refs(conn, entries, at=now)
+    if inserted and refs and refs[0].seq != last_seq + 1:
+        raise RuntimeError(f"verify.answers landed at seq {refs[0].seq}, not {last_seq + 1}")
+    return outcome
+
+
+def _reject_reason(
+    record: ConsumedAck,
+    asked: dict[uuid.UUID, Any],
+    answers: dict[tuple[uuid.UUID, str], dict[str, Any]],
+) -> RejectReason | None:
+    ack = record.ack
+    assert ack is not None
+    if record.refused is not None:
+        return record.refused
+    verification = asked.get(ack.event_id)
+    if verification is None:
+        return RejectReason.UNKNOWN_EVENT
+    if (ack.entity_type, ack.entity_id) != (verification.entity_type, verification.entity_id):
+        return RejectReason.ENTITY_MISMATCH
+    if (ack.event_id, ack.service) not in answers:
+        return RejectReason.UNEXPECTED_SERVICE
+    if ack.status.value not in ANSWERS:
+        return RejectReason.UNEXPECTED_STATUS
+    return None
+
+
+def _ledger_row(record: ConsumedAck, now: datetime, reason: RejectReason | None) -> dict[str, Any]:
+    ack = record.ack
+    assert ack is not None
+    return {
+        "received_at": now,
+        "kafka_topic": record.topic,
+        "kafka_partition": record.partition,
+        "kafka_offset": record.offset,
+        "event_id": ack.event_id,
+        "service": ack.service,
+        "entity_type": ack.entity_type,
+        "entity_id": ack.entity_id,
+        "status": ack.status.value,
+        "records_affected": ack.records_affected,
+        "attempt": ack.attempt,
+        "detail": ack.detail[:2000],
+        "acknowledged_at": ack.acknowledged_at,
+        "accepted": reason is None,
+        "reject_reason": None if reason is None else reason.value,
+    }
+
+
+_LEDGER_COLUMNS = (
+    "received_at",
+    "kafka_topic",
+    "kafka_partition",
+    "kafka_offset",
+    "event_id",
+    "service",
+    "entity_type",
+    "entity_id",
+    "status",
+    "records_affected",
+    "attempt",
+    "detail",
+    "acknowledged_at",
+    "accepted",
+    "reject_reason",
+)
+
+
+async def _insert_ledger(
+    conn: AsyncConnection, rows: list[dict[str, Any]], *, audit_seq: int
+) -> set[tuple[str, int, int]]:
+    if not rows:
+        return set()
+    c = ack_ledger.c
+    consumed = unnest("consumed", {name: c[name].type for name in _LEDGER_COLUMNS}, rows)
+    result = await conn.execute(
+        pg_insert(ack_ledger)
+        .from_select(
+            [*_LEDGER_COLUMNS, "audit_seq"],
+            select(*consumed.c, literal(audit_seq, BigInteger())),
+        )
+        .on_conflict_do_nothing()
+        .returning(c.kafka_topic, c.kafka_partition, c.kafka_offset),
+    )
+    return {(row.kafka_topic, row.kafka_partition, row.kafka_offset) for row in result}
+
+
+async def _resurrect(
+    conn: AsyncConnection, found: Sequence[tuple[str, str, str]], *, now: datetime
+) -> dict[tuple[str, str, str], list[uuid.UUID]]:
+    """Reopen the delete events each service said were done but still holds data for."""
+    if not found:
+        return {}
+    s, e = event_status.c, expected_acks.c
+    reopened = await conn.execute(
+        update(expected_acks)
+        .where(
+            e.event_id == s.event_id,
+            tuple_(s.entity_type, s.entity_id, e.service).in_(list(found)),
+            s.event_type == EventType.DELETE.value,
+            e.status.in_(_DONE),
+        )
+        .values(status=AckStatus.STILL_PRESENT.value)
+        .returning(s.entity_type, s.entity_id, e.service, e.event_id)
+    )
+    events: dict[tuple[str, str, str], list[uuid.UUID]] = defaultdict(list)
+    for row in reopened:
+        events[(row.entity_type, row.entity_id, row.service)].append(row.event_id)
+    ids = sorted({i for found_ids in events.values() for i in found_ids})
+    if ids:
+        # No reminders: a redelivery of the same event would be answered from the
+        # service's idempotency record, not by deleting again.
+        await conn.execute(
+            update(event_status)
+            .where(s.event_id == any_(event_ids_param(ids)))
+            .values(state="resurrected", next_reminder_at=None, updated_at=now)
+        )
+    return {key: sorted(value) for key, value in events.items()}
+
+
+async def delete_again(
+    conn: AsyncConnection, accepted: Sequence[RetentionAck], *, now: datetime
+) -> list[uuid.UUID]:
+    """A later delete ack completes a resurrected entity at that service again: for each
+    accepted `completed`/`not_found` ack of a delete event published after the service's
+    `still_present` answer, its `still_present` acknowledgements of the entity become
+    `completed`, and events with nothing left open are `completed` again."""
+    done = [a for a in accepted if a.status in (AckStatus.COMPLETED, AckStatus.NOT_FOUND)]
+    if not done:
+        return []
+    s, e = event_status.c, expected_acks.c
+    # Nearly always nothing is reopened: one probe of the partial index, not a join per batch.
+    anything = await conn.scalar(
+        select(e.event_id).where(e.status == AckStatus.STILL_PRESENT.value).limit(1)
+    )
+    if anything is None:
+        return []
+    v, va = verifications.c, verify_answers.c
+    acked = unnest(
+        "acked",
+        {"event_id": s.event_id.type, "service": e.service.type},
+        [{"event_id": a.event_id, "service": a.service} for a in done],
+    )
+    later = (
+        select(s.entity_type, s.entity_id, acked.c.service)
+        .join_from(acked, event_status, s.event_id == acked.c.event_id)
+        .where(
+            s.event_type == EventType.DELETE.value,
+            s.published_at
+            > select(func.max(va.acknowledged_at))
+            .join_from(verify_answers, verifications, v.event_id == va.event_id)
+            .where(
+                v.entity_type == s.entity_type,
+                v.entity_id == s.entity_id,
+                va.service == acked.c.service,
+                va.status == AckStatus.STILL_PRESENT.value,
+            )
+            .scalar_subquery(),
+        )
+    ).subquery("later")
+    cleared = list(
+        await conn.execute(
+            update(expected_acks)
+            .where(
+                e.event_id == s.event_id,
+                s.entity_type == later.c.entity_type,
+                s.entity_id == later.c.entity_id,
+                e.service == later.c.service,
+                e.status == AckStatus.STILL_PRESENT.value,
+            )
+            .values(status=AckStatus.COMPLETED.value)
+            .returning(e.event_id, e.service, s.entity_type, s.entity_id)
+        )
+    )
+    if not cleared:
+        return []
+    ids = sorted({row.event_id for row in cleared})
+    still = select(expected_acks.c.event_id).where(
+        expected_acks.c.event_id == s.event_id,
+        expected_acks.c.status == AckStatus.STILL_PRESENT.value,
+    )
+    completed = list(
+        (
+            await conn.execute(
+                update(event_status)
+                .where(
+                    s.event_id == any_(event_ids_param(ids)),
+                    s.state == "resurrected",
+                    ~still.exists(),
+                )
+                .values(state="completed", updated_at=now)
+                .returning(s.event_id)
+            )
+        ).scalars()
+    )
+    await audit.append(
+        conn,
+        [
+            audit.AuditEntry(
+                audit.AuditAction.ENTITY_DELETED_AGAIN,
+                ACTOR,
+                {
+                    "acks": [
+                        {
+                            "event_id": row.event_id,
+                            "service": row.service,
+                            "entity_type": row.entity_type,
+                            "entity_id": row.entity_id,
+                        }
+                        for row in cleared
+                    ],
+                    "events_completed": completed,
+                },
+            )
+        ],
+        at=now,
+    )
+    return completed
+
+
+async def resurrected_events(conn: AsyncConnection) -> dict[str, int]:
+    """Per service, the delete events it was found still holding data for and that no later
+    delete completed yet (the gauge `retention_resurrected_events{service}`)."""
+    e = expected_acks.c
+    rows = await conn.execute(
+        select(e.service, func.count())
+        .where(e.status == AckStatus.STILL_PRESENT.value)
+        .group_by(e.service)
+    )
+    return {service: count for service, count in rows}

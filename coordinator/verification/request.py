@@ -1,0 +1,269 @@
+"""Enqueue verify events: on demand for one entity, or a sample of completed deletions.
+
+A verify event goes through the outbox and the relay like every event, so it is signed
+the same way; the tracker does not snapshot it (it is not a deletion to complete). Who is
+asked is fixed here: the services that acked one of the entity's delete events done.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, insert, literal, select
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from coordinator import audit
+from coordinator.policy.model import Policy
+from coordinator.store.tables import (
+    event_status,
+    expected_acks,
+    outbox,
+    verifications,
+    verify_answers,
+    verify_marks,
+)
+from schemas import EventReason, EventType
+
+__all__ = [
+    "ANSWER_WINDOW",
+    "LEGAL_BASIS",
+    "ON_DEMAND",
+    "SAMPLER",
+    "CompletedDeletion",
+    "Requested",
+    "completed_deletions",
+    "request_verify",
+    "sample_all",
+    "sample_policy",
+]
+
+SAMPLER = "verify-sampler"
+"""The actor recorded for sampled verify events."""
+ON_DEMAND = "on_demand"
+"""`policy` of a verify event asked for by an operator rather than a policy's sample."""
+LEGAL_BASIS = "Verification of a completed deletion"
+ANSWER_WINDOW = timedelta(days=1)
+"""The verify event's `deadline`: when its answers are expected (nothing escalates)."""
+ASKED_AFTER = ("completed", "not_found", "still_present")
+"""The acknowledgements whose services are asked: those that said the data was gone."""
+_SAMPLE_CHUNK = 1000
+_SAMPLE_LOCK = 0x7665726966790001
+"""pg_advisory_xact_lock key of the sampler ("verify" + 1)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CompletedDeletion:
+    entity_type: str
+    entity_id: str
+    completed_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Requested:
+    event_id: uuid.UUID
+    entity_type: str
+    entity_id: str
+    services: tuple[str, ...]
+
+
+async def completed_deletions(
+    conn: AsyncConnection,
+    *,
+    policy: str,
+    after: datetime | None,
+    until: datetime,
+    limit: int,
+) -> list[CompletedDeletion]:
+    """The one lookup of past deletions: a policy's delete events completed in
+    (`after`, `until`], oldest completion first, one per entity."""
+    s = event_status.c
+    query = (
+        select(s.entity_type, s.entity_id, func.max(s.completed_at).label("completed_at"))
+        .where(
+            s.policy == policy,
+            s.event_type == EventType.DELETE.value,
+            s.state == "completed",
+            s.completed_at <= until,
+        )
+        .group_by(s.entity_type, s.entity_id)
+        .order_by(func.max(s.completed_at), s.entity_type, s.entity_id)
+        .limit(limit)
+    )
+    if after is not None:
+        query = query.where(s.completed_at > after)
+    return [CompletedDeletion(*row) for row in await conn.execute(query)]
+
+
+async def _services_to_ask(conn: AsyncConnection, entity_type: str, entity_id: str) -> list[str]:
+    s, e = event_status.c, expected_acks.c
+    rows = await conn.execute(
+        select(e.service)
+        .distinct()
+        .join_from(expected_acks, event_status, s.event_id == e.event_id)
+        .where(
+            s.entity_type == entity_type,
+            s.entity_id == entity_id,
+            s.event_type == EventType.DELETE.value,
+            e.status.in_(ASKED_AFTER),
+        )
+        .order_by(e.service)
+    )
+    return list(rows.scalars())
+
+
+async def request_verify(
+    conn: AsyncConnection,
+    entity_type: str,
+    entity_id: str,
+    *,
+    policy: str,
+    trigger: str,
+    by: str,
+    now: datetime,
+) -> Requested | None:
+    """One verify event for the entity, in the caller's transaction; None when no service
+    ever acked one of its delete events done (nothing to verify)."""
+    services = await _services_to_ask(conn, entity_type, entity_id)
+    if not services:
+        return None
+    event_id = await _enqueue(conn, entity_type, entity_id, policy=policy, now=now)
+    await conn.execute(
+        insert(verifications).values(
+            event_id=event_id,
+            entity_type=entity_type,
+            entity_id=entity_id,
+            policy=policy,
+            trigger=trigger,
+            requested_by=by,
+            requested_at=now,
+        )
+    )
+    await conn.execute(
+        insert(verify_answers), [{"event_id": event_id, "service": s} for s in services]
+    )
+    await audit.append(
+        conn,
+        [
+            audit.AuditEntry(
+                audit.AuditAction.VERIFY_REQUEST,
+                by,
+                {
+                    "event_id": event_id,
+                    "entity_type": entity_type,
+                    "entity_id": entity_id,
+                    "trigger": trigger,
+                    "services": services,
+                },
+            )
+        ],
+        at=now,
+    )
+    return Requested(event_id, entity_type, entity_id, tuple(services))
+
+
+async def _enqueue(
+    conn: AsyncConnection, entity_type: str, entity_id: str, *, policy: str, now: datetime
+) -> uuid.UUID:
+    """The verify event into the outbox, the one path every event takes to the relay (which
+    signs and publishes it); returns its event id."""
+    event_id: uuid.UUID = (await conn.execute(select(func.retention_uuidv7()))).scalar_one()
+    await conn.execute(
+        insert(outbox).values(
+            event_id=event_id,
+            run_id=None,
+            policy=policy,
+            event_type=EventType.VERIFY.value,
+            entity_type=entity_type,
+            entity_id=entity_id,
+            legal_basis=LEGAL_BASIS,
+            fields=literal([], JSONB),
+            initiated_at=now,
+            deadline=now + ANSWER_WINDOW,
+            reason=EventReason.RETENTION_POLICY.value,
+            request_id=None,
+            subject=None,
+        )
+    )
+    return event_id
+
+
+async def sample_policy(
+    conn: AsyncConnection,
+    policy: Policy,
+    *,
+    now: datetime,
+    by: str,
+    chance: random.Random | None = None,
+) -> tuple[list[Requested], bool]:
+    """Verify a `verify_sample` fraction of the next chunk of the policy's deletions
+    completed since the mark and at least `verify_after` ago; each deletion is considered
+    once. Also says whether the chunk was full (more may wait)."""
+    if policy.verify_sample <= 0 or not policy.fan_out:
+        return [], False
+    draw = chance or random.SystemRandom()
+    # One sampler at a time (several `serve` replicas): a deletion is considered once.
+    await conn.execute(select(func.pg_advisory_xact_lock(_SAMPLE_LOCK)))
+    mark = (
+        await conn.execute(
+            select(verify_marks.c.completed_before).where(verify_marks.c.policy == policy.name)
+        )
+    ).scalar_one_or_none()
+    until = now - policy.verify_after
+    requested: list[Requested] = []
+    considered = await completed_deletions(
+        conn, policy=policy.name, after=mark, until=until, limit=_SAMPLE_CHUNK
+    )
+    for deletion in considered:
+        if draw.random() >= policy.verify_sample:
+            continue
+        found = await request_verify(
+            conn,
+            deletion.entity_type,
+            deletion.entity_id,
+            policy=policy.name,
+            trigger="sample",
+            by=by,
+            now=now,
+        )
+        if found is not None:
+            requested.append(found)
+    if considered:
+        # Up to the last one considered: a full chunk leaves the rest for the next one.
+        await _set_mark(conn, policy.name, considered[-1].completed_at)
+    return requested, len(considered) == _SAMPLE_CHUNK
+
+
+async def _set_mark(conn: AsyncConnection, policy: str, completed_before: datetime) -> None:
+    statement = pg_insert(verify_marks).values(policy=policy, completed_before=completed_before)
+    await conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=[verify_marks.c.policy],
+            set_={"completed_before": statement.excluded.completed_before},
+        )
+    )
+
+
+async def sample_all(
+    engine: AsyncEngine,
+    policies: Sequence[Policy],
+    *,
+    now: datetime,
+    by: str = SAMPLER,
+    chance: random.Random | None = None,
+) -> list[Requested]:
+    """One sampling pass over every policy with `verify_sample`: chunk by chunk, each in
+    a transaction of its own, until a policy's eligible deletions are all considered."""
+    requested: list[Requested] = []
+    for policy in policies:
+        more = policy.fan_out and policy.verify_sample > 0
+        while more:
+            async with engine.begin() as conn:
+                found, more = await sample_policy(conn, policy, now=now, by=by, chance=chance)
+            requested += found
+    return requested

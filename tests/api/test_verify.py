@@ -1,0 +1,251 @@
+"""SPEC §12 verification over HTTP: POST /v1/entities/{type}/{id}/verify needs `write`, asks
+the services that acked a deletion, goes into the outbox as a `verify` event the tracker
+never snapshots, and shows under /verifications (never among the entity's events)."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coordinator.api import ApiContext
+from coordinator.policy.model import Policy
+from coordinator.store.tables import event_status, expected_acks, outbox, verifications
+from coordinator.tokens import Scope
+from coordinator.tracking.ledger import ConsumedAck, apply_acks
+from coordinator.tracking.snapshot import track_published
+from coordinator.verification import answers
+from coordinator.verification.request import sample_all
+from schemas import AckStatus, RetentionAck
+from tests.api.conftest import auth, make_client
+
+NOW = datetime.now(UTC)
+
+
+async def _completed_deletion(
+    engine: AsyncEngine, entity_id: str, *, published: datetime = NOW, policy: str = "accounts"
+) -> uuid.UUID:
+    event_id = uuid.uuid4()
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(event_status).values(
+                event_id=event_id,
+                policy=policy,
+                event_type="delete",
+                entity_type="user",
+                entity_id=entity_id,
+                initiated_at=NOW,
+                published_at=published,
+                deadline=NOW + timedelta(days=30),
+                state="completed",
+                expected=3,
+                completed_at=NOW,
+                tracked_at=NOW,
+                updated_at=NOW,
+            )
+        )
+        await conn.execute(
+            insert(expected_acks),
+            [
+                {"event_id": event_id, "service": "billing", "status": "completed"},
+                {"event_id": event_id, "service": "search", "status": "not_found"},
+                # Waived: it never said the data was gone, so it is not asked.
+                {"event_id": event_id, "service": "crm", "status": "waived"},
+            ],
+        )
+    return event_id
+
+
+async def test_on_demand_verify(
+    ctx: ApiContext, tokens: dict[Scope, str], engine: AsyncEngine
+) -> None:
+    entity = f"api-{uuid.uuid4().hex[:8]}"
+    path = f"/v1/entities/user/{entity}"
+    async with make_client(ctx) as client:
+        read = await client.post(f"{path}/verify", headers=auth(tokens[Scope.READ]))
+        assert read.status_code == 403
+        nothing = await client.post(f"{path}/verify", headers=auth(tokens[Scope.WRITE]))
+        assert nothing.status_code == 409
+        assert "nothing to verify" in nothing.json()["detail"]
+
+        deletion = await _completed_deletion(engine, entity)
+        created = await client.post(f"{path}/verify", headers=auth(tokens[Scope.WRITE]))
+        assert created.status_code == 201, created.text
+        body = created.json()
+        assert body["trigger"] == "on_demand"
+        assert body["requested_by"] == "write-bot"
+        assert body["outcome"] == "incomplete"
+        assert [(a["service"], a["status"]) for a in body["services"]] == [
+            ("billing", "pending"),
+            ("search", "pending"),
+        ]
+        listed = await client.get(f"{path}/verifications", headers=auth(tokens[Scope.READ]))
+        assert [v["event_id"] for v in listed.json()] == [body["event_id"]]
+        # The entity's events are its deletions only.
+        events = await client.get(path, headers=auth(tokens[Scope.READ]))
+        assert [e["event_id"] for e in events.json()] == [str(deletion)]
+
+    async with engine.begin() as conn:
+        row = (
+            await conn.execute(
+                select(outbox.c.event_type, outbox.c.policy, outbox.c.fields).where(
+                    outbox.c.event_id == uuid.UUID(body["event_id"])
+                )
+            )
+        ).one()
+        assert tuple(row) == ("verify", "on_demand", [])
+        # Published or not, the tracker never follows it as a deletion to complete.
+        await conn.execute(
+            outbox.update()
+            .where(outbox.c.event_id == uuid.UUID(body["event_id"]))
+            .values(published_at=NOW)
+        )
+        await track_published(
+            conn, declared=[], now=NOW, reminder_interval=timedelta(hours=1), limit=1000
+        )
+        tracked = await conn.scalar(
+            select(event_status.c.event_id).where(
+                event_status.c.event_id == uuid.UUID(body["event_id"])
+            )
+        )
+        assert tracked is None
+
+
+async def test_answers_reopen_the_deletion_and_show_in_the_console(
+    ctx: ApiContext, tokens: dict[Scope, str], engine: AsyncEngine
+) -> None:
+    entity = f"ans-{uuid.uuid4().hex[:8]}"
+    deletion = await _completed_deletion(engine, entity)
+    async with make_client(ctx) as client:
+        created = await client.post(
+            f"/v1/entities/user/{entity}/verify", headers=auth(tokens[Scope.WRITE])
+        )
+    verify_id = uuid.UUID(created.json()["event_id"])
+
+    def consumed(offset: int, event_id: uuid.UUID, service: str, status: AckStatus) -> ConsumedAck:
+        ack = RetentionAck(
+            event_id=event_id,
+            service=service,
+            entity_type="user",
+            entity_id=entity,
+            status=status,
+            records_affected=2 if status is AckStatus.STILL_PRESENT else 0,
+            acknowledged_at=datetime.now(UTC),
+        )
+        return ConsumedAck("acks", 0, offset, ack)
+
+    base = int(uuid.uuid4().int % 10**9)
+    async with engine.begin() as conn:
+        outcome = await answers.apply_answers(
+            conn,
+            [
+                consumed(base, verify_id, "billing", AckStatus.STILL_PRESENT),
+                consumed(base + 1, verify_id, "search", AckStatus.UNSUPPORTED),
+                # A deletion status is no answer to a verify event.
+                consumed(base + 2, verify_id, "search", AckStatus.COMPLETED),
+                # Nor may a service that was not asked answer.
+                consumed(base + 3, verify_id, "crm", AckStatus.VERIFIED),
+            ],
+            now=datetime.now(UTC),
+        )
+        # A verify answer to the deletion itself is refused by the ledger.
+        refused = await apply_acks(
+            conn,
+            [consumed(base + 4, deletion, "billing", AckStatus.VERIFIED)],
+            declared=[],
+            now=datetime.now(UTC),
+            reminder_interval=timedelta(hours=1),
+        )
+    assert [(a.service, a.status) for a in outcome.accepted] == [
+        ("billing", AckStatus.STILL_PRESENT),
+        ("search", AckStatus.UNSUPPORTED),
+    ]
+    assert [why.value for _, why in outcome.rejected] == ["unexpected_status", "unexpected_service"]
+    assert outcome.resurrected == [("user", entity, "billing")]
+    assert [why.value for _, why in refused.rejected] == ["unexpected_status"]
+    async with engine.connect() as conn:
+        state = await conn.scalar(
+            select(event_status.c.state).where(event_status.c.event_id == deletion)
+        )
+        statuses = dict(
+            (
+                await conn.execute(
+                    select(expected_acks.c.service, expected_acks.c.status).where(
+                        expected_acks.c.event_id == deletion
+                    )
+                )
+            ).all()
+        )
+        gauge = await answers.resurrected_events(conn)
+    assert state == "resurrected"
+    assert statuses == {"billing": "still_present", "search": "not_found", "crm": "waived"}
+    assert gauge.get("billing") == 1
+
+    async with make_client(ctx) as browser:
+        await browser.post("/ui/sign-in", data={"token": tokens[Scope.READ], "next": "/ui/"})
+        page = await browser.get(f"/ui/entities/user/{entity}")
+    assert page.status_code == 200
+    assert 'id="verifications"' in page.text
+    assert "badge-still_present" in page.text
+    assert "badge-unsupported" in page.text
+    assert "billing answered verify: still_present (2 records left)" in page.text
+    assert "badge-resurrected" in page.text
+
+    # A later delete event for the entity, acked by billing, completes it again.
+    later = await _completed_deletion(
+        engine, entity, published=datetime.now(UTC) + timedelta(seconds=5)
+    )
+    async with engine.begin() as conn:
+        again = await answers.delete_again(
+            conn,
+            [consumed(base + 5, later, "billing", AckStatus.COMPLETED).ack],  # type: ignore[list-item]
+            now=datetime.now(UTC),
+        )
+        state = await conn.scalar(
+            select(event_status.c.state).where(event_status.c.event_id == deletion)
+        )
+    assert again == [deletion]
+    assert state == "completed"
+
+
+async def test_sampling_considers_each_deletion_once_after_verify_after(
+    engine: AsyncEngine,
+) -> None:
+    entities = [f"s-{n}" for n in range(6)]
+    for entity in entities:
+        await _completed_deletion(engine, entity, policy="sampled_accounts")
+    policy = Policy.model_validate(
+        {
+            "name": "sampled_accounts",
+            "table": "accounts",
+            "entity_type": "user",
+            "timestamp_column": "created_at",
+            "retention": "30d",
+            "action": "delete",
+            "legal_basis": "Contract ended",
+            "fan_out": True,
+            "verify_sample": 0.5,
+            "verify_after": "1d",
+        }
+    )
+    # Completed just now: not yet `verify_after` old.
+    assert await sample_all(engine, [policy], now=NOW) == []
+    later = NOW + timedelta(days=1, minutes=1)
+    asked = await sample_all(engine, [policy], now=later, chance=random.Random(7))
+    assert 0 < len(asked) < len(entities)
+    assert {a.entity_id for a in asked} <= set(entities)
+    assert all(a.services == ("billing", "search") for a in asked)
+    # Considered once: the next pass finds nothing new, whatever it draws.
+    assert await sample_all(engine, [policy], now=later, chance=random.Random(8)) == []
+    async with engine.connect() as conn:
+        triggers = (
+            await conn.execute(
+                select(verifications.c.trigger, verifications.c.requested_by).where(
+                    verifications.c.policy == "sampled_accounts"
+                )
+            )
+        ).all()
+    assert set(triggers) == {("sample", "verify-sampler")}
