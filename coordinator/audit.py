@@ -58,6 +58,7 @@ class AuditAction(StrEnum):
     EVENTS_FAILED = "events_failed"
     REMINDERS_SENT = "reminders_sent"
     EVENTS_OVERDUE = "events_overdue"
+    HELD_EVENTS_REPUBLISHED = "held_events_republished"
     ERASURE_CREATE = "erasure.create"
     ERASURE_EXTEND = "erasure.extend"
     ERASURE_REJECT = "erasure.reject"

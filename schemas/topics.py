@@ -1,4 +1,4 @@
-"""Topic names: four topics derived from one configurable prefix (SPEC §2)."""
+"""Topic names: the product's topics, derived from one configurable prefix (SPEC §2, §11)."""
 
 from __future__ import annotations
 
@@ -31,8 +31,18 @@ class Topics:
     def dlq(self) -> str:
         return f"{self.prefix}.dlq"
 
-    def all(self) -> tuple[str, str, str, str]:
-        return (self.events, self.acks, self.services, self.dlq)
+    @property
+    def holds(self) -> str:
+        """Compacted, coordinator-signed: each held entity's current set of holds."""
+        return f"{self.prefix}.holds"
+
+    @property
+    def compacted(self) -> tuple[str, ...]:
+        """Topics keyed by what they describe, where only the latest record per key counts."""
+        return (self.services, self.holds)
+
+    def all(self) -> tuple[str, ...]:
+        return (self.events, self.acks, self.services, self.dlq, self.holds)
 
 
 def service_group(service: str) -> str:

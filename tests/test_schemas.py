@@ -154,7 +154,9 @@ def test_topics_derive_from_one_prefix() -> None:
         "data.retention.acks",
         "data.retention.services",
         "data.retention.dlq",
+        "data.retention.holds",
     )
+    assert Topics().compacted == ("data.retention.services", "data.retention.holds")
     assert Topics("staging.retention").acks == "staging.retention.acks"
 
 

@@ -1,7 +1,7 @@
 """Topic administration: create the product's topics when missing, say which are missing.
 
 `missing_topics` is the one "which topics are missing" check (readiness, /healthz,
-benchmarks). `python -m coordinator.kafka.admin` exits 0 once all four topics exist and
+benchmarks). `python -m coordinator.kafka.admin` exits 0 once all the product's topics exist and
 1 naming the missing ones otherwise.
 """
 
@@ -93,7 +93,7 @@ async def ensure_topics(
     replication_factor: int = 1,
     admin: TopicAdmin | None = None,
 ) -> list[str]:
-    """Create whichever of the four topics are missing; return the names created."""
+    """Create whichever of the product's topics are missing; return the names created."""
     if admin is None:
         async with kafka_admin(kafka) as opened:
             return await ensure_topics(
@@ -101,8 +101,8 @@ async def ensure_topics(
             )
     topics = kafka.topics
     wanted = [
-        # Registrations are keyed by service: only the latest per service matters.
-        TopicSpec(name, partitions, replication_factor, compacted=name == topics.services)
+        # Registrations are keyed by service, hold sets by entity: only the latest counts.
+        TopicSpec(name, partitions, replication_factor, compacted=name in topics.compacted)
         for name in await missing_topics(kafka, admin=admin)
     ]
     if wanted:
@@ -117,7 +117,7 @@ async def missing_topics(
     admin: TopicAdmin | None = None,
     present: bool = False,
 ) -> list[str]:
-    """Which of `names` (default: the four topics) the cluster does not have, in order;
+    """Which of `names` (default: all the product's topics) the cluster does not have, in order;
     with `present`, which it has."""
     wanted = list(kafka.topics.all() if names is None else names)
     if admin is None:

@@ -36,7 +36,8 @@ __all__ = [
 @dataclass(frozen=True, slots=True)
 class OutgoingRecord:
     key: bytes | None
-    value: bytes
+    value: bytes | None
+    """None: a tombstone (compacted topics)."""
     headers: list[tuple[str, bytes]]
 
 

@@ -38,6 +38,8 @@ DONE = frozenset({AckStatus.COMPLETED.value, AckStatus.NOT_FOUND.value})
 WAIVED = "waived"
 """Set by `acks waive` / `services retire` only (coordinator/tracking/waivers.py); final."""
 SETTLED = DONE | {WAIVED}
+HELD = AckStatus.HELD.value
+"""An expected service found the entity or its subject held and did not execute the event."""
 _DETAIL_CHARS = 2000
 _ACK_FIELDS = (
     "status",
@@ -370,6 +372,10 @@ def compute_transitions(
         if rows and all(r["status"] in SETTLED for r in rows):
             state = "completed"
             completed_at = max(r["acknowledged_at"] for r in rows)
+        elif rows and all(r["status"] in SETTLED or r["status"] == HELD for r in rows):
+            # Only held services are left: not late, not done, until the hold's release
+            # re-publishes the event (tracking/released.py).
+            state = HELD
         elif event.state == "overdue":
             state = "overdue"
         elif any(r["status"] == AckStatus.FAILED.value for r in rows):

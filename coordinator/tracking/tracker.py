@@ -29,8 +29,9 @@ from coordinator.kafka.ports import (
 )
 from coordinator.metrics import Metrics
 from coordinator.policy.model import DeclaredService
+from coordinator.purge import hold_topic
 from coordinator.settings import TrackerSettings
-from coordinator.tracking import deadlines, drift, ledger, registry, snapshot
+from coordinator.tracking import deadlines, drift, ledger, registry, released, snapshot
 from schemas import (
     KafkaSettings,
     PoisonRecord,
@@ -76,6 +77,8 @@ class Cycle:
     acks: ledger.LedgerOutcome | None = None
     reminders: int = 0
     overdue: int = 0
+    holds_published: int = 0
+    republished: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,6 +397,51 @@ class Tracker:
             if len(due) < _HOUSEKEEPING_LIMIT:
                 return total
 
+    # --- holds ------------------------------------------------------------------------
+
+    async def publish_holds(self) -> int:
+        """Publish the hold sets changed since the last pass to the holds topic."""
+        return await hold_topic.publish_pending(
+            self._engine,
+            self._client(self._kafka.publisher),
+            topic=self._topics.holds,
+            signer=self._signer,
+            clock=self._clock,
+            limit=_HOUSEKEEPING_LIMIT,
+        )
+
+    async def republish_released(self) -> int:
+        """Re-publish held events nothing holds any more, for the services that acked
+        `held`; they are `pending` again once the broker has the events."""
+        publisher = self._client(self._kafka.publisher)
+        total = 0
+        while True:
+            async with self._engine.begin() as conn:
+                now = self._clock.now()
+                free = await released.released_events(conn, now=now, limit=_HOUSEKEEPING_LIMIT)
+                if not free:
+                    return total
+                records = [(r.event.key.encode(), encode(r.event)) for r in free]
+                signed = (
+                    self._signer.sign_batch(records)
+                    if self._signer is not None
+                    else [[] for _ in records]
+                )
+                await publisher.publish(
+                    self._topics.events,
+                    [
+                        OutgoingRecord(key, value, [("retention-released", b"1"), *headers])
+                        for (key, value), headers in zip(records, signed, strict=True)
+                    ],
+                )
+                await released.record_released(
+                    conn, free, now=now, reminder_interval=self._schedule.interval
+                )
+            log.info("held_events_republished", count=len(free))
+            total += len(free)
+            if len(free) < _HOUSEKEEPING_LIMIT:
+                return total
+
     async def escalate_overdue(self) -> int:
         total = 0
         while True:
@@ -426,6 +474,9 @@ class Tracker:
         cycle.registrations = await self.poll_registry()
         await self.check_drift()
         cycle.tracked = await self.track_published()
+        # Hold sets first: a released event is re-published only once its tombstone is out.
+        cycle.holds_published = await self.publish_holds()
+        cycle.republished = await self.republish_released()
         cycle.reminders = await self.send_reminders()
         cycle.overdue = await self.escalate_overdue()
         if time.monotonic() - self._last_gauges >= self._settings.gauges_interval_s:
