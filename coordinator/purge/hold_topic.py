@@ -6,8 +6,8 @@ empty, so releasing one of two holds never lifts the other.
 
 Durability is outbox-style. Creating or releasing a hold queues its entities in
 `retention_hold_topic_queue` in the same transaction (`queue`), so no committed change
-can be lost by a crash before it is published. `publish_pending` (the tracker's
-housekeeping, and the CLI right after its commit) reads the queue, computes each queued
+can be lost by a crash before it is published. `publish_pending` (each housekeeping
+pass of the tracker in `retention serve`) reads the queue, computes each queued
 entity's set *now*, publishes the records signed with the coordinator's key, waits for
 the broker's `acks=all`, and only then deletes the rows it published. A crash in between
 publishes the same sets again: harmless on a compacted topic.

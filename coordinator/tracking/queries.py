@@ -39,7 +39,7 @@ __all__ = [
 _DONE = ("completed", "not_found")
 _OPEN = ("pending", "failed")
 _HOLDABLE = (*_OPEN, "overdue")
-ServiceState = Literal["pending", "overdue", "failed", "completed", "waived"]
+ServiceState = Literal["pending", "overdue", "failed", "held", "completed", "waived"]
 """Where one service's answer to one event stands, as the console and its JSON count it."""
 """States shown as `held` while an active hold covers the event's entity."""
 
@@ -381,8 +381,9 @@ def _state_filter(state: ServiceState, now: datetime) -> ColumnElement[bool]:
         return e.status.in_(_DONE)
     if state == "failed":
         return e.status == "failed"
-    if state == "waived":
-        return e.status == "waived"
+    if state in ("waived", "held"):
+        # A held answer is neither late nor done (SPEC §15): it waits for the release.
+        return e.status == state
     if state == "overdue":
         return and_(e.status.in_(_OPEN), _overdue(now))
     return and_(e.status.in_(_OPEN), ~_overdue(now))
@@ -390,8 +391,8 @@ def _state_filter(state: ServiceState, now: datetime) -> ColumnElement[bool]:
 
 async def services_completion(conn: AsyncConnection, *, now: datetime) -> list[dict[str, Any]]:
     """Every service that is registered or expected somewhere, by name: what it handles,
-    and how many expected acknowledgements are pending, overdue, failed, completed and
-    waived."""
+    and how many expected acknowledgements are pending, overdue, failed, held, completed
+    and waived."""
     e, s = expected_acks.c, event_status.c
     # Two reads instead of one join over every acknowledgement: the done ones are only
     # counted (one pass over the ack table), and only the few open ones (its partial
@@ -401,6 +402,7 @@ async def services_completion(conn: AsyncConnection, *, now: datetime) -> list[d
             e.service,
             func.count().filter(e.status.in_(_DONE)),
             func.count().filter(e.status == "waived"),
+            func.count().filter(e.status == "held"),
         )
         .where(~e.status.in_(_OPEN))
         .group_by(e.service)
@@ -431,6 +433,7 @@ async def services_completion(conn: AsyncConnection, *, now: datetime) -> list[d
                 "pending": 0,
                 "overdue": 0,
                 "failed": 0,
+                "held": 0,
                 "completed": 0,
                 "waived": 0,
                 "next_deadline": None,
@@ -451,8 +454,8 @@ async def services_completion(conn: AsyncConnection, *, now: datetime) -> list[d
             item["last_seen"], item["sdk_version"] = row.last_seen, row.sdk_version
     for item in found.values():
         item["last_seen"] = _ts(item["last_seen"])
-    for name, completed, waived in settled:
-        entry(name).update(completed=completed, waived=waived)
+    for name, completed, waived, held in settled:
+        entry(name).update(completed=completed, waived=waived, held=held)
     for name, pending, overdue, failed, next_deadline in open_counts:
         entry(name).update(
             pending=pending, overdue=overdue, failed=failed, next_deadline=_ts(next_deadline)
