@@ -332,6 +332,8 @@ ack_ledger = Table(
     Column("accepted", Boolean, nullable=False),
     Column("reject_reason", Text),
     Column("audit_seq", BigInteger),
+    # The id of the service key whose signature verified (SPEC §9), for certificates.
+    Column("key_id", Text),
     UniqueConstraint(
         "kafka_topic", "kafka_partition", "kafka_offset", name="uq_retention_ack_ledger_record"
     ),

@@ -69,6 +69,7 @@ _LEDGER_COLUMNS = (
     "acknowledged_at",
     "accepted",
     "reject_reason",
+    "key_id",
 )
 
 
@@ -93,6 +94,8 @@ class ConsumedAck:
     refused: RejectReason | None = None
     """Set by the consumer before the ledger sees it: an undeclared service, or a signature
     that does not verify against the service's declared keys."""
+    key_id: str | None = None
+    """The id of the declared key whose signature verified (None: unsigned, or not checked)."""
 
 
 @dataclass(slots=True)
@@ -304,6 +307,7 @@ def _ledger_row(record: ConsumedAck, now: datetime, reason: RejectReason | None)
         "acknowledged_at": ack.acknowledged_at if ack else None,
         "accepted": reason is None,
         "reject_reason": None if reason is None else reason.value,
+        "key_id": record.key_id,
     }
 
 

@@ -82,6 +82,13 @@ class Cycle:
 
 
 @dataclass(frozen=True, slots=True)
+class _Signature:
+    accepted: bool
+    key_id: str | None
+    """The verifying key's id; None when unsigned or not checked."""
+
+
+@dataclass(frozen=True, slots=True)
 class TrackerKafka:
     """The tracker's three Kafka clients; `coordinator.kafka.memory` has stand-ins."""
 
@@ -235,12 +242,15 @@ class Tracker:
         return None
 
     def _signature_ok(self, verifier: Verifier, msg: ConsumedRecord, topic: str) -> bool:
+        return self._checked(verifier, msg, topic).accepted
+
+    def _checked(self, verifier: Verifier, msg: ConsumedRecord, topic: str) -> _Signature:
         if self._mode is SignatureMode.OFF:
-            return True
+            return _Signature(True, None)
         checked = verifier.verify(msg.key, msg.value, msg.headers or ())
         if checked.verdict is Verdict.UNSIGNED and self._mode is SignatureMode.PERMISSIVE:
             self._metrics.unsigned_records.labels(topic=topic).inc()
-        return accepts(self._mode, checked)
+        return _Signature(accepts(self._mode, checked), checked.key_id if checked.valid else None)
 
     async def check_drift(self) -> dict[str, drift.Drift]:
         """Compare registrations with the declaration; gauge every service, log new drift."""
@@ -290,10 +300,10 @@ class Tracker:
                     )
                     poison.append((msg, exc.reason))
                 else:
-                    refused = self._refused(ack, msg)
+                    refused, key_id = self._refused(ack, msg)
                     records.append(
                         ledger.ConsumedAck(
-                            msg.topic, msg.partition, msg.offset, ack, refused=refused
+                            msg.topic, msg.partition, msg.offset, ack, refused, key_id=key_id
                         )
                     )
             if poison:
@@ -314,13 +324,17 @@ class Tracker:
         self._count(outcome)
         return outcome
 
-    def _refused(self, ack: RetentionAck, msg: ConsumedRecord) -> ledger.RejectReason | None:
+    def _refused(
+        self, ack: RetentionAck, msg: ConsumedRecord
+    ) -> tuple[ledger.RejectReason | None, str | None]:
+        """Why the ack is refused (None: it is not), and the id of the key it verified with."""
         verifier = self._verifiers.get(ack.service)
         if verifier is None:
-            return ledger.RejectReason.UNKNOWN_SERVICE
-        if not self._signature_ok(verifier, msg, self._topics.acks):
-            return ledger.RejectReason.BAD_SIGNATURE
-        return None
+            return ledger.RejectReason.UNKNOWN_SERVICE, None
+        checked = self._checked(verifier, msg, self._topics.acks)
+        if not checked.accepted:
+            return ledger.RejectReason.BAD_SIGNATURE, None
+        return None, checked.key_id
 
     async def _dead_letter(self, poison: list[tuple[ConsumedRecord, str]]) -> None:
         letters = []

@@ -26,13 +26,13 @@ from tests.e2e.harness import PRODUCT_SERVICES, Stack, all_of, run_cli, running_
 from tests.faults.drive import complete, coordinator_processes, count
 from tests.faults.inprocess import run_policies
 from tests.faults.invariants import SERVICE_LOGS, check_invariants, settle
-from tests.faults.world import USERS_POLICY, World, prepare_world
+from tests.faults.world import USERS_POLICY, prepare_world
 
 HOLD_ID = "fanout-hold"
 
 
-def _hold_cli(stack: Stack, world: World, *args: str) -> None:
-    done = run_cli(stack, "holds", *args, "--policies", str(world.policy_file))
+def _hold_cli(stack: Stack, *args: str) -> None:
+    done = run_cli(stack, "holds", *args)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -81,8 +81,9 @@ async def hold_fanout_scenario(
         await stack.start_services(*others)
         await complete(relay)
         # Published; `lagging` has consumed nothing. The hold arrives now.
-        _hold_cli(stack, world, "create", "--reason", "subpoena", "--by", "counsel",
-                  "--id", HOLD_ID, *(f"user:{u}" for u in sorted(chosen)))  # fmt: skip
+        entities = [f"user:{u}" for u in sorted(chosen)]
+        _hold_cli(stack, "create", "--reason", "subpoena", "--by", "counsel", "--id", HOLD_ID,
+                  "--policies", str(world.policy_file), *entities)  # fmt: skip
 
         async def on_topic() -> bool:
             alive()
@@ -103,7 +104,7 @@ async def hold_fanout_scenario(
         )
         assert held_events == len(chosen)
 
-        _hold_cli(stack, world, "release", HOLD_ID, "--by", "counsel")
+        _hold_cli(stack, "release", HOLD_ID, "--by", "counsel")
         await settle(stack, world, timeout_s=180, alive=alive)
         assert await _effects(stack, lagging, chosen) == len(chosen)
     await stack.stop_services()

@@ -1,4 +1,5 @@
-"""holds reach services: the holds topic's outbox, and `held` acks and event states
+"""holds reach services: the holds topic's outbox, and `held` acks and event states;
+the key id that verified each ack
 
 Revision ID: 0012_hold_topic
 Revises: 0011_waivers
@@ -27,6 +28,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('entity_type', 'entity_id', name=op.f('pk_retention_hold_topic_queue'))
     )
     op.add_column('legal_holds', sa.Column('expiry_queued_at', sa.DateTime(timezone=True), nullable=True))
+    op.add_column('retention_ack_ledger', sa.Column('key_id', sa.Text(), nullable=True))
     # Every entity held before this revision is queued, so the topic starts complete.
     op.execute(
         "INSERT INTO retention_hold_topic_queue (entity_type, entity_id, queued_at) "
@@ -55,5 +57,6 @@ def downgrade() -> None:
     op.create_check_constraint(
         _ACKS_CHECK, _ACKS, "status IN ('pending', 'completed', 'not_found', 'failed', 'waived')"
     )
+    op.drop_column('retention_ack_ledger', 'key_id')
     op.drop_column('legal_holds', 'expiry_queued_at')
     op.drop_table('retention_hold_topic_queue')
