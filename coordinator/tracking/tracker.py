@@ -303,7 +303,12 @@ class Tracker:
                     refused, key_id = self._refused(ack, msg)
                     records.append(
                         ledger.ConsumedAck(
-                            msg.topic, msg.partition, msg.offset, ack, refused, key_id=key_id
+                            msg.topic,
+                            msg.partition,
+                            msg.offset,
+                            ack,
+                            refused=refused,
+                            key_id=key_id,
                         )
                     )
             if poison:

@@ -19,6 +19,7 @@ from consumer_sdk._internal.holds import HoldReader, HoldTable, kafka_hold_sourc
 from consumer_sdk._internal.trust import Trust
 from consumer_sdk.metrics import ConsumerMetrics
 from coordinator.clock import SystemClock
+from coordinator.erasure.certificate import certificate, render_html
 from coordinator.erasure.due import Regulation
 from coordinator.erasure.requests import Status, get_request
 from coordinator.metrics import Metrics
@@ -28,7 +29,7 @@ from coordinator.purge.holds import create_hold, entity_types, release_hold
 from coordinator.settings import RelaySettings
 from coordinator.tracking.tracker import Tracker
 from schemas import AckStatus, EventType, HoldRecord, RetentionAck, decode, encode
-from schemas.signing import SignatureSettings
+from schemas.signing import SignatureSettings, key_id
 from tests import keys
 from tests.integration import test_erasure_requests as erasure
 from tests.integration.test_erasure_requests import POLICIES, Env, _rows, _service, _until
@@ -124,6 +125,11 @@ async def test_a_lagging_service_acks_held_and_acts_after_the_release(env: Env) 
         await env.erasure.advance()
         async with env.engine.connect() as conn:
             assert (await get_request(conn, request.id)).status is Status.IN_PROGRESS
+        async with env.engine.connect() as conn:
+            held_now = await certificate(conn, request.id, now=datetime.now(UTC))
+        assert [(x["service"], x["held"], x["pending"]) for x in held_now["services"]] == [
+            ("billing", 6, 0)
+        ]
         sample = metrics.registry.get_sample_value
         assert sample("retention_acks_total", {"service": "billing", "status": "held"}) == 6
         # Still held: nothing is re-published while the hold lasts.
@@ -152,6 +158,16 @@ async def test_a_lagging_service_acks_held_and_acts_after_the_release(env: Env) 
             )
             assert published == set(ids.scalars())
         assert await _event_states(env, request.id) == {"completed"}
+        async with env.engine.connect() as conn:
+            document = await certificate(conn, request.id, now=datetime.now(UTC))
+        (billing,) = document["services"]
+        service_key = key_id(keys.private_key(keys.SERVICE).public_key())
+        assert (billing["acknowledged"], billing["held"], billing["key_ids"]) == (
+            6,
+            0,
+            [service_key],
+        )
+        assert service_key in render_html(document)
         async with env.engine.connect() as conn:
             audited = await conn.execute(
                 text("SELECT count(*) FROM audit_log WHERE action = 'held_events_republished'")
