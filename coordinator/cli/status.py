@@ -80,7 +80,7 @@ def status(
         lambda conn: queries.entity_status(conn, entity_type, entity_id, now=SystemClock().now()),
     )
     if not events:
-        err_console.print(f"no retention events for {entity_type}:{entity_id}")
+        err_console.print(f"no retention event or purge for {entity_type}:{entity_id}")
         raise typer.Exit(ExitCode.ERRORS)
     if as_json:
         emit_json({"entity": {"type": entity_type, "id": entity_id}, "events": events})
@@ -102,7 +102,7 @@ def certificate(
         lambda conn: queries.certificate(conn, entity_type, entity_id, now=SystemClock().now()),
     )
     if document is None:
-        err_console.print(f"no retention events for {entity_type}:{entity_id}")
+        err_console.print(f"no retention event or purge for {entity_type}:{entity_id}")
         raise typer.Exit(ExitCode.ERRORS)
     emit_json(document)
     if not document["complete"]:

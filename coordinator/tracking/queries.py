@@ -12,17 +12,32 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Row, and_, case, extract, func, or_, select, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    Text,
+    and_,
+    case,
+    cast,
+    extract,
+    func,
+    or_,
+    select,
+    tuple_,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.store.tables import (
     ack_ledger,
     audit_log,
+    erasure_parts,
     event_status,
     expected_acks,
     legal_hold_entities,
     legal_holds,
     outbox,
+    policy_results,
+    runs,
     service_registry,
 )
 
@@ -31,6 +46,7 @@ __all__ = [
     "certificate",
     "entity_status",
     "event_status_of",
+    "local_purges",
     "report",
     "service_events",
     "services_completion",
@@ -275,7 +291,8 @@ async def certificate(
     """A deletion certificate: what was done to one entity, where, when, and the audit rows
     (sequence number and chain hash) that record each step. None for an unknown entity."""
     events = await entity_status(conn, entity_type, entity_id, now=now)
-    if not events:
+    local = await local_purges(conn, entity_type, entity_id)
+    if not events and not local:
         return None
     ids = [uuid.UUID(e["event_id"]) for e in events]
     acks: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -334,13 +351,78 @@ async def certificate(
         "version": 1,
         "entity": {"type": entity_type, "id": entity_id},
         "generated_at": _ts(now),
+        # Nothing downstream to wait for when every purge was local only.
         "complete": all(d["state"] == "completed" for d in documents),
+        "local_purges": local,
         "events": documents,
         "audit_chain": {
             "head": _ref(head.seq, head.hash) if head is not None else None,
             "how_to_verify": "retention audit verify: every row up to the head must chain",
         },
     }
+
+
+async def local_purges(
+    conn: AsyncConnection, entity_type: str, entity_id: str
+) -> list[dict[str, Any]]:
+    """Every purge batch that acted on the entity in the coordinator's database, from the
+    audit chain (`purge.batch` entries name the ids they acted on) and the run log.
+
+    This is the evidence for entities of policies that do not fan out, which have no
+    event: the batch's audit seq and hash, its run and trigger, the policy, action and
+    legal basis. The `purge.batch` rows are read by action and entity type, then matched
+    on the ids list; certificates are asked for one entity at a time.
+    """
+    log, r, p, q = audit_log.c, runs.c, policy_results.c, erasure_parts.c
+    rows = await conn.execute(
+        select(
+            log.seq,
+            log.hash,
+            log.at,
+            log.data["run_id"].astext.label("run_id"),
+            log.data["policy"].astext.label("policy"),
+            log.data["action"].astext.label("action"),
+            log.data["request_id"].astext.label("request_id"),
+            log.data["events"].astext.label("events"),
+            r.trigger,
+            # A run records the basis per policy; a request per policy of the request.
+            func.coalesce(p.legal_basis, q.legal_basis).label("legal_basis"),
+        )
+        .select_from(
+            audit_log.outerjoin(runs, cast(r.id, Text) == log.data["run_id"].astext)
+            .outerjoin(
+                policy_results,
+                and_(p.run_id == r.id, p.policy == log.data["policy"].astext),
+            )
+            .outerjoin(
+                erasure_parts,
+                and_(
+                    cast(q.request_id, Text) == log.data["request_id"].astext,
+                    q.policy == log.data["policy"].astext,
+                ),
+            )
+        )
+        .where(
+            log.action == "purge.batch",
+            log.data["entity_type"].astext == entity_type,
+            log.data["ids"].contains(func.jsonb_build_array(entity_id)),
+        )
+        .order_by(log.seq)
+    )
+    return [
+        {
+            "policy": row.policy,
+            "action": row.action,
+            "legal_basis": row.legal_basis,
+            "run_id": row.run_id,
+            "trigger": row.trigger,
+            "request_id": row.request_id,
+            "fanned_out": (row.events or "0") != "0",
+            "purged_at": _ts(row.at),
+            "audit": _ref(row.seq, row.hash),
+        }
+        for row in rows
+    ]
 
 
 def _ref(seq: int | None, digest: str | None) -> dict[str, Any] | None:

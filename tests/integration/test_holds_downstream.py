@@ -26,7 +26,9 @@ from coordinator.metrics import Metrics
 from coordinator.outbox.relay import OutboxRelay
 from coordinator.policy.model import parse_policies
 from coordinator.purge.holds import create_hold, entity_types, release_hold
+from coordinator.purge.runner import Runner
 from coordinator.settings import RelaySettings
+from coordinator.tracking import queries
 from coordinator.tracking.tracker import Tracker
 from schemas import AckStatus, EventType, HoldRecord, RetentionAck, decode, encode
 from schemas.signing import SignatureSettings, key_id
@@ -309,3 +311,58 @@ async def test_a_service_acks_held_while_one_of_two_holds_remains(env: Env) -> N
         await tracker.stop()
         await tracker_engine.dispose()
         await app.stop()
+
+
+async def test_a_locally_purged_entity_has_a_certificate_from_the_audit_chain(env: Env) -> None:
+    """Sessions do not fan out: their certificate comes from the run log and the audit
+    chain (the purge batch's seq and hash), with no event."""
+    request, _ = await env.erasure.create(
+        subject="user:41",
+        regulation=Regulation.GDPR,
+        received_at=None,
+        reference=None,
+        by="dpo@example.com",
+    )
+    assert await _rows(env.engine, "er_sessions", "user_id", 41) == []
+    async with env.engine.connect() as conn:
+        document = await queries.certificate(conn, "session", "410", now=datetime.now(UTC))
+        assert document is not None
+        (purge,) = document["local_purges"]
+        stored = await conn.execute(
+            text("SELECT hash, data FROM audit_log WHERE seq = :s"), {"s": purge["audit"]["seq"]}
+        )
+        digest, data = stored.one()
+        assert await queries.certificate(conn, "session", "999999", now=datetime.now(UTC)) is None
+    assert document["events"] == []
+    assert document["complete"] is True
+    assert (purge["policy"], purge["action"], purge["legal_basis"]) == (
+        "sessions",
+        "delete",
+        "Legitimate interest",
+    )
+    assert (purge["trigger"], purge["request_id"], purge["fanned_out"]) == (
+        "erasure_request",
+        str(request.id),
+        False,
+    )
+    assert purge["audit"]["hash"] == digest
+    assert "410" in data["ids"]
+
+    # A policy run's purge: the run log gives its trigger and legal basis.
+    async with env.engine.begin() as conn:
+        await conn.execute(text("UPDATE er_sessions SET created_at = now() - interval '400 days'"))
+    report = await Runner(env.engine, env.policy_set, env.settings).run(only=["sessions_scrub"])
+    async with env.engine.connect() as conn:
+        document = await queries.certificate(conn, "session", "420", now=datetime.now(UTC))
+    assert document is not None
+    (scrubbed,) = document["local_purges"]
+    assert (scrubbed["policy"], scrubbed["action"], scrubbed["legal_basis"]) == (
+        "sessions_scrub",
+        "anonymize",
+        "Legitimate interest",
+    )
+    assert (scrubbed["trigger"], scrubbed["run_id"], scrubbed["request_id"]) == (
+        "cli",
+        str(report.run_id),
+        None,
+    )
