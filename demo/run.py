@@ -49,6 +49,7 @@ from coordinator.store.migrate import upgrade
 from coordinator.store.tables import event_status, outbox, service_registry
 from coordinator.tracking import queries
 from demo import keys
+from demo.requests import ACTIVE_USER, RequestsFailed, file_demo_requests
 from demo.seed import POLICIES, Seeded, seed_coordinator, seed_services
 from demo.tokens import DEMO_TOKENS, create_demo_tokens
 from schemas import KafkaSettings, async_database_url
@@ -422,49 +423,23 @@ async def check_console(client: httpx.AsyncClient, token: str) -> None:
         raise DemoFailed("the console's overview does not name the signed-in token")
 
 
-ACTIVE_USER = "user-00004"
-"""Active (never closed), so only an erasure request removes it; seed.py's users."""
-
-
 async def erasure_requests(
     demo: Demo, client: httpx.AsyncClient, seeded: Seeded
 ) -> list[dict[str, Any]]:
     """File one request that completes and one that a subject hold stops; their rows."""
-    auth = demo.auth("demo-writer")
     held_user = seeded.users_due[0]  # seed.py puts the first due users under dispute-42
     step(
         f"filing erasure requests: user:{ACTIVE_USER} (GDPR) and user:{held_user} (CCPA, "
         "under a subject hold)"
     )
-    filed = []
-    for subject, regulation in ((ACTIVE_USER, "gdpr"), (held_user, "ccpa")):
-        response = await client.post(
-            "/v1/erasure-requests",
-            json={"subject": f"user:{subject}", "regulation": regulation, "reference": subject},
-            headers=auth,
-        )
-        if response.status_code != 201:
-            raise DemoFailed(
-                f"POST /v1/erasure-requests answered {response.status_code}: {response.text}"
-            )
-        filed.append(response.json()["id"])
-    completes, held = filed
 
-    async def completed() -> bool:
-        found = (await client.get(f"/v1/erasure-requests/{completes}")).json()
-        return bool(found["status"] == "completed")
+    async def wait(what: str, check: Callable[[], Awaitable[bool]]) -> None:
+        await wait_until(what, check, timeout_s=demo.timeout_s, demo=demo)
 
-    await wait_until(
-        "the erasure request to complete", completed, timeout_s=demo.timeout_s, demo=demo
-    )
-    rows = [(await client.get(f"/v1/erasure-requests/{i}")).json() for i in (completes, held)]
-    if rows[1]["status"] != "on_hold" or not rows[1]["holds"]:
-        raise DemoFailed(f"the held user's request is {rows[1]['status']}, not on_hold")
-    for row in rows:
-        row["hold_reasons"] = [
-            (await client.get(f"/v1/holds/{hold}")).json()["reason"] for hold in row["holds"]
-        ]
-    return rows
+    try:
+        return await file_demo_requests(client, demo.auth("demo-writer"), held=held_user, wait=wait)
+    except RequestsFailed as exc:
+        raise DemoFailed(str(exc)) from exc
 
 
 async def erasure_counts(url: str) -> dict[str, int]:
