@@ -64,6 +64,7 @@ class AuditAction(StrEnum):
     ERASURE_REJECT = "erasure.reject"
     ERASURE_EXECUTE = "erasure.execute"
     ERASURE_COMPLETE = "erasure.complete"
+    ERASURE_HELD_DOWNSTREAM = "erasure.held_downstream"
     DB_PRUNE = "db.prune"
     DATA_KEY_DESTROYED = "data_key.destroyed"
 

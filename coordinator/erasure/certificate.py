@@ -27,7 +27,13 @@ from coordinator.store.tables import (
 
 __all__ = ["certificate", "detail", "render_html", "requests_since"]
 
-_ACTIONS = ("erasure.create", "erasure.execute", "erasure.extend", "erasure.reject")
+_ACTIONS = (
+    "erasure.create",
+    "erasure.execute",
+    "erasure.extend",
+    "erasure.reject",
+    "erasure.held_downstream",
+)
 
 
 def _iso(value: datetime | None) -> str | None:

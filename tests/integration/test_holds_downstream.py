@@ -124,9 +124,11 @@ async def test_a_lagging_service_acks_held_and_acts_after_the_release(env: Env) 
         await tracker.escalate_overdue()
         await tracker.send_reminders()
         assert await _event_states(env, request.id) == {"held"}
+        # The request is on hold, naming the hold; local work stays done.
         await env.erasure.advance()
         async with env.engine.connect() as conn:
-            assert (await get_request(conn, request.id)).status is Status.IN_PROGRESS
+            on_hold = await get_request(conn, request.id)
+        assert (on_hold.status, on_hold.holds) == (Status.ON_HOLD, ("dispute-42",))
         async with env.engine.connect() as conn:
             held_now = await certificate(conn, request.id, now=datetime.now(UTC))
         assert [(x["service"], x["held"], x["pending"]) for x in held_now["services"]] == [
@@ -143,6 +145,12 @@ async def test_a_lagging_service_acks_held_and_acts_after_the_release(env: Env) 
         assert await tracker.publish_holds() == 1
         assert await tracker.republish_released() == 6
         assert (await _states(env, request.id)).get("held") is None
+        # The next status pass executes it again (nothing left locally) and it goes on.
+        await env.erasure.advance()
+        async with env.engine.connect() as conn:
+            resumed = await get_request(conn, request.id)
+        assert resumed.status in (Status.IN_PROGRESS, Status.COMPLETED)
+        assert resumed.holds == ()
 
         async def completed() -> bool:
             await tracker.track_published()
