@@ -151,6 +151,7 @@ class _KafkaHoldSource:
         self._kafka = kafka
         self._topic = kafka.topics.holds
         self._consumer: Any = None
+        self._offsets: Any = None
         self._partitions: list[TopicPartition] = []
 
     async def start(self, *, timeout_s: float) -> None:
@@ -176,15 +177,32 @@ class _KafkaHoldSource:
             await asyncio.sleep(0.05)
         self._partitions = sorted(consumer.assignment(), key=lambda tp: tp.partition)
         self._consumer = consumer
+        # End offsets on a connection of their own: on the reader's, the broker answers
+        # them only after the long-polling fetch in flight (up to fetch_max_wait_ms, 500 ms
+        # by default, before every batch); here they take a few milliseconds.
+        offsets = AIOKafkaConsumer(
+            **self._kafka.client_kwargs(), group_id=None, isolation_level="read_committed"
+        )
+        try:
+            await offsets.start()
+        except BaseException:
+            await self.stop()
+            raise
+        self._offsets = offsets
 
     async def stop(self) -> None:
         consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            await consumer.stop()
+        offsets, self._offsets = self._offsets, None
+        try:
+            if offsets is not None:
+                await offsets.stop()
+        finally:
+            if consumer is not None:
+                await consumer.stop()
 
     async def end_offsets(self) -> dict[int, int]:
         try:
-            ends: Mapping[TopicPartition, int] = await self._consumer.end_offsets(self._partitions)
+            ends: Mapping[TopicPartition, int] = await self._offsets.end_offsets(self._partitions)
         except KafkaError as exc:
             raise TransportError(repr(exc)) from exc
         return {tp.partition: int(offset) for tp, offset in ends.items()}
