@@ -131,6 +131,13 @@ async def test_a_lagging_service_acks_held_and_acts_after_the_release(env: Env) 
         assert (on_hold.status, on_hold.holds) == (Status.ON_HOLD, ("dispute-42",))
         async with env.engine.connect() as conn:
             held_now = await certificate(conn, request.id, now=datetime.now(UTC))
+            # The console's services page and /v1/completion/services: held, not overdue.
+            (billing,) = await queries.services_completion(conn, now=datetime.now(UTC))
+            listed = await queries.service_events(
+                conn, "billing", state="held", now=datetime.now(UTC), limit=10
+            )
+        assert (billing["held"], billing["overdue"], billing["pending"]) == (6, 0, 0)
+        assert len(listed) == 6
         assert [(x["service"], x["held"], x["pending"]) for x in held_now["services"]] == [
             ("billing", 6, 0)
         ]
