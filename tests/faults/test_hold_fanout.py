@@ -1,4 +1,4 @@
-"""Scenario 11: a legal hold arrives mid-fan-out, after publication, before a service acted.
+"""Scenario 13: a legal hold arrives mid-fan-out, after publication, before a service acted.
 
 The run purges locally and `retention relay --drain` publishes every event while one
 seeded example service is down (it lags). Then `retention holds create` holds a seeded
@@ -67,7 +67,7 @@ async def hold_fanout_scenario(
     stack: Stack, directory: Path, *, seed: int, users: int, per_category: int
 ) -> None:
     rng = random.Random(seed)
-    print(f"\n[faults] scenario 11 (hold arrives mid-fan-out), seed {seed}")
+    print(f"\n[faults] scenario 13 (hold arrives mid-fan-out), seed {seed}")
     world = await prepare_world(stack, directory, users=users, per_category=per_category)
     report = await run_policies(stack, world)
     assert report.ok, report.as_dict()
@@ -112,7 +112,7 @@ async def hold_fanout_scenario(
         holds_mid_fan_out=1, entities_held_mid_fan_out=len(chosen), held_acks=len(chosen)
     )
     result = await check_invariants(
-        stack, world, scenario="11-hold-mid-fan-out", seed=seed, faults=faults
+        stack, world, scenario="13-hold-mid-fan-out", seed=seed, faults=faults
     )
     result.assert_ok()
     assert result.events == world.expected_events

@@ -1,4 +1,4 @@
-"""Scenario 12: erasure requests filed while the coordinator is SIGKILLed.
+"""Scenario 14: erasure requests filed while the coordinator is SIGKILLed.
 
 `retention requests create user:<id> --reference R` runs as a subprocess for a seeded
 choice of due fault users, with the tracker and the three services running. Each one is
@@ -92,7 +92,7 @@ async def request_kill_scenario(
     stack: Stack, directory: Path, *, seed: int, users: int, per_category: int, requests: int
 ) -> None:
     rng = random.Random(seed)
-    print(f"\n[faults] scenario 12 (requests during coordinator SIGKILLs), seed {seed}")
+    print(f"\n[faults] scenario 14 (requests during coordinator SIGKILLs), seed {seed}")
     world = await prepare_world(stack, directory, users=users, per_category=per_category)
     subjects = rng.sample(sorted(world.processed(USERS_POLICY)), requests)
     world.subject_events = len(subjects)
@@ -131,7 +131,7 @@ async def request_kill_scenario(
     assert statuses == Counter(completed=len(subjects)), statuses
     assert subject_events == len(subjects)
     result = await check_invariants(
-        stack, world, scenario="12-request-during-sigkill", seed=seed, faults=kills
+        stack, world, scenario="14-request-during-sigkill", seed=seed, faults=kills
     )
     result.assert_ok()
     assert result.events == world.expected_events
