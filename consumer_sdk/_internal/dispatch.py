@@ -231,7 +231,7 @@ class Dispatcher:
             outcome = self._held(item, known) or await self.executor.execute(
                 item, spec, known.get(item.event_id), stopping=stopping, first_error=first_error
             )
-            if outcome.status is not AckStatus.FAILED:
+            if outcome.status not in (AckStatus.FAILED, AckStatus.HELD):
                 # A second copy of the event later in this batch is a redelivery too.
                 known[item.event_id] = outcome.processed(item)
             await self._emit(record, item, spec, outcome, done)

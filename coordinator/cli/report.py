@@ -55,6 +55,7 @@ _HEADER = (
     "name",
     *_COLUMNS,
     "waived",
+    "held",
     "reason",
     "rejected",
     *_PURGE_COLUMNS,
@@ -175,6 +176,7 @@ def _write_csv(document: dict[str, Any]) -> None:
                     "name": row[scope],
                     **{c: _blank(row[c]) for c in _COLUMNS},
                     "waived": _blank(row.get("waived")),
+                    "held": _blank(row.get("held")),
                 }
             )
     for row in document["rejected_acks"]:
@@ -212,7 +214,7 @@ def _blank(value: object) -> object:
 
 def _print_tables(document: dict[str, Any]) -> None:
     for scope, key in (("policy", "policies"), ("service", "services")):
-        columns = (*_COLUMNS, "waived") if scope == "service" else _COLUMNS
+        columns = (*_COLUMNS, "waived", "held") if scope == "service" else (*_COLUMNS, "held")
         table = Table(scope, *columns, title=f"per {scope} since {document['since']}")
         for row in document[key]:
             table.add_row(row[scope], *("-" if row[c] is None else str(row[c]) for c in columns))

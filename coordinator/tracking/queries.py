@@ -221,6 +221,7 @@ async def report(conn: AsyncConnection, *, since: datetime) -> dict[str, Any]:
             func.count(),
             *(func.count().filter(s.state == state) for state in _STATES),
             *_percentiles(case((s.state == "completed", event_seconds))),
+            func.count().filter(s.state == "held"),
         )
         .where(s.published_at >= since)
         .group_by(s.policy)
@@ -237,6 +238,7 @@ async def report(conn: AsyncConnection, *, since: datetime) -> dict[str, Any]:
             func.count().filter(e.status == "pending"),
             *_percentiles(case((e.status.in_(_DONE), ack_seconds))),
             func.count().filter(e.status == "waived"),
+            func.count().filter(e.status == "held"),
         )
         .join_from(expected_acks, event_status, s.event_id == e.event_id)
         .where(s.published_at >= since)
@@ -252,9 +254,12 @@ async def report(conn: AsyncConnection, *, since: datetime) -> dict[str, Any]:
     )
     return {
         "since": _ts(since),
-        "policies": [_outcome_row("policy", row) for row in by_policy],
+        # `held`: events (per policy) and acks (per service) not executed under a hold,
+        # neither late nor done (SPEC §15).
+        "policies": [{**_outcome_row("policy", row[:-1]), "held": row[-1]} for row in by_policy],
         "services": [
-            {**_outcome_row("service", row[:-1]), "waived": row[-1]} for row in by_service
+            {**_outcome_row("service", row[:-2]), "waived": row[-2], "held": row[-1]}
+            for row in by_service
         ],
         "rejected_acks": [
             {"service": row[0], "reason": row[1], "count": row[2]} for row in rejected
