@@ -31,6 +31,7 @@ _STYLE = {
     "failed": "red",
     "overdue": "red",
     "waived": "magenta",
+    "held": "cyan",
 }
 
 
