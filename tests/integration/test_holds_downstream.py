@@ -9,8 +9,9 @@ entity: releasing one leaves it held. Forged hold records change nothing.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+import pytest
 from aiokafka import AIOKafkaConsumer
 from sqlalchemy import text
 
@@ -18,13 +19,15 @@ from consumer_sdk import RetentionEvent
 from consumer_sdk._internal.holds import HoldReader, HoldTable, kafka_hold_source
 from consumer_sdk._internal.trust import Trust
 from consumer_sdk.metrics import ConsumerMetrics
-from coordinator.clock import SystemClock
+from coordinator.clock import FrozenClock, SystemClock
 from coordinator.erasure.certificate import certificate, render_html
 from coordinator.erasure.due import Regulation
 from coordinator.erasure.requests import Status, get_request
+from coordinator.kafka.memory import MemoryKafka, MemoryPublisher
 from coordinator.metrics import Metrics
 from coordinator.outbox.relay import OutboxRelay
 from coordinator.policy.model import parse_policies
+from coordinator.purge.hold_topic import publish_pending
 from coordinator.purge.holds import create_hold, entity_types, release_hold
 from coordinator.purge.runner import Runner
 from coordinator.settings import RelaySettings
@@ -381,3 +384,43 @@ async def test_a_locally_purged_entity_has_a_certificate_from_the_audit_chain(en
         str(report.run_id),
         None,
     )
+
+
+async def test_an_expiry_and_a_crash_before_the_broker_acked_leave_nothing_unpublished(
+    env: Env,
+) -> None:
+    """The queue is the holds topic's outbox: a publication the broker refused leaves it
+    queued (published again, with the set of that moment); an expiry queues the entity by
+    itself and publishes its tombstone."""
+    kafka = MemoryKafka()
+    publisher = MemoryPublisher(kafka)
+    clock = FrozenClock(datetime.now(UTC))
+    topic = env.kafka.topics.holds
+    # The fixture's hold on user 44 is queued too; publish it out of the way.
+    assert await publish_pending(env.engine, publisher, topic=topic, signer=None, clock=clock) == 1
+    async with env.engine.begin() as conn:
+        await create_hold(
+            conn,
+            types=await entity_types(conn, env.policy_set),
+            entities=["user:41"],
+            reason="until the audit ends",
+            created_by="legal",
+            now=clock.now(),
+            expires_at=clock.now() + timedelta(hours=1),
+            hold_id="audit-2026",
+        )
+    publisher.fail_with.append(ConnectionError("broker gone"))
+    with pytest.raises(ConnectionError):
+        await publish_pending(env.engine, publisher, topic=topic, signer=None, clock=clock)
+    assert kafka.topics[topic][1:] == []
+    assert await publish_pending(env.engine, publisher, topic=topic, signer=None, clock=clock) == 1
+    (published,) = kafka.topics[topic][1:]
+    record = decode(HoldRecord, published.value)
+    assert (published.key, record.holds) == (b"user:41", ["audit-2026"])
+
+    clock.advance(timedelta(hours=2))
+    assert await publish_pending(env.engine, publisher, topic=topic, signer=None, clock=clock) == 1
+    expired = kafka.topics[topic][-1]
+    assert (expired.key, expired.value) == (b"user:41", None)
+    # Once: the expiry is queued a single time.
+    assert await publish_pending(env.engine, publisher, topic=topic, signer=None, clock=clock) == 0
