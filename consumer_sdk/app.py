@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from consumer_sdk._internal.holds import HoldReader, HoldTable, kafka_hold_source
 from consumer_sdk._internal.registry import BatchResult, HandlerRegistry
 from consumer_sdk._internal.runtime import Runtime
 from consumer_sdk._internal.suppression import SuppressionTable
@@ -342,6 +343,7 @@ class RetentionConsumer:
         async with AsyncExitStack() as stack:
             self._serve_metrics(stack)
             resources = await stack.enter_async_context(self.resources())
+            trust = Trust.from_settings(self.service, self.signatures, self.metrics)
             runtime = Runtime(
                 service=self.service,
                 topics=self.kafka.topics,
@@ -350,7 +352,8 @@ class RetentionConsumer:
                 store=resources.store,
                 metrics=self.metrics,
                 registration=self.registration(),
-                trust=Trust.from_settings(self.service, self.signatures, self.metrics),
+                trust=trust,
+                holds=self.hold_reader(trust),
                 consumer=kafka_consumer(
                     self.kafka,
                     group_id=self.group_id,
@@ -372,6 +375,14 @@ class RetentionConsumer:
                 stack.push_async_callback(_cancel, pruning)
             self._running = stack.pop_all()
         self._runtime = runtime
+
+    def hold_reader(self, trust: Trust) -> HoldReader:
+        """The holds table, read from `data.retention.holds` (SPEC §11)."""
+        return HoldReader(
+            kafka_hold_source(self.kafka),
+            HoldTable(trust),
+            read_timeout_s=self.settings.holds_timeout_s,
+        )
 
     async def _prune_forever(self, store: PrunableStore, retention: timedelta) -> None:
         """At start, then daily: forget processed events older than `retention`."""

@@ -34,6 +34,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 
 from consumer_sdk._internal.dispatch import Dispatcher
 from consumer_sdk._internal.executor import EventExecutor
+from consumer_sdk._internal.holds import HoldReader
 from consumer_sdk._internal.transport import ProducerPort, Record, kafka_producer
 from consumer_sdk._internal.trust import Trust
 from consumer_sdk.app import RetentionConsumer
@@ -124,6 +125,7 @@ class FaustRetention:
         self.retention = retention
         self._stack = AsyncExitStack()
         self._dispatcher: Dispatcher | None = None
+        self._holds: HoldReader | None = None
         self._opening = asyncio.Lock()
         self.stopping = asyncio.Event()
 
@@ -147,6 +149,11 @@ class FaustRetention:
                     r.kafka.topics.services, value, key=key, headers=trust.sign(key, value)
                 )
             )
+            # The whole holds table before the first event (SPEC §11), as in the core SDK.
+            holds = r.hold_reader(trust)
+            await holds.start(timeout_s=r.settings.holds_timeout_s)
+            self._stack.push_async_callback(holds.stop)
+            self._holds = holds
             self._dispatcher = Dispatcher(
                 service=r.service,
                 topics=r.kafka.topics,
@@ -157,6 +164,7 @@ class FaustRetention:
                 producer=producer,
                 trust=trust,
                 engine=resources.engine,
+                holds=holds.table,
             )
             log.info(
                 "faust retention agent started",
@@ -192,6 +200,7 @@ class FaustRetention:
         self.stopping.set()
         async with self._opening:
             self._dispatcher = None
+            self._holds = None
             try:
                 await self._stack.aclose()
             finally:
@@ -210,6 +219,9 @@ class FaustRetention:
         async def attempt() -> bool:
             try:
                 dispatcher = await self.open()
+                if self._holds is not None:
+                    # Holds published before this event is handled are in the table.
+                    await self._holds.catch_up()
                 done = await dispatcher.dispatch([record], self.stopping)
                 if done.sends:
                     await asyncio.gather(*done.sends)

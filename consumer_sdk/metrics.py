@@ -68,6 +68,18 @@ class ConsumerMetrics:
             ["service", "topic"],
             registry=r,
         )
+        self.holds_rejected = Counter(
+            "retention_consumer_hold_records_rejected",
+            "Holds-topic records ignored: a failed signature or not a hold set (by reason).",
+            ["service", "reason"],
+            registry=r,
+        )
+        self.held = Gauge(
+            "retention_consumer_held_entities",
+            "Entities held on the holds topic, as this consumer last read it.",
+            ["service"],
+            registry=r,
+        )
         self.lag = Gauge(
             "retention_consumer_lag_records",
             "Records on assigned partitions not yet processed (from the fetch high-water mark).",

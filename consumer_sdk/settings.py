@@ -83,6 +83,13 @@ class ConsumerSettings(BaseSettings):
         validation_alias=AliasChoices("poll_timeout_s", "RETENTION_CONSUMER_POLL_TIMEOUT_S"),
         description="How long one poll waits for records.",
     )
+    holds_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        validation_alias=AliasChoices("holds_timeout_s", "RETENTION_CONSUMER_HOLDS_TIMEOUT_S"),
+        description="Bound on finding the holds topic at start, and on reading it to its "
+        "end before a batch; past it the batch waits and is tried again.",
+    )
     shutdown_timeout_s: float = Field(
         default=30.0,
         gt=0,

@@ -1,7 +1,9 @@
 """`python -m demo` runs the whole demo (demo/run.py); `python -m demo seed` only seeds;
-`python -m demo tokens FILE` only creates the demo's API tokens.
+`python -m demo tokens FILE` only creates the demo's API tokens; `python -m demo requests`
+files the demo's two erasure requests over the HTTP API.
 
-Seeding and tokens import no test-only dependencies, so the Docker image can run them.
+Seeding, tokens and requests import no test-only dependencies, so the Docker image can
+run them.
 """
 
 import sys
@@ -14,6 +16,10 @@ if sys.argv[1:2] == ["tokens"]:
     from demo.tokens import main as tokens_main
 
     raise SystemExit(tokens_main(sys.argv[2:]))
+if sys.argv[1:2] == ["requests"]:
+    from demo.requests import main as requests_main
+
+    raise SystemExit(requests_main(sys.argv[2:]))
 
 from demo.run import main
 

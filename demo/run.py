@@ -51,6 +51,7 @@ from coordinator.store.migrate import upgrade
 from coordinator.store.tables import event_status, outbox, service_registry
 from coordinator.tracking import queries
 from demo import keys
+from demo.requests import RequestsFailed, active_user, file_demo_requests
 from demo.seed import POLICIES, Seeded, seed_coordinator, seed_services
 from demo.tokens import DEMO_TOKENS, create_demo_tokens
 from schemas import KafkaSettings, async_database_url
@@ -426,60 +427,26 @@ async def check_console(client: httpx.AsyncClient, token: str) -> None:
         raise DemoFailed("the console's overview does not name the signed-in token")
 
 
-def active_user(scale: int) -> str:
-    """An active user (never closed, so only an erasure request removes it) who owns no row
-    under the litigation hold, so that the request completes.
-
-    seed.py's user n is active when n % 6 is 4 or 5. demo/seed_data.py gives the seed
-    tables' rows to user-00000 … user-00096 (`n % 97`), and from a scale of about 40 each of
-    those owns a held row: past that, a user beyond them.
-    """
-    for n in range(97, 3 * scale):
-        if n % 6 in (4, 5):
-            return f"user-{n:05d}"
-    return "user-00004"
-
-
 async def erasure_requests(
     demo: Demo, client: httpx.AsyncClient, seeded: Seeded
 ) -> list[dict[str, Any]]:
     """File one request that completes and one that a subject hold stops; their rows."""
-    auth = demo.auth("demo-writer")
     held_user = seeded.users_due[0]  # seed.py puts the first due users under dispute-42
     active = active_user(demo.scale)
     step(
         f"filing erasure requests: user:{active} (GDPR) and user:{held_user} (CCPA, "
         "under a subject hold)"
     )
-    filed = []
-    for subject, regulation in ((active, "gdpr"), (held_user, "ccpa")):
-        response = await client.post(
-            "/v1/erasure-requests",
-            json={"subject": f"user:{subject}", "regulation": regulation, "reference": subject},
-            headers=auth,
+
+    async def wait(what: str, check: Callable[[], Awaitable[bool]]) -> None:
+        await wait_until(what, check, timeout_s=demo.timeout_s, demo=demo)
+
+    try:
+        return await file_demo_requests(
+            client, demo.auth("demo-writer"), active=active, held=held_user, wait=wait
         )
-        if response.status_code != 201:
-            raise DemoFailed(
-                f"POST /v1/erasure-requests answered {response.status_code}: {response.text}"
-            )
-        filed.append(response.json()["id"])
-    completes, held = filed
-
-    async def completed() -> bool:
-        found = (await client.get(f"/v1/erasure-requests/{completes}")).json()
-        return bool(found["status"] == "completed")
-
-    await wait_until(
-        "the erasure request to complete", completed, timeout_s=demo.timeout_s, demo=demo
-    )
-    rows = [(await client.get(f"/v1/erasure-requests/{i}")).json() for i in (completes, held)]
-    if rows[1]["status"] != "on_hold" or not rows[1]["holds"]:
-        raise DemoFailed(f"the held user's request is {rows[1]['status']}, not on_hold")
-    for row in rows:
-        row["hold_reasons"] = [
-            (await client.get(f"/v1/holds/{hold}")).json()["reason"] for hold in row["holds"]
-        ]
-    return rows
+    except RequestsFailed as exc:
+        raise DemoFailed(str(exc)) from exc
 
 
 async def verify_entity(demo: Demo, client: httpx.AsyncClient, user: str) -> dict[str, Any]:

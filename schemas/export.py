@@ -6,12 +6,23 @@ import json
 import sys
 from pathlib import Path
 
-from schemas.models import RetentionAck, RetentionEvent, ServiceRegistration, WireModel
+from schemas.models import (
+    HoldRecord,
+    RetentionAck,
+    RetentionEvent,
+    ServiceRegistration,
+    WireModel,
+)
 
 __all__ = ["JSON_DIR", "main", "render"]
 
 JSON_DIR = Path(__file__).parent / "json"
-MODELS: tuple[type[WireModel], ...] = (RetentionEvent, RetentionAck, ServiceRegistration)
+MODELS: tuple[type[WireModel], ...] = (
+    RetentionEvent,
+    RetentionAck,
+    ServiceRegistration,
+    HoldRecord,
+)
 
 
 def render() -> dict[str, str]:

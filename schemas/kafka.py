@@ -66,7 +66,7 @@ class KafkaSettings(BaseSettings):
     )
     topic_prefix: str = Field(
         default=DEFAULT_PREFIX,
-        description="Prefix of the four topics: <prefix>, <prefix>.acks, .services, .dlq.",
+        description="Prefix of the five topics: <prefix>, <prefix>.acks, .services, .dlq, .holds.",
     )
     security_protocol: SecurityProtocol = Field(
         default="PLAINTEXT",

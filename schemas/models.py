@@ -35,6 +35,7 @@ __all__ = [
     "EventReason",
     "EventType",
     "HandledEntity",
+    "HoldRecord",
     "RetentionAck",
     "RetentionEvent",
     "ServiceRegistration",
@@ -123,6 +124,8 @@ class AckStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     NOT_FOUND = "not_found"
+    HELD = "held"
+    """Not executed: a hold on the entity or its `subject` was on the holds topic (SPEC §11)."""
     # Answers to a `verify` event (SPEC §12), never to a delete or anonymize event.
     VERIFIED = "verified"
     STILL_PRESENT = "still_present"
@@ -217,3 +220,19 @@ class ServiceRegistration(WireModel):
     @property
     def key(self) -> str:
         return self.service
+
+
+class HoldRecord(WireModel):
+    """An entity's current set of active holds, on the compacted `data.retention.holds`.
+
+    Keyed `"type:id"`; a tombstone (no value) when the set becomes empty (SPEC §11).
+    """
+
+    entity_type: NonEmpty
+    entity_id: NonEmpty
+    holds: Annotated[list[NonEmpty], Field(min_length=1, max_length=MAX_LIST_ITEMS)]
+    updated_at: UtcDatetime
+
+    @property
+    def key(self) -> str:
+        return f"{self.entity_type}:{self.entity_id}"

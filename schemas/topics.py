@@ -1,4 +1,4 @@
-"""Topic names: the product's topics derived from one configurable prefix (SPEC §2, §12)."""
+"""Topic names: the product's topics, derived from one configurable prefix (SPEC §2, §11, §12)."""
 
 from __future__ import annotations
 
@@ -32,16 +32,22 @@ class Topics:
         return f"{self.prefix}.dlq"
 
     @property
+    def holds(self) -> str:
+        """Compacted, coordinator-signed: each held entity's current set of holds."""
+        return f"{self.prefix}.holds"
+
+    @property
     def erased(self) -> str:
         """The suppression list (SPEC §12): compacted, written by the coordinator only."""
         return f"{self.prefix}.erased"
 
-    def all(self) -> tuple[str, ...]:
-        return (self.events, self.acks, self.services, self.dlq, self.erased)
-
+    @property
     def compacted(self) -> tuple[str, ...]:
-        """Topics keyed so that only the latest record per key matters."""
-        return (self.services, self.erased)
+        """Topics keyed by what they describe, where only the latest record per key counts."""
+        return (self.services, self.holds, self.erased)
+
+    def all(self) -> tuple[str, ...]:
+        return (self.events, self.acks, self.services, self.dlq, self.holds, self.erased)
 
 
 def service_group(service: str) -> str:

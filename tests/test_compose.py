@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import hashlib
 import importlib
 import importlib.util
 import re
@@ -285,7 +286,7 @@ def test_compose_runs_exactly_the_example_services() -> None:
     assert running == set(EXAMPLE_SERVICES)
 
 
-@pytest.mark.parametrize("command", ["seed", "tokens"])
+@pytest.mark.parametrize("command", ["seed", "tokens", "requests"])
 def test_the_one_shot_demo_commands_run_without_test_dependencies(command: str) -> None:
     # The image installs `.[faust]`, not `.[test]`: `python -m demo seed|tokens` must not
     # import the full demo (`demo.run`) or anything test-only.
@@ -326,8 +327,13 @@ def test_start_order_waits_for_health() -> None:
     assert waits_for("grafana") == {"prometheus": "service_started"}
     for name in ("kafka", "postgres", "serve"):
         assert "healthcheck" in services[name], name
-    for name in ("migrate", "seed", "tokens"):
+    for name in ("migrate", "seed", "tokens", "requests"):
         assert services[name]["restart"] == "no", name
+    # The demo's requests wait for serve and for the services that must acknowledge them.
+    assert waits_for("requests") == {
+        "serve": "service_healthy",
+        **dict.fromkeys(EXAMPLE_SERVICES, "service_started"),
+    }
     assert {str(services[n]["build"]) for n in APP_SERVICES} == {str(services["serve"]["build"])}
     assert "relay" not in services  # `retention serve` runs the relay
     # `docker compose up` starts everything but the observability profile.
@@ -345,7 +351,7 @@ def test_tokens_are_made_once_into_a_volume_only_serve_reads(
     assert "environment" not in tokens  # no database, no Kafka: only the file
     written = PurePosixPath(tokens["command"][4])
     assert written == PurePosixPath(str(settings.api_tokens_file))
-    [made] = tokens["volumes"]
+    [made] = [v for v in tokens["volumes"] if not v.startswith("demo-writer:")]
     # serve mounts the tokens volume and the signing keys volume (test below).
     [read] = [v for v in services["serve"]["volumes"] if not v.startswith("keys:")]
     volume, directory = made.split(":")
@@ -466,3 +472,37 @@ def test_the_signing_keys_are_made_by_seed_into_a_volume_everyone_reads() -> Non
     assert "keys" in load_compose()["volumes"]  # type: ignore[operator]
     key_file = services["serve"]["environment"]["RETENTION_SIGNING_KEY_FILE"]
     assert key_file == f"{mount.split(':')[1]}/coordinator.key"
+
+
+def test_the_demo_requests_go_through_the_api_with_the_writer_token(tmp_path: Path) -> None:
+    """`requests` files the demo's two erasure requests over HTTP (demo/requests.py) with
+    the demo-writer token, which `tokens` writes in clear into a volume only the two of
+    them mount; the tokens file itself keeps only hashes."""
+    services = _services()
+    requests, tokens = services["requests"], services["tokens"]
+    command = requests["command"]
+    assert command[:4] == ["python", "-m", "demo", "requests"]
+    options = dict(zip(command[4::2], command[5::2], strict=True))
+    url = urlsplit(options["--api"])
+    serve_env = services["serve"]["environment"]
+    assert (url.hostname, url.port) == ("serve", int(serve_env["RETENTION_HTTP_PORT"]))
+    token_file = PurePosixPath(options["--token-file"])
+    assert tokens["command"][-2:] == ["--writer-token-file", str(token_file)]
+    [read] = requests["volumes"]
+    [made] = [v for v in tokens["volumes"] if v.startswith("demo-writer:")]
+    assert read == f"{made}:ro"
+    assert PurePosixPath(made.split(":")[1]) == token_file.parent
+    assert "demo-writer" in load_compose()["volumes"]  # type: ignore[operator]
+    for name, service in services.items():
+        if name not in ("tokens", "requests"):
+            assert "demo-writer" not in str(service.get("volumes", [])), name
+    assert "environment" not in requests  # no database, no Kafka: the API only
+    assert f"install -d -o retention -m 0700 {token_file.parent}" in APP_DOCKERFILE.read_text()
+    # What `tokens` writes: the writer token, 0600, whose hash the tokens file holds.
+    path, writer = tmp_path / "tokens.yaml", tmp_path / "demo" / "writer.token"
+    assert tokens_main([str(path), "--writer-token-file", str(writer)]) == 0
+    assert writer.stat().st_mode & 0o777 == 0o600
+    token = writer.read_text().strip()
+    [entry] = [t for t in load_tokens_file(path).tokens if t.name == "demo-writer"]
+    assert entry.scope.value == "write"
+    assert hashlib.sha256(token.encode()).hexdigest() == entry.sha256

@@ -154,6 +154,12 @@ def test_topics_derive_from_one_prefix() -> None:
         "data.retention.acks",
         "data.retention.services",
         "data.retention.dlq",
+        "data.retention.holds",
+        "data.retention.erased",
+    )
+    assert Topics().compacted == (
+        "data.retention.services",
+        "data.retention.holds",
         "data.retention.erased",
     )
     assert Topics("staging.retention").acks == "staging.retention.acks"

@@ -10,9 +10,9 @@ KAFKA = KafkaSettings(bootstrap_servers="127.0.0.1:1", topic_prefix="t.admin")
 TOPICS = KAFKA.topics
 
 
-async def test_only_missing_topics_are_created_and_registrations_are_compacted() -> None:
+async def test_only_missing_topics_are_created_and_registrations_and_holds_are_compacted() -> None:
     admin = MemoryTopicAdmin({TOPICS.events, "unrelated"})
-    missing = [TOPICS.acks, TOPICS.services, TOPICS.dlq, TOPICS.erased]
+    missing = [TOPICS.acks, TOPICS.services, TOPICS.dlq, TOPICS.holds, TOPICS.erased]
     assert await missing_topics(KAFKA, admin=admin) == missing
     created = await ensure_topics(KAFKA, partitions=3, replication_factor=1, admin=admin)
     assert created == missing
@@ -20,6 +20,7 @@ async def test_only_missing_topics_are_created_and_registrations_are_compacted()
         TopicSpec(TOPICS.acks, 3, 1),
         TopicSpec(TOPICS.services, 3, 1, compacted=True),
         TopicSpec(TOPICS.dlq, 3, 1),
+        TopicSpec(TOPICS.holds, 3, 1, compacted=True),
         # The suppression list keeps the latest record per erased entity (SPEC §12).
         TopicSpec(TOPICS.erased, 3, 1, compacted=True),
     ]

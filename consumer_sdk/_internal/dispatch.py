@@ -18,6 +18,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from consumer_sdk._internal.executor import Abandoned, EventExecutor, Outcome, Retry
+from consumer_sdk._internal.holds import HoldTable
 from consumer_sdk._internal.registry import HandlerRegistry, HandlerSpec
 from consumer_sdk._internal.transport import ProducerPort, Record
 from consumer_sdk._internal.trust import Trust
@@ -41,6 +42,7 @@ from schemas import (
 )
 from schemas.dlq import DlqReason
 from schemas.dlq import dlq_headers as schemas_dlq_headers
+from schemas.models import MAX_DETAIL_CHARS
 
 __all__ = ["Dispatched", "Dispatcher", "dlq_headers"]
 
@@ -128,11 +130,13 @@ class Dispatcher:
         producer: ProducerPort,
         trust: Trust,
         engine: AsyncEngine | None = None,
+        holds: HoldTable | None = None,
     ) -> None:
         self.engine = engine
         """Verify handlers that take a connection get a read-only one from it."""
         self.service = service
         self.trust = trust
+        self.holds = holds
         self.topics = topics
         self.registry = registry
         self.store = store
@@ -243,10 +247,10 @@ class Dispatcher:
         if isinstance(item, PoisonRecord):
             done.sends.append(await self._poison(record, item))
         elif (spec := self._spec(item)) is not None:
-            outcome = await self.executor.execute(
+            outcome = self._held(item, known) or await self.executor.execute(
                 item, spec, known.get(item.event_id), stopping=stopping, first_error=first_error
             )
-            if outcome.status is not AckStatus.FAILED:
+            if outcome.status not in (AckStatus.FAILED, AckStatus.HELD):
                 # A second copy of the event later in this batch is a redelivery too.
                 known[item.event_id] = outcome.processed(item)
             await self._emit(record, item, spec, outcome, done)
@@ -341,6 +345,11 @@ class Dispatcher:
                     handled.append((record, item, spec, self.executor.redelivered(spec, prior)))
                     run.next += 1
                     continue
+                held = self._held(item, known)
+                if held is not None:
+                    handled.append((record, item, spec, held))
+                    run.next += 1
+                    continue
                 if spec.batch and i >= isolate_until:
                     group = self._group(decoded, i, spec, known, recorded)
                     outcomes = await self.executor.batch_attempt(group, spec, batch)
@@ -424,6 +433,7 @@ class Dispatcher:
                 or item.event_id in ids
                 or item.event_id in known
                 or item.event_id in recorded
+                or self._held(item, known) is not None
             ):
                 break
             group.append(item)
@@ -455,6 +465,21 @@ class Dispatcher:
         ack = outcome.ack(self.service, event)
         done.acks.append((ack.key.encode(), encode(ack)))
         done.last_done = record.offset
+
+    def _held(
+        self, event: RetentionEvent, known: dict[uuid.UUID, ProcessedEvent]
+    ) -> Outcome | None:
+        """The `held` outcome when a hold covers the event's entity or subject (SPEC §11).
+
+        An event this service already processed is acked as before instead: its deletion
+        happened before the hold, and saying `held` would hide it.
+        """
+        if self.holds is None or event.event_id in known:
+            return None
+        holds = self.holds.holds_on(event)
+        if not holds:
+            return None
+        return Outcome(AckStatus.HELD, 0, 1, ("held by " + ", ".join(holds))[:MAX_DETAIL_CHARS])
 
     def _spec(self, event: RetentionEvent) -> HandlerSpec | None:
         spec = self.registry.get(event.entity_type, event.type)

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from consumer_sdk._internal.dispatch import Dispatcher
 from consumer_sdk._internal.executor import EventExecutor
+from consumer_sdk._internal.holds import HoldReader
 from consumer_sdk._internal.registry import HandlerRegistry
 from consumer_sdk._internal.transport import (
     CommitLost,
@@ -73,8 +74,10 @@ class Runtime:
         producer: ProducerPort,
         trust: Trust,
         engine: AsyncEngine | None = None,
+        holds: HoldReader | None = None,
     ) -> None:
         self.service = service
+        self.holds = holds
         self.topics = topics
         self.settings = settings
         self.registry = registry
@@ -94,6 +97,7 @@ class Runtime:
             producer=producer,
             trust=trust,
             engine=engine,
+            holds=holds.table if holds is not None else None,
         )
         self._workers: dict[Partition, _PartitionWorker] = {}
         self._lag: dict[Partition, int] = {}
@@ -109,9 +113,17 @@ class Runtime:
                 self.topics.services, value, key=key, headers=self.trust.sign(key, value)
             )
             await delivered
+            if self.holds is not None:
+                # The whole holds table before the first event (SPEC §11).
+                await self.holds.start(timeout_s=self.settings.holds_timeout_s)
+                self._update_held_gauge()
             await self.consumer.start()
         except BaseException:
-            await self.producer.stop()
+            try:
+                if self.holds is not None:
+                    await self.holds.stop()
+            finally:
+                await self.producer.stop()
             raise
         self._poll_task = asyncio.create_task(self._poll(), name="retention-poll")
         log.info(
@@ -136,7 +148,11 @@ class Runtime:
             try:
                 await self.consumer.stop()
             finally:
-                await self.producer.stop()
+                try:
+                    if self.holds is not None:
+                        await self.holds.stop()
+                finally:
+                    await self.producer.stop()
         log.info("consumer stopped", service=self.service)
 
     # -- the poll loop -------------------------------------------------------------
@@ -232,6 +248,11 @@ class Runtime:
     async def _process_batch(
         self, partition: Partition, records: Sequence[Record], stopping: asyncio.Event
     ) -> None:
+        if self.holds is not None:
+            # Every hold published before this batch began is in the table; a failure
+            # here retries the batch, never handles it without the holds.
+            await self.holds.catch_up()
+            self._update_held_gauge()
         done = await self.dispatcher.dispatch(records, stopping)
         if done.sends:
             await asyncio.gather(*done.sends)
@@ -251,6 +272,10 @@ class Runtime:
         if highwater is not None:
             self._lag[partition] = max(highwater - (done.last_done + 1), 0)
             self._update_lag_gauge()
+
+    def _update_held_gauge(self) -> None:
+        if self.holds is not None:
+            self.metrics.held.labels(self.service).set(len(self.holds.table))
 
     def _update_lag_gauge(self) -> None:
         self.metrics.lag.labels(self.service).set(sum(self._lag.values()))

@@ -52,7 +52,7 @@ class HealthView(_View):
 class ServiceAnswer(_View):
     service: str
     status: str = Field(
-        description="pending | completed | not_found | failed | waived | still_present "
+        description="pending | completed | not_found | failed | held | waived | still_present "
         "(a verify found data after its ack; the event is `resurrected`)"
     )
     acknowledged_at: datetime | None
@@ -285,6 +285,10 @@ class ServiceCompletionView(_View):
     pending: int = Field(description="Open, deadline not yet passed.")
     overdue: int = Field(description="Open past the event's deadline.")
     failed: int = Field(description="Its last answer was `failed` (also counted as open).")
+    held: int = Field(
+        default=0,
+        description="Answered `held`: not executed under a hold; neither late nor done.",
+    )
     completed: int = Field(description="Answered `completed` or `not_found`.")
     waived: int = Field(description="Ended without an answer by `waive` or `retire` (audited).")
     next_deadline: datetime | None = Field(description="Earliest deadline of its open ones.")
@@ -302,7 +306,7 @@ class ServiceEventView(_View):
     deadline: datetime
     event_state: str = Field(description="The event's state over all its services.")
     status: str = Field(
-        description="This service's: pending | completed | not_found | failed | waived"
+        description="This service's: pending | completed | not_found | failed | held | waived"
     )
     acknowledged_at: datetime | None
     attempt: int | None

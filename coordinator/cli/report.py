@@ -62,6 +62,7 @@ _HEADER = (
     "verified",
     "still_present",
     "unsupported",
+    "held",
     "reason",
     "rejected",
     *_PURGE_COLUMNS,
@@ -188,6 +189,7 @@ def _write_csv(document: dict[str, Any]) -> None:
                     "waived": _blank(row.get("waived")),
                     "resurrected": _blank(row.get("resurrected")),
                     "still_present": _blank(row.get("still_present")),
+                    "held": _blank(row.get("held")),
                 }
             )
     for row in document["verification"]:
@@ -235,9 +237,9 @@ def _blank(value: object) -> object:
 def _print_tables(document: dict[str, Any]) -> None:
     for scope, key in (("policy", "policies"), ("service", "services")):
         columns = (
-            (*_COLUMNS, "waived", "still_present")
+            (*_COLUMNS, "waived", "still_present", "held")
             if scope == "service"
-            else (*_COLUMNS, "resurrected")
+            else (*_COLUMNS, "resurrected", "held")
         )
         table = Table(scope, *columns, title=f"per {scope} since {document['since']}")
         for row in document[key]:

@@ -38,6 +38,7 @@ _STYLE = {
     "verified": "green",
     "unsupported": "yellow",
     "incomplete": "yellow",
+    "held": "cyan",
 }
 
 
@@ -92,7 +93,7 @@ def status(
 
     events, verified = read_database(settings, both)
     if not events:
-        err_console.print(f"no retention events for {entity_type}:{entity_id}")
+        err_console.print(f"no retention event or purge for {entity_type}:{entity_id}")
         raise typer.Exit(ExitCode.ERRORS)
     if as_json:
         emit_json(
@@ -143,7 +144,7 @@ def certificate(
         lambda conn: queries.certificate(conn, entity_type, entity_id, now=SystemClock().now()),
     )
     if document is None:
-        err_console.print(f"no retention events for {entity_type}:{entity_id}")
+        err_console.print(f"no retention event or purge for {entity_type}:{entity_id}")
         raise typer.Exit(ExitCode.ERRORS)
     emit_json(document)
     if not document["complete"]:

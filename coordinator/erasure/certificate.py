@@ -16,11 +16,24 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.erasure.requests import get_request, request_from_row, request_parts
-from coordinator.store.tables import audit_log, erasure_requests, expected_acks, legal_holds, outbox
+from coordinator.store.tables import (
+    ack_ledger,
+    audit_log,
+    erasure_requests,
+    expected_acks,
+    legal_holds,
+    outbox,
+)
 
 __all__ = ["certificate", "detail", "render_html", "requests_since"]
 
-_ACTIONS = ("erasure.create", "erasure.execute", "erasure.extend", "erasure.reject")
+_ACTIONS = (
+    "erasure.create",
+    "erasure.execute",
+    "erasure.extend",
+    "erasure.reject",
+    "erasure.held_downstream",
+)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -37,6 +50,7 @@ async def _services(conn: AsyncConnection, request_id: uuid.UUID) -> list[dict[s
             func.count().filter(e.status.in_(("completed", "not_found"))).label("done"),
             func.count().filter(e.status == "failed").label("failed"),
             func.count().filter(e.status == "pending").label("pending"),
+            func.count().filter(e.status == "held").label("held"),
             func.max(e.acknowledged_at).label("last_ack_at"),
             func.coalesce(func.sum(e.records_affected), 0).label("records"),
         )
@@ -45,6 +59,7 @@ async def _services(conn: AsyncConnection, request_id: uuid.UUID) -> list[dict[s
         .group_by(e.service)
         .order_by(e.service)
     )
+    keys = await _key_ids(conn, request_id)
     return [
         {
             "service": row.service,
@@ -52,12 +67,31 @@ async def _services(conn: AsyncConnection, request_id: uuid.UUID) -> list[dict[s
             "acknowledged": row.done,
             "failed": row.failed,
             "pending": row.pending,
+            "held": row.held,
+            "key_ids": keys.get(row.service, []),
             "records_affected": int(row.records),
             "last_ack_at": _iso(row.last_ack_at),
             "complete": row.done == row.events,
         }
         for row in rows
     ]
+
+
+async def _key_ids(conn: AsyncConnection, request_id: uuid.UUID) -> dict[str, list[str]]:
+    """Per service, the ids of the keys whose signatures verified its accepted acks of the
+    request's events (SPEC §9: first 16 hex of SHA-256 over the raw public key)."""
+    a = ack_ledger.c
+    rows = await conn.execute(
+        select(a.service, a.key_id)
+        .join_from(ack_ledger, outbox, outbox.c.event_id == a.event_id)
+        .where(outbox.c.request_id == request_id, a.accepted, a.key_id.is_not(None))
+        .group_by(a.service, a.key_id)
+        .order_by(a.service, a.key_id)
+    )
+    keys: dict[str, list[str]] = {}
+    for service, key_id in rows:
+        keys.setdefault(service, []).append(key_id)
+    return keys
 
 
 async def _events(conn: AsyncConnection, request_id: uuid.UUID) -> dict[str, int]:
@@ -256,8 +290,17 @@ def render_html(document: dict[str, Any]) -> str:
         "<tr>"
         + "".join(
             f"<td>{_cell(s[k])}</td>"
-            for k in ("service", "events", "acknowledged", "pending", "failed", "last_ack_at")
+            for k in (
+                "service",
+                "events",
+                "acknowledged",
+                "pending",
+                "held",
+                "failed",
+                "last_ack_at",
+            )
         )
+        + f"<td>{_cell(', '.join(s['key_ids']) or '—')}</td>"
         + "</tr>"
         for s in document["services"]
     )
@@ -286,8 +329,8 @@ th, td {{ border: 1px solid #999; padding: 0.3em 0.6em; text-align: left; }}
 <table><tr><th>policy</th><th>table</th><th>action</th><th>outcome</th><th>rows</th>
 <th>held</th><th>basis</th><th>detail</th></tr>{policy_rows}</table>
 <h2>Downstream services</h2>
-<table><tr><th>service</th><th>events</th><th>acknowledged</th><th>pending</th><th>failed</th>
-<th>last acknowledgement</th></tr>{service_rows}</table>
+<table><tr><th>service</th><th>events</th><th>acknowledged</th><th>pending</th><th>held</th>
+<th>failed</th><th>last acknowledgement</th><th>signing key ids</th></tr>{service_rows}</table>
 <h2>Holds that applied</h2>
 <table><tr><th>hold</th><th>reason</th></tr>{hold_rows}</table>
 <p>{_cell(audit_text)}</p>

@@ -83,6 +83,7 @@ class Erasure:
         now = self.clock.now()
         async with self.engine.begin() as conn:
             completed = await status.complete_acknowledged(conn, now=now)
+            await status.held_downstream(conn, now=now)
         again: list[uuid.UUID] = []
         if reexecute:
             async with self.engine.connect() as conn:

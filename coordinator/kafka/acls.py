@@ -1,11 +1,11 @@
 """The Kafka ACLs that go with the product's topics (SPEC §9 "Kafka transport").
 
-Only the coordinator's principal writes what services act on (the events topic); each
-service's principal reads it, writes acks, its registration and dead letters, and joins
-its own consumer group only. One list, used three ways: `retention kafka acls` prints
-`kafka-acls.sh` commands for an operator, `--apply` creates them through the Admin API
-(the secured test broker of `infra/infra.sh secure-start`), and docs/security.md's table
-is checked against it.
+Only the coordinator's principal writes what services act on (the events and holds topics); each
+service's principal reads them, writes acks, its registration and dead letters, and
+joins its own consumer group only. One list, used three ways: `retention kafka acls`
+prints `kafka-acls.sh` commands for an operator, `--apply` creates them through the
+Admin API (the secured test broker of `infra/infra.sh secure-start`), and
+docs/security.md's table is checked against it.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def service_principal(service: str) -> str:
 
 def coordinator_written(topics: Topics) -> tuple[str, ...]:
     """Topics only the coordinator writes: what services act on and trust."""
-    return (topics.events, topics.erased)
+    return (topics.events, topics.erased, topics.holds)
 
 
 def service_written(topics: Topics) -> tuple[str, ...]:

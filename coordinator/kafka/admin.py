@@ -1,7 +1,7 @@
 """Topic administration: create the product's topics when missing, say which are missing.
 
 `missing_topics` is the one "which topics are missing" check (readiness, /healthz,
-benchmarks). `python -m coordinator.kafka.admin` exits 0 once all four topics exist and
+benchmarks). `python -m coordinator.kafka.admin` exits 0 once all the product's topics exist and
 1 naming the missing ones otherwise.
 """
 
@@ -101,9 +101,9 @@ async def ensure_topics(
             )
     topics = kafka.topics
     wanted = [
-        # Registrations are keyed by service, erased entities by their HMAC: only the
-        # latest record per key matters.
-        TopicSpec(name, partitions, replication_factor, compacted=name in topics.compacted())
+        # Registrations are keyed by service, hold sets by entity, erased entities by their
+        # HMAC: only the latest record per key matters.
+        TopicSpec(name, partitions, replication_factor, compacted=name in topics.compacted)
         for name in await missing_topics(kafka, admin=admin)
     ]
     if wanted:

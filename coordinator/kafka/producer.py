@@ -37,7 +37,7 @@ __all__ = [
 class OutgoingRecord:
     key: bytes | None
     value: bytes | None
-    """None: a tombstone (the erased topic's expired entries)."""
+    """None: a tombstone (compacted topics: hold sets, expired erased entries)."""
     headers: list[tuple[str, bytes]]
 
 

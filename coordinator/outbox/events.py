@@ -12,16 +12,27 @@ Per row this costs ~1.5 µs where building and dumping the model costs ~8 µs.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Hashable, Sequence
 from typing import Annotated, Any
 
 from pydantic import ConfigDict, TypeAdapter
-from sqlalchemy import Row
+from sqlalchemy import Row, any_, bindparam, select
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.types import Uuid
 
 from coordinator.outbox.event_json import EventWriter, Parts, splice
+from coordinator.store.tables import outbox
 from schemas import EventReason, EventType, RetentionEvent
 
-__all__ = ["EVENT_COLUMNS", "RecordEncoder", "event_from_columns", "event_from_row"]
+__all__ = [
+    "EVENT_COLUMNS",
+    "RecordEncoder",
+    "event_from_columns",
+    "event_from_row",
+    "load_events",
+]
 
 EVENT_COLUMNS = (
     "event_id",
@@ -96,6 +107,20 @@ def event_from_row(row: Row[Any]) -> RetentionEvent:
     """
     columns = row._mapping
     return event_from_columns(*(columns[name] for name in EVENT_COLUMNS))
+
+
+async def load_events(
+    conn: AsyncConnection, event_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, RetentionEvent]:
+    """The published events with these ids, as the wire events they were: the one lookup
+    of existing events by id (re-publication after a hold's release reads through it)."""
+    if not event_ids:
+        return {}
+    ids = bindparam("load_event_ids", list(event_ids), type_=ARRAY(Uuid()))
+    rows = await conn.execute(
+        select(*(outbox.c[name] for name in EVENT_COLUMNS)).where(outbox.c.event_id == any_(ids))
+    )
+    return {row.event_id: event_from_row(row) for row in rows}
 
 
 def _field_type(name: str) -> Any:

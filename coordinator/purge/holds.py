@@ -61,6 +61,7 @@ from sqlalchemy.types import TypeEngine
 from coordinator import CoordinatorError
 from coordinator.audit import AuditAction, AuditEntry, append
 from coordinator.policy.model import PolicySet
+from coordinator.purge import hold_topic
 from coordinator.store.tables import audit_log, legal_hold_entities, legal_holds
 
 __all__ = [
@@ -355,6 +356,8 @@ async def create_hold(
         insert(legal_hold_entities),
         [{"hold_id": hold_id, "entity_type": t, "entity_id": i} for t, i in parsed],
     )
+    # Services learn of it from the holds topic, published from this queue (hold_topic.py).
+    await hold_topic.queue(conn, parsed, now=now)
     await append(
         conn,
         [
@@ -438,7 +441,9 @@ async def release_hold(conn: AsyncConnection, hold_id: str, *, by: str, now: dat
         hold = await get_hold(conn, hold_id)  # raises for an unknown id
         raise HoldConflict(f"hold {hold_id!r} was already released at {hold.released_at}")
     await append(conn, [AuditEntry(AuditAction.HOLD_RELEASE, by, {"hold_id": hold_id})], at=now)
-    return await get_hold(conn, hold_id)
+    hold = await get_hold(conn, hold_id)
+    await hold_topic.queue(conn, hold.entities, now=now)
+    return hold
 
 
 async def hold_audit(conn: AsyncConnection, hold_id: str) -> list[dict[str, Any]]:

@@ -34,6 +34,7 @@ __all__ = [
     "erasure_requests",
     "event_status",
     "expected_acks",
+    "hold_topic_queue",
     "legal_hold_entities",
     "legal_holds",
     "metadata",
@@ -77,6 +78,19 @@ legal_holds = Table(
     _ts("expires_at"),
     _ts("released_at"),
     Column("released_by", Text),
+    # When the hold's expiry was queued for the holds topic (an expiry changes the sets).
+    _ts("expiry_queued_at"),
+)
+
+# The holds topic's outbox: entities whose set of active holds changed and is not yet
+# published. Written in the transaction that changes a hold; the value published is the
+# set at publication time, so one row per entity is enough (coordinator/purge/hold_topic.py).
+hold_topic_queue = Table(
+    "retention_hold_topic_queue",
+    metadata,
+    Column("entity_type", Text, primary_key=True),
+    Column("entity_id", Text, primary_key=True),
+    _ts("queued_at", nullable=False),
 )
 
 legal_hold_entities = Table(
@@ -248,7 +262,7 @@ event_status = Table(
     Column("tracked_audit_seq", BigInteger),
     Column("completed_audit_seq", BigInteger),
     CheckConstraint(
-        "state IN ('pending', 'completed', 'failed', 'overdue', 'resurrected')",
+        "state IN ('pending', 'completed', 'failed', 'overdue', 'resurrected', 'held')",
         name="ck_retention_event_status_state",
     ),
     Index(None, "entity_type", "entity_id"),
@@ -340,6 +354,8 @@ ack_ledger = Table(
     Column("accepted", Boolean, nullable=False),
     Column("reject_reason", Text),
     Column("audit_seq", BigInteger),
+    # The id of the service key whose signature verified (SPEC §9), for certificates.
+    Column("key_id", Text),
     UniqueConstraint(
         "kafka_topic", "kafka_partition", "kafka_offset", name="uq_retention_ack_ledger_record"
     ),

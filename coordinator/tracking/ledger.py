@@ -42,6 +42,8 @@ STILL_PRESENT = AckStatus.STILL_PRESENT.value
 """Set by a verify answer (coordinator/verification/): only an ack of a later delete event
 ends it, never another ack of this one (a redelivery is answered from the service's
 idempotency record, without deleting)."""
+HELD = AckStatus.HELD.value
+"""An expected service found the entity or its subject held and did not execute the event."""
 _DETAIL_CHARS = 2000
 _ACK_FIELDS = (
     "status",
@@ -71,6 +73,7 @@ _LEDGER_COLUMNS = (
     "acknowledged_at",
     "accepted",
     "reject_reason",
+    "key_id",
 )
 
 
@@ -97,6 +100,8 @@ class ConsumedAck:
     refused: RejectReason | None = None
     """Set by the consumer before the ledger sees it: an undeclared service, or a signature
     that does not verify against the service's declared keys."""
+    key_id: str | None = None
+    """The id of the declared key whose signature verified (None: unsigned, or not checked)."""
 
 
 @dataclass(slots=True)
@@ -316,6 +321,7 @@ def _ledger_row(record: ConsumedAck, now: datetime, reason: RejectReason | None)
         "acknowledged_at": ack.acknowledged_at if ack else None,
         "accepted": reason is None,
         "reject_reason": None if reason is None else reason.value,
+        "key_id": record.key_id,
     }
 
 
@@ -386,6 +392,10 @@ def compute_transitions(
         elif rows and all(r["status"] in SETTLED for r in rows):
             state = "completed"
             completed_at = max(r["acknowledged_at"] for r in rows)
+        elif rows and all(r["status"] in SETTLED or r["status"] == HELD for r in rows):
+            # Only held services are left: not late, not done, until the hold's release
+            # re-publishes the event (tracking/released.py).
+            state = HELD
         elif event.state == "overdue":
             state = "overdue"
         elif any(r["status"] == AckStatus.FAILED.value for r in rows):

@@ -12,17 +12,32 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Row, and_, case, extract, func, or_, select, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    Text,
+    and_,
+    case,
+    cast,
+    extract,
+    func,
+    or_,
+    select,
+    tuple_,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.store.tables import (
     ack_ledger,
     audit_log,
+    erasure_parts,
     event_status,
     expected_acks,
     legal_hold_entities,
     legal_holds,
     outbox,
+    policy_results,
+    runs,
     service_registry,
 )
 from coordinator.tracking.deadlines import ack_deadline
@@ -33,6 +48,7 @@ __all__ = [
     "certificate",
     "entity_status",
     "event_status_of",
+    "local_purges",
     "report",
     "service_events",
     "services_completion",
@@ -41,7 +57,7 @@ __all__ = [
 _DONE = ("completed", "not_found")
 _OPEN = ("pending", "failed")
 _HOLDABLE = (*_OPEN, "overdue")
-ServiceState = Literal["pending", "overdue", "failed", "completed", "waived"]
+ServiceState = Literal["pending", "overdue", "failed", "held", "completed", "waived"]
 """Where one service's answer to one event stands, as the console and its JSON count it."""
 """States shown as `held` while an active hold covers the event's entity."""
 
@@ -218,6 +234,7 @@ async def report(conn: AsyncConnection, *, since: datetime) -> dict[str, Any]:
             *(func.count().filter(s.state == state) for state in _STATES),
             *_percentiles(case((s.state == "completed", event_seconds))),
             func.count().filter(s.state == "resurrected"),
+            func.count().filter(s.state == "held"),
         )
         .where(s.published_at >= since)
         .group_by(s.policy)
@@ -235,6 +252,7 @@ async def report(conn: AsyncConnection, *, since: datetime) -> dict[str, Any]:
             *_percentiles(case((e.status.in_(_DONE), ack_seconds))),
             func.count().filter(e.status == "waived"),
             func.count().filter(e.status == "still_present"),
+            func.count().filter(e.status == "held"),
         )
         .join_from(expected_acks, event_status, s.event_id == e.event_id)
         .where(s.published_at >= since)
@@ -250,11 +268,19 @@ async def report(conn: AsyncConnection, *, since: datetime) -> dict[str, Any]:
     )
     return {
         "since": _ts(since),
+        # `held`: events (per policy) and acks (per service) not executed under a hold,
+        # neither late nor done (SPEC §15).
         "policies": [
-            {**_outcome_row("policy", row[:-1]), "resurrected": row[-1]} for row in by_policy
+            {**_outcome_row("policy", row[:-2]), "resurrected": row[-2], "held": row[-1]}
+            for row in by_policy
         ],
         "services": [
-            {**_outcome_row("service", row[:-2]), "waived": row[-2], "still_present": row[-1]}
+            {
+                **_outcome_row("service", row[:-3]),
+                "waived": row[-3],
+                "still_present": row[-2],
+                "held": row[-1],
+            }
             for row in by_service
         ],
         # Answers to verify events asked since `since` (SPEC §12); `unsupported` is no proof.
@@ -294,7 +320,8 @@ async def certificate(
     """A deletion certificate: what was done to one entity, where, when, and the audit rows
     (sequence number and chain hash) that record each step. None for an unknown entity."""
     events = await entity_status(conn, entity_type, entity_id, now=now)
-    if not events:
+    local = await local_purges(conn, entity_type, entity_id)
+    if not events and not local:
         return None
     ids = [uuid.UUID(e["event_id"]) for e in events]
     acks: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -354,10 +381,12 @@ async def certificate(
         "version": 1,
         "entity": {"type": entity_type, "id": entity_id},
         "generated_at": _ts(now),
+        # Nothing downstream to wait for when every purge was local only.
         "complete": all(d["state"] == "completed" for d in documents),
         # A service found still holding data after its ack: complete again only once a
         # later delete is acked (SPEC §15).
         "resurrected": any(d["state"] == "resurrected" for d in documents),
+        "local_purges": local,
         "events": documents,
         "verifications": [
             {k: v[k] for k in ("event_id", "trigger", "requested_at", "outcome", "services")}
@@ -368,6 +397,69 @@ async def certificate(
             "how_to_verify": "retention audit verify: every row up to the head must chain",
         },
     }
+
+
+async def local_purges(
+    conn: AsyncConnection, entity_type: str, entity_id: str
+) -> list[dict[str, Any]]:
+    """Every purge batch that acted on the entity in the coordinator's database, from the
+    audit chain (`purge.batch` entries name the ids they acted on) and the run log.
+
+    This is the evidence for entities of policies that do not fan out, which have no
+    event: the batch's audit seq and hash, its run and trigger, the policy, action and
+    legal basis. The `purge.batch` rows are read by action and entity type, then matched
+    on the ids list; certificates are asked for one entity at a time.
+    """
+    log, r, p, q = audit_log.c, runs.c, policy_results.c, erasure_parts.c
+    rows = await conn.execute(
+        select(
+            log.seq,
+            log.hash,
+            log.at,
+            log.data["run_id"].astext.label("run_id"),
+            log.data["policy"].astext.label("policy"),
+            log.data["action"].astext.label("action"),
+            log.data["request_id"].astext.label("request_id"),
+            log.data["events"].astext.label("events"),
+            r.trigger,
+            # A run records the basis per policy; a request per policy of the request.
+            func.coalesce(p.legal_basis, q.legal_basis).label("legal_basis"),
+        )
+        .select_from(
+            audit_log.outerjoin(runs, cast(r.id, Text) == log.data["run_id"].astext)
+            .outerjoin(
+                policy_results,
+                and_(p.run_id == r.id, p.policy == log.data["policy"].astext),
+            )
+            .outerjoin(
+                erasure_parts,
+                and_(
+                    cast(q.request_id, Text) == log.data["request_id"].astext,
+                    q.policy == log.data["policy"].astext,
+                ),
+            )
+        )
+        .where(
+            log.action == "purge.batch",
+            log.data["entity_type"].astext == entity_type,
+            log.data["ids"].contains(func.jsonb_build_array(entity_id)),
+        )
+        .order_by(log.seq)
+    )
+    return [
+        {
+            "policy": row.policy,
+            "action": row.action,
+            "legal_basis": row.legal_basis,
+            "run_id": row.run_id,
+            "trigger": row.trigger,
+            "request_id": row.request_id,
+            "fanned_out": (row.events or "0") != "0",
+            "purged_at": _ts(row.at),
+            "audit": _ref(row.seq, row.hash),
+        }
+        for row in rows
+    ]
 
 
 def _ref(seq: int | None, digest: str | None) -> dict[str, Any] | None:
@@ -408,8 +500,9 @@ def _state_filter(state: ServiceState, now: datetime) -> ColumnElement[bool]:
         return e.status.in_(_DONE)
     if state == "failed":
         return e.status == "failed"
-    if state == "waived":
-        return e.status == "waived"
+    if state in ("waived", "held"):
+        # A held answer is neither late nor done (SPEC §15): it waits for the release.
+        return e.status == state
     if state == "overdue":
         return and_(e.status.in_(_OPEN), _overdue(now))
     return and_(e.status.in_(_OPEN), ~_overdue(now))
@@ -417,8 +510,8 @@ def _state_filter(state: ServiceState, now: datetime) -> ColumnElement[bool]:
 
 async def services_completion(conn: AsyncConnection, *, now: datetime) -> list[dict[str, Any]]:
     """Every service that is registered or expected somewhere, by name: what it handles,
-    and how many expected acknowledgements are pending, overdue, failed, completed and
-    waived."""
+    and how many expected acknowledgements are pending, overdue, failed, held, completed
+    and waived."""
     e, s = expected_acks.c, event_status.c
     # Two reads instead of one join over every acknowledgement: the done ones are only
     # counted (one pass over the ack table), and only the few open ones (its partial
@@ -428,6 +521,7 @@ async def services_completion(conn: AsyncConnection, *, now: datetime) -> list[d
             e.service,
             func.count().filter(e.status.in_(_DONE)),
             func.count().filter(e.status == "waived"),
+            func.count().filter(e.status == "held"),
         )
         .where(~e.status.in_(_OPEN))
         .group_by(e.service)
@@ -458,6 +552,7 @@ async def services_completion(conn: AsyncConnection, *, now: datetime) -> list[d
                 "pending": 0,
                 "overdue": 0,
                 "failed": 0,
+                "held": 0,
                 "completed": 0,
                 "waived": 0,
                 "next_deadline": None,
@@ -478,8 +573,8 @@ async def services_completion(conn: AsyncConnection, *, now: datetime) -> list[d
             item["last_seen"], item["sdk_version"] = row.last_seen, row.sdk_version
     for item in found.values():
         item["last_seen"] = _ts(item["last_seen"])
-    for name, completed, waived in settled:
-        entry(name).update(completed=completed, waived=waived)
+    for name, completed, waived, held in settled:
+        entry(name).update(completed=completed, waived=waived, held=held)
     for name, pending, overdue, failed, next_deadline in open_counts:
         entry(name).update(
             pending=pending, overdue=overdue, failed=failed, next_deadline=_ts(next_deadline)

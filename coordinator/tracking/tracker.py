@@ -29,8 +29,9 @@ from coordinator.kafka.ports import (
 )
 from coordinator.metrics import Metrics
 from coordinator.policy.model import DeclaredService
+from coordinator.purge import hold_topic
 from coordinator.settings import TrackerSettings
-from coordinator.tracking import deadlines, drift, ledger, registry, snapshot
+from coordinator.tracking import deadlines, drift, ledger, registry, released, snapshot
 from coordinator.verification import answers
 from schemas import (
     KafkaSettings,
@@ -77,6 +78,15 @@ class Cycle:
     acks: ledger.LedgerOutcome | None = None
     reminders: int = 0
     overdue: int = 0
+    holds_published: int = 0
+    republished: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Signature:
+    accepted: bool
+    key_id: str | None
+    """The verifying key's id; None when unsigned or not checked."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,12 +250,15 @@ class Tracker:
         return None
 
     def _signature_ok(self, verifier: Verifier, msg: ConsumedRecord, topic: str) -> bool:
+        return self._checked(verifier, msg, topic).accepted
+
+    def _checked(self, verifier: Verifier, msg: ConsumedRecord, topic: str) -> _Signature:
         if self._mode is SignatureMode.OFF:
-            return True
+            return _Signature(True, None)
         checked = verifier.verify(msg.key, msg.value, msg.headers or ())
         if checked.verdict is Verdict.UNSIGNED and self._mode is SignatureMode.PERMISSIVE:
             self._metrics.unsigned_records.labels(topic=topic).inc()
-        return accepts(self._mode, checked)
+        return _Signature(accepts(self._mode, checked), checked.key_id if checked.valid else None)
 
     async def check_drift(self) -> dict[str, drift.Drift]:
         """Compare registrations with the declaration; gauge every service, log new drift."""
@@ -296,10 +309,15 @@ class Tracker:
                     )
                     poison.append((msg, exc.reason))
                 else:
-                    refused = self._refused(ack, msg)
+                    refused, key_id = self._refused(ack, msg)
                     records.append(
                         ledger.ConsumedAck(
-                            msg.topic, msg.partition, msg.offset, ack, refused=refused
+                            msg.topic,
+                            msg.partition,
+                            msg.offset,
+                            ack,
+                            refused=refused,
+                            key_id=key_id,
                         )
                     )
             if poison:
@@ -332,13 +350,17 @@ class Tracker:
         self._count_answers(verified)
         return outcome
 
-    def _refused(self, ack: RetentionAck, msg: ConsumedRecord) -> ledger.RejectReason | None:
+    def _refused(
+        self, ack: RetentionAck, msg: ConsumedRecord
+    ) -> tuple[ledger.RejectReason | None, str | None]:
+        """Why the ack is refused (None: it is not), and the id of the key it verified with."""
         verifier = self._verifiers.get(ack.service)
         if verifier is None:
-            return ledger.RejectReason.UNKNOWN_SERVICE
-        if not self._signature_ok(verifier, msg, self._topics.acks):
-            return ledger.RejectReason.BAD_SIGNATURE
-        return None
+            return ledger.RejectReason.UNKNOWN_SERVICE, None
+        checked = self._checked(verifier, msg, self._topics.acks)
+        if not checked.accepted:
+            return ledger.RejectReason.BAD_SIGNATURE, None
+        return None, checked.key_id
 
     def _count_answers(self, outcome: answers.VerifyOutcome) -> None:
         m = self._metrics
@@ -427,6 +449,51 @@ class Tracker:
             if len(due) < _HOUSEKEEPING_LIMIT:
                 return total
 
+    # --- holds ------------------------------------------------------------------------
+
+    async def publish_holds(self) -> int:
+        """Publish the hold sets changed since the last pass to the holds topic."""
+        return await hold_topic.publish_pending(
+            self._engine,
+            self._client(self._kafka.publisher),
+            topic=self._topics.holds,
+            signer=self._signer,
+            clock=self._clock,
+            limit=_HOUSEKEEPING_LIMIT,
+        )
+
+    async def republish_released(self) -> int:
+        """Re-publish held events nothing holds any more, for the services that acked
+        `held`; they are `pending` again once the broker has the events."""
+        publisher = self._client(self._kafka.publisher)
+        total = 0
+        while True:
+            async with self._engine.begin() as conn:
+                now = self._clock.now()
+                free = await released.released_events(conn, now=now, limit=_HOUSEKEEPING_LIMIT)
+                if not free:
+                    return total
+                records = [(r.event.key.encode(), encode(r.event)) for r in free]
+                signed = (
+                    self._signer.sign_batch(records)
+                    if self._signer is not None
+                    else [[] for _ in records]
+                )
+                await publisher.publish(
+                    self._topics.events,
+                    [
+                        OutgoingRecord(key, value, [("retention-released", b"1"), *headers])
+                        for (key, value), headers in zip(records, signed, strict=True)
+                    ],
+                )
+                await released.record_released(
+                    conn, free, now=now, reminder_interval=self._schedule.interval
+                )
+            log.info("held_events_republished", count=len(free))
+            total += len(free)
+            if len(free) < _HOUSEKEEPING_LIMIT:
+                return total
+
     async def escalate_overdue(self) -> int:
         total = 0
         while True:
@@ -465,6 +532,9 @@ class Tracker:
         cycle.registrations = await self.poll_registry()
         await self.check_drift()
         cycle.tracked = await self.track_published()
+        # Hold sets first: a released event is re-published only once its tombstone is out.
+        cycle.holds_published = await self.publish_holds()
+        cycle.republished = await self.republish_released()
         cycle.reminders = await self.send_reminders()
         cycle.overdue = await self.escalate_overdue()
         if time.monotonic() - self._last_gauges >= self._settings.gauges_interval_s:

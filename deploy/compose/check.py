@@ -3,9 +3,10 @@
 On the host-network variant of docker-compose.yml (deploy/compose/host_network.py) with our
 local images: Kafka, PostgreSQL, migrate, seed, tokens, serve, the four services and Prometheus come
 up in docker-compose.yml's order; the check waits on their healthchecks, triggers a run
-through the API, waits until every event is acked by every service, asks Prometheus' HTTP
-API for our metrics and the loaded alert rules, and brings everything down, whatever
-happened. Any step that does not hold fails the check with what was seen.
+through the API, waits until every event is acked by every service and until `requests`
+filed the demo's two erasure requests through the API (one completed, one on_hold), asks
+Prometheus' HTTP API for our metrics and the loaded alert rules, and brings everything
+down, whatever happened. Any step that does not hold fails the check with what was seen.
 
     python -m deploy.compose.check   (from the repository's root)
 """
@@ -35,6 +36,8 @@ PROJECT = "retention-fanout-check"
 OUT = ROOT / ".cache" / "compose"
 HEALTHY = ("kafka", "postgres", "serve")
 ONE_SHOT = ("migrate", "seed", "tokens")
+REQUESTS = "requests"
+"""The one-shot filing the demo's erasure requests; it runs until the first completes."""
 WRITER = "demo-writer"
 """The write-scope token `tokens` makes (demo/tokens.py) and prints once, as users read it."""
 LONG_RUNNING = (*(e.name for e in EXAMPLES), "prometheus")
@@ -240,8 +243,32 @@ async def check() -> None:
 
     events = await run_and_wait_for_acks(api, writer_token(), database_url)
     say(f"{events} events, each acked by every service that registered for it")
+    await check_requests()
     await check_prometheus(prometheus, alert_rule_count())
     check_containers()
+
+
+async def check_requests() -> None:
+    """`requests` exited 0 having printed two rows: one completed, one on_hold with a hold."""
+
+    def exited() -> bool:
+        return bool(states().get(REQUESTS, {}).get("State", {}).get("Status") == "exited")
+
+    await wait_until(
+        "the demo's erasure requests filed through the API",
+        lambda: asyncio.to_thread(exited),
+        TIMEOUT_S,
+    )
+    code = states()[REQUESTS]["State"]["ExitCode"]
+    logs = compose("logs", "--no-color", REQUESTS).stdout
+    if code != 0:
+        raise CheckFailed(f"{REQUESTS} exited {code}: {logs[-2000:]}")
+    # Each row is one JSON line, after compose's `requests_1  | ` prefix.
+    rows = [json.loads(line[line.index("{") :]) for line in logs.splitlines() if "{" in line]
+    found = sorted((r["status"], bool(r["holds"])) for r in rows)
+    if found != [("completed", False), ("on_hold", True)]:
+        raise CheckFailed(f"{REQUESTS} printed {rows}, not one completed and one on_hold")
+    say(f"erasure requests through the API: {', '.join(r['status'] for r in rows)}")
 
 
 def writer_token() -> str:

@@ -305,7 +305,7 @@ def test_admin_waives_an_ack_through_the_form_and_it_is_audited(
 
     page.goto("/ui/services")
     row = page.locator('#services-table tr[data-service="search_index"]')
-    expect(row.locator("td").nth(8)).to_have_text("1")
+    expect(row.locator("td").nth(9)).to_have_text("1")  # Waived (after Held, Completed)
 
     async def chain(engine: AsyncEngine) -> list[tuple[str, str, str]]:
         async with engine.connect() as conn:

@@ -126,7 +126,8 @@ def totals_line(reports: list[InvariantReport]) -> str:
 
 
 async def settle(stack: Stack, world: World, *, timeout_s: float, alive: object = None) -> None:
-    """Until every expected event is published and tracked and none is still pending."""
+    """Until every expected event is published and tracked and none is still pending or
+    held."""
     deadline = time.monotonic() + timeout_s
     engine = stack.engine()
     try:
@@ -151,6 +152,8 @@ async def settle(stack: Stack, world: World, *, timeout_s: float, alive: object 
                 published == world.expected_events
                 and tracked == world.expected_events
                 and not states.get("pending")
+                # A held event is re-published once its hold is released: not settled yet.
+                and not states.get("held")
             ):
                 return
             if callable(alive):

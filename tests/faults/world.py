@@ -106,6 +106,8 @@ class World:
     policy_file: Path
     untouched_checksums: dict[str, dict[str, str]] = field(default_factory=dict)
     """Policy → entity id → md5 of the row, for every row that must not change."""
+    subject_events: int = 0
+    """Erasure requests' subject events (policy `erasure_request`) a scenario filed."""
 
     def ids(self, policy: str, *categories: str) -> set[str]:
         return {str(i) for c in categories for i in self.data.ids[policy].get(c, [])}
@@ -122,7 +124,8 @@ class World:
 
     @property
     def expected_events(self) -> int:
-        return sum(len(self.processed(p.name)) for p in self.policies.values() if p.fan_out)
+        per_entity = sum(len(self.processed(p.name)) for p in self.policies.values() if p.fan_out)
+        return per_entity + self.subject_events
 
 
 def _policy_file(path: Path, *, batch_size: int) -> dict[str, PolicyFacts]:

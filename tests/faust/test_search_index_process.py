@@ -15,9 +15,11 @@ from sqlalchemy import func, select
 
 from consumer_sdk import DlqHeader
 from coordinator.store.db import make_engine
-from schemas import AckStatus, KafkaSettings, RetentionAck, decode
+from schemas import AckStatus, HoldRecord, KafkaSettings, RetentionAck, decode, encode, utc_now
 from services import search_index
+from tests import keys
 from tests.infra import ROOT
+from tests.integration.tracking_support import produce as produce_to
 from tests.sdk.helpers import event
 from tests.sdk.kafka_io import committed, eventually, produce, read_topic
 
@@ -157,3 +159,55 @@ async def test_faust_service_survives_sigkill_and_applies_each_event_once(
     assert len(registrations) == 2  # one per start
     assert b"faust retention agent started" in output
     assert b"text 0 of user" not in output  # ids in the logs, never the indexed text
+
+
+async def test_faust_service_acks_held_events_and_leaves_their_data(
+    topics: KafkaSettings, fresh_database: str
+) -> None:
+    """The Faust adapter reads the holds topic before each event, like the core SDK: a
+    user held there is acked `held` and keeps its documents; the others are erased."""
+    users = ["held-user", "free-user"]
+    await search_index.seed(fresh_database, users)
+    hold = HoldRecord(
+        entity_type="user", entity_id="held-user", holds=["case-1"], updated_at=utc_now()
+    )
+    await produce_to(
+        topics,
+        topics.topics.holds,
+        [(hold.key.encode(), encode(hold))],
+        signer=keys.signer(keys.COORDINATOR),
+    )
+    events = [event(u) for u in users]
+    await produce(topics, events)
+
+    service = start(topics, fresh_database, "-m", "services.search_index")
+    try:
+        acks = [
+            decode(RetentionAck, r.value)
+            for r in await read_topic(topics, topics.topics.acks, expect=2, timeout_s=40)
+        ]
+    finally:
+        service.send_signal(signal.SIGTERM)
+        output = service.communicate(timeout=30)[0]
+    assert service.returncode == 0, output.decode()[-3000:]
+    by_entity = {a.entity_id: (a.status, a.records_affected, a.detail) for a in acks}
+    assert by_entity == {
+        "held-user": (AckStatus.HELD, 0, "held by case-1"),
+        "free-user": (AckStatus.COMPLETED, 2, ""),
+    }
+    engine = make_engine(fresh_database)
+    try:
+        async with engine.connect() as conn:
+            documents = search_index.documents
+            left = Counter(
+                dict(
+                    (
+                        await conn.execute(
+                            select(documents.c.user_id, func.count()).group_by(documents.c.user_id)
+                        )
+                    ).all()
+                )
+            )
+    finally:
+        await engine.dispose()
+    assert left == Counter({"held-user": 2})

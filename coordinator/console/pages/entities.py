@@ -35,7 +35,15 @@ async def lookup(
 
 def _timeline(certificate: dict[str, Any]) -> list[dict[str, Any]]:
     """Every step the certificate records, in time order."""
-    steps: list[dict[str, Any]] = []
+    steps: list[dict[str, Any]] = [
+        {
+            "at": purge["purged_at"],
+            "what": f"{purge['action']} by {purge['policy']}: purged locally"
+            + ("" if purge["fanned_out"] else " (no downstream event)"),
+            "audit": purge["audit"],
+        }
+        for purge in certificate["local_purges"]
+    ]
     for event in certificate["events"]:
         name = f"{event['action']} by {event['policy']}"
         for key, what in (
@@ -82,7 +90,7 @@ async def _certificate(
     found = await queries.certificate(conn, entity_type, entity_id, now=ctx.clock.now())
     if found is None:
         raise HTTPException(
-            status.HTTP_404_NOT_FOUND, f"no retention event for {entity_type}:{entity_id}"
+            status.HTTP_404_NOT_FOUND, f"no retention event or purge for {entity_type}:{entity_id}"
         )
     return found
 

@@ -42,7 +42,7 @@ async def list_services(page: ReadPage, ctx: Context, conn: Connection) -> Respo
                 "registered": False,
                 "sdk_version": found.sdk_version,
                 "last_seen": found.last_seen,
-                **dict.fromkeys(("pending", "overdue", "failed", "completed", "waived"), 0),
+                **dict.fromkeys(("pending", "overdue", "failed", "held", "completed", "waived"), 0),
                 "next_deadline": None,
             },
         )
