@@ -13,7 +13,7 @@ their `erasure_log` row: the article keeps no record of what a service applied.
 Faithful, so the benchmark measures the design, with two bench-only additions: the
 consumer reads from the earliest offset (the article does not say; aiokafka's default
 `latest` would drop events published before the group joined) and logs
-`partitions assigned` once it holds partitions, so the bench starts its clock only when
+`partitions_assigned` once it holds partitions, so the bench starts its clock only when
 every consumer is ready — as it does for ours. Lives in `bench/` only.
 """
 
@@ -81,7 +81,7 @@ class _SayAssigned(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         if assigned:
-            print("partitions assigned", file=sys.stderr, flush=True)
+            print("partitions_assigned", file=sys.stderr, flush=True)
 
 
 async def consume(service: str) -> None:

@@ -169,7 +169,7 @@ class Dispatcher:
         await self._flush(done)
         if done.handled:
             log.info(
-                "batch handled",
+                "batch_handled",
                 service=self.service,
                 partition=records[0].partition,
                 first_offset=records[0].offset,
@@ -363,7 +363,8 @@ class Dispatcher:
         transaction. Event by event, each race is settled on its own and a culprit fails
         alone; if the database is gone, that raises too."""
         log.warning(
-            "batch transaction failed; redoing it event by event",
+            "batch_transaction_failed",
+            then="redo_event_by_event",
             service=self.service,
             partition=decoded[start][0].partition,
             offset=decoded[start][0].offset,
@@ -421,9 +422,7 @@ class Dispatcher:
     async def _poison(self, record: Record, poison: PoisonRecord) -> Awaitable[Any]:
         unverified = isinstance(poison, _Unverified)
         log.warning(
-            "record refused for its signature, to the DLQ"
-            if unverified
-            else "poison record to the DLQ",
+            "record_unverified_dead_lettered" if unverified else "poison_dead_lettered",
             service=self.service,
             partition=record.partition,
             offset=record.offset,
@@ -450,7 +449,7 @@ class Dispatcher:
         done.handled[labels] += 1
         done.uncounted[labels] += 1
         log.debug(
-            "event handled",
+            "event_handled",
             service=self.service,
             event_id=str(event.event_id),
             entity_type=event.entity_type,

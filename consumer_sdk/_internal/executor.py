@@ -131,7 +131,7 @@ class EventExecutor:
             self.metrics.retried.labels(*labels).inc()
             error = state.outcome.exception() if state.outcome else None
             log.warning(
-                "handler attempt failed; retrying",
+                "handler_attempt_failed",
                 service=self.service,
                 event_id=str(event.event_id),
                 entity_type=event.entity_type,
@@ -179,7 +179,8 @@ class EventExecutor:
         if reachable is None or not is_disconnect(exc) or await reachable():
             return
         log.warning(
-            "database unreachable; the event will be read again",
+            "database_unreachable",
+            then="read_again",
             service=self.service,
             event_id=str(event.event_id),
             error=type(exc).__name__,
@@ -225,7 +226,8 @@ class EventExecutor:
                     self._observe(spec, time.perf_counter() - started, len(events))
         except Exception as exc:
             log.warning(
-                "batch handler failed; taking its events one by one",
+                "batch_handler_failed",
+                then="one_by_one",
                 service=self.service,
                 entity_type=spec.entity_type,
                 action=spec.action.value,
@@ -250,7 +252,7 @@ class EventExecutor:
     ) -> Outcome:
         self.metrics.failed.labels(self.service, spec.entity_type, spec.action.value).inc()
         log.error(
-            "handler failed on its last attempt",
+            "handler_failed",
             service=self.service,
             event_id=str(event.event_id),
             entity_type=event.entity_type,

@@ -243,7 +243,7 @@ async def postgres_restarts(
     for name in PRODUCT_SERVICES:
         # Retrying is right while the database is away; spinning is not (it logged
         # ~800 failed batches a second before the SDK paused between them).
-        failed = stack.processes[name].log().count(b"batch transaction failed")
+        failed = stack.processes[name].log().count(b"batch_transaction_failed")
         assert failed <= FAILED_BATCHES_PER_RESTART * len(restarts), f"{name}: {failed}"
     unfinished = await _unfinished_records(stack)
     assert not unfinished, f"left unfinished by the restart: {unfinished}"
