@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.cli._app import ExitCode, emit_json, err_console, load_settings, out_console
+from coordinator.cli._app import ExitCode, actor, emit_json, err_console, load_settings, out_console
 from coordinator.cli._policies import POLICIES_OPTION, load_policy_set
 from coordinator.clock import SystemClock
 from coordinator.purge import holds
@@ -85,7 +85,7 @@ def _show(hold: holds.Hold, now: datetime) -> None:
 def create(
     entities: list[str] | None = ENTITIES_ARGUMENT,
     reason: str = typer.Option(..., "--reason", help="Why (case, request, regulator)."),
-    by: str = typer.Option(..., "--by", help="Who asked for the hold."),
+    by: str = typer.Option(..., "--by", help="Who asked for the hold (recorded with the OS user)."),
     expires: str | None = typer.Option(None, "--expires", help="ISO 8601 date-time with zone."),
     hold_id: str | None = typer.Option(None, "--id", help="Hold id (default: generated)."),
     from_file: Path | None = FROM_FILE_OPTION,
@@ -109,7 +109,7 @@ def create(
             entities=wanted,
             types=await holds.entity_types(conn, policy_set),
             reason=reason,
-            created_by=by,
+            created_by=actor(by),
             now=now,
             expires_at=expires_at,
             hold_id=hold_id,
@@ -166,12 +166,12 @@ def show(hold_id: str = typer.Argument(..., help="Hold id."), as_json: bool = JS
 @app.command("release")
 def release(
     hold_id: str = typer.Argument(..., help="Hold id."),
-    by: str = typer.Option(..., "--by", help="Who released it."),
+    by: str = typer.Option(..., "--by", help="Who released it (recorded with the OS user)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Release a hold; its entities become purgeable at the next run."""
     now = SystemClock().now()
-    hold = _in_transaction(lambda conn: holds.release_hold(conn, hold_id, by=by, now=now))
+    hold = _in_transaction(lambda conn: holds.release_hold(conn, hold_id, by=actor(by), now=now))
     if as_json:
         emit_json(hold.as_dict(now))
     else:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pwd
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -16,6 +18,7 @@ from sqlalchemy import text
 from typer.testing import CliRunner
 
 from coordinator.cli import app
+from coordinator.cli._app import actor
 from coordinator.policy.model import load_policies
 from coordinator.purge.holds import create_hold, entity_types
 from coordinator.store.db import make_engine
@@ -126,6 +129,19 @@ def test_plan_changes_nothing_then_run_does_what_it_said(
 
     code, again, _ = invoke(cli, "plan", "--json")
     assert all(p["due"] == 0 for p in again["policies"])
+    assert asyncio.run(_run_actors(coordinator_db)) == {actor("cli")}
+
+
+async def _run_actors(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                text("SELECT actor FROM audit_log WHERE action IN ('run.start', 'run.finish')")
+            )
+            return set(rows.scalars())
+    finally:
+        await engine.dispose()
 
 
 async def _outbox_rows(url: str) -> int:
@@ -239,7 +255,10 @@ def test_holds_commands(cli: tuple[CliRunner, dict[str, str]], tmp_path: Path) -
     code, released, _ = invoke(cli, "holds", "release", "case-7", "--by", "judge", "--json")
     assert code == 0
     assert released["status"] == "released"
-    assert released["released_by"] == "judge"
+    # The CLI acts with the database's credentials: who asked, and the OS account that ran it.
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    assert released["created_by"] == f"counsel (os user {me})"
+    assert released["released_by"] == f"judge (os user {me})"
     code, _, output = invoke(cli, "holds", "release", "case-7", "--by", "judge")
     assert code == 2
     assert "already released" in output
@@ -255,3 +274,11 @@ def test_holds_commands(cli: tuple[CliRunner, dict[str, str]], tmp_path: Path) -
         assert code == 2, bad
     code, _, _ = invoke(cli, "holds", "show", "nope")
     assert code == 2
+
+
+def test_the_os_user_comes_from_the_uid_not_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("USER", "LOGNAME", "LNAME", "USERNAME"):
+        monkeypatch.setenv(name, "mallory")
+    assert actor("counsel") == f"counsel (os user {pwd.getpwuid(os.geteuid()).pw_name})"
