@@ -16,10 +16,11 @@ from coordinator.cli._app import ExitCode, actor, emit_json, err_console, load_s
 from coordinator.cli._policies import POLICIES_OPTION, load_policy_set
 from coordinator.clock import SystemClock
 from coordinator.purge import holds
+from coordinator.purge.hold_ids import HoldIdReport, normalise_hold_ids
 from coordinator.settings import Settings
 from coordinator.store.db import make_engine
 
-__all__ = ["app", "create", "list_", "release", "show"]
+__all__ = ["app", "create", "list_", "normalise", "print_normalisation", "release", "show"]
 
 app = typer.Typer(help="Legal holds: entities no policy may touch.", no_args_is_help=True)
 
@@ -176,3 +177,64 @@ def release(
         emit_json(hold.as_dict(now))
     else:
         out_console.print(f"hold [bold]{hold.id}[/bold] released by {by}")
+
+
+def print_normalisation(report: HoldIdReport, *, dry_run: bool) -> None:
+    """One line per change and per entity left as stored, on stderr."""
+    verb = "would become" if dry_run else "now"
+    for change in report.rewritten:
+        forms = ", ".join(f"{change.entity_type}:{i}" for i in change.normalised)
+        err_console.print(
+            f"hold {change.hold_id}: {change.entity_type}:{change.stored} {verb} {forms}",
+            markup=False,
+            highlight=False,
+        )
+    for change in report.duplicates:
+        err_console.print(
+            f"hold {change.hold_id}: {change.entity_type}:{change.stored} "
+            f"{'would be' if dry_run else 'was'} removed: it duplicates "
+            + ", ".join(f"{change.entity_type}:{i}" for i in change.normalised),
+            markup=False,
+            highlight=False,
+        )
+    for change, why in [(c, "no policy has this entity type") for c in report.unknown_types] + [
+        (c, "no table of this type can hold this id") for c in report.unparsable
+    ]:
+        err_console.print(
+            f"hold {change.hold_id}: {change.entity_type}:{change.stored} protects nothing "
+            f"({why}): release the hold or create one that names the entity",
+            markup=False,
+            highlight=False,
+        )
+    if not report.changed and report.ok:
+        err_console.print("every hold's ids are already in normal form")
+
+
+@app.command("normalise")
+def normalise(
+    by: str = typer.Option(..., "--by", help="Who runs it (recorded with the OS user)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Report what would change only."),
+    policies: Path | None = POLICIES_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Bring holds stored before ids were normalised into normal form (`order:042` →
+    `order:42`); exit 1 while a hold names an unknown type or an impossible id."""
+    settings = load_settings()
+    policy_set = load_policy_set(policies, settings, as_json=as_json)
+
+    async def work(conn: AsyncConnection) -> HoldIdReport:
+        return await normalise_hold_ids(
+            conn,
+            await holds.entity_types(conn, policy_set),
+            actor=actor(by),
+            now=SystemClock().now(),
+            dry_run=dry_run,
+        )
+
+    report = _in_transaction(work, settings)
+    if as_json:
+        emit_json({**report.as_dict(), "dry_run": dry_run})
+    else:
+        print_normalisation(report, dry_run=dry_run)
+    if not report.ok:
+        raise typer.Exit(ExitCode.ERRORS)
