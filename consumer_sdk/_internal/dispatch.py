@@ -20,7 +20,7 @@ from consumer_sdk._internal.executor import Abandoned, EventExecutor, Outcome, R
 from consumer_sdk._internal.registry import HandlerRegistry, HandlerSpec
 from consumer_sdk._internal.transport import ProducerPort, Record
 from consumer_sdk._internal.trust import Trust
-from consumer_sdk.exceptions import HandlerTimeout
+from consumer_sdk.exceptions import HandlerAbandoned, HandlerTimeout
 from consumer_sdk.idempotency import (
     BatchingStore,
     IdempotencyStore,
@@ -258,10 +258,13 @@ class Dispatcher:
         try:
             await self._transaction(decoded, run, known, stopping)
         except Exception as exc:
-            # A timed-out handler invalidated the batch's connection, so the commit fails
-            # too; the event is to blame, and is retried below, on its own. Any other
-            # retry starts the next run afresh (its first error may be another's fault).
-            timed_out = run.retry is not None and isinstance(run.retry.error, HandlerTimeout)
+            # A timed-out (or abandoned) handler invalidated the batch's connection, so the
+            # commit fails too; the event is to blame, and is settled below, on its own.
+            # Any other retry starts the next run afresh (its first error may be another's
+            # fault).
+            timed_out = run.retry is not None and isinstance(
+                run.retry.error, HandlerTimeout | HandlerAbandoned
+            )
             if run.next == start and not timed_out:
                 # Failed before its first event: the transaction could not even begin (the
                 # database is unreachable). Nothing to redo one by one, and returning here
