@@ -332,7 +332,8 @@ class EventExecutor:
             self.on_call(spec, [event] if spec.batch else event, ctx)
         started = time.perf_counter()
         try:
-            return await self._bounded(spec, spec.call(event, ctx), ctx.connection)
+            conn = ctx.connection if ctx.has_connection else None
+            return await self._bounded(spec, spec.call(event, ctx), conn)
         finally:
             self._observe(spec, time.perf_counter() - started, 1)
 
