@@ -15,8 +15,9 @@ from coordinator.api.models import (
     ServiceCompletionView,
     ServiceEventView,
 )
-from coordinator.purge import holds
+from coordinator.purge.holds import HoldError
 from coordinator.tracking import queries
+from coordinator.tracking.entity import entity_events
 from coordinator.tracking.overdue import BadCursor, Cursor, overdue_page
 
 __all__ = ["router"]
@@ -46,14 +47,11 @@ async def entity(
     its canonical form); an entity type no policy has is looked up as written.
     """
     try:
-        types = await holds.entity_types(conn, ctx.policy_set)
-        stored = types.lookup(entity_type, entity_id)
-    except holds.HoldError as exc:
+        events = await entity_events(
+            conn, ctx.policy_set, entity_type, entity_id, now=ctx.clock.now()
+        )
+    except HoldError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
-    now = ctx.clock.now()
-    # Several forms only when the type's tables differ in id type (int and text, say).
-    events = [e for i in stored for e in await queries.entity_status(conn, entity_type, i, now=now)]
-    events.sort(key=lambda e: (e["initiated_at"] or "", e["event_id"]))
     if not events:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, f"no retention event for {entity_type}:{entity_id}"

@@ -18,7 +18,11 @@ from coordinator.cli._app import (
     read_database,
 )
 from coordinator.clock import SystemClock
+from coordinator.policy.model import PolicyFileError, PolicySet, load_policies
+from coordinator.purge.holds import HoldError
+from coordinator.settings import Settings
 from coordinator.tracking import queries
+from coordinator.tracking.entity import entity_events
 
 __all__ = ["certificate", "parse_entity", "status"]
 
@@ -75,10 +79,18 @@ def status(
 
     assert entity is not None
     entity_type, entity_id = parse_entity(entity)
-    events = read_database(
-        settings,
-        lambda conn: queries.entity_status(conn, entity_type, entity_id, now=SystemClock().now()),
-    )
+    # With a policy file the id is normalised as a hold's is (`order:042` finds order 42).
+    policy_set = _policies_if_set(settings)
+    try:
+        events = read_database(
+            settings,
+            lambda conn: entity_events(
+                conn, policy_set, entity_type, entity_id, now=SystemClock().now()
+            ),
+        )
+    except HoldError as exc:
+        err_console.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(ExitCode.BAD_INPUT) from None
     if not events:
         err_console.print(f"no retention events for {entity_type}:{entity_id}")
         raise typer.Exit(ExitCode.ERRORS)
@@ -87,6 +99,19 @@ def status(
         return
     for found in events:
         _print_event(found)
+
+
+def _policies_if_set(settings: Settings) -> PolicySet | None:
+    """The policy file of RETENTION_POLICIES, if set and loadable; status reads without one."""
+    if settings.policies is None:
+        return None
+    try:
+        return load_policies(settings.policies, hook_modules=settings.allowed_hook_modules())
+    except PolicyFileError:
+        err_console.print(
+            "[yellow]the policy file does not load: ids are taken as written[/yellow]"
+        )
+        return None
 
 
 def certificate(

@@ -23,6 +23,7 @@ from coordinator.policy.model import load_policies
 from coordinator.purge.holds import create_hold, entity_types
 from coordinator.store.db import make_engine
 from demo.seed_data import SeedData, populate
+from tests.outbox import insert_rows, outbox_rows
 from tests.policy.conftest import SEED_POLICIES, reset
 
 
@@ -282,3 +283,27 @@ def test_the_os_user_comes_from_the_uid_not_the_environment(
     for name in ("USER", "LOGNAME", "LNAME", "USERNAME"):
         monkeypatch.setenv(name, "mallory")
     assert actor("counsel") == f"counsel (os user {pwd.getpwuid(os.geteuid()).pw_name})"
+
+
+async def _one_order_event(url: str) -> str:
+    engine = make_engine(url)
+    try:
+        await reset(engine)  # the seed tables exist: orders.id is a bigint
+        rows = outbox_rows(1, entity_type="order", event_type="anonymize", entity_ids=["42"])
+        await insert_rows(engine, rows)
+        return str(rows[0]["event_id"])
+    finally:
+        await engine.dispose()
+
+
+def test_status_normalises_the_id_like_a_hold(
+    cli: tuple[CliRunner, dict[str, str]], coordinator_db: str
+) -> None:
+    event_id = asyncio.run(_one_order_event(coordinator_db))
+    for spelling in ("order:42", "order:042", "order:+42"):
+        code, found, output = invoke(cli, "status", spelling, "--json")
+        assert code == 0, (spelling, output)
+        assert [e["event_id"] for e in found["events"]] == [event_id]
+    code, _, output = invoke(cli, "status", "order:4x")
+    assert code == 2
+    assert "known types:" in " ".join(output.split())
