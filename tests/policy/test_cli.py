@@ -307,3 +307,9 @@ def test_status_normalises_the_id_like_a_hold(
     code, _, output = invoke(cli, "status", "order:4x")
     assert code == 2
     assert "known types:" in " ".join(output.split())
+    code, _, output = invoke(cli, "certificate", "order:042")
+    assert code == 1, output  # found; the event is not completed anywhere yet
+    assert event_id in output
+    assert "not erased everywhere" in output
+    code, _, output = invoke(cli, "certificate", "order:4x")
+    assert code == 2
