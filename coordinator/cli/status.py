@@ -8,7 +8,6 @@ from typing import Any
 import typer
 from rich.markup import escape
 from rich.table import Table
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.cli._app import (
     ExitCode,
@@ -20,10 +19,10 @@ from coordinator.cli._app import (
 )
 from coordinator.clock import SystemClock
 from coordinator.policy.model import PolicyFileError, PolicySet, load_policies
-from coordinator.purge.holds import HoldError, entity_types
+from coordinator.purge.holds import HoldError
 from coordinator.settings import Settings
 from coordinator.tracking import queries
-from coordinator.tracking.entity import entity_events
+from coordinator.tracking.entity import entity_certificate, entity_events
 
 __all__ = ["certificate", "parse_entity", "status"]
 
@@ -125,19 +124,14 @@ def certificate(
     settings = load_settings()
     policy_set = _policies_if_set(settings)
 
-    async def find(conn: AsyncConnection) -> dict[str, Any] | None:
-        # The id as a hold stores it (`order:042` is order 42), with a policy file.
-        stored = [entity_id]
-        if policy_set is not None:
-            stored = (await entity_types(conn, policy_set)).lookup(entity_type, entity_id)
-        for form in stored:
-            found = await queries.certificate(conn, entity_type, form, now=SystemClock().now())
-            if found is not None:
-                return found
-        return None
-
     try:
-        document = read_database(settings, find)
+        # The id as a hold stores it (`order:042` is order 42), with a policy file.
+        document = read_database(
+            settings,
+            lambda conn: entity_certificate(
+                conn, policy_set, entity_type, entity_id, now=SystemClock().now()
+            ),
+        )
     except HoldError as exc:
         err_console.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(ExitCode.BAD_INPUT) from None

@@ -15,9 +15,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.policy.model import PolicySet
 from coordinator.purge.holds import entity_types
-from coordinator.tracking.queries import entity_status
+from coordinator.tracking.queries import certificate, entity_status
 
-__all__ = ["entity_events"]
+__all__ = ["entity_certificate", "entity_events"]
+
+
+async def _stored_forms(
+    conn: AsyncConnection, policy_set: PolicySet | None, entity_type: str, entity_id: str
+) -> list[str]:
+    if policy_set is None:
+        return [entity_id]
+    return (await entity_types(conn, policy_set)).lookup(entity_type, entity_id)
 
 
 async def entity_events(
@@ -37,10 +45,29 @@ async def entity_events(
     Raises:
         HoldError: a known type, and an id that no table of it can hold (names the types).
     """
-    stored = [entity_id]
-    if policy_set is not None:
-        stored = (await entity_types(conn, policy_set)).lookup(entity_type, entity_id)
+    stored = await _stored_forms(conn, policy_set, entity_type, entity_id)
     # Several forms only when the type's tables differ in id type (int and text, say).
     events = [e for i in stored for e in await entity_status(conn, entity_type, i, now=now)]
     events.sort(key=lambda e: (e["initiated_at"] or "", e["event_id"]))
     return events
+
+
+async def entity_certificate(
+    conn: AsyncConnection,
+    policy_set: PolicySet | None,
+    entity_type: str,
+    entity_id: str,
+    *,
+    now: datetime,
+) -> dict[str, Any] | None:
+    """`queries.certificate` of one entity, its id normalised as in `entity_events`; of
+    the first stored form with events when a type's tables differ in id type.
+
+    Raises:
+        HoldError: a known type, and an id that no table of it can hold.
+    """
+    for form in await _stored_forms(conn, policy_set, entity_type, entity_id):
+        found = await certificate(conn, entity_type, form, now=now)
+        if found is not None:
+            return found
+    return None
