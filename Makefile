@@ -7,8 +7,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# The exact versions (with hashes) `make test` installs; `make lock` refreshes it.
+# The exact versions (with hashes) `make test` installs; `make lock` refreshes it, and the
+# app image's subset (the runtime and `faust`, at the same versions) with it.
 LOCK := requirements/lock.txt
+APP_LOCK := requirements/app.txt
 LOCK_TOOLS := .cache/lock-tools
 INFRA := infra/infra.sh
 ENV_FILE := .cache/infra.env
@@ -49,13 +51,17 @@ $(FUZZ_STAMP): $(STAMP) pyproject.toml
 venv: $(STAMP) ## create or refresh .venv with the project, its test extras and faust
 
 # pip-tools in a venv of its own (not the project's), resolving on this Python (3.11 in CI).
-lock: ## re-resolve requirements/lock.txt (exact versions with hashes) from pyproject.toml
+lock: ## re-resolve requirements/lock.txt (exact versions with hashes) and the app image's requirements/app.txt
 	test -x $(LOCK_TOOLS)/bin/pip-compile || { $(PYTHON) -m venv $(LOCK_TOOLS) && \
 	  $(LOCK_TOOLS)/bin/python -m pip install -q pip-tools; }
 	mkdir -p $(dir $(LOCK))
 	$(LOCK_TOOLS)/bin/pip-compile -q --upgrade --generate-hashes --allow-unsafe --strip-extras \
 	  --extra test --extra faust --no-emit-find-links --no-emit-index-url \
 	  --output-file $(LOCK) pyproject.toml
+	rm -f $(APP_LOCK)
+	$(LOCK_TOOLS)/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras \
+	  --extra faust --constraint $(LOCK) --no-emit-find-links --no-emit-index-url \
+	  --output-file $(APP_LOCK) pyproject.toml
 
 # promtool checks and unit-tests deploy/prometheus/alerts.yml (tests/test_deploy.py).
 # Debian's `prometheus` package ships it (~19 MB download); its daemon is not started.

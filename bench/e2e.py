@@ -4,7 +4,7 @@ Both contestants get the same world: a `bench_users` table (1 % held — the old
 5 % young, the rest due), the same rows in the notifications, preferences and billing
 tables of a fresh service database, a legal hold on the held users (ours in
 `legal_holds`, the article's as a JSON blob in `seed_legal_holds`), a fresh topic
-prefix. Service processes are started and ready (partitions assigned) before the clock.
+prefix. Service processes are started and ready (`partitions_assigned`) before the clock.
 
 * Ours: the relay and the tracker run (as `retention serve` runs them) while `Runner`
   purges `bench_users` (policy `inactive_users`, fan-out); notifications, preferences

@@ -2,8 +2,9 @@
 
     python -m bench.sdk_throughput [--events 5000] [--e2e-users 1000] [--skip-e2e]
 
-1. `one`: one `python -m services.notifications` process on a fresh topic (3 partitions)
-   and a fresh service database seeded with 3 notifications per user, and a backlog of
+1. `one`: one process of the first example service on the core SDK (`ONE`, from
+   `services.EXAMPLES`: notifications) on a fresh topic (3 partitions) and a fresh
+   service database seeded by its own `seed` (3 notifications per user), and a backlog of
    `--events` user-delete events; timed from its partition assignment (seen in its log
    within 0.1 s) until every ack is on the acks topic. Checks each event's effect is in
    `erasure_log` exactly once.
@@ -37,7 +38,7 @@ from sqlalchemy import func, select, text
 from coordinator.store.db import make_engine
 from coordinator.store.tables import outbox
 from schemas import KafkaSettings
-from services import notifications
+from services import EXAMPLES
 from tests import infra
 from tests.e2e import workload
 from tests.e2e.harness import (
@@ -53,6 +54,8 @@ from tests.sdk.helpers import event
 from tests.sdk.kafka_io import produce
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+ONE = next(e for e in EXAMPLES if not e.faust)
+"""The service `one` measures: the first example on the core SDK."""
 
 
 def say(message: str) -> None:
@@ -88,13 +91,13 @@ async def commits(url: str) -> int:
 
 async def one_service(stack: Stack, events: int) -> dict[str, Any]:
     users = [f"bench-u{i:06d}" for i in range(events)]
-    await notifications.seed(stack.services_url, users, per_user=3)
+    await ONE.seed(stack.services_url, users)
     commits_before = await commits(stack.services_url)
     # A backlog, as after an outage or a big purge: the service's own pace, not the producer's.
     await produce(stack.kafka, [event(user) for user in users])
     async with AckTail(stack.kafka) as acks:
-        await stack.start_services("notifications")
-        process = stack.processes["notifications"]
+        await stack.start_services(ONE.name)
+        process = stack.processes[ONE.name]
         cpu_before, load_before = cpu_seconds(process), loadavg()
         # From the partition assignment (consuming starts there; seen within 0.1 s).
         started = time.monotonic()
@@ -112,7 +115,7 @@ async def one_service(stack: Stack, events: int) -> dict[str, Any]:
     engine = make_engine(stack.services_url)
     try:
         async with engine.connect() as conn:
-            log = notifications.erasure_log
+            log = ONE.erasure_log
             rows = await conn.execute(select(log.c.event_id, func.count()).group_by(log.c.event_id))
             applied = Counter(dict(rows.all()))
     finally:
@@ -186,7 +189,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     postgres, kafka = infra.database_url(), KafkaSettings().bootstrap_servers
     result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="sdk-bench-") as logs:
-        say(f"one notifications process, {args.events} events")
+        say(f"one {ONE.name} process, {args.events} events")
         async with isolated_stack(postgres, kafka, "sdkbench", Path(logs)) as stack:
             result["one"] = await one_service(stack, args.events)
         say(json.dumps(result["one"]))

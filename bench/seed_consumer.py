@@ -13,7 +13,7 @@ their `erasure_log` row: the article keeps no record of what a service applied.
 Faithful, so the benchmark measures the design, with two bench-only additions: the
 consumer reads from the earliest offset (the article does not say; aiokafka's default
 `latest` would drop events published before the group joined) and logs
-`partitions assigned` once it holds partitions, so the bench starts its clock only when
+`partitions_assigned` once it holds partitions, so the bench starts its clock only when
 every consumer is ready — as it does for ours. Lives in `bench/` only.
 """
 
@@ -23,34 +23,33 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
-from sqlalchemy import func
+from sqlalchemy import Table, func
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from schemas import KafkaSettings
-from services import billing, notifications, preferences
+from services import EXAMPLES, billing
 from services._shared import engine_for, service_database_url
 
 Effect = Callable[[str], Awaitable[None]]
 
 
 def effects(sessions: async_sessionmaker[AsyncSession]) -> dict[str, Effect]:
-    """The article's per-service effect functions, each its own transaction."""
+    """The article's per-service effect functions, each its own transaction: billing's
+    anonymization of a user's orders, and for every other example service on the core
+    SDK (`services.EXAMPLES`) the deletion of the user's rows from its tables."""
 
-    async def delete_user_notifications(user_id: str) -> None:
-        async with sessions() as session:
-            table = notifications.notifications
-            await session.execute(table.delete().where(table.c.user_id == user_id))
-            await session.commit()
+    def delete_user_rows(tables: Sequence[Table]) -> Effect:
+        async def delete_user(user_id: str) -> None:
+            async with sessions() as session:
+                for table in tables:
+                    await session.execute(table.delete().where(table.c.user_id == user_id))
+                await session.commit()
 
-    async def delete_user_preferences(user_id: str) -> None:
-        async with sessions() as session:
-            table = preferences.preferences
-            await session.execute(table.delete().where(table.c.user_id == user_id))
-            await session.commit()
+        return delete_user
 
     async def anonymize_user_orders(user_id: str) -> None:
         async with sessions() as session:
@@ -69,9 +68,11 @@ def effects(sessions: async_sessionmaker[AsyncSession]) -> dict[str, Effect]:
             await session.commit()
 
     return {
-        notifications.SERVICE: delete_user_notifications,
-        preferences.SERVICE: delete_user_preferences,
-        billing.SERVICE: anonymize_user_orders,
+        e.name: anonymize_user_orders
+        if e is billing.EXAMPLE
+        else delete_user_rows([t for t in e.tables if "user_id" in t.c])
+        for e in EXAMPLES
+        if not e.faust and "user" in e.entity_types
     }
 
 
@@ -81,7 +82,7 @@ class _SayAssigned(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         if assigned:
-            print("partitions assigned", file=sys.stderr, flush=True)
+            print("partitions_assigned", file=sys.stderr, flush=True)
 
 
 async def consume(service: str) -> None:
@@ -113,10 +114,9 @@ async def consume(service: str) -> None:
 
 def main() -> None:
     service = os.environ.get("BENCH_SEED_SERVICE", "")
-    if service not in (notifications.SERVICE, preferences.SERVICE, billing.SERVICE):
-        raise SystemExit(
-            f"BENCH_SEED_SERVICE={service!r}: expected notifications, preferences or billing"
-        )
+    known = [e.name for e in EXAMPLES if not e.faust and "user" in e.entity_types]
+    if service not in known:
+        raise SystemExit(f"BENCH_SEED_SERVICE={service!r}: expected one of {', '.join(known)}")
     asyncio.run(consume(service))
 
 

@@ -390,11 +390,11 @@ class RetentionConsumer:
             try:
                 pruned = await store.prune(self.service, utc_now() - retention)
                 if pruned:
-                    log.info("idempotency records pruned", service=self.service, records=pruned)
+                    log.info("idempotency_pruned", service=self.service, records=pruned)
             except Exception as exc:
                 # Only the class: a driver's message may quote bound parameters.
                 log.warning(
-                    "idempotency prune failed", service=self.service, error=type(exc).__name__
+                    "idempotency_prune_failed", service=self.service, error=type(exc).__name__
                 )
             await asyncio.sleep(_PRUNE_INTERVAL_S)
 
@@ -416,7 +416,7 @@ class RetentionConsumer:
                 f"service {self.service!r}: cannot serve metrics on {host}:{port}: {exc}"
             ) from exc
         self._metrics_address = (host, int(server.server_address[1]))
-        log.info("metrics endpoint", service=self.service, address=self._metrics_address)
+        log.info("metrics_endpoint_started", service=self.service, address=self._metrics_address)
 
         async def close() -> None:
             self._metrics_address = None
@@ -455,7 +455,7 @@ class RetentionConsumer:
             polling = asyncio.create_task(self._runtime.wait())
             try:
                 await asyncio.wait([stopped, polling], return_when=asyncio.FIRST_COMPLETED)
-                log.info("stopping", service=self.service)
+                log.info("consumer_stopping", service=self.service)
             finally:
                 stopped.cancel()
                 try:

@@ -6,6 +6,7 @@ __all__ = [
     "ConfigurationError",
     "DuplicateHandlerError",
     "EntityNotFound",
+    "HandlerAbandoned",
     "HandlerSignal",
     "HandlerTimeout",
     "PermanentFailure",
@@ -45,3 +46,10 @@ class HandlerTimeout(RetryLater):
 
 class PermanentFailure(HandlerSignal):
     """This event can never succeed: no retries, a `failed` ack and the record to the DLQ."""
+
+
+class HandlerAbandoned(PermanentFailure):
+    """Raised by the SDK when a handler ignored its cancellation (it swallowed
+    `asyncio.CancelledError`) for `handler_cancel_grace_s` after its timeout: the SDK stops
+    waiting for it, discards its database connection (its transaction rolled back, its
+    server session ended) and fails the event at once; the handler is left running."""

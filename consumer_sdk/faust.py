@@ -167,7 +167,7 @@ class FaustRetention:
                 holds=holds.table,
             )
             log.info(
-                "faust retention agent started",
+                "faust_agent_started",
                 service=r.service,
                 topic=r.kafka.topics.events,
                 group=self.app.conf.id,
@@ -179,19 +179,19 @@ class FaustRetention:
         """After each rebalance: publish the registration now, not at the first event.
 
         The tracker must know the service before events arrive, or it cannot tell who
-        still owes an ack; `partitions assigned` is also the core SDK's readiness line.
+        still owes an ack; `partitions_assigned` is also the core SDK's readiness line.
         """
         try:
             await self.open()
         except Exception as exc:
             # Not fatal here: `handle` opens (and retries) again at the first event.
             log.error(
-                "registration not published; retrying at the first event",
+                "registration_publish_failed",
                 service=self.retention.service,
                 error=error_text(exc),
             )
         log.info(
-            "partitions assigned",
+            "partitions_assigned",
             service=self.retention.service,
             partitions=sorted(tp.partition for tp in partitions),
         )

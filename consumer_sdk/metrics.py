@@ -37,6 +37,13 @@ class ConsumerMetrics:
             ["service", "entity_type", "action"],
             registry=r,
         )
+        self.abandoned = Counter(
+            "retention_consumer_handlers_abandoned",
+            "Handler calls that ignored their cancellation after a timeout and were left "
+            "running (their connection discarded, the event failed).",
+            ["service", "entity_type", "action"],
+            registry=r,
+        )
         self.duplicates = Counter(
             "retention_consumer_events_redelivered",
             "Events already processed, acked again without calling the handler.",

@@ -151,6 +151,19 @@ class ConsumerSettings(BaseSettings):
         ),
         description="Bound on reading the erased topic to its end before the first `is_erased`.",
     )
+    handler_cancel_grace_s: float = Field(
+        default=5.0,
+        gt=0,
+        validation_alias=AliasChoices(
+            "handler_cancel_grace_s", "RETENTION_CONSUMER_HANDLER_CANCEL_GRACE_S"
+        ),
+        description=(
+            "How long a timed-out handler has to end once cancelled. One that is still "
+            "running then (it swallowed `CancelledError`) is abandoned: its database "
+            "connection is discarded, its transaction rolled back, and the event is "
+            "`failed` at once (`HandlerAbandoned`)."
+        ),
+    )
     error_messages: bool = Field(
         default=False,
         validation_alias=AliasChoices("error_messages", "RETENTION_CONSUMER_ERROR_MESSAGES"),

@@ -50,6 +50,7 @@ class AuditAction(StrEnum):
     PURGE_BATCH = "purge.batch"
     HOLD_CREATE = "hold.create"
     HOLD_RELEASE = "hold.release"
+    HOLDS_NORMALISED = "holds_normalised"
     EVENTS_PUBLISHED = "events_published"
     EVENTS_TRACKED = "events_tracked"
     ACKS_ACCEPTED = "acks_accepted"

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from schemas.models import WireModel
 
@@ -74,11 +75,52 @@ def decode(model: type[M], raw: bytes | None) -> M:
     try:
         return model.model_validate_json(text)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
-            for err in exc.errors(include_url=False)
-        )
+        problems = "; ".join(_problem(err) for err in exc.errors(include_url=False))
         raise PoisonRecord(f"invalid {model.__name__}: {problems}", raw) from None
+
+
+_RULE_MESSAGES = frozenset(
+    {
+        "missing",
+        "string_type",
+        "int_type",
+        "bool_type",
+        "dict_type",
+        "list_type",
+        "model_type",
+        "datetime_type",
+        "uuid_type",
+        "enum",
+        "literal_error",
+        "int_parsing",
+        "int_from_float",
+        "string_too_short",
+        "string_too_long",
+        "string_pattern_mismatch",
+        "too_short",
+        "too_long",
+        "greater_than",
+        "greater_than_equal",
+        "less_than",
+        "less_than_equal",
+        "timezone_aware",
+        "datetime_parsing",
+        "datetime_from_date_parsing",
+        "json_invalid",
+        "value_error",
+    }
+)
+"""pydantic error types whose message states only the field's rule (its type, bounds,
+pattern, allowed values), a parser's fixed text (where a datetime or the JSON broke), or
+our own validators' text, which never quotes the value.
+Any other type is reported by its name alone: `uuid_parsing`'s message, for one, quotes
+the offending character, and a reason goes into logs and DLQ headers (SPEC §13)."""
+
+
+def _problem(error: ErrorDetails) -> str:
+    where = ".".join(str(p) for p in error["loc"]) or "<root>"
+    kind = error["type"]
+    return f"{where}: {error['msg'] if kind in _RULE_MESSAGES else kind.replace('_', ' ')}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -151,9 +151,9 @@ class WireModel(StrictModel):
     @classmethod
     def _known_major(cls, value: int) -> int:
         if value > SCHEMA_VERSION:
+            # The value is not quoted: a poison reason never repeats the record's input.
             raise ValueError(
-                f"schema_version {value} is newer than the highest this reader knows "
-                f"({SCHEMA_VERSION})"
+                f"schema_version is newer than the highest this reader knows ({SCHEMA_VERSION})"
             )
         return value
 

@@ -141,3 +141,49 @@ def test_fuzz_dictionary_names_every_wire_field() -> None:
     tokens = (FUZZ_DIR / "decode.dict").read_text(encoding="utf-8")
     fields = {name for model in MODELS for name in model.model_fields} | {"actions"}
     assert {name for name in fields if f'"\\"{name}\\":"' not in tokens} == set()
+
+
+# --- a poison reason never quotes the record ----------------------------------------------
+# Reasons go into logs, DLQ headers and metrics labels' neighbours (SPEC §13); the record
+# itself may hold personal data. Input here is written in the private-use area, which no
+# rule text contains, so any such character in a reason was copied from the input.
+
+_PRIVATE = st.characters(min_codepoint=0xE000, max_codepoint=0xF8FF)
+_marked_text = st.text(alphabet=_PRIVATE, min_size=1, max_size=20)
+_marked_values = (
+    _marked_text
+    | st.text(alphabet=_PRIVATE, min_size=300, max_size=3000)
+    | st.uuids().map(str).flatmap(lambda u: _PRIVATE.map(lambda c: u[:-1] + c))
+    | st.lists(_marked_text, max_size=3)
+    | st.dictionaries(_marked_text, _marked_text, max_size=2)
+    | st.lists(st.dictionaries(_marked_text, _marked_text, max_size=2), max_size=2)
+    | _scalars
+)
+
+
+def _quoted(reason: str) -> str:
+    return "".join(c for c in reason if 0xE000 <= ord(c) <= 0xF8FF)
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.__name__)
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_a_poison_reason_never_quotes_the_record(
+    model: type[WireModel], data: st.DataObject
+) -> None:
+    document = data.draw(
+        st.fixed_dictionaries({}, optional=dict.fromkeys(model.model_fields, _marked_values))
+    )
+    reason = ""
+    try:
+        decode(model, _serialised(document, data.draw(st.booleans())))
+    except PoisonRecord as poison:
+        reason = poison.reason
+    assert _quoted(reason) == "", reason
+
+
+def test_a_bad_uuid_is_named_by_its_field_not_quoted() -> None:
+    # pydantic's own message quotes the offending character ("found `` at 35").
+    with pytest.raises(PoisonRecord) as caught:
+        decode(RetentionAck, _ack(event_id="6f1c2e4a-0b5d-4c8e-9a7f-3d2b1e0c9a8\ue123"))
+    assert caught.value.reason == "invalid RetentionAck: event_id: uuid parsing"

@@ -1,4 +1,5 @@
-"""requirements/lock.txt satisfies pyproject.toml, and docs/security.md's floors are its."""
+"""requirements/lock.txt satisfies pyproject.toml, docs/security.md's floors are its, and
+the app image installs from requirements/app.txt, its runtime subset."""
 
 from __future__ import annotations
 
@@ -16,15 +17,21 @@ LOCKED_EXTRAS = ("test", "faust")
 """The extras `make lock` resolves (bench is installed on top, unlocked)."""
 
 
-def locked() -> dict[str, tuple[Version, int]]:
-    """name → (version, number of hashes) of every pin in the lock."""
-    text = (ROOT / "requirements" / "lock.txt").read_text()
+def hashed(name: str = "lock.txt") -> dict[str, tuple[Version, frozenset[str]]]:
+    """name → (version, hashes) of every pin in requirements/`name`."""
+    text = (ROOT / "requirements" / name).read_text()
     pins = {}
     for block in re.split(r"\n(?=[A-Za-z0-9])", text):
         match = re.match(r"([A-Za-z0-9_.-]+)==(\S+)", block)
         if match:
-            pins[canonicalize_name(match[1])] = (Version(match[2]), block.count("--hash=sha256:"))
+            hashes = frozenset(re.findall(r"--hash=sha256:([0-9a-f]{64})", block))
+            pins[canonicalize_name(match[1])] = (Version(match[2]), hashes)
     return pins
+
+
+def locked() -> dict[str, tuple[Version, int]]:
+    """name → (version, number of hashes) of every pin in the lock."""
+    return {name: (version, len(hashes)) for name, (version, hashes) in hashed().items()}
 
 
 def requirements(*, extras: tuple[str, ...]) -> list[Requirement]:
@@ -68,3 +75,29 @@ def test_the_documented_floors_are_the_projects() -> None:
         )
     for must in ("h11", "starlette"):
         assert must in {name for name, _ in rows}
+
+
+APP_DOCKERFILE = ROOT / "deploy" / "images" / "app" / "Dockerfile"
+
+
+def test_the_app_lock_is_the_runtime_subset_of_the_lock() -> None:
+    """requirements/app.txt: what the image needs, at the lock's versions and hashes."""
+    full, app = hashed(), hashed("app.txt")
+    assert len(app) > 30
+    for name, pin in app.items():
+        assert full.get(name) == pin, f"{name}: app.txt differs from lock.txt; run `make lock`"
+        assert pin[1], name
+    for requirement in requirements(extras=("faust",)):
+        assert canonicalize_name(requirement.name) in app, requirement.name
+    for tool in ("pytest", "hypothesis", "mypy", "ruff", "playwright", "testcontainers"):
+        assert tool not in app, f"{tool} (a test tool) would go into the image"
+
+
+def test_the_app_image_installs_from_the_app_lock_only() -> None:
+    dockerfile = APP_DOCKERFILE.read_text()
+    commands = re.sub(r"\\\n", " ", dockerfile).splitlines()
+    runs = " && ".join(line for line in commands if line.startswith("RUN"))
+    installs = [m.strip() for m in re.findall(r"pip install ([^&]+)", runs)]
+    assert installs == ["--require-hashes -r requirements/app.txt", "--no-deps ."], installs
+    assert "pip check" in runs
+    assert "COPY requirements/app.txt ./requirements/" in dockerfile

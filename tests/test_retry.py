@@ -162,9 +162,11 @@ async def test_gives_up_before_a_wait_that_would_pass_the_deadline() -> None:
 # --- each loop's declared policy -------------------------------------------------------
 
 
-async def test_db_bookkeeping_waits_out_disconnects_only(waits: list[float]) -> None:
+async def test_db_bookkeeping_waits_out_outages_only(waits: list[float]) -> None:
     assert RetryPolicy(initial_s=0.5, max_s=5.0, give_up_after_s=60.0) == db.RECONNECT
-    assert await db.when_reachable(failing([DISCONNECT] * 5, "ok"), what="t") == "ok"
+    invalidated = InterfaceError("SELECT 1", {}, Exception("connection is closed"))
+    outages = [DISCONNECT, invalidated, TimeoutError(), DISCONNECT, DISCONNECT]
+    assert await db.when_reachable(failing(outages, "ok"), what="t") == "ok"
     assert waits == [0.5, 1.0, 2.0, 4.0, 5.0]
     waits.clear()
     with pytest.raises(IntegrityError):
@@ -215,6 +217,18 @@ async def test_relay_serving_rides_out_database_errors_but_not_bugs(waits: list[
     relay = _relay()
     refused = InternalError("connect", {}, Exception("database is not accepting connections"))
     relay._round = failing([refused, ValueError("a bug")], (None, None))  # type: ignore[method-assign]
+    relay.backlog = failing([], 0)  # type: ignore[method-assign]
+    with pytest.raises(ValueError, match="a bug"):
+        await relay.run_forever(asyncio.Event())
+    assert len(waits) == 1
+
+
+async def test_relay_serving_rides_out_every_transient_error(waits: list[float]) -> None:
+    relay = _relay()
+    # An outage seen through a wrapper: transient by its cause, as `is_transient` reads it.
+    wrapped = RuntimeError("claim failed")
+    wrapped.__cause__ = DISCONNECT
+    relay._round = failing([wrapped, ValueError("a bug")], (None, None))  # type: ignore[method-assign]
     relay.backlog = failing([], 0)  # type: ignore[method-assign]
     with pytest.raises(ValueError, match="a bug"):
         await relay.run_forever(asyncio.Event())

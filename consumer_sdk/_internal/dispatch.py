@@ -22,7 +22,7 @@ from consumer_sdk._internal.holds import HoldTable
 from consumer_sdk._internal.registry import HandlerRegistry, HandlerSpec
 from consumer_sdk._internal.transport import ProducerPort, Record
 from consumer_sdk._internal.trust import Trust
-from consumer_sdk.exceptions import HandlerTimeout
+from consumer_sdk.exceptions import HandlerAbandoned, HandlerTimeout
 from consumer_sdk.idempotency import (
     BatchingStore,
     IdempotencyStore,
@@ -192,7 +192,7 @@ class Dispatcher:
         await self._flush(done)
         if done.handled:
             log.info(
-                "batch handled",
+                "batch_handled",
                 service=self.service,
                 partition=records[0].partition,
                 first_offset=records[0].offset,
@@ -281,10 +281,13 @@ class Dispatcher:
         try:
             await self._transaction(decoded, run, known, stopping)
         except Exception as exc:
-            # A timed-out handler invalidated the batch's connection, so the commit fails
-            # too; the event is to blame, and is retried below, on its own. Any other
-            # retry starts the next run afresh (its first error may be another's fault).
-            timed_out = run.retry is not None and isinstance(run.retry.error, HandlerTimeout)
+            # A timed-out (or abandoned) handler invalidated the batch's connection, so the
+            # commit fails too; the event is to blame, and is settled below, on its own.
+            # Any other retry starts the next run afresh (its first error may be another's
+            # fault).
+            timed_out = run.retry is not None and isinstance(
+                run.retry.error, HandlerTimeout | HandlerAbandoned
+            )
             if run.next == start and not timed_out:
                 # Failed before its first event: the transaction could not even begin (the
                 # database is unreachable). Nothing to redo one by one, and returning here
@@ -391,7 +394,8 @@ class Dispatcher:
         transaction. Event by event, each race is settled on its own and a culprit fails
         alone; if the database is gone, that raises too."""
         log.warning(
-            "batch transaction failed; redoing it event by event",
+            "batch_transaction_failed",
+            then="redo_event_by_event",
             service=self.service,
             partition=decoded[start][0].partition,
             offset=decoded[start][0].offset,
@@ -490,9 +494,7 @@ class Dispatcher:
     async def _poison(self, record: Record, poison: PoisonRecord) -> Awaitable[Any]:
         unverified = isinstance(poison, _Unverified)
         log.warning(
-            "record refused for its signature, to the DLQ"
-            if unverified
-            else "poison record to the DLQ",
+            "record_unverified_dead_lettered" if unverified else "poison_dead_lettered",
             service=self.service,
             partition=record.partition,
             offset=record.offset,
@@ -519,7 +521,7 @@ class Dispatcher:
         done.handled[labels] += 1
         done.uncounted[labels] += 1
         log.debug(
-            "event handled",
+            "event_handled",
             service=self.service,
             event_id=str(event.event_id),
             entity_type=event.entity_type,

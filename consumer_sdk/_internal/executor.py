@@ -10,12 +10,14 @@ events are taken one by one as above.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 from tenacity import (
     AsyncRetrying,
@@ -28,7 +30,7 @@ from tenacity import (
 
 from consumer_sdk._internal.registry import HandlerSpec
 from consumer_sdk.context import HandlerContext
-from consumer_sdk.exceptions import EntityNotFound, HandlerTimeout
+from consumer_sdk.exceptions import EntityNotFound, HandlerAbandoned, HandlerTimeout
 from consumer_sdk.idempotency import (
     AlreadyRecorded,
     BatchTransaction,
@@ -79,9 +81,31 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class Retry:
-    """The first attempt, in a batch, failed with an error worth retrying."""
+    """The first attempt, in a batch, failed with an error worth retrying, or was
+    abandoned (`HandlerAbandoned`, which took the batch's connection): either way the
+    batch ends before the event, and the event is settled on its own."""
 
     error: Exception
+
+
+async def _settled(task: asyncio.Future[T], seconds: float) -> bool:
+    """Wait until `task` is done or `seconds` have passed; whether it is done. Cancelling
+    the waiter leaves `task` alone (the caller decides)."""
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    task.add_done_callback(wake)
+    timer = loop.call_later(seconds, wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        task.remove_done_callback(wake)
+    return task.done()
 
 
 class EventExecutor:
@@ -99,6 +123,8 @@ class EventExecutor:
         self.settings = settings
         self.store = store
         self.metrics = metrics
+        self._abandoned: set[asyncio.Future[Any]] = set()
+        """Handler calls that ignored their cancellation and still run."""
 
     async def execute(
         self,
@@ -132,7 +158,7 @@ class EventExecutor:
             self.metrics.retried.labels(*labels).inc()
             error = state.outcome.exception() if state.outcome else None
             log.warning(
-                "handler attempt failed; retrying",
+                "handler_attempt_failed",
                 service=self.service,
                 event_id=str(event.event_id),
                 entity_type=event.entity_type,
@@ -180,7 +206,8 @@ class EventExecutor:
         if reachable is None or not is_disconnect(exc) or await reachable():
             return
         log.warning(
-            "database unreachable; the event will be read again",
+            "database_unreachable",
+            then="read_again",
             service=self.service,
             event_id=str(event.event_id),
             error=type(exc).__name__,
@@ -200,7 +227,7 @@ class EventExecutor:
         except EntityNotFound as exc:
             return Outcome(AckStatus.NOT_FOUND, 0, 1, self._detail(exc))
         except Exception as exc:
-            if max_attempts > 1 and spec.is_retriable(exc):
+            if isinstance(exc, HandlerAbandoned) or (max_attempts > 1 and spec.is_retriable(exc)):
                 return Retry(exc)
             await self._unless_database_down(event, exc)
             return self._failed(event, spec, exc, 1)
@@ -221,12 +248,13 @@ class EventExecutor:
                     self.on_call(spec, list(events), context)
                 started = time.perf_counter()
                 try:
-                    results = await self._bounded(spec, spec.call_batch(events, context))
+                    results = await self._bounded(spec, spec.call_batch(events, context), conn)
                 finally:
                     self._observe(spec, time.perf_counter() - started, len(events))
         except Exception as exc:
             log.warning(
-                "batch handler failed; taking its events one by one",
+                "batch_handler_failed",
+                then="one_by_one",
                 service=self.service,
                 entity_type=spec.entity_type,
                 action=spec.action.value,
@@ -252,7 +280,7 @@ class EventExecutor:
             count = await self._timed(spec, event, HandlerContext(self.service, 1, 1, conn))
         except Exception as exc:
             log.warning(
-                "verify handler failed",
+                "verify_handler_failed",
                 service=self.service,
                 event_id=str(event.event_id),
                 entity_type=event.entity_type,
@@ -271,7 +299,7 @@ class EventExecutor:
     ) -> Outcome:
         self.metrics.failed.labels(self.service, spec.entity_type, spec.action.value).inc()
         log.error(
-            "handler failed on its last attempt",
+            "handler_failed",
             service=self.service,
             event_id=str(event.event_id),
             entity_type=event.entity_type,
@@ -324,22 +352,85 @@ class EventExecutor:
             self.on_call(spec, [event] if spec.batch else event, ctx)
         started = time.perf_counter()
         try:
-            return await self._bounded(spec, spec.call(event, ctx))
+            conn = ctx.connection if ctx.has_connection else None
+            return await self._bounded(spec, spec.call(event, ctx), conn)
         finally:
             self._observe(spec, time.perf_counter() - started, 1)
 
-    async def _bounded(self, spec: HandlerSpec, call: Awaitable[T]) -> T:
+    async def _bounded(
+        self, spec: HandlerSpec, call: Awaitable[T], conn: AsyncConnection | None
+    ) -> T:
         """`call`, cancelled past `handler_timeout_s`: a hung handler must not hold its
-        partition, or its transaction, forever. The caller's `async with` rolls back."""
+        partition, or its transaction, forever. The caller's `async with` rolls back.
+
+        The call runs in a task of its own, so a handler that swallows its cancellation
+        cannot hold this one: `handler_cancel_grace_s` after the cancellation it is left
+        running, `conn` (the transaction it works in) is discarded, and the event fails.
+        """
         limit = self.settings.handler_timeout_s
-        deadline = asyncio.timeout(limit)
+        task = asyncio.ensure_future(call)
         try:
-            async with deadline:
-                return await call
-        except TimeoutError:
-            if not deadline.expired():
-                raise  # the handler's own TimeoutError
-            raise HandlerTimeout(f"handler {spec.name} ran past {limit:g}s") from None
+            if await _settled(task, limit):
+                return task.result()  # the handler's own errors, its TimeoutError too
+            task.cancel()
+            if await _settled(task, self.settings.handler_cancel_grace_s):
+                if not task.cancelled():
+                    # Ended some other way once cancelled; the attempt timed out all the same.
+                    task.exception()
+                raise HandlerTimeout(f"handler {spec.name} ran past {limit:g}s")
+        except BaseException:
+            # Our own cancellation (a stop, a rebalance): the handler's call goes too.
+            task.cancel()
+            raise
+        await self._abandon(spec, task, conn)
+        raise HandlerAbandoned(
+            f"handler {spec.name} ran past {limit:g}s and ignored its cancellation"
+        )
+
+    def _forget(self, task: asyncio.Future[Any]) -> None:
+        """An abandoned call ended: nobody awaits its outcome (its error, if any, is the
+        one its terminated session gave it)."""
+        self._abandoned.discard(task)
+        if not task.cancelled():
+            task.exception()
+
+    async def _abandon(
+        self, spec: HandlerSpec, task: asyncio.Future[Any], conn: AsyncConnection | None
+    ) -> None:
+        """Stop waiting for a handler that ignores its cancellation; end its transaction.
+
+        The task is kept referenced until it ends (an unreferenced task may be collected
+        mid-run). Its connection's server session is terminated from another connection,
+        which rolls the transaction back and ends a statement still running (a closed
+        socket alone is noticed by the server only at its next read or write); the
+        connection is then invalidated, so nothing reuses it and the batch fails as a
+        whole, as after a statement cancelled mid-way.
+        """
+        self._abandoned.add(task)
+        task.add_done_callback(self._forget)
+        grace = self.settings.handler_cancel_grace_s
+        log.error(
+            "handler_abandoned",
+            service=self.service,
+            handler=spec.name,
+            timeout_s=self.settings.handler_timeout_s,
+            grace_s=grace,
+            running=len(self._abandoned),
+        )
+        self.metrics.abandoned.labels(self.service, spec.entity_type, spec.action.value).inc()
+        if conn is None:
+            return
+        try:
+            raw = await conn.get_raw_connection()
+            pid = getattr(raw.driver_connection, "get_server_pid", lambda: None)()
+            if pid is not None:
+                async with asyncio.timeout(grace), conn.engine.connect() as other:
+                    await other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        except Exception as exc:
+            log.error("handler_session_not_terminated", service=self.service, error=error_text(exc))
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(grace):
+                await conn.invalidate()
 
     def _observe(self, spec: HandlerSpec, seconds: float, events: int) -> None:
         """One observation per event; a batch call's time is shared evenly by its events."""

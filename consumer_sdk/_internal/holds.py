@@ -69,7 +69,7 @@ class HoldTable:
             if reason is not None:
                 self._trust.metrics.holds_rejected.labels(self._trust.service, reason).inc()
                 log.warning(
-                    "hold record rejected",
+                    "hold_record_rejected",
                     service=self._trust.service,
                     partition=record.partition,
                     offset=record.offset,
@@ -125,7 +125,7 @@ class HoldReader:
         except BaseException:
             await self.source.stop()
             raise
-        log.info("holds table read", service=self.table._trust.service, held=len(self.table))
+        log.info("holds_table_read", service=self.table._trust.service, held=len(self.table))
 
     async def stop(self) -> None:
         await self.source.stop()

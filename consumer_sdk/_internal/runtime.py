@@ -127,7 +127,7 @@ class Runtime:
             raise
         self._poll_task = asyncio.create_task(self._poll(), name="retention-poll")
         log.info(
-            "consumer started",
+            "consumer_started",
             service=self.service,
             topic=self.topics.events,
             handles=[h.model_dump(mode="json") for h in self.registration.handles],
@@ -153,7 +153,7 @@ class Runtime:
                         await self.holds.stop()
                 finally:
                     await self.producer.stop()
-        log.info("consumer stopped", service=self.service)
+        log.info("consumer_stopped", service=self.service)
 
     # -- the poll loop -------------------------------------------------------------
 
@@ -198,14 +198,15 @@ class Runtime:
             task.cancel()
         if pending:
             log.warning(
-                "handlers still running at the shutdown timeout; cancelled, will be redelivered",
+                "shutdown_handlers_cancelled",
+                then="redelivered",
                 service=self.service,
                 workers=len(pending),
             )
             await asyncio.gather(*pending, return_exceptions=True)
         for task in done:
             if not task.cancelled() and task.exception() is not None:
-                log.error("worker ended with an error", exc_info=task.exception())
+                log.error("worker_failed", exc_info=task.exception())
 
     async def on_revoked(self, partitions: set[Partition]) -> None:
         self._rebalancing = True
@@ -214,7 +215,7 @@ class Runtime:
     async def on_assigned(self, partitions: set[Partition]) -> None:
         self._rebalancing = False
         log.info(
-            "partitions assigned",
+            "partitions_assigned",
             service=self.service,
             partitions=sorted(p.partition for p in partitions),
         )
@@ -262,7 +263,8 @@ class Runtime:
             await self.consumer.commit({partition: done.last_done + 1})
         except CommitLost as exc:
             log.warning(
-                "commit lost to a rebalance; records will be redelivered",
+                "commit_lost_to_rebalance",
+                then="redelivered",
                 service=self.service,
                 partition=partition.partition,
                 error=error_text(exc),

@@ -74,7 +74,7 @@ class SuppressionTable:
             await self.stop()
             raise
         self._follow = asyncio.create_task(self._follow_forever(), name="retention-suppression")
-        log.info("suppression list loaded", topic=self._topic, entries=len(self._entries))
+        log.info("suppression_list_loaded", topic=self._topic, entries=len(self._entries))
 
     async def _follow_forever(self) -> None:
         while True:
@@ -84,7 +84,7 @@ class SuppressionTable:
                 raise
             except Exception as exc:
                 # The table keeps answering from what it has; the next poll tries again.
-                log.warning("suppression list poll failed", error=type(exc).__name__)
+                log.warning("suppression_list_poll_failed", error=type(exc).__name__)
                 await asyncio.sleep(1.0)
 
     def _apply(self, batches: dict[Any, list[Any]]) -> None:
@@ -96,7 +96,7 @@ class SuppressionTable:
                 refused = self._trust.refused(record)
                 if refused is not None or msg.key is None:
                     log.warning(
-                        "suppression record ignored",
+                        "suppression_record_ignored",
                         partition=msg.partition,
                         offset=msg.offset,
                         reason=refused or "no key",
@@ -110,7 +110,7 @@ class SuppressionTable:
                     entry = decode(ErasedEntity, msg.value)
                 except PoisonRecord as poison:
                     log.warning(
-                        "suppression record ignored",
+                        "suppression_record_ignored",
                         partition=msg.partition,
                         offset=msg.offset,
                         reason=poison.reason,

@@ -49,7 +49,7 @@ class Trust:
             metrics,
         )
         if settings.mode is SignatureMode.OFF:
-            log.warning("signatures are off: events are not verified", service=service)
+            log.warning("signatures_off", service=service)
         return trust
 
     @classmethod

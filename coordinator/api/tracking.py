@@ -17,7 +17,9 @@ from coordinator.api.models import (
     ServiceEventView,
     VerificationView,
 )
+from coordinator.purge.holds import HoldError
 from coordinator.tracking import queries
+from coordinator.tracking.entity import entity_events
 from coordinator.tracking.overdue import BadCursor, Cursor, overdue_page
 from coordinator.verification import queries as verification_queries
 from coordinator.verification import request
@@ -32,7 +34,10 @@ _NAME = r"^[A-Za-z0-9_.-]+$"
 @router.get(
     "/entities/{entity_type}/{entity_id}",
     response_model=list[EventView],
-    responses={404: {"description": "no retention event for this entity"}},
+    responses={
+        404: {"description": "no retention event for this entity"},
+        422: {"description": "an id no table of this (known) entity type can hold"},
+    },
 )
 async def entity(
     ctx: Context,
@@ -40,8 +45,17 @@ async def entity(
     entity_type: Annotated[str, Path(pattern=_NAME, max_length=100)],
     entity_id: Annotated[str, Path(min_length=1, max_length=500)],
 ) -> list[EventView]:
-    """Every retention event of one entity, oldest first, with each service's completion."""
-    events = await queries.entity_status(conn, entity_type, entity_id, now=ctx.clock.now())
+    """Every retention event of one entity, oldest first, with each service's completion.
+
+    The id is normalised as a hold's is (`order/042` finds `order:42`, an upper-case UUID
+    its canonical form); an entity type no policy has is looked up as written.
+    """
+    try:
+        events = await entity_events(
+            conn, ctx.policy_set, entity_type, entity_id, now=ctx.clock.now()
+        )
+    except HoldError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     if not events:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, f"no retention event for {entity_type}:{entity_id}"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pwd
 import sys
 from collections.abc import Awaitable, Callable
 from enum import IntEnum
@@ -18,10 +20,12 @@ from coordinator.store.db import make_engine
 
 __all__ = [
     "ExitCode",
+    "actor",
     "app",
     "emit_json",
     "err_console",
     "load_settings",
+    "os_user",
     "out_console",
     "read_database",
 ]
@@ -45,6 +49,22 @@ class ExitCode(IntEnum):
     OK = 0
     ERRORS = 1
     BAD_INPUT = 2
+
+
+def os_user() -> str:
+    """The OS account this process runs as: from the password database by effective uid,
+    not from $USER or $LOGNAME, which anyone can set; the bare uid if it has no entry."""
+    uid = os.geteuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def actor(by: str) -> str:
+    """Who a CLI write records (audit entries, hold and request records): the CLI acts
+    with the database's credentials, so `--by` says who asked and the OS user who ran it."""
+    return f"{by} (os user {os_user()})"
 
 
 def load_settings() -> Settings:

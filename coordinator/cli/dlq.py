@@ -10,8 +10,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from coordinator.cli._app import ExitCode, emit_json, err_console, load_settings, out_console
-from coordinator.cli.services import BY_OPTION, JSON_OPTION, actor
+from coordinator.cli._app import (
+    ExitCode,
+    actor,
+    emit_json,
+    err_console,
+    load_settings,
+    out_console,
+)
+from coordinator.cli.services import BY_OPTION, JSON_OPTION
 from coordinator.clock import SystemClock
 from coordinator.operations.dlq import (
     DeadLetter,

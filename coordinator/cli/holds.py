@@ -12,14 +12,15 @@ import typer
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.cli._app import ExitCode, emit_json, err_console, load_settings, out_console
+from coordinator.cli._app import ExitCode, actor, emit_json, err_console, load_settings, out_console
 from coordinator.cli._policies import POLICIES_OPTION, load_policy_set
 from coordinator.clock import SystemClock
 from coordinator.purge import holds
+from coordinator.purge.hold_ids import HoldIdReport, normalise_hold_ids
 from coordinator.settings import Settings
 from coordinator.store.db import make_engine
 
-__all__ = ["app", "create", "list_", "release", "show"]
+__all__ = ["app", "create", "list_", "normalise", "print_normalisation", "release", "show"]
 
 app = typer.Typer(help="Legal holds: entities no policy may touch.", no_args_is_help=True)
 
@@ -85,7 +86,7 @@ def _show(hold: holds.Hold, now: datetime) -> None:
 def create(
     entities: list[str] | None = ENTITIES_ARGUMENT,
     reason: str = typer.Option(..., "--reason", help="Why (case, request, regulator)."),
-    by: str = typer.Option(..., "--by", help="Who asked for the hold."),
+    by: str = typer.Option(..., "--by", help="Who asked for the hold (recorded with the OS user)."),
     expires: str | None = typer.Option(None, "--expires", help="ISO 8601 date-time with zone."),
     hold_id: str | None = typer.Option(None, "--id", help="Hold id (default: generated)."),
     from_file: Path | None = FROM_FILE_OPTION,
@@ -109,7 +110,7 @@ def create(
             entities=wanted,
             types=await holds.entity_types(conn, policy_set),
             reason=reason,
-            created_by=by,
+            created_by=actor(by),
             now=now,
             expires_at=expires_at,
             hold_id=hold_id,
@@ -166,13 +167,74 @@ def show(hold_id: str = typer.Argument(..., help="Hold id."), as_json: bool = JS
 @app.command("release")
 def release(
     hold_id: str = typer.Argument(..., help="Hold id."),
-    by: str = typer.Option(..., "--by", help="Who released it."),
+    by: str = typer.Option(..., "--by", help="Who released it (recorded with the OS user)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Release a hold; its entities become purgeable at the next run."""
     now = SystemClock().now()
-    hold = _in_transaction(lambda conn: holds.release_hold(conn, hold_id, by=by, now=now))
+    hold = _in_transaction(lambda conn: holds.release_hold(conn, hold_id, by=actor(by), now=now))
     if as_json:
         emit_json(hold.as_dict(now))
     else:
         out_console.print(f"hold [bold]{hold.id}[/bold] released by {by}")
+
+
+def print_normalisation(report: HoldIdReport, *, dry_run: bool) -> None:
+    """One line per change and per entity left as stored, on stderr."""
+    verb = "would become" if dry_run else "now"
+    for change in report.rewritten:
+        forms = ", ".join(f"{change.entity_type}:{i}" for i in change.normalised)
+        err_console.print(
+            f"hold {change.hold_id}: {change.entity_type}:{change.stored} {verb} {forms}",
+            markup=False,
+            highlight=False,
+        )
+    for change in report.duplicates:
+        err_console.print(
+            f"hold {change.hold_id}: {change.entity_type}:{change.stored} "
+            f"{'would be' if dry_run else 'was'} removed: it duplicates "
+            + ", ".join(f"{change.entity_type}:{i}" for i in change.normalised),
+            markup=False,
+            highlight=False,
+        )
+    for change, why in [(c, "no policy has this entity type") for c in report.unknown_types] + [
+        (c, "no table of this type can hold this id") for c in report.unparsable
+    ]:
+        err_console.print(
+            f"hold {change.hold_id}: {change.entity_type}:{change.stored} protects nothing "
+            f"({why}): release the hold or create one that names the entity",
+            markup=False,
+            highlight=False,
+        )
+    if not report.changed and report.ok:
+        err_console.print("every hold's ids are already in normal form")
+
+
+@app.command("normalise")
+def normalise(
+    by: str = typer.Option(..., "--by", help="Who runs it (recorded with the OS user)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Report what would change only."),
+    policies: Path | None = POLICIES_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Bring holds stored before ids were normalised into normal form (`order:042` →
+    `order:42`); exit 1 while a hold names an unknown type or an impossible id."""
+    settings = load_settings()
+    policy_set = load_policy_set(policies, settings, as_json=as_json)
+
+    async def work(conn: AsyncConnection) -> HoldIdReport:
+        return await normalise_hold_ids(
+            conn,
+            await holds.entity_types(conn, policy_set),
+            actor=actor(by),
+            now=SystemClock().now(),
+            dry_run=dry_run,
+        )
+
+    report = _in_transaction(work, settings)
+    if as_json:
+        emit_json({**report.as_dict(), "dry_run": dry_run})
+    else:
+        print_normalisation(report, dry_run=dry_run)
+    if not report.ok:
+        raise typer.Exit(ExitCode.ERRORS)

@@ -16,7 +16,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from coordinator.cli._app import ExitCode, emit_json, err_console, load_settings, out_console
+from coordinator.cli._app import ExitCode, actor, emit_json, err_console, load_settings, out_console
 from coordinator.cli._policies import (
     POLICIES_OPTION,
     exit_on_database_issues,
@@ -117,7 +117,7 @@ async def _run(
     try:
         with progress:
             return await Runner(engine, policy_set, settings).run(
-                only, force=force, progress=advance
+                only, force=force, progress=advance, actor=actor("cli")
             )
     finally:
         await engine.dispose()

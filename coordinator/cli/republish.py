@@ -7,8 +7,15 @@ import uuid
 
 import typer
 
-from coordinator.cli._app import ExitCode, emit_json, err_console, load_settings, out_console
-from coordinator.cli.services import BY_OPTION, JSON_OPTION, actor
+from coordinator.cli._app import (
+    ExitCode,
+    actor,
+    emit_json,
+    err_console,
+    load_settings,
+    out_console,
+)
+from coordinator.cli.services import BY_OPTION, JSON_OPTION
 from coordinator.clock import SystemClock
 from coordinator.operations.republish import (
     Outcome,

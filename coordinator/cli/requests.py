@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import getpass
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -14,7 +13,7 @@ import typer
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.cli._app import ExitCode, emit_json, err_console, load_settings, out_console
+from coordinator.cli._app import ExitCode, actor, emit_json, err_console, load_settings, out_console
 from coordinator.cli._policies import POLICIES_OPTION, load_policy_set
 from coordinator.clock import SystemClock
 from coordinator.erasure import certificate as certificates
@@ -60,10 +59,6 @@ def _request_id(text: str) -> uuid.UUID:
     except ValueError:
         err_console.print(f"[red]bad request id {text!r}[/red]: expected a UUID")
         raise typer.Exit(ExitCode.BAD_INPUT) from None
-
-
-def _actor(by: str) -> str:
-    return f"{by} (os user {getpass.getuser()})"
 
 
 def _print(document: dict[str, Any]) -> None:
@@ -128,7 +123,7 @@ def create(
             regulation=regulation,
             received_at=received_at,
             reference=reference,
-            by=_actor(by),
+            by=actor(by),
         )
         async with engine.connect() as conn:
             document = await certificates.detail(conn, request.id, now=clock.now())
@@ -213,7 +208,7 @@ def extend(
                 conn,
                 rid,
                 reason=reason,
-                by=_actor(by),
+                by=actor(by),
                 now=now,
                 default_days=settings.erasure_default_days,
             )
@@ -240,9 +235,7 @@ def reject(
 
     async def work(engine: AsyncEngine) -> dict[str, Any]:
         async with engine.begin() as conn:
-            request = await requests.reject_request(
-                conn, rid, reason=reason, by=_actor(by), now=now
-            )
+            request = await requests.reject_request(conn, rid, reason=reason, by=actor(by), now=now)
         return request.as_dict(now)
 
     document = _with_engine(settings, work)

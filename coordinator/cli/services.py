@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import getpass
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -19,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.cli._app import (
     ExitCode,
+    actor,
     emit_json,
     err_console,
     load_settings,
@@ -43,11 +43,6 @@ BY_OPTION = typer.Option(..., "--by", help="Who decided (recorded with the OS us
 EVENT_OPTION = typer.Option(..., "--event", help="Event id.")
 SERVICE_OPTION = typer.Option(..., "--service", help="The service whose ack is waived.")
 T = TypeVar("T")
-
-
-def actor(by: str) -> str:
-    """The CLI acts with the database's credentials: record who said so, and as whom."""
-    return f"{by} (os user {getpass.getuser()})"
 
 
 def _write(work: Callable[[AsyncConnection], Awaitable[T]]) -> T:

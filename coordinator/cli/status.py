@@ -19,7 +19,11 @@ from coordinator.cli._app import (
     read_database,
 )
 from coordinator.clock import SystemClock
+from coordinator.policy.model import PolicyFileError, PolicySet, load_policies
+from coordinator.purge.holds import HoldError
+from coordinator.settings import Settings
 from coordinator.tracking import queries
+from coordinator.tracking.entity import entity_certificate, entity_events
 from coordinator.verification.queries import entity_verifications
 
 __all__ = ["certificate", "parse_entity", "status"]
@@ -83,15 +87,21 @@ def status(
 
     assert entity is not None
     entity_type, entity_id = parse_entity(entity)
+    # With a policy file the id is normalised as a hold's is (`order:042` finds order 42).
+    policy_set = _policies_if_set(settings)
 
     async def both(conn: AsyncConnection) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         now = SystemClock().now()
         return (
-            await queries.entity_status(conn, entity_type, entity_id, now=now),
+            await entity_events(conn, policy_set, entity_type, entity_id, now=now),
             await entity_verifications(conn, entity_type, entity_id),
         )
 
-    events, verified = read_database(settings, both)
+    try:
+        events, verified = read_database(settings, both)
+    except HoldError as exc:
+        err_console.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(ExitCode.BAD_INPUT) from None
     if not events:
         err_console.print(f"no retention event or purge for {entity_type}:{entity_id}")
         raise typer.Exit(ExitCode.ERRORS)
@@ -131,6 +141,19 @@ def _print_verification(found: dict[str, Any]) -> None:
     out_console.print(table)
 
 
+def _policies_if_set(settings: Settings) -> PolicySet | None:
+    """The policy file of RETENTION_POLICIES, if set and loadable; status reads without one."""
+    if settings.policies is None:
+        return None
+    try:
+        return load_policies(settings.policies, hook_modules=settings.allowed_hook_modules())
+    except PolicyFileError:
+        err_console.print(
+            "[yellow]the policy file does not load: ids are taken as written[/yellow]"
+        )
+        return None
+
+
 def certificate(
     entity: str = typer.Argument(..., metavar="ENTITY_TYPE:ID", help="The entity, e.g. user:42."),
 ) -> None:
@@ -139,10 +162,19 @@ def certificate(
     Exits 1 when the entity is unknown or not every expected service has completed."""
     entity_type, entity_id = parse_entity(entity)
     settings = load_settings()
-    document = read_database(
-        settings,
-        lambda conn: queries.certificate(conn, entity_type, entity_id, now=SystemClock().now()),
-    )
+    policy_set = _policies_if_set(settings)
+
+    try:
+        # The id as a hold stores it (`order:042` is order 42), with a policy file.
+        document = read_database(
+            settings,
+            lambda conn: entity_certificate(
+                conn, policy_set, entity_type, entity_id, now=SystemClock().now()
+            ),
+        )
+    except HoldError as exc:
+        err_console.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(ExitCode.BAD_INPUT) from None
     if document is None:
         err_console.print(f"no retention event or purge for {entity_type}:{entity_id}")
         raise typer.Exit(ExitCode.ERRORS)

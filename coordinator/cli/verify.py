@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import getpass
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from coordinator.cli._app import ExitCode, emit_json, err_console, load_settings, out_console
+from coordinator.cli._app import (
+    ExitCode,
+    actor,
+    emit_json,
+    err_console,
+    load_settings,
+    out_console,
+)
 from coordinator.cli._policies import POLICIES_OPTION, load_policy_set
 from coordinator.cli.status import parse_entity
 from coordinator.clock import SystemClock
@@ -42,9 +48,8 @@ def verify(
             raise typer.Exit(ExitCode.BAD_INPUT)
         entity_type, entity_id = parse_entity(entity)
         # SPEC §10: the CLI records the operating-system user beside --by.
-        actor = f"{by} (os user {getpass.getuser()})"
         asked = asyncio.run(
-            _one(settings.database_url.get_secret_value(), entity_type, entity_id, actor)
+            _one(settings.database_url.get_secret_value(), entity_type, entity_id, actor(by))
         )
         if asked is None:
             err_console.print(

@@ -40,7 +40,7 @@ from coordinator.metrics import Metrics
 from coordinator.outbox.events import EVENT_COLUMNS, RecordEncoder, event_from_row
 from coordinator.settings import RelaySettings
 from coordinator.store.tables import outbox
-from schemas import KafkaSettings, RetryPolicy, Stopped, retry
+from schemas import KafkaSettings, RetryPolicy, Stopped, is_transient, retry
 from schemas.errors import error_text
 from schemas.signing import SignatureSettings
 
@@ -133,15 +133,19 @@ def _consume_outcome(future: asyncio.Future[object]) -> None:
 
 def draining_outage(exc: BaseException) -> bool:
     """What `drain` (inside `retention run`) waits out: Kafka trouble and unreachable
-    servers; a database error is reported to the run."""
+    servers. Not `is_transient`: a database error, a disconnect included, is reported to
+    the run (its purge is committed; `serve` publishes the rest), and every Kafka error
+    is waited out, even one aiokafka does not mark retriable, because one that reaches
+    this loop is about the broker: a record the broker refuses only counts an attempt."""
     return isinstance(exc, KafkaError | OSError | TimeoutError)
 
 
 def serving_outage(exc: BaseException) -> bool:
-    """What `run_forever` (inside `retention serve`) waits out: all of `draining_outage`
-    and every database error. A database that refuses connections (ALLOW_CONNECTIONS
-    false, too many clients) is no disconnect, but an outage all the same."""
-    return draining_outage(exc) or isinstance(exc, DBAPIError)
+    """What `run_forever` (inside `retention serve`) waits out: every `is_transient`
+    outage, and beyond it every Kafka error (see `draining_outage`) and every database
+    error. A database that refuses connections (ALLOW_CONNECTIONS false, too many
+    clients) is no disconnect, but an outage all the same."""
+    return draining_outage(exc) or is_transient(exc) or isinstance(exc, DBAPIError)
 
 
 class PublishFailed(CoordinatorError, KafkaError):  # type: ignore[misc]  # aiokafka: untyped

@@ -236,6 +236,18 @@ class EntityTypes:
             )
         return [(entity_type, entity_id) for entity_id in stored]
 
+    def lookup(self, entity_type: str, entity_id: str) -> list[str]:
+        """The stored forms to look `entity_type`/`entity_id` up by (status, certificates):
+        normalised as a hold would be (`order`/`042` → `42`) for a known type; as written
+        for any other type, so events of a policy since removed stay reachable.
+
+        Raises:
+            HoldError: a known type, and an id that no table of it can hold.
+        """
+        if entity_type not in self.forms:
+            return [entity_id]
+        return [stored for _, stored in self.resolve(f"{entity_type}:{entity_id}")]
+
 
 async def entity_types(conn: AsyncConnection, policy_set: PolicySet) -> EntityTypes:
     """Every policy's entity type and every subject type, with the id forms of the

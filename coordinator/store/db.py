@@ -7,7 +7,7 @@ from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from schemas import RetryPolicy, async_database_url, is_disconnect, retry
+from schemas import RetryPolicy, async_database_url, is_transient, retry
 
 __all__ = ["RECONNECT", "make_engine", "when_reachable"]
 
@@ -39,7 +39,9 @@ async def when_reachable(
     """`operation()`, tried again while the server is unreachable, within `policy`.
 
     For the record of something that already happened (a run's or a fire's outcome):
-    a server restart must not leave it unrecorded. Only disconnects are retried; the
-    operation must be one transaction, so a retry repeats all of it or nothing.
+    a server restart must not leave it unrecorded. Only outages are retried
+    (`is_transient`: a disconnect, or a server that did not answer in time); a refused
+    statement is raised at once. The operation must be one transaction, so a retry
+    repeats all of it or nothing.
     """
-    return await retry(operation, policy=policy, what=what, retry_on=is_disconnect)
+    return await retry(operation, policy=policy, what=what, retry_on=is_transient)

@@ -17,10 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from coordinator.api import ApiContext
 from coordinator.console.app import ROUTERS
 from coordinator.console.sessions import COOKIE, SessionSigner
-from coordinator.store.tables import audit_log, legal_hold_entities, legal_holds
+from coordinator.store.tables import audit_log, legal_hold_entities, legal_holds, outbox
 from coordinator.tokens import Scope, hash_token
+from demo.seed_data import create_seed_tables, drop_seed_tables
 from tests.api.conftest import make_client
 from tests.api.test_access import SAMPLE_PATH_VALUES
+from tests.outbox import insert_rows, outbox_rows
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -247,6 +249,7 @@ async def test_every_page_answers_html_for_missing_things(
         ("/ui/runs/not-a-uuid", 422),
         ("/ui/holds/nope", 404),
         ("/ui/entities/user/nobody", 404),
+        ("/ui/entities/order/999999999", 404),
         ("/ui/services/x?state=bogus", 422),
         ("/ui/erasure-requests/00000000-0000-0000-0000-000000000000", 404),
         ("/ui/erasure-requests?status=bogus", 422),
@@ -287,3 +290,23 @@ async def test_sign_out_needs_the_csrf_token_and_ends_the_session(
     assert response.status_code == 303
     assert f'{COOKIE}=""' in response.headers["set-cookie"]
     assert (await browser.get("/ui/")).status_code == 303
+
+
+async def test_the_console_entity_page_normalises_the_id_too(
+    browser: httpx.AsyncClient, tokens: dict[Scope, str], engine: AsyncEngine
+) -> None:
+    async with engine.begin() as conn:
+        await drop_seed_tables(conn)
+        await create_seed_tables(conn)
+    rows = outbox_rows(1, entity_type="order", event_type="anonymize", entity_ids=["42"])
+    await insert_rows(engine, rows)
+    try:
+        await sign_in(browser, tokens[Scope.READ])
+        response = await browser.get("/ui/entities/order/042")
+        assert response.status_code == 200, response.text
+        assert str(rows[0]["event_id"]) in response.text
+        assert (await browser.get("/ui/entities/order/4x")).status_code == 422
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(delete(outbox))
+            await drop_seed_tables(conn)

@@ -10,6 +10,7 @@ from sqlalchemy import delete, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.store.tables import outbox, policy_results, runs
+from demo.seed_data import create_seed_tables, drop_seed_tables
 from tests.outbox import insert_rows, outbox_rows
 
 T0 = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
@@ -37,10 +38,37 @@ async def test_entity_and_event_status(client: httpx.AsyncClient, engine: AsyncE
 
 
 async def test_unknown_entity_and_event_are_404(client: httpx.AsyncClient) -> None:
-    response = await client.get("/v1/entities/order/does-not-exist")
+    response = await client.get("/v1/entities/order/999999999")
     assert response.status_code == 404
-    assert "order:does-not-exist" in response.json()["detail"]
+    assert "order:999999999" in response.json()["detail"]
     assert (await client.get(f"/v1/events/{uuid.uuid4()}")).status_code == 404
+
+
+async def test_entity_ids_are_normalised_like_holds(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    """`order/042` finds `order:42` (orders.id is a bigint); an id no orders row can have
+    is a 422 naming the known types; a type no policy has is looked up as written."""
+    async with engine.begin() as conn:
+        await drop_seed_tables(conn)
+        await create_seed_tables(conn)
+    rows = outbox_rows(1, entity_type="order", event_type="anonymize", entity_ids=["42"])
+    rows += outbox_rows(1, entity_type="gadget", event_type="delete", entity_ids=["0042"])
+    await insert_rows(engine, rows)
+    try:
+        for path in ("/v1/entities/order/042", "/v1/entities/order/+42", "/v1/entities/order/42"):
+            response = await client.get(path)
+            assert response.status_code == 200, (path, response.text)
+            assert [e["event_id"] for e in response.json()] == [str(rows[0]["event_id"])]
+        response = await client.get("/v1/entities/order/４２")  # full-width digits
+        assert response.status_code == 422
+        assert "known types:" in response.json()["detail"]
+        assert (await client.get("/v1/entities/gadget/0042")).status_code == 200
+        assert (await client.get("/v1/entities/gadget/42")).status_code == 404
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(delete(outbox))
+            await drop_seed_tables(conn)
 
 
 async def test_bad_input_is_422_naming_the_field(client: httpx.AsyncClient) -> None:

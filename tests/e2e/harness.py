@@ -91,7 +91,7 @@ ERASURE_LOGS = {e.name: e.erasure_log for e in EXAMPLES}
 RETENTION_CLI = str(Path(sys.executable).with_name("retention"))
 """The installed `retention` command of this environment."""
 
-READY_MARKER = b"partitions assigned"
+READY_MARKER = b"partitions_assigned"
 """What the SDK logs once the consumer group handed the service its partitions."""
 
 Pair = tuple[uuid.UUID, str]

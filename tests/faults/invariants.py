@@ -31,14 +31,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from coordinator import audit
 from coordinator.store.db import make_engine
 from coordinator.store.tables import ack_ledger, anonymized, event_status, expected_acks, outbox
-from services import EXAMPLES, billing, notifications, preferences
+from services import EXAMPLES
 from tests.e2e.harness import Stack
 from tests.faults.world import (
     ENTITY_SERVICES,
-    NOTIFICATIONS_PER_USER,
     USERS_POLICY,
     World,
     row_checksums,
+    user_tables,
 )
 
 __all__ = [
@@ -263,54 +263,44 @@ async def _check_rows(conn: AsyncConnection, world: World, report: InvariantRepo
 async def _check_services_untouched(
     svc: AsyncConnection, world: World, report: InvariantReport
 ) -> None:
-    """Held and young users keep their data; held and young orders stay unmasked."""
+    """Held and young users keep every row the services seeded for them (an anonymized
+    row loses its `user_id`), and no service logged an effect for a held or young entity."""
     for which, users in (
         ("holds", world.held(USERS_POLICY)),
         ("young", world.young(USERS_POLICY)),
     ):
-        n, p, o = notifications.notifications, preferences.preferences, billing.orders
-        kept = Counter(
-            dict(
-                (
-                    await svc.execute(
-                        select(n.c.user_id, func.count())
-                        .where(n.c.user_id.in_(users))
-                        .group_by(n.c.user_id)
-                    )
-                ).all()
+        for table in user_tables():
+            kept = Counter(
+                dict(
+                    (
+                        await svc.execute(
+                            select(table.c.user_id, func.count())
+                            .where(table.c.user_id.in_(users))
+                            .group_by(table.c.user_id)
+                        )
+                    ).all()
+                )
             )
-        )
-        report.problems[which].extend(
-            f"notifications of {u}: {kept[u]} left"
-            for u in users
-            if kept[u] != NOTIFICATIONS_PER_USER
-        )
-        with_prefs = set(
-            (await svc.execute(select(p.c.user_id).where(p.c.user_id.in_(users)))).scalars()
-        )
-        report.problems[which].extend(f"preferences of {u} gone" for u in users - with_prefs)
-        linked = set(
-            (
-                await svc.execute(
-                    select(o.c.user_id).where(o.c.user_id.in_(users), o.c.anonymized_at.is_(None))
+            report.problems[which].extend(
+                f"{table.name} of {u}: {kept[u]} of {world.service_rows[(table.name, u)]} left"
+                for u in sorted(users)
+                if kept[u] != world.service_rows[(table.name, u)]
+            )
+    for which in ("holds", "young"):
+        for policy in world.policies.values():
+            if not policy.fan_out:
+                continue
+            ids = world.held(policy.name) if which == "holds" else world.young(policy.name)
+            for service in sorted(ENTITY_SERVICES.get(policy.entity_type, frozenset())):
+                log, entity = SERVICE_LOGS[service]
+                query = select(entity).distinct().where(entity.in_(sorted(ids)))
+                if "entity_type" in log.c:
+                    query = query.where(log.c.entity_type == policy.entity_type)
+                touched = (await svc.execute(query)).scalars()
+                report.problems[which].extend(
+                    f"{service} applied an effect to {policy.entity_type} {i}"
+                    for i in sorted(map(str, touched))
                 )
-            ).scalars()
-        )
-        report.problems[which].extend(f"orders of {u} changed" for u in users - linked)
-    for which, orders in (
-        ("holds", world.held("purchase_records")),
-        ("young", world.young("purchase_records")),
-    ):
-        masked = set(
-            (
-                await svc.execute(
-                    select(billing.orders.c.id).where(
-                        billing.orders.c.id.in_(orders), billing.orders.c.anonymized_at.is_not(None)
-                    )
-                )
-            ).scalars()
-        )
-        report.problems[which].extend(f"billing order {i} masked" for i in sorted(masked))
 
 
 # --- events, acks, effects ---------------------------------------------------------------

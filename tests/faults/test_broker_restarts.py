@@ -49,7 +49,7 @@ from tests.faults.drive import (
 )
 from tests.faults.invariants import check_invariants, settle
 from tests.faults.private_kafka import PrivateKafka, private_kafka, restart, wait_until_answering
-from tests.faults.world import USERS_POLICY, World, prepare_world
+from tests.faults.world import World, prepare_world
 from tests.infra import active_containers
 
 Phase = Literal["publish", "consume"]
@@ -68,11 +68,6 @@ RELAY = RelaySettings(
 BROKER_START_TIMEOUT_S = 300.0
 SERVICE_ENV = {"RETENTION_CONSUMER_MAX_BATCH": "5"}
 """Small batches keep the services busy past the first restarts."""
-
-
-def _expected_effects(world: World, service: str) -> int:
-    users = len(world.processed(USERS_POLICY))
-    return users + len(world.processed("purchase_records")) if service == "billing" else users
 
 
 @pytest.fixture
@@ -152,14 +147,14 @@ async def _during_consumption(stack: Stack, world: World, rng: random.Random) ->
     unfinished = [
         s
         for s in PRODUCT_SERVICES
-        if await effects_applied(stack, s) < _expected_effects(world, s) - 2
+        if await effects_applied(stack, s) < world.expected_effects(s) - 2
     ]
     assert unfinished, "the services finished before the restart: more users needed"
     service = stack.processes[rng.choice(unfinished)]
     before = await effects_applied(stack, service.name)
     seen = await wait_until_above(
         lambda: effects_applied(stack, service.name),
-        min(before + rng.randint(0, 4), _expected_effects(world, service.name) - 2),
+        min(before + rng.randint(0, 4), world.expected_effects(service.name) - 2),
         process=service,
         timeout_s=BROKER_START_TIMEOUT_S,
     )

@@ -24,16 +24,15 @@ from coordinator.clock import FrozenClock
 from coordinator.policy.model import load_policies
 from coordinator.purge.holds import create_hold, entity_types
 from demo.seed_data import SEED_POLICIES, session_logs
-from services import billing, notifications, preferences
 from tests.e2e.harness import Stack
 from tests.faults.inprocess import deliver, row_digests, run_policies
 from tests.faults.invariants import check_invariants
 from tests.faults.world import (
-    NOTIFICATIONS_PER_USER,
     USERS_POLICY,
     World,
     fault_users,
     prepare_world,
+    seed_services,
 )
 
 USERS_RETENTION = timedelta(days=365)
@@ -89,9 +88,7 @@ async def _add_rows(
     finally:
         await engine.dispose()
     users = young_users + late_users
-    await notifications.seed(stack.services_url, users, per_user=NOTIFICATIONS_PER_USER)
-    await preferences.seed(stack.services_url, users)
-    await billing.seed(stack.services_url, users, per_user=1)
+    await seed_services(stack.services_url, world, users)
     for policy, young, late in (
         (SESSIONS, young_sessions, late_sessions),
         (USERS_POLICY, young_users, late_users),

@@ -30,7 +30,7 @@ from tests.faults.drive import (
     wait_until_above,
 )
 from tests.faults.invariants import check_invariants, settle
-from tests.faults.world import USERS_POLICY, prepare_world
+from tests.faults.world import prepare_world
 
 
 async def terminations(
@@ -47,7 +47,7 @@ async def terminations(
     run, _ = coordinator_processes(stack, world)
     faults: Counter[str] = Counter()
     ledger = select(func.count()).select_from(ack_ledger)
-    acks = 3 * len(world.processed(USERS_POLICY)) + len(world.processed("purchase_records"))
+    acks = world.expected_acks
     async with running_tracker(stack) as tracker:
         await start_services(stack)
         for _ in range(3 * during_purge):
@@ -77,7 +77,7 @@ async def terminations(
                 recorded = await wait_until_above(
                     lambda: count(stack, ledger),
                     min(before + rng.randint(0, 5), acks - 1),
-                    process=stack.processes["billing"],
+                    process=stack.processes[world.busiest_service()],
                 )
                 assert recorded is not None
                 await asyncio.sleep(rng.uniform(0, 0.02))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from sqlalchemy import delete, insert, select, update
 
 from coordinator.store.db import make_engine
@@ -10,7 +12,7 @@ from services import notifications
 from tests.e2e.harness import Stack, running_tracker
 from tests.faults.drive import complete, coordinator_processes, start_services
 from tests.faults.invariants import check_invariants, settle
-from tests.faults.world import USERS_POLICY, World, fault_users
+from tests.faults.world import USERS_POLICY, World, fault_users, user_tables
 
 
 async def test_clean_run_passes_and_sabotage_is_caught(stack: Stack, world: World) -> None:
@@ -49,6 +51,12 @@ async def test_clean_run_passes_and_sabotage_is_caught(stack: Stack, world: Worl
             log = notifications.erasure_log
             first = (await conn.execute(select(log.c.event_id, log.c.user_id).limit(1))).one()
             await conn.execute(insert(log), [{**first._asdict(), "rows": 1}])
+            # A held user's service rows gone, and an effect logged for a young user.
+            rows = user_tables()[0]
+            await conn.execute(delete(rows).where(rows.c.user_id == held_user))
+            await conn.execute(
+                insert(log), [{"event_id": uuid.uuid4(), "user_id": young_user, "rows": 1}]
+            )
     finally:
         await engine.dispose()
         await services.dispose()
@@ -57,3 +65,10 @@ async def test_clean_run_passes_and_sabotage_is_caught(stack: Stack, world: Worl
     )
     failed = {name for name, problems in broken.problems.items() if problems}
     assert failed == {"holds", "young", "once", "signed", "audit"}, broken.details()
+    assert any(
+        p.startswith(f"{rows.name} of {held_user}: 0 of") for p in broken.problems["holds"]
+    ), broken.details()
+    assert (
+        f"{notifications.SERVICE} applied an effect to user {young_user}"
+        in (broken.problems["young"])
+    ), broken.details()

@@ -89,11 +89,6 @@ def serve_env(stack: Stack, world: World) -> dict[str, str]:
     }
 
 
-def _expected_effects(world: World, service: str) -> int:
-    users = len(world.processed(USERS_POLICY))
-    return users + len(world.processed("purchase_records")) if service == "billing" else users
-
-
 def _one_schedule(world: World) -> None:
     """Every policy on the global schedule, so each 2 s run covers all of them; `serve`
     expects the three product services, each declared with its own key (SPEC §9)."""
@@ -149,8 +144,10 @@ async def _during_purge(
     stack: Stack, world: World, rng: random.Random, serve: ServiceProcess
 ) -> None:
     """Until a service applies events, and the users' purge is executing, with more to come."""
-    billing = stack.processes["billing"]
-    assert await wait_until_writing(stack.services_url, SERVICE_LOGS["billing"][0], process=billing)
+    busiest = world.busiest_service()
+    assert await wait_until_writing(
+        stack.services_url, SERVICE_LOGS[busiest][0], process=stack.processes[busiest]
+    )
     due = len(world.processed(USERS_POLICY))
     seen = await wait_until_above(
         lambda: _users_deleted(stack, world),
@@ -172,19 +169,21 @@ async def _during_consumption(stack: Stack, world: World, rng: random.Random) ->
     await set_throttle(stack.services_url, CONSUME_THROTTLE_S)
     due = len(world.processed(USERS_POLICY))
     await wait_until_above(
-        lambda: _users_deleted(stack, world), due - 1, process=stack.processes["billing"]
+        lambda: _users_deleted(stack, world),
+        due - 1,
+        process=stack.processes[world.busiest_service()],
     )
     unfinished = [
         s
         for s in PRODUCT_SERVICES
-        if await effects_applied(stack, s) <= _expected_effects(world, s) - MARGIN
+        if await effects_applied(stack, s) <= world.expected_effects(s) - MARGIN
     ]
     assert unfinished, "the services finished before the restart: throttle broken?"
     service = stack.processes[rng.choice(unfinished)]
     before = await effects_applied(stack, service.name)
     seen = await wait_until_above(
         lambda: effects_applied(stack, service.name),
-        min(before + rng.randint(0, 5), _expected_effects(world, service.name) - MARGIN),
+        min(before + rng.randint(0, 5), world.expected_effects(service.name) - MARGIN),
         process=service,
     )
     assert seen is not None, f"{service.name} died:\n{service.log_tail()}"
@@ -243,7 +242,7 @@ async def postgres_restarts(
     for name in PRODUCT_SERVICES:
         # Retrying is right while the database is away; spinning is not (it logged
         # ~800 failed batches a second before the SDK paused between them).
-        failed = stack.processes[name].log().count(b"batch transaction failed")
+        failed = stack.processes[name].log().count(b"batch_transaction_failed")
         assert failed <= FAILED_BATCHES_PER_RESTART * len(restarts), f"{name}: {failed}"
     unfinished = await _unfinished_records(stack)
     assert not unfinished, f"left unfinished by the restart: {unfinished}"

@@ -33,7 +33,7 @@ from tests.faults.drive import (
 )
 from tests.faults.invariants import SERVICE_LOGS, check_invariants, settle
 from tests.faults.throttle import install_throttle, set_throttle, wait_until_writing
-from tests.faults.world import USERS_POLICY, World, prepare_world
+from tests.faults.world import World, prepare_world
 
 SESSION_TIMEOUT_S = 10.0
 """aiokafka's default `session_timeout_ms`: a frozen member is evicted after this."""
@@ -45,21 +45,17 @@ MARGIN = 40
 MARGIN // 2 ahead, which makes it a target for the next kill."""
 
 
-def _expected_effects(world: World, service: str) -> int:
-    users = len(world.processed(USERS_POLICY))
-    return users + len(world.processed("purchase_records")) if service == "billing" else users
-
-
 async def _zombie(stack: Stack, world: World, rng: random.Random, faults: Counter[str]) -> None:
-    """Freeze billing mid-batch while a second replica takes over; then thaw it."""
-    zombie = stack.processes["billing"]
-    other = stack.add_service("billing-2", module="services.billing", env=zombie.env)
-    await stack.start_services("billing-2")
-    before = await effects_applied(stack, "billing")
-    assert before <= _expected_effects(world, "billing") - MARGIN, "billing finished first"
+    """Freeze the busiest service mid-batch while a second replica takes over; then thaw it."""
+    name = world.busiest_service()
+    zombie = stack.processes[name]
+    other = stack.add_service(f"{name}-2", module=f"services.{name}", env=zombie.env)
+    await stack.start_services(other.name)
+    before = await effects_applied(stack, name)
+    assert before <= world.expected_effects(name) - MARGIN, f"{name} finished first"
     await wait_until_above(
-        lambda: effects_applied(stack, "billing"),
-        min(before + rng.randint(0, 3), _expected_effects(world, "billing") - MARGIN),
+        lambda: effects_applied(stack, name),
+        min(before + rng.randint(0, 3), world.expected_effects(name) - MARGIN),
         process=zombie,
     )
     zombie.pause()
@@ -79,7 +75,7 @@ async def _targets(stack: Stack, world: World) -> list[str]:
     return [
         s
         for s in PRODUCT_SERVICES
-        if await effects_applied(stack, s) <= _expected_effects(world, s) - MARGIN // 2
+        if await effects_applied(stack, s) <= world.expected_effects(s) - MARGIN // 2
     ]
 
 
@@ -112,7 +108,7 @@ async def service_kills(
             before = await effects_applied(stack, service.name)
             seen = await wait_until_above(
                 lambda: effects_applied(stack, service.name),  # noqa: B023
-                min(before + rng.randint(0, 4), _expected_effects(world, service.name) - MARGIN),
+                min(before + rng.randint(0, 4), world.expected_effects(service.name) - MARGIN),
                 process=service,
             )
             log = SERVICE_LOGS[service.name][0]

@@ -4,10 +4,11 @@
 
 * the five seed tables of `demo.seed_data` (every row in a labelled category)
   and one more, `fault_users`, whose `user` entities the three example services hold;
-* the services' data through their own `seed` functions: notifications, preferences
-  and orders for every fault user (due, held and young alike), and a billing order for
-  every row of the coordinator's `orders` table (its `purchase_records` policy
-  anonymizes them and fans out to billing);
+* the services' data through their own `seed` functions: every example service on the
+  core SDK (`services.EXAMPLES`) seeds its rows for every fault user (due, held and young
+  alike), and the service that handles orders gets an order for every row of the
+  coordinator's `orders` table (its `purchase_records` policy anonymizes them and fans
+  out to that service);
 * a legal hold over every `held` row, and a policy file (the seed policies with small
   batches, plus `inactive_users`) for `retention run`.
 
@@ -21,31 +22,34 @@ here they count as processed; `young` rows are a day inside retention and stay.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
-from sqlalchemy import Column, DateTime, MetaData, Table, Text, insert, text
+from sqlalchemy import Column, DateTime, MetaData, Table, Text, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.policy.model import load_policies
 from coordinator.purge.holds import create_hold, entity_types
+from coordinator.store.db import make_engine
 from demo.seed_data import (
     PROCESSED,
     SeedData,
     create_seed_tables,
     populate,
 )
-from services import EXAMPLES, billing, notifications, preferences
+from services import EXAMPLES, billing
 from tests.e2e.harness import Stack
 from tests.infra import ROOT
 
 __all__ = [
     "ENTITY_SERVICES",
     "HASH_SECRET",
+    "ORDERS_POLICY",
     "PROCESSED_LIVE",
     "USERS_POLICY",
     "PolicyFacts",
@@ -53,14 +57,16 @@ __all__ = [
     "fault_users",
     "prepare_world",
     "row_checksums",
+    "seed_services",
+    "user_tables",
 ]
 
 HASH_SECRET = "faults-hash-secret"
 USERS_POLICY = "inactive_users"
 USERS_RETENTION = timedelta(days=365)
-NOTIFICATIONS_PER_USER = 2
 ORDER_OWNER = "shop-ledger"
 """The billing customer every coordinator order belongs to (never erased itself)."""
+ORDERS_POLICY = "purchase_records"
 
 PROCESSED_LIVE = PROCESSED | {"at_cutoff"}
 """Processed in a real-time run: the cutoff has moved past rows written at the old one."""
@@ -73,6 +79,8 @@ ENTITY_SERVICES: Mapping[str, frozenset[str]] = {
 }
 """Which example services on the core SDK (the ones the fault scenarios run) register for
 which entity type; every other type: none."""
+SERVICES = tuple(sorted({s for names in ENTITY_SERVICES.values() for s in names}))
+"""The example services on the core SDK that handle anything."""
 
 SEED_POLICY_FILE = ROOT / "tests" / "data" / "seed_policies.yaml"
 
@@ -108,6 +116,8 @@ class World:
     """Policy → entity id → md5 of the row, for every row that must not change."""
     subject_events: int = 0
     """Erasure requests' subject events (policy `erasure_request`) a scenario filed."""
+    service_rows: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """(service table, user) → rows seeded, for every table of `user_tables()`."""
 
     def ids(self, policy: str, *categories: str) -> set[str]:
         return {str(i) for c in categories for i in self.data.ids[policy].get(c, [])}
@@ -126,6 +136,51 @@ class World:
     def expected_events(self) -> int:
         per_entity = sum(len(self.processed(p.name)) for p in self.policies.values() if p.fan_out)
         return per_entity + self.subject_events
+
+    def expected_effects(self, service: str) -> int:
+        """Effects `service` applies in a complete run: one per processed entity of every
+        fan-out policy whose entity type it registers for."""
+        return sum(
+            len(self.processed(p.name))
+            for p in self.policies.values()
+            if p.fan_out and service in ENTITY_SERVICES.get(p.entity_type, frozenset())
+        )
+
+    @property
+    def expected_acks(self) -> int:
+        """Acks of a complete run: one per effect of every example service on the core SDK."""
+        return sum(self.expected_effects(s) for s in SERVICES)
+
+    def busiest_service(self) -> str:
+        """The example service on the core SDK with the most effects to apply (the one
+        that handles more than users), so a fault aimed at it lands mid-work."""
+        return max(SERVICES, key=self.expected_effects)
+
+
+def user_tables() -> list[Table]:
+    """Every table of an example service on the core SDK that holds rows per user."""
+    return [table for e in EXAMPLES if not e.faust for table in e.tables if "user_id" in table.c]
+
+
+async def seed_services(url: str, world: World, users: Sequence[str]) -> None:
+    """Each example service on the core SDK seeds its rows for `users` (its own `seed`,
+    its own defaults); how many rows each user got per table goes into `world`."""
+    for example in EXAMPLES:
+        if not example.faust:
+            await example.seed(url, users)
+    engine = make_engine(url)
+    try:
+        async with engine.connect() as conn:
+            for table in user_tables():
+                counts = await conn.execute(
+                    select(table.c.user_id, func.count())
+                    .where(table.c.user_id.in_(users))
+                    .group_by(table.c.user_id)
+                )
+                for user, count in counts:
+                    world.service_rows[(table.name, user)] = count
+    finally:
+        await engine.dispose()
 
 
 def _policy_file(path: Path, *, batch_size: int) -> dict[str, PolicyFacts]:
@@ -220,10 +275,8 @@ async def prepare_world(
     finally:
         await engine.dispose()
     every_user = sorted(world.ids(USERS_POLICY, *data.ids[USERS_POLICY]))
-    url = stack.services_url
-    await notifications.seed(url, every_user, per_user=NOTIFICATIONS_PER_USER)
-    await preferences.seed(url, every_user)
-    await billing.seed(url, every_user, per_user=1)
-    order_ids = sorted(world.ids("purchase_records", *data.ids["purchase_records"]))
-    await billing.seed(url, [ORDER_OWNER], order_ids={ORDER_OWNER: order_ids})
+    await seed_services(stack.services_url, world, every_user)
+    # Billing's own seed option links its orders to the coordinator's order ids.
+    order_ids = sorted(world.ids(ORDERS_POLICY, *data.ids[ORDERS_POLICY]))
+    await billing.seed(stack.services_url, [ORDER_OWNER], order_ids={ORDER_OWNER: order_ids})
     return world

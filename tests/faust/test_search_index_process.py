@@ -157,7 +157,7 @@ async def test_faust_service_survives_sigkill_and_applies_each_event_once(
 
     registrations = await read_topic(topics, topics.topics.services, expect=2, timeout_s=5)
     assert len(registrations) == 2  # one per start
-    assert b"faust retention agent started" in output
+    assert b"faust_agent_started" in output
     assert b"text 0 of user" not in output  # ids in the logs, never the indexed text
 
 

@@ -92,4 +92,4 @@ async def test_services_erase_their_data_and_ack(
     # Each process logged JSON lines with ids, never the seeded personal data.
     for output in outputs.values():
         assert b"@example.com" not in output
-        assert b'"event": "consumer started"' in output or b'"event":"consumer started"' in output
+        assert b'"event": "consumer_started"' in output or b'"event":"consumer_started"' in output

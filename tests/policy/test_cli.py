@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pwd
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -16,10 +18,12 @@ from sqlalchemy import text
 from typer.testing import CliRunner
 
 from coordinator.cli import app
+from coordinator.cli._app import actor
 from coordinator.policy.model import load_policies
 from coordinator.purge.holds import create_hold, entity_types
 from coordinator.store.db import make_engine
 from demo.seed_data import SeedData, populate
+from tests.outbox import insert_rows, outbox_rows
 from tests.policy.conftest import SEED_POLICIES, reset
 
 
@@ -126,6 +130,19 @@ def test_plan_changes_nothing_then_run_does_what_it_said(
 
     code, again, _ = invoke(cli, "plan", "--json")
     assert all(p["due"] == 0 for p in again["policies"])
+    assert asyncio.run(_run_actors(coordinator_db)) == {actor("cli")}
+
+
+async def _run_actors(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                text("SELECT actor FROM audit_log WHERE action IN ('run.start', 'run.finish')")
+            )
+            return set(rows.scalars())
+    finally:
+        await engine.dispose()
 
 
 async def _outbox_rows(url: str) -> int:
@@ -239,7 +256,10 @@ def test_holds_commands(cli: tuple[CliRunner, dict[str, str]], tmp_path: Path) -
     code, released, _ = invoke(cli, "holds", "release", "case-7", "--by", "judge", "--json")
     assert code == 0
     assert released["status"] == "released"
-    assert released["released_by"] == "judge"
+    # The CLI acts with the database's credentials: who asked, and the OS account that ran it.
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    assert released["created_by"] == f"counsel (os user {me})"
+    assert released["released_by"] == f"judge (os user {me})"
     code, _, output = invoke(cli, "holds", "release", "case-7", "--by", "judge")
     assert code == 2
     assert "already released" in output
@@ -254,4 +274,42 @@ def test_holds_commands(cli: tuple[CliRunner, dict[str, str]], tmp_path: Path) -
         code, _, _ = invoke(cli, "holds", "create", "--reason", "r", "--by", "b", *bad)
         assert code == 2, bad
     code, _, _ = invoke(cli, "holds", "show", "nope")
+    assert code == 2
+
+
+def test_the_os_user_comes_from_the_uid_not_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("USER", "LOGNAME", "LNAME", "USERNAME"):
+        monkeypatch.setenv(name, "mallory")
+    assert actor("counsel") == f"counsel (os user {pwd.getpwuid(os.geteuid()).pw_name})"
+
+
+async def _one_order_event(url: str) -> str:
+    engine = make_engine(url)
+    try:
+        await reset(engine)  # the seed tables exist: orders.id is a bigint
+        rows = outbox_rows(1, entity_type="order", event_type="anonymize", entity_ids=["42"])
+        await insert_rows(engine, rows)
+        return str(rows[0]["event_id"])
+    finally:
+        await engine.dispose()
+
+
+def test_status_normalises_the_id_like_a_hold(
+    cli: tuple[CliRunner, dict[str, str]], coordinator_db: str
+) -> None:
+    event_id = asyncio.run(_one_order_event(coordinator_db))
+    for spelling in ("order:42", "order:042", "order:+42"):
+        code, found, output = invoke(cli, "status", spelling, "--json")
+        assert code == 0, (spelling, output)
+        assert [e["event_id"] for e in found["events"]] == [event_id]
+    code, _, output = invoke(cli, "status", "order:4x")
+    assert code == 2
+    assert "known types:" in " ".join(output.split())
+    code, _, output = invoke(cli, "certificate", "order:042")
+    assert code == 1, output  # found; the event is not completed anywhere yet
+    assert event_id in output
+    assert "not erased everywhere" in output
+    code, _, output = invoke(cli, "certificate", "order:4x")
     assert code == 2

@@ -43,9 +43,9 @@ async def test_a_batch_logs_one_info_summary_and_its_events_at_debug(
     assert [a.status for a in acks] == [AckStatus.COMPLETED] * 4 + [AckStatus.NOT_FOUND]
     assert [a.event_id for a in acks] == [e.event_id for e in events]
 
-    per_event = [entry for entry in logs if entry["event"] == "event handled"]
+    per_event = [entry for entry in logs if entry["event"] == "event_handled"]
     assert [entry["log_level"] for entry in per_event] == ["debug"] * 5
-    summaries = [entry for entry in logs if entry["event"] == "batch handled"]
+    summaries = [entry for entry in logs if entry["event"] == "batch_handled"]
     assert len(summaries) == 1
     summary = summaries[0]
     assert summary["log_level"] == "info"

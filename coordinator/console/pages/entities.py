@@ -10,7 +10,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from coordinator.api._context import Connection, Context
 from coordinator.console._render import ReadPage
-from coordinator.tracking import queries
+from coordinator.purge.holds import HoldError
+from coordinator.tracking.entity import entity_certificate
 
 __all__ = ["router"]
 
@@ -87,7 +88,13 @@ def _timeline(certificate: dict[str, Any]) -> list[dict[str, Any]]:
 async def _certificate(
     ctx: Context, conn: Connection, entity_type: str, entity_id: str
 ) -> dict[str, Any]:
-    found = await queries.certificate(conn, entity_type, entity_id, now=ctx.clock.now())
+    try:
+        # The id normalised as a hold's is: `order/042` shows order 42.
+        found = await entity_certificate(
+            conn, ctx.policy_set, entity_type, entity_id, now=ctx.clock.now()
+        )
+    except HoldError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
     if found is None:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, f"no retention event or purge for {entity_type}:{entity_id}"
