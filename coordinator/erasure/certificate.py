@@ -16,7 +16,14 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.erasure.requests import get_request, request_from_row, request_parts
-from coordinator.store.tables import audit_log, erasure_requests, expected_acks, legal_holds, outbox
+from coordinator.outbox.lookup import EVENTS, event_counts
+from coordinator.store.tables import (
+    audit_log,
+    erasure_requests,
+    expected_acks,
+    legal_holds,
+    outbox_batches,
+)
 
 __all__ = ["certificate", "detail", "render_html", "requests_since"]
 
@@ -40,8 +47,8 @@ async def _services(conn: AsyncConnection, request_id: uuid.UUID) -> list[dict[s
             func.max(e.acknowledged_at).label("last_ack_at"),
             func.coalesce(func.sum(e.records_affected), 0).label("records"),
         )
-        .join_from(expected_acks, outbox, outbox.c.event_id == e.event_id)
-        .where(outbox.c.request_id == request_id)
+        .join_from(EVENTS, expected_acks, e.event_id == EVENTS.c.event_id)
+        .where(EVENTS.c.request_id == request_id)
         .group_by(e.service)
         .order_by(e.service)
     )
@@ -61,16 +68,8 @@ async def _services(conn: AsyncConnection, request_id: uuid.UUID) -> list[dict[s
 
 
 async def _events(conn: AsyncConnection, request_id: uuid.UUID) -> dict[str, int]:
-    o = outbox.c
-    row = (
-        await conn.execute(
-            select(
-                func.count().label("events"),
-                func.count().filter(o.published_at.is_not(None)).label("published"),
-            ).where(o.request_id == request_id)
-        )
-    ).one()
-    return {"events": row.events, "published": row.published}
+    events, published = await event_counts(conn, outbox_batches.c.request_id == request_id)
+    return {"events": events, "published": published}
 
 
 async def detail(conn: AsyncConnection, request_id: uuid.UUID, *, now: datetime) -> dict[str, Any]:
@@ -100,16 +99,16 @@ async def requests_since(
     if found:
         rows = await conn.execute(
             select(
-                outbox.c.request_id,
+                EVENTS.c.request_id,
                 e.service,
                 func.count().label("events"),
                 func.count().filter(e.status.in_(("completed", "not_found"))).label("done"),
                 func.max(e.acknowledged_at).label("last_ack_at"),
             )
-            .join_from(expected_acks, outbox, outbox.c.event_id == e.event_id)
-            .where(outbox.c.request_id.in_(list(services)))
-            .group_by(outbox.c.request_id, e.service)
-            .order_by(outbox.c.request_id, e.service)
+            .join_from(EVENTS, expected_acks, e.event_id == EVENTS.c.event_id)
+            .where(EVENTS.c.request_id.in_(list(services)))
+            .group_by(EVENTS.c.request_id, e.service)
+            .order_by(EVENTS.c.request_id, e.service)
         )
         for row in rows:
             services[row.request_id].append(

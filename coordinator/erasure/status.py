@@ -12,7 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.audit import AuditAction, AuditEntry, append
 from coordinator.erasure.requests import Status
-from coordinator.store.tables import erasure_requests, event_status, legal_holds, outbox, runs
+from coordinator.outbox.lookup import EVENTS
+from coordinator.store.tables import erasure_requests, event_status, legal_holds, runs
 
 __all__ = ["ACTOR", "complete_acknowledged", "released_holds", "unfinished"]
 
@@ -26,19 +27,19 @@ async def complete_acknowledged(conn: AsyncConnection, *, now: datetime) -> list
     as open, so a request never completes ahead of its own fan-out.
     """
     r = erasure_requests.c
-    events = outbox.outerjoin(event_status, event_status.c.event_id == outbox.c.event_id)
+    events = EVENTS.outerjoin(event_status, event_status.c.event_id == EVENTS.c.event_id)
     still_open = exists(
         select(1)
         .select_from(events)
         .where(
-            outbox.c.request_id == r.id,
+            EVENTS.c.request_id == r.id,
             or_(event_status.c.state.is_(None), event_status.c.state != "completed"),
         )
     )
     finished = (
         select(func.max(event_status.c.completed_at))
         .select_from(events)
-        .where(outbox.c.request_id == r.id)
+        .where(EVENTS.c.request_id == r.id)
         .scalar_subquery()
     )
     completed = (

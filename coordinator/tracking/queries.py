@@ -15,6 +15,7 @@ from typing import Any, Literal
 from sqlalchemy import ColumnElement, Row, and_, case, extract, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from coordinator.outbox.lookup import by_entity, by_event_ids, events
 from coordinator.store.tables import (
     ack_ledger,
     audit_log,
@@ -22,7 +23,6 @@ from coordinator.store.tables import (
     expected_acks,
     legal_hold_entities,
     legal_holds,
-    outbox,
     service_registry,
 )
 
@@ -61,7 +61,7 @@ async def entity_status(
     return await _events(
         conn,
         and_(event_status.c.entity_type == entity_type, event_status.c.entity_id == entity_id),
-        and_(outbox.c.entity_type == entity_type, outbox.c.entity_id == entity_id),
+        by_entity(entity_type, entity_id),
         now=now,
     )
 
@@ -70,7 +70,7 @@ async def event_status_of(
     conn: AsyncConnection, event_id: uuid.UUID, *, now: datetime
 ) -> dict[str, Any] | None:
     found = await _events(
-        conn, event_status.c.event_id == event_id, outbox.c.event_id == event_id, now=now
+        conn, event_status.c.event_id == event_id, by_event_ids([event_id]), now=now
     )
     return found[0] if found else None
 
@@ -101,7 +101,7 @@ async def _events(
     now: datetime,
 ) -> list[dict[str, Any]]:
     statuses = {r.event_id: r for r in await conn.execute(select(event_status).where(tracked))}
-    local = {r.event_id: r for r in await conn.execute(select(outbox).where(outboxed))}
+    local = {r.event_id: r for r in await conn.execute(events(outboxed))}
     ids = sorted(statuses.keys() | local.keys())
     if not ids:
         return []

@@ -8,7 +8,6 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import Clock
@@ -16,7 +15,6 @@ from coordinator.metrics import Metrics
 from coordinator.policy.model import DeclaredService
 from coordinator.settings import TrackerSettings
 from coordinator.store.db import make_engine
-from coordinator.store.tables import outbox
 from coordinator.tracking.tracker import Tracker
 from schemas import (
     AckStatus,
@@ -29,6 +27,7 @@ from schemas import (
 )
 from schemas.signing import SignatureMode, Signer
 from tests import keys
+from tests.outbox import insert_rows
 
 DEFAULT_SIGNER = keys.signer()
 
@@ -70,10 +69,7 @@ async def insert_published(
         }
         for entity_id in entity_ids
     ]
-    async with engine.begin() as conn:
-        for start in range(0, len(rows), 2000):
-            await conn.execute(insert(outbox), rows[start : start + 2000])
-    return [row["event_id"] for row in rows]
+    return await insert_rows(engine, rows, chunk=2000)
 
 
 def registration(

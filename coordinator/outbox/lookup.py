@@ -1,0 +1,158 @@
+"""Reading the outbox's events: every reader goes through here.
+
+`EVENTS` expands the batch rows into one row per event with the columns the per-event
+outbox had (event_id, entity_id, subject, the shared fields of `events.SHARED`,
+created_at and published_at), plus the batch's `seq` and `id_base`. A filter on a batch
+column (request_id, run_id, policy, seq) reaches the batch table's indexes through the
+expansion; a filter on an event id must also name its batch, which `by_event_ids` and
+`joined_on` do through the (id_base, id_first) index, since the id is computed. Entity
+lookups go through the tracker's event status (indexed by entity) for tracked events and
+scan only the few batches past the tracker's cursor for the rest (`by_entity`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    Select,
+    Text,
+    Uuid,
+    and_,
+    any_,
+    bindparam,
+    column,
+    func,
+    or_,
+    select,
+    true,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from coordinator.outbox.events import SHARED, event_id
+from coordinator.store.tables import event_status, outbox_batches, outbox_cursors, outbox_marks
+
+__all__ = [
+    "EVENTS",
+    "TRACKED",
+    "by_entity",
+    "by_event_ids",
+    "event_counts",
+    "events",
+    "joined_on",
+    "published_up_to",
+    "tracked_up_to",
+    "unpublished_events",
+]
+
+TRACKED = "tracked"
+"""The tracker's cursor in `outbox_cursors`."""
+
+_b = outbox_batches.c
+_each = func.unnest(_b.entity_ids, _b.subjects).table_valued(
+    column("entity_id", Text), column("subject", Text), with_ordinality="n"
+)
+_published_at = (
+    select(outbox_marks.c.published_at)
+    .where(outbox_marks.c.up_to >= _b.seq)
+    .order_by(outbox_marks.c.up_to)
+    .limit(1)
+    .scalar_subquery()
+)
+
+EVENTS = (
+    select(
+        _b.seq,
+        _b.id_base,
+        func.retention_uuidv7_nth(_b.id_base, _b.id_first + _each.c.n - 1, type_=Uuid).label(
+            "event_id"
+        ),
+        _each.c.entity_id,
+        _each.c.subject,
+        *(_b[name] for name in dict.fromkeys(SHARED.values())),
+        _b.created_at,
+        _published_at.label("published_at"),
+    )
+    .select_from(outbox_batches)
+    .join(_each, true())
+    .subquery("outbox_events")
+)
+"""One row per event of every outbox batch (published_at NULL while unpublished)."""
+
+
+def events(*where: ColumnElement[bool]) -> Select[Any]:
+    """The events matching `where` (conditions on `EVENTS`' columns), oldest first."""
+    return select(EVENTS).where(*where).order_by(EVENTS.c.seq, EVENTS.c.event_id)
+
+
+def by_event_ids(ids: Sequence[uuid.UUID]) -> ColumnElement[bool]:
+    """`EVENTS` rows of these event ids, found through their batches' index."""
+    bases = sorted({event_id(i, 0) for i in ids})
+    return and_(
+        EVENTS.c.id_base == any_(bindparam(None, bases, type_=ARRAY(Uuid))),
+        EVENTS.c.event_id == any_(bindparam(None, list(ids), type_=ARRAY(Uuid))),
+    )
+
+
+def joined_on(event_id_column: ColumnElement[uuid.UUID]) -> ColumnElement[bool]:
+    """Join condition of `EVENTS` to another table's event id (index on the batch)."""
+    return and_(
+        EVENTS.c.id_base == func.retention_uuidv7_nth(event_id_column, 0, type_=Uuid),
+        EVENTS.c.event_id == event_id_column,
+    )
+
+
+def _cursor(name: str) -> Any:
+    return func.coalesce(
+        select(outbox_cursors.c.seq).where(outbox_cursors.c.name == name).scalar_subquery(), 0
+    )
+
+
+def by_entity(entity_type: str, entity_id: str) -> ColumnElement[bool]:
+    """`EVENTS` rows of one entity: its tracked events by the status index, the others
+    among the batches past the tracker's cursor."""
+    s = event_status.c
+    tracked = select(func.retention_uuidv7_nth(s.event_id, 0, type_=Uuid)).where(
+        s.entity_type == entity_type, s.entity_id == entity_id
+    )
+    return and_(
+        EVENTS.c.entity_type == entity_type,
+        EVENTS.c.entity_id == entity_id,
+        or_(EVENTS.c.id_base.in_(tracked), EVENTS.c.seq > _cursor(TRACKED)),
+    )
+
+
+async def published_up_to(conn: AsyncConnection) -> int:
+    """The relay's watermark: every batch with seq at most this was published."""
+    found = await conn.scalar(select(func.max(outbox_marks.c.up_to)))
+    return int(found or 0)
+
+
+async def tracked_up_to(conn: AsyncConnection) -> int:
+    """The tracker's cursor: it follows every published batch with seq at most this."""
+    return int(await conn.scalar(select(_cursor(TRACKED))) or 0)
+
+
+async def unpublished_events(conn: AsyncConnection) -> int:
+    """Events in batches past the watermark (a range of the primary key)."""
+    up_to = select(func.coalesce(func.max(outbox_marks.c.up_to), 0)).scalar_subquery()
+    found = await conn.scalar(select(func.coalesce(func.sum(_b.events), 0)).where(_b.seq > up_to))
+    return int(found or 0)
+
+
+async def event_counts(conn: AsyncConnection, *where: ColumnElement[bool]) -> tuple[int, int]:
+    """(events, published events) of the batches matching `where` (batch columns)."""
+    up_to = select(func.coalesce(func.max(outbox_marks.c.up_to), 0)).scalar_subquery()
+    row = (
+        await conn.execute(
+            select(
+                func.coalesce(func.sum(_b.events), 0),
+                func.coalesce(func.sum(_b.events).filter(_b.seq <= up_to), 0),
+            ).where(*where)
+        )
+    ).one()
+    return int(row[0]), int(row[1])
