@@ -53,8 +53,10 @@ TRACKED = "tracked"
 """The tracker's cursor in `outbox_cursors`."""
 
 _b = outbox_batches.c
-_each = func.unnest(_b.entity_ids, _b.subjects).table_valued(
-    column("entity_id", Text), column("subject", Text), with_ordinality="n"
+_each = (
+    func.unnest(_b.entity_ids, _b.subjects)
+    .table_valued(column("entity_id", Text), column("subject", Text), with_ordinality="n")
+    .render_derived()
 )
 _published_at = (
     select(outbox_marks.c.published_at)

@@ -224,7 +224,9 @@ async def _archived_entities(
     id_name = bound.id_column.name
     ids = [row._mapping[id_name] for row in rows]
     values = func.unnest(bindparam("archived", ids, type_=ARRAY(bound.id_column.type)))
-    given = values.table_valued(column("v", bound.id_column.type), with_ordinality="n")
+    given = values.table_valued(
+        column("v", bound.id_column.type), with_ordinality="n"
+    ).render_derived()
     entities = list(
         (
             await conn.execute(
