@@ -41,12 +41,12 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from coordinator.outbox.event_json import EventWriter
 
 from bench import kafka_tools
 from coordinator.kafka import admin
 from coordinator.kafka.admin import ensure_topics
 from coordinator.kafka.producer import KafkaEventProducer, OutgoingRecord, producer_options
-from coordinator.outbox.event_json import EventWriter
 from coordinator.outbox.relay import OutboxRelay
 from coordinator.settings import RelaySettings
 from coordinator.store.db import make_engine

@@ -18,7 +18,7 @@ from sqlalchemy import BigInteger, Uuid, func, insert, literal, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator import audit
-from coordinator.store.tables import outbox_batches
+from coordinator.store.tables import outbox_batches, outbox_marks
 from schemas import EventReason
 
 __all__ = ["EventBatch", "enqueue"]
@@ -52,7 +52,17 @@ async def enqueue(conn: AsyncConnection, batch: EventBatch) -> int:
     subjects = batch.subjects
     if subjects is not None and all(s is None for s in subjects):
         subjects = None
-    next_seq = select(func.coalesce(func.max(b.seq), 0) + 1).scalar_subquery()
+    # Past the watermark too: after a prune took every batch, seq must not start over
+    # below marks that already say "published".
+    next_seq = (
+        select(
+            func.greatest(
+                select(func.coalesce(func.max(b.seq), 0)).scalar_subquery(),
+                select(func.coalesce(func.max(outbox_marks.c.up_to), 0)).scalar_subquery(),
+            )
+            + 1
+        )
+    ).scalar_subquery()
     # Ids count up from 1 under one fresh UUIDv7 (migration 0005), like the per-event
     # outbox's: event n of the batch is retention_uuidv7_nth(id_base, 1 + n).
     base = func.retention_uuidv7_nth(func.retention_uuidv7(), 0, type_=Uuid)

@@ -9,7 +9,7 @@ import httpx
 from sqlalchemy import delete, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.store.tables import outbox, policy_results, runs
+from coordinator.store.tables import outbox_batches, outbox_marks, policy_results, runs
 from tests.outbox import insert_rows, outbox_rows
 
 T0 = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
@@ -33,7 +33,8 @@ async def test_entity_and_event_status(client: httpx.AsyncClient, engine: AsyncE
         assert response.json()["entity_id"] == rows[1]["entity_id"]
     finally:
         async with engine.begin() as conn:
-            await conn.execute(delete(outbox))
+            await conn.execute(delete(outbox_marks))
+            await conn.execute(delete(outbox_batches))
 
 
 async def test_unknown_entity_and_event_are_404(client: httpx.AsyncClient) -> None:

@@ -49,6 +49,7 @@ async def insert_published(
     entity_type: str = "user",
     policy: str = "inactive_users",
     completion_deadline: timedelta = timedelta(days=30),
+    subjects: Sequence[str | None] | None = None,
 ) -> list[uuid.UUID]:
     """Outbox rows as the purge wrote them and the relay marked them (published_at)."""
     initiated = (published_at or datetime.now().astimezone()) - timedelta(minutes=5)
@@ -66,8 +67,9 @@ async def insert_published(
             "deadline": initiated + completion_deadline,
             "created_at": initiated,
             "published_at": published_at,
+            "subject": subjects[n] if subjects is not None else None,
         }
-        for entity_id in entity_ids
+        for n, entity_id in enumerate(entity_ids)
     ]
     return await insert_rows(engine, rows, chunk=2000)
 
