@@ -352,8 +352,18 @@ ack_ledger = Table(
         unique=True,
         postgresql_where=text("accepted"),
     ),
-    Index(None, "event_id"),
-    Index(None, "received_at"),
+    # Accepted acks are found by event through the unique index above; only rejected
+    # ones are looked up by event (entity timeline) and by time (report): few rows.
+    Index(
+        "ix_retention_ack_ledger_rejected_event_id",
+        "event_id",
+        postgresql_where=text("NOT accepted"),
+    ),
+    Index(
+        "ix_retention_ack_ledger_rejected_received_at",
+        "received_at",
+        postgresql_where=text("NOT accepted"),
+    ),
 )
 
 # One row per cron fire time the leader dealt with; the primary key makes a fire happen
