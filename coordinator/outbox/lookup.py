@@ -58,12 +58,13 @@ _each = (
     .table_valued(column("entity_id", Text), column("subject", Text), with_ordinality="n")
     .render_derived()
 )
-_published_at = (
+# Once per batch, not per event: a lateral subquery joined before the expansion.
+_mark = (
     select(outbox_marks.c.published_at)
     .where(outbox_marks.c.up_to >= _b.seq)
     .order_by(outbox_marks.c.up_to)
     .limit(1)
-    .scalar_subquery()
+    .lateral("mark")
 )
 
 EVENTS = (
@@ -77,9 +78,10 @@ EVENTS = (
         _each.c.subject,
         *(_b[name] for name in dict.fromkeys(SHARED.values())),
         _b.created_at,
-        _published_at.label("published_at"),
+        _mark.c.published_at,
     )
     .select_from(outbox_batches)
+    .outerjoin(_mark, true())
     .join(_each, true())
     .subquery("outbox_events")
 )
@@ -121,10 +123,13 @@ def by_entity(entity_type: str, entity_id: str) -> ColumnElement[bool]:
     tracked = select(func.retention_uuidv7_nth(s.event_id, 0, type_=Uuid)).where(
         s.entity_type == entity_type, s.entity_id == entity_id
     )
+    # `= ANY(ARRAY(…))`, not `IN (…)`: an index condition, so the OR is a BitmapOr of
+    # the batch index and a primary-key range, not a scan of every batch.
+    bases = func.array(tracked.scalar_subquery(), type_=ARRAY(Uuid))
     return and_(
         EVENTS.c.entity_type == entity_type,
         EVENTS.c.entity_id == entity_id,
-        or_(EVENTS.c.id_base.in_(tracked), EVENTS.c.seq > _cursor(TRACKED)),
+        or_(EVENTS.c.id_base == any_(bases), EVENTS.c.seq > _cursor(TRACKED)),
     )
 
 
