@@ -53,10 +53,11 @@ async def insert_published(
 ) -> list[uuid.UUID]:
     """Outbox rows as the purge wrote them and the relay marked them (published_at)."""
     initiated = (published_at or datetime.now().astimezone()) - timedelta(minutes=5)
+    run_id = uuid.uuid4()  # one purge: its rows share an outbox batch (per 2000)
     rows = [
         {
             "event_id": uuid.uuid4(),
-            "run_id": uuid.uuid4(),
+            "run_id": run_id,
             "policy": policy,
             "event_type": EventType.DELETE.value,
             "entity_type": entity_type,
