@@ -38,22 +38,34 @@ from tests.integration.tracking_support import (
     registration,
 )
 
+SDK_BATCH = 500
+"""Acks signed together, as the SDK signs one batch's acks (one Merkle root)."""
+
 
 async def _produce_acks(kafka: KafkaSettings, acks: list, *, rate: float | None) -> dict:
-    """Send acks; with `rate`, pace them; return event_id → time its last ack was sent."""
+    """Send acks signed per `SDK_BATCH` with the services' test key; with `rate`, pace
+    them; return event_id → time its last ack was sent."""
     producer = AIOKafkaProducer(**kafka.client_kwargs(), linger_ms=5)
     await producer.start()
+    signer = keys.signer()
     last_sent: dict = {}
     try:
         futures = []
         start = time.time()
-        for n, a in enumerate(acks):
-            if rate is not None:
-                delay = start + n / rate - time.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            futures.append(await producer.send(kafka.topics.acks, encode(a), key=a.key.encode()))
-            last_sent[a.event_id] = time.time()
+        for offset in range(0, len(acks), SDK_BATCH):
+            chunk = acks[offset : offset + SDK_BATCH]
+            records = [(a.key.encode(), encode(a)) for a in chunk]
+            for n, (a, (key, value), headers) in enumerate(
+                zip(chunk, records, signer.sign_batch(records), strict=True)
+            ):
+                if rate is not None:
+                    delay = start + (offset + n) / rate - time.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                futures.append(
+                    await producer.send(kafka.topics.acks, value, key=key, headers=headers)
+                )
+                last_sent[a.event_id] = time.time()
         for f in futures:
             await f
     finally:
