@@ -358,8 +358,11 @@ async def purge_batch(
     Round trips per batch: the hold lock, then either one statement that chooses the rows
     and acts on them (delete and archive without a hook), or one select-and-lock
     statement (two for anonymize: the ledger is read after the row locks), the optional
-    hook and one statement for action + ledger + outbox (archive: then the key store,
-    once for the batch, and the sealed rows' insert); last the audit append.
+    hook and one statement for action + ledger, returning the touched ids as text and
+    their subjects (archive: then the key store, once for the batch, the sealed rows'
+    insert and the ids' text); last, under the audit chain's lock, the batch's one outbox
+    row (coordinator/outbox/write.py: three round trips with the lock) and the audit
+    append.
     """
     policy = bound.policy
     await lock_for_purge(conn)  # before the select: see coordinator.purge.holds
