@@ -158,8 +158,14 @@ def _subject(bound: BoundPolicy, acted: Any) -> ColumnElement[Any]:
 
 def _acted_entities(bound: BoundPolicy, acted: Any) -> Any:
     """The acted rows' entity ids as text, and their subjects, in id order: the arrays the
-    batch's outbox row holds."""
+    batch's outbox row holds (NULL for a policy that does not fan out)."""
     done = acted.c[bound.id_column.name]
+    if not bound.policy.fan_out:
+        return select(
+            func.count().label("touched"),
+            literal(None, ARRAY(Text)).label("entities"),
+            literal(None, ARRAY(Text)).label("subjects"),
+        ).select_from(acted)
     return select(
         func.count().label("touched"),
         type_coerce(func.array_agg(aggregate_order_by(cast(done, Text), done)), ARRAY(Text)).label(
@@ -276,7 +282,10 @@ async def _act(
             now=now,
         )
         touched = len(rows)
-        entities, subjects = await _archived_entities(conn, bound, rows)
+        entities: list[str] = []
+        subjects: list[str | None] | None = None
+        if bound.policy.fan_out:
+            entities, subjects = await _archived_entities(conn, bound, rows)
     else:
         row = (await conn.execute(_acted_entities(bound, acted).add_cte(*helpers))).one()
         touched, entities, subjects = row.touched, list(row.entities or ()), row.subjects
