@@ -38,11 +38,12 @@ from bench.seed_executor import execute_policy
 from coordinator.crypto.provider import write_kek
 from coordinator.kafka import admin
 from coordinator.kafka.admin import ensure_topics
+from coordinator.outbox import lookup
 from coordinator.outbox.relay import OutboxRelay, event_from_row
 from coordinator.purge.holds import active_hold_exists
 from coordinator.settings import RelaySettings
 from coordinator.store.db import make_engine
-from coordinator.store.tables import anonymize_marks, outbox
+from coordinator.store.tables import anonymize_marks
 from demo.seed_data import SEED_POLICIES
 from schemas import EventType, KafkaSettings, RetentionEvent, Topics, encode
 from tests import infra
@@ -107,13 +108,15 @@ def _raw_statement(policy: str, layout: data.Layout, *, with_outbox: bool) -> tu
         )
     if with_outbox:
         parts.append(
-            ", events AS (INSERT INTO retention_outbox (event_id, policy, event_type, "
-            "entity_type, entity_id, legal_basis, initiated_at, deadline) "
-            # The same time-ordered event ids as ours (migration 0005).
-            "SELECT retention_uuidv7_nth((SELECT retention_uuidv7()), row_number() OVER ()), "
-            f"'{policy}', '{spec['action']}', '{seed.entity_type}', "
-            "acted.id::text, 'benchmark', now(), now() + interval '30 days' FROM acted "
-            "RETURNING 1)"
+            # One outbox batch row with the entity ids, as ours writes it.
+            ", events AS (INSERT INTO retention_outbox_batches (seq, id_base, id_first, "
+            "events, policy, event_type, entity_type, legal_basis, initiated_at, deadline, "
+            "entity_ids) "
+            "SELECT (SELECT coalesce(max(seq), 0) + 1 FROM retention_outbox_batches), "
+            "retention_uuidv7_nth(retention_uuidv7(), 0), 1, count(*), "
+            f"'{policy}', '{spec['action']}', '{seed.entity_type}', 'benchmark', now(), "
+            "now() + interval '30 days', array_agg(acted.id::text ORDER BY acted.id) "
+            "FROM acted RETURNING 1)"
         )
     parts.append(" SELECT count(*) FROM acted")
     return "".join(parts), params
@@ -228,7 +231,7 @@ async def sample_events(url: str, limit: int) -> list[RetentionEvent]:
     engine = make_engine(url)
     try:
         async with engine.connect() as conn:
-            rows = await conn.execute(outbox.select().order_by(outbox.c.created_at).limit(limit))
+            rows = await conn.execute(lookup.events().limit(limit))
             return [event_from_row(row) for row in rows]
     finally:
         await engine.dispose()
@@ -239,7 +242,7 @@ async def publish_ours(url: str, kafka: KafkaSettings) -> tuple[int, float]:
     engine = make_engine(url)
     try:
         async with engine.connect() as conn:
-            await conn.execute(text("ANALYZE retention_outbox"))
+            await conn.execute(text("ANALYZE retention_outbox_batches"))
             await conn.commit()
         async with OutboxRelay(engine, kafka, settings=RelaySettings()) as relay:
             start = time.perf_counter()

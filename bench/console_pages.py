@@ -52,7 +52,6 @@ from coordinator.store.tables import (
     expected_acks,
     legal_hold_entities,
     legal_holds,
-    outbox,
     policy_results,
     runs,
     service_registry,
@@ -61,6 +60,7 @@ from coordinator.tokens import Scope, TokenStore, add_token, new_token
 from demo.keys import ensure_keys
 from schemas import KafkaSettings
 from tests import infra
+from tests.outbox import insert_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 # The demo's policy file declares its services with the keys `make demo` makes on first start.
@@ -196,7 +196,12 @@ async def seed(engine: AsyncEngine, scale: int, now: datetime) -> dict[str, Any]
             for t in (("order", "user") if s == "billing" else ("user",))
         ],
     )
-    await _insert(engine, outbox, outbox_rows)
+    # Written as outbox batches: each row gets the event id its batch gives it.
+    old_ids = [row["event_id"] for row in outbox_rows]
+    await insert_rows(engine, outbox_rows)
+    renamed = {old: row["event_id"] for old, row in zip(old_ids, outbox_rows, strict=True)}
+    for row in (*status_rows, *expected_rows, *ledger_rows):
+        row["event_id"] = renamed[row["event_id"]]
     await _insert(engine, event_status, status_rows)
     await _insert(engine, expected_acks, expected_rows)
     await _insert(engine, ack_ledger, ledger_rows)

@@ -48,12 +48,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.seed_executor import check_ids, in_params
 from coordinator.clock import SystemClock
+from coordinator.outbox.lookup import EVENTS
 from coordinator.policy.model import parse_policies
 from coordinator.purge.holds import create_hold, entity_types
 from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
 from coordinator.store.db import make_engine
-from coordinator.store.tables import event_status, outbox
+from coordinator.store.tables import event_status
 from services import EXAMPLES, billing, notifications, preferences
 from tests import declared, infra
 from tests.e2e.harness import (
@@ -352,9 +353,9 @@ async def _ours(users: Users, log_dir: Path, label: str) -> dict[str, Any]:
                         return int(await conn.scalar(query) or 0)
 
                 async def published() -> bool:
-                    unpublished = outbox.c.published_at.is_(None)
+                    unpublished = EVENTS.c.published_at.is_(None)
                     return await count(
-                        select(func.count()).select_from(outbox).where(~unpublished)
+                        select(func.count()).select_from(EVENTS).where(~unpublished)
                     ) == len(users.due)
 
                 async def completed() -> bool:

@@ -71,7 +71,8 @@ async def _reset(url: str, rows: int, held: float, subject: bool) -> None:
         await conn.execute(text("DROP TABLE IF EXISTS bench_rows, bench_rows_archive"))
         await conn.execute(
             text(
-                "TRUNCATE legal_hold_entities, legal_holds, retention_outbox, "
+                "TRUNCATE legal_hold_entities, legal_holds, retention_outbox_batches, "
+                "retention_outbox_marks, retention_outbox_cursors, "
                 "retention_anonymized, retention_anonymize_marks, retention_policy_results, "
                 "retention_runs, audit_log"
             )

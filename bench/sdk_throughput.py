@@ -35,8 +35,8 @@ from typing import Any
 
 from sqlalchemy import func, select, text
 
+from coordinator.outbox.lookup import EVENTS
 from coordinator.store.db import make_engine
-from coordinator.store.tables import outbox
 from schemas import KafkaSettings
 from services import EXAMPLES
 from tests import infra
@@ -142,8 +142,8 @@ async def published_after(stack: Stack, started: float, events: int) -> float:
             async with engine.connect() as conn:
                 done = await conn.scalar(
                     select(func.count())
-                    .select_from(outbox)
-                    .where(outbox.c.published_at.is_not(None))
+                    .select_from(EVENTS)
+                    .where(EVENTS.c.published_at.is_not(None))
                 )
             if done == events:
                 return time.monotonic() - started

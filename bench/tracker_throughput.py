@@ -3,7 +3,9 @@
     python bench/tracker_throughput.py [--acks 100000] [--services 3] [--batch 1000]
 
 Phase 1 (throughput): N acks (events × services) wait on the acks topic; the tracker
-drains them batch by batch, one transaction each; reports acks/s.
+drains them batch by batch, one transaction each; reports acks/s. Then again with
+`--replicas` trackers in one consumer group (as `retention serve` replicas run), on a
+fresh topic, draining together.
 Phase 2 (lag): with `run_forever` running, acks for fresh events arrive at a steady rate;
 for each event, lag = when its state became `completed` (tracker clock) − when its last
 ack was handed to the producer. Uses a fresh database and topic prefix; drops the database.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import time
 import uuid
@@ -35,22 +38,34 @@ from tests.integration.tracking_support import (
     registration,
 )
 
+SDK_BATCH = 500
+"""Acks signed together, as the SDK signs one batch's acks (one Merkle root)."""
+
 
 async def _produce_acks(kafka: KafkaSettings, acks: list, *, rate: float | None) -> dict:
-    """Send acks; with `rate`, pace them; return event_id → time its last ack was sent."""
+    """Send acks signed per `SDK_BATCH` with the services' test key; with `rate`, pace
+    them; return event_id → time its last ack was sent."""
     producer = AIOKafkaProducer(**kafka.client_kwargs(), linger_ms=5)
     await producer.start()
+    signer = keys.signer()
     last_sent: dict = {}
     try:
         futures = []
         start = time.time()
-        for n, a in enumerate(acks):
-            if rate is not None:
-                delay = start + n / rate - time.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            futures.append(await producer.send(kafka.topics.acks, encode(a), key=a.key.encode()))
-            last_sent[a.event_id] = time.time()
+        for offset in range(0, len(acks), SDK_BATCH):
+            chunk = acks[offset : offset + SDK_BATCH]
+            records = [(a.key.encode(), encode(a)) for a in chunk]
+            for n, (a, (key, value), headers) in enumerate(
+                zip(chunk, records, signer.sign_batch(records), strict=True)
+            ):
+                if rate is not None:
+                    delay = start + (offset + n) / rate - time.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                futures.append(
+                    await producer.send(kafka.topics.acks, value, key=key, headers=headers)
+                )
+                last_sent[a.event_id] = time.time()
         for f in futures:
             await f
     finally:
@@ -58,7 +73,75 @@ async def _produce_acks(kafka: KafkaSettings, acks: list, *, rate: float | None)
     return last_sent
 
 
-async def main(total_acks: int, services: int, batch: int, lag_events: int) -> None:
+async def throughput(
+    url: str,
+    names: list[str],
+    declared: list,
+    clock: FrozenClock,
+    *,
+    n_events: int,
+    batch: int,
+    replicas: int,
+) -> None:
+    """Track `n_events` fresh events, put one ack per event and service on a fresh acks
+    topic, and time `replicas` trackers of one consumer group draining it together."""
+    kafka = KafkaSettings(topic_prefix=infra.unique_topic_prefix("bench"))
+    await ensure_topics(kafka, partitions=6)
+    t0 = datetime.now(UTC) - timedelta(days=1)
+    await produce(kafka, kafka.topics.services, [registration(n, t0) for n in names])
+    made = [
+        make_tracker(url, kafka, clock, batch_size=batch, services=declared)
+        for _ in range(replicas)
+    ]
+    tracker, engine, _ = made[0]
+    ids = [f"r{replicas}-{i}" for i in range(n_events)]
+    events = await insert_published(engine, ids, published_at=clock.now())
+    for t, _, _ in made:
+        await t.start()
+        await t.sync_registry()
+    started = time.perf_counter()
+    tracked = await tracker.track_published()
+    snapshot_s = time.perf_counter() - started
+    acks = [ack(e, n, i, clock.now()) for e, i in zip(events, ids, strict=True) for n in names]
+    started = time.perf_counter()
+    await _produce_acks(kafka, acks, rate=None)
+    produce_s = time.perf_counter() - started
+
+    consumed, batches = 0, 0
+
+    async def drain(t) -> None:
+        nonlocal consumed, batches
+        while consumed < len(acks):
+            outcome = await t.consume_acks(timeout_s=0.5)
+            if outcome is not None:
+                consumed += outcome.records
+                batches += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(drain(t) for t, _, _ in made))
+    apply_s = time.perf_counter() - started
+    for t, _, _ in made:
+        await t.stop()
+    async with engine.connect() as conn:
+        done = (
+            await conn.execute(
+                select(func.count()).where(
+                    event_status.c.state == "completed", event_status.c.event_id.in_(events)
+                )
+            )
+        ).scalar_one()
+    for _, e, _ in made:
+        await e.dispose()
+    print(f"snapshot: {tracked} events × {len(names)} services in {snapshot_s:.2f}s")
+    print(f"produce:  {len(acks)} acks in {produce_s:.2f}s")
+    print(
+        f"ledger:   {replicas} tracker(s), {consumed} acks in {apply_s:.2f}s = "
+        f"{consumed / apply_s:,.0f} acks/s ({batches} batches of ≤{batch}); "
+        f"completed events {done}/{n_events}; load {os.getloadavg()[0]:.1f}"
+    )
+
+
+async def main(total_acks: int, services: int, batch: int, lag_events: int, replicas: int) -> None:
     url = await infra.create_database(infra.database_url(), "bench_tracker")
     kafka = KafkaSettings(topic_prefix=infra.unique_topic_prefix("bench"))
     try:
@@ -68,44 +151,14 @@ async def main(total_acks: int, services: int, batch: int, lag_events: int) -> N
         t0 = datetime.now(UTC) - timedelta(days=1)
         await produce(kafka, kafka.topics.services, [registration(n, t0) for n in names])
 
-        # --- phase 1: throughput ----------------------------------------------------
+        # --- phase 1: throughput, with 1 and then `replicas` trackers in one group ---
         clock = FrozenClock(datetime.now(UTC))
         declared = [keys.declared(n, {"user": ["delete", "anonymize"]}) for n in names]
-        tracker, engine, _ = make_tracker(url, kafka, clock, batch_size=batch, services=declared)
         n_events = total_acks // services
-        ids = [str(i) for i in range(n_events)]
-        events = await insert_published(engine, ids, published_at=clock.now())
-        await tracker.start()
-        await tracker.sync_registry()
-        started = time.perf_counter()
-        tracked = await tracker.track_published()
-        snapshot_s = time.perf_counter() - started
-        acks = [ack(e, n, i, clock.now()) for e, i in zip(events, ids, strict=True) for n in names]
-        started = time.perf_counter()
-        await _produce_acks(kafka, acks, rate=None)
-        produce_s = time.perf_counter() - started
-
-        consumed, batches = 0, 0
-        started = time.perf_counter()
-        while consumed < len(acks):
-            outcome = await tracker.consume_acks(timeout_s=1.0)
-            if outcome is None:
-                continue
-            consumed += outcome.records
-            batches += 1
-        apply_s = time.perf_counter() - started
-        await tracker.stop()
-        async with engine.connect() as conn:
-            done = (
-                await conn.execute(select(func.count()).where(event_status.c.state == "completed"))
-            ).scalar_one()
-        await engine.dispose()
-        print(f"snapshot: {tracked} events × {services} services in {snapshot_s:.2f}s")
-        print(f"produce:  {len(acks)} acks in {produce_s:.2f}s")
-        print(
-            f"ledger:   {consumed} acks in {apply_s:.2f}s = {consumed / apply_s:,.0f} acks/s "
-            f"({batches} batches of ≤{batch}); completed events {done}/{n_events}"
-        )
+        for count in sorted({1, replicas}):
+            await throughput(
+                url, names, declared, clock, n_events=n_events, batch=batch, replicas=count
+            )
 
         # --- phase 2: lag from last ack to `completed` ------------------------------
         live, engine2, _ = make_tracker(
@@ -156,7 +209,10 @@ if __name__ == "__main__":
     parser.add_argument("--services", type=int, default=3)
     parser.add_argument("--batch", type=int, default=2000)
     parser.add_argument("--lag-events", type=int, default=500)
+    parser.add_argument(
+        "--replicas", type=int, default=2, help="also time this many trackers in one group"
+    )
     args = parser.parse_args()
     infra.load_infra_env()
     infra.use_test_keys()  # every benchmark runs signed: acks verified per record
-    asyncio.run(main(args.acks, args.services, args.batch, args.lag_events))
+    asyncio.run(main(args.acks, args.services, args.batch, args.lag_events, args.replicas))

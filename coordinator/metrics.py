@@ -128,7 +128,7 @@ class Metrics:
         )
         self.outbox_backlog = Gauge(
             "retention_outbox_unpublished",
-            "Outbox rows not yet published.",
+            "Outbox events not yet published (past the relay's watermark).",
             registry=r,
         )
         self.relay_producer_restarts = Counter(

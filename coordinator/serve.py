@@ -1,8 +1,8 @@
 """`retention serve`'s composition root: one process, one event loop, a task per part.
 
 * the **scheduler** (leader only) runs each schedule's policies, then drains the outbox;
-* the **outbox relay** publishes committed outbox rows (on every replica: SKIP LOCKED
-  splits the rows between them);
+* the **outbox relay** publishes committed outbox batches (on every replica: one leads
+  each round by an advisory lock, the others wait);
 * the **completion tracker** consumes acks and registrations (one consumer group);
 * the **gauges** task recomputes the database-derived gauges on a timer;
 * the **erasure** task moves erasure requests' statuses (coordinator/erasure/);

@@ -45,10 +45,11 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from consumer_sdk import configure_logging
 from coordinator.crypto.provider import write_kek
+from coordinator.outbox.lookup import event_counts
 from coordinator.settings import Settings
 from coordinator.store.db import make_engine
 from coordinator.store.migrate import upgrade
-from coordinator.store.tables import event_status, outbox, service_registry
+from coordinator.store.tables import event_status, service_registry
 from coordinator.tracking import queries
 from demo import keys
 from demo.requests import RequestsFailed, active_user, file_demo_requests
@@ -373,7 +374,7 @@ async def run_demo(demo: Demo) -> tuple[dict[str, Any], Seeded]:
 
             async def all_completed() -> bool:
                 async with engine.connect() as conn:
-                    events = await conn.scalar(select(func.count()).select_from(outbox))
+                    events, _ = await event_counts(conn)
                     done = await conn.scalar(
                         select(func.count())
                         .select_from(event_status)

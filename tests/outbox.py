@@ -10,11 +10,13 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
-from sqlalchemy import delete, insert
+from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.store.tables import audit_log, outbox
-from schemas import KafkaSettings
+from coordinator.outbox.events import event_id
+from coordinator.outbox.write import EventBatch, enqueue
+from coordinator.store.tables import audit_log, outbox_batches, outbox_cursors, outbox_marks
+from schemas import EventReason, KafkaSettings
 
 T0 = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
 
@@ -53,18 +55,70 @@ def outbox_rows(
     ]
 
 
+_SHARED_KEYS = ("run_id", "policy", "event_type", "entity_type", "legal_basis", "initiated_at")
+
+
+def _same_batch(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    keys = (*_SHARED_KEYS, "deadline", "reason", "request_id", "published_at")
+    return all(a.get(k) == b.get(k) for k in keys) and list(a.get("fields") or []) == list(
+        b.get("fields") or []
+    )
+
+
 async def insert_rows(
     engine: AsyncEngine, rows: Sequence[dict[str, Any]], chunk: int = 5000
-) -> None:
+) -> list[uuid.UUID]:
+    """Write per-event rows as outbox batches (consecutive rows sharing their columns make
+    one); each row's `event_id` is set to the id its event gets. A row with `published_at`
+    is marked published (with everything before it)."""
+    ids: list[uuid.UUID] = []
     for offset in range(0, len(rows), chunk):
+        part = list(rows[offset : offset + chunk])
         async with engine.begin() as conn:
-            await conn.execute(insert(outbox), list(rows[offset : offset + chunk]))
+            start = 0
+            while start < len(part):
+                end = start + 1
+                while end < len(part) and _same_batch(part[start], part[end]):
+                    end += 1
+                group, first = part[start:end], part[start]
+                seq = await enqueue(
+                    conn,
+                    EventBatch(
+                        policy=first["policy"],
+                        event_type=first["event_type"],
+                        entity_type=first["entity_type"],
+                        legal_basis=first["legal_basis"],
+                        initiated_at=first["initiated_at"],
+                        deadline=first["deadline"],
+                        entity_ids=[r["entity_id"] for r in group],
+                        subjects=[r.get("subject") for r in group],
+                        fields=list(first.get("fields") or []),
+                        run_id=first.get("run_id"),
+                        reason=EventReason(first.get("reason", EventReason.RETENTION_POLICY)),
+                        request_id=first.get("request_id"),
+                    ),
+                )
+                b = outbox_batches.c
+                base, id_first = (
+                    await conn.execute(select(b.id_base, b.id_first).where(b.seq == seq))
+                ).one()
+                for n, row in enumerate(group):
+                    row["event_id"] = event_id(base, id_first + n)
+                    ids.append(row["event_id"])
+                if first.get("published_at") is not None:
+                    await conn.execute(
+                        insert(outbox_marks).values(
+                            up_to=seq, published_at=first["published_at"], events=len(group)
+                        )
+                    )
+                start = end
+    return ids
 
 
 async def clear_outbox(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
-        await conn.execute(delete(outbox))
-        await conn.execute(delete(audit_log))
+        for table in (outbox_marks, outbox_cursors, outbox_batches, audit_log):
+            await conn.execute(delete(table))
 
 
 async def read_records(

@@ -1,19 +1,19 @@
-"""The relay's event encoding: exactly the bytes of `schemas.encode`, exactly the rows
-`RetentionEvent` accepts."""
+"""The relay's event encoding: exactly the bytes of `schemas.encode`, exactly the events
+`RetentionEvent` accepts, one per entity of an outbox batch."""
 
 from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 
-from coordinator.outbox.event_json import FIELDS, EventWriter
-from coordinator.outbox.events import EVENT_COLUMNS, RecordEncoder, event_from_columns
+from coordinator.outbox.events import BATCH_COLUMNS, SHARED, BatchEncoder, event_id
+from coordinator.store.tables import outbox_batches
 from schemas import EventReason, EventType, RetentionEvent, encode
+from schemas.event_json import PER_EVENT, EventTemplate
 
 # Quotes, backslashes, every control character but NUL, DEL, the JSON-hostile line separators,
 # non-ASCII and astral characters: everything whose escaping could differ.
@@ -58,96 +58,137 @@ def sample_events(count: int) -> list[RetentionEvent]:
     return events
 
 
-def test_writer_bytes_equal_encode_on_a_varied_sample() -> None:
+def shared_of(event: RetentionEvent) -> dict[str, Any]:
+    """The outbox columns of `SHARED` for the event's batch."""
+    values = {**dict(event), "type": event.type.value, "reason": event.reason.value}
+    values["fields"] = list(event.fields)
+    return {column: values[name] for name, column in SHARED.items()}
+
+
+def batch_of(
+    events: list[RetentionEvent], *, first: int = 1
+) -> tuple[dict[str, Any], list[RetentionEvent]]:
+    """An outbox batch row with `events`' entities and the first event's shared fields, and
+    the events the relay must make of it (ids computed from the batch)."""
+    base = event_id(uuid.uuid4(), 0)
+    row = {
+        **shared_of(events[0]),
+        "seq": 1,
+        "id_base": base,
+        "id_first": first,
+        "entity_ids": [e.entity_id for e in events],
+        "subjects": [e.subject for e in events],
+    }
+    expected = [
+        events[0].model_copy(
+            update={
+                "event_id": event_id(base, first + n),
+                "entity_id": e.entity_id,
+                "subject": e.subject,
+            }
+        )
+        for n, e in enumerate(events)
+    ]
+    return row, expected
+
+
+def test_the_mapping_covers_every_field_of_the_event() -> None:
+    # A field added to RetentionEvent needs one line in SHARED (and a column), or is per event.
+    assert set(SHARED) | set(PER_EVENT) | {"schema_version"} == set(RetentionEvent.model_fields)
+    assert set(SHARED).isdisjoint(PER_EVENT)
+    assert set(BATCH_COLUMNS) <= set(outbox_batches.c.keys())
+
+
+def test_event_ids_are_those_of_the_sql_function() -> None:
+    # retention_uuidv7_nth(base, n): the base's first 12 bytes, then n as a signed int4.
+    base = uuid.UUID("01890a5d-ac96-7abc-8def-0123456789ab")
+    assert event_id(base, 1) == uuid.UUID("01890a5d-ac96-7abc-8def-012300000001")
+    assert event_id(base, -1) == uuid.UUID("01890a5d-ac96-7abc-8def-0123ffffffff")
+    assert event_id(event_id(base, 77), 0) == event_id(base, 0)
+
+
+def test_batch_bytes_equal_encode_on_a_varied_sample() -> None:
     events = sample_events(2000)
     assert {e.run_id is None for e in events} == {True, False}
     assert {bool(e.fields) for e in events} == {True, False}
     assert {e.subject is None for e in events} == {True, False}
     assert {e.reason for e in events} == set(EventReason)
-    write = EventWriter()
-    for event in events:
-        assert write(event) == encode(event), event
+    encoder = BatchEncoder()
+    for start in range(0, len(events), 37):
+        row, expected = batch_of(events[start : start + 37], first=start)
+        encoded = list(encoder(row))
+        assert [e.event_id for e in encoded] == [e.event_id for e in expected]
+        for got, want in zip(encoded, expected, strict=True):
+            assert got.error is None, want
+            assert got.value == encode(want), want
+            assert got.key == want.key.encode()
 
 
-def test_writer_follows_the_models_fields_in_wire_order() -> None:
-    # A field added to, removed from or moved in RetentionEvent must be added to the writer.
-    assert tuple(RetentionEvent.model_fields) == FIELDS
-    event = sample_events(1)[0]
-    assert tuple(event.model_dump(mode="json")) == FIELDS
+def test_a_template_placeholder_in_a_shared_field_falls_back_to_the_model() -> None:
+    event = sample_events(1)[0].model_copy(update={"policy": "\ue000entity\ue000"})
+    row, expected = batch_of([event, event.model_copy(update={"entity_id": "\ue000entity\ue000"})])
+    assert EventTemplate.of({n: getattr(event, n) for n in SHARED}) is None
+    assert [e.value for e in BatchEncoder()(row)] == [encode(e) for e in expected]
 
 
-def row_of(event: RetentionEvent) -> tuple[Any, ...]:
-    values = {**dict(event), "event_type": event.type.value, "fields": list(event.fields)}
-    return tuple(values[name] for name in EVENT_COLUMNS)
+def test_batch_without_subjects_has_null_subjects() -> None:
+    events = [e.model_copy(update={"subject": None}) for e in sample_events(3)]
+    row, expected = batch_of(events)
+    row["subjects"] = None
+    assert [e.value for e in BatchEncoder()(row)] == [encode(e) for e in expected]
 
 
-def test_encoder_matches_the_model_on_rows_sharing_and_not_sharing_their_columns() -> None:
-    events = sample_events(300)
-    # Rows of one purge batch: the same columns but event_id, entity_id and subject.
-    batch = [
-        events[0].model_copy(
-            update={"event_id": uuid.uuid4(), "entity_id": str(i), "subject": f"user:{i % 7}"}
-        )
-        for i in range(50)
-    ]
-    encode_row = RecordEncoder()
-    for event in [*events, *batch, *events]:
-        key, value = encode_row(row_of(event))
-        assert value == encode(event), event
-        assert key == event.key.encode()
-
-
-def bad_rows() -> list[tuple[str, tuple[Any, ...]]]:
+def bad_batches() -> list[tuple[str, dict[str, Any]]]:
     good = sample_events(1)[0].model_copy(update={"fields": ["a", "b", "c"]})
-    columns = dict(zip(EVENT_COLUMNS, row_of(good), strict=True))
+    row, _ = batch_of([good])
 
-    def bad(**change: Any) -> tuple[Any, ...]:
-        return tuple({**columns, **change}[name] for name in EVENT_COLUMNS)
+    def bad(**change: Any) -> dict[str, Any]:
+        return {**row, **change}
 
     return [
         ("unknown event type", bad(event_type="shred")),
-        ("empty entity id", bad(entity_id="")),
-        ("entity id too long", bad(entity_id="x" * 256)),
-        ("entity id not text", bad(entity_id=7)),
-        ("event id not a UUID", bad(event_id=str(good.event_id))),
+        ("empty entity id", bad(entity_ids=[""])),
+        ("entity id too long", bad(entity_ids=["x" * 256])),
+        ("entity id not text", bad(entity_ids=[7])),
         ("fields a string spelling the good fields", bad(fields="abc")),
         ("fields an object with the good fields as keys", bad(fields=dict.fromkeys("abc"))),
         ("fields with a number", bad(fields=["a", 1])),
         ("fields with an unhashable item", bad(fields=["a", {"b": 1}])),
         ("naive timestamp", bad(deadline=good.deadline.replace(tzinfo=None))),
         ("empty policy", bad(policy="")),
-        ("NUL in the entity id", bad(entity_id="4\x002")),
+        ("NUL in the entity id", bad(entity_ids=["4\x002"])),
         ("NUL in the policy", bad(policy="a\x00b")),
         ("timestamp before 1970", bad(deadline=good.deadline.replace(year=1969))),
         ("unknown reason", bad(reason="curiosity")),
         ("request id not a UUID", bad(request_id="42")),
-        ("subject without a type", bad(subject="42")),
-        ("subject not text", bad(subject=42)),
+        ("subject without a type", bad(subjects=["42"])),
+        ("subject not text", bad(subjects=[42])),
     ]
 
 
-def refuses(encode_row: Callable[[tuple[Any, ...]], object], row: tuple[Any, ...]) -> bool:
-    try:
-        encode_row(row)
-    except ValueError:  # pydantic's ValidationError included
-        return True
-    return False
-
-
-@pytest.mark.parametrize("warm", [False, True], ids=["cold", "after a good row"])
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "after a good batch"])
 def test_encoder_refuses_exactly_what_the_model_refuses(warm: bool) -> None:
-    good = sample_events(1)[0].model_copy(update={"fields": ["a", "b", "c"]})
-    for reason, row in bad_rows():
-        encode_row = RecordEncoder()
+    good = sample_events(1)[0]
+    for reason, row in bad_batches():
+        encoder = BatchEncoder()
         if warm:
-            # The good row's columns are cached: the bad row must still be refused.
-            encode_row(row_of(good))
-        assert refuses(lambda r: event_from_columns(*r), row), reason
-        assert refuses(encode_row, row), reason
+            encoder(batch_of([good])[0])
+        [only] = list(encoder(row))
+        assert only.error is not None, reason
+        assert only.value == b"", reason
+
+
+def test_one_bad_entity_spoils_only_its_own_event() -> None:
+    events = sample_events(3)
+    row, expected = batch_of(events)
+    row["entity_ids"] = [events[0].entity_id, "", events[2].entity_id]
+    out = list(BatchEncoder()(row))
+    assert [o.error is None for o in out] == [True, False, True]
+    assert out[2].value == encode(expected[2])
 
 
 def test_model_validation_is_per_field() -> None:
-    # RecordEncoder validates event_id, entity_id and subject apart from the rest; a validator
+    # BatchEncoder validates event_id, entity_id and subject apart from the rest; a validator
     # across fields would make that unsound.
     decorators = RetentionEvent.__pydantic_decorators__
     assert not decorators.model_validators

@@ -16,13 +16,14 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.erasure.requests import get_request, request_from_row, request_parts
+from coordinator.outbox.lookup import EVENTS, event_counts
 from coordinator.store.tables import (
     ack_ledger,
     audit_log,
     erasure_requests,
     expected_acks,
     legal_holds,
-    outbox,
+    outbox_batches,
 )
 
 __all__ = ["certificate", "detail", "render_html", "requests_since"]
@@ -54,8 +55,8 @@ async def _services(conn: AsyncConnection, request_id: uuid.UUID) -> list[dict[s
             func.max(e.acknowledged_at).label("last_ack_at"),
             func.coalesce(func.sum(e.records_affected), 0).label("records"),
         )
-        .join_from(expected_acks, outbox, outbox.c.event_id == e.event_id)
-        .where(outbox.c.request_id == request_id)
+        .join_from(EVENTS, expected_acks, e.event_id == EVENTS.c.event_id)
+        .where(EVENTS.c.request_id == request_id)
         .group_by(e.service)
         .order_by(e.service)
     )
@@ -83,8 +84,8 @@ async def _key_ids(conn: AsyncConnection, request_id: uuid.UUID) -> dict[str, li
     a = ack_ledger.c
     rows = await conn.execute(
         select(a.service, a.key_id)
-        .join_from(ack_ledger, outbox, outbox.c.event_id == a.event_id)
-        .where(outbox.c.request_id == request_id, a.accepted, a.key_id.is_not(None))
+        .join_from(EVENTS, ack_ledger, a.event_id == EVENTS.c.event_id)
+        .where(EVENTS.c.request_id == request_id, a.accepted, a.key_id.is_not(None))
         .group_by(a.service, a.key_id)
         .order_by(a.service, a.key_id)
     )
@@ -95,16 +96,8 @@ async def _key_ids(conn: AsyncConnection, request_id: uuid.UUID) -> dict[str, li
 
 
 async def _events(conn: AsyncConnection, request_id: uuid.UUID) -> dict[str, int]:
-    o = outbox.c
-    row = (
-        await conn.execute(
-            select(
-                func.count().label("events"),
-                func.count().filter(o.published_at.is_not(None)).label("published"),
-            ).where(o.request_id == request_id)
-        )
-    ).one()
-    return {"events": row.events, "published": row.published}
+    events, published = await event_counts(conn, outbox_batches.c.request_id == request_id)
+    return {"events": events, "published": published}
 
 
 async def detail(conn: AsyncConnection, request_id: uuid.UUID, *, now: datetime) -> dict[str, Any]:
@@ -134,16 +127,16 @@ async def requests_since(
     if found:
         rows = await conn.execute(
             select(
-                outbox.c.request_id,
+                EVENTS.c.request_id,
                 e.service,
                 func.count().label("events"),
                 func.count().filter(e.status.in_(("completed", "not_found"))).label("done"),
                 func.max(e.acknowledged_at).label("last_ack_at"),
             )
-            .join_from(expected_acks, outbox, outbox.c.event_id == e.event_id)
-            .where(outbox.c.request_id.in_(list(services)))
-            .group_by(outbox.c.request_id, e.service)
-            .order_by(outbox.c.request_id, e.service)
+            .join_from(EVENTS, expected_acks, e.event_id == EVENTS.c.event_id)
+            .where(EVENTS.c.request_id.in_(list(services)))
+            .group_by(EVENTS.c.request_id, e.service)
+            .order_by(EVENTS.c.request_id, e.service)
         )
         for row in rows:
             services[row.request_id].append(

@@ -32,12 +32,10 @@ from sqlalchemy import (
     cast,
     func,
     insert,
-    literal,
     or_,
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
@@ -53,6 +51,7 @@ from coordinator.erasure.requests import (
     Status,
     get_request,
 )
+from coordinator.outbox.write import EventBatch, enqueue
 from coordinator.policy.binding import BoundPolicy, bind_policies
 from coordinator.policy.model import Action, OnErasure, PolicySet
 from coordinator.purge.archive import KEY_ID, key_scope
@@ -65,7 +64,7 @@ from coordinator.store.tables import (
     erasure_requests,
     legal_hold_entities,
     legal_holds,
-    outbox,
+    outbox_batches,
     runs,
 )
 from coordinator.suppression.entries import Suppression, record_erased
@@ -389,29 +388,28 @@ async def _publish_subject_event(
         exists_already = (
             await conn.execute(
                 select(func.count()).where(
-                    outbox.c.request_id == request.id,
-                    outbox.c.policy == SUBJECT_EVENT_POLICY,
+                    outbox_batches.c.request_id == request.id,
+                    outbox_batches.c.policy == SUBJECT_EVENT_POLICY,
                 )
             )
         ).scalar_one()
         if exists_already:
             return True, []
-        await conn.execute(
-            insert(outbox).values(
-                event_id=select(func.retention_uuidv7()).scalar_subquery(),
-                run_id=run_id,
+        await enqueue(
+            conn,
+            EventBatch(
                 policy=SUBJECT_EVENT_POLICY,
                 event_type="delete",
                 entity_type=request.subject_type,
-                entity_id=request.subject_id,
                 legal_basis=LEGAL_BASIS[request.regulation],
-                fields=literal([], JSONB),
                 initiated_at=now,
                 deadline=request.due_at,
-                reason=EventReason.ERASURE_REQUEST.value,
+                entity_ids=[request.subject_id],
+                subjects=[request.subject],
+                run_id=run_id,
+                reason=EventReason.ERASURE_REQUEST,
                 request_id=request.id,
-                subject=request.subject,
-            )
+            ),
         )
         if suppression is not None:
             await record_erased(

@@ -14,12 +14,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.audit import AuditAction, AuditEntry, append
 from coordinator.erasure.requests import Status
+from coordinator.outbox.lookup import EVENTS
 from coordinator.store.tables import (
     erasure_requests,
     event_status,
     legal_hold_entities,
     legal_holds,
-    outbox,
     runs,
 )
 
@@ -35,19 +35,19 @@ async def complete_acknowledged(conn: AsyncConnection, *, now: datetime) -> list
     as open, so a request never completes ahead of its own fan-out.
     """
     r = erasure_requests.c
-    events = outbox.outerjoin(event_status, event_status.c.event_id == outbox.c.event_id)
+    events = EVENTS.outerjoin(event_status, event_status.c.event_id == EVENTS.c.event_id)
     still_open = exists(
         select(1)
         .select_from(events)
         .where(
-            outbox.c.request_id == r.id,
+            EVENTS.c.request_id == r.id,
             or_(event_status.c.state.is_(None), event_status.c.state != "completed"),
         )
     )
     finished = (
         select(func.max(event_status.c.completed_at))
         .select_from(events)
-        .where(outbox.c.request_id == r.id)
+        .where(EVENTS.c.request_id == r.id)
         .scalar_subquery()
     )
     completed = (
@@ -79,10 +79,10 @@ async def held_downstream(conn: AsyncConnection, *, now: datetime) -> list[uuid.
     naming the active holds on the subject or on those events' entities (SPEC §11: a hold
     applies; the rest is done). Once they are released, `released_holds` lists the
     request for execution again, and the tracker re-publishes the held events."""
-    r, o, s = erasure_requests.c, outbox.c, event_status.c
+    r, o, s = erasure_requests.c, EVENTS.c, event_status.c
     held_events = (
         select(o.request_id, o.entity_type, o.entity_id)
-        .join_from(outbox, event_status, s.event_id == o.event_id)
+        .join_from(EVENTS, event_status, s.event_id == o.event_id)
         .where(s.state == "held", o.request_id.in_(
             select(r.id).where(r.status == Status.IN_PROGRESS.value)
         ))

@@ -142,7 +142,7 @@ async def backfill(
     done = Backfilled()
     if not types:
         return done
-    after: uuid.UUID | None = None
+    after: tuple[int, uuid.UUID] | None = None
     while True:
         now = clock.now()
         async with engine.connect() as conn:
@@ -151,7 +151,7 @@ async def backfill(
             )
         if not page:
             return done
-        after = page[-1].event.event_id
+        after = page[-1].position
         covered = [s for s in page if (s.event.entity_type, s.event.type.value) in pairs]
         async with engine.begin() as conn:
             added, reopened, to_send = await _expect(

@@ -163,7 +163,7 @@ class Republisher:
                 expected to acknowledge).
         """
         outcome = Outcome()
-        after: uuid.UUID | None = None
+        after: tuple[int, uuid.UUID] | None = None
         while True:
             async with self._engine.connect() as conn:
                 page = await events_by(
@@ -177,7 +177,7 @@ class Republisher:
                 )
                 if not page:
                     break
-                after = page[-1].event.event_id
+                after = page[-1].position
                 if selection.service is not None:
                     mine = await _expecting(
                         conn, selection.service, [s.event.event_id for s in page]

@@ -1,196 +1,146 @@
-"""Outbox rows as `RetentionEvent`s, and as Kafka records at the relay's rate.
+"""The event's shape, once: which outbox column each `RetentionEvent` field comes from.
 
-`event_from_row` builds (and validates) one event. The relay uses `RecordEncoder`
-instead: the rows of one purge batch differ only in `event_id`, `entity_id` and `subject`, so it
-validates and encodes each distinct combination of the other columns once, with the
-model itself, and per row validates just those three fields with the model's own field
-types and splices them into the JSON. A row is accepted exactly when `RetentionEvent`
-would accept it (its validation is per field: the model has no model validators, which
-tests/test_event_json.py checks) and the bytes equal `schemas.encode` of that event.
-Per row this costs ~1.5 µs where building and dumping the model costs ~8 µs.
+An outbox row is a purge batch (coordinator/store/tables.py `outbox_batches`): the fields
+its events share are columns (`SHARED`), and the per-event ones (`schemas.event_json.
+PER_EVENT`) come from its arrays and id range. `SHARED` drives the relay's select list,
+the SQL expansion into one row per event (coordinator/outbox/lookup.py), `event_from_row`
+and the relay's `BatchEncoder`. Adding a field to `RetentionEvent` means: the model, a
+migration adding the column, one line here.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Hashable, Sequence
-from typing import Annotated, Any
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
 
-from pydantic import ConfigDict, TypeAdapter
-from sqlalchemy import Row, any_, bindparam, select
-from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.types import Uuid
+from sqlalchemy import Row
 
-from coordinator.outbox.event_json import EventWriter, Parts, splice
-from coordinator.store.tables import outbox
-from schemas import EventReason, EventType, RetentionEvent
+from schemas import EventReason, EventType, RetentionEvent, encode
+from schemas.event_json import PER_EVENT, EventTemplate, validate_per_event
 
 __all__ = [
-    "EVENT_COLUMNS",
-    "RecordEncoder",
-    "event_from_columns",
+    "ADDRESS",
+    "BATCH_COLUMNS",
+    "SHARED",
+    "BatchEncoder",
+    "Encoded",
     "event_from_row",
-    "load_events",
+    "event_id",
+    "expand",
+    "shared_fields",
 ]
 
-EVENT_COLUMNS = (
-    "event_id",
-    "event_type",
-    "entity_type",
-    "entity_id",
-    "policy",
-    "legal_basis",
-    "initiated_at",
-    "deadline",
-    "fields",
-    "run_id",
-    "reason",
-    "request_id",
-    "subject",
-)
-"""The outbox columns an event is made of, in `event_from_columns`' order."""
+SHARED: Mapping[str, str] = {
+    "type": "event_type",
+    "entity_type": "entity_type",
+    "policy": "policy",
+    "legal_basis": "legal_basis",
+    "initiated_at": "initiated_at",
+    "deadline": "deadline",
+    "fields": "fields",
+    "run_id": "run_id",
+    "reason": "reason",
+    "request_id": "request_id",
+}
+"""`RetentionEvent` field -> outbox column, for every field the events of a batch share."""
 
-_EVENT_TYPES = {kind.value: kind for kind in EventType}
-_REASONS = {reason.value: reason for reason in EventReason}
+ADDRESS = ("seq", "id_base", "id_first", "entity_ids", "subjects")
+"""The columns that make one batch into its events: order, ids, entities, subjects."""
+
+BATCH_COLUMNS = (*ADDRESS, *SHARED.values())
+"""What the relay reads of an outbox row."""
+
+# Stored as text; the strict model wants the enum members.
+_ENUMS: dict[str, dict[Any, Any]] = {
+    "type": {kind.value: kind for kind in EventType},
+    "reason": {reason.value: reason for reason in EventReason},
+}
 
 
-def event_from_columns(
-    event_id: Any,
-    event_type: Any,
-    entity_type: Any,
-    entity_id: Any,
-    policy: Any,
-    legal_basis: Any,
-    initiated_at: Any,
-    deadline: Any,
-    fields: Any,
-    run_id: Any,
-    reason: Any,
-    request_id: Any,
-    subject: Any,
-) -> RetentionEvent:
-    """The event from `EVENT_COLUMNS`' values, positionally.
+def event_id(id_base: uuid.UUID, n: int) -> uuid.UUID:
+    """retention_uuidv7_nth(id_base, n) (migration 0005): the base with its last 32 bits n."""
+    return uuid.UUID(bytes=id_base.bytes[:12] + n.to_bytes(4, "big", signed=True))
+
+
+def shared_fields(columns: Mapping[Any, Any]) -> dict[str, Any]:
+    """The shared event fields from a row's columns (`SHARED`' column names).
 
     Raises:
-        ValueError: they cannot be a `RetentionEvent` (pydantic's ValidationError is one).
+        ValueError: an enum column holds a value the model does not know.
     """
-    kind = _EVENT_TYPES.get(event_type)
-    if kind is None:
-        raise ValueError(f"unknown event_type {event_type!r}")
-    why = _REASONS.get(reason)
-    if why is None:
-        raise ValueError(f"unknown reason {reason!r}")
-    return RetentionEvent(
-        event_id=event_id,
-        type=kind,
-        entity_type=entity_type,
-        entity_id=entity_id,
-        policy=policy,
-        legal_basis=legal_basis,
-        initiated_at=initiated_at,
-        deadline=deadline,
-        # Strict validation refuses anything but a JSON array of strings.
-        fields=fields,
-        run_id=run_id,
-        reason=why,
-        request_id=request_id,
-        subject=subject,
-    )
+    shared = {}
+    for name, column in SHARED.items():
+        value = columns[column]
+        if name in _ENUMS:
+            known = _ENUMS[name].get(value)
+            if known is None:
+                raise ValueError(f"unknown {column} {value!r}")
+            value = known
+        shared[name] = value
+    return shared
+
+
+def expand(columns: Mapping[Any, Any]) -> Iterator[tuple[uuid.UUID, Any, Any]]:
+    """(event_id, entity_id, subject) of each event of a batch row, in order."""
+    base, first = columns["id_base"], columns["id_first"]
+    subjects = columns["subjects"] or ()
+    for n, entity in enumerate(columns["entity_ids"]):
+        yield event_id(base, first + n), entity, subjects[n] if n < len(subjects) else None
 
 
 def event_from_row(row: Row[Any]) -> RetentionEvent:
-    """The wire event for an outbox row (any row with `EVENT_COLUMNS` among its columns).
+    """The wire event of one expanded outbox row (lookup.py's columns).
 
     Raises:
         ValueError: the row cannot be a `RetentionEvent`.
     """
     columns = row._mapping
-    return event_from_columns(*(columns[name] for name in EVENT_COLUMNS))
+    return RetentionEvent(**shared_fields(columns), **{name: columns[name] for name in PER_EVENT})
 
 
-async def load_events(
-    conn: AsyncConnection, event_ids: Sequence[uuid.UUID]
-) -> dict[uuid.UUID, RetentionEvent]:
-    """The published events with these ids, as the wire events they were: the one lookup
-    of existing events by id (re-publication after a hold's release reads through it)."""
-    if not event_ids:
-        return {}
-    ids = bindparam("load_event_ids", list(event_ids), type_=ARRAY(Uuid()))
-    rows = await conn.execute(
-        select(*(outbox.c[name] for name in EVENT_COLUMNS)).where(outbox.c.event_id == any_(ids))
-    )
-    return {row.event_id: event_from_row(row) for row in rows}
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """One event of a batch: its record key and value, or why it cannot be published."""
+
+    event_id: uuid.UUID
+    key: bytes = b""
+    value: bytes = b""
+    error: ValueError | None = None
 
 
-def _field_type(name: str) -> Any:
-    field = RetentionEvent.model_fields[name]
-    return Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
+class BatchEncoder:
+    """Record keys and values for the events of outbox batch rows.
 
+    The shared fields are validated and encoded once per batch, by the model itself
+    (`schemas.event_json.EventTemplate`); per event only its three own values are
+    validated with the model's field types. An event is published exactly when
+    `RetentionEvent` accepts it, and its bytes equal `schemas.encode` of it.
+    """
 
-# The per-row fields, validated as the (strict) model validates them.
-_PER_ROW_TYPE: Any = tuple[  # type: ignore[misc]
-    _field_type("event_id"), _field_type("entity_id"), _field_type("subject")
-]
-_PER_ROW: TypeAdapter[tuple[Any, Any]] = TypeAdapter(_PER_ROW_TYPE, config=ConfigDict(strict=True))
-
-
-class RecordEncoder:
-    """Record key and value for outbox rows; one per claim (it caches what rows share)."""
-
-    def __init__(self) -> None:
-        self._write = EventWriter()
-        self._shapes: dict[Hashable, Parts] = {}
-
-    def __call__(self, row: Sequence[Any]) -> tuple[bytes, bytes]:
-        """Key and value of the row's event (`EVENT_COLUMNS`, in order).
-
-        Raises:
-            ValueError: the row cannot be a `RetentionEvent`.
-        """
-        (
-            event_id,
-            event_type,
-            entity_type,
-            entity_id,
-            policy,
-            legal_basis,
-            initiated_at,
-            deadline,
-            fields,
-            run_id,
-            reason,
-            request_id,
-            subject,
-        ) = row
-        parts: Parts | None = None
-        # A cached combination was a valid event, so only a list of strings can match
-        # it; a string or an object must not pass for the tuple of its characters or keys.
-        shared = None
-        if type(fields) is list:
-            shared = (
-                event_type,
-                entity_type,
-                policy,
-                legal_basis,
-                initiated_at,
-                deadline,
-                tuple(fields),
-                run_id,
-                reason,
-                request_id,
-            )
+    def __call__(self, columns: Mapping[Any, Any]) -> Iterator[Encoded]:
+        """The events of one batch row (`BATCH_COLUMNS` by name), in order."""
+        ids = expand(columns)
+        try:
+            shared = shared_fields(columns)
+            template = EventTemplate.of(shared)
+        except ValueError as exc:  # pydantic's ValidationError included
+            for event, _, _ in ids:
+                yield Encoded(event, error=exc)
+            return
+        prefix = f"{columns['entity_type']}:"
+        for event, entity, subject in ids:
             try:
-                parts = self._shapes.get(shared)
-            except TypeError:  # unhashable items: not a valid event anyway
-                shared = None
-        if parts is None:
-            event = event_from_columns(*row)
-            parts = self._write.parts(event)
-            if shared is not None:
-                self._shapes[shared] = parts
-        else:
-            _PER_ROW.validate_python((event_id, entity_id, subject))
-        # RetentionEvent.key; the SPEC's record key.
-        key = f"{entity_type}:{entity_id}".encode()
-        return key, splice(parts, event_id, entity_id, subject)
+                validate_per_event(event, entity, subject)
+            except ValueError as exc:
+                yield Encoded(event, error=exc)
+                continue
+            if template is None:  # a placeholder collided: encode this one in full
+                value = encode(
+                    RetentionEvent(**shared, event_id=event, entity_id=entity, subject=subject)
+                )
+            else:
+                value = template.render(event, entity, subject)
+            # RetentionEvent.key; the SPEC's record key.
+            yield Encoded(event, f"{prefix}{entity}".encode(), value)

@@ -1,30 +1,33 @@
 """The system's own retention (SPEC §13): what `retention db prune` removes.
 
-The outbox row of an event is the relay's work item and the source of its reminders;
-once the tracker has the event `completed` for `outbox_retention_days`, nothing reads it
-any more: `retention_event_status` repeats the identifying columns, so an entity's
-status and certificate survive without it (coordinator/tracking/queries.py). Rows of an
-event that is not completed — pending, overdue, failed, or not tracked at all (never
-published, or published and not yet picked up) — are never removed, however old
-(tests/integration/test_db_prune.py).
+An outbox row (one purge batch) is the relay's work item and the source of its events'
+reminders; once the tracker has every event of the batch `completed` for
+`outbox_retention_days`, nothing reads it any more: `retention_event_status` repeats the
+identifying columns, so an entity's status and certificate survive without it
+(coordinator/tracking/queries.py). Rows of an event that is not completed — pending,
+overdue, failed, or not tracked at all (never published, or published and not yet
+picked up) — are never removed, however old (tests/integration/test_db_prune.py), nor
+are batches past the relay's watermark or the tracker's cursor.
 
-The walk goes through the outbox once, in event-id order (a keyset, so each row is read
+The walk goes through the outbox once, in seq order (a keyset, so each row is read
 once per prune whatever stays behind), a window of `batch` rows at a time; each
-window's deletion and its audit entry commit together.
+window's deletion and its audit entry commit together. `rows` counts events. A window is
+100 batches (half a million events at the default purge batch size): the completion
+check joins every event of it to its status.
 """
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, literal, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.audit import AuditAction, AuditEntry, append
-from coordinator.store.tables import event_status, outbox
+from coordinator.outbox.lookup import EVENTS, published_up_to, tracked_up_to
+from coordinator.store.tables import event_status, outbox_batches
 
 __all__ = ["Pruned", "prune_outbox"]
 
@@ -48,42 +51,55 @@ class Pruned:
 
 
 async def prune_outbox(
-    engine: AsyncEngine, *, now: datetime, keep: timedelta, dry_run: bool, batch: int = 10_000
+    engine: AsyncEngine, *, now: datetime, keep: timedelta, dry_run: bool, batch: int = 100
 ) -> Pruned:
-    """Delete (or, with `dry_run`, count) the outbox rows of events completed before
-    `now - keep`."""
+    """Delete (or, with `dry_run`, count) the outbox batches whose events all completed
+    before `now - keep`."""
     cutoff = now - keep
-    after: uuid.UUID | None = None
+    after = 0
     total = 0
+    b, s = outbox_batches.c, event_status.c
     while True:
-        walked = select(outbox.c.event_id).order_by(outbox.c.event_id).limit(batch)
-        if after is not None:
-            walked = walked.where(outbox.c.event_id > bindparam("after", after))
-        window = walked.cte("window")
-        doomed = (
-            select(window.c.event_id)
-            .join(event_status, event_status.c.event_id == window.c.event_id)
-            .where(event_status.c.state == "completed", event_status.c.completed_at < cutoff)
-        )
-        # No max() for uuid: the window's last id by ORDER BY … LIMIT 1.
-        last = select(window.c.event_id).order_by(window.c.event_id.desc()).limit(1)
-        if dry_run:
-            counted = select(func.count()).select_from(doomed.subquery())
-        else:
-            gone = (
-                delete(outbox)
-                .where(outbox.c.event_id.in_(doomed))
-                .returning(literal(1))
-                .cte("gone")
-            )
-            counted = select(func.count()).select_from(gone)
         async with engine.begin() as conn:
-            row = (
-                await conn.execute(
-                    select(
-                        last.scalar_subquery().label("last"), counted.scalar_subquery().label("n")
-                    )
+            # Published and tracked: a batch past either is never complete.
+            limit = min(await published_up_to(conn), await tracked_up_to(conn))
+            window = (
+                select(b.seq, b.events)
+                .where(b.seq > after, b.seq <= limit)
+                .order_by(b.seq)
+                .limit(batch)
+                .cte("window")
+            )
+            done = (
+                select(EVENTS.c.seq)
+                .join(event_status, s.event_id == EVENTS.c.event_id)
+                .where(
+                    EVENTS.c.seq.in_(select(window.c.seq)),
+                    s.state == "completed",
+                    s.completed_at < cutoff,
                 )
+                .group_by(EVENTS.c.seq)
+                .having(
+                    func.count()
+                    == select(window.c.events).where(window.c.seq == EVENTS.c.seq).scalar_subquery()
+                )
+            )
+            doomed = (
+                select(window.c.seq, window.c.events).where(window.c.seq.in_(done)).cte("doomed")
+            )
+            if dry_run:
+                counted = select(func.coalesce(func.sum(doomed.c.events), 0))
+            else:
+                gone = (
+                    delete(outbox_batches)
+                    .where(b.seq.in_(select(doomed.c.seq)))
+                    .returning(b.events)
+                    .cte("gone")
+                )
+                counted = select(func.coalesce(func.sum(gone.c.events), 0))
+            last = select(func.max(window.c.seq)).scalar_subquery()
+            row = (
+                await conn.execute(select(last.label("last"), counted.scalar_subquery().label("n")))
             ).one()
             if row.n and not dry_run:
                 await append(
@@ -92,12 +108,16 @@ async def prune_outbox(
                         AuditEntry(
                             AuditAction.DB_PRUNE,
                             ACTOR,
-                            {"table": outbox.name, "rows": row.n, "cutoff": cutoff.isoformat()},
+                            {
+                                "table": outbox_batches.name,
+                                "rows": int(row.n),
+                                "cutoff": cutoff.isoformat(),
+                            },
                         )
                     ],
                     at=now,
                 )
-        total += row.n
+        total += int(row.n)
         if row.last is None:
-            return Pruned(outbox.name, total, cutoff, dry_run)
+            return Pruned(outbox_batches.name, total, cutoff, dry_run)
         after = row.last

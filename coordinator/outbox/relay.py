@@ -1,14 +1,18 @@
-"""The outbox relay: publishes committed outbox rows as `RetentionEvent`s, at least once.
+"""The outbox relay: publishes committed outbox batches as `RetentionEvent`s, at least once.
 
-One batch is one database transaction: claim the oldest unpublished rows with
-`FOR UPDATE SKIP LOCKED`, send them all to Kafka without awaiting each, wait for the
-broker's acknowledgements, then mark the acknowledged rows published, with one audit
-entry, in one statement each. The row locks are held across the send on purpose: if
-the relay dies anywhere before the commit, the transaction rolls back, the rows are
-unlocked and unpublished, and the next claim sends them again with the same
-`event_id`. Nothing is lost; a consumer may see a duplicate, which the SDK's
-idempotency store absorbs. Several relays can run at once: SKIP LOCKED gives each its
-own rows. docs/relay.md has the whole design.
+One relay leads at a time: each round is one database transaction that first takes a
+transaction-scoped advisory lock (`pg_try_advisory_xact_lock`); a relay that does not get
+it stays idle this round. The leader reads the batches past the watermark (the highest
+`retention_outbox_marks.up_to`) in seq order, which is commit order
+(coordinator/outbox/write.py), expands each into one record per entity, sends them all
+without awaiting each, waits for the broker's acknowledgements, then inserts one mark
+"published up to seq N" (N: the last batch of the longest fully acknowledged prefix) and
+one audit entry, and commits. No row of the outbox is locked or updated. If the relay
+dies anywhere before the commit, the lock goes with its transaction, the mark was never
+written, and the next leader sends the same batches again, with the same event ids
+(computed from the batch, coordinator/outbox/events.py). Nothing is lost; a consumer may
+see a duplicate, which the SDK's idempotency store absorbs. docs/relay.md has the whole
+design.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ from collections import Counter
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from aiokafka.errors import KafkaError
-from sqlalchemy import ARRAY, Uuid, any_, bindparam, func, select, update
+from sqlalchemy import Select, bindparam, func, insert, or_, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -37,9 +42,10 @@ from coordinator.kafka.producer import (
     ProducerFactory,
 )
 from coordinator.metrics import Metrics
-from coordinator.outbox.events import EVENT_COLUMNS, RecordEncoder, event_from_row
+from coordinator.outbox.events import BATCH_COLUMNS, BatchEncoder, event_from_row
+from coordinator.outbox.lookup import published_up_to, unpublished_events
 from coordinator.settings import RelaySettings
-from coordinator.store.tables import outbox
+from coordinator.store.tables import outbox_batches, outbox_marks
 from schemas import KafkaSettings, RetryPolicy, Stopped, is_transient, retry
 from schemas.errors import error_text
 from schemas.signing import SignatureSettings
@@ -59,39 +65,48 @@ AUDIT_ACTION = audit.AuditAction.EVENTS_PUBLISHED
 
 log = structlog.get_logger(__name__)
 
-_IDS = bindparam("ids", type_=ARRAY(Uuid))
-_POLICY = EVENT_COLUMNS.index("policy")
+_RELAY_LOCK = 0x72656C79
+"""The advisory lock the leading relay holds for the length of each round."""
 
 
 @dataclass(frozen=True, slots=True)
 class BatchResult:
-    """What one claim-publish-mark transaction did."""
+    """What one read-publish-mark transaction did (counted in events)."""
 
     claimed: int = 0
     published: int = 0
     send_failed: int = 0
-    """Rows the broker did not acknowledge in time, or refused: they stay unpublished."""
+    """Events the broker did not acknowledge in time, or refused: sent again next round."""
     unbuildable: int = 0
-    """Rows that do not make a valid RetentionEvent (a writer's bug): left unpublished."""
+    """Events that do not make a valid RetentionEvent (a writer's bug): logged, recorded
+    in the audit entry, and passed over by the watermark."""
 
 
 @dataclass(eq=False, slots=True)
 class _Claim:
-    """A claimed batch: its open transaction, its encoded records, and their deliveries."""
+    """The batches of one round: its open transaction, their records and deliveries."""
 
     conn: AsyncConnection
-    claimed: int
+    seqs: list[int] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+    """Events of each batch, unbuildable ones included; alongside `seqs`."""
     event_ids: list[uuid.UUID] = field(default_factory=list)
     policies: list[str] = field(default_factory=list)
+    batch_of: list[int] = field(default_factory=list)
+    """Index into `seqs` of each record's batch."""
     records: list[OutgoingRecord] = field(default_factory=list)
-    """One per built event, in claim order; `event_ids` and `policies` run alongside."""
-    unbuildable: list[uuid.UUID] = field(default_factory=list)
+    """One per built event, in seq order; `event_ids`, `policies`, `batch_of` alongside."""
+    unbuildable: list[tuple[int, uuid.UUID]] = field(default_factory=list)
     deliveries: list[Delivery] = field(default_factory=list)
     enqueue_error: BaseException | None = None
     deadline: float = 0.0
 
+    @property
+    def claimed(self) -> int:
+        return sum(self.sizes)
+
     async def close(self) -> None:
-        """Release the rows: closing rolls back whatever was not committed."""
+        """End the round: closing rolls back whatever was not committed."""
         await self.conn.close()
 
     async def __aenter__(self) -> _Claim:
@@ -157,8 +172,6 @@ class PublishFailed(CoordinatorError, KafkaError):  # type: ignore[misc]  # aiok
 @dataclass(eq=False, slots=True)
 class _LoopState:
     total: int = 0
-    inflight: _Claim | None = None
-    result: BatchResult | None = None
 
 
 class OutboxRelay:
@@ -197,13 +210,7 @@ class OutboxRelay:
         )
         """After a failed batch; what is retried depends on the mode (see `_loop`)."""
         self._backlog_refreshed = float("-inf")
-        self._claim_query = (
-            select(*(outbox.c[name] for name in EVENT_COLUMNS))
-            .where(outbox.c.published_at.is_(None))
-            .order_by(outbox.c.created_at)
-            .limit(self._settings.batch_size)
-            .with_for_update(skip_locked=True)
-        )
+        self._claim_query = _claim_query(self._settings.batch_size)
 
     async def __aenter__(self) -> OutboxRelay:
         return self
@@ -220,9 +227,9 @@ class OutboxRelay:
     async def drain(self, *, timeout_s: float | None = None) -> int:
         """Publish until nothing is left unpublished; return how many this relay published.
 
-        Rows another relay has claimed are waited for (it may roll back). Rows that cannot
-        become a valid event are logged and left behind. Kafka failures are retried with
-        backoff and the watchdog; database errors propagate.
+        While another relay leads, this one waits for it. Events that cannot become a
+        valid event are logged and passed over. Kafka failures are retried with backoff
+        and the watchdog; database errors propagate.
 
         Raises:
             TimeoutError: `timeout_s` passed first; what was published stays published.
@@ -235,19 +242,16 @@ class OutboxRelay:
         await self._loop(stop, until_empty=False)
 
     async def backlog(self) -> int:
-        """Unpublished rows (claimed ones included); also sets the backlog gauge."""
+        """Unpublished events (a range of the outbox's primary key); also sets the gauge."""
         async with self._engine.connect() as conn:
-            count = (
-                await conn.execute(
-                    select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))
-                )
-            ).scalar_one()
+            count = await unpublished_events(conn)
         self._metrics.outbox_backlog.set(count)
         self._backlog_refreshed = time.monotonic()
-        return int(count)
+        return count
 
     async def publish_batch(self) -> BatchResult:
-        """One claim-send-mark transaction, with the producer (re)started as needed."""
+        """One read-send-mark round, with the producer (re)started as needed; nothing
+        while another relay leads."""
         producer = await self._healthy_producer()
         claim = await self._claim()
         if claim is None:
@@ -257,31 +261,46 @@ class OutboxRelay:
             return await self._finish(claim)
 
     async def _claim(self) -> _Claim | None:
-        """Open a transaction, lock the oldest unpublished rows, and encode their events."""
+        """Open the round's transaction, lead, and encode the batches past the watermark.
+
+        None: another relay leads, or there is nothing to publish.
+        """
         conn = await self._engine.connect()
         try:
             await conn.begin()
-            rows = (await conn.execute(self._claim_query)).all()
+            if not await conn.scalar(select(func.pg_try_advisory_xact_lock(_RELAY_LOCK))):
+                await conn.close()
+                return None
+            watermark = await published_up_to(conn)
+            rows = (await conn.execute(self._claim_query, {"watermark": watermark})).all()
             if not rows:
                 await conn.close()
                 return None
-            claim = _Claim(conn, claimed=len(rows))
-            encode = RecordEncoder()
+            claim = _Claim(conn)
+            encode = BatchEncoder()
             for row in rows:
-                event_id = row[0]  # EVENT_COLUMNS starts with it
-                try:
-                    key, value = encode(row)
-                except ValueError as exc:  # pydantic's ValidationError included
-                    claim.unbuildable.append(event_id)
-                    log.error(
-                        "outbox_row_unpublishable", event_id=str(event_id), error=error_text(exc)
+                index = len(claim.seqs)
+                claim.seqs.append(row.seq)
+                size = 0
+                for event in encode(row._mapping):
+                    size += 1
+                    if event.error is not None:
+                        claim.unbuildable.append((index, event.event_id))
+                        log.error(
+                            "outbox_event_unpublishable",
+                            event_id=str(event.event_id),
+                            error=error_text(event.error),
+                        )
+                        continue
+                    claim.event_ids.append(event.event_id)
+                    claim.policies.append(row.policy)
+                    claim.batch_of.append(index)
+                    claim.records.append(
+                        OutgoingRecord(
+                            event.key, event.value, [("event_id", str(event.event_id).encode())]
+                        )
                     )
-                    continue
-                claim.event_ids.append(event_id)
-                claim.policies.append(row[_POLICY])
-                claim.records.append(
-                    OutgoingRecord(key, value, [("event_id", str(event_id).encode())])
-                )
+                claim.sizes.append(size)
             if self._signer is not None:
                 self._sign(claim)
             return claim
@@ -308,31 +327,34 @@ class OutboxRelay:
             claim.enqueue_error = exc
 
     async def _finish(self, claim: _Claim) -> BatchResult:
-        """Wait (bounded) for the acknowledgements, mark what was acknowledged, commit."""
+        """Wait (bounded) for the acknowledgements, mark the acknowledged prefix, commit.
+
+        The watermark moves past a batch only when every one of its events, and of the
+        batches before it, was acknowledged; the rest are sent again next round.
+        """
         outcomes = await self._outcomes(claim)
-        published = [i for i, error in enumerate(outcomes) if error is None]
-        failed = [claim.event_ids[i] for i, error in enumerate(outcomes) if error is not None]
+        failed_batches = {claim.batch_of[i] for i, error in enumerate(outcomes) if error}
+        done = min(failed_batches, default=len(claim.seqs))  # batches [0, done) are out
+        published = [i for i, b in enumerate(claim.batch_of) if b < done]
+        failed = sum(1 for error in outcomes if error is not None)
         if failed:
             first = next(error for error in outcomes if error is not None)
-            log.warning(
-                "publish_failed", rows=len(failed), topic=self._topic, error=error_text(first)
-            )
+            log.warning("publish_failed", events=failed, topic=self._topic, error=error_text(first))
+        skipped = [event for b, event in claim.unbuildable if b < done]
         policies = Counter(claim.policies[i] for i in published)
-        if published:
+        if done:
             await self._mark_published(
-                claim.conn, [claim.event_ids[i] for i in published], policies
-            )
-        if failed or claim.unbuildable:
-            await claim.conn.execute(
-                update(outbox)
-                .where(outbox.c.event_id == any_(_IDS))
-                .values(publish_attempts=outbox.c.publish_attempts + 1),
-                {"ids": failed + claim.unbuildable},
+                claim,
+                up_to=claim.seqs[done - 1],
+                events=sum(claim.sizes[:done]),
+                ids=[claim.event_ids[i] for i in published],
+                skipped=skipped,
+                policies=policies,
             )
         await claim.conn.commit()
         for policy, count in policies.items():
             self._metrics.events_published.labels(policy=policy).inc(count)
-        return BatchResult(claim.claimed, len(published), len(failed), len(claim.unbuildable))
+        return BatchResult(claim.claimed, len(published), failed, len(skipped))
 
     async def _outcomes(self, claim: _Claim) -> list[BaseException | None]:
         """One outcome per record: None when the broker acknowledged it."""
@@ -361,54 +383,32 @@ class OutboxRelay:
         return outcomes
 
     async def _mark_published(
-        self, conn: AsyncConnection, ids: list[uuid.UUID], policies: Counter[str]
+        self,
+        claim: _Claim,
+        *,
+        up_to: int,
+        events: int,
+        ids: list[uuid.UUID],
+        skipped: list[uuid.UUID],
+        policies: Counter[str],
     ) -> None:
         now = self._clock.now()
-        await conn.execute(
-            update(outbox)
-            .where(outbox.c.event_id == any_(_IDS))
-            .values(published_at=now, publish_attempts=outbox.c.publish_attempts + 1),
-            {"ids": ids},
+        await claim.conn.execute(
+            insert(outbox_marks).values(up_to=up_to, published_at=now, events=events)
         )
         entry = audit.AuditEntry(
             AUDIT_ACTION,
             self._actor,
             {
                 "topic": self._topic,
+                "up_to": up_to,
                 "count": len(ids),
                 "policies": dict(sorted(policies.items())),
                 "event_ids": [str(i) for i in ids],
+                **({"unpublishable": [str(i) for i in skipped]} if skipped else {}),
             },
         )
-        await audit.append(conn, [entry], at=now)
-
-    async def _round(self, inflight: _Claim | None) -> tuple[BatchResult | None, _Claim | None]:
-        """Finish `inflight` and send the next batch; return its result and the new in-flight.
-
-        The next batch is claimed and encoded while the broker acknowledges `inflight`
-        (SKIP LOCKED keeps the two apart), but sent only after `inflight` committed, so
-        one relay never lets a newer event for a key overtake an older one. After a
-        failed send the claimed batch is released unsent: the failed rows are older and
-        must go first.
-        """
-        claim = None
-        try:
-            claim = await self._claim()
-            result = None
-            if inflight is not None:
-                async with inflight:
-                    result = await self._finish(inflight)
-                if result.send_failed and claim is not None:
-                    await claim.close()
-                    claim = None
-            if claim is not None:
-                await self._enqueue(await self._healthy_producer(), claim)
-            return result, claim
-        except BaseException:
-            for batch in (claim, inflight):
-                if batch is not None:
-                    await batch.close()
-            raise
+        await audit.append(claim.conn, [entry], at=now)
 
     async def _healthy_producer(self) -> EventProducer:
         if self._producer is not None and not self._watchdog.stalled():
@@ -444,34 +444,25 @@ class OutboxRelay:
     async def _loop(self, stop: asyncio.Event, *, until_empty: bool) -> int:
         retry_on = draining_outage if until_empty else serving_outage
         state = _LoopState()
-        try:
-            while not stop.is_set():
-                try:
-                    busy = await retry(
-                        lambda: self._step(state),
-                        policy=self.retry_policy,
-                        what="relay_batch",
-                        retry_on=retry_on,
-                        stop=stop,
-                    )
-                except Stopped:
-                    break
-                if busy:
-                    continue
-                # Nothing in flight and nothing claimable (or only unpublishable rows).
-                self._watchdog.progress()
-                if until_empty and (state.result is not None or await self.backlog() == 0):
-                    break
-                with suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self._settings.idle_sleep_s)
-        except BaseException:
-            if state.inflight is not None:
-                await state.inflight.close()
-            raise
-        if state.inflight is not None:
-            # Stopped with a batch in flight: finish it rather than send it again later.
-            async with state.inflight:
-                state.total += (await self._finish(state.inflight)).published
+        while not stop.is_set():
+            try:
+                busy = await retry(
+                    lambda: self._step(state),
+                    policy=self.retry_policy,
+                    what="relay_batch",
+                    retry_on=retry_on,
+                    stop=stop,
+                )
+            except Stopped:
+                break
+            if busy:
+                continue
+            # Nothing to publish, or another relay leads.
+            self._watchdog.progress()
+            if until_empty and await self.backlog() == 0:
+                break
+            with suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._settings.idle_sleep_s)
         if until_empty:
             await self.backlog()
         return state.total
@@ -480,20 +471,11 @@ class OutboxRelay:
         """One round; True while there is more to do at once, False when idle.
 
         Raises:
-            PublishFailed: the broker took none of the batch; the retry waits first.
+            PublishFailed: the broker took none of the round; the retry waits first.
         """
-        try:
-            state.result, state.inflight = await self._round(state.inflight)
-            if time.monotonic() - self._backlog_refreshed > 1.0:
-                await self.backlog()
-        except BaseException:
-            if state.inflight is not None:
-                await state.inflight.close()
-                state.inflight = None
-            raise
-        result = state.result
-        if result is None:
-            return state.inflight is not None
+        result = await self.publish_batch()
+        if time.monotonic() - self._backlog_refreshed > 1.0:
+            await self.backlog()
         state.total += result.published
         if result.send_failed:
             # Partial progress does not feed the watchdog: a producer that keeps
@@ -501,5 +483,22 @@ class OutboxRelay:
             if not result.published:
                 raise PublishFailed(f"{result.send_failed} records not acknowledged")
             return True
-        self._watchdog.progress()
-        return bool(result.published or state.inflight is not None)
+        if result.claimed:
+            self._watchdog.progress()
+        return bool(result.claimed)
+
+
+def _claim_query(batch_size: int) -> Select[Any]:
+    """The batches after the watermark holding at most `batch_size` events (at least one
+    batch, however large), in seq order."""
+    b = outbox_batches.c
+    window = (
+        select(b.seq, func.sum(b.events).over(order_by=b.seq).label("total"))
+        .where(b.seq > bindparam("watermark"))
+        .order_by(b.seq)
+        .limit(batch_size)
+        .subquery("window")
+    )
+    first = select(func.min(window.c.seq)).scalar_subquery()
+    chosen = select(window.c.seq).where(or_(window.c.total <= batch_size, window.c.seq == first))
+    return select(*(b[name] for name in BATCH_COLUMNS)).where(b.seq.in_(chosen)).order_by(b.seq)

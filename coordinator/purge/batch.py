@@ -19,28 +19,29 @@ from sqlalchemy import (
     any_,
     bindparam,
     cast,
+    column,
     delete,
     func,
-    insert,
     literal,
     select,
     type_coerce,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, aggregate_order_by
+from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
 from coordinator.audit import AuditAction, AuditEntry, append
 from coordinator.crypto.keystore import KeyStore
+from coordinator.outbox.write import EventBatch, enqueue
 from coordinator.policy import anonymizers
 from coordinator.policy.binding import BoundPolicy
 from coordinator.policy.model import Action, Policy
 from coordinator.purge.archive import key_scope, store_sealed
 from coordinator.purge.holds import lock_for_purge
 from coordinator.purge.planner import Batch, batch_window, next_batch
-from coordinator.store.tables import anonymized, outbox
+from coordinator.store.tables import anonymized
 from schemas import EventReason
 
 __all__ = ["BatchResult", "EventOrigin", "PurgeBatch", "ensure_archive_table", "purge_batch"]
@@ -147,16 +148,6 @@ def _ledger(policy: Policy, entity: Any, run_id: uuid.UUID, now: datetime, *, re
     )
 
 
-def _event_ids() -> ColumnElement[uuid.UUID]:
-    """Time-ordered event ids for one batch (UUIDv7, functions of migration 0005).
-
-    One random base per statement (an InitPlan) and a row counter: the ids append to the
-    right edge of the outbox's primary key instead of landing on random index pages.
-    """
-    base = select(func.retention_uuidv7()).scalar_subquery()
-    return func.retention_uuidv7_nth(base, func.row_number().over(), type_=Uuid)
-
-
 def _subject(bound: BoundPolicy, acted: Any) -> ColumnElement[Any]:
     """`"type:id"` of each acted row's subject (NULL when the row names none)."""
     if bound.subject is None or bound.subject_column is None:
@@ -165,71 +156,46 @@ def _subject(bound: BoundPolicy, acted: Any) -> ColumnElement[Any]:
     return literal(f"{bound.subject.entity_type}:", Text).concat(cast(column, Text))
 
 
-def _outbox(
-    bound: BoundPolicy,
-    acted: Any,
-    run_id: uuid.UUID,
-    now: datetime,
-    origin: EventOrigin,
-) -> Any:
-    policy = bound.policy
-    entity = cast(acted.c[bound.id_column.name], Text)
-    deadline = origin.deadline or now + policy.completion_deadline
-    return insert(outbox).from_select(
-        [
-            "event_id",
-            "run_id",
-            "policy",
-            "event_type",
-            "entity_type",
-            "entity_id",
-            "legal_basis",
-            "fields",
-            "initiated_at",
-            "deadline",
-            "reason",
-            "request_id",
-            "subject",
-        ],
-        select(
-            _event_ids(),
-            literal(run_id, Uuid),
-            literal(policy.name, Text),
-            literal(policy.event_type, Text),
-            literal(policy.entity_type, Text),
-            entity,
-            literal(origin.legal_basis or policy.legal_basis, Text),
-            literal(policy.fields, JSONB),
-            literal(now, DateTime(timezone=True)),
-            literal(deadline, DateTime(timezone=True)),
-            literal(origin.reason.value, Text),
-            literal(origin.request_id, Uuid),
-            _subject(bound, acted),
+def _acted_entities(bound: BoundPolicy, acted: Any) -> Any:
+    """The acted rows' entity ids as text, and their subjects, in id order: the arrays the
+    batch's outbox row holds (NULL for a policy that does not fan out)."""
+    done = acted.c[bound.id_column.name]
+    if not bound.policy.fan_out:
+        return select(
+            func.count().label("touched"),
+            literal(None, ARRAY(Text)).label("entities"),
+            literal(None, ARRAY(Text)).label("subjects"),
+        ).select_from(acted)
+    return select(
+        func.count().label("touched"),
+        type_coerce(func.array_agg(aggregate_order_by(cast(done, Text), done)), ARRAY(Text)).label(
+            "entities"
         ),
-    )
+        type_coerce(
+            func.array_agg(aggregate_order_by(_subject(bound, acted), done)), ARRAY(Text)
+        ).label("subjects"),
+    ).select_from(acted)
 
 
-def _with_events(
+def _with_ledger(
     bound: BoundPolicy,
     which: ColumnElement[bool],
     run_id: uuid.UUID,
     now: datetime,
     *,
     relabel: bool = False,
-    origin: EventOrigin = RUN,
 ) -> tuple[Any, list[Any]]:
-    """Action, archive copy, ledger and outbox rows as CTEs of one statement.
+    """Action, archive copy and ledger rows as CTEs of one statement.
 
-    The ledger and outbox rows are generated server-side from the action's RETURNING,
-    so they describe exactly the rows it touched.
+    The ledger rows are generated server-side from the action's RETURNING, so they
+    describe exactly the rows it touched; so does the outbox row, from the arrays the
+    statement returns (`_acted_entities`).
     """
     policy = bound.policy
     acted, helpers = _acted(bound, which, now)
     entity = cast(acted.c[bound.id_column.name], Text)
     if policy.action is Action.ANONYMIZE:
         helpers.append(_ledger(policy, entity, run_id, now, relabel=relabel).cte("ledger"))
-    if policy.fan_out:
-        helpers.append(_outbox(bound, acted, run_id, now, origin).cte("events"))
     return acted, helpers
 
 
@@ -247,21 +213,60 @@ def _scopes(bound: BoundPolicy, rows: Sequence[Any]) -> list[str]:
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class _Acted:
+    """What one batch's action touched: the ids, and their text and subjects for events."""
+
+    ids: Sequence[Any]
+    entities: Sequence[str]
+    subjects: Sequence[str | None] | None
+
+
+async def _archived_entities(
+    conn: AsyncConnection, bound: BoundPolicy, rows: Sequence[Any]
+) -> tuple[list[str], list[str | None] | None]:
+    """Entity ids and subjects of archived rows, cast to text by PostgreSQL as the other
+    actions' are (one round trip)."""
+    id_name = bound.id_column.name
+    ids = [row._mapping[id_name] for row in rows]
+    values = func.unnest(bindparam("archived", ids, type_=ARRAY(bound.id_column.type)))
+    given = values.table_valued(
+        column("v", bound.id_column.type), with_ordinality="n"
+    ).render_derived()
+    entities = list(
+        (
+            await conn.execute(
+                select(
+                    type_coerce(
+                        func.array_agg(aggregate_order_by(cast(given.c.v, Text), given.c.n)),
+                        ARRAY(Text),
+                    )
+                )
+            )
+        ).scalar_one()
+        or ()
+    )
+    if bound.subject is None or bound.subject_column is None:
+        return entities, None
+    name, kind = bound.subject_column.name, bound.subject.entity_type
+    subjects = [
+        None if row._mapping[name] is None else f"{kind}:{row._mapping[name]}" for row in rows
+    ]
+    return entities, subjects
+
+
 async def _act(
     conn: AsyncConnection,
     bound: BoundPolicy,
     batch: Batch,
     run_id: uuid.UUID,
     now: datetime,
-    origin: EventOrigin,
     keys: KeyStore | None,
-) -> None:
+) -> _Acted:
     """Act on ids selected and locked before: one statement, one round trip (archive:
-    plus the sealed rows' insert and one key-store round trip)."""
+    plus the sealed rows' insert, one key-store round trip and one for the ids' text)."""
     ids = batch.ids
-    acted, helpers = _with_events(
-        bound, _in_batch(bound, ids), run_id, now, relabel=batch.relabel, origin=origin
-    )
+    acted, helpers = _with_ledger(bound, _in_batch(bound, ids), run_id, now, relabel=batch.relabel)
     if bound.policy.action is Action.ARCHIVE:
         if keys is None or bound.archive is None:
             raise RuntimeError("an archive batch needs the key store")
@@ -277,13 +282,17 @@ async def _act(
             now=now,
         )
         touched = len(rows)
+        entities: list[str] = []
+        subjects: list[str | None] | None = None
+        if bound.policy.fan_out:
+            entities, subjects = await _archived_entities(conn, bound, rows)
     else:
-        touched = (
-            await conn.execute(select(func.count()).select_from(acted).add_cte(*helpers))
-        ).scalar_one()
+        row = (await conn.execute(_acted_entities(bound, acted).add_cte(*helpers))).one()
+        touched, entities, subjects = row.touched, list(row.entities or ()), row.subjects
     if touched != len(ids):
         # The ids are locked by this transaction, so anything else is a bug: roll back.
         raise RuntimeError(f"{bound.policy.action} touched {touched} rows, expected {len(ids)}")
+    return _Acted(ids, entities, subjects)
 
 
 async def _select_and_act(
@@ -295,8 +304,7 @@ async def _select_and_act(
     now: datetime,
     after: Any | None,
     scope: ColumnElement[bool] | None,
-    origin: EventOrigin,
-) -> Batch:
+) -> tuple[Batch, _Acted]:
     """Choose and act in one statement: the action's own row locks replace FOR UPDATE.
 
     For a delete or archive with no hook nothing has to happen between choosing the rows
@@ -308,19 +316,28 @@ async def _select_and_act(
     window = batch_window(
         bound, cutoff=cutoff, now=now, after=after, limit=bound.policy.batch_size, scope=scope
     )
-    acted, helpers = _with_events(bound, window.chosen, run_id, now, origin=origin)
+    acted, helpers = _with_ledger(bound, window.chosen, run_id, now)
     done = acted.c[id_column.name]
     ids = select(
         type_coerce(func.array_agg(aggregate_order_by(done, done)), ARRAY(id_column.type))
     ).scalar_subquery()
+    entities = _acted_entities(bound, acted).subquery("entities")
     row = (
         await conn.execute(
-            select(window.last.label("last"), ids.label("ids")).add_cte(acted, *helpers)
+            select(
+                window.last.label("last"),
+                ids.label("ids"),
+                entities.c.entities,
+                entities.c.subjects,
+            )
+            .select_from(entities)
+            .add_cte(acted, *helpers)
         )
     ).one()
     if row.last is None:
-        return Batch((), None)
-    return Batch(list(row.ids or ()), row.last)
+        return Batch((), None), _Acted((), (), None)
+    touched = list(row.ids or ())
+    return Batch(touched, row.last), _Acted(touched, list(row.entities or ()), row.subjects)
 
 
 def _one_pass(bound: BoundPolicy) -> bool:
@@ -350,21 +367,18 @@ async def purge_batch(
     Round trips per batch: the hold lock, then either one statement that chooses the rows
     and acts on them (delete and archive without a hook), or one select-and-lock
     statement (two for anonymize: the ledger is read after the row locks), the optional
-    hook and one statement for action + ledger + outbox (archive: then the key store,
-    once for the batch, and the sealed rows' insert); last the audit append.
+    hook and one statement for action + ledger, returning the touched ids as text and
+    their subjects (archive: then the key store, once for the batch, the sealed rows'
+    insert and the ids' text); last, under the audit chain's lock, the batch's one outbox
+    row (coordinator/outbox/write.py: three round trips with the lock) and the audit
+    append.
     """
     policy = bound.policy
     await lock_for_purge(conn)  # before the select: see coordinator.purge.holds
+    acted = _Acted((), (), None)
     if _one_pass(bound):
-        batch = await _select_and_act(
-            conn,
-            bound,
-            run_id=run_id,
-            cutoff=cutoff,
-            now=now,
-            after=after,
-            scope=scope,
-            origin=origin,
+        batch, acted = await _select_and_act(
+            conn, bound, run_id=run_id, cutoff=cutoff, now=now, after=after, scope=scope
         )
     else:
         batch = await next_batch(
@@ -379,12 +393,30 @@ async def purge_batch(
         if batch.ids:
             if bound.hook is not None:
                 await bound.hook(conn, PurgeBatch(policy, run_id, batch.ids))
-            await _act(conn, bound, batch, run_id, now, origin, keys)
+            acted = await _act(conn, bound, batch, run_id, now, keys)
     ids = batch.ids
     if not ids:
         return BatchResult(ids, 0, batch.last_scanned, batch.contiguous)
     entity_ids = [str(i) for i in ids]
     events = len(entity_ids) if policy.fan_out else 0
+    if policy.fan_out:
+        await enqueue(
+            conn,
+            EventBatch(
+                policy=policy.name,
+                event_type=policy.event_type,
+                entity_type=policy.entity_type,
+                legal_basis=origin.legal_basis or policy.legal_basis,
+                initiated_at=now,
+                deadline=origin.deadline or now + policy.completion_deadline,
+                entity_ids=acted.entities,
+                subjects=acted.subjects,
+                fields=policy.fields,
+                run_id=run_id,
+                reason=origin.reason,
+                request_id=origin.request_id,
+            ),
+        )
     await append(
         conn,
         [

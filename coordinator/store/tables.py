@@ -39,7 +39,9 @@ __all__ = [
     "legal_holds",
     "metadata",
     "notifications",
-    "outbox",
+    "outbox_batches",
+    "outbox_cursors",
+    "outbox_marks",
     "policy_results",
     "runs",
     "scheduler_fires",
@@ -164,44 +166,69 @@ anonymize_marks = Table(
     _ts("updated_at", nullable=False),
 )
 
-# The transactional outbox: one row per RetentionEvent, written in the purge batch's
-# transaction, so an event exists exactly when its local purge committed. Event ids are
-# time-ordered UUIDv7s from the SQL functions retention_uuidv7()/retention_uuidv7_nth()
-# (migration 0005; coordinator/purge/batch.py), so inserts append to the primary key's edge.
-outbox = Table(
-    "retention_outbox",
+# The transactional outbox: one row per purge batch, written in the batch's transaction,
+# so its events exist exactly when the local purge committed. The relay expands a row into
+# one event per entity (coordinator/outbox/events.py maps columns to event fields). `seq`
+# is assigned under the audit chain's lock, which is held until commit, so seq order is
+# commit order and "published up to seq N" (retention_outbox_marks) is a watermark with no
+# gaps behind it. Event n (0-based) of a batch has the id retention_uuidv7_nth(id_base,
+# id_first + n): time-ordered, and the same every time the batch is read
+# (coordinator/outbox/lookup.py finds a batch from an event id through ix_…_ids).
+outbox_batches = Table(
+    "retention_outbox_batches",
     metadata,
-    Column("event_id", Uuid, primary_key=True),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("id_base", Uuid, nullable=False),
+    Column("id_first", BigInteger, nullable=False),
+    Column("events", Integer, nullable=False),
     Column("run_id", Uuid),
     Column("policy", Text, nullable=False),
     Column("event_type", Text, nullable=False),
     Column("entity_type", Text, nullable=False),
-    Column("entity_id", Text, nullable=False),
     Column("legal_basis", Text, nullable=False),
     Column("fields", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
     _ts("initiated_at", nullable=False),
     _ts("deadline", nullable=False),
-    _ts("created_at", nullable=False, now=True),
-    _ts("published_at"),
-    Column("publish_attempts", Integer, nullable=False, server_default=text("0")),
-    # SPEC §11: why the event exists, the erasure request behind it, whose row it was.
+    # SPEC §11: why the events exist, the erasure request behind them.
     Column("reason", Text, nullable=False, server_default=text("'retention_policy'")),
     Column("request_id", Uuid),
-    Column("subject", Text),
-    Index(None, "entity_type", "entity_id"),
+    Column("entity_ids", ARRAY(Text), nullable=False),
+    # Whose row each entity was ("type:id"), alongside entity_ids; NULL when none names one.
+    Column("subjects", ARRAY(Text)),
+    _ts("created_at", nullable=False, now=True),
+    Index("ix_retention_outbox_batches_ids", "id_base", "id_first", unique=True),
     Index(
-        "ix_retention_outbox_request_id",
+        "ix_retention_outbox_batches_request_id",
         "request_id",
         postgresql_where=text("request_id IS NOT NULL"),
     ),
-    # The relay's claim query scans only what is still unpublished.
+    # `retention republish --run` pages through one run's batches in outbox order (0014).
     Index(
-        "ix_retention_outbox_unpublished",
-        "created_at",
-        postgresql_where=text("published_at IS NULL"),
+        "ix_retention_outbox_batches_run_id",
+        "run_id",
+        "seq",
+        postgresql_where=text("run_id IS NOT NULL"),
     ),
-    # `retention republish --run` pages through one run's events in event id order.
-    Index("ix_retention_outbox_run_id_event_id", "run_id", "event_id"),
+)
+
+# The relay's watermark: each row says every batch up to `up_to` was published (the
+# broker acknowledged it) at `published_at`. One insert per relay round, never an update;
+# the watermark is max(up_to), a batch's publication time the first mark covering it.
+outbox_marks = Table(
+    "retention_outbox_marks",
+    metadata,
+    Column("up_to", BigInteger, primary_key=True, autoincrement=False),
+    _ts("published_at", nullable=False),
+    Column("events", Integer, nullable=False),
+)
+
+# Where each reader of the outbox's seq order stands ('tracked': the tracker has followed
+# every published batch up to `seq`).
+outbox_cursors = Table(
+    "retention_outbox_cursors",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("seq", BigInteger, nullable=False),
 )
 
 # Append-only hash chain (see coordinator/audit.py); seq is assigned under a lock, not
@@ -324,7 +351,7 @@ expected_acks = Table(
         "deadline",
         postgresql_where=text("deadline IS NOT NULL AND status IN ('pending', 'failed')"),
     ),
-    # The resurrected gauge reads only reopened acknowledgements, which are few (0014).
+    # The resurrected gauge reads only reopened acknowledgements, which are few (0016).
     Index(
         "ix_retention_expected_acks_still_present",
         "service",
@@ -368,8 +395,18 @@ ack_ledger = Table(
         unique=True,
         postgresql_where=text("accepted"),
     ),
-    Index(None, "event_id"),
-    Index(None, "received_at"),
+    # Accepted acks are found by event through the unique index above; only rejected
+    # ones are looked up by event (entity timeline) and by time (report): few rows.
+    Index(
+        "ix_retention_ack_ledger_rejected_event_id",
+        "event_id",
+        postgresql_where=text("NOT accepted"),
+    ),
+    Index(
+        "ix_retention_ack_ledger_rejected_received_at",
+        "received_at",
+        postgresql_where=text("NOT accepted"),
+    ),
 )
 
 # One row per cron fire time the leader dealt with; the primary key makes a fire happen

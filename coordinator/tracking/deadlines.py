@@ -28,8 +28,9 @@ from sqlalchemy.sql import Select
 
 from coordinator import audit
 from coordinator.outbox.events import event_from_row
+from coordinator.outbox.lookup import EVENTS, joined_on
 from coordinator.purge.holds import event_held
-from coordinator.store.tables import event_status, expected_acks, outbox
+from coordinator.store.tables import event_status, expected_acks
 from coordinator.tracking.snapshot import ACTOR
 from schemas import RetentionEvent
 
@@ -121,12 +122,12 @@ async def due_reminders(
     left open are not returned either, and are taken off the schedule.
     """
     s = event_status.c
-    held = event_held(outbox.c.entity_type, outbox.c.entity_id, outbox.c.subject, now)
+    held = event_held(EVENTS.c.entity_type, EVENTS.c.entity_id, EVENTS.c.subject, now)
     held = held.label("held")
     rows = (
         await conn.execute(
-            select(outbox, s.reminders_sent, held)
-            .join_from(event_status, outbox, outbox.c.event_id == s.event_id)
+            select(EVENTS, s.reminders_sent, held)
+            .join_from(event_status, EVENTS, joined_on(s.event_id))
             .where(s.state != "completed", s.next_reminder_at <= now)
             .order_by(s.next_reminder_at)
             .limit(limit)

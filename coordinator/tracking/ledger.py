@@ -124,12 +124,37 @@ async def apply_acks(
     reminder_interval: timedelta,
     deadlines: Deadlines | None = None,
 ) -> LedgerOutcome:
-    """Record `records` in the ledger and apply the new, valid ones; one audit append."""
+    """Record `records` in the ledger and apply the new, valid ones; one audit append.
+
+    Stages, each set-based (one statement per table, whatever the batch holds): lock the
+    events the acks name, tracking those the acks overtook; read their expected acks;
+    judge each record; write the ledger rows; fold the new acks into their expected rows
+    and store them; derive the events' new states, audit, and store the states.
+    """
     outcome = LedgerOutcome(records=len(records))
-    acks = [r for r in records if r.ack is not None]
-    event_ids = sorted({r.ack.event_id for r in acks if r.ack is not None})
-    # Lock the events in a fixed order so reminder and deadline passes never interleave.
-    # Only events nobody tracked yet (their ack overtook the snapshot) need the outbox.
+    events = await _events_of(conn, records, declared, now, reminder_interval, deadlines)
+    expected = await _expected_of(conn, events)
+    accepted_rows, rejected_rows, candidates = _judge(records, events, expected, now, outcome)
+    fresh, seqs = await _record(conn, accepted_rows, rejected_rows, candidates, outcome)
+    changed = await _fold(conn, fresh, expected, outcome)
+    transitions = compute_transitions(events, expected, {event_id for event_id, _ in changed})
+    await _audit_and_store(conn, outcome, transitions, seqs, now)
+    _count_outcomes(outcome, events, transitions)
+    return outcome
+
+
+async def _events_of(
+    conn: AsyncConnection,
+    records: Sequence[ConsumedAck],
+    declared: Declared,
+    now: datetime,
+    reminder_interval: timedelta,
+    deadlines: Deadlines | None,
+) -> dict[uuid.UUID, Row[Any]]:
+    """The status rows of the events the acks name, locked in a fixed order so reminder
+    and deadline passes never interleave. Events nobody tracks yet (their ack overtook
+    the tracking pass) are tracked first, through the outbox's batch index."""
+    event_ids = sorted({r.ack.event_id for r in records if r.ack is not None})
     events = await _lock_events(conn, event_ids)
     missing = [e for e in event_ids if e not in events]
     if missing:
@@ -143,7 +168,13 @@ async def apply_acks(
             deadlines=deadlines,
         )
         events |= await _lock_events(conn, missing)
-    expected: dict[tuple[uuid.UUID, str], dict[str, Any]] = {
+    return events
+
+
+async def _expected_of(
+    conn: AsyncConnection, events: dict[uuid.UUID, Row[Any]]
+) -> dict[tuple[uuid.UUID, str], dict[str, Any]]:
+    return {
         (row.event_id, row.service): row._asdict()
         for row in await conn.execute(
             select(expected_acks).where(
@@ -152,6 +183,15 @@ async def apply_acks(
         )
     }
 
+
+def _judge(
+    records: Sequence[ConsumedAck],
+    events: dict[uuid.UUID, Row[Any]],
+    expected: dict[tuple[uuid.UUID, str], dict[str, Any]],
+    now: datetime,
+    outcome: LedgerOutcome,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[_Where, ConsumedAck]]:
+    """Ledger rows of the accepted and the rejected records, and the accepted records."""
     accepted_rows: list[dict[str, Any]] = []
     rejected_rows: list[dict[str, Any]] = []
     candidates: dict[_Where, ConsumedAck] = {}
@@ -163,10 +203,23 @@ async def apply_acks(
         else:
             rejected_rows.append(_ledger_row(record, now, reason))
             outcome.rejected.append((record, reason))
+    return accepted_rows, rejected_rows, candidates
 
-    # This batch's audit entries come in a fixed order, acks_accepted first, then
-    # acks_rejected. With the chain locked from here on, each ledger row is written with
-    # the seq of the entry that will record it, rather than updated once it exists.
+
+async def _record(
+    conn: AsyncConnection,
+    accepted_rows: list[dict[str, Any]],
+    rejected_rows: list[dict[str, Any]],
+    candidates: dict[_Where, ConsumedAck],
+    outcome: LedgerOutcome,
+) -> tuple[list[ConsumedAck], tuple[int, int]]:
+    """Write the ledger rows; return the records new to it and the seqs of the
+    acks_accepted and acks_rejected entries that will record them.
+
+    This batch's audit entries come in a fixed order, acks_accepted first, then
+    acks_rejected. With the chain locked from here on, each ledger row is written with
+    the seq of the entry that will record it, rather than updated once it exists.
+    """
     last_seq, _ = await audit.lock_head(conn)
     accepted_seq = last_seq + 1
     inserted = await _insert_ledger(conn, accepted_rows, audit_seq=accepted_seq)
@@ -176,7 +229,17 @@ async def apply_acks(
     outcome.duplicates = len(candidates) - len(fresh)
     # A redelivered rejected record was already recorded (and audited) the first time.
     outcome.rejected = [(r, why) for r, why in outcome.rejected if _where(r) in inserted]
+    return fresh, (accepted_seq, rejected_seq)
 
+
+async def _fold(
+    conn: AsyncConnection,
+    fresh: list[ConsumedAck],
+    expected: dict[tuple[uuid.UUID, str], dict[str, Any]],
+    outcome: LedgerOutcome,
+) -> dict[tuple[uuid.UUID, str], dict[str, Any]]:
+    """Fold the new acks into their expected rows, oldest first; store the changed rows
+    in one UPDATE."""
     changed: dict[tuple[uuid.UUID, str], dict[str, Any]] = {}
     for ack in sorted((r.ack for r in fresh if r.ack is not None), key=_order):
         key = (ack.event_id, ack.service)
@@ -191,19 +254,31 @@ async def apply_acks(
             .where(e.event_id == new.c.event_id, e.service == new.c.service)
             .values({name: new.c[name] for name in _ACK_FIELDS})
         )
+    return changed
 
-    touched = {event_id for event_id, _ in changed}
-    transitions = compute_transitions(events, expected, touched)
+
+async def _audit_and_store(
+    conn: AsyncConnection,
+    outcome: LedgerOutcome,
+    transitions: list[Transition],
+    seqs: tuple[int, int],
+    now: datetime,
+) -> None:
     entries = _audit_entries(outcome, transitions)
     refs = await audit.append_refs(conn, entries, at=now)
     ref_by_action = dict(zip((e.action for e in entries), refs, strict=True))
-    for action, seq in (("acks_accepted", accepted_seq), ("acks_rejected", rejected_seq)):
+    for action, seq in zip(("acks_accepted", "acks_rejected"), seqs, strict=True):
         if action in ref_by_action and ref_by_action[action].seq != seq:
             raise RuntimeError(f"{action} landed at seq {ref_by_action[action].seq}, not {seq}")
     completed_ref = ref_by_action.get("events_completed")
     await write_transitions(
         conn, transitions, completed_seq=completed_ref.seq if completed_ref else None, now=now
     )
+
+
+def _count_outcomes(
+    outcome: LedgerOutcome, events: dict[uuid.UUID, Row[Any]], transitions: list[Transition]
+) -> None:
     for t in transitions:
         if t.state == "completed" and t.completed_at is not None:
             event = events[t.event_id]
@@ -211,7 +286,6 @@ async def apply_acks(
             outcome.completed.append((event.policy, max(seconds, 0.0)))
         elif t.state == "failed":
             outcome.failed += 1
-    return outcome
 
 
 _Where = tuple[str, int, int]

@@ -27,6 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from coordinator.outbox.lookup import EVENTS, by_entity, by_event_ids, events
 from coordinator.store.tables import (
     ack_ledger,
     audit_log,
@@ -35,7 +36,6 @@ from coordinator.store.tables import (
     expected_acks,
     legal_hold_entities,
     legal_holds,
-    outbox,
     policy_results,
     runs,
     service_registry,
@@ -80,10 +80,9 @@ async def entity_status(
         conn,
         and_(event_status.c.entity_type == entity_type, event_status.c.entity_id == entity_id),
         and_(
-            outbox.c.entity_type == entity_type,
-            outbox.c.entity_id == entity_id,
+            by_entity(entity_type, entity_id),
             # Verify events are listed apart (coordinator/verification/queries.py).
-            outbox.c.event_type != "verify",
+            EVENTS.c.event_type != "verify",
         ),
         now=now,
     )
@@ -93,7 +92,7 @@ async def event_status_of(
     conn: AsyncConnection, event_id: uuid.UUID, *, now: datetime
 ) -> dict[str, Any] | None:
     found = await _events(
-        conn, event_status.c.event_id == event_id, outbox.c.event_id == event_id, now=now
+        conn, event_status.c.event_id == event_id, by_event_ids([event_id]), now=now
     )
     return found[0] if found else None
 
@@ -124,7 +123,7 @@ async def _events(
     now: datetime,
 ) -> list[dict[str, Any]]:
     statuses = {r.event_id: r for r in await conn.execute(select(event_status).where(tracked))}
-    local = {r.event_id: r for r in await conn.execute(select(outbox).where(outboxed))}
+    local = {r.event_id: r for r in await conn.execute(events(outboxed))}
     ids = sorted(statuses.keys() | local.keys())
     if not ids:
         return []

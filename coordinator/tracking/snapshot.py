@@ -5,6 +5,13 @@ entity type and action (SPEC §9), as the tracker knows the declaration when it 
 tracks the event. Registrations play no part: a service that deploys without a handler,
 or a tombstone on the services topic, changes nobody's expectations. Once snapshotted,
 an expectation ends only by a valid ack or by `retire`/`waive`.
+
+Tracking follows the outbox's seq order: the tracker's cursor (`outbox_cursors`,
+'tracked') says up to which batch it follows everything published, so a pass reads only
+the batches between the cursor and the relay's watermark, never the outbox as a whole:
+its cost is that of the new events, whatever the outbox holds. An ack that overtakes the
+pass (the relay sent, and the service answered, before either committed) tracks its own
+event through the batch index (`track_events`); the pass then finds it tracked.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -21,7 +29,6 @@ from sqlalchemy import (
     Interval,
     Text,
     and_,
-    any_,
     bindparam,
     case,
     distinct,
@@ -35,11 +42,26 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator import audit
-from coordinator.store.tables import event_status, expected_acks, outbox
-from coordinator.tracking.columns import event_ids_param, unnest
-from schemas import EventType
+from coordinator.outbox.lookup import (
+    EVENTS,
+    TRACKED,
+    by_event_ids,
+    published_up_to,
+    tracked_up_to,
+)
+from coordinator.store.tables import event_status, expected_acks, outbox_batches, outbox_cursors
+from coordinator.tracking.columns import unnest
+from schemas import EventReason, EventType
 
-__all__ = ["ACTOR", "Deadlines", "Declared", "TrackedEvent", "track_events", "track_published"]
+__all__ = [
+    "ACTOR",
+    "Deadlines",
+    "Declared",
+    "Pass",
+    "TrackedEvent",
+    "track_events",
+    "track_published",
+]
 
 ACTOR = "tracker"
 
@@ -59,6 +81,14 @@ class TrackedEvent:
     expected: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Pass:
+    """One tracking pass: the events it started to follow, and whether more are waiting."""
+
+    tracked: list[TrackedEvent]
+    more: bool
+
+
 async def track_published(
     conn: AsyncConnection,
     *,
@@ -67,17 +97,18 @@ async def track_published(
     reminder_interval: timedelta,
     limit: int,
     deadlines: Deadlines | None = None,
-) -> list[TrackedEvent]:
-    """Track up to `limit` outbox rows the relay has marked published but we do not follow."""
-    return await _track(
-        conn,
-        outbox.c.published_at.is_not(None),
-        declared=declared,
-        deadlines=deadlines or {},
-        now=now,
-        reminder_interval=reminder_interval,
-        limit=limit,
-    )
+) -> Pass:
+    """Track the published batches past the cursor, about `limit` events of them (whole
+    batches, at least one), and move the cursor past them."""
+    seq = await _lock_chain(conn)
+    cursor, watermark = await tracked_up_to(conn), await published_up_to(conn)
+    up_to = await _batches_up_to(conn, cursor, watermark, limit)
+    if up_to == cursor:
+        return Pass([], more=False)
+    which = and_(EVENTS.c.seq > cursor, EVENTS.c.seq <= up_to)
+    tracked = await _track(conn, which, seq, declared, deadlines or {}, now, reminder_interval)
+    await _move_cursor(conn, up_to)
+    return Pass(tracked, more=up_to < watermark)
 
 
 async def track_events(
@@ -91,38 +122,74 @@ async def track_events(
 ) -> list[TrackedEvent]:
     """Track these events now if the outbox has them, published or not.
 
-    An ack can overtake the relay's `published_at` update (it sent, then crashed before
-    marking); the event was evidently published, so `now` stands in for the time.
+    An ack can overtake the relay's watermark (it sent, then crashed before marking);
+    the event was evidently published, so `now` stands in for the time.
     """
     if not event_ids:
         return []
+    seq = await _lock_chain(conn)
     return await _track(
-        conn,
-        outbox.c.event_id == any_(event_ids_param(event_ids)),
-        declared=declared,
-        deadlines=deadlines or {},
-        now=now,
-        reminder_interval=reminder_interval,
-        limit=None,
+        conn, by_event_ids(event_ids), seq, declared, deadlines or {}, now, reminder_interval
     )
+
+
+async def _lock_chain(conn: AsyncConnection) -> int:
+    """The seq the events_tracked entry will get: with the chain locked, each status row
+    is written with it, its expected count and its state in one go, never updated."""
+    last_seq, _ = await audit.lock_head(conn)
+    return last_seq + 1
+
+
+async def _batches_up_to(conn: AsyncConnection, cursor: int, watermark: int, limit: int) -> int:
+    """The last seq of the published batches after `cursor` holding about `limit` events."""
+    b = outbox_batches.c
+    window = (
+        select(b.seq, func.sum(b.events).over(order_by=b.seq).label("total"))
+        .where(b.seq > cursor, b.seq <= watermark)
+        .order_by(b.seq)
+        .limit(limit)
+    ).subquery()
+    first = select(func.min(window.c.seq)).scalar_subquery()
+    last = await conn.scalar(
+        select(func.coalesce(func.max(window.c.seq), cursor)).where(
+            (window.c.total <= limit) | (window.c.seq == first)
+        )
+    )
+    return int(last if last is not None else cursor)
+
+
+async def _move_cursor(conn: AsyncConnection, up_to: int) -> None:
+    new = pg_insert(outbox_cursors).values(name=TRACKED, seq=up_to)
+    await conn.execute(new.on_conflict_do_update(index_elements=["name"], set_={"seq": up_to}))
 
 
 async def _track(
     conn: AsyncConnection,
     which: ColumnElement[bool],
-    *,
+    seq: int,
     declared: Declared,
     deadlines: Deadlines,
     now: datetime,
     reminder_interval: timedelta,
-    limit: int | None,
 ) -> list[TrackedEvent]:
-    # The events_tracked entry comes next in the chain: with it locked, each status row is
-    # written with that seq, its expected count and its state in one go, never updated.
-    last_seq, _ = await audit.lock_head(conn)
-    seq = last_seq + 1
-    o = outbox.c
-    d = unnest(
+    """Write status and expected acknowledgers of the untracked events `which` selects."""
+    services = _declared(declared, deadlines)
+    src = _untracked(which, services, now, reminder_interval)
+    new = _new_statuses(src, seq, now)
+    snapshot = _expected(new, src, services)
+    rows = await conn.execute(
+        select(new.c.event_id, new.c.policy, new.c.published_at, snapshot.c.service)
+        .outerjoin(snapshot, snapshot.c.event_id == new.c.event_id)
+        .order_by(new.c.published_at, new.c.event_id, snapshot.c.service)
+    )
+    events = _collect(rows)
+    if events:
+        await _audit(conn, events, seq, now)
+    return events
+
+
+def _declared(declared: Declared, deadlines: Deadlines) -> Any:
+    return unnest(
         "declared",
         {"service": Text(), "entity_type": Text(), "action": Text(), "deadline": Interval()},
         [
@@ -130,14 +197,21 @@ async def _track(
             for s, e, a in declared
         ],
     )
+
+
+def _untracked(
+    which: ColumnElement[bool], services: Any, now: datetime, reminder_interval: timedelta
+) -> Any:
+    """The events `which` selects that nobody tracks yet, with their tracking columns."""
+    o = EVENTS.c
     published = func.coalesce(o.published_at, literal(now, event_status.c.tracked_at.type))
     interval = bindparam("reminder_interval", reminder_interval, type_=Interval)
     expected = (
-        select(func.count(distinct(d.c.service)))
-        .where(d.c.entity_type == o.entity_type, d.c.action == o.event_type)
+        select(func.count(distinct(services.c.service)))
+        .where(services.c.entity_type == o.entity_type, services.c.action == o.event_type)
         .scalar_subquery()
     )
-    source = (
+    return (
         select(
             o.event_id,
             o.policy,
@@ -145,6 +219,7 @@ async def _track(
             o.entity_type,
             o.entity_id,
             o.initiated_at,
+            o.reason,
             published.label("published_at"),
             # The outbox deadline is initiated_at + completion_deadline; services get the
             # full completion_deadline from publication, so shift it by the relay's delay.
@@ -156,15 +231,16 @@ async def _track(
         # Verify events ask, they don't delete: coordinator/verification/ follows them.
         .where(o.event_type != EventType.VERIFY.value)
         .where(~exists().where(event_status.c.event_id == o.event_id))
-        .order_by(o.published_at)
+        .subquery("src")
     )
-    if limit is not None:
-        source = source.limit(limit)
-    src = source.subquery("src")
+
+
+def _new_statuses(src: Any, seq: int, now: datetime) -> Any:
+    """Insert their status rows; a CTE returning what it inserted."""
     # Only a policy file edited after the event was written leaves it with nobody: the
     # load check refuses fan_out policies nobody handles.
     unhandled = src.c.expected == 0
-    new = (
+    return (
         pg_insert(event_status)
         .from_select(
             [*_COPIED, *_SET_HERE],
@@ -183,28 +259,45 @@ async def _track(
         .returning(event_status.c.entity_type, event_status.c.event_type)
         .cte("new")
     )
-    snapshot = (
+
+
+def _expected(new: Any, src: Any, services: Any) -> Any:
+    """Insert one expected ack per declared service of each new event; a CTE."""
+    return (
         insert(expected_acks)
         .from_select(
             ["event_id", "service", "deadline"],
-            # A service's own completion_deadline counts from publication, like the
-            # event's; without one, NULL stands for the event's deadline.
-            select(new.c.event_id, d.c.service, new.c.published_at + d.c.deadline)
+            # A service's own completion_deadline overrides the policy's (SPEC §9) and
+            # counts from publication, like the event's; NULL stands for the event's
+            # deadline. An erasure request's events keep the request's legal due date for
+            # everyone: a slower service is never on time after it.
+            select(
+                new.c.event_id,
+                services.c.service,
+                case(
+                    (
+                        src.c.reason == EventReason.RETENTION_POLICY.value,
+                        new.c.published_at + services.c.deadline,
+                    )
+                ),
+            )
             .distinct()
             .join_from(
                 new,
-                d,
-                and_(d.c.entity_type == new.c.entity_type, d.c.action == new.c.event_type),
-            ),
+                services,
+                and_(
+                    services.c.entity_type == new.c.entity_type,
+                    services.c.action == new.c.event_type,
+                ),
+            )
+            .join(src, src.c.event_id == new.c.event_id),
         )
         .returning(expected_acks.c.event_id, expected_acks.c.service)
         .cte("snapshot")
     )
-    rows = await conn.execute(
-        select(new.c.event_id, new.c.policy, new.c.published_at, snapshot.c.service)
-        .outerjoin(snapshot, snapshot.c.event_id == new.c.event_id)
-        .order_by(new.c.published_at, new.c.event_id, snapshot.c.service)
-    )
+
+
+def _collect(rows: Any) -> list[TrackedEvent]:
     tracked: dict[uuid.UUID, TrackedEvent] = {}
     services: dict[uuid.UUID, list[str]] = defaultdict(list)
     for row in rows:
@@ -213,12 +306,15 @@ async def _track(
         )
         if row.service is not None:
             services[row.event_id].append(row.service)
-    if not tracked:
-        return []
-    events = [
+    return [
         TrackedEvent(t.event_id, t.policy, t.published_at, tuple(services[t.event_id]))
         for t in tracked.values()
     ]
+
+
+async def _audit(
+    conn: AsyncConnection, events: list[TrackedEvent], seq: int, now: datetime
+) -> None:
     [ref] = await audit.append_refs(
         conn,
         [
@@ -232,10 +328,9 @@ async def _track(
     )
     if ref.seq != seq:
         raise RuntimeError(f"events_tracked landed at seq {ref.seq}, not {seq}")
-    return events
 
 
-# Columns copied from the outbox row (published_at, deadline: as the tracker sees them).
+# Columns copied from the expanded outbox row (published_at, deadline: as the tracker sees them).
 _COPIED = (
     "event_id",
     "policy",

@@ -279,7 +279,7 @@ class Tracker:
         total = 0
         while True:
             async with self._engine.begin() as conn:
-                tracked = await snapshot.track_published(
+                done = await snapshot.track_published(
                     conn,
                     declared=self._declared,
                     deadlines=self._deadlines,
@@ -287,8 +287,8 @@ class Tracker:
                     reminder_interval=self._schedule.interval,
                     limit=_HOUSEKEEPING_LIMIT,
                 )
-            total += len(tracked)
-            if len(tracked) < _HOUSEKEEPING_LIMIT:
+            total += len(done.tracked)
+            if not done.more:
                 return total
 
     async def consume_acks(self, *, timeout_s: float = 1.0) -> ledger.LedgerOutcome | None:

@@ -9,7 +9,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.store.tables import outbox, verifications, verify_answers
+from coordinator.outbox.lookup import EVENTS, joined_on
+from coordinator.store.tables import verifications, verify_answers
 
 __all__ = ["answers_by_service", "entity_verifications"]
 
@@ -29,8 +30,8 @@ async def entity_verifications(
     asked = list(
         await conn.execute(
             select(v.event_id, v.policy, v.trigger, v.requested_by, v.requested_at)
-            .add_columns(outbox.c.published_at)
-            .outerjoin_from(verifications, outbox, outbox.c.event_id == v.event_id)
+            .add_columns(EVENTS.c.published_at)
+            .outerjoin_from(verifications, EVENTS, joined_on(v.event_id))
             .where(v.entity_type == entity_type, v.entity_id == entity_id)
             .order_by(v.requested_at, v.event_id)
         )

@@ -13,22 +13,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, insert, literal, select
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator import audit
+from coordinator.outbox.events import event_id as batch_event_id
+from coordinator.outbox.write import EventBatch, enqueue
 from coordinator.policy.model import Policy
 from coordinator.store.tables import (
     event_status,
     expected_acks,
-    outbox,
+    outbox_batches,
     verifications,
     verify_answers,
     verify_marks,
 )
-from schemas import EventReason, EventType
+from schemas import EventType
 
 __all__ = [
     "ANSWER_WINDOW",
@@ -172,25 +173,23 @@ async def _enqueue(
 ) -> uuid.UUID:
     """The verify event into the outbox, the one path every event takes to the relay (which
     signs and publishes it); returns its event id."""
-    event_id: uuid.UUID = (await conn.execute(select(func.retention_uuidv7()))).scalar_one()
-    await conn.execute(
-        insert(outbox).values(
-            event_id=event_id,
-            run_id=None,
+    seq = await enqueue(
+        conn,
+        EventBatch(
             policy=policy,
             event_type=EventType.VERIFY.value,
             entity_type=entity_type,
-            entity_id=entity_id,
             legal_basis=LEGAL_BASIS,
-            fields=literal([], JSONB),
             initiated_at=now,
             deadline=now + ANSWER_WINDOW,
-            reason=EventReason.RETENTION_POLICY.value,
-            request_id=None,
-            subject=None,
-        )
+            entity_ids=[entity_id],
+        ),
     )
-    return event_id
+    id_base: uuid.UUID = (
+        await conn.execute(select(outbox_batches.c.id_base).where(outbox_batches.c.seq == seq))
+    ).scalar_one()
+    # The batch's only event: ids count up from 1 under its base (outbox/write.py).
+    return batch_event_id(id_base, 1)
 
 
 async def sample_policy(

@@ -27,8 +27,9 @@ import httpx
 import yaml
 from sqlalchemy import func, select
 
+from coordinator.outbox.lookup import EVENTS
 from coordinator.store.db import make_engine
-from coordinator.store.tables import event_status, outbox
+from coordinator.store.tables import event_status
 from deploy.compose.host_network import LEFT_OUT, ROOT, generate
 from services import EXAMPLES
 
@@ -162,7 +163,7 @@ async def run_and_wait_for_acks(api: str, token: str, database_url: str) -> int:
         async def all_acked() -> bool:
             nonlocal events
             async with engine.connect() as conn:
-                events = int(await conn.scalar(select(func.count()).select_from(outbox)) or 0)
+                events = int(await conn.scalar(select(func.count()).select_from(EVENTS)) or 0)
                 completed = await conn.scalar(
                     select(func.count())
                     .select_from(event_status)

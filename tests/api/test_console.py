@@ -17,7 +17,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from coordinator.api import ApiContext
 from coordinator.console.app import ROUTERS
 from coordinator.console.sessions import COOKIE, SessionSigner
-from coordinator.store.tables import audit_log, legal_hold_entities, legal_holds, outbox
+from coordinator.store.tables import (
+    audit_log,
+    legal_hold_entities,
+    legal_holds,
+    outbox_batches,
+    outbox_marks,
+)
 from coordinator.tokens import Scope, hash_token
 from demo.seed_data import create_seed_tables, drop_seed_tables
 from tests.api.conftest import make_client
@@ -308,5 +314,6 @@ async def test_the_console_entity_page_normalises_the_id_too(
         assert (await browser.get("/ui/entities/order/4x")).status_code == 422
     finally:
         async with engine.begin() as conn:
-            await conn.execute(delete(outbox))
+            await conn.execute(delete(outbox_marks))
+            await conn.execute(delete(outbox_batches))
             await drop_seed_tables(conn)

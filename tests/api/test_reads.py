@@ -9,7 +9,7 @@ import httpx
 from sqlalchemy import delete, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.store.tables import outbox, policy_results, runs
+from coordinator.store.tables import outbox_batches, outbox_marks, policy_results, runs
 from demo.seed_data import create_seed_tables, drop_seed_tables
 from tests.outbox import insert_rows, outbox_rows
 
@@ -34,7 +34,8 @@ async def test_entity_and_event_status(client: httpx.AsyncClient, engine: AsyncE
         assert response.json()["entity_id"] == rows[1]["entity_id"]
     finally:
         async with engine.begin() as conn:
-            await conn.execute(delete(outbox))
+            await conn.execute(delete(outbox_marks))
+            await conn.execute(delete(outbox_batches))
 
 
 async def test_unknown_entity_and_event_are_404(client: httpx.AsyncClient) -> None:
@@ -67,7 +68,8 @@ async def test_entity_ids_are_normalised_like_holds(
         assert (await client.get("/v1/entities/gadget/42")).status_code == 404
     finally:
         async with engine.begin() as conn:
-            await conn.execute(delete(outbox))
+            await conn.execute(delete(outbox_marks))
+            await conn.execute(delete(outbox_batches))
             await drop_seed_tables(conn)
 
 

@@ -8,12 +8,19 @@ import random
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.api import ApiContext
+from coordinator.outbox.lookup import EVENTS, by_event_ids
 from coordinator.policy.model import Policy
-from coordinator.store.tables import event_status, expected_acks, outbox, verifications
+from coordinator.store.tables import (
+    event_status,
+    expected_acks,
+    outbox_batches,
+    outbox_marks,
+    verifications,
+)
 from coordinator.tokens import Scope
 from coordinator.tracking.ledger import ConsumedAck, apply_acks
 from coordinator.tracking.snapshot import track_published
@@ -91,17 +98,19 @@ async def test_on_demand_verify(
     async with engine.begin() as conn:
         row = (
             await conn.execute(
-                select(outbox.c.event_type, outbox.c.policy, outbox.c.fields).where(
-                    outbox.c.event_id == uuid.UUID(body["event_id"])
+                select(EVENTS.c.event_type, EVENTS.c.policy, EVENTS.c.fields).where(
+                    by_event_ids([uuid.UUID(body["event_id"])])
                 )
             )
         ).one()
         assert tuple(row) == ("verify", "on_demand", [])
         # Published or not, the tracker never follows it as a deletion to complete.
         await conn.execute(
-            outbox.update()
-            .where(outbox.c.event_id == uuid.UUID(body["event_id"]))
-            .values(published_at=NOW)
+            insert(outbox_marks).values(
+                up_to=select(func.max(outbox_batches.c.seq)).scalar_subquery(),
+                published_at=NOW,
+                events=1,
+            )
         )
         await track_published(
             conn, declared=[], now=NOW, reminder_interval=timedelta(hours=1), limit=1000

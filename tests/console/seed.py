@@ -6,13 +6,22 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.erasure.status import complete_acknowledged
+from coordinator.outbox.events import event_id
+from coordinator.outbox.lookup import EVENTS, joined_on, published_up_to
 from coordinator.policy.model import PolicySet
 from coordinator.purge import holds
-from coordinator.store.tables import event_status, expected_acks, outbox, policy_results, runs
+from coordinator.store.tables import (
+    event_status,
+    expected_acks,
+    outbox_batches,
+    outbox_marks,
+    policy_results,
+    runs,
+)
 from coordinator.tracking.ledger import ConsumedAck, apply_acks
 from coordinator.tracking.registry import apply_registrations
 from coordinator.tracking.snapshot import track_published
@@ -71,29 +80,33 @@ async def seed(engine: AsyncEngine, now: datetime, policy_set: PolicySet) -> lis
             ],
         )
     # Fixed ids, like the clock: the screenshots in docs/ come out the same on every run.
-    event_ids = [fixed_id(0xE0, n) for n in range(3)]
+    base = event_id(fixed_id(0xE0, 0), 0)
+    event_ids = [event_id(base, n) for n in (1, 2, 3)]
     published = now - timedelta(hours=1)
     async with engine.begin() as conn:
-        await conn.execute(
-            insert(outbox),
-            [
-                {
-                    "event_id": event_id,
-                    "run_id": fixed_id(0xA0, 1),
-                    "policy": "session_logs",
-                    "event_type": EventType.DELETE.value,
-                    "entity_type": "session",
-                    "entity_id": entity_id,
-                    "legal_basis": "Legitimate interest (security monitoring)",
-                    "fields": [],
-                    "initiated_at": published - timedelta(minutes=5),
-                    "deadline": published - timedelta(minutes=5) + DEADLINE,
-                    "created_at": published - timedelta(minutes=5),
-                    "published_at": published,
-                }
-                for event_id, entity_id in zip(event_ids, (COMPLETE, PARTIAL, FAILED), strict=True)
-            ],
+        # One purge batch of three sessions, written as the purge writes it but with a
+        # fixed id base, then marked published.
+        seq = await conn.scalar(
+            insert(outbox_batches)
+            .values(
+                seq=select(func.coalesce(func.max(outbox_batches.c.seq), 0) + 1).scalar_subquery(),
+                id_base=base,
+                id_first=1,
+                events=3,
+                run_id=fixed_id(0xA0, 1),
+                policy="session_logs",
+                event_type=EventType.DELETE.value,
+                entity_type="session",
+                legal_basis="Legitimate interest (security monitoring)",
+                fields=[],
+                initiated_at=published - timedelta(minutes=5),
+                deadline=published - timedelta(minutes=5) + DEADLINE,
+                entity_ids=[COMPLETE, PARTIAL, FAILED],
+                created_at=published - timedelta(minutes=5),
+            )
+            .returning(outbox_batches.c.seq)
         )
+        await conn.execute(insert(outbox_marks).values(up_to=seq, published_at=published, events=3))
     acks = [ack(event_ids[0], s, COMPLETE, now, entity_type="session") for s in SERVICES]
     acks.append(ack(event_ids[1], "billing", PARTIAL, now, entity_type="session"))
     acks.append(
@@ -159,11 +172,14 @@ async def seed(engine: AsyncEngine, now: datetime, policy_set: PolicySet) -> lis
 async def publish_request(engine: AsyncEngine, request_id: uuid.UUID, now: datetime) -> None:
     """Play relay and tracker for one erasure request's events: publish and track them."""
     async with engine.begin() as conn:
-        await conn.execute(
-            update(outbox)
-            .where(outbox.c.request_id == request_id, outbox.c.published_at.is_(None))
-            .values(published_at=now)
-        )
+        b, watermark = outbox_batches.c, await published_up_to(conn)
+        up_to, events = (
+            await conn.execute(select(func.max(b.seq), func.sum(b.events)).where(b.seq > watermark))
+        ).one()
+        if up_to is not None:
+            await conn.execute(
+                insert(outbox_marks).values(up_to=up_to, published_at=now, events=events)
+            )
         await track_published(
             conn, declared=DECLARED, now=now, reminder_interval=REMINDERS, limit=1000
         )
@@ -178,8 +194,8 @@ async def acknowledge_request(engine: AsyncEngine, request_id: uuid.UUID, now: d
             await conn.execute(
                 select(s.event_id, s.entity_type, s.entity_id, e.service)
                 .join_from(expected_acks, event_status, s.event_id == e.event_id)
-                .join(outbox, outbox.c.event_id == s.event_id)
-                .where(outbox.c.request_id == request_id, e.status == "pending")
+                .join(EVENTS, joined_on(s.event_id))
+                .where(EVENTS.c.request_id == request_id, e.status == "pending")
             )
         ).all()
         acks = [

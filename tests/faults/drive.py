@@ -13,8 +13,9 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from sqlalchemy import Select, func, select, text
 
+from coordinator.outbox.lookup import EVENTS
 from coordinator.store.db import make_engine
-from coordinator.store.tables import audit_log, outbox
+from coordinator.store.tables import audit_log
 from tests.e2e.harness import PRODUCT_SERVICES, ServiceProcess, Stack, has_registered, wait_for
 from tests.faults.invariants import SERVICE_LOGS
 from tests.faults.world import HASH_SECRET, World
@@ -86,7 +87,7 @@ def audit_entries(action: str) -> Select[tuple[int]]:
 
 
 def published_events() -> Select[tuple[int]]:
-    return select(func.count()).select_from(outbox).where(outbox.c.published_at.is_not(None))
+    return select(func.count()).select_from(EVENTS).where(EVENTS.c.published_at.is_not(None))
 
 
 async def effects_applied(stack: Stack, service: str) -> int:

@@ -26,7 +26,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 from sqlalchemy import func, select
 
-from coordinator.store.tables import ack_ledger, expected_acks, outbox, service_registry
+from coordinator.outbox.lookup import EVENTS
+from coordinator.store.tables import ack_ledger, expected_acks, service_registry
 from schemas import (
     AckStatus,
     EventType,
@@ -178,9 +179,9 @@ async def _published(stack: Stack) -> list[tuple[uuid.UUID, str, str]]:
     try:
         async with engine.connect() as conn:
             rows = await conn.execute(
-                select(outbox.c.event_id, outbox.c.entity_type, outbox.c.entity_id)
-                .where(outbox.c.published_at.is_not(None))
-                .order_by(outbox.c.event_id)
+                select(EVENTS.c.event_id, EVENTS.c.entity_type, EVENTS.c.entity_id)
+                .where(EVENTS.c.published_at.is_not(None))
+                .order_by(EVENTS.c.event_id)
             )
             return [tuple(row) for row in rows]  # type: ignore[misc]
     finally:

@@ -29,8 +29,9 @@ from sqlalchemy import exists, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator import audit
+from coordinator.outbox.lookup import EVENTS
 from coordinator.store.db import make_engine
-from coordinator.store.tables import ack_ledger, anonymized, event_status, expected_acks, outbox
+from coordinator.store.tables import ack_ledger, anonymized, event_status, expected_acks
 from services import EXAMPLES
 from tests.e2e.harness import Stack
 from tests.faults.world import (
@@ -135,8 +136,8 @@ async def settle(stack: Stack, world: World, *, timeout_s: float, alive: object 
             async with engine.connect() as conn:
                 published = await conn.scalar(
                     select(func.count())
-                    .select_from(outbox)
-                    .where(outbox.c.published_at.is_not(None))
+                    .select_from(EVENTS)
+                    .where(EVENTS.c.published_at.is_not(None))
                 )
                 states = dict(
                     (
@@ -318,11 +319,11 @@ class _Event:
 async def _events(conn: AsyncConnection) -> list[_Event]:
     rows = await conn.execute(
         select(
-            outbox.c.event_id,
-            outbox.c.policy,
-            outbox.c.entity_type,
-            outbox.c.entity_id,
-            outbox.c.published_at.is_not(None),
+            EVENTS.c.event_id,
+            EVENTS.c.policy,
+            EVENTS.c.entity_type,
+            EVENTS.c.entity_id,
+            EVENTS.c.published_at.is_not(None),
         )
     )
     return [_Event(*row) for row in rows]

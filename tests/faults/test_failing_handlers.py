@@ -22,8 +22,8 @@ import pytest
 from sqlalchemy import func, select
 
 from consumer_sdk import DlqHeader, DlqReason
+from coordinator.outbox.lookup import EVENTS
 from coordinator.store.db import make_engine
-from coordinator.store.tables import outbox
 from schemas import AckStatus, RetentionEvent, decode
 from tests.e2e.harness import (
     PRODUCT_SERVICES,
@@ -54,8 +54,8 @@ async def _flaky_events(stack: Stack) -> dict[object, tuple[str, str]]:
     try:
         async with engine.connect() as conn:
             rows = await conn.execute(
-                select(outbox.c.event_id, outbox.c.entity_id, outbox.c.policy).where(
-                    outbox.c.entity_type.in_(flaky_service.ENTITY_TYPES)
+                select(EVENTS.c.event_id, EVENTS.c.entity_id, EVENTS.c.policy).where(
+                    EVENTS.c.entity_type.in_(flaky_service.ENTITY_TYPES)
                 )
             )
             return {row.event_id: (row.entity_id, row.policy) for row in rows}

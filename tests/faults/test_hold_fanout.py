@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from coordinator.outbox.lookup import EVENTS, joined_on
 from coordinator.store.db import make_engine
-from coordinator.store.tables import event_status, expected_acks, hold_topic_queue, outbox
+from coordinator.store.tables import event_status, expected_acks, hold_topic_queue
 from tests.e2e.harness import PRODUCT_SERVICES, Stack, all_of, run_cli, running_tracker, wait_for
 from tests.faults.drive import complete, coordinator_processes, count
 from tests.faults.inprocess import run_policies
@@ -53,12 +54,12 @@ async def _effects(stack: Stack, service: str, users: set[str]) -> int:
 def _acks_of(service: str, users: set[str], status: str) -> object:
     return (
         select(func.count())
-        .select_from(expected_acks.join(outbox, outbox.c.event_id == expected_acks.c.event_id))
+        .select_from(expected_acks.join(EVENTS, joined_on(expected_acks.c.event_id)))
         .where(
             expected_acks.c.service == service,
             expected_acks.c.status == status,
-            outbox.c.entity_type == "user",
-            outbox.c.entity_id.in_(sorted(users)),
+            EVENTS.c.entity_type == "user",
+            EVENTS.c.entity_id.in_(sorted(users)),
         )
     )
 

@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from coordinator.outbox.lookup import EVENTS
 from coordinator.policy.model import load_policies
 from coordinator.purge.holds import create_hold, entity_types
 from coordinator.store.db import make_engine
-from coordinator.store.tables import outbox
 from tests.e2e.harness import Stack, run_cli
 from tests.faults.drive import count
 from tests.faults.inprocess import deliver, row_digests, run_policies
@@ -135,8 +135,8 @@ async def hold_midrun_scenario(
     published = await count(
         stack,
         select(func.count())
-        .select_from(outbox)
-        .where(func.concat(outbox.c.entity_type, ":", outbox.c.entity_id).in_(late_held)),
+        .select_from(EVENTS)
+        .where(func.concat(EVENTS.c.entity_type, ":", EVENTS.c.entity_id).in_(late_held)),
     )
     assert published == 0
     await deliver(stack, world)

@@ -20,7 +20,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from coordinator.store.db import make_engine
-from coordinator.store.tables import audit_log, outbox
+from coordinator.store.tables import audit_log, outbox_batches
 from tests.e2e.harness import PRODUCT_SERVICES, Stack, running_tracker
 from tests.faults.drive import (
     COORDINATOR_ENV,
@@ -53,7 +53,9 @@ async def _run_ids(stack: Stack) -> list[str]:
     try:
         async with engine.connect() as conn:
             rows = await conn.execute(
-                select(outbox.c.run_id).where(outbox.c.run_id.is_not(None)).distinct()
+                select(outbox_batches.c.run_id)
+                .where(outbox_batches.c.run_id.is_not(None))
+                .distinct()
             )
             return sorted(str(r) for r in rows.scalars())
     finally:

@@ -25,7 +25,7 @@ import pytest
 from sqlalchemy import func, select
 
 from coordinator.erasure.status import complete_acknowledged
-from coordinator.store.tables import audit_log, erasure_requests, outbox
+from coordinator.store.tables import audit_log, erasure_requests, outbox_batches
 from tests.e2e.harness import ServiceProcess, Stack, all_of, running_tracker
 from tests.faults.drive import (
     COORDINATOR_ENV,
@@ -124,7 +124,9 @@ async def request_kill_scenario(
                 )).all())
             )  # fmt: skip
             subject_events = await conn.scalar(
-                select(func.count()).select_from(outbox).where(outbox.c.policy == "erasure_request")
+                select(func.coalesce(func.sum(outbox_batches.c.events), 0)).where(
+                    outbox_batches.c.policy == "erasure_request"
+                )
             )
     finally:
         await engine.dispose()

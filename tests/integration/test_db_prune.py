@@ -9,13 +9,16 @@ import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 
 from coordinator import audit
+from coordinator.outbox.lookup import EVENTS, TRACKED, published_up_to
 from coordinator.outbox.prune import prune_outbox
 from coordinator.store.db import make_engine
-from coordinator.store.tables import audit_log, event_status, outbox
+from coordinator.store.tables import audit_log, event_status, outbox_cursors
+from tests.outbox import insert_rows
 
 NOW = datetime.now(UTC)
 OLD, RECENT = NOW - timedelta(days=90), NOW - timedelta(days=5)
@@ -35,33 +38,37 @@ KINDS = {
 
 
 async def _world(url: str) -> dict[str, set[uuid.UUID]]:
-    ids: dict[str, set[uuid.UUID]] = {kind: set() for kind in KINDS}
-    outbox_rows, status_rows = [], []
+    """One outbox batch per event, the published ones first (the watermark covers them),
+    and the tracker's cursor at the last published one."""
+    planned: list[tuple[str, dict[str, Any], tuple[str | None, bool, datetime | None]]] = []
     for n in range(5):
         for kind, (state, published, completed_at) in KINDS.items():
-            event_id = uuid.uuid4()
-            ids[kind].add(event_id)
-            common = {
-                "event_id": event_id,
+            row = {
+                "run_id": uuid.uuid4(),  # one batch each
                 "policy": "p",
                 "event_type": "delete",
                 "entity_type": "user",
                 "entity_id": f"{kind}-{n}",
+                "legal_basis": "b",
                 "initiated_at": OLD,
                 "deadline": OLD + timedelta(days=30),
+                "published_at": OLD if published else None,
             }
-            outbox_rows.append(
-                {
-                    **common,
-                    "legal_basis": "b",
-                    "created_at": OLD,
-                    "published_at": OLD if published else None,
-                }
-            )
+            planned.append((kind, row, (state, published, completed_at)))
+    planned.sort(key=lambda p: not p[2][1])
+    engine = make_engine(url)
+    ids: dict[str, set[uuid.UUID]] = {kind: set() for kind in KINDS}
+    try:
+        await insert_rows(engine, [row for _, row, _ in planned])
+        status_rows = []
+        for kind, row, (state, _, completed_at) in planned:
+            ids[kind].add(row["event_id"])
             if state is not None:
                 status_rows.append(
                     {
-                        **common,
+                        **{k: row[k] for k in ("event_id", "policy", "event_type")},
+                        **{k: row[k] for k in ("entity_type", "entity_id", "initiated_at")},
+                        "deadline": row["deadline"],
                         "published_at": OLD,
                         "state": state,
                         "expected": 1,
@@ -70,11 +77,13 @@ async def _world(url: str) -> dict[str, set[uuid.UUID]]:
                         "updated_at": OLD,
                     }
                 )
-    engine = make_engine(url)
-    try:
         async with engine.begin() as conn:
-            await conn.execute(insert(outbox), outbox_rows)
             await conn.execute(insert(event_status), status_rows)
+            await conn.execute(
+                update(outbox_cursors)
+                .where(outbox_cursors.c.name == TRACKED)
+                .values(seq=await published_up_to(conn))
+            )
     finally:
         await engine.dispose()
     return ids
@@ -84,7 +93,7 @@ async def _left(url: str) -> tuple[set[uuid.UUID], int, int]:
     engine = make_engine(url)
     try:
         async with engine.connect() as conn:
-            kept = set((await conn.execute(select(outbox.c.event_id))).scalars())
+            kept = set((await conn.execute(select(EVENTS.c.event_id))).scalars())
             statuses = (
                 await conn.execute(select(func.count()).select_from(event_status))
             ).scalar_one()
@@ -139,7 +148,7 @@ async def test_prune_removes_only_completed_events_past_retention(coordinator_db
     )
     [report] = json.loads(done.stdout)
     assert (report["table"], report["rows"], report["dry_run"]) == (
-        "retention_outbox",
+        "retention_outbox_batches",
         len(ids["completed recently"]),
         True,
     )

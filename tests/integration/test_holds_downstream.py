@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiokafka import AIOKafkaConsumer
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 
 from consumer_sdk import RetentionEvent
 from consumer_sdk._internal.holds import HoldReader, HoldTable, kafka_hold_source
@@ -25,12 +25,14 @@ from coordinator.erasure.due import Regulation
 from coordinator.erasure.requests import Status, get_request
 from coordinator.kafka.memory import MemoryKafka, MemoryPublisher
 from coordinator.metrics import Metrics
+from coordinator.outbox.lookup import EVENTS
 from coordinator.outbox.relay import OutboxRelay
 from coordinator.policy.model import parse_policies
 from coordinator.purge.hold_topic import publish_pending
 from coordinator.purge.holds import create_hold, entity_types, release_hold
 from coordinator.purge.runner import Runner
 from coordinator.settings import RelaySettings
+from coordinator.store.tables import event_status, expected_acks
 from coordinator.tracking import queries
 from coordinator.tracking.tracker import Tracker
 from schemas import AckStatus, EventType, HoldRecord, RetentionAck, decode, encode
@@ -65,12 +67,11 @@ async def _release(env: Env, hold_id: str) -> None:
 async def _states(env: Env, request_id: uuid.UUID) -> dict[str, int]:
     async with env.engine.connect() as conn:
         rows = await conn.execute(
-            text(
-                "SELECT a.status, count(*) FROM retention_expected_acks a "
-                "JOIN retention_outbox o ON o.event_id = a.event_id "
-                "WHERE o.request_id = :r GROUP BY a.status"
-            ),
-            {"r": request_id},
+            select(expected_acks.c.status, func.count())
+            .select_from(EVENTS)
+            .join(expected_acks, expected_acks.c.event_id == EVENTS.c.event_id)
+            .where(EVENTS.c.request_id == request_id)
+            .group_by(expected_acks.c.status)
         )
         return {status: n for status, n in rows}
 
@@ -78,11 +79,10 @@ async def _states(env: Env, request_id: uuid.UUID) -> dict[str, int]:
 async def _event_states(env: Env, request_id: uuid.UUID) -> set[str]:
     async with env.engine.connect() as conn:
         rows = await conn.execute(
-            text(
-                "SELECT s.state FROM retention_event_status s "
-                "JOIN retention_outbox o ON o.event_id = s.event_id WHERE o.request_id = :r"
-            ),
-            {"r": request_id},
+            select(event_status.c.state)
+            .select_from(EVENTS)
+            .join(event_status, event_status.c.event_id == EVENTS.c.event_id)
+            .where(EVENTS.c.request_id == request_id)
         )
         return set(rows.scalars())
 
@@ -173,8 +173,7 @@ async def test_a_lagging_service_acks_held_and_acts_after_the_release(env: Env) 
         published = {e.event_id for e in seen}
         async with env.engine.connect() as conn:
             ids = await conn.execute(
-                text("SELECT event_id FROM retention_outbox WHERE request_id = :r"),
-                {"r": request.id},
+                select(EVENTS.c.event_id).where(EVENTS.c.request_id == request.id)
             )
             assert published == set(ids.scalars())
         assert await _event_states(env, request.id) == {"completed"}

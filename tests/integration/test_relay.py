@@ -14,16 +14,17 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator import audit
 from coordinator.kafka.producer import Delivery, EventProducer, KafkaEventProducer, OutgoingRecord
 from coordinator.metrics import Metrics
+from coordinator.outbox.lookup import event_counts, unpublished_events
 from coordinator.outbox.relay import AUDIT_ACTION, OutboxRelay
 from coordinator.settings import RelaySettings
 from coordinator.store.db import make_engine
-from coordinator.store.tables import audit_log, outbox
+from coordinator.store.tables import audit_log
 from schemas import KafkaSettings, RetentionEvent, decode
 from tests.infra import ROOT
 from tests.outbox import clear_outbox, insert_rows, outbox_rows, read_records
@@ -41,15 +42,10 @@ async def engine(coordinator_db: str) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
-async def published_state(engine: AsyncEngine) -> tuple[int, int, set[int]]:
-    """(rows, rows published, distinct publish_attempts of published rows)."""
+async def published_state(engine: AsyncEngine) -> tuple[int, int]:
+    """(events, events published)."""
     async with engine.connect() as conn:
-        rows = (await conn.execute(select(outbox.c.published_at, outbox.c.publish_attempts))).all()
-    return (
-        len(rows),
-        sum(1 for r in rows if r.published_at is not None),
-        {r.publish_attempts for r in rows if r.published_at is not None},
-    )
+        return await event_counts(conn)
 
 
 async def test_rows_become_records_with_keys_headers_and_audit(
@@ -81,15 +77,17 @@ async def test_rows_become_records_with_keys_headers_and_audit(
         assert (event.initiated_at, event.deadline) == (row["initiated_at"], row["deadline"])
     assert {decode(RetentionEvent, r.value).event_id for r in records} == set(by_id)
 
-    assert await published_state(engine) == (len(rows), len(rows), {1})
+    assert await published_state(engine) == (len(rows), len(rows))
     async with engine.connect() as conn:
         assert (await audit.verify(conn))[1] is None
         entries = (
             await conn.execute(select(audit_log.c.data).where(audit_log.c.action == AUDIT_ACTION))
         ).scalars()
         entries = list(entries)
-    # One audit entry per batch of 100, naming every event once, with policy counts.
-    assert len(entries) == 3
+    # One audit entry per round. A round takes whole outbox batches, at least one, up to
+    # 100 events: the 150 (one purge batch) alone, then the 70; each names every event
+    # once, with policy counts and the watermark it set.
+    assert [e["up_to"] for e in entries] == [1, 2]
     audited = [i for e in entries for i in e["event_ids"]]
     assert sorted(audited) == sorted(str(i) for i in by_id)
     policy_totals: Counter[str] = Counter()
@@ -103,7 +101,7 @@ async def test_rows_become_records_with_keys_headers_and_audit(
     assert metrics.outbox_backlog._value.get() == 0
 
 
-async def test_two_relays_share_the_outbox_without_double_publishing(
+async def test_two_relays_take_turns_leading_without_double_publishing(
     engine: AsyncEngine, topics: KafkaSettings
 ) -> None:
     rows = outbox_rows(1000)
@@ -114,14 +112,14 @@ async def test_two_relays_share_the_outbox_without_double_publishing(
         OutboxRelay(engine, topics, settings=settings, actor="relay-b") as b,
     ):
         counts = await asyncio.gather(a.drain(timeout_s=90), b.drain(timeout_s=90))
+    # One leads at a time (an advisory lock per round): between them, each event once.
     assert sum(counts) == len(rows)
-    assert all(count > 0 for count in counts), f"one relay did all the work: {counts}"
 
     records = await read_records(topics, topics.topics.events, expected=len(rows))
     per_event = Counter(decode(RetentionEvent, r.value).event_id for r in records)
     assert set(per_event) == {row["event_id"] for row in rows}
     assert set(per_event.values()) == {1}
-    assert await published_state(engine) == (len(rows), len(rows), {1})
+    assert await published_state(engine) == (len(rows), len(rows))
     async with engine.connect() as conn:
         assert (await audit.verify(conn))[1] is None
 
@@ -178,9 +176,10 @@ async def test_crash_after_send_before_commit_republishes_same_event_ids(
     records = await read_records(topics, topics.topics.events, expected=len(rows) + 100)
     per_event = Counter(decode(RetentionEvent, r.value).event_id for r in records)
     assert set(per_event) == {row["event_id"] for row in rows}, "an event was lost"
-    # The killed batch went out twice with the same event ids; the rest once.
-    assert Counter(per_event.values()) == {2: FAST.batch_size, 1: len(rows) - FAST.batch_size}
-    assert await published_state(engine) == (len(rows), len(rows), {1})
+    # The killed round (the one purge batch of 120, taken whole) went out twice with the
+    # same event ids.
+    assert Counter(per_event.values()) == {2: len(rows)}
+    assert await published_state(engine) == (len(rows), len(rows))
 
 
 async def test_killed_relay_process_loses_nothing(
@@ -210,7 +209,7 @@ async def test_killed_relay_process_loses_nothing(
                     await asyncio.sleep(0.01)
         finally:
             process.send_signal(signal.SIGKILL)
-    _, published_before, _ = await published_state(engine)
+    _, published_before = await published_state(engine)
     assert 0 < published_before < len(rows)
 
     result = subprocess.run(
@@ -229,15 +228,11 @@ async def test_killed_relay_process_loses_nothing(
     per_event = Counter(decode(RetentionEvent, r.value).event_id for r in records)
     assert set(per_event) == {row["event_id"] for row in rows}, "an event was lost"
     async with engine.connect() as conn:
-        assert (
-            await conn.execute(
-                select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))
-            )
-        ).scalar_one() == 0
+        assert await unpublished_events(conn) == 0
         assert (await audit.verify(conn))[1] is None
 
 
-async def test_unbuildable_row_is_left_behind_and_the_rest_published(
+async def test_unbuildable_event_is_passed_over_recorded_and_the_rest_published(
     engine: AsyncEngine, topics: KafkaSettings
 ) -> None:
     rows = outbox_rows(10)
@@ -246,15 +241,15 @@ async def test_unbuildable_row_is_left_behind_and_the_rest_published(
     async with OutboxRelay(engine, topics, settings=FAST) as relay:
         assert await relay.drain(timeout_s=30) == 10
     async with engine.connect() as conn:
-        left = (
+        # The watermark went past it (nothing can ever publish it); the audit says so.
+        assert await unpublished_events(conn) == 0
+        entries = (
             await conn.execute(
-                select(outbox.c.event_id, outbox.c.publish_attempts).where(
-                    outbox.c.published_at.is_(None)
-                )
+                select(audit_log.c.data).where(audit_log.c.action == AUDIT_ACTION.value)
             )
-        ).all()
-    # Claimed with the good rows, then alone (which ends the drain): two attempts.
-    assert [(r.event_id, r.publish_attempts) for r in left] == [(bad["event_id"], 2)]
+        ).scalars()
+        skipped = [i for data in entries for i in data.get("unpublishable", [])]
+    assert skipped == [str(bad["event_id"])]
 
 
 async def test_relay_command_logs_through_the_one_pipeline(
@@ -281,23 +276,24 @@ async def test_relay_command_logs_through_the_one_pipeline(
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"published": 3, "unpublished": 1}
-    # Logged at each of its two claims, as JSON lines (stderr is not a terminal).
-    lines = [ln for ln in result.stderr.splitlines() if "outbox_row_unpublishable" in ln]
-    assert [json.loads(ln)["event_id"] for ln in lines] == [str(bad["event_id"])] * 2
+    assert json.loads(result.stdout) == {"published": 3, "unpublished": 0}
+    # Logged once, as a JSON line (stderr is not a terminal).
+    lines = [ln for ln in result.stderr.splitlines() if "outbox_event_unpublishable" in ln]
+    assert [json.loads(ln)["event_id"] for ln in lines] == [str(bad["event_id"])]
     await clear_outbox(engine)
 
 
 async def test_one_relay_keeps_each_entitys_events_in_outbox_order(
     engine: AsyncEngine, topics: KafkaSettings
 ) -> None:
-    # Eight purge transactions, each with an event for the same 25 entities; claims of
-    # 10 rows cut across them, and batches overlap (claim while the previous one is acked).
+    # Eight purge transactions, each with an event for the same 25 entities; rounds of
+    # at most 10 events still take each 25-event batch whole, in seq order.
+
     generation: dict[uuid.UUID, int] = {}
     for g in range(8):
         rows = outbox_rows(25, policy=f"p{g}")
-        generation.update({row["event_id"]: g for row in rows})
         await insert_rows(engine, rows)
+        generation.update({row["event_id"]: g for row in rows})
     async with OutboxRelay(engine, topics, settings=RelaySettings(batch_size=10)) as relay:
         assert await relay.drain(timeout_s=60) == 200
     records = await read_records(topics, topics.topics.events, expected=200)

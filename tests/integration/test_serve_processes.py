@@ -30,8 +30,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from coordinator.outbox.lookup import EVENTS
 from coordinator.store.db import make_engine
-from coordinator.store.tables import outbox, policy_results, runs, scheduler_fires
+from coordinator.store.tables import (
+    outbox_batches,
+    outbox_marks,
+    policy_results,
+    runs,
+    scheduler_fires,
+)
 from schemas import KafkaSettings
 from tests.infra import ROOT, with_database
 
@@ -133,7 +140,7 @@ async def engine(coordinator_db: str) -> AsyncIterator[AsyncEngine]:
     engine = make_engine(coordinator_db, pool_size=2)
     async with engine.begin() as conn:
         await conn.run_sync(ticks.metadata.create_all)
-        for table in (scheduler_fires, outbox, policy_results, runs):
+        for table in (scheduler_fires, outbox_marks, outbox_batches, policy_results, runs):
             await conn.execute(table.delete())
     yield engine
     await engine.dispose()
@@ -245,7 +252,7 @@ async def test_two_replicas_run_each_fire_once_and_hand_over(
 
 
 async def _all_published(engine: AsyncEngine, n: int) -> bool:
-    query = select(func.count()).select_from(outbox).where(outbox.c.published_at.is_not(None))
+    query = select(func.count()).select_from(EVENTS).where(EVENTS.c.published_at.is_not(None))
     return await count(engine, query) >= n
 
 

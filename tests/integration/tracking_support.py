@@ -8,7 +8,6 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import Clock
@@ -16,7 +15,6 @@ from coordinator.metrics import Metrics
 from coordinator.policy.model import DeclaredService
 from coordinator.settings import TrackerSettings
 from coordinator.store.db import make_engine
-from coordinator.store.tables import outbox
 from coordinator.tracking.tracker import Tracker
 from schemas import (
     AckStatus,
@@ -29,6 +27,7 @@ from schemas import (
 )
 from schemas.signing import SignatureMode, Signer
 from tests import keys
+from tests.outbox import insert_rows
 
 DEFAULT_SIGNER = keys.signer()
 
@@ -50,13 +49,15 @@ async def insert_published(
     entity_type: str = "user",
     policy: str = "inactive_users",
     completion_deadline: timedelta = timedelta(days=30),
+    subjects: Sequence[str | None] | None = None,
 ) -> list[uuid.UUID]:
     """Outbox rows as the purge wrote them and the relay marked them (published_at)."""
     initiated = (published_at or datetime.now().astimezone()) - timedelta(minutes=5)
+    run_id = uuid.uuid4()  # one purge: its rows share an outbox batch (per 2000)
     rows = [
         {
             "event_id": uuid.uuid4(),
-            "run_id": uuid.uuid4(),
+            "run_id": run_id,
             "policy": policy,
             "event_type": EventType.DELETE.value,
             "entity_type": entity_type,
@@ -67,13 +68,11 @@ async def insert_published(
             "deadline": initiated + completion_deadline,
             "created_at": initiated,
             "published_at": published_at,
+            "subject": subjects[n] if subjects is not None else None,
         }
-        for entity_id in entity_ids
+        for n, entity_id in enumerate(entity_ids)
     ]
-    async with engine.begin() as conn:
-        for start in range(0, len(rows), 2000):
-            await conn.execute(insert(outbox), rows[start : start + 2000])
-    return [row["event_id"] for row in rows]
+    return await insert_rows(engine, rows, chunk=2000)
 
 
 def registration(

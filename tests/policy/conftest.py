@@ -22,7 +22,8 @@ NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 HASH_SECRET = "test-hash-secret"
 
 COORDINATOR_DATA = (
-    "legal_hold_entities, legal_holds, retention_outbox, retention_anonymized, "
+    "legal_hold_entities, legal_holds, retention_outbox_batches, "
+    "retention_outbox_marks, retention_outbox_cursors, retention_anonymized, "
     "retention_policy_results, retention_runs, audit_log, retention_anonymize_marks"
 )
 

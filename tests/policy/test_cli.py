@@ -150,7 +150,11 @@ async def _outbox_rows(url: str) -> int:
     try:
         async with engine.connect() as conn:
             return int(
-                (await conn.execute(text("SELECT count(*) FROM retention_outbox"))).scalar_one()
+                (
+                    await conn.execute(
+                        text("SELECT coalesce(sum(events), 0) FROM retention_outbox_batches")
+                    )
+                ).scalar_one()
             )
     finally:
         await engine.dispose()

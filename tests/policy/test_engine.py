@@ -9,6 +9,7 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import FrozenClock
+from coordinator.outbox.lookup import EVENTS
 from coordinator.policy.model import PolicySet, parse_policies
 from coordinator.purge.holds import (
     HoldError,
@@ -20,7 +21,7 @@ from coordinator.purge.holds import (
 )
 from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
-from coordinator.store.tables import anonymized, outbox, policy_results
+from coordinator.store.tables import anonymized, policy_results
 from demo.seed_data import orders, session_logs, shopping_carts
 from tests.policy import hooks
 from tests.policy.conftest import NOW
@@ -364,7 +365,7 @@ async def test_a_policy_that_gains_a_field_reanonymizes_its_rows_once(engine: As
     async with engine.connect() as conn:
         ledger = (await conn.execute(select(anonymized.c.entity_id, anonymized.c.fields))).all()
         phones = set((await conn.execute(select(orders.c.phone))).scalars())
-        events = (await conn.execute(select(outbox.c.fields))).scalars().all()
+        events = (await conn.execute(select(EVENTS.c.fields))).scalars().all()
     assert sorted((e, sorted(f)) for e, f in ledger) == [
         (str(i), ["email", "phone"]) for i in range(1, 6)
     ]

@@ -127,7 +127,8 @@ async def test_a_run_touches_exactly_the_due_rows(
             await conn.execute(delete(table))
         await conn.execute(
             text(
-                "TRUNCATE legal_hold_entities, legal_holds, retention_outbox, "
+                "TRUNCATE legal_hold_entities, legal_holds, retention_outbox_batches, "
+                "retention_outbox_marks, retention_outbox_cursors, "
                 "retention_anonymized, retention_anonymize_marks"
             )
         )
@@ -189,7 +190,11 @@ async def test_a_run_touches_exactly_the_due_rows(
                 )
             ).scalars()
         )
-        events = set((await conn.execute(text("SELECT entity_id FROM retention_outbox"))).scalars())
+        events = set(
+            (
+                await conn.execute(text("SELECT unnest(entity_ids) FROM retention_outbox_batches"))
+            ).scalars()
+        )
     expected_carts = {
         i
         for i, r in zip(cart_ids, carts, strict=True)

@@ -13,11 +13,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from coordinator import audit
 from coordinator.clock import FrozenClock
 from coordinator.metrics import Metrics
+from coordinator.outbox.lookup import EVENTS
 from coordinator.policy.model import PolicySet, load_policies
 from coordinator.purge.holds import create_hold, entity_types
 from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
-from coordinator.store.tables import outbox, policy_results, runs
+from coordinator.store.tables import policy_results, runs
 from demo.seed_data import SEED_POLICIES, SeedData, populate
 from tests.policy.conftest import HASH_SECRET, NOW
 from tests.policy.conftest import SEED_POLICIES as SEED_POLICY_FILE
@@ -101,7 +102,7 @@ async def test_plan_then_run_leaves_exactly_the_expected_rows(
 
     # fan-out policies wrote one outbox row per processed entity, in the same transactions
     async with engine.connect() as conn:
-        events = (await conn.execute(select(outbox))).all()
+        events = (await conn.execute(select(EVENTS))).all()
     for name in ("purchase_records", "support_tickets", "abandoned_carts"):
         mine = [e for e in events if e.policy == name]
         assert sorted(e.entity_id for e in mine) == sorted(
@@ -143,7 +144,7 @@ async def test_plan_then_run_leaves_exactly_the_expected_rows(
     assert again.ok
     assert all(o.processed == 0 and o.events == 0 for o in again.outcomes)
     async with engine.connect() as conn:
-        assert (await conn.execute(select(func.count()).select_from(outbox))).scalar() == len(
+        assert (await conn.execute(select(func.count()).select_from(EVENTS))).scalar() == len(
             events
         )
 

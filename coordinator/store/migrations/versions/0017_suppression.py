@@ -1,7 +1,7 @@
 """suppression list (SPEC §12): erased entities by HMAC, published to the erased topic
 
-Revision ID: 0015_suppression
-Revises: 0014_verification
+Revision ID: 0017_suppression
+Revises: 0016_verification
 Create Date: 2026-12-06 08:30:00.000000
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0015_suppression'
-down_revision = '0014_verification'
+revision = '0017_suppression'
+down_revision = '0016_verification'
 branch_labels = None
 depends_on = None
 

@@ -1,8 +1,8 @@
 """verification (SPEC §12): verify events and answers, sampling marks, `still_present` acks
 and `resurrected` events
 
-Revision ID: 0014_verification
-Revises: 0013_service_deadlines
+Revision ID: 0016_verification
+Revises: 0015_service_deadlines
 Create Date: 2026-12-06 08:00:00.000000
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0014_verification'
-down_revision = '0013_service_deadlines'
+revision = '0016_verification'
+down_revision = '0015_service_deadlines'
 branch_labels = None
 depends_on = None
 

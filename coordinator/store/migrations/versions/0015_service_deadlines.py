@@ -1,7 +1,7 @@
 """declared services: each expected ack's own deadline (a service's `completion_deadline`)
 
-Revision ID: 0013_service_deadlines
-Revises: 0012_republish_indexes
+Revision ID: 0015_service_deadlines
+Revises: 0014_republish_indexes
 Create Date: 2026-12-06 07:50:00.000000
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0013_service_deadlines'
-down_revision = '0012_republish_indexes'
+revision = '0015_service_deadlines'
+down_revision = '0014_republish_indexes'
 branch_labels = None
 depends_on = None
 

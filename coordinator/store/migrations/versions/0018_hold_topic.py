@@ -1,8 +1,8 @@
 """holds reach services: the holds topic's outbox, and `held` acks and event states;
 the key id that verified each ack
 
-Revision ID: 0016_hold_topic
-Revises: 0015_suppression
+Revision ID: 0018_hold_topic
+Revises: 0017_suppression
 Create Date: 2026-12-06 07:40:00.000000
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0016_hold_topic'
-down_revision = '0015_suppression'
+revision = '0018_hold_topic'
+down_revision = '0017_suppression'
 branch_labels = None
 depends_on = None
 

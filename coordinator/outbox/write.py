@@ -1,0 +1,91 @@
+"""Writing the outbox: one row per batch of events, in the writer's transaction.
+
+`enqueue` takes the audit chain's lock (held until the transaction ends) before it gives
+the row the next seq, so seq order is commit order: when the relay sees seq N committed,
+every smaller seq committed before it, and its watermark never skips a row that commits
+later. Writers append their audit entry in the same transaction anyway, so the lock is
+held for no longer than it was.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Uuid, func, insert, literal, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from coordinator import audit
+from coordinator.store.tables import outbox_batches, outbox_marks
+from schemas import EventReason
+
+__all__ = ["EventBatch", "enqueue"]
+
+
+@dataclass(frozen=True, slots=True)
+class EventBatch:
+    """The events of one purge batch: what they share, and each one's entity and subject."""
+
+    policy: str
+    event_type: str
+    entity_type: str
+    legal_basis: str
+    initiated_at: datetime
+    deadline: datetime
+    entity_ids: Sequence[str]
+    subjects: Sequence[str | None] | None = None
+    """Alongside entity_ids; None when no event names a subject."""
+    fields: Sequence[str] = field(default_factory=tuple)
+    run_id: uuid.UUID | None = None
+    reason: EventReason = EventReason.RETENTION_POLICY
+    request_id: uuid.UUID | None = None
+
+
+async def enqueue(conn: AsyncConnection, batch: EventBatch) -> int:
+    """Write the batch's outbox row; return its seq (0: the batch has no events)."""
+    if not batch.entity_ids:
+        return 0
+    await audit.lock_head(conn)
+    b = outbox_batches.c
+    subjects = batch.subjects
+    if subjects is not None and all(s is None for s in subjects):
+        subjects = None
+    # Past the watermark too: after a prune took every batch, seq must not start over
+    # below marks that already say "published".
+    next_seq = (
+        select(
+            func.greatest(
+                select(func.coalesce(func.max(b.seq), 0)).scalar_subquery(),
+                select(func.coalesce(func.max(outbox_marks.c.up_to), 0)).scalar_subquery(),
+            )
+            + 1
+        )
+    ).scalar_subquery()
+    # Ids count up from 1 under one fresh UUIDv7 (migration 0005), like the per-event
+    # outbox's: event n of the batch is retention_uuidv7_nth(id_base, 1 + n).
+    base = func.retention_uuidv7_nth(func.retention_uuidv7(), 0, type_=Uuid)
+    seq = await conn.scalar(
+        insert(outbox_batches)
+        .values(
+            seq=next_seq,
+            id_base=base,
+            id_first=literal(1, BigInteger()),
+            events=len(batch.entity_ids),
+            run_id=batch.run_id,
+            policy=batch.policy,
+            event_type=batch.event_type,
+            entity_type=batch.entity_type,
+            legal_basis=batch.legal_basis,
+            fields=list(batch.fields),
+            initiated_at=batch.initiated_at,
+            deadline=batch.deadline,
+            reason=batch.reason.value,
+            request_id=batch.request_id,
+            entity_ids=list(batch.entity_ids),
+            subjects=None if subjects is None else list(subjects),
+        )
+        .returning(b.seq)
+    )
+    return int(seq or 0)

@@ -1,0 +1,74 @@
+"""The outbox's seq is commit order, and never starts over below the watermark."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import delete, insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coordinator.outbox.lookup import published_up_to
+from coordinator.outbox.write import EventBatch, enqueue
+from coordinator.store.db import make_engine
+from coordinator.store.tables import outbox_batches, outbox_marks
+from tests.outbox import clear_outbox
+
+T0 = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
+
+
+def batch(*entities: str) -> EventBatch:
+    return EventBatch(
+        policy="p",
+        event_type="delete",
+        entity_type="user",
+        legal_basis="b",
+        initiated_at=T0,
+        deadline=T0 + timedelta(days=30),
+        entity_ids=list(entities),
+    )
+
+
+@pytest.fixture
+async def engine(coordinator_db: str) -> AsyncIterator[AsyncEngine]:
+    engine = make_engine(coordinator_db)
+    await clear_outbox(engine)
+    yield engine
+    await clear_outbox(engine)
+    await engine.dispose()
+
+
+async def test_a_later_writer_waits_and_gets_the_next_seq(engine: AsyncEngine) -> None:
+    async with engine.connect() as first:
+        await first.begin()
+        first_seq = await enqueue(first, batch("1", "2"))
+
+        async def second() -> int:
+            async with engine.begin() as conn:
+                return await enqueue(conn, batch("3"))
+
+        waiting = asyncio.create_task(second())
+        await asyncio.sleep(0.5)
+        # The first transaction holds the chain's lock: no seq can be handed out behind it
+        # and commit before it.
+        assert not waiting.done()
+        await first.commit()
+    assert await asyncio.wait_for(waiting, 10) == first_seq + 1
+
+
+async def test_seq_continues_after_every_batch_was_pruned(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        seq = await enqueue(conn, batch("1"))
+        await conn.execute(insert(outbox_marks).values(up_to=seq, published_at=T0, events=1))
+        await conn.execute(delete(outbox_batches))
+    async with engine.begin() as conn:
+        assert await published_up_to(conn) == seq
+        # Seq 1 again would sit below the watermark and never be published.
+        assert await enqueue(conn, batch("2")) == seq + 1
+
+
+async def test_an_empty_batch_writes_nothing(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        assert await enqueue(conn, batch()) == 0
