@@ -142,7 +142,7 @@ async def test_answers_reopen_the_deletion_and_show_in_the_console(
         outcome = await answers.apply_answers(
             conn,
             [
-                consumed(base, verify_id, "billing", AckStatus.STILL_PRESENT),
+                found := consumed(base, verify_id, "billing", AckStatus.STILL_PRESENT),
                 consumed(base + 1, verify_id, "search", AckStatus.UNSUPPORTED),
                 # A deletion status is no answer to a verify event.
                 consumed(base + 2, verify_id, "search", AckStatus.COMPLETED),
@@ -208,6 +208,18 @@ async def test_answers_reopen_the_deletion_and_show_in_the_console(
             select(event_status.c.state).where(event_status.c.event_id == deletion)
         )
     assert again == [deletion]
+    assert state == "completed"
+
+    # The same `still_present` answer replayed at another offset changes nothing (the
+    # ledger keeps one accepted ack per event, service, attempt and status).
+    async with engine.begin() as conn:
+        replayed = await answers.apply_answers(
+            conn, [ConsumedAck("acks", 0, base + 6, found.ack)], now=datetime.now(UTC)
+        )
+        state = await conn.scalar(
+            select(event_status.c.state).where(event_status.c.event_id == deletion)
+        )
+    assert replayed.resurrected == []
     assert state == "completed"
 
 
