@@ -8,6 +8,7 @@ import random
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -17,7 +18,7 @@ from coordinator.store.tables import event_status, expected_acks, outbox, verifi
 from coordinator.tokens import Scope
 from coordinator.tracking.ledger import ConsumedAck, apply_acks
 from coordinator.tracking.snapshot import track_published
-from coordinator.verification import answers
+from coordinator.verification import answers, request
 from coordinator.verification.request import sample_all
 from schemas import AckStatus, RetentionAck
 from tests.api.conftest import auth, make_client
@@ -261,3 +262,33 @@ async def test_sampling_considers_each_deletion_once_after_verify_after(
             )
         ).all()
     assert set(triggers) == {("sample", "verify-sampler")}
+
+
+async def test_sampling_resumes_after_the_last_deletion_among_equal_completion_times(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Acks of one batch share a time: deletions completed at the same instant straddle
+    # chunk boundaries, and each is still considered exactly once.
+    monkeypatch.setattr(request, "_SAMPLE_CHUNK", 2)
+    name = f"tied_{uuid.uuid4().hex[:8]}"
+    entities = {f"t-{n}" for n in range(5)}
+    for entity in entities:
+        await _completed_deletion(engine, entity, policy=name)
+    policy = Policy.model_validate(
+        {
+            "name": name,
+            "table": "accounts",
+            "entity_type": "user",
+            "timestamp_column": "created_at",
+            "retention": "30d",
+            "action": "delete",
+            "legal_basis": "Contract ended",
+            "fan_out": True,
+            "verify_sample": 1.0,
+            "verify_after": "1d",
+        }
+    )
+    later = NOW + timedelta(days=1, minutes=1)
+    asked = await sample_all(engine, [policy], now=later)
+    assert sorted(a.entity_id for a in asked) == sorted(entities)
+    assert await sample_all(engine, [policy], now=later) == []
