@@ -507,6 +507,8 @@ verifications = Table(
         "trigger IN ('sample', 'on_demand')", name="ck_retention_verifications_trigger"
     ),
     Index(None, "entity_type", "entity_id"),
+    # `retention report`'s verification section: the verify events asked since a date.
+    Index(None, "requested_at"),
 )
 
 # Each asked service's answer: `unsupported` (no verify handler) is shown as such and never

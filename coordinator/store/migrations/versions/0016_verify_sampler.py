@@ -1,5 +1,6 @@
 """verify sampler (SPEC §12): an index over completed deletions per policy, and a keyset
-mark, so each sampling chunk reads the next rows instead of aggregating every deletion
+mark, so each sampling chunk reads the next rows instead of aggregating every deletion;
+the report's verify events by request time
 
 Revision ID: 0016_verify_sampler
 Revises: 0013_suppression
@@ -25,9 +26,13 @@ def upgrade() -> None:
         postgresql_where=sa.text("state = 'completed' AND event_type = 'delete'"),
     )
     op.add_column('retention_verify_marks', sa.Column('event_id', sa.Uuid(), nullable=True))
+    op.create_index(
+        'ix_retention_verifications_requested_at', 'retention_verifications', ['requested_at']
+    )
 
 
 def downgrade() -> None:
+    op.drop_index('ix_retention_verifications_requested_at', table_name='retention_verifications')
     op.drop_column('retention_verify_marks', 'event_id')
     op.drop_index(
         'ix_retention_event_status_completed_deletions', table_name='retention_event_status'
