@@ -292,3 +292,111 @@ async def test_sampling_resumes_after_the_last_deletion_among_equal_completion_t
     asked = await sample_all(engine, [policy], now=later)
     assert sorted(a.entity_id for a in asked) == sorted(entities)
     assert await sample_all(engine, [policy], now=later) == []
+
+
+async def test_a_deletion_still_open_elsewhere_is_never_completed_by_verification(
+    ctx: ApiContext, tokens: dict[Scope, str], engine: AsyncEngine
+) -> None:
+    # Billing acked the deletion, search never did (overdue): billing found still holding
+    # data, then deleting again, must not complete the event while search is open.
+    entity = f"open-{uuid.uuid4().hex[:8]}"
+    deletion = uuid.uuid4()
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(event_status).values(
+                event_id=deletion,
+                policy="accounts",
+                event_type="delete",
+                entity_type="user",
+                entity_id=entity,
+                initiated_at=NOW,
+                published_at=NOW,
+                deadline=NOW,
+                state="overdue",
+                expected=2,
+                tracked_at=NOW,
+                updated_at=NOW,
+            )
+        )
+        await conn.execute(
+            insert(expected_acks),
+            [
+                {"event_id": deletion, "service": "billing", "status": "completed"},
+                {"event_id": deletion, "service": "search", "status": "pending"},
+            ],
+        )
+
+    async def state_and_acks() -> tuple[str, dict[str, str]]:
+        async with engine.connect() as conn:
+            state = await conn.scalar(
+                select(event_status.c.state).where(event_status.c.event_id == deletion)
+            )
+            acks = (
+                await conn.execute(
+                    select(expected_acks.c.service, expected_acks.c.status).where(
+                        expected_acks.c.event_id == deletion
+                    )
+                )
+            ).all()
+        return str(state), dict(acks)
+
+    def consumed(offset: int, event_id: uuid.UUID, service: str, status: AckStatus) -> ConsumedAck:
+        ack = RetentionAck(
+            event_id=event_id,
+            service=service,
+            entity_type="user",
+            entity_id=entity,
+            status=status,
+            records_affected=1 if status is AckStatus.STILL_PRESENT else 0,
+            acknowledged_at=datetime.now(UTC),
+        )
+        return ConsumedAck("acks", 0, offset, ack)
+
+    async def verify_finds_billing(offset: int) -> None:
+        async with make_client(ctx) as client:
+            created = await client.post(
+                f"/v1/entities/user/{entity}/verify", headers=auth(tokens[Scope.WRITE])
+            )
+        assert "billing" in [s["service"] for s in created.json()["services"]]
+        verify_id = uuid.UUID(created.json()["event_id"])
+        async with engine.begin() as conn:
+            await answers.apply_answers(
+                conn,
+                [consumed(offset, verify_id, "billing", AckStatus.STILL_PRESENT)],
+                now=datetime.now(UTC),
+            )
+
+    base = int(uuid.uuid4().int % 10**9)
+    await verify_finds_billing(base)
+    assert await state_and_acks() == ("overdue", {"billing": "still_present", "search": "pending"})
+
+    later = await _completed_deletion(
+        engine, entity, published=datetime.now(UTC) + timedelta(seconds=5)
+    )
+    async with engine.begin() as conn:
+        again = await answers.delete_again(
+            conn,
+            [consumed(base + 1, later, "billing", AckStatus.COMPLETED).ack],  # type: ignore[list-item]
+            now=datetime.now(UTC),
+        )
+    assert again == []
+    assert await state_and_acks() == ("overdue", {"billing": "completed", "search": "pending"})
+
+    # Found again; once search is done too, the event is resurrected, not completed.
+    await verify_finds_billing(base + 2)
+    async with engine.begin() as conn:
+        await apply_acks(
+            conn,
+            [consumed(base + 3, deletion, "search", AckStatus.COMPLETED)],
+            declared=[],
+            now=datetime.now(UTC),
+            reminder_interval=timedelta(hours=1),
+        )
+        completed_at = await conn.scalar(
+            select(event_status.c.completed_at).where(event_status.c.event_id == deletion)
+        )
+    assert await state_and_acks() == (
+        "resurrected",
+        {"billing": "still_present", "search": "completed"},
+    )
+    assert completed_at is not None
