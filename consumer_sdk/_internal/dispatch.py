@@ -461,8 +461,10 @@ class Dispatcher:
             outcome = await self.executor.verify(event, spec, None)
         else:
             async with self.engine.connect() as conn:
-                # Never committed: counting must not change anything.
-                outcome = await self.executor.verify(event, spec, conn)
+                # Counting must not change anything: never committed, and every transaction
+                # on it is READ ONLY, so a write fails (acked `failed`) even if committed.
+                readonly = await conn.execution_options(postgresql_readonly=True)
+                outcome = await self.executor.verify(event, spec, readonly)
         labels = (event.entity_type, EventType.VERIFY.value, outcome.status.value)
         done.handled[labels] += 1
         done.uncounted[labels] += 1

@@ -3,7 +3,9 @@
 The table is read from the compacted topic's beginning without a consumer group, up to the
 end offsets seen at start, before the first answer; a background task then follows the
 topic. Each record must carry the coordinator's signature (as events do): one that fails
-is ignored, so nobody but the coordinator can mark an entity erased or lift its entry.
+is ignored, so nobody but the coordinator can mark an entity erased or lift its entry. A
+genuine record replayed later cannot lift an entry either: per key the latest expiry counts,
+and a tombstone only drops an entry that has expired.
 """
 
 from __future__ import annotations
@@ -104,7 +106,12 @@ class SuppressionTable:
                     continue
                 key = msg.key.decode("ascii", "replace")
                 if msg.value is None:
-                    self._entries.pop(key, None)
+                    # The signature covers key and value only, so an old genuine tombstone
+                    # can be replayed: it may drop an entry that no longer suppresses, never
+                    # a live one (an erasure renewed since).
+                    expires_at = self._entries.get(key)
+                    if expires_at is not None and expires_at <= utc_now():
+                        del self._entries[key]
                     continue
                 try:
                     entry = decode(ErasedEntity, msg.value)
@@ -118,7 +125,10 @@ class SuppressionTable:
                     continue
                 if entry.key != key:
                     continue
-                self._entries[key] = entry.expires_at
+                # The latest expiry wins: a replayed older entry cannot shorten a renewal.
+                known = self._entries.get(key)
+                if known is None or entry.expires_at > known:
+                    self._entries[key] = entry.expires_at
 
     async def stop(self) -> None:
         follow, self._follow = self._follow, None

@@ -306,6 +306,14 @@ event_status = Table(
         "event_id",
         postgresql_where=text("state = 'overdue'"),
     ),
+    # The verify sampler's keyset: a policy's completed deletions in completion order.
+    Index(
+        "ix_retention_event_status_completed_deletions",
+        "policy",
+        "completed_at",
+        "event_id",
+        postgresql_where=text("state = 'completed' AND event_type = 'delete'"),
+    ),
 )
 
 # The expected acknowledgers of each event (snapshot at publication) and where each stands.
@@ -563,6 +571,8 @@ verifications = Table(
         "trigger IN ('sample', 'on_demand')", name="ck_retention_verifications_trigger"
     ),
     Index(None, "entity_type", "entity_id"),
+    # `retention report`'s verification section: the verify events asked since a date.
+    Index(None, "requested_at"),
 )
 
 # Each asked service's answer: `unsupported` (no verify handler) is shown as such and never
@@ -594,6 +604,9 @@ verify_marks = Table(
     metadata,
     Column("policy", Text, primary_key=True),
     _ts("completed_before", nullable=False),
+    # With `completed_before`, the last deletion considered: the keyset to resume after
+    # (NULL for a mark written before migration 0016: resume after the time alone).
+    Column("event_id", Uuid),
 )
 
 

@@ -461,8 +461,15 @@ def compute_transitions(
     for event_id in sorted(touched):
         event, rows = events[event_id], by_event[event_id]
         completed_at = None
-        if any(r["status"] == STILL_PRESENT for r in rows):
-            state, completed_at = "resurrected", event.completed_at
+        unsettled = [r for r in rows if r["status"] not in SETTLED]
+        if unsettled and all(r["status"] == STILL_PRESENT for r in unsettled):
+            # Done everywhere but found back somewhere: never completed while a service
+            # is still open (that keeps its own state, reminders and escalation).
+            state = "resurrected"
+            completed_at = event.completed_at or max(
+                (r["acknowledged_at"] for r in rows if r["acknowledged_at"] is not None),
+                default=None,
+            )
         elif rows and all(r["status"] in SETTLED for r in rows):
             state = "completed"
             completed_at = max(r["acknowledged_at"] for r in rows)

@@ -297,9 +297,11 @@ async def _resurrect(
     if ids:
         # No reminders: a redelivery of the same event would be answered from the
         # service's idempotency record, not by deleting again.
+        # Only completed events become `resurrected`: one still open elsewhere keeps its
+        # state, and becomes `resurrected` when its other services are done (the ledger).
         await conn.execute(
             update(event_status)
-            .where(s.event_id == any_(event_ids_param(ids)))
+            .where(s.event_id == any_(event_ids_param(ids)), s.state == "completed")
             .values(state="resurrected", next_reminder_at=None, updated_at=now)
         )
     return {key: sorted(value) for key, value in events.items()}

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, literal, select, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -60,6 +60,7 @@ _SAMPLE_LOCK = 0x7665726966790001
 
 @dataclass(frozen=True, slots=True)
 class CompletedDeletion:
+    event_id: uuid.UUID
     entity_type: str
     entity_id: str
     completed_at: datetime
@@ -77,27 +78,33 @@ async def completed_deletions(
     conn: AsyncConnection,
     *,
     policy: str,
-    after: datetime | None,
+    after: tuple[datetime, uuid.UUID | None] | None,
     until: datetime,
     limit: int,
 ) -> list[CompletedDeletion]:
-    """The one lookup of past deletions: a policy's delete events completed in
-    (`after`, `until`], oldest completion first, one per entity."""
+    """The one lookup of past deletions: a policy's delete events completed after the
+    keyset `after` (completion time, event id) and by `until`, in that order. It reads
+    `limit` rows of ix_retention_event_status_completed_deletions, whatever the table holds."""
     s = event_status.c
     query = (
-        select(s.entity_type, s.entity_id, func.max(s.completed_at).label("completed_at"))
+        select(s.event_id, s.entity_type, s.entity_id, s.completed_at)
         .where(
             s.policy == policy,
             s.event_type == EventType.DELETE.value,
             s.state == "completed",
             s.completed_at <= until,
         )
-        .group_by(s.entity_type, s.entity_id)
-        .order_by(func.max(s.completed_at), s.entity_type, s.entity_id)
+        .order_by(s.completed_at, s.event_id)
         .limit(limit)
     )
     if after is not None:
-        query = query.where(s.completed_at > after)
+        at, event_id = after
+        query = query.where(
+            s.completed_at > at
+            if event_id is None
+            else tuple_(s.completed_at, s.event_id)
+            > tuple_(literal(at, s.completed_at.type), literal(event_id, s.event_id.type))
+        )
     return [CompletedDeletion(*row) for row in await conn.execute(query)]
 
 
@@ -210,15 +217,23 @@ async def sample_policy(
     await conn.execute(select(func.pg_advisory_xact_lock(_SAMPLE_LOCK)))
     mark = (
         await conn.execute(
-            select(verify_marks.c.completed_before).where(verify_marks.c.policy == policy.name)
+            select(verify_marks.c.completed_before, verify_marks.c.event_id).where(
+                verify_marks.c.policy == policy.name
+            )
         )
-    ).scalar_one_or_none()
+    ).first()
     until = now - policy.verify_after
     requested: list[Requested] = []
     considered = await completed_deletions(
-        conn, policy=policy.name, after=mark, until=until, limit=_SAMPLE_CHUNK
+        conn,
+        policy=policy.name,
+        after=None if mark is None else (mark.completed_before, mark.event_id),
+        until=until,
+        limit=_SAMPLE_CHUNK,
     )
-    for deletion in considered:
+    # One draw per entity in the chunk, however many of its deletions completed in it.
+    entities = {(d.entity_type, d.entity_id): d for d in considered}
+    for deletion in entities.values():
         if draw.random() >= policy.verify_sample:
             continue
         found = await request_verify(
@@ -234,16 +249,21 @@ async def sample_policy(
             requested.append(found)
     if considered:
         # Up to the last one considered: a full chunk leaves the rest for the next one.
-        await _set_mark(conn, policy.name, considered[-1].completed_at)
+        await _set_mark(conn, policy.name, considered[-1])
     return requested, len(considered) == _SAMPLE_CHUNK
 
 
-async def _set_mark(conn: AsyncConnection, policy: str, completed_before: datetime) -> None:
-    statement = pg_insert(verify_marks).values(policy=policy, completed_before=completed_before)
+async def _set_mark(conn: AsyncConnection, policy: str, last: CompletedDeletion) -> None:
+    statement = pg_insert(verify_marks).values(
+        policy=policy, completed_before=last.completed_at, event_id=last.event_id
+    )
     await conn.execute(
         statement.on_conflict_do_update(
             index_elements=[verify_marks.c.policy],
-            set_={"completed_before": statement.excluded.completed_before},
+            set_={
+                "completed_before": statement.excluded.completed_before,
+                "event_id": statement.excluded.event_id,
+            },
         )
     )
 

@@ -8,6 +8,7 @@ import random
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -24,7 +25,7 @@ from coordinator.store.tables import (
 from coordinator.tokens import Scope
 from coordinator.tracking.ledger import ConsumedAck, apply_acks
 from coordinator.tracking.snapshot import track_published
-from coordinator.verification import answers
+from coordinator.verification import answers, request
 from coordinator.verification.request import sample_all
 from schemas import AckStatus, RetentionAck
 from tests.api.conftest import auth, make_client
@@ -151,7 +152,7 @@ async def test_answers_reopen_the_deletion_and_show_in_the_console(
         outcome = await answers.apply_answers(
             conn,
             [
-                consumed(base, verify_id, "billing", AckStatus.STILL_PRESENT),
+                found := consumed(base, verify_id, "billing", AckStatus.STILL_PRESENT),
                 consumed(base + 1, verify_id, "search", AckStatus.UNSUPPORTED),
                 # A deletion status is no answer to a verify event.
                 consumed(base + 2, verify_id, "search", AckStatus.COMPLETED),
@@ -219,6 +220,18 @@ async def test_answers_reopen_the_deletion_and_show_in_the_console(
     assert again == [deletion]
     assert state == "completed"
 
+    # The same `still_present` answer replayed at another offset changes nothing (the
+    # ledger keeps one accepted ack per event, service, attempt and status).
+    async with engine.begin() as conn:
+        replayed = await answers.apply_answers(
+            conn, [ConsumedAck("acks", 0, base + 6, found.ack)], now=datetime.now(UTC)
+        )
+        state = await conn.scalar(
+            select(event_status.c.state).where(event_status.c.event_id == deletion)
+        )
+    assert replayed.resurrected == []
+    assert state == "completed"
+
 
 async def test_sampling_considers_each_deletion_once_after_verify_after(
     engine: AsyncEngine,
@@ -258,3 +271,141 @@ async def test_sampling_considers_each_deletion_once_after_verify_after(
             )
         ).all()
     assert set(triggers) == {("sample", "verify-sampler")}
+
+
+async def test_sampling_resumes_after_the_last_deletion_among_equal_completion_times(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Acks of one batch share a time: deletions completed at the same instant straddle
+    # chunk boundaries, and each is still considered exactly once.
+    monkeypatch.setattr(request, "_SAMPLE_CHUNK", 2)
+    name = f"tied_{uuid.uuid4().hex[:8]}"
+    entities = {f"t-{n}" for n in range(5)}
+    for entity in entities:
+        await _completed_deletion(engine, entity, policy=name)
+    policy = Policy.model_validate(
+        {
+            "name": name,
+            "table": "accounts",
+            "entity_type": "user",
+            "timestamp_column": "created_at",
+            "retention": "30d",
+            "action": "delete",
+            "legal_basis": "Contract ended",
+            "fan_out": True,
+            "verify_sample": 1.0,
+            "verify_after": "1d",
+        }
+    )
+    later = NOW + timedelta(days=1, minutes=1)
+    asked = await sample_all(engine, [policy], now=later)
+    assert sorted(a.entity_id for a in asked) == sorted(entities)
+    assert await sample_all(engine, [policy], now=later) == []
+
+
+async def test_a_deletion_still_open_elsewhere_is_never_completed_by_verification(
+    ctx: ApiContext, tokens: dict[Scope, str], engine: AsyncEngine
+) -> None:
+    # Billing acked the deletion, search never did (overdue): billing found still holding
+    # data, then deleting again, must not complete the event while search is open.
+    entity = f"open-{uuid.uuid4().hex[:8]}"
+    deletion = uuid.uuid4()
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(event_status).values(
+                event_id=deletion,
+                policy="accounts",
+                event_type="delete",
+                entity_type="user",
+                entity_id=entity,
+                initiated_at=NOW,
+                published_at=NOW,
+                deadline=NOW,
+                state="overdue",
+                expected=2,
+                tracked_at=NOW,
+                updated_at=NOW,
+            )
+        )
+        await conn.execute(
+            insert(expected_acks),
+            [
+                {"event_id": deletion, "service": "billing", "status": "completed"},
+                {"event_id": deletion, "service": "search", "status": "pending"},
+            ],
+        )
+
+    async def state_and_acks() -> tuple[str, dict[str, str]]:
+        async with engine.connect() as conn:
+            state = await conn.scalar(
+                select(event_status.c.state).where(event_status.c.event_id == deletion)
+            )
+            acks = (
+                await conn.execute(
+                    select(expected_acks.c.service, expected_acks.c.status).where(
+                        expected_acks.c.event_id == deletion
+                    )
+                )
+            ).all()
+        return str(state), dict(acks)
+
+    def consumed(offset: int, event_id: uuid.UUID, service: str, status: AckStatus) -> ConsumedAck:
+        ack = RetentionAck(
+            event_id=event_id,
+            service=service,
+            entity_type="user",
+            entity_id=entity,
+            status=status,
+            records_affected=1 if status is AckStatus.STILL_PRESENT else 0,
+            acknowledged_at=datetime.now(UTC),
+        )
+        return ConsumedAck("acks", 0, offset, ack)
+
+    async def verify_finds_billing(offset: int) -> None:
+        async with make_client(ctx) as client:
+            created = await client.post(
+                f"/v1/entities/user/{entity}/verify", headers=auth(tokens[Scope.WRITE])
+            )
+        assert "billing" in [s["service"] for s in created.json()["services"]]
+        verify_id = uuid.UUID(created.json()["event_id"])
+        async with engine.begin() as conn:
+            await answers.apply_answers(
+                conn,
+                [consumed(offset, verify_id, "billing", AckStatus.STILL_PRESENT)],
+                now=datetime.now(UTC),
+            )
+
+    base = int(uuid.uuid4().int % 10**9)
+    await verify_finds_billing(base)
+    assert await state_and_acks() == ("overdue", {"billing": "still_present", "search": "pending"})
+
+    later = await _completed_deletion(
+        engine, entity, published=datetime.now(UTC) + timedelta(seconds=5)
+    )
+    async with engine.begin() as conn:
+        again = await answers.delete_again(
+            conn,
+            [consumed(base + 1, later, "billing", AckStatus.COMPLETED).ack],  # type: ignore[list-item]
+            now=datetime.now(UTC),
+        )
+    assert again == []
+    assert await state_and_acks() == ("overdue", {"billing": "completed", "search": "pending"})
+
+    # Found again; once search is done too, the event is resurrected, not completed.
+    await verify_finds_billing(base + 2)
+    async with engine.begin() as conn:
+        await apply_acks(
+            conn,
+            [consumed(base + 3, deletion, "search", AckStatus.COMPLETED)],
+            declared=[],
+            now=datetime.now(UTC),
+            reminder_interval=timedelta(hours=1),
+        )
+        completed_at = await conn.scalar(
+            select(event_status.c.completed_at).where(event_status.c.event_id == deletion)
+        )
+    assert await state_and_acks() == (
+        "resurrected",
+        {"billing": "still_present", "search": "completed"},
+    )
+    assert completed_at is not None

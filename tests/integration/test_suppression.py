@@ -192,14 +192,31 @@ async def test_forged_records_are_ignored_and_entries_expire(world: World, tmp_p
         await record_erased(conn, suppression, "user", "8", now=now)
     assert await _publish(world, SystemClock()) == (2, 1)  # user:7 expired: a tombstone
 
+    erased = world.kafka.topics.erased
     # Anyone can write the topic without the coordinator's key; nobody should be marked.
     forged = suppression_key(pepper, "user", "9")
     entry = ErasedEntity(key=forged, erased_at=now, expires_at=now + timedelta(days=1))
-    await produce(world.kafka, [(forged.encode(), encode(entry))], signer=None)
-    await produce(world.kafka, [(forged.encode(), encode(entry))], signer=keys.signer("billing"))
+    await produce(world.kafka, [(forged.encode(), encode(entry))], signer=None, topic=erased)
+    await produce(
+        world.kafka, [(forged.encode(), encode(entry))], signer=keys.signer("billing"), topic=erased
+    )
     # Nor lift a real entry with a forged tombstone.
     live = suppression_key(pepper, "user", "8")
-    await produce(world.kafka, [(live.encode(), None)], signer=None)
+    await produce(world.kafka, [(live.encode(), None)], signer=None, topic=erased)
+    # Nor with genuine records replayed: an earlier erasure's entry, then its tombstone
+    # (a signature covers key and value only, so both verify).
+    stale = ErasedEntity(
+        key=live, erased_at=now - timedelta(days=3), expires_at=now - timedelta(days=2)
+    )
+    await produce(
+        world.kafka,
+        [(live.encode(), encode(stale))],
+        signer=keys.signer(keys.COORDINATOR),
+        topic=erased,
+    )
+    await produce(
+        world.kafka, [(live.encode(), None)], signer=keys.signer(keys.COORDINATOR), topic=erased
+    )
 
     assert _ask_in_a_fresh_process(world, ("user", "7"), ("user", "8"), ("user", "9")) == [
         False,

@@ -22,9 +22,11 @@ async def produce(
     records: Sequence[RetentionEvent | tuple[bytes, bytes | None]],
     *,
     signer: Signer | None = COORDINATOR,
+    topic: str | None = None,
 ) -> None:
     """Events (keyed as the relay keys them) or raw (key, value) pairs, in order, each
-    signed as the coordinator signs (None: unsigned, like a forger without the key)."""
+    signed as the coordinator signs (None: unsigned, like a forger without the key), to
+    `topic` (default: the events topic)."""
     producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all", enable_idempotence=True)
     await producer.start()
     try:
@@ -36,7 +38,7 @@ async def produce(
                 key, value = item
             headers = [] if signer is None else signer.sign_record(key, value)
             futures.append(
-                await producer.send(kafka.topics.events, value, key=key, headers=headers)
+                await producer.send(topic or kafka.topics.events, value, key=key, headers=headers)
             )
         await asyncio.gather(*futures)
     finally:

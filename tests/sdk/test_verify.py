@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consumer_sdk import (
@@ -149,3 +150,31 @@ async def test_an_anonymize_only_service_is_never_asked_and_stays_silent() -> No
 
     async with TestConsumer(app) as t:
         assert await t.deliver(event(entity_type="order", action=EventType.VERIFY)) == []
+
+
+async def test_a_verify_handler_cannot_write_through_its_connection(fresh_database: str) -> None:
+    app = RetentionConsumer(
+        "svc", settings=ConsumerSettings(max_attempts=3, database_url=fresh_database)
+    )
+
+    @app.on_startup
+    async def create(conn: AsyncConnection) -> None:
+        await conn.execute(text("CREATE TABLE kept (id text)"))
+
+    @app.on_delete("user")
+    async def delete_user(event: RetentionEvent) -> int:
+        raise AssertionError("a verify event reached the delete handler")
+
+    @app.verify("user")
+    async def count_and_delete(event: RetentionEvent, conn: AsyncConnection) -> int:
+        await conn.execute(text("INSERT INTO kept VALUES ('written by a verify handler')"))
+        await conn.commit()
+        return 0
+
+    async with TestConsumer(app) as t:
+        [ack] = await t.deliver(event(action=EventType.VERIFY))
+        assert t.engine is not None
+        async with t.engine.connect() as conn:
+            left = await conn.scalar(text("SELECT count(*) FROM kept"))
+    assert ack.status is AckStatus.FAILED
+    assert left == 0
