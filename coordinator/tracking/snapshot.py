@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from coordinator import audit
 from coordinator.store.tables import event_status, expected_acks, outbox
 from coordinator.tracking.columns import event_ids_param, unnest
+from schemas import EventReason
 
 __all__ = ["ACTOR", "Deadlines", "Declared", "TrackedEvent", "track_events", "track_published"]
 
@@ -184,15 +185,27 @@ async def _track(
         insert(expected_acks)
         .from_select(
             ["event_id", "service", "deadline"],
-            # A service's own completion_deadline counts from publication, like the
-            # event's; without one, NULL stands for the event's deadline.
-            select(new.c.event_id, d.c.service, new.c.published_at + d.c.deadline)
+            # A service's own completion_deadline overrides the policy's (SPEC §9) and
+            # counts from publication, like the event's; NULL stands for the event's
+            # deadline. An erasure request's events keep the request's legal due date for
+            # everyone: a slower service is never on time after it.
+            select(
+                new.c.event_id,
+                d.c.service,
+                case(
+                    (
+                        o.reason == EventReason.RETENTION_POLICY.value,
+                        new.c.published_at + d.c.deadline,
+                    )
+                ),
+            )
             .distinct()
             .join_from(
                 new,
                 d,
                 and_(d.c.entity_type == new.c.entity_type, d.c.action == new.c.event_type),
-            ),
+            )
+            .join(outbox, o.event_id == new.c.event_id),
         )
         .returning(expected_acks.c.event_id, expected_acks.c.service)
         .cte("snapshot")
