@@ -49,9 +49,26 @@ def _jaas_quoted(text: str) -> str:
 
 
 def _property(name: str, value: str) -> str:
-    """One line of a Java properties file (backslashes and line breaks escaped)."""
-    escaped = value.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+    """One line of a Java properties file, all ASCII: Kafka's tools read the file as
+    ISO 8859-1 (`Utils.loadProps`), ProducerLimit as UTF-8, and both read `\\uXXXX`."""
+    escaped = "".join(_java_escape(char) for char in value)
     return f"{name}={escaped}\n"
+
+
+def _java_escape(char: str) -> str:
+    if char == "\\":
+        return "\\\\"
+    if " " <= char <= "~":
+        return char
+    units = char.encode("utf-16-be")
+    return "".join(f"\\u{units[i]:02x}{units[i + 1]:02x}" for i in range(0, len(units), 2))
+
+
+def _private_file(path: Path, text: str) -> None:
+    """Created 0600 before a byte is written: it holds a password or a private key."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
 
 
 @contextmanager
@@ -86,16 +103,13 @@ def client_config(kafka: KafkaSettings) -> Iterator[Path]:
             # Kafka's PEM key store is one file: the key, then the certificate chain.
             store = Path(folder) / "keystore.pem"
             key = kafka.ssl_keyfile.read_text() if kafka.ssl_keyfile is not None else ""
-            store.write_text(key + kafka.ssl_certfile.read_text())
-            store.chmod(0o600)
+            _private_file(store, key + kafka.ssl_certfile.read_text())
             lines += [
                 _property("ssl.keystore.type", "PEM"),
                 _property("ssl.keystore.location", str(store)),
             ]
         path = Path(folder) / "client.properties"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.writelines(lines)
+        _private_file(path, "".join(lines))
         yield path
 
 

@@ -32,6 +32,7 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
+    "MAX_PROOF_STEPS",
     "PROOF_HEADER",
     "SIGNATURE_HEADER",
     "Checked",
@@ -63,6 +64,9 @@ _LEFT, _RIGHT = 0, 1
 _SIDES = (bytes([_LEFT]), bytes([_RIGHT]))
 _STEP_B64 = 44
 """Base64 characters of one 33-byte proof step."""
+MAX_PROOF_STEPS = 32
+"""A longer proof is refused before any hashing: it would be a tree of over 2**32 records
+(the relay's trees hold at most 50,000), and each step costs a verifier a SHA-256."""
 _PUBLIC_PREFIX = "ed25519:"
 
 
@@ -306,23 +310,41 @@ class Verifier:
         return frozenset(self._keys)
 
     def verify(
-        self, key: bytes | None, value: bytes | None, headers: Iterable[tuple[str, bytes]]
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Iterable[tuple[str, bytes | None]],
     ) -> Checked:
+        """Never raises on what a record carries: anything not as docs/protocol.md states
+        it is `MALFORMED`."""
+        headers = tuple(headers)
         signatures = [v for k, v in headers if k == SIGNATURE_HEADER]
         proofs = [v for k, v in headers if k == PROOF_HEADER]
         if not signatures:
             return Checked(Verdict.MALFORMED if proofs else Verdict.UNSIGNED)
         if len(signatures) > 1 or len(proofs) > 1:
             return Checked(Verdict.MALFORMED)
-        kid, sep, encoded = signatures[0].partition(b":")
+        # A Kafka header value may be null (aiokafka gives None); a proof longer than
+        # any tree's is refused before it is decoded or hashed.
+        text, proof_text = signatures[0], proofs[0] if proofs else b""
+        if not isinstance(text, bytes) or not isinstance(proof_text, bytes):
+            return Checked(Verdict.MALFORMED)
+        if proofs and not 0 < len(proof_text) <= MAX_PROOF_STEPS * _STEP_B64:
+            return Checked(Verdict.MALFORMED)
+        kid, sep, encoded = text.partition(b":")
         try:
             kid_text = kid.decode("ascii")
-            # Strict: only canonical standard base64 with its padding, nothing around it.
+            # Strict: standard base64 with its padding, nothing around it.
             signature = binascii.a2b_base64(encoded, strict_mode=True)
-            proof = binascii.a2b_base64(proofs[0], strict_mode=True) if proofs else None
+            proof = binascii.a2b_base64(proof_text, strict_mode=True) if proofs else None
         except (UnicodeDecodeError, binascii.Error):
             return Checked(Verdict.MALFORMED)
         if not sep or len(signature) != 64 or (proof is not None and len(proof) % 33):
+            return Checked(Verdict.MALFORMED)
+        # Canonical too: 64 bytes leave 4 unused bits in the last character, which strict
+        # decoding ignores, so 16 texts would carry one signature. A proof (whole 33-byte
+        # steps, a multiple of 3) has no unused bits.
+        if binascii.b2a_base64(signature, newline=False) != encoded:
             return Checked(Verdict.MALFORMED)
         public = self._keys.get(kid_text)
         if public is None:

@@ -283,7 +283,9 @@ class ServiceCompletionView(_View):
     sdk_version: str | None
     last_seen: datetime | None
     pending: int = Field(description="Open, deadline not yet passed.")
-    overdue: int = Field(description="Open past the event's deadline.")
+    overdue: int = Field(
+        description="Open past its own deadline (the service's, else the event's)."
+    )
     failed: int = Field(description="Its last answer was `failed` (also counted as open).")
     held: int = Field(
         default=0,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from bench import kafka_tools
 from coordinator.kafka.admin import ensure_topics
 from coordinator.settings import RelaySettings
+from schemas import KafkaSettings
 from tests import infra
 from tests.secure_kafka import SecuredKafka, secured_kafka
 
@@ -79,3 +81,71 @@ def test_a_service_principal_may_not_write_events_with_the_java_producer_either(
         kafka_tools.producer_limit(service, service.topics.events, 0, 10, payloads, RelaySettings())
     assert "TopicAuthorizationException" in str(refused.value)
     assert service.sasl_password.get_secret_value() not in str(refused.value)
+
+
+_LOAD_JAVA = """
+import java.nio.file.*;
+import java.util.*;
+import java.util.stream.*;
+public class Load {
+    public static void main(String[] args) throws Exception {
+        Properties latin = new Properties();
+        try (var in = Files.newInputStream(Path.of(args[0]))) { latin.load(in); }
+        Properties utf8 = new Properties();
+        try (var reader = Files.newBufferedReader(Path.of(args[0]))) { utf8.load(reader); }
+        for (Properties props : List.of(latin, utf8)) {
+            System.out.println(props.getProperty(args[1]).codePoints()
+                .mapToObj(Integer::toString).collect(Collectors.joining(",")));
+        }
+    }
+}
+"""
+
+
+def test_any_password_reaches_both_java_readers_and_every_file_goes_on_failure(
+    tmp_path: Path,
+) -> None:
+    """Kafka's tools read the file as ISO 8859-1, ProducerLimit as UTF-8: a password of any
+    characters must reach both unchanged. The folder, with the password and the private
+    key, is gone even when the block fails."""
+    password = 'pä"ss\\word € 😀 x'
+    for name in ("ca.pem", "cert.pem", "key.pem"):
+        (tmp_path / name).write_text(f"-----{name}-----\n")
+    kafka = KafkaSettings(
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="coordinator",
+        sasl_password=password,
+        ssl_cafile=tmp_path / "ca.pem",
+        ssl_certfile=tmp_path / "cert.pem",
+        ssl_keyfile=tmp_path / "key.pem",
+    )
+    (tmp_path / "Load.java").write_text(_LOAD_JAVA)
+    login = (
+        "org.apache.kafka.common.security.scram.ScramLoginModule required "
+        'username="coordinator" password="pä\\"ss\\\\word € 😀 x";'
+    )
+    expected = ",".join(str(ord(c)) for c in login)
+    folders: list[Path] = []
+
+    def fail_inside() -> None:
+        with kafka_tools.client_config(kafka) as path:
+            folders.append(path.parent)
+            store = path.parent / "keystore.pem"
+            modes = [stat.S_IMODE(p.stat().st_mode) for p in (path.parent, path, store)]
+            assert modes == [0o700, 0o600, 0o600]
+            assert path.read_bytes().isascii()
+            done = subprocess.run(
+                ["java", str(tmp_path / "Load.java"), str(path), "sasl.jaas.config"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=True,
+            )
+            assert done.stdout.split() == [expected, expected]
+            raise RuntimeError("the block failed")
+
+    with pytest.raises(RuntimeError, match="the block failed"):
+        fail_inside()
+    assert folders
+    assert not folders[0].exists()

@@ -11,10 +11,11 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import FrozenClock
-from coordinator.store.tables import audit_log, event_status, expected_acks
+from coordinator.outbox.events import event_id as nth_event_id
+from coordinator.store.tables import audit_log, event_status, expected_acks, outbox_batches
 from coordinator.tracking import deadlines, queries
 from coordinator.tracking.overdue import overdue_page
-from schemas import KafkaSettings
+from schemas import EventReason, KafkaSettings
 from tests import keys
 from tests.integration.tracking_support import insert_published, make_tracker
 
@@ -149,6 +150,69 @@ async def test_each_service_is_late_by_its_own_deadline(
                 conn, service="archive", after=None, limit=10, now=clock.now()
             )
         assert len(archive.items) == 4
+    finally:
+        await tracker.stop()
+        await engine.dispose()
+
+
+async def test_an_erasure_requests_due_date_binds_every_service(
+    coordinator_db: str, kafka_settings: KafkaSettings
+) -> None:
+    """A service's own deadline overrides the policy's, never an erasure request's legal
+    due date: a service declared with 60 days is late at the request's due date."""
+    clock = FrozenClock(T0 + timedelta(hours=1))
+    services = [
+        keys.declared("billing", {"user": ["delete"]}).model_copy(
+            update={"completion_deadline": 7 * DAY}
+        ),
+        keys.declared("archive", {"user": ["delete"]}).model_copy(
+            update={"completion_deadline": 60 * DAY}
+        ),
+    ]
+    tracker, engine, _ = make_tracker(coordinator_db, kafka_settings, clock, services=services)
+    try:
+        tag = uuid.uuid4().hex[:8]
+        [policy_event] = await insert_published(
+            engine, [f"{tag}-policy"], published_at=T0, entity_type="user"
+        )
+        # Its own batch (insert_published writes one per call), made a request's.
+        [request_event] = await insert_published(
+            engine, [f"{tag}-request"], published_at=T0, entity_type="user"
+        )
+        async with engine.begin() as conn:
+            await conn.execute(
+                update(outbox_batches)
+                .where(outbox_batches.c.id_base == nth_event_id(request_event, 0))
+                .values(reason=EventReason.ERASURE_REQUEST.value, request_id=uuid.uuid4())
+            )
+        assert await tracker.track_published() == 2
+        async with engine.connect() as conn:
+            own = {
+                (row.event_id, row.service): row.deadline
+                for row in await conn.execute(
+                    select(expected_acks).where(
+                        expected_acks.c.event_id.in_([policy_event, request_event])
+                    )
+                )
+            }
+        assert own == {
+            (policy_event, "billing"): T0 + 7 * DAY,
+            (policy_event, "archive"): T0 + 60 * DAY,
+            (request_event, "billing"): None,
+            (request_event, "archive"): None,
+        }
+        await _complete(engine, request_event, "billing")
+
+        # The request's due date (the event's deadline here): archive is late on the
+        # request's event, not on the policy's.
+        clock.set(T0 + 30 * DAY + timedelta(seconds=1))
+        await tracker.escalate_overdue()
+        assert await _states(engine, [policy_event, request_event]) == ["overdue", "overdue"]
+        async with engine.connect() as conn:
+            archive = await overdue_page(
+                conn, service="archive", after=None, limit=10, now=clock.now()
+            )
+        assert [i["event_id"] for i in archive.items] == [str(request_event)]
     finally:
         await tracker.stop()
         await engine.dispose()

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -29,9 +29,9 @@ from coordinator.store.tables import (
 from coordinator.tracking import queries, waivers
 from coordinator.tracking import tracker as tracker_module
 from coordinator.tracking.tracker import Tracker
-from schemas import AckStatus, KafkaSettings, RetentionEvent, decode
+from schemas import AckStatus, KafkaSettings, RetentionEvent, decode, encode
 from schemas.dlq import DlqHeader
-from schemas.signing import SignatureMode
+from schemas.signing import PROOF_HEADER, SIGNATURE_HEADER, SignatureMode
 from tests import infra, keys
 from tests.integration.tracking_support import (
     ack,
@@ -639,3 +639,36 @@ async def test_a_batch_that_fails_anywhere_is_read_again_not_dropped(
     await drain(env.tracker, len(acks))
     assert await env.states(events) == ["completed"] * 2
     assert await env.tracker.poll_registry(timeout_s=2.0) == 1
+
+
+async def test_null_header_values_are_refused_not_a_crash(env: Env) -> None:
+    """A Kafka header may be null: a forged ack with a null signature, and a poison record
+    with null headers, are a rejection and a dead letter, and the genuine ack still counts."""
+    await env.declare("billing")
+    [(event, entity)] = await env.publish(1, T0)
+    await env.tracker.track_published()
+    genuine = ack(event, "billing", entity, T0 + timedelta(minutes=1), entity_type=env.entity_type)
+    key, value = genuine.key.encode(), encode(genuine)
+    producer = AIOKafkaProducer(**env.kafka.client_kwargs())
+    await producer.start()
+    try:
+        for headers in (
+            [(SIGNATURE_HEADER, None)],
+            [*keys.signer("billing").sign_record(key, value), (PROOF_HEADER, None)],
+        ):
+            await producer.send_and_wait(env.kafka.topics.acks, value, key=key, headers=headers)
+        await producer.send_and_wait(
+            env.kafka.topics.acks, b"not json", key=b"k", headers=[("x", None)]
+        )
+    finally:
+        await producer.stop()
+    await drain(env.tracker, 3)
+    assert await env.states([(event, entity)]) == ["pending"]
+    assert _value(env.metrics, "retention_acks_rejected_total", reason="bad_signature") == 2
+    assert _value(env.metrics, "retention_acks_rejected_total", reason="malformed") == 1
+    [dead] = await _read_all(env.kafka, env.kafka.topics.dlq, 1)
+    assert dict(dead.headers)["x"] == b""  # type: ignore[attr-defined]
+
+    await produce(env.kafka, env.kafka.topics.acks, [genuine])
+    await drain(env.tracker, 1)
+    assert await env.states([(event, entity)]) == ["completed"]

@@ -7,14 +7,14 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, text
+from sqlalchemy import event, insert, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Select
 
 from coordinator.store.db import make_engine
 from coordinator.store.tables import event_status, expected_acks
-from coordinator.tracking import deadlines
+from coordinator.tracking import deadlines, queries
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 SERVICES = ("billing", "crm")
@@ -85,6 +85,24 @@ async def test_backlog_gauges_are_index_reads_and_count_right(coordinator_db: st
             }
             pending = await _plan(conn, deadlines.open_acks_query())
             overdue = await _plan(conn, deadlines.overdue_acks_query(late))
+            statements: list[tuple[str, Any]] = []
+
+            def grab(*args: Any) -> None:
+                statements.append((args[2], args[3]))  # statement, parameters
+
+            event.listen(engine.sync_engine, "before_cursor_execute", grab)
+            try:
+                page = await queries.service_events(
+                    conn, "crm", state="overdue", now=late, limit=100
+                )
+            finally:
+                event.remove(engine.sync_engine, "before_cursor_execute", grab)
+            assert len(page) == 100  # every open one is past the deadline by then
+            [(sql, params)] = statements
+            raw = (
+                await conn.exec_driver_sql(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", params)
+            ).scalar_one()
+            service_page = _nodes((json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"])
     finally:
         await engine.dispose()
 
@@ -99,3 +117,7 @@ async def test_backlog_gauges_are_index_reads_and_count_right(coordinator_db: st
     statuses = [n for n in overdue if n.get("Index Name") == "ix_retention_event_status_overdue"]
     assert [n["Actual Rows"] for n in statuses] == [OVERDUE], overdue
     assert not [n for n in overdue if n["Node Type"] == "Seq Scan"], overdue
+
+    # One service's late acknowledgements start from the open events' partial index, never
+    # from a scan of every event.
+    assert not [n for n in service_page if n["Node Type"] == "Seq Scan"], service_page
