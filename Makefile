@@ -49,11 +49,13 @@ $(FUZZ_STAMP): $(STAMP) pyproject.toml
 venv: $(STAMP) ## create or refresh .venv with the project, its test extras and faust
 
 # pip-tools in a venv of its own (not the project's), resolving on this Python (3.11 in CI).
+# `make lock LOCK_UPGRADE=` adds a new dependency and keeps every other pin where it is.
+LOCK_UPGRADE ?= --upgrade
 lock: ## re-resolve requirements/lock.txt (exact versions with hashes) from pyproject.toml
 	test -x $(LOCK_TOOLS)/bin/pip-compile || { $(PYTHON) -m venv $(LOCK_TOOLS) && \
 	  $(LOCK_TOOLS)/bin/python -m pip install -q pip-tools; }
 	mkdir -p $(dir $(LOCK))
-	$(LOCK_TOOLS)/bin/pip-compile -q --upgrade --generate-hashes --allow-unsafe --strip-extras \
+	$(LOCK_TOOLS)/bin/pip-compile -q $(LOCK_UPGRADE) --generate-hashes --allow-unsafe --strip-extras \
 	  --extra test --extra faust --no-emit-find-links --no-emit-index-url \
 	  --output-file $(LOCK) pyproject.toml
 
