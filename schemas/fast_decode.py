@@ -16,6 +16,7 @@ same state a validation would leave it: the same values, the same `model_fields_
 from __future__ import annotations
 
 import enum
+import operator
 import re
 import types
 import uuid
@@ -53,8 +54,8 @@ class _Refused(ValueError):
 
 
 def _timestamp(ge: datetime, lt: datetime) -> Convert:
-    def convert(text: str) -> datetime:
-        if _RFC3339.fullmatch(text) is None:
+    def convert(text: str, shaped: Callable[[str], object] = _RFC3339.fullmatch) -> datetime:
+        if shaped(text) is None:
             raise _Refused(text)
         value = datetime.fromisoformat(text)
         if not ge <= value < lt:
@@ -164,6 +165,8 @@ class _Mirror:
                 fields.append((name, hint | msgspec.UnsetType, msgspec.UNSET))
                 self.optional.append((name, _default(info)))
         self.required = frozenset(required)
+        self.every = frozenset(model.model_fields)
+        self.unset = (msgspec.UNSET,) * len(self.every)
         # kw_only: the model's field order, whatever has a default (`asdict` keeps it).
         self.struct = msgspec.defstruct(
             f"_Fast{model.__name__}", fields, kw_only=True, forbid_unknown_fields=True
@@ -171,16 +174,21 @@ class _Mirror:
 
     def build(self, struct: Any) -> BaseModel:
         found = msgspec.structs.asdict(struct)
-        given = set(self.required)
         for name, convert in self.converts:
             value = found[name]
             if value is not msgspec.UNSET:
                 found[name] = convert(value)
-        for name, default in self.optional:
-            if found[name] is msgspec.UNSET:
-                found[name] = default()
-            else:
-                given.add(name)
+        # Identity, not `in`: that would call UUID's __eq__ (Python) on each value.
+        if not any(map(operator.is_, found.values(), self.unset)):
+            # Our writers send every field: no defaults to fill in.
+            given = set(self.every)
+        else:
+            given = set(self.required)
+            for name, default in self.optional:
+                if found[name] is msgspec.UNSET:
+                    found[name] = default()
+                else:
+                    given.add(name)
         # What `model_construct` does, without its per-call introspection: the instance
         # a validation would have produced (extra="ignore": no extras, no private state).
         made = self.model.__new__(self.model)
