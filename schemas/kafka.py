@@ -64,7 +64,7 @@ class KafkaSettings(BaseSettings):
     )
     topic_prefix: str = Field(
         default=DEFAULT_PREFIX,
-        description="Prefix of the four topics: <prefix>, <prefix>.acks, .services, .dlq.",
+        description="Prefix of the topics: <prefix>, <prefix>.acks, .services, .dlq, .audit.",
     )
     security_protocol: SecurityProtocol = Field(
         default="PLAINTEXT",

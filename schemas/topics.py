@@ -1,4 +1,4 @@
-"""Topic names: four topics derived from one configurable prefix (SPEC §2)."""
+"""Topic names: the product's topics derived from one configurable prefix (SPEC §2, §13)."""
 
 from __future__ import annotations
 
@@ -31,8 +31,13 @@ class Topics:
     def dlq(self) -> str:
         return f"{self.prefix}.dlq"
 
-    def all(self) -> tuple[str, str, str, str]:
-        return (self.events, self.acks, self.services, self.dlq)
+    @property
+    def audit(self) -> str:
+        """Signed audit-chain heads and checkpoints (SPEC §13), compacted."""
+        return f"{self.prefix}.audit"
+
+    def all(self) -> tuple[str, ...]:
+        return (self.events, self.acks, self.services, self.dlq, self.audit)
 
 
 def service_group(service: str) -> str:

@@ -12,13 +12,15 @@ TOPICS = KAFKA.topics
 
 async def test_only_missing_topics_are_created_and_registrations_are_compacted() -> None:
     admin = MemoryTopicAdmin({TOPICS.events, "unrelated"})
-    assert await missing_topics(KAFKA, admin=admin) == [TOPICS.acks, TOPICS.services, TOPICS.dlq]
+    missing = [TOPICS.acks, TOPICS.services, TOPICS.dlq, TOPICS.audit]
+    assert await missing_topics(KAFKA, admin=admin) == missing
     created = await ensure_topics(KAFKA, partitions=3, replication_factor=1, admin=admin)
-    assert created == [TOPICS.acks, TOPICS.services, TOPICS.dlq]
+    assert created == missing
     assert admin.created == [
         TopicSpec(TOPICS.acks, 3, 1),
         TopicSpec(TOPICS.services, 3, 1, compacted=True),
         TopicSpec(TOPICS.dlq, 3, 1),
+        TopicSpec(TOPICS.audit, 1, 1, compacted=True),
     ]
     assert await ensure_topics(KAFKA, admin=admin) == []
     assert await missing_topics(KAFKA, admin=admin) == []

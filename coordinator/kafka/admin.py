@@ -1,7 +1,7 @@
 """Topic administration: create the product's topics when missing, say which are missing.
 
 `missing_topics` is the one "which topics are missing" check (readiness, /healthz,
-benchmarks). `python -m coordinator.kafka.admin` exits 0 once all four topics exist and
+benchmarks). `python -m coordinator.kafka.admin` exits 0 once all the topics exist and
 1 naming the missing ones otherwise.
 """
 
@@ -93,16 +93,23 @@ async def ensure_topics(
     replication_factor: int = 1,
     admin: TopicAdmin | None = None,
 ) -> list[str]:
-    """Create whichever of the four topics are missing; return the names created."""
+    """Create whichever of the product's topics are missing; return the names created."""
     if admin is None:
         async with kafka_admin(kafka) as opened:
             return await ensure_topics(
                 kafka, partitions=partitions, replication_factor=replication_factor, admin=opened
             )
     topics = kafka.topics
+    # Registrations are keyed by service and audit heads by `coordinator`: only the latest
+    # of each key matters. The audit topic is one partition: its records are one sequence.
+    compacted = {topics.services, topics.audit}
     wanted = [
-        # Registrations are keyed by service: only the latest per service matters.
-        TopicSpec(name, partitions, replication_factor, compacted=name == topics.services)
+        TopicSpec(
+            name,
+            1 if name == topics.audit else partitions,
+            replication_factor,
+            compacted=name in compacted,
+        )
         for name in await missing_topics(kafka, admin=admin)
     ]
     if wanted:
@@ -117,7 +124,7 @@ async def missing_topics(
     admin: TopicAdmin | None = None,
     present: bool = False,
 ) -> list[str]:
-    """Which of `names` (default: the four topics) the cluster does not have, in order;
+    """Which of `names` (default: all the product's topics) the cluster does not have, in order;
     with `present`, which it has."""
     wanted = list(kafka.topics.all() if names is None else names)
     if admin is None:

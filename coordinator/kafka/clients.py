@@ -13,7 +13,7 @@ from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from coordinator.kafka.ports import ConsumedRecord, OutgoingRecord
 from schemas import KafkaSettings
 
-__all__ = ["KafkaAckReader", "KafkaPublisher", "KafkaRegistrationReader"]
+__all__ = ["KafkaAckReader", "KafkaPublisher", "KafkaRegistrationReader", "read_to_end"]
 
 
 def _ms(seconds: float) -> int:
@@ -173,3 +173,35 @@ class KafkaRegistrationReader:
     async def positions(self) -> dict[int, int]:
         consumer = _started(self._consumer)
         return {tp.partition: await consumer.position(tp) for tp in consumer.assignment()}
+
+
+async def read_to_end(
+    kafka: KafkaSettings, topic: str, *, timeout_s: float
+) -> list[ConsumedRecord]:
+    """Every record of `topic` present now, from its earliest offset, without a group.
+
+    Raises LookupError when the topic does not exist or does not end within `timeout_s`.
+    """
+    consumer = AIOKafkaConsumer(**kafka.client_kwargs(), group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        deadline = time.monotonic() + timeout_s
+        while not partitions:
+            if time.monotonic() > deadline:
+                raise LookupError(f"topic {topic} does not exist")
+            await consumer.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic)
+        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        await consumer.seek_to_beginning(*assigned)
+        ends = await consumer.end_offsets(assigned)
+        records: list[ConsumedRecord] = []
+        for tp, end in ends.items():
+            while await consumer.position(tp) < end:
+                if time.monotonic() > deadline:
+                    raise LookupError(f"topic {topic} was not read to its end in {timeout_s} s")
+                records += _records(await consumer.getmany(tp, timeout_ms=_ms(0.5)))
+        return records
+    finally:
+        await consumer.stop()

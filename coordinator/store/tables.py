@@ -25,6 +25,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 __all__ = [
     "ack_ledger",
+    "audit_checkpoints",
     "anonymize_marks",
     "anonymized",
     "audit_log",
@@ -197,6 +198,26 @@ audit_log = Table(
     Column("prev_hash", Text, nullable=False),
     Column("hash", Text, nullable=False),
     Index(None, "action"),
+)
+
+
+# Signed marks in the chain (coordinator/evidence/checkpoints.py, SPEC §13): `head` is a
+# verified chain head, `pruned` stands for rows first_seq..last_seq removed by pruning,
+# `hash` being the hash of row last_seq. `record` is the signed bytes published to the
+# audit topic, `signature` its signature header (null when signing is off).
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("kind", Text, primary_key=True),
+    Column("last_seq", BigInteger, primary_key=True),
+    Column("first_seq", BigInteger, nullable=False),
+    Column("hash", Text, nullable=False),
+    _ts("at", nullable=False),
+    Column("record", LargeBinary, nullable=False),
+    Column("signature", LargeBinary),
+    _ts("published_at"),
+    CheckConstraint("kind IN ('head', 'pruned')", name="ck_audit_checkpoints_kind"),
+    CheckConstraint("first_seq <= last_seq", name="ck_audit_checkpoints_range"),
 )
 
 

@@ -1,0 +1,38 @@
+"""audit checkpoints: signed chain heads and the traces of pruned segments (SPEC §13)
+
+Revision ID: 0012_audit_checkpoints
+Revises: 0011_waivers
+Create Date: 2026-12-06 07:40:00.000000
+
+Without rows here `retention audit verify` walks the whole chain, as before.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = '0012_audit_checkpoints'
+down_revision = '0011_waivers'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table('audit_checkpoints',
+    sa.Column('kind', sa.Text(), nullable=False),
+    sa.Column('last_seq', sa.BigInteger(), nullable=False),
+    sa.Column('first_seq', sa.BigInteger(), nullable=False),
+    sa.Column('hash', sa.Text(), nullable=False),
+    sa.Column('at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('record', sa.LargeBinary(), nullable=False),
+    sa.Column('signature', sa.LargeBinary(), nullable=True),
+    sa.Column('published_at', sa.DateTime(timezone=True), nullable=True),
+    sa.CheckConstraint("kind IN ('head', 'pruned')", name='ck_audit_checkpoints_kind'),
+    sa.CheckConstraint('first_seq <= last_seq', name='ck_audit_checkpoints_range'),
+    sa.PrimaryKeyConstraint('kind', 'last_seq', name=op.f('pk_audit_checkpoints'))
+    )
+
+
+def downgrade() -> None:
+    op.drop_table('audit_checkpoints')
