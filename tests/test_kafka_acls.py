@@ -100,7 +100,9 @@ def test_the_command_prints_for_the_deployment_prefix() -> None:
         env={"RETENTION_KAFKA_TOPIC_PREFIX": "eu.retention", "RETENTION_TRACKER_GROUP_ID": "eu.t"},
     )
     assert result.exit_code == 0, result.output
-    reads = "--operation Read --operation Describe --topic eu.retention --topic eu.retention.audit\n"
+    reads = (
+        "--operation Read --operation Describe --topic eu.retention --topic eu.retention.audit\n"
+    )
     assert f"--allow-principal User:billing {reads}" in result.output
     assert "--allow-principal User:CN=idx --operation Read --group retention.idx" in result.output
     assert "--group eu.t" in result.output

@@ -180,22 +180,25 @@ async def read_to_end(
 ) -> list[ConsumedRecord]:
     """Every record of `topic` present now, from its earliest offset, without a group.
 
-    Raises LookupError when the topic does not exist or does not end within `timeout_s`.
+    Raises LookupError when the topic does not exist or is not read within `timeout_s`.
     """
-    consumer = AIOKafkaConsumer(**kafka.client_kwargs(), group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        topic,
+        **kafka.client_kwargs(),
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic)
         deadline = time.monotonic() + timeout_s
-        while not partitions:
+        # Without a group the consumer assigns itself every partition once the topic's
+        # metadata arrives.
+        while not consumer.assignment():
             if time.monotonic() > deadline:
                 raise LookupError(f"topic {topic} does not exist")
-            await consumer.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic)
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(assigned)
-        await consumer.seek_to_beginning(*assigned)
-        ends = await consumer.end_offsets(assigned)
+            await asyncio.sleep(0.05)
+        ends = await consumer.end_offsets(list(consumer.assignment()))
         records: list[ConsumedRecord] = []
         for tp, end in ends.items():
             while await consumer.position(tp) < end:

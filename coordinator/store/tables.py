@@ -25,9 +25,9 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 __all__ = [
     "ack_ledger",
-    "audit_checkpoints",
     "anonymize_marks",
     "anonymized",
+    "audit_checkpoints",
     "audit_log",
     "data_keys",
     "erasure_parts",
