@@ -262,6 +262,8 @@ event_status = Table(
     _ts("updated_at", nullable=False),
     Column("tracked_audit_seq", BigInteger),
     Column("completed_audit_seq", BigInteger),
+    # When entity_id (here and in the ack ledger) became an HMAC (coordinator/evidence/).
+    _ts("pseudonymised_at"),
     CheckConstraint(
         "state IN ('pending', 'completed', 'failed', 'overdue')",
         name="ck_retention_event_status_state",

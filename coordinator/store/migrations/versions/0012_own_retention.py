@@ -1,10 +1,13 @@
-"""audit checkpoints: signed chain heads and the traces of pruned segments (SPEC §13)
+"""own retention: audit checkpoints, pseudonymised evidence (SPEC §13)
 
-Revision ID: 0012_audit_checkpoints
+Revision ID: 0012_own_retention
 Revises: 0011_waivers
 Create Date: 2026-12-06 07:40:00.000000
 
-Without rows here `retention audit verify` walks the whole chain, as before.
+Audit checkpoints are signed chain heads and the traces of pruned segments; without rows
+there `retention audit verify` walks the whole chain, as before. `pseudonymised_at` marks
+event status rows whose entity id (and their ledger rows') became an HMAC; null for every
+existing row, which the next prune handles.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0012_audit_checkpoints'
+revision = '0012_own_retention'
 down_revision = '0011_waivers'
 branch_labels = None
 depends_on = None
@@ -32,7 +35,12 @@ def upgrade() -> None:
     sa.CheckConstraint('first_seq <= last_seq', name='ck_audit_checkpoints_range'),
     sa.PrimaryKeyConstraint('kind', 'last_seq', name=op.f('pk_audit_checkpoints'))
     )
+    op.add_column(
+        'retention_event_status',
+        sa.Column('pseudonymised_at', sa.DateTime(timezone=True), nullable=True),
+    )
 
 
 def downgrade() -> None:
+    op.drop_column('retention_event_status', 'pseudonymised_at')
     op.drop_table('audit_checkpoints')
