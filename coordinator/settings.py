@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal, Self
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from coordinator.evidence.prune import Retention
 from coordinator.purge.scheduler import validate_cron
 from schemas import DEFAULT_DATABASE_URL, KafkaSettings
 from schemas.signing import SignatureSettings
@@ -173,6 +175,12 @@ class ServeSettings(BaseSettings):
     topic_replication_factor: int = Field(
         default=1, ge=1, description="Replication factor of the topics `serve` creates."
     )
+    upkeep_interval_s: float = Field(
+        default=86400.0,
+        gt=0,
+        description="How often the leader signs and publishes an audit-chain head and prunes "
+        "the coordinator's own tables past their retention (SPEC §13).",
+    )
 
 
 class NotifySettings(BaseSettings):
@@ -282,8 +290,32 @@ class Settings(BaseSettings):
     outbox_retention_days: float = Field(
         default=30.0,
         gt=0,
-        description="`retention db prune` deletes the outbox rows of events completed more "
-        "than this many days ago; rows of events not completed are never pruned.",
+        description="Pruning deletes the outbox rows of events completed more than this many "
+        "days ago, and keeps their entity ids in other evidence only as HMACs; rows of "
+        "events not completed are never pruned.",
+    )
+    ack_ledger_retention_days: float = Field(
+        default=2192.0,
+        gt=0,
+        description="Pruning deletes ack ledger rows received more than this many days ago "
+        "whose event is completed (6 years by default).",
+    )
+    event_status_retention_days: float = Field(
+        default=2192.0,
+        gt=0,
+        description="Pruning deletes the status and expected acks of events completed more "
+        "than this many days ago (keep it at least the ack ledger's).",
+    )
+    audit_retention_days: float = Field(
+        default=2192.0,
+        gt=0,
+        description="Pruning deletes audit rows older than this many days and than every "
+        "open event, leaving signed checkpoints in their place.",
+    )
+    suppression_pepper_file: Path | None = Field(
+        default=None,
+        description="File of the key (32 bytes or more) under which old evidence keeps "
+        "entity ids as HMAC-SHA256 of `type:id`; without it ids stay in clear.",
     )
     erasure_default_days: int = Field(
         default=30,
@@ -303,6 +335,15 @@ class Settings(BaseSettings):
         "coordinator's own database, so its backups hold the keys too and crypto-shredding "
         "only reaches them once they expire (docs/operations.md).",
     )
+
+    def own_retention(self) -> Retention:
+        """How long each of the coordinator's own tables keeps its rows."""
+        return Retention(
+            outbox=timedelta(days=self.outbox_retention_days),
+            ack_ledger=timedelta(days=self.ack_ledger_retention_days),
+            event_status=timedelta(days=self.event_status_retention_days),
+            audit=timedelta(days=self.audit_retention_days),
+        )
 
     def allowed_hook_modules(self) -> tuple[str, ...]:
         return tuple(m.strip() for m in self.hook_modules.split(",") if m.strip())
