@@ -321,6 +321,7 @@ class Service:
                 erasure=erasure,
                 ui_secret=self.ui_secret,
                 ui_session_s=s.ui_session_hours * 3600,
+                pepper=self.pepper,
             )
         )
         config = uvicorn.Config(

@@ -37,7 +37,9 @@ async def entity(
     entity_id: Annotated[str, Path(min_length=1, max_length=500)],
 ) -> list[EventView]:
     """Every retention event of one entity, oldest first, with each service's completion."""
-    events = await queries.entity_status(conn, entity_type, entity_id, now=ctx.clock.now())
+    events = await queries.entity_status(
+        conn, entity_type, entity_id, now=ctx.clock.now(), pepper=ctx.pepper
+    )
     if not events:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, f"no retention event for {entity_type}:{entity_id}"

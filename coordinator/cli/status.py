@@ -18,6 +18,7 @@ from coordinator.cli._app import (
     read_database,
 )
 from coordinator.clock import SystemClock
+from coordinator.evidence.pseudonyms import load_pepper
 from coordinator.tracking import queries
 
 __all__ = ["certificate", "parse_entity", "status"]
@@ -77,7 +78,13 @@ def status(
     entity_type, entity_id = parse_entity(entity)
     events = read_database(
         settings,
-        lambda conn: queries.entity_status(conn, entity_type, entity_id, now=SystemClock().now()),
+        lambda conn: queries.entity_status(
+            conn,
+            entity_type,
+            entity_id,
+            now=SystemClock().now(),
+            pepper=load_pepper(settings.suppression_pepper_file),
+        ),
     )
     if not events:
         err_console.print(f"no retention events for {entity_type}:{entity_id}")
@@ -99,7 +106,13 @@ def certificate(
     settings = load_settings()
     document = read_database(
         settings,
-        lambda conn: queries.certificate(conn, entity_type, entity_id, now=SystemClock().now()),
+        lambda conn: queries.certificate(
+            conn,
+            entity_type,
+            entity_id,
+            now=SystemClock().now(),
+            pepper=load_pepper(settings.suppression_pepper_file),
+        ),
     )
     if document is None:
         err_console.print(f"no retention events for {entity_type}:{entity_id}")

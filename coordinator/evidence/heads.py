@@ -22,6 +22,7 @@ from coordinator.evidence.checkpoints import (
     parse_record,
     unpublished,
 )
+from coordinator.kafka.admin import missing_topics
 from coordinator.kafka.clients import KafkaPublisher, read_to_end
 from coordinator.kafka.producer import OutgoingRecord
 from coordinator.store.tables import audit_checkpoints, audit_log
@@ -75,6 +76,8 @@ async def newest_published_head(
 ) -> Checkpoint | None:
     """The published head with the highest seq whose signature verifies (any head when
     `verifier` is None: signing off); records that are not ours are skipped."""
+    if await missing_topics(kafka, [kafka.topics.audit]):
+        return None  # nothing was ever published (no serve has run upkeep yet)
     newest: Checkpoint | None = None
     for record in await read_to_end(kafka, kafka.topics.audit, timeout_s=timeout_s):
         if record.key != checkpoint_key("head", 0) or record.value is None:

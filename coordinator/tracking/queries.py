@@ -15,6 +15,7 @@ from typing import Any, Literal
 from sqlalchemy import ColumnElement, Row, and_, case, extract, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from coordinator.evidence.pseudonyms import Pepper
 from coordinator.store.tables import (
     ack_ledger,
     audit_log,
@@ -51,16 +52,23 @@ def _ts(value: datetime | None) -> str | None:
 
 
 async def entity_status(
-    conn: AsyncConnection, entity_type: str, entity_id: str, *, now: datetime
+    conn: AsyncConnection,
+    entity_type: str,
+    entity_id: str,
+    *,
+    now: datetime,
+    pepper: Pepper | None = None,
 ) -> list[dict[str, Any]]:
     """Every retention event of one entity, oldest first, with each service's answer.
 
     An event not yet completed whose entity is under an active hold at `now` shows the
-    state `held` (reminders are not sent for it).
+    state `held` (reminders are not sent for it). With `pepper`, events whose stored id is
+    already an HMAC (past the outbox retention, SPEC §13) are found too.
     """
+    names = [entity_id] if pepper is None else [entity_id, pepper.pseudonym(entity_type, entity_id)]
     return await _events(
         conn,
-        and_(event_status.c.entity_type == entity_type, event_status.c.entity_id == entity_id),
+        and_(event_status.c.entity_type == entity_type, event_status.c.entity_id.in_(names)),
         and_(outbox.c.entity_type == entity_type, outbox.c.entity_id == entity_id),
         now=now,
     )
@@ -270,11 +278,16 @@ def _outcome_row(scope: str, row: Sequence[Any]) -> dict[str, Any]:
 
 
 async def certificate(
-    conn: AsyncConnection, entity_type: str, entity_id: str, *, now: datetime
+    conn: AsyncConnection,
+    entity_type: str,
+    entity_id: str,
+    *,
+    now: datetime,
+    pepper: Pepper | None = None,
 ) -> dict[str, Any] | None:
     """A deletion certificate: what was done to one entity, where, when, and the audit rows
     (sequence number and chain hash) that record each step. None for an unknown entity."""
-    events = await entity_status(conn, entity_type, entity_id, now=now)
+    events = await entity_status(conn, entity_type, entity_id, now=now, pepper=pepper)
     if not events:
         return None
     ids = [uuid.UUID(e["event_id"]) for e in events]

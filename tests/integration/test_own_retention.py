@@ -26,6 +26,7 @@ from coordinator.store.tables import (
     expected_acks,
     outbox,
 )
+from coordinator.tracking import queries
 from schemas import KafkaSettings
 from schemas.signing import Verifier
 from tests import keys
@@ -196,6 +197,13 @@ async def test_pruning_never_removes_evidence_of_an_event_not_completed(
             assert names[old] == ledger[old] == PEPPER.pseudonym("user", "completed 40 days ago")
             assert names[ids["pending for 7 years"]] == "pending for 7 years"
             assert names[ids["completed yesterday"]] == "completed yesterday"
+            # Whoever knows the id finds its evidence by computing the HMAC.
+            entity = ("user", "completed 40 days ago")
+            assert await queries.entity_status(conn, *entity, now=NOW) == []
+            [found] = await queries.entity_status(conn, *entity, now=NOW, pepper=PEPPER)
+            assert found["event_id"] == str(old)
+            certificate = await queries.certificate(conn, *entity, now=NOW, pepper=PEPPER)
+            assert certificate is not None
 
             # The two audit rows older than every open event went; the chain verifies
             # across them through their signed checkpoint, and not without it.
