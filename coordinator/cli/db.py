@@ -9,13 +9,14 @@ import typer
 from coordinator.cli._app import emit_json, err_console, load_settings
 from coordinator.clock import SystemClock
 from coordinator.evidence import evidence_signer
+from coordinator.evidence.partitions import Conversion, convert
 from coordinator.evidence.prune import prune_own_data
 from coordinator.evidence.pseudonyms import load_pepper
 from coordinator.outbox.prune import Pruned
 from coordinator.store.db import make_engine
 from coordinator.store.migrate import upgrade
 
-__all__ = ["app", "db_prune", "db_upgrade"]
+__all__ = ["app", "db_partition_audit", "db_prune", "db_upgrade"]
 
 app = typer.Typer(help="Database schema and the system's own retention.", no_args_is_help=True)
 
@@ -66,3 +67,27 @@ def db_prune(
         err_console.print(
             f"{pruned.table}: {pruned.rows} rows {verb} (cutoff {pruned.cutoff.isoformat()})"
         )
+
+
+@app.command("partition-audit")
+def db_partition_audit(
+    batch: int = typer.Option(10_000, min=1, help="Rows copied per transaction."),
+) -> None:
+    """Convert an existing audit log into the monthly partitioned one, while serve runs.
+
+    Copies in seq order, one transaction per batch (resumable: run it again after an
+    interruption), then swaps the tables under the chain lock. The old table stays as
+    `audit_log_unpartitioned`; drop it once `retention audit verify --full` passes.
+    """
+    settings = load_settings()
+
+    async def run() -> Conversion:
+        engine = make_engine(settings.database_url.get_secret_value(), pool_size=1)
+        try:
+            return await convert(engine, batch=batch)
+        finally:
+            await engine.dispose()
+
+    done = asyncio.run(run())
+    state = "partitioned" if done.swapped else "not swapped yet (run it again)"
+    err_console.print(f"audit log {state}; {done.copied} rows copied by this run")

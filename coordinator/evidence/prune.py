@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy import (
     and_,
     bindparam,
+    column,
     delete,
     exists,
     func,
@@ -34,6 +35,8 @@ from sqlalchemy import (
     not_,
     or_,
     select,
+    table,
+    text,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -41,6 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from coordinator import audit
 from coordinator.audit import AuditAction, AuditEntry
 from coordinator.evidence.checkpoints import Checkpoint, record_checkpoint
+from coordinator.evidence.partitions import is_partitioned, months
 from coordinator.evidence.pseudonyms import Pepper
 from coordinator.outbox.prune import Pruned, prune_outbox
 from coordinator.store.tables import ack_ledger, audit_log, event_status, outbox
@@ -265,6 +269,49 @@ def _runs(rows: Sequence[Any]) -> list[tuple[int, int, str]]:
     return runs
 
 
+async def _audit_horizon(conn: AsyncConnection, cutoff: datetime) -> tuple[int, datetime]:
+    """Under the chain lock: the newest seq, and the time before which rows may go."""
+    head, _ = await audit.lock_head(conn)
+    horizon = await oldest_open_evidence(conn)
+    return head, cutoff if horizon is None else min(cutoff, horizon)
+
+
+async def _drop_months(
+    engine: AsyncEngine, *, now: datetime, cutoff: datetime, dry_run: bool, signer: Signer | None
+) -> int:
+    """Drop each monthly partition wholly before the horizon (cheap: no row is deleted one
+    by one), leaving a signed checkpoint per run of seqs it held. A dry run drops nothing
+    (the row count of `prune_audit` covers these rows too)."""
+    total = 0
+    while not dry_run:
+        async with engine.begin() as conn:
+            if not await is_partitioned(conn):
+                return total
+            head, before = await _audit_horizon(conn, cutoff)
+            due = [m for m in await months(conn) if m.bounds()[1] <= before]
+            if not due:
+                return total
+            month = due[0]
+            rows: Sequence[Any] = (
+                await conn.execute(
+                    select(column("seq"), column("hash"))
+                    .select_from(table(month.name))
+                    .order_by(column("seq"))
+                )
+            ).all()
+            if rows and rows[-1].seq >= head:
+                return total  # the newest row is never pruned
+            for first, last, digest in _runs(rows):
+                await record_checkpoint(
+                    conn, Checkpoint("pruned", first, last, digest, now), signer
+                )
+            # The name comes from a date, never from input.
+            await conn.execute(text(f"DROP TABLE {month.name}"))
+            await _record(conn, month.name, len(rows), before, now)
+        total += len(rows)
+    return total
+
+
 async def prune_audit(
     engine: AsyncEngine,
     *,
@@ -274,21 +321,23 @@ async def prune_audit(
     signer: Signer | None,
     batch: int = 10_000,
 ) -> Pruned:
-    """Delete audit rows written before `now - keep` and before the oldest open event,
+    """Remove audit rows written before `now - keep` and before the oldest open event,
     never the newest row; each contiguous run removed leaves a signed `pruned` checkpoint
-    (first seq, last seq, hash of the last), so the chain still verifies."""
+    (first seq, last seq, hash of the last), so the chain still verifies.
+
+    Whole months go by dropping their partition; what is left (rows of the default
+    partition, of a month not yet wholly past, or of an unpartitioned log) row by row.
+    """
     cutoff = now - keep
-    total = 0
+    total = await _drop_months(engine, now=now, cutoff=cutoff, dry_run=dry_run, signer=signer)
     while True:
         async with engine.begin() as conn:
             # The chain lock: nothing is appended between choosing rows and removing them.
-            head, _ = await audit.lock_head(conn)
-            horizon = await oldest_open_evidence(conn)
-            before = cutoff if horizon is None else min(cutoff, horizon)
+            head, before = await _audit_horizon(conn, cutoff)
             due = and_(audit_log.c.at < before, audit_log.c.seq < head)
             if dry_run:
                 count = (await conn.execute(select(func.count()).where(due))).scalar_one()
-                return Pruned(audit_log.name, count, before, True)
+                return Pruned(audit_log.name, total + count, before, True)
             rows = (
                 await conn.execute(
                     select(audit_log.c.seq, audit_log.c.hash)

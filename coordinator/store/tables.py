@@ -187,17 +187,20 @@ outbox = Table(
 
 # Append-only hash chain (see coordinator/audit.py); seq is assigned under a lock, not
 # by a sequence, so gaps can only come from deletion — which verification reports.
+# Partitioned by month on `at` (coordinator/evidence/partitions.py): the primary key must
+# hold the partition key; seq is unique all the same.
 audit_log = Table(
     "audit_log",
     metadata,
     Column("seq", BigInteger, primary_key=True, autoincrement=False),
-    _ts("at", nullable=False),
+    Column("at", DateTime(timezone=True), primary_key=True),
     Column("action", Text, nullable=False),
     Column("actor", Text, nullable=False),
     Column("data", JSONB, nullable=False),
     Column("prev_hash", Text, nullable=False),
     Column("hash", Text, nullable=False),
     Index(None, "action"),
+    postgresql_partition_by="RANGE (at)",
 )
 
 
