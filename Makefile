@@ -15,7 +15,7 @@ ENV_FILE := .cache/infra.env
 # Every target that touches Kafka or PostgreSQL reads the settings infra-up wrote.
 WITH_INFRA := set -a; source $(ENV_FILE); set +a;
 
-.PHONY: help venv lock tools browser infra-up infra-down infra-status lint typecheck schemas test test-unit test-faults fuzz fuzz-run demo bench bench-docs clean \
+.PHONY: help venv lock tools browser infra-up infra-down infra-status lint typecheck schemas test test-unit test-faults fuzz fuzz-run demo bench bench-scale bench-docs clean \
 	docker-up docker-down images images-clean test-containers compose-check
 
 help: ## list the targets
@@ -156,6 +156,11 @@ demo: $(STAMP) infra-up ## run the whole system on demo data and show the result
 
 bench: $(BENCH_STAMP) infra-up ## benchmarks side by side (BENCH_ROWS=100000); writes bench/results/*.json
 	$(WITH_INFRA) $(BIN)/python -m bench
+
+# SCALE_ROWS tracked events and outbox rows seeded by COPY (10M by default: hours and
+# ~10 GB of disk; CI-sized smoke runs: SCALE_ROWS=100000 SCALE_BATCH=10000).
+bench-scale: $(STAMP) infra-up ## tracking and pruning with SCALE_ROWS of history; writes bench/results/scale/*.json
+	$(WITH_INFRA) $(BIN)/python -m bench.scale
 
 bench-docs: $(BENCH_STAMP) ## render the newest bench/results/*.json into docs/benchmarks.md
 	$(BIN)/python -m bench.docs
