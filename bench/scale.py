@@ -20,7 +20,8 @@ Events are published and tracked only through the public functions (the test hel
 `insert_published` that writes outbox rows as a purge does, and
 `Tracker.track_published`), so the timed part runs any version of the tracker; the COPY
 seeding writes the current outbox layout. Writes one JSON file in the fixed schema of
-bench/results.py to bench/results/scale/ and prints it; progress on stderr.
+bench/results.py to bench/results/scale/ (plus `bytes_per_row`: on-disk bytes per row of
+each history table, expected acks per service) and prints it; progress on stderr.
 """
 
 from __future__ import annotations
@@ -199,6 +200,30 @@ async def track_batch(tracker: Any, engine: Any, clock: FrozenClock, batch: int,
     return batch / (time.perf_counter() - started)
 
 
+async def bytes_per_row(engine: Any, rows: int) -> dict[str, float]:
+    """On-disk bytes (heap, indexes, TOAST) per seeded event of each history table; the
+    audit log summed over its partitions."""
+    sizes: dict[str, float] = {}
+    async with engine.connect() as conn:
+        for table, per_event in (
+            ("retention_outbox", 1),
+            ("retention_event_status", 1),
+            ("retention_expected_acks", len(SERVICES)),
+            ("audit_log", 1),
+        ):
+            total = (
+                await conn.execute(
+                    text(
+                        "SELECT sum(pg_total_relation_size(relid)) "
+                        "FROM pg_partition_tree(CAST(:t AS regclass))"
+                    ),
+                    {"t": table},
+                )
+            ).scalar_one()
+            sizes[table] = round(float(total) / (rows * per_event), 1)
+    return sizes
+
+
 async def database_time(engine: Any) -> float:
     """Seconds the database spent in statements so far (pg_stat_database, this database)."""
     async with engine.connect() as conn:
@@ -233,6 +258,8 @@ async def main() -> dict[str, Any]:
             seed_started = time.perf_counter()
             await seed(engine, rows, old)
             seed_s = time.perf_counter() - seed_started
+            sizes = await bytes_per_row(engine, rows + batch)
+            say(f"bytes per row: {sizes}")
             full = await track_batch(tracker, engine, clock, batch, "c")
             say(f"tracking with {rows:,} present: {full:,.0f} events/s ({full / empty:.2f}×)")
 
@@ -284,6 +311,7 @@ async def main() -> dict[str, Any]:
         },
         "phases": phases,
         "checks": {"ours.tracked_with_history": batch, "ours.tracked_empty": batch},
+        "bytes_per_row": sizes,
     }
 
 
