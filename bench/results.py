@@ -82,6 +82,12 @@ PHASES: dict[str, Phase] = {
         "database time (s)",
         None,
     ),
+    "scale.prune.ack_ledger": Phase(
+        "prune ack ledger rows past retention (row deletes)",
+        "s",
+        "database time (s)",
+        None,
+    ),
     "scale.prune.outbox": Phase(
         "prune outbox rows of events completed > 30 d ago (row deletes)",
         "s",

@@ -7,14 +7,14 @@ On a fresh database:
 1. `track.empty`: publish `SCALE_BATCH` new events and time tracking them, on an empty
    database (the floor);
 2. seed `SCALE_ROWS` tracked events synthetically with COPY: their outbox rows, their
-   status (completed 7 years ago) and one expected ack per declared service, plus
-   `SCALE_ROWS` audit rows in a month 7 years back;
+   status (completed 7 years ago), one expected ack and one ack ledger row per declared
+   service (3), plus `SCALE_ROWS` audit rows in a month 7 years back;
 3. `track`: publish another `SCALE_BATCH` events and time tracking them with the history
    present; ours / limit is the throughput with the history against the floor (goal ≥
    1/1.2: tracking may cost at most 1.2× per event);
 4. `prune.*`: the coordinator's own pruning of that history (coordinator/evidence/prune.py):
-   the audit months (dropped partitions), the outbox rows and the event status with its
-   expected acks (deleted in windows; these two tables are not partitioned).
+   the audit months (dropped partitions), the ack ledger, the outbox rows and the event
+   status with its expected acks (deleted in windows; these tables are not partitioned).
 
 Events are published and tracked only through the public functions (the test helper
 `insert_published` that writes outbox rows as a purge does, and
@@ -42,7 +42,7 @@ from bench.__main__ import commit, env_int, machine, postgres_version
 from bench.results import RESULTS, SCHEMA, phase
 from coordinator.clock import FrozenClock
 from coordinator.evidence.partitions import Month, ensure_months
-from coordinator.evidence.prune import prune_audit, prune_event_status
+from coordinator.evidence.prune import prune_ack_ledger, prune_audit, prune_event_status
 from coordinator.outbox.prune import prune_outbox
 from coordinator.store.migrate import upgrade
 from schemas import KafkaSettings
@@ -106,6 +106,28 @@ def _ack_rows(ids: list[uuid.UUID], at: datetime) -> Iterator[tuple[Any, ...]]:
     for event_id in ids:
         for service in SERVICES:
             yield (event_id, service, "completed", 1, 1, at, at, 1)
+
+
+def _ledger_rows(ids: list[uuid.UUID], at: datetime, first: int) -> Iterator[tuple[Any, ...]]:
+    offset = first
+    for n, event_id in enumerate(ids):
+        for service in SERVICES:
+            offset += 1
+            yield (
+                "acks",
+                0,
+                offset,
+                at,
+                event_id,
+                service,
+                "user",
+                f"s{n}",
+                "completed",
+                1,
+                1,
+                at,
+                True,
+            )
 
 
 def _audit_rows(first: int, count: int, at: datetime) -> Iterator[tuple[Any, ...]]:
@@ -176,6 +198,26 @@ async def seed(engine: Any, rows: int, at: datetime) -> None:
         )
         await _copy(
             engine,
+            "retention_ack_ledger",
+            [
+                "kafka_topic",
+                "kafka_partition",
+                "kafka_offset",
+                "received_at",
+                "event_id",
+                "service",
+                "entity_type",
+                "entity_id",
+                "status",
+                "records_affected",
+                "attempt",
+                "acknowledged_at",
+                "accepted",
+            ],
+            _ledger_rows(ids, at, done * len(SERVICES)),
+        )
+        await _copy(
+            engine,
             "audit_log",
             ["seq", "at", "action", "actor", "data", "prev_hash", "hash"],
             _audit_rows(done + 1, n, at),
@@ -209,6 +251,7 @@ async def bytes_per_row(engine: Any, rows: int) -> dict[str, float]:
             ("retention_outbox", 1),
             ("retention_event_status", 1),
             ("retention_expected_acks", len(SERVICES)),
+            ("retention_ack_ledger", len(SERVICES)),
             ("audit_log", 1),
         ):
             total = (
@@ -268,6 +311,10 @@ async def main() -> dict[str, Any]:
                 (
                     "prune.audit",
                     lambda: prune_audit(engine, now=now, keep=6 * YEAR, dry_run=False, signer=None),
+                ),
+                (
+                    "prune.ack_ledger",
+                    lambda: prune_ack_ledger(engine, now=now, keep=6 * YEAR, dry_run=False),
                 ),
                 (
                     "prune.outbox",

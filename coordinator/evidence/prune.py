@@ -269,17 +269,58 @@ def _runs(rows: Sequence[Any]) -> list[tuple[int, int, str]]:
     return runs
 
 
-async def _audit_horizon(conn: AsyncConnection, cutoff: datetime) -> tuple[int, datetime]:
-    """Under the chain lock: the newest seq, and the time before which rows may go."""
-    head, _ = await audit.lock_head(conn)
-    horizon = await oldest_open_evidence(conn)
-    return head, cutoff if horizon is None else min(cutoff, horizon)
+async def _horizon(engine: AsyncEngine, cutoff: datetime) -> datetime:
+    """The time before which audit rows may go: the cutoff, or the start of the oldest
+    open event if earlier. Taken once per prune: events opened later start later, and one
+    completed meanwhile only makes the stored horizon more careful than needed."""
+    async with engine.connect() as conn:
+        oldest = await oldest_open_evidence(conn)
+    return cutoff if oldest is None else min(cutoff, oldest)
+
+
+async def _month_runs(conn: AsyncConnection, name: str) -> list[tuple[int, int, str]]:
+    """The contiguous seq runs of one partition, each with the hash of its last row.
+
+    A month's seqs are one run unless rows were stamped out of order (a clock far off):
+    min, max and a count over the primary key tell, without reading the rows."""
+    part = table(name, column("seq"), column("hash"))
+    seq = part.c.seq
+    low, high, count = (
+        await conn.execute(select(func.min(seq), func.max(seq), func.count()))
+    ).one()
+    if count == 0:
+        return []
+    if high - low + 1 == count:
+        spans = [(low, high)]
+    else:
+        numbered = select(seq, (seq - func.row_number().over(order_by=seq)).label("g")).subquery()
+        spans = [
+            (first, last)
+            for first, last in (
+                await conn.execute(
+                    select(func.min(numbered.c.seq), func.max(numbered.c.seq))
+                    .group_by(numbered.c.g)
+                    .order_by(func.min(numbered.c.seq))
+                )
+            ).all()
+        ]
+    hashes = dict(
+        (
+            await conn.execute(select(seq, part.c.hash).where(seq.in_([last for _, last in spans])))
+        ).all()
+    )
+    return [(first, last, hashes[last]) for first, last in spans]
 
 
 async def _drop_months(
-    engine: AsyncEngine, *, now: datetime, cutoff: datetime, dry_run: bool, signer: Signer | None
+    engine: AsyncEngine,
+    *,
+    now: datetime,
+    before: datetime,
+    dry_run: bool,
+    signer: Signer | None,
 ) -> int:
-    """Drop each monthly partition wholly before the horizon (cheap: no row is deleted one
+    """Drop each monthly partition wholly before `before` (cheap: no row is deleted one
     by one), leaving a signed checkpoint per run of seqs it held. A dry run drops nothing
     (the row count of `prune_audit` covers these rows too)."""
     total = 0
@@ -287,28 +328,24 @@ async def _drop_months(
         async with engine.begin() as conn:
             if not await is_partitioned(conn):
                 return total
-            head, before = await _audit_horizon(conn, cutoff)
+            # The chain lock: nothing is appended between reading a month and dropping it.
+            head, _ = await audit.lock_head(conn)
             due = [m for m in await months(conn) if m.bounds()[1] <= before]
             if not due:
                 return total
             month = due[0]
-            rows: Sequence[Any] = (
-                await conn.execute(
-                    select(column("seq"), column("hash"))
-                    .select_from(table(month.name))
-                    .order_by(column("seq"))
-                )
-            ).all()
-            if rows and rows[-1].seq >= head:
+            runs = await _month_runs(conn, month.name)
+            if runs and runs[-1][1] >= head:
                 return total  # the newest row is never pruned
-            for first, last, digest in _runs(rows):
+            for first, last, digest in runs:
                 await record_checkpoint(
                     conn, Checkpoint("pruned", first, last, digest, now), signer
                 )
+            rows = sum(last - first + 1 for first, last, _ in runs)
             # The name comes from a date, never from input.
             await conn.execute(text(f"DROP TABLE {month.name}"))
-            await _record(conn, month.name, len(rows), before, now)
-        total += len(rows)
+            await _record(conn, month.name, rows, before, now)
+        total += rows
     return total
 
 
@@ -328,12 +365,12 @@ async def prune_audit(
     Whole months go by dropping their partition; what is left (rows of the default
     partition, of a month not yet wholly past, or of an unpartitioned log) row by row.
     """
-    cutoff = now - keep
-    total = await _drop_months(engine, now=now, cutoff=cutoff, dry_run=dry_run, signer=signer)
+    before = await _horizon(engine, now - keep)
+    total = await _drop_months(engine, now=now, before=before, dry_run=dry_run, signer=signer)
     while True:
         async with engine.begin() as conn:
             # The chain lock: nothing is appended between choosing rows and removing them.
-            head, before = await _audit_horizon(conn, cutoff)
+            head, _ = await audit.lock_head(conn)
             due = and_(audit_log.c.at < before, audit_log.c.seq < head)
             if dry_run:
                 count = (await conn.execute(select(func.count()).where(due))).scalar_one()

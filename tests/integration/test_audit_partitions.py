@@ -118,3 +118,30 @@ async def test_an_existing_log_converts_batch_by_batch_while_rows_keep_coming(
     finally:
         await engine.dispose()
         await infra.drop_database(url)
+
+
+async def test_a_month_with_rows_out_of_order_leaves_one_checkpoint_per_run(
+    engine: AsyncEngine,
+) -> None:
+    january = Month.of(datetime(2019, 1, 1, tzinfo=UTC))
+    async with engine.begin() as conn:
+        await ensure_months(conn, [january])
+    jan = january.bounds()[0]
+    # A clock far off stamps seq 3 today between January rows: January holds 1, 2, 4.
+    await _append(engine, jan, jan + timedelta(hours=1), NOW - timedelta(days=1), jan, NOW)
+    pruned = await prune_audit(
+        engine, now=NOW, keep=timedelta(days=2192), dry_run=False, signer=SIGNER
+    )
+    assert pruned.rows == 3
+    async with engine.connect() as conn:
+        spans = (
+            await conn.execute(
+                select(audit_checkpoints.c.first_seq, audit_checkpoints.c.last_seq).order_by(
+                    audit_checkpoints.c.first_seq
+                )
+            )
+        ).all()
+        report = await verify_chain(conn, full=True, verifier=VERIFIER)
+    assert [tuple(s) for s in spans] == [(1, 2), (4, 4)]
+    assert report.broken is None
+    assert report.rows_checked == 3  # rows 3 and 5, and the db.prune entry
