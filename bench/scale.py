@@ -256,9 +256,11 @@ async def bytes_per_row(engine: Any, rows: int) -> dict[str, float]:
         ):
             total = (
                 await conn.execute(
+                    # pg_partition_tree has no rows for a table that is not partitioned.
                     text(
-                        "SELECT sum(pg_total_relation_size(relid)) "
-                        "FROM pg_partition_tree(CAST(:t AS regclass))"
+                        "SELECT coalesce((SELECT sum(pg_total_relation_size(relid)) "
+                        "FROM pg_partition_tree(CAST(:t AS regclass))), "
+                        "pg_total_relation_size(CAST(:t AS regclass)))"
                     ),
                     {"t": table},
                 )
