@@ -154,6 +154,7 @@ def test_topics_derive_from_one_prefix() -> None:
         "data.retention.acks",
         "data.retention.services",
         "data.retention.dlq",
+        "data.retention.audit",
     )
     assert Topics("staging.retention").acks == "staging.retention.acks"
 
