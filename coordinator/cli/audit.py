@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import typer
+from aiokafka.errors import KafkaError
 
 from coordinator.cli._app import ExitCode, emit_json, err_console, load_settings, out_console
 from coordinator.clock import SystemClock
@@ -19,6 +20,7 @@ from coordinator.evidence.heads import (
 )
 from coordinator.settings import Settings
 from coordinator.store.db import make_engine
+from schemas.errors import error_text
 
 __all__ = ["app", "checkpoint", "verify"]
 
@@ -57,7 +59,14 @@ def verify(
     """Check the hash chain and compare it with the last published head; exit 1 naming
     the first broken row."""
     settings = load_settings()
-    report, head = asyncio.run(_verify(settings, full=full, published=not offline))
+    try:
+        report, head = asyncio.run(_verify(settings, full=full, published=not offline))
+    except (KafkaError, LookupError, OSError) as exc:
+        err_console.print(
+            f"[red]could not read the published heads[/red] ({error_text(exc)}); "
+            "--offline checks the database alone"
+        )
+        raise typer.Exit(ExitCode.ERRORS) from None
     broken = report.broken or (head.broken if head is not None else None)
     if as_json:
         document: dict[str, Any] = {
