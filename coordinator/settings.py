@@ -304,7 +304,7 @@ class Settings(BaseSettings):
         default=2192.0,
         gt=0,
         description="Pruning deletes the status and expected acks of events completed more "
-        "than this many days ago (keep it at least the ack ledger's).",
+        "than this many days ago; at least the outbox's and the ack ledger's retention.",
     )
     audit_retention_days: float = Field(
         default=2192.0,
@@ -352,6 +352,19 @@ class Settings(BaseSettings):
     @classmethod
     def _valid_cron(cls, value: str) -> str:
         return validate_cron(value)
+
+    @model_validator(mode="after")
+    def _status_outlives_what_needs_it(self) -> Self:
+        # Outbox and ledger rows are pruned on their event's `completed` status: without
+        # it an outbox row looks untracked (kept forever, holding back audit pruning) and
+        # a ledger row's event looks unknown (kept forever).
+        shortest = max(self.outbox_retention_days, self.ack_ledger_retention_days)
+        if self.event_status_retention_days < shortest:
+            raise ValueError(
+                "RETENTION_EVENT_STATUS_RETENTION_DAYS must be at least the outbox's and the "
+                "ack ledger's retention"
+            )
+        return self
 
     @model_validator(mode="after")
     def _coordinator_client_id(self) -> Self:
