@@ -22,15 +22,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import and_, func, insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator import audit
 from coordinator.store.tables import audit_checkpoints, audit_log
-from schemas.signing import Signer, Verifier
+from schemas.signing import SIGNATURE_HEADER, Signer, Verifier
 
 __all__ = [
     "HEAD_KEY",
+    "ChainBroken",
     "ChainReport",
     "Checkpoint",
     "Kind",
@@ -38,6 +39,7 @@ __all__ = [
     "parse_record",
     "record_checkpoint",
     "take_head",
+    "unpublished",
     "verify_chain",
 ]
 
@@ -137,16 +139,21 @@ async def _checkpoints(conn: AsyncConnection, kind: Kind) -> list[Any]:
 
 
 def _signature_ok(row: Any, verifier: Verifier | None) -> bool:
+    """The row's signed record verifies and says what the row's columns say."""
     if verifier is None:
         return True
     if row.signature is None:
         return False
     checked = verifier.verify(
-        checkpoint_key(row.kind, row.last_seq), row.record, [("retention-signature", row.signature)]
+        checkpoint_key(row.kind, row.last_seq), row.record, [(SIGNATURE_HEADER, row.signature)]
     )
-    return checked.valid and parse_record(row.record) == Checkpoint(
-        row.kind, row.first_seq, row.last_seq, row.hash, row.at
-    )
+    if not checked.valid:
+        return False
+    try:
+        signed = parse_record(row.record)
+    except (ValueError, KeyError, TypeError):
+        return False
+    return signed == Checkpoint(row.kind, row.first_seq, row.last_seq, row.hash, row.at)
 
 
 async def _row_hash(conn: AsyncConnection, seq: int) -> str | None:
@@ -258,7 +265,7 @@ async def unpublished(conn: AsyncConnection) -> Sequence[Any]:
     return (
         await conn.execute(
             select(audit_checkpoints)
-            .where(and_(audit_checkpoints.c.published_at.is_(None)))
+            .where(audit_checkpoints.c.published_at.is_(None))
             .order_by(audit_checkpoints.c.at, audit_checkpoints.c.last_seq)
         )
     ).all()

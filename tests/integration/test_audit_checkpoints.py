@@ -115,7 +115,13 @@ async def test_a_pruned_segment_verifies_only_with_its_signed_checkpoint(
         await conn.execute(delete(audit_checkpoints))
         await record_checkpoint(conn, Checkpoint("pruned", 1, 3, third, T0), SIGNER)
         across = await verify_chain(conn, full=True, verifier=VERIFIER)
-    assert (across.broken, across.rows_checked, across.last_seq) == (None, 3, 6)
+        assert (across.broken, across.rows_checked, across.last_seq) == (None, 3, 6)
+
+        # A checkpoint whose columns no longer say what was signed is no checkpoint.
+        await conn.execute(update(audit_checkpoints).values(last_seq=2))
+        edited = await verify_chain(conn, full=True, verifier=VERIFIER)
+    assert edited.broken is not None
+    assert edited.broken.seq == 1
 
 
 async def test_cutting_off_the_newest_rows_fails_against_the_published_head(
