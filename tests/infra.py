@@ -187,7 +187,7 @@ async def check_kafka(kafka: KafkaSettings) -> None:
 
 
 async def wait_for_topics(kafka: KafkaSettings, *, timeout_s: float = 30) -> None:
-    """Return once a new client's metadata lists all four topics of `kafka`."""
+    """Return once a new client's metadata lists all the topics of `kafka`."""
     wanted = set(kafka.topics.all())
     async with asyncio.timeout(timeout_s):
         while True:
