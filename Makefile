@@ -17,7 +17,7 @@ ENV_FILE := .cache/infra.env
 # Every target that touches Kafka or PostgreSQL reads the settings infra-up wrote.
 WITH_INFRA := set -a; source $(ENV_FILE); set +a;
 
-.PHONY: help venv lock tools browser infra-up infra-down infra-status lint typecheck schemas test test-unit test-faults fuzz fuzz-run demo bench bench-docs clean \
+.PHONY: help venv lock tools browser infra-up infra-down infra-status lint typecheck schemas test test-unit test-faults fuzz fuzz-run demo bench bench-scale bench-docs clean \
 	docker-up docker-down images images-clean test-containers compose-check
 
 help: ## list the targets
@@ -51,11 +51,13 @@ $(FUZZ_STAMP): $(STAMP) pyproject.toml
 venv: $(STAMP) ## create or refresh .venv with the project, its test extras and faust
 
 # pip-tools in a venv of its own (not the project's), resolving on this Python (3.11 in CI).
+# `make lock LOCK_UPGRADE=` adds a new dependency and keeps every other pin where it is.
+LOCK_UPGRADE ?= --upgrade
 lock: ## re-resolve requirements/lock.txt (exact versions with hashes) and the app image's requirements/app.txt
 	test -x $(LOCK_TOOLS)/bin/pip-compile || { $(PYTHON) -m venv $(LOCK_TOOLS) && \
 	  $(LOCK_TOOLS)/bin/python -m pip install -q pip-tools; }
 	mkdir -p $(dir $(LOCK))
-	$(LOCK_TOOLS)/bin/pip-compile -q --upgrade --generate-hashes --allow-unsafe --strip-extras \
+	$(LOCK_TOOLS)/bin/pip-compile -q $(LOCK_UPGRADE) --generate-hashes --allow-unsafe --strip-extras \
 	  --extra test --extra faust --no-emit-find-links --no-emit-index-url \
 	  --output-file $(LOCK) pyproject.toml
 	rm -f $(APP_LOCK)
@@ -160,6 +162,11 @@ demo: $(STAMP) infra-up ## run the whole system on demo data and show the result
 
 bench: $(BENCH_STAMP) infra-up ## benchmarks side by side (BENCH_ROWS=100000); writes bench/results/*.json
 	$(WITH_INFRA) $(BIN)/python -m bench
+
+# SCALE_ROWS tracked events and outbox rows seeded by COPY (10M by default: hours and
+# ~10 GB of disk; CI-sized smoke runs: SCALE_ROWS=100000 SCALE_BATCH=10000).
+bench-scale: $(STAMP) infra-up ## tracking and pruning with SCALE_ROWS of history; writes bench/results/scale/*.json
+	$(WITH_INFRA) $(BIN)/python -m bench.scale
 
 bench-docs: $(BENCH_STAMP) ## render the newest bench/results/*.json into docs/benchmarks.md
 	$(BIN)/python -m bench.docs

@@ -69,6 +69,37 @@ PHASES: dict[str, Phase] = {
     "consume": Phase("consume", "events/s", "ConsumerPerformance", None),
     "e2e": Phase("end to end (3 services, acked and tracked)", "entities/s", "", 20.0),
     "rss": Phase("peak RSS of `retention run`", "MB", "", None),
+    # `make bench-scale` (bench/scale.py, files under bench/results/scale/):
+    "scale.track": Phase(
+        "tracking a new batch with the history present",
+        "events/s",
+        "the same batch on an empty database",
+        round(1 / 1.2, 3),
+    ),
+    "scale.prune.audit": Phase(
+        "prune audit rows past retention (monthly partitions dropped)",
+        "s",
+        "database time (s)",
+        None,
+    ),
+    "scale.prune.ack_ledger": Phase(
+        "prune ack ledger rows past retention (row deletes)",
+        "s",
+        "database time (s)",
+        None,
+    ),
+    "scale.prune.outbox": Phase(
+        "prune outbox rows of events completed > 30 d ago (row deletes)",
+        "s",
+        "database time (s)",
+        None,
+    ),
+    "scale.prune.event_status": Phase(
+        "prune event status and expected acks past retention (row deletes)",
+        "s",
+        "database time (s)",
+        None,
+    ),
 }
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "append",
     "append_refs",
     "canonical",
+    "link",
     "lock_head",
     "verify",
 ]
@@ -113,7 +114,8 @@ def canonical(seq: int, at: datetime, entry: AuditEntry) -> bytes:
     return json.dumps(document, sort_keys=True, separators=(",", ":"), default=str).encode()
 
 
-def _link(prev_hash: str, body: bytes) -> str:
+def link(prev_hash: str, body: bytes) -> str:
+    """A row's hash from its predecessor's and its canonical bytes."""
     return hashlib.sha256(prev_hash.encode() + body).hexdigest()
 
 
@@ -141,7 +143,7 @@ async def append_refs(
         # Round-trip the data through JSON so what is stored is exactly what was hashed.
         data = json.loads(json.dumps(dict(entry.data), default=str))
         stored = AuditEntry(entry.action, entry.actor, data)
-        digest = _link(prev, canonical(seq, at, stored))
+        digest = link(prev, canonical(seq, at, stored))
         rows.append(
             {
                 "seq": seq,
@@ -194,7 +196,7 @@ async def verify(conn: AsyncConnection, *, chunk: int = 10_000) -> tuple[int, Br
             if row.prev_hash != prev:
                 return checked, BrokenLink(row.seq, "prev_hash does not match the previous row")
             entry = AuditEntry(row.action, row.actor, row.data)
-            if _link(prev, canonical(row.seq, row.at, entry)) != row.hash:
+            if link(prev, canonical(row.seq, row.at, entry)) != row.hash:
                 return checked, BrokenLink(row.seq, "content does not match its hash (edited)")
             prev, expected_seq, checked = row.hash, expected_seq + 1, checked + 1
         after = rows[-1].seq

@@ -8,6 +8,8 @@
 * the **erasure** task moves erasure requests' statuses (coordinator/erasure/);
 * the **notify** task, when `RETENTION_WEBHOOKS_FILE` is set, queues and posts webhook
   notifications (coordinator/notify/);
+* the **upkeep** task (leader only), daily: signs and publishes an audit-chain head and
+  prunes the coordinator's own tables past their retention (coordinator/evidence/);
 * the **HTTP API** (uvicorn, in the same loop).
 
 Stopping (SIGTERM/SIGINT set `stop`): the scheduler lets the current run finish, the
@@ -43,6 +45,9 @@ from coordinator.api.health import KafkaHealth
 from coordinator.clock import Clock, SystemClock
 from coordinator.console.sessions import load_secret
 from coordinator.erasure.service import Erasure
+from coordinator.evidence import evidence_signer
+from coordinator.evidence.pseudonyms import load_pepper
+from coordinator.evidence.upkeep import Upkeep
 from coordinator.kafka.admin import ensure_topics
 from coordinator.kafka.clients import KafkaPublisher
 from coordinator.metrics import Metrics
@@ -113,6 +118,7 @@ class _Parts:
     erasure: Erasure
     notifier: Notifier | None
     suppression: SuppressionPublisher
+    upkeep: Upkeep
 
 
 class Service:
@@ -142,6 +148,8 @@ class Service:
         )
         # Read now too: a secret file that is set but unusable stops the service at start.
         self.ui_secret = load_secret(settings.ui_secret_file)
+        # Read now too: a pepper file that is set but unusable stops the service at start.
+        self.pepper = load_pepper(settings.suppression_pepper_file)
         # Read now too: a webhooks file that is set but broken stops the service at start.
         self.webhooks = (
             load_webhooks(settings.webhooks_file) if settings.webhooks_file is not None else ()
@@ -339,6 +347,7 @@ class Service:
                 republish=RepublishSetup(s.kafka, signer),
                 ui_secret=self.ui_secret,
                 ui_session_s=s.ui_session_hours * 3600,
+                pepper=self.pepper,
             )
         )
         config = uvicorn.Config(
@@ -381,6 +390,16 @@ class Service:
                 KafkaPublisher(s.kafka),
                 s.signatures.coordinator_signer(),
                 clock=self.clock,
+            ),
+            upkeep=Upkeep(
+                engine,
+                s.kafka,
+                s.own_retention(),
+                self.clock,
+                signer=evidence_signer(s.signatures),
+                pepper=self.pepper,
+                is_leader=lambda: scheduler.is_leader,
+                interval_s=s.serve.upkeep_interval_s,
             ),
         )
 
@@ -446,6 +465,7 @@ class Service:
             "erasure": lambda: self._erasure_forever(stop),
             "verify": lambda: self._verify_forever(stop),
             "suppression": lambda: parts.suppression.run_forever(stop),
+            "upkeep": lambda: parts.upkeep.run_forever(stop),
             "http": serve_http,
             "http_stopper": stop_http,
         }

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Self
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from coordinator.evidence.prune import Retention
 from coordinator.purge.scheduler import validate_cron
 from schemas import DEFAULT_DATABASE_URL, KafkaSettings
 from schemas.kafka import Compression
@@ -182,6 +184,12 @@ class ServeSettings(BaseSettings):
     topic_replication_factor: int = Field(
         default=1, ge=1, description="Replication factor of the topics `serve` creates."
     )
+    upkeep_interval_s: float = Field(
+        default=86400.0,
+        gt=0,
+        description="How often the leader signs and publishes an audit-chain head and prunes "
+        "the coordinator's own tables past their retention (SPEC §13).",
+    )
 
 
 class NotifySettings(BaseSettings):
@@ -304,8 +312,27 @@ class Settings(BaseSettings):
     outbox_retention_days: float = Field(
         default=30.0,
         gt=0,
-        description="`retention db prune` deletes the outbox rows of events completed more "
-        "than this many days ago; rows of events not completed are never pruned.",
+        description="Pruning deletes the outbox rows of events completed more than this many "
+        "days ago, and keeps their entity ids in other evidence only as HMACs; rows of "
+        "events not completed are never pruned.",
+    )
+    ack_ledger_retention_days: float = Field(
+        default=2192.0,
+        gt=0,
+        description="Pruning deletes ack ledger rows received more than this many days ago "
+        "whose event is completed (6 years by default).",
+    )
+    event_status_retention_days: float = Field(
+        default=2192.0,
+        gt=0,
+        description="Pruning deletes the status and expected acks of events completed more "
+        "than this many days ago; at least the outbox's and the ack ledger's retention.",
+    )
+    audit_retention_days: float = Field(
+        default=2192.0,
+        gt=0,
+        description="Pruning deletes audit rows older than this many days and than every "
+        "open event, leaving signed checkpoints in their place.",
     )
     erasure_default_days: int = Field(
         default=30,
@@ -318,7 +345,9 @@ class Settings(BaseSettings):
         default=None,
         description="File of the pepper (`retention keys generate --pepper --out DIR`) the "
         "suppression list's keys are HMACs under (SPEC §12). Unset: erased entities are not "
-        "listed on the erased topic. Services need the same file for `is_erased`.",
+        "listed on the erased topic, and old evidence keeps entity ids in clear. Past the "
+        "outbox retention, evidence keeps entity ids as HMAC-SHA256 of `type:id` under it. "
+        "Services need the same file for `is_erased`.",
     )
     suppression_retention_days: float = Field(
         default=EVIDENCE_RETENTION_DAYS,
@@ -338,6 +367,15 @@ class Settings(BaseSettings):
         "only reaches them once they expire (docs/operations.md).",
     )
 
+    def own_retention(self) -> Retention:
+        """How long each of the coordinator's own tables keeps its rows."""
+        return Retention(
+            outbox=timedelta(days=self.outbox_retention_days),
+            ack_ledger=timedelta(days=self.ack_ledger_retention_days),
+            event_status=timedelta(days=self.event_status_retention_days),
+            audit=timedelta(days=self.audit_retention_days),
+        )
+
     def allowed_hook_modules(self) -> tuple[str, ...]:
         return tuple(m.strip() for m in self.hook_modules.split(",") if m.strip())
 
@@ -345,6 +383,19 @@ class Settings(BaseSettings):
     @classmethod
     def _valid_cron(cls, value: str) -> str:
         return validate_cron(value)
+
+    @model_validator(mode="after")
+    def _status_outlives_what_needs_it(self) -> Self:
+        # Outbox and ledger rows are pruned on their event's `completed` status: without
+        # it an outbox row looks untracked (kept forever, holding back audit pruning) and
+        # a ledger row's event looks unknown (kept forever).
+        shortest = max(self.outbox_retention_days, self.ack_ledger_retention_days)
+        if self.event_status_retention_days < shortest:
+            raise ValueError(
+                "RETENTION_EVENT_STATUS_RETENTION_DAYS must be at least the outbox's and the "
+                "ack ledger's retention"
+            )
+        return self
 
     @model_validator(mode="after")
     def _coordinator_client_id(self) -> Self:

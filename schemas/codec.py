@@ -10,6 +10,7 @@ from typing import TypeVar
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
+from schemas.fast_decode import fast_decoder
 from schemas.models import WireModel
 
 __all__ = [
@@ -48,11 +49,23 @@ def encode(model: WireModel) -> bytes:
 
 
 def decode(model: type[M], raw: bytes | None) -> M:
-    """Parse `raw` as `model`, or raise `PoisonRecord` saying why not."""
+    """Parse `raw` as `model`, or raise `PoisonRecord` saying why not.
+
+    Records shaped exactly like the model take msgspec's path (schemas/fast_decode.py);
+    everything else, and every refusal, takes pydantic's (`validate`).
+    """
     if raw is None:
         raise PoisonRecord("empty value (tombstone)", raw)
     if len(raw) > MAX_RECORD_BYTES:
         raise PoisonRecord(f"record of {len(raw)} bytes exceeds {MAX_RECORD_BYTES}", raw)
+    decoded = fast_decoder(model)(raw)
+    if decoded is not None:
+        return decoded
+    return validate(model, raw)
+
+
+def validate(model: type[M], raw: bytes) -> M:
+    """pydantic's path of `decode`: the reference for what is accepted and why not."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

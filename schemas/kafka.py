@@ -66,7 +66,8 @@ class KafkaSettings(BaseSettings):
     )
     topic_prefix: str = Field(
         default=DEFAULT_PREFIX,
-        description="Prefix of the five topics: <prefix>, <prefix>.acks, .services, .dlq, .holds.",
+        description="Prefix of the topics: <prefix>, <prefix>.acks, .services, .dlq, .holds, "
+        ".erased, .audit.",
     )
     security_protocol: SecurityProtocol = Field(
         default="PLAINTEXT",

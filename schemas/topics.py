@@ -1,4 +1,4 @@
-"""Topic names: the product's topics, derived from one configurable prefix (SPEC §2, §11, §12)."""
+"""Topic names: the product's topics, derived from one configurable prefix (SPEC §2, §11-§13)."""
 
 from __future__ import annotations
 
@@ -42,12 +42,25 @@ class Topics:
         return f"{self.prefix}.erased"
 
     @property
+    def audit(self) -> str:
+        """Signed audit-chain heads and checkpoints (SPEC §13), compacted."""
+        return f"{self.prefix}.audit"
+
+    @property
     def compacted(self) -> tuple[str, ...]:
         """Topics keyed by what they describe, where only the latest record per key counts."""
-        return (self.services, self.holds, self.erased)
+        return (self.services, self.holds, self.erased, self.audit)
 
     def all(self) -> tuple[str, ...]:
-        return (self.events, self.acks, self.services, self.dlq, self.holds, self.erased)
+        return (
+            self.events,
+            self.acks,
+            self.services,
+            self.dlq,
+            self.holds,
+            self.erased,
+            self.audit,
+        )
 
 
 def service_group(service: str) -> str:

@@ -116,7 +116,7 @@ def kafka_settings(kafka_bootstrap: str, request: pytest.FixtureRequest) -> Kafk
 
 @pytest.fixture
 async def topics(kafka_settings: KafkaSettings) -> KafkaSettings:
-    """`kafka_settings` with its topics created (3 partitions each) and visible."""
+    """`kafka_settings` with its topics created (3 partitions; the audit topic 1), visible."""
     await ensure_topics(kafka_settings, partitions=3)
     # CreateTopics returns once the controller committed them; a fresh client's metadata
     # request may still miss them for a moment, which would flake checks such as /healthz.

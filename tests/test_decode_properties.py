@@ -16,9 +16,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas import AckStatus, EventType, PoisonRecord, RetentionAck, decode, encode
+from schemas import (
+    AckStatus,
+    EventReason,
+    EventType,
+    PoisonRecord,
+    RetentionAck,
+    RetentionEvent,
+    ServiceRegistration,
+    decode,
+    encode,
+)
+from schemas.codec import validate
+from schemas.fast_decode import fast_decoder
 from schemas.models import MAX_BIGINT, MAX_INTEGER, WireModel
-from tests.fuzz.decode_target import MODELS, check
+from tests.fuzz.decode_target import MODELS, check, check_fast_path
 
 FUZZ_DIR = Path(__file__).parent / "fuzz"
 
@@ -165,6 +177,79 @@ def _quoted(reason: str) -> str:
     return "".join(c for c in reason if 0xE000 <= ord(c) <= 0xF8FF)
 
 
+_storable = st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",))
+_names = st.text(_storable, min_size=1, max_size=20)
+_minute_offsets = st.integers(-(24 * 60 - 1), 24 * 60 - 1).map(
+    lambda minutes: timezone(timedelta(minutes=minutes))
+)
+_valid_timestamps = st.datetimes(
+    min_value=datetime(1970, 1, 2), max_value=datetime(8999, 12, 30), timezones=_minute_offsets
+).map(lambda value: value.isoformat(timespec=random_timespec(value)))
+
+
+def random_timespec(value: datetime) -> str:
+    """Writers differ: whole seconds, milliseconds or microseconds, `Z` or an offset."""
+    return ("seconds", "milliseconds", "microseconds", "auto")[value.microsecond % 4]
+
+
+_valid = {
+    RetentionEvent: st.fixed_dictionaries(
+        {
+            "event_id": st.uuids().map(str),
+            "type": st.sampled_from([*EventType]).map(str),
+            "entity_type": _names,
+            "entity_id": _names,
+            "policy": _names,
+            "legal_basis": st.text(_storable, max_size=50),
+            "initiated_at": _valid_timestamps,
+            "deadline": _valid_timestamps.map(
+                lambda text: text[:-6] + "Z" if text.endswith("+00:00") else text
+            ),
+        },
+        optional={
+            "schema_version": st.just(1),
+            "fields": st.lists(_names, max_size=4),
+            "run_id": st.none() | st.uuids().map(lambda value: value.hex),
+            "reason": st.sampled_from([*EventReason]).map(str),
+            "request_id": st.none() | st.uuids().map(str),
+            "subject": st.none() | st.tuples(_names, _names).map(":".join),
+        },
+    ),
+    RetentionAck: st.fixed_dictionaries(
+        {
+            "event_id": st.uuids().map(str),
+            "service": _names,
+            "entity_type": _names,
+            "entity_id": _names,
+            "status": st.sampled_from([*AckStatus]).map(str),
+            "records_affected": st.integers(0, MAX_BIGINT),
+            "acknowledged_at": _valid_timestamps,
+        },
+        optional={
+            "detail": st.text(_storable, max_size=50),
+            "attempt": st.integers(1, MAX_INTEGER),
+            "schema_version": st.just(1),
+        },
+    ),
+    ServiceRegistration: st.fixed_dictionaries(
+        {
+            "service": _names,
+            "handles": st.lists(
+                st.fixed_dictionaries(
+                    {
+                        "entity_type": _names,
+                        "actions": st.lists(st.sampled_from([*EventType]).map(str), max_size=2),
+                    }
+                ),
+                max_size=3,
+            ),
+            "sdk_version": _names,
+            "registered_at": _valid_timestamps,
+        }
+    ),
+}
+
+
 @pytest.mark.parametrize("model", MODELS, ids=lambda m: m.__name__)
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
@@ -187,3 +272,30 @@ def test_a_bad_uuid_is_named_by_its_field_not_quoted() -> None:
     with pytest.raises(PoisonRecord) as caught:
         decode(RetentionAck, _ack(event_id="6f1c2e4a-0b5d-4c8e-9a7f-3d2b1e0c9a8\ue123"))
     assert caught.value.reason == "invalid RetentionAck: event_id: uuid parsing"
+
+
+def test_valid_records_take_msgspecs_path_and_equal_pydantics(
+    model: type[WireModel], data: st.DataObject
+) -> None:
+    """The fast path is the one genuine records take, and it changes no value (byte-identical
+    re-encoding, the same fields set) against pydantic's."""
+    document = data.draw(_valid[model])
+    raw = _serialised(document, data.draw(st.booleans()))
+    # NUL-free, surrogate-free and within every bound by construction.
+    assert check_fast_path(model, raw), validate(model, raw)
+    check(raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # pydantic accepts each; the fast path leaves them to it (stricter on purpose).
+        b'{"service":"s","handles":[],"sdk_version":"1","registered_at":"2026-01-01 00:00:00Z"}',
+        b'{"service":"s","handles":[],"sdk_version":"1","registered_at":"2026-01-01T00:00:00z"}',
+        b'{"service":"s","handles":[],"sdk_version":"1","registered_at":"2026-01-01T00:00:00Z",'
+        b'"unknown":1}',
+    ],
+)
+def test_records_off_the_fast_path_decode_as_before(raw: bytes) -> None:
+    assert fast_decoder(ServiceRegistration)(raw) is None
+    assert decode(ServiceRegistration, raw) == validate(ServiceRegistration, raw)

@@ -102,7 +102,7 @@ def test_the_command_prints_for_the_deployment_prefix() -> None:
     assert result.exit_code == 0, result.output
     reads = (
         "--operation Read --operation Describe --topic eu.retention --topic eu.retention.erased "
-        "--topic eu.retention.holds\n"
+        "--topic eu.retention.holds --topic eu.retention.audit\n"
     )
     assert f"--allow-principal User:billing {reads}" in result.output
     assert "--allow-principal User:CN=idx --operation Read --group retention.idx" in result.output

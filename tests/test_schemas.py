@@ -158,11 +158,13 @@ def test_topics_derive_from_one_prefix() -> None:
         "data.retention.dlq",
         "data.retention.holds",
         "data.retention.erased",
+        "data.retention.audit",
     )
     assert Topics().compacted == (
         "data.retention.services",
         "data.retention.holds",
         "data.retention.erased",
+        "data.retention.audit",
     )
     assert Topics("staging.retention").acks == "staging.retention.acks"
 

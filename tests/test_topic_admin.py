@@ -12,7 +12,7 @@ TOPICS = KAFKA.topics
 
 async def test_only_missing_topics_are_created_and_registrations_and_holds_are_compacted() -> None:
     admin = MemoryTopicAdmin({TOPICS.events, "unrelated"})
-    missing = [TOPICS.acks, TOPICS.services, TOPICS.dlq, TOPICS.holds, TOPICS.erased]
+    missing = [TOPICS.acks, TOPICS.services, TOPICS.dlq, TOPICS.holds, TOPICS.erased, TOPICS.audit]
     assert await missing_topics(KAFKA, admin=admin) == missing
     created = await ensure_topics(KAFKA, partitions=3, replication_factor=1, admin=admin)
     assert created == missing
@@ -23,6 +23,7 @@ async def test_only_missing_topics_are_created_and_registrations_and_holds_are_c
         TopicSpec(TOPICS.holds, 3, 1, compacted=True),
         # The suppression list keeps the latest record per erased entity (SPEC §12).
         TopicSpec(TOPICS.erased, 3, 1, compacted=True),
+        TopicSpec(TOPICS.audit, 1, 1, compacted=True),
     ]
     assert await ensure_topics(KAFKA, admin=admin) == []
     assert await missing_topics(KAFKA, admin=admin) == []

@@ -16,6 +16,7 @@ from coordinator import CoordinatorError
 from coordinator.api.health import KafkaHealth
 from coordinator.clock import Clock
 from coordinator.erasure.service import Erasure
+from coordinator.evidence.pseudonyms import Pepper
 from coordinator.operations.republish import RepublishSetup
 from coordinator.policy.model import PolicySet
 from coordinator.tokens import TokenStore
@@ -61,6 +62,8 @@ class ApiContext:
     # The console's session cookies (SPEC §14): signed with this secret, valid this long.
     ui_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     ui_session_s: float = 8 * 3600.0
+    pepper: Pepper | None = field(default=None, repr=False)
+    """Finds evidence whose entity ids are HMACs by now (SPEC §13)."""
 
 
 def context(request: Request) -> ApiContext:

@@ -52,7 +52,7 @@ async def entity(
     """
     try:
         events = await entity_events(
-            conn, ctx.policy_set, entity_type, entity_id, now=ctx.clock.now()
+            conn, ctx.policy_set, entity_type, entity_id, now=ctx.clock.now(), pepper=ctx.pepper
         )
     except HoldError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None

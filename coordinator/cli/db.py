@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
 
 import typer
 
 from coordinator.cli._app import actor, emit_json, err_console, load_settings
 from coordinator.cli.holds import print_normalisation
 from coordinator.clock import SystemClock
-from coordinator.outbox.prune import Pruned, prune_outbox
+from coordinator.evidence import evidence_signer
+from coordinator.evidence.partitions import Conversion, convert
+from coordinator.evidence.prune import prune_own_data
+from coordinator.evidence.pseudonyms import load_pepper
+from coordinator.outbox.prune import Pruned
 from coordinator.policy.model import PolicyFileError, load_policies
 from coordinator.purge.hold_ids import HoldIdReport, normalise_hold_ids
 from coordinator.purge.holds import entity_types
@@ -18,7 +21,7 @@ from coordinator.settings import Settings
 from coordinator.store.db import make_engine
 from coordinator.store.migrate import upgrade
 
-__all__ = ["app", "db_prune", "db_upgrade"]
+__all__ = ["app", "db_partition_audit", "db_prune", "db_upgrade"]
 
 app = typer.Typer(help="Database schema and the system's own retention.", no_args_is_help=True)
 
@@ -68,31 +71,60 @@ def db_prune(
     dry_run: bool = typer.Option(False, "--dry-run", help="Count what would go; delete nothing."),
     as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
 ) -> None:
-    """Delete the coordinator's own rows past their retention (SPEC §13).
+    """Prune the coordinator's own tables past their retention (SPEC §13).
 
-    Now: the outbox rows of events completed more than RETENTION_OUTBOX_RETENTION_DAYS
-    (30) ago. Evidence of an event that is not completed is never removed.
+    The outbox (RETENTION_OUTBOX_RETENTION_DAYS, 30), entity ids in old evidence turned
+    into HMACs (same age; needs RETENTION_SUPPRESSION_PEPPER_FILE), the ack ledger, event
+    status and audit log (RETENTION_*_RETENTION_DAYS, 6 years). Evidence of an event that
+    is not completed is never removed. `serve` runs this daily.
     """
     settings = load_settings()
 
-    async def run() -> Pruned:
+    async def run() -> list[Pruned]:
         engine = make_engine(settings.database_url.get_secret_value(), pool_size=1)
         try:
-            return await prune_outbox(
+            return await prune_own_data(
                 engine,
+                settings.own_retention(),
                 now=SystemClock().now(),
-                keep=timedelta(days=settings.outbox_retention_days),
                 dry_run=dry_run,
+                pepper=load_pepper(settings.suppression_pepper_file),
+                # A dry run signs nothing: it needs no key.
+                signer=None if dry_run else evidence_signer(settings.signatures),
             )
         finally:
             await engine.dispose()
 
-    pruned = asyncio.run(run())
+    results = asyncio.run(run())
     if as_json:
-        emit_json([pruned.as_dict()])
+        emit_json([pruned.as_dict() for pruned in results])
         return
-    verb = "would be deleted" if dry_run else "deleted"
-    err_console.print(
-        f"{pruned.table}: {pruned.rows} rows of events completed before "
-        f"{pruned.cutoff.isoformat()} {verb}"
-    )
+    for pruned in results:
+        verb = "would go" if pruned.dry_run else "gone"
+        err_console.print(
+            f"{pruned.table}: {pruned.rows} rows {verb} (cutoff {pruned.cutoff.isoformat()})"
+        )
+
+
+@app.command("partition-audit")
+def db_partition_audit(
+    batch: int = typer.Option(10_000, min=1, help="Rows copied per transaction."),
+) -> None:
+    """Convert an existing audit log into the monthly partitioned one, while serve runs.
+
+    Copies in seq order, one transaction per batch (resumable: run it again after an
+    interruption), then swaps the tables under the chain lock. The old table stays as
+    `audit_log_unpartitioned`; drop it once `retention audit verify --full` passes.
+    """
+    settings = load_settings()
+
+    async def run() -> Conversion:
+        engine = make_engine(settings.database_url.get_secret_value(), pool_size=1)
+        try:
+            return await convert(engine, batch=batch)
+        finally:
+            await engine.dispose()
+
+    done = asyncio.run(run())
+    state = "partitioned" if done.swapped else "not swapped yet (run it again)"
+    err_console.print(f"audit log {state}; {done.copied} rows copied by this run")

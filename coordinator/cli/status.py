@@ -19,6 +19,7 @@ from coordinator.cli._app import (
     read_database,
 )
 from coordinator.clock import SystemClock
+from coordinator.evidence.pseudonyms import load_pepper
 from coordinator.policy.model import PolicyFileError, PolicySet, load_policies
 from coordinator.purge.holds import HoldError
 from coordinator.settings import Settings
@@ -89,11 +90,12 @@ def status(
     entity_type, entity_id = parse_entity(entity)
     # With a policy file the id is normalised as a hold's is (`order:042` finds order 42).
     policy_set = _policies_if_set(settings)
+    pepper = load_pepper(settings.suppression_pepper_file)
 
     async def both(conn: AsyncConnection) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         now = SystemClock().now()
         return (
-            await entity_events(conn, policy_set, entity_type, entity_id, now=now),
+            await entity_events(conn, policy_set, entity_type, entity_id, now=now, pepper=pepper),
             await entity_verifications(conn, entity_type, entity_id),
         )
 
@@ -163,13 +165,14 @@ def certificate(
     entity_type, entity_id = parse_entity(entity)
     settings = load_settings()
     policy_set = _policies_if_set(settings)
+    pepper = load_pepper(settings.suppression_pepper_file)
 
     try:
         # The id as a hold stores it (`order:042` is order 42), with a policy file.
         document = read_database(
             settings,
             lambda conn: entity_certificate(
-                conn, policy_set, entity_type, entity_id, now=SystemClock().now()
+                conn, policy_set, entity_type, entity_id, now=SystemClock().now(), pepper=pepper
             ),
         )
     except HoldError as exc:

@@ -67,7 +67,7 @@ def service_principal(service: str) -> str:
 
 def coordinator_written(topics: Topics) -> tuple[str, ...]:
     """Topics only the coordinator writes: what services act on and trust."""
-    return (topics.events, topics.erased, topics.holds)
+    return (topics.events, topics.erased, topics.holds, topics.audit)
 
 
 def service_written(topics: Topics) -> tuple[str, ...]:
@@ -97,6 +97,8 @@ def retention_acls(
         Acl(coordinator, "topic", topics.dlq, READ),
         Acl(coordinator, "topic", topics.acks, READ),
         Acl(coordinator, "topic", topics.services, READ),
+        # `retention audit verify` compares the chain with the last published head.
+        Acl(coordinator, "topic", topics.audit, READ),
         Acl(coordinator, "group", tracker_group, ("Read",)),
     ]
     for name, principal in services.items():

@@ -102,8 +102,14 @@ async def ensure_topics(
     topics = kafka.topics
     wanted = [
         # Registrations are keyed by service, hold sets by entity, erased entities by their
-        # HMAC: only the latest record per key matters.
-        TopicSpec(name, partitions, replication_factor, compacted=name in topics.compacted)
+        # HMAC and audit heads by `coordinator`: only the latest record per key matters. The
+        # audit topic is one partition: its records are one sequence.
+        TopicSpec(
+            name,
+            1 if name == topics.audit else partitions,
+            replication_factor,
+            compacted=name in topics.compacted,
+        )
         for name in await missing_topics(kafka, admin=admin)
     ]
     if wanted:

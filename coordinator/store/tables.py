@@ -27,6 +27,7 @@ __all__ = [
     "ack_ledger",
     "anonymize_marks",
     "anonymized",
+    "audit_checkpoints",
     "audit_log",
     "data_keys",
     "erased_entities",
@@ -233,17 +234,40 @@ outbox_cursors = Table(
 
 # Append-only hash chain (see coordinator/audit.py); seq is assigned under a lock, not
 # by a sequence, so gaps can only come from deletion — which verification reports.
+# Partitioned by month on `at` (coordinator/evidence/partitions.py): the primary key must
+# hold the partition key; seq is unique all the same.
 audit_log = Table(
     "audit_log",
     metadata,
     Column("seq", BigInteger, primary_key=True, autoincrement=False),
-    _ts("at", nullable=False),
+    Column("at", DateTime(timezone=True), primary_key=True),
     Column("action", Text, nullable=False),
     Column("actor", Text, nullable=False),
     Column("data", JSONB, nullable=False),
     Column("prev_hash", Text, nullable=False),
     Column("hash", Text, nullable=False),
     Index(None, "action"),
+    postgresql_partition_by="RANGE (at)",
+)
+
+
+# Signed marks in the chain (coordinator/evidence/checkpoints.py, SPEC §13): `head` is a
+# verified chain head, `pruned` stands for rows first_seq..last_seq removed by pruning,
+# `hash` being the hash of row last_seq. `record` is the signed bytes published to the
+# audit topic, `signature` its signature header (null when signing is off).
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("kind", Text, primary_key=True),
+    Column("last_seq", BigInteger, primary_key=True),
+    Column("first_seq", BigInteger, nullable=False),
+    Column("hash", Text, nullable=False),
+    _ts("at", nullable=False),
+    Column("record", LargeBinary, nullable=False),
+    Column("signature", LargeBinary),
+    _ts("published_at"),
+    CheckConstraint("kind IN ('head', 'pruned')", name="ck_audit_checkpoints_kind"),
+    CheckConstraint("first_seq <= last_seq", name="ck_audit_checkpoints_range"),
 )
 
 
@@ -288,6 +312,8 @@ event_status = Table(
     _ts("updated_at", nullable=False),
     Column("tracked_audit_seq", BigInteger),
     Column("completed_audit_seq", BigInteger),
+    # When entity_id (here and in the ack ledger) became an HMAC (coordinator/evidence/).
+    _ts("pseudonymised_at"),
     CheckConstraint(
         "state IN ('pending', 'completed', 'failed', 'overdue', 'resurrected', 'held')",
         name="ck_retention_event_status_state",

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from coordinator.evidence.pseudonyms import Pepper
 from coordinator.policy.model import PolicySet
 from coordinator.purge.holds import entity_types
 from coordinator.tracking.queries import certificate, entity_status
@@ -35,6 +36,7 @@ async def entity_events(
     entity_id: str,
     *,
     now: datetime,
+    pepper: Pepper | None = None,
 ) -> list[dict[str, Any]]:
     """Every retention event of one entity, oldest first (`entity_status`'s documents).
 
@@ -47,7 +49,9 @@ async def entity_events(
     """
     stored = await _stored_forms(conn, policy_set, entity_type, entity_id)
     # Several forms only when the type's tables differ in id type (int and text, say).
-    events = [e for i in stored for e in await entity_status(conn, entity_type, i, now=now)]
+    events = [
+        e for i in stored for e in await entity_status(conn, entity_type, i, now=now, pepper=pepper)
+    ]
     events.sort(key=lambda e: (e["initiated_at"] or "", e["event_id"]))
     return events
 
@@ -59,6 +63,7 @@ async def entity_certificate(
     entity_id: str,
     *,
     now: datetime,
+    pepper: Pepper | None = None,
 ) -> dict[str, Any] | None:
     """`queries.certificate` of one entity, its id normalised as in `entity_events`; of
     the first stored form with events when a type's tables differ in id type.
@@ -67,7 +72,7 @@ async def entity_certificate(
         HoldError: a known type, and an id that no table of it can hold.
     """
     for form in await _stored_forms(conn, policy_set, entity_type, entity_id):
-        found = await certificate(conn, entity_type, form, now=now)
+        found = await certificate(conn, entity_type, form, now=now, pepper=pepper)
         if found is not None:
             return found
     return None

@@ -27,6 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from coordinator.evidence.pseudonyms import Pepper
 from coordinator.outbox.lookup import EVENTS, by_entity, by_event_ids, events
 from coordinator.store.tables import (
     ack_ledger,
@@ -69,16 +70,23 @@ def _ts(value: datetime | None) -> str | None:
 
 
 async def entity_status(
-    conn: AsyncConnection, entity_type: str, entity_id: str, *, now: datetime
+    conn: AsyncConnection,
+    entity_type: str,
+    entity_id: str,
+    *,
+    now: datetime,
+    pepper: Pepper | None = None,
 ) -> list[dict[str, Any]]:
     """Every retention event of one entity, oldest first, with each service's answer.
 
     An event not yet completed whose entity is under an active hold at `now` shows the
-    state `held` (reminders are not sent for it).
+    state `held` (reminders are not sent for it). With `pepper`, events whose stored id is
+    already an HMAC (past the outbox retention, SPEC §13) are found too.
     """
+    names = [entity_id] if pepper is None else [entity_id, pepper.pseudonym(entity_type, entity_id)]
     return await _events(
         conn,
-        and_(event_status.c.entity_type == entity_type, event_status.c.entity_id == entity_id),
+        and_(event_status.c.entity_type == entity_type, event_status.c.entity_id.in_(names)),
         and_(
             by_entity(entity_type, entity_id),
             # Verify events are listed apart (coordinator/verification/queries.py).
@@ -314,11 +322,16 @@ def _outcome_row(scope: str, row: Sequence[Any]) -> dict[str, Any]:
 
 
 async def certificate(
-    conn: AsyncConnection, entity_type: str, entity_id: str, *, now: datetime
+    conn: AsyncConnection,
+    entity_type: str,
+    entity_id: str,
+    *,
+    now: datetime,
+    pepper: Pepper | None = None,
 ) -> dict[str, Any] | None:
     """A deletion certificate: what was done to one entity, where, when, and the audit rows
     (sequence number and chain hash) that record each step. None for an unknown entity."""
-    events = await entity_status(conn, entity_type, entity_id, now=now)
+    events = await entity_status(conn, entity_type, entity_id, now=now, pepper=pepper)
     local = await local_purges(conn, entity_type, entity_id)
     if not events and not local:
         return None

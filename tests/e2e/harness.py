@@ -1,6 +1,6 @@
 """End-to-end harness: the coordinator in-process, the services as real processes.
 
-A `Stack` is one isolated world: a unique topic prefix with its five topics, a fresh
+A `Stack` is one isolated world: a unique topic prefix with its topics, a fresh
 coordinator database migrated to the latest schema, and a fresh service database.
 Services run as `python -m <module>` subprocesses that a test can start, stop with
 SIGTERM, SIGKILL and restart; their logs go to files, because a pipe nobody reads

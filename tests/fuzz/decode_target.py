@@ -6,8 +6,9 @@ options after the module):
 
     python -m tests.fuzz.decode_target tests/fuzz/corpus -max_total_time=600
 
-Any exception other than `PoisonRecord` escaping `decode`, or a decoded model that
-PostgreSQL or datetime arithmetic could not take, is a crash; libFuzzer saves the input.
+Any exception other than `PoisonRecord` escaping `decode`, a decoded model that
+PostgreSQL or datetime arithmetic could not take, or a record msgspec's fast path decodes
+otherwise than pydantic would (schemas/fast_decode.py), is a crash; libFuzzer saves the input.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from datetime import UTC, datetime, timedelta
 from pydantic import BaseModel
 
 from schemas import RetentionAck, RetentionEvent, ServiceRegistration, decode, encode
-from schemas.codec import PoisonRecord
+from schemas.codec import MAX_RECORD_BYTES, PoisonRecord, validate
+from schemas.fast_decode import fast_decoder
 from schemas.models import EARLIEST, LATEST, MAX_BIGINT, MAX_INTEGER, WireModel
 
-__all__ = ["MODELS", "check", "check_storable"]
+__all__ = ["MODELS", "check", "check_fast_path", "check_storable"]
 
 MODELS: tuple[type[WireModel], ...] = (RetentionEvent, RetentionAck, ServiceRegistration)
 
@@ -50,8 +52,26 @@ def check_storable(value: object) -> None:
             check_storable(item)
 
 
+def check_fast_path(model: type[WireModel], data: bytes) -> bool:
+    """What msgspec's path accepts, pydantic's accepts as the same model; True if taken."""
+    if len(data) > MAX_RECORD_BYTES:
+        return False
+    fast = fast_decoder(model)(data)
+    if fast is None:
+        return False
+    try:
+        reference = validate(model, data)
+    except PoisonRecord as exc:
+        raise AssertionError(f"the fast path accepted what pydantic refuses: {exc}") from None
+    assert fast == reference, "the fast path decoded other values"
+    assert fast.model_fields_set == reference.model_fields_set, "other fields set"
+    assert encode(fast) == encode(reference), "other bytes on re-encoding"
+    return True
+
+
 def check(data: bytes) -> None:
     for model in MODELS:
+        check_fast_path(model, data)
         try:
             decoded = decode(model, data)
         except PoisonRecord:

@@ -146,7 +146,7 @@ async def test_prune_removes_only_completed_events_past_retention(coordinator_db
         check=True,
         timeout=60,
     )
-    [report] = json.loads(done.stdout)
+    report = json.loads(done.stdout)[0]
     assert (report["table"], report["rows"], report["dry_run"]) == (
         "retention_outbox_batches",
         len(ids["completed recently"]),

@@ -11,8 +11,14 @@ from coordinator.store.tables import metadata
 
 
 async def test_migrations_match_declared_tables(coordinator_db: str) -> None:
+    def declared(name: str | None, kind: str, parent: object) -> bool:
+        # The audit log's monthly partitions are made at run time, not declared.
+        return not (kind == "table" and name is not None and name.startswith("audit_log_"))
+
     def diff(connection: Connection) -> list[object]:
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "include_name": declared}
+        )
         return list(compare_metadata(context, metadata))
 
     engine = make_engine(coordinator_db)

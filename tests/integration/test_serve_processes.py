@@ -30,9 +30,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from coordinator.evidence.checkpoints import verify_chain
+from coordinator.evidence.heads import newest_published_head
 from coordinator.outbox.lookup import EVENTS
 from coordinator.store.db import make_engine
 from coordinator.store.tables import (
+    audit_checkpoints,
     outbox_batches,
     outbox_marks,
     policy_results,
@@ -308,3 +311,24 @@ async def test_healthz_follows_the_database(
     await wait_for("200 again", lambda: healthy(serve), timeout_s=30, serves=[serve])
     serve.proc.send_signal(signal.SIGTERM)
     assert serve.proc.wait(timeout=40) == 0, serve.output()
+
+
+async def test_the_leader_signs_and_publishes_audit_heads(
+    engine: AsyncEngine, topics: KafkaSettings, start: Callable[..., Serve]
+) -> None:
+    """serve's upkeep (SPEC §13): a head at the chain's end, published to the audit topic."""
+    serve = start("upkeep", RETENTION_SERVE_UPKEEP_INTERVAL_S="1")
+
+    async def published() -> bool:
+        heads = select(func.count()).where(
+            audit_checkpoints.c.kind == "head", audit_checkpoints.c.published_at.is_not(None)
+        )
+        return await count(engine, heads) >= 2  # every round adds one while runs append
+
+    await wait_for("published heads", published, timeout_s=60, serves=[serve])
+    head = await newest_published_head(topics, None)
+    assert head is not None
+    assert head.kind == "head"
+    async with engine.connect() as conn:
+        report = await verify_chain(conn)
+    assert report.broken is None

@@ -1,0 +1,414 @@
+"""Pruning the coordinator's own data (SPEC §13): `retention db prune` and serve's daily run.
+
+Each table has its retention setting (docs/operations.md, "The system's own data"), in
+the order a prune applies them:
+
+- outbox batches: all their events completed `outbox_retention_days` (30) ago
+  (coordinator/outbox/prune.py);
+- entity ids in event status and ack ledger: become HMACs at the same age (`pseudonymise`);
+- ack ledger rows: received `ack_ledger_retention_days` (6 years) ago and their event
+  completed, or rejected and naming no event the tracker knows;
+- event status, with its expected acks: completed `event_status_retention_days` ago;
+- audit rows: written `audit_retention_days` ago, before every open event began, never
+  the newest row; each removed run of rows leaves a signed `pruned` checkpoint.
+
+Nothing of an event that is not completed goes, however old: its status, expected acks
+and ledger rows are only removed once the status says `completed`, and audit rows only
+below the oldest open event's start (tests/integration/test_own_retention.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    and_,
+    bindparam,
+    column,
+    delete,
+    exists,
+    func,
+    literal,
+    not_,
+    or_,
+    select,
+    table,
+    text,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from coordinator import audit
+from coordinator.audit import AuditAction, AuditEntry
+from coordinator.evidence.checkpoints import Checkpoint, record_checkpoint
+from coordinator.evidence.partitions import is_partitioned, months
+from coordinator.evidence.pseudonyms import Pepper
+from coordinator.outbox.lookup import tracked_up_to
+from coordinator.outbox.prune import Pruned, prune_outbox
+from coordinator.store.tables import ack_ledger, audit_log, event_status, outbox_batches
+from schemas.signing import Signer
+
+__all__ = [
+    "Retention",
+    "oldest_open_evidence",
+    "prune_ack_ledger",
+    "prune_audit",
+    "prune_event_status",
+    "prune_own_data",
+    "pseudonymise",
+]
+
+ACTOR = "coordinator"
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long each of the coordinator's own tables keeps its rows."""
+
+    outbox: timedelta
+    ack_ledger: timedelta
+    event_status: timedelta
+    audit: timedelta
+
+
+async def _record(
+    conn: AsyncConnection, table: str, rows: int, cutoff: datetime, now: datetime
+) -> None:
+    await audit.append(
+        conn,
+        [
+            AuditEntry(
+                AuditAction.DB_PRUNE,
+                ACTOR,
+                {"table": table, "rows": rows, "cutoff": cutoff.isoformat()},
+            )
+        ],
+        at=now,
+    )
+
+
+async def pseudonymise(
+    engine: AsyncEngine,
+    pepper: Pepper | None,
+    *,
+    now: datetime,
+    keep: timedelta,
+    dry_run: bool,
+    batch: int = 5_000,
+) -> Pruned:
+    """Replace the entity ids of events completed before `now - keep` by their HMAC, in
+    the event status and in the ack ledger. Without a pepper nothing changes (the count
+    says what would)."""
+    cutoff = now - keep
+    s = event_status.c
+    due = and_(s.state == "completed", s.completed_at < cutoff, s.pseudonymised_at.is_(None))
+    if dry_run or pepper is None:
+        async with engine.connect() as conn:
+            count = (await conn.execute(select(func.count()).where(due))).scalar_one()
+        return Pruned(f"{event_status.name}.entity_id", count, cutoff, True)
+    total = 0
+    while True:
+        async with engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    select(s.event_id, s.entity_type, s.entity_id)
+                    .where(due)
+                    .order_by(s.event_id)
+                    .limit(batch)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            if not rows:
+                return Pruned(f"{event_status.name}.entity_id", total, cutoff, dry_run)
+            await conn.execute(
+                update(event_status)
+                .where(s.event_id == bindparam("b_event_id"))
+                .values(entity_id=bindparam("b_pseudonym"), pseudonymised_at=now),
+                [
+                    {
+                        "b_event_id": r.event_id,
+                        "b_pseudonym": pepper.pseudonym(r.entity_type, r.entity_id),
+                    }
+                    for r in rows
+                ],
+            )
+            a = ack_ledger.c
+            acks = (
+                await conn.execute(
+                    select(a.id, a.entity_type, a.entity_id).where(
+                        a.event_id.in_([r.event_id for r in rows]), a.entity_id.is_not(None)
+                    )
+                )
+            ).all()
+            if acks:
+                await conn.execute(
+                    update(ack_ledger)
+                    .where(a.id == bindparam("b_id"))
+                    .values(entity_id=bindparam("b_pseudonym")),
+                    [
+                        {
+                            "b_id": r.id,
+                            "b_pseudonym": pepper.pseudonym(r.entity_type or "", r.entity_id),
+                        }
+                        for r in acks
+                    ],
+                )
+            await _record(conn, f"{event_status.name}.entity_id", len(rows), cutoff, now)
+        total += len(rows)
+
+
+def _completed(event_id: Any) -> Any:
+    s = event_status.c
+    return exists().where(s.event_id == event_id, s.state == "completed")
+
+
+async def prune_ack_ledger(
+    engine: AsyncEngine, *, now: datetime, keep: timedelta, dry_run: bool, batch: int = 10_000
+) -> Pruned:
+    """Delete ledger rows received before `now - keep` whose event is completed (or that
+    were rejected and name no event the tracker knows)."""
+    cutoff = now - keep
+    a, s = ack_ledger.c, event_status.c
+    due = and_(
+        a.received_at < cutoff,
+        or_(
+            a.event_id.is_(None),
+            _completed(a.event_id),
+            and_(not_(a.accepted), not_(exists().where(s.event_id == a.event_id))),
+        ),
+    )
+    return await _delete_in_batches(
+        engine, ack_ledger.name, a.id, due, cutoff=cutoff, now=now, dry_run=dry_run, batch=batch
+    )
+
+
+async def prune_event_status(
+    engine: AsyncEngine, *, now: datetime, keep: timedelta, dry_run: bool, batch: int = 10_000
+) -> Pruned:
+    """Delete events completed before `now - keep`, their expected acks with them (cascade)."""
+    cutoff = now - keep
+    s = event_status.c
+    due = and_(s.state == "completed", s.completed_at < cutoff)
+    return await _delete_in_batches(
+        engine,
+        event_status.name,
+        s.event_id,
+        due,
+        cutoff=cutoff,
+        now=now,
+        dry_run=dry_run,
+        batch=batch,
+    )
+
+
+async def _delete_in_batches(
+    engine: AsyncEngine,
+    name: str,
+    key: Any,
+    due: Any,
+    *,
+    cutoff: datetime,
+    now: datetime,
+    dry_run: bool,
+    batch: int,
+) -> Pruned:
+    table = key.table
+    if dry_run:
+        async with engine.connect() as conn:
+            count = (
+                await conn.execute(select(func.count()).select_from(table).where(due))
+            ).scalar_one()
+        return Pruned(name, count, cutoff, True)
+    total = 0
+    while True:
+        async with engine.begin() as conn:
+            doomed = (
+                select(key).where(due).order_by(key).limit(batch).with_for_update(skip_locked=True)
+            )
+            gone = (
+                delete(table)
+                .where(key.in_(doomed.scalar_subquery()))
+                .returning(literal(1))
+                .cte("gone")
+            )
+            n = (await conn.execute(select(func.count()).select_from(gone))).scalar_one()
+            if n:
+                await _record(conn, name, n, cutoff, now)
+        total += n
+        if n < batch:
+            return Pruned(name, total, cutoff, dry_run)
+
+
+async def oldest_open_evidence(conn: AsyncConnection) -> datetime | None:
+    """When the oldest event that is not completed began: an open event's status, or an
+    outbox batch past the tracker's cursor (never published, or published and not yet
+    tracked). Audit rows from before it cannot be about an open event."""
+    s, b = event_status.c, outbox_batches.c
+    open_status = select(func.min(s.initiated_at)).where(s.state != "completed").scalar_subquery()
+    # A range of the batches' primary key: what the tracker has not followed yet.
+    untracked = (
+        select(func.min(b.created_at)).where(b.seq > await tracked_up_to(conn)).scalar_subquery()
+    )
+    value: datetime | None = (
+        await conn.execute(select(func.least(open_status, untracked)))
+    ).scalar_one()
+    return value
+
+
+def _runs(rows: Sequence[Any]) -> list[tuple[int, int, str]]:
+    """Contiguous seq runs of `rows` (sorted by seq): (first, last, hash of last)."""
+    runs: list[tuple[int, int, str]] = []
+    for row in rows:
+        if runs and runs[-1][1] == row.seq - 1:
+            runs[-1] = (runs[-1][0], row.seq, row.hash)
+        else:
+            runs.append((row.seq, row.seq, row.hash))
+    return runs
+
+
+async def _horizon(engine: AsyncEngine, cutoff: datetime) -> datetime:
+    """The time before which audit rows may go: the cutoff, or the start of the oldest
+    open event if earlier. Taken once per prune: events opened later start later, and one
+    completed meanwhile only makes the stored horizon more careful than needed."""
+    async with engine.connect() as conn:
+        oldest = await oldest_open_evidence(conn)
+    return cutoff if oldest is None else min(cutoff, oldest)
+
+
+async def _month_runs(conn: AsyncConnection, name: str) -> list[tuple[int, int, str]]:
+    """The contiguous seq runs of one partition, each with the hash of its last row.
+
+    A month's seqs are one run unless rows were stamped out of order (a clock far off):
+    min, max and a count over the primary key tell, without reading the rows."""
+    part = table(name, column("seq"), column("hash"))
+    seq = part.c.seq
+    low, high, count = (
+        await conn.execute(select(func.min(seq), func.max(seq), func.count()))
+    ).one()
+    if count == 0:
+        return []
+    if high - low + 1 == count:
+        spans = [(low, high)]
+    else:
+        numbered = select(seq, (seq - func.row_number().over(order_by=seq)).label("g")).subquery()
+        spans = [
+            (first, last)
+            for first, last in (
+                await conn.execute(
+                    select(func.min(numbered.c.seq), func.max(numbered.c.seq))
+                    .group_by(numbered.c.g)
+                    .order_by(func.min(numbered.c.seq))
+                )
+            ).all()
+        ]
+    hashes = dict(
+        (
+            await conn.execute(select(seq, part.c.hash).where(seq.in_([last for _, last in spans])))
+        ).all()
+    )
+    return [(first, last, hashes[last]) for first, last in spans]
+
+
+async def _drop_months(
+    engine: AsyncEngine,
+    *,
+    now: datetime,
+    before: datetime,
+    dry_run: bool,
+    signer: Signer | None,
+) -> int:
+    """Drop each monthly partition wholly before `before` (cheap: no row is deleted one
+    by one), leaving a signed checkpoint per run of seqs it held. A dry run drops nothing
+    (the row count of `prune_audit` covers these rows too)."""
+    total = 0
+    while not dry_run:
+        async with engine.begin() as conn:
+            if not await is_partitioned(conn):
+                return total
+            # The chain lock: nothing is appended between reading a month and dropping it.
+            head, _ = await audit.lock_head(conn)
+            due = [m for m in await months(conn) if m.bounds()[1] <= before]
+            if not due:
+                return total
+            month = due[0]
+            runs = await _month_runs(conn, month.name)
+            if runs and runs[-1][1] >= head:
+                return total  # the newest row is never pruned
+            for first, last, digest in runs:
+                await record_checkpoint(
+                    conn, Checkpoint("pruned", first, last, digest, now), signer
+                )
+            rows = sum(last - first + 1 for first, last, _ in runs)
+            # The name comes from a date, never from input.
+            await conn.execute(text(f"DROP TABLE {month.name}"))
+            await _record(conn, month.name, rows, before, now)
+        total += rows
+    return total
+
+
+async def prune_audit(
+    engine: AsyncEngine,
+    *,
+    now: datetime,
+    keep: timedelta,
+    dry_run: bool,
+    signer: Signer | None,
+    batch: int = 10_000,
+) -> Pruned:
+    """Remove audit rows written before `now - keep` and before the oldest open event,
+    never the newest row; each contiguous run removed leaves a signed `pruned` checkpoint
+    (first seq, last seq, hash of the last), so the chain still verifies.
+
+    Whole months go by dropping their partition; what is left (rows of the default
+    partition, of a month not yet wholly past, or of an unpartitioned log) row by row.
+    """
+    before = await _horizon(engine, now - keep)
+    total = await _drop_months(engine, now=now, before=before, dry_run=dry_run, signer=signer)
+    while True:
+        async with engine.begin() as conn:
+            # The chain lock: nothing is appended between choosing rows and removing them.
+            head, _ = await audit.lock_head(conn)
+            due = and_(audit_log.c.at < before, audit_log.c.seq < head)
+            if dry_run:
+                count = (await conn.execute(select(func.count()).where(due))).scalar_one()
+                return Pruned(audit_log.name, total + count, before, True)
+            rows = (
+                await conn.execute(
+                    select(audit_log.c.seq, audit_log.c.hash)
+                    .where(due)
+                    .order_by(audit_log.c.seq)
+                    .limit(batch)
+                )
+            ).all()
+            if not rows:
+                return Pruned(audit_log.name, total, before, dry_run)
+            for first, last, digest in _runs(rows):
+                await record_checkpoint(
+                    conn, Checkpoint("pruned", first, last, digest, now), signer
+                )
+            await conn.execute(delete(audit_log).where(audit_log.c.seq.in_([r.seq for r in rows])))
+            await _record(conn, audit_log.name, len(rows), before, now)
+        total += len(rows)
+
+
+async def prune_own_data(
+    engine: AsyncEngine,
+    retention: Retention,
+    *,
+    now: datetime,
+    dry_run: bool,
+    pepper: Pepper | None,
+    signer: Signer | None,
+) -> list[Pruned]:
+    """Every table past its retention, in an order that keeps proof while it is needed:
+    ledger rows go while their event's `completed` status still shows it was completed."""
+    return [
+        await prune_outbox(engine, now=now, keep=retention.outbox, dry_run=dry_run),
+        await pseudonymise(engine, pepper, now=now, keep=retention.outbox, dry_run=dry_run),
+        await prune_ack_ledger(engine, now=now, keep=retention.ack_ledger, dry_run=dry_run),
+        await prune_event_status(engine, now=now, keep=retention.event_status, dry_run=dry_run),
+        await prune_audit(engine, now=now, keep=retention.audit, dry_run=dry_run, signer=signer),
+    ]

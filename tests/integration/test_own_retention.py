@@ -1,0 +1,256 @@
+"""Pruning the coordinator's own data (SPEC §13) never removes evidence of an event that is
+not completed, leaves the audit chain verifiable, and keeps old entity ids only as HMACs."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coordinator import audit
+from coordinator.clock import FrozenClock
+from coordinator.evidence.checkpoints import verify_chain
+from coordinator.evidence.heads import newest_published_head
+from coordinator.evidence.prune import Retention, prune_own_data
+from coordinator.evidence.pseudonyms import Pepper
+from coordinator.evidence.upkeep import Upkeep
+from coordinator.store.db import make_engine
+from coordinator.store.tables import (
+    ack_ledger,
+    audit_checkpoints,
+    audit_log,
+    event_status,
+    expected_acks,
+    outbox,
+)
+from coordinator.tracking import queries
+from schemas import KafkaSettings
+from schemas.signing import Verifier
+from tests import keys
+
+NOW = datetime.now(UTC)
+YEAR = timedelta(days=365)
+RETENTION = Retention(
+    outbox=timedelta(days=30), ack_ledger=6 * YEAR, event_status=6 * YEAR, audit=6 * YEAR
+)
+PEPPER = Pepper(b"p" * 32)
+SIGNER = keys.signer(keys.COORDINATOR)
+
+# kind → (state or None when untracked, initiated, completed_at)
+KINDS: dict[str, tuple[str | None, datetime, datetime | None]] = {
+    "completed 7 years ago": ("completed", NOW - 7 * YEAR, NOW - 7 * YEAR),
+    "completed 40 days ago": ("completed", NOW - 41 * timedelta(days=1), NOW - timedelta(days=40)),
+    "completed yesterday": ("completed", NOW - timedelta(days=2), NOW - timedelta(days=1)),
+    "pending for 7 years": ("pending", NOW - 7 * YEAR, None),
+    "overdue for 7 years": ("overdue", NOW - 7 * YEAR, None),
+    "failed for 7 years": ("failed", NOW - 7 * YEAR, None),
+    "published 7 years ago, never tracked": (None, NOW - 7 * YEAR, None),
+}
+
+
+async def _world(engine: AsyncEngine) -> dict[str, uuid.UUID]:
+    ids = {kind: uuid.uuid4() for kind in KINDS}
+    async with engine.begin() as conn:
+        for table in (
+            ack_ledger,
+            expected_acks,
+            event_status,
+            outbox,
+            audit_log,
+            audit_checkpoints,
+        ):
+            await conn.execute(delete(table))
+        offset = 0
+        for kind, (state, initiated, completed_at) in KINDS.items():
+            event_id = ids[kind]
+            common: dict[str, Any] = {
+                "event_id": event_id,
+                "policy": "p",
+                "event_type": "delete",
+                "entity_type": "user",
+                "entity_id": kind,
+                "initiated_at": initiated,
+                "deadline": initiated + timedelta(days=30),
+            }
+            await conn.execute(
+                insert(outbox).values(
+                    **common, legal_basis="b", created_at=initiated, published_at=initiated
+                )
+            )
+            if state is None:
+                continue
+            await conn.execute(
+                insert(event_status).values(
+                    **common,
+                    published_at=initiated,
+                    state=state,
+                    expected=1,
+                    completed_at=completed_at,
+                    tracked_at=initiated,
+                    updated_at=completed_at or initiated,
+                )
+            )
+            await conn.execute(
+                insert(expected_acks).values(
+                    event_id=event_id,
+                    service="billing",
+                    status="completed" if state == "completed" else "pending",
+                )
+            )
+            offset += 1
+            await conn.execute(
+                insert(ack_ledger).values(
+                    received_at=completed_at or initiated,
+                    kafka_topic="acks",
+                    kafka_partition=0,
+                    kafka_offset=offset,
+                    event_id=event_id,
+                    service="billing",
+                    entity_type="user",
+                    entity_id=kind,
+                    status="completed" if state == "completed" else "failed",
+                    attempt=offset,
+                    accepted=True,
+                )
+            )
+        # Audit rows: 8 and 7.5 years old (before every open event began), then 7 years
+        # and a day less (after the oldest open event began), then now.
+        for at in (
+            NOW - 8 * YEAR,
+            NOW - 7 * YEAR - timedelta(days=180),
+            NOW - 7 * YEAR + timedelta(days=1),
+            NOW,
+        ):
+            await audit.append(conn, [audit.AuditEntry("events_published", "relay", {})], at=at)
+    return ids
+
+
+async def _present(
+    engine: AsyncEngine, ids: dict[str, uuid.UUID]
+) -> dict[str, tuple[int, int, int, int]]:
+    """kind → (outbox rows, status rows, expected acks, ledger rows)."""
+    found = {}
+    async with engine.connect() as conn:
+        for kind, event_id in ids.items():
+            counts = []
+            for table in (outbox, event_status, expected_acks, ack_ledger):
+                counts.append(
+                    (
+                        await conn.execute(
+                            select(func.count())
+                            .select_from(table)
+                            .where(table.c.event_id == event_id)
+                        )
+                    ).scalar_one()
+                )
+            found[kind] = tuple(counts)
+    return found
+
+
+async def test_pruning_never_removes_evidence_of_an_event_not_completed(
+    coordinator_db: str,
+) -> None:
+    engine = make_engine(coordinator_db)
+    try:
+        ids = await _world(engine)
+        before = await _present(engine, ids)
+        dry = await prune_own_data(
+            engine, RETENTION, now=NOW, dry_run=True, pepper=PEPPER, signer=SIGNER
+        )
+        assert await _present(engine, ids) == before
+        assert {p.table: p.rows for p in dry} == {
+            "retention_outbox": 2,
+            "retention_event_status.entity_id": 2,
+            "retention_ack_ledger": 1,
+            "retention_event_status": 1,
+            "audit_log": 2,
+        }
+
+        done = await prune_own_data(
+            engine, RETENTION, now=NOW, dry_run=False, pepper=PEPPER, signer=SIGNER
+        )
+        assert {p.table: p.rows for p in done} == {p.table: p.rows for p in dry}
+        after = await _present(engine, ids)
+        # Every open event keeps everything it had, however old.
+        for kind in ("pending for 7 years", "overdue for 7 years", "failed for 7 years"):
+            assert after[kind] == before[kind] == (1, 1, 1, 1), kind
+        assert after["published 7 years ago, never tracked"] == (1, 0, 0, 0)
+        # Completed events lose their outbox row after 30 days, the rest after 6 years.
+        assert after["completed 7 years ago"] == (0, 0, 0, 0)
+        assert after["completed 40 days ago"] == (0, 1, 1, 1)
+        assert after["completed yesterday"] == (1, 1, 1, 1)
+
+        async with engine.connect() as conn:
+            names = dict(
+                (
+                    await conn.execute(select(event_status.c.event_id, event_status.c.entity_id))
+                ).all()
+            )
+            ledger = dict(
+                (await conn.execute(select(ack_ledger.c.event_id, ack_ledger.c.entity_id))).all()
+            )
+            # Old evidence names the entity only by its HMAC; open and recent events in clear.
+            old = ids["completed 40 days ago"]
+            assert names[old] == ledger[old] == PEPPER.pseudonym("user", "completed 40 days ago")
+            assert names[ids["pending for 7 years"]] == "pending for 7 years"
+            assert names[ids["completed yesterday"]] == "completed yesterday"
+            # Whoever knows the id finds its evidence by computing the HMAC.
+            entity = ("user", "completed 40 days ago")
+            assert await queries.entity_status(conn, *entity, now=NOW) == []
+            [found] = await queries.entity_status(conn, *entity, now=NOW, pepper=PEPPER)
+            assert found["event_id"] == str(old)
+            certificate = await queries.certificate(conn, *entity, now=NOW, pepper=PEPPER)
+            assert certificate is not None
+
+            # The two audit rows older than every open event went; the chain verifies
+            # across them through their signed checkpoint, and not without it.
+            report = await verify_chain(conn, full=True, verifier=Verifier([SIGNER.public]))
+            assert report.broken is None
+            assert report.from_seq == 1
+            remaining = list(
+                (await conn.execute(select(audit_log.c.seq).order_by(audit_log.c.seq))).scalars()
+            )
+            assert remaining[:2] == [3, 4]
+        async with engine.begin() as conn:
+            await conn.execute(delete(audit_checkpoints))
+            broken = await verify_chain(conn, full=True)
+        assert broken.broken is not None
+        assert broken.broken.seq == 1
+    finally:
+        await engine.dispose()
+
+
+async def test_upkeep_signs_a_head_prunes_and_publishes(
+    coordinator_db: str, topics: KafkaSettings
+) -> None:
+    engine = make_engine(coordinator_db)
+    try:
+        await _world(engine)
+        upkeep = Upkeep(
+            engine,
+            topics,
+            RETENTION,
+            FrozenClock(NOW),
+            signer=SIGNER,
+            pepper=PEPPER,
+            is_leader=lambda: True,
+            interval_s=86400,
+        )
+        await upkeep.round()
+        published = await newest_published_head(topics, Verifier([SIGNER.public]))
+        async with engine.connect() as conn:
+            kinds = sorted((await conn.execute(select(audit_checkpoints.c.kind))).scalars())
+            unpublished = (
+                await conn.execute(
+                    select(func.count()).where(audit_checkpoints.c.published_at.is_(None))
+                )
+            ).scalar_one()
+        assert kinds == ["head", "pruned"]
+        assert unpublished == 0
+        assert published is not None
+        assert published.last_seq == 4
+    finally:
+        await engine.dispose()
