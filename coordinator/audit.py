@@ -65,6 +65,7 @@ class AuditAction(StrEnum):
     ERASURE_COMPLETE = "erasure.complete"
     DB_PRUNE = "db.prune"
     DATA_KEY_DESTROYED = "data_key.destroyed"
+    VAULT_RESTORE = "vault.restore"
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from coordinator.cli import (
     relay,
     report,
     requests,
+    restore,
     serve,
     services,
     status,
@@ -53,6 +54,7 @@ app.command("serve")(serve.serve)
 app.add_typer(kafka.app, name="kafka")
 app.add_typer(keys.app, name="keys")
 app.add_typer(archive.app, name="archive")
+app.command("restore")(restore.restore)
 app.add_typer(notifications.app, name="notifications")
 
 

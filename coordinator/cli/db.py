@@ -12,6 +12,7 @@ from coordinator.clock import SystemClock
 from coordinator.outbox.prune import Pruned, prune_outbox
 from coordinator.store.db import make_engine
 from coordinator.store.migrate import upgrade
+from coordinator.vault.prune import prune_vault
 
 __all__ = ["app", "db_prune", "db_upgrade"]
 
@@ -34,28 +35,38 @@ def db_prune(
     """Delete the coordinator's own rows past their retention (SPEC §13).
 
     Now: the outbox rows of events completed more than RETENTION_OUTBOX_RETENTION_DAYS
-    (30) ago. Evidence of an event that is not completed is never removed.
+    (30) ago, and the vault rows whose restoration window has ended. Evidence of an
+    event that is not completed is never removed.
     """
     settings = load_settings()
 
-    async def run() -> Pruned:
+    async def run() -> list[Pruned]:
         engine = make_engine(settings.database_url.get_secret_value(), pool_size=1)
         try:
-            return await prune_outbox(
-                engine,
-                now=SystemClock().now(),
-                keep=timedelta(days=settings.outbox_retention_days),
-                dry_run=dry_run,
-            )
+            now = SystemClock().now()
+            return [
+                await prune_outbox(
+                    engine,
+                    now=now,
+                    keep=timedelta(days=settings.outbox_retention_days),
+                    dry_run=dry_run,
+                ),
+                await prune_vault(engine, now=now, dry_run=dry_run),
+            ]
         finally:
             await engine.dispose()
 
     pruned = asyncio.run(run())
     if as_json:
-        emit_json([pruned.as_dict()])
+        emit_json([p.as_dict() for p in pruned])
         return
     verb = "would be deleted" if dry_run else "deleted"
+    outbox, vaulted = pruned
     err_console.print(
-        f"{pruned.table}: {pruned.rows} rows of events completed before "
-        f"{pruned.cutoff.isoformat()} {verb}"
+        f"{outbox.table}: {outbox.rows} rows of events completed before "
+        f"{outbox.cutoff.isoformat()} {verb}"
+    )
+    err_console.print(
+        f"{vaulted.table}: {vaulted.rows} rows whose restoration window ended by "
+        f"{vaulted.cutoff.isoformat()} {verb}"
     )

@@ -41,6 +41,7 @@ from coordinator.purge.archive import key_scope, store_sealed
 from coordinator.purge.holds import lock_for_purge
 from coordinator.purge.planner import Batch, batch_window, next_batch
 from coordinator.store.tables import anonymized, outbox
+from coordinator.vault.seal import DOC, VaultRow, row_document, store_in_vault
 from schemas import EventReason
 
 __all__ = ["BatchResult", "EventOrigin", "PurgeBatch", "ensure_archive_table", "purge_batch"]
@@ -89,14 +90,24 @@ async def ensure_archive_table(conn: AsyncConnection, bound: BoundPolicy) -> Non
         await conn.run_sync(lambda sync: bound.archive.create(sync, checkfirst=True))  # type: ignore[union-attr]
 
 
-def _acted(bound: BoundPolicy, which: ColumnElement[bool], now: datetime) -> tuple[Any, list[Any]]:
+def _vaults(bound: BoundPolicy, origin: EventOrigin) -> bool:
+    """Whether the batch copies what it deletes into the vault: a `restore_window`
+    policy's runs do; an erasure request's deletions are never to be restored."""
+    return bound.policy.restore_window is not None and origin.reason is EventReason.RETENTION_POLICY
+
+
+def _acted(
+    bound: BoundPolicy, which: ColumnElement[bool], now: datetime, *, vaulted: bool = False
+) -> tuple[Any, list[Any]]:
     """The action on the rows `which` selects as a data-modifying CTE returning the ids
-    it touched, plus its helpers."""
+    it touched (`vaulted`: and each whole row as JSON), plus its helpers."""
     table, action = bound.table, bound.policy.action
-    returned = [bound.id_column]
+    returned: list[Any] = [bound.id_column]
     if bound.subject_column is not None and bound.subject_column is not bound.id_column:
         returned.append(bound.subject_column)
     if action is Action.DELETE:
+        if vaulted:
+            returned.append(row_document(table))
         return delete(table).where(which).returning(*returned).cte("acted"), []
     if action is Action.ANONYMIZE:
         context = anonymizers.StrategyContext(id_column=bound.id_column, hash_key=bound.hash_key)
@@ -224,7 +235,7 @@ def _with_events(
     so they describe exactly the rows it touched.
     """
     policy = bound.policy
-    acted, helpers = _acted(bound, which, now)
+    acted, helpers = _acted(bound, which, now, vaulted=_vaults(bound, origin))
     entity = cast(acted.c[bound.id_column.name], Text)
     if policy.action is Action.ANONYMIZE:
         helpers.append(_ledger(policy, entity, run_id, now, relabel=relabel).cte("ledger"))
@@ -233,17 +244,44 @@ def _with_events(
     return acted, helpers
 
 
-def _scopes(bound: BoundPolicy, rows: Sequence[Any]) -> list[str]:
-    """Whose data key seals each archived row: its subject's, else its entity's."""
+def _owners(bound: BoundPolicy, rows: Sequence[Any]) -> list[tuple[str, Any]]:
+    """Whose data key seals each archived or vaulted row: its subject's (type, id),
+    else its entity's."""
     policy, id_name = bound.policy, bound.id_column.name
     if bound.subject is None or bound.subject_column is None:
-        return [key_scope(policy.name, policy.entity_type, row._mapping[id_name]) for row in rows]
+        return [(policy.entity_type, row._mapping[id_name]) for row in rows]
     subject_name, subject_type = bound.subject_column.name, bound.subject.entity_type
     return [
-        key_scope(policy.name, subject_type, row._mapping[subject_name])
+        (subject_type, row._mapping[subject_name])
         if row._mapping[subject_name] is not None
-        else key_scope(policy.name, policy.entity_type, row._mapping[id_name])
+        else (policy.entity_type, row._mapping[id_name])
         for row in rows
+    ]
+
+
+def _scopes(bound: BoundPolicy, rows: Sequence[Any]) -> list[str]:
+    return [key_scope(bound.policy.name, t, i) for t, i in _owners(bound, rows)]
+
+
+def _vault_rows(bound: BoundPolicy, rows: Sequence[Any]) -> list[VaultRow]:
+    id_name = bound.id_column.name
+    subject_type = bound.subject.entity_type if bound.subject is not None else None
+    subject_name = bound.subject_column.name if bound.subject_column is not None else None
+
+    def subject(row: Any) -> str | None:
+        if subject_type is None or subject_name is None:
+            return None
+        value = row._mapping[subject_name]
+        return None if value is None else f"{subject_type}:{value}"
+
+    return [
+        VaultRow(
+            entity_id=str(row._mapping[id_name]),
+            subject=subject(row),
+            scope=key_scope(bound.policy.name, *owner),
+            document=row._mapping[DOC],
+        )
+        for row, owner in zip(rows, _owners(bound, rows), strict=True)
     ]
 
 
@@ -275,6 +313,24 @@ async def _act(
             scopes=_scopes(bound, rows),
             keys=keys,
             now=now,
+        )
+        touched = len(rows)
+    elif _vaults(bound, origin):
+        window = bound.policy.restore_window
+        if keys is None or window is None:
+            raise RuntimeError("a restore_window batch needs the key store")
+        rows = (await conn.execute(select(acted).add_cte(*helpers))).all()
+        await store_in_vault(
+            conn,
+            _vault_rows(bound, rows),
+            policy=bound.policy.name,
+            table=bound.table.name,
+            id_column=bound.id_column.name,
+            entity_type=bound.policy.entity_type,
+            run_id=run_id,
+            keys=keys,
+            now=now,
+            expires_at=now + window,
         )
         touched = len(rows)
     else:
@@ -323,10 +379,13 @@ async def _select_and_act(
     return Batch(list(row.ids or ()), row.last)
 
 
-def _one_pass(bound: BoundPolicy) -> bool:
+def _one_pass(bound: BoundPolicy, origin: EventOrigin) -> bool:
     # A hook must see the ids before the purge; anonymize reads its ledger after the
-    # row locks (coordinator.purge.planner.next_batch); archive seals rows in Python.
-    return bound.hook is None and bound.policy.action is Action.DELETE
+    # row locks (coordinator.purge.planner.next_batch); archive and vault seal rows in
+    # Python.
+    return (
+        bound.hook is None and bound.policy.action is Action.DELETE and not _vaults(bound, origin)
+    )
 
 
 async def purge_batch(
@@ -355,7 +414,7 @@ async def purge_batch(
     """
     policy = bound.policy
     await lock_for_purge(conn)  # before the select: see coordinator.purge.holds
-    if _one_pass(bound):
+    if _one_pass(bound, origin):
         batch = await _select_and_act(
             conn,
             bound,

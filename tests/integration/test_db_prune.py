@@ -137,7 +137,8 @@ async def test_prune_removes_only_completed_events_past_retention(coordinator_db
         check=True,
         timeout=60,
     )
-    [report] = json.loads(done.stdout)
+    report, vaulted = json.loads(done.stdout)
+    assert vaulted["table"] == "retention_vault"
     assert (report["table"], report["rows"], report["dry_run"]) == (
         "retention_outbox",
         len(ids["completed recently"]),
