@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal, Self
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from coordinator.policy.durations import parse_duration
 from coordinator.purge.scheduler import validate_cron
 from schemas import DEFAULT_DATABASE_URL, KafkaSettings
 from schemas.signing import SignatureSettings
@@ -303,6 +305,26 @@ class Settings(BaseSettings):
         "coordinator's own database, so its backups hold the keys too and crypto-shredding "
         "only reaches them once they expire (docs/operations.md).",
     )
+
+    backup_retention: timedelta | None = Field(
+        default=None,
+        description="How long backups of the data's database are kept (`35d`): certificates, "
+        "request reports and GET /v1/policies state when backups holding deleted data "
+        "expire (SPEC §12). Unset: they say it is unknown.",
+    )
+    keystore_backup_retention: timedelta | None = Field(
+        default=None,
+        description="How long backups of the key store (RETENTION_KEYSTORE_URL) are kept: "
+        "a destroyed data key is in no backup once this has passed (the crypto-shredding "
+        "horizon). Without a separate key store, the data's backup retention is the horizon.",
+    )
+
+    @field_validator("backup_retention", "keystore_backup_retention", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        if isinstance(value, str):
+            return parse_duration(value) if value.strip() else None
+        return value
 
     def allowed_hook_modules(self) -> tuple[str, ...]:
         return tuple(m.strip() for m in self.hook_modules.split(",") if m.strip())

@@ -14,9 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator import CoordinatorError
 from coordinator.api.health import KafkaHealth
+from coordinator.backups import BackupHorizon
 from coordinator.clock import Clock
 from coordinator.erasure.service import Erasure
 from coordinator.policy.model import PolicySet
+from coordinator.settings import Settings
 from coordinator.tokens import TokenStore
 from schemas.signing import SignatureMode
 
@@ -55,9 +57,17 @@ class ApiContext:
     signatures: SignatureMode = SignatureMode.REQUIRED
     """Shown by /healthz: `off` must be visible from outside (SPEC §9)."""
     erasure: Erasure | None = None
+    settings: Settings | None = None
+    """For what needs the key store (archive read) and the backup retentions."""
     # The console's session cookies (SPEC §14): signed with this secret, valid this long.
     ui_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     ui_session_s: float = 8 * 3600.0
+
+    @property
+    def backups(self) -> BackupHorizon:
+        if self.settings is None:
+            return BackupHorizon(None, None, separate_keystore=False)
+        return BackupHorizon.of(self.settings)
 
 
 def context(request: Request) -> ApiContext:

@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from coordinator.backups import BackupHorizon
 from coordinator.cli._app import (
     ExitCode,
     emit_json,
@@ -99,7 +100,13 @@ def certificate(
     settings = load_settings()
     document = read_database(
         settings,
-        lambda conn: queries.certificate(conn, entity_type, entity_id, now=SystemClock().now()),
+        lambda conn: queries.certificate(
+            conn,
+            entity_type,
+            entity_id,
+            now=SystemClock().now(),
+            backups=BackupHorizon.of(settings),
+        ),
     )
     if document is None:
         err_console.print(f"no retention events for {entity_type}:{entity_id}")

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from sqlalchemy import ColumnElement, Row, and_, case, extract, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from coordinator.backups import BackupHorizon
 from coordinator.store.tables import (
     ack_ledger,
     audit_log,
@@ -270,10 +271,16 @@ def _outcome_row(scope: str, row: Sequence[Any]) -> dict[str, Any]:
 
 
 async def certificate(
-    conn: AsyncConnection, entity_type: str, entity_id: str, *, now: datetime
+    conn: AsyncConnection,
+    entity_type: str,
+    entity_id: str,
+    *,
+    now: datetime,
+    backups: BackupHorizon | None = None,
 ) -> dict[str, Any] | None:
-    """A deletion certificate: what was done to one entity, where, when, and the audit rows
-    (sequence number and chain hash) that record each step. None for an unknown entity."""
+    """A deletion certificate: what was done to one entity, where, when, the audit rows
+    (sequence number and chain hash) that record each step, and when our backups holding
+    it expire. None for an unknown entity."""
     events = await entity_status(conn, entity_type, entity_id, now=now)
     if not events:
         return None
@@ -336,10 +343,25 @@ async def certificate(
         "generated_at": _ts(now),
         "complete": all(d["state"] == "completed" for d in documents),
         "events": documents,
+        "backups": _backups(events, backups),
         "audit_chain": {
             "head": _ref(head.seq, head.hash) if head is not None else None,
             "how_to_verify": "retention audit verify: every row up to the head must chain",
         },
+    }
+
+
+def _backups(events: list[dict[str, Any]], backups: BackupHorizon | None) -> dict[str, Any]:
+    """Backups of our database keep the entity's rows until the last backup taken before
+    its last purge expires (SPEC §12)."""
+    horizon = backups or BackupHorizon(None, None, separate_keystore=False)
+    purged = [datetime.fromisoformat(e["purged_at"]) for e in events if e["purged_at"]]
+    last = max(purged) if purged else None
+    expires = horizon.backups_expire_by(last)
+    return {
+        **horizon.settings_view(),
+        "backups_expire_by": expires.isoformat() if expires else None,
+        "statement": horizon.statement(last),
     }
 
 

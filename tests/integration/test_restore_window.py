@@ -20,9 +20,11 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from coordinator.backups import BackupHorizon
 from coordinator.clock import FrozenClock, SystemClock
 from coordinator.crypto.keystore import open_keystore
 from coordinator.crypto.provider import write_kek
+from coordinator.erasure.certificate import certificate, render_html, requests_since
 from coordinator.erasure.due import Regulation
 from coordinator.erasure.requests import request_parts
 from coordinator.erasure.service import Erasure
@@ -74,7 +76,7 @@ async def env(postgres_url: str, tmp_path: Path) -> AsyncIterator[Env]:
     await upgrade(url)
     kek = tmp_path / "kek.hex"
     write_kek(kek)
-    settings = Settings(database_url=url, kek_file=kek)
+    settings = Settings(database_url=url, kek_file=kek, backup_retention="35d")
     engine = make_engine(url)
     old = datetime.now(UTC) - timedelta(days=90)
     async with engine.begin() as conn:
@@ -285,6 +287,31 @@ async def test_an_erasure_request_shreds_the_vault_copies(env: Env) -> None:
     finally:
         await keys.aclose()
     assert list(left) == ["old-orders/user:2"]
+
+    # The certificate states when our backups stop holding, and decrypting, the copies.
+    async with env.engine.connect() as conn:
+        document = await certificate(
+            conn, request.id, now=datetime.now(UTC), backups=BackupHorizon.of(env.settings)
+        )
+        reported = await requests_since(
+            conn,
+            since=datetime.now(UTC) - timedelta(days=1),
+            now=datetime.now(UTC),
+            backups=BackupHorizon.of(env.settings),
+        )
+    done = datetime.fromisoformat(parts["old-orders"]["done_at"])
+    assert document["backups"]["statement"] == (
+        f"backups holding this data expire by {(done + timedelta(days=35)).isoformat()}"
+    )
+    assert document["backups"]["crypto_shredded_keys"] == [
+        {
+            "policy": "old-orders",
+            "key_id": parts["old-orders"]["shredded_key_id"],
+            "no_backup_decrypts_after": (done + timedelta(days=35)).isoformat(),
+        }
+    ]
+    assert [r["backups_expire_by"] for r in reported] == [(done + timedelta(days=35)).isoformat()]
+    assert "no backup decrypts after" in render_html(document)
 
     code, report, err = await _restore(env, "--run", str(run_id), "--by", "ops")
     assert code == 0, err

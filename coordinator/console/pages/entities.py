@@ -60,7 +60,9 @@ def _timeline(certificate: dict[str, Any]) -> list[dict[str, Any]]:
 async def _certificate(
     ctx: Context, conn: Connection, entity_type: str, entity_id: str
 ) -> dict[str, Any]:
-    found = await queries.certificate(conn, entity_type, entity_id, now=ctx.clock.now())
+    found = await queries.certificate(
+        conn, entity_type, entity_id, now=ctx.clock.now(), backups=ctx.backups
+    )
     if found is None:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, f"no retention event for {entity_type}:{entity_id}"
