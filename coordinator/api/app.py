@@ -6,7 +6,17 @@ from fastapi import Depends, FastAPI, Request, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 
-from coordinator.api import erasure, holds, notifications, ops, policies, runs, services, tracking
+from coordinator.api import (
+    archive,
+    erasure,
+    holds,
+    notifications,
+    ops,
+    policies,
+    runs,
+    services,
+    tracking,
+)
 from coordinator.api._context import ApiContext
 from coordinator.api.auth import ACCESS_RESPONSES, requires
 from coordinator.api.limits import BodyLimit
@@ -17,6 +27,7 @@ __all__ = ["create_app"]
 # Every router under /v1: each of its routes needs at least a `read` token.
 V1_ROUTERS = (
     policies.router,
+    archive.router,
     runs.router,
     holds.router,
     tracking.router,

@@ -11,35 +11,13 @@ from rich.markup import escape
 
 from coordinator.cli._app import ExitCode, emit_json, err_console, load_settings
 from coordinator.cli._policies import POLICIES_OPTION, load_policy_set
-from coordinator.crypto.keystore import KeyStoreError, open_keystore
-from coordinator.erasure.execute import typed_id
-from coordinator.policy.binding import BoundPolicy, bind_policies
-from coordinator.policy.model import Action
-from coordinator.purge.archive import ArchiveTampered, CryptoShredded, read_archived
+from coordinator.crypto.keystore import KeyStoreError
+from coordinator.purge.archive import ArchiveTampered, CryptoShredded
+from coordinator.purge.archive_read import ArchiveNotFound, read_entity
 from coordinator.settings import Settings
 from coordinator.store.db import make_engine
 
 app = typer.Typer(help="The encrypted archive.", no_args_is_help=True)
-
-
-class _NotFound(Exception):
-    pass
-
-
-def _where(bound: BoundPolicy, entity_type: str, entity_id: str) -> Any:
-    """The archive rows of the entity: the policy's own entities by id, or a subject's."""
-    archive = bound.archive
-    assert archive is not None
-    if entity_type == bound.policy.entity_type:
-        column = archive.c[bound.id_column.name]
-    elif bound.subject is not None and entity_type == bound.subject.entity_type:
-        column = archive.c[bound.subject.column]
-    else:
-        raise _NotFound(f"policy {bound.name!r} archives no {entity_type!r} entities")
-    value = typed_id(column, entity_id)
-    if value is None:
-        raise _NotFound(f"{entity_id!r} cannot be a {entity_type} id of this archive")
-    return column == value
 
 
 async def _read(
@@ -47,27 +25,7 @@ async def _read(
 ) -> list[dict[str, Any]]:
     engine = make_engine(settings.database_url.get_secret_value(), pool_size=1)
     try:
-        async with engine.connect() as conn:
-            bound, issues = await bind_policies(conn, policies, settings, only=[policy])
-        if policy not in bound:
-            found = "; ".join(str(i) for i in issues.get(policy, [])) or "unknown policy"
-            raise _NotFound(f"policy {policy!r}: {found}")
-        chosen = bound[policy]
-        if chosen.policy.action is not Action.ARCHIVE or not chosen.archive_exists:
-            raise _NotFound(f"policy {policy!r} has no archive")
-        assert chosen.archive is not None
-        keys = open_keystore(settings, engine)
-        try:
-            async with engine.connect() as conn:
-                return await read_archived(
-                    conn,
-                    chosen.archive,
-                    keys,
-                    id_column=chosen.id_column.name,
-                    where=_where(chosen, entity_type, entity_id),
-                )
-        finally:
-            await keys.aclose()
+        return await read_entity(engine, settings, policies, policy, entity_type, entity_id)
     finally:
         await engine.dispose()
 
@@ -90,7 +48,7 @@ def read(
     policy_set = load_policy_set(policies, settings, as_json=False)
     try:
         rows = asyncio.run(_read(settings, policy_set, policy, entity_type, entity_id))
-    except (_NotFound, KeyStoreError) as exc:
+    except (ArchiveNotFound, KeyStoreError) as exc:
         err_console.print(f"[red]{escape(str(exc))}[/red]", highlight=False)
         raise typer.Exit(ExitCode.BAD_INPUT) from None
     except (CryptoShredded, ArchiveTampered) as exc:

@@ -5,6 +5,7 @@ request, and a backup taken before the request useless once the key store lost t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import re
@@ -15,9 +16,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from coordinator.api import ApiContext
+from coordinator.api.health import KafkaHealth
 from coordinator.clock import SystemClock
 from coordinator.crypto.keystore import open_keystore
 from coordinator.crypto.provider import LocalKeyProvider, write_kek
@@ -32,7 +36,10 @@ from coordinator.settings import Settings
 from coordinator.store.db import make_engine
 from coordinator.store.migrate import upgrade
 from coordinator.store.tables import audit_log, data_keys
+from coordinator.tokens import Scope, TokenStore, add_token, new_token
+from schemas import KafkaSettings
 from tests import infra
+from tests.api.conftest import auth, make_client
 
 POLICIES = """\
 policies:
@@ -262,3 +269,53 @@ async def test_kek_rotation_rewraps_keys_and_leaves_the_data(env: Env, tmp_path:
     code, out, err = await _archive_read(env, env.url, "user:7")
     assert code == 0, err
     assert [r["body"] for r in json.loads(out)] == [SECRET.format(n=1), SECRET.format(n=2)]
+
+
+async def test_archive_read_over_http_needs_admin_and_says_gone_once_shredded(
+    env: Env, tmp_path: Path
+) -> None:
+    policy_set = parse_policies(POLICIES, "notes.yaml")
+    assert (await Runner(env.engine, policy_set, env.settings).run(None)).ok
+    tokens_file = tmp_path / "tokens.yaml"
+    made = {}
+    for scope in (Scope.READ, Scope.ADMIN):
+        created = new_token(f"{scope.value}-bot", scope)
+        add_token(tokens_file, created.entry)
+        made[scope] = created.token
+    ctx = ApiContext(
+        engine=env.engine,
+        kafka_health=KafkaHealth(KafkaSettings()),
+        registry=CollectorRegistry(),
+        clock=SystemClock(),
+        tokens=TokenStore(tokens_file),
+        policy_set=policy_set,
+        global_schedule="0 3 * * *",
+        settings=env.settings,
+    )
+    path = "/v1/policies/notes/archive/user/7"
+    async with make_client(ctx, made[Scope.ADMIN]) as client:
+        assert (await client.get(path, headers=auth(made[Scope.READ]))).status_code == 403
+        read = await client.get(path)
+        assert read.status_code == 200, read.text
+        assert [(r["id"], r["body"]) for r in read.json()] == [
+            (1, SECRET.format(n=1)),
+            (2, SECRET.format(n=2)),
+        ]
+        assert (await client.get("/v1/policies/notes/archive/order/7")).status_code == 404
+        assert (await client.get("/v1/policies/nope/archive/user/7")).status_code == 404
+
+        erasure = Erasure(env.engine, policy_set, env.settings, SystemClock(), Metrics())
+        await erasure.create(
+            subject="user:7",
+            regulation=Regulation.GDPR,
+            received_at=datetime.now(UTC),
+            reference="case-7",
+            by="dpo@example.com",
+        )
+        gone = await client.get(path)
+        assert gone.status_code == 410
+        assert "crypto-shredded" in gone.json()["detail"]
+        assert "s3cret" not in gone.text
+        # Without settings (no key store), the route says so instead of failing.
+        async with make_client(dataclasses.replace(ctx, settings=None), made[Scope.ADMIN]) as unset:
+            assert (await unset.get(path)).status_code == 503
