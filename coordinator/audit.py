@@ -66,6 +66,7 @@ class AuditAction(StrEnum):
     DB_PRUNE = "db.prune"
     DATA_KEY_DESTROYED = "data_key.destroyed"
     VAULT_RESTORE = "vault.restore"
+    ARCHIVE_ENCRYPTED = "archive.encrypted"
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,10 @@ from rich.markup import escape
 
 from coordinator.cli._app import ExitCode, emit_json, err_console, load_settings
 from coordinator.cli._policies import POLICIES_OPTION, load_policy_set
-from coordinator.crypto.keystore import KeyStoreError
+from coordinator.clock import SystemClock
+from coordinator.crypto.keystore import KeyStoreError, open_keystore
 from coordinator.purge.archive import ArchiveTampered, CryptoShredded
+from coordinator.purge.archive_migrate import Encrypted, MigrationError, encrypt_plain_archive
 from coordinator.purge.archive_read import ArchiveNotFound, read_entity
 from coordinator.settings import Settings
 from coordinator.store.db import make_engine
@@ -55,3 +58,56 @@ def read(
         err_console.print(f"[red]{escape(str(exc))}[/red]", highlight=False)
         raise typer.Exit(ExitCode.ERRORS) from None
     emit_json(rows)
+
+
+@app.command("encrypt")
+def encrypt(
+    policy: str = typer.Option(..., "--policy", help="The archive policy whose plain archive."),
+    by: str = typer.Option(..., "--by", help="Who migrates (recorded with the OS user)."),
+    batch_size: int = typer.Option(1000, "--batch-size", min=1, max=50_000),
+    vacuum: bool = typer.Option(
+        True, "--vacuum/--no-vacuum", help="VACUUM FULL at the end (no old clear row versions)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
+    policies: Path | None = POLICIES_OPTION,
+) -> None:
+    """Encrypt an archive made before encryption in place, batch by batch. Safe to
+    interrupt and run again: it resumes with the rows not sealed yet."""
+    settings = load_settings()
+    policy_set = load_policy_set(policies, settings, as_json=as_json)
+    actor = f"{by} (os user {getpass.getuser()})"
+
+    async def run() -> Encrypted:
+        engine = make_engine(settings.database_url.get_secret_value(), pool_size=1)
+        try:
+            keys = open_keystore(settings, engine)
+            try:
+                return await encrypt_plain_archive(
+                    engine,
+                    keys,
+                    policy_set,
+                    policy,
+                    now=SystemClock().now(),
+                    by=actor,
+                    batch_size=batch_size,
+                    vacuum=vacuum,
+                    after_batch=lambda r: err_console.print(
+                        f"{r.table}: {r.rows} rows sealed", highlight=False
+                    ),
+                )
+            finally:
+                await keys.aclose()
+        finally:
+            await engine.dispose()
+
+    try:
+        done = asyncio.run(run())
+    except (MigrationError, KeyStoreError) as exc:
+        err_console.print(f"[red]{escape(str(exc))}[/red]", highlight=False)
+        raise typer.Exit(ExitCode.BAD_INPUT) from None
+    if as_json:
+        emit_json(done.as_dict())
+    elif done.already:
+        err_console.print(f"{done.table} is encrypted already")
+    else:
+        err_console.print(f"{done.table}: encrypted ({done.rows} rows sealed now)")

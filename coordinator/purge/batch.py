@@ -37,7 +37,7 @@ from coordinator.crypto.keystore import KeyStore
 from coordinator.policy import anonymizers
 from coordinator.policy.binding import BoundPolicy
 from coordinator.policy.model import Action, Policy
-from coordinator.purge.archive import key_scope, store_sealed
+from coordinator.purge.archive import key_scope, owner, store_sealed
 from coordinator.purge.holds import lock_for_purge
 from coordinator.purge.planner import Batch, batch_window, next_batch
 from coordinator.store.tables import anonymized, outbox
@@ -247,14 +247,18 @@ def _with_events(
 def _owners(bound: BoundPolicy, rows: Sequence[Any]) -> list[tuple[str, Any]]:
     """Whose data key seals each archived or vaulted row: its subject's (type, id),
     else its entity's."""
-    policy, id_name = bound.policy, bound.id_column.name
-    if bound.subject is None or bound.subject_column is None:
-        return [(policy.entity_type, row._mapping[id_name]) for row in rows]
-    subject_name, subject_type = bound.subject_column.name, bound.subject.entity_type
+    subject = (
+        (bound.subject.entity_type, bound.subject_column.name)
+        if bound.subject is not None and bound.subject_column is not None
+        else None
+    )
     return [
-        (subject_type, row._mapping[subject_name])
-        if row._mapping[subject_name] is not None
-        else (policy.entity_type, row._mapping[id_name])
+        owner(
+            row._mapping,
+            entity_type=bound.policy.entity_type,
+            id_column=bound.id_column.name,
+            subject=subject,
+        )
         for row in rows
     ]
 
