@@ -65,6 +65,7 @@ class AuditAction(StrEnum):
     ERASURE_COMPLETE = "erasure.complete"
     DB_PRUNE = "db.prune"
     DATA_KEY_DESTROYED = "data_key.destroyed"
+    DATA_KEY_DESTROYING = "data_key.destroying"
     VAULT_RESTORE = "vault.restore"
     ARCHIVE_ENCRYPTED = "archive.encrypted"
 

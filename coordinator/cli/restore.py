@@ -43,6 +43,9 @@ def restore(
     by: str | None = typer.Option(
         None, "--by", help="Who restores (recorded with the OS user); required unless --dry-run."
     ),
+    batch_size: int = typer.Option(
+        1000, "--batch-size", min=1, max=50_000, help="Vault rows per transaction."
+    ),
     as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
 ) -> None:
     """Re-insert the rows a run deleted under a `restore_window` policy, within the window.
@@ -78,7 +81,14 @@ def restore(
                 async with engine.connect() as conn:
                     now = (await time_base(conn, SystemClock())).now
                 return await restore_run(
-                    engine, keys, run_id, entity=chosen, dry_run=dry_run, by=actor, now=now
+                    engine,
+                    keys,
+                    run_id,
+                    entity=chosen,
+                    dry_run=dry_run,
+                    by=actor,
+                    now=now,
+                    batch_size=batch_size,
                 )
             finally:
                 await keys.aclose()

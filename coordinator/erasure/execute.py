@@ -246,28 +246,49 @@ async def _destroy_key(
     now: datetime,
 ) -> uuid.UUID | None:
     """Destroy the scope's data key and audit it; the key's id (`known` when an earlier
-    execution destroyed it already), or None when the scope never had one."""
+    execution destroyed it already), or None when the scope never had one.
+
+    The audit never trails the destruction. When the key store is the data's database,
+    the deletion and its `data_key.destroyed` entry are one transaction. A separate key
+    store cannot share a transaction with the audit log, so the intent
+    (`data_key.destroying`) commits first, then the deletion, then `data_key.destroyed`:
+    a crash in between leaves the key usable or gone, never in between, and an intent
+    without its outcome that a repeat of the request completes (docs/operations.md).
+    """
+
+    def entry(action: AuditAction, key_id: uuid.UUID, gone: bool) -> AuditEntry:
+        return AuditEntry(
+            action,
+            "coordinator",
+            {
+                "key_id": key_id,
+                "scope": scope,
+                "request_id": request.id,
+                "policy": bound.name,
+                "archived_rows": rows,
+                "already_gone": gone,
+            },
+        )
+
+    if not keys.separate:
+        async with engine.begin() as conn:
+            destroyed = await keys.destroy(scope, conn=conn)
+            key_id = destroyed or known
+            if key_id is not None:
+                await append(
+                    conn, [entry(AuditAction.DATA_KEY_DESTROYED, key_id, destroyed is None)], at=now
+                )
+        return key_id
+    present = await keys.key_id_of(scope)
+    if present is not None:
+        async with engine.begin() as conn:
+            await append(conn, [entry(AuditAction.DATA_KEY_DESTROYING, present, False)], at=now)
     destroyed = await keys.destroy(scope)
-    key_id = destroyed or known
+    key_id = destroyed or known or present
     if key_id is not None:
         async with engine.begin() as conn:
             await append(
-                conn,
-                [
-                    AuditEntry(
-                        AuditAction.DATA_KEY_DESTROYED,
-                        "coordinator",
-                        {
-                            "key_id": key_id,
-                            "scope": scope,
-                            "request_id": request.id,
-                            "policy": bound.name,
-                            "archived_rows": rows,
-                            "already_gone": destroyed is None,
-                        },
-                    )
-                ],
-                at=now,
+                conn, [entry(AuditAction.DATA_KEY_DESTROYED, key_id, destroyed is None)], at=now
             )
     return key_id
 
