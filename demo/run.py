@@ -390,6 +390,7 @@ async def run_demo(demo: Demo) -> tuple[dict[str, Any], Seeded]:
             example_user = next(u for u in seeded.users_due[len(seeded.users_due) // 2 :])
             entity = (await client.get(f"/v1/entities/user/{example_user}")).json()
             requests = await erasure_requests(demo, client, seeded)
+            shredded = await shredded_archive(demo, client, requests[0], seeded)
             step("signing in to the console with the read token")
             await check_console(client, demo.tokens["demo-reader"])
         summary = {
@@ -401,6 +402,7 @@ async def run_demo(demo: Demo) -> tuple[dict[str, Any], Seeded]:
             "entity": entity,
             "example_user": example_user,
             "requests": requests,
+            "shredded": shredded,
             "seconds": time.monotonic() - started,
         }
         return summary, seeded
@@ -422,22 +424,19 @@ async def check_console(client: httpx.AsyncClient, token: str) -> None:
         raise DemoFailed("the console's overview does not name the signed-in token")
 
 
-ACTIVE_USER = "user-00004"
-"""Active (never closed), so only an erasure request removes it; seed.py's users."""
-
-
 async def erasure_requests(
     demo: Demo, client: httpx.AsyncClient, seeded: Seeded
 ) -> list[dict[str, Any]]:
     """File one request that completes and one that a subject hold stops; their rows."""
     auth = demo.auth("demo-writer")
     held_user = seeded.users_due[0]  # seed.py puts the first due users under dispute-42
+    active_user = seeded.users_unheld[0]  # only an erasure request removes it
     step(
-        f"filing erasure requests: user:{ACTIVE_USER} (GDPR) and user:{held_user} (CCPA, "
+        f"filing erasure requests: user:{active_user} (GDPR) and user:{held_user} (CCPA, "
         "under a subject hold)"
     )
     filed = []
-    for subject, regulation in ((ACTIVE_USER, "gdpr"), (held_user, "ccpa")):
+    for subject, regulation in ((active_user, "gdpr"), (held_user, "ccpa")):
         response = await client.post(
             "/v1/erasure-requests",
             json={"subject": f"user:{subject}", "regulation": regulation, "reference": subject},
@@ -465,6 +464,34 @@ async def erasure_requests(
             (await client.get(f"/v1/holds/{hold}")).json()["reason"] for hold in row["holds"]
         ]
     return rows
+
+
+async def shredded_archive(
+    demo: Demo, client: httpx.AsyncClient, request: dict[str, Any], seeded: Seeded
+) -> dict[str, Any]:
+    """The completed request crypto-shredded its user's login_history archive: the key is
+    gone and the admin read route answers 410, while another user's archive still opens."""
+    user = request["subject"].partition(":")[2]
+    other = seeded.users_unheld[1]
+    step(f"archive read (admin): user:{user}'s logins, then user:{other}'s")
+    part = next(p for p in request["policies"] if p["policy"] == "login_history")
+    admin = demo.auth("demo-admin")
+    route = "/v1/policies/login_history/archive/user/{}"
+    gone = await client.get(route.format(user), headers=admin)
+    kept = await client.get(route.format(other), headers=admin)
+    if not part["archived_copies_shredded"] or gone.status_code != 410 or kept.status_code != 200:
+        raise DemoFailed(
+            f"login_history: {part['archived_copies_shredded']} copies shredded, archive read "
+            f"answered {gone.status_code} (shredded user) and {kept.status_code} (other user)"
+        )
+    return {
+        "user": user,
+        "other": other,
+        "rows": part["archived_copies_shredded"],
+        "key_id": part["shredded_key_id"],
+        "gone": gone.status_code,
+        "kept_rows": len(kept.json()),
+    }
 
 
 async def erasure_counts(url: str) -> dict[str, int]:
@@ -583,6 +610,13 @@ def print_summary(demo: Demo, summary: dict[str, Any], seeded: Seeded) -> None:
             holds or "-",
         )
     out.print(requests)
+    shredded = summary["shredded"]
+    out.print(
+        f"[green]✓[/green] crypto-shredded: user:{shredded['user']}'s {shredded['rows']} "
+        f"archived login_history rows (data key {shredded['key_id']} destroyed): its archive "
+        f"read answers {shredded['gone']}; user:{shredded['other']}'s still opens "
+        f"({shredded['kept_rows']} row, admin token)"
+    )
     # A labelled gauge with no sample yet (no pending acks at scrape time) is still exported:
     # its HELP line is there.
     missing = [m for m in SPEC_METRICS if f"# HELP {m} " not in body]
