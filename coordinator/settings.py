@@ -297,7 +297,8 @@ class Settings(BaseSettings):
     kek_file: Path | None = Field(
         default=None,
         description="File of the local key-encryption key that wraps archive data keys "
-        "(`retention keys generate --kek --out DIR`); required by archive policies.",
+        "(`retention keys generate --kek --out DIR`); required by archive and restore_window "
+        "policies.",
     )
     keystore_url: SecretStr | None = Field(
         default=None,

@@ -164,7 +164,8 @@ def open_keystore(settings: Settings, data_engine: AsyncEngine) -> KeyStore:
     (docs/operations.md: then backups of the data also hold the keys)."""
     if settings.kek_file is None:
         raise KeyStoreError(
-            "archive policies need RETENTION_KEK_FILE (retention keys generate --kek --out DIR)"
+            "archive and restore_window policies need RETENTION_KEK_FILE "
+            "(retention keys generate --kek --out DIR)"
         )
     try:
         provider = LocalKeyProvider.from_file(settings.kek_file)
