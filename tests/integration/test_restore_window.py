@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.backups import BackupHorizon
@@ -280,6 +280,15 @@ async def test_an_erasure_request_shreds_the_vault_copies(env: Env) -> None:
     async with env.engine.connect() as conn:
         parts = {p["policy"]: p for p in await request_parts(conn, request.id)}
     assert parts["old-orders"]["archived_copies_shredded"] == 2
+    # The request's own deletions (user 1's account) are never vaulted: never restorable.
+    assert parts["stale-users"]["rows"] == 1
+    async with env.engine.connect() as conn:
+        vaulted = (
+            await conn.execute(
+                select(func.count()).select_from(vault).where(vault.c.policy == "stale-users")
+            )
+        ).scalar_one()
+    assert vaulted == 0
     assert "restoration vault are crypto-shredded" in parts["old-orders"]["detail"]
     keys = open_keystore(env.settings, env.engine)
     try:
