@@ -35,7 +35,9 @@ def normalised_id(entity_id: str) -> str:
 def restore(
     run: str = typer.Option(..., "--run", help="The run whose deletions to undo."),
     entity: str | None = typer.Option(
-        None, "--entity", help="type:id: only this entity's rows (the policy's entity type)."
+        None,
+        "--entity",
+        help="type:id: only this entity's rows (a policy's entity), or a subject's (user:7).",
     ),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Do every batch and roll it back: shows what would happen."

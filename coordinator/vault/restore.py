@@ -85,9 +85,11 @@ class RestoreReport:
 
 
 def _of(run_id: uuid.UUID, entity: tuple[str, str] | None) -> Any:
+    """The run's vault rows; with `entity`, those of the entity or of the subject it is."""
     where = vault.c.run_id == run_id
     if entity is not None:
-        where = where & (vault.c.entity_type == entity[0]) & (vault.c.entity_id == entity[1])
+        own = (vault.c.entity_type == entity[0]) & (vault.c.entity_id == entity[1])
+        where = where & (own | (vault.c.subject == f"{entity[0]}:{entity[1]}"))
     return where
 
 

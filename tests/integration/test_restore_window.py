@@ -264,6 +264,13 @@ async def test_one_entity_alone_and_not_after_the_window(env: Env) -> None:
     assert code == 0, err
     assert report["restored"] == [f"order:{one}"]
     assert [str(r.id) for r in await _rows(env, "rw_orders")] == [one]
+    # A subject's rows: user 1's orders of that run (one of them may be back already).
+    (first_customer,) = [r.customer_id for r in await _rows(env, "rw_orders")]
+    code, report, err = await _restore(env, "--run", str(run_id), "--entity", "user:1", "--by", "o")
+    assert code == 0, err
+    assert len(report["restored"]) == (1 if first_customer == 1 else 2)
+    customers = sorted(r.customer_id for r in await _rows(env, "rw_orders"))
+    assert customers == sorted([1, 1, *([2] if first_customer == 2 else [])])
 
 
 async def test_an_erasure_request_shreds_the_vault_copies(env: Env) -> None:
