@@ -76,6 +76,9 @@ class AuditAction(StrEnum):
     VERIFY_ANSWERS = "verify.answers"
     ENTITY_RESURRECTED = "entity.resurrected"
     ENTITY_DELETED_AGAIN = "entity.deleted_again"
+    DATA_KEY_DESTROYING = "data_key.destroying"
+    VAULT_RESTORE = "vault.restore"
+    ARCHIVE_ENCRYPTED = "archive.encrypted"
 
 
 @dataclass(frozen=True, slots=True)

@@ -158,6 +158,14 @@ class Metrics:
             "Erasure requests past their due date and neither completed nor rejected.",
             registry=r,
         )
+        self.backup_retention = Gauge(
+            "retention_backup_retention_days",
+            "How long backups are kept (RETENTION_BACKUP_RETENTION for store=data; the key "
+            "store's, the crypto-shredding horizon, for store=keys): the maximum deletion "
+            "delay in backups. Absent when not set.",
+            ["store"],
+            registry=r,
+        )
         self.policy_retention = Gauge(
             "retention_policy_retention_days",
             "Each loaded policy's retention period, so alerts can compare ages with it.",

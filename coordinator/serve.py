@@ -42,6 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from coordinator import CoordinatorError
 from coordinator.api import ApiContext, RunInProgress, create_app
 from coordinator.api.health import KafkaHealth
+from coordinator.backups import BackupHorizon
 from coordinator.clock import Clock, SystemClock
 from coordinator.console.sessions import load_secret
 from coordinator.erasure.service import Erasure
@@ -157,6 +158,10 @@ class Service:
         for policy in policy_set.policies:
             days = policy.retention.total_seconds() / 86400
             self.metrics.policy_retention.labels(policy.name).set(days)
+        backups = BackupHorizon.of(settings)
+        for store, kept in (("data", backups.data), ("keys", backups.keys)):
+            if kept is not None:
+                self.metrics.backup_retention.labels(store).set(kept.total_seconds() / 86400)
         self._parts: _Parts | None = None
         self._triggered: asyncio.Task[RunReport] | None = None
         self._run_lock = asyncio.Lock()
@@ -345,6 +350,7 @@ class Service:
                 signatures=s.signatures.mode,
                 erasure=erasure,
                 republish=RepublishSetup(s.kafka, signer),
+                settings=s,
                 ui_secret=self.ui_secret,
                 ui_session_s=s.ui_session_hours * 3600,
                 pepper=self.pepper,

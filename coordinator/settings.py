@@ -10,6 +10,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from coordinator.evidence.prune import Retention
+from coordinator.policy.durations import parse_duration
 from coordinator.purge.scheduler import validate_cron
 from schemas import DEFAULT_DATABASE_URL, KafkaSettings
 from schemas.kafka import Compression
@@ -358,7 +359,8 @@ class Settings(BaseSettings):
     kek_file: Path | None = Field(
         default=None,
         description="File of the local key-encryption key that wraps archive data keys "
-        "(`retention keys generate --kek --out DIR`); required by archive policies.",
+        "(`retention keys generate --kek --out DIR`); required by archive and restore_window "
+        "policies.",
     )
     keystore_url: SecretStr | None = Field(
         default=None,
@@ -366,6 +368,26 @@ class Settings(BaseSettings):
         "coordinator's own database, so its backups hold the keys too and crypto-shredding "
         "only reaches them once they expire (docs/operations.md).",
     )
+
+    backup_retention: timedelta | None = Field(
+        default=None,
+        description="How long backups of the data's database are kept (`35d`): certificates, "
+        "request reports and GET /v1/policies state when backups holding deleted data "
+        "expire (SPEC §12). Unset: they say it is unknown.",
+    )
+    keystore_backup_retention: timedelta | None = Field(
+        default=None,
+        description="How long backups of the key store (RETENTION_KEYSTORE_URL) are kept: "
+        "a destroyed data key is in no backup once this has passed (the crypto-shredding "
+        "horizon). Without a separate key store, the data's backup retention is the horizon.",
+    )
+
+    @field_validator("backup_retention", "keystore_backup_retention", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        if isinstance(value, str):
+            return parse_duration(value) if value.strip() else None
+        return value
 
     def own_retention(self) -> Retention:
         """How long each of the coordinator's own tables keeps its rows."""

@@ -52,7 +52,7 @@ from coordinator.store.migrate import upgrade
 from coordinator.store.tables import event_status, service_registry
 from coordinator.tracking import queries
 from demo import keys
-from demo.requests import RequestsFailed, active_user, file_demo_requests
+from demo.requests import RequestsFailed, file_demo_requests
 from demo.seed import POLICIES, Seeded, seed_coordinator, seed_services
 from demo.tokens import DEMO_TOKENS, create_demo_tokens
 from schemas import KafkaSettings, async_database_url
@@ -395,6 +395,7 @@ async def run_demo(demo: Demo) -> tuple[dict[str, Any], Seeded]:
             entity = (await client.get(f"/v1/entities/user/{example_user}")).json()
             requests = await erasure_requests(demo, client, seeded)
             verification = await verify_entity(demo, client, example_user)
+            shredded = await shredded_archive(demo, client, requests[0], seeded)
             step("signing in to the console with the read token")
             await check_console(client, demo.tokens["demo-reader"])
         summary = {
@@ -407,6 +408,7 @@ async def run_demo(demo: Demo) -> tuple[dict[str, Any], Seeded]:
             "example_user": example_user,
             "requests": requests,
             "verification": verification,
+            "shredded": shredded,
             "seconds": time.monotonic() - started,
         }
         return summary, seeded
@@ -433,7 +435,7 @@ async def erasure_requests(
 ) -> list[dict[str, Any]]:
     """File one request that completes and one that a subject hold stops; their rows."""
     held_user = seeded.users_due[0]  # seed.py puts the first due users under dispute-42
-    active = active_user(demo.scale)
+    active = seeded.users_unheld[0]  # only an erasure request removes it
     step(
         f"filing erasure requests: user:{active} (GDPR) and user:{held_user} (CCPA, "
         "under a subject hold)"
@@ -471,6 +473,34 @@ async def verify_entity(demo: Demo, client: httpx.AsyncClient, user: str) -> dic
         answers = {a["service"]: a["status"] for a in found["services"]}
         raise DemoFailed(f"user:{user} was not verified: {answers}")
     return found
+
+
+async def shredded_archive(
+    demo: Demo, client: httpx.AsyncClient, request: dict[str, Any], seeded: Seeded
+) -> dict[str, Any]:
+    """The completed request crypto-shredded its user's login_history archive: the key is
+    gone and the admin read route answers 410, while another user's archive still opens."""
+    user = request["subject"].partition(":")[2]
+    other = seeded.users_unheld[1]
+    step(f"archive read (admin): user:{user}'s logins, then user:{other}'s")
+    part = next(p for p in request["policies"] if p["policy"] == "login_history")
+    admin = demo.auth("demo-admin")
+    route = "/v1/policies/login_history/archive/user/{}"
+    gone = await client.get(route.format(user), headers=admin)
+    kept = await client.get(route.format(other), headers=admin)
+    if not part["archived_copies_shredded"] or gone.status_code != 410 or kept.status_code != 200:
+        raise DemoFailed(
+            f"login_history: {part['archived_copies_shredded']} copies shredded, archive read "
+            f"answered {gone.status_code} (shredded user) and {kept.status_code} (other user)"
+        )
+    return {
+        "user": user,
+        "other": other,
+        "rows": part["archived_copies_shredded"],
+        "key_id": part["shredded_key_id"],
+        "gone": gone.status_code,
+        "kept_rows": len(kept.json()),
+    }
 
 
 async def erasure_counts(url: str) -> dict[str, int]:
@@ -599,6 +629,13 @@ def print_summary(demo: Demo, summary: dict[str, Any], seeded: Seeded) -> None:
             holds or "-",
         )
     out.print(requests)
+    shredded = summary["shredded"]
+    out.print(
+        f"[green]✓[/green] crypto-shredded: user:{shredded['user']}'s {shredded['rows']} "
+        f"archived login_history rows (data key {shredded['key_id']} destroyed): its archive "
+        f"read answers {shredded['gone']}; user:{shredded['other']}'s still opens "
+        f"({shredded['kept_rows']} row, admin token)"
+    )
     # A labelled gauge with no sample yet (no pending acks at scrape time) is still exported:
     # its HELP line is there.
     missing = [m for m in SPEC_METRICS if f"# HELP {m} " not in body]

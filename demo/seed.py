@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Column, DateTime, MetaData, Text, func, insert, inspect, select
+from sqlalchemy import BigInteger, Column, DateTime, MetaData, Text, func, insert, inspect, select
 from sqlalchemy import Table as SqlTable
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -26,23 +26,43 @@ from coordinator.purge.holds import create_hold, entity_types
 from coordinator.settings import Settings
 from coordinator.store.db import make_engine
 from demo.keys import ensure_keys
-from demo.seed_data import create_seed_tables, populate, seed_metadata
+from demo.seed_data import CATEGORIES, USER_MODULUS, create_seed_tables, populate, seed_metadata
 from services import EXAMPLES, billing
 from services._shared import ensure_database, service_database_url
 
-__all__ = ["POLICIES", "Seeded", "main", "seed_coordinator", "seed_services", "users"]
+__all__ = [
+    "LOGINS_PER_USER",
+    "POLICIES",
+    "Seeded",
+    "logins",
+    "main",
+    "seed_coordinator",
+    "seed_services",
+    "users",
+]
 
 POLICIES = Path(__file__).resolve().parent / "policies.yaml"
 """The seed file's five policies plus closed_accounts (on `users`), so every service has work."""
 
+_demo_metadata = MetaData()
 users = SqlTable(
     "users",
-    MetaData(),
+    _demo_metadata,
     Column("id", Text, primary_key=True),
     Column("email", Text, nullable=False),
     Column("status", Text, nullable=False),
     Column("closed_at", DateTime(timezone=True)),
 )
+logins = SqlTable(
+    "logins",
+    _demo_metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("user_id", Text, nullable=False),
+    Column("ip", Text, nullable=False),
+    Column("logged_in_at", DateTime(timezone=True), nullable=False),
+)
+LOGINS_PER_USER = 2
+"""One past the login_history retention (archived by the run), one recent."""
 
 
 @dataclass
@@ -50,6 +70,8 @@ class Seeded:
     rows: dict[str, int]
     held_entities: int
     users_due: list[str]
+    users_unheld: list[str]
+    """Active users none of whose rows is under a hold: an erasure request completes."""
 
 
 async def seed_coordinator(engine: AsyncEngine, scale: int) -> tuple[Seeded, dict[str, list[str]]]:
@@ -60,6 +82,7 @@ async def seed_coordinator(engine: AsyncEngine, scale: int) -> tuple[Seeded, dic
         data = await populate(conn, now, per_category=scale)
         user_rows = _users(now, scale)
         await conn.execute(insert(users), user_rows)
+        await conn.execute(insert(logins), _logins(now, user_rows))
         due_users = [
             u["id"]
             for u in user_rows
@@ -86,7 +109,7 @@ async def seed_coordinator(engine: AsyncEngine, scale: int) -> tuple[Seeded, dic
             hold_id="dispute-42",
         )
         counts = {}
-        for table in [*seed_metadata.sorted_tables, users]:
+        for table in [*seed_metadata.sorted_tables, users, logins]:
             counts[table.name] = int(
                 await conn.scalar(select(func.count()).select_from(table)) or 0
             )
@@ -96,7 +119,16 @@ async def seed_coordinator(engine: AsyncEngine, scale: int) -> tuple[Seeded, dic
     all_orders = [str(i) for ids in data.ids["purchase_records"].values() for i in ids]
     for n, order_id in enumerate(all_orders):
         orders_of[user_ids[n % len(user_ids)]].append(order_id)
-    return Seeded(counts, len(data.holds) + len(held_users), due_users), orders_of
+    unheld = _active_unheld(user_rows, scale)
+    return Seeded(counts, len(data.holds) + len(held_users), due_users, unheld), orders_of
+
+
+def _active_unheld(user_rows: list[dict[str, Any]], scale: int) -> list[str]:
+    # seed_data names row n's user `user-{n % 97}`, with n = category * 1000 + k: the
+    # held category's rows name these users (all 97 of them from scale 97 on).
+    base = CATEGORIES.index("held") * 1000
+    held = {(base + k) % USER_MODULUS for k in range(scale)}
+    return [u["id"] for n, u in enumerate(user_rows) if u["status"] == "active" and n not in held]
 
 
 def _users(now: datetime, scale: int) -> list[dict[str, Any]]:
@@ -119,6 +151,19 @@ def _users(now: datetime, scale: int) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def _logins(now: datetime, user_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": n * LOGINS_PER_USER + k,
+            "user_id": user["id"],
+            "ip": f"10.1.{n % 256}.{k}",
+            "logged_in_at": now - timedelta(days=200 if k == 0 else 2),
+        }
+        for n, user in enumerate(user_rows)
+        for k in range(LOGINS_PER_USER)
+    ]
 
 
 async def seed_services(url: str, orders_of: dict[str, list[str]]) -> dict[str, int]:

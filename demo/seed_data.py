@@ -94,6 +94,8 @@ shopping_carts = Table(
     Column("updated_at", DateTime(timezone=True)),
 )
 
+USER_MODULUS = 97
+"""Row n of a seed table belongs to user `user-{n % USER_MODULUS}`."""
 CATEGORIES = ("due", "boundary", "held", "at_cutoff", "young", "null_ts", "excluded")
 PROCESSED = frozenset({"due", "boundary"})
 
@@ -160,12 +162,12 @@ def _row(seed: _Seed, row_id: Any, n: int, ts: datetime | None, in_scope: bool) 
         column, yes, no = seed.scope
         row[column] = yes if in_scope else no
     if table == "session_logs":
-        row.update(user_id=f"user-{n % 97:05d}", ip=f"10.0.{n % 256}.{n % 251}")
+        row.update(user_id=f"user-{n % USER_MODULUS:05d}", ip=f"10.0.{n % 256}.{n % 251}")
     elif table == "analytics_events":
-        row.update(user_id=f"user-{n % 97:05d}", event_name="page_view")
+        row.update(user_id=f"user-{n % USER_MODULUS:05d}", event_name="page_view")
     elif table == "orders":
         row.update(
-            customer_id=f"user-{n % 97:05d}",
+            customer_id=f"user-{n % USER_MODULUS:05d}",
             customer_name=f"Customer {n}",
             email=f"customer{n}@shop.example",
             shipping_address=f"{n} Long Road",
@@ -176,7 +178,7 @@ def _row(seed: _Seed, row_id: Any, n: int, ts: datetime | None, in_scope: bool) 
     elif table == "support_tickets":
         row.update(subject=f"ticket {n}")
     else:
-        row.update(user_id=f"user-{n % 97:05d}")
+        row.update(user_id=f"user-{n % USER_MODULUS:05d}")
     return row
 
 

@@ -27,7 +27,7 @@ from coordinator.settings import RelaySettings, ServeSettings, Settings, Tracker
 from coordinator.tokens import load_tokens_file
 from demo import keys as demo_keys
 from demo.seed import POLICIES as DEMO_POLICIES
-from demo.seed import users
+from demo.seed import logins, users
 from demo.seed_data import seed_metadata
 from demo.tokens import main as tokens_main
 from schemas import DEFAULT_DATABASE_URL, KafkaSettings, async_database_url
@@ -232,20 +232,21 @@ def test_the_policy_file_is_in_the_image_and_the_seed_creates_its_tables(
     demo_keys.ensure_keys()  # its services' public keys are files `make demo` makes
     demo = load_policies(source)
     policies = demo.policies
-    seeded = {t.name for t in seed_metadata.sorted_tables} | {users.name}
+    seeded = {t.name for t in seed_metadata.sorted_tables} | {users.name, logins.name}
     assert {p.table for p in policies} <= seeded
-    # demo/policies.yaml is the seed file plus closed_accounts, kept identical but for
-    # fan_out of what no demo service keeps.
+    # demo/policies.yaml is the seed file plus closed_accounts and login_history, kept
+    # identical but for fan_out of what no demo service keeps.
     seed_file = load_policies(ROOT / "tests" / "data" / "seed_policies.yaml").policies
     unkept = {"support_tickets", "abandoned_carts"}
-    assert [p for p in policies if p.name != "closed_accounts"] == [
+    demo_only = {"closed_accounts", "login_history"}
+    assert [p for p in policies if p.name not in demo_only] == [
         p.model_copy(update={"fan_out": False}) if p.name in unkept else p for p in seed_file
     ]
     # Declared: exactly the example services, handling what they register.
     assert {s.name for s in demo.services} == set(EXAMPLE_SERVICES)
     for service in demo.services:
         assert service.pairs() == declared_handles(f"services.{service.name}"), service.name
-    assert {p.name for p in policies} - {p.name for p in seed_file} == {"closed_accounts"}
+    assert {p.name for p in policies} - {p.name for p in seed_file} == demo_only
 
 
 def declared_handles(module: str) -> frozenset[tuple[str, str]]:

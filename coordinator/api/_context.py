@@ -14,11 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator import CoordinatorError
 from coordinator.api.health import KafkaHealth
+from coordinator.backups import BackupHorizon
 from coordinator.clock import Clock
 from coordinator.erasure.service import Erasure
 from coordinator.evidence.pseudonyms import Pepper
 from coordinator.operations.republish import RepublishSetup
 from coordinator.policy.model import PolicySet
+from coordinator.settings import Settings
 from coordinator.tokens import TokenStore
 from schemas.signing import SignatureMode
 
@@ -59,11 +61,19 @@ class ApiContext:
     erasure: Erasure | None = None
     republish: RepublishSetup | None = None
     """Kafka and the signing key for the admin re-publish routes; None: they answer 503."""
+    settings: Settings | None = None
+    """For what needs the key store (archive read) and the backup retentions."""
     # The console's session cookies (SPEC §14): signed with this secret, valid this long.
     ui_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     ui_session_s: float = 8 * 3600.0
     pepper: Pepper | None = field(default=None, repr=False)
     """Finds evidence whose entity ids are HMACs by now (SPEC §13)."""
+
+    @property
+    def backups(self) -> BackupHorizon:
+        if self.settings is None:
+            return BackupHorizon(None, None, separate_keystore=False)
+        return BackupHorizon.of(self.settings)
 
 
 def context(request: Request) -> ApiContext:

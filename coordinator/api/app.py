@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 
 from coordinator.api import (
+    archive,
     erasure,
     holds,
     notifications,
@@ -27,6 +28,7 @@ __all__ = ["create_app"]
 # Every router under /v1: each of its routes needs at least a `read` token.
 V1_ROUTERS = (
     policies.router,
+    archive.router,
     runs.router,
     holds.router,
     tracking.router,

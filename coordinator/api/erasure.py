@@ -154,7 +154,9 @@ async def get_certificate(
 ) -> Any:
     """The request's certificate, as JSON or as a printable HTML page."""
     try:
-        document = await certificates.certificate(conn, request_id, now=ctx.clock.now())
+        document = await certificates.certificate(
+            conn, request_id, now=ctx.clock.now(), backups=ctx.backups
+        )
     except requests.ErasureError as exc:
         raise _error(exc) from None
     if format_ == "html":

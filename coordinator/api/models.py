@@ -272,6 +272,13 @@ class PolicyView(_View):
     schedule: str = Field(description="The cron expression it runs on (its own or the global).")
     last_result: PolicyResultView | None
     last_success_at: datetime | None
+    backup_retention: str | None = Field(
+        description="RETENTION_BACKUP_RETENTION: how long backups of the data's database "
+        "are kept (null: not set)."
+    )
+    backups_expire_by: datetime | None = Field(
+        description="Rows this policy deletes now stay in backups until this date (SPEC §12)."
+    )
 
 
 class ServiceCompletionView(_View):

@@ -18,6 +18,9 @@ async def list_policies(ctx: Context, conn: Connection) -> list[PolicyView]:
     """Every policy of the file `serve` loaded, in file order."""
     results = await run_log.last_results(conn)
     successes = await run_log.last_successes(conn)
+    backups = ctx.backups
+    expire_by = backups.backups_expire_by(ctx.clock.now())
+    retention = backups.settings_view()["backup_retention"]
     views = []
     for policy in ctx.policy_set.policies:
         last = results.get(policy.name)
@@ -28,6 +31,8 @@ async def list_policies(ctx: Context, conn: Connection) -> list[PolicyView]:
                 schedule=policy.schedule or ctx.global_schedule,
                 last_result=PolicyResultView.model_validate(last) if last else None,
                 last_success_at=successes.get(policy.name),
+                backup_retention=retention,
+                backups_expire_by=expire_by,
             )
         )
     return views

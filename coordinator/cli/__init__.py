@@ -23,6 +23,7 @@ from coordinator.cli import (
     report,
     republish,
     requests,
+    restore,
     serve,
     services,
     status,
@@ -58,6 +59,7 @@ app.command("serve")(serve.serve)
 app.add_typer(kafka.app, name="kafka")
 app.add_typer(keys.app, name="keys")
 app.add_typer(archive.app, name="archive")
+app.command("restore")(restore.restore)
 app.add_typer(notifications.app, name="notifications")
 app.command("verify")(verify.verify)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 from pathlib import Path
 from typing import Any
 
@@ -11,35 +12,15 @@ from rich.markup import escape
 
 from coordinator.cli._app import ExitCode, emit_json, err_console, load_settings
 from coordinator.cli._policies import POLICIES_OPTION, load_policy_set
+from coordinator.clock import SystemClock
 from coordinator.crypto.keystore import KeyStoreError, open_keystore
-from coordinator.erasure.execute import typed_id
-from coordinator.policy.binding import BoundPolicy, bind_policies
-from coordinator.policy.model import Action
-from coordinator.purge.archive import ArchiveTampered, CryptoShredded, read_archived
+from coordinator.purge.archive import ArchiveTampered, CryptoShredded
+from coordinator.purge.archive_migrate import Encrypted, MigrationError, encrypt_plain_archive
+from coordinator.purge.archive_read import ArchiveNotFound, read_entity
 from coordinator.settings import Settings
 from coordinator.store.db import make_engine
 
 app = typer.Typer(help="The encrypted archive.", no_args_is_help=True)
-
-
-class _NotFound(Exception):
-    pass
-
-
-def _where(bound: BoundPolicy, entity_type: str, entity_id: str) -> Any:
-    """The archive rows of the entity: the policy's own entities by id, or a subject's."""
-    archive = bound.archive
-    assert archive is not None
-    if entity_type == bound.policy.entity_type:
-        column = archive.c[bound.id_column.name]
-    elif bound.subject is not None and entity_type == bound.subject.entity_type:
-        column = archive.c[bound.subject.column]
-    else:
-        raise _NotFound(f"policy {bound.name!r} archives no {entity_type!r} entities")
-    value = typed_id(column, entity_id)
-    if value is None:
-        raise _NotFound(f"{entity_id!r} cannot be a {entity_type} id of this archive")
-    return column == value
 
 
 async def _read(
@@ -47,27 +28,7 @@ async def _read(
 ) -> list[dict[str, Any]]:
     engine = make_engine(settings.database_url.get_secret_value(), pool_size=1)
     try:
-        async with engine.connect() as conn:
-            bound, issues = await bind_policies(conn, policies, settings, only=[policy])
-        if policy not in bound:
-            found = "; ".join(str(i) for i in issues.get(policy, [])) or "unknown policy"
-            raise _NotFound(f"policy {policy!r}: {found}")
-        chosen = bound[policy]
-        if chosen.policy.action is not Action.ARCHIVE or not chosen.archive_exists:
-            raise _NotFound(f"policy {policy!r} has no archive")
-        assert chosen.archive is not None
-        keys = open_keystore(settings, engine)
-        try:
-            async with engine.connect() as conn:
-                return await read_archived(
-                    conn,
-                    chosen.archive,
-                    keys,
-                    id_column=chosen.id_column.name,
-                    where=_where(chosen, entity_type, entity_id),
-                )
-        finally:
-            await keys.aclose()
+        return await read_entity(engine, settings, policies, policy, entity_type, entity_id)
     finally:
         await engine.dispose()
 
@@ -90,10 +51,63 @@ def read(
     policy_set = load_policy_set(policies, settings, as_json=False)
     try:
         rows = asyncio.run(_read(settings, policy_set, policy, entity_type, entity_id))
-    except (_NotFound, KeyStoreError) as exc:
+    except (ArchiveNotFound, KeyStoreError) as exc:
         err_console.print(f"[red]{escape(str(exc))}[/red]", highlight=False)
         raise typer.Exit(ExitCode.BAD_INPUT) from None
     except (CryptoShredded, ArchiveTampered) as exc:
         err_console.print(f"[red]{escape(str(exc))}[/red]", highlight=False)
         raise typer.Exit(ExitCode.ERRORS) from None
     emit_json(rows)
+
+
+@app.command("encrypt")
+def encrypt(
+    policy: str = typer.Option(..., "--policy", help="The archive policy whose plain archive."),
+    by: str = typer.Option(..., "--by", help="Who migrates (recorded with the OS user)."),
+    batch_size: int = typer.Option(1000, "--batch-size", min=1, max=50_000),
+    vacuum: bool = typer.Option(
+        True, "--vacuum/--no-vacuum", help="VACUUM FULL at the end (no old clear row versions)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
+    policies: Path | None = POLICIES_OPTION,
+) -> None:
+    """Encrypt an archive made before encryption in place, batch by batch. Safe to
+    interrupt and run again: it resumes with the rows not sealed yet."""
+    settings = load_settings()
+    policy_set = load_policy_set(policies, settings, as_json=as_json)
+    actor = f"{by} (os user {getpass.getuser()})"
+
+    async def run() -> Encrypted:
+        engine = make_engine(settings.database_url.get_secret_value(), pool_size=1)
+        try:
+            keys = open_keystore(settings, engine)
+            try:
+                return await encrypt_plain_archive(
+                    engine,
+                    keys,
+                    policy_set,
+                    policy,
+                    now=SystemClock().now(),
+                    by=actor,
+                    batch_size=batch_size,
+                    vacuum=vacuum,
+                    after_batch=lambda r: err_console.print(
+                        f"{r.table}: {r.rows} rows sealed", highlight=False
+                    ),
+                )
+            finally:
+                await keys.aclose()
+        finally:
+            await engine.dispose()
+
+    try:
+        done = asyncio.run(run())
+    except (MigrationError, KeyStoreError) as exc:
+        err_console.print(f"[red]{escape(str(exc))}[/red]", highlight=False)
+        raise typer.Exit(ExitCode.BAD_INPUT) from None
+    if as_json:
+        emit_json(done.as_dict())
+    elif done.already:
+        err_console.print(f"{done.table} is encrypted already")
+    else:
+        err_console.print(f"{done.table}: encrypted ({done.rows} rows sealed now)")

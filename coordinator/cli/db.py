@@ -75,8 +75,9 @@ def db_prune(
 
     The outbox (RETENTION_OUTBOX_RETENTION_DAYS, 30), entity ids in old evidence turned
     into HMACs (same age; needs RETENTION_SUPPRESSION_PEPPER_FILE), the ack ledger, event
-    status and audit log (RETENTION_*_RETENTION_DAYS, 6 years). Evidence of an event that
-    is not completed is never removed. `serve` runs this daily.
+    status and audit log (RETENTION_*_RETENTION_DAYS, 6 years), and the vault rows whose
+    restoration window has ended. Evidence of an event that is not completed is never
+    removed. `serve` runs this daily.
     """
     settings = load_settings()
 

@@ -14,6 +14,7 @@ import typer
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from coordinator.backups import BackupHorizon
 from coordinator.cli._app import (
     ExitCode,
     emit_json,
@@ -126,7 +127,9 @@ def report(
     async def query(conn: AsyncConnection) -> dict[str, Any]:
         document = await queries.report(conn, since=start)
         document["purge_results"] = await purge_results(conn, since=start)
-        document["erasure_requests"] = await requests_since(conn, since=start, now=now)
+        document["erasure_requests"] = await requests_since(
+            conn, since=start, now=now, backups=BackupHorizon.of(settings)
+        )
         return document
 
     document = read_database(settings, query)

@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from coordinator.backups import BackupHorizon
 from coordinator.cli._app import ExitCode, actor, emit_json, err_console, load_settings, out_console
 from coordinator.cli._policies import POLICIES_OPTION, load_policy_set
 from coordinator.clock import SystemClock
@@ -261,7 +262,9 @@ def certificate(
 
     async def work(engine: AsyncEngine) -> dict[str, Any]:
         async with engine.connect() as conn:
-            return await certificates.certificate(conn, rid, now=now)
+            return await certificates.certificate(
+                conn, rid, now=now, backups=BackupHorizon.of(settings)
+            )
 
     document = _with_engine(settings, work)
     if output_format == "html" and not as_json:

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from coordinator.backups import BackupHorizon
 from coordinator.cli._app import (
     ExitCode,
     emit_json,
@@ -172,7 +173,13 @@ def certificate(
         document = read_database(
             settings,
             lambda conn: entity_certificate(
-                conn, policy_set, entity_type, entity_id, now=SystemClock().now(), pepper=pepper
+                conn,
+                policy_set,
+                entity_type,
+                entity_id,
+                now=SystemClock().now(),
+                pepper=pepper,
+                backups=BackupHorizon.of(settings),
             ),
         )
     except HoldError as exc:

@@ -133,16 +133,30 @@ class KeyStore:
                     )
                 done += len(rows)
 
-    async def destroy(self, scope: str) -> uuid.UUID | None:
-        """Delete the scope's data key; its id, or None when there was none."""
-        async with self.engine.begin() as conn:
+    @property
+    def separate(self) -> bool:
+        """Whether the store is a database of its own (RETENTION_KEYSTORE_URL), so that
+        nothing else commits in its transactions."""
+        return self._owns_engine
+
+    async def key_id_of(self, scope: str) -> uuid.UUID | None:
+        """The id of the scope's data key (nothing unwrapped), or None."""
+        async with self.engine.connect() as conn:
             return (
-                await conn.execute(
-                    delete(data_keys)
-                    .where(data_keys.c.scope == scope)
-                    .returning(data_keys.c.key_id)
-                )
+                await conn.execute(select(data_keys.c.key_id).where(data_keys.c.scope == scope))
             ).scalar_one_or_none()
+
+    async def destroy(self, scope: str, *, conn: AsyncConnection | None = None) -> uuid.UUID | None:
+        """Delete the scope's data key; its id, or None when there was none. With `conn`
+        (a transaction on this store's database, when it is not separate) the deletion
+        commits with whatever else that transaction writes."""
+        statement = (
+            delete(data_keys).where(data_keys.c.scope == scope).returning(data_keys.c.key_id)
+        )
+        if conn is not None:
+            return (await conn.execute(statement)).scalar_one_or_none()
+        async with self.engine.begin() as own:
+            return (await own.execute(statement)).scalar_one_or_none()
 
 
 def open_keystore(settings: Settings, data_engine: AsyncEngine) -> KeyStore:
@@ -150,7 +164,8 @@ def open_keystore(settings: Settings, data_engine: AsyncEngine) -> KeyStore:
     (docs/operations.md: then backups of the data also hold the keys)."""
     if settings.kek_file is None:
         raise KeyStoreError(
-            "archive policies need RETENTION_KEK_FILE (retention keys generate --kek --out DIR)"
+            "archive and restore_window policies need RETENTION_KEK_FILE "
+            "(retention keys generate --kek --out DIR)"
         )
     try:
         provider = LocalKeyProvider.from_file(settings.kek_file)

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import and_, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from coordinator.backups import BackupHorizon
 from coordinator.erasure.requests import get_request, request_from_row, request_parts
 from coordinator.outbox.lookup import EVENTS, event_counts
 from coordinator.store.tables import (
@@ -112,10 +113,15 @@ async def detail(conn: AsyncConnection, request_id: uuid.UUID, *, now: datetime)
 
 
 async def requests_since(
-    conn: AsyncConnection, *, since: datetime, now: datetime
+    conn: AsyncConnection,
+    *,
+    since: datetime,
+    now: datetime,
+    backups: BackupHorizon | None = None,
 ) -> list[dict[str, Any]]:
-    """For the report: requests received since `since`, each with due, completed and,
-    per expected service, how many of its events it acknowledged."""
+    """For the report: requests received since `since`, each with due, completed, when
+    our backups holding the subject's data expire and, per expected service, how many
+    of its events it acknowledged."""
     r, e = erasure_requests.c, expected_acks.c
     found = [
         request_from_row(row)
@@ -166,10 +172,40 @@ async def requests_since(
                     "holds",
                 )
             },
+            "backups_expire_by": _iso((backups or _NO_BACKUPS).backups_expire_by(q.local_done_at)),
             "services": services[q.id],
         }
         for q in found
     ]
+
+
+_UNSET = "unknown: the backup retention is not set"
+_NO_BACKUPS = BackupHorizon(None, None, separate_keystore=False)
+
+
+def _backups(
+    request_done: datetime | None, parts: list[dict[str, Any]], backups: BackupHorizon
+) -> dict[str, Any]:
+    """What the certificate says about copies in backups (SPEC §12)."""
+    shredded = [
+        {
+            "policy": p["policy"],
+            "key_id": p["shredded_key_id"],
+            "no_backup_decrypts_after": _iso(
+                backups.undecryptable_after(
+                    datetime.fromisoformat(p["done_at"]) if p["done_at"] else None
+                )
+            ),
+        }
+        for p in parts
+        if p["shredded_key_id"] is not None and p["archived_copies_shredded"]
+    ]
+    return {
+        **backups.settings_view(),
+        "backups_expire_by": _iso(backups.backups_expire_by(request_done)),
+        "statement": backups.statement(request_done),
+        "crypto_shredded_keys": shredded,
+    }
 
 
 async def _audit_range(conn: AsyncConnection, request_id: uuid.UUID) -> dict[str, Any] | None:
@@ -191,11 +227,17 @@ async def _audit_range(conn: AsyncConnection, request_id: uuid.UUID) -> dict[str
 
 
 async def certificate(
-    conn: AsyncConnection, request_id: uuid.UUID, *, now: datetime
+    conn: AsyncConnection,
+    request_id: uuid.UUID,
+    *,
+    now: datetime,
+    backups: BackupHorizon | None = None,
 ) -> dict[str, Any]:
     """The request's certificate: subject, regulation, dates, per policy rows and action
-    (or exemption), per service acknowledgements, the holds that applied, audit rows."""
+    (or exemption), per service acknowledgements, the holds that applied, audit rows,
+    and when our backups stop holding (or decrypting) the subject's data."""
     document = await detail(conn, request_id, now=now)
+    done = document["local_done_at"]
     held = document["holds"]
     reasons = {}
     if held:
@@ -245,6 +287,11 @@ async def certificate(
         ],
         "services": document["services"],
         "holds": [{"id": h, "reason": reasons.get(h, "")} for h in held],
+        "backups": _backups(
+            datetime.fromisoformat(done) if done else None,
+            document["policies"],
+            backups or _NO_BACKUPS,
+        ),
         "audit": await _audit_range(conn, request_id),
     }
 
@@ -265,6 +312,7 @@ def render_html(document: dict[str, Any]) -> str:
         ("Due", document["due_at"]),
         ("Extended", document["extension_reason"] if document["extended"] else "no"),
         ("Completed", document["completed_at"] or "not yet"),
+        ("Backups", document["backups"]["statement"]),
         ("Request id", document["request_id"]),
         ("Generated", document["generated_at"]),
     ]
@@ -301,6 +349,11 @@ def render_html(document: dict[str, Any]) -> str:
         f"<tr><td>{_cell(h['id'])}</td><td>{_cell(h['reason'])}</td></tr>"
         for h in document["holds"]
     )
+    shredded_rows = "".join(
+        f"<tr><td>{_cell(k['policy'])}</td><td>{_cell(k['key_id'])}</td>"
+        f"<td>{_cell(k['no_backup_decrypts_after'] or _UNSET)}</td></tr>"
+        for k in document["backups"]["crypto_shredded_keys"]
+    )
     audit = document["audit"]
     audit_text = (
         f"audit rows {audit['first']['seq']}–{audit['last']['seq']} "
@@ -324,6 +377,9 @@ th, td {{ border: 1px solid #999; padding: 0.3em 0.6em; text-align: left; }}
 <h2>Downstream services</h2>
 <table><tr><th>service</th><th>events</th><th>acknowledged</th><th>pending</th><th>held</th>
 <th>failed</th><th>last acknowledgement</th><th>signing key ids</th></tr>{service_rows}</table>
+<h2>Crypto-shredded copies</h2>
+<table><tr><th>policy</th><th>destroyed data key</th><th>no backup decrypts after</th></tr>
+{shredded_rows}</table>
 <h2>Holds that applied</h2>
 <table><tr><th>hold</th><th>reason</th></tr>{hold_rows}</table>
 <p>{_cell(audit_text)}</p>

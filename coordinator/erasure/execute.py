@@ -56,7 +56,7 @@ from coordinator.policy.binding import BoundPolicy, bind_policies
 from coordinator.policy.model import Action, OnErasure, PolicySet
 from coordinator.purge.archive import KEY_ID, key_scope
 from coordinator.purge.batch import EventOrigin, ensure_archive_table, purge_batch
-from coordinator.purge.holds import active_hold_exists, lock_for_purge
+from coordinator.purge.holds import active_hold_exists, event_held, lock_for_purge
 from coordinator.purge.planner import held_clause, time_base
 from coordinator.settings import Settings
 from coordinator.store.tables import (
@@ -66,6 +66,7 @@ from coordinator.store.tables import (
     legal_holds,
     outbox_batches,
     runs,
+    vault,
 )
 from coordinator.suppression.entries import Suppression, record_erased
 from schemas import EventReason
@@ -235,28 +236,102 @@ async def _shred_archived_copies(
     if held_rows:
         return Shredding(rows, held_rows, key_ids[0] if key_ids else None, destroyed=False)
     scope = key_scope(bound.name, subject.entity_type, value)
+    key_id = await _destroy_key(
+        engine, keys, scope, key_ids[0] if key_ids else None, request, bound, rows, now
+    )
+    return Shredding(rows, 0, key_id, destroyed=key_id is not None)
+
+
+async def _destroy_key(
+    engine: AsyncEngine,
+    keys: KeyStore,
+    scope: str,
+    known: uuid.UUID | None,
+    request: ErasureRequest,
+    bound: BoundPolicy,
+    rows: int,
+    now: datetime,
+) -> uuid.UUID | None:
+    """Destroy the scope's data key and audit it; the key's id (`known` when an earlier
+    execution destroyed it already), or None when the scope never had one.
+
+    The audit never trails the destruction. When the key store is the data's database,
+    the deletion and its `data_key.destroyed` entry are one transaction. A separate key
+    store cannot share a transaction with the audit log, so the intent
+    (`data_key.destroying`) commits first, then the deletion, then `data_key.destroyed`:
+    a crash in between leaves the key usable or gone, never in between, and an intent
+    without its outcome that a repeat of the request completes (docs/operations.md).
+    """
+
+    def entry(action: AuditAction, key_id: uuid.UUID, gone: bool) -> AuditEntry:
+        return AuditEntry(
+            action,
+            "coordinator",
+            {
+                "key_id": key_id,
+                "scope": scope,
+                "request_id": request.id,
+                "policy": bound.name,
+                "archived_rows": rows,
+                "already_gone": gone,
+            },
+        )
+
+    if not keys.separate:
+        async with engine.begin() as conn:
+            destroyed = await keys.destroy(scope, conn=conn)
+            key_id = destroyed or known
+            if key_id is not None:
+                await append(
+                    conn, [entry(AuditAction.DATA_KEY_DESTROYED, key_id, destroyed is None)], at=now
+                )
+        return key_id
+    present = await keys.key_id_of(scope)
+    if present is not None:
+        async with engine.begin() as conn:
+            await append(conn, [entry(AuditAction.DATA_KEY_DESTROYING, present, False)], at=now)
     destroyed = await keys.destroy(scope)
-    key_id = destroyed or (key_ids[0] if key_ids else None)
+    key_id = destroyed or known or present
     if key_id is not None:
         async with engine.begin() as conn:
             await append(
-                conn,
-                [
-                    AuditEntry(
-                        AuditAction.DATA_KEY_DESTROYED,
-                        "coordinator",
-                        {
-                            "key_id": key_id,
-                            "scope": scope,
-                            "request_id": request.id,
-                            "policy": bound.name,
-                            "archived_rows": rows,
-                            "already_gone": destroyed is None,
-                        },
-                    )
-                ],
-                at=now,
+                conn, [entry(AuditAction.DATA_KEY_DESTROYED, key_id, destroyed is None)], at=now
             )
+    return key_id
+
+
+async def _shred_vault_copies(
+    engine: AsyncEngine,
+    keys: KeyStore,
+    bound: BoundPolicy,
+    request: ErasureRequest,
+    now: datetime,
+) -> Shredding:
+    """Crypto-shred the subject's copies in the restoration vault (SPEC §12): the same
+    rule as for archived copies, a held copy keeps the key."""
+    subject = bound.subject
+    assert subject is not None
+    value = typed_id(bound.subject_column, request.subject_id)
+    if value is None:
+        return Shredding(0, 0, None, destroyed=False)
+    scope = key_scope(bound.name, subject.entity_type, value)
+    held = event_held(vault.c.entity_type, vault.c.entity_id, vault.c.subject, now)
+    async with engine.connect() as conn:
+        counts = (
+            await conn.execute(
+                select(
+                    func.count(),
+                    func.count().filter(held),
+                    func.array_agg(func.distinct(vault.c.key_id)),
+                ).where(vault.c.scope == scope)
+            )
+        ).one()
+    rows, held_rows, key_ids = int(counts[0]), int(counts[1]), list(counts[2] or ())
+    if held_rows:
+        return Shredding(rows, held_rows, key_ids[0] if key_ids else None, destroyed=False)
+    key_id = await _destroy_key(
+        engine, keys, scope, key_ids[0] if key_ids else None, request, bound, rows, now
+    )
     return Shredding(rows, 0, key_id, destroyed=key_id is not None)
 
 
@@ -336,6 +411,28 @@ async def _act_on(
                     )
                 else:
                     part.detail = "archive policy: no archived copies of the subject"
+            elif bound.policy.restore_window is not None:
+                assert keys is not None
+                shredded = await _shred_vault_copies(engine, keys, bound, request, now)
+                part.shredded_key_id = shredded.key_id
+                if shredded.held:
+                    archive_held = shredded.held
+                    part.detail = (
+                        f"restore_window policy: {shredded.held} copies of the subject in the "
+                        "restoration vault are held, so the subject's data key is kept"
+                    )
+                elif shredded.destroyed:
+                    part.archived_copies_shredded = shredded.rows
+                    part.detail = (
+                        f"restore_window policy: all {shredded.rows} copies of the subject in "
+                        f"the restoration vault are crypto-shredded (data key {shredded.key_id} "
+                        "destroyed); this request's own deletions were never vaulted"
+                    )
+                else:
+                    part.detail = (
+                        "restore_window policy: this request's deletions are not vaulted, and "
+                        "no earlier copies of the subject were"
+                    )
         finally:
             await lock.execute(select(func.pg_advisory_unlock(key)))
     async with engine.connect() as conn:
@@ -521,7 +618,11 @@ async def _execute(
                 legal_basis=winner.policy.legal_basis,
             )
             try:
-                if winner.policy.action is Action.ARCHIVE and keys is None:
+                needs_keys = (
+                    winner.policy.action is Action.ARCHIVE
+                    or winner.policy.restore_window is not None
+                )
+                if needs_keys and keys is None:
                     keys = open_keystore(settings, engine)
                 await _act_on(engine, winner, request, run_id, now, part, keys)
             except KeyStoreError as exc:

@@ -49,6 +49,7 @@ from coordinator.evidence.pseudonyms import Pepper
 from coordinator.outbox.lookup import tracked_up_to
 from coordinator.outbox.prune import Pruned, prune_outbox
 from coordinator.store.tables import ack_ledger, audit_log, event_status, outbox_batches
+from coordinator.vault.prune import prune_vault
 from schemas.signing import Signer
 
 __all__ = [
@@ -411,4 +412,6 @@ async def prune_own_data(
         await prune_ack_ledger(engine, now=now, keep=retention.ack_ledger, dry_run=dry_run),
         await prune_event_status(engine, now=now, keep=retention.event_status, dry_run=dry_run),
         await prune_audit(engine, now=now, keep=retention.audit, dry_run=dry_run, signer=signer),
+        # Rows a policy's restoration window kept (docs/restore.md), once it has ended.
+        await prune_vault(engine, now=now, dry_run=dry_run),
     ]

@@ -145,8 +145,14 @@ def _bind_one(
             if SEALED not in archive.c:
                 issue(
                     "action",
-                    f"archive table {name!r} is a plain (unencrypted) archive; encrypting "
-                    "existing plain archives is not available yet",
+                    f"archive table {name!r} is a plain (unencrypted) archive: encrypt it in "
+                    f"place with `retention archive encrypt --policy {policy.name}`",
+                )
+            elif archive.c[SEALED].nullable:
+                issue(
+                    "action",
+                    f"archive table {name!r} is being encrypted in place: finish with "
+                    f"`retention archive encrypt --policy {policy.name}` (it resumes)",
                 )
             elif missing := [c for c in [*clear, ARCHIVED_AT, KEY_ID] if c not in archive.c]:
                 issue("action", f"archive table {name!r} lacks column(s) {', '.join(missing)}")

@@ -176,6 +176,11 @@ class Policy(BaseModel):
         max_length=MAX_TEXT_CHARS,
         description="Why the rows stay despite a request; required with exempt.",
     )
+    restore_window: Duration | None = Field(
+        default=None,
+        description="Keep the rows this delete policy removes sealed in the vault this "
+        "long, for `retention restore` (SPEC §12).",
+    )
 
     @field_validator("anonymize", mode="before")
     @classmethod
@@ -215,6 +220,11 @@ class Policy(BaseModel):
         if self.action is not Action.ANONYMIZE and self.anonymize:
             raise ValueError(
                 f"`anonymize:` is only allowed with action anonymize, not {self.action}"
+            )
+        if self.restore_window is not None and self.action is not Action.DELETE:
+            raise ValueError(
+                f"restore_window is for action delete: {self.action} keeps the row "
+                "(anonymize) or its sealed copy (archive) already"
             )
         if self.id_column in self.anonymize:
             raise ValueError(f"the id column {self.id_column!r} cannot be anonymized")

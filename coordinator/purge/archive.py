@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
@@ -20,7 +20,7 @@ from sqlalchemy import Column, DateTime, LargeBinary, MetaData, Row, Table, Uuid
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.crypto.envelope import SealError, open_sealed, seal
-from coordinator.crypto.keystore import KeyStore
+from coordinator.crypto.keystore import DataKey, KeyStore
 
 __all__ = [
     "ARCHIVED_AT",
@@ -31,13 +31,16 @@ __all__ = [
     "archive_definition",
     "clear_columns",
     "key_scope",
+    "owner",
     "read_archived",
+    "seal_row",
     "store_sealed",
 ]
 
 ARCHIVED_AT = "archived_at"
 KEY_ID = "archive_key_id"
 SEALED = "archive_sealed"
+_OWN_COLUMNS = frozenset({ARCHIVED_AT, KEY_ID, SEALED})
 
 
 class CryptoShredded(Exception):
@@ -86,6 +89,38 @@ def _associated(archive: Table, row_id: Any, key_id: uuid.UUID) -> bytes:
     return f"{archive.name}\x00{row_id}\x00{key_id}".encode()
 
 
+def seal_row(
+    data_key: DataKey,
+    archive: Table,
+    mapping: Mapping[Any, Any],
+    *,
+    id_column: str,
+    clear: Sequence[str],
+) -> bytes:
+    """Seal a row's columns other than `clear` (and the archive's own) as one value."""
+    rest = {
+        name: _plain(v)
+        for name, v in mapping.items()
+        if name not in clear and name not in _OWN_COLUMNS
+    }
+    plaintext = json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()
+    return seal(data_key.key, plaintext, _associated(archive, mapping[id_column], data_key.key_id))
+
+
+def owner(
+    mapping: Mapping[Any, Any],
+    *,
+    entity_type: str,
+    id_column: str,
+    subject: tuple[str, str] | None,
+) -> tuple[str, Any]:
+    """Whose data key seals a row: its subject's (type, id) when it names one (`subject`:
+    the subject's type and column), else its own entity's."""
+    if subject is not None and mapping[subject[1]] is not None:
+        return subject[0], mapping[subject[1]]
+    return entity_type, mapping[id_column]
+
+
 async def store_sealed(
     conn: AsyncConnection,
     archive: Table,
@@ -106,18 +141,12 @@ async def store_sealed(
     for row, scope in zip(rows, scopes, strict=True):
         mapping = row._mapping
         data_key = data_keys[scope]
-        rest = {name: _plain(v) for name, v in mapping.items() if name not in clear}
-        plaintext = json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()
         values.append(
             {
                 **{name: mapping[name] for name in clear},
                 ARCHIVED_AT: now,
                 KEY_ID: data_key.key_id,
-                SEALED: seal(
-                    data_key.key,
-                    plaintext,
-                    _associated(archive, mapping[id_column], data_key.key_id),
-                ),
+                SEALED: seal_row(data_key, archive, mapping, id_column=id_column, clear=clear),
             }
         )
     if values:

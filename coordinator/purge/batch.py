@@ -38,10 +38,11 @@ from coordinator.outbox.write import EventBatch, enqueue
 from coordinator.policy import anonymizers
 from coordinator.policy.binding import BoundPolicy
 from coordinator.policy.model import Action, Policy
-from coordinator.purge.archive import key_scope, store_sealed
+from coordinator.purge.archive import key_scope, owner, store_sealed
 from coordinator.purge.holds import lock_for_purge
 from coordinator.purge.planner import Batch, batch_window, next_batch
 from coordinator.store.tables import anonymized
+from coordinator.vault.seal import DOC, VaultRow, row_document, store_in_vault
 from schemas import EventReason
 
 __all__ = ["BatchResult", "EventOrigin", "PurgeBatch", "ensure_archive_table", "purge_batch"]
@@ -90,14 +91,24 @@ async def ensure_archive_table(conn: AsyncConnection, bound: BoundPolicy) -> Non
         await conn.run_sync(lambda sync: bound.archive.create(sync, checkfirst=True))  # type: ignore[union-attr]
 
 
-def _acted(bound: BoundPolicy, which: ColumnElement[bool], now: datetime) -> tuple[Any, list[Any]]:
+def _vaults(bound: BoundPolicy, origin: EventOrigin) -> bool:
+    """Whether the batch copies what it deletes into the vault: a `restore_window`
+    policy's runs do; an erasure request's deletions are never to be restored."""
+    return bound.policy.restore_window is not None and origin.reason is EventReason.RETENTION_POLICY
+
+
+def _acted(
+    bound: BoundPolicy, which: ColumnElement[bool], now: datetime, *, vaulted: bool = False
+) -> tuple[Any, list[Any]]:
     """The action on the rows `which` selects as a data-modifying CTE returning the ids
-    it touched, plus its helpers."""
+    it touched (`vaulted`: and each whole row as JSON), plus its helpers."""
     table, action = bound.table, bound.policy.action
-    returned = [bound.id_column]
+    returned: list[Any] = [bound.id_column]
     if bound.subject_column is not None and bound.subject_column is not bound.id_column:
         returned.append(bound.subject_column)
     if action is Action.DELETE:
+        if vaulted:
+            returned.append(row_document(table))
         return delete(table).where(which).returning(*returned).cte("acted"), []
     if action is Action.ANONYMIZE:
         context = anonymizers.StrategyContext(id_column=bound.id_column, hash_key=bound.hash_key)
@@ -184,6 +195,7 @@ def _with_ledger(
     now: datetime,
     *,
     relabel: bool = False,
+    vaulted: bool = False,
 ) -> tuple[Any, list[Any]]:
     """Action, archive copy and ledger rows as CTEs of one statement.
 
@@ -192,23 +204,28 @@ def _with_ledger(
     statement returns (`_acted_entities`).
     """
     policy = bound.policy
-    acted, helpers = _acted(bound, which, now)
+    acted, helpers = _acted(bound, which, now, vaulted=vaulted)
     entity = cast(acted.c[bound.id_column.name], Text)
     if policy.action is Action.ANONYMIZE:
         helpers.append(_ledger(policy, entity, run_id, now, relabel=relabel).cte("ledger"))
     return acted, helpers
 
 
-def _scopes(bound: BoundPolicy, rows: Sequence[Any]) -> list[str]:
-    """Whose data key seals each archived row: its subject's, else its entity's."""
-    policy, id_name = bound.policy, bound.id_column.name
-    if bound.subject is None or bound.subject_column is None:
-        return [key_scope(policy.name, policy.entity_type, row._mapping[id_name]) for row in rows]
-    subject_name, subject_type = bound.subject_column.name, bound.subject.entity_type
+def _owners(bound: BoundPolicy, rows: Sequence[Any]) -> list[tuple[str, Any]]:
+    """Whose data key seals each archived or vaulted row: its subject's (type, id),
+    else its entity's."""
+    subject = (
+        (bound.subject.entity_type, bound.subject_column.name)
+        if bound.subject is not None and bound.subject_column is not None
+        else None
+    )
     return [
-        key_scope(policy.name, subject_type, row._mapping[subject_name])
-        if row._mapping[subject_name] is not None
-        else key_scope(policy.name, policy.entity_type, row._mapping[id_name])
+        owner(
+            row._mapping,
+            entity_type=bound.policy.entity_type,
+            id_column=bound.id_column.name,
+            subject=subject,
+        )
         for row in rows
     ]
 
@@ -225,7 +242,7 @@ class _Acted:
 async def _archived_entities(
     conn: AsyncConnection, bound: BoundPolicy, rows: Sequence[Any]
 ) -> tuple[list[str], list[str | None] | None]:
-    """Entity ids and subjects of archived rows, cast to text by PostgreSQL as the other
+    """Entity ids and subjects of archived or vaulted rows, cast to text by PostgreSQL as the other
     actions' are (one round trip)."""
     id_name = bound.id_column.name
     ids = [row._mapping[id_name] for row in rows]
@@ -255,6 +272,32 @@ async def _archived_entities(
     return entities, subjects
 
 
+def _scopes(bound: BoundPolicy, rows: Sequence[Any]) -> list[str]:
+    return [key_scope(bound.policy.name, t, i) for t, i in _owners(bound, rows)]
+
+
+def _vault_rows(bound: BoundPolicy, rows: Sequence[Any]) -> list[VaultRow]:
+    id_name = bound.id_column.name
+    subject_type = bound.subject.entity_type if bound.subject is not None else None
+    subject_name = bound.subject_column.name if bound.subject_column is not None else None
+
+    def subject(row: Any) -> str | None:
+        if subject_type is None or subject_name is None:
+            return None
+        value = row._mapping[subject_name]
+        return None if value is None else f"{subject_type}:{value}"
+
+    return [
+        VaultRow(
+            entity_id=str(row._mapping[id_name]),
+            subject=subject(row),
+            scope=key_scope(bound.policy.name, *owner),
+            document=row._mapping[DOC],
+        )
+        for row, owner in zip(rows, _owners(bound, rows), strict=True)
+    ]
+
+
 async def _act(
     conn: AsyncConnection,
     bound: BoundPolicy,
@@ -262,11 +305,21 @@ async def _act(
     run_id: uuid.UUID,
     now: datetime,
     keys: KeyStore | None,
+    origin: EventOrigin,
 ) -> _Acted:
     """Act on ids selected and locked before: one statement, one round trip (archive:
     plus the sealed rows' insert, one key-store round trip and one for the ids' text)."""
     ids = batch.ids
-    acted, helpers = _with_ledger(bound, _in_batch(bound, ids), run_id, now, relabel=batch.relabel)
+    acted, helpers = _with_ledger(
+        bound,
+        _in_batch(bound, ids),
+        run_id,
+        now,
+        relabel=batch.relabel,
+        vaulted=_vaults(bound, origin),
+    )
+    entities: list[str] = []
+    subjects: list[str | None] | None = None
     if bound.policy.action is Action.ARCHIVE:
         if keys is None or bound.archive is None:
             raise RuntimeError("an archive batch needs the key store")
@@ -282,8 +335,26 @@ async def _act(
             now=now,
         )
         touched = len(rows)
-        entities: list[str] = []
-        subjects: list[str | None] | None = None
+        if bound.policy.fan_out:
+            entities, subjects = await _archived_entities(conn, bound, rows)
+    elif _vaults(bound, origin):
+        window = bound.policy.restore_window
+        if keys is None or window is None:
+            raise RuntimeError("a restore_window batch needs the key store")
+        rows = (await conn.execute(select(acted).add_cte(*helpers))).all()
+        await store_in_vault(
+            conn,
+            _vault_rows(bound, rows),
+            policy=bound.policy.name,
+            table=bound.table.name,
+            id_column=bound.id_column.name,
+            entity_type=bound.policy.entity_type,
+            run_id=run_id,
+            keys=keys,
+            now=now,
+            expires_at=now + window,
+        )
+        touched = len(rows)
         if bound.policy.fan_out:
             entities, subjects = await _archived_entities(conn, bound, rows)
     else:
@@ -340,10 +411,13 @@ async def _select_and_act(
     return Batch(touched, row.last), _Acted(touched, list(row.entities or ()), row.subjects)
 
 
-def _one_pass(bound: BoundPolicy) -> bool:
+def _one_pass(bound: BoundPolicy, origin: EventOrigin) -> bool:
     # A hook must see the ids before the purge; anonymize reads its ledger after the
-    # row locks (coordinator.purge.planner.next_batch); archive seals rows in Python.
-    return bound.hook is None and bound.policy.action is Action.DELETE
+    # row locks (coordinator.purge.planner.next_batch); archive and vault seal rows in
+    # Python.
+    return (
+        bound.hook is None and bound.policy.action is Action.DELETE and not _vaults(bound, origin)
+    )
 
 
 async def purge_batch(
@@ -376,7 +450,7 @@ async def purge_batch(
     policy = bound.policy
     await lock_for_purge(conn)  # before the select: see coordinator.purge.holds
     acted = _Acted((), (), None)
-    if _one_pass(bound):
+    if _one_pass(bound, origin):
         batch, acted = await _select_and_act(
             conn, bound, run_id=run_id, cutoff=cutoff, now=now, after=after, scope=scope
         )
@@ -393,7 +467,7 @@ async def purge_batch(
         if batch.ids:
             if bound.hook is not None:
                 await bound.hook(conn, PurgeBatch(policy, run_id, batch.ids))
-            acted = await _act(conn, bound, batch, run_id, now, keys)
+            acted = await _act(conn, bound, batch, run_id, now, keys, origin)
     ids = batch.ids
     if not ids:
         return BatchResult(ids, 0, batch.last_scanned, batch.contiguous)

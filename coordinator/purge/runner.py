@@ -353,7 +353,7 @@ class Runner:
             async with self.engine.begin() as conn:
                 await ensure_archive_table(conn, bound)
         keys: KeyStore | None = None
-        if policy.action is Action.ARCHIVE:
+        if policy.action is Action.ARCHIVE or policy.restore_window is not None:
             try:
                 keys = open_keystore(self.settings, self.engine)
             except KeyStoreError as exc:

@@ -47,6 +47,7 @@ __all__ = [
     "runs",
     "scheduler_fires",
     "service_registry",
+    "vault",
     "verifications",
     "verify_answers",
     "verify_marks",
@@ -653,5 +654,32 @@ erased_entities = Table(
         "erased_at",
         postgresql_where=text("published_at IS NULL"),
     ),
+)
+
+
+# The restoration window (SPEC §12): rows a `restore_window` policy deleted, sealed under
+# the same per-subject data keys as the archive (column `scope` names the key), until
+# `expires_at`; `retention db prune` drops them after. Only what finds a row is clear.
+vault = Table(
+    "retention_vault",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("run_id", Uuid, nullable=False),
+    Column("policy", Text, nullable=False),
+    Column("table_name", Text, nullable=False),
+    Column("id_column", Text, nullable=False),
+    Column("entity_type", Text, nullable=False),
+    Column("entity_id", Text, nullable=False),
+    Column("subject", Text),
+    Column("scope", Text, nullable=False),
+    Column("key_id", Uuid, nullable=False),
+    Column("sealed", LargeBinary, nullable=False),
+    _ts("deleted_at", nullable=False),
+    _ts("expires_at", nullable=False),
+    _ts("restored_at"),
+    Column("restored_by", Text),
+    # restore walks one run's rows in id order; erasure requests find a key's rows.
+    Index(None, "run_id", "id"),
+    Index(None, "scope"),
     Index(None, "expires_at"),
 )

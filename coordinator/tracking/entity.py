@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from coordinator.backups import BackupHorizon
 from coordinator.evidence.pseudonyms import Pepper
 from coordinator.policy.model import PolicySet
 from coordinator.purge.holds import entity_types
@@ -64,6 +65,7 @@ async def entity_certificate(
     *,
     now: datetime,
     pepper: Pepper | None = None,
+    backups: BackupHorizon | None = None,
 ) -> dict[str, Any] | None:
     """`queries.certificate` of one entity, its id normalised as in `entity_events`; of
     the first stored form with events when a type's tables differ in id type.
@@ -72,7 +74,7 @@ async def entity_certificate(
         HoldError: a known type, and an id that no table of it can hold.
     """
     for form in await _stored_forms(conn, policy_set, entity_type, entity_id):
-        found = await certificate(conn, entity_type, form, now=now, pepper=pepper)
+        found = await certificate(conn, entity_type, form, now=now, pepper=pepper, backups=backups)
         if found is not None:
             return found
     return None

@@ -27,6 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from coordinator.backups import BackupHorizon
 from coordinator.evidence.pseudonyms import Pepper
 from coordinator.outbox.lookup import EVENTS, by_entity, by_event_ids, events
 from coordinator.store.tables import (
@@ -328,9 +329,11 @@ async def certificate(
     *,
     now: datetime,
     pepper: Pepper | None = None,
+    backups: BackupHorizon | None = None,
 ) -> dict[str, Any] | None:
-    """A deletion certificate: what was done to one entity, where, when, and the audit rows
-    (sequence number and chain hash) that record each step. None for an unknown entity."""
+    """A deletion certificate: what was done to one entity, where, when, the audit rows
+    (sequence number and chain hash) that record each step, and when our backups holding
+    it expire. None for an unknown entity."""
     events = await entity_status(conn, entity_type, entity_id, now=now, pepper=pepper)
     local = await local_purges(conn, entity_type, entity_id)
     if not events and not local:
@@ -404,6 +407,7 @@ async def certificate(
             {k: v[k] for k in ("event_id", "trigger", "requested_at", "outcome", "services")}
             for v in verified
         ],
+        "backups": _backups(events, backups),
         "audit_chain": {
             "head": _ref(head.seq, head.hash) if head is not None else None,
             "how_to_verify": "retention audit verify: every row up to the head must chain",
@@ -472,6 +476,20 @@ async def local_purges(
         }
         for row in rows
     ]
+
+
+def _backups(events: list[dict[str, Any]], backups: BackupHorizon | None) -> dict[str, Any]:
+    """Backups of our database keep the entity's rows until the last backup taken before
+    its last purge expires (SPEC §12)."""
+    horizon = backups or BackupHorizon(None, None, separate_keystore=False)
+    purged = [datetime.fromisoformat(e["purged_at"]) for e in events if e["purged_at"]]
+    last = max(purged) if purged else None
+    expires = horizon.backups_expire_by(last)
+    return {
+        **horizon.settings_view(),
+        "backups_expire_by": expires.isoformat() if expires else None,
+        "statement": horizon.statement(last),
+    }
 
 
 def _ref(seq: int | None, digest: str | None) -> dict[str, Any] | None:

@@ -13,6 +13,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.api import ApiContext, RunInProgress
+from coordinator.settings import Settings
 from coordinator.store.tables import (
     audit_log,
     legal_hold_entities,
@@ -234,3 +235,19 @@ async def test_holds_on_unknown_entity_types_are_422_naming_the_known_types(
     known = sorted({p.entity_type for p in SEED_POLICIES.policies} | SEED_POLICIES.subject_types)
     assert "user" in known
     assert f"known types: {', '.join(known)}" in response.json()["detail"]
+
+
+async def test_policies_state_when_backups_holding_deleted_rows_expire(
+    ctx: ApiContext, tokens: dict[Scope, str]
+) -> None:
+    async with make_client(ctx, tokens[Scope.READ]) as client:
+        unset = (await client.get("/v1/policies")).json()
+    assert {(p["backup_retention"], p["backups_expire_by"]) for p in unset} == {(None, None)}
+    with_backups = dataclasses.replace(ctx, settings=Settings(backup_retention="35d"))
+    before = datetime.now(UTC)
+    async with make_client(with_backups, tokens[Scope.READ]) as client:
+        policies = (await client.get("/v1/policies")).json()
+    for policy in policies:
+        assert policy["backup_retention"] == "35d"
+        expires = datetime.fromisoformat(policy["backups_expire_by"])
+        assert before + timedelta(days=35) <= expires <= datetime.now(UTC) + timedelta(days=35)

@@ -5,6 +5,7 @@ request, and a backup taken before the request useless once the key store lost t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import re
@@ -15,9 +16,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from coordinator.api import ApiContext
+from coordinator.api.health import KafkaHealth
 from coordinator.clock import SystemClock
 from coordinator.crypto.keystore import open_keystore
 from coordinator.crypto.provider import LocalKeyProvider, write_kek
@@ -25,14 +29,19 @@ from coordinator.erasure.due import Regulation
 from coordinator.erasure.requests import request_parts
 from coordinator.erasure.service import Erasure
 from coordinator.metrics import Metrics
+from coordinator.policy.binding import bind_policies
 from coordinator.policy.model import parse_policies
+from coordinator.purge.archive_migrate import Encrypted, encrypt_plain_archive
 from coordinator.purge.holds import create_hold, entity_types
 from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
 from coordinator.store.db import make_engine
 from coordinator.store.migrate import upgrade
 from coordinator.store.tables import audit_log, data_keys
+from coordinator.tokens import Scope, TokenStore, add_token, new_token
+from schemas import KafkaSettings
 from tests import infra
+from tests.api.conftest import auth, make_client
 
 POLICIES = """\
 policies:
@@ -262,3 +271,164 @@ async def test_kek_rotation_rewraps_keys_and_leaves_the_data(env: Env, tmp_path:
     code, out, err = await _archive_read(env, env.url, "user:7")
     assert code == 0, err
     assert [r["body"] for r in json.loads(out)] == [SECRET.format(n=1), SECRET.format(n=2)]
+
+
+async def test_archive_read_over_http_needs_admin_and_says_gone_once_shredded(
+    env: Env, tmp_path: Path
+) -> None:
+    policy_set = parse_policies(POLICIES, "notes.yaml")
+    assert (await Runner(env.engine, policy_set, env.settings).run(None)).ok
+    tokens_file = tmp_path / "tokens.yaml"
+    made = {}
+    for scope in (Scope.READ, Scope.ADMIN):
+        created = new_token(f"{scope.value}-bot", scope)
+        add_token(tokens_file, created.entry)
+        made[scope] = created.token
+    ctx = ApiContext(
+        engine=env.engine,
+        kafka_health=KafkaHealth(KafkaSettings()),
+        registry=CollectorRegistry(),
+        clock=SystemClock(),
+        tokens=TokenStore(tokens_file),
+        policy_set=policy_set,
+        global_schedule="0 3 * * *",
+        settings=env.settings,
+    )
+    path = "/v1/policies/notes/archive/user/7"
+    async with make_client(ctx, made[Scope.ADMIN]) as client:
+        assert (await client.get(path, headers=auth(made[Scope.READ]))).status_code == 403
+        read = await client.get(path)
+        assert read.status_code == 200, read.text
+        assert [(r["id"], r["body"]) for r in read.json()] == [
+            (1, SECRET.format(n=1)),
+            (2, SECRET.format(n=2)),
+        ]
+        assert (await client.get("/v1/policies/notes/archive/order/7")).status_code == 404
+        assert (await client.get("/v1/policies/nope/archive/user/7")).status_code == 404
+
+        erasure = Erasure(env.engine, policy_set, env.settings, SystemClock(), Metrics())
+        await erasure.create(
+            subject="user:7",
+            regulation=Regulation.GDPR,
+            received_at=datetime.now(UTC),
+            reference="case-7",
+            by="dpo@example.com",
+        )
+        gone = await client.get(path)
+        assert gone.status_code == 410
+        assert "crypto-shredded" in gone.json()["detail"]
+        assert "s3cret" not in gone.text
+        # Without settings (no key store), the route says so instead of failing.
+        async with make_client(dataclasses.replace(ctx, settings=None), made[Scope.ADMIN]) as unset:
+            assert (await unset.get(path)).status_code == 503
+
+
+PLAIN = "plain-secret-{n}"
+
+
+class _Interrupted(Exception):
+    pass
+
+
+async def test_a_plain_archive_is_encrypted_in_place_and_resumes(env: Env) -> None:
+    policy_set = parse_policies(POLICIES, "notes.yaml")
+    old = datetime.now(UTC) - timedelta(days=400)
+    async with env.engine.begin() as conn:
+        # The layout archives had before encryption: every column in clear, plus archived_at.
+        await conn.execute(
+            text(
+                "CREATE TABLE ae_notes_archive (id bigint, author_id bigint, body text NOT NULL, "
+                "written_at timestamptz, archived_at timestamptz NOT NULL)"
+            )
+        )
+        for n, author in ((11, 7), (12, 7), (13, 8), (14, 9), (15, 9)):
+            await conn.execute(
+                text("INSERT INTO ae_notes_archive VALUES (:n, :a, :b, :ts, :ts)"),
+                {"n": n, "a": author, "b": PLAIN.format(n=n), "ts": old},
+            )
+        _, issues = await bind_policies(conn, policy_set, env.settings)
+    assert "retention archive encrypt --policy notes" in str(issues["notes"][0])
+
+    def stop_after_first(progress: Encrypted) -> None:
+        raise _Interrupted
+
+    keys = open_keystore(env.settings, env.engine)
+    try:
+        with pytest.raises(_Interrupted):
+            await encrypt_plain_archive(
+                env.engine,
+                keys,
+                policy_set,
+                "notes",
+                now=datetime.now(UTC),
+                by="ops",
+                batch_size=2,
+                after_batch=stop_after_first,
+            )
+    finally:
+        await keys.aclose()
+    async with env.engine.connect() as conn:
+        sealed = (
+            await conn.execute(
+                text("SELECT count(*) FROM ae_notes_archive WHERE archive_sealed IS NOT NULL")
+            )
+        ).scalar()
+        clear_left = (
+            await conn.execute(text("SELECT count(*) FROM ae_notes_archive WHERE body IS NOT NULL"))
+        ).scalar()
+        _, issues = await bind_policies(conn, policy_set, env.settings)
+    assert (sealed, clear_left) == (2, 3)  # the first batch committed, whole
+    assert "being encrypted in place" in str(issues["notes"][0])
+
+    retention = str(Path(sys.executable).parent / "retention")
+    proc = await asyncio.create_subprocess_exec(
+        *(retention, "archive", "encrypt", "--policy", "notes", "--by", "ops"),
+        *("--batch-size", "2", "--json"),
+        env={
+            **os.environ,
+            "RETENTION_DATABASE_URL": env.url,
+            "RETENTION_KEYSTORE_URL": env.keystore_url,
+            "RETENTION_KEK_FILE": str(env.kek),
+            "RETENTION_POLICIES": str(env.policies),
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert json.loads(out) == {
+        "table": "ae_notes_archive",
+        "rows": 3,
+        "batches": 2,
+        "finished": True,
+        "already_encrypted": False,
+    }
+
+    dump = await _tool("pg_dump", "--data-only", _libpq(env.url))
+    assert b"plain-secret" not in dump
+    code, out_text, err_text = await _archive_read(env, env.url, "user:9")
+    assert code == 0, err_text
+    assert [(r["id"], r["body"]) for r in json.loads(out_text)] == [
+        (14, PLAIN.format(n=14)),
+        (15, PLAIN.format(n=15)),
+    ]
+
+    # The migrated archive is an archive like any: runs add to it, requests shred it.
+    assert (await Runner(env.engine, policy_set, env.settings).run(None)).ok
+    code, out_text, err_text = await _archive_read(env, env.url, "user:7")
+    assert code == 0, err_text
+    assert [r["id"] for r in json.loads(out_text)] == [1, 2, 11, 12]
+    erasure = Erasure(env.engine, policy_set, env.settings, SystemClock(), Metrics())
+    request, _ = await erasure.create(
+        subject="user:9",
+        regulation=Regulation.GDPR,
+        received_at=datetime.now(UTC),
+        reference="case-9",
+        by="dpo@example.com",
+    )
+    async with env.engine.connect() as conn:
+        (part,) = await request_parts(conn, request.id)
+    assert part["archived_copies_shredded"] == 2
+    code, _, err_text = await _archive_read(env, env.url, "user:9")
+    assert code == 1
+    assert "crypto-shredded" in err_text

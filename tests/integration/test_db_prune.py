@@ -146,7 +146,9 @@ async def test_prune_removes_only_completed_events_past_retention(coordinator_db
         check=True,
         timeout=60,
     )
-    report = json.loads(done.stdout)[0]
+    reports = json.loads(done.stdout)
+    report, vaulted = reports[0], reports[-1]
+    assert vaulted["table"] == "retention_vault"
     assert (report["table"], report["rows"], report["dry_run"]) == (
         "retention_outbox_batches",
         len(ids["completed recently"]),

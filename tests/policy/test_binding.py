@@ -85,7 +85,8 @@ async def test_every_database_problem_is_named(engine: AsyncEngine) -> None:
     ]
     assert messages["bad_archive"] == [
         "line 32: policy 'bad_archive': archive table 'people_archive' is a plain "
-        "(unencrypted) archive; encrypting existing plain archives is not available yet"
+        "(unencrypted) archive: encrypt it in place with "
+        "`retention archive encrypt --policy bad_archive`"
     ]
 
 

@@ -91,7 +91,13 @@ async def _certificate(
     try:
         # The id normalised as a hold's is: `order/042` shows order 42.
         found = await entity_certificate(
-            conn, ctx.policy_set, entity_type, entity_id, now=ctx.clock.now(), pepper=ctx.pepper
+            conn,
+            ctx.policy_set,
+            entity_type,
+            entity_id,
+            now=ctx.clock.now(),
+            pepper=ctx.pepper,
+            backups=ctx.backups,
         )
     except HoldError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
