@@ -9,7 +9,7 @@ from typing import Self
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from coordinator.evidence.prune import Retention
+from coordinator.evidence.retention import Retention
 from coordinator.policy.durations import parse_duration
 from coordinator.purge.scheduler import validate_cron
 from schemas import DEFAULT_DATABASE_URL, KafkaSettings

@@ -20,7 +20,6 @@ below the oldest open event's start (tests/integration/test_own_retention.py).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -46,6 +45,7 @@ from coordinator.audit import AuditAction, AuditEntry
 from coordinator.evidence.checkpoints import Checkpoint, record_checkpoint
 from coordinator.evidence.partitions import is_partitioned, months
 from coordinator.evidence.pseudonyms import Pepper
+from coordinator.evidence.retention import Retention
 from coordinator.outbox.lookup import tracked_up_to
 from coordinator.outbox.prune import Pruned, prune_outbox
 from coordinator.store.tables import ack_ledger, audit_log, event_status, outbox_batches
@@ -63,16 +63,6 @@ __all__ = [
 ]
 
 ACTOR = "coordinator"
-
-
-@dataclass(frozen=True, slots=True)
-class Retention:
-    """How long each of the coordinator's own tables keeps its rows."""
-
-    outbox: timedelta
-    ack_ledger: timedelta
-    event_status: timedelta
-    audit: timedelta
 
 
 async def _record(
