@@ -39,12 +39,12 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from coordinator.outbox.event_json import EventWriter
 
 from bench.relay_throughput import events_of
 from coordinator.kafka import admin
 from coordinator.kafka.admin import ensure_topics
 from coordinator.kafka.producer import KafkaEventProducer, OutgoingRecord
-from coordinator.outbox.event_json import EventWriter
 from coordinator.settings import RelaySettings
 from schemas import KafkaSettings, Topics
 from schemas.signing import SignatureSettings

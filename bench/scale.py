@@ -6,22 +6,26 @@ On a fresh database:
 
 1. `track.empty`: publish `SCALE_BATCH` new events and time tracking them, on an empty
    database (the floor);
-2. seed `SCALE_ROWS` tracked events synthetically with COPY: their outbox rows, their
-   status (completed 7 years ago), one expected ack and one ack ledger row per declared
-   service (3), plus `SCALE_ROWS` audit rows in a month 7 years back;
+2. seed `SCALE_ROWS` tracked events synthetically with COPY: their outbox batches
+   (5,000 events each, a policy's default batch size) with the relay's watermark and the
+   tracker's cursor past them, their status (completed 7 years ago), one expected ack and
+   one ack ledger row per declared service (3), plus `SCALE_ROWS` audit rows in a month
+   7 years back;
 3. `track`: publish another `SCALE_BATCH` events and time tracking them with the history
    present; ours / limit is the throughput with the history against the floor (goal ≥
    1/1.2: tracking may cost at most 1.2× per event);
 4. `prune.*`: the coordinator's own pruning of that history (coordinator/evidence/prune.py):
-   the audit months (dropped partitions), the ack ledger, the outbox rows and the event
-   status with its expected acks (deleted in windows; these tables are not partitioned).
+   the audit months (dropped partitions), the ack ledger, the outbox batches and the
+   event status with its expected acks (deleted in windows; these tables are not
+   partitioned).
 
 Events are published and tracked only through the public functions (the test helper
 `insert_published` that writes outbox rows as a purge does, and
 `Tracker.track_published`), so the timed part runs any version of the tracker; the COPY
 seeding writes the current outbox layout. Writes one JSON file in the fixed schema of
-bench/results.py to bench/results/scale/ (plus `bytes_per_row`: on-disk bytes per row of
-each history table, expected acks per service) and prints it; progress on stderr.
+bench/results.py to bench/results/scale/ (plus `bytes_per_row`: on-disk bytes per event
+of each history table, per event and service for expected acks and ledger) and prints it;
+progress on stderr.
 """
 
 from __future__ import annotations
@@ -36,21 +40,26 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import func, insert, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from bench.__main__ import commit, env_int, machine, postgres_version
 from bench.results import RESULTS, SCHEMA, phase
 from coordinator.clock import FrozenClock
 from coordinator.evidence.partitions import Month, ensure_months
 from coordinator.evidence.prune import prune_ack_ledger, prune_audit, prune_event_status
+from coordinator.outbox.events import event_id
+from coordinator.outbox.lookup import TRACKED, published_up_to, tracked_up_to
 from coordinator.outbox.prune import prune_outbox
 from coordinator.store.migrate import upgrade
+from coordinator.store.tables import outbox_batches, outbox_cursors, outbox_marks
 from schemas import KafkaSettings
 from tests import infra, keys
 from tests.integration.tracking_support import insert_published, make_tracker
 
 SERVICES = ("billing", "search_index", "notifications")
 CHUNK = 100_000
+PURGE_BATCH = 5_000
 YEAR = timedelta(days=365)
 
 
@@ -66,31 +75,54 @@ async def _copy(
         await raw.driver_connection.copy_records_to_table(table, records=rows, columns=columns)
 
 
-def _outbox_rows(ids: list[uuid.UUID], at: datetime) -> Iterator[tuple[Any, ...]]:
-    for n, event_id in enumerate(ids):
-        yield (
-            event_id,
-            "inactive_users",
-            "delete",
-            "user",
-            f"s{n}",
-            "GDPR Art. 5(1)(e)",
-            "[]",
-            at,
-            at + timedelta(days=30),
-            at,
-            at,
+def _base(at: datetime) -> uuid.UUID:
+    """A batch's id base as `enqueue` makes one: a UUIDv7 of `at` with its last 32 bits 0."""
+    ms = int(at.timestamp() * 1000).to_bytes(6, "big")
+    rand = bytearray(os.urandom(6))
+    rand[0] = 0x70 | (rand[0] & 0x0F)
+    rand[2] = 0x80 | (rand[2] & 0x3F)
+    return event_id(uuid.UUID(bytes=ms + bytes(rand) + bytes(4)), 0)
+
+
+def _batches(
+    first_seq: int, first_entity: int, count: int, at: datetime
+) -> tuple[list[tuple[Any, ...]], list[uuid.UUID]]:
+    """Outbox batch rows of `PURGE_BATCH` events (the policy default) for `count` events
+    numbered from `first_entity`, and the event ids they hold, in order."""
+    rows: list[tuple[Any, ...]] = []
+    ids: list[uuid.UUID] = []
+    for k, start in enumerate(range(0, count, PURGE_BATCH)):
+        size = min(PURGE_BATCH, count - start)
+        base = _base(at)
+        ids.extend(event_id(base, 1 + n) for n in range(size))
+        rows.append(
+            (
+                first_seq + k,
+                base,
+                1,
+                size,
+                "inactive_users",
+                "delete",
+                "user",
+                "GDPR Art. 5(1)(e)",
+                "[]",
+                at,
+                at + timedelta(days=30),
+                [f"s{first_entity + start + n}" for n in range(size)],
+                at,
+            )
         )
+    return rows, ids
 
 
-def _status_rows(ids: list[uuid.UUID], at: datetime) -> Iterator[tuple[Any, ...]]:
-    for n, event_id in enumerate(ids):
+def _status_rows(ids: list[uuid.UUID], at: datetime, first: int) -> Iterator[tuple[Any, ...]]:
+    for n, event in enumerate(ids):
         yield (
-            event_id,
+            event,
             "inactive_users",
             "delete",
             "user",
-            f"s{n}",
+            f"s{first + n}",
             at,
             at,
             at + timedelta(days=30),
@@ -103,14 +135,14 @@ def _status_rows(ids: list[uuid.UUID], at: datetime) -> Iterator[tuple[Any, ...]
 
 
 def _ack_rows(ids: list[uuid.UUID], at: datetime) -> Iterator[tuple[Any, ...]]:
-    for event_id in ids:
+    for event in ids:
         for service in SERVICES:
-            yield (event_id, service, "completed", 1, 1, at, at, 1)
+            yield (event, service, "completed", 1, 1, at, at, 1)
 
 
 def _ledger_rows(ids: list[uuid.UUID], at: datetime, first: int) -> Iterator[tuple[Any, ...]]:
-    offset = first
-    for n, event_id in enumerate(ids):
+    offset = first * len(SERVICES)
+    for n, event in enumerate(ids):
         for service in SERVICES:
             offset += 1
             yield (
@@ -118,10 +150,10 @@ def _ledger_rows(ids: list[uuid.UUID], at: datetime, first: int) -> Iterator[tup
                 0,
                 offset,
                 at,
-                event_id,
+                event,
                 service,
                 "user",
-                f"s{n}",
+                f"s{first + n}",
                 "completed",
                 1,
                 1,
@@ -136,31 +168,40 @@ def _audit_rows(first: int, count: int, at: datetime) -> Iterator[tuple[Any, ...
 
 
 async def seed(engine: Any, rows: int, at: datetime) -> None:
-    """`rows` completed events (outbox, status, expected acks) and `rows` audit rows, by COPY."""
+    """`rows` completed events (outbox batches, status, expected acks) and `rows` audit
+    rows, by COPY; the relay's watermark and the tracker's cursor past their batches, as
+    if both had followed them."""
     async with engine.begin() as conn:
         await ensure_months(conn, [Month.of(at)])
+        seq = max(await published_up_to(conn), await tracked_up_to(conn))
+        seq = max(seq, int(await conn.scalar(select(func.max(outbox_batches.c.seq))) or 0))
     done = 0
     while done < rows:
         n = min(CHUNK, rows - done)
-        ids = [uuid.uuid4() for _ in range(n)]
+        batches, ids = _batches(seq + 1, done, n, at)
+        seq += len(batches)
         await _copy(
             engine,
-            "retention_outbox",
+            outbox_batches.name,
             [
-                "event_id",
+                "seq",
+                "id_base",
+                "id_first",
+                "events",
                 "policy",
                 "event_type",
                 "entity_type",
-                "entity_id",
                 "legal_basis",
                 "fields",
                 "initiated_at",
                 "deadline",
+                "entity_ids",
                 "created_at",
-                "published_at",
             ],
-            _outbox_rows(ids, at),
+            iter(batches),
         )
+        async with engine.begin() as conn:
+            await conn.execute(insert(outbox_marks).values(up_to=seq, published_at=at, events=n))
         await _copy(
             engine,
             "retention_event_status",
@@ -179,7 +220,7 @@ async def seed(engine: Any, rows: int, at: datetime) -> None:
                 "tracked_at",
                 "updated_at",
             ],
-            _status_rows(ids, at),
+            _status_rows(ids, at, done),
         )
         await _copy(
             engine,
@@ -214,7 +255,7 @@ async def seed(engine: Any, rows: int, at: datetime) -> None:
                 "acknowledged_at",
                 "accepted",
             ],
-            _ledger_rows(ids, at, done * len(SERVICES)),
+            _ledger_rows(ids, at, done),
         )
         await _copy(
             engine,
@@ -224,6 +265,9 @@ async def seed(engine: Any, rows: int, at: datetime) -> None:
         )
         done += n
         say(f"seeded {done:,} of {rows:,}")
+    async with engine.begin() as conn:
+        cursor = pg_insert(outbox_cursors).values(name=TRACKED, seq=seq)
+        await conn.execute(cursor.on_conflict_do_update(index_elements=["name"], set_={"seq": seq}))
     async with engine.connect() as conn:
         await conn.execute(text("ANALYZE"))
         await conn.commit()
@@ -248,7 +292,7 @@ async def bytes_per_row(engine: Any, rows: int) -> dict[str, float]:
     sizes: dict[str, float] = {}
     async with engine.connect() as conn:
         for table, per_event in (
-            ("retention_outbox", 1),
+            (outbox_batches.name, 1),
             ("retention_event_status", 1),
             ("retention_expected_acks", len(SERVICES)),
             ("retention_ack_ledger", len(SERVICES)),

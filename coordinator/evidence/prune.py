@@ -53,7 +53,6 @@ from coordinator.vault.prune import prune_vault
 from schemas.signing import Signer
 
 __all__ = [
-    "Retention",
     "oldest_open_evidence",
     "prune_ack_ledger",
     "prune_audit",

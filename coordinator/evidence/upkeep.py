@@ -23,8 +23,9 @@ from coordinator.clock import Clock
 from coordinator.evidence.checkpoints import take_head
 from coordinator.evidence.heads import publish_checkpoints
 from coordinator.evidence.partitions import ahead, ensure_months, is_partitioned
-from coordinator.evidence.prune import Retention, prune_own_data
+from coordinator.evidence.prune import prune_own_data
 from coordinator.evidence.pseudonyms import Pepper
+from coordinator.evidence.retention import Retention
 from schemas import KafkaSettings
 from schemas.signing import Signer
 

@@ -25,7 +25,7 @@ async def test_a_small_scale_run_tracks_both_batches_and_prunes_the_history(
     assert got["phases"]["scale.prune.outbox"]["rows"] == 3000
     assert got["phases"]["scale.prune.event_status"]["rows"] == 3000
     assert set(got["bytes_per_row"]) == {
-        "retention_outbox",
+        "retention_outbox_batches",
         "retention_event_status",
         "retention_expected_acks",
         "retention_ack_ledger",

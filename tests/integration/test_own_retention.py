@@ -7,16 +7,18 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator import audit
 from coordinator.clock import FrozenClock
 from coordinator.evidence.checkpoints import verify_chain
 from coordinator.evidence.heads import newest_published_head
-from coordinator.evidence.prune import Retention, prune_own_data
+from coordinator.evidence.prune import prune_own_data
 from coordinator.evidence.pseudonyms import Pepper
+from coordinator.evidence.retention import Retention
 from coordinator.evidence.upkeep import Upkeep
+from coordinator.outbox.lookup import EVENTS, TRACKED, by_event_ids
 from coordinator.store.db import make_engine
 from coordinator.store.tables import (
     ack_ledger,
@@ -24,12 +26,14 @@ from coordinator.store.tables import (
     audit_log,
     event_status,
     expected_acks,
-    outbox,
+    outbox_batches,
+    outbox_cursors,
 )
 from coordinator.tracking import queries
 from schemas import KafkaSettings
 from schemas.signing import Verifier
 from tests import keys
+from tests.outbox import clear_outbox, insert_rows
 
 NOW = datetime.now(UTC)
 YEAR = timedelta(days=365)
@@ -45,46 +49,66 @@ KINDS: dict[str, tuple[str | None, datetime, datetime | None]] = {
     "completed 40 days ago": ("completed", NOW - 41 * timedelta(days=1), NOW - timedelta(days=40)),
     "completed yesterday": ("completed", NOW - timedelta(days=2), NOW - timedelta(days=1)),
     "pending for 7 years": ("pending", NOW - 7 * YEAR, None),
+    "completed 7 years ago, batched with a pending one": (
+        "completed",
+        NOW - 7 * YEAR,
+        NOW - 7 * YEAR,
+    ),
     "overdue for 7 years": ("overdue", NOW - 7 * YEAR, None),
     "failed for 7 years": ("failed", NOW - 7 * YEAR, None),
     "published 7 years ago, never tracked": (None, NOW - 7 * YEAR, None),
 }
+# An outbox row is a purge batch and goes only as a whole: these two kinds share one.
+SAME_BATCH = ("pending for 7 years", "completed 7 years ago, batched with a pending one")
+UNTRACKED = "published 7 years ago, never tracked"
 
 
 async def _world(engine: AsyncEngine) -> dict[str, uuid.UUID]:
-    ids = {kind: uuid.uuid4() for kind in KINDS}
+    """One published outbox batch per kind (but `SAME_BATCH`), the untracked one last
+    and alone past the tracker's cursor; status, expected ack and ledger row per tracked
+    event; audit rows of several ages."""
     async with engine.begin() as conn:
-        for table in (
-            ack_ledger,
-            expected_acks,
-            event_status,
-            outbox,
-            audit_log,
-            audit_checkpoints,
-        ):
+        for table in (ack_ledger, expected_acks, event_status, audit_checkpoints):
             await conn.execute(delete(table))
+    await clear_outbox(engine)
+    shared_run = uuid.uuid4()
+    rows: list[dict[str, Any]] = [
+        {
+            "run_id": shared_run if kind in SAME_BATCH else uuid.uuid4(),
+            "policy": "p",
+            "event_type": "delete",
+            "entity_type": "user",
+            "entity_id": kind,
+            "legal_basis": "b",
+            "initiated_at": initiated,
+            "deadline": initiated + timedelta(days=30),
+            "published_at": initiated,
+        }
+        for kind, (_, initiated, _) in KINDS.items()
+    ]
+    await insert_rows(engine, rows)
+    ids = {row["entity_id"]: row["event_id"] for row in rows}
+    async with engine.begin() as conn:
+        # Written when its events began, as a purge would have (the audit horizon reads it).
+        await conn.execute(update(outbox_batches).values(created_at=outbox_batches.c.initiated_at))
+        untracked = (
+            await conn.execute(select(EVENTS.c.seq).where(by_event_ids([ids[UNTRACKED]])))
+        ).scalar_one()
+        await conn.execute(insert(outbox_cursors).values(name=TRACKED, seq=untracked - 1))
         offset = 0
         for kind, (state, initiated, completed_at) in KINDS.items():
             event_id = ids[kind]
-            common: dict[str, Any] = {
-                "event_id": event_id,
-                "policy": "p",
-                "event_type": "delete",
-                "entity_type": "user",
-                "entity_id": kind,
-                "initiated_at": initiated,
-                "deadline": initiated + timedelta(days=30),
-            }
-            await conn.execute(
-                insert(outbox).values(
-                    **common, legal_basis="b", created_at=initiated, published_at=initiated
-                )
-            )
             if state is None:
                 continue
             await conn.execute(
                 insert(event_status).values(
-                    **common,
+                    event_id=event_id,
+                    policy="p",
+                    event_type="delete",
+                    entity_type="user",
+                    entity_id=kind,
+                    initiated_at=initiated,
+                    deadline=initiated + timedelta(days=30),
                     published_at=initiated,
                     state=state,
                     expected=1,
@@ -131,12 +155,18 @@ async def _world(engine: AsyncEngine) -> dict[str, uuid.UUID]:
 async def _present(
     engine: AsyncEngine, ids: dict[str, uuid.UUID]
 ) -> dict[str, tuple[int, int, int, int]]:
-    """kind → (outbox rows, status rows, expected acks, ledger rows)."""
+    """kind → (outbox events, status rows, expected acks, ledger rows)."""
     found = {}
     async with engine.connect() as conn:
         for kind, event_id in ids.items():
-            counts = []
-            for table in (outbox, event_status, expected_acks, ack_ledger):
+            counts = [
+                (
+                    await conn.execute(
+                        select(func.count()).select_from(EVENTS).where(by_event_ids([event_id]))
+                    )
+                ).scalar_one()
+            ]
+            for table in (event_status, expected_acks, ack_ledger):
                 counts.append(
                     (
                         await conn.execute(
@@ -146,7 +176,7 @@ async def _present(
                         )
                     ).scalar_one()
                 )
-            found[kind] = tuple(counts)
+            found[kind] = (counts[0], counts[1], counts[2], counts[3])
     return found
 
 
@@ -162,11 +192,12 @@ async def test_pruning_never_removes_evidence_of_an_event_not_completed(
         )
         assert await _present(engine, ids) == before
         assert {p.table: p.rows for p in dry} == {
-            "retention_outbox": 2,
-            "retention_event_status.entity_id": 2,
-            "retention_ack_ledger": 1,
-            "retention_event_status": 1,
+            "retention_outbox_batches": 2,
+            "retention_event_status.entity_id": 3,
+            "retention_ack_ledger": 2,
+            "retention_event_status": 2,
             "audit_log": 2,
+            "retention_vault": 0,
         }
 
         done = await prune_own_data(
@@ -177,8 +208,10 @@ async def test_pruning_never_removes_evidence_of_an_event_not_completed(
         # Every open event keeps everything it had, however old.
         for kind in ("pending for 7 years", "overdue for 7 years", "failed for 7 years"):
             assert after[kind] == before[kind] == (1, 1, 1, 1), kind
-        assert after["published 7 years ago, never tracked"] == (1, 0, 0, 0)
-        # Completed events lose their outbox row after 30 days, the rest after 6 years.
+        assert after[UNTRACKED] == (1, 0, 0, 0)
+        # Completed events lose their outbox row after 30 days, the rest after 6 years;
+        # the outbox row stays while another event of its batch is open.
+        assert after["completed 7 years ago, batched with a pending one"] == (1, 0, 0, 0)
         assert after["completed 7 years ago"] == (0, 0, 0, 0)
         assert after["completed 40 days ago"] == (0, 1, 1, 1)
         assert after["completed yesterday"] == (1, 1, 1, 1)
