@@ -1,5 +1,8 @@
-"""How long the coordinator keeps its own data (SPEC §13), apart from the pruning itself:
-the settings build it without importing what pruning reads (outbox, holds, Kafka)."""
+"""How long each of the coordinator's own tables keeps its rows (SPEC §13).
+
+Apart from the pruning code so that the settings can name it without importing what
+pruning needs (the outbox, the holds, the vault).
+"""
 
 from __future__ import annotations
 
