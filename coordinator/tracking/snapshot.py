@@ -231,7 +231,10 @@ def _untracked(
         # Verify events ask, they don't delete: coordinator/verification/ follows them.
         .where(o.event_type != EventType.VERIFY.value)
         .where(~exists().where(event_status.c.event_id == o.event_id))
-        .subquery("src")
+        # A CTE, computed once: the expected-ack insert joins it again for `reason` on the
+        # computed event id, which as a subquery was re-expanded per new status row
+        # (a nested loop: quadratic in the events of a pass).
+        .cte("src")
     )
 
 
