@@ -274,6 +274,9 @@ def test_a_bad_uuid_is_named_by_its_field_not_quoted() -> None:
     assert caught.value.reason == "invalid RetentionAck: event_id: uuid parsing"
 
 
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.__name__)
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
 def test_valid_records_take_msgspecs_path_and_equal_pydantics(
     model: type[WireModel], data: st.DataObject
 ) -> None:

@@ -28,7 +28,7 @@ from consumer_sdk.idempotency import InMemoryIdempotencyStore
 from consumer_sdk.metrics import ConsumerMetrics
 from coordinator.clock import SystemClock
 from coordinator.metrics import Metrics
-from coordinator.outbox.relay import OutboxRelay, PublishFailed
+from coordinator.outbox.relay import BatchResult, OutboxRelay, PublishFailed
 from coordinator.purge.scheduler import Schedule, Scheduler
 from coordinator.settings import RelaySettings, TrackerSettings
 from coordinator.store import db
@@ -189,7 +189,7 @@ async def test_relay_declares_its_backoff_settings(waits: list[float]) -> None:
     relay = _relay(backoff_initial_s=0.3, backoff_max_s=1.0)
     assert relay.retry_policy == RetryPolicy(initial_s=0.3, max_s=1.0, jitter_s=0.3)
     outages = [BROKER_DOWN, DISCONNECT, PublishFailed("x"), KafkaTimeoutError(), BROKER_DOWN]
-    relay._round = failing(outages, (None, None))  # type: ignore[method-assign]
+    relay.publish_batch = failing(outages, BatchResult())  # type: ignore[method-assign]
     relay.backlog = failing([], 0)  # type: ignore[method-assign]
     stop = asyncio.Event()
     task = asyncio.create_task(relay.run_forever(stop))
@@ -205,7 +205,7 @@ async def test_relay_drain_waits_out_kafka_but_reports_the_database(waits: list[
     relay = _relay()
     refused = InternalError("connect", {}, Exception("database is not accepting connections"))
     outages = [BROKER_DOWN, UnsupportedVersionError(), DISCONNECT, refused]
-    relay._round = failing(outages, (None, None))  # type: ignore[method-assign]
+    relay.publish_batch = failing(outages, BatchResult())  # type: ignore[method-assign]
     relay.backlog = failing([], 0)  # type: ignore[method-assign]
     with pytest.raises(InternalError):
         await relay.drain(timeout_s=5)
@@ -216,7 +216,7 @@ async def test_relay_drain_waits_out_kafka_but_reports_the_database(waits: list[
 async def test_relay_serving_rides_out_database_errors_but_not_bugs(waits: list[float]) -> None:
     relay = _relay()
     refused = InternalError("connect", {}, Exception("database is not accepting connections"))
-    relay._round = failing([refused, ValueError("a bug")], (None, None))  # type: ignore[method-assign]
+    relay.publish_batch = failing([refused, ValueError("a bug")], BatchResult())  # type: ignore[method-assign]
     relay.backlog = failing([], 0)  # type: ignore[method-assign]
     with pytest.raises(ValueError, match="a bug"):
         await relay.run_forever(asyncio.Event())
@@ -228,7 +228,7 @@ async def test_relay_serving_rides_out_every_transient_error(waits: list[float])
     # An outage seen through a wrapper: transient by its cause, as `is_transient` reads it.
     wrapped = RuntimeError("claim failed")
     wrapped.__cause__ = DISCONNECT
-    relay._round = failing([wrapped, ValueError("a bug")], (None, None))  # type: ignore[method-assign]
+    relay.publish_batch = failing([wrapped, ValueError("a bug")], BatchResult())  # type: ignore[method-assign]
     relay.backlog = failing([], 0)  # type: ignore[method-assign]
     with pytest.raises(ValueError, match="a bug"):
         await relay.run_forever(asyncio.Event())
