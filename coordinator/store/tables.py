@@ -654,6 +654,7 @@ erased_entities = Table(
         "erased_at",
         postgresql_where=text("published_at IS NULL"),
     ),
+    Index(None, "expires_at"),
 )
 
 

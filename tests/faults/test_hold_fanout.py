@@ -113,7 +113,7 @@ async def hold_fanout_scenario(
         holds_mid_fan_out=1, entities_held_mid_fan_out=len(chosen), held_acks=len(chosen)
     )
     result = await check_invariants(
-        stack, world, scenario="13-hold-mid-fan-out", seed=seed, faults=faults
+        stack, world, scenario="14-hold-mid-fan-out", seed=seed, faults=faults
     )
     result.assert_ok()
     assert result.events == world.expected_events

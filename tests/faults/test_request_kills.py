@@ -133,7 +133,7 @@ async def request_kill_scenario(
     assert statuses == Counter(completed=len(subjects)), statuses
     assert subject_events == len(subjects)
     result = await check_invariants(
-        stack, world, scenario="14-request-during-sigkill", seed=seed, faults=kills
+        stack, world, scenario="15-request-during-sigkill", seed=seed, faults=kills
     )
     result.assert_ok()
     assert result.events == world.expected_events
