@@ -126,7 +126,8 @@ _COLUMNS = {
     "session_logs": "g, 'user-' || (g % 97), '10.0.' || (g % 256) || '.' || (g % 251)",
     "analytics_events": "g, 'user-' || (g % 97), 'page_view'",
     "purchase_records": (
-        "g, 'Customer ' || g, 'customer' || g || '@shop.example', g || ' Long Road', "
+        "g, 'user-' || (g % 97), 'Customer ' || g, 'customer' || g || '@shop.example', "
+        "g || ' Long Road', "
         "'+4420' || lpad(g::text, 7, '0'), 'shipped', g % 500"
     ),
     "support_tickets": "g, 'ticket ' || g, 'closed'",
