@@ -25,12 +25,14 @@ from coordinator.tracking.snapshot import ACTOR, Deadlines, Declared, track_even
 from schemas import VERIFY_STATUSES, AckStatus, RetentionAck
 
 __all__ = [
+    "LEDGER_COLUMNS",
     "ConsumedAck",
     "LedgerOutcome",
     "RejectReason",
     "Transition",
     "apply_acks",
     "compute_transitions",
+    "ledger_row",
     "write_transitions",
 ]
 
@@ -57,7 +59,7 @@ _ACK_FIELDS = (
 
 
 _KEY = ("event_id", "service")
-_LEDGER_COLUMNS = (
+LEDGER_COLUMNS = (
     "received_at",
     "kafka_topic",
     "kafka_partition",
@@ -198,10 +200,10 @@ def _judge(
     for record in records:
         reason = _reject_reason(record, events, expected)
         if reason is None:
-            accepted_rows.append(_ledger_row(record, now, reason))
+            accepted_rows.append(ledger_row(record, now, reason))
             candidates[_where(record)] = record
         else:
-            rejected_rows.append(_ledger_row(record, now, reason))
+            rejected_rows.append(ledger_row(record, now, reason))
             outcome.rejected.append((record, reason))
     return accepted_rows, rejected_rows, candidates
 
@@ -377,7 +379,7 @@ def _reject_reason(
     return None
 
 
-def _ledger_row(record: ConsumedAck, now: datetime, reason: RejectReason | None) -> dict[str, Any]:
+def ledger_row(record: ConsumedAck, now: datetime, reason: RejectReason | None) -> dict[str, Any]:
     ack = record.ack
     return {
         "received_at": now,
@@ -406,11 +408,11 @@ async def _insert_ledger(
     if not rows:
         return set()
     c = ack_ledger.c
-    consumed = unnest("consumed", {name: c[name].type for name in _LEDGER_COLUMNS}, rows)
+    consumed = unnest("consumed", {name: c[name].type for name in LEDGER_COLUMNS}, rows)
     result = await conn.execute(
         pg_insert(ack_ledger)
         .from_select(
-            [*_LEDGER_COLUMNS, "audit_seq"],
+            [*LEDGER_COLUMNS, "audit_seq"],
             select(*consumed.c, literal(audit_seq, BigInteger())),
         )
         .on_conflict_do_nothing()

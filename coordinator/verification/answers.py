@@ -29,7 +29,7 @@ from coordinator.store.tables import (
     verify_answers,
 )
 from coordinator.tracking.columns import event_ids_param, unnest
-from coordinator.tracking.ledger import ConsumedAck, RejectReason
+from coordinator.tracking.ledger import LEDGER_COLUMNS, ConsumedAck, RejectReason, ledger_row
 from schemas import VERIFY_STATUSES, AckStatus, EventType, RetentionAck
 
 __all__ = [
@@ -99,7 +99,7 @@ async def apply_answers(
     for record in records:
         reason = _reject_reason(record, asked, answers)
         verdicts.append((record, reason))
-        rows.append(_ledger_row(record, now, reason))
+        rows.append(ledger_row(record, now, reason))
     inserted = await _insert_ledger(conn, rows, audit_seq=last_seq + 1)
     changed: dict[tuple[uuid.UUID, str], dict[str, Any]] = {}
     for record, reason in verdicts:
@@ -212,58 +212,17 @@ def _reject_reason(
     return None
 
 
-def _ledger_row(record: ConsumedAck, now: datetime, reason: RejectReason | None) -> dict[str, Any]:
-    ack = record.ack
-    assert ack is not None
-    return {
-        "received_at": now,
-        "kafka_topic": record.topic,
-        "kafka_partition": record.partition,
-        "kafka_offset": record.offset,
-        "event_id": ack.event_id,
-        "service": ack.service,
-        "entity_type": ack.entity_type,
-        "entity_id": ack.entity_id,
-        "status": ack.status.value,
-        "records_affected": ack.records_affected,
-        "attempt": ack.attempt,
-        "detail": ack.detail[:2000],
-        "acknowledged_at": ack.acknowledged_at,
-        "accepted": reason is None,
-        "reject_reason": None if reason is None else reason.value,
-    }
-
-
-_LEDGER_COLUMNS = (
-    "received_at",
-    "kafka_topic",
-    "kafka_partition",
-    "kafka_offset",
-    "event_id",
-    "service",
-    "entity_type",
-    "entity_id",
-    "status",
-    "records_affected",
-    "attempt",
-    "detail",
-    "acknowledged_at",
-    "accepted",
-    "reject_reason",
-)
-
-
 async def _insert_ledger(
     conn: AsyncConnection, rows: list[dict[str, Any]], *, audit_seq: int
 ) -> set[tuple[str, int, int]]:
     if not rows:
         return set()
     c = ack_ledger.c
-    consumed = unnest("consumed", {name: c[name].type for name in _LEDGER_COLUMNS}, rows)
+    consumed = unnest("consumed", {name: c[name].type for name in LEDGER_COLUMNS}, rows)
     result = await conn.execute(
         pg_insert(ack_ledger)
         .from_select(
-            [*_LEDGER_COLUMNS, "audit_seq"],
+            [*LEDGER_COLUMNS, "audit_seq"],
             select(*consumed.c, literal(audit_seq, BigInteger())),
         )
         .on_conflict_do_nothing()
