@@ -52,6 +52,18 @@ JAVA_OPTS = (
 STARTED = "Kafka Server started"
 
 
+def _cluster_id() -> str:
+    """A fresh KRaft cluster id that the storage tool's argument parser accepts.
+
+    One id in 64 starts with "-" in URL-safe base64, and argparse reads that as an
+    option (the cause of a flaky CI failure); Kafka's own Uuid.randomUuid redraws too.
+    """
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not text.startswith("-"):
+            return text
+
+
 class PrivateKafkaError(RuntimeError):
     """The private broker could not be set up, started or stopped; the message says why."""
 
@@ -168,7 +180,7 @@ class PrivateKafka:
             .replace("@CONTROLLER_PORT@", str(self.controller_port))
             .replace("@PORT@", str(self.port))
         )
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster_id = _cluster_id()
         done = subprocess.run(
             [
                 _java(),
