@@ -35,7 +35,7 @@ from sqlalchemy.dialects import postgresql
 
 from bench import data, e2e, kafka_tools, results
 from bench.seed_executor import execute_policy
-from coordinator.crypto.provider import write_kek
+from coordinator.copies.crypto.provider import write_kek
 from coordinator.kafka import admin
 from coordinator.kafka.admin import ensure_topics
 from coordinator.outbox import lookup

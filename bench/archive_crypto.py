@@ -21,7 +21,7 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from coordinator.crypto.provider import write_kek
+from coordinator.copies.crypto.provider import write_kek
 from coordinator.policy.model import parse_policies
 from coordinator.purge.runner import Runner
 from coordinator.settings import Settings

@@ -39,8 +39,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.api import ApiContext, create_app
 from coordinator.api.health import KafkaHealth
-from coordinator.audit import AuditEntry, append
+from coordinator.api.tokens import Scope, TokenStore, add_token, new_token
 from coordinator.clock import SystemClock
+from coordinator.evidence.audit import AuditEntry, append
 from coordinator.policy.model import load_policies
 from coordinator.store.db import make_engine
 from coordinator.store.migrate import upgrade
@@ -56,7 +57,6 @@ from coordinator.store.tables import (
     runs,
     service_registry,
 )
-from coordinator.tokens import Scope, TokenStore, add_token, new_token
 from demo.keys import ensure_keys
 from schemas import KafkaSettings
 from tests import infra

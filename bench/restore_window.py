@@ -22,14 +22,14 @@ from pathlib import Path
 from sqlalchemy import text
 
 from bench.archive_crypto import _seed
-from coordinator.crypto.keystore import open_keystore
-from coordinator.crypto.provider import write_kek
+from coordinator.copies.crypto.keystore import open_keystore
+from coordinator.copies.crypto.provider import write_kek
+from coordinator.copies.vault.restore import restore_run
 from coordinator.policy.model import parse_policies
 from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
 from coordinator.store.db import make_engine
 from coordinator.store.migrate import upgrade
-from coordinator.vault.restore import restore_run
 from tests import infra
 
 BATCH = 1000

@@ -7,7 +7,7 @@
 * the **gauges** task recomputes the database-derived gauges on a timer;
 * the **erasure** task moves erasure requests' statuses (coordinator/erasure/);
 * the **notify** task, when `RETENTION_WEBHOOKS_FILE` is set, queues and posts webhook
-  notifications (coordinator/notify/);
+  notifications (coordinator/operations/notify/);
 * the **upkeep** task (leader only), daily: signs and publishes an audit-chain head and
   prunes the coordinator's own tables past their retention (coordinator/evidence/);
 * the **HTTP API** (uvicorn, in the same loop).
@@ -42,9 +42,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from coordinator import CoordinatorError
 from coordinator.api import ApiContext, RunInProgress, create_app
 from coordinator.api.health import KafkaHealth
-from coordinator.backups import BackupHorizon
+from coordinator.api.tokens import TokenStore
 from coordinator.clock import Clock, SystemClock
 from coordinator.console.sessions import load_secret
+from coordinator.copies.backups import BackupHorizon
+from coordinator.copies.suppression.entries import Suppression, SuppressionPublisher
+from coordinator.copies.verification.request import sample_all
 from coordinator.erasure.service import Erasure
 from coordinator.evidence import evidence_signer
 from coordinator.evidence.pseudonyms import load_pepper
@@ -52,8 +55,8 @@ from coordinator.evidence.upkeep import Upkeep
 from coordinator.kafka.admin import ensure_topics
 from coordinator.kafka.clients import KafkaPublisher
 from coordinator.metrics import Metrics
-from coordinator.notify.notifier import Notifier
-from coordinator.notify.webhooks import load_webhooks
+from coordinator.operations.notify.notifier import Notifier
+from coordinator.operations.notify.webhooks import load_webhooks
 from coordinator.operations.republish import RepublishSetup
 from coordinator.outbox.relay import OutboxRelay
 from coordinator.policy.model import PolicySet
@@ -62,10 +65,7 @@ from coordinator.purge.runner import Runner, RunReport
 from coordinator.purge.scheduler import Schedule, Scheduler
 from coordinator.settings import Settings
 from coordinator.store.db import make_engine
-from coordinator.suppression.entries import Suppression, SuppressionPublisher
-from coordinator.tokens import TokenStore
 from coordinator.tracking.tracker import Tracker
-from coordinator.verification.request import sample_all
 from schemas.errors import error_text
 from schemas.signing import SignatureMode
 from schemas.suppression import PepperError

@@ -44,7 +44,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from consumer_sdk import configure_logging
-from coordinator.crypto.provider import write_kek
+from coordinator.copies.crypto.provider import write_kek
 from coordinator.outbox.lookup import event_counts
 from coordinator.settings import Settings
 from coordinator.store.db import make_engine

@@ -13,9 +13,9 @@ import argparse
 import os
 from pathlib import Path
 
+from coordinator.api.tokens import Scope, add_token, load_tokens_file, new_token
 from coordinator.cli.keys import KEK_FILE
-from coordinator.crypto.provider import write_kek
-from coordinator.tokens import Scope, add_token, load_tokens_file, new_token
+from coordinator.copies.crypto.provider import write_kek
 
 __all__ = ["DEMO_TOKENS", "create_demo_tokens", "main"]
 

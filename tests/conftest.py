@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.crypto.provider import write_kek
+from coordinator.copies.crypto.provider import write_kek
 from coordinator.kafka.admin import ensure_topics
 from coordinator.store.migrate import upgrade
 from schemas import KafkaSettings

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from prometheus_client import CollectorRegistry
 
-from coordinator.backups import BackupHorizon
+from coordinator.copies.backups import BackupHorizon
 from coordinator.policy.model import load_policies
 from coordinator.serve import Service
 from coordinator.settings import Settings

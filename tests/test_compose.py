@@ -21,10 +21,10 @@ from pydantic_settings import BaseSettings
 from typer.testing import CliRunner
 
 from consumer_sdk import ConsumerSettings
+from coordinator.api.tokens import load_tokens_file
 from coordinator.cli import app as cli_app
 from coordinator.policy.model import load_policies
 from coordinator.settings import RelaySettings, ServeSettings, Settings, TrackerSettings
-from coordinator.tokens import load_tokens_file
 from demo import keys as demo_keys
 from demo.seed import POLICIES as DEMO_POLICIES
 from demo.seed import logins, users

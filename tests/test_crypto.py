@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.crypto.envelope import SealError, new_key, open_sealed, seal
-from coordinator.crypto.provider import LocalKeyProvider, UnwrapError, write_kek
+from coordinator.copies.crypto.envelope import SealError, new_key, open_sealed, seal
+from coordinator.copies.crypto.provider import LocalKeyProvider, UnwrapError, write_kek
 
 
 def test_sealed_value_opens_only_with_its_key_and_place() -> None:

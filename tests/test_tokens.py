@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from coordinator.cli import app
-from coordinator.tokens import (
+from coordinator.api.tokens import (
     MAX_TOKENS_FILE_BYTES,
     Principal,
     Scope,
@@ -20,6 +19,7 @@ from coordinator.tokens import (
     load_tokens_file,
     new_token,
 )
+from coordinator.cli import app
 
 runner = CliRunner()
 

@@ -14,14 +14,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator import CoordinatorError
 from coordinator.api.health import KafkaHealth
-from coordinator.backups import BackupHorizon
+from coordinator.api.tokens import TokenStore
 from coordinator.clock import Clock
+from coordinator.copies.backups import BackupHorizon
 from coordinator.erasure.service import Erasure
 from coordinator.evidence.pseudonyms import Pepper
 from coordinator.operations.republish import RepublishSetup
 from coordinator.policy.model import PolicySet
 from coordinator.settings import Settings
-from coordinator.tokens import TokenStore
 from schemas.signing import SignatureMode
 
 __all__ = [

@@ -21,7 +21,7 @@ from coordinator.api import (
 from coordinator.api._context import ApiContext
 from coordinator.api.auth import ACCESS_RESPONSES, requires
 from coordinator.api.limits import BodyLimit
-from coordinator.tokens import Scope
+from coordinator.api.tokens import Scope
 
 __all__ = ["create_app"]
 

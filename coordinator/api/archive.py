@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, status
 
 from coordinator.api._context import Context
 from coordinator.api.auth import Admin
-from coordinator.crypto.keystore import KeyStoreError
+from coordinator.copies.crypto.keystore import KeyStoreError
 from coordinator.purge.archive import ArchiveTampered, CryptoShredded
 from coordinator.purge.archive_read import ArchiveNotFound, read_entity
 

@@ -21,7 +21,7 @@ from fastapi import Depends, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from coordinator.api._context import Context
-from coordinator.tokens import Principal, Scope, TokensFileError, TokenStore
+from coordinator.api.tokens import Principal, Scope, TokensFileError, TokenStore
 
 __all__ = [
     "ACCESS_RESPONSES",

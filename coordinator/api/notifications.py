@@ -1,4 +1,4 @@
-"""Webhook deliveries and where each stands (coordinator/notify/)."""
+"""Webhook deliveries and where each stands (coordinator/operations/notify/)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from coordinator.api._context import Connection
 from coordinator.api.models import NotificationView
-from coordinator.notify.delivery import list_notifications
+from coordinator.operations.notify.delivery import list_notifications
 
 __all__ = ["router"]
 

@@ -10,8 +10,8 @@ from fastapi import APIRouter, HTTPException, Query, status
 from coordinator.api._context import Connection, Context, RunInProgress
 from coordinator.api.auth import Writer
 from coordinator.api.models import RunAccepted, RunRequest, RunView
+from coordinator.api.tokens import Scope
 from coordinator.purge import run_log
-from coordinator.tokens import Scope
 
 __all__ = ["router"]
 

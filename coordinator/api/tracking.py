@@ -17,12 +17,12 @@ from coordinator.api.models import (
     ServiceEventView,
     VerificationView,
 )
+from coordinator.copies.verification import queries as verification_queries
+from coordinator.copies.verification import request
 from coordinator.purge.holds import HoldError
 from coordinator.tracking import queries
 from coordinator.tracking.entity import entity_events
 from coordinator.tracking.overdue import BadCursor, Cursor, overdue_page
-from coordinator.verification import queries as verification_queries
-from coordinator.verification import request
 
 __all__ = ["router"]
 

@@ -13,7 +13,7 @@ from rich.markup import escape
 from coordinator.cli._app import ExitCode, emit_json, err_console, load_settings
 from coordinator.cli._policies import POLICIES_OPTION, load_policy_set
 from coordinator.clock import SystemClock
-from coordinator.crypto.keystore import KeyStoreError, open_keystore
+from coordinator.copies.crypto.keystore import KeyStoreError, open_keystore
 from coordinator.purge.archive import ArchiveTampered, CryptoShredded
 from coordinator.purge.archive_migrate import Encrypted, MigrationError, encrypt_plain_archive
 from coordinator.purge.archive_read import ArchiveNotFound, read_entity

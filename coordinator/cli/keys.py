@@ -9,8 +9,8 @@ from pathlib import Path
 import typer
 
 from coordinator.cli._app import ExitCode, err_console, load_settings, out_console
-from coordinator.crypto.keystore import KeyStoreError, open_keystore
-from coordinator.crypto.provider import LocalKeyProvider, write_kek
+from coordinator.copies.crypto.keystore import KeyStoreError, open_keystore
+from coordinator.copies.crypto.provider import LocalKeyProvider, write_kek
 from coordinator.store.db import make_engine
 from schemas.signing import generate_key_files
 from schemas.suppression import write_pepper

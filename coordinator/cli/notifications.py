@@ -10,7 +10,7 @@ from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.cli._app import emit_json, load_settings, out_console, read_database
-from coordinator.notify.delivery import list_notifications
+from coordinator.operations.notify.delivery import list_notifications
 
 app = typer.Typer(help="Webhook notifications and their delivery.", no_args_is_help=True)
 

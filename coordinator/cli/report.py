@@ -14,7 +14,6 @@ import typer
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.backups import BackupHorizon
 from coordinator.cli._app import (
     ExitCode,
     emit_json,
@@ -24,6 +23,7 @@ from coordinator.cli._app import (
     read_database,
 )
 from coordinator.clock import SystemClock
+from coordinator.copies.backups import BackupHorizon
 from coordinator.erasure.certificate import requests_since
 from coordinator.purge.run_log import purge_results
 from coordinator.settings import Settings

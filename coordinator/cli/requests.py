@@ -13,10 +13,10 @@ import typer
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.backups import BackupHorizon
 from coordinator.cli._app import ExitCode, actor, emit_json, err_console, load_settings, out_console
 from coordinator.cli._policies import POLICIES_OPTION, load_policy_set
 from coordinator.clock import SystemClock
+from coordinator.copies.backups import BackupHorizon
 from coordinator.erasure import certificate as certificates
 from coordinator.erasure import requests
 from coordinator.erasure.due import Regulation

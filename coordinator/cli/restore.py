@@ -11,11 +11,11 @@ from rich.markup import escape
 
 from coordinator.cli._app import ExitCode, emit_json, err_console, load_settings, out_console
 from coordinator.clock import SystemClock
-from coordinator.crypto.keystore import KeyStoreError, open_keystore
+from coordinator.copies.crypto.keystore import KeyStoreError, open_keystore
+from coordinator.copies.vault.restore import RestoreError, RestoreReport, restore_run
 from coordinator.purge.holds import HoldError, parse_entity
 from coordinator.purge.planner import time_base
 from coordinator.store.db import make_engine
-from coordinator.vault.restore import RestoreError, RestoreReport, restore_run
 
 __all__ = ["normalised_id", "restore"]
 

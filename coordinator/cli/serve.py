@@ -11,14 +11,14 @@ from pathlib import Path
 import structlog
 import typer
 
+from coordinator.api.tokens import TokensFileError
 from coordinator.cli._app import ExitCode, err_console, load_settings
 from coordinator.cli._policies import POLICIES_OPTION, load_policy_set
 from coordinator.console.sessions import ConsoleSecretError
-from coordinator.notify.webhooks import WebhooksFileError
+from coordinator.operations.notify.webhooks import WebhooksFileError
 from coordinator.policy.model import PolicySet
 from coordinator.serve import Service, ServiceFailed
 from coordinator.settings import Settings
-from coordinator.tokens import TokensFileError
 from schemas.logs import configure_logging
 
 __all__ = ["serve"]

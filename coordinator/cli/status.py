@@ -10,7 +10,6 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.backups import BackupHorizon
 from coordinator.cli._app import (
     ExitCode,
     emit_json,
@@ -20,13 +19,14 @@ from coordinator.cli._app import (
     read_database,
 )
 from coordinator.clock import SystemClock
+from coordinator.copies.backups import BackupHorizon
+from coordinator.copies.verification.queries import entity_verifications
 from coordinator.evidence.pseudonyms import load_pepper
 from coordinator.policy.model import PolicyFileError, PolicySet, load_policies
 from coordinator.purge.holds import HoldError
 from coordinator.settings import Settings
 from coordinator.tracking import queries
 from coordinator.tracking.entity import entity_certificate, entity_events
-from coordinator.verification.queries import entity_verifications
 
 __all__ = ["certificate", "parse_entity", "status"]
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
+from coordinator.api.tokens import Scope, TokensFileError, add_token, new_token
 from coordinator.cli._app import ExitCode, emit_json, err_console, out_console
-from coordinator.tokens import Scope, TokensFileError, add_token, new_token
 
 __all__ = ["app", "create"]
 

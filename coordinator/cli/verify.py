@@ -19,8 +19,8 @@ from coordinator.cli._app import (
 from coordinator.cli._policies import POLICIES_OPTION, load_policy_set
 from coordinator.cli.status import parse_entity
 from coordinator.clock import SystemClock
+from coordinator.copies.verification import request
 from coordinator.store.db import make_engine
-from coordinator.verification import request
 
 __all__ = ["verify"]
 

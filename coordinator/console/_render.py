@@ -13,6 +13,7 @@ from fastapi.templating import Jinja2Templates
 
 from coordinator.api._context import Context
 from coordinator.api.auth import requires
+from coordinator.api.tokens import Principal, Scope
 from coordinator.console.sessions import (
     CSRF_FIELD,
     CSRF_HEADER,
@@ -22,7 +23,6 @@ from coordinator.console.sessions import (
     current_session,
     session_principal,
 )
-from coordinator.tokens import Principal, Scope
 
 __all__ = ["AdminPage", "Page", "ReadForm", "ReadPage", "WritePage", "templates"]
 

@@ -3,7 +3,7 @@
 The cookie holds the token's SHA-256 (what the tokens file holds, never the token), an
 expiry and a random session id, signed with HMAC-SHA256. Each request looks the hash up in
 the tokens file as it is now, so revoking or re-scoping a token ends or changes its
-sessions at once; the scope logic stays in `coordinator.tokens` and `coordinator.api.auth`.
+sessions at once; the scope logic stays in `coordinator.api.tokens` and `coordinator.api.auth`.
 
 Expiry is wall-clock time, not the coordinator's `Clock`: a test that moves the domain
 clock a month ahead must not sign its browser out.
@@ -30,7 +30,7 @@ from fastapi import Cookie, Depends, HTTPException, Request, status
 
 from coordinator.api._context import Context
 from coordinator.api.auth import bearer_principal, token_store
-from coordinator.tokens import Principal, TokensFileError
+from coordinator.api.tokens import Principal, TokensFileError
 
 __all__ = [
     "COOKIE",

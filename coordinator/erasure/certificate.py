@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import and_, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.backups import BackupHorizon
+from coordinator.copies.backups import BackupHorizon
 from coordinator.erasure.requests import get_request, request_from_row, request_parts
 from coordinator.outbox.lookup import EVENTS, event_counts
 from coordinator.store.tables import (

@@ -40,9 +40,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
-from coordinator.audit import AuditAction, AuditEntry, append
 from coordinator.clock import Clock
-from coordinator.crypto.keystore import KeyStore, KeyStoreError, open_keystore
+from coordinator.copies.crypto.keystore import KeyStore, KeyStoreError, open_keystore
+from coordinator.copies.suppression.entries import Suppression, record_erased
 from coordinator.erasure.due import LEGAL_BASIS
 from coordinator.erasure.requests import (
     CLOSED,
@@ -51,6 +51,7 @@ from coordinator.erasure.requests import (
     Status,
     get_request,
 )
+from coordinator.evidence.audit import AuditAction, AuditEntry, append
 from coordinator.outbox.write import EventBatch, enqueue
 from coordinator.policy.binding import BoundPolicy, bind_policies
 from coordinator.policy.model import Action, OnErasure, PolicySet
@@ -68,7 +69,6 @@ from coordinator.store.tables import (
     runs,
     vault,
 )
-from coordinator.suppression.entries import Suppression, record_erased
 from schemas import EventReason
 from schemas.suppression import PepperError
 

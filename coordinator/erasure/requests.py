@@ -13,8 +13,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator import CoordinatorError
-from coordinator.audit import AuditAction, AuditEntry, append
 from coordinator.erasure.due import Regulation, due_at
+from coordinator.evidence.audit import AuditAction, AuditEntry, append
 from coordinator.policy.model import PolicySet
 from coordinator.purge.holds import EntityTypes, HoldError, parse_entity
 from coordinator.store.tables import erasure_parts, erasure_requests

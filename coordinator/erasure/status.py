@@ -12,8 +12,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, exists, func, not_, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.audit import AuditAction, AuditEntry, append
 from coordinator.erasure.requests import Status
+from coordinator.evidence.audit import AuditAction, AuditEntry, append
 from coordinator.outbox.lookup import EVENTS
 from coordinator.store.tables import (
     erasure_requests,

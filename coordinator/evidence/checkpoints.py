@@ -25,7 +25,7 @@ from typing import Any, Literal
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator import audit
+from coordinator.evidence import audit
 from coordinator.store.tables import audit_checkpoints, audit_log
 from schemas.signing import SIGNATURE_HEADER, Signer, Verifier
 

@@ -15,7 +15,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from coordinator import audit
+from coordinator.evidence import audit
 from coordinator.evidence.checkpoints import (
     Checkpoint,
     checkpoint_key,

@@ -3,7 +3,7 @@
 Pruning then drops whole months instead of deleting rows one by one (`prune.py`). The
 primary key is (seq, at): a unique constraint on a partitioned table must include the
 partition key. seq stays unique all the same, since it is only ever assigned under the
-chain lock (coordinator/audit.py).
+chain lock (coordinator/evidence/audit.py).
 
 Partitions are `audit_log_yYYYYmMM`; rows of a month without one (a clock far off) land
 in `audit_log_default`. Serve's upkeep creates the current and the next two months ahead
@@ -28,7 +28,7 @@ from datetime import UTC, date, datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from coordinator import audit
+from coordinator.evidence import audit
 
 __all__ = [
     "DEFAULT",

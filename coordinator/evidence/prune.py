@@ -40,8 +40,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from coordinator import audit
-from coordinator.audit import AuditAction, AuditEntry
+from coordinator.copies.vault.prune import prune_vault
+from coordinator.evidence import audit
+from coordinator.evidence.audit import AuditAction, AuditEntry
 from coordinator.evidence.checkpoints import Checkpoint, record_checkpoint
 from coordinator.evidence.partitions import is_partitioned, months
 from coordinator.evidence.pseudonyms import Pepper
@@ -49,7 +50,6 @@ from coordinator.evidence.retention import Retention
 from coordinator.outbox.lookup import tracked_up_to
 from coordinator.outbox.prune import Pruned, prune_outbox
 from coordinator.store.tables import ack_ledger, audit_log, event_status, outbox_batches
-from coordinator.vault.prune import prune_vault
 from schemas.signing import Signer
 
 __all__ = [

@@ -26,8 +26,8 @@ from sqlalchemy import case, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from coordinator import audit
 from coordinator.clock import Clock
+from coordinator.evidence import audit
 from coordinator.operations.republish import BATCH, Outcome, Republisher
 from coordinator.outbox.lookup import StoredEvent, events_by
 from coordinator.policy.model import DeclaredService

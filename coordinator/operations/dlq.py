@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator import audit
+from coordinator.evidence import audit
 from coordinator.kafka.admin import missing_topics
 from coordinator.kafka.clients import KafkaTopicReader
 from coordinator.kafka.ports import ConsumedRecord

@@ -28,8 +28,9 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from coordinator import CoordinatorError, audit
+from coordinator import CoordinatorError
 from coordinator.clock import Clock
+from coordinator.evidence import audit
 from coordinator.kafka.clients import KafkaPublisher
 from coordinator.kafka.ports import OutgoingRecord, Publisher
 from coordinator.outbox.lookup import StoredEvent, events_by

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.audit import AuditAction, AuditEntry, append
+from coordinator.evidence.audit import AuditAction, AuditEntry, append
 from coordinator.outbox.lookup import EVENTS, published_up_to, tracked_up_to
 from coordinator.store.tables import event_status, outbox_batches
 

@@ -32,8 +32,9 @@ from sqlalchemy import Select, bindparam, func, insert, or_, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from coordinator import CoordinatorError, audit
+from coordinator import CoordinatorError
 from coordinator.clock import Clock, SystemClock
+from coordinator.evidence import audit
 from coordinator.kafka.producer import (
     Delivery,
     EventProducer,

@@ -17,7 +17,7 @@ from datetime import datetime
 from sqlalchemy import BigInteger, Uuid, func, insert, literal, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator import audit
+from coordinator.evidence import audit
 from coordinator.store.tables import outbox_batches, outbox_marks
 from schemas import EventReason
 

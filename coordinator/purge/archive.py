@@ -19,8 +19,8 @@ from typing import Any
 from sqlalchemy import Column, DateTime, LargeBinary, MetaData, Row, Table, Uuid, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.crypto.envelope import SealError, open_sealed, seal
-from coordinator.crypto.keystore import DataKey, KeyStore
+from coordinator.copies.crypto.envelope import SealError, open_sealed, seal
+from coordinator.copies.crypto.keystore import DataKey, KeyStore
 
 __all__ = [
     "ARCHIVED_AT",

@@ -30,8 +30,8 @@ from sqlalchemy import MetaData, Table, bindparam, func, inspect, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator import CoordinatorError
-from coordinator.audit import AuditAction, AuditEntry, append
-from coordinator.crypto.keystore import KeyStore
+from coordinator.copies.crypto.keystore import KeyStore
+from coordinator.evidence.audit import AuditAction, AuditEntry, append
 from coordinator.policy.model import Action, PolicySet
 from coordinator.purge.archive import (
     ARCHIVED_AT,

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator import CoordinatorError
-from coordinator.crypto.keystore import open_keystore
+from coordinator.copies.crypto.keystore import open_keystore
 from coordinator.erasure.execute import typed_id
 from coordinator.policy.binding import BoundPolicy, bind_policies
 from coordinator.policy.model import Action, PolicySet

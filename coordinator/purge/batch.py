@@ -32,8 +32,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
-from coordinator.audit import AuditAction, AuditEntry, append
-from coordinator.crypto.keystore import KeyStore
+from coordinator.copies.crypto.keystore import KeyStore
+from coordinator.copies.vault.seal import DOC, VaultRow, row_document, store_in_vault
+from coordinator.evidence.audit import AuditAction, AuditEntry, append
 from coordinator.outbox.write import EventBatch, enqueue
 from coordinator.policy import anonymizers
 from coordinator.policy.binding import BoundPolicy
@@ -42,7 +43,6 @@ from coordinator.purge.archive import key_scope, owner, store_sealed
 from coordinator.purge.holds import lock_for_purge
 from coordinator.purge.planner import Batch, batch_window, next_batch
 from coordinator.store.tables import anonymized
-from coordinator.vault.seal import DOC, VaultRow, row_document, store_in_vault
 from schemas import EventReason
 
 __all__ = ["BatchResult", "EventOrigin", "PurgeBatch", "ensure_archive_table", "purge_batch"]

@@ -30,7 +30,7 @@ from sqlalchemy import delete, select, tuple_
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.audit import AuditAction, AuditEntry, append
+from coordinator.evidence.audit import AuditAction, AuditEntry, append
 from coordinator.purge.holds import EntityTypes, lock_for_creation
 from coordinator.store.tables import legal_hold_entities, legal_holds
 

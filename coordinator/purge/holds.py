@@ -59,7 +59,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeEngine
 
 from coordinator import CoordinatorError
-from coordinator.audit import AuditAction, AuditEntry, append
+from coordinator.evidence.audit import AuditAction, AuditEntry, append
 from coordinator.policy.model import PolicySet
 from coordinator.purge import hold_topic
 from coordinator.store.tables import audit_log, legal_hold_entities, legal_holds

@@ -18,9 +18,9 @@ import structlog
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.audit import AuditAction, AuditEntry, append
 from coordinator.clock import Clock, SystemClock
-from coordinator.crypto.keystore import KeyStore, KeyStoreError, open_keystore
+from coordinator.copies.crypto.keystore import KeyStore, KeyStoreError, open_keystore
+from coordinator.evidence.audit import AuditAction, AuditEntry, append
 from coordinator.metrics import Metrics
 from coordinator.policy.binding import BoundPolicy, bind_policies
 from coordinator.policy.model import Action, PolicyIssue, PolicySet

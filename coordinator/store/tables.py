@@ -233,7 +233,7 @@ outbox_cursors = Table(
     Column("seq", BigInteger, nullable=False),
 )
 
-# Append-only hash chain (see coordinator/audit.py); seq is assigned under a lock, not
+# Append-only hash chain (see coordinator/evidence/audit.py); seq is assigned under a lock, not
 # by a sequence, so gaps can only come from deletion — which verification reports.
 # Partitioned by month on `at` (coordinator/evidence/partitions.py): the primary key must
 # hold the partition key; seq is unique all the same.
@@ -546,7 +546,7 @@ data_keys = Table(
     _ts("created_at", nullable=False, now=True),
 )
 
-# Webhook notifications (coordinator/notify/): one row per (webhook, notification), the
+# Webhook notifications (coordinator/operations/notify/): one row per (webhook, notification), the
 # outbox the deliverer posts from until the receiver answers 2xx. `key` names what is
 # notified (`request_completed:<id>`, `service_overdue:<service>:<day>`), so deriving the
 # same notification again inserts nothing.
@@ -579,7 +579,7 @@ notifications = Table(
 )
 
 
-# --- Verification (SPEC §12; coordinator/verification/) ---------------------------------
+# --- Verification (SPEC §12; coordinator/copies/verification/) ---------------------------------
 
 # One row per verify event: which entity, why (a sample or on demand) and who asked. The
 # event itself goes out through the outbox like any other; the tracker never snapshots it.
@@ -637,7 +637,7 @@ verify_marks = Table(
 )
 
 
-# --- Suppression list (SPEC §12; coordinator/suppression/) -------------------------------
+# --- Suppression list (SPEC §12; coordinator/copies/suppression/) -------------------------------
 
 # One row per erased entity, keyed by the HMAC the erased topic uses (never the clear id),
 # written in the transaction that erases it: the publisher sends what is unpublished, so an

@@ -26,7 +26,7 @@ from sqlalchemy import ColumnElement, and_, bindparam, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Select
 
-from coordinator import audit
+from coordinator.evidence import audit
 from coordinator.outbox.events import event_from_row
 from coordinator.outbox.lookup import EVENTS, joined_on
 from coordinator.purge.holds import event_held

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.backups import BackupHorizon
+from coordinator.copies.backups import BackupHorizon
 from coordinator.evidence.pseudonyms import Pepper
 from coordinator.policy.model import PolicySet
 from coordinator.purge.holds import entity_types

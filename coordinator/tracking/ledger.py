@@ -18,7 +18,7 @@ from sqlalchemy import BigInteger, Row, any_, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator import audit
+from coordinator.evidence import audit
 from coordinator.store.tables import ack_ledger, event_status, expected_acks
 from coordinator.tracking.columns import event_ids_param, unnest
 from coordinator.tracking.snapshot import ACTOR, Deadlines, Declared, track_events
@@ -41,7 +41,7 @@ WAIVED = "waived"
 """Set by `acks waive` / `services retire` only (coordinator/tracking/waivers.py); final."""
 SETTLED = DONE | {WAIVED}
 STILL_PRESENT = AckStatus.STILL_PRESENT.value
-"""Set by a verify answer (coordinator/verification/): only an ack of a later delete event
+"""Set by a verify answer (coordinator/copies/verification/): only an ack of a later delete event
 ends it, never another ack of this one (a redelivery is answered from the service's
 idempotency record, without deleting)."""
 HELD = AckStatus.HELD.value

@@ -27,7 +27,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.backups import BackupHorizon
+from coordinator.copies.backups import BackupHorizon
+from coordinator.copies.verification.queries import answers_by_service, entity_verifications
 from coordinator.evidence.pseudonyms import Pepper
 from coordinator.outbox.lookup import EVENTS, by_entity, by_event_ids, events
 from coordinator.store.tables import (
@@ -43,7 +44,6 @@ from coordinator.store.tables import (
     service_registry,
 )
 from coordinator.tracking.deadlines import ack_deadline
-from coordinator.verification.queries import answers_by_service, entity_verifications
 
 __all__ = [
     "ServiceState",
@@ -90,7 +90,7 @@ async def entity_status(
         and_(event_status.c.entity_type == entity_type, event_status.c.entity_id.in_(names)),
         and_(
             by_entity(entity_type, entity_id),
-            # Verify events are listed apart (coordinator/verification/queries.py).
+            # Verify events are listed apart (coordinator/copies/verification/queries.py).
             EVENTS.c.event_type != "verify",
         ),
         now=now,

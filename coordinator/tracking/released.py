@@ -26,7 +26,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import Uuid
 
-from coordinator import audit
+from coordinator.evidence import audit
 from coordinator.outbox.lookup import load_events
 from coordinator.purge.hold_topic import active_sets, pending_entities
 from coordinator.store.tables import event_status, expected_acks

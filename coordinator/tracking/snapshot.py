@@ -41,7 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator import audit
+from coordinator.evidence import audit
 from coordinator.outbox.lookup import (
     EVENTS,
     TRACKED,
@@ -228,7 +228,7 @@ def _untracked(
             (published + interval).label("next_reminder_at"),
         )
         .where(which)
-        # Verify events ask, they don't delete: coordinator/verification/ follows them.
+        # Verify events ask, they don't delete: coordinator/copies/verification/ follows them.
         .where(o.event_type != EventType.VERIFY.value)
         .where(~exists().where(event_status.c.event_id == o.event_id))
         # A CTE, computed once: the expected-ack insert joins it again for `reason` on the

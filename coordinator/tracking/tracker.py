@@ -19,6 +19,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import Clock
+from coordinator.copies.verification import answers
 from coordinator.kafka.clients import KafkaAckReader, KafkaPublisher, KafkaRegistrationReader
 from coordinator.kafka.ports import (
     AckReader,
@@ -32,7 +33,6 @@ from coordinator.policy.model import DeclaredService
 from coordinator.purge import hold_topic
 from coordinator.settings import TrackerSettings
 from coordinator.tracking import deadlines, drift, ledger, registry, released, snapshot
-from coordinator.verification import answers
 from schemas import (
     KafkaSettings,
     PoisonRecord,

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import and_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator import audit
+from coordinator.evidence import audit
 from coordinator.store.tables import event_status, expected_acks
 from coordinator.tracking import ledger
 

@@ -12,11 +12,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.api import ApiContext, create_app
 from coordinator.api.health import KafkaHealth
+from coordinator.api.tokens import Scope, TokenStore, add_token, new_token
 from coordinator.clock import SystemClock
 from coordinator.metrics import Metrics
 from coordinator.policy.model import load_policies
 from coordinator.store.db import make_engine
-from coordinator.tokens import Scope, TokenStore, add_token, new_token
 from schemas import KafkaSettings
 from tests.infra import ROOT
 

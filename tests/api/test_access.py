@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.api import ApiContext, create_app
 from coordinator.api.limits import MAX_BODY_BYTES
+from coordinator.api.tokens import Scope, add_token, new_token
 from coordinator.purge.holds import create_hold, entity_types
 from coordinator.store.tables import (
     audit_log,
@@ -24,7 +25,6 @@ from coordinator.store.tables import (
     policy_results,
     runs,
 )
-from coordinator.tokens import Scope, add_token, new_token
 from tests.api.conftest import SEED_POLICIES, auth, make_client
 
 SAMPLE_PATH_VALUES = {

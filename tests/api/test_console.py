@@ -15,6 +15,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.api import ApiContext
+from coordinator.api.tokens import Scope, hash_token
 from coordinator.console.app import ROUTERS
 from coordinator.console.sessions import COOKIE, SessionSigner
 from coordinator.store.tables import (
@@ -24,7 +25,6 @@ from coordinator.store.tables import (
     outbox_batches,
     outbox_marks,
 )
-from coordinator.tokens import Scope, hash_token
 from demo.seed_data import create_seed_tables, drop_seed_tables
 from tests.api.conftest import make_client
 from tests.api.test_access import SAMPLE_PATH_VALUES

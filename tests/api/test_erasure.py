@@ -14,11 +14,11 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.api import ApiContext
+from coordinator.api.tokens import Scope
 from coordinator.clock import SystemClock
 from coordinator.erasure.service import Erasure
 from coordinator.metrics import Metrics
 from coordinator.settings import Settings
-from coordinator.tokens import Scope
 from demo.seed_data import create_seed_tables, drop_seed_tables, populate, session_logs
 from tests.api.conftest import SEED_POLICIES, auth, make_client
 

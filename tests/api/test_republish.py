@@ -10,9 +10,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.api import ApiContext
+from coordinator.api.tokens import Scope
 from coordinator.operations.republish import RepublishSetup
 from coordinator.store.tables import audit_log
-from coordinator.tokens import Scope
 from schemas import KafkaSettings, RetentionEvent, decode
 from tests import keys
 from tests.api.conftest import auth, make_client

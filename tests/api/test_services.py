@@ -9,8 +9,8 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.api import ApiContext
+from coordinator.api.tokens import Scope
 from coordinator.store.tables import audit_log, expected_acks, service_registry
-from coordinator.tokens import Scope
 from coordinator.tracking import snapshot
 from tests.api.conftest import auth
 from tests.integration.tracking_support import insert_published

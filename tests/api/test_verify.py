@@ -13,6 +13,9 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.api import ApiContext
+from coordinator.api.tokens import Scope
+from coordinator.copies.verification import answers, request
+from coordinator.copies.verification.request import sample_all
 from coordinator.outbox.lookup import EVENTS, by_event_ids
 from coordinator.policy.model import Policy
 from coordinator.store.tables import (
@@ -22,11 +25,8 @@ from coordinator.store.tables import (
     outbox_marks,
     verifications,
 )
-from coordinator.tokens import Scope
 from coordinator.tracking.ledger import ConsumedAck, apply_acks
 from coordinator.tracking.snapshot import track_published
-from coordinator.verification import answers, request
-from coordinator.verification.request import sample_all
 from schemas import AckStatus, RetentionAck
 from tests.api.conftest import auth, make_client
 

@@ -13,6 +13,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.api import ApiContext, RunInProgress
+from coordinator.api.tokens import Scope
 from coordinator.settings import Settings
 from coordinator.store.tables import (
     audit_log,
@@ -21,7 +22,6 @@ from coordinator.store.tables import (
     policy_results,
     runs,
 )
-from coordinator.tokens import Scope
 from tests.api.conftest import GLOBAL_CRON, SEED_POLICIES, auth, make_client
 
 HOLD = {"entities": ["order:1", "order:2"], "reason": "case 42"}

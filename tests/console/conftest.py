@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
+from coordinator.api.tokens import Scope, add_token, new_token
 from coordinator.clock import FrozenClock
 from coordinator.store.migrate import upgrade
-from coordinator.tokens import Scope, add_token, new_token
 from tests import infra
 from tests.api.conftest import SEED_POLICIES
 from tests.console import seed

@@ -20,12 +20,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.api import ApiContext, create_app
 from coordinator.api.health import KafkaHealth
+from coordinator.api.tokens import TokenStore
 from coordinator.clock import FrozenClock
 from coordinator.erasure.service import Erasure
 from coordinator.policy.model import PolicySet
 from coordinator.settings import Settings
 from coordinator.store.db import make_engine
-from coordinator.tokens import TokenStore
 from schemas import KafkaSettings
 
 T = TypeVar("T")

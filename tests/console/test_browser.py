@@ -14,9 +14,9 @@ from playwright.sync_api import Page, expect
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from coordinator.api.tokens import Scope
 from coordinator.clock import FrozenClock
 from coordinator.store.tables import audit_log
-from coordinator.tokens import Scope
 from coordinator.tracking.deadlines import escalate_overdue
 from tests.console import seed
 from tests.console.conftest import DOCS_IMAGES

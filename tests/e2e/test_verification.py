@@ -15,8 +15,8 @@ from typing import Any
 
 from sqlalchemy import func, insert, select
 
+from coordinator.copies.verification.request import sample_all
 from coordinator.policy.model import Policy
-from coordinator.verification.request import sample_all
 from services import billing
 from services._shared import engine_for
 from tests.e2e.harness import (

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import exists, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator import audit
+from coordinator.evidence import audit
 from coordinator.outbox.lookup import EVENTS
 from coordinator.store.db import make_engine
 from coordinator.store.tables import ack_ledger, anonymized, event_status, expected_acks

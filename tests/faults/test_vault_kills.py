@@ -27,10 +27,10 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from coordinator.audit import _CHAIN_LOCK
 from coordinator.clock import SystemClock
-from coordinator.crypto.keystore import open_keystore
-from coordinator.crypto.provider import write_kek
+from coordinator.copies.crypto.keystore import open_keystore
+from coordinator.copies.crypto.provider import write_kek
+from coordinator.evidence.audit import _CHAIN_LOCK
 from coordinator.policy.model import PolicySet, parse_policies
 from coordinator.purge.archive import CryptoShredded
 from coordinator.purge.archive_read import read_entity

@@ -22,9 +22,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.api import ApiContext
 from coordinator.api.health import KafkaHealth
+from coordinator.api.tokens import Scope, TokenStore, add_token, new_token
 from coordinator.clock import SystemClock
-from coordinator.crypto.keystore import open_keystore
-from coordinator.crypto.provider import LocalKeyProvider, write_kek
+from coordinator.copies.crypto.keystore import open_keystore
+from coordinator.copies.crypto.provider import LocalKeyProvider, write_kek
 from coordinator.erasure.due import Regulation
 from coordinator.erasure.requests import request_parts
 from coordinator.erasure.service import Erasure
@@ -38,7 +39,6 @@ from coordinator.settings import Settings
 from coordinator.store.db import make_engine
 from coordinator.store.migrate import upgrade
 from coordinator.store.tables import audit_log, data_keys
-from coordinator.tokens import Scope, TokenStore, add_token, new_token
 from schemas import KafkaSettings
 from tests import infra
 from tests.api.conftest import auth, make_client

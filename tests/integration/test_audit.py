@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import Executable, delete, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator import audit
+from coordinator.evidence import audit
 from coordinator.store.db import make_engine
 from coordinator.store.tables import audit_log
 

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator import audit
+from coordinator.evidence import audit
 from coordinator.evidence.checkpoints import (
     Checkpoint,
     record_checkpoint,

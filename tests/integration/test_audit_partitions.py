@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator import audit
+from coordinator.evidence import audit
 from coordinator.evidence.checkpoints import verify_chain
 from coordinator.evidence.partitions import Month, convert, ensure_months, is_partitioned, months
 from coordinator.evidence.prune import prune_audit

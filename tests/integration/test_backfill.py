@@ -20,8 +20,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from consumer_sdk import ConsumerSettings, RetentionConsumer, RetentionEvent
-from coordinator import audit
 from coordinator.clock import SystemClock
+from coordinator.evidence import audit
 from coordinator.kafka.clients import KafkaPublisher
 from coordinator.operations.backfill import Backfilled, backfill
 from coordinator.operations.republish import Republisher

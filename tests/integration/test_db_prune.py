@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import func, insert, select, update
 
-from coordinator import audit
+from coordinator.evidence import audit
 from coordinator.outbox.lookup import EVENTS, TRACKED, published_up_to
 from coordinator.outbox.prune import prune_outbox
 from coordinator.store.db import make_engine

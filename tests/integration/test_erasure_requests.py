@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from consumer_sdk import ConsumerSettings, RetentionConsumer, RetentionEvent
 from coordinator.clock import FrozenClock, SystemClock
-from coordinator.crypto.keystore import open_keystore
+from coordinator.copies.crypto.keystore import open_keystore
 from coordinator.erasure.due import Regulation
 from coordinator.erasure.requests import (
     ErasureError,

@@ -28,13 +28,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from consumer_sdk import ConsumerSettings, RetentionConsumer
 from coordinator.api import ApiContext, create_app
 from coordinator.api.health import KafkaHealth
+from coordinator.api.tokens import Scope, TokenStore, add_token, new_token
 from coordinator.clock import SystemClock
 from coordinator.metrics import Metrics
 from coordinator.policy.model import parse_policies
 from coordinator.purge.runner import Runner
 from coordinator.settings import Settings, TrackerSettings
 from coordinator.store.db import make_engine
-from coordinator.tokens import Scope, TokenStore, add_token, new_token
 from coordinator.tracking.tracker import Tracker
 from schemas import KafkaSettings, RetentionEvent
 from schemas.logs import configure_logging

@@ -23,10 +23,10 @@ from typer.testing import CliRunner
 from coordinator.cli import app
 from coordinator.clock import FrozenClock
 from coordinator.metrics import Metrics
-from coordinator.notify.delivery import Backoff, deliver_due, list_notifications
-from coordinator.notify.notifier import Notifier
-from coordinator.notify.sweep import sweep
-from coordinator.notify.webhooks import Kind, Webhook, WebhooksFileError, load_webhooks
+from coordinator.operations.notify.delivery import Backoff, deliver_due, list_notifications
+from coordinator.operations.notify.notifier import Notifier
+from coordinator.operations.notify.sweep import sweep
+from coordinator.operations.notify.webhooks import Kind, Webhook, WebhooksFileError, load_webhooks
 from coordinator.settings import NotifySettings
 from coordinator.store.db import make_engine
 from coordinator.store.tables import erasure_requests, notifications

@@ -19,10 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import FrozenClock
 from coordinator.metrics import Metrics
-from coordinator.notify.delivery import Backoff, deliver_due
-from coordinator.notify.notifier import Notifier
-from coordinator.notify.sweep import SignatureAlarm, sweep
-from coordinator.notify.webhooks import Kind, Webhook
+from coordinator.operations.notify.delivery import Backoff, deliver_due
+from coordinator.operations.notify.notifier import Notifier
+from coordinator.operations.notify.sweep import SignatureAlarm, sweep
+from coordinator.operations.notify.webhooks import Kind, Webhook
 from coordinator.settings import NotifySettings
 from coordinator.store.db import make_engine
 from coordinator.store.migrate import upgrade

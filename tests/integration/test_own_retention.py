@@ -10,8 +10,8 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator import audit
 from coordinator.clock import FrozenClock
+from coordinator.evidence import audit
 from coordinator.evidence.checkpoints import verify_chain
 from coordinator.evidence.heads import newest_published_head
 from coordinator.evidence.prune import prune_own_data

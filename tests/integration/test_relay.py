@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator import audit
+from coordinator.evidence import audit
 from coordinator.kafka.producer import Delivery, EventProducer, KafkaEventProducer, OutgoingRecord
 from coordinator.metrics import Metrics
 from coordinator.outbox.lookup import event_counts, unpublished_events

@@ -14,8 +14,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from consumer_sdk import ConsumerSettings, RetentionConsumer, RetentionEvent
-from coordinator import audit
 from coordinator.clock import FrozenClock
+from coordinator.evidence import audit
 from coordinator.kafka.clients import KafkaPublisher
 from coordinator.operations.republish import (
     REPUBLISH_HEADER,

@@ -20,10 +20,10 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.backups import BackupHorizon
 from coordinator.clock import FrozenClock, SystemClock
-from coordinator.crypto.keystore import open_keystore
-from coordinator.crypto.provider import write_kek
+from coordinator.copies.backups import BackupHorizon
+from coordinator.copies.crypto.keystore import open_keystore
+from coordinator.copies.crypto.provider import write_kek
 from coordinator.erasure.certificate import certificate, render_html, requests_since
 from coordinator.erasure.due import Regulation
 from coordinator.erasure.requests import request_parts

@@ -15,14 +15,14 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.notify.webhooks import WebhooksFileError, sign
+from coordinator.api.tokens import Scope, add_token, new_token
+from coordinator.operations.notify.webhooks import WebhooksFileError, sign
 from coordinator.policy.model import load_policies, parse_policies
 from coordinator.purge.holds import create_hold, entity_types
 from coordinator.serve import GLOBAL_SCHEDULE, Service, ServiceFailed, schedules_for
 from coordinator.settings import NotifySettings, ServeSettings, Settings
 from coordinator.store.db import make_engine
 from coordinator.store.tables import audit_log, erasure_requests
-from coordinator.tokens import Scope, add_token, new_token
 from demo.seed_data import create_seed_tables, drop_seed_tables, populate
 from schemas import KafkaSettings
 from tests.infra import ROOT

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from consumer_sdk import ConsumerSettings
 from coordinator.clock import FrozenClock, SystemClock
+from coordinator.copies.suppression.entries import Suppression, SuppressionPublisher, record_erased
 from coordinator.erasure.due import Regulation
 from coordinator.erasure.requests import ErasureError
 from coordinator.erasure.service import Erasure
@@ -31,7 +32,6 @@ from coordinator.settings import Settings
 from coordinator.store.db import make_engine
 from coordinator.store.migrate import upgrade
 from coordinator.store.tables import erased_entities
-from coordinator.suppression.entries import Suppression, SuppressionPublisher, record_erased
 from schemas import KafkaSettings, encode
 from schemas.suppression import ErasedEntity, read_pepper, suppression_key, write_pepper
 from services import billing

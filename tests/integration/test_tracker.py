@@ -14,8 +14,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator import audit
 from coordinator.clock import FrozenClock
+from coordinator.evidence import audit
 from coordinator.metrics import Metrics
 from coordinator.purge.holds import EntityTypes, IdForm, IdKind, create_hold, release_hold
 from coordinator.store.migrate import upgrade

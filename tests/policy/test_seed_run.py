@@ -10,8 +10,8 @@ from typing import Any
 from sqlalchemy import MetaData, Table, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator import audit
 from coordinator.clock import FrozenClock
+from coordinator.evidence import audit
 from coordinator.metrics import Metrics
 from coordinator.outbox.lookup import EVENTS
 from coordinator.policy.model import PolicySet, load_policies

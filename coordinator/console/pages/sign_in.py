@@ -10,9 +10,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from coordinator.api._context import Context
 from coordinator.api.auth import token_store
+from coordinator.api.tokens import TokensFileError, hash_token
 from coordinator.console._render import ReadForm, templates
 from coordinator.console.sessions import COOKIE, SessionSigner
-from coordinator.tokens import TokensFileError, hash_token
 
 __all__ = ["router"]
 

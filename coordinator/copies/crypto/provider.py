@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Protocol
 
-from coordinator.crypto.envelope import KEY_BYTES, SealError, new_key, open_sealed, seal
+from coordinator.copies.crypto.envelope import KEY_BYTES, SealError, new_key, open_sealed, seal
 
 __all__ = ["KeyProvider", "LocalKeyProvider", "UnwrapError", "write_kek"]
 

@@ -12,7 +12,7 @@ in the file become `dropped`.
 Each delivery is `POST <url>` with the JSON body `{id, kind, key, created_at, data}` and
 headers `X-Retention-Delivery` (the row id: receivers drop duplicates by it),
 `X-Retention-Event` (the kind), `X-Retention-Timestamp` (Unix seconds) and
-`X-Retention-Signature` (coordinator/notify/webhooks.py).
+`X-Retention-Signature` (coordinator/operations/notify/webhooks.py).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import httpx
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.notify.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, Webhook, sign
+from coordinator.operations.notify.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, Webhook, sign
 from coordinator.store.tables import notifications
 
 __all__ = ["Backoff", "Outcome", "deliver_due", "list_notifications", "oldest_pending"]

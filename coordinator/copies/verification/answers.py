@@ -20,7 +20,7 @@ from sqlalchemy import BigInteger, any_, func, literal, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator import audit
+from coordinator.evidence import audit
 from coordinator.store.tables import (
     ack_ledger,
     event_status,

@@ -21,8 +21,8 @@ from sqlalchemy import Table, Text, cast, func, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import Label
 
-from coordinator.crypto.envelope import open_sealed, seal
-from coordinator.crypto.keystore import KeyStore
+from coordinator.copies.crypto.envelope import open_sealed, seal
+from coordinator.copies.crypto.keystore import KeyStore
 from coordinator.store.tables import vault
 
 __all__ = ["DOC", "VaultRow", "associated", "open_row", "row_document", "store_in_vault"]

@@ -18,8 +18,8 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from coordinator.crypto.envelope import new_key
-from coordinator.crypto.provider import KeyProvider, LocalKeyProvider
+from coordinator.copies.crypto.envelope import new_key
+from coordinator.copies.crypto.provider import KeyProvider, LocalKeyProvider
 from coordinator.settings import Settings
 from coordinator.store.db import make_engine
 from coordinator.store.tables import data_keys

@@ -17,7 +17,7 @@ from sqlalchemy import func, insert, literal, select, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from coordinator import audit
+from coordinator.evidence import audit
 from coordinator.outbox.events import event_id as batch_event_id
 from coordinator.outbox.write import EventBatch, enqueue
 from coordinator.policy.model import Policy

@@ -34,12 +34,12 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator import CoordinatorError
-from coordinator.audit import AuditAction, AuditEntry, append
-from coordinator.crypto.envelope import SealError
-from coordinator.crypto.keystore import KeyStore
+from coordinator.copies.crypto.envelope import SealError
+from coordinator.copies.crypto.keystore import KeyStore
+from coordinator.copies.vault.seal import open_row
+from coordinator.evidence.audit import AuditAction, AuditEntry, append
 from coordinator.purge.holds import lock_for_creation
 from coordinator.store.tables import legal_hold_entities, legal_holds, vault
-from coordinator.vault.seal import open_row
 from schemas import error_text
 
 __all__ = ["RestoreError", "RestoreReport", "hold_name", "restore_run"]

@@ -11,7 +11,7 @@ from datetime import datetime
 from sqlalchemy import delete, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.audit import AuditAction, AuditEntry, append
+from coordinator.evidence.audit import AuditAction, AuditEntry, append
 from coordinator.outbox.prune import ACTOR, Pruned
 from coordinator.store.tables import vault
 

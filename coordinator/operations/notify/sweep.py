@@ -29,7 +29,7 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.notify.webhooks import Kind, Webhook
+from coordinator.operations.notify.webhooks import Kind, Webhook
 from coordinator.store.tables import (
     ack_ledger,
     erasure_requests,

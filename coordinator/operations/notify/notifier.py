@@ -15,14 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import Clock
 from coordinator.metrics import Metrics
-from coordinator.notify.delivery import Backoff, deliver_due, oldest_pending
-from coordinator.notify.sweep import SignatureAlarm, sweep
-from coordinator.notify.webhooks import Webhook
+from coordinator.operations.notify.delivery import Backoff, deliver_due, oldest_pending
+from coordinator.operations.notify.sweep import SignatureAlarm, sweep
+from coordinator.operations.notify.webhooks import Webhook
 from coordinator.settings import NotifySettings
 
 __all__ = ["Notifier"]
 
-log = structlog.get_logger("coordinator.notify")
+log = structlog.get_logger("coordinator.operations.notify")
 
 
 class Notifier:
