@@ -32,6 +32,7 @@ __all__ = [
     "Transition",
     "apply_acks",
     "compute_transitions",
+    "insert_ledger",
     "ledger_row",
     "write_transitions",
 ]
@@ -224,10 +225,10 @@ async def _record(
     """
     last_seq, _ = await audit.lock_head(conn)
     accepted_seq = last_seq + 1
-    inserted = await _insert_ledger(conn, accepted_rows, audit_seq=accepted_seq)
+    inserted = await insert_ledger(conn, accepted_rows, audit_seq=accepted_seq)
     fresh = [record for key, record in candidates.items() if key in inserted]
     rejected_seq = accepted_seq + 1 if fresh else accepted_seq
-    inserted |= await _insert_ledger(conn, rejected_rows, audit_seq=rejected_seq)
+    inserted |= await insert_ledger(conn, rejected_rows, audit_seq=rejected_seq)
     outcome.duplicates = len(candidates) - len(fresh)
     # A redelivered rejected record was already recorded (and audited) the first time.
     outcome.rejected = [(r, why) for r, why in outcome.rejected if _where(r) in inserted]
@@ -401,10 +402,13 @@ def ledger_row(record: ConsumedAck, now: datetime, reason: RejectReason | None) 
     }
 
 
-async def _insert_ledger(
+async def insert_ledger(
     conn: AsyncConnection, rows: list[dict[str, Any]], *, audit_seq: int
 ) -> set[_Where]:
-    """Insert what is new; return which records were."""
+    """Insert what is new; return which records were (as topic, partition, offset).
+
+    Verify answers (coordinator/copies/verification/answers.py) go in through here too,
+    so one de-duplication rule holds for every ledger row."""
     if not rows:
         return set()
     c = ack_ledger.c
