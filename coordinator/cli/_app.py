@@ -28,6 +28,7 @@ __all__ = [
     "os_user",
     "out_console",
     "read_database",
+    "write_database",
 ]
 
 T = TypeVar("T")
@@ -83,13 +84,21 @@ def emit_json(document: Any) -> None:
 
 def read_database(settings: Settings, query: Callable[[AsyncConnection], Awaitable[T]]) -> T:
     """Run one read-only `query` on a connection of its own, from synchronous CLI code."""
+    return asyncio.run(_on_database(settings, query, write=False))
 
-    async def run() -> T:
-        engine = make_engine(settings.database_url.get_secret_value(), pool_size=1)
-        try:
-            async with engine.connect() as conn:
-                return await query(conn)
-        finally:
-            await engine.dispose()
 
-    return asyncio.run(run())
+def write_database(settings: Settings, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    """Run `work` in one transaction on a connection of its own, from synchronous CLI code:
+    committed if it returns, rolled back if it raises."""
+    return asyncio.run(_on_database(settings, work, write=True))
+
+
+async def _on_database(
+    settings: Settings, work: Callable[[AsyncConnection], Awaitable[T]], *, write: bool
+) -> T:
+    engine = make_engine(settings.database_url.get_secret_value(), pool_size=1)
+    try:
+        async with engine.begin() if write else engine.connect() as conn:
+            return await work(conn)
+    finally:
+        await engine.dispose()

@@ -24,6 +24,7 @@ from coordinator.cli._app import (
     load_settings,
     out_console,
     read_database,
+    write_database,
 )
 from coordinator.cli._policies import POLICIES_OPTION, load_policy_set
 from coordinator.clock import SystemClock
@@ -46,17 +47,7 @@ T = TypeVar("T")
 
 
 def _write(work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-    settings = load_settings()
-
-    async def go() -> T:
-        engine = make_engine(settings.database_url.get_secret_value(), pool_size=1)
-        try:
-            async with engine.begin() as conn:
-                return await work(conn)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(go())
+    return write_database(load_settings(), work)
 
 
 @app.command("list")
