@@ -31,6 +31,7 @@ __all__ = [
     "RejectReason",
     "Transition",
     "apply_acks",
+    "audited_rejects",
     "compute_transitions",
     "insert_ledger",
     "ledger_row",
@@ -402,6 +403,21 @@ def ledger_row(record: ConsumedAck, now: datetime, reason: RejectReason | None) 
     }
 
 
+def audited_rejects(rejected: Sequence[tuple[ConsumedAck, RejectReason]]) -> list[dict[str, Any]]:
+    """Rejected acks as the audit log records them: where each was read, why it was
+    refused, and which event and service it named."""
+    return [
+        {
+            "partition": r.partition,
+            "offset": r.offset,
+            "reason": why.value,
+            "event_id": r.ack.event_id if r.ack else None,
+            "service": r.ack.service if r.ack else None,
+        }
+        for r, why in rejected
+    ]
+
+
 async def insert_ledger(
     conn: AsyncConnection, rows: list[dict[str, Any]], *, audit_seq: int
 ) -> set[_Where]:
@@ -520,18 +536,7 @@ def _audit_entries(outcome: LedgerOutcome, transitions: list[Transition]) -> lis
             audit.AuditEntry(
                 audit.AuditAction.ACKS_REJECTED,
                 ACTOR,
-                {
-                    "acks": [
-                        {
-                            "partition": r.partition,
-                            "offset": r.offset,
-                            "reason": why.value,
-                            "event_id": r.ack.event_id if r.ack else None,
-                            "service": r.ack.service if r.ack else None,
-                        }
-                        for r, why in outcome.rejected
-                    ]
-                },
+                {"acks": audited_rejects(outcome.rejected)},
             )
         )
     for state in ("completed", "failed"):

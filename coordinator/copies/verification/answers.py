@@ -27,7 +27,13 @@ from coordinator.store.tables import (
     verify_answers,
 )
 from coordinator.tracking.columns import event_ids_param, unnest
-from coordinator.tracking.ledger import ConsumedAck, RejectReason, insert_ledger, ledger_row
+from coordinator.tracking.ledger import (
+    ConsumedAck,
+    RejectReason,
+    audited_rejects,
+    insert_ledger,
+    ledger_row,
+)
 from schemas import VERIFY_STATUSES, AckStatus, EventType, RetentionAck
 
 __all__ = [
@@ -157,16 +163,7 @@ async def apply_answers(
                         }
                         for a in outcome.accepted
                     ],
-                    "rejected": [
-                        {
-                            "partition": r.partition,
-                            "offset": r.offset,
-                            "reason": why.value,
-                            "event_id": r.ack.event_id if r.ack else None,
-                            "service": r.ack.service if r.ack else None,
-                        }
-                        for r, why in outcome.rejected
-                    ],
+                    "rejected": audited_rejects(outcome.rejected),
                 },
             )
         )
