@@ -81,14 +81,17 @@ class AuditAction(StrEnum):
     DATA_KEY_DESTROYING = "data_key.destroying"
     VAULT_RESTORE = "vault.restore"
     ARCHIVE_ENCRYPTED = "archive.encrypted"
+    ACK_WAIVED = "ack_waived"
+    SERVICE_RETIRED = "service_retired"
 
 
 @dataclass(frozen=True, slots=True)
 class AuditEntry:
     """One thing the coordinator did."""
 
-    action: str
-    """An `AuditAction` when written; read back as the stored text."""
+    action: AuditAction
+    """Read back from the chain, the stored text (an action of an older version stays
+    verifiable)."""
     actor: str
     data: Mapping[str, Any]
 

@@ -271,10 +271,11 @@ async def _audit_and_store(
     entries = _audit_entries(outcome, transitions)
     refs = await audit.append_refs(conn, entries, at=now)
     ref_by_action = dict(zip((e.action for e in entries), refs, strict=True))
-    for action, seq in zip(("acks_accepted", "acks_rejected"), seqs, strict=True):
+    accepted_rejected = (audit.AuditAction.ACKS_ACCEPTED, audit.AuditAction.ACKS_REJECTED)
+    for action, seq in zip(accepted_rejected, seqs, strict=True):
         if action in ref_by_action and ref_by_action[action].seq != seq:
             raise RuntimeError(f"{action} landed at seq {ref_by_action[action].seq}, not {seq}")
-    completed_ref = ref_by_action.get("events_completed")
+    completed_ref = ref_by_action.get(audit.AuditAction.EVENTS_COMPLETED)
     await write_transitions(
         conn, transitions, completed_seq=completed_ref.seq if completed_ref else None, now=now
     )
