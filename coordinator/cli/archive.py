@@ -20,6 +20,8 @@ from coordinator.purge.archive_read import ArchiveNotFound, read_entity
 from coordinator.settings import Settings
 from coordinator.store.db import make_engine
 
+__all__ = ["app"]
+
 app = typer.Typer(help="The encrypted archive.", no_args_is_help=True)
 
 

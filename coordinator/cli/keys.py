@@ -15,6 +15,8 @@ from coordinator.store.db import make_engine
 from schemas.signing import generate_key_files
 from schemas.suppression import write_pepper
 
+__all__ = ["app"]
+
 app = typer.Typer(help="Signing keys and encryption keys.", no_args_is_help=True)
 
 KEK_FILE = "kek.hex"

@@ -35,6 +35,8 @@ from coordinator.store.db import make_engine
 from coordinator.store.tables import service_registry
 from coordinator.tracking import drift, waivers
 
+__all__ = ["BY_OPTION", "JSON_OPTION", "acks_app", "app"]
+
 app = typer.Typer(help="Declared services: drift, suggest, retire, backfill.", no_args_is_help=True)
 acks_app = typer.Typer(help="Acknowledgements: waive one.", no_args_is_help=True)
 

@@ -25,6 +25,7 @@ from typing import Any, Literal
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from coordinator import CoordinatorError
 from coordinator.evidence import audit
 from coordinator.store.tables import audit_checkpoints, audit_log
 from schemas.signing import SIGNATURE_HEADER, Signer, Verifier
@@ -234,7 +235,7 @@ async def take_head(
     return point
 
 
-class ChainBroken(RuntimeError):
+class ChainBroken(CoordinatorError, RuntimeError):
     """The chain does not verify: no head is signed over it."""
 
     def __init__(self, broken: audit.BrokenLink) -> None:
