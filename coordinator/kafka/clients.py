@@ -79,7 +79,12 @@ class KafkaPublisher:
         producer = AIOKafkaProducer(
             **self._kafka.producer_kwargs(), acks="all", enable_idempotence=True
         )
-        await producer.start()
+        try:
+            await producer.start()
+        except BaseException:
+            # A broker that cannot be reached leaves a half-started client to close.
+            await producer.stop()
+            raise
         self._producer = producer
 
     async def stop(self) -> None:
