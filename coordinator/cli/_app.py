@@ -13,8 +13,9 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from coordinator.copies.crypto.keystore import KeyStore, open_keystore
 from coordinator.settings import Settings
 from coordinator.store.db import make_engine
 
@@ -28,6 +29,7 @@ __all__ = [
     "os_user",
     "out_console",
     "read_database",
+    "with_keystore",
     "write_database",
 ]
 
@@ -91,6 +93,25 @@ def write_database(settings: Settings, work: Callable[[AsyncConnection], Awaitab
     """Run `work` in one transaction on a connection of its own, from synchronous CLI code:
     committed if it returns, rolled back if it raises."""
     return asyncio.run(_on_database(settings, work, write=True))
+
+
+async def with_keystore(
+    settings: Settings,
+    work: Callable[[AsyncEngine, KeyStore], Awaitable[T]],
+    *,
+    pool_size: int = 5,
+) -> T:
+    """`work(engine, keys)` with the data's database and the key store open; both are
+    closed afterwards, whatever `work` did."""
+    engine = make_engine(settings.database_url.get_secret_value(), pool_size=pool_size)
+    try:
+        keys = open_keystore(settings, engine)
+        try:
+            return await work(engine, keys)
+        finally:
+            await keys.aclose()
+    finally:
+        await engine.dispose()
 
 
 async def _on_database(
