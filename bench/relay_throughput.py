@@ -140,7 +140,7 @@ async def batch_api(
             records = [
                 OutgoingRecord(
                     event.key.encode(),
-                    template.render(event.event_id, event.entity_id, event.subject),
+                    template.render(str(event.event_id), event.entity_id, event.subject),
                     [("event_id", str(event.event_id).encode())],
                 )
                 for event in events[offset : offset + relay.batch_size]
