@@ -26,9 +26,11 @@ from schemas import KafkaSettings
 __all__ = [
     "Delivery",
     "EventProducer",
+    "FastExtraMissing",
     "KafkaEventProducer",
     "OutgoingRecord",
     "ProducerFactory",
+    "producer_factory",
     "producer_options",
 ]
 
@@ -66,6 +68,29 @@ class EventProducer(Protocol):
 
 
 ProducerFactory = Callable[[], EventProducer]
+
+
+class FastExtraMissing(RuntimeError):
+    """RETENTION_RELAY_PRODUCER=confluent without confluent-kafka installed."""
+
+
+def producer_factory(kafka: KafkaSettings, relay: RelaySettings) -> ProducerFactory:
+    """New producers of the client `relay.producer` names.
+
+    Raises:
+        FastExtraMissing: confluent-kafka (the `fast` extra) is not installed; raised
+            here, when the relay is built, not at its first round.
+    """
+    if relay.producer == "aiokafka":
+        return lambda: KafkaEventProducer(kafka, relay)
+    try:
+        from coordinator.kafka.librdkafka import LibrdkafkaEventProducer
+    except ImportError:
+        raise FastExtraMissing(
+            "RETENTION_RELAY_PRODUCER=confluent needs the `fast` extra: "
+            "pip install 'retention-fanout[fast]'"
+        ) from None
+    return lambda: LibrdkafkaEventProducer(kafka, relay)
 
 
 def producer_options(relay: RelaySettings) -> dict[str, Any]:

@@ -37,10 +37,10 @@ from coordinator.evidence import audit
 from coordinator.kafka.producer import (
     Delivery,
     EventProducer,
-    KafkaEventProducer,
     OutgoingRecord,
     ProducerFactory,
 )
+from coordinator.kafka.producer import producer_factory as default_factory
 from coordinator.metrics import Metrics
 from coordinator.outbox.events import BATCH_COLUMNS, BatchEncoder, event_from_row
 from coordinator.outbox.lookup import published_up_to, unpublished_events
@@ -199,10 +199,7 @@ class OutboxRelay:
         self._settings = settings if settings is not None else RelaySettings()
         self._metrics = metrics if metrics is not None else Metrics()
         self._clock = clock if clock is not None else SystemClock()
-        relay_settings = self._settings
-        self._factory: ProducerFactory = producer_factory or (
-            lambda: KafkaEventProducer(kafka, relay_settings)
-        )
+        self._factory: ProducerFactory = producer_factory or default_factory(kafka, self._settings)
         self._actor = actor
         self._producer: EventProducer | None = None
         self._watchdog = Watchdog(self._settings.stall_timeout_s)
