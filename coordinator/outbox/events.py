@@ -138,6 +138,15 @@ class BatchEncoder:
             return Encoded(ids, [b""] * count, [b""] * count, dict.fromkeys(range(count), exc))
         errors = invalid_per_event(ids, entities, subjects)
         prefix = f"{columns['entity_type']}:"
+        if template is not None and not errors:  # the rule; below, one event at a time
+            render = template.render
+            return Encoded(
+                ids,
+                # RetentionEvent.key; the SPEC's record key.
+                [f"{prefix}{entity}".encode() for entity in entities],
+                [render(*event) for event in zip(ids, entities, subjects, strict=True)],
+                errors,
+            )
         keys: list[bytes] = []
         values: list[bytes] = []
         for n, (event, entity, subject) in enumerate(zip(ids, entities, subjects, strict=True)):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -304,6 +304,7 @@ class OutboxRelay:
             await self._hand_over(producer, claim, sent, len(claim.records))
 
     def _encode(self, claim: _Claim, encode: BatchEncoder, row: Row[Any]) -> None:
+        """Append the events of one batch row to the claim; log those it cannot build."""
         index = len(claim.seqs)
         claim.seqs.append(row.seq)
         batch = encode(row._mapping)
@@ -312,17 +313,16 @@ class OutboxRelay:
             event = batch.event_ids[position]
             claim.unbuildable.append((index, event))
             log.error("outbox_event_unpublishable", event_id=event, error=error_text(error))
-        records = claim.records
-        for position, (event, key, value) in enumerate(
-            zip(batch.event_ids, batch.keys, batch.values, strict=True)
-        ):
-            if position not in batch.errors:
-                records.append(OutgoingRecord(key, value, [("event_id", event.encode())]))
-        built = len(batch.event_ids) - len(batch.errors)
+        events: Iterator[tuple[str, bytes, bytes]] = zip(
+            batch.event_ids, batch.keys, batch.values, strict=True
+        )
         if batch.errors:
-            claim.event_ids += [e for n, e in enumerate(batch.event_ids) if n not in batch.errors]
-        else:
-            claim.event_ids += batch.event_ids
+            events = (e for n, e in enumerate(events) if n not in batch.errors)
+        before = len(claim.event_ids)
+        for event, key, value in events:
+            claim.event_ids.append(event)
+            claim.records.append(OutgoingRecord(key, value, [("event_id", event.encode())]))
+        built = len(claim.event_ids) - before
         claim.policies += [row.policy] * built
         claim.batch_of += [index] * built
 
