@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -313,16 +314,20 @@ class OutboxRelay:
             event = batch.event_ids[position]
             claim.unbuildable.append((index, event))
             log.error("outbox_event_unpublishable", event_id=event, error=error_text(error))
-        events: Iterator[tuple[str, bytes, bytes]] = zip(
-            batch.event_ids, batch.keys, batch.values, strict=True
-        )
+        ids, keys, values = batch.event_ids, batch.keys, batch.values
         if batch.errors:
-            events = (e for n, e in enumerate(events) if n not in batch.errors)
-        before = len(claim.event_ids)
-        for event, key, value in events:
-            claim.event_ids.append(event)
-            claim.records.append(OutgoingRecord(key, value, [("event_id", event.encode())]))
-        built = len(claim.event_ids) - before
+            kept = [n for n in range(len(ids)) if n not in batch.errors]
+            ids, keys, values = (
+                [ids[n] for n in kept],
+                [keys[n] for n in kept],
+                [values[n] for n in kept],
+            )
+        claim.event_ids += ids
+        claim.records += [
+            OutgoingRecord(key, value, [("event_id", event.encode())])
+            for event, key, value in zip(ids, keys, values, strict=True)
+        ]
+        built = len(ids)
         claim.policies += [row.policy] * built
         claim.batch_of += [index] * built
 
@@ -352,28 +357,33 @@ class OutboxRelay:
         batches before it, was acknowledged; the rest are sent again next round.
         """
         outcomes = await self._outcomes(claim)
-        failed_batches = {claim.batch_of[i] for i, error in enumerate(outcomes) if error}
-        done = min(failed_batches, default=len(claim.seqs))  # batches [0, done) are out
-        published = [i for i, b in enumerate(claim.batch_of) if b < done]
-        failed = sum(1 for error in outcomes if error is not None)
-        if failed:
-            first = next(error for error in outcomes if error is not None)
-            log.warning("publish_failed", events=failed, topic=self._topic, error=error_text(first))
+        failures = [(i, error) for i, error in enumerate(outcomes) if error is not None]
+        if failures:
+            log.warning(
+                "publish_failed",
+                events=len(failures),
+                topic=self._topic,
+                error=error_text(failures[0][1]),
+            )
+        # batches [0, done) are out
+        done = min((claim.batch_of[i] for i, _ in failures), default=len(claim.seqs))
+        # Records are in batch order: those of batches [0, done) are a prefix.
+        published = bisect_left(claim.batch_of, done)
         skipped = [event for b, event in claim.unbuildable if b < done]
-        policies = Counter(claim.policies[i] for i in published)
+        policies = Counter(claim.policies[:published])
         if done:
             await self._mark_published(
                 claim,
                 up_to=claim.seqs[done - 1],
                 events=sum(claim.sizes[:done]),
-                ids=[claim.event_ids[i] for i in published],
+                ids=claim.event_ids[:published],
                 skipped=skipped,
                 policies=policies,
             )
         await claim.conn.commit()
         for policy, count in policies.items():
             self._metrics.events_published.labels(policy=policy).inc(count)
-        return BatchResult(claim.claimed, len(published), failed, len(skipped))
+        return BatchResult(claim.claimed, published, len(failures), len(skipped))
 
     async def _outcomes(self, claim: _Claim) -> list[BaseException | None]:
         """One outcome per record: None when the broker acknowledged it."""
