@@ -76,25 +76,40 @@ def _retrieve(future: asyncio.Future[object]) -> None:
 
 
 class _Group:
-    """The records of one `Delivery`: resolves its future on the last report."""
+    """The records of one `Delivery`: resolves its future once it is sealed (every record
+    handed over) and every record's report came in."""
 
-    __slots__ = ("error", "future", "left", "owner")
+    __slots__ = ("error", "future", "left", "owner", "sealed")
 
     def __init__(self, owner: LibrdkafkaEventProducer, future: asyncio.Future[object]) -> None:
         self.owner = owner
         self.future = future
+        self.left = 0
+        self.sealed = False
+        self.error: BaseException | None = None
         # A group whose hand-over failed midway is never given to the caller: its
         # outcome is retrieved here so asyncio does not report it as unretrieved.
         future.add_done_callback(_retrieve)
-        self.left = 0
-        self.error: BaseException | None = None
+
+    def add(self) -> None:
+        self.left += 1
+        self.owner.in_flight += 1
 
     def report(self, error: Any, message: Any) -> None:
         if error is not None and self.error is None:
             self.error = ProducerError(str(error))
         self.left -= 1
         self.owner.in_flight -= 1
-        if self.left == 0 and not self.future.done():
+        self._settle()
+
+    def seal(self) -> None:
+        """No record will be added: reports of the first ones may have come in already
+        (while librdkafka's queue was full), so only now can the last one settle it."""
+        self.sealed = True
+        self._settle()
+
+    def _settle(self) -> None:
+        if self.sealed and self.left == 0 and not self.future.done():
             if self.error is None:
                 self.future.set_result(None)
             else:
@@ -171,8 +186,8 @@ class LibrdkafkaEventProducer:
                         await asyncio.sleep(_FULL_QUEUE_PAUSE_S)
                     except Exception as exc:  # confluent_kafka.KafkaException and kin
                         raise ProducerError(str(exc)) from None
-                group.left += 1
-                self.in_flight += 1
+                group.add()
+            group.seal()
             self._wake.set()
             yield Delivery(indexes, group.future)
             # Let the loop run between groups: delivery reports, the database, signals.

@@ -3,6 +3,7 @@ the same records, keys, partitions, signatures and watermark as with aiokafka.""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import AsyncIterator
 
@@ -10,7 +11,7 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.kafka.librdkafka import LibrdkafkaEventProducer
+from coordinator.kafka.librdkafka import LibrdkafkaEventProducer, ProducerError, _Group
 from coordinator.kafka.producer import FastExtraMissing, producer_factory
 from coordinator.outbox.lookup import event_counts
 from coordinator.outbox.relay import OutboxRelay
@@ -105,3 +106,19 @@ def test_without_the_fast_extra_the_relay_refuses_at_construction(
     monkeypatch.delitem(sys.modules, "coordinator.kafka.librdkafka")
     with pytest.raises(FastExtraMissing, match=r"retention-fanout\[fast\]"):
         producer_factory(KafkaSettings(), FAST)
+
+
+async def test_a_group_settles_only_once_every_record_is_handed_over() -> None:
+    # While librdkafka's queue is full the relay polls, so the first records' reports can
+    # come in before the group's last record is produced: that must not settle it.
+    producer = LibrdkafkaEventProducer(KafkaSettings(), FAST)
+    group = _Group(producer, asyncio.get_running_loop().create_future())
+    group.add()
+    group.report(None, None)
+    assert not group.future.done()
+    group.add()
+    group.seal()
+    assert not group.future.done()
+    group.report("Broker: Not enough in-sync replicas", None)
+    assert isinstance(group.future.exception(), ProducerError)
+    assert producer.in_flight == 0
