@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
+from coordinator import CoordinatorError
 from coordinator.settings import RelaySettings
 from schemas import KafkaSettings
 
@@ -74,7 +75,7 @@ class EventProducer(Protocol):
 ProducerFactory = Callable[[], EventProducer]
 
 
-class FastExtraMissing(RuntimeError):
+class FastExtraMissing(CoordinatorError, RuntimeError):
     """RETENTION_RELAY_PRODUCER=confluent without confluent-kafka installed."""
 
 
