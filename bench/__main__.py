@@ -44,6 +44,7 @@ from coordinator.purge.holds import active_hold_exists
 from coordinator.settings import RelaySettings
 from coordinator.store.db import make_engine
 from coordinator.store.tables import anonymize_marks, outbox_marks
+from demo.keys import ensure_keys
 from demo.seed_data import SEED_POLICIES
 from schemas import EventType, KafkaSettings, RetentionEvent, Topics, encode
 from tests import infra
@@ -571,6 +572,9 @@ async def postgres_version(url: str) -> str:
 async def main() -> None:
     infra.load_infra_env()
     infra.use_test_keys()  # every benchmark runs signed
+    # The template's entity types come from demo/policies.yaml, which names the demo's
+    # public key files: on a fresh clone only `make demo` would have made them.
+    ensure_keys()
     started = datetime.now(UTC).isoformat(timespec="seconds")
     load_start = list(os.getloadavg())
     rows, rounds = env_int("BENCH_ROWS", 100_000), env_int("BENCH_ROUNDS", 3)
