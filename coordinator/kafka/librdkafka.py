@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import suppress
 from typing import Any
 
+import structlog
 from aiokafka.errors import KafkaError
 from confluent_kafka import Producer  # the `fast` extra: import this module only to use it
 
@@ -28,6 +29,8 @@ from coordinator.settings import RelaySettings
 from schemas import KafkaSettings
 
 __all__ = ["LibrdkafkaEventProducer", "ProducerError", "producer_config"]
+
+log = structlog.get_logger(__name__)
 
 _POLL_INTERVAL_S = 0.002
 """How often delivery reports are collected while a delivery is open."""
@@ -60,14 +63,17 @@ def producer_config(kafka: KafkaSettings, relay: RelaySettings) -> dict[str, Any
         # A record not acknowledged within the relay's bound fails (and is sent again next
         # round) instead of lingering in librdkafka's queue for its 5-minute default.
         "message.timeout.ms": int(relay.publish_timeout_s * 1000),
-        "error_cb": _ignore_client_error,
+        "error_cb": _client_error,
     }
 
 
-def _ignore_client_error(error: Any) -> None:
+def _client_error(error: Any) -> None:
     # librdkafka reports connection trouble here and retries by itself; what matters to
-    # the relay reaches it as failed deliveries, or as a stall the watchdog acts on.
-    return
+    # the relay reaches it as failed deliveries, or as a stall the watchdog acts on. A
+    # fatal error (the idempotent producer's state is lost) leaves this producer unusable
+    # until the watchdog replaces it: say so. Its text names brokers, never credentials.
+    if error.fatal():
+        log.warning("librdkafka_fatal_error", error=str(error))
 
 
 def _retrieve(future: asyncio.Future[object]) -> None:

@@ -11,7 +11,12 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.kafka.librdkafka import LibrdkafkaEventProducer, ProducerError, _Group
+from coordinator.kafka.librdkafka import (
+    LibrdkafkaEventProducer,
+    ProducerError,
+    _client_error,
+    _Group,
+)
 from coordinator.kafka.producer import FastExtraMissing, producer_factory
 from coordinator.outbox.lookup import event_counts
 from coordinator.outbox.relay import OutboxRelay
@@ -122,3 +127,14 @@ async def test_a_group_settles_only_once_every_record_is_handed_over() -> None:
     group.report("Broker: Not enough in-sync replicas", None)
     assert isinstance(group.future.exception(), ProducerError)
     assert producer.in_flight == 0
+
+
+def test_only_fatal_client_errors_are_logged(capsys: pytest.CaptureFixture[str]) -> None:
+    from confluent_kafka import KafkaError as RdKafkaError
+
+    _client_error(RdKafkaError(RdKafkaError._TRANSPORT, "broker down"))
+    assert "librdkafka_fatal_error" not in capsys.readouterr().out
+    _client_error(RdKafkaError(RdKafkaError._FENCED, "producer fenced", fatal=True))
+    out = capsys.readouterr().out
+    assert "librdkafka_fatal_error" in out
+    assert "producer fenced" in out
