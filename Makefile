@@ -23,7 +23,8 @@ WITH_INFRA := set -a; source $(ENV_FILE); set +a;
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-# The faust extra resolves with our aiokafka pin, so its tests run in `make test` too.
+# The faust extra resolves with our aiokafka pin, so its tests run in `make test` too; so do
+# the relay's librdkafka producer's (the fast extra).
 # Dependencies come from the lock only (hashes checked); the project itself is installed
 # without resolving anything, and `pip check` fails when the lock misses or contradicts
 # pyproject.toml (run `make lock` then).
@@ -32,20 +33,20 @@ $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
-	$(BIN)/python -m pip install -q --no-deps -e '.[test,faust]'
+	$(BIN)/python -m pip install -q --no-deps -e '.[test,faust,fast]'
 	$(BIN)/python -m pip check
 	touch $(STAMP)
 
 # The bench's own extra (matplotlib for its chart), on top of the project's venv.
 BENCH_STAMP := $(VENV)/.bench-installed
 $(BENCH_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/python -m pip install -q -e '.[test,faust,bench]'
+	$(BIN)/python -m pip install -q -e '.[test,faust,fast,bench]'
 	touch $(BENCH_STAMP)
 
 # atheris (libFuzzer for Python) for `make fuzz` and the fuzz step of `make test-faults`.
 FUZZ_STAMP := $(VENV)/.fuzz-installed
 $(FUZZ_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/python -m pip install -q -e '.[test,faust,fuzz]'
+	$(BIN)/python -m pip install -q -e '.[test,faust,fast,fuzz]'
 	touch $(FUZZ_STAMP)
 
 venv: $(STAMP) ## create or refresh .venv with the project, its test extras and faust
@@ -58,7 +59,7 @@ lock: ## re-resolve requirements/lock.txt (exact versions with hashes) and the a
 	  $(LOCK_TOOLS)/bin/python -m pip install -q pip-tools; }
 	mkdir -p $(dir $(LOCK))
 	$(LOCK_TOOLS)/bin/pip-compile -q $(LOCK_UPGRADE) --generate-hashes --allow-unsafe --strip-extras \
-	  --extra test --extra faust --no-emit-find-links --no-emit-index-url \
+	  --extra test --extra faust --extra fast --no-emit-find-links --no-emit-index-url \
 	  --output-file $(LOCK) pyproject.toml
 	rm -f $(APP_LOCK)
 	$(LOCK_TOOLS)/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras \

@@ -1,7 +1,7 @@
 """Outbox relay throughput against bare aiokafka and Kafka's own producer, same records.
 
     python -m bench.relay_throughput [--rows 100000] [--rounds 3] [--variants]
-                                     [--producer-performance]
+                                     [--producer-performance [--warmup 200000]]
 
 Fills the outbox of a scratch database with `--rows` events (~330 bytes each) in purge
 batches of 5,000 (the policies' default batch size) and, per round, times on fresh
@@ -10,6 +10,8 @@ topics (interleaved, rotated every round):
 * `relay`: `OutboxRelay.drain()` — lead, read past the watermark, expand, validate,
   encode, sign (one Merkle root per 128 records, SPEC §9), send, await acks, mark, audit;
 * `relay_unsigned`: the same with `RETENTION_SIGNATURES=off`: what signing costs;
+* `relay_confluent`, `relay_confluent_unsigned`: the same two on the relay's librdkafka
+  producer (`RETENTION_RELAY_PRODUCER=confluent`, the `fast` extra);
 * `send_per_message`: a bare aiokafka producer (same options) encoding each event with
   `schemas.encode` and calling `send()` per record, every future gathered once — what
   the relay did before it used the batch API;
@@ -19,7 +21,7 @@ topics (interleaved, rotated every round):
   publishing these events through aiokafka from one Python process;
 * with `--producer-performance`: Kafka's Java producer (bench/ProducerLimit.java through
   bench/kafka_tools.py) on the same keyed, encoded events with the same producer and
-  connection settings.
+  connection settings, timed after `--warmup` records as in `make bench`.
 
 Reports medians with min–max, CPU seconds of this process, and the load average.
 `--variants` repeats the relay run with other producer settings and claim sizes, to
@@ -71,6 +73,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "tuned, claim 1000": {"batch_size": 1000},
     "tuned, claim 5000": {"batch_size": 5000},
     "tuned, claim 10000": {"batch_size": 10000},
+    "tuned, claim 20000": {"batch_size": 20000},
+    "confluent, claim 5000": {"producer": "confluent"},
+    "confluent, claim 20000": {"producer": "confluent", "batch_size": 20000},
+    "confluent, send chunk 5000": {"producer": "confluent", "send_chunk": 5000},
 }
 
 Timing = tuple[float, float]
@@ -140,7 +146,7 @@ async def batch_api(
             records = [
                 OutgoingRecord(
                     event.key.encode(),
-                    template.render(event.event_id, event.entity_id, event.subject),
+                    template.render(str(event.event_id), event.entity_id, event.subject),
                     [("event_id", str(event.event_id).encode())],
                 )
                 for event in events[offset : offset + relay.batch_size]
@@ -179,7 +185,7 @@ async def relay_drain(
 
 
 async def producer_performance(
-    kafka: KafkaSettings, relay: RelaySettings, events: list[RetentionEvent]
+    kafka: KafkaSettings, relay: RelaySettings, events: list[RetentionEvent], warmup: int
 ) -> Timing:
     """Kafka's Java producer (bench/ProducerLimit.java) on the same keyed, encoded events;
     its CPU is the JVM's, not ours."""
@@ -191,7 +197,7 @@ async def producer_performance(
             kafka_tools.producer_limit,
             kafka,
             kafka.topics.events,
-            0,
+            warmup,
             len(events),
             Path(payloads.name),
             relay,
@@ -223,7 +229,7 @@ def summary(count: int, timings: list[Timing]) -> dict[str, Any]:
     }
 
 
-async def main(count: int, rounds: int, variants: bool, java: bool) -> dict[str, Any]:
+async def main(count: int, rounds: int, variants: bool, java: bool, warmup: int) -> dict[str, Any]:
     infra.load_infra_env()
     infra.use_test_keys()  # every benchmark runs signed
     base = KafkaSettings()
@@ -231,6 +237,7 @@ async def main(count: int, rounds: int, variants: bool, java: bool) -> dict[str,
     try:
         await upgrade(url)
         tuned = RelaySettings()
+        confluent = tuned.model_copy(update={"producer": "confluent"})
         rows = outbox_rows(count, policy="session_logs")
         events = events_of(rows)
         record_bytes = sum(len(encode(e)) for e in events) / len(events)
@@ -244,12 +251,20 @@ async def main(count: int, rounds: int, variants: bool, java: bool) -> dict[str,
             "relay_unsigned": lambda: relay_drain(
                 url, kafka("unsigned"), tuned, rows, SignatureSettings(mode=SignatureMode.OFF)
             ),
+            "relay_confluent": lambda: relay_drain(url, kafka("confluent"), confluent, rows),
+            "relay_confluent_unsigned": lambda: relay_drain(
+                url,
+                kafka("confluent_unsigned"),
+                confluent,
+                rows,
+                SignatureSettings(mode=SignatureMode.OFF),
+            ),
             "send_per_message": lambda: send_per_message(kafka("raw"), tuned, events),
             "batch_api": lambda: batch_api(kafka("batch"), tuned, events),
         }
         if java:
             contestants["producer_performance"] = lambda: producer_performance(
-                kafka("perf"), tuned, events
+                kafka("perf"), tuned, events, warmup
             )
         timings: dict[str, list[Timing]] = {name: [] for name in contestants}
         loads = []
@@ -274,6 +289,16 @@ async def main(count: int, rounds: int, variants: bool, java: bool) -> dict[str,
         relay_rate = result["relay"]["events_per_s"]
         for name in names[1:]:
             result[f"relay/{name}"] = round(relay_rate / result[name]["events_per_s"], 3)
+        result["relay_confluent/relay_confluent_unsigned"] = round(
+            result["relay_confluent"]["events_per_s"]
+            / result["relay_confluent_unsigned"]["events_per_s"],
+            3,
+        )
+        if java:
+            java_rate = result["producer_performance"]["events_per_s"]
+            result["relay_confluent/producer_performance"] = round(
+                result["relay_confluent"]["events_per_s"] / java_rate, 3
+            )
         if variants:
             for name, change in VARIANTS.items():
                 settings = tuned.model_copy(update=change)
@@ -293,6 +318,12 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--variants", action="store_true", help="also time other settings")
     parser.add_argument(
+        "--warmup",
+        type=int,
+        default=200_000,
+        help="records the Java producer sends before it is timed (as `make bench`)",
+    )
+    parser.add_argument(
         "--producer-performance",
         action="store_true",
         help="also run Kafka's Java producer (needs java and the Kafka jars)",
@@ -300,7 +331,9 @@ if __name__ == "__main__":
     args = parser.parse_args()
     print(
         json.dumps(
-            asyncio.run(main(args.rows, args.rounds, args.variants, args.producer_performance)),
+            asyncio.run(
+                main(args.rows, args.rounds, args.variants, args.producer_performance, args.warmup)
+            ),
             indent=2,
         )
     )

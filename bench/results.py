@@ -66,6 +66,12 @@ PHASES: dict[str, Phase] = {
     "publish": Phase(
         "publish", "events/s", "Java producer, our records and keys, after warm-up", 0.3
     ),
+    "publish.confluent": Phase(
+        "publish, relay on confluent-kafka (`fast` extra)",
+        "events/s",
+        "Java producer, our records and keys, after warm-up",
+        0.3,
+    ),
     "consume": Phase("consume", "events/s", "ConsumerPerformance", None),
     "e2e": Phase("end to end (3 services, acked and tracked)", "entities/s", "", 20.0),
     "rss": Phase("peak RSS of `retention run`", "MB", "", None),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -101,6 +101,19 @@ class RelaySettings(BaseSettings):
         default="none",
         description="Codec of the event batches: none and gzip are read by every mainstream "
         "client out of the box (docs/protocol.md#compression).",
+    )
+    send_chunk: int = Field(
+        default=1024,
+        ge=1,
+        le=50_000,
+        description="Events signed and handed to the producer at a time within a batch "
+        "(rounded down to whole signature trees): the producer sends one chunk while the "
+        "next is encoded.",
+    )
+    producer: Literal["aiokafka", "confluent"] = Field(
+        default="aiokafka",
+        description="The relay's Kafka client: aiokafka (the default), or confluent-kafka "
+        "(librdkafka; the `fast` extra) for a higher publish rate (docs/relay.md).",
     )
     signature_batch: int = Field(
         default=128,

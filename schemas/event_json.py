@@ -14,6 +14,7 @@ identical on a varied sample.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from json.encoder import encode_basestring
 from typing import Annotated, Any
 
@@ -22,7 +23,7 @@ from pydantic import ConfigDict, TypeAdapter
 from schemas.codec import encode
 from schemas.models import RetentionEvent
 
-__all__ = ["PER_EVENT", "EventTemplate", "validate_per_event"]
+__all__ = ["PER_EVENT", "EventTemplate", "invalid_per_event"]
 
 PER_EVENT = ("event_id", "entity_id", "subject")
 """The fields that differ between the events of one batch."""
@@ -47,13 +48,36 @@ _PER_EVENT: TypeAdapter[tuple[Any, Any, Any]] = TypeAdapter(
 )
 
 
-def validate_per_event(event_id: uuid.UUID, entity_id: Any, subject: Any) -> None:
-    """Check the per-event values as the (strict) model checks them.
+_BATCH_TYPE: Any = tuple[  # type: ignore[misc]
+    list[_field_type("entity_id")], list[_field_type("subject")]  # type: ignore[misc]
+]
+_BATCH: TypeAdapter[tuple[list[Any], list[Any]]] = TypeAdapter(
+    _BATCH_TYPE, config=ConfigDict(strict=True)
+)
 
-    Raises:
-        ValueError: `RetentionEvent` would refuse them (pydantic's ValidationError is one).
+
+def invalid_per_event(
+    event_ids: Sequence[str], entity_ids: Sequence[Any], subjects: Sequence[Any]
+) -> dict[int, ValueError]:
+    """Which events of a batch `RetentionEvent` would refuse for their per-event values
+    (alongside: their ids in text form, entity ids, subjects), and why; usually none.
+
+    The whole batch is checked in one call; only a batch that fails is checked event by
+    event, with the strict model's own field types.
     """
-    _PER_EVENT.validate_python((event_id, entity_id, subject))
+    try:
+        _BATCH.validate_python((list(entity_ids), list(subjects)))
+    except ValueError:
+        pass
+    else:
+        return {}
+    errors: dict[int, ValueError] = {}
+    for n, (event, entity, subject) in enumerate(zip(event_ids, entity_ids, subjects, strict=True)):
+        try:
+            _PER_EVENT.validate_python((uuid.UUID(event), entity, subject))
+        except ValueError as exc:  # pydantic's ValidationError is one
+            errors[n] = exc
+    return errors
 
 
 class EventTemplate:
@@ -78,8 +102,9 @@ class EventTemplate:
             return None
         return cls(*pieces)
 
-    def render(self, event_id: uuid.UUID, entity_id: str, subject: str | None) -> bytes:
-        """The event's JSON with these per-event values (validated by the caller)."""
+    def render(self, event_id: str, entity_id: str, subject: str | None) -> bytes:
+        """The event's JSON with these per-event values (validated by the caller; the
+        event id in its canonical text form, as `str(uuid)` writes it)."""
         who = "null" if subject is None else encode_basestring(subject)
         return (
             f'{self._head}"{event_id}"{self._middle}{encode_basestring(entity_id)}'

@@ -214,6 +214,34 @@ class KafkaSettings(BaseSettings):
             kwargs["sasl_plain_password"] = self.sasl_password.get_secret_value()
         return kwargs
 
+    def librdkafka_config(self) -> dict[str, Any]:
+        """The same connection as `client_kwargs`, as librdkafka configuration (the relay's
+        optional confluent-kafka producer): protocol, CA, client certificate, host-name
+        check (librdkafka's default, like ours), SASL login. It holds the SASL password in
+        clear: never log it."""
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+            "client.id": self.effective_client_id,
+            "socket.timeout.ms": int(self.request_timeout_s * 1000),
+        }
+        if self.security_protocol in _TLS:
+            # Checked as `ssl_context` checks them, with the same messages.
+            cafile = _readable(self.ssl_cafile, "SSL_CAFILE")
+            certfile = _readable(self.ssl_certfile, "SSL_CERTFILE")
+            keyfile = _readable(self.ssl_keyfile, "SSL_KEYFILE")
+            # Without a CA file, the system's trust store, as `ssl.create_default_context`.
+            config["ssl.ca.location"] = cafile or "probe"
+            if certfile is not None:
+                config["ssl.certificate.location"] = certfile
+                # A certificate file may hold the key too (`ssl_certfile`).
+                config["ssl.key.location"] = keyfile or certfile
+        if self.security_protocol in _SASL and self.sasl_password is not None:
+            config["sasl.mechanism"] = self.sasl_mechanism
+            config["sasl.username"] = self.sasl_username
+            config["sasl.password"] = self.sasl_password.get_secret_value()
+        return config
+
     def producer_kwargs(self) -> dict[str, Any]:
         """`client_kwargs` plus this codec: what every producer of ours but the relay's
         starts from (the relay has its own codec, `RETENTION_RELAY_COMPRESSION`)."""

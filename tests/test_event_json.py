@@ -10,7 +10,13 @@ from typing import Any
 
 import pytest
 
-from coordinator.outbox.events import BATCH_COLUMNS, SHARED, BatchEncoder, event_id
+from coordinator.outbox.events import (
+    BATCH_COLUMNS,
+    SHARED,
+    BatchEncoder,
+    event_id,
+    event_id_texts,
+)
 from coordinator.store.tables import outbox_batches
 from schemas import EventReason, EventType, RetentionEvent, encode
 from schemas.event_json import PER_EVENT, EventTemplate
@@ -107,6 +113,12 @@ def test_event_ids_are_those_of_the_sql_function() -> None:
     assert event_id(event_id(base, 77), 0) == event_id(base, 0)
 
 
+@pytest.mark.parametrize("first", [0, 1, 77, 2**31 - 3, -1, -(2**31)])
+def test_event_id_texts_are_the_ids_as_text(first: int) -> None:
+    base = uuid.UUID("01890a5d-ac96-7abc-8def-0123456789ab")
+    assert event_id_texts(base, first, 3) == [str(event_id(base, first + n)) for n in range(3)]
+
+
 def test_batch_bytes_equal_encode_on_a_varied_sample() -> None:
     events = sample_events(2000)
     assert {e.run_id is None for e in events} == {True, False}
@@ -116,26 +128,25 @@ def test_batch_bytes_equal_encode_on_a_varied_sample() -> None:
     encoder = BatchEncoder()
     for start in range(0, len(events), 37):
         row, expected = batch_of(events[start : start + 37], first=start)
-        encoded = list(encoder(row))
-        assert [e.event_id for e in encoded] == [e.event_id for e in expected]
-        for got, want in zip(encoded, expected, strict=True):
-            assert got.error is None, want
-            assert got.value == encode(want), want
-            assert got.key == want.key.encode()
+        encoded = encoder(row)
+        assert encoded.event_ids == [str(e.event_id) for e in expected]
+        assert encoded.errors == {}
+        assert encoded.values == [encode(e) for e in expected]
+        assert encoded.keys == [e.key.encode() for e in expected]
 
 
 def test_a_template_placeholder_in_a_shared_field_falls_back_to_the_model() -> None:
     event = sample_events(1)[0].model_copy(update={"policy": "\ue000entity\ue000"})
     row, expected = batch_of([event, event.model_copy(update={"entity_id": "\ue000entity\ue000"})])
     assert EventTemplate.of({n: getattr(event, n) for n in SHARED}) is None
-    assert [e.value for e in BatchEncoder()(row)] == [encode(e) for e in expected]
+    assert BatchEncoder()(row).values == [encode(e) for e in expected]
 
 
 def test_batch_without_subjects_has_null_subjects() -> None:
     events = [e.model_copy(update={"subject": None}) for e in sample_events(3)]
     row, expected = batch_of(events)
     row["subjects"] = None
-    assert [e.value for e in BatchEncoder()(row)] == [encode(e) for e in expected]
+    assert BatchEncoder()(row).values == [encode(e) for e in expected]
 
 
 def bad_batches() -> list[tuple[str, dict[str, Any]]]:
@@ -173,22 +184,36 @@ def test_encoder_refuses_exactly_what_the_model_refuses(warm: bool) -> None:
         encoder = BatchEncoder()
         if warm:
             encoder(batch_of([good])[0])
-        [only] = list(encoder(row))
-        assert only.error is not None, reason
-        assert only.value == b"", reason
+        encoded = encoder(row)
+        assert list(encoded.errors) == [0], reason
+        assert encoded.values == [b""], reason
+        assert encoded.keys == [b""], reason
 
 
 def test_one_bad_entity_spoils_only_its_own_event() -> None:
     events = sample_events(3)
     row, expected = batch_of(events)
     row["entity_ids"] = [events[0].entity_id, "", events[2].entity_id]
-    out = list(BatchEncoder()(row))
-    assert [o.error is None for o in out] == [True, False, True]
-    assert out[2].value == encode(expected[2])
+    out = BatchEncoder()(row)
+    assert list(out.errors) == [1]
+    assert out.values == [encode(expected[0]), b"", encode(expected[2])]
+    assert out.event_ids == [str(e.event_id) for e in expected]
+
+
+def test_subjects_shorter_than_the_entities_are_null_and_longer_are_cut() -> None:
+    events = [e.model_copy(update={"subject": "user:1"}) for e in sample_events(3)]
+    row, expected = batch_of(events)
+    row["subjects"] = ["user:1"]
+    expected[1:] = [e.model_copy(update={"subject": None}) for e in expected[1:]]
+    assert BatchEncoder()(row).values == [encode(e) for e in expected]
+    row["subjects"] = ["user:1"] * 5
+    assert BatchEncoder()(row).values == [encode(e) for e in expected[:1]] + [
+        encode(e.model_copy(update={"subject": "user:1"})) for e in expected[1:]
+    ]
 
 
 def test_model_validation_is_per_field() -> None:
-    # BatchEncoder validates event_id, entity_id and subject apart from the rest; a validator
+    # BatchEncoder validates entity_id and subject apart from the rest; a validator
     # across fields would make that unsound.
     decorators = RetentionEvent.__pydantic_decorators__
     assert not decorators.model_validators

@@ -80,6 +80,32 @@ def test_sasl_client_arguments() -> None:
     assert "sasl_mechanism" not in plaintext
 
 
+def test_librdkafka_config_is_the_same_connection(tmp_path: Path) -> None:
+    ca, cert, key = (tmp_path / name for name in ("ca.pem", "cert.pem", "key.pem"))
+    for path in (ca, cert, key):
+        path.write_text("-")
+    config = KafkaSettings(**SASL, ssl_cafile=ca).librdkafka_config()
+    assert {k: config[k] for k in ("security.protocol", "sasl.mechanism", "sasl.username")} == {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "billing",
+    }
+    assert config["sasl.password"] == PASSWORD
+    assert config["ssl.ca.location"] == str(ca)
+    assert "ssl.endpoint.identification.algorithm" not in config  # librdkafka's https default
+    # No CA file: the system's trust store; a certificate file may hold the key too.
+    mtls = KafkaSettings(security_protocol="SSL", ssl_certfile=cert).librdkafka_config()
+    assert (mtls["ssl.ca.location"], mtls["ssl.key.location"]) == ("probe", str(cert))
+    assert "sasl.password" not in mtls
+    with_key = KafkaSettings(security_protocol="SSL", ssl_certfile=cert, ssl_keyfile=key)
+    assert with_key.librdkafka_config()["ssl.key.location"] == str(key)
+    plaintext = KafkaSettings().librdkafka_config()
+    assert plaintext["security.protocol"] == "PLAINTEXT"
+    assert not any(k.startswith(("ssl.", "sasl.")) for k in plaintext)
+    with pytest.raises(KafkaSettingsError, match="RETENTION_KAFKA_SSL_CAFILE"):
+        KafkaSettings(security_protocol="SSL", ssl_cafile=tmp_path / "absent").librdkafka_config()
+
+
 @pytest.mark.parametrize("setting", ["ssl_cafile", "ssl_certfile"])
 def test_an_unusable_file_is_named_when_a_client_is_built(tmp_path: Path, setting: str) -> None:
     missing = KafkaSettings(security_protocol="SSL", **{setting: tmp_path / "absent.pem"})

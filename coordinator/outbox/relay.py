@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable
 from contextlib import suppress
@@ -28,7 +28,7 @@ from typing import Any
 
 import structlog
 from aiokafka.errors import KafkaError
-from sqlalchemy import Select, bindparam, func, insert, or_, select
+from sqlalchemy import Row, Select, bindparam, func, insert, or_, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -38,10 +38,10 @@ from coordinator.evidence import audit
 from coordinator.kafka.producer import (
     Delivery,
     EventProducer,
-    KafkaEventProducer,
     OutgoingRecord,
     ProducerFactory,
 )
+from coordinator.kafka.producer import producer_factory as default_factory
 from coordinator.metrics import Metrics
 from coordinator.outbox.events import BATCH_COLUMNS, BatchEncoder, event_from_row
 from coordinator.outbox.lookup import published_up_to, unpublished_events
@@ -91,14 +91,17 @@ class _Claim:
     seqs: list[int] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)
     """Events of each batch, unbuildable ones included; alongside `seqs`."""
-    event_ids: list[uuid.UUID] = field(default_factory=list)
+    rows: list[Row[Any]] = field(default_factory=list)
+    """The batches read; `seqs` and `sizes` cover those encoded so far."""
+    event_ids: list[str] = field(default_factory=list)
     policies: list[str] = field(default_factory=list)
     batch_of: list[int] = field(default_factory=list)
     """Index into `seqs` of each record's batch."""
     records: list[OutgoingRecord] = field(default_factory=list)
     """One per built event, in seq order; `event_ids`, `policies`, `batch_of` alongside."""
-    unbuildable: list[tuple[int, uuid.UUID]] = field(default_factory=list)
-    deliveries: list[Delivery] = field(default_factory=list)
+    unbuildable: list[tuple[int, str]] = field(default_factory=list)
+    deliveries: list[tuple[int, Delivery]] = field(default_factory=list)
+    """Each delivery with the position in `records` its indexes start from."""
     enqueue_error: BaseException | None = None
     deadline: float = 0.0
 
@@ -197,10 +200,7 @@ class OutboxRelay:
         self._settings = settings if settings is not None else RelaySettings()
         self._metrics = metrics if metrics is not None else Metrics()
         self._clock = clock if clock is not None else SystemClock()
-        relay_settings = self._settings
-        self._factory: ProducerFactory = producer_factory or (
-            lambda: KafkaEventProducer(kafka, relay_settings)
-        )
+        self._factory: ProducerFactory = producer_factory or default_factory(kafka, self._settings)
         self._actor = actor
         self._producer: EventProducer | None = None
         self._watchdog = Watchdog(self._settings.stall_timeout_s)
@@ -258,11 +258,11 @@ class OutboxRelay:
         if claim is None:
             return BatchResult()
         async with claim:
-            await self._enqueue(producer, claim)
+            await self._send(producer, claim)
             return await self._finish(claim)
 
     async def _claim(self) -> _Claim | None:
-        """Open the round's transaction, lead, and encode the batches past the watermark.
+        """Open the round's transaction, lead, and read the batches past the watermark.
 
         None: another relay leads, or there is nothing to publish.
         """
@@ -277,55 +277,78 @@ class OutboxRelay:
             if not rows:
                 await conn.close()
                 return None
-            claim = _Claim(conn)
-            encode = BatchEncoder()
-            for row in rows:
-                index = len(claim.seqs)
-                claim.seqs.append(row.seq)
-                size = 0
-                for event in encode(row._mapping):
-                    size += 1
-                    if event.error is not None:
-                        claim.unbuildable.append((index, event.event_id))
-                        log.error(
-                            "outbox_event_unpublishable",
-                            event_id=str(event.event_id),
-                            error=error_text(event.error),
-                        )
-                        continue
-                    claim.event_ids.append(event.event_id)
-                    claim.policies.append(row.policy)
-                    claim.batch_of.append(index)
-                    claim.records.append(
-                        OutgoingRecord(
-                            event.key, event.value, [("event_id", str(event.event_id).encode())]
-                        )
-                    )
-                claim.sizes.append(size)
-            if self._signer is not None:
-                self._sign(claim)
-            return claim
+            return _Claim(conn, rows=list(rows))
         except BaseException:
             await conn.close()
             raise
 
-    def _sign(self, claim: _Claim) -> None:
-        """One Ed25519 signature per `signature_batch` records (a Merkle root), a proof in
-        each: smaller trees keep the proof header short, larger ones sign less often."""
-        assert self._signer is not None
-        self._signer.sign_in_place(claim.records, self._settings.signature_batch)
-
-    async def _enqueue(self, producer: EventProducer, claim: _Claim) -> None:
-        """Hand every record to the producer without waiting for acknowledgements."""
+    async def _send(self, producer: EventProducer, claim: _Claim) -> None:
+        """Encode, sign and hand over the claim's events, a chunk at a time, without
+        waiting for acknowledgements: the producer sends one chunk while the next is
+        encoded. A chunk is whole signature trees of whole batches' events; a failed
+        hand-over ends the round's sending (what was not handed over is sent next round).
+        """
         loop = asyncio.get_running_loop()
         claim.deadline = loop.time() + self._settings.publish_timeout_s
+        tree = self._settings.signature_batch
+        chunk = max(tree, self._settings.send_chunk // tree * tree)
+        encode = BatchEncoder()
+        sent = 0
+        for row in claim.rows:
+            self._encode(claim, encode, row)
+            if len(claim.records) - sent >= chunk:
+                ready = (len(claim.records) - sent) // tree * tree
+                if not await self._hand_over(producer, claim, sent, sent + ready):
+                    return
+                sent += ready
+        if sent < len(claim.records):
+            await self._hand_over(producer, claim, sent, len(claim.records))
+
+    def _encode(self, claim: _Claim, encode: BatchEncoder, row: Row[Any]) -> None:
+        """Append the events of one batch row to the claim; log those it cannot build."""
+        index = len(claim.seqs)
+        claim.seqs.append(row.seq)
+        batch = encode(row._mapping)
+        claim.sizes.append(len(batch.event_ids))
+        for position, error in batch.errors.items():
+            event = batch.event_ids[position]
+            claim.unbuildable.append((index, event))
+            log.error("outbox_event_unpublishable", event_id=event, error=error_text(error))
+        ids, keys, values = batch.event_ids, batch.keys, batch.values
+        if batch.errors:
+            kept = [n for n in range(len(ids)) if n not in batch.errors]
+            ids, keys, values = (
+                [ids[n] for n in kept],
+                [keys[n] for n in kept],
+                [values[n] for n in kept],
+            )
+        claim.event_ids += ids
+        claim.records += [
+            OutgoingRecord(key, value, [("event_id", event.encode())])
+            for event, key, value in zip(ids, keys, values, strict=True)
+        ]
+        built = len(ids)
+        claim.policies += [row.policy] * built
+        claim.batch_of += [index] * built
+
+    async def _hand_over(
+        self, producer: EventProducer, claim: _Claim, start: int, end: int
+    ) -> bool:
+        """Sign records [start, end) and enqueue them; False if the producer failed."""
+        chunk = claim.records[start:end]
+        if self._signer is not None:
+            # One Ed25519 signature per `signature_batch` records (a Merkle root), a proof
+            # in each: smaller trees keep the proof header short, larger ones sign less.
+            self._signer.sign_in_place(chunk, self._settings.signature_batch)
         try:
             # Enqueueing awaits topic metadata, which can hang (aiokafka#759).
             async with asyncio.timeout_at(claim.deadline):
-                async for delivery in producer.send_all(self._topic, claim.records):
-                    claim.deliveries.append(delivery)
+                async for delivery in producer.send_all(self._topic, chunk):
+                    claim.deliveries.append((start, delivery))
         except (KafkaError, TimeoutError) as exc:
             claim.enqueue_error = exc
+            return False
+        return True
 
     async def _finish(self, claim: _Claim) -> BatchResult:
         """Wait (bounded) for the acknowledgements, mark the acknowledged prefix, commit.
@@ -334,33 +357,38 @@ class OutboxRelay:
         batches before it, was acknowledged; the rest are sent again next round.
         """
         outcomes = await self._outcomes(claim)
-        failed_batches = {claim.batch_of[i] for i, error in enumerate(outcomes) if error}
-        done = min(failed_batches, default=len(claim.seqs))  # batches [0, done) are out
-        published = [i for i, b in enumerate(claim.batch_of) if b < done]
-        failed = sum(1 for error in outcomes if error is not None)
-        if failed:
-            first = next(error for error in outcomes if error is not None)
-            log.warning("publish_failed", events=failed, topic=self._topic, error=error_text(first))
+        failures = [(i, error) for i, error in enumerate(outcomes) if error is not None]
+        if failures:
+            log.warning(
+                "publish_failed",
+                events=len(failures),
+                topic=self._topic,
+                error=error_text(failures[0][1]),
+            )
+        # batches [0, done) are out
+        done = min((claim.batch_of[i] for i, _ in failures), default=len(claim.seqs))
+        # Records are in batch order: those of batches [0, done) are a prefix.
+        published = bisect_left(claim.batch_of, done)
         skipped = [event for b, event in claim.unbuildable if b < done]
-        policies = Counter(claim.policies[i] for i in published)
+        policies = Counter(claim.policies[:published])
         if done:
             await self._mark_published(
                 claim,
                 up_to=claim.seqs[done - 1],
                 events=sum(claim.sizes[:done]),
-                ids=[claim.event_ids[i] for i in published],
+                ids=claim.event_ids[:published],
                 skipped=skipped,
                 policies=policies,
             )
         await claim.conn.commit()
         for policy, count in policies.items():
             self._metrics.events_published.labels(policy=policy).inc(count)
-        return BatchResult(claim.claimed, len(published), failed, len(skipped))
+        return BatchResult(claim.claimed, published, len(failures), len(skipped))
 
     async def _outcomes(self, claim: _Claim) -> list[BaseException | None]:
         """One outcome per record: None when the broker acknowledged it."""
         loop = asyncio.get_running_loop()
-        futures = [delivery.future for delivery in claim.deliveries]
+        futures = [delivery.future for _, delivery in claim.deliveries]
         if futures:
             _, pending = await asyncio.wait(futures, timeout=max(0.0, claim.deadline - loop.time()))
             for future in pending:
@@ -370,7 +398,7 @@ class OutboxRelay:
         outcomes: list[BaseException | None] = [claim.enqueue_error or timed_out] * len(
             claim.records
         )
-        for delivery in claim.deliveries:
+        for start, delivery in claim.deliveries:
             future = delivery.future
             outcome: BaseException | None
             if not future.done():
@@ -380,7 +408,7 @@ class OutboxRelay:
             else:
                 outcome = future.exception()
             for index in delivery.indexes:
-                outcomes[index] = outcome
+                outcomes[start + index] = outcome
         return outcomes
 
     async def _mark_published(
@@ -389,8 +417,8 @@ class OutboxRelay:
         *,
         up_to: int,
         events: int,
-        ids: list[uuid.UUID],
-        skipped: list[uuid.UUID],
+        ids: list[str],
+        skipped: list[str],
         policies: Counter[str],
     ) -> None:
         now = self._clock.now()
@@ -405,8 +433,8 @@ class OutboxRelay:
                 "up_to": up_to,
                 "count": len(ids),
                 "policies": dict(sorted(policies.items())),
-                "event_ids": [str(i) for i in ids],
-                **({"unpublishable": [str(i) for i in skipped]} if skipped else {}),
+                "event_ids": ids,
+                **({"unpublishable": skipped} if skipped else {}),
             },
         )
         await audit.append(claim.conn, [entry], at=now)

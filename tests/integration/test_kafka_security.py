@@ -25,7 +25,10 @@ from aiokafka.errors import (
 
 from consumer_sdk import ConsumerSettings, RetentionConsumer, RetentionEvent
 from coordinator.kafka.admin import ensure_topics
-from coordinator.settings import TrackerSettings
+from coordinator.outbox.relay import OutboxRelay
+from coordinator.settings import RelaySettings, TrackerSettings
+from coordinator.store.db import make_engine
+from schemas import decode
 from schemas.signing import SignatureSettings
 from tests import declared, infra
 from tests.e2e.harness import (
@@ -37,7 +40,7 @@ from tests.e2e.harness import (
     states_are,
     wait_for,
 )
-from tests.outbox import insert_rows, outbox_rows
+from tests.outbox import insert_rows, outbox_rows, read_records
 from tests.secure_kafka import SecuredKafka, secured_kafka
 
 pytestmark = pytest.mark.slow
@@ -117,6 +120,29 @@ async def test_fan_out_over_sasl_ssl(
             await billing.stop()
             await stack.stop_services()
     assert sorted(handled) == sorted(row["entity_id"] for row in rows)
+
+
+async def test_the_librdkafka_relay_publishes_over_sasl_ssl(
+    broker: SecuredKafka, coordinator_db: str
+) -> None:
+    # RETENTION_RELAY_PRODUCER=confluent gets its TLS and SCRAM login from the same settings.
+    coordinator = broker.settings("coordinator")
+    engine = make_engine(coordinator_db)
+    try:
+        rows = outbox_rows(EVENTS, start=7000)
+        await insert_rows(engine, rows)
+        relay = OutboxRelay(engine, coordinator, settings=RelaySettings(producer="confluent"))
+        async with relay:
+            assert await relay.drain(timeout_s=60) == EVENTS
+    finally:
+        await engine.dispose()
+    admin = broker.settings("admin")
+    records = await read_records(admin, admin.topics.events, expected=EVENTS)
+    ours = {row["event_id"] for row in rows}
+    verifier = SignatureSettings().coordinator_verifier()
+    mine = [r for r in records if r.value and decode(RetentionEvent, r.value).event_id in ours]
+    assert {decode(RetentionEvent, r.value).event_id for r in mine} == ours
+    assert all(verifier.verify(r.key, r.value, r.headers).valid for r in mine)
 
 
 async def test_only_the_coordinator_may_write_events(broker: SecuredKafka) -> None:

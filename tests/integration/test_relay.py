@@ -21,7 +21,7 @@ from coordinator.evidence import audit
 from coordinator.kafka.producer import Delivery, EventProducer, KafkaEventProducer, OutgoingRecord
 from coordinator.metrics import Metrics
 from coordinator.outbox.lookup import event_counts, unpublished_events
-from coordinator.outbox.relay import AUDIT_ACTION, OutboxRelay
+from coordinator.outbox.relay import AUDIT_ACTION, OutboxRelay, PublishFailed
 from coordinator.settings import RelaySettings
 from coordinator.store.db import make_engine
 from coordinator.store.tables import audit_log
@@ -303,3 +303,55 @@ async def test_one_relay_keeps_each_entitys_events_in_outbox_order(
         per_key.setdefault(record.key, []).append(generation[event.event_id])
     assert len(per_key) == 25
     assert all(seq == list(range(8)) for seq in per_key.values()), per_key
+
+
+class _RefusingProducer:
+    """Acknowledges every record at once, except those whose key it was told to refuse."""
+
+    def __init__(self, refused: set[bytes]) -> None:
+        self._refused = refused
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def send_all(
+        self, topic: str, records: Sequence[OutgoingRecord]
+    ) -> AsyncIterator[Delivery]:
+        loop = asyncio.get_running_loop()
+        for index, record in enumerate(records):
+            future: asyncio.Future[object] = loop.create_future()
+            if record.key in self._refused:
+                future.set_exception(PublishFailed("refused"))
+            else:
+                future.set_result(None)
+            yield Delivery([index], future)
+
+
+async def test_a_refused_record_stops_the_watermark_at_its_batch(
+    engine: AsyncEngine, topics: KafkaSettings
+) -> None:
+    first = outbox_rows(40, policy="session_logs")
+    second = outbox_rows(40, policy="purchase_records", start=100)
+    third = outbox_rows(40, policy="audit_trail", start=200)
+    await insert_rows(engine, first + second + third)
+    refused = {f"user:{second[7]['entity_id']}".encode()}
+    # One round claims all three batches; the second's refused record holds back the third.
+    settings = FAST.model_copy(update={"batch_size": 1000, "send_chunk": 128})
+    relay = OutboxRelay(
+        engine, topics, settings=settings, producer_factory=lambda: _RefusingProducer(refused)
+    )
+    async with relay:
+        result = await relay.publish_batch()
+    assert (result.claimed, result.published, result.send_failed) == (120, 40, 1)
+    async with engine.connect() as conn:
+        assert await unpublished_events(conn) == 80
+        [data] = (
+            await conn.execute(
+                select(audit_log.c.data).where(audit_log.c.action == AUDIT_ACTION.value)
+            )
+        ).scalars()
+    assert data["event_ids"] == [str(row["event_id"]) for row in first]
+    assert data["policies"] == {"session_logs": 40}
