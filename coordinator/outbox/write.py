@@ -4,7 +4,7 @@
 the row the next seq, so seq order is commit order: when the relay sees seq N committed,
 every smaller seq committed before it, and its watermark never skips a row that commits
 later. Writers append their audit entry in the same transaction anyway, so the lock is
-held for no longer than it was. Given the audit entries, `enqueue` writes them in the
+held for no longer than it was. Given the audit entry, `enqueue` writes it in the
 same statement as the row: under the lock then go three round trips (the lock, the
 chain's head, the inserts) and the commit, so call it last before the commit.
 """
@@ -50,15 +50,15 @@ async def enqueue(
     conn: AsyncConnection,
     batch: EventBatch,
     *,
-    recorded: Sequence[AuditEntry] = (),
+    recorded: AuditEntry | None = None,
 ) -> int:
-    """Write the batch's outbox row and the audit entries `recorded` that record it,
+    """Write the batch's outbox row and the audit entry `recorded` that records it,
     stamped with the batch's `initiated_at`; return its seq (0: the batch has no events,
-    and only the entries are written).
+    and only the entry is written).
     """
     if not batch.entity_ids:
-        if recorded:
-            await audit.append(conn, recorded, at=batch.initiated_at)
+        if recorded is not None:
+            await audit.append(conn, [recorded], at=batch.initiated_at)
         return 0
     head = await audit.lock_head(conn)
     b = outbox_batches.c
@@ -101,12 +101,14 @@ async def enqueue(
         )
         .returning(b.seq)
     )
-    if not recorded:
+    if recorded is None:
         return int(await conn.scalar(row) or 0)
     written = row.cte("batch")
+    # One row's values, not a list of them: SQLAlchemy caches the compiled statement then.
+    (entry,) = audit.chained(head, [recorded], at=batch.initiated_at)
     seq = await conn.scalar(
         insert(audit_log)
-        .values(audit.chained(head, recorded, at=batch.initiated_at))
+        .values(entry)
         .add_cte(written)
         .returning(select(written.c.seq).scalar_subquery())
     )

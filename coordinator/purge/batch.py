@@ -161,10 +161,11 @@ def _ledger(policy: Policy, entity: Any, run_id: uuid.UUID, now: datetime, *, re
     )
 
 
-def _subject(bound: BoundPolicy, acted: Any) -> ColumnElement[Any]:
-    """`"type:id"` of each acted row's subject (NULL when the row names none)."""
+def _subject(bound: BoundPolicy, acted: Any) -> ColumnElement[Any] | None:
+    """`"type:id"` of each acted row's subject (NULL when the row names none); None when
+    the policy maps no subjects."""
     if bound.subject is None or bound.subject_column is None:
-        return literal(None, Text)
+        return None
     column = acted.c[bound.subject_column.name]
     return literal(f"{bound.subject.entity_type}:", Text).concat(cast(column, Text))
 
@@ -174,11 +175,10 @@ def _acted_entities(bound: BoundPolicy, acted: Any) -> Any:
     entry names, and the arrays the batch's outbox row holds (subjects: NULL for a policy
     that does not fan out)."""
     done = acted.c[bound.id_column.name]
+    subject = _subject(bound, acted) if bound.policy.fan_out else None
     subjects: ColumnElement[Any] = literal(None, ARRAY(Text))
-    if bound.policy.fan_out:
-        subjects = type_coerce(
-            func.array_agg(aggregate_order_by(_subject(bound, acted), done)), ARRAY(Text)
-        )
+    if subject is not None:
+        subjects = type_coerce(func.array_agg(aggregate_order_by(subject, done)), ARRAY(Text))
     return select(
         func.count().label("touched"),
         type_coerce(func.array_agg(aggregate_order_by(cast(done, Text), done)), ARRAY(Text)).label(
@@ -480,22 +480,20 @@ async def purge_batch(
     events = len(entity_ids) if policy.fan_out else 0
     # Last, so that the audit chain's lock (taken here, held to the commit) waits for
     # nothing but these inserts.
-    recorded = [
-        AuditEntry(
-            AuditAction.PURGE_BATCH,
-            "coordinator",
-            {
-                "run_id": run_id,
-                "policy": policy.name,
-                "action": policy.action.value,
-                "entity_type": policy.entity_type,
-                "count": len(entity_ids),
-                "events": events,
-                "ids": entity_ids,
-                **({"request_id": origin.request_id} if origin.request_id is not None else {}),
-            },
-        )
-    ]
+    recorded = AuditEntry(
+        AuditAction.PURGE_BATCH,
+        "coordinator",
+        {
+            "run_id": run_id,
+            "policy": policy.name,
+            "action": policy.action.value,
+            "entity_type": policy.entity_type,
+            "count": len(entity_ids),
+            "events": events,
+            "ids": entity_ids,
+            **({"request_id": origin.request_id} if origin.request_id is not None else {}),
+        },
+    )
     if policy.fan_out:
         await enqueue(
             conn,
@@ -516,5 +514,5 @@ async def purge_batch(
             recorded=recorded,
         )
     else:
-        await append(conn, recorded, at=now)
+        await append(conn, [recorded], at=now)
     return BatchResult(ids, events, batch.last_scanned, batch.contiguous, batch.exhausted)

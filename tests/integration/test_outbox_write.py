@@ -76,15 +76,15 @@ async def test_an_empty_batch_writes_nothing(engine: AsyncEngine) -> None:
         assert await enqueue(conn, batch()) == 0
 
 
-def recorded(count: int) -> list[AuditEntry]:
-    return [AuditEntry(AuditAction.PURGE_BATCH, "coordinator", {"count": count})]
+def recorded(count: int) -> AuditEntry:
+    return AuditEntry(AuditAction.PURGE_BATCH, "coordinator", {"count": count})
 
 
-async def test_the_audit_entries_are_written_with_the_row_and_chain_on(
+async def test_the_audit_entry_is_written_with_the_row_and_chains_on(
     engine: AsyncEngine,
 ) -> None:
     async with engine.begin() as conn:
-        await audit.append(conn, recorded(0), at=T0)
+        await audit.append(conn, [recorded(0)], at=T0)
         seq = await enqueue(conn, batch("1", "2"), recorded=recorded(2))
         assert await enqueue(conn, batch("3"), recorded=recorded(1)) == seq + 1
     async with engine.connect() as conn:
@@ -96,7 +96,7 @@ async def test_the_audit_entries_are_written_with_the_row_and_chain_on(
         assert [r.entity_ids for r in rows] == [["1", "2"], ["3"]]
 
 
-async def test_an_empty_batch_writes_only_its_audit_entries(engine: AsyncEngine) -> None:
+async def test_an_empty_batch_writes_only_its_audit_entry(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         assert await enqueue(conn, batch(), recorded=recorded(0)) == 0
     async with engine.connect() as conn:
