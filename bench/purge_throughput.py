@@ -19,9 +19,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+import tempfile
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, text
@@ -29,6 +31,7 @@ from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import FrozenClock
+from coordinator.copies.crypto.provider import write_kek
 from coordinator.policy.model import parse_policies
 from coordinator.purge.holds import create_hold, entity_types
 from coordinator.purge.runner import Runner
@@ -188,10 +191,14 @@ async def _engine_run(
     engine = make_engine(url)
     if profile is not None:
         profile.attach(engine)
-    runner = Runner(engine, policy_set, Settings(hash_secret=BENCH_KEY), clock=FrozenClock(NOW))
-    start = time.perf_counter()
-    report = await runner.run()
-    elapsed = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as keys:
+        # The archive seals its rows under data keys wrapped by a KEK.
+        write_kek(Path(keys) / "kek.hex")
+        settings = Settings(hash_secret=BENCH_KEY, kek_file=Path(keys) / "kek.hex")
+        runner = Runner(engine, policy_set, settings, clock=FrozenClock(NOW))
+        start = time.perf_counter()
+        report = await runner.run()
+        elapsed = time.perf_counter() - start
     await engine.dispose()
     assert report.ok, report.as_dict()
     return report.outcomes[0].processed, elapsed
