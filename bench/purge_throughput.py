@@ -1,11 +1,14 @@
 """Rows/s of the policy engine's delete, anonymize and archive next to one raw DELETE.
 
     .venv/bin/python -m bench.purge_throughput [--rows 100000] [--held 0.01] [--subject]
+        [--batch 5000] [--profile]
 
 Each scenario starts from the same table of `--rows` rows, all past retention, with
 `--held` of them under one legal hold, on a scratch database that is dropped afterwards.
 With `--subject` the policy maps its rows to subjects (`user:<user_id>`, 1000 users) and
 one user is under a subject hold too: the cost of the subject half of the hold check.
+`--profile` adds, per engine scenario, each kind of statement's count and total time
+(SQLAlchemy cursor events, plus the commits), i.e. the round trips of a batch.
 The raw baseline is the single statement the engine replaces:
 `DELETE FROM t WHERE ts < cutoff AND NOT EXISTS (active hold on the row)` — no batches,
 no audit, no outbox, one long transaction holding every row lock.
@@ -15,12 +18,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
+import tempfile
 import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import event, text
+from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import FrozenClock
+from coordinator.copies.crypto.provider import write_kek
 from coordinator.policy.model import parse_policies
 from coordinator.purge.holds import create_hold, entity_types
 from coordinator.purge.runner import Runner
@@ -42,7 +53,7 @@ policies:
     action: {action}
     legal_basis: benchmark
     fan_out: {fan_out}
-    batch_size: 5000
+    batch_size: {batch}
 {extra}services:
   - {{name: bench, owner: bench, handles: {{row: [delete, anonymize]}}}}
 """
@@ -96,7 +107,8 @@ async def _reset(url: str, rows: int, held: float, subject: bool) -> None:
         step = max(1, round(1 / held)) if held else 0
         extra = SUBJECT if subject else ""
         types = await entity_types(
-            conn, parse_policies(POLICY.format(action="delete", fan_out="false", extra=extra))
+            conn,
+            parse_policies(POLICY.format(action="delete", fan_out="false", extra=extra, batch=1)),
         )
         if subject:
             await create_hold(
@@ -117,16 +129,76 @@ async def _reset(url: str, rows: int, held: float, subject: bool) -> None:
     await engine.dispose()
 
 
-async def _engine_run(url: str, action: str, fan_out: bool, subject: bool) -> tuple[int, float]:
+# What each statement of a batch is, by its text (first match wins).
+KINDS = (
+    ("hold lock", r"pg_advisory_xact_lock_shared"),
+    ("chain lock", r"pg_advisory_xact_lock\("),
+    ("policy lock", r"pg_try_advisory_lock|pg_advisory_unlock"),
+    ("chain head", r"FROM audit_log ORDER BY"),
+    ("outbox row + audit entry", r"^WITH batch AS \(INSERT INTO retention_outbox_batches"),
+    ("audit entry", r"^INSERT INTO audit_log"),
+    ("choose + act", r"^WITH .*(DELETE|UPDATE)"),
+    ("select and lock", r"FOR UPDATE"),
+    ("ledger read", r"FROM retention_anonymized"),
+    ("anonymize mark", r"retention_anonymize_marks"),
+    ("key store / archive / vault", r"_archive|vault|data_key|retention_keys"),
+    ("plan counts", r"count\("),
+    ("ids' text", r"unnest"),
+)
+
+
+class Profile:
+    """Count and time every statement (by kind) and commit of one engine's connections."""
+
+    def __init__(self) -> None:
+        self.count: Counter[str] = Counter()
+        self.seconds: Counter[str] = Counter()
+
+    def add(self, kind: str, seconds: float) -> None:
+        self.count[kind] += 1
+        self.seconds[kind] += seconds
+
+    def attach(self, engine: AsyncEngine) -> None:
+        started: dict[int, float] = {}
+
+        def before(conn: object, *_: object) -> None:
+            started[id(conn)] = time.perf_counter()
+
+        def after(conn: object, _cursor: object, statement: str, *_: object) -> None:
+            flat = " ".join(statement.split())
+            kind = next((k for k, p in KINDS if re.search(p, flat)), "other: " + flat[:40])
+            self.add(kind, time.perf_counter() - started.pop(id(conn)))
+
+        event.listen(engine.sync_engine, "before_cursor_execute", before)
+        event.listen(engine.sync_engine, "after_cursor_execute", after)
+
+    def print(self, batches: int) -> None:
+        print(f"  {'statement':34} {'count':>6} {'ms':>8} {'ms/batch':>9}")
+        for kind, seconds in self.seconds.most_common():
+            print(
+                f"  {kind[:34]:34} {self.count[kind]:6d} {seconds * 1000:8.1f} "
+                f"{seconds * 1000 / max(batches, 1):9.2f}"
+            )
+
+
+async def _engine_run(
+    url: str, action: str, fan_out: bool, subject: bool, batch: int, profile: Profile | None
+) -> tuple[int, float]:
     extra = (ANONYMIZE if action == "anonymize" else "") + (SUBJECT if subject else "")
     policy_set = parse_policies(
-        POLICY.format(action=action, fan_out=str(fan_out).lower(), extra=extra)
+        POLICY.format(action=action, fan_out=str(fan_out).lower(), extra=extra, batch=batch)
     )
     engine = make_engine(url)
-    runner = Runner(engine, policy_set, Settings(hash_secret=BENCH_KEY), clock=FrozenClock(NOW))
-    start = time.perf_counter()
-    report = await runner.run()
-    elapsed = time.perf_counter() - start
+    if profile is not None:
+        profile.attach(engine)
+    with tempfile.TemporaryDirectory() as keys:
+        # The archive seals its rows under data keys wrapped by a KEK.
+        write_kek(Path(keys) / "kek.hex")
+        settings = Settings(hash_secret=BENCH_KEY, kek_file=Path(keys) / "kek.hex")
+        runner = Runner(engine, policy_set, settings, clock=FrozenClock(NOW))
+        start = time.perf_counter()
+        report = await runner.run()
+        elapsed = time.perf_counter() - start
     await engine.dispose()
     assert report.ok, report.as_dict()
     return report.outcomes[0].processed, elapsed
@@ -144,8 +216,10 @@ async def _raw_delete(url: str) -> tuple[int, float]:
     return result.rowcount, elapsed
 
 
-async def main(rows: int, held: float, subject: bool) -> None:
+async def main(rows: int, held: float, subject: bool, batch: int, profile: bool) -> None:
     url = await infra.create_database(infra.database_url(), "bench_purge")
+    profiles: dict[str, Profile] = {}
+    commits = AsyncAdapt_asyncpg_connection.commit
     try:
         await upgrade(url)
         results: list[tuple[str, int, float]] = []
@@ -158,16 +232,38 @@ async def main(rows: int, held: float, subject: bool) -> None:
             ("engine archive + outbox", "archive", True),
         ):
             await _reset(url, rows, held, subject)
-            results.append((label, *await _engine_run(url, action, fan_out, subject)))
+            if profile:
+                profiles[label] = Profile()
+                AsyncAdapt_asyncpg_connection.commit = _timed_commit(commits, profiles[label])
+            results.append(
+                (
+                    label,
+                    *await _engine_run(url, action, fan_out, subject, batch, profiles.get(label)),
+                )
+            )
         raw_rate = results[0][1] / results[0][2]
         mapped = ", subject-mapped (1 subject held)" if subject else ""
-        print(f"{rows} rows, {held:.0%} held{mapped}, batch 5000\n")
+        print(f"{rows} rows, {held:.0%} held{mapped}, batch {batch}\n")
         print(f"{'scenario':28} {'rows':>7} {'seconds':>8} {'rows/s':>9} {'vs raw':>7}")
         for label, processed, seconds in results:
             rate = processed / seconds
             print(f"{label:28} {processed:7d} {seconds:8.2f} {rate:9.0f} {rate / raw_rate:7.2f}")
+        for label, got in profiles.items():
+            batches = got.count["hold lock"]
+            print(f"\n{label}: {batches} batch transactions")
+            got.print(batches)
     finally:
+        AsyncAdapt_asyncpg_connection.commit = commits  # type: ignore[method-assign]
         await infra.drop_database(url)
+
+
+def _timed_commit(commit: Any, profile: Profile) -> Any:
+    def timed(self: AsyncAdapt_asyncpg_connection) -> None:
+        start = time.perf_counter()
+        commit(self)
+        profile.add("COMMIT", time.perf_counter() - start)
+
+    return timed
 
 
 if __name__ == "__main__":
@@ -175,5 +271,7 @@ if __name__ == "__main__":
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--held", type=float, default=0.01)
     parser.add_argument("--subject", action="store_true", help="map rows to subjects")
+    parser.add_argument("--batch", type=int, default=5000, help="the policies' batch_size")
+    parser.add_argument("--profile", action="store_true", help="statements per batch")
     args = parser.parse_args()
-    asyncio.run(main(args.rows, args.held, args.subject))
+    asyncio.run(main(args.rows, args.held, args.subject, args.batch, args.profile))

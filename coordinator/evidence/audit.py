@@ -31,6 +31,7 @@ __all__ = [
     "broken_link",
     "canonical",
     "chain_rows",
+    "chained",
     "link",
     "lock_head",
     "verify",
@@ -144,7 +145,18 @@ async def append_refs(
     """Like `append`, returning each entry's sequence number with its hash."""
     if not entries:
         return []
-    seq, prev = await lock_head(conn)
+    rows = chained(await lock_head(conn), entries, at=at)
+    await conn.execute(insert(audit_log), rows)
+    return [AuditRef(row["seq"], row["hash"]) for row in rows]
+
+
+def chained(
+    head: tuple[int, str], entries: Sequence[AuditEntry], *, at: datetime
+) -> list[dict[str, Any]]:
+    """The audit_log rows of `entries` linked onto `head` (from `lock_head`, whose lock the
+    caller holds until the rows commit): for a writer that inserts them in a statement of
+    its own (coordinator/outbox/write.py)."""
+    seq, prev = head
     rows: list[dict[str, Any]] = []
     for entry in entries:
         seq += 1
@@ -164,8 +176,7 @@ async def append_refs(
             }
         )
         prev = digest
-    await conn.execute(insert(audit_log), rows)
-    return [AuditRef(row["seq"], row["hash"]) for row in rows]
+    return rows
 
 
 async def lock_head(conn: AsyncConnection) -> tuple[int, str]:

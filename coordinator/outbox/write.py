@@ -4,7 +4,9 @@
 the row the next seq, so seq order is commit order: when the relay sees seq N committed,
 every smaller seq committed before it, and its watermark never skips a row that commits
 later. Writers append their audit entry in the same transaction anyway, so the lock is
-held for no longer than it was.
+held for no longer than it was. Given the audit entry, `enqueue` writes it in the
+same statement as the row: under the lock then go three round trips (the lock, the
+chain's head, the inserts) and the commit, so call it last before the commit.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from sqlalchemy import BigInteger, Uuid, func, insert, literal, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.evidence import audit
-from coordinator.store.tables import outbox_batches, outbox_marks
+from coordinator.evidence.audit import AuditEntry
+from coordinator.store.tables import audit_log, outbox_batches, outbox_marks
 from schemas import EventReason
 
 __all__ = ["EventBatch", "enqueue"]
@@ -43,11 +46,21 @@ class EventBatch:
     request_id: uuid.UUID | None = None
 
 
-async def enqueue(conn: AsyncConnection, batch: EventBatch) -> int:
-    """Write the batch's outbox row; return its seq (0: the batch has no events)."""
+async def enqueue(
+    conn: AsyncConnection,
+    batch: EventBatch,
+    *,
+    recorded: AuditEntry | None = None,
+) -> int:
+    """Write the batch's outbox row and the audit entry `recorded` that records it,
+    stamped with the batch's `initiated_at`; return its seq (0: the batch has no events,
+    and only the entry is written).
+    """
     if not batch.entity_ids:
+        if recorded is not None:
+            await audit.append(conn, [recorded], at=batch.initiated_at)
         return 0
-    await audit.lock_head(conn)
+    head = await audit.lock_head(conn)
     b = outbox_batches.c
     subjects = batch.subjects
     if subjects is not None and all(s is None for s in subjects):
@@ -66,7 +79,7 @@ async def enqueue(conn: AsyncConnection, batch: EventBatch) -> int:
     # Ids count up from 1 under one fresh UUIDv7 (migration 0005), like the per-event
     # outbox's: event n of the batch is retention_uuidv7_nth(id_base, 1 + n).
     base = func.retention_uuidv7_nth(func.retention_uuidv7(), 0, type_=Uuid)
-    seq = await conn.scalar(
+    row = (
         insert(outbox_batches)
         .values(
             seq=next_seq,
@@ -87,5 +100,16 @@ async def enqueue(conn: AsyncConnection, batch: EventBatch) -> int:
             subjects=None if subjects is None else list(subjects),
         )
         .returning(b.seq)
+    )
+    if recorded is None:
+        return int(await conn.scalar(row) or 0)
+    written = row.cte("batch")
+    # One row's values, not a list of them: SQLAlchemy caches the compiled statement then.
+    (entry,) = audit.chained(head, [recorded], at=batch.initiated_at)
+    seq = await conn.scalar(
+        insert(audit_log)
+        .values(entry)
+        .add_cte(written)
+        .returning(select(written.c.seq).scalar_subquery())
     )
     return int(seq or 0)

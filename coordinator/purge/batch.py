@@ -39,6 +39,7 @@ from coordinator.outbox.write import EventBatch, enqueue
 from coordinator.policy import anonymizers
 from coordinator.policy.binding import BoundPolicy
 from coordinator.policy.model import Action, Policy
+from coordinator.purge import marks
 from coordinator.purge.archive import key_scope, owner, store_sealed
 from coordinator.purge.holds import lock_for_purge
 from coordinator.purge.planner import Batch, batch_window, next_batch
@@ -79,6 +80,7 @@ class BatchResult:
     events: int
     last_scanned: Any | None  # None: the policy has nothing left to scan
     contiguous: bool = False  # see planner.Batch
+    exhausted: bool = False  # see planner.Batch: no next batch is needed
 
 
 def _in_batch(bound: BoundPolicy, ids: Sequence[Any]) -> ColumnElement[bool]:
@@ -159,32 +161,30 @@ def _ledger(policy: Policy, entity: Any, run_id: uuid.UUID, now: datetime, *, re
     )
 
 
-def _subject(bound: BoundPolicy, acted: Any) -> ColumnElement[Any]:
-    """`"type:id"` of each acted row's subject (NULL when the row names none)."""
+def _subject(bound: BoundPolicy, acted: Any) -> ColumnElement[Any] | None:
+    """`"type:id"` of each acted row's subject (NULL when the row names none); None when
+    the policy maps no subjects."""
     if bound.subject is None or bound.subject_column is None:
-        return literal(None, Text)
+        return None
     column = acted.c[bound.subject_column.name]
     return literal(f"{bound.subject.entity_type}:", Text).concat(cast(column, Text))
 
 
 def _acted_entities(bound: BoundPolicy, acted: Any) -> Any:
-    """The acted rows' entity ids as text, and their subjects, in id order: the arrays the
-    batch's outbox row holds (NULL for a policy that does not fan out)."""
+    """The acted rows' entity ids as text, and their subjects, in id order: what the audit
+    entry names, and the arrays the batch's outbox row holds (subjects: NULL for a policy
+    that does not fan out)."""
     done = acted.c[bound.id_column.name]
-    if not bound.policy.fan_out:
-        return select(
-            func.count().label("touched"),
-            literal(None, ARRAY(Text)).label("entities"),
-            literal(None, ARRAY(Text)).label("subjects"),
-        ).select_from(acted)
+    subject = _subject(bound, acted) if bound.policy.fan_out else None
+    subjects: ColumnElement[Any] = literal(None, ARRAY(Text))
+    if subject is not None:
+        subjects = type_coerce(func.array_agg(aggregate_order_by(subject, done)), ARRAY(Text))
     return select(
         func.count().label("touched"),
         type_coerce(func.array_agg(aggregate_order_by(cast(done, Text), done)), ARRAY(Text)).label(
             "entities"
         ),
-        type_coerce(
-            func.array_agg(aggregate_order_by(_subject(bound, acted), done)), ARRAY(Text)
-        ).label("subjects"),
+        subjects.label("subjects"),
     ).select_from(acted)
 
 
@@ -383,21 +383,16 @@ async def _select_and_act(
     the rows instead of a locking select, an id array round trip and index probes.
     PostgreSQL re-checks the predicate on rows changed concurrently, as FOR UPDATE does.
     """
-    id_column = bound.id_column
     window = batch_window(
         bound, cutoff=cutoff, now=now, after=after, limit=bound.policy.batch_size, scope=scope
     )
     acted, helpers = _with_ledger(bound, window.chosen, run_id, now)
-    done = acted.c[id_column.name]
-    ids = select(
-        type_coerce(func.array_agg(aggregate_order_by(done, done)), ARRAY(id_column.type))
-    ).scalar_subquery()
     entities = _acted_entities(bound, acted).subquery("entities")
     row = (
         await conn.execute(
             select(
                 window.last.label("last"),
-                ids.label("ids"),
+                window.seen.label("seen"),
                 entities.c.entities,
                 entities.c.subjects,
             )
@@ -406,9 +401,13 @@ async def _select_and_act(
         )
     ).one()
     if row.last is None:
-        return Batch((), None), _Acted((), (), None)
-    touched = list(row.ids or ())
-    return Batch(touched, row.last), _Acted(touched, list(row.entities or ()), row.subjects)
+        return Batch((), None, exhausted=True), _Acted((), (), None)
+    # The ids as text (what the audit entry and the events name) are all the caller needs.
+    touched = list(row.entities or ())
+    return (
+        Batch(touched, row.last, exhausted=window.exhausted(row.seen)),
+        _Acted(touched, touched, row.subjects),
+    )
 
 
 def _one_pass(bound: BoundPolicy, origin: EventOrigin) -> bool:
@@ -431,21 +430,24 @@ async def purge_batch(
     scope: ColumnElement[bool] | None = None,
     origin: EventOrigin = RUN,
     keys: KeyStore | None = None,
+    mark: bool = False,
 ) -> BatchResult:
     """Purge the next batch after `after` inside the caller's transaction.
 
     `keys` is the key store an archive policy seals its rows with.
     `scope` and `origin` make it an erasure request's batch: the subject's rows instead
     of the due ones, and events that say so (coordinator.erasure.execute).
+    `mark`: every batch of the run so far was contiguous (an anonymize policy), so the
+    policy's mark moves past this one if it is too (coordinator/purge/marks.py).
 
     Round trips per batch: the hold lock, then either one statement that chooses the rows
-    and acts on them (delete and archive without a hook), or one select-and-lock
-    statement (two for anonymize: the ledger is read after the row locks), the optional
-    hook and one statement for action + ledger, returning the touched ids as text and
-    their subjects (archive: then the key store, once for the batch, the sealed rows'
-    insert and the ids' text); last, under the audit chain's lock, the batch's one outbox
-    row (coordinator/outbox/write.py: three round trips with the lock) and the audit
-    append.
+    and acts on them (delete without a hook), or one select-and-lock statement (two for
+    anonymize: the ledger is read after the row locks), the optional hook and one
+    statement for action + ledger, returning the touched ids as text and their subjects
+    (archive: then the key store, once for the batch, the sealed rows' insert and the
+    ids' text); the anonymize mark; last, under the audit chain's lock, the batch's one
+    outbox row and its audit entry in one statement (coordinator/outbox/write.py: three
+    round trips with the lock, then the commit).
     """
     policy = bound.policy
     await lock_for_purge(conn)  # before the select: see coordinator.purge.holds
@@ -468,11 +470,30 @@ async def purge_batch(
             if bound.hook is not None:
                 await bound.hook(conn, PurgeBatch(policy, run_id, batch.ids))
             acted = await _act(conn, bound, batch, run_id, now, keys, origin)
+    if mark and batch.contiguous:
+        await marks.advance(conn, bound, batch.last_scanned, cutoff=cutoff, now=now)
     ids = batch.ids
     if not ids:
-        return BatchResult(ids, 0, batch.last_scanned, batch.contiguous)
-    entity_ids = [str(i) for i in ids]
+        return BatchResult(ids, 0, batch.last_scanned, batch.contiguous, batch.exhausted)
+    # Archive without fan-out has not asked PostgreSQL for the ids' text.
+    entity_ids = list(acted.entities) if acted.entities else [str(i) for i in ids]
     events = len(entity_ids) if policy.fan_out else 0
+    # Last, so that the audit chain's lock (taken here, held to the commit) waits for
+    # nothing but these inserts.
+    recorded = AuditEntry(
+        AuditAction.PURGE_BATCH,
+        "coordinator",
+        {
+            "run_id": run_id,
+            "policy": policy.name,
+            "action": policy.action.value,
+            "entity_type": policy.entity_type,
+            "count": len(entity_ids),
+            "events": events,
+            "ids": entity_ids,
+            **({"request_id": origin.request_id} if origin.request_id is not None else {}),
+        },
+    )
     if policy.fan_out:
         await enqueue(
             conn,
@@ -490,25 +511,8 @@ async def purge_batch(
                 reason=origin.reason,
                 request_id=origin.request_id,
             ),
+            recorded=recorded,
         )
-    await append(
-        conn,
-        [
-            AuditEntry(
-                AuditAction.PURGE_BATCH,
-                "coordinator",
-                {
-                    "run_id": run_id,
-                    "policy": policy.name,
-                    "action": policy.action.value,
-                    "entity_type": policy.entity_type,
-                    "count": len(entity_ids),
-                    "events": events,
-                    "ids": entity_ids,
-                    **({"request_id": origin.request_id} if origin.request_id is not None else {}),
-                },
-            )
-        ],
-        at=now,
-    )
-    return BatchResult(ids, events, batch.last_scanned, batch.contiguous)
+    else:
+        await append(conn, [recorded], at=now)
+    return BatchResult(ids, events, batch.last_scanned, batch.contiguous, batch.exhausted)

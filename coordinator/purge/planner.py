@@ -212,20 +212,31 @@ async def plan_policy(
     """
     cutoff = cutoff_for(bound.policy, now)
     due = and_(due_clause(bound, cutoff), _after(bound, after))
-    total = (await conn.execute(select(func.count()).select_from(bound.table))).scalar_one()
     unheld = (
+        select(func.count().label("due"), func.min(bound.timestamp_column).label("oldest"))
+        .select_from(bound.table)
+        .where(due, unheld_clause(bound, now))
+        .subquery("unheld")
+    )
+    # One round trip; held = due − unheld, so both counts use only anti-joins (see
+    # unheld_clause).
+    counts = (
         await conn.execute(
-            select(func.count().label("due"), func.min(bound.timestamp_column).label("oldest"))
-            .select_from(bound.table)
-            .where(due, unheld_clause(bound, now))
+            select(
+                select(func.count()).select_from(bound.table).scalar_subquery().label("total"),
+                select(func.count())
+                .select_from(bound.table)
+                .where(due)
+                .scalar_subquery()
+                .label("all_due"),
+                unheld.c.due,
+                unheld.c.oldest,
+            )
         )
     ).one()
-    # Held = due − unheld: both counts use only anti-joins (see unheld_clause).
-    all_due = (
-        await conn.execute(select(func.count()).select_from(bound.table).where(due))
-    ).scalar_one()
-    held_count = all_due - unheld.due
-    oldest = unheld.oldest
+    total = counts.total
+    held_count = counts.all_due - counts.due
+    oldest = counts.oldest
     if oldest is not None and oldest.tzinfo is None:
         oldest = oldest.replace(tzinfo=UTC)
     return PolicyPlan(
@@ -233,11 +244,11 @@ async def plan_policy(
         action=bound.policy.action.value,
         cutoff=cutoff,
         now=now,
-        due=unheld.due,
+        due=counts.due,
         held=held_count,
         total=total,
         oldest_due=oldest,
-        guard=guard_error(bound.policy, unheld.due, total),
+        guard=guard_error(bound.policy, counts.due, total),
     )
 
 
@@ -288,6 +299,10 @@ class Batch:
     # so once the batch commits each is anonymized or held, and the policy's mark may
     # move past them (coordinator/purge/marks.py).
     contiguous: bool = False
+    # The window held fewer rows than its limit: nothing after `last_scanned` was due (or
+    # in scope) when the batch ran, so a next batch would find nothing. Rows that become
+    # due later wait for the next run, as those the guard did not count do.
+    exhausted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,12 +311,17 @@ class Window:
 
     `last` is the window's last key (NULL: nothing left to scan); `chosen` selects the
     rows of the window to purge: due, unheld, in the primary-key range the window spans;
-    `window` is the CTE of the window's due rows.
+    `window` is the CTE of the window's due rows, `seen` their number.
     """
 
     last: ScalarSelect[Any]
     chosen: ColumnElement[bool]
     window: CTE
+    seen: ScalarSelect[Any]
+    limit: int
+
+    def exhausted(self, seen: int) -> bool:
+        return seen < self.limit
 
 
 def batch_window(
@@ -336,10 +356,13 @@ def batch_window(
         window_query = window_query.where(start)
         chosen.append(start)
     window = window_query.cte("window")
-    # max() has no uuid version; the window is ordered anyway.
-    last = select(window.c.id).order_by(window.c.id.desc()).limit(1).scalar_subquery()
+    # max() has no uuid version; the window is ordered anyway. A CTE of its own, so that
+    # the statement computes it once however often it names it.
+    edge = select(window.c.id).order_by(window.c.id.desc()).limit(1).cte("edge")
+    last = select(edge.c.id).scalar_subquery()
     chosen += [id_column <= last, wanted, unheld_clause(bound, now)]
-    return Window(last, and_(*chosen), window)
+    seen = select(func.count()).select_from(window).scalar_subquery()
+    return Window(last, and_(*chosen), window, seen, limit)
 
 
 async def next_batch(
@@ -370,6 +393,7 @@ async def next_batch(
     ids_type = ARRAY(id_column.type)
     columns = [
         last.label("last"),
+        window.seen.label("seen"),
         select(type_coerce(func.array_agg(aggregate_order_by(chosen.c.id, chosen.c.id)), ids_type))
         .scalar_subquery()
         .label("ids"),
@@ -383,19 +407,17 @@ async def next_batch(
         in_range = [id_column <= last]
         if after is not None:
             in_range.append(id_column > bindparam("after", after, type_=id_column.type))
-        columns += [
-            select(func.count()).where(*in_range).scalar_subquery().label("in_range"),
-            select(func.count()).select_from(window.window).scalar_subquery().label("due"),
-        ]
+        columns.append(select(func.count()).where(*in_range).scalar_subquery().label("in_range"))
     row = (await conn.execute(select(*columns))).one()
     if row.last is None:
-        return Batch((), None)
+        return Batch((), None, exhausted=True)
     ids = list(row.ids or ())
+    exhausted = window.exhausted(row.seen)
     if not anonymize:
-        return Batch(ids, row.last)
-    contiguous = marking and row.due == row.in_range
+        return Batch(ids, row.last, exhausted=exhausted)
+    contiguous = marking and row.seen == row.in_range
     if not ids:
-        return Batch(ids, row.last, contiguous=contiguous)
+        return Batch(ids, row.last, contiguous=contiguous, exhausted=exhausted)
     # Read after the row locks, so a concurrent run's ledger rows are visible. An
     # `= ANY` probe of the ledger's primary key: a NOT EXISTS join here degenerates into
     # a nested loop over the whole ledger whenever its statistics are stale, which they
@@ -412,4 +434,10 @@ async def next_batch(
         )
     }
     ids = [i for i in ids if not ledger.get(str(i), False)]
-    return Batch(ids, row.last, relabel=any(str(i) in ledger for i in ids), contiguous=contiguous)
+    return Batch(
+        ids,
+        row.last,
+        relabel=any(str(i) in ledger for i in ids),
+        contiguous=contiguous,
+        exhausted=exhausted,
+    )

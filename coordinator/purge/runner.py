@@ -372,12 +372,9 @@ class Runner:
                         now=base.now,
                         after=after,
                         keys=keys,
+                        mark=contiguous,
                     )
-                    contiguous = contiguous and batch.contiguous
-                    if contiguous:
-                        await marks.advance(
-                            conn, bound, batch.last_scanned, cutoff=plan.cutoff, now=base.now
-                        )
+                contiguous = contiguous and batch.contiguous
                 if batch.last_scanned is None:
                     break
                 after = batch.last_scanned
@@ -385,6 +382,8 @@ class Runner:
                 outcome.events += batch.events
                 if progress is not None:
                     progress(policy.name, outcome.processed, plan.due)
+                if batch.exhausted:
+                    break
                 # The guard counted before the run; rows that became due meanwhile wait.
                 if (
                     not force

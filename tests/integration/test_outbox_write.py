@@ -7,13 +7,15 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import delete, insert
+from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from coordinator.evidence import audit
+from coordinator.evidence.audit import AuditAction, AuditEntry
 from coordinator.outbox.lookup import published_up_to
 from coordinator.outbox.write import EventBatch, enqueue
 from coordinator.store.db import make_engine
-from coordinator.store.tables import outbox_batches, outbox_marks
+from coordinator.store.tables import audit_log, outbox_batches, outbox_marks
 from tests.outbox import clear_outbox
 
 T0 = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
@@ -72,3 +74,31 @@ async def test_seq_continues_after_every_batch_was_pruned(engine: AsyncEngine) -
 async def test_an_empty_batch_writes_nothing(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         assert await enqueue(conn, batch()) == 0
+
+
+def recorded(count: int) -> AuditEntry:
+    return AuditEntry(AuditAction.PURGE_BATCH, "coordinator", {"count": count})
+
+
+async def test_the_audit_entry_is_written_with_the_row_and_chains_on(
+    engine: AsyncEngine,
+) -> None:
+    async with engine.begin() as conn:
+        await audit.append(conn, [recorded(0)], at=T0)
+        seq = await enqueue(conn, batch("1", "2"), recorded=recorded(2))
+        assert await enqueue(conn, batch("3"), recorded=recorded(1)) == seq + 1
+    async with engine.connect() as conn:
+        assert await audit.verify(conn) == (3, None)
+        entries = (await conn.execute(select(audit_log).order_by(audit_log.c.seq))).all()
+        assert [e.data for e in entries] == [{"count": 0}, {"count": 2}, {"count": 1}]
+        assert {e.at for e in entries} == {T0}
+        rows = (await conn.execute(select(outbox_batches).order_by(outbox_batches.c.seq))).all()
+        assert [r.entity_ids for r in rows] == [["1", "2"], ["3"]]
+
+
+async def test_an_empty_batch_writes_only_its_audit_entry(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        assert await enqueue(conn, batch(), recorded=recorded(0)) == 0
+    async with engine.connect() as conn:
+        assert await audit.verify(conn) == (1, None)
+        assert (await conn.execute(select(outbox_batches))).first() is None

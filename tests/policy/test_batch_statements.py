@@ -1,0 +1,102 @@
+"""What one purge batch sends to PostgreSQL: its round trips, with the audit chain's lock
+taken last (coordinator/purge/batch.py, coordinator/outbox/write.py)."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import event, func, insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coordinator.clock import FrozenClock
+from coordinator.evidence import audit
+from coordinator.policy.model import parse_policies
+from coordinator.purge.runner import Runner
+from coordinator.settings import Settings
+from coordinator.store.tables import outbox_batches
+from demo.seed_data import orders
+from tests.policy.conftest import NOW
+
+POLICY = """
+services:
+  - {{name: billing, owner: tests, handles: {{order: [delete]}}}}
+policies:
+  - name: orders
+    table: orders
+    entity_type: order
+    timestamp_column: created_at
+    retention: 30d
+    action: delete
+    legal_basis: test
+    batch_size: 10
+    fan_out: {fan_out}
+"""
+
+KINDS = (
+    ("hold lock", r"pg_advisory_xact_lock_shared"),
+    ("chain lock", r"pg_advisory_xact_lock\("),
+    ("chain head", r"FROM audit_log ORDER BY"),
+    ("outbox row + audit entry", r"^WITH batch AS \(INSERT INTO retention_outbox_batches"),
+    ("audit entry", r"^INSERT INTO audit_log"),
+    ("choose + act", r"^WITH .*DELETE FROM orders"),
+)
+
+
+def kind(statement: str) -> str:
+    flat = " ".join(statement.split())
+    return next((k for k, pattern in KINDS if re.search(pattern, flat)), "other")
+
+
+@pytest.mark.parametrize("fan_out", [True, False])
+async def test_a_batch_is_four_statements_and_the_run_stops_after_a_short_window(
+    engine: AsyncEngine, clock: FrozenClock, settings: Settings, fan_out: bool
+) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(orders),
+            [
+                {
+                    "id": i,
+                    "customer_name": f"name {i}",
+                    "email": f"u{i}@shop.example",
+                    "status": "paid",
+                    "total": 1,
+                    # 25 due, then 3 young ones
+                    "created_at": NOW - timedelta(days=40 if i <= 25 else 1, seconds=i),
+                }
+                for i in range(1, 29)
+            ],
+        )
+    sent: list[str] = []
+
+    def record(*args: Any) -> None:
+        sent.append(kind(args[2]))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    policies = parse_policies(POLICY.format(fan_out=str(fan_out).lower()))
+    runner = Runner(engine, policies, settings, clock=clock)
+    report = await runner.run()
+    event.remove(engine.sync_engine, "before_cursor_execute", record)
+    assert report.ok
+    assert report.outcomes[0].processed == 25
+
+    # Windows of 10, 10 and 5: the short one ends the run, no empty batch follows.
+    starts = [n for n, got in enumerate(sent) if got == "hold lock"]
+    assert len(starts) == 3
+    last = "outbox row + audit entry" if fan_out else "audit entry"
+    for start in starts:
+        # Nothing but the chain's head and the inserts wait for the chain's lock.
+        assert sent[start : start + 5] == [
+            "hold lock",
+            "choose + act",
+            "chain lock",
+            "chain head",
+            last,
+        ]
+    async with engine.connect() as conn:
+        assert await audit.verify(conn) == (5, None)  # run start, 3 batches, run finish
+        rows = (await conn.execute(select(func.count()).select_from(outbox_batches))).scalar()
+        assert rows == (3 if fan_out else 0)
