@@ -23,7 +23,7 @@ from enum import StrEnum
 from typing import Any
 
 import structlog
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import ColumnElement, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator.clock import Clock
@@ -156,16 +156,16 @@ class RepublishJobs:
             await self._prune()
             return False
         log.info("republish_job_started", job_id=str(job.job_id), attempt=job.attempts)
-        renewing = asyncio.create_task(self._renew(job.job_id))
+        renewing = asyncio.create_task(self._renew(job))
         try:
             async with self._setup.open(self._engine, self._clock) as republisher:
                 outcome = await republisher.republish(job.selection, actor=job.actor)
         except UnknownSelection:
             # Pruned since it was queued, or none the service is expected for: nothing to send.
-            await self._finish(job.job_id, JobState.DONE, sent=0, held=0)
+            await self._finish(job, JobState.DONE, sent=0, held=0)
         except Exception as exc:
             state = JobState.FAILED if job.attempts >= MAX_ATTEMPTS else JobState.QUEUED
-            await self._finish(job.job_id, state, error=error_text(exc))
+            await self._finish(job, state, error=error_text(exc))
             log.warning(
                 "republish_job_failed",
                 job_id=str(job.job_id),
@@ -174,9 +174,7 @@ class RepublishJobs:
                 state=state.value,
             )
         else:
-            await self._finish(
-                job.job_id, JobState.DONE, sent=len(outcome.sent), held=len(outcome.held)
-            )
+            await self._finish(job, JobState.DONE, sent=len(outcome.sent), held=len(outcome.held))
             log.info(
                 "republish_job_done",
                 job_id=str(job.job_id),
@@ -220,19 +218,30 @@ class RepublishJobs:
             ).first()
         return None if row is None else _job(row)
 
-    async def _renew(self, job_id: uuid.UUID) -> None:
+    @staticmethod
+    def _held(job: Job) -> ColumnElement[bool]:
+        """The job is still this claim's: once a lease ran out and another replica took the
+        job over (`attempts` counts claims), the late claimant neither renews nor ends it."""
+        j = republish_jobs.c
+        return (
+            (j.job_id == job.job_id)
+            & (j.attempts == job.attempts)
+            & (j.state == JobState.RUNNING.value)
+        )
+
+    async def _renew(self, job: Job) -> None:
         while True:
             await asyncio.sleep(self._lease.total_seconds() / 3)
             async with self._engine.begin() as conn:
                 await conn.execute(
                     update(republish_jobs)
-                    .where(republish_jobs.c.job_id == job_id)
+                    .where(self._held(job))
                     .values(lease_until=self._clock.now() + self._lease)
                 )
 
     async def _finish(
         self,
-        job_id: uuid.UUID,
+        job: Job,
         state: JobState,
         *,
         sent: int | None = None,
@@ -247,9 +256,11 @@ class RepublishJobs:
         if held is not None:
             values["held"] = held
         async with self._engine.begin() as conn:
-            await conn.execute(
-                update(republish_jobs).where(republish_jobs.c.job_id == job_id).values(**values)
+            result = await conn.execute(
+                update(republish_jobs).where(self._held(job)).values(**values)
             )
+        if not result.rowcount:
+            log.warning("republish_job_lost", job_id=str(job.job_id), attempt=job.attempts)
 
     async def _prune(self) -> None:
         now = self._clock.now()

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
@@ -13,8 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from coordinator.api import ApiContext
 from coordinator.api.tokens import Scope
 from coordinator.clock import FrozenClock, SystemClock
-from coordinator.operations.republish import RepublishSetup
-from coordinator.operations.republish_jobs import MAX_ATTEMPTS, RepublishJobs
+from coordinator.operations.republish import Outcome, RepublishSetup, Selection
+from coordinator.operations.republish_jobs import MAX_ATTEMPTS, RepublishJobs, queue
 from coordinator.outbox.lookup import events_by
 from coordinator.store.tables import audit_log, republish_jobs
 from schemas import KafkaSettings, RetentionEvent, decode
@@ -131,3 +134,55 @@ async def test_a_dead_claimants_job_is_taken_over_and_a_failing_one_ends_failed(
         ).one()
     assert (state, attempts) == ("failed", MAX_ATTEMPTS)
     assert error == "KafkaConnectionError"
+
+
+class _Gated:
+    """A stand-in for `RepublishSetup` whose re-send ends when the test says so."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.end: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+
+    @contextlib.asynccontextmanager
+    async def open(self, engine: AsyncEngine, clock: object) -> AsyncIterator[_Gated]:
+        yield self
+
+    async def republish(self, selection: object, *, actor: str) -> Outcome:
+        self.started.set()
+        return await self.end
+
+
+async def _job_row(engine: AsyncEngine, job_id: uuid.UUID) -> tuple[str, int, str | None]:
+    j = republish_jobs.c
+    async with engine.connect() as conn:
+        state, attempts, error = (
+            await conn.execute(select(j.state, j.attempts, j.error).where(j.job_id == job_id))
+        ).one()
+    return state, attempts, error
+
+
+async def test_a_claimant_whose_lease_ran_out_cannot_end_the_job_it_lost(
+    engine: AsyncEngine,
+) -> None:
+    now = datetime.now(UTC)
+    async with engine.begin() as conn:
+        job = await queue(conn, Selection(run_id=uuid.uuid4()), actor="admin-bot", now=now)
+    slow, taker = _Gated(), _Gated()
+    first = RepublishJobs(engine, slow, FrozenClock(now), interval_s=0.1, lease_s=30)  # type: ignore[arg-type]
+    later = FrozenClock(now + timedelta(seconds=61))
+    second = RepublishJobs(engine, taker, later, interval_s=0.1, lease_s=30)  # type: ignore[arg-type]
+    sending = asyncio.create_task(first.run_once())
+    await slow.started.wait()
+    # The first replica stalled past its lease: the second one took the job over.
+    taking_over = asyncio.create_task(second.run_once())
+    await taker.started.wait()
+    slow.end.set_exception(RuntimeError("the stalled replica's late failure"))
+    assert await sending
+    assert await _job_row(engine, job.job_id) == ("running", 2, None)
+    # So nobody else takes it a third time while the second replica sends.
+    third = RepublishJobs(engine, _Gated(), later, interval_s=0.1, lease_s=30)  # type: ignore[arg-type]
+    assert not await third.run_once()
+
+    taker.end.set_result(Outcome(sent=[uuid.uuid4()]))
+    assert await taking_over
+    assert await _job_row(engine, job.job_id) == ("done", 2, None)
