@@ -6,8 +6,9 @@ answers 202 at once; every `serve` replica works off queued jobs, one at a time 
 claiming a row with `FOR UPDATE SKIP LOCKED` and a lease it renews while it sends. If the
 replica dies, the lease runs out and another replica takes the job over from the start:
 the events it had sent go out again, which services absorb (same event ids). A job that
-fails `MAX_ATTEMPTS` times is `failed`, with the error's class only (never a message,
-which may quote data). Finished jobs are deleted after `KEEP_FINISHED`.
+fails `MAX_ATTEMPTS` times (or whose claimant died that often) is `failed`, with the
+error's class only (never a message, which may quote data). Finished jobs are deleted
+after `KEEP_FINISHED`.
 
 What is sent, and the audit of each batch, are `Republisher.republish`'s.
 """
@@ -36,6 +37,8 @@ __all__ = ["KEEP_FINISHED", "MAX_ATTEMPTS", "Job", "JobState", "RepublishJobs", 
 log = structlog.get_logger(__name__)
 
 MAX_ATTEMPTS = 3
+LEASE_EXPIRED = "LeaseExpired"
+"""The error of a job failed because its last claimant stopped renewing its lease."""
 KEEP_FINISHED = timedelta(days=30)
 """Finished jobs are kept this long for `GET /v1/republish-jobs/{id}`; the audit log keeps
 what was sent for as long as it keeps anything."""
@@ -202,6 +205,22 @@ class RepublishJobs:
             .scalar_subquery()
         )
         async with self._engine.begin() as conn:
+            # A job whose every claimant died (one that kills the replica sending it) never
+            # reaches the except clause; its expired leases count its attempts instead.
+            await conn.execute(
+                update(republish_jobs)
+                .where(
+                    j.state == JobState.RUNNING.value,
+                    j.lease_until < now,
+                    j.attempts >= MAX_ATTEMPTS,
+                )
+                .values(
+                    state=JobState.FAILED.value,
+                    lease_until=None,
+                    finished_at=now,
+                    error=LEASE_EXPIRED,
+                )
+            )
             row = (
                 await conn.execute(
                     update(republish_jobs)

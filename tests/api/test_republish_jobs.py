@@ -186,3 +186,26 @@ async def test_a_claimant_whose_lease_ran_out_cannot_end_the_job_it_lost(
     taker.end.set_result(Outcome(sent=[uuid.uuid4()]))
     assert await taking_over
     assert await _job_row(engine, job.job_id) == ("done", 2, None)
+
+
+async def test_a_job_whose_claimants_all_died_ends_failed_instead_of_being_claimed_again(
+    engine: AsyncEngine,
+) -> None:
+    # A job that kills the replica sending it (memory, say) never reaches the except
+    # clause: only its expired leases tell. After MAX_ATTEMPTS of them it is not taken again.
+    now = datetime.now(UTC)
+    async with engine.begin() as conn:
+        job = await queue(conn, Selection(run_id=uuid.uuid4()), actor="admin-bot", now=now)
+        await conn.execute(
+            update(republish_jobs)
+            .where(republish_jobs.c.job_id == job.job_id)
+            .values(state="running", attempts=MAX_ATTEMPTS, lease_until=now)
+        )
+    gate = _Gated()
+    gate.end.set_result(Outcome())
+    worker = RepublishJobs(
+        engine, gate, FrozenClock(now + timedelta(seconds=1)), interval_s=0.1, lease_s=30
+    )  # type: ignore[arg-type]
+    assert not await worker.run_once()
+    assert not gate.started.is_set()
+    assert await _job_row(engine, job.job_id) == ("failed", MAX_ATTEMPTS, "LeaseExpired")
