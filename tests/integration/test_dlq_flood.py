@@ -89,3 +89,19 @@ async def test_a_flooded_dlq_is_counted_whole_and_listed_up_to_the_limit(
     assert len(result["left"]) == 5
     assert result["truncated"]
     assert {r["left_because"] for r in result["left"]} == {"not_signed_by_coordinator"}
+
+
+async def test_the_timeout_bounds_the_read_not_what_the_reader_does_between_fetches(
+    topics: KafkaSettings,
+) -> None:
+    # A re-drive sends each chunk before it reads the next: a slow database or broker on
+    # that side is no reason to give up reading a topic that is read quickly.
+    await _flood(topics)
+    chunks = 0
+    async with dead_letters(topics, timeout_s=5) as read:
+        async for chunk in read:
+            chunks += 1
+            if chunks == 1:
+                await asyncio.sleep(6)
+            assert chunk
+    assert chunks > 1
