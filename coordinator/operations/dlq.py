@@ -17,7 +17,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -35,6 +35,8 @@ from schemas.dlq import DlqHeader
 from schemas.signing import SignatureSettings, Signer, Verifier
 
 __all__ = [
+    "MAX_GROUPS",
+    "OTHERS",
     "DeadLetter",
     "Left",
     "Listing",
@@ -132,6 +134,12 @@ async def dead_letters(
         await reader.stop()
 
 
+MAX_GROUPS = 1000
+"""(service, reason) pairs `dlq list` counts apart; any later pair is counted in `OTHERS`
+(both are header values whoever writes the DLQ chooses, a new one per record if it likes)."""
+OTHERS = ("(others)", "(others)")
+
+
 @dataclass(slots=True)
 class Listing:
     """What `dlq list` shows of a topic of any size: whole counts per (service, reason)
@@ -146,8 +154,11 @@ class Listing:
         for d in letters:
             self.total += 1
             if len(self.records) < self.keep:
-                self.records.append(d)
+                # What is listed comes from the headers: the payload is not kept.
+                self.records.append(replace(d, key=None, value=None))
             group = (d.service, d.reason)
+            if group not in self.groups and len(self.groups) >= MAX_GROUPS:
+                group = OTHERS
             if (seen := self.groups.get(group)) is None:
                 self.groups[group] = (1, d.timestamp, d.timestamp)
             else:
@@ -222,7 +233,7 @@ class Redriven:
         for letter in letters:
             self.left_counts[why, letter.service] += 1
             if len(self.left) < self.keep:
-                self.left.append((letter, why))
+                self.left.append((replace(letter, key=None, value=None), why))
 
     @property
     def left_total(self) -> int:

@@ -8,14 +8,23 @@ import asyncio
 import json
 import os
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from coordinator.operations.dlq import Listing, dead_letters
+from coordinator.operations.dlq import (
+    MAX_GROUPS,
+    OTHERS,
+    DeadLetter,
+    Left,
+    Listing,
+    Redriven,
+    dead_letters,
+)
 from coordinator.store.migrate import upgrade
 from schemas import KafkaSettings
-from schemas.dlq import DlqReason, dlq_headers
+from schemas.dlq import DlqHeader, DlqReason, dlq_headers
 from tests import infra
 from tests.integration.test_dlq_redrive import cli
 
@@ -105,3 +114,32 @@ async def test_the_timeout_bounds_the_read_not_what_the_reader_does_between_fetc
                 await asyncio.sleep(6)
             assert chunk
     assert chunks > 1
+
+
+def _letter(service: str, value: bytes) -> DeadLetter:
+    return DeadLetter(
+        0,
+        0,
+        datetime.now(UTC),
+        b"user:42",
+        value,
+        ((DlqHeader.SERVICE, service.encode()), (DlqHeader.REASON, b"poison")),
+    )
+
+
+def test_a_listing_holds_a_bounded_number_of_groups_and_no_payloads() -> None:
+    # Whoever writes the DLQ names the service in a header: a new name per record must
+    # not make the summary grow with the topic, nor kept records hold megabyte values.
+    listing = Listing(keep=10)
+    listing.add(_letter(f"svc-{i}", b"x" * 1000) for i in range(MAX_GROUPS + 500))
+    assert listing.total == MAX_GROUPS + 500
+    assert len(listing.groups) == MAX_GROUPS + 1
+    assert sum(n for n, _, _ in listing.groups.values()) == listing.total
+    assert listing.groups[OTHERS][0] == 500
+    assert {(d.key, d.value) for d in listing.records} == {(None, None)}
+    assert listing.records[0].service == "svc-0"
+
+    done = Redriven(keep=10)
+    done.add_left((_letter("svc", b"x" * 1000) for _ in range(20)), Left.UNDECODABLE)
+    assert done.left_total == 20
+    assert {(d.key, d.value) for d, _ in done.left} == {(None, None)}
