@@ -163,6 +163,11 @@ class RepublishJobs:
         try:
             async with self._setup.open(self._engine, self._clock) as republisher:
                 outcome = await republisher.republish(job.selection, actor=job.actor)
+        except asyncio.CancelledError:
+            # `serve` stopping: the other replicas take the job now, not a lease later, and
+            # this stop does not count as a dead claimant.
+            await self._finish(job, JobState.QUEUED)
+            raise
         except UnknownSelection:
             # Pruned since it was queued, or none the service is expected for: nothing to send.
             await self._finish(job, JobState.DONE, sent=0, held=0)

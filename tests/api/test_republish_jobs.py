@@ -209,3 +209,29 @@ async def test_a_job_whose_claimants_all_died_ends_failed_instead_of_being_claim
     assert not await worker.run_once()
     assert not gate.started.is_set()
     assert await _job_row(engine, job.job_id) == ("failed", MAX_ATTEMPTS, "LeaseExpired")
+
+
+async def test_a_replica_that_stops_mid_job_hands_the_job_back_at_once(
+    engine: AsyncEngine,
+) -> None:
+    # `serve` cancels a job still running when its shutdown time is up: the job is queued
+    # again for the other replicas then, rather than waiting for its lease to run out and
+    # counting as a dead claimant (a rolling restart must not fail a long job).
+    now = datetime.now(UTC)
+    async with engine.begin() as conn:
+        job = await queue(conn, Selection(run_id=uuid.uuid4()), actor="admin-bot", now=now)
+    gate = _Gated()
+    worker = RepublishJobs(engine, gate, FrozenClock(now), interval_s=0.1, lease_s=30)  # type: ignore[arg-type]
+    sending = asyncio.create_task(worker.run_once())
+    await gate.started.wait()
+    sending.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sending
+    assert sending.cancelled()
+    assert await _job_row(engine, job.job_id) == ("queued", 1, None)
+
+    taker = _Gated()
+    taker.end.set_result(Outcome(sent=[uuid.uuid4()]))
+    other = RepublishJobs(engine, taker, FrozenClock(now), interval_s=0.1, lease_s=30)  # type: ignore[arg-type]
+    assert await other.run_once()
+    assert await _job_row(engine, job.job_id) == ("done", 2, None)
