@@ -256,11 +256,18 @@ class RepublishJobs:
     async def _renew(self, job: Job) -> None:
         while True:
             await asyncio.sleep(self._lease.total_seconds() / 3)
-            async with self._engine.begin() as conn:
-                await conn.execute(
-                    update(republish_jobs)
-                    .where(self._held(job))
-                    .values(lease_until=self._clock.now() + self._lease)
+            try:
+                async with self._engine.begin() as conn:
+                    await conn.execute(
+                        update(republish_jobs)
+                        .where(self._held(job))
+                        .values(lease_until=self._clock.now() + self._lease)
+                    )
+            except Exception as exc:
+                # A database blip: the next renewal, a third of a lease later, may still
+                # keep the job from being taken over while it is being sent.
+                log.warning(
+                    "republish_job_renew_failed", job_id=str(job.job_id), error=error_text(exc)
                 )
 
     async def _finish(

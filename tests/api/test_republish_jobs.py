@@ -235,3 +235,43 @@ async def test_a_replica_that_stops_mid_job_hands_the_job_back_at_once(
     other = RepublishJobs(engine, taker, FrozenClock(now), interval_s=0.1, lease_s=30)  # type: ignore[arg-type]
     assert await other.run_once()
     assert await _job_row(engine, job.job_id) == ("done", 2, None)
+
+
+class _FailsOnce:
+    """The engine, but its `nth` transaction fails to start (a database blip)."""
+
+    def __init__(self, engine: AsyncEngine, nth: int) -> None:
+        self._engine = engine
+        self._nth = nth
+        self._begun = 0
+
+    def begin(self) -> object:
+        self._begun += 1
+        if self._begun == self._nth:
+            raise ConnectionResetError("the database went away for a moment")
+        return self._engine.begin()
+
+
+async def test_one_failed_lease_renewal_does_not_end_the_renewals(engine: AsyncEngine) -> None:
+    now = datetime.now(UTC)
+    async with engine.begin() as conn:
+        job = await queue(conn, Selection(run_id=uuid.uuid4()), actor="admin-bot", now=now)
+    gate, clock = _Gated(), FrozenClock(now)
+    # Transaction 1 claims, 2 is the first renewal.
+    flaky = _FailsOnce(engine, nth=2)
+    worker = RepublishJobs(flaky, gate, clock, interval_s=0.1, lease_s=0.3)  # type: ignore[arg-type]
+    sending = asyncio.create_task(worker.run_once())
+    await gate.started.wait()
+    clock.advance(timedelta(minutes=5))
+    await asyncio.sleep(1)
+    async with engine.connect() as conn:
+        lease_until = (
+            await conn.execute(
+                select(republish_jobs.c.lease_until).where(republish_jobs.c.job_id == job.job_id)
+            )
+        ).scalar_one()
+    # Otherwise another replica takes the job over while this one still sends it.
+    assert lease_until > now + timedelta(minutes=5)
+    gate.end.set_result(Outcome())
+    assert await sending
+    assert (await _job_row(engine, job.job_id))[0] == "done"
