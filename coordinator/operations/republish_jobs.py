@@ -37,6 +37,8 @@ __all__ = ["KEEP_FINISHED", "MAX_ATTEMPTS", "Job", "JobState", "RepublishJobs", 
 log = structlog.get_logger(__name__)
 
 MAX_ATTEMPTS = 3
+PRUNE_BATCH = 10_000
+"""Finished jobs deleted per transaction: however many are due, no prune holds one long."""
 LEASE_EXPIRED = "LeaseExpired"
 """The error of a job failed because its last claimant stopped renewing its lease."""
 KEEP_FINISHED = timedelta(days=30)
@@ -298,8 +300,12 @@ class RepublishJobs:
         # Hourly is plenty for a 30-day horizon; idle replicas poll every few seconds.
         if self._pruned_at is not None and now - self._pruned_at < timedelta(hours=1):
             return
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                delete(republish_jobs).where(republish_jobs.c.finished_at < now - KEEP_FINISHED)
-            )
+        j = republish_jobs.c
+        due = select(j.job_id).where(j.finished_at < now - KEEP_FINISHED)
+        while True:
+            doomed = due.limit(PRUNE_BATCH).with_for_update(skip_locked=True)
+            async with self._engine.begin() as conn:
+                result = await conn.execute(delete(republish_jobs).where(j.job_id.in_(doomed)))
+            if result.rowcount < PRUNE_BATCH:
+                break
         self._pruned_at = now

@@ -9,15 +9,18 @@ import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import select, update
+import pytest
+from sqlalchemy import event, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.api import ApiContext
 from coordinator.api.tokens import Scope
 from coordinator.clock import FrozenClock, SystemClock
+from coordinator.operations import republish_jobs as jobs_module
 from coordinator.operations.republish import Outcome, RepublishSetup, Selection
-from coordinator.operations.republish_jobs import MAX_ATTEMPTS, RepublishJobs, queue
+from coordinator.operations.republish_jobs import KEEP_FINISHED, MAX_ATTEMPTS, RepublishJobs, queue
 from coordinator.outbox.lookup import events_by
 from coordinator.store.tables import audit_log, republish_jobs
 from schemas import KafkaSettings, RetentionEvent, decode
@@ -275,3 +278,38 @@ async def test_one_failed_lease_renewal_does_not_end_the_renewals(engine: AsyncE
     gate.end.set_result(Outcome())
     assert await sending
     assert (await _job_row(engine, job.job_id))[0] == "done"
+
+
+async def test_finished_jobs_are_pruned_a_bounded_batch_at_a_time(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jobs_module, "PRUNE_BATCH", 2)
+    now = datetime.now(UTC)
+    old = now - KEEP_FINISHED - timedelta(days=1)
+    async with engine.begin() as conn:
+        for finished_at in [old] * 5 + [now]:
+            job = await queue(conn, Selection(run_id=uuid.uuid4()), actor="admin-bot", now=now)
+            await conn.execute(
+                update(republish_jobs)
+                .where(republish_jobs.c.job_id == job.job_id)
+                .values(state="done", finished_at=finished_at)
+            )
+    deleted: list[int] = []
+
+    def count(conn: object, cursor: Any, statement: str, *args: object) -> None:
+        if statement.lstrip().upper().startswith("DELETE FROM RETENTION_REPUBLISH_JOBS"):
+            deleted.append(cursor.rowcount)
+
+    event.listen(engine.sync_engine, "after_cursor_execute", count)
+    try:
+        worker = RepublishJobs(engine, _Gated(), FrozenClock(now), interval_s=0.1, lease_s=30)  # type: ignore[arg-type]
+        assert not await worker.run_once()
+    finally:
+        event.remove(engine.sync_engine, "after_cursor_execute", count)
+    assert sum(deleted) == 5
+    assert max(deleted) <= 2
+    async with engine.connect() as conn:
+        left = await conn.execute(
+            select(func.count()).where(republish_jobs.c.finished_at < now - KEEP_FINISHED)
+        )
+        assert left.scalar_one() == 0
