@@ -6,9 +6,9 @@ answers 202 at once; every `serve` replica works off queued jobs, one at a time 
 claiming a row with `FOR UPDATE SKIP LOCKED` and a lease it renews while it sends. If the
 replica dies, the lease runs out and another replica takes the job over from the start:
 the events it had sent go out again, which services absorb (same event ids). A job that
-fails `MAX_ATTEMPTS` times (or whose claimant died that often) is `failed`, with the
-error's class only (never a message, which may quote data). Finished jobs are deleted
-after `KEEP_FINISHED`.
+fails `MAX_ATTEMPTS` times, tried again a lease after each failure (or whose claimant died
+that often), is `failed`, with the error's class only (never a message, which may quote
+data). Finished jobs are deleted after `KEEP_FINISHED`.
 
 What is sent, and the audit of each batch, are `Republisher.republish`'s.
 """
@@ -175,7 +175,10 @@ class RepublishJobs:
             await self._finish(job, JobState.DONE, sent=0, held=0)
         except Exception as exc:
             state = JobState.FAILED if job.attempts >= MAX_ATTEMPTS else JobState.QUEUED
-            await self._finish(job, state, error=error_text(exc))
+            # Tried again a lease later, not at once: a broker restarting must not use up
+            # every attempt within a second.
+            retry_at = self._clock.now() + self._lease if state is JobState.QUEUED else None
+            await self._finish(job, state, error=error_text(exc), lease_until=retry_at)
             log.warning(
                 "republish_job_failed",
                 job_id=str(job.job_id),
@@ -203,7 +206,11 @@ class RepublishJobs:
         waiting = (
             select(j.job_id)
             .where(
-                (j.state == JobState.QUEUED.value)
+                (
+                    (j.state == JobState.QUEUED.value)
+                    # A failed attempt's lease holds the job back until it runs out.
+                    & (j.lease_until.is_(None) | (j.lease_until < now))
+                )
                 | ((j.state == JobState.RUNNING.value) & (j.lease_until < now))
             )
             .order_by(j.created_at)
@@ -280,8 +287,9 @@ class RepublishJobs:
         sent: int | None = None,
         held: int | None = None,
         error: str | None = None,
+        lease_until: datetime | None = None,
     ) -> None:
-        values: dict[str, Any] = {"state": state.value, "lease_until": None, "error": error}
+        values: dict[str, Any] = {"state": state.value, "lease_until": lease_until, "error": error}
         if state in (JobState.DONE, JobState.FAILED):
             values["finished_at"] = self._clock.now()
         if sent is not None:
