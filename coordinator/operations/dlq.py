@@ -17,7 +17,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -37,6 +37,8 @@ from schemas.signing import SignatureSettings, Signer, Verifier
 __all__ = [
     "MAX_GROUPS",
     "OTHERS",
+    "SHOWN_BYTES",
+    "SHOWN_HEADERS",
     "DeadLetter",
     "Left",
     "Listing",
@@ -46,6 +48,13 @@ __all__ = [
     "redrive",
     "select_letters",
 ]
+
+
+SHOWN_HEADERS: tuple[str, ...] = (*DlqHeader, "event_id")
+"""The headers a listing shows (`DeadLetter.as_dict`)."""
+SHOWN_BYTES = 256
+"""What a listing keeps of each shown header: legitimate ones (service, reason, an error
+class, a topic, a time) are far shorter; the DLQ's writer chooses their size."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +87,14 @@ class DeadLetter:
     def event_id(self) -> str:
         """What the record's `event_id` header claims (the relay sets it); may be empty."""
         return self.header("event_id")
+
+    def listed(self) -> DeadLetter:
+        """What a listing keeps of the letter: no key or value, and of the headers only
+        the last of each shown one, cut to `SHOWN_BYTES` (the writer chose their number
+        and size)."""
+        last = dict(self.headers)
+        kept = tuple((name, last[name][:SHOWN_BYTES]) for name in SHOWN_HEADERS if name in last)
+        return DeadLetter(self.partition, self.offset, self.timestamp, None, None, kept)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -151,11 +168,11 @@ class Listing:
     total: int = 0
 
     def add(self, letters: Iterable[DeadLetter]) -> None:
-        for d in letters:
+        for letter in letters:
+            d = letter.listed()
             self.total += 1
             if len(self.records) < self.keep:
-                # What is listed comes from the headers: the payload is not kept.
-                self.records.append(replace(d, key=None, value=None))
+                self.records.append(d)
             group = (d.service, d.reason)
             if group not in self.groups and len(self.groups) >= MAX_GROUPS:
                 group = OTHERS
@@ -233,7 +250,7 @@ class Redriven:
         for letter in letters:
             self.left_counts[why, letter.service] += 1
             if len(self.left) < self.keep:
-                self.left.append((replace(letter, key=None, value=None), why))
+                self.left.append((letter.listed(), why))
 
     @property
     def left_total(self) -> int:

@@ -16,6 +16,8 @@ from aiokafka import AIOKafkaProducer
 from coordinator.operations.dlq import (
     MAX_GROUPS,
     OTHERS,
+    SHOWN_BYTES,
+    SHOWN_HEADERS,
     DeadLetter,
     Left,
     Listing,
@@ -143,3 +145,26 @@ def test_a_listing_holds_a_bounded_number_of_groups_and_no_payloads() -> None:
     done.add_left((_letter("svc", b"x" * 1000) for _ in range(20)), Left.UNDECODABLE)
     assert done.left_total == 20
     assert {(d.key, d.value) for d, _ in done.left} == {(None, None)}
+
+
+def test_a_listing_keeps_only_the_shown_headers_and_cuts_them() -> None:
+    # The writer chooses the size and number of headers too, up to the broker's limit.
+    junk = tuple((f"junk-{i}", b"j" * 100) for i in range(1000))
+    huge = DeadLetter(
+        0,
+        0,
+        datetime.now(UTC),
+        None,
+        None,
+        ((DlqHeader.SERVICE, b"s" * 100_000), (DlqHeader.REASON, b"poison"), *junk),
+    )
+    listing = Listing(keep=10)
+    listing.add([huge])
+    [kept] = listing.records
+    assert len(kept.headers) <= len(SHOWN_HEADERS)
+    assert max(len(v) for _, v in kept.headers) <= SHOWN_BYTES
+    [(service, reason)] = listing.groups
+    assert (len(service), reason) == (SHOWN_BYTES, "poison")
+    done = Redriven(keep=10)
+    done.add_left([huge], Left.NOT_AN_EVENT)
+    assert done.left[0][0].headers == kept.headers
