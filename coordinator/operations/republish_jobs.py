@@ -168,7 +168,13 @@ class RepublishJobs:
         except asyncio.CancelledError:
             # `serve` stopping: the other replicas take the job now, not a lease later, and
             # this stop does not count as a dead claimant.
-            await self._finish(job, JobState.QUEUED)
+            try:
+                await self._finish(job, JobState.QUEUED)
+            except Exception as exc:
+                # The cancellation still ends this task; the lease hands the job on then.
+                log.warning(
+                    "republish_job_release_failed", job_id=str(job.job_id), error=error_text(exc)
+                )
             raise
         except UnknownSelection:
             # Pruned since it was queued, or none the service is expected for: nothing to send.

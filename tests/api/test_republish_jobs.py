@@ -317,3 +317,30 @@ async def test_finished_jobs_are_pruned_a_bounded_batch_at_a_time(
             select(func.count()).where(republish_jobs.c.finished_at < now - KEEP_FINISHED)
         )
         assert left.scalar_one() == 0
+
+
+async def test_a_stop_mid_job_ends_the_task_even_when_the_job_cannot_be_handed_back(
+    engine: AsyncEngine,
+) -> None:
+    now = datetime.now(UTC)
+    async with engine.begin() as conn:
+        job = await queue(conn, Selection(run_id=uuid.uuid4()), actor="admin-bot", now=now)
+    gate = _Gated()
+    # Transaction 1 claims, 2 would hand the job back.
+    worker = RepublishJobs(
+        _FailsOnce(engine, nth=2), gate, FrozenClock(now), interval_s=0.1, lease_s=30
+    )  # type: ignore[arg-type]
+    sending = asyncio.create_task(worker.run_once())
+    await gate.started.wait()
+    sending.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sending
+    assert sending.cancelled()
+    # Left to its lease, as after a crash.
+    assert await _job_row(engine, job.job_id) == ("running", 1, None)
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(republish_jobs)
+            .where(republish_jobs.c.job_id == job.job_id)
+            .values(state="failed", lease_until=None, finished_at=now)
+        )
