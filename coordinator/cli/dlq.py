@@ -43,7 +43,11 @@ SINCE_OPTION = typer.Option(
     None, "--since", help="Only records written at or after this time (UTC if no offset)."
 )
 RECORDS_OPTION = typer.Option(False, "--records", help="List each record, not only counts.")
-TIMEOUT_OPTION = typer.Option(60.0, "--timeout", help="Seconds to read the topic to its end.")
+TIMEOUT_OPTION = typer.Option(
+    60.0,
+    "--timeout",
+    help="Seconds to read the topic to its end (re-driving a chunk does not count).",
+)
 LIMIT_OPTION = typer.Option(
     1000,
     "--limit",

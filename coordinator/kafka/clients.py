@@ -197,7 +197,8 @@ class KafkaTopicReader:
         reader of a topic of any size holds one fetch (later records are left unread).
 
         Raises:
-            TimeoutError: the end was not reached within `timeout_s` (for the whole read).
+            TimeoutError: the end was not reached within `timeout_s` of reading (the time
+                the caller spends on a chunk before asking for the next does not count).
         """
         ends = await self.end_offsets()
         deadline = time.monotonic() + timeout_s
@@ -210,7 +211,9 @@ class KafkaTopicReader:
             fetched = await self.read(timeout_s=0.2)
             chunk = [r for r in fetched if r.offset < ends.get(r.partition, 0)]
             if chunk:
+                paused = time.monotonic()
                 yield chunk
+                deadline += time.monotonic() - paused
 
 
 class KafkaRegistrationReader(KafkaTopicReader):

@@ -35,6 +35,10 @@ from schemas.dlq import DlqHeader
 from schemas.signing import SignatureSettings, Signer, Verifier
 
 __all__ = [
+    "MAX_GROUPS",
+    "OTHERS",
+    "SHOWN_BYTES",
+    "SHOWN_HEADERS",
     "DeadLetter",
     "Left",
     "Listing",
@@ -44,6 +48,13 @@ __all__ = [
     "redrive",
     "select_letters",
 ]
+
+
+SHOWN_HEADERS: tuple[str, ...] = (*DlqHeader, "event_id")
+"""The headers a listing shows (`DeadLetter.as_dict`)."""
+SHOWN_BYTES = 256
+"""What a listing keeps of each shown header: legitimate ones (service, reason, an error
+class, a topic, a time) are far shorter; the DLQ's writer chooses their size."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +87,14 @@ class DeadLetter:
     def event_id(self) -> str:
         """What the record's `event_id` header claims (the relay sets it); may be empty."""
         return self.header("event_id")
+
+    def listed(self) -> DeadLetter:
+        """What a listing keeps of the letter: no key or value, and of the headers only
+        the last of each shown one, cut to `SHOWN_BYTES` (the writer chose their number
+        and size)."""
+        last = dict(self.headers)
+        kept = tuple((name, last[name][:SHOWN_BYTES]) for name in SHOWN_HEADERS if name in last)
+        return DeadLetter(self.partition, self.offset, self.timestamp, None, None, kept)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -132,6 +151,12 @@ async def dead_letters(
         await reader.stop()
 
 
+MAX_GROUPS = 1000
+"""(service, reason) pairs `dlq list` counts apart; any later pair is counted in `OTHERS`
+(both are header values whoever writes the DLQ chooses, a new one per record if it likes)."""
+OTHERS = ("(others)", "(others)")
+
+
 @dataclass(slots=True)
 class Listing:
     """What `dlq list` shows of a topic of any size: whole counts per (service, reason)
@@ -143,11 +168,14 @@ class Listing:
     total: int = 0
 
     def add(self, letters: Iterable[DeadLetter]) -> None:
-        for d in letters:
+        for letter in letters:
+            d = letter.listed()
             self.total += 1
             if len(self.records) < self.keep:
                 self.records.append(d)
             group = (d.service, d.reason)
+            if group not in self.groups and len(self.groups) >= MAX_GROUPS:
+                group = OTHERS
             if (seen := self.groups.get(group)) is None:
                 self.groups[group] = (1, d.timestamp, d.timestamp)
             else:
@@ -222,7 +250,7 @@ class Redriven:
         for letter in letters:
             self.left_counts[why, letter.service] += 1
             if len(self.left) < self.keep:
-                self.left.append((letter, why))
+                self.left.append((letter.listed(), why))
 
     @property
     def left_total(self) -> int:

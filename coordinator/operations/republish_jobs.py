@@ -6,8 +6,9 @@ answers 202 at once; every `serve` replica works off queued jobs, one at a time 
 claiming a row with `FOR UPDATE SKIP LOCKED` and a lease it renews while it sends. If the
 replica dies, the lease runs out and another replica takes the job over from the start:
 the events it had sent go out again, which services absorb (same event ids). A job that
-fails `MAX_ATTEMPTS` times is `failed`, with the error's class only (never a message,
-which may quote data). Finished jobs are deleted after `KEEP_FINISHED`.
+fails `MAX_ATTEMPTS` times, tried again a lease after each failure (or whose claimant died
+that often), is `failed`, with the error's class only (never a message, which may quote
+data). Finished jobs are deleted after `KEEP_FINISHED`.
 
 What is sent, and the audit of each batch, are `Republisher.republish`'s.
 """
@@ -23,7 +24,7 @@ from enum import StrEnum
 from typing import Any
 
 import structlog
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import ColumnElement, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator.clock import Clock
@@ -36,6 +37,10 @@ __all__ = ["KEEP_FINISHED", "MAX_ATTEMPTS", "Job", "JobState", "RepublishJobs", 
 log = structlog.get_logger(__name__)
 
 MAX_ATTEMPTS = 3
+PRUNE_BATCH = 10_000
+"""Finished jobs deleted per transaction: however many are due, no prune holds one long."""
+LEASE_EXPIRED = "LeaseExpired"
+"""The error of a job failed because its last claimant stopped renewing its lease."""
 KEEP_FINISHED = timedelta(days=30)
 """Finished jobs are kept this long for `GET /v1/republish-jobs/{id}`; the audit log keeps
 what was sent for as long as it keeps anything."""
@@ -156,16 +161,30 @@ class RepublishJobs:
             await self._prune()
             return False
         log.info("republish_job_started", job_id=str(job.job_id), attempt=job.attempts)
-        renewing = asyncio.create_task(self._renew(job.job_id))
+        renewing = asyncio.create_task(self._renew(job))
         try:
             async with self._setup.open(self._engine, self._clock) as republisher:
                 outcome = await republisher.republish(job.selection, actor=job.actor)
+        except asyncio.CancelledError:
+            # `serve` stopping: the other replicas take the job now, not a lease later, and
+            # this stop does not count as a dead claimant.
+            try:
+                await self._finish(job, JobState.QUEUED)
+            except Exception as exc:
+                # The cancellation still ends this task; the lease hands the job on then.
+                log.warning(
+                    "republish_job_release_failed", job_id=str(job.job_id), error=error_text(exc)
+                )
+            raise
         except UnknownSelection:
             # Pruned since it was queued, or none the service is expected for: nothing to send.
-            await self._finish(job.job_id, JobState.DONE, sent=0, held=0)
+            await self._finish(job, JobState.DONE, sent=0, held=0)
         except Exception as exc:
             state = JobState.FAILED if job.attempts >= MAX_ATTEMPTS else JobState.QUEUED
-            await self._finish(job.job_id, state, error=error_text(exc))
+            # Tried again a lease later, not at once: a broker restarting must not use up
+            # every attempt within a second.
+            retry_at = self._clock.now() + self._lease if state is JobState.QUEUED else None
+            await self._finish(job, state, error=error_text(exc), lease_until=retry_at)
             log.warning(
                 "republish_job_failed",
                 job_id=str(job.job_id),
@@ -174,9 +193,7 @@ class RepublishJobs:
                 state=state.value,
             )
         else:
-            await self._finish(
-                job.job_id, JobState.DONE, sent=len(outcome.sent), held=len(outcome.held)
-            )
+            await self._finish(job, JobState.DONE, sent=len(outcome.sent), held=len(outcome.held))
             log.info(
                 "republish_job_done",
                 job_id=str(job.job_id),
@@ -195,7 +212,11 @@ class RepublishJobs:
         waiting = (
             select(j.job_id)
             .where(
-                (j.state == JobState.QUEUED.value)
+                (
+                    (j.state == JobState.QUEUED.value)
+                    # A failed attempt's lease holds the job back until it runs out.
+                    & (j.lease_until.is_(None) | (j.lease_until < now))
+                )
                 | ((j.state == JobState.RUNNING.value) & (j.lease_until < now))
             )
             .order_by(j.created_at)
@@ -204,6 +225,22 @@ class RepublishJobs:
             .scalar_subquery()
         )
         async with self._engine.begin() as conn:
+            # A job whose every claimant died (one that kills the replica sending it) never
+            # reaches the except clause; its expired leases count its attempts instead.
+            await conn.execute(
+                update(republish_jobs)
+                .where(
+                    j.state == JobState.RUNNING.value,
+                    j.lease_until < now,
+                    j.attempts >= MAX_ATTEMPTS,
+                )
+                .values(
+                    state=JobState.FAILED.value,
+                    lease_until=None,
+                    finished_at=now,
+                    error=LEASE_EXPIRED,
+                )
+            )
             row = (
                 await conn.execute(
                     update(republish_jobs)
@@ -220,26 +257,45 @@ class RepublishJobs:
             ).first()
         return None if row is None else _job(row)
 
-    async def _renew(self, job_id: uuid.UUID) -> None:
+    @staticmethod
+    def _held(job: Job) -> ColumnElement[bool]:
+        """The job is still this claim's: once a lease ran out and another replica took the
+        job over (`attempts` counts claims), the late claimant neither renews nor ends it."""
+        j = republish_jobs.c
+        return (
+            (j.job_id == job.job_id)
+            & (j.attempts == job.attempts)
+            & (j.state == JobState.RUNNING.value)
+        )
+
+    async def _renew(self, job: Job) -> None:
         while True:
             await asyncio.sleep(self._lease.total_seconds() / 3)
-            async with self._engine.begin() as conn:
-                await conn.execute(
-                    update(republish_jobs)
-                    .where(republish_jobs.c.job_id == job_id)
-                    .values(lease_until=self._clock.now() + self._lease)
+            try:
+                async with self._engine.begin() as conn:
+                    await conn.execute(
+                        update(republish_jobs)
+                        .where(self._held(job))
+                        .values(lease_until=self._clock.now() + self._lease)
+                    )
+            except Exception as exc:
+                # A database blip: the next renewal, a third of a lease later, may still
+                # keep the job from being taken over while it is being sent.
+                log.warning(
+                    "republish_job_renew_failed", job_id=str(job.job_id), error=error_text(exc)
                 )
 
     async def _finish(
         self,
-        job_id: uuid.UUID,
+        job: Job,
         state: JobState,
         *,
         sent: int | None = None,
         held: int | None = None,
         error: str | None = None,
+        lease_until: datetime | None = None,
     ) -> None:
-        values: dict[str, Any] = {"state": state.value, "lease_until": None, "error": error}
+        values: dict[str, Any] = {"state": state.value, "lease_until": lease_until, "error": error}
         if state in (JobState.DONE, JobState.FAILED):
             values["finished_at"] = self._clock.now()
         if sent is not None:
@@ -247,17 +303,23 @@ class RepublishJobs:
         if held is not None:
             values["held"] = held
         async with self._engine.begin() as conn:
-            await conn.execute(
-                update(republish_jobs).where(republish_jobs.c.job_id == job_id).values(**values)
+            result = await conn.execute(
+                update(republish_jobs).where(self._held(job)).values(**values)
             )
+        if not result.rowcount:
+            log.warning("republish_job_lost", job_id=str(job.job_id), attempt=job.attempts)
 
     async def _prune(self) -> None:
         now = self._clock.now()
         # Hourly is plenty for a 30-day horizon; idle replicas poll every few seconds.
         if self._pruned_at is not None and now - self._pruned_at < timedelta(hours=1):
             return
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                delete(republish_jobs).where(republish_jobs.c.finished_at < now - KEEP_FINISHED)
-            )
+        j = republish_jobs.c
+        due = select(j.job_id).where(j.finished_at < now - KEEP_FINISHED)
+        while True:
+            doomed = due.limit(PRUNE_BATCH).with_for_update(skip_locked=True)
+            async with self._engine.begin() as conn:
+                result = await conn.execute(delete(republish_jobs).where(j.job_id.in_(doomed)))
+            if result.rowcount < PRUNE_BATCH:
+                break
         self._pruned_at = now

@@ -8,14 +8,25 @@ import asyncio
 import json
 import os
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from coordinator.operations.dlq import Listing, dead_letters
+from coordinator.operations.dlq import (
+    MAX_GROUPS,
+    OTHERS,
+    SHOWN_BYTES,
+    SHOWN_HEADERS,
+    DeadLetter,
+    Left,
+    Listing,
+    Redriven,
+    dead_letters,
+)
 from coordinator.store.migrate import upgrade
 from schemas import KafkaSettings
-from schemas.dlq import DlqReason, dlq_headers
+from schemas.dlq import DlqHeader, DlqReason, dlq_headers
 from tests import infra
 from tests.integration.operations_support import run_cli
 
@@ -89,3 +100,71 @@ async def test_a_flooded_dlq_is_counted_whole_and_listed_up_to_the_limit(
     assert len(result["left"]) == 5
     assert result["truncated"]
     assert {r["left_because"] for r in result["left"]} == {"not_signed_by_coordinator"}
+
+
+async def test_the_timeout_bounds_the_read_not_what_the_reader_does_between_fetches(
+    topics: KafkaSettings,
+) -> None:
+    # A re-drive sends each chunk before it reads the next: a slow database or broker on
+    # that side is no reason to give up reading a topic that is read quickly.
+    await _flood(topics)
+    chunks = 0
+    async with dead_letters(topics, timeout_s=5) as read:
+        async for chunk in read:
+            chunks += 1
+            if chunks == 1:
+                await asyncio.sleep(6)
+            assert chunk
+    assert chunks > 1
+
+
+def _letter(service: str, value: bytes) -> DeadLetter:
+    return DeadLetter(
+        0,
+        0,
+        datetime.now(UTC),
+        b"user:42",
+        value,
+        ((DlqHeader.SERVICE, service.encode()), (DlqHeader.REASON, b"poison")),
+    )
+
+
+def test_a_listing_holds_a_bounded_number_of_groups_and_no_payloads() -> None:
+    # Whoever writes the DLQ names the service in a header: a new name per record must
+    # not make the summary grow with the topic, nor kept records hold megabyte values.
+    listing = Listing(keep=10)
+    listing.add(_letter(f"svc-{i}", b"x" * 1000) for i in range(MAX_GROUPS + 500))
+    assert listing.total == MAX_GROUPS + 500
+    assert len(listing.groups) == MAX_GROUPS + 1
+    assert sum(n for n, _, _ in listing.groups.values()) == listing.total
+    assert listing.groups[OTHERS][0] == 500
+    assert {(d.key, d.value) for d in listing.records} == {(None, None)}
+    assert listing.records[0].service == "svc-0"
+
+    done = Redriven(keep=10)
+    done.add_left((_letter("svc", b"x" * 1000) for _ in range(20)), Left.UNDECODABLE)
+    assert done.left_total == 20
+    assert {(d.key, d.value) for d, _ in done.left} == {(None, None)}
+
+
+def test_a_listing_keeps_only_the_shown_headers_and_cuts_them() -> None:
+    # The writer chooses the size and number of headers too, up to the broker's limit.
+    junk = tuple((f"junk-{i}", b"j" * 100) for i in range(1000))
+    huge = DeadLetter(
+        0,
+        0,
+        datetime.now(UTC),
+        None,
+        None,
+        ((DlqHeader.SERVICE, b"s" * 100_000), (DlqHeader.REASON, b"poison"), *junk),
+    )
+    listing = Listing(keep=10)
+    listing.add([huge])
+    [kept] = listing.records
+    assert len(kept.headers) <= len(SHOWN_HEADERS)
+    assert max(len(v) for _, v in kept.headers) <= SHOWN_BYTES
+    [(service, reason)] = listing.groups
+    assert (len(service), reason) == (SHOWN_BYTES, "poison")
+    done = Redriven(keep=10)
+    done.add_left([huge], Left.NOT_AN_EVENT)
+    assert done.left[0][0].headers == kept.headers
