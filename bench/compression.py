@@ -2,7 +2,7 @@
 
     python -m bench.compression [--events 30000] [--rounds 3] [--codecs none,gzip,snappy,lz4,zstd]
 
-Encodes `--events` events the way the relay does (`EventWriter`, ~330-byte JSON) and signs
+Encodes `--events` events the way the relay does (`schemas.encode`, byte for byte the relay's fast encoder, ~330-byte JSON) and signs
 them as it does (one Merkle tree per `RETENTION_RELAY_SIGNATURE_BATCH` records, SPEC §9), so
 each record carries its ~400 bytes of signature and proof headers. Per codec and round,
 on a fresh topic (codecs interleaved, rotated every round):
@@ -39,14 +39,13 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
-from coordinator.outbox.event_json import EventWriter
 
 from bench.relay_throughput import events_of
 from coordinator.kafka import admin
 from coordinator.kafka.admin import ensure_topics
 from coordinator.kafka.producer import KafkaEventProducer, OutgoingRecord
 from coordinator.settings import RelaySettings
-from schemas import KafkaSettings, Topics
+from schemas import KafkaSettings, Topics, encode
 from schemas.signing import SignatureSettings
 from tests import infra
 from tests.outbox import outbox_rows
@@ -63,9 +62,8 @@ def say(message: str) -> None:
 
 
 def signed_records(count: int, relay: RelaySettings) -> list[OutgoingRecord]:
-    write = EventWriter()
     records = [
-        OutgoingRecord(e.key.encode(), write(e), [("event_id", str(e.event_id).encode())])
+        OutgoingRecord(e.key.encode(), encode(e), [("event_id", str(e.event_id).encode())])
         for e in events_of(outbox_rows(count, policy="session_logs"))
     ]
     signer = SignatureSettings().coordinator_signer()

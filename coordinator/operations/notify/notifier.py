@@ -24,7 +24,7 @@ from schemas.retries import any_error
 
 __all__ = ["Notifier"]
 
-log = structlog.get_logger("coordinator.operations.notify")
+log = structlog.get_logger("retention.notify")
 
 
 class Notifier:
