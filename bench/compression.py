@@ -2,7 +2,8 @@
 
     python -m bench.compression [--events 30000] [--rounds 3] [--codecs none,gzip,snappy,lz4,zstd]
 
-Encodes `--events` events the way the relay does (`schemas.encode`, byte for byte the relay's fast encoder, ~330-byte JSON) and signs
+Encodes `--events` events the way the relay does (`schemas.encode`, byte for byte the
+relay's fast encoder, ~330-byte JSON) and signs
 them as it does (one Merkle tree per `RETENTION_RELAY_SIGNATURE_BATCH` records, SPEC §9), so
 each record carries its ~400 bytes of signature and proof headers. Per codec and round,
 on a fresh topic (codecs interleaved, rotated every round):
