@@ -23,7 +23,8 @@ from coordinator.evidence.checkpoints import (
     unpublished,
 )
 from coordinator.kafka.admin import missing_topics
-from coordinator.kafka.clients import KafkaPublisher, read_to_end
+from coordinator.kafka.clients import KafkaPublisher, KafkaTopicReader
+from coordinator.kafka.ports import ConsumedRecord
 from coordinator.kafka.producer import OutgoingRecord
 from coordinator.store.tables import audit_checkpoints, audit_log
 from schemas import KafkaSettings
@@ -75,25 +76,39 @@ async def newest_published_head(
     kafka: KafkaSettings, verifier: Verifier | None, *, timeout_s: float = 10.0
 ) -> Checkpoint | None:
     """The published head with the highest seq whose signature verifies (any head when
-    `verifier` is None: signing off); records that are not ours are skipped."""
+    `verifier` is None: signing off); records that are not ours are skipped. Anyone may
+    write the topic, so it is read a fetch at a time and only the newest head is kept.
+
+    Raises:
+        LookupError: the topic has no partitions yet.
+        TimeoutError: it was not read to its end within `timeout_s`.
+    """
     if await missing_topics(kafka, [kafka.topics.audit]):
         return None  # nothing was ever published (no serve has run upkeep yet)
     newest: Checkpoint | None = None
-    for record in await read_to_end(kafka, kafka.topics.audit, timeout_s=timeout_s):
-        if record.key != checkpoint_key("head", 0) or record.value is None:
-            continue
-        if (
-            verifier is not None
-            and not verifier.verify(record.key, record.value, record.headers).valid
-        ):
-            continue
-        try:
-            point = parse_record(record.value)
-        except (ValueError, KeyError, TypeError):
-            continue
-        if point.kind == "head" and (newest is None or point.last_seq > newest.last_seq):
-            newest = point
+    reader = KafkaTopicReader(kafka, kafka.topics.audit)
+    await reader.start(timeout_s=timeout_s)
+    try:
+        async for records in reader.chunks_to_end(timeout_s=timeout_s):
+            for record in records:
+                point = _head(record, verifier)
+                if point is not None and (newest is None or point.last_seq > newest.last_seq):
+                    newest = point
+    finally:
+        await reader.stop()
     return newest
+
+
+def _head(record: ConsumedRecord, verifier: Verifier | None) -> Checkpoint | None:
+    if record.key != checkpoint_key("head", 0) or record.value is None:
+        return None
+    if verifier is not None and not verifier.verify(record.key, record.value, record.headers).valid:
+        return None
+    try:
+        point = parse_record(record.value)
+    except (ValueError, KeyError, TypeError):
+        return None
+    return point if point.kind == "head" else None
 
 
 @dataclass(frozen=True, slots=True)

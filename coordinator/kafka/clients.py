@@ -18,7 +18,6 @@ __all__ = [
     "KafkaPublisher",
     "KafkaRegistrationReader",
     "KafkaTopicReader",
-    "read_to_end",
 ]
 
 
@@ -221,38 +220,3 @@ class KafkaRegistrationReader(KafkaTopicReader):
 
     def __init__(self, kafka: KafkaSettings) -> None:
         super().__init__(kafka, kafka.topics.services)
-
-
-async def read_to_end(
-    kafka: KafkaSettings, topic: str, *, timeout_s: float
-) -> list[ConsumedRecord]:
-    """Every record of `topic` present now, from its earliest offset, without a group.
-
-    Raises LookupError when the topic does not exist or is not read within `timeout_s`.
-    """
-    consumer = AIOKafkaConsumer(
-        topic,
-        **kafka.client_kwargs(),
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
-    await consumer.start()
-    try:
-        deadline = time.monotonic() + timeout_s
-        # Without a group the consumer assigns itself every partition once the topic's
-        # metadata arrives.
-        while not consumer.assignment():
-            if time.monotonic() > deadline:
-                raise LookupError(f"topic {topic} does not exist")
-            await asyncio.sleep(0.05)
-        ends = await consumer.end_offsets(list(consumer.assignment()))
-        records: list[ConsumedRecord] = []
-        for tp, end in ends.items():
-            while await consumer.position(tp) < end:
-                if time.monotonic() > deadline:
-                    raise LookupError(f"topic {topic} was not read to its end in {timeout_s} s")
-                records += _records(await consumer.getmany(tp, timeout_ms=_ms(0.5)))
-        return records
-    finally:
-        await consumer.stop()
