@@ -5,9 +5,11 @@ while erasure requests for a seeded choice of due fault users list their subject
 suppression list, each entry written in the transaction that erases its subject (filed
 in-process, as the API would). A seeded share of the subjects is listed with a
 suppression retention of a few seconds, so their entries expire during the scenario and
-must be tombstoned. `serve` is SIGKILLed at seeded points, placed, not timed, where a
-crash could lose or misstate an entry (every write to the entries table is braked,
-tests/faults/throttle.py, so the test sees the statement executing and kills):
+must be tombstoned, and a few subjects are erased again later by a new request, which
+renews their entry (a new `erased_at` and expiry, to be published again). `serve` is
+SIGKILLed at seeded points, placed, not timed, where a crash could lose or misstate an
+entry (every write to the entries table is braked, tests/faults/throttle.py, so the test
+sees the statement executing and kills):
 
 * `publish`: the publisher sent a batch of entries to the erased topic and its UPDATE
   marking them published executes: the entries are on the topic, the rows unpublished;
@@ -20,11 +22,13 @@ was down (a seeded choice). The policies run in-process first, so `serve`'s rela
 tracker have work in flight at every kill. At the end:
 
 * every subject's entry is on the compacted topic as its latest state: the last record of
-  its key (what compaction keeps) is the entry as written (key, `erased_at`, `expires_at`)
-  while it lives, a tombstone once it expired, after at least one copy of the entry; every
-  record is signed by the coordinator, no other key is there, no value differs from what
-  was written; live rows are marked published, expired rows are gone;
-* each `publish` kill's batch went out again after the restart (at least once, never lost);
+  its key (what compaction keeps) is its latest entry as written (`erased_at`,
+  `expires_at`) while it lives, a tombstone once it expired, after at least one copy of
+  that entry; every record is signed by the coordinator, no other key is there, every
+  value is a state some erasure wrote and none follows a newer one; live rows are marked
+  published, expired rows are gone;
+* each `publish` kill's batch went out again after the restart (at least once, never
+  lost), unless a renewal replaced the entry meanwhile;
 * the erasure requests completed, and the invariants hold.
 """
 
@@ -72,11 +76,24 @@ SCHEDULE = "0 0 1 1 *"
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """An entry as its erasure wrote it: what the topic must end with."""
+    """An entry as one erasure wrote it: a state its key may take on the topic."""
 
     erased_at: datetime
     expires_at: datetime
     expires: bool
+
+    @property
+    def state(self) -> tuple[datetime, datetime]:
+        return self.erased_at, self.expires_at
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """An entry as the table holds it now (committed)."""
+
+    erased_at: datetime
+    expires_at: datetime
+    published_at: datetime | None
 
 
 def _erasure(
@@ -92,45 +109,53 @@ def _erasure(
     return Erasure(engine, load_policies(world.policy_file), settings, SystemClock())
 
 
-async def _file(erasure: Erasure, engine: AsyncEngine, key: str, user: str, expires: bool) -> Entry:
+async def _file(
+    erasure: Erasure, engine: AsyncEngine, key: str, user: str, reference: str, expires: bool
+) -> Entry:
     await erasure.create(
         subject=f"user:{user}",
         regulation=Regulation.GDPR,
         received_at=None,
-        reference=f"suppression-{user}",
+        reference=reference,
         by="dpo",
     )
-    async with engine.connect() as conn:
-        row = (
-            await conn.execute(
-                select(erased_entities.c.erased_at, erased_entities.c.expires_at).where(
-                    erased_entities.c.key == key
-                )
-            )
-        ).one()
+    row = (await _rows(engine))[key]
     return Entry(row.erased_at, row.expires_at, expires)
 
 
-def _keys(tail: TopicTail, *, tombstones: bool) -> set[str]:
-    return {r.key.decode() for r in tail.records if r.key and (r.value is None) == tombstones}
-
-
-async def _rows(engine: AsyncEngine) -> dict[str, datetime | None]:
-    """Key → `published_at` of every committed entry."""
+async def _rows(engine: AsyncEngine) -> dict[str, Row]:
+    """Key → every committed entry."""
+    e = erased_entities.c
     async with engine.connect() as conn:
-        rows = await conn.execute(select(erased_entities.c.key, erased_entities.c.published_at))
-        return {row.key: row.published_at for row in rows}
+        rows = await conn.execute(select(e.key, e.erased_at, e.expires_at, e.published_at))
+        return {row.key: Row(row.erased_at, row.expires_at, row.published_at) for row in rows}
+
+
+def _by_key(tail: TopicTail) -> dict[str, list[ConsumerRecord[bytes, bytes]]]:
+    """Each key's records in the order the topic holds them (one partition per key)."""
+    by_key: dict[str, list[ConsumerRecord[bytes, bytes]]] = defaultdict(list)
+    for record in tail.records:
+        by_key[record.key.decode() if record.key else ""].append(record)
+    return by_key
+
+
+def _state(record: ConsumerRecord[bytes, bytes]) -> tuple[datetime, datetime] | None:
+    """The entry a record carries; None for a tombstone."""
+    if record.value is None:
+        return None
+    entry = decode(ErasedEntity, record.value)
+    return entry.erased_at, entry.expires_at
 
 
 async def _kill(
     point: str, rng: random.Random, stack: Stack, serve: ServiceProcess, tail: TopicTail
-) -> set[str]:
-    """SIGKILL `serve` at `point`; the keys whose records were sent and not yet recorded
-    as sent (a placed kill has at least one)."""
+) -> dict[str, tuple[datetime, datetime] | None]:
+    """SIGKILL `serve` at `point`; key → state (None: tombstone) of each record sent and
+    not yet recorded as sent (a placed kill finds at least one)."""
     if point == "anytime":
         await asyncio.sleep(rng.uniform(0.0, 1.5))
         serve.kill()
-        return set()
+        return {}
     verb = "UPDATE" if point == "publish" else "DELETE FROM"
     seen = await wait_until_writing(
         stack.coordinator_url, erased_entities, process=serve, verbs=(verb,), timeout_s=90
@@ -144,76 +169,103 @@ async def _kill(
         rows = await _rows(engine)
     finally:
         await engine.dispose()
+    records = _by_key(tail)
     if point == "publish":
-        pending = {k for k, published_at in rows.items() if published_at is None}
-        in_flight = pending & _keys(tail, tombstones=False)
+        # Unpublished rows whose current state is on the topic already.
+        in_flight: dict[str, tuple[datetime, datetime] | None] = {
+            key: (row.erased_at, row.expires_at)
+            for key, row in rows.items()
+            if row.published_at is None
+            and any(_state(r) == (row.erased_at, row.expires_at) for r in records.get(key, []))
+        }
     else:
-        in_flight = set(rows) & _keys(tail, tombstones=True)
+        # Expired rows still there, their key tombstoned after its last entry.
+        now = datetime.now(UTC)
+        in_flight = {
+            key: None
+            for key, row in rows.items()
+            if row.expires_at <= now and records.get(key) and records[key][-1].value is None
+        }
     assert in_flight, f"kill at {point}: nothing sent and unrecorded ({len(rows)} rows)"
     return in_flight
 
 
 def _topic_problems(
-    tail: TopicTail, entries: dict[str, Entry], rows: dict[str, datetime | None]
+    tail: TopicTail, entries: dict[str, list[Entry]], rows: dict[str, Row]
 ) -> list[str]:
     """What differs between the erased topic, the entries as written and the table."""
     verifier = SignatureSettings().coordinator_verifier()
-    by_key: dict[str, list[ConsumerRecord[bytes, bytes]]] = defaultdict(list)
     problems: list[str] = []
     for record in tail.records:
         checked = verifier.verify(record.key, record.value, record.headers)
         if not checked.valid:
             problems.append(f"offset {record.partition}/{record.offset}: {checked.verdict}")
-        key = record.key.decode() if record.key else ""
-        if key not in entries:
-            problems.append(f"offset {record.partition}/{record.offset}: unknown key")
-        by_key[key].append(record)
-    for key, entry in entries.items():
-        records = by_key.get(key, [])
-        values = [decode(ErasedEntity, r.value) for r in records if r.value is not None]
-        if not values:
-            problems.append(f"{key[:12]}: never published")
+    records = _by_key(tail)
+    problems.extend(f"{key[:12]}: a key nobody listed" for key in set(records) - set(entries))
+    for key, written in entries.items():
+        name, latest = key[:12], written[-1]
+        order = [e.state for e in written]
+        states = [_state(r) for r in records.get(key, [])]
+        sent = [s for s in states if s is not None]
+        unknown = [s for s in sent if s not in order]
+        problems.extend(f"{name}: published {s}, never written" for s in unknown)
+        if unknown:
             continue
-        problems.extend(
-            f"{key[:12]}: published as {v.erased_at}/{v.expires_at}, written "
-            f"{entry.erased_at}/{entry.expires_at}"
-            for v in values
-            if (v.key, v.erased_at, v.expires_at) != (key, entry.erased_at, entry.expires_at)
-        )
-        last_is_tombstone = records[-1].value is None
-        if entry.expires:
-            if not last_is_tombstone:
-                problems.append(f"{key[:12]}: expired, not tombstoned last")
-            if key in rows:
-                problems.append(f"{key[:12]}: expired, row still there")
+        # An older state never follows a newer one: a late copy can't undo a renewal.
+        positions = [order.index(s) for s in sent]
+        if positions != sorted(positions):
+            problems.append(f"{name}: states out of order {positions}")
+        if latest.state not in sent:
+            problems.append(f"{name}: latest entry never published")
+        row = rows.get(key)
+        if latest.expires:
+            if not states or states[-1] is not None:
+                problems.append(f"{name}: expired, not tombstoned last")
+            if row is not None:
+                problems.append(f"{name}: expired, row still there")
         else:
-            if last_is_tombstone:
-                problems.append(f"{key[:12]}: live, tombstoned")
-            if rows.get(key) is None:
-                problems.append(f"{key[:12]}: live, row {'unpublished' if key in rows else 'gone'}")
+            if not states or states[-1] != latest.state:
+                problems.append(f"{name}: live, last record {states[-1:]}")
+            if row is None or row.published_at is None:
+                problems.append(f"{name}: live, row {'unpublished' if row else 'gone'}")
+            elif (row.erased_at, row.expires_at) != latest.state:
+                problems.append(f"{name}: row {(row.erased_at, row.expires_at)}, latest {latest}")
     problems.extend(f"{key[:12]}: a row nobody wrote" for key in set(rows) - set(entries))
     return problems
 
 
-async def _suppression_done(engine: AsyncEngine, entries: dict[str, Entry]) -> bool:
+async def _suppression_done(engine: AsyncEngine, entries: dict[str, list[Entry]]) -> bool:
     """Every live entry marked published, every expired one gone."""
     rows = await _rows(engine)
-    live = {k for k, e in entries.items() if not e.expires}
-    return set(rows) == live and all(rows.values())
+    live = {k for k, written in entries.items() if not written[-1].expires}
+    return set(rows) == live and all(r.published_at is not None for r in rows.values())
 
 
 async def suppression_kill_scenario(
-    stack: Stack, directory: Path, *, seed: int, users: int, subjects: int, kills: int
+    stack: Stack,
+    directory: Path,
+    *,
+    seed: int,
+    users: int,
+    subjects: int,
+    renewals: int,
+    kills: int,
 ) -> None:
     rng = random.Random(seed)
     print(f"\n[faults] scenario 17 (suppression publisher SIGKILLed), seed {seed}")
     world = await prepare_world(stack, directory, users=users, per_category=2)
     serve_policies(world)
     chosen = rng.sample(sorted(world.processed(USERS_POLICY)), subjects)
-    world.subject_events = len(chosen)
+    # A renewal: a subject already listed erased again by a new request, later.
+    filings = list(chosen)
+    for _ in range(renewals):
+        at = rng.randint(1, len(filings))
+        filings.insert(at, rng.choice(filings[:at]))
+    world.subject_events = len(filings)
+    world.refiled = Counter(filings) - Counter(chosen)
     points: dict[int, str] = dict(
         zip(
-            sorted(rng.sample(range(subjects), kills)),
+            sorted(rng.sample(range(len(filings)), kills)),
             rng.sample(POINTS * (kills // len(POINTS)), kills),
             strict=True,
         )
@@ -231,21 +283,25 @@ async def suppression_kill_scenario(
     # While `serve` and the services start: their events are in the outbox when they are up.
     await run_policies(stack, world)
     faults: Counter[str] = Counter()
-    entries: dict[str, Entry] = {}
-    resent: set[str] = set()
+    entries: dict[str, list[Entry]] = defaultdict(list)
+    filed: Counter[str] = Counter()
+    resent: dict[str, tuple[datetime, datetime] | None] = {}
     engine = stack.engine()
     short = _erasure(stack, engine, world, pepper_file, SHORT)
     long = _erasure(stack, engine, world, pepper_file, timedelta(days=EVIDENCE_RETENTION_DAYS))
     try:
         async with TopicTail(stack.kafka, stack.kafka.topics.erased) as tail:
             await start_services(stack)
-            for n, user in enumerate(chosen):
+            for n, user in enumerate(filings):
                 point = points.get(n)
                 expires = point == "expire" or rng.random() < 0.4
                 key = suppression_key(pepper, "user", user)
                 if point in ("publish", "expire"):
                     await set_throttle(stack.coordinator_url, BRAKE_S)
-                entries[key] = await _file(short if expires else long, engine, key, user, expires)
+                reference = f"suppression-{user}-{filed[user]}"
+                filed[user] += 1
+                erasure = short if expires else long
+                entries[key].append(await _file(erasure, engine, key, user, reference, expires))
                 if not serve.alive:
                     serve.start()  # the request above was filed while it was down
                 if point is None:
@@ -254,7 +310,7 @@ async def suppression_kill_scenario(
                 faults[f"kill_serve_{point}"] += 1
                 await set_throttle(stack.coordinator_url, 0)
                 if point == "publish":
-                    resent |= in_flight
+                    resent.update(in_flight)
                 if rng.random() < 0.5:
                     serve.start()
             if not serve.alive:
@@ -290,15 +346,21 @@ async def suppression_kill_scenario(
     finally:
         await engine.dispose()
     problems = _topic_problems(tail, entries, rows)
-    copies = Counter(r.key.decode() for r in tail.records if r.key and r.value is not None)
-    problems.extend(f"{k[:12]}: sent before the kill, not again" for k in resent if copies[k] < 2)
+    copies = Counter((key, _state(r)) for key, records in _by_key(tail).items() for r in records)
+    # A batch sent before a kill goes out again, unless a renewal replaced its entry since.
+    problems.extend(
+        f"{key[:12]}: sent before the kill, not again"
+        for key, state in resent.items()
+        if entries[key][-1].state == state and copies[(key, state)] < 2
+    )
     assert not problems, "\n".join(problems)
-    assert statuses == Counter(completed=len(chosen)), statuses
-    expired = sum(e.expires for e in entries.values())
+    assert statuses == Counter(completed=len(filings)), statuses
+    expired = sum(written[-1].expires for written in entries.values())
+    values = sum(n for (_, state), n in copies.items() if state is not None)
     print(
-        f"[faults] suppression: {len(entries)} entries ({expired} expired), "
-        f"{len(tail.records)} records, {sum(copies.values()) - len(entries)} sent again, "
-        f"kills at {dict(faults)}"
+        f"[faults] suppression: {len(entries)} entries ({expired} expired, "
+        f"{renewals} renewals), {len(filings)} erasures, {values} entry records, "
+        f"{len(tail.records) - values} tombstones, kills at {dict(faults)}"
     )
     result = await check_invariants(
         stack, world, scenario="17-suppression-sigkill", seed=seed, faults=faults
@@ -308,10 +370,14 @@ async def suppression_kill_scenario(
 
 
 async def test_suppression_publisher_kills(stack: Stack, tmp_path: Path) -> None:
-    await suppression_kill_scenario(stack, tmp_path, seed=1717, users=12, subjects=4, kills=3)
+    await suppression_kill_scenario(
+        stack, tmp_path, seed=1717, users=12, subjects=4, renewals=1, kills=3
+    )
 
 
 @pytest.mark.faults_full
 @pytest.mark.parametrize("seed", [1771, 1772, 1773])
 async def test_suppression_publisher_kills_seeds(stack: Stack, tmp_path: Path, seed: int) -> None:
-    await suppression_kill_scenario(stack, tmp_path, seed=seed, users=40, subjects=10, kills=6)
+    await suppression_kill_scenario(
+        stack, tmp_path, seed=seed, users=40, subjects=10, renewals=3, kills=6
+    )
