@@ -2,20 +2,26 @@
 
 `retention run` and `retention relay --drain` run as subprocesses on the stack's
 coordinator database (small relay batches, so a kill lands between publish and mark);
-the services run as in the e2e harness, the tracker in-process.
+the services run as in the e2e harness, the tracker in-process. A scenario that runs
+`retention serve` instead gets its environment from `serve_env`, and `serve_policies`
+makes the world's policy file one `serve` can run (every policy on the global schedule,
+the product services declared).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
+import yaml
 from sqlalchemy import Select, func, select, text
 
 from coordinator.outbox.lookup import EVENTS
 from coordinator.store.db import make_engine
 from coordinator.store.tables import audit_log
+from tests import declared
 from tests.e2e.harness import PRODUCT_SERVICES, ServiceProcess, Stack, has_registered, wait_for
 from tests.faults.invariants import SERVICE_LOGS
 from tests.faults.world import HASH_SECRET, World
@@ -30,6 +36,8 @@ __all__ = [
     "effects_applied",
     "infra",
     "published_events",
+    "serve_env",
+    "serve_policies",
     "start_services",
     "terminate_connections",
     "wait_until_above",
@@ -54,6 +62,50 @@ def coordinator_processes(
     )
     relay = stack.add_cli(f"relay{suffix}", "relay", "--drain", "--json", env=extra)
     return run, relay
+
+
+def serve_env(stack: Stack, world: World, *, schedule: str) -> dict[str, str]:
+    """`retention serve` on the stack: policies run on `schedule` (cron with seconds), short
+    ticks and polls, its tracker in a consumer group of the stack's own."""
+    prefix = stack.kafka.topic_prefix
+    return {
+        **COORDINATOR_ENV,
+        "RETENTION_POLICIES": str(world.policy_file),
+        "RETENTION_SCHEDULE": schedule,
+        "RETENTION_SERVE_TICK_S": "0.2",
+        "RETENTION_SERVE_MISFIRE_GRACE_S": "1",
+        "RETENTION_SERVE_GAUGES_INTERVAL_S": "0.5",
+        "RETENTION_SERVE_SHUTDOWN_TIMEOUT_S": "20",
+        "RETENTION_TRACKER_GROUP_ID": f"{prefix}.tracker",
+        "RETENTION_TRACKER_POLL_INTERVAL_S": "0.2",
+        "RETENTION_RELAY_IDLE_SLEEP_S": "0.1",
+        "RETENTION_RELAY_BACKOFF_MAX_S": "2",
+    }
+
+
+def serve_policies(world: World) -> None:
+    """Every policy on the global schedule, so each scheduled run covers all of them;
+    `serve` expects the three product services, each declared with its own key (SPEC §9)."""
+    document = yaml.safe_load(world.policy_file.read_text())
+    for policy in document["policies"]:
+        policy.pop("schedule", None)
+    # Only the services this scenario runs are declared: a declared service that never runs
+    # would leave its events pending. A fan_out policy none of them handles fans out no more.
+    document["services"] = declared.services_block(PRODUCT_SERVICES)
+    handled = {
+        (entity_type, action)
+        for service in document["services"]
+        for entity_type, actions in service["handles"].items()
+        for action in actions
+    }
+    for policy in document["policies"]:
+        event_type = "anonymize" if policy["action"] == "anonymize" else "delete"
+        if policy.get("fan_out") and (policy["entity_type"], event_type) not in handled:
+            policy["fan_out"] = False
+            world.policies[policy["name"]] = dataclasses.replace(
+                world.policies[policy["name"]], fan_out=False
+            )
+    world.policy_file.write_text(yaml.safe_dump(document, sort_keys=False))
 
 
 async def complete(process: ServiceProcess, *, timeout_s: float = RUN_TIMEOUT_S) -> None:

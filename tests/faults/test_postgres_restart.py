@@ -23,7 +23,6 @@ insert sleeps in its own transaction), released once the restarts are done.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import random
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -31,11 +30,9 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
-import yaml
 from sqlalchemy import func, select
 
 from coordinator.store.tables import runs, scheduler_fires
-from tests import declared
 from tests.e2e.harness import (
     PRODUCT_SERVICES,
     ServiceProcess,
@@ -44,10 +41,11 @@ from tests.e2e.harness import (
     isolated_stack,
 )
 from tests.faults.drive import (
-    COORDINATOR_ENV,
     count,
     effects_applied,
     published_events,
+    serve_env,
+    serve_policies,
     start_services,
     wait_until_above,
 )
@@ -66,52 +64,12 @@ EFFECT_THROTTLE_S = 0.1
 """Each effect insert sleeps this long: the services are inside their batches."""
 CONSUME_THROTTLE_S = 0.5
 """The effect brake from the `consume` phase on: a backlog builds up behind the purge."""
+SCHEDULE = "* * * * * */2"
+"""Every policy every two seconds: a run is always under way or about to start."""
 MARGIN = 10
 """Work (users, effects) that must still be ahead when the server goes down."""
 FAILED_BATCHES_PER_RESTART = 50
 """A service retries a batch during an outage after `error_backoff_s` (1 s), not at once."""
-
-
-def serve_env(stack: Stack, world: World) -> dict[str, str]:
-    prefix = stack.kafka.topic_prefix
-    return {
-        **COORDINATOR_ENV,
-        "RETENTION_POLICIES": str(world.policy_file),
-        "RETENTION_SCHEDULE": "* * * * * */2",
-        "RETENTION_SERVE_TICK_S": "0.2",
-        "RETENTION_SERVE_MISFIRE_GRACE_S": "1",
-        "RETENTION_SERVE_GAUGES_INTERVAL_S": "0.5",
-        "RETENTION_SERVE_SHUTDOWN_TIMEOUT_S": "20",
-        "RETENTION_TRACKER_GROUP_ID": f"{prefix}.tracker",
-        "RETENTION_TRACKER_POLL_INTERVAL_S": "0.2",
-        "RETENTION_RELAY_IDLE_SLEEP_S": "0.1",
-        "RETENTION_RELAY_BACKOFF_MAX_S": "2",
-    }
-
-
-def _one_schedule(world: World) -> None:
-    """Every policy on the global schedule, so each 2 s run covers all of them; `serve`
-    expects the three product services, each declared with its own key (SPEC §9)."""
-    document = yaml.safe_load(world.policy_file.read_text())
-    for policy in document["policies"]:
-        policy.pop("schedule", None)
-    # Only the services this scenario runs are declared: a declared service that never runs
-    # would leave its events pending. A fan_out policy none of them handles fans out no more.
-    document["services"] = declared.services_block(PRODUCT_SERVICES)
-    handled = {
-        (entity_type, action)
-        for service in document["services"]
-        for entity_type, actions in service["handles"].items()
-        for action in actions
-    }
-    for policy in document["policies"]:
-        event_type = "anonymize" if policy["action"] == "anonymize" else "delete"
-        if policy.get("fan_out") and (policy["entity_type"], event_type) not in handled:
-            policy["fan_out"] = False
-            world.policies[policy["name"]] = dataclasses.replace(
-                world.policies[policy["name"]], fan_out=False
-            )
-    world.policy_file.write_text(yaml.safe_dump(document, sort_keys=False))
 
 
 async def _unfinished_records(stack: Stack) -> dict[str, int]:
@@ -202,7 +160,7 @@ async def postgres_restarts(
 ) -> None:
     rng = random.Random(seed)
     world = await prepare_world(stack, directory, users=users, per_category=2, batch_size=2)
-    _one_schedule(world)
+    serve_policies(world)
     for name in PRODUCT_SERVICES:
         group = f"{stack.kafka.topic_prefix}.{name}"
         stack.add_service(
@@ -212,7 +170,9 @@ async def postgres_restarts(
     logs = [table for table, _ in SERVICE_LOGS.values()]
     await install_throttle(stack.services_url, logs, delay_s=EFFECT_THROTTLE_S)
     port = free_port()
-    serve = stack.add_cli("serve", "serve", "--port", str(port), env=serve_env(stack, world))
+    serve = stack.add_cli(
+        "serve", "serve", "--port", str(port), env=serve_env(stack, world, schedule=SCHEDULE)
+    )
     faults: Counter[str] = Counter()
     serve.start()  # its tracker records the services' registrations
     await start_services(stack)

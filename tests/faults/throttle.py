@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from sqlalchemy import Table, text
 
@@ -24,7 +24,10 @@ from coordinator.store.db import make_engine
 from tests.e2e.harness import ServiceProcess
 from tests.infra import with_database
 
-__all__ = ["install_throttle", "set_throttle", "wait_until_writing"]
+__all__ = ["WRITES", "install_throttle", "set_throttle", "wait_until_writing"]
+
+WRITES = ("INSERT INTO", "UPDATE", "DELETE FROM")
+"""The statements `wait_until_writing` looks for, as SQLAlchemy writes them."""
 
 _SETUP = [
     "CREATE TABLE IF NOT EXISTS public.fault_throttle (delay_s double precision NOT NULL)",
@@ -90,22 +93,24 @@ async def wait_until_writing(
     process: ServiceProcess | None = None,
     timeout_s: float = 60.0,
     interval_s: float = 0.01,
+    verbs: Sequence[str] = WRITES,
 ) -> bool:
     """Until a statement writing `table` runs in database `url`; False if `process` ended.
 
     The statement is what the service or the coordinator sent (SQLAlchemy's text names
     the verb and the qualified table, a purge's inside a CTE), seen from another
     database's session so the probe never sees itself. Active with `xact_start` set:
-    its transaction is open.
+    its transaction is open. `verbs` narrows it to some writes (`("UPDATE",)`).
     """
     name = url.rpartition("/")[2]
     target = f"{table.schema}.{table.name}" if table.schema else table.name
+    unknown = set(verbs) - set(WRITES)
+    if unknown or not verbs:
+        raise ValueError(f"verbs must be some of {WRITES}, not {sorted(unknown)}")
+    matches = " OR ".join(f"query ILIKE '%{verb} ' || :t || ' %'" for verb in verbs)
     query = text(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = :db "
-        "AND state = 'active' AND xact_start IS NOT NULL AND ("
-        "query ILIKE '%INSERT INTO ' || :t || ' %' OR "
-        "query ILIKE '%UPDATE ' || :t || ' %' OR "
-        "query ILIKE '%DELETE FROM ' || :t || ' %')"
+        f"AND state = 'active' AND xact_start IS NOT NULL AND ({matches})"
     )
     deadline = time.monotonic() + timeout_s
     admin = make_engine(with_database(url, "postgres"), pool_size=1)

@@ -116,6 +116,9 @@ class World:
     """Policy → entity id → md5 of the row, for every row that must not change."""
     subject_events: int = 0
     """Erasure requests' subject events (policy `erasure_request`) a scenario filed."""
+    refiled: Counter[str] = field(default_factory=Counter)
+    """Subject id → erasure requests filed for it after its first, each with a subject
+    event of its own."""
     service_rows: Counter[tuple[str, str]] = field(default_factory=Counter)
     """(service table, user) → rows seeded, for every table of `user_tables()`."""
 
