@@ -26,11 +26,14 @@ __all__ = [
     "AuditEntry",
     "AuditRef",
     "BrokenLink",
+    "Prepared",
     "append",
+    "append_prepared",
     "append_refs",
     "canonical",
     "link",
     "lock_head",
+    "prepare",
     "verify",
 ]
 
@@ -137,23 +140,52 @@ async def append_refs(
     conn: AsyncConnection, entries: Sequence[AuditEntry], *, at: datetime
 ) -> list[AuditRef]:
     """Like `append`, returning each entry's sequence number with its hash."""
-    if not entries:
+    return await append_prepared(conn, prepare(entries, at=at))
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """An entry serialized up to its seq, the one thing only the chain's head decides."""
+
+    entry: AuditEntry
+    """With its data as stored: round-tripped through JSON, so what is stored is exactly
+    what was hashed."""
+    at: datetime
+    head: bytes
+    """`canonical(seq, at, entry)` up to the seq's digits: "seq" is its last key."""
+
+
+def prepare(entries: Sequence[AuditEntry], *, at: datetime) -> list[Prepared]:
+    """Serialize `entries` before taking the chain lock, so that holding it costs only
+    the hashes and the insert (a writer holds it until its commit)."""
+    prepared = []
+    for entry in entries:
+        data = json.loads(json.dumps(dict(entry.data), default=str))
+        stored = AuditEntry(entry.action, entry.actor, data)
+        body = canonical(0, at, stored)
+        head = body.removesuffix(b'"seq":0}')
+        if head == body:
+            raise AssertionError("canonical() no longer ends with the seq")
+        prepared.append(Prepared(stored, at, head))
+    return prepared
+
+
+async def append_prepared(conn: AsyncConnection, prepared: Sequence[Prepared]) -> list[AuditRef]:
+    """Append prepared entries in order inside the caller's transaction."""
+    if not prepared:
         return []
     seq, prev = await lock_head(conn)
     rows: list[dict[str, Any]] = []
-    for entry in entries:
+    for p in prepared:
         seq += 1
-        # Round-trip the data through JSON so what is stored is exactly what was hashed.
-        data = json.loads(json.dumps(dict(entry.data), default=str))
-        stored = AuditEntry(entry.action, entry.actor, data)
-        digest = link(prev, canonical(seq, at, stored))
+        digest = link(prev, p.head + b'"seq":%d}' % seq)
         rows.append(
             {
                 "seq": seq,
-                "at": at,
-                "action": entry.action,
-                "actor": entry.actor,
-                "data": data,
+                "at": p.at,
+                "action": p.entry.action,
+                "actor": p.entry.actor,
+                "data": p.entry.data,
                 "prev_hash": prev,
                 "hash": digest,
             }
