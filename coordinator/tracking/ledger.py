@@ -33,6 +33,7 @@ __all__ = [
     "apply_acks",
     "compute_transitions",
     "ledger_row",
+    "track_overtaken",
     "write_transitions",
 ]
 
@@ -148,6 +149,43 @@ async def apply_acks(
     return outcome
 
 
+async def track_overtaken(
+    conn: AsyncConnection,
+    records: Sequence[ConsumedAck],
+    *,
+    declared: Declared,
+    now: datetime,
+    reminder_interval: timedelta,
+    deadlines: Deadlines | None = None,
+) -> int:
+    """Track the events of acks that overtook the tracking pass; return how many.
+
+    Run in a transaction of its own before the batch's: tracking takes the audit chain's
+    lock (its status rows carry the events_tracked entry's seq), which the batch would
+    otherwise hold from its start to its commit. A tracked event stays tracked whatever
+    becomes of the batch; the pass would have tracked it anyway."""
+    event_ids = sorted({r.ack.event_id for r in records if r.ack is not None})
+    if not event_ids:
+        return 0
+    known = set(
+        await conn.scalars(
+            select(event_status.c.event_id).where(
+                event_status.c.event_id == any_(event_ids_param(event_ids))
+            )
+        )
+    )
+    missing = [e for e in event_ids if e not in known]
+    tracked = await track_events(
+        conn,
+        missing,
+        declared=declared,
+        now=now,
+        reminder_interval=reminder_interval,
+        deadlines=deadlines,
+    )
+    return len(tracked)
+
+
 async def _events_of(
     conn: AsyncConnection,
     records: Sequence[ConsumedAck],
@@ -158,7 +196,8 @@ async def _events_of(
 ) -> dict[uuid.UUID, Row[Any]]:
     """The status rows of the events the acks name, locked in a fixed order so reminder
     and deadline passes never interleave. Events nobody tracks yet (their ack overtook
-    the tracking pass) are tracked first, through the outbox's batch index."""
+    the tracking pass, and `track_overtaken` did not see them) are tracked first,
+    through the outbox's batch index."""
     event_ids = sorted({r.ack.event_id for r in records if r.ack is not None})
     events = await _lock_events(conn, event_ids)
     missing = [e for e in event_ids if e not in events]

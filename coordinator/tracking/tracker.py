@@ -322,6 +322,15 @@ class Tracker:
             if poison:
                 await self._dead_letter(poison)
             async with self._engine.begin() as conn:
+                await ledger.track_overtaken(
+                    conn,
+                    records,
+                    declared=self._declared,
+                    deadlines=self._deadlines,
+                    now=self._clock.now(),
+                    reminder_interval=self._schedule.interval,
+                )
+            async with self._engine.begin() as conn:
                 now = self._clock.now()
                 asked = await answers.verify_event_ids(
                     conn, [r.ack.event_id for r in records if r.ack is not None]
