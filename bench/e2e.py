@@ -53,7 +53,7 @@ from coordinator.outbox.lookup import EVENTS
 from coordinator.policy.model import parse_policies
 from coordinator.purge.holds import create_hold, entity_types
 from coordinator.purge.runner import Runner
-from coordinator.settings import Settings
+from coordinator.settings import Settings, TrackerSettings
 from coordinator.store.db import make_engine
 from coordinator.store.tables import event_status
 from services import EXAMPLES
@@ -67,6 +67,7 @@ from tests.e2e.harness import (
     isolated_stack,
     running_relay,
     running_tracker,
+    tracker_settings,
     wait_for,
 )
 from tests.infra import ROOT
@@ -346,7 +347,10 @@ async def _ours(users: Users, log_dir: Path, label: str) -> dict[str, Any]:
         await stack.start_services(*PRODUCT_SERVICES)
         coordinator, services = stack.engine(), make_engine(stack.services_url)
         try:
-            async with running_tracker(stack) as tracker:
+            # The product's poll interval, not the tests' short one: acks are read as
+            # they arrive either way, and housekeeping runs beside them once a second.
+            settings = tracker_settings(stack, poll_interval_s=TrackerSettings().poll_interval_s)
+            async with running_tracker(stack, settings=settings) as tracker:
                 await wait_for(
                     partial(has_registered, stack, PRODUCT_SERVICES),
                     timeout_s=60,

@@ -1,30 +1,37 @@
 """How fast the tracker applies acks, and how soon an event reads `completed`.
 
-    python bench/tracker_throughput.py [--acks 100000] [--services 3] [--batch 1000]
+    python -m bench.tracker_throughput [--acks 60000] [--services 3] [--rounds 3]
 
-Phase 1 (throughput): N acks (events × services) wait on the acks topic; the tracker
-drains them batch by batch, one transaction each; reports acks/s. Then again with
-`--replicas` trackers in one consumer group (as `retention serve` replicas run), on a
-fresh topic, draining together.
+Phase 1 (throughput): N acks (events × services) wait on the acks topic; one tracker
+drains them batch by batch, one transaction each; reports acks/s. Then `--replicas`
+trackers in one consumer group (as `retention serve` replicas run) drain as many on a
+fresh topic together. Each round times both, in alternating order; the result is the
+median of the rounds and the ratio replicas/one. All replicas share this one Python
+process (its CPU: decoding, signature checks), each with its own database pool.
 Phase 2 (lag): with `run_forever` running, acks for fresh events arrive at a steady rate;
 for each event, lag = when its state became `completed` (tracker clock) − when its last
 ack was handed to the producer. Uses a fresh database and topic prefix; drops the database.
+Writes bench/results/tracker/<UTC stamp>.json (with the load average of each timing).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from sqlalchemy import func, select
 
 from coordinator.clock import FrozenClock, SystemClock
+from coordinator.evidence import audit
 from coordinator.kafka.admin import ensure_topics
 from coordinator.store.migrate import upgrade
 from coordinator.store.tables import event_status
@@ -38,6 +45,8 @@ from tests.integration.tracking_support import (
     registration,
 )
 
+RESULTS = Path(__file__).parent / "results" / "tracker"
+PARTITIONS = 6
 SDK_BATCH = 500
 """Acks signed together, as the SDK signs one batch's acks (one Merkle root)."""
 
@@ -73,6 +82,71 @@ async def _produce_acks(kafka: KafkaSettings, acks: list, *, rate: float | None)
     return last_sent
 
 
+class _LockClock:
+    """How long each ack batch holds the audit chain's lock: from its first `lock_head`
+    to its offsets' commit (right after the database commit that frees the lock), out
+    of the whole batch (from the records' arrival to that commit)."""
+
+    def __init__(self, trackers: list) -> None:
+        self._readers = [t._kafka.acks for t in trackers]
+        self._arrived: dict[Any, float] = {}
+        self._locked: dict[Any, float] = {}
+        self.held = 0.0
+        self.total = 0.0
+
+    def __enter__(self) -> None:
+        original = audit.lock_head
+
+        async def lock_head(conn):
+            self._locked.setdefault(asyncio.current_task(), time.perf_counter())
+            return await original(conn)
+
+        self._original = original
+        audit.lock_head = lock_head
+        for reader in self._readers:
+            reader.read = self._read(reader.read)
+            reader.commit = self._commit(reader.commit)
+
+    def __exit__(self, *_: object) -> None:
+        audit.lock_head = self._original
+        for reader in self._readers:
+            del reader.read, reader.commit
+
+    def _read(self, read):
+        async def timed(**kwargs):
+            got = await read(**kwargs)
+            self._arrived[asyncio.current_task()] = time.perf_counter()
+            return got
+
+        return timed
+
+    def _commit(self, commit):
+        async def timed(records):
+            task, now = asyncio.current_task(), time.perf_counter()
+            locked = self._locked.pop(task, None)
+            if locked is not None:
+                self.held += now - locked
+            self.total += now - self._arrived[task]
+            return await commit(records)
+
+        return timed
+
+    def share(self) -> float:
+        return round(self.held / self.total, 3) if self.total else 0.0
+
+
+async def _joined(trackers: list) -> None:
+    """Poll the empty acks topic until every replica holds partitions: the group's join
+    (and its rebalance delay) stays out of the timing."""
+
+    def settled() -> bool:
+        held = [len(t._kafka.acks._consumer.assignment()) for t in trackers]
+        return all(held) and sum(held) == PARTITIONS
+
+    while not settled():
+        await asyncio.gather(*(t.consume_acks(timeout_s=0.2) for t in trackers))
+
+
 async def throughput(
     url: str,
     names: list[str],
@@ -82,11 +156,11 @@ async def throughput(
     n_events: int,
     batch: int,
     replicas: int,
-) -> None:
+) -> dict[str, Any]:
     """Track `n_events` fresh events, put one ack per event and service on a fresh acks
     topic, and time `replicas` trackers of one consumer group draining it together."""
     kafka = KafkaSettings(topic_prefix=infra.unique_topic_prefix("bench"))
-    await ensure_topics(kafka, partitions=6)
+    await ensure_topics(kafka, partitions=PARTITIONS)
     t0 = datetime.now(UTC) - timedelta(days=1)
     await produce(kafka, kafka.topics.services, [registration(n, t0) for n in names])
     made = [
@@ -94,7 +168,7 @@ async def throughput(
         for _ in range(replicas)
     ]
     tracker, engine, _ = made[0]
-    ids = [f"r{replicas}-{i}" for i in range(n_events)]
+    ids = [f"r{replicas}-{uuid.uuid4().hex[:8]}-{i}" for i in range(n_events)]
     events = await insert_published(engine, ids, published_at=clock.now())
     for t, _, _ in made:
         await t.start()
@@ -102,12 +176,12 @@ async def throughput(
     started = time.perf_counter()
     tracked = await tracker.track_published()
     snapshot_s = time.perf_counter() - started
+    await _joined([t for t, _, _ in made])
     acks = [ack(e, n, i, clock.now()) for e, i in zip(events, ids, strict=True) for n in names]
-    started = time.perf_counter()
     await _produce_acks(kafka, acks, rate=None)
-    produce_s = time.perf_counter() - started
 
     consumed, batches = 0, 0
+    locks = _LockClock([t for t, _, _ in made])
 
     async def drain(t) -> None:
         nonlocal consumed, batches
@@ -118,7 +192,8 @@ async def throughput(
                 batches += 1
 
     started = time.perf_counter()
-    await asyncio.gather(*(drain(t) for t, _, _ in made))
+    with locks:
+        await asyncio.gather(*(drain(t) for t, _, _ in made))
     apply_s = time.perf_counter() - started
     for t, _, _ in made:
         await t.stop()
@@ -132,33 +207,76 @@ async def throughput(
         ).scalar_one()
     for _, e, _ in made:
         await e.dispose()
-    print(f"snapshot: {tracked} events × {len(names)} services in {snapshot_s:.2f}s")
-    print(f"produce:  {len(acks)} acks in {produce_s:.2f}s")
+    got = {
+        "replicas": replicas,
+        "acks": consumed,
+        "seconds": round(apply_s, 3),
+        "acks_per_s": round(consumed / apply_s),
+        "batches": batches,
+        "completed": done,
+        "events": n_events,
+        "snapshot_s": round(snapshot_s, 3),
+        "chain_lock_share": locks.share(),
+        "tracked": tracked,
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    }
     print(
         f"ledger:   {replicas} tracker(s), {consumed} acks in {apply_s:.2f}s = "
         f"{consumed / apply_s:,.0f} acks/s ({batches} batches of ≤{batch}); "
-        f"completed events {done}/{n_events}; load {os.getloadavg()[0]:.1f}"
+        f"completed events {done}/{n_events}; chain lock held {got['chain_lock_share']:.0%} "
+        f"of a batch; load {got['load_average_1m']}",
+        flush=True,
     )
+    return got
 
 
-async def main(total_acks: int, services: int, batch: int, lag_events: int, replicas: int) -> None:
+async def main(
+    total_acks: int, services: int, batch: int, lag_events: int, replicas: int, rounds: int
+) -> dict[str, Any]:
     url = await infra.create_database(infra.database_url(), "bench_tracker")
     kafka = KafkaSettings(topic_prefix=infra.unique_topic_prefix("bench"))
+    result: dict[str, Any] = {
+        "acks": total_acks,
+        "services": services,
+        "batch_size": batch,
+        "replicas": replicas,
+        "rounds": rounds,
+        "signatures": "required",
+        "load_average_1m_start": round(os.getloadavg()[0], 2),
+    }
     try:
         await upgrade(url)
-        await ensure_topics(kafka, partitions=6)
+        await ensure_topics(kafka, partitions=PARTITIONS)
         names = [f"svc{i}" for i in range(services)]
         t0 = datetime.now(UTC) - timedelta(days=1)
         await produce(kafka, kafka.topics.services, [registration(n, t0) for n in names])
 
-        # --- phase 1: throughput, with 1 and then `replicas` trackers in one group ---
+        # --- phase 1: throughput, 1 and `replicas` trackers in one group, alternating ---
         clock = FrozenClock(datetime.now(UTC))
         declared = [keys.declared(n, {"user": ["delete", "anonymize"]}) for n in names]
         n_events = total_acks // services
-        for count in sorted({1, replicas}):
-            await throughput(
-                url, names, declared, clock, n_events=n_events, batch=batch, replicas=count
-            )
+        timings: dict[int, list[dict[str, Any]]] = {1: [], replicas: []}
+        for n in range(rounds):
+            order = [1, replicas] if n % 2 == 0 else [replicas, 1]
+            for count in order:
+                timings[count].append(
+                    await throughput(
+                        url, names, declared, clock, n_events=n_events, batch=batch, replicas=count
+                    )
+                )
+        for count, runs in timings.items():
+            result[f"trackers_{count}"] = {
+                "acks_per_s": statistics.median(r["acks_per_s"] for r in runs),
+                "runs": runs,
+            }
+        one = result["trackers_1"]["acks_per_s"]
+        result[f"trackers_{replicas}/trackers_1"] = round(
+            result[f"trackers_{replicas}"]["acks_per_s"] / one, 3
+        )
+        result["ratio_per_round"] = [
+            round(many["acks_per_s"] / single["acks_per_s"], 3)
+            for single, many in zip(timings[1], timings[replicas], strict=True)
+        ]
 
         # --- phase 2: lag from last ack to `completed` ------------------------------
         live, engine2, _ = make_tracker(
@@ -193,26 +311,39 @@ async def main(total_acks: int, services: int, batch: int, lag_events: int, repl
         await task
         await engine2.dispose()
         lags = sorted(r.updated_at.timestamp() - last_sent[r.event_id] for r in rows)
-        print(
-            f"lag:      {len(rows)}/{lag_events} events completed; last ack → completed "
-            f"median {statistics.median(lags) * 1000:.0f} ms, "
-            f"p95 {lags[int(len(lags) * 0.95) - 1] * 1000:.0f} ms, max {lags[-1] * 1000:.0f} ms "
-            f"(acks paced at 1000/s)"
-        )
+        result["lag_ms"] = {
+            "events": lag_events,
+            "completed": len(rows),
+            "paced_acks_per_s": 1000,
+            "median": round(statistics.median(lags) * 1000),
+            "p95": round(lags[int(len(lags) * 0.95) - 1] * 1000),
+            "max": round(lags[-1] * 1000),
+        }
+        print(f"lag:      {result['lag_ms']} (acks paced at 1000/s)", flush=True)
     finally:
         await infra.drop_database(url)
+    result["load_average_1m_end"] = round(os.getloadavg()[0], 2)
+    return result
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--acks", type=int, default=100_000)
+    parser.add_argument("--acks", type=int, default=60_000)
     parser.add_argument("--services", type=int, default=3)
     parser.add_argument("--batch", type=int, default=2000)
     parser.add_argument("--lag-events", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
-        "--replicas", type=int, default=2, help="also time this many trackers in one group"
+        "--replicas", type=int, default=2, help="trackers in one group, timed against one"
     )
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
     args = parser.parse_args()
     infra.load_infra_env()
     infra.use_test_keys()  # every benchmark runs signed: acks verified per record
-    asyncio.run(main(args.acks, args.services, args.batch, args.lag_events, args.replicas))
+    got = asyncio.run(
+        main(args.acks, args.services, args.batch, args.lag_events, args.replicas, args.rounds)
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    path.write_text(json.dumps(got, indent=2) + "\n")
+    print(f"{path}: {args.replicas} trackers / 1 = {got[f'trackers_{args.replicas}/trackers_1']}")

@@ -44,7 +44,10 @@ class TrackerSettings(BaseSettings):
         default=2000, ge=1, le=5000, description="Most acks applied in one transaction."
     )
     poll_interval_s: float = Field(
-        default=1.0, gt=0, description="Longest wait for acks before checking deadlines."
+        default=1.0,
+        gt=0,
+        description="How often housekeeping (tracking new events, reminders, deadlines) "
+        "runs beside the ack loop, and the longest wait for acks in one read.",
     )
     reminder_interval_s: float = Field(
         default=6 * 3600.0,

@@ -33,7 +33,7 @@ from coordinator.outbox.relay import BatchResult, OutboxRelay, PublishFailed
 from coordinator.purge.scheduler import Schedule, Scheduler
 from coordinator.settings import NotifySettings, RelaySettings, TrackerSettings
 from coordinator.store import db
-from coordinator.tracking.tracker import Tracker
+from coordinator.tracking.tracker import Cycle, Tracker
 from schemas import (
     EventType,
     KafkaSettings,
@@ -262,7 +262,8 @@ async def test_tracker_retries_every_cycle_error_on_its_policy(waits: list[float
     tracker.start = failing([])  # type: ignore[method-assign]
     tracker.stop = failing([])  # type: ignore[method-assign]
     tracker.sync_registry = failing([], 0)  # type: ignore[method-assign]
-    tracker.process_once = cycle  # type: ignore[method-assign]
+    tracker.consume_acks = cycle  # type: ignore[method-assign]
+    tracker.housekeeping = failing([], Cycle())  # type: ignore[method-assign]
     await tracker.run_forever(stop)
     assert len(waits) == 4
     assert_follows(tracker.retry_policy, waits)

@@ -26,7 +26,9 @@ __all__ = [
     "AuditEntry",
     "AuditRef",
     "BrokenLink",
+    "Prepared",
     "append",
+    "append_prepared",
     "append_refs",
     "broken_link",
     "canonical",
@@ -34,6 +36,7 @@ __all__ = [
     "chained",
     "link",
     "lock_head",
+    "prepare",
     "verify",
 ]
 
@@ -143,34 +146,61 @@ async def append_refs(
     conn: AsyncConnection, entries: Sequence[AuditEntry], *, at: datetime
 ) -> list[AuditRef]:
     """Like `append`, returning each entry's sequence number with its hash."""
-    if not entries:
+    return await append_prepared(conn, prepare(entries, at=at))
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """An entry serialized up to its seq, the one thing only the chain's head decides."""
+
+    entry: AuditEntry
+    """With its data as stored: round-tripped through JSON, so what is stored is exactly
+    what was hashed."""
+    at: datetime
+    head: bytes
+    """`canonical(seq, at, entry)` up to the seq's digits: "seq" is its last key."""
+
+
+def prepare(entries: Sequence[AuditEntry], *, at: datetime) -> list[Prepared]:
+    """Serialize `entries` before taking the chain lock, so that holding it costs only
+    the hashes and the insert (a writer holds it until its commit)."""
+    prepared = []
+    for entry in entries:
+        data = json.loads(json.dumps(dict(entry.data), default=str))
+        stored = AuditEntry(entry.action, entry.actor, data)
+        body = canonical(0, at, stored)
+        head = body.removesuffix(b'"seq":0}')
+        if head == body:
+            raise AssertionError("canonical() no longer ends with the seq")
+        prepared.append(Prepared(stored, at, head))
+    return prepared
+
+
+async def append_prepared(conn: AsyncConnection, prepared: Sequence[Prepared]) -> list[AuditRef]:
+    """Append prepared entries in order inside the caller's transaction."""
+    if not prepared:
         return []
-    rows = chained(await lock_head(conn), entries, at=at)
+    rows = chained(await lock_head(conn), prepared)
     await conn.execute(insert(audit_log), rows)
     return [AuditRef(row["seq"], row["hash"]) for row in rows]
 
 
-def chained(
-    head: tuple[int, str], entries: Sequence[AuditEntry], *, at: datetime
-) -> list[dict[str, Any]]:
-    """The audit_log rows of `entries` linked onto `head` (from `lock_head`, whose lock the
+def chained(head: tuple[int, str], prepared: Sequence[Prepared]) -> list[dict[str, Any]]:
+    """The audit_log rows of `prepared` linked onto `head` (from `lock_head`, whose lock the
     caller holds until the rows commit): for a writer that inserts them in a statement of
     its own (coordinator/outbox/write.py)."""
     seq, prev = head
     rows: list[dict[str, Any]] = []
-    for entry in entries:
+    for p in prepared:
         seq += 1
-        # Round-trip the data through JSON so what is stored is exactly what was hashed.
-        data = json.loads(json.dumps(dict(entry.data), default=str))
-        stored = AuditEntry(entry.action, entry.actor, data)
-        digest = link(prev, canonical(seq, at, stored))
+        digest = link(prev, p.head + b'"seq":%d}' % seq)
         rows.append(
             {
                 "seq": seq,
-                "at": at,
-                "action": entry.action,
-                "actor": entry.actor,
-                "data": data,
+                "at": p.at,
+                "action": p.entry.action,
+                "actor": p.entry.actor,
+                "data": p.entry.data,
                 "prev_hash": prev,
                 "hash": digest,
             }

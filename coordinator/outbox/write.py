@@ -60,6 +60,8 @@ async def enqueue(
         if recorded is not None:
             await audit.append(conn, [recorded], at=batch.initiated_at)
         return 0
+    # Serialized before the chain lock is taken: holding it costs only the hash and insert.
+    prepared = audit.prepare([recorded], at=batch.initiated_at) if recorded is not None else []
     head = await audit.lock_head(conn)
     b = outbox_batches.c
     subjects = batch.subjects
@@ -105,7 +107,7 @@ async def enqueue(
         return int(await conn.scalar(row) or 0)
     written = row.cte("batch")
     # One row's values, not a list of them: SQLAlchemy caches the compiled statement then.
-    (entry,) = audit.chained(head, [recorded], at=batch.initiated_at)
+    (entry,) = audit.chained(head, prepared)
     seq = await conn.scalar(
         insert(audit_log)
         .values(entry)

@@ -35,6 +35,7 @@ __all__ = [
     "compute_transitions",
     "insert_ledger",
     "ledger_row",
+    "track_overtaken",
     "write_transitions",
 ]
 
@@ -132,19 +133,59 @@ async def apply_acks(
 
     Stages, each set-based (one statement per table, whatever the batch holds): lock the
     events the acks name, tracking those the acks overtook; read their expected acks;
-    judge each record; write the ledger rows; fold the new acks into their expected rows
-    and store them; derive the events' new states, audit, and store the states.
+    judge each record; find which are new to the ledger; fold the new acks into their
+    expected rows and store them; derive the events' new states. Only then is the audit
+    chain locked, for the rows that carry the seq of the entry recording them: the
+    ledger rows, the audit entries, the new states (docs/tracking.md, "Ack ledger").
     """
     outcome = LedgerOutcome(records=len(records))
     events = await _events_of(conn, records, declared, now, reminder_interval, deadlines)
     expected = await _expected_of(conn, events)
-    accepted_rows, rejected_rows, candidates = _judge(records, events, expected, now, outcome)
-    fresh, seqs = await _record(conn, accepted_rows, rejected_rows, candidates, outcome)
+    accepted_rows, rejected_rows = _judge(records, events, expected, now, outcome)
+    fresh = await _new_to_ledger(conn, accepted_rows, rejected_rows, outcome)
     changed = await _fold(conn, fresh, expected, outcome)
     transitions = compute_transitions(events, expected, {event_id for event_id, _ in changed})
-    await _audit_and_store(conn, outcome, transitions, seqs, now)
+    entries = _audit_entries(outcome, transitions)
+    await _record_and_audit(conn, accepted_rows, rejected_rows, entries, transitions, now)
     _count_outcomes(outcome, events, transitions)
     return outcome
+
+
+async def track_overtaken(
+    conn: AsyncConnection,
+    records: Sequence[ConsumedAck],
+    *,
+    declared: Declared,
+    now: datetime,
+    reminder_interval: timedelta,
+    deadlines: Deadlines | None = None,
+) -> int:
+    """Track the events of acks that overtook the tracking pass; return how many.
+
+    Run in a transaction of its own before the batch's: tracking takes the audit chain's
+    lock (its status rows carry the events_tracked entry's seq), which the batch would
+    otherwise hold from its start to its commit. A tracked event stays tracked whatever
+    becomes of the batch; the pass would have tracked it anyway."""
+    event_ids = sorted({r.ack.event_id for r in records if r.ack is not None})
+    if not event_ids:
+        return 0
+    known = set(
+        await conn.scalars(
+            select(event_status.c.event_id).where(
+                event_status.c.event_id == any_(event_ids_param(event_ids))
+            )
+        )
+    )
+    missing = [e for e in event_ids if e not in known]
+    tracked = await track_events(
+        conn,
+        missing,
+        declared=declared,
+        now=now,
+        reminder_interval=reminder_interval,
+        deadlines=deadlines,
+    )
+    return len(tracked)
 
 
 async def _events_of(
@@ -157,7 +198,8 @@ async def _events_of(
 ) -> dict[uuid.UUID, Row[Any]]:
     """The status rows of the events the acks name, locked in a fixed order so reminder
     and deadline passes never interleave. Events nobody tracks yet (their ack overtook
-    the tracking pass) are tracked first, through the outbox's batch index."""
+    the tracking pass, and `track_overtaken` did not see them) are tracked first,
+    through the outbox's batch index."""
     event_ids = sorted({r.ack.event_id for r in records if r.ack is not None})
     events = await _lock_events(conn, event_ids)
     missing = [e for e in event_ids if e not in events]
@@ -194,46 +236,135 @@ def _judge(
     expected: dict[tuple[uuid.UUID, str], dict[str, Any]],
     now: datetime,
     outcome: LedgerOutcome,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[_Where, ConsumedAck]]:
-    """Ledger rows of the accepted and the rejected records, and the accepted records."""
-    accepted_rows: list[dict[str, Any]] = []
-    rejected_rows: list[dict[str, Any]] = []
-    candidates: dict[_Where, ConsumedAck] = {}
+) -> tuple[list[_Judged], list[_Judged]]:
+    """The accepted and the rejected records, each with its ledger row."""
+    accepted: list[_Judged] = []
+    rejected: list[_Judged] = []
     for record in records:
         reason = _reject_reason(record, events, expected)
         if reason is None:
-            accepted_rows.append(ledger_row(record, now, reason))
-            candidates[_where(record)] = record
+            accepted.append((record, ledger_row(record, now, reason)))
         else:
-            rejected_rows.append(ledger_row(record, now, reason))
+            rejected.append((record, ledger_row(record, now, reason)))
             outcome.rejected.append((record, reason))
-    return accepted_rows, rejected_rows, candidates
+    return accepted, rejected
 
 
-async def _record(
+async def _new_to_ledger(
     conn: AsyncConnection,
-    accepted_rows: list[dict[str, Any]],
-    rejected_rows: list[dict[str, Any]],
-    candidates: dict[_Where, ConsumedAck],
+    accepted: list[_Judged],
+    rejected: list[_Judged],
     outcome: LedgerOutcome,
-) -> tuple[list[ConsumedAck], tuple[int, int]]:
-    """Write the ledger rows; return the records new to it and the seqs of the
-    acks_accepted and acks_rejected entries that will record them.
+) -> list[ConsumedAck]:
+    """Keep, in `accepted` and `rejected`, only the records the ledger has not got yet;
+    return the accepted ones.
 
-    This batch's audit entries come in a fixed order, acks_accepted first, then
-    acks_rejected. With the chain locked from here on, each ledger row is written with
-    the seq of the entry that will record it, rather than updated once it exists.
+    A record is old if its Kafka coordinates are recorded (a redelivery), an accepted one
+    also if the same ack (event, service, attempt, status) was accepted before (a re-send),
+    in an earlier batch or earlier in this one. The answer holds until the insert: every
+    accepted ack's event is locked by this transaction; `_insert_new` checks it anyway.
     """
+    where = [_where(record) for record, _ in accepted + rejected]
+    event_ids = sorted({record.ack.event_id for record, _ in accepted if record.ack is not None})
+    recorded, acks = await _recorded(conn, where, event_ids)
+    new_accepted: list[_Judged] = []
+    for record, row in accepted:
+        ack_key = _ack_key(row)
+        if _where(record) not in recorded and ack_key not in acks:
+            new_accepted.append((record, row))
+            recorded.add(_where(record))
+            acks.add(ack_key)
+    new_rejected: list[_Judged] = []
+    for record, row in rejected:
+        if _where(record) not in recorded:
+            new_rejected.append((record, row))
+            recorded.add(_where(record))
+    outcome.duplicates = len(accepted) - len(new_accepted)
+    # A redelivered rejected record was already recorded (and audited) the first time.
+    kept = {_where(record) for record, _ in new_rejected}
+    outcome.rejected = [(r, why) for r, why in outcome.rejected if _where(r) in kept]
+    accepted[:] = new_accepted
+    rejected[:] = new_rejected
+    return [record for record, _ in new_accepted]
+
+
+async def _recorded(
+    conn: AsyncConnection, where: list[_Where], event_ids: list[uuid.UUID]
+) -> tuple[set[_Where], set[_AckKey]]:
+    """The Kafka coordinates among `where` already in the ledger, and the acks already
+    accepted for `event_ids`: the ledger's two unique keys."""
+    c = ack_ledger.c
+    coordinates = unnest(
+        "coordinates",
+        {
+            "topic": c.kafka_topic.type,
+            "partition": c.kafka_partition.type,
+            "offset": c.kafka_offset.type,
+        },
+        [{"topic": t, "partition": p, "offset": o} for t, p, o in where],
+    )
+    recorded = {
+        (row.kafka_topic, row.kafka_partition, row.kafka_offset)
+        for row in await conn.execute(
+            select(c.kafka_topic, c.kafka_partition, c.kafka_offset).join(
+                coordinates,
+                (c.kafka_topic == coordinates.c.topic)
+                & (c.kafka_partition == coordinates.c.partition)
+                & (c.kafka_offset == coordinates.c.offset),
+            )
+        )
+    }
+    acks: set[_AckKey] = set()
+    if event_ids:
+        acks = {
+            (row.event_id, row.service, row.attempt, row.status)
+            for row in await conn.execute(
+                select(c.event_id, c.service, c.attempt, c.status).where(
+                    c.accepted, c.event_id == any_(event_ids_param(event_ids))
+                )
+            )
+        }
+    return recorded, acks
+
+
+def _ack_key(row: dict[str, Any]) -> _AckKey:
+    return (row["event_id"], row["service"], row["attempt"], row["status"])
+
+
+async def _record_and_audit(
+    conn: AsyncConnection,
+    accepted: list[_Judged],
+    rejected: list[_Judged],
+    entries: list[audit.AuditEntry],
+    transitions: list[Transition],
+    now: datetime,
+) -> None:
+    """The batch's last statements, with the audit chain locked until the commit: the
+    ledger rows with the seq of the entry recording them, the entries, the new states.
+
+    The entries come in a fixed order, acks_accepted first, then acks_rejected, then the
+    events' new states; each ledger row is written with its entry's seq rather than
+    updated once the entry exists."""
+    if not entries:
+        return  # every record was a redelivery: nothing to record, nothing changed
+    prepared = audit.prepare(entries, at=now)
     last_seq, _ = await audit.lock_head(conn)
     accepted_seq = last_seq + 1
-    inserted = await insert_ledger(conn, accepted_rows, audit_seq=accepted_seq)
-    fresh = [record for key, record in candidates.items() if key in inserted]
-    rejected_seq = accepted_seq + 1 if fresh else accepted_seq
-    inserted |= await insert_ledger(conn, rejected_rows, audit_seq=rejected_seq)
-    outcome.duplicates = len(candidates) - len(fresh)
-    # A redelivered rejected record was already recorded (and audited) the first time.
-    outcome.rejected = [(r, why) for r, why in outcome.rejected if _where(r) in inserted]
-    return fresh, (accepted_seq, rejected_seq)
+    rejected_seq = accepted_seq + 1 if accepted else accepted_seq
+    await _insert_new(conn, [row for _, row in accepted], audit_seq=accepted_seq)
+    await _insert_new(conn, [row for _, row in rejected], audit_seq=rejected_seq)
+    refs = await audit.append_prepared(conn, prepared)
+    ref_by_action = dict(zip((e.action for e in entries), refs, strict=True))
+    for action, seq in (
+        (audit.AuditAction.ACKS_ACCEPTED, accepted_seq),
+        (audit.AuditAction.ACKS_REJECTED, rejected_seq),
+    ):
+        if action in ref_by_action and ref_by_action[action].seq != seq:
+            raise RuntimeError(f"{action} landed at seq {ref_by_action[action].seq}, not {seq}")
+    completed_ref = ref_by_action.get(audit.AuditAction.EVENTS_COMPLETED)
+    await write_transitions(
+        conn, transitions, completed_seq=completed_ref.seq if completed_ref else None, now=now
+    )
 
 
 async def _fold(
@@ -261,26 +392,6 @@ async def _fold(
     return changed
 
 
-async def _audit_and_store(
-    conn: AsyncConnection,
-    outcome: LedgerOutcome,
-    transitions: list[Transition],
-    seqs: tuple[int, int],
-    now: datetime,
-) -> None:
-    entries = _audit_entries(outcome, transitions)
-    refs = await audit.append_refs(conn, entries, at=now)
-    ref_by_action = dict(zip((e.action for e in entries), refs, strict=True))
-    accepted_rejected = (audit.AuditAction.ACKS_ACCEPTED, audit.AuditAction.ACKS_REJECTED)
-    for action, seq in zip(accepted_rejected, seqs, strict=True):
-        if action in ref_by_action and ref_by_action[action].seq != seq:
-            raise RuntimeError(f"{action} landed at seq {ref_by_action[action].seq}, not {seq}")
-    completed_ref = ref_by_action.get(audit.AuditAction.EVENTS_COMPLETED)
-    await write_transitions(
-        conn, transitions, completed_seq=completed_ref.seq if completed_ref else None, now=now
-    )
-
-
 def _count_outcomes(
     outcome: LedgerOutcome, events: dict[uuid.UUID, Row[Any]], transitions: list[Transition]
 ) -> None:
@@ -294,6 +405,8 @@ def _count_outcomes(
 
 
 _Where = tuple[str, int, int]
+_AckKey = tuple[uuid.UUID, str, int, str]
+_Judged = tuple[ConsumedAck, dict[str, Any]]
 
 
 async def write_transitions(
@@ -440,6 +553,15 @@ async def insert_ledger(
         .returning(c.kafka_topic, c.kafka_partition, c.kafka_offset),
     )
     return {(row.kafka_topic, row.kafka_partition, row.kafka_offset) for row in result}
+
+
+async def _insert_new(conn: AsyncConnection, rows: list[dict[str, Any]], *, audit_seq: int) -> None:
+    """Insert rows `_new_to_ledger` found new. Should one have been recorded meanwhile
+    (a rebalance handed its partition to another replica), fail: the batch is rolled
+    back and read again, rather than audited as new."""
+    inserted = await insert_ledger(conn, rows, audit_seq=audit_seq)
+    if len(inserted) != len(rows):
+        raise RuntimeError(f"{len(rows) - len(inserted)} ack record(s) recorded meanwhile")
 
 
 def _apply(row: dict[str, Any], ack: RetentionAck) -> None:

@@ -8,9 +8,10 @@ after the transaction that recorded it (docs/tracking.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
@@ -71,11 +72,10 @@ _EARLIEST_MS, _LATEST_MS = (int(t.timestamp() * 1000) for t in (EARLIEST, LATEST
 
 @dataclass(slots=True)
 class Cycle:
-    """What one `process_once` did."""
+    """What one housekeeping pass did."""
 
     registrations: int = 0
     tracked: int = 0
-    acks: ledger.LedgerOutcome | None = None
     reminders: int = 0
     overdue: int = 0
     holds_published: int = 0
@@ -159,7 +159,6 @@ class Tracker:
         self._started = False
         self._gauge_services: set[str] = set()
         self._resurrected_services: set[str] = set()
-        self._last_housekeeping = float("-inf")
         self._last_gauges = float("-inf")
 
     async def start(self, *, timeout_s: float = 30.0) -> None:
@@ -322,6 +321,15 @@ class Tracker:
                     )
             if poison:
                 await self._dead_letter(poison)
+            async with self._engine.begin() as conn:
+                await ledger.track_overtaken(
+                    conn,
+                    records,
+                    declared=self._declared,
+                    deadlines=self._deadlines,
+                    now=self._clock.now(),
+                    reminder_interval=self._schedule.interval,
+                )
             async with self._engine.begin() as conn:
                 now = self._clock.now()
                 asked = await answers.verify_event_ids(
@@ -542,36 +550,41 @@ class Tracker:
             self._last_gauges = time.monotonic()
         return cycle
 
-    async def process_once(self, *, timeout_s: float = 1.0) -> Cycle:
-        """One batch of acks, then housekeeping if it is due."""
-        outcome = await self.consume_acks(timeout_s=timeout_s)
-        cycle = Cycle()
-        if time.monotonic() - self._last_housekeeping >= self._settings.poll_interval_s:
-            cycle = await self.housekeeping()
-            self._last_housekeeping = time.monotonic()
-        cycle.acks = outcome
-        return cycle
-
     async def run_forever(self, stop: asyncio.Event) -> None:
+        """Acks and housekeeping in two loops side by side: a housekeeping pass (tracking
+        a thousand new events, reminders) never holds up the next ack batch, and a busy
+        acks topic never delays tracking (docs/tracking.md)."""
         await self.start()
         try:
             await self.sync_registry()
             timeout_s = self._settings.poll_interval_s
-            while not stop.is_set():
-                try:
-                    # A failed batch was rewound and is read again. Every error is
-                    # retried; one that is no outage is logged as the bug it is.
-                    await retry(
-                        lambda: self.process_once(timeout_s=timeout_s),
-                        policy=self.retry_policy,
-                        what="tracker_cycle",
-                        retry_on=any_error,
-                        stop=stop,
-                    )
-                except Stopped:
-                    break
+
+            async def next_acks() -> None:
+                await self.consume_acks(timeout_s=timeout_s)
+
+            async def next_housekeeping() -> None:
+                await self.housekeeping()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout_s)
+
+            async with asyncio.TaskGroup() as loops:
+                loops.create_task(self._loop(next_acks, "tracker_acks", stop))
+                loops.create_task(self._loop(next_housekeeping, "tracker_housekeeping", stop))
         finally:
             await self.stop()
+
+    async def _loop(
+        self, step: Callable[[], Awaitable[None]], what: str, stop: asyncio.Event
+    ) -> None:
+        while not stop.is_set():
+            try:
+                # A failed ack batch was rewound and is read again. Every error is
+                # retried; one that is no outage is logged as the bug it is.
+                await retry(
+                    step, policy=self.retry_policy, what=what, retry_on=any_error, stop=stop
+                )
+            except Stopped:
+                return
 
     def _client(self, client: T) -> T:
         if not self._started:

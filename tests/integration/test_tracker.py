@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from coordinator.store.tables import (
     expected_acks,
     service_registry,
 )
-from coordinator.tracking import queries, waivers
+from coordinator.tracking import ledger, queries, waivers
 from coordinator.tracking import tracker as tracker_module
 from coordinator.tracking.tracker import Tracker
 from schemas import AckStatus, KafkaSettings, RetentionEvent, decode, encode
@@ -530,6 +531,46 @@ async def test_run_forever_tracks_and_completes(database: str, topics: KafkaSett
         await engine.dispose()
 
 
+async def test_acks_complete_while_housekeeping_is_stuck(
+    database: str, topics: KafkaSettings
+) -> None:
+    # run_forever's two loops: a housekeeping pass that never ends (a reminder publish
+    # hanging on the broker, a tracking pass waiting for a lock) holds up no ack batch.
+    clock = FrozenClock(T0)
+    tracker, engine, _ = make_tracker(
+        database, topics, clock, services=[keys.declared("billing", {"user": ["delete"]})]
+    )
+    stuck = asyncio.Event()
+
+    async def housekeeping() -> None:
+        stuck.set()
+        await asyncio.Event().wait()
+
+    tracker.housekeeping = housekeeping  # type: ignore[method-assign]
+    [event] = await insert_published(engine, ["8"], published_at=T0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(tracker.run_forever(stop))
+    try:
+        await asyncio.wait_for(stuck.wait(), 30)
+        await produce(topics, topics.topics.acks, [ack(event, "billing", "8", T0)])
+        state = None
+        for _ in range(100):
+            async with engine.connect() as conn:
+                state = await conn.scalar(
+                    select(event_status.c.state).where(event_status.c.event_id == event)
+                )
+            if state == "completed":
+                break
+            await asyncio.sleep(0.1)
+        # Never tracked by a pass: the ack batch tracked its event itself.
+        assert state == "completed"
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await engine.dispose()
+
+
 async def test_reminders_never_republish_for_an_entity_held_now(env: Env) -> None:
     await env.declare(*SERVICES)
     clock, tracker = env.clock, env.tracker
@@ -672,3 +713,41 @@ async def test_null_header_values_are_refused_not_a_crash(env: Env) -> None:
     await produce(env.kafka, env.kafka.topics.acks, [genuine])
     await drain(env.tracker, 1)
     assert await env.states([(event, entity)]) == ["completed"]
+
+
+async def test_an_ack_recorded_meanwhile_fails_the_batch_instead_of_auditing_it_twice(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The ledger finds which records are new before it locks the audit chain; a record
+    # another replica wrote in between must not be audited as new by this batch too.
+    await env.declare(*SERVICES)
+    events = await env.publish(2, T0)
+    await env.tracker.track_published()
+    t = T0 + timedelta(minutes=1)
+    acks = [ack(e, s, i, t, entity_type=env.entity_type) for e, i in events for s in SERVICES]
+    await produce(env.kafka, env.kafka.topics.acks, acks)
+    await drain(env.tracker, len(acks))
+    async with env.engine.connect() as conn:
+        audited = len((await conn.execute(select(audit_log.c.seq))).all())
+
+    async def nothing_recorded(*_: object) -> tuple[set[Any], set[Any]]:
+        return set(), set()
+
+    monkeypatch.setattr(ledger, "_recorded", nothing_recorded)
+    await produce(env.kafka, env.kafka.topics.acks, acks)  # re-sent: new offsets, same acks
+    with pytest.raises(RuntimeError, match="recorded meanwhile"):
+        await _until_records(env.tracker.consume_acks)
+
+    monkeypatch.undo()
+    await drain(env.tracker, len(acks))
+    async with env.engine.connect() as conn:
+        accepted = await conn.execute(
+            select(ack_ledger.c.id).where(
+                ack_ledger.c.event_id.in_([e for e, _ in events]), ack_ledger.c.accepted
+            )
+        )
+        assert len(accepted.all()) == len(acks)
+        # The re-sent batch added no audit entry: nothing in it was new.
+        assert len((await conn.execute(select(audit_log.c.seq))).all()) == audited
+        assert (await audit.verify(conn))[1] is None
+    assert await env.states(events) == ["completed"] * 2

@@ -1,0 +1,38 @@
+"""An entry serialized before the chain lock hashes exactly as `canonical` says."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from coordinator.evidence import audit
+
+T0 = datetime(2026, 12, 6, 10, 0, tzinfo=UTC)
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text() | st.uuids(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(
+    data=st.dictionaries(st.text(), json_values, max_size=5),
+    seq=st.integers(min_value=1, max_value=2**62),
+    offset_s=st.integers(min_value=-(10**8), max_value=10**8),
+)
+def test_prepared_bytes_are_canonical(data: dict[str, object], seq: int, offset_s: int) -> None:
+    at = T0 + timedelta(seconds=offset_s, microseconds=offset_s % 1_000_000)
+    [prepared] = audit.prepare([audit.AuditEntry("acks_accepted", "tracker", data)], at=at)
+    assert prepared.head + b'"seq":%d}' % seq == audit.canonical(seq, at, prepared.entry)
+
+
+def test_prepared_data_is_what_is_stored() -> None:
+    event = uuid.uuid4()
+    [prepared] = audit.prepare(
+        [audit.AuditEntry("events_completed", "tracker", {"events": [event]})], at=T0
+    )
+    assert prepared.entry.data == {"events": [str(event)]}
