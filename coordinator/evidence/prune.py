@@ -44,7 +44,7 @@ from coordinator.copies.vault.prune import prune_vault
 from coordinator.evidence import audit
 from coordinator.evidence.audit import AuditAction, AuditEntry
 from coordinator.evidence.checkpoints import Checkpoint, record_checkpoint
-from coordinator.evidence.partitions import is_partitioned, months
+from coordinator.evidence.partitions import AUDIT, is_partitioned, months
 from coordinator.evidence.pseudonyms import Pepper
 from coordinator.evidence.retention import Retention
 from coordinator.outbox.lookup import tracked_up_to
@@ -324,7 +324,8 @@ async def _drop_months(
             if not due:
                 return total
             month = due[0]
-            runs = await _month_runs(conn, month.name)
+            name = AUDIT.partition(month)
+            runs = await _month_runs(conn, name)
             if runs and runs[-1][1] >= head:
                 return total  # the newest row is never pruned
             for first, last, digest in runs:
@@ -333,8 +334,8 @@ async def _drop_months(
                 )
             rows = sum(last - first + 1 for first, last, _ in runs)
             # The name comes from a date, never from input.
-            await conn.execute(text(f"DROP TABLE {month.name}"))
-            await _record(conn, month.name, rows, before, now)
+            await conn.execute(text(f"DROP TABLE {name}"))
+            await _record(conn, name, rows, before, now)
         total += rows
     return total
 

@@ -176,6 +176,8 @@ anonymize_marks = Table(
 # gaps behind it. Event n (0-based) of a batch has the id retention_uuidv7_nth(id_base,
 # id_first + n): time-ordered, and the same every time the batch is read
 # (coordinator/outbox/lookup.py finds a batch from an event id through ix_…_ids).
+# Partitioned by month on `created_at` (coordinator/evidence/partitions.py): the primary
+# key must hold the partition key; seq is unique all the same. Pruning drops whole months.
 outbox_batches = Table(
     "retention_outbox_batches",
     metadata,
@@ -197,8 +199,10 @@ outbox_batches = Table(
     Column("entity_ids", ARRAY(Text), nullable=False),
     # Whose row each entity was ("type:id"), alongside entity_ids; NULL when none names one.
     Column("subjects", ARRAY(Text)),
-    _ts("created_at", nullable=False, now=True),
-    Index("ix_retention_outbox_batches_ids", "id_base", "id_first", unique=True),
+    Column("created_at", DateTime(timezone=True), primary_key=True, server_default=func.now()),
+    # Not unique: a unique index must hold the partition key. The ids are unique anyway,
+    # each batch drawing a fresh UUIDv7.
+    Index("ix_retention_outbox_batches_ids", "id_base", "id_first"),
     Index(
         "ix_retention_outbox_batches_request_id",
         "request_id",
@@ -211,6 +215,7 @@ outbox_batches = Table(
         "seq",
         postgresql_where=text("run_id IS NOT NULL"),
     ),
+    postgresql_partition_by="RANGE (created_at)",
 )
 
 # The relay's watermark: each row says every batch up to `up_to` was published (the
