@@ -4,9 +4,9 @@ Each round: create the monthly partitions (the audit log's, the outbox's) for th
 month and the next two, sign a head at the audit chain's end (after checking the rows
 since the last head), prune every table past its retention (leaving signed checkpoints
 for pruned audit rows), then publish every checkpoint not yet on the audit topic. The
-first round runs a minute after start (or one interval, if shorter), once leadership is settled. A failed
-round is logged and retried at the next interval; a failed publication is retried at the
-next round (the checkpoints stay marked unpublished).
+first round runs a minute after start (or one interval, if shorter), once leadership is
+settled. A failed round is logged and retried at the next interval; a failed publication
+is retried at the next round (the checkpoints stay marked unpublished).
 """
 
 from __future__ import annotations
