@@ -44,7 +44,7 @@ from coordinator.copies.vault.prune import prune_vault
 from coordinator.evidence import audit
 from coordinator.evidence.audit import AuditAction, AuditEntry
 from coordinator.evidence.checkpoints import Checkpoint, record_checkpoint
-from coordinator.evidence.partitions import AUDIT, is_partitioned, months
+from coordinator.evidence.partitions import AUDIT, converting, is_partitioned, months
 from coordinator.evidence.pseudonyms import Pepper
 from coordinator.evidence.retention import Retention
 from coordinator.outbox.lookup import tracked_up_to
@@ -309,25 +309,28 @@ async def _drop_months(
     before: datetime,
     dry_run: bool,
     signer: Signer | None,
-) -> int:
+) -> tuple[int, list[str]]:
     """Drop each monthly partition wholly before `before` (cheap: no row is deleted one
-    by one), leaving a signed checkpoint per run of seqs it held. A dry run drops nothing
-    (the row count of `prune_audit` covers these rows too)."""
+    by one), leaving a signed checkpoint per run of seqs it held; return the rows and
+    names. A dry run only names them (the row count of `prune_audit` covers their rows)."""
+    if dry_run:
+        return 0, await _due_months(engine, before)
     total = 0
-    while not dry_run:
+    names: list[str] = []
+    while True:
         async with engine.begin() as conn:
             if not await is_partitioned(conn):
-                return total
+                return total, names
             # The chain lock: nothing is appended between reading a month and dropping it.
             head, _ = await audit.lock_head(conn)
             due = [m for m in await months(conn) if m.bounds()[1] <= before]
             if not due:
-                return total
+                return total, names
             month = due[0]
             name = AUDIT.partition(month)
             runs = await _month_runs(conn, name)
             if runs and runs[-1][1] >= head:
-                return total  # the newest row is never pruned
+                return total, names  # the newest row is never pruned
             for first, last, digest in runs:
                 await record_checkpoint(
                     conn, Checkpoint("pruned", first, last, digest, now), signer
@@ -337,7 +340,24 @@ async def _drop_months(
             await conn.execute(text(f"DROP TABLE {name}"))
             await _record(conn, name, rows, before, now)
         total += rows
-    return total
+        names.append(name)
+
+
+async def _due_months(engine: AsyncEngine, before: datetime) -> list[str]:
+    """The partitions `_drop_months` would drop now: wholly before `before`, oldest first,
+    up to the one holding the newest row."""
+    async with engine.connect() as conn:
+        if not await is_partitioned(conn):
+            return []
+        head = int(await conn.scalar(select(func.coalesce(func.max(audit_log.c.seq), 0))) or 0)
+        names = []
+        for month in await months(conn):
+            name = AUDIT.partition(month)
+            last = await conn.scalar(select(func.max(column("seq"))).select_from(table(name)))
+            if month.bounds()[1] > before or (last is not None and last >= head):
+                break
+            names.append(name)
+        return names
 
 
 async def prune_audit(
@@ -357,7 +377,12 @@ async def prune_audit(
     partition, of a month not yet wholly past, or of an unpartitioned log) row by row.
     """
     before = await _horizon(engine, now - keep)
-    total = await _drop_months(engine, now=now, before=before, dry_run=dry_run, signer=signer)
+    async with engine.connect() as conn:
+        if await converting(conn, AUDIT):
+            return Pruned(audit_log.name, 0, before, dry_run)
+    total, names = await _drop_months(
+        engine, now=now, before=before, dry_run=dry_run, signer=signer
+    )
     while True:
         async with engine.begin() as conn:
             # The chain lock: nothing is appended between choosing rows and removing them.
@@ -365,7 +390,7 @@ async def prune_audit(
             due = and_(audit_log.c.at < before, audit_log.c.seq < head)
             if dry_run:
                 count = (await conn.execute(select(func.count()).where(due))).scalar_one()
-                return Pruned(audit_log.name, total + count, before, True)
+                return Pruned(audit_log.name, total + count, before, True, tuple(names))
             rows = (
                 await conn.execute(
                     select(audit_log.c.seq, audit_log.c.hash)
@@ -375,7 +400,7 @@ async def prune_audit(
                 )
             ).all()
             if not rows:
-                return Pruned(audit_log.name, total, before, dry_run)
+                return Pruned(audit_log.name, total, before, dry_run, tuple(names))
             for first, last, digest in _runs(rows):
                 await record_checkpoint(
                     conn, Checkpoint("pruned", first, last, digest, now), signer
