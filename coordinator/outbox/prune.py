@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Uuid, and_, column, delete, exists, func, or_, select, table, text
+from sqlalchemy import Uuid, and_, column, delete, exists, func, or_, select, table, text, true
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator.evidence import audit
@@ -77,13 +77,16 @@ async def prune_outbox(
     total, dropped = await _drop_months(engine, now=now, cutoff=cutoff, dry_run=dry_run)
     after = 0
     b, s = outbox_batches.c, event_status.c
+    # A dry run's months are still there: their rows are counted already.
+    gone = [m.bounds() for m in map(OUTBOX.month_of, dropped) if m is not None]
+    elsewhere = and_(true(), *(or_(b.created_at < lo, b.created_at >= hi) for lo, hi in gone))
     while True:
         async with engine.begin() as conn:
             # Published and tracked: a batch past either is never complete.
             limit = min(await published_up_to(conn), await tracked_up_to(conn))
             window = (
                 select(b.seq, b.events)
-                .where(b.seq > after, b.seq <= limit, b.created_at < cutoff)
+                .where(b.seq > after, b.seq <= limit, b.created_at < cutoff, elsewhere)
                 .order_by(b.seq)
                 .limit(batch)
                 .cte("window")
@@ -136,13 +139,14 @@ async def _month_events(conn: AsyncConnection, name: str) -> tuple[int, int, Any
     """(batches' greatest seq, events, lowest and highest event id) of one partition."""
     part = table(name, column("seq"), column("id_base"), column("id_first"), column("events"))
     first = func.retention_uuidv7_nth(part.c.id_base, part.c.id_first, type_=Uuid)
+    # No min()/max() over uuid before PostgreSQL 16: the first row in each order.
     row = (
         await conn.execute(
             select(
                 func.coalesce(func.max(part.c.seq), 0),
                 func.coalesce(func.sum(part.c.events), 0),
-                func.min(first),
-                func.max(_LAST),
+                select(first).order_by(first).limit(1).scalar_subquery(),
+                select(_LAST).select_from(part).order_by(_LAST.desc()).limit(1).scalar_subquery(),
             ).select_from(part)
         )
     ).one()
