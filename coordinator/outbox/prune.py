@@ -78,8 +78,8 @@ async def prune_outbox(
     after = 0
     b, s = outbox_batches.c, event_status.c
     # A dry run's months are still there: their rows are counted already.
-    gone = [m.bounds() for m in map(OUTBOX.month_of, dropped) if m is not None]
-    elsewhere = and_(true(), *(or_(b.created_at < lo, b.created_at >= hi) for lo, hi in gone))
+    months_out = [m.bounds() for m in map(OUTBOX.month_of, dropped) if m is not None]
+    elsewhere = and_(true(), *(or_(b.created_at < lo, b.created_at >= hi) for lo, hi in months_out))
     while True:
         async with engine.begin() as conn:
             # Published and tracked: a batch past either is never complete.
