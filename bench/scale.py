@@ -46,7 +46,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from bench.__main__ import commit, env_int, machine, postgres_version
 from bench.results import RESULTS, SCHEMA, phase
 from coordinator.clock import FrozenClock
-from coordinator.evidence.partitions import Month, ensure_months
+from coordinator.evidence.partitions import AUDIT, OUTBOX, Month, ensure_months
 from coordinator.evidence.prune import prune_ack_ledger, prune_audit, prune_event_status
 from coordinator.outbox.events import event_id
 from coordinator.outbox.lookup import TRACKED, published_up_to, tracked_up_to
@@ -172,7 +172,8 @@ async def seed(engine: Any, rows: int, at: datetime) -> None:
     rows, by COPY; the relay's watermark and the tracker's cursor past their batches, as
     if both had followed them."""
     async with engine.begin() as conn:
-        await ensure_months(conn, [Month.of(at)])
+        for layout in (AUDIT, OUTBOX):
+            await ensure_months(conn, [Month.of(at)], layout)
         seq = max(await published_up_to(conn), await tracked_up_to(conn))
         seq = max(seq, int(await conn.scalar(select(func.max(outbox_batches.c.seq))) or 0))
     done = 0
@@ -313,6 +314,37 @@ async def bytes_per_row(engine: Any, rows: int) -> dict[str, float]:
     return sizes
 
 
+OWN_TABLES = (
+    outbox_batches.name,
+    "retention_outbox_marks",
+    "retention_event_status",
+    "retention_expected_acks",
+    "retention_ack_ledger",
+    "audit_log",
+    "audit_checkpoints",
+)
+
+
+async def own_bytes(engine: Any) -> int:
+    """On-disk bytes of the coordinator's own tables (partitions included)."""
+    total = 0
+    async with engine.connect() as conn:
+        for table in OWN_TABLES:
+            total += int(
+                (
+                    await conn.execute(
+                        text(
+                            "SELECT coalesce((SELECT sum(pg_total_relation_size(relid)) "
+                            "FROM pg_partition_tree(CAST(:t AS regclass))), "
+                            "pg_total_relation_size(CAST(:t AS regclass)))"
+                        ),
+                        {"t": table},
+                    )
+                ).scalar_one()
+            )
+    return total
+
+
 async def database_time(engine: Any) -> float:
     """Seconds the database spent in statements so far (pg_stat_database, this database)."""
     async with engine.connect() as conn:
@@ -349,10 +381,12 @@ async def main() -> dict[str, Any]:
             seed_s = time.perf_counter() - seed_started
             sizes = await bytes_per_row(engine, rows + batch)
             say(f"bytes per row: {sizes}")
+            before = await own_bytes(engine)
             full = await track_batch(tracker, engine, clock, batch, "c")
             say(f"tracking with {rows:,} present: {full:,.0f} events/s ({full / empty:.2f}×)")
 
             timings: dict[str, tuple[int, float, float]] = {}
+            dropped: dict[str, list[str]] = {}
             for name, prune in (
                 (
                     "prune.audit",
@@ -376,7 +410,11 @@ async def main() -> dict[str, Any]:
                 pruned = await prune()
                 wall = time.perf_counter() - began
                 timings[name] = (pruned.rows, wall, await database_time(engine) - db_before)
-                say(f"{name}: {pruned.rows:,} rows in {wall:.2f} s")
+                dropped[name] = list(pruned.partitions)
+                say(f"{name}: {pruned.rows:,} rows in {wall:.2f} s, dropped {pruned.partitions}")
+            # Dropped partitions give their space back at once; deleted rows only once
+            # vacuumed and reused (never to the file system without VACUUM FULL).
+            after = await own_bytes(engine)
         finally:
             await engine.dispose()
     finally:
@@ -405,6 +443,12 @@ async def main() -> dict[str, Any]:
         "phases": phases,
         "checks": {"ours.tracked_with_history": batch, "ours.tracked_empty": batch},
         "bytes_per_row": sizes,
+        # Every table of the coordinator's own, per event present (seeded and tracked).
+        "own_bytes_per_event": {
+            "before_prune": round(before / (rows + 2 * batch), 1),
+            "after_prune": round(after / (rows + 2 * batch), 1),
+        },
+        "partitions_dropped": dropped,
     }
 
 
