@@ -58,6 +58,7 @@ from coordinator.metrics import Metrics
 from coordinator.operations.notify.notifier import Notifier
 from coordinator.operations.notify.webhooks import load_webhooks
 from coordinator.operations.republish import RepublishSetup
+from coordinator.operations.republish_jobs import RepublishJobs
 from coordinator.outbox.relay import OutboxRelay
 from coordinator.policy.model import PolicySet
 from coordinator.purge import run_log
@@ -120,6 +121,7 @@ class _Parts:
     notifier: Notifier | None
     suppression: SuppressionPublisher
     upkeep: Upkeep
+    republish_jobs: RepublishJobs
 
 
 class Service:
@@ -336,6 +338,7 @@ class Service:
         kafka_health = KafkaHealth(s.kafka)
         signer = s.signatures.coordinator_signer()
         erasure = Erasure(engine, self.policy_set, s, self.clock, self.metrics)
+        republish = RepublishSetup(s.kafka, signer)
         api = create_app(
             ApiContext(
                 engine=engine,
@@ -349,7 +352,7 @@ class Service:
                 trigger_run=self.trigger_run,
                 signatures=s.signatures.mode,
                 erasure=erasure,
-                republish=RepublishSetup(s.kafka, signer),
+                republish=republish,
                 settings=s,
                 ui_secret=self.ui_secret,
                 ui_session_s=s.ui_session_hours * 3600,
@@ -406,6 +409,13 @@ class Service:
                 pepper=self.pepper,
                 is_leader=lambda: scheduler.is_leader,
                 interval_s=s.serve.upkeep_interval_s,
+            ),
+            republish_jobs=RepublishJobs(
+                engine,
+                republish,
+                self.clock,
+                interval_s=s.serve.republish_interval_s,
+                lease_s=s.serve.republish_lease_s,
             ),
         )
 
@@ -472,6 +482,7 @@ class Service:
             "verify": lambda: self._verify_forever(stop),
             "suppression": lambda: parts.suppression.run_forever(stop),
             "upkeep": lambda: parts.upkeep.run_forever(stop),
+            "republish_jobs": lambda: parts.republish_jobs.run_forever(stop),
             "http": serve_http,
             "http_stopper": stop_http,
         }

@@ -179,6 +179,18 @@ class ServeSettings(BaseSettings):
         description="How often policies with `verify_sample` have completed deletions "
         "sampled for verification (SPEC §12).",
     )
+    republish_interval_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often a replica looks for a queued run re-send "
+        "(`POST /v1/runs/{id}/republish`) when it has none.",
+    )
+    republish_lease_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a replica's claim on a run re-send lasts without renewal: "
+        "after a crash another replica takes the job over once it runs out.",
+    )
     topic_partitions: int = Field(
         default=6, ge=1, description="Partitions of each topic `serve` creates when missing."
     )

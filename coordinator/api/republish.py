@@ -2,20 +2,25 @@
 
 Each route sends the events again with their own `event_id`, signed, from the
 coordinator's evidence; `service` narrows them to those that service is expected to
-acknowledge. The actor audited is the token's name.
+acknowledge. The actor audited is the token's name. A run can hold millions of events, so
+its route queues a job that `serve` works off (coordinator/operations/republish_jobs.py)
+and answers 202 with where to follow it.
 """
 
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, status
+from fastapi import APIRouter, HTTPException, Path, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from coordinator.api._context import ApiContext, Context
 from coordinator.api.auth import Admin
+from coordinator.operations import republish_jobs
 from coordinator.operations.republish import Selection, UnknownSelection
+from coordinator.outbox.lookup import events_by
 
 __all__ = ["router"]
 
@@ -80,9 +85,56 @@ async def republish_entity(
     return await _republish(ctx, selection, actor.name)
 
 
-@router.post("/runs/{run_id}/republish", response_model=RepublishResult, responses=_RESPONSES)
+class RepublishJob(BaseModel):
+    job_id: uuid.UUID
+    run_id: uuid.UUID
+    service: str | None
+    actor: str = Field(description="The token that asked.")
+    state: republish_jobs.JobState = Field(
+        description="`queued`, `running` (a replica is sending), `done`, or `failed` after "
+        f"{republish_jobs.MAX_ATTEMPTS} attempts."
+    )
+    attempts: int
+    sent: int = Field(description="Events re-sent (once done).")
+    held: int = Field(description="Events not sent: under an active legal hold (once done).")
+    error: str | None = Field(description="The last attempt's error class, if it failed.")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@router.post(
+    "/runs/{run_id}/republish",
+    response_model=RepublishJob,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=_RESPONSES,
+)
 async def republish_run(
-    ctx: Context, actor: Admin, run_id: uuid.UUID, body: RepublishRequest
-) -> RepublishResult:
-    """Send every event of one run again (audited; needs `admin`)."""
-    return await _republish(ctx, Selection(run_id=run_id, service=body.service), actor.name)
+    ctx: Context, actor: Admin, run_id: uuid.UUID, body: RepublishRequest, response: Response
+) -> RepublishJob:
+    """Queue a re-send of every event of one run (audited per batch as it is sent; needs
+    `admin`). Follow it at the `Location` given."""
+    if ctx.republish is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "re-publishing is not configured")
+    now = ctx.clock.now()
+    async with ctx.engine.begin() as conn:
+        if not await events_by(conn, now=now, run_id=run_id, limit=1):
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no published event matches the run")
+        selection = Selection(run_id=run_id, service=body.service)
+        job = await republish_jobs.queue(conn, selection, actor=actor.name, now=now)
+    response.headers["Location"] = f"/v1/republish-jobs/{job.job_id}"
+    return RepublishJob.model_validate(job.as_dict())
+
+
+@router.get(
+    "/republish-jobs/{job_id}",
+    response_model=RepublishJob,
+    responses={404: {"description": "no such job (finished jobs are kept 30 days)"}},
+)
+async def republish_job(ctx: Context, job_id: uuid.UUID) -> RepublishJob:
+    """Where a queued run re-send stands."""
+    async with ctx.engine.connect() as conn:
+        job = await republish_jobs.get(conn, job_id)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such republish job")
+    return RepublishJob.model_validate(job.as_dict())

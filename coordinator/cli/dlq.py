@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from datetime import UTC, datetime
 
 import typer
@@ -21,10 +20,10 @@ from coordinator.cli._app import (
 from coordinator.cli.services import BY_OPTION, JSON_OPTION
 from coordinator.clock import SystemClock
 from coordinator.operations.dlq import (
-    DeadLetter,
+    Listing,
     Redriven,
     coordinator_keys,
-    read_dead_letters,
+    dead_letters,
     redrive,
     select_letters,
 )
@@ -45,15 +44,17 @@ SINCE_OPTION = typer.Option(
 )
 RECORDS_OPTION = typer.Option(False, "--records", help="List each record, not only counts.")
 TIMEOUT_OPTION = typer.Option(60.0, "--timeout", help="Seconds to read the topic to its end.")
+LIMIT_OPTION = typer.Option(
+    1000,
+    "--limit",
+    min=1,
+    help="Records listed at most (counts always cover the whole topic).",
+)
 
 
-def _read(timeout_s: float) -> list[DeadLetter]:
-    settings = load_settings()
-    try:
-        return asyncio.run(read_dead_letters(settings.kafka, timeout_s=timeout_s))
-    except (LookupError, TimeoutError) as exc:
-        err_console.print(f"[red]{escape(str(exc))}[/red]")
-        raise typer.Exit(ExitCode.ERRORS) from None
+def _failed(exc: LookupError | TimeoutError) -> typer.Exit:
+    err_console.print(f"[red]{escape(str(exc))}[/red]")
+    return typer.Exit(ExitCode.ERRORS)
 
 
 @app.command("list")
@@ -63,24 +64,36 @@ def list_letters(
     records: bool = RECORDS_OPTION,
     as_json: bool = JSON_OPTION,
     timeout_s: float = TIMEOUT_OPTION,
+    limit: int = LIMIT_OPTION,
 ) -> None:
     """Dead letters per service and reason; each record with --service or --records."""
-    letters = select_letters(_read(timeout_s), service=service, reason=reason)
+    settings = load_settings()
+    listing = Listing(keep=limit)
+
+    async def read() -> None:
+        async with dead_letters(settings.kafka, timeout_s=timeout_s) as chunks:
+            async for chunk in chunks:
+                listing.add(select_letters(chunk, service=service, reason=reason))
+
+    try:
+        asyncio.run(read())
+    except (LookupError, TimeoutError) as exc:
+        raise _failed(exc) from None
+    letters = sorted(listing.records, key=lambda d: (d.timestamp, d.partition, d.offset))
     if as_json:
-        emit_json({"records": [d.as_dict() for d in letters]})
+        emit_json(
+            {
+                "records": [d.as_dict() for d in letters],
+                "total": listing.total,
+                "truncated": listing.truncated,
+            }
+        )
         return
     # A hundred services' dead letters stay readable: one line per service and reason.
     summary = Table("service", "reason", "records", "oldest", "newest")
-    groups: dict[tuple[str, str], list[DeadLetter]] = {}
-    for d in letters:
-        groups.setdefault((d.service, d.reason), []).append(d)
-    for (name, why), found in sorted(groups.items()):
+    for (name, why), (n, oldest, newest) in sorted(listing.groups.items()):
         summary.add_row(
-            escape(name) or "?",
-            escape(why) or "?",
-            str(len(found)),
-            _minute(min(d.timestamp for d in found)),
-            _minute(max(d.timestamp for d in found)),
+            escape(name) or "?", escape(why) or "?", str(n), _minute(oldest), _minute(newest)
         )
     out_console.print(summary)
     if service is None and not records:
@@ -100,6 +113,8 @@ def list_letters(
             f"{d.partition}:{d.offset}",
         )
     out_console.print(table)
+    if listing.truncated:
+        err_console.print(f"the first {len(letters)} of {listing.total} records (--limit)")
 
 
 def _minute(at: datetime) -> str:
@@ -120,6 +135,7 @@ def redrive_letters(
     by: str = BY_OPTION,
     as_json: bool = JSON_OPTION,
     timeout_s: float = TIMEOUT_OPTION,
+    limit: int = LIMIT_OPTION,
 ) -> None:
     """Send the genuine coordinator events among a service's dead letters again (audited).
 
@@ -140,39 +156,52 @@ def redrive_letters(
         )
         raise typer.Exit(ExitCode.BAD_INPUT)
     start = _utc(since)
-    letters = select_letters(_read(timeout_s), service=service, reason=reason, since=start)
     clock = SystemClock()
     audit_data = {
         "service": service,
         "reason": reason,
         "since": None if start is None else start.isoformat(),
     }
+    done = Redriven(keep=limit)
+    selected = 0
 
-    async def go() -> Redriven:
+    async def go() -> None:
+        nonlocal selected
         engine = make_engine(settings.database_url.get_secret_value(), pool_size=1)
         try:
             setup = RepublishSetup(settings.kafka, signer)
-            async with setup.open(engine, clock) as republisher:
-                return await redrive(
-                    letters,
-                    engine=engine,
-                    republisher=republisher,
-                    verifier=verifier,
-                    events_topic=settings.kafka.topics.events,
-                    actor=actor(by),
-                    audit_data=audit_data,
-                    now=clock.now(),
-                )
+            async with (
+                setup.open(engine, clock) as republisher,
+                dead_letters(settings.kafka, timeout_s=timeout_s) as chunks,
+            ):
+                # One fetch at a time: a flooded DLQ is re-driven without holding it all.
+                async for chunk in chunks:
+                    letters = select_letters(chunk, service=service, reason=reason, since=start)
+                    selected += len(letters)
+                    await redrive(
+                        letters,
+                        engine=engine,
+                        republisher=republisher,
+                        verifier=verifier,
+                        events_topic=settings.kafka.topics.events,
+                        actor=actor(by),
+                        audit_data=audit_data,
+                        now=clock.now(),
+                        done=done,
+                    )
         finally:
             await engine.dispose()
 
-    done = asyncio.run(go())
+    try:
+        asyncio.run(go())
+    except (LookupError, TimeoutError) as exc:
+        raise _failed(exc) from None
     if as_json:
-        emit_json({"selected": len(letters), **done.as_dict()})
+        emit_json({"selected": selected, **done.as_dict()})
         return
     out_console.print(
-        f"{len(letters)} dead letter(s) selected; re-sent {len(done.sent)} event(s); "
-        f"left {len(done.left)}"
+        f"{selected} dead letter(s) selected; re-sent {done.sent_total} event(s); "
+        f"left {done.left_total}"
     )
-    for (why, name), n in sorted(Counter((w.value, d.service) for d, w in done.left).items()):
-        out_console.print(f"  left {n}: {why} (service {escape(name) or '?'})")
+    for (why, name), n in sorted(done.left_counts.items()):
+        out_console.print(f"  left {n}: {why.value} (service {escape(name) or '?'})")

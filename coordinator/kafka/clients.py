@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -79,7 +79,12 @@ class KafkaPublisher:
         producer = AIOKafkaProducer(
             **self._kafka.producer_kwargs(), acks="all", enable_idempotence=True
         )
-        await producer.start()
+        try:
+            await producer.start()
+        except BaseException:
+            # A broker that cannot be reached leaves a half-started client to close.
+            await producer.stop()
+            raise
         self._producer = producer
 
     async def stop(self) -> None:
@@ -187,22 +192,25 @@ class KafkaTopicReader:
         consumer = _started(self._consumer)
         return {tp.partition: await consumer.position(tp) for tp in consumer.assignment()}
 
-    async def read_to_end(self, *, timeout_s: float) -> list[ConsumedRecord]:
-        """Every record up to the end offsets taken now (later ones are left unread).
+    async def chunks_to_end(self, *, timeout_s: float) -> AsyncIterator[list[ConsumedRecord]]:
+        """The records up to the end offsets taken now, one fetch at a time, so that a
+        reader of a topic of any size holds one fetch (later records are left unread).
 
         Raises:
-            TimeoutError: the end was not reached within `timeout_s`.
+            TimeoutError: the end was not reached within `timeout_s` (for the whole read).
         """
         ends = await self.end_offsets()
-        records: list[ConsumedRecord] = []
         deadline = time.monotonic() + timeout_s
         while True:
             positions = await self.positions()
             if all(positions.get(p, 0) >= end for p, end in ends.items()):
-                return [r for r in records if r.offset < ends.get(r.partition, 0)]
+                return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{self._topic} not read to its end within {timeout_s}s")
-            records.extend(await self.read(timeout_s=0.2))
+            fetched = await self.read(timeout_s=0.2)
+            chunk = [r for r in fetched if r.offset < ends.get(r.partition, 0)]
+            if chunk:
+                yield chunk
 
 
 class KafkaRegistrationReader(KafkaTopicReader):

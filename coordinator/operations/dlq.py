@@ -14,7 +14,9 @@ re-driven record stays in the DLQ; re-driving it again sends a repeat the servic
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -35,9 +37,10 @@ from schemas.signing import SignatureSettings, Signer, Verifier
 __all__ = [
     "DeadLetter",
     "Left",
+    "Listing",
     "Redriven",
     "coordinator_keys",
-    "read_dead_letters",
+    "dead_letters",
     "redrive",
     "select_letters",
 ]
@@ -102,23 +105,58 @@ def _letter(record: ConsumedRecord) -> DeadLetter:
     )
 
 
-async def read_dead_letters(kafka: KafkaSettings, *, timeout_s: float = 60.0) -> list[DeadLetter]:
-    """Every record in the DLQ topic now, oldest first per partition.
+@asynccontextmanager
+async def dead_letters(
+    kafka: KafkaSettings, *, timeout_s: float = 60.0
+) -> AsyncIterator[AsyncIterator[list[DeadLetter]]]:
+    """The records in the DLQ topic now, a fetch at a time (oldest first per partition):
+    anyone can write the topic, so it may hold far more than fits in memory.
 
     Raises:
         LookupError: the topic does not exist.
-        TimeoutError: it could not be read to its end in time.
+        TimeoutError: it could not be read to its end in time (raised while iterating).
     """
     # aiokafka would wait for a missing topic's metadata, logging each retry, then fail.
     if await missing_topics(kafka, [kafka.topics.dlq]):
         raise LookupError(f"topic {kafka.topics.dlq} does not exist (`retention serve` creates it)")
     reader = KafkaTopicReader(kafka, kafka.topics.dlq)
     await reader.start(timeout_s=timeout_s)
+
+    async def chunks() -> AsyncIterator[list[DeadLetter]]:
+        async for records in reader.chunks_to_end(timeout_s=timeout_s):
+            yield [_letter(r) for r in records]
+
     try:
-        records = await reader.read_to_end(timeout_s=timeout_s)
+        yield chunks()
     finally:
         await reader.stop()
-    return sorted(map(_letter, records), key=lambda d: (d.timestamp, d.partition, d.offset))
+
+
+@dataclass(slots=True)
+class Listing:
+    """What `dlq list` shows of a topic of any size: whole counts per (service, reason)
+    with the oldest and newest record, and the first `keep` records themselves."""
+
+    keep: int
+    groups: dict[tuple[str, str], tuple[int, datetime, datetime]] = field(default_factory=dict)
+    records: list[DeadLetter] = field(default_factory=list)
+    total: int = 0
+
+    def add(self, letters: Iterable[DeadLetter]) -> None:
+        for d in letters:
+            self.total += 1
+            if len(self.records) < self.keep:
+                self.records.append(d)
+            group = (d.service, d.reason)
+            if (seen := self.groups.get(group)) is None:
+                self.groups[group] = (1, d.timestamp, d.timestamp)
+            else:
+                n, oldest, newest = seen
+                self.groups[group] = (n + 1, min(oldest, d.timestamp), max(newest, d.timestamp))
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > len(self.records)
 
 
 def select_letters(
@@ -165,13 +203,38 @@ class Left(StrEnum):
 
 @dataclass(slots=True)
 class Redriven:
+    """What a re-drive did, over as many chunks as the topic takes: whole counts, and
+    the first `keep` sent ids and left records."""
+
+    keep: int = 1000
     sent: list[uuid.UUID] = field(default_factory=list)
     left: list[tuple[DeadLetter, Left]] = field(default_factory=list)
+    sent_total: int = 0
+    left_counts: Counter[tuple[Left, str]] = field(default_factory=Counter)
+
+    def add_sent(self, ids: Iterable[uuid.UUID]) -> None:
+        for event_id in ids:
+            self.sent_total += 1
+            if len(self.sent) < self.keep:
+                self.sent.append(event_id)
+
+    def add_left(self, letters: Iterable[DeadLetter], why: Left) -> None:
+        for letter in letters:
+            self.left_counts[why, letter.service] += 1
+            if len(self.left) < self.keep:
+                self.left.append((letter, why))
+
+    @property
+    def left_total(self) -> int:
+        return sum(self.left_counts.values())
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "sent": [str(i) for i in self.sent],
+            "sent_total": self.sent_total,
             "left": [{**d.as_dict(), "left_because": why.value} for d, why in self.left],
+            "left_total": self.left_total,
+            "truncated": self.sent_total > len(self.sent) or self.left_total > len(self.left),
         }
 
 
@@ -185,31 +248,32 @@ async def redrive(
     actor: str,
     audit_data: dict[str, Any],
     now: datetime,
-) -> Redriven:
-    """Send the genuine events among `letters` again, from the coordinator's evidence."""
-    done = Redriven()
+    done: Redriven,
+) -> None:
+    """Send the genuine events among `letters` (one chunk of the topic) again, from the
+    coordinator's evidence, adding what happened to `done`."""
     wanted: dict[uuid.UUID, list[DeadLetter]] = {}
     for letter in letters:
         if letter.header(DlqHeader.ORIGINAL_TOPIC) != events_topic:
-            done.left.append((letter, Left.NOT_AN_EVENT))
+            done.add_left([letter], Left.NOT_AN_EVENT)
             continue
         if not verifier.verify(letter.key, letter.value, letter.headers).valid:
-            done.left.append((letter, Left.NOT_SIGNED_BY_COORDINATOR))
+            done.add_left([letter], Left.NOT_SIGNED_BY_COORDINATOR)
             continue
         try:
             event = decode(RetentionEvent, letter.value)
         except ValueError:  # PoisonRecord, pydantic's ValidationError
-            done.left.append((letter, Left.UNDECODABLE))
+            done.add_left([letter], Left.UNDECODABLE)
             continue
         wanted.setdefault(event.event_id, []).append(letter)
     if not wanted:
-        return done
+        return
     async with engine.connect() as conn:
         stored = await events_by(conn, now=now, event_ids=sorted(wanted))
     found = {s.event.event_id for s in stored}
     for event_id, copies in wanted.items():
         if event_id not in found:
-            done.left.extend((letter, Left.NOT_IN_EVIDENCE) for letter in copies)
+            done.add_left(copies, Left.NOT_IN_EVIDENCE)
     outcome = Outcome()
     for start in range(0, len(stored), BATCH):
         await republisher.send(
@@ -221,6 +285,5 @@ async def redrive(
             action=audit.AuditAction.DLQ_REDRIVEN,
         )
     for event_id in outcome.held:
-        done.left.extend((letter, Left.HELD) for letter in wanted[event_id])
-    done.sent = outcome.sent
-    return done
+        done.add_left(wanted[event_id], Left.HELD)
+    done.add_sent(outcome.sent)

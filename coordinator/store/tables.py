@@ -44,6 +44,7 @@ __all__ = [
     "outbox_cursors",
     "outbox_marks",
     "policy_results",
+    "republish_jobs",
     "runs",
     "scheduler_fires",
     "service_registry",
@@ -583,6 +584,42 @@ notifications = Table(
     ),
 )
 
+
+# Background re-sends of a whole run (coordinator/operations/republish_jobs.py): queued by
+# `POST /v1/runs/{id}/republish`, worked off by any `serve` replica that claims the row
+# (its lease runs out if that replica dies, and another takes the job again).
+republish_jobs = Table(
+    "retention_republish_jobs",
+    metadata,
+    Column("job_id", Uuid, primary_key=True),
+    Column("run_id", Uuid, nullable=False),
+    Column("service", Text),
+    Column("actor", Text, nullable=False),
+    Column("state", Text, nullable=False, server_default=text("'queued'")),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("sent", Integer, nullable=False, server_default=text("0")),
+    Column("held", Integer, nullable=False, server_default=text("0")),
+    Column("error", Text),
+    _ts("created_at", nullable=False),
+    _ts("started_at"),
+    _ts("finished_at"),
+    _ts("lease_until"),
+    CheckConstraint(
+        "state IN ('queued', 'running', 'done', 'failed')",
+        name="ck_retention_republish_jobs_state",
+    ),
+    # Claiming reads only open jobs; pruning only finished ones.
+    Index(
+        "ix_retention_republish_jobs_open",
+        "created_at",
+        postgresql_where=text("state IN ('queued', 'running')"),
+    ),
+    Index(
+        "ix_retention_republish_jobs_finished",
+        "finished_at",
+        postgresql_where=text("finished_at IS NOT NULL"),
+    ),
+)
 
 # --- Verification (SPEC §12; coordinator/copies/verification/) ---------------------------------
 

@@ -35,6 +35,7 @@ SAMPLE_PATH_VALUES = {
     "hold_id": "h",
     "service": "billing",
     "request_id": "00000000-0000-0000-0000-000000000001",
+    "job_id": "00000000-0000-0000-0000-000000000001",
     "name": "crm",
 }
 
