@@ -162,14 +162,14 @@ async def test_an_existing_outbox_converts_batch_by_batch_while_batches_keep_com
     url = await infra.create_database(postgres_url, "outbox_convert")
     engine = make_engine(url)
     try:
-        await upgrade(url, "0022_vault")
+        await upgrade(url, "0023_republish_jobs")
         first = [_rows(f"before {n}", AUGUST)[0] for n in range(7)]
         for row in first:
             await insert_rows(engine, [row])
         async with engine.begin() as conn:
             b = outbox_batches.c
             await conn.execute(update(outbox_batches).values(created_at=b.initiated_at))
-        await upgrade(url)  # 0023: the outbox has rows, so only the shadow table is made
+        await upgrade(url)  # 0024: the outbox has rows, so only the shadow table is made
         async with engine.connect() as conn:
             assert not await is_partitioned(conn, OUTBOX.parent)
 

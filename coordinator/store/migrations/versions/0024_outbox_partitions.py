@@ -1,7 +1,7 @@
 """outbox batches partitioned by month (SPEC §13, coordinator/evidence/partitions.py)
 
-Revision ID: 0023_outbox_partitions
-Revises: 0022_vault
+Revision ID: 0024_outbox_partitions
+Revises: 0023_republish_jobs
 Create Date: 2026-12-06 10:50:00.000000
 
 Creates `retention_outbox_batches_partitioned` (RANGE on `created_at`, primary key
@@ -18,8 +18,8 @@ from datetime import UTC, date, datetime
 
 from alembic import op
 
-revision = '0023_outbox_partitions'
-down_revision = '0022_vault'
+revision = '0024_outbox_partitions'
+down_revision = '0023_republish_jobs'
 branch_labels = None
 depends_on = None
 
