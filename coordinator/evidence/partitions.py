@@ -24,8 +24,10 @@ meanwhile and swaps the names (readers and writers wait a moment). The old table
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Iterable
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
@@ -34,7 +36,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 __all__ = [
     "AUDIT",
+    "EPOCH",
     "LAYOUTS",
+    "LEDGER",
     "OUTBOX",
     "Conversion",
     "Layout",
@@ -42,9 +46,13 @@ __all__ = [
     "ahead",
     "convert",
     "converting",
+    "drop_month",
     "ensure_months",
+    "event_time",
     "is_partition",
     "is_partitioned",
+    "ledger_event_at",
+    "month_ids",
     "months",
 ]
 
@@ -60,7 +68,12 @@ class Layout:
     """Unique, growing in commit order: the conversion's copy order and resume point."""
     columns: tuple[str, ...]
     indexes: tuple[str, ...]
-    """Suffixes of the index names besides the primary key's (`ix_<table><suffix>`)."""
+    """The index names besides the primary key's, as `<prefix>_<table><suffix>` with
+    `<table>` left out (`ix_audit_log_action`: "ix_action")."""
+    computed: tuple[tuple[str, str], ...] = ()
+    """Columns the old table lacks: (name, SQL over the old table's row) for the copy."""
+    after_swap: tuple[str, ...] = ()
+    """Statements after the names are swapped (the ledger's id sequence changes owner)."""
 
     @property
     def shadow(self) -> str:
@@ -87,7 +100,7 @@ AUDIT = Layout(
     "at",
     "seq",
     ("seq", "at", "action", "actor", "data", "prev_hash", "hash"),
-    ("_action",),
+    ("ix_action",),
 )
 OUTBOX = Layout(
     "retention_outbox_batches",
@@ -112,9 +125,67 @@ OUTBOX = Layout(
         "subjects",
         "created_at",
     ),
-    ("_ids", "_request_id", "_run_id"),
+    ("ix_ids", "ix_request_id", "ix_run_id"),
 )
-LAYOUTS = {layout.parent: layout for layout in (AUDIT, OUTBOX)}
+LEDGER = Layout(
+    "retention_ack_ledger",
+    "event_at",
+    "id",
+    (
+        "id",
+        "received_at",
+        "kafka_topic",
+        "kafka_partition",
+        "kafka_offset",
+        "event_id",
+        "service",
+        "entity_type",
+        "entity_id",
+        "status",
+        "records_affected",
+        "attempt",
+        "detail",
+        "acknowledged_at",
+        "accepted",
+        "reject_reason",
+        "audit_seq",
+        "key_id",
+    ),
+    ("uq_record", "uq_ack", "ix_rejected_event_id", "ix_rejected_received_at"),
+    computed=(("event_at", "retention_ack_event_at(event_id, received_at)"),),
+    after_swap=("ALTER SEQUENCE retention_ack_ledger_id_seq OWNED BY retention_ack_ledger.id",),
+)
+LAYOUTS = {layout.parent: layout for layout in (AUDIT, OUTBOX, LEDGER)}
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+"""The ledger's time for a record naming no event, or one minted after it arrived."""
+
+
+def event_time(event_id: uuid.UUID) -> datetime:
+    """When a UUIDv7 was minted (its first 48 bits: Unix milliseconds)."""
+    return datetime.fromtimestamp(int.from_bytes(event_id.bytes[:6], "big") / 1000, UTC)
+
+
+def ledger_event_at(event_id: uuid.UUID | None, received_at: datetime) -> datetime:
+    """The ack ledger's partition key, derived from the record alone so that both unique
+    keys can hold it: the claimed event's minting time (for an accepted ack, the real
+    event's), or `EPOCH` when the record names no event or one minted after it arrived
+    (an id made up ahead, which would otherwise fill months not yet created). The same
+    as the SQL function `retention_ack_event_at` (migration 0025)."""
+    if event_id is None:
+        return EPOCH
+    minted = event_time(event_id)
+    return minted if minted <= received_at else EPOCH
+
+
+def month_ids(month: Month) -> tuple[uuid.UUID, uuid.UUID]:
+    """The smallest UUIDv7 of `month` and the smallest of the next: every event minted in
+    it lies in [first, second)."""
+    first, after = (
+        uuid.UUID(bytes=int(at.timestamp() * 1000).to_bytes(6, "big") + bytes(10))
+        for at in month.bounds()
+    )
+    return first, after
 
 
 def is_partition(name: str) -> bool:
@@ -236,22 +307,29 @@ class Conversion:
     """The partitioned table has the table's name now."""
 
 
+def _index(name: str, table: str) -> str:
+    prefix, _, suffix = name.partition("_")
+    return f"{prefix}_{table}_{suffix}" if suffix else f"{prefix}_{table}"
+
+
 def _swap(layout: Layout) -> list[str]:
+    """Renaming an index renames the constraint it backs with it."""
     p, shadow, old = layout.parent, layout.shadow, layout.old
-    statements = [f"ALTER TABLE {p} RENAME TO {old}", f"ALTER INDEX pk_{p} RENAME TO pk_{old}"]
-    statements += [f"ALTER INDEX ix_{p}{s} RENAME TO ix_{old}{s}" for s in layout.indexes]
-    statements += [
+    names = ("pk", *layout.indexes)
+    return [
+        f"ALTER TABLE {p} RENAME TO {old}",
+        *(f"ALTER INDEX {_index(n, p)} RENAME TO {_index(n, old)}" for n in names),
         f"ALTER TABLE {shadow} RENAME TO {p}",
-        f"ALTER TABLE {p} RENAME CONSTRAINT pk_{shadow} TO pk_{p}",
+        *(f"ALTER INDEX {_index(n, shadow)} RENAME TO {_index(n, p)}" for n in names),
+        *layout.after_swap,
     ]
-    statements += [f"ALTER INDEX ix_{shadow}{s} RENAME TO ix_{p}{s}" for s in layout.indexes]
-    return statements
 
 
 def _copy(layout: Layout) -> str:
-    names = ", ".join(layout.columns)
+    names = ", ".join((*layout.columns, *(name for name, _ in layout.computed)))
+    values = ", ".join((*layout.columns, *(sql for _, sql in layout.computed)))
     return (
-        f"INSERT INTO {layout.shadow} ({names}) SELECT {names} FROM {layout.parent} "
+        f"INSERT INTO {layout.shadow} ({names}) SELECT {values} FROM {layout.parent} "
         f"WHERE {layout.key} > :after AND {layout.key} <= :upto ORDER BY {layout.key} LIMIT :batch"
     )
 
@@ -275,10 +353,11 @@ async def _settled(engine: AsyncEngine, layout: Layout) -> int:
 async def _copy_step(conn: AsyncConnection, layout: Layout, upto: int, batch: int) -> int:
     after = await _max_key(conn, layout.shadow, layout)
     params = {"after": after, "upto": upto, "batch": batch}
+    column = dict(layout.computed).get(layout.column, layout.column)
     pending = (
         await conn.execute(
             text(
-                f"SELECT {layout.column} AT TIME ZONE 'UTC' FROM {layout.parent} "
+                f"SELECT {column} AT TIME ZONE 'UTC' FROM {layout.parent} "
                 f"WHERE {layout.key} > :after AND {layout.key} <= :upto "
                 f"ORDER BY {layout.key} LIMIT :batch"
             ),
@@ -336,3 +415,35 @@ async def converting(conn: AsyncConnection, layout: Layout) -> bool:
     with its partitioned copy beside it (pruning leaves both alone until the swap, since a
     row deleted from the old table after it was copied would come back)."""
     return await _exists(conn, layout.shadow) and not await is_partitioned(conn, layout.parent)
+
+
+async def drop_month(
+    engine: AsyncEngine,
+    layout: Layout,
+    name: str,
+    *,
+    still_due: Callable[[AsyncConnection], Awaitable[bool]],
+    dropped: Callable[[AsyncConnection], Awaitable[None]],
+    chain_lock: Callable[[AsyncConnection], Awaitable[bool]],
+    tries: int = 50,
+) -> bool:
+    """Drop partition `name` of `layout` if `still_due` says so under the locks, with
+    `dropped` (its audit entry) in the same transaction; whether it was dropped.
+
+    The table's ACCESS EXCLUSIVE lock comes first and the chain lock (`chain_lock`, a
+    try-lock) only if free; otherwise the transaction ends and the next try waits a
+    moment. Writers and readers of these tables take the chain lock after touching the
+    table (the relay, the tracker), so waiting for either lock while holding the other
+    could deadlock."""
+    for _ in range(tries):
+        async with engine.begin() as conn:
+            await conn.execute(text(f"LOCK TABLE {layout.parent} IN ACCESS EXCLUSIVE MODE"))
+            if await chain_lock(conn):
+                if not await still_due(conn):
+                    return False
+                # The name comes from a date, never from input.
+                await conn.execute(text(f"DROP TABLE {name}"))
+                await dropped(conn)
+                return True
+        await asyncio.sleep(0.1)
+    return False

@@ -26,18 +26,17 @@ its cost is that of what could not go by month, never the whole outbox.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Uuid, and_, column, delete, exists, func, or_, select, table, text, true
+from sqlalchemy import Uuid, and_, column, delete, exists, func, or_, select, table, true
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator.evidence import audit
 from coordinator.evidence.audit import AuditAction, AuditEntry, append
-from coordinator.evidence.partitions import OUTBOX, converting, is_partitioned, months
+from coordinator.evidence.partitions import OUTBOX, converting, drop_month, is_partitioned, months
 from coordinator.outbox.lookup import EVENTS, published_up_to, tracked_up_to
 from coordinator.store.tables import event_status, outbox_batches
 
@@ -174,17 +173,14 @@ async def _droppable(conn: AsyncConnection, name: str, cutoff: datetime | None) 
 
 
 async def _drop_months(
-    engine: AsyncEngine, *, now: datetime, cutoff: datetime, dry_run: bool, tries: int = 50
+    engine: AsyncEngine, *, now: datetime, cutoff: datetime, dry_run: bool
 ) -> tuple[int, list[str]]:
     """Drop each monthly partition wholly before `cutoff` whose events all completed
     before it; return their events and names (a dry run only names them).
 
-    The full completion check (a range of the status's primary key) runs before any lock.
-    The drop then takes the outbox's ACCESS EXCLUSIVE lock first and the chain lock (for
-    its audit entry) only if free: the relay and the tracker read the outbox before they
-    append to the chain, so waiting for the chain lock while holding the outbox, or the
-    other way round, could deadlock. Under the lock the cheap checks run again: the
-    watermarks, and no event of the range open (through the open events' index)."""
+    The full completion check (a range of the status's primary key) runs before any lock;
+    under the locks (`drop_month`) the cheap ones run again: the watermarks, and no event
+    of the range open (through the open events' index)."""
     total = 0
     names: list[str] = []
     async with engine.connect() as conn:
@@ -199,20 +195,22 @@ async def _drop_months(
         if dry_run:
             total, names = total + events, [*names, name]
             continue
-        for _ in range(tries):
-            async with engine.begin() as conn:
-                await conn.execute(text(f"LOCK TABLE {OUTBOX.parent} IN ACCESS EXCLUSIVE MODE"))
-                locked = await audit.try_lock_head(conn)
-                if locked:
-                    ok, events = await _droppable(conn, name, None)
-                    if ok:
-                        # The name comes from a date, never from input.
-                        await conn.execute(text(f"DROP TABLE {name}"))
-                        await _record(conn, name, events, cutoff, now)
-                        total, names = total + events, [*names, name]
-            if locked:
-                break
-            await asyncio.sleep(0.1)
+
+        async def still_due(conn: AsyncConnection, name: str = name) -> bool:
+            return (await _droppable(conn, name, None))[0]
+
+        async def dropped(conn: AsyncConnection, name: str = name, events: int = events) -> None:
+            await _record(conn, name, events, cutoff, now)
+
+        if await drop_month(
+            engine,
+            OUTBOX,
+            name,
+            still_due=still_due,
+            dropped=dropped,
+            chain_lock=audit.try_lock_head,
+        ):
+            total, names = total + events, [*names, name]
     return total, names
 
 
