@@ -29,7 +29,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -163,7 +163,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 def event_time(event_id: uuid.UUID) -> datetime:
     """When a UUIDv7 was minted (its first 48 bits: Unix milliseconds)."""
-    return datetime.fromtimestamp(int.from_bytes(event_id.bytes[:6], "big") / 1000, UTC)
+    return EPOCH + timedelta(milliseconds=int.from_bytes(event_id.bytes[:6], "big"))
 
 
 def ledger_event_at(event_id: uuid.UUID | None, received_at: datetime) -> datetime:
@@ -174,8 +174,11 @@ def ledger_event_at(event_id: uuid.UUID | None, received_at: datetime) -> dateti
     as the SQL function `retention_ack_event_at` (migration 0025)."""
     if event_id is None:
         return EPOCH
-    minted = event_time(event_id)
-    return minted if minted <= received_at else EPOCH
+    minted_ms = int.from_bytes(event_id.bytes[:6], "big")
+    # Compared in milliseconds: a made-up id may lie past the last year a datetime holds.
+    if minted_ms > received_at.timestamp() * 1000:
+        return EPOCH
+    return event_time(event_id)
 
 
 def month_ids(month: Month) -> tuple[uuid.UUID, uuid.UUID]:

@@ -402,6 +402,12 @@ expected_acks = Table(
 
 # Every ack record consumed, accepted or rejected. (topic, partition, offset) makes a
 # redelivered record a no-op; the partial unique index makes a re-sent ack one.
+# Partitioned by month on `event_at` (coordinator/evidence/partitions.py, `LEDGER`): the
+# minting time of the event the record names, read from its UUIDv7 id, or the epoch for
+# a record naming none (or an id minted after it arrived). Derived from the record alone,
+# it is the same on every delivery, so both unique keys can hold it as a partition key
+# must: the accepted ack's key is the event's, the record's is the record's. Pruning
+# drops a month once its events are all completed and past the retention.
 ack_ledger = Table(
     "retention_ack_ledger",
     metadata,
@@ -424,8 +430,13 @@ ack_ledger = Table(
     Column("audit_seq", BigInteger),
     # The id of the service key whose signature verified (SPEC §9), for certificates.
     Column("key_id", Text),
+    Column("event_at", DateTime(timezone=True), primary_key=True),
     UniqueConstraint(
-        "kafka_topic", "kafka_partition", "kafka_offset", name="uq_retention_ack_ledger_record"
+        "kafka_topic",
+        "kafka_partition",
+        "kafka_offset",
+        "event_at",
+        name="uq_retention_ack_ledger_record",
     ),
     Index(
         "uq_retention_ack_ledger_ack",
@@ -433,6 +444,7 @@ ack_ledger = Table(
         "service",
         "attempt",
         "status",
+        "event_at",
         unique=True,
         postgresql_where=text("accepted"),
     ),
@@ -448,6 +460,7 @@ ack_ledger = Table(
         "received_at",
         postgresql_where=text("NOT accepted"),
     ),
+    postgresql_partition_by="RANGE (event_at)",
 )
 
 # One row per cron fire time the leader dealt with; the primary key makes a fire happen
