@@ -44,7 +44,16 @@ from coordinator.copies.vault.prune import prune_vault
 from coordinator.evidence import audit
 from coordinator.evidence.audit import AuditAction, AuditEntry
 from coordinator.evidence.checkpoints import Checkpoint, record_checkpoint
-from coordinator.evidence.partitions import AUDIT, converting, is_partitioned, months
+from coordinator.evidence.partitions import (
+    AUDIT,
+    LEDGER,
+    Month,
+    converting,
+    drop_month,
+    is_partitioned,
+    month_ids,
+    months,
+)
 from coordinator.evidence.pseudonyms import Pepper
 from coordinator.evidence.retention import Retention
 from coordinator.outbox.lookup import tracked_up_to
@@ -128,19 +137,21 @@ async def pseudonymise(
             a = ack_ledger.c
             acks = (
                 await conn.execute(
-                    select(a.id, a.entity_type, a.entity_id).where(
+                    select(a.id, a.event_at, a.entity_type, a.entity_id).where(
                         a.event_id.in_([r.event_id for r in rows]), a.entity_id.is_not(None)
                     )
                 )
             ).all()
             if acks:
+                # The partition key with the id: one partition's index, not every month's.
                 await conn.execute(
                     update(ack_ledger)
-                    .where(a.id == bindparam("b_id"))
+                    .where(a.id == bindparam("b_id"), a.event_at == bindparam("b_event_at"))
                     .values(entity_id=bindparam("b_pseudonym")),
                     [
                         {
                             "b_id": r.id,
+                            "b_event_at": r.event_at,
                             "b_pseudonym": pepper.pseudonym(r.entity_type or "", r.entity_id),
                         }
                         for r in acks
@@ -159,20 +170,85 @@ async def prune_ack_ledger(
     engine: AsyncEngine, *, now: datetime, keep: timedelta, dry_run: bool, batch: int = 10_000
 ) -> Pruned:
     """Delete ledger rows received before `now - keep` whose event is completed (or that
-    were rejected and name no event the tracker knows)."""
+    were rejected and name no event the tracker knows): whole months of events by
+    dropping their partition (`_drop_ledger_months`), the rest row by row."""
     cutoff = now - keep
+    async with engine.connect() as conn:
+        if await converting(conn, LEDGER):
+            return Pruned(ack_ledger.name, 0, cutoff, dry_run)
+    dropped, names = await _drop_ledger_months(engine, now=now, cutoff=cutoff, dry_run=dry_run)
     a, s = ack_ledger.c, event_status.c
+    # A dry run's months are still there: their rows are counted already.
+    gone = [m.bounds() for m in map(LEDGER.month_of, names) if m is not None]
     due = and_(
         a.received_at < cutoff,
+        # Implied (nothing is minted after it arrives), and it spares the later months.
+        a.event_at < cutoff,
+        *(or_(a.event_at < lo, a.event_at >= hi) for lo, hi in gone),
         or_(
             a.event_id.is_(None),
             _completed(a.event_id),
             and_(not_(a.accepted), not_(exists().where(s.event_id == a.event_id))),
         ),
     )
-    return await _delete_in_batches(
+    rows = await _delete_in_batches(
         engine, ack_ledger.name, a.id, due, cutoff=cutoff, now=now, dry_run=dry_run, batch=batch
     )
+    return Pruned(ack_ledger.name, dropped + rows.rows, cutoff, dry_run, tuple(names))
+
+
+async def _ledger_month_done(conn: AsyncConnection, month: Month) -> bool:
+    """No event minted in `month` is open: none in the event status's id range of the
+    month is (the open events' index), and no outbox batch written by its end is past the
+    tracker's cursor (events not tracked yet)."""
+    s, b = event_status.c, outbox_batches.c
+    first, after = month_ids(month)
+    open_event = exists().where(s.state != "completed", s.event_id >= first, s.event_id < after)
+    untracked = exists().where(b.seq > await tracked_up_to(conn), b.created_at < month.bounds()[1])
+    return not (await conn.execute(select(or_(open_event, untracked)))).scalar_one()
+
+
+async def _drop_ledger_months(
+    engine: AsyncEngine, *, now: datetime, cutoff: datetime, dry_run: bool
+) -> tuple[int, list[str]]:
+    """Drop each monthly partition of the ledger wholly before `cutoff` whose events are
+    all completed; return its rows and names (a dry run only counts and names them).
+
+    A month holds the acks of the events minted in it, so an ack goes `keep` after its
+    event's month rather than after its receipt: later only for an event open that long,
+    which keeps its month anyway. The checks run again under the locks (`drop_month`)."""
+    total = 0
+    names: list[str] = []
+    async with engine.connect() as conn:
+        if not await is_partitioned(conn, LEDGER.parent):
+            return 0, []
+        due = [m for m in await months(conn, LEDGER) if m.bounds()[1] <= cutoff]
+    for month in due:
+        name = LEDGER.partition(month)
+        async with engine.connect() as conn:
+            if not await _ledger_month_done(conn, month):
+                continue
+            rows = int(await conn.scalar(select(func.count()).select_from(table(name))) or 0)
+        if dry_run:
+            total, names = total + rows, [*names, name]
+            continue
+
+        async def still_due(conn: AsyncConnection, month: Month = month) -> bool:
+            return await _ledger_month_done(conn, month)
+
+        async def dropped(conn: AsyncConnection, name: str = name, rows: int = rows) -> None:
+            await _record(conn, name, rows, cutoff, now)
+
+        if await drop_month(
+            engine,
+            LEDGER,
+            name,
+            still_due=still_due,
+            dropped=dropped,
+            chain_lock=audit.try_lock_head,
+        ):
+            total, names = total + rows, [*names, name]
+    return total, names
 
 
 async def prune_event_status(
