@@ -46,7 +46,14 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from bench.__main__ import commit, env_int, machine, postgres_version
 from bench.results import RESULTS, SCHEMA, phase
 from coordinator.clock import FrozenClock
-from coordinator.evidence.partitions import AUDIT, OUTBOX, Month, ensure_months
+from coordinator.evidence.partitions import (
+    AUDIT,
+    LEDGER,
+    OUTBOX,
+    Month,
+    ensure_months,
+    ledger_event_at,
+)
 from coordinator.evidence.prune import prune_ack_ledger, prune_audit, prune_event_status
 from coordinator.outbox.events import event_id
 from coordinator.outbox.lookup import TRACKED, published_up_to, tracked_up_to
@@ -159,6 +166,7 @@ def _ledger_rows(ids: list[uuid.UUID], at: datetime, first: int) -> Iterator[tup
                 1,
                 at,
                 True,
+                ledger_event_at(event, at),
             )
 
 
@@ -172,7 +180,7 @@ async def seed(engine: Any, rows: int, at: datetime) -> None:
     rows, by COPY; the relay's watermark and the tracker's cursor past their batches, as
     if both had followed them."""
     async with engine.begin() as conn:
-        for layout in (AUDIT, OUTBOX):
+        for layout in (AUDIT, OUTBOX, LEDGER):
             await ensure_months(conn, [Month.of(at)], layout)
         seq = max(await published_up_to(conn), await tracked_up_to(conn))
         seq = max(seq, int(await conn.scalar(select(func.max(outbox_batches.c.seq))) or 0))
@@ -255,6 +263,7 @@ async def seed(engine: Any, rows: int, at: datetime) -> None:
                 "attempt",
                 "acknowledged_at",
                 "accepted",
+                "event_at",
             ],
             _ledger_rows(ids, at, done),
         )
