@@ -1,6 +1,6 @@
 """serve's daily upkeep of its own evidence (SPEC §13), on the leader only.
 
-Each round: create the monthly partitions (the audit log's, the outbox's) for this
+Each round: create the monthly partitions (audit log, outbox, ack ledger) for this
 month and the next two, sign a head at the audit chain's end (after checking the rows
 since the last head), prune every table past its retention (leaving signed checkpoints
 for pruned audit rows), then publish every checkpoint not yet on the audit topic. The
