@@ -7,7 +7,8 @@ the order a prune applies them:
   (coordinator/outbox/prune.py);
 - entity ids in event status and ack ledger: become HMACs at the same age (`pseudonymise`);
 - ack ledger rows: received `ack_ledger_retention_days` (6 years) ago and their event
-  completed, or rejected and naming no event the tracker knows;
+  completed, or rejected and naming no event the tracker knows; whole months of events
+  that long past, none of them open, by dropping their partition;
 - event status, with its expected acks: completed `event_status_retention_days` ago;
 - audit rows: written `audit_retention_days` ago, before every open event began, never
   the newest row; each removed run of rows leaves a signed `pruned` checkpoint.
