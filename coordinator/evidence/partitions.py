@@ -5,6 +5,8 @@ coordinator/outbox/prune.py). A unique constraint on a partitioned table must in
 partition key, so each primary key is (key, time): the audit log's (seq, at), the outbox's
 (seq, created_at). The key stays unique all the same: both seqs are only ever assigned
 under the audit chain lock (coordinator/evidence/audit.py, coordinator/outbox/write.py).
+The ack ledger's time is derived from the record it stores (`ledger_event_at`), so that
+its de-duplication keys can hold it and stay what they were (coordinator/store/tables.py).
 
 `LAYOUTS` names every partitioned table. Partitions are `<table>_yYYYYmMM`; rows of a
 month without one (a clock far off) land in `<table>_default`. Serve's upkeep creates the
