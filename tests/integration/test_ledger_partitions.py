@@ -6,8 +6,11 @@ coming."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -230,3 +233,20 @@ async def test_an_existing_ledger_converts_batch_by_batch_while_acks_keep_coming
     finally:
         await engine.dispose()
         await infra.drop_database(url)
+
+
+def test_the_command_converts_each_table_and_refuses_an_unknown_one(coordinator_db: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETENTION_")}
+    env["RETENTION_DATABASE_URL"] = coordinator_db
+    env["RETENTION_HASH_SECRET"] = "k"
+    command = [str(Path(sys.executable).with_name("retention")), "db", "partition"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    # A new deployment's tables were partitioned by their migrations already.
+    for table in ("audit_log", "retention_outbox_batches", "retention_ack_ledger"):
+        assert f"{table} partitioned; 0 rows copied" in done.stderr
+    refused = subprocess.run(
+        [*command, "retention_event_status"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 2
+    assert "not a partitioned table: retention_event_status" in refused.stderr
