@@ -16,17 +16,18 @@ On a fresh database:
    present; ours / limit is the throughput with the history against the floor (goal ≥
    1/1.2: tracking may cost at most 1.2× per event);
 4. `prune.*`: the coordinator's own pruning of that history (coordinator/evidence/prune.py):
-   the audit months (dropped partitions), the ack ledger, the outbox batches and the
-   event status with its expected acks (deleted in windows; these tables are not
-   partitioned).
+   the audit log, the ack ledger and the outbox batches (each a dropped monthly
+   partition) and the event status with its expected acks (deleted in windows: not
+   partitioned); ours is the wall time, limit the database's.
 
 Events are published and tracked only through the public functions (the test helper
 `insert_published` that writes outbox rows as a purge does, and
 `Tracker.track_published`), so the timed part runs any version of the tracker; the COPY
 seeding writes the current outbox layout. Writes one JSON file in the fixed schema of
 bench/results.py to bench/results/scale/ (plus `bytes_per_row`: on-disk bytes per event
-of each history table, per event and service for expected acks and ledger) and prints it;
-progress on stderr.
+of each history table, per event and service for expected acks and ledger;
+`own_bytes_per_event` before and after pruning; `partitions_dropped` by each prune) and
+prints it; progress on stderr.
 """
 
 from __future__ import annotations
