@@ -154,7 +154,8 @@ LEDGER = Layout(
         "key_id",
     ),
     ("uq_record", "uq_ack", "ix_rejected_event_id", "ix_rejected_received_at"),
-    computed=(("event_at", "retention_ack_event_at(event_id, received_at)"),),
+    # Written by the tracker since migration 0025; computed for the rows from before.
+    computed=(("event_at", "coalesce(event_at, retention_ack_event_at(event_id, received_at))"),),
     after_swap=("ALTER SEQUENCE retention_ack_ledger_id_seq OWNED BY retention_ack_ledger.id",),
 )
 LAYOUTS = {layout.parent: layout for layout in (AUDIT, OUTBOX, LEDGER)}

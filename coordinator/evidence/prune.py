@@ -144,10 +144,12 @@ async def pseudonymise(
                 )
             ).all()
             if acks:
-                # The partition key with the id: one partition's index, not every month's.
+                # The partition key with the id: one partition's index, not every month's
+                # (NULL: a row from before migration 0025, its ledger not converted yet).
+                at: Any = bindparam("b_event_at")
                 await conn.execute(
                     update(ack_ledger)
-                    .where(a.id == bindparam("b_id"), a.event_at == bindparam("b_event_at"))
+                    .where(a.id == bindparam("b_id"), or_(a.event_at == at, a.event_at.is_(None)))
                     .values(entity_id=bindparam("b_pseudonym")),
                     [
                         {

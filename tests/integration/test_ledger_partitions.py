@@ -196,15 +196,19 @@ async def test_an_existing_ledger_converts_batch_by_batch_while_acks_keep_coming
             for d in range(7)
         ]
         await _insert_old(engine, first)
-        await upgrade(url)  # 0025: the ledger has rows, so only the shadow table is made
+        # 0025: the ledger has rows, so only the shadow table is made (and the old one
+        # gets the event_at column the upgraded tracker writes).
+        await upgrade(url)
         async with engine.connect() as conn:
             assert not await is_partitioned(conn, LEDGER.parent)
 
         step = await convert(engine, LEDGER, batch=2, max_batches=2)
         assert (step.copied, step.swapped) == (4, False)
-        # serve keeps recording acks in the old table meanwhile, malformed ones too.
+        # serve, upgraded, keeps recording acks in the old table meanwhile, malformed ones
+        # too, with their event_at.
         later = [_ack(_minted(NOW), NOW), _ack(None, NOW, accepted=False)]
-        await _insert_old(engine, later)
+        async with engine.begin() as conn:
+            await conn.execute(insert(ack_ledger), later)
         rest = await convert(engine, LEDGER, batch=2)
         assert (rest.copied, rest.swapped) == (5, True)
         after = _ack(_minted(NOW), NOW + timedelta(seconds=1))

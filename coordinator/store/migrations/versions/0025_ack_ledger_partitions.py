@@ -110,12 +110,15 @@ def upgrade() -> None:
             f"TO ('{end.isoformat()}T00:00:00+00:00')"
         )
     # Empty (a new deployment): swap now; the sequence moves to the new table first, or
-    # dropping the old one would take it along. Otherwise `retention db partition` does.
+    # dropping the old one would take it along. Otherwise `retention db partition` does,
+    # and until then the tracker writes `event_at` into the old table: the column comes
+    # without a default, so adding it rewrites nothing (old rows' is computed when copied).
     op.execute(
         "DO $$ BEGIN "
         f"IF NOT EXISTS (SELECT 1 FROM {_T}) THEN "
         f" ALTER SEQUENCE {_T}_id_seq OWNED BY {_S}.id;"
         f" DROP TABLE {_T}; {_renames(_S, _T)} "
+        f"ELSE ALTER TABLE {_T} ADD COLUMN event_at TIMESTAMP WITH TIME ZONE;"
         "END IF; END $$"
     )
 
@@ -125,7 +128,7 @@ def downgrade() -> None:
     op.execute(
         "DO $$ BEGIN "
         f"IF EXISTS (SELECT 1 FROM pg_class WHERE relname = '{_S}') THEN "
-        f" DROP TABLE {_S};"
+        f" DROP TABLE {_S}; ALTER TABLE {_T} DROP COLUMN event_at;"
         f"ELSIF EXISTS (SELECT 1 FROM pg_class WHERE relname = '{_T}' AND relkind = 'p') THEN "
         f" {_renames(_T, _S)}"
         f" CREATE TABLE {_T} (LIKE {_S} INCLUDING DEFAULTS);"
