@@ -66,14 +66,23 @@ ROOT = Path(__file__).resolve().parent.parent
 # The demo's policy file declares its services with the keys `make demo` makes on first start.
 ensure_keys()
 POLICIES = load_policies(ROOT / "demo" / "policies.yaml")
-SERVICES = ("billing", "notifications", "preferences", "search_index")
+SERVICES = tuple(s.name for s in POLICIES.services)
+"""The demo's declared services: the example services (tests/test_compose.py checks it)."""
+
+
+def _handling(entity_type: str, action: str) -> tuple[str, ...]:
+    return tuple(s.name for s in POLICIES.services if (entity_type, action) in s.pairs())
+
+
 # Per 1× of the demo: (policy, action, entity type, events, expected services).
 EVENTS = (
-    ("purchase_records", "anonymize", "order", 300, ("billing",)),
+    ("purchase_records", "anonymize", "order", 300, _handling("order", "anonymize")),
     ("support_tickets", "archive", "ticket", 300, ()),
     ("abandoned_carts", "delete", "cart", 300, ()),
-    ("closed_accounts", "delete", "user", 145, SERVICES),
+    ("closed_accounts", "delete", "user", 145, _handling("user", "delete")),
 )
+BUSIEST = max(SERVICES, key=lambda s: sum(n for *_, n, expected in EVENTS if s in expected))
+"""The service whose drill-down pages have the most rows."""
 CHUNK = 5000
 
 
@@ -185,15 +194,15 @@ async def seed(engine: AsyncEngine, scale: int, now: datetime) -> dict[str, Any]
         service_registry,
         [
             {
-                "service": s,
+                "service": s.name,
                 "entity_type": t,
-                "action": "delete",
+                "action": a,
                 "sdk_version": "0.1.0",
                 "first_seen": now - timedelta(days=40),
                 "last_seen": now - timedelta(days=1),
             }
-            for s in SERVICES
-            for t in (("order", "user") if s == "billing" else ("user",))
+            for s in POLICIES.services
+            for t, a in sorted(s.pairs())
         ],
     )
     # Written as outbox batches: each row gets the event id its batch gives it.
@@ -341,7 +350,7 @@ def pages(seeded: dict[str, Any]) -> list[str]:
         f"/ui/holds/{seeded['hold_id']}",
         "/ui/services",
         *(
-            f"/ui/services/billing?state={s}"
+            f"/ui/services/{BUSIEST}?state={s}"
             for s in ("overdue", "pending", "failed", "completed", "waived")
         ),
         "/ui/erasure-requests",

@@ -1,29 +1,30 @@
-"""End to end: users erased locally, then by three services, until the effects are done.
+"""End to end: users erased locally, then by the example services, until the effects are done.
 
 Both contestants get the same world: a `bench_users` table (1 % held — the oldest —,
-5 % young, the rest due), the same rows in the notifications, preferences and billing
-tables of a fresh service database, a legal hold on the held users (ours in
-`legal_holds`, the article's as a JSON blob in `seed_legal_holds`), a fresh topic
-prefix. Service processes are started and ready (`partitions_assigned`) before the clock.
+5 % young, the rest due), the same rows (each service's own seed) in the tables of the
+example services on the core SDK (`services.EXAMPLES`) in a fresh service database, a
+legal hold on the held users (ours in `legal_holds`, the article's as a JSON blob in
+`seed_legal_holds`), a fresh topic prefix. Service processes are started and ready
+(`partitions_assigned`) before the clock.
 
 * Ours: the relay and the tracker run (as `retention serve` runs them) while `Runner`
-  purges `bench_users` (policy `inactive_users`, fan-out); notifications, preferences
-  and billing are our example services (the SDK, batch transactions, acks); the clock
-  stops when the tracker has every event `completed` — the product knows it is done.
+  purges `bench_users` (policy `inactive_users`, fan-out); those are our example services
+  (the SDK, batch transactions, acks); the clock stops when the tracker has every event
+  `completed` — the product knows it is done.
 * Seed: the article's executor loop on `bench_users` (bench/seed_executor.py's hold
   check) publishing the article's JSON message with one awaited `send_and_wait` per
   event after each batch; one bench/seed_consumer.py process per service (one message
   at a time, a transaction per effect, auto-commit, no acks). The article cannot know
   when it is done, so the bench watches from outside: the clock stops when no due
-  user's row is left in any of the three service tables.
+  user's row is left in any of the service tables.
 
 A background poller records when each milestone was first reached (published, each
 service's effects visible, completed), which is where the time goes; each service
 process's CPU seconds are read from /proc. Afterwards both are checked the same way:
-held and young users untouched everywhere, due users' rows gone (billing: anonymized
-and unlinked), and for ours each event applied exactly once per service (its
-`erasure_log`; the seed keeps no such record, so a redelivered message would be
-applied again unseen).
+held and young users untouched everywhere, due users' rows gone (or, in a table with an
+`anonymized_at` column such as billing's orders, anonymized and unlinked), and for ours
+each event applied exactly once per service (its `erasure_log`; the seed keeps no such
+record, so a redelivered message would be applied again unseen).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
 from coordinator.store.db import make_engine
 from coordinator.store.tables import event_status
-from services import EXAMPLES, billing, notifications, preferences
+from services import EXAMPLES
 from tests import declared, infra
 from tests.e2e.harness import (
     PRODUCT_SERVICES,
@@ -84,8 +85,8 @@ policies:
 
 
 def policy_file() -> str:
-    """The policy and the three services the bench runs, declared (SPEC §9)."""
-    services = declared.services_block(("notifications", "preferences", "billing"))
+    """The policy and the services the bench runs, declared (SPEC §9)."""
+    services = declared.services_block(PRODUCT_SERVICES)
     return POLICY + yaml.safe_dump({"services": services}, sort_keys=False)
 
 
@@ -93,10 +94,14 @@ BATCH_SIZE = 5000  # the article's, and the policy's default
 TIMEOUT_S = 1200
 POLL_S = 0.2  # milestone resolution; each poll is one query per pending milestone
 HELD_FRACTION, YOUNG_FRACTION = 0.01, 0.05
-ROWS_PER_USER = {"notifications": 3, "preferences": 3, "billing": 2}
-"""The example services the bench runs (those on the core SDK that `bench.seed_consumer`
-reimplements), and the rows each holds per user."""
-TABLES = {e.name: e.tables[0] for e in EXAMPLES if e.name in ROWS_PER_USER}
+BENCHED = [e for e in EXAMPLES if e.name in PRODUCT_SERVICES]
+"""The example services the bench runs: those on the core SDK, which `bench.seed_consumer`
+reimplements."""
+TABLES = {e.name: e.tables[0] for e in BENCHED}
+ROWS_PER_USER = {e.name: len(e.seed_rows(["bench"])[TABLES[e.name]]) for e in BENCHED}
+"""The rows each service's own seed gives a user."""
+KEPT = [name for name, table in TABLES.items() if "anonymized_at" in table.c]
+"""Services that keep a deleted user's rows, anonymized and unlinked (billing's orders)."""
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -163,9 +168,8 @@ async def _prepare(stack: Stack, users: Users) -> None:
             await conn.execute(text("ANALYZE bench_users"))
     finally:
         await engine.dispose()
-    await notifications.seed(stack.services_url, users.all, per_user=3)
-    await preferences.seed(stack.services_url, users.all)
-    await billing.seed(stack.services_url, users.all, per_user=2)
+    for example in BENCHED:
+        await example.seed(stack.services_url, users.all)
 
 
 # --- measuring ------------------------------------------------------------------------
@@ -238,7 +242,7 @@ async def _check(stack: Stack, users: Users, *, ours: bool) -> dict[str, Any]:
             async def rows(service: str, ids: list[str]) -> int:
                 table = TABLES[service]
                 query = select(func.count()).select_from(table).where(table.c.user_id.in_(ids))
-                if service == "billing":
+                if service in KEPT:
                     query = query.where(table.c.anonymized_at.is_(None))
                 return int(await conn.scalar(query) or 0)
 
@@ -248,12 +252,14 @@ async def _check(stack: Stack, users: Users, *, ours: bool) -> dict[str, Any]:
                 touched["held"] += per_user * len(users.held) - await rows(service, users.held)
                 touched["young"] += per_user * len(users.young) - await rows(service, users.young)
                 due_left += int(await conn.scalar(select(_due_rows(service))) or 0)
-            orders = billing.orders
-            anonymized = await conn.scalar(
-                select(func.count())
-                .select_from(orders)
-                .where(orders.c.user_id.is_(None), orders.c.customer_name == billing.MASK)
-            )
+            anonymized = 0
+            for service in KEPT:
+                table = TABLES[service]
+                unlinked = table.c.user_id.is_(None), table.c.anonymized_at.is_not(None)
+                anonymized += int(
+                    await conn.scalar(select(func.count()).select_from(table).where(*unlinked)) or 0
+                )
+            kept_rows = sum(ROWS_PER_USER[service] for service in KEPT) * len(users.due)
         async with coordinator.connect() as conn:
             kept = await conn.scalar(text("SELECT count(*) FROM bench_users"))
     finally:
@@ -262,7 +268,7 @@ async def _check(stack: Stack, users: Users, *, ours: bool) -> dict[str, Any]:
     result: dict[str, Any] = {
         "held_touched": touched["held"],
         "young_touched": touched["young"],
-        "due_missed": due_left + ROWS_PER_USER["billing"] * len(users.due) - int(anonymized or 0),
+        "due_missed": due_left + kept_rows - anonymized,
         "users_table_wrong": abs(int(kept or 0) - len(users.held) - len(users.young)),
     }
     if ours:
@@ -477,7 +483,7 @@ async def _seed(users: Users, log_dir: Path, label: str) -> dict[str, Any]:
             await wait_for(
                 lambda: all(milestones.done(s) for s in PRODUCT_SERVICES),
                 timeout_s=TIMEOUT_S,
-                what="every due user's rows gone from the three services",
+                what="every due user's rows gone from every service",
                 interval_s=0.02,
                 alive=stack.check_alive,
             )

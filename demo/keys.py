@@ -11,12 +11,14 @@ import sys
 from pathlib import Path
 
 from schemas.signing import generate_key_files
+from services import NAMES
 
 __all__ = ["COORDINATOR", "KEYS", "SERVICES", "ensure_keys", "signing_env"]
 
 KEYS = Path(__file__).resolve().parent.parent / ".cache" / "demo" / "keys"
 COORDINATOR = "coordinator"
-SERVICES = ("notifications", "preferences", "billing", "search_index")
+SERVICES = NAMES
+"""One key pair each: every example service signs its acks."""
 
 
 def ensure_keys(folder: Path = KEYS) -> Path:

@@ -28,9 +28,10 @@ from consumer_sdk.idempotency import InMemoryIdempotencyStore
 from consumer_sdk.metrics import ConsumerMetrics
 from coordinator.clock import SystemClock
 from coordinator.metrics import Metrics
+from coordinator.operations.notify.notifier import Notifier
 from coordinator.outbox.relay import BatchResult, OutboxRelay, PublishFailed
 from coordinator.purge.scheduler import Schedule, Scheduler
-from coordinator.settings import RelaySettings, TrackerSettings
+from coordinator.settings import NotifySettings, RelaySettings, TrackerSettings
 from coordinator.store import db
 from coordinator.tracking.tracker import Tracker
 from schemas import (
@@ -290,6 +291,34 @@ async def test_scheduler_retries_a_failed_tick_every_tick(waits: list[float]) ->
     scheduler.tick = tick  # type: ignore[method-assign]
     await scheduler.run_forever(stop)
     assert waits == [0.25, 0.25, 0.25]
+
+
+async def test_notifier_retries_a_failed_pass_one_interval_later(waits: list[float]) -> None:
+    notifier = Notifier(
+        create_async_engine(ENGINE_URL.replace("postgresql", "postgresql+asyncpg")),
+        [],
+        NotifySettings(interval_s=0.25),
+        clock=SystemClock(),
+        metrics=Metrics(),
+    )
+    assert notifier.retry_policy == RetryPolicy(initial_s=0.25, max_s=0.25)
+    stop = asyncio.Event()
+    refused = InternalError("connect", {}, Exception("database is not accepting connections"))
+    errors: list[BaseException] = [DISCONNECT, refused, ValueError("a bug"), DISCONNECT]
+    passes = failing(errors, (0, 0, 0))
+    calls = 0
+
+    async def run_once(_client: object) -> Any:
+        nonlocal calls
+        calls += 1
+        result = await passes()
+        stop.set()  # the first pass that succeeds is the last
+        return result
+
+    notifier.run_once = run_once  # type: ignore[method-assign]
+    await notifier.run_forever(stop)
+    assert calls == 5
+    assert waits == [0.25, 0.25, 0.25, 0.25]
 
 
 P0 = Partition("t.retry", 0)

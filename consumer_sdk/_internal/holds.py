@@ -29,7 +29,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from consumer_sdk._internal.transport import Record, TransportError
+from consumer_sdk._internal.transport import Record, TransportError, record_of, table_reader
 from consumer_sdk._internal.trust import Trust
 from schemas import HoldRecord, KafkaSettings, PoisonRecord, RetentionEvent, decode
 
@@ -155,14 +155,7 @@ class _KafkaHoldSource:
         self._partitions: list[TopicPartition] = []
 
     async def start(self, *, timeout_s: float) -> None:
-        consumer = AIOKafkaConsumer(
-            self._topic,
-            **self._kafka.client_kwargs(),
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-        )
+        consumer = table_reader(self._kafka, self._topic, isolation_level="read_committed")
         await consumer.start()
         deadline = time.monotonic() + timeout_s
         # Without a group the consumer assigns itself every partition once the topic's
@@ -218,18 +211,7 @@ class _KafkaHoldSource:
             batches = await self._consumer.getmany(timeout_ms=int(timeout_s * 1000))
         except KafkaError as exc:
             raise TransportError(repr(exc)) from exc
-        return [
-            Record(
-                r.topic,
-                r.partition,
-                r.offset,
-                r.key,
-                r.value,
-                tuple((k, bytes(v or b"")) for k, v in (r.headers or ())),
-            )
-            for records in batches.values()
-            for r in records
-        ]
+        return [record_of(r) for records in batches.values() for r in records]
 
 
 def kafka_hold_source(kafka: KafkaSettings) -> HoldSource:

@@ -17,9 +17,8 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from aiokafka import AIOKafkaConsumer
 
-from consumer_sdk._internal.transport import Record
+from consumer_sdk._internal.transport import record_of, table_reader
 from consumer_sdk._internal.trust import Trust
 from schemas import KafkaSettings, PoisonRecord, decode, utc_now
 from schemas.suppression import ErasedEntity, suppression_key
@@ -50,13 +49,7 @@ class SuppressionTable:
 
     async def start(self, *, timeout_s: float) -> None:
         """Read the topic up to its current end; then keep following it."""
-        consumer = AIOKafkaConsumer(
-            self._topic,
-            **self._kafka.client_kwargs(),
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-        )
+        consumer = table_reader(self._kafka, self._topic)
         await consumer.start()
         self._consumer = consumer
         try:
@@ -92,10 +85,7 @@ class SuppressionTable:
     def _apply(self, batches: dict[Any, list[Any]]) -> None:
         for messages in batches.values():
             for msg in messages:
-                record = Record(
-                    msg.topic, msg.partition, msg.offset, msg.key, msg.value, tuple(msg.headers)
-                )
-                refused = self._trust.refused(record)
+                refused = self._trust.refused(record_of(msg))
                 if refused is not None or msg.key is None:
                     log.warning(
                         "suppression_record_ignored",

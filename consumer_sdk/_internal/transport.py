@@ -31,6 +31,8 @@ __all__ = [
     "TransportError",
     "kafka_consumer",
     "kafka_producer",
+    "record_of",
+    "table_reader",
 ]
 
 
@@ -47,6 +49,33 @@ class Record:
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...]
+
+
+def record_of(r: Any) -> Record:
+    """Ours of an aiokafka `ConsumerRecord`; a null header value (anyone may write one)
+    becomes empty bytes."""
+    return Record(
+        r.topic,
+        r.partition,
+        r.offset,
+        r.key,
+        r.value,
+        tuple((k, bytes(v or b"")) for k, v in (r.headers or ())),
+    )
+
+
+def table_reader(kafka: KafkaSettings, topic: str, **options: Any) -> Any:
+    """A consumer of every partition of `topic` from its start, in no group and committing
+    nothing: how a compacted topic is read into a local table. It assigns itself the
+    partitions once the topic's metadata arrives, after `start()`."""
+    return AIOKafkaConsumer(
+        topic,
+        **kafka.client_kwargs(),
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **options,
+    )
 
 
 class TransportError(Exception):
@@ -129,17 +158,7 @@ class _AiokafkaConsumer:
         except KafkaError as exc:
             raise TransportError(repr(exc)) from exc
         return {
-            Partition(tp.topic, tp.partition): [
-                Record(
-                    r.topic,
-                    r.partition,
-                    r.offset,
-                    r.key,
-                    r.value,
-                    tuple((k, bytes(v or b"")) for k, v in (r.headers or ())),
-                )
-                for r in records
-            ]
+            Partition(tp.topic, tp.partition): [record_of(r) for r in records]
             for tp, records in batches.items()
         }
 

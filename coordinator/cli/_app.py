@@ -13,8 +13,9 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from coordinator.copies.crypto.keystore import KeyStore, open_keystore
 from coordinator.settings import Settings
 from coordinator.store.db import make_engine
 
@@ -28,6 +29,8 @@ __all__ = [
     "os_user",
     "out_console",
     "read_database",
+    "with_keystore",
+    "write_database",
 ]
 
 T = TypeVar("T")
@@ -83,13 +86,40 @@ def emit_json(document: Any) -> None:
 
 def read_database(settings: Settings, query: Callable[[AsyncConnection], Awaitable[T]]) -> T:
     """Run one read-only `query` on a connection of its own, from synchronous CLI code."""
+    return asyncio.run(_on_database(settings, query, write=False))
 
-    async def run() -> T:
-        engine = make_engine(settings.database_url.get_secret_value(), pool_size=1)
+
+def write_database(settings: Settings, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    """Run `work` in one transaction on a connection of its own, from synchronous CLI code:
+    committed if it returns, rolled back if it raises."""
+    return asyncio.run(_on_database(settings, work, write=True))
+
+
+async def with_keystore(
+    settings: Settings,
+    work: Callable[[AsyncEngine, KeyStore], Awaitable[T]],
+    *,
+    pool_size: int = 5,
+) -> T:
+    """`work(engine, keys)` with the data's database and the key store open; both are
+    closed afterwards, whatever `work` did."""
+    engine = make_engine(settings.database_url.get_secret_value(), pool_size=pool_size)
+    try:
+        keys = open_keystore(settings, engine)
         try:
-            async with engine.connect() as conn:
-                return await query(conn)
+            return await work(engine, keys)
         finally:
-            await engine.dispose()
+            await keys.aclose()
+    finally:
+        await engine.dispose()
 
-    return asyncio.run(run())
+
+async def _on_database(
+    settings: Settings, work: Callable[[AsyncConnection], Awaitable[T]], *, write: bool
+) -> T:
+    engine = make_engine(settings.database_url.get_secret_value(), pool_size=1)
+    try:
+        async with engine.begin() if write else engine.connect() as conn:
+            return await work(conn)
+    finally:
+        await engine.dispose()

@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 import asyncio
-import getpass
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.markup import escape
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.cli._app import ExitCode, emit_json, err_console, load_settings
+from coordinator.cli._app import (
+    ExitCode,
+    actor,
+    emit_json,
+    err_console,
+    load_settings,
+    with_keystore,
+)
 from coordinator.cli._policies import POLICIES_OPTION, load_policy_set
 from coordinator.clock import SystemClock
-from coordinator.copies.crypto.keystore import KeyStoreError, open_keystore
+from coordinator.copies.crypto.keystore import KeyStore, KeyStoreError
 from coordinator.purge.archive import ArchiveTampered, CryptoShredded
 from coordinator.purge.archive_migrate import Encrypted, MigrationError, encrypt_plain_archive
 from coordinator.purge.archive_read import ArchiveNotFound, read_entity
 from coordinator.settings import Settings
 from coordinator.store.db import make_engine
+
+__all__ = ["app"]
 
 app = typer.Typer(help="The encrypted archive.", no_args_is_help=True)
 
@@ -75,33 +84,24 @@ def encrypt(
     interrupt and run again: it resumes with the rows not sealed yet."""
     settings = load_settings()
     policy_set = load_policy_set(policies, settings, as_json=as_json)
-    actor = f"{by} (os user {getpass.getuser()})"
 
-    async def run() -> Encrypted:
-        engine = make_engine(settings.database_url.get_secret_value(), pool_size=1)
-        try:
-            keys = open_keystore(settings, engine)
-            try:
-                return await encrypt_plain_archive(
-                    engine,
-                    keys,
-                    policy_set,
-                    policy,
-                    now=SystemClock().now(),
-                    by=actor,
-                    batch_size=batch_size,
-                    vacuum=vacuum,
-                    after_batch=lambda r: err_console.print(
-                        f"{r.table}: {r.rows} rows sealed", highlight=False
-                    ),
-                )
-            finally:
-                await keys.aclose()
-        finally:
-            await engine.dispose()
+    async def run(engine: AsyncEngine, keys: KeyStore) -> Encrypted:
+        return await encrypt_plain_archive(
+            engine,
+            keys,
+            policy_set,
+            policy,
+            now=SystemClock().now(),
+            by=actor(by),
+            batch_size=batch_size,
+            vacuum=vacuum,
+            after_batch=lambda r: err_console.print(
+                f"{r.table}: {r.rows} rows sealed", highlight=False
+            ),
+        )
 
     try:
-        done = asyncio.run(run())
+        done = asyncio.run(with_keystore(settings, run, pool_size=1))
     except (MigrationError, KeyStoreError) as exc:
         err_console.print(f"[red]{escape(str(exc))}[/red]", highlight=False)
         raise typer.Exit(ExitCode.BAD_INPUT) from None

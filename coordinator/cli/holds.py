@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
@@ -12,13 +11,20 @@ import typer
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.cli._app import ExitCode, actor, emit_json, err_console, load_settings, out_console
+from coordinator.cli._app import (
+    ExitCode,
+    actor,
+    emit_json,
+    err_console,
+    load_settings,
+    out_console,
+    write_database,
+)
 from coordinator.cli._policies import POLICIES_OPTION, load_policy_set
 from coordinator.clock import SystemClock
 from coordinator.purge import holds
 from coordinator.purge.hold_ids import HoldIdReport, normalise_hold_ids
 from coordinator.settings import Settings
-from coordinator.store.db import make_engine
 
 __all__ = ["app", "create", "list_", "normalise", "print_normalisation", "release", "show"]
 
@@ -33,18 +39,8 @@ T = TypeVar("T")
 def _in_transaction(
     work: Callable[[AsyncConnection], Awaitable[T]], settings: Settings | None = None
 ) -> T:
-    settings = settings or load_settings()
-
-    async def go() -> T:
-        engine = make_engine(settings.database_url.get_secret_value(), pool_size=1)
-        try:
-            async with engine.begin() as conn:
-                return await work(conn)
-        finally:
-            await engine.dispose()
-
     try:
-        return asyncio.run(go())
+        return write_database(settings or load_settings(), work)
     except holds.HoldError as exc:
         err_console.print(f"[red]{exc}[/red]", markup=False, highlight=False)
         raise typer.Exit(ExitCode.BAD_INPUT) from None

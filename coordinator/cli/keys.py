@@ -7,13 +7,15 @@ import asyncio
 from pathlib import Path
 
 import typer
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.cli._app import ExitCode, err_console, load_settings, out_console
-from coordinator.copies.crypto.keystore import KeyStoreError, open_keystore
+from coordinator.cli._app import ExitCode, err_console, load_settings, out_console, with_keystore
+from coordinator.copies.crypto.keystore import KeyStore, KeyStoreError
 from coordinator.copies.crypto.provider import LocalKeyProvider, write_kek
-from coordinator.store.db import make_engine
 from schemas.signing import generate_key_files
 from schemas.suppression import write_pepper
+
+__all__ = ["app"]
 
 app = typer.Typer(help="Signing keys and encryption keys.", no_args_is_help=True)
 
@@ -100,19 +102,11 @@ def init_store() -> None:
     """Create the key store's table in RETENTION_KEYSTORE_URL's database (idempotent)."""
     settings = load_settings()
 
-    async def create() -> None:
-        engine = make_engine(settings.database_url.get_secret_value())
-        try:
-            store = open_keystore(settings, engine)
-            try:
-                await store.create_schema()
-            finally:
-                await store.aclose()
-        finally:
-            await engine.dispose()
+    async def create(_: AsyncEngine, store: KeyStore) -> None:
+        await store.create_schema()
 
     try:
-        asyncio.run(create())
+        asyncio.run(with_keystore(settings, create))
     except KeyStoreError as exc:
         err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(ExitCode.BAD_INPUT) from None
@@ -139,19 +133,11 @@ def rotate(previous: Path = PREVIOUS_OPTION) -> None:
         err_console.print(f"[red]--previous-kek: {type(exc).__name__}[/red]")
         raise typer.Exit(ExitCode.BAD_INPUT) from None
 
-    async def run() -> int:
-        engine = make_engine(settings.database_url.get_secret_value())
-        try:
-            store = open_keystore(settings, engine)
-            try:
-                return await store.rewrap(old)
-            finally:
-                await store.aclose()
-        finally:
-            await engine.dispose()
+    async def run(_: AsyncEngine, store: KeyStore) -> int:
+        return await store.rewrap(old)
 
     try:
-        count = asyncio.run(run())
+        count = asyncio.run(with_keystore(settings, run))
     except KeyStoreError as exc:
         err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(ExitCode.BAD_INPUT) from None

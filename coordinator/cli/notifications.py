@@ -12,6 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from coordinator.cli._app import emit_json, load_settings, out_console, read_database
 from coordinator.operations.notify.delivery import list_notifications
 
+__all__ = ["app"]
+
 app = typer.Typer(help="Webhook notifications and their delivery.", no_args_is_help=True)
 
 

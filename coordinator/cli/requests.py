@@ -24,6 +24,8 @@ from coordinator.erasure.service import Erasure
 from coordinator.settings import Settings
 from coordinator.store.db import make_engine
 
+__all__ = ["app"]
+
 app = typer.Typer(help="Erasure requests: a subject's data, everywhere.", no_args_is_help=True)
 
 JSON_OPTION = typer.Option(False, "--json", help="One JSON document on stdout.")

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-import getpass
 import uuid
 
 import typer
 from rich.markup import escape
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.cli._app import ExitCode, emit_json, err_console, load_settings, out_console
+from coordinator.cli._app import (
+    ExitCode,
+    actor,
+    emit_json,
+    err_console,
+    load_settings,
+    out_console,
+    with_keystore,
+)
 from coordinator.clock import SystemClock
-from coordinator.copies.crypto.keystore import KeyStoreError, open_keystore
+from coordinator.copies.crypto.keystore import KeyStore, KeyStoreError
 from coordinator.copies.vault.restore import RestoreError, RestoreReport, restore_run
 from coordinator.purge.holds import HoldError, parse_entity
 from coordinator.purge.planner import time_base
-from coordinator.store.db import make_engine
 
 __all__ = ["normalised_id", "restore"]
 
@@ -72,33 +79,24 @@ def restore(
     if by is None and not dry_run:
         err_console.print("[red]--by is required[/red] (who restores), unless --dry-run")
         raise typer.Exit(ExitCode.BAD_INPUT)
-    actor = f"{by or 'dry-run'} (os user {getpass.getuser()})"
     settings = load_settings()
 
-    async def go() -> RestoreReport:
-        engine = make_engine(settings.database_url.get_secret_value(), pool_size=2)
-        try:
-            keys = open_keystore(settings, engine)
-            try:
-                async with engine.connect() as conn:
-                    now = (await time_base(conn, SystemClock())).now
-                return await restore_run(
-                    engine,
-                    keys,
-                    run_id,
-                    entity=chosen,
-                    dry_run=dry_run,
-                    by=actor,
-                    now=now,
-                    batch_size=batch_size,
-                )
-            finally:
-                await keys.aclose()
-        finally:
-            await engine.dispose()
+    async def go(engine: AsyncEngine, keys: KeyStore) -> RestoreReport:
+        async with engine.connect() as conn:
+            now = (await time_base(conn, SystemClock())).now
+        return await restore_run(
+            engine,
+            keys,
+            run_id,
+            entity=chosen,
+            dry_run=dry_run,
+            by=actor(by or "dry-run"),
+            now=now,
+            batch_size=batch_size,
+        )
 
     try:
-        report = asyncio.run(go())
+        report = asyncio.run(with_keystore(settings, go, pool_size=2))
     except (RestoreError, KeyStoreError) as exc:
         err_console.print(f"[red]{escape(str(exc))}[/red]", highlight=False)
         raise typer.Exit(ExitCode.BAD_INPUT) from None

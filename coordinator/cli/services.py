@@ -24,6 +24,7 @@ from coordinator.cli._app import (
     load_settings,
     out_console,
     read_database,
+    write_database,
 )
 from coordinator.cli._policies import POLICIES_OPTION, load_policy_set
 from coordinator.clock import SystemClock
@@ -33,6 +34,8 @@ from coordinator.policy.durations import parse_duration
 from coordinator.store.db import make_engine
 from coordinator.store.tables import service_registry
 from coordinator.tracking import drift, waivers
+
+__all__ = ["BY_OPTION", "JSON_OPTION", "acks_app", "app"]
 
 app = typer.Typer(help="Declared services: drift, suggest, retire, backfill.", no_args_is_help=True)
 acks_app = typer.Typer(help="Acknowledgements: waive one.", no_args_is_help=True)
@@ -46,17 +49,7 @@ T = TypeVar("T")
 
 
 def _write(work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-    settings = load_settings()
-
-    async def go() -> T:
-        engine = make_engine(settings.database_url.get_secret_value(), pool_size=1)
-        try:
-            async with engine.begin() as conn:
-                return await work(conn)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(go())
+    return write_database(load_settings(), work)
 
 
 @app.command("list")

@@ -28,6 +28,7 @@ from typing import Annotated
 import structlog
 from fastapi import Cookie, Depends, HTTPException, Request, status
 
+from coordinator import CoordinatorError
 from coordinator.api._context import Context
 from coordinator.api.auth import bearer_principal, token_store
 from coordinator.api.tokens import Principal, TokensFileError
@@ -57,7 +58,7 @@ MIN_SECRET_BYTES = 32
 SETTING = "RETENTION_UI_SECRET_FILE"
 
 
-class ConsoleSecretError(ValueError):
+class ConsoleSecretError(CoordinatorError, ValueError):
     """RETENTION_UI_SECRET_FILE is set but cannot be read or is too short."""
 
 

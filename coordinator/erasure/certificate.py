@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.copies.backups import BackupHorizon
 from coordinator.erasure.requests import get_request, request_from_row, request_parts
+from coordinator.evidence.audit import AuditAction
 from coordinator.outbox.lookup import EVENTS, event_counts
 from coordinator.store.tables import (
     ack_ledger,
@@ -30,11 +31,11 @@ from coordinator.store.tables import (
 __all__ = ["certificate", "detail", "render_html", "requests_since"]
 
 _ACTIONS = (
-    "erasure.create",
-    "erasure.execute",
-    "erasure.extend",
-    "erasure.reject",
-    "erasure.held_downstream",
+    AuditAction.ERASURE_CREATE,
+    AuditAction.ERASURE_EXECUTE,
+    AuditAction.ERASURE_EXTEND,
+    AuditAction.ERASURE_REJECT,
+    AuditAction.ERASURE_HELD_DOWNSTREAM,
 )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -28,7 +28,9 @@ __all__ = [
     "BrokenLink",
     "append",
     "append_refs",
+    "broken_link",
     "canonical",
+    "chain_rows",
     "link",
     "lock_head",
     "try_lock_head",
@@ -80,14 +82,17 @@ class AuditAction(StrEnum):
     DATA_KEY_DESTROYING = "data_key.destroying"
     VAULT_RESTORE = "vault.restore"
     ARCHIVE_ENCRYPTED = "archive.encrypted"
+    ACK_WAIVED = "ack_waived"
+    SERVICE_RETIRED = "service_retired"
 
 
 @dataclass(frozen=True, slots=True)
 class AuditEntry:
     """One thing the coordinator did."""
 
-    action: str
-    """An `AuditAction` when written; read back as the stored text."""
+    action: AuditAction
+    """Read back from the chain, the stored text (an action of an older version stays
+    verifiable)."""
     actor: str
     data: Mapping[str, Any]
 
@@ -184,10 +189,8 @@ async def try_lock_head(conn: AsyncConnection) -> bool:
     return bool(await conn.scalar(select(func.pg_try_advisory_xact_lock(_CHAIN_LOCK))))
 
 
-async def verify(conn: AsyncConnection, *, chunk: int = 10_000) -> tuple[int, BrokenLink | None]:
-    """Walk the chain from the start; return rows checked and the first broken link, if any."""
-    prev, expected_seq, checked = GENESIS, 1, 0
-    after = 0
+async def chain_rows(conn: AsyncConnection, *, after: int, chunk: int) -> AsyncIterator[Any]:
+    """The chain's rows after seq `after`, in order, read `chunk` at a time."""
     while True:
         rows = (
             await conn.execute(
@@ -198,14 +201,31 @@ async def verify(conn: AsyncConnection, *, chunk: int = 10_000) -> tuple[int, Br
             )
         ).all()
         if not rows:
-            return checked, None
+            return
         for row in rows:
-            if row.seq != expected_seq:
-                return checked, BrokenLink(expected_seq, f"row {expected_seq} is missing")
-            if row.prev_hash != prev:
-                return checked, BrokenLink(row.seq, "prev_hash does not match the previous row")
-            entry = AuditEntry(row.action, row.actor, row.data)
-            if link(prev, canonical(row.seq, row.at, entry)) != row.hash:
-                return checked, BrokenLink(row.seq, "content does not match its hash (edited)")
-            prev, expected_seq, checked = row.hash, expected_seq + 1, checked + 1
+            yield row
         after = rows[-1].seq
+
+
+def broken_link(row: Any, *, prev: str, expected: int) -> BrokenLink | None:
+    """What is wrong with `row` as the chain's next row (`expected` its seq, `prev` the
+    hash before it), or None."""
+    if row.seq != expected:
+        return BrokenLink(expected, f"row {expected} is missing")
+    if row.prev_hash != prev:
+        return BrokenLink(row.seq, "prev_hash does not match the previous row")
+    entry = AuditEntry(row.action, row.actor, row.data)
+    if link(prev, canonical(row.seq, row.at, entry)) != row.hash:
+        return BrokenLink(row.seq, "content does not match its hash (edited)")
+    return None
+
+
+async def verify(conn: AsyncConnection, *, chunk: int = 10_000) -> tuple[int, BrokenLink | None]:
+    """Walk the chain from the start; return rows checked and the first broken link, if any."""
+    prev, expected_seq, checked = GENESIS, 1, 0
+    async for row in chain_rows(conn, after=0, chunk=chunk):
+        broken = broken_link(row, prev=prev, expected=expected_seq)
+        if broken is not None:
+            return checked, broken
+        prev, expected_seq, checked = row.hash, expected_seq + 1, checked + 1
+    return checked, None

@@ -25,6 +25,7 @@ from typing import Any, Literal
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from coordinator import CoordinatorError
 from coordinator.evidence import audit
 from coordinator.store.tables import audit_checkpoints, audit_log
 from schemas.signing import SIGNATURE_HEADER, Signer, Verifier
@@ -195,33 +196,15 @@ async def verify_chain(
     else:
         prev, expected, after = start[1], start[0] + 1, start[0]
     first, checked, last = expected, 0, after
-    while True:
-        rows = (
-            await conn.execute(
-                select(audit_log)
-                .where(audit_log.c.seq > after)
-                .order_by(audit_log.c.seq)
-                .limit(chunk)
-            )
-        ).all()
-        if not rows:
-            return ChainReport(checked, None, first, last)
-        for row in rows:
-            while row.seq != expected and expected in pruned:
-                gap = pruned[expected]
-                prev, expected = gap.hash, gap.last_seq + 1
-            if row.seq != expected:
-                broken = audit.BrokenLink(expected, f"row {expected} is missing")
-                return ChainReport(checked, broken, first, last)
-            if row.prev_hash != prev:
-                broken = audit.BrokenLink(row.seq, "prev_hash does not match the previous row")
-                return ChainReport(checked, broken, first, last)
-            entry = audit.AuditEntry(row.action, row.actor, row.data)
-            if audit.link(prev, audit.canonical(row.seq, row.at, entry)) != row.hash:
-                broken = audit.BrokenLink(row.seq, "content does not match its hash (edited)")
-                return ChainReport(checked, broken, first, last)
-            prev, expected, checked, last = row.hash, expected + 1, checked + 1, row.seq
-        after = rows[-1].seq
+    async for row in audit.chain_rows(conn, after=after, chunk=chunk):
+        while row.seq != expected and expected in pruned:
+            gap = pruned[expected]
+            prev, expected = gap.hash, gap.last_seq + 1
+        broken = audit.broken_link(row, prev=prev, expected=expected)
+        if broken is not None:
+            return ChainReport(checked, broken, first, last)
+        prev, expected, checked, last = row.hash, expected + 1, checked + 1, row.seq
+    return ChainReport(checked, None, first, last)
 
 
 async def take_head(
@@ -252,7 +235,7 @@ async def take_head(
     return point
 
 
-class ChainBroken(RuntimeError):
+class ChainBroken(CoordinatorError, RuntimeError):
     """The chain does not verify: no head is signed over it."""
 
     def __init__(self, broken: audit.BrokenLink) -> None:

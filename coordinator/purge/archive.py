@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import Column, DateTime, LargeBinary, MetaData, Row, Table, Uuid, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from coordinator import CoordinatorError
 from coordinator.copies.crypto.envelope import SealError, open_sealed, seal
 from coordinator.copies.crypto.keystore import DataKey, KeyStore
 
@@ -43,11 +44,11 @@ SEALED = "archive_sealed"
 _OWN_COLUMNS = frozenset({ARCHIVED_AT, KEY_ID, SEALED})
 
 
-class CryptoShredded(Exception):
+class CryptoShredded(CoordinatorError):
     """The archived rows' data key was destroyed: they can never be read again."""
 
 
-class ArchiveTampered(Exception):
+class ArchiveTampered(CoordinatorError):
     """An archived row does not open under its key: altered, or moved from another row."""
 
 

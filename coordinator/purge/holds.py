@@ -463,7 +463,10 @@ async def hold_audit(conn: AsyncConnection, hold_id: str) -> list[dict[str, Any]
     a = audit_log.c
     rows = await conn.execute(
         select(a.seq, a.at, a.action, a.actor, a.hash)
-        .where(a.action.in_(("hold.create", "hold.release")), a.data["hold_id"].astext == hold_id)
+        .where(
+            a.action.in_((AuditAction.HOLD_CREATE, AuditAction.HOLD_RELEASE)),
+            a.data["hold_id"].astext == hold_id,
+        )
         .order_by(a.seq)
     )
     return [dict(row._mapping) for row in rows]

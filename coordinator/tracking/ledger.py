@@ -32,7 +32,9 @@ __all__ = [
     "RejectReason",
     "Transition",
     "apply_acks",
+    "audited_rejects",
     "compute_transitions",
+    "insert_ledger",
     "ledger_row",
     "write_transitions",
 ]
@@ -226,10 +228,10 @@ async def _record(
     """
     last_seq, _ = await audit.lock_head(conn)
     accepted_seq = last_seq + 1
-    inserted = await _insert_ledger(conn, accepted_rows, audit_seq=accepted_seq)
+    inserted = await insert_ledger(conn, accepted_rows, audit_seq=accepted_seq)
     fresh = [record for key, record in candidates.items() if key in inserted]
     rejected_seq = accepted_seq + 1 if fresh else accepted_seq
-    inserted |= await _insert_ledger(conn, rejected_rows, audit_seq=rejected_seq)
+    inserted |= await insert_ledger(conn, rejected_rows, audit_seq=rejected_seq)
     outcome.duplicates = len(candidates) - len(fresh)
     # A redelivered rejected record was already recorded (and audited) the first time.
     outcome.rejected = [(r, why) for r, why in outcome.rejected if _where(r) in inserted]
@@ -271,10 +273,11 @@ async def _audit_and_store(
     entries = _audit_entries(outcome, transitions)
     refs = await audit.append_refs(conn, entries, at=now)
     ref_by_action = dict(zip((e.action for e in entries), refs, strict=True))
-    for action, seq in zip(("acks_accepted", "acks_rejected"), seqs, strict=True):
+    accepted_rejected = (audit.AuditAction.ACKS_ACCEPTED, audit.AuditAction.ACKS_REJECTED)
+    for action, seq in zip(accepted_rejected, seqs, strict=True):
         if action in ref_by_action and ref_by_action[action].seq != seq:
             raise RuntimeError(f"{action} landed at seq {ref_by_action[action].seq}, not {seq}")
-    completed_ref = ref_by_action.get("events_completed")
+    completed_ref = ref_by_action.get(audit.AuditAction.EVENTS_COMPLETED)
     await write_transitions(
         conn, transitions, completed_seq=completed_ref.seq if completed_ref else None, now=now
     )
@@ -405,10 +408,28 @@ def ledger_row(record: ConsumedAck, now: datetime, reason: RejectReason | None) 
     }
 
 
-async def _insert_ledger(
+def audited_rejects(rejected: Sequence[tuple[ConsumedAck, RejectReason]]) -> list[dict[str, Any]]:
+    """Rejected acks as the audit log records them: where each was read, why it was
+    refused, and which event and service it named."""
+    return [
+        {
+            "partition": r.partition,
+            "offset": r.offset,
+            "reason": why.value,
+            "event_id": r.ack.event_id if r.ack else None,
+            "service": r.ack.service if r.ack else None,
+        }
+        for r, why in rejected
+    ]
+
+
+async def insert_ledger(
     conn: AsyncConnection, rows: list[dict[str, Any]], *, audit_seq: int
 ) -> set[_Where]:
-    """Insert what is new; return which records were."""
+    """Insert what is new; return which records were (as topic, partition, offset).
+
+    Verify answers (coordinator/copies/verification/answers.py) go in through here too,
+    so one de-duplication rule holds for every ledger row."""
     if not rows:
         return set()
     c = ack_ledger.c
@@ -520,18 +541,7 @@ def _audit_entries(outcome: LedgerOutcome, transitions: list[Transition]) -> lis
             audit.AuditEntry(
                 audit.AuditAction.ACKS_REJECTED,
                 ACTOR,
-                {
-                    "acks": [
-                        {
-                            "partition": r.partition,
-                            "offset": r.offset,
-                            "reason": why.value,
-                            "event_id": r.ack.event_id if r.ack else None,
-                            "service": r.ack.service if r.ack else None,
-                        }
-                        for r, why in outcome.rejected
-                    ]
-                },
+                {"acks": audited_rejects(outcome.rejected)},
             )
         )
     for state in ("completed", "failed"):

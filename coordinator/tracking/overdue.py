@@ -21,13 +21,14 @@ from typing import Any
 from sqlalchemy import select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from coordinator import CoordinatorError
 from coordinator.store.tables import event_status, expected_acks
 from coordinator.tracking.deadlines import ack_deadline, ack_late
 
 __all__ = ["BadCursor", "Cursor", "OverduePage", "overdue_page"]
 
 
-class BadCursor(ValueError):
+class BadCursor(CoordinatorError, ValueError):
     """A cursor this module did not make (or one from a changed format)."""
 
 

@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.copies.backups import BackupHorizon
 from coordinator.copies.verification.queries import answers_by_service, entity_verifications
+from coordinator.evidence.audit import AuditAction
 from coordinator.evidence.pseudonyms import Pepper
 from coordinator.outbox.lookup import EVENTS, by_entity, by_event_ids, events
 from coordinator.store.tables import (
@@ -456,7 +457,7 @@ async def local_purges(
             )
         )
         .where(
-            log.action == "purge.batch",
+            log.action == AuditAction.PURGE_BATCH,
             log.data["entity_type"].astext == entity_type,
             log.data["ids"].contains(func.jsonb_build_array(entity_id)),
         )

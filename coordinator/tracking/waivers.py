@@ -45,7 +45,7 @@ async def waive_ack(
     return await _waive(
         conn,
         and_(expected_acks.c.event_id == event_id, expected_acks.c.service == service),
-        action="ack_waived",
+        action=audit.AuditAction.ACK_WAIVED,
         data={"event_id": event_id, "service": service, "reason": reason},
         reason=reason,
         actor=actor,
@@ -60,7 +60,7 @@ async def retire_service(
     return await _waive(
         conn,
         expected_acks.c.service == service,
-        action="service_retired",
+        action=audit.AuditAction.SERVICE_RETIRED,
         data={"service": service, "reason": reason},
         reason=reason,
         actor=actor,
@@ -72,7 +72,7 @@ async def _waive(
     conn: AsyncConnection,
     which: Any,
     *,
-    action: str,
+    action: audit.AuditAction,
     data: dict[str, Any],
     reason: str,
     actor: str,
@@ -112,7 +112,9 @@ async def _waive(
     completed = [t.event_id for t in transitions if t.state == "completed"]
     entries = [audit.AuditEntry(action, actor, {**data, "events": waived})]
     if completed:
-        entries.append(audit.AuditEntry("events_completed", actor, {"events": completed}))
+        entries.append(
+            audit.AuditEntry(audit.AuditAction.EVENTS_COMPLETED, actor, {"events": completed})
+        )
     refs = await audit.append_refs(conn, entries, at=now)
     await ledger.write_transitions(
         conn, transitions, completed_seq=refs[-1].seq if completed else None, now=now

@@ -18,8 +18,7 @@ from sqlalchemy import func, select
 from coordinator.clock import FrozenClock
 from coordinator.store.tables import ack_ledger, event_status, expected_acks
 from schemas import AckStatus
-from services import billing, notifications, preferences
-from services.preferences.service import DEMO_PREFERENCES
+from services import EXAMPLES
 from tests import keys
 from tests.e2e import workload
 from tests.e2e.harness import (
@@ -198,9 +197,7 @@ async def test_tracker_completion_reminders_overdue_forgery_and_cli(stack: Stack
         1,
     )
     assert {s["service"]: (s["status"], s["records_affected"]) for s in event["services"]} == {
-        "billing": ("completed", 2),
-        "notifications": ("completed", workload.NOTIFICATIONS_PER_USER),
-        "preferences": ("completed", len(DEMO_PREFERENCES)),
+        service: ("completed", workload.rows_per_user(service)) for service in PRODUCT_SERVICES
     }
     assert all(s["acknowledged_at"] for s in event["services"])
 
@@ -228,9 +225,9 @@ async def test_tracker_completion_reminders_overdue_forgery_and_cli(stack: Stack
 async def _publish_late_users(stack: Stack) -> dict[str, uuid.UUID]:
     """Seed and enqueue users the silent service is now expected for."""
     url = stack.services_url
-    await notifications.seed(url, LATE_USERS)
-    await preferences.seed(url, LATE_USERS)
-    await billing.seed(url, LATE_USERS)
+    for example in EXAMPLES:
+        if not example.faust:
+            await example.seed(url, LATE_USERS)
     rows = outbox_rows(len(LATE_USERS), policy="inactive_users", entity_ids=LATE_USERS)
     engine = stack.engine()
     try:

@@ -15,7 +15,6 @@ the test sees it waiting there, and kills it. Afterwards nothing is half done:
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,8 +27,6 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator.clock import SystemClock
-from coordinator.copies.crypto.keystore import open_keystore
-from coordinator.copies.crypto.provider import write_kek
 from coordinator.evidence.audit import _CHAIN_LOCK
 from coordinator.policy.model import PolicySet, parse_policies
 from coordinator.purge.archive import CryptoShredded
@@ -37,9 +34,8 @@ from coordinator.purge.archive_read import read_entity
 from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
 from coordinator.store.db import make_engine
-from coordinator.store.migrate import upgrade
 from coordinator.store.tables import audit_log, data_keys, legal_hold_entities, vault
-from tests import infra
+from tests.sealed import sealed_databases
 
 POLICIES = """\
 policies:
@@ -77,64 +73,44 @@ class Env:
 
 @pytest.fixture
 async def env(postgres_url: str, tmp_path: Path) -> AsyncIterator[Env]:
-    url = await infra.create_database(postgres_url, "test_vault_kills")
-    keystore_url = await infra.create_database(postgres_url, "test_vault_kills_keys")
-    await upgrade(url)
-    kek = tmp_path / "kek.hex"
-    write_kek(kek)
-    policies = tmp_path / "policies.yaml"
-    policies.write_text(POLICIES)
-    settings = Settings(database_url=url, keystore_url=keystore_url, kek_file=kek)
-    engine, keystore = make_engine(url), make_engine(keystore_url)
-    keys = open_keystore(settings, engine)
-    await keys.create_schema()
-    await keys.aclose()
-    old = datetime.now(UTC) - timedelta(days=90)
-    async with engine.begin() as conn:
-        await conn.execute(
-            text(
-                "CREATE TABLE vk_notes (id bigint PRIMARY KEY, author_id bigint, body text, "
-                "written_at timestamptz)"
-            )
-        )
-        await conn.execute(
-            text(
-                "CREATE TABLE vk_users (id bigint PRIMARY KEY, email text UNIQUE, "
-                "seen_at timestamptz)"
-            )
-        )
-        for n, author in ((1, 7), (2, 7), (3, 8)):
+    async with sealed_databases(postgres_url, "test_vault_kills", tmp_path, POLICIES) as sealed:
+        engine, keystore = sealed.engine, make_engine(sealed.keystore_url)
+        old = datetime.now(UTC) - timedelta(days=90)
+        async with engine.begin() as conn:
             await conn.execute(
-                text("INSERT INTO vk_notes VALUES (:n, :a, :b, :ts)"),
-                {"n": n, "a": author, "b": f"note {n}", "ts": old},
+                text(
+                    "CREATE TABLE vk_notes (id bigint PRIMARY KEY, author_id bigint, body text, "
+                    "written_at timestamptz)"
+                )
             )
-        for n in range(1, 5):
             await conn.execute(
-                text("INSERT INTO vk_users VALUES (:n, :e, :ts)"),
-                {"n": n, "e": f"u{n}@example.com", "ts": old},
+                text(
+                    "CREATE TABLE vk_users (id bigint PRIMARY KEY, email text UNIQUE, "
+                    "seen_at timestamptz)"
+                )
             )
-    environ = {
-        **os.environ,
-        "RETENTION_DATABASE_URL": url,
-        "RETENTION_KEYSTORE_URL": keystore_url,
-        "RETENTION_KEK_FILE": str(kek),
-        "RETENTION_POLICIES": str(policies),
-    }
-    try:
-        yield Env(
-            url,
-            keystore_url,
-            engine,
-            keystore,
-            settings,
-            parse_policies(POLICIES, "kills.yaml"),
-            environ,
-        )
-    finally:
-        await engine.dispose()
-        await keystore.dispose()
-        await infra.drop_database(url)
-        await infra.drop_database(keystore_url)
+            for n, author in ((1, 7), (2, 7), (3, 8)):
+                await conn.execute(
+                    text("INSERT INTO vk_notes VALUES (:n, :a, :b, :ts)"),
+                    {"n": n, "a": author, "b": f"note {n}", "ts": old},
+                )
+            for n in range(1, 5):
+                await conn.execute(
+                    text("INSERT INTO vk_users VALUES (:n, :e, :ts)"),
+                    {"n": n, "e": f"u{n}@example.com", "ts": old},
+                )
+        try:
+            yield Env(
+                sealed.url,
+                sealed.keystore_url,
+                engine,
+                keystore,
+                sealed.settings,
+                parse_policies(POLICIES, "kills.yaml"),
+                sealed.environ(),
+            )
+        finally:
+            await keystore.dispose()
 
 
 async def _start(env: Env, *argv: str) -> asyncio.subprocess.Process:

@@ -7,18 +7,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
 import re
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy import select, text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.api import ApiContext
 from coordinator.api.health import KafkaHealth
@@ -37,11 +34,11 @@ from coordinator.purge.holds import create_hold, entity_types
 from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
 from coordinator.store.db import make_engine
-from coordinator.store.migrate import upgrade
 from coordinator.store.tables import audit_log, data_keys
 from schemas import KafkaSettings
 from tests import infra
 from tests.api.conftest import auth, make_client
+from tests.sealed import Sealed, sealed_databases
 
 POLICIES = """\
 policies:
@@ -59,16 +56,6 @@ SECRET = "s3cret-note-of-alice-{n}"
 """A value only the sealed part of an archived row holds."""
 
 
-@dataclass
-class Env:
-    url: str
-    keystore_url: str
-    kek: Path
-    policies: Path
-    engine: AsyncEngine
-    settings: Settings
-
-
 def _libpq(url: str) -> str:
     return re.sub(r"^postgres(ql)?(\+asyncpg)?://", "postgresql://", url)
 
@@ -82,7 +69,7 @@ async def _tool(*argv: str) -> bytes:
     return out
 
 
-async def _archive_read(env: Env, url: str, entity: str) -> tuple[int, str, str]:
+async def _archive_read(env: Sealed, url: str, entity: str) -> tuple[int, str, str]:
     retention = str(Path(sys.executable).parent / "retention")
     proc = await asyncio.create_subprocess_exec(
         retention,
@@ -92,13 +79,7 @@ async def _archive_read(env: Env, url: str, entity: str) -> tuple[int, str, str]
         "notes",
         "--entity",
         entity,
-        env={
-            **os.environ,
-            "RETENTION_DATABASE_URL": url,
-            "RETENTION_KEYSTORE_URL": env.keystore_url,
-            "RETENTION_KEK_FILE": str(env.kek),
-            "RETENTION_POLICIES": str(env.policies),
-        },
+        env={**env.environ(), "RETENTION_DATABASE_URL": url},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -108,42 +89,26 @@ async def _archive_read(env: Env, url: str, entity: str) -> tuple[int, str, str]
 
 
 @pytest.fixture
-async def env(postgres_url: str, tmp_path: Path) -> AsyncIterator[Env]:
-    url = await infra.create_database(postgres_url, "test_archive_data")
-    keystore_url = await infra.create_database(postgres_url, "test_archive_keys")
-    await upgrade(url)
-    kek = tmp_path / "kek.hex"
-    write_kek(kek)
-    policies = tmp_path / "policies.yaml"
-    policies.write_text(POLICIES)
-    settings = Settings(database_url=url, keystore_url=keystore_url, kek_file=kek)
-    engine = make_engine(url)
-    keys = open_keystore(settings, engine)
-    await keys.create_schema()
-    await keys.aclose()
-    old = datetime.now(UTC) - timedelta(days=90)
-    async with engine.begin() as conn:
-        await conn.execute(
-            text(
-                "CREATE TABLE ae_notes (id bigint PRIMARY KEY, author_id bigint, "
-                "body text, written_at timestamptz)"
-            )
-        )
-        for n, author in ((1, 7), (2, 7), (3, 8)):
+async def env(postgres_url: str, tmp_path: Path) -> AsyncIterator[Sealed]:
+    async with sealed_databases(postgres_url, "test_archive", tmp_path, POLICIES) as env:
+        old = datetime.now(UTC) - timedelta(days=90)
+        async with env.engine.begin() as conn:
             await conn.execute(
-                text("INSERT INTO ae_notes VALUES (:n, :a, :b, :ts)"),
-                {"n": n, "a": author, "b": SECRET.format(n=n), "ts": old},
+                text(
+                    "CREATE TABLE ae_notes (id bigint PRIMARY KEY, author_id bigint, "
+                    "body text, written_at timestamptz)"
+                )
             )
-    try:
-        yield Env(url, keystore_url, kek, policies, engine, settings)
-    finally:
-        await engine.dispose()
-        await infra.drop_database(url)
-        await infra.drop_database(keystore_url)
+            for n, author in ((1, 7), (2, 7), (3, 8)):
+                await conn.execute(
+                    text("INSERT INTO ae_notes VALUES (:n, :a, :b, :ts)"),
+                    {"n": n, "a": author, "b": SECRET.format(n=n), "ts": old},
+                )
+        yield env
 
 
 async def test_archive_is_sealed_readable_and_shredded_even_in_an_old_backup(
-    env: Env, tmp_path: Path
+    env: Sealed, tmp_path: Path
 ) -> None:
     policy_set = parse_policies(POLICIES, "notes.yaml")
     report = await Runner(env.engine, policy_set, env.settings).run(None)
@@ -218,7 +183,7 @@ async def test_archive_is_sealed_readable_and_shredded_even_in_an_old_backup(
         await infra.drop_database(restored)
 
 
-async def test_a_held_archived_copy_keeps_the_subjects_key(env: Env) -> None:
+async def test_a_held_archived_copy_keeps_the_subjects_key(env: Sealed) -> None:
     policy_set = parse_policies(POLICIES, "notes.yaml")
     assert (await Runner(env.engine, policy_set, env.settings).run(None)).ok
     async with env.engine.begin() as conn:
@@ -248,7 +213,7 @@ async def test_a_held_archived_copy_keeps_the_subjects_key(env: Env) -> None:
     assert [r["body"] for r in json.loads(out)] == [SECRET.format(n=3)]
 
 
-async def test_kek_rotation_rewraps_keys_and_leaves_the_data(env: Env, tmp_path: Path) -> None:
+async def test_kek_rotation_rewraps_keys_and_leaves_the_data(env: Sealed, tmp_path: Path) -> None:
     policy_set = parse_policies(POLICIES, "notes.yaml")
     assert (await Runner(env.engine, policy_set, env.settings).run(None)).ok
     async with env.engine.connect() as conn:
@@ -274,7 +239,7 @@ async def test_kek_rotation_rewraps_keys_and_leaves_the_data(env: Env, tmp_path:
 
 
 async def test_archive_read_over_http_needs_admin_and_says_gone_once_shredded(
-    env: Env, tmp_path: Path
+    env: Sealed, tmp_path: Path
 ) -> None:
     policy_set = parse_policies(POLICIES, "notes.yaml")
     assert (await Runner(env.engine, policy_set, env.settings).run(None)).ok
@@ -330,7 +295,7 @@ class _Interrupted(Exception):
     pass
 
 
-async def test_a_plain_archive_is_encrypted_in_place_and_resumes(env: Env) -> None:
+async def test_a_plain_archive_is_encrypted_in_place_and_resumes(env: Sealed) -> None:
     policy_set = parse_policies(POLICIES, "notes.yaml")
     old = datetime.now(UTC) - timedelta(days=400)
     async with env.engine.begin() as conn:
@@ -384,13 +349,7 @@ async def test_a_plain_archive_is_encrypted_in_place_and_resumes(env: Env) -> No
     proc = await asyncio.create_subprocess_exec(
         *(retention, "archive", "encrypt", "--policy", "notes", "--by", "ops"),
         *("--batch-size", "2", "--json"),
-        env={
-            **os.environ,
-            "RETENTION_DATABASE_URL": env.url,
-            "RETENTION_KEYSTORE_URL": env.keystore_url,
-            "RETENTION_KEK_FILE": str(env.kek),
-            "RETENTION_POLICIES": str(env.policies),
-        },
+        env=env.environ(),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

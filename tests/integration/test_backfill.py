@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -17,9 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from consumer_sdk import ConsumerSettings, RetentionConsumer, RetentionEvent
+from consumer_sdk import RetentionConsumer, RetentionEvent
 from coordinator.clock import SystemClock
 from coordinator.evidence import audit
 from coordinator.kafka.clients import KafkaPublisher
@@ -30,21 +28,10 @@ from coordinator.store.tables import audit_log, event_status
 from coordinator.tracking import queries
 from schemas import KafkaSettings, decode
 from tests import infra, keys
-from tests.e2e.harness import RETENTION_CLI
-from tests.infra import ROOT
+from tests.integration.operations_support import FAST, event_states, run_cli
 from tests.integration.tracking_support import ack, drain, insert_published, make_tracker, produce
 from tests.sdk.kafka_io import read_topic
 
-FAST = ConsumerSettings(
-    database_url=None,
-    retry_initial_s=0.01,
-    retry_max_s=0.05,
-    retry_jitter_s=0.01,
-    poll_timeout_s=0.2,
-    shutdown_timeout_s=10,
-    error_backoff_s=0.2,
-    max_attempts=2,
-)
 BOTH = ["delete", "anonymize"]
 WINDOW = timedelta(days=14)
 
@@ -91,7 +78,7 @@ async def test_a_new_service_is_backfilled_for_the_last_days_and_certificates_na
         ],
     )
     await drain(tracker, 5)
-    assert await _states(engine, [*recent, *past, invoice]) == ["completed"] * 5
+    assert await event_states(engine, [*recent, *past, invoice]) == ["completed"] * 5
     await tracker.stop()  # its engine is `engine`, used to the end
 
     # The policy file now declares `new`; the tracker restarts with it, as `serve` does.
@@ -148,7 +135,7 @@ async def test_a_new_service_is_backfilled_for_the_last_days_and_certificates_na
         assert min(r.deadline for r in rows) >= now + WINDOW
 
         await drain(tracker, 3)
-        assert await _states(engine, [*recent, *past, invoice]) == ["completed"] * 5
+        assert await event_states(engine, [*recent, *past, invoice]) == ["completed"] * 5
         assert calls == Counter({e: 1 for e in recent})
 
         async with engine.connect() as conn:
@@ -209,20 +196,6 @@ def test_backfilled_reports_counts() -> None:
     assert done.as_dict() == {"covered": 2, "added": 1, "reopened": 0, "sent": 1, "held": []}
 
 
-async def _states(engine: AsyncEngine, events: list[uuid.UUID]) -> list[str]:
-    async with engine.connect() as conn:
-        found = dict(
-            (
-                await conn.execute(
-                    select(event_status.c.event_id, event_status.c.state).where(
-                        event_status.c.event_id.in_(events)
-                    )
-                )
-            ).all()
-        )
-    return [found[e] for e in events]
-
-
 async def test_the_backfill_command_reads_the_declaration_and_shows_progress(
     database: str, topics: KafkaSettings, tmp_path: Path
 ) -> None:
@@ -267,7 +240,7 @@ async def test_the_backfill_command_reads_the_declaration_and_shows_progress(
         )
         assert await tracker.track_published() == 2
         done = await asyncio.to_thread(
-            _cli,
+            run_cli,
             database,
             topics,
             "services",
@@ -305,7 +278,7 @@ async def test_the_backfill_command_reads_the_declaration_and_shows_progress(
         assert {decode(RetentionEvent, r.value).event_id for r in records} == set(events)
 
         refused = await asyncio.to_thread(
-            _cli,
+            run_cli,
             database,
             topics,
             "services",
@@ -323,19 +296,3 @@ async def test_the_backfill_command_reads_the_declaration_and_shows_progress(
     finally:
         await tracker.stop()
         await engine.dispose()
-
-
-def _cli(database: str, kafka: KafkaSettings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RETENTION_")}
-    env.update(kafka.environ())
-    env.update(infra.signing_env())
-    env["RETENTION_DATABASE_URL"] = database
-    return subprocess.run(
-        [RETENTION_CLI, *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )

@@ -17,7 +17,7 @@ from coordinator.store.migrate import upgrade
 from schemas import KafkaSettings
 from schemas.dlq import DlqReason, dlq_headers
 from tests import infra
-from tests.integration.test_dlq_redrive import cli
+from tests.integration.operations_support import run_cli
 
 FLOOD = 3000
 # Larger than one fetch (1 MiB per partition by default): the read takes several.
@@ -72,14 +72,14 @@ async def test_a_flooded_dlq_is_counted_whole_and_listed_up_to_the_limit(
     assert listing.groups["flood", "poison"][0] == FLOOD
 
     listed = await asyncio.to_thread(
-        cli, database, topics, "dlq", "list", "--json", "--limit", "10"
+        run_cli, database, topics, "dlq", "list", "--json", "--limit", "10"
     )
     assert listed.returncode == 0, listed.stderr
     body = json.loads(listed.stdout)
     assert (len(body["records"]), body["total"], body["truncated"]) == (10, FLOOD, True)
 
     done = await asyncio.to_thread(
-        cli, database, topics, "dlq", "redrive", "--service", "flood", "--by", "oncall",
+        run_cli, database, topics, "dlq", "redrive", "--service", "flood", "--by", "oncall",
         "--json", "--limit", "5",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

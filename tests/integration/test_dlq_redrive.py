@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -18,32 +16,20 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from consumer_sdk import ConsumerSettings, RetentionConsumer, RetentionEvent
+from consumer_sdk import RetentionConsumer, RetentionEvent
 from coordinator.clock import SystemClock
 from coordinator.operations.dlq import DeadLetter
 from coordinator.outbox.relay import OutboxRelay
 from coordinator.settings import RelaySettings
 from coordinator.store.migrate import upgrade
-from coordinator.store.tables import audit_log, event_status
+from coordinator.store.tables import audit_log
 from schemas import EventType, KafkaSettings, encode
 from schemas.dlq import DlqHeader, DlqReason, dlq_headers
 from schemas.signing import SignatureSettings
 from tests import infra, keys
-from tests.e2e.harness import RETENTION_CLI
-from tests.infra import ROOT
+from tests.integration.operations_support import FAST, event_states, run_cli
 from tests.integration.tracking_support import drain, insert_published, make_tracker
 from tests.sdk.kafka_io import eventually, read_topic
-
-FAST = ConsumerSettings(
-    database_url=None,
-    retry_initial_s=0.01,
-    retry_max_s=0.05,
-    retry_jitter_s=0.01,
-    poll_timeout_s=0.2,
-    shutdown_timeout_s=10,
-    error_backoff_s=0.2,
-    max_attempts=2,
-)
 
 
 @pytest.fixture
@@ -73,22 +59,6 @@ def service_app(
         return 1
 
     return app
-
-
-def cli(database: str, kafka: KafkaSettings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RETENTION_")}
-    env.update(kafka.environ())
-    env.update(infra.signing_env())
-    env["RETENTION_DATABASE_URL"] = database
-    return subprocess.run(
-        [RETENTION_CLI, *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 async def test_a_fixed_service_is_redriven_from_the_dlq_and_its_events_complete(
@@ -123,7 +93,7 @@ async def test_a_fixed_service_is_redriven_from_the_dlq_and_its_events_complete(
             await drain(tracker, 3)
         finally:
             await broken.stop()
-        assert await _states(engine, events) == ["failed"] * 3
+        assert await event_states(engine, events) == ["failed"] * 3
         assert set(broken_calls.values()) == {FAST.max_attempts}
 
         # Two dead letters that must never become events: an unsigned copy of an event
@@ -164,7 +134,7 @@ async def test_a_fixed_service_is_redriven_from_the_dlq_and_its_events_complete(
         )
 
         listed = await asyncio.to_thread(
-            cli, database, topics, "dlq", "list", "--service", service, "--json"
+            run_cli, database, topics, "dlq", "list", "--service", service, "--json"
         )
         assert listed.returncode == 0, listed.stderr
         records = json.loads(listed.stdout)["records"]
@@ -173,7 +143,7 @@ async def test_a_fixed_service_is_redriven_from_the_dlq_and_its_events_complete(
         )
         assert "never-published" not in listed.stdout  # record keys name entities
         assert {r["error"] for r in records if r["reason"] == "failed"} == {"KeyError"}
-        summary = await asyncio.to_thread(cli, database, topics, "dlq", "list")
+        summary = await asyncio.to_thread(run_cli, database, topics, "dlq", "list")
         assert summary.returncode == 0, summary.stderr
         rows = {tuple(line.split("│")[1:4]) for line in summary.stdout.splitlines() if "│" in line}
         assert {tuple(cell.strip() for cell in row) for row in rows} >= {
@@ -183,7 +153,7 @@ async def test_a_fixed_service_is_redriven_from_the_dlq_and_its_events_complete(
 
         await fixed.start()
         done = await asyncio.to_thread(
-            cli,
+            run_cli,
             database,
             topics,
             "dlq",
@@ -262,19 +232,5 @@ async def _dead_letter(
         await producer.stop()
 
 
-async def _states(engine: AsyncEngine, events: list[uuid.UUID]) -> list[str]:
-    async with engine.connect() as conn:
-        found = dict(
-            (
-                await conn.execute(
-                    select(event_status.c.event_id, event_status.c.state).where(
-                        event_status.c.event_id.in_(events)
-                    )
-                )
-            ).all()
-        )
-    return [found[e] for e in events]
-
-
 async def _are(engine: AsyncEngine, events: list[uuid.UUID], state: str) -> bool:
-    return await _states(engine, events) == [state] * len(events)
+    return await event_states(engine, events) == [state] * len(events)

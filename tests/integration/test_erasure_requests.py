@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import MetaData, Table, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from consumer_sdk import ConsumerSettings, RetentionConsumer, RetentionEvent
+from consumer_sdk import RetentionConsumer, RetentionEvent
 from coordinator.clock import FrozenClock, SystemClock
 from coordinator.copies.crypto.keystore import open_keystore
 from coordinator.erasure.due import Regulation
@@ -52,6 +52,7 @@ from coordinator.store.migrate import upgrade
 from coordinator.tracking.tracker import Tracker
 from schemas import KafkaSettings
 from tests import infra, keys
+from tests.integration import operations_support
 from tests.integration.tracking_support import (
     insert_published,
     make_tracker,
@@ -139,16 +140,7 @@ USERS = (41, 42, 44)
 HELD = 44
 """User 44 is under a subject hold; 41 is the bystander."""
 
-FAST = ConsumerSettings(
-    database_url=None,
-    retry_initial_s=0.01,
-    retry_max_s=0.05,
-    retry_jitter_s=0.01,
-    poll_timeout_s=0.2,
-    shutdown_timeout_s=10,
-    error_backoff_s=0.2,
-    max_attempts=3,
-)
+FAST = operations_support.FAST.model_copy(update={"max_attempts": 3})
 
 
 async def _seed(engine: AsyncEngine) -> None:

@@ -11,9 +11,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from consumer_sdk import ConsumerSettings, RetentionConsumer, RetentionEvent
+from consumer_sdk import RetentionConsumer, RetentionEvent
 from coordinator.clock import FrozenClock
 from coordinator.evidence import audit
 from coordinator.kafka.clients import KafkaPublisher
@@ -27,23 +27,14 @@ from coordinator.operations.republish import (
 from coordinator.outbox.lookup import events_by
 from coordinator.purge.holds import EntityTypes, IdForm, IdKind, create_hold
 from coordinator.store.migrate import upgrade
-from coordinator.store.tables import audit_log, event_status, expected_acks
+from coordinator.store.tables import audit_log, expected_acks
 from schemas import KafkaSettings
 from schemas.signing import Verifier
 from tests import infra, keys
+from tests.integration.operations_support import FAST, event_states
 from tests.integration.tracking_support import ack, drain, insert_published, make_tracker, produce
 from tests.sdk.kafka_io import read_topic
 
-FAST = ConsumerSettings(
-    database_url=None,
-    retry_initial_s=0.01,
-    retry_max_s=0.05,
-    retry_jitter_s=0.01,
-    poll_timeout_s=0.2,
-    shutdown_timeout_s=10,
-    error_backoff_s=0.2,
-    max_attempts=2,
-)
 BOTH = ["delete", "anonymize"]
 
 
@@ -120,7 +111,7 @@ async def test_an_overdue_event_completes_after_a_republish_to_one_service(
         await drain(tracker, 3)
         clock.advance(timedelta(days=2))
         assert await tracker.escalate_overdue() == 3
-        assert await _states(engine, events) == ["overdue"] * 3
+        assert await event_states(engine, events) == ["overdue"] * 3
 
         # Read before the hold exists, as a batch in flight would have been.
         async with engine.connect() as conn:
@@ -162,7 +153,7 @@ async def test_an_overdue_event_completes_after_a_republish_to_one_service(
             await republisher.republish(Selection(event_id=uuid.uuid4()), actor="x")
 
         await drain(tracker, 2)
-        assert await _states(engine, events) == ["completed", "completed", "overdue"]
+        assert await event_states(engine, events) == ["completed", "completed", "overdue"]
         async with engine.connect() as conn:
             statuses = dict(
                 (
@@ -179,7 +170,7 @@ async def test_an_overdue_event_completes_after_a_republish_to_one_service(
         await republisher.republish(Selection(event_id=events[0]), actor="ops-token")
         await drain(tracker, 1)
         assert calls == Counter({events[0]: 1, events[1]: 1})
-        assert await _states(engine, events) == ["completed", "completed", "overdue"]
+        assert await event_states(engine, events) == ["completed", "completed", "overdue"]
 
         # What went out is the relay's record: same id, same bytes, a valid coordinator
         # signature, and the header saying why.
@@ -213,17 +204,3 @@ async def test_an_overdue_event_completes_after_a_republish_to_one_service(
         await publisher.stop()
         await tracker.stop()
         await engine.dispose()
-
-
-async def _states(engine: AsyncEngine, events: list[uuid.UUID]) -> list[str]:
-    async with engine.connect() as conn:
-        found = dict(
-            (
-                await conn.execute(
-                    select(event_status.c.event_id, event_status.c.state).where(
-                        event_status.c.event_id.in_(events)
-                    )
-                )
-            ).all()
-        )
-    return [found[e] for e in events]

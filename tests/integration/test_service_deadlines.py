@@ -12,29 +12,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import FrozenClock
 from coordinator.outbox.events import event_id as nth_event_id
-from coordinator.store.tables import audit_log, event_status, expected_acks, outbox_batches
+from coordinator.store.tables import audit_log, expected_acks, outbox_batches
 from coordinator.tracking import deadlines, queries
 from coordinator.tracking.overdue import overdue_page
 from schemas import EventReason, KafkaSettings
 from tests import keys
+from tests.integration.operations_support import event_states
 from tests.integration.tracking_support import insert_published, make_tracker
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
-
-
-async def _states(engine: AsyncEngine, events: list[uuid.UUID]) -> list[str]:
-    async with engine.connect() as conn:
-        found = dict(
-            (
-                await conn.execute(
-                    select(event_status.c.event_id, event_status.c.state).where(
-                        event_status.c.event_id.in_(events)
-                    )
-                )
-            ).all()
-        )
-    return [found[e] for e in events]
 
 
 async def _complete(engine: AsyncEngine, event_id: uuid.UUID, *services: str) -> None:
@@ -101,7 +88,7 @@ async def test_each_service_is_late_by_its_own_deadline(
         # Day 7: billing is late where it has not answered; nobody else is late yet.
         clock.set(T0 + 7 * DAY + timedelta(seconds=1))
         assert await tracker.escalate_overdue() == 2
-        assert await _states(engine, events) == ["pending", "overdue", "overdue", "pending"]
+        assert await event_states(engine, events) == ["pending", "overdue", "overdue", "pending"]
         assert await _last_overdue_audit(engine) == {
             str(second): ["billing"],
             str(third): ["billing"],
@@ -132,7 +119,7 @@ async def test_each_service_is_late_by_its_own_deadline(
         # 60 days are not over: past the event's deadline, yet not overdue.
         clock.set(T0 + 30 * DAY + timedelta(seconds=1))
         assert await tracker.escalate_overdue() == 1
-        assert await _states(engine, events) == ["overdue", "overdue", "overdue", "pending"]
+        assert await event_states(engine, events) == ["overdue", "overdue", "overdue", "pending"]
         assert await _last_overdue_audit(engine) == {str(first): ["crm"]}
         async with engine.connect() as conn:
             archive = await overdue_page(
@@ -143,7 +130,7 @@ async def test_each_service_is_late_by_its_own_deadline(
         # Day 60: archive is late everywhere it has not answered.
         clock.set(T0 + 60 * DAY + timedelta(seconds=1))
         assert await tracker.escalate_overdue() == 1
-        assert await _states(engine, events) == ["overdue"] * 4
+        assert await event_states(engine, events) == ["overdue"] * 4
         assert await _last_overdue_audit(engine) == {str(fourth): ["archive"]}
         async with engine.connect() as conn:
             archive = await overdue_page(
@@ -207,7 +194,7 @@ async def test_an_erasure_requests_due_date_binds_every_service(
         # request's event, not on the policy's.
         clock.set(T0 + 30 * DAY + timedelta(seconds=1))
         await tracker.escalate_overdue()
-        assert await _states(engine, [policy_event, request_event]) == ["overdue", "overdue"]
+        assert await event_states(engine, [policy_event, request_event]) == ["overdue", "overdue"]
         async with engine.connect() as conn:
             archive = await overdue_page(
                 conn, service="archive", after=None, limit=10, now=clock.now()

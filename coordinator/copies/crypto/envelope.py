@@ -12,13 +12,15 @@ import os
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from coordinator import CoordinatorError
+
 __all__ = ["KEY_BYTES", "NONCE_BYTES", "SealError", "new_key", "open_sealed", "seal"]
 
 KEY_BYTES = 32  # AES-256
 NONCE_BYTES = 12  # random 96-bit nonces: safe far beyond any archive's row count per key
 
 
-class SealError(Exception):
+class SealError(CoordinatorError):
     """A sealed value did not open: wrong key, wrong place, or altered bytes."""
 
 

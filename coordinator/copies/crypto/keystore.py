@@ -18,6 +18,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from coordinator import CoordinatorError
 from coordinator.copies.crypto.envelope import new_key
 from coordinator.copies.crypto.provider import KeyProvider, LocalKeyProvider
 from coordinator.settings import Settings
@@ -27,7 +28,7 @@ from coordinator.store.tables import data_keys
 __all__ = ["DataKey", "KeyStore", "KeyStoreError", "open_keystore"]
 
 
-class KeyStoreError(Exception):
+class KeyStoreError(CoordinatorError):
     """The key store cannot be used as configured."""
 
 

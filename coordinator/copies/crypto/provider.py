@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Protocol
 
+from coordinator import CoordinatorError
 from coordinator.copies.crypto.envelope import KEY_BYTES, SealError, new_key, open_sealed, seal
 
 __all__ = ["KeyProvider", "LocalKeyProvider", "UnwrapError", "write_kek"]
@@ -27,7 +28,7 @@ __all__ = ["KeyProvider", "LocalKeyProvider", "UnwrapError", "write_kek"]
 _WRAP_CONTEXT = b"retention.data-key.v1"
 
 
-class UnwrapError(Exception):
+class UnwrapError(CoordinatorError):
     """A wrapped data key could not be unwrapped (another KEK, or altered bytes)."""
 
 

@@ -16,20 +16,24 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, any_, func, literal, select, tuple_, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import any_, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.evidence import audit
 from coordinator.store.tables import (
-    ack_ledger,
     event_status,
     expected_acks,
     verifications,
     verify_answers,
 )
 from coordinator.tracking.columns import event_ids_param, unnest
-from coordinator.tracking.ledger import LEDGER_COLUMNS, ConsumedAck, RejectReason, ledger_row
+from coordinator.tracking.ledger import (
+    ConsumedAck,
+    RejectReason,
+    audited_rejects,
+    insert_ledger,
+    ledger_row,
+)
 from schemas import VERIFY_STATUSES, AckStatus, EventType, RetentionAck
 
 __all__ = [
@@ -100,7 +104,7 @@ async def apply_answers(
         reason = _reject_reason(record, asked, answers)
         verdicts.append((record, reason))
         rows.append(ledger_row(record, now, reason))
-    inserted = await _insert_ledger(conn, rows, audit_seq=last_seq + 1)
+    inserted = await insert_ledger(conn, rows, audit_seq=last_seq + 1)
     changed: dict[tuple[uuid.UUID, str], dict[str, Any]] = {}
     for record, reason in verdicts:
         if (record.topic, record.partition, record.offset) not in inserted:
@@ -159,16 +163,7 @@ async def apply_answers(
                         }
                         for a in outcome.accepted
                     ],
-                    "rejected": [
-                        {
-                            "partition": r.partition,
-                            "offset": r.offset,
-                            "reason": why.value,
-                            "event_id": r.ack.event_id if r.ack else None,
-                            "service": r.ack.service if r.ack else None,
-                        }
-                        for r, why in outcome.rejected
-                    ],
+                    "rejected": audited_rejects(outcome.rejected),
                 },
             )
         )
@@ -210,25 +205,6 @@ def _reject_reason(
     if ack.status.value not in ANSWERS:
         return RejectReason.UNEXPECTED_STATUS
     return None
-
-
-async def _insert_ledger(
-    conn: AsyncConnection, rows: list[dict[str, Any]], *, audit_seq: int
-) -> set[tuple[str, int, int]]:
-    if not rows:
-        return set()
-    c = ack_ledger.c
-    consumed = unnest("consumed", {name: c[name].type for name in LEDGER_COLUMNS}, rows)
-    result = await conn.execute(
-        pg_insert(ack_ledger)
-        .from_select(
-            [*LEDGER_COLUMNS, "audit_seq"],
-            select(*consumed.c, literal(audit_seq, BigInteger())),
-        )
-        .on_conflict_do_nothing()
-        .returning(c.kafka_topic, c.kafka_partition, c.kafka_offset),
-    )
-    return {(row.kafka_topic, row.kafka_partition, row.kafka_offset) for row in result}
 
 
 async def _resurrect(

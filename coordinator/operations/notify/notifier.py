@@ -19,6 +19,8 @@ from coordinator.operations.notify.delivery import Backoff, deliver_due, oldest_
 from coordinator.operations.notify.sweep import SignatureAlarm, sweep
 from coordinator.operations.notify.webhooks import Webhook
 from coordinator.settings import NotifySettings
+from schemas import RetryPolicy, Stopped, retry
+from schemas.retries import any_error
 
 __all__ = ["Notifier"]
 
@@ -44,6 +46,10 @@ class Notifier:
             initial=timedelta(seconds=settings.backoff_initial_s),
             maximum=timedelta(seconds=settings.backoff_max_s),
         )
+        self.retry_policy = RetryPolicy(initial_s=settings.interval_s, max_s=settings.interval_s)
+        """A failed pass (the database unreachable, or a bug) is tried again one interval
+        later, as a successful pass would be. A failing receiver fails no pass: each
+        delivery's own backoff (`backoff_*`, kept per row) spaces its retries."""
 
     async def run_once(self, client: httpx.AsyncClient) -> tuple[int, int, int]:
         """One pass: (queued, delivered, failed attempts)."""
@@ -92,12 +98,23 @@ class Notifier:
         async with httpx.AsyncClient(
             timeout=self._settings.timeout_s, follow_redirects=False
         ) as client:
+
+            async def one_pass() -> None:
+                queued, delivered, failed = await self.run_once(client)
+                if queued or delivered or failed:
+                    log.info("notifications", queued=queued, delivered=delivered, failed=failed)
+
             while not stop.is_set():
                 try:
-                    queued, delivered, failed = await self.run_once(client)
-                    if queued or delivered or failed:
-                        log.info("notifications", queued=queued, delivered=delivered, failed=failed)
-                except Exception:
-                    log.exception("notify_failed")
+                    # An outage (or a bug) must not end notifying: every error is retried.
+                    await retry(
+                        one_pass,
+                        policy=self.retry_policy,
+                        what="notify_pass",
+                        retry_on=any_error,
+                        stop=stop,
+                    )
+                except Stopped:
+                    break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=self._settings.interval_s)

@@ -27,6 +27,8 @@ from pydantic import (
     field_validator,
 )
 
+from coordinator import CoordinatorError
+
 __all__ = [
     "SIGNATURE_HEADER",
     "TIMESTAMP_HEADER",
@@ -75,7 +77,7 @@ class _File(BaseModel):
     webhooks: list[Webhook]
 
 
-class WebhooksFileError(Exception):
+class WebhooksFileError(CoordinatorError):
     """The webhooks file is missing, too big or not valid; the message names no secret."""
 
 
