@@ -6,7 +6,8 @@ On a fresh database:
 
 1. `track.empty`: publish `SCALE_BATCH` new events and time tracking them, on an empty
    database (the floor);
-2. seed `SCALE_ROWS` tracked events synthetically with COPY: their outbox batches
+2. seed `SCALE_ROWS` tracked events synthetically with COPY (then VACUUM ANALYZE, as
+   autovacuum would have long since): their outbox batches
    (5,000 events each, a policy's default batch size) with the relay's watermark and the
    tracker's cursor past them, their status (completed 7 years ago), one expected ack and
    one ack ledger row per declared service (3), plus `SCALE_ROWS` audit rows in a month
@@ -15,17 +16,18 @@ On a fresh database:
    present; ours / limit is the throughput with the history against the floor (goal ≥
    1/1.2: tracking may cost at most 1.2× per event);
 4. `prune.*`: the coordinator's own pruning of that history (coordinator/evidence/prune.py):
-   the audit months (dropped partitions), the ack ledger, the outbox batches and the
-   event status with its expected acks (deleted in windows; these tables are not
-   partitioned).
+   the audit log, the ack ledger and the outbox batches (each a dropped monthly
+   partition) and the event status with its expected acks (deleted in windows: not
+   partitioned); ours is the wall time, limit the database's.
 
 Events are published and tracked only through the public functions (the test helper
 `insert_published` that writes outbox rows as a purge does, and
 `Tracker.track_published`), so the timed part runs any version of the tracker; the COPY
 seeding writes the current outbox layout. Writes one JSON file in the fixed schema of
 bench/results.py to bench/results/scale/ (plus `bytes_per_row`: on-disk bytes per event
-of each history table, per event and service for expected acks and ledger) and prints it;
-progress on stderr.
+of each history table, per event and service for expected acks and ledger;
+`own_bytes_per_event` before and after pruning; `partitions_dropped` by each prune) and
+prints it; progress on stderr.
 """
 
 from __future__ import annotations
@@ -46,7 +48,14 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from bench.__main__ import commit, env_int, machine, postgres_version
 from bench.results import RESULTS, SCHEMA, phase
 from coordinator.clock import FrozenClock
-from coordinator.evidence.partitions import Month, ensure_months
+from coordinator.evidence.partitions import (
+    AUDIT,
+    LEDGER,
+    OUTBOX,
+    Month,
+    ensure_months,
+    ledger_event_at,
+)
 from coordinator.evidence.prune import prune_ack_ledger, prune_audit, prune_event_status
 from coordinator.outbox.events import event_id
 from coordinator.outbox.lookup import TRACKED, published_up_to, tracked_up_to
@@ -159,6 +168,7 @@ def _ledger_rows(ids: list[uuid.UUID], at: datetime, first: int) -> Iterator[tup
                 1,
                 at,
                 True,
+                ledger_event_at(event, at),
             )
 
 
@@ -172,7 +182,8 @@ async def seed(engine: Any, rows: int, at: datetime) -> None:
     rows, by COPY; the relay's watermark and the tracker's cursor past their batches, as
     if both had followed them."""
     async with engine.begin() as conn:
-        await ensure_months(conn, [Month.of(at)])
+        for layout in (AUDIT, OUTBOX, LEDGER):
+            await ensure_months(conn, [Month.of(at)], layout)
         seq = max(await published_up_to(conn), await tracked_up_to(conn))
         seq = max(seq, int(await conn.scalar(select(func.max(outbox_batches.c.seq))) or 0))
     done = 0
@@ -254,6 +265,7 @@ async def seed(engine: Any, rows: int, at: datetime) -> None:
                 "attempt",
                 "acknowledged_at",
                 "accepted",
+                "event_at",
             ],
             _ledger_rows(ids, at, done),
         )
@@ -268,9 +280,11 @@ async def seed(engine: Any, rows: int, at: datetime) -> None:
     async with engine.begin() as conn:
         cursor = pg_insert(outbox_cursors).values(name=TRACKED, seq=seq)
         await conn.execute(cursor.on_conflict_do_update(index_elements=["name"], set_={"seq": seq}))
+    # History years old has been vacuumed by autovacuum long since (insert-only tables
+    # too): its pages are all-visible, which index-only scans rely on.
     async with engine.connect() as conn:
-        await conn.execute(text("ANALYZE"))
-        await conn.commit()
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await conn.execute(text("VACUUM ANALYZE"))
 
 
 async def track_batch(tracker: Any, engine: Any, clock: FrozenClock, batch: int, tag: str) -> float:
@@ -313,8 +327,44 @@ async def bytes_per_row(engine: Any, rows: int) -> dict[str, float]:
     return sizes
 
 
+OWN_TABLES = (
+    outbox_batches.name,
+    "retention_outbox_marks",
+    "retention_event_status",
+    "retention_expected_acks",
+    "retention_ack_ledger",
+    "audit_log",
+    "audit_checkpoints",
+)
+
+
+async def own_bytes(engine: Any) -> int:
+    """On-disk bytes of the coordinator's own tables (partitions included)."""
+    total = 0
+    async with engine.connect() as conn:
+        for table in OWN_TABLES:
+            total += int(
+                (
+                    await conn.execute(
+                        text(
+                            "SELECT coalesce((SELECT sum(pg_total_relation_size(relid)) "
+                            "FROM pg_partition_tree(CAST(:t AS regclass))), "
+                            "pg_total_relation_size(CAST(:t AS regclass)))"
+                        ),
+                        {"t": table},
+                    )
+                ).scalar_one()
+            )
+    return total
+
+
 async def database_time(engine: Any) -> float:
-    """Seconds the database spent in statements so far (pg_stat_database, this database)."""
+    """Seconds the database spent in statements so far (pg_stat_database, this database).
+
+    A backend reports its time to the shared statistics late (at most once a second,
+    or when idle for a while), but always when it exits: the pool's connections are
+    closed first, so the number includes everything they did."""
+    await engine.dispose()
     async with engine.connect() as conn:
         value = await conn.execute(
             text(
@@ -322,7 +372,9 @@ async def database_time(engine: Any) -> float:
                 "WHERE datname = current_database()"
             )
         )
-        return float(value.scalar_one())
+        seconds = float(value.scalar_one())
+    await engine.dispose()
+    return seconds
 
 
 async def main() -> dict[str, Any]:
@@ -349,10 +401,12 @@ async def main() -> dict[str, Any]:
             seed_s = time.perf_counter() - seed_started
             sizes = await bytes_per_row(engine, rows + batch)
             say(f"bytes per row: {sizes}")
+            before = await own_bytes(engine)
             full = await track_batch(tracker, engine, clock, batch, "c")
             say(f"tracking with {rows:,} present: {full:,.0f} events/s ({full / empty:.2f}×)")
 
             timings: dict[str, tuple[int, float, float]] = {}
+            dropped: dict[str, list[str]] = {}
             for name, prune in (
                 (
                     "prune.audit",
@@ -376,7 +430,11 @@ async def main() -> dict[str, Any]:
                 pruned = await prune()
                 wall = time.perf_counter() - began
                 timings[name] = (pruned.rows, wall, await database_time(engine) - db_before)
-                say(f"{name}: {pruned.rows:,} rows in {wall:.2f} s")
+                dropped[name] = list(pruned.partitions)
+                say(f"{name}: {pruned.rows:,} rows in {wall:.2f} s, dropped {pruned.partitions}")
+            # Dropped partitions give their space back at once; deleted rows only once
+            # vacuumed and reused (never to the file system without VACUUM FULL).
+            after = await own_bytes(engine)
         finally:
             await engine.dispose()
     finally:
@@ -405,6 +463,12 @@ async def main() -> dict[str, Any]:
         "phases": phases,
         "checks": {"ours.tracked_with_history": batch, "ours.tracked_empty": batch},
         "bytes_per_row": sizes,
+        # Every table of the coordinator's own, per event present (seeded and tracked).
+        "own_bytes_per_event": {
+            "before_prune": round(before / (rows + 2 * batch), 1),
+            "after_prune": round(after / (rows + 2 * batch), 1),
+        },
+        "partitions_dropped": dropped,
     }
 
 

@@ -10,7 +10,7 @@ from coordinator.cli._app import actor, emit_json, err_console, load_settings
 from coordinator.cli.holds import print_normalisation
 from coordinator.clock import SystemClock
 from coordinator.evidence import evidence_signer
-from coordinator.evidence.partitions import Conversion, convert
+from coordinator.evidence.partitions import LAYOUTS, Conversion, convert
 from coordinator.evidence.prune import prune_own_data
 from coordinator.evidence.pseudonyms import load_pepper
 from coordinator.outbox.prune import Pruned
@@ -21,7 +21,7 @@ from coordinator.settings import Settings
 from coordinator.store.db import make_engine
 from coordinator.store.migrate import upgrade
 
-__all__ = ["app", "db_partition_audit", "db_prune", "db_upgrade"]
+__all__ = ["app", "db_partition", "db_prune", "db_upgrade"]
 
 app = typer.Typer(help="Database schema and the system's own retention.", no_args_is_help=True)
 
@@ -105,27 +105,42 @@ def db_prune(
         err_console.print(
             f"{pruned.table}: {pruned.rows} rows {verb} (cutoff {pruned.cutoff.isoformat()})"
         )
+        for name in pruned.partitions:
+            err_console.print(f"  partition {name} {'would be ' if pruned.dry_run else ''}dropped")
 
 
-@app.command("partition-audit")
-def db_partition_audit(
+TABLES_ARGUMENT = typer.Argument(
+    None, help="Tables to convert (default: " + ", ".join(LAYOUTS) + ")."
+)
+
+
+@app.command("partition")
+def db_partition(
+    tables: list[str] = TABLES_ARGUMENT,
     batch: int = typer.Option(10_000, min=1, help="Rows copied per transaction."),
 ) -> None:
-    """Convert an existing audit log into the monthly partitioned one, while serve runs.
+    """Convert existing tables into their monthly partitioned form, while serve runs.
 
-    Copies in seq order, one transaction per batch (resumable: run it again after an
-    interruption), then swaps the tables under the chain lock. The old table stays as
-    `audit_log_unpartitioned`; drop it once `retention audit verify --full` passes.
+    Copies each table in key order, one transaction per batch (resumable: run it again
+    after an interruption), then swaps the tables under a moment's lock. The old table
+    stays as `<table>_unpartitioned`; drop it once you have checked the new one (for the
+    audit log: `retention audit verify --full` passes). Pruning leaves a table alone
+    while its conversion is under way.
     """
     settings = load_settings()
+    chosen = list(tables or LAYOUTS)
+    unknown = sorted(set(chosen) - set(LAYOUTS))
+    if unknown:
+        err_console.print(f"not a partitioned table: {', '.join(unknown)}")
+        raise typer.Exit(2)
 
-    async def run() -> Conversion:
+    async def run() -> list[Conversion]:
         engine = make_engine(settings.database_url.get_secret_value(), pool_size=1)
         try:
-            return await convert(engine, batch=batch)
+            return [await convert(engine, LAYOUTS[name], batch=batch) for name in chosen]
         finally:
             await engine.dispose()
 
-    done = asyncio.run(run())
-    state = "partitioned" if done.swapped else "not swapped yet (run it again)"
-    err_console.print(f"audit log {state}; {done.copied} rows copied by this run")
+    for name, done in zip(chosen, asyncio.run(run()), strict=True):
+        state = "partitioned" if done.swapped else "not swapped yet (run it again)"
+        err_console.print(f"{name} {state}; {done.copied} rows copied by this run")

@@ -37,6 +37,7 @@ __all__ = [
     "link",
     "lock_head",
     "prepare",
+    "try_lock_head",
     "verify",
 ]
 
@@ -222,6 +223,11 @@ async def lock_head(conn: AsyncConnection) -> tuple[int, str]:
         )
     ).first()
     return (last.seq, last.hash) if last else (0, GENESIS)
+
+
+async def try_lock_head(conn: AsyncConnection) -> bool:
+    """Lock the chain until the transaction ends if no one holds it; whether it did."""
+    return bool(await conn.scalar(select(func.pg_try_advisory_xact_lock(_CHAIN_LOCK))))
 
 
 async def chain_rows(conn: AsyncConnection, *, after: int, chunk: int) -> AsyncIterator[Any]:

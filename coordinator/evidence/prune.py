@@ -7,7 +7,8 @@ the order a prune applies them:
   (coordinator/outbox/prune.py);
 - entity ids in event status and ack ledger: become HMACs at the same age (`pseudonymise`);
 - ack ledger rows: received `ack_ledger_retention_days` (6 years) ago and their event
-  completed, or rejected and naming no event the tracker knows;
+  completed, or rejected and naming no event the tracker knows; whole months of events
+  that long past, none of them open, by dropping their partition;
 - event status, with its expected acks: completed `event_status_retention_days` ago;
 - audit rows: written `audit_retention_days` ago, before every open event began, never
   the newest row; each removed run of rows leaves a signed `pruned` checkpoint.
@@ -44,7 +45,16 @@ from coordinator.copies.vault.prune import prune_vault
 from coordinator.evidence import audit
 from coordinator.evidence.audit import AuditAction, AuditEntry
 from coordinator.evidence.checkpoints import Checkpoint, record_checkpoint
-from coordinator.evidence.partitions import is_partitioned, months
+from coordinator.evidence.partitions import (
+    AUDIT,
+    LEDGER,
+    Month,
+    converting,
+    drop_month,
+    is_partitioned,
+    month_ids,
+    months,
+)
 from coordinator.evidence.pseudonyms import Pepper
 from coordinator.evidence.retention import Retention
 from coordinator.outbox.lookup import tracked_up_to
@@ -128,19 +138,23 @@ async def pseudonymise(
             a = ack_ledger.c
             acks = (
                 await conn.execute(
-                    select(a.id, a.entity_type, a.entity_id).where(
+                    select(a.id, a.event_at, a.entity_type, a.entity_id).where(
                         a.event_id.in_([r.event_id for r in rows]), a.entity_id.is_not(None)
                     )
                 )
             ).all()
             if acks:
+                # The partition key with the id: one partition's index, not every month's
+                # (NULL: a row from before migration 0025, its ledger not converted yet).
+                at: Any = bindparam("b_event_at")
                 await conn.execute(
                     update(ack_ledger)
-                    .where(a.id == bindparam("b_id"))
+                    .where(a.id == bindparam("b_id"), or_(a.event_at == at, a.event_at.is_(None)))
                     .values(entity_id=bindparam("b_pseudonym")),
                     [
                         {
                             "b_id": r.id,
+                            "b_event_at": r.event_at,
                             "b_pseudonym": pepper.pseudonym(r.entity_type or "", r.entity_id),
                         }
                         for r in acks
@@ -159,20 +173,85 @@ async def prune_ack_ledger(
     engine: AsyncEngine, *, now: datetime, keep: timedelta, dry_run: bool, batch: int = 10_000
 ) -> Pruned:
     """Delete ledger rows received before `now - keep` whose event is completed (or that
-    were rejected and name no event the tracker knows)."""
+    were rejected and name no event the tracker knows): whole months of events by
+    dropping their partition (`_drop_ledger_months`), the rest row by row."""
     cutoff = now - keep
+    async with engine.connect() as conn:
+        if await converting(conn, LEDGER):
+            return Pruned(ack_ledger.name, 0, cutoff, dry_run)
+    dropped, names = await _drop_ledger_months(engine, now=now, cutoff=cutoff, dry_run=dry_run)
     a, s = ack_ledger.c, event_status.c
+    # A dry run's months are still there: their rows are counted already.
+    gone = [m.bounds() for m in map(LEDGER.month_of, names) if m is not None]
     due = and_(
         a.received_at < cutoff,
+        # Implied (nothing is minted after it arrives), and it spares the later months.
+        a.event_at < cutoff,
+        *(or_(a.event_at < lo, a.event_at >= hi) for lo, hi in gone),
         or_(
             a.event_id.is_(None),
             _completed(a.event_id),
             and_(not_(a.accepted), not_(exists().where(s.event_id == a.event_id))),
         ),
     )
-    return await _delete_in_batches(
+    rows = await _delete_in_batches(
         engine, ack_ledger.name, a.id, due, cutoff=cutoff, now=now, dry_run=dry_run, batch=batch
     )
+    return Pruned(ack_ledger.name, dropped + rows.rows, cutoff, dry_run, tuple(names))
+
+
+async def _ledger_month_done(conn: AsyncConnection, month: Month) -> bool:
+    """No event minted in `month` is open: none in the event status's id range of the
+    month is (the open events' index), and no outbox batch written by its end is past the
+    tracker's cursor (events not tracked yet)."""
+    s, b = event_status.c, outbox_batches.c
+    first, after = month_ids(month)
+    open_event = exists().where(s.state != "completed", s.event_id >= first, s.event_id < after)
+    untracked = exists().where(b.seq > await tracked_up_to(conn), b.created_at < month.bounds()[1])
+    return not (await conn.execute(select(or_(open_event, untracked)))).scalar_one()
+
+
+async def _drop_ledger_months(
+    engine: AsyncEngine, *, now: datetime, cutoff: datetime, dry_run: bool
+) -> tuple[int, list[str]]:
+    """Drop each monthly partition of the ledger wholly before `cutoff` whose events are
+    all completed; return its rows and names (a dry run only counts and names them).
+
+    A month holds the acks of the events minted in it, so an ack goes `keep` after its
+    event's month rather than after its receipt: later only for an event open that long,
+    which keeps its month anyway. The checks run again under the locks (`drop_month`)."""
+    total = 0
+    names: list[str] = []
+    async with engine.connect() as conn:
+        if not await is_partitioned(conn, LEDGER.parent):
+            return 0, []
+        due = [m for m in await months(conn, LEDGER) if m.bounds()[1] <= cutoff]
+    for month in due:
+        name = LEDGER.partition(month)
+        async with engine.connect() as conn:
+            if not await _ledger_month_done(conn, month):
+                continue
+            rows = int(await conn.scalar(select(func.count()).select_from(table(name))) or 0)
+        if dry_run:
+            total, names = total + rows, [*names, name]
+            continue
+
+        async def still_due(conn: AsyncConnection, month: Month = month) -> bool:
+            return await _ledger_month_done(conn, month)
+
+        async def dropped(conn: AsyncConnection, name: str = name, rows: int = rows) -> None:
+            await _record(conn, name, rows, cutoff, now)
+
+        if await drop_month(
+            engine,
+            LEDGER,
+            name,
+            still_due=still_due,
+            dropped=dropped,
+            chain_lock=audit.try_lock_head,
+        ):
+            total, names = total + rows, [*names, name]
+    return total, names
 
 
 async def prune_event_status(
@@ -309,34 +388,55 @@ async def _drop_months(
     before: datetime,
     dry_run: bool,
     signer: Signer | None,
-) -> int:
+) -> tuple[int, list[str]]:
     """Drop each monthly partition wholly before `before` (cheap: no row is deleted one
-    by one), leaving a signed checkpoint per run of seqs it held. A dry run drops nothing
-    (the row count of `prune_audit` covers these rows too)."""
+    by one), leaving a signed checkpoint per run of seqs it held; return the rows and
+    names. A dry run only names them (the row count of `prune_audit` covers their rows)."""
+    if dry_run:
+        return 0, await _due_months(engine, before)
     total = 0
-    while not dry_run:
+    names: list[str] = []
+    while True:
         async with engine.begin() as conn:
             if not await is_partitioned(conn):
-                return total
+                return total, names
             # The chain lock: nothing is appended between reading a month and dropping it.
             head, _ = await audit.lock_head(conn)
             due = [m for m in await months(conn) if m.bounds()[1] <= before]
             if not due:
-                return total
+                return total, names
             month = due[0]
-            runs = await _month_runs(conn, month.name)
+            name = AUDIT.partition(month)
+            runs = await _month_runs(conn, name)
             if runs and runs[-1][1] >= head:
-                return total  # the newest row is never pruned
+                return total, names  # the newest row is never pruned
             for first, last, digest in runs:
                 await record_checkpoint(
                     conn, Checkpoint("pruned", first, last, digest, now), signer
                 )
             rows = sum(last - first + 1 for first, last, _ in runs)
             # The name comes from a date, never from input.
-            await conn.execute(text(f"DROP TABLE {month.name}"))
-            await _record(conn, month.name, rows, before, now)
+            await conn.execute(text(f"DROP TABLE {name}"))
+            await _record(conn, name, rows, before, now)
         total += rows
-    return total
+        names.append(name)
+
+
+async def _due_months(engine: AsyncEngine, before: datetime) -> list[str]:
+    """The partitions `_drop_months` would drop now: wholly before `before`, oldest first,
+    up to the one holding the newest row."""
+    async with engine.connect() as conn:
+        if not await is_partitioned(conn):
+            return []
+        head = int(await conn.scalar(select(func.coalesce(func.max(audit_log.c.seq), 0))) or 0)
+        names = []
+        for month in await months(conn):
+            name = AUDIT.partition(month)
+            last = await conn.scalar(select(func.max(column("seq"))).select_from(table(name)))
+            if month.bounds()[1] > before or (last is not None and last >= head):
+                break
+            names.append(name)
+        return names
 
 
 async def prune_audit(
@@ -356,7 +456,12 @@ async def prune_audit(
     partition, of a month not yet wholly past, or of an unpartitioned log) row by row.
     """
     before = await _horizon(engine, now - keep)
-    total = await _drop_months(engine, now=now, before=before, dry_run=dry_run, signer=signer)
+    async with engine.connect() as conn:
+        if await converting(conn, AUDIT):
+            return Pruned(audit_log.name, 0, before, dry_run)
+    total, names = await _drop_months(
+        engine, now=now, before=before, dry_run=dry_run, signer=signer
+    )
     while True:
         async with engine.begin() as conn:
             # The chain lock: nothing is appended between choosing rows and removing them.
@@ -364,7 +469,7 @@ async def prune_audit(
             due = and_(audit_log.c.at < before, audit_log.c.seq < head)
             if dry_run:
                 count = (await conn.execute(select(func.count()).where(due))).scalar_one()
-                return Pruned(audit_log.name, total + count, before, True)
+                return Pruned(audit_log.name, total + count, before, True, tuple(names))
             rows = (
                 await conn.execute(
                     select(audit_log.c.seq, audit_log.c.hash)
@@ -374,7 +479,7 @@ async def prune_audit(
                 )
             ).all()
             if not rows:
-                return Pruned(audit_log.name, total, before, dry_run)
+                return Pruned(audit_log.name, total, before, dry_run, tuple(names))
             for first, last, digest in _runs(rows):
                 await record_checkpoint(
                     conn, Checkpoint("pruned", first, last, digest, now), signer

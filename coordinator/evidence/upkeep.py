@@ -1,12 +1,12 @@
 """serve's daily upkeep of its own evidence (SPEC §13), on the leader only.
 
-Each round: create the audit log's partitions for this month and the next two, sign a
-head at the audit chain's end (after checking the rows since the last head), prune every
-table past its retention (leaving signed checkpoints for pruned audit rows), then publish
-every checkpoint not yet on the audit topic. The first round runs a
-minute after start (or one interval, if shorter), once leadership is settled. A failed
-round is logged and retried at the next interval; a failed publication is retried at the
-next round (the checkpoints stay marked unpublished).
+Each round: create the monthly partitions (audit log, outbox, ack ledger) for this
+month and the next two, sign a head at the audit chain's end (after checking the rows
+since the last head), prune every table past its retention (leaving signed checkpoints
+for pruned audit rows), then publish every checkpoint not yet on the audit topic. The
+first round runs a minute after start (or one interval, if shorter), once leadership is
+settled. A failed round is logged and retried at the next interval; a failed publication
+is retried at the next round (the checkpoints stay marked unpublished).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from coordinator.clock import Clock
 from coordinator.evidence.checkpoints import take_head
 from coordinator.evidence.heads import publish_checkpoints
-from coordinator.evidence.partitions import ahead, ensure_months, is_partitioned
+from coordinator.evidence.partitions import LAYOUTS, ahead, ensure_months, is_partitioned
 from coordinator.evidence.prune import prune_own_data
 from coordinator.evidence.pseudonyms import Pepper
 from coordinator.evidence.retention import Retention
@@ -48,8 +48,9 @@ class Upkeep:
     async def round(self) -> None:
         now = self.clock.now()
         async with self.engine.begin() as conn:
-            if await is_partitioned(conn):
-                await ensure_months(conn, ahead(now))
+            for layout in LAYOUTS.values():
+                if await is_partitioned(conn, layout.parent):
+                    await ensure_months(conn, ahead(now), layout)
         async with self.engine.begin() as conn:
             head = await take_head(conn, now=now, signer=self.signer)
         pruned = await prune_own_data(

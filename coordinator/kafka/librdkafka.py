@@ -24,6 +24,7 @@ import structlog
 from aiokafka.errors import KafkaError
 from confluent_kafka import Producer  # the `fast` extra: import this module only to use it
 
+from coordinator import CoordinatorError
 from coordinator.kafka.producer import Delivery, OutgoingRecord
 from coordinator.settings import RelaySettings
 from schemas import KafkaSettings
@@ -38,7 +39,7 @@ _FULL_QUEUE_PAUSE_S = 0.005
 """How long to let librdkafka drain its queue when it is full before producing again."""
 
 
-class ProducerError(KafkaError):  # type: ignore[misc]  # aiokafka: untyped
+class ProducerError(CoordinatorError, KafkaError):  # type: ignore[misc]  # aiokafka: untyped
     """librdkafka refused or failed a record; the text is librdkafka's, with no secret."""
 
     retriable = True

@@ -14,18 +14,29 @@ once per prune whatever stays behind), a window of `batch` rows at a time; each
 window's deletion and its audit entry commit together. `rows` counts events. A window is
 100 batches (half a million events at the default purge batch size): the completion
 check joins every event of it to its status.
+
+Whole months go first, by dropping their partition (coordinator/evidence/partitions.py):
+a month wholly before the cutoff whose batches are all published and tracked, and no
+event in its range of event ids (time-ordered, so one primary-key range of the event
+status) open or completed after the cutoff. The range may hold a neighbouring month's
+events too, which can only keep a month longer. The row-by-row walk then covers only
+batches written before the cutoff (a batch cannot complete before it was written), so
+its cost is that of what could not go by month, never the whole outbox.
 """
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import Uuid, and_, column, delete, exists, func, or_, select, table, true
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from coordinator.evidence import audit
 from coordinator.evidence.audit import AuditAction, AuditEntry, append
+from coordinator.evidence.partitions import OUTBOX, converting, drop_month, is_partitioned, months
 from coordinator.outbox.lookup import EVENTS, published_up_to, tracked_up_to
 from coordinator.store.tables import event_status, outbox_batches
 
@@ -40,6 +51,8 @@ class Pruned:
     rows: int
     cutoff: datetime
     dry_run: bool
+    partitions: tuple[str, ...] = ()
+    """Monthly partitions dropped (or, in a dry run, that would be); `rows` counts theirs."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -47,6 +60,7 @@ class Pruned:
             "rows": self.rows,
             "cutoff": self.cutoff.isoformat(),
             "dry_run": self.dry_run,
+            "partitions": list(self.partitions),
         }
 
 
@@ -54,18 +68,24 @@ async def prune_outbox(
     engine: AsyncEngine, *, now: datetime, keep: timedelta, dry_run: bool, batch: int = 100
 ) -> Pruned:
     """Delete (or, with `dry_run`, count) the outbox batches whose events all completed
-    before `now - keep`."""
+    before `now - keep`: whole months by dropping their partition, then row by row."""
     cutoff = now - keep
+    async with engine.connect() as conn:
+        if await converting(conn, OUTBOX):
+            return Pruned(outbox_batches.name, 0, cutoff, dry_run)
+    total, dropped = await _drop_months(engine, now=now, cutoff=cutoff, dry_run=dry_run)
     after = 0
-    total = 0
     b, s = outbox_batches.c, event_status.c
+    # A dry run's months are still there: their rows are counted already.
+    months_out = [m.bounds() for m in map(OUTBOX.month_of, dropped) if m is not None]
+    elsewhere = and_(true(), *(or_(b.created_at < lo, b.created_at >= hi) for lo, hi in months_out))
     while True:
         async with engine.begin() as conn:
             # Published and tracked: a batch past either is never complete.
             limit = min(await published_up_to(conn), await tracked_up_to(conn))
             window = (
                 select(b.seq, b.events)
-                .where(b.seq > after, b.seq <= limit)
+                .where(b.seq > after, b.seq <= limit, b.created_at < cutoff, elsewhere)
                 .order_by(b.seq)
                 .limit(batch)
                 .cte("window")
@@ -102,22 +122,109 @@ async def prune_outbox(
                 await conn.execute(select(last.label("last"), counted.scalar_subquery().label("n")))
             ).one()
             if row.n and not dry_run:
-                await append(
-                    conn,
-                    [
-                        AuditEntry(
-                            AuditAction.DB_PRUNE,
-                            ACTOR,
-                            {
-                                "table": outbox_batches.name,
-                                "rows": int(row.n),
-                                "cutoff": cutoff.isoformat(),
-                            },
-                        )
-                    ],
-                    at=now,
-                )
+                await _record(conn, outbox_batches.name, int(row.n), cutoff, now)
         total += int(row.n)
         if row.last is None:
-            return Pruned(outbox_batches.name, total, cutoff, dry_run)
+            return Pruned(outbox_batches.name, total, cutoff, dry_run, tuple(dropped))
         after = row.last
+
+
+_LAST = func.retention_uuidv7_nth(
+    column("id_base"), column("id_first") + column("events") - 1, type_=Uuid
+)
+
+
+async def _month_events(conn: AsyncConnection, name: str) -> tuple[int, int, Any, Any]:
+    """(batches' greatest seq, events, lowest and highest event id) of one partition."""
+    part = table(name, column("seq"), column("id_base"), column("id_first"), column("events"))
+    first = func.retention_uuidv7_nth(part.c.id_base, part.c.id_first, type_=Uuid)
+    # No min()/max() over uuid before PostgreSQL 16: the first row in each order.
+    row = (
+        await conn.execute(
+            select(
+                func.coalesce(func.max(part.c.seq), 0),
+                func.coalesce(func.sum(part.c.events), 0),
+                select(first).order_by(first).limit(1).scalar_subquery(),
+                select(_LAST).select_from(part).order_by(_LAST.desc()).limit(1).scalar_subquery(),
+            ).select_from(part)
+        )
+    ).one()
+    return int(row[0]), int(row[1]), row[2], row[3]
+
+
+def _blocking(lo: uuid.UUID, hi: uuid.UUID, cutoff: datetime | None) -> Any:
+    """An event in [lo, hi] that is open (or, given a cutoff, completed after it)."""
+    s = event_status.c
+    kept = s.state != "completed"
+    if cutoff is not None:
+        kept = or_(kept, s.completed_at >= cutoff)
+    return exists().where(and_(s.event_id >= lo, s.event_id <= hi, kept))
+
+
+async def _droppable(conn: AsyncConnection, name: str, cutoff: datetime | None) -> tuple[bool, int]:
+    """Whether the partition may go (and its events): every batch published and tracked,
+    every event in its id range completed (before `cutoff`, if given)."""
+    last, events, lo, hi = await _month_events(conn, name)
+    if lo is None:
+        return True, 0
+    if last > min(await published_up_to(conn), await tracked_up_to(conn)):
+        return False, events
+    return not (await conn.execute(select(_blocking(lo, hi, cutoff)))).scalar_one(), events
+
+
+async def _drop_months(
+    engine: AsyncEngine, *, now: datetime, cutoff: datetime, dry_run: bool
+) -> tuple[int, list[str]]:
+    """Drop each monthly partition wholly before `cutoff` whose events all completed
+    before it; return their events and names (a dry run only names them).
+
+    The full completion check (a range of the status's primary key) runs before any lock;
+    under the locks (`drop_month`) the cheap ones run again: the watermarks, and no event
+    of the range open (through the open events' index)."""
+    total = 0
+    names: list[str] = []
+    async with engine.connect() as conn:
+        if not await is_partitioned(conn, OUTBOX.parent):
+            return 0, []
+        due = [OUTBOX.partition(m) for m in await months(conn, OUTBOX) if m.bounds()[1] <= cutoff]
+    for name in due:
+        async with engine.connect() as conn:
+            ok, events = await _droppable(conn, name, cutoff)
+        if not ok:
+            continue
+        if dry_run:
+            total, names = total + events, [*names, name]
+            continue
+
+        async def still_due(conn: AsyncConnection, name: str = name) -> bool:
+            return (await _droppable(conn, name, None))[0]
+
+        async def dropped(conn: AsyncConnection, name: str = name, events: int = events) -> None:
+            await _record(conn, name, events, cutoff, now)
+
+        if await drop_month(
+            engine,
+            OUTBOX,
+            name,
+            still_due=still_due,
+            dropped=dropped,
+            chain_lock=audit.try_lock_head,
+        ):
+            total, names = total + events, [*names, name]
+    return total, names
+
+
+async def _record(
+    conn: AsyncConnection, name: str, rows: int, cutoff: datetime, now: datetime
+) -> None:
+    await append(
+        conn,
+        [
+            AuditEntry(
+                AuditAction.DB_PRUNE,
+                ACTOR,
+                {"table": name, "rows": rows, "cutoff": cutoff.isoformat()},
+            )
+        ],
+        at=now,
+    )

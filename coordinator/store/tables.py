@@ -177,6 +177,8 @@ anonymize_marks = Table(
 # gaps behind it. Event n (0-based) of a batch has the id retention_uuidv7_nth(id_base,
 # id_first + n): time-ordered, and the same every time the batch is read
 # (coordinator/outbox/lookup.py finds a batch from an event id through ix_…_ids).
+# Partitioned by month on `created_at` (coordinator/evidence/partitions.py): the primary
+# key must hold the partition key; seq is unique all the same. Pruning drops whole months.
 outbox_batches = Table(
     "retention_outbox_batches",
     metadata,
@@ -198,8 +200,10 @@ outbox_batches = Table(
     Column("entity_ids", ARRAY(Text), nullable=False),
     # Whose row each entity was ("type:id"), alongside entity_ids; NULL when none names one.
     Column("subjects", ARRAY(Text)),
-    _ts("created_at", nullable=False, now=True),
-    Index("ix_retention_outbox_batches_ids", "id_base", "id_first", unique=True),
+    Column("created_at", DateTime(timezone=True), primary_key=True, server_default=func.now()),
+    # Not unique: a unique index must hold the partition key. The ids are unique anyway,
+    # each batch drawing a fresh UUIDv7.
+    Index("ix_retention_outbox_batches_ids", "id_base", "id_first"),
     Index(
         "ix_retention_outbox_batches_request_id",
         "request_id",
@@ -212,6 +216,7 @@ outbox_batches = Table(
         "seq",
         postgresql_where=text("run_id IS NOT NULL"),
     ),
+    postgresql_partition_by="RANGE (created_at)",
 )
 
 # The relay's watermark: each row says every batch up to `up_to` was published (the
@@ -397,6 +402,12 @@ expected_acks = Table(
 
 # Every ack record consumed, accepted or rejected. (topic, partition, offset) makes a
 # redelivered record a no-op; the partial unique index makes a re-sent ack one.
+# Partitioned by month on `event_at` (coordinator/evidence/partitions.py, `LEDGER`): the
+# minting time of the event the record names, read from its UUIDv7 id, or the epoch for
+# a record naming none (or an id minted after it arrived). Derived from the record alone,
+# it is the same on every delivery, so both unique keys can hold it as a partition key
+# must: the accepted ack's key is the event's, the record's is the record's. Pruning
+# drops a month once its events are all completed and past the retention.
 ack_ledger = Table(
     "retention_ack_ledger",
     metadata,
@@ -419,8 +430,13 @@ ack_ledger = Table(
     Column("audit_seq", BigInteger),
     # The id of the service key whose signature verified (SPEC §9), for certificates.
     Column("key_id", Text),
+    Column("event_at", DateTime(timezone=True), primary_key=True),
     UniqueConstraint(
-        "kafka_topic", "kafka_partition", "kafka_offset", name="uq_retention_ack_ledger_record"
+        "kafka_topic",
+        "kafka_partition",
+        "kafka_offset",
+        "event_at",
+        name="uq_retention_ack_ledger_record",
     ),
     Index(
         "uq_retention_ack_ledger_ack",
@@ -428,6 +444,7 @@ ack_ledger = Table(
         "service",
         "attempt",
         "status",
+        "event_at",
         unique=True,
         postgresql_where=text("accepted"),
     ),
@@ -443,6 +460,7 @@ ack_ledger = Table(
         "received_at",
         postgresql_where=text("NOT accepted"),
     ),
+    postgresql_partition_by="RANGE (event_at)",
 )
 
 # One row per cron fire time the leader dealt with; the primary key makes a fire happen

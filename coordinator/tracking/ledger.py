@@ -19,6 +19,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.evidence import audit
+from coordinator.evidence.partitions import ledger_event_at
 from coordinator.store.tables import ack_ledger, event_status, expected_acks
 from coordinator.tracking.columns import event_ids_param, unnest
 from coordinator.tracking.snapshot import ACTOR, Deadlines, Declared, track_events
@@ -79,6 +80,7 @@ LEDGER_COLUMNS = (
     "accepted",
     "reject_reason",
     "key_id",
+    "event_at",
 )
 
 
@@ -514,6 +516,8 @@ def ledger_row(record: ConsumedAck, now: datetime, reason: RejectReason | None) 
         "accepted": reason is None,
         "reject_reason": None if reason is None else reason.value,
         "key_id": record.key_id,
+        # The partition key both unique keys hold (coordinator/store/tables.py).
+        "event_at": ledger_event_at(ack.event_id if ack else None, now),
     }
 
 

@@ -12,7 +12,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.evidence import audit
 from coordinator.evidence.checkpoints import verify_chain
-from coordinator.evidence.partitions import Month, convert, ensure_months, is_partitioned, months
+from coordinator.evidence.partitions import (
+    AUDIT,
+    Month,
+    convert,
+    ensure_months,
+    is_partitioned,
+    months,
+)
 from coordinator.evidence.prune import prune_audit
 from coordinator.store.db import make_engine
 from coordinator.store.migrate import upgrade
@@ -58,7 +65,9 @@ async def test_pruning_drops_whole_months_and_the_chain_still_verifies(
     )
     async with engine.connect() as conn:
         assert set(old) <= set(await months(conn))
-        in_january = (await conn.execute(text(f"SELECT count(*) FROM {old[0].name}"))).scalar_one()
+        in_january = (
+            await conn.execute(text(f"SELECT count(*) FROM {AUDIT.partition(old[0])}"))
+        ).scalar_one()
     assert in_january == 5
 
     dry = await prune_audit(engine, now=NOW, keep=timedelta(days=2192), dry_run=True, signer=None)
@@ -109,7 +118,7 @@ async def test_an_existing_log_converts_batch_by_batch_while_rows_keep_coming(
         async with engine.connect() as conn:
             assert await is_partitioned(conn)
             count = (await conn.execute(select(func.count()).select_from(audit_log))).scalar_one()
-            names = {m.name for m in await months(conn)}
+            names = {AUDIT.partition(m) for m in await months(conn)}
             report = await verify_chain(conn, full=True)
         assert count == 33
         assert {"audit_log_y2026m10", "audit_log_y2026m11", "audit_log_y2026m12"} <= names

@@ -17,7 +17,7 @@ from coordinator.evidence import audit
 from coordinator.outbox.lookup import EVENTS, TRACKED, published_up_to
 from coordinator.outbox.prune import prune_outbox
 from coordinator.store.db import make_engine
-from coordinator.store.tables import audit_log, event_status, outbox_cursors
+from coordinator.store.tables import audit_log, event_status, outbox_batches, outbox_cursors
 from tests.outbox import insert_rows
 
 NOW = datetime.now(UTC)
@@ -78,6 +78,11 @@ async def _world(url: str) -> dict[str, set[uuid.UUID]]:
                     }
                 )
         async with engine.begin() as conn:
+            # Written when its events began, as a purge would have: a batch cannot
+            # complete before it exists, and pruning relies on it.
+            await conn.execute(
+                update(outbox_batches).values(created_at=outbox_batches.c.initiated_at)
+            )
             await conn.execute(insert(event_status), status_rows)
             await conn.execute(
                 update(outbox_cursors)

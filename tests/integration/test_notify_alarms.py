@@ -18,6 +18,7 @@ from sqlalchemy import insert, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import FrozenClock
+from coordinator.evidence.partitions import ledger_event_at
 from coordinator.metrics import Metrics
 from coordinator.operations.notify.delivery import Backoff, deliver_due
 from coordinator.operations.notify.notifier import Notifier
@@ -65,12 +66,13 @@ async def _bad_signatures(engine: AsyncEngine, n: int, *, at: datetime, service:
                     "kafka_topic": "data.retention.acks",
                     "kafka_partition": 0,
                     "kafka_offset": start + i,
-                    "event_id": uuid.uuid4(),
+                    "event_id": event_id,
                     "service": service,
                     "accepted": False,
                     "reject_reason": "bad_signature",
+                    "event_at": ledger_event_at(event_id, at),
                 }
-                for i in range(n)
+                for i, event_id in enumerate(uuid.uuid4() for _ in range(n))
             ],
         )
 

@@ -14,6 +14,7 @@ from coordinator.clock import FrozenClock
 from coordinator.evidence import audit
 from coordinator.evidence.checkpoints import verify_chain
 from coordinator.evidence.heads import newest_published_head
+from coordinator.evidence.partitions import OUTBOX, Month, ensure_months, ledger_event_at
 from coordinator.evidence.prune import prune_own_data
 from coordinator.evidence.pseudonyms import Pepper
 from coordinator.evidence.retention import Retention
@@ -71,6 +72,9 @@ async def _world(engine: AsyncEngine) -> dict[str, uuid.UUID]:
         for table in (ack_ledger, expected_acks, event_status, audit_checkpoints):
             await conn.execute(delete(table))
     await clear_outbox(engine)
+    async with engine.begin() as conn:
+        # Each kind's month has its outbox partition: whole months may go by dropping it.
+        await ensure_months(conn, {Month.of(at) for _, at, _ in KINDS.values()}, OUTBOX)
     shared_run = uuid.uuid4()
     rows: list[dict[str, Any]] = [
         {
@@ -138,6 +142,7 @@ async def _world(engine: AsyncEngine) -> dict[str, uuid.UUID]:
                     status="completed" if state == "completed" else "failed",
                     attempt=offset,
                     accepted=True,
+                    event_at=ledger_event_at(event_id, completed_at or initiated),
                 )
             )
         # Audit rows: 8 and 7.5 years old (before every open event began), then 7 years

@@ -6,7 +6,7 @@ Create Date: 2026-12-06 08:00:00.000000
 
 Creates `audit_log_partitioned` (RANGE on `at`, primary key (seq, at), a default partition
 and the current and next two months). An empty `audit_log` (a new deployment) is swapped
-for it at once. A filled one stays in place: `retention db partition-audit` copies it
+for it at once. A filled one stays in place: `retention db partition` copies it
 batch by batch while `serve` runs and swaps at the end, so this migration never holds a
 lock for longer than creating empty tables.
 """
@@ -56,7 +56,7 @@ def upgrade() -> None:
             f"FOR VALUES FROM ('{first.isoformat()}T00:00:00+00:00') "
             f"TO ('{end.isoformat()}T00:00:00+00:00')"
         )
-    # Empty (a new deployment): swap now. Otherwise `retention db partition-audit` does.
+    # Empty (a new deployment): swap now. Otherwise `retention db partition` does.
     op.execute(
         "DO $$ BEGIN "
         "IF NOT EXISTS (SELECT 1 FROM audit_log) THEN "

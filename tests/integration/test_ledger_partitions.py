@@ -1,0 +1,256 @@
+"""The ack ledger partitioned by month of its events: both unique keys still hold (a
+forged ack never takes a genuine one's place), pruning drops a month only when none of
+its events is open, and an existing ledger converts batch by batch while acks keep
+coming."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import delete, func, insert, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coordinator.evidence.partitions import (
+    EPOCH,
+    LEDGER,
+    Month,
+    convert,
+    ensure_months,
+    is_partitioned,
+    ledger_event_at,
+    months,
+)
+from coordinator.evidence.prune import prune_ack_ledger
+from coordinator.store.db import make_engine
+from coordinator.store.migrate import upgrade
+from coordinator.store.tables import ack_ledger, event_status
+from tests import infra
+
+NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+KEEP = timedelta(days=2192)
+AUGUST, SEPTEMBER = datetime(2019, 8, 10, tzinfo=UTC), datetime(2019, 9, 10, tzinfo=UTC)
+
+
+def _minted(at: datetime) -> uuid.UUID:
+    """A UUIDv7 minted at `at`, as the outbox mints event ids."""
+    ms = int(at.timestamp() * 1000).to_bytes(6, "big")
+    return uuid.UUID(bytes=ms + bytes([0x70]) + os.urandom(9))
+
+
+_offsets = iter(range(1, 10_000))
+
+
+def _ack(event_id: uuid.UUID | None, received: datetime, **extra: Any) -> dict[str, Any]:
+    return {
+        "received_at": received,
+        "kafka_topic": "acks",
+        "kafka_partition": 0,
+        "kafka_offset": next(_offsets),
+        "event_id": event_id,
+        "service": "billing",
+        "status": "completed",
+        "attempt": 1,
+        "accepted": True,
+        "event_at": ledger_event_at(event_id, received),
+        **extra,
+    }
+
+
+async def _status(engine: AsyncEngine, event_id: uuid.UUID, at: datetime, state: str) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(event_status).values(
+                event_id=event_id,
+                policy="p",
+                event_type="delete",
+                entity_type="user",
+                entity_id=str(event_id),
+                initiated_at=at,
+                deadline=at + timedelta(days=30),
+                published_at=at,
+                state=state,
+                expected=1,
+                completed_at=at + timedelta(days=1) if state == "completed" else None,
+                tracked_at=at,
+                updated_at=at,
+            )
+        )
+
+
+async def test_both_unique_keys_hold_the_partition_key_and_still_deduplicate(
+    coordinator_db: str,
+) -> None:
+    engine = make_engine(coordinator_db)
+    try:
+        event = _minted(NOW - timedelta(minutes=5))
+        genuine = _ack(event, NOW)
+        async with engine.begin() as conn:
+            await conn.execute(insert(ack_ledger).values(genuine))
+        # A forged ack for the same slot is rejected: it never takes the genuine one's key.
+        forged = _ack(event, NOW + timedelta(seconds=1), accepted=False, reject_reason="x")
+        async with engine.begin() as conn:
+            await conn.execute(insert(ack_ledger).values(forged))
+        # The same ack accepted again (another record, received later: the same month key).
+        with pytest.raises(IntegrityError):
+            async with engine.begin() as conn:
+                await conn.execute(insert(ack_ledger).values(_ack(event, NOW + timedelta(days=40))))
+        # The same record again, received later (a redelivery).
+        again = {**genuine, "received_at": NOW + timedelta(days=40), "accepted": False}
+        with pytest.raises(IntegrityError):
+            async with engine.begin() as conn:
+                await conn.execute(insert(ack_ledger).values(again))
+        # Ids made up ahead of their arrival, or none at all, all take the epoch.
+        assert ledger_event_at(_minted(NOW + timedelta(days=400)), NOW) == EPOCH
+        assert ledger_event_at(uuid.UUID(int=2**128 - 1), NOW) == EPOCH
+        assert ledger_event_at(None, NOW) == EPOCH
+        assert ledger_event_at(event, NOW) == datetime.fromtimestamp(
+            int.from_bytes(event.bytes[:6], "big") / 1000, UTC
+        )
+        async with engine.connect() as conn:
+            # The SQL twin of `ledger_event_at` (the conversion uses it) agrees.
+            for claimed in (event, _minted(NOW + timedelta(days=400)), None):
+                assert await conn.scalar(
+                    text("SELECT retention_ack_event_at(:e, :r)"), {"e": claimed, "r": NOW}
+                ) == ledger_event_at(claimed, NOW)
+    finally:
+        await engine.dispose()
+
+
+async def test_a_month_goes_whole_only_when_none_of_its_events_is_open(
+    coordinator_db: str,
+) -> None:
+    engine = make_engine(coordinator_db)
+    try:
+        async with engine.begin() as conn:
+            for table in (ack_ledger, event_status):
+                await conn.execute(delete(table))
+            await ensure_months(conn, [Month.of(AUGUST), Month.of(SEPTEMBER)], LEDGER)
+        august = [_minted(AUGUST + timedelta(hours=h)) for h in range(3)]
+        september = [_minted(SEPTEMBER + timedelta(hours=h)) for h in range(2)]
+        for event_id in august:
+            await _status(engine, event_id, AUGUST, "completed")
+        await _status(engine, september[0], SEPTEMBER, "completed")
+        await _status(engine, september[1], SEPTEMBER, "pending")
+        rows = [_ack(e, AUGUST + timedelta(days=2)) for e in august]
+        rows.append(_ack(august[0], AUGUST, accepted=False, reject_reason="bad_signature"))
+        rows += [_ack(e, SEPTEMBER + timedelta(days=2)) for e in september]
+        malformed = _ack(None, AUGUST, accepted=False, reject_reason="malformed")
+        async with engine.begin() as conn:
+            await conn.execute(insert(ack_ledger), [*rows, malformed])
+
+        dry = await prune_ack_ledger(engine, now=NOW, keep=KEEP, dry_run=True)
+        assert dry.partitions == ("retention_ack_ledger_y2019m08",)
+        # August's 4 by its partition; by row the malformed one and September's completed
+        # event's ack (its month stays: the other event is open).
+        assert dry.rows == 6
+        done = await prune_ack_ledger(engine, now=NOW, keep=KEEP, dry_run=False)
+        assert (done.partitions, done.rows) == (dry.partitions, dry.rows)
+        async with engine.connect() as conn:
+            left = {LEDGER.partition(m) for m in await months(conn, LEDGER)}
+            kept = set(
+                (await conn.execute(select(ack_ledger.c.event_id, ack_ledger.c.accepted))).all()
+            )
+        assert "retention_ack_ledger_y2019m08" not in left
+        assert kept == {(september[1], True)}
+    finally:
+        await engine.dispose()
+
+
+_OLD_COLUMNS = (
+    "received_at, kafka_topic, kafka_partition, kafka_offset, event_id, service, status, "
+    "attempt, accepted"
+)
+
+
+async def _insert_old(engine: AsyncEngine, rows: list[dict[str, Any]]) -> None:
+    """Ledger rows as the tracker wrote them before 0025 (no event_at)."""
+    async with engine.begin() as conn:
+        for row in rows:
+            await conn.execute(
+                text(
+                    f"INSERT INTO retention_ack_ledger ({_OLD_COLUMNS}) VALUES (:received_at, "
+                    ":kafka_topic, :kafka_partition, :kafka_offset, :event_id, :service, "
+                    ":status, :attempt, :accepted)"
+                ),
+                {k: row[k] for k in _OLD_COLUMNS.split(", ")},
+            )
+
+
+async def test_an_existing_ledger_converts_batch_by_batch_while_acks_keep_coming(
+    postgres_url: str,
+) -> None:
+    url = await infra.create_database(postgres_url, "ledger_convert")
+    engine = make_engine(url)
+    try:
+        await upgrade(url, "0024_outbox_partitions")
+        first = [
+            _ack(_minted(AUGUST + timedelta(days=d)), AUGUST + timedelta(days=d + 1))
+            for d in range(7)
+        ]
+        await _insert_old(engine, first)
+        # 0025: the ledger has rows, so only the shadow table is made (and the old one
+        # gets the event_at column the upgraded tracker writes).
+        await upgrade(url)
+        async with engine.connect() as conn:
+            assert not await is_partitioned(conn, LEDGER.parent)
+
+        step = await convert(engine, LEDGER, batch=2, max_batches=2)
+        assert (step.copied, step.swapped) == (4, False)
+        # serve, upgraded, keeps recording acks in the old table meanwhile, malformed ones
+        # too, with their event_at.
+        later = [_ack(_minted(NOW), NOW), _ack(None, NOW, accepted=False)]
+        async with engine.begin() as conn:
+            await conn.execute(insert(ack_ledger), later)
+        rest = await convert(engine, LEDGER, batch=2)
+        assert (rest.copied, rest.swapped) == (5, True)
+        after = _ack(_minted(NOW), NOW + timedelta(seconds=1))
+        async with engine.begin() as conn:
+            new_id = (
+                await conn.execute(insert(ack_ledger).values(after).returning(ack_ledger.c.id))
+            ).scalar_one()
+            # The ids' sequence moved to the new table: the old one drops on its own.
+            await conn.execute(text("DROP TABLE retention_ack_ledger_unpartitioned"))
+
+        async with engine.connect() as conn:
+            assert await is_partitioned(conn, LEDGER.parent)
+            stored = dict(
+                (await conn.execute(select(ack_ledger.c.kafka_offset, ack_ledger.c.event_at))).all()
+            )
+            names = {LEDGER.partition(m) for m in await months(conn, LEDGER)}
+            count = await conn.scalar(select(func.count()).select_from(ack_ledger))
+        assert count == 10
+        assert new_id == 10
+        assert stored == {
+            r["kafka_offset"]: ledger_event_at(r["event_id"], r["received_at"])
+            for r in first + later + [after]
+        }
+        assert "retention_ack_ledger_y2019m08" in names
+        assert (await convert(engine, LEDGER)).swapped
+    finally:
+        await engine.dispose()
+        await infra.drop_database(url)
+
+
+def test_the_command_converts_each_table_and_refuses_an_unknown_one(coordinator_db: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETENTION_")}
+    env["RETENTION_DATABASE_URL"] = coordinator_db
+    env["RETENTION_HASH_SECRET"] = "k"
+    command = [str(Path(sys.executable).with_name("retention")), "db", "partition"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    # A new deployment's tables were partitioned by their migrations already.
+    for table in ("audit_log", "retention_outbox_batches", "retention_ack_ledger"):
+        assert f"{table} partitioned; 0 rows copied" in done.stderr
+    refused = subprocess.run(
+        [*command, "retention_event_status"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 2
+    assert "not a partitioned table: retention_event_status" in refused.stderr
