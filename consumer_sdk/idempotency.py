@@ -15,9 +15,10 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from sqlalchemy import (
+    ARRAY,
     Column,
     DateTime,
     Integer,
@@ -26,12 +27,17 @@ from sqlalchemy import (
     Table,
     Text,
     Uuid,
+    bindparam,
+    column,
     delete,
+    func,
     select,
     text,
+    true,
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql import Select
 
 from schemas import AckStatus
 
@@ -269,19 +275,35 @@ class PostgresIdempotencyStore:
         ids = list(event_ids)
         if not ids:
             return {}
-        t = self.table
         async with self._engine.connect() as conn:
-            rows = await conn.execute(
-                select(t.c.event_id, t.c.status, t.c.records_affected, t.c.processed_at).where(
-                    t.c.service == service, t.c.event_id.in_(ids)
-                )
-            )
+            rows = await conn.execute(self.lookup_query(service, ids))
             return {
                 row.event_id: ProcessedEvent(
                     row.event_id, AckStatus(row.status), row.records_affected, row.processed_at
                 )
                 for row in rows
             }
+
+    def lookup_query(self, service: str, ids: Sequence[uuid.UUID]) -> Select[Any]:
+        """The recorded rows among `ids`: one primary-key probe per id, whatever the
+        statistics say. `service = … AND event_id IN (…)` reads a table nobody has
+        analyzed yet (a new service, or one growing faster than autovacuum visits) by
+        its `service` prefix: every record of the service, for every batch. The LIMIT
+        keeps the lateral subquery from being flattened into a join the planner could
+        again choose to answer by that prefix."""
+        t = self.table
+        wanted = (
+            func.unnest(bindparam("event_ids", list(ids), type_=ARRAY(Uuid())))
+            .table_valued(column("event_id", Uuid()))
+            .render_derived(name="wanted")
+        )
+        recorded = (
+            select(t.c.event_id, t.c.status, t.c.records_affected, t.c.processed_at)
+            .where(t.c.service == service, t.c.event_id == wanted.c.event_id)
+            .limit(1)
+            .lateral("recorded")
+        )
+        return select(recorded).select_from(wanted.join(recorded, true()))
 
     @asynccontextmanager
     async def transaction(
