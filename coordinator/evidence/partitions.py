@@ -129,6 +129,9 @@ OUTBOX = Layout(
     ),
     ("ix_ids", "ix_request_id", "ix_run_id"),
 )
+# The columns copied from an unpartitioned ledger, as that table stood: not
+# `tracking/ledger.py LEDGER_COLUMNS` (what the tracker inserts: no `id` or `audit_seq`,
+# `event_at` computed), nor today's table, which later columns would make wrong here.
 LEDGER = Layout(
     "retention_ack_ledger",
     "event_at",
