@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.api import ApiContext
 from coordinator.api.health import KafkaHealth
 from coordinator.api.tokens import Scope, TokenStore, add_token, new_token
 from coordinator.clock import SystemClock
-from coordinator.copies.crypto.keystore import open_keystore
+from coordinator.copies.crypto.keystore import DataKey, open_keystore
 from coordinator.copies.crypto.provider import LocalKeyProvider, write_kek
 from coordinator.erasure.due import Regulation
 from coordinator.erasure.requests import request_parts
@@ -391,3 +392,31 @@ async def test_a_plain_archive_is_encrypted_in_place_and_resumes(env: Sealed) ->
     code, _, err_text = await _archive_read(env, env.url, "user:9")
     assert code == 1
     assert "crypto-shredded" in err_text
+
+
+async def test_created_keys_are_the_stored_ones_and_a_concurrent_creator_wins(
+    env: Sealed,
+) -> None:
+    """`keys_for` hands out the keys it creates without reading them back: each must be
+    what the store unwraps later, and a scope someone else stored first keeps theirs."""
+    keys = open_keystore(env.settings, env.engine)
+    try:
+        theirs = await keys.keys_for(["race/user:1"], create=True)
+        # The race: the scope was missing when looked up, and stored before the insert.
+        looked_up = keys._select
+        calls: list[list[str]] = []
+
+        async def missed_once(conn: AsyncConnection, scopes: list[str]) -> dict[str, DataKey]:
+            calls.append(scopes)
+            return {} if len(calls) == 1 else await looked_up(conn, scopes)
+
+        keys._select = missed_once  # type: ignore[method-assign]
+        got = await keys.keys_for(["race/user:1", "race/user:2", "race/user:3"], create=True)
+        assert calls[1:] == [["race/user:1"]]  # only the lost scope is read back
+        assert got["race/user:1"] == theirs["race/user:1"]
+        stored = await keys.keys_by_id({key.key_id for key in got.values()})
+        assert {scope: stored[key.key_id] for scope, key in got.items()} == got
+        assert len({key.key for key in got.values()}) == 3
+        assert await keys.keys_for(["race/user:4"], create=False) == {}
+    finally:
+        await keys.aclose()

@@ -13,7 +13,20 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Text, any_, bindparam, delete, select, update
+from sqlalchemy import (
+    DateTime,
+    LargeBinary,
+    Text,
+    Uuid,
+    any_,
+    bindparam,
+    column,
+    delete,
+    func,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -67,20 +80,61 @@ class KeyStore:
             found = await self._select(conn, wanted)
             missing = [scope for scope in wanted if scope not in found]
             if create and missing:
-                fresh = [
-                    {
-                        "scope": scope,
-                        "key_id": uuid.uuid4(),
-                        "kek_id": self.provider.kek_id,
-                        "wrapped": self.provider.wrap(new_key()),
-                        **({"created_at": now} if now is not None else {}),
-                    }
-                    for scope in missing
-                ]
-                # Keys that exist win: a concurrent creator's key is the one data is sealed under.
-                await conn.execute(pg_insert(data_keys).on_conflict_do_nothing(), fresh)
-                found.update(await self._select(conn, missing))
+                found.update(await self._create(conn, missing, now))
             return found
+
+    async def _create(
+        self, conn: AsyncConnection, scopes: list[str], now: datetime | None
+    ) -> dict[str, DataKey]:
+        """New data keys for `scopes`, each wrapped once, inserted in one statement.
+
+        The keys it inserted are returned as they were made, never read back and
+        unwrapped; a scope a concurrent creator stored first keeps that creator's key
+        (the one its data is sealed under), read back like any existing key.
+        """
+        fresh = {scope: DataKey(uuid.uuid4(), new_key()) for scope in scopes}
+        given = (
+            func.unnest(
+                bindparam("scopes", scopes, type_=ARRAY(Text)),
+                bindparam("key_ids", [fresh[s].key_id for s in scopes], type_=ARRAY(Uuid)),
+                bindparam(
+                    "wrapped",
+                    [self.provider.wrap(fresh[s].key) for s in scopes],
+                    type_=ARRAY(LargeBinary),
+                ),
+            )
+            .table_valued(
+                column("scope", Text), column("key_id", Uuid), column("wrapped", LargeBinary)
+            )
+            .render_derived()
+        )
+        created = func.coalesce(
+            bindparam("created_at", now, type_=DateTime(timezone=True)), func.now()
+        )
+        inserted = set(
+            (
+                await conn.execute(
+                    pg_insert(data_keys)
+                    .from_select(
+                        ["scope", "key_id", "kek_id", "wrapped", "created_at"],
+                        select(
+                            given.c.scope,
+                            given.c.key_id,
+                            literal(self.provider.kek_id, Text),
+                            given.c.wrapped,
+                            created,
+                        ),
+                    )
+                    .on_conflict_do_nothing()
+                    .returning(data_keys.c.scope)
+                )
+            ).scalars()
+        )
+        keys = {scope: fresh[scope] for scope in scopes if scope in inserted}
+        lost = [scope for scope in scopes if scope not in inserted]
+        if lost:
+            keys.update(await self._select(conn, lost))
+        return keys
 
     async def _select(self, conn: AsyncConnection, scopes: list[str]) -> dict[str, DataKey]:
         rows = await conn.execute(
