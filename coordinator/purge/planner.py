@@ -47,10 +47,13 @@ from coordinator.store.tables import anonymized
 
 __all__ = [
     "Batch",
+    "DueCount",
     "PolicyPlan",
     "TimeBase",
     "Window",
     "batch_window",
+    "count_due",
+    "count_held",
     "due_clause",
     "guard_error",
     "held_clause",
@@ -249,6 +252,55 @@ async def plan_policy(
         total=total,
         oldest_due=oldest,
         guard=guard_error(bound.policy, counts.due, total),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DueCount:
+    """What a run needs to know before it starts: the due, unheld rows and whether the
+    guard refuses them (`plan_policy` then says why, with the held count and the
+    table's size)."""
+
+    cutoff: datetime
+    due: int
+    refused: bool
+
+
+async def count_due(
+    conn: AsyncConnection, bound: BoundPolicy, now: datetime, *, after: Any | None = None
+) -> DueCount:
+    """Count the due, unheld rows for the guard: one pass over the table (`plan_policy`
+    makes three), plus a count of the whole table only for a `max_fraction` guard."""
+    cutoff = cutoff_for(bound.policy, now)
+    due = (
+        select(func.count())
+        .select_from(bound.table)
+        .where(due_clause(bound, cutoff), _after(bound, after), unheld_clause(bound, now))
+        .scalar_subquery()
+    )
+    columns = [due.label("due")]
+    if bound.policy.max_fraction is not None:
+        total = select(func.count()).select_from(bound.table).scalar_subquery()
+        columns.append(total.label("total"))
+    counts = (await conn.execute(select(*columns))).one()
+    # Without a max_fraction the table's size decides nothing.
+    total = counts.total if bound.policy.max_fraction is not None else counts.due
+    return DueCount(cutoff, counts.due, guard_error(bound.policy, counts.due, total) is not None)
+
+
+async def count_held(
+    conn: AsyncConnection, bound: BoundPolicy, now: datetime, *, after: Any | None = None
+) -> int:
+    """Due rows a hold keeps: after a run, what it left for that reason (one pass, the
+    hold check a semi-join)."""
+    cutoff = cutoff_for(bound.policy, now)
+    return int(
+        await conn.scalar(
+            select(func.count())
+            .select_from(bound.table)
+            .where(due_clause(bound, cutoff), _after(bound, after), held_clause(bound, now))
+        )
+        or 0
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -102,3 +103,15 @@ async def test_an_empty_batch_writes_only_its_audit_entry(engine: AsyncEngine) -
     async with engine.connect() as conn:
         assert await audit.verify(conn) == (1, None)
         assert (await conn.execute(select(outbox_batches))).first() is None
+
+
+async def test_ids_and_subjects_arrive_exactly_as_given(engine: AsyncEngine) -> None:
+    """The id arrays travel as JSON text (coordinator/outbox/write.py `_text_array`):
+    order, quotes, commas, backslashes, braces, non-ASCII and missing subjects survive."""
+    ids = ['a"b', "c,d", "e\\f", "{g}", "NULL", "ü ñ", " h ", "9", "10"]
+    subjects: list[str | None] = ["user:1", None, 'user:"2"', None, "user:3", None, "", None, "x"]
+    async with engine.begin() as conn:
+        await enqueue(conn, dataclasses.replace(batch(*ids), subjects=subjects))
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(outbox_batches))).one()
+    assert (row.entity_ids, row.subjects, row.events) == (ids, subjects, len(ids))
