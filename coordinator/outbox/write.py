@@ -11,28 +11,14 @@ chain's head, the inserts) and the commit, so call it last before the commit.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Text,
-    Uuid,
-    bindparam,
-    cast,
-    column,
-    func,
-    insert,
-    literal,
-    select,
-    type_coerce,
-)
-from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
+from sqlalchemy import BigInteger, Text, Uuid, bindparam, cast, func, insert, literal, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.evidence import audit
@@ -63,25 +49,31 @@ class EventBatch:
 
 
 def _text_array(name: str, values: Sequence[str | None]) -> Any:
-    """A text[] value sent as one JSON text and unpacked, in order, by PostgreSQL.
+    """A text[] value sent as its PostgreSQL literal (`{"a","b",NULL}`), one text.
 
-    asyncpg encodes a list parameter element by element in Python: about 1 ms of CPU
-    for a batch's 5,000 ids, against 0.25 ms for `json.dumps` (measured), and a batch
-    sends its ids once per batch, inside the audit chain's lock.
+    asyncpg encodes a list parameter element by element in Python: for a batch's 5,000
+    ids about 1.0 ms of Python and 0.2 ms of PostgreSQL CPU, against 0.5 and 0.2 for the
+    literal (measured), and a batch sends its ids inside the audit chain's lock.
     """
-    elements = (
-        func.json_array_elements_text(cast(bindparam(name, json.dumps(list(values))), JSON))
-        .table_valued(column("value", Text), with_ordinality="n")
-        .render_derived()
-    )
+    return cast(bindparam(name, _array_literal(values), type_=Text), ARRAY(Text))
+
+
+def _array_literal(values: Sequence[str | None]) -> str:
+    if not values:
+        return "{}"
+    if None not in values:
+        joined = '","'.join(values)  # type: ignore[arg-type]
+        # No quote or backslash inside any value (each separator holds two quotes):
+        # nothing to escape.
+        if "\\" not in joined and joined.count('"') == 2 * (len(values) - 1):
+            return '{"' + joined + '"}'
     return (
-        select(
-            type_coerce(
-                func.array_agg(aggregate_order_by(elements.c.value, elements.c.n)), ARRAY(Text)
-            )
+        "{"
+        + ",".join(
+            "NULL" if v is None else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            for v in values
         )
-        .select_from(elements)
-        .scalar_subquery()
+        + "}"
     )
 
 

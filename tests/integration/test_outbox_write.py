@@ -106,12 +106,29 @@ async def test_an_empty_batch_writes_only_its_audit_entry(engine: AsyncEngine) -
 
 
 async def test_ids_and_subjects_arrive_exactly_as_given(engine: AsyncEngine) -> None:
-    """The id arrays travel as JSON text (coordinator/outbox/write.py `_text_array`):
-    order, quotes, commas, backslashes, braces, non-ASCII and missing subjects survive."""
-    ids = ['a"b', "c,d", "e\\f", "{g}", "NULL", "ü ñ", " h ", "9", "10"]
-    subjects: list[str | None] = ["user:1", None, 'user:"2"', None, "user:3", None, "", None, "x"]
+    """The id arrays travel as one array literal (coordinator/outbox/write.py
+    `_text_array`): order, quotes, commas, backslashes, braces, blanks, newlines,
+    non-ASCII, the text NULL and missing subjects survive."""
+    ids = ['a"b', "c,d", "e\\f", "{g}", "NULL", "ü ñ", " h ", "9", "", "x\ny"]
+    subjects: list[str | None] = [
+        "user:1",
+        None,
+        'user:"2"',
+        None,
+        "u:3",
+        None,
+        "",
+        None,
+        "x",
+        None,
+    ]
+    plain = [str(n) for n in range(1, 6)]
     async with engine.begin() as conn:
         await enqueue(conn, dataclasses.replace(batch(*ids), subjects=subjects))
+        await enqueue(conn, batch(*plain))
     async with engine.connect() as conn:
-        row = (await conn.execute(select(outbox_batches))).one()
-    assert (row.entity_ids, row.subjects, row.events) == (ids, subjects, len(ids))
+        rows = (await conn.execute(select(outbox_batches).order_by(outbox_batches.c.seq))).all()
+    assert [(r.entity_ids, r.subjects, r.events) for r in rows] == [
+        (ids, subjects, len(ids)),
+        (plain, None, len(plain)),
+    ]
