@@ -48,15 +48,16 @@ from coordinator.store.tables import anonymized
 __all__ = [
     "Batch",
     "DueCount",
+    "Leftover",
     "PolicyPlan",
     "TimeBase",
     "Window",
     "batch_window",
     "count_due",
-    "count_held",
     "due_clause",
     "guard_error",
     "held_clause",
+    "leftover",
     "next_batch",
     "oldest_due",
     "oldest_due_query",
@@ -288,20 +289,47 @@ async def count_due(
     return DueCount(cutoff, counts.due, guard_error(bound.policy, counts.due, total) is not None)
 
 
-async def count_held(
+@dataclass(frozen=True, slots=True)
+class Leftover:
+    """What a run left due: the rows a hold keeps, and the oldest unheld one."""
+
+    held: int
+    oldest_age_days: float | None
+
+
+async def leftover(
     conn: AsyncConnection, bound: BoundPolicy, now: datetime, *, after: Any | None = None
-) -> int:
-    """Due rows a hold keeps: after a run, what it left for that reason (one pass, the
-    hold check a semi-join)."""
+) -> Leftover:
+    """Count the due rows a hold keeps and find the oldest unheld one: two passes over
+    the table in one statement (`plan_policy` makes three), each check a hashed join.
+
+    Not `oldest_due`'s index read: after an anonymize run every row it anonymized sits in
+    front of the oldest unprocessed one in timestamp order, and that read would probe the
+    ledger for each (0.9 s for 188,000 rows, measured).
+    """
     cutoff = cutoff_for(bound.policy, now)
-    return int(
-        await conn.scalar(
-            select(func.count())
-            .select_from(bound.table)
-            .where(due_clause(bound, cutoff), _after(bound, after), held_clause(bound, now))
+    due = and_(due_clause(bound, cutoff), _after(bound, after))
+    row = (
+        await conn.execute(
+            select(
+                select(func.count())
+                .select_from(bound.table)
+                .where(due, held_clause(bound, now))
+                .scalar_subquery()
+                .label("held"),
+                select(func.min(bound.timestamp_column))
+                .where(due, unheld_clause(bound, now))
+                .scalar_subquery()
+                .label("oldest"),
+            )
         )
-        or 0
-    )
+    ).one()
+    oldest = row.oldest
+    if oldest is None:
+        return Leftover(row.held, None)
+    if oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=UTC)
+    return Leftover(row.held, round((now - oldest).total_seconds() / _DAY, 3))
 
 
 def oldest_due_query(bound: BoundPolicy, now: datetime, after: Any | None = None) -> Select[Any]:

@@ -29,7 +29,7 @@ from coordinator.purge.batch import ensure_archive_table, purge_batch
 from coordinator.purge.planner import (
     PolicyPlan,
     count_due,
-    count_held,
+    leftover,
     oldest_due,
     plan_policy,
     time_base,
@@ -410,11 +410,9 @@ class Runner:
             # below (and the next plan) into nested loops over the whole ledger.
             async with self.engine.begin() as conn:
                 await conn.execute(text(f"ANALYZE {anonymized.name}"))
-        # What the run left: held rows (one pass), and the oldest row still due (an
-        # index read), instead of plan_policy's three counts over the table.
         async with self.engine.connect() as conn:
-            outcome.held = await count_held(conn, bound, base.now, after=start)
-            outcome.oldest_unprocessed_days = await oldest_due(conn, bound, base.now, after=start)
+            left = await leftover(conn, bound, base.now, after=start)
+        outcome.held, outcome.oldest_unprocessed_days = left.held, left.oldest_age_days
 
     async def _record(self, run_id: uuid.UUID, outcome: PolicyOutcome) -> None:
         finished = self.clock.now()

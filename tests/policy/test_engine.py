@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import func, insert, select, text
@@ -92,6 +93,42 @@ async def test_fraction_guard_alone(
     plan = await runner.plan()
     assert plan.plans[0].guard is not None
     assert "exceeded: max_fraction" in plan.plans[0].guard
+
+
+async def test_a_run_refuses_as_the_plan_does_and_reports_what_it_left(
+    engine: AsyncEngine, clock: FrozenClock, settings: Settings
+) -> None:
+    """The run counts only what its guard needs (coordinator/purge/planner.py
+    `count_due`, `leftover`): each guard alone refuses or allows as the plan's counts
+    say, and the outcome reports the held rows and the oldest unprocessed one."""
+    await insert_sessions(engine, [100] * 6 + [10] * 4)
+    async with engine.begin() as conn:
+        await create_hold(
+            conn,
+            types=await entity_types(conn, parse_policies(policies())),
+            entities=["session:1"],
+            reason="r",
+            created_by="me",
+            now=NOW,
+        )
+
+    async def run(guard: str) -> Any:
+        runner = Runner(engine, parse_policies(policies(guard)), settings, clock=clock)
+        return (await runner.run()).outcomes[0]
+
+    refused = await run("    max_fraction: 0.4\n")
+    assert refused.status == "error"
+    assert "5 due rows = 50.00% of 10" in refused.errors[0]
+    assert (refused.held, refused.oldest_unprocessed_days) == (1, 100.0)
+    refused = await run("    max_rows_per_run: 4\n")
+    assert "5 due rows" in refused.errors[0]
+    assert "exceeded: max_rows_per_run" in refused.errors[0]
+    assert await remaining(engine) == set(range(1, 11))
+
+    done = await run("    max_rows_per_run: 5\n    max_fraction: 0.5\n")
+    assert (done.status, done.due, done.processed) == ("ok", 5, 5)
+    assert (done.held, done.oldest_unprocessed_days) == (1, None)
+    assert await remaining(engine) == {1, 7, 8, 9, 10}
 
 
 async def test_a_failing_policy_never_stops_the_others(
