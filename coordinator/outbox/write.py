@@ -91,9 +91,9 @@ async def enqueue(
         if recorded is not None:
             await audit.append(conn, [recorded], at=batch.initiated_at)
         return 0
-    # Serialized before the chain lock is taken: holding it costs only the hash and insert.
+    # Everything but the chain's head is serialized and built before the chain lock is
+    # taken: holding it costs only the hash and the insert.
     prepared = audit.prepare([recorded], at=batch.initiated_at) if recorded is not None else []
-    head = await audit.lock_head(conn)
     b = outbox_batches.c
     subjects = batch.subjects
     if subjects is not None and all(s is None for s in subjects):
@@ -134,6 +134,7 @@ async def enqueue(
         )
         .returning(b.seq)
     )
+    head = await audit.lock_head(conn)
     if recorded is None:
         return int(await conn.scalar(row) or 0)
     written = row.cte("batch")
