@@ -10,8 +10,6 @@ topics (interleaved, rotated every round):
 * `relay`: `OutboxRelay.drain()` — lead, read past the watermark, expand, validate,
   encode, sign (one Merkle root per 128 records, SPEC §9), send, await acks, mark, audit;
 * `relay_unsigned`: the same with `RETENTION_SIGNATURES=off`: what signing costs;
-* `relay_inline`: signed, with the signature trees hashed in the relay's own thread
-  (`RETENTION_RELAY_SIGNING_PROCESS=false`) instead of its worker process;
 * `relay_confluent`, `relay_confluent_unsigned`: the same two on the relay's librdkafka
   producer (`RETENTION_RELAY_PRODUCER=confluent`, the `fast` extra);
 * `send_per_message`: a bare aiokafka producer (same options) encoding each event with
@@ -240,7 +238,6 @@ async def main(count: int, rounds: int, variants: bool, java: bool, warmup: int)
         await upgrade(url)
         tuned = RelaySettings()
         confluent = tuned.model_copy(update={"producer": "confluent"})
-        inline = tuned.model_copy(update={"signing_process": False})
         rows = outbox_rows(count, policy="session_logs")
         events = events_of(rows)
         record_bytes = sum(len(encode(e)) for e in events) / len(events)
@@ -254,7 +251,6 @@ async def main(count: int, rounds: int, variants: bool, java: bool, warmup: int)
             "relay_unsigned": lambda: relay_drain(
                 url, kafka("unsigned"), tuned, rows, SignatureSettings(mode=SignatureMode.OFF)
             ),
-            "relay_inline": lambda: relay_drain(url, kafka("inline"), inline, rows),
             "relay_confluent": lambda: relay_drain(url, kafka("confluent"), confluent, rows),
             "relay_confluent_unsigned": lambda: relay_drain(
                 url,

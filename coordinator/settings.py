@@ -125,11 +125,6 @@ class RelaySettings(BaseSettings):
         description="Records per signed Merkle tree: one Ed25519 signature each, and a proof "
         "of log2(n) steps in every record (docs/protocol.md).",
     )
-    signing_process: bool = Field(
-        default=True,
-        description="Hash the signature trees in a worker process while the relay encodes "
-        "and sends (the other core); false: in the relay's own thread (docs/relay.md).",
-    )
     publish_timeout_s: float = Field(
         default=30.0,
         gt=0,

@@ -36,7 +36,6 @@ __all__ = [
     "PROOF_HEADER",
     "SIGNATURE_HEADER",
     "Checked",
-    "Forest",
     "SignableRecord",
     "SignatureMode",
     "SignatureSettings",
@@ -49,7 +48,6 @@ __all__ = [
     "generate_key_files",
     "key_id",
     "load_private_key",
-    "merkle_forest",
     "merkle_proofs",
     "parse_public_key",
     "signed_bytes",
@@ -209,26 +207,18 @@ class Signer:
         signature = self._header(ROOT_CONTEXT + root)
         return [[signature, (PROOF_HEADER, proof)] for proof in proofs]
 
-    def sign_in_place(
-        self, records: Sequence[SignableRecord], tree_size: int, forest: Forest | None = None
-    ) -> None:
+    def sign_in_place(self, records: Sequence[SignableRecord], tree_size: int) -> None:
         """Sign `records` one Merkle tree per `tree_size` consecutive records, appending the
         signature and proof headers to each record's own header list.
 
         The wire bytes are those of `sign_batch` on each chunk; this form exists for the
         relay, which signs every event it publishes: no per-record lists or records are
-        rebuilt, so signing costs little more than the hashing itself. `forest` is
-        `merkle_forest` of these records' keys and values when it was computed elsewhere
-        (the relay hashes in a worker process); only the roots are signed here, so the
-        private key never leaves this process.
+        rebuilt, so signing costs little more than the hashing itself.
         """
-        if forest is None:
-            forest = merkle_forest([r.key for r in records], [r.value for r in records], tree_size)
-        covered = sum(len(proofs) or 1 for _, proofs in forest)
-        if covered != len(records):
-            raise ValueError(f"the forest covers {covered} records, not {len(records)}")
         start = 0
-        for message, proofs in forest:
+        for message, proofs in _forest(
+            [r.key for r in records], [r.value for r in records], tree_size
+        ):
             signature = self._header(message)
             if not proofs:
                 # A tree of one: signed per record, no proof header.
@@ -240,7 +230,7 @@ class Signer:
             start += len(proofs)
 
 
-Forest = list[tuple[bytes, list[bytes]]]
+_Forest = list[tuple[bytes, list[bytes]]]
 """Per tree, in order: the message its signature covers and each record's
 `retention-proof` header value (none for a tree of one, signed per record)."""
 
@@ -248,21 +238,21 @@ _LENGTHS = [n.to_bytes(4, "big") for n in range(256)]
 """The 4-byte big-endian lengths of short record keys, looked up instead of encoded."""
 
 
-def merkle_forest(
+def _forest(
     keys: Sequence[bytes | None], values: Sequence[bytes | None], tree_size: int
-) -> Forest:
+) -> _Forest:
     """Trees of `tree_size` consecutive records (the last may be smaller): what each
-    tree's signature covers and every record's proof (see `Forest`).
+    tree's signature covers and every record's proof (see `_Forest`).
 
-    Pure and picklable both ways, so it can run in another process. The relay runs it for
-    every event it publishes; its cost is almost all SHA-256 calls (about 0.3 µs each
-    through OpenSSL whatever the input's size, plus the leaves' bytes): one per leaf and
-    one per inner node, nothing per record beyond that but slices and concatenations.
+    The relay runs it for every event it publishes. Its cost is almost all SHA-256 calls,
+    about 0.3 µs each through OpenSSL whatever the input's size (plus the leaves' bytes):
+    one per leaf and one per inner node, nothing per record beyond that but slices and
+    concatenations.
     """
     if tree_size < 1:
         raise ValueError("a signature tree holds at least one record")
     sha256, lengths = hashlib.sha256, _LENGTHS
-    forest: Forest = []
+    forest: _Forest = []
     for start in range(0, len(keys), tree_size):
         tree_keys, tree_values = keys[start : start + tree_size], values[start : start + tree_size]
         if len(tree_keys) == 1:

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import pickle
 from dataclasses import dataclass, field
 
-import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -26,7 +24,6 @@ from schemas.signing import (
     Signer,
     Verdict,
     Verifier,
-    merkle_forest,
     merkle_proofs,
     signed_bytes,
 )
@@ -173,13 +170,6 @@ def test_sign_in_place_is_sign_batch_per_tree(records: list[_Record], tree_size:
         for headers in SIGNER.sign_batch(records[start : start + tree_size])
     ]
     assert [o.headers for o in outgoing] == expected
-    # The relay's form: the forest hashed elsewhere (a worker process), pickled across.
-    forest = merkle_forest([k for k, _ in records], [v for _, v in records], tree_size)
-    given = [Out(k, v) for k, v in records]
-    SIGNER.sign_in_place(given, tree_size, pickle.loads(pickle.dumps(forest)))  # noqa: S301  # our own bytes
-    assert [o.headers for o in given] == expected
-    with pytest.raises(ValueError, match="the forest covers"):
-        SIGNER.sign_in_place(given[:-1], tree_size, forest)
 
 
 @given(st.sampled_from(range(2, 40)), st.integers(0, 15))

@@ -18,16 +18,13 @@ design.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
-import multiprocessing
-import pickle
 import time
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +51,7 @@ from coordinator.settings import RelaySettings
 from coordinator.store.tables import outbox_batches, outbox_marks
 from schemas import KafkaSettings, RetryPolicy, Stopped, is_transient, retry
 from schemas.errors import error_text
-from schemas.signing import Forest, SignatureSettings, merkle_forest
+from schemas.signing import SignatureSettings
 
 __all__ = [
     "AUDIT_ACTION",
@@ -178,66 +175,43 @@ class PublishFailed(CoordinatorError, KafkaError):  # type: ignore[misc]  # aiok
     retriable = True
 
 
-class _Hasher:
-    """A worker process that hashes the Merkle trees of the chunks the relay signs.
-
-    Hashing is most of what signing costs (a SHA-256 per record and per inner node), and
-    hashlib holds the GIL for inputs this small, so a thread would not help; a process
-    takes it off the relay's thread and onto the other core, while the relay encodes and
-    hands over. Only keys and values go there and only the trees come back: the private
-    key stays in the relay, which signs the roots. The trees are the same wherever they
-    are hashed, so the relay hashes in its own thread until the worker has started and
-    whenever it fails.
-    """
-
-    def __init__(self) -> None:
-        # spawn, not fork: the relay's process has threads (librdkafka's, asyncio's
-        # executor), and a forked child could inherit a lock one of them held.
-        self._pool = ProcessPoolExecutor(
-            max_workers=1, mp_context=multiprocessing.get_context("spawn")
-        )
-        self._started: Future[Forest] = self._pool.submit(merkle_forest, [], [], 1)
-
-    @property
-    def ready(self) -> bool:
-        return self._started.done() and self._started.exception() is None
-
-    async def started(self, timeout_s: float) -> None:
-        with suppress(Exception):
-            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self._started)), timeout_s)
-
-    def submit(
-        self, keys: list[bytes | None], values: list[bytes | None], tree_size: int
-    ) -> asyncio.Future[Forest]:
-        return asyncio.wrap_future(self._pool.submit(merkle_forest, keys, values, tree_size))
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
 _SEGMENTS_PER_ROUND = 8
 """Most claims one round sends while the audit chain's lock is busy (`_publish`): each
 claim's audit entry is as large as before, and the round's transaction stays short."""
 
-_HASHER_START_S = 10.0
-"""How long `OutboxRelay.start` waits for the hashing worker (a fresh interpreter)."""
-
-_HASHER: _Hasher | None = None
-"""Shared by every relay of the process (one in `serve`; many in the tests)."""
-
-
-def _shared_hasher() -> _Hasher:
-    global _HASHER  # one worker per process, started on first use
-    if _HASHER is None:
-        _HASHER = _Hasher()
-    return _HASHER
+_GC_YOUNG_WHILE_PUBLISHING = 50_000
+"""Allocations between two collections of the youngest generation while a round runs
+(CPython's default: 700)."""
+_gc_rounds = 0
+_gc_default: tuple[int, int, int] = gc.get_threshold()
 
 
-def _drop_hasher(hasher: _Hasher) -> None:
-    global _HASHER
-    if _HASHER is hasher:
-        _HASHER = None
-    hasher.close()
+@contextmanager
+def _fewer_collections() -> Iterator[None]:
+    """Let the cyclic garbage collector run less often while rounds are under way.
+
+    A round allocates several objects per event that live until its commit (records,
+    headers, proofs): with the default threshold they are scanned again and again and
+    promoted into the oldest generation, whose full collections then walk every object of
+    the process. bench/relay_throughput.py measured that at about half of the relay's
+    CPU per event. None of a round's objects form cycles (reference counting frees them
+    at its end), so collecting less often changes nothing but when cycles made elsewhere
+    in the process are found. The threshold is process-wide: the first of overlapping
+    rounds (several relays in one process) raises it, the last restores it.
+    """
+    global _gc_rounds, _gc_default  # the collector is process-wide
+    if _gc_rounds == 0:
+        _gc_default = gc.get_threshold()
+        young, *older = _gc_default
+        if young:  # 0: collection is off; leave it so
+            gc.set_threshold(max(young, _GC_YOUNG_WHILE_PUBLISHING), *older)
+    _gc_rounds += 1
+    try:
+        yield
+    finally:
+        _gc_rounds -= 1
+        if _gc_rounds == 0:
+            gc.set_threshold(*_gc_default)
 
 
 @dataclass(eq=False, slots=True)
@@ -279,21 +253,9 @@ class OutboxRelay:
         """After a failed batch; what is retried depends on the mode (see `_loop`)."""
         self._backlog_refreshed = float("-inf")
         self._claim_query = _claim_query(self._settings.batch_size)
-        self._hasher = (
-            _shared_hasher()
-            if self._signer is not None and self._settings.signing_process
-            else None
-        )
 
     async def __aenter__(self) -> OutboxRelay:
-        await self.start()
         return self
-
-    async def start(self) -> None:
-        """Wait (bounded) for the hashing worker to start, so that the first rounds use it
-        too; without it the relay hashes in its own thread, so this never fails."""
-        if self._hasher is not None:
-            await self._hasher.started(_HASHER_START_S)
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
@@ -337,7 +299,8 @@ class OutboxRelay:
         if claim is None:
             return BatchResult()
         async with claim:
-            return await self._publish(producer, claim)
+            with _fewer_collections():
+                return await self._publish(producer, claim)
 
     async def _publish(self, producer: EventProducer, claim: _Claim) -> BatchResult:
         """Send the claim, mark what the broker acknowledged, append the audit entries and
@@ -407,58 +370,24 @@ class OutboxRelay:
     async def _send(self, producer: EventProducer, claim: _Claim) -> None:
         """Encode, sign and hand over the claim's events, a chunk at a time, without
         waiting for acknowledgements: the producer sends one chunk while the next is
-        encoded, and a worker process hashes a chunk's Merkle trees while this one encodes
-        the next (`_hash`). A chunk is whole signature trees of whole batches' events; a
-        failed hand-over ends the round's sending (what was not handed over is sent next
-        round).
+        encoded. A chunk is whole signature trees of whole batches' events; a failed
+        hand-over ends the round's sending (what was not handed over is sent next round).
         """
         loop = asyncio.get_running_loop()
         claim.deadline = loop.time() + self._settings.publish_timeout_s
         tree = self._settings.signature_batch
         chunk = max(tree, self._settings.send_chunk // tree * tree)
         encode = BatchEncoder()
-        # The chunk encoded and being hashed, handed over once the next one is encoded.
-        waiting: tuple[int, int, asyncio.Future[Forest] | None] | None = None
-        hashed = 0
-        try:
-            for row in claim.rows:
-                self._encode(claim, encode, row)
-                if len(claim.records) - hashed < chunk:
-                    continue
-                ready = (len(claim.records) - hashed) // tree * tree
-                previous, waiting = (
-                    waiting,
-                    (hashed, hashed + ready, self._hash(claim, hashed, ready)),
-                )
-                hashed += ready
-                if previous is not None and not await self._hand_over(producer, claim, *previous):
+        sent = 0
+        for row in claim.rows:
+            self._encode(claim, encode, row)
+            if len(claim.records) - sent >= chunk:
+                ready = (len(claim.records) - sent) // tree * tree
+                if not await self._hand_over(producer, claim, sent, sent + ready):
                     return
-            if hashed < len(claim.records):
-                rest = len(claim.records) - hashed
-                previous, waiting = (
-                    waiting,
-                    (hashed, len(claim.records), self._hash(claim, hashed, rest)),
-                )
-                if previous is not None and not await self._hand_over(producer, claim, *previous):
-                    return
-            if waiting is not None:
-                last, waiting = waiting, None
-                await self._hand_over(producer, claim, *last)
-        finally:
-            if waiting is not None and waiting[2] is not None:
-                # Never handed over (a failed hand-over, or cancelled): drop its hashing.
-                waiting[2].cancel()
-
-    def _hash(self, claim: _Claim, start: int, count: int) -> asyncio.Future[Forest] | None:
-        """The Merkle trees of records [start, start + count), hashed in the worker process
-        (`_hasher`) while this one goes on; None: hashed here when signed (no signer, no
-        worker, or the worker not started yet)."""
-        if self._signer is None or self._hasher is None or not self._hasher.ready:
-            return None
-        records = claim.records[start : start + count]
-        return self._hasher.submit(
-            [r.key for r in records], [r.value for r in records], self._settings.signature_batch
-        )
+                sent += ready
+        if sent < len(claim.records):
+            await self._hand_over(producer, claim, sent, len(claim.records))
 
     def _encode(self, claim: _Claim, encode: BatchEncoder, row: Row[Any]) -> None:
         """Append the events of one batch row to the claim; log those it cannot build."""
@@ -488,20 +417,14 @@ class OutboxRelay:
         claim.batch_of += [index] * built
 
     async def _hand_over(
-        self,
-        producer: EventProducer,
-        claim: _Claim,
-        start: int,
-        end: int,
-        hashing: asyncio.Future[Forest] | None,
+        self, producer: EventProducer, claim: _Claim, start: int, end: int
     ) -> bool:
         """Sign records [start, end) and enqueue them; False if the producer failed."""
         chunk = claim.records[start:end]
         if self._signer is not None:
             # One Ed25519 signature per `signature_batch` records (a Merkle root), a proof
             # in each: smaller trees keep the proof header short, larger ones sign less.
-            forest = await self._hashed(hashing)
-            self._signer.sign_in_place(chunk, self._settings.signature_batch, forest)
+            self._signer.sign_in_place(chunk, self._settings.signature_batch)
         try:
             # Enqueueing awaits topic metadata, which can hang (aiokafka#759).
             async with asyncio.timeout_at(claim.deadline):
@@ -511,20 +434,6 @@ class OutboxRelay:
             claim.enqueue_error = exc
             return False
         return True
-
-    async def _hashed(self, hashing: asyncio.Future[Forest] | None) -> Forest | None:
-        """The worker's forest; None (hash here) when there was none or the worker failed:
-        the trees are the same wherever they are hashed, so a lost worker costs speed only."""
-        if hashing is None:
-            return None
-        try:
-            return await hashing
-        except (BrokenProcessPool, OSError, pickle.PicklingError) as exc:
-            log.warning("relay_hash_worker_failed", error=error_text(exc))
-            if self._hasher is not None:
-                _drop_hasher(self._hasher)
-                self._hasher = None
-            return None
 
     async def _settle(
         self, claim: _Claim
