@@ -10,6 +10,9 @@ topics (interleaved, rotated every round):
 * `relay`: `OutboxRelay.drain()` — lead, read past the watermark, expand, validate,
   encode, sign (one Merkle root per 128 records, SPEC §9), send, await acks, mark, audit;
 * `relay_unsigned`: the same with `RETENTION_SIGNATURES=off`: what signing costs;
+* `relay_gc_default`, `relay_gc_default_unsigned`: the same two with CPython's default
+  garbage-collection threshold during rounds (`RETENTION_RELAY_GC_THRESHOLD=700`): what
+  collecting less often saves;
 * `relay_confluent`, `relay_confluent_unsigned`: the same two on the relay's librdkafka
   producer (`RETENTION_RELAY_PRODUCER=confluent`, the `fast` extra);
 * `send_per_message`: a bare aiokafka producer (same options) encoding each event with
@@ -238,6 +241,7 @@ async def main(count: int, rounds: int, variants: bool, java: bool, warmup: int)
         await upgrade(url)
         tuned = RelaySettings()
         confluent = tuned.model_copy(update={"producer": "confluent"})
+        gc_default = tuned.model_copy(update={"gc_threshold": 700})
         rows = outbox_rows(count, policy="session_logs")
         events = events_of(rows)
         record_bytes = sum(len(encode(e)) for e in events) / len(events)
@@ -250,6 +254,14 @@ async def main(count: int, rounds: int, variants: bool, java: bool, warmup: int)
             "relay": lambda: relay_drain(url, kafka("relay"), tuned, rows),
             "relay_unsigned": lambda: relay_drain(
                 url, kafka("unsigned"), tuned, rows, SignatureSettings(mode=SignatureMode.OFF)
+            ),
+            "relay_gc_default": lambda: relay_drain(url, kafka("gc"), gc_default, rows),
+            "relay_gc_default_unsigned": lambda: relay_drain(
+                url,
+                kafka("gc_unsigned"),
+                gc_default,
+                rows,
+                SignatureSettings(mode=SignatureMode.OFF),
             ),
             "relay_confluent": lambda: relay_drain(url, kafka("confluent"), confluent, rows),
             "relay_confluent_unsigned": lambda: relay_drain(
@@ -289,6 +301,11 @@ async def main(count: int, rounds: int, variants: bool, java: bool, warmup: int)
         relay_rate = result["relay"]["events_per_s"]
         for name in names[1:]:
             result[f"relay/{name}"] = round(relay_rate / result[name]["events_per_s"], 3)
+        result["relay_gc_default/relay_gc_default_unsigned"] = round(
+            result["relay_gc_default"]["events_per_s"]
+            / result["relay_gc_default_unsigned"]["events_per_s"],
+            3,
+        )
         result["relay_confluent/relay_confluent_unsigned"] = round(
             result["relay_confluent"]["events_per_s"]
             / result["relay_confluent_unsigned"]["events_per_s"],

@@ -179,32 +179,30 @@ _SEGMENTS_PER_ROUND = 8
 """Most claims one round sends while the audit chain's lock is busy (`_publish`): each
 claim's audit entry is as large as before, and the round's transaction stays short."""
 
-_GC_YOUNG_WHILE_PUBLISHING = 50_000
-"""Allocations between two collections of the youngest generation while a round runs
-(CPython's default: 700)."""
 _gc_rounds = 0
 _gc_default: tuple[int, int, int] = gc.get_threshold()
 
 
 @contextmanager
-def _fewer_collections() -> Iterator[None]:
-    """Let the cyclic garbage collector run less often while rounds are under way.
+def _fewer_collections(young: int) -> Iterator[None]:
+    """Let the cyclic garbage collector run less often while rounds are under way: at
+    most every `young` allocations (`RelaySettings.gc_threshold`; CPython's default: 700).
 
     A round allocates several objects per event that live until its commit (records,
     headers, proofs): with the default threshold they are scanned again and again and
     promoted into the oldest generation, whose full collections then walk every object of
-    the process. bench/relay_throughput.py measured that at about half of the relay's
-    CPU per event. None of a round's objects form cycles (reference counting frees them
-    at its end), so collecting less often changes nothing but when cycles made elsewhere
-    in the process are found. The threshold is process-wide: the first of overlapping
-    rounds (several relays in one process) raises it, the last restores it.
+    the process (bench/relay_throughput.py, `relay_gc_default`: about a third of the
+    relay's CPU per event). None of a round's objects form cycles (reference counting
+    frees them at its end), so collecting less often changes nothing but when cycles made
+    elsewhere in the process are found. The threshold is process-wide: the first of
+    overlapping rounds (several relays in one process) raises it, the last restores it.
     """
     global _gc_rounds, _gc_default  # the collector is process-wide
     if _gc_rounds == 0:
         _gc_default = gc.get_threshold()
-        young, *older = _gc_default
-        if young:  # 0: collection is off; leave it so
-            gc.set_threshold(max(young, _GC_YOUNG_WHILE_PUBLISHING), *older)
+        first, *older = _gc_default
+        if first:  # 0: collection is off; leave it so
+            gc.set_threshold(max(first, young), *older)
     _gc_rounds += 1
     try:
         yield
@@ -299,7 +297,7 @@ class OutboxRelay:
         if claim is None:
             return BatchResult()
         async with claim:
-            with _fewer_collections():
+            with _fewer_collections(self._settings.gc_threshold):
                 return await self._publish(producer, claim)
 
     async def _publish(self, producer: EventProducer, claim: _Claim) -> BatchResult:
