@@ -130,7 +130,7 @@ class RelaySettings(BaseSettings):
         ge=1,
         description="Allocations between two collections of the garbage collector's "
         "youngest generation while rounds run (CPython's default 700 costs the relay about "
-        "a third of its CPU; docs/relay.md).",
+        "a quarter of its CPU; docs/relay.md).",
     )
     publish_timeout_s: float = Field(
         default=30.0,

@@ -191,7 +191,7 @@ def _fewer_collections(young: int) -> Iterator[None]:
     A round allocates several objects per event that live until its commit (records,
     headers, proofs): with the default threshold they are scanned again and again and
     promoted into the oldest generation, whose full collections then walk every object of
-    the process (bench/relay_throughput.py, `relay_gc_default`: about a third of the
+    the process (bench/relay_throughput.py, `relay_gc_default`: about a quarter of the
     relay's CPU per event). None of a round's objects form cycles (reference counting
     frees them at its end), so collecting less often changes nothing but when cycles made
     elsewhere in the process are found. The threshold is process-wide: the first of
