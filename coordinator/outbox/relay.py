@@ -175,10 +175,6 @@ class PublishFailed(CoordinatorError, KafkaError):  # type: ignore[misc]  # aiok
     retriable = True
 
 
-_SEGMENTS_PER_ROUND = 8
-"""Most claims one round sends while the audit chain's lock is busy (`_publish`): each
-claim's audit entry is as large as before, and the round's transaction stays short."""
-
 _gc_rounds = 0
 _gc_default: tuple[int, int, int] = gc.get_threshold()
 
@@ -310,7 +306,8 @@ class OutboxRelay:
         entries serialized first, so holding it costs one read of the chain's head, one
         insert and the commit. When another writer holds it (the purge, the tracker),
         the round does not sit idle: it reads the batches after those it sent, sends and
-        marks them too, and tries again (at most `_SEGMENTS_PER_ROUND` claims in all).
+        marks them too, and tries again (at most `busy_chain_claims` claims in all: each
+        claim's audit entry is as large as before, and the transaction stays bounded).
         Each claim gets its own mark and entry, in one transaction: commit or nothing, as
         with one claim.
         """
@@ -330,7 +327,7 @@ class OutboxRelay:
             policies += published
             if (
                 settled.send_failed
-                or count >= _SEGMENTS_PER_ROUND
+                or count >= self._settings.busy_chain_claims
                 or await audit.try_lock_head(conn)
             ):
                 break
