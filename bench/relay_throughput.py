@@ -10,6 +10,13 @@ topics (interleaved, rotated every round):
 * `relay`: `OutboxRelay.drain()` — lead, read past the watermark, expand, validate,
   encode, sign (one Merkle root per 128 records, SPEC §9), send, await acks, mark, audit;
 * `relay_unsigned`: the same with `RETENTION_SIGNATURES=off`: what signing costs;
+* `relay_gc_default`, `relay_gc_default_unsigned`: the same two with CPython's default
+  garbage-collection threshold during rounds (`RETENTION_RELAY_GC_THRESHOLD=700`): what
+  collecting less often saves;
+* `relay_chain_busy`, `relay_chain_busy_waiting`: signed, while another connection holds
+  the audit chain's lock 0.3 s of every 0.4 s (as the purge and the tracker do when they
+  overlap the relay at scale): the relay sending further claims while the lock is busy
+  (the default), and waiting for it after each claim (`RETENTION_RELAY_BUSY_CHAIN_CLAIMS=1`);
 * `relay_confluent`, `relay_confluent_unsigned`: the same two on the relay's librdkafka
   producer (`RETENTION_RELAY_PRODUCER=confluent`, the `fast` extra);
 * `send_per_message`: a bare aiokafka producer (same options) encoding each event with
@@ -47,6 +54,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from bench import kafka_tools
+from coordinator.evidence import audit
 from coordinator.kafka import admin
 from coordinator.kafka.admin import ensure_topics
 from coordinator.kafka.producer import KafkaEventProducer, OutgoingRecord, producer_options
@@ -165,8 +173,10 @@ async def relay_drain(
     relay: RelaySettings,
     rows: list[dict[str, Any]],
     signatures: SignatureSettings | None = None,
+    on_filled: Callable[[], Awaitable[None]] | None = None,
 ) -> Timing:
-    """Wall and CPU seconds of `drain()` over `rows`."""
+    """Wall and CPU seconds of `drain()` over `rows`; `on_filled` runs once the outbox
+    holds them, before the clock starts."""
     await ensure_topics(kafka)
     engine = make_engine(url)
     try:
@@ -174,6 +184,8 @@ async def relay_drain(
         await insert_rows(engine, rows)
         async with engine.connect() as conn:
             await conn.exec_driver_sql("ANALYZE retention_outbox_batches")
+        if on_filled is not None:
+            await on_filled()
         async with OutboxRelay(engine, kafka, settings=relay, signatures=signatures) as relay_:
             started, cpu = time.perf_counter(), time.process_time()
             published = await relay_.drain()
@@ -182,6 +194,45 @@ async def relay_drain(
         return elapsed, cpu
     finally:
         await engine.dispose()
+
+
+CHAIN_HELD_S, CHAIN_FREE_S = 0.3, 0.1
+"""How long the chain-lock holder of `relay_chain_busy` holds the lock, then leaves it."""
+
+
+async def hold_chain(url: str, stop: asyncio.Event) -> None:
+    """Hold the audit chain's lock `CHAIN_HELD_S` of every `CHAIN_HELD_S + CHAIN_FREE_S`
+    until `stop`, as another writer of evidence would."""
+    engine = make_engine(url)
+    try:
+        while not stop.is_set():
+            async with engine.connect() as conn:
+                await conn.begin()
+                await audit.lock_head(conn)
+                await asyncio.sleep(CHAIN_HELD_S)
+                await conn.rollback()
+            await asyncio.sleep(CHAIN_FREE_S)
+    finally:
+        await engine.dispose()
+
+
+async def relay_drain_chain_busy(
+    url: str, kafka: KafkaSettings, relay: RelaySettings, rows: list[dict[str, Any]]
+) -> Timing:
+    """`relay_drain` while `hold_chain` runs (started once the outbox is filled)."""
+    stop = asyncio.Event()
+    holder: asyncio.Task[None] | None = None
+
+    async def filled() -> None:
+        nonlocal holder
+        holder = asyncio.create_task(hold_chain(url, stop))
+
+    try:
+        return await relay_drain(url, kafka, relay, rows, on_filled=filled)
+    finally:
+        stop.set()
+        if holder is not None:
+            await holder
 
 
 async def producer_performance(
@@ -238,6 +289,8 @@ async def main(count: int, rounds: int, variants: bool, java: bool, warmup: int)
         await upgrade(url)
         tuned = RelaySettings()
         confluent = tuned.model_copy(update={"producer": "confluent"})
+        gc_default = tuned.model_copy(update={"gc_threshold": 700})
+        waiting = tuned.model_copy(update={"busy_chain_claims": 1})
         rows = outbox_rows(count, policy="session_logs")
         events = events_of(rows)
         record_bytes = sum(len(encode(e)) for e in events) / len(events)
@@ -250,6 +303,18 @@ async def main(count: int, rounds: int, variants: bool, java: bool, warmup: int)
             "relay": lambda: relay_drain(url, kafka("relay"), tuned, rows),
             "relay_unsigned": lambda: relay_drain(
                 url, kafka("unsigned"), tuned, rows, SignatureSettings(mode=SignatureMode.OFF)
+            ),
+            "relay_gc_default": lambda: relay_drain(url, kafka("gc"), gc_default, rows),
+            "relay_gc_default_unsigned": lambda: relay_drain(
+                url,
+                kafka("gc_unsigned"),
+                gc_default,
+                rows,
+                SignatureSettings(mode=SignatureMode.OFF),
+            ),
+            "relay_chain_busy": lambda: relay_drain_chain_busy(url, kafka("busy"), tuned, rows),
+            "relay_chain_busy_waiting": lambda: relay_drain_chain_busy(
+                url, kafka("busy_waiting"), waiting, rows
             ),
             "relay_confluent": lambda: relay_drain(url, kafka("confluent"), confluent, rows),
             "relay_confluent_unsigned": lambda: relay_drain(
@@ -289,6 +354,16 @@ async def main(count: int, rounds: int, variants: bool, java: bool, warmup: int)
         relay_rate = result["relay"]["events_per_s"]
         for name in names[1:]:
             result[f"relay/{name}"] = round(relay_rate / result[name]["events_per_s"], 3)
+        result["relay_gc_default/relay_gc_default_unsigned"] = round(
+            result["relay_gc_default"]["events_per_s"]
+            / result["relay_gc_default_unsigned"]["events_per_s"],
+            3,
+        )
+        result["relay_chain_busy/relay_chain_busy_waiting"] = round(
+            result["relay_chain_busy"]["events_per_s"]
+            / result["relay_chain_busy_waiting"]["events_per_s"],
+            3,
+        )
         result["relay_confluent/relay_confluent_unsigned"] = round(
             result["relay_confluent"]["events_per_s"]
             / result["relay_confluent_unsigned"]["events_per_s"],

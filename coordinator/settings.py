@@ -125,6 +125,20 @@ class RelaySettings(BaseSettings):
         description="Records per signed Merkle tree: one Ed25519 signature each, and a proof "
         "of log2(n) steps in every record (docs/protocol.md).",
     )
+    busy_chain_claims: int = Field(
+        default=8,
+        ge=1,
+        le=100,
+        description="Most claims one round sends, each marked, while another writer holds "
+        "the audit chain's lock; 1: wait for the lock after the first (docs/relay.md).",
+    )
+    gc_threshold: int = Field(
+        default=50_000,
+        ge=1,
+        description="Allocations between two collections of the garbage collector's "
+        "youngest generation while rounds run (CPython's default 700 costs the relay about "
+        "a quarter of its CPU; docs/relay.md).",
+    )
     publish_timeout_s: float = Field(
         default=30.0,
         gt=0,

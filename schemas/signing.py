@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from itertools import chain, cycle
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -213,37 +213,86 @@ class Signer:
 
         The wire bytes are those of `sign_batch` on each chunk; this form exists for the
         relay, which signs every event it publishes: no per-record lists or records are
-        rebuilt, so signing costs little more than the hashing itself."""
-        if tree_size < 1:
-            raise ValueError("a signature tree holds at least one record")
-        for start in range(0, len(records), tree_size):
-            chunk = records[start : start + tree_size]
-            if len(chunk) == 1:
-                chunk[0].headers.extend(self.sign_record(chunk[0].key, chunk[0].value))
+        rebuilt, so signing costs little more than the hashing itself.
+        """
+        start = 0
+        for message, proofs in _forest(
+            [r.key for r in records], [r.value for r in records], tree_size
+        ):
+            signature = self._header(message)
+            if not proofs:
+                # A tree of one: signed per record, no proof header.
+                records[start].headers.append(signature)
+                start += 1
                 continue
-            root, proofs = merkle_proofs([(r.key, r.value) for r in chunk])
-            signature = self._header(ROOT_CONTEXT + root)
-            for record, proof in zip(chunk, proofs, strict=True):
+            for record, proof in zip(records[start : start + len(proofs)], proofs, strict=True):
                 record.headers.extend((signature, (PROOF_HEADER, proof)))
+            start += len(proofs)
+
+
+_Forest = list[tuple[bytes, list[bytes]]]
+"""Per tree, in order: the message its signature covers and each record's
+`retention-proof` header value (none for a tree of one, signed per record)."""
+
+_LENGTHS = [n.to_bytes(4, "big") for n in range(256)]
+"""The 4-byte big-endian lengths of short record keys, looked up instead of encoded."""
+
+
+def _forest(
+    keys: Sequence[bytes | None], values: Sequence[bytes | None], tree_size: int
+) -> _Forest:
+    """Trees of `tree_size` consecutive records (the last may be smaller): what each
+    tree's signature covers and every record's proof (see `_Forest`).
+
+    The relay runs it for every event it publishes. Its cost is almost all SHA-256 calls,
+    about 0.3 µs each through OpenSSL whatever the input's size (plus the leaves' bytes):
+    one per leaf and one per inner node, nothing per record beyond that but slices and
+    concatenations.
+    """
+    if tree_size < 1:
+        raise ValueError("a signature tree holds at least one record")
+    sha256, lengths = hashlib.sha256, _LENGTHS
+    forest: _Forest = []
+    for start in range(0, len(keys), tree_size):
+        tree_keys, tree_values = keys[start : start + tree_size], values[start : start + tree_size]
+        if len(tree_keys) == 1:
+            forest.append((signed_bytes(tree_keys[0], tree_values[0]), []))
+            continue
+        # Tombstones and null keys are rare: only their trees pay for replacing None.
+        ks = cast("Sequence[bytes]", tree_keys)
+        vs = cast("Sequence[bytes]", tree_values)
+        if None in tree_keys or None in tree_values:
+            ks, vs = [k or b"" for k in tree_keys], [v or b"" for v in tree_values]
+        leaves = [
+            sha256(
+                _LEAF_PREFIX
+                + (lengths[len(k)] if len(k) < 256 else len(k).to_bytes(4, "big"))
+                + k
+                + v
+            ).digest()
+            for k, v in zip(ks, vs, strict=True)
+        ]
+        root, proofs = _tree(leaves)
+        forest.append((ROOT_CONTEXT + root, proofs))
+    return forest
 
 
 def merkle_proofs(
     records: Sequence[tuple[bytes | None, bytes | None]],
 ) -> tuple[bytes, list[bytes]]:
     """The Merkle root over `records` (two or more) and each record's `retention-proof`
-    header value (standard base64 of its steps), in one pass over the tree.
+    header value (standard base64 of its steps)."""
+    return _tree([_leaf(k, v) for k, v in records])
 
-    The relay runs this for every event it publishes, so it is written for CPU: every
-    node is hashed once and encoded once, and proofs are assembled from the root down.
-    """
+
+def _tree(level: list[bytes]) -> tuple[bytes, list[bytes]]:
+    """The root over `level` (two or more leaf hashes) and each leaf's proof, in one pass:
+    every node is hashed once and encoded once, and proofs are assembled from the root
+    down."""
     sha256 = hashlib.sha256
     # A step is 33 bytes, so its base64 is exactly 44 characters with no padding, and a
     # proof's base64 is the concatenation of its steps' base64: each level is encoded in
     # one call and sliced, never re-encoded per record.
-    level = [
-        sha256(_LEAF_PREFIX + len(k).to_bytes(4, "big") + k + v).digest()
-        for k, v in ((k or b"", v or b"") for k, v in records)
-    ]
     steps_by_level: list[list[bytes]] = []
     while len(level) > 1:
         above = [
@@ -266,11 +315,12 @@ def merkle_proofs(
     for steps in reversed(steps_by_level):
         # A node's proof is its sibling's step, then its parent's proof.
         parents, proofs = proofs, []
+        append = proofs.append
         for left, right, parent in zip(steps[::2], steps[1::2], parents, strict=False):
-            proofs.append(right + parent)
-            proofs.append(left + parent)
+            append(right + parent)
+            append(left + parent)
         if len(steps) % 2:
-            proofs.append(parents[-1])
+            append(parents[-1])
     return level[0], proofs
 
 

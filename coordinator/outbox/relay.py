@@ -18,11 +18,13 @@ design.
 from __future__ import annotations
 
 import asyncio
+import gc
+import itertools
 import time
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,6 +175,39 @@ class PublishFailed(CoordinatorError, KafkaError):  # type: ignore[misc]  # aiok
     retriable = True
 
 
+_gc_rounds = 0
+_gc_default: tuple[int, int, int] = gc.get_threshold()
+
+
+@contextmanager
+def _fewer_collections(young: int) -> Iterator[None]:
+    """Let the cyclic garbage collector run less often while rounds are under way: at
+    most every `young` allocations (`RelaySettings.gc_threshold`; CPython's default: 700).
+
+    A round allocates several objects per event that live until its commit (records,
+    headers, proofs): with the default threshold they are scanned again and again and
+    promoted into the oldest generation, whose full collections then walk every object of
+    the process (bench/relay_throughput.py, `relay_gc_default`: about a quarter of the
+    relay's CPU per event). None of a round's objects form cycles (reference counting
+    frees them at its end), so collecting less often changes nothing but when cycles made
+    elsewhere in the process are found. The threshold is process-wide: the first of
+    overlapping rounds (several relays in one process) raises it, the last restores it.
+    """
+    global _gc_rounds, _gc_default  # the collector is process-wide
+    if _gc_rounds == 0:
+        _gc_default = gc.get_threshold()
+        first, *older = _gc_default
+        if first:  # 0: collection is off; leave it so
+            gc.set_threshold(max(first, young), *older)
+    _gc_rounds += 1
+    try:
+        yield
+    finally:
+        _gc_rounds -= 1
+        if _gc_rounds == 0:
+            gc.set_threshold(*_gc_default)
+
+
 @dataclass(eq=False, slots=True)
 class _LoopState:
     total: int = 0
@@ -258,8 +293,53 @@ class OutboxRelay:
         if claim is None:
             return BatchResult()
         async with claim:
-            await self._send(producer, claim)
-            return await self._finish(claim)
+            with _fewer_collections(self._settings.gc_threshold):
+                return await self._publish(producer, claim)
+
+    async def _publish(self, producer: EventProducer, claim: _Claim) -> BatchResult:
+        """Send the claim, mark what the broker acknowledged, append the audit entries and
+        commit; while the audit chain's lock is busy, go on with the next batches instead
+        of waiting for it.
+
+        The chain's lock is the last thing the round takes (its holder keeps it to its
+        commit, and every writer of evidence takes it): the marks are inserted and the
+        entries serialized first, so holding it costs one read of the chain's head, one
+        insert and the commit. When another writer holds it (the purge, the tracker),
+        the round does not sit idle: it reads the batches after those it sent, sends and
+        marks them too, and tries again (at most `busy_chain_claims` claims in all: each
+        claim's audit entry is as large as before, and the transaction stays bounded).
+        Each claim gets its own mark and entry, in one transaction: commit or nothing, as
+        with one claim.
+        """
+        conn, segment = claim.conn, claim
+        result, policies = BatchResult(), Counter[str]()
+        prepared: list[audit.Prepared] = []
+        for count in itertools.count(1):
+            await self._send(producer, segment)
+            settled, entry, published = await self._settle(segment)
+            result = BatchResult(
+                result.claimed + settled.claimed,
+                result.published + settled.published,
+                result.send_failed + settled.send_failed,
+                result.unbuildable + settled.unbuildable,
+            )
+            prepared += entry
+            policies += published
+            if (
+                settled.send_failed
+                or count >= self._settings.busy_chain_claims
+                or await audit.try_lock_head(conn)
+            ):
+                break
+            rows = (await conn.execute(self._claim_query, {"watermark": segment.seqs[-1]})).all()
+            if not rows:
+                break
+            segment = _Claim(conn, rows=list(rows))
+        await audit.append_prepared(conn, prepared)
+        await conn.commit()
+        for policy, n in policies.items():
+            self._metrics.events_published.labels(policy=policy).inc(n)
+        return result
 
     async def _claim(self) -> _Claim | None:
         """Open the round's transaction, lead, and read the batches past the watermark.
@@ -350,8 +430,11 @@ class OutboxRelay:
             return False
         return True
 
-    async def _finish(self, claim: _Claim) -> BatchResult:
-        """Wait (bounded) for the acknowledgements, mark the acknowledged prefix, commit.
+    async def _settle(
+        self, claim: _Claim
+    ) -> tuple[BatchResult, list[audit.Prepared], Counter[str]]:
+        """Wait (bounded) for the acknowledgements and mark the acknowledged prefix; the
+        audit entry recording it comes back serialized, for the caller to append.
 
         The watermark moves past a batch only when every one of its events, and of the
         batches before it, was acknowledged; the rest are sent again next round.
@@ -371,8 +454,9 @@ class OutboxRelay:
         published = bisect_left(claim.batch_of, done)
         skipped = [event for b, event in claim.unbuildable if b < done]
         policies = Counter(claim.policies[:published])
+        entry = []
         if done:
-            await self._mark_published(
+            entry = await self._mark_published(
                 claim,
                 up_to=claim.seqs[done - 1],
                 events=sum(claim.sizes[:done]),
@@ -380,10 +464,8 @@ class OutboxRelay:
                 skipped=skipped,
                 policies=policies,
             )
-        await claim.conn.commit()
-        for policy, count in policies.items():
-            self._metrics.events_published.labels(policy=policy).inc(count)
-        return BatchResult(claim.claimed, published, len(failures), len(skipped))
+        result = BatchResult(claim.claimed, published, len(failures), len(skipped))
+        return result, entry, policies
 
     async def _outcomes(self, claim: _Claim) -> list[BaseException | None]:
         """One outcome per record: None when the broker acknowledged it."""
@@ -420,11 +502,9 @@ class OutboxRelay:
         ids: list[str],
         skipped: list[str],
         policies: Counter[str],
-    ) -> None:
+    ) -> list[audit.Prepared]:
+        """Insert the mark; return its audit entry serialized, not yet appended."""
         now = self._clock.now()
-        await claim.conn.execute(
-            insert(outbox_marks).values(up_to=up_to, published_at=now, events=events)
-        )
         entry = audit.AuditEntry(
             AUDIT_ACTION,
             self._actor,
@@ -437,7 +517,11 @@ class OutboxRelay:
                 **({"unpublishable": skipped} if skipped else {}),
             },
         )
-        await audit.append(claim.conn, [entry], at=now)
+        prepared = audit.prepare([entry], at=now)
+        await claim.conn.execute(
+            insert(outbox_marks).values(up_to=up_to, published_at=now, events=events)
+        )
+        return prepared
 
     async def _healthy_producer(self) -> EventProducer:
         if self._producer is not None and not self._watchdog.stalled():

@@ -355,3 +355,55 @@ async def test_a_refused_record_stops_the_watermark_at_its_batch(
         ).scalars()
     assert data["event_ids"] == [str(row["event_id"]) for row in first]
     assert data["policies"] == {"session_logs": 40}
+
+
+async def test_a_busy_audit_chain_lets_the_round_send_the_next_claims_and_mark_each(
+    engine: AsyncEngine, topics: KafkaSettings
+) -> None:
+    batches = [outbox_rows(40, policy=p, start=100 * n) for n, p in enumerate(_POLICIES)]
+    await insert_rows(engine, [row for batch in batches for row in batch])
+    # One batch per claim: without the chain's lock, the round goes on claim by claim.
+    settings = FAST.model_copy(update={"batch_size": 40})
+    async with engine.connect() as holder, OutboxRelay(engine, topics, settings=settings) as relay:
+        await holder.begin()
+        await audit.lock_head(holder)
+        round_ = asyncio.create_task(relay.publish_batch())
+        # Every event reaches the broker while the lock is still held ...
+        records = await read_records(topics, topics.topics.events, expected=120)
+        assert not round_.done()
+        assert await published_state(engine) == (120, 0)
+        await holder.rollback()
+        result = await asyncio.wait_for(round_, 30)
+    # ... and one commit then marks all three, each claim with its own mark and entry.
+    assert (result.claimed, result.published, result.send_failed) == (120, 120, 0)
+    assert len(records) == 120
+    assert await published_state(engine) == (120, 120)
+    async with engine.connect() as conn:
+        entries = (
+            await conn.execute(
+                select(audit_log.c.data)
+                .where(audit_log.c.action == AUDIT_ACTION.value)
+                .order_by(audit_log.c.seq)
+            )
+        ).scalars()
+        assert [e["event_ids"] for e in entries] == [
+            [str(row["event_id"]) for row in batch] for batch in batches
+        ]
+        assert await audit.verify(conn) == (3, None)
+
+
+async def test_a_free_audit_chain_ends_the_round_after_one_claim(
+    engine: AsyncEngine, topics: KafkaSettings
+) -> None:
+    await insert_rows(
+        engine,
+        [r for n, p in enumerate(_POLICIES) for r in outbox_rows(40, policy=p, start=100 * n)],
+    )
+    settings = FAST.model_copy(update={"batch_size": 40})
+    async with OutboxRelay(engine, topics, settings=settings) as relay:
+        result = await relay.publish_batch()
+    assert (result.claimed, result.published) == (40, 40)
+    assert await published_state(engine) == (120, 40)
+
+
+_POLICIES = ("session_logs", "purchase_records", "audit_trail")
