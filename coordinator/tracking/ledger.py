@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from coordinator.evidence import audit
 from coordinator.evidence.partitions import ledger_event_at
 from coordinator.store.tables import ack_ledger, event_status, expected_acks
-from coordinator.tracking.columns import event_ids_param, unnest
+from coordinator.tracking.columns import by_key, event_ids_param, unnest
 from coordinator.tracking.snapshot import ACTOR, Deadlines, Declared, track_events
 from schemas import VERIFY_STATUSES, AckStatus, RetentionAck
 
@@ -136,19 +136,23 @@ async def apply_acks(
     Stages, each set-based (one statement per table, whatever the batch holds): lock the
     events the acks name, tracking those the acks overtook; read their expected acks;
     judge each record; find which are new to the ledger; fold the new acks into their
-    expected rows and store them; derive the events' new states. Only then is the audit
+    expected rows and store them; derive the events' new states, each statement planned
+    as a probe per key (`by_key`). Only then is the audit
     chain locked, for the rows that carry the seq of the entry recording them: the
     ledger rows, the audit entries, the new states (docs/tracking.md, "Ack ledger").
     """
     outcome = LedgerOutcome(records=len(records))
     events = await _events_of(conn, records, declared, now, reminder_interval, deadlines)
-    expected = await _expected_of(conn, events)
-    accepted_rows, rejected_rows = _judge(records, events, expected, now, outcome)
-    fresh = await _new_to_ledger(conn, accepted_rows, rejected_rows, outcome)
-    changed = await _fold(conn, fresh, expected, outcome)
-    transitions = compute_transitions(events, expected, {event_id for event_id, _ in changed})
-    entries = _audit_entries(outcome, transitions)
-    await _record_and_audit(conn, accepted_rows, rejected_rows, entries, transitions, now)
+    # From here on every statement is keyed by the batch's events or records.
+    async with by_key(conn):
+        expected = await _expected_of(conn, events)
+        accepted_rows, rejected_rows = _judge(records, events, expected, now, outcome)
+        fresh = await _new_to_ledger(conn, accepted_rows, rejected_rows, outcome)
+        changed = await _fold(conn, fresh, expected, outcome)
+        touched = {event_id for event_id, _ in changed}
+        transitions = compute_transitions(events, expected, touched)
+        entries = _audit_entries(outcome, transitions)
+        await _record_and_audit(conn, accepted_rows, rejected_rows, entries, transitions, now)
     _count_outcomes(outcome, events, transitions)
     return outcome
 
@@ -171,13 +175,14 @@ async def track_overtaken(
     event_ids = sorted({r.ack.event_id for r in records if r.ack is not None})
     if not event_ids:
         return 0
-    known = set(
-        await conn.scalars(
-            select(event_status.c.event_id).where(
-                event_status.c.event_id == any_(event_ids_param(event_ids))
+    async with by_key(conn):
+        known = set(
+            await conn.scalars(
+                select(event_status.c.event_id).where(
+                    event_status.c.event_id == any_(event_ids_param(event_ids))
+                )
             )
         )
-    )
     missing = [e for e in event_ids if e not in known]
     tracked = await track_events(
         conn,
@@ -203,7 +208,8 @@ async def _events_of(
     the tracking pass, and `track_overtaken` did not see them) are tracked first,
     through the outbox's batch index."""
     event_ids = sorted({r.ack.event_id for r in records if r.ack is not None})
-    events = await _lock_events(conn, event_ids)
+    async with by_key(conn):
+        events = await _lock_events(conn, event_ids)
     missing = [e for e in event_ids if e not in events]
     if missing:
         # Re-read even if we tracked none: another tracker may just have tracked them.
@@ -215,7 +221,8 @@ async def _events_of(
             reminder_interval=reminder_interval,
             deadlines=deadlines,
         )
-        events |= await _lock_events(conn, missing)
+        async with by_key(conn):
+            events |= await _lock_events(conn, missing)
     return events
 
 
