@@ -357,12 +357,12 @@ async def _record_and_audit(
     if not entries:
         return  # every record was a redelivery: nothing to record, nothing changed
     prepared = audit.prepare(entries, at=now)
-    last_seq, _ = await audit.lock_head(conn)
-    accepted_seq = last_seq + 1
+    head = await audit.lock_head(conn)
+    accepted_seq = head[0] + 1
     rejected_seq = accepted_seq + 1 if accepted else accepted_seq
     await _insert_new(conn, [row for _, row in accepted], audit_seq=accepted_seq)
     await _insert_new(conn, [row for _, row in rejected], audit_seq=rejected_seq)
-    refs = await audit.append_prepared(conn, prepared)
+    refs = await audit.append_onto(conn, head, prepared)
     ref_by_action = dict(zip((e.action for e in entries), refs, strict=True))
     for action, seq in (
         (audit.AuditAction.ACKS_ACCEPTED, accepted_seq),
