@@ -229,14 +229,11 @@ async def _events_of(
 async def _expected_of(
     conn: AsyncConnection, events: dict[uuid.UUID, Row[Any]]
 ) -> dict[tuple[uuid.UUID, str], dict[str, Any]]:
-    return {
-        (row.event_id, row.service): row._asdict()
-        for row in await conn.execute(
-            select(expected_acks).where(
-                expected_acks.c.event_id == any_(event_ids_param(list(events)))
-            )
-        )
-    }
+    result = await conn.execute(
+        select(expected_acks).where(expected_acks.c.event_id == any_(event_ids_param(list(events))))
+    )
+    names = tuple(result.keys())
+    return {(row.event_id, row.service): dict(zip(names, row, strict=True)) for row in result}
 
 
 def _judge(
@@ -301,27 +298,41 @@ async def _recorded(
     conn: AsyncConnection, where: list[_Where], event_ids: list[uuid.UUID]
 ) -> tuple[set[_Where], set[_AckKey]]:
     """The Kafka coordinates among `where` already in the ledger, and the acks already
-    accepted for `event_ids`: the ledger's two unique keys."""
+    accepted for `event_ids`: the ledger's two unique keys.
+
+    The coordinates are asked for as one offset range per topic partition (a batch's
+    records of a partition are consecutive but for gaps), one index range scan each
+    rather than a probe per record; what the ranges hold beyond `where` is dropped."""
     c = ack_ledger.c
-    coordinates = unnest(
-        "coordinates",
+    ranges: dict[tuple[str, int], tuple[int, int]] = {}
+    for topic, partition, offset in where:
+        low, high = ranges.get((topic, partition), (offset, offset))
+        ranges[(topic, partition)] = (min(low, offset), max(high, offset))
+    spans = unnest(
+        "spans",
         {
             "topic": c.kafka_topic.type,
             "partition": c.kafka_partition.type,
-            "offset": c.kafka_offset.type,
+            "low": c.kafka_offset.type,
+            "high": c.kafka_offset.type,
         },
-        [{"topic": t, "partition": p, "offset": o} for t, p, o in where],
+        [
+            {"topic": t, "partition": p, "low": low, "high": high}
+            for (t, p), (low, high) in ranges.items()
+        ],
     )
+    wanted = set(where)
     recorded = {
-        (row.kafka_topic, row.kafka_partition, row.kafka_offset)
+        found
         for row in await conn.execute(
             select(c.kafka_topic, c.kafka_partition, c.kafka_offset).join(
-                coordinates,
-                (c.kafka_topic == coordinates.c.topic)
-                & (c.kafka_partition == coordinates.c.partition)
-                & (c.kafka_offset == coordinates.c.offset),
+                spans,
+                (c.kafka_topic == spans.c.topic)
+                & (c.kafka_partition == spans.c.partition)
+                & c.kafka_offset.between(spans.c.low, spans.c.high),
             )
         )
+        if (found := (row.kafka_topic, row.kafka_partition, row.kafka_offset)) in wanted
     }
     acks: set[_AckKey] = set()
     if event_ids:
@@ -553,26 +564,35 @@ async def insert_ledger(
     if not rows:
         return set()
     c = ack_ledger.c
-    consumed = unnest("consumed", {name: c[name].type for name in LEDGER_COLUMNS}, rows)
     result = await conn.execute(
+        _ledger_insert(rows, audit_seq).returning(c.kafka_topic, c.kafka_partition, c.kafka_offset)
+    )
+    return {(row.kafka_topic, row.kafka_partition, row.kafka_offset) for row in result}
+
+
+def _ledger_insert(rows: list[dict[str, Any]], audit_seq: int) -> Any:
+    c = ack_ledger.c
+    consumed = unnest("consumed", {name: c[name].type for name in LEDGER_COLUMNS}, rows)
+    return (
         pg_insert(ack_ledger)
         .from_select(
             [*LEDGER_COLUMNS, "audit_seq"],
             select(*consumed.c, literal(audit_seq, BigInteger())),
         )
         .on_conflict_do_nothing()
-        .returning(c.kafka_topic, c.kafka_partition, c.kafka_offset),
     )
-    return {(row.kafka_topic, row.kafka_partition, row.kafka_offset) for row in result}
 
 
 async def _insert_new(conn: AsyncConnection, rows: list[dict[str, Any]], *, audit_seq: int) -> None:
     """Insert rows `_new_to_ledger` found new. Should one have been recorded meanwhile
     (a rebalance handed its partition to another replica), fail: the batch is rolled
-    back and read again, rather than audited as new."""
-    inserted = await insert_ledger(conn, rows, audit_seq=audit_seq)
-    if len(inserted) != len(rows):
-        raise RuntimeError(f"{len(rows) - len(inserted)} ack record(s) recorded meanwhile")
+    back and read again, rather than audited as new. Counted, not returned: this runs
+    with the audit chain locked."""
+    if not rows:
+        return
+    inserted = (await conn.execute(_ledger_insert(rows, audit_seq))).rowcount
+    if inserted != len(rows):
+        raise RuntimeError(f"{len(rows) - inserted} ack record(s) recorded meanwhile")
 
 
 def _apply(row: dict[str, Any], ack: RetentionAck) -> None:
