@@ -24,6 +24,7 @@ import gc
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import func, select, text
+from sqlalchemy import any_, func, select, text
 
 from coordinator.clock import FrozenClock, SystemClock
 from coordinator.evidence import audit
@@ -40,6 +41,7 @@ from coordinator.kafka.admin import ensure_topics
 from coordinator.store.db import make_engine
 from coordinator.store.migrate import upgrade
 from coordinator.store.tables import event_status
+from coordinator.tracking.columns import event_ids_param
 from schemas import KafkaSettings, encode
 from tests import infra, keys
 from tests.integration.tracking_support import (
@@ -275,7 +277,8 @@ async def throughput(
         done = (
             await conn.execute(
                 select(func.count()).where(
-                    event_status.c.state == "completed", event_status.c.event_id.in_(events)
+                    event_status.c.state == "completed",
+                    event_status.c.event_id == any_(event_ids_param(events)),
                 )
             )
         ).scalar_one()
@@ -366,6 +369,18 @@ async def worker(spec: dict[str, Any]) -> None:
         await engine.dispose()
 
 
+def _commit() -> str | None:
+    """The checked-out commit the bench ran, if this is a git checkout."""
+    done = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=Path(__file__).parent,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done.stdout.strip() or None
+
+
 async def main(
     total_acks: int, services: int, batch: int, lag_events: int, replicas: int, rounds: int
 ) -> dict[str, Any]:
@@ -379,6 +394,7 @@ async def main(
         "rounds": rounds,
         "signatures": "required",
         "load_average_1m_start": round(os.getloadavg()[0], 2),
+        "commit": _commit(),
     }
     try:
         await upgrade(url)
