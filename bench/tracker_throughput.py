@@ -6,8 +6,10 @@ Phase 1 (throughput): N acks (events × services) wait on the acks topic; one tr
 drains them batch by batch, one transaction each; reports acks/s. Then `--replicas`
 trackers in one consumer group (as `retention serve` replicas run) drain as many on a
 fresh topic together. Each round times both, in alternating order; the result is the
-median of the rounds and the ratio replicas/one. All replicas share this one Python
-process (its CPU: decoding, signature checks), each with its own database pool.
+median of the rounds and the ratio replicas/one. Every tracker runs in a process of its
+own (as replicas do), joins the group before the acks are sent and starts on a signal;
+the clock stops when the trackers report every ack applied. CPU per ack: the trackers'
+own (process time while draining) and the database backends' (from /proc).
 Phase 2 (lag): with `run_forever` running, acks for fresh events arrive at a steady rate;
 for each event, lag = when its state became `completed` (tracker clock) − when its last
 ack was handed to the producer. Uses a fresh database and topic prefix; drops the database.
@@ -18,9 +20,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -28,13 +33,15 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import func, select
+from sqlalchemy import any_, func, select, text
 
 from coordinator.clock import FrozenClock, SystemClock
 from coordinator.evidence import audit
 from coordinator.kafka.admin import ensure_topics
+from coordinator.store.db import make_engine
 from coordinator.store.migrate import upgrade
 from coordinator.store.tables import event_status
+from coordinator.tracking.columns import event_ids_param
 from schemas import KafkaSettings, encode
 from tests import infra, keys
 from tests.integration.tracking_support import (
@@ -47,6 +54,7 @@ from tests.integration.tracking_support import (
 
 RESULTS = Path(__file__).parent / "results" / "tracker"
 PARTITIONS = 6
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SDK_BATCH = 500
 """Acks signed together, as the SDK signs one batch's acks (one Merkle root)."""
 
@@ -135,16 +143,39 @@ class _LockClock:
         return round(self.held / self.total, 3) if self.total else 0.0
 
 
-async def _joined(trackers: list) -> None:
-    """Poll the empty acks topic until every replica holds partitions: the group's join
-    (and its rebalance delay) stays out of the timing."""
+async def _joined(trackers: list, partitions: int) -> None:
+    """Poll the empty acks topic until each of `trackers` holds `partitions` partitions:
+    the group's join (and its rebalance delay) stays out of the timing."""
 
     def settled() -> bool:
-        held = [len(t._kafka.acks._consumer.assignment()) for t in trackers]
-        return all(held) and sum(held) == PARTITIONS
+        return all(len(t._kafka.acks._consumer.assignment()) == partitions for t in trackers)
 
     while not settled():
         await asyncio.gather(*(t.consume_acks(timeout_s=0.2) for t in trackers))
+
+
+async def _backend_cpu(database: str) -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL backend serving `database` (a local server:
+    the bench reads /proc)."""
+    engine = make_engine(infra.with_database(infra.database_url(), "postgres"))
+    try:
+        async with engine.connect() as conn:
+            pids = list(
+                await conn.scalars(
+                    text("SELECT pid FROM pg_stat_activity WHERE datname = :name"),
+                    {"name": database},
+                )
+            )
+    finally:
+        await engine.dispose()
+    cpu: dict[int, float] = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:  # ended meanwhile, or the server is not on this machine
+            continue
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return cpu
 
 
 async def throughput(
@@ -158,76 +189,196 @@ async def throughput(
     replicas: int,
 ) -> dict[str, Any]:
     """Track `n_events` fresh events, put one ack per event and service on a fresh acks
-    topic, and time `replicas` trackers of one consumer group draining it together."""
+    topic, and time `replicas` tracker processes of one consumer group draining it."""
     kafka = KafkaSettings(topic_prefix=infra.unique_topic_prefix("bench"))
     await ensure_topics(kafka, partitions=PARTITIONS)
     t0 = datetime.now(UTC) - timedelta(days=1)
     await produce(kafka, kafka.topics.services, [registration(n, t0) for n in names])
-    made = [
-        make_tracker(url, kafka, clock, batch_size=batch, services=declared)
-        for _ in range(replicas)
-    ]
-    tracker, engine, _ = made[0]
+    tracker, engine, _ = make_tracker(url, kafka, clock, batch_size=batch, services=declared)
     ids = [f"r{replicas}-{uuid.uuid4().hex[:8]}-{i}" for i in range(n_events)]
     events = await insert_published(engine, ids, published_at=clock.now())
-    for t, _, _ in made:
-        await t.start()
-        await t.sync_registry()
-    started = time.perf_counter()
-    tracked = await tracker.track_published()
-    snapshot_s = time.perf_counter() - started
-    await _joined([t for t, _, _ in made])
-    acks = [ack(e, n, i, clock.now()) for e, i in zip(events, ids, strict=True) for n in names]
-    await _produce_acks(kafka, acks, rate=None)
+    await tracker.start()
+    try:
+        await tracker.sync_registry()
+        started = time.perf_counter()
+        tracked = await tracker.track_published()
+        snapshot_s = time.perf_counter() - started
+    finally:
+        await tracker.stop()
+    spec = {
+        "url": url,
+        "topic_prefix": kafka.topic_prefix,
+        "names": names,
+        "now": clock.now().isoformat(),
+        "batch": batch,
+        "partitions": PARTITIONS // replicas,
+    }
+    workers = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.tracker_throughput",
+            "--worker",
+            json.dumps(spec),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        for _ in range(replicas)
+    ]
+    try:
+        for w in workers:
+            assert w.stdout is not None
+            while (said := await w.stdout.readline()) != _SAYS + b"ready\n":
+                if not said:
+                    raise RuntimeError("a tracker process ended before joining the group")
+        acks = [ack(e, n, i, clock.now()) for e, i in zip(events, ids, strict=True) for n in names]
+        await _produce_acks(kafka, acks, rate=None)
+        total, done_reading = len(acks), asyncio.Event()
+        consumed, finals = [0], []
 
-    consumed, batches = 0, 0
-    locks = _LockClock([t for t, _, _ in made])
+        async def follow(w: asyncio.subprocess.Process) -> None:
+            assert w.stdout is not None
+            while line := await w.stdout.readline():
+                if not line.startswith(_SAYS):
+                    continue  # the tracker's own log lines
+                got = json.loads(line.removeprefix(_SAYS))
+                if "records" in got:
+                    consumed[0] += got["records"]
+                    if consumed[0] >= total:
+                        done_reading.set()
+                else:
+                    finals.append(got)
 
-    async def drain(t) -> None:
-        nonlocal consumed, batches
-        while consumed < len(acks):
-            outcome = await t.consume_acks(timeout_s=0.5)
-            if outcome is not None:
-                consumed += outcome.records
-                batches += 1
-
-    started = time.perf_counter()
-    with locks:
-        await asyncio.gather(*(drain(t) for t, _, _ in made))
-    apply_s = time.perf_counter() - started
-    for t, _, _ in made:
-        await t.stop()
+        database = url.rpartition("/")[2]
+        pg_before = await _backend_cpu(database)
+        readers = [asyncio.create_task(follow(w)) for w in workers]
+        started = time.perf_counter()
+        for w in workers:
+            assert w.stdin is not None
+            w.stdin.write(b"go\n")
+            await w.stdin.drain()
+        await done_reading.wait()
+        apply_s = time.perf_counter() - started
+        pg_after = await _backend_cpu(database)
+        for w in workers:
+            assert w.stdin is not None
+            w.stdin.write(b"stop\n")
+            await w.stdin.drain()
+        await asyncio.gather(*readers)
+        for w in workers:
+            if await w.wait() != 0:
+                raise RuntimeError("a tracker process failed")
+    finally:
+        for w in workers:
+            if w.returncode is None:
+                w.kill()
+                await w.wait()
     async with engine.connect() as conn:
         done = (
             await conn.execute(
                 select(func.count()).where(
-                    event_status.c.state == "completed", event_status.c.event_id.in_(events)
+                    event_status.c.state == "completed",
+                    event_status.c.event_id == any_(event_ids_param(events)),
                 )
             )
         ).scalar_one()
-    for _, e, _ in made:
-        await e.dispose()
+    await engine.dispose()
+    python_cpu = sum(f["cpu_s"] for f in finals)
+    pg_cpu = sum(value - pg_before.get(pid, 0.0) for pid, value in pg_after.items())
+    held, whole = sum(f["lock_held_s"] for f in finals), sum(f["batch_s"] for f in finals)
     got = {
         "replicas": replicas,
-        "acks": consumed,
+        "acks": consumed[0],
         "seconds": round(apply_s, 3),
-        "acks_per_s": round(consumed / apply_s),
-        "batches": batches,
+        "acks_per_s": round(consumed[0] / apply_s),
+        "batches": sum(f["batches"] for f in finals),
         "completed": done,
         "events": n_events,
         "snapshot_s": round(snapshot_s, 3),
-        "chain_lock_share": locks.share(),
+        "chain_lock_share": round(held / whole, 3) if whole else 0.0,
+        "tracker_cpu_us_per_ack": round(python_cpu / consumed[0] * 1e6, 1),
+        "postgres_cpu_us_per_ack": round(pg_cpu / consumed[0] * 1e6, 1),
         "tracked": tracked,
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
     print(
-        f"ledger:   {replicas} tracker(s), {consumed} acks in {apply_s:.2f}s = "
-        f"{consumed / apply_s:,.0f} acks/s ({batches} batches of ≤{batch}); "
-        f"completed events {done}/{n_events}; chain lock held {got['chain_lock_share']:.0%} "
-        f"of a batch; load {got['load_average_1m']}",
+        f"ledger:   {replicas} tracker process(es), {consumed[0]} acks in {apply_s:.2f}s = "
+        f"{consumed[0] / apply_s:,.0f} acks/s ({got['batches']} batches of ≤{batch}); "
+        f"completed events {done}/{n_events}; CPU per ack: tracker "
+        f"{got['tracker_cpu_us_per_ack']} µs, PostgreSQL {got['postgres_cpu_us_per_ack']} µs; "
+        f"chain lock held {got['chain_lock_share']:.0%} of a batch; "
+        f"load {got['load_average_1m']}",
         flush=True,
     )
     return got
+
+
+_SAYS = b"@bench "
+"""Starts a worker's lines meant for the bench, among the tracker's log lines."""
+
+
+def _say(what: str) -> None:
+    print(_SAYS.decode() + what, flush=True)
+
+
+async def worker(spec: dict[str, Any]) -> None:
+    """One tracker replica in a process of its own (`--worker`): join the group, say
+    `ready`, wait for `go`, then apply batches, printing each one's record count, until
+    `stop`; last, print its CPU seconds and the chain lock's share of its batches."""
+    kafka = KafkaSettings(topic_prefix=spec["topic_prefix"])
+    declared = [keys.declared(n, {"user": ["delete", "anonymize"]}) for n in spec["names"]]
+    clock = FrozenClock(datetime.fromisoformat(spec["now"]))
+    tracker, engine, _ = make_tracker(
+        spec["url"], kafka, clock, batch_size=spec["batch"], services=declared
+    )
+    loop = asyncio.get_running_loop()
+
+    async def line() -> str:
+        return (await loop.run_in_executor(None, sys.stdin.readline)).strip()
+
+    await tracker.start()
+    try:
+        await tracker.sync_registry()
+        await _joined([tracker], spec["partitions"])
+        gc.freeze()  # as `retention serve` does once started (docs/tracking.md)
+        _say("ready")
+        if await line() != "go":
+            return
+        stop = asyncio.create_task(line())
+        locks, batches = _LockClock([tracker]), 0
+        cpu = time.process_time()
+        with locks:
+            while not stop.done():
+                outcome = await tracker.consume_acks(timeout_s=0.1)
+                if outcome is not None:
+                    batches += 1
+                    _say(json.dumps({"records": outcome.records}))
+        cpu = time.process_time() - cpu
+        _say(
+            json.dumps(
+                {
+                    "cpu_s": cpu,
+                    "batches": batches,
+                    "lock_held_s": locks.held,
+                    "batch_s": locks.total,
+                }
+            )
+        )
+    finally:
+        await tracker.stop()
+        await engine.dispose()
+
+
+def _commit() -> str | None:
+    """The checked-out commit the bench ran, if this is a git checkout."""
+    done = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=Path(__file__).parent,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done.stdout.strip() or None
 
 
 async def main(
@@ -243,6 +394,7 @@ async def main(
         "rounds": rounds,
         "signatures": "required",
         "load_average_1m_start": round(os.getloadavg()[0], 2),
+        "commit": _commit(),
     }
     try:
         await upgrade(url)
@@ -337,9 +489,13 @@ if __name__ == "__main__":
         "--replicas", type=int, default=2, help="trackers in one group, timed against one"
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # one replica's process
     args = parser.parse_args()
     infra.load_infra_env()
     infra.use_test_keys()  # every benchmark runs signed: acks verified per record
+    if args.worker:
+        asyncio.run(worker(json.loads(args.worker)))
+        sys.exit(0)
     got = asyncio.run(
         main(args.acks, args.services, args.batch, args.lag_events, args.replicas, args.rounds)
     )

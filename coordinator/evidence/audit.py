@@ -28,6 +28,7 @@ __all__ = [
     "BrokenLink",
     "Prepared",
     "append",
+    "append_onto",
     "append_prepared",
     "append_refs",
     "broken_link",
@@ -181,7 +182,15 @@ async def append_prepared(conn: AsyncConnection, prepared: Sequence[Prepared]) -
     """Append prepared entries in order inside the caller's transaction."""
     if not prepared:
         return []
-    rows = chained(await lock_head(conn), prepared)
+    return await append_onto(conn, await lock_head(conn), prepared)
+
+
+async def append_onto(
+    conn: AsyncConnection, head: tuple[int, str], prepared: Sequence[Prepared]
+) -> list[AuditRef]:
+    """Append prepared entries onto `head`, which the caller read with `lock_head` in this
+    transaction (the lock is still held): no second round trip for the lock and head."""
+    rows = chained(head, prepared)
     await conn.execute(insert(audit_log), rows)
     return [AuditRef(row["seq"], row["hash"]) for row in rows]
 

@@ -8,13 +8,26 @@ parameter list runs N executions and an IN list re-plans for every length.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import ARRAY, BindParameter, TableValuedAlias, Uuid, bindparam, column, func
+from sqlalchemy import (
+    ARRAY,
+    BindParameter,
+    TableValuedAlias,
+    Uuid,
+    bindparam,
+    column,
+    func,
+    select,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import TypeEngine
 
-__all__ = ["event_ids_param", "unnest"]
+__all__ = ["by_key", "event_ids_param", "unnest"]
+
+_JOIN_PLANS = ("enable_hashjoin", "enable_mergejoin", "enable_seqscan")
 
 
 def unnest(
@@ -35,3 +48,27 @@ def unnest(
 def event_ids_param(event_ids: Sequence[uuid.UUID]) -> BindParameter[Any]:
     """`event_id = any_(event_ids_param(ids))`: one array, not an IN list of len(ids)."""
     return bindparam("event_ids", list(event_ids), type_=ARRAY(Uuid()))
+
+
+@asynccontextmanager
+async def by_key(conn: AsyncConnection) -> AsyncIterator[None]:
+    """Plan the statements run inside as one index probe per key of their input relation.
+
+    The ack path joins a batch (an `unnest`, a few thousand keys) to tables of millions of
+    rows. On statistics taken when the tables were small, or none yet, the planner has
+    been seen to hash or merge join the batch against a sequential scan of the whole
+    table, mid-run: a cost that grows with the table per batch. Here every such
+    statement has an index for its key, so probing it is right at any size; the
+    settings last until the block ends (or the transaction does, should it fail)."""
+    before = (
+        await conn.execute(select(*(func.current_setting(name) for name in _JOIN_PLANS)))
+    ).one()
+    await _set(conn, dict.fromkeys(_JOIN_PLANS, "off"))
+    yield
+    await _set(conn, dict(zip(_JOIN_PLANS, before, strict=True)))
+
+
+async def _set(conn: AsyncConnection, values: Mapping[str, str]) -> None:
+    await conn.execute(
+        select(*(func.set_config(name, value, True) for name, value in values.items()))
+    )

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from coordinator.evidence import audit
 from coordinator.evidence.partitions import ledger_event_at
 from coordinator.store.tables import ack_ledger, event_status, expected_acks
-from coordinator.tracking.columns import event_ids_param, unnest
+from coordinator.tracking.columns import by_key, event_ids_param, unnest
 from coordinator.tracking.snapshot import ACTOR, Deadlines, Declared, track_events
 from schemas import VERIFY_STATUSES, AckStatus, RetentionAck
 
@@ -136,19 +136,23 @@ async def apply_acks(
     Stages, each set-based (one statement per table, whatever the batch holds): lock the
     events the acks name, tracking those the acks overtook; read their expected acks;
     judge each record; find which are new to the ledger; fold the new acks into their
-    expected rows and store them; derive the events' new states. Only then is the audit
+    expected rows and store them; derive the events' new states, each statement planned
+    as a probe per key (`by_key`). Only then is the audit
     chain locked, for the rows that carry the seq of the entry recording them: the
     ledger rows, the audit entries, the new states (docs/tracking.md, "Ack ledger").
     """
     outcome = LedgerOutcome(records=len(records))
     events = await _events_of(conn, records, declared, now, reminder_interval, deadlines)
-    expected = await _expected_of(conn, events)
-    accepted_rows, rejected_rows = _judge(records, events, expected, now, outcome)
-    fresh = await _new_to_ledger(conn, accepted_rows, rejected_rows, outcome)
-    changed = await _fold(conn, fresh, expected, outcome)
-    transitions = compute_transitions(events, expected, {event_id for event_id, _ in changed})
-    entries = _audit_entries(outcome, transitions)
-    await _record_and_audit(conn, accepted_rows, rejected_rows, entries, transitions, now)
+    # From here on every statement is keyed by the batch's events or records.
+    async with by_key(conn):
+        expected = await _expected_of(conn, events)
+        accepted_rows, rejected_rows = _judge(records, events, expected, now, outcome)
+        fresh = await _new_to_ledger(conn, accepted_rows, rejected_rows, outcome)
+        changed = await _fold(conn, fresh, expected, outcome)
+        touched = {event_id for event_id, _ in changed}
+        transitions = compute_transitions(events, expected, touched)
+        entries = _audit_entries(outcome, transitions)
+        await _record_and_audit(conn, accepted_rows, rejected_rows, entries, transitions, now)
     _count_outcomes(outcome, events, transitions)
     return outcome
 
@@ -171,13 +175,14 @@ async def track_overtaken(
     event_ids = sorted({r.ack.event_id for r in records if r.ack is not None})
     if not event_ids:
         return 0
-    known = set(
-        await conn.scalars(
-            select(event_status.c.event_id).where(
-                event_status.c.event_id == any_(event_ids_param(event_ids))
+    async with by_key(conn):
+        known = set(
+            await conn.scalars(
+                select(event_status.c.event_id).where(
+                    event_status.c.event_id == any_(event_ids_param(event_ids))
+                )
             )
         )
-    )
     missing = [e for e in event_ids if e not in known]
     tracked = await track_events(
         conn,
@@ -203,7 +208,8 @@ async def _events_of(
     the tracking pass, and `track_overtaken` did not see them) are tracked first,
     through the outbox's batch index."""
     event_ids = sorted({r.ack.event_id for r in records if r.ack is not None})
-    events = await _lock_events(conn, event_ids)
+    async with by_key(conn):
+        events = await _lock_events(conn, event_ids)
     missing = [e for e in event_ids if e not in events]
     if missing:
         # Re-read even if we tracked none: another tracker may just have tracked them.
@@ -215,21 +221,19 @@ async def _events_of(
             reminder_interval=reminder_interval,
             deadlines=deadlines,
         )
-        events |= await _lock_events(conn, missing)
+        async with by_key(conn):
+            events |= await _lock_events(conn, missing)
     return events
 
 
 async def _expected_of(
     conn: AsyncConnection, events: dict[uuid.UUID, Row[Any]]
 ) -> dict[tuple[uuid.UUID, str], dict[str, Any]]:
-    return {
-        (row.event_id, row.service): row._asdict()
-        for row in await conn.execute(
-            select(expected_acks).where(
-                expected_acks.c.event_id == any_(event_ids_param(list(events)))
-            )
-        )
-    }
+    result = await conn.execute(
+        select(expected_acks).where(expected_acks.c.event_id == any_(event_ids_param(list(events))))
+    )
+    names = tuple(result.keys())
+    return {(row.event_id, row.service): dict(zip(names, row, strict=True)) for row in result}
 
 
 def _judge(
@@ -294,27 +298,41 @@ async def _recorded(
     conn: AsyncConnection, where: list[_Where], event_ids: list[uuid.UUID]
 ) -> tuple[set[_Where], set[_AckKey]]:
     """The Kafka coordinates among `where` already in the ledger, and the acks already
-    accepted for `event_ids`: the ledger's two unique keys."""
+    accepted for `event_ids`: the ledger's two unique keys.
+
+    The coordinates are asked for as one offset range per topic partition (a batch's
+    records of a partition are consecutive but for gaps), one index range scan each
+    rather than a probe per record; what the ranges hold beyond `where` is dropped."""
     c = ack_ledger.c
-    coordinates = unnest(
-        "coordinates",
+    ranges: dict[tuple[str, int], tuple[int, int]] = {}
+    for topic, partition, offset in where:
+        low, high = ranges.get((topic, partition), (offset, offset))
+        ranges[(topic, partition)] = (min(low, offset), max(high, offset))
+    spans = unnest(
+        "spans",
         {
             "topic": c.kafka_topic.type,
             "partition": c.kafka_partition.type,
-            "offset": c.kafka_offset.type,
+            "low": c.kafka_offset.type,
+            "high": c.kafka_offset.type,
         },
-        [{"topic": t, "partition": p, "offset": o} for t, p, o in where],
+        [
+            {"topic": t, "partition": p, "low": low, "high": high}
+            for (t, p), (low, high) in ranges.items()
+        ],
     )
+    wanted = set(where)
     recorded = {
-        (row.kafka_topic, row.kafka_partition, row.kafka_offset)
+        found
         for row in await conn.execute(
             select(c.kafka_topic, c.kafka_partition, c.kafka_offset).join(
-                coordinates,
-                (c.kafka_topic == coordinates.c.topic)
-                & (c.kafka_partition == coordinates.c.partition)
-                & (c.kafka_offset == coordinates.c.offset),
+                spans,
+                (c.kafka_topic == spans.c.topic)
+                & (c.kafka_partition == spans.c.partition)
+                & c.kafka_offset.between(spans.c.low, spans.c.high),
             )
         )
+        if (found := (row.kafka_topic, row.kafka_partition, row.kafka_offset)) in wanted
     }
     acks: set[_AckKey] = set()
     if event_ids:
@@ -350,12 +368,12 @@ async def _record_and_audit(
     if not entries:
         return  # every record was a redelivery: nothing to record, nothing changed
     prepared = audit.prepare(entries, at=now)
-    last_seq, _ = await audit.lock_head(conn)
-    accepted_seq = last_seq + 1
+    head = await audit.lock_head(conn)
+    accepted_seq = head[0] + 1
     rejected_seq = accepted_seq + 1 if accepted else accepted_seq
     await _insert_new(conn, [row for _, row in accepted], audit_seq=accepted_seq)
     await _insert_new(conn, [row for _, row in rejected], audit_seq=rejected_seq)
-    refs = await audit.append_prepared(conn, prepared)
+    refs = await audit.append_onto(conn, head, prepared)
     ref_by_action = dict(zip((e.action for e in entries), refs, strict=True))
     for action, seq in (
         (audit.AuditAction.ACKS_ACCEPTED, accepted_seq),
@@ -546,26 +564,35 @@ async def insert_ledger(
     if not rows:
         return set()
     c = ack_ledger.c
-    consumed = unnest("consumed", {name: c[name].type for name in LEDGER_COLUMNS}, rows)
     result = await conn.execute(
+        _ledger_insert(rows, audit_seq).returning(c.kafka_topic, c.kafka_partition, c.kafka_offset)
+    )
+    return {(row.kafka_topic, row.kafka_partition, row.kafka_offset) for row in result}
+
+
+def _ledger_insert(rows: list[dict[str, Any]], audit_seq: int) -> Any:
+    c = ack_ledger.c
+    consumed = unnest("consumed", {name: c[name].type for name in LEDGER_COLUMNS}, rows)
+    return (
         pg_insert(ack_ledger)
         .from_select(
             [*LEDGER_COLUMNS, "audit_seq"],
             select(*consumed.c, literal(audit_seq, BigInteger())),
         )
         .on_conflict_do_nothing()
-        .returning(c.kafka_topic, c.kafka_partition, c.kafka_offset),
     )
-    return {(row.kafka_topic, row.kafka_partition, row.kafka_offset) for row in result}
 
 
 async def _insert_new(conn: AsyncConnection, rows: list[dict[str, Any]], *, audit_seq: int) -> None:
     """Insert rows `_new_to_ledger` found new. Should one have been recorded meanwhile
     (a rebalance handed its partition to another replica), fail: the batch is rolled
-    back and read again, rather than audited as new."""
-    inserted = await insert_ledger(conn, rows, audit_seq=audit_seq)
-    if len(inserted) != len(rows):
-        raise RuntimeError(f"{len(rows) - len(inserted)} ack record(s) recorded meanwhile")
+    back and read again, rather than audited as new. Counted, not returned: this runs
+    with the audit chain locked."""
+    if not rows:
+        return
+    inserted = (await conn.execute(_ledger_insert(rows, audit_seq))).rowcount
+    if inserted != len(rows):
+        raise RuntimeError(f"{len(rows) - inserted} ack record(s) recorded meanwhile")
 
 
 def _apply(row: dict[str, Any], ack: RetentionAck) -> None:

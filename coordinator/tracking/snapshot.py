@@ -98,8 +98,14 @@ async def track_published(
     limit: int,
     deadlines: Deadlines | None = None,
 ) -> Pass:
-    """Track the published batches past the cursor, about `limit` events of them (whole
-    batches, at least one), and move the cursor past them."""
+    """Track the published batches past the cursor, at most `limit` events of them, and
+    move the cursor past the batches once all their events are tracked.
+
+    Passes take whole batches up to `limit` events. A batch larger than that (a purge
+    batch holds up to 5,000) is tracked over several passes, `limit` events each, with
+    the cursor left before it until the last: each pass is a transaction of its own,
+    and it holds the audit chain's lock, which every ack batch, the relay and the purge
+    need too, for `limit` events at most."""
     # Most passes find nothing new: see that without the chain lock, which every ack
     # batch and the outbox writers need too. Read again under it: another tracker may
     # have moved the cursor meanwhile.
@@ -111,7 +117,14 @@ async def track_published(
     if up_to == cursor:
         return Pass([], more=False)
     which = and_(EVENTS.c.seq > cursor, EVENTS.c.seq <= up_to)
-    tracked = await _track(conn, which, seq, declared, deadlines or {}, now, reminder_interval)
+    tracked = await _track(
+        conn, which, seq, declared, deadlines or {}, now, reminder_interval, limit=limit
+    )
+    if len(tracked) >= limit:
+        # Perhaps not all: the next pass takes the rest. (Fewer than `limit` means all:
+        # every status row is inserted under the chain's lock, so none of the untracked
+        # events this pass found can have been tracked by someone else meanwhile.)
+        return Pass(tracked, more=True)
     await _move_cursor(conn, up_to)
     return Pass(tracked, more=up_to < watermark)
 
@@ -176,10 +189,13 @@ async def _track(
     deadlines: Deadlines,
     now: datetime,
     reminder_interval: timedelta,
+    *,
+    limit: int | None = None,
 ) -> list[TrackedEvent]:
-    """Write status and expected acknowledgers of the untracked events `which` selects."""
+    """Write status and expected acknowledgers of the untracked events `which` selects
+    (with `limit`, of at most that many)."""
     services = _declared(declared, deadlines)
-    src = _untracked(which, services, now, reminder_interval)
+    src = _untracked(which, services, now, reminder_interval, limit)
     new = _new_statuses(src, seq, now)
     snapshot = _expected(new, src, services)
     rows = await conn.execute(
@@ -205,7 +221,11 @@ def _declared(declared: Declared, deadlines: Deadlines) -> Any:
 
 
 def _untracked(
-    which: ColumnElement[bool], services: Any, now: datetime, reminder_interval: timedelta
+    which: ColumnElement[bool],
+    services: Any,
+    now: datetime,
+    reminder_interval: timedelta,
+    limit: int | None,
 ) -> Any:
     """The events `which` selects that nobody tracks yet, with their tracking columns."""
     o = EVENTS.c
@@ -236,6 +256,7 @@ def _untracked(
         # Verify events ask, they don't delete: coordinator/copies/verification/ follows them.
         .where(o.event_type != EventType.VERIFY.value)
         .where(~exists().where(event_status.c.event_id == o.event_id))
+        .limit(limit)
         # A CTE, computed once: the expected-ack insert joins it again for `reason` on the
         # computed event id, which as a subquery was re-expanded per new status row
         # (a nested loop: quadratic in the events of a pass).

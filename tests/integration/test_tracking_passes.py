@@ -1,0 +1,64 @@
+"""A tracking pass tracks at most `limit` events, even of a batch larger than that: each
+pass holds the audit chain's lock, which the ack batches, the relay and the purge wait for."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, select
+
+from coordinator.evidence import audit
+from coordinator.outbox.lookup import published_up_to, tracked_up_to
+from coordinator.store.db import make_engine
+from coordinator.store.tables import audit_log, event_status, expected_acks
+from coordinator.tracking import snapshot
+from tests.integration.tracking_support import insert_published
+
+DECLARED = [("svc0", "user", "delete"), ("svc1", "user", "delete")]
+
+
+async def test_a_large_batch_is_tracked_over_passes_of_limit_events(coordinator_db: str) -> None:
+    engine = make_engine(coordinator_db)
+    now = datetime.now(UTC)
+    try:
+        # One purge batch of 1,500 events, published.
+        events = await insert_published(engine, [f"e{n}" for n in range(1500)], published_at=now)
+        passes = []
+        while True:
+            async with engine.begin() as conn:
+                done = await snapshot.track_published(
+                    conn,
+                    declared=DECLARED,
+                    now=now,
+                    reminder_interval=timedelta(hours=1),
+                    limit=400,
+                )
+                cursor, watermark = await tracked_up_to(conn), await published_up_to(conn)
+            passes.append((len(done.tracked), done.more, cursor == watermark))
+            if not done.more:
+                break
+        async with engine.connect() as conn:
+            tracked = await conn.scalar(select(func.count()).select_from(event_status))
+            expected = await conn.scalar(select(func.count()).select_from(expected_acks))
+            entries = list(
+                await conn.scalars(
+                    select(func.jsonb_array_length(audit_log.c.data["events"])).where(
+                        audit_log.c.action == audit.AuditAction.EVENTS_TRACKED
+                    )
+                )
+            )
+            checked, broken = await audit.verify(conn)
+    finally:
+        await engine.dispose()
+    # The cursor stays before the batch until its last event is tracked.
+    assert passes == [
+        (400, True, False),
+        (400, True, False),
+        (400, True, False),
+        (300, False, True),
+    ]
+    assert tracked == len(events)
+    assert expected == 2 * len(events)
+    assert entries == [400, 400, 400, 300]  # each pass audited, every event once
+    assert broken is None
+    assert checked >= 4
