@@ -44,7 +44,7 @@ from typing import Any
 
 import yaml
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import ARRAY, Text, any_, exists, func, literal, select, text
+from sqlalchemy import ARRAY, Select, Text, any_, func, literal, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bench.seed_executor import check_ids, in_params
@@ -266,17 +266,31 @@ class Milestones:
             await engine.dispose()
 
 
+def first_linked(service: str, low: str, high: str) -> Select[tuple[Any]]:
+    """The lowest `user_id` from `low` to `high` still in one service's table."""
+    user_id = TABLES[service].c.user_id
+    return select(user_id).where(user_id.between(low, high)).order_by(user_id).limit(1)
+
+
 def _service_checks(users: Users) -> dict[str, tuple[str, Check]]:
-    """Per service: no due user's row left linked. An index range on `user_id` between the
-    first and the last due id (the due ids share a prefix and differ only in fixed-width
-    digits, so in any collation the range holds them and no held or young id), stopping
-    at the first row found: it never counts the table."""
-    first, last = users.due[0], users.due[-1]
+    """Per service: no due user's row left linked.
+
+    The due ids share a prefix and differ only in fixed-width digits, so in any collation
+    the range from the first to the last holds them all and no held or young id. Each
+    poll reads the range's first linked row through the `user_id` index (ORDER BY …
+    LIMIT 1: an index scan whatever the statistics) and starts the next poll there, since
+    a due row that is gone never comes back: a poll never counts the table, nor walks the
+    rows already gone again.
+    """
+    last = users.due[-1]
+    floor = dict.fromkeys(PRODUCT_SERVICES, users.due[0])
 
     async def none_left(service: str, conn: AsyncConnection) -> bool:
-        user_id = TABLES[service].c.user_id
-        linked = select(literal(1)).where(user_id.between(first, last)).limit(1)
-        return not await conn.scalar(select(exists(linked)))
+        found = await conn.scalar(first_linked(service, floor[service], last))
+        if found is None:
+            return True
+        floor[service] = found
+        return False
 
     return {s: ("services", partial(none_left, s)) for s in PRODUCT_SERVICES}
 
@@ -295,10 +309,16 @@ def _ours_checks(users: Users) -> dict[str, tuple[str, Check]]:
         last = await conn.scalar(select(func.max(outbox_batches.c.seq)))
         if events != due or await tracked_up_to(conn) < (last or 0):
             return False  # some event has no status row yet
-        # Spelled as ix_retention_event_status_open's predicate, so the planner uses it.
-        still_open = select(literal(1)).where(text("state <> 'completed'")).limit(1)
-        still_open = still_open.select_from(event_status)
-        return not await conn.scalar(select(exists(still_open)))
+        # ix_retention_event_status_open, spelled as its predicate and read in its order
+        # (an index scan whatever the statistics), stops at the first open event.
+        still_open = (
+            select(literal(1))
+            .select_from(event_status)
+            .where(text("state <> 'completed'"))
+            .order_by(event_status.c.next_reminder_at)
+            .limit(1)
+        )
+        return await conn.scalar(still_open) is None
 
     return {
         "published": ("coordinator", published),
