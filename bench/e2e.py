@@ -625,10 +625,14 @@ async def alone(count: int) -> dict[str, Any]:
 
 
 async def _main() -> dict[str, Any]:
+    load = {"start": list(os.getloadavg())}
     alone_users = int(os.environ.get("BENCH_E2E_ALONE_USERS", 0))
     if alone_users:
-        return {"ours_alone": await alone(alone_users)}
-    return await compare(int(os.environ.get("BENCH_E2E_USERS", 2000)), 0)
+        got = {"ours_alone": await alone(alone_users)}
+    else:
+        got = await compare(int(os.environ.get("BENCH_E2E_USERS", 2000)), 0)
+    load["end"] = list(os.getloadavg())
+    return {**got, "load": load}
 
 
 if __name__ == "__main__":
