@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import struct
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from aiokafka.errors import (
 from aiokafka.structs import TopicPartition
 
 from schemas import KafkaSettings
+from schemas.partitioning import partition_for
 
 __all__ = [
     "CommitLost",
@@ -199,33 +199,6 @@ keeps the producer id and fails every later send the same way, so only a new pro
 _STOP_TIMEOUT_S = 5.0
 
 
-_M = 0x5BD1E995
-_MASK = 0xFFFFFFFF
-
-
-def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 of a record key, the hash its default partitioner (and aiokafka's,
-    which `send()` uses) places keyed records by. aiokafka's own reads the key byte by
-    byte in Python (a few per cent of a service's CPU, once per ack); this one unpacks
-    its 4-byte words at once, about twice as fast."""
-    length = len(data)
-    h = 0x9747B28C ^ length
-    whole = length & ~3
-    for (k,) in struct.iter_unpack("<I", data[:whole]):
-        k = (k * _M) & _MASK
-        k = ((k ^ (k >> 24)) * _M) & _MASK
-        h = ((h * _M) & _MASK) ^ k
-    extra = length & 3
-    if extra:
-        if extra >= 3:
-            h ^= data[whole + 2] << 16
-        if extra >= 2:
-            h ^= data[whole + 1] << 8
-        h = ((h ^ data[whole]) * _M) & _MASK
-    h = ((h ^ (h >> 13)) * _M) & _MASK
-    return h ^ (h >> 15)
-
-
 class _AiokafkaProducer:
     def __init__(self, create: Callable[[], Any]) -> None:
         self._create = create
@@ -269,7 +242,7 @@ class _AiokafkaProducer:
             open_batches: dict[int, Any] = {}
             for index, (key, value) in enumerate(records):
                 extra = list(headers[index]) if headers is not None else []
-                partition = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+                partition = partition_for(key, partitions)
                 builder = open_batches.get(partition)
                 if (
                     builder is None

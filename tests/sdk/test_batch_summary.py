@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-import random
 
 import pytest
 import structlog
-from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from prometheus_client import CollectorRegistry
 
 from consumer_sdk import (
@@ -17,7 +15,7 @@ from consumer_sdk import (
     RetentionConsumer,
     RetentionEvent,
 )
-from consumer_sdk._internal import dispatch, transport
+from consumer_sdk._internal import dispatch
 from consumer_sdk._internal.transport import kafka_producer
 from consumer_sdk.testing import TestConsumer
 from schemas import KafkaSettings
@@ -101,14 +99,6 @@ async def test_at_info_the_per_event_line_is_not_even_built(
     finally:
         logging.getLogger("consumer_sdk").setLevel(logging.NOTSET)
     assert len(built) == 1
-
-
-def test_murmur2_is_kafkas() -> None:
-    rng = random.Random(16)
-    keys = [b"", b"a", b"ab", b"abc", b"abcd", "ack:é".encode()]
-    keys += [rng.randbytes(rng.randrange(0, 100)) for _ in range(5000)]
-    for key in keys:
-        assert transport.murmur2(key) == aiokafka_murmur2(key), key
 
 
 async def test_send_many_puts_each_key_where_send_would_and_keeps_order(
