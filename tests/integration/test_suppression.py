@@ -141,13 +141,14 @@ async def test_an_erased_user_is_erased_in_a_fresh_process_and_not_reimported(
     key = suppression_key(pepper, "user", str(ERASED))
     async with world.engine.connect() as conn:
         listed = list(await conn.execute(select(erased_entities)))
-        # Only the HMAC is stored: no clear id of the erased user anywhere in the table.
-        dump = await conn.scalar(
-            text("SELECT string_agg(t::text, '') FROM retention_erased_entities t")
-        )
     assert [row.key for row in listed] == [key]
     assert listed[0].published_at is None
-    assert str(ERASED) not in (dump or "").replace(key, "")
+    # Only the HMAC is stored: no clear id of the erased user in any column (the
+    # timestamps are left out: their digits may spell the id by chance).
+    for value in listed[0]:
+        if value is None or isinstance(value, datetime):
+            continue
+        assert str(ERASED) not in str(value).replace(key, ""), value
 
     assert await _publish(world, SystemClock()) == (1, 0)
     assert await _publish(world, SystemClock()) == (0, 0)
