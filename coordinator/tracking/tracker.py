@@ -484,30 +484,29 @@ class Tracker:
                 scan = await released.released_events(
                     conn, now=now, limit=_HOUSEKEEPING_LIMIT, after=self._released_after
                 )
-                self._released_after = scan.after
                 free = scan.released
-                if not free:
-                    if scan.after is None:
-                        return total
-                    continue
-                records = [(r.event.key.encode(), encode(r.event)) for r in free]
-                signed = (
-                    self._signer.sign_batch(records)
-                    if self._signer is not None
-                    else [[] for _ in records]
-                )
-                await publisher.publish(
-                    self._topics.events,
-                    [
-                        OutgoingRecord(key, value, [("retention-released", b"1"), *headers])
-                        for (key, value), headers in zip(records, signed, strict=True)
-                    ],
-                )
-                await released.record_released(
-                    conn, free, now=now, reminder_interval=self._schedule.interval
-                )
-            log.info("held_events_republished", count=len(free))
-            total += len(free)
+                if free:
+                    records = [(r.event.key.encode(), encode(r.event)) for r in free]
+                    signed = (
+                        self._signer.sign_batch(records)
+                        if self._signer is not None
+                        else [[] for _ in records]
+                    )
+                    await publisher.publish(
+                        self._topics.events,
+                        [
+                            OutgoingRecord(key, value, [("retention-released", b"1"), *headers])
+                            for (key, value), headers in zip(records, signed, strict=True)
+                        ],
+                    )
+                    await released.record_released(
+                        conn, free, now=now, reminder_interval=self._schedule.interval
+                    )
+            # Moved on only once the chunk is committed: a failed one is looked at again.
+            self._released_after = scan.after
+            if free:
+                log.info("held_events_republished", count=len(free))
+                total += len(free)
             if scan.after is None:
                 return total
 
