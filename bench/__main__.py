@@ -5,7 +5,8 @@
 
 Environment: BENCH_ROWS (rows over the five seed tables), BENCH_ROUNDS (3),
 BENCH_SEED_EVENTS (events the seed publishes one `send_and_wait` at a time, 2000),
-BENCH_E2E_USERS (users in the end-to-end phase, 10000; 0 skips it), BENCH_WARMUP_RECORDS
+BENCH_E2E_USERS (users in the end-to-end phase, 10000; 0 skips it), BENCH_E2E_ALONE_USERS
+(0; else ours alone end to end once at that many users, phase `e2e.alone`), BENCH_WARMUP_RECORDS
 (records the Java producer sends before its timed run, 200000), BENCH_KAFKA_LIB.
 Writes one bench/results/<UTC timestamp>.json in the fixed schema of bench/results.py
 (commit it) and prints its table; `make bench-docs` renders the newest file into
@@ -511,6 +512,11 @@ def phases(result: dict[str, Any], rows: int) -> dict[str, Any]:
                 for r in e2e_rounds
             ],
         )
+    if "e2e_alone" in result:
+        alone = result["e2e_alone"]
+        got["e2e.alone"] = results.phase(
+            "e2e.alone", alone["entities"], [{"ours": alone["entities_per_s"]}]
+        )
     return got
 
 
@@ -528,14 +534,18 @@ def checks(result: dict[str, Any]) -> dict[str, int]:
             keys += ["applied_twice", "applied_missing"]
         for key in keys:
             got[f"e2e {contestant}.{key}"] = max(r[contestant]["check"][key] for r in e2e_rounds)
+    for key, value in result.get("e2e_alone", {}).get("check", {}).items():
+        got[f"e2e ours alone.{key}"] = value
     return got
 
 
 def e2e_detail(result: dict[str, Any]) -> dict[str, Any]:
     e2e_rounds = [r["e2e"] for r in result["rounds"] if "e2e" in r]
     detail: dict[str, Any] = {}
-    for contestant in ("ours", "seed") if e2e_rounds else ():
-        runs = [r[contestant] for r in e2e_rounds]
+    contestants = {c: [r[c] for r in e2e_rounds] for c in ("ours", "seed") if e2e_rounds}
+    if "e2e_alone" in result:
+        contestants["ours_alone"] = [result["e2e_alone"]]
+    for contestant, runs in contestants.items():
         marks = {m for got in runs for m in got["milestones_s"]}
         detail[contestant] = {
             "milestones_s": {
@@ -543,7 +553,7 @@ def e2e_detail(result: dict[str, Any]) -> dict[str, Any]:
             },
             "cpu_ms_per_entity": {
                 part: statistics.median(_cpu_part(got, part) for got in runs)
-                for part in ("services", "bench", "postgres")
+                for part in ("services", "bench", "postgres", "poller")
             },
         }
     return detail
@@ -555,7 +565,7 @@ def _cpu_part(got: dict[str, Any], part: str) -> float:
     seconds = (
         cpu.get(part, 0.0)
         if part != "services"
-        else sum(v for k, v in cpu.items() if k not in ("bench", "postgres"))
+        else sum(v for k, v in cpu.items() if k not in ("bench", "postgres", "poller"))
     )
     return 1000 * seconds / got["entities"]
 
@@ -579,6 +589,7 @@ async def main() -> None:
     load_start = list(os.getloadavg())
     rows, rounds = env_int("BENCH_ROWS", 100_000), env_int("BENCH_ROUNDS", 3)
     e2e_users = env_int("BENCH_E2E_USERS", 10_000)
+    e2e_alone_users = env_int("BENCH_E2E_ALONE_USERS", 0)
     say(f"building the template: {rows:,} rows")
     template, layout = await data.build_template(rows, "bench_tpl")
     raw: dict[str, Any] = {"rounds": [{} for _ in range(rounds)]}
@@ -596,6 +607,9 @@ async def main() -> None:
                         f"{got['ours']['check']}; seed {got['seed']['entities_per_s']:,.0f}/s "
                         f"{got['seed']['check']}"
                     )
+            if e2e_alone_users:
+                alone = raw["e2e_alone"] = await e2e.alone(e2e_alone_users)
+                say(f"e2e ours alone: {alone['entities_per_s']:,.0f}/s {alone['check']}")
     finally:
         await infra.drop_database(template)
     ours = [r["ours"] for r in raw["rounds"] if "ours" in r]
@@ -614,6 +628,7 @@ async def main() -> None:
             "young": layout.young,
             "e2e_users": e2e_users,
             "e2e_entities": len(e2e.Users.make(e2e_users).due) if e2e_users else 0,
+            "e2e_alone_users": e2e_alone_users,
             "seed_events": env_int("BENCH_SEED_EVENTS", 2000),
             "warmup_records": env_int("BENCH_WARMUP_RECORDS", 200_000),
             "event_bytes": statistics.median(o["event_bytes"] for o in ours),

@@ -7,13 +7,14 @@
       "machine": {"cores", "cpu", "python", "java", "kafka", "postgres"},
       "load": {"start": [1, 5, 15 min], "end": [...]},
       "settings": {"rows", "rounds", "held", "young", "e2e_users", "e2e_entities",
-                   "seed_events", "event_bytes"},
+                   "e2e_alone_users", "seed_events", "event_bytes"},
       "phases": {
         "<phase>": {"ours", "seed", "limit", "ratio", "goal", "unit", "rows",
                     "round": [{"ours", "seed", "limit", "ratio"}, ...]}
       },
       "checks": {"<contestant>.<check>": worst round's count},
       "e2e": {"<contestant>": {"milestones_s": {...}, "cpu_ms_per_entity": {...}}}
+    (contestants "ours", "seed", and "ours_alone" when BENCH_E2E_ALONE_USERS ran)
     }
 
 `ours`, `seed`, `limit` and `ratio` of a phase are the medians of its `round` values
@@ -74,6 +75,8 @@ PHASES: dict[str, Phase] = {
     ),
     "consume": Phase("consume", "events/s", "ConsumerPerformance", None),
     "e2e": Phase("end to end (3 services, acked and tracked)", "entities/s", "", 20.0),
+    # BENCH_E2E_ALONE_USERS: ours alone at a size where the seed would take hours.
+    "e2e.alone": Phase("end to end, ours alone (rows: due users)", "entities/s", "", None),
     "rss": Phase("peak RSS of `retention run`", "MB", "", None),
     # `make bench-scale` (bench/scale.py, files under bench/results/scale/):
     "scale.track": Phase(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -451,6 +452,11 @@ class RetentionConsumer:
         try:
             await self.start()
             assert self._runtime is not None
+            # What exists now (imported modules, clients, the handlers' own state) lives as
+            # long as the process. Frozen, it is left out of the full collections that
+            # each batch's short-lived events, acks and rows trigger, which otherwise walk
+            # it all every time (docs/sdk.md).
+            gc.freeze()
             stopped = asyncio.create_task(stop.wait())
             polling = asyncio.create_task(self._runtime.wait())
             try:

@@ -31,13 +31,15 @@ from sqlalchemy import (
     column,
     delete,
     func,
+    insert,
+    literal,
     select,
     text,
     true,
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.sql import Select
+from sqlalchemy.sql import Insert, Select
 
 from schemas import AckStatus
 
@@ -305,6 +307,41 @@ class PostgresIdempotencyStore:
         )
         return select(recorded).select_from(wanted.join(recorded, true()))
 
+    def insert_batch(self, service: str, recorded: Sequence[ProcessedEvent]) -> Insert:
+        """One statement for a batch's records: its columns as arrays, unnested. An
+        executemany of the same rows is one statement execution per event on the server,
+        and a parameter dict per event on this side."""
+        t = self.table
+        rows = (
+            func.unnest(
+                bindparam("event_ids", [p.event_id for p in recorded], type_=ARRAY(Uuid())),
+                bindparam("statuses", [p.status.value for p in recorded], type_=ARRAY(Text())),
+                bindparam("counts", [p.records_affected for p in recorded], type_=ARRAY(Integer())),
+                bindparam(
+                    "processed_at",
+                    [p.processed_at for p in recorded],
+                    type_=ARRAY(DateTime(timezone=True)),
+                ),
+            )
+            .table_valued(
+                column("event_id", Uuid()),
+                column("status", Text()),
+                column("records_affected", Integer()),
+                column("processed_at", DateTime(timezone=True)),
+            )
+            .render_derived(name="recorded")
+        )
+        return insert(t).from_select(
+            [t.c.service, t.c.event_id, t.c.status, t.c.records_affected, t.c.processed_at],
+            select(
+                literal(service, Text()),
+                rows.c.event_id,
+                rows.c.status,
+                rows.c.records_affected,
+                rows.c.processed_at,
+            ),
+        )
+
     @asynccontextmanager
     async def transaction(
         self, service: str, event_id: uuid.UUID
@@ -342,10 +379,10 @@ class PostgresIdempotencyStore:
             yield batch
             if batch.recorded:
                 try:
-                    # One multi-row INSERT; a delivery racing on any of the events blocks
+                    # One INSERT of the batch; a delivery racing on any of the events blocks
                     # on its primary key and fails the whole batch, which is then redone
                     # event by event.
-                    await conn.execute(self.table.insert(), _rows(service, batch.recorded))
+                    await conn.execute(self.insert_batch(service, batch.recorded))
                 except IntegrityError as exc:
                     raise AlreadyRecorded(
                         ", ".join(str(p.event_id) for p in batch.recorded)

@@ -135,6 +135,8 @@ class RelaySettings(BaseSettings):
     gc_threshold: int = Field(
         default=50_000,
         ge=1,
+        # CPython refuses thresholds of 2**31 and over: every round would fail.
+        le=10_000_000,
         description="Allocations between two collections of the garbage collector's "
         "youngest generation while rounds run (CPython's default 700 costs the relay about "
         "a quarter of its CPU; docs/relay.md).",

@@ -1,4 +1,4 @@
-"""The relay's murmur2 is aiokafka's (and the Java client's): a key keeps its partition."""
+"""Our murmur2 (relay and SDK) is aiokafka's and the Java client's: a key keeps its partition."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator.kafka.producer import murmur2
+from schemas.partitioning import murmur2
 
 
 @given(st.binary(max_size=64))

@@ -8,6 +8,7 @@ its consumer commit the records' offsets.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Iterable, Sequence
@@ -115,6 +116,19 @@ class Dispatched:
     """Events handled per (entity type, action, status): the batch's INFO summary."""
     uncounted: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     """The part of `handled` not yet added to the metrics (added by `flush`)."""
+    debug: bool = True
+    """Whether the per-event DEBUG line is written (asked once per batch, see `_debug`)."""
+
+
+def _debug() -> bool:
+    """Whether the logger writes DEBUG lines; True when it cannot say (a structlog
+    setup without the stdlib's levels). At INFO, building the per-event line's fields
+    (the event id's text among them) cost more than all the rest of `_emit`."""
+    bound = log.bind()
+    if isinstance(bound, structlog.stdlib.BoundLogger):
+        return bound.isEnabledFor(logging.DEBUG)
+    enabled = getattr(bound, "is_enabled_for", None)
+    return True if enabled is None else bool(enabled(logging.DEBUG))
 
 
 class Dispatcher:
@@ -166,7 +180,7 @@ class Dispatcher:
             except PoisonRecord as poison:
                 decoded.append((record, poison))
         known = await self._lookup(item for _, item in decoded)
-        done = Dispatched()
+        done = Dispatched(debug=_debug())
         batching = isinstance(self.store, BatchingStore) and len(decoded) > 1
         i = 0
         while i < len(decoded) and not (stopping is not None and stopping.is_set()):
@@ -522,6 +536,17 @@ class Dispatcher:
         labels = (spec.entity_type, spec.action.value, outcome.status.value)
         done.handled[labels] += 1
         done.uncounted[labels] += 1
+        if done.debug:
+            self._log_handled(record, event, spec, outcome)
+        done.acks.append((ack.key.encode(), encode(ack)))
+        if outcome.status is AckStatus.FAILED:
+            done.sends.append(
+                await self._dead_letter(record, DlqReason.FAILED, outcome.detail, outcome.attempts)
+            )
+
+    def _log_handled(
+        self, record: Record, event: RetentionEvent, spec: HandlerSpec, outcome: Outcome
+    ) -> None:
         log.debug(
             "event_handled",
             service=self.service,
@@ -535,11 +560,6 @@ class Dispatcher:
             partition=record.partition,
             offset=record.offset,
         )
-        done.acks.append((ack.key.encode(), encode(ack)))
-        if outcome.status is AckStatus.FAILED:
-            done.sends.append(
-                await self._dead_letter(record, DlqReason.FAILED, outcome.detail, outcome.attempts)
-            )
 
     async def _dead_letter(
         self, record: Record, reason: DlqReason, error: str, attempts: int

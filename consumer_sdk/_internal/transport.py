@@ -17,10 +17,10 @@ from aiokafka.errors import (
     OutOfOrderSequenceNumber,
     UnknownProducerId,
 )
-from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import TopicPartition
 
 from schemas import KafkaSettings
+from schemas.partitioning import partition_for
 
 __all__ = [
     "CommitLost",
@@ -204,7 +204,6 @@ class _AiokafkaProducer:
         self._create = create
         self._producer = create()
         self._lost_sequence = False
-        self._partitioner = DefaultPartitioner()
 
     async def start(self) -> None:
         await self._producer.start()
@@ -243,7 +242,7 @@ class _AiokafkaProducer:
             open_batches: dict[int, Any] = {}
             for index, (key, value) in enumerate(records):
                 extra = list(headers[index]) if headers is not None else []
-                partition = self._partitioner(key, partitions, partitions)
+                partition = partition_for(key, partitions)
                 builder = open_batches.get(partition)
                 if (
                     builder is None

@@ -13,7 +13,6 @@ exactly the records it carries.
 from __future__ import annotations
 
 import asyncio
-import struct
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -24,6 +23,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from coordinator import CoordinatorError
 from coordinator.settings import RelaySettings
 from schemas import KafkaSettings
+from schemas.partitioning import partition_for
 
 __all__ = [
     "Delivery",
@@ -32,7 +32,6 @@ __all__ = [
     "KafkaEventProducer",
     "OutgoingRecord",
     "ProducerFactory",
-    "murmur2",
     "producer_factory",
     "producer_options",
 ]
@@ -132,7 +131,7 @@ class KafkaEventProducer:
         self._producer: Any = AIOKafkaProducer(**kafka.client_kwargs(), **producer_options(relay))
         # The producer's own default: murmur2 of the key over all partitions, as the Java
         # client does, so a key lands on the partition `send()` would have chosen (keyed
-        # records go through our `murmur2`, the same function made faster).
+        # records go through `schemas.partitioning`, the same function made faster).
         self._partitioner = DefaultPartitioner()
 
     async def start(self) -> None:
@@ -159,11 +158,10 @@ class KafkaEventProducer:
         one started. Batches come in the order they were started."""
         batches: list[tuple[int, Any, list[int]]] = []
         open_batches: dict[int, tuple[Any, list[int]]] = {}
-        count = len(partitions)
         for index, record in enumerate(records):
             key = record.key
             partition = (
-                partitions[(murmur2(key) & 0x7FFFFFFF) % count]
+                partition_for(key, partitions)
                 if key is not None
                 else self._partitioner(key, partitions, partitions)
             )
@@ -180,43 +178,6 @@ class KafkaEventProducer:
             # Closed: nothing else may be appended once it is queued.
             builder.close()
         return batches
-
-
-_M = 0x5BD1E995
-_MASK = 0xFFFFFFFF
-_WORDS: dict[int, struct.Struct] = {}
-"""Little-endian 32-bit word readers by word count (keys come in few lengths)."""
-
-
-def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 of a record key, as the Java client and aiokafka's
-    `DefaultPartitioner` compute it (tests/test_murmur2.py checks it against aiokafka's).
-
-    aiokafka's version assembles every word byte by byte in Python (~1.4 µs for a short
-    key, more than anything else the relay does per record but the hashing for
-    signatures); reading the words in one `struct` call halves it.
-    """
-    length = len(data)
-    h = 0x9747B28C ^ length
-    words = length >> 2
-    if words:
-        reader = _WORDS.get(words)
-        if reader is None:
-            reader = _WORDS[words] = struct.Struct(f"<{words}I")
-        for k in reader.unpack_from(data):
-            k = (k * _M) & _MASK
-            k = ((k ^ (k >> 24)) * _M) & _MASK
-            h = ((h * _M) & _MASK) ^ k
-    tail = length & 3
-    if tail:
-        end = length - tail
-        if tail == 3:
-            h ^= data[end + 2] << 16
-        if tail >= 2:
-            h ^= data[end + 1] << 8
-        h = ((h ^ data[end]) * _M) & _MASK
-    h = ((h ^ (h >> 13)) * _M) & _MASK
-    return h ^ (h >> 15)
 
 
 def _append(builder: Any, record: OutgoingRecord) -> bool:

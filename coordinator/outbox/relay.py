@@ -7,12 +7,13 @@ it stays idle this round. The leader reads the batches past the watermark (the h
 (coordinator/outbox/write.py), expands each into one record per entity, sends them all
 without awaiting each, waits for the broker's acknowledgements, then inserts one mark
 "published up to seq N" (N: the last batch of the longest fully acknowledged prefix) and
-one audit entry, and commits. No row of the outbox is locked or updated. If the relay
-dies anywhere before the commit, the lock goes with its transaction, the mark was never
-written, and the next leader sends the same batches again, with the same event ids
-(computed from the batch, coordinator/outbox/events.py). Nothing is lost; a consumer may
-see a duplicate, which the SDK's idempotency store absorbs. docs/relay.md has the whole
-design.
+one audit entry, and commits. While another writer holds the audit chain's lock, the
+round sends and marks a few more claims the same way before committing them all.
+No row of the outbox is locked or updated. If the relay dies anywhere before the
+commit, the lock goes with its transaction, the mark was never written, and the next
+leader sends the same batches again, with the same event ids (computed from the batch,
+coordinator/outbox/events.py). Nothing is lost; a consumer may see a duplicate, which the
+SDK's idempotency store absorbs. docs/relay.md has the whole design.
 """
 
 from __future__ import annotations

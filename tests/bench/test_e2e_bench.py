@@ -33,3 +33,17 @@ async def test_both_contestants_finish_with_the_expected_effects() -> None:
     seed_done = max(got["seed"]["milestones_s"][s] for s in PRODUCT_SERVICES)
     assert got["seed"]["seconds"] == seed_done
     assert got["seed"]["check"]["applied_twice"] is None
+    for name in ("ours", "seed"):
+        # The milestone poller's database work is reported apart from the contestant's.
+        assert set(got[name]["cpu_s"]) >= {"bench", "postgres", "poller"}
+        assert got[name]["polls"] >= 1
+
+
+async def test_ours_alone_finishes_with_the_expected_effects() -> None:
+    got = await e2e.alone(60)
+
+    assert got["entities"] == 56
+    check = got["check"]
+    assert (check["held_touched"], check["young_touched"], check["due_missed"]) == (0, 0, 0)
+    assert (check["applied_twice"], check["applied_missing"]) == (0, 0)
+    assert got["seconds"] == got["milestones_s"]["completed"]

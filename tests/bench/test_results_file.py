@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from bench import __main__ as bench_main
 from bench import docs, results
 
 
@@ -69,3 +70,37 @@ def test_docs_regenerate_only_the_marked_block(tmp_path, monkeypatch) -> None:
 def test_docs_refuse_a_page_without_markers() -> None:
     with pytest.raises(SystemExit):
         docs.render("# no markers\n", "table")
+
+
+def test_ours_alone_is_a_phase_of_its_own_without_a_seed() -> None:
+    alone = {
+        "entities": 1000,
+        "seconds": 2.0,
+        "entities_per_s": 500.0,
+        "milestones_s": {"purged": 0.5, "completed": 2.0},
+        "polls": 9,
+        "cpu_s": {
+            "notifications": 0.1,
+            "billing": 0.2,
+            "bench": 0.3,
+            "postgres": 0.4,
+            "poller": 0.05,
+        },
+        "check": {"held_touched": 0, "applied_twice": 0},
+    }
+    raw = {"rounds": [{}], "e2e_alone": alone}
+
+    detail = bench_main.e2e_detail(raw)
+    assert set(detail) == {"ours_alone"}
+    cpu = detail["ours_alone"]["cpu_ms_per_entity"]
+    # The milestone poller's database work is its own part, not the services' or postgres'.
+    assert cpu == pytest.approx({"services": 0.3, "bench": 0.3, "postgres": 0.4, "poller": 0.05})
+    assert detail["ours_alone"]["milestones_s"] == {"purged": 0.5, "completed": 2.0}
+
+    entry = results.phase("e2e.alone", alone["entities"], [{"ours": alone["entities_per_s"]}])
+    assert (entry["ours"], entry["seed"], entry["ratio"], entry["goal"]) == (
+        500.0,
+        None,
+        None,
+        None,
+    )

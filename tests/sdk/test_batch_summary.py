@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import structlog
 from prometheus_client import CollectorRegistry
@@ -17,6 +19,7 @@ from consumer_sdk._internal import dispatch
 from consumer_sdk._internal.transport import kafka_producer
 from consumer_sdk.testing import TestConsumer
 from schemas import KafkaSettings
+from schemas.logs import configure_logging
 from tests.sdk.helpers import event
 from tests.sdk.kafka_io import read_topic
 
@@ -34,12 +37,18 @@ async def test_a_batch_logs_one_info_summary_and_its_events_at_debug(
         return 1
 
     events = [event(f"u{i}") for i in range(4)] + [event("gone")]
-    with structlog.testing.capture_logs() as logs:
-        # A logger first used after an earlier test's `configure_logging` stays cached with
-        # that pipeline (it drops DEBUG before any processor): use one made for the capture.
-        monkeypatch.setattr(dispatch, "log", structlog.get_logger("consumer_sdk"))
-        async with TestConsumer(app) as t:
-            acks = await t.deliver_batch(*events)
+    sdk_logger = logging.getLogger("consumer_sdk")
+    sdk_logger.setLevel(logging.DEBUG)  # the per-event line is only built when it is written
+    try:
+        with structlog.testing.capture_logs() as logs:
+            # A logger first used after an earlier test's `configure_logging` stays cached
+            # with that pipeline (it drops DEBUG before any processor): use one made for
+            # the capture.
+            monkeypatch.setattr(dispatch, "log", structlog.get_logger("consumer_sdk"))
+            async with TestConsumer(app) as t:
+                acks = await t.deliver_batch(*events)
+    finally:
+        sdk_logger.setLevel(logging.NOTSET)
     assert [a.status for a in acks] == [AckStatus.COMPLETED] * 4 + [AckStatus.NOT_FOUND]
     assert [a.event_id for a in acks] == [e.event_id for e in events]
 
@@ -59,6 +68,37 @@ async def test_a_batch_logs_one_info_summary_and_its_events_at_debug(
         )
 
     assert (handled("completed"), handled("not_found")) == (4.0, 1.0)
+
+
+async def test_at_info_the_per_event_line_is_not_even_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    configure_logging("INFO")
+    monkeypatch.setattr(dispatch, "log", structlog.get_logger("consumer_sdk"))
+    built: list[str] = []
+    monkeypatch.setattr(
+        dispatch.Dispatcher, "_log_handled", lambda self, record, event, *_: built.append(event)
+    )
+    app = RetentionConsumer(
+        "svc", settings=ConsumerSettings(database_url=None), registry=CollectorRegistry()
+    )
+
+    @app.on_delete("user")
+    async def delete_user(event: RetentionEvent) -> int:
+        return 1
+
+    async with TestConsumer(app) as t:
+        acks = await t.deliver_batch(event("u1"), event("u2"))
+    assert [a.status for a in acks] == [AckStatus.COMPLETED] * 2
+    assert built == []
+
+    logging.getLogger("consumer_sdk").setLevel(logging.DEBUG)
+    try:
+        async with TestConsumer(app) as t:
+            await t.deliver_batch(event("u3"))
+    finally:
+        logging.getLogger("consumer_sdk").setLevel(logging.NOTSET)
+    assert len(built) == 1
 
 
 async def test_send_many_puts_each_key_where_send_would_and_keeps_order(
