@@ -339,6 +339,13 @@ event_status = Table(
         "event_id",
         postgresql_where=text("state = 'overdue'"),
     ),
+    # Escalation reads only open events past their deadline (0026): a range of this
+    # index, not every open event.
+    Index(
+        "ix_retention_event_status_open_deadline",
+        "deadline",
+        postgresql_where=text("state IN ('pending', 'failed')"),
+    ),
     # The verify sampler's keyset: a policy's completed deletions in completion order.
     Index(
         "ix_retention_event_status_completed_deletions",
@@ -391,6 +398,12 @@ expected_acks = Table(
         "ix_retention_expected_acks_own_deadline",
         "deadline",
         postgresql_where=text("deadline IS NOT NULL AND status IN ('pending', 'failed')"),
+    ),
+    # Released holds are looked for among the `held` acks only, in event order (0026).
+    Index(
+        "ix_retention_expected_acks_held",
+        "event_id",
+        postgresql_where=text("status = 'held'"),
     ),
     # The resurrected gauge reads only reopened acknowledgements, which are few (0016).
     Index(

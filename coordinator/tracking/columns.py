@@ -28,6 +28,7 @@ from sqlalchemy.types import TypeEngine
 __all__ = ["by_key", "event_ids_param", "unnest"]
 
 _JOIN_PLANS = ("enable_hashjoin", "enable_mergejoin", "enable_seqscan")
+_CORRELATED_PLANS = ("enable_material", "enable_bitmapscan")
 
 
 def unnest(
@@ -51,7 +52,7 @@ def event_ids_param(event_ids: Sequence[uuid.UUID]) -> BindParameter[Any]:
 
 
 @asynccontextmanager
-async def by_key(conn: AsyncConnection) -> AsyncIterator[None]:
+async def by_key(conn: AsyncConnection, *, correlated: bool = False) -> AsyncIterator[None]:
     """Plan the statements run inside as one index probe per key of their input relation.
 
     The ack path joins a batch (an `unnest`, a few thousand keys) to tables of millions of
@@ -59,13 +60,16 @@ async def by_key(conn: AsyncConnection) -> AsyncIterator[None]:
     been seen to hash or merge join the batch against a sequential scan of the whole
     table, mid-run: a cost that grows with the table per batch. Here every such
     statement has an index for its key, so probing it is right at any size; the
-    settings last until the block ends (or the transaction does, should it fail)."""
-    before = (
-        await conn.execute(select(*(func.current_setting(name) for name in _JOIN_PLANS)))
-    ).one()
-    await _set(conn, dict.fromkeys(_JOIN_PLANS, "off"))
+    settings last until the block ends (or the transaction does, should it fail).
+
+    `correlated`: also for the probes of a correlated subquery (an EXISTS keyed by the
+    outer row), which the planner otherwise may answer from a partial index over the
+    whole table: materialized once, or ANDed as a bitmap with the key's on every probe."""
+    plans = (*_JOIN_PLANS, *_CORRELATED_PLANS) if correlated else _JOIN_PLANS
+    before = (await conn.execute(select(*(func.current_setting(name) for name in plans)))).one()
+    await _set(conn, dict.fromkeys(plans, "off"))
     yield
-    await _set(conn, dict(zip(_JOIN_PLANS, before, strict=True)))
+    await _set(conn, dict(zip(plans, before, strict=True)))
 
 
 async def _set(conn: AsyncConnection, values: Mapping[str, str]) -> None:

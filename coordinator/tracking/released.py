@@ -21,21 +21,26 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BindParameter, any_, bindparam, select, tuple_, update
+from sqlalchemy import BindParameter, any_, bindparam, literal_column, select, tuple_, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.types import Uuid
+from sqlalchemy.sql.elements import ColumnClause
+from sqlalchemy.types import Text, Uuid
 
 from coordinator.evidence import audit
 from coordinator.outbox.lookup import load_events
 from coordinator.purge.hold_topic import active_sets, pending_entities
 from coordinator.store.tables import event_status, expected_acks
+from coordinator.tracking.columns import by_key
 from coordinator.tracking.snapshot import ACTOR
 from schemas import AckStatus, RetentionEvent
 
-__all__ = ["HELD", "Released", "record_released", "released_events"]
+__all__ = ["HELD", "Released", "ReleasedScan", "record_released", "released_events"]
 
 HELD = AckStatus.HELD.value
+# Written into the statement, not bound: a partial index's predicate is proved from the
+# text, and a generic plan never sees a bound value.
+_HELD_LITERAL: ColumnClause[str] = literal_column(f"'{HELD}'", Text())
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,22 +58,41 @@ def _entities(event: RetentionEvent) -> list[tuple[str, str]]:
     return entities
 
 
-async def released_events(conn: AsyncConnection, *, now: datetime, limit: int) -> list[Released]:
-    """Lock and return events with `held` acks that nothing holds any more (skipping
-    events another tracker has locked)."""
+@dataclass(frozen=True, slots=True)
+class ReleasedScan:
+    released: list[Released]
+    after: uuid.UUID | None
+    """Where the next look goes on from; None once the `held` acks were read to their end."""
+
+
+async def released_events(
+    conn: AsyncConnection, *, now: datetime, limit: int, after: uuid.UUID | None = None
+) -> ReleasedScan:
+    """Lock and return, among the next `limit` events after `after` with `held` acks,
+    those nothing holds any more (skipping events another tracker has locked).
+
+    A range of the `held` acks' partial index, in event order from the cursor: the cost
+    follows the held events looked at, not the acks tracked. The cursor moves past events
+    still held, so a thousand of them never hide a released one behind them."""
     s, e = event_status.c, expected_acks.c
-    locked = (
-        await conn.execute(
-            select(s.event_id)
-            .where(s.event_id.in_(select(e.event_id).where(e.status == HELD)))
-            .order_by(s.event_id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
+    candidates = select(e.event_id).where(e.status == _HELD_LITERAL).distinct()
+    if after is not None:
+        candidates = candidates.where(e.event_id > after)
+    candidate_ids = list(await conn.scalars(candidates.order_by(e.event_id).limit(limit)))
+    if not candidate_ids:
+        return ReleasedScan([], None)
+    next_after = candidate_ids[-1] if len(candidate_ids) == limit else None
+    async with by_key(conn):
+        ids = list(
+            await conn.scalars(
+                select(s.event_id)
+                .where(s.event_id == any_(_ids(candidate_ids)))
+                .order_by(s.event_id)
+                .with_for_update(skip_locked=True)
+            )
         )
-    ).scalars()
-    ids = list(locked)
     if not ids:
-        return []
+        return ReleasedScan([], next_after)
     events = await load_events(conn, ids)
     wanted = sorted({entity for event in events.values() for entity in _entities(event)})
     held = set(await active_sets(conn, wanted, now=now)) | await pending_entities(conn, wanted)
@@ -78,7 +102,7 @@ async def released_events(conn: AsyncConnection, *, now: datetime, limit: int) -
         if not any(entity in held for entity in _entities(event))
     ]
     if not free:
-        return []
+        return ReleasedScan([], next_after)
     services: dict[uuid.UUID, list[str]] = defaultdict(list)
     for event_id, service in await conn.execute(
         select(e.event_id, e.service)
@@ -86,7 +110,8 @@ async def released_events(conn: AsyncConnection, *, now: datetime, limit: int) -
         .order_by(e.event_id, e.service)
     ):
         services[event_id].append(service)
-    return [Released(events[event_id], tuple(services[event_id])) for event_id in sorted(free)]
+    released = [Released(events[event_id], tuple(services[event_id])) for event_id in sorted(free)]
+    return ReleasedScan(released, next_after)
 
 
 async def record_released(

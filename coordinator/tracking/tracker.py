@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -160,6 +161,8 @@ class Tracker:
         self._gauge_services: set[str] = set()
         self._resurrected_services: set[str] = set()
         self._last_gauges = float("-inf")
+        # Where the look for released holds goes on from (tracking/released.py).
+        self._released_after: uuid.UUID | None = None
 
     async def start(self, *, timeout_s: float = 30.0) -> None:
         k = self._kafka
@@ -478,28 +481,33 @@ class Tracker:
         while True:
             async with self._engine.begin() as conn:
                 now = self._clock.now()
-                free = await released.released_events(conn, now=now, limit=_HOUSEKEEPING_LIMIT)
-                if not free:
-                    return total
-                records = [(r.event.key.encode(), encode(r.event)) for r in free]
-                signed = (
-                    self._signer.sign_batch(records)
-                    if self._signer is not None
-                    else [[] for _ in records]
+                scan = await released.released_events(
+                    conn, now=now, limit=_HOUSEKEEPING_LIMIT, after=self._released_after
                 )
-                await publisher.publish(
-                    self._topics.events,
-                    [
-                        OutgoingRecord(key, value, [("retention-released", b"1"), *headers])
-                        for (key, value), headers in zip(records, signed, strict=True)
-                    ],
-                )
-                await released.record_released(
-                    conn, free, now=now, reminder_interval=self._schedule.interval
-                )
-            log.info("held_events_republished", count=len(free))
-            total += len(free)
-            if len(free) < _HOUSEKEEPING_LIMIT:
+                free = scan.released
+                if free:
+                    records = [(r.event.key.encode(), encode(r.event)) for r in free]
+                    signed = (
+                        self._signer.sign_batch(records)
+                        if self._signer is not None
+                        else [[] for _ in records]
+                    )
+                    await publisher.publish(
+                        self._topics.events,
+                        [
+                            OutgoingRecord(key, value, [("retention-released", b"1"), *headers])
+                            for (key, value), headers in zip(records, signed, strict=True)
+                        ],
+                    )
+                    await released.record_released(
+                        conn, free, now=now, reminder_interval=self._schedule.interval
+                    )
+            # Moved on only once the chunk is committed: a failed one is looked at again.
+            self._released_after = scan.after
+            if free:
+                log.info("held_events_republished", count=len(free))
+                total += len(free)
+            if scan.after is None:
                 return total
 
     async def escalate_overdue(self) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import FrozenClock
@@ -735,7 +736,8 @@ async def test_an_ack_recorded_meanwhile_fails_the_batch_instead_of_auditing_it_
 
     monkeypatch.setattr(ledger, "_recorded", nothing_recorded)
     await produce(env.kafka, env.kafka.topics.acks, acks)  # re-sent: new offsets, same acks
-    with pytest.raises(RuntimeError, match="recorded meanwhile"):
+    # The ledger's unique keys refuse the rows; the batch is rolled back, to be read again.
+    with pytest.raises(IntegrityError, match="duplicate key"):
         await _until_records(env.tracker.consume_acks)
 
     monkeypatch.undo()

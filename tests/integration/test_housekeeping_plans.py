@@ -1,0 +1,133 @@
+"""The tracker's housekeeping reads what it finds to do, on tables nobody has analyzed.
+
+The released-holds scan and overdue escalation run every housekeeping cycle. Each used
+to read every expected ack, or every open event, to find the few held or late ones: a
+cost per cycle that grew with the tables (x781 and x306 from 10k to 100k users)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import text
+
+from coordinator.store.db import make_engine
+from coordinator.tracking import deadlines, released, snapshot
+from tests.integration.test_ack_path_plans import _FILL, FILLER_EVENTS, SERVICES, TABLES, _read
+from tests.integration.tracking_support import insert_published
+
+HELD_EVENTS = 10
+LATE_EVENTS = 7
+
+
+async def test_released_and_overdue_passes_read_only_their_work(coordinator_db: str) -> None:
+    engine = make_engine(coordinator_db)
+    declared = [(s, "user", "delete") for s in SERVICES]
+    now = datetime.now(UTC)
+    try:
+        async with engine.begin() as conn:
+            for table in TABLES[:2]:
+                await conn.execute(text(f"ALTER TABLE {table} SET (autovacuum_enabled = false)"))
+            for statement in _FILL[:2]:
+                await conn.execute(
+                    text(statement), {"n": FILLER_EVENTS, "services": list(SERVICES)}
+                )
+            await conn.execute(
+                text(
+                    "UPDATE retention_event_status SET deadline = now() - interval '1 hour' "
+                    "WHERE event_id IN (SELECT event_id FROM retention_event_status "
+                    "WHERE policy = 'filler' LIMIT :n)"
+                ),
+                {"n": LATE_EVENTS},
+            )
+        ids = [f"held-{n}" for n in range(HELD_EVENTS)]
+        events = await insert_published(engine, ids, published_at=now)
+        async with engine.begin() as conn:
+            tracked = await snapshot.track_published(
+                conn,
+                declared=declared,
+                now=now,
+                reminder_interval=timedelta(hours=1),
+                limit=HELD_EVENTS,
+            )
+            assert len(tracked.tracked) == HELD_EVENTS
+            # svc0 found each of them held; no hold is left, so every one is released.
+            await conn.execute(
+                text(
+                    "UPDATE retention_expected_acks SET status = 'held' "
+                    "WHERE service = 'svc0' AND event_id = ANY(CAST(:ids AS uuid[]))"
+                ),
+                {"ids": [str(e) for e in events]},
+            )
+        async with engine.begin() as conn:
+            before = await _read(conn)
+            scan = await released.released_events(conn, now=now, limit=1000)
+            overdue = await deadlines.escalate_overdue(conn, now=now, limit=1000)
+            seq_read, index_read = (a - b for a, b in zip(await _read(conn), before, strict=True))
+    finally:
+        await engine.dispose()
+    assert sorted(r.event.event_id for r in scan.released) == sorted(events)
+    assert all(r.services == ("svc0",) for r in scan.released)
+    assert scan.after is None
+    assert len(overdue) == LATE_EVENTS
+    # Reading a whole table would read at least FILLER_EVENTS rows.
+    assert seq_read == 0, seq_read
+    assert index_read <= 20 * (HELD_EVENTS + LATE_EVENTS), index_read
+
+
+async def test_events_still_held_never_hide_a_released_one(coordinator_db: str) -> None:
+    # Four events still held come first in event order; the fifth is released. Two at a
+    # time, the scan goes on past the held ones instead of finding them again each pass.
+    engine = make_engine(coordinator_db)
+    declared = [(s, "user", "delete") for s in SERVICES]
+    now = datetime.now(UTC)
+    try:
+        ids = [f"queued-{n}" for n in range(5)]
+        events = await insert_published(engine, ids, published_at=now)
+        ordered = sorted(events)
+        async with engine.begin() as conn:
+            # The module's database is shared: no held ack but these five.
+            await conn.execute(
+                text("UPDATE retention_expected_acks SET status = 'pending' WHERE status = 'held'")
+            )
+            await snapshot.track_events(
+                conn, events, declared=declared, now=now, reminder_interval=timedelta(hours=1)
+            )
+            entity_of: dict[uuid.UUID, str] = {
+                row[0]: row[1]
+                for row in (
+                    await conn.execute(
+                        text(
+                            "SELECT event_id, entity_id FROM retention_event_status "
+                            "WHERE event_id = ANY(CAST(:ids AS uuid[]))"
+                        ),
+                        {"ids": [str(e) for e in events]},
+                    )
+                )
+            }
+            await conn.execute(
+                text(
+                    "UPDATE retention_expected_acks SET status = 'held' "
+                    "WHERE service = 'svc0' AND event_id = ANY(CAST(:ids AS uuid[]))"
+                ),
+                {"ids": [str(e) for e in events]},
+            )
+            # Their hold changes are not on the holds topic yet: still held.
+            await conn.execute(
+                text(
+                    "INSERT INTO retention_hold_topic_queue (entity_type, entity_id, queued_at) "
+                    "SELECT 'user', unnest(CAST(:ids AS text[])), now()"
+                ),
+                {"ids": [entity_of[e] for e in ordered[:4]]},
+            )
+        found: list[list[uuid.UUID]] = []
+        after: uuid.UUID | None = None
+        for _ in range(3):
+            async with engine.begin() as conn:
+                scan = await released.released_events(conn, now=now, limit=2, after=after)
+            found.append([r.event.event_id for r in scan.released])
+            after = scan.after
+    finally:
+        await engine.dispose()
+    assert found == [[], [], [ordered[4]]]
+    assert after is None
