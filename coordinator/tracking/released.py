@@ -110,7 +110,13 @@ async def released_events(
         .order_by(e.event_id, e.service)
     ):
         services[event_id].append(service)
-    released = [Released(events[event_id], tuple(services[event_id])) for event_id in sorted(free)]
+    # An event another tracker released (or an ack settled) between the candidates' read
+    # and the lock has no `held` ack left: not released again, nor audited with no service.
+    released = [
+        Released(events[event_id], tuple(services[event_id]))
+        for event_id in sorted(free)
+        if services[event_id]
+    ]
     return ReleasedScan(released, next_after)
 
 

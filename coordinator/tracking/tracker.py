@@ -475,40 +475,40 @@ class Tracker:
 
     async def republish_released(self) -> int:
         """Re-publish held events nothing holds any more, for the services that acked
-        `held`; they are `pending` again once the broker has the events."""
+        `held`; they are `pending` again once the broker has the events.
+
+        One chunk of the held events per pass, from a cursor that goes on from pass to pass
+        and starts over after the last: a pass costs one chunk whatever the held events
+        number, and a released event is found within (held events / chunk) passes."""
         publisher = self._client(self._kafka.publisher)
-        total = 0
-        while True:
-            async with self._engine.begin() as conn:
-                now = self._clock.now()
-                scan = await released.released_events(
-                    conn, now=now, limit=_HOUSEKEEPING_LIMIT, after=self._released_after
-                )
-                free = scan.released
-                if free:
-                    records = [(r.event.key.encode(), encode(r.event)) for r in free]
-                    signed = (
-                        self._signer.sign_batch(records)
-                        if self._signer is not None
-                        else [[] for _ in records]
-                    )
-                    await publisher.publish(
-                        self._topics.events,
-                        [
-                            OutgoingRecord(key, value, [("retention-released", b"1"), *headers])
-                            for (key, value), headers in zip(records, signed, strict=True)
-                        ],
-                    )
-                    await released.record_released(
-                        conn, free, now=now, reminder_interval=self._schedule.interval
-                    )
-            # Moved on only once the chunk is committed: a failed one is looked at again.
-            self._released_after = scan.after
+        async with self._engine.begin() as conn:
+            now = self._clock.now()
+            scan = await released.released_events(
+                conn, now=now, limit=_HOUSEKEEPING_LIMIT, after=self._released_after
+            )
+            free = scan.released
             if free:
-                log.info("held_events_republished", count=len(free))
-                total += len(free)
-            if scan.after is None:
-                return total
+                records = [(r.event.key.encode(), encode(r.event)) for r in free]
+                signed = (
+                    self._signer.sign_batch(records)
+                    if self._signer is not None
+                    else [[] for _ in records]
+                )
+                await publisher.publish(
+                    self._topics.events,
+                    [
+                        OutgoingRecord(key, value, [("retention-released", b"1"), *headers])
+                        for (key, value), headers in zip(records, signed, strict=True)
+                    ],
+                )
+                await released.record_released(
+                    conn, free, now=now, reminder_interval=self._schedule.interval
+                )
+        # Moved on only once the chunk is committed: a failed one is looked at again.
+        self._released_after = scan.after
+        if free:
+            log.info("held_events_republished", count=len(free))
+        return len(free)
 
     async def escalate_overdue(self) -> int:
         total = 0

@@ -6,13 +6,17 @@ cost per cycle that grew with the tables (x781 and x306 from 10k to 100k users).
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.store.db import make_engine
-from coordinator.tracking import deadlines, released, snapshot
+from coordinator.tracking import columns, deadlines, released, snapshot
 from tests.integration.test_ack_path_plans import _FILL, FILLER_EVENTS, SERVICES, TABLES, _read
 from tests.integration.tracking_support import insert_published
 
@@ -131,3 +135,69 @@ async def test_events_still_held_never_hide_a_released_one(coordinator_db: str) 
         await engine.dispose()
     assert found == [[], [], [ordered[4]]]
     assert after is None
+
+
+async def test_an_event_released_by_another_tracker_meanwhile_is_not_released_again(
+    coordinator_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tracker B reads the held candidates; tracker A releases the same event and commits
+    before B locks it: B must neither re-publish it nor audit it a second time."""
+    engine = make_engine(coordinator_db)
+    now = datetime.now(UTC)
+    interval = timedelta(hours=1)
+    try:
+        events = await insert_published(engine, ["race-1"], published_at=now)
+        async with engine.begin() as conn:
+            await snapshot.track_events(
+                conn,
+                events,
+                declared=[(s, "user", "delete") for s in SERVICES],
+                now=now,
+                reminder_interval=interval,
+            )
+            await conn.execute(
+                text(
+                    "UPDATE retention_expected_acks SET status = 'held' "
+                    "WHERE service = :s AND event_id = ANY(:ids)"
+                ),
+                {"s": SERVICES[0], "ids": list(events)},
+            )
+        real_by_key = columns.by_key
+        raced: list[bool] = []
+
+        @contextlib.asynccontextmanager
+        async def after_tracker_a(conn: AsyncConnection, **kw: bool) -> AsyncIterator[None]:
+            # B's lock statement runs inside this block: A's whole chunk commits first.
+            if not raced:
+                raced.append(True)
+                monkeypatch.setattr(released, "by_key", real_by_key)
+                async with engine.begin() as other:
+                    scan_a = await released.released_events(other, now=now, limit=1000)
+                    released_a = [(r.event.event_id, r.services) for r in scan_a.released]
+                    assert (events[0], (SERVICES[0],)) in released_a
+                    await released.record_released(
+                        other, scan_a.released, now=now, reminder_interval=interval
+                    )
+            async with real_by_key(conn, **kw):
+                yield
+
+        monkeypatch.setattr(released, "by_key", after_tracker_a)
+        async with engine.begin() as conn:
+            scan_b = await released.released_events(conn, now=now, limit=1000)
+            await released.record_released(
+                conn, scan_b.released, now=now, reminder_interval=interval
+            )
+        async with engine.connect() as conn:
+            audits = await conn.scalar(
+                text(
+                    "SELECT count(*) FROM audit_log "
+                    "WHERE action = 'held_events_republished' AND data::text LIKE :e"
+                ),
+                {"e": f"%{events[0]}%"},
+            )
+    finally:
+        await engine.dispose()
+    assert raced
+    assert events[0] not in [r.event.event_id for r in scan_b.released]
+    assert all(r.services for r in scan_b.released)
+    assert audits == 1
