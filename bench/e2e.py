@@ -47,6 +47,7 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy import ARRAY, Select, Text, any_, func, literal, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from bench.proc_cpu import backend_cpu, cpu_seconds
 from bench.seed_executor import check_ids, in_params
 from coordinator.clock import SystemClock
 from coordinator.outbox.lookup import event_counts, tracked_up_to
@@ -105,7 +106,6 @@ ROWS_PER_USER = {e.name: len(e.seed_rows(["bench"])[TABLES[e.name]]) for e in BE
 """The rows each service's own seed gives a user."""
 KEPT = [name for name, table in TABLES.items() if "anonymized_at" in table.c]
 """Services that keep a deleted user's rows, anonymized and unlinked (billing's orders)."""
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def timeout_s(users: Users) -> float:
@@ -340,8 +340,7 @@ def _ours_checks(users: Users) -> dict[str, tuple[str, Check]]:
 
 def _cpu_seconds(process: ServiceProcess) -> float:
     assert process.proc is not None
-    fields = Path(f"/proc/{process.proc.pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime: proc(5)
+    return cpu_seconds(process.proc.pid)
 
 
 async def _check(stack: Stack, users: Users, *, ours: bool) -> dict[str, Any]:
@@ -413,25 +412,10 @@ async def _backend_cpu(stack: Stack, milestones: Milestones) -> dict[int, float]
     the round, so the difference of two snapshots is the database's work for it. The
     milestone poller's backends are included here and split off by `_backend_cpu_parts`.
     """
-    engine = make_engine(infra.with_database(stack.coordinator_url, "postgres"))
     names = [url.rpartition("/")[2] for url in (stack.coordinator_url, stack.services_url)]
-    try:
-        async with engine.connect() as conn:
-            rows = await conn.execute(
-                text("SELECT pid FROM pg_stat_activity WHERE datname = ANY(:names)"),
-                {"names": names},
-            )
-            pids = {row[0] for row in rows} | set(milestones.poller_pids)
-    finally:
-        await engine.dispose()
-    cpu: dict[int, float] = {}
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        except OSError:  # ended meanwhile, or the server is not on this machine
-            continue
-        cpu[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-    return cpu
+    return await backend_cpu(
+        infra.with_database(stack.coordinator_url, "postgres"), names, also=milestones.poller_pids
+    )
 
 
 async def _backend_cpu_parts(

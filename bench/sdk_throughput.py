@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ from typing import Any
 
 from sqlalchemy import func, select, text
 
+from bench.proc_cpu import cpu_seconds
 from coordinator.outbox.lookup import EVENTS
 from coordinator.store.db import make_engine
 from schemas import KafkaSettings
@@ -53,7 +53,6 @@ from tests.e2e.harness import (
 from tests.sdk.helpers import event
 from tests.sdk.kafka_io import produce
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 ONE = next(e for e in EXAMPLES if not e.faust)
 """The service `one` measures: the first example on the core SDK."""
 
@@ -62,11 +61,9 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def cpu_seconds(process: ServiceProcess) -> float:
+def process_cpu(process: ServiceProcess) -> float:
     assert process.proc is not None
-    fields = Path(f"/proc/{process.proc.pid}/stat").read_text().rpartition(")")[2].split()
-    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
-    return (utime + stime) / CLOCK_TICKS
+    return cpu_seconds(process.proc.pid)
 
 
 def loadavg() -> float:
@@ -98,7 +95,7 @@ async def one_service(stack: Stack, events: int) -> dict[str, Any]:
     async with AckTail(stack.kafka) as acks:
         await stack.start_services(ONE.name)
         process = stack.processes[ONE.name]
-        cpu_before, load_before = cpu_seconds(process), loadavg()
+        cpu_before, load_before = process_cpu(process), loadavg()
         # From the partition assignment (consuming starts there; seen within 0.1 s).
         started = time.monotonic()
         await wait_for(
@@ -109,7 +106,7 @@ async def one_service(stack: Stack, events: int) -> dict[str, Any]:
             interval_s=0.05,
         )
         elapsed = time.monotonic() - started
-        cpu = cpu_seconds(process) - cpu_before
+        cpu = process_cpu(process) - cpu_before
     await stack.stop_services()
     database_commits = await commits(stack.services_url) - commits_before
     engine = make_engine(stack.services_url)
@@ -158,7 +155,7 @@ async def three_services(stack: Stack, users: int) -> dict[str, Any]:
     await stack.start_services(*PRODUCT_SERVICES)
     processes = [stack.processes[name] for name in PRODUCT_SERVICES]
     async with AckTail(stack.kafka) as acks:
-        cpu_before = {p.name: cpu_seconds(p) for p in processes}
+        cpu_before = {p.name: process_cpu(p) for p in processes}
         load_before = loadavg()
         started = time.monotonic()
         async with running_relay(stack) as relay:
@@ -171,7 +168,7 @@ async def three_services(stack: Stack, users: int) -> dict[str, Any]:
                 interval_s=0.05,
             )
             elapsed = time.monotonic() - started
-        cpu = {p.name: cpu_seconds(p) - cpu_before[p.name] for p in processes}
+        cpu = {p.name: process_cpu(p) - cpu_before[p.name] for p in processes}
     await stack.stop_services()
     return {
         "entities": work.events,

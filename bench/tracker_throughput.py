@@ -33,12 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import any_, func, select, text
+from sqlalchemy import any_, func, select
 
+from bench.proc_cpu import backend_cpu
 from coordinator.clock import FrozenClock, SystemClock
 from coordinator.evidence import audit
 from coordinator.kafka.admin import ensure_topics
-from coordinator.store.db import make_engine
 from coordinator.store.migrate import upgrade
 from coordinator.store.tables import event_status
 from coordinator.tracking.columns import event_ids_param
@@ -54,7 +54,6 @@ from tests.integration.tracking_support import (
 
 RESULTS = Path(__file__).parent / "results" / "tracker"
 PARTITIONS = 6
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SDK_BATCH = 500
 """Acks signed together, as the SDK signs one batch's acks (one Merkle root)."""
 
@@ -155,27 +154,8 @@ async def _joined(trackers: list, partitions: int) -> None:
 
 
 async def _backend_cpu(database: str) -> dict[int, float]:
-    """CPU seconds so far of each PostgreSQL backend serving `database` (a local server:
-    the bench reads /proc)."""
-    engine = make_engine(infra.with_database(infra.database_url(), "postgres"))
-    try:
-        async with engine.connect() as conn:
-            pids = list(
-                await conn.scalars(
-                    text("SELECT pid FROM pg_stat_activity WHERE datname = :name"),
-                    {"name": database},
-                )
-            )
-    finally:
-        await engine.dispose()
-    cpu: dict[int, float] = {}
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        except OSError:  # ended meanwhile, or the server is not on this machine
-            continue
-        cpu[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-    return cpu
+    """CPU seconds so far of each PostgreSQL backend serving `database`."""
+    return await backend_cpu(infra.with_database(infra.database_url(), "postgres"), [database])
 
 
 async def throughput(
