@@ -24,6 +24,17 @@ HELD_EVENTS = 10
 LATE_EVENTS = 7
 
 
+async def _acked_held(conn: AsyncConnection, service: str, event_ids: list[uuid.UUID]) -> None:
+    """`service` found each of these events held (its acks say so)."""
+    await conn.execute(
+        text(
+            "UPDATE retention_expected_acks SET status = 'held' "
+            "WHERE service = :s AND event_id = ANY(:ids)"
+        ),
+        {"s": service, "ids": event_ids},
+    )
+
+
 async def test_released_and_overdue_passes_read_only_their_work(coordinator_db: str) -> None:
     engine = make_engine(coordinator_db)
     declared = [(s, "user", "delete") for s in SERVICES]
@@ -56,13 +67,7 @@ async def test_released_and_overdue_passes_read_only_their_work(coordinator_db: 
             )
             assert len(tracked.tracked) == HELD_EVENTS
             # svc0 found each of them held; no hold is left, so every one is released.
-            await conn.execute(
-                text(
-                    "UPDATE retention_expected_acks SET status = 'held' "
-                    "WHERE service = 'svc0' AND event_id = ANY(CAST(:ids AS uuid[]))"
-                ),
-                {"ids": [str(e) for e in events]},
-            )
+            await _acked_held(conn, SERVICES[0], events)
         async with engine.begin() as conn:
             before = await _read(conn)
             scan = await released.released_events(conn, now=now, limit=1000)
@@ -109,13 +114,7 @@ async def test_events_still_held_never_hide_a_released_one(coordinator_db: str) 
                     )
                 )
             }
-            await conn.execute(
-                text(
-                    "UPDATE retention_expected_acks SET status = 'held' "
-                    "WHERE service = 'svc0' AND event_id = ANY(CAST(:ids AS uuid[]))"
-                ),
-                {"ids": [str(e) for e in events]},
-            )
+            await _acked_held(conn, SERVICES[0], events)
             # Their hold changes are not on the holds topic yet: still held.
             await conn.execute(
                 text(
@@ -155,13 +154,7 @@ async def test_an_event_released_by_another_tracker_meanwhile_is_not_released_ag
                 now=now,
                 reminder_interval=interval,
             )
-            await conn.execute(
-                text(
-                    "UPDATE retention_expected_acks SET status = 'held' "
-                    "WHERE service = :s AND event_id = ANY(:ids)"
-                ),
-                {"s": SERVICES[0], "ids": list(events)},
-            )
+            await _acked_held(conn, SERVICES[0], events)
         real_by_key = columns.by_key
         raced: list[bool] = []
 
