@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -161,9 +161,7 @@ class PolicyPlan:
 
     @property
     def oldest_age_days(self) -> float | None:
-        if self.oldest_due is None:
-            return None
-        return round((self.now - self.oldest_due).total_seconds() / _DAY, 3)
+        return _age_days(self.now, self.oldest_due)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -324,12 +322,7 @@ async def leftover(
             )
         )
     ).one()
-    oldest = row.oldest
-    if oldest is None:
-        return Leftover(row.held, None)
-    if oldest.tzinfo is None:
-        oldest = oldest.replace(tzinfo=UTC)
-    return Leftover(row.held, round((now - oldest).total_seconds() / _DAY, 3))
+    return Leftover(row.held, _age_days(now, row.oldest))
 
 
 def oldest_due_query(bound: BoundPolicy, now: datetime, after: Any | None = None) -> Select[Any]:
@@ -358,12 +351,16 @@ async def oldest_due(
 ) -> float | None:
     """Age in days of the oldest due, unheld row (None: nothing due)."""
     oldest = (await conn.execute(oldest_due_query(bound, now, after))).scalar_one_or_none()
+    return _age_days(now, oldest)
+
+
+def _age_days(now: datetime, oldest: datetime | None) -> float | None:
+    """Days from `oldest` (naive: UTC, as a `timestamp` column reads) to `now`."""
     if oldest is None:
         return None
     if oldest.tzinfo is None:
         oldest = oldest.replace(tzinfo=UTC)
-    age: timedelta = now - oldest
-    return round(age.total_seconds() / _DAY, 3)
+    return round((now - oldest).total_seconds() / _DAY, 3)
 
 
 @dataclass(frozen=True, slots=True)
