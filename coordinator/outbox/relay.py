@@ -85,6 +85,15 @@ class BatchResult:
     """Events that do not make a valid RetentionEvent (a writer's bug): logged, recorded
     in the audit entry, and passed over by the watermark."""
 
+    def __add__(self, other: BatchResult) -> BatchResult:
+        """Two claims of one round, counted together."""
+        return BatchResult(
+            self.claimed + other.claimed,
+            self.published + other.published,
+            self.send_failed + other.send_failed,
+            self.unbuildable + other.unbuildable,
+        )
+
 
 @dataclass(eq=False, slots=True)
 class _Claim:
@@ -318,12 +327,7 @@ class OutboxRelay:
         for count in itertools.count(1):
             await self._send(producer, segment)
             settled, entry, published = await self._settle(segment)
-            result = BatchResult(
-                result.claimed + settled.claimed,
-                result.published + settled.published,
-                result.send_failed + settled.send_failed,
-                result.unbuildable + settled.unbuildable,
-            )
+            result += settled
             prepared += entry
             policies += published
             if (
