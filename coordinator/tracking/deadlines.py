@@ -31,22 +31,19 @@ from sqlalchemy import (
     bindparam,
     exists,
     func,
-    literal_column,
     select,
     true,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Select
-from sqlalchemy.sql.elements import ColumnClause
-from sqlalchemy.types import Text
 
 from coordinator.evidence import audit
 from coordinator.outbox.events import event_from_row
 from coordinator.outbox.lookup import EVENTS, joined_on
 from coordinator.purge.holds import event_held
 from coordinator.store.tables import event_status, expected_acks
-from coordinator.tracking.columns import by_key, event_ids_param
+from coordinator.tracking.columns import by_key, event_ids_param, state_literal
 from coordinator.tracking.snapshot import ACTOR
 from schemas import RetentionEvent
 
@@ -65,9 +62,7 @@ __all__ = [
 ]
 
 OPEN = ("pending", "failed")
-# Written into the statement, not bound: the partial indexes' predicates are proved from
-# the text, and a generic plan never sees a bound value.
-_OPEN_LITERALS: list[ColumnClause[str]] = [literal_column(f"'{s}'", Text()) for s in OPEN]
+_OPEN_LITERALS = [state_literal(s) for s in OPEN]
 
 
 @dataclass(frozen=True, slots=True)

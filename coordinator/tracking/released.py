@@ -21,26 +21,23 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BindParameter, any_, bindparam, literal_column, select, tuple_, update
+from sqlalchemy import BindParameter, any_, bindparam, select, tuple_, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql.elements import ColumnClause
-from sqlalchemy.types import Text, Uuid
+from sqlalchemy.types import Uuid
 
 from coordinator.evidence import audit
 from coordinator.outbox.lookup import load_events
 from coordinator.purge.hold_topic import active_sets, pending_entities
 from coordinator.store.tables import event_status, expected_acks
-from coordinator.tracking.columns import by_key
+from coordinator.tracking.columns import by_key, state_literal
 from coordinator.tracking.snapshot import ACTOR
 from schemas import AckStatus, RetentionEvent
 
 __all__ = ["HELD", "Released", "ReleasedScan", "record_released", "released_events"]
 
 HELD = AckStatus.HELD.value
-# Written into the statement, not bound: a partial index's predicate is proved from the
-# text, and a generic plan never sees a bound value.
-_HELD_LITERAL: ColumnClause[str] = literal_column(f"'{HELD}'", Text())
+_HELD_LITERAL = state_literal(HELD)
 
 
 @dataclass(frozen=True, slots=True)
