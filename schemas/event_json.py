@@ -23,7 +23,7 @@ from pydantic import ConfigDict, TypeAdapter
 from schemas.codec import encode
 from schemas.models import RetentionEvent
 
-__all__ = ["PER_EVENT", "EventTemplate", "invalid_per_event"]
+__all__ = ["PER_EVENT", "EventTemplate", "cut", "invalid_per_event"]
 
 PER_EVENT = ("event_id", "entity_id", "subject")
 """The fields that differ between the events of one batch."""
@@ -97,7 +97,7 @@ class EventTemplate:
         """
         event = RetentionEvent(**shared, event_id=_ID, entity_id=_ENTITY, subject=_SUBJECT)
         text = encode(event).decode()
-        pieces = _cut(text, (f'"{_ID}"', encode_basestring(_ENTITY), encode_basestring(_SUBJECT)))
+        pieces = cut(text, (f'"{_ID}"', encode_basestring(_ENTITY), encode_basestring(_SUBJECT)))
         if pieces is None:
             return None
         return cls(*pieces)
@@ -112,7 +112,7 @@ class EventTemplate:
         ).encode()
 
 
-def _cut(text: str, markers: tuple[str, ...]) -> list[str] | None:
+def cut(text: str, markers: tuple[str, ...]) -> list[str] | None:
     """`text` split at each marker in turn, each found exactly once and in this order;
     None otherwise."""
     pieces: list[str] = []

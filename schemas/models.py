@@ -42,6 +42,7 @@ __all__ = [
     "StrictModel",
     "UtcDatetime",
     "WireModel",
+    "rfc3339",
     "utc_now",
 ]
 
@@ -77,7 +78,8 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _rfc3339(value: datetime) -> str:
+def rfc3339(value: datetime) -> str:
+    """A timestamp as every wire record writes it: UTC, microseconds, `Z`."""
     return value.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
@@ -88,13 +90,13 @@ UtcDatetime = Annotated[
     Field(ge=EARLIEST, lt=LATEST),
     # Every timestamp on the wire is UTC, whatever offset the writer used.
     AfterValidator(lambda value: value.astimezone(UTC)),
-    PlainSerializer(_rfc3339, return_type=str, when_used="json"),
+    PlainSerializer(rfc3339, return_type=str, when_used="json"),
     WithJsonSchema(
         {
             "type": "string",
             "format": "date-time",
-            "formatMinimum": _rfc3339(EARLIEST),
-            "formatExclusiveMaximum": _rfc3339(LATEST),
+            "formatMinimum": rfc3339(EARLIEST),
+            "formatExclusiveMaximum": rfc3339(LATEST),
         }
     ),
 ]

@@ -38,9 +38,10 @@ from schemas import (
     Topics,
     dead_letter,
     decode,
-    encode,
     error_text,
+    utc_now,
 )
+from schemas.ack_json import AckEncoder
 from schemas.dlq import DlqReason
 from schemas.dlq import dlq_headers as schemas_dlq_headers
 from schemas.models import MAX_DETAIL_CHARS
@@ -157,6 +158,7 @@ class Dispatcher:
         self.metrics = metrics
         self.executor = executor
         self.producer = producer
+        self._acks = AckEncoder(service)
 
     async def dispatch(
         self, records: Sequence[Record], stopping: asyncio.Event | None = None
@@ -482,8 +484,7 @@ class Dispatcher:
         labels = (event.entity_type, EventType.VERIFY.value, outcome.status.value)
         done.handled[labels] += 1
         done.uncounted[labels] += 1
-        ack = outcome.ack(self.service, event)
-        done.acks.append((ack.key.encode(), encode(ack)))
+        done.acks.append(self._ack(event, outcome))
         done.last_done = record.offset
 
     def _held(
@@ -532,17 +533,28 @@ class Dispatcher:
         Per event only a DEBUG line: the batch's INFO summary and metrics come from
         `done.handled` (about a fifth of a service's CPU went to one INFO line per event).
         """
-        ack = outcome.ack(self.service, event)
+        ack = self._ack(event, outcome)
         labels = (spec.entity_type, spec.action.value, outcome.status.value)
         done.handled[labels] += 1
         done.uncounted[labels] += 1
         if done.debug:
             self._log_handled(record, event, spec, outcome)
-        done.acks.append((ack.key.encode(), encode(ack)))
+        done.acks.append(ack)
         if outcome.status is AckStatus.FAILED:
             done.sends.append(
                 await self._dead_letter(record, DlqReason.FAILED, outcome.detail, outcome.attempts)
             )
+
+    def _ack(self, event: RetentionEvent, outcome: Outcome) -> tuple[bytes, bytes]:
+        """The event's ack as its record's key and value (`Outcome.ack`, encoded)."""
+        return self._acks.encode(
+            event,
+            outcome.status,
+            outcome.records_affected,
+            outcome.detail,
+            outcome.attempts,
+            utc_now(),
+        )
 
     def _log_handled(
         self, record: Record, event: RetentionEvent, spec: HandlerSpec, outcome: Outcome
