@@ -354,6 +354,12 @@ class Verifier:
         self._keys = {key_id(k): k for k in public_keys}
         self._roots: OrderedDict[tuple[str, bytes, bytes], None] = OrderedDict()
         self._cache_size = cache_size
+        self._paths: dict[bytes, tuple[bytes, bytes]] = {}
+        """Nodes on the paths of valid records: the rest of the proof from the node, and
+        the root it leads to (at most 32 per cached root, then started afresh)."""
+        self._signatures: dict[bytes, tuple[str, bytes, Ed25519PublicKey]] = {}
+        """Well-formed signature headers of known keys, parsed: the records of one tree
+        share one, so each is parsed once (at most `cache_size`, then started afresh)."""
 
     @property
     def key_ids(self) -> frozenset[str]:
@@ -367,9 +373,13 @@ class Verifier:
     ) -> Checked:
         """Never raises on what a record carries: anything not as docs/protocol.md states
         it is `MALFORMED`."""
-        headers = tuple(headers)
-        signatures = [v for k, v in headers if k == SIGNATURE_HEADER]
-        proofs = [v for k, v in headers if k == PROOF_HEADER]
+        signatures: list[bytes | None] = []
+        proofs: list[bytes | None] = []
+        for name, header in headers:
+            if name == SIGNATURE_HEADER:
+                signatures.append(header)
+            elif name == PROOF_HEADER:
+                proofs.append(header)
         if not signatures:
             return Checked(Verdict.MALFORMED if proofs else Verdict.UNSIGNED)
         if len(signatures) > 1 or len(proofs) > 1:
@@ -381,15 +391,78 @@ class Verifier:
             return Checked(Verdict.MALFORMED)
         if proofs and not 0 < len(proof_text) <= MAX_PROOF_STEPS * _STEP_B64:
             return Checked(Verdict.MALFORMED)
+        try:
+            # Strict: standard base64 with its padding, nothing around it.
+            proof = binascii.a2b_base64(proof_text, strict_mode=True) if proofs else None
+        except binascii.Error:
+            return Checked(Verdict.MALFORMED)
+        if proof is not None and len(proof) % 33:
+            return Checked(Verdict.MALFORMED)
+        parsed = self._signatures.get(text)
+        if parsed is None:
+            refused = self._parse(text)
+            if isinstance(refused, Checked):
+                return refused
+            parsed = refused
+        kid_text, signature, public = parsed
+        if proof is None:
+            message = signed_bytes(key, value)
+            if not _verifies(public, signature, message):
+                return Checked(Verdict.BAD_SIGNATURE, kid_text)
+            return Checked(Verdict.VALID, kid_text)
+        walked = self._walk(_leaf(key, value), proof)
+        if walked is None:
+            return Checked(Verdict.MALFORMED, kid_text)
+        root, hashed = walked
+        cached = (kid_text, signature, root)
+        if cached in self._roots:
+            self._roots.move_to_end(cached)
+        elif _verifies(public, signature, ROOT_CONTEXT + root):
+            self._roots[cached] = None
+            if len(self._roots) > self._cache_size:
+                self._roots.popitem(last=False)
+        else:
+            return Checked(Verdict.BAD_SIGNATURE, kid_text)
+        paths = self._paths
+        if len(paths) + len(hashed) > 32 * self._cache_size:
+            paths.clear()
+        for node, at in hashed:
+            paths[node] = (proof[at:], root)
+        return Checked(Verdict.VALID, kid_text)
+
+    def _walk(self, leaf: bytes, proof: bytes) -> tuple[bytes, list[tuple[bytes, int]]] | None:
+        """The root `proof` leads to from `leaf` (None: a step's side is neither), and the
+        nodes hashed on the way with where their part of the proof starts.
+
+        The records of one tree share the upper part of their paths: where a node and
+        the rest of its proof are those of a path walked before, that walk's root is the
+        answer without hashing again (the same inputs give the same root)."""
+        sha256, paths, node = hashlib.sha256, self._paths, leaf
+        hashed: list[tuple[bytes, int]] = []
+        for at in range(0, len(proof), 33):
+            known = paths.get(node)
+            if known is not None and known[0] == proof[at:]:
+                return known[1], hashed
+            hashed.append((node, at))
+            side, sibling = proof[at], proof[at + 1 : at + 33]
+            if side == _LEFT:
+                node = sha256(_NODE + sibling + node).digest()
+            elif side == _RIGHT:
+                node = sha256(_NODE + node + sibling).digest()
+            else:
+                return None
+        return node, hashed
+
+    def _parse(self, text: bytes) -> tuple[str, bytes, Ed25519PublicKey] | Checked:
+        """A signature header's key id, signature and public key, remembered; or the
+        verdict on a header that is malformed or names a key not ours."""
         kid, sep, encoded = text.partition(b":")
         try:
             kid_text = kid.decode("ascii")
-            # Strict: standard base64 with its padding, nothing around it.
             signature = binascii.a2b_base64(encoded, strict_mode=True)
-            proof = binascii.a2b_base64(proof_text, strict_mode=True) if proofs else None
         except (UnicodeDecodeError, binascii.Error):
             return Checked(Verdict.MALFORMED)
-        if not sep or len(signature) != 64 or (proof is not None and len(proof) % 33):
+        if not sep or len(signature) != 64:
             return Checked(Verdict.MALFORMED)
         # Canonical too: 64 bytes leave 4 unused bits in the last character, which strict
         # decoding ignores, so 16 texts would carry one signature. A proof (whole 33-byte
@@ -399,24 +472,10 @@ class Verifier:
         public = self._keys.get(kid_text)
         if public is None:
             return Checked(Verdict.UNKNOWN_KEY, kid_text)
-        if proof is None:
-            message = signed_bytes(key, value)
-            if not _verifies(public, signature, message):
-                return Checked(Verdict.BAD_SIGNATURE, kid_text)
-            return Checked(Verdict.VALID, kid_text)
-        root = _root(_leaf(key, value), proof)
-        if root is None:
-            return Checked(Verdict.MALFORMED, kid_text)
-        cached = (kid_text, signature, root)
-        if cached in self._roots:
-            self._roots.move_to_end(cached)
-            return Checked(Verdict.VALID, kid_text)
-        if not _verifies(public, signature, ROOT_CONTEXT + root):
-            return Checked(Verdict.BAD_SIGNATURE, kid_text)
-        self._roots[cached] = None
-        if len(self._roots) > self._cache_size:
-            self._roots.popitem(last=False)
-        return Checked(Verdict.VALID, kid_text)
+        if len(self._signatures) >= self._cache_size:
+            self._signatures.clear()
+        parsed = self._signatures[text] = (kid_text, signature, public)
+        return parsed
 
 
 def _root(leaf: bytes, proof: bytes) -> bytes | None:

@@ -7,9 +7,11 @@ import base64
 import hashlib
 import json
 import os
+import random
 import shutil
 import stat
 import subprocess
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -272,3 +274,39 @@ def test_keys_generate_writes_a_private_pem_0600_and_the_public_line(tmp_path: P
     # Never overwrites a key.
     again = CliRunner().invoke(app, ["keys", "generate", "--out", str(tmp_path), "--name", "svc"])
     assert again.exit_code == 2
+
+
+def test_a_verifier_that_remembers_paths_judges_every_record_as_a_fresh_one() -> None:
+    """The remembered paths of valid records never change a verdict: records of one tree
+    in any order, each also with one proof step, its side, its value or another record's
+    proof changed, get the verdict a new verifier (remembering nothing) gives them."""
+    rng = random.Random(5)
+    signer = _signer()
+    pairs = [(f"user:{n}".encode(), f'{{"n":{n}}}'.encode()) for n in range(300)]
+    signed = [
+        h for start in range(0, 300, 128) for h in signer.sign_batch(pairs[start : start + 128])
+    ]
+    records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = []
+    for (key, value), headers in zip(pairs, signed, strict=True):
+        records.append((key, value, headers))
+        sig, (_, proof_text) = headers
+        proof = bytearray(base64.b64decode(proof_text))
+        step = rng.randrange(len(proof) // 33)
+        changed = bytearray(proof)
+        changed[step * 33 + 1 + rng.randrange(32)] ^= 1
+        flipped = bytearray(proof)
+        flipped[step * 33] ^= 1
+        other = signed[rng.randrange(len(signed))][1]
+        for bad in (changed, flipped):
+            records.append((key, value, [sig, (PROOF_HEADER, base64.b64encode(bytes(bad)))]))
+        records.append((key, value, [sig, other]))
+        records.append((key, value + b" ", headers))
+    rng.shuffle(records)
+    remembering = Verifier([signer.public])
+    verdicts = Counter()
+    for key, value, headers in records:
+        got = remembering.verify(key, value, headers).verdict
+        assert got is Verifier([signer.public]).verify(key, value, headers).verdict
+        verdicts[got] += 1
+    assert verdicts[Verdict.VALID] >= 300
+    assert verdicts[Verdict.BAD_SIGNATURE] + verdicts[Verdict.MALFORMED] >= 2 * 300
