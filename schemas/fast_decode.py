@@ -53,14 +53,28 @@ class _Refused(ValueError):
     """The mirror accepted the syntax but a value is out of the model's bounds."""
 
 
+_REMEMBERED = 1024
+"""Timestamp texts remembered per field: the events of one purge batch share their
+`initiated_at` and `deadline`, so a batch converts each once."""
+
+
 def _timestamp(ge: datetime, lt: datetime) -> Convert:
+    known: dict[str, datetime] = {}
+
     def convert(text: str, shaped: Callable[[str], object] = _RFC3339.fullmatch) -> datetime:
+        # A datetime is immutable: events may share one.
+        value = known.get(text)
+        if value is not None:
+            return value
         if shaped(text) is None:
             raise _Refused(text)
         value = datetime.fromisoformat(text)
         if not ge <= value < lt:
             raise _Refused(text)
-        return value.astimezone(UTC)
+        if len(known) >= _REMEMBERED:
+            known.clear()
+        value = known[text] = value.astimezone(UTC)
+        return value
 
     return convert
 

@@ -302,3 +302,15 @@ def test_valid_records_take_msgspecs_path_and_equal_pydantics(
 def test_records_off_the_fast_path_decode_as_before(raw: bytes) -> None:
     assert fast_decoder(ServiceRegistration)(raw) is None
     assert decode(ServiceRegistration, raw) == validate(ServiceRegistration, raw)
+
+
+def test_a_remembered_timestamp_decodes_as_the_first_time_and_a_refused_one_stays_refused() -> None:
+    """Timestamps are remembered by their text (the events of a batch share theirs): the
+    second record with the same text decodes to pydantic's value again, and a text out of
+    bounds is never remembered."""
+    head = b'{"service":"s","handles":[],"sdk_version":"1","registered_at":'
+    ok, late = head + b'"2026-01-01T05:30:00+05:30"}', head + b'"9000-01-01T00:00:00Z"}'
+    for _ in range(2):
+        assert fast_decoder(ServiceRegistration)(ok) == validate(ServiceRegistration, ok)
+        assert decode(ServiceRegistration, ok).registered_at.tzinfo is UTC
+        assert fast_decoder(ServiceRegistration)(late) is None
