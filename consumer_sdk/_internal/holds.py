@@ -103,10 +103,13 @@ class HoldTable:
 
     def holds_on(self, event: RetentionEvent) -> tuple[str, ...]:
         """The holds that cover the event's entity or its subject (empty: not held)."""
+        if not self._held:
+            # The usual case, asked of every event: nothing is held at all.
+            return ()
         found = self._held.get(event.key, ())
         if event.subject is not None:
             found += self._held.get(event.subject, ())
-        return tuple(sorted(set(found)))
+        return tuple(sorted(set(found))) if found else ()
 
 
 class HoldReader:
