@@ -63,7 +63,7 @@ class ConsumerSettings(BaseSettings):
         description="Random extra up to this many seconds on each backoff.",
     )
     max_batch: int = Field(
-        default=500,
+        default=2000,
         ge=1,
         validation_alias=AliasChoices("max_batch", "RETENTION_CONSUMER_MAX_BATCH"),
         description="Records fetched per poll; offsets are committed once per batch per partition.",
