@@ -356,7 +356,8 @@ class Verifier:
         self._cache_size = cache_size
         self._paths: dict[bytes, tuple[bytes, bytes]] = {}
         """Nodes on the paths of valid records: the rest of the proof from the node, and
-        the root it leads to (at most 32 per cached root, then started afresh)."""
+        the root it leads to. A tree's records arrive together, so a few trees' worth is
+        enough: at most `cache_size` nodes (about 1.5 MB), then started afresh."""
         self._signatures: dict[bytes, tuple[str, bytes, Ed25519PublicKey]] = {}
         """Well-formed signature headers of known keys, parsed: the records of one tree
         share one, so each is parsed once (at most `cache_size`, then started afresh)."""
@@ -424,7 +425,7 @@ class Verifier:
         else:
             return Checked(Verdict.BAD_SIGNATURE, kid_text)
         paths = self._paths
-        if len(paths) + len(hashed) > 32 * self._cache_size:
+        if len(paths) + len(hashed) > self._cache_size:
             paths.clear()
         for node, at in hashed:
             paths[node] = (proof[at:], root)
