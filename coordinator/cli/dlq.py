@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 
 import typer
@@ -16,6 +15,7 @@ from coordinator.cli._app import (
     err_console,
     load_settings,
     out_console,
+    run_async,
 )
 from coordinator.cli.services import BY_OPTION, JSON_OPTION
 from coordinator.clock import SystemClock
@@ -80,7 +80,7 @@ def list_letters(
                 listing.add(select_letters(chunk, service=service, reason=reason))
 
     try:
-        asyncio.run(read())
+        run_async(read())
     except (LookupError, TimeoutError) as exc:
         raise _failed(exc) from None
     letters = sorted(listing.records, key=lambda d: (d.timestamp, d.partition, d.offset))
@@ -197,7 +197,7 @@ def redrive_letters(
             await engine.dispose()
 
     try:
-        asyncio.run(go())
+        run_async(go())
     except (LookupError, TimeoutError) as exc:
         raise _failed(exc) from None
     if as_json:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import typer
@@ -16,7 +15,15 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from coordinator.cli._app import ExitCode, actor, emit_json, err_console, load_settings, out_console
+from coordinator.cli._app import (
+    ExitCode,
+    actor,
+    emit_json,
+    err_console,
+    load_settings,
+    out_console,
+    run_async,
+)
 from coordinator.cli._policies import (
     POLICIES_OPTION,
     exit_on_database_issues,
@@ -65,7 +72,7 @@ def plan(
     settings = load_settings()
     policy_set = load_policy_set(policies, settings, as_json=as_json)
     _check_names(policy_set, policy)
-    report = asyncio.run(_plan(policy_set, settings, policy))
+    report = run_async(_plan(policy_set, settings, policy))
     if report.issues and not as_json:
         issues = [str(i) for found in report.issues.values() for i in found]
         report_issues(policy_set.source, issues, as_json=False)
@@ -140,7 +147,7 @@ def run(
     policy_set = load_policy_set(policies, settings, as_json=as_json)
     _check_names(policy_set, policy)
     exit_on_database_issues(policy_set, settings, policy, as_json=as_json)
-    report = asyncio.run(_run(policy_set, settings, policy, force=force, show_progress=not as_json))
+    report = run_async(_run(policy_set, settings, policy, force=force, show_progress=not as_json))
     if as_json:
         emit_json(report.as_dict())
     else:

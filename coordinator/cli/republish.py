@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import typer
@@ -14,6 +13,7 @@ from coordinator.cli._app import (
     err_console,
     load_settings,
     out_console,
+    run_async,
 )
 from coordinator.cli.services import BY_OPTION, JSON_OPTION
 from coordinator.clock import SystemClock
@@ -70,7 +70,7 @@ def republish(
             await engine.dispose()
 
     try:
-        done = asyncio.run(go())
+        done = run_async(go())
     except UnknownSelection as exc:
         err_console.print(str(exc))
         if as_json:
