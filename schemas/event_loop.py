@@ -66,14 +66,15 @@ def chosen(value: str | None = None) -> Literal["uvloop", "asyncio"]:
     return "asyncio"
 
 
-def loop_factory(value: str | None = None) -> Callable[[], asyncio.AbstractEventLoop]:
-    """A new-loop factory for `asyncio.Runner`, as `chosen(value)` says."""
+def loop_factory(value: str | None = None) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """A new-loop factory for `asyncio.Runner`, as `chosen(value)` says; None for the
+    standard library's loop, so that `asyncio` runs exactly as `asyncio.run` does."""
     if chosen(value) == "uvloop":
         import uvloop
 
         factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
         return factory
-    return asyncio.new_event_loop
+    return None
 
 
 def run(main: Coroutine[Any, Any, T], *, loop: str | None = None) -> T:
