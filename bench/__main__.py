@@ -15,6 +15,7 @@ docs/benchmarks.md.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import platform
@@ -46,7 +47,7 @@ from coordinator.store.db import make_engine
 from coordinator.store.tables import anonymize_marks, outbox_marks
 from demo.keys import ensure_keys
 from demo.seed_data import SEED_POLICIES
-from schemas import EventType, KafkaSettings, RetentionEvent, Topics, encode, event_loop
+from schemas import EventType, KafkaSettings, RetentionEvent, Topics, encode
 from tests import infra
 from tests.infra import ROOT
 
@@ -628,7 +629,6 @@ async def main() -> None:
             "e2e_users": e2e_users,
             "e2e_entities": len(e2e.Users.make(e2e_users).due) if e2e_users else 0,
             "e2e_alone_users": e2e_alone_users,
-            "event_loop": event_loop.chosen(),
             "seed_events": env_int("BENCH_SEED_EVENTS", 2000),
             "warmup_records": env_int("BENCH_WARMUP_RECORDS", 200_000),
             "event_bytes": statistics.median(o["event_bytes"] for o in ours),
@@ -646,4 +646,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    event_loop.run(main())
+    asyncio.run(main())

@@ -25,12 +25,6 @@ held and young users untouched everywhere, due users' rows gone (or, in a table 
 `anonymized_at` column such as billing's orders, anonymized and unlinked), and for ours
 each event applied exactly once per service (its `erasure_log`; the seed keeps no such
 record, so a redelivered message would be applied again unseen).
-
-Ours runs on the event loop `RETENTION_EVENT_LOOP` picks, in this process (relay, tracker,
-purge) and in the services' (the seed's consumers keep the standard library's loop).
-`BENCH_E2E_LOOPS=asyncio,uvloop python -m bench.e2e` instead times ours alone on each of
-those loops at `BENCH_E2E_USERS` users, `BENCH_E2E_LOOP_ROUNDS` (2) rounds in alternating
-order, all in this one process.
 """
 
 from __future__ import annotations
@@ -40,7 +34,6 @@ import gc
 import json
 import os
 import resource
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -64,7 +57,6 @@ from coordinator.purge.runner import Runner
 from coordinator.settings import Settings, TrackerSettings
 from coordinator.store.db import make_engine
 from coordinator.store.tables import event_status, outbox_batches
-from schemas import event_loop
 from services import EXAMPLES
 from tests import declared, infra
 from tests.e2e.harness import (
@@ -638,30 +630,9 @@ async def _main() -> dict[str, Any]:
     return {**got, "load": load}
 
 
-def by_loop(loops: list[str], count: int, rounds: int) -> dict[str, Any]:
-    """Ours alone on `count` users on each of `loops`, alternating, each on a new loop."""
-    load = {"start": list(os.getloadavg())}
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in loops}
-    for n in range(rounds):
-        for name in loops[n % len(loops) :] + loops[: n % len(loops)]:
-            os.environ[event_loop.EVENT_LOOP_VARIABLE] = name  # the services' too
-            runs[name].append(event_loop.run(alone(count), loop=name))
-            got = runs[name][-1]
-            print(f"round {n} {name}: {got['entities_per_s']:,.0f}/s", file=sys.stderr)
-    load["end"] = list(os.getloadavg())
-    return {"event_loops": runs, "load": load}
-
-
 if __name__ == "__main__":
     # One round on its own: BENCH_E2E_USERS=2000 python -m bench.e2e
     # Ours alone: BENCH_E2E_ALONE_USERS=1000000 python -m bench.e2e
-    # Ours on each loop: BENCH_E2E_LOOPS=asyncio,uvloop BENCH_E2E_USERS=10000 python -m bench.e2e
     infra.load_infra_env()
     infra.use_test_keys()  # every benchmark runs signed
-    loops = [name for name in os.environ.get("BENCH_E2E_LOOPS", "").split(",") if name]
-    if loops:
-        users = int(os.environ.get("BENCH_E2E_USERS", 2000))
-        rounds = int(os.environ.get("BENCH_E2E_LOOP_ROUNDS", 2))
-        print(json.dumps(by_loop(loops, users, rounds)))
-    else:
-        print(json.dumps(event_loop.run(_main())))
+    print(json.dumps(asyncio.run(_main())))

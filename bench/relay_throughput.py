@@ -19,10 +19,6 @@ topics (interleaved, rotated every round):
   (the default), and waiting for it after each claim (`RETENTION_RELAY_BUSY_CHAIN_CLAIMS=1`);
 * `relay_confluent`, `relay_confluent_unsigned`: the same two on the relay's librdkafka
   producer (`RETENTION_RELAY_PRODUCER=confluent`, the `fast` extra);
-* `relay_asyncio`, `relay_unsigned_asyncio`, `relay_uvloop`, `relay_unsigned_uvloop`:
-  `relay` and `relay_unsigned` in a child process running on that event loop
-  (`RETENTION_EVENT_LOOP`), so that both loops are timed alike (CPU: the child's own);
-  the other contestants run in this process, on the loop the setting picks;
 * `send_per_message`: a bare aiokafka producer (same options) encoding each event with
   `schemas.encode` and calling `send()` per record, every future gathered once — what
   the relay did before it used the batch API;
@@ -67,7 +63,7 @@ from coordinator.outbox.relay import OutboxRelay
 from coordinator.settings import RelaySettings
 from coordinator.store.db import make_engine
 from coordinator.store.migrate import upgrade
-from schemas import EventType, KafkaSettings, RetentionEvent, Topics, encode, event_loop
+from schemas import EventType, KafkaSettings, RetentionEvent, Topics, encode
 from schemas.event_json import EventTemplate
 from schemas.signing import SignatureMode, SignatureSettings
 from tests import infra
@@ -200,33 +196,6 @@ async def relay_drain(
         await engine.dispose()
 
 
-async def on_loop(loop: str, url: str, kafka: KafkaSettings, rows: int, signed: bool) -> Timing:
-    """`relay_drain` of `rows` fresh rows in a child process on event loop `loop`."""
-    spec = {"url": url, "topic_prefix": kafka.topic_prefix, "rows": rows, "signed": signed}
-    child = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bench.relay_throughput",
-        "--drain-worker",
-        json.dumps(spec),
-        env={**os.environ, event_loop.EVENT_LOOP_VARIABLE: loop},
-        stdout=asyncio.subprocess.PIPE,
-    )
-    out, _ = await child.communicate()
-    if child.returncode != 0:
-        raise RuntimeError(f"the relay's child process on {loop} failed")
-    wall, cpu = json.loads(out.splitlines()[-1])
-    return wall, cpu
-
-
-async def drain_worker(spec: dict[str, Any]) -> Timing:
-    """`--drain-worker`: one `relay_drain` as `on_loop` asks, on this process's loop."""
-    signatures = None if spec["signed"] else SignatureSettings(mode=SignatureMode.OFF)
-    kafka = KafkaSettings().model_copy(update={"topic_prefix": spec["topic_prefix"]})
-    rows = outbox_rows(spec["rows"], policy="session_logs")
-    return await relay_drain(spec["url"], kafka, RelaySettings(), rows, signatures)
-
-
 CHAIN_HELD_S, CHAIN_FREE_S = 0.3, 0.1
 """How long the chain-lock holder of `relay_chain_busy` holds the lock, then leaves it."""
 
@@ -330,9 +299,6 @@ async def main(count: int, rounds: int, variants: bool, java: bool, warmup: int)
         def kafka(label: str) -> KafkaSettings:
             return base.model_copy(update={"topic_prefix": prefix(label)})
 
-        def on_loop_drain(loop: str, kind: str) -> Callable[[], Awaitable[Timing]]:
-            return lambda: on_loop(loop, url, kafka(f"{loop}{kind}"), count, signed=kind == "")
-
         contestants: dict[str, Callable[[], Awaitable[Timing]]] = {
             "relay": lambda: relay_drain(url, kafka("relay"), tuned, rows),
             "relay_unsigned": lambda: relay_drain(
@@ -358,11 +324,6 @@ async def main(count: int, rounds: int, variants: bool, java: bool, warmup: int)
                 rows,
                 SignatureSettings(mode=SignatureMode.OFF),
             ),
-            **{
-                f"relay{kind}_{loop}": on_loop_drain(loop, kind)
-                for loop in ("asyncio", *(["uvloop"] if event_loop.uvloop_usable() else []))
-                for kind in ("", "_unsigned")
-            },
             "send_per_message": lambda: send_per_message(kafka("raw"), tuned, events),
             "batch_api": lambda: batch_api(kafka("batch"), tuned, events),
         }
@@ -408,19 +369,6 @@ async def main(count: int, rounds: int, variants: bool, java: bool, warmup: int)
             / result["relay_confluent_unsigned"]["events_per_s"],
             3,
         )
-        for kind in ("", "_unsigned"):
-            if f"relay{kind}_uvloop" in result:
-                result[f"relay{kind}_uvloop/relay{kind}_asyncio"] = round(
-                    result[f"relay{kind}_uvloop"]["events_per_s"]
-                    / result[f"relay{kind}_asyncio"]["events_per_s"],
-                    3,
-                )
-        if "relay_uvloop" in result:
-            result["relay_uvloop/relay_unsigned_uvloop"] = round(
-                result["relay_uvloop"]["events_per_s"]
-                / result["relay_unsigned_uvloop"]["events_per_s"],
-                3,
-            )
         if java:
             java_rate = result["producer_performance"]["events_per_s"]
             result["relay_confluent/producer_performance"] = round(
@@ -455,16 +403,10 @@ if __name__ == "__main__":
         action="store_true",
         help="also run Kafka's Java producer (needs java and the Kafka jars)",
     )
-    parser.add_argument("--drain-worker", help=argparse.SUPPRESS)  # on_loop's child
     args = parser.parse_args()
-    if args.drain_worker:
-        infra.load_infra_env()
-        infra.use_test_keys()
-        print(json.dumps(event_loop.run(drain_worker(json.loads(args.drain_worker)))))
-        sys.exit(0)
     print(
         json.dumps(
-            event_loop.run(
+            asyncio.run(
                 main(args.rows, args.rounds, args.variants, args.producer_performance, args.warmup)
             ),
             indent=2,

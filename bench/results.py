@@ -7,7 +7,7 @@
       "machine": {"cores", "cpu", "python", "java", "kafka", "postgres"},
       "load": {"start": [1, 5, 15 min], "end": [...]},
       "settings": {"rows", "rounds", "held", "young", "e2e_users", "e2e_entities",
-                   "e2e_alone_users", "event_loop", "seed_events", "event_bytes"},
+                   "e2e_alone_users", "seed_events", "event_bytes"},
       "phases": {
         "<phase>": {"ours", "seed", "limit", "ratio", "goal", "unit", "rows",
                     "round": [{"ours", "seed", "limit", "ratio"}, ...]}
@@ -177,11 +177,6 @@ def _verdict(entry: dict[str, Any]) -> str:
     return f"≥ {goal:g}: **{'reached' if ratio >= goal else 'not reached'}**"
 
 
-def _on_loop(settings: dict[str, Any]) -> str:
-    # Files written before RETENTION_EVENT_LOOP ran on the standard library's loop.
-    return f" on {settings.get('event_loop', 'asyncio')}"
-
-
 def markdown(path: Path, result: dict[str, Any]) -> str:
     """The generated part of docs/benchmarks.md: the run's header, table, checks."""
     s, m, load = result["settings"], result["machine"], result["load"]
@@ -191,7 +186,7 @@ def markdown(path: Path, result: dict[str, Any]) -> str:
         f"({s['held']:,} held, {s['young']:,} young per table), {s['rounds']} interleaved "
         f"round(s), end to end {s['e2e_entities']:,} due of {s['e2e_users']:,} users; "
         f"{m['cores']} cores ({m['cpu']}), PostgreSQL {m['postgres']}, Kafka {m['kafka']}, "
-        f"Python {m['python']}{_on_loop(s)}; load average {load['start'][0]:.1f} at the start, "
+        f"Python {m['python']}; load average {load['start'][0]:.1f} at the start, "
         f"{load['end'][0]:.1f} at the end. Values: median (min–max) of rounds.",
         "",
         "| phase | rows | unit | seed (article) | ours | limit | ours / limit | goal |",

@@ -12,9 +12,7 @@ the clock stops when the trackers report every ack applied. CPU per ack: the tra
 own (process time while draining) and the database backends' (from /proc).
 Phase 2 (lag): with `run_forever` running, acks for fresh events arrive at a steady rate;
 for each event, lag = when its state became `completed` (tracker clock) − when its last
-ack was handed to the producer. With `--loops asyncio,uvloop`, phase 1 also times one
-tracker on each event loop (`RETENTION_EVENT_LOOP`), alternating, on fresh topics.
-Uses a fresh database and topic prefix; drops the database.
+ack was handed to the producer. Uses a fresh database and topic prefix; drops the database.
 Writes bench/results/tracker/<UTC stamp>.json (with the load average of each timing).
 """
 
@@ -44,7 +42,7 @@ from coordinator.kafka.admin import ensure_topics
 from coordinator.store.migrate import upgrade
 from coordinator.store.tables import event_status
 from coordinator.tracking.columns import event_ids_param
-from schemas import KafkaSettings, encode, event_loop
+from schemas import KafkaSettings, encode
 from tests import infra, keys
 from tests.integration.tracking_support import (
     ack,
@@ -169,7 +167,6 @@ async def throughput(
     n_events: int,
     batch: int,
     replicas: int,
-    loop: str | None = None,
 ) -> dict[str, Any]:
     """Track `n_events` fresh events, put one ack per event and service on a fresh acks
     topic, and time `replicas` tracker processes of one consumer group draining it."""
@@ -195,7 +192,6 @@ async def throughput(
         "now": clock.now().isoformat(),
         "batch": batch,
         "partitions": PARTITIONS // replicas,
-        "event_loop": loop,
     }
     workers = [
         await asyncio.create_subprocess_exec(
@@ -272,7 +268,6 @@ async def throughput(
     held, whole = sum(f["lock_held_s"] for f in finals), sum(f["batch_s"] for f in finals)
     got = {
         "replicas": replicas,
-        "event_loop": event_loop.chosen(loop),
         "acks": consumed[0],
         "seconds": round(apply_s, 3),
         "acks_per_s": round(consumed[0] / apply_s),
@@ -287,8 +282,7 @@ async def throughput(
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
     print(
-        f"ledger:   {replicas} tracker process(es) on {got['event_loop']}, "
-        f"{consumed[0]} acks in {apply_s:.2f}s = "
+        f"ledger:   {replicas} tracker process(es), {consumed[0]} acks in {apply_s:.2f}s = "
         f"{consumed[0] / apply_s:,.0f} acks/s ({got['batches']} batches of ≤{batch}); "
         f"completed events {done}/{n_events}; CPU per ack: tracker "
         f"{got['tracker_cpu_us_per_ack']} µs, PostgreSQL {got['postgres_cpu_us_per_ack']} µs; "
@@ -368,13 +362,7 @@ def _commit() -> str | None:
 
 
 async def main(
-    total_acks: int,
-    services: int,
-    batch: int,
-    lag_events: int,
-    replicas: int,
-    rounds: int,
-    loops: list[str],
+    total_acks: int, services: int, batch: int, lag_events: int, replicas: int, rounds: int
 ) -> dict[str, Any]:
     url = await infra.create_database(infra.database_url(), "bench_tracker")
     kafka = KafkaSettings(topic_prefix=infra.unique_topic_prefix("bench"))
@@ -421,35 +409,6 @@ async def main(
             round(many["acks_per_s"] / single["acks_per_s"], 3)
             for single, many in zip(timings[1], timings[replicas], strict=True)
         ]
-        if loops:
-            on: dict[str, list[dict[str, Any]]] = {name: [] for name in loops}
-            for n in range(rounds):
-                for name in loops[n % len(loops) :] + loops[: n % len(loops)]:
-                    on[name].append(
-                        await throughput(
-                            url,
-                            names,
-                            declared,
-                            clock,
-                            n_events=n_events,
-                            batch=batch,
-                            replicas=1,
-                            loop=name,
-                        )
-                    )
-            result["event_loops"] = {
-                name: {
-                    "acks_per_s": statistics.median(r["acks_per_s"] for r in runs),
-                    "tracker_cpu_us_per_ack": statistics.median(
-                        r["tracker_cpu_us_per_ack"] for r in runs
-                    ),
-                    "postgres_cpu_us_per_ack": statistics.median(
-                        r["postgres_cpu_us_per_ack"] for r in runs
-                    ),
-                    "runs": runs,
-                }
-                for name, runs in on.items()
-            }
 
         # --- phase 2: lag from last ack to `completed` ------------------------------
         live, engine2, _ = make_tracker(
@@ -510,32 +469,15 @@ if __name__ == "__main__":
         "--replicas", type=int, default=2, help="trackers in one group, timed against one"
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
-    parser.add_argument(
-        "--loops",
-        default="",
-        help="also time one tracker on each of these event loops, e.g. asyncio,uvloop",
-    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # one replica's process
     args = parser.parse_args()
     infra.load_infra_env()
     infra.use_test_keys()  # every benchmark runs signed: acks verified per record
     if args.worker:
-        spec = json.loads(args.worker)
-        event_loop.run(worker(spec), loop=spec["event_loop"])
+        asyncio.run(worker(json.loads(args.worker)))
         sys.exit(0)
-    loops = [name for name in args.loops.split(",") if name]
-    for name in loops:
-        event_loop.chosen(name)  # refuse an unknown or missing loop before any work
-    got = event_loop.run(
-        main(
-            args.acks,
-            args.services,
-            args.batch,
-            args.lag_events,
-            args.replicas,
-            args.rounds,
-            loops,
-        )
+    got = asyncio.run(
+        main(args.acks, args.services, args.batch, args.lag_events, args.replicas, args.rounds)
     )
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"

@@ -33,7 +33,6 @@ from schemas import (
     KafkaSettings,
     ServiceRegistration,
     async_database_url,
-    event_loop,
     service_group,
     utc_now,
 )
@@ -474,9 +473,8 @@ class RetentionConsumer:
                 loop.remove_signal_handler(sig)
 
     def run(self) -> None:
-        """Blocking: consume until SIGTERM or SIGINT, then stop gracefully, on the event
-        loop `RETENTION_EVENT_LOOP` names (uvloop where installed: docs/sdk.md)."""
-        event_loop.run(self.serve())
+        """Blocking: consume until SIGTERM or SIGINT, then stop gracefully."""
+        asyncio.run(self.serve())
 
 
 async def _noop() -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pwd
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from enum import IntEnum
 from typing import Any, TypeVar
 
@@ -17,7 +18,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from coordinator.copies.crypto.keystore import KeyStore, open_keystore
 from coordinator.settings import Settings
 from coordinator.store.db import make_engine
-from schemas import event_loop
 
 __all__ = [
     "ExitCode",
@@ -29,7 +29,6 @@ __all__ = [
     "os_user",
     "out_console",
     "read_database",
-    "run_async",
     "with_keystore",
     "write_database",
 ]
@@ -79,16 +78,6 @@ def load_settings() -> Settings:
         raise typer.Exit(ExitCode.BAD_INPUT) from None
 
 
-def run_async(main: Coroutine[Any, Any, T]) -> T:
-    """Run `main` to completion on the event loop `RETENTION_EVENT_LOOP` names: every
-    command's one way into asyncio."""
-    try:
-        return event_loop.run(main)
-    except event_loop.EventLoopError as exc:
-        err_console.print(f"[red]invalid settings:[/red] {exc}", highlight=False)
-        raise typer.Exit(ExitCode.BAD_INPUT) from None
-
-
 def emit_json(document: Any) -> None:
     """Write one JSON document to stdout, and nothing else."""
     json.dump(document, sys.stdout, indent=2, default=str, sort_keys=True)
@@ -97,13 +86,13 @@ def emit_json(document: Any) -> None:
 
 def read_database(settings: Settings, query: Callable[[AsyncConnection], Awaitable[T]]) -> T:
     """Run one read-only `query` on a connection of its own, from synchronous CLI code."""
-    return run_async(_on_database(settings, query, write=False))
+    return asyncio.run(_on_database(settings, query, write=False))
 
 
 def write_database(settings: Settings, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
     """Run `work` in one transaction on a connection of its own, from synchronous CLI code:
     committed if it returns, rolled back if it raises."""
-    return run_async(_on_database(settings, work, write=True))
+    return asyncio.run(_on_database(settings, work, write=True))
 
 
 async def with_keystore(

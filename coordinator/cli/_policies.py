@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
 import typer
 
-from coordinator.cli._app import ExitCode, emit_json, err_console, run_async
+from coordinator.cli._app import ExitCode, emit_json, err_console
 from coordinator.policy.binding import bind_policies
 from coordinator.policy.model import PolicyFileError, PolicyIssue, PolicySet, load_policies
 from coordinator.settings import Settings
@@ -65,7 +66,7 @@ def exit_on_database_issues(
     policy_set: PolicySet, settings: Settings, only: Sequence[str] | None, *, as_json: bool
 ) -> None:
     """Exit 2 listing every problem the database reveals, before anything is written."""
-    issues = run_async(database_issues(policy_set, settings, only))
+    issues = asyncio.run(database_issues(policy_set, settings, only))
     if issues:
         report_issues(policy_set.source, [str(i) for i in issues], as_json=as_json)
         raise typer.Exit(ExitCode.BAD_INPUT)

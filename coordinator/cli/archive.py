@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,6 @@ from coordinator.cli._app import (
     emit_json,
     err_console,
     load_settings,
-    run_async,
     with_keystore,
 )
 from coordinator.cli._policies import POLICIES_OPTION, load_policy_set
@@ -59,7 +59,7 @@ def read(
     settings = load_settings()
     policy_set = load_policy_set(policies, settings, as_json=False)
     try:
-        rows = run_async(_read(settings, policy_set, policy, entity_type, entity_id))
+        rows = asyncio.run(_read(settings, policy_set, policy, entity_type, entity_id))
     except (ArchiveNotFound, KeyStoreError) as exc:
         err_console.print(f"[red]{escape(str(exc))}[/red]", highlight=False)
         raise typer.Exit(ExitCode.BAD_INPUT) from None
@@ -101,7 +101,7 @@ def encrypt(
         )
 
     try:
-        done = run_async(with_keystore(settings, run, pool_size=1))
+        done = asyncio.run(with_keystore(settings, run, pool_size=1))
     except (MigrationError, KeyStoreError) as exc:
         err_console.print(f"[red]{escape(str(exc))}[/red]", highlight=False)
         raise typer.Exit(ExitCode.BAD_INPUT) from None

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import typer
 from aiokafka.errors import KafkaError
 
-from coordinator.cli._app import (
-    ExitCode,
-    emit_json,
-    err_console,
-    load_settings,
-    out_console,
-    run_async,
-)
+from coordinator.cli._app import ExitCode, emit_json, err_console, load_settings, out_console
 from coordinator.clock import SystemClock
 from coordinator.evidence import evidence_signer, evidence_verifier
 from coordinator.evidence.checkpoints import ChainReport, take_head, verify_chain
@@ -66,7 +60,7 @@ def verify(
     the first broken row."""
     settings = load_settings()
     try:
-        report, head = run_async(_verify(settings, full=full, published=not offline))
+        report, head = asyncio.run(_verify(settings, full=full, published=not offline))
     except (KafkaError, LookupError, OSError) as exc:
         err_console.print(
             f"[red]could not read the published heads[/red] ({error_text(exc)}); "
@@ -122,6 +116,6 @@ def checkpoint() -> None:
         finally:
             await engine.dispose()
 
-    seq, sent = run_async(run())
+    seq, sent = asyncio.run(run())
     taken = f"head signed at row {seq}" if seq is not None else "no new rows since the last head"
     err_console.print(f"{taken}; {sent} checkpoint(s) published")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import typer
 
-from coordinator.cli._app import actor, emit_json, err_console, load_settings, run_async
+from coordinator.cli._app import actor, emit_json, err_console, load_settings
 from coordinator.cli.holds import print_normalisation
 from coordinator.clock import SystemClock
 from coordinator.evidence import evidence_signer
@@ -29,7 +31,7 @@ def db_upgrade(revision: str = typer.Argument("head", help="Target alembic revis
     """Create or migrate every table the coordinator owns; then, with a policy file
     (RETENTION_POLICIES), bring holds stored before id normalisation into normal form."""
     settings = load_settings()
-    run_async(upgrade(settings.database_url.get_secret_value(), revision))
+    asyncio.run(upgrade(settings.database_url.get_secret_value(), revision))
     err_console.print(f"database at revision {revision}")
     if revision == "head":
         _normalise_holds(settings)
@@ -61,7 +63,7 @@ def _normalise_holds(settings: Settings) -> None:
         finally:
             await engine.dispose()
 
-    print_normalisation(run_async(run()), dry_run=False)
+    print_normalisation(asyncio.run(run()), dry_run=False)
 
 
 @app.command("prune")
@@ -94,7 +96,7 @@ def db_prune(
         finally:
             await engine.dispose()
 
-    results = run_async(run())
+    results = asyncio.run(run())
     if as_json:
         emit_json([pruned.as_dict() for pruned in results])
         return
@@ -139,6 +141,6 @@ def db_partition(
         finally:
             await engine.dispose()
 
-    for name, done in zip(chosen, run_async(run()), strict=True):
+    for name, done in zip(chosen, asyncio.run(run()), strict=True):
         state = "partitioned" if done.swapped else "not swapped yet (run it again)"
         err_console.print(f"{name} {state}; {done.copied} rows copied by this run")

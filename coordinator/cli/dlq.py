@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import typer
@@ -15,7 +16,6 @@ from coordinator.cli._app import (
     err_console,
     load_settings,
     out_console,
-    run_async,
 )
 from coordinator.cli.services import BY_OPTION, JSON_OPTION
 from coordinator.clock import SystemClock
@@ -80,7 +80,7 @@ def list_letters(
                 listing.add(select_letters(chunk, service=service, reason=reason))
 
     try:
-        run_async(read())
+        asyncio.run(read())
     except (LookupError, TimeoutError) as exc:
         raise _failed(exc) from None
     letters = sorted(listing.records, key=lambda d: (d.timestamp, d.partition, d.offset))
@@ -197,7 +197,7 @@ def redrive_letters(
             await engine.dispose()
 
     try:
-        run_async(go())
+        asyncio.run(go())
     except (LookupError, TimeoutError) as exc:
         raise _failed(exc) from None
     if as_json:

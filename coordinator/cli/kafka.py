@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 import typer
 from aiokafka.errors import KafkaError
 
-from coordinator.cli._app import ExitCode, err_console, load_settings, out_console, run_async
+from coordinator.cli._app import ExitCode, err_console, load_settings, out_console
 from coordinator.kafka.acls import (
     COORDINATOR_PRINCIPAL,
     AclError,
@@ -69,7 +70,7 @@ def acls(
             out_console.print(line, soft_wrap=True, markup=False, highlight=False)
         return
     try:
-        created = run_async(apply_acls(settings.kafka, wanted))
+        created = asyncio.run(apply_acls(settings.kafka, wanted))
     except AclError as exc:
         err_console.print(f"[red]ACL refused:[/red] {exc}")
         raise typer.Exit(ExitCode.ERRORS) from None

@@ -3,19 +3,13 @@ the key store (SPEC §12)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import typer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.cli._app import (
-    ExitCode,
-    err_console,
-    load_settings,
-    out_console,
-    run_async,
-    with_keystore,
-)
+from coordinator.cli._app import ExitCode, err_console, load_settings, out_console, with_keystore
 from coordinator.copies.crypto.keystore import KeyStore, KeyStoreError
 from coordinator.copies.crypto.provider import LocalKeyProvider, write_kek
 from schemas.signing import generate_key_files
@@ -112,7 +106,7 @@ def init_store() -> None:
         await store.create_schema()
 
     try:
-        run_async(with_keystore(settings, create))
+        asyncio.run(with_keystore(settings, create))
     except KeyStoreError as exc:
         err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(ExitCode.BAD_INPUT) from None
@@ -143,7 +137,7 @@ def rotate(previous: Path = PREVIOUS_OPTION) -> None:
         return await store.rewrap(old)
 
     try:
-        count = run_async(with_keystore(settings, run))
+        count = asyncio.run(with_keystore(settings, run))
     except KeyStoreError as exc:
         err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(ExitCode.BAD_INPUT) from None

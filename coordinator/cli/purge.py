@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import typer
@@ -15,15 +16,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from coordinator.cli._app import (
-    ExitCode,
-    actor,
-    emit_json,
-    err_console,
-    load_settings,
-    out_console,
-    run_async,
-)
+from coordinator.cli._app import ExitCode, actor, emit_json, err_console, load_settings, out_console
 from coordinator.cli._policies import (
     POLICIES_OPTION,
     exit_on_database_issues,
@@ -72,7 +65,7 @@ def plan(
     settings = load_settings()
     policy_set = load_policy_set(policies, settings, as_json=as_json)
     _check_names(policy_set, policy)
-    report = run_async(_plan(policy_set, settings, policy))
+    report = asyncio.run(_plan(policy_set, settings, policy))
     if report.issues and not as_json:
         issues = [str(i) for found in report.issues.values() for i in found]
         report_issues(policy_set.source, issues, as_json=False)
@@ -147,7 +140,7 @@ def run(
     policy_set = load_policy_set(policies, settings, as_json=as_json)
     _check_names(policy_set, policy)
     exit_on_database_issues(policy_set, settings, policy, as_json=as_json)
-    report = run_async(_run(policy_set, settings, policy, force=force, show_progress=not as_json))
+    report = asyncio.run(_run(policy_set, settings, policy, force=force, show_progress=not as_json))
     if as_json:
         emit_json(report.as_dict())
     else:

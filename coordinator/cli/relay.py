@@ -12,7 +12,7 @@ import signal
 
 import typer
 
-from coordinator.cli._app import emit_json, err_console, load_settings, run_async
+from coordinator.cli._app import emit_json, err_console, load_settings
 from coordinator.kafka.admin import ensure_topics
 from coordinator.outbox.relay import OutboxRelay
 from coordinator.settings import Settings
@@ -52,7 +52,7 @@ def relay(
     # through the one pipeline (schemas.logs.configure_logging); don't reconfigure here.
     if not drain:
         err_console.print(f"relaying the outbox to {settings.kafka.topics.events}; Ctrl-C stops")
-    published, unpublished = run_async(_relay(settings, drain=drain))
+    published, unpublished = asyncio.run(_relay(settings, drain=drain))
     if as_json:
         emit_json({"published": published, "unpublished": unpublished})
     else:

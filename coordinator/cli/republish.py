@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import typer
@@ -13,7 +14,6 @@ from coordinator.cli._app import (
     err_console,
     load_settings,
     out_console,
-    run_async,
 )
 from coordinator.cli.services import BY_OPTION, JSON_OPTION
 from coordinator.clock import SystemClock
@@ -70,7 +70,7 @@ def republish(
             await engine.dispose()
 
     try:
-        done = run_async(go())
+        done = asyncio.run(go())
     except UnknownSelection as exc:
         err_console.print(str(exc))
         if as_json:

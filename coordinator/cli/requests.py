@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -12,15 +13,7 @@ import typer
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.cli._app import (
-    ExitCode,
-    actor,
-    emit_json,
-    err_console,
-    load_settings,
-    out_console,
-    run_async,
-)
+from coordinator.cli._app import ExitCode, actor, emit_json, err_console, load_settings, out_console
 from coordinator.cli._policies import POLICIES_OPTION, load_policy_set
 from coordinator.clock import SystemClock
 from coordinator.copies.backups import BackupHorizon
@@ -54,7 +47,7 @@ def _with_engine(settings: Settings, work: Callable[[AsyncEngine], Awaitable[T]]
             await engine.dispose()
 
     try:
-        return run_async(go())
+        return asyncio.run(go())
     except requests.RequestNotFound as exc:
         err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(ExitCode.ERRORS) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import typer
@@ -15,7 +16,6 @@ from coordinator.cli._app import (
     err_console,
     load_settings,
     out_console,
-    run_async,
     with_keystore,
 )
 from coordinator.clock import SystemClock
@@ -96,7 +96,7 @@ def restore(
         )
 
     try:
-        report = run_async(with_keystore(settings, go, pool_size=2))
+        report = asyncio.run(with_keystore(settings, go, pool_size=2))
     except (RestoreError, KeyStoreError) as exc:
         err_console.print(f"[red]{escape(str(exc))}[/red]", highlight=False)
         raise typer.Exit(ExitCode.BAD_INPUT) from None

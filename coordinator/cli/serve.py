@@ -12,7 +12,7 @@ import structlog
 import typer
 
 from coordinator.api.tokens import TokensFileError
-from coordinator.cli._app import ExitCode, err_console, load_settings, run_async
+from coordinator.cli._app import ExitCode, err_console, load_settings
 from coordinator.cli._policies import POLICIES_OPTION, load_policy_set
 from coordinator.console.sessions import ConsoleSecretError
 from coordinator.operations.notify.webhooks import WebhooksFileError
@@ -70,7 +70,7 @@ def serve(
     else:
         err_console.print(f"console: http://{settings.serve.host}:{chosen}/ui/")
     try:
-        run_async(_serve(settings, policy_set, chosen))
+        asyncio.run(_serve(settings, policy_set, chosen))
     except TokensFileError as exc:
         err_console.print(f"[red]RETENTION_API_TOKENS_FILE:[/red] {exc}", highlight=False)
         raise typer.Exit(ExitCode.BAD_INPUT) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -23,7 +24,6 @@ from coordinator.cli._app import (
     load_settings,
     out_console,
     read_database,
-    run_async,
     write_database,
 )
 from coordinator.cli._policies import POLICIES_OPTION, load_policy_set
@@ -246,7 +246,7 @@ def backfill(
         finally:
             await engine.dispose()
 
-    done = run_async(go())
+    done = asyncio.run(go())
     if as_json:
         emit_json(done.as_dict())
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,6 @@ from coordinator.cli._app import (
     err_console,
     load_settings,
     out_console,
-    run_async,
 )
 from coordinator.cli._policies import POLICIES_OPTION, load_policy_set
 from coordinator.cli.status import parse_entity
@@ -48,7 +48,7 @@ def verify(
             raise typer.Exit(ExitCode.BAD_INPUT)
         entity_type, entity_id = parse_entity(entity)
         # SPEC §10: the CLI records the operating-system user beside --by.
-        asked = run_async(
+        asked = asyncio.run(
             _one(settings.database_url.get_secret_value(), entity_type, entity_id, actor(by))
         )
         if asked is None:
@@ -59,7 +59,7 @@ def verify(
         found = [asked]
     else:
         policy_set = load_policy_set(policies, settings, as_json=as_json)
-        found = run_async(_sample(settings.database_url.get_secret_value(), policy_set.policies))
+        found = asyncio.run(_sample(settings.database_url.get_secret_value(), policy_set.policies))
     documents = [_document(r) for r in found]
     if as_json:
         emit_json({"requested": documents})

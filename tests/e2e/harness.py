@@ -44,7 +44,6 @@ from coordinator.store.migrate import upgrade
 from coordinator.store.tables import audit_log, event_status, service_registry
 from coordinator.tracking.tracker import Tracker
 from schemas import AckStatus, KafkaSettings, RetentionAck, decode
-from schemas.event_loop import EVENT_LOOP_VARIABLE
 from schemas.signing import SignatureSettings
 from services import EXAMPLES
 from tests import declared, infra
@@ -253,9 +252,8 @@ class Stack:
         env = {
             key: value
             for key, value in os.environ.items()
-            # The parent's own settings must not leak into a service by accident; the
-            # event loop is the one every process of a run is meant to share.
-            if not key.startswith("RETENTION_") or key == EVENT_LOOP_VARIABLE
+            # The parent's own settings must not leak into a service by accident.
+            if not key.startswith("RETENTION_")
         }
         env.update(self.kafka.environ())
         env.update(
@@ -319,11 +317,7 @@ class Stack:
 
     def coordinator_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """The environment of a `retention` command on this stack's database and topics."""
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith("RETENTION_") or k == EVENT_LOOP_VARIABLE
-        }
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RETENTION_")}
         env["RETENTION_DATABASE_URL"] = self.coordinator_url
         # The session's KEK (tests/conftest.py), for archive policies.
         env["RETENTION_KEK_FILE"] = os.environ["RETENTION_KEK_FILE"]
