@@ -7,8 +7,9 @@ Two schemes, told apart by the `retention-proof` header:
 * **per batch**: the producer builds a Merkle tree over the `signed_bytes` of a batch's
   records and signs its root once; each record carries that signature and its own
   inclusion proof, so it stays verifiable on its own. A verifier checks a root's
-  signature once and remembers it (`Verifier`), so a batch of n records costs one Ed25519
-  verify plus about log2(n) SHA-256 per record. The relay signs so (bench/signing.py).
+  signature once and remembers the nodes it proved (`Verifier`), so a batch of n records
+  costs one Ed25519 verify, log2(n) SHA-256 for its first record and about three for each
+  other. The relay signs so (bench/signing.py).
 """
 
 from __future__ import annotations

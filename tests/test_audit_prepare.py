@@ -36,3 +36,8 @@ def test_prepared_data_is_what_is_stored() -> None:
         [audit.AuditEntry("events_completed", "tracker", {"events": [event]})], at=T0
     )
     assert prepared.entry.data == {"events": [str(event)]}
+
+
+@given(st.lists(st.uuids() | st.none(), max_size=50))
+def test_id_texts_are_what_prepare_stores(ids: list[uuid.UUID | None]) -> None:
+    assert audit.id_texts(ids) == [None if i is None else str(i) for i in ids]

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+import msgspec
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -35,6 +37,7 @@ __all__ = [
     "canonical",
     "chain_rows",
     "chained",
+    "id_texts",
     "link",
     "lock_head",
     "prepare",
@@ -126,6 +129,17 @@ def canonical(seq: int, at: datetime, entry: AuditEntry) -> bytes:
         "data": entry.data,
     }
     return json.dumps(document, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+_IDS = msgspec.json.Encoder()
+_ID_TEXTS = msgspec.json.Decoder(list[str | None])
+
+
+def id_texts(ids: Sequence[uuid.UUID | None]) -> list[str | None]:
+    """`str(id)` of each id (None stays None), as `prepare` would store it, in one call
+    into C: an ack batch's entries name a few thousand ids, and `str` on a UUID is
+    Python code (about half a microsecond each, ~1.7 through `json.dumps`' default)."""
+    return _ID_TEXTS.decode(_IDS.encode(ids))
 
 
 def link(prev_hash: str, body: bytes) -> str:

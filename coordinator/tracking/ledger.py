@@ -83,6 +83,8 @@ LEDGER_COLUMNS = (
     "event_at",
 )
 
+_PER_ROW = tuple(name for name in LEDGER_COLUMNS if name != "received_at")
+
 
 class RejectReason(StrEnum):
     MALFORMED = "malformed"
@@ -95,9 +97,12 @@ class RejectReason(StrEnum):
     """A verify answer to a deletion event, or a deletion status to a verify event."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ConsumedAck:
-    """One record from the acks topic: the decoded ack, or why it could not be decoded."""
+    """One record from the acks topic: the decoded ack, or why it could not be decoded.
+
+    Not frozen: one is made per record, and a frozen dataclass sets each field through
+    `object.__setattr__` (about a microsecond a record here). Nothing changes one."""
 
     topic: str
     partition: int
@@ -274,17 +279,17 @@ async def _new_to_ledger(
     event_ids = sorted({record.ack.event_id for record, _ in accepted if record.ack is not None})
     recorded, acks = await _recorded(conn, where, event_ids)
     new_accepted: list[_Judged] = []
-    for record, row in accepted:
+    for (record, row), at in zip(accepted, where, strict=False):
         ack_key = _ack_key(row)
-        if _where(record) not in recorded and ack_key not in acks:
+        if at not in recorded and ack_key not in acks:
             new_accepted.append((record, row))
-            recorded.add(_where(record))
+            recorded.add(at)
             acks.add(ack_key)
     new_rejected: list[_Judged] = []
-    for record, row in rejected:
-        if _where(record) not in recorded:
+    for (record, row), at in zip(rejected, where[len(accepted) :], strict=True):
+        if at not in recorded:
             new_rejected.append((record, row))
-            recorded.add(_where(record))
+            recorded.add(at)
     outcome.duplicates = len(accepted) - len(new_accepted)
     # A redelivered rejected record was already recorded (and audited) the first time.
     kept = {_where(record) for record, _ in new_rejected}
@@ -542,15 +547,16 @@ def ledger_row(record: ConsumedAck, now: datetime, reason: RejectReason | None) 
 def audited_rejects(rejected: Sequence[tuple[ConsumedAck, RejectReason]]) -> list[dict[str, Any]]:
     """Rejected acks as the audit log records them: where each was read, why it was
     refused, and which event and service it named."""
+    event_ids = audit.id_texts([r.ack.event_id if r.ack else None for r, _ in rejected])
     return [
         {
             "partition": r.partition,
             "offset": r.offset,
             "reason": why.value,
-            "event_id": r.ack.event_id if r.ack else None,
+            "event_id": event_id,
             "service": r.ack.service if r.ack else None,
         }
-        for r, why in rejected
+        for (r, why), event_id in zip(rejected, event_ids, strict=True)
     ]
 
 
@@ -573,11 +579,20 @@ async def insert_ledger(
 
 
 def _ledger_insert(rows: list[dict[str, Any]], audit_seq: int) -> Any:
+    """The rows' insert; they were received at one time, bound once rather than as an
+    array (a timestamp is the dearest element asyncpg encodes, ~0.5 µs)."""
     c = ack_ledger.c
-    consumed = unnest("consumed", {name: c[name].type for name in LEDGER_COLUMNS}, rows)
+    received = {row["received_at"] for row in rows}
+    if len(received) != 1:
+        raise ValueError("a ledger insert's rows are received at one time")
+    consumed = unnest("consumed", {name: c[name].type for name in _PER_ROW}, rows)
     return pg_insert(ack_ledger).from_select(
-        [*LEDGER_COLUMNS, "audit_seq"],
-        select(*consumed.c, literal(audit_seq, BigInteger())),
+        [*_PER_ROW, "received_at", "audit_seq"],
+        select(
+            *consumed.c,
+            literal(received.pop(), c.received_at.type),
+            literal(audit_seq, BigInteger()),
+        ),
     )
 
 
@@ -672,13 +687,17 @@ def _audit_entries(outcome: LedgerOutcome, transitions: list[Transition]) -> lis
                 {
                     "acks": [
                         {
-                            "event_id": a.event_id,
+                            "event_id": event_id,
                             "service": a.service,
                             "status": a.status.value,
                             "attempt": a.attempt,
                             "records_affected": a.records_affected,
                         }
-                        for a in outcome.accepted
+                        for a, event_id in zip(
+                            outcome.accepted,
+                            audit.id_texts([a.event_id for a in outcome.accepted]),
+                            strict=True,
+                        )
                     ]
                 },
             )
@@ -695,6 +714,8 @@ def _audit_entries(outcome: LedgerOutcome, transitions: list[Transition]) -> lis
         ids = [t.event_id for t in transitions if t.state == state]
         if ids:
             entries.append(
-                audit.AuditEntry(audit.AuditAction(f"events_{state}"), ACTOR, {"events": ids})
+                audit.AuditEntry(
+                    audit.AuditAction(f"events_{state}"), ACTOR, {"events": audit.id_texts(ids)}
+                )
             )
     return entries
