@@ -353,13 +353,19 @@ class Verifier:
     same root. So a batch's first record costs its proof's hashes and one Ed25519 verify,
     the others about two hashes each. Only proven nodes enter the cache: a record with a
     copied signature and a made-up proof computes other nodes, or the same node with
-    another rest.
+    another rest. Verified roots are kept apart (at most `roots`): a node pushed out
+    costs a record its proof's hashes again, never another signature check while the
+    root is kept.
     """
 
-    def __init__(self, public_keys: Iterable[Ed25519PublicKey], *, cache_size: int = 16384):
+    def __init__(
+        self, public_keys: Iterable[Ed25519PublicKey], *, cache_size: int = 16384, roots: int = 4096
+    ):
         self._keys = {key_id(k): k for k in public_keys}
         self._proven: OrderedDict[tuple[str, bytes, bytes, bytes], None] = OrderedDict()
+        self._roots: OrderedDict[tuple[str, bytes, bytes], None] = OrderedDict()
         self._cache_size = cache_size
+        self._roots_size = roots
 
     @property
     def key_ids(self) -> frozenset[str]:
@@ -411,7 +417,7 @@ class Verifier:
                 return Checked(Verdict.BAD_SIGNATURE, kid_text)
             return Checked(Verdict.VALID, kid_text)
         # Up the proof from the leaf; each node is keyed with the rest of the proof above
-        # it (the root with an empty rest), until one is proven or the root is reached.
+        # it, until one is proven or the root is reached.
         sha256, proven, node = hashlib.sha256, self._proven, _leaf(key, value)
         path: list[tuple[str, bytes, bytes, bytes]] = []
         for i in range(0, len(proof), 33):
@@ -422,13 +428,23 @@ class Verifier:
                 node = sha256(_NODE + node + sibling).digest()
             else:
                 return Checked(Verdict.MALFORMED, kid_text)
-            at = (kid_text, signature, node, proof[i + 33 :])
+            rest = proof[i + 33 :]
+            if not rest:
+                break  # the root
+            at = (kid_text, signature, node, rest)
             if at in proven:
                 proven.move_to_end(at)
                 self._remember(path)
                 return Checked(Verdict.VALID, kid_text)
             path.append(at)
-        if not _verifies(public, signature, ROOT_CONTEXT + node):
+        root = (kid_text, signature, node)
+        if root in self._roots:
+            self._roots.move_to_end(root)
+        elif _verifies(public, signature, ROOT_CONTEXT + node):
+            self._roots[root] = None
+            if len(self._roots) > self._roots_size:
+                self._roots.popitem(last=False)
+        else:
             return Checked(Verdict.BAD_SIGNATURE, kid_text)
         self._remember(path)
         return Checked(Verdict.VALID, kid_text)

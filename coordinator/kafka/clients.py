@@ -41,7 +41,7 @@ def _records(batches: dict[Any, list[Any]]) -> list[ConsumedRecord]:
             msg.value,
             # A header value may be null on the wire; as empty, like the SDK reads it,
             # it is refused or copied like any other, never a crash in the tracker.
-            tuple((k, v or b"") for k, v in msg.headers or ()),
+            tuple([(k, v or b"") for k, v in msg.headers or ()]),
             msg.timestamp,
         )
         for tp, messages in batches.items()

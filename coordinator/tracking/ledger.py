@@ -234,8 +234,13 @@ async def _events_of(
 async def _expected_of(
     conn: AsyncConnection, events: dict[uuid.UUID, Row[Any]]
 ) -> dict[tuple[uuid.UUID, str], dict[str, Any]]:
+    # Only what folding an ack and judging the event read or write: each column more is
+    # decoded and copied for every expected row of the batch's events.
+    e = expected_acks.c
     result = await conn.execute(
-        select(expected_acks).where(expected_acks.c.event_id == any_(event_ids_param(list(events))))
+        select(*(e[name] for name in _KEY + _ACK_FIELDS)).where(
+            e.event_id == any_(event_ids_param(list(events)))
+        )
     )
     names = tuple(result.keys())
     return {(row.event_id, row.service): dict(zip(names, row, strict=True)) for row in result}
