@@ -364,6 +364,7 @@ class Verifier:
         self._keys = {key_id(k): k for k in public_keys}
         self._proven: OrderedDict[tuple[str, bytes, bytes, bytes], None] = OrderedDict()
         self._roots: OrderedDict[tuple[str, bytes, bytes], None] = OrderedDict()
+        self._signatures: OrderedDict[bytes, tuple[str, bytes]] = OrderedDict()
         self._cache_size = cache_size
         self._roots_size = roots
 
@@ -393,24 +394,22 @@ class Verifier:
             return Checked(Verdict.MALFORMED)
         if proofs and not 0 < len(proof_text) <= MAX_PROOF_STEPS * _STEP_B64:
             return Checked(Verdict.MALFORMED)
-        kid, sep, encoded = text.partition(b":")
+        parsed = self._signatures.get(text) or _signature(text)
         try:
-            kid_text = kid.decode("ascii")
-            # Strict: standard base64 with its padding, nothing around it.
-            signature = binascii.a2b_base64(encoded, strict_mode=True)
             proof = binascii.a2b_base64(proof_text, strict_mode=True) if proofs else None
-        except (UnicodeDecodeError, binascii.Error):
+        except binascii.Error:
             return Checked(Verdict.MALFORMED)
-        if not sep or len(signature) != 64 or (proof is not None and len(proof) % 33):
+        if parsed is None or (proof is not None and len(proof) % 33):
             return Checked(Verdict.MALFORMED)
-        # Canonical too: 64 bytes leave 4 unused bits in the last character, which strict
-        # decoding ignores, so 16 texts would carry one signature. A proof (whole 33-byte
-        # steps, a multiple of 3) has no unused bits.
-        if binascii.b2a_base64(signature, newline=False) != encoded:
-            return Checked(Verdict.MALFORMED)
+        kid_text, signature = parsed
         public = self._keys.get(kid_text)
         if public is None:
             return Checked(Verdict.UNKNOWN_KEY, kid_text)
+        if text not in self._signatures:
+            # A batch's records share the header: decoded and checked once per batch.
+            self._signatures[text] = parsed
+            if len(self._signatures) > self._roots_size:
+                self._signatures.popitem(last=False)
         if proof is None:
             message = signed_bytes(key, value)
             if not _verifies(public, signature, message):
@@ -456,6 +455,25 @@ class Verifier:
             proven[at] = None
         while len(proven) > self._cache_size:
             proven.popitem(last=False)
+
+
+def _signature(text: bytes) -> tuple[str, bytes] | None:
+    """A signature header's key id and signature; None unless exactly as documented."""
+    kid, sep, encoded = text.partition(b":")
+    try:
+        kid_text = kid.decode("ascii")
+        # Strict: standard base64 with its padding, nothing around it.
+        signature = binascii.a2b_base64(encoded, strict_mode=True)
+    except (UnicodeDecodeError, binascii.Error):
+        return None
+    if not sep or len(signature) != 64:
+        return None
+    # Canonical too: 64 bytes leave 4 unused bits in the last character, which strict
+    # decoding ignores, so 16 texts would carry one signature. A proof (whole 33-byte
+    # steps, a multiple of 3) has no unused bits.
+    if binascii.b2a_base64(signature, newline=False) != encoded:
+        return None
+    return kid_text, signature
 
 
 def _verifies(public: Ed25519PublicKey, signature: bytes, message: bytes) -> bool:
