@@ -377,7 +377,8 @@ async def _record_and_audit(
     updated once the entry exists."""
     if not entries:
         return  # every record was a redelivery: nothing to record, nothing changed
-    prepared = audit.prepare(entries, at=now)
+    # Built by `_audit_entries` from ids as text, names, statuses and counts only.
+    prepared = audit.prepare(entries, at=now, json_native=True)
     head = await audit.lock_head(conn)
     accepted_seq = head[0] + 1
     rejected_seq = accepted_seq + 1 if accepted else accepted_seq
