@@ -1,14 +1,15 @@
-"""a composite type for the rows of an ack batch's ledger insert
+"""composite types for an ack batch's ledger rows and expected-ack changes
 
 Revision ID: 0027_ack_ledger_row_type
 Revises: 0026_tracker_scan_indexes
 Create Date: 2026-12-06 16:45:00.000000
 
-The tracker inserts a batch's ledger rows as one array of this type rather than one
-array per column (coordinator/tracking/ledger.py): asyncpg then checks the array's shape
-once per row instead of once per value, and PostgreSQL unpacks one array, not sixteen.
-The attributes are the ledger's columns the tracker writes per row, in the order it
-sends them; `received_at` and `audit_seq` are bound once per statement.
+The tracker sends a batch's ledger rows and its expected-ack changes each as one array
+of these types rather than one array per column (coordinator/tracking/ledger.py,
+`columns.unnest_rows`): asyncpg then checks an array's shape once per row instead of
+once per value, and PostgreSQL unpacks one array, not sixteen or nine. The attributes
+are the columns the tracker writes per row, in the order it sends them; the ledger's
+`received_at` and `audit_seq` are bound once per statement.
 """
 
 from __future__ import annotations
@@ -44,7 +45,23 @@ CREATE TYPE retention_ack_row AS (
 )
 """
     )
+    op.execute(
+        """
+CREATE TYPE retention_ack_change AS (
+  event_id uuid,
+  service text,
+  status text,
+  records_affected bigint,
+  attempt integer,
+  detail text,
+  acknowledged_at timestamptz,
+  first_ack_at timestamptz,
+  acks_received integer
+)
+"""
+    )
 
 
 def downgrade() -> None:
+    op.execute("DROP TYPE retention_ack_change")
     op.execute("DROP TYPE retention_ack_row")
