@@ -362,6 +362,8 @@ class Verifier:
         self, public_keys: Iterable[Ed25519PublicKey], *, cache_size: int = 16384, roots: int = 4096
     ):
         self._keys = {key_id(k): k for k in public_keys}
+        # One answer per key for every valid record (a `Checked` is immutable).
+        self._valid = {kid: Checked(Verdict.VALID, kid) for kid in self._keys}
         self._proven: OrderedDict[tuple[str, bytes, bytes, bytes], None] = OrderedDict()
         self._roots: OrderedDict[tuple[str, bytes, bytes], None] = OrderedDict()
         self._signatures: OrderedDict[bytes, tuple[str, bytes]] = OrderedDict()
@@ -414,7 +416,7 @@ class Verifier:
             message = signed_bytes(key, value)
             if not _verifies(public, signature, message):
                 return Checked(Verdict.BAD_SIGNATURE, kid_text)
-            return Checked(Verdict.VALID, kid_text)
+            return self._valid[kid_text]
         # Up the proof from the leaf; each node is keyed with the rest of the proof above
         # it, until one is proven or the root is reached.
         sha256, proven, node = hashlib.sha256, self._proven, _leaf(key, value)
@@ -434,7 +436,7 @@ class Verifier:
             if at in proven:
                 proven.move_to_end(at)
                 self._remember(path)
-                return Checked(Verdict.VALID, kid_text)
+                return self._valid[kid_text]
             path.append(at)
         root = (kid_text, signature, node)
         if root in self._roots:
@@ -446,7 +448,7 @@ class Verifier:
         else:
             return Checked(Verdict.BAD_SIGNATURE, kid_text)
         self._remember(path)
-        return Checked(Verdict.VALID, kid_text)
+        return self._valid[kid_text]
 
     def _remember(self, path: list[tuple[str, bytes, bytes, bytes]]) -> None:
         """Keep nodes just proven (they hash up to a verified root), oldest out first."""
