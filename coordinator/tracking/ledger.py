@@ -250,7 +250,9 @@ async def _expected_of(
         )
     )
     names = tuple(result.keys())
-    return {(row.event_id, row.service): dict(zip(names, row, strict=True)) for row in result}
+    # By index (`_KEY` leads the select): a Row's attribute costs ~0.3 µs, an index
+    # ~0.03. Not strict: both come from one result, and the check costs ~0.2 µs a row.
+    return {(row[0], row[1]): dict(zip(names, row, strict=False)) for row in result}
 
 
 def _judge(
@@ -263,8 +265,11 @@ def _judge(
     """The accepted and the rejected records, each with its ledger row."""
     accepted: list[_Judged] = []
     rejected: list[_Judged] = []
+    # Once per event, not per ack: a Row's attribute costs ~0.3 µs (its class's MRO is
+    # searched before Row.__getattr__), an index ~0.03.
+    entities = {event_id: (row.entity_type, row.entity_id) for event_id, row in events.items()}
     for record in records:
-        reason = _reject_reason(record, events, expected)
+        reason = _reject_reason(record, entities, expected)
         if reason is None:
             accepted.append((record, ledger_row(record, now, reason)))
         else:
@@ -518,18 +523,19 @@ def _order(ack: RetentionAck) -> tuple[datetime, int]:
 
 def _reject_reason(
     record: ConsumedAck,
-    events: dict[uuid.UUID, Row[Any]],
+    entities: dict[uuid.UUID, tuple[str, str]],
     expected: dict[tuple[uuid.UUID, str], dict[str, Any]],
 ) -> RejectReason | None:
+    """Why the record is refused, if it is; `entities`: each known event's entity."""
     ack = record.ack
     if ack is None:
         return RejectReason.MALFORMED
     if record.refused is not None:
         return record.refused
-    event = events.get(ack.event_id)
-    if event is None:
+    entity = entities.get(ack.event_id)
+    if entity is None:
         return RejectReason.UNKNOWN_EVENT
-    if (ack.entity_type, ack.entity_id) != (event.entity_type, event.entity_id):
+    if (ack.entity_type, ack.entity_id) != entity:
         return RejectReason.ENTITY_MISMATCH
     if (ack.event_id, ack.service) not in expected:
         return RejectReason.UNEXPECTED_SERVICE
