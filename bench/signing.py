@@ -5,7 +5,7 @@
 Signs `--batch` records the way the relay does (one claim, a Merkle tree per `--tree`
 records: `RETENTION_RELAY_SIGNATURE_BATCH`), then verifies each record on its own the
 way a consumer does (a fresh `Verifier` per round, so the first record of each tree pays
-the Ed25519 verify and the rest stop at a node an earlier record proved). The per-record
+the Ed25519 verify and the rest reuse what the verifier remembered). The per-record
 scheme is what the tracker verifies for an ack sent alone (the SDK signs a batch's acks
 as one tree). Reports the median over rounds, in microseconds per record, for both
 schemes.

@@ -7,9 +7,8 @@ Two schemes, told apart by the `retention-proof` header:
 * **per batch**: the producer builds a Merkle tree over the `signed_bytes` of a batch's
   records and signs its root once; each record carries that signature and its own
   inclusion proof, so it stays verifiable on its own. A verifier checks a root's
-  signature once and remembers the nodes it proved (`Verifier`), so a batch of n records
-  costs one Ed25519 verify, log2(n) SHA-256 for its first record and about three for each
-  other. The relay signs so (bench/signing.py).
+  signature once and remembers it (`Verifier`), so a batch of n records costs one Ed25519
+  verify plus about log2(n) SHA-256 per record. The relay signs so (bench/signing.py).
 """
 
 from __future__ import annotations
@@ -346,29 +345,15 @@ class Checked:
 class Verifier:
     """Verifies records against a set of public keys (several during a rotation).
 
-    Proven nodes are remembered (at most `cache_size`): a tree node together with the
-    rest of a proof above it, under a signature that verified for the root they hash up
-    to. A record whose proof reaches a proven node with the same rest is valid without
-    hashing further or checking the signature again: the whole proof would compute the
-    same root. So a batch's first record costs its proof's hashes and one Ed25519 verify,
-    the others about two hashes each. Only proven nodes enter the cache: a record with a
-    copied signature and a made-up proof computes other nodes, or the same node with
-    another rest. Verified roots are kept apart (at most `roots`): a node pushed out
-    costs a record its proof's hashes again, never another signature check while the
-    root is kept.
+    Batch roots whose signature verified are remembered (at most `cache_size`), so the
+    other records of a batch cost only their proof's hashes. Only verified roots enter the
+    cache: a record with a copied signature and a made-up proof computes another root.
     """
 
-    def __init__(
-        self, public_keys: Iterable[Ed25519PublicKey], *, cache_size: int = 16384, roots: int = 4096
-    ):
+    def __init__(self, public_keys: Iterable[Ed25519PublicKey], *, cache_size: int = 4096):
         self._keys = {key_id(k): k for k in public_keys}
-        # One answer per key for every valid record (a `Checked` is immutable).
-        self._valid = {kid: Checked(Verdict.VALID, kid) for kid in self._keys}
-        self._proven: OrderedDict[tuple[str, bytes, bytes, bytes], None] = OrderedDict()
         self._roots: OrderedDict[tuple[str, bytes, bytes], None] = OrderedDict()
-        self._signatures: OrderedDict[bytes, tuple[str, bytes]] = OrderedDict()
         self._cache_size = cache_size
-        self._roots_size = roots
 
     @property
     def key_ids(self) -> frozenset[str]:
@@ -396,86 +381,55 @@ class Verifier:
             return Checked(Verdict.MALFORMED)
         if proofs and not 0 < len(proof_text) <= MAX_PROOF_STEPS * _STEP_B64:
             return Checked(Verdict.MALFORMED)
-        parsed = self._signatures.get(text) or _signature(text)
+        kid, sep, encoded = text.partition(b":")
         try:
+            kid_text = kid.decode("ascii")
+            # Strict: standard base64 with its padding, nothing around it.
+            signature = binascii.a2b_base64(encoded, strict_mode=True)
             proof = binascii.a2b_base64(proof_text, strict_mode=True) if proofs else None
-        except binascii.Error:
+        except (UnicodeDecodeError, binascii.Error):
             return Checked(Verdict.MALFORMED)
-        if parsed is None or (proof is not None and len(proof) % 33):
+        if not sep or len(signature) != 64 or (proof is not None and len(proof) % 33):
             return Checked(Verdict.MALFORMED)
-        kid_text, signature = parsed
+        # Canonical too: 64 bytes leave 4 unused bits in the last character, which strict
+        # decoding ignores, so 16 texts would carry one signature. A proof (whole 33-byte
+        # steps, a multiple of 3) has no unused bits.
+        if binascii.b2a_base64(signature, newline=False) != encoded:
+            return Checked(Verdict.MALFORMED)
         public = self._keys.get(kid_text)
         if public is None:
             return Checked(Verdict.UNKNOWN_KEY, kid_text)
-        if text not in self._signatures:
-            # A batch's records share the header: decoded and checked once per batch.
-            self._signatures[text] = parsed
-            if len(self._signatures) > self._roots_size:
-                self._signatures.popitem(last=False)
         if proof is None:
             message = signed_bytes(key, value)
             if not _verifies(public, signature, message):
                 return Checked(Verdict.BAD_SIGNATURE, kid_text)
-            return self._valid[kid_text]
-        # Up the proof from the leaf; each node is keyed with the rest of the proof above
-        # it, until one is proven or the root is reached.
-        sha256, proven, node = hashlib.sha256, self._proven, _leaf(key, value)
-        path: list[tuple[str, bytes, bytes, bytes]] = []
-        for i in range(0, len(proof), 33):
-            side, sibling = proof[i], proof[i + 1 : i + 33]
-            if side == _LEFT:
-                node = sha256(_NODE + sibling + node).digest()
-            elif side == _RIGHT:
-                node = sha256(_NODE + node + sibling).digest()
-            else:
-                return Checked(Verdict.MALFORMED, kid_text)
-            rest = proof[i + 33 :]
-            if not rest:
-                break  # the root
-            at = (kid_text, signature, node, rest)
-            if at in proven:
-                proven.move_to_end(at)
-                self._remember(path)
-                return self._valid[kid_text]
-            path.append(at)
-        root = (kid_text, signature, node)
-        if root in self._roots:
-            self._roots.move_to_end(root)
-        elif _verifies(public, signature, ROOT_CONTEXT + node):
-            self._roots[root] = None
-            if len(self._roots) > self._roots_size:
-                self._roots.popitem(last=False)
-        else:
+            return Checked(Verdict.VALID, kid_text)
+        root = _root(_leaf(key, value), proof)
+        if root is None:
+            return Checked(Verdict.MALFORMED, kid_text)
+        cached = (kid_text, signature, root)
+        if cached in self._roots:
+            self._roots.move_to_end(cached)
+            return Checked(Verdict.VALID, kid_text)
+        if not _verifies(public, signature, ROOT_CONTEXT + root):
             return Checked(Verdict.BAD_SIGNATURE, kid_text)
-        self._remember(path)
-        return self._valid[kid_text]
-
-    def _remember(self, path: list[tuple[str, bytes, bytes, bytes]]) -> None:
-        """Keep nodes just proven (they hash up to a verified root), oldest out first."""
-        proven = self._proven
-        for at in path:
-            proven[at] = None
-        while len(proven) > self._cache_size:
-            proven.popitem(last=False)
+        self._roots[cached] = None
+        if len(self._roots) > self._cache_size:
+            self._roots.popitem(last=False)
+        return Checked(Verdict.VALID, kid_text)
 
 
-def _signature(text: bytes) -> tuple[str, bytes] | None:
-    """A signature header's key id and signature; None unless exactly as documented."""
-    kid, sep, encoded = text.partition(b":")
-    try:
-        kid_text = kid.decode("ascii")
-        # Strict: standard base64 with its padding, nothing around it.
-        signature = binascii.a2b_base64(encoded, strict_mode=True)
-    except (UnicodeDecodeError, binascii.Error):
-        return None
-    if not sep or len(signature) != 64:
-        return None
-    # Canonical too: 64 bytes leave 4 unused bits in the last character, which strict
-    # decoding ignores, so 16 texts would carry one signature. A proof (whole 33-byte
-    # steps, a multiple of 3) has no unused bits.
-    if binascii.b2a_base64(signature, newline=False) != encoded:
-        return None
-    return kid_text, signature
+def _root(leaf: bytes, proof: bytes) -> bytes | None:
+    sha256, node = hashlib.sha256, leaf
+    for i in range(0, len(proof), 33):
+        side, sibling = proof[i], proof[i + 1 : i + 33]
+        if side == _LEFT:
+            node = sha256(_NODE + sibling + node).digest()
+        elif side == _RIGHT:
+            node = sha256(_NODE + node + sibling).digest()
+        else:
+            return None
+    return node
 
 
 def _verifies(public: Ed25519PublicKey, signature: bytes, message: bytes) -> bool:

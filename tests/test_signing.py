@@ -14,13 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from typer.testing import CliRunner
 
 from coordinator.cli import app
-from schemas import signing
 from schemas.signing import (
     PROOF_HEADER,
     SIGNATURE_HEADER,
@@ -166,37 +164,6 @@ def test_the_verifier_refuses_what_it_must() -> None:
     both = Verifier([signer.public, other.public])
     assert both.verify(key, value, other.sign_record(key, value)).valid
     assert both.verify(key, value, [good]).valid
-
-
-def test_a_batch_costs_one_signature_check_and_proven_nodes_widen_nothing(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    signer = _signer()
-    records = [(f"user:{i}".encode(), b"{}") for i in range(37)]
-    batch = signer.sign_batch(records)
-    checks: list[bytes] = []
-    real = signing._verifies
-
-    def counted(public: Ed25519PublicKey, signature: bytes, message: bytes) -> bool:
-        checks.append(message)
-        return real(public, signature, message)
-
-    monkeypatch.setattr(signing, "_verifies", counted)
-    verifier = Verifier([signer.public])
-    assert all(verifier.verify(*r, h).valid for r, h in zip(records, batch, strict=True))
-    assert len(checks) == 1
-    # A genuine record whose proof keeps its lower steps but changes the top one: the
-    # nodes it computes are proven, each with another rest above it, so no shortcut.
-    signature, proof = batch[5]
-    steps = base64.b64decode(proof[1])
-    top = steps[:-33] + bytes([steps[-33]]) + bytes(32)
-    forged = [signature, (PROOF_HEADER, base64.b64encode(top))]
-    assert verifier.verify(*records[5], forged).verdict is Verdict.BAD_SIGNATURE
-    assert Verifier([signer.public]).verify(*records[5], forged).verdict is Verdict.BAD_SIGNATURE
-    # A bad side byte above a proven node is as malformed as it is to a fresh verifier.
-    bad_side = steps[:-33] + b"\x07" + steps[-32:]
-    odd = [signature, (PROOF_HEADER, base64.b64encode(bad_side))]
-    assert verifier.verify(*records[5], odd).verdict is Verdict.MALFORMED
 
 
 def _proofs_by_hand(records: list[tuple[bytes | None, bytes | None]]) -> tuple[bytes, list[bytes]]:
