@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -9,6 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from coordinator.evidence import audit
+from coordinator.tracking import ledger
+from schemas import AckStatus, RetentionAck
 
 T0 = datetime(2026, 12, 6, 10, 0, tzinfo=UTC)
 
@@ -36,3 +39,49 @@ def test_prepared_data_is_what_is_stored() -> None:
         [audit.AuditEntry("events_completed", "tracker", {"events": [event]})], at=T0
     )
     assert prepared.entry.data == {"events": [str(event)]}
+
+
+@given(st.lists(st.uuids() | st.none(), max_size=50))
+def test_id_texts_are_what_prepare_stores(ids: list[uuid.UUID | None]) -> None:
+    assert audit.id_texts(ids) == [None if i is None else str(i) for i in ids]
+
+
+def test_an_ack_batch_entries_are_json_native() -> None:
+    """The ledger prepares its entries with `json_native=True`: what it builds must come
+    back from JSON unchanged, or the stored entry would not be what was hashed."""
+    event = uuid.uuid4()
+    acks = [
+        RetentionAck(
+            event_id=event,
+            service="billing",
+            entity_type="user",
+            entity_id="7",
+            status=status,
+            records_affected=0 if status is AckStatus.NOT_FOUND else 2,
+            detail="",
+            attempt=1,
+            acknowledged_at=T0,
+        )
+        for status in (AckStatus.COMPLETED, AckStatus.NOT_FOUND)
+    ]
+    outcome = ledger.LedgerOutcome(records=3, accepted=acks)
+    outcome.rejected = [
+        (ledger.ConsumedAck("acks", 0, 9, acks[0]), ledger.RejectReason.BAD_SIGNATURE),
+        (ledger.ConsumedAck("acks", 0, 10, None, "not JSON"), ledger.RejectReason.MALFORMED),
+    ]
+    transitions = [
+        ledger.Transition(event, "completed", 1, T0),
+        ledger.Transition(uuid.uuid4(), "failed", 1, None),
+    ]
+    entries = ledger._audit_entries(outcome, transitions)
+    assert [e.action for e in entries] == [
+        "acks_accepted",
+        "acks_rejected",
+        "events_completed",
+        "events_failed",
+    ]
+    for entry in entries:
+        assert json.loads(json.dumps(entry.data)) == entry.data
+        [prepared] = audit.prepare([entry], at=T0, json_native=True)
+        [round_tripped] = audit.prepare([entry], at=T0)
+        assert prepared == round_tripped

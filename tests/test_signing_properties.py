@@ -137,6 +137,8 @@ def test_only_what_the_key_signed_verifies_and_nothing_raises(
             assert verifier.verify(*record, record_headers).valid
     checked = verifier.verify(key, value, headers)
     assert isinstance(checked.verdict, Verdict)
+    # What a verifier remembers never changes a verdict, only what it costs.
+    assert checked == Verifier([SIGNER.public]).verify(key, value, headers)
     if checked.valid:
         assert signed_bytes(key, value) in {signed_bytes(k, v) for k, v in genuine}
 

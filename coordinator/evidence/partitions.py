@@ -169,7 +169,12 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 def event_time(event_id: uuid.UUID) -> datetime:
     """When a UUIDv7 was minted (its first 48 bits: Unix milliseconds)."""
-    return EPOCH + timedelta(milliseconds=int.from_bytes(event_id.bytes[:6], "big"))
+    return EPOCH + timedelta(milliseconds=_minted_ms(event_id))
+
+
+def _minted_ms(event_id: uuid.UUID) -> int:
+    # The first 48 of 128 bits; `.int` is stored, `.bytes` is computed on each call.
+    return event_id.int >> 80
 
 
 def ledger_event_at(event_id: uuid.UUID | None, received_at: datetime) -> datetime:
@@ -180,11 +185,11 @@ def ledger_event_at(event_id: uuid.UUID | None, received_at: datetime) -> dateti
     as the SQL function `retention_ack_event_at` (migration 0025)."""
     if event_id is None:
         return EPOCH
-    minted_ms = int.from_bytes(event_id.bytes[:6], "big")
+    minted_ms = _minted_ms(event_id)
     # Compared in milliseconds: a made-up id may lie past the last year a datetime holds.
     if minted_ms > received_at.timestamp() * 1000:
         return EPOCH
-    return event_time(event_id)
+    return EPOCH + timedelta(milliseconds=minted_ms)
 
 
 def month_ids(month: Month) -> tuple[uuid.UUID, uuid.UUID]:

@@ -41,7 +41,7 @@ def _records(batches: dict[Any, list[Any]]) -> list[ConsumedRecord]:
             msg.value,
             # A header value may be null on the wire; as empty, like the SDK reads it,
             # it is refused or copied like any other, never a crash in the tracker.
-            tuple((k, v or b"") for k, v in msg.headers or ()),
+            tuple([(k, v or b"") for k, v in msg.headers or ()]),
             msg.timestamp,
         )
         for tp, messages in batches.items()
@@ -50,11 +50,14 @@ def _records(batches: dict[Any, list[Any]]) -> list[ConsumedRecord]:
 
 
 def _last_per_partition(records: Sequence[ConsumedRecord]) -> dict[TopicPartition, int]:
-    last: dict[TopicPartition, int] = {}
+    # Keyed by plain tuples, one TopicPartition per partition at the end: a batch holds
+    # thousands of records and a handful of partitions.
+    last: dict[tuple[str, int], int] = {}
     for r in records:
-        tp = TopicPartition(r.topic, r.partition)
-        last[tp] = max(last.get(tp, r.offset), r.offset)
-    return last
+        key = (r.topic, r.partition)
+        if r.offset > last.get(key, -1):
+            last[key] = r.offset
+    return {TopicPartition(topic, partition): at for (topic, partition), at in last.items()}
 
 
 def _rewind(consumer: Any, records: Sequence[ConsumedRecord]) -> None:

@@ -16,8 +16,10 @@ from coordinator.kafka.producer import OutgoingRecord
 __all__ = ["AckReader", "ConsumedRecord", "OutgoingRecord", "Publisher", "RegistrationReader"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ConsumedRecord:
+    # Not frozen: the tracker makes one per ack, and a frozen dataclass sets each field
+    # through object.__setattr__. Nothing changes one.
     topic: str
     partition: int
     offset: int
