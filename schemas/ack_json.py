@@ -92,15 +92,16 @@ class AckTemplate:
 class AckEncoder:
     """Encodes one service's acks, through a template per shared fields where it can."""
 
-    __slots__ = ("_service", "_templates")
+    __slots__ = ("_seen_once", "_service", "_templates")
 
     MAX_TEMPLATES = 256
-    """Details of failures vary without bound: past this many templates, the cache starts
-    again (a steady service uses a handful: one per entity type and status)."""
+    """Past this many templates (or shared-field keys seen once), the cache starts again
+    (a steady service uses a handful: one per entity type and status)."""
 
     def __init__(self, service: str) -> None:
         self._service = service
         self._templates: dict[tuple[str, AckStatus, str, int], AckTemplate | None] = {}
+        self._seen_once: set[tuple[str, AckStatus, str, int]] = set()
 
     def encode(
         self,
@@ -116,7 +117,15 @@ class AckEncoder:
         event_id = str(event.event_id)
         shared = (event.entity_type, status, detail, attempt)
         template = self._templates.get(shared, _MISSING)
-        if template is _MISSING:
+        if template is _MISSING and shared not in self._seen_once:
+            # A detail of its own (a redelivery's processing time, a failure's message)
+            # would cost a template per ack and push the steady ones out: a template is
+            # made only for shared fields seen before, the model's path serves the first.
+            if len(self._seen_once) >= self.MAX_TEMPLATES:
+                self._seen_once.clear()
+            self._seen_once.add(shared)
+            template = None
+        elif template is _MISSING:
             try:
                 template = AckTemplate.of(
                     service=self._service,

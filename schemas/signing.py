@@ -3,12 +3,15 @@
 Two schemes, told apart by the `retention-proof` header:
 
 * **per record** (the reference scheme, no proof header): the signature covers
-  `signed_bytes(key, value)` directly. Services sign their acks and registrations so.
+  `signed_bytes(key, value)` directly. Services sign their registrations so, and an
+  ack batch of one record.
 * **per batch**: the producer builds a Merkle tree over the `signed_bytes` of a batch's
   records and signs its root once; each record carries that signature and its own
   inclusion proof, so it stays verifiable on its own. A verifier checks a root's
-  signature once and remembers it (`Verifier`), so a batch of n records costs one Ed25519
-  verify plus about log2(n) SHA-256 per record. The relay signs so (bench/signing.py).
+  signature once and remembers it and the inner nodes it walked through (`Verifier`), so
+  a batch of n records costs one Ed25519 verify, log2(n) SHA-256 for its first record and
+  about two for each other. The relay signs its events so, and the SDK a batch's acks
+  (bench/signing.py).
 """
 
 from __future__ import annotations
@@ -355,9 +358,11 @@ class Verifier:
         self._roots: OrderedDict[tuple[str, bytes, bytes], None] = OrderedDict()
         self._cache_size = cache_size
         self._paths: dict[bytes, tuple[bytes, bytes]] = {}
-        """Nodes on the paths of valid records: the rest of the proof from the node, and
-        the root it leads to. A tree's records arrive together, so a few trees' worth is
-        enough: at most `cache_size` nodes (about 1.5 MB), then started afresh."""
+        """Inner nodes on the paths of valid records: the rest of the proof from the
+        node, and the root it leads to. A tree's records arrive together, so a few trees'
+        worth is enough: at most `cache_size` nodes (each with the rest of its proof: about
+        2 MB for trees of 2,000 records), then started afresh. Leaves are not kept: a
+        record's leaf recurs only when that very record is redelivered."""
         self._signatures: dict[bytes, tuple[str, bytes, Ed25519PublicKey]] = {}
         """Well-formed signature headers of known keys, parsed: the records of one tree
         share one, so each is parsed once (at most `cache_size`, then started afresh)."""
@@ -428,7 +433,8 @@ class Verifier:
         if len(paths) + len(hashed) > self._cache_size:
             paths.clear()
         for node, at in hashed:
-            paths[node] = (proof[at:], root)
+            if at:
+                paths[node] = (proof[at:], root)
         return Checked(Verdict.VALID, kid_text)
 
     def _walk(self, leaf: bytes, proof: bytes) -> tuple[bytes, list[tuple[bytes, int]]] | None:
@@ -477,19 +483,6 @@ class Verifier:
             self._signatures.clear()
         parsed = self._signatures[text] = (kid_text, signature, public)
         return parsed
-
-
-def _root(leaf: bytes, proof: bytes) -> bytes | None:
-    sha256, node = hashlib.sha256, leaf
-    for i in range(0, len(proof), 33):
-        side, sibling = proof[i], proof[i + 1 : i + 33]
-        if side == _LEFT:
-            node = sha256(_NODE + sibling + node).digest()
-        elif side == _RIGHT:
-            node = sha256(_NODE + node + sibling).digest()
-        else:
-            return None
-    return node
 
 
 def _verifies(public: Ed25519PublicKey, signature: bytes, message: bytes) -> bool:

@@ -128,3 +128,25 @@ def test_a_template_holding_a_placeholder_in_a_shared_field_is_refused() -> None
         attempt=1,
     )
     assert template is None
+
+
+def test_details_seen_once_make_no_template_and_leave_the_steady_ones() -> None:
+    # A redelivery's detail carries its own processing time: a template for each would
+    # cost more than the model's path and push the steady acks' templates out.
+    encoder = AckEncoder("billing")
+    at = datetime(2026, 12, 6, 16, 0, tzinfo=UTC)
+    for i in range(2):
+        encoder.encode(event(f"s{i}"), AckStatus.COMPLETED, 1, "", 1, at)
+    for i in range(AckEncoder.MAX_TEMPLATES * 2):
+        e = event(f"u{i}")
+        detail = f"redelivered; processed at {i}"
+        assert encoder.encode(e, AckStatus.COMPLETED, 1, detail, 1, at) == model_bytes(
+            "billing",
+            e,
+            status=AckStatus.COMPLETED,
+            records_affected=1,
+            detail=detail,
+            attempt=1,
+            acknowledged_at=at,
+        )
+    assert list(encoder._templates) == [("user", AckStatus.COMPLETED, "", 1)]

@@ -170,8 +170,9 @@ class Prepared:
     """An entry serialized up to its seq, the one thing only the chain's head decides."""
 
     entry: AuditEntry
-    """With its data as stored: round-tripped through JSON, so what is stored is exactly
-    what was hashed."""
+    """With its data as stored, so what is stored is exactly what was hashed: round-tripped
+    through JSON, or as built when the caller's data is JSON-native already
+    (`json_native`)."""
     at: datetime
     head: bytes
     """`canonical(seq, at, entry)` up to the seq's digits: "seq" is its last key."""
