@@ -112,7 +112,12 @@ class TrackerKafka:
     def connect(cls, kafka: KafkaSettings, settings: TrackerSettings) -> TrackerKafka:
         return cls(
             KafkaPublisher(kafka),
-            KafkaAckReader(kafka, group_id=settings.group_id, max_poll_records=settings.batch_size),
+            KafkaAckReader(
+                kafka,
+                group_id=settings.group_id,
+                max_poll_records=settings.batch_size,
+                fetch_max_wait_ms=settings.ack_fetch_max_wait_ms,
+            ),
             KafkaRegistrationReader(kafka),
         )
 
