@@ -95,7 +95,9 @@ def policy_file() -> str:
 BATCH_SIZE = 5000  # the article's, and the policy's default
 TIMEOUT_S = 1200
 SEED_CHUNK = 50_000
-POLL_S = 0.2  # the poller's shortest interval; each poll is one query per pending milestone
+# The poller's shortest interval; each poll is one query per pending milestone. At 0.2 s a
+# 4 s run's `completed` was noticed 0.1 s late on average (2.5 %, not the ~2 % promised).
+POLL_S = 0.05
 POLL_GROWTH = 0.02  # and its interval as a fraction of the time so far
 HELD_FRACTION, YOUNG_FRACTION = 0.01, 0.05
 BENCHED = [e for e in EXAMPLES if e.name in PRODUCT_SERVICES]

@@ -49,6 +49,14 @@ class TrackerSettings(BaseSettings):
         description="How often housekeeping (tracking new events, reminders, deadlines) "
         "runs beside the ack loop, and the longest wait for acks in one read.",
     )
+    ack_fetch_max_wait_ms: int = Field(
+        default=50,
+        ge=0,
+        le=5000,
+        description="Longest the broker holds the acks consumer's fetch for new records. "
+        "While one is held no other fetch goes to that broker, so acks already written "
+        "wait behind it (Kafka's 500 ms default left 0.2-0.3 s idle at a backlog's end).",
+    )
     reminder_interval_s: float = Field(
         default=6 * 3600.0,
         gt=0,

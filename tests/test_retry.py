@@ -262,7 +262,7 @@ async def test_tracker_retries_every_cycle_error_on_its_policy(waits: list[float
     tracker.start = failing([])  # type: ignore[method-assign]
     tracker.stop = failing([])  # type: ignore[method-assign]
     tracker.sync_registry = failing([], 0)  # type: ignore[method-assign]
-    tracker.consume_acks = cycle  # type: ignore[method-assign]
+    tracker._read_acks = cycle  # type: ignore[method-assign]
     tracker.housekeeping = failing([], Cycle())  # type: ignore[method-assign]
     await tracker.run_forever(stop)
     assert len(waits) == 4

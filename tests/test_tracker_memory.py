@@ -6,6 +6,7 @@ so each test states exactly which records the tracker read, committed and publis
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,14 +23,16 @@ from coordinator.kafka.memory import (
     MemoryPublisher,
     MemoryRegistrationReader,
 )
+from coordinator.kafka.ports import ConsumedRecord
 from coordinator.metrics import Metrics
 from coordinator.settings import TrackerSettings
 from coordinator.store.db import make_engine
 from coordinator.store.migrate import upgrade
 from coordinator.store.tables import event_status, service_registry
+from coordinator.tracking import ledger
 from coordinator.tracking.ledger import RejectReason
 from coordinator.tracking.tracker import DLQ_SERVICE, Tracker, TrackerKafka
-from schemas import KafkaSettings, RetentionEvent, decode, encode
+from schemas import KafkaSettings, RetentionEvent, RetryPolicy, decode, encode
 from schemas.dlq import DlqHeader, DlqReason
 from schemas.signing import SignatureMode
 from tests import infra, keys
@@ -90,25 +93,27 @@ async def database(postgres_url: str) -> AsyncIterator[str]:
     await infra.drop_database(url)
 
 
-@pytest.fixture
-async def world(database: str) -> AsyncIterator[World]:
-    kafka = MemoryKafka()
-    kafka.topics[TOPICS.services]  # the topic exists, empty
-    publisher = MemoryPublisher(kafka)
-    acks = MemoryAckReader(kafka, TOPICS.acks)
-    clock = FrozenClock(T0)
-    engine = make_engine(database)
-    entity_type = f"user_{uuid.uuid4().hex[:8]}"
+def _tracker(
+    engine: AsyncEngine,
+    kafka: MemoryKafka,
+    publisher: MemoryPublisher,
+    acks: MemoryAckReader,
+    clock: FrozenClock,
+    entity_type: str,
+    *,
+    batch_size: int = 2000,
+) -> Tracker:
     # Signatures are the signing tests' business: here the tracker's own logic, unsigned.
     declared = [
         keys.declared("billing", {entity_type: ["delete"]}, key="billing"),
         keys.declared("crm", {entity_type: ["delete"]}, key="crm"),
         keys.declared("search", {"other": ["delete"]}, key="search"),
     ]
-    tracker = Tracker(
+    return Tracker(
         engine,
         KAFKA,
         TrackerSettings(
+            batch_size=batch_size,
             reminder_interval_s=3600,
             reminder_backoff=2.0,
             max_reminders=2,
@@ -121,6 +126,18 @@ async def world(database: str) -> AsyncIterator[World]:
         signatures=SignatureMode.OFF,
         signer=None,
     )
+
+
+@pytest.fixture
+async def world(database: str) -> AsyncIterator[World]:
+    kafka = MemoryKafka()
+    kafka.topics[TOPICS.services]  # the topic exists, empty
+    publisher = MemoryPublisher(kafka)
+    acks = MemoryAckReader(kafka, TOPICS.acks)
+    clock = FrozenClock(T0)
+    engine = make_engine(database)
+    entity_type = f"user_{uuid.uuid4().hex[:8]}"
+    tracker = _tracker(engine, kafka, publisher, acks, clock, entity_type)
     await tracker.start()
     try:
         yield World(tracker, kafka, publisher, acks, engine, clock, entity_type)
@@ -214,3 +231,62 @@ async def test_reminders_republish_due_events_with_their_number(world: World) ->
     sent = world.kafka.topics[TOPICS.events]
     assert [dict(r.headers)["retention-reminder"] for r in sent] == [b"1", b"2", b"3"]
     assert {decode(RetentionEvent, r.value).event_id for r in sent} == {event[0]}
+
+
+class _WaitingAckReader(MemoryAckReader):
+    """Waits a moment on an empty topic, as a broker read does: `run_forever` yields."""
+
+    async def read(self, *, timeout_s: float, max_records: int) -> list[ConsumedRecord]:
+        found = await super().read(timeout_s=timeout_s, max_records=max_records)
+        if not found:
+            await asyncio.sleep(0.01)
+        return found
+
+
+async def test_a_failed_batch_rewinds_the_batch_read_ahead_first(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # run_forever reads batch n+1 while batch n is recorded: when n fails, both are read
+    # again from n's offset, whichever order the rewinds would otherwise leave.
+    w = world
+    acks = _WaitingAckReader(w.kafka, TOPICS.acks)
+    tracker = _tracker(w.engine, w.kafka, w.publisher, acks, w.clock, w.entity_type, batch_size=1)
+    tracker.retry_policy = RetryPolicy(initial_s=0.01, max_s=0.01, jitter_s=0.0)
+    w.register("billing", "crm", at=T0 - timedelta(days=1))
+    await tracker.start()
+    await tracker.sync_registry()
+    ids = [uuid.uuid4().hex[:10] for _ in range(3)]
+    events = list(
+        zip(
+            await insert_published(w.engine, ids, published_at=T0, entity_type=w.entity_type),
+            ids,
+            strict=True,
+        )
+    )
+    for event in events:
+        w.ack(event, "billing")
+        w.ack(event, "crm")
+    apply_acks = ledger.apply_acks
+    calls: list[int] = []
+
+    async def fail_the_second(*args: object, **kwargs: object) -> ledger.LedgerOutcome:
+        calls.append(acks.position)
+        if len(calls) == 2:
+            raise ConnectionResetError("database gone")
+        return await apply_acks(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ledger, "apply_acks", fail_the_second)
+    stop = asyncio.Event()
+    task = asyncio.create_task(tracker.run_forever(stop))
+    try:
+        async with asyncio.timeout(20):
+            while w.kafka.committed.get(TOPICS.acks, 0) < 6:
+                await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await task
+    # The second batch failed with the third already read (position 3); had the rewinds
+    # left the third's offset, the second's ack would be skipped: one call fewer.
+    assert calls[1] == 3
+    assert len(calls) == 7
+    assert await w.states(events) == ["completed"] * 3

@@ -105,10 +105,18 @@ class KafkaPublisher:
 class KafkaAckReader:
     """`AckReader` on a group consumer with auto-commit off."""
 
-    def __init__(self, kafka: KafkaSettings, *, group_id: str, max_poll_records: int) -> None:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        *,
+        group_id: str,
+        max_poll_records: int,
+        fetch_max_wait_ms: int = 500,
+    ) -> None:
         self._kafka = kafka
         self._group_id = group_id
         self._max_poll_records = max_poll_records
+        self._fetch_max_wait_ms = fetch_max_wait_ms
         self._consumer: Any = None
 
     async def start(self) -> None:
@@ -119,6 +127,7 @@ class KafkaAckReader:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=self._max_poll_records,
+            fetch_max_wait_ms=self._fetch_max_wait_ms,
         )
         await consumer.start()
         self._consumer = consumer

@@ -84,6 +84,15 @@ class Cycle:
     republished: int = 0
 
 
+@dataclass(slots=True)
+class _AckBatch:
+    """Acks read, decoded and judged on their signatures; not recorded yet."""
+
+    messages: list[ConsumedRecord]
+    records: list[ledger.ConsumedAck]
+    poison: list[tuple[ConsumedRecord, str]]
+
+
 class _Signature(NamedTuple):
     # A NamedTuple: one is made per ack, at a third of a frozen dataclass's cost.
     accepted: bool
@@ -103,7 +112,12 @@ class TrackerKafka:
     def connect(cls, kafka: KafkaSettings, settings: TrackerSettings) -> TrackerKafka:
         return cls(
             KafkaPublisher(kafka),
-            KafkaAckReader(kafka, group_id=settings.group_id, max_poll_records=settings.batch_size),
+            KafkaAckReader(
+                kafka,
+                group_id=settings.group_id,
+                max_poll_records=settings.batch_size,
+                fetch_max_wait_ms=settings.ack_fetch_max_wait_ms,
+            ),
             KafkaRegistrationReader(kafka),
         )
 
@@ -296,24 +310,35 @@ class Tracker:
 
     async def consume_acks(self, *, timeout_s: float = 1.0) -> ledger.LedgerOutcome | None:
         """Apply one batch of acks in one transaction, then commit its offsets."""
+        batch = await self._read_acks(timeout_s=timeout_s)
+        if batch is None:
+            return None
+        try:
+            return await self._apply_acks(batch)
+        except BaseException:
+            # Nothing was recorded: rewind so the batch is read again, not skipped.
+            self._client(self._kafka.acks).rewind(batch.messages)
+            raise
+
+    async def _read_acks(self, *, timeout_s: float) -> _AckBatch | None:
+        """Read a batch of acks, decode them and check their signatures (no database)."""
         reader = self._client(self._kafka.acks)
         messages = await reader.read(timeout_s=timeout_s, max_records=self._settings.batch_size)
         if not messages:
             return None
         try:
-            records: list[ledger.ConsumedAck] = []
-            poison: list[tuple[ConsumedRecord, str]] = []
+            batch = _AckBatch(messages, [], [])
             for msg in messages:
                 try:
                     ack = decode(RetentionAck, msg.value)
                 except PoisonRecord as exc:
-                    records.append(
+                    batch.records.append(
                         ledger.ConsumedAck(msg.topic, msg.partition, msg.offset, None, exc.reason)
                     )
-                    poison.append((msg, exc.reason))
+                    batch.poison.append((msg, exc.reason))
                 else:
                     refused, key_id = self._refused(ack, msg)
-                    records.append(
+                    batch.records.append(
                         ledger.ConsumedAck(
                             msg.topic,
                             msg.partition,
@@ -323,41 +348,46 @@ class Tracker:
                             key_id=key_id,
                         )
                     )
-            if poison:
-                await self._dead_letter(poison)
-            async with self._engine.begin() as conn:
-                await ledger.track_overtaken(
-                    conn,
-                    records,
-                    declared=self._declared,
-                    deadlines=self._deadlines,
-                    now=self._clock.now(),
-                    reminder_interval=self._schedule.interval,
-                )
-            async with self._engine.begin() as conn:
-                now = self._clock.now()
-                asked = await answers.verify_event_ids(
-                    conn, [r.ack.event_id for r in records if r.ack is not None]
-                )
-                outcome = await ledger.apply_acks(
-                    conn,
-                    [r for r in records if r.ack is None or r.ack.event_id not in asked],
-                    declared=self._declared,
-                    deadlines=self._deadlines,
-                    now=now,
-                    reminder_interval=self._schedule.interval,
-                )
-                verified = await answers.apply_answers(
-                    conn,
-                    [r for r in records if r.ack is not None and r.ack.event_id in asked],
-                    now=now,
-                )
-                await answers.delete_again(conn, outcome.accepted, now=now)
         except BaseException:
-            # Nothing was recorded: rewind so the batch is read again, not skipped.
             reader.rewind(messages)
             raise
-        await reader.commit(messages)
+        return batch
+
+    async def _apply_acks(self, batch: _AckBatch) -> ledger.LedgerOutcome:
+        """Record a batch read by `_read_acks`, then commit its offsets. On an error the
+        caller rewinds it (and any batch read after it)."""
+        records = batch.records
+        if batch.poison:
+            await self._dead_letter(batch.poison)
+        async with self._engine.begin() as conn:
+            await ledger.track_overtaken(
+                conn,
+                records,
+                declared=self._declared,
+                deadlines=self._deadlines,
+                now=self._clock.now(),
+                reminder_interval=self._schedule.interval,
+            )
+        async with self._engine.begin() as conn:
+            now = self._clock.now()
+            asked = await answers.verify_event_ids(
+                conn, [r.ack.event_id for r in records if r.ack is not None]
+            )
+            outcome = await ledger.apply_acks(
+                conn,
+                [r for r in records if r.ack is None or r.ack.event_id not in asked],
+                declared=self._declared,
+                deadlines=self._deadlines,
+                now=now,
+                reminder_interval=self._schedule.interval,
+            )
+            verified = await answers.apply_answers(
+                conn,
+                [r for r in records if r.ack is not None and r.ack.event_id in asked],
+                now=now,
+            )
+            await answers.delete_again(conn, outcome.accepted, now=now)
+        await self._client(self._kafka.acks).commit(batch.messages)
         self._count(outcome)
         self._count_answers(verified)
         return outcome
@@ -571,18 +601,41 @@ class Tracker:
         try:
             await self.sync_registry()
             timeout_s = self._settings.poll_interval_s
+            ahead: asyncio.Task[_AckBatch | None] | None = None
 
             async def next_acks() -> None:
-                await self.consume_acks(timeout_s=timeout_s)
+                # The next batch is read, decoded and its signatures checked while this
+                # one's statements run in PostgreSQL: the two CPUs overlap. Its offsets
+                # commit only after this batch's, once it is recorded in turn.
+                nonlocal ahead
+                pending, ahead = ahead, None
+                batch = await (pending or self._read_acks(timeout_s=timeout_s))
+                if batch is None:
+                    return
+                ahead = asyncio.create_task(self._read_acks(timeout_s=timeout_s))
+                try:
+                    await self._apply_acks(batch)
+                except BaseException:
+                    # Read both again, the later one rewound first: a partition in
+                    # both restarts at this batch's offset.
+                    later, ahead = ahead, None
+                    await _rewind_ahead(self._kafka.acks, later)
+                    self._client(self._kafka.acks).rewind(batch.messages)
+                    raise
 
             async def next_housekeeping() -> None:
                 await self.housekeeping()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout_s)
 
-            async with asyncio.TaskGroup() as loops:
-                loops.create_task(self._loop(next_acks, "tracker_acks", stop))
-                loops.create_task(self._loop(next_housekeeping, "tracker_housekeeping", stop))
+            try:
+                async with asyncio.TaskGroup() as loops:
+                    loops.create_task(self._loop(next_acks, "tracker_acks", stop))
+                    loops.create_task(self._loop(next_housekeeping, "tracker_housekeeping", stop))
+            finally:
+                # A batch read ahead and not recorded is not committed: read again later.
+                if ahead is not None:
+                    await _rewind_ahead(self._kafka.acks, ahead)
         finally:
             await self.stop()
 
@@ -603,6 +656,19 @@ class Tracker:
         if not self._started:
             raise RuntimeError("Tracker.start() has not been called")
         return client
+
+
+async def _rewind_ahead(reader: AckReader, ahead: asyncio.Task[_AckBatch | None]) -> None:
+    """Rewind a read-ahead batch, or stop a read still waiting for records.
+
+    A read is either still waiting inside the consumer (cancelled there, it has taken no
+    record) or has returned and judged its batch in one go: never halfway."""
+    if not ahead.done():
+        ahead.cancel()
+        await asyncio.gather(ahead, return_exceptions=True)
+        return
+    if not ahead.cancelled() and ahead.exception() is None and (later := ahead.result()):
+        reader.rewind(later.messages)
 
 
 def _registration(msg: ConsumedRecord) -> ServiceRegistration | registry.Retirement:
