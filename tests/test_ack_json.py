@@ -4,16 +4,16 @@ exactly its refusals."""
 from __future__ import annotations
 
 import random
-import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from schemas import AckStatus, EventType, RetentionAck, RetentionEvent, encode
+from schemas import AckStatus, RetentionAck, RetentionEvent, encode
 from schemas.ack_json import AckEncoder, AckTemplate
 from schemas.models import MAX_BIGINT, MAX_INTEGER
+from tests.sdk.helpers import event
 
 AWKWARD = [
     'quote " and \\ backslash',
@@ -25,20 +25,6 @@ AWKWARD = [
     "\ue000entity\ue000",  # the template's own placeholder, as a real entity id
     "7346519028364519027",
 ]
-
-
-def event(entity_id: str, entity_type: str = "user") -> RetentionEvent:
-    at = datetime(2026, 12, 1, tzinfo=UTC)
-    return RetentionEvent(
-        event_id=uuid.uuid4(),
-        type=EventType.DELETE,
-        entity_type=entity_type,
-        entity_id=entity_id,
-        policy="p",
-        legal_basis="",
-        initiated_at=at,
-        deadline=at + timedelta(days=1),
-    )
 
 
 def model_bytes(service: str, e: RetentionEvent, **fields: Any) -> tuple[bytes, bytes]:
@@ -58,7 +44,10 @@ def test_acks_are_the_models_bytes_on_a_varied_sample() -> None:
     base = datetime(2026, 12, 6, 16, 0, tzinfo=UTC)
     for _ in range(3000):
         service = rng.choice(list(encoders))
-        e = event(rng.choice([*AWKWARD, f"u{rng.randrange(10**6)}"]), rng.choice(["user", "o:x"]))
+        e = event(
+            rng.choice([*AWKWARD, f"u{rng.randrange(10**6)}"]),
+            entity_type=rng.choice(["user", "o:x"]),
+        )
         fields: dict[str, Any] = {
             "status": rng.choice(list(AckStatus)),
             "records_affected": rng.choice([0, 1, 3, 10**9, MAX_BIGINT]),
