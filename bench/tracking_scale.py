@@ -5,7 +5,8 @@
 Per round, on a fresh database: track `--fresh` newly published events with nothing else
 in the outbox (the floor), then fill the outbox with `--background` published events and
 track them (untimed), then track another `--fresh` new events. The ratio of the two timed
-passes is what the outbox's size adds to tracking (#16: ≤ 1.2× at 10M). Uses only
+passes is what the outbox's size adds to tracking (#16: ≤ 1.2× at 10M). Each timed pass
+also reports the CPU its PostgreSQL backends spent (bench/proc_cpu.py), per event. Uses only
 `insert_published` and `Tracker.track_published`, so the same file times any version of
 the tracker. Prints one JSON document; progress on stderr.
 """
@@ -21,6 +22,7 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 
+from bench.proc_cpu import backend_cpu
 from coordinator.clock import FrozenClock
 from coordinator.store.migrate import upgrade
 from schemas import KafkaSettings
@@ -34,7 +36,17 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-async def one_round(background: int, fresh: int) -> tuple[float, float]:
+async def _pg_cpu(url: str) -> dict[int, float]:
+    return await backend_cpu(infra.database_url(), [url.rpartition("/")[2]])
+
+
+def _spent(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(after[pid] - before[pid] for pid in after.keys() & before.keys())
+
+
+async def one_round(background: int, fresh: int) -> tuple[float, float, float, float]:
+    """Seconds of the pass on an empty outbox and beside the background, then the
+    PostgreSQL CPU seconds of each."""
     url = await infra.create_database(infra.database_url(), "bench_tracking_scale")
     try:
         await upgrade(url)
@@ -46,9 +58,11 @@ async def one_round(background: int, fresh: int) -> tuple[float, float]:
             await insert_published(
                 engine, [f"a{i}" for i in range(fresh)], published_at=clock.now()
             )
+            cpu = await _pg_cpu(url)
             started = time.perf_counter()
             assert await tracker.track_published() == fresh
             empty_s = time.perf_counter() - started
+            empty_cpu = _spent(cpu, await _pg_cpu(url))
             for start in range(0, background, CHUNK):
                 ids = [f"b{i}" for i in range(start, min(start + CHUNK, background))]
                 await insert_published(engine, ids, published_at=clock.now())
@@ -56,25 +70,32 @@ async def one_round(background: int, fresh: int) -> tuple[float, float]:
             await insert_published(
                 engine, [f"c{i}" for i in range(fresh)], published_at=clock.now()
             )
+            cpu = await _pg_cpu(url)
             started = time.perf_counter()
             assert await tracker.track_published() == fresh
             full_s = time.perf_counter() - started
+            full_cpu = _spent(cpu, await _pg_cpu(url))
         finally:
             await engine.dispose()
-        return empty_s, full_s
+        return empty_s, full_s, empty_cpu, full_cpu
     finally:
         await infra.drop_database(url)
 
 
 async def main(background: int, fresh: int, rounds: int) -> dict[str, object]:
     infra.load_infra_env()
-    loads, empty, full = [], [], []
+    loads, empty, full, empty_cpu, full_cpu = [], [], [], [], []
     for n in range(rounds):
         loads.append(os.getloadavg()[0])
-        e, f = await one_round(background, fresh)
+        e, f, ec, fc = await one_round(background, fresh)
         empty.append(e)
         full.append(f)
-        say(f"round {n}: {fresh} events in {e:.3f}s empty, {f:.3f}s beside {background}")
+        empty_cpu.append(ec)
+        full_cpu.append(fc)
+        say(
+            f"round {n}: {fresh} events in {e:.3f}s empty, {f:.3f}s beside {background};"
+            f" PostgreSQL CPU {ec / fresh * 1e6:.1f} / {fc / fresh * 1e6:.1f} us an event"
+        )
     return {
         "fresh": fresh,
         "background": background,
@@ -83,6 +104,10 @@ async def main(background: int, fresh: int, rounds: int) -> dict[str, object]:
         "empty_s": round(statistics.median(empty), 3),
         "beside_background_s": round(statistics.median(full), 3),
         "ratio": round(statistics.median(full) / statistics.median(empty), 2),
+        "postgres_cpu_us_per_event_empty": round(statistics.median(empty_cpu) / fresh * 1e6, 1),
+        "postgres_cpu_us_per_event_beside_background": round(
+            statistics.median(full_cpu) / fresh * 1e6, 1
+        ),
     }
 
 

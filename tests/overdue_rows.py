@@ -65,4 +65,5 @@ async def insert_events(
 
 async def delete_events(engine: AsyncEngine, ids: list[uuid.UUID]) -> None:
     async with engine.begin() as conn:
+        await conn.execute(delete(expected_acks).where(expected_acks.c.event_id.in_(ids)))
         await conn.execute(delete(event_status).where(event_status.c.event_id.in_(ids)))

@@ -31,7 +31,6 @@ from sqlalchemy import (
     delete,
     exists,
     func,
-    literal,
     not_,
     or_,
     select,
@@ -59,7 +58,13 @@ from coordinator.evidence.pseudonyms import Pepper
 from coordinator.evidence.retention import Retention
 from coordinator.outbox.lookup import tracked_up_to
 from coordinator.outbox.prune import Pruned, prune_outbox
-from coordinator.store.tables import ack_ledger, audit_log, event_status, outbox_batches
+from coordinator.store.tables import (
+    ack_ledger,
+    audit_log,
+    event_status,
+    expected_acks,
+    outbox_batches,
+)
 from schemas.signing import Signer
 
 __all__ = [
@@ -257,7 +262,8 @@ async def _drop_ledger_months(
 async def prune_event_status(
     engine: AsyncEngine, *, now: datetime, keep: timedelta, dry_run: bool, batch: int = 10_000
 ) -> Pruned:
-    """Delete events completed before `now - keep`, their expected acks with them (cascade)."""
+    """Delete events completed before `now - keep`, their expected acks with them (the
+    same statement: no foreign key does it, migration 0028)."""
     cutoff = now - keep
     s = event_status.c
     due = and_(s.state == "completed", s.completed_at < cutoff)
@@ -270,6 +276,7 @@ async def prune_event_status(
         now=now,
         dry_run=dry_run,
         batch=batch,
+        dependent=expected_acks.c.event_id,
     )
 
 
@@ -283,7 +290,10 @@ async def _delete_in_batches(
     now: datetime,
     dry_run: bool,
     batch: int,
+    dependent: Any = None,
 ) -> Pruned:
+    """Delete the rows `due` selects, `batch` at a time; with `dependent` (a column
+    referring to `key`), also the rows of its table that refer to the deleted ones."""
     table = key.table
     if dry_run:
         async with engine.connect() as conn:
@@ -297,13 +307,15 @@ async def _delete_in_batches(
             doomed = (
                 select(key).where(due).order_by(key).limit(batch).with_for_update(skip_locked=True)
             )
-            gone = (
-                delete(table)
-                .where(key.in_(doomed.scalar_subquery()))
-                .returning(literal(1))
-                .cte("gone")
-            )
-            n = (await conn.execute(select(func.count()).select_from(gone))).scalar_one()
+            gone = delete(table).where(key.in_(doomed.scalar_subquery())).returning(key).cte("gone")
+            counted = select(func.count()).select_from(gone)
+            if dependent is not None:
+                counted = counted.add_cte(
+                    delete(dependent.table)
+                    .where(dependent.in_(select(gone.c[key.name])))
+                    .cte("gone_dependents")
+                )
+            n = (await conn.execute(counted)).scalar_one()
             if n:
                 await _record(conn, name, n, cutoff, now)
         total += n

@@ -486,3 +486,12 @@ async def _check_settled(
         )
         if not allow_unfinished or not stated:
             report.problems["settled"].append(f"event {event_id} ended {state}")
+    # No foreign key says it since migration 0028: every expected ack is of a tracked event.
+    orphans = await conn.execute(
+        select(expected_acks.c.event_id, expected_acks.c.service).where(
+            ~exists().where(event_status.c.event_id == expected_acks.c.event_id)
+        )
+    )
+    report.problems["settled"].extend(
+        f"expected ack of {service} for untracked event {event_id}" for event_id, service in orphans
+    )
