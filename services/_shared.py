@@ -120,20 +120,32 @@ async def log_erasures(
     events: Sequence[RetentionEvent],
     results: Sequence[int | EntityNotFound],
 ) -> None:
-    """One `erasure_log` row per applied event, in one executemany."""
-    by_entity = "entity_id" in erasure_log.c
-    rows = [
-        {"event_id": event.event_id, "rows": result}
-        | (
-            {"entity_type": event.entity_type, "entity_id": event.entity_id}
-            if by_entity
-            else {"user_id": event.entity_id}
-        )
+    """One `erasure_log` row per applied event, in one INSERT … SELECT FROM unnest(…):
+    one statement however many events (an executemany runs it once per row)."""
+    applied = [
+        (event, result)
         for event, result in zip(events, results, strict=True)
         if not isinstance(result, EntityNotFound)
     ]
-    if rows:
-        await conn.execute(erasure_log.insert(), rows)
+    if not applied:
+        return
+    values: dict[str, list[Any]] = {
+        "event_id": [event.event_id for event, _ in applied],
+        "rows": [result for _, result in applied],
+    }
+    if "entity_id" in erasure_log.c:
+        values["entity_type"] = [event.entity_type for event, _ in applied]
+        values["entity_id"] = [event.entity_id for event, _ in applied]
+    else:
+        values["user_id"] = [event.entity_id for event, _ in applied]
+    rows = (
+        func.unnest(
+            *(bindparam(None, v, type_=ARRAY(erasure_log.c[k].type)) for k, v in values.items())
+        )
+        .table_valued(*values)
+        .render_derived()
+    )
+    await conn.execute(erasure_log.insert().from_select(list(values), select(rows)))
 
 
 async def delete_users_rows(
