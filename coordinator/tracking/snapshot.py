@@ -30,14 +30,12 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
-    distinct,
     exists,
     func,
     insert,
     literal,
     select,
 )
-from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -192,23 +190,26 @@ async def _track(
     be seq head + 1, so each status row is written with that seq, its expected count and
     its state in one go, never updated, and the entry is appended onto the same head."""
     seq = head[0] + 1
+    declared = list(dict.fromkeys(declared))
     services = _declared(declared, deadlines)
     src = _untracked(which, services, now, reminder_interval, limit)
     new = _new_statuses(src, seq, now)
-    snapshot = _expected(new, src, services)
-    # One row per event with its services aggregated: a row per expected ack cost
-    # the pass more in Python (reading and regrouping them) than in PostgreSQL.
-    service = snapshot.c.service
-    expected = func.array_agg(aggregate_order_by(service, service)).filter(service.is_not(None))
+    # Each new event's expected acks are exactly its declared services (the insert joins
+    # them, with no conflict clause to skip one): the event's list is read from
+    # `declared` here, not from the insert's RETURNING regrouped per event in SQL (a
+    # join, a sort and an aggregate over every expected ack).
+    expected: dict[tuple[str, str], tuple[str, ...]] = {}
+    for service, entity_type, action in declared:
+        expected[entity_type, action] = (*expected.get((entity_type, action), ()), service)
     rows = await conn.execute(
-        select(new.c.event_id, new.c.policy, new.c.published_at, expected)
-        .outerjoin(snapshot, snapshot.c.event_id == new.c.event_id)
-        .group_by(new.c.event_id, new.c.policy, new.c.published_at)
+        select(new.c.event_id, new.c.policy, new.c.published_at, new.c.entity_type)
+        .add_columns(new.c.event_type)
+        .add_cte(_expected(new, src, services))
         .order_by(new.c.published_at, new.c.event_id)
     )
     events = [
-        TrackedEvent(event_id, policy, published_at, tuple(services or ()))
-        for event_id, policy, published_at, services in rows
+        TrackedEvent(event_id, policy, published_at, tuple(sorted(expected.get((e, a), ()))))
+        for event_id, policy, published_at, e, a in rows
     ]
     if events:
         await _audit(conn, events, head, now)
@@ -238,7 +239,7 @@ def _untracked(
     published = func.coalesce(o.published_at, literal(now, event_status.c.tracked_at.type))
     interval = bindparam("reminder_interval", reminder_interval, type_=Interval)
     expected = (
-        select(func.count(distinct(services.c.service)))
+        select(func.count())
         .where(services.c.entity_type == o.entity_type, services.c.action == o.event_type)
         .scalar_subquery()
     )
@@ -316,7 +317,6 @@ def _expected(new: Any, src: Any, services: Any) -> Any:
                     )
                 ),
             )
-            .distinct()
             .join_from(
                 new,
                 services,
@@ -327,7 +327,6 @@ def _expected(new: Any, src: Any, services: Any) -> Any:
             )
             .join(src, src.c.event_id == new.c.event_id),
         )
-        .returning(expected_acks.c.event_id, expected_acks.c.service)
         .cte("snapshot")
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from coordinator.evidence import audit
 from coordinator.outbox.lookup import published_up_to, tracked_up_to
@@ -62,3 +62,63 @@ async def test_a_large_batch_is_tracked_over_passes_of_limit_events(coordinator_
     assert entries == [400, 400, 400, 300]  # each pass audited, every event once
     assert broken is None
     assert checked >= 4
+
+
+async def test_each_event_expects_exactly_the_rows_its_pass_wrote(coordinator_db: str) -> None:
+    """The pass names each event's services from the declaration, not from what it
+    inserted: both must agree, with a pair declared twice and a type nobody handles."""
+    engine = make_engine(coordinator_db)
+    now = datetime.now(UTC)
+    declared = [*DECLARED, ("svc0", "user", "delete"), ("svc2", "order", "delete")]
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(delete(expected_acks))
+            await conn.execute(delete(event_status))
+        for entity_type in ("user", "order", "ticket"):
+            await insert_published(
+                engine,
+                [f"{entity_type}{n}" for n in range(3)],
+                published_at=now,
+                entity_type=entity_type,
+            )
+        async with engine.begin() as conn:
+            done = await snapshot.track_published(
+                conn,
+                declared=declared,
+                now=now,
+                reminder_interval=timedelta(hours=1),
+                limit=1000,
+            )
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(select(expected_acks.c.event_id, expected_acks.c.service))
+            ).all()
+            statuses = {
+                row.event_id: row
+                for row in await conn.execute(
+                    select(event_status.c.event_id, event_status.c.entity_type).add_columns(
+                        event_status.c.expected, event_status.c.state
+                    )
+                )
+            }
+            [entry] = await conn.scalars(
+                select(audit_log.c.data)
+                .where(audit_log.c.action == audit.AuditAction.EVENTS_TRACKED)
+                .order_by(audit_log.c.seq.desc())
+                .limit(1)
+            )
+    finally:
+        await engine.dispose()
+    written: dict[object, set[str]] = {t.event_id: set() for t in done.tracked}
+    for event_id, service in rows:
+        written[event_id].add(service)
+    assert len(done.tracked) == len(statuses) == 9
+    by_type = {"user": ("svc0", "svc1"), "order": ("svc2",), "ticket": ()}
+    for t in done.tracked:
+        status = statuses[t.event_id]
+        assert t.expected == tuple(sorted(written[t.event_id])) == by_type[status.entity_type]
+        assert status.expected == len(t.expected)
+        assert status.state == ("pending" if t.expected else "completed")
+    assert entry["events"] == [
+        {"event_id": str(t.event_id), "expected": list(t.expected)} for t in done.tracked
+    ]
