@@ -47,6 +47,9 @@ async def test_clean_run_passes_and_sabotage_is_caught(stack: Stack, world: Worl
             await conn.execute(
                 delete(ack_ledger).where(ack_ledger.c.event_id == done, ack_ledger.c.accepted)
             )
+            # An expected ack of no tracked event (no foreign key forbids it since 0028).
+            orphan = uuid.uuid4()
+            await conn.execute(insert(expected_acks).values(event_id=orphan, service="billing"))
         async with services.begin() as conn:
             log = notifications.erasure_log
             first = (await conn.execute(select(log.c.event_id, log.c.user_id).limit(1))).one()
@@ -64,7 +67,10 @@ async def test_clean_run_passes_and_sabotage_is_caught(stack: Stack, world: Worl
         stack, world, scenario="sabotaged", seed=0, faults={}, record=False
     )
     failed = {name for name, problems in broken.problems.items() if problems}
-    assert failed == {"holds", "young", "once", "signed", "audit"}, broken.details()
+    assert failed == {"holds", "young", "once", "signed", "settled", "audit"}, broken.details()
+    assert broken.problems["settled"] == [
+        f"expected ack of billing for untracked event {orphan}"
+    ], broken.details()
     assert any(
         p.startswith(f"{rows.name} of {held_user}: 0 of") for p in broken.problems["holds"]
     ), broken.details()
