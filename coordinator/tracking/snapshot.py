@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    Integer,
     Interval,
     Text,
     and_,
@@ -191,16 +192,16 @@ async def _track(
     its state in one go, never updated, and the entry is appended onto the same head."""
     seq = head[0] + 1
     declared = list(dict.fromkeys(declared))
-    services = _declared(declared, deadlines)
-    src = _untracked(which, services, now, reminder_interval, limit)
-    new = _new_statuses(src, seq, now)
     # Each new event's expected acks are exactly its declared services (the insert joins
-    # them, with no conflict clause to skip one): the event's list is read from
-    # `declared` here, not from the insert's RETURNING regrouped per event in SQL (a
-    # join, a sort and an aggregate over every expected ack).
+    # them, with no conflict clause to skip one): the event's list and count are read
+    # from `declared` here, not from the insert's RETURNING regrouped per event in SQL
+    # (a join, a sort and an aggregate over every expected ack), nor counted per event.
     expected: dict[tuple[str, str], tuple[str, ...]] = {}
     for service, entity_type, action in declared:
         expected[entity_type, action] = (*expected.get((entity_type, action), ()), service)
+    services = _declared(declared, deadlines)
+    src = _untracked(which, expected, now, reminder_interval, limit)
+    new = _new_statuses(src, seq, now)
     rows = await conn.execute(
         select(new.c.event_id, new.c.policy, new.c.published_at, new.c.entity_type)
         .add_columns(new.c.event_type)
@@ -229,7 +230,7 @@ def _declared(declared: Declared, deadlines: Deadlines) -> Any:
 
 def _untracked(
     which: ColumnElement[bool],
-    services: Any,
+    expected_by_type: Mapping[tuple[str, str], tuple[str, ...]],
     now: datetime,
     reminder_interval: timedelta,
     limit: int | None,
@@ -238,10 +239,16 @@ def _untracked(
     o = EVENTS.c
     published = func.coalesce(o.published_at, literal(now, event_status.c.tracked_at.type))
     interval = bindparam("reminder_interval", reminder_interval, type_=Interval)
-    expected = (
-        select(func.count())
-        .where(services.c.entity_type == o.entity_type, services.c.action == o.event_type)
-        .scalar_subquery()
+    expected: ColumnElement[int] = (
+        case(
+            *(
+                (and_(o.entity_type == entity_type, o.event_type == action), len(names))
+                for (entity_type, action), names in expected_by_type.items()
+            ),
+            else_=0,
+        )
+        if expected_by_type
+        else literal(0, Integer())
     )
     return (
         select(
