@@ -553,20 +553,37 @@ def e2e_detail(result: dict[str, Any]) -> dict[str, Any]:
             },
             "cpu_ms_per_entity": {
                 part: statistics.median(_cpu_part(got, part) for got in runs)
-                for part in ("services", "bench", "postgres", "poller")
+                for part in _cpu_parts(runs)
             },
         }
     return detail
 
 
+_NOT_SERVICES = ("bench", "postgres", "poller")
+
+
+def _is_replica(process: str) -> bool:
+    """Ours' `retention serve` replicas ("serve-1", ...), as bench/e2e.py names them."""
+    return process.startswith("serve-")
+
+
+def _cpu_parts(runs: list[dict[str, Any]]) -> list[str]:
+    """The parts reported: the services summed, `serve` (the replicas summed) and each
+    replica where there are any, then this process, PostgreSQL and the poller."""
+    replicas = sorted({p for got in runs for p in got["cpu_s"] if _is_replica(p)})
+    return ["services", *(["serve", *replicas] if replicas else []), *_NOT_SERVICES]
+
+
 def _cpu_part(got: dict[str, Any], part: str) -> float:
-    """CPU ms per entity of one part of an end-to-end contestant (services summed)."""
+    """CPU ms per entity of one part of an end-to-end contestant (services and replicas
+    each summed)."""
     cpu = got["cpu_s"]
-    seconds = (
-        cpu.get(part, 0.0)
-        if part != "services"
-        else sum(v for k, v in cpu.items() if k not in ("bench", "postgres", "poller"))
-    )
+    if part == "services":
+        seconds = sum(v for k, v in cpu.items() if k not in _NOT_SERVICES and not _is_replica(k))
+    elif part == "serve":
+        seconds = sum(v for k, v in cpu.items() if _is_replica(k))
+    else:
+        seconds = cpu.get(part, 0.0)
     return 1000 * seconds / got["entities"]
 
 
