@@ -349,15 +349,25 @@ class Stack:
         return process
 
     def add_serve(
-        self, name: str, policies: Path, *, env: Mapping[str, str] | None = None
+        self,
+        name: str,
+        policies: Path,
+        *,
+        port: int | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> ServiceProcess:
         """A `retention serve` replica on this stack: its tracker in the stack's own consumer
-        group (every replica of the stack in the same one), its HTTP API on a free port.
-        Like every `add_cli` process, `check_alive` leaves it to its caller."""
+        group (every replica of the stack in the same one), its HTTP API on `port` (default
+        a free one). Like every `add_cli` process, `check_alive` leaves it to its caller."""
         group = {"RETENTION_TRACKER_GROUP_ID": self.tracker_group}
-        port = str(free_port())
         return self.add_cli(
-            name, "serve", "--port", port, "--policies", str(policies), env={**group, **(env or {})}
+            name,
+            "serve",
+            "--port",
+            str(port or free_port()),
+            "--policies",
+            str(policies),
+            env={**group, **(env or {})},
         )
 
     @property
