@@ -6,7 +6,8 @@
 Environment: BENCH_ROWS (rows over the five seed tables), BENCH_ROUNDS (3),
 BENCH_SEED_EVENTS (events the seed publishes one `send_and_wait` at a time, 2000),
 BENCH_E2E_USERS (users in the end-to-end phase, 10000; 0 skips it), BENCH_E2E_ALONE_USERS
-(0; else ours alone end to end once at that many users, phase `e2e.alone`), BENCH_WARMUP_RECORDS
+(0; else ours alone end to end once at that many users, phase `e2e.alone`),
+BENCH_E2E_REPLICAS (ours' `retention serve` replicas end to end, 2), BENCH_WARMUP_RECORDS
 (records the Java producer sends before its timed run, 200000), BENCH_KAFKA_LIB.
 Writes one bench/results/<UTC timestamp>.json in the fixed schema of bench/results.py
 (commit it) and prints its table; `make bench-docs` renders the newest file into
@@ -646,6 +647,7 @@ async def main() -> None:
             "e2e_users": e2e_users,
             "e2e_entities": len(e2e.Users.make(e2e_users).due) if e2e_users else 0,
             "e2e_alone_users": e2e_alone_users,
+            "e2e_replicas": e2e.replicas() if e2e_users or e2e_alone_users else 0,
             "seed_events": env_int("BENCH_SEED_EVENTS", 2000),
             "warmup_records": env_int("BENCH_WARMUP_RECORDS", 200_000),
             "event_bytes": statistics.median(o["event_bytes"] for o in ours),

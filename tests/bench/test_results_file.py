@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -141,3 +142,10 @@ def test_serve_replicas_are_parts_of_their_own_not_services() -> None:
         }
     )
     assert set(detail["seed"]["cpu_ms_per_entity"]) == {"services", "bench", "postgres", "poller"}
+
+
+def test_the_header_says_how_many_replicas_ours_ran_on_when_the_file_says() -> None:
+    result = _result()
+    assert "replica" not in results.markdown(Path("old.json"), result)
+    result["settings"] = {**result["settings"], "e2e_replicas": 2}  # type: ignore[dict-item]
+    assert "(ours on 2 `retention serve` replicas)" in results.markdown(Path("new.json"), result)
