@@ -676,6 +676,21 @@ async def _seed(users: Users, log_dir: Path, label: str) -> dict[str, Any]:
         return got
 
 
+async def _cleaned(run: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    """`run`, then its topics deleted from the shared broker (as tests/conftest.py does for
+    each test): a broker keeps every partition's files open, and one that keeps every
+    run's topics runs out of file descriptors and shuts down."""
+    made_before = len(infra.PREFIXES_MADE)
+    try:
+        return await run
+    finally:
+        made = infra.PREFIXES_MADE[made_before:]
+        del infra.PREFIXES_MADE[made_before:]
+        await asyncio.to_thread(
+            infra.delete_topics_of, infra.KafkaSettings().bootstrap_servers, made
+        )
+
+
 async def compare(count: int, round_no: int) -> dict[str, Any]:
     """One round of both contestants on `count` users (order alternates by round)."""
     users = Users.make(count)
@@ -684,14 +699,14 @@ async def compare(count: int, round_no: int) -> dict[str, Any]:
     runs = [("seed", _seed), ("ours", _ours)]
     if round_no % 2:
         runs.reverse()
-    return {name: await run(users, log_dir, f"bench_e2e_{name}") for name, run in runs}
+    return {name: await _cleaned(run(users, log_dir, f"bench_e2e_{name}")) for name, run in runs}
 
 
 async def alone(count: int) -> dict[str, Any]:
     """Ours alone on `count` users: the scale run, where the seed would take hours."""
     log_dir = ROOT / "bench" / "results" / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    return await _ours(Users.make(count), log_dir, "bench_e2e_alone")
+    return await _cleaned(_ours(Users.make(count), log_dir, "bench_e2e_alone"))
 
 
 async def _main() -> dict[str, Any]:
