@@ -6,7 +6,8 @@
 Environment: BENCH_ROWS (rows over the five seed tables), BENCH_ROUNDS (3),
 BENCH_SEED_EVENTS (events the seed publishes one `send_and_wait` at a time, 2000),
 BENCH_E2E_USERS (users in the end-to-end phase, 10000; 0 skips it), BENCH_E2E_ALONE_USERS
-(0; else ours alone end to end once at that many users, phase `e2e.alone`), BENCH_WARMUP_RECORDS
+(0; else ours alone end to end once at that many users, phase `e2e.alone`),
+BENCH_E2E_REPLICAS (ours' `retention serve` replicas end to end, 2), BENCH_WARMUP_RECORDS
 (records the Java producer sends before its timed run, 200000), BENCH_KAFKA_LIB.
 Writes one bench/results/<UTC timestamp>.json in the fixed schema of bench/results.py
 (commit it) and prints its table; `make bench-docs` renders the newest file into
@@ -553,20 +554,37 @@ def e2e_detail(result: dict[str, Any]) -> dict[str, Any]:
             },
             "cpu_ms_per_entity": {
                 part: statistics.median(_cpu_part(got, part) for got in runs)
-                for part in ("services", "bench", "postgres", "poller")
+                for part in _cpu_parts(runs)
             },
         }
     return detail
 
 
+_NOT_SERVICES = ("bench", "postgres", "poller")
+
+
+def _is_replica(process: str) -> bool:
+    """Ours' `retention serve` replicas ("serve-1", ...), as bench/e2e.py names them."""
+    return process.startswith("serve-")
+
+
+def _cpu_parts(runs: list[dict[str, Any]]) -> list[str]:
+    """The parts reported: the services summed, `serve` (the replicas summed) and each
+    replica where there are any, then this process, PostgreSQL and the poller."""
+    replicas = sorted({p for got in runs for p in got["cpu_s"] if _is_replica(p)})
+    return ["services", *(["serve", *replicas] if replicas else []), *_NOT_SERVICES]
+
+
 def _cpu_part(got: dict[str, Any], part: str) -> float:
-    """CPU ms per entity of one part of an end-to-end contestant (services summed)."""
+    """CPU ms per entity of one part of an end-to-end contestant (services and replicas
+    each summed)."""
     cpu = got["cpu_s"]
-    seconds = (
-        cpu.get(part, 0.0)
-        if part != "services"
-        else sum(v for k, v in cpu.items() if k not in ("bench", "postgres", "poller"))
-    )
+    if part == "services":
+        seconds = sum(v for k, v in cpu.items() if k not in _NOT_SERVICES and not _is_replica(k))
+    elif part == "serve":
+        seconds = sum(v for k, v in cpu.items() if _is_replica(k))
+    else:
+        seconds = cpu.get(part, 0.0)
     return 1000 * seconds / got["entities"]
 
 
@@ -629,6 +647,7 @@ async def main() -> None:
             "e2e_users": e2e_users,
             "e2e_entities": len(e2e.Users.make(e2e_users).due) if e2e_users else 0,
             "e2e_alone_users": e2e_alone_users,
+            "e2e_replicas": e2e.replicas() if e2e_users or e2e_alone_users else 0,
             "seed_events": env_int("BENCH_SEED_EVENTS", 2000),
             "warmup_records": env_int("BENCH_WARMUP_RECORDS", 200_000),
             "event_bytes": statistics.median(o["event_bytes"] for o in ours),

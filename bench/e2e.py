@@ -7,10 +7,18 @@ legal hold on the held users (ours in `legal_holds`, the article's as a JSON blo
 `seed_legal_holds`), a fresh topic prefix. Service processes are started and ready
 (`partitions_assigned`) before the clock.
 
-* Ours: the relay and the tracker run (as `retention serve` runs them) while `Runner`
-  purges `bench_users` (policy `inactive_users`, fan-out); those are our example services
-  (the SDK, batch transactions, acks); the clock stops when the tracker has every event
-  `completed` — the product knows it is done.
+* Ours, deployed as in production: `retention serve` replicas as processes of their own
+  (BENCH_E2E_REPLICAS, default 2), the relay leader-elected among them each round, the
+  tracker on every replica in one consumer group over the acks topic's six partitions.
+  The replicas are started and ready (services registered, the group's partitions handed
+  out) before the clock. Then `Runner` purges `bench_users` (policy `inactive_users`,
+  fan-out) in the bench process: that is what the leader's scheduler does when a schedule
+  fires (`Runner.run` in a process already running; a `retention run` process would add
+  its interpreter's start, ~1 s, which no scheduled run pays), and it keeps the purge's
+  CPU apart from the replicas'. The relay publishes the batches as they commit (the
+  scheduler's drain after the run would find nothing left). Those are our example
+  services (the SDK, batch transactions, acks); the clock stops when the trackers have
+  every event `completed` — the product knows it is done.
 * Seed: the article's executor loop on `bench_users` (bench/seed_executor.py's hold
   check) publishing the article's JSON message with one awaited `send_and_wait` per
   event after each batch; one bench/seed_consumer.py process per service (one message
@@ -20,11 +28,11 @@ legal hold on the held users (ours in `legal_holds`, the article's as a JSON blo
 
 A background poller records when each milestone was first reached (published, each
 service's effects visible, completed), which is where the time goes; each service
-process's CPU seconds are read from /proc. Afterwards both are checked the same way:
-held and young users untouched everywhere, due users' rows gone (or, in a table with an
-`anonymized_at` column such as billing's orders, anonymized and unlinked), and for ours
-each event applied exactly once per service (its `erasure_log`; the seed keeps no such
-record, so a redelivered message would be applied again unseen).
+process's and serve replica's CPU seconds are read from /proc. Afterwards both are
+checked the same way: held and young users untouched everywhere, due users' rows gone
+(or, in a table with an `anonymized_at` column such as billing's orders, anonymized and
+unlinked), and for ours each event applied exactly once per service (its `erasure_log`;
+the seed keeps no such record, so a redelivered message would be applied again unseen).
 """
 
 from __future__ import annotations
@@ -54,7 +62,7 @@ from coordinator.outbox.lookup import event_counts, tracked_up_to
 from coordinator.policy.model import parse_policies
 from coordinator.purge.holds import create_hold, entity_types
 from coordinator.purge.runner import Runner
-from coordinator.settings import Settings, TrackerSettings
+from coordinator.settings import Settings
 from coordinator.store.db import make_engine
 from coordinator.store.tables import event_status, outbox_batches
 from services import EXAMPLES
@@ -66,9 +74,7 @@ from tests.e2e.harness import (
     erasure_counts,
     has_registered,
     isolated_stack,
-    running_relay,
-    running_tracker,
-    tracker_settings,
+    stable_members,
     wait_for,
 )
 from tests.infra import ROOT
@@ -93,6 +99,12 @@ def policy_file() -> str:
 
 
 BATCH_SIZE = 5000  # the article's, and the policy's default
+PARTITIONS = 6
+"""Partitions of every topic, for both contestants: what `retention serve` creates
+(`RETENTION_SERVE_TOPIC_PARTITIONS`), so acks (keyed by event id) spread over up to six
+tracker replicas; with the tests' three, two replicas would split them 2:1."""
+NEVER = "0 0 29 2 *"
+"""The replicas' global schedule: next on 29 February, never during a run."""
 TIMEOUT_S = 1200
 SEED_CHUNK = 50_000
 # The poller's shortest interval; each poll is one query per pending milestone. At 0.2 s a
@@ -446,9 +458,9 @@ def _report(
         "entities_per_s": len(users.due) / seconds,
         "milestones_s": dict(sorted(milestones.at.items(), key=lambda kv: kv[1])),
         "polls": milestones.polls,
-        # "bench": this process — ours: Runner, relay, tracker (as `retention serve` runs
-        # them); seed: its executor and publisher. Both include the milestone poller's
-        # Python side (one query per pending milestone per poll, O(log T) polls).
+        # "bench": this process — ours: the purge (`Runner`); seed: its executor and
+        # publisher. Both include the milestone poller's Python side (one query per
+        # pending milestone per poll, O(log T) polls). "serve-N": ours' replicas.
         # "postgres": the backends serving this round's two databases, except the
         # poller's; "poller": the poller's backends, reported apart.
         "cpu_s": {name: round(value, 2) for name, value in cpu.items()},
@@ -458,55 +470,112 @@ def _report(
 # --- ours -----------------------------------------------------------------------------
 
 
-async def _ours(users: Users, log_dir: Path, label: str) -> dict[str, Any]:
+def replicas() -> int:
+    """How many `retention serve` replicas ours runs: BENCH_E2E_REPLICAS, default 2."""
+    count = int(os.environ.get("BENCH_E2E_REPLICAS", 2))
+    if count < 1:
+        raise ValueError(f"BENCH_E2E_REPLICAS must be at least 1, not {count}")
+    return count
+
+
+def serve_env() -> dict[str, str]:
+    """Settings of the bench's `serve` replicas that differ from the product's defaults."""
+    return {
+        # The bench starts the purge itself (below); no scheduled run may fire meanwhile.
+        "RETENTION_SCHEDULE": NEVER,
+        # What the in-process relay of earlier benches polled at, and the tests do: the
+        # default 0.5 s would add up to half a second before the first batch is seen.
+        "RETENTION_RELAY_IDLE_SLEEP_S": "0.05",
+    }
+
+
+async def _start_replicas(stack: Stack, count: int, policies: Path) -> list[ServiceProcess]:
+    """`count` serve replicas, ready: services registered, every replica's tracker a
+    member of the acks consumer group with its partitions handed out."""
+    started = [
+        stack.add_serve(f"serve-{n}", policies, env=serve_env()) for n in range(1, count + 1)
+    ]
+    for replica in started:
+        replica.start()
+
+    def alive() -> None:
+        for replica in started:
+            replica.check_alive()
+
+    await wait_for(
+        partial(has_registered, stack, PRODUCT_SERVICES),
+        timeout_s=60,
+        what="registrations",
+        alive=alive,
+    )
+    await wait_for(
+        lambda: _group_is(stack, count),
+        timeout_s=60,
+        what=f"{count} trackers in the acks consumer group",
+        interval_s=0.2,
+        alive=alive,
+    )
+    return started
+
+
+async def _group_is(stack: Stack, count: int) -> bool:
+    return await stable_members(stack.kafka, stack.tracker_group) == count
+
+
+async def _ours(
+    users: Users, log_dir: Path, label: str, *, serve_replicas: int | None = None
+) -> dict[str, Any]:
+    count = serve_replicas or replicas()
     async with isolated_stack(
-        infra.database_url(), infra.KafkaSettings().bootstrap_servers, label, log_dir
+        infra.database_url(),
+        infra.KafkaSettings().bootstrap_servers,
+        label,
+        log_dir,
+        partitions=PARTITIONS,
     ) as stack:
         await _prepare(stack, users)
         await stack.start_services(*PRODUCT_SERVICES)
+        policies = log_dir / f"{label}.policies.yaml"
+        policies.write_text(policy_file())
+        serve = await _start_replicas(stack, count, policies)
         coordinator = stack.engine()
         try:
-            # The product's poll interval, not the tests' short one: acks are read as
-            # they arrive either way, and housekeeping runs beside them once a second.
-            settings = tracker_settings(stack, poll_interval_s=TrackerSettings().poll_interval_s)
-            async with running_tracker(stack, settings=settings) as tracker:
-                await wait_for(
-                    partial(has_registered, stack, PRODUCT_SERVICES),
-                    timeout_s=60,
-                    what="registrations",
-                    alive=tracker.check,
-                )
+            milestones = Milestones(_urls(stack), _ours_checks(users))
+            await milestones.open()
+            processes = [stack.processes[s] for s in PRODUCT_SERVICES] + serve
+            cpu_before = {p.name: _cpu_seconds(p) for p in processes}
+            cpu_before["bench"] = _own_cpu_seconds()
+            backends_before = await _backend_cpu(stack, milestones)
+            gc.freeze()  # as `retention serve` does once started
+            milestones.begin()
+            # The scheduler's job in the leader replica, run here: see the module's doc.
+            runner = Runner(
+                coordinator,
+                parse_policies(policy_file()),
+                Settings(database_url=stack.coordinator_url),
+                clock=SystemClock(),
+            )
+            report = await runner.run()
+            assert report.ok, report.as_dict()
+            milestones.mark("purged")
 
-                milestones = Milestones(_urls(stack), _ours_checks(users))
-                await milestones.open()
-                processes = [stack.processes[s] for s in PRODUCT_SERVICES]
-                cpu_before = {p.name: _cpu_seconds(p) for p in processes}
-                cpu_before["bench"] = _own_cpu_seconds()
-                async with running_relay(stack) as relay:
-                    backends_before = await _backend_cpu(stack, milestones)
-                    gc.freeze()  # as `retention serve` does once started
-                    milestones.begin()
-                    runner = Runner(
-                        coordinator,
-                        parse_policies(policy_file()),
-                        Settings(database_url=stack.coordinator_url),
-                        clock=SystemClock(),
-                    )
-                    report = await runner.run()
-                    assert report.ok, report.as_dict()
-                    milestones.mark("purged")
-                    await wait_for(
-                        lambda: milestones.done("completed"),
-                        timeout_s=timeout_s(users),
-                        what="every event completed",
-                        interval_s=0.02,
-                        alive=lambda: (stack.check_alive(), relay.check(), tracker.check()),
-                    )
-                    seconds = milestones.at["completed"]
-                    cpu = {p.name: _cpu_seconds(p) - cpu_before[p.name] for p in processes}
-                    cpu["bench"] = _own_cpu_seconds() - cpu_before["bench"]
-                    await _backend_cpu_parts(stack, milestones, backends_before, cpu)
-                    await milestones.stop()
+            def alive() -> None:
+                stack.check_alive()
+                for replica in serve:
+                    replica.check_alive()
+
+            await wait_for(
+                lambda: milestones.done("completed"),
+                timeout_s=timeout_s(users),
+                what="every event completed",
+                interval_s=0.02,
+                alive=alive,
+            )
+            seconds = milestones.at["completed"]
+            cpu = {p.name: _cpu_seconds(p) - cpu_before[p.name] for p in processes}
+            cpu["bench"] = _own_cpu_seconds() - cpu_before["bench"]
+            await _backend_cpu_parts(stack, milestones, backends_before, cpu)
+            await milestones.stop()
         finally:
             await coordinator.dispose()
         got = _report(users, seconds, milestones, cpu)
@@ -564,7 +633,11 @@ async def _seed_purge_and_publish(stack: Stack) -> int:
 
 async def _seed(users: Users, log_dir: Path, label: str) -> dict[str, Any]:
     async with isolated_stack(
-        infra.database_url(), infra.KafkaSettings().bootstrap_servers, label, log_dir
+        infra.database_url(),
+        infra.KafkaSettings().bootstrap_servers,
+        label,
+        log_dir,
+        partitions=PARTITIONS,
     ) as stack:
         await _prepare(stack, users)
         names = [f"seed-{s}" for s in PRODUCT_SERVICES]
@@ -603,6 +676,21 @@ async def _seed(users: Users, log_dir: Path, label: str) -> dict[str, Any]:
         return got
 
 
+async def _cleaned(run: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    """`run`, then its topics deleted from the shared broker (as tests/conftest.py does for
+    each test): a broker keeps every partition's files open, and one that keeps every
+    run's topics runs out of file descriptors and shuts down."""
+    made_before = len(infra.PREFIXES_MADE)
+    try:
+        return await run
+    finally:
+        made = infra.PREFIXES_MADE[made_before:]
+        del infra.PREFIXES_MADE[made_before:]
+        await asyncio.to_thread(
+            infra.delete_topics_of, infra.KafkaSettings().bootstrap_servers, made
+        )
+
+
 async def compare(count: int, round_no: int) -> dict[str, Any]:
     """One round of both contestants on `count` users (order alternates by round)."""
     users = Users.make(count)
@@ -611,14 +699,14 @@ async def compare(count: int, round_no: int) -> dict[str, Any]:
     runs = [("seed", _seed), ("ours", _ours)]
     if round_no % 2:
         runs.reverse()
-    return {name: await run(users, log_dir, f"bench_e2e_{name}") for name, run in runs}
+    return {name: await _cleaned(run(users, log_dir, f"bench_e2e_{name}")) for name, run in runs}
 
 
 async def alone(count: int) -> dict[str, Any]:
     """Ours alone on `count` users: the scale run, where the seed would take hours."""
     log_dir = ROOT / "bench" / "results" / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    return await _ours(Users.make(count), log_dir, "bench_e2e_alone")
+    return await _cleaned(_ours(Users.make(count), log_dir, "bench_e2e_alone"))
 
 
 async def _main() -> dict[str, Any]:
@@ -635,6 +723,7 @@ async def _main() -> dict[str, Any]:
 if __name__ == "__main__":
     # One round on its own: BENCH_E2E_USERS=2000 python -m bench.e2e
     # Ours alone: BENCH_E2E_ALONE_USERS=1000000 python -m bench.e2e
+    # Ours' serve replicas: BENCH_E2E_REPLICAS (default 2)
     infra.load_infra_env()
     infra.use_test_keys()  # every benchmark runs signed
     print(json.dumps(asyncio.run(_main())))

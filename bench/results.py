@@ -7,7 +7,7 @@
       "machine": {"cores", "cpu", "python", "java", "kafka", "postgres"},
       "load": {"start": [1, 5, 15 min], "end": [...]},
       "settings": {"rows", "rounds", "held", "young", "e2e_users", "e2e_entities",
-                   "e2e_alone_users", "seed_events", "event_bytes"},
+                   "e2e_alone_users", "e2e_replicas", "seed_events", "event_bytes"},
       "phases": {
         "<phase>": {"ours", "seed", "limit", "ratio", "goal", "unit", "rows",
                     "round": [{"ours", "seed", "limit", "ratio"}, ...]}
@@ -184,7 +184,8 @@ def markdown(path: Path, result: dict[str, Any]) -> str:
         f"From `bench/results/{path.name}` (commit `{result['commit']}`, finished "
         f"{result['finished_at']}): **{s['rows']:,} rows** over five tables "
         f"({s['held']:,} held, {s['young']:,} young per table), {s['rounds']} interleaved "
-        f"round(s), end to end {s['e2e_entities']:,} due of {s['e2e_users']:,} users; "
+        f"round(s), end to end {s['e2e_entities']:,} due of {s['e2e_users']:,} users"
+        f"{_replicas(s)}; "
         f"{m['cores']} cores ({m['cpu']}), PostgreSQL {m['postgres']}, Kafka {m['kafka']}, "
         f"Python {m['python']}; load average {load['start'][0]:.1f} at the start, "
         f"{load['end'][0]:.1f} at the end. Values: median (min–max) of rounds.",
@@ -225,6 +226,14 @@ def markdown(path: Path, result: dict[str, Any]) -> str:
             + f"; CPU ms per entity {cpu}."
         )
     return "\n".join(lines)
+
+
+def _replicas(settings: dict[str, Any]) -> str:
+    """How ours ran end to end, for files that say (`e2e_replicas`, since session 8)."""
+    count = settings.get("e2e_replicas")
+    if not count:
+        return ""
+    return f" (ours on {count} `retention serve` replica{'s' if count > 1 else ''})"
 
 
 def _by_contestant(checks: dict[str, int]) -> dict[str, list[tuple[str, int]]]:

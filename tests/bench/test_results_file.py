@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -104,3 +105,47 @@ def test_ours_alone_is_a_phase_of_its_own_without_a_seed() -> None:
         None,
         None,
     )
+
+
+def test_serve_replicas_are_parts_of_their_own_not_services() -> None:
+    """Ours' `retention serve` replicas ("serve-N") are reported each and summed, never
+    counted with the services; a contestant without replicas has no such parts."""
+    ours = {
+        "entities": 1000,
+        "seconds": 2.0,
+        "entities_per_s": 500.0,
+        "milestones_s": {"completed": 2.0},
+        "polls": 9,
+        "cpu_s": {
+            "billing": 0.2,
+            "serve-1": 0.1,
+            "serve-2": 0.15,
+            "bench": 0.05,
+            "postgres": 0.4,
+            "poller": 0.01,
+        },
+        "check": {},
+    }
+    seed = {**ours, "cpu_s": {"seed-billing": 0.5, "bench": 0.1, "postgres": 0.3, "poller": 0.01}}
+
+    detail = bench_main.e2e_detail({"rounds": [{"e2e": {"ours": ours, "seed": seed}}]})
+
+    assert detail["ours"]["cpu_ms_per_entity"] == pytest.approx(
+        {
+            "services": 0.2,
+            "serve": 0.25,
+            "serve-1": 0.1,
+            "serve-2": 0.15,
+            "bench": 0.05,
+            "postgres": 0.4,
+            "poller": 0.01,
+        }
+    )
+    assert set(detail["seed"]["cpu_ms_per_entity"]) == {"services", "bench", "postgres", "poller"}
+
+
+def test_the_header_says_how_many_replicas_ours_ran_on_when_the_file_says() -> None:
+    result = _result()
+    assert "replica" not in results.markdown(Path("old.json"), result)
+    result["settings"] = {**result["settings"], "e2e_replicas": 2}  # type: ignore[dict-item]
+    assert "(ours on 2 `retention serve` replicas)" in results.markdown(Path("new.json"), result)

@@ -5,7 +5,8 @@ coordinator database migrated to the latest schema, and a fresh service database
 Services run as `python -m <module>` subprocesses that a test can start, stop with
 SIGTERM, SIGKILL and restart; their logs go to files, because a pipe nobody reads
 blocks a chatty process. The relay and the tracker run as asyncio tasks in the test's
-event loop (`running_relay`, `running_tracker`). `TopicTail` follows a topic from its
+event loop (`running_relay`, `running_tracker`), or inside `retention serve` replicas
+started as processes (`Stack.add_serve`). `TopicTail` follows a topic from its
 first record, so a test can wait for what it expects and then count duplicates. The
 `*_problems` functions check the invariants and return what is wrong, so an assertion
 shows every violation at once. The fault suite reuses all of this.
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 from sqlalchemy import func, inspect, select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -47,6 +49,7 @@ from schemas import AckStatus, KafkaSettings, RetentionAck, decode
 from schemas.signing import SignatureSettings
 from services import EXAMPLES
 from tests import declared, infra
+from tests.faults.private_postgres import free_port
 from tests.infra import ROOT
 
 __all__ = [
@@ -72,6 +75,7 @@ __all__ = [
     "run_cli",
     "running_relay",
     "running_tracker",
+    "stable_members",
     "states_are",
     "tracker_settings",
     "wait_for",
@@ -319,8 +323,10 @@ class Stack:
         """The environment of a `retention` command on this stack's database and topics."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("RETENTION_")}
         env["RETENTION_DATABASE_URL"] = self.coordinator_url
-        # The session's KEK (tests/conftest.py), for archive policies.
-        env["RETENTION_KEK_FILE"] = os.environ["RETENTION_KEK_FILE"]
+        # The test session's KEK (tests/conftest.py), for archive policies; a benchmark
+        # has none and needs none.
+        if "RETENTION_KEK_FILE" in os.environ:
+            env["RETENTION_KEK_FILE"] = os.environ["RETENTION_KEK_FILE"]
         env.update(self.kafka.environ())
         env.update(infra.signing_env())
         env.update(extra or {})
@@ -342,12 +348,53 @@ class Stack:
         self.processes[name] = process
         return process
 
+    def add_serve(
+        self,
+        name: str,
+        policies: Path,
+        *,
+        port: int | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> ServiceProcess:
+        """A `retention serve` replica on this stack: its tracker in the stack's own consumer
+        group (every replica of the stack in the same one), its HTTP API on `port` (default
+        a free one). Like every `add_cli` process, `check_alive` leaves it to its caller."""
+        group = {"RETENTION_TRACKER_GROUP_ID": self.tracker_group}
+        return self.add_cli(
+            name,
+            "serve",
+            "--port",
+            str(port or free_port()),
+            "--policies",
+            str(policies),
+            env={**group, **(env or {})},
+        )
+
+    @property
+    def tracker_group(self) -> str:
+        """The acks consumer group of this stack's trackers (`tracker_settings`, `add_serve`)."""
+        return f"{self.kafka.topic_prefix}.tracker"
+
+
+async def stable_members(kafka: KafkaSettings, group: str) -> int:
+    """How many members a consumer group has once its partitions are handed out (0 while
+    it rebalances or does not exist)."""
+    client = AIOKafkaAdminClient(**kafka.client_kwargs())
+    await client.start()
+    try:
+        [response] = await client.describe_consumer_groups([group])
+    finally:
+        await client.close()
+    [(error, _, state, _, _, members, *_)] = response.groups
+    return len(members) if error == 0 and state == "Stable" else 0
+
 
 @asynccontextmanager
 async def isolated_stack(
-    postgres_url: str, kafka_bootstrap: str, label: str, log_dir: Path
+    postgres_url: str, kafka_bootstrap: str, label: str, log_dir: Path, *, partitions: int = 3
 ) -> AsyncIterator[Stack]:
-    """A fresh `Stack`; on exit every process is stopped and both databases dropped."""
+    """A fresh `Stack` (each topic with `partitions`); on exit every process is stopped and
+    both databases dropped."""
     kafka = KafkaSettings(
         bootstrap_servers=kafka_bootstrap, topic_prefix=infra.unique_topic_prefix(label)
     )
@@ -356,7 +403,7 @@ async def isolated_stack(
     stack = Stack(kafka, coordinator_url, services_url, log_dir)
     try:
         await upgrade(coordinator_url)
-        await ensure_topics(kafka, partitions=3)
+        await ensure_topics(kafka, partitions=partitions)
         yield stack
     finally:
         for process in stack.processes.values():
@@ -419,7 +466,7 @@ async def running_relay(
 
 def tracker_settings(stack: Stack, **overrides: Any) -> TrackerSettings:
     values: dict[str, Any] = {
-        "group_id": f"{stack.kafka.topic_prefix}.tracker",
+        "group_id": stack.tracker_group,
         "poll_interval_s": 0.05,
     }
     values.update(overrides)
