@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from coordinator.evidence import audit
 from coordinator.store.tables import event_status, expected_acks
 from coordinator.tracking import ledger
+from coordinator.tracking.columns import event_ids_param
 
 __all__ = ["Waived", "retire_service", "waive_ack"]
 
@@ -104,10 +105,7 @@ async def _waive(
             )
         ).scalars()
     )
-    expected = {
-        (row.event_id, row.service): row._asdict()
-        for row in await conn.execute(select(expected_acks).where(e.event_id.in_(waived)))
-    }
+    expected = await ledger.expected_rows(conn, event_ids_param(waived))
     transitions = ledger.compute_transitions(events, expected, set(waived))
     completed = [t.event_id for t in transitions if t.state == "completed"]
     entries = [audit.AuditEntry(action, actor, {**data, "events": waived})]
