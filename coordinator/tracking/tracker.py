@@ -359,34 +359,36 @@ class Tracker:
         records = batch.records
         if batch.poison:
             await self._dead_letter(batch.poison)
-        async with self._engine.begin() as conn:
-            await ledger.track_overtaken(
-                conn,
-                records,
-                declared=self._declared,
-                deadlines=self._deadlines,
-                now=self._clock.now(),
-                reminder_interval=self._schedule.interval,
-            )
-        async with self._engine.begin() as conn:
-            now = self._clock.now()
-            asked = await answers.verify_event_ids(
-                conn, [r.ack.event_id for r in records if r.ack is not None]
-            )
-            outcome = await ledger.apply_acks(
-                conn,
-                [r for r in records if r.ack is None or r.ack.event_id not in asked],
-                declared=self._declared,
-                deadlines=self._deadlines,
-                now=now,
-                reminder_interval=self._schedule.interval,
-            )
-            verified = await answers.apply_answers(
-                conn,
-                [r for r in records if r.ack is not None and r.ack.event_id in asked],
-                now=now,
-            )
-            await answers.delete_again(conn, outcome.accepted, now=now)
+        # One connection for both transactions: a checkout pings the server first.
+        async with self._engine.connect() as conn:
+            async with conn.begin():
+                await ledger.track_overtaken(
+                    conn,
+                    records,
+                    declared=self._declared,
+                    deadlines=self._deadlines,
+                    now=self._clock.now(),
+                    reminder_interval=self._schedule.interval,
+                )
+            async with conn.begin():
+                now = self._clock.now()
+                asked = await answers.verify_event_ids(
+                    conn, [r.ack.event_id for r in records if r.ack is not None]
+                )
+                outcome = await ledger.apply_acks(
+                    conn,
+                    [r for r in records if r.ack is None or r.ack.event_id not in asked],
+                    declared=self._declared,
+                    deadlines=self._deadlines,
+                    now=now,
+                    reminder_interval=self._schedule.interval,
+                )
+                verified = await answers.apply_answers(
+                    conn,
+                    [r for r in records if r.ack is not None and r.ack.event_id in asked],
+                    now=now,
+                )
+                await answers.delete_again(conn, outcome.accepted, now=now)
         await self._client(self._kafka.acks).commit(batch.messages)
         self._count(outcome)
         self._count_answers(verified)
