@@ -273,9 +273,11 @@ class Tracker:
         if self._mode is SignatureMode.OFF:
             return _Signature(True, None)
         checked = verifier.verify(msg.key, msg.value, msg.headers or ())
+        if checked.valid:  # what nearly every record is: `accepts` in every mode
+            return _Signature(True, checked.key_id)
         if checked.verdict is Verdict.UNSIGNED and self._mode is SignatureMode.PERMISSIVE:
             self._metrics.unsigned_records.labels(topic=topic).inc()
-        return _Signature(accepts(self._mode, checked), checked.key_id if checked.valid else None)
+        return _Signature(accepts(self._mode, checked), None)
 
     async def check_drift(self) -> dict[str, drift.Drift]:
         """Compare registrations with the declaration; gauge every service, log new drift."""
@@ -340,12 +342,7 @@ class Tracker:
                     refused, key_id = self._refused(ack, msg)
                     batch.records.append(
                         ledger.ConsumedAck(
-                            msg.topic,
-                            msg.partition,
-                            msg.offset,
-                            ack,
-                            refused=refused,
-                            key_id=key_id,
+                            msg.topic, msg.partition, msg.offset, ack, None, refused, key_id
                         )
                     )
         except BaseException:
