@@ -339,7 +339,7 @@ async def _new_to_ledger(
     in an earlier batch or earlier in this one. The answer holds until the insert: every
     accepted ack's event is locked by this transaction; `_insert_new` checks it anyway.
     """
-    where = [_where(record) for record, _ in accepted + rejected]
+    where = [(r.topic, r.partition, r.offset) for r, _ in accepted + rejected]
     event_ids = sorted_ids(
         {record.ack.event_id for record, _ in accepted if record.ack is not None}
     )
@@ -357,9 +357,10 @@ async def _new_to_ledger(
             new_rejected.append((record, row))
             recorded.add(at)
     outcome.duplicates = len(accepted) - len(new_accepted)
-    # A redelivered rejected record was already recorded (and audited) the first time.
-    kept = {_where(record) for record, _ in new_rejected}
-    outcome.rejected = [(r, why) for r, why in outcome.rejected if _where(r) in kept]
+    if len(new_rejected) < len(rejected):
+        # A redelivered rejected record was already recorded (and audited) the first time.
+        kept = {_where(record) for record, _ in new_rejected}
+        outcome.rejected = [(r, why) for r, why in outcome.rejected if _where(r) in kept]
     accepted[:] = new_accepted
     rejected[:] = new_rejected
     return [record for record, _ in new_accepted]
@@ -408,7 +409,7 @@ async def _recorded(
     acks: set[_AckKey] = set()
     if event_ids:
         acks = {
-            (row[0], row[1], row[2], row[3])
+            (row[0].int, row[1], row[2], row[3])
             for row in await conn.execute(
                 select(c.event_id, c.service, c.attempt, c.status).where(
                     c.accepted, c.event_id == any_(event_ids_param(event_ids))
@@ -419,7 +420,8 @@ async def _recorded(
 
 
 def _ack_key(row: LedgerRow) -> _AckKey:
-    return (row[_L_EVENT], row[_L_SERVICE], row[_L_ATTEMPT], row[_L_STATUS])
+    # The id's int: hashing a UUID is Python code (`UUID.__hash__`), an int's is not.
+    return (row[_L_EVENT].int, row[_L_SERVICE], row[_L_ATTEMPT], row[_L_STATUS])
 
 
 async def _record_and_audit(
@@ -502,7 +504,8 @@ def _count_outcomes(
 
 
 _Where = tuple[str, int, int]
-_AckKey = tuple[uuid.UUID, str, int, str]
+_AckKey = tuple[int, str, int, str]
+"""An accepted ack's key: (event id as an int, service, attempt, status)."""
 _Judged = tuple[ConsumedAck, LedgerRow]
 
 
