@@ -12,7 +12,8 @@ the clock stops when the trackers report every ack applied. CPU per ack: the tra
 own (process time while draining) and the database backends' (from /proc).
 Phase 2 (lag): with `run_forever` running, acks for fresh events arrive at a steady rate;
 for each event, lag = when its state became `completed` (tracker clock) − when its last
-ack was handed to the producer. Uses a fresh database and topic prefix; drops the database and deletes the topics.
+ack was handed to the producer. Uses a fresh database and topic prefix; drops the database
+and deletes the topics.
 Writes bench/results/tracker/<UTC stamp>.json (with the load average of each timing).
 """
 
