@@ -12,7 +12,8 @@ the clock stops when the trackers report every ack applied. CPU per ack: the tra
 own (process time while draining) and the database backends' (from /proc).
 Phase 2 (lag): with `run_forever` running, acks for fresh events arrive at a steady rate;
 for each event, lag = when its state became `completed` (tracker clock) − when its last
-ack was handed to the producer. Uses a fresh database and topic prefix; drops the database.
+ack was handed to the producer. Uses a fresh database and topic prefix; drops the database
+and deletes the topics.
 Writes bench/results/tracker/<UTC stamp>.json (with the load average of each timing).
 """
 
@@ -38,7 +39,7 @@ from sqlalchemy import any_, func, select
 from bench.proc_cpu import backend_cpu
 from coordinator.clock import FrozenClock, SystemClock
 from coordinator.evidence import audit
-from coordinator.kafka.admin import ensure_topics
+from coordinator.kafka.admin import delete_topics, ensure_topics
 from coordinator.store.migrate import upgrade
 from coordinator.store.tables import event_status
 from coordinator.tracking.columns import event_ids_param
@@ -167,10 +168,12 @@ async def throughput(
     n_events: int,
     batch: int,
     replicas: int,
+    created: list[KafkaSettings],
 ) -> dict[str, Any]:
     """Track `n_events` fresh events, put one ack per event and service on a fresh acks
     topic, and time `replicas` tracker processes of one consumer group draining it."""
     kafka = KafkaSettings(topic_prefix=infra.unique_topic_prefix("bench"))
+    created.append(kafka)
     await ensure_topics(kafka, partitions=PARTITIONS)
     t0 = datetime.now(UTC) - timedelta(days=1)
     await produce(kafka, kafka.topics.services, [registration(n, t0) for n in names])
@@ -366,6 +369,9 @@ async def main(
 ) -> dict[str, Any]:
     url = await infra.create_database(infra.database_url(), "bench_tracker")
     kafka = KafkaSettings(topic_prefix=infra.unique_topic_prefix("bench"))
+    # Every topic this run makes is deleted at its end: the shared broker keeps a few
+    # files open per partition, and left-behind topics add up to its open-files limit.
+    created = [kafka]
     result: dict[str, Any] = {
         "acks": total_acks,
         "services": services,
@@ -393,7 +399,14 @@ async def main(
             for count in order:
                 timings[count].append(
                     await throughput(
-                        url, names, declared, clock, n_events=n_events, batch=batch, replicas=count
+                        url,
+                        names,
+                        declared,
+                        clock,
+                        n_events=n_events,
+                        batch=batch,
+                        replicas=count,
+                        created=created,
                     )
                 )
         for count, runs in timings.items():
@@ -454,6 +467,8 @@ async def main(
         print(f"lag:      {result['lag_ms']} (acks paced at 1000/s)", flush=True)
     finally:
         await infra.drop_database(url)
+        for made in created:
+            await delete_topics(made, made.topics.all())
     result["load_average_1m_end"] = round(os.getloadavg()[0], 2)
     return result
 

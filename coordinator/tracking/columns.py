@@ -68,17 +68,16 @@ def unnest_rows(
     name: str,
     composite: str,
     types: Mapping[str, TypeEngine[Any]],
-    rows: Sequence[Mapping[str, Any]],
+    rows: Sequence[tuple[Any, ...]],
 ) -> TableValuedAlias:
     """Like `unnest`, from one array of the composite type `composite` whose attributes
-    are `types`' keys in that order (a migration creates it). For the ack path's widest
-    inputs: asyncpg checks an array's shape value by value, once per row here, and that
-    check was about a third of the cost of encoding a batch as an array per column;
-    PostgreSQL also unpacks one array instead of one per column."""
-    names = list(types)
-    values = [tuple([row[col] for col in names]) for row in rows]
+    are `types`' keys in that order (a migration creates it); each row a tuple of its
+    values in that order. For the ack path's widest inputs: asyncpg checks an array's
+    shape value by value, once per row here, and that check was about a third of the
+    cost of encoding a batch as an array per column; PostgreSQL also unpacks one array
+    instead of one per column."""
     return (
-        func.unnest(bindparam(f"{name}_rows", values, type_=_Rows(composite)))
+        func.unnest(bindparam(f"{name}_rows", list(rows), type_=_Rows(composite)))
         .table_valued(*(column(col, type_) for col, type_ in types.items()))
         .render_derived(name=name)
     )

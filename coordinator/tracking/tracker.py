@@ -19,7 +19,7 @@ from typing import NamedTuple, TypeVar
 
 import structlog
 from prometheus_client import Histogram
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator.clock import Clock
 from coordinator.copies.verification import answers
@@ -273,9 +273,11 @@ class Tracker:
         if self._mode is SignatureMode.OFF:
             return _Signature(True, None)
         checked = verifier.verify(msg.key, msg.value, msg.headers or ())
+        if checked.valid:  # what nearly every record is: `accepts` in every mode
+            return _Signature(True, checked.key_id)
         if checked.verdict is Verdict.UNSIGNED and self._mode is SignatureMode.PERMISSIVE:
             self._metrics.unsigned_records.labels(topic=topic).inc()
-        return _Signature(accepts(self._mode, checked), checked.key_id if checked.valid else None)
+        return _Signature(accepts(self._mode, checked), None)
 
     async def check_drift(self) -> dict[str, drift.Drift]:
         """Compare registrations with the declaration; gauge every service, log new drift."""
@@ -340,12 +342,7 @@ class Tracker:
                     refused, key_id = self._refused(ack, msg)
                     batch.records.append(
                         ledger.ConsumedAck(
-                            msg.topic,
-                            msg.partition,
-                            msg.offset,
-                            ack,
-                            refused=refused,
-                            key_id=key_id,
+                            msg.topic, msg.partition, msg.offset, ack, None, refused, key_id
                         )
                     )
         except BaseException:
@@ -359,38 +356,57 @@ class Tracker:
         records = batch.records
         if batch.poison:
             await self._dead_letter(batch.poison)
-        async with self._engine.begin() as conn:
-            await ledger.track_overtaken(
-                conn,
-                records,
-                declared=self._declared,
-                deadlines=self._deadlines,
-                now=self._clock.now(),
-                reminder_interval=self._schedule.interval,
-            )
-        async with self._engine.begin() as conn:
-            now = self._clock.now()
-            asked = await answers.verify_event_ids(
-                conn, [r.ack.event_id for r in records if r.ack is not None]
-            )
-            outcome = await ledger.apply_acks(
-                conn,
-                [r for r in records if r.ack is None or r.ack.event_id not in asked],
-                declared=self._declared,
-                deadlines=self._deadlines,
-                now=now,
-                reminder_interval=self._schedule.interval,
-            )
-            verified = await answers.apply_answers(
-                conn,
-                [r for r in records if r.ack is not None and r.ack.event_id in asked],
-                now=now,
-            )
-            await answers.delete_again(conn, outcome.accepted, now=now)
+        # One connection for the batch: a checkout pings the server first.
+        async with self._engine.connect() as conn:
+            try:
+                async with conn.begin():
+                    outcome, verified = await self._record(conn, records, track_missing=False)
+            except ledger.Overtaken:
+                # Rolled back. Tracking takes the audit chain's lock, which the batch's
+                # transaction would otherwise hold from its start to its commit: track
+                # apart, then apply. A tracked event stays tracked whatever becomes of
+                # the batch; the pass would have tracked it anyway.
+                async with conn.begin():
+                    await ledger.track_overtaken(
+                        conn,
+                        records,
+                        declared=self._declared,
+                        deadlines=self._deadlines,
+                        now=self._clock.now(),
+                        reminder_interval=self._schedule.interval,
+                    )
+                async with conn.begin():
+                    outcome, verified = await self._record(conn, records, track_missing=True)
         await self._client(self._kafka.acks).commit(batch.messages)
         self._count(outcome)
         self._count_answers(verified)
         return outcome
+
+    async def _record(
+        self, conn: AsyncConnection, records: list[ledger.ConsumedAck], *, track_missing: bool
+    ) -> tuple[ledger.LedgerOutcome, answers.VerifyOutcome]:
+        """The batch's statements, in the caller's transaction: acks of verify events are
+        answers (coordinator/copies/verification/), the others go to the ledger."""
+        now = self._clock.now()
+        asked = await answers.verify_event_ids(
+            conn, [r.ack.event_id for r in records if r.ack is not None]
+        )
+        outcome = await ledger.apply_acks(
+            conn,
+            [r for r in records if r.ack is None or r.ack.event_id not in asked],
+            declared=self._declared,
+            deadlines=self._deadlines,
+            now=now,
+            reminder_interval=self._schedule.interval,
+            track_missing=track_missing,
+        )
+        verified = await answers.apply_answers(
+            conn,
+            [r for r in records if r.ack is not None and r.ack.event_id in asked],
+            now=now,
+        )
+        await answers.delete_again(conn, outcome.accepted, now=now)
+        return outcome, verified
 
     def _refused(
         self, ack: RetentionAck, msg: ConsumedRecord
@@ -439,7 +455,7 @@ class Tracker:
         m = self._metrics
         # One labels() lookup per label set, not per ack: it is most of this loop's cost.
         for (service, status), n in Counter(
-            (a.service, a.status.value) for a in outcome.accepted
+            (a.service, ledger.STATUS_TEXT[a.status]) for a in outcome.accepted
         ).items():
             m.acks.labels(service=service, status=status).inc(n)
         for reason, n in Counter(why.value for _, why in outcome.rejected).items():

@@ -16,8 +16,9 @@ from sqlalchemy import and_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.evidence import audit
-from coordinator.store.tables import event_status, expected_acks
+from coordinator.store.tables import expected_acks
 from coordinator.tracking import ledger
+from coordinator.tracking.columns import event_ids_param
 
 __all__ = ["Waived", "retire_service", "waive_ack"]
 
@@ -78,22 +79,14 @@ async def _waive(
     actor: str,
     now: datetime,
 ) -> Waived:
-    e, s = expected_acks.c, event_status.c
+    e = expected_acks.c
     # Lock the events first, in the ledger's order, so a concurrent ack batch waits for us.
     candidates = sorted(
         (await conn.execute(select(e.event_id).where(which, e.status.in_(_OPEN)))).scalars()
     )
     if not candidates:
         return Waived([], [])
-    events = {
-        row.event_id: row
-        for row in await conn.execute(
-            select(event_status)
-            .where(s.event_id.in_(candidates))
-            .order_by(s.event_id)
-            .with_for_update()
-        )
-    }
+    events = await ledger.lock_events(conn, candidates)
     waived = sorted(
         (
             await conn.execute(
@@ -104,10 +97,7 @@ async def _waive(
             )
         ).scalars()
     )
-    expected = {
-        (row.event_id, row.service): row._asdict()
-        for row in await conn.execute(select(expected_acks).where(e.event_id.in_(waived)))
-    }
+    expected = await ledger.expected_rows(conn, event_ids_param(waived))
     transitions = ledger.compute_transitions(events, expected, set(waived))
     completed = [t.event_id for t in transitions if t.state == "completed"]
     entries = [audit.AuditEntry(action, actor, {**data, "events": waived})]

@@ -753,3 +753,35 @@ async def test_an_ack_recorded_meanwhile_fails_the_batch_instead_of_auditing_it_
         assert len((await conn.execute(select(audit_log.c.seq))).all()) == audited
         assert (await audit.verify(conn))[1] is None
     assert await env.states(events) == ["completed"] * 2
+
+
+async def test_an_overtaken_event_is_tracked_apart_and_stays_tracked_if_the_batch_fails(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The batch's transaction finds the event untracked and rolls back (`Overtaken`); the
+    # event is tracked in a transaction of its own, which a failure of the batch's
+    # second try does not undo; the batch is read again and completes it.
+    await env.declare("billing")
+    [(event, entity)] = await env.publish(1, T0)
+    genuine = ack(event, "billing", entity, T0 + timedelta(minutes=1), entity_type=env.entity_type)
+    await produce(env.kafka, env.kafka.topics.acks, [genuine])
+    apply_acks = ledger.apply_acks
+    tries: list[bool] = []
+
+    async def fail_once_tracked(*args: Any, **kwargs: Any) -> ledger.LedgerOutcome:
+        tries.append(kwargs["track_missing"])
+        if kwargs["track_missing"]:
+            raise ConnectionResetError("database gone")
+        return await apply_acks(*args, **kwargs)
+
+    monkeypatch.setattr(ledger, "apply_acks", fail_once_tracked)
+    with pytest.raises(ConnectionResetError):
+        await _until_records(env.tracker.consume_acks)
+    assert tries == [False, True]
+    assert await env.states([(event, entity)]) == ["pending"]
+
+    monkeypatch.undo()
+    await drain(env.tracker, 1)
+    assert await env.states([(event, entity)]) == ["completed"]
+    async with env.engine.connect() as conn:
+        assert (await audit.verify(conn))[1] is None

@@ -29,6 +29,7 @@ from coordinator.store.tables import (
 from coordinator.tracking.columns import event_ids_param, unnest
 from coordinator.tracking.ledger import (
     ConsumedAck,
+    LedgerRow,
     RejectReason,
     audited_rejects,
     insert_ledger,
@@ -98,13 +99,13 @@ async def apply_answers(
             .with_for_update()
         )
     }
-    rows: list[dict[str, Any]] = []
+    rows: list[LedgerRow] = []
     verdicts: list[tuple[ConsumedAck, RejectReason | None]] = []
     for record in records:
         reason = _reject_reason(record, asked, answers)
         verdicts.append((record, reason))
         rows.append(ledger_row(record, now, reason))
-    inserted = await insert_ledger(conn, rows, audit_seq=last_seq + 1)
+    inserted = await insert_ledger(conn, rows, audit_seq=last_seq + 1, received_at=now)
     changed: dict[tuple[uuid.UUID, str], dict[str, Any]] = {}
     for record, reason in verdicts:
         if (record.topic, record.partition, record.offset) not in inserted:

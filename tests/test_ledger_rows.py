@@ -1,0 +1,87 @@
+"""The ack path's rows are positional (tuples and lists, not dicts): each value must sit
+under its column's name, and the per-batch memo of `event_at` must answer as the function."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from coordinator.evidence.partitions import EPOCH, LedgerEventAt, ledger_event_at
+from coordinator.tracking import ledger
+from schemas import AckStatus, RetentionAck
+
+NOW = datetime(2026, 12, 6, 12, tzinfo=UTC)
+
+
+def _v7(minted: datetime) -> uuid.UUID:
+    ms = int(minted.timestamp() * 1000)
+    return uuid.UUID(bytes=ms.to_bytes(6, "big") + bytes([0x70]) + bytes(9))
+
+
+def test_a_ledger_row_holds_each_value_under_its_column() -> None:
+    event_id = _v7(NOW - timedelta(hours=1))
+    ack = RetentionAck(
+        event_id=event_id,
+        service="billing",
+        entity_type="user",
+        entity_id="u-1",
+        status=AckStatus.FAILED,
+        records_affected=0,
+        detail="x" * 2048,
+        attempt=3,
+        acknowledged_at=NOW - timedelta(minutes=5),
+    )
+    record = ledger.ConsumedAck("acks", 4, 77, ack, key_id="k1")
+    row = dict(zip(ledger.LEDGER_COLUMNS[1:], ledger.ledger_row(record, NOW, None), strict=True))
+    assert ledger.LEDGER_COLUMNS[0] == "received_at"  # bound once per insert, not per row
+    assert row == {
+        "kafka_topic": "acks",
+        "kafka_partition": 4,
+        "kafka_offset": 77,
+        "event_id": event_id,
+        "service": "billing",
+        "entity_type": "user",
+        "entity_id": "u-1",
+        "status": "failed",
+        "records_affected": 0,
+        "attempt": 3,
+        "detail": "x" * 2000,
+        "acknowledged_at": NOW - timedelta(minutes=5),
+        "accepted": True,
+        "reject_reason": None,
+        "key_id": "k1",
+        "event_at": ledger_event_at(event_id, NOW),
+    }
+    poison = ledger.ConsumedAck("acks", 0, 1, None, "not json")
+    refused = ledger.ledger_row(poison, NOW, ledger.RejectReason.MALFORMED)
+    assert dict(zip(ledger.LEDGER_COLUMNS[1:], refused, strict=True)) == {
+        **dict.fromkeys(ledger.LEDGER_COLUMNS[1:]),
+        "kafka_topic": "acks",
+        "kafka_partition": 0,
+        "kafka_offset": 1,
+        "detail": "not json",
+        "accepted": False,
+        "reject_reason": "malformed",
+        "event_at": EPOCH,
+    }
+
+
+@given(st.lists(st.integers(min_value=-(2**47), max_value=2**48 - 1), max_size=30))
+def test_event_at_remembered_per_batch_is_the_function(offsets_ms: list[int]) -> None:
+    # Ids minted before, at and after the batch's arrival (a made-up id ahead of it), some
+    # sharing a millisecond; and None.
+    now_ms = int(NOW.timestamp() * 1000)
+    ids = [
+        uuid.UUID(int=(((now_ms + d) % 2**48) << 80) | (i << 8)) for i, d in enumerate(offsets_ms)
+    ]
+    event_at = LedgerEventAt(NOW)
+    for event_id in [*ids, *ids, None]:
+        assert event_at(event_id) == ledger_event_at(event_id, NOW)
+
+
+def test_ids_sorted_by_int_are_sorted() -> None:
+    ids = [uuid.uuid4() for _ in range(500)] + [uuid.UUID(int=0), uuid.UUID(int=2**128 - 1)]
+    assert ledger.sorted_ids(ids) == sorted(ids)
