@@ -68,6 +68,13 @@ class ConsumerSettings(BaseSettings):
         validation_alias=AliasChoices("max_batch", "RETENTION_CONSUMER_MAX_BATCH"),
         description="Records fetched per poll; offsets are committed once per batch per partition.",
     )
+    ack_batch_bytes: int = Field(
+        default=512 * 1024,
+        ge=16 * 1024,
+        validation_alias=AliasChoices("ack_batch_bytes", "RETENTION_CONSUMER_ACK_BATCH_BYTES"),
+        description="Most bytes of acks in one record batch of one partition; at most the "
+        "acks topic's `max.message.bytes` (1 MiB by default).",
+    )
     idempotency_retention_days: float | None = Field(
         default=30.0,
         gt=0,
