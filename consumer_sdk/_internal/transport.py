@@ -20,7 +20,7 @@ from aiokafka.errors import (
 from aiokafka.structs import TopicPartition
 
 from schemas import KafkaSettings
-from schemas.partitioning import partition_for
+from schemas.partitioning import partitions_for
 
 __all__ = [
     "CommitLost",
@@ -233,16 +233,18 @@ class _AiokafkaProducer:
         headers: Sequence[Headers] | None = None,
     ) -> Awaitable[Any]:
         """aiokafka's batch API: one batch builder per partition instead of a `send()`
-        per record; the key picks the partition as `send()` would (murmur2)."""
+        per record; the key picks the partition as `send()` would (murmur2, of all keys
+        at once)."""
         if self._lost_sequence:
             await self._replace()
         futures: list[asyncio.Future[Any]] = []
         try:
             partitions = sorted(await self._producer.partitions_for(topic))
+            chosen = partitions_for([key for key, _ in records], partitions)
             open_batches: dict[int, Any] = {}
             for index, (key, value) in enumerate(records):
                 extra = list(headers[index]) if headers is not None else []
-                partition = partition_for(key, partitions)
+                partition = chosen[index]
                 builder = open_batches.get(partition)
                 if (
                     builder is None
