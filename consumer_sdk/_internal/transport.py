@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -41,8 +40,11 @@ class Partition(NamedTuple):
     partition: int
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
+    """One consumed record (immutable). A named tuple, not a frozen dataclass: one is
+    made per record read, and a frozen dataclass's `__init__` sets each field through
+    `object.__setattr__` (0.5 µs against 0.2)."""
+
     topic: str
     partition: int
     offset: int
@@ -54,14 +56,16 @@ class Record:
 def record_of(r: Any) -> Record:
     """Ours of an aiokafka `ConsumerRecord`; a null header value (anyone may write one)
     becomes empty bytes."""
-    return Record(
-        r.topic,
-        r.partition,
-        r.offset,
-        r.key,
-        r.value,
-        tuple((k, bytes(v or b"")) for k, v in (r.headers or ())),
-    )
+    return Record(r.topic, r.partition, r.offset, r.key, r.value, _headers(r.headers))
+
+
+def _headers(raw: Any) -> tuple[tuple[str, bytes], ...]:
+    headers = tuple(raw) if raw else ()
+    for header in headers:
+        if header.__class__ is not tuple or header[1].__class__ is not bytes:
+            return tuple((k, bytes(v or b"")) for k, v in headers)
+    # The usual case, checked without building new pairs: every value is bytes already.
+    return headers
 
 
 def table_reader(kafka: KafkaSettings, topic: str, **options: Any) -> Any:
