@@ -37,7 +37,7 @@ from consumer_sdk.idempotency import (
     IdempotencyStore,
     ProcessedEvent,
 )
-from consumer_sdk.metrics import ConsumerMetrics
+from consumer_sdk.metrics import ConsumerMetrics, observe_many
 from consumer_sdk.settings import ConsumerSettings
 from schemas import AckStatus, RetentionAck, RetentionEvent, error_text, is_disconnect, utc_now
 
@@ -437,8 +437,7 @@ class EventExecutor:
         histogram = self.metrics.handler_duration.labels(
             self.service, spec.entity_type, spec.action.value
         )
-        for _ in range(events):
-            histogram.observe(seconds / events)
+        observe_many(histogram, seconds / events, events)
 
     async def _recorded_elsewhere(self, event: RetentionEvent) -> Outcome:
         assert self.store is not None
