@@ -377,11 +377,13 @@ class Dispatcher:
                         # Its writes are rolled back: find the culprit event by event.
                         isolate_until = i + len(group)
                         continue
+                    # One call: its events were processed together, at one time.
+                    at = utc_now()
                     for (grouped, _), event, settled in zip(
                         decoded[i : i + len(group)], group, outcomes, strict=True
                     ):
-                        recorded[event.event_id] = settled.processed(event)
-                        batch.record(recorded[event.event_id])
+                        processed = recorded[event.event_id] = settled.processed(event, at)
+                        batch.record(processed)
                         handled.append((grouped, event, spec, settled))
                     run.next += len(group)
                     continue
@@ -500,10 +502,10 @@ class Dispatcher:
         An event this service already processed is acked as before instead: its deletion
         happened before the hold, and saying `held` would hide it.
         """
-        if self.holds is None or event.event_id in known:
+        if self.holds is None:
             return None
         holds = self.holds.holds_on(event)
-        if not holds:
+        if not holds or event.event_id in known:
             return None
         return Outcome(AckStatus.HELD, 0, 1, ("held by " + ", ".join(holds))[:MAX_DETAIL_CHARS])
 
