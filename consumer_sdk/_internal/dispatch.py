@@ -27,7 +27,9 @@ from consumer_sdk._internal.trust import Trust
 from consumer_sdk.exceptions import HandlerAbandoned, HandlerTimeout
 from consumer_sdk.idempotency import (
     BatchingStore,
+    BatchTransaction,
     IdempotencyStore,
+    LookupInBatch,
     ProcessedEvent,
 )
 from consumer_sdk.metrics import ConsumerMetrics
@@ -164,11 +166,12 @@ class Dispatcher:
     async def dispatch(
         self, records: Sequence[Record], stopping: asyncio.Event | None = None
     ) -> Dispatched:
-        """Handle records in order (one store lookup for all); stop early if `stopping` is set.
+        """Handle records in order; stop early if `stopping` is set.
 
         With a `BatchingStore` and more than one record, runs of events share one
-        transaction (see `_run`). Raises what the store or the producer raise; the caller
-        re-reads from its last commit.
+        transaction (see `_run`), which first looks up which of its events were processed
+        already; otherwise one store lookup for all records comes first. Raises what the
+        store or the producer raise; the caller re-reads from its last commit.
         """
         decoded: list[_Item] = []
         for record in records:
@@ -182,9 +185,9 @@ class Dispatcher:
                 decoded.append((record, decode(RetentionEvent, record.value)))
             except PoisonRecord as poison:
                 decoded.append((record, poison))
-        known = await self._lookup(item for _, item in decoded)
         done = Dispatched(debug=_debug())
         batching = isinstance(self.store, BatchingStore) and len(decoded) > 1
+        known = {} if batching else await self._lookup(item for _, item in decoded)
         i = 0
         while i < len(decoded) and not (stopping is not None and stopping.is_set()):
             try:
@@ -242,14 +245,22 @@ class Dispatcher:
         done.uncounted.clear()
 
     async def _lookup(
-        self, items: Iterable[RetentionEvent | PoisonRecord]
+        self,
+        items: Iterable[RetentionEvent | PoisonRecord],
+        batch: BatchTransaction | None = None,
     ) -> dict[uuid.UUID, ProcessedEvent]:
+        """The processed events among `items`' (handled) events: in `batch`'s transaction
+        when it can look them up itself (one connection, one pool pre-ping less)."""
         wanted = [
             item.event_id
             for item in items
             if isinstance(item, RetentionEvent) and self.registry.get(item.entity_type, item.type)
         ]
-        return dict(await self.store.lookup(self.service, wanted)) if self.store and wanted else {}
+        if self.store is None or not wanted:
+            return {}
+        if isinstance(batch, LookupInBatch):
+            return dict(await batch.lookup(wanted))
+        return dict(await self.store.lookup(self.service, wanted))
 
     async def _one(
         self,
@@ -352,6 +363,8 @@ class Dispatcher:
         handled, recorded = run.handled, run.recorded
         isolate_until = run.next  # events before this index go one by one, even to a batch handler
         async with self.store.batch(self.service) as batch:
+            # Known before the run's first event: processed by an earlier delivery.
+            known.update(await self._lookup((item for _, item in decoded[run.next :]), batch))
             while run.next < len(decoded) and not (stopping is not None and stopping.is_set()):
                 i = run.next
                 record, item = decoded[i]
