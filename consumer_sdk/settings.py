@@ -75,6 +75,16 @@ class ConsumerSettings(BaseSettings):
         description="Most bytes of acks in one record batch of one partition; at most the "
         "acks topic's `max.message.bytes` (1 MiB by default).",
     )
+    gc_threshold: int = Field(
+        default=50_000,
+        ge=1,
+        # CPython refuses thresholds of 2**31 and over: every batch would fail.
+        le=10_000_000,
+        validation_alias=AliasChoices("gc_threshold", "RETENTION_CONSUMER_GC_THRESHOLD"),
+        description="Allocations between two collections of the garbage collector's "
+        "youngest generation while batches are handled (process-wide; CPython's default "
+        "is 700; docs/sdk.md).",
+    )
     idempotency_retention_days: float | None = Field(
         default=30.0,
         gt=0,
