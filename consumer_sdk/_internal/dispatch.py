@@ -556,7 +556,8 @@ class Dispatcher:
         `done.handled` (about a fifth of a service's CPU went to one INFO line per event).
         """
         ack = self._ack(event, outcome, at)
-        labels = (spec.entity_type, spec.action.value, outcome.status.value)
+        # `_value_`: the plain attribute behind an enum's `.value` property (~0.2 µs each).
+        labels = (spec.entity_type, spec.action._value_, outcome.status._value_)
         done.handled[labels] += 1
         done.uncounted[labels] += 1
         if done.debug:
