@@ -5,8 +5,9 @@
 1. `one`: one process of the first example service on the core SDK (`ONE`, from
    `services.EXAMPLES`: notifications) on a fresh topic (3 partitions) and a fresh
    service database seeded by its own `seed` (3 notifications per user), and a backlog of
-   `--events` user-delete events, signed as the relay signs them (Merkle trees of 128); timed from its partition assignment (seen in its log
-   within 0.1 s) until every ack is on the acks topic. Checks each event's effect is in
+   `--events` user-delete events, signed as the relay signs them (Merkle trees of 128);
+   timed from its partition assignment (seen in its log within 0.1 s) until every ack
+   is on the acks topic. Checks each event's effect is in
    `erasure_log` exactly once.
 2. `e2e`: the three product services as processes, the outbox relay in this process,
    `--e2e-users` users and 100 orders (the e2e test's workload); timed from the relay's
