@@ -131,11 +131,15 @@ class BatchTransaction(Protocol):
 
 @runtime_checkable
 class LookupInBatch(Protocol):
-    """A batch transaction that also answers `IdempotencyStore.lookup` itself, inside the
-    transaction (the SDK's stores): one connection and one transaction for both."""
+    """A `BatchingStore` that answers `lookup` inside one of its batch transactions (the
+    SDK's stores): one connection and one transaction for both. For other stores the SDK
+    looks up first, then opens the batch (never both at once: a pool of one connection
+    would wait for itself)."""
 
-    async def lookup(self, event_ids: Iterable[uuid.UUID]) -> Mapping[uuid.UUID, ProcessedEvent]:
-        """The already-processed events among `event_ids`, as the store's `lookup`."""
+    async def batch_lookup(
+        self, batch: BatchTransaction, event_ids: Iterable[uuid.UUID]
+    ) -> Mapping[uuid.UUID, ProcessedEvent]:
+        """`lookup` of `batch`'s service, in `batch` (one this store opened)."""
 
 
 @runtime_checkable
@@ -206,16 +210,12 @@ class _Savepoints:
 
 @dataclass(slots=True)
 class _SqlBatch:
-    store: PostgresIdempotencyStore
     service: str
     savepoints: _Savepoints
     recorded: list[ProcessedEvent]
 
     def savepoint(self) -> AbstractAsyncContextManager[AsyncConnection | None]:
         return self.savepoints()
-
-    async def lookup(self, event_ids: Iterable[uuid.UUID]) -> Mapping[uuid.UUID, ProcessedEvent]:
-        return await self.store.lookup_on(self.savepoints.conn, self.service, event_ids)
 
     def record(self, processed: ProcessedEvent) -> None:
         self.recorded.append(processed)
@@ -297,6 +297,13 @@ class PostgresIdempotencyStore:
             return {}
         async with self._engine.connect() as conn:
             return await self.lookup_on(conn, service, ids)
+
+    async def batch_lookup(
+        self, batch: BatchTransaction, event_ids: Iterable[uuid.UUID]
+    ) -> Mapping[uuid.UUID, ProcessedEvent]:
+        if not isinstance(batch, _SqlBatch):
+            raise TypeError("batch_lookup takes a batch of this store's own")
+        return await self.lookup_on(batch.savepoints.conn, batch.service, event_ids)
 
     async def lookup_on(
         self, conn: AsyncConnection, service: str, event_ids: Iterable[uuid.UUID]
@@ -414,7 +421,7 @@ class PostgresIdempotencyStore:
     @asynccontextmanager
     async def batch(self, service: str) -> AsyncIterator[BatchTransaction]:
         async with self._engine.begin() as conn:
-            batch = _SqlBatch(self, service, _Savepoints(conn), [])
+            batch = _SqlBatch(service, _Savepoints(conn), [])
             yield batch
             if batch.recorded:
                 try:
@@ -474,6 +481,13 @@ class InMemoryIdempotencyStore:
             if (service, event_id) in self.processed
         }
 
+    async def batch_lookup(
+        self, batch: BatchTransaction, event_ids: Iterable[uuid.UUID]
+    ) -> Mapping[uuid.UUID, ProcessedEvent]:
+        if not isinstance(batch, _MemoryBatch):
+            raise TypeError("batch_lookup takes a batch of this store's own")
+        return await self.lookup(batch.service, event_ids)
+
     @asynccontextmanager
     async def transaction(
         self, service: str, event_id: uuid.UUID
@@ -492,12 +506,12 @@ class InMemoryIdempotencyStore:
     @asynccontextmanager
     async def batch(self, service: str) -> AsyncIterator[BatchTransaction]:
         if self._engine is None:
-            batch = _MemoryBatch(self, service, None, [])
+            batch = _MemoryBatch(service, None, [])
             yield batch
             self._check_new(service, batch.recorded)
         else:
             async with self._engine.begin() as conn:
-                batch = _MemoryBatch(self, service, _Savepoints(conn), [])
+                batch = _MemoryBatch(service, _Savepoints(conn), [])
                 yield batch
                 # Before the commit, so a clash rolls the handlers' writes back.
                 self._check_new(service, batch.recorded)
@@ -512,13 +526,9 @@ class InMemoryIdempotencyStore:
 
 @dataclass(slots=True)
 class _MemoryBatch:
-    store: InMemoryIdempotencyStore
     service: str
     savepoints: _Savepoints | None
     recorded: list[ProcessedEvent]
-
-    async def lookup(self, event_ids: Iterable[uuid.UUID]) -> Mapping[uuid.UUID, ProcessedEvent]:
-        return await self.store.lookup(self.service, event_ids)
 
     def savepoint(self) -> AbstractAsyncContextManager[AsyncConnection | None]:
         if self.savepoints is None:

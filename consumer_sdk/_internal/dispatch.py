@@ -249,8 +249,8 @@ class Dispatcher:
         items: Iterable[RetentionEvent | PoisonRecord],
         batch: BatchTransaction | None = None,
     ) -> dict[uuid.UUID, ProcessedEvent]:
-        """The processed events among `items`' (handled) events: in `batch`'s transaction
-        when it can look them up itself (one connection, one pool pre-ping less)."""
+        """The processed events among `items`' (handled) events; in `batch`'s transaction
+        when given (a `LookupInBatch` store's: one connection, one pool pre-ping less)."""
         wanted = [
             item.event_id
             for item in items
@@ -258,8 +258,9 @@ class Dispatcher:
         ]
         if self.store is None or not wanted:
             return {}
-        if isinstance(batch, LookupInBatch):
-            return dict(await batch.lookup(wanted))
+        if batch is not None:
+            assert isinstance(self.store, LookupInBatch)
+            return dict(await self.store.batch_lookup(batch, wanted))
         return dict(await self.store.lookup(self.service, wanted))
 
     async def _one(
@@ -362,9 +363,14 @@ class Dispatcher:
         assert isinstance(self.store, BatchingStore)
         handled, recorded = run.handled, run.recorded
         isolate_until = run.next  # events before this index go one by one, even to a batch handler
+        # Known before the run's first event: processed by an earlier delivery.
+        items = [item for _, item in decoded[run.next :]]
+        in_batch = isinstance(self.store, LookupInBatch)
+        if not in_batch:
+            known.update(await self._lookup(items))
         async with self.store.batch(self.service) as batch:
-            # Known before the run's first event: processed by an earlier delivery.
-            known.update(await self._lookup((item for _, item in decoded[run.next :]), batch))
+            if in_batch:
+                known.update(await self._lookup(items, batch))
             while run.next < len(decoded) and not (stopping is not None and stopping.is_set()):
                 i = run.next
                 record, item = decoded[i]
