@@ -5,8 +5,9 @@
 1. `one`: one process of the first example service on the core SDK (`ONE`, from
    `services.EXAMPLES`: notifications) on a fresh topic (3 partitions) and a fresh
    service database seeded by its own `seed` (3 notifications per user), and a backlog of
-   `--events` user-delete events; timed from its partition assignment (seen in its log
-   within 0.1 s) until every ack is on the acks topic. Checks each event's effect is in
+   `--events` user-delete events, signed as the relay signs them (Merkle trees of 128);
+   timed from its partition assignment (seen in its log within 0.1 s) until every ack
+   is on the acks topic. Checks each event's effect is in
    `erasure_log` exactly once.
 2. `e2e`: the three product services as processes, the outbox relay in this process,
    `--e2e-users` users and 100 orders (the e2e test's workload); timed from the relay's
@@ -36,6 +37,7 @@ from sqlalchemy import func, select, text
 
 from bench.proc_cpu import cpu_seconds
 from coordinator.outbox.lookup import EVENTS
+from coordinator.settings import RelaySettings
 from coordinator.store.db import make_engine
 from schemas import KafkaSettings
 from services import EXAMPLES
@@ -91,7 +93,11 @@ async def one_service(stack: Stack, events: int) -> dict[str, Any]:
     await ONE.seed(stack.services_url, users)
     commits_before = await commits(stack.services_url)
     # A backlog, as after an outage or a big purge: the service's own pace, not the producer's.
-    await produce(stack.kafka, [event(user) for user in users])
+    # Signed as the relay signs them (Merkle trees of its default 128 records): a
+    # signature per record would make a service check an Ed25519 signature per event.
+    await produce(
+        stack.kafka, [event(user) for user in users], tree=RelaySettings().signature_batch
+    )
     async with AckTail(stack.kafka) as acks:
         await stack.start_services(ONE.name)
         process = stack.processes[ONE.name]

@@ -362,7 +362,7 @@ class RetentionConsumer:
                     on_revoked=lambda p: runtime.on_revoked(p) if runtime else _noop(),
                     on_assigned=lambda p: runtime.on_assigned(p) if runtime else _noop(),
                 ),
-                producer=kafka_producer(self.kafka),
+                producer=kafka_producer(self.kafka, max_batch_bytes=self.settings.ack_batch_bytes),
                 engine=resources.engine,
             )
             await runtime.start()

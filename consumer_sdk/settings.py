@@ -68,6 +68,23 @@ class ConsumerSettings(BaseSettings):
         validation_alias=AliasChoices("max_batch", "RETENTION_CONSUMER_MAX_BATCH"),
         description="Records fetched per poll; offsets are committed once per batch per partition.",
     )
+    ack_batch_bytes: int = Field(
+        default=512 * 1024,
+        ge=16 * 1024,
+        validation_alias=AliasChoices("ack_batch_bytes", "RETENTION_CONSUMER_ACK_BATCH_BYTES"),
+        description="Most bytes of acks in one record batch of one partition; at most the "
+        "acks topic's `max.message.bytes` (1 MiB by default).",
+    )
+    gc_threshold: int = Field(
+        default=50_000,
+        ge=1,
+        # CPython refuses thresholds of 2**31 and over: every batch would fail.
+        le=10_000_000,
+        validation_alias=AliasChoices("gc_threshold", "RETENTION_CONSUMER_GC_THRESHOLD"),
+        description="Allocations between two collections of the garbage collector's "
+        "youngest generation while batches are handled (process-wide; CPython's default "
+        "is 700; docs/sdk.md).",
+    )
     idempotency_retention_days: float | None = Field(
         default=30.0,
         gt=0,

@@ -78,21 +78,21 @@ class AckTemplate:
         return cls(*pieces)
 
     def render(
-        self, event_id: str, entity_id: str, records_affected: int, acknowledged_at: datetime
+        self, event_id: str, entity_id: str, records_affected: int, acknowledged_at: str
     ) -> bytes:
         """The ack's JSON with these per-ack values (`entity_id` a valid `NonEmpty`, as
         any decoded event's; `records_affected` an int in the model's bounds; the event
-        id in its canonical text form)."""
+        id in its canonical text form; the time as `rfc3339` writes it)."""
         return (
             f'{self._head}"{event_id}"{self._id_end}{encode_basestring(entity_id)}'
-            f'{self._middle}{records_affected}{self._tail}"{rfc3339(acknowledged_at)}"{self._end}'
+            f'{self._middle}{records_affected}{self._tail}"{acknowledged_at}"{self._end}'
         ).encode()
 
 
 class AckEncoder:
     """Encodes one service's acks, through a template per shared fields where it can."""
 
-    __slots__ = ("_seen_once", "_service", "_templates")
+    __slots__ = ("_seen_once", "_service", "_templates", "_time")
 
     MAX_TEMPLATES = 256
     """Past this many templates (or shared-field keys seen once), the cache starts again
@@ -102,6 +102,9 @@ class AckEncoder:
         self._service = service
         self._templates: dict[tuple[str, AckStatus, str, int], AckTemplate | None] = {}
         self._seen_once: set[tuple[str, AckStatus, str, int]] = set()
+        self._time: tuple[datetime, str] = (_AT, rfc3339(_AT))
+        """The last `acknowledged_at` rendered, and its text: the acks of one batch
+        share one (about 1 µs to format)."""
 
     def encode(
         self,
@@ -146,7 +149,9 @@ class AckEncoder:
             and acknowledged_at.tzinfo is UTC
             and EARLIEST <= acknowledged_at < LATEST
         ):
-            value = template.render(event_id, event.entity_id, records_affected, acknowledged_at)
+            if self._time[0] is not acknowledged_at:
+                self._time = (acknowledged_at, rfc3339(acknowledged_at))
+            value = template.render(event_id, event.entity_id, records_affected, self._time[1])
             return event_id.encode(), value
         ack = RetentionAck(
             event_id=event.event_id,

@@ -363,6 +363,7 @@ class Verifier:
         worth is enough: at most `cache_size` nodes (each with the rest of its proof: about
         2 MB for trees of 2,000 records), then started afresh. Leaves are not kept: a
         record's leaf recurs only when that very record is redelivered."""
+        self._valid: dict[str, Checked] = {}
         self._signatures: dict[bytes, tuple[str, bytes, Ed25519PublicKey]] = {}
         """Well-formed signature headers of known keys, parsed: the records of one tree
         share one, so each is parsed once (at most `cache_size`, then started afresh)."""
@@ -416,7 +417,13 @@ class Verifier:
             if not _verifies(public, signature, message):
                 return Checked(Verdict.BAD_SIGNATURE, kid_text)
             return Checked(Verdict.VALID, kid_text)
-        walked = self._walk(_leaf(key, value), proof)
+        # `_leaf`, inlined: this runs for every event a service reads.
+        k, v = key or b"", value or b""
+        size = len(k)
+        leaf = hashlib.sha256(
+            _LEAF_PREFIX + (_LENGTHS[size] if size < 256 else size.to_bytes(4, "big")) + k + v
+        ).digest()
+        walked = self._walk(leaf, proof)
         if walked is None:
             return Checked(Verdict.MALFORMED, kid_text)
         root, hashed = walked
@@ -435,7 +442,11 @@ class Verifier:
         for node, at in hashed:
             if at:
                 paths[node] = (proof[at:], root)
-        return Checked(Verdict.VALID, kid_text)
+        valid = self._valid.get(kid_text)
+        if valid is None:
+            # One per key id of ours (only those are parsed): the verdict is immutable.
+            valid = self._valid[kid_text] = Checked(Verdict.VALID, kid_text)
+        return valid
 
     def _walk(self, leaf: bytes, proof: bytes) -> tuple[bytes, list[tuple[bytes, int]]] | None:
         """The root `proof` leads to from `leaf` (None: a step's side is neither), and the

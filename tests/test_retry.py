@@ -126,6 +126,31 @@ async def test_without_jitter_the_waits_are_exact(waits: list[float]) -> None:
     assert waits == [0.25, 0.5, 1.0, 1.0]
 
 
+async def test_each_attempt_calls_the_operation_once(waits: list[float]) -> None:
+    calls: list[int] = []
+    inner = failing([DISCONNECT, DISCONNECT], "done")
+
+    async def operation() -> Any:
+        calls.append(len(waits))
+        return await inner()
+
+    policy = RetryPolicy(initial_s=0.25, max_s=1.0)
+    assert await retry(operation, policy=policy, what="t") == "done"
+    # The first attempt before any wait, each later one after its wait.
+    assert calls == [0, 1, 2]
+    assert waits == [0.25, 0.5]
+    calls.clear()
+    assert await retry(operation, policy=policy, what="t") == "done"
+    assert calls == [2]
+
+
+async def test_a_cancelled_first_attempt_is_cancelled_at_once(waits: list[float]) -> None:
+    policy = RetryPolicy(initial_s=0.1, max_s=1.0)
+    with pytest.raises(asyncio.CancelledError):
+        await retry(failing([asyncio.CancelledError()]), policy=policy, what="t")
+    assert waits == []
+
+
 async def test_errors_not_accepted_are_raised_at_once(waits: list[float]) -> None:
     policy = RetryPolicy(initial_s=0.1, max_s=1.0)
     with pytest.raises(ValueError, match="bug"):

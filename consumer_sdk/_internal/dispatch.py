@@ -13,6 +13,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -26,7 +27,9 @@ from consumer_sdk._internal.trust import Trust
 from consumer_sdk.exceptions import HandlerAbandoned, HandlerTimeout
 from consumer_sdk.idempotency import (
     BatchingStore,
+    BatchTransaction,
     IdempotencyStore,
+    LookupInBatch,
     ProcessedEvent,
 )
 from consumer_sdk.metrics import ConsumerMetrics
@@ -163,11 +166,12 @@ class Dispatcher:
     async def dispatch(
         self, records: Sequence[Record], stopping: asyncio.Event | None = None
     ) -> Dispatched:
-        """Handle records in order (one store lookup for all); stop early if `stopping` is set.
+        """Handle records in order; stop early if `stopping` is set.
 
         With a `BatchingStore` and more than one record, runs of events share one
-        transaction (see `_run`). Raises what the store or the producer raise; the caller
-        re-reads from its last commit.
+        transaction (see `_run`), which first looks up which of its events were processed
+        already; otherwise one store lookup for all records comes first. Raises what the
+        store or the producer raise; the caller re-reads from its last commit.
         """
         decoded: list[_Item] = []
         for record in records:
@@ -181,9 +185,9 @@ class Dispatcher:
                 decoded.append((record, decode(RetentionEvent, record.value)))
             except PoisonRecord as poison:
                 decoded.append((record, poison))
-        known = await self._lookup(item for _, item in decoded)
         done = Dispatched(debug=_debug())
         batching = isinstance(self.store, BatchingStore) and len(decoded) > 1
+        known = {} if batching else await self._lookup(item for _, item in decoded)
         i = 0
         while i < len(decoded) and not (stopping is not None and stopping.is_set()):
             try:
@@ -241,14 +245,23 @@ class Dispatcher:
         done.uncounted.clear()
 
     async def _lookup(
-        self, items: Iterable[RetentionEvent | PoisonRecord]
+        self,
+        items: Iterable[RetentionEvent | PoisonRecord],
+        batch: BatchTransaction | None = None,
     ) -> dict[uuid.UUID, ProcessedEvent]:
+        """The processed events among `items`' (handled) events; in `batch`'s transaction
+        when given (a `LookupInBatch` store's: one connection, one pool pre-ping less)."""
         wanted = [
             item.event_id
             for item in items
             if isinstance(item, RetentionEvent) and self.registry.get(item.entity_type, item.type)
         ]
-        return dict(await self.store.lookup(self.service, wanted)) if self.store and wanted else {}
+        if self.store is None or not wanted:
+            return {}
+        if batch is not None:
+            assert isinstance(self.store, LookupInBatch)
+            return dict(await self.store.batch_lookup(batch, wanted))
+        return dict(await self.store.lookup(self.service, wanted))
 
     async def _one(
         self,
@@ -269,7 +282,7 @@ class Dispatcher:
             if outcome.status not in (AckStatus.FAILED, AckStatus.HELD):
                 # A second copy of the event later in this batch is a redelivery too.
                 known[item.event_id] = outcome.processed(item)
-            await self._emit(record, item, spec, outcome, done)
+            await self._emit(record, item, spec, outcome, done, utc_now())
         done.last_done = record.offset
 
     async def _run(
@@ -350,7 +363,14 @@ class Dispatcher:
         assert isinstance(self.store, BatchingStore)
         handled, recorded = run.handled, run.recorded
         isolate_until = run.next  # events before this index go one by one, even to a batch handler
+        # Known before the run's first event: processed by an earlier delivery.
+        items = [item for _, item in decoded[run.next :]]
+        in_batch = isinstance(self.store, LookupInBatch)
+        if not in_batch:
+            known.update(await self._lookup(items))
         async with self.store.batch(self.service) as batch:
+            if in_batch:
+                known.update(await self._lookup(items, batch))
             while run.next < len(decoded) and not (stopping is not None and stopping.is_set()):
                 i = run.next
                 record, item = decoded[i]
@@ -376,11 +396,13 @@ class Dispatcher:
                         # Its writes are rolled back: find the culprit event by event.
                         isolate_until = i + len(group)
                         continue
+                    # One call: its events were processed together, at one time.
+                    at = utc_now()
                     for (grouped, _), event, settled in zip(
                         decoded[i : i + len(group)], group, outcomes, strict=True
                     ):
-                        recorded[event.event_id] = settled.processed(event)
-                        batch.record(recorded[event.event_id])
+                        processed = recorded[event.event_id] = settled.processed(event, at)
+                        batch.record(processed)
                         handled.append((grouped, event, spec, settled))
                     run.next += len(group)
                     continue
@@ -423,12 +445,16 @@ class Dispatcher:
             await self._one(record, item, known, done, stopping)
 
     async def _send(self, run: _Run, done: Dispatched) -> None:
-        """The committed run's acks and dead letters, in record order."""
+        """The committed run's acks and dead letters, in record order.
+
+        Its acks share one `acknowledged_at`, the time its transaction committed: they
+        are acknowledged together (and one time is formatted once, not per ack)."""
+        now = utc_now()
         for record, item, spec, outcome in run.handled:
             if isinstance(item, PoisonRecord):
                 done.sends.append(await self._poison(record, item))
             elif spec is not None and outcome is not None:
-                await self._emit(record, item, spec, outcome, done)
+                await self._emit(record, item, spec, outcome, done, now)
             done.last_done = record.offset
 
     def _group(
@@ -484,7 +510,7 @@ class Dispatcher:
         labels = (event.entity_type, EventType.VERIFY.value, outcome.status.value)
         done.handled[labels] += 1
         done.uncounted[labels] += 1
-        done.acks.append(self._ack(event, outcome))
+        done.acks.append(self._ack(event, outcome, utc_now()))
         done.last_done = record.offset
 
     def _held(
@@ -495,10 +521,10 @@ class Dispatcher:
         An event this service already processed is acked as before instead: its deletion
         happened before the hold, and saying `held` would hide it.
         """
-        if self.holds is None or event.event_id in known:
+        if self.holds is None:
             return None
         holds = self.holds.holds_on(event)
-        if not holds:
+        if not holds or event.event_id in known:
             return None
         return Outcome(AckStatus.HELD, 0, 1, ("held by " + ", ".join(holds))[:MAX_DETAIL_CHARS])
 
@@ -527,14 +553,17 @@ class Dispatcher:
         spec: HandlerSpec,
         outcome: Outcome,
         done: Dispatched,
+        at: datetime,
     ) -> None:
-        """Count, log and queue the event's ack (send the DLQ record if it failed).
+        """Count, log and queue the event's ack, acknowledged `at` (send the DLQ record
+        if it failed).
 
         Per event only a DEBUG line: the batch's INFO summary and metrics come from
         `done.handled` (about a fifth of a service's CPU went to one INFO line per event).
         """
-        ack = self._ack(event, outcome)
-        labels = (spec.entity_type, spec.action.value, outcome.status.value)
+        ack = self._ack(event, outcome, at)
+        # `_value_`: the plain attribute behind an enum's `.value` property (~0.2 µs each).
+        labels = (spec.entity_type, spec.action._value_, outcome.status._value_)
         done.handled[labels] += 1
         done.uncounted[labels] += 1
         if done.debug:
@@ -545,15 +574,10 @@ class Dispatcher:
                 await self._dead_letter(record, DlqReason.FAILED, outcome.detail, outcome.attempts)
             )
 
-    def _ack(self, event: RetentionEvent, outcome: Outcome) -> tuple[bytes, bytes]:
+    def _ack(self, event: RetentionEvent, outcome: Outcome, at: datetime) -> tuple[bytes, bytes]:
         """The event's ack as its record's key and value (`Outcome.ack`, encoded)."""
         return self._acks.encode(
-            event,
-            outcome.status,
-            outcome.records_affected,
-            outcome.detail,
-            outcome.attempts,
-            utc_now(),
+            event, outcome.status, outcome.records_affected, outcome.detail, outcome.attempts, at
         )
 
     def _log_handled(

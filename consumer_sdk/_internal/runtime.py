@@ -25,6 +25,7 @@ from consumer_sdk.idempotency import IdempotencyStore
 from consumer_sdk.metrics import ConsumerMetrics
 from consumer_sdk.settings import ConsumerSettings
 from schemas import ServiceRegistration, Stopped, Topics, encode, error_text, retry
+from schemas.collector import fewer_collections
 from schemas.retries import any_error
 
 __all__ = ["Runtime"]
@@ -227,12 +228,14 @@ class Runtime:
     ) -> None:
         """Handle records in order, send every ack and DLQ record, await them all, commit.
 
-        A failed batch is tried again whole, in place, until it goes through or the
-        partition stops (then nothing is committed and the batch is redelivered). Not a
-        rewind: a rewind to the committed offset fetched from a broker that is down did
-        not take effect, and the next commit then passed events whose acks were lost.
+        The garbage collector's youngest generation is collected less often meanwhile
+        (`RETENTION_CONSUMER_GC_THRESHOLD`, schemas/collector.py). A failed batch is
+        tried again whole, in place, until it goes through or the partition stops (then
+        nothing is committed and the batch is redelivered). Not a rewind: a rewind to the
+        committed offset fetched from a broker that is down did not take effect, and the
+        next commit then passed events whose acks were lost.
         """
-        with suppress(Stopped):
+        with suppress(Stopped), fewer_collections(self.settings.gc_threshold):
             await retry(
                 lambda: self._process_batch(partition, records, stopping),
                 policy=self.settings.outage_policy,

@@ -19,13 +19,12 @@ SDK's idempotency store absorbs. docs/relay.md has the whole design.
 from __future__ import annotations
 
 import asyncio
-import gc
 import itertools
 import time
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +50,7 @@ from coordinator.outbox.lookup import published_up_to, unpublished_events
 from coordinator.settings import RelaySettings
 from coordinator.store.tables import outbox_batches, outbox_marks
 from schemas import KafkaSettings, RetryPolicy, Stopped, is_transient, retry
+from schemas.collector import fewer_collections
 from schemas.errors import error_text
 from schemas.signing import SignatureSettings
 
@@ -185,39 +185,6 @@ class PublishFailed(CoordinatorError, KafkaError):  # type: ignore[misc]  # aiok
     retriable = True
 
 
-_gc_rounds = 0
-_gc_default: tuple[int, int, int] = gc.get_threshold()
-
-
-@contextmanager
-def _fewer_collections(young: int) -> Iterator[None]:
-    """Let the cyclic garbage collector run less often while rounds are under way: at
-    most every `young` allocations (`RelaySettings.gc_threshold`; CPython's default: 700).
-
-    A round allocates several objects per event that live until its commit (records,
-    headers, proofs): with the default threshold they are scanned again and again and
-    promoted into the oldest generation, whose full collections then walk every object of
-    the process (bench/relay_throughput.py, `relay_gc_default`: about a quarter of the
-    relay's CPU per event). None of a round's objects form cycles (reference counting
-    frees them at its end), so collecting less often changes nothing but when cycles made
-    elsewhere in the process are found. The threshold is process-wide: the first of
-    overlapping rounds (several relays in one process) raises it, the last restores it.
-    """
-    global _gc_rounds, _gc_default  # the collector is process-wide
-    if _gc_rounds == 0:
-        _gc_default = gc.get_threshold()
-        first, *older = _gc_default
-        if first:  # 0: collection is off; leave it so
-            gc.set_threshold(max(first, young), *older)
-    _gc_rounds += 1
-    try:
-        yield
-    finally:
-        _gc_rounds -= 1
-        if _gc_rounds == 0:
-            gc.set_threshold(*_gc_default)
-
-
 @dataclass(eq=False, slots=True)
 class _LoopState:
     total: int = 0
@@ -303,7 +270,8 @@ class OutboxRelay:
         if claim is None:
             return BatchResult()
         async with claim:
-            with _fewer_collections(self._settings.gc_threshold):
+            # Rounds collect cyclic garbage less often (`RelaySettings.gc_threshold`).
+            with fewer_collections(self._settings.gc_threshold):
                 return await self._publish(producer, claim)
 
     async def _publish(self, producer: EventProducer, claim: _Claim) -> BatchResult:

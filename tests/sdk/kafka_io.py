@@ -23,20 +23,28 @@ async def produce(
     *,
     signer: Signer | None = COORDINATOR,
     topic: str | None = None,
+    tree: int = 1,
 ) -> None:
     """Events (keyed as the relay keys them) or raw (key, value) pairs, in order, each
     signed as the coordinator signs (None: unsigned, like a forger without the key), to
-    `topic` (default: the events topic)."""
+    `topic` (default: the events topic). `tree` > 1 signs `tree` consecutive records at a
+    time, one Merkle root each, as the relay does (`RETENTION_RELAY_SIGNATURE_BATCH`)."""
+    pairs = [
+        (item.key.encode(), encode(item)) if isinstance(item, RetentionEvent) else item
+        for item in records
+    ]
+    signed: list[list[tuple[str, bytes]]] = []
+    for start in range(0, len(pairs), tree):
+        chunk = pairs[start : start + tree]
+        if signer is None:
+            signed += [[] for _ in chunk]
+        else:
+            signed += signer.sign_batch(chunk) if tree > 1 else [signer.sign_record(*chunk[0])]
     producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all", enable_idempotence=True)
     await producer.start()
     try:
         futures = []
-        for item in records:
-            if isinstance(item, RetentionEvent):
-                key, value = item.key.encode(), encode(item)
-            else:
-                key, value = item
-            headers = [] if signer is None else signer.sign_record(key, value)
+        for (key, value), headers in zip(pairs, signed, strict=True):
             futures.append(
                 await producer.send(topic or kafka.topics.events, value, key=key, headers=headers)
             )

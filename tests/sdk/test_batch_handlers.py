@@ -4,7 +4,8 @@ per group of a partition batch, and isolation of a culprit when a call raises.""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import pytest
 
@@ -19,6 +20,14 @@ from consumer_sdk import (
     RetentionConsumer,
     RetentionEvent,
     RetryLater,
+)
+from consumer_sdk.idempotency import (
+    BatchingStore,
+    BatchTransaction,
+    InMemoryIdempotencyStore,
+    LookupInBatch,
+    ProcessedEvent,
+    StoreTransaction,
 )
 from consumer_sdk.testing import TestConsumer
 from tests.sdk.helpers import event
@@ -188,3 +197,66 @@ async def test_single_delivery_calls_a_batch_handler_with_a_batch_of_one() -> No
         acks = await t.deliver(found, gone)
         assert [c.args for c in t.mock(delete_users).call_args_list] == [([found],), ([gone],)]
     assert statuses(acks) == [("here", AckStatus.COMPLETED, 4), ("gone", AckStatus.NOT_FOUND, 0)]
+
+
+class PlainBatchingStore:
+    """A custom batching store without `batch_lookup`: an in-memory one, wrapped, that
+    notes whether a batch transaction is open when it is asked to look up."""
+
+    def __init__(self) -> None:
+        self.inner = InMemoryIdempotencyStore()
+        self.open_batches = 0
+        self.lookups_during_a_batch = 0
+        self.lookups = 0
+
+    @property
+    def provides_connection(self) -> bool:
+        return False
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    async def lookup(
+        self, service: str, event_ids: Iterable[uuid.UUID]
+    ) -> Mapping[uuid.UUID, ProcessedEvent]:
+        self.lookups += 1
+        self.lookups_during_a_batch += self.open_batches > 0
+        return await self.inner.lookup(service, event_ids)
+
+    def transaction(
+        self, service: str, event_id: uuid.UUID
+    ) -> AbstractAsyncContextManager[StoreTransaction]:
+        return self.inner.transaction(service, event_id)
+
+    @asynccontextmanager
+    async def batch(self, service: str) -> AsyncIterator[BatchTransaction]:
+        self.open_batches += 1
+        try:
+            async with self.inner.batch(service) as batch:
+                yield batch
+        finally:
+            self.open_batches -= 1
+
+
+async def test_a_store_that_cannot_look_up_in_its_batch_is_asked_before_it_opens() -> None:
+    # Both at once could wait forever on a pool of one connection.
+    store = PlainBatchingStore()
+    assert isinstance(store, BatchingStore)
+    assert not isinstance(store, LookupInBatch)
+    app = make_app()
+    calls: list[list[str]] = []
+
+    @app.on_delete_batch("user")
+    async def delete_users(events: Sequence[RetentionEvent]) -> list[int]:
+        calls.append([e.entity_id for e in events])
+        return [1] * len(events)
+
+    events = [event("1"), event("2"), event("3")]
+    async with TestConsumer(app, store=store) as t:
+        acks = await t.deliver_batch(*events)
+        again = await t.deliver_batch(*events)
+    assert calls == [["1", "2", "3"]]
+    assert [a.status for a in [*acks, *again]] == [AckStatus.COMPLETED] * 6
+    assert sum("redelivered" in a.detail for a in again) == 3
+    assert store.lookups >= 2
+    assert store.lookups_during_a_batch == 0

@@ -4,6 +4,7 @@ an offset is committed only once its ack is written, and nothing is lost or re-a
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -224,3 +225,54 @@ async def test_a_disconnect_while_the_database_answers_is_the_handlers_failure()
     assert [a.status for a in acks] == [AckStatus.FAILED]
     assert committed == [1]
     assert store.probes == 1
+
+
+async def test_batches_collect_garbage_less_often_and_leave_the_collector_as_found() -> None:
+    before = gc.get_threshold()
+    gc.set_threshold(700, 10, 10)
+    records = [
+        Record(TOPICS.events, 0, offset, e.key.encode(), encode(e), ())
+        for offset, e in enumerate(event(f"g{i}") for i in range(3))
+    ]
+    consumer, producer = FakeConsumer(records), FlakyProducer(failures=0)
+    seen: list[tuple[int, int, int]] = []
+
+    async def delete_user(event: RetentionEvent) -> int:
+        seen.append(gc.get_threshold())
+        return 1
+
+    registry = HandlerRegistry()
+    registry.add(
+        "user",
+        EventType.DELETE,
+        delete_user,
+        max_attempts=None,
+        throws=(),
+        database_available=False,
+    )
+    runtime = Runtime(
+        service="svc",
+        topics=TOPICS,
+        settings=ConsumerSettings(database_url=None, poll_timeout_s=0.01, gc_threshold=12_345),
+        registry=registry,
+        store=InMemoryIdempotencyStore(),
+        metrics=ConsumerMetrics(),
+        registration=ServiceRegistration(
+            service="svc", handles=registry.handles(), sdk_version="t", registered_at=utc_now()
+        ),
+        consumer=consumer,
+        producer=producer,
+        trust=Trust.off("svc", ConsumerMetrics()),
+    )
+    try:
+        await runtime.start()
+        for _ in range(200):
+            if consumer.committed and consumer.committed[-1] == 3:
+                break
+            await asyncio.sleep(0.01)
+        await runtime.stop()
+        after = gc.get_threshold()
+    finally:
+        gc.set_threshold(*before)
+    assert seen == [(12_345, 10, 10)] * 3
+    assert after == (700, 10, 10)

@@ -1,4 +1,5 @@
-"""The relay's rounds collect cyclic garbage less often, and leave the collector as found."""
+"""Batches (the relay's rounds, the SDK's) collect cyclic garbage less often, and leave the
+collector as found."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from coordinator.outbox import relay
+from schemas.collector import fewer_collections
 
 
 @pytest.fixture
@@ -22,7 +23,7 @@ def test_overlapping_rounds_raise_the_threshold_once_and_the_last_restores_it(
     threshold: tuple[int, int, int],
 ) -> None:
     raised = (50_000, *threshold[1:])
-    first, second = relay._fewer_collections(50_000), relay._fewer_collections(50_000)
+    first, second = fewer_collections(50_000), fewer_collections(50_000)
     first.__enter__()
     assert gc.get_threshold() == raised
     second.__enter__()
@@ -33,13 +34,13 @@ def test_overlapping_rounds_raise_the_threshold_once_and_the_last_restores_it(
 
 
 def test_a_failing_round_restores_the_threshold(threshold: tuple[int, int, int]) -> None:
-    with pytest.raises(RuntimeError), relay._fewer_collections(50_000):
+    with pytest.raises(RuntimeError), fewer_collections(50_000):
         raise RuntimeError("round failed")
     assert gc.get_threshold() == threshold
 
 
 def test_a_collector_switched_off_by_threshold_stays_off(threshold: tuple[int, int, int]) -> None:
     gc.set_threshold(0, 10, 10)
-    with relay._fewer_collections(50_000):
+    with fewer_collections(50_000):
         assert gc.get_threshold()[0] == 0
     assert gc.get_threshold() == (0, 10, 10)
