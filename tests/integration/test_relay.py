@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -10,7 +11,8 @@ import subprocess
 import sys
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from coordinator.evidence import audit
 from coordinator.kafka.producer import Delivery, EventProducer, KafkaEventProducer, OutgoingRecord
 from coordinator.metrics import Metrics
+from coordinator.outbox import relay as relay_module
 from coordinator.outbox.lookup import event_counts, unpublished_events
 from coordinator.outbox.relay import AUDIT_ACTION, OutboxRelay, PublishFailed
 from coordinator.settings import RelaySettings
@@ -407,3 +410,25 @@ async def test_a_free_audit_chain_ends_the_round_after_one_claim(
 
 
 _POLICIES = ("session_logs", "purchase_records", "audit_trail")
+
+
+async def test_a_rounds_records_are_freed_before_the_collector_threshold_drops_back(
+    engine: AsyncEngine, topics: KafkaSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The collection the default threshold starts at once would otherwise walk every
+    # record of the round still alive (a large share of the relay's CPU per event).
+    real = relay_module.fewer_collections
+    alive_at_exit: list[int] = []
+
+    @contextmanager
+    def watched(young: int) -> Iterator[None]:
+        with real(young):
+            yield
+            alive_at_exit.append(sum(isinstance(o, relay_module._Claim) for o in gc.get_objects()))
+
+    monkeypatch.setattr(relay_module, "fewer_collections", watched)
+    await insert_rows(engine, outbox_rows(250, policy="session_logs"))
+    async with OutboxRelay(engine, topics, settings=FAST) as relay:
+        assert await relay.drain(timeout_s=60) == 250
+    assert alive_at_exit
+    assert set(alive_at_exit) == {0}, alive_at_exit
