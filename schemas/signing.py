@@ -347,8 +347,9 @@ class Checked:
 
 _Memo = tuple[bytes, int, bytes, bytes, bytes]
 """A remembered node's entry (see `Verifier._paths`): the proof text of the valid record
-that walked it, where the rest above the node's step starts in that text, the root, the
-signature header text that root verified under, and the node's step (33 bytes)."""
+whose walk hashed with it, where the rest above the node's step starts in that text, the
+root, the signature header text that root verified under, and the node's step (33
+bytes)."""
 
 
 class Verifier:
@@ -371,15 +372,15 @@ class Verifier:
         self._cache_size = cache_size
         self._memo_size = memo_size
         self._paths: dict[bytes, _Memo] = {}
-        """The walk memo (docs/protocol.md): every node a valid record's walk hashed, and
-        every sibling it was hashed with, mapped to the step that node's own walk takes
-        next (its recorded step; for a sibling, the step back to the node it was hashed
-        with, on the other side) and where the rest of the proof above starts in that
-        record's proof text. A node followed by that very step and byte-for-byte that rest
-        leads to the remembered root. A tree's records arrive together, so a few trees'
-        worth is enough: at most `cache_size` nodes, then started afresh. A record's own
-        leaf is not kept (it recurs only when that very record is redelivered); its
-        neighbour's is, as the sibling of its first step."""
+        """The walk memo (docs/protocol.md): every sibling a valid record's walk hashed
+        with, mapped to that sibling's own next step (back to the node it was hashed with,
+        from the other side) and where the rest of the proof above starts in that record's
+        proof text. A node followed by that very step and byte-for-byte that rest leads to
+        the remembered root. The nodes walked through are not kept: a later record of the
+        tree meets a sibling first, unless it is that very record again. A tree's records
+        arrive together, though spread over partitions read one after another: at most
+        `memo_size` nodes (up to ~10 MB with the proof texts they keep alive), then
+        started afresh."""
         self._signatures: dict[bytes, tuple[str, bytes, Ed25519PublicKey, Checked]] = {}
         """Well-formed signature headers of known keys, parsed, with the VALID verdict for
         their key id (immutable, shared): the records of one tree share one header, so
@@ -485,14 +486,11 @@ class Verifier:
                     self._roots.popitem(last=False)
             else:
                 return Checked(Verdict.BAD_SIGNATURE, kid_text)
-        if len(paths) + 2 * len(walked) > self._memo_size:
+        if len(paths) + len(walked) > self._memo_size:
             paths.clear()
         for node, at, step in walked:
-            rest = at + _STEP_B64
-            if at:
-                paths[node] = (proof, rest, root, text, step)
             # The sibling's own step is back to `node`, from the other side.
-            paths[step[1:]] = (proof, rest, root, text, _OTHER_SIDE[step[0]] + node)
+            paths[step[1:]] = (proof, at + _STEP_B64, root, text, _OTHER_SIDE[step[0]] + node)
         return valid
 
     def _judged(
