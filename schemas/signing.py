@@ -345,6 +345,13 @@ class Checked:
         return self.verdict is Verdict.VALID
 
 
+_Memo = tuple[bytes, int, bytes, bytes, bytes]
+"""A remembered node's entry (see `Verifier._paths`): the proof text of the valid record
+whose walk hashed with it, where the rest above the node's step starts in that text, the
+root, the signature header text that root verified under, and the node's step (33
+bytes)."""
+
+
 class Verifier:
     """Verifies records against a set of public keys (several during a rotation).
 
@@ -353,20 +360,31 @@ class Verifier:
     cache: a record with a copied signature and a made-up proof computes another root.
     """
 
-    def __init__(self, public_keys: Iterable[Ed25519PublicKey], *, cache_size: int = 4096):
+    def __init__(
+        self,
+        public_keys: Iterable[Ed25519PublicKey],
+        *,
+        cache_size: int = 4096,
+        memo_size: int = 16_384,
+    ):
         self._keys = {key_id(k): k for k in public_keys}
         self._roots: OrderedDict[tuple[str, bytes, bytes], None] = OrderedDict()
         self._cache_size = cache_size
-        self._paths: dict[bytes, tuple[bytes, bytes]] = {}
-        """Inner nodes on the paths of valid records: the rest of the proof from the
-        node, and the root it leads to. A tree's records arrive together, so a few trees'
-        worth is enough: at most `cache_size` nodes (each with the rest of its proof: about
-        2 MB for trees of 2,000 records), then started afresh. Leaves are not kept: a
-        record's leaf recurs only when that very record is redelivered."""
-        self._valid: dict[str, Checked] = {}
-        self._signatures: dict[bytes, tuple[str, bytes, Ed25519PublicKey]] = {}
-        """Well-formed signature headers of known keys, parsed: the records of one tree
-        share one, so each is parsed once (at most `cache_size`, then started afresh)."""
+        self._memo_size = memo_size
+        self._paths: dict[bytes, _Memo] = {}
+        """The walk memo (docs/protocol.md): every sibling a valid record's walk hashed
+        with, mapped to that sibling's own next step (back to the node it was hashed with,
+        from the other side) and where the rest of the proof above starts in that record's
+        proof text. A node followed by that very step and byte-for-byte that rest leads to
+        the remembered root. The nodes walked through are not kept: a later record of the
+        tree meets a sibling first, unless it is that very record again. A tree's records
+        arrive together, though spread over partitions read one after another: at most
+        `memo_size` nodes (up to ~10 MB with the proof texts they keep alive), then
+        started afresh."""
+        self._signatures: dict[bytes, tuple[str, bytes, Ed25519PublicKey, Checked]] = {}
+        """Well-formed signature headers of known keys, parsed, with the VALID verdict for
+        their key id (immutable, shared): the records of one tree share one header, so
+        each is parsed once (at most `cache_size`, then started afresh)."""
 
     @property
     def key_ids(self) -> frozenset[str]:
@@ -379,28 +397,125 @@ class Verifier:
         headers: Iterable[tuple[str, bytes | None]],
     ) -> Checked:
         """Never raises on what a record carries: anything not as docs/protocol.md states
-        it is `MALFORMED`."""
-        signatures: list[bytes | None] = []
-        proofs: list[bytes | None] = []
+        it is `MALFORMED`.
+
+        What nearly every record is (one signature header of a known key, one proof
+        whose steps decode and whose root verifies) is judged by `_batch_valid` at the
+        cost of its leaf and the steps below the first remembered node; everything else
+        by `_judged`, which checks in the order docs/protocol.md lists, remembering only
+        parsed headers and verified roots. Both give the verdict a verifier remembering
+        nothing gives."""
+        signature: bytes | None = None
+        proof: bytes | None = None
         for name, header in headers:
             if name == SIGNATURE_HEADER:
-                signatures.append(header)
+                if signature is not None:
+                    return Checked(Verdict.MALFORMED)
+                signature = header if isinstance(header, bytes) else _NULL
             elif name == PROOF_HEADER:
-                proofs.append(header)
-        if not signatures:
-            return Checked(Verdict.MALFORMED if proofs else Verdict.UNSIGNED)
-        if len(signatures) > 1 or len(proofs) > 1:
+                if proof is not None:
+                    return Checked(Verdict.MALFORMED)
+                proof = header if isinstance(header, bytes) else _NULL
+        if signature is None or proof is None or signature is _NULL or proof is _NULL:
+            return self._judged(key, value, signature, proof)
+        checked = self._batch_valid(key, value, signature, proof)
+        return self._judged(key, value, signature, proof) if checked is None else checked
+
+    def _batch_valid(
+        self, key: bytes | None, value: bytes | None, text: bytes, proof: bytes
+    ) -> Checked | None:
+        """The verdict on a batch-signed record if it is VALID or BAD_SIGNATURE after every
+        other check passed (what `_judged` would answer then); None for anything else.
+
+        The proof is decoded a step at a time, only up to the first node the memo knows
+        with the same next step and the same rest: that rest was decoded (or matched)
+        when remembered, so the whole proof is then standard base64 of whole steps with
+        valid sides, as `_judged` requires."""
+        size = len(proof)
+        if size % _STEP_B64 or not 0 < size <= MAX_PROOF_STEPS * _STEP_B64:
+            return None
+        parsed = self._signatures.get(text)
+        if parsed is None:
+            refused = self._parse(text)
+            if isinstance(refused, Checked):
+                return None
+            parsed = refused
+        # `_leaf`, inlined: this runs for every event a service reads.
+        k, v = key or b"", value or b""
+        length = len(k)
+        node = _sha256(
+            _LEAF_PREFIX + (_LENGTHS[length] if length < 256 else length.to_bytes(4, "big")) + k + v
+        ).digest()
+        paths, a2b = self._paths, binascii.a2b_base64
+        walked: list[tuple[bytes, int, bytes]] = []
+        root: bytes | None = None
+        verified = False
+        try:
+            for at in range(0, size, _STEP_B64):
+                step = a2b(proof[at : at + _STEP_B64], strict_mode=True)
+                if len(step) != 33:
+                    return None
+                known = paths.get(node)
+                if (
+                    known is not None
+                    and known[4] == step
+                    and proof[at + _STEP_B64 :] == known[0][known[1] :]
+                ):
+                    root, verified = known[2], known[3] == text
+                    break
+                walked.append((node, at, step))
+                side = step[0]
+                if side == _LEFT:
+                    node = _sha256(_NODE + step[1:] + node).digest()
+                elif side == _RIGHT:
+                    node = _sha256(_NODE + node + step[1:]).digest()
+                else:
+                    return None
+        except binascii.Error:
+            return None
+        if root is None:
+            root = node
+        kid_text, signature, public, valid = parsed
+        if not verified:
+            cached = (kid_text, signature, root)
+            if cached in self._roots:
+                self._roots.move_to_end(cached)
+            elif _verifies(public, signature, ROOT_CONTEXT + root):
+                self._roots[cached] = None
+                if len(self._roots) > self._cache_size:
+                    self._roots.popitem(last=False)
+            else:
+                return Checked(Verdict.BAD_SIGNATURE, kid_text)
+        if len(paths) + len(walked) > self._memo_size:
+            paths.clear()
+        for node, at, step in walked:
+            # The sibling's own step is back to `node`, from the other side.
+            paths[step[1:]] = (proof, at + _STEP_B64, root, text, _OTHER_SIDE[step[0]] + node)
+        return valid
+
+    def _judged(
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        text: bytes | None,
+        proof_text: bytes | None,
+    ) -> Checked:
+        """The verdict on one signature header and at most one proof header (None: absent;
+        `_NULL`: a null value), each check in the order docs/protocol.md lists."""
+        if text is None:
+            return Checked(Verdict.MALFORMED if proof_text is not None else Verdict.UNSIGNED)
+        if text is _NULL or proof_text is _NULL:
             return Checked(Verdict.MALFORMED)
-        # A Kafka header value may be null (aiokafka gives None); a proof longer than
-        # any tree's is refused before it is decoded or hashed.
-        text, proof_text = signatures[0], proofs[0] if proofs else b""
-        if not isinstance(text, bytes) or not isinstance(proof_text, bytes):
-            return Checked(Verdict.MALFORMED)
-        if proofs and not 0 < len(proof_text) <= MAX_PROOF_STEPS * _STEP_B64:
+        # A proof longer than any tree's is refused before it is decoded or hashed.
+        if proof_text is not None and not 0 < len(proof_text) <= MAX_PROOF_STEPS * _STEP_B64:
             return Checked(Verdict.MALFORMED)
         try:
             # Strict: standard base64 with its padding, nothing around it.
-            proof = binascii.a2b_base64(proof_text, strict_mode=True) if proofs else None
+            proof = (
+                binascii.a2b_base64(proof_text, strict_mode=True)
+                if proof_text is not None
+                else None
+            )
         except binascii.Error:
             return Checked(Verdict.MALFORMED)
         if proof is not None and len(proof) % 33:
@@ -411,22 +526,14 @@ class Verifier:
             if isinstance(refused, Checked):
                 return refused
             parsed = refused
-        kid_text, signature, public = parsed
+        kid_text, signature, public, valid = parsed
         if proof is None:
-            message = signed_bytes(key, value)
-            if not _verifies(public, signature, message):
+            if not _verifies(public, signature, signed_bytes(key, value)):
                 return Checked(Verdict.BAD_SIGNATURE, kid_text)
-            return Checked(Verdict.VALID, kid_text)
-        # `_leaf`, inlined: this runs for every event a service reads.
-        k, v = key or b"", value or b""
-        size = len(k)
-        leaf = hashlib.sha256(
-            _LEAF_PREFIX + (_LENGTHS[size] if size < 256 else size.to_bytes(4, "big")) + k + v
-        ).digest()
-        walked = self._walk(leaf, proof)
-        if walked is None:
+            return valid
+        root = _walk(_leaf(key, value), proof)
+        if root is None:
             return Checked(Verdict.MALFORMED, kid_text)
-        root, hashed = walked
         cached = (kid_text, signature, root)
         if cached in self._roots:
             self._roots.move_to_end(cached)
@@ -436,44 +543,11 @@ class Verifier:
                 self._roots.popitem(last=False)
         else:
             return Checked(Verdict.BAD_SIGNATURE, kid_text)
-        paths = self._paths
-        if len(paths) + len(hashed) > self._cache_size:
-            paths.clear()
-        for node, at in hashed:
-            if at:
-                paths[node] = (proof[at:], root)
-        valid = self._valid.get(kid_text)
-        if valid is None:
-            # One per key id of ours (only those are parsed): the verdict is immutable.
-            valid = self._valid[kid_text] = Checked(Verdict.VALID, kid_text)
         return valid
 
-    def _walk(self, leaf: bytes, proof: bytes) -> tuple[bytes, list[tuple[bytes, int]]] | None:
-        """The root `proof` leads to from `leaf` (None: a step's side is neither), and the
-        nodes hashed on the way with where their part of the proof starts.
-
-        The records of one tree share the upper part of their paths: where a node and
-        the rest of its proof are those of a path walked before, that walk's root is the
-        answer without hashing again (the same inputs give the same root)."""
-        sha256, paths, node = hashlib.sha256, self._paths, leaf
-        hashed: list[tuple[bytes, int]] = []
-        for at in range(0, len(proof), 33):
-            known = paths.get(node)
-            if known is not None and known[0] == proof[at:]:
-                return known[1], hashed
-            hashed.append((node, at))
-            side, sibling = proof[at], proof[at + 1 : at + 33]
-            if side == _LEFT:
-                node = sha256(_NODE + sibling + node).digest()
-            elif side == _RIGHT:
-                node = sha256(_NODE + node + sibling).digest()
-            else:
-                return None
-        return node, hashed
-
-    def _parse(self, text: bytes) -> tuple[str, bytes, Ed25519PublicKey] | Checked:
-        """A signature header's key id, signature and public key, remembered; or the
-        verdict on a header that is malformed or names a key not ours."""
+    def _parse(self, text: bytes) -> tuple[str, bytes, Ed25519PublicKey, Checked] | Checked:
+        """A signature header's key id, signature, public key and VALID verdict,
+        remembered; or the verdict on a header that is malformed or names a key not ours."""
         kid, sep, encoded = text.partition(b":")
         try:
             kid_text = kid.decode("ascii")
@@ -492,8 +566,34 @@ class Verifier:
             return Checked(Verdict.UNKNOWN_KEY, kid_text)
         if len(self._signatures) >= self._cache_size:
             self._signatures.clear()
-        parsed = self._signatures[text] = (kid_text, signature, public)
+        parsed = self._signatures[text] = (
+            kid_text,
+            signature,
+            public,
+            Checked(Verdict.VALID, kid_text),
+        )
         return parsed
+
+
+_sha256 = hashlib.sha256
+_NULL = b"\x00null"
+"""Stands for a null header value (aiokafka gives None) while headers are sorted out;
+compared by identity only, so no header's bytes can pass for it."""
+_OTHER_SIDE = {_LEFT: bytes([_RIGHT]), _RIGHT: bytes([_LEFT])}
+
+
+def _walk(leaf: bytes, proof: bytes) -> bytes | None:
+    """The root `proof` leads to from `leaf` (None: a step's side is neither)."""
+    node = leaf
+    for at in range(0, len(proof), 33):
+        side, sibling = proof[at], proof[at + 1 : at + 33]
+        if side == _LEFT:
+            node = _sha256(_NODE + sibling + node).digest()
+        elif side == _RIGHT:
+            node = _sha256(_NODE + node + sibling).digest()
+        else:
+            return None
+    return node
 
 
 def _verifies(public: Ed25519PublicKey, signature: bytes, message: bytes) -> bool:

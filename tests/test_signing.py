@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from typer.testing import CliRunner
@@ -276,10 +277,14 @@ def test_keys_generate_writes_a_private_pem_0600_and_the_public_line(tmp_path: P
     assert again.exit_code == 2
 
 
-def test_a_verifier_that_remembers_paths_judges_every_record_as_a_fresh_one() -> None:
+@pytest.mark.parametrize("memo_size", [16_384, 24])
+def test_a_verifier_that_remembers_paths_judges_every_record_as_a_fresh_one(
+    memo_size: int,
+) -> None:
     """The remembered paths of valid records never change a verdict: records of one tree
     in any order, each also with one proof step, its side, its value or another record's
-    proof changed, get the verdict a new verifier (remembering nothing) gives them."""
+    proof changed, get the verdict a new verifier (remembering nothing) gives them; so do
+    they when the memo is started afresh every few records."""
     rng = random.Random(5)
     signer = _signer()
     pairs = [(f"user:{n}".encode(), f'{{"n":{n}}}'.encode()) for n in range(300)]
@@ -302,7 +307,7 @@ def test_a_verifier_that_remembers_paths_judges_every_record_as_a_fresh_one() ->
         records.append((key, value, [sig, other]))
         records.append((key, value + b" ", headers))
     rng.shuffle(records)
-    remembering = Verifier([signer.public])
+    remembering = Verifier([signer.public], memo_size=memo_size)
     verdicts = Counter()
     for key, value, headers in records:
         got = remembering.verify(key, value, headers).verdict
