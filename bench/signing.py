@@ -1,7 +1,7 @@
 """Per-record vs per-batch (Merkle root + inclusion proof) Ed25519 signing: CPU per record.
 
     python -m bench.signing [--batch 5000] [--tree 128] [--rounds 20] [--value-bytes 400]
-                            [--partitions 1]
+                            [--partitions 1] [--json]
 
 Signs `--batch` records the way the relay does (one claim, a Merkle tree per `--tree`
 records: `RETENTION_RELAY_SIGNATURE_BATCH`), then verifies each record on its own the
@@ -12,12 +12,14 @@ partition after partition, as a consumer reading all N gets them (the end-to-end
 topics have 6): a tree's records then arrive apart, not neighbour after neighbour. The per-record
 scheme is what the tracker verifies for an ack sent alone (the SDK signs a batch's acks
 as one tree). Reports the median over rounds, in microseconds per record, for both
-schemes.
+schemes; with `--json`, one JSON object (settings, load average, results) to commit
+under bench/results/signing/ so the docs can quote it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
@@ -84,8 +86,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--value-bytes", type=int, default=400)
     parser.add_argument("--partitions", type=int, default=1)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
+    load_before = os.getloadavg()
     result = measure(args.batch, args.tree, args.rounds, args.value_bytes, args.partitions)
+    if args.json:
+        settings = {k: v for k, v in vars(args).items() if k != "json"}
+        load = {"start": load_before, "end": os.getloadavg()}
+        print(json.dumps({"settings": settings, "load": load, "us_per_record": result}))
+        return
     print(
         f"claim of {args.batch} records, trees of {args.tree}, {args.value_bytes}-byte values, "
         f"read from {args.partitions} partition(s), µs per record:"

@@ -367,6 +367,8 @@ class Verifier:
         cache_size: int = 4096,
         memo_size: int = 16_384,
     ):
+        # Fixed for the verifier's life: the memo, the parsed headers and the root cache
+        # all stand for checks made under these keys (a rotation builds a new Verifier).
         self._keys = {key_id(k): k for k in public_keys}
         self._roots: OrderedDict[tuple[str, bytes, bytes], None] = OrderedDict()
         self._cache_size = cache_size
