@@ -23,8 +23,11 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy import event as sa_event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine.interfaces import AdaptedConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from coordinator.evidence import audit
 from coordinator.evidence.partitions import LedgerEventAt
@@ -50,12 +53,38 @@ __all__ = [
     "compute_transitions",
     "expected_rows",
     "insert_ledger",
+    "learn_row_types",
     "ledger_row",
     "lock_events",
     "sorted_ids",
     "track_overtaken",
     "write_transitions",
 ]
+
+_ROW_TYPES = "SELECT $1::retention_ack_row[], $2::retention_ack_change[]"
+_LEARNED = "retention_ack_row_types"
+
+
+def learn_row_types(engine: AsyncEngine) -> None:
+    """Have each of `engine`'s connections learn the ack path's composite types when it
+    is checked out the first time, before its transaction takes any lock.
+
+    asyncpg looks a type it has no codec for up in the catalog (a recursive query) the
+    first time a connection uses it: left to the batch, that ran inside its last
+    statements, with the audit chain's lock held (docs/tracking.md)."""
+    if not sa_event.contains(engine.sync_engine, "checkout", _learn):
+        sa_event.listen(engine.sync_engine, "checkout", _learn)
+
+
+def _learn(
+    dbapi_conn: AdaptedConnection, record: ConnectionPoolEntry, proxy: PoolProxiedConnection
+) -> None:
+    # `info` lives as long as the DBAPI connection: a reconnect learns again.
+    if record.info.get(_LEARNED):
+        return
+    dbapi_conn.run_async(lambda conn: conn.prepare(_ROW_TYPES))
+    record.info[_LEARNED] = True
+
 
 DONE = frozenset({AckStatus.COMPLETED.value, AckStatus.NOT_FOUND.value})
 WAIVED = "waived"
