@@ -305,7 +305,7 @@ class Tracker:
                     deadlines=self._deadlines,
                     now=self._clock.now(),
                     reminder_interval=self._schedule.interval,
-                    limit=_HOUSEKEEPING_LIMIT,
+                    limit=self._settings.pass_events,
                 )
             total += len(done.tracked)
             if not done.more:
