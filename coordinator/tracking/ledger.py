@@ -53,7 +53,7 @@ __all__ = [
     "compute_transitions",
     "expected_rows",
     "insert_ledger",
-    "learn_row_types",
+    "learn_bound_types",
     "ledger_row",
     "lock_events",
     "sorted_ids",
@@ -61,17 +61,31 @@ __all__ = [
     "write_transitions",
 ]
 
-_ROW_TYPES = "SELECT $1::retention_ack_row[], $2::retention_ack_change[]"
-_LEARNED = "retention_ack_row_types"
+# The arrays the tracker binds: asyncpg knows their element types but looks each array
+# type up too, the composites with every attribute's type.
+_BOUND_TYPES = (
+    "retention_ack_row",
+    "retention_ack_change",
+    "uuid",
+    "text",
+    "int4",
+    "int8",
+    "bool",
+    "timestamptz",
+    "interval",
+)
+_LEARN = "SELECT " + ", ".join(f"${n}::{t}[]" for n, t in enumerate(_BOUND_TYPES, 1))
+_LEARNED = "retention_bound_types"
 
 
-def learn_row_types(engine: AsyncEngine) -> None:
-    """Have each of `engine`'s connections learn the ack path's composite types when it
-    is checked out the first time, before its transaction takes any lock.
+def learn_bound_types(engine: AsyncEngine) -> None:
+    """Have each of `engine`'s connections learn the array types the tracker binds when
+    it is checked out the first time, before its transaction takes any lock.
 
-    asyncpg looks a type it has no codec for up in the catalog (a recursive query) the
-    first time a connection uses it: left to the batch, that ran inside its last
-    statements, with the audit chain's lock held (docs/tracking.md)."""
+    asyncpg looks a type it has no codec for up in the catalog (a recursive query, once
+    per type and connection) the first time a connection uses it: left to the tracker's
+    statements, that ran inside ack batches and tracking passes with the audit chain's
+    lock held, and every other writer waited for it (docs/tracking.md)."""
     if not sa_event.contains(engine.sync_engine, "checkout", _learn):
         sa_event.listen(engine.sync_engine, "checkout", _learn)
 
@@ -82,7 +96,7 @@ def _learn(
     # `info` lives as long as the DBAPI connection: a reconnect learns again.
     if record.info.get(_LEARNED):
         return
-    dbapi_conn.run_async(lambda conn: conn.prepare(_ROW_TYPES))
+    dbapi_conn.run_async(lambda conn: conn.prepare(_LEARN))
     record.info[_LEARNED] = True
 
 

@@ -143,7 +143,7 @@ class Tracker:
     ) -> None:
         self._signer = signer
         self._engine = engine
-        ledger.learn_row_types(engine)
+        ledger.learn_bound_types(engine)
         self._kafka = clients if clients is not None else TrackerKafka.connect(kafka, settings)
         self._services_declared = list(services)
         self._declared: snapshot.Declared = [

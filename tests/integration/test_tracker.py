@@ -788,24 +788,21 @@ async def test_an_overtaken_event_is_tracked_apart_and_stays_tracked_if_the_batc
         assert (await audit.verify(conn))[1] is None
 
 
-async def test_a_connection_learns_the_ack_row_types_before_its_batch_locks_the_chain(
-    env: Env,
-) -> None:
-    # The batch's ledger insert runs with the audit chain locked: a type looked up in
-    # the catalog there is a catalog query every other writer waits for.
+async def test_a_connection_learns_the_bound_types_before_any_lock(env: Env) -> None:
+    # Ack batches and tracking passes bind these with the audit chain locked: a type
+    # looked up in the catalog there is a catalog query every other writer waits for.
     engine = make_engine(env.engine.url.render_as_string(hide_password=False), pool_size=1)
-    ledger.learn_row_types(engine)
-    ledger.learn_row_types(engine)  # once per engine, however many trackers share it
+    ledger.learn_bound_types(engine)
+    ledger.learn_bound_types(engine)  # once per engine, however many trackers share it
+    types = ("retention_ack_row", "retention_ack_change", "uuid", "timestamptz", "interval")
     try:
         async with engine.connect() as conn:
             raw = (await conn.get_raw_connection()).driver_connection
             assert raw is not None
             ran: list[str] = []
             raw.add_query_logger(lambda record: ran.append(record.query))
-            await conn.execute(
-                text("SELECT CAST(:a AS retention_ack_row[]), CAST(:b AS retention_ack_change[])"),
-                {"a": [], "b": []},
-            )
+            casts = ", ".join(f"CAST(:p{n} AS {t}[])" for n, t in enumerate(types))
+            await conn.execute(text(f"SELECT {casts}"), {f"p{n}": [] for n in range(len(types))})
             await conn.rollback()
         assert ran
         assert not [q for q in ran if "pg_catalog" in q or "typeinfo" in q]
