@@ -213,8 +213,10 @@ async def _track(
         .add_cte(_expected(new, src, services))
         .order_by(new.c.published_at, new.c.event_id)
     )
+    # Sorted once per pair, not per event: the chain's lock is held from here on.
+    names = {pair: tuple(sorted(services)) for pair, services in expected.items()}
     events = [
-        TrackedEvent(event_id, policy, published_at, tuple(sorted(expected.get((e, a), ()))))
+        TrackedEvent(event_id, policy, published_at, names.get((e, a), ()))
         for event_id, policy, published_at, e, a in rows
     ]
     if events:
@@ -348,7 +350,12 @@ async def _audit(
 ) -> None:
     # Built as the JSON it is stored as (ids as text, lists), so `prepare` needn't round
     # trip a thousand events through JSON to get there.
-    data = {"events": [{"event_id": str(t.event_id), "expected": list(t.expected)} for t in events]}
+    ids = audit.id_texts([t.event_id for t in events])
+    data = {
+        "events": [
+            {"event_id": i, "expected": list(t.expected)} for i, t in zip(ids, events, strict=True)
+        ]
+    }
     entry = audit.AuditEntry(audit.AuditAction.EVENTS_TRACKED, ACTOR, data)
     await audit.append_onto(conn, head, audit.prepare([entry], at=now, json_native=True))
 
