@@ -29,6 +29,7 @@ from sqlalchemy.engine.interfaces import AdaptedConnection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
+from coordinator import CoordinatorError
 from coordinator.evidence import audit
 from coordinator.evidence.partitions import LedgerEventAt
 from coordinator.store.tables import ack_ledger, event_status, expected_acks
@@ -198,7 +199,7 @@ class ConsumedAck:
     """The id of the declared key whose signature verified (None: unsigned, or not checked)."""
 
 
-class Overtaken(Exception):
+class Overtaken(CoordinatorError):
     """Raised by `apply_acks(track_missing=False)`, before it wrote anything: some acks
     name events nobody tracks yet. Roll back, `track_overtaken` them in a transaction of
     their own, and apply the batch again."""
