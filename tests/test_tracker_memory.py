@@ -293,29 +293,3 @@ async def test_a_failed_batch_rewinds_the_batch_read_ahead_first(
     assert calls[1] == 3
     assert len(calls) == 7
     assert await w.states(events) == ["completed"] * 3
-
-
-async def test_a_read_cancelled_while_judging_its_batch_rewinds_it(world: World) -> None:
-    # Judging yields to the event loop between acks (a transaction holding the chain
-    # lock goes on meanwhile); stopped there, the batch is read again, not lost.
-    w = world
-    ids = [uuid.uuid4().hex[:10] for _ in range(50)]
-    events = zip(
-        await insert_published(w.engine, ids, published_at=T0, entity_type=w.entity_type),
-        ids,
-        strict=True,
-    )
-    for event in events:
-        w.ack(event, "billing")
-        w.ack(event, "crm")
-    read = asyncio.create_task(w.tracker._read_acks(timeout_s=1.0))
-    while w.acks.position == 0:
-        await asyncio.sleep(0)
-    assert not read.done()  # taken from the topic, judging
-    read.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await read
-    assert w.acks.position == 0
-    batch = await w.tracker._read_acks(timeout_s=1.0)
-    assert batch is not None
-    assert len(batch.records) == 100
