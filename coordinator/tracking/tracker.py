@@ -65,8 +65,6 @@ __all__ = ["Cycle", "Tracker", "TrackerKafka"]
 log = structlog.get_logger("retention.tracker")
 
 _HOUSEKEEPING_LIMIT = 1000
-_JUDGED_BETWEEN_YIELDS = 64
-"""Acks decoded and checked between two chances for the event loop's other tasks."""
 DLQ_SERVICE = "tracker"
 """`DlqHeader.SERVICE` on acks the tracker dead-letters."""
 
@@ -333,13 +331,7 @@ class Tracker:
             return None
         try:
             batch = _AckBatch(messages, [], [])
-            for n, msg in enumerate(messages, 1):
-                if not n % _JUDGED_BETWEEN_YIELDS:
-                    # This runs beside the batch being recorded and the tracking pass,
-                    # in the same event loop: let a transaction holding the audit
-                    # chain's lock go on as soon as its statement returns, not after a
-                    # whole batch's signatures (cancelled here, the batch is rewound).
-                    await asyncio.sleep(0)
+            for msg in messages:
                 try:
                     ack = decode(RetentionAck, msg.value)
                 except PoisonRecord as exc:
@@ -686,9 +678,8 @@ class Tracker:
 async def _rewind_ahead(reader: AckReader, ahead: asyncio.Task[_AckBatch | None]) -> None:
     """Rewind a read-ahead batch, or stop a read still waiting for records.
 
-    A read is still waiting inside the consumer (cancelled there, it has taken no
-    record), or cancelled while judging its batch (it rewinds the batch itself), or has
-    returned."""
+    A read is either still waiting inside the consumer (cancelled there, it has taken no
+    record) or has returned and judged its batch in one go: never halfway."""
     if not ahead.done():
         ahead.cancel()
         await asyncio.gather(ahead, return_exceptions=True)
