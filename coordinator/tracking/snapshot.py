@@ -213,7 +213,7 @@ async def _track(
         .add_cte(_expected(new, src, services))
         .order_by(new.c.published_at, new.c.event_id)
     )
-    # Sorted once per pair, not per event: the chain's lock is held from here on.
+    # Sorted once per pair, not per event: the caller holds the chain's lock.
     names = {pair: tuple(sorted(services)) for pair, services in expected.items()}
     events = [
         TrackedEvent(event_id, policy, published_at, names.get((e, a), ()))
