@@ -49,6 +49,14 @@ class TrackerSettings(BaseSettings):
         description="How often housekeeping (tracking new events, reminders, deadlines) "
         "runs beside the ack loop, and the longest wait for acks in one read.",
     )
+    pass_events: int = Field(
+        default=1000,
+        ge=1,
+        le=5000,
+        description="Most events one tracking pass starts to follow in one transaction. "
+        "A pass holds the audit chain's lock, which every ack batch needs too, until it "
+        "commits: a smaller pass lets ack batches in sooner, at more passes per event.",
+    )
     ack_fetch_max_wait_ms: int = Field(
         default=50,
         ge=0,

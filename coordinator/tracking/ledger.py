@@ -23,8 +23,11 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy import event as sa_event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine.interfaces import AdaptedConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from coordinator import CoordinatorError
 from coordinator.evidence import audit
@@ -51,12 +54,52 @@ __all__ = [
     "compute_transitions",
     "expected_rows",
     "insert_ledger",
+    "learn_bound_types",
     "ledger_row",
     "lock_events",
     "sorted_ids",
     "track_overtaken",
     "write_transitions",
 ]
+
+# The arrays the tracker binds: asyncpg knows their element types but looks each array
+# type up too, the composites with every attribute's type.
+_BOUND_TYPES = (
+    "retention_ack_row",
+    "retention_ack_change",
+    "uuid",
+    "text",
+    "int4",
+    "int8",
+    "bool",
+    "timestamptz",
+    "interval",
+)
+_LEARN = "SELECT " + ", ".join(f"${n}::{t}[]" for n, t in enumerate(_BOUND_TYPES, 1))
+_LEARNED = "retention_bound_types"
+
+
+def learn_bound_types(engine: AsyncEngine) -> None:
+    """Have each of `engine`'s connections learn the array types the tracker binds when
+    it is checked out the first time, before its transaction takes any lock.
+
+    asyncpg looks a type it has no codec for up in the catalog (a recursive query, once
+    per type and connection) the first time a connection uses it: left to the tracker's
+    statements, that ran inside ack batches and tracking passes with the audit chain's
+    lock held, and every other writer waited for it (docs/tracking.md)."""
+    if not sa_event.contains(engine.sync_engine, "checkout", _learn):
+        sa_event.listen(engine.sync_engine, "checkout", _learn)
+
+
+def _learn(
+    dbapi_conn: AdaptedConnection, record: ConnectionPoolEntry, proxy: PoolProxiedConnection
+) -> None:
+    # `info` lives as long as the DBAPI connection: a reconnect learns again.
+    if record.info.get(_LEARNED):
+        return
+    dbapi_conn.run_async(lambda conn: conn.prepare(_LEARN))
+    record.info[_LEARNED] = True
+
 
 DONE = frozenset({AckStatus.COMPLETED.value, AckStatus.NOT_FOUND.value})
 WAIVED = "waived"

@@ -106,14 +106,19 @@ async def track_published(
     and it holds the audit chain's lock, which every ack batch, the relay and the purge
     need too, for `limit` events at most."""
     # Most passes find nothing new: see that without the chain lock, which every ack
-    # batch and the outbox writers need too. Read again under it: another tracker may
-    # have moved the cursor meanwhile.
-    if await tracked_up_to(conn) >= await published_up_to(conn):
+    # batch and the outbox writers need too, and pick the batches to take before it.
+    # Read the cursor again under it: another tracker may have moved it meanwhile, and
+    # only then are the batches picked again. The watermark only grows: batches
+    # published before the lock stay published.
+    seen, watermark = await tracked_up_to(conn), await published_up_to(conn)
+    if seen >= watermark:
         return Pass([], more=False)
+    up_to = await _batches_up_to(conn, seen, watermark, limit)
     head = await audit.lock_head(conn)
-    cursor, watermark = await tracked_up_to(conn), await published_up_to(conn)
-    up_to = await _batches_up_to(conn, cursor, watermark, limit)
-    if up_to == cursor:
+    cursor = await tracked_up_to(conn)
+    if cursor != seen:
+        up_to = await _batches_up_to(conn, cursor, await published_up_to(conn), limit)
+    if up_to <= cursor:
         return Pass([], more=False)
     which = and_(EVENTS.c.seq > cursor, EVENTS.c.seq <= up_to)
     tracked = await _track(
@@ -125,7 +130,7 @@ async def track_published(
         # events this pass found can have been tracked by someone else meanwhile.)
         return Pass(tracked, more=True)
     await _move_cursor(conn, up_to)
-    return Pass(tracked, more=up_to < watermark)
+    return Pass(tracked, more=up_to < await published_up_to(conn))
 
 
 async def track_events(
@@ -208,8 +213,10 @@ async def _track(
         .add_cte(_expected(new, src, services))
         .order_by(new.c.published_at, new.c.event_id)
     )
+    # Sorted once per pair, not per event: the caller holds the chain's lock.
+    names = {pair: tuple(sorted(services)) for pair, services in expected.items()}
     events = [
-        TrackedEvent(event_id, policy, published_at, tuple(sorted(expected.get((e, a), ()))))
+        TrackedEvent(event_id, policy, published_at, names.get((e, a), ()))
         for event_id, policy, published_at, e, a in rows
     ]
     if events:
@@ -343,7 +350,12 @@ async def _audit(
 ) -> None:
     # Built as the JSON it is stored as (ids as text, lists), so `prepare` needn't round
     # trip a thousand events through JSON to get there.
-    data = {"events": [{"event_id": str(t.event_id), "expected": list(t.expected)} for t in events]}
+    ids = audit.id_texts([t.event_id for t in events])
+    data = {
+        "events": [
+            {"event_id": i, "expected": list(t.expected)} for i, t in zip(ids, events, strict=True)
+        ]
+    }
     entry = audit.AuditEntry(audit.AuditAction.EVENTS_TRACKED, ACTOR, data)
     await audit.append_onto(conn, head, audit.prepare([entry], at=now, json_native=True))
 

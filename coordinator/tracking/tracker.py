@@ -143,6 +143,7 @@ class Tracker:
     ) -> None:
         self._signer = signer
         self._engine = engine
+        ledger.learn_bound_types(engine)
         self._kafka = clients if clients is not None else TrackerKafka.connect(kafka, settings)
         self._services_declared = list(services)
         self._declared: snapshot.Declared = [
@@ -304,7 +305,7 @@ class Tracker:
                     deadlines=self._deadlines,
                     now=self._clock.now(),
                     reminder_interval=self._schedule.interval,
-                    limit=_HOUSEKEEPING_LIMIT,
+                    limit=self._settings.pass_events,
                 )
             total += len(done.tracked)
             if not done.more:

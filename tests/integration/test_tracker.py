@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -20,6 +20,7 @@ from coordinator.clock import FrozenClock
 from coordinator.evidence import audit
 from coordinator.metrics import Metrics
 from coordinator.purge.holds import EntityTypes, IdForm, IdKind, create_hold, release_hold
+from coordinator.store.db import make_engine
 from coordinator.store.migrate import upgrade
 from coordinator.store.tables import (
     ack_ledger,
@@ -785,3 +786,25 @@ async def test_an_overtaken_event_is_tracked_apart_and_stays_tracked_if_the_batc
     assert await env.states([(event, entity)]) == ["completed"]
     async with env.engine.connect() as conn:
         assert (await audit.verify(conn))[1] is None
+
+
+async def test_a_connection_learns_the_bound_types_before_any_lock(env: Env) -> None:
+    # Ack batches and tracking passes bind these with the audit chain locked: a type
+    # looked up in the catalog there is a catalog query every other writer waits for.
+    engine = make_engine(env.engine.url.render_as_string(hide_password=False), pool_size=1)
+    ledger.learn_bound_types(engine)
+    ledger.learn_bound_types(engine)  # once per engine, however many trackers share it
+    types = ("retention_ack_row", "retention_ack_change", "uuid", "timestamptz", "interval")
+    try:
+        async with engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert raw is not None
+            ran: list[str] = []
+            raw.add_query_logger(lambda record: ran.append(record.query))
+            casts = ", ".join(f"CAST(:p{n} AS {t}[])" for n, t in enumerate(types))
+            await conn.execute(text(f"SELECT {casts}"), {f"p{n}": [] for n in range(len(types))})
+            await conn.rollback()
+        assert ran
+        assert not [q for q in ran if "pg_catalog" in q or "typeinfo" in q]
+    finally:
+        await engine.dispose()

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.evidence import audit
 from coordinator.outbox.lookup import published_up_to, tracked_up_to
@@ -122,3 +124,54 @@ async def test_each_event_expects_exactly_the_rows_its_pass_wrote(coordinator_db
     assert entry["events"] == [
         {"event_id": str(t.event_id), "expected": list(t.expected)} for t in done.tracked
     ]
+
+
+async def test_a_pass_picks_its_batches_again_if_another_moved_the_cursor_meanwhile(
+    coordinator_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass picks its batches before it takes the chain's lock; another tracker may
+    track them, and more, while it waits. The cursor must never go back."""
+    engine = make_engine(coordinator_db)
+    now = datetime.now(UTC)
+    lock_head = audit.lock_head
+    others: list[snapshot.Pass] = []
+    waited: list[bool] = []
+
+    async def another_tracker_first(conn: AsyncConnection) -> tuple[int, str]:
+        if not waited:
+            waited.append(True)
+            async with engine.begin() as other:
+                others.append(await _pass(other, now, limit=1000))
+        return await lock_head(conn)
+
+    try:
+        async with engine.begin() as conn:
+            await _pass(conn, now, limit=1000)  # whatever earlier tests left
+        first = await insert_published(engine, [f"a{n}" for n in range(10)], published_at=now)
+        second = await insert_published(engine, [f"b{n}" for n in range(10)], published_at=now)
+        monkeypatch.setattr(snapshot.audit, "lock_head", another_tracker_first)
+        async with engine.begin() as conn:
+            done = await _pass(conn, now, limit=10)  # picks the first batch only
+        monkeypatch.undo()
+        async with engine.connect() as conn:
+            cursor, watermark = await tracked_up_to(conn), await published_up_to(conn)
+            tracked = await conn.scalar(
+                select(func.count())
+                .select_from(event_status)
+                .where(event_status.c.event_id.in_([*first, *second]))
+            )
+            checked, broken = await audit.verify(conn)
+    finally:
+        await engine.dispose()
+    assert [len(p.tracked) for p in others] == [20]
+    assert done.tracked == []
+    assert cursor == watermark
+    assert tracked == 20
+    assert broken is None
+    assert checked > 0
+
+
+async def _pass(conn: AsyncConnection, now: datetime, *, limit: int) -> snapshot.Pass:
+    return await snapshot.track_published(
+        conn, declared=DECLARED, now=now, reminder_interval=timedelta(hours=1), limit=limit
+    )
