@@ -30,8 +30,8 @@ from coordinator.store.tables import (
     outbox_batches,
     outbox_cursors,
 )
-from coordinator.tracking import queries
-from schemas import KafkaSettings
+from coordinator.tracking import ledger, queries
+from schemas import AckStatus, KafkaSettings, RetentionAck
 from schemas.signing import Verifier
 from tests import keys
 from tests.outbox import clear_outbox, insert_rows
@@ -290,5 +290,53 @@ async def test_upkeep_signs_a_head_prunes_and_publishes(
         assert unpublished == 0
         assert published is not None
         assert published.last_seq == 4
+    finally:
+        await engine.dispose()
+
+
+async def test_an_ack_naming_a_pruned_event_does_not_track_it_again(coordinator_db: str) -> None:
+    # Its outbox batch stays (a batch-mate is open), its status row is pruned: an ack
+    # naming it, even one whose signature failed, must not reopen it (its reminders
+    # would re-publish it to services whose idempotency records are long pruned). An
+    # event past the tracker's cursor is still tracked by its ack (it overtook the pass).
+    engine = make_engine(coordinator_db)
+    try:
+        ids = await _world(engine)
+        await prune_own_data(
+            engine, RETENTION, now=NOW, dry_run=False, pepper=PEPPER, signer=SIGNER
+        )
+        pruned = ids["completed 7 years ago, batched with a pending one"]
+        assert (await _present(engine, ids))[
+            "completed 7 years ago, batched with a pending one"
+        ] == (1, 0, 0, 0)
+
+        def record(event_id: uuid.UUID, offset: int) -> ledger.ConsumedAck:
+            ack = RetentionAck(
+                event_id=event_id,
+                service="billing",
+                entity_type="user",
+                entity_id="someone",
+                status=AckStatus.COMPLETED,
+                records_affected=0,
+                attempt=1,
+                acknowledged_at=NOW,
+            )
+            return ledger.ConsumedAck(
+                "acks", 0, offset, ack, None, ledger.RejectReason.BAD_SIGNATURE
+            )
+
+        async with engine.begin() as conn:
+            outcome = await ledger.apply_acks(
+                conn,
+                [record(pruned, 1000), record(ids[UNTRACKED], 1001)],
+                declared=[("billing", "user", "delete")],
+                now=NOW,
+                reminder_interval=timedelta(hours=1),
+            )
+        assert [why for _, why in outcome.rejected] == [ledger.RejectReason.BAD_SIGNATURE] * 2
+        after = await _present(engine, ids)
+        # Each recorded in the ledger as rejected; only the one past the cursor tracked.
+        assert after["completed 7 years ago, batched with a pending one"] == (1, 0, 0, 1)
+        assert after[UNTRACKED] == (1, 1, 1, 1)
     finally:
         await engine.dispose()
