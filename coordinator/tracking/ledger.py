@@ -240,7 +240,7 @@ async def apply_acks(
     ledger rows, the audit entries, the new states (docs/tracking.md, "Ack ledger").
     """
     outcome = LedgerOutcome(records=len(records))
-    event_ids = sorted_ids({r.ack.event_id for r in records if r.ack is not None})
+    event_ids = _events_named(records)
     # Every statement is keyed by the batch's events or records, but tracking overtaken
     # events: one `by_key` block for the batch (its settings cost three statements)
     # unless some event has to be tracked first.
@@ -302,7 +302,7 @@ async def track_overtaken(
     lock (its status rows carry the events_tracked entry's seq), which the batch would
     otherwise hold from its start to its commit. A tracked event stays tracked whatever
     becomes of the batch; the pass would have tracked it anyway."""
-    event_ids = sorted_ids({r.ack.event_id for r in records if r.ack is not None})
+    event_ids = _events_named(records)
     if not event_ids:
         return 0
     async with by_key(conn):
@@ -323,6 +323,14 @@ async def track_overtaken(
         deadlines=deadlines,
     )
     return len(tracked)
+
+
+def _events_named(records: Sequence[ConsumedAck]) -> list[uuid.UUID]:
+    """The events to lock (and track, if untracked) for `records`: those of acks not
+    refused already. A refused one (bad signature, undeclared service) is rejected
+    whatever its event, so it neither waits for an event's lock nor has one tracked
+    (anyone can write the acks topic)."""
+    return sorted_ids({r.ack.event_id for r in records if r.ack is not None and r.refused is None})
 
 
 async def _expected_of(

@@ -142,17 +142,21 @@ async def track_events(
     reminder_interval: timedelta,
     deadlines: Deadlines | None = None,
 ) -> list[TrackedEvent]:
-    """Track these events now if the outbox has them, published or not.
+    """Track these events now if the outbox has them past the tracker's cursor,
+    published or not.
 
     An ack can overtake the relay's watermark (it sent, then crashed before marking);
-    the event was evidently published, so `now` stands in for the time.
+    the event was evidently published, so `now` stands in for the time. An event at or
+    before the cursor was tracked by a pass: without a status row it was pruned, and
+    tracking it again would reopen it (anyone who can write the acks topic could ask
+    for that) and have its reminders re-publish it to services that forgot it.
     """
     if not event_ids:
         return []
     head = await audit.lock_head(conn)
-    return await _track(
-        conn, by_event_ids(event_ids), head, declared, deadlines or {}, now, reminder_interval
-    )
+    # Read under the chain's lock, which a pass holds until it has moved the cursor.
+    which = and_(by_event_ids(event_ids), EVENTS.c.seq > await tracked_up_to(conn))
+    return await _track(conn, which, head, declared, deadlines or {}, now, reminder_interval)
 
 
 async def _batches_up_to(conn: AsyncConnection, cursor: int, watermark: int, limit: int) -> int:

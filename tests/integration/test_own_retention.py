@@ -30,8 +30,8 @@ from coordinator.store.tables import (
     outbox_batches,
     outbox_cursors,
 )
-from coordinator.tracking import queries
-from schemas import KafkaSettings
+from coordinator.tracking import ledger, queries
+from schemas import AckStatus, KafkaSettings, RetentionAck
 from schemas.signing import Verifier
 from tests import keys
 from tests.outbox import clear_outbox, insert_rows
@@ -290,5 +290,79 @@ async def test_upkeep_signs_a_head_prunes_and_publishes(
         assert unpublished == 0
         assert published is not None
         assert published.last_seq == 4
+    finally:
+        await engine.dispose()
+
+
+def _ack_record(
+    event_id: uuid.UUID, entity_id: str, offset: int, refused: ledger.RejectReason | None
+) -> ledger.ConsumedAck:
+    ack = RetentionAck(
+        event_id=event_id,
+        service="billing",
+        entity_type="user",
+        entity_id=entity_id,
+        status=AckStatus.COMPLETED,
+        records_affected=0,
+        attempt=1,
+        acknowledged_at=NOW,
+    )
+    return ledger.ConsumedAck("acks", 0, offset, ack, None, refused)
+
+
+async def _apply(engine: AsyncEngine, records: list[ledger.ConsumedAck]) -> ledger.LedgerOutcome:
+    async with engine.begin() as conn:
+        return await ledger.apply_acks(
+            conn,
+            records,
+            declared=[("billing", "user", "delete")],
+            now=NOW,
+            reminder_interval=timedelta(hours=1),
+        )
+
+
+async def test_an_ack_naming_a_pruned_event_does_not_track_it_again(coordinator_db: str) -> None:
+    # Its outbox batch stays (a batch-mate is open), its status row is pruned: an ack
+    # naming it (a genuine one replayed from the topic verifies) must not reopen it: its
+    # reminders would re-publish it to services whose idempotency records are long
+    # pruned. An event past the tracker's cursor is tracked by its ack (it overtook the
+    # pass).
+    engine = make_engine(coordinator_db)
+    try:
+        ids = await _world(engine)
+        await prune_own_data(
+            engine, RETENTION, now=NOW, dry_run=False, pepper=PEPPER, signer=SIGNER
+        )
+        kind = "completed 7 years ago, batched with a pending one"
+        assert (await _present(engine, ids))[kind] == (1, 0, 0, 0)
+        outcome = await _apply(
+            engine,
+            [
+                _ack_record(ids[kind], kind, 1000, None),
+                _ack_record(ids[UNTRACKED], UNTRACKED, 1001, None),
+            ],
+        )
+        assert [(r.ack and r.ack.event_id, why) for r, why in outcome.rejected] == [
+            (ids[kind], ledger.RejectReason.UNKNOWN_EVENT)
+        ]
+        assert [a.event_id for a in outcome.accepted] == [ids[UNTRACKED]]
+        after = await _present(engine, ids)
+        assert after[kind] == (1, 0, 0, 1)  # its rejected ledger row, nothing else
+        assert after[UNTRACKED] == (1, 1, 1, 1)
+    finally:
+        await engine.dispose()
+
+
+async def test_an_ack_whose_signature_failed_tracks_nothing(coordinator_db: str) -> None:
+    # It is rejected whatever its event: it needs no event locked, let alone tracked.
+    engine = make_engine(coordinator_db)
+    try:
+        ids = await _world(engine)
+        outcome = await _apply(
+            engine,
+            [_ack_record(ids[UNTRACKED], UNTRACKED, 1000, ledger.RejectReason.BAD_SIGNATURE)],
+        )
+        assert [why for _, why in outcome.rejected] == [ledger.RejectReason.BAD_SIGNATURE]
+        assert (await _present(engine, ids))[UNTRACKED] == (1, 0, 0, 1)
     finally:
         await engine.dispose()
