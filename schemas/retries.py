@@ -9,6 +9,7 @@ the policy's `give_up_after_s`, or the caller's stop event is set during a wait.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
@@ -151,10 +152,13 @@ async def retry(
     # machinery (about 0.1 ms a call, once per poll and per batch of a service): a first
     # failure is handed to it below as its own first attempt, so the waits, the log lines
     # and what is raised are the same as when tenacity made that attempt itself.
+    started = time.monotonic()
     try:
         return await operation()
     except BaseException as exc:  # tenacity judges it below, as it would have
         first: list[BaseException] = [exc]
+    # tenacity's clock starts below: the deadline is what the first attempt left of it.
+    spent = time.monotonic() - started
 
     # Named coroutine functions: tenacity awaits only what `iscoroutinefunction` admits.
     async def attempt() -> T:
@@ -171,7 +175,7 @@ async def retry(
         # Gives up before a wait that would end past the deadline, not after it.
         stop=stop_never
         if policy.give_up_after_s is None
-        else stop_before_delay(policy.give_up_after_s),
+        else stop_before_delay(max(0.0, policy.give_up_after_s - spent)),
         retry=retry_if_exception(accept),
         sleep=pause,
         before_sleep=log_failure,

@@ -8,6 +8,7 @@ errors the loop waited out.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import Any
@@ -477,3 +478,19 @@ async def test_faust_adapter_retries_an_event_in_place_until_stopped(
     assert await handle.handle(Message()) is False
     assert len(waits) == 4
     assert_follows(retention.settings.outage_policy, waits)
+
+
+async def test_the_deadline_counts_the_first_attempt(waits: list[float]) -> None:
+    # A first attempt that took most of `give_up_after_s` leaves no time for a wait.
+    calls: list[int] = []
+
+    async def operation() -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(0.9)
+        raise DISCONNECT
+
+    policy = RetryPolicy(initial_s=0.6, max_s=0.6, jitter_s=0.0, give_up_after_s=1.0)
+    with pytest.raises(ConnectionRefusedError):
+        await retry(operation, policy=policy, what="t")
+    assert waits == []
