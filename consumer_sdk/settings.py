@@ -71,9 +71,12 @@ class ConsumerSettings(BaseSettings):
     ack_batch_bytes: int = Field(
         default=512 * 1024,
         ge=16 * 1024,
+        # A record batch larger than the topic's `max.message.bytes` (1 MiB + 12 by
+        # default) is refused whole, retried whole, and stalls the partition.
+        le=1_000_000,
         validation_alias=AliasChoices("ack_batch_bytes", "RETENTION_CONSUMER_ACK_BATCH_BYTES"),
         description="Most bytes of acks in one record batch of one partition; at most the "
-        "acks topic's `max.message.bytes` (1 MiB by default).",
+        "acks topic's `max.message.bytes` (1 MiB by default), and at most 1,000,000.",
     )
     gc_threshold: int = Field(
         default=50_000,
