@@ -478,16 +478,8 @@ class Verifier:
         if root is None:
             root = node
         kid_text, signature, public, valid = parsed
-        if not verified:
-            cached = (kid_text, signature, root)
-            if cached in self._roots:
-                self._roots.move_to_end(cached)
-            elif _verifies(public, signature, ROOT_CONTEXT + root):
-                self._roots[cached] = None
-                if len(self._roots) > self._cache_size:
-                    self._roots.popitem(last=False)
-            else:
-                return Checked(Verdict.BAD_SIGNATURE, kid_text)
+        if not verified and not self._signed_root(kid_text, signature, public, root):
+            return Checked(Verdict.BAD_SIGNATURE, kid_text)
         if len(paths) + len(walked) > self._memo_size:
             paths.clear()
         for node, at, step in walked:
@@ -536,16 +528,25 @@ class Verifier:
         root = _walk(_leaf(key, value), proof)
         if root is None:
             return Checked(Verdict.MALFORMED, kid_text)
+        if not self._signed_root(kid_text, signature, public, root):
+            return Checked(Verdict.BAD_SIGNATURE, kid_text)
+        return valid
+
+    def _signed_root(
+        self, kid_text: str, signature: bytes, public: Ed25519PublicKey, root: bytes
+    ) -> bool:
+        """Whether `signature` by `kid_text`'s key signs `root`; only verified roots are
+        remembered (at most `cache_size`)."""
         cached = (kid_text, signature, root)
         if cached in self._roots:
             self._roots.move_to_end(cached)
-        elif _verifies(public, signature, ROOT_CONTEXT + root):
-            self._roots[cached] = None
-            if len(self._roots) > self._cache_size:
-                self._roots.popitem(last=False)
-        else:
-            return Checked(Verdict.BAD_SIGNATURE, kid_text)
-        return valid
+            return True
+        if not _verifies(public, signature, ROOT_CONTEXT + root):
+            return False
+        self._roots[cached] = None
+        if len(self._roots) > self._cache_size:
+            self._roots.popitem(last=False)
+        return True
 
     def _parse(self, text: bytes) -> tuple[str, bytes, Ed25519PublicKey, Checked] | Checked:
         """A signature header's key id, signature, public key and VALID verdict,
