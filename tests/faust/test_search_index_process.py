@@ -119,8 +119,12 @@ async def test_faust_service_survives_sigkill_and_applies_each_event_once(
     assert set(by_event) == {e.event_id for e in events}
     for e in events:
         first_time = [a for a in by_event[e.event_id] if not a.detail.startswith("redelivered")]
-        assert [(a.status, a.records_affected) for a in first_time] == [(AckStatus.COMPLETED, 2)]
-        assert all(a.status is AckStatus.COMPLETED for a in by_event[e.event_id])
+        # At most one: an event whose effect run 1 committed but whose ack it had not yet
+        # sent when killed is acked by run 2 alone, as a redelivery with the same outcome.
+        assert len(first_time) <= 1
+        assert {(a.status, a.records_affected) for a in by_event[e.event_id]} == {
+            (AckStatus.COMPLETED, 2)
+        }
     redelivered = {a.event_id for a in acks if a.detail.startswith("redelivered")}
     # Nothing was committed before the kill: whatever run 1 acked, run 2 saw again and
     # acked again without calling the handler.
