@@ -345,6 +345,9 @@ class Checked:
         return self.verdict is Verdict.VALID
 
 
+_Header = tuple[str, bytes, Ed25519PublicKey, Checked]
+"""A parsed signature header (see `Verifier._parse`)."""
+
 _Memo = tuple[bytes, int, bytes, bytes, bytes]
 """A remembered node's entry (see `Verifier._paths`): the proof text of the valid record
 whose walk hashed with it, where the rest above the node's step starts in that text, the
@@ -383,10 +386,12 @@ class Verifier:
         arrive together, though spread over partitions read one after another: at most
         `memo_size` nodes (up to ~10 MB with the proof texts they keep alive), then
         started afresh."""
-        self._signatures: dict[bytes, tuple[str, bytes, Ed25519PublicKey, Checked]] = {}
-        """Well-formed signature headers of known keys, parsed, with the VALID verdict for
+        self._signatures: dict[bytes, _Header] = {}
+        """Signature headers a signature verified under, parsed, with the VALID verdict for
         their key id (immutable, shared): the records of one tree share one header, so
-        each is parsed once (at most `cache_size`, then started afresh)."""
+        each is parsed once (at most `cache_size`, then started afresh). Only verified
+        ones: headers an attacker makes up never verify, so they cannot push a genuine
+        one out."""
 
     @property
     def key_ids(self) -> frozenset[str]:
@@ -405,8 +410,8 @@ class Verifier:
         whose steps decode and whose root verifies) is judged by `_batch_valid` at the
         cost of its leaf and the steps below the first remembered node; everything else
         by `_judged`, which checks in the order docs/protocol.md lists, remembering only
-        parsed headers and verified roots. Both give the verdict a verifier remembering
-        nothing gives."""
+        headers and roots a signature verified. Both give the verdict a verifier
+        remembering nothing gives."""
         signature: bytes | None = None
         proof: bytes | None = None
         for name, header in headers:
@@ -427,7 +432,9 @@ class Verifier:
         self, key: bytes | None, value: bytes | None, text: bytes, proof: bytes
     ) -> Checked | None:
         """The verdict on a batch-signed record if it is VALID or BAD_SIGNATURE after every
-        other check passed (what `_judged` would answer then); None for anything else.
+        other check passed, or MALFORMED for a proof with a step that is not one (what
+        `_judged` would answer then); None for anything else (a proof not of whole steps,
+        a header refused), which `_judged` checks in its order before hashing anything.
 
         The proof is decoded a step at a time, only up to the first node the memo knows
         with the same next step and the same rest: that rest was decoded (or matched)
@@ -436,12 +443,9 @@ class Verifier:
         size = len(proof)
         if size % _STEP_B64 or not 0 < size <= MAX_PROOF_STEPS * _STEP_B64:
             return None
-        parsed = self._signatures.get(text)
-        if parsed is None:
-            refused = self._parse(text)
-            if isinstance(refused, Checked):
-                return None
-            parsed = refused
+        parsed = self._parsed(text)
+        if isinstance(parsed, Checked):
+            return None
         # `_leaf`, inlined: this runs for every event a service reads.
         k, v = key or b"", value or b""
         length = len(k)
@@ -456,7 +460,7 @@ class Verifier:
             for at in range(0, size, _STEP_B64):
                 step = a2b(proof[at : at + _STEP_B64], strict_mode=True)
                 if len(step) != 33:
-                    return None
+                    return _malformed(proof, parsed[0])
                 known = paths.get(node)
                 if (
                     known is not None
@@ -472,20 +476,22 @@ class Verifier:
                 elif side == _RIGHT:
                     node = _sha256(_NODE + node + step[1:]).digest()
                 else:
-                    return None
+                    return _malformed(proof, parsed[0])
         except binascii.Error:
-            return None
+            return _malformed(proof, parsed[0])
         if root is None:
             root = node
-        kid_text, signature, public, valid = parsed
-        if not verified and not self._signed_root(kid_text, signature, public, root):
-            return Checked(Verdict.BAD_SIGNATURE, kid_text)
+        if not verified and not self._signed_root(text, parsed, root):
+            return Checked(Verdict.BAD_SIGNATURE, parsed[0])
         if len(paths) + len(walked) > self._memo_size:
             paths.clear()
+            # A walk longer than the whole memo keeps its top nodes (more of the tree's
+            # records meet them).
+            del walked[: max(len(walked) - self._memo_size, 0)]
         for node, at, step in walked:
             # The sibling's own step is back to `node`, from the other side.
             paths[step[1:]] = (proof, at + _STEP_B64, root, text, _OTHER_SIDE[step[0]] + node)
-        return valid
+        return parsed[3]
 
     def _judged(
         self,
@@ -514,43 +520,56 @@ class Verifier:
             return Checked(Verdict.MALFORMED)
         if proof is not None and len(proof) % 33:
             return Checked(Verdict.MALFORMED)
-        parsed = self._signatures.get(text)
-        if parsed is None:
-            refused = self._parse(text)
-            if isinstance(refused, Checked):
-                return refused
-            parsed = refused
+        parsed = self._parsed(text)
+        if isinstance(parsed, Checked):
+            return parsed
         kid_text, signature, public, valid = parsed
         if proof is None:
             if not _verifies(public, signature, signed_bytes(key, value)):
                 return Checked(Verdict.BAD_SIGNATURE, kid_text)
+            self._remember(text, parsed)
             return valid
         root = _walk(_leaf(key, value), proof)
         if root is None:
             return Checked(Verdict.MALFORMED, kid_text)
-        if not self._signed_root(kid_text, signature, public, root):
+        if not self._signed_root(text, parsed, root):
             return Checked(Verdict.BAD_SIGNATURE, kid_text)
         return valid
 
-    def _signed_root(
-        self, kid_text: str, signature: bytes, public: Ed25519PublicKey, root: bytes
-    ) -> bool:
-        """Whether `signature` by `kid_text`'s key signs `root`; only verified roots are
-        remembered (at most `cache_size`)."""
+    def _signed_root(self, text: bytes, parsed: _Header, root: bytes) -> bool:
+        """Whether the signature of the header `text` (`parsed`) signs `root`; only
+        verified roots, and the headers they verified under, are remembered (at most
+        `cache_size` of each)."""
+        kid_text, signature, public, _ = parsed
         cached = (kid_text, signature, root)
         if cached in self._roots:
             self._roots.move_to_end(cached)
             return True
         if not _verifies(public, signature, ROOT_CONTEXT + root):
             return False
+        self._remember(text, parsed)
         self._roots[cached] = None
         if len(self._roots) > self._cache_size:
             self._roots.popitem(last=False)
         return True
 
-    def _parse(self, text: bytes) -> tuple[str, bytes, Ed25519PublicKey, Checked] | Checked:
-        """A signature header's key id, signature, public key and VALID verdict,
-        remembered; or the verdict on a header that is malformed or names a key not ours."""
+    def _parsed(self, text: bytes) -> _Header | Checked:
+        """The signature header `text` parsed (remembered once a signature verified under
+        it), or the verdict on a header that is malformed or names a key not ours."""
+        known = self._signatures.get(text)
+        return known if known is not None else self._parse(text)
+
+    def _remember(self, text: bytes, parsed: _Header) -> None:
+        """Keep the header `text` parsed: a signature just verified under it."""
+        signatures = self._signatures
+        if text not in signatures:
+            if len(signatures) >= self._cache_size:
+                signatures.clear()
+            signatures[text] = parsed
+
+    def _parse(self, text: bytes) -> _Header | Checked:
+        """A signature header's key id, signature, public key and VALID verdict; or the
+        verdict on a header that is malformed or names a key not ours."""
         kid, sep, encoded = text.partition(b":")
         try:
             kid_text = kid.decode("ascii")
@@ -567,15 +586,7 @@ class Verifier:
         public = self._keys.get(kid_text)
         if public is None:
             return Checked(Verdict.UNKNOWN_KEY, kid_text)
-        if len(self._signatures) >= self._cache_size:
-            self._signatures.clear()
-        parsed = self._signatures[text] = (
-            kid_text,
-            signature,
-            public,
-            Checked(Verdict.VALID, kid_text),
-        )
-        return parsed
+        return kid_text, signature, public, Checked(Verdict.VALID, kid_text)
 
 
 _sha256 = hashlib.sha256
@@ -583,6 +594,18 @@ _NULL = b"\x00null"
 """Stands for a null header value (aiokafka gives None) while headers are sorted out;
 compared by identity only, so no header's bytes can pass for it."""
 _OTHER_SIDE = {_LEFT: bytes([_RIGHT]), _RIGHT: bytes([_LEFT])}
+
+
+def _malformed(proof: bytes, kid_text: str) -> Checked:
+    """`_judged`'s verdict on a record of a known key's well-formed header whose proof
+    (of whole 44-character steps) has a step that does not decode to 33 bytes or has a
+    side that is neither: without the key id unless the proof as a whole decodes to
+    whole steps (then a side is wrong, found by `_walk`)."""
+    try:
+        steps = binascii.a2b_base64(proof, strict_mode=True)
+    except binascii.Error:
+        return Checked(Verdict.MALFORMED)
+    return Checked(Verdict.MALFORMED, None if len(steps) % 33 else kid_text)
 
 
 def _walk(leaf: bytes, proof: bytes) -> bytes | None:

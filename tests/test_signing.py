@@ -25,9 +25,11 @@ from coordinator.cli import app
 from schemas.signing import (
     PROOF_HEADER,
     SIGNATURE_HEADER,
+    Checked,
     Signer,
     Verdict,
     Verifier,
+    key_id,
     load_private_key,
     parse_public_key,
     signed_bytes,
@@ -315,3 +317,66 @@ def test_a_verifier_that_remembers_paths_judges_every_record_as_a_fresh_one(
         verdicts[got] += 1
     assert verdicts[Verdict.VALID] >= 300
     assert verdicts[Verdict.BAD_SIGNATURE] + verdicts[Verdict.MALFORMED] >= 2 * 300
+
+
+def _batch(n: int) -> list[tuple[bytes, bytes, list[tuple[str, bytes]]]]:
+    pairs = [(f"user:{i}".encode(), f'{{"n":{i}}}'.encode()) for i in range(n)]
+    return [(k, v, h) for (k, v), h in zip(pairs, _signer().sign_batch(pairs), strict=True)]
+
+
+def test_made_up_headers_of_a_known_key_do_not_push_the_genuine_one_out() -> None:
+    """Only headers a signature verified under are remembered: an attacker writing many
+    distinct signature headers naming our key fills nothing, and the genuine header
+    stays parsed."""
+    signer = _signer()
+    verifier = Verifier([signer.public], cache_size=4)
+    key, value, headers = _batch(8)[0]
+    assert verifier.verify(key, value, headers).valid
+    kid = key_id(signer.public).encode()
+    for n in range(50):
+        made_up = kid + b":" + base64.b64encode(hashlib.sha512(bytes([n])).digest())
+        forged = [(SIGNATURE_HEADER, made_up), headers[1]]
+        assert verifier.verify(key, value, forged).verdict is Verdict.BAD_SIGNATURE
+    assert list(verifier._signatures) == [headers[0][1]]
+    assert verifier.verify(key, value, headers).valid
+
+
+def test_a_proof_step_with_a_wrong_side_is_refused_without_the_plain_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A known key's record whose proof has a wrong side is walked once, by the fast
+    path, with the plain check's verdict (MALFORMED with the key id; without it when
+    the proof does not decode as a whole)."""
+    signer = _signer()
+    key, value, (sig, (_, proof_text)) = _batch(64)[5]
+    proof = bytearray(base64.b64decode(proof_text))
+    proof[-33] = 7
+    wrong_side = [sig, (PROOF_HEADER, base64.b64encode(bytes(proof)))]
+    undecodable = [sig, (PROOF_HEADER, b"!" + proof_text[1:])]
+    plain = Verifier([signer.public])
+    want = [plain._judged(key, value, h[0][1], h[1][1]) for h in (wrong_side, undecodable)]
+    assert want == [
+        Checked(Verdict.MALFORMED, key_id(signer.public)),
+        Checked(Verdict.MALFORMED),
+    ]
+    judged: list[bytes | None] = []
+    real = Verifier._judged
+
+    def counted(self: Verifier, *args: Any) -> Checked:
+        judged.append(args[3])
+        return real(self, *args)
+
+    monkeypatch.setattr(Verifier, "_judged", counted)
+    got = [plain.verify(key, value, h) for h in (wrong_side, undecodable)]
+    assert got == want
+    assert judged == []
+
+
+@pytest.mark.parametrize("memo_size", [0, 1, 5])
+def test_the_walk_memo_never_holds_more_than_memo_size_nodes(memo_size: int) -> None:
+    signer = _signer()
+    verifier = Verifier([signer.public], memo_size=memo_size)
+    # 2**6 leaves: every walk is six steps, more than the smaller memos hold.
+    for key, value, headers in _batch(64):
+        assert verifier.verify(key, value, headers).valid
+        assert len(verifier._paths) <= memo_size
