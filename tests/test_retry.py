@@ -20,13 +20,9 @@ from sqlalchemy.exc import IntegrityError, InterfaceError, InternalError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from consumer_sdk import ConsumerSettings, RetentionConsumer, RetentionEvent
-from consumer_sdk._internal.registry import HandlerRegistry
 from consumer_sdk._internal.runtime import Runtime
 from consumer_sdk._internal.transport import Partition, Record
-from consumer_sdk._internal.trust import Trust
 from consumer_sdk.faust import attach, faust_app_settings
-from consumer_sdk.idempotency import InMemoryIdempotencyStore
-from consumer_sdk.metrics import ConsumerMetrics
 from coordinator.clock import SystemClock
 from coordinator.metrics import Metrics
 from coordinator.operations.notify.notifier import Notifier
@@ -36,19 +32,17 @@ from coordinator.settings import NotifySettings, RelaySettings, TrackerSettings
 from coordinator.store import db
 from coordinator.tracking.tracker import Cycle, Tracker
 from schemas import (
-    EventType,
     KafkaSettings,
     RetryPolicy,
-    ServiceRegistration,
     Stopped,
     Topics,
     is_transient,
     retry,
-    utc_now,
 )
 from schemas import retries as retry_module
 from schemas.retries import is_kafka_transient
 from schemas.signing import SignatureMode
+from tests.sdk.helpers import user_delete_runtime
 
 KAFKA = KafkaSettings(bootstrap_servers="127.0.0.1:1", topic_prefix="t.retry")
 # Never connected to: each test replaces what would reach the server.
@@ -394,32 +388,15 @@ class _Producer:
 
 
 def _runtime(consumer: _Consumer, settings: ConsumerSettings) -> Runtime:
-    registry = HandlerRegistry()
-
     async def delete_user(event: RetentionEvent) -> int:
         return 1
 
-    registry.add(
-        "user",
-        EventType.DELETE,
+    return user_delete_runtime(
         delete_user,
-        max_attempts=None,
-        throws=(),
-        database_available=False,
-    )
-    return Runtime(
-        service="svc",
         topics=Topics("t.retry"),
         settings=settings,
-        registry=registry,
-        store=InMemoryIdempotencyStore(),
-        metrics=ConsumerMetrics(),
-        registration=ServiceRegistration(
-            service="svc", handles=registry.handles(), sdk_version="t", registered_at=utc_now()
-        ),
         consumer=consumer,
         producer=_Producer(),
-        trust=Trust.off("svc", ConsumerMetrics()),
     )
 
 

@@ -8,22 +8,16 @@ import gc
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from consumer_sdk import ConsumerMetrics, ConsumerSettings, InMemoryIdempotencyStore, RetentionEvent
-from consumer_sdk._internal.registry import HandlerRegistry
-from consumer_sdk._internal.runtime import Runtime
+from consumer_sdk import ConsumerSettings, InMemoryIdempotencyStore, RetentionEvent
 from consumer_sdk._internal.transport import Partition, Record
-from consumer_sdk._internal.trust import Trust
 from schemas import (
     AckStatus,
-    EventType,
     RetentionAck,
-    ServiceRegistration,
     Topics,
     decode,
     encode,
-    utc_now,
 )
-from tests.sdk.helpers import event
+from tests.sdk.helpers import event, user_delete_runtime
 
 TOPICS = Topics("fake.retention")
 P0 = Partition(TOPICS.events, 0)
@@ -113,30 +107,14 @@ async def test_failed_ack_delivery_means_no_commit_then_redelivery_without_reapp
         calls.append(event.entity_id)
         return 1
 
-    registry = HandlerRegistry()
-    registry.add(
-        "user",
-        EventType.DELETE,
+    runtime = user_delete_runtime(
         delete_user,
-        max_attempts=None,
-        throws=(),
-        database_available=False,
-    )
-    runtime = Runtime(
-        service="svc",
         topics=TOPICS,
         settings=ConsumerSettings(
             database_url=None, max_batch=5, error_backoff_s=0.01, poll_timeout_s=0.01
         ),
-        registry=registry,
-        store=InMemoryIdempotencyStore(),
-        metrics=ConsumerMetrics(),
-        registration=ServiceRegistration(
-            service="svc", handles=registry.handles(), sdk_version="t", registered_at=utc_now()
-        ),
         consumer=consumer,
         producer=producer,
-        trust=Trust.off("svc", ConsumerMetrics()),
     )
     await runtime.start()
     for _ in range(200):
@@ -176,12 +154,8 @@ async def _run(store: OutageStore, failing: Callable[[], bool]) -> tuple[list[An
             raise ConnectionRefusedError(111, "Connect call failed")
         return 1
 
-    registry = HandlerRegistry()
-    registry.add(
-        "user", EventType.DELETE, delete_user, max_attempts=2, throws=(), database_available=False
-    )
-    runtime = Runtime(
-        service="svc",
+    runtime = user_delete_runtime(
+        delete_user,
         topics=TOPICS,
         settings=ConsumerSettings(
             database_url=None,
@@ -190,15 +164,10 @@ async def _run(store: OutageStore, failing: Callable[[], bool]) -> tuple[list[An
             retry_initial_s=0.0,
             retry_jitter_s=0.0,
         ),
-        registry=registry,
-        store=store,
-        metrics=ConsumerMetrics(),
-        registration=ServiceRegistration(
-            service="svc", handles=registry.handles(), sdk_version="t", registered_at=utc_now()
-        ),
         consumer=consumer,
         producer=producer,
-        trust=Trust.off("svc", ConsumerMetrics()),
+        store=store,
+        max_attempts=2,
     )
     await runtime.start()
     for _ in range(300):
@@ -241,28 +210,12 @@ async def test_batches_collect_garbage_less_often_and_leave_the_collector_as_fou
         seen.append(gc.get_threshold())
         return 1
 
-    registry = HandlerRegistry()
-    registry.add(
-        "user",
-        EventType.DELETE,
+    runtime = user_delete_runtime(
         delete_user,
-        max_attempts=None,
-        throws=(),
-        database_available=False,
-    )
-    runtime = Runtime(
-        service="svc",
         topics=TOPICS,
         settings=ConsumerSettings(database_url=None, poll_timeout_s=0.01, gc_threshold=12_345),
-        registry=registry,
-        store=InMemoryIdempotencyStore(),
-        metrics=ConsumerMetrics(),
-        registration=ServiceRegistration(
-            service="svc", handles=registry.handles(), sdk_version="t", registered_at=utc_now()
-        ),
         consumer=consumer,
         producer=producer,
-        trust=Trust.off("svc", ConsumerMetrics()),
     )
     try:
         await runtime.start()
