@@ -27,7 +27,6 @@ from consumer_sdk._internal.trust import Trust
 from consumer_sdk.exceptions import HandlerAbandoned, HandlerTimeout
 from consumer_sdk.idempotency import (
     BatchingStore,
-    BatchTransaction,
     IdempotencyStore,
     LookupInBatch,
     ProcessedEvent,
@@ -186,8 +185,10 @@ class Dispatcher:
             except PoisonRecord as poison:
                 decoded.append((record, poison))
         done = Dispatched(debug=_debug())
-        batching = isinstance(self.store, BatchingStore) and len(decoded) > 1
-        known = {} if batching else await self._lookup(item for _, item in decoded)
+        batching = (
+            self.store if isinstance(self.store, BatchingStore) and len(decoded) > 1 else None
+        )
+        known = {} if batching is not None else await self._lookup(item for _, item in decoded)
         i = 0
         while i < len(decoded) and not (stopping is not None and stopping.is_set()):
             try:
@@ -196,13 +197,13 @@ class Dispatcher:
                     # In record order: what the events before it deleted is committed first.
                     await self._verify(record, item, done)
                     i += 1
-                elif batching:
+                elif batching is not None:
                     # A run ends before the next verify event.
                     end = next(
                         (j for j in range(i, len(decoded)) if _is_verify(decoded[j][1])),
                         len(decoded),
                     )
-                    i = await self._run(decoded[:end], i, known, done, stopping)
+                    i = await self._run(batching, decoded[:end], i, known, done, stopping)
                 else:
                     await self._one(*decoded[i], known, done, stopping)
                     i += 1
@@ -244,23 +245,21 @@ class Dispatcher:
             self.metrics.handled.labels(self.service, entity_type, action, status).inc(count)
         done.uncounted.clear()
 
-    async def _lookup(
-        self,
-        items: Iterable[RetentionEvent | PoisonRecord],
-        batch: BatchTransaction | None = None,
-    ) -> dict[uuid.UUID, ProcessedEvent]:
-        """The processed events among `items`' (handled) events; in `batch`'s transaction
-        when given (a `LookupInBatch` store's: one connection, one pool pre-ping less)."""
-        wanted = [
+    def _wanted(self, items: Iterable[RetentionEvent | PoisonRecord]) -> list[uuid.UUID]:
+        """The ids of `items`' events this service handles (the ones worth looking up)."""
+        return [
             item.event_id
             for item in items
             if isinstance(item, RetentionEvent) and self.registry.get(item.entity_type, item.type)
         ]
+
+    async def _lookup(
+        self, items: Iterable[RetentionEvent | PoisonRecord]
+    ) -> dict[uuid.UUID, ProcessedEvent]:
+        """The processed events among `items`' (handled) events."""
+        wanted = self._wanted(items)
         if self.store is None or not wanted:
             return {}
-        if batch is not None:
-            assert isinstance(self.store, LookupInBatch)
-            return dict(await self.store.batch_lookup(batch, wanted))
         return dict(await self.store.lookup(self.service, wanted))
 
     async def _one(
@@ -287,6 +286,7 @@ class Dispatcher:
 
     async def _run(
         self,
+        store: BatchingStore,
         decoded: Sequence[_Item],
         start: int,
         known: dict[uuid.UUID, ProcessedEvent],
@@ -308,7 +308,7 @@ class Dispatcher:
         """
         run = _Run(start)
         try:
-            await self._transaction(decoded, run, known, stopping)
+            await self._transaction(store, decoded, run, known, stopping)
         except Exception as exc:
             # A timed-out (or abandoned) handler invalidated the batch's connection, so the
             # commit fails too; the event is to blame, and is settled below, on its own.
@@ -353,6 +353,7 @@ class Dispatcher:
 
     async def _transaction(
         self,
+        store: BatchingStore,
         decoded: Sequence[_Item],
         run: _Run,
         known: dict[uuid.UUID, ProcessedEvent],
@@ -360,17 +361,18 @@ class Dispatcher:
     ) -> None:
         """Handle records from `run.next` in one store transaction until the batch's end, a
         stop, or a first attempt worth retrying; `run` says how far it got either way."""
-        assert isinstance(self.store, BatchingStore)
         handled, recorded = run.handled, run.recorded
         isolate_until = run.next  # events before this index go one by one, even to a batch handler
         # Known before the run's first event: processed by an earlier delivery.
         items = [item for _, item in decoded[run.next :]]
-        in_batch = isinstance(self.store, LookupInBatch)
-        if not in_batch:
+        # A `LookupInBatch` store looks up in the batch's transaction: one connection,
+        # one pool pre-ping less.
+        in_batch = store if isinstance(store, LookupInBatch) else None
+        if in_batch is None:
             known.update(await self._lookup(items))
-        async with self.store.batch(self.service) as batch:
-            if in_batch:
-                known.update(await self._lookup(items, batch))
+        async with store.batch(self.service) as batch:
+            if in_batch is not None and (wanted := self._wanted(items)):
+                known.update(await in_batch.batch_lookup(batch, wanted))
             while run.next < len(decoded) and not (stopping is not None and stopping.is_set()):
                 i = run.next
                 record, item = decoded[i]
