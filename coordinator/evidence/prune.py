@@ -25,6 +25,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    Column,
+    ColumnElement,
     and_,
     bindparam,
     column,
@@ -283,14 +285,14 @@ async def prune_event_status(
 async def _delete_in_batches(
     engine: AsyncEngine,
     name: str,
-    key: Any,
-    due: Any,
+    key: Column[Any],
+    due: ColumnElement[bool],
     *,
     cutoff: datetime,
     now: datetime,
     dry_run: bool,
     batch: int,
-    dependent: Any = None,
+    dependent: Column[Any] | None = None,
 ) -> Pruned:
     """Delete the rows `due` selects, `batch` at a time; with `dependent` (a column
     referring to `key`), also the rows of its table that refer to the deleted ones."""
