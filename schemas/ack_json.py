@@ -119,7 +119,14 @@ class AckEncoder:
         validation error."""
         event_id = str(event.event_id)
         shared = (event.entity_type, status, detail, attempt)
-        template = self._templates.get(shared, _MISSING)
+        # True == 1 and "completed" == AckStatus.COMPLETED, with equal hashes: either
+        # would share the template of a value the model (strict) accepts, and pass
+        # where the model refuses it, or spoil that template for the value it equals.
+        template = (
+            self._templates.get(shared, _MISSING)
+            if type(attempt) is int and type(status) is AckStatus
+            else None
+        )
         if template is _MISSING and shared not in self._seen_once:
             # A detail of its own (a redelivery's processing time, a failure's message)
             # would cost a template per ack and push the steady ones out: a template is

@@ -142,3 +142,32 @@ def test_details_seen_once_make_no_template_and_leave_the_steady_ones() -> None:
             acknowledged_at=at,
         )
     assert list(encoder._templates) == [("user", AckStatus.COMPLETED, "", 1)]
+
+
+@pytest.mark.parametrize(("status", "attempt"), [(AckStatus.COMPLETED, True), ("completed", 1)])
+def test_a_value_equal_to_a_templates_but_refused_by_the_model_is_refused(
+    status: Any, attempt: Any
+) -> None:
+    """True == 1 and a status's text == the status, with equal hashes: neither may pass
+    through the template of its equal (the model, strict, refuses both), nor spoil it."""
+    e = event("u1")
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    with pytest.raises(ValidationError):
+        model_bytes(
+            "billing", e, status=status, records_affected=1, attempt=attempt, acknowledged_at=at
+        )
+    shared = ("user", AckStatus.COMPLETED, "", 1)
+    made_first = AckEncoder("billing")
+    for _ in range(2):  # the second makes the template
+        made_first.encode(e, AckStatus.COMPLETED, 1, "", 1, at)
+    with pytest.raises(ValidationError):
+        made_first.encode(e, status, 1, "", attempt, at)
+    refused_first = AckEncoder("billing")
+    refused_first.encode(e, AckStatus.COMPLETED, 1, "", 1, at)
+    with pytest.raises(ValidationError):
+        refused_first.encode(e, status, 1, "", attempt, at)
+    assert refused_first.encode(e, AckStatus.COMPLETED, 1, "", 1, at) == model_bytes(
+        "billing", e, status=AckStatus.COMPLETED, records_affected=1, acknowledged_at=at
+    )
+    for encoder in (made_first, refused_first):
+        assert encoder._templates[shared] is not None
