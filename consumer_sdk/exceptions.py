@@ -7,6 +7,7 @@ __all__ = [
     "DuplicateHandlerError",
     "EntityNotFound",
     "HandlerAbandoned",
+    "HandlerCancelled",
     "HandlerSignal",
     "HandlerTimeout",
     "PermanentFailure",
@@ -25,6 +26,14 @@ class ConfigurationError(RetentionSDKError, ValueError):
 
 class DuplicateHandlerError(ConfigurationError):
     """A second handler for the same entity type and action; raised at import time."""
+
+
+class HandlerCancelled(RetentionSDKError):
+    """Raised by the SDK in place of a `asyncio.CancelledError` a handler raised that the
+    SDK did not cause (it awaited something another task cancelled): an error of the
+    handler like any other, retried and then `failed`. Let through, it would end the
+    partition's worker as if the consumer were stopping, and the partition would stay
+    paused, unread, while the consumer runs on."""
 
 
 class HandlerSignal(RetentionSDKError):

@@ -31,7 +31,12 @@ from tenacity import (
 
 from consumer_sdk._internal.registry import HandlerSpec
 from consumer_sdk.context import HandlerContext
-from consumer_sdk.exceptions import EntityNotFound, HandlerAbandoned, HandlerTimeout
+from consumer_sdk.exceptions import (
+    EntityNotFound,
+    HandlerAbandoned,
+    HandlerCancelled,
+    HandlerTimeout,
+)
 from consumer_sdk.idempotency import (
     AlreadyRecorded,
     BatchTransaction,
@@ -384,6 +389,9 @@ class EventExecutor:
         task = asyncio.ensure_future(call)
         try:
             if await _settled(task, limit):
+                if task.cancelled():
+                    # Nothing here cancelled it (a stop cancels the waiter, below).
+                    raise HandlerCancelled(f"handler {spec.name} raised CancelledError")
                 return task.result()  # the handler's own errors, its TimeoutError too
             task.cancel()
             if await _settled(task, self.settings.handler_cancel_grace_s):

@@ -4,11 +4,14 @@ an offset is committed only once its ack is written, and nothing is lost or re-a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from consumer_sdk import ConsumerSettings, InMemoryIdempotencyStore, RetentionEvent
+from consumer_sdk._internal.runtime import Runtime
 from consumer_sdk._internal.transport import Partition, Record
 from schemas import (
     AckStatus,
@@ -229,3 +232,80 @@ async def test_batches_collect_garbage_less_often_and_leave_the_collector_as_fou
         gc.set_threshold(*before)
     assert seen == [(12_345, 10, 10)] * 3
     assert after == (700, 10, 10)
+
+
+async def _delete_three(
+    delete_user: Callable[[RetentionEvent], Awaitable[int]], **settings: Any
+) -> tuple[FakeConsumer, FlakyProducer, Runtime]:
+    """A runtime on three events u0..u2, started; stopped by the caller."""
+    records = [
+        Record(TOPICS.events, 0, offset, f"u{offset}".encode(), encode(event(f"u{offset}")), ())
+        for offset in range(3)
+    ]
+    consumer, producer = FakeConsumer(records), FlakyProducer(failures=0)
+    runtime = user_delete_runtime(
+        delete_user,
+        topics=TOPICS,
+        settings=ConsumerSettings(
+            database_url=None,
+            poll_timeout_s=0.01,
+            retry_initial_s=0.0,
+            retry_jitter_s=0.0,
+            **settings,
+        ),
+        consumer=consumer,
+        producer=producer,
+        max_attempts=2,
+    )
+    await runtime.start()
+    return consumer, producer, runtime
+
+
+async def test_a_handler_raising_cancelled_error_fails_its_event_and_the_partition_goes_on() -> (
+    None
+):
+    """A CancelledError the SDK did not cause (the handler awaited something another task
+    cancelled) is the handler's error: without that, it ended the partition's worker as a
+    stop would, and the partition stayed paused while the consumer ran on."""
+
+    async def delete_user(event: RetentionEvent) -> int:
+        if event.entity_id == "u1":
+            raise asyncio.CancelledError
+        return 1
+
+    consumer, producer, runtime = await _delete_three(delete_user)
+    for _ in range(200):
+        if consumer.committed and consumer.committed[-1] == 3:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(runtime.stop(), 5)
+    acks = [decode(RetentionAck, v) for t, v in producer.delivered if t == TOPICS.acks]
+    assert [(a.entity_id, a.status, a.detail) for a in acks] == [
+        ("u0", AckStatus.COMPLETED, ""),
+        ("u1", AckStatus.FAILED, "HandlerCancelled"),
+        ("u2", AckStatus.COMPLETED, ""),
+    ]
+    assert consumer.committed[-1] == 3
+
+
+async def test_a_handler_swallowing_cancellation_at_a_stop_neither_holds_it_nor_is_acked() -> None:
+    started = asyncio.Event()
+
+    async def delete_user(event: RetentionEvent) -> int:
+        if event.entity_id != "u1":
+            return 1
+        started.set()
+        for _ in range(100):
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0.05)
+        return 1
+
+    consumer, producer, runtime = await _delete_three(delete_user, shutdown_timeout_s=0.2)
+    await asyncio.wait_for(started.wait(), 5)
+    began = time.monotonic()
+    await asyncio.wait_for(runtime.stop(), 5)
+    assert time.monotonic() - began < 2
+    # One batch of the three: u1 never ended, so nothing of it is acked or committed
+    # (redelivered); the handler is left running.
+    assert [t for t, _ in producer.delivered if t == TOPICS.acks] == []
+    assert consumer.committed == []
