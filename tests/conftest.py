@@ -42,7 +42,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    # Session fixtures are torn down by now; the terminal still shows what is written here.
+    # Session fixtures are torn down by now: their topics, and module fixtures', go in one
+    # batch (each test's own went at its end), before a broker this session started stops.
+    # The terminal still shows what is written here.
+    infra.delete_topics_made(KafkaSettings().bootstrap_servers)
     removed = infra.stop_infra()
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     for line in removed:

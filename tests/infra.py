@@ -247,14 +247,24 @@ async def drop_database(url: str, *, attempts: int = 20) -> None:
 
 
 PREFIXES_MADE: list[str] = []
-"""Every prefix `unique_topic_prefix` handed out, in order: tests/conftest.py deletes the
-topics of those a test made once it ends."""
+"""Every prefix `unique_topic_prefix` handed out and not deleted yet, in order:
+tests/conftest.py deletes the topics of those a test made once it ends, and the rest
+(module and session fixtures') once the session's fixtures are torn down."""
 
 
 def unique_topic_prefix(label: str = "t") -> str:
     prefix = f"test.{re.sub(r'[^a-zA-Z0-9]', '', label)[:20]}.{uuid.uuid4().hex[:8]}.data.retention"
     PREFIXES_MADE.append(prefix)
     return prefix
+
+
+def delete_topics_made(bootstrap: str) -> None:
+    """Delete the topics of every prefix in `PREFIXES_MADE`, in one request, and forget
+    them; best effort, as `delete_topics_of`."""
+    made = PREFIXES_MADE[:]
+    PREFIXES_MADE.clear()
+    if made:
+        delete_topics_of(bootstrap, made)
 
 
 def delete_topics_of(bootstrap: str, prefixes: Sequence[str], *, timeout_s: float = 15.0) -> None:

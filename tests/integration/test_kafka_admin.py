@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+
 from coordinator.kafka.admin import ensure_topics, missing_topics
 from schemas import KafkaSettings
+from tests import infra
 from tests.infra import ROOT
 
 
@@ -40,3 +45,33 @@ async def test_readiness_check_fails_until_the_topics_exist(kafka_settings: Kafk
     assert await ensure_topics(kafka_settings, partitions=1) == []
     assert await missing_topics(kafka_settings) == []
     assert _ready(kafka_settings).returncode == 0
+
+
+async def test_the_topics_of_prefixes_fixtures_left_go_in_one_batch(
+    kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What module and session fixtures made is deleted when the session ends (tests/
+    conftest.py): every prefix left, and only those."""
+    made = [infra.unique_topic_prefix("left") for _ in range(2)]
+    kept = infra.unique_topic_prefix("kept")
+    for prefix in [*made, kept]:
+        kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix)
+        await ensure_topics(kafka, partitions=1)
+        await infra.wait_for_topics(kafka)
+    left = list(made)
+    monkeypatch.setattr(infra, "PREFIXES_MADE", left)
+    await asyncio.to_thread(infra.delete_topics_made, kafka_bootstrap)
+    assert left == []
+    names: list[str] = []
+    async with asyncio.timeout(30):
+        while True:
+            admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+            await admin.start()
+            try:
+                names = await admin.list_topics()
+            finally:
+                await admin.close()
+            if not any(n.startswith(tuple(made)) for n in names):
+                break
+            await asyncio.sleep(0.2)
+    assert set(KafkaSettings(topic_prefix=kept).topics.all()) <= set(names)
