@@ -544,13 +544,13 @@ class Verifier:
         cached = (kid_text, signature, root)
         if cached in self._roots:
             self._roots.move_to_end(cached)
-            return True
-        if not _verifies(public, signature, ROOT_CONTEXT + root):
+        elif _verifies(public, signature, ROOT_CONTEXT + root):
+            self._roots[cached] = None
+            if len(self._roots) > self._cache_size:
+                self._roots.popitem(last=False)
+        else:
             return False
         self._remember(text, parsed)
-        self._roots[cached] = None
-        if len(self._roots) > self._cache_size:
-            self._roots.popitem(last=False)
         return True
 
     def _parsed(self, text: bytes) -> _Header | Checked:
