@@ -360,10 +360,10 @@ class EventExecutor:
                 async with self.store.transaction(self.service, event.event_id) as tx:
                     await tx.record(outcome.processed(event))
             except AlreadyRecorded:
-                return await self._recorded_elsewhere(event)
+                return await self._recorded_elsewhere(self.store, event)
             return outcome
         except AlreadyRecorded:
-            return await self._recorded_elsewhere(event)
+            return await self._recorded_elsewhere(self.store, event)
 
     async def _timed(self, spec: HandlerSpec, event: RetentionEvent, ctx: HandlerContext) -> int:
         if self.on_call is not None:
@@ -460,9 +460,8 @@ class EventExecutor:
         )
         observe_many(histogram, seconds / events, events)
 
-    async def _recorded_elsewhere(self, event: RetentionEvent) -> Outcome:
-        assert self.store is not None
-        known = (await self.store.lookup(self.service, [event.event_id]))[event.event_id]
+    async def _recorded_elsewhere(self, store: IdempotencyStore, event: RetentionEvent) -> Outcome:
+        known = (await store.lookup(self.service, [event.event_id]))[event.event_id]
         return self._redelivered(known)
 
     @staticmethod
