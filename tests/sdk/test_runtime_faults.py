@@ -1,5 +1,7 @@
-"""The runtime's commit rule under a failing acks producer, with in-memory transport fakes:
-an offset is committed only once its ack is written, and nothing is lost or re-applied."""
+"""The runtime with in-memory transport fakes: its commit rule under a failing acks
+producer (an offset is committed only once its ack is written, nothing is lost or
+re-applied), a database outage, handlers that raise or swallow cancellation, and another
+replica recording an event first."""
 
 from __future__ import annotations
 
@@ -7,18 +9,21 @@ import asyncio
 import contextlib
 import gc
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from consumer_sdk import ConsumerSettings, InMemoryIdempotencyStore, RetentionEvent
 from consumer_sdk._internal.runtime import Runtime
 from consumer_sdk._internal.transport import Partition, Record
+from consumer_sdk.idempotency import ProcessedEvent
 from schemas import (
     AckStatus,
     RetentionAck,
     Topics,
     decode,
     encode,
+    utc_now,
 )
 from tests.sdk.helpers import event, user_delete_runtime
 
@@ -309,3 +314,45 @@ async def test_a_handler_swallowing_cancellation_at_a_stop_neither_holds_it_nor_
     # (redelivered); the handler is left running.
     assert [t for t, _ in producer.delivered if t == TOPICS.acks] == []
     assert consumer.committed == []
+
+
+class RacedStore(InMemoryIdempotencyStore):
+    """Another replica records every event just after the runtime's lookup missed it."""
+
+    async def lookup(
+        self, service: str, event_ids: Iterable[uuid.UUID]
+    ) -> Mapping[uuid.UUID, ProcessedEvent]:
+        ids = list(event_ids)
+        found = await super().lookup(service, ids)
+        for event_id in ids:
+            self.processed.setdefault(
+                (service, event_id), ProcessedEvent(event_id, AckStatus.COMPLETED, 7, utc_now())
+            )
+        return found
+
+
+async def test_an_event_another_replica_recorded_first_is_acked_with_its_outcome() -> None:
+    records = [Record(TOPICS.events, 0, 0, b"u1", encode(event("u1")), ())]
+    consumer, producer = FakeConsumer(records), FlakyProducer(failures=0)
+
+    async def delete_user(event: RetentionEvent) -> int:
+        return 1
+
+    runtime = user_delete_runtime(
+        delete_user,
+        topics=TOPICS,
+        settings=ConsumerSettings(database_url=None, poll_timeout_s=0.01),
+        consumer=consumer,
+        producer=producer,
+        store=RacedStore(),
+    )
+    await runtime.start()
+    for _ in range(200):
+        if consumer.committed:
+            break
+        await asyncio.sleep(0.01)
+    await runtime.stop()
+    [ack] = [decode(RetentionAck, v) for t, v in producer.delivered if t == TOPICS.acks]
+    assert (ack.status, ack.records_affected) == (AckStatus.COMPLETED, 7)
+    assert ack.detail.startswith("redelivered; processed at ")
+    assert consumer.committed == [1]
