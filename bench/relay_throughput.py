@@ -52,14 +52,14 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
 from bench import kafka_tools
+from bench.signing import python_hashing
 from coordinator.evidence import audit
 from coordinator.kafka import admin
 from coordinator.kafka.admin import ensure_topics
@@ -260,17 +260,6 @@ async def producer_performance(
             relay,
         )
     return len(events) / per_s, float("nan")
-
-
-@contextmanager
-def python_hashing() -> Iterator[None]:
-    """Sign with the pure-Python trees while inside (the fallback where no C is built)."""
-    chosen = signing._forest
-    signing._forest = signing._forest_py
-    try:
-        yield
-    finally:
-        signing._forest = chosen
 
 
 async def relay_drain_python_hashing(
