@@ -228,10 +228,12 @@ forest(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "a signature tree holds at least one record");
         return NULL;
     }
-    PyObject *keys = PySequence_Fast(args[0], "keys must be a sequence");
+    /* Tuples, not the caller's lists: creating the results can run a collection, and with
+     * it any finalizer, which must not be able to resize what is being read. */
+    PyObject *keys = PySequence_Tuple(args[0]);
     if (keys == NULL)
         return NULL;
-    PyObject *values = PySequence_Fast(args[1], "values must be a sequence");
+    PyObject *values = PySequence_Tuple(args[1]);
     if (values == NULL) {
         Py_DECREF(keys);
         return NULL;
@@ -239,13 +241,13 @@ forest(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     PyObject *result = NULL;
     unsigned char *hashes = NULL;
     char *steps = NULL;
-    Py_ssize_t total = PySequence_Fast_GET_SIZE(keys);
-    if (PySequence_Fast_GET_SIZE(values) != total) {
+    Py_ssize_t total = PyTuple_GET_SIZE(keys);
+    if (PyTuple_GET_SIZE(values) != total) {
         PyErr_SetString(PyExc_ValueError, "as many values as keys");
         goto done;
     }
     Py_ssize_t most = total < tree_size ? total : tree_size;
-    if (most > PY_SSIZE_T_MAX / (2 * STEP_B64)) {
+    if (most > (PY_SSIZE_T_MAX / STEP_B64 - 64) / 2) {
         PyErr_NoMemory();
         goto done;
     }
@@ -258,7 +260,7 @@ forest(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         Py_CLEAR(result);
         goto done;
     }
-    PyObject **ks = PySequence_Fast_ITEMS(keys), **vs = PySequence_Fast_ITEMS(values);
+    PyObject **ks = &PyTuple_GET_ITEM(keys, 0), **vs = &PyTuple_GET_ITEM(values, 0);
     for (Py_ssize_t start = 0; start < total; start += tree_size) {
         Py_ssize_t n = total - start < tree_size ? total - start : tree_size;
         PyObject *entry;
