@@ -14,6 +14,11 @@ topics (interleaved, rotated every round):
   reference (`schemas.signing._forest_py`) even where the C extension is built: what
   the extension saves (absent when it is not built; `signing_hashing` in the results
   says which one `relay` used);
+* `relay_headers_only`: signed as far as the wire goes, but nothing hashed or signed:
+  every record gets a copy of the two headers of a record of a genuinely signed tree
+  (same names, same lengths), so its cost over `relay_unsigned` is what carrying the
+  headers costs (aiokafka's record builder, CRC32C, requests, the socket, the broker):
+  the floor under any signer of these wire bytes. Not verifiable; for measuring only;
 * `relay_gc_default`, `relay_gc_default_unsigned`: the same two with CPython's default
   garbage-collection threshold during rounds (`RETENTION_RELAY_GC_THRESHOLD=700`): what
   collecting less often saves;
@@ -45,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import statistics
@@ -52,11 +58,13 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench import kafka_tools
 from bench.signing import python_hashing
@@ -71,7 +79,7 @@ from coordinator.store.db import make_engine
 from coordinator.store.migrate import upgrade
 from schemas import EventType, KafkaSettings, RetentionEvent, Topics, encode, signing
 from schemas.event_json import EventTemplate
-from schemas.signing import SignatureMode, SignatureSettings
+from schemas.signing import SignableRecord, SignatureMode, SignatureSettings, Signer
 from tests import infra
 from tests.outbox import clear_outbox, insert_rows, outbox_rows
 
@@ -262,6 +270,33 @@ async def producer_performance(
     return len(events) / per_s, float("nan")
 
 
+@contextmanager
+def headers_only() -> Iterator[None]:
+    """While inside, `Signer.sign_in_place` appends copies of a genuinely signed tree's
+    headers instead of signing (see `relay_headers_only`)."""
+    sample = Signer(Ed25519PrivateKey.generate()).sign_batch(
+        [(f"session_logs:{n}".encode(), b"{}") for n in range(128)]
+    )
+    sign_in_place = Signer.sign_in_place
+
+    def copy_headers(self: Signer, records: Sequence[SignableRecord], tree_size: int) -> None:
+        for record, headers in zip(records, itertools.cycle(sample), strict=False):
+            record.headers.extend(headers)
+
+    Signer.sign_in_place = copy_headers  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Signer.sign_in_place = sign_in_place  # type: ignore[method-assign]
+
+
+async def relay_drain_headers_only(
+    url: str, kafka: KafkaSettings, relay: RelaySettings, rows: list[dict[str, Any]]
+) -> Timing:
+    with headers_only():
+        return await relay_drain(url, kafka, relay, rows)
+
+
 async def relay_drain_python_hashing(
     url: str, kafka: KafkaSettings, relay: RelaySettings, rows: list[dict[str, Any]]
 ) -> Timing:
@@ -342,6 +377,9 @@ async def main(
             "send_per_message": lambda: send_per_message(kafka("raw"), tuned, events),
             "batch_api": lambda: batch_api(kafka("batch"), tuned, events),
         }
+        contestants["relay_headers_only"] = lambda: relay_drain_headers_only(
+            url, kafka("headers_only"), tuned, rows
+        )
         if signing.HASHING == "native":
             contestants["relay_python_hashing"] = lambda: relay_drain_python_hashing(
                 url, kafka("python_hashing"), tuned, rows
@@ -388,6 +426,7 @@ async def main(
         ratio("relay_chain_busy", "relay_chain_busy_waiting")
         ratio("relay_confluent", "relay_confluent_unsigned")
         ratio("relay_python_hashing", "relay_unsigned")
+        ratio("relay_headers_only", "relay_unsigned")
         ratio("relay_confluent", "producer_performance")
         if variants:
             for name, change in VARIANTS.items():
