@@ -28,13 +28,17 @@ help: ## list the targets
 # Dependencies come from the lock only (hashes checked); the project itself is installed
 # without resolving anything, and `pip check` fails when the lock misses or contradicts
 # pyproject.toml (run `make lock` then).
-$(STAMP): pyproject.toml $(LOCK)
+# The install also builds the optional C core of the signature scheme (setup.py,
+# schemas/_merkle.c) where a C compiler and OpenSSL's headers are present; the last line
+# says which one signs, and `make test` fails when it is not the native one.
+$(STAMP): pyproject.toml $(LOCK) setup.py schemas/_merkle.c
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ needed"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
 	$(BIN)/python -m pip install -q --no-deps -e '.[test,faust,fast]'
 	$(BIN)/python -m pip check
+	@$(BIN)/python -c 'from schemas.signing import HASHING; print("signature hashing:", HASHING)'
 	touch $(STAMP)
 
 # The bench's own extra (matplotlib for its chart), on top of the project's venv.
@@ -137,8 +141,11 @@ schemas: $(STAMP) ## regenerate schemas/json from the wire models
 	$(BIN)/python -m schemas.export
 
 # RETENTION_TEST_INFRA=local: the broker and server infra-up provides, never containers.
+# RETENTION_TEST_NATIVE_SIGNING=required: the venv must have built schemas._merkle
+# (tests/test_signing_native.py), so the native signing path is what the suite exercises.
 test: $(STAMP) tools browser infra-up lint typecheck ## everything: venv, infra, lint, types, all tests
-	$(WITH_INFRA) RETENTION_TEST_INFRA=local $(BIN)/pytest -m "not faults_full and not containers"
+	$(WITH_INFRA) RETENTION_TEST_INFRA=local RETENTION_TEST_NATIVE_SIGNING=required \
+	  $(BIN)/pytest -m "not faults_full and not containers"
 
 test-faults: $(FUZZ_STAMP) infra-up ## the full fault-injection suite (every scenario, full size) and a bounded fuzz run
 	$(WITH_INFRA) RETENTION_TEST_INFRA=local $(BIN)/pytest -m "(faults_full or slow or not slow) and not containers" tests/faults

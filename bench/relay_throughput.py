@@ -10,6 +10,15 @@ topics (interleaved, rotated every round):
 * `relay`: `OutboxRelay.drain()` — lead, read past the watermark, expand, validate,
   encode, sign (one Merkle root per 128 records, SPEC §9), send, await acks, mark, audit;
 * `relay_unsigned`: the same with `RETENTION_SIGNATURES=off`: what signing costs;
+* `relay_python_hashing`: signed, with the signature trees hashed by the pure-Python
+  reference (`schemas.signing._forest_py`) even where the C extension is built: what
+  the extension saves (absent when it is not built; `signing_hashing` in the results
+  says which one `relay` used);
+* `relay_headers_only`: signed as far as the wire goes, but nothing hashed or signed:
+  every record gets a copy of the two headers of a record of a genuinely signed tree
+  (same names, same lengths), so its cost over `relay_unsigned` is what carrying the
+  headers costs (aiokafka's record builder, CRC32C, requests, the socket, the broker):
+  the floor under any signer of these wire bytes. Not verifiable; for measuring only;
 * `relay_gc_default`, `relay_gc_default_unsigned`: the same two with CPython's default
   garbage-collection threshold during rounds (`RETENTION_RELAY_GC_THRESHOLD=700`): what
   collecting less often saves;
@@ -31,6 +40,7 @@ topics (interleaved, rotated every round):
   connection settings, timed after `--warmup` records as in `make bench`.
 
 Reports medians with min–max, CPU seconds of this process, and the load average.
+`--only relay,relay_unsigned` runs those contestants alone (more rounds in the same time).
 `--variants` repeats the relay run with other producer settings and claim sizes, to
 justify the defaults. Prints one JSON document on stdout; progress on stderr. Needs the
 broker and PostgreSQL of `make infra-up`.
@@ -40,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import statistics
@@ -47,13 +58,16 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench import kafka_tools
+from bench.signing import python_hashing
 from coordinator.evidence import audit
 from coordinator.kafka import admin
 from coordinator.kafka.admin import ensure_topics
@@ -63,9 +77,9 @@ from coordinator.outbox.relay import OutboxRelay
 from coordinator.settings import RelaySettings
 from coordinator.store.db import make_engine
 from coordinator.store.migrate import upgrade
-from schemas import EventType, KafkaSettings, RetentionEvent, Topics, encode
+from schemas import EventType, KafkaSettings, RetentionEvent, Topics, encode, signing
 from schemas.event_json import EventTemplate
-from schemas.signing import SignatureMode, SignatureSettings
+from schemas.signing import SignableRecord, SignatureMode, SignatureSettings, Signer
 from tests import infra
 from tests.outbox import clear_outbox, insert_rows, outbox_rows
 
@@ -256,6 +270,40 @@ async def producer_performance(
     return len(events) / per_s, float("nan")
 
 
+@contextmanager
+def headers_only() -> Iterator[None]:
+    """While inside, `Signer.sign_in_place` appends copies of a genuinely signed tree's
+    headers instead of signing (see `relay_headers_only`)."""
+    sample = Signer(Ed25519PrivateKey.generate()).sign_batch(
+        [(f"session_logs:{n}".encode(), b"{}") for n in range(128)]
+    )
+    sign_in_place = Signer.sign_in_place
+
+    def copy_headers(self: Signer, records: Sequence[SignableRecord], tree_size: int) -> None:
+        for record, headers in zip(records, itertools.cycle(sample), strict=False):
+            record.headers.extend(headers)
+
+    Signer.sign_in_place = copy_headers  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Signer.sign_in_place = sign_in_place  # type: ignore[method-assign]
+
+
+async def relay_drain_headers_only(
+    url: str, kafka: KafkaSettings, relay: RelaySettings, rows: list[dict[str, Any]]
+) -> Timing:
+    with headers_only():
+        return await relay_drain(url, kafka, relay, rows)
+
+
+async def relay_drain_python_hashing(
+    url: str, kafka: KafkaSettings, relay: RelaySettings, rows: list[dict[str, Any]]
+) -> Timing:
+    with python_hashing():
+        return await relay_drain(url, kafka, relay, rows)
+
+
 PREFIXES: list[str] = []
 
 
@@ -280,7 +328,9 @@ def summary(count: int, timings: list[Timing]) -> dict[str, Any]:
     }
 
 
-async def main(count: int, rounds: int, variants: bool, java: bool, warmup: int) -> dict[str, Any]:
+async def main(
+    count: int, rounds: int, variants: bool, java: bool, warmup: int, only: list[str] | None
+) -> dict[str, Any]:
     infra.load_infra_env()
     infra.use_test_keys()  # every benchmark runs signed
     base = KafkaSettings()
@@ -327,10 +377,21 @@ async def main(count: int, rounds: int, variants: bool, java: bool, warmup: int)
             "send_per_message": lambda: send_per_message(kafka("raw"), tuned, events),
             "batch_api": lambda: batch_api(kafka("batch"), tuned, events),
         }
+        contestants["relay_headers_only"] = lambda: relay_drain_headers_only(
+            url, kafka("headers_only"), tuned, rows
+        )
+        if signing.HASHING == "native":
+            contestants["relay_python_hashing"] = lambda: relay_drain_python_hashing(
+                url, kafka("python_hashing"), tuned, rows
+            )
         if java:
             contestants["producer_performance"] = lambda: producer_performance(
                 kafka("perf"), tuned, events, warmup
             )
+        if only is not None:
+            unknown = set(only) - set(contestants)
+            assert not unknown, f"no such contestant: {sorted(unknown)}"
+            contestants = {name: contestants[name] for name in only}
         timings: dict[str, list[Timing]] = {name: [] for name in contestants}
         loads = []
         names = list(contestants)
@@ -348,32 +409,25 @@ async def main(count: int, rounds: int, variants: bool, java: bool, warmup: int)
             "record_bytes_avg": round(record_bytes),
             "load_average_1m": {"min": min(loads), "max": max(loads)},
             "settings": tuned.model_dump(),
+            "signing_hashing": signing.HASHING,
             **{name: summary(count, t) for name, t in timings.items()},
             "variants": {},
         }
-        relay_rate = result["relay"]["events_per_s"]
-        for name in names[1:]:
-            result[f"relay/{name}"] = round(relay_rate / result[name]["events_per_s"], 3)
-        result["relay_gc_default/relay_gc_default_unsigned"] = round(
-            result["relay_gc_default"]["events_per_s"]
-            / result["relay_gc_default_unsigned"]["events_per_s"],
-            3,
-        )
-        result["relay_chain_busy/relay_chain_busy_waiting"] = round(
-            result["relay_chain_busy"]["events_per_s"]
-            / result["relay_chain_busy_waiting"]["events_per_s"],
-            3,
-        )
-        result["relay_confluent/relay_confluent_unsigned"] = round(
-            result["relay_confluent"]["events_per_s"]
-            / result["relay_confluent_unsigned"]["events_per_s"],
-            3,
-        )
-        if java:
-            java_rate = result["producer_performance"]["events_per_s"]
-            result["relay_confluent/producer_performance"] = round(
-                result["relay_confluent"]["events_per_s"] / java_rate, 3
-            )
+
+        def ratio(a: str, b: str) -> None:
+            if a in timings and b in timings:
+                rate = result[a]["events_per_s"] / result[b]["events_per_s"]
+                result[f"{a}/{b}"] = round(rate, 3)
+
+        for name in names:
+            if name != "relay":
+                ratio("relay", name)
+        ratio("relay_gc_default", "relay_gc_default_unsigned")
+        ratio("relay_chain_busy", "relay_chain_busy_waiting")
+        ratio("relay_confluent", "relay_confluent_unsigned")
+        ratio("relay_python_hashing", "relay_unsigned")
+        ratio("relay_headers_only", "relay_unsigned")
+        ratio("relay_confluent", "producer_performance")
         if variants:
             for name, change in VARIANTS.items():
                 settings = tuned.model_copy(update=change)
@@ -393,6 +447,12 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--variants", action="store_true", help="also time other settings")
     parser.add_argument(
+        "--only",
+        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+        default=None,
+        help="comma-separated contestants to run (default: all)",
+    )
+    parser.add_argument(
         "--warmup",
         type=int,
         default=200_000,
@@ -407,7 +467,14 @@ if __name__ == "__main__":
     print(
         json.dumps(
             asyncio.run(
-                main(args.rows, args.rounds, args.variants, args.producer_performance, args.warmup)
+                main(
+                    args.rows,
+                    args.rounds,
+                    args.variants,
+                    args.producer_performance,
+                    args.warmup,
+                    args.only,
+                )
             ),
             indent=2,
         )

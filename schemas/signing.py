@@ -21,12 +21,12 @@ import binascii
 import hashlib
 import os
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from itertools import chain, cycle
 from pathlib import Path
-from typing import Protocol, cast
+from typing import Literal, Protocol, cast
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -35,6 +35,7 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
+    "HASHING",
     "MAX_PROOF_STEPS",
     "PROOF_HEADER",
     "SIGNATURE_HEADER",
@@ -202,12 +203,14 @@ class Signer:
         """One signature over the Merkle root of `records`; headers per record, in order.
 
         A batch of one is signed per record (no proof: it would be empty)."""
-        if len(records) == 1:
-            return [self.sign_record(*records[0])]
         if not records:
             return []
-        root, proofs = merkle_proofs(records)
-        signature = self._header(ROOT_CONTEXT + root)
+        [(message, proofs)] = _forest(
+            [k for k, _ in records], [v for _, v in records], len(records)
+        )
+        signature = self._header(message)
+        if not proofs:
+            return [[signature]]
         return [[signature, (PROOF_HEADER, proof)] for proof in proofs]
 
     def sign_in_place(self, records: Sequence[SignableRecord], tree_size: int) -> None:
@@ -241,16 +244,16 @@ _LENGTHS = [n.to_bytes(4, "big") for n in range(256)]
 """The 4-byte big-endian lengths of short record keys, looked up instead of encoded."""
 
 
-def _forest(
+def _forest_py(
     keys: Sequence[bytes | None], values: Sequence[bytes | None], tree_size: int
 ) -> _Forest:
     """Trees of `tree_size` consecutive records (the last may be smaller): what each
     tree's signature covers and every record's proof (see `_Forest`).
 
-    The relay runs it for every event it publishes. Its cost is almost all SHA-256 calls,
-    about 0.3 µs each through OpenSSL whatever the input's size (plus the leaves' bytes):
-    one per leaf and one per inner node, nothing per record beyond that but slices and
-    concatenations.
+    The reference for `schemas._merkle.forest` (the same bytes; `_forest` is whichever
+    runs). Its cost is almost all Python around SHA-256: a call, a bytes object and the
+    concatenations per leaf and per inner node, about 0.3 µs each through hashlib where
+    OpenSSL's own hashing of a 65-byte node takes under 0.1 µs.
     """
     if tree_size < 1:
         raise ValueError("a signature tree holds at least one record")
@@ -278,6 +281,24 @@ def _forest(
         root, proofs = _tree(leaves)
         forest.append((ROOT_CONTEXT + root, proofs))
     return forest
+
+
+_Hashing = Literal["native", "python"]
+_Forester = Callable[[Sequence[bytes | None], Sequence[bytes | None], int], _Forest]
+
+
+def _choose() -> tuple[_Forester, _Hashing]:
+    try:
+        from schemas._merkle import forest
+    except ImportError:
+        # Built only where a C compiler and OpenSSL's headers were at install (setup.py).
+        return _forest_py, "python"
+    return forest, "native"
+
+
+_forest, HASHING = _choose()
+"""Which `_forest` signs: `native` (schemas/_merkle.c) or `python` (`_forest_py`), chosen
+once at import; the relay logs it when it starts (docs/relay.md)."""
 
 
 def merkle_proofs(

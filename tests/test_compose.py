@@ -207,8 +207,9 @@ def test_serve_listens_on_all_interfaces_with_a_tokens_file(
 
 
 def _image_path(container_path: str) -> Path:
-    """The build-context file the Dockerfile puts at `container_path`."""
+    """The build-context file the Dockerfile's last stage (the image) puts at `container_path`."""
     lines = [line.split() for line in APP_DOCKERFILE.read_text().splitlines() if line]
+    lines = lines[max(i for i, parts in enumerate(lines) if parts[0] == "FROM") :]
     workdir = PurePosixPath(next(p[1] for p in lines if p[0] == "WORKDIR"))
     target = PurePosixPath(container_path)
     for parts in lines:
@@ -445,7 +446,12 @@ def test_dockerfile_installs_every_shipped_package() -> None:
     assert ["FROM", "${BASE}"] in lines
     build = _services()["serve"]["build"]
     assert ROOT / build["context"] / build["dockerfile"] == APP_DOCKERFILE
-    copied = {source for parts in lines if parts[0] == "COPY" for source in parts[1:-1]}
+    copied = {
+        source
+        for parts in lines
+        if parts[0] == "COPY" and not parts[1].startswith("--from=")
+        for source in parts[1:-1]
+    }
     # The build's certificate authorities, from build.sh's staging area when it is there.
     copied.discard(".cach[e]/images/build-ca.cr[t]")
     for source in copied:
@@ -460,7 +466,12 @@ def test_dockerfile_installs_every_shipped_package() -> None:
     # The faust extra, for services.search_index, never the test extra: from the app lock
     # (tests/test_lock.py checks what it holds).
     assert "pip install --require-hashes -r requirements/app.txt" in dockerfile
-    assert "pip install --no-deps ." in dockerfile
+    # The packages come from a wheel built in the first stage, with the optional C
+    # extension (setup.py) where a compiler and OpenSSL's headers are there.
+    assert "setup.py" in copied
+    assert "pip wheel -q --no-deps --wheel-dir /wheels ." in dockerfile
+    assert ["COPY", "--from=wheel", "/wheels", "/tmp/wheels"] in lines  # noqa: S108 - in the image
+    assert "pip install --no-deps /tmp/wheels/*.whl" in dockerfile
     assert "faust" in pyproject["project"]["optional-dependencies"]
 
 

@@ -98,6 +98,12 @@ def test_the_app_image_installs_from_the_app_lock_only() -> None:
     commands = re.sub(r"\\\n", " ", dockerfile).splitlines()
     runs = " && ".join(line for line in commands if line.startswith("RUN"))
     installs = [m.strip() for m in re.findall(r"pip install ([^&]+)", runs)]
-    assert installs == ["--require-hashes -r requirements/app.txt", "--no-deps ."], installs
+    # The project itself: its wheel, built (with nothing else) in the Dockerfile's first stage.
+    assert installs == [
+        "--require-hashes -r requirements/app.txt",
+        "--no-deps /tmp/wheels/*.whl",
+    ], installs
+    wheels = [m.strip() for m in re.findall(r"pip wheel ([^&]+)", runs)]
+    assert wheels == ["-q --no-deps --wheel-dir /wheels ."], wheels
     assert "pip check" in runs
     assert "COPY requirements/app.txt ./requirements/" in dockerfile
