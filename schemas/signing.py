@@ -502,8 +502,13 @@ class Verifier:
             return _malformed(proof, parsed[0])
         if root is None:
             root = node
-        if not verified and not self._signed_root(text, parsed, root):
-            return Checked(Verdict.BAD_SIGNATURE, parsed[0])
+        if not verified:
+            if not self._signed_root(text, parsed, root):
+                return Checked(Verdict.BAD_SIGNATURE, parsed[0])
+        elif text not in self._signatures:
+            # The memo proved this root signed under `text`: after a flush of the header
+            # cache, the tree's later records then find their header without parsing it.
+            self._remember(text, parsed)
         if len(paths) + len(walked) > self._memo_size:
             paths.clear()
             # A walk longer than the whole memo keeps its top nodes (more of the tree's

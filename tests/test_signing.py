@@ -380,3 +380,29 @@ def test_the_walk_memo_never_holds_more_than_memo_size_nodes(memo_size: int) -> 
     for key, value, headers in _batch(64):
         assert verifier.verify(key, value, headers).valid
         assert len(verifier._paths) <= memo_size
+
+
+def test_a_header_flushed_from_the_cache_is_parsed_once_more_not_once_per_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A record whose walk meets the memo of an already verified root puts its header
+    back in the cache: after another tree's header pushed it out, the tree's other
+    records are judged without parsing it again."""
+    signer = _signer()
+    ours = _batch(8)
+    pairs = [(f"other:{i}".encode(), b"{}") for i in range(8)]
+    theirs = [(k, v, h) for (k, v), h in zip(pairs, signer.sign_batch(pairs), strict=True)]
+    verifier = Verifier([signer.public], cache_size=1)
+    assert verifier.verify(*ours[0]).valid
+    assert verifier.verify(*theirs[0]).valid
+    parsed: list[bytes] = []
+    real = Verifier._parse
+
+    def counted(self: Verifier, text: bytes) -> Any:
+        parsed.append(text)
+        return real(self, text)
+
+    monkeypatch.setattr(Verifier, "_parse", counted)
+    for record in ours[1:]:
+        assert verifier.verify(*record).valid
+    assert parsed == [ours[0][2][0][1]]
