@@ -195,7 +195,10 @@ async def test_killed_relay_process_loses_nothing(
         "RETENTION_DATABASE_URL": coordinator_db,
         "RETENTION_KAFKA_BOOTSTRAP_SERVERS": topics.bootstrap_servers,
         "RETENTION_KAFKA_TOPIC_PREFIX": topics.topic_prefix,
-        "RETENTION_RELAY_BATCH_SIZE": "500",
+        # 120 batches, each its own claim, send and commit: the poll below sees some but
+        # not all published however fast the relay signs and sends (500 a batch once
+        # finished all 6,000 between two polls).
+        "RETENTION_RELAY_BATCH_SIZE": "50",
     }
     with subprocess.Popen(
         [RETENTION, "relay", "--drain", "--json"],
