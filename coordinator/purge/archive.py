@@ -11,16 +11,31 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Column, DateTime, LargeBinary, MetaData, Row, Table, Uuid, insert, select
+from sqlalchemy import (
+    Column,
+    DateTime,
+    LargeBinary,
+    MetaData,
+    Row,
+    Table,
+    Uuid,
+    bindparam,
+    column,
+    func,
+    insert,
+    literal,
+    select,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator import CoordinatorError
-from coordinator.copies.crypto.envelope import SealError, open_sealed, seal
+from coordinator.copies.crypto.envelope import BatchSealer, SealError, open_sealed, seal
 from coordinator.copies.crypto.keystore import DataKey, KeyStore
 
 __all__ = [
@@ -85,6 +100,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
+# json.dumps(..., sort_keys=True, separators=(",", ":")) without building an encoder per row.
+_ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+_JSON_NATIVE = frozenset({str, int, float, bool, type(None)})  # what _plain leaves as it is
+
+
+def _plaintext(pairs: Iterable[tuple[str, Any]]) -> bytes:
+    """The sealed part of a row: its columns as canonical JSON."""
+    return _ENCODE({n: v if type(v) in _JSON_NATIVE else _plain(v) for n, v in pairs}).encode()
+
+
 def _associated(archive: Table, row_id: Any, key_id: uuid.UUID) -> bytes:
     # Binds a sealed value to its archive, its row and its key.
     return f"{archive.name}\x00{row_id}\x00{key_id}".encode()
@@ -99,12 +124,9 @@ def seal_row(
     clear: Sequence[str],
 ) -> bytes:
     """Seal a row's columns other than `clear` (and the archive's own) as one value."""
-    rest = {
-        name: _plain(v)
-        for name, v in mapping.items()
-        if name not in clear and name not in _OWN_COLUMNS
-    }
-    plaintext = json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()
+    plaintext = _plaintext(
+        (name, v) for name, v in mapping.items() if name not in clear and name not in _OWN_COLUMNS
+    )
     return seal(data_key.key, plaintext, _associated(archive, mapping[id_column], data_key.key_id))
 
 
@@ -132,26 +154,67 @@ async def store_sealed(
     scopes: Sequence[str],
     keys: KeyStore,
     now: datetime,
+    columns: Sequence[str] | None = None,
 ) -> None:
-    """Seal `rows` (each under the key of its scope) and insert them into `archive`.
+    """Seal `rows` (each under the key of its scope) and insert them into `archive`, as
+    `seal_row` would one at a time.
 
-    The key store is asked once per batch: one unwrap (or wrap) per distinct scope.
+    `columns`: the names of each row's first values, the archived table's columns (None:
+    every value of the row); values after them are not archived. The key store is asked
+    once per batch: one unwrap (or wrap) per distinct scope. The rows go into the archive
+    in one statement, each column as one array parameter: SQLAlchemy's per-row parameter
+    processing of an executemany cost more than the sealing itself.
     """
+    if not rows:
+        return
+    names = list(rows[0]._fields if columns is None else columns)
+    sealed_at = [
+        (n, name) for n, name in enumerate(names) if name not in clear and name not in _OWN_COLUMNS
+    ]
+    clear_at = [names.index(name) for name in clear]
+    id_at = names.index(id_column)
     data_keys = await keys.keys_for(scopes, create=True, now=now)
-    values = []
+    sealer = BatchSealer(len(rows))
+    key_ids: list[uuid.UUID] = []
+    sealed: list[bytes] = []
     for row, scope in zip(rows, scopes, strict=True):
-        mapping = row._mapping
         data_key = data_keys[scope]
-        values.append(
-            {
-                **{name: mapping[name] for name in clear},
-                ARCHIVED_AT: now,
-                KEY_ID: data_key.key_id,
-                SEALED: seal_row(data_key, archive, mapping, id_column=id_column, clear=clear),
-            }
+        key_ids.append(data_key.key_id)
+        sealed.append(
+            sealer.seal(
+                data_key.key,
+                _plaintext((name, row[n]) for n, name in sealed_at),
+                _associated(archive, row[id_at], data_key.key_id),
+            )
         )
-    if values:
-        await conn.execute(insert(archive), values)
+    arrays = [
+        bindparam(f"clear_{n}", [row[at] for row in rows], type_=ARRAY(archive.c[name].type))
+        for n, (name, at) in enumerate(zip(clear, clear_at, strict=True))
+    ]
+    given = (
+        func.unnest(
+            *arrays,
+            bindparam("key_ids", key_ids, type_=ARRAY(Uuid)),
+            bindparam("sealed", sealed, type_=ARRAY(LargeBinary)),
+        )
+        .table_valued(
+            *(column(f"clear_{n}", archive.c[name].type) for n, name in enumerate(clear)),
+            column("key_id", Uuid),
+            column("sealed", LargeBinary),
+        )
+        .render_derived()
+    )
+    await conn.execute(
+        insert(archive).from_select(
+            [*clear, KEY_ID, SEALED, ARCHIVED_AT],
+            select(
+                *(given.c[f"clear_{n}"] for n in range(len(clear))),
+                given.c.key_id,
+                given.c.sealed,
+                literal(now, DateTime(timezone=True)),
+            ),
+        )
+    )
 
 
 async def read_archived(

@@ -19,7 +19,6 @@ from sqlalchemy import (
     any_,
     bindparam,
     cast,
-    column,
     delete,
     func,
     literal,
@@ -99,6 +98,15 @@ def _vaults(bound: BoundPolicy, origin: EventOrigin) -> bool:
     return bound.policy.restore_window is not None and origin.reason is EventReason.RETENTION_POLICY
 
 
+ENTITY = "retention_entity_text"
+"""The label of the id as PostgreSQL's text that an archiving or vaulting DELETE returns
+with each row: what the events name, cast as the other actions' ids are."""
+
+
+def _entity_text(bound: BoundPolicy) -> ColumnElement[str]:
+    return cast(bound.id_column, Text).label(ENTITY)
+
+
 def _acted(
     bound: BoundPolicy, which: ColumnElement[bool], now: datetime, *, vaulted: bool = False
 ) -> tuple[Any, list[Any]]:
@@ -110,7 +118,7 @@ def _acted(
         returned.append(bound.subject_column)
     if action is Action.DELETE:
         if vaulted:
-            returned.append(row_document(table))
+            returned += [row_document(table), _entity_text(bound)]
         return delete(table).where(which).returning(*returned).cte("acted"), []
     if action is Action.ANONYMIZE:
         context = anonymizers.StrategyContext(id_column=bound.id_column, hash_key=bound.hash_key)
@@ -131,8 +139,9 @@ def _acted(
             )
             return acted.returning(bound.id_column, subject).cte("acted"), []
         return acted.returning(*returned).cte("acted"), []
-    # Archive: the whole rows come back, to be sealed in Python (coordinator.purge.archive).
-    return delete(table).where(which).returning(*table.c).cte("acted"), []
+    # Archive: the whole rows come back, to be sealed in Python (coordinator.purge.archive),
+    # each followed by its id as text.
+    return delete(table).where(which).returning(*table.c, _entity_text(bound)).cte("acted"), []
 
 
 def _ledger(policy: Policy, entity: Any, run_id: uuid.UUID, now: datetime, *, relabel: bool) -> Any:
@@ -239,30 +248,12 @@ class _Acted:
     subjects: Sequence[str | None] | None
 
 
-async def _archived_entities(
-    conn: AsyncConnection, bound: BoundPolicy, rows: Sequence[Any]
+def _archived_entities(
+    bound: BoundPolicy, rows: Sequence[Any]
 ) -> tuple[list[str], list[str | None] | None]:
-    """Entity ids and subjects of archived or vaulted rows, cast to text by PostgreSQL as the other
-    actions' are (one round trip)."""
-    id_name = bound.id_column.name
-    ids = [row._mapping[id_name] for row in rows]
-    values = func.unnest(bindparam("archived", ids, type_=ARRAY(bound.id_column.type)))
-    given = values.table_valued(
-        column("v", bound.id_column.type), with_ordinality="n"
-    ).render_derived()
-    entities = list(
-        (
-            await conn.execute(
-                select(
-                    type_coerce(
-                        func.array_agg(aggregate_order_by(cast(given.c.v, Text), given.c.n)),
-                        ARRAY(Text),
-                    )
-                )
-            )
-        ).scalar_one()
-        or ()
-    )
+    """Entity ids (as the DELETE cast them to text) and subjects of archived or vaulted
+    rows, in the rows' order."""
+    entities = [row._mapping[ENTITY] for row in rows]
     if bound.subject is None or bound.subject_column is None:
         return entities, None
     name, kind = bound.subject_column.name, bound.subject.entity_type
@@ -308,7 +299,7 @@ async def _act(
     origin: EventOrigin,
 ) -> _Acted:
     """Act on ids selected and locked before: one statement, one round trip (archive:
-    plus the sealed rows' insert, one key-store round trip and one for the ids' text)."""
+    plus the sealed rows' insert and one key-store round trip)."""
     ids = batch.ids
     acted, helpers = _with_ledger(
         bound,
@@ -333,10 +324,11 @@ async def _act(
             scopes=_scopes(bound, rows),
             keys=keys,
             now=now,
+            columns=[c.name for c in bound.table.c],
         )
         touched = len(rows)
         if bound.policy.fan_out:
-            entities, subjects = await _archived_entities(conn, bound, rows)
+            entities, subjects = _archived_entities(bound, rows)
     elif _vaults(bound, origin):
         window = bound.policy.restore_window
         if keys is None or window is None:
@@ -356,7 +348,7 @@ async def _act(
         )
         touched = len(rows)
         if bound.policy.fan_out:
-            entities, subjects = await _archived_entities(conn, bound, rows)
+            entities, subjects = _archived_entities(bound, rows)
     else:
         row = (await conn.execute(_acted_entities(bound, acted).add_cte(*helpers))).one()
         touched, entities, subjects = row.touched, list(row.entities or ()), row.subjects
@@ -444,8 +436,8 @@ async def purge_batch(
     and acts on them (delete without a hook), or one select-and-lock statement (two for
     anonymize: the ledger is read after the row locks), the optional hook and one
     statement for action + ledger, returning the touched ids as text and their subjects
-    (archive: then the key store, once for the batch, the sealed rows' insert and the
-    ids' text); the anonymize mark; last, under the audit chain's lock, the batch's one
+    (archive: then the key store, once for the batch, and the sealed rows' insert); the
+    anonymize mark; last, under the audit chain's lock, the batch's one
     outbox row and its audit entry in one statement (coordinator/outbox/write.py: three
     round trips with the lock, then the commit).
     """
@@ -475,7 +467,7 @@ async def purge_batch(
     ids = batch.ids
     if not ids:
         return BatchResult(ids, 0, batch.last_scanned, batch.contiguous, batch.exhausted)
-    # Archive without fan-out has not asked PostgreSQL for the ids' text.
+    # Archive without fan-out has not kept the ids' text.
     entity_ids = list(acted.entities) if acted.entities else [str(i) for i in ids]
     events = len(entity_ids) if policy.fan_out else 0
     # Last, so that the audit chain's lock (taken here, held to the commit) waits for

@@ -8,6 +8,7 @@ of the key store older than the destruction remains.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator import CoordinatorError
-from coordinator.copies.crypto.envelope import new_key
+from coordinator.copies.crypto.envelope import new_keys
 from coordinator.copies.crypto.provider import KeyProvider, LocalKeyProvider
 from coordinator.settings import Settings
 from coordinator.store.db import make_engine
@@ -92,7 +93,12 @@ class KeyStore:
         unwrapped; a scope a concurrent creator stored first keeps that creator's key
         (the one its data is sealed under), read back like any existing key.
         """
-        fresh = {scope: DataKey(uuid.uuid4(), new_key()) for scope in scopes}
+        # uuid4()'s and new_key()'s random bytes, in one read each for the whole batch.
+        ids = os.urandom(16 * len(scopes))
+        fresh = {
+            scope: DataKey(uuid.UUID(bytes=ids[16 * n : 16 * n + 16], version=4), key)
+            for n, (scope, key) in enumerate(zip(scopes, new_keys(len(scopes)), strict=True))
+        }
         given = (
             func.unnest(
                 bindparam("scopes", scopes, type_=ARRAY(Text)),

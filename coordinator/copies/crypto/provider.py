@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from coordinator import CoordinatorError
-from coordinator.copies.crypto.envelope import KEY_BYTES, SealError, new_key, open_sealed, seal
+from coordinator.copies.crypto.envelope import KEY_BYTES, KeySealer, SealError, new_key
 
 __all__ = ["KeyProvider", "LocalKeyProvider", "UnwrapError", "write_kek"]
 
@@ -49,7 +49,7 @@ class LocalKeyProvider:
     def __init__(self, kek: bytes) -> None:
         if len(kek) != KEY_BYTES:
             raise ValueError(f"a KEK is {KEY_BYTES} bytes")
-        self._kek = kek
+        self._kek = KeySealer(kek)  # its key schedule built once for every wrap and unwrap
         # Names the KEK without revealing it: a hash of it, truncated.
         self._id = "local:" + hashlib.sha256(b"kek-id:" + kek).hexdigest()[:16]
 
@@ -65,13 +65,13 @@ class LocalKeyProvider:
         return self._id
 
     def wrap(self, data_key: bytes) -> bytes:
-        return seal(self._kek, data_key, _WRAP_CONTEXT)
+        return self._kek.seal(data_key, _WRAP_CONTEXT)
 
     def unwrap(self, wrapped: bytes, kek_id: str) -> bytes:
         if kek_id != self._id:
             raise UnwrapError(f"wrapped under {kek_id}, this provider holds {self._id}")
         try:
-            return open_sealed(self._kek, wrapped, _WRAP_CONTEXT)
+            return self._kek.open(wrapped, _WRAP_CONTEXT)
         except SealError:
             raise UnwrapError("wrapped key did not open under this KEK") from None
 
