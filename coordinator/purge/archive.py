@@ -47,7 +47,7 @@ __all__ = [
     "archive_definition",
     "clear_columns",
     "key_scope",
-    "owner",
+    "owners",
     "read_archived",
     "seal_row",
     "store_sealed",
@@ -130,18 +130,26 @@ def seal_row(
     return seal(data_key.key, plaintext, _associated(archive, mapping[id_column], data_key.key_id))
 
 
-def owner(
-    mapping: Mapping[Any, Any],
+def owners(
+    rows: Sequence[Row[Any]],
     *,
     entity_type: str,
     id_column: str,
     subject: tuple[str, str] | None,
-) -> tuple[str, Any]:
-    """Whose data key seals a row: its subject's (type, id) when it names one (`subject`:
-    the subject's type and column), else its own entity's."""
-    if subject is not None and mapping[subject[1]] is not None:
-        return subject[0], mapping[subject[1]]
-    return entity_type, mapping[id_column]
+) -> list[tuple[str, Any]]:
+    """Whose data key seals each row: its subject's (type, id) when it names one
+    (`subject`: the subject's type and column), else its own entity's."""
+    if not rows:
+        return []
+    fields = rows[0]._fields
+    id_at = fields.index(id_column)
+    if subject is None:
+        return [(entity_type, row[id_at]) for row in rows]
+    kind, subject_at = subject[0], fields.index(subject[1])
+    return [
+        (entity_type, row[id_at]) if row[subject_at] is None else (kind, row[subject_at])
+        for row in rows
+    ]
 
 
 async def store_sealed(

@@ -39,7 +39,7 @@ from coordinator.purge.archive import (
     SEALED,
     clear_columns,
     key_scope,
-    owner,
+    owners,
     seal_row,
 )
 
@@ -169,16 +169,10 @@ async def encrypt_plain_archive(
             if not rows:
                 break
             scopes = [
-                key_scope(
-                    policy.name,
-                    *owner(
-                        row._mapping,
-                        entity_type=policy.entity_type,
-                        id_column=id_column,
-                        subject=subject_of,
-                    ),
+                key_scope(policy.name, *whose)
+                for whose in owners(
+                    rows, entity_type=policy.entity_type, id_column=id_column, subject=subject_of
                 )
-                for row in rows
             ]
             data_keys = await keys.keys_for(scopes, create=True, now=now)
             await conn.execute(

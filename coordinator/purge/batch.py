@@ -39,7 +39,7 @@ from coordinator.policy import anonymizers
 from coordinator.policy.binding import BoundPolicy
 from coordinator.policy.model import Action, Policy
 from coordinator.purge import marks
-from coordinator.purge.archive import key_scope, owner, store_sealed
+from coordinator.purge.archive import key_scope, owners, store_sealed
 from coordinator.purge.holds import lock_for_purge
 from coordinator.purge.planner import Batch, batch_window, next_batch
 from coordinator.store.tables import anonymized
@@ -228,15 +228,9 @@ def _owners(bound: BoundPolicy, rows: Sequence[Any]) -> list[tuple[str, Any]]:
         if bound.subject is not None and bound.subject_column is not None
         else None
     )
-    return [
-        owner(
-            row._mapping,
-            entity_type=bound.policy.entity_type,
-            id_column=bound.id_column.name,
-            subject=subject,
-        )
-        for row in rows
-    ]
+    return owners(
+        rows, entity_type=bound.policy.entity_type, id_column=bound.id_column.name, subject=subject
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +247,10 @@ def _archived_entities(
 ) -> tuple[list[str], list[str | None] | None]:
     """Entity ids (as the DELETE cast them to text) and subjects of archived or vaulted
     rows, in the rows' order."""
-    entities = [row._mapping[ENTITY] for row in rows]
+    if not rows:
+        return [], None
+    at = rows[0]._fields.index(ENTITY)
+    entities = [row[at] for row in rows]
     if bound.subject is None or bound.subject_column is None:
         return entities, None
     name, kind = bound.subject_column.name, bound.subject.entity_type
