@@ -82,18 +82,22 @@ async def enqueue(
     batch: EventBatch,
     *,
     recorded: AuditEntry | None = None,
+    json_native: bool = False,
 ) -> int:
     """Write the batch's outbox row and the audit entry `recorded` that records it,
     stamped with the batch's `initiated_at`; return its seq (0: the batch has no events,
-    and only the entry is written).
+    and only the entry is written). `json_native`: as `audit.prepare`'s, for `recorded`.
     """
+    prepared = (
+        audit.prepare([recorded], at=batch.initiated_at, json_native=json_native)
+        if recorded is not None
+        else []
+    )
     if not batch.entity_ids:
-        if recorded is not None:
-            await audit.append(conn, [recorded], at=batch.initiated_at)
+        await audit.append_prepared(conn, prepared)
         return 0
     # Everything but the chain's head is serialized and built before the chain lock is
     # taken: holding it costs only the hash and the insert.
-    prepared = audit.prepare([recorded], at=batch.initiated_at) if recorded is not None else []
     b = outbox_batches.c
     subjects = batch.subjects
     if subjects is not None and all(s is None for s in subjects):

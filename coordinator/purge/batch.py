@@ -33,7 +33,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from coordinator.copies.crypto.keystore import KeyStore
 from coordinator.copies.vault.seal import DOC, VaultRow, row_document, store_in_vault
-from coordinator.evidence.audit import AuditAction, AuditEntry, append
+from coordinator.evidence.audit import AuditAction, AuditEntry, append_prepared, prepare
 from coordinator.outbox.write import EventBatch, enqueue
 from coordinator.policy import anonymizers
 from coordinator.policy.binding import BoundPolicy
@@ -469,18 +469,20 @@ async def purge_batch(
     events = len(entity_ids) if policy.fan_out else 0
     # Last, so that the audit chain's lock (taken here, held to the commit) waits for
     # nothing but these inserts.
+    # Only JSON's own types (the ids as text), so the entry is stored as it is built
+    # (audit.prepare's json_native): no JSON round trip of a batch's ids.
     recorded = AuditEntry(
         AuditAction.PURGE_BATCH,
         "coordinator",
         {
-            "run_id": run_id,
+            "run_id": str(run_id),
             "policy": policy.name,
             "action": policy.action.value,
             "entity_type": policy.entity_type,
             "count": len(entity_ids),
             "events": events,
             "ids": entity_ids,
-            **({"request_id": origin.request_id} if origin.request_id is not None else {}),
+            **({"request_id": str(origin.request_id)} if origin.request_id is not None else {}),
         },
     )
     if policy.fan_out:
@@ -501,7 +503,8 @@ async def purge_batch(
                 request_id=origin.request_id,
             ),
             recorded=recorded,
+            json_native=True,
         )
     else:
-        await append(conn, [recorded], at=now)
+        await append_prepared(conn, prepare([recorded], at=now, json_native=True))
     return BatchResult(ids, events, batch.last_scanned, batch.contiguous, batch.exhausted)
