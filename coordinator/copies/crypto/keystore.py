@@ -8,7 +8,6 @@ of the key store older than the destruction remains.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from sqlalchemy import (
     func,
     literal,
     select,
+    type_coerce,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -93,50 +93,54 @@ class KeyStore:
         unwrapped; a scope a concurrent creator stored first keeps that creator's key
         (the one its data is sealed under), read back like any existing key.
         """
-        # uuid4()'s and new_key()'s random bytes, in one read each for the whole batch.
-        ids = os.urandom(16 * len(scopes))
-        fresh = {
-            scope: DataKey(uuid.UUID(bytes=ids[16 * n : 16 * n + 16], version=4), key)
-            for n, (scope, key) in enumerate(zip(scopes, new_keys(len(scopes)), strict=True))
-        }
+        fresh = dict(zip(scopes, new_keys(len(scopes)), strict=True))
         given = (
             func.unnest(
                 bindparam("scopes", scopes, type_=ARRAY(Text)),
-                bindparam("key_ids", [fresh[s].key_id for s in scopes], type_=ARRAY(Uuid)),
                 bindparam(
                     "wrapped",
-                    [self.provider.wrap(fresh[s].key) for s in scopes],
+                    [self.provider.wrap(fresh[s]) for s in scopes],
                     type_=ARRAY(LargeBinary),
                 ),
             )
-            .table_valued(
-                column("scope", Text), column("key_id", Uuid), column("wrapped", LargeBinary)
-            )
+            .table_valued(column("scope", Text), column("wrapped", LargeBinary))
             .render_derived()
         )
         created = func.coalesce(
             bindparam("created_at", now, type_=DateTime(timezone=True)), func.now()
         )
-        inserted = set(
-            (
-                await conn.execute(
-                    pg_insert(data_keys)
-                    .from_select(
-                        ["scope", "key_id", "kek_id", "wrapped", "created_at"],
-                        select(
-                            given.c.scope,
-                            given.c.key_id,
-                            literal(self.provider.kek_id, Text),
-                            given.c.wrapped,
-                            created,
-                        ),
-                    )
-                    .on_conflict_do_nothing()
-                    .returning(data_keys.c.scope)
-                )
-            ).scalars()
+        # PostgreSQL draws the key ids (a version 4 UUID from its strong random source)
+        # and returns them as one array: a uuid.UUID built and printed in Python costs
+        # ~1.7 µs a key.
+        written = (
+            pg_insert(data_keys)
+            .from_select(
+                ["scope", "key_id", "kek_id", "wrapped", "created_at"],
+                select(
+                    given.c.scope,
+                    func.gen_random_uuid(),
+                    literal(self.provider.kek_id, Text),
+                    given.c.wrapped,
+                    created,
+                ),
+            )
+            .on_conflict_do_nothing()
+            .returning(data_keys.c.scope, data_keys.c.key_id)
+            .cte("written")
         )
-        keys = {scope: fresh[scope] for scope in scopes if scope in inserted}
+        row = (
+            await conn.execute(
+                select(
+                    type_coerce(func.array_agg(written.c.scope), ARRAY(Text)).label("scopes"),
+                    type_coerce(func.array_agg(written.c.key_id), ARRAY(Uuid)).label("key_ids"),
+                )
+            )
+        ).one()
+        keys = {
+            scope: DataKey(key_id, fresh[scope])
+            for scope, key_id in zip(row.scopes or (), row.key_ids or (), strict=True)
+        }
+        inserted = keys.keys()
         lost = [scope for scope in scopes if scope not in inserted]
         if lost:
             keys.update(await self._select(conn, lost))
