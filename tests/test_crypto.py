@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.copies.crypto.envelope import SealError, new_key, open_sealed, seal
+from coordinator.copies.crypto.envelope import (
+    KEY_BYTES,
+    NONCE_BYTES,
+    BatchSealer,
+    SealError,
+    new_key,
+    new_keys,
+    open_sealed,
+    seal,
+)
 from coordinator.copies.crypto.provider import LocalKeyProvider, UnwrapError, write_kek
 
 
@@ -42,3 +51,25 @@ def test_kek_file_wraps_and_refuses_others(tmp_path: Path) -> None:
         other.unwrap(wrapped, kek_id)
     with pytest.raises(UnwrapError):
         other.unwrap(wrapped, other.kek_id)
+
+
+def test_batch_sealer_seals_as_seal_does_with_fresh_nonces() -> None:
+    keys = new_keys(2)
+    assert len(set(keys)) == 2
+    assert all(len(k) == KEY_BYTES for k in keys)
+    sealer = BatchSealer(3)
+    sealed = [
+        sealer.seal(keys[0], b"alice", b"t:1"),
+        sealer.seal(keys[1], b"bob", b"t:2"),
+        sealer.seal(keys[0], b"alice", b"t:1"),
+    ]
+    assert open_sealed(keys[0], sealed[0], b"t:1") == b"alice"
+    assert open_sealed(keys[1], sealed[1], b"t:2") == b"bob"
+    assert open_sealed(keys[0], sealed[2], b"t:1") == b"alice"
+    with pytest.raises(SealError):
+        open_sealed(keys[1], sealed[0], b"t:1")  # under the other key of the batch
+    # Every value has its own nonce, so equal plaintexts under one key differ.
+    assert len({s[:NONCE_BYTES] for s in sealed}) == 3
+    assert sealed[0] != sealed[2]
+    with pytest.raises(ValueError, match="more values than its count"):
+        sealer.seal(keys[0], b"carol", b"t:3")
