@@ -9,6 +9,9 @@ With `--subject` the policy maps its rows to subjects (`user:<user_id>`, 1000 us
 one user is under a subject hold too: the cost of the subject half of the hold check.
 `--profile` adds, per engine scenario, each kind of statement's count and total time
 (SQLAlchemy cursor events, plus the commits), i.e. the round trips of a batch.
+Each scenario also reports its CPU per row, which a loaded machine bends less than its
+wall time: this process's (Python; the raw statement's is the driver's) and its
+PostgreSQL backends' (read from /proc: PostgreSQL must run on this machine).
 The raw baseline is the single statement the engine replaces:
 `DELETE FROM t WHERE ts < cutoff AND NOT EXISTS (active hold on the row)` — no batches,
 no audit, no outbox, one long transaction holding every row lock.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import tempfile
 import time
@@ -30,6 +34,7 @@ from sqlalchemy import event, text
 from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bench.proc_cpu import backend_cpu
 from coordinator.clock import FrozenClock
 from coordinator.copies.crypto.provider import write_kek
 from coordinator.policy.model import parse_policies
@@ -181,9 +186,29 @@ class Profile:
             )
 
 
+class Cpu:
+    """CPU seconds of this process and of the scratch database's backends over a phase."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.database = url.rpartition("/")[2]
+        self.python = 0.0
+        self.postgres = 0.0
+
+    async def start(self) -> None:
+        self._python = time.process_time()
+        self._backends = await backend_cpu(self.url, [self.database])
+
+    async def stop(self) -> None:
+        """Call it before the phase's engine is disposed of: its backends still live."""
+        self.python = time.process_time() - self._python
+        after = await backend_cpu(self.url, [self.database])
+        self.postgres = sum(s - self._backends.get(pid, 0.0) for pid, s in after.items())
+
+
 async def _engine_run(
     url: str, action: str, fan_out: bool, subject: bool, batch: int, profile: Profile | None
-) -> tuple[int, float]:
+) -> tuple[int, float, Cpu]:
     extra = (ANONYMIZE if action == "anonymize" else "") + (SUBJECT if subject else "")
     policy_set = parse_policies(
         POLICY.format(action=action, fan_out=str(fan_out).lower(), extra=extra, batch=batch)
@@ -196,24 +221,32 @@ async def _engine_run(
         write_kek(Path(keys) / "kek.hex")
         settings = Settings(hash_secret=BENCH_KEY, kek_file=Path(keys) / "kek.hex")
         runner = Runner(engine, policy_set, settings, clock=FrozenClock(NOW))
+        cpu = Cpu(url)
+        await cpu.start()
         start = time.perf_counter()
         report = await runner.run()
         elapsed = time.perf_counter() - start
+        await cpu.stop()
     await engine.dispose()
     assert report.ok, report.as_dict()
-    return report.outcomes[0].processed, elapsed
+    return report.outcomes[0].processed, elapsed, cpu
 
 
-async def _raw_delete(url: str) -> tuple[int, float]:
+async def _raw_delete(url: str) -> tuple[int, float, Cpu]:
     engine = make_engine(url)
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))  # the backend exists before the snapshot
+    cpu = Cpu(url)
+    await cpu.start()
     start = time.perf_counter()
     async with engine.begin() as conn:
         result = await conn.execute(
             text(RAW_DELETE), {"cutoff": NOW - timedelta(days=30), "now": NOW}
         )
     elapsed = time.perf_counter() - start
+    await cpu.stop()
     await engine.dispose()
-    return result.rowcount, elapsed
+    return result.rowcount, elapsed, cpu
 
 
 async def main(rows: int, held: float, subject: bool, batch: int, profile: bool) -> None:
@@ -222,7 +255,7 @@ async def main(rows: int, held: float, subject: bool, batch: int, profile: bool)
     commits = AsyncAdapt_asyncpg_connection.commit
     try:
         await upgrade(url)
-        results: list[tuple[str, int, float]] = []
+        results: list[tuple[str, int, float, Cpu]] = []
         await _reset(url, rows, held, subject)
         results.append(("raw DELETE … NOT EXISTS", *await _raw_delete(url)))
         for label, action, fan_out in (
@@ -241,13 +274,23 @@ async def main(rows: int, held: float, subject: bool, batch: int, profile: bool)
                     *await _engine_run(url, action, fan_out, subject, batch, profiles.get(label)),
                 )
             )
-        raw_rate = results[0][1] / results[0][2]
+        _, raw_rows, raw_seconds, raw_cpu = results[0]
+        raw_rate = raw_rows / raw_seconds
+        raw_us = 1e6 * (raw_cpu.python + raw_cpu.postgres) / raw_rows
         mapped = ", subject-mapped (1 subject held)" if subject else ""
-        print(f"{rows} rows, {held:.0%} held{mapped}, batch {batch}\n")
-        print(f"{'scenario':28} {'rows':>7} {'seconds':>8} {'rows/s':>9} {'vs raw':>7}")
-        for label, processed, seconds in results:
+        load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
+        print(f"{rows} rows, {held:.0%} held{mapped}, batch {batch}; load {load}\n")
+        print(
+            f"{'scenario':28} {'rows':>7} {'seconds':>8} {'rows/s':>9} {'vs raw':>7}"
+            f" {'py µs/row':>10} {'pg µs/row':>10} {'raw/cpu':>8}"
+        )
+        for label, processed, seconds, cpu in results:
             rate = processed / seconds
-            print(f"{label:28} {processed:7d} {seconds:8.2f} {rate:9.0f} {rate / raw_rate:7.2f}")
+            py, pg = (1e6 * s / processed for s in (cpu.python, cpu.postgres))
+            print(
+                f"{label:28} {processed:7d} {seconds:8.2f} {rate:9.0f} {rate / raw_rate:7.2f}"
+                f" {py:10.2f} {pg:10.2f} {raw_us / (py + pg):8.2f}"
+            )
         for label, got in profiles.items():
             batches = got.count["hold lock"]
             print(f"\n{label}: {batches} batch transactions")
