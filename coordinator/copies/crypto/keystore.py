@@ -12,10 +12,12 @@ import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     DateTime,
     LargeBinary,
+    Select,
     Text,
     Uuid,
     any_,
@@ -28,8 +30,9 @@ from sqlalchemy import (
     type_coerce,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, Insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator import CoordinatorError
@@ -112,30 +115,32 @@ class KeyStore:
         # PostgreSQL draws the key ids (a version 4 UUID from its strong random source)
         # and returns them as one array: a uuid.UUID built and printed in Python costs
         # ~1.7 µs a key.
-        written = (
-            pg_insert(data_keys)
-            .from_select(
-                ["scope", "key_id", "kek_id", "wrapped", "created_at"],
-                select(
-                    given.c.scope,
-                    func.gen_random_uuid(),
-                    literal(self.provider.kek_id, Text),
-                    given.c.wrapped,
-                    created,
-                ),
-            )
-            .on_conflict_do_nothing()
-            .returning(data_keys.c.scope, data_keys.c.key_id)
-            .cte("written")
+        insert = pg_insert(data_keys).from_select(
+            ["scope", "key_id", "kek_id", "wrapped", "created_at"],
+            select(
+                given.c.scope,
+                func.gen_random_uuid(),
+                literal(self.provider.kek_id, Text),
+                given.c.wrapped,
+                created,
+            ),
         )
-        row = (
-            await conn.execute(
-                select(
-                    type_coerce(func.array_agg(written.c.scope), ARRAY(Text)).label("scopes"),
-                    type_coerce(func.array_agg(written.c.key_id), ARRAY(Uuid)).label("key_ids"),
-                )
+
+        def written(insert: Insert) -> Select[Any]:
+            done = insert.returning(data_keys.c.scope, data_keys.c.key_id).cte("written")
+            return select(
+                type_coerce(func.array_agg(done.c.scope), ARRAY(Text)).label("scopes"),
+                type_coerce(func.array_agg(done.c.key_id), ARRAY(Uuid)).label("key_ids"),
             )
-        ).one()
+
+        try:
+            # A plain insert first: ON CONFLICT's speculative insertion costs PostgreSQL
+            # more per row than the rest of the insert, and a scope is stored by someone
+            # else between the look-up and here only in a race.
+            async with conn.begin_nested():
+                row = (await conn.execute(written(insert))).one()
+        except IntegrityError:
+            row = (await conn.execute(written(insert.on_conflict_do_nothing()))).one()
         keys = {
             scope: DataKey(key_id, fresh[scope])
             for scope, key_id in zip(row.scopes or (), row.key_ids or (), strict=True)
