@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from sqlalchemy import (
     ARRAY,
@@ -60,9 +60,10 @@ DEFAULT_TABLE = "retention_processed_events"
 PRUNE_BATCH = 10_000
 
 
-@dataclass(frozen=True, slots=True)
-class ProcessedEvent:
-    """The recorded result of one event for one service."""
+class ProcessedEvent(NamedTuple):
+    """The recorded result of one event for one service. A named tuple, not a frozen
+    dataclass: one is made per event handled, and a frozen dataclass's `__init__` sets
+    each field through `object.__setattr__` (~0.75 µs against ~0.3)."""
 
     event_id: uuid.UUID
     status: AckStatus
