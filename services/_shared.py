@@ -99,15 +99,15 @@ def _erasure_log(metadata: MetaData, *ids: Column[Any]) -> Table:
     )
 
 
+ENTITY_IDS = "entity_ids"
+
+
 def entity_ids() -> BindParameter[Any]:
     """The events' entity ids as one array parameter, bound at execution (`ids_of`): the
     statement's text is the same for any batch size (one prepared statement, not one per
     size), and a statement built once at import needs no construction and cache-key
     derivation per batch (~0.3 ms each)."""
     return bindparam(ENTITY_IDS, type_=ARRAY(Text))
-
-
-ENTITY_IDS = "entity_ids"
 
 
 def ids_of(events: Sequence[RetentionEvent]) -> dict[str, list[str]]:
