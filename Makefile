@@ -17,7 +17,7 @@ ENV_FILE := .cache/infra.env
 # Every target that touches Kafka or PostgreSQL reads the settings infra-up wrote.
 WITH_INFRA := set -a; source $(ENV_FILE); set +a;
 
-.PHONY: help venv lock tools browser infra-up infra-down infra-status lint typecheck schemas test test-unit test-faults fuzz fuzz-run demo bench bench-scale bench-docs clean \
+.PHONY: help venv lock tools native-deps browser infra-up infra-down infra-status lint typecheck schemas test test-unit test-faults fuzz fuzz-run demo bench bench-scale bench-docs clean \
 	docker-up docker-down images images-clean test-containers compose-check
 
 help: ## list the targets
@@ -36,9 +36,11 @@ $(STAMP): pyproject.toml $(LOCK) setup.py schemas/_merkle.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
+	# A build that fails now must not leave the last one's binary in place, still signing.
+	rm -f schemas/_merkle*.so
 	$(BIN)/python -m pip install -q --no-deps -e '.[test,faust,fast]'
 	$(BIN)/python -m pip check
-	@$(BIN)/python -c 'from schemas.signing import HASHING; print("signature hashing:", HASHING)'
+	@$(BIN)/python -c 'from schemas.signing import HASHING as h; print("signature hashing:", h if h == "native" else h + " (the C core did not build: `make native-deps`, then `pip install -v --no-deps -e .` shows why)")'
 	touch $(STAMP)
 
 # The bench's own extra (matplotlib for its chart), on top of the project's venv.
@@ -78,6 +80,15 @@ tools: ## install promtool if missing (Debian/Ubuntu, as root or via sudo)
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get install -y --no-install-recommends prometheus >/dev/null || { \
 	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y --no-install-recommends prometheus >/dev/null; }; }
+
+# The C core of the signature scheme (setup.py, schemas/_merkle.c) needs a C compiler and
+# OpenSSL's headers; `make test` requires it built, so it installs them like the tools above.
+native-deps: ## install a C compiler and OpenSSL's headers if missing (Debian/Ubuntu, as root or via sudo)
+	@echo '#include <openssl/sha.h>' | cc -E - >/dev/null 2>&1 || { \
+	  command -v apt-get >/dev/null || { echo "install a C compiler and OpenSSL's headers and retry" >&2; exit 1; }; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y --no-install-recommends gcc libssl-dev >/dev/null || { \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y --no-install-recommends gcc libssl-dev >/dev/null; }; }
 
 # The console's browser tests (tests/console) drive Debian's chromium through Playwright's
 # executable_path: browser downloads are impossible on our machines, Debian's package is not.
@@ -143,7 +154,7 @@ schemas: $(STAMP) ## regenerate schemas/json from the wire models
 # RETENTION_TEST_INFRA=local: the broker and server infra-up provides, never containers.
 # RETENTION_TEST_NATIVE_SIGNING=required: the venv must have built schemas._merkle
 # (tests/test_signing_native.py), so the native signing path is what the suite exercises.
-test: $(STAMP) tools browser infra-up lint typecheck ## everything: venv, infra, lint, types, all tests
+test: native-deps $(STAMP) tools browser infra-up lint typecheck ## everything: venv, infra, lint, types, all tests
 	$(WITH_INFRA) RETENTION_TEST_INFRA=local RETENTION_TEST_NATIVE_SIGNING=required \
 	  $(BIN)/pytest -m "not faults_full and not containers"
 

@@ -2,7 +2,7 @@
  * schemas._merkle: the batch signature scheme's hashing (docs/protocol.md) in C.
  *
  * `forest` is `schemas.signing._forest_py` in one call: the same trees, the same root
- * messages, the same `retention-proof` header values, byte for byte (tests/test_merkle_native.py
+ * messages, the same `retention-proof` header values, byte for byte (tests/test_signing_native.py
  * compares them over random inputs). The pure-Python code stays the reference and the
  * fallback: this module is built only where a compiler and OpenSSL's headers are present
  * (setup.py, `optional`), and `schemas.signing` says which one runs (`HASHING`).
@@ -229,7 +229,10 @@ forest(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     /* Tuples, not the caller's lists: creating the results can run a collection, and with
-     * it any finalizer, which must not be able to resize what is being read. */
+     * it a finalizer, which must not resize what is being read while it is read. (The copy
+     * itself is CPython's; on 3.11 a finalizer emptying the very list being copied breaks
+     * `tuple(list)` as well. The callers pass lists they have just built, which no
+     * finalizer can reach.) */
     PyObject *keys = PySequence_Tuple(args[0]);
     if (keys == NULL)
         return NULL;

@@ -85,3 +85,30 @@ def test_an_ack_batch_entries_are_json_native() -> None:
         [prepared] = audit.prepare([entry], at=T0, json_native=True)
         [round_tripped] = audit.prepare([entry], at=T0)
         assert prepared == round_tripped
+
+
+native_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(
+    data=st.dictionaries(st.text(), native_values, max_size=5),
+    seq=st.integers(min_value=1, max_value=2**62),
+)
+def test_json_native_data_hashes_and_stores_as_canonical(data: dict[str, object], seq: int) -> None:
+    """The msgspec path (and its fallback on text `json.dumps` escapes, or ints msgspec
+    cannot hold) gives `canonical`'s bytes, and the text stored is the data hashed."""
+    entry = audit.AuditEntry("acks_accepted", "tracker", data)
+    [prepared] = audit.prepare([entry], at=T0, json_native=True)
+    assert prepared.head + b'"seq":%d}' % seq == audit.canonical(seq, T0, entry)
+    assert json.loads(prepared.data_json) == data
+
+
+def test_json_native_text_json_escapes_takes_the_canonical_path() -> None:
+    for text in ("é", "\x7f", "\n", 'a"b', "\\", "\u2028", "\ud800"):
+        data = {"k": [text], text: 2**70}
+        [prepared] = audit.prepare([audit.AuditEntry("a", "t", data)], at=T0, json_native=True)
+        assert prepared.data_json == json.dumps(data, sort_keys=True, separators=(",", ":"))

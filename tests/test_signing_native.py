@@ -61,7 +61,10 @@ def test_the_native_core_is_built_where_make_test_runs() -> None:
     importable = _merkle is not None
     assert ("native" if importable else "python") == signing.HASHING
     if os.environ.get(REQUIRED) == "required":
-        assert importable, "schemas._merkle did not build: see `pip install -e .`'s output"
+        assert importable, (
+            "schemas._merkle did not build: `pip install -v --no-deps -e .` shows why "
+            "(it needs a C compiler and OpenSSL's headers: `make native-deps`)"
+        )
 
 
 @given(

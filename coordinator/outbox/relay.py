@@ -253,7 +253,7 @@ class OutboxRelay:
     async def run_forever(self, stop: asyncio.Event) -> None:
         """Publish as rows arrive until `stop` is set; survives broker and database outages."""
         # Which key signs, and whether the C core hashes the signature trees or the
-        # pure-Python fallback does (same bytes, ~1 µs an event apart: docs/relay.md).
+        # pure-Python fallback does (same bytes, more CPU: docs/relay.md).
         signer = self._signer
         log.info(
             "relay_started",

@@ -146,7 +146,7 @@ async def enqueue(
     (entry,) = audit.chained(head, prepared)
     seq = await conn.scalar(
         insert(audit_log)
-        .values(entry)
+        .values(audit.row_values(entry))
         .add_cte(written)
         .returning(select(written.c.seq).scalar_subquery())
     )

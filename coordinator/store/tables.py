@@ -197,6 +197,7 @@ outbox_batches = Table(
     # SPEC §11: why the events exist, the erasure request behind them.
     Column("reason", Text, nullable=False, server_default=text("'retention_policy'")),
     Column("request_id", Uuid),
+    # This and `subjects` stored with lz4 (migration 0029).
     Column("entity_ids", ARRAY(Text), nullable=False),
     # Whose row each entity was ("type:id"), alongside entity_ids; NULL when none names one.
     Column("subjects", ARRAY(Text)),
@@ -250,6 +251,7 @@ audit_log = Table(
     Column("at", DateTime(timezone=True), primary_key=True),
     Column("action", Text, nullable=False),
     Column("actor", Text, nullable=False),
+    # Stored with lz4 (migration 0029: SQLAlchemy cannot declare a column's compression).
     Column("data", JSONB, nullable=False),
     Column("prev_hash", Text, nullable=False),
     Column("hash", Text, nullable=False),

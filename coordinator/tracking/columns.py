@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import (
     ARRAY,
     BindParameter,
+    Select,
     TableValuedAlias,
     Text,
     Uuid,
@@ -112,10 +113,21 @@ async def by_key(conn: AsyncConnection, *, correlated: bool = False) -> AsyncIte
     outer row), which the planner otherwise may answer from a partial index over the
     whole table: materialized once, or ANDed as a bitmap with the key's on every probe."""
     plans = (*_JOIN_PLANS, *_CORRELATED_PLANS) if correlated else _JOIN_PLANS
-    before = (await conn.execute(select(*(func.current_setting(name) for name in plans)))).one()
-    await _set(conn, dict.fromkeys(plans, "off"))
+    before = (await conn.execute(_enter(plans))).one()[: len(plans)]
     yield
     await _set(conn, dict(zip(plans, before, strict=True)))
+
+
+def _enter(plans: tuple[str, ...]) -> Select[Any]:
+    """Read the settings and turn them off in one round trip. The read is a MATERIALIZED
+    CTE: computed before the outer row that sets them is (a plain select list leaves
+    the order of its expressions to the executor)."""
+    was = (
+        select(*(func.current_setting(name).label(f"was_{at}") for at, name in enumerate(plans)))
+        .cte("was")
+        .prefix_with("MATERIALIZED")
+    )
+    return select(*was.c, *(func.set_config(name, "off", True) for name in plans))
 
 
 async def _set(conn: AsyncConnection, values: Mapping[str, str]) -> None:

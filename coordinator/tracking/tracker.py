@@ -392,9 +392,15 @@ class Tracker:
         asked = await answers.verify_event_ids(
             conn, [r.ack.event_id for r in records if r.ack is not None]
         )
+        # Nearly always none: no pass over the batch (a UUID's hash is Python code).
+        to_ledger = (
+            [r for r in records if r.ack is None or r.ack.event_id not in asked]
+            if asked
+            else records
+        )
         outcome = await ledger.apply_acks(
             conn,
-            [r for r in records if r.ack is None or r.ack.event_id not in asked],
+            to_ledger,
             declared=self._declared,
             deadlines=self._deadlines,
             now=now,
@@ -403,7 +409,7 @@ class Tracker:
         )
         verified = await answers.apply_answers(
             conn,
-            [r for r in records if r.ack is not None and r.ack.event_id in asked],
+            [r for r in records if r.ack is not None and r.ack.event_id in asked] if asked else [],
             now=now,
         )
         await answers.delete_again(conn, outcome.accepted, now=now)

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.store.db import make_engine
 from coordinator.tracking import ledger, snapshot
+from coordinator.tracking.columns import by_key
 from tests.integration.tracking_support import ack, insert_published
 
 SERVICES = ("svc0", "svc1", "svc2")
@@ -123,3 +124,21 @@ async def _ledger_partitions(conn: AsyncConnection) -> list[str]:
             {"parent": "retention_ack_ledger"},
         )
     )
+
+
+async def test_by_key_turns_the_plans_off_inside_and_restores_what_was_set(
+    coordinator_db: str,
+) -> None:
+    """`by_key` reads the settings and turns them off in one statement: the read must
+    see the values from before (a setting already off stays off after the block)."""
+    names = ("enable_hashjoin", "enable_mergejoin", "enable_seqscan")
+    read = text("SELECT " + ", ".join(f"current_setting('{n}')" for n in names))
+    engine = make_engine(coordinator_db)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("SELECT set_config('enable_mergejoin', 'off', true)"))
+            async with by_key(conn):
+                assert tuple((await conn.execute(read)).one()) == ("off", "off", "off")
+            assert tuple((await conn.execute(read)).one()) == ("on", "off", "on")
+    finally:
+        await engine.dispose()

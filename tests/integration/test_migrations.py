@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection, text
 
-from coordinator.evidence.partitions import is_partition
+from coordinator.evidence.partitions import AUDIT, OUTBOX, Month, ensure_months, is_partition
 from coordinator.store.db import make_engine
 from coordinator.store.tables import metadata
 from coordinator.tracking import ledger
@@ -61,3 +63,27 @@ async def test_ack_batch_types_are_the_columns_the_tracker_sends(coordinator_db:
                 assert all(stored[name] == kind for name, kind in sent), type_name
     finally:
         await engine.dispose()
+
+
+async def test_large_evidence_values_are_stored_with_lz4(coordinator_db: str) -> None:
+    """Migration 0029: the audit data and the outbox's id arrays take lz4 in every
+    partition, those made later too (they inherit the parent's setting)."""
+    later = Month.of(datetime(2031, 5, 1, tzinfo=UTC))
+    compression = text(
+        "SELECT c.relname, a.attname, a.attcompression::text FROM pg_attribute a "
+        "JOIN pg_class c ON c.oid = a.attrelid "
+        "WHERE (c.relname LIKE 'audit_log%' AND a.attname = 'data') "
+        "OR (c.relname LIKE 'retention_outbox_batches%' "
+        "AND a.attname IN ('entity_ids', 'subjects'))"
+    )
+    engine = make_engine(coordinator_db)
+    try:
+        async with engine.begin() as conn:
+            for layout in (AUDIT, OUTBOX):
+                await ensure_months(conn, [later], layout)
+            found = (await conn.execute(compression)).all()
+    finally:
+        await engine.dispose()
+    names = {name for name, _, _ in found}
+    assert {"audit_log", "audit_log_y2031m05", "retention_outbox_batches_y2031m05"} <= names
+    assert {(name, column) for name, column, method in found if method != "l"} == set()
