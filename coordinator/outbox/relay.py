@@ -13,7 +13,9 @@ No row of the outbox is locked or updated. If the relay dies anywhere before the
 commit, the lock goes with its transaction, the mark was never written, and the next
 leader sends the same batches again, with the same event ids (computed from the batch,
 coordinator/outbox/events.py). Nothing is lost; a consumer may see a duplicate, which the
-SDK's idempotency store absorbs. docs/relay.md has the whole design.
+SDK's idempotency store absorbs. An idle relay waits for a writer's notification or
+`idle_sleep_s`, whichever comes first (coordinator/outbox/wakeup.py).
+docs/relay.md has the whole design.
 """
 
 from __future__ import annotations
