@@ -17,6 +17,7 @@ is down and once that it is back.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import Any
@@ -51,13 +52,7 @@ class Wakeup:
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
         self._notified = asyncio.Event()
-        self._listening = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-
-    @property
-    def listening(self) -> bool:
-        """Whether a listening connection is open now (notifications arrive)."""
-        return self._listening.is_set()
 
     async def __aenter__(self) -> Wakeup:
         if self._connect is not None:
@@ -117,18 +112,23 @@ class Wakeup:
                 continue
             if outage:
                 log.info("relay_listener_restored")
-            delay, outage = self._backoff_initial_s, False
-            self._listening.set()
+                outage = False
+            opened = time.monotonic()
             # What committed while nobody listened was announced to no one: look now.
             self._notified.set()
             try:
                 await closed.wait()
             except asyncio.CancelledError:
-                self._listening.clear()
                 with suppress(Exception):
                     await conn.close(timeout=1.0)
                 raise
-            self._listening.clear()
             log.warning("relay_listener_down", error="connection closed", polling=True)
             outage = True
             self._notified.set()
+            # The backoff starts over only after a connection that lasted: one closed
+            # as soon as opened (a pooler, a server refusing LISTEN) is not reopened in
+            # a tight loop.
+            if time.monotonic() - opened >= self._backoff_max_s:
+                delay = self._backoff_initial_s
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._backoff_max_s)
