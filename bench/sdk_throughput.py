@@ -17,8 +17,10 @@ CPU is each service process's user+system time (from /proc) over the timed span;
 `database_commits` is how many transactions the service database committed meanwhile
 (pg_stat_database; includes the service's start-up and a few of the bench's own).
 Prints one JSON document on stdout, progress on stderr. Needs the broker and PostgreSQL
-of `make infra-up`. To measure another SDK version, put its `consumer_sdk` first on
-PYTHONPATH; the service processes inherit it.
+of `make infra-up`. To measure another SDK version, run this module from that version's
+checkout (this venv's python, that tree as the working directory): `python -m` puts the
+working directory first on the path, before PYTHONPATH, for this process and the
+service processes it starts there.
 """
 
 from __future__ import annotations

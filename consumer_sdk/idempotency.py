@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from sqlalchemy import (
     ARRAY,
@@ -60,9 +60,10 @@ DEFAULT_TABLE = "retention_processed_events"
 PRUNE_BATCH = 10_000
 
 
-@dataclass(frozen=True, slots=True)
-class ProcessedEvent:
-    """The recorded result of one event for one service."""
+class ProcessedEvent(NamedTuple):
+    """The recorded result of one event for one service. A named tuple, not a frozen
+    dataclass: one is made per event handled, and a frozen dataclass's `__init__` sets
+    each field through `object.__setattr__` (~0.75 µs against ~0.3)."""
 
     event_id: uuid.UUID
     status: AckStatus
@@ -265,6 +266,7 @@ class PostgresIdempotencyStore:
         # derive its compiled-cache key; the values are bound at each execution.
         self._lookup = self._lookup_statement()
         self._insert = self._insert_statement()
+        self._insert_uniform = self._insert_uniform_statement()
 
     @property
     def provides_connection(self) -> bool:
@@ -347,6 +349,25 @@ class PostgresIdempotencyStore:
         )
         return select(recorded).select_from(wanted.join(recorded, true()))
 
+    def _insert_of(
+        self, service: str, recorded: Sequence[ProcessedEvent]
+    ) -> tuple[Insert, dict[str, Any]]:
+        """The INSERT of these records and its values. Mostly they share their status
+        and time (one handler call, all completed): then both are bound once, not as
+        arrays (asyncpg encodes a timestamptz array element in ~0.5 µs, a text one in
+        ~0.2)."""
+        first = recorded[0]
+        status, at = first.status, first.processed_at
+        if all(p.status is status and p.processed_at == at for p in recorded):
+            return self._insert_uniform, {
+                "service": service,
+                "event_ids": [p.event_id for p in recorded],
+                "counts": [p.records_affected for p in recorded],
+                "status": status.value,
+                "processed_at": at,
+            }
+        return self._insert, self._insert_values(service, recorded)
+
     def _insert_values(self, service: str, recorded: Sequence[ProcessedEvent]) -> dict[str, Any]:
         """The values of `_insert_statement` for these records."""
         return {
@@ -385,6 +406,28 @@ class PostgresIdempotencyStore:
                 rows.c.status,
                 rows.c.records_affected,
                 rows.c.processed_at,
+            ),
+        )
+
+    def _insert_uniform_statement(self) -> Insert:
+        """`_insert_statement` for records of one status and one time, bound once."""
+        t = self.table
+        rows = (
+            func.unnest(
+                bindparam("event_ids", type_=ARRAY(Uuid())),
+                bindparam("counts", type_=ARRAY(Integer())),
+            )
+            .table_valued(column("event_id", Uuid()), column("records_affected", Integer()))
+            .render_derived(name="recorded")
+        )
+        return insert(t).from_select(
+            [t.c.service, t.c.event_id, t.c.status, t.c.records_affected, t.c.processed_at],
+            select(
+                bindparam("service", type_=Text()),
+                rows.c.event_id,
+                bindparam("status", type_=Text()),
+                rows.c.records_affected,
+                bindparam("processed_at", type_=DateTime(timezone=True)),
             ),
         )
 
@@ -428,7 +471,7 @@ class PostgresIdempotencyStore:
                     # One INSERT of the batch; a delivery racing on any of the events blocks
                     # on its primary key and fails the whole batch, which is then redone
                     # event by event.
-                    await conn.execute(self._insert, self._insert_values(service, batch.recorded))
+                    await conn.execute(*self._insert_of(service, batch.recorded))
                 except IntegrityError as exc:
                     raise AlreadyRecorded(
                         ", ".join(str(p.event_id) for p in batch.recorded)

@@ -15,6 +15,8 @@ import uuid
 from datetime import UTC, datetime
 from json.encoder import encode_basestring
 
+import msgspec
+
 from schemas.codec import encode
 from schemas.event_json import cut
 from schemas.models import (
@@ -38,6 +40,8 @@ _ID = uuid.UUID("00000000-0000-7000-8000-0000000ac4ac")
 _ENTITY = "\ue000entity\ue000"
 _COUNT = 7_346_519_028_364_519_027
 _AT = datetime(8999, 12, 31, 23, 59, 58, 123457, tzinfo=UTC)
+
+_json_text = msgspec.json.encode
 
 
 class AckTemplate:
@@ -82,9 +86,10 @@ class AckTemplate:
     ) -> bytes:
         """The ack's JSON with these per-ack values (`entity_id` a valid `NonEmpty`, as
         any decoded event's; `records_affected` an int in the model's bounds; the event
-        id in its canonical text form; the time as `rfc3339` writes it)."""
+        id as a JSON string of its canonical text form, quotes included; the time as
+        `rfc3339` writes it)."""
         return (
-            f'{self._head}"{event_id}"{self._id_end}{encode_basestring(entity_id)}'
+            f"{self._head}{event_id}{self._id_end}{encode_basestring(entity_id)}"
             f'{self._middle}{records_affected}{self._tail}"{acknowledged_at}"{self._end}'
         ).encode()
 
@@ -117,7 +122,6 @@ class AckEncoder:
     ) -> tuple[bytes, bytes]:
         """The ack's record key and value: exactly `RetentionAck(...)`'s, or its
         validation error."""
-        event_id = str(event.event_id)
         shared = (event.entity_type, status, detail, attempt)
         # True == 1 and "completed" == AckStatus.COMPLETED, with equal hashes: either
         # would share the template of a value the model (strict) accepts, and pass
@@ -158,8 +162,12 @@ class AckEncoder:
         ):
             if self._time[0] is not acknowledged_at:
                 self._time = (acknowledged_at, rfc3339(acknowledged_at))
-            value = template.render(event_id, event.entity_id, records_affected, self._time[1])
-            return event_id.encode(), value
+            # msgspec writes a UUID's canonical text in C (`str()` takes ~0.4 µs).
+            quoted = _json_text(event.event_id)
+            value = template.render(
+                quoted.decode(), event.entity_id, records_affected, self._time[1]
+            )
+            return quoted[1:-1], value
         ack = RetentionAck(
             event_id=event.event_id,
             service=self._service,

@@ -159,6 +159,7 @@ class _Mirror:
     def __init__(self, model: type[BaseModel]) -> None:
         self.model = model
         fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+        whole: list[tuple[str, Any]] = []
         self.converts: list[tuple[str, Convert]] = []
         self.optional: list[tuple[str, Callable[[], Any]]] = []
         required: list[str] = []
@@ -170,6 +171,7 @@ class _Mirror:
             hint, convert = _mirror(info.annotation, metadata)
             if convert is not None:
                 self.converts.append((name, convert))
+            whole.append((name, hint))
             if info.is_required():
                 required.append(name)
                 fields.append((name, hint))
@@ -185,6 +187,11 @@ class _Mirror:
         self.struct = msgspec.defstruct(
             f"_Fast{model.__name__}", fields, kw_only=True, forbid_unknown_fields=True
         )
+        self.whole = msgspec.defstruct(
+            f"_Whole{model.__name__}", whole, kw_only=True, forbid_unknown_fields=True
+        )
+        """The same fields, every one required: what our writers send. A record of this
+        shape needs no look for left-out fields (`build_whole`)."""
 
     def build(self, struct: Any) -> BaseModel:
         found = msgspec.structs.asdict(struct)
@@ -203,13 +210,28 @@ class _Mirror:
                     found[name] = default()
                 else:
                     given.add(name)
+        return self._made(found, given)
+
+    def build_whole(self, struct: Any) -> BaseModel:
+        """`build` of a `whole` struct: every field was given, none is UNSET."""
+        found = msgspec.structs.asdict(struct)
+        for name, convert in self.converts:
+            found[name] = convert(found[name])
+        return self._made(found, set(self.every))
+
+    def _made(
+        self,
+        found: dict[str, Any],
+        given: set[str],
+        put: Callable[[object, str, Any], None] = object.__setattr__,
+    ) -> BaseModel:
         # What `model_construct` does, without its per-call introspection: the instance
         # a validation would have produced (extra="ignore": no extras, no private state).
         made = self.model.__new__(self.model)
-        object.__setattr__(made, "__dict__", found)
-        object.__setattr__(made, "__pydantic_fields_set__", given)
-        object.__setattr__(made, "__pydantic_extra__", None)
-        object.__setattr__(made, "__pydantic_private__", None)
+        put(made, "__dict__", found)
+        put(made, "__pydantic_fields_set__", given)
+        put(made, "__pydantic_extra__", None)
+        put(made, "__pydantic_private__", None)
         return made
 
 
@@ -227,10 +249,20 @@ class FastDecoder:
     def __init__(self, model: type[WireModel]) -> None:
         self._mirror = _Mirror(model)
         self._decoder = msgspec.json.Decoder(self._mirror.struct)
+        self._whole = msgspec.json.Decoder(self._mirror.whole).decode
+        self._build_whole = self._mirror.build_whole
 
     def __call__(self, raw: bytes) -> Any:
         if _NUL in raw:
             return None
+        try:
+            # Our writers send every field: tried first, it spares `build` its look for
+            # left-out ones (~0.5 µs a record).
+            return self._build_whole(self._whole(raw))
+        except msgspec.ValidationError:
+            pass  # a field left out, or a value refused: the struct with defaults says
+        except (msgspec.DecodeError, ValueError):
+            return None  # not JSON, or a value the conversions refuse: so would `build`
         try:
             return self._mirror.build(self._decoder.decode(raw))
         except (msgspec.DecodeError, ValueError):

@@ -314,3 +314,28 @@ def test_a_remembered_timestamp_decodes_as_the_first_time_and_a_refused_one_stay
         assert fast_decoder(ServiceRegistration)(ok) == validate(ServiceRegistration, ok)
         assert decode(ServiceRegistration, ok).registered_at.tzinfo is UTC
         assert fast_decoder(ServiceRegistration)(late) is None
+
+
+def test_a_record_with_every_field_and_one_leaving_some_out_equal_pydantics() -> None:
+    """Both shapes of the fast path: every field given (what our writers send, decoded
+    without a look for left-out fields) and optional fields left out (their defaults
+    filled in, and not counted as set)."""
+    event = RetentionEvent(
+        event_id=uuid.uuid4(),
+        type=EventType.DELETE,
+        entity_type="user",
+        entity_id="42",
+        policy="p",
+        legal_basis="b",
+        initiated_at=datetime(2026, 1, 1, tzinfo=UTC),
+        deadline=datetime(2026, 2, 1, tzinfo=UTC),
+        run_id=uuid.uuid4(),
+    )
+    whole = encode(event)
+    document = json.loads(whole)
+    for name in ("fields", "run_id", "reason", "request_id", "subject", "schema_version"):
+        del document[name]
+    partial = json.dumps(document).encode()
+    for raw, fields_set in ((whole, set(RetentionEvent.model_fields)), (partial, set(document))):
+        assert check_fast_path(RetentionEvent, raw)
+        assert fast_decoder(RetentionEvent)(raw).model_fields_set == fields_set

@@ -55,10 +55,6 @@ log = structlog.get_logger("consumer_sdk")
 _Item = tuple[Record, RetentionEvent | PoisonRecord]
 
 
-def _is_verify(item: RetentionEvent | PoisonRecord) -> bool:
-    return isinstance(item, RetentionEvent) and item.type is EventType.VERIFY
-
-
 class _Unverified(PoisonRecord):
     """A record refused for its signature: dead-lettered like poison, with its own reason."""
 
@@ -189,6 +185,12 @@ class Dispatcher:
             self.store if isinstance(self.store, BatchingStore) and len(decoded) > 1 else None
         )
         known = {} if batching is not None else await self._lookup(item for _, item in decoded)
+        # Where runs end: found in one pass, not by a scan from each run's start.
+        verifies = [
+            j
+            for j, (_, item) in enumerate(decoded)
+            if isinstance(item, RetentionEvent) and item.type is EventType.VERIFY
+        ]
         i = 0
         while i < len(decoded) and not (stopping is not None and stopping.is_set()):
             try:
@@ -199,10 +201,7 @@ class Dispatcher:
                     i += 1
                 elif batching is not None:
                     # A run ends before the next verify event.
-                    end = next(
-                        (j for j in range(i, len(decoded)) if _is_verify(decoded[j][1])),
-                        len(decoded),
-                    )
+                    end = next((j for j in verifies if j >= i), len(decoded))
                     i = await self._run(batching, decoded[:end], i, known, done, stopping)
                 else:
                     await self._one(*decoded[i], known, done, stopping)

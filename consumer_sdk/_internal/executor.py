@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import structlog
 from sqlalchemy import text
@@ -60,8 +60,10 @@ class Abandoned(Exception):
     """The consumer is stopping (or lost the partition) during a retry wait: no ack, no commit."""
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
+    """How handling one event ended. A named tuple: one is made per event (see
+    `ProcessedEvent`)."""
+
     status: AckStatus
     records_affected: int
     attempts: int

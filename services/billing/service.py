@@ -12,7 +12,7 @@ from sqlalchemy import BigInteger, Column, DateTime, MetaData, Table, Text, any_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consumer_sdk import EntityNotFound, EventType, RetentionEvent
-from services._shared import entity_erasure_log, entity_ids, log_erasures, per_entity
+from services._shared import entity_erasure_log, entity_ids, ids_of, log_erasures, per_entity
 from services.example import Example, Handler
 
 __all__ = [
@@ -50,6 +50,29 @@ erasure_log = entity_erasure_log(metadata)
 _MASKED = {"customer_name": MASK, "email": MASK, "address": MASK}
 
 
+# Built once (see `entity_ids`), bound per batch.
+_ANONYMIZE = (
+    orders.update()
+    .where(orders.c.id == any_(entity_ids()), orders.c.anonymized_at.is_(None))
+    .values(**_MASKED, anonymized_at=func.now())
+    .returning(orders.c.id)
+)
+_EXISTING = select(orders.c.id).where(orders.c.id == any_(entity_ids()))
+_erased = func.unnest(entity_ids()).table_valued("user_id").render_derived(name="erased")
+_unlinked = (
+    orders.update()
+    .where(orders.c.user_id == _erased.c.user_id)
+    .values(
+        **_MASKED,
+        user_id=None,
+        anonymized_at=func.coalesce(orders.c.anonymized_at, func.now()),
+    )
+    .returning(_erased.c.user_id)
+    .cte("updated")
+)
+_DELETE_USERS = select(_unlinked.c.user_id, func.count()).group_by(_unlinked.c.user_id)
+
+
 async def anonymize_orders(
     events: Sequence[RetentionEvent], conn: AsyncConnection
 ) -> list[int | EntityNotFound]:
@@ -60,18 +83,11 @@ async def anonymize_orders(
     `fields` name the coordinator's columns, not ours: billing always masks every
     personal column it has.
     """
-    masked = await conn.execute(
-        orders.update()
-        .where(orders.c.id == any_(entity_ids(events)), orders.c.anonymized_at.is_(None))
-        .values(**_MASKED, anonymized_at=func.now())
-        .returning(orders.c.id)
-    )
+    masked = await conn.execute(_ANONYMIZE, ids_of(events))
     counts = dict.fromkeys(masked.scalars().all(), 1)
     rest = [event for event in events if event.entity_id not in counts]
     if rest:
-        existing = await conn.execute(
-            select(orders.c.id).where(orders.c.id == any_(entity_ids(rest)))
-        )
+        existing = await conn.execute(_EXISTING, ids_of(rest))
         counts.update(dict.fromkeys(existing.scalars().all(), 0))
     results = per_entity(events, counts, "no such order")
     await log_erasures(conn, erasure_log, events, results)
@@ -86,19 +102,7 @@ async def delete_users(
     Set-based: one UPDATE for the batch's users, joined to their ids so RETURNING can
     name the user each order belonged to (the row's own `user_id` is now NULL).
     """
-    users = func.unnest(entity_ids(events)).table_valued("user_id").render_derived(name="erased")
-    updated = (
-        orders.update()
-        .where(orders.c.user_id == users.c.user_id)
-        .values(
-            **_MASKED,
-            user_id=None,
-            anonymized_at=func.coalesce(orders.c.anonymized_at, func.now()),
-        )
-        .returning(users.c.user_id)
-        .cte("updated")
-    )
-    counts = await conn.execute(select(updated.c.user_id, func.count()).group_by(updated.c.user_id))
+    counts = await conn.execute(_DELETE_USERS, ids_of(events))
     results = per_entity(events, {user: count for user, count in counts}, "no orders for this user")
     await log_erasures(conn, erasure_log, events, results)
     return results

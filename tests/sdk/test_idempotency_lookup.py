@@ -69,3 +69,31 @@ async def test_lookup_reads_only_the_asked_events_on_an_unanalyzed_table(
     assert _read(
         (json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"], store.table.name
     ) <= len(asked)
+
+
+async def test_a_batch_records_each_events_own_status_count_and_time(
+    fresh_database: str,
+) -> None:
+    """A batch of one status and one time binds them once; a mixed batch as arrays:
+    either way each event's record reads back as it was given."""
+    engine = create_async_engine(async_database_url(fresh_database))
+    store = PostgresIdempotencyStore(engine)
+    await store.open()
+    at = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+    later = datetime(2026, 3, 1, 12, 0, 1, tzinfo=UTC)
+    uniform = [ProcessedEvent(uuid.uuid4(), AckStatus.COMPLETED, n, at) for n in range(3)]
+    mixed = [
+        ProcessedEvent(uuid.uuid4(), AckStatus.COMPLETED, 2, at),
+        ProcessedEvent(uuid.uuid4(), AckStatus.NOT_FOUND, 0, at),
+        ProcessedEvent(uuid.uuid4(), AckStatus.COMPLETED, 5, later),
+    ]
+    try:
+        for recorded in (uniform, mixed):
+            async with store.batch("crm") as batch:
+                for processed in recorded:
+                    batch.record(processed)
+            found = await store.lookup("crm", [p.event_id for p in recorded])
+            assert found == {p.event_id: p for p in recorded}
+        assert await store.lookup("billing", [p.event_id for p in uniform]) == {}
+    finally:
+        await engine.dispose()
