@@ -483,9 +483,8 @@ def serve_env() -> dict[str, str]:
     return {
         # The bench starts the purge itself (below); no scheduled run may fire meanwhile.
         "RETENTION_SCHEDULE": NEVER,
-        # What the in-process relay of earlier benches polled at, and the tests do: the
-        # default 0.5 s would add up to half a second before the first batch is seen.
-        "RETENTION_RELAY_IDLE_SLEEP_S": "0.05",
+        # The relay's idle sleep stays the product's: the purge's commits wake it
+        # (docs/relay.md, "Waking up"); polling faster only costs serve CPU.
     }
 
 

@@ -106,7 +106,16 @@ class RelaySettings(BaseSettings):
         default=5000, ge=1, le=50_000, description="Outbox rows claimed and published per batch."
     )
     idle_sleep_s: float = Field(
-        default=0.5, gt=0, description="Pause before polling again when the outbox is empty."
+        default=0.5,
+        gt=0,
+        description="Longest pause before polling again when the outbox is empty; a "
+        "writer's notification (`listen`) ends it sooner.",
+    )
+    listen: bool = Field(
+        default=True,
+        description="Wake on the outbox writers' NOTIFY, on a LISTEN connection of the "
+        "relay's own; false behind a pooler that cannot LISTEN (PgBouncer in transaction "
+        "mode): polling every idle_sleep_s only (docs/relay.md).",
     )
     linger_ms: int = Field(
         default=5, ge=0, description="Producer linger: how long a partition batch may fill."

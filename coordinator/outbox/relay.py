@@ -13,18 +13,20 @@ No row of the outbox is locked or updated. If the relay dies anywhere before the
 commit, the lock goes with its transaction, the mark was never written, and the next
 leader sends the same batches again, with the same event ids (computed from the batch,
 coordinator/outbox/events.py). Nothing is lost; a consumer may see a duplicate, which the
-SDK's idempotency store absorbs. docs/relay.md has the whole design.
+SDK's idempotency store absorbs. An idle relay waits for a writer's notification or
+`idle_sleep_s`, whichever comes first (coordinator/outbox/wakeup.py).
+docs/relay.md has the whole design.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable
-from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +49,9 @@ from coordinator.kafka.producer import producer_factory as default_factory
 from coordinator.metrics import Metrics
 from coordinator.outbox.events import BATCH_COLUMNS, BatchEncoder, event_from_row
 from coordinator.outbox.lookup import published_up_to, unpublished_events
+from coordinator.outbox.wakeup import Wakeup
 from coordinator.settings import RelaySettings
+from coordinator.store.db import connect_outside_pool
 from coordinator.store.tables import outbox_batches, outbox_marks
 from schemas import KafkaSettings, RetryPolicy, Stopped, is_transient, retry
 from schemas.collector import fewer_collections
@@ -248,7 +252,7 @@ class OutboxRelay:
             TimeoutError: `timeout_s` passed first; what was published stays published.
         """
         async with asyncio.timeout(timeout_s):
-            return await self._loop(asyncio.Event(), until_empty=True)
+            return await self._loop(asyncio.Event(), Wakeup(), until_empty=True)
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         """Publish as rows arrive until `stop` is set; survives broker and database outages."""
@@ -261,7 +265,15 @@ class OutboxRelay:
             signing_key_id=signer.key_id if signer is not None else None,
             signature_hashing=HASHING if signer is not None else None,
         )
-        await self._loop(stop, until_empty=False)
+        # Notifications end the idle wait early; the wait stays the backstop.
+        listen = functools.partial(connect_outside_pool, self._engine)
+        wakeup = Wakeup(
+            listen if self._settings.listen else None,
+            backoff_initial_s=self._settings.backoff_initial_s,
+            backoff_max_s=self._settings.backoff_max_s,
+        )
+        async with wakeup:
+            await self._loop(stop, wakeup, until_empty=False)
 
     async def backlog(self) -> int:
         """Unpublished events (a range of the outbox's primary key); also sets the gauge."""
@@ -542,10 +554,11 @@ class OutboxRelay:
         except KafkaError as exc:
             log.warning("producer_stop_failed", error=error_text(exc))
 
-    async def _loop(self, stop: asyncio.Event, *, until_empty: bool) -> int:
+    async def _loop(self, stop: asyncio.Event, wakeup: Wakeup, *, until_empty: bool) -> int:
         retry_on = draining_outage if until_empty else serving_outage
         state = _LoopState()
         while not stop.is_set():
+            wakeup.clear()
             try:
                 busy = await retry(
                     lambda: self._step(state),
@@ -562,8 +575,7 @@ class OutboxRelay:
             self._watchdog.progress()
             if until_empty and await self.backlog() == 0:
                 break
-            with suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self._settings.idle_sleep_s)
+            await wakeup.wait(stop, self._settings.idle_sleep_s)
         if until_empty:
             await self.backlog()
         return state.total

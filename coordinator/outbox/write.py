@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.evidence import audit
 from coordinator.evidence.audit import AuditEntry
+from coordinator.outbox.wakeup import CHANNEL
 from coordinator.store.tables import audit_log, outbox_batches, outbox_marks
 from schemas import EventReason
 
@@ -46,6 +47,9 @@ class EventBatch:
     run_id: uuid.UUID | None = None
     reason: EventReason = EventReason.RETENTION_POLICY
     request_id: uuid.UUID | None = None
+
+
+_NOTIFY = select(func.pg_notify(CHANNEL, ""))
 
 
 def _text_array(name: str, values: Sequence[str | None]) -> Any:
@@ -138,6 +142,9 @@ async def enqueue(
         )
         .returning(b.seq)
     )
+    # Wakes the relays when this transaction commits (coordinator/outbox/wakeup.py);
+    # sent before the chain's lock, as it costs a round trip and is queued until commit.
+    await conn.execute(_NOTIFY)
     head = await audit.lock_head(conn)
     if recorded is None:
         return int(await conn.scalar(row) or 0)

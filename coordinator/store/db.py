@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from schemas import RetryPolicy, async_database_url, is_transient, retry
 
-__all__ = ["RECONNECT", "make_engine", "when_reachable"]
+__all__ = ["RECONNECT", "connect_outside_pool", "make_engine", "when_reachable"]
 
 T = TypeVar("T")
 
@@ -28,6 +29,21 @@ def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> AsyncEng
         hide_parameters=True,
         echo=echo,
     )
+
+
+async def connect_outside_pool(engine: AsyncEngine) -> Any:
+    """A raw asyncpg connection to the engine's database, with the engine's connection
+    settings (its URL and query options), that no pool owns: for a session that must
+    outlive any pooled checkout, such as a LISTEN. The caller closes it."""
+    args, kwargs = engine.dialect.create_connect_args(engine.url)
+    # Options the SQLAlchemy adapter consumes itself; asyncpg.connect would refuse them.
+    for adapter_only in (
+        "async_creator_fn",
+        "prepared_statement_cache_size",
+        "prepared_statement_name_func",
+    ):
+        kwargs.pop(adapter_only, None)
+    return await asyncpg.connect(*args, **kwargs)
 
 
 async def when_reachable(
