@@ -31,6 +31,10 @@ __all__ = ["CHANNEL", "Wakeup"]
 CHANNEL = "retention_outbox"
 """Notified (empty payload) by every transaction that appends an outbox batch."""
 
+MIN_GAP_S = 0.05
+"""Least time between two wake-ups by notification. Anyone who can connect may NOTIFY
+the channel: a flood of them paces the relay at the rate it once polled at, no faster."""
+
 log = structlog.get_logger(__name__)
 
 
@@ -52,6 +56,7 @@ class Wakeup:
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
         self._notified = asyncio.Event()
+        self._woken = -MIN_GAP_S
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Wakeup:
@@ -63,8 +68,14 @@ class Wakeup:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                # The listener's own cancellation ends here; one aimed at the task
+                # closing it (while the listener closes its connection) goes on.
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
 
     def clear(self) -> None:
         """Forget earlier notifications: call before a round reads the outbox, so those
@@ -72,15 +83,24 @@ class Wakeup:
         self._notified.clear()
 
     async def wait(self, stop: asyncio.Event, timeout_s: float) -> None:
-        """Return at the first of: a notification since `clear`, `stop`, `timeout_s`."""
-        if self._notified.is_set() or stop.is_set():
-            return
-        waiters = [asyncio.ensure_future(self._notified.wait()), asyncio.ensure_future(stop.wait())]
-        try:
-            await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
+        """Return at the first of: a notification since `clear` (no sooner than
+        `MIN_GAP_S` after the last wake-up by one), `stop`, `timeout_s`."""
+        if not (self._notified.is_set() or stop.is_set()):
+            waiters = [
+                asyncio.ensure_future(self._notified.wait()),
+                asyncio.ensure_future(stop.wait()),
+            ]
+            try:
+                await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+        if self._notified.is_set() and not stop.is_set():
+            rest = self._woken + MIN_GAP_S - time.monotonic()
+            if rest > 0:
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), rest)
+            self._woken = time.monotonic()
 
     def _on_notification(self, *_: object) -> None:
         self._notified.set()

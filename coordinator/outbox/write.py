@@ -49,7 +49,15 @@ class EventBatch:
     request_id: uuid.UUID | None = None
 
 
-_NOTIFY = select(func.pg_notify(CHANNEL, ""))
+def notify_statement(below: float = 0.5) -> Any:
+    """The relay's wake-up, sent only while the server's notification queue is less than
+    `below` full. The queue is one per server and anyone who can connect can fill it (a
+    listener idle in a transaction holds it); a full queue fails every transaction that
+    notified, at commit. Skipping the wake-up leaves the batch to the relay's polling."""
+    return select(func.pg_notify(CHANNEL, "")).where(func.pg_notification_queue_usage() < below)
+
+
+_NOTIFY = notify_statement()
 
 
 def _text_array(name: str, values: Sequence[str | None]) -> Any:

@@ -14,9 +14,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator.outbox import relay as relay_module
+from coordinator.outbox import write as write_module
 from coordinator.outbox.lookup import event_counts
 from coordinator.outbox.relay import OutboxRelay
-from coordinator.outbox.wakeup import CHANNEL
+from coordinator.outbox.wakeup import CHANNEL, MIN_GAP_S, Wakeup
 from coordinator.outbox.write import EventBatch, enqueue
 from coordinator.settings import RelaySettings
 from coordinator.store.db import connect_outside_pool, make_engine
@@ -199,3 +200,78 @@ async def _attempted(attempts: int, at_least: int) -> bool:
 
 async def _received(received: list[str], count: int) -> bool:
     return len(received) >= count
+
+
+async def test_no_notification_while_the_servers_queue_is_past_the_bound(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A notification queue filled by anyone must not fail the outbox's writers at commit:
+    past the bound (here 0, so always) the batch is written and nobody is woken."""
+    monkeypatch.setattr(write_module, "_NOTIFY", write_module.notify_statement(below=0.0))
+    received: list[str] = []
+    listener = await connect_outside_pool(engine)
+    try:
+        await listener.add_listener(CHANNEL, lambda *args: received.append(args[3]))
+        async with engine.begin() as conn:
+            await enqueue_one(conn)
+        await asyncio.sleep(0.5)
+    finally:
+        await listener.close()
+    assert received == []
+    async with engine.connect() as conn:
+        assert (await event_counts(conn))[0] == 1
+
+
+async def test_a_flood_of_notifications_wakes_no_more_often_than_the_least_gap() -> None:
+    """Anyone who can connect may NOTIFY the channel: woken back to back, the relay still
+    waits MIN_GAP_S between two wake-ups (and a stop ends the wait at once)."""
+    wakeup, stop = Wakeup(), asyncio.Event()
+    woken = 0
+    start = time.monotonic()
+    while time.monotonic() - start < 0.5:
+        wakeup._on_notification()
+        await wakeup.wait(stop, IDLE_LONG)
+        woken += 1
+    assert woken <= 0.5 / MIN_GAP_S + 2
+    wakeup._on_notification()
+    stop.set()
+    started = time.monotonic()
+    await wakeup.wait(stop, IDLE_LONG)
+    assert time.monotonic() - started < MIN_GAP_S
+
+
+class _SlowToClose:
+    """A listening connection whose close takes a while."""
+
+    def __init__(self) -> None:
+        self.closing = asyncio.Event()
+
+    def add_termination_listener(self, callback: Callable[[Any], None]) -> None:
+        pass
+
+    async def add_listener(self, channel: str, callback: Callable[..., None]) -> None:
+        pass
+
+    async def close(self, timeout: float) -> None:
+        self.closing.set()
+        await asyncio.sleep(timeout)
+
+    def terminate(self) -> None:
+        pass
+
+
+async def test_cancelling_the_task_that_closes_the_wakeup_is_not_swallowed() -> None:
+    conn = _SlowToClose()
+
+    async def connect() -> _SlowToClose:
+        return conn
+
+    async def run() -> None:
+        async with Wakeup(connect):
+            await asyncio.sleep(0.05)
+
+    task = asyncio.create_task(run())
+    await asyncio.wait_for(conn.closing.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
