@@ -265,8 +265,8 @@ class PostgresIdempotencyStore:
         # Built once: a statement built per batch cost ~0.4 ms to construct and to
         # derive its compiled-cache key; the values are bound at each execution.
         self._lookup = self._lookup_statement()
-        self._insert = self._insert_statement()
-        self._insert_uniform = self._insert_uniform_statement()
+        self._insert = self._insert_statement(uniform=False)
+        self._insert_uniform = self._insert_statement(uniform=True)
 
     @property
     def provides_connection(self) -> bool:
@@ -378,56 +378,40 @@ class PostgresIdempotencyStore:
             "processed_at": [p.processed_at for p in recorded],
         }
 
-    def _insert_statement(self) -> Insert:
+    def _insert_statement(self, *, uniform: bool) -> Insert:
         """One statement for a batch's records: its columns as arrays, unnested. An
         executemany of the same rows is one statement execution per event on the server,
-        and a parameter dict per event on this side."""
+        and a parameter dict per event on this side. With `uniform` (records of one status
+        and one time) those two are bound once, not as arrays."""
         t = self.table
+        per_record: list[tuple[str, str, Any]] = [
+            ("event_ids", "event_id", Uuid()),
+            ("counts", "records_affected", Integer()),
+        ]
+        if not uniform:
+            per_record += [
+                ("statuses", "status", Text()),
+                ("processed_at", "processed_at", DateTime(timezone=True)),
+            ]
         rows = (
-            func.unnest(
-                bindparam("event_ids", type_=ARRAY(Uuid())),
-                bindparam("statuses", type_=ARRAY(Text())),
-                bindparam("counts", type_=ARRAY(Integer())),
-                bindparam("processed_at", type_=ARRAY(DateTime(timezone=True))),
-            )
-            .table_valued(
-                column("event_id", Uuid()),
-                column("status", Text()),
-                column("records_affected", Integer()),
-                column("processed_at", DateTime(timezone=True)),
-            )
+            func.unnest(*(bindparam(name, type_=ARRAY(kind)) for name, _, kind in per_record))
+            .table_valued(*(column(col, kind) for _, col, kind in per_record))
             .render_derived(name="recorded")
+        )
+        status: Any = bindparam("status", type_=Text()) if uniform else rows.c.status
+        processed_at: Any = (
+            bindparam("processed_at", type_=DateTime(timezone=True))
+            if uniform
+            else rows.c.processed_at
         )
         return insert(t).from_select(
             [t.c.service, t.c.event_id, t.c.status, t.c.records_affected, t.c.processed_at],
             select(
                 bindparam("service", type_=Text()),
                 rows.c.event_id,
-                rows.c.status,
+                status,
                 rows.c.records_affected,
-                rows.c.processed_at,
-            ),
-        )
-
-    def _insert_uniform_statement(self) -> Insert:
-        """`_insert_statement` for records of one status and one time, bound once."""
-        t = self.table
-        rows = (
-            func.unnest(
-                bindparam("event_ids", type_=ARRAY(Uuid())),
-                bindparam("counts", type_=ARRAY(Integer())),
-            )
-            .table_valued(column("event_id", Uuid()), column("records_affected", Integer()))
-            .render_derived(name="recorded")
-        )
-        return insert(t).from_select(
-            [t.c.service, t.c.event_id, t.c.status, t.c.records_affected, t.c.processed_at],
-            select(
-                bindparam("service", type_=Text()),
-                rows.c.event_id,
-                bindparam("status", type_=Text()),
-                rows.c.records_affected,
-                bindparam("processed_at", type_=DateTime(timezone=True)),
+                processed_at,
             ),
         )
 
