@@ -24,6 +24,7 @@
 #define DIGEST 32
 #define STEP 33     /* side byte + sibling hash */
 #define STEP_B64 44 /* base64 of one step: 33 bytes, no padding */
+#define MAX_PROOF_STEPS 32 /* schemas.signing.MAX_PROOF_STEPS */
 
 static const char RECORD_CONTEXT[] = "retention-sig-v1";  /* + its NUL: 17 bytes */
 #define RECORD_CONTEXT_LEN 17
@@ -289,6 +290,155 @@ done:
     return result;
 }
 
+/* Each byte's value in standard base64, or -1 (padding included: a 44-character step has
+ * none). */
+static signed char B64_VALUES[256];
+
+/* One proof step: 44 characters of the standard alphabet, exactly what strict base64
+ * decodes to 33 bytes (33 is a multiple of 3, so no padding and no unused bits). -1 for
+ * anything else. */
+static int
+decode_step(const unsigned char *text, unsigned char out[STEP])
+{
+    for (int i = 0, o = 0; i < STEP_B64; i += 4, o += 3) {
+        int a = B64_VALUES[text[i]], b = B64_VALUES[text[i + 1]];
+        int c = B64_VALUES[text[i + 2]], d = B64_VALUES[text[i + 3]];
+        if ((a | b | c | d) < 0)
+            return -1;
+        unsigned int v = (unsigned int)a << 18 | (unsigned int)b << 12 | (unsigned int)c << 6
+                         | (unsigned int)d;
+        out[o] = (unsigned char)(v >> 16);
+        out[o + 1] = (unsigned char)(v >> 8);
+        out[o + 2] = (unsigned char)v;
+    }
+    return 0;
+}
+
+/* A verifier's walker: the last proof it walked to the end and every node of that walk,
+ * so a record of the same tree stops where its walk meets the last one. What the walk
+ * computes does not depend on it (the same node and the same rest of the proof text give
+ * the same root, hashed or not), so any walk may fill it, an attacker's too: that only
+ * costs the next record its shortcut. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *proof; /* the last walk's proof text (bytes), or NULL */
+    Py_ssize_t steps;
+    unsigned char nodes[MAX_PROOF_STEPS + 1][DIGEST]; /* after 0 (the leaf) .. steps steps */
+} Walker;
+
+static void
+walker_dealloc(Walker *self)
+{
+    Py_XDECREF(self->proof);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+PyDoc_STRVAR(walk_doc,
+"walk(key, value, headers, /)\n--\n\n"
+"For a record whose headers (a list or tuple of (str, bytes) pairs) hold exactly one\n"
+"`retention-signature` and one `retention-proof`, the proof of 1 to 32 steps, each\n"
+"strict standard base64 of a side 0 or 1 and a hash, and whose key and value are bytes\n"
+"or None: (the signature header's value, the 32-byte root the proof leads to from the\n"
+"record's leaf). None for anything else, which schemas.signing.Verifier then judges in\n"
+"Python.");
+
+static PyObject *
+walker_walk(Walker *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "walk() takes 3 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *key = args[0], *value = args[1], *headers = args[2];
+    /* Only the exact types: their items are read in place, and nothing below runs Python
+     * code that could change them. Anything else (an iterator, which must not be consumed
+     * here) is left to Python. */
+    if (!PyList_CheckExact(headers) && !PyTuple_CheckExact(headers))
+        Py_RETURN_NONE;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(headers);
+    PyObject **items = PySequence_Fast_ITEMS(headers);
+    PyObject *signature = NULL, *proof = NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = items[i];
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2)
+            Py_RETURN_NONE;
+        PyObject *name = PyTuple_GET_ITEM(item, 0), *header = PyTuple_GET_ITEM(item, 1);
+        if (!PyUnicode_CheckExact(name))
+            Py_RETURN_NONE;
+        PyObject **slot;
+        if (PyUnicode_CompareWithASCIIString(name, "retention-signature") == 0)
+            slot = &signature;
+        else if (PyUnicode_CompareWithASCIIString(name, "retention-proof") == 0)
+            slot = &proof;
+        else
+            continue;
+        /* A repeated or null header is Python's to judge (malformed). */
+        if (*slot != NULL || !PyBytes_Check(header))
+            Py_RETURN_NONE;
+        *slot = header;
+    }
+    if (signature == NULL || proof == NULL)
+        Py_RETURN_NONE;
+    Py_ssize_t size = PyBytes_GET_SIZE(proof);
+    if (size <= 0 || size > MAX_PROOF_STEPS * STEP_B64 || size % STEP_B64)
+        Py_RETURN_NONE;
+    if ((key != Py_None && !PyBytes_Check(key)) || (value != Py_None && !PyBytes_Check(value)))
+        Py_RETURN_NONE;
+    /* Python raises for a key this long, unless it judges the header first. */
+    if (key != Py_None && (unsigned long long)PyBytes_GET_SIZE(key) > 0xFFFFFFFFULL)
+        Py_RETURN_NONE;
+    Py_ssize_t steps = size / STEP_B64;
+    unsigned char nodes[MAX_PROOF_STEPS + 1][DIGEST], step[STEP];
+    if (leaf(key, value, nodes[0]) < 0)
+        return NULL;
+    const char *text = PyBytes_AS_STRING(proof);
+    const char *last = self->proof == NULL ? NULL : PyBytes_AS_STRING(self->proof);
+    for (Py_ssize_t k = 0; k < steps; k++) {
+        /* Where the last walk had as many steps left: the same node there and the same
+         * rest of the proof text (decoded and hashed by that walk) lead to its root. */
+        Py_ssize_t m = self->steps - (steps - k);
+        if (last != NULL && m >= 0 && memcmp(nodes[k], self->nodes[m], DIGEST) == 0
+            && memcmp(text + k * STEP_B64, last + m * STEP_B64,
+                      (size_t)((steps - k) * STEP_B64)) == 0) {
+            memcpy(nodes[k + 1], self->nodes[m + 1], (size_t)(steps - k) * DIGEST);
+            break;
+        }
+        if (decode_step((const unsigned char *)text + k * STEP_B64, step) < 0)
+            Py_RETURN_NONE;
+        if (step[0] == SIDE_LEFT)
+            node(step + 1, nodes[k], nodes[k + 1]);
+        else if (step[0] == SIDE_RIGHT)
+            node(nodes[k], step + 1, nodes[k + 1]);
+        else
+            Py_RETURN_NONE;
+    }
+    PyObject *result = Py_BuildValue("(Oy#)", signature, (const char *)nodes[steps],
+                                     (Py_ssize_t)DIGEST);
+    if (result == NULL)
+        return NULL;
+    memcpy(self->nodes, nodes, (size_t)(steps + 1) * DIGEST);
+    self->steps = steps;
+    Py_INCREF(proof);
+    Py_XSETREF(self->proof, proof);
+    return result;
+}
+
+static PyMethodDef walker_methods[] = {
+    {"walk", (PyCFunction)(void (*)(void))walker_walk, METH_FASTCALL, walk_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject WalkerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "schemas._merkle.Walker",
+    .tp_doc = PyDoc_STR("Walker()\n--\n\nWalks batch-signed records' proofs (one per Verifier)."),
+    .tp_basicsize = sizeof(Walker),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)walker_dealloc,
+    .tp_methods = walker_methods,
+};
+
 static PyMethodDef methods[] = {
     {"forest", (PyCFunction)(void (*)(void))forest, METH_FASTCALL, forest_doc},
     {NULL, NULL, 0, NULL},
@@ -305,5 +455,17 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__merkle(void)
 {
-    return PyModule_Create(&module);
+    memset(B64_VALUES, -1, sizeof B64_VALUES);
+    for (int i = 0; i < 64; i++)
+        B64_VALUES[(unsigned char)B64[i]] = (signed char)i;
+    if (PyType_Ready(&WalkerType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Walker", (PyObject *)&WalkerType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

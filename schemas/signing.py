@@ -287,18 +287,30 @@ _Hashing = Literal["native", "python"]
 _Forester = Callable[[Sequence[bytes | None], Sequence[bytes | None], int], _Forest]
 
 
-def _choose() -> tuple[_Forester, _Hashing]:
+class _Walker(Protocol):
+    def walk(
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Iterable[tuple[str, bytes | None]],
+        /,
+    ) -> tuple[bytes, bytes] | None: ...
+
+
+def _choose() -> tuple[_Forester, Callable[[], _Walker] | None, _Hashing]:
     try:
-        from schemas._merkle import forest
+        from schemas._merkle import Walker, forest
     except ImportError:
         # Built only where a C compiler and OpenSSL's headers were at install (setup.py).
-        return _forest_py, "python"
-    return forest, "native"
+        return _forest_py, None, "python"
+    return forest, Walker, "native"
 
 
-_forest, HASHING = _choose()
+_forest, _walker, HASHING = _choose()
 """Which `_forest` signs: `native` (schemas/_merkle.c) or `python` (`_forest_py`), chosen
-once at import; the relay logs it when it starts (docs/relay.md)."""
+once at import; the relay logs it when it starts (docs/relay.md). With `native`, each
+`Verifier` walks batch-signed records' proofs with a `schemas._merkle.Walker` (`_walker`)
+too; with `python` (None) in `Verifier._batch_valid`."""
 
 
 def merkle_proofs(
@@ -394,6 +406,7 @@ class Verifier:
         # Fixed for the verifier's life: the memo, the parsed headers and the root cache
         # all stand for checks made under these keys (a rotation builds a new Verifier).
         self._keys = {key_id(k): k for k in public_keys}
+        self._walk = _walker().walk if _walker is not None else None
         self._roots: OrderedDict[tuple[str, bytes, bytes], None] = OrderedDict()
         self._cache_size = cache_size
         self._memo_size = memo_size
@@ -432,7 +445,27 @@ class Verifier:
         cost of its leaf and the steps below the first remembered node; everything else
         by `_judged`, which checks in the order docs/protocol.md lists, remembering only
         headers and roots a signature verified. Both give the verdict a verifier
-        remembering nothing gives."""
+        remembering nothing gives.
+
+        With the C core (`_walker`), such a record's leaf and walk are one C call and the
+        memo is not used: the walker stops where the walk meets the last one it made (the
+        same node with the same rest of the proof text), which a tree's next record
+        usually does one or two levels up, and hashing a step in C costs about what the
+        memo's dict lookup and slice comparison do. Whatever the walker declines
+        (`schemas._merkle.Walker.walk`: a repeated, null or missing header, a proof not
+        of 1 to 32 well-formed steps, a key or value that is not bytes or None) takes the
+        Python path below, so every verdict is the reference's."""
+        walk = self._walk
+        if walk is not None:
+            walked = walk(key, value, headers)
+            if walked is not None:
+                text, root = walked
+                parsed = self._parsed(text)
+                if isinstance(parsed, Checked):
+                    return parsed
+                if not self._signed_root(text, parsed, root):
+                    return Checked(Verdict.BAD_SIGNATURE, parsed[0])
+                return parsed[3]
         signature: bytes | None = None
         proof: bytes | None = None
         for name, header in headers:
