@@ -12,6 +12,8 @@ import shutil
 import stat
 import subprocess
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from typer.testing import CliRunner
 
 from coordinator.cli import app
+from schemas import signing
 from schemas.signing import (
     PROOF_HEADER,
     SIGNATURE_HEADER,
@@ -40,6 +43,30 @@ VECTOR: dict[str, Any] = json.loads(
     (ROOT / "schemas" / "testvectors" / "signature-v1.json").read_text(encoding="utf-8")
 )
 OPENSSL = shutil.which("openssl")
+
+
+WALKERS = (
+    {"python": None} if signing._walker is None else {"python": None, "native": signing._walker}
+)
+"""The proof walks a `Verifier` can be built with here: `native` (schemas._merkle.Walker)
+where the extension built, and the Python reference it falls back to."""
+
+
+@contextmanager
+def walking(name: str) -> Iterator[None]:
+    """Verifiers built inside walk proofs with `name`'s implementation."""
+    chosen = signing._walker
+    signing._walker = WALKERS[name]
+    try:
+        yield
+    finally:
+        signing._walker = chosen
+
+
+@pytest.fixture(params=sorted(WALKERS))
+def walker(request: pytest.FixtureRequest) -> Iterator[str]:
+    with walking(request.param):
+        yield request.param
 
 
 def _signer() -> Signer:
@@ -280,6 +307,7 @@ def test_keys_generate_writes_a_private_pem_0600_and_the_public_line(tmp_path: P
 
 
 @pytest.mark.parametrize("memo_size", [16_384, 24])
+@pytest.mark.usefixtures("walker")
 def test_a_verifier_that_remembers_paths_judges_every_record_as_a_fresh_one(
     memo_size: int,
 ) -> None:
@@ -324,6 +352,7 @@ def _batch(n: int) -> list[tuple[bytes, bytes, list[tuple[str, bytes]]]]:
     return [(k, v, h) for (k, v), h in zip(pairs, _signer().sign_batch(pairs), strict=True)]
 
 
+@pytest.mark.usefixtures("walker")
 def test_made_up_headers_of_a_known_key_do_not_push_the_genuine_one_out() -> None:
     """Only headers a signature verified under are remembered: an attacker writing many
     distinct signature headers naming our key fills nothing, and the genuine header
@@ -341,6 +370,7 @@ def test_made_up_headers_of_a_known_key_do_not_push_the_genuine_one_out() -> Non
     assert verifier.verify(key, value, headers).valid
 
 
+@pytest.mark.usefixtures("walker")
 def test_a_proof_step_with_a_wrong_side_is_refused_without_the_plain_check(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -374,14 +404,17 @@ def test_a_proof_step_with_a_wrong_side_is_refused_without_the_plain_check(
 
 @pytest.mark.parametrize("memo_size", [0, 1, 5])
 def test_the_walk_memo_never_holds_more_than_memo_size_nodes(memo_size: int) -> None:
+    """The memo of the Python walk (the C walk keeps only its last walk)."""
     signer = _signer()
-    verifier = Verifier([signer.public], memo_size=memo_size)
+    with walking("python"):
+        verifier = Verifier([signer.public], memo_size=memo_size)
     # 2**6 leaves: every walk is six steps, more than the smaller memos hold.
     for key, value, headers in _batch(64):
         assert verifier.verify(key, value, headers).valid
         assert len(verifier._paths) <= memo_size
 
 
+@pytest.mark.usefixtures("walker")
 def test_a_header_flushed_from_the_cache_is_parsed_once_more_not_once_per_record(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -35,6 +35,7 @@ from schemas.signing import (
     key_id,
     signed_bytes,
 )
+from tests.test_signing import WALKERS, walking
 
 A = Signer(Ed25519PrivateKey.from_private_bytes(bytes(range(3, 35))))
 B = Signer(Ed25519PrivateKey.from_private_bytes(bytes(range(4, 36))))
@@ -268,7 +269,7 @@ def _foreign(records: list[tuple[bytes | None, bytes | None]], size: int) -> lis
     return out
 
 
-def _run(seed: int, memo_size: int, cache_size: int, keys: list[Signer]) -> None:
+def _run(seed: int, memo_size: int, cache_size: int, keys: list[Signer], walker: str) -> None:
     rng = random.Random(seed)
     size = rng.choice([2, 3, 5, 8, 13, 64])
     records: list[tuple[bytes | None, bytes | None]] = [
@@ -290,7 +291,8 @@ def _run(seed: int, memo_size: int, cache_size: int, keys: list[Signer]) -> None
     # Genuine records again among attacks, and a rotated-out key the verifier never held.
     stream += genuine + _mutations(rng, genuine, foreign)
     publics = [s.public for s in keys]
-    verifier = Verifier(publics, memo_size=memo_size, cache_size=cache_size)
+    with walking(walker):
+        verifier = Verifier(publics, memo_size=memo_size, cache_size=cache_size)
     for key, value, headers in stream:
         want = _reference(publics, key, value, headers)
         got = verifier.verify(key, value, headers)
@@ -299,18 +301,24 @@ def _run(seed: int, memo_size: int, cache_size: int, keys: list[Signer]) -> None
             assert (key, value) in set(records) | {(k, v) for k, v, _ in genuine}
 
 
+@pytest.mark.parametrize("walker", sorted(WALKERS))
 @pytest.mark.parametrize("memo_size", [16_384, 64, 5, 1, 0])
 @pytest.mark.parametrize("keys", [[A, B], [A], [B]], ids=["A+B", "A", "B"])
 def test_any_memo_state_gives_the_verdict_of_the_protocol(
-    memo_size: int, keys: list[Signer]
+    memo_size: int, keys: list[Signer], walker: str
 ) -> None:
     for seed in range(6):
-        _run(seed, memo_size, cache_size=4096, keys=keys)
+        _run(seed, memo_size, cache_size=4096, keys=keys, walker=walker)
 
 
-@given(st.integers(0, 2**32), st.sampled_from([16_384, 7, 1]), st.sampled_from([4096, 2, 1]))
+@given(
+    st.integers(0, 2**32),
+    st.sampled_from([16_384, 7, 1]),
+    st.sampled_from([4096, 2, 1]),
+    st.sampled_from(sorted(WALKERS)),
+)
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_any_memo_state_gives_the_verdict_of_the_protocol_hypothesis(
-    seed: int, memo_size: int, cache_size: int
+    seed: int, memo_size: int, cache_size: int, walker: str
 ) -> None:
-    _run(seed, memo_size, cache_size, [A, B])
+    _run(seed, memo_size, cache_size, [A, B], walker)
