@@ -15,7 +15,9 @@ topics have 6): a tree's records then arrive apart, not neighbour after neighbou
 scheme is what the tracker verifies for an ack sent alone (the SDK signs a batch's acks
 as one tree). `hashing` says which implementation hashed the trees (`native`: the C
 extension schemas/_merkle.c; `python`: the reference it falls back to); with `native`,
-`sign_in_place_python_us` is the same signing through the reference, in the same run.
+`sign_in_place_python_us` is the same signing through the reference, and
+`verify_per_batch_python_us` the same verifying through the Python proof walk
+(`Verifier._batch_valid`, where the native one is `schemas._merkle.Walker`), in the same run.
 Reports the median over rounds, in microseconds per record, for both schemes; with
 `--json`, one JSON object (settings, load average, results) to commit under
 bench/results/signing/ so the docs can quote it.
@@ -50,13 +52,14 @@ class _Record:
 
 @contextmanager
 def python_hashing() -> Iterator[None]:
-    """Sign with the pure-Python trees while inside (the fallback where no C is built)."""
-    chosen = signing._forest
-    signing._forest = signing._forest_py
+    """Sign with the pure-Python trees, and build verifiers that walk proofs in Python,
+    while inside (the fallback where no C is built)."""
+    chosen = signing._forest, signing._walker
+    signing._forest, signing._walker = signing._forest_py, None
     try:
         yield
     finally:
-        signing._forest = chosen
+        signing._forest, signing._walker = chosen
 
 
 def _median_us(
@@ -124,6 +127,9 @@ def measure(
     if signing.HASHING == "native":
         with python_hashing():
             result["sign_in_place_python_us"] = sign_in_place_us()
+            result["verify_per_batch_python_us"] = _median_us(
+                rounds, batch, lambda: verify_all(per_batch)
+            )
     return result
 
 
