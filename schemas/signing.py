@@ -407,6 +407,9 @@ class Verifier:
         # all stand for checks made under these keys (a rotation builds a new Verifier).
         self._keys = {key_id(k): k for k in public_keys}
         self._walk = _walker().walk if _walker is not None else None
+        self._last: tuple[tuple[bytes, bytes] | None, Checked] = (None, Checked(Verdict.VALID))
+        """The last (signature header, root) the C walk found valid, and its verdict: a
+        tree's records, read one after another, are then judged by one comparison."""
         self._roots: OrderedDict[tuple[str, bytes, bytes], None] = OrderedDict()
         self._cache_size = cache_size
         self._memo_size = memo_size
@@ -459,12 +462,16 @@ class Verifier:
         if walk is not None:
             walked = walk(key, value, headers)
             if walked is not None:
+                last_walked, last_valid = self._last
+                if walked == last_walked:
+                    return last_valid
                 text, root = walked
                 parsed = self._parsed(text)
                 if isinstance(parsed, Checked):
                     return parsed
                 if not self._signed_root(text, parsed, root):
                     return Checked(Verdict.BAD_SIGNATURE, parsed[0])
+                self._last = walked, parsed[3]
                 return parsed[3]
         signature: bytes | None = None
         proof: bytes | None = None
