@@ -152,7 +152,8 @@ def test_records_signed_either_way_verify_and_tampered_ones_do_not(hashing: str)
 
 def test_without_the_extension_signing_falls_back_to_the_python_code() -> None:
     """An interpreter where `schemas._merkle` cannot be imported (no compiler at install)
-    signs with `_forest_py` and gives the vector's bytes."""
+    signs with `_forest_py` and gives the vector's bytes, and verifies them with the
+    Python walk."""
     script = (
         "import sys, json\n"
         "sys.modules['schemas._merkle'] = None\n"
@@ -161,8 +162,11 @@ def test_without_the_extension_signing_falls_back_to_the_python_code() -> None:
         "pairs = [(r['key_utf8'].encode(), _value(r['value_utf8']))"
         " for r in VECTOR['batch']['records']]\n"
         "headers = _signer().sign_batch(pairs)\n"
+        "verifier = signing.Verifier([_signer().public])\n"
+        "valid = [verifier.verify(k, v, h).valid for (k, v), h in zip(pairs, headers)]\n"
         "print(json.dumps({'hashing': signing.HASHING,"
-        " 'python': signing._forest is signing._forest_py,"
+        " 'python': signing._forest is signing._forest_py and verifier._walk is None,"
+        " 'valid': valid,"
         " 'headers': [[v.decode() for _, v in h] for h in headers]}))\n"
     )
     done = subprocess.run(
@@ -171,6 +175,7 @@ def test_without_the_extension_signing_falls_back_to_the_python_code() -> None:
     result = json.loads(done.stdout)
     assert result["hashing"] == "python"
     assert result["python"] is True
+    assert result["valid"] == [True] * len(VECTOR["batch"]["records"])
     assert result["headers"] == [
         [r["header_retention_signature"], r["header_retention_proof"]]
         for r in VECTOR["batch"]["records"]
