@@ -3,7 +3,9 @@
  *
  * `forest` is `schemas.signing._forest_py` in one call: the same trees, the same root
  * messages, the same `retention-proof` header values, byte for byte (tests/test_signing_native.py
- * compares them over random inputs). The pure-Python code stays the reference and the
+ * compares them over random inputs). `Walker.walk` is the proof walk of
+ * `schemas.signing.Verifier._batch_valid` for a well-formed record: the same root, and
+ * None for anything it declines, which Python then judges (tests/test_verify_native.py). The pure-Python code stays the reference and the
  * fallback: this module is built only where a compiler and OpenSSL's headers are present
  * (setup.py, `optional`), and `schemas.signing` says which one runs (`HASHING`).
  *
