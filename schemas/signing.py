@@ -414,7 +414,8 @@ class Verifier:
         self._cache_size = cache_size
         self._memo_size = memo_size
         self._paths: dict[bytes, _Memo] = {}
-        """The walk memo (docs/protocol.md): every sibling a valid record's walk hashed
+        """The Python walk's memo (docs/protocol.md; with the C walker, `_walk`, only
+        records it declines use it): every sibling a valid record's walk hashed
         with, mapped to that sibling's own next step (back to the node it was hashed with,
         from the other side) and where the rest of the proof above starts in that record's
         proof text. A node followed by that very step and byte-for-byte that rest leads to
