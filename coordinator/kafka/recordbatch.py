@@ -46,7 +46,7 @@ class CRecordBatch:
 
     def append(self, **_: object) -> None:
         """Closed: aiokafka's `send()` finds no room here and starts a batch of its own."""
-        return None
+        return
 
     def close(self) -> None:
         """Always closed: the batch was written whole."""
@@ -60,7 +60,9 @@ class CRecordBatch:
     def record_count(self) -> int:
         return self._count
 
-    def _set_producer_state(self, producer_id: int, producer_epoch: int, base_sequence: int) -> None:
+    def _set_producer_state(
+        self, producer_id: int, producer_epoch: int, base_sequence: int
+    ) -> None:
         # aiokafka calls this once, before the first `_build`, and never after.
         if self._sealed:
             raise RuntimeError("the batch was already built")
@@ -81,7 +83,7 @@ def fill(
     batch_size: int,
 ) -> list[tuple[int, CRecordBatch, list[int]]]:
     """The records in batches of at most `batch_size` bytes (a record alone may be larger)
-    per partition, in the order they were started: (partition, batch, the records'
+    per partition, a partition's batches in order: (partition, batch, the records'
     positions). A record goes to `partitions[murmur2(key) & 0x7FFFFFFF % len(partitions)]`
     (Kafka's default), or to `partitions[chosen[i]]` where `chosen` is given (it must be
     for null keys).
