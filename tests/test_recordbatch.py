@@ -178,3 +178,11 @@ def test_the_builder_is_what_aiokafkas_sender_expects() -> None:
     assert batch.size() == len(built)
     with pytest.raises(RuntimeError):
         batch._set_producer_state(*STATE)
+
+
+def test_a_batch_ends_where_aiokafkas_compiled_builder_ends_it() -> None:
+    # aiokafka's compiled builder (the one its BatchBuilder uses where built) refuses a
+    # record that would bring the batch to exactly batch_size; its pure-Python one takes it.
+    for size in range(60):
+        records = [OutgoingRecord(b"k", b"x" * 20, []), OutgoingRecord(b"k", b"x" * size, [])]
+        assert native(records, [0], None, 100) == expected(records, [0], [0, 0], 100), size

@@ -129,36 +129,7 @@ murmur2(const unsigned char *data, size_t length)
     return h;
 }
 
-/* ---- a growing byte buffer ---- */
-
-typedef struct {
-    unsigned char *data;
-    size_t size, capacity;
-} Buffer;
-
-static int
-reserve(Buffer *b, size_t more)
-{
-    if (more > SIZE_MAX / 2 - b->size) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    if (b->size + more <= b->capacity)
-        return 0;
-    size_t capacity = b->capacity ? b->capacity : 4096;
-    while (capacity < b->size + more)
-        capacity *= 2;
-    unsigned char *data = PyMem_Realloc(b->data, capacity);
-    if (data == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    b->data = data;
-    b->capacity = capacity;
-    return 0;
-}
-
-/* Kafka's signed varint (zigzag) of a non-negative value; `out` holds MAX_VARINT bytes. */
+/* Kafka's signed varint (zigzag) of a value; `out` holds MAX_VARINT bytes. */
 static size_t
 varint(int64_t value, unsigned char *out)
 {
@@ -170,6 +141,13 @@ varint(int64_t value, unsigned char *out)
     }
     out[n++] = (unsigned char)v;
     return n;
+}
+
+static size_t
+varint_size(int64_t value)
+{
+    unsigned char out[MAX_VARINT];
+    return varint(value, out);
 }
 
 static void
@@ -200,7 +178,7 @@ put_be16(unsigned char *p, int64_t value)
     p[1] = (unsigned char)v;
 }
 
-/* ---- one record's body (everything after its length varint) ---- */
+/* ---- one record ---- */
 
 typedef struct {
     const char *data;
@@ -226,81 +204,138 @@ as_field(PyObject *item, const char *what, Field *field)
     return 0;
 }
 
-static int
-put_field(Buffer *b, Field f)
+static size_t
+field_size(Field f)
 {
-    unsigned char len[MAX_VARINT];
-    size_t n = varint(f.size < 0 ? -1 : f.size, len);
-    if (reserve(b, n + (f.size > 0 ? (size_t)f.size : 0)) < 0)
-        return -1;
-    memcpy(b->data + b->size, len, n);
-    b->size += n;
-    if (f.size > 0) {
-        memcpy(b->data + b->size, f.data, (size_t)f.size);
-        b->size += (size_t)f.size;
-    }
-    return 0;
+    return varint_size(f.size) + (f.size > 0 ? (size_t)f.size : 0);
 }
 
-/* The record's body into `body` (emptied first): attributes, timestamp delta (0: one
- * timestamp per batch), offset delta, key, value, headers. */
-static int
-record_body(Buffer *body, int64_t offset_delta, Field key, Field value, PyObject *headers)
+static unsigned char *
+put_field(unsigned char *out, Field f)
 {
-    unsigned char tmp[MAX_VARINT];
-    body->size = 0;
-    if (reserve(body, 2 + MAX_VARINT) < 0)
-        return -1;
-    body->data[body->size++] = 0; /* attributes */
-    body->data[body->size++] = 0; /* timestamp delta: varint 0 */
-    size_t n = varint(offset_delta, tmp);
-    memcpy(body->data + body->size, tmp, n);
-    body->size += n;
-    if (put_field(body, key) < 0 || put_field(body, value) < 0)
-        return -1;
-    PyObject *fast = PySequence_Fast(headers, "a record's headers must be a sequence");
-    if (fast == NULL)
-        return -1;
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(fast);
-    n = varint(count, tmp);
-    if (reserve(body, n) < 0)
-        goto fail;
-    memcpy(body->data + body->size, tmp, n);
-    body->size += n;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *header = PySequence_Fast_GET_ITEM(fast, i);
-        if (!PyTuple_Check(header) || PyTuple_GET_SIZE(header) != 2) {
-            PyErr_SetString(PyExc_TypeError, "a header must be a (str, bytes) tuple");
-            goto fail;
-        }
-        PyObject *name = PyTuple_GET_ITEM(header, 0);
-        if (!PyUnicode_Check(name)) {
-            PyErr_SetString(PyExc_TypeError, "a header's name must be str");
-            goto fail;
-        }
-        Py_ssize_t name_size;
-        const char *name_data = PyUnicode_AsUTF8AndSize(name, &name_size);
-        if (name_data == NULL)
-            goto fail;
-        Field header_value;
-        if (as_field(PyTuple_GET_ITEM(header, 1), "header value", &header_value) < 0)
-            goto fail;
-        Field header_name = {name_data, name_size};
-        if (put_field(body, header_name) < 0 || put_field(body, header_value) < 0)
-            goto fail;
+    out += varint(f.size, out);
+    if (f.size > 0) {
+        memcpy(out, f.data, (size_t)f.size);
+        out += f.size;
     }
-    Py_DECREF(fast);
+    return out;
+}
+
+/* A record as read from its attributes: key, value, and its headers checked and sized.
+ * `objects` holds new references (key, value, headers as a list or tuple) to release. */
+typedef struct {
+    Field key, value;
+    PyObject *objects[3];
+    size_t headers_size; /* the header count's varint and every header */
+} Record;
+
+static void
+release(Record *r)
+{
+    for (int i = 0; i < 3; i++)
+        Py_CLEAR(r->objects[i]);
+}
+
+/* A header's name and value, checked. */
+static int
+read_header(PyObject *header, Field *name, Field *value)
+{
+    if (!PyTuple_Check(header) || PyTuple_GET_SIZE(header) != 2) {
+        PyErr_SetString(PyExc_TypeError, "a header must be a (str, bytes) tuple");
+        return -1;
+    }
+    PyObject *name_obj = PyTuple_GET_ITEM(header, 0);
+    if (!PyUnicode_Check(name_obj)) {
+        PyErr_SetString(PyExc_TypeError, "a header's name must be str");
+        return -1;
+    }
+    name->data = PyUnicode_AsUTF8AndSize(name_obj, &name->size);
+    if (name->data == NULL)
+        return -1;
+    return as_field(PyTuple_GET_ITEM(header, 1), "header value", value);
+}
+
+static int
+read_record(PyObject *record, Record *r)
+{
+    PyObject *headers = NULL;
+    r->objects[0] = PyObject_GetAttrString(record, "key");
+    r->objects[1] = r->objects[0] ? PyObject_GetAttrString(record, "value") : NULL;
+    headers = r->objects[1] ? PyObject_GetAttrString(record, "headers") : NULL;
+    if (headers == NULL || as_field(r->objects[0], "key", &r->key) < 0 ||
+        as_field(r->objects[1], "value", &r->value) < 0)
+        goto fail;
+    r->objects[2] = PySequence_Fast(headers, "a record's headers must be a sequence");
+    Py_CLEAR(headers);
+    if (r->objects[2] == NULL)
+        goto fail;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(r->objects[2]);
+    size_t size = varint_size(count);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Field name, value;
+        if (read_header(PySequence_Fast_GET_ITEM(r->objects[2], i), &name, &value) < 0)
+            goto fail;
+        size += field_size(name) + field_size(value);
+    }
+    r->headers_size = size;
     return 0;
 fail:
-    Py_DECREF(fast);
+    Py_XDECREF(headers);
+    release(r);
     return -1;
 }
 
-/* ---- an open batch per partition ---- */
+/* The record's body size: attributes, timestamp delta, offset delta, key, value, headers. */
+static size_t
+body_size(const Record *r, int64_t offset_delta)
+{
+    return 2 + varint_size(offset_delta) + field_size(r->key) + field_size(r->value) +
+           r->headers_size;
+}
+
+/* The record (its length, then its body of `body` bytes) at `out`. The headers are read
+ * again: a list can change between sizing and writing (a finalizer run by an allocation
+ * in between), so nothing read then is trusted now, and a record whose size changed is
+ * refused rather than written past its space. */
+static int
+write_record(unsigned char *out, const Record *r, int64_t offset_delta, size_t body)
+{
+    unsigned char *end = out + varint_size((int64_t)body) + body;
+    out += varint((int64_t)body, out);
+    *out++ = 0; /* attributes */
+    *out++ = 0; /* timestamp delta: one timestamp per batch */
+    out += varint(offset_delta, out);
+    out = put_field(out, r->key);
+    out = put_field(out, r->value);
+    PyObject *headers = r->objects[2];
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(headers);
+    size_t size = varint_size(count);
+    Field name = {NULL, -1}, value = {NULL, -1};
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (read_header(PySequence_Fast_GET_ITEM(headers, i), &name, &value) < 0)
+            return -1;
+        size += field_size(name) + field_size(value);
+    }
+    if (size != r->headers_size || (size_t)(end - out) != size) {
+        PyErr_SetString(PyExc_RuntimeError, "a record's headers changed while it was written");
+        return -1;
+    }
+    out += varint(count, out);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        /* checked just above, with no Python code run since */
+        (void)read_header(PySequence_Fast_GET_ITEM(headers, i), &name, &value);
+        out = put_field(out, name);
+        out = put_field(out, value);
+    }
+    return 0;
+}
+
+/* ---- an open batch per partition, written in place in the bytearray it becomes ---- */
 
 typedef struct {
-    Buffer buffer;     /* header space, then the records */
-    PyObject *indexes; /* list of the records' positions in the chunk; NULL: none open */
+    PyObject *batch;   /* bytearray: header space, then the records; NULL: none open */
+    PyObject *indexes; /* the records' positions in the chunk */
+    size_t size;       /* bytes written; the bytearray is larger until emitted */
     Py_ssize_t count;
 } Open;
 
@@ -324,40 +359,52 @@ write_header(unsigned char *h, size_t size, Py_ssize_t count, int64_t timestamp)
     put_be32(h + 57, count);            /* Records count */
 }
 
+static int
+start(Open *open, size_t capacity)
+{
+    open->indexes = PyList_New(0);
+    open->batch = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)capacity);
+    if (open->indexes == NULL || open->batch == NULL)
+        return -1;
+    open->size = HEADER_SIZE;
+    open->count = 0;
+    return 0;
+}
+
+static int
+reserve(Open *open, size_t more)
+{
+    size_t capacity = (size_t)PyByteArray_GET_SIZE(open->batch);
+    if (open->size + more <= capacity)
+        return 0;
+    if (more > (size_t)PY_SSIZE_T_MAX / 2 - open->size) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    capacity *= 2;
+    if (capacity < open->size + more)
+        capacity = open->size + more;
+    return PyByteArray_Resize(open->batch, (Py_ssize_t)capacity);
+}
+
 /* Close `open` into (partition, bytearray, indexes) appended to `out`. */
 static int
 emit(Open *open, long partition, int64_t timestamp, PyObject *out)
 {
-    write_header(open->buffer.data, open->buffer.size, open->count, timestamp);
-    PyObject *batch = PyByteArray_FromStringAndSize((const char *)open->buffer.data,
-                                                    (Py_ssize_t)open->buffer.size);
-    if (batch == NULL)
+    /* Shrinking a bytearray copies nothing unless it drops below half its allocation. */
+    if (PyByteArray_Resize(open->batch, (Py_ssize_t)open->size) < 0)
         return -1;
-    PyObject *item = Py_BuildValue("(lNO)", partition, batch, open->indexes);
+    write_header((unsigned char *)PyByteArray_AS_STRING(open->batch), open->size, open->count,
+                 timestamp);
+    PyObject *item = Py_BuildValue("(lOO)", partition, open->batch, open->indexes);
     if (item == NULL)
         return -1;
     int failed = PyList_Append(out, item);
     Py_DECREF(item);
     if (failed)
         return -1;
+    Py_CLEAR(open->batch);
     Py_CLEAR(open->indexes);
-    open->buffer.size = 0;
-    open->count = 0;
-    return 0;
-}
-
-static int
-start(Open *open)
-{
-    open->indexes = PyList_New(0);
-    if (open->indexes == NULL)
-        return -1;
-    open->buffer.size = 0;
-    if (reserve(&open->buffer, HEADER_SIZE) < 0)
-        return -1;
-    memset(open->buffer.data, 0, HEADER_SIZE);
-    open->buffer.size = HEADER_SIZE;
-    open->count = 0;
     return 0;
 }
 
@@ -370,15 +417,15 @@ fill(PyObject *module, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOnL", &records, &partitions_arg, &chosen_arg, &batch_size,
                           &timestamp))
         return NULL;
-    if (timestamp < 0) {
-        PyErr_SetString(PyExc_ValueError, "the timestamp must not be negative");
+    if (timestamp < 0 || batch_size < 0) {
+        PyErr_SetString(PyExc_ValueError, "the timestamp and batch size must not be negative");
         return NULL;
     }
     PyObject *out = NULL, *recs = NULL, *parts = NULL, *chosen = NULL;
     long *ids = NULL;
     Open *opens = NULL;
-    Buffer body = {NULL, 0, 0};
     Py_ssize_t n_parts = 0;
+    Record r = {{NULL, -1}, {NULL, -1}, {NULL, NULL, NULL}, 0};
 
     recs = PySequence_Fast(records, "records must be a sequence");
     parts = PySequence_Fast(partitions_arg, "partitions must be a sequence");
@@ -410,93 +457,84 @@ fill(PyObject *module, PyObject *args)
         if (ids[p] == -1 && PyErr_Occurred())
             goto done;
     }
+    /* A first allocation per batch: the chunk's share of a partition, within the limit. */
+    size_t capacity = 16384;
+    if ((size_t)batch_size < capacity)
+        capacity = (size_t)batch_size;
+    if (capacity < HEADER_SIZE)
+        capacity = HEADER_SIZE;
     out = PyList_New(0);
     if (out == NULL)
         goto done;
 
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *record = PySequence_Fast_GET_ITEM(recs, i);
-        PyObject *key_obj = PyObject_GetAttrString(record, "key");
-        PyObject *value_obj = key_obj ? PyObject_GetAttrString(record, "value") : NULL;
-        PyObject *headers = value_obj ? PyObject_GetAttrString(record, "headers") : NULL;
-        int failed = headers == NULL;
-        Field key = {NULL, -1}, value = {NULL, -1};
-        Py_ssize_t slot = 0;
-        if (!failed)
-            failed = as_field(key_obj, "key", &key) < 0 || as_field(value_obj, "value", &value) < 0;
-        if (!failed) {
-            if (chosen != NULL) {
-                slot = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(chosen, i));
-                if (slot == -1 && PyErr_Occurred())
-                    failed = 1;
-                else if (slot < 0 || slot >= n_parts) {
-                    PyErr_SetString(PyExc_ValueError, "a chosen partition position is out of range");
-                    failed = 1;
-                }
-            } else if (key.size < 0) {
-                PyErr_SetString(PyExc_ValueError, "a null key needs a chosen partition");
-                failed = 1;
-            } else {
-                slot = (Py_ssize_t)((murmur2((const unsigned char *)key.data, (size_t)key.size) &
-                                     0x7FFFFFFFu) %
-                                    (uint32_t)n_parts);
+        if (read_record(PySequence_Fast_GET_ITEM(recs, i), &r) < 0)
+            goto fail;
+        Py_ssize_t slot;
+        if (chosen != NULL) {
+            slot = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(chosen, i));
+            if (slot == -1 && PyErr_Occurred())
+                goto fail;
+            if (slot < 0 || slot >= n_parts) {
+                PyErr_SetString(PyExc_ValueError, "a chosen partition position is out of range");
+                goto fail;
             }
+        } else if (r.key.size < 0) {
+            PyErr_SetString(PyExc_ValueError, "a null key needs a chosen partition");
+            goto fail;
+        } else {
+            slot = (Py_ssize_t)((murmur2((const unsigned char *)r.key.data, (size_t)r.key.size) &
+                                 0x7FFFFFFFu) %
+                                (uint32_t)n_parts);
         }
         Open *open = &opens[slot];
-        /* Encoded for the open batch; encoded again (offset delta 0) if it starts a new one. */
-        Py_ssize_t delta = open->indexes != NULL ? open->count : 0;
-        if (!failed)
-            failed = record_body(&body, delta, key, value, headers) < 0;
-        unsigned char len[MAX_VARINT];
-        size_t len_size = varint((int64_t)body.size, len);
-        size_t required = len_size + body.size;
-        /* aiokafka's rule: a record that would take the batch past batch_size starts the
-         * next batch, unless the batch is empty (a record of any size fits an empty one). */
-        if (!failed && delta > 0 && open->buffer.size + required > (size_t)batch_size)
-            failed = emit(open, ids[slot], timestamp, out) < 0;
-        if (!failed && open->indexes == NULL)
-            failed = start(open) < 0;
-        if (!failed && open->count != delta) {
-            failed = record_body(&body, 0, key, value, headers) < 0;
-            len_size = varint((int64_t)body.size, len);
-            required = len_size + body.size;
+        Py_ssize_t delta = open->batch != NULL ? open->count : 0;
+        size_t body = body_size(&r, delta);
+        size_t required = varint_size((int64_t)body) + body;
+        /* aiokafka's rule (its compiled builder's, the one it uses where built): a record
+         * that would bring the batch to batch_size or past it starts the next batch, unless
+         * the batch is empty (a record of any size fits an empty one). */
+        if (delta > 0 && open->size + required >= (size_t)batch_size) {
+            if (emit(open, ids[slot], timestamp, out) < 0)
+                goto fail;
+            delta = 0;
+            body = body_size(&r, 0);
+            required = varint_size((int64_t)body) + body;
         }
-        Py_XDECREF(key_obj);
-        Py_XDECREF(value_obj);
-        Py_XDECREF(headers);
-        if (failed)
+        if (open->batch == NULL && start(open, capacity) < 0)
             goto fail;
-        if (reserve(&open->buffer, required) < 0)
+        if (reserve(open, required) < 0)
             goto fail;
-        memcpy(open->buffer.data + open->buffer.size, len, len_size);
-        memcpy(open->buffer.data + open->buffer.size + len_size, body.data, body.size);
-        open->buffer.size += required;
+        if (write_record((unsigned char *)PyByteArray_AS_STRING(open->batch) + open->size, &r,
+                         delta, body) < 0)
+            goto fail;
+        open->size += required;
         open->count++;
+        release(&r);
         PyObject *index = PyLong_FromSsize_t(i);
         if (index == NULL)
             goto fail;
-        failed = PyList_Append(open->indexes, index);
+        int failed = PyList_Append(open->indexes, index);
         Py_DECREF(index);
         if (failed)
             goto fail;
     }
     for (Py_ssize_t p = 0; p < n_parts; p++)
-        if (opens[p].indexes != NULL && opens[p].count > 0)
-            if (emit(&opens[p], ids[p], timestamp, out) < 0)
-                goto fail;
+        if (opens[p].batch != NULL && emit(&opens[p], ids[p], timestamp, out) < 0)
+            goto fail;
     goto done;
 fail:
     Py_CLEAR(out);
 done:
+    release(&r);
     if (opens != NULL) {
         for (Py_ssize_t p = 0; p < n_parts; p++) {
+            Py_XDECREF(opens[p].batch);
             Py_XDECREF(opens[p].indexes);
-            PyMem_Free(opens[p].buffer.data);
         }
         PyMem_Free(opens);
     }
     PyMem_Free(ids);
-    PyMem_Free(body.data);
     Py_XDECREF(recs);
     Py_XDECREF(parts);
     Py_XDECREF(chosen);
