@@ -23,6 +23,9 @@ topics (interleaved, rotated every round):
   batches written by aiokafka's builder, one Python call per record, instead of the C
   module `coordinator.kafka._recordbatch` (the fallback where it is not built; absent
   then, and `record_batches` in the results says which one `relay` used);
+* `relay_malloc_default`: signed, with the C allocator's thresholds at glibc's starting
+  values instead of the relay's (`RETENTION_RELAY_MALLOC_MMAP_THRESHOLD`, coordinator/heap.py):
+  what keeping freed memory in the heap saves;
 * `relay_gc_default`, `relay_gc_default_unsigned`: the same two with CPython's default
   garbage-collection threshold during rounds (`RETENTION_RELAY_GC_THRESHOLD=700`): what
   collecting less often saves;
@@ -72,7 +75,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench import kafka_tools
 from bench.signing import python_hashing
+from coordinator import heap
 from coordinator.evidence import audit
+from coordinator.heap import keep_freed_memory
 from coordinator.kafka import admin, recordbatch
 from coordinator.kafka.admin import ensure_topics
 from coordinator.kafka.producer import KafkaEventProducer, OutgoingRecord, producer_options
@@ -324,6 +329,16 @@ async def relay_drain_aiokafka_builder(
         return await relay_drain(url, kafka, relay, rows, signatures)
 
 
+async def relay_drain_malloc_default(
+    url: str, kafka: KafkaSettings, relay: RelaySettings, rows: list[dict[str, Any]]
+) -> Timing:
+    # glibc's starting thresholds, fixed (its own raise them as big blocks are freed);
+    # the other contestants' relays set theirs again when they start.
+    keep_freed_memory(heap.GLIBC_DEFAULT, heap.GLIBC_DEFAULT)
+    unset = relay.model_copy(update={"malloc_mmap_threshold": 0})
+    return await relay_drain(url, kafka, unset, rows)
+
+
 async def relay_drain_python_hashing(
     url: str, kafka: KafkaSettings, relay: RelaySettings, rows: list[dict[str, Any]]
 ) -> Timing:
@@ -404,6 +419,9 @@ async def main(
             "send_per_message": lambda: send_per_message(kafka("raw"), tuned, events),
             "batch_api": lambda: batch_api(kafka("batch"), tuned, events),
         }
+        contestants["relay_malloc_default"] = lambda: relay_drain_malloc_default(
+            url, kafka("malloc_default"), tuned, rows
+        )
         contestants["relay_headers_only"] = lambda: relay_drain_headers_only(
             url, kafka("headers_only"), tuned, rows
         )

@@ -157,6 +157,22 @@ class RelaySettings(BaseSettings):
         description="Most claims one round sends, each marked, while another writer holds "
         "the audit chain's lock; 1: wait for the lock after the first (docs/relay.md).",
     )
+    malloc_mmap_threshold: int = Field(
+        default=8 * 1024 * 1024,
+        ge=0,
+        # glibc refuses more.
+        le=32 * 1024 * 1024,
+        description="Bytes from which the C allocator maps a block of its own instead of "
+        "using the heap, set when the relay starts; 0 leaves the allocator's defaults "
+        "(coordinator/heap.py, docs/relay.md).",
+    )
+    malloc_trim_threshold: int = Field(
+        default=32 * 1024 * 1024,
+        ge=0,
+        le=2**31 - 1,
+        description="Bytes of freed heap the process keeps instead of returning them to the "
+        "system, set with malloc_mmap_threshold (coordinator/heap.py).",
+    )
     gc_threshold: int = Field(
         default=50_000,
         ge=1,
