@@ -29,7 +29,7 @@ freed, up to 32 MiB; setting either fixes both)."""
 def keep_freed_memory(mmap_threshold: int, trim_threshold: int) -> bool:
     """Serve blocks below `mmap_threshold` bytes from the heap and keep up to
     `trim_threshold` bytes of freed heap; process-wide. False where the C library has no
-    `mallopt` or refused a value (glibc: the mmap threshold is at most 32 MiB)."""
+    `mallopt` or refused a value."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):

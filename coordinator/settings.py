@@ -160,7 +160,7 @@ class RelaySettings(BaseSettings):
     malloc_mmap_threshold: int = Field(
         default=8 * 1024 * 1024,
         ge=0,
-        # glibc refuses more.
+        # glibc's documented maximum (mallopt(3)); some versions refuse more.
         le=32 * 1024 * 1024,
         description="Bytes from which the C allocator maps a block of its own instead of "
         "using the heap, set when the relay starts; 0 leaves the allocator's defaults "
