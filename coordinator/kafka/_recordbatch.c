@@ -255,13 +255,16 @@ read_header(PyObject *header, Field *name, Field *value)
     return as_field(PyTuple_GET_ITEM(header, 1), "header value", value);
 }
 
+/* The attribute names, made once (PyObject_GetAttrString would make each per call). */
+static PyObject *KEY, *VALUE, *HEADERS;
+
 static int
 read_record(PyObject *record, Record *r)
 {
     PyObject *headers = NULL;
-    r->objects[0] = PyObject_GetAttrString(record, "key");
-    r->objects[1] = r->objects[0] ? PyObject_GetAttrString(record, "value") : NULL;
-    headers = r->objects[1] ? PyObject_GetAttrString(record, "headers") : NULL;
+    r->objects[0] = PyObject_GetAttr(record, KEY);
+    r->objects[1] = r->objects[0] ? PyObject_GetAttr(record, VALUE) : NULL;
+    headers = r->objects[1] ? PyObject_GetAttr(record, HEADERS) : NULL;
     if (headers == NULL || as_field(r->objects[0], "key", &r->key) < 0 ||
         as_field(r->objects[1], "value", &r->value) < 0)
         goto fail;
@@ -623,5 +626,10 @@ PyInit__recordbatch(void)
     __builtin_cpu_init();
     use_instruction = __builtin_cpu_supports("sse4.2");
 #endif
+    KEY = PyUnicode_InternFromString("key");
+    VALUE = PyUnicode_InternFromString("value");
+    HEADERS = PyUnicode_InternFromString("headers");
+    if (KEY == NULL || VALUE == NULL || HEADERS == NULL)
+        return NULL;
     return PyModule_Create(&module_def);
 }
