@@ -506,6 +506,11 @@ fill(PyObject *module, PyObject *args)
         }
         if (open->batch == NULL && start(open, capacity) < 0)
             goto fail;
+        /* The batch's Length and the record's own are 32-bit. */
+        if (required > (size_t)INT32_MAX - open->size) {
+            PyErr_SetString(PyExc_ValueError, "a record batch cannot exceed 2 GiB");
+            goto fail;
+        }
         if (reserve(open, required) < 0)
             goto fail;
         if (write_record((unsigned char *)PyByteArray_AS_STRING(open->batch) + open->size, &r,
