@@ -103,7 +103,10 @@ class RelaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RETENTION_RELAY_", extra="ignore")
 
     batch_size: int = Field(
-        default=5000, ge=1, le=50_000, description="Outbox rows claimed and published per batch."
+        default=10_000,
+        ge=1,
+        le=50_000,
+        description="Events claimed and published per round (whole outbox batches; docs/relay.md).",
     )
     idle_sleep_s: float = Field(
         default=0.5,
