@@ -153,7 +153,8 @@ schemas: $(STAMP) ## regenerate schemas/json from the wire models
 
 # RETENTION_TEST_INFRA=local: the broker and server infra-up provides, never containers.
 # RETENTION_TEST_NATIVE_SIGNING=required: the venv must have built schemas._merkle
-# (tests/test_signing_native.py), so the native signing path is what the suite exercises.
+# (tests/test_signing_native.py) and coordinator.kafka._recordbatch (tests/test_recordbatch.py),
+# so the native signing and record-batch paths are what the suite exercises.
 test: native-deps $(STAMP) tools browser infra-up lint typecheck ## everything: venv, infra, lint, types, all tests
 	$(WITH_INFRA) RETENTION_TEST_INFRA=local RETENTION_TEST_NATIVE_SIGNING=required \
 	  $(BIN)/pytest -m "not faults_full and not containers"
