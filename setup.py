@@ -1,10 +1,13 @@
-"""The optional C extension `schemas._merkle` (everything else is in pyproject.toml).
+"""The optional C extensions (everything else is in pyproject.toml).
 
-It hashes the batch signature scheme's Merkle trees and walks received records' proofs
-(schemas/_merkle.c), and needs a C compiler, Python's headers and OpenSSL's (libssl-dev
-on Debian). Where the build fails the install goes on without it and `schemas.signing`
-uses its pure-Python code, which gives the same bytes and verdicts
+`schemas._merkle` hashes the batch signature scheme's Merkle trees and walks received
+records' proofs (schemas/_merkle.c), and needs a C compiler, Python's headers and
+OpenSSL's (libssl-dev on Debian). Where the build fails the install goes on without it
+and `schemas.signing` uses its pure-Python code, which gives the same bytes and verdicts
 (`schemas.signing.HASHING` says which one runs).
+`coordinator.kafka._recordbatch` writes the relay's Kafka record batches
+(coordinator/kafka/_recordbatch.c); without it the relay uses aiokafka's own builder,
+same bytes (`coordinator.kafka.recordbatch.BUILDER`).
 """
 
 from setuptools import Extension, setup
@@ -16,6 +19,12 @@ setup(
             sources=["schemas/_merkle.c"],
             libraries=["crypto"],
             optional=True,
-        )
+        ),
+        # Kafka record batches for the relay (coordinator/kafka/recordbatch.py); no library.
+        Extension(
+            "coordinator.kafka._recordbatch",
+            sources=["coordinator/kafka/_recordbatch.c"],
+            optional=True,
+        ),
     ]
 )

@@ -19,6 +19,13 @@ topics (interleaved, rotated every round):
   (same names, same lengths), so its cost over `relay_unsigned` is what carrying the
   headers costs (aiokafka's record builder, CRC32C, requests, the socket, the broker):
   the floor under any signer of these wire bytes. Not verifiable; for measuring only;
+* `relay_aiokafka_builder`, `relay_aiokafka_builder_unsigned`: the relay with its record
+  batches written by aiokafka's builder, one Python call per record, instead of the C
+  module `coordinator.kafka._recordbatch` (the fallback where it is not built; absent
+  then, and `record_batches` in the results says which one `relay` used);
+* `relay_malloc_default`: signed, with the C allocator's thresholds at glibc's starting
+  values instead of the relay's (`RETENTION_RELAY_MALLOC_MMAP_THRESHOLD`, coordinator/heap.py):
+  what keeping freed memory in the heap saves;
 * `relay_gc_default`, `relay_gc_default_unsigned`: the same two with CPython's default
   garbage-collection threshold during rounds (`RETENTION_RELAY_GC_THRESHOLD=700`): what
   collecting less often saves;
@@ -68,8 +75,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench import kafka_tools
 from bench.signing import python_hashing
+from coordinator import heap
 from coordinator.evidence import audit
-from coordinator.kafka import admin
+from coordinator.heap import keep_freed_memory
+from coordinator.kafka import admin, recordbatch
 from coordinator.kafka.admin import ensure_topics
 from coordinator.kafka.producer import KafkaEventProducer, OutgoingRecord, producer_options
 from coordinator.outbox.events import SHARED
@@ -297,6 +306,39 @@ async def relay_drain_headers_only(
         return await relay_drain(url, kafka, relay, rows)
 
 
+@contextmanager
+def aiokafka_builder() -> Iterator[None]:
+    """While inside, new relay producers write their batches with aiokafka's builder (the
+    fallback where `coordinator.kafka._recordbatch` is not built)."""
+    chosen = recordbatch.BUILDER
+    recordbatch.BUILDER = "aiokafka"
+    try:
+        yield
+    finally:
+        recordbatch.BUILDER = chosen
+
+
+async def relay_drain_aiokafka_builder(
+    url: str,
+    kafka: KafkaSettings,
+    relay: RelaySettings,
+    rows: list[dict[str, Any]],
+    signatures: SignatureSettings | None = None,
+) -> Timing:
+    with aiokafka_builder():
+        return await relay_drain(url, kafka, relay, rows, signatures)
+
+
+async def relay_drain_malloc_default(
+    url: str, kafka: KafkaSettings, relay: RelaySettings, rows: list[dict[str, Any]]
+) -> Timing:
+    # glibc's starting thresholds, fixed (its own raise them as big blocks are freed);
+    # the other contestants' relays set theirs again when they start.
+    keep_freed_memory(heap.GLIBC_DEFAULT, heap.GLIBC_DEFAULT)
+    unset = relay.model_copy(update={"malloc_mmap_threshold": 0})
+    return await relay_drain(url, kafka, unset, rows)
+
+
 async def relay_drain_python_hashing(
     url: str, kafka: KafkaSettings, relay: RelaySettings, rows: list[dict[str, Any]]
 ) -> Timing:
@@ -377,9 +419,23 @@ async def main(
             "send_per_message": lambda: send_per_message(kafka("raw"), tuned, events),
             "batch_api": lambda: batch_api(kafka("batch"), tuned, events),
         }
+        contestants["relay_malloc_default"] = lambda: relay_drain_malloc_default(
+            url, kafka("malloc_default"), tuned, rows
+        )
         contestants["relay_headers_only"] = lambda: relay_drain_headers_only(
             url, kafka("headers_only"), tuned, rows
         )
+        if recordbatch.BUILDER == "native":
+            contestants["relay_aiokafka_builder"] = lambda: relay_drain_aiokafka_builder(
+                url, kafka("aiokafka_builder"), tuned, rows
+            )
+            contestants["relay_aiokafka_builder_unsigned"] = lambda: relay_drain_aiokafka_builder(
+                url,
+                kafka("aiokafka_builder_unsigned"),
+                tuned,
+                rows,
+                SignatureSettings(mode=SignatureMode.OFF),
+            )
         if signing.HASHING == "native":
             contestants["relay_python_hashing"] = lambda: relay_drain_python_hashing(
                 url, kafka("python_hashing"), tuned, rows
@@ -410,6 +466,7 @@ async def main(
             "load_average_1m": {"min": min(loads), "max": max(loads)},
             "settings": tuned.model_dump(),
             "signing_hashing": signing.HASHING,
+            "record_batches": recordbatch.BUILDER,
             **{name: summary(count, t) for name, t in timings.items()},
             "variants": {},
         }
@@ -427,6 +484,8 @@ async def main(
         ratio("relay_confluent", "relay_confluent_unsigned")
         ratio("relay_python_hashing", "relay_unsigned")
         ratio("relay_headers_only", "relay_unsigned")
+        ratio("relay_aiokafka_builder", "relay_aiokafka_builder_unsigned")
+        ratio("relay_unsigned", "relay_aiokafka_builder_unsigned")
         ratio("relay_confluent", "producer_performance")
         if variants:
             for name, change in VARIANTS.items():

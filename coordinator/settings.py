@@ -103,7 +103,10 @@ class RelaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RETENTION_RELAY_", extra="ignore")
 
     batch_size: int = Field(
-        default=5000, ge=1, le=50_000, description="Outbox rows claimed and published per batch."
+        default=10_000,
+        ge=1,
+        le=50_000,
+        description="Events claimed and published per round (whole outbox batches; docs/relay.md).",
     )
     idle_sleep_s: float = Field(
         default=0.5,
@@ -156,6 +159,22 @@ class RelaySettings(BaseSettings):
         le=100,
         description="Most claims one round sends, each marked, while another writer holds "
         "the audit chain's lock; 1: wait for the lock after the first (docs/relay.md).",
+    )
+    malloc_mmap_threshold: int = Field(
+        default=8 * 1024 * 1024,
+        ge=0,
+        # glibc's documented maximum (mallopt(3)); some versions refuse more.
+        le=32 * 1024 * 1024,
+        description="Bytes from which the C allocator maps a block of its own instead of "
+        "using the heap, set when the relay starts; 0 leaves the allocator's defaults "
+        "(coordinator/heap.py, docs/relay.md).",
+    )
+    malloc_trim_threshold: int = Field(
+        default=32 * 1024 * 1024,
+        ge=0,
+        le=2**31 - 1,
+        description="Bytes of freed heap the process keeps instead of returning them to the "
+        "system, set with malloc_mmap_threshold (coordinator/heap.py).",
     )
     gc_threshold: int = Field(
         default=50_000,

@@ -7,7 +7,9 @@ Records go out through aiokafka's batch API (`create_batch` / `send_batch`), not
 `send()` per record: the relay always has a whole claim in hand, and `send()` costs
 ~20 µs of Python per record (accumulator bookkeeping and one future each) where
 appending to a batch costs ~2 µs. One future per batch means a failed batch fails
-exactly the records it carries.
+exactly the records it carries. Where `coordinator.kafka._recordbatch` was built, a
+chunk's batches are written in C in one call instead of one `append` per record
+(coordinator/kafka/recordbatch.py): the same batches, byte for byte.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
 from coordinator import CoordinatorError
+from coordinator.kafka import recordbatch
 from coordinator.settings import RelaySettings
 from schemas import KafkaSettings
 from schemas.partitioning import partitions_for
@@ -128,7 +131,11 @@ class KafkaEventProducer:
     """`EventProducer` backed by `aiokafka.AIOKafkaProducer` and its batch API."""
 
     def __init__(self, kafka: KafkaSettings, relay: RelaySettings) -> None:
-        self._producer: Any = AIOKafkaProducer(**kafka.client_kwargs(), **producer_options(relay))
+        options = producer_options(relay)
+        self._producer: Any = AIOKafkaProducer(**kafka.client_kwargs(), **options)
+        # The C batches are uncompressed; with a codec aiokafka's builder compresses.
+        self._native = recordbatch.BUILDER == "native" and options["compression_type"] is None
+        self._max_batch_size: int = options["max_batch_size"]
         # The producer's own default: murmur2 of the key over all partitions, as the Java
         # client does, so a key lands on the partition `send()` would have chosen (keyed
         # records go through `schemas.partitioning`, the same function made faster).
@@ -145,7 +152,8 @@ class KafkaEventProducer:
     ) -> AsyncIterator[Delivery]:
         # Waits for the topic's metadata, like `send()` (can hang: the caller bounds it).
         partitions = sorted(await self._producer.partitions_for(topic))
-        for partition, builder, indexes in self._fill(partitions, records):
+        fill = self._fill_native if self._native else self._fill
+        for partition, builder, indexes in fill(partitions, records):
             # Queued behind this partition's previous batch until that one has left, so a
             # partition's batches, and the records of a key, reach the broker in order.
             future = await self._producer.send_batch(builder, topic, partition=partition)
@@ -174,6 +182,20 @@ class KafkaEventProducer:
             # Closed: nothing else may be appended once it is queued.
             builder.close()
         return batches
+
+    def _fill_native(
+        self, partitions: list[int], records: Sequence[OutgoingRecord]
+    ) -> list[tuple[int, Any, list[int]]]:
+        """`_fill` in one C call (coordinator/kafka/recordbatch.py): the same placement, the
+        same batches, the same bytes."""
+        chosen = None
+        if any(record.key is None for record in records):
+            position = {partition: n for n, partition in enumerate(partitions)}
+            chosen = [position[p] for p in self._partitions(partitions, records)]
+        return cast(
+            "list[tuple[int, Any, list[int]]]",
+            recordbatch.fill(records, partitions, chosen, self._max_batch_size),
+        )
 
     def _partitions(self, partitions: list[int], records: Sequence[OutgoingRecord]) -> list[int]:
         """Each record's partition. Keyed records are hashed together (`partitions_for`:

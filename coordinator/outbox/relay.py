@@ -39,6 +39,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from coordinator import CoordinatorError
 from coordinator.clock import Clock, SystemClock
 from coordinator.evidence import audit
+from coordinator.heap import keep_freed_memory
+from coordinator.kafka import recordbatch
 from coordinator.kafka.producer import (
     Delivery,
     EventProducer,
@@ -251,6 +253,7 @@ class OutboxRelay:
         Raises:
             TimeoutError: `timeout_s` passed first; what was published stays published.
         """
+        self._keep_freed_memory()
         async with asyncio.timeout(timeout_s):
             return await self._loop(asyncio.Event(), Wakeup(), until_empty=True)
 
@@ -264,6 +267,9 @@ class OutboxRelay:
             topic=self._topic,
             signing_key_id=signer.key_id if signer is not None else None,
             signature_hashing=HASHING if signer is not None else None,
+            # Who writes the record batches: the C module or aiokafka (docs/relay.md).
+            record_batches=recordbatch.BUILDER,
+            heap_kept=self._keep_freed_memory(),
         )
         # Notifications end the idle wait early; the wait stays the backstop.
         listen = functools.partial(connect_outside_pool, self._engine)
@@ -274,6 +280,14 @@ class OutboxRelay:
         )
         async with wakeup:
             await self._loop(stop, wakeup, until_empty=False)
+
+    def _keep_freed_memory(self) -> bool:
+        """Raise the C allocator's thresholds (coordinator/heap.py): the round's megabyte
+        buffers then reuse the heap's pages instead of faulting fresh ones in each time."""
+        settings = self._settings
+        if not settings.malloc_mmap_threshold:
+            return False
+        return keep_freed_memory(settings.malloc_mmap_threshold, settings.malloc_trim_threshold)
 
     async def backlog(self) -> int:
         """Unpublished events (a range of the outbox's primary key); also sets the gauge."""
