@@ -29,6 +29,10 @@ topics (interleaved, rotated every round):
 * `relay_gc_default`, `relay_gc_default_unsigned`: the same two with CPython's default
   garbage-collection threshold during rounds (`RETENTION_RELAY_GC_THRESHOLD=700`): what
   collecting less often saves;
+* `relay_one_claim_rounds`: signed, one claim a round (`RETENTION_RELAY_ROUND_CLAIMS=1`),
+  each sent only after the previous one was acknowledged, marked and committed, instead
+  of the next claim encoded and handed over while the previous one's acknowledgements are
+  awaited: what the pipeline buys;
 * `relay_chain_busy`, `relay_chain_busy_waiting`: signed, while another connection holds
   the audit chain's lock 0.3 s of every 0.4 s (as the purge and the tracker do when they
   overlap the relay at scale): the relay sending further claims while the lock is busy
@@ -105,6 +109,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "tuned, claim 5000": {"batch_size": 5000},
     "tuned, claim 10000": {"batch_size": 10000},
     "tuned, claim 20000": {"batch_size": 20000},
+    "tuned, 2 claims a round": {"round_claims": 2},
+    "tuned, 8 claims a round": {"round_claims": 8},
     "confluent, claim 5000": {"producer": "confluent"},
     "confluent, claim 20000": {"producer": "confluent", "batch_size": 20000},
     "confluent, send chunk 5000": {"producer": "confluent", "send_chunk": 5000},
@@ -382,7 +388,8 @@ async def main(
         tuned = RelaySettings()
         confluent = tuned.model_copy(update={"producer": "confluent"})
         gc_default = tuned.model_copy(update={"gc_threshold": 700})
-        waiting = tuned.model_copy(update={"busy_chain_claims": 1})
+        waiting = tuned.model_copy(update={"busy_chain_claims": 1, "round_claims": 1})
+        one_claim = tuned.model_copy(update={"round_claims": 1})
         rows = outbox_rows(count, policy="session_logs")
         events = events_of(rows)
         record_bytes = sum(len(encode(e)) for e in events) / len(events)
@@ -396,6 +403,7 @@ async def main(
             "relay_unsigned": lambda: relay_drain(
                 url, kafka("unsigned"), tuned, rows, SignatureSettings(mode=SignatureMode.OFF)
             ),
+            "relay_one_claim_rounds": lambda: relay_drain(url, kafka("one_claim"), one_claim, rows),
             "relay_gc_default": lambda: relay_drain(url, kafka("gc"), gc_default, rows),
             "relay_gc_default_unsigned": lambda: relay_drain(
                 url,

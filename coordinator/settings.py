@@ -153,6 +153,14 @@ class RelaySettings(BaseSettings):
         description="Records per signed Merkle tree: one Ed25519 signature each, and a proof "
         "of log2(n) steps in every record (docs/protocol.md).",
     )
+    round_claims: int = Field(
+        default=4,
+        ge=1,
+        le=100,
+        description="Most claims one round sends back to back, each encoded, signed and "
+        "handed over while the previous one's acknowledgements are awaited; 1: one claim a "
+        "round, sent only after the previous round committed (docs/relay.md).",
+    )
     busy_chain_claims: int = Field(
         default=8,
         ge=1,

@@ -189,16 +189,17 @@ async def test_killed_relay_process_loses_nothing(
     engine: AsyncEngine, topics: KafkaSettings, coordinator_db: str
 ) -> None:
     rows = outbox_rows(6000)
-    await insert_rows(engine, rows)
+    await insert_rows(engine, rows, chunk=50)
     env = {
         **os.environ,
         "RETENTION_DATABASE_URL": coordinator_db,
         "RETENTION_KAFKA_BOOTSTRAP_SERVERS": topics.bootstrap_servers,
         "RETENTION_KAFKA_TOPIC_PREFIX": topics.topic_prefix,
-        # 120 batches, each its own claim, send and commit: the poll below sees some but
-        # not all published however fast the relay signs and sends (500 a batch once
-        # finished all 6,000 between two polls).
+        # 120 batches, each its own claim, two claims a round (the second sent while the
+        # first is awaited): 60 commits, so the poll below sees some but not all
+        # published however fast the relay signs and sends.
         "RETENTION_RELAY_BATCH_SIZE": "50",
+        "RETENTION_RELAY_ROUND_CLAIMS": "2",
     }
     with subprocess.Popen(
         [RETENTION, "relay", "--drain", "--json"],
@@ -398,18 +399,19 @@ async def test_a_busy_audit_chain_lets_the_round_send_the_next_claims_and_mark_e
         assert await audit.verify(conn) == (3, None)
 
 
-async def test_a_free_audit_chain_ends_the_round_after_one_claim(
-    engine: AsyncEngine, topics: KafkaSettings
+@pytest.mark.parametrize("round_claims", [1, 2])
+async def test_a_free_audit_chain_ends_the_round_after_its_round_claims(
+    engine: AsyncEngine, topics: KafkaSettings, round_claims: int
 ) -> None:
     await insert_rows(
         engine,
         [r for n, p in enumerate(_POLICIES) for r in outbox_rows(40, policy=p, start=100 * n)],
     )
-    settings = FAST.model_copy(update={"batch_size": 40})
+    settings = FAST.model_copy(update={"batch_size": 40, "round_claims": round_claims})
     async with OutboxRelay(engine, topics, settings=settings) as relay:
         result = await relay.publish_batch()
-    assert (result.claimed, result.published) == (40, 40)
-    assert await published_state(engine) == (120, 40)
+    assert (result.claimed, result.published) == (40 * round_claims, 40 * round_claims)
+    assert await published_state(engine) == (120, 40 * round_claims)
 
 
 _POLICIES = ("session_logs", "purchase_records", "audit_trail")
