@@ -126,6 +126,12 @@ class _Claim:
     def claimed(self) -> int:
         return sum(self.sizes)
 
+    def release(self) -> None:
+        """Drop the records once settled: the round's first claim lives (for its
+        connection) until the commit, its records need not."""
+        self.rows, self.records, self.deliveries = [], [], []
+        self.event_ids, self.policies, self.batch_of = [], [], []
+
     async def close(self) -> None:
         """End the round: closing rolls back whatever was not committed."""
         await self.conn.close()
@@ -353,7 +359,7 @@ class OutboxRelay:
         while current is not None:
             ahead = None
             if count < settings.round_claims and not _failing(current):
-                ahead = await self._claim_after(producer, current)
+                ahead = await self._claim_after(producer, conn, current.rows[-1].seq)
                 count += ahead is not None
             settled, entry, published = await self._settle(current)
             result += settled
@@ -371,8 +377,9 @@ class OutboxRelay:
                 and count < settings.busy_chain_claims
                 and not await audit.try_lock_head(conn)
             ):
-                ahead = await self._claim_after(producer, current)
+                ahead = await self._claim_after(producer, conn, current.rows[-1].seq)
                 count += ahead is not None
+            current.release()
             current = ahead
         await audit.append_prepared(conn, prepared)
         await conn.commit()
@@ -380,14 +387,15 @@ class OutboxRelay:
             self._metrics.events_published.labels(policy=policy).inc(n)
         return result
 
-    async def _claim_after(self, producer: EventProducer, claim: _Claim) -> _Claim | None:
-        """Read the batches after `claim`'s in its transaction and send them; None if
-        there are none."""
-        after = claim.rows[-1].seq
-        rows = (await claim.conn.execute(self._claim_query, {"watermark": after})).all()
+    async def _claim_after(
+        self, producer: EventProducer, conn: AsyncConnection, after: int
+    ) -> _Claim | None:
+        """Read the batches after seq `after` in the round's transaction and send them;
+        None if there are none."""
+        rows = (await conn.execute(self._claim_query, {"watermark": after})).all()
         if not rows:
             return None
-        ahead = _Claim(claim.conn, rows=list(rows))
+        ahead = _Claim(conn, rows=list(rows))
         await self._send(producer, ahead)
         return ahead
 
