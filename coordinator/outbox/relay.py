@@ -7,10 +7,11 @@ it stays idle this round. The leader reads the batches past the watermark (the h
 (coordinator/outbox/write.py), expands each into one record per entity, sends them all
 without awaiting each, waits for the broker's acknowledgements, then inserts one mark
 "published up to seq N" (N: the last batch of the longest fully acknowledged prefix) and
-one audit entry per claim, and commits once per round. A round sends up to `round_claims` claims that way, each
-read, encoded, signed and handed over while the previous one's acknowledgements are
-awaited, and marked in order only while no claim before it failed; while another
-writer holds the audit chain's lock, it sends and marks a few more before committing.
+one audit entry per claim, and commits once per round. A round sends up to
+`round_claims` claims that way, each read, encoded, signed and handed over while the
+previous one's acknowledgements are awaited, and marked in order only while no claim
+before it failed; while another writer holds the audit chain's lock, it sends and marks
+a few more before committing.
 No row of the outbox is locked or updated. If the relay dies anywhere before the
 commit, the lock goes with its transaction, the mark was never written, and the next
 leader sends the same batches again, with the same event ids (computed from the batch,
