@@ -35,10 +35,12 @@ async def engine(coordinator_db: str) -> AsyncIterator[AsyncEngine]:
 class _LateVerdicts:
     """Answers each hand-over only when the next one begins (or after a second, for the
     last): every claim is still unacknowledged while the relay sends the one after it.
-    Records whose key is in `refused` fail."""
+    Records whose key is in `refused` fail. `late=False`: each record is answered as it
+    is handed over."""
 
-    def __init__(self, refused: set[bytes]) -> None:
+    def __init__(self, refused: set[bytes], *, late: bool = True) -> None:
         self._refused = refused
+        self._late = late
         self._open: list[tuple[asyncio.Future[object], bool]] = []
         self.pending_at_call: list[int] = []
         """Per hand-over: how many earlier records were still unanswered when it began."""
@@ -70,6 +72,8 @@ class _LateVerdicts:
         for index, record in enumerate(records):
             future: asyncio.Future[object] = loop.create_future()
             self._open.append((future, record.key in self._refused))
+            if not self._late:
+                self._answer(self._open[-1:])
             yield Delivery([index], future)
         loop.call_later(1.0, self._answer, list(self._open))
 
@@ -117,6 +121,24 @@ async def test_a_failed_claim_with_the_next_in_flight_stops_the_watermark_before
     async with engine.connect() as conn:
         assert await event_counts(conn) == (120, 120)
         assert (await audit.verify(conn))[1] is None
+
+
+async def test_a_claim_already_failing_is_not_followed_by_the_next(
+    engine: AsyncEngine, topics: KafkaSettings
+) -> None:
+    batches = [outbox_rows(40, policy=p, start=100 * n) for n, p in enumerate(_POLICIES)]
+    await insert_rows(engine, [row for batch in batches for row in batch])
+    refused = {f"user:{batches[0][7]['entity_id']}".encode()}
+    settings = RelaySettings(batch_size=40, send_chunk=128, round_claims=3)
+    producer = _LateVerdicts(refused, late=False)
+    async with OutboxRelay(
+        engine, topics, settings=settings, producer_factory=lambda: producer
+    ) as relay:
+        result = await relay.publish_batch()
+    # Nothing after the failure could be marked this round: sending it would only
+    # duplicate what the next round sends again.
+    assert producer.calls == 1
+    assert (result.claimed, result.published, result.send_failed) == (40, 0, 1)
 
 
 async def test_pipelined_claims_keep_each_entitys_events_in_outbox_order(
