@@ -178,6 +178,12 @@ def _failing(claim: _Claim) -> bool:
     )
 
 
+def _abandon(claim: _Claim) -> None:
+    """The round stops waiting for `claim`: its sends may still end later."""
+    for _, delivery in claim.deliveries:
+        delivery.future.add_done_callback(_consume_outcome)
+
+
 def _consume_outcome(future: asyncio.Future[object]) -> None:
     # A send we stopped waiting for may still fail later; retrieve its exception so
     # asyncio does not report it as never retrieved. The row is already marked for retry.
@@ -361,29 +367,37 @@ class OutboxRelay:
         count = 1
         while current is not None:
             ahead = None
-            if count < settings.round_claims and not _failing(current):
-                ahead = await self._claim_after(producer, conn, current.rows[-1].seq)
-                count += ahead is not None
-            settled, entry, published = await self._settle(current)
-            result += settled
-            prepared += entry
-            policies += published
-            if settled.send_failed:
-                if ahead is not None:
-                    # Never marked (the prefix ended before it), but awaited like every
-                    # record handed over, so the round ends with nothing of it pending
-                    # but what timed out.
-                    await self._outcomes(ahead)
-                break
-            if (
-                ahead is None
-                and count < settings.busy_chain_claims
-                and not await audit.try_lock_head(conn)
-            ):
-                ahead = await self._claim_after(producer, conn, current.rows[-1].seq)
-                count += ahead is not None
-            current.release()
-            current = ahead
+            try:
+                if count < settings.round_claims and not _failing(current):
+                    ahead = await self._claim_after(producer, conn, current.rows[-1].seq)
+                    count += ahead is not None
+                settled, entry, published = await self._settle(current)
+                result += settled
+                prepared += entry
+                policies += published
+                if settled.send_failed:
+                    if ahead is not None:
+                        # Never marked (the prefix ended before it), but awaited like every
+                        # record handed over, so the round ends with nothing of it pending
+                        # but what timed out.
+                        await self._outcomes(ahead)
+                    break
+                if (
+                    ahead is None
+                    and count < settings.busy_chain_claims
+                    and not await audit.try_lock_head(conn)
+                ):
+                    ahead = await self._claim_after(producer, conn, current.rows[-1].seq)
+                    count += ahead is not None
+                current.release()
+                current = ahead
+            except BaseException:
+                # Leaving with claims in flight (a database error, cancellation): what
+                # the broker answers later is nobody's to read.
+                for pending in (current, ahead):
+                    if pending is not None:
+                        _abandon(pending)
+                raise
         await audit.append_prepared(conn, prepared)
         await conn.commit()
         for policy, n in policies.items():
@@ -429,6 +443,13 @@ class OutboxRelay:
         encoded. A chunk is whole signature trees of whole batches' events; a failed
         hand-over ends the round's sending (what was not handed over is sent next round).
         """
+        try:
+            await self._send_chunks(producer, claim)
+        except BaseException:
+            _abandon(claim)
+            raise
+
+    async def _send_chunks(self, producer: EventProducer, claim: _Claim) -> None:
         loop = asyncio.get_running_loop()
         claim.deadline = loop.time() + self._settings.publish_timeout_s
         tree = self._settings.signature_batch

@@ -4,8 +4,10 @@ and still the watermark moves only over an acknowledged prefix, in order."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -139,6 +141,62 @@ async def test_a_claim_already_failing_is_not_followed_by_the_next(
     # duplicate what the next round sends again.
     assert producer.calls == 1
     assert (result.claimed, result.published, result.send_failed) == (40, 0, 1)
+
+
+class _Silent:
+    """Takes every record and never answers: the test answers them."""
+
+    def __init__(self) -> None:
+        self.futures: list[asyncio.Future[object]] = []
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def send_all(
+        self, topic: str, records: Sequence[OutgoingRecord]
+    ) -> AsyncIterator[Delivery]:
+        loop = asyncio.get_running_loop()
+        for index in range(len(records)):
+            self.futures.append(loop.create_future())
+            yield Delivery([index], self.futures[-1])
+
+
+async def test_a_round_cancelled_with_two_claims_in_flight_marks_nothing_and_reads_late_answers(
+    engine: AsyncEngine, topics: KafkaSettings
+) -> None:
+    batches = [outbox_rows(40, policy=p, start=100 * n) for n, p in enumerate(_POLICIES)]
+    await insert_rows(engine, [row for batch in batches for row in batch])
+    settings = RelaySettings(batch_size=40, send_chunk=128, round_claims=3)
+    producer = _Silent()
+    unretrieved: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: unretrieved.append(context))
+    try:
+        async with OutboxRelay(
+            engine, topics, settings=settings, producer_factory=lambda: producer
+        ) as relay:
+            round_ = asyncio.create_task(relay.publish_batch())
+            async with asyncio.timeout(10):
+                while len(producer.futures) < 80:  # the second claim is handed over
+                    await asyncio.sleep(0.01)
+            round_.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await round_
+        async with engine.connect() as conn:
+            assert await event_counts(conn) == (120, 0)
+        # The broker answers after the round is gone: every answer is read, none is
+        # reported as an exception nobody retrieved.
+        for future in producer.futures:
+            future.set_exception(PublishFailed("too late"))
+        await asyncio.sleep(0.05)
+        producer.futures.clear()
+        gc.collect()
+        assert unretrieved == []
+    finally:
+        loop.set_exception_handler(None)
 
 
 async def test_pipelined_claims_keep_each_entitys_events_in_outbox_order(
