@@ -36,9 +36,10 @@ freed, up to 32 MiB; setting either fixes both)."""
 
 
 def keep_freed_memory(mmap_threshold: int, trim_threshold: int) -> bool:
-    """Serve blocks below `mmap_threshold` bytes from the heap and keep up to
-    `trim_threshold` bytes of freed heap; process-wide. False where the C library has no
-    `mallopt` or refused a value."""
+    """Serve blocks below `mmap_threshold` bytes from the heap and give the heap's freed
+    top back only past `trim_threshold` bytes; process-wide (freed blocks below live ones
+    stay until `return_freed_memory`). False where the C library has no `mallopt` or
+    refused a value."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):

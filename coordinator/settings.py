@@ -166,15 +166,17 @@ class RelaySettings(BaseSettings):
         # glibc's documented maximum (mallopt(3)); some versions refuse more.
         le=32 * 1024 * 1024,
         description="Bytes from which the C allocator maps a block of its own instead of "
-        "using the heap, set when the relay starts; 0 leaves the allocator's defaults "
-        "(coordinator/heap.py, docs/relay.md).",
+        "using the heap, set when the relay starts: the process keeps up to its peak heap "
+        "until the relay goes idle after publishing and trims; 0 leaves the allocator's "
+        "defaults and never trims (coordinator/heap.py, docs/relay.md).",
     )
     malloc_trim_threshold: int = Field(
         default=32 * 1024 * 1024,
         ge=0,
         le=2**31 - 1,
-        description="Bytes of freed heap the process keeps instead of returning them to the "
-        "system, set with malloc_mmap_threshold (coordinator/heap.py).",
+        description="Bytes of freed heap top the allocator keeps on each free instead of "
+        "returning them, set with malloc_mmap_threshold; not a bound on what the process "
+        "keeps (coordinator/heap.py).",
     )
     gc_threshold: int = Field(
         default=50_000,
