@@ -40,7 +40,7 @@ async def test_ack_batch_types_are_the_columns_the_tracker_sends(coordinator_db:
     the wrong columns (text into text), so both must agree, names and types."""
     cases = {
         "retention_ack_row": ("retention_ack_ledger", ledger._PER_ROW),
-        "retention_ack_change": ("retention_expected_acks", ledger._KEY + ledger._ACK_FIELDS),
+        "retention_ack_change": ("retention_expected_acks", ledger._CHANGE_COLUMNS),
     }
     attributes = text(
         "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
