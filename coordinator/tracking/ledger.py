@@ -18,10 +18,13 @@ from typing import Any, NamedTuple
 from sqlalchemy import (
     BigInteger,
     BindParameter,
+    DateTime,
+    Interval,
     any_,
     case,
     func,
     literal,
+    literal_column,
     select,
     update,
 )
@@ -33,7 +36,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from coordinator import CoordinatorError
 from coordinator.evidence import audit
-from coordinator.evidence.partitions import LedgerEventAt
+from coordinator.evidence.partitions import LedgerEventMs
 from coordinator.store.tables import ack_ledger, event_status, expected_acks
 from coordinator.tracking.columns import by_key, event_ids_param, unnest, unnest_rows
 from coordinator.tracking.snapshot import ACTOR, Deadlines, Declared, track_events
@@ -67,7 +70,7 @@ __all__ = [
 # The arrays the tracker binds: asyncpg knows their element types but looks each array
 # type up too, the composites with every attribute's type.
 _BOUND_TYPES = (
-    "retention_ack_row",
+    "retention_ack_row_ms",
     "retention_ack_change",
     "uuid",
     "text",
@@ -155,12 +158,17 @@ LEDGER_COLUMNS = (
     "accepted",
     "reject_reason",
     "key_id",
-    "event_at",
+    "event_ms",
 )
+"""What the tracker writes of a ledger row, in the composite type's order after
+`received_at`; `event_ms` is the `event_at` column as Unix milliseconds."""
 
 _PER_ROW = tuple(name for name in LEDGER_COLUMNS if name != "received_at")
-"""A ledger row as `ledger_row` makes it: a tuple of these columns' values, in this order
-(the composite type `retention_ack_row`'s); `received_at` is bound once per insert."""
+"""A ledger row as `ledger_row` makes it: a tuple of these values, in this order (the
+composite type `retention_ack_row_ms`'s, migration 0030); `received_at` is bound once
+per insert."""
+_STORED = tuple(name for name in _PER_ROW if name != "event_ms")
+"""The columns `_PER_ROW` fills as they are; `event_ms` fills `event_at`."""
 _L = {name: at for at, name in enumerate(_PER_ROW)}
 _L_EVENT, _L_SERVICE, _L_ATTEMPT, _L_STATUS = (
     _L["event_id"],
@@ -369,7 +377,7 @@ def _judge(
     # Once per event, not per ack: a Row's attribute costs ~0.3 µs (its class's MRO is
     # searched before Row.__getattr__), an index ~0.03.
     entities = {event_id: (row.entity_type, row.entity_id) for event_id, row in events.items()}
-    event_at = LedgerEventAt(now)
+    event_at = LedgerEventMs(now)
     for record in records:
         reason = _reject_reason(record, entities, expected)
         if reason is None:
@@ -735,12 +743,12 @@ def ledger_row(
     now: datetime,
     reason: RejectReason | None,
     *,
-    event_at: Callable[[uuid.UUID | None], datetime] | None = None,
+    event_at: Callable[[uuid.UUID | None], int] | None = None,
 ) -> LedgerRow:
     """The record's row, `_PER_ROW`'s values in order; received at `now`. `event_at`:
-    a `LedgerEventAt(now)` shared by a batch's rows."""
+    a `LedgerEventMs(now)` shared by a batch's rows."""
     if event_at is None:
-        event_at = LedgerEventAt(now)
+        event_at = LedgerEventMs(now)
     ack = record.ack
     if ack is None:
         return (
@@ -817,21 +825,32 @@ async def insert_ledger(
 
 
 def _ledger_insert(rows: list[LedgerRow], audit_seq: int, received_at: datetime) -> Any:
-    """The rows' insert, from one array of rows (`retention_ack_row`, migration 0027).
-    The rows were received at one time, bound once (a timestamp is the dearest value
-    asyncpg encodes, ~0.5 µs)."""
+    """The rows' insert, from one array of rows (`retention_ack_row_ms`, migration
+    0030). The rows were received at one time, bound once (a timestamp is the dearest
+    value asyncpg encodes, ~0.5 µs); each row's `event_at` travels as milliseconds."""
     c = ack_ledger.c
     consumed = unnest_rows(
-        "consumed", "retention_ack_row", {name: c[name].type for name in _PER_ROW}, rows
+        "consumed",
+        "retention_ack_row_ms",
+        {**{name: c[name].type for name in _STORED}, "event_ms": BigInteger()},
+        rows,
     )
     return pg_insert(ack_ledger).from_select(
-        [*_PER_ROW, "received_at", "audit_seq"],
+        [*_STORED, "event_at", "received_at", "audit_seq"],
         select(
-            *consumed.c,
+            *(consumed.c[name] for name in _STORED),
+            _EPOCH_SQL + consumed.c.event_ms * _MILLISECOND,
             literal(received_at, c.received_at.type),
             literal(audit_seq, BigInteger()),
         ),
     )
+
+
+# Exact: a product below 2**53 µs (any time before the year 2255; `LedgerEventMs` never
+# sends one after the batch arrived) is a whole number in float8, and an interval of
+# microseconds only is added to a timestamptz without the session's time zone.
+_EPOCH_SQL = literal_column("TIMESTAMPTZ 'epoch'", DateTime(timezone=True))
+_MILLISECOND = literal_column("INTERVAL '1 millisecond'", Interval())
 
 
 async def _insert_new(

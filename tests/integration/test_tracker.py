@@ -856,7 +856,7 @@ async def test_a_connection_learns_the_bound_types_before_any_lock(env: Env) -> 
     engine = make_engine(env.engine.url.render_as_string(hide_password=False), pool_size=1)
     ledger.learn_bound_types(engine)
     ledger.learn_bound_types(engine)  # once per engine, however many trackers share it
-    types = ("retention_ack_row", "retention_ack_change", "uuid", "timestamptz", "interval")
+    types = ("retention_ack_row_ms", "retention_ack_change", "uuid", "timestamptz", "interval")
     try:
         async with engine.connect() as conn:
             raw = (await conn.get_raw_connection()).driver_connection
