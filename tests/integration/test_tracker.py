@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -261,6 +262,35 @@ async def test_an_expected_row_keeps_the_answer_that_stands_and_counts_every_new
     minute = timedelta(minutes=1)
     assert rows[settled] == ("completed", 5, 1, "deleted", t + 3 * minute, t + minute, 4)
     assert rows[failing] == ("failed", 0, 2, "newer failure", t + 5 * minute, t + 2 * minute, 2)
+
+
+async def test_ack_batches_are_read_and_recorded_with_fewer_collections(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's objects live until it is recorded: reading and recording it run with
+    the collector's youngest threshold raised, and the threshold is restored after."""
+    await env.declare(*SERVICES)
+    events = await env.publish(2, T0)
+    assert await env.tracker.track_published() >= 2
+    real = tracker_module.fewer_collections
+    inside: list[int] = []
+
+    @contextlib.contextmanager
+    def watched(young: int) -> Iterator[None]:
+        with real(young):
+            inside.append(gc.get_threshold()[0])
+            yield
+
+    before = gc.get_threshold()
+    monkeypatch.setattr(tracker_module, "fewer_collections", watched)
+    acks = [ack(e, s, i, T0, entity_type=env.entity_type) for e, i in events for s in SERVICES]
+    await produce(env.kafka, env.kafka.topics.acks, acks)
+    await drain(env.tracker, len(acks))
+    assert await env.states(events) == ["completed"] * 2
+    # Each read and each recorded batch; the threshold is the setting's.
+    assert len(inside) >= 2
+    assert set(inside) == {max(before[0], env.tracker._settings.gc_threshold)}
+    assert gc.get_threshold() == before
 
 
 async def test_rejected_acks_are_recorded_never_applied(env: Env) -> None:
