@@ -65,6 +65,16 @@ class TrackerSettings(BaseSettings):
         "While one is held no other fetch goes to that broker, so acks already written "
         "wait behind it (Kafka's 500 ms default left 0.2-0.3 s idle at a backlog's end).",
     )
+    gc_threshold: int = Field(
+        default=50_000,
+        ge=1,
+        # CPython refuses thresholds of 2**31 and over: every batch would fail.
+        le=10_000_000,
+        description="Allocations between two collections of the garbage collector's "
+        "youngest generation while ack batches are read and recorded (process-wide; "
+        "CPython's default 700 cost the tracker about a tenth of its CPU per ack; "
+        "docs/tracking.md).",
+    )
     reminder_interval_s: float = Field(
         default=6 * 3600.0,
         gt=0,
