@@ -25,7 +25,8 @@ topics (interleaved, rotated every round):
   then, and `record_batches` in the results says which one `relay` used);
 * `relay_malloc_default`: signed, with the C allocator's thresholds at glibc's starting
   values instead of the relay's (`RETENTION_RELAY_MALLOC_MMAP_THRESHOLD`, coordinator/heap.py):
-  what keeping freed memory in the heap saves;
+  what keeping freed memory in the heap saves (every other contestant runs under the
+  relay's thresholds; each drain ends with the relay's trim, timed);
 * `relay_gc_default`, `relay_gc_default_unsigned`: the same two with CPython's default
   garbage-collection threshold during rounds (`RETENTION_RELAY_GC_THRESHOLD=700`): what
   collecting less often saves;
@@ -338,11 +339,15 @@ async def relay_drain_aiokafka_builder(
 async def relay_drain_malloc_default(
     url: str, kafka: KafkaSettings, relay: RelaySettings, rows: list[dict[str, Any]]
 ) -> Timing:
-    # glibc's starting thresholds, fixed (its own raise them as big blocks are freed);
-    # the other contestants' relays set theirs again when they start.
+    # glibc's starting thresholds, fixed (its own raise them as big blocks are freed),
+    # then the relay's again: the contestants that start no relay (`send_per_message`,
+    # `batch_api`) always run under the relay's, whatever the rotation's order.
     keep_freed_memory(heap.GLIBC_DEFAULT, heap.GLIBC_DEFAULT)
     unset = relay.model_copy(update={"malloc_mmap_threshold": 0})
-    return await relay_drain(url, kafka, unset, rows)
+    try:
+        return await relay_drain(url, kafka, unset, rows)
+    finally:
+        keep_freed_memory(relay.malloc_mmap_threshold, relay.malloc_trim_threshold)
 
 
 async def relay_drain_python_hashing(
@@ -386,6 +391,9 @@ async def main(
     try:
         await upgrade(url)
         tuned = RelaySettings()
+        # Every contestant under the relay's thresholds (but `relay_malloc_default`), the
+        # first round's too.
+        keep_freed_memory(tuned.malloc_mmap_threshold, tuned.malloc_trim_threshold)
         confluent = tuned.model_copy(update={"producer": "confluent"})
         gc_default = tuned.model_copy(update={"gc_threshold": 700})
         waiting = tuned.model_copy(update={"busy_chain_claims": 1, "round_claims": 1})

@@ -65,6 +65,16 @@ class TrackerSettings(BaseSettings):
         "While one is held no other fetch goes to that broker, so acks already written "
         "wait behind it (Kafka's 500 ms default left 0.2-0.3 s idle at a backlog's end).",
     )
+    gc_threshold: int = Field(
+        default=50_000,
+        ge=1,
+        # CPython refuses thresholds of 2**31 and over: every batch would fail.
+        le=10_000_000,
+        description="Allocations between two collections of the garbage collector's "
+        "youngest generation while ack batches are read and recorded (process-wide; "
+        "CPython's default 700 cost the tracker about a tenth of its CPU per ack; "
+        "docs/tracking.md).",
+    )
     reminder_interval_s: float = Field(
         default=6 * 3600.0,
         gt=0,
@@ -174,15 +184,17 @@ class RelaySettings(BaseSettings):
         # glibc's documented maximum (mallopt(3)); some versions refuse more.
         le=32 * 1024 * 1024,
         description="Bytes from which the C allocator maps a block of its own instead of "
-        "using the heap, set when the relay starts; 0 leaves the allocator's defaults "
-        "(coordinator/heap.py, docs/relay.md).",
+        "using the heap, set when the relay starts: the process keeps up to its peak heap "
+        "until the relay goes idle after publishing and trims; 0 leaves the allocator's "
+        "defaults and never trims (coordinator/heap.py, docs/relay.md).",
     )
     malloc_trim_threshold: int = Field(
         default=32 * 1024 * 1024,
         ge=0,
         le=2**31 - 1,
-        description="Bytes of freed heap the process keeps instead of returning them to the "
-        "system, set with malloc_mmap_threshold (coordinator/heap.py).",
+        description="Bytes of freed heap top the allocator keeps on each free instead of "
+        "returning them, set with malloc_mmap_threshold; not a bound on what the process "
+        "keeps (coordinator/heap.py).",
     )
     gc_threshold: int = Field(
         default=50_000,

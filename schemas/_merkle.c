@@ -352,9 +352,10 @@ walker_walk(Walker *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *key = args[0], *value = args[1], *headers = args[2];
-    /* Only the exact types: their items are read in place, and nothing below runs Python
-     * code that could change them. Anything else (an iterator, which must not be consumed
-     * here) is left to Python. */
+    /* Only the exact types: their items are read in place, and nothing runs Python code
+     * before the result is built (which can run a collection: what is kept from them is
+     * owned by then). Anything else (an iterator, which must not be consumed here) is left
+     * to Python. */
     if (!PyList_CheckExact(headers) && !PyTuple_CheckExact(headers))
         Py_RETURN_NONE;
     Py_ssize_t count = PySequence_Fast_GET_SIZE(headers);
@@ -414,13 +415,18 @@ walker_walk(Walker *self, PyObject *const *args, Py_ssize_t nargs)
         else
             Py_RETURN_NONE;
     }
-    PyObject *result = Py_BuildValue("(Oy#)", signature, (const char *)nodes[steps],
+    /* Owned from here: building the result can run a collection, and a finalizer could
+     * empty the header list these were borrowed from. */
+    Py_INCREF(signature);
+    Py_INCREF(proof);
+    PyObject *result = Py_BuildValue("(Ny#)", signature, (const char *)nodes[steps],
                                      (Py_ssize_t)DIGEST);
-    if (result == NULL)
+    if (result == NULL) {
+        Py_DECREF(proof);
         return NULL;
+    }
     memcpy(self->nodes, nodes, (size_t)(steps + 1) * DIGEST);
     self->steps = steps;
-    Py_INCREF(proof);
     Py_XSETREF(self->proof, proof);
     return result;
 }

@@ -299,10 +299,15 @@ class _Walker(Protocol):
 
 def _choose() -> tuple[_Forester, Callable[[], _Walker] | None, _Hashing]:
     try:
-        from schemas._merkle import Walker, forest
+        from schemas._merkle import forest
     except ImportError:
         # Built only where a C compiler and OpenSSL's headers were at install (setup.py).
         return _forest_py, None, "python"
+    try:
+        from schemas._merkle import Walker
+    except ImportError:
+        # A build from before the walk was in C still signs natively.
+        return forest, None, "native"
     return forest, Walker, "native"
 
 

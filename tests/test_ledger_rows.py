@@ -1,5 +1,5 @@
 """The ack path's rows are positional (tuples and lists, not dicts): each value must sit
-under its column's name, and the per-batch memo of `event_at` must answer as the function."""
+under its column's name, and `event_at` sent as milliseconds must be the function's time."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coordinator.evidence.partitions import EPOCH, LedgerEventAt, ledger_event_at
+from coordinator.evidence.partitions import EPOCH, LedgerEventMs, ledger_event_at
 from coordinator.tracking import ledger
 from schemas import AckStatus, RetentionAck
 
@@ -53,7 +53,7 @@ def test_a_ledger_row_holds_each_value_under_its_column() -> None:
         "accepted": True,
         "reject_reason": None,
         "key_id": "k1",
-        "event_at": ledger_event_at(event_id, NOW),
+        "event_ms": _ms(ledger_event_at(event_id, NOW)),
     }
     poison = ledger.ConsumedAck("acks", 0, 1, None, "not json")
     refused = ledger.ledger_row(poison, NOW, ledger.RejectReason.MALFORMED)
@@ -65,21 +65,25 @@ def test_a_ledger_row_holds_each_value_under_its_column() -> None:
         "detail": "not json",
         "accepted": False,
         "reject_reason": "malformed",
-        "event_at": EPOCH,
+        "event_ms": 0,
     }
 
 
 @given(st.lists(st.integers(min_value=-(2**47), max_value=2**48 - 1), max_size=30))
-def test_event_at_remembered_per_batch_is_the_function(offsets_ms: list[int]) -> None:
+def test_event_ms_is_the_function_in_milliseconds(offsets_ms: list[int]) -> None:
     # Ids minted before, at and after the batch's arrival (a made-up id ahead of it), some
     # sharing a millisecond; and None.
     now_ms = int(NOW.timestamp() * 1000)
     ids = [
         uuid.UUID(int=(((now_ms + d) % 2**48) << 80) | (i << 8)) for i, d in enumerate(offsets_ms)
     ]
-    event_at = LedgerEventAt(NOW)
-    for event_id in [*ids, *ids, None]:
-        assert event_at(event_id) == ledger_event_at(event_id, NOW)
+    event_ms = LedgerEventMs(NOW)
+    for event_id in [*ids, None]:
+        assert event_ms(event_id) == _ms(ledger_event_at(event_id, NOW))
+
+
+def _ms(at: datetime) -> int:
+    return (at - EPOCH) // timedelta(milliseconds=1)
 
 
 def test_ids_sorted_by_int_are_sorted() -> None:

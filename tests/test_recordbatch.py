@@ -6,11 +6,16 @@ it)."""
 from __future__ import annotations
 
 import os
+import platform
+import subprocess
+import sys
+import time
 from collections.abc import Iterator, Sequence
 
 import pytest
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.record.default_records import DefaultRecordBatch
 from aiokafka.record.util import calc_crc32c
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -30,11 +35,41 @@ TIMESTAMP = 1_765_000_000_123
 STATE = (4242, 7, 1000)
 
 
+def cpu_has_sse42() -> bool:
+    """Whether this CPU has the crc32 instruction (x86-64 Linux: /proc/cpuinfo's flags)."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            flags = next((line for line in info if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return "sse4_2" in flags.split()
+
+
 @pytest.fixture(scope="module", params=[True, False], ids=["crc-instruction", "crc-tables"])
 def crc_way(request: pytest.FixtureRequest) -> Iterator[bool]:
-    used = _recordbatch.set_crc_instruction(request.param)
-    yield used
+    if request.param and not cpu_has_sse42():
+        pytest.skip("this CPU has no crc32 instruction: only the tables can run")
+    assert _recordbatch.set_crc_instruction(request.param) is request.param
+    assert _recordbatch.crc_instruction() is request.param
+    yield request.param
     _recordbatch.set_crc_instruction(True)
+
+
+def test_the_crc_instruction_is_the_default_where_the_cpu_has_it() -> None:
+    # A fresh interpreter: this one's tests switch the way back and forth.
+    chosen = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from coordinator.kafka import _recordbatch; print(_recordbatch.crc_instruction())",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert chosen == str(cpu_has_sse42())
 
 
 def expected(
@@ -167,17 +202,100 @@ def test_refuses_what_it_cannot_write(
         _recordbatch.fill([good, record], [0, 1], None if chosen is None else [0, *chosen], 100, 1)
 
 
-def test_the_builder_is_what_aiokafkas_sender_expects() -> None:
-    records = [OutgoingRecord(b"user:1", b"{}", [("event_id", b"e")])]
+def test_the_builder_is_what_aiokafkas_sender_expects(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(recordbatch.time, "time_ns", lambda: TIMESTAMP * 1_000_000 + 999_999)
+    records = [
+        OutgoingRecord(b"user:1", b"{}", [("event_id", b"e")]),
+        OutgoingRecord(b"user:1", b"[]", []),
+    ]
     [(partition, batch, indexes)] = recordbatch.fill(records, [0], None, 16_384)
-    assert (partition, indexes, batch.record_count(), batch.closed()) == (0, [0], 1, True)
+    assert (partition, indexes, batch.record_count(), batch.closed()) == (0, [0, 1], 2, True)
     assert batch.append(timestamp=None, key=b"k", value=b"v", headers=[]) is None
+    # What aiokafka's sender does: the producer state once, then `_build` (again on a retry).
     batch._set_producer_state(*STATE)
     built = batch._build()
     assert batch._build() is built
     assert batch.size() == len(built)
     with pytest.raises(RuntimeError):
         batch._set_producer_state(*STATE)
+    parsed = DefaultRecordBatch(bytes(built))
+    assert parsed.validate_crc()
+    assert (parsed.producer_id, parsed.producer_epoch, parsed.base_sequence) == STATE
+    assert [(0, bytes(built), indexes)] == expected(records, [0], [0, 0], 16_384)
+
+
+def test_a_chunks_timestamp_is_the_clock_in_milliseconds() -> None:
+    before = time.time_ns() // 1_000_000
+    [(_, batch, _)] = recordbatch.fill([OutgoingRecord(b"k", b"v", [])], [0], None, 16_384)
+    after = time.time_ns() // 1_000_000
+    batch._set_producer_state(*STATE)
+    parsed = DefaultRecordBatch(bytes(batch._build()))
+    assert before <= parsed.first_timestamp == parsed.max_timestamp <= after
+    assert [record.timestamp for record in parsed] == [parsed.first_timestamp]
+
+
+def test_seal_refuses_an_epoch_outside_int16_as_aiokafka_does() -> None:
+    [(_, batch, _)] = _recordbatch.fill([OutgoingRecord(b"k", b"v", [])], [0], None, 100, 1)
+    for epoch in (-32_769, 32_768, 70_000):
+        with pytest.raises(OverflowError):
+            BatchBuilder(100, 0)._set_producer_state(1, epoch, 1)
+        with pytest.raises(OverflowError):
+            _recordbatch.seal(batch, 1, epoch, 1)
+    for epoch in (-32_768, -1, 32_767):
+        _recordbatch.seal(batch, 1, epoch, 1)
+        assert DefaultRecordBatch(bytes(batch)).producer_epoch == epoch
+
+
+class _Shrinks:
+    """A record whose `key` read runs Python that empties the caller's list (or another)."""
+
+    value = b"v"
+
+    def __init__(self, victim: list[object]) -> None:
+        self.victim = victim
+        self.headers: list[tuple[str, bytes]] = []
+
+    @property
+    def key(self) -> bytes:
+        self.victim.clear()
+        return b"k"
+
+
+def test_a_record_that_empties_the_records_list_midway_changes_nothing_read() -> None:
+    records: list[object] = []
+    records += [OutgoingRecord(b"a", b"b", []), _Shrinks(records)]
+    records += [OutgoingRecord(b"a", b"b", []) for _ in range(50)]
+    snapshot = [OutgoingRecord(b"a", b"b", []), OutgoingRecord(b"k", b"v", [])]
+    snapshot += [OutgoingRecord(b"a", b"b", []) for _ in range(50)]
+    got = _recordbatch.fill(records, [0], None, 100_000, TIMESTAMP)
+    assert records == []
+    want = _recordbatch.fill(snapshot, [0], None, 100_000, TIMESTAMP)
+    assert [(p, bytes(b), i) for p, b, i in got] == [(p, bytes(b), i) for p, b, i in want]
+
+
+def test_a_record_that_empties_chosen_midway_changes_nothing_read() -> None:
+    chosen: list[int] = []
+    records: list[object] = [_Shrinks(chosen)]  # type: ignore[list-item]
+    records += [OutgoingRecord(b"a", b"b", []) for _ in range(50)]
+    chosen += [i % 2 for i in range(len(records))]
+    got = _recordbatch.fill(records, [0, 1], chosen, 100_000, TIMESTAMP)
+    assert chosen == []
+    assert sorted(i for _, _, indexes in got for i in indexes) == list(range(51))
+    assert {p: len(i) for p, _, i in got} == {0: 26, 1: 25}
+
+
+def test_a_partition_that_empties_the_partitions_list_midway_changes_nothing_read() -> None:
+    partitions: list[object] = []
+
+    class Empties:
+        def __index__(self) -> int:
+            partitions.clear()
+            return 7
+
+    partitions += [Empties(), 1, 2, 3]
+    got = _recordbatch.fill([OutgoingRecord(b"k", b"v", [])], partitions, None, 100, TIMESTAMP)
+    want = _recordbatch.fill([OutgoingRecord(b"k", b"v", [])], [7, 1, 2, 3], None, 100, TIMESTAMP)
+    assert [(p, bytes(b), i) for p, b, i in got] == [(p, bytes(b), i) for p, b, i in want]
 
 
 def test_a_batch_ends_where_aiokafkas_compiled_builder_ends_it() -> None:

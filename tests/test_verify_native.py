@@ -201,6 +201,21 @@ def test_headers_the_walker_declines_are_not_consumed() -> None:
     assert verifier.verify(key, value, tuple(headers)).valid
 
 
+def test_genuine_records_are_walked_in_c() -> None:
+    """The C walk takes genuine records, their headers as a list or a tuple, and returns
+    their tree's root: the verdicts above would hold even if it declined everything."""
+    native = WALKERS["native"]
+    assert native is not None
+    for key, value, headers in _genuine(random.Random(2), A):
+        proof = dict(headers)[PROOF_HEADER]  # type: ignore[arg-type]
+        root = signing._walk(signing._leaf(key, value), base64.b64decode(proof, validate=True))
+        for form in (list(headers), tuple(headers)):
+            assert _walk(native(), key, value, form) == (
+                dict(headers)[SIGNATURE_HEADER],  # type: ignore[arg-type]
+                root,
+            )
+
+
 def _walk(
     walker: object, key: bytes | None, value: bytes | None, headers: Iterable[object]
 ) -> object:

@@ -430,21 +430,26 @@ fill(PyObject *module, PyObject *args)
     Py_ssize_t n_parts = 0;
     Record r = {{NULL, -1}, {NULL, -1}, {NULL, NULL, NULL}, 0};
 
-    recs = PySequence_Fast(records, "records must be a sequence");
-    parts = PySequence_Fast(partitions_arg, "partitions must be a sequence");
-    if (recs == NULL || parts == NULL)
+    /* Tuples of our own, not the caller's lists: reading a record, a partition or a chosen
+     * position can run Python code (a property, __index__) that empties or shrinks those
+     * lists, and the records must stay alive while their bytes are read. */
+    recs = PySequence_Tuple(records);
+    if (recs == NULL)
         goto done;
-    n_parts = PySequence_Fast_GET_SIZE(parts);
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(recs);
+    parts = PySequence_Tuple(partitions_arg);
+    if (parts == NULL)
+        goto done;
+    n_parts = PyTuple_GET_SIZE(parts);
+    Py_ssize_t n = PyTuple_GET_SIZE(recs);
     if (n_parts < 1 || n_parts > 0x7FFFFFFF) {
         PyErr_SetString(PyExc_ValueError, "a topic has at least one partition");
         goto done;
     }
     if (chosen_arg != Py_None) {
-        chosen = PySequence_Fast(chosen_arg, "chosen must be a sequence");
+        chosen = PySequence_Tuple(chosen_arg);
         if (chosen == NULL)
             goto done;
-        if (PySequence_Fast_GET_SIZE(chosen) != n) {
+        if (PyTuple_GET_SIZE(chosen) != n) {
             PyErr_SetString(PyExc_ValueError, "one chosen partition position per record");
             goto done;
         }
@@ -456,7 +461,7 @@ fill(PyObject *module, PyObject *args)
         goto done;
     }
     for (Py_ssize_t p = 0; p < n_parts; p++) {
-        ids[p] = PyLong_AsLong(PySequence_Fast_GET_ITEM(parts, p));
+        ids[p] = PyLong_AsLong(PyTuple_GET_ITEM(parts, p));
         if (ids[p] == -1 && PyErr_Occurred())
             goto done;
     }
@@ -471,11 +476,11 @@ fill(PyObject *module, PyObject *args)
         goto done;
 
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (read_record(PySequence_Fast_GET_ITEM(recs, i), &r) < 0)
+        if (read_record(PyTuple_GET_ITEM(recs, i), &r) < 0)
             goto fail;
         Py_ssize_t slot;
         if (chosen != NULL) {
-            slot = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(chosen, i));
+            slot = PyLong_AsSsize_t(PyTuple_GET_ITEM(chosen, i));
             if (slot == -1 && PyErr_Occurred())
                 goto fail;
             if (slot < 0 || slot >= n_parts) {
@@ -558,6 +563,11 @@ seal(PyObject *module, PyObject *args)
     if (!PyArg_ParseTuple(args, "O!Lii", &PyByteArray_Type, &batch, &producer_id, &producer_epoch,
                           &base_sequence))
         return NULL;
+    /* The epoch is an int16 on the wire; aiokafka's builder refuses one out of range. */
+    if (producer_epoch < INT16_MIN || producer_epoch > INT16_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "the producer epoch is a 16-bit signed integer");
+        return NULL;
+    }
     Py_ssize_t size = PyByteArray_GET_SIZE(batch);
     if (size < HEADER_SIZE) {
         PyErr_SetString(PyExc_ValueError, "not a record batch");
@@ -607,6 +617,12 @@ set_crc_instruction(PyObject *module, PyObject *arg)
     return PyBool_FromLong(use_instruction);
 }
 
+static PyObject *
+crc_instruction(PyObject *module, PyObject *unused)
+{
+    return PyBool_FromLong(use_instruction);
+}
+
 static PyMethodDef methods[] = {
     {"fill", fill, METH_VARARGS,
      "fill(records, partitions, chosen, batch_size, timestamp_ms) -> [(partition, batch, "
@@ -616,6 +632,8 @@ static PyMethodDef methods[] = {
     {"murmur2", murmur2_py, METH_O, "Kafka's murmur2 of bytes (unsigned)"},
     {"set_crc_instruction", set_crc_instruction, METH_O,
      "use the CPU's crc32 instruction if it has one (default); returns whether it is used"},
+    {"crc_instruction", crc_instruction, METH_NOARGS,
+     "whether the CRC-32C runs on the CPU's crc32 instruction"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -2,6 +2,10 @@ from collections.abc import Sequence
 
 from coordinator.kafka.producer import OutgoingRecord
 
+# Keys, values and header values must be `bytes` or None, and header names `str`: a
+# bytearray or memoryview (which aiokafka's own builder takes) is refused with TypeError.
+# The relay only sends bytes (OutgoingRecord). The three sequences are copied first, so
+# Python code run while reading a record (a property) cannot change what is read.
 def fill(
     records: Sequence[OutgoingRecord],
     partitions: Sequence[int],
@@ -10,9 +14,12 @@ def fill(
     timestamp_ms: int,
     /,
 ) -> list[tuple[int, bytearray, list[int]]]: ...
+
+# OverflowError for an epoch outside int16, as aiokafka's builder.
 def seal(
     batch: bytearray, producer_id: int, producer_epoch: int, base_sequence: int, /
 ) -> None: ...
 def crc32c(data: bytes | bytearray, /) -> int: ...
 def murmur2(data: bytes, /) -> int: ...
 def set_crc_instruction(on: bool, /) -> bool: ...
+def crc_instruction() -> bool: ...

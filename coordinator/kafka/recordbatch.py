@@ -86,7 +86,9 @@ def fill(
     per partition, a partition's batches in order: (partition, batch, the records'
     positions). A record goes to `partitions[murmur2(key) & 0x7FFFFFFF % len(partitions)]`
     (Kafka's default), or to `partitions[chosen[i]]` where `chosen` is given (it must be
-    for null keys).
+    for null keys). Keys, values and header values are `bytes` or None, as
+    `OutgoingRecord` types them: a bytearray or memoryview, which aiokafka's builder would
+    take, raises TypeError here.
     """
     assert _recordbatch is not None
     timestamp = time.time_ns() // 1_000_000

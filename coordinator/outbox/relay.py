@@ -41,7 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from coordinator import CoordinatorError
 from coordinator.clock import Clock, SystemClock
 from coordinator.evidence import audit
-from coordinator.heap import keep_freed_memory
+from coordinator.heap import IdleTrim, keep_freed_memory
 from coordinator.kafka import recordbatch
 from coordinator.kafka.producer import (
     Delivery,
@@ -641,6 +641,8 @@ class OutboxRelay:
     async def _loop(self, stop: asyncio.Event, wakeup: Wakeup, *, until_empty: bool) -> int:
         retry_on = draining_outage if until_empty else serving_outage
         state = _LoopState()
+        # The heap the rounds kept goes back once they stop (coordinator/heap.py).
+        trim = IdleTrim(enabled=bool(self._settings.malloc_mmap_threshold))
         while not stop.is_set():
             wakeup.clear()
             try:
@@ -659,7 +661,9 @@ class OutboxRelay:
             self._watchdog.progress()
             if until_empty and await self.backlog() == 0:
                 break
+            trim.idle(state.total)
             await wakeup.wait(stop, self._settings.idle_sleep_s)
+        trim.end(state.total)
         if until_empty:
             await self.backlog()
         return state.total

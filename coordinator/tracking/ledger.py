@@ -18,8 +18,13 @@ from typing import Any, NamedTuple
 from sqlalchemy import (
     BigInteger,
     BindParameter,
+    DateTime,
+    Interval,
     any_,
+    case,
+    func,
     literal,
+    literal_column,
     select,
     update,
 )
@@ -31,7 +36,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from coordinator import CoordinatorError
 from coordinator.evidence import audit
-from coordinator.evidence.partitions import LedgerEventAt
+from coordinator.evidence.partitions import LedgerEventMs
 from coordinator.store.tables import ack_ledger, event_status, expected_acks
 from coordinator.tracking.columns import by_key, event_ids_param, unnest, unnest_rows
 from coordinator.tracking.snapshot import ACTOR, Deadlines, Declared, track_events
@@ -65,7 +70,7 @@ __all__ = [
 # The arrays the tracker binds: asyncpg knows their element types but looks each array
 # type up too, the composites with every attribute's type.
 _BOUND_TYPES = (
-    "retention_ack_row",
+    "retention_ack_row_ms",
     "retention_ack_change",
     "uuid",
     "text",
@@ -112,7 +117,17 @@ idempotency record, without deleting)."""
 HELD = AckStatus.HELD.value
 """An expected service found the entity or its subject held and did not execute the event."""
 _DETAIL_CHARS = 2000
-_ACK_FIELDS = (
+_KEY = ("event_id", "service")
+EXPECTED_COLUMNS = (*_KEY, "status", "attempt", "acknowledged_at")
+"""An expected row as the ack path holds it: a list of these columns' values, in this
+order (read, folded, judged and written back by position: a dict per row cost ~1 µs).
+Only what folding an ack and judging the event read: the columns an ack only writes or
+adds to (records, detail, first ack, count) are written by the update from the batch's
+change (`_Change`), never read (each column read is decoded for every expected row)."""
+_E = {name: at for at, name in enumerate(EXPECTED_COLUMNS)}
+_E_STATUS, _E_ATTEMPT, _E_ACKED = _E["status"], _E["attempt"], _E["acknowledged_at"]
+_CHANGE_COLUMNS = (
+    *_KEY,
     "status",
     "records_affected",
     "attempt",
@@ -121,20 +136,11 @@ _ACK_FIELDS = (
     "first_ack_at",
     "acks_received",
 )
-
-
-_KEY = ("event_id", "service")
-EXPECTED_COLUMNS = _KEY + _ACK_FIELDS
-"""An expected row as the ack path holds it: a list of these columns' values, in this
-order (read, folded, judged and written back by position: a dict per row cost ~1 µs)."""
-_E = {name: at for at, name in enumerate(EXPECTED_COLUMNS)}
-_E_STATUS, _E_RECORDS, _E_ATTEMPT, _E_DETAIL = (
-    _E["status"],
-    _E["records_affected"],
-    _E["attempt"],
-    _E["detail"],
-)
-_E_ACKED, _E_FIRST, _E_RECEIVED = _E["acknowledged_at"], _E["first_ack_at"], _E["acks_received"]
+"""The attributes of `retention_ack_change` (migration 0027), as `_fold` fills them: the
+row's status, attempt and acknowledged_at as folded; records and detail of the ack that
+replaced the status, both NULL when none did (an ack's detail is never NULL); the batch's
+earliest ack time, NULL when it is the acknowledged_at sent; how many new acks the batch
+holds for the row. The update adds these to the stored row (`_CHANGE_SET`)."""
 LEDGER_COLUMNS = (
     "received_at",
     "kafka_topic",
@@ -152,12 +158,17 @@ LEDGER_COLUMNS = (
     "accepted",
     "reject_reason",
     "key_id",
-    "event_at",
+    "event_ms",
 )
+"""What the tracker writes of a ledger row, in the composite type's order after
+`received_at`; `event_ms` is the `event_at` column as Unix milliseconds."""
 
 _PER_ROW = tuple(name for name in LEDGER_COLUMNS if name != "received_at")
-"""A ledger row as `ledger_row` makes it: a tuple of these columns' values, in this order
-(the composite type `retention_ack_row`'s); `received_at` is bound once per insert."""
+"""A ledger row as `ledger_row` makes it: a tuple of these values, in this order (the
+composite type `retention_ack_row_ms`'s, migration 0030); `received_at` is bound once
+per insert."""
+_STORED = tuple(name for name in _PER_ROW if name != "event_ms")
+"""The columns `_PER_ROW` fills as they are; `event_ms` fills `event_at`."""
 _L = {name: at for at, name in enumerate(_PER_ROW)}
 _L_EVENT, _L_SERVICE, _L_ATTEMPT, _L_STATUS = (
     _L["event_id"],
@@ -366,7 +377,7 @@ def _judge(
     # Once per event, not per ack: a Row's attribute costs ~0.3 µs (its class's MRO is
     # searched before Row.__getattr__), an index ~0.03.
     entities = {event_id: (row.entity_type, row.entity_id) for event_id, row in events.items()}
-    event_at = LedgerEventAt(now)
+    event_at = LedgerEventMs(now)
     for record in records:
         reason = _reject_reason(record, entities, expected)
         if reason is None:
@@ -522,25 +533,78 @@ async def _fold(
     """Fold the new acks into their expected rows, oldest first; store the changed rows
     in one UPDATE."""
     changed: dict[tuple[uuid.UUID, str], ExpectedRow] = {}
+    changes: dict[tuple[uuid.UUID, str], _Change] = {}
     for ack in sorted((r.ack for r in fresh if r.ack is not None), key=_order):
         key = (ack.event_id, ack.service)
-        _apply(expected[key], ack)
-        changed[key] = expected[key]
+        change = changes.get(key)
+        if change is None:
+            change = changes[key] = _Change()
+            changed[key] = expected[key]
+        _apply(expected[key], change, ack)
         outcome.accepted.append(ack)
     if changed:
-        e = expected_acks.c
         new = unnest_rows(
             "new",
             "retention_ack_change",
-            {n: e[n].type for n in EXPECTED_COLUMNS},
-            [tuple(row) for row in changed.values()],
+            {n: expected_acks.c[n].type for n in _CHANGE_COLUMNS},
+            [_change_row(changed[key], change) for key, change in changes.items()],
         )
         await conn.execute(
             update(expected_acks)
-            .where(e.event_id == new.c.event_id, e.service == new.c.service)
-            .values({name: new.c[name] for name in _ACK_FIELDS})
+            .where(
+                expected_acks.c.event_id == new.c.event_id,
+                expected_acks.c.service == new.c.service,
+            )
+            .values(_change_set(new.c))
         )
     return changed
+
+
+def _change_set(new: Any) -> dict[str, Any]:
+    """The update's SET from a `_CHANGE_COLUMNS` relation: what an ack only writes or adds
+    to is combined with the stored row in SQL, where the ack path no longer reads it."""
+    e = expected_acks.c
+    return {
+        "status": new.status,
+        "attempt": new.attempt,
+        "acknowledged_at": new.acknowledged_at,
+        "records_affected": case(
+            (new.detail.is_(None), e.records_affected), else_=new.records_affected
+        ),
+        "detail": func.coalesce(new.detail, e.detail),
+        # LEAST ignores NULLs: a row's first ack sets it.
+        "first_ack_at": func.least(
+            e.first_ack_at, func.coalesce(new.first_ack_at, new.acknowledged_at)
+        ),
+        "acks_received": e.acks_received + new.acks_received,
+    }
+
+
+@dataclass(slots=True)
+class _Change:
+    """What a batch's new acks did to one expected row besides its folded columns."""
+
+    acks: int = 0
+    first: datetime | None = None
+    replaced: RetentionAck | None = None
+    """The last ack that replaced the row's status, if any did."""
+
+
+def _change_row(row: ExpectedRow, change: _Change) -> tuple[Any, ...]:
+    """`row` and `change` as a `retention_ack_change`, in `_CHANGE_COLUMNS`' order."""
+    acked = row[_E_ACKED]
+    replaced = change.replaced
+    return (
+        row[0],
+        row[1],
+        row[_E_STATUS],
+        None if replaced is None else replaced.records_affected,
+        row[_E_ATTEMPT],
+        None if replaced is None else replaced.detail[:_DETAIL_CHARS],
+        acked,
+        None if change.first == acked else change.first,
+        change.acks,
+    )
 
 
 def _count_outcomes(
@@ -679,12 +743,12 @@ def ledger_row(
     now: datetime,
     reason: RejectReason | None,
     *,
-    event_at: Callable[[uuid.UUID | None], datetime] | None = None,
+    event_at: Callable[[uuid.UUID | None], int] | None = None,
 ) -> LedgerRow:
     """The record's row, `_PER_ROW`'s values in order; received at `now`. `event_at`:
-    a `LedgerEventAt(now)` shared by a batch's rows."""
+    a `LedgerEventMs(now)` shared by a batch's rows."""
     if event_at is None:
-        event_at = LedgerEventAt(now)
+        event_at = LedgerEventMs(now)
     ack = record.ack
     if ack is None:
         return (
@@ -761,21 +825,32 @@ async def insert_ledger(
 
 
 def _ledger_insert(rows: list[LedgerRow], audit_seq: int, received_at: datetime) -> Any:
-    """The rows' insert, from one array of rows (`retention_ack_row`, migration 0027).
-    The rows were received at one time, bound once (a timestamp is the dearest value
-    asyncpg encodes, ~0.5 µs)."""
+    """The rows' insert, from one array of rows (`retention_ack_row_ms`, migration
+    0030). The rows were received at one time, bound once (a timestamp is the dearest
+    value asyncpg encodes, ~0.5 µs); each row's `event_at` travels as milliseconds."""
     c = ack_ledger.c
     consumed = unnest_rows(
-        "consumed", "retention_ack_row", {name: c[name].type for name in _PER_ROW}, rows
+        "consumed",
+        "retention_ack_row_ms",
+        {**{name: c[name].type for name in _STORED}, "event_ms": BigInteger()},
+        rows,
     )
     return pg_insert(ack_ledger).from_select(
-        [*_PER_ROW, "received_at", "audit_seq"],
+        [*_STORED, "event_at", "received_at", "audit_seq"],
         select(
-            *consumed.c,
+            *(consumed.c[name] for name in _STORED),
+            _EPOCH_SQL + consumed.c.event_ms * _MILLISECOND,
             literal(received_at, c.received_at.type),
             literal(audit_seq, BigInteger()),
         ),
     )
+
+
+# Exact: a product below 2**53 µs (any time before the year 2255; `LedgerEventMs` never
+# sends one after the batch arrived) is a whole number in float8, and an interval of
+# microseconds only is added to a timestamptz without the session's time zone.
+_EPOCH_SQL = literal_column("TIMESTAMPTZ 'epoch'", DateTime(timezone=True))
+_MILLISECOND = literal_column("INTERVAL '1 millisecond'", Interval())
 
 
 async def _insert_new(
@@ -798,12 +873,12 @@ STATUS_TEXT: dict[AckStatus, str] = {status: status.value for status in AckStatu
 ~15), read a few times per ack."""
 
 
-def _apply(row: ExpectedRow, ack: RetentionAck) -> None:
+def _apply(row: ExpectedRow, change: _Change, ack: RetentionAck) -> None:
     """Fold one new ack into its service's row. Success sticks: a later failure (say, of a
     reminder re-delivery) cannot undo a deletion that was reported done."""
-    row[_E_RECEIVED] += 1
-    if row[_E_FIRST] is None or ack.acknowledged_at < row[_E_FIRST]:
-        row[_E_FIRST] = ack.acknowledged_at
+    change.acks += 1
+    if change.first is None or ack.acknowledged_at < change.first:
+        change.first = ack.acknowledged_at
     status = row[_E_STATUS]
     if status in SETTLED or status == STILL_PRESENT:
         return
@@ -814,10 +889,9 @@ def _apply(row: ExpectedRow, ack: RetentionAck) -> None:
     ):
         return
     row[_E_STATUS] = STATUS_TEXT[ack.status]
-    row[_E_RECORDS] = ack.records_affected
     row[_E_ATTEMPT] = ack.attempt
-    row[_E_DETAIL] = ack.detail[:_DETAIL_CHARS]
     row[_E_ACKED] = ack.acknowledged_at
+    change.replaced = ack
 
 
 @dataclass(frozen=True, slots=True)

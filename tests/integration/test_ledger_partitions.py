@@ -32,6 +32,8 @@ from coordinator.evidence.prune import prune_ack_ledger
 from coordinator.store.db import make_engine
 from coordinator.store.migrate import upgrade
 from coordinator.store.tables import ack_ledger, event_status
+from coordinator.tracking import ledger
+from schemas import AckStatus, RetentionAck
 from tests import infra
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
@@ -254,3 +256,61 @@ def test_the_command_converts_each_table_and_refuses_an_unknown_one(coordinator_
     )
     assert refused.returncode == 2
     assert "not a partitioned table: retention_event_status" in refused.stderr
+
+
+async def test_the_tracker_s_milliseconds_store_the_function_s_event_at(
+    coordinator_db: str,
+) -> None:
+    """Migration 0030: the ack path sends `event_at` as Unix milliseconds and the insert
+    turns them back; the stored time must be `ledger_event_at`'s to the microsecond, for
+    ids minted now, long ago, made up ahead, the largest id, and no id at all."""
+    claimed = [
+        _minted(NOW - timedelta(minutes=5)),
+        _minted(AUGUST),
+        _minted(datetime(1970, 1, 1, 0, 0, 0, 1000, tzinfo=UTC)),
+        _minted(NOW + timedelta(days=400)),
+        uuid.UUID(int=2**128 - 1),
+        None,
+    ]
+    records = [
+        ledger.ConsumedAck(
+            "acks.event-ms",
+            0,
+            offset,
+            None
+            if event_id is None
+            else RetentionAck(
+                event_id=event_id,
+                service="billing",
+                entity_type="user",
+                entity_id="u-1",
+                status=AckStatus.COMPLETED,
+                records_affected=1,
+                attempt=1,
+                acknowledged_at=NOW,
+            ),
+            poison=None if event_id else "not json",
+        )
+        for offset, event_id in enumerate(claimed)
+    ]
+    rows = [
+        ledger.ledger_row(r, NOW, None if r.ack else ledger.RejectReason.MALFORMED) for r in records
+    ]
+    engine = make_engine(coordinator_db)
+    try:
+        async with engine.begin() as conn:
+            await ledger.insert_ledger(conn, rows, audit_seq=1, received_at=NOW)
+            stored = dict(
+                (
+                    await conn.execute(
+                        select(ack_ledger.c.kafka_offset, ack_ledger.c.event_at).where(
+                            ack_ledger.c.kafka_topic == "acks.event-ms"
+                        )
+                    )
+                ).all()
+            )
+        assert stored == {
+            offset: ledger_event_at(event_id, NOW) for offset, event_id in enumerate(claimed)
+        }
+    finally:
+        await engine.dispose()

@@ -37,10 +37,11 @@ async def test_migrations_match_declared_tables(coordinator_db: str) -> None:
 async def test_ack_batch_types_are_the_columns_the_tracker_sends(coordinator_db: str) -> None:
     """`columns.unnest_rows` maps a composite type's attributes onto columns by position:
     a type whose attributes drifted from the tracker's column order would put values in
-    the wrong columns (text into text), so both must agree, names and types."""
+    the wrong columns (text into text), so both must agree, names and types. The ledger
+    row's `event_ms` stands for `event_at` (bigint milliseconds, migration 0030)."""
     cases = {
-        "retention_ack_row": ("retention_ack_ledger", ledger._PER_ROW),
-        "retention_ack_change": ("retention_expected_acks", ledger._KEY + ledger._ACK_FIELDS),
+        "retention_ack_row_ms": ("retention_ack_ledger", ledger._PER_ROW),
+        "retention_ack_change": ("retention_expected_acks", ledger._CHANGE_COLUMNS),
     }
     attributes = text(
         "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
@@ -59,6 +60,7 @@ async def test_ack_batch_types_are_the_columns_the_tracker_sends(coordinator_db:
                 )
                 sent = (await conn.execute(attributes, {"relid": type_relid})).all()
                 stored = dict((await conn.execute(attributes, {"relid": table_relid})).all())
+                stored["event_ms"] = "bigint"
                 assert [name for name, _ in sent] == list(columns), type_name
                 assert all(stored[name] == kind for name, kind in sent), type_name
     finally:

@@ -1,14 +1,22 @@
 """Records sent through the relay's producer come back from the real broker exactly as
 sent (keys, values, headers, order per partition), whether the batches were written by
-the C module or by aiokafka's builder: the broker accepts the C batches (CRC, sizes,
-idempotent producer state) and a consumer reads them back."""
+the C module or by aiokafka's builder: the broker accepts the C batches (CRC, sizes) and a
+consumer reads them back. The batches as stored, fetched raw, carry the idempotent
+producer's id and epoch, contiguous base sequences per partition, and the send's
+timestamp in milliseconds."""
 
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterator
 
 import pytest
+from aiokafka.client import AIOKafkaClient
+from aiokafka.protocol.fetch import FetchRequest
+from aiokafka.record.default_records import DefaultRecordBatch
+from aiokafka.record.memory_records import MemoryRecords
+from aiokafka.structs import TopicPartition
 
 from coordinator.kafka import recordbatch
 from coordinator.kafka.producer import KafkaEventProducer, OutgoingRecord
@@ -52,6 +60,7 @@ async def test_a_consumer_reads_back_exactly_the_records_sent(
     # Small batches: every partition gets several, queued behind each other.
     producer = KafkaEventProducer(topics, RelaySettings(max_batch_size=16_384))
     assert producer._native == (builder == "native")
+    started_ms = time.time_ns() // 1_000_000
     await producer.start()
     try:
         deliveries = [d async for d in producer.send_all(topics.topics.events, sent)]
@@ -59,6 +68,7 @@ async def test_a_consumer_reads_back_exactly_the_records_sent(
             await delivery.future
     finally:
         await producer.stop()
+    ended_ms = time.time_ns() // 1_000_000
     assert sorted(i for d in deliveries for i in d.indexes) == list(range(len(sent)))
     assert len(deliveries) > 3
 
@@ -79,3 +89,53 @@ async def test_a_consumer_reads_back_exactly_the_records_sent(
             (record.key, record.value, list(record.headers))  # type: ignore[arg-type]
         )
     assert by_partition == expected
+
+    # The idempotent producer's state, as the broker stored it: one producer id and epoch
+    # (a batch without them would be taken as non-idempotent), and per partition base
+    # sequences that continue where the previous batch ended, from 0.
+    stored = await read_batches(topics, topics.topics.events)
+    assert sum(len(batches) for batches in stored.values()) == len(deliveries)
+    producers = set()
+    for batches in stored.values():
+        sequence = 0
+        for batch in batches:
+            assert batch.validate_crc()
+            assert batch.base_sequence == sequence
+            sequence += batch.last_offset_delta + 1
+            producers.add((batch.producer_id, batch.producer_epoch))
+            assert started_ms <= batch.first_timestamp <= batch.max_timestamp <= ended_ms
+    [(producer_id, epoch)] = producers
+    assert producer_id >= 0
+    assert epoch >= 0
+
+
+async def read_batches(kafka: KafkaSettings, topic: str) -> dict[int, list[DefaultRecordBatch]]:
+    """Each partition's record batches as stored, in offset order (raw fetches: a consumer
+    hides the producer state)."""
+    client = AIOKafkaClient(**kafka.client_kwargs())
+    await client.bootstrap()
+    try:
+        await client._wait_on_metadata(topic)
+        stored: dict[int, list[DefaultRecordBatch]] = {}
+        for partition in sorted(client.cluster.partitions_for_topic(topic) or ()):
+            leader = client.cluster.leader_for_partition(TopicPartition(topic, partition))
+            batches = stored.setdefault(partition, [])
+            offset = 0
+            while True:
+                request = FetchRequest(
+                    100, 1, 50_000_000, 0, [(topic, [(partition, offset, 50_000_000)])]
+                )
+                response = await client.send(leader, request)
+                data = response.topics[0][1][0][-1]
+                records = MemoryRecords(data) if data else None
+                before = offset
+                while records is not None and (batch := records.next_batch()) is not None:
+                    if batch.next_offset > offset:
+                        assert isinstance(batch, DefaultRecordBatch)
+                        batches.append(batch)
+                        offset = batch.next_offset
+                if offset == before:
+                    break
+        return stored
+    finally:
+        await client.close()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,7 +33,7 @@ from coordinator.store.tables import (
 from coordinator.tracking import ledger, queries, waivers
 from coordinator.tracking import tracker as tracker_module
 from coordinator.tracking.tracker import Tracker
-from schemas import AckStatus, KafkaSettings, RetentionEvent, decode, encode
+from schemas import AckStatus, KafkaSettings, RetentionAck, RetentionEvent, decode, encode
 from schemas.dlq import DlqHeader
 from schemas.signing import PROOF_HEADER, SIGNATURE_HEADER, SignatureMode
 from tests import infra, keys
@@ -199,6 +200,97 @@ async def test_acks_complete_events_idempotently(env: Env) -> None:
         ).all()
         assert len(accepted) == 1 + len(acks)
         assert (await audit.verify(conn))[1] is None
+
+
+async def test_an_expected_row_keeps_the_answer_that_stands_and_counts_every_new_ack(
+    env: Env,
+) -> None:
+    """The update combines what the ack path no longer reads with the stored row: records
+    and detail only from an ack that replaced the status, the earliest ack time, the count
+    of new acks; within a batch and across batches, redeliveries counted once."""
+    await env.declare(*SERVICES)
+    (settled, s_id), (failing, f_id) = await env.publish(2, T0)
+    assert await env.tracker.track_published() >= 2
+    t = T0 + timedelta(minutes=10)
+
+    def billing(
+        event: tuple[uuid.UUID, str], minutes: int, status: AckStatus, attempt: int, detail: str
+    ) -> RetentionAck:
+        return ack(
+            event[0],
+            "billing",
+            event[1],
+            t + timedelta(minutes=minutes),
+            status=status,
+            attempt=attempt,
+            entity_type=env.entity_type,
+            records=5,
+        ).model_copy(update={"detail": detail})
+
+    first = [
+        billing((settled, s_id), 2, AckStatus.FAILED, 1, "timed out"),
+        billing((settled, s_id), 3, AckStatus.COMPLETED, 1, "deleted"),
+        billing((settled, s_id), 4, AckStatus.FAILED, 2, "late failure"),
+        billing((failing, f_id), 5, AckStatus.FAILED, 2, "newer failure"),
+    ]
+    await produce(env.kafka, env.kafka.topics.acks, first + first[:1])
+    await drain(env.tracker, len(first) + 1)
+    second = [
+        billing((settled, s_id), 1, AckStatus.FAILED, 3, "earliest, after success"),
+        billing((failing, f_id), 2, AckStatus.FAILED, 1, "older failure"),
+    ]
+    await produce(env.kafka, env.kafka.topics.acks, second + second)
+    await drain(env.tracker, len(second) * 2)
+
+    e = expected_acks.c
+    async with env.engine.connect() as conn:
+        rows = {
+            row.event_id: tuple(row[1:])
+            for row in await conn.execute(
+                select(
+                    e.event_id,
+                    e.status,
+                    e.records_affected,
+                    e.attempt,
+                    e.detail,
+                    e.acknowledged_at,
+                    e.first_ack_at,
+                    e.acks_received,
+                ).where(e.event_id.in_([settled, failing]), e.service == "billing")
+            )
+        }
+    minute = timedelta(minutes=1)
+    assert rows[settled] == ("completed", 5, 1, "deleted", t + 3 * minute, t + minute, 4)
+    assert rows[failing] == ("failed", 0, 2, "newer failure", t + 5 * minute, t + 2 * minute, 2)
+
+
+async def test_ack_batches_are_read_and_recorded_with_fewer_collections(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's objects live until it is recorded: reading and recording it run with
+    the collector's youngest threshold raised, and the threshold is restored after."""
+    await env.declare(*SERVICES)
+    events = await env.publish(2, T0)
+    assert await env.tracker.track_published() >= 2
+    real = tracker_module.fewer_collections
+    inside: list[int] = []
+
+    @contextlib.contextmanager
+    def watched(young: int) -> Iterator[None]:
+        with real(young):
+            inside.append(gc.get_threshold()[0])
+            yield
+
+    before = gc.get_threshold()
+    monkeypatch.setattr(tracker_module, "fewer_collections", watched)
+    acks = [ack(e, s, i, T0, entity_type=env.entity_type) for e, i in events for s in SERVICES]
+    await produce(env.kafka, env.kafka.topics.acks, acks)
+    await drain(env.tracker, len(acks))
+    assert await env.states(events) == ["completed"] * 2
+    # Each read and each recorded batch; the threshold is the setting's.
+    assert len(inside) >= 2
+    assert set(inside) == {max(before[0], env.tracker._settings.gc_threshold)}
+    assert gc.get_threshold() == before
 
 
 async def test_rejected_acks_are_recorded_never_applied(env: Env) -> None:
@@ -794,7 +886,7 @@ async def test_a_connection_learns_the_bound_types_before_any_lock(env: Env) -> 
     engine = make_engine(env.engine.url.render_as_string(hide_password=False), pool_size=1)
     ledger.learn_bound_types(engine)
     ledger.learn_bound_types(engine)  # once per engine, however many trackers share it
-    types = ("retention_ack_row", "retention_ack_change", "uuid", "timestamptz", "interval")
+    types = ("retention_ack_row_ms", "retention_ack_change", "uuid", "timestamptz", "interval")
     try:
         async with engine.connect() as conn:
             raw = (await conn.get_raw_connection()).driver_connection
