@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import gc
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -264,33 +264,64 @@ async def test_an_expected_row_keeps_the_answer_that_stands_and_counts_every_new
     assert rows[failing] == ("failed", 0, 2, "newer failure", t + 5 * minute, t + 2 * minute, 2)
 
 
-async def test_ack_batches_are_read_and_recorded_with_fewer_collections(
+async def test_ack_batches_are_decoded_and_recorded_with_fewer_collections(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A batch's objects live until it is recorded: reading and recording it run with
-    the collector's youngest threshold raised, and the threshold is restored after."""
+    """A batch's objects live until it is recorded: decoding and recording it run with
+    the collector's youngest threshold raised to the tracker's setting; the wait for
+    acks does not (the threshold is process-wide), and the threshold is restored after."""
+    env.tracker._settings = env.tracker._settings.model_copy(update={"gc_threshold": 123_457})
     await env.declare(*SERVICES)
     events = await env.publish(2, T0)
     assert await env.tracker.track_published() >= 2
-    real = tracker_module.fewer_collections
-    inside: list[int] = []
+    seen: list[tuple[str, int]] = []
+    tracker, reader = env.tracker, env.tracker._kafka.acks
+    read, decode_batch, record_batch = reader.read, tracker._decode_batch, tracker._record_batch
 
-    @contextlib.contextmanager
-    def watched(young: int) -> Iterator[None]:
-        with real(young):
-            inside.append(gc.get_threshold()[0])
-            yield
+    async def reading(*, timeout_s: float, max_records: int) -> list[Any]:
+        seen.append(("read", gc.get_threshold()[0]))
+        return await read(timeout_s=timeout_s, max_records=max_records)
 
+    def decoding(messages: list[Any]) -> Any:
+        seen.append(("decode", gc.get_threshold()[0]))
+        return decode_batch(messages)
+
+    async def recording(batch: Any) -> ledger.LedgerOutcome:
+        seen.append(("record", gc.get_threshold()[0]))
+        return await record_batch(batch)
+
+    monkeypatch.setattr(reader, "read", reading)
+    monkeypatch.setattr(tracker, "_decode_batch", decoding)
+    monkeypatch.setattr(tracker, "_record_batch", recording)
     before = gc.get_threshold()
-    monkeypatch.setattr(tracker_module, "fewer_collections", watched)
+    raised = max(before[0], 123_457)
     acks = [ack(e, s, i, T0, entity_type=env.entity_type) for e, i in events for s in SERVICES]
     await produce(env.kafka, env.kafka.topics.acks, acks)
     await drain(env.tracker, len(acks))
     assert await env.states(events) == ["completed"] * 2
-    # Each read and each recorded batch; the threshold is the setting's.
-    assert len(inside) >= 2
-    assert set(inside) == {max(before[0], env.tracker._settings.gc_threshold)}
+    assert {kind for kind, _ in seen} == {"read", "decode", "record"}
+    assert {(kind, raised if kind != "read" else before[0]) for kind, _ in seen} == set(seen)
     assert gc.get_threshold() == before
+
+
+async def test_an_idle_tracker_leaves_the_collector_s_threshold_alone(env: Env) -> None:
+    # In `serve` the read-ahead waits for acks nearly all the time: a threshold raised
+    # there would be raised for the API and the relay's rounds all the time too.
+    env.tracker._settings = env.tracker._settings.model_copy(update={"gc_threshold": 123_457})
+    await env.declare(*SERVICES)
+    await env.tracker.stop()
+    before = gc.get_threshold()
+    stop = asyncio.Event()
+    running = asyncio.create_task(env.tracker.run_forever(stop))
+    samples = []
+    try:
+        for _ in range(20):
+            await asyncio.sleep(0.05)
+            samples.append(gc.get_threshold())
+    finally:
+        stop.set()
+        await running
+    assert set(samples) == {before}
 
 
 async def test_rejected_acks_are_recorded_never_applied(env: Env) -> None:
