@@ -241,6 +241,14 @@ async def test_an_expected_row_keeps_the_answer_that_stands_and_counts_every_new
     ]
     await produce(env.kafka, env.kafka.topics.acks, second + second)
     await drain(env.tracker, len(second) * 2)
+    # Acks later than every stored one: the stored first ack time stands, whether the
+    # ack replaces the answer (`failing`) or not (`settled`).
+    third = [
+        billing((settled, s_id), 20, AckStatus.FAILED, 4, "later, after success"),
+        billing((failing, f_id), 20, AckStatus.FAILED, 3, "latest failure"),
+    ]
+    await produce(env.kafka, env.kafka.topics.acks, third)
+    await drain(env.tracker, len(third))
 
     e = expected_acks.c
     async with env.engine.connect() as conn:
@@ -260,8 +268,16 @@ async def test_an_expected_row_keeps_the_answer_that_stands_and_counts_every_new
             )
         }
     minute = timedelta(minutes=1)
-    assert rows[settled] == ("completed", 5, 1, "deleted", t + 3 * minute, t + minute, 4)
-    assert rows[failing] == ("failed", 0, 2, "newer failure", t + 5 * minute, t + 2 * minute, 2)
+    assert rows[settled] == ("completed", 5, 1, "deleted", t + 3 * minute, t + minute, 5)
+    assert rows[failing] == (
+        "failed",
+        0,
+        3,
+        "latest failure",
+        t + 20 * minute,
+        t + 2 * minute,
+        3,
+    )
 
 
 async def test_ack_batches_are_decoded_and_recorded_with_fewer_collections(
