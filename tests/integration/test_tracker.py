@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from sqlalchemy import select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from structlog.testing import capture_logs
 
 from coordinator.clock import FrozenClock
 from coordinator.evidence import audit
@@ -947,3 +948,37 @@ async def test_a_connection_learns_the_bound_types_before_any_lock(env: Env) -> 
         assert not [q for q in ran if "pg_catalog" in q or "typeinfo" in q]
     finally:
         await engine.dispose()
+
+
+async def test_a_database_not_yet_upgraded_fails_only_the_tracker_s_statements() -> None:
+    # `serve` shares one engine between the API, relay, scheduler and tracker: a
+    # database one migration behind the code must not fail every checkout.
+    url = await infra.create_database(infra.database_url(), "tracker_types_missing")
+    engine = make_engine(url, pool_size=1)
+    try:
+        await upgrade(url, "0029_lz4_evidence")
+        ledger.learn_bound_types(engine)
+        with capture_logs() as logs:
+            for _ in range(2):
+                async with engine.connect() as conn:
+                    assert await conn.scalar(text("SELECT 1")) == 1
+        warned = [e for e in logs if e["event"] == "tracker_types_missing"]
+        assert [(e["types"], e["migrations"]) for e in warned] == [
+            (["retention_ack_row_ms"], ["0030_ack_row_event_ms"])
+        ]
+        async with engine.connect() as conn:
+            with pytest.raises(DBAPIError, match="retention_ack_row_ms"):
+                await conn.execute(text("SELECT CAST(:p AS retention_ack_row_ms[])"), {"p": []})
+        await upgrade(url)
+        async with engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert raw is not None
+            ran: list[str] = []
+            raw.add_query_logger(lambda record: ran.append(record.query))
+            await conn.execute(text("SELECT CAST(:p AS retention_ack_row_ms[])"), {"p": []})
+        # The next checkout learned the type: binding it looked nothing up.
+        assert ran
+        assert not [q for q in ran if "pg_catalog" in q or "typeinfo" in q]
+    finally:
+        await engine.dispose()
+        await infra.drop_database(url)
