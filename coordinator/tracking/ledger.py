@@ -15,6 +15,8 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, NamedTuple
 
+import asyncpg
+import structlog
 from sqlalchemy import (
     BigInteger,
     BindParameter,
@@ -67,6 +69,8 @@ __all__ = [
     "write_transitions",
 ]
 
+log = structlog.get_logger("retention.tracker")
+
 # The arrays the tracker binds: asyncpg knows their element types but looks each array
 # type up too, the composites with every attribute's type.
 _BOUND_TYPES = (
@@ -82,6 +86,16 @@ _BOUND_TYPES = (
 )
 _LEARN = "SELECT " + ", ".join(f"${n}::{t}[]" for n, t in enumerate(_BOUND_TYPES, 1))
 _LEARNED = "retention_bound_types"
+_WARNED = "retention_bound_types_missing"
+_MADE_BY = {
+    "retention_ack_change": "0027_ack_ledger_row_type",
+    "retention_ack_row_ms": "0030_ack_row_event_ms",
+}
+"""The migration that creates each of the tracker's own types."""
+_MISSING = (
+    "SELECT coalesce(array_agg(t ORDER BY t), '{}') FROM unnest($1::text[]) t"
+    " WHERE to_regtype(t) IS NULL"
+)
 
 
 def learn_bound_types(engine: AsyncEngine) -> None:
@@ -102,7 +116,23 @@ def _learn(
     # `info` lives as long as the DBAPI connection: a reconnect learns again.
     if record.info.get(_LEARNED):
         return
-    dbapi_conn.run_async(lambda conn: conn.prepare(_LEARN))
+    try:
+        dbapi_conn.run_async(lambda conn: conn.prepare(_LEARN))
+    except asyncpg.UndefinedObjectError:
+        # A database not upgraded yet (the database goes first, docs/upgrading.md). The
+        # engine is `serve`'s, shared with the API, relay and scheduler: failing the
+        # checkout would fail all of them, so only the tracker's statements that bind a
+        # missing type fail (and are retried); the next checkout learns again.
+        if not record.info.get(_WARNED):
+            record.info[_WARNED] = True
+            missing = dbapi_conn.run_async(lambda conn: conn.fetchval(_MISSING, list(_MADE_BY)))
+            log.warning(
+                "tracker_types_missing",
+                types=missing,
+                migrations=sorted({_MADE_BY[name] for name in missing}),
+                fix="retention db upgrade",
+            )
+        return
     record.info[_LEARNED] = True
 
 

@@ -327,40 +327,41 @@ class Tracker:
     async def _read_acks(self, *, timeout_s: float) -> _AckBatch | None:
         """Read a batch of acks, decode them and check their signatures (no database).
 
-        Reading and recording a batch collect cyclic garbage less often
+        Decoding and recording a batch collect cyclic garbage less often
         (`TrackerSettings.gc_threshold`): a batch's records, acks, proofs and rows live
         until it is recorded, none in a cycle, and CPython's default threshold scanned
         them again and again and promoted them into generations whose collections walk
-        the whole process. A batch read ahead overlaps the one being recorded: the
-        threshold stays raised while either runs (`fewer_collections`)."""
-        with fewer_collections(self._settings.gc_threshold):
-            return await self._read_batch(timeout_s=timeout_s)
-
-    async def _read_batch(self, *, timeout_s: float) -> _AckBatch | None:
+        the whole process. The wait for acks is not inside: a batch read ahead waits
+        there nearly all the time, and the threshold is process-wide (the relay's rounds
+        and the API run beside the tracker in `serve`)."""
         reader = self._client(self._kafka.acks)
         messages = await reader.read(timeout_s=timeout_s, max_records=self._settings.batch_size)
         if not messages:
             return None
         try:
-            batch = _AckBatch(messages, [], [])
-            for msg in messages:
-                try:
-                    ack = decode(RetentionAck, msg.value)
-                except PoisonRecord as exc:
-                    batch.records.append(
-                        ledger.ConsumedAck(msg.topic, msg.partition, msg.offset, None, exc.reason)
-                    )
-                    batch.poison.append((msg, exc.reason))
-                else:
-                    refused, key_id = self._refused(ack, msg)
-                    batch.records.append(
-                        ledger.ConsumedAck(
-                            msg.topic, msg.partition, msg.offset, ack, None, refused, key_id
-                        )
-                    )
+            with fewer_collections(self._settings.gc_threshold):
+                return self._decode_batch(messages)
         except BaseException:
             reader.rewind(messages)
             raise
+
+    def _decode_batch(self, messages: list[ConsumedRecord]) -> _AckBatch:
+        batch = _AckBatch(messages, [], [])
+        for msg in messages:
+            try:
+                ack = decode(RetentionAck, msg.value)
+            except PoisonRecord as exc:
+                batch.records.append(
+                    ledger.ConsumedAck(msg.topic, msg.partition, msg.offset, None, exc.reason)
+                )
+                batch.poison.append((msg, exc.reason))
+            else:
+                refused, key_id = self._refused(ack, msg)
+                batch.records.append(
+                    ledger.ConsumedAck(
+                        msg.topic, msg.partition, msg.offset, ack, None, refused, key_id
+                    )
+                )
         return batch
 
     async def _apply_acks(self, batch: _AckBatch) -> ledger.LedgerOutcome:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import gc
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from sqlalchemy import select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from structlog.testing import capture_logs
 
 from coordinator.clock import FrozenClock
 from coordinator.evidence import audit
@@ -241,6 +242,14 @@ async def test_an_expected_row_keeps_the_answer_that_stands_and_counts_every_new
     ]
     await produce(env.kafka, env.kafka.topics.acks, second + second)
     await drain(env.tracker, len(second) * 2)
+    # Acks later than every stored one: the stored first ack time stands, whether the
+    # ack replaces the answer (`failing`) or not (`settled`).
+    third = [
+        billing((settled, s_id), 20, AckStatus.FAILED, 4, "later, after success"),
+        billing((failing, f_id), 20, AckStatus.FAILED, 3, "latest failure"),
+    ]
+    await produce(env.kafka, env.kafka.topics.acks, third)
+    await drain(env.tracker, len(third))
 
     e = expected_acks.c
     async with env.engine.connect() as conn:
@@ -260,37 +269,76 @@ async def test_an_expected_row_keeps_the_answer_that_stands_and_counts_every_new
             )
         }
     minute = timedelta(minutes=1)
-    assert rows[settled] == ("completed", 5, 1, "deleted", t + 3 * minute, t + minute, 4)
-    assert rows[failing] == ("failed", 0, 2, "newer failure", t + 5 * minute, t + 2 * minute, 2)
+    assert rows[settled] == ("completed", 5, 1, "deleted", t + 3 * minute, t + minute, 5)
+    assert rows[failing] == (
+        "failed",
+        0,
+        3,
+        "latest failure",
+        t + 20 * minute,
+        t + 2 * minute,
+        3,
+    )
 
 
-async def test_ack_batches_are_read_and_recorded_with_fewer_collections(
+async def test_ack_batches_are_decoded_and_recorded_with_fewer_collections(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A batch's objects live until it is recorded: reading and recording it run with
-    the collector's youngest threshold raised, and the threshold is restored after."""
+    """A batch's objects live until it is recorded: decoding and recording it run with
+    the collector's youngest threshold raised to the tracker's setting; the wait for
+    acks does not (the threshold is process-wide), and the threshold is restored after."""
+    env.tracker._settings = env.tracker._settings.model_copy(update={"gc_threshold": 123_457})
     await env.declare(*SERVICES)
     events = await env.publish(2, T0)
     assert await env.tracker.track_published() >= 2
-    real = tracker_module.fewer_collections
-    inside: list[int] = []
+    seen: list[tuple[str, int]] = []
+    tracker, reader = env.tracker, env.tracker._kafka.acks
+    read, decode_batch, record_batch = reader.read, tracker._decode_batch, tracker._record_batch
 
-    @contextlib.contextmanager
-    def watched(young: int) -> Iterator[None]:
-        with real(young):
-            inside.append(gc.get_threshold()[0])
-            yield
+    async def reading(*, timeout_s: float, max_records: int) -> list[Any]:
+        seen.append(("read", gc.get_threshold()[0]))
+        return await read(timeout_s=timeout_s, max_records=max_records)
 
+    def decoding(messages: list[Any]) -> Any:
+        seen.append(("decode", gc.get_threshold()[0]))
+        return decode_batch(messages)
+
+    async def recording(batch: Any) -> ledger.LedgerOutcome:
+        seen.append(("record", gc.get_threshold()[0]))
+        return await record_batch(batch)
+
+    monkeypatch.setattr(reader, "read", reading)
+    monkeypatch.setattr(tracker, "_decode_batch", decoding)
+    monkeypatch.setattr(tracker, "_record_batch", recording)
     before = gc.get_threshold()
-    monkeypatch.setattr(tracker_module, "fewer_collections", watched)
+    raised = max(before[0], 123_457)
     acks = [ack(e, s, i, T0, entity_type=env.entity_type) for e, i in events for s in SERVICES]
     await produce(env.kafka, env.kafka.topics.acks, acks)
     await drain(env.tracker, len(acks))
     assert await env.states(events) == ["completed"] * 2
-    # Each read and each recorded batch; the threshold is the setting's.
-    assert len(inside) >= 2
-    assert set(inside) == {max(before[0], env.tracker._settings.gc_threshold)}
+    assert {kind for kind, _ in seen} == {"read", "decode", "record"}
+    assert {(kind, raised if kind != "read" else before[0]) for kind, _ in seen} == set(seen)
     assert gc.get_threshold() == before
+
+
+async def test_an_idle_tracker_leaves_the_collector_s_threshold_alone(env: Env) -> None:
+    # In `serve` the read-ahead waits for acks nearly all the time: a threshold raised
+    # there would be raised for the API and the relay's rounds all the time too.
+    env.tracker._settings = env.tracker._settings.model_copy(update={"gc_threshold": 123_457})
+    await env.declare(*SERVICES)
+    await env.tracker.stop()
+    before = gc.get_threshold()
+    stop = asyncio.Event()
+    running = asyncio.create_task(env.tracker.run_forever(stop))
+    samples = []
+    try:
+        for _ in range(20):
+            await asyncio.sleep(0.05)
+            samples.append(gc.get_threshold())
+    finally:
+        stop.set()
+        await running
+    assert set(samples) == {before}
 
 
 async def test_rejected_acks_are_recorded_never_applied(env: Env) -> None:
@@ -900,3 +948,37 @@ async def test_a_connection_learns_the_bound_types_before_any_lock(env: Env) -> 
         assert not [q for q in ran if "pg_catalog" in q or "typeinfo" in q]
     finally:
         await engine.dispose()
+
+
+async def test_a_database_not_yet_upgraded_fails_only_the_tracker_s_statements() -> None:
+    # `serve` shares one engine between the API, relay, scheduler and tracker: a
+    # database one migration behind the code must not fail every checkout.
+    url = await infra.create_database(infra.database_url(), "tracker_types_missing")
+    engine = make_engine(url, pool_size=1)
+    try:
+        await upgrade(url, "0029_lz4_evidence")
+        ledger.learn_bound_types(engine)
+        with capture_logs() as logs:
+            for _ in range(2):
+                async with engine.connect() as conn:
+                    assert await conn.scalar(text("SELECT 1")) == 1
+        warned = [e for e in logs if e["event"] == "tracker_types_missing"]
+        assert [(e["types"], e["migrations"]) for e in warned] == [
+            (["retention_ack_row_ms"], ["0030_ack_row_event_ms"])
+        ]
+        async with engine.connect() as conn:
+            with pytest.raises(DBAPIError, match="retention_ack_row_ms"):
+                await conn.execute(text("SELECT CAST(:p AS retention_ack_row_ms[])"), {"p": []})
+        await upgrade(url)
+        async with engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert raw is not None
+            ran: list[str] = []
+            raw.add_query_logger(lambda record: ran.append(record.query))
+            await conn.execute(text("SELECT CAST(:p AS retention_ack_row_ms[])"), {"p": []})
+        # The next checkout learned the type: binding it looked nothing up.
+        assert ran
+        assert not [q for q in ran if "pg_catalog" in q or "typeinfo" in q]
+    finally:
+        await engine.dispose()
+        await infra.drop_database(url)
