@@ -368,14 +368,16 @@ class OutboxRelay:
         while current is not None:
             ahead = None
             try:
+                # After the last batch encoded, not the last read: a hand-over that failed
+                # part way left the claim's later batches unsent.
                 if count < settings.round_claims and not _failing(current):
-                    ahead = await self._claim_after(producer, conn, current.rows[-1].seq)
+                    ahead = await self._claim_after(producer, conn, current.seqs[-1])
                     count += ahead is not None
                 settled, entry, published = await self._settle(current)
                 result += settled
                 prepared += entry
                 policies += published
-                if settled.send_failed:
+                if settled.send_failed or current.enqueue_error is not None:
                     if ahead is not None:
                         # Never marked (the prefix ended before it), but awaited like every
                         # record handed over, so the round ends with nothing of it pending
@@ -387,7 +389,7 @@ class OutboxRelay:
                     and count < settings.busy_chain_claims
                     and not await audit.try_lock_head(conn)
                 ):
-                    ahead = await self._claim_after(producer, conn, current.rows[-1].seq)
+                    ahead = await self._claim_after(producer, conn, current.seqs[-1])
                     count += ahead is not None
                 current.release()
                 current = ahead

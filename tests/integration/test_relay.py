@@ -369,8 +369,9 @@ async def test_a_busy_audit_chain_lets_the_round_send_the_next_claims_and_mark_e
 ) -> None:
     batches = [outbox_rows(40, policy=p, start=100 * n) for n, p in enumerate(_POLICIES)]
     await insert_rows(engine, [row for batch in batches for row in batch])
-    # One batch per claim: without the chain's lock, the round goes on claim by claim.
-    settings = FAST.model_copy(update={"batch_size": 40})
+    # One batch per claim, one claim a round unless the chain is busy: only the busy
+    # chain's path sends the second and third claims.
+    settings = FAST.model_copy(update={"batch_size": 40, "round_claims": 1})
     async with engine.connect() as holder, OutboxRelay(engine, topics, settings=settings) as relay:
         await holder.begin()
         await audit.lock_head(holder)
@@ -397,6 +398,66 @@ async def test_a_busy_audit_chain_lets_the_round_send_the_next_claims_and_mark_e
             [str(row["event_id"]) for row in batch] for batch in batches
         ]
         assert await audit.verify(conn) == (3, None)
+
+
+class _FailsAfterItsLastDelivery:
+    """Acknowledges every record at once; its first hand-over raises TimeoutError after
+    yielding its last delivery (where a producer that awaits after each yield, as the
+    librdkafka one does, can meet the relay's deadline)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.sent = 0
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def send_all(
+        self, topic: str, records: Sequence[OutgoingRecord]
+    ) -> AsyncIterator[Delivery]:
+        loop = asyncio.get_running_loop()
+        self.calls += 1
+        for index in range(len(records)):
+            future: asyncio.Future[object] = loop.create_future()
+            future.set_result(None)
+            self.sent += 1
+            yield Delivery([index], future)
+        if self.calls == 1:
+            raise TimeoutError
+
+
+@pytest.mark.parametrize("round_claims", [1, 4])
+async def test_a_hand_over_failing_after_its_last_delivery_ends_the_round_at_what_was_sent(
+    engine: AsyncEngine, topics: KafkaSettings, round_claims: int
+) -> None:
+    """The claim's batches after the failed chunk were never encoded: neither the next
+    claim of the round (pipelined, or while the chain is busy) nor the mark may pass them."""
+    for n in range(6):
+        await insert_rows(engine, outbox_rows(64, start=1000 * n))
+    settings = RelaySettings(
+        batch_size=256, send_chunk=128, idle_sleep_s=0.05, round_claims=round_claims
+    )
+    producer = _FailsAfterItsLastDelivery()
+    async with engine.connect() as holder, OutboxRelay(
+        engine, topics, settings=settings, producer_factory=lambda: producer
+    ) as relay:
+        await holder.begin()
+        await audit.lock_head(holder)
+        round_ = asyncio.create_task(relay.publish_batch())
+        await asyncio.sleep(1)
+        await holder.rollback()
+        result = await asyncio.wait_for(round_, 30)
+        assert result.published <= producer.sent == 128
+        async with engine.connect() as conn:
+            assert (await event_counts(conn))[1] == result.published
+        # The next rounds send the rest: nothing was skipped.
+        await relay.drain(timeout_s=30)
+    async with engine.connect() as conn:
+        assert await event_counts(conn) == (384, 384)
+        assert await unpublished_events(conn) == 0
 
 
 @pytest.mark.parametrize("round_claims", [1, 2])
