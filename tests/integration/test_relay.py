@@ -441,9 +441,10 @@ async def test_a_hand_over_failing_after_its_last_delivery_ends_the_round_at_wha
         batch_size=256, send_chunk=128, idle_sleep_s=0.05, round_claims=round_claims
     )
     producer = _FailsAfterItsLastDelivery()
-    async with engine.connect() as holder, OutboxRelay(
-        engine, topics, settings=settings, producer_factory=lambda: producer
-    ) as relay:
+    async with (
+        engine.connect() as holder,
+        OutboxRelay(engine, topics, settings=settings, producer_factory=lambda: producer) as relay,
+    ):
         await holder.begin()
         await audit.lock_head(holder)
         round_ = asyncio.create_task(relay.publish_batch())
