@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Text, Uuid, bindparam, cast, func, insert, literal, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import ColumnElement
 
 from coordinator.evidence import audit
 from coordinator.evidence.audit import AuditEntry
@@ -27,7 +28,7 @@ from coordinator.outbox.wakeup import CHANNEL
 from coordinator.store.tables import audit_log, outbox_batches, outbox_marks
 from schemas import EventReason
 
-__all__ = ["EventBatch", "enqueue"]
+__all__ = ["EventBatch", "enqueue", "wake_column"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,13 @@ def notify_statement(below: float = 0.5) -> Any:
 
 
 _NOTIFY = notify_statement()
+
+
+def wake_column(*, when: ColumnElement[bool]) -> Any:
+    """The wake-up as a column of a writer's own statement, sent only `when` holds (it
+    wrote events): one round trip fewer than `enqueue`'s own; then call `enqueue` with
+    `woken=True`."""
+    return _NOTIFY.where(when).scalar_subquery()
 
 
 def _text_array(name: str, values: Sequence[str | None]) -> Any:
@@ -95,10 +103,12 @@ async def enqueue(
     *,
     recorded: AuditEntry | None = None,
     json_native: bool = False,
+    woken: bool = False,
 ) -> int:
     """Write the batch's outbox row and the audit entry `recorded` that records it,
     stamped with the batch's `initiated_at`; return its seq (0: the batch has no events,
     and only the entry is written). `json_native`: as `audit.prepare`'s, for `recorded`.
+    `woken`: the transaction already sent the relays' wake-up (`wake_column`).
     """
     prepared = (
         audit.prepare([recorded], at=batch.initiated_at, json_native=json_native)
@@ -152,7 +162,8 @@ async def enqueue(
     )
     # Wakes the relays when this transaction commits (coordinator/outbox/wakeup.py);
     # sent before the chain's lock, as it costs a round trip and is queued until commit.
-    await conn.execute(_NOTIFY)
+    if not woken:
+        await conn.execute(_NOTIFY)
     head = await audit.lock_head(conn)
     if recorded is None:
         return int(await conn.scalar(row) or 0)

@@ -34,7 +34,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from coordinator.copies.crypto.keystore import KeyStore
 from coordinator.copies.vault.seal import DOC, VaultRow, row_document, store_in_vault
 from coordinator.evidence.audit import AuditAction, AuditEntry, append_prepared, prepare
-from coordinator.outbox.write import EventBatch, enqueue
+from coordinator.outbox.write import EventBatch, enqueue, wake_column
 from coordinator.policy import anonymizers
 from coordinator.policy.binding import BoundPolicy
 from coordinator.policy.model import Action, Policy
@@ -377,17 +377,18 @@ async def _select_and_act(
     )
     acted, helpers = _with_ledger(bound, window.chosen, run_id, now)
     entities = _acted_entities(bound, acted).subquery("entities")
+    columns = [
+        window.last.label("last"),
+        window.seen.label("seen"),
+        entities.c.entities,
+        entities.c.subjects,
+    ]
+    if bound.policy.fan_out:
+        # The relays' wake-up in this round trip (queued until the commit), only when
+        # the batch touched rows and so writes events: `enqueue` then skips its own.
+        columns.append(wake_column(when=entities.c.touched > 0).label("woken"))
     row = (
-        await conn.execute(
-            select(
-                window.last.label("last"),
-                window.seen.label("seen"),
-                entities.c.entities,
-                entities.c.subjects,
-            )
-            .select_from(entities)
-            .add_cte(acted, *helpers)
-        )
+        await conn.execute(select(*columns).select_from(entities).add_cte(acted, *helpers))
     ).one()
     if row.last is None:
         return Batch((), None, exhausted=True), _Acted((), (), None)
@@ -430,18 +431,20 @@ async def purge_batch(
     policy's mark moves past this one if it is too (coordinator/purge/marks.py).
 
     Round trips per batch: the hold lock, then either one statement that chooses the rows
-    and acts on them (delete without a hook), or one select-and-lock statement (two for
-    anonymize: the ledger is read after the row locks), the optional hook and one
-    statement for action + ledger, returning the touched ids as text and their subjects
-    (archive: then the key store, once for the batch, and the sealed rows' insert); the
-    anonymize mark; last, under the audit chain's lock, the batch's one
+    and acts on them (delete without a hook; it also sends a fanning-out batch's wake-up
+    of the relays, which the other paths send from `enqueue`), or one select-and-lock
+    statement (two for anonymize: the ledger is read after the row locks), the optional
+    hook and one statement for action + ledger, returning the touched ids as text and
+    their subjects (archive: then the key store, once for the batch, and the sealed rows'
+    insert); the anonymize mark; last, under the audit chain's lock, the batch's one
     outbox row and its audit entry in one statement (coordinator/outbox/write.py: three
     round trips with the lock, then the commit).
     """
     policy = bound.policy
     await lock_for_purge(conn)  # before the select: see coordinator.purge.holds
     acted = _Acted((), (), None)
-    if _one_pass(bound, origin):
+    one_pass = _one_pass(bound, origin)
+    if one_pass:
         batch, acted = await _select_and_act(
             conn, bound, run_id=run_id, cutoff=cutoff, now=now, after=after, scope=scope
         )
@@ -504,6 +507,7 @@ async def purge_batch(
             ),
             recorded=recorded,
             json_native=True,
+            woken=one_pass,
         )
     else:
         await append_prepared(conn, prepare([recorded], at=now, json_native=True))
