@@ -25,7 +25,7 @@ from coordinator.metrics import Metrics
 from coordinator.policy.binding import BoundPolicy, bind_policies
 from coordinator.policy.model import Action, PolicyIssue, PolicySet
 from coordinator.purge import marks
-from coordinator.purge.batch import ensure_archive_table, purge_batch
+from coordinator.purge.batch import RunStatements, ensure_archive_table, purge_batch
 from coordinator.purge.planner import (
     PolicyPlan,
     count_due,
@@ -391,6 +391,7 @@ class Runner:
                 return
         try:
             after, contiguous = start, anonymize
+            statements = RunStatements()
             while True:
                 async with conn.begin():
                     batch = await purge_batch(
@@ -402,6 +403,7 @@ class Runner:
                         after=after,
                         keys=keys,
                         mark=contiguous,
+                        statements=statements,
                     )
                 contiguous = contiguous and batch.contiguous
                 if batch.last_scanned is None:

@@ -77,8 +77,12 @@ async def test_a_batch_is_four_statements_and_the_run_stops_after_a_short_window
         )
     sent: list[str] = []
 
+    afters: list[Any] = []
+
     def record(*args: Any) -> None:
         sent.append(kind(args[2]))
+        if sent[-1].startswith("choose + act"):
+            afters.append(args[4].compiled_parameters[0].get("after"))
 
     event.listen(engine.sync_engine, "before_cursor_execute", record)
     policies = parse_policies(POLICY.format(fan_out=str(fan_out).lower()))
@@ -91,6 +95,9 @@ async def test_a_batch_is_four_statements_and_the_run_stops_after_a_short_window
     # Windows of 10, 10 and 5: the short one ends the run, no empty batch follows.
     starts = [n for n, got in enumerate(sent) if got == "hold lock"]
     assert len(starts) == 3
+    # The run builds its batch statement once (coordinator.purge.batch.RunStatements):
+    # each batch still starts after the one before.
+    assert afters == [None, 10, 20]
     # An outbox row wakes the relays (coordinator/outbox/wakeup.py), asked by the choose
     # + act statement itself, before the chain's lock: nothing but the chain's head and
     # the inserts wait for that lock.
