@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import func, insert, select, text, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator.clock import Clock, SystemClock
 from coordinator.copies.crypto.keystore import KeyStore, KeyStoreError, open_keystore
@@ -25,7 +25,7 @@ from coordinator.metrics import Metrics
 from coordinator.policy.binding import BoundPolicy, bind_policies
 from coordinator.policy.model import Action, PolicyIssue, PolicySet
 from coordinator.purge import marks
-from coordinator.purge.batch import ensure_archive_table, purge_batch
+from coordinator.purge.batch import RunStatements, ensure_archive_table, purge_batch
 from coordinator.purge.planner import (
     PolicyPlan,
     count_due,
@@ -335,18 +335,36 @@ class Runner:
         force: bool,
         progress: Progress | None,
     ) -> None:
+        # One connection for the plan, every batch and the leftover count: a checkout
+        # from the pool pings the server first (three round trips: BEGIN, a ping,
+        # ROLLBACK), which a checkout per batch paid as often as the batch's own
+        # statements. Each batch is still its own transaction.
+        async with self.engine.connect() as conn:
+            await self._execute_on(conn, bound, run_id, outcome, force=force, progress=progress)
+
+    async def _execute_on(
+        self,
+        conn: AsyncConnection,
+        bound: BoundPolicy,
+        run_id: uuid.UUID,
+        outcome: PolicyOutcome,
+        *,
+        force: bool,
+        progress: Progress | None,
+    ) -> None:
         policy = bound.policy
         anonymize = policy.action is Action.ANONYMIZE
-        async with self.engine.connect() as conn:
-            base = await time_base(conn, self.clock)
-            # Anonymize starts after its mark: the rows it already anonymized are not
-            # walked again (coordinator/purge/marks.py).
-            start = await marks.start(conn, bound, base.now) if anonymize else None
-            plan = await count_due(conn, bound, base.now, after=start)
-            refusal = None
-            if plan.refused and not force:
-                # Said in full, with what is held: one more count, only when refusing.
-                refusal = await plan_policy(conn, bound, base.now, after=start)
+        base = await time_base(conn, self.clock)
+        # Anonymize starts after its mark: the rows it already anonymized are not
+        # walked again (coordinator/purge/marks.py).
+        start = await marks.start(conn, bound, base.now) if anonymize else None
+        plan = await count_due(conn, bound, base.now, after=start)
+        refusal = None
+        if plan.refused and not force:
+            # Said in full, with what is held: one more count, only when refusing.
+            refusal = await plan_policy(conn, bound, base.now, after=start)
+        # Read-only: nothing to keep.
+        await conn.rollback()
         if base.skew_seconds > _SKEW_WARNING_SECONDS:  # ahead: cutoffs now follow the DB
             log.warning(
                 "clock_skew_detected", policy=policy.name, skew_s=round(base.skew_seconds, 1)
@@ -361,7 +379,7 @@ class Runner:
         # Even when nothing is due yet: rows may become due during the run, and a delete
         # and archive batch is one statement naming the archive table.
         if bound.archive is not None and not bound.archive_exists:
-            async with self.engine.begin() as conn:
+            async with conn.begin():
                 await ensure_archive_table(conn, bound)
         keys: KeyStore | None = None
         if policy.action is Action.ARCHIVE or policy.restore_window is not None:
@@ -373,8 +391,9 @@ class Runner:
                 return
         try:
             after, contiguous = start, anonymize
+            statements = RunStatements()
             while True:
-                async with self.engine.begin() as conn:
+                async with conn.begin():
                     batch = await purge_batch(
                         conn,
                         bound,
@@ -384,6 +403,7 @@ class Runner:
                         after=after,
                         keys=keys,
                         mark=contiguous,
+                        statements=statements,
                     )
                 contiguous = contiguous and batch.contiguous
                 if batch.last_scanned is None:
@@ -408,10 +428,10 @@ class Runner:
         if anonymize and outcome.processed:
             # The ledger grew during the run; stale statistics would turn the count
             # below (and the next plan) into nested loops over the whole ledger.
-            async with self.engine.begin() as conn:
+            async with conn.begin():
                 await conn.execute(text(f"ANALYZE {anonymized.name}"))
-        async with self.engine.connect() as conn:
-            left = await leftover(conn, bound, base.now, after=start)
+        left = await leftover(conn, bound, base.now, after=start)
+        await conn.rollback()
         outcome.held, outcome.oldest_unprocessed_days = left.held, left.oldest_age_days
 
     async def _record(self, run_id: uuid.UUID, outcome: PolicyOutcome) -> None:

@@ -107,7 +107,7 @@ async def test_an_empty_batch_writes_only_its_audit_entry(engine: AsyncEngine) -
 
 async def test_ids_and_subjects_arrive_exactly_as_given(engine: AsyncEngine) -> None:
     """The id arrays travel as one array literal (coordinator/outbox/write.py
-    `_text_array`): order, quotes, commas, backslashes, braces, blanks, newlines,
+    `_array_literal`): order, quotes, commas, backslashes, braces, blanks, newlines,
     non-ASCII, the text NULL and missing subjects survive."""
     ids = ['a"b', "c,d", "e\\f", "{g}", "NULL", "ü ñ", " h ", "9", "", "x\ny"]
     subjects: list[str | None] = [

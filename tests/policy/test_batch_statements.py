@@ -3,6 +3,7 @@ taken last (coordinator/purge/batch.py, coordinator/outbox/write.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import timedelta
 from typing import Any
@@ -13,9 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import FrozenClock
 from coordinator.evidence import audit
+from coordinator.outbox.wakeup import CHANNEL
 from coordinator.policy.model import parse_policies
 from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
+from coordinator.store.db import connect_outside_pool
 from coordinator.store.tables import outbox_batches
 from demo.seed_data import orders
 from tests.policy.conftest import NOW
@@ -37,12 +40,13 @@ policies:
 
 KINDS = (
     ("hold lock", r"pg_advisory_xact_lock_shared"),
+    ("choose + act, waking the relays", r"^WITH .*DELETE FROM orders.*pg_notify"),
+    ("choose + act", r"^WITH .*DELETE FROM orders"),
     ("relay wake-up", r"pg_notify"),
     ("chain lock", r"pg_advisory_xact_lock\("),
     ("chain head", r"FROM audit_log ORDER BY"),
     ("outbox row + audit entry", r"^WITH batch AS \(INSERT INTO retention_outbox_batches"),
     ("audit entry", r"^INSERT INTO audit_log"),
-    ("choose + act", r"^WITH .*DELETE FROM orders"),
 )
 
 
@@ -73,8 +77,12 @@ async def test_a_batch_is_four_statements_and_the_run_stops_after_a_short_window
         )
     sent: list[str] = []
 
+    afters: list[Any] = []
+
     def record(*args: Any) -> None:
         sent.append(kind(args[2]))
+        if sent[-1].startswith("choose + act"):
+            afters.append(args[4].compiled_parameters[0].get("after"))
 
     event.listen(engine.sync_engine, "before_cursor_execute", record)
     policies = parse_policies(POLICY.format(fan_out=str(fan_out).lower()))
@@ -87,13 +95,17 @@ async def test_a_batch_is_four_statements_and_the_run_stops_after_a_short_window
     # Windows of 10, 10 and 5: the short one ends the run, no empty batch follows.
     starts = [n for n, got in enumerate(sent) if got == "hold lock"]
     assert len(starts) == 3
-    # An outbox row wakes the relays (coordinator/outbox/wakeup.py), asked before the
-    # chain's lock: nothing but the chain's head and the inserts wait for that lock.
-    before = ["hold lock", "choose + act"]
+    # The run builds its batch statement once (coordinator.purge.batch.RunStatements):
+    # each batch still starts after the one before.
+    assert afters == [None, 10, 20]
+    # An outbox row wakes the relays (coordinator/outbox/wakeup.py), asked by the choose
+    # + act statement itself, before the chain's lock: nothing but the chain's head and
+    # the inserts wait for that lock.
+    locked = ["chain lock", "chain head"]
     expected = (
-        [*before, "relay wake-up", "chain lock", "chain head", "outbox row + audit entry"]
+        ["hold lock", "choose + act, waking the relays", *locked, "outbox row + audit entry"]
         if fan_out
-        else [*before, "chain lock", "chain head", "audit entry"]
+        else ["hold lock", "choose + act", *locked, "audit entry"]
     )
     for start in starts:
         assert sent[start : start + len(expected)] == expected
@@ -101,3 +113,41 @@ async def test_a_batch_is_four_statements_and_the_run_stops_after_a_short_window
         assert await audit.verify(conn) == (5, None)  # run start, 3 batches, run finish
         rows = (await conn.execute(select(func.count()).select_from(outbox_batches))).scalar()
         assert rows == (3 if fan_out else 0)
+
+
+async def test_a_fanning_out_run_wakes_the_relays_only_for_batches_that_wrote_events(
+    engine: AsyncEngine, clock: FrozenClock, settings: Settings
+) -> None:
+    """The wake-up rides in the choose + act statement, conditioned on rows touched: each
+    committed batch with events notifies, a run with nothing due notifies nobody."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(orders),
+            [
+                {
+                    "id": i,
+                    "customer_name": f"name {i}",
+                    "email": f"u{i}@shop.example",
+                    "status": "paid",
+                    "total": 1,
+                    "created_at": NOW - timedelta(days=40, seconds=i),
+                }
+                for i in range(1, 16)
+            ],
+        )
+    received: list[str] = []
+    listener = await connect_outside_pool(engine)
+    try:
+        await listener.add_listener(CHANNEL, lambda *args: received.append(args[3]))
+        runner = Runner(
+            engine, parse_policies(POLICY.format(fan_out="true")), settings, clock=clock
+        )
+        assert (await runner.run()).outcomes[0].processed == 15
+        await asyncio.sleep(0.5)
+        assert received == ["", ""]  # batches of 10 and 5, one notification per commit
+        received.clear()
+        assert (await runner.run()).outcomes[0].processed == 0
+        await asyncio.sleep(0.5)
+        assert received == []
+    finally:
+        await listener.close()
