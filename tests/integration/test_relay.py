@@ -189,16 +189,16 @@ async def test_killed_relay_process_loses_nothing(
     engine: AsyncEngine, topics: KafkaSettings, coordinator_db: str
 ) -> None:
     rows = outbox_rows(6000)
-    await insert_rows(engine, rows, chunk=50)
+    await insert_rows(engine, rows, chunk=20)
     env = {
         **os.environ,
         "RETENTION_DATABASE_URL": coordinator_db,
         "RETENTION_KAFKA_BOOTSTRAP_SERVERS": topics.bootstrap_servers,
         "RETENTION_KAFKA_TOPIC_PREFIX": topics.topic_prefix,
-        # 120 batches, each its own claim, two claims a round (the second sent while the
-        # first is awaited): 60 commits, so the poll below sees some but not all
+        # 300 batches, each its own claim, two claims a round (the second sent while the
+        # first is awaited): 150 commits, so the poll below sees some but not all
         # published however fast the relay signs and sends.
-        "RETENTION_RELAY_BATCH_SIZE": "50",
+        "RETENTION_RELAY_BATCH_SIZE": "20",
         "RETENTION_RELAY_ROUND_CLAIMS": "2",
     }
     with subprocess.Popen(
