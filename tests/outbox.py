@@ -21,6 +21,16 @@ from schemas import EventReason, KafkaSettings
 T0 = datetime(2026, 11, 29, 3, 0, tzinfo=UTC)
 
 
+class QuietProducer:
+    """A stand-in producer's start and stop, which do nothing: its `send_all` is the test."""
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
 def outbox_rows(
     count: int,
     *,

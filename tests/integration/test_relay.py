@@ -30,7 +30,7 @@ from coordinator.store.db import make_engine
 from coordinator.store.tables import audit_log
 from schemas import KafkaSettings, RetentionEvent, decode
 from tests.infra import ROOT
-from tests.outbox import clear_outbox, insert_rows, outbox_rows, read_records
+from tests.outbox import QuietProducer, clear_outbox, insert_rows, outbox_rows, read_records
 
 # The console script of the venv running the tests.
 RETENTION = str(Path(sys.executable).with_name("retention"))
@@ -312,17 +312,11 @@ async def test_one_relay_keeps_each_entitys_events_in_outbox_order(
     assert all(seq == list(range(8)) for seq in per_key.values()), per_key
 
 
-class _RefusingProducer:
+class _RefusingProducer(QuietProducer):
     """Acknowledges every record at once, except those whose key it was told to refuse."""
 
     def __init__(self, refused: set[bytes]) -> None:
         self._refused = refused
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
 
     async def send_all(
         self, topic: str, records: Sequence[OutgoingRecord]
@@ -400,7 +394,7 @@ async def test_a_busy_audit_chain_lets_the_round_send_the_next_claims_and_mark_e
         assert await audit.verify(conn) == (3, None)
 
 
-class _FailsAfterItsLastDelivery:
+class _FailsAfterItsLastDelivery(QuietProducer):
     """Acknowledges every record at once; its first hand-over raises TimeoutError after
     yielding its last delivery (where a producer that awaits after each yield, as the
     librdkafka one does, can meet the relay's deadline)."""
@@ -408,12 +402,6 @@ class _FailsAfterItsLastDelivery:
     def __init__(self) -> None:
         self.calls = 0
         self.sent = 0
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
 
     async def send_all(
         self, topic: str, records: Sequence[OutgoingRecord]

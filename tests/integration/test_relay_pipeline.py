@@ -21,7 +21,7 @@ from coordinator.settings import RelaySettings
 from coordinator.store.db import make_engine
 from coordinator.store.tables import audit_log, outbox_batches
 from schemas import KafkaSettings, RetentionEvent, decode
-from tests.outbox import clear_outbox, insert_rows, outbox_rows, read_records
+from tests.outbox import QuietProducer, clear_outbox, insert_rows, outbox_rows, read_records
 
 _POLICIES = ("session_logs", "purchase_records", "audit_trail")
 
@@ -34,7 +34,7 @@ async def engine(coordinator_db: str) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
-class _LateVerdicts:
+class _LateVerdicts(QuietProducer):
     """Answers each hand-over only when the next one begins (or after a second, for the
     last): every claim is still unacknowledged while the relay sends the one after it.
     Records whose key is in `refused` fail. `late=False`: each record is answered as it
@@ -47,12 +47,6 @@ class _LateVerdicts:
         self.pending_at_call: list[int] = []
         """Per hand-over: how many earlier records were still unanswered when it began."""
         self.calls = 0
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
 
     def _answer(self, answered: list[tuple[asyncio.Future[object], bool]]) -> None:
         for future, refuse in answered:
@@ -143,17 +137,11 @@ async def test_a_claim_already_failing_is_not_followed_by_the_next(
     assert (result.claimed, result.published, result.send_failed) == (40, 0, 1)
 
 
-class _Silent:
+class _Silent(QuietProducer):
     """Takes every record and never answers: the test answers them."""
 
     def __init__(self) -> None:
         self.futures: list[asyncio.Future[object]] = []
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
 
     async def send_all(
         self, topic: str, records: Sequence[OutgoingRecord]
