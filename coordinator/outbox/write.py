@@ -25,6 +25,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from coordinator.evidence import audit
 from coordinator.evidence.audit import AuditEntry
+from coordinator.outbox.events import SHARED
 from coordinator.outbox.wakeup import CHANNEL
 from coordinator.store.tables import audit_log, outbox_batches, outbox_marks
 from schemas import EventReason
@@ -175,23 +176,9 @@ def _batch_row() -> Any:
     # Ids count up from 1 under one fresh UUIDv7 (migration 0005), like the per-event
     # outbox's: event n of the batch is retention_uuidv7_nth(id_base, 1 + n).
     base = func.retention_uuidv7_nth(func.retention_uuidv7(), 0, type_=Uuid)
-    # A bound name may not be a column's: "b_" + the column.
-    bound: dict[str, Any] = {
-        name: bindparam(f"b_{name}")
-        for name in (
-            "events",
-            "run_id",
-            "policy",
-            "event_type",
-            "entity_type",
-            "legal_basis",
-            "fields",
-            "initiated_at",
-            "deadline",
-            "reason",
-            "request_id",
-        )
-    }
+    # A bound name may not be a column's: "b_" + the column. The shared event fields'
+    # columns come from the event's one mapping (coordinator/outbox/events.py).
+    bound: dict[str, Any] = {name: bindparam(f"b_{name}") for name in ("events", *SHARED.values())}
     return (
         insert(outbox_batches)
         .values(
