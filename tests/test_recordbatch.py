@@ -5,7 +5,6 @@ it)."""
 
 from __future__ import annotations
 
-import os
 import platform
 import subprocess
 import sys
@@ -22,12 +21,11 @@ from hypothesis import strategies as st
 
 from coordinator.kafka import recordbatch
 from coordinator.kafka.producer import OutgoingRecord
+from tests.native import native_or_skip
 
 if recordbatch.BUILDER != "native":
-    # `make test` builds it; elsewhere the fallback (aiokafka's builder) is what runs.
-    if os.environ.get("RETENTION_TEST_NATIVE_SIGNING") == "required":
-        raise AssertionError("coordinator.kafka._recordbatch did not build")
-    pytest.skip("coordinator.kafka._recordbatch is not built", allow_module_level=True)
+    # Where it did not build, the fallback (aiokafka's builder) is what runs.
+    native_or_skip(False, "coordinator.kafka._recordbatch", whole_module=True)
 
 from coordinator.kafka import _recordbatch
 

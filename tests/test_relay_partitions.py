@@ -13,13 +13,14 @@ from coordinator.kafka import recordbatch
 from coordinator.kafka.producer import KafkaEventProducer, OutgoingRecord
 from coordinator.settings import RelaySettings
 from schemas import KafkaSettings
+from tests.native import native_or_skip
 
 
 @pytest.fixture(params=["aiokafka", "native"])
 def builder(request: pytest.FixtureRequest) -> str:
     """Both ways of writing the batches: aiokafka's builder, and the C one where built."""
-    if request.param == "native" and recordbatch.BUILDER != "native":
-        pytest.skip("coordinator.kafka._recordbatch is not built")
+    if request.param == "native":
+        native_or_skip(recordbatch.BUILDER == "native", "coordinator.kafka._recordbatch")
     return str(request.param)
 
 

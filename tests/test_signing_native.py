@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from schemas import signing
 from schemas.signing import PROOF_HEADER, SIGNATURE_HEADER, Signer, Verdict, Verifier
 from tests.infra import ROOT
+from tests.native import required
 from tests.test_signing import VECTOR, _Outgoing, _proofs_by_hand, _signer, _value
 
 try:
@@ -30,9 +31,6 @@ except ImportError:
 IMPLEMENTATIONS = {"python": signing._forest_py}
 if _merkle is not None:
     IMPLEMENTATIONS["native"] = _merkle.forest
-
-REQUIRED = "RETENTION_TEST_NATIVE_SIGNING"
-"""Set to `required` by `make test`: the machines it runs on build the extension."""
 
 _keys = st.one_of(
     st.none(),
@@ -60,7 +58,7 @@ def test_the_native_core_is_built_where_make_test_runs() -> None:
     OpenSSL's headers): if it silently did not, the native path would go untested."""
     importable = _merkle is not None
     assert ("native" if importable else "python") == signing.HASHING
-    if os.environ.get(REQUIRED) == "required":
+    if required():
         assert importable, (
             "schemas._merkle did not build: `pip install -v --no-deps -e .` shows why "
             "(it needs a C compiler and OpenSSL's headers: `make native-deps`)"

@@ -13,13 +13,13 @@ import base64
 import random
 from collections.abc import Iterable
 
-import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas import signing
 from schemas.signing import PROOF_HEADER, SIGNATURE_HEADER, Checked, Signer, Verdict, Verifier
+from tests.native import native_or_skip
 from tests.test_signing import WALKERS, walking
 
 A = Signer(Ed25519PrivateKey.from_private_bytes(bytes(range(7, 39))))
@@ -29,9 +29,7 @@ UNKNOWN = Signer(Ed25519PrivateKey.from_private_bytes(bytes(range(9, 41))))
 _Headers = list[tuple[str, bytes | None]]
 _Record = tuple[bytes | None, bytes | None, _Headers]
 
-pytestmark = pytest.mark.skipif(
-    signing._walker is None, reason="needs schemas._merkle (test_signing_native fails then)"
-)
+native_or_skip(signing._walker is not None, "schemas._merkle's Walker", whole_module=True)
 
 
 def _verifier(name: str, keys: list[Signer], **sizes: int) -> Verifier:

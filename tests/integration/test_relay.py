@@ -26,7 +26,6 @@ from coordinator.outbox import relay as relay_module
 from coordinator.outbox.lookup import event_counts, unpublished_events
 from coordinator.outbox.relay import AUDIT_ACTION, OutboxRelay, PublishFailed
 from coordinator.settings import RelaySettings
-from coordinator.store.db import make_engine
 from coordinator.store.tables import audit_log
 from schemas import KafkaSettings, RetentionEvent, decode
 from tests.infra import ROOT
@@ -35,14 +34,6 @@ from tests.outbox import QuietProducer, clear_outbox, insert_rows, outbox_rows, 
 # The console script of the venv running the tests.
 RETENTION = str(Path(sys.executable).with_name("retention"))
 FAST = RelaySettings(batch_size=100, idle_sleep_s=0.05, backoff_initial_s=0.05)
-
-
-@pytest.fixture
-async def engine(coordinator_db: str) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(coordinator_db)
-    await clear_outbox(engine)
-    yield engine
-    await engine.dispose()
 
 
 async def published_state(engine: AsyncEngine) -> tuple[int, int]:

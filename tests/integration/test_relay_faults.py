@@ -21,9 +21,8 @@ from coordinator.metrics import Metrics
 from coordinator.outbox.lookup import EVENTS
 from coordinator.outbox.relay import OutboxRelay
 from coordinator.settings import RelaySettings
-from coordinator.store.db import make_engine
 from schemas import KafkaSettings, RetentionEvent, decode
-from tests.outbox import clear_outbox, insert_rows, outbox_rows, read_records
+from tests.outbox import insert_rows, outbox_rows, read_records
 
 QUICK = RelaySettings(
     batch_size=50,
@@ -62,14 +61,6 @@ class Misbehaving:
         elif self.how == "fails":
             future.set_exception(OutOfOrderSequenceNumber())
         yield Delivery(range(len(records)), future)
-
-
-@pytest.fixture
-async def engine(coordinator_db: str) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(coordinator_db)
-    await clear_outbox(engine)
-    yield engine
-    await engine.dispose()
 
 
 @pytest.mark.parametrize("how", ["acks_never_come", "enqueue_hangs", "fails"])

@@ -6,7 +6,6 @@ allocator stays as it is (tests/test_heap.py makes them for real, in subprocesse
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -15,19 +14,10 @@ from coordinator import heap
 from coordinator.outbox import relay as relay_module
 from coordinator.outbox.relay import OutboxRelay
 from coordinator.settings import RelaySettings
-from coordinator.store.db import make_engine
 from schemas import KafkaSettings
-from tests.outbox import clear_outbox, insert_rows, outbox_rows
+from tests.outbox import insert_rows, outbox_rows
 
 FAST = RelaySettings(batch_size=100, idle_sleep_s=0.05, backoff_initial_s=0.05)
-
-
-@pytest.fixture
-async def engine(coordinator_db: str) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(coordinator_db)
-    await clear_outbox(engine)
-    yield engine
-    await engine.dispose()
 
 
 @pytest.fixture

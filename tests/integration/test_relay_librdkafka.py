@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator
 
 import pytest
 import structlog
@@ -24,22 +23,13 @@ from coordinator.kafka.producer import FastExtraMissing, producer_factory
 from coordinator.outbox.lookup import event_counts
 from coordinator.outbox.relay import OutboxRelay
 from coordinator.settings import RelaySettings
-from coordinator.store.db import make_engine
 from schemas import KafkaSettings, RetentionEvent, decode
 from schemas.signing import SignatureSettings, Verdict
-from tests.outbox import clear_outbox, insert_rows, outbox_rows, read_records
+from tests.outbox import insert_rows, outbox_rows, read_records
 
 FAST = RelaySettings(
     producer="confluent", batch_size=100, send_chunk=128, idle_sleep_s=0.05, backoff_initial_s=0.05
 )
-
-
-@pytest.fixture
-async def engine(coordinator_db: str) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(coordinator_db)
-    await clear_outbox(engine)
-    yield engine
-    await engine.dispose()
 
 
 async def test_records_match_aiokafka_keys_partitions_signatures(

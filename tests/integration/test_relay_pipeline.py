@@ -18,20 +18,11 @@ from coordinator.kafka.producer import Delivery, OutgoingRecord
 from coordinator.outbox.lookup import event_counts, published_up_to
 from coordinator.outbox.relay import AUDIT_ACTION, OutboxRelay, PublishFailed
 from coordinator.settings import RelaySettings
-from coordinator.store.db import make_engine
 from coordinator.store.tables import audit_log, outbox_batches
 from schemas import KafkaSettings, RetentionEvent, decode
-from tests.outbox import QuietProducer, clear_outbox, insert_rows, outbox_rows, read_records
+from tests.outbox import QuietProducer, insert_rows, outbox_rows, read_records
 
 _POLICIES = ("session_logs", "purchase_records", "audit_trail")
-
-
-@pytest.fixture
-async def engine(coordinator_db: str) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(coordinator_db)
-    await clear_outbox(engine)
-    yield engine
-    await engine.dispose()
 
 
 class _LateVerdicts(QuietProducer):

@@ -22,13 +22,14 @@ from coordinator.kafka import recordbatch
 from coordinator.kafka.producer import KafkaEventProducer, OutgoingRecord
 from coordinator.settings import RelaySettings
 from schemas import KafkaSettings
+from tests.native import native_or_skip
 from tests.outbox import read_records
 
 
 @pytest.fixture(params=["native", "aiokafka"])
 def builder(request: pytest.FixtureRequest) -> Iterator[str]:
-    if request.param == "native" and recordbatch.BUILDER != "native":
-        pytest.skip("coordinator.kafka._recordbatch is not built")
+    if request.param == "native":
+        native_or_skip(recordbatch.BUILDER == "native", "coordinator.kafka._recordbatch")
     chosen = recordbatch.BUILDER
     recordbatch.BUILDER = request.param
     try:

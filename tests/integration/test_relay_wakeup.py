@@ -20,9 +20,9 @@ from coordinator.outbox.relay import OutboxRelay
 from coordinator.outbox.wakeup import CHANNEL, MIN_GAP_S, Wakeup
 from coordinator.outbox.write import EventBatch, enqueue
 from coordinator.settings import RelaySettings
-from coordinator.store.db import connect_outside_pool, make_engine
+from coordinator.store.db import connect_outside_pool
 from schemas import KafkaSettings
-from tests.outbox import clear_outbox, insert_rows, outbox_rows
+from tests.outbox import insert_rows, outbox_rows
 
 # The idle sleep of the tests that rely on the notification: longer than each test.
 IDLE_LONG = 30.0
@@ -31,14 +31,6 @@ _LISTENERS = text(
     "SELECT pid FROM pg_stat_activity"
     " WHERE datname = current_database() AND query = :listen AND pid <> pg_backend_pid()"
 )
-
-
-@pytest.fixture
-async def engine(coordinator_db: str) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(coordinator_db)
-    await clear_outbox(engine)
-    yield engine
-    await engine.dispose()
 
 
 async def listeners(engine: AsyncEngine) -> list[int]:
