@@ -46,8 +46,8 @@ from coordinator.kafka import recordbatch
 from coordinator.kafka.producer import (
     Delivery,
     EventProducer,
-    OutgoingRecord,
     ProducerFactory,
+    RecordColumns,
 )
 from coordinator.kafka.producer import producer_factory as default_factory
 from coordinator.metrics import Metrics
@@ -60,7 +60,7 @@ from coordinator.store.tables import outbox_batches, outbox_marks
 from schemas import KafkaSettings, RetryPolicy, Stopped, is_transient, retry
 from schemas.collector import fewer_collections
 from schemas.errors import error_text
-from schemas.signing import HASHING, SignatureSettings
+from schemas.signing import HASHING, PROOF_HEADER, SIGNATURE_HEADER, SignatureSettings
 
 __all__ = [
     "AUDIT_ACTION",
@@ -79,6 +79,10 @@ log = structlog.get_logger(__name__)
 
 _RELAY_LOCK = 0x72656C79
 """The advisory lock the leading relay holds for the length of each round."""
+
+_UNSIGNED = ("event_id",)
+_SIGNED = ("event_id", SIGNATURE_HEADER, PROOF_HEADER)
+"""Each record's headers, in this order (SPEC §9); a tree of one carries no proof."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +121,10 @@ class _Claim:
     policies: list[str] = field(default_factory=list)
     batch_of: list[int] = field(default_factory=list)
     """Index into `seqs` of each record's batch."""
-    records: list[OutgoingRecord] = field(default_factory=list)
-    """One per built event, in seq order; `event_ids`, `policies`, `batch_of` alongside."""
+    keys: list[bytes | None] = field(default_factory=list)
+    values: list[bytes | None] = field(default_factory=list)
+    """The records, one per built event, in seq order, as columns (no object per record:
+    `RecordColumns`); `event_ids`, `policies`, `batch_of` alongside."""
     unbuildable: list[tuple[int, str]] = field(default_factory=list)
     deliveries: list[tuple[int, Delivery]] = field(default_factory=list)
     """Each delivery with the position in `records` its indexes start from."""
@@ -132,7 +138,7 @@ class _Claim:
     def release(self) -> None:
         """Drop the records once settled: the round's first claim lives (for its
         connection) until the commit, its records need not."""
-        self.rows, self.records, self.deliveries = [], [], []
+        self.rows, self.keys, self.values, self.deliveries = [], [], [], []
         self.event_ids, self.policies, self.batch_of = [], [], []
 
     async def close(self) -> None:
@@ -460,13 +466,13 @@ class OutboxRelay:
         sent = 0
         for row in claim.rows:
             self._encode(claim, encode, row)
-            if len(claim.records) - sent >= chunk:
-                ready = (len(claim.records) - sent) // tree * tree
+            if len(claim.keys) - sent >= chunk:
+                ready = (len(claim.keys) - sent) // tree * tree
                 if not await self._hand_over(producer, claim, sent, sent + ready):
                     return
                 sent += ready
-        if sent < len(claim.records):
-            await self._hand_over(producer, claim, sent, len(claim.records))
+        if sent < len(claim.keys):
+            await self._hand_over(producer, claim, sent, len(claim.keys))
 
     def _encode(self, claim: _Claim, encode: BatchEncoder, row: Row[Any]) -> None:
         """Append the events of one batch row to the claim; log those it cannot build."""
@@ -487,10 +493,8 @@ class OutboxRelay:
                 [values[n] for n in kept],
             )
         claim.event_ids += ids
-        claim.records += [
-            OutgoingRecord(key, value, [("event_id", event.encode())])
-            for event, key, value in zip(ids, keys, values, strict=True)
-        ]
+        claim.keys += keys
+        claim.values += values
         built = len(ids)
         claim.policies += [row.policy] * built
         claim.batch_of += [index] * built
@@ -499,11 +503,18 @@ class OutboxRelay:
         self, producer: EventProducer, claim: _Claim, start: int, end: int
     ) -> bool:
         """Sign records [start, end) and enqueue them; False if the producer failed."""
-        chunk = claim.records[start:end]
-        if self._signer is not None:
+        keys, values = claim.keys[start:end], claim.values[start:end]
+        # The event id as text: the C batches write its UTF-8, no bytes object per event.
+        ids = claim.event_ids[start:end]
+        if self._signer is None:
+            chunk = RecordColumns(keys, values, _UNSIGNED, [ids])
+        else:
             # One Ed25519 signature per `signature_batch` records (a Merkle root), a proof
             # in each: smaller trees keep the proof header short, larger ones sign less.
-            self._signer.sign_in_place(chunk, self._settings.signature_batch)
+            signatures, proofs = self._signer.sign_columns(
+                keys, values, self._settings.signature_batch
+            )
+            chunk = RecordColumns(keys, values, _SIGNED, [ids, signatures, proofs])
         try:
             # Enqueueing awaits topic metadata, which can hang (aiokafka#759).
             async with asyncio.timeout_at(claim.deadline):
@@ -561,9 +572,7 @@ class OutboxRelay:
                 future.add_done_callback(_consume_outcome)
         timed_out = TimeoutError(f"no acknowledgement within {self._settings.publish_timeout_s}s")
         # Records no delivery carries were never enqueued.
-        outcomes: list[BaseException | None] = [claim.enqueue_error or timed_out] * len(
-            claim.records
-        )
+        outcomes: list[BaseException | None] = [claim.enqueue_error or timed_out] * len(claim.keys)
         for start, delivery in claim.deliveries:
             future = delivery.future
             outcome: BaseException | None
