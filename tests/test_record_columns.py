@@ -62,7 +62,10 @@ def fill(
 
 
 header_value = st.one_of(
-    st.none(), st.binary(max_size=300), st.text(max_size=40), st.binary(min_size=2000, max_size=9000)
+    st.none(),
+    st.binary(max_size=300),
+    st.text(max_size=40),
+    st.binary(min_size=2000, max_size=9000),
 )
 
 
@@ -70,9 +73,7 @@ header_value = st.one_of(
 def columns_(draw: st.DrawFn) -> RecordColumns:
     n = draw(st.integers(1, 50))
     keys = draw(st.lists(st.binary(max_size=200), min_size=n, max_size=n))
-    values = draw(
-        st.lists(st.one_of(st.none(), st.binary(max_size=3000)), min_size=n, max_size=n)
-    )
+    values = draw(st.lists(st.one_of(st.none(), st.binary(max_size=3000)), min_size=n, max_size=n))
     names = draw(st.lists(st.text(max_size=20), max_size=8))
     columns: list[Sequence[bytes | str | None]] = [
         draw(st.lists(header_value, min_size=n, max_size=n)) for _ in names
@@ -134,9 +135,9 @@ def test_columns_of_other_lengths_are_refused(
     names: tuple[str, ...],
     columns: list[Sequence[bytes | str | None]],
 ) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="one"):
         RecordColumns(keys, values, names, columns)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="one"):
         _recordbatch.fill_columns(keys, values, names, columns, [0], None, 100, 1)
 
 
