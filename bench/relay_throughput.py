@@ -386,7 +386,7 @@ def summary(count: int, timings: list[Timing]) -> dict[str, Any]:
         "events_per_s": round(statistics.median(rates)),
         "min": round(rates[0]),
         "max": round(rates[-1]),
-        "cpu_us_per_event": round(statistics.median(cpus) / count * 1e6, 1) if cpus else None,
+        "cpu_us_per_event": round(statistics.median(cpus) / count * 1e6, 2) if cpus else None,
     }
 
 

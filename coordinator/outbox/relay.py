@@ -51,7 +51,7 @@ from coordinator.kafka.producer import (
 )
 from coordinator.kafka.producer import producer_factory as default_factory
 from coordinator.metrics import Metrics
-from coordinator.outbox.events import BATCH_COLUMNS, BatchEncoder, event_from_row
+from coordinator.outbox.events import BATCH_COLUMNS, EXPANSION, BatchEncoder, event_from_row
 from coordinator.outbox.lookup import published_up_to, unpublished_events
 from coordinator.outbox.wakeup import Wakeup
 from coordinator.settings import RelaySettings
@@ -298,6 +298,8 @@ class OutboxRelay:
             signature_hashing=HASHING if signer is not None else None,
             # Who writes the record batches: the C module or aiokafka (docs/relay.md).
             record_batches=recordbatch.BUILDER,
+            # Who makes each batch's ids, keys and values: the C module or Python.
+            record_expansion=EXPANSION,
             heap_kept=self._keep_freed_memory(),
         )
         # Notifications end the idle wait early; the wait stays the backstop.
