@@ -119,12 +119,15 @@ class _Claim:
     """The batches read; `seqs` and `sizes` cover those encoded so far."""
     event_ids: list[str] = field(default_factory=list)
     policies: list[str] = field(default_factory=list)
+    """The policy of each batch, alongside `seqs`."""
+    built: list[int] = field(default_factory=list)
+    """Records built of each batch (its events but the unbuildable), alongside `seqs`."""
     batch_of: list[int] = field(default_factory=list)
     """Index into `seqs` of each record's batch."""
     keys: list[bytes | None] = field(default_factory=list)
     values: list[bytes | None] = field(default_factory=list)
     """The records, one per built event, in seq order, as columns (no object per record:
-    `RecordColumns`); `event_ids`, `policies`, `batch_of` alongside."""
+    `RecordColumns`); `event_ids` and `batch_of` alongside."""
     unbuildable: list[tuple[int, str]] = field(default_factory=list)
     deliveries: list[tuple[int, Delivery]] = field(default_factory=list)
     """Each delivery with the position in `records` its indexes start from."""
@@ -139,7 +142,7 @@ class _Claim:
         """Drop the records once settled: the round's first claim lives (for its
         connection) until the commit, its records need not."""
         self.rows, self.keys, self.values, self.deliveries = [], [], [], []
-        self.event_ids, self.policies, self.batch_of = [], [], []
+        self.event_ids, self.batch_of, self.policies, self.built = [], [], [], []
 
     async def close(self) -> None:
         """End the round: closing rolls back whatever was not committed."""
@@ -498,7 +501,8 @@ class OutboxRelay:
         claim.keys += keys
         claim.values += values
         built = len(ids)
-        claim.policies += [row.policy] * built
+        claim.policies.append(row.policy)
+        claim.built.append(built)
         claim.batch_of += [index] * built
 
     async def _hand_over(
@@ -536,8 +540,7 @@ class OutboxRelay:
         The watermark moves past a batch only when every one of its events, and of the
         batches before it, was acknowledged; the rest are sent again next round.
         """
-        outcomes = await self._outcomes(claim)
-        failures = [(i, error) for i, error in enumerate(outcomes) if error is not None]
+        failures = await self._outcomes(claim)
         if failures:
             log.warning(
                 "publish_failed",
@@ -550,7 +553,9 @@ class OutboxRelay:
         # Records are in batch order: those of batches [0, done) are a prefix.
         published = bisect_left(claim.batch_of, done)
         skipped = [event for b, event in claim.unbuildable if b < done]
-        policies = Counter(claim.policies[:published])
+        policies: Counter[str] = Counter()
+        for policy, built in zip(claim.policies[:done], claim.built[:done], strict=True):
+            policies[policy] += built
         entry = []
         if done:
             entry = await self._mark_published(
@@ -564,8 +569,9 @@ class OutboxRelay:
         result = BatchResult(claim.claimed, published, len(failures), len(skipped))
         return result, entry, policies
 
-    async def _outcomes(self, claim: _Claim) -> list[BaseException | None]:
-        """One outcome per record: None when the broker acknowledged it."""
+    async def _outcomes(self, claim: _Claim) -> list[tuple[int, BaseException]]:
+        """The records the broker did not acknowledge, in order, with why (usually none:
+        then nothing is done per record)."""
         loop = asyncio.get_running_loop()
         futures = [delivery.future for _, delivery in claim.deliveries]
         if futures:
@@ -573,20 +579,27 @@ class OutboxRelay:
             for future in pending:
                 future.add_done_callback(_consume_outcome)
         timed_out = TimeoutError(f"no acknowledgement within {self._settings.publish_timeout_s}s")
+        failed: list[tuple[int, Delivery, BaseException]] = []
+        for start, delivery in claim.deliveries:
+            future = delivery.future
+            if not future.done():
+                failed.append((start, delivery, timed_out))
+            elif future.cancelled():
+                failed.append((start, delivery, asyncio.CancelledError("send cancelled")))
+            elif (error := future.exception()) is not None:
+                failed.append((start, delivery, error))
+        carried = sum(len(delivery.indexes) for _, delivery in claim.deliveries)
+        if not failed and carried == len(claim.keys):
+            return []
         # Records no delivery carries were never enqueued.
         outcomes: list[BaseException | None] = [claim.enqueue_error or timed_out] * len(claim.keys)
         for start, delivery in claim.deliveries:
-            future = delivery.future
-            outcome: BaseException | None
-            if not future.done():
-                outcome = timed_out
-            elif future.cancelled():
-                outcome = asyncio.CancelledError("send cancelled")
-            else:
-                outcome = future.exception()
             for index in delivery.indexes:
-                outcomes[start + index] = outcome
-        return outcomes
+                outcomes[start + index] = None
+        for start, delivery, error in failed:
+            for index in delivery.indexes:
+                outcomes[start + index] = error
+        return [(i, error) for i, error in enumerate(outcomes) if error is not None]
 
     async def _mark_published(
         self,
