@@ -88,6 +88,10 @@ def test_unicode_the_utf8_encoder_refuses_fails_as_in_python() -> None:
         native(1, "user:", ["\ud800"], [None])
 
 
+class Text(str):
+    __slots__ = ()
+
+
 def not_str(_: str) -> Any:
     return b"escaped"
 
@@ -102,6 +106,7 @@ def not_str(_: str) -> Any:
         (("x" * 28, 1, b"u:", ["a"], [None, None], *PIECES, encode_basestring), ValueError),
         (("x" * 28, 1, b"u:", [7], [None], *PIECES, encode_basestring), TypeError),
         (("x" * 28, 1, b"u:", ["a"], [7], *PIECES, encode_basestring), TypeError),
+        (("x" * 28, 1, b"u:", [Text("a")], [None], *PIECES, encode_basestring), TypeError),
         (("x" * 28, 1, b"u:", ["a"], [None], "h", *PIECES[1:], encode_basestring), TypeError),
         (("x" * 28, 1, b"u:", ["a\\"], [None], *PIECES, not_str), TypeError),
         (("x" * 28, 1, b"u:", 5, [None], *PIECES, encode_basestring), TypeError),

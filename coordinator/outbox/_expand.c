@@ -46,7 +46,8 @@ json_string(PyObject *text, PyObject *escape, const char **data, Py_ssize_t *siz
             PyObject **owned)
 {
     *owned = NULL;
-    if (!PyUnicode_Check(text)) {
+    /* Exactly str: a subclass could format itself otherwise in the Python rule. */
+    if (!PyUnicode_CheckExact(text)) {
         PyErr_Format(PyExc_TypeError, "an entity id or subject must be str, not %.100s",
                      Py_TYPE(text)->tp_name);
         return -1;

@@ -4,7 +4,8 @@ from collections.abc import Callable, Sequence
 # digits of (first + n) & 0xFFFFFFFF), keys (key_prefix + the entity's UTF-8) and values
 # (head "id" middle entity tail subject end, the entity and subject as JSON strings, the
 # subject null when None). `escape` (json.encoder.encode_basestring) escapes whatever is
-# not plain ASCII; entities and subjects must be str (subjects may be None).
+# not plain ASCII; entities and subjects must be exactly str, not a subclass (subjects
+# may be None).
 def expand(
     id_prefix: str,
     first: int,
