@@ -96,8 +96,9 @@ async def events_to_lock(
     are locked: `apply_answers` and `delete_again` judge the locked rows again."""
     ids: set[uuid.UUID] = set()
     s, e, v = event_status.c, expected_acks.c, verifications.c
-    # The status first: a UUID's hash (the membership test) is Python code.
-    found = {
+    # Nearly always no answers: no pass over the batch. The status first: a UUID's hash
+    # (the membership test) is Python code.
+    found = asked and {
         ack.event_id
         for r in records
         if (ack := r.ack) is not None
@@ -313,7 +314,7 @@ async def _resurrect(
     now: datetime,
 ) -> dict[tuple[str, str, str], list[uuid.UUID]]:
     """Reopen the delete events each service said were done but still holds data for;
-    only `locked` ones (a delete event tracked after the batch locked its events is left
+    only `locked` ones (a delete event tracked after `events_to_lock` read them is left
     as it is: changing it would take its lock after the chain's)."""
     if not found or not locked:
         return {}
@@ -360,10 +361,12 @@ async def delete_again(
     `completed`, and events with nothing left open are `completed` again.
 
     `locked`: `events_to_lock`'s events, locked by this transaction; only those complete
-    again (one reopened after the batch locked them stays reopened: the answer came
-    last)."""
-    done = [a for a in accepted if a.status in (AckStatus.COMPLETED, AckStatus.NOT_FOUND)]
-    if not done or not locked:
+    again (one reopened after `events_to_lock` read them stays reopened: that answer
+    counts as the later one)."""
+    if not locked:
+        return []
+    done = [a for a in accepted if a.status in _DONE_ACKS]
+    if not done:
         return []
     s, e = event_status.c, expected_acks.c
     v, va = verifications.c, verify_answers.c
