@@ -21,6 +21,7 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator.clock import FrozenClock
+from coordinator.copies.verification import answers
 from coordinator.evidence import audit
 from coordinator.policy.model import DeclaredService
 from coordinator.store.tables import (
@@ -220,8 +221,10 @@ async def _record(
 
 async def _until_done_or_waiting(engine: AsyncEngine, task: asyncio.Task[None], pid: int) -> None:
     """Until `task` ended or its backend waits for a lock another transaction holds."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + 60
     async with engine.connect() as conn:
-        for _ in range(2000):
+        while loop.time() < give_up:
             if task.done():
                 return
             blockers = await conn.scalar(select(func.pg_blocking_pids(pid)))
@@ -391,3 +394,44 @@ async def test_an_ack_batch_never_leaves_resurrected_an_event_a_later_delete_com
         {"billing": "completed", "search": "completed"},
     )
     assert await _state(engine, later) == ("completed", {"billing": "completed"})
+
+
+async def test_what_a_batch_locks_for_answers_and_later_deletes(engine: AsyncEngine) -> None:
+    entity, other = _Entity(), _Entity()
+    first = await _deletion(engine, entity, "completed", {"billing": "completed"})
+    second = await _deletion(engine, entity, "pending", {"billing": "pending"})
+    await _deletion(engine, other, "completed", {"billing": "completed"})
+    asked = await _verification(engine, entity)
+    found = entity.consumed(asked, "billing", AckStatus.STILL_PRESENT)
+    forged = ledger.ConsumedAck(
+        found.topic, 0, found.offset + 1, found.ack, refused=ledger.RejectReason.BAD_SIGNATURE
+    )
+    done = entity.consumed(second, "billing", AckStatus.COMPLETED)
+    async with engine.connect() as conn:
+        # Every delete event of the entity found, none of another's; a refused answer
+        # (anyone can write the acks topic) locks nothing.
+        assert set(await answers.events_to_lock(conn, [found, done], {asked})) == {
+            first,
+            second,
+        }
+        assert await answers.events_to_lock(conn, [forged, done], {asked}) == []
+        assert (
+            await answers.events_to_lock(
+                conn, [entity.consumed(asked, "billing", AckStatus.VERIFIED)], {asked}
+            )
+            == []
+        )
+    async with engine.begin() as conn:
+        await conn.execute(
+            expected_acks.update()
+            .where(expected_acks.c.event_id == first)
+            .values(status="still_present")
+        )
+    async with engine.connect() as conn:
+        # A done ack of the entity's delete: the events its service's acknowledgement of
+        # is reopened; a failed ack or another service's: none.
+        assert await answers.events_to_lock(conn, [done], set()) == [first]
+        failed = entity.consumed(second, "billing", AckStatus.FAILED)
+        assert await answers.events_to_lock(conn, [failed], set()) == []
+        elsewhere = entity.consumed(second, "search", AckStatus.COMPLETED)
+        assert await answers.events_to_lock(conn, [elsewhere], set()) == []
