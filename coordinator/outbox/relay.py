@@ -130,7 +130,7 @@ class _Claim:
     `RecordColumns`); `event_ids` and `batch_of` alongside."""
     unbuildable: list[tuple[int, str]] = field(default_factory=list)
     deliveries: list[tuple[int, Delivery]] = field(default_factory=list)
-    """Each delivery with the position in `records` its indexes start from."""
+    """Each delivery with the position in `keys` its indexes start from."""
     enqueue_error: BaseException | None = None
     deadline: float = 0.0
 
