@@ -479,9 +479,13 @@ class Runner:
         """
         statements = RunStatements()
 
-        async def act(on: AsyncConnection, after: Any | None) -> ActedBatch:
+        async def act(
+            on: AsyncConnection | asyncio.Task[AsyncConnection], after: Any | None
+        ) -> tuple[AsyncConnection, ActedBatch]:
+            if not isinstance(on, AsyncConnection):
+                on = await on
             await on.begin()
-            return await act_batch(
+            acted = await act_batch(
                 on,
                 bound,
                 run_id=run_id,
@@ -490,12 +494,15 @@ class Runner:
                 after=after,
                 statements=statements,
             )
+            return on, acted
 
-        async with self.engine.connect() as other:
-            current, spare = conn, other
-            done = await act(current, None)
+        # The second connection opens while the first batch acts.
+        opening = asyncio.create_task(self.engine.connect().start())
+        try:
+            current, done = await act(conn, None)
+            spare: AsyncConnection | asyncio.Task[AsyncConnection] = opening
             while True:
-                ahead: asyncio.Task[ActedBatch] | None = None
+                ahead: asyncio.Task[tuple[AsyncConnection, ActedBatch]] | None = None
                 if (
                     done.last_scanned is not None
                     and not done.exhausted
@@ -516,8 +523,12 @@ class Runner:
                 self._count(bound, outcome, len(batch.ids), batch.events, plan, progress)
                 if ahead is None:
                     return
-                done = await ahead
-                current, spare = spare, current
+                spare = current
+                current, done = await ahead
+        finally:
+            (other,) = await asyncio.gather(opening, return_exceptions=True)
+            if isinstance(other, AsyncConnection):
+                await other.close()
 
     @staticmethod
     def _count(
