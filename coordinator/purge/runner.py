@@ -400,7 +400,11 @@ class Runner:
                 outcome.errors.append(str(exc))
                 return
         try:
-            if keys is None and acts_in_one_pass(bound):
+            if (
+                keys is None
+                and acts_in_one_pass(bound)
+                and self.settings.purge_batches_in_flight > 1
+            ):
                 await self._pipelined(conn, bound, run_id, outcome, plan, base.now, force, progress)
             else:
                 await self._one_by_one(

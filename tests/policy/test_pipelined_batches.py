@@ -90,3 +90,41 @@ async def test_a_batch_failing_to_record_rolls_back_the_batch_in_flight_behind_i
         ).scalar()
         assert batches == 1
         assert (await audit.verify(conn))[1] is None
+
+
+async def test_one_batch_in_flight_runs_the_batches_on_one_connection(
+    engine: AsyncEngine, clock: FrozenClock, settings: Settings
+) -> None:
+    on: dict[int, int] = {}
+
+    def count(*args: Any) -> None:
+        if re.search(r"^WITH .*DELETE FROM orders", " ".join(args[2].split())):
+            key = id(args[0].connection.dbapi_connection)
+            on[key] = on.get(key, 0) + 1
+
+    event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        for in_flight, connections in ((1, 1), (2, 2)):
+            async with engine.begin() as conn:
+                await conn.execute(
+                    insert(orders),
+                    [
+                        {
+                            "id": 100 * in_flight + i,
+                            "customer_name": f"name {i}",
+                            "email": f"u{i}@shop.example",
+                            "status": "paid",
+                            "total": 1,
+                            "created_at": NOW - timedelta(days=40, seconds=i),
+                        }
+                        for i in range(1, 26)
+                    ],
+                )
+            on.clear()
+            chosen = settings.model_copy(update={"purge_batches_in_flight": in_flight})
+            report = await Runner(engine, parse_policies(POLICY), chosen, clock=clock).run()
+            assert report.ok
+            assert report.outcomes[0].processed == 25
+            assert len(on) == connections
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", count)
