@@ -348,7 +348,8 @@ class Runner:
         # One connection for the plan, every batch and the leftover count: a checkout
         # from the pool pings the server first (three round trips: BEGIN, a ping,
         # ROLLBACK), which a checkout per batch paid as often as the batch's own
-        # statements. Each batch is still its own transaction.
+        # statements. Each batch is still its own transaction. (A delete's batches
+        # alternate with a second connection, checked out once: `_pipelined`.)
         async with self.engine.connect() as conn:
             await self._execute_on(conn, bound, run_id, outcome, force=force, progress=progress)
 
