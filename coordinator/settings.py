@@ -406,6 +406,14 @@ class Settings(BaseSettings):
         default_factory=NotifySettings,
         description="Webhook delivery (RETENTION_NOTIFY_* variables).",
     )
+    purge_batches_in_flight: int = Field(
+        default=2,
+        ge=1,
+        le=2,
+        description="Batches of a delete policy's run in flight at once, each its own "
+        "transaction on its own connection: the next one deletes while this one records "
+        "itself and commits (docs/policies.md); 1: one after the other.",
+    )
     schedule: str = Field(
         default="0 3 * * *",
         description="Cron expression (UTC) of the global run; policies with their own "

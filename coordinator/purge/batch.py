@@ -46,12 +46,16 @@ from coordinator.store.tables import anonymized
 from schemas import EventReason
 
 __all__ = [
+    "ActedBatch",
     "BatchResult",
     "EventOrigin",
     "PurgeBatch",
     "RunStatements",
+    "act_batch",
+    "acts_in_one_pass",
     "ensure_archive_table",
     "purge_batch",
+    "record_batch",
 ]
 
 
@@ -416,7 +420,9 @@ def _select_and_act_statement(
     if bound.policy.fan_out:
         # The relays' wake-up in this round trip (queued until the commit), only when
         # the batch touched rows and so writes events: `enqueue` then skips its own.
-        columns.append(wake_column(when=entities.c.touched > 0).label("woken"))
+        # Correlated: a subquery of its own would aggregate the acted rows a second time.
+        woken = wake_column(when=entities.c.touched > 0).correlate(entities)
+        columns.append(woken.label("woken"))
     return select(*columns).select_from(entities).add_cte(acted, *helpers), window
 
 
@@ -461,13 +467,31 @@ async def _select_and_act(
     )
 
 
-def _one_pass(bound: BoundPolicy, origin: EventOrigin) -> bool:
+def acts_in_one_pass(bound: BoundPolicy, origin: EventOrigin = RUN) -> bool:
+    """Whether a batch of `bound` chooses and acts in one statement (`_select_and_act`)."""
     # A hook must see the ids before the purge; anonymize reads its ledger after the
     # row locks (coordinator.purge.planner.next_batch); archive and vault seal rows in
     # Python.
     return (
         bound.hook is None and bound.policy.action is Action.DELETE and not _vaults(bound, origin)
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ActedBatch:
+    """A batch acted on and not yet recorded (`act_batch`): its transaction is open."""
+
+    batch: Batch
+    acted: _Acted
+    one_pass: bool
+
+    @property
+    def last_scanned(self) -> Any | None:
+        return self.batch.last_scanned
+
+    @property
+    def exhausted(self) -> bool:
+        return self.batch.exhausted
 
 
 async def purge_batch(
@@ -504,10 +528,42 @@ async def purge_batch(
     outbox row and its audit entry in one statement (coordinator/outbox/write.py: three
     round trips with the lock, then the commit).
     """
+    acted = await act_batch(
+        conn,
+        bound,
+        run_id=run_id,
+        cutoff=cutoff,
+        now=now,
+        after=after,
+        scope=scope,
+        origin=origin,
+        keys=keys,
+        mark=mark,
+        statements=statements,
+    )
+    return await record_batch(conn, bound, acted, run_id=run_id, now=now, origin=origin)
+
+
+async def act_batch(
+    conn: AsyncConnection,
+    bound: BoundPolicy,
+    *,
+    run_id: uuid.UUID,
+    cutoff: datetime,
+    now: datetime,
+    after: Any | None,
+    scope: ColumnElement[bool] | None = None,
+    origin: EventOrigin = RUN,
+    keys: KeyStore | None = None,
+    mark: bool = False,
+    statements: RunStatements | None = None,
+) -> ActedBatch:
+    """The first half of `purge_batch`: the hold lock, choosing and acting (and the
+    anonymize mark), in the caller's transaction. `record_batch` completes it."""
     policy = bound.policy
     await lock_for_purge(conn)  # before the select: see coordinator.purge.holds
     acted = _Acted((), (), None)
-    one_pass = _one_pass(bound, origin)
+    one_pass = acts_in_one_pass(bound, origin)
     if one_pass:
         batch, acted = await _select_and_act(
             conn,
@@ -535,6 +591,23 @@ async def purge_batch(
             acted = await _act(conn, bound, batch, run_id, now, keys, origin)
     if mark and batch.contiguous:
         await marks.advance(conn, bound, batch.last_scanned, cutoff=cutoff, now=now)
+    return ActedBatch(batch, acted, one_pass)
+
+
+async def record_batch(
+    conn: AsyncConnection,
+    bound: BoundPolicy,
+    done: ActedBatch,
+    *,
+    run_id: uuid.UUID,
+    now: datetime,
+    origin: EventOrigin = RUN,
+) -> BatchResult:
+    """The second half of `purge_batch`, in the transaction `act_batch` ran in: the
+    batch's outbox row and audit entry, under the audit chain's lock (held to the
+    commit)."""
+    policy = bound.policy
+    batch, acted, one_pass = done.batch, done.acted, done.one_pass
     ids = batch.ids
     if not ids:
         return BatchResult(ids, 0, batch.last_scanned, batch.contiguous, batch.exhausted)

@@ -20,6 +20,8 @@ from typing import Any
 from sqlalchemy import (
     ARRAY,
     DateTime,
+    Integer,
+    String,
     Text,
     and_,
     any_,
@@ -433,12 +435,19 @@ def batch_window(
         window_query = window_query.where(start)
         chosen.append(start)
     window = window_query.cte("window")
-    # max() has no uuid version; the window is ordered anyway. A CTE of its own, so that
-    # the statement computes it once however often it names it.
-    edge = select(window.c.id).order_by(window.c.id.desc()).limit(1).cte("edge")
+    # A CTE of its own, so that the statement computes it once however often it names it.
+    if isinstance(id_column.type, Integer | String):
+        # One pass over the window for both: a top-N sort and a second count cost a
+        # batch ~0.7 ms more of PostgreSQL's CPU (measured, 5,000-row windows). max()
+        # orders as the window's ORDER BY does (a text key: the same collation).
+        edge = select(func.max(window.c.id).label("id"), func.count().label("seen")).cte("edge")
+        seen = select(edge.c.seen).scalar_subquery()
+    else:
+        # No max() for every key type (uuid has none): the last key by a top-N sort.
+        edge = select(window.c.id).order_by(window.c.id.desc()).limit(1).cte("edge")
+        seen = select(func.count()).select_from(window).scalar_subquery()
     last = select(edge.c.id).scalar_subquery()
     chosen += [id_column <= last, wanted, unheld_clause(bound, now)]
-    seen = select(func.count()).select_from(window).scalar_subquery()
     return Window(last, and_(*chosen), window, seen, limit)
 
 

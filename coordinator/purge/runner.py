@@ -6,6 +6,7 @@ errors and the run goes on with the next one; its result row is written either w
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -25,8 +26,17 @@ from coordinator.metrics import Metrics
 from coordinator.policy.binding import BoundPolicy, bind_policies
 from coordinator.policy.model import Action, PolicyIssue, PolicySet
 from coordinator.purge import marks
-from coordinator.purge.batch import RunStatements, ensure_archive_table, purge_batch
+from coordinator.purge.batch import (
+    ActedBatch,
+    RunStatements,
+    act_batch,
+    acts_in_one_pass,
+    ensure_archive_table,
+    purge_batch,
+    record_batch,
+)
 from coordinator.purge.planner import (
+    DueCount,
     PolicyPlan,
     count_due,
     leftover,
@@ -338,7 +348,8 @@ class Runner:
         # One connection for the plan, every batch and the leftover count: a checkout
         # from the pool pings the server first (three round trips: BEGIN, a ping,
         # ROLLBACK), which a checkout per batch paid as often as the batch's own
-        # statements. Each batch is still its own transaction.
+        # statements. Each batch is still its own transaction. (A delete's batches
+        # alternate with a second connection, checked out once: `_pipelined`.)
         async with self.engine.connect() as conn:
             await self._execute_on(conn, bound, run_id, outcome, force=force, progress=progress)
 
@@ -390,38 +401,16 @@ class Runner:
                 outcome.errors.append(str(exc))
                 return
         try:
-            after, contiguous = start, anonymize
-            statements = RunStatements()
-            while True:
-                async with conn.begin():
-                    batch = await purge_batch(
-                        conn,
-                        bound,
-                        run_id=run_id,
-                        cutoff=plan.cutoff,
-                        now=base.now,
-                        after=after,
-                        keys=keys,
-                        mark=contiguous,
-                        statements=statements,
-                    )
-                contiguous = contiguous and batch.contiguous
-                if batch.last_scanned is None:
-                    break
-                after = batch.last_scanned
-                outcome.processed += len(batch.ids)
-                outcome.events += batch.events
-                if progress is not None:
-                    progress(policy.name, outcome.processed, plan.due)
-                if batch.exhausted:
-                    break
-                # The guard counted before the run; rows that became due meanwhile wait.
-                if (
-                    not force
-                    and policy.max_rows_per_run is not None
-                    and outcome.processed >= policy.max_rows_per_run
-                ):
-                    break
+            if (
+                keys is None
+                and acts_in_one_pass(bound)
+                and self.settings.purge_batches_in_flight > 1
+            ):
+                await self._pipelined(conn, bound, run_id, outcome, plan, base.now, force, progress)
+            else:
+                await self._one_by_one(
+                    conn, bound, run_id, outcome, plan, base.now, force, progress, keys, start
+                )
         finally:
             if keys is not None:
                 await keys.aclose()
@@ -433,6 +422,139 @@ class Runner:
         left = await leftover(conn, bound, base.now, after=start)
         await conn.rollback()
         outcome.held, outcome.oldest_unprocessed_days = left.held, left.oldest_age_days
+
+    async def _one_by_one(
+        self,
+        conn: AsyncConnection,
+        bound: BoundPolicy,
+        run_id: uuid.UUID,
+        outcome: PolicyOutcome,
+        plan: DueCount,
+        now: datetime,
+        force: bool,
+        progress: Progress | None,
+        keys: KeyStore | None,
+        start: Any | None,
+    ) -> None:
+        """The batches one after the other, each its own transaction."""
+        after, contiguous = start, bound.policy.action is Action.ANONYMIZE
+        statements = RunStatements()
+        while True:
+            async with conn.begin():
+                batch = await purge_batch(
+                    conn,
+                    bound,
+                    run_id=run_id,
+                    cutoff=plan.cutoff,
+                    now=now,
+                    after=after,
+                    keys=keys,
+                    mark=contiguous,
+                    statements=statements,
+                )
+            contiguous = contiguous and batch.contiguous
+            if batch.last_scanned is None:
+                return
+            after = batch.last_scanned
+            self._count(bound, outcome, len(batch.ids), batch.events, plan, progress)
+            if batch.exhausted or not self._more(bound, outcome, force):
+                return
+
+    async def _pipelined(
+        self,
+        conn: AsyncConnection,
+        bound: BoundPolicy,
+        run_id: uuid.UUID,
+        outcome: PolicyOutcome,
+        plan: DueCount,
+        now: datetime,
+        force: bool,
+        progress: Progress | None,
+    ) -> None:
+        """The batches of a one-statement delete, two in flight on two connections.
+
+        While batch N writes its outbox row and audit entry and commits on one
+        connection, batch N+1 (whose keyset starts where N's window ended, so no row is
+        shared) takes the hold lock and deletes on the other. Each batch is still its
+        own transaction with every step of `purge_batch` in the same order: the hold
+        lock before its holds are read, the audit chain's lock before its seq and entry.
+        N+1 is recorded only once N has committed, so seq order, the audit chain's order
+        and commit order stay the batches' order. A failure rolls back the batch in
+        flight too, and the policy fails as a failed batch always made it.
+        """
+        statements = RunStatements()
+
+        async def act(
+            on: AsyncConnection | asyncio.Task[AsyncConnection], after: Any | None
+        ) -> tuple[AsyncConnection, ActedBatch]:
+            if not isinstance(on, AsyncConnection):
+                on = await on
+            await on.begin()
+            acted = await act_batch(
+                on,
+                bound,
+                run_id=run_id,
+                cutoff=plan.cutoff,
+                now=now,
+                after=after,
+                statements=statements,
+            )
+            return on, acted
+
+        # The second connection opens while the first batch acts.
+        opening = asyncio.create_task(self.engine.connect().start())
+        try:
+            current, done = await act(conn, None)
+            spare: AsyncConnection | asyncio.Task[AsyncConnection] = opening
+            while True:
+                ahead: asyncio.Task[tuple[AsyncConnection, ActedBatch]] | None = None
+                if (
+                    done.last_scanned is not None
+                    and not done.exhausted
+                    and self._more(bound, outcome, force, also=len(done.batch.ids))
+                ):
+                    ahead = asyncio.create_task(act(spare, done.last_scanned))
+                try:
+                    batch = await record_batch(current, bound, done, run_id=run_id, now=now)
+                    await current.commit()
+                except BaseException:
+                    if ahead is not None:
+                        # Its statement ends (or fails) before its connection's close
+                        # rolls it back.
+                        await asyncio.gather(ahead, return_exceptions=True)
+                    raise
+                if batch.last_scanned is None:
+                    return
+                self._count(bound, outcome, len(batch.ids), batch.events, plan, progress)
+                if ahead is None:
+                    return
+                spare = current
+                current, done = await ahead
+        finally:
+            (other,) = await asyncio.gather(opening, return_exceptions=True)
+            if isinstance(other, AsyncConnection):
+                await other.close()
+
+    @staticmethod
+    def _count(
+        bound: BoundPolicy,
+        outcome: PolicyOutcome,
+        touched: int,
+        events: int,
+        plan: DueCount,
+        progress: Progress | None,
+    ) -> None:
+        outcome.processed += touched
+        outcome.events += events
+        if progress is not None:
+            progress(bound.policy.name, outcome.processed, plan.due)
+
+    @staticmethod
+    def _more(bound: BoundPolicy, outcome: PolicyOutcome, force: bool, also: int = 0) -> bool:
+        """Whether another batch may run after `also` more rows than `outcome` counts.
+        The guard counted before the run; rows that became due meanwhile wait."""
+        cap = bound.policy.max_rows_per_run
+        return force or cap is None or outcome.processed + also < cap
 
     async def _record(self, run_id: uuid.UUID, outcome: PolicyOutcome) -> None:
         finished = self.clock.now()

@@ -4,27 +4,36 @@
 after each batch committed, pauses the run at two seeded batches. At the first pause a
 hold is created with the `retention holds create` command, at the second with
 `coordinator.purge.holds.create_hold` from another thread, each over a seeded choice of rows
-that are due and not yet processed (later in the current policy, or in policies still
-to come). Those rows must never be purged or published: no row change, no outbox row,
-no service data touched, and the run's report counts them as held.
+that are due and not yet reached (later in the current policy, or in policies still to
+come). Those rows must never be purged or published: no row change, no outbox row, no
+service data touched, and the run's report counts them as held.
+
+A delete run keeps the next batch in flight while it records one (`Runner._pipelined`),
+and that batch holds the shared hold lock: a hold created at the pause waits for it, and
+the rows it deletes were deleted before the hold existed (docs/legal-holds.md). So the
+rows chosen lie past that batch's window, and the pause lasts until the hold's creation
+is queued on the lock (every later batch then waits for it) or done, as
+tests/policy/test_hold_race.py lets its batch go on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import subprocess
 import threading
+import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from coordinator.outbox.lookup import EVENTS
 from coordinator.policy.model import load_policies
-from coordinator.purge.holds import create_hold, entity_types
+from coordinator.purge.holds import HOLD_LOCK, create_hold, entity_types
 from coordinator.store.db import make_engine
 from tests.e2e.harness import Stack, run_cli
 from tests.faults.drive import count
@@ -33,6 +42,7 @@ from tests.faults.invariants import check_invariants
 from tests.faults.world import World, prepare_world
 
 DUE = ("due", "boundary", "at_cutoff")
+BATCH_SIZE = 2
 
 
 def _entity(world: World, policy: str, row_id: Any) -> str:
@@ -49,6 +59,8 @@ class MidRunHolds:
         self.batches = 0
         self.held: dict[str, list[Any]] = {}
         self.order = list(world.policies)
+        self.creations: list[threading.Thread] = []
+        self.cli: list[subprocess.CompletedProcess[str]] = []
 
     def __call__(self, policy: str, processed: int, due: int) -> None:
         self.batches += 1
@@ -69,19 +81,22 @@ class MidRunHolds:
 
     def _not_yet_processed(self, policy: str, processed: int) -> list[tuple[str, Any]]:
         # Batches walk the id column in order; held rows are stepped over, not counted.
+        # The next batch may be in flight: its window (batch_size due rows) is skipped.
         ids = self.world.data.ids
-        current = sorted(i for c in DUE for i in ids[policy].get(c, []))[processed:]
+        current = sorted(i for c in DUE for i in ids[policy].get(c, []))[processed + BATCH_SIZE :]
         later = self.order[self.order.index(policy) + 1 :]
         return [(policy, i) for i in current] + [
             (p, i) for p in later for c in DUE for i in ids[p].get(c, [])
         ]
 
     def _with_cli(self, entities: list[str], hold_id: str) -> None:
-        done = run_cli(
-            self.stack, "holds", "create", "--reason", "subpoena", "--by", "counsel",
-            "--id", hold_id, "--policies", str(self.world.policy_file), *entities,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stdout + done.stderr
+        def create() -> None:
+            self.cli.append(run_cli(
+                self.stack, "holds", "create", "--reason", "subpoena", "--by", "counsel",
+                "--id", hold_id, "--policies", str(self.world.policy_file), *entities,
+            ))  # fmt: skip
+
+        self._until_queued(threading.Thread(target=create))
 
     def _in_process(self, entities: list[str], hold_id: str) -> None:
         async def create() -> None:
@@ -101,10 +116,49 @@ class MidRunHolds:
                 await engine.dispose()
 
         # The run's event loop is paused inside this callback: the hold gets its own.
-        thread = threading.Thread(target=asyncio.run, args=(create(),))
+        self._until_queued(threading.Thread(target=asyncio.run, args=(create(),)))
+
+    def _until_queued(self, creation: threading.Thread) -> None:
+        """Start the hold's creation and return once it waits for the hold lock or is
+        done (the run's event loop is paused meanwhile)."""
+        self.creations.append(creation)
+        creation.start()
+        deadline = time.monotonic() + 60
+        while creation.is_alive() and not self._creation_queued():
+            assert time.monotonic() < deadline, "the hold's creation neither queued nor done"
+            time.sleep(0.01)
+
+    def _creation_queued(self) -> bool:
+        waiting: list[int] = []
+
+        async def look() -> None:
+            engine = make_engine(self.stack.coordinator_url, pool_size=1)
+            try:
+                async with engine.connect() as conn:
+                    waiting.append(
+                        await conn.scalar(
+                            text(
+                                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                                " AND mode = 'ExclusiveLock' AND NOT granted AND objid = :key"
+                            ),
+                            {"key": HOLD_LOCK},
+                        )
+                    )
+            finally:
+                await engine.dispose()
+
+        thread = threading.Thread(target=asyncio.run, args=(look(),))
         thread.start()
-        thread.join(timeout=60)
-        assert not thread.is_alive()
+        thread.join(timeout=30)
+        return bool(waiting and waiting[0])
+
+    def finish(self) -> None:
+        """Wait for the holds' creations; each must have succeeded."""
+        for creation in self.creations:
+            creation.join(timeout=60)
+            assert not creation.is_alive()
+        for done in self.cli:
+            assert done.returncode == 0, done.stdout + done.stderr
 
 
 async def hold_midrun_scenario(
@@ -112,13 +166,17 @@ async def hold_midrun_scenario(
 ) -> None:
     rng = random.Random(seed)
     print(f"\n[faults] scenario 8 (holds created mid-run), seed {seed}")
-    world = await prepare_world(stack, directory, users=users, per_category=per_category)
+    world = await prepare_world(
+        stack, directory, users=users, per_category=per_category, batch_size=BATCH_SIZE
+    )
     digests = {
         name: await row_digests(stack, world, name, world.processed(name))
         for name in world.policies
     }
     holds = MidRunHolds(stack, world, rng)
     report = await run_policies(stack, world, progress=holds)
+    holds.finish()
+    assert len(holds.cli) == 1
     assert report.ok, report.as_dict()
     assert holds.batches >= max(holds.pauses), f"only {holds.batches} batches"
     for name, row_ids in holds.held.items():

@@ -9,7 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, insert, select
+from sqlalchemy import event, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import FrozenClock
@@ -19,7 +19,7 @@ from coordinator.policy.model import parse_policies
 from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
 from coordinator.store.db import connect_outside_pool
-from coordinator.store.tables import outbox_batches
+from coordinator.store.tables import audit_log, outbox_batches
 from demo.seed_data import orders
 from tests.policy.conftest import NOW
 
@@ -76,11 +76,15 @@ async def test_a_batch_is_four_statements_and_the_run_stops_after_a_short_window
             ],
         )
     sent: list[str] = []
+    # A delete's batches run two in flight on two connections (Runner._pipelined): each
+    # batch's statements are in order on its own connection.
+    on: dict[int, list[str]] = {}
 
     afters: list[Any] = []
 
     def record(*args: Any) -> None:
         sent.append(kind(args[2]))
+        on.setdefault(id(args[0].connection.dbapi_connection), []).append(sent[-1])
         if sent[-1].startswith("choose + act"):
             afters.append(args[4].compiled_parameters[0].get("after"))
 
@@ -107,12 +111,29 @@ async def test_a_batch_is_four_statements_and_the_run_stops_after_a_short_window
         if fan_out
         else ["hold lock", "choose + act", *locked, "audit entry"]
     )
-    for start in starts:
-        assert sent[start : start + len(expected)] == expected
+    batches = 0
+    for statements in on.values():
+        for start in (n for n, got in enumerate(statements) if got == "hold lock"):
+            assert statements[start : start + len(expected)] == expected
+            batches += 1
+    assert batches == 3
     async with engine.connect() as conn:
         assert await audit.verify(conn) == (5, None)  # run start, 3 batches, run finish
-        rows = (await conn.execute(select(func.count()).select_from(outbox_batches))).scalar()
-        assert rows == (3 if fan_out else 0)
+        # Recorded in the batches' order, whichever connection each ran on.
+        logged = (
+            await conn.execute(
+                select(audit_log.c.data["ids"][0].astext)
+                .where(audit_log.c.action == audit.AuditAction.PURGE_BATCH)
+                .order_by(audit_log.c.seq)
+            )
+        ).scalars()
+        assert list(logged) == ["1", "11", "21"]
+        firsts = (
+            await conn.execute(
+                select(outbox_batches.c.entity_ids[1]).order_by(outbox_batches.c.seq)
+            )
+        ).scalars()
+        assert list(firsts) == (["1", "11", "21"] if fan_out else [])
 
 
 async def test_a_fanning_out_run_wakes_the_relays_only_for_batches_that_wrote_events(
