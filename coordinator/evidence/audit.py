@@ -304,7 +304,8 @@ def row_values(row: dict[str, Any]) -> dict[str, Any]:
 
 async def draw_link(conn: AsyncConnection) -> int:
     """A new link token (migration 0031): unique, known before the chain's lock."""
-    return int(await conn.scalar(select(func.nextval(audit_link_seq.name))))
+    drawn: int = (await conn.execute(select(func.nextval(audit_link_seq.name)))).scalar_one()
+    return drawn
 
 
 async def lock_head(conn: AsyncConnection) -> tuple[int, str]:
