@@ -266,11 +266,15 @@ async def apply_acks(
     reminder_interval: timedelta,
     deadlines: Deadlines | None = None,
     track_missing: bool = True,
+    also_lock: Sequence[uuid.UUID] = (),
 ) -> LedgerOutcome:
     """Record `records` in the ledger and apply the new, valid ones; one audit append.
 
     `track_missing=False`: raise `Overtaken` rather than track events nobody tracks yet
     (tracking holds the audit chain's lock until this transaction commits).
+
+    `also_lock`: events the rest of the transaction changes (verify answers' reopenings),
+    locked with the acks' events in one sorted pass, and so before the audit chain.
 
     Stages, each set-based (one statement per table, whatever the batch holds): lock the
     events the acks name, tracking those the acks overtook; read their expected acks;
@@ -286,7 +290,11 @@ async def apply_acks(
     # events: one `by_key` block for the batch (its settings cost three statements)
     # unless some event has to be tracked first.
     async with by_key(conn):
-        events = await lock_events(conn, event_ids)
+        if also_lock:
+            locked = await lock_events(conn, sorted_ids({*event_ids, *also_lock}))
+            events = {e: locked[e] for e in event_ids if e in locked}
+        else:
+            events = await lock_events(conn, event_ids)
         if len(events) == len(event_ids):
             return await _apply_locked(conn, records, events, now, outcome)
     if not track_missing:

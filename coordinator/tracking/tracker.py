@@ -415,6 +415,8 @@ class Tracker:
             if asked
             else records
         )
+        # Locked with the acks' events, before the audit chain (docs/verification.md).
+        reopenable = await answers.events_to_lock(conn, records, asked)
         outcome = await ledger.apply_acks(
             conn,
             to_ledger,
@@ -423,13 +425,15 @@ class Tracker:
             now=now,
             reminder_interval=self._schedule.interval,
             track_missing=track_missing,
+            also_lock=reopenable,
         )
         verified = await answers.apply_answers(
             conn,
             [r for r in records if r.ack is not None and r.ack.event_id in asked] if asked else [],
             now=now,
+            locked=reopenable,
         )
-        await answers.delete_again(conn, outcome.accepted, now=now)
+        await answers.delete_again(conn, outcome.accepted, now=now, locked=reopenable)
         return outcome, verified
 
     def _refused(

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, insert, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator.api import ApiContext
 from coordinator.api.tokens import Scope
@@ -25,7 +25,7 @@ from coordinator.store.tables import (
     outbox_marks,
     verifications,
 )
-from coordinator.tracking.ledger import ConsumedAck, apply_acks
+from coordinator.tracking.ledger import ConsumedAck, apply_acks, lock_events
 from coordinator.tracking.snapshot import track_published
 from schemas import AckStatus, RetentionAck
 from tests.api.conftest import auth, make_client
@@ -65,6 +65,16 @@ async def _completed_deletion(
             ],
         )
     return event_id
+
+
+async def _lock(
+    conn: AsyncConnection, records: list[ConsumedAck], asked: set[uuid.UUID]
+) -> list[uuid.UUID]:
+    """Lock what the tracker locks before recording `records` (`asked`: the verify events
+    they answer): the delete events answers and later deletes may change."""
+    locked = await answers.events_to_lock(conn, records, asked)
+    await lock_events(conn, locked)
+    return locked
 
 
 async def test_on_demand_verify(
@@ -149,18 +159,17 @@ async def test_answers_reopen_the_deletion_and_show_in_the_console(
 
     base = int(uuid.uuid4().int % 10**9)
     async with engine.begin() as conn:
-        outcome = await answers.apply_answers(
-            conn,
-            [
-                found := consumed(base, verify_id, "billing", AckStatus.STILL_PRESENT),
-                consumed(base + 1, verify_id, "search", AckStatus.UNSUPPORTED),
-                # A deletion status is no answer to a verify event.
-                consumed(base + 2, verify_id, "search", AckStatus.COMPLETED),
-                # Nor may a service that was not asked answer.
-                consumed(base + 3, verify_id, "crm", AckStatus.VERIFIED),
-            ],
-            now=datetime.now(UTC),
-        )
+        answered = [
+            found := consumed(base, verify_id, "billing", AckStatus.STILL_PRESENT),
+            consumed(base + 1, verify_id, "search", AckStatus.UNSUPPORTED),
+            # A deletion status is no answer to a verify event.
+            consumed(base + 2, verify_id, "search", AckStatus.COMPLETED),
+            # Nor may a service that was not asked answer.
+            consumed(base + 3, verify_id, "crm", AckStatus.VERIFIED),
+        ]
+        locked = await _lock(conn, answered, {verify_id})
+        assert locked == [deletion]
+        outcome = await answers.apply_answers(conn, answered, now=datetime.now(UTC), locked=locked)
         # A verify answer to the deletion itself is refused by the ledger.
         refused = await apply_acks(
             conn,
@@ -209,10 +218,14 @@ async def test_answers_reopen_the_deletion_and_show_in_the_console(
         engine, entity, published=datetime.now(UTC) + timedelta(seconds=5)
     )
     async with engine.begin() as conn:
+        done = consumed(base + 5, later, "billing", AckStatus.COMPLETED)
+        locked = await _lock(conn, [done], set())
+        assert locked == [deletion]
         again = await answers.delete_again(
             conn,
-            [consumed(base + 5, later, "billing", AckStatus.COMPLETED).ack],  # type: ignore[list-item]
+            [done.ack],  # type: ignore[list-item]
             now=datetime.now(UTC),
+            locked=locked,
         )
         state = await conn.scalar(
             select(event_status.c.state).where(event_status.c.event_id == deletion)
@@ -223,8 +236,9 @@ async def test_answers_reopen_the_deletion_and_show_in_the_console(
     # The same `still_present` answer replayed at another offset changes nothing (the
     # ledger keeps one accepted ack per event, service, attempt and status).
     async with engine.begin() as conn:
+        replay = [ConsumedAck("acks", 0, base + 6, found.ack)]
         replayed = await answers.apply_answers(
-            conn, [ConsumedAck("acks", 0, base + 6, found.ack)], now=datetime.now(UTC)
+            conn, replay, now=datetime.now(UTC), locked=await _lock(conn, replay, {verify_id})
         )
         state = await conn.scalar(
             select(event_status.c.state).where(event_status.c.event_id == deletion)
@@ -369,10 +383,12 @@ async def test_a_deletion_still_open_elsewhere_is_never_completed_by_verificatio
         assert "billing" in [s["service"] for s in created.json()["services"]]
         verify_id = uuid.UUID(created.json()["event_id"])
         async with engine.begin() as conn:
+            answered = [consumed(offset, verify_id, "billing", AckStatus.STILL_PRESENT)]
             await answers.apply_answers(
                 conn,
-                [consumed(offset, verify_id, "billing", AckStatus.STILL_PRESENT)],
+                answered,
                 now=datetime.now(UTC),
+                locked=await _lock(conn, answered, {verify_id}),
             )
 
     base = int(uuid.uuid4().int % 10**9)
@@ -383,10 +399,12 @@ async def test_a_deletion_still_open_elsewhere_is_never_completed_by_verificatio
         engine, entity, published=datetime.now(UTC) + timedelta(seconds=5)
     )
     async with engine.begin() as conn:
+        done = consumed(base + 1, later, "billing", AckStatus.COMPLETED)
         again = await answers.delete_again(
             conn,
-            [consumed(base + 1, later, "billing", AckStatus.COMPLETED).ack],  # type: ignore[list-item]
+            [done.ack],  # type: ignore[list-item]
             now=datetime.now(UTC),
+            locked=await _lock(conn, [done], set()),
         )
     assert again == []
     assert await state_and_acks() == ("overdue", {"billing": "completed", "search": "pending"})

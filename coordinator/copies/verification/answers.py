@@ -5,18 +5,23 @@ An accepted `still_present` turns that service's done acknowledgements of the en
 delete events into `still_present` and those events into `resurrected` (SPEC §15); a
 later delete ack from the same service, for an event published after that answer,
 completes them again. Nothing here ever runs or re-sends a deletion.
+
+Both change delete events the ack path locks, reads and rewrites. They change only those
+`events_to_lock` named before the batch's first statement, and the ack path locked with
+its own, in one sorted pass, before the audit chain's lock (docs/verification.md, "Lock
+order"): the one order every tracker transaction takes its locks in.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import any_, func, select, tuple_, update
+from sqlalchemy import Select, any_, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.evidence import audit
@@ -34,6 +39,7 @@ from coordinator.tracking.ledger import (
     audited_rejects,
     insert_ledger,
     ledger_row,
+    sorted_ids,
 )
 from schemas import VERIFY_STATUSES, AckStatus, EventType, RetentionAck
 
@@ -42,6 +48,7 @@ __all__ = [
     "VerifyOutcome",
     "apply_answers",
     "delete_again",
+    "events_to_lock",
     "resurrected_events",
     "verify_event_ids",
 ]
@@ -50,6 +57,8 @@ ACTOR = "tracker"
 ANSWERS = frozenset({*(s.value for s in VERIFY_STATUSES), AckStatus.FAILED.value})
 """What a verify event may be answered with; `failed`: the service's count raised."""
 _DONE = ("completed", "not_found")
+_STILL_PRESENT = AckStatus.STILL_PRESENT.value
+_DONE_ACKS = (AckStatus.COMPLETED, AckStatus.NOT_FOUND)
 
 
 @dataclass(slots=True)
@@ -74,17 +83,104 @@ async def verify_event_ids(conn: AsyncConnection, event_ids: Sequence[uuid.UUID]
     return set(rows.scalars())
 
 
+async def events_to_lock(
+    conn: AsyncConnection, records: Sequence[ConsumedAck], asked: Collection[uuid.UUID]
+) -> list[uuid.UUID]:
+    """The delete events this batch's answers (acks of the `asked` verify events) may
+    reopen and its delete acks may complete again, sorted: the caller locks them with the
+    events its acks name, in one pass, before anything takes the audit chain's lock, then
+    hands them to `apply_answers` and `delete_again`, which change no other event.
+
+    More than are changed: every delete event of an entity answered `still_present`, and
+    each reopened event of an entity whose delete a service acked done. Read before they
+    are locked: `apply_answers` and `delete_again` judge the locked rows again."""
+    ids: set[uuid.UUID] = set()
+    s, e, v = event_status.c, expected_acks.c, verifications.c
+    # Nearly always no answers: no pass over the batch. The status first: a UUID's hash
+    # (the membership test) is Python code.
+    found = asked and {
+        ack.event_id
+        for r in records
+        if (ack := r.ack) is not None
+        and r.refused is None
+        and ack.status is AckStatus.STILL_PRESENT
+        and ack.event_id in asked
+    }
+    if found:
+        ids.update(
+            await conn.scalars(
+                select(s.event_id)
+                .join_from(
+                    verifications,
+                    event_status,
+                    (s.entity_type == v.entity_type) & (s.entity_id == v.entity_id),
+                )
+                .where(
+                    v.event_id == any_(event_ids_param(sorted_ids(found))),
+                    s.event_type == EventType.DELETE.value,
+                )
+            )
+        )
+    # Nearly always nothing is reopened: one probe of the partial index, no pass over the
+    # batch, no join.
+    if await conn.scalar(select(e.event_id).where(e.status == _STILL_PRESENT).limit(1)):
+        done = [
+            ack
+            for r in records
+            if (ack := r.ack) is not None
+            and r.refused is None
+            and ack.status in _DONE_ACKS
+            and ack.event_id not in asked
+        ]
+        if done:
+            ids.update(await conn.scalars(_reopened(done)))
+    return sorted_ids(ids)
+
+
+def _reopened(done: Sequence[RetentionAck]) -> Select[tuple[uuid.UUID]]:
+    """The reopened acknowledgements' events, by the service that acked one of the
+    entity's delete events `done`."""
+    s, e = event_status.c, expected_acks.c
+    acked = unnest(
+        "acked",
+        {"event_id": s.event_id.type, "service": e.service.type},
+        [{"event_id": a.event_id, "service": a.service} for a in done],
+    )
+    deleted = event_status.alias("deleted")
+    return (
+        select(e.event_id)
+        .join_from(acked, deleted, deleted.c.event_id == acked.c.event_id)
+        .join(
+            event_status,
+            (s.entity_type == deleted.c.entity_type) & (s.entity_id == deleted.c.entity_id),
+        )
+        .join(expected_acks, (e.event_id == s.event_id) & (e.service == acked.c.service))
+        .where(
+            deleted.c.event_type == EventType.DELETE.value,
+            s.event_type == EventType.DELETE.value,
+            e.status == _STILL_PRESENT,
+        )
+    )
+
+
 async def apply_answers(
-    conn: AsyncConnection, records: Sequence[ConsumedAck], *, now: datetime
+    conn: AsyncConnection,
+    records: Sequence[ConsumedAck],
+    *,
+    now: datetime,
+    locked: Collection[uuid.UUID],
 ) -> VerifyOutcome:
-    """Ledger, answers, resurrections and one audit entry for acks of verify events."""
+    """Ledger, answers, resurrections and one audit entry for acks of verify events.
+
+    `locked`: `events_to_lock`'s events, locked by this transaction; only those reopen."""
     outcome = VerifyOutcome()
     acks = [r.ack for r in records if r.ack is not None]
     if not acks:
         return outcome
     ids = sorted({a.event_id for a in acks})
-    # The chain's lock first, as every tracker transaction takes it: answer rows are locked
-    # only while holding it, so two trackers never wait on each other in opposite orders.
+    # The chain's lock before the answer rows, after the delete events (`locked`): answer
+    # rows are locked only while holding it, so two trackers never wait on each other in
+    # opposite orders.
     last_seq, _ = await audit.lock_head(conn)
     asked = {
         row.event_id: row
@@ -148,7 +244,7 @@ async def apply_answers(
         for r in changed.values()
         if r["status"] == AckStatus.STILL_PRESENT.value
     }
-    resurrected = await _resurrect(conn, sorted(found), now=now)
+    resurrected = await _resurrect(conn, sorted(found), locked, now=now)
     outcome.resurrected = [key for key in sorted(found) if key in resurrected]
     entries = []
     if outcome.accepted or outcome.rejected:
@@ -211,15 +307,22 @@ def _reject_reason(
 
 
 async def _resurrect(
-    conn: AsyncConnection, found: Sequence[tuple[str, str, str]], *, now: datetime
+    conn: AsyncConnection,
+    found: Sequence[tuple[str, str, str]],
+    locked: Collection[uuid.UUID],
+    *,
+    now: datetime,
 ) -> dict[tuple[str, str, str], list[uuid.UUID]]:
-    """Reopen the delete events each service said were done but still holds data for."""
-    if not found:
+    """Reopen the delete events each service said were done but still holds data for;
+    only `locked` ones (a delete event tracked after `events_to_lock` read them is left
+    as it is: changing it would take its lock after the chain's)."""
+    if not found or not locked:
         return {}
     s, e = event_status.c, expected_acks.c
     reopened = await conn.execute(
         update(expected_acks)
         .where(
+            e.event_id == any_(event_ids_param(sorted_ids(locked))),
             e.event_id == s.event_id,
             tuple_(s.entity_type, s.entity_id, e.service).in_(list(found)),
             s.event_type == EventType.DELETE.value,
@@ -246,22 +349,26 @@ async def _resurrect(
 
 
 async def delete_again(
-    conn: AsyncConnection, accepted: Sequence[RetentionAck], *, now: datetime
+    conn: AsyncConnection,
+    accepted: Sequence[RetentionAck],
+    *,
+    now: datetime,
+    locked: Collection[uuid.UUID],
 ) -> list[uuid.UUID]:
     """A later delete ack completes a resurrected entity at that service again: for each
     accepted `completed`/`not_found` ack of a delete event published after the service's
     `still_present` answer, its `still_present` acknowledgements of the entity become
-    `completed`, and events with nothing left open are `completed` again."""
-    done = [a for a in accepted if a.status in (AckStatus.COMPLETED, AckStatus.NOT_FOUND)]
+    `completed`, and events with nothing left open are `completed` again.
+
+    `locked`: `events_to_lock`'s events, locked by this transaction; only those complete
+    again (one reopened after `events_to_lock` read them stays reopened: that answer
+    counts as the later one)."""
+    if not locked:
+        return []
+    done = [a for a in accepted if a.status in _DONE_ACKS]
     if not done:
         return []
     s, e = event_status.c, expected_acks.c
-    # Nearly always nothing is reopened: one probe of the partial index, not a join per batch.
-    anything = await conn.scalar(
-        select(e.event_id).where(e.status == AckStatus.STILL_PRESENT.value).limit(1)
-    )
-    if anything is None:
-        return []
     v, va = verifications.c, verify_answers.c
     acked = unnest(
         "acked",
@@ -289,6 +396,7 @@ async def delete_again(
         await conn.execute(
             update(expected_acks)
             .where(
+                e.event_id == any_(event_ids_param(sorted_ids(locked))),
                 e.event_id == s.event_id,
                 s.entity_type == later.c.entity_type,
                 s.entity_id == later.c.entity_id,

@@ -1,0 +1,437 @@
+"""Verify answers and ack batches recorded side by side by two trackers (two connections
+to the real PostgreSQL): the verify path reopens and completes again the entity's delete
+events, rows the ack path locks, reads and rewrites. Both must lock those events in one
+order, before the audit chain's lock, or one batch dies in a deadlock or writes an event
+state computed from rows another batch changed meanwhile (docs/verification.md).
+
+Each test pauses one batch inside the ack path, with its events locked, and lets the other
+run until it is done or waits on a lock (PostgreSQL's own view: `pg_blocking_pids`)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import func, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from coordinator.clock import FrozenClock
+from coordinator.copies.verification import answers
+from coordinator.evidence import audit
+from coordinator.policy.model import DeclaredService
+from coordinator.store.tables import (
+    audit_log,
+    event_status,
+    expected_acks,
+    verifications,
+    verify_answers,
+)
+from coordinator.tracking import ledger
+from coordinator.tracking.tracker import Tracker
+from schemas import AckStatus, EventType, KafkaSettings, RetentionAck
+from tests.integration.tracking_support import make_tracker
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+SERVICES = ("billing", "search")
+
+
+@pytest.fixture
+async def tracker(
+    coordinator_db: str, kafka_settings: KafkaSettings, engine: AsyncEngine
+) -> AsyncIterator[Tracker]:
+    # Never started: only its batch statements run, on connections the test holds.
+    made, own_engine, _ = make_tracker(
+        coordinator_db,
+        kafka_settings,
+        FrozenClock(NOW),
+        services=[
+            DeclaredService(name=name, owner="tests", handles={"user": [EventType.DELETE]})
+            for name in SERVICES
+        ],
+    )
+    yield made
+    await own_engine.dispose()
+
+
+class _Entity:
+    def __init__(self) -> None:
+        self.id = f"lock-{uuid.uuid4().hex[:10]}"
+        self.offset = uuid.uuid4().int % 10**12
+
+    def consumed(
+        self, event_id: uuid.UUID, service: str, status: AckStatus, *, attempt: int = 1
+    ) -> ledger.ConsumedAck:
+        self.offset += 1
+        ack = RetentionAck(
+            event_id=event_id,
+            service=service,
+            entity_type="user",
+            entity_id=self.id,
+            status=status,
+            records_affected=1 if status is AckStatus.STILL_PRESENT else 0,
+            attempt=attempt,
+            acknowledged_at=NOW + timedelta(seconds=attempt),
+        )
+        return ledger.ConsumedAck("acks", 0, self.offset, ack)
+
+
+async def _deletion(
+    engine: AsyncEngine,
+    entity: _Entity,
+    state: str,
+    statuses: dict[str, str],
+    *,
+    published: datetime = NOW - timedelta(hours=1),
+) -> uuid.UUID:
+    event_id = uuid.uuid4()
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(event_status).values(
+                event_id=event_id,
+                policy="accounts",
+                event_type="delete",
+                entity_type="user",
+                entity_id=entity.id,
+                initiated_at=published,
+                published_at=published,
+                deadline=published + timedelta(days=30),
+                state=state,
+                expected=len(statuses),
+                completed_at=published if state in ("completed", "resurrected") else None,
+                tracked_at=published,
+                updated_at=published,
+            )
+        )
+        await conn.execute(
+            insert(expected_acks),
+            [
+                {
+                    "event_id": event_id,
+                    "service": service,
+                    "status": status,
+                    "acknowledged_at": None if status == "pending" else published,
+                }
+                for service, status in statuses.items()
+            ],
+        )
+    return event_id
+
+
+async def _verification(
+    engine: AsyncEngine, entity: _Entity, *, answered: datetime | None = None
+) -> uuid.UUID:
+    """A verify event asking billing; `answered`: billing answered `still_present` then."""
+    event_id = uuid.uuid4()
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(verifications).values(
+                event_id=event_id,
+                entity_type="user",
+                entity_id=entity.id,
+                policy="on_demand",
+                trigger="on_demand",
+                requested_by="tester",
+                requested_at=NOW - timedelta(hours=1),
+            )
+        )
+        await conn.execute(
+            insert(verify_answers).values(
+                event_id=event_id,
+                service="billing",
+                **(
+                    {}
+                    if answered is None
+                    else {
+                        "status": "still_present",
+                        "records_affected": 1,
+                        "acknowledged_at": answered,
+                    }
+                ),
+            )
+        )
+    return event_id
+
+
+async def _state(engine: AsyncEngine, event_id: uuid.UUID) -> tuple[str, dict[str, str]]:
+    async with engine.connect() as conn:
+        state = await conn.scalar(
+            select(event_status.c.state).where(event_status.c.event_id == event_id)
+        )
+        rows = await conn.execute(
+            select(expected_acks.c.service, expected_acks.c.status).where(
+                expected_acks.c.event_id == event_id
+            )
+        )
+        return str(state), {service: status for service, status in rows}
+
+
+async def _actions_since(engine: AsyncEngine, seq: int) -> list[str]:
+    async with engine.connect() as conn:
+        return list(
+            await conn.scalars(
+                select(audit_log.c.action).where(audit_log.c.seq > seq).order_by(audit_log.c.seq)
+            )
+        )
+
+
+async def _head(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return int(await conn.scalar(select(func.coalesce(func.max(audit_log.c.seq), 0))) or 0)
+
+
+@contextmanager
+def _paused(
+    monkeypatch: pytest.MonkeyPatch, name: str, when: Callable[..., bool]
+) -> Iterator[tuple[asyncio.Event, asyncio.Event]]:
+    """Pause the ack path at `ledger.<name>`, the first call `when` picks: `reached` is
+    set there, and it goes on once `go` is."""
+    reached, go = asyncio.Event(), asyncio.Event()
+    original: Callable[..., Awaitable[Any]] = getattr(ledger, name)
+
+    async def pausing(*args: Any) -> Any:
+        if not reached.is_set() and when(*args):
+            reached.set()
+            await go.wait()
+        return await original(*args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ledger, name, pausing)
+        yield reached, go
+
+
+async def _record(
+    tracker: Tracker,
+    engine: AsyncEngine,
+    records: list[ledger.ConsumedAck],
+    pid: asyncio.Future[int] | None = None,
+) -> None:
+    """One batch as the tracker records it, in a transaction of its own."""
+    async with engine.connect() as conn:
+        if pid is not None:
+            pid.set_result(int(await conn.scalar(text("SELECT pg_backend_pid()")) or 0))
+            await conn.rollback()
+        async with conn.begin():
+            await tracker._record(conn, records, track_missing=True)
+
+
+async def _until_done_or_waiting(engine: AsyncEngine, task: asyncio.Task[None], pid: int) -> None:
+    """Until `task` ended or its backend waits for a lock another transaction holds."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + 60
+    async with engine.connect() as conn:
+        while loop.time() < give_up:
+            if task.done():
+                return
+            blockers = await conn.scalar(select(func.pg_blocking_pids(pid)))
+            if blockers:
+                return
+            await conn.rollback()
+            await asyncio.sleep(0.005)
+    raise AssertionError("the second batch neither ended nor waited for a lock")
+
+
+async def _interleave(
+    tracker: Tracker,
+    engine: AsyncEngine,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    paused: list[ledger.ConsumedAck],
+    pause_at: str,
+    when: Callable[..., bool],
+    other: list[ledger.ConsumedAck],
+) -> None:
+    """Record `paused` up to `ledger.<pause_at>` (its events locked, their expected rows
+    read), then `other` until it is done or waits, then let `paused` go on; both must
+    commit."""
+    with _paused(monkeypatch, pause_at, when) as (reached, go):
+        first = asyncio.create_task(_record(tracker, engine, paused))
+        await asyncio.wait_for(reached.wait(), 30)
+        pid: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        second = asyncio.create_task(_record(tracker, engine, other, pid))
+        try:
+            await _until_done_or_waiting(engine, second, await pid)
+        finally:
+            go.set()
+        results = await asyncio.gather(first, second, return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert not failures, failures
+
+
+def _folding(_conn: AsyncConnection, fresh: list[Any], *_: Any) -> bool:
+    return bool(fresh)
+
+
+def _recording(_conn: AsyncConnection, accepted: list[Any], *_: Any) -> bool:
+    return bool(accepted)
+
+
+async def test_a_still_present_answer_waits_for_an_ack_batch_holding_the_event(
+    tracker: Tracker, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The ack batch has locked the completed deletion and waits for the chain's lock; the
+    # answer, holding the chain's lock, reopening that deletion: a lock-order deadlock.
+    entity = _Entity()
+    deletion = await _deletion(
+        engine, entity, "completed", {"billing": "completed", "search": "not_found"}
+    )
+    asked = await _verification(engine, entity)
+    head = await _head(engine)
+    await _interleave(
+        tracker,
+        engine,
+        monkeypatch,
+        # A re-send, attempt 2: new to the ledger, its row's count moves.
+        paused=[entity.consumed(deletion, "search", AckStatus.NOT_FOUND, attempt=2)],
+        pause_at="_record_and_audit",
+        when=_recording,
+        other=[entity.consumed(asked, "billing", AckStatus.STILL_PRESENT)],
+    )
+    assert await _state(engine, deletion) == (
+        "resurrected",
+        {"billing": "still_present", "search": "not_found"},
+    )
+    assert await _actions_since(engine, head) == [
+        audit.AuditAction.ACKS_ACCEPTED,
+        audit.AuditAction.VERIFY_ANSWERS,
+        audit.AuditAction.ENTITY_RESURRECTED,
+    ]
+
+
+async def test_an_ack_batch_never_completes_an_event_reopened_after_it_read_it(
+    tracker: Tracker, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Search's ack completes the last open row; billing's `still_present` answer lands
+    # between the ack batch reading the rows and writing the state it computed from them.
+    entity = _Entity()
+    deletion = await _deletion(
+        engine, entity, "pending", {"billing": "completed", "search": "pending"}
+    )
+    asked = await _verification(engine, entity)
+    head = await _head(engine)
+    await _interleave(
+        tracker,
+        engine,
+        monkeypatch,
+        paused=[entity.consumed(deletion, "search", AckStatus.COMPLETED)],
+        pause_at="_fold",
+        when=_folding,
+        other=[entity.consumed(asked, "billing", AckStatus.STILL_PRESENT)],
+    )
+    assert await _state(engine, deletion) == (
+        "resurrected",
+        {"billing": "still_present", "search": "completed"},
+    )
+    # Recorded in the order the batches committed: the ack's completion, then the answer.
+    assert await _actions_since(engine, head) == [
+        audit.AuditAction.ACKS_ACCEPTED,
+        audit.AuditAction.EVENTS_COMPLETED,
+        audit.AuditAction.VERIFY_ANSWERS,
+        audit.AuditAction.ENTITY_RESURRECTED,
+    ]
+
+
+async def test_a_later_delete_waits_for_an_ack_batch_holding_the_resurrected_event(
+    tracker: Tracker, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Billing's ack of a later delete completes the resurrected one again, while an ack
+    # batch that locked it waits for the chain's lock the delete ack's batch holds.
+    entity = _Entity()
+    deletion = await _deletion(
+        engine, entity, "resurrected", {"billing": "still_present", "search": "not_found"}
+    )
+    await _verification(engine, entity, answered=NOW - timedelta(minutes=30))
+    later = await _deletion(engine, entity, "pending", {"billing": "pending"}, published=NOW)
+    head = await _head(engine)
+    await _interleave(
+        tracker,
+        engine,
+        monkeypatch,
+        paused=[entity.consumed(deletion, "search", AckStatus.NOT_FOUND, attempt=2)],
+        pause_at="_record_and_audit",
+        when=_recording,
+        other=[entity.consumed(later, "billing", AckStatus.COMPLETED)],
+    )
+    assert await _state(engine, deletion) == (
+        "completed",
+        {"billing": "completed", "search": "not_found"},
+    )
+    assert await _state(engine, later) == ("completed", {"billing": "completed"})
+    assert await _actions_since(engine, head) == [
+        audit.AuditAction.ACKS_ACCEPTED,
+        audit.AuditAction.ACKS_ACCEPTED,
+        audit.AuditAction.EVENTS_COMPLETED,
+        audit.AuditAction.ENTITY_DELETED_AGAIN,
+    ]
+
+
+async def test_an_ack_batch_never_leaves_resurrected_an_event_a_later_delete_completed(
+    tracker: Tracker, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Search's ack closes the last open row of a deletion billing was found holding; the
+    # later delete's ack completes billing's row meanwhile: nothing is left open.
+    entity = _Entity()
+    deletion = await _deletion(
+        engine, entity, "overdue", {"billing": "still_present", "search": "pending"}
+    )
+    await _verification(engine, entity, answered=NOW - timedelta(minutes=30))
+    later = await _deletion(engine, entity, "pending", {"billing": "pending"}, published=NOW)
+    await _interleave(
+        tracker,
+        engine,
+        monkeypatch,
+        paused=[entity.consumed(deletion, "search", AckStatus.COMPLETED)],
+        pause_at="_fold",
+        when=_folding,
+        other=[entity.consumed(later, "billing", AckStatus.COMPLETED)],
+    )
+    assert await _state(engine, deletion) == (
+        "completed",
+        {"billing": "completed", "search": "completed"},
+    )
+    assert await _state(engine, later) == ("completed", {"billing": "completed"})
+
+
+async def test_what_a_batch_locks_for_answers_and_later_deletes(engine: AsyncEngine) -> None:
+    entity, other = _Entity(), _Entity()
+    first = await _deletion(engine, entity, "completed", {"billing": "completed"})
+    second = await _deletion(engine, entity, "pending", {"billing": "pending"})
+    await _deletion(engine, other, "completed", {"billing": "completed"})
+    asked = await _verification(engine, entity)
+    found = entity.consumed(asked, "billing", AckStatus.STILL_PRESENT)
+    forged = ledger.ConsumedAck(
+        found.topic, 0, found.offset + 1, found.ack, refused=ledger.RejectReason.BAD_SIGNATURE
+    )
+    done = entity.consumed(second, "billing", AckStatus.COMPLETED)
+    async with engine.connect() as conn:
+        # Every delete event of the entity found, none of another's; a refused answer
+        # (anyone can write the acks topic) locks nothing.
+        assert set(await answers.events_to_lock(conn, [found, done], {asked})) == {
+            first,
+            second,
+        }
+        assert await answers.events_to_lock(conn, [forged, done], {asked}) == []
+        assert (
+            await answers.events_to_lock(
+                conn, [entity.consumed(asked, "billing", AckStatus.VERIFIED)], {asked}
+            )
+            == []
+        )
+    async with engine.begin() as conn:
+        await conn.execute(
+            expected_acks.update()
+            .where(expected_acks.c.event_id == first)
+            .values(status="still_present")
+        )
+    async with engine.connect() as conn:
+        # A done ack of the entity's delete: the events its service's acknowledgement of
+        # is reopened; a failed ack or another service's: none.
+        assert await answers.events_to_lock(conn, [done], set()) == [first]
+        failed = entity.consumed(second, "billing", AckStatus.FAILED)
+        assert await answers.events_to_lock(conn, [failed], set()) == []
+        elsewhere = entity.consumed(second, "search", AckStatus.COMPLETED)
+        assert await answers.events_to_lock(conn, [elsewhere], set()) == []
