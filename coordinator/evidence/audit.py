@@ -21,7 +21,7 @@ from sqlalchemy import Text, bindparam, cast, func, insert, literal, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.store.tables import audit_log
+from coordinator.store.tables import audit_link_seq, audit_log
 
 __all__ = [
     "GENESIS",
@@ -38,6 +38,7 @@ __all__ = [
     "canonical",
     "chain_rows",
     "chained",
+    "draw_link",
     "id_texts",
     "link",
     "lock_head",
@@ -245,11 +246,22 @@ async def append_prepared(conn: AsyncConnection, prepared: Sequence[Prepared]) -
 
 
 async def append_onto(
-    conn: AsyncConnection, head: tuple[int, str], prepared: Sequence[Prepared]
+    conn: AsyncConnection,
+    head: tuple[int, str],
+    prepared: Sequence[Prepared],
+    *,
+    link: int | None = None,
 ) -> list[AuditRef]:
     """Append prepared entries onto `head`, which the caller read with `lock_head` in this
-    transaction (the lock is still held): no second round trip for the lock and head."""
+    transaction (the lock is still held): no second round trip for the lock and head.
+
+    `link`: a token the caller drew (`draw_link`) and wrote, before taking the lock, into
+    the rows these entries record; stored with each entry (not hashed, like a ledger row's
+    seq), so that those rows find their entry by (link, action)."""
     rows = chained(head, prepared)
+    if link is not None:
+        for row in rows:
+            row["link"] = link
     await conn.execute(_INSERT, rows)
     return [AuditRef(row["seq"], row["hash"]) for row in rows]
 
@@ -288,6 +300,12 @@ def row_values(row: dict[str, Any]) -> dict[str, Any]:
     values = {name: value for name, value in row.items() if name != "data_json"}
     values["data"] = cast(literal(row["data_json"], Text()), JSONB)
     return values
+
+
+async def draw_link(conn: AsyncConnection) -> int:
+    """A new link token (migration 0031): unique, known before the chain's lock."""
+    drawn: int = (await conn.execute(select(func.nextval(audit_link_seq.name)))).scalar_one()
+    return drawn
 
 
 async def lock_head(conn: AsyncConnection) -> tuple[int, str]:

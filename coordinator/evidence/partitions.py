@@ -102,8 +102,9 @@ AUDIT = Layout(
     "audit_log",
     "at",
     "seq",
-    ("seq", "at", "action", "actor", "data", "prev_hash", "hash"),
-    ("ix_action",),
+    # `link` since migration 0031, which adds it to both tables while they convert.
+    ("seq", "at", "action", "actor", "data", "prev_hash", "hash", "link"),
+    ("ix_action", "ix_link"),
 )
 OUTBOX = Layout(
     "retention_outbox_batches",
@@ -156,6 +157,8 @@ LEDGER = Layout(
         "reject_reason",
         "audit_seq",
         "key_id",
+        # Since migration 0031, which adds it to both tables while they convert.
+        "audit_link",
     ),
     ("uq_record", "uq_ack", "ix_rejected_event_id", "ix_rejected_received_at"),
     # Written by the tracker since migration 0025; computed for the rows from before.

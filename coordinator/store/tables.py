@@ -14,6 +14,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    Sequence,
     Table,
     Text,
     UniqueConstraint,
@@ -28,6 +29,7 @@ __all__ = [
     "anonymize_marks",
     "anonymized",
     "audit_checkpoints",
+    "audit_link_seq",
     "audit_log",
     "data_keys",
     "erased_entities",
@@ -244,6 +246,9 @@ outbox_cursors = Table(
 # by a sequence, so gaps can only come from deletion — which verification reports.
 # Partitioned by month on `at` (coordinator/evidence/partitions.py): the primary key must
 # hold the partition key; seq is unique all the same.
+audit_link_seq = Sequence("retention_audit_link_seq", metadata=metadata)
+"""Where an ack batch draws its `audit_log.link` token (migration 0031)."""
+
 audit_log = Table(
     "audit_log",
     metadata,
@@ -255,7 +260,11 @@ audit_log = Table(
     Column("data", JSONB, nullable=False),
     Column("prev_hash", Text, nullable=False),
     Column("hash", Text, nullable=False),
+    # An ack batch's token (migration 0031), drawn before the chain's lock: its ledger
+    # rows and completed events name their entries by (link, action), not by seq.
+    Column("link", BigInteger),
     Index(None, "action"),
+    Index(None, "link", postgresql_where=text("link IS NOT NULL")),
     postgresql_partition_by="RANGE (at)",
 )
 
@@ -321,6 +330,8 @@ event_status = Table(
     _ts("updated_at", nullable=False),
     Column("tracked_audit_seq", BigInteger),
     Column("completed_audit_seq", BigInteger),
+    # Set instead of completed_audit_seq by ack batches since migration 0031.
+    Column("completed_audit_link", BigInteger),
     # When entity_id (here and in the ack ledger) became an HMAC (coordinator/evidence/).
     _ts("pseudonymised_at"),
     CheckConstraint(
@@ -441,6 +452,8 @@ ack_ledger = Table(
     Column("accepted", Boolean, nullable=False),
     Column("reject_reason", Text),
     Column("audit_seq", BigInteger),
+    # Set instead of audit_seq by ack batches since migration 0031 (`audit_log.link`).
+    Column("audit_link", BigInteger),
     # The id of the service key whose signature verified (SPEC §9), for certificates.
     Column("key_id", Text),
     Column("event_at", DateTime(timezone=True), primary_key=True),

@@ -280,9 +280,9 @@ async def apply_acks(
     events the acks name, tracking those the acks overtook; read their expected acks;
     judge each record; find which are new to the ledger; fold the new acks into their
     expected rows and store them; derive the events' new states, each statement planned
-    as a probe per key (`by_key`). Only then is the audit
-    chain locked, for the rows that carry the seq of the entry recording them: the
-    ledger rows, the audit entries, the new states (docs/tracking.md, "Ack ledger").
+    as a probe per key (`by_key`); insert the new ledger rows and store the new states,
+    linked to the batch's audit entries by a token (`audit.draw_link`). Only then is the
+    audit chain locked, for the entries alone (docs/tracking.md, "Ack ledger").
     """
     outcome = LedgerOutcome(records=len(records))
     event_ids = _events_named(records)
@@ -533,33 +533,24 @@ async def _record_and_audit(
     transitions: list[Transition],
     now: datetime,
 ) -> None:
-    """The batch's last statements, with the audit chain locked until the commit: the
-    ledger rows with the seq of the entry recording them, the entries, the new states.
+    """The batch's last statements: the ledger rows and the new states, then, with the
+    audit chain locked until the commit, the entries recording them.
 
-    The entries come in a fixed order, acks_accepted first, then acks_rejected, then the
-    events' new states; each ledger row is written with its entry's seq rather than
-    updated once the entry exists."""
+    Rows and states name their entries by a link token drawn first (`audit.draw_link`,
+    migration 0031) and stored with the entries, not by seq: a seq is decided only with
+    the lock held, which made every write carrying one wait for the other replicas'
+    batches (docs/tracking.md, "The ack batch's link to its audit entries"). Ledger rows
+    of accepted acks name `acks_accepted`, of rejected records `acks_rejected`, completed
+    events `events_completed`, each with the batch's link."""
     if not entries:
         return  # every record was a redelivery: nothing to record, nothing changed
     # Built by `_audit_entries` from ids as text, names, statuses and counts only.
     prepared = audit.prepare(entries, at=now, json_native=True)
-    head = await audit.lock_head(conn)
-    accepted_seq = head[0] + 1
-    rejected_seq = accepted_seq + 1 if accepted else accepted_seq
-    await _insert_new(conn, [row for _, row in accepted], audit_seq=accepted_seq, received_at=now)
-    await _insert_new(conn, [row for _, row in rejected], audit_seq=rejected_seq, received_at=now)
-    refs = await audit.append_onto(conn, head, prepared)
-    ref_by_action = dict(zip((e.action for e in entries), refs, strict=True))
-    for action, seq in (
-        (audit.AuditAction.ACKS_ACCEPTED, accepted_seq),
-        (audit.AuditAction.ACKS_REJECTED, rejected_seq),
-    ):
-        if action in ref_by_action and ref_by_action[action].seq != seq:
-            raise RuntimeError(f"{action} landed at seq {ref_by_action[action].seq}, not {seq}")
-    completed_ref = ref_by_action.get(audit.AuditAction.EVENTS_COMPLETED)
-    await write_transitions(
-        conn, transitions, completed_seq=completed_ref.seq if completed_ref else None, now=now
-    )
+    link = await audit.draw_link(conn)
+    rows = [row for _, row in accepted] + [row for _, row in rejected]
+    await _insert_new(conn, rows, link=link, received_at=now)
+    await write_transitions(conn, transitions, completed_link=link, now=now)
+    await audit.append_onto(conn, await audit.lock_head(conn), prepared, link=link)
 
 
 async def _fold(
@@ -667,10 +658,12 @@ async def write_transitions(
     conn: AsyncConnection,
     transitions: Sequence[Transition],
     *,
-    completed_seq: int | None,
+    completed_seq: int | None = None,
+    completed_link: int | None = None,
     now: datetime,
 ) -> None:
-    """Store new event states; `completed_seq` is the audit entry recording completions."""
+    """Store new event states; the audit entry recording completions is `completed_seq`,
+    or the `events_completed` entry carrying `completed_link` (`audit.draw_link`)."""
     if not transitions:
         return
     s = event_status.c
@@ -682,6 +675,7 @@ async def write_transitions(
             "expected": s.expected.type,
             "completed_at": s.completed_at.type,
             "completed_audit_seq": s.completed_audit_seq.type,
+            "completed_audit_link": s.completed_audit_link.type,
         },
         [
             {
@@ -690,6 +684,7 @@ async def write_transitions(
                 "expected": t.expected,
                 "completed_at": t.completed_at,
                 "completed_audit_seq": completed_seq if t.state == "completed" else None,
+                "completed_audit_link": completed_link if t.state == "completed" else None,
             }
             for t in transitions
         ],
@@ -702,6 +697,7 @@ async def write_transitions(
             expected=states.c.expected,
             completed_at=states.c.completed_at,
             completed_audit_seq=states.c.completed_audit_seq,
+            completed_audit_link=states.c.completed_audit_link,
             updated_at=now,
         )
     )
@@ -855,17 +851,20 @@ async def insert_ledger(
         return set()
     c = ack_ledger.c
     result = await conn.execute(
-        _ledger_insert(rows, audit_seq, received_at)
+        _ledger_insert(rows, ("audit_seq", audit_seq), received_at)
         .on_conflict_do_nothing()
         .returning(c.kafka_topic, c.kafka_partition, c.kafka_offset)
     )
     return {(row.kafka_topic, row.kafka_partition, row.kafka_offset) for row in result}
 
 
-def _ledger_insert(rows: list[LedgerRow], audit_seq: int, received_at: datetime) -> Any:
+def _ledger_insert(rows: list[LedgerRow], audit: tuple[str, int], received_at: datetime) -> Any:
     """The rows' insert, from one array of rows (`retention_ack_row_ms`, migration
     0030). The rows were received at one time, bound once (a timestamp is the dearest
-    value asyncpg encodes, ~0.5 µs); each row's `event_at` travels as milliseconds."""
+    value asyncpg encodes, ~0.5 µs); each row's `event_at` travels as milliseconds.
+    `audit`: the column naming the rows' audit entry (`audit_seq` or `audit_link`) and
+    its value."""
+    column, value = audit
     c = ack_ledger.c
     consumed = unnest_rows(
         "consumed",
@@ -874,12 +873,12 @@ def _ledger_insert(rows: list[LedgerRow], audit_seq: int, received_at: datetime)
         rows,
     )
     return pg_insert(ack_ledger).from_select(
-        [*_STORED, "event_at", "received_at", "audit_seq"],
+        [*_STORED, "event_at", "received_at", column],
         select(
             *(consumed.c[name] for name in _STORED),
             _EPOCH_SQL + consumed.c.event_ms * _MILLISECOND,
             literal(received_at, c.received_at.type),
-            literal(audit_seq, BigInteger()),
+            literal(value, BigInteger()),
         ),
     )
 
@@ -892,17 +891,17 @@ _MILLISECOND = literal_column("INTERVAL '1 millisecond'", Interval())
 
 
 async def _insert_new(
-    conn: AsyncConnection, rows: list[LedgerRow], *, audit_seq: int, received_at: datetime
+    conn: AsyncConnection, rows: list[LedgerRow], *, link: int, received_at: datetime
 ) -> None:
     """Insert rows `_new_to_ledger` found new. Should one have been recorded meanwhile
     (a rebalance handed its partition to another replica), the unique keys fail the
     insert: the batch is rolled back and read again, rather than audited as new.
 
-    A plain insert, no ON CONFLICT: this runs with the audit chain locked, and checking
-    both unique keys ahead of each row (speculative insertion) made it about half as
-    slow again, for conflicts the lookup just ruled out."""
+    A plain insert, no ON CONFLICT: checking both unique keys ahead of each row
+    (speculative insertion) made it about half as slow again, for conflicts the lookup
+    just ruled out."""
     if rows:
-        await conn.execute(_ledger_insert(rows, audit_seq, received_at))
+        await conn.execute(_ledger_insert(rows, ("audit_link", link), received_at))
 
 
 _FAILED = AckStatus.FAILED.value

@@ -342,6 +342,7 @@ async def certificate(
     ids = [uuid.UUID(e["event_id"]) for e in events]
     acks: dict[str, list[dict[str, Any]]] = defaultdict(list)
     a, log = ack_ledger.c, audit_log.c
+    by_seq, by_link = audit_log.alias("by_seq"), audit_log.alias("by_link")
     for row in await conn.execute(
         select(
             a.event_id,
@@ -350,10 +351,12 @@ async def certificate(
             a.records_affected,
             a.attempt,
             a.acknowledged_at,
-            log.seq,
-            log.hash,
+            func.coalesce(by_seq.c.seq, by_link.c.seq).label("seq"),
+            func.coalesce(by_seq.c.hash, by_link.c.hash).label("hash"),
         )
-        .join_from(ack_ledger, audit_log, log.seq == a.audit_seq, isouter=True)
+        .select_from(ack_ledger)
+        .join(by_seq, by_seq.c.seq == a.audit_seq, isouter=True)
+        .join(by_link, _linked(by_link, a.audit_link, AuditAction.ACKS_ACCEPTED), isouter=True)
         .where(a.event_id.in_(ids), a.accepted)
         .order_by(a.acknowledged_at, a.id)
     ):
@@ -497,22 +500,34 @@ def _ref(seq: int | None, digest: str | None) -> dict[str, Any] | None:
     return None if seq is None else {"seq": seq, "hash": digest}
 
 
+def _linked(entry: Any, link: ColumnElement[Any], action: AuditAction) -> ColumnElement[bool]:
+    """`entry` (an alias of the audit log) is the `action` entry of an ack batch whose rows
+    carry `link` (migration 0031; NULL for rows that carry their entry's seq)."""
+    return and_(entry.c.link == link, entry.c.action == action.value)
+
+
 async def _audit_refs(
     conn: AsyncConnection, ids: Sequence[uuid.UUID]
 ) -> dict[str, tuple[dict[str, Any] | None, dict[str, Any] | None]]:
     s = event_status.c
     tracked, completed = audit_log.alias("tracked"), audit_log.alias("completed")
+    linked = audit_log.alias("linked")
     rows = await conn.execute(
         select(
             s.event_id,
             tracked.c.seq,
             tracked.c.hash,
-            completed.c.seq,
-            completed.c.hash,
+            func.coalesce(completed.c.seq, linked.c.seq),
+            func.coalesce(completed.c.hash, linked.c.hash),
         )
         .select_from(event_status)
         .join(tracked, tracked.c.seq == s.tracked_audit_seq, isouter=True)
         .join(completed, completed.c.seq == s.completed_audit_seq, isouter=True)
+        .join(
+            linked,
+            _linked(linked, s.completed_audit_link, AuditAction.EVENTS_COMPLETED),
+            isouter=True,
+        )
         .where(s.event_id.in_(ids))
     )
     return {str(r[0]): (_ref(r[1], r[2]), _ref(r[3], r[4])) for r in rows}

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from sqlalchemy import select, text, update
+from sqlalchemy import case, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
@@ -387,7 +387,9 @@ async def test_rejected_acks_are_recorded_never_applied(env: Env) -> None:
     async with env.engine.connect() as conn:
         rows = (
             await conn.execute(
-                select(ack_ledger.c.reject_reason, ack_ledger.c.audit_seq).where(
+                select(
+                    ack_ledger.c.reject_reason, ack_ledger.c.audit_seq, ack_ledger.c.audit_link
+                ).where(
                     ~ack_ledger.c.accepted,
                     ack_ledger.c.kafka_topic == env.kafka.topics.acks,
                 )
@@ -402,7 +404,8 @@ async def test_rejected_acks_are_recorded_never_applied(env: Env) -> None:
         "unknown_event",
         "unknown_service",
     ]
-    assert all(r.audit_seq is not None for r in rows)
+    # Ack batches name their entry by link since migration 0031, not by seq.
+    assert all(r.audit_link is not None and r.audit_seq is None for r in rows)
     dead = await _read_all(env.kafka, env.kafka.topics.dlq, 2)
     assert sorted(dict(m.headers)[DlqHeader.ERROR][:7] for m in dead) == [b"invalid", b"not JSO"]
 
@@ -470,11 +473,32 @@ async def test_acks_ahead_of_the_snapshot_and_rejects_cite_their_audit_rows(env:
         rows = (
             await conn.execute(
                 select(ack_ledger, audit_log.c.action, audit_log.c.data)
-                .join(audit_log, audit_log.c.seq == ack_ledger.c.audit_seq)
+                .join(
+                    audit_log,
+                    (audit_log.c.link == ack_ledger.c.audit_link)
+                    & (
+                        audit_log.c.action
+                        == case((ack_ledger.c.accepted, "acks_accepted"), else_="acks_rejected")
+                    ),
+                )
                 .where(ack_ledger.c.kafka_topic == env.kafka.topics.acks)
             )
         ).all()
+        completions = (
+            await conn.execute(
+                select(event_status.c.event_id, audit_log.c.action, audit_log.c.data)
+                .join(
+                    audit_log,
+                    (audit_log.c.link == event_status.c.completed_audit_link)
+                    & (audit_log.c.action == "events_completed"),
+                )
+                .where(event_status.c.event_id.in_([e for e, _ in mine]))
+            )
+        ).all()
         assert (await audit.verify(conn))[1] is None
+    # Each completed event names the entry that lists it as completed.
+    assert len(completions) == len(mine)
+    assert all(str(c.event_id) in c.data["events"] for c in completions)
     # The re-sent ack landed in the ledger as a no-op: only the first copy has a row.
     assert len(rows) == len(good) + len(forged)
     for row in rows:

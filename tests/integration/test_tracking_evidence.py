@@ -25,7 +25,7 @@ from coordinator.clock import FrozenClock
 from coordinator.kafka.admin import ensure_topics
 from coordinator.policy.model import DeclaredService
 from coordinator.store.db import make_engine
-from coordinator.store.tables import audit_log
+from coordinator.store.tables import ack_ledger, audit_log, event_status
 from schemas import AckStatus, KafkaSettings
 from tests import infra, keys
 from tests.integration.tracking_support import (
@@ -249,13 +249,35 @@ def test_certificate_backs_each_ack_with_audit_hashes(demo: Demo) -> None:
     assert sorted(a["service"] for a in event["acknowledgements"]) == sorted(SERVICES)
     refs = [a["audit"] for a in event["acknowledgements"]]
     refs += [event["evidence"]["tracked"], event["evidence"]["completed"]]
-    stored = asyncio.run(_audit_hashes(demo.database_url, [r["seq"] for r in refs]))
-    assert all(stored[r["seq"]] == r["hash"] for r in refs)
+    stored = asyncio.run(_audit_entries(demo.database_url, [r["seq"] for r in refs]))
+    assert all(stored[r["seq"]][0] == r["hash"] for r in refs)
     assert document["audit_chain"]["head"]["seq"] >= max(r["seq"] for r in refs)
+    # Each cited entry is the one recording that step, found by the batch's link.
+    *acks, tracked, completed = (stored[r["seq"]] for r in refs)
+    event_id = event["event_id"]
+    services = [a["service"] for a in event["acknowledgements"]]
+    for ack_entry, service in zip(acks, services, strict=True):
+        assert ack_entry[1] == "acks_accepted"
+        assert {"event_id": event_id, "service": service} in [
+            {"event_id": a["event_id"], "service": a["service"]} for a in ack_entry[2]["acks"]
+        ]
+    assert tracked[1] == "events_tracked"
+    assert (completed[1], event_id in completed[2]["events"]) == ("events_completed", True)
 
     unfinished = _json(demo, "certificate", "user:45", code=1)
     assert unfinished["complete"] is False
     _cli(demo, "certificate", "user:nobody", code=1)
+
+
+def test_certificate_reads_rows_recorded_before_the_link_by_their_seq(demo: Demo) -> None:
+    """Rows written before migration 0031 name their entry by seq, not by link: the
+    certificate cites the same entries for them (nothing is converted on upgrade)."""
+    before = _json(demo, "certificate", "user:42")
+    asyncio.run(_as_before_the_link(demo.database_url, before["events"][0]["event_id"]))
+    after = _json(demo, "certificate", "user:42")
+    for document in (before, after):
+        del document["generated_at"]
+    assert after == before
 
 
 def test_audit_verify_names_an_edited_row(demo: Demo) -> None:
@@ -270,14 +292,50 @@ def test_audit_verify_names_an_edited_row(demo: Demo) -> None:
     assert _json(demo, "audit", "verify", "--json")["ok"] is True
 
 
-async def _audit_hashes(url: str, seqs: list[int]) -> dict[int, str]:
+async def _audit_entries(url: str, seqs: list[int]) -> dict[int, tuple[str, str, Any]]:
+    """Each seq's (hash, action, data)."""
     engine = make_engine(url)
     try:
         async with engine.connect() as conn:
             rows = await conn.execute(
-                select(audit_log.c.seq, audit_log.c.hash).where(audit_log.c.seq.in_(seqs))
+                select(
+                    audit_log.c.seq, audit_log.c.hash, audit_log.c.action, audit_log.c.data
+                ).where(audit_log.c.seq.in_(seqs))
             )
-            return {row.seq: row.hash for row in rows}
+            return {row.seq: (row.hash, row.action, row.data) for row in rows}
+    finally:
+        await engine.dispose()
+
+
+async def _as_before_the_link(url: str, event_id: str) -> None:
+    """Rewrite the event's ledger rows and status row as a tracker before migration 0031
+    wrote them: the entry's seq instead of the batch's link."""
+    engine = make_engine(url)
+    a, s, log = ack_ledger.c, event_status.c, audit_log.c
+    entry = (
+        select(log.seq)
+        .where(log.link == a.audit_link, log.action == "acks_accepted")
+        .scalar_subquery()
+    )
+    completed = (
+        select(log.seq)
+        .where(log.link == s.completed_audit_link, log.action == "events_completed")
+        .scalar_subquery()
+    )
+    try:
+        async with engine.begin() as conn:
+            changed = await conn.execute(
+                update(ack_ledger)
+                .where(a.event_id == uuid.UUID(event_id), a.accepted, a.audit_link.is_not(None))
+                .values(audit_seq=entry, audit_link=None)
+            )
+            assert changed.rowcount == len(SERVICES)
+            changed = await conn.execute(
+                update(event_status)
+                .where(s.event_id == uuid.UUID(event_id), s.completed_audit_link.is_not(None))
+                .values(completed_audit_seq=completed, completed_audit_link=None)
+            )
+            assert changed.rowcount == 1
     finally:
         await engine.dispose()
 
