@@ -25,7 +25,7 @@ from coordinator.store.tables import (
     outbox_marks,
     verifications,
 )
-from coordinator.tracking.ledger import ConsumedAck, apply_acks, lock_events
+from coordinator.tracking.ledger import ConsumedAck, apply_acks, lock_events, sorted_ids
 from coordinator.tracking.snapshot import track_published
 from schemas import AckStatus, RetentionAck
 from tests.api.conftest import auth, make_client
@@ -72,7 +72,12 @@ async def _lock(
 ) -> list[uuid.UUID]:
     """Lock what the tracker locks before recording `records` (`asked`: the verify events
     they answer): the delete events answers and later deletes may change."""
-    locked = await answers.events_to_lock(conn, records, asked)
+    locked = sorted_ids(
+        {
+            *await answers.events_to_lock(conn, records, asked),
+            *await answers.reopened_to_lock(conn, records, asked),
+        }
+    )
     await lock_events(conn, locked)
     return locked
 
