@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import event as sa_event
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from structlog.testing import capture_logs
 
 from coordinator.clock import FrozenClock
 from coordinator.copies.verification import answers
@@ -545,6 +546,39 @@ async def test_an_answer_reopens_only_what_no_later_delete_ended(
             )
         ).scalars()
         assert [p["entity_id"] for p in resurrected] == [reopened.id]
+
+
+async def test_a_later_delete_finding_a_reopened_event_held_elsewhere_retries_in_order(
+    tracker: Tracker, engine: AsyncEngine
+) -> None:
+    # The later delete's batch reads, once it holds its own event, the resurrected event
+    # to complete again; another transaction holds that one. Out of the sorted order, the
+    # batch does not wait for it: it rolls back and locks it in the sorted pass, waiting
+    # its turn there, then completes it again.
+    entity = _Entity()
+    deletion = await _deletion(engine, entity, "resurrected", {"billing": "still_present"})
+    await _verification(engine, entity, answered=NOW - timedelta(minutes=30))
+    later = await _deletion(engine, entity, "pending", {"billing": "pending"}, published=NOW)
+    async with engine.connect() as holder:
+        await holder.execute(
+            select(event_status.c.event_id)
+            .where(event_status.c.event_id == deletion)
+            .with_for_update()
+        )
+        pid: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        with capture_logs() as logs:
+            batch = asyncio.create_task(
+                _record(
+                    tracker, engine, [entity.consumed(later, "billing", AckStatus.COMPLETED)], pid
+                )
+            )
+            await _until_done_or_waiting(engine, batch, await pid)
+            assert not batch.done()
+            await holder.rollback()
+            await asyncio.wait_for(batch, 60)
+    assert [e["events"] for e in logs if e["event"] == "ack_batch_contended"] == [1]
+    assert await _state(engine, deletion) == ("completed", {"billing": "completed"})
+    assert await _state(engine, later) == ("completed", {"billing": "completed"})
 
 
 async def test_the_overtaken_path_never_waits_for_an_event_lock_after_tracking(
