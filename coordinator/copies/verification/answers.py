@@ -129,8 +129,9 @@ async def reopened_to_lock(
     conn: AsyncConnection, records: Sequence[ConsumedAck], asked: Collection[uuid.UUID]
 ) -> list[uuid.UUID]:
     """The reopened delete events this batch's delete acks may complete again: for each
-    `completed`/`not_found` ack of a delete event, the entity's delete events whose
-    acknowledgement by that service is `still_present`.
+    `completed`/`not_found` ack (of a delete event or not: a few too many are only
+    locked), the entity's delete events whose acknowledgement by that service is
+    `still_present`.
 
     Read once the batch holds its acks' events (`ledger.apply_acks`' `then_lock`, inside
     its `by_key`): an answer reopening one of them holds every delete event of the
@@ -153,28 +154,36 @@ async def reopened_to_lock(
 
 
 def _reopened(done: Sequence[RetentionAck]) -> Select[tuple[uuid.UUID]]:
-    """The reopened acknowledgements' events, by the service that acked one of the
-    entity's delete events `done`."""
+    """The delete events of the entities `done` name whose acknowledgement by the
+    service that sent the ack is reopened.
+
+    By the entity the ack names, not its event's: the ledger accepts an ack only when
+    the two are the same, and an ack it rejects completes nothing (one naming another
+    entity only has that entity's events locked). No probe of each ack's event: with
+    few reopened rows the plan starts from the `still_present` partial index, with many
+    it probes the entity index per ack (docs/verification.md, "Lock order")."""
     s, e = event_status.c, expected_acks.c
     acked = unnest(
         "acked",
-        {"event_id": s.event_id.type, "service": e.service.type},
-        [{"event_id": a.event_id, "service": a.service} for a in done],
+        {
+            "entity_type": s.entity_type.type,
+            "entity_id": s.entity_id.type,
+            "service": e.service.type,
+        },
+        [
+            {"entity_type": a.entity_type, "entity_id": a.entity_id, "service": a.service}
+            for a in done
+        ],
     )
-    deleted = event_status.alias("deleted")
     return (
         select(e.event_id)
-        .join_from(acked, deleted, deleted.c.event_id == acked.c.event_id)
-        .join(
+        .join_from(
+            acked,
             event_status,
-            (s.entity_type == deleted.c.entity_type) & (s.entity_id == deleted.c.entity_id),
+            (s.entity_type == acked.c.entity_type) & (s.entity_id == acked.c.entity_id),
         )
         .join(expected_acks, (e.event_id == s.event_id) & (e.service == acked.c.service))
-        .where(
-            deleted.c.event_type == EventType.DELETE.value,
-            s.event_type == EventType.DELETE.value,
-            e.status == _STILL_PRESENT,
-        )
+        .where(s.event_type == EventType.DELETE.value, e.status == _STILL_PRESENT)
     )
 
 
