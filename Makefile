@@ -31,13 +31,13 @@ help: ## list the targets
 # The install also builds the optional C core of the signature scheme (setup.py,
 # schemas/_merkle.c) where a C compiler and OpenSSL's headers are present; the last line
 # says which one signs, and `make test` fails when it is not the native one.
-$(STAMP): pyproject.toml $(LOCK) setup.py schemas/_merkle.c coordinator/kafka/_recordbatch.c
+$(STAMP): pyproject.toml $(LOCK) setup.py schemas/_merkle.c coordinator/kafka/_recordbatch.c coordinator/outbox/_expand.c
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ needed"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
 	# A build that fails now must not leave the last one's binary in place, still signing.
-	rm -f schemas/_merkle*.so coordinator/kafka/_recordbatch*.so
+	rm -f schemas/_merkle*.so coordinator/kafka/_recordbatch*.so coordinator/outbox/_expand*.so
 	$(BIN)/python -m pip install -q --no-deps -e '.[test,faust,fast]'
 	$(BIN)/python -m pip check
 	@$(BIN)/python -c 'from schemas.signing import HASHING as h; print("signature hashing:", h if h == "native" else h + " (the C core did not build: `make native-deps`, then `pip install -v --no-deps -e .` shows why)")'

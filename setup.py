@@ -7,7 +7,10 @@ and `schemas.signing` uses its pure-Python code, which gives the same bytes and 
 (`schemas.signing.HASHING` says which one runs).
 `coordinator.kafka._recordbatch` writes the relay's Kafka record batches
 (coordinator/kafka/_recordbatch.c); without it the relay uses aiokafka's own builder,
-same bytes (`coordinator.kafka.recordbatch.BUILDER`).
+same bytes (`coordinator.kafka.recordbatch.BUILDER`). `coordinator.outbox._expand`
+makes the relay's ids, keys and values of an outbox batch (coordinator/outbox/_expand.c);
+without it the Python of `coordinator.outbox.events.BatchEncoder`, same bytes
+(`coordinator.outbox.events.EXPANSION`).
 """
 
 from setuptools import Extension, setup
@@ -18,6 +21,12 @@ setup(
             "schemas._merkle",
             sources=["schemas/_merkle.c"],
             libraries=["crypto"],
+            optional=True,
+        ),
+        # The relay's records of one outbox batch (coordinator/outbox/events.py); no library.
+        Extension(
+            "coordinator.outbox._expand",
+            sources=["coordinator/outbox/_expand.c"],
             optional=True,
         ),
         # Kafka record batches for the relay (coordinator/kafka/recordbatch.py); no library.

@@ -93,7 +93,7 @@ from coordinator.store.db import make_engine
 from coordinator.store.migrate import upgrade
 from schemas import EventType, KafkaSettings, RetentionEvent, Topics, encode, signing
 from schemas.event_json import EventTemplate
-from schemas.signing import SignableRecord, SignatureMode, SignatureSettings, Signer
+from schemas.signing import SignatureMode, SignatureSettings, Signer
 from tests import infra
 from tests.outbox import clear_outbox, insert_rows, outbox_rows
 
@@ -288,22 +288,31 @@ async def producer_performance(
 
 @contextmanager
 def headers_only() -> Iterator[None]:
-    """While inside, `Signer.sign_in_place` appends copies of a genuinely signed tree's
-    headers instead of signing (see `relay_headers_only`)."""
+    """While inside, `Signer.sign_columns` returns a genuinely signed tree's header values
+    instead of signing (see `relay_headers_only`)."""
     sample = Signer(Ed25519PrivateKey.generate()).sign_batch(
         [(f"session_logs:{n}".encode(), b"{}") for n in range(128)]
     )
-    sign_in_place = Signer.sign_in_place
+    signatures = [headers[0][1] for headers in sample]
+    proofs: list[bytes | None] = [headers[1][1] for headers in sample]
+    sign_columns = Signer.sign_columns
 
-    def copy_headers(self: Signer, records: Sequence[SignableRecord], tree_size: int) -> None:
-        for record, headers in zip(records, itertools.cycle(sample), strict=False):
-            record.headers.extend(headers)
+    def copy_headers(
+        self: Signer,
+        keys: Sequence[bytes | None],
+        values: Sequence[bytes | None],
+        tree_size: int,
+    ) -> tuple[list[bytes], list[bytes | None]]:
+        n = len(keys)
+        return list(itertools.islice(itertools.cycle(signatures), n)), list(
+            itertools.islice(itertools.cycle(proofs), n)
+        )
 
-    Signer.sign_in_place = copy_headers  # type: ignore[method-assign]
+    Signer.sign_columns = copy_headers  # type: ignore[method-assign]
     try:
         yield
     finally:
-        Signer.sign_in_place = sign_in_place  # type: ignore[method-assign]
+        Signer.sign_columns = sign_columns  # type: ignore[method-assign]
 
 
 async def relay_drain_headers_only(
@@ -377,7 +386,7 @@ def summary(count: int, timings: list[Timing]) -> dict[str, Any]:
         "events_per_s": round(statistics.median(rates)),
         "min": round(rates[0]),
         "max": round(rates[-1]),
-        "cpu_us_per_event": round(statistics.median(cpus) / count * 1e6, 1) if cpus else None,
+        "cpu_us_per_event": round(statistics.median(cpus) / count * 1e6, 2) if cpus else None,
     }
 
 

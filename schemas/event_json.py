@@ -23,7 +23,7 @@ from pydantic import ConfigDict, TypeAdapter
 from schemas.codec import encode
 from schemas.models import RetentionEvent
 
-__all__ = ["PER_EVENT", "EventTemplate", "cut", "invalid_per_event"]
+__all__ = ["PER_EVENT", "EventTemplate", "cut", "invalid_per_event", "valid_per_event"]
 
 PER_EVENT = ("event_id", "entity_id", "subject")
 """The fields that differ between the events of one batch."""
@@ -56,6 +56,16 @@ _BATCH: TypeAdapter[tuple[list[Any], list[Any]]] = TypeAdapter(
 )
 
 
+def valid_per_event(entity_ids: Sequence[Any], subjects: Sequence[Any]) -> bool:
+    """Whether `RetentionEvent` accepts every event's entity id and subject (a batch's
+    event ids, made from its id range, always are valid), in one call."""
+    try:
+        _BATCH.validate_python((list(entity_ids), list(subjects)))
+    except ValueError:
+        return False
+    return True
+
+
 def invalid_per_event(
     event_ids: Sequence[str], entity_ids: Sequence[Any], subjects: Sequence[Any]
 ) -> dict[int, ValueError]:
@@ -65,11 +75,7 @@ def invalid_per_event(
     The whole batch is checked in one call; only a batch that fails is checked event by
     event, with the strict model's own field types.
     """
-    try:
-        _BATCH.validate_python((list(entity_ids), list(subjects)))
-    except ValueError:
-        pass
-    else:
+    if valid_per_event(entity_ids, subjects):
         return {}
     errors: dict[int, ValueError] = {}
     for n, (event, entity, subject) in enumerate(zip(event_ids, entity_ids, subjects, strict=True)):
@@ -101,6 +107,17 @@ class EventTemplate:
         if pieces is None:
             return None
         return cls(*pieces)
+
+    def utf8_pieces(self) -> tuple[bytes, bytes, bytes, bytes]:
+        """The four pieces as UTF-8: the text before the event id's opening quote, between
+        its closing quote and the entity id, between the entity id and the subject, and
+        after the subject (`render` puts the per-event values between them)."""
+        return (
+            self._head.encode(),
+            self._middle.encode(),
+            self._tail.encode(),
+            self._end.encode(),
+        )
 
     def render(self, event_id: str, entity_id: str, subject: str | None) -> bytes:
         """The event's JSON with these per-event values (validated by the caller; the

@@ -235,6 +235,30 @@ class Signer:
                 record.headers.extend((signature, (PROOF_HEADER, proof)))
             start += len(proofs)
 
+    def sign_columns(
+        self,
+        keys: Sequence[bytes | None],
+        values: Sequence[bytes | None],
+        tree_size: int,
+    ) -> tuple[list[bytes], list[bytes | None]]:
+        """`sign_in_place` for records held as columns: each record's `retention-signature`
+        and `retention-proof` header values, in order (a proof None: a tree of one, whose
+        record carries the signature alone). The same trees and bytes as `sign_in_place`;
+        what it saves is the header tuples and list growth per record (the relay's
+        `coordinator.kafka.producer.RecordColumns` carries these columns as they are).
+        """
+        signatures: list[bytes] = []
+        proofs: list[bytes | None] = []
+        for message, tree_proofs in _forest(keys, values, tree_size):
+            signature = self._header(message)[1]
+            if not tree_proofs:
+                signatures.append(signature)
+                proofs.append(None)
+                continue
+            signatures += [signature] * len(tree_proofs)
+            proofs += tree_proofs
+        return signatures, proofs
+
 
 _Forest = list[tuple[bytes, list[bytes]]]
 """Per tree, in order: the message its signature covers and each record's

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from coordinator.outbox import events
 from coordinator.outbox.events import (
     BATCH_COLUMNS,
     SHARED,
@@ -20,6 +21,7 @@ from coordinator.outbox.events import (
 from coordinator.store.tables import outbox_batches
 from schemas import EventReason, EventType, RetentionEvent, encode
 from schemas.event_json import PER_EVENT, EventTemplate
+from tests.native import native_or_skip
 
 # Quotes, backslashes, every control character but NUL, DEL, the JSON-hostile line separators,
 # non-ASCII and astral characters: everything whose escaping could differ.
@@ -96,6 +98,17 @@ def batch_of(
         for n, e in enumerate(events)
     ]
     return row, expected
+
+
+@pytest.fixture(autouse=True, params=["native", "python"])
+def expansion(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs on both ways of making a batch's records: the C module
+    (`coordinator.outbox._expand`) and the Python reference."""
+    if request.param == "python":
+        monkeypatch.setattr(events, "_expand", None)
+    else:
+        native_or_skip(events.EXPANSION == "native", "coordinator.outbox._expand")
+    return str(request.param)
 
 
 def test_the_mapping_covers_every_field_of_the_event() -> None:

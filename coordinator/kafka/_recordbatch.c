@@ -554,6 +554,249 @@ done:
     return out;
 }
 
+/* ---- the same batches from columns: the relay's claims, with no object per record ---- */
+
+#define MAX_COLUMNS 8
+
+/* A column header value: bytes, or str written as its UTF-8 (the relay's event ids), or
+ * None: the record has no such header (a tree of one has no proof). Sets `*absent`. */
+static int
+column_field(PyObject *item, Field *field, int *absent)
+{
+    *absent = item == Py_None;
+    if (*absent)
+        return 0;
+    if (PyUnicode_Check(item)) {
+        field->data = PyUnicode_AsUTF8AndSize(item, &field->size);
+        return field->data == NULL ? -1 : 0;
+    }
+    return as_field(item, "header value", field);
+}
+
+typedef struct {
+    Field key, value;
+    Field names[MAX_COLUMNS], values[MAX_COLUMNS];
+    Py_ssize_t count;    /* headers present */
+    size_t headers_size; /* the header count's varint and every header */
+} Fields;
+
+/* Record `i` of the columns. Every object read is held by the caller's tuples, and
+ * nothing here runs Python code, so the fields stay valid until written. */
+static int
+read_fields(Py_ssize_t i, PyObject *keys, PyObject *values, const Field *names,
+            PyObject *const *columns, Py_ssize_t n_columns, Fields *f)
+{
+    if (as_field(PyTuple_GET_ITEM(keys, i), "key", &f->key) < 0 ||
+        as_field(PyTuple_GET_ITEM(values, i), "value", &f->value) < 0)
+        return -1;
+    f->count = 0;
+    for (Py_ssize_t c = 0; c < n_columns; c++) {
+        int absent;
+        if (column_field(PyTuple_GET_ITEM(columns[c], i), &f->values[f->count], &absent) < 0)
+            return -1;
+        if (!absent)
+            f->names[f->count++] = names[c];
+    }
+    size_t size = varint_size(f->count);
+    for (Py_ssize_t h = 0; h < f->count; h++)
+        size += field_size(f->names[h]) + field_size(f->values[h]);
+    f->headers_size = size;
+    return 0;
+}
+
+static size_t
+fields_body_size(const Fields *f, int64_t offset_delta)
+{
+    return 2 + varint_size(offset_delta) + field_size(f->key) + field_size(f->value) +
+           f->headers_size;
+}
+
+static void
+write_fields(unsigned char *out, const Fields *f, int64_t offset_delta, size_t body)
+{
+    out += varint((int64_t)body, out);
+    *out++ = 0; /* attributes */
+    *out++ = 0; /* timestamp delta: one timestamp per batch */
+    out += varint(offset_delta, out);
+    out = put_field(out, f->key);
+    out = put_field(out, f->value);
+    out += varint(f->count, out);
+    for (Py_ssize_t h = 0; h < f->count; h++) {
+        out = put_field(out, f->names[h]);
+        out = put_field(out, f->values[h]);
+    }
+}
+
+static PyObject *
+fill_columns(PyObject *module, PyObject *args)
+{
+    PyObject *keys_arg, *values_arg, *names_arg, *columns_arg, *partitions_arg, *chosen_arg;
+    Py_ssize_t batch_size;
+    long long timestamp;
+    if (!PyArg_ParseTuple(args, "OOOOOOnL", &keys_arg, &values_arg, &names_arg, &columns_arg,
+                          &partitions_arg, &chosen_arg, &batch_size, &timestamp))
+        return NULL;
+    if (timestamp < 0 || batch_size < 0) {
+        PyErr_SetString(PyExc_ValueError, "the timestamp and batch size must not be negative");
+        return NULL;
+    }
+    PyObject *out = NULL, *keys = NULL, *values = NULL, *names = NULL, *parts = NULL,
+             *chosen = NULL, *columns_tuple = NULL;
+    PyObject *columns[MAX_COLUMNS] = {NULL};
+    Field name_fields[MAX_COLUMNS];
+    Py_ssize_t n_columns = 0;
+    long *ids = NULL;
+    Open *opens = NULL;
+    Py_ssize_t n_parts = 0;
+
+    /* Tuples of our own (see `fill`): what they hold stays alive and unchanged. */
+    keys = PySequence_Tuple(keys_arg);
+    values = keys ? PySequence_Tuple(values_arg) : NULL;
+    names = values ? PySequence_Tuple(names_arg) : NULL;
+    columns_tuple = names ? PySequence_Tuple(columns_arg) : NULL;
+    parts = columns_tuple ? PySequence_Tuple(partitions_arg) : NULL;
+    if (parts == NULL)
+        goto done;
+    Py_ssize_t n = PyTuple_GET_SIZE(keys);
+    n_columns = PyTuple_GET_SIZE(columns_tuple);
+    if (PyTuple_GET_SIZE(values) != n || PyTuple_GET_SIZE(names) != n_columns) {
+        PyErr_SetString(PyExc_ValueError, "one value per key and one name per header column");
+        goto done;
+    }
+    if (n_columns > MAX_COLUMNS) {
+        PyErr_SetString(PyExc_ValueError, "at most 8 header columns");
+        goto done;
+    }
+    for (Py_ssize_t c = 0; c < n_columns; c++) {
+        PyObject *name = PyTuple_GET_ITEM(names, c);
+        if (!PyUnicode_Check(name)) {
+            PyErr_SetString(PyExc_TypeError, "a header's name must be str");
+            goto done;
+        }
+        name_fields[c].data = PyUnicode_AsUTF8AndSize(name, &name_fields[c].size);
+        if (name_fields[c].data == NULL)
+            goto done;
+        columns[c] = PySequence_Tuple(PyTuple_GET_ITEM(columns_tuple, c));
+        if (columns[c] == NULL)
+            goto done;
+        if (PyTuple_GET_SIZE(columns[c]) != n) {
+            PyErr_SetString(PyExc_ValueError, "one header value (or None) per record a column");
+            goto done;
+        }
+    }
+    n_parts = PyTuple_GET_SIZE(parts);
+    if (n_parts < 1 || n_parts > 0x7FFFFFFF) {
+        PyErr_SetString(PyExc_ValueError, "a topic has at least one partition");
+        goto done;
+    }
+    if (chosen_arg != Py_None) {
+        chosen = PySequence_Tuple(chosen_arg);
+        if (chosen == NULL)
+            goto done;
+        if (PyTuple_GET_SIZE(chosen) != n) {
+            PyErr_SetString(PyExc_ValueError, "one chosen partition position per record");
+            goto done;
+        }
+    }
+    ids = PyMem_Calloc((size_t)n_parts, sizeof(long));
+    opens = PyMem_Calloc((size_t)n_parts, sizeof(Open));
+    if (ids == NULL || opens == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t p = 0; p < n_parts; p++) {
+        ids[p] = PyLong_AsLong(PyTuple_GET_ITEM(parts, p));
+        if (ids[p] == -1 && PyErr_Occurred())
+            goto done;
+    }
+    size_t capacity = 16384;
+    if ((size_t)batch_size < capacity)
+        capacity = (size_t)batch_size;
+    if (capacity < HEADER_SIZE)
+        capacity = HEADER_SIZE;
+    out = PyList_New(0);
+    if (out == NULL)
+        goto done;
+
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Fields f;
+        if (read_fields(i, keys, values, name_fields, columns, n_columns, &f) < 0)
+            goto fail;
+        Py_ssize_t slot;
+        if (chosen != NULL) {
+            slot = PyLong_AsSsize_t(PyTuple_GET_ITEM(chosen, i));
+            if (slot == -1 && PyErr_Occurred())
+                goto fail;
+            if (slot < 0 || slot >= n_parts) {
+                PyErr_SetString(PyExc_ValueError, "a chosen partition position is out of range");
+                goto fail;
+            }
+        } else if (f.key.size < 0) {
+            PyErr_SetString(PyExc_ValueError, "a null key needs a chosen partition");
+            goto fail;
+        } else {
+            slot = (Py_ssize_t)((murmur2((const unsigned char *)f.key.data, (size_t)f.key.size) &
+                                 0x7FFFFFFFu) %
+                                (uint32_t)n_parts);
+        }
+        Open *open = &opens[slot];
+        Py_ssize_t delta = open->batch != NULL ? open->count : 0;
+        size_t body = fields_body_size(&f, delta);
+        size_t required = varint_size((int64_t)body) + body;
+        /* `fill`'s rule, aiokafka's. */
+        if (delta > 0 && open->size + required >= (size_t)batch_size) {
+            if (emit(open, ids[slot], timestamp, out) < 0)
+                goto fail;
+            delta = 0;
+            body = fields_body_size(&f, 0);
+            required = varint_size((int64_t)body) + body;
+        }
+        if (open->batch == NULL && start(open, capacity) < 0)
+            goto fail;
+        if (required > (size_t)INT32_MAX - open->size) {
+            PyErr_SetString(PyExc_ValueError, "a record batch cannot exceed 2 GiB");
+            goto fail;
+        }
+        if (reserve(open, required) < 0)
+            goto fail;
+        write_fields((unsigned char *)PyByteArray_AS_STRING(open->batch) + open->size, &f, delta,
+                     body);
+        open->size += required;
+        open->count++;
+        PyObject *index = PyLong_FromSsize_t(i);
+        if (index == NULL)
+            goto fail;
+        int failed = PyList_Append(open->indexes, index);
+        Py_DECREF(index);
+        if (failed)
+            goto fail;
+    }
+    for (Py_ssize_t p = 0; p < n_parts; p++)
+        if (opens[p].batch != NULL && emit(&opens[p], ids[p], timestamp, out) < 0)
+            goto fail;
+    goto done;
+fail:
+    Py_CLEAR(out);
+done:
+    if (opens != NULL) {
+        for (Py_ssize_t p = 0; p < n_parts; p++) {
+            Py_XDECREF(opens[p].batch);
+            Py_XDECREF(opens[p].indexes);
+        }
+        PyMem_Free(opens);
+    }
+    PyMem_Free(ids);
+    for (Py_ssize_t c = 0; c < MAX_COLUMNS; c++)
+        Py_XDECREF(columns[c]);
+    Py_XDECREF(keys);
+    Py_XDECREF(values);
+    Py_XDECREF(names);
+    Py_XDECREF(columns_tuple);
+    Py_XDECREF(parts);
+    Py_XDECREF(chosen);
+    return out;
+}
+
 static PyObject *
 seal(PyObject *module, PyObject *args)
 {
@@ -627,6 +870,9 @@ static PyMethodDef methods[] = {
     {"fill", fill, METH_VARARGS,
      "fill(records, partitions, chosen, batch_size, timestamp_ms) -> [(partition, batch, "
      "indexes)]"},
+    {"fill_columns", fill_columns, METH_VARARGS,
+     "fill_columns(keys, values, header_names, header_columns, partitions, chosen, batch_size, "
+     "timestamp_ms) -> [(partition, batch, indexes)]"},
     {"seal", seal, METH_VARARGS, "seal(batch, producer_id, producer_epoch, base_sequence)"},
     {"crc32c", crc32c_py, METH_O, "CRC-32C of a buffer"},
     {"murmur2", murmur2_py, METH_O, "Kafka's murmur2 of bytes (unsigned)"},

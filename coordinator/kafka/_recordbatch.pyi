@@ -15,6 +15,21 @@ def fill(
     /,
 ) -> list[tuple[int, bytearray, list[int]]]: ...
 
+# `fill` over columns: record i is keys[i], values[i] and a header (names[c], columns[c][i])
+# per column where that is not None; header values bytes or str (its UTF-8). All copied
+# into tuples first, as in `fill`; at most 8 columns.
+def fill_columns(
+    keys: Sequence[bytes | None],
+    values: Sequence[bytes | None],
+    names: Sequence[str],
+    columns: Sequence[Sequence[bytes | str | None]],
+    partitions: Sequence[int],
+    chosen: Sequence[int] | None,
+    batch_size: int,
+    timestamp_ms: int,
+    /,
+) -> list[tuple[int, bytearray, list[int]]]: ...
+
 # OverflowError for an epoch outside int16, as aiokafka's builder.
 def seal(
     batch: bytearray, producer_id: int, producer_epoch: int, base_sequence: int, /

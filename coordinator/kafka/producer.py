@@ -15,9 +15,9 @@ chunk's batches are written in C in one call instead of one `append` per record
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, cast, overload
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
@@ -35,6 +35,7 @@ __all__ = [
     "KafkaEventProducer",
     "OutgoingRecord",
     "ProducerFactory",
+    "RecordColumns",
     "producer_factory",
     "producer_options",
 ]
@@ -50,6 +51,59 @@ class OutgoingRecord:
     value: bytes | None
     """None: a tombstone (compacted topics: hold sets, expired erased entries)."""
     headers: list[tuple[str, bytes]]
+
+
+class RecordColumns(Sequence[OutgoingRecord]):
+    """Records held as columns: the relay's chunks, with no object per record.
+
+    Record i is `keys[i]`, `values[i]` and, for each header column in order, the header
+    `(names[c], columns[c][i])`, left out where that is None (a signature tree of one has
+    no proof). A str header value is sent as its UTF-8 (the relay's event ids). The C
+    record batches read the columns directly (coordinator/kafka/recordbatch.py); anything
+    else reads them as `OutgoingRecord`s, made on access, with the same bytes.
+    """
+
+    __slots__ = ("columns", "keys", "names", "values")
+
+    def __init__(
+        self,
+        keys: list[bytes | None],
+        values: list[bytes | None],
+        names: tuple[str, ...],
+        columns: list[Sequence[bytes | str | None]],
+    ) -> None:
+        if len(keys) != len(values) or len(names) != len(columns):
+            raise ValueError("one value per key and one name per header column")
+        if any(len(column) != len(keys) for column in columns):
+            raise ValueError("one header value (or None) per record in each column")
+        self.keys, self.values, self.names, self.columns = keys, values, names, columns
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @overload
+    def __getitem__(self, index: int) -> OutgoingRecord: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[OutgoingRecord]: ...
+
+    def __getitem__(self, index: int | slice) -> OutgoingRecord | Sequence[OutgoingRecord]:
+        if isinstance(index, slice):
+            return RecordColumns(
+                self.keys[index],
+                self.values[index],
+                self.names,
+                [column[index] for column in self.columns],
+            )
+        headers: list[tuple[str, bytes]] = []
+        for name, column in zip(self.names, self.columns, strict=True):
+            value = column[index]
+            if value is not None:
+                headers.append((name, value.encode() if isinstance(value, str) else value))
+        return OutgoingRecord(self.keys[index], self.values[index], headers)
+
+    def __iter__(self) -> Iterator[OutgoingRecord]:
+        return (self[i] for i in range(len(self.keys)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,9 +243,14 @@ class KafkaEventProducer:
         """`_fill` in one C call (coordinator/kafka/recordbatch.py): the same placement, the
         same batches, the same bytes."""
         chosen = None
-        if any(record.key is None for record in records):
+        if None in _keys(records):
             position = {partition: n for n, partition in enumerate(partitions)}
             chosen = [position[p] for p in self._partitions(partitions, records)]
+        if isinstance(records, RecordColumns):
+            return cast(
+                "list[tuple[int, Any, list[int]]]",
+                recordbatch.fill_columns(records, partitions, chosen, self._max_batch_size),
+            )
         return cast(
             "list[tuple[int, Any, list[int]]]",
             recordbatch.fill(records, partitions, chosen, self._max_batch_size),
@@ -201,7 +260,7 @@ class KafkaEventProducer:
         """Each record's partition. Keyed records are hashed together (`partitions_for`:
         ~0.3 µs a key instead of ~2 µs one by one); a null key goes where aiokafka's own
         partitioner sends it."""
-        keys = [record.key for record in records]
+        keys = _keys(records)
         if None not in keys:
             return partitions_for(cast("list[bytes]", keys), partitions)
         keyed = [key for key in keys if key is not None]
@@ -210,6 +269,10 @@ class KafkaEventProducer:
             next(hashed) if key is not None else self._partitioner(key, partitions, partitions)
             for key in keys
         ]
+
+
+def _keys(records: Sequence[OutgoingRecord]) -> Sequence[bytes | None]:
+    return records.keys if isinstance(records, RecordColumns) else [r.key for r in records]
 
 
 def _append(builder: Any, record: OutgoingRecord) -> bool:

@@ -19,14 +19,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from coordinator.kafka.producer import OutgoingRecord
+    from coordinator.kafka.producer import OutgoingRecord, RecordColumns
 
 try:
     from coordinator.kafka import _recordbatch
 except ImportError:  # not built: the producer uses aiokafka's builder
     _recordbatch = None  # type: ignore[assignment]
 
-__all__ = ["BUILDER", "CRecordBatch", "fill"]
+__all__ = ["BUILDER", "CRecordBatch", "fill", "fill_columns"]
 
 BUILDER: Literal["native", "aiokafka"] = "aiokafka" if _recordbatch is None else "native"
 """Who writes the relay's record batches (the relay's `relay_started` log line says it)."""
@@ -92,9 +92,38 @@ def fill(
     """
     assert _recordbatch is not None
     timestamp = time.time_ns() // 1_000_000
+    return _batches(_recordbatch.fill(records, partitions, chosen, batch_size, timestamp))
+
+
+def fill_columns(
+    records: RecordColumns,
+    partitions: Sequence[int],
+    chosen: Sequence[int] | None,
+    batch_size: int,
+) -> list[tuple[int, CRecordBatch, list[int]]]:
+    """`fill` for records held as columns (the relay's chunks): read straight from the
+    columns, no record object made; the same batches, byte for byte, as `fill` of the
+    `OutgoingRecord`s they stand for. Header values may also be str (sent as UTF-8)."""
+    assert _recordbatch is not None
+    timestamp = time.time_ns() // 1_000_000
+    return _batches(
+        _recordbatch.fill_columns(
+            records.keys,
+            records.values,
+            records.names,
+            records.columns,
+            partitions,
+            chosen,
+            batch_size,
+            timestamp,
+        )
+    )
+
+
+def _batches(
+    written: list[tuple[int, bytearray, list[int]]],
+) -> list[tuple[int, CRecordBatch, list[int]]]:
     return [
         (partition, CRecordBatch(batch, len(indexes)), indexes)
-        for partition, batch, indexes in _recordbatch.fill(
-            records, partitions, chosen, batch_size, timestamp
-        )
+        for partition, batch, indexes in written
     ]

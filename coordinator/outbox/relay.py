@@ -46,12 +46,12 @@ from coordinator.kafka import recordbatch
 from coordinator.kafka.producer import (
     Delivery,
     EventProducer,
-    OutgoingRecord,
     ProducerFactory,
+    RecordColumns,
 )
 from coordinator.kafka.producer import producer_factory as default_factory
 from coordinator.metrics import Metrics
-from coordinator.outbox.events import BATCH_COLUMNS, BatchEncoder, event_from_row
+from coordinator.outbox.events import BATCH_COLUMNS, EXPANSION, BatchEncoder, event_from_row
 from coordinator.outbox.lookup import published_up_to, unpublished_events
 from coordinator.outbox.wakeup import Wakeup
 from coordinator.settings import RelaySettings
@@ -60,7 +60,7 @@ from coordinator.store.tables import outbox_batches, outbox_marks
 from schemas import KafkaSettings, RetryPolicy, Stopped, is_transient, retry
 from schemas.collector import fewer_collections
 from schemas.errors import error_text
-from schemas.signing import HASHING, SignatureSettings
+from schemas.signing import HASHING, PROOF_HEADER, SIGNATURE_HEADER, SignatureSettings
 
 __all__ = [
     "AUDIT_ACTION",
@@ -79,6 +79,10 @@ log = structlog.get_logger(__name__)
 
 _RELAY_LOCK = 0x72656C79
 """The advisory lock the leading relay holds for the length of each round."""
+
+_UNSIGNED = ("event_id",)
+_SIGNED = ("event_id", SIGNATURE_HEADER, PROOF_HEADER)
+"""Each record's headers, in this order (SPEC §9); a tree of one carries no proof."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,13 +119,18 @@ class _Claim:
     """The batches read; `seqs` and `sizes` cover those encoded so far."""
     event_ids: list[str] = field(default_factory=list)
     policies: list[str] = field(default_factory=list)
+    """The policy of each batch, alongside `seqs`."""
+    built: list[int] = field(default_factory=list)
+    """Records built of each batch (its events but the unbuildable), alongside `seqs`."""
     batch_of: list[int] = field(default_factory=list)
     """Index into `seqs` of each record's batch."""
-    records: list[OutgoingRecord] = field(default_factory=list)
-    """One per built event, in seq order; `event_ids`, `policies`, `batch_of` alongside."""
+    keys: list[bytes | None] = field(default_factory=list)
+    values: list[bytes | None] = field(default_factory=list)
+    """The records, one per built event, in seq order, as columns (no object per record:
+    `RecordColumns`); `event_ids` and `batch_of` alongside."""
     unbuildable: list[tuple[int, str]] = field(default_factory=list)
     deliveries: list[tuple[int, Delivery]] = field(default_factory=list)
-    """Each delivery with the position in `records` its indexes start from."""
+    """Each delivery with the position in `keys` its indexes start from."""
     enqueue_error: BaseException | None = None
     deadline: float = 0.0
 
@@ -132,8 +141,8 @@ class _Claim:
     def release(self) -> None:
         """Drop the records once settled: the round's first claim lives (for its
         connection) until the commit, its records need not."""
-        self.rows, self.records, self.deliveries = [], [], []
-        self.event_ids, self.policies, self.batch_of = [], [], []
+        self.rows, self.keys, self.values, self.deliveries = [], [], [], []
+        self.event_ids, self.batch_of, self.policies, self.built = [], [], [], []
 
     async def close(self) -> None:
         """End the round: closing rolls back whatever was not committed."""
@@ -292,6 +301,8 @@ class OutboxRelay:
             signature_hashing=HASHING if signer is not None else None,
             # Who writes the record batches: the C module or aiokafka (docs/relay.md).
             record_batches=recordbatch.BUILDER,
+            # Who makes each batch's ids, keys and values: the C module or Python.
+            record_expansion=EXPANSION,
             heap_kept=self._keep_freed_memory(),
         )
         # Notifications end the idle wait early; the wait stays the backstop.
@@ -460,13 +471,13 @@ class OutboxRelay:
         sent = 0
         for row in claim.rows:
             self._encode(claim, encode, row)
-            if len(claim.records) - sent >= chunk:
-                ready = (len(claim.records) - sent) // tree * tree
+            if len(claim.keys) - sent >= chunk:
+                ready = (len(claim.keys) - sent) // tree * tree
                 if not await self._hand_over(producer, claim, sent, sent + ready):
                     return
                 sent += ready
-        if sent < len(claim.records):
-            await self._hand_over(producer, claim, sent, len(claim.records))
+        if sent < len(claim.keys):
+            await self._hand_over(producer, claim, sent, len(claim.keys))
 
     def _encode(self, claim: _Claim, encode: BatchEncoder, row: Row[Any]) -> None:
         """Append the events of one batch row to the claim; log those it cannot build."""
@@ -487,23 +498,29 @@ class OutboxRelay:
                 [values[n] for n in kept],
             )
         claim.event_ids += ids
-        claim.records += [
-            OutgoingRecord(key, value, [("event_id", event.encode())])
-            for event, key, value in zip(ids, keys, values, strict=True)
-        ]
+        claim.keys += keys
+        claim.values += values
         built = len(ids)
-        claim.policies += [row.policy] * built
+        claim.policies.append(row.policy)
+        claim.built.append(built)
         claim.batch_of += [index] * built
 
     async def _hand_over(
         self, producer: EventProducer, claim: _Claim, start: int, end: int
     ) -> bool:
         """Sign records [start, end) and enqueue them; False if the producer failed."""
-        chunk = claim.records[start:end]
-        if self._signer is not None:
+        keys, values = claim.keys[start:end], claim.values[start:end]
+        # The event id as text: the C batches write its UTF-8, no bytes object per event.
+        ids = claim.event_ids[start:end]
+        if self._signer is None:
+            chunk = RecordColumns(keys, values, _UNSIGNED, [ids])
+        else:
             # One Ed25519 signature per `signature_batch` records (a Merkle root), a proof
             # in each: smaller trees keep the proof header short, larger ones sign less.
-            self._signer.sign_in_place(chunk, self._settings.signature_batch)
+            signatures, proofs = self._signer.sign_columns(
+                keys, values, self._settings.signature_batch
+            )
+            chunk = RecordColumns(keys, values, _SIGNED, [ids, signatures, proofs])
         try:
             # Enqueueing awaits topic metadata, which can hang (aiokafka#759).
             async with asyncio.timeout_at(claim.deadline):
@@ -523,8 +540,7 @@ class OutboxRelay:
         The watermark moves past a batch only when every one of its events, and of the
         batches before it, was acknowledged; the rest are sent again next round.
         """
-        outcomes = await self._outcomes(claim)
-        failures = [(i, error) for i, error in enumerate(outcomes) if error is not None]
+        failures = await self._outcomes(claim)
         if failures:
             log.warning(
                 "publish_failed",
@@ -537,7 +553,9 @@ class OutboxRelay:
         # Records are in batch order: those of batches [0, done) are a prefix.
         published = bisect_left(claim.batch_of, done)
         skipped = [event for b, event in claim.unbuildable if b < done]
-        policies = Counter(claim.policies[:published])
+        policies: Counter[str] = Counter()
+        for policy, built in zip(claim.policies[:done], claim.built[:done], strict=True):
+            policies[policy] += built
         entry = []
         if done:
             entry = await self._mark_published(
@@ -551,8 +569,9 @@ class OutboxRelay:
         result = BatchResult(claim.claimed, published, len(failures), len(skipped))
         return result, entry, policies
 
-    async def _outcomes(self, claim: _Claim) -> list[BaseException | None]:
-        """One outcome per record: None when the broker acknowledged it."""
+    async def _outcomes(self, claim: _Claim) -> list[tuple[int, BaseException]]:
+        """The records the broker did not acknowledge, in order, with why (usually none:
+        then nothing is done per record)."""
         loop = asyncio.get_running_loop()
         futures = [delivery.future for _, delivery in claim.deliveries]
         if futures:
@@ -560,22 +579,27 @@ class OutboxRelay:
             for future in pending:
                 future.add_done_callback(_consume_outcome)
         timed_out = TimeoutError(f"no acknowledgement within {self._settings.publish_timeout_s}s")
-        # Records no delivery carries were never enqueued.
-        outcomes: list[BaseException | None] = [claim.enqueue_error or timed_out] * len(
-            claim.records
-        )
+        failed: list[tuple[int, Delivery, BaseException]] = []
         for start, delivery in claim.deliveries:
             future = delivery.future
-            outcome: BaseException | None
             if not future.done():
-                outcome = timed_out
+                failed.append((start, delivery, timed_out))
             elif future.cancelled():
-                outcome = asyncio.CancelledError("send cancelled")
-            else:
-                outcome = future.exception()
+                failed.append((start, delivery, asyncio.CancelledError("send cancelled")))
+            elif (error := future.exception()) is not None:
+                failed.append((start, delivery, error))
+        carried = sum(len(delivery.indexes) for _, delivery in claim.deliveries)
+        if not failed and carried == len(claim.keys):
+            return []
+        # Records no delivery carries were never enqueued.
+        outcomes: list[BaseException | None] = [claim.enqueue_error or timed_out] * len(claim.keys)
+        for start, delivery in claim.deliveries:
             for index in delivery.indexes:
-                outcomes[start + index] = outcome
-        return outcomes
+                outcomes[start + index] = None
+        for start, delivery, error in failed:
+            for index in delivery.indexes:
+                outcomes[start + index] = error
+        return [(i, error) for i, error in enumerate(outcomes) if error is not None]
 
     async def _mark_published(
         self,
