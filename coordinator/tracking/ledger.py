@@ -768,7 +768,7 @@ async def lock_events(
             .with_for_update(nowait=nowait)
         )
     except DBAPIError as exc:
-        if getattr(exc.orig, "sqlstate", None) == _LOCK_NOT_AVAILABLE:
+        if nowait and getattr(exc.orig, "sqlstate", None) == _LOCK_NOT_AVAILABLE:
             raise Contended(event_ids) from exc
         raise
     return {row[0]: EventRow(*row) for row in rows}

@@ -67,8 +67,9 @@ log = structlog.get_logger("retention.tracker")
 
 _HOUSEKEEPING_LIMIT = 1000
 _CONTENDED_RETRIES = 3
-"""A batch's immediate retries after `ledger.Contended`, each with more events locked in
-order; each takes a transaction that touched those events since the batch began."""
+"""A batch's immediate retries after `ledger.Contended`. Each locks the events named in
+the sorted pass, so they are never contended again: another retry needs yet other
+events changed meanwhile (a new delete of an answered entity, a new reopening)."""
 DLQ_SERVICE = "tracker"
 """`DlqHeader.SERVICE` on acks the tracker dead-letters."""
 
