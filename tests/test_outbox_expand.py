@@ -81,6 +81,20 @@ def test_a_valid_batch_is_expanded_in_c(monkeypatch: pytest.MonkeyPatch) -> None
     assert calls == [5]
 
 
+def test_a_str_subclass_takes_the_python_rule_with_the_same_bytes() -> None:
+    row, _ = batch_of(sample_events(3))
+    expected = BatchEncoder()(row)
+    row["entity_ids"] = [Text(e) for e in row["entity_ids"]]
+    row["subjects"] = [None if s is None else Text(s) for s in row["subjects"] or ()] or None
+    encoded = BatchEncoder()(row)
+    assert encoded.errors == {}
+    assert (encoded.event_ids, encoded.keys, encoded.values) == (
+        expected.event_ids,
+        expected.keys,
+        expected.values,
+    )
+
+
 def test_unicode_the_utf8_encoder_refuses_fails_as_in_python() -> None:
     with pytest.raises(UnicodeEncodeError):
         python(1, "user:", ["\ud800"], [None])

@@ -149,9 +149,10 @@ class BatchEncoder:
             return Encoded(ids, [b""] * count, [b""] * count, dict.fromkeys(range(count), exc))
         prefix = f"{columns['entity_type']}:"
         if template is not None and _expand is not None and valid_per_event(entities, subjects):
-            # The rule, in one C call: the same ids, keys and values as below.
-            return Encoded(
-                *_expand.expand(
+            # The rule, in one C call: the same ids, keys and values as below. The C call
+            # takes exact `str` only; a subclass (never from the driver) takes the rule below.
+            try:
+                expanded = _expand.expand(
                     str(columns["id_base"])[:28],
                     columns["id_first"],
                     prefix.encode(),
@@ -159,9 +160,11 @@ class BatchEncoder:
                     subjects,
                     *template.utf8_pieces(),
                     encode_basestring,
-                ),
-                {},
-            )
+                )
+            except TypeError:
+                pass
+            else:
+                return Encoded(*expanded, {})
         ids = event_id_texts(columns["id_base"], columns["id_first"], count)
         errors = invalid_per_event(ids, entities, subjects)
         if template is not None and not errors:  # the rule; below, one event at a time

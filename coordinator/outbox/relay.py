@@ -555,7 +555,8 @@ class OutboxRelay:
         skipped = [event for b, event in claim.unbuildable if b < done]
         policies: Counter[str] = Counter()
         for policy, built in zip(claim.policies[:done], claim.built[:done], strict=True):
-            policies[policy] += built
+            if built:  # a policy none of whose events could be built is not "published"
+                policies[policy] += built
         entry = []
         if done:
             entry = await self._mark_published(

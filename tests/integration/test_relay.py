@@ -234,7 +234,7 @@ async def test_unbuildable_event_is_passed_over_recorded_and_the_rest_published(
     engine: AsyncEngine, topics: KafkaSettings
 ) -> None:
     rows = outbox_rows(10)
-    bad = {**outbox_rows(1)[0], "event_type": "shred"}
+    bad = {**outbox_rows(1, policy="shredder")[0], "event_type": "shred"}
     await insert_rows(engine, [bad, *rows])
     async with OutboxRelay(engine, topics, settings=FAST) as relay:
         assert await relay.drain(timeout_s=30) == 10
@@ -246,8 +246,11 @@ async def test_unbuildable_event_is_passed_over_recorded_and_the_rest_published(
                 select(audit_log.c.data).where(audit_log.c.action == AUDIT_ACTION.value)
             )
         ).scalars()
-        skipped = [i for data in entries for i in data.get("unpublishable", [])]
+        data = list(entries)
+    skipped = [i for entry in data for i in entry.get("unpublishable", [])]
     assert skipped == [str(bad["event_id"])]
+    # Its policy published nothing, so no entry names it among the published.
+    assert {p for entry in data for p in entry.get("policies", {})} == {"session_logs"}
 
 
 async def test_relay_command_logs_through_the_one_pipeline(
@@ -256,7 +259,7 @@ async def test_relay_command_logs_through_the_one_pipeline(
     # Regression: `retention relay` once re-configured structlog with a PrintLogger under
     # the stdlib pipeline, so its first log line (here: an unbuildable row) crashed it.
     await clear_outbox(engine)
-    bad = {**outbox_rows(1)[0], "event_type": "shred"}
+    bad = {**outbox_rows(1, policy="shredder")[0], "event_type": "shred"}
     await insert_rows(engine, [bad, *outbox_rows(3)])
     env = {
         **os.environ,
