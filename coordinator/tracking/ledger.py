@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import operator
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -33,6 +33,7 @@ from sqlalchemy import (
 from sqlalchemy import event as sa_event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine.interfaces import AdaptedConnection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
@@ -49,6 +50,7 @@ __all__ = [
     "LEDGER_COLUMNS",
     "STATUS_TEXT",
     "ConsumedAck",
+    "Contended",
     "EventRow",
     "ExpectedRow",
     "LedgerOutcome",
@@ -246,6 +248,17 @@ class Overtaken(CoordinatorError):
     their own, and apply the batch again."""
 
 
+class Contended(CoordinatorError):
+    """Raised when events this transaction found it must lock out of their sorted order
+    are locked by another (`lock_events(nowait=True)`), or were not locked by the sorted
+    pass at all (`events`: those). Roll back and apply the batch again with `events` in
+    the sorted pass (docs/verification.md, "Lock order")."""
+
+    def __init__(self, events: Sequence[uuid.UUID]) -> None:
+        super().__init__(f"{len(events)} events to lock in the sorted pass")
+        self.events = list(events)
+
+
 @dataclass(slots=True)
 class LedgerOutcome:
     records: int = 0
@@ -267,6 +280,7 @@ async def apply_acks(
     deadlines: Deadlines | None = None,
     track_missing: bool = True,
     also_lock: Sequence[uuid.UUID] = (),
+    then_lock: Callable[[AsyncConnection], Awaitable[Sequence[uuid.UUID]]] | None = None,
 ) -> LedgerOutcome:
     """Record `records` in the ledger and apply the new, valid ones; one audit append.
 
@@ -275,6 +289,8 @@ async def apply_acks(
 
     `also_lock`: events the rest of the transaction changes (verify answers' reopenings),
     locked with the acks' events in one sorted pass, and so before the audit chain.
+    `then_lock`: read once the batch's events are locked (inside `by_key`), more events
+    to lock; out of order, so with NOWAIT: held by another transaction, `Contended`.
 
     Stages, each set-based (one statement per table, whatever the batch holds): lock the
     events the acks name, tracking those the acks overtook; read their expected acks;
@@ -294,14 +310,16 @@ async def apply_acks(
             locked = await lock_events(conn, sorted_ids({*event_ids, *also_lock}))
             events = {e: locked[e] for e in event_ids if e in locked}
         else:
-            events = await lock_events(conn, event_ids)
+            locked = events = await lock_events(conn, event_ids)
         if len(events) == len(event_ids):
+            await _lock_more(conn, locked.keys(), then_lock)
             return await _apply_locked(conn, records, events, now, outcome)
     if not track_missing:
         raise Overtaken
     # Events nobody tracked yet: their ack overtook the tracking pass, and
     # `track_overtaken` did not see them. Tracked through the outbox's batch index, then
     # locked in turn (re-read even if we tracked none: another tracker may just have).
+    # Tracking took the chain's lock: NOWAIT, never a wait after it (`Contended`).
     missing = [e for e in event_ids if e not in events]
     await track_events(
         conn,
@@ -312,8 +330,20 @@ async def apply_acks(
         deadlines=deadlines,
     )
     async with by_key(conn):
-        events |= await lock_events(conn, missing)
+        tracked = await lock_events(conn, missing, nowait=True)
+        events |= tracked
+        await _lock_more(conn, locked.keys() | tracked.keys(), then_lock)
         return await _apply_locked(conn, records, events, now, outcome)
+
+
+async def _lock_more(
+    conn: AsyncConnection,
+    locked: Collection[uuid.UUID],
+    then_lock: Callable[[AsyncConnection], Awaitable[Sequence[uuid.UUID]]] | None,
+) -> None:
+    """`apply_acks`' `then_lock`, once every event of the batch is locked."""
+    if then_lock is not None and (more := [e for e in await then_lock(conn) if e not in locked]):
+        await lock_events(conn, sorted_ids(more), nowait=True)
 
 
 async def _apply_locked(
@@ -718,18 +748,29 @@ class EventRow(NamedTuple):
 
 
 async def lock_events(
-    conn: AsyncConnection, event_ids: Sequence[uuid.UUID]
+    conn: AsyncConnection, event_ids: Sequence[uuid.UUID], *, nowait: bool = False
 ) -> dict[uuid.UUID, EventRow]:
     """The status rows of `event_ids` that exist, locked in a fixed order (the events' ids)
-    so that ack batches, waivers, reminder and deadline passes never interleave."""
+    so that ack batches, waivers, reminder and deadline passes never interleave.
+
+    `nowait`: for locks taken out of that order; one held elsewhere raises `Contended`
+    at once rather than wait (a wait out of order can close a deadlock)."""
     s = event_status.c
-    rows = await conn.execute(
-        select(*(s[name] for name in EventRow._fields))
-        .where(s.event_id == any_(event_ids_param(event_ids)))
-        .order_by(s.event_id)
-        .with_for_update()
-    )
+    try:
+        rows = await conn.execute(
+            select(*(s[name] for name in EventRow._fields))
+            .where(s.event_id == any_(event_ids_param(event_ids)))
+            .order_by(s.event_id)
+            .with_for_update(nowait=nowait)
+        )
+    except DBAPIError as exc:
+        if nowait and getattr(exc.orig, "sqlstate", None) == _LOCK_NOT_AVAILABLE:
+            raise Contended(event_ids) from exc
+        raise
     return {row[0]: EventRow(*row) for row in rows}
+
+
+_LOCK_NOT_AVAILABLE = "55P03"
 
 
 def sorted_ids(ids: Iterable[uuid.UUID]) -> list[uuid.UUID]:

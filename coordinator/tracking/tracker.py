@@ -66,6 +66,10 @@ __all__ = ["Cycle", "Tracker", "TrackerKafka"]
 log = structlog.get_logger("retention.tracker")
 
 _HOUSEKEEPING_LIMIT = 1000
+_CONTENDED_RETRIES = 3
+"""A batch's immediate retries after `ledger.Contended`. Each locks the events named in
+the sorted pass, so they are never contended again: another retry needs yet other
+events changed meanwhile (a new delete of an answered entity, a new reopening)."""
 DLQ_SERVICE = "tracker"
 """`DlqHeader.SERVICE` on acks the tracker dead-letters."""
 
@@ -376,14 +380,35 @@ class Tracker:
             await self._dead_letter(batch.poison)
         # One connection for the batch: a checkout pings the server first.
         async with self._engine.connect() as conn:
+            outcome, verified = await self._record_retrying(conn, records)
+        await self._client(self._kafka.acks).commit(batch.messages)
+        self._count(outcome)
+        self._count_answers(verified)
+        return outcome
+
+    async def _record_retrying(
+        self, conn: AsyncConnection, records: list[ledger.ConsumedAck]
+    ) -> tuple[ledger.LedgerOutcome, answers.VerifyOutcome]:
+        """`_record` in a transaction, again in a new one after what rolled it back:
+
+        - `Overtaken`: tracking takes the audit chain's lock, which the batch's
+          transaction would otherwise hold from its start to its commit: track apart,
+          then apply. A tracked event stays tracked whatever becomes of the batch; the
+          pass would have tracked it anyway.
+        - `Contended`: events it had to lock out of their sorted order were held by
+          another transaction, or it had not locked them: again with them in the sorted
+          pass, where it waits its turn. Raised after `_CONTENDED_RETRIES`: the caller
+          rewinds the batch and records it again after its retry pause."""
+        track_missing = False
+        contended: list[uuid.UUID] = []
+        retries = 0
+        while True:
             try:
                 async with conn.begin():
-                    outcome, verified = await self._record(conn, records, track_missing=False)
+                    return await self._record(
+                        conn, records, track_missing=track_missing, contended=contended
+                    )
             except ledger.Overtaken:
-                # Rolled back. Tracking takes the audit chain's lock, which the batch's
-                # transaction would otherwise hold from its start to its commit: track
-                # apart, then apply. A tracked event stays tracked whatever becomes of
-                # the batch; the pass would have tracked it anyway.
                 async with conn.begin():
                     await ledger.track_overtaken(
                         conn,
@@ -393,18 +418,26 @@ class Tracker:
                         now=self._clock.now(),
                         reminder_interval=self._schedule.interval,
                     )
-                async with conn.begin():
-                    outcome, verified = await self._record(conn, records, track_missing=True)
-        await self._client(self._kafka.acks).commit(batch.messages)
-        self._count(outcome)
-        self._count_answers(verified)
-        return outcome
+                track_missing = True
+            except ledger.Contended as exc:
+                retries += 1
+                if retries > _CONTENDED_RETRIES:
+                    raise
+                log.info("ack_batch_contended", events=len(exc.events), retry=retries)
+                contended = ledger.sorted_ids({*contended, *exc.events})
 
     async def _record(
-        self, conn: AsyncConnection, records: list[ledger.ConsumedAck], *, track_missing: bool
+        self,
+        conn: AsyncConnection,
+        records: list[ledger.ConsumedAck],
+        *,
+        track_missing: bool,
+        contended: Sequence[uuid.UUID],
     ) -> tuple[ledger.LedgerOutcome, answers.VerifyOutcome]:
         """The batch's statements, in the caller's transaction: acks of verify events are
-        answers (coordinator/copies/verification/), the others go to the ledger."""
+        answers (coordinator/copies/verification/), the others go to the ledger.
+        `contended`: events a previous attempt raised `ledger.Contended` for, locked in
+        the sorted pass."""
         now = self._clock.now()
         asked = await answers.verify_event_ids(
             conn, [r.ack.event_id for r in records if r.ack is not None]
@@ -415,8 +448,16 @@ class Tracker:
             if asked
             else records
         )
-        # Locked with the acks' events, before the audit chain (docs/verification.md).
-        reopenable = await answers.events_to_lock(conn, records, asked)
+        # The delete events its answers and later deletes may change, locked with the
+        # acks' events, before the audit chain (docs/verification.md, "Lock order").
+        answered = await answers.events_to_lock(conn, records, asked)
+        also_lock = ledger.sorted_ids({*answered, *contended}) if contended else answered
+        reopened: list[uuid.UUID] = []
+
+        async def then_lock(conn: AsyncConnection) -> list[uuid.UUID]:
+            reopened[:] = await answers.reopened_to_lock(conn, records, asked)
+            return reopened
+
         outcome = await ledger.apply_acks(
             conn,
             to_ledger,
@@ -425,15 +466,17 @@ class Tracker:
             now=now,
             reminder_interval=self._schedule.interval,
             track_missing=track_missing,
-            also_lock=reopenable,
+            also_lock=also_lock,
+            then_lock=then_lock,
         )
+        locked = [*also_lock, *reopened]
         verified = await answers.apply_answers(
             conn,
             [r for r in records if r.ack is not None and r.ack.event_id in asked] if asked else [],
             now=now,
-            locked=reopenable,
+            locked=locked,
         )
-        await answers.delete_again(conn, outcome.accepted, now=now, locked=reopenable)
+        await answers.delete_again(conn, outcome.accepted, now=now, locked=locked)
         return outcome, verified
 
     def _refused(

@@ -25,7 +25,7 @@ from coordinator.store.tables import (
     outbox_marks,
     verifications,
 )
-from coordinator.tracking.ledger import ConsumedAck, apply_acks, lock_events
+from coordinator.tracking.ledger import ConsumedAck, apply_acks, lock_events, sorted_ids
 from coordinator.tracking.snapshot import track_published
 from schemas import AckStatus, RetentionAck
 from tests.api.conftest import auth, make_client
@@ -72,7 +72,12 @@ async def _lock(
 ) -> list[uuid.UUID]:
     """Lock what the tracker locks before recording `records` (`asked`: the verify events
     they answer): the delete events answers and later deletes may change."""
-    locked = await answers.events_to_lock(conn, records, asked)
+    locked = sorted_ids(
+        {
+            *await answers.events_to_lock(conn, records, asked),
+            *await answers.reopened_to_lock(conn, records, asked),
+        }
+    )
     await lock_events(conn, locked)
     return locked
 
@@ -363,7 +368,13 @@ async def test_a_deletion_still_open_elsewhere_is_never_completed_by_verificatio
             ).all()
         return str(state), dict(acks)
 
-    def consumed(offset: int, event_id: uuid.UUID, service: str, status: AckStatus) -> ConsumedAck:
+    def consumed(
+        offset: int,
+        event_id: uuid.UUID,
+        service: str,
+        status: AckStatus,
+        at: datetime | None = None,
+    ) -> ConsumedAck:
         ack = RetentionAck(
             event_id=event_id,
             service=service,
@@ -371,11 +382,11 @@ async def test_a_deletion_still_open_elsewhere_is_never_completed_by_verificatio
             entity_id=entity,
             status=status,
             records_affected=1 if status is AckStatus.STILL_PRESENT else 0,
-            acknowledged_at=datetime.now(UTC),
+            acknowledged_at=at or datetime.now(UTC),
         )
         return ConsumedAck("acks", 0, offset, ack)
 
-    async def verify_finds_billing(offset: int) -> None:
+    async def verify_finds_billing(offset: int, at: datetime | None = None) -> None:
         async with make_client(ctx) as client:
             created = await client.post(
                 f"/v1/entities/user/{entity}/verify", headers=auth(tokens[Scope.WRITE])
@@ -383,7 +394,7 @@ async def test_a_deletion_still_open_elsewhere_is_never_completed_by_verificatio
         assert "billing" in [s["service"] for s in created.json()["services"]]
         verify_id = uuid.UUID(created.json()["event_id"])
         async with engine.begin() as conn:
-            answered = [consumed(offset, verify_id, "billing", AckStatus.STILL_PRESENT)]
+            answered = [consumed(offset, verify_id, "billing", AckStatus.STILL_PRESENT, at)]
             await answers.apply_answers(
                 conn,
                 answered,
@@ -409,8 +420,9 @@ async def test_a_deletion_still_open_elsewhere_is_never_completed_by_verificatio
     assert again == []
     assert await state_and_acks() == ("overdue", {"billing": "completed", "search": "pending"})
 
-    # Found again; once search is done too, the event is resurrected, not completed.
-    await verify_finds_billing(base + 2)
+    # Found again, after the later delete (an answer older than a delete done since
+    # reopens nothing); once search is done too, the event is resurrected, not completed.
+    await verify_finds_billing(base + 2, at=datetime.now(UTC) + timedelta(seconds=10))
     async with engine.begin() as conn:
         await apply_acks(
             conn,

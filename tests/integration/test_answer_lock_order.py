@@ -17,8 +17,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import event as sa_event
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from structlog.testing import capture_logs
 
 from coordinator.clock import FrozenClock
 from coordinator.copies.verification import answers
@@ -87,8 +89,9 @@ async def _deletion(
     statuses: dict[str, str],
     *,
     published: datetime = NOW - timedelta(hours=1),
+    event_id: uuid.UUID | None = None,
 ) -> uuid.UUID:
-    event_id = uuid.uuid4()
+    event_id = event_id or uuid.uuid4()
     async with engine.begin() as conn:
         await conn.execute(
             insert(event_status).values(
@@ -215,8 +218,7 @@ async def _record(
         if pid is not None:
             pid.set_result(int(await conn.scalar(text("SELECT pg_backend_pid()")) or 0))
             await conn.rollback()
-        async with conn.begin():
-            await tracker._record(conn, records, track_missing=True)
+        await tracker._record_retrying(conn, records)
 
 
 async def _until_done_or_waiting(engine: AsyncEngine, task: asyncio.Task[None], pid: int) -> None:
@@ -396,6 +398,230 @@ async def test_an_ack_batch_never_leaves_resurrected_an_event_a_later_delete_com
     assert await _state(engine, later) == ("completed", {"billing": "completed"})
 
 
+async def test_a_later_delete_acked_while_an_answer_holds_the_entity_completes_it_again(
+    tracker: Tracker, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Billing answers `still_present` (at NOW+1s); its ack of a delete published after
+    # the answer waits for the answer's batch, which holds every delete of the entity,
+    # then must complete again what the answer reopened meanwhile.
+    entity = _Entity()
+    deletion = await _deletion(
+        engine, entity, "completed", {"billing": "completed", "search": "not_found"}
+    )
+    asked = await _verification(engine, entity)
+    later = await _deletion(
+        engine, entity, "pending", {"billing": "pending"}, published=NOW + timedelta(seconds=10)
+    )
+    head = await _head(engine)
+    await _interleave(
+        tracker,
+        engine,
+        monkeypatch,
+        paused=[entity.consumed(asked, "billing", AckStatus.STILL_PRESENT)],
+        pause_at="_fold",
+        when=_always,
+        other=[entity.consumed(later, "billing", AckStatus.COMPLETED)],
+    )
+    assert await _state(engine, later) == ("completed", {"billing": "completed"})
+    assert await _state(engine, deletion) == (
+        "completed",
+        {"billing": "completed", "search": "not_found"},
+    )
+    assert await _actions_since(engine, head) == [
+        audit.AuditAction.VERIFY_ANSWERS,
+        audit.AuditAction.ENTITY_RESURRECTED,
+        audit.AuditAction.ACKS_ACCEPTED,
+        audit.AuditAction.EVENTS_COMPLETED,
+        audit.AuditAction.ENTITY_DELETED_AGAIN,
+    ]
+
+
+async def test_an_answer_recorded_after_a_later_delete_was_acked_reopens_nothing(
+    tracker: Tracker, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The other order: the later delete's batch holds it, the answer (NOW+1s) waits for
+    # it, then finds the delete published after it done: what it found is deleted again.
+    entity = _Entity()
+    deletion = await _deletion(
+        engine, entity, "completed", {"billing": "completed", "search": "not_found"}
+    )
+    asked = await _verification(engine, entity)
+    later = await _deletion(
+        engine, entity, "pending", {"billing": "pending"}, published=NOW + timedelta(seconds=10)
+    )
+    head = await _head(engine)
+    await _interleave(
+        tracker,
+        engine,
+        monkeypatch,
+        paused=[entity.consumed(later, "billing", AckStatus.COMPLETED)],
+        pause_at="_record_and_audit",
+        when=_recording,
+        other=[entity.consumed(asked, "billing", AckStatus.STILL_PRESENT)],
+    )
+    assert await _state(engine, later) == ("completed", {"billing": "completed"})
+    assert await _state(engine, deletion) == (
+        "completed",
+        {"billing": "completed", "search": "not_found"},
+    )
+    assert await _actions_since(engine, head) == [
+        audit.AuditAction.ACKS_ACCEPTED,
+        audit.AuditAction.EVENTS_COMPLETED,
+        audit.AuditAction.VERIFY_ANSWERS,
+    ]
+
+
+async def test_an_answer_reopens_a_delete_tracked_and_completed_after_it_read_the_entity(
+    tracker: Tracker, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Between the answer's batch reading the entity's deletes and taking the chain's lock,
+    # another replica tracks a delete published before the answer and completes it. The
+    # batch is retried with it locked, and reopens it too.
+    entity = _Entity()
+    deletion = await _deletion(engine, entity, "completed", {"billing": "completed"})
+    asked = await _verification(engine, entity)
+    reached, go = asyncio.Event(), asyncio.Event()
+    original = answers.events_to_lock
+
+    async def pausing(*args: Any) -> list[uuid.UUID]:
+        found = await original(*args)
+        reached.set()
+        await go.wait()
+        return found
+
+    monkeypatch.setattr(answers, "events_to_lock", pausing)
+    batch = asyncio.create_task(
+        _record(tracker, engine, [entity.consumed(asked, "billing", AckStatus.STILL_PRESENT)])
+    )
+    await asyncio.wait_for(reached.wait(), 30)
+    meanwhile = await _deletion(
+        engine, entity, "completed", {"billing": "completed"}, published=NOW - timedelta(minutes=5)
+    )
+    go.set()
+    await asyncio.wait_for(batch, 60)
+    for event_id in (deletion, meanwhile):
+        assert await _state(engine, event_id) == ("resurrected", {"billing": "still_present"})
+
+
+async def test_an_answer_reopens_only_what_no_later_delete_ended(
+    tracker: Tracker, engine: AsyncEngine
+) -> None:
+    # Billing's answer at NOW+1s: a delete published before it and done is reopened; a
+    # delete published after it and done at billing (recorded first) means the data
+    # the answer found was deleted since: nothing is reopened for that entity.
+    reopened, ended = _Entity(), _Entity()
+    before = await _deletion(engine, reopened, "completed", {"billing": "completed"})
+    also = await _deletion(
+        engine,
+        reopened,
+        "completed",
+        {"billing": "not_found"},
+        published=NOW - timedelta(minutes=1),
+    )
+    kept = await _deletion(engine, ended, "completed", {"billing": "completed"})
+    after = await _deletion(
+        engine, ended, "completed", {"billing": "completed"}, published=NOW + timedelta(seconds=10)
+    )
+    asked = [await _verification(engine, e) for e in (reopened, ended)]
+    head = await _head(engine)
+    await _record(
+        tracker,
+        engine,
+        [
+            reopened.consumed(asked[0], "billing", AckStatus.STILL_PRESENT),
+            ended.consumed(asked[1], "billing", AckStatus.STILL_PRESENT),
+        ],
+    )
+    for event_id in (before, also):
+        assert await _state(engine, event_id) == ("resurrected", {"billing": "still_present"})
+    for event_id in (kept, after):
+        assert await _state(engine, event_id) == ("completed", {"billing": "completed"})
+    async with engine.connect() as conn:
+        resurrected = (
+            await conn.execute(
+                select(audit_log.c.data).where(
+                    audit_log.c.seq > head,
+                    audit_log.c.action == audit.AuditAction.ENTITY_RESURRECTED,
+                )
+            )
+        ).scalars()
+        assert [p["entity_id"] for p in resurrected] == [reopened.id]
+
+
+async def test_a_later_delete_finding_a_reopened_event_held_elsewhere_retries_in_order(
+    tracker: Tracker, engine: AsyncEngine
+) -> None:
+    # The later delete's batch reads, once it holds its own event, the resurrected event
+    # to complete again; another transaction holds that one. Out of the sorted order, the
+    # batch does not wait for it: it rolls back and locks it in the sorted pass, waiting
+    # its turn there, then completes it again.
+    entity = _Entity()
+    deletion = await _deletion(engine, entity, "resurrected", {"billing": "still_present"})
+    await _verification(engine, entity, answered=NOW - timedelta(minutes=30))
+    later = await _deletion(engine, entity, "pending", {"billing": "pending"}, published=NOW)
+    async with engine.connect() as holder:
+        await holder.execute(
+            select(event_status.c.event_id)
+            .where(event_status.c.event_id == deletion)
+            .with_for_update()
+        )
+        pid: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        with capture_logs() as logs:
+            batch = asyncio.create_task(
+                _record(
+                    tracker, engine, [entity.consumed(later, "billing", AckStatus.COMPLETED)], pid
+                )
+            )
+            await _until_done_or_waiting(engine, batch, await pid)
+            assert not batch.done()
+            await holder.rollback()
+            await asyncio.wait_for(batch, 60)
+    assert [e["events"] for e in logs if e["event"] == "ack_batch_contended"] == [1]
+    assert await _state(engine, deletion) == ("completed", {"billing": "completed"})
+    assert await _state(engine, later) == ("completed", {"billing": "completed"})
+
+
+async def test_the_overtaken_path_never_waits_for_an_event_lock_after_tracking(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The batch's first pass misses the event; another replica tracks it and holds it
+    # before this batch's tracking (which takes the chain's lock) is done. Waiting for it
+    # now could close a deadlock (that replica may wait for the chain): the batch rolls
+    # back and is retried instead.
+    entity = _Entity()
+    event_id = uuid.uuid4()
+    holder = await engine.connect()
+    original = ledger.track_events
+
+    async def tracked_elsewhere(conn: AsyncConnection, *args: Any, **kwargs: Any) -> Any:
+        assert await _deletion(engine, entity, "pending", {"billing": "pending"}, event_id=event_id)
+        await holder.execute(
+            select(event_status.c.event_id)
+            .where(event_status.c.event_id == event_id)
+            .with_for_update()
+        )
+        return await original(conn, *args, **kwargs)
+
+    monkeypatch.setattr(ledger, "track_events", tracked_elsewhere)
+    try:
+        async with engine.connect() as conn:
+            with pytest.raises(ledger.Contended) as raised:
+                async with conn.begin():
+                    await asyncio.wait_for(
+                        ledger.apply_acks(
+                            conn,
+                            [entity.consumed(event_id, "billing", AckStatus.COMPLETED)],
+                            declared=[],
+                            now=NOW,
+                            reminder_interval=timedelta(hours=1),
+                        ),
+                        30,
+                    )
+        assert raised.value.events == [event_id]
+    finally:
+        await holder.close()
+
+
 async def test_what_a_batch_locks_for_answers_and_later_deletes(engine: AsyncEngine) -> None:
     entity, other = _Entity(), _Entity()
     first = await _deletion(engine, entity, "completed", {"billing": "completed"})
@@ -421,17 +647,50 @@ async def test_what_a_batch_locks_for_answers_and_later_deletes(engine: AsyncEng
             )
             == []
         )
-    async with engine.begin() as conn:
+    async with engine.connect() as conn, conn.begin():
+        # Nothing reopened anywhere (other tests' reopenings hidden until the rollback):
+        # one probe of the partial index, whatever the batch holds.
+        await conn.execute(
+            expected_acks.update()
+            .where(expected_acks.c.status == "still_present")
+            .values(status="completed")
+        )
+        with _statements(conn) as ran:
+            assert await answers.reopened_to_lock(conn, [done], set()) == []
+        assert len(ran) == 1
         await conn.execute(
             expected_acks.update()
             .where(expected_acks.c.event_id == first)
             .values(status="still_present")
         )
-    async with engine.connect() as conn:
         # A done ack of the entity's delete: the events its service's acknowledgement of
         # is reopened; a failed ack or another service's: none.
-        assert await answers.events_to_lock(conn, [done], set()) == [first]
+        with _statements(conn) as ran:
+            assert await answers.reopened_to_lock(conn, [done], set()) == [first]
+        assert len(ran) == 2
         failed = entity.consumed(second, "billing", AckStatus.FAILED)
-        assert await answers.events_to_lock(conn, [failed], set()) == []
+        assert await answers.reopened_to_lock(conn, [failed], set()) == []
         elsewhere = entity.consumed(second, "search", AckStatus.COMPLETED)
-        assert await answers.events_to_lock(conn, [elsewhere], set()) == []
+        assert await answers.reopened_to_lock(conn, [elsewhere], set()) == []
+        await conn.rollback()
+
+
+@contextmanager
+def _statements(conn: AsyncConnection) -> Iterator[list[str]]:
+    """The statements `conn` runs inside the block."""
+    ran: list[str] = []
+
+    def seen(*args: Any) -> None:
+        ran.append(args[2])
+
+    sync = conn.sync_connection
+    assert sync is not None
+    sa_event.listen(sync, "before_cursor_execute", seen)
+    try:
+        yield ran
+    finally:
+        sa_event.remove(sync, "before_cursor_execute", seen)
+
+
+def _always(*_: Any) -> bool:
+    return True

@@ -3,25 +3,25 @@
 Every answer lands in the ack ledger, accepted or rejected with a reason, like any ack.
 An accepted `still_present` turns that service's done acknowledgements of the entity's
 delete events into `still_present` and those events into `resurrected` (SPEC §15); a
-later delete ack from the same service, for an event published after that answer,
-completes them again. Nothing here ever runs or re-sends a deletion.
+done ack from the same service of a delete event published after that answer completes
+them again, or, recorded first, leaves the answer nothing to reopen. Nothing here ever
+runs or re-sends a deletion.
 
-Both change delete events the ack path locks, reads and rewrites. They change only those
-`events_to_lock` named before the batch's first statement, and the ack path locked with
-its own, in one sorted pass, before the audit chain's lock (docs/verification.md, "Lock
-order"): the one order every tracker transaction takes its locks in.
-"""
+Both change delete events the ack path locks, reads and rewrites, and only events the
+batch locked before the audit chain's lock: `events_to_lock`'s, in the ack path's sorted
+pass, and `reopened_to_lock`'s, right after it with NOWAIT (docs/verification.md, "Lock
+order")."""
 
 from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, any_, func, select, tuple_, update
+from sqlalchemy import Select, any_, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.evidence import audit
@@ -34,6 +34,7 @@ from coordinator.store.tables import (
 from coordinator.tracking.columns import event_ids_param, unnest
 from coordinator.tracking.ledger import (
     ConsumedAck,
+    Contended,
     LedgerRow,
     RejectReason,
     audited_rejects,
@@ -49,6 +50,7 @@ __all__ = [
     "apply_answers",
     "delete_again",
     "events_to_lock",
+    "reopened_to_lock",
     "resurrected_events",
     "verify_event_ids",
 ]
@@ -87,18 +89,17 @@ async def events_to_lock(
     conn: AsyncConnection, records: Sequence[ConsumedAck], asked: Collection[uuid.UUID]
 ) -> list[uuid.UUID]:
     """The delete events this batch's answers (acks of the `asked` verify events) may
-    reopen and its delete acks may complete again, sorted: the caller locks them with the
-    events its acks name, in one pass, before anything takes the audit chain's lock, then
-    hands them to `apply_answers` and `delete_again`, which change no other event.
+    reopen, sorted: every delete event of an entity answered `still_present`. The caller
+    locks them with the events its acks name, in one sorted pass, before anything takes
+    the audit chain's lock, then hands them, with `reopened_to_lock`'s, to
+    `apply_answers` and `delete_again`, which change no other event.
 
-    More than are changed: every delete event of an entity answered `still_present`, and
-    each reopened event of an entity whose delete a service acked done. Read before they
-    are locked: `apply_answers` and `delete_again` judge the locked rows again."""
-    ids: set[uuid.UUID] = set()
-    s, e, v = event_status.c, expected_acks.c, verifications.c
-    # Nearly always no answers: no pass over the batch. The status first: a UUID's hash
-    # (the membership test) is Python code.
-    found = asked and {
+    Read before they are locked: `apply_answers` reads the entity's delete events again
+    under the chain's lock, and has the batch retried should one be missing here."""
+    if not asked:
+        return []
+    s, v = event_status.c, verifications.c
+    found = {
         ack.event_id
         for r in records
         if (ack := r.ack) is not None
@@ -106,60 +107,83 @@ async def events_to_lock(
         and ack.status is AckStatus.STILL_PRESENT
         and ack.event_id in asked
     }
-    if found:
-        ids.update(
-            await conn.scalars(
-                select(s.event_id)
-                .join_from(
-                    verifications,
-                    event_status,
-                    (s.entity_type == v.entity_type) & (s.entity_id == v.entity_id),
-                )
-                .where(
-                    v.event_id == any_(event_ids_param(sorted_ids(found))),
-                    s.event_type == EventType.DELETE.value,
-                )
+    if not found:
+        return []
+    return sorted_ids(
+        await conn.scalars(
+            select(s.event_id)
+            .join_from(
+                verifications,
+                event_status,
+                (s.entity_type == v.entity_type) & (s.entity_id == v.entity_id),
+            )
+            .where(
+                v.event_id == any_(event_ids_param(sorted_ids(found))),
+                s.event_type == EventType.DELETE.value,
             )
         )
+    )
+
+
+async def reopened_to_lock(
+    conn: AsyncConnection, records: Sequence[ConsumedAck], asked: Collection[uuid.UUID]
+) -> list[uuid.UUID]:
+    """The reopened delete events this batch's delete acks may complete again: for each
+    `completed`/`not_found` ack (of a delete event or not: a few too many are only
+    locked), the entity's delete events whose acknowledgement by that service is
+    `still_present`.
+
+    Read once the batch holds its acks' events (`ledger.apply_acks`' `then_lock`, inside
+    its `by_key`): an answer reopening one of them holds every delete event of the
+    entity, so it committed before this read or waits for this batch's commit."""
+    e = expected_acks.c
     # Nearly always nothing is reopened: one probe of the partial index, no pass over the
     # batch, no join.
-    if await conn.scalar(select(e.event_id).where(e.status == _STILL_PRESENT).limit(1)):
-        done = [
-            ack
-            for r in records
-            if (ack := r.ack) is not None
-            and r.refused is None
-            and ack.status in _DONE_ACKS
-            and ack.event_id not in asked
-        ]
-        if done:
-            ids.update(await conn.scalars(_reopened(done)))
-    return sorted_ids(ids)
+    if not await conn.scalar(select(e.event_id).where(e.status == _STILL_PRESENT).limit(1)):
+        return []
+    # The status first: a UUID's hash (the membership test) is Python code.
+    done = [
+        ack
+        for r in records
+        if (ack := r.ack) is not None
+        and r.refused is None
+        and ack.status in _DONE_ACKS
+        and not (asked and ack.event_id in asked)
+    ]
+    return sorted_ids(set(await conn.scalars(_reopened(done)))) if done else []
 
 
 def _reopened(done: Sequence[RetentionAck]) -> Select[tuple[uuid.UUID]]:
-    """The reopened acknowledgements' events, by the service that acked one of the
-    entity's delete events `done`."""
+    """The delete events of the entities `done` name whose acknowledgement by the
+    service that sent the ack is reopened.
+
+    By the entity the ack names, not its event's: the ledger accepts an ack only when
+    the two are the same, and an ack it rejects completes nothing (one naming another
+    entity only has that entity's events locked). No probe of each ack's event: with
+    few reopened rows the plan starts from the `still_present` partial index, with many
+    it probes the entity index per ack (docs/verification.md, "Lock order")."""
     s, e = event_status.c, expected_acks.c
     acked = unnest(
         "acked",
-        {"event_id": s.event_id.type, "service": e.service.type},
-        [{"event_id": a.event_id, "service": a.service} for a in done],
+        {
+            "entity_type": s.entity_type.type,
+            "entity_id": s.entity_id.type,
+            "service": e.service.type,
+        },
+        [
+            {"entity_type": a.entity_type, "entity_id": a.entity_id, "service": a.service}
+            for a in done
+        ],
     )
-    deleted = event_status.alias("deleted")
     return (
         select(e.event_id)
-        .join_from(acked, deleted, deleted.c.event_id == acked.c.event_id)
-        .join(
+        .join_from(
+            acked,
             event_status,
-            (s.entity_type == deleted.c.entity_type) & (s.entity_id == deleted.c.entity_id),
+            (s.entity_type == acked.c.entity_type) & (s.entity_id == acked.c.entity_id),
         )
         .join(expected_acks, (e.event_id == s.event_id) & (e.service == acked.c.service))
-        .where(
-            deleted.c.event_type == EventType.DELETE.value,
-            s.event_type == EventType.DELETE.value,
-            e.status == _STILL_PRESENT,
-        )
+        .where(s.event_type == EventType.DELETE.value, e.status == _STILL_PRESENT)
     )
 
 
@@ -172,7 +196,9 @@ async def apply_answers(
 ) -> VerifyOutcome:
     """Ledger, answers, resurrections and one audit entry for acks of verify events.
 
-    `locked`: `events_to_lock`'s events, locked by this transaction; only those reopen."""
+    `locked`: the events this transaction locked for its answers and later deletes
+    (`events_to_lock`, `reopened_to_lock`); one of an answered entity's delete events
+    not among them raises `ledger.Contended` (roll back, retry with it locked)."""
     outcome = VerifyOutcome()
     acks = [r.ack for r in records if r.ack is not None]
     if not acks:
@@ -239,12 +265,13 @@ async def apply_answers(
                 acknowledged_at=r["acknowledged_at"],
             )
         )
-    found = {
-        (asked[r["event_id"]].entity_type, asked[r["event_id"]].entity_id, r["service"])
-        for r in changed.values()
-        if r["status"] == AckStatus.STILL_PRESENT.value
-    }
-    resurrected = await _resurrect(conn, sorted(found), locked, now=now)
+    # (entity type, entity id, service): when it was last found still holding data.
+    found: dict[tuple[str, str, str], datetime] = {}
+    for r in changed.values():
+        if r["status"] == AckStatus.STILL_PRESENT.value:
+            key = (asked[r["event_id"]].entity_type, asked[r["event_id"]].entity_id, r["service"])
+            found[key] = max(found.get(key, r["acknowledged_at"]), r["acknowledged_at"])
+    resurrected = await _resurrect(conn, found, locked, now=now)
     outcome.resurrected = [key for key in sorted(found) if key in resurrected]
     entries = []
     if outcome.accepted or outcome.rejected:
@@ -308,24 +335,79 @@ def _reject_reason(
 
 async def _resurrect(
     conn: AsyncConnection,
-    found: Sequence[tuple[str, str, str]],
+    found: Mapping[tuple[str, str, str], datetime],
     locked: Collection[uuid.UUID],
     *,
     now: datetime,
 ) -> dict[tuple[str, str, str], list[uuid.UUID]]:
-    """Reopen the delete events each service said were done but still holds data for;
-    only `locked` ones (a delete event tracked after `events_to_lock` read them is left
-    as it is: changing it would take its lock after the chain's)."""
-    if not found or not locked:
+    """Reopen the delete events each service said were done but, at the answer's time,
+    still held data for; unless a delete published after that answer is done at that
+    service already: that later delete ended what the answer found (SPEC §15), whichever
+    of the two the trackers recorded first.
+
+    Judged under the chain's lock, which every tracking and every ack batch commits
+    holding: what it reads is what the chain recorded before this answer. Every delete
+    event of the entity must be `locked` (`events_to_lock`): one tracked since is not,
+    and the batch is retried with it (`ledger.Contended`), never locked after the
+    chain's lock."""
+    if not found:
         return {}
     s, e = event_status.c, expected_acks.c
+    answered = unnest(
+        "answered",
+        {
+            "entity_type": s.entity_type.type,
+            "entity_id": s.entity_id.type,
+            "service": e.service.type,
+            "at": s.published_at.type,
+        },
+        [
+            {"entity_type": t, "entity_id": i, "service": service, "at": at}
+            for (t, i, service), at in found.items()
+        ],
+    )
+    a = answered.c
+    rows = list(
+        await conn.execute(
+            select(
+                a.entity_type,
+                a.entity_id,
+                a.service,
+                s.event_id,
+                (s.published_at > a.at).label("later"),
+                e.status,
+            )
+            .join_from(
+                answered,
+                event_status,
+                (s.entity_type == a.entity_type) & (s.entity_id == a.entity_id),
+            )
+            .outerjoin(expected_acks, (e.event_id == s.event_id) & (e.service == a.service))
+            .where(s.event_type == EventType.DELETE.value)
+        )
+    )
+    held = set(locked)
+    if missed := {row.event_id for row in rows if row.event_id not in held}:
+        raise Contended(sorted_ids(missed))
+    ended = {
+        (row.entity_type, row.entity_id, row.service)
+        for row in rows
+        if row.later and row.status in _DONE
+    }
+    reopen = [
+        {"event_id": row.event_id, "service": row.service}
+        for row in rows
+        if row.status in _DONE and (row.entity_type, row.entity_id, row.service) not in ended
+    ]
+    if not reopen:
+        return {}
+    acks = unnest("reopen", {"event_id": e.event_id.type, "service": e.service.type}, reopen)
     reopened = await conn.execute(
         update(expected_acks)
         .where(
-            e.event_id == any_(event_ids_param(sorted_ids(locked))),
+            e.event_id == acks.c.event_id,
+            e.service == acks.c.service,
             e.event_id == s.event_id,
-            tuple_(s.entity_type, s.entity_id, e.service).in_(list(found)),
-            s.event_type == EventType.DELETE.value,
             e.status.in_(_DONE),
         )
         .values(status=AckStatus.STILL_PRESENT.value)
@@ -360,9 +442,10 @@ async def delete_again(
     `still_present` answer, its `still_present` acknowledgements of the entity become
     `completed`, and events with nothing left open are `completed` again.
 
-    `locked`: `events_to_lock`'s events, locked by this transaction; only those complete
-    again (one reopened after `events_to_lock` read them stays reopened: that answer
-    counts as the later one)."""
+    `locked`: the events this transaction locked for its answers and later deletes
+    (`events_to_lock`, `reopened_to_lock`); only those complete again, and they are all
+    there are: an answer reopening another one commits after this batch (it holds
+    every delete event of the entity, the acked one too)."""
     if not locked:
         return []
     done = [a for a in accepted if a.status in _DONE_ACKS]
