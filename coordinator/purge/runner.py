@@ -519,9 +519,15 @@ class Runner:
                     await current.commit()
                 except BaseException:
                     if ahead is not None:
-                        # Its statement ends (or fails) before its connection's close
-                        # rolls it back.
-                        await asyncio.gather(ahead, return_exceptions=True)
+                        # This batch's locks go first: a hold's creation may be queued
+                        # behind them with the batch ahead queued behind it, a wait
+                        # PostgreSQL cannot see while this transaction sits idle. The batch
+                        # ahead then ends (or fails) before its connection's close rolls
+                        # it back.
+                        try:
+                            await current.rollback()
+                        finally:
+                            await asyncio.gather(ahead, return_exceptions=True)
                     raise
                 if batch.last_scanned is None:
                     return

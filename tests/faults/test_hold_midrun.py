@@ -140,6 +140,9 @@ class MidRunHolds:
                             text(
                                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
                                 " AND mode = 'ExclusiveLock' AND NOT granted AND objid = :key"
+                                # Advisory locks are per database; pg_locks is the cluster's.
+                                " AND database = (SELECT oid FROM pg_database"
+                                " WHERE datname = current_database())"
                             ),
                             {"key": HOLD_LOCK},
                         )

@@ -52,6 +52,7 @@ async def _blocked_on_lock(conn: AsyncConnection) -> bool:
         .where(
             text("wait_event_type = 'Lock' AND wait_event = 'advisory'"),
             text("pid <> pg_backend_pid()"),
+            text("datname = current_database()"),  # the shared server's other databases
         )
     )
     return bool(waiting.scalar())
