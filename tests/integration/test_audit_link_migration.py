@@ -85,6 +85,15 @@ async def test_it_runs_beside_a_tracking_pass(scratch: str) -> None:
     await _assert_indexed(scratch)
 
 
+async def test_run_again_after_an_interruption_it_finishes(scratch: str) -> None:
+    """Its statements commit one by one: a run stopped after some of them leaves the
+    revision at 0030, and the next run must get past what is already there."""
+    await upgrade(scratch)
+    await asyncio.to_thread(command.stamp, alembic_config(scratch), BEFORE)
+    await upgrade(scratch)
+    await _assert_indexed(scratch)
+
+
 async def _assert_indexed(url: str) -> None:
     engine = make_engine(url)
     try:
