@@ -104,6 +104,7 @@ async def _expect(
                 state=case((s.state == "completed", "pending"), else_=s.state),
                 completed_at=None,
                 completed_audit_seq=None,
+                completed_audit_link=None,
                 deadline=func.greatest(s.deadline, now + window),
                 next_reminder_at=func.coalesce(s.next_reminder_at, now + reminder_interval),
                 updated_at=now,

@@ -133,6 +133,14 @@ async def test_a_new_service_is_backfilled_for_the_last_days_and_certificates_na
             ).all()
         assert {(r.state, r.expected) for r in rows} == {("pending", 2)}
         assert min(r.deadline for r in rows) >= now + WINDOW
+        # A reopened event no longer cites the entry that recorded its completion.
+        async with engine.connect() as conn:
+            for entity_id in recent_ids:
+                reopened = await queries.certificate(conn, entity_type, entity_id, now=now)
+                assert reopened is not None
+                evidence = reopened["events"][0]["evidence"]
+                assert evidence["tracked"] is not None
+                assert evidence["completed"] is None
 
         await drain(tracker, 3)
         assert await event_states(engine, [*recent, *past, invoice]) == ["completed"] * 5

@@ -18,11 +18,21 @@ is converted. Both columns are NULL where the seq is set, and the other way roun
 The audit log and the ledger may still be mid-conversion to partitions (migrations 0021
 and 0025, coordinator/evidence/partitions.py): the shadow tables get the columns and the
 index too, so the copy carries them.
+
+It runs with trackers up. Each statement commits on its own, so the migration never
+holds one table's lock while waiting for another's: an ack batch takes its events' status
+rows, then the ledger, then the audit log, but the tracking pass reads the audit log's
+head before it inserts status rows, so no single order of the three `ALTER`s inside one
+transaction avoids a deadlock with both. The tables are still altered in the ack batch's
+order. The index is built CONCURRENTLY (a partitioned log: each partition's, attached to
+an index on the parent alone), so the audit log's writers and readers go on meanwhile.
+Every step checks what an interrupted run left, so running it again finishes it.
 """
 
 from __future__ import annotations
 
 from alembic import op
+from sqlalchemy import text
 
 revision = "0031_audit_link"
 down_revision = "0030_ack_row_event_ms"
@@ -31,25 +41,96 @@ depends_on = None
 
 _IF_EXISTS = "DO $$ BEGIN IF to_regclass('{table}') IS NOT NULL THEN {sql}; END IF; END $$"
 
+_ENTRY_ACTIONS = (
+    ("retention_ack_ledger", "audit_seq", "audit_link",
+     "CASE WHEN t.accepted THEN 'acks_accepted' ELSE 'acks_rejected' END"),
+    ("retention_ack_ledger_partitioned", "audit_seq", "audit_link",
+     "CASE WHEN t.accepted THEN 'acks_accepted' ELSE 'acks_rejected' END"),
+    ("retention_event_status", "completed_audit_seq", "completed_audit_link",
+     "'events_completed'"),
+)
+
 
 def upgrade() -> None:
-    op.execute("CREATE SEQUENCE retention_audit_link_seq")
-    for table in ("audit_log", "audit_log_partitioned"):
+    with op.get_context().autocommit_block():
+        op.execute("CREATE SEQUENCE IF NOT EXISTS retention_audit_link_seq")
         op.execute(
-            _IF_EXISTS.format(
-                table=table,
-                sql=f"ALTER TABLE {table} ADD COLUMN link bigint;"
-                f" CREATE INDEX ix_{table}_link ON {table} (link) WHERE link IS NOT NULL",
+            "ALTER TABLE retention_event_status ADD COLUMN IF NOT EXISTS completed_audit_link bigint"
+        )
+        for table, column in (
+            ("retention_ack_ledger", "audit_link"),
+            ("retention_ack_ledger_partitioned", "audit_link"),
+            ("audit_log", "link"),
+            ("audit_log_partitioned", "link"),
+        ):
+            op.execute(
+                _IF_EXISTS.format(
+                    table=table, sql=f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} bigint"
+                )
             )
-        )
-    for table in ("retention_ack_ledger", "retention_ack_ledger_partitioned"):
-        op.execute(
-            _IF_EXISTS.format(table=table, sql=f"ALTER TABLE {table} ADD COLUMN audit_link bigint")
-        )
-    op.execute("ALTER TABLE retention_event_status ADD COLUMN completed_audit_link bigint")
+        for table in ("audit_log", "audit_log_partitioned"):
+            _index_link(table)
+
+
+def _index_link(table: str) -> None:
+    bind = op.get_bind()
+    kind = bind.execute(
+        text("SELECT relkind::text FROM pg_class WHERE oid = to_regclass(:t)"), {"t": table}
+    ).scalar()
+    if kind is None:
+        return
+    index = f"ix_{table}_link"
+    if kind != "p":
+        _build(table, index)
+        return
+    # CONCURRENTLY builds no index on a partitioned table: one on the parent alone (invalid
+    # until every partition's is attached, cloned onto partitions created meanwhile),
+    # then each partition's, attached.
+    op.execute(f"CREATE INDEX IF NOT EXISTS {index} ON ONLY {table} (link) WHERE link IS NOT NULL")
+    partitions = bind.execute(
+        text(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = to_regclass(:t) ORDER BY c.relname"
+        ),
+        {"t": table},
+    ).scalars().all()
+    for partition in partitions:
+        attached = bind.execute(
+            text(
+                "SELECT count(*) FROM pg_inherits i JOIN pg_index x ON x.indexrelid = i.inhrelid"
+                " WHERE i.inhparent = to_regclass(:ix) AND x.indrelid = to_regclass(:p)"
+            ),
+            {"ix": index, "p": partition},
+        ).scalar()
+        if attached:
+            continue
+        _build(partition, f"{partition}_link_idx")
+        op.execute(f"ALTER INDEX {index} ATTACH PARTITION {partition}_link_idx")
+
+
+def _build(table: str, index: str) -> None:
+    valid = op.get_bind().execute(
+        text("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:ix)"), {"ix": index}
+    ).scalar()
+    if valid:
+        return
+    if valid is not None:
+        # What an interrupted CONCURRENTLY build leaves: an invalid index, never used.
+        op.execute(f"DROP INDEX CONCURRENTLY {index}")
+    op.execute(f"CREATE INDEX CONCURRENTLY {index} ON {table} (link) WHERE link IS NOT NULL")
 
 
 def downgrade() -> None:
+    # The previous version reads only the seqs: write each link's entry seq back first, or
+    # every ack and completion recorded since this migration would lose its evidence.
+    for table, seq, link, action in _ENTRY_ACTIONS:
+        op.execute(
+            _IF_EXISTS.format(
+                table=table,
+                sql=f"UPDATE {table} t SET {seq} = l.seq FROM audit_log l"
+                f" WHERE t.{link} IS NOT NULL AND l.link = t.{link} AND l.action = {action}",
+            )
+        )
     op.execute("ALTER TABLE retention_event_status DROP COLUMN completed_audit_link")
     for table in ("retention_ack_ledger", "retention_ack_ledger_partitioned"):
         op.execute(
