@@ -13,7 +13,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple, TypeVar
 
@@ -96,6 +96,22 @@ class _AckBatch:
     messages: list[ConsumedRecord]
     records: list[ledger.ConsumedAck]
     poison: list[tuple[ConsumedRecord, str]]
+    collector: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    """The batch's `fewer_collections`, entered before it is decoded and left once it is
+    recorded (`Tracker._apply_acks`) or rewound (`_rewind_ahead`), after its objects
+    are dropped (`done`)."""
+
+    def done(self) -> None:
+        """Drop the batch's objects, then its hold on the collector's threshold.
+
+        In that order: left while the batch's records, acks and proofs were alive, the
+        restored threshold (CPython's 700, far below what the batch allocated) made the
+        next allocation collect them all, and promote them into the older generations
+        whose collections walk them again (docs/tracking.md, "What session 11 cut")."""
+        self.messages = []
+        self.records.clear()
+        self.poison.clear()
+        self.collector.close()
 
 
 class _Signature(NamedTuple):
@@ -331,23 +347,40 @@ class Tracker:
     async def _read_acks(self, *, timeout_s: float) -> _AckBatch | None:
         """Read a batch of acks, decode them and check their signatures (no database).
 
-        Decoding and recording a batch collect cyclic garbage less often
+        Parsing, decoding and recording a batch collect cyclic garbage less often
         (`TrackerSettings.gc_threshold`): a batch's records, acks, proofs and rows live
         until it is recorded, none in a cycle, and CPython's default threshold scanned
         them again and again and promoted them into generations whose collections walk
-        the whole process. The wait for acks is not inside: a batch read ahead waits
-        there nearly all the time, and the threshold is process-wide (the relay's rounds
-        and the API run beside the tracker in `serve`)."""
+        the whole process. The batch holds the raised threshold until it is recorded
+        (`_AckBatch.collector`). The wait for acks is not inside: a batch read ahead
+        waits there nearly all the time, and the threshold is process-wide (the relay's
+        rounds and the API run beside the tracker in `serve`). So what the consumer
+        holds already is taken first without waiting, parsed with the threshold raised
+        (on a busy topic, nearly every batch); only an empty read waits, and what it
+        returns is parsed with CPython's threshold."""
         reader = self._client(self._kafka.acks)
-        messages = await reader.read(timeout_s=timeout_s, max_records=self._settings.batch_size)
-        if not messages:
-            return None
+        batch_size = self._settings.batch_size
+        collector = contextlib.ExitStack()
         try:
-            with fewer_collections(self._settings.gc_threshold):
-                return self._decode_batch(messages)
+            collector.enter_context(fewer_collections(self._settings.gc_threshold))
+            messages = await reader.read(timeout_s=0, max_records=batch_size)
+            if not messages:
+                collector.close()
+                messages = await reader.read(timeout_s=timeout_s, max_records=batch_size)
+                if not messages:
+                    return None
+                collector.enter_context(fewer_collections(self._settings.gc_threshold))
         except BaseException:
+            collector.close()
+            raise
+        try:
+            batch = self._decode_batch(messages)
+        except BaseException:
+            collector.close()
             reader.rewind(messages)
             raise
+        batch.collector = collector
+        return batch
 
     def _decode_batch(self, messages: list[ConsumedRecord]) -> _AckBatch:
         batch = _AckBatch(messages, [], [])
@@ -370,9 +403,14 @@ class Tracker:
 
     async def _apply_acks(self, batch: _AckBatch) -> ledger.LedgerOutcome:
         """Record a batch read by `_read_acks`, then commit its offsets. On an error the
-        caller rewinds it (and any batch read after it)."""
-        with fewer_collections(self._settings.gc_threshold):
-            return await self._record_batch(batch)
+        caller rewinds it (and any batch read after it), and the batch keeps its
+        messages for that; recorded, it is emptied (`_AckBatch.done`)."""
+        try:
+            outcome = await self._record_batch(batch)
+            batch.done()
+            return outcome
+        finally:
+            batch.collector.close()
 
     async def _record_batch(self, batch: _AckBatch) -> ledger.LedgerOutcome:
         records = batch.records
@@ -756,6 +794,7 @@ async def _rewind_ahead(reader: AckReader, ahead: asyncio.Task[_AckBatch | None]
         return
     if not ahead.cancelled() and ahead.exception() is None and (later := ahead.result()):
         reader.rewind(later.messages)
+        later.collector.close()
 
 
 def _registration(msg: ConsumedRecord) -> ServiceRegistration | registry.Retirement:

@@ -284,9 +284,10 @@ async def test_an_expected_row_keeps_the_answer_that_stands_and_counts_every_new
 async def test_ack_batches_are_decoded_and_recorded_with_fewer_collections(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A batch's objects live until it is recorded: decoding and recording it run with
-    the collector's youngest threshold raised to the tracker's setting; the wait for
-    acks does not (the threshold is process-wide), and the threshold is restored after."""
+    """A batch's objects live until it is recorded: parsing what the consumer holds
+    (a read that does not wait), decoding and recording run with the collector's
+    youngest threshold raised to the tracker's setting; a read that waits for acks does
+    not (the threshold is process-wide), and the threshold is restored after."""
     env.tracker._settings = env.tracker._settings.model_copy(update={"gc_threshold": 123_457})
     await env.declare(*SERVICES)
     events = await env.publish(2, T0)
@@ -296,7 +297,7 @@ async def test_ack_batches_are_decoded_and_recorded_with_fewer_collections(
     read, decode_batch, record_batch = reader.read, tracker._decode_batch, tracker._record_batch
 
     async def reading(*, timeout_s: float, max_records: int) -> list[Any]:
-        seen.append(("read", gc.get_threshold()[0]))
+        seen.append(("wait" if timeout_s else "take", gc.get_threshold()[0]))
         return await read(timeout_s=timeout_s, max_records=max_records)
 
     def decoding(messages: list[Any]) -> Any:
@@ -316,8 +317,10 @@ async def test_ack_batches_are_decoded_and_recorded_with_fewer_collections(
     await produce(env.kafka, env.kafka.topics.acks, acks)
     await drain(env.tracker, len(acks))
     assert await env.states(events) == ["completed"] * 2
-    assert {kind for kind, _ in seen} == {"read", "decode", "record"}
-    assert {(kind, raised if kind != "read" else before[0]) for kind, _ in seen} == set(seen)
+    # Nothing left: this read takes nothing, then waits.
+    assert await env.tracker.consume_acks(timeout_s=0.05) is None
+    assert {kind for kind, _ in seen} == {"take", "wait", "decode", "record"}
+    assert {(kind, raised if kind != "wait" else before[0]) for kind, _ in seen} == set(seen)
     assert gc.get_threshold() == before
 
 
