@@ -71,7 +71,7 @@ class TrackerSettings(BaseSettings):
         # CPython refuses thresholds of 2**31 and over: every batch would fail.
         le=10_000_000,
         description="Allocations between two collections of the garbage collector's "
-        "youngest generation while a batch of acks is decoded and recorded, not while "
+        "youngest generation from a batch of acks' parse to its record, not while "
         "waiting for acks (process-wide: beside a relay round the larger setting applies; "
         "CPython's default 700 cost the tracker about a tenth of its CPU per ack; "
         "docs/tracking.md).",
