@@ -7,6 +7,7 @@ so each test states exactly which records the tracker read, committed and publis
 from __future__ import annotations
 
 import asyncio
+import gc
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -279,6 +280,7 @@ async def test_a_failed_batch_rewinds_the_batch_read_ahead_first(
         return await apply_acks(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(ledger, "apply_acks", fail_the_second)
+    threshold = gc.get_threshold()
     stop = asyncio.Event()
     task = asyncio.create_task(tracker.run_forever(stop))
     try:
@@ -288,6 +290,8 @@ async def test_a_failed_batch_rewinds_the_batch_read_ahead_first(
     finally:
         stop.set()
         await task
+    # The failed batch and the one read ahead of it let go of the collector's threshold.
+    assert gc.get_threshold() == threshold
     # The second batch failed with the third already read (position 3); had the rewinds
     # left the third's offset, the second's ack would be skipped: one call fewer.
     assert calls[1] == 3
