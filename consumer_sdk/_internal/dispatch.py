@@ -478,7 +478,9 @@ class Dispatcher:
         group: list[RetentionEvent] = []
         keys: set[str] = set()
         ids: set[uuid.UUID] = set()
-        # Asked of every event of a batch: each attribute and method looked up once.
+        # Asked of every event of a batch: each attribute and method looked up once, and
+        # an empty `known` (the usual first delivery) not asked at all: a `uuid.UUID`'s
+        # hash is Python code, run even for a look-up in an empty dict.
         handler, held = self.registry.get, self._held
         holds = self.holds
         for _, item in decoded[start:]:
@@ -487,8 +489,8 @@ class Dispatcher:
                 or handler(item.entity_type, item.type) is not spec
                 or (key := item.key) in keys
                 or (event_id := item.event_id) in ids
-                or event_id in known
-                or event_id in recorded
+                or (known and event_id in known)
+                or (recorded and event_id in recorded)
                 or (holds is not None and held(item, known) is not None)
             ):
                 break
