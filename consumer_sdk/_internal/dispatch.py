@@ -169,28 +169,29 @@ class Dispatcher:
         store or the producer raise; the caller re-reads from its last commit.
         """
         decoded: list[_Item] = []
+        # Where runs end (see below): found while decoding, not in a pass of its own.
+        verifies: list[int] = []
+        check = self.trust.refused
         for record in records:
             # Before anything else: an event without the coordinator's signature is never
             # decoded for a handler, whatever it says.
-            refused = self.trust.refused(record)
+            refused = check(record)
             if refused is not None:
                 decoded.append((record, _Unverified(refused, record.value)))
                 continue
             try:
-                decoded.append((record, decode(RetentionEvent, record.value)))
+                event = decode(RetentionEvent, record.value)
             except PoisonRecord as poison:
                 decoded.append((record, poison))
+                continue
+            if event.type is EventType.VERIFY:
+                verifies.append(len(decoded))
+            decoded.append((record, event))
         done = Dispatched(debug=_debug())
         batching = (
             self.store if isinstance(self.store, BatchingStore) and len(decoded) > 1 else None
         )
         known = {} if batching is not None else await self._lookup(item for _, item in decoded)
-        # Where runs end: found in one pass, not by a scan from each run's start.
-        verifies = [
-            j
-            for j, (_, item) in enumerate(decoded)
-            if isinstance(item, RetentionEvent) and item.type is EventType.VERIFY
-        ]
         i = 0
         while i < len(decoded) and not (stopping is not None and stopping.is_set()):
             try:
