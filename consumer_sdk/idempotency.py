@@ -39,7 +39,9 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql import Insert, Select
+from sqlalchemy.types import TypeEngine
 
+from consumer_sdk.arrays import array_param
 from schemas import AckStatus
 
 __all__ = [
@@ -167,6 +169,15 @@ def processed_events_table(name: str = DEFAULT_TABLE, *, schema: str | None = No
 
 
 SAVEPOINT = "retention_event"
+
+
+def _array(name: str, kind: TypeEngine[Any]) -> Any:
+    """A per-record column's parameter: one array literal (`consumer_sdk.arrays`) for
+    ids, counts and statuses; a time array stays asyncpg's own (a literal would leave a
+    naive time's zone to the session's setting)."""
+    if isinstance(kind, DateTime):
+        return bindparam(name, type_=ARRAY(kind))
+    return array_param(name, kind)
 
 
 @dataclass(slots=True)
@@ -336,7 +347,7 @@ class PostgresIdempotencyStore:
         again choose to answer by that prefix."""
         t = self.table
         wanted = (
-            func.unnest(bindparam("event_ids", type_=ARRAY(Uuid())))
+            func.unnest(array_param("event_ids", Uuid()))
             .table_valued(column("event_id", Uuid()))
             .render_derived(name="wanted")
         )
@@ -394,7 +405,7 @@ class PostgresIdempotencyStore:
                 ("processed_at", "processed_at", DateTime(timezone=True)),
             ]
         rows = (
-            func.unnest(*(bindparam(name, type_=ARRAY(kind)) for name, _, kind in per_record))
+            func.unnest(*(_array(name, kind) for name, _, kind in per_record))
             .table_valued(*(column(col, kind) for _, col, kind in per_record))
             .render_derived(name="recorded")
         )

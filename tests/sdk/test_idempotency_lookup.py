@@ -11,12 +11,17 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from consumer_sdk.arrays import array_literal
 from consumer_sdk.idempotency import PostgresIdempotencyStore, ProcessedEvent
 from schemas import AckStatus, async_database_url
 
 SERVICES = ("billing", "crm", "search")
 PER_SERVICE = 20_000
 ASKED = 500  # a poll batch: the more ids, the likelier a prefix scan of the service looks cheaper
+
+
+def _bound(value: Any) -> Any:
+    return array_literal(value) if isinstance(value, list) else value
 
 
 def _read(node: dict[str, Any], table: str) -> int:
@@ -62,7 +67,8 @@ async def test_lookup_reads_only_the_asked_events_on_an_unanalyzed_table(
             # Text, not JSON: the dialect's codecs would decode a json column for us.
             plan = await raw.fetchval(
                 "EXPLAIN (ANALYZE, FORMAT JSON) " + query.string,
-                *(params[name] for name in query.positiontup or ()),
+                # The ids bound as the store binds them: one array literal.
+                *(_bound(params[name]) for name in query.positiontup or ()),
             )
     finally:
         await engine.dispose()

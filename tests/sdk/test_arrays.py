@@ -1,0 +1,58 @@
+"""A list bound as one array literal (`consumer_sdk.arrays`) reads back on the server as
+exactly the list asyncpg's element-by-element array binds: texts of any characters
+(quotes, backslashes, braces, commas, blanks, `NULL`, control characters, other scripts),
+UUIDs and ints, in order."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import ARRAY, Integer, Text, Uuid, bindparam, select
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from consumer_sdk.arrays import array_literal, array_param
+from schemas import async_database_url
+
+# PostgreSQL text holds no NUL (our wire models refuse it before a handler runs).
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"))
+_TRICKY = ["", "NULL", "null", " a ", '"', "\\", "a,b", "{x}", "\n\t", "é€😀", '\\"', "'"]
+
+
+async def _both(url: str, values: list[Any], kind: Any) -> tuple[list[Any], list[Any]]:
+    engine = create_async_engine(async_database_url(url))
+    try:
+        async with engine.connect() as conn:
+            ours = await conn.scalar(select(array_param("v", kind)), {"v": values})
+            theirs = await conn.scalar(select(bindparam("v", type_=ARRAY(kind))), {"v": values})
+    finally:
+        await engine.dispose()
+    return list(ours), list(theirs)
+
+
+async def test_tricky_texts_uuids_and_ints_read_back_unchanged(postgres_url: str) -> None:
+    for values, kind in [
+        (_TRICKY, Text()),
+        ([], Text()),
+        ([uuid.uuid4() for _ in range(5)], Uuid()),
+        ([0, -1, 2**31 - 1, -(2**31)], Integer()),
+    ]:
+        ours, theirs = await _both(postgres_url, values, kind)
+        assert ours == theirs == values
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(_TEXT, max_size=8))
+async def test_any_texts_read_back_unchanged(postgres_url: str, values: list[str]) -> None:
+    ours, theirs = await _both(postgres_url, values, Text())
+    assert ours == theirs == values
+
+
+def test_the_escaped_form_is_taken_only_when_json_escaped_something() -> None:
+    assert array_literal(["a", "b c"]) == '{"a","b c"}'
+    assert array_literal([1, 2]) == "{1,2}"
+    assert array_literal(['a"b', "c\\d"]) == '{"a\\"b","c\\\\d"}'
