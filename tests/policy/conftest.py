@@ -3,21 +3,42 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import FrozenClock
 from coordinator.policy.model import PolicySet, load_policies
 from coordinator.settings import Settings
 from coordinator.store.db import make_engine
-from demo.seed_data import create_seed_tables, drop_seed_tables
+from demo.seed_data import create_seed_tables, drop_seed_tables, orders
 
 SEED_POLICIES = Path(__file__).resolve().parent.parent / "data" / "seed_policies.yaml"
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+
+async def add_orders(engine: AsyncEngine, ids: range, *, age_days: float) -> None:
+    """Paid orders `ids`, created `age_days` before NOW (a second apart, older first)."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(orders),
+            [
+                {
+                    "id": i,
+                    "customer_name": f"name {i}",
+                    "email": f"u{i}@shop.example",
+                    "status": "paid",
+                    "total": 1,
+                    "created_at": NOW - timedelta(days=age_days, seconds=i),
+                }
+                for i in ids
+            ],
+        )
+
+
 """Before the real date, so min(clock, database clock) is the frozen clock."""
 HASH_SECRET = "test-hash-secret"
 

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import case, event, insert, select, update
+from sqlalchemy import case, event, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import FrozenClock
@@ -17,7 +17,7 @@ from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
 from coordinator.store.tables import anonymize_marks
 from demo.seed_data import orders
-from tests.policy.conftest import NOW
+from tests.policy.conftest import NOW, add_orders
 
 POLICY = """
 services:
@@ -35,24 +35,6 @@ policies:
     anonymize:
       email: fake_email
 """
-
-
-async def add_orders(engine: AsyncEngine, ids: range, *, age_days: float) -> None:
-    async with engine.begin() as conn:
-        await conn.execute(
-            insert(orders),
-            [
-                {
-                    "id": i,
-                    "customer_name": f"name {i}",
-                    "email": f"u{i}@shop.example",
-                    "status": "paid",
-                    "total": 1,
-                    "created_at": NOW - timedelta(days=age_days, seconds=i),
-                }
-                for i in ids
-            ],
-        )
 
 
 async def originals(engine: AsyncEngine) -> set[int]:

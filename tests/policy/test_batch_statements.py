@@ -21,7 +21,7 @@ from coordinator.settings import Settings
 from coordinator.store.db import connect_outside_pool
 from coordinator.store.tables import audit_log, outbox_batches
 from demo.seed_data import orders
-from tests.policy.conftest import NOW
+from tests.policy.conftest import NOW, add_orders
 
 POLICY = """
 services:
@@ -141,21 +141,7 @@ async def test_a_fanning_out_run_wakes_the_relays_only_for_batches_that_wrote_ev
 ) -> None:
     """The wake-up rides in the choose + act statement, conditioned on rows touched: each
     committed batch with events notifies, a run with nothing due notifies nobody."""
-    async with engine.begin() as conn:
-        await conn.execute(
-            insert(orders),
-            [
-                {
-                    "id": i,
-                    "customer_name": f"name {i}",
-                    "email": f"u{i}@shop.example",
-                    "status": "paid",
-                    "total": 1,
-                    "created_at": NOW - timedelta(days=40, seconds=i),
-                }
-                for i in range(1, 16)
-            ],
-        )
+    await add_orders(engine, range(1, 16), age_days=40)
     received: list[str] = []
     listener = await connect_outside_pool(engine)
     try:

@@ -17,7 +17,7 @@ from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
 from coordinator.store.tables import audit_log, outbox_batches
 from demo.seed_data import orders
-from tests.policy.conftest import NOW
+from tests.policy.conftest import NOW, add_orders
 
 POLICY = """
 services:
@@ -42,21 +42,7 @@ class Refused(Exception):
 async def test_a_batch_failing_to_record_rolls_back_the_batch_in_flight_behind_it(
     engine: AsyncEngine, clock: FrozenClock, settings: Settings
 ) -> None:
-    async with engine.begin() as conn:
-        await conn.execute(
-            insert(orders),
-            [
-                {
-                    "id": i,
-                    "customer_name": f"name {i}",
-                    "email": f"u{i}@shop.example",
-                    "status": "paid",
-                    "total": 1,
-                    "created_at": NOW - timedelta(days=40, seconds=i),
-                }
-                for i in range(1, 26)
-            ],
-        )
+    await add_orders(engine, range(1, 26), age_days=40)
     deletes: list[Any] = []
     records = 0
 

@@ -12,11 +12,10 @@ import asyncio
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
 from typing import Any, TypeVar
 
 import pytest
-from sqlalchemy import event, func, insert, select, text
+from sqlalchemy import event, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import FrozenClock
@@ -26,7 +25,7 @@ from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
 from coordinator.store.db import make_engine
 from demo.seed_data import orders
-from tests.policy.conftest import NOW
+from tests.policy.conftest import NOW, add_orders
 from tests.policy.test_hold_race import _assert_no_purge_after_hold
 from tests.policy.test_pipelined_batches import POLICY, Refused
 
@@ -64,28 +63,10 @@ async def creation_queued(engine: AsyncEngine) -> bool:
     return bool(waiting)
 
 
-async def due_orders(engine: AsyncEngine, count: int) -> None:
-    async with engine.begin() as conn:
-        await conn.execute(
-            insert(orders),
-            [
-                {
-                    "id": i,
-                    "customer_name": f"name {i}",
-                    "email": f"u{i}@shop.example",
-                    "status": "paid",
-                    "total": 1,
-                    "created_at": NOW - timedelta(days=40, seconds=i),
-                }
-                for i in range(1, count + 1)
-            ],
-        )
-
-
 async def test_a_hold_created_while_the_next_batch_is_in_flight_protects_what_follows(
     engine: AsyncEngine, clock: FrozenClock, settings: Settings, coordinator_db: str
 ) -> None:
-    await due_orders(engine, 60)
+    await add_orders(engine, range(1, 61), age_days=40)
     policies = parse_policies(POLICY)
     # Batch 3's window (ids 21-30) and later ones: batch 3 deleted its rows before the
     # hold existed and may purge them; no batch recorded after the hold may.
@@ -151,7 +132,7 @@ async def test_a_batch_failing_to_record_with_a_hold_queued_behind_it_ends_the_r
     # the lock exclusively; batch 3 asks for it shared and queues behind the creation;
     # then batch 2 fails. A Python-side failure leaves its transaction open: unless it
     # is rolled back before the run waits for batch 3, nothing ever moves.
-    await due_orders(engine, 35)
+    await add_orders(engine, range(1, 36), age_days=40)
     shared_locks = 0
     outbox_rows = 0
     created = threading.Event()
