@@ -18,6 +18,7 @@ literal's own escapes instead.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,22 +33,26 @@ __all__ = ["array_literal", "array_param"]
 _encode = msgspec.json.Encoder().encode
 
 
-def array_literal(values: Sequence[str | int | Any]) -> str:
-    """`values` (strings, ints or UUIDs; never None) as a PostgreSQL array literal."""
+def array_literal(values: Sequence[str] | Sequence[int] | Sequence[uuid.UUID]) -> str:
+    """`values` (all strings, all ints or all UUIDs; never None, a bool or an enum: their
+    JSON and their text differ, and the two paths below would read back differently) as
+    a PostgreSQL array literal."""
     encoded = _encode(values)
     if b"\\" not in encoded:
         return "{" + encoded[1:-1].decode() + "}"
     # Only strings need escapes (a UUID's or an int's JSON has none).
-    return (
-        "{"
-        + ",".join(
-            '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
-            if isinstance(v, str)
-            else str(v)
-            for v in values
-        )
-        + "}"
-    )
+    return "{" + ",".join(_escaped(v) for v in values) + "}"
+
+
+def _escaped(value: object) -> str:
+    # A str or int subclass (an enum) by its value, as msgspec writes it, not its str().
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int.__repr__(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"an array literal holds str, int or UUID values, not {type(value).__name__}")
 
 
 class _ArrayLiteral(TypeDecorator[Sequence[Any]]):

@@ -793,8 +793,10 @@ async def _rewind_ahead(reader: AckReader, ahead: asyncio.Task[_AckBatch | None]
         await asyncio.gather(ahead, return_exceptions=True)
         return
     if not ahead.cancelled() and ahead.exception() is None and (later := ahead.result()):
-        reader.rewind(later.messages)
-        later.collector.close()
+        try:
+            reader.rewind(later.messages)
+        finally:
+            later.collector.close()
 
 
 def _registration(msg: ConsumedRecord) -> ServiceRegistration | registry.Retirement:

@@ -5,9 +5,11 @@ UUIDs and ints, in order."""
 
 from __future__ import annotations
 
+import enum
 import uuid
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import ARRAY, Integer, Text, Uuid, bindparam, select
@@ -56,3 +58,20 @@ def test_the_escaped_form_is_taken_only_when_json_escaped_something() -> None:
     assert array_literal(["a", "b c"]) == '{"a","b c"}'
     assert array_literal([1, 2]) == "{1,2}"
     assert array_literal(['a"b', "c\\d"]) == '{"a\\"b","c\\\\d"}'
+
+
+class _Text(str, enum.Enum):  # noqa: UP042 - its str() is "_Text.PLAIN", a StrEnum's the value
+    PLAIN = "plain"
+    ESCAPED = 'a"b\\c'
+
+
+def test_an_enum_is_written_by_its_value_on_both_paths() -> None:
+    # Without an escape msgspec writes the literal; with one each value is escaped here:
+    # both write an enum member as its value, never its str() ("_Text.ESCAPED").
+    assert array_literal([_Text.PLAIN]) == array_literal(["plain"]) == '{"plain"}'
+    assert array_literal([_Text.ESCAPED, _Text.PLAIN]) == array_literal(['a"b\\c', "plain"])
+
+
+def test_a_value_that_is_no_str_int_or_uuid_is_refused() -> None:
+    with pytest.raises(TypeError, match="NoneType"):
+        array_literal(["a\\b", None])  # type: ignore[list-item]
