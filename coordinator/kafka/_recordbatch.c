@@ -411,6 +411,31 @@ emit(Open *open, long partition, int64_t timestamp, PyObject *out)
     return 0;
 }
 
+
+/* The position (in the call's partitions) of record i: the caller's choice where given,
+ * else the murmur2 of its key, as Kafka's default partitioner; -1 with an error set. */
+static Py_ssize_t
+partition_slot(PyObject *chosen, Py_ssize_t i, const Field *key, Py_ssize_t n_parts)
+{
+    if (chosen != NULL) {
+        Py_ssize_t slot = PyLong_AsSsize_t(PyTuple_GET_ITEM(chosen, i));
+        if (slot == -1 && PyErr_Occurred())
+            return -1;
+        if (slot < 0 || slot >= n_parts) {
+            PyErr_SetString(PyExc_ValueError, "a chosen partition position is out of range");
+            return -1;
+        }
+        return slot;
+    }
+    if (key->size < 0) {
+        PyErr_SetString(PyExc_ValueError, "a null key needs a chosen partition");
+        return -1;
+    }
+    return (Py_ssize_t)((murmur2((const unsigned char *)key->data, (size_t)key->size) &
+                         0x7FFFFFFFu) %
+                        (uint32_t)n_parts);
+}
+
 static PyObject *
 fill(PyObject *module, PyObject *args)
 {
@@ -478,23 +503,9 @@ fill(PyObject *module, PyObject *args)
     for (Py_ssize_t i = 0; i < n; i++) {
         if (read_record(PyTuple_GET_ITEM(recs, i), &r) < 0)
             goto fail;
-        Py_ssize_t slot;
-        if (chosen != NULL) {
-            slot = PyLong_AsSsize_t(PyTuple_GET_ITEM(chosen, i));
-            if (slot == -1 && PyErr_Occurred())
-                goto fail;
-            if (slot < 0 || slot >= n_parts) {
-                PyErr_SetString(PyExc_ValueError, "a chosen partition position is out of range");
-                goto fail;
-            }
-        } else if (r.key.size < 0) {
-            PyErr_SetString(PyExc_ValueError, "a null key needs a chosen partition");
+        Py_ssize_t slot = partition_slot(chosen, i, &r.key, n_parts);
+        if (slot < 0)
             goto fail;
-        } else {
-            slot = (Py_ssize_t)((murmur2((const unsigned char *)r.key.data, (size_t)r.key.size) &
-                                 0x7FFFFFFFu) %
-                                (uint32_t)n_parts);
-        }
         Open *open = &opens[slot];
         Py_ssize_t delta = open->batch != NULL ? open->count : 0;
         size_t body = body_size(&r, delta);
@@ -722,23 +733,9 @@ fill_columns(PyObject *module, PyObject *args)
         Fields f;
         if (read_fields(i, keys, values, name_fields, columns, n_columns, &f) < 0)
             goto fail;
-        Py_ssize_t slot;
-        if (chosen != NULL) {
-            slot = PyLong_AsSsize_t(PyTuple_GET_ITEM(chosen, i));
-            if (slot == -1 && PyErr_Occurred())
-                goto fail;
-            if (slot < 0 || slot >= n_parts) {
-                PyErr_SetString(PyExc_ValueError, "a chosen partition position is out of range");
-                goto fail;
-            }
-        } else if (f.key.size < 0) {
-            PyErr_SetString(PyExc_ValueError, "a null key needs a chosen partition");
+        Py_ssize_t slot = partition_slot(chosen, i, &f.key, n_parts);
+        if (slot < 0)
             goto fail;
-        } else {
-            slot = (Py_ssize_t)((murmur2((const unsigned char *)f.key.data, (size_t)f.key.size) &
-                                 0x7FFFFFFFu) %
-                                (uint32_t)n_parts);
-        }
         Open *open = &opens[slot];
         Py_ssize_t delta = open->batch != NULL ? open->count : 0;
         size_t body = fields_body_size(&f, delta);

@@ -17,22 +17,10 @@ from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
 from coordinator.store.tables import audit_log, outbox_batches
 from demo.seed_data import orders
+from tests.policy import test_batch_statements as statements
 from tests.policy.conftest import NOW, add_orders
 
-POLICY = """
-services:
-  - {name: billing, owner: tests, handles: {order: [delete]}}
-policies:
-  - name: orders
-    table: orders
-    entity_type: order
-    timestamp_column: created_at
-    retention: 30d
-    action: delete
-    legal_basis: test
-    batch_size: 10
-    fan_out: true
-"""
+POLICY = statements.POLICY.format(fan_out="true")
 
 
 class Refused(Exception):
