@@ -10,7 +10,7 @@ from coordinator.cli._app import actor, emit_json, err_console, load_settings
 from coordinator.cli.holds import print_normalisation
 from coordinator.clock import SystemClock
 from coordinator.evidence import evidence_signer
-from coordinator.evidence.partitions import LAYOUTS, Conversion, convert
+from coordinator.evidence.partitions import LAYOUTS, UncopiedColumns, convert
 from coordinator.evidence.prune import prune_own_data
 from coordinator.evidence.pseudonyms import load_pepper
 from coordinator.outbox.prune import Pruned
@@ -134,13 +134,18 @@ def db_partition(
         err_console.print(f"not a partitioned table: {', '.join(unknown)}")
         raise typer.Exit(2)
 
-    async def run() -> list[Conversion]:
+    async def run() -> None:
         engine = make_engine(settings.database_url.get_secret_value(), pool_size=1)
         try:
-            return [await convert(engine, LAYOUTS[name], batch=batch) for name in chosen]
+            for name in chosen:
+                done = await convert(engine, LAYOUTS[name], batch=batch)
+                state = "partitioned" if done.swapped else "not swapped yet (run it again)"
+                err_console.print(f"{name} {state}; {done.copied} rows copied by this run")
         finally:
             await engine.dispose()
 
-    for name, done in zip(chosen, asyncio.run(run()), strict=True):
-        state = "partitioned" if done.swapped else "not swapped yet (run it again)"
-        err_console.print(f"{name} {state}; {done.copied} rows copied by this run")
+    try:
+        asyncio.run(run())
+    except UncopiedColumns as refused:
+        err_console.print(str(refused))
+        raise typer.Exit(1) from None

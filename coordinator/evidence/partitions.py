@@ -21,7 +21,9 @@ transaction, so an interrupted conversion resumes where it stopped. A step copie
 to a key every writer before it has committed: a moment's SHARE lock on the old table
 waits for writers in flight. The last step locks the old table, copies what was written
 meanwhile and swaps the names (readers and writers wait a moment). The old table stays as
-`<table>_unpartitioned` until an operator drops it.
+`<table>_unpartitioned` until an operator drops it. A conversion copies the columns its
+`Layout` names: it refuses a table with a column it does not name (one a newer migration
+added, such as 0031's links for a version before it), which the swap would lose.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ __all__ = [
     "Layout",
     "LedgerEventMs",
     "Month",
+    "UncopiedColumns",
     "ahead",
     "convert",
     "converting",
@@ -344,6 +347,33 @@ class Conversion:
     """The partitioned table has the table's name now."""
 
 
+class UncopiedColumns(Exception):
+    """The old table has columns this version's conversion does not copy."""
+
+    def __init__(self, table: str, columns: list[str]) -> None:
+        super().__init__(
+            f"{table} has columns this version does not copy: {', '.join(columns)};"
+            " convert it with the version that added them"
+        )
+        self.table = table
+        self.columns = columns
+
+
+async def _uncopied(conn: AsyncConnection, layout: Layout) -> list[str]:
+    copied = {*layout.columns, *(name for name, _ in layout.computed)}
+    names = (
+        await conn.execute(
+            text(
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_schema = current_schema() AND table_name = :t"
+                " ORDER BY ordinal_position"
+            ),
+            {"t": layout.parent},
+        )
+    ).scalars()
+    return [name for name in names if name not in copied]
+
+
 def _index(name: str, table: str) -> str:
     prefix, _, suffix = name.partition("_")
     return f"{prefix}_{table}_{suffix}" if suffix else f"{prefix}_{table}"
@@ -414,7 +444,13 @@ async def convert(
 ) -> Conversion:
     """Copy the unpartitioned table into the partitioned one, `batch` rows per transaction,
     then swap them; resumable at any point. `max_batches` stops early (the copied rows
-    stay; the next call goes on from there)."""
+    stay; the next call goes on from there). Raises `UncopiedColumns`, copying nothing,
+    if the table has a column `layout` does not copy."""
+    async with engine.connect() as conn:
+        if not await is_partitioned(conn, layout.parent):
+            uncopied = await _uncopied(conn, layout)
+            if uncopied:
+                raise UncopiedColumns(layout.parent, uncopied)
     copied = 0
     done = 0
     upto = 0
