@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from alembic import command
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator.evidence.partitions import AUDIT, Month, ensure_months
 from coordinator.store.db import make_engine
@@ -83,6 +83,61 @@ async def test_it_runs_beside_a_tracking_pass(scratch: str) -> None:
         "SELECT event_id FROM retention_event_status FOR UPDATE",
     )
     await _assert_indexed(scratch)
+
+
+async def test_queued_behind_a_long_transaction_it_holds_writers_up_a_moment_only(
+    scratch: str,
+) -> None:
+    """A transaction reading the audit log keeps the migration's `ALTER` waiting; the
+    log's writers queue behind that `ALTER`, so it gives its turn up every lock timeout
+    and tries again, and finishes once the reader is gone."""
+    engine = make_engine(scratch)
+    try:
+        async with engine.connect() as reader, engine.connect() as writer:
+            await reader.begin()
+            await reader.execute(text("SELECT count(*) FROM audit_log"))
+            migration = asyncio.create_task(upgrade(scratch))
+            try:
+                await _until_a_lock_is_awaited(engine)
+                started = asyncio.get_running_loop().time()
+                await asyncio.wait_for(
+                    writer.execute(
+                        text(
+                            "INSERT INTO audit_log (seq, at, action, actor, data, prev_hash,"
+                            " hash) VALUES (5000, now(), 'events_published', 'relay', '{}',"
+                            " 'x', 'y')"
+                        )
+                    ),
+                    10,
+                )
+                waited = asyncio.get_running_loop().time() - started
+                await writer.commit()
+                assert not migration.done()
+            finally:
+                await reader.commit()
+            await asyncio.wait_for(migration, 60)
+    finally:
+        await engine.dispose()
+    assert waited < 5
+    await _assert_indexed(scratch)
+
+
+async def _until_a_lock_is_awaited(engine: AsyncEngine) -> None:
+    """Until a session of this database waits for a table lock (the migration's)."""
+    async with engine.connect() as conn:
+        for _ in range(200):
+            waiting = await conn.scalar(
+                text(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+                    " WHERE d.datname = current_database() AND l.locktype = 'relation'"
+                    " AND NOT l.granted"
+                )
+            )
+            await conn.rollback()
+            if waiting:
+                return
+            await asyncio.sleep(0.05)
+    raise AssertionError("the migration never waited for a lock")
 
 
 async def test_run_again_after_an_interruption_it_finishes(scratch: str) -> None:

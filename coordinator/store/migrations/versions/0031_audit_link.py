@@ -27,6 +27,14 @@ transaction avoids a deadlock with both. The tables are still altered in the ack
 order. The index is built CONCURRENTLY (a partitioned log: each partition's, attached to
 an index on the parent alone), so the audit log's writers and readers go on meanwhile.
 Every step checks what an interrupted run left, so running it again finishes it.
+
+A statement that takes a table's lock (the `ALTER`s, the parent index and each attach)
+waits for it at most `_LOCK_TIMEOUT`, then gives it up and tries again after a pause, up
+to `_LOCK_TRIES` times: queued behind a long transaction it would otherwise hold up
+every writer that queues behind it for as long. The `CONCURRENTLY` builds and drops
+take no lock writers wait for and wait as long as they need. (Added after the
+migration was first released: it changes only how the statements wait, not what they
+do, so a database that ran it is as this version leaves it.)
 """
 
 from __future__ import annotations
@@ -41,6 +49,37 @@ depends_on = None
 
 _IF_EXISTS = "DO $$ BEGIN IF to_regclass('{table}') IS NOT NULL THEN {sql}; END IF; END $$"
 
+_LOCK_TIMEOUT = "2s"
+_LOCK_TRIES = 150
+_LOCK_PAUSE_S = 1
+# Each try a subtransaction: one given up releases what it took and leaves the queue.
+_PATIENT = """DO $$ BEGIN
+  IF to_regclass('{table}') IS NULL THEN RETURN; END IF;
+  PERFORM set_config('lock_timeout', '{timeout}', true);
+  FOR attempt IN 1..{tries} LOOP
+    BEGIN
+      {sql};
+      RETURN;
+    EXCEPTION WHEN lock_not_available THEN
+      IF attempt = {tries} THEN
+        RAISE EXCEPTION USING ERRCODE = 'lock_not_available', MESSAGE = format(
+          '0031: %s stayed locked through %s tries; run the upgrade again', '{table}', {tries});
+      END IF;
+      PERFORM pg_sleep({pause});
+    END;
+  END LOOP;
+END $$"""
+
+
+def _patiently(table: str, sql: str) -> None:
+    """Run `sql` if `table` exists, waiting for its locks a moment at a time."""
+    op.execute(
+        _PATIENT.format(
+            table=table, sql=sql, timeout=_LOCK_TIMEOUT, tries=_LOCK_TRIES, pause=_LOCK_PAUSE_S
+        )
+    )
+
+
 _ENTRY_ACTIONS = (
     ("retention_ack_ledger", "audit_seq", "audit_link",
      "CASE WHEN t.accepted THEN 'acks_accepted' ELSE 'acks_rejected' END"),
@@ -54,20 +93,14 @@ _ENTRY_ACTIONS = (
 def upgrade() -> None:
     with op.get_context().autocommit_block():
         op.execute("CREATE SEQUENCE IF NOT EXISTS retention_audit_link_seq")
-        op.execute(
-            "ALTER TABLE retention_event_status ADD COLUMN IF NOT EXISTS completed_audit_link bigint"
-        )
         for table, column in (
+            ("retention_event_status", "completed_audit_link"),
             ("retention_ack_ledger", "audit_link"),
             ("retention_ack_ledger_partitioned", "audit_link"),
             ("audit_log", "link"),
             ("audit_log_partitioned", "link"),
         ):
-            op.execute(
-                _IF_EXISTS.format(
-                    table=table, sql=f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} bigint"
-                )
-            )
+            _patiently(table, f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} bigint")
         for table in ("audit_log", "audit_log_partitioned"):
             _index_link(table)
 
@@ -86,7 +119,9 @@ def _index_link(table: str) -> None:
     # CONCURRENTLY builds no index on a partitioned table: one on the parent alone (invalid
     # until every partition's is attached, cloned onto partitions created meanwhile),
     # then each partition's, attached.
-    op.execute(f"CREATE INDEX IF NOT EXISTS {index} ON ONLY {table} (link) WHERE link IS NOT NULL")
+    _patiently(
+        table, f"CREATE INDEX IF NOT EXISTS {index} ON ONLY {table} (link) WHERE link IS NOT NULL"
+    )
     partitions = bind.execute(
         text(
             "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
@@ -105,7 +140,7 @@ def _index_link(table: str) -> None:
         if attached:
             continue
         _build(partition, f"{partition}_link_idx")
-        op.execute(f"ALTER INDEX {index} ATTACH PARTITION {partition}_link_idx")
+        _patiently(table, f"ALTER INDEX {index} ATTACH PARTITION {partition}_link_idx")
 
 
 def _build(table: str, index: str) -> None:
