@@ -6,7 +6,9 @@ hold is created with the `retention holds create` command, at the second with
 `coordinator.purge.holds.create_hold` from another thread, each over a seeded choice of rows
 that are due and not yet reached (later in the current policy, or in policies still to
 come). Those rows must never be purged or published: no row change, no outbox row, no
-service data touched, and the run's report counts them as held.
+service data touched, and the run's report counts them as held. In the audit chain no
+purge batch after a hold's creation names a row the hold covers
+(`_assert_no_purge_after_hold`, as tests/policy/test_hold_race.py checks it).
 
 A delete run keeps the next batch in flight while it records one (`Runner._pipelined`),
 and that batch holds the shared hold lock: a hold created at the pause waits for it, and
@@ -40,6 +42,7 @@ from tests.faults.drive import count
 from tests.faults.inprocess import deliver, row_digests, run_policies
 from tests.faults.invariants import check_invariants
 from tests.faults.world import World, prepare_world
+from tests.policy.test_hold_race import _assert_no_purge_after_hold
 
 DUE = ("due", "boundary", "at_cutoff")
 BATCH_SIZE = 2
@@ -179,6 +182,11 @@ async def hold_midrun_scenario(
     holds = MidRunHolds(stack, world, rng)
     report = await run_policies(stack, world, progress=holds)
     holds.finish()
+    engine = stack.engine()
+    try:
+        await _assert_no_purge_after_hold(engine)
+    finally:
+        await engine.dispose()
     assert len(holds.cli) == 1
     assert report.ok, report.as_dict()
     assert holds.batches >= max(holds.pauses), f"only {holds.batches} batches"
