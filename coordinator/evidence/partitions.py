@@ -38,6 +38,8 @@ from datetime import UTC, date, datetime, timedelta
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from coordinator import CoordinatorError
+
 __all__ = [
     "AUDIT",
     "EPOCH",
@@ -347,7 +349,7 @@ class Conversion:
     """The partitioned table has the table's name now."""
 
 
-class UncopiedColumns(Exception):
+class UncopiedColumns(CoordinatorError):
     """The old table has columns this version's conversion does not copy."""
 
     def __init__(self, table: str, columns: list[str]) -> None:
