@@ -321,7 +321,8 @@ async def test_a_recorded_batch_leaves_its_ids_and_rows_to_reference_counting(
     gc.disable()
     try:
         outcome = await world.tracker.consume_acks()
-        assert outcome is not None and len(outcome.accepted) == 40
+        assert outcome is not None
+        assert len(outcome.accepted) == 40
         del outcome
         gc.set_debug(gc.DEBUG_SAVEALL)
         gc.collect()
