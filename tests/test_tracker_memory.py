@@ -297,3 +297,39 @@ async def test_a_failed_batch_rewinds_the_batch_read_ahead_first(
     assert calls[1] == 3
     assert len(calls) == 7
     assert await w.states(events) == ["completed"] * 3
+
+
+async def test_a_recorded_batch_leaves_its_ids_and_rows_to_reference_counting(
+    world: World,
+) -> None:
+    # A batch's ids and rows bound into a statement (a web of reference cycles) lived
+    # until the cyclic collector freed it, which scanned them all first (docs/tracking.md,
+    # "What session 12 cut"). Bound when the statements run, they are gone with the batch.
+    world.register("billing", "crm", at=T0 - timedelta(days=1))
+    await world.tracker.sync_registry()
+    events = await world.publish(40)
+    # A first batch compiles the statements: SQLAlchemy's cache keeps the first statement
+    # of each shape, with whatever was bound into it, for good.
+    for event in events[:20]:
+        world.ack(event, "billing")
+    assert await world.tracker.consume_acks() is not None
+    for event in events[20:]:
+        world.ack(event, "billing")
+        world.ack(event, "crm")
+    ids = {event_id.int for event_id, _ in events[20:]}
+    gc.collect()
+    gc.disable()
+    try:
+        outcome = await world.tracker.consume_acks()
+        assert outcome is not None
+        assert len(outcome.accepted) == 40
+        del outcome
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        left = [o for o in gc.garbage if isinstance(o, uuid.UUID) and o.int in ids]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert await world.states(events[20:]) == ["completed"] * 20
+    assert left == []

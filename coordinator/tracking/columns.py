@@ -29,7 +29,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnClause
 from sqlalchemy.types import TypeEngine, UserDefinedType
 
-__all__ = ["by_key", "event_ids_param", "state_literal", "unnest", "unnest_rows"]
+__all__ = [
+    "by_key",
+    "event_ids_param",
+    "event_ids_slot",
+    "state_literal",
+    "unnest",
+    "unnest_rows",
+    "unnest_slot",
+    "unnest_values",
+]
 
 _JOIN_PLANS = ("enable_hashjoin", "enable_mergejoin", "enable_seqscan")
 _CORRELATED_PLANS = ("enable_material", "enable_bitmapscan")
@@ -43,6 +52,30 @@ def unnest(
         bindparam(f"{name}_{col}", [row[col] for row in rows], type_=ARRAY(type_))
         for col, type_ in types.items()
     ]
+    return _table(name, types, arrays)
+
+
+def unnest_slot(name: str, types: Mapping[str, TypeEngine[Any]]) -> TableValuedAlias:
+    """`unnest` with its arrays bound when the statement runs (`unnest_values`), for a
+    statement built once. A statement is a web of objects in reference cycles (each
+    clause and its comparator), freed only by the cyclic collector: a batch's rows bound
+    into it lived until the next collection, which had to scan every tuple and id of them
+    first (docs/tracking.md, "What session 12 cut"). Passed to `execute` instead, they are
+    freed when it returns."""
+    arrays = [bindparam(f"{name}_{col}", type_=ARRAY(type_)) for col, type_ in types.items()]
+    return _table(name, types, arrays)
+
+
+def unnest_values(
+    name: str, types: Mapping[str, TypeEngine[Any]], rows: Sequence[Mapping[str, Any]]
+) -> dict[str, list[Any]]:
+    """The parameters of `unnest_slot(name, types)` holding `rows`."""
+    return {f"{name}_{col}": [row[col] for row in rows] for col in types}
+
+
+def _table(
+    name: str, types: Mapping[str, TypeEngine[Any]], arrays: Sequence[Any]
+) -> TableValuedAlias:
     return (
         func.unnest(*arrays)
         .table_valued(*(column(col, type_) for col, type_ in types.items()))
@@ -66,27 +99,27 @@ class _Rows(UserDefinedType[list[tuple[Any, ...]]]):
 
 
 def unnest_rows(
-    name: str,
-    composite: str,
-    types: Mapping[str, TypeEngine[Any]],
-    rows: Sequence[tuple[Any, ...]],
+    name: str, composite: str, types: Mapping[str, TypeEngine[Any]]
 ) -> TableValuedAlias:
-    """Like `unnest`, from one array of the composite type `composite` whose attributes
-    are `types`' keys in that order (a migration creates it); each row a tuple of its
-    values in that order. For the ack path's widest inputs: asyncpg checks an array's
-    shape value by value, once per row here, and that check was about a third of the
-    cost of encoding a batch as an array per column; PostgreSQL also unpacks one array
-    instead of one per column."""
-    return (
-        func.unnest(bindparam(f"{name}_rows", list(rows), type_=_Rows(composite)))
-        .table_valued(*(column(col, type_) for col, type_ in types.items()))
-        .render_derived(name=name)
-    )
+    """Like `unnest_slot`, from one array of the composite type `composite` whose
+    attributes are `types`' keys in that order (a migration creates it), bound when the
+    statement runs as the parameter `{name}_rows`: a list of tuples, each a row's values
+    in that order. For the ack path's widest inputs: asyncpg checks an array's shape
+    value by value, once per row here, and that check was about a third of the cost of
+    encoding a batch as an array per column; PostgreSQL also unpacks one array instead
+    of one per column."""
+    return _table(name, types, [bindparam(f"{name}_rows", type_=_Rows(composite))])
 
 
 def event_ids_param(event_ids: Sequence[uuid.UUID]) -> BindParameter[Any]:
     """`event_id = any_(event_ids_param(ids))`: one array, not an IN list of len(ids)."""
     return bindparam("event_ids", list(event_ids), type_=ARRAY(Uuid()))
+
+
+def event_ids_slot(name: str = "event_ids") -> BindParameter[Any]:
+    """`event_ids_param` bound when the statement runs, as the parameter `name` (a list
+    of ids): see `unnest_slot`."""
+    return bindparam(name, type_=ARRAY(Uuid()))
 
 
 def state_literal(value: str) -> ColumnClause[str]:

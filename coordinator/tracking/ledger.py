@@ -19,13 +19,12 @@ import asyncpg
 import structlog
 from sqlalchemy import (
     BigInteger,
-    BindParameter,
     DateTime,
     Interval,
     any_,
+    bindparam,
     case,
     func,
-    literal,
     literal_column,
     select,
     update,
@@ -41,7 +40,14 @@ from coordinator import CoordinatorError
 from coordinator.evidence import audit
 from coordinator.evidence.partitions import LedgerEventMs
 from coordinator.store.tables import ack_ledger, event_status, expected_acks
-from coordinator.tracking.columns import by_key, event_ids_param, unnest, unnest_rows
+from coordinator.tracking.columns import (
+    by_key,
+    event_ids_param,
+    event_ids_slot,
+    unnest_rows,
+    unnest_slot,
+    unnest_values,
+)
 from coordinator.tracking.snapshot import ACTOR, Deadlines, Declared, track_events
 from schemas import VERIFY_STATUSES, AckStatus, RetentionAck
 
@@ -415,21 +421,26 @@ def _events_named(records: Sequence[ConsumedAck]) -> list[uuid.UUID]:
 async def _expected_of(
     conn: AsyncConnection, events: dict[uuid.UUID, EventRow]
 ) -> dict[tuple[uuid.UUID, str], ExpectedRow]:
-    return await expected_rows(conn, event_ids_param(list(events)))
+    return await expected_rows(conn, list(events))
 
 
 async def expected_rows(
-    conn: AsyncConnection, event_ids: BindParameter[Any]
+    conn: AsyncConnection, event_ids: Sequence[uuid.UUID]
 ) -> dict[tuple[uuid.UUID, str], ExpectedRow]:
-    """The expected rows of `event_ids` (`event_ids_param`), as `compute_transitions`
-    reads them: only what folding an ack and judging the event read or write (each column
-    more is decoded and copied for every expected row of the batch's events)."""
-    e = expected_acks.c
-    result = await conn.execute(
-        select(*(e[name] for name in EXPECTED_COLUMNS)).where(e.event_id == any_(event_ids))
-    )
+    """The expected rows of `event_ids`, as `compute_transitions` reads them: only what
+    folding an ack and judging the event read or write (each column more is decoded and
+    copied for every expected row of the batch's events)."""
+    result = await conn.execute(_EXPECTED, {"event_ids": list(event_ids)})
     # By index (`_KEY` leads the select): a Row's attribute costs ~0.3 µs, an index ~0.03.
     return {(row[0], row[1]): list(row) for row in result}
+
+
+# The ack path's statements are built once and their values bound when they run
+# (`columns.unnest_slot`): bound into a statement, a batch's ids and rows lived until
+# the cyclic collector freed the statement.
+_EXPECTED = select(*(expected_acks.c[name] for name in EXPECTED_COLUMNS)).where(
+    expected_acks.c.event_id == any_(event_ids_slot())
+)
 
 
 def _judge(
@@ -506,19 +517,13 @@ async def _recorded(
     The coordinates are asked for as one offset range per topic partition (a batch's
     records of a partition are consecutive but for gaps), one index range scan each
     rather than a probe per record; what the ranges hold beyond `where` is dropped."""
-    c = ack_ledger.c
     ranges: dict[tuple[str, int], tuple[int, int]] = {}
     for topic, partition, offset in where:
         low, high = ranges.get((topic, partition), (offset, offset))
         ranges[(topic, partition)] = (min(low, offset), max(high, offset))
-    spans = unnest(
+    spans = unnest_values(
         "spans",
-        {
-            "topic": c.kafka_topic.type,
-            "partition": c.kafka_partition.type,
-            "low": c.kafka_offset.type,
-            "high": c.kafka_offset.type,
-        },
+        _SPAN_TYPES,
         [
             {"topic": t, "partition": p, "low": low, "high": high}
             for (t, p), (low, high) in ranges.items()
@@ -527,27 +532,36 @@ async def _recorded(
     wanted = set(where)
     recorded = {
         found
-        for row in await conn.execute(
-            select(c.kafka_topic, c.kafka_partition, c.kafka_offset).join(
-                spans,
-                (c.kafka_topic == spans.c.topic)
-                & (c.kafka_partition == spans.c.partition)
-                & c.kafka_offset.between(spans.c.low, spans.c.high),
-            )
-        )
+        for row in await conn.execute(_RECORDED_AT, spans)
         if (found := (row[0], row[1], row[2])) in wanted
     }
     acks: set[_AckKey] = set()
     if event_ids:
         acks = {
             (row[0].int, row[1], row[2], row[3])
-            for row in await conn.execute(
-                select(c.event_id, c.service, c.attempt, c.status).where(
-                    c.accepted, c.event_id == any_(event_ids_param(event_ids))
-                )
-            )
+            for row in await conn.execute(_ACCEPTED_OF, {"event_ids": event_ids})
         }
     return recorded, acks
+
+
+_SPAN_TYPES = {
+    "topic": ack_ledger.c.kafka_topic.type,
+    "partition": ack_ledger.c.kafka_partition.type,
+    "low": ack_ledger.c.kafka_offset.type,
+    "high": ack_ledger.c.kafka_offset.type,
+}
+_SPANS = unnest_slot("spans", _SPAN_TYPES)
+_RECORDED_AT = select(
+    ack_ledger.c.kafka_topic, ack_ledger.c.kafka_partition, ack_ledger.c.kafka_offset
+).join(
+    _SPANS,
+    (ack_ledger.c.kafka_topic == _SPANS.c.topic)
+    & (ack_ledger.c.kafka_partition == _SPANS.c.partition)
+    & ack_ledger.c.kafka_offset.between(_SPANS.c.low, _SPANS.c.high),
+)
+_ACCEPTED_OF = select(
+    ack_ledger.c.event_id, ack_ledger.c.service, ack_ledger.c.attempt, ack_ledger.c.status
+).where(ack_ledger.c.accepted, ack_ledger.c.event_id == any_(event_ids_slot()))
 
 
 def _ack_key(row: LedgerRow) -> _AckKey:
@@ -602,19 +616,9 @@ async def _fold(
         _apply(expected[key], change, ack)
         outcome.accepted.append(ack)
     if changed:
-        new = unnest_rows(
-            "new",
-            "retention_ack_change",
-            {n: expected_acks.c[n].type for n in _CHANGE_COLUMNS},
-            [_change_row(changed[key], change) for key, change in changes.items()],
-        )
         await conn.execute(
-            update(expected_acks)
-            .where(
-                expected_acks.c.event_id == new.c.event_id,
-                expected_acks.c.service == new.c.service,
-            )
-            .values(_change_set(new.c))
+            _UPDATE_EXPECTED,
+            {"new_rows": [_change_row(changed[key], change) for key, change in changes.items()]},
         )
     return changed
 
@@ -637,6 +641,16 @@ def _change_set(new: Any) -> dict[str, Any]:
         ),
         "acks_received": e.acks_received + new.acks_received,
     }
+
+
+_NEW = unnest_rows(
+    "new", "retention_ack_change", {n: expected_acks.c[n].type for n in _CHANGE_COLUMNS}
+)
+_UPDATE_EXPECTED = (
+    update(expected_acks)
+    .where(expected_acks.c.event_id == _NEW.c.event_id, expected_acks.c.service == _NEW.c.service)
+    .values(_change_set(_NEW.c))
+)
 
 
 @dataclass(slots=True)
@@ -696,17 +710,9 @@ async def write_transitions(
     or the `events_completed` entry carrying `completed_link` (`audit.draw_link`)."""
     if not transitions:
         return
-    s = event_status.c
-    states = unnest(
+    states = unnest_values(
         "states",
-        {
-            "event_id": s.event_id.type,
-            "state": s.state.type,
-            "expected": s.expected.type,
-            "completed_at": s.completed_at.type,
-            "completed_audit_seq": s.completed_audit_seq.type,
-            "completed_audit_link": s.completed_audit_link.type,
-        },
+        _STATE_TYPES,
         [
             {
                 "event_id": t.event_id,
@@ -719,18 +725,33 @@ async def write_transitions(
             for t in transitions
         ],
     )
-    await conn.execute(
-        update(event_status)
-        .where(s.event_id == states.c.event_id)
-        .values(
-            state=states.c.state,
-            expected=states.c.expected,
-            completed_at=states.c.completed_at,
-            completed_audit_seq=states.c.completed_audit_seq,
-            completed_audit_link=states.c.completed_audit_link,
-            updated_at=now,
-        )
+    await conn.execute(_UPDATE_STATES, {**states, "now": now})
+
+
+_STATE_TYPES = {
+    name: event_status.c[name].type
+    for name in (
+        "event_id",
+        "state",
+        "expected",
+        "completed_at",
+        "completed_audit_seq",
+        "completed_audit_link",
     )
+}
+_STATES = unnest_slot("states", _STATE_TYPES)
+_UPDATE_STATES = (
+    update(event_status)
+    .where(event_status.c.event_id == _STATES.c.event_id)
+    .values(
+        state=_STATES.c.state,
+        expected=_STATES.c.expected,
+        completed_at=_STATES.c.completed_at,
+        completed_audit_seq=_STATES.c.completed_audit_seq,
+        completed_audit_link=_STATES.c.completed_audit_link,
+        updated_at=bindparam("now", type_=event_status.c.updated_at.type),
+    )
+)
 
 
 class EventRow(NamedTuple):
@@ -755,14 +776,8 @@ async def lock_events(
 
     `nowait`: for locks taken out of that order; one held elsewhere raises `Contended`
     at once rather than wait (a wait out of order can close a deadlock)."""
-    s = event_status.c
     try:
-        rows = await conn.execute(
-            select(*(s[name] for name in EventRow._fields))
-            .where(s.event_id == any_(event_ids_param(event_ids)))
-            .order_by(s.event_id)
-            .with_for_update(nowait=nowait)
-        )
+        rows = await conn.execute(_LOCK[nowait], {"event_ids": list(event_ids)})
     except DBAPIError as exc:
         if nowait and getattr(exc.orig, "sqlstate", None) == _LOCK_NOT_AVAILABLE:
             raise Contended(event_ids) from exc
@@ -771,6 +786,13 @@ async def lock_events(
 
 
 _LOCK_NOT_AVAILABLE = "55P03"
+_LOCK = {
+    nowait: select(*(event_status.c[name] for name in EventRow._fields))
+    .where(event_status.c.event_id == any_(event_ids_slot()))
+    .order_by(event_status.c.event_id)
+    .with_for_update(nowait=nowait)
+    for nowait in (False, True)
+}
 
 
 def sorted_ids(ids: Iterable[uuid.UUID]) -> list[uuid.UUID]:
@@ -890,38 +912,35 @@ async def insert_ledger(
     so one de-duplication rule holds for every ledger row."""
     if not rows:
         return set()
-    c = ack_ledger.c
-    result = await conn.execute(
-        _ledger_insert(rows, ("audit_seq", audit_seq), received_at)
-        .on_conflict_do_nothing()
-        .returning(c.kafka_topic, c.kafka_partition, c.kafka_offset)
-    )
+    result = await conn.execute(_INSERT_SEQ, _ledger_values(rows, audit_seq, received_at))
     return {(row.kafka_topic, row.kafka_partition, row.kafka_offset) for row in result}
 
 
-def _ledger_insert(rows: list[LedgerRow], audit: tuple[str, int], received_at: datetime) -> Any:
+def _ledger_insert(column: str) -> Any:
     """The rows' insert, from one array of rows (`retention_ack_row_ms`, migration
     0030). The rows were received at one time, bound once (a timestamp is the dearest
     value asyncpg encodes, ~0.5 µs); each row's `event_at` travels as milliseconds.
-    `audit`: the column naming the rows' audit entry (`audit_seq` or `audit_link`) and
-    its value."""
-    column, value = audit
+    `column`: the one naming the rows' audit entry (`audit_seq` or `audit_link`), bound
+    with the rows (`_ledger_values`)."""
     c = ack_ledger.c
     consumed = unnest_rows(
         "consumed",
         "retention_ack_row_ms",
         {**{name: c[name].type for name in _STORED}, "event_ms": BigInteger()},
-        rows,
     )
     return pg_insert(ack_ledger).from_select(
         [*_STORED, "event_at", "received_at", column],
         select(
             *(consumed.c[name] for name in _STORED),
             _EPOCH_SQL + consumed.c.event_ms * _MILLISECOND,
-            literal(received_at, c.received_at.type),
-            literal(value, BigInteger()),
+            bindparam("received", type_=c.received_at.type),
+            bindparam("audit", type_=BigInteger()),
         ),
     )
+
+
+def _ledger_values(rows: list[LedgerRow], audit: int, received_at: datetime) -> dict[str, Any]:
+    return {"consumed_rows": rows, "received": received_at, "audit": audit}
 
 
 # Exact: a product below 2**53 µs (any time before the year 2255; `LedgerEventMs` never
@@ -929,6 +948,12 @@ def _ledger_insert(rows: list[LedgerRow], audit: tuple[str, int], received_at: d
 # microseconds only is added to a timestamptz without the session's time zone.
 _EPOCH_SQL = literal_column("TIMESTAMPTZ 'epoch'", DateTime(timezone=True))
 _MILLISECOND = literal_column("INTERVAL '1 millisecond'", Interval())
+_INSERT_LINKED = _ledger_insert("audit_link")
+_INSERT_SEQ = (
+    _ledger_insert("audit_seq")
+    .on_conflict_do_nothing()
+    .returning(ack_ledger.c.kafka_topic, ack_ledger.c.kafka_partition, ack_ledger.c.kafka_offset)
+)
 
 
 async def _insert_new(
@@ -942,7 +967,7 @@ async def _insert_new(
     (speculative insertion) made it about half as slow again, for conflicts the lookup
     just ruled out."""
     if rows:
-        await conn.execute(_ledger_insert(rows, ("audit_link", link), received_at))
+        await conn.execute(_INSERT_LINKED, _ledger_values(rows, link, received_at))
 
 
 _FAILED = AckStatus.FAILED.value

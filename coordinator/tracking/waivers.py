@@ -18,7 +18,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from coordinator.evidence import audit
 from coordinator.store.tables import expected_acks
 from coordinator.tracking import ledger
-from coordinator.tracking.columns import event_ids_param
 
 __all__ = ["Waived", "retire_service", "waive_ack"]
 
@@ -97,7 +96,7 @@ async def _waive(
             )
         ).scalars()
     )
-    expected = await ledger.expected_rows(conn, event_ids_param(waived))
+    expected = await ledger.expected_rows(conn, waived)
     transitions = ledger.compute_transitions(events, expected, set(waived))
     completed = [t.event_id for t in transitions if t.state == "completed"]
     entries = [audit.AuditEntry(action, actor, {**data, "events": waived})]

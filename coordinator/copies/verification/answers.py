@@ -31,7 +31,7 @@ from coordinator.store.tables import (
     verifications,
     verify_answers,
 )
-from coordinator.tracking.columns import event_ids_param, unnest
+from coordinator.tracking.columns import event_ids_param, event_ids_slot, unnest
 from coordinator.tracking.ledger import (
     ConsumedAck,
     Contended,
@@ -77,12 +77,14 @@ async def verify_event_ids(conn: AsyncConnection, event_ids: Sequence[uuid.UUID]
         return set()
     # Deduplicated and sorted by their ints, in C: a UUID's hash and order are Python code.
     by_int = {event_id.int: event_id for event_id in event_ids}
-    rows = await conn.execute(
-        select(verifications.c.event_id).where(
-            verifications.c.event_id == any_(event_ids_param([by_int[n] for n in sorted(by_int)]))
-        )
-    )
+    rows = await conn.execute(_VERIFY_EVENTS, {"event_ids": [by_int[n] for n in sorted(by_int)]})
     return set(rows.scalars())
+
+
+# Built once, the ids bound when it runs (`columns.unnest_slot`): run for every ack batch.
+_VERIFY_EVENTS = select(verifications.c.event_id).where(
+    verifications.c.event_id == any_(event_ids_slot())
+)
 
 
 async def events_to_lock(
