@@ -1,7 +1,7 @@
 """Rows/s of the policy engine's delete, anonymize and archive next to one raw DELETE.
 
     .venv/bin/python -m bench.purge_throughput [--rows 100000] [--held 0.01] [--subject]
-        [--batch 5000] [--profile]
+        [--batch 5000] [--profile] [--only delete+outbox ...]
 
 Each scenario starts from the same table of `--rows` rows, all past retention, with
 `--held` of them under one legal hold, on a scratch database that is dropped afterwards.
@@ -249,7 +249,17 @@ async def _raw_delete(url: str) -> tuple[int, float, Cpu]:
     return result.rowcount, elapsed, cpu
 
 
-async def main(rows: int, held: float, subject: bool, batch: int, profile: bool) -> None:
+SCENARIOS = {
+    "delete": ("engine delete", "delete", False),
+    "delete+outbox": ("engine delete + outbox", "delete", True),
+    "anonymize+outbox": ("engine anonymize + outbox", "anonymize", True),
+    "archive+outbox": ("engine archive + outbox", "archive", True),
+}
+
+
+async def main(
+    rows: int, held: float, subject: bool, batch: int, profile: bool, only: list[str]
+) -> None:
     url = await infra.create_database(infra.database_url(), "bench_purge")
     profiles: dict[str, Profile] = {}
     commits = AsyncAdapt_asyncpg_connection.commit
@@ -258,12 +268,7 @@ async def main(rows: int, held: float, subject: bool, batch: int, profile: bool)
         results: list[tuple[str, int, float, Cpu]] = []
         await _reset(url, rows, held, subject)
         results.append(("raw DELETE … NOT EXISTS", *await _raw_delete(url)))
-        for label, action, fan_out in (
-            ("engine delete", "delete", False),
-            ("engine delete + outbox", "delete", True),
-            ("engine anonymize + outbox", "anonymize", True),
-            ("engine archive + outbox", "archive", True),
-        ):
+        for label, action, fan_out in (SCENARIOS[name] for name in only):
             await _reset(url, rows, held, subject)
             if profile:
                 profiles[label] = Profile()
@@ -316,5 +321,12 @@ if __name__ == "__main__":
     parser.add_argument("--subject", action="store_true", help="map rows to subjects")
     parser.add_argument("--batch", type=int, default=5000, help="the policies' batch_size")
     parser.add_argument("--profile", action="store_true", help="statements per batch")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=list(SCENARIOS),
+        default=list(SCENARIOS),
+        help="the engine scenarios to run (the raw statement always runs)",
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.rows, args.held, args.subject, args.batch, args.profile))
+    asyncio.run(main(args.rows, args.held, args.subject, args.batch, args.profile, args.only))

@@ -287,9 +287,23 @@ async def lock_for_creation(conn: AsyncConnection) -> None:
 
 
 def active_hold_exists(
-    entity_type: str | ColumnElement[str], entity_id: ColumnElement[Any], now: datetime
+    entity_type: str | ColumnElement[str],
+    entity_id: ColumnElement[Any],
+    now: datetime,
+    *,
+    within: tuple[ColumnElement[str], ColumnElement[str]] | None = None,
 ) -> ColumnElement[bool]:
-    """SQL: an unreleased, unexpired hold covers (entity_type, entity_id::text) at `now`."""
+    """SQL: an unreleased, unexpired hold covers (entity_type, entity_id::text) at `now`.
+
+    `within`: text bounds that every `entity_id::text` the caller asks about lies
+    between (both included), so that only the holds in that range of the hold index
+    are read (coordinator.purge.planner.batch_window); bounds that left out a text the
+    caller asks about would miss its holds.
+    """
+    bounds: list[ColumnElement[bool]] = []
+    if within is not None:
+        low, high = within
+        bounds = [legal_hold_entities.c.entity_id >= low, legal_hold_entities.c.entity_id <= high]
     return exists(
         select(1)
         .select_from(
@@ -298,6 +312,7 @@ def active_hold_exists(
         .where(
             legal_hold_entities.c.entity_type == entity_type,
             legal_hold_entities.c.entity_id == cast(entity_id, Text),
+            *bounds,
             legal_holds.c.released_at.is_(None),
             or_(legal_holds.c.expires_at.is_(None), legal_holds.c.expires_at > now),
         )

@@ -26,6 +26,7 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
+    case,
     cast,
     exists,
     func,
@@ -124,9 +125,14 @@ def due_clause(
     return and_(*clauses)
 
 
-def _hold_checks(bound: BoundPolicy, now: datetime) -> list[ColumnElement[bool]]:
-    """One EXISTS per way a hold can cover a row: its entity, and its subject (SPEC §11)."""
-    checks = [active_hold_exists(bound.policy.entity_type, bound.id_column, now)]
+def _hold_checks(
+    bound: BoundPolicy,
+    now: datetime,
+    within: tuple[ColumnElement[str], ColumnElement[str]] | None = None,
+) -> list[ColumnElement[bool]]:
+    """One EXISTS per way a hold can cover a row: its entity, and its subject (SPEC §11).
+    `within`: bounds of the rows' ids as text (`active_hold_exists`); subjects have none."""
+    checks = [active_hold_exists(bound.policy.entity_type, bound.id_column, now, within=within)]
     subject, column = bound.subject, bound.subject_column
     is_itself = (
         subject is not None
@@ -143,10 +149,14 @@ def held_clause(bound: BoundPolicy, now: datetime) -> ColumnElement[bool]:
     return or_(*_hold_checks(bound, now))
 
 
-def unheld_clause(bound: BoundPolicy, now: datetime) -> ColumnElement[bool]:
+def unheld_clause(
+    bound: BoundPolicy,
+    now: datetime,
+    within: tuple[ColumnElement[str], ColumnElement[str]] | None = None,
+) -> ColumnElement[bool]:
     """No hold covers the row: one NOT EXISTS per check, so that PostgreSQL can plan each
     as its own hashed anti-join, as it does for the entity check alone."""
-    return and_(*(not_(check) for check in _hold_checks(bound, now)))
+    return and_(*(not_(check) for check in _hold_checks(bound, now, within)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -430,10 +440,10 @@ def batch_window(
     wanted = scope if scope is not None else due_clause(bound, cutoff, with_ledger=False)
     window_query = select(id_column.label("id")).where(wanted).order_by(id_column).limit(limit)
     chosen: list[ColumnElement[bool]] = []
+    start = bindparam("after", after, type_=id_column.type)
     if after is not None:
-        start = id_column > bindparam("after", after, type_=id_column.type)
-        window_query = window_query.where(start)
-        chosen.append(start)
+        window_query = window_query.where(id_column > start)
+        chosen.append(id_column > start)
     window = window_query.cte("window")
     # A CTE of its own, so that the statement computes it once however often it names it.
     if isinstance(id_column.type, Integer | String):
@@ -447,8 +457,41 @@ def batch_window(
         edge = select(window.c.id).order_by(window.c.id.desc()).limit(1).cte("edge")
         seen = select(func.count()).select_from(window).scalar_subquery()
     last = select(edge.c.id).scalar_subquery()
-    chosen += [id_column <= last, wanted, unheld_clause(bound, now)]
+    within = _text_bounds(bound, start, last) if after is not None else None
+    chosen += [id_column <= last, wanted, unheld_clause(bound, now, within)]
     return Window(last, and_(*chosen), window, seen, limit)
+
+
+# Longer than any integer key's text: 19 digits and a sign at most.
+_ABOVE_ANY_INTEGER = "9" * 20
+
+
+def _text_bounds(
+    bound: BoundPolicy, after: ColumnElement[Any], last: ScalarSelect[Any]
+) -> tuple[ColumnElement[str], ColumnElement[str]] | None:
+    """Text bounds of the ids in the window (`after`, `last`] of an integer key, so that
+    a batch's hold check reads the type's holds in that range of the hold index instead
+    of hashing every hold of the type (a sequential read that grows with the holds:
+    ~2.5 ms of a 5,000-row batch's ~10 ms at 10,000 holds, measured).
+
+    Text order is not integer order ("10" < "9"), except among the decimal texts of one
+    length without a sign: there, in every collation, the order is the digits' (digit
+    strings of one length compare digit by digit, each digit with its own weight). So
+    when `after` ≥ 0 and `after` and `last` have as many digits, every id in the window
+    has a text between theirs. Otherwise (the window crosses a power of ten, or
+    starts below zero) the bounds are '' and twenty nines, between which lies every
+    integer's text in every collation (none is empty; nineteen digits and a sign at
+    most, a sign sorting before a digit or ignored): the whole type, as without bounds.
+    Other key types: no bounds (their text order need not be the key's).
+    """
+    if not isinstance(bound.id_column.type, Integer):
+        return None
+    low, high = cast(after, Text), cast(last, Text)
+    same = and_(after >= 0, func.length(low) == func.length(high))
+    return (
+        case((same, low), else_=literal("", Text)),
+        case((same, high), else_=literal(_ABOVE_ANY_INTEGER, Text)),
+    )
 
 
 async def next_batch(
