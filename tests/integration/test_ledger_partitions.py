@@ -28,7 +28,8 @@ from coordinator.evidence.partitions import (
     ledger_event_at,
     months,
 )
-from coordinator.evidence.prune import prune_ack_ledger
+from coordinator.evidence.prune import prune_ack_ledger, pseudonymise
+from coordinator.evidence.pseudonyms import Pepper
 from coordinator.store.db import make_engine
 from coordinator.store.migrate import upgrade
 from coordinator.store.tables import ack_ledger, event_status
@@ -236,6 +237,59 @@ async def test_an_existing_ledger_converts_batch_by_batch_while_acks_keep_coming
         }
         assert "retention_ack_ledger_y2019m08" in names
         assert (await convert(engine, LEDGER)).swapped
+    finally:
+        await engine.dispose()
+        await infra.drop_database(url)
+
+
+async def test_ids_pseudonymised_mid_conversion_are_hmacs_in_the_swapped_in_ledger(
+    postgres_url: str,
+) -> None:
+    """An ack row copied into the shadow before its event's id became an HMAC gets the
+    HMAC too: after the swap no table holds the id in clear (the status row is marked,
+    nothing would redo it)."""
+    url = await infra.create_database(postgres_url, "ledger_pseudonymise")
+    engine = make_engine(url)
+    pepper = Pepper(b"p" * 32)
+    try:
+        await upgrade(url, "0024_outbox_partitions")
+        events = [_minted(AUGUST + timedelta(days=d)) for d in range(3)]
+        rows = [_ack(e, AUGUST + timedelta(days=5)) for e in events]
+        await _insert_old(engine, rows)
+        async with engine.begin() as conn:
+            for event_id in events:
+                await conn.execute(
+                    text(
+                        "UPDATE retention_ack_ledger SET entity_type = 'user', entity_id = :id"
+                        " WHERE event_id = :e"
+                    ),
+                    {"id": f"person {event_id}", "e": event_id},
+                )
+        await upgrade(url)
+        for event_id in events:
+            await _status(engine, event_id, AUGUST, "completed")
+        # The first event's row is in the shadow; the others are copied later.
+        assert (await convert(engine, LEDGER, batch=1, max_batches=1)).copied == 1
+
+        done = await pseudonymise(
+            engine, pepper, now=NOW, keep=timedelta(days=30), dry_run=False, batch=2
+        )
+        assert done.rows == 3
+        assert (await convert(engine, LEDGER, batch=1)).swapped
+
+        async with engine.connect() as conn:
+            assert await is_partitioned(conn, LEDGER.parent)
+            for name in (LEDGER.parent, LEDGER.old):
+                stored = dict(
+                    (await conn.execute(text(f"SELECT event_id, entity_id FROM {name}"))).all()
+                )
+                assert stored == {e: pepper.pseudonym("user", f"person {e}") for e in events}
+            clear = await conn.scalar(
+                select(func.count())
+                .select_from(event_status)
+                .where(event_status.c.entity_id.not_like("hmac:%"))
+            )
+        assert clear == 0
     finally:
         await engine.dispose()
         await infra.drop_database(url)
