@@ -53,6 +53,7 @@ from coordinator.evidence.partitions import (
     converting,
     drop_month,
     is_partitioned,
+    ledger_event_at,
     month_ids,
     months,
 )
@@ -145,9 +146,9 @@ async def pseudonymise(
             a = ack_ledger.c
             acks = (
                 await conn.execute(
-                    select(a.id, a.event_at, a.entity_type, a.entity_id).where(
-                        a.event_id.in_([r.event_id for r in rows]), a.entity_id.is_not(None)
-                    )
+                    select(
+                        a.id, a.event_at, a.event_id, a.received_at, a.entity_type, a.entity_id
+                    ).where(a.event_id.in_([r.event_id for r in rows]), a.entity_id.is_not(None))
                 )
             ).all()
             if acks:
@@ -167,8 +168,43 @@ async def pseudonymise(
                         for r in acks
                     ],
                 )
+                await _pseudonymise_copies(conn, pepper, acks)
             await _record(conn, f"{event_status.name}.entity_id", len(rows), cutoff, now)
         total += len(rows)
+
+
+async def _pseudonymise_copies(conn: AsyncConnection, pepper: Pepper, acks: Sequence[Any]) -> None:
+    """The same HMACs in the rows a ledger conversion has already copied (`acks`, just
+    rewritten in the old table): the swap keeps the copies, and the event's status says
+    done, so nothing else would rewrite them.
+
+    Asked only now, with the ledger just updated: that lock keeps the conversion's swap
+    (whose first lock is the old ledger's ACCESS EXCLUSIVE) from coming between this
+    check and the commit; a swap before it made the update above hit the partitioned
+    table itself. The shadow's SHARE ROW EXCLUSIVE then waits for a copy step in flight
+    and holds off the next: a row copied before is rewritten here (the update's snapshot
+    follows the lock), one copied after reads the HMAC from the old table. Both tables in
+    the swap's order (old, then shadow) and a copy step holds nothing this transaction
+    holds, so neither can deadlock with it; SHARE would let two of these hold it at once
+    and deadlock on their updates."""
+    if not await converting(conn, LEDGER):
+        return
+    await conn.execute(text(f"LOCK TABLE {LEDGER.shadow} IN SHARE ROW EXCLUSIVE MODE"))
+    shadow = table(LEDGER.shadow, column("id"), column("event_at"), column("entity_id"))
+    await conn.execute(
+        update(shadow)
+        .where(shadow.c.id == bindparam("b_id"), shadow.c.event_at == bindparam("b_event_at"))
+        .values(entity_id=bindparam("b_pseudonym")),
+        [
+            {
+                "b_id": r.id,
+                # What the copy stored: the SQL twin of `ledger_event_at` for older rows.
+                "b_event_at": r.event_at or ledger_event_at(r.event_id, r.received_at),
+                "b_pseudonym": pepper.pseudonym(r.entity_type or "", r.entity_id),
+            }
+            for r in acks
+        ],
+    )
 
 
 def _completed(event_id: Any) -> Any:
