@@ -108,8 +108,8 @@ async def pseudonymise(
     batch: int = 5_000,
 ) -> Pruned:
     """Replace the entity ids of events completed before `now - keep` by their HMAC, in
-    the event status and in the ack ledger. Without a pepper nothing changes (the count
-    says what would)."""
+    the event status and in the ack ledger (and in a conversion's copy of it). Without a
+    pepper nothing changes (the count says what would)."""
     cutoff = now - keep
     s = event_status.c
     due = and_(s.state == "completed", s.completed_at < cutoff, s.pseudonymised_at.is_(None))
@@ -152,6 +152,7 @@ async def pseudonymise(
                 )
             ).all()
             if acks:
+                pseudonyms = [pepper.pseudonym(r.entity_type or "", r.entity_id) for r in acks]
                 # The partition key with the id: one partition's index, not every month's
                 # (NULL: a row from before migration 0025, its ledger not converted yet).
                 at: Any = bindparam("b_event_at")
@@ -160,33 +161,30 @@ async def pseudonymise(
                     .where(a.id == bindparam("b_id"), or_(a.event_at == at, a.event_at.is_(None)))
                     .values(entity_id=bindparam("b_pseudonym")),
                     [
-                        {
-                            "b_id": r.id,
-                            "b_event_at": r.event_at,
-                            "b_pseudonym": pepper.pseudonym(r.entity_type or "", r.entity_id),
-                        }
-                        for r in acks
+                        {"b_id": r.id, "b_event_at": r.event_at, "b_pseudonym": p}
+                        for r, p in zip(acks, pseudonyms, strict=True)
                     ],
                 )
-                await _pseudonymise_copies(conn, pepper, acks)
+                await _pseudonymise_copies(conn, acks, pseudonyms)
             await _record(conn, f"{event_status.name}.entity_id", len(rows), cutoff, now)
         total += len(rows)
 
 
-async def _pseudonymise_copies(conn: AsyncConnection, pepper: Pepper, acks: Sequence[Any]) -> None:
-    """The same HMACs in the rows a ledger conversion has already copied (`acks`, just
-    rewritten in the old table): the swap keeps the copies, and the event's status says
-    done, so nothing else would rewrite them.
+async def _pseudonymise_copies(
+    conn: AsyncConnection, acks: Sequence[Any], pseudonyms: Sequence[str]
+) -> None:
+    """Write `pseudonyms` into the copies a ledger conversion has already made of `acks`
+    (rewritten in the old ledger just before): the swap keeps those copies, and the marked
+    status means no later run redoes them.
 
-    Asked only now, with the ledger just updated: that lock keeps the conversion's swap
-    (whose first lock is the old ledger's ACCESS EXCLUSIVE) from coming between this
-    check and the commit; a swap before it made the update above hit the partitioned
-    table itself. The shadow's SHARE ROW EXCLUSIVE then waits for a copy step in flight
-    and holds off the next: a row copied before is rewritten here (the update's snapshot
-    follows the lock), one copied after reads the HMAC from the old table. Both tables in
-    the swap's order (old, then shadow) and a copy step holds nothing this transaction
-    holds, so neither can deadlock with it; SHARE would let two of these hold it at once
-    and deadlock on their updates."""
+    Checked after the update: its lock on the old ledger keeps the swap (which starts with
+    that table's ACCESS EXCLUSIVE) out until this commits, and a swap before it made the
+    update hit the partitioned table itself. The shadow's SHARE ROW EXCLUSIVE waits for a
+    copy step in flight and holds off the next, so a row was either copied already and is
+    seen by the update below (its snapshot follows the lock) or is copied later, from the
+    old ledger's HMAC. No cycle: the swap too locks the old table before the shadow, and a
+    copy step needs only ACCESS SHARE on the old one. Not SHARE: two runs could both hold
+    it and deadlock on their updates; SHARE ROW EXCLUSIVE conflicts with itself."""
     if not await converting(conn, LEDGER):
         return
     await conn.execute(text(f"LOCK TABLE {LEDGER.shadow} IN SHARE ROW EXCLUSIVE MODE"))
@@ -200,9 +198,9 @@ async def _pseudonymise_copies(conn: AsyncConnection, pepper: Pepper, acks: Sequ
                 "b_id": r.id,
                 # What the copy stored: the SQL twin of `ledger_event_at` for older rows.
                 "b_event_at": r.event_at or ledger_event_at(r.event_id, r.received_at),
-                "b_pseudonym": pepper.pseudonym(r.entity_type or "", r.entity_id),
+                "b_pseudonym": p,
             }
-            for r in acks
+            for r, p in zip(acks, pseudonyms, strict=True)
         ],
     )
 
