@@ -53,6 +53,7 @@ from coordinator.evidence.partitions import (
     converting,
     drop_month,
     is_partitioned,
+    ledger_event_at,
     month_ids,
     months,
 )
@@ -107,8 +108,8 @@ async def pseudonymise(
     batch: int = 5_000,
 ) -> Pruned:
     """Replace the entity ids of events completed before `now - keep` by their HMAC, in
-    the event status and in the ack ledger. Without a pepper nothing changes (the count
-    says what would)."""
+    the event status and in the ack ledger (and in a conversion's copy of it). Without a
+    pepper nothing changes (the count says what would)."""
     cutoff = now - keep
     s = event_status.c
     due = and_(s.state == "completed", s.completed_at < cutoff, s.pseudonymised_at.is_(None))
@@ -145,12 +146,13 @@ async def pseudonymise(
             a = ack_ledger.c
             acks = (
                 await conn.execute(
-                    select(a.id, a.event_at, a.entity_type, a.entity_id).where(
-                        a.event_id.in_([r.event_id for r in rows]), a.entity_id.is_not(None)
-                    )
+                    select(
+                        a.id, a.event_at, a.event_id, a.received_at, a.entity_type, a.entity_id
+                    ).where(a.event_id.in_([r.event_id for r in rows]), a.entity_id.is_not(None))
                 )
             ).all()
             if acks:
+                pseudonyms = [pepper.pseudonym(r.entity_type or "", r.entity_id) for r in acks]
                 # The partition key with the id: one partition's index, not every month's
                 # (NULL: a row from before migration 0025, its ledger not converted yet).
                 at: Any = bindparam("b_event_at")
@@ -159,16 +161,48 @@ async def pseudonymise(
                     .where(a.id == bindparam("b_id"), or_(a.event_at == at, a.event_at.is_(None)))
                     .values(entity_id=bindparam("b_pseudonym")),
                     [
-                        {
-                            "b_id": r.id,
-                            "b_event_at": r.event_at,
-                            "b_pseudonym": pepper.pseudonym(r.entity_type or "", r.entity_id),
-                        }
-                        for r in acks
+                        {"b_id": r.id, "b_event_at": r.event_at, "b_pseudonym": p}
+                        for r, p in zip(acks, pseudonyms, strict=True)
                     ],
                 )
+                await _pseudonymise_copies(conn, acks, pseudonyms)
             await _record(conn, f"{event_status.name}.entity_id", len(rows), cutoff, now)
         total += len(rows)
+
+
+async def _pseudonymise_copies(
+    conn: AsyncConnection, acks: Sequence[Any], pseudonyms: Sequence[str]
+) -> None:
+    """Write `pseudonyms` into the copies a ledger conversion has already made of `acks`
+    (rewritten in the old ledger just before): the swap keeps those copies, and the marked
+    status means no later run redoes them.
+
+    Checked after the update: its lock on the old ledger keeps the swap (which starts with
+    that table's ACCESS EXCLUSIVE) out until this commits, and a swap before it made the
+    update hit the partitioned table itself. The shadow's SHARE ROW EXCLUSIVE waits for a
+    copy step in flight and holds off the next, so a row was either copied already and is
+    seen by the update below (its snapshot follows the lock) or is copied later, from the
+    old ledger's HMAC. No cycle: the swap too locks the old table before the shadow, and a
+    copy step needs only ACCESS SHARE on the old one. Not SHARE: two runs could both hold
+    it and deadlock on their updates; SHARE ROW EXCLUSIVE conflicts with itself."""
+    if not await converting(conn, LEDGER):
+        return
+    await conn.execute(text(f"LOCK TABLE {LEDGER.shadow} IN SHARE ROW EXCLUSIVE MODE"))
+    shadow = table(LEDGER.shadow, column("id"), column("event_at"), column("entity_id"))
+    await conn.execute(
+        update(shadow)
+        .where(shadow.c.id == bindparam("b_id"), shadow.c.event_at == bindparam("b_event_at"))
+        .values(entity_id=bindparam("b_pseudonym")),
+        [
+            {
+                "b_id": r.id,
+                # What the copy stored: the SQL twin of `ledger_event_at` for older rows.
+                "b_event_at": r.event_at or ledger_event_at(r.event_id, r.received_at),
+                "b_pseudonym": p,
+            }
+            for r, p in zip(acks, pseudonyms, strict=True)
+        ],
+    )
 
 
 def _completed(event_id: Any) -> Any:

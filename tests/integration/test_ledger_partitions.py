@@ -5,6 +5,7 @@ coming."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -28,7 +29,8 @@ from coordinator.evidence.partitions import (
     ledger_event_at,
     months,
 )
-from coordinator.evidence.prune import prune_ack_ledger
+from coordinator.evidence.prune import prune_ack_ledger, pseudonymise
+from coordinator.evidence.pseudonyms import Pepper
 from coordinator.store.db import make_engine
 from coordinator.store.migrate import upgrade
 from coordinator.store.tables import ack_ledger, event_status
@@ -236,6 +238,104 @@ async def test_an_existing_ledger_converts_batch_by_batch_while_acks_keep_coming
         }
         assert "retention_ack_ledger_y2019m08" in names
         assert (await convert(engine, LEDGER)).swapped
+    finally:
+        await engine.dispose()
+        await infra.drop_database(url)
+
+
+PEPPER = Pepper(b"p" * 32)
+
+
+async def _completed_mid_conversion(engine: AsyncEngine, url: str, count: int) -> list[uuid.UUID]:
+    """`count` completed events, each with one ledger row naming its entity in clear, in a
+    ledger that had rows when migration 0025 ran (so it converts); nothing copied yet."""
+    await upgrade(url, "0024_outbox_partitions")
+    events = [_minted(AUGUST + timedelta(days=d)) for d in range(count)]
+    await _insert_old(engine, [_ack(e, AUGUST + timedelta(days=5)) for e in events])
+    async with engine.begin() as conn:
+        for event_id in events:
+            await conn.execute(
+                text(
+                    "UPDATE retention_ack_ledger SET entity_type = 'user', entity_id = :id"
+                    " WHERE event_id = :e"
+                ),
+                {"id": f"person {event_id}", "e": event_id},
+            )
+    await upgrade(url)
+    for event_id in events:
+        await _status(engine, event_id, AUGUST, "completed")
+    return events
+
+
+async def _pseudonymise(engine: AsyncEngine, batch: int = 5_000) -> int:
+    done = await pseudonymise(
+        engine, PEPPER, now=NOW, keep=timedelta(days=30), dry_run=False, batch=batch
+    )
+    return done.rows
+
+
+async def _assert_no_id_in_clear(engine: AsyncEngine, events: list[uuid.UUID]) -> None:
+    """Swapped: the partitioned ledger and the old one beside it, and the event status,
+    name each entity only by its HMAC."""
+    async with engine.connect() as conn:
+        assert await is_partitioned(conn, LEDGER.parent)
+        for name in (LEDGER.parent, LEDGER.old):
+            stored = dict(
+                (await conn.execute(text(f"SELECT event_id, entity_id FROM {name}"))).all()
+            )
+            assert stored == {e: PEPPER.pseudonym("user", f"person {e}") for e in events}
+        clear = await conn.scalar(
+            select(func.count())
+            .select_from(event_status)
+            .where(event_status.c.entity_id.not_like("hmac:%"))
+        )
+    assert clear == 0
+
+
+async def test_ids_pseudonymised_mid_conversion_are_hmacs_in_the_swapped_in_ledger(
+    postgres_url: str,
+) -> None:
+    """An ack row copied into the shadow before its event's id became an HMAC gets the
+    HMAC too: after the swap no table holds the id in clear (the status row is marked,
+    nothing would redo it)."""
+    url = await infra.create_database(postgres_url, "ledger_pseudonymise")
+    engine = make_engine(url)
+    try:
+        events = await _completed_mid_conversion(engine, url, 3)
+        # The first event's row is in the shadow; the others are copied later.
+        assert (await convert(engine, LEDGER, batch=1, max_batches=1)).copied == 1
+        assert await _pseudonymise(engine, batch=2) == 3
+        assert (await convert(engine, LEDGER, batch=1)).swapped
+        await _assert_no_id_in_clear(engine, events)
+    finally:
+        await engine.dispose()
+        await infra.drop_database(url)
+
+
+async def test_pseudonymising_waits_for_a_copy_step_in_flight(postgres_url: str) -> None:
+    """A copy step that read the old ledger before the HMACs and has not committed: the
+    pseudonymisation waits for it, then rewrites what it copied."""
+    url = await infra.create_database(postgres_url, "ledger_pseudonymise_wait")
+    engine = make_engine(url)
+    try:
+        events = await _completed_mid_conversion(engine, url, 2)
+        async with engine.connect() as copier:
+            await copier.begin()
+            # The conversion's copy of the old rows, as a step makes it (names fixed).
+            columns = ", ".join(LEDGER.columns)
+            await copier.execute(
+                text(
+                    f"INSERT INTO {LEDGER.shadow} ({columns}, event_at) SELECT {columns},"
+                    f" {LEDGER.computed[0][1]} FROM {LEDGER.parent}"
+                )
+            )
+            pseudonymising = asyncio.create_task(_pseudonymise(engine))
+            await asyncio.sleep(1)
+            assert not pseudonymising.done()
+            await copier.commit()
+        assert await asyncio.wait_for(pseudonymising, 30) == 2
+        assert (await convert(engine, LEDGER)).swapped
+        await _assert_no_id_in_clear(engine, events)
     finally:
         await engine.dispose()
         await infra.drop_database(url)
