@@ -16,6 +16,7 @@ from functools import cache
 from typing import Any, Protocol
 
 from sqlalchemy import (
+    ARRAY,
     CTE,
     BigInteger,
     Column,
@@ -29,6 +30,7 @@ from sqlalchemy import (
     Uuid,
     any_,
     bindparam,
+    cast,
     column,
     func,
     select,
@@ -111,8 +113,12 @@ def entity_ids() -> Cast[Any]:
     statement's text is the same for any batch size (one prepared statement, not one per
     size), and a statement built once at import needs no construction and cache-key
     derivation per batch (~0.3 ms each). Bound as one array literal
-    (`consumer_sdk.arrays`), not element by element."""
-    return array_param(ENTITY_IDS, Text())
+    (`consumer_sdk.arrays`), not element by element, and read once per statement, in a
+    scalar subquery: as a plain expression the literal's cast is not folded, and a
+    sequential scan's filter parsed it again for every row (0.73 s instead of 6 ms for 450
+    ids against 16,000 rows, PostgreSQL 15), which is the plan the planner picks for a
+    large batch on a table not analyzed since it filled."""
+    return cast(select(array_param(ENTITY_IDS, Text())).scalar_subquery(), ARRAY(Text()))
 
 
 def ids_of(events: Sequence[RetentionEvent]) -> dict[str, list[str]]:
