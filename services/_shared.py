@@ -54,7 +54,6 @@ __all__ = [
     "ensure_database",
     "entity_erasure_log",
     "entity_ids",
-    "ids_of",
     "logged_ids_of",
     "main",
     "per_entity",
@@ -109,7 +108,7 @@ ENTITY_IDS = "entity_ids"
 
 
 def entity_ids() -> Cast[Any]:
-    """The events' entity ids as one array parameter, bound at execution (`ids_of`): the
+    """The events' entity ids as one array parameter, bound at execution (`logged_ids_of`): the
     statement's text is the same for any batch size (one prepared statement, not one per
     size), and a statement built once at import needs no construction and cache-key
     derivation per batch (~0.3 ms each). Bound as one array literal
@@ -119,11 +118,6 @@ def entity_ids() -> Cast[Any]:
     ids against 16,000 rows, PostgreSQL 15), which is the plan the planner picks for a
     large batch on a table not analyzed since it filled."""
     return cast(select(array_param(ENTITY_IDS, Text())).scalar_subquery(), ARRAY(Text()))
-
-
-def ids_of(events: Sequence[RetentionEvent]) -> dict[str, list[str]]:
-    """The value of `entity_ids()` for these events."""
-    return {ENTITY_IDS: [event.entity_id for event in events]}
 
 
 def per_entity(
