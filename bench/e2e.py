@@ -435,12 +435,22 @@ async def _backend_cpu(stack: Stack, milestones: Milestones) -> dict[int, float]
 async def _backend_cpu_parts(
     stack: Stack, milestones: Milestones, before: dict[int, float], cpu: dict[str, float]
 ) -> None:
-    """Fill in `postgres` (the contestant's backends) and `poller` (the milestone
-    poller's backends, which neither contestant would run in production)."""
+    """Fill in `postgres` (the contestant's backends), `postgres_services` (those of
+    them serving the service database) and `poller` (the milestone poller's backends,
+    which neither contestant would run in production)."""
     after = await _backend_cpu(stack, milestones)
     delta = {pid: value - before.get(pid, 0.0) for pid, value in after.items()}
     poller = set(milestones.poller_pids)
     cpu["postgres"] = sum(v for pid, v in delta.items() if pid not in poller)
+    # The services' share on its own: their statements and the coordinator's are tuned
+    # apart, and the total hides which one moved.
+    services = await backend_cpu(
+        infra.with_database(stack.coordinator_url, "postgres"),
+        [stack.services_url.rpartition("/")[2]],
+    )
+    cpu["postgres_services"] = sum(
+        v for pid, v in delta.items() if pid in services and pid not in poller
+    )
     cpu["poller"] = sum(v for pid, v in delta.items() if pid in poller)
 
 

@@ -394,21 +394,27 @@ class Dispatcher:
                     run.next += 1
                     continue
                 if spec.batch and i >= isolate_until:
-                    group = self._group(decoded, i, spec, known, recorded)
+                    group, end = self._group(decoded, i, spec, known, recorded)
                     outcomes = await self.executor.batch_attempt(group, spec, batch)
                     if outcomes is None:
                         # Its writes are rolled back: find the culprit event by event.
-                        isolate_until = i + len(group)
+                        isolate_until = end
                         continue
                     # One call: its events were processed together, at one time.
                     at = utc_now()
-                    for (grouped, _), event, settled in zip(
-                        decoded[i : i + len(group)], group, outcomes, strict=True
-                    ):
+                    k = 0  # the next event of the call among the records
+                    for grouped, passed in decoded[i:end]:
+                        if k == len(group) or passed is not group[k]:
+                            # An event no handler of ours takes, passed over by the group.
+                            self.metrics.skipped.labels(self.service).inc()
+                            handled.append((grouped, passed, None, None))
+                            continue
+                        event, settled = group[k], outcomes[k]
                         processed = recorded[event.event_id] = settled.processed(event, at)
                         batch.record(processed)
                         handled.append((grouped, event, spec, settled))
-                    run.next += len(group)
+                        k += 1
+                    run.next = end
                     continue
                 result = await self.executor.first_attempt(item, spec, batch)
                 if isinstance(result, Retry):
@@ -472,10 +478,14 @@ class Dispatcher:
         spec: HandlerSpec,
         known: dict[uuid.UUID, ProcessedEvent],
         recorded: dict[uuid.UUID, ProcessedEvent],
-    ) -> list[RetentionEvent]:
-        """The events from `start` for one call of the batch handler `spec`: consecutive
-        new events of its entity type and action, each entity at most once (a second
-        event for an entity waits for the next call, so per-key order holds)."""
+    ) -> tuple[list[RetentionEvent], int]:
+        """The events from `start` for one call of the batch handler `spec`, and the index
+        after the last: consecutive new events of its entity type and action, each entity
+        at most once (a second event for an entity waits for the next call, so per-key
+        order holds). Events no handler of this service takes are passed over, not an end:
+        they change nothing here, and in a topic shared by every service they come every
+        few events (another service's entity type), each end costing a savepoint and the
+        handler's statements once more."""
         group: list[RetentionEvent] = []
         keys: set[str] = set()
         ids: set[uuid.UUID] = set()
@@ -484,10 +494,15 @@ class Dispatcher:
         # hash is Python code, run even for a look-up in an empty dict.
         handler, held = self.registry.get, self._held
         holds = self.holds
-        for _, item in decoded[start:]:
+        end = start
+        for index, (_, item) in enumerate(decoded[start:], start):
+            if not isinstance(item, RetentionEvent):
+                break
+            taker = handler(item.entity_type, item.type)
+            if taker is None:
+                continue
             if (
-                not isinstance(item, RetentionEvent)
-                or handler(item.entity_type, item.type) is not spec
+                taker is not spec
                 or (key := item.key) in keys
                 or (event_id := item.event_id) in ids
                 or (known and event_id in known)
@@ -498,7 +513,8 @@ class Dispatcher:
             group.append(item)
             keys.add(key)
             ids.add(event_id)
-        return group
+            end = index + 1
+        return group, end
 
     async def _verify(self, record: Record, event: RetentionEvent, done: Dispatched) -> None:
         """Answer a verify event: `verified` (0 left), `still_present` (n left), or

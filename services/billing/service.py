@@ -8,11 +8,28 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, DateTime, MetaData, Table, Text, any_, func, select
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    MetaData,
+    Table,
+    Text,
+    any_,
+    case,
+    func,
+    select,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from consumer_sdk import EntityNotFound, EventType, RetentionEvent
-from services._shared import entity_erasure_log, entity_ids, ids_of, log_erasures, per_entity
+from services._shared import (
+    counted_and_logged,
+    entity_erasure_log,
+    entity_ids,
+    logged_ids_of,
+    per_entity,
+)
 from services.example import Example, Handler
 
 __all__ = [
@@ -51,13 +68,25 @@ _MASKED = {"customer_name": MASK, "email": MASK, "address": MASK}
 
 
 # Built once (see `entity_ids`), bound per batch.
-_ANONYMIZE = (
+_masked = (
     orders.update()
     .where(orders.c.id == any_(entity_ids()), orders.c.anonymized_at.is_(None))
     .values(**_MASKED, anonymized_at=func.now())
     .returning(orders.c.id)
+    .cte("masked")
 )
-_EXISTING = select(orders.c.id).where(orders.c.id == any_(entity_ids()))
+# `orders` read in the statement's snapshot, before the UPDATE: every existing order of
+# the events, 1 if this statement masked it, 0 if it was anonymized already.
+_order_counts = (
+    select(
+        orders.c.id.label("entity_id"),
+        case((_masked.c.id.is_(None), 0), else_=1).label("n"),
+    )
+    .select_from(orders.outerjoin(_masked, _masked.c.id == orders.c.id))
+    .where(orders.c.id == any_(entity_ids()))
+    .cte("counts")
+)
+_ANONYMIZE = counted_and_logged(erasure_log, _order_counts)
 _erased = func.unnest(entity_ids()).table_valued("user_id").render_derived(name="erased")
 _unlinked = (
     orders.update()
@@ -70,7 +99,12 @@ _unlinked = (
     .returning(_erased.c.user_id)
     .cte("updated")
 )
-_DELETE_USERS = select(_unlinked.c.user_id, func.count()).group_by(_unlinked.c.user_id)
+_user_counts = (
+    select(_unlinked.c.user_id.label("entity_id"), func.count().label("n"))
+    .group_by(_unlinked.c.user_id)
+    .cte("counts")
+)
+_DELETE_USERS = counted_and_logged(erasure_log, _user_counts)
 
 
 async def anonymize_orders(
@@ -78,20 +112,12 @@ async def anonymize_orders(
 ) -> list[int | EntityNotFound]:
     """Mask the orders' personal columns; amounts and dates stay for the tax authority.
 
-    Set-based: one UPDATE for the batch; only if some order was not updated, one SELECT
-    telling an already anonymized order (0 records) from a missing one. The events'
-    `fields` name the coordinator's columns, not ours: billing always masks every
-    personal column it has.
+    Set-based: one statement for the batch, which masks, tells an already anonymized
+    order (0 records) from a missing one, and logs. The events' `fields` name the
+    coordinator's columns, not ours: billing always masks every personal column it has.
     """
-    masked = await conn.execute(_ANONYMIZE, ids_of(events))
-    counts = dict.fromkeys(masked.scalars().all(), 1)
-    rest = [event for event in events if event.entity_id not in counts]
-    if rest:
-        existing = await conn.execute(_EXISTING, ids_of(rest))
-        counts.update(dict.fromkeys(existing.scalars().all(), 0))
-    results = per_entity(events, counts, "no such order")
-    await log_erasures(conn, erasure_log, events, results)
-    return results
+    counts = await conn.execute(_ANONYMIZE, logged_ids_of(events))
+    return per_entity(events, {order: n for order, n in counts}, "no such order")
 
 
 async def delete_users(
@@ -99,13 +125,12 @@ async def delete_users(
 ) -> list[int | EntityNotFound]:
     """Deleted users' orders are kept anonymized and no longer linked to the users.
 
-    Set-based: one UPDATE for the batch's users, joined to their ids so RETURNING can
-    name the user each order belonged to (the row's own `user_id` is now NULL).
+    Set-based: one statement for the batch's users, the UPDATE joined to their ids so
+    RETURNING can name the user each order belonged to (the row's own `user_id` is now
+    NULL), and the log.
     """
-    counts = await conn.execute(_DELETE_USERS, ids_of(events))
-    results = per_entity(events, {user: count for user, count in counts}, "no orders for this user")
-    await log_erasures(conn, erasure_log, events, results)
-    return results
+    counts = await conn.execute(_DELETE_USERS, logged_ids_of(events))
+    return per_entity(events, {user: n for user, n in counts}, "no orders for this user")
 
 
 async def count_user_orders(event: RetentionEvent, conn: AsyncConnection) -> int:

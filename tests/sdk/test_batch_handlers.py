@@ -139,6 +139,37 @@ async def test_a_call_never_holds_two_events_of_one_entity_or_another_handler() 
     assert [a.entity_id for a in acks] == ["a", "b", "a", "o", "c"]
 
 
+async def test_a_call_passes_over_events_no_handler_of_the_service_takes() -> None:
+    app = make_app()
+    calls: list[list[str]] = []
+
+    @app.on_delete_batch("user")
+    async def delete_users(events: Sequence[RetentionEvent]) -> list[int]:
+        calls.append([e.entity_id for e in events])
+        if any(e.entity_id == "bad" for e in events):
+            raise PermanentFailure("bad row")
+        return [1 for _ in events]
+
+    other = [event("o1", entity_type="order"), event("o2", entity_type="order")]
+    async with TestConsumer(app) as t:
+        acks = await t.deliver_batch(event("a"), other[0], event("b"), other[1], event("a"))
+        assert t.skipped == other
+        # A failing call: its events and the ones passed over with them, one by one.
+        again = await t.deliver_batch(event("c"), other[0], event("bad"), event("d"))
+    # A second event of an entity still waits for the next call.
+    assert calls == [["a", "b"], ["a"], ["c", "bad", "d"], ["c"], ["bad"], ["d"]]
+    assert [a.entity_id for a in acks] == ["a", "b", "a"]
+    assert statuses(again) == [
+        ("c", AckStatus.COMPLETED, 1),
+        ("bad", AckStatus.FAILED, 0),
+        ("d", AckStatus.COMPLETED, 1),
+    ]
+    skipped = app.metrics.registry.get_sample_value(
+        "retention_consumer_events_skipped_total", {"service": "svc"}
+    )
+    assert skipped == 3
+
+
 @pytest.mark.parametrize(
     ("signal", "attempts"), [(PermanentFailure("bad row"), 1), (RetryLater("locked"), 3)]
 )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from consumer_sdk import AckStatus, EventType
+from consumer_sdk import AckStatus, EntityNotFound, EventType
 from consumer_sdk.testing import TestConsumer
 from services import billing
+from services._shared import engine_for
+from services.billing.service import anonymize_orders
 from tests.sdk.helpers import event
 
 
@@ -59,3 +61,38 @@ async def test_user_delete_anonymizes_and_unlinks_the_users_orders(fresh_databas
     }
     assert all(r.amount_cents > 0 and r.anonymized_at is not None for r in rows)
     assert kept_users == {"b3"}
+
+
+async def test_a_call_logs_each_order_once_for_its_first_event(fresh_database: str) -> None:
+    """One statement masks, counts and logs: an already anonymized order counts 0 and is
+    logged, a missing one is not, and a second event of one order gets no count and no
+    row (the SDK never puts one in a call; the handler still must not log it twice)."""
+    await billing.seed(fresh_database, ["b4"], order_ids={"b4": ["o-4", "o-5"]})
+    o, log = billing.orders, billing.erasure_log
+    first, again, missing, done = (
+        event(order, entity_type="order", action=EventType.ANONYMIZE)
+        for order in ("o-4", "o-4", "o-9", "o-5")
+    )
+    engine = engine_for(fresh_database)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(o.update().where(o.c.id == "o-5").values(anonymized_at=func.now()))
+            results = await anonymize_orders([first, again, missing, done], conn)
+            logged = (
+                await conn.execute(
+                    select(log.c.event_id, log.c.entity_type, log.c.entity_id, log.c.rows).where(
+                        log.c.event_id.in_([e.event_id for e in (first, again, missing, done)])
+                    )
+                )
+            ).all()
+    finally:
+        await engine.dispose()
+    assert [r if isinstance(r, int) else type(r) for r in results] == [
+        1,
+        EntityNotFound,
+        EntityNotFound,
+        0,
+    ]
+    assert sorted(logged) == sorted(
+        [(first.event_id, "order", "o-4", 1), (done.event_id, "order", "o-5", 0)]
+    )

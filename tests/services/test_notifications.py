@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from consumer_sdk import AckStatus
+from consumer_sdk import AckStatus, EntityNotFound
 from consumer_sdk.testing import TestConsumer
 from services import notifications
+from services._shared import delete_users_rows, engine_for
 from tests.sdk.helpers import event
 
 
@@ -40,3 +41,33 @@ async def test_deletes_the_users_notifications_once(fresh_database: str) -> None
     assert missing.status is AckStatus.NOT_FOUND
     assert left == {"n2": 3}
     assert log == [3]
+
+
+async def test_a_call_logs_each_user_once_for_its_first_event(fresh_database: str) -> None:
+    """One statement deletes, counts and logs: a user without rows is not logged, and a
+    second event of one user gets no count and no row."""
+    await notifications.seed(fresh_database, ["n7", "n8"])
+    log = notifications.erasure_log
+    first, again, missing, other = (event(user) for user in ("n7", "n7", "n9", "n8"))
+    engine = engine_for(fresh_database)
+    try:
+        async with engine.begin() as conn:
+            results = await delete_users_rows(
+                conn, notifications.notifications, log, [first, again, missing, other], "none"
+            )
+            logged = (
+                await conn.execute(
+                    select(log.c.event_id, log.c.user_id, log.c.rows).where(
+                        log.c.event_id.in_([e.event_id for e in (first, again, missing, other)])
+                    )
+                )
+            ).all()
+    finally:
+        await engine.dispose()
+    assert [r if isinstance(r, int) else type(r) for r in results] == [
+        3,
+        EntityNotFound,
+        EntityNotFound,
+        3,
+    ]
+    assert sorted(logged) == sorted([(first.event_id, "n7", 3), (other.event_id, "n8", 3)])
