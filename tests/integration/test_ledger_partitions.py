@@ -19,6 +19,7 @@ from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from coordinator.evidence import prune
 from coordinator.evidence.partitions import (
     EPOCH,
     LEDGER,
@@ -29,7 +30,6 @@ from coordinator.evidence.partitions import (
     ledger_event_at,
     months,
 )
-from coordinator.evidence import prune
 from coordinator.evidence.prune import prune_ack_ledger, pseudonymise
 from coordinator.evidence.pseudonyms import Pepper
 from coordinator.store.db import make_engine
