@@ -116,10 +116,10 @@ def event_ids_param(event_ids: Sequence[uuid.UUID]) -> BindParameter[Any]:
     return bindparam("event_ids", list(event_ids), type_=ARRAY(Uuid()))
 
 
-def event_ids_slot(name: str = "event_ids") -> BindParameter[Any]:
-    """`event_ids_param` bound when the statement runs, as the parameter `name` (a list
-    of ids): see `unnest_slot`."""
-    return bindparam(name, type_=ARRAY(Uuid()))
+def event_ids_slot() -> BindParameter[Any]:
+    """`event_ids_param` bound when the statement runs, as the parameter `event_ids` (a
+    list of ids): see `unnest_slot`."""
+    return bindparam("event_ids", type_=ARRAY(Uuid()))
 
 
 def state_literal(value: str) -> ColumnClause[str]:
