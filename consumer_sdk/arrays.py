@@ -67,5 +67,13 @@ class _ArrayLiteral(TypeDecorator[Sequence[Any]]):
 
 def array_param(name: str, element: TypeEngine[Any]) -> Cast[Any]:
     """A parameter `name` taking a list of `element` values, bound as one array literal
-    and cast to `element[]` by the server."""
+    and cast to `element[]` by the server.
+
+    The cast is not folded to a constant: where it is evaluated once (`unnest(...)` in
+    FROM, a VALUES list) that is free, but as a row filter (`col = ANY(...)` in WHERE or
+    a join) a sequential scan parses the whole literal again for every row, and the
+    planner cannot use an index for it. There, read it once in a scalar subquery
+    (`cast(select(array_param(...)).scalar_subquery(), ARRAY(element))`, as
+    `services._shared.entity_ids` does): 450 ids against 48,000 rows took 1.26 s as a
+    filter, 0.8 ms through an index (PostgreSQL 15)."""
     return cast(bindparam(name, type_=_ArrayLiteral()), ARRAY(element))

@@ -21,6 +21,7 @@ from consumer_sdk import (
     RetentionEvent,
     RetryLater,
 )
+from consumer_sdk._internal.trust import Trust
 from consumer_sdk.idempotency import (
     BatchingStore,
     BatchTransaction,
@@ -30,6 +31,7 @@ from consumer_sdk.idempotency import (
     StoreTransaction,
 )
 from consumer_sdk.testing import TestConsumer
+from schemas.dlq import DlqReason
 from tests.sdk.helpers import event
 
 
@@ -168,6 +170,37 @@ async def test_a_call_passes_over_events_no_handler_of_the_service_takes() -> No
         "retention_consumer_events_skipped_total", {"service": "svc"}
     )
     assert skipped == 3
+
+
+async def test_a_refused_signature_ends_a_call_that_passes_over_events(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A record refused for its signature is never passed over like another service's
+    event, whatever entity type it claims: it ends the call and is dead-lettered in
+    record order."""
+    monkeypatch.setattr(
+        Trust, "refused", lambda self, record: "bad_signature" if b"forged" in record.key else None
+    )
+    app = make_app()
+    calls: list[list[str]] = []
+
+    @app.on_delete_batch("user")
+    async def delete_users(events: Sequence[RetentionEvent]) -> list[int]:
+        calls.append([e.entity_id for e in events])
+        return [1 for _ in events]
+
+    order = [event(f"o{n}", entity_type="order") for n in range(3)]
+    forged = [event("forged"), event("forged", entity_type="order")]
+    async with TestConsumer(app) as t:
+        acks = await t.deliver_batch(
+            event("a"), order[0], forged[0], order[1], event("b"), forged[1], order[2], event("c")
+        )
+    assert calls == [["a"], ["b"], ["c"]]
+    assert [a.entity_id for a in acks] == ["a", "b", "c"]
+    assert [(d.key, d.reason) for d in t.dead_letters] == [
+        (b"user:forged", DlqReason.BAD_SIGNATURE),
+        (b"order:forged", DlqReason.BAD_SIGNATURE),
+    ]
 
 
 @pytest.mark.parametrize(
