@@ -39,6 +39,7 @@ from sqlalchemy import (
     select,
     table,
     text,
+    union_all,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -204,23 +205,24 @@ async def repair_pseudonyms(
             if not events:
                 return total
             after = events[-1]
-            named = a.event_id.in_(events)
-            rows = (
-                await conn.execute(
-                    select(a.id, a.event_at, a.entity_type, a.entity_id)
-                    .where(
-                        # One arm per partial index on event_id (accepted, rejected).
-                        or_(and_(a.accepted, named), and_(not_(a.accepted), named)),
-                        # UUIDv7s grow with their minting time: the batch's months.
-                        or_(
-                            a.event_at.between(event_time(events[0]), event_time(after)),
-                            a.event_at == EPOCH,
-                        ),
-                        in_clear,
-                    )
-                    .order_by(a.id)
+            found = [
+                select(a.id, a.event_at, a.entity_type, a.entity_id).where(
+                    # One per partial index on event_id: an OR of the two would be
+                    # factored into `accepted OR NOT accepted`, which neither implies.
+                    accepted,
+                    a.event_id.in_(events),
+                    # One range of the index, not a descent per id, where a month is big.
+                    a.event_id.between(events[0], after),
+                    # UUIDv7s grow with their minting time: the batch's months.
+                    or_(
+                        a.event_at.between(event_time(events[0]), event_time(after)),
+                        a.event_at == EPOCH,
+                    ),
+                    in_clear,
                 )
-            ).all()
+                for accepted in (a.accepted, not_(a.accepted))
+            ]
+            rows = (await conn.execute(union_all(*found).order_by("id"))).all()
             if rows and pepper is not None:
                 await conn.execute(
                     update(ack_ledger)
