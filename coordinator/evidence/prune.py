@@ -179,7 +179,7 @@ async def repair_pseudonyms(
     engine: AsyncEngine, pepper: Pepper | None, *, batch: int = 5_000
 ) -> int:
     """Rewrite as HMACs the entity ids a partitioned ledger still holds in clear for
-    events already pseudonymised; return how many (without a pepper: how many would be).
+    events already pseudonymised; return how many it found (without a pepper it only counts).
 
     A version before `_pseudonymise_copies` rewrote only the old ledger while it
     converted, so rows it had copied kept their ids through the swap, and their events'
