@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 
 import typer
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.cli._app import actor, emit_json, err_console, load_settings
 from coordinator.cli.holds import print_normalisation
 from coordinator.clock import SystemClock
 from coordinator.evidence import evidence_signer
-from coordinator.evidence.partitions import LAYOUTS, UncopiedColumns, convert
-from coordinator.evidence.prune import prune_own_data
+from coordinator.evidence.partitions import LAYOUTS, LEDGER, UncopiedColumns, convert
+from coordinator.evidence.prune import prune_own_data, repair_pseudonyms
 from coordinator.evidence.pseudonyms import load_pepper
 from coordinator.outbox.prune import Pruned
 from coordinator.policy.model import PolicyFileError, load_policies
@@ -126,6 +127,11 @@ def db_partition(
     stays as `<table>_unpartitioned`; drop it once you have checked the new one (for the
     audit log: `retention audit verify --full` passes). Pruning leaves a table alone
     while its conversion is under way.
+
+    Once the ack ledger is partitioned, it also rewrites as HMACs the entity ids of
+    pseudonymised events that a version before session 12 left in clear while the
+    ledger converted (needs RETENTION_SUPPRESSION_PEPPER_FILE; without it, exit 1 if
+    there are any).
     """
     settings = load_settings()
     chosen = list(tables or LAYOUTS)
@@ -134,18 +140,48 @@ def db_partition(
         err_console.print(f"not a partitioned table: {', '.join(unknown)}")
         raise typer.Exit(2)
 
-    async def run() -> None:
+    async def run() -> bool:
+        """Convert; whether ids are left in clear for want of the pepper."""
         engine = make_engine(settings.database_url.get_secret_value(), pool_size=1)
+        left = False
         try:
             for name in chosen:
                 done = await convert(engine, LAYOUTS[name], batch=batch)
                 state = "partitioned" if done.swapped else "not swapped yet (run it again)"
                 err_console.print(f"{name} {state}; {done.copied} rows copied by this run")
+                if name == LEDGER.parent and done.swapped:
+                    left = await _repair_pseudonyms(engine, settings)
         finally:
             await engine.dispose()
+        return left
 
     try:
-        asyncio.run(run())
+        left = asyncio.run(run())
     except UncopiedColumns as refused:
         err_console.print(str(refused))
         raise typer.Exit(1) from None
+    if left:
+        raise typer.Exit(1)
+
+
+async def _repair_pseudonyms(engine: AsyncEngine, settings: Settings) -> bool:
+    """`repair_pseudonyms` on the partitioned ledger, said on stderr; whether ids are
+    left in clear because the pepper is not configured."""
+    pepper = load_pepper(settings.suppression_pepper_file)
+    rows = await repair_pseudonyms(engine, pepper)
+    name = LEDGER.parent
+    if pepper is not None:
+        err_console.print(f"{name}: {rows} ids of pseudonymised events rewritten as HMACs")
+        return False
+    if rows == 0:
+        err_console.print(
+            f"{name}: no id of a pseudonymised event in clear"
+            " (RETENTION_SUPPRESSION_PEPPER_FILE is not set)"
+        )
+        return False
+    err_console.print(
+        f"{name}: {rows} ids of pseudonymised events are still in clear and were not"
+        " rewritten: RETENTION_SUPPRESSION_PEPPER_FILE is not set; set it and run"
+        f" `retention db partition {name}` again"
+    )
+    return True

@@ -20,6 +20,7 @@ below the oldest open event's start (tests/integration/test_own_retention.py).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,6 +39,7 @@ from sqlalchemy import (
     select,
     table,
     text,
+    union_all,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -48,16 +50,18 @@ from coordinator.evidence.audit import AuditAction, AuditEntry
 from coordinator.evidence.checkpoints import Checkpoint, record_checkpoint
 from coordinator.evidence.partitions import (
     AUDIT,
+    EPOCH,
     LEDGER,
     Month,
     converting,
     drop_month,
+    event_time,
     is_partitioned,
     ledger_event_at,
     month_ids,
     months,
 )
-from coordinator.evidence.pseudonyms import Pepper
+from coordinator.evidence.pseudonyms import PREFIX, Pepper
 from coordinator.evidence.retention import Retention
 from coordinator.outbox.lookup import tracked_up_to
 from coordinator.outbox.prune import Pruned, prune_outbox
@@ -77,6 +81,7 @@ __all__ = [
     "prune_event_status",
     "prune_own_data",
     "pseudonymise",
+    "repair_pseudonyms",
 ]
 
 ACTOR = "coordinator"
@@ -167,6 +172,73 @@ async def pseudonymise(
                 )
                 await _pseudonymise_copies(conn, acks, pseudonyms)
             await _record(conn, f"{event_status.name}.entity_id", len(rows), cutoff, now)
+        total += len(rows)
+
+
+async def repair_pseudonyms(
+    engine: AsyncEngine, pepper: Pepper | None, *, batch: int = 5_000
+) -> int:
+    """Rewrite as HMACs the entity ids a partitioned ledger still holds in clear for
+    events already pseudonymised; return how many it found (without a pepper it only counts).
+
+    A version before `_pseudonymise_copies` rewrote only the old ledger while it
+    converted, so rows it had copied kept their ids through the swap, and their events'
+    marks mean `pseudonymise` never comes back to them. `retention db partition` runs
+    this once the ledger is partitioned, not daily: it walks the marked statuses in
+    keyset batches of `batch` and reads each batch's ledger rows through the ledger's
+    event index, in the months the batch's ids were minted in and the epoch's.
+
+    A clear id that begins with `PREFIX` cannot be told from an HMAC and is left as it
+    is. Marked events are never pseudonymised again, so a serve replica's
+    `pseudonymise` touches other rows; two repairs lock their rows in id order and
+    leave a row the other already rewrote (the update's condition is read again)."""
+    s, a = event_status.c, ack_ledger.c
+    in_clear = and_(a.entity_id.is_not(None), a.entity_id.not_like(f"{PREFIX}%"))
+    total = 0
+    after: uuid.UUID | None = None
+    while True:
+        async with engine.begin() as conn:
+            marked = select(s.event_id).where(s.pseudonymised_at.is_not(None))
+            if after is not None:
+                marked = marked.where(s.event_id > after)
+            events = (await conn.execute(marked.order_by(s.event_id).limit(batch))).scalars().all()
+            if not events:
+                return total
+            after = events[-1]
+            found = [
+                select(a.id, a.event_at, a.entity_type, a.entity_id).where(
+                    # One per partial index on event_id: an OR of the two would be
+                    # factored into `accepted OR NOT accepted`, which neither implies.
+                    accepted,
+                    a.event_id.in_(events),
+                    # One range of the index, not a descent per id, where a month is big.
+                    a.event_id.between(events[0], after),
+                    # UUIDv7s grow with their minting time: the batch's months.
+                    or_(
+                        a.event_at.between(event_time(events[0]), event_time(after)),
+                        a.event_at == EPOCH,
+                    ),
+                    in_clear,
+                )
+                for accepted in (a.accepted, not_(a.accepted))
+            ]
+            rows = (await conn.execute(union_all(*found).order_by("id"))).all()
+            if rows and pepper is not None:
+                await conn.execute(
+                    update(ack_ledger)
+                    .where(
+                        a.id == bindparam("b_id"), a.event_at == bindparam("b_event_at"), in_clear
+                    )
+                    .values(entity_id=bindparam("b_pseudonym")),
+                    [
+                        {
+                            "b_id": r.id,
+                            "b_event_at": r.event_at,
+                            "b_pseudonym": pepper.pseudonym(r.entity_type or "", r.entity_id),
+                        }
+                        for r in rows
+                    ],
+                )
         total += len(rows)
 
 

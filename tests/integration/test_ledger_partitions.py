@@ -342,16 +342,36 @@ async def test_pseudonymising_waits_for_a_copy_step_in_flight(postgres_url: str)
         await infra.drop_database(url)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review24: rows a version before `_pseudonymise_copies` pseudonymised after"
-    " copying keep the id in clear through the swap; nothing redoes a marked status",
-)
+def _partition(url: str, pepper: Path | None) -> subprocess.CompletedProcess[str]:
+    """`retention db partition retention_ack_ledger --batch 1`, with the pepper file if given."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETENTION_")}
+    env["RETENTION_DATABASE_URL"] = url
+    env["RETENTION_HASH_SECRET"] = "k"
+    if pepper is not None:
+        env["RETENTION_SUPPRESSION_PEPPER_FILE"] = str(pepper)
+    command = [str(Path(sys.executable).with_name("retention")), "db", "partition"]
+    return subprocess.run(
+        [*command, LEDGER.parent, "--batch", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _pepper_file(tmp_path: Path) -> Path:
+    path = tmp_path / "pepper"
+    path.write_bytes(b"p" * 32 + b"\n")
+    return path
+
+
 async def test_ids_an_older_version_pseudonymised_mid_conversion_are_hmacs_after_the_swap(
-    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """A conversion begun by an older version, whose pseudonymisation rewrote the old
-    ledger only (as this one does with no conversion seen), finished by this version."""
+    ledger only (as this one does with no conversion seen), finished by this version's
+    command: without the pepper it swaps, says what it left in clear and fails; run once
+    more with it, it rewrites them."""
     url = await infra.create_database(postgres_url, "ledger_pseudonymise_older")
     engine = make_engine(url)
     try:
@@ -361,8 +381,66 @@ async def test_ids_an_older_version_pseudonymised_mid_conversion_are_hmacs_after
             older.setattr(prune, "converting", _never_converting)
             assert await _pseudonymise(engine) == 2
         assert await _pseudonymise(engine) == 0
-        assert (await convert(engine, LEDGER, batch=1)).swapped
+
+        unpeppered = _partition(url, None)
+        assert unpeppered.returncode == 1, unpeppered.stderr
+        assert f"{LEDGER.parent} partitioned; 1 rows copied" in unpeppered.stderr
+        assert "1 ids of pseudonymised events are still in clear" in unpeppered.stderr
+        assert "RETENTION_SUPPRESSION_PEPPER_FILE is not set" in unpeppered.stderr
+
+        done = _partition(url, _pepper_file(tmp_path))
+        assert done.returncode == 0, done.stderr
+        assert "1 ids of pseudonymised events rewritten as HMACs" in done.stderr
         await _assert_no_id_in_clear(engine, events)
+    finally:
+        await engine.dispose()
+        await infra.drop_database(url)
+
+
+async def test_the_repair_changes_no_row_of_a_clean_ledger(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Ids this version pseudonymised mid-conversion, and an event not pseudonymised yet
+    (its id stays in clear): the command's repair rewrites no row, with or without the
+    pepper."""
+    url = await infra.create_database(postgres_url, "ledger_pseudonymise_clean")
+    engine = make_engine(url)
+    try:
+        events = await _completed_mid_conversion(engine, url, 3)
+        assert (await convert(engine, LEDGER, batch=1, max_batches=1)).copied == 1
+        assert await _pseudonymise(engine) == 3
+        recent = _minted(NOW - timedelta(days=1))
+        await _status(engine, recent, NOW - timedelta(days=1), "completed")
+        async with engine.begin() as conn:
+            await conn.execute(
+                insert(ack_ledger).values(
+                    _ack(recent, NOW, entity_type="user", entity_id="person recent")
+                )
+            )
+            await conn.execute(insert(ack_ledger).values(_ack(None, NOW, accepted=False)))
+        assert (await convert(engine, LEDGER)).swapped
+
+        async def stored() -> list[Any]:
+            async with engine.connect() as conn:
+                return list(
+                    (
+                        await conn.execute(
+                            text(
+                                f"SELECT id, xmin::text, entity_id FROM {LEDGER.parent} ORDER BY id"
+                            )
+                        )
+                    ).all()
+                )
+
+        before = await stored()
+        for pepper in (None, _pepper_file(tmp_path)):
+            done = _partition(url, pepper)
+            assert done.returncode == 0, done.stderr
+            assert await stored() == before
+        assert "0 ids of pseudonymised events rewritten as HMACs" in done.stderr
+        assert sorted(r.entity_id for r in before if r.entity_id is not None) == sorted(
+            ["person recent", *(PEPPER.pseudonym("user", f"person {e}") for e in events)]
+        )
     finally:
         await engine.dispose()
         await infra.drop_database(url)
