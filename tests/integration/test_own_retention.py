@@ -3,6 +3,7 @@ not completed, leaves the audit chain verifiable, and keeps old entity ids only 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -18,6 +19,7 @@ from coordinator.evidence.heads import newest_published_head
 from coordinator.evidence.partitions import (
     LEDGER,
     OUTBOX,
+    Layout,
     Month,
     convert,
     converting,
@@ -30,6 +32,7 @@ from coordinator.evidence.pseudonyms import Pepper
 from coordinator.evidence.retention import Retention
 from coordinator.evidence.upkeep import Upkeep
 from coordinator.outbox.lookup import EVENTS, TRACKED, by_event_ids
+from coordinator.outbox.prune import prune_outbox
 from coordinator.store.db import make_engine
 from coordinator.store.migrate import upgrade
 from coordinator.store.tables import (
@@ -218,39 +221,90 @@ async def test_pruning_mid_conversion_removes_what_is_due_from_both_tables(
     url = await infra.create_database(postgres_url, "own_retention_converting")
     engine = make_engine(url)
     try:
-        await upgrade(url, "0023_republish_jobs")
-        # Rows in both, so 0024 and 0025 only make their shadows: the tables convert.
-        await insert_rows(engine, [outbox_rows(1)[0] | {"entity_id": "before 0024"}])
-        async with engine.begin() as conn:
-            await conn.execute(
-                text(
-                    "INSERT INTO retention_ack_ledger (received_at, kafka_topic,"
-                    " kafka_partition, kafka_offset, service, status, attempt, accepted)"
-                    " VALUES (now(), 'acks', 1, 1, 'billing', 'completed', 1, false)"
-                )
-            )
-        await upgrade(url)
-        ids = await _world(engine)
+        ids = await _converting_world(engine, url)
         for layout in (OUTBOX, LEDGER):
-            async with engine.connect() as conn:
-                assert await converting(conn, layout)
             # The oldest rows, "completed 7 years ago"'s, are in the shadow.
             assert (await convert(engine, layout, batch=1, max_batches=1)).copied == 1
 
         async def swap() -> None:
             for layout in (OUTBOX, LEDGER):
-                assert (await convert(engine, layout, batch=1)).swapped
-                async with engine.connect() as conn:
-                    old, new = [
-                        set((await conn.execute(text(f"SELECT {layout.key} FROM {n}"))).scalars())
-                        for n in (layout.old, layout.parent)
-                    ]
-                assert old == new, layout.parent
+                await _swap(engine, layout)
 
         await _prune_and_check(engine, ids, swap)
     finally:
         await engine.dispose()
         await infra.drop_database(url)
+
+
+async def test_pruning_the_outbox_waits_for_a_copy_step_in_flight(postgres_url: str) -> None:
+    """A copy step that read the old outbox before the prune and has not committed: the
+    prune waits for it, then deletes what it copied, so the swap brings back nothing."""
+    url = await infra.create_database(postgres_url, "own_retention_copy_in_flight")
+    engine = make_engine(url)
+    try:
+        ids = await _converting_world(engine, url)
+        async with engine.connect() as copier:
+            await copier.begin()
+            # The conversion's copy of the old rows, as a step makes it (names fixed).
+            columns = ", ".join(OUTBOX.columns)
+            await copier.execute(
+                text(
+                    f"INSERT INTO {OUTBOX.shadow} ({columns}) SELECT {columns} FROM {OUTBOX.parent}"
+                )
+            )
+            pruning = asyncio.create_task(
+                prune_outbox(engine, now=NOW, keep=RETENTION.outbox, dry_run=False)
+            )
+            await asyncio.sleep(1)
+            assert not pruning.done()
+            await copier.commit()
+        assert (await asyncio.wait_for(pruning, 30)).rows == 2
+        await _swap(engine, OUTBOX)
+        async with engine.connect() as conn:
+            kept = {
+                kind
+                for kind, event_id in ids.items()
+                if await conn.scalar(
+                    select(func.count()).select_from(EVENTS).where(by_event_ids([event_id]))
+                )
+            }
+        assert kept == set(ids) - {"completed 7 years ago", "completed 40 days ago"}
+    finally:
+        await engine.dispose()
+        await infra.drop_database(url)
+
+
+async def _converting_world(engine: AsyncEngine, url: str) -> dict[str, uuid.UUID]:
+    """`_world` in a database whose outbox and ledger are being converted, nothing
+    copied yet."""
+    await upgrade(url, "0023_republish_jobs")
+    # Rows in both, so 0024 and 0025 only make their shadows: the tables convert.
+    await insert_rows(engine, [outbox_rows(1)[0] | {"entity_id": "before 0024"}])
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO retention_ack_ledger (received_at, kafka_topic,"
+                " kafka_partition, kafka_offset, service, status, attempt, accepted)"
+                " VALUES (now(), 'acks', 1, 1, 'billing', 'completed', 1, false)"
+            )
+        )
+    await upgrade(url)
+    ids = await _world(engine)
+    async with engine.connect() as conn:
+        for layout in (OUTBOX, LEDGER):
+            assert await converting(conn, layout)
+    return ids
+
+
+async def _swap(engine: AsyncEngine, layout: Layout) -> None:
+    """Finish the conversion: the swapped-in table holds what the old one beside it does."""
+    assert (await convert(engine, layout, batch=1)).swapped
+    async with engine.connect() as conn:
+        old, new = [
+            set((await conn.execute(text(f"SELECT {layout.key} FROM {name}"))).scalars())
+            for name in (layout.old, layout.parent)
+        ]
+    assert old == new, layout.parent
 
 
 async def _prune_and_check(
