@@ -517,6 +517,9 @@ async def prune_audit(
     """
     before = await _horizon(engine, now - keep)
     async with engine.connect() as conn:
+        # Not the outbox's and ledger's `delete_copies`: this transaction holds the chain
+        # lock throughout, so waiting for a copy step there would stall every appender.
+        # The rows stay until the swap (docs/operations.md, "The system's own data").
         if await converting(conn, AUDIT):
             return Pruned(audit_log.name, 0, before, dry_run)
     total, names = await _drop_months(
