@@ -125,8 +125,8 @@ def db_partition(
     Copies each table in key order, one transaction per batch (resumable: run it again
     after an interruption), then swaps the tables under a moment's lock. The old table
     stays as `<table>_unpartitioned`; drop it once you have checked the new one (for the
-    audit log: `retention audit verify --full` passes). Pruning leaves a table alone
-    while its conversion is under way.
+    audit log: `retention audit verify --full` passes). Pruning goes on meanwhile, but
+    leaves an audit log alone until its conversion has swapped.
 
     Once the ack ledger is partitioned, it also rewrites as HMACs the entity ids of
     pseudonymised events that a version before session 12 left in clear while the

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -54,6 +54,7 @@ __all__ = [
     "ahead",
     "convert",
     "converting",
+    "delete_copies",
     "drop_month",
     "ensure_months",
     "event_time",
@@ -487,9 +488,40 @@ async def _finish(engine: AsyncEngine, layout: Layout) -> int:
 
 async def converting(conn: AsyncConnection, layout: Layout) -> bool:
     """A conversion has begun and not finished: the old table is still the one in use,
-    with its partitioned copy beside it (pruning leaves both alone until the swap, since a
-    row deleted from the old table after it was copied would come back)."""
+    with its partitioned copy beside it (a row deleted from the old table after it was
+    copied would come back with the swap, unless its copy goes too: `delete_copies`)."""
     return await _exists(conn, layout.shadow) and not await is_partitioned(conn, layout.parent)
+
+
+async def delete_copies(
+    conn: AsyncConnection, layout: Layout, keys: Sequence[int], before: datetime
+) -> None:
+    """Delete the conversion's copies of the rows `keys` names, just deleted from the old
+    table in this transaction (all of them with their partition key before `before`), so
+    the swap does not bring them back. Nothing when no conversion is under way.
+
+    Checked after that delete: its lock on the old table keeps the swap (which starts with
+    that table's ACCESS EXCLUSIVE) out until this commits, and a swap before it made the
+    delete hit the partitioned table itself. The shadow's SHARE ROW EXCLUSIVE waits for a
+    copy step in flight and holds off the next, so a row was either copied already and is
+    deleted below (the statement's snapshot follows the lock) or is not copied at all (a
+    later step reads the old table after this commit). A step's resume point, the shadow's
+    greatest key, may drop: the rows above it went from both tables. No cycle: the swap
+    too locks the old table before the shadow, a copy step needs only ACCESS SHARE on the
+    old one, and neither takes the chain lock. Not SHARE: two prunes (two serve replicas)
+    could both hold it and deadlock on their deletes; SHARE ROW EXCLUSIVE conflicts with
+    itself."""
+    if not keys or not await converting(conn, layout):
+        return
+    # The names come from a Layout, never from input.
+    await conn.execute(text(f"LOCK TABLE {layout.shadow} IN SHARE ROW EXCLUSIVE MODE"))
+    await conn.execute(
+        text(
+            f"DELETE FROM {layout.shadow} WHERE {layout.key} = ANY(:keys)"
+            f" AND {layout.column} < :before"
+        ),
+        {"keys": list(keys), "before": before},
+    )
 
 
 async def drop_month(

@@ -52,8 +52,10 @@ from coordinator.evidence.partitions import (
     AUDIT,
     EPOCH,
     LEDGER,
+    Layout,
     Month,
     converting,
+    delete_copies,
     drop_month,
     event_time,
     is_partitioned,
@@ -289,9 +291,6 @@ async def prune_ack_ledger(
     were rejected and name no event the tracker knows): whole months of events by
     dropping their partition (`_drop_ledger_months`), the rest row by row."""
     cutoff = now - keep
-    async with engine.connect() as conn:
-        if await converting(conn, LEDGER):
-            return Pruned(ack_ledger.name, 0, cutoff, dry_run)
     dropped, names = await _drop_ledger_months(engine, now=now, cutoff=cutoff, dry_run=dry_run)
     a, s = ack_ledger.c, event_status.c
     # A dry run's months are still there: their rows are counted already.
@@ -308,7 +307,15 @@ async def prune_ack_ledger(
         ),
     )
     rows = await _delete_in_batches(
-        engine, ack_ledger.name, a.id, due, cutoff=cutoff, now=now, dry_run=dry_run, batch=batch
+        engine,
+        ack_ledger.name,
+        a.id,
+        due,
+        cutoff=cutoff,
+        now=now,
+        dry_run=dry_run,
+        batch=batch,
+        copies=LEDGER,
     )
     return Pruned(ack_ledger.name, dropped + rows.rows, cutoff, dry_run, tuple(names))
 
@@ -399,9 +406,12 @@ async def _delete_in_batches(
     dry_run: bool,
     batch: int,
     dependent: Column[Any] | None = None,
+    copies: Layout | None = None,
 ) -> Pruned:
     """Delete the rows `due` selects, `batch` at a time; with `dependent` (a column
-    referring to `key`), also the rows of its table that refer to the deleted ones."""
+    referring to `key`), also the rows of its table that refer to the deleted ones; with
+    `copies` (the table's layout, `due` selecting only rows with its partition key before
+    `cutoff`), also a conversion's copies of them."""
     table = key.table
     if dry_run:
         async with engine.connect() as conn:
@@ -416,15 +426,17 @@ async def _delete_in_batches(
                 select(key).where(due).order_by(key).limit(batch).with_for_update(skip_locked=True)
             )
             gone = delete(table).where(key.in_(doomed.scalar_subquery())).returning(key).cte("gone")
-            counted = select(func.count()).select_from(gone)
+            counted = select(func.count(), func.array_agg(gone.c[key.name])).select_from(gone)
             if dependent is not None:
                 counted = counted.add_cte(
                     delete(dependent.table)
                     .where(dependent.in_(select(gone.c[key.name])))
                     .cte("gone_dependents")
                 )
-            n = (await conn.execute(counted)).scalar_one()
+            n, keys = (await conn.execute(counted)).one()
             if n:
+                if copies is not None:
+                    await delete_copies(conn, copies, keys, cutoff)
                 await _record(conn, name, n, cutoff, now)
         total += n
         if n < batch:
@@ -577,6 +589,9 @@ async def prune_audit(
     """
     before = await _horizon(engine, now - keep)
     async with engine.connect() as conn:
+        # Not the outbox's and ledger's `delete_copies`: this transaction holds the chain
+        # lock throughout, so waiting for a copy step there would stall every appender.
+        # The rows stay until the swap (docs/operations.md, "The system's own data").
         if await converting(conn, AUDIT):
             return Pruned(audit_log.name, 0, before, dry_run)
     total, names = await _drop_months(

@@ -31,12 +31,30 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Uuid, and_, column, delete, exists, func, or_, select, table, true
+from sqlalchemy import (
+    Uuid,
+    and_,
+    column,
+    delete,
+    exists,
+    func,
+    null,
+    or_,
+    select,
+    table,
+    true,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator.evidence import audit
 from coordinator.evidence.audit import AuditAction, AuditEntry, append
-from coordinator.evidence.partitions import OUTBOX, converting, drop_month, is_partitioned, months
+from coordinator.evidence.partitions import (
+    OUTBOX,
+    delete_copies,
+    drop_month,
+    is_partitioned,
+    months,
+)
 from coordinator.outbox.lookup import EVENTS, published_up_to, tracked_up_to
 from coordinator.store.tables import event_status, outbox_batches
 
@@ -70,9 +88,6 @@ async def prune_outbox(
     """Delete (or, with `dry_run`, count) the outbox batches whose events all completed
     before `now - keep`: whole months by dropping their partition, then row by row."""
     cutoff = now - keep
-    async with engine.connect() as conn:
-        if await converting(conn, OUTBOX):
-            return Pruned(outbox_batches.name, 0, cutoff, dry_run)
     total, dropped = await _drop_months(engine, now=now, cutoff=cutoff, dry_run=dry_run)
     after = 0
     b, s = outbox_batches.c, event_status.c
@@ -109,19 +124,29 @@ async def prune_outbox(
             )
             if dry_run:
                 counted = select(func.coalesce(func.sum(doomed.c.events), 0))
+                keys: Any = null()
             else:
                 gone = (
                     delete(outbox_batches)
                     .where(b.seq.in_(select(doomed.c.seq)))
-                    .returning(b.events)
+                    .returning(b.seq, b.events)
                     .cte("gone")
                 )
                 counted = select(func.coalesce(func.sum(gone.c.events), 0))
+                keys = select(func.array_agg(gone.c.seq)).scalar_subquery()
             last = select(func.max(window.c.seq)).scalar_subquery()
             row = (
-                await conn.execute(select(last.label("last"), counted.scalar_subquery().label("n")))
+                await conn.execute(
+                    select(
+                        last.label("last"),
+                        counted.scalar_subquery().label("n"),
+                        keys.label("seqs"),
+                    )
+                )
             ).one()
             if row.n and not dry_run:
+                # A conversion's copies of them go too, or the swap would bring them back.
+                await delete_copies(conn, OUTBOX, row.seqs, cutoff)
                 await _record(conn, outbox_batches.name, int(row.n), cutoff, now)
         total += int(row.n)
         if row.last is None:

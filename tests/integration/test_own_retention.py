@@ -3,24 +3,38 @@ not completed, leaves the audit chain verifiable, and keeps old entity ids only 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import FrozenClock
 from coordinator.evidence import audit
 from coordinator.evidence.checkpoints import verify_chain
 from coordinator.evidence.heads import newest_published_head
-from coordinator.evidence.partitions import OUTBOX, Month, ensure_months, ledger_event_at
+from coordinator.evidence.partitions import (
+    LEDGER,
+    OUTBOX,
+    Layout,
+    Month,
+    convert,
+    converting,
+    ensure_months,
+    is_partitioned,
+    ledger_event_at,
+)
 from coordinator.evidence.prune import prune_own_data
 from coordinator.evidence.pseudonyms import Pepper
 from coordinator.evidence.retention import Retention
 from coordinator.evidence.upkeep import Upkeep
 from coordinator.outbox.lookup import EVENTS, TRACKED, by_event_ids
+from coordinator.outbox.prune import prune_outbox
 from coordinator.store.db import make_engine
+from coordinator.store.migrate import upgrade
 from coordinator.store.tables import (
     ack_ledger,
     audit_checkpoints,
@@ -33,8 +47,8 @@ from coordinator.store.tables import (
 from coordinator.tracking import ledger, queries
 from schemas import AckStatus, KafkaSettings, RetentionAck
 from schemas.signing import Verifier
-from tests import keys
-from tests.outbox import clear_outbox, insert_rows
+from tests import infra, keys
+from tests.outbox import clear_outbox, insert_rows, outbox_rows
 
 NOW = datetime.now(UTC)
 YEAR = timedelta(days=365)
@@ -74,7 +88,8 @@ async def _world(engine: AsyncEngine) -> dict[str, uuid.UUID]:
     await clear_outbox(engine)
     async with engine.begin() as conn:
         # Each kind's month has its outbox partition: whole months may go by dropping it.
-        await ensure_months(conn, {Month.of(at) for _, at, _ in KINDS.values()}, OUTBOX)
+        if await is_partitioned(conn, OUTBOX.parent):  # not while it converts
+            await ensure_months(conn, {Month.of(at) for _, at, _ in KINDS.values()}, OUTBOX)
     shared_run = uuid.uuid4()
     rows: list[dict[str, Any]] = [
         {
@@ -191,74 +206,179 @@ async def test_pruning_never_removes_evidence_of_an_event_not_completed(
     engine = make_engine(coordinator_db)
     try:
         ids = await _world(engine)
-        before = await _present(engine, ids)
-        dry = await prune_own_data(
-            engine, RETENTION, now=NOW, dry_run=True, pepper=PEPPER, signer=SIGNER
-        )
-        assert await _present(engine, ids) == before
-        assert {p.table: p.rows for p in dry} == {
-            "retention_outbox_batches": 2,
-            "retention_event_status.entity_id": 3,
-            "retention_ack_ledger": 2,
-            "retention_event_status": 2,
-            "audit_log": 2,
-            "retention_vault": 0,
-        }
-
-        done = await prune_own_data(
-            engine, RETENTION, now=NOW, dry_run=False, pepper=PEPPER, signer=SIGNER
-        )
-        assert {p.table: p.rows for p in done} == {p.table: p.rows for p in dry}
-        after = await _present(engine, ids)
-        # Every open event keeps everything it had, however old.
-        for kind in ("pending for 7 years", "overdue for 7 years", "failed for 7 years"):
-            assert after[kind] == before[kind] == (1, 1, 1, 1), kind
-        assert after[UNTRACKED] == (1, 0, 0, 0)
-        # Completed events lose their outbox row after 30 days, the rest after 6 years;
-        # the outbox row stays while another event of its batch is open.
-        assert after["completed 7 years ago, batched with a pending one"] == (1, 0, 0, 0)
-        assert after["completed 7 years ago"] == (0, 0, 0, 0)
-        assert after["completed 40 days ago"] == (0, 1, 1, 1)
-        assert after["completed yesterday"] == (1, 1, 1, 1)
-
-        async with engine.connect() as conn:
-            names = dict(
-                (
-                    await conn.execute(select(event_status.c.event_id, event_status.c.entity_id))
-                ).all()
-            )
-            ledger = dict(
-                (await conn.execute(select(ack_ledger.c.event_id, ack_ledger.c.entity_id))).all()
-            )
-            # Old evidence names the entity only by its HMAC; open and recent events in clear.
-            old = ids["completed 40 days ago"]
-            assert names[old] == ledger[old] == PEPPER.pseudonym("user", "completed 40 days ago")
-            assert names[ids["pending for 7 years"]] == "pending for 7 years"
-            assert names[ids["completed yesterday"]] == "completed yesterday"
-            # Whoever knows the id finds its evidence by computing the HMAC.
-            entity = ("user", "completed 40 days ago")
-            assert await queries.entity_status(conn, *entity, now=NOW) == []
-            [found] = await queries.entity_status(conn, *entity, now=NOW, pepper=PEPPER)
-            assert found["event_id"] == str(old)
-            certificate = await queries.certificate(conn, *entity, now=NOW, pepper=PEPPER)
-            assert certificate is not None
-
-            # The two audit rows older than every open event went; the chain verifies
-            # across them through their signed checkpoint, and not without it.
-            report = await verify_chain(conn, full=True, verifier=Verifier([SIGNER.public]))
-            assert report.broken is None
-            assert report.from_seq == 1
-            remaining = list(
-                (await conn.execute(select(audit_log.c.seq).order_by(audit_log.c.seq))).scalars()
-            )
-            assert remaining[:2] == [3, 4]
-        async with engine.begin() as conn:
-            await conn.execute(delete(audit_checkpoints))
-            broken = await verify_chain(conn, full=True)
-        assert broken.broken is not None
-        assert broken.broken.seq == 1
+        await _prune_and_check(engine, ids)
     finally:
         await engine.dispose()
+
+
+async def test_pruning_mid_conversion_removes_what_is_due_from_both_tables(
+    postgres_url: str,
+) -> None:
+    """The outbox and the ledger are being converted (`retention db partition`), each with
+    its first rows copied, when the prune runs: the same rows go, and none comes back with
+    the swap (the copies went too); the old tables beside the swapped-in ones hold no
+    more. Nothing of an open event goes."""
+    url = await infra.create_database(postgres_url, "own_retention_converting")
+    engine = make_engine(url)
+    try:
+        ids = await _converting_world(engine, url)
+        for layout in (OUTBOX, LEDGER):
+            # The oldest rows, "completed 7 years ago"'s, are in the shadow.
+            assert (await convert(engine, layout, batch=1, max_batches=1)).copied == 1
+
+        async def swap() -> None:
+            for layout in (OUTBOX, LEDGER):
+                await _swap(engine, layout)
+
+        await _prune_and_check(engine, ids, swap)
+    finally:
+        await engine.dispose()
+        await infra.drop_database(url)
+
+
+async def test_pruning_the_outbox_waits_for_a_copy_step_in_flight(postgres_url: str) -> None:
+    """A copy step that read the old outbox before the prune and has not committed: the
+    prune waits for it, then deletes what it copied, so the swap brings back nothing."""
+    url = await infra.create_database(postgres_url, "own_retention_copy_in_flight")
+    engine = make_engine(url)
+    try:
+        ids = await _converting_world(engine, url)
+        async with engine.connect() as copier:
+            await copier.begin()
+            # The conversion's copy of the old rows, as a step makes it (names fixed).
+            columns = ", ".join(OUTBOX.columns)
+            await copier.execute(
+                text(
+                    f"INSERT INTO {OUTBOX.shadow} ({columns}) SELECT {columns} FROM {OUTBOX.parent}"
+                )
+            )
+            pruning = asyncio.create_task(
+                prune_outbox(engine, now=NOW, keep=RETENTION.outbox, dry_run=False)
+            )
+            await asyncio.sleep(1)
+            assert not pruning.done()
+            await copier.commit()
+        assert (await asyncio.wait_for(pruning, 30)).rows == 2
+        await _swap(engine, OUTBOX)
+        async with engine.connect() as conn:
+            kept = {
+                kind
+                for kind, event_id in ids.items()
+                if await conn.scalar(
+                    select(func.count()).select_from(EVENTS).where(by_event_ids([event_id]))
+                )
+            }
+        assert kept == set(ids) - {"completed 7 years ago", "completed 40 days ago"}
+    finally:
+        await engine.dispose()
+        await infra.drop_database(url)
+
+
+async def _converting_world(engine: AsyncEngine, url: str) -> dict[str, uuid.UUID]:
+    """`_world` in a database whose outbox and ledger are being converted, nothing
+    copied yet."""
+    await upgrade(url, "0023_republish_jobs")
+    # Rows in both, so 0024 and 0025 only make their shadows: the tables convert.
+    await insert_rows(engine, [outbox_rows(1)[0] | {"entity_id": "before 0024"}])
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO retention_ack_ledger (received_at, kafka_topic,"
+                " kafka_partition, kafka_offset, service, status, attempt, accepted)"
+                " VALUES (now(), 'acks', 1, 1, 'billing', 'completed', 1, false)"
+            )
+        )
+    await upgrade(url)
+    ids = await _world(engine)
+    async with engine.connect() as conn:
+        for layout in (OUTBOX, LEDGER):
+            assert await converting(conn, layout)
+    return ids
+
+
+async def _swap(engine: AsyncEngine, layout: Layout) -> None:
+    """Finish the conversion: the swapped-in table holds what the old one beside it does."""
+    assert (await convert(engine, layout, batch=1)).swapped
+    async with engine.connect() as conn:
+        old, new = [
+            set((await conn.execute(text(f"SELECT {layout.key} FROM {name}"))).scalars())
+            for name in (layout.old, layout.parent)
+        ]
+    assert old == new, layout.parent
+
+
+async def _prune_and_check(
+    engine: AsyncEngine,
+    ids: dict[str, uuid.UUID],
+    then: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Prune `_world` and check what is left (after `then`, if given, ran after the prune)."""
+    before = await _present(engine, ids)
+    dry = await prune_own_data(
+        engine, RETENTION, now=NOW, dry_run=True, pepper=PEPPER, signer=SIGNER
+    )
+    assert await _present(engine, ids) == before
+    assert {p.table: p.rows for p in dry} == {
+        "retention_outbox_batches": 2,
+        "retention_event_status.entity_id": 3,
+        "retention_ack_ledger": 2,
+        "retention_event_status": 2,
+        "audit_log": 2,
+        "retention_vault": 0,
+    }
+
+    done = await prune_own_data(
+        engine, RETENTION, now=NOW, dry_run=False, pepper=PEPPER, signer=SIGNER
+    )
+    assert {p.table: p.rows for p in done} == {p.table: p.rows for p in dry}
+    if then is not None:
+        await then()
+    after = await _present(engine, ids)
+    # Every open event keeps everything it had, however old.
+    for kind in ("pending for 7 years", "overdue for 7 years", "failed for 7 years"):
+        assert after[kind] == before[kind] == (1, 1, 1, 1), kind
+    assert after[UNTRACKED] == (1, 0, 0, 0)
+    # Completed events lose their outbox row after 30 days, the rest after 6 years;
+    # the outbox row stays while another event of its batch is open.
+    assert after["completed 7 years ago, batched with a pending one"] == (1, 0, 0, 0)
+    assert after["completed 7 years ago"] == (0, 0, 0, 0)
+    assert after["completed 40 days ago"] == (0, 1, 1, 1)
+    assert after["completed yesterday"] == (1, 1, 1, 1)
+
+    async with engine.connect() as conn:
+        names = dict(
+            (await conn.execute(select(event_status.c.event_id, event_status.c.entity_id))).all()
+        )
+        ledger = dict(
+            (await conn.execute(select(ack_ledger.c.event_id, ack_ledger.c.entity_id))).all()
+        )
+        # Old evidence names the entity only by its HMAC; open and recent events in clear.
+        old = ids["completed 40 days ago"]
+        assert names[old] == ledger[old] == PEPPER.pseudonym("user", "completed 40 days ago")
+        assert names[ids["pending for 7 years"]] == "pending for 7 years"
+        assert names[ids["completed yesterday"]] == "completed yesterday"
+        # Whoever knows the id finds its evidence by computing the HMAC.
+        entity = ("user", "completed 40 days ago")
+        assert await queries.entity_status(conn, *entity, now=NOW) == []
+        [found] = await queries.entity_status(conn, *entity, now=NOW, pepper=PEPPER)
+        assert found["event_id"] == str(old)
+        certificate = await queries.certificate(conn, *entity, now=NOW, pepper=PEPPER)
+        assert certificate is not None
+
+        # The two audit rows older than every open event went; the chain verifies
+        # across them through their signed checkpoint, and not without it.
+        report = await verify_chain(conn, full=True, verifier=Verifier([SIGNER.public]))
+        assert report.broken is None
+        assert report.from_seq == 1
+        remaining = list(
+            (await conn.execute(select(audit_log.c.seq).order_by(audit_log.c.seq))).scalars()
+        )
+        assert remaining[:2] == [3, 4]
+    async with engine.begin() as conn:
+        await conn.execute(delete(audit_checkpoints))
+        broken = await verify_chain(conn, full=True)
+    assert broken.broken is not None
+    assert broken.broken.seq == 1
 
 
 async def test_upkeep_signs_a_head_prunes_and_publishes(
