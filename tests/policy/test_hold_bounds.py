@@ -102,3 +102,68 @@ async def test_no_hold_is_missed_across_powers_of_ten_and_zero(
         left = set((await conn.scalars(select(orders.c.id))).all())
     assert left == HELD
     assert (outcome.processed, outcome.held) == (len(IDS) - len(HELD), len(HELD))
+
+
+ACTIONS = """
+services:
+  - {{name: billing, owner: tests, handles: {{order: [{handled}]}}}}
+policies:
+  - name: orders
+    table: orders
+    entity_type: order
+    timestamp_column: created_at
+    retention: 30d
+    action: {action}
+    legal_basis: test
+    batch_size: {batch}
+    fan_out: true
+{extra}"""
+
+
+@pytest.mark.parametrize("batch", [3, 7])
+@pytest.mark.parametrize("action", ["anonymize", "archive"])
+async def test_anonymize_and_archive_windows_see_every_hold(
+    engine: AsyncEngine, clock: FrozenClock, settings: Settings, batch: int, action: str
+) -> None:
+    # The bound is derived from the window's keys; anonymize (rows stay, the next run
+    # resumes from a mark) and archive (copy then delete) act on the same keys.
+    extra = "    anonymize:\n      email: fake_email\n" if action == "anonymize" else ""
+    policies = parse_policies(
+        ACTIONS.format(
+            action=action,
+            handled="anonymize" if action == "anonymize" else "delete",
+            batch=batch,
+            extra=extra,
+        )
+    )
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(orders),
+            [
+                {
+                    "id": i,
+                    "customer_name": "n",
+                    "email": f"u{i}@shop.example",
+                    "status": "paid",
+                    "total": 1,
+                    "created_at": NOW - timedelta(days=40),
+                }
+                for i in IDS
+            ],
+        )
+        await create_hold(
+            conn,
+            types=await entity_types(conn, policies),
+            entities=[f"order:{i}" for i in sorted(HELD)],
+            reason="r",
+            created_by="me",
+            now=NOW,
+        )
+    outcome = (await Runner(engine, policies, settings, clock=clock).run()).outcomes[0]
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(orders.c.id, orders.c.email))).all()
+    untouched = {i for i, email in rows if email == f"u{i}@shop.example"}
+    assert untouched == HELD
+    if action == "archive":
+        assert {i for i, _ in rows} == HELD
+    assert (outcome.processed, outcome.held) == (len(IDS) - len(HELD), len(HELD))
