@@ -475,12 +475,13 @@ def _text_bounds(
     ~2.5 ms of a 5,000-row batch's ~10 ms at 10,000 holds, measured).
 
     Text order is not integer order ("10" < "9"), except among the decimal texts of one
-    length without a sign: there, in every collation, the order is the digits' (digit
-    strings of one length compare digit by digit, each digit with its own weight). So
+    length without a sign: there, in any collation that sorts the digits 0 to 9 (every
+    libc and ICU default does; only a tailored ICU rule could reorder them), the order
+    is the digits' (strings of one length compare digit by digit). So
     when `after` ≥ 0 and `after` and `last` have as many digits, every id in the window
     has a text between theirs. Otherwise (the window crosses a power of ten, or
     starts below zero) the bounds are '' and twenty nines, between which lies every
-    integer's text in every collation (none is empty; nineteen digits and a sign at
+    integer's text in such a collation (none is empty; nineteen digits and a sign at
     most, a sign sorting before a digit or ignored): the whole type, as without bounds.
     Other key types: no bounds (their text order need not be the key's).
     """
