@@ -148,14 +148,7 @@ async def pseudonymise(
                     for r in rows
                 ],
             )
-            a = ack_ledger.c
-            acks = (
-                await conn.execute(
-                    select(
-                        a.id, a.event_at, a.event_id, a.received_at, a.entity_type, a.entity_id
-                    ).where(a.event_id.in_([r.event_id for r in rows]), a.entity_id.is_not(None))
-                )
-            ).all()
+            acks = (await conn.execute(_batch_acks([r.event_id for r in rows]))).all()
             if acks:
                 pseudonyms = [pepper.pseudonym(r.entity_type or "", r.entity_id) for r in acks]
                 # The partition key with the id: one partition's index, not every month's
@@ -173,6 +166,32 @@ async def pseudonymise(
                 await _pseudonymise_copies(conn, acks, pseudonyms)
             await _record(conn, f"{event_status.name}.entity_id", len(rows), cutoff, now)
         total += len(rows)
+
+
+def _batch_acks(events: Sequence[uuid.UUID]) -> Any:
+    """The ledger rows with an entity id of `events` (in id order), read through the two
+    partial indexes on `event_id`: with no `accepted` condition, neither applies and each
+    batch read the whole ledger.
+
+    The same bounds as `repair_pseudonyms`' read, plus the rows of a ledger not converted
+    yet, whose `event_at` is NULL."""
+    a = ack_ledger.c
+    first, last = events[0], events[-1]
+    found = [
+        select(a.id, a.event_at, a.event_id, a.received_at, a.entity_type, a.entity_id).where(
+            accepted,
+            a.event_id.in_(events),
+            a.event_id.between(first, last),
+            or_(
+                a.event_at.between(event_time(first), event_time(last)),
+                a.event_at == EPOCH,
+                a.event_at.is_(None),
+            ),
+            a.entity_id.is_not(None),
+        )
+        for accepted in (a.accepted, not_(a.accepted))
+    ]
+    return union_all(*found).order_by("id")
 
 
 async def repair_pseudonyms(
