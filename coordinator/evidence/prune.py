@@ -126,19 +126,23 @@ async def pseudonymise(
             count = (await conn.execute(select(func.count()).where(due))).scalar_one()
         return Pruned(f"{event_status.name}.entity_id", count, cutoff, True)
     total = 0
+    after: uuid.UUID | None = None
     while True:
         async with engine.begin() as conn:
+            # Past the previous batch: from the start, each batch would walk the primary
+            # key again past every event marked before it (a run of batches x marked).
+            # Rows skipped as locked are left to the next run.
+            pick = select(s.event_id, s.entity_type, s.entity_id).where(due)
+            if after is not None:
+                pick = pick.where(s.event_id > after)
             rows = (
                 await conn.execute(
-                    select(s.event_id, s.entity_type, s.entity_id)
-                    .where(due)
-                    .order_by(s.event_id)
-                    .limit(batch)
-                    .with_for_update(skip_locked=True)
+                    pick.order_by(s.event_id).limit(batch).with_for_update(skip_locked=True)
                 )
             ).all()
             if not rows:
                 return Pruned(f"{event_status.name}.entity_id", total, cutoff, dry_run)
+            after = rows[-1].event_id
             await conn.execute(
                 update(event_status)
                 .where(s.event_id == bindparam("b_event_id"))
