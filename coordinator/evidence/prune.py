@@ -26,9 +26,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     Column,
     ColumnElement,
+    Uuid,
     and_,
+    any_,
     bindparam,
     column,
     delete,
@@ -125,19 +128,23 @@ async def pseudonymise(
             count = (await conn.execute(select(func.count()).where(due))).scalar_one()
         return Pruned(f"{event_status.name}.entity_id", count, cutoff, True)
     total = 0
+    after: uuid.UUID | None = None
     while True:
         async with engine.begin() as conn:
+            # Past the previous batch: from the start, each batch would walk the primary
+            # key again past every event marked before it (a run of batches x marked).
+            # Rows skipped as locked are left to the next run.
+            pick = select(s.event_id, s.entity_type, s.entity_id).where(due)
+            if after is not None:
+                pick = pick.where(s.event_id > after)
             rows = (
                 await conn.execute(
-                    select(s.event_id, s.entity_type, s.entity_id)
-                    .where(due)
-                    .order_by(s.event_id)
-                    .limit(batch)
-                    .with_for_update(skip_locked=True)
+                    pick.order_by(s.event_id).limit(batch).with_for_update(skip_locked=True)
                 )
             ).all()
             if not rows:
                 return Pruned(f"{event_status.name}.entity_id", total, cutoff, dry_run)
+            after = rows[-1].event_id
             await conn.execute(
                 update(event_status)
                 .where(s.event_id == bindparam("b_event_id"))
@@ -150,15 +157,9 @@ async def pseudonymise(
                     for r in rows
                 ],
             )
-            a = ack_ledger.c
-            acks = (
-                await conn.execute(
-                    select(
-                        a.id, a.event_at, a.event_id, a.received_at, a.entity_type, a.entity_id
-                    ).where(a.event_id.in_([r.event_id for r in rows]), a.entity_id.is_not(None))
-                )
-            ).all()
+            acks = (await conn.execute(_batch_acks([r.event_id for r in rows]))).all()
             if acks:
+                a = ack_ledger.c
                 pseudonyms = [pepper.pseudonym(r.entity_type or "", r.entity_id) for r in acks]
                 # The partition key with the id: one partition's index, not every month's
                 # (NULL: a row from before migration 0025, its ledger not converted yet).
@@ -175,6 +176,34 @@ async def pseudonymise(
                 await _pseudonymise_copies(conn, acks, pseudonyms)
             await _record(conn, f"{event_status.name}.entity_id", len(rows), cutoff, now)
         total += len(rows)
+
+
+def _batch_acks(events: Sequence[uuid.UUID]) -> Any:
+    """The ledger rows with an entity id of `events` (in id order), read through the two
+    partial indexes on `event_id`: with no `accepted` condition, neither applies and each
+    batch read the whole ledger.
+
+    The same bounds as `repair_pseudonyms`' read, plus the rows of a ledger not converted
+    yet, whose `event_at` is NULL."""
+    a = ack_ledger.c
+    first, last = events[0], events[-1]
+    # One array parameter for both arms, not two IN lists of len(events).
+    ids = bindparam("b_events", list(events), type_=ARRAY(Uuid()))
+    found = [
+        select(a.id, a.event_at, a.event_id, a.received_at, a.entity_type, a.entity_id).where(
+            accepted,
+            a.event_id == any_(ids),
+            a.event_id.between(first, last),
+            or_(
+                a.event_at.between(event_time(first), event_time(last)),
+                a.event_at == EPOCH,
+                a.event_at.is_(None),
+            ),
+            a.entity_id.is_not(None),
+        )
+        for accepted in (a.accepted, not_(a.accepted))
+    ]
+    return union_all(*found).order_by("id")
 
 
 async def repair_pseudonyms(
