@@ -501,11 +501,13 @@ class Runner:
             )
             return on, acted
 
-        # The second connection opens while the first batch acts.
-        opening = asyncio.create_task(self.engine.connect().start())
+        # The second connection opens only once a batch ahead is due (it opens while
+        # that batch's predecessor records itself): a run with one batch or none checks
+        # out no connection it would not use, nor waits for one from a busy pool.
+        opening: asyncio.Task[AsyncConnection] | None = None
         try:
             current, done = await act(conn, None)
-            spare: AsyncConnection | asyncio.Task[AsyncConnection] = opening
+            spare: AsyncConnection | asyncio.Task[AsyncConnection] | None = None
             while True:
                 ahead: asyncio.Task[tuple[AsyncConnection, ActedBatch]] | None = None
                 if (
@@ -513,6 +515,8 @@ class Runner:
                     and not done.exhausted
                     and self._more(bound, outcome, force, also=len(done.batch.ids))
                 ):
+                    if spare is None:
+                        spare = opening = asyncio.create_task(self.engine.connect().start())
                     ahead = asyncio.create_task(act(spare, done.last_scanned))
                 try:
                     batch = await record_batch(current, bound, done, run_id=run_id, now=now)
@@ -537,9 +541,10 @@ class Runner:
                 spare = current
                 current, done = await ahead
         finally:
-            (other,) = await asyncio.gather(opening, return_exceptions=True)
-            if isinstance(other, AsyncConnection):
-                await other.close()
+            if opening is not None:
+                (other,) = await asyncio.gather(opening, return_exceptions=True)
+                if isinstance(other, AsyncConnection):
+                    await other.close()
 
     @staticmethod
     def _count(

@@ -102,3 +102,35 @@ async def test_one_batch_in_flight_runs_the_batches_on_one_connection(
             assert len(on) == connections
     finally:
         event.remove(engine.sync_engine, "before_cursor_execute", count)
+
+
+async def test_a_run_with_one_batch_checks_out_no_second_connection(
+    engine: AsyncEngine, clock: FrozenClock, settings: Settings
+) -> None:
+    """The second connection is for a batch ahead: with none due, it is never checked
+    out (from a busy pool the checkout would wait its timeout first)."""
+    checkouts = 0
+
+    def checkout(*_: Any) -> None:
+        nonlocal checkouts
+        checkouts += 1
+
+    event.listen(engine.sync_engine.pool, "checkout", checkout)
+    counted: list[int] = []
+    try:
+        # One batch (5 rows, batch size 10), then none, serial then pipelined.
+        for first, due in ((100, 5), (200, 5), (0, 0), (0, 0)):
+            if due:
+                await add_orders(engine, range(first, first + due), age_days=40)
+            in_flight = 1 if len(counted) % 2 == 0 else 2
+            chosen = settings.model_copy(update={"purge_batches_in_flight": in_flight})
+            checkouts = 0
+            report = await Runner(engine, parse_policies(POLICY), chosen, clock=clock).run()
+            assert report.ok
+            assert report.outcomes[0].processed == due
+            counted.append(checkouts)
+    finally:
+        event.remove(engine.sync_engine.pool, "checkout", checkout)
+    # Serial and pipelined runs of one batch (and of none) use the same connections.
+    assert counted[0] == counted[1]
+    assert counted[2] == counted[3]
