@@ -61,6 +61,7 @@ __all__ = [
     "is_partition",
     "is_partitioned",
     "ledger_event_at",
+    "lock_copies",
     "month_ids",
     "months",
 ]
@@ -493,28 +494,39 @@ async def converting(conn: AsyncConnection, layout: Layout) -> bool:
     return await _exists(conn, layout.shadow) and not await is_partitioned(conn, layout.parent)
 
 
+async def lock_copies(conn: AsyncConnection, layout: Layout) -> bool:
+    """Whether a conversion of `layout` is under way; if so, its copies are locked for the
+    rest of this transaction, for a caller about to change rows of the old table whose
+    copies must change alike (`delete_copies`, the pseudonymising pass), after it changed
+    them in the old table.
+
+    Checked after that change: its lock on the old table keeps the swap (which starts with
+    that table's ACCESS EXCLUSIVE) out until this commits, and a swap before it made the
+    change hit the partitioned table itself. The shadow's SHARE ROW EXCLUSIVE waits for a
+    copy step in flight and holds off the next, so a row was either copied already and is
+    seen by the caller's next statement (its snapshot follows the lock) or is not copied
+    yet (a later step reads the old table after this commit). No cycle: the swap too
+    locks the old table before the shadow, a copy step needs only ACCESS SHARE on the old
+    one, and neither takes the chain lock. Not SHARE: two callers (two serve replicas)
+    could both hold it and deadlock on their changes; SHARE ROW EXCLUSIVE conflicts with
+    itself."""
+    if not await converting(conn, layout):
+        return False
+    # The names come from a Layout, never from input.
+    await conn.execute(text(f"LOCK TABLE {layout.shadow} IN SHARE ROW EXCLUSIVE MODE"))
+    return True
+
+
 async def delete_copies(
     conn: AsyncConnection, layout: Layout, keys: Sequence[int], before: datetime
 ) -> None:
     """Delete the conversion's copies of the rows `keys` names, just deleted from the old
     table in this transaction (all of them with their partition key before `before`), so
-    the swap does not bring them back. Nothing when no conversion is under way.
-
-    Checked after that delete: its lock on the old table keeps the swap (which starts with
-    that table's ACCESS EXCLUSIVE) out until this commits, and a swap before it made the
-    delete hit the partitioned table itself. The shadow's SHARE ROW EXCLUSIVE waits for a
-    copy step in flight and holds off the next, so a row was either copied already and is
-    deleted below (the statement's snapshot follows the lock) or is not copied at all (a
-    later step reads the old table after this commit). A step's resume point, the shadow's
-    greatest key, may drop: the rows above it went from both tables. No cycle: the swap
-    too locks the old table before the shadow, a copy step needs only ACCESS SHARE on the
-    old one, and neither takes the chain lock. Not SHARE: two prunes (two serve replicas)
-    could both hold it and deadlock on their deletes; SHARE ROW EXCLUSIVE conflicts with
-    itself."""
-    if not keys or not await converting(conn, layout):
+    the swap does not bring them back. Nothing when no conversion is under way
+    (`lock_copies`). A step's resume point, the shadow's greatest key, may drop: the rows
+    above it went from both tables."""
+    if not keys or not await lock_copies(conn, layout):
         return
-    # The names come from a Layout, never from input.
-    await conn.execute(text(f"LOCK TABLE {layout.shadow} IN SHARE ROW EXCLUSIVE MODE"))
     await conn.execute(
         text(
             f"DELETE FROM {layout.shadow} WHERE {layout.key} = ANY(:keys)"

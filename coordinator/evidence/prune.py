@@ -63,6 +63,7 @@ from coordinator.evidence.partitions import (
     event_time,
     is_partitioned,
     ledger_event_at,
+    lock_copies,
     month_ids,
     months,
 )
@@ -278,19 +279,10 @@ async def _pseudonymise_copies(
 ) -> None:
     """Write `pseudonyms` into the copies a ledger conversion has already made of `acks`
     (rewritten in the old ledger just before): the swap keeps those copies, and the marked
-    status means no later run redoes them.
-
-    Checked after the update: its lock on the old ledger keeps the swap (which starts with
-    that table's ACCESS EXCLUSIVE) out until this commits, and a swap before it made the
-    update hit the partitioned table itself. The shadow's SHARE ROW EXCLUSIVE waits for a
-    copy step in flight and holds off the next, so a row was either copied already and is
-    seen by the update below (its snapshot follows the lock) or is copied later, from the
-    old ledger's HMAC. No cycle: the swap too locks the old table before the shadow, and a
-    copy step needs only ACCESS SHARE on the old one. Not SHARE: two runs could both hold
-    it and deadlock on their updates; SHARE ROW EXCLUSIVE conflicts with itself."""
-    if not await converting(conn, LEDGER):
+    status means no later run redoes them. A row not copied yet is copied later, from the
+    old ledger's HMAC (`lock_copies`)."""
+    if not await lock_copies(conn, LEDGER):
         return
-    await conn.execute(text(f"LOCK TABLE {LEDGER.shadow} IN SHARE ROW EXCLUSIVE MODE"))
     shadow = table(LEDGER.shadow, column("id"), column("event_at"), column("entity_id"))
     await conn.execute(
         update(shadow)

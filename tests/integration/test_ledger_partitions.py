@@ -378,7 +378,7 @@ async def test_ids_an_older_version_pseudonymised_mid_conversion_are_hmacs_after
         events = await _completed_mid_conversion(engine, url, 2)
         assert (await convert(engine, LEDGER, batch=1, max_batches=1)).copied == 1
         with monkeypatch.context() as older:
-            older.setattr(prune, "converting", _never_converting)
+            older.setattr(prune, "lock_copies", _never_converting)
             assert await _pseudonymise(engine) == 2
         assert await _pseudonymise(engine) == 0
 
