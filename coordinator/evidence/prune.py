@@ -78,6 +78,7 @@ from coordinator.store.tables import (
     expected_acks,
     outbox_batches,
 )
+from schemas.models import utc_now
 from schemas.signing import Signer
 
 __all__ = [
@@ -223,7 +224,9 @@ async def repair_pseudonyms(
     A clear id that begins with `PREFIX` cannot be told from an HMAC and is left as it
     is. Marked events are never pseudonymised again, so a serve replica's
     `pseudonymise` touches other rows; two repairs lock their rows in id order and
-    leave a row the other already rewrote (the update's condition is read again)."""
+    leave a row the other already rewrote (the update's condition is read again). Each
+    batch that rewrites rows writes a `db.prune` audit entry (`"repair": "pseudonyms"`)
+    with how many."""
     s, a = event_status.c, ack_ledger.c
     in_clear = and_(a.entity_id.is_not(None), a.entity_id.not_like(f"{PREFIX}%"))
     total = 0
@@ -256,7 +259,7 @@ async def repair_pseudonyms(
             ]
             rows = (await conn.execute(union_all(*found).order_by("id"))).all()
             if rows and pepper is not None:
-                await conn.execute(
+                rewritten = await conn.execute(
                     update(ack_ledger)
                     .where(
                         a.id == bindparam("b_id"), a.event_at == bindparam("b_event_at"), in_clear
@@ -270,6 +273,23 @@ async def repair_pseudonyms(
                         }
                         for r in rows
                     ],
+                )
+                # Evidence rewritten is audited like the daily pass's, with the rows this
+                # run changed (a concurrent repair may have done some).
+                await audit.append(
+                    conn,
+                    [
+                        AuditEntry(
+                            AuditAction.DB_PRUNE,
+                            ACTOR,
+                            {
+                                "table": f"{ack_ledger.name}.entity_id",
+                                "rows": rewritten.rowcount,
+                                "repair": "pseudonyms",
+                            },
+                        )
+                    ],
+                    at=utc_now(),
                 )
         total += len(rows)
 

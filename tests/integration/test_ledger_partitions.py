@@ -34,7 +34,7 @@ from coordinator.evidence.prune import prune_ack_ledger, pseudonymise
 from coordinator.evidence.pseudonyms import Pepper
 from coordinator.store.db import make_engine
 from coordinator.store.migrate import upgrade
-from coordinator.store.tables import ack_ledger, event_status
+from coordinator.store.tables import ack_ledger, audit_log, event_status
 from coordinator.tracking import ledger
 from schemas import AckStatus, RetentionAck
 from tests import infra
@@ -392,6 +392,16 @@ async def test_ids_an_older_version_pseudonymised_mid_conversion_are_hmacs_after
         assert done.returncode == 0, done.stderr
         assert "1 ids of pseudonymised events rewritten as HMACs" in done.stderr
         await _assert_no_id_in_clear(engine, events)
+        async with engine.connect() as conn:
+            repairs = (
+                await conn.execute(
+                    select(audit_log.c.data).where(
+                        audit_log.c.action == "db.prune",
+                        audit_log.c.data["repair"].as_string() == "pseudonyms",
+                    )
+                )
+            ).scalars()
+            assert [d["rows"] for d in repairs] == [1]
     finally:
         await engine.dispose()
         await infra.drop_database(url)
