@@ -378,7 +378,12 @@ class Dispatcher:
             while run.next < len(decoded) and not (stopping is not None and stopping.is_set()):
                 i = run.next
                 record, item = decoded[i]
-                spec = None if isinstance(item, PoisonRecord) else self._spec(item)
+                # Counted as skipped when the run is sent: a redo must not count it twice.
+                spec = (
+                    None
+                    if isinstance(item, PoisonRecord)
+                    else self.registry.get(item.entity_type, item.type)
+                )
                 if spec is None or isinstance(item, PoisonRecord):
                     handled.append((record, item, spec, None))
                     run.next += 1
@@ -406,7 +411,6 @@ class Dispatcher:
                     for grouped, passed in decoded[i:end]:
                         if k == len(group) or passed is not group[k]:
                             # An event no handler of ours takes, passed over by the group.
-                            self.metrics.skipped.labels(self.service).inc()
                             handled.append((grouped, passed, None, None))
                             continue
                         event, settled = group[k], outcomes[k]
@@ -461,15 +465,20 @@ class Dispatcher:
         are acknowledged together (and one time is formatted once, not per ack)."""
         now = utc_now()
         emit = self._emit
+        skipped = 0
         for record, item, spec, outcome in run.handled:
             if isinstance(item, PoisonRecord):
                 done.sends.append(await self._poison(record, item))
-            elif spec is not None and outcome is not None:
+            elif spec is None:
+                skipped += 1
+            elif outcome is not None:
                 # Not a coroutine per event: only a failure awaits (its DLQ send).
                 emit(record, item, spec, outcome, done, now)
                 if outcome.status is AckStatus.FAILED:
                     await self._dead_letter_failed(record, outcome, done)
             done.last_done = record.offset
+        if skipped:
+            self.metrics.skipped.labels(self.service).inc(skipped)
 
     def _group(
         self,

@@ -172,6 +172,42 @@ async def test_a_call_passes_over_events_no_handler_of_the_service_takes() -> No
     assert skipped == 3
 
 
+class _FirstCommitFails(InMemoryIdempotencyStore):
+    """The first batch transaction fails at its commit, as when the database goes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    @asynccontextmanager
+    async def batch(self, service: str) -> AsyncIterator[BatchTransaction]:
+        async with super().batch(service) as batch:
+            yield batch
+            if not self.failed:
+                self.failed = True
+                raise ConnectionError("commit failed")
+
+
+async def test_an_event_passed_over_is_counted_once_when_its_run_is_redone() -> None:
+    """A run whose commit fails is redone event by event: its passed-over event is
+    skipped once, not once per attempt."""
+    app = make_app()
+
+    @app.on_delete_batch("user")
+    async def delete_users(events: Sequence[RetentionEvent]) -> list[int]:
+        return [1 for _ in events]
+
+    store = _FirstCommitFails()
+    async with TestConsumer(app, store=store) as t:
+        acks = await t.deliver_batch(event("a"), event("o", entity_type="order"), event("b"))
+    assert store.failed
+    assert statuses(acks) == [("a", AckStatus.COMPLETED, 1), ("b", AckStatus.COMPLETED, 1)]
+    skipped = app.metrics.registry.get_sample_value(
+        "retention_consumer_events_skipped_total", {"service": "svc"}
+    )
+    assert skipped == 1
+
+
 async def test_a_refused_signature_ends_a_call_that_passes_over_events(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
