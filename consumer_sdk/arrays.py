@@ -23,12 +23,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
-from sqlalchemy import ARRAY, Text, TypeDecorator, bindparam, cast
+from sqlalchemy import ARRAY, Text, TypeDecorator, bindparam, cast, select
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.elements import Cast
 from sqlalchemy.types import TypeEngine
 
-__all__ = ["array_literal", "array_param"]
+__all__ = ["array_filter", "array_literal", "array_param"]
 
 _encode = msgspec.json.Encoder().encode
 
@@ -72,8 +72,13 @@ def array_param(name: str, element: TypeEngine[Any]) -> Cast[Any]:
     The cast is not folded to a constant: where it is evaluated once (`unnest(...)` in
     FROM, a VALUES list) that is free, but as a row filter (`col = ANY(...)` in WHERE or
     a join) a sequential scan parses the whole literal again for every row, and the
-    planner cannot use an index for it. There, read it once in a scalar subquery
-    (`cast(select(array_param(...)).scalar_subquery(), ARRAY(element))`, as
-    `services._shared.entity_ids` does): 450 ids against 48,000 rows took 1.26 s as a
-    filter, 0.8 ms through an index (PostgreSQL 15)."""
+    planner cannot use an index for it. There, use `array_filter`: 450 ids against
+    48,000 rows took 1.26 s as a filter, 0.8 ms through an index (PostgreSQL 15)."""
     return cast(bindparam(name, type_=_ArrayLiteral()), ARRAY(element))
+
+
+def array_filter(name: str, element: TypeEngine[Any]) -> Cast[Any]:
+    """`array_param` read once per statement, in a scalar subquery, for a row filter
+    (`col == any_(array_filter("ids", Text()))`) or a join: its value is computed before
+    the scan and compared as a constant, so an index on `col` can be used."""
+    return cast(select(array_param(name, element)).scalar_subquery(), ARRAY(element))

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import ARRAY, Integer, Text, Uuid, bindparam, select
+from sqlalchemy import ARRAY, Integer, Text, Uuid, any_, bindparam, column, select, table, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from consumer_sdk.arrays import array_literal, array_param
+from consumer_sdk.arrays import array_filter, array_literal, array_param
 from schemas import async_database_url
 
 # PostgreSQL text holds no NUL (our wire models refuse it before a handler runs).
@@ -75,3 +75,30 @@ def test_an_enum_is_written_by_its_value_on_both_paths() -> None:
 def test_a_value_that_is_no_str_int_or_uuid_is_refused() -> None:
     with pytest.raises(TypeError, match="NoneType"):
         array_literal(["a\\b", None])  # type: ignore[list-item]
+
+
+async def test_a_filter_reads_the_literal_once_per_statement(postgres_url: str) -> None:
+    """`array_filter` in a WHERE is an InitPlan, computed once before the scan; the bare
+    parameter is a filter the scan evaluates per row."""
+    rows = table("filtered", column("id", Text()))
+    values = ["3", "7", 'x"y', "49"]
+    engine = create_async_engine(async_database_url(postgres_url))
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("CREATE TEMP TABLE filtered (id text)"))
+            await conn.execute(
+                text("INSERT INTO filtered SELECT g::text FROM generate_series(1, 50) g")
+            )
+            for param, once in (
+                (array_filter("v", Text()), True),
+                (array_param("v", Text()), False),
+            ):
+                query = select(rows.c.id).where(rows.c.id == any_(param)).order_by(rows.c.id)
+                found = (await conn.execute(query, {"v": values})).scalars().all()
+                assert found == ["3", "49", "7"]
+                sql = str(query.compile(dialect=conn.dialect))
+                explained = await conn.exec_driver_sql("EXPLAIN " + sql, (array_literal(values),))
+                plan = "\n".join(line for (line,) in explained)
+                assert ("InitPlan" in plan) is once, plan
+    finally:
+        await engine.dispose()
