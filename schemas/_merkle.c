@@ -20,7 +20,6 @@
  * per digest (~20 ns of a 65-byte node's ~85 ns). */
 #define OPENSSL_SUPPRESS_DEPRECATED
 #include <openssl/sha.h>
-#include <openssl/evp.h>
 
 #include <string.h>
 
@@ -111,49 +110,23 @@ signed_bytes(PyObject *key, PyObject *value)
     return out;
 }
 
-/* A record's signed bytes as read, before the GIL is let go: its key (NULL: none) and
- * value, borrowed from objects the caller holds for the whole call. */
-typedef struct {
-    const char *key, *value;
-    Py_ssize_t key_size, value_size;
-} Signed;
-
 static int
-read_signed(PyObject *key, PyObject *value, Signed *out)
+leaf(PyObject *key, PyObject *value, unsigned char out[DIGEST])
 {
+    const char *k, *v;
+    Py_ssize_t klen, vlen;
     unsigned char length[4];
-    if (as_bytes(key, &out->key, &out->key_size) < 0
-        || as_bytes(value, &out->value, &out->value_size) < 0
-        || length_prefix(out->key_size, length) < 0)
+    if (as_bytes(key, &k, &klen) < 0 || as_bytes(value, &v, &vlen) < 0
+        || length_prefix(klen, length) < 0)
         return -1;
-    return 0;
-}
-
-static void
-leaf_of(const Signed *r, unsigned char out[DIGEST])
-{
-    unsigned char length[4];
-    length[0] = (unsigned char)(r->key_size >> 24);
-    length[1] = (unsigned char)(r->key_size >> 16);
-    length[2] = (unsigned char)(r->key_size >> 8);
-    length[3] = (unsigned char)r->key_size;
     SHA256_CTX ctx;
     SHA256_Init(&ctx);
     SHA256_Update(&ctx, &LEAF, 1);
     SHA256_Update(&ctx, RECORD_CONTEXT, RECORD_CONTEXT_LEN);
     SHA256_Update(&ctx, length, 4);
-    SHA256_Update(&ctx, r->key, (size_t)r->key_size);
-    SHA256_Update(&ctx, r->value, (size_t)r->value_size);
+    SHA256_Update(&ctx, k, (size_t)klen);
+    SHA256_Update(&ctx, v, (size_t)vlen);
     SHA256_Final(out, &ctx);
-}
-
-static int
-leaf(PyObject *key, PyObject *value, unsigned char out[DIGEST])
-{
-    Signed r;
-    if (read_signed(key, value, &r) < 0)
-        return -1;
-    leaf_of(&r, out);
     return 0;
 }
 
@@ -170,31 +143,18 @@ node(const unsigned char *left, const unsigned char *right, unsigned char out[DI
     SHA256_Final(out, &ctx);
 }
 
-/* Levels of a tree of n records: the length of its longest proof, in steps. */
-static int
-depth(Py_ssize_t n)
-{
-    int levels = 0;
-    for (; n > 1; n = n / 2 + n % 2)
-        levels++;
-    return levels;
-}
-
-/* One tree of n >= 2 records, touching no Python object (it runs without the GIL): its
- * root, and each record's `retention-proof` value written one after another at `proofs`
- * (record j's from ends[j - 1], or 0, to ends[j]). `hashes` and `steps` have room for
- * every level's nodes: n + ceil(n/2) + ... + 1 <= 2n + 64; `proofs` for n * depth(n)
- * steps. */
-static void
-tree_core(const Signed *records, Py_ssize_t n, unsigned char *hashes, char *steps,
-          unsigned char root[DIGEST], char *proofs, Py_ssize_t *ends)
+/* One tree of n >= 2 records: (ROOT_CONTEXT + root, [proof, ...]). `hashes` and `steps`
+ * have room for every level's nodes: n + ceil(n/2) + ... + 1 <= 2n + 64. */
+static PyObject *
+tree(PyObject **keys, PyObject **values, Py_ssize_t n, unsigned char *hashes, char *steps)
 {
     /* Every level's nodes, leaves first, one after another in `hashes`; each node's step
      * (its side and hash, as a sibling) at the same position in `steps`. */
     Py_ssize_t starts[66], counts[66];
     int levels = 0;
     for (Py_ssize_t i = 0; i < n; i++)
-        leaf_of(&records[i], hashes + i * DIGEST);
+        if (leaf(keys[i], values[i], hashes + i * DIGEST) < 0)
+            return NULL;
     Py_ssize_t start = 0, count = n;
     while (count > 1) {
         starts[levels] = start;
@@ -215,11 +175,23 @@ tree_core(const Signed *records, Py_ssize_t n, unsigned char *hashes, char *step
         start += count;
         count = pairs + count % 2;
     }
-    char *p = proofs;
+    PyObject *proofs = PyList_New(n);
+    if (proofs == NULL)
+        return NULL;
     for (Py_ssize_t j = 0; j < n; j++) {
         /* A node's proof is its sibling's step, then its parent's proof; the odd one out
          * has no sibling at its level. */
-        Py_ssize_t index = j;
+        Py_ssize_t size = 0, index = j;
+        for (int l = 0; l < levels; index /= 2, l++)
+            if ((index ^ 1) < counts[l])
+                size += STEP_B64;
+        PyObject *proof = PyBytes_FromStringAndSize(NULL, size);
+        if (proof == NULL) {
+            Py_DECREF(proofs);
+            return NULL;
+        }
+        char *p = PyBytes_AS_STRING(proof);
+        index = j;
         for (int l = 0; l < levels; index /= 2, l++) {
             Py_ssize_t sibling = index ^ 1;
             if (sibling < counts[l]) {
@@ -227,137 +199,16 @@ tree_core(const Signed *records, Py_ssize_t n, unsigned char *hashes, char *step
                 p += STEP_B64;
             }
         }
-        ends[j] = p - proofs;
+        PyList_SET_ITEM(proofs, j, proof);
     }
-    memcpy(root, hashes + start * DIGEST, DIGEST);
-}
-
-/* The proofs `tree_core` wrote, as a list of bytes. */
-static PyObject *
-proof_list(const char *proofs, const Py_ssize_t *ends, Py_ssize_t n)
-{
-    PyObject *list = PyList_New(n);
-    if (list == NULL)
-        return NULL;
-    Py_ssize_t from = 0;
-    for (Py_ssize_t j = 0; j < n; j++) {
-        PyObject *proof = PyBytes_FromStringAndSize(proofs + from, ends[j] - from);
-        if (proof == NULL) {
-            Py_DECREF(list);
-            return NULL;
-        }
-        PyList_SET_ITEM(list, j, proof);
-        from = ends[j];
-    }
-    return list;
-}
-
-/* Work space for trees of up to `most` records (see `tree_core`). */
-typedef struct {
-    Signed *records;
-    unsigned char *hashes;
-    char *steps, *proofs;
-    Py_ssize_t *ends;
-} Space;
-
-static void
-space_free(Space *s)
-{
-    PyMem_RawFree(s->records);
-    PyMem_RawFree(s->hashes);
-    PyMem_RawFree(s->steps);
-    PyMem_RawFree(s->proofs);
-    PyMem_RawFree(s->ends);
-}
-
-/* `records` for `total` records, the rest for trees of up to `most`, `proof_records`
- * proofs of them at once; raises MemoryError. Raw allocations: freed, and used, without
- * the GIL too. */
-static int
-space_alloc(Space *s, Py_ssize_t total, Py_ssize_t most, Py_ssize_t proof_records)
-{
-    memset(s, 0, sizeof *s);
-    int steps = depth(most);
-    if (most > (PY_SSIZE_T_MAX / STEP_B64 - 64) / 2
-        || (steps && proof_records > PY_SSIZE_T_MAX / STEP_B64 / steps)) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    s->records = PyMem_RawMalloc((size_t)(total ? total : 1) * sizeof(Signed));
-    s->hashes = PyMem_RawMalloc((size_t)(2 * most + 64) * DIGEST);
-    s->steps = PyMem_RawMalloc((size_t)(2 * most + 64) * STEP_B64);
-    s->proofs = PyMem_RawMalloc((size_t)(proof_records * steps + 1) * STEP_B64);
-    s->ends = PyMem_RawMalloc((size_t)(proof_records + 1) * sizeof(Py_ssize_t));
-    if (s->records == NULL || s->hashes == NULL || s->steps == NULL || s->proofs == NULL
-        || s->ends == NULL) {
-        space_free(s);
-        PyErr_NoMemory();
-        return -1;
-    }
-    return 0;
-}
-
-/* One tree of n >= 2 records: (ROOT_CONTEXT + root, [proof, ...]). */
-static PyObject *
-tree(const Signed *records, Py_ssize_t n, Space *space)
-{
-    unsigned char root[DIGEST];
-    tree_core(records, n, space->hashes, space->steps, root, space->proofs, space->ends);
-    PyObject *proofs = proof_list(space->proofs, space->ends, n);
-    if (proofs == NULL)
-        return NULL;
     PyObject *message = PyBytes_FromStringAndSize(NULL, ROOT_CONTEXT_LEN + DIGEST);
     if (message == NULL) {
         Py_DECREF(proofs);
         return NULL;
     }
     memcpy(PyBytes_AS_STRING(message), ROOT_CONTEXT, ROOT_CONTEXT_LEN);
-    memcpy(PyBytes_AS_STRING(message) + ROOT_CONTEXT_LEN, root, DIGEST);
+    memcpy(PyBytes_AS_STRING(message) + ROOT_CONTEXT_LEN, hashes + start * DIGEST, DIGEST);
     return Py_BuildValue("(NN)", message, proofs);
-}
-
-/* Keys and values as tuples of our own, of one length: creating the results can run a
- * collection, and with it a finalizer, which must not resize what is being read while
- * it is read. (The copy itself is CPython's; on 3.11 a finalizer emptying the very list
- * being copied breaks `tuple(list)` as well. The callers pass lists they have just built,
- * which no finalizer can reach.) The tuples also keep every key and value alive, and
- * bytes do not change: their buffers may be read without the GIL. */
-static int
-columns_of(PyObject *keys_arg, PyObject *values_arg, PyObject *size_arg, PyObject **keys,
-           PyObject **values, Py_ssize_t *tree_size)
-{
-    *keys = *values = NULL;
-    *tree_size = PyLong_AsSsize_t(size_arg);
-    if (*tree_size == -1 && PyErr_Occurred())
-        return -1;
-    if (*tree_size < 1) {
-        PyErr_SetString(PyExc_ValueError, "a signature tree holds at least one record");
-        return -1;
-    }
-    *keys = PySequence_Tuple(keys_arg);
-    *values = *keys ? PySequence_Tuple(values_arg) : NULL;
-    if (*values == NULL) {
-        Py_CLEAR(*keys);
-        return -1;
-    }
-    if (PyTuple_GET_SIZE(*values) != PyTuple_GET_SIZE(*keys)) {
-        PyErr_SetString(PyExc_ValueError, "as many values as keys");
-        Py_CLEAR(*keys);
-        Py_CLEAR(*values);
-        return -1;
-    }
-    return 0;
-}
-
-/* Every record's key and value into `records`. */
-static int
-read_all(PyObject *keys, PyObject *values, Signed *records)
-{
-    Py_ssize_t total = PyTuple_GET_SIZE(keys);
-    for (Py_ssize_t i = 0; i < total; i++)
-        if (read_signed(PyTuple_GET_ITEM(keys, i), PyTuple_GET_ITEM(values, i), &records[i]) < 0)
-            return -1;
-    return 0;
 }
 
 PyDoc_STRVAR(forest_doc,
@@ -373,21 +224,48 @@ forest(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         PyErr_Format(PyExc_TypeError, "forest() takes 3 arguments (%zd given)", nargs);
         return NULL;
     }
-    PyObject *keys, *values;
-    Py_ssize_t tree_size;
-    if (columns_of(args[0], args[1], args[2], &keys, &values, &tree_size) < 0)
+    Py_ssize_t tree_size = PyLong_AsSsize_t(args[2]);
+    if (tree_size == -1 && PyErr_Occurred())
         return NULL;
+    if (tree_size < 1) {
+        PyErr_SetString(PyExc_ValueError, "a signature tree holds at least one record");
+        return NULL;
+    }
+    /* Tuples, not the caller's lists: creating the results can run a collection, and with
+     * it a finalizer, which must not resize what is being read while it is read. (The copy
+     * itself is CPython's; on 3.11 a finalizer emptying the very list being copied breaks
+     * `tuple(list)` as well. The callers pass lists they have just built, which no
+     * finalizer can reach.) */
+    PyObject *keys = PySequence_Tuple(args[0]);
+    if (keys == NULL)
+        return NULL;
+    PyObject *values = PySequence_Tuple(args[1]);
+    if (values == NULL) {
+        Py_DECREF(keys);
+        return NULL;
+    }
     PyObject *result = NULL;
+    unsigned char *hashes = NULL;
+    char *steps = NULL;
     Py_ssize_t total = PyTuple_GET_SIZE(keys);
-    Py_ssize_t most = total < tree_size ? total : tree_size;
-    Space space;
-    if (space_alloc(&space, total, most, most) < 0)
+    if (PyTuple_GET_SIZE(values) != total) {
+        PyErr_SetString(PyExc_ValueError, "as many values as keys");
         goto done;
-    if (read_all(keys, values, space.records) < 0)
-        goto freed;
+    }
+    Py_ssize_t most = total < tree_size ? total : tree_size;
+    if (most > (PY_SSIZE_T_MAX / STEP_B64 - 64) / 2) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    hashes = PyMem_Malloc((size_t)(2 * most + 64) * DIGEST);
+    steps = PyMem_Malloc((size_t)(2 * most + 64) * STEP_B64);
     result = PyList_New(0);
-    if (result == NULL)
-        goto freed;
+    if (hashes == NULL || steps == NULL || result == NULL) {
+        if (result == NULL || !PyErr_Occurred())
+            PyErr_NoMemory();
+        Py_CLEAR(result);
+        goto done;
+    }
     PyObject **ks = &PyTuple_GET_ITEM(keys, 0), **vs = &PyTuple_GET_ITEM(values, 0);
     for (Py_ssize_t start = 0; start < total; start += tree_size) {
         Py_ssize_t n = total - start < tree_size ? total - start : tree_size;
@@ -397,18 +275,18 @@ forest(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
             entry = message == NULL ? NULL : Py_BuildValue("(N[])", message);
         }
         else {
-            entry = tree(space.records + start, n, &space);
+            entry = tree(ks + start, vs + start, n, hashes, steps);
         }
         if (entry == NULL || PyList_Append(result, entry) < 0) {
             Py_XDECREF(entry);
             Py_CLEAR(result);
-            goto freed;
+            goto done;
         }
         Py_DECREF(entry);
     }
-freed:
-    space_free(&space);
 done:
+    PyMem_Free(hashes);
+    PyMem_Free(steps);
     Py_DECREF(keys);
     Py_DECREF(values);
     return result;
@@ -569,252 +447,6 @@ static PyTypeObject WalkerType = {
     .tp_methods = walker_methods,
 };
 
-/* ---- Signer: `schemas.signing.Signer.sign_columns` without the GIL ---- */
-
-#define SIGNATURE 64
-#define SIGNATURE_B64 88 /* standard base64 of 64 bytes, padded */
-
-/* Standard base64 with padding, as Python's base64.b64encode. */
-static void
-b64_padded(const unsigned char *in, size_t n, char *out)
-{
-    size_t i = 0;
-    for (; i + 3 <= n; i += 3) {
-        unsigned int v = (unsigned int)in[i] << 16 | (unsigned int)in[i + 1] << 8 | in[i + 2];
-        *out++ = B64[v >> 18];
-        *out++ = B64[(v >> 12) & 63];
-        *out++ = B64[(v >> 6) & 63];
-        *out++ = B64[v & 63];
-    }
-    if (n - i == 1) {
-        unsigned int v = (unsigned int)in[i] << 16;
-        *out++ = B64[v >> 18];
-        *out++ = B64[(v >> 12) & 63];
-        *out++ = '=';
-        *out++ = '=';
-    }
-    else if (n - i == 2) {
-        unsigned int v = (unsigned int)in[i] << 16 | (unsigned int)in[i + 1] << 8;
-        *out++ = B64[v >> 18];
-        *out++ = B64[(v >> 12) & 63];
-        *out++ = B64[(v >> 6) & 63];
-        *out++ = '=';
-    }
-}
-
-typedef struct {
-    PyObject_HEAD
-    EVP_PKEY *key;
-    PyObject *prefix; /* bytes: the key id and ":", what every signature header starts with */
-} SignerObject;
-
-static void
-signer_dealloc(SignerObject *self)
-{
-    EVP_PKEY_free(self->key);
-    Py_XDECREF(self->prefix);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static PyObject *
-signer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
-{
-    Py_buffer seed;
-    PyObject *prefix;
-    if (kwargs != NULL && PyDict_GET_SIZE(kwargs)) {
-        PyErr_SetString(PyExc_TypeError, "Signer() takes no keyword arguments");
-        return NULL;
-    }
-    if (!PyArg_ParseTuple(args, "y*O!:Signer", &seed, &PyBytes_Type, &prefix))
-        return NULL;
-    EVP_PKEY *key = NULL;
-    if (seed.len == 32)
-        key = EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, NULL,
-                                           (const unsigned char *)seed.buf, 32);
-    PyBuffer_Release(&seed);
-    if (key == NULL) {
-        /* Nothing of the key in the message. */
-        PyErr_SetString(PyExc_ValueError, "an Ed25519 private key is a 32-byte seed");
-        return NULL;
-    }
-    SignerObject *self = (SignerObject *)type->tp_alloc(type, 0);
-    if (self == NULL) {
-        EVP_PKEY_free(key);
-        return NULL;
-    }
-    self->key = key;
-    Py_INCREF(prefix);
-    self->prefix = prefix;
-    return (PyObject *)self;
-}
-
-/* Ed25519 over `message` into `out`; 0, or -1 when OpenSSL failed. */
-static int
-ed25519(EVP_PKEY *key, EVP_MD_CTX *ctx, const unsigned char *message, size_t size,
-        unsigned char out[SIGNATURE])
-{
-    size_t length = SIGNATURE;
-    if (EVP_MD_CTX_reset(ctx) != 1 || EVP_DigestSignInit(ctx, NULL, NULL, NULL, key) != 1
-        || EVP_DigestSign(ctx, out, &length, message, size) != 1 || length != SIGNATURE)
-        return -1;
-    return 0;
-}
-
-/* The trees of `total` records, hashed and signed without the GIL: each tree's signature
- * at `signatures`, each record's proof in `space`. -1: OpenSSL failed. */
-static int
-sign_trees(EVP_PKEY *key, Space *space, Py_ssize_t total, Py_ssize_t tree_size,
-           unsigned char *signatures)
-{
-    int failed = 0;
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    if (ctx == NULL)
-        return -1;
-    char *proofs = space->proofs;
-    Py_ssize_t offset = 0; /* of this tree's proofs in `space->proofs` */
-    for (Py_ssize_t start = 0, t = 0; start < total && !failed; start += tree_size, t++) {
-        Py_ssize_t n = total - start < tree_size ? total - start : tree_size;
-        const Signed *records = space->records + start;
-        unsigned char *signature = signatures + t * SIGNATURE;
-        if (n == 1) {
-            /* A tree of one: signed per record, over its signed bytes; no proof. */
-            const Signed *r = records;
-            size_t size = RECORD_CONTEXT_LEN + 4 + (size_t)r->key_size + (size_t)r->value_size;
-            unsigned char *message = PyMem_RawMalloc(size);
-            if (message == NULL)
-                failed = 1;
-            else {
-                unsigned char *p = message;
-                memcpy(p, RECORD_CONTEXT, RECORD_CONTEXT_LEN);
-                p += RECORD_CONTEXT_LEN;
-                p[0] = (unsigned char)(r->key_size >> 24);
-                p[1] = (unsigned char)(r->key_size >> 16);
-                p[2] = (unsigned char)(r->key_size >> 8);
-                p[3] = (unsigned char)r->key_size;
-                memcpy(p + 4, r->key, (size_t)r->key_size);
-                memcpy(p + 4 + r->key_size, r->value, (size_t)r->value_size);
-                failed = ed25519(key, ctx, message, size, signature) < 0;
-                PyMem_RawFree(message);
-            }
-            space->ends[start] = offset;
-            continue;
-        }
-        unsigned char message[ROOT_CONTEXT_LEN + DIGEST];
-        memcpy(message, ROOT_CONTEXT, ROOT_CONTEXT_LEN);
-        tree_core(records, n, space->hashes, space->steps, message + ROOT_CONTEXT_LEN,
-                  proofs + offset, space->ends + start);
-        for (Py_ssize_t j = 0; j < n; j++)
-            space->ends[start + j] += offset;
-        offset = space->ends[start + n - 1];
-        failed = ed25519(key, ctx, message, sizeof message, signature) < 0;
-    }
-    EVP_MD_CTX_free(ctx);
-    return failed ? -1 : 0;
-}
-
-PyDoc_STRVAR(columns_doc,
-"columns(keys, values, tree_size, /)\n--\n\n"
-"schemas.signing.Signer.sign_columns: trees of `tree_size` consecutive records, each\n"
-"record's `retention-signature` and `retention-proof` header values (None: a tree of\n"
-"one, no proof), byte for byte. The hashing and signing run without the GIL, so another\n"
-"thread (the relay's event loop) goes on meanwhile.");
-
-static PyObject *
-signer_columns(SignerObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 3) {
-        PyErr_Format(PyExc_TypeError, "columns() takes 3 arguments (%zd given)", nargs);
-        return NULL;
-    }
-    PyObject *keys, *values;
-    Py_ssize_t tree_size;
-    if (columns_of(args[0], args[1], args[2], &keys, &values, &tree_size) < 0)
-        return NULL;
-    PyObject *result = NULL, *signatures = NULL, *proofs = NULL;
-    Py_ssize_t total = PyTuple_GET_SIZE(keys);
-    Py_ssize_t most = total < tree_size ? total : tree_size;
-    Py_ssize_t trees = total ? (total - 1) / tree_size + 1 : 0;
-    unsigned char *signed_roots = NULL;
-    Space space;
-    if (space_alloc(&space, total, most, total) < 0)
-        goto done;
-    signed_roots = PyMem_RawMalloc((size_t)(trees ? trees : 1) * SIGNATURE);
-    if (signed_roots == NULL) {
-        PyErr_NoMemory();
-        goto freed;
-    }
-    if (read_all(keys, values, space.records) < 0)
-        goto freed;
-    int failed;
-    Py_BEGIN_ALLOW_THREADS
-    failed = sign_trees(self->key, &space, total, tree_size, signed_roots);
-    Py_END_ALLOW_THREADS
-    if (failed) {
-        PyErr_SetString(PyExc_MemoryError, "out of memory, or OpenSSL could not sign");
-        goto freed;
-    }
-    signatures = PyList_New(total);
-    proofs = PyList_New(total);
-    if (signatures == NULL || proofs == NULL)
-        goto freed;
-    Py_ssize_t prefix = PyBytes_GET_SIZE(self->prefix), from = 0;
-    for (Py_ssize_t t = 0; t < trees; t++) {
-        PyObject *header = PyBytes_FromStringAndSize(NULL, prefix + SIGNATURE_B64);
-        if (header == NULL)
-            goto freed;
-        memcpy(PyBytes_AS_STRING(header), PyBytes_AS_STRING(self->prefix), (size_t)prefix);
-        b64_padded(signed_roots + t * SIGNATURE, SIGNATURE, PyBytes_AS_STRING(header) + prefix);
-        Py_ssize_t start = t * tree_size;
-        Py_ssize_t n = total - start < tree_size ? total - start : tree_size;
-        for (Py_ssize_t j = start; j < start + n; j++) {
-            Py_INCREF(header);
-            PyList_SET_ITEM(signatures, j, header);
-            PyObject *proof;
-            if (n == 1) {
-                proof = Py_None;
-                Py_INCREF(proof);
-            }
-            else {
-                proof = PyBytes_FromStringAndSize(space.proofs + from, space.ends[j] - from);
-                if (proof == NULL) {
-                    Py_DECREF(header);
-                    goto freed;
-                }
-                from = space.ends[j];
-            }
-            PyList_SET_ITEM(proofs, j, proof);
-        }
-        Py_DECREF(header);
-    }
-    result = PyTuple_Pack(2, signatures, proofs);
-freed:
-    PyMem_RawFree(signed_roots);
-    space_free(&space);
-    Py_XDECREF(signatures);
-    Py_XDECREF(proofs);
-done:
-    Py_DECREF(keys);
-    Py_DECREF(values);
-    return result;
-}
-
-static PyMethodDef signer_methods[] = {
-    {"columns", (PyCFunction)(void (*)(void))signer_columns, METH_FASTCALL, columns_doc},
-    {NULL, NULL, 0, NULL},
-};
-
-static PyTypeObject SignerType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "schemas._merkle.Signer",
-    .tp_doc = PyDoc_STR("Signer(seed, prefix)\n--\n\nSigns columns of records with one Ed25519 "
-                        "key (its 32-byte seed); every signature header starts with `prefix`."),
-    .tp_basicsize = sizeof(SignerObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_new = signer_new,
-    .tp_dealloc = (destructor)signer_dealloc,
-    .tp_methods = signer_methods,
-};
-
 static PyMethodDef methods[] = {
     {"forest", (PyCFunction)(void (*)(void))forest, METH_FASTCALL, forest_doc},
     {NULL, NULL, 0, NULL},
@@ -834,13 +466,12 @@ PyInit__merkle(void)
     memset(B64_VALUES, -1, sizeof B64_VALUES);
     for (int i = 0; i < 64; i++)
         B64_VALUES[(unsigned char)B64[i]] = (signed char)i;
-    if (PyType_Ready(&WalkerType) < 0 || PyType_Ready(&SignerType) < 0)
+    if (PyType_Ready(&WalkerType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
-    if (PyModule_AddObjectRef(m, "Walker", (PyObject *)&WalkerType) < 0
-        || PyModule_AddObjectRef(m, "Signer", (PyObject *)&SignerType) < 0) {
+    if (PyModule_AddObjectRef(m, "Walker", (PyObject *)&WalkerType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

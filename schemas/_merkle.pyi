@@ -12,9 +12,3 @@ class Walker:
         headers: Iterable[tuple[str, bytes | None]],
         /,
     ) -> tuple[bytes, bytes] | None: ...
-
-class Signer:
-    def __init__(self, seed: bytes, prefix: bytes, /) -> None: ...
-    def columns(
-        self, keys: Sequence[bytes | None], values: Sequence[bytes | None], tree_size: int, /
-    ) -> tuple[list[bytes], list[bytes | None]]: ...

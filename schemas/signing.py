@@ -186,21 +186,6 @@ class Signer:
         self._private = private
         self.public = private.public_key()
         self.key_id = key_id(self.public)
-        # `sign_columns` in C, hashing and signing without the GIL (the relay's signing
-        # thread then runs beside its event loop): the same bytes, Ed25519 being
-        # deterministic.
-        self._columns = (
-            None
-            if _column_signer is None
-            else _column_signer(
-                private.private_bytes(
-                    serialization.Encoding.Raw,
-                    serialization.PrivateFormat.Raw,
-                    serialization.NoEncryption(),
-                ),
-                self.key_id.encode("ascii") + b":",
-            )
-        )
 
     @classmethod
     def from_file(cls, path: Path | str) -> Signer:
@@ -261,14 +246,7 @@ class Signer:
         record carries the signature alone). The same trees and bytes as `sign_in_place`;
         what it saves is the header tuples and list growth per record (the relay's
         `coordinator.kafka.producer.RecordColumns` carries these columns as they are).
-
-        With the C core (`HASHING` native), one call hashes and signs every tree without
-        holding the GIL, so other threads run meanwhile (the relay signs on a thread of
-        its own while its event loop sends, docs/relay.md); while `_forest` is the
-        Python reference (no C core, or a bench or test choosing it), Python signs.
         """
-        if self._columns is not None and _forest is not _forest_py:
-            return self._columns.columns(keys, values, tree_size)
         signatures: list[bytes] = []
         proofs: list[bytes | None] = []
         for message, tree_proofs in _forest(keys, values, tree_size):
@@ -333,12 +311,6 @@ _Hashing = Literal["native", "python"]
 _Forester = Callable[[Sequence[bytes | None], Sequence[bytes | None], int], _Forest]
 
 
-class _ColumnSigner(Protocol):
-    def columns(
-        self, keys: Sequence[bytes | None], values: Sequence[bytes | None], tree_size: int, /
-    ) -> tuple[list[bytes], list[bytes | None]]: ...
-
-
 class _Walker(Protocol):
     def walk(
         self,
@@ -349,30 +321,21 @@ class _Walker(Protocol):
     ) -> tuple[bytes, bytes] | None: ...
 
 
-_Choice = tuple[
-    _Forester,
-    Callable[[], _Walker] | None,
-    Callable[[bytes, bytes], _ColumnSigner] | None,
-    _Hashing,
-]
-
-
-def _choose() -> _Choice:
+def _choose() -> tuple[_Forester, Callable[[], _Walker] | None, _Hashing]:
     try:
         from schemas._merkle import forest
     except ImportError:
         # Built only where a C compiler and OpenSSL's headers were at install (setup.py).
-        return _forest_py, None, None, "python"
+        return _forest_py, None, "python"
     try:
-        from schemas._merkle import Signer as ColumnSigner
         from schemas._merkle import Walker
     except ImportError:
-        # A build from before the walk and the column signer were in C still hashes in C.
-        return forest, None, None, "native"
-    return forest, Walker, ColumnSigner, "native"
+        # A build from before the walk was in C still signs natively.
+        return forest, None, "native"
+    return forest, Walker, "native"
 
 
-_forest, _walker, _column_signer, HASHING = _choose()
+_forest, _walker, HASHING = _choose()
 """Which `_forest` signs: `native` (schemas/_merkle.c) or `python` (`_forest_py`), chosen
 once at import; the relay logs it when it starts (docs/relay.md). With `native`, each
 `Verifier` walks batch-signed records' proofs with a `schemas._merkle.Walker` (`_walker`)
