@@ -58,6 +58,8 @@ __all__ = [
     "ConsumedAck",
     "Contended",
     "EventRow",
+    "Expected",
+    "ExpectedKey",
     "ExpectedRow",
     "LedgerOutcome",
     "LedgerRow",
@@ -216,6 +218,10 @@ _L_EVENT, _L_SERVICE, _L_ATTEMPT, _L_STATUS = (
 )
 LedgerRow = tuple[Any, ...]
 ExpectedRow = list[Any]
+ExpectedKey = tuple[int, str]
+"""An expected row's key: (its event id as an int, service). Hashing a UUID is Python
+code (`UUID.__hash__`), called for every lookup of a tuple holding one; an int's is not."""
+Expected = dict[ExpectedKey, ExpectedRow]
 
 
 class RejectReason(StrEnum):
@@ -364,7 +370,8 @@ async def _apply_locked(
     accepted_rows, rejected_rows = _judge(records, events, expected, now, outcome)
     fresh = await _new_to_ledger(conn, accepted_rows, rejected_rows, outcome)
     changed = await _fold(conn, fresh, expected, outcome)
-    touched = {event_id for event_id, _ in changed}
+    # Each changed row's event once, by its int (`_distinct_sorted`).
+    touched = _distinct_sorted(row[0] for row in changed.values())
     transitions = compute_transitions(events, expected, touched)
     entries = _audit_entries(outcome, transitions)
     await _record_and_audit(conn, accepted_rows, rejected_rows, entries, transitions, now)
@@ -415,24 +422,29 @@ def _events_named(records: Sequence[ConsumedAck]) -> list[uuid.UUID]:
     refused already. A refused one (bad signature, undeclared service) is rejected
     whatever its event, so it neither waits for an event's lock nor has one tracked
     (anyone can write the acks topic)."""
-    return sorted_ids({r.ack.event_id for r in records if r.ack is not None and r.refused is None})
+    return _distinct_sorted(
+        r.ack.event_id for r in records if r.ack is not None and r.refused is None
+    )
 
 
-async def _expected_of(
-    conn: AsyncConnection, events: dict[uuid.UUID, EventRow]
-) -> dict[tuple[uuid.UUID, str], ExpectedRow]:
+def _distinct_sorted(ids: Iterable[uuid.UUID]) -> list[uuid.UUID]:
+    """`sorted_ids(set(ids))`, de-duplicated by the ids' ints (a UUID's hash is Python
+    code, called once per id of a set)."""
+    by_int = {event_id.int: event_id for event_id in ids}
+    return [by_int[n] for n in sorted(by_int)]
+
+
+async def _expected_of(conn: AsyncConnection, events: dict[uuid.UUID, EventRow]) -> Expected:
     return await expected_rows(conn, list(events))
 
 
-async def expected_rows(
-    conn: AsyncConnection, event_ids: Sequence[uuid.UUID]
-) -> dict[tuple[uuid.UUID, str], ExpectedRow]:
+async def expected_rows(conn: AsyncConnection, event_ids: Sequence[uuid.UUID]) -> Expected:
     """The expected rows of `event_ids`, as `compute_transitions` reads them: only what
     folding an ack and judging the event read or write (each column more is decoded and
-    copied for every expected row of the batch's events)."""
+    copied for every expected row of the batch's events); keyed by `ExpectedKey`."""
     result = await conn.execute(_EXPECTED, {"event_ids": list(event_ids)})
     # By index (`_KEY` leads the select): a Row's attribute costs ~0.3 µs, an index ~0.03.
-    return {(row[0], row[1]): list(row) for row in result}
+    return {(row[0].int, row[1]): list(row) for row in result}
 
 
 # The ack path's statements are built once and their values bound when they run
@@ -446,7 +458,7 @@ _EXPECTED = select(*(expected_acks.c[name] for name in EXPECTED_COLUMNS)).where(
 def _judge(
     records: Sequence[ConsumedAck],
     events: dict[uuid.UUID, EventRow],
-    expected: dict[tuple[uuid.UUID, str], ExpectedRow],
+    expected: Expected,
     now: datetime,
     outcome: LedgerOutcome,
 ) -> tuple[list[_Judged], list[_Judged]]:
@@ -455,7 +467,7 @@ def _judge(
     rejected: list[_Judged] = []
     # Once per event, not per ack: a Row's attribute costs ~0.3 µs (its class's MRO is
     # searched before Row.__getattr__), an index ~0.03.
-    entities = {event_id: (row.entity_type, row.entity_id) for event_id, row in events.items()}
+    entities = {event_id.int: (row.entity_type, row.entity_id) for event_id, row in events.items()}
     event_at = LedgerEventMs(now)
     for record in records:
         reason = _reject_reason(record, entities, expected)
@@ -482,8 +494,8 @@ async def _new_to_ledger(
     accepted ack's event is locked by this transaction; `_insert_new` checks it anyway.
     """
     where = [(r.topic, r.partition, r.offset) for r, _ in accepted + rejected]
-    event_ids = sorted_ids(
-        {record.ack.event_id for record, _ in accepted if record.ack is not None}
+    event_ids = _distinct_sorted(
+        record.ack.event_id for record, _ in accepted if record.ack is not None
     )
     recorded, acks = await _recorded(conn, where, event_ids)
     new_accepted: list[_Judged] = []
@@ -600,20 +612,22 @@ async def _record_and_audit(
 async def _fold(
     conn: AsyncConnection,
     fresh: list[ConsumedAck],
-    expected: dict[tuple[uuid.UUID, str], ExpectedRow],
+    expected: Expected,
     outcome: LedgerOutcome,
-) -> dict[tuple[uuid.UUID, str], ExpectedRow]:
+) -> Expected:
     """Fold the new acks into their expected rows, oldest first; store the changed rows
     in one UPDATE."""
-    changed: dict[tuple[uuid.UUID, str], ExpectedRow] = {}
-    changes: dict[tuple[uuid.UUID, str], _Change] = {}
+    changed: Expected = {}
+    changes: dict[ExpectedKey, _Change] = {}
     for ack in sorted((r.ack for r in fresh if r.ack is not None), key=_order):
-        key = (ack.event_id, ack.service)
+        key = (ack.event_id.int, ack.service)
         change = changes.get(key)
         if change is None:
             change = changes[key] = _Change()
-            changed[key] = expected[key]
-        _apply(expected[key], change, ack)
+            row = changed[key] = expected[key]
+        else:
+            row = changed[key]
+        _apply(row, change, ack)
         outcome.accepted.append(ack)
     if changed:
         await conn.execute(
@@ -814,21 +828,23 @@ def _order(ack: RetentionAck) -> tuple[datetime, int]:
 
 def _reject_reason(
     record: ConsumedAck,
-    entities: dict[uuid.UUID, tuple[str, str]],
-    expected: dict[tuple[uuid.UUID, str], ExpectedRow],
+    entities: dict[int, tuple[str, str]],
+    expected: Expected,
 ) -> RejectReason | None:
-    """Why the record is refused, if it is; `entities`: each known event's entity."""
+    """Why the record is refused, if it is; `entities`: each known event's entity, by
+    the event id's int."""
     ack = record.ack
     if ack is None:
         return RejectReason.MALFORMED
     if record.refused is not None:
         return record.refused
-    entity = entities.get(ack.event_id)
+    event = ack.event_id.int
+    entity = entities.get(event)
     if entity is None:
         return RejectReason.UNKNOWN_EVENT
     if (ack.entity_type, ack.entity_id) != entity:
         return RejectReason.ENTITY_MISMATCH
-    if (ack.event_id, ack.service) not in expected:
+    if (event, ack.service) not in expected:
         return RejectReason.UNEXPECTED_SERVICE
     if ack.status in VERIFY_STATUSES:
         return RejectReason.UNEXPECTED_STATUS
@@ -1007,18 +1023,19 @@ class Transition:
 
 def compute_transitions(
     events: dict[uuid.UUID, EventRow],
-    expected: dict[tuple[uuid.UUID, str], ExpectedRow],
-    touched: set[uuid.UUID],
+    expected: Expected,
+    touched: Collection[uuid.UUID],
 ) -> list[Transition]:
     """The touched events' new states; `expected` holds every expected row of each (laid
     out as `EXPECTED_COLUMNS`, from `expected_rows`)."""
-    by_event: dict[uuid.UUID, list[ExpectedRow]] = {e: [] for e in touched}
-    for (event_id, _), row in expected.items():
-        if event_id in by_event:
-            by_event[event_id].append(row)
+    by_event: dict[int, list[ExpectedRow]] = {e.int: [] for e in touched}
+    for (event_int, _), row in expected.items():
+        found = by_event.get(event_int)
+        if found is not None:
+            found.append(row)
     out = []
     for event_id in sorted_ids(touched):
-        event, rows = events[event_id], by_event[event_id]
+        event, rows = events[event_id], by_event[event_id.int]
         completed_at = None
         unsettled = [r for r in rows if r[_E_STATUS] not in SETTLED]
         if unsettled and all(r[_E_STATUS] == STILL_PRESENT for r in unsettled):
