@@ -407,11 +407,11 @@ class Settings(BaseSettings):
         description="Webhook delivery (RETENTION_NOTIFY_* variables).",
     )
     purge_batches_in_flight: int = Field(
-        default=3,
+        default=2,
         ge=1,
-        le=3,
+        le=2,
         description="Batches of a delete policy's run in flight at once, each its own "
-        "transaction on its own connection: the next ones delete while this one records "
+        "transaction on its own connection: the next one deletes while this one records "
         "itself and commits (docs/policies.md); 1: one after the other.",
     )
     schedule: str = Field(

@@ -471,110 +471,77 @@ class Runner:
         force: bool,
         progress: Progress | None,
     ) -> None:
-        """The batches of a one-statement delete, up to `purge_batches_in_flight` in
-        flight, each on its own connection.
+        """The batches of a one-statement delete, two in flight on two connections.
 
-        Batch N+1's keyset starts where N's window ended, so no row is shared, and it
-        acts as soon as N has acted and a connection is free: while batch N writes its
-        outbox row and audit entry and commits, the batches after it take the hold lock
-        and delete, then wait, their transactions open, to be recorded. Each batch is
-        still its own transaction with every step of `purge_batch` in the same order: the
-        hold lock before its holds are read, the audit chain's lock before its seq and
-        entry. Batches are recorded one at a time in their order, each once the one before
-        it committed, so seq order, the audit chain's order and commit order stay the
-        batches' order. A failure rolls back every batch in flight too, and the policy
-        fails as a failed batch always made it.
-
-        Acting and recording are two loops (`act` below, and this one): with two
-        connections the next batch could act only once this one had committed, so a
-        slow commit held back the next delete; with three, a batch acts while the two
-        before it record and wait.
+        While batch N writes its outbox row and audit entry and commits on one
+        connection, batch N+1 (whose keyset starts where N's window ended, so no row is
+        shared) takes the hold lock and deletes on the other. Each batch is still its
+        own transaction with every step of `purge_batch` in the same order: the hold
+        lock before its holds are read, the audit chain's lock before its seq and entry.
+        N+1 is recorded only once N has committed, so seq order, the audit chain's order
+        and commit order stay the batches' order. A failure rolls back the batch in
+        flight too, and the policy fails as a failed batch always made it.
         """
         statements = RunStatements()
-        most = self.settings.purge_batches_in_flight
-        acted: asyncio.Queue[tuple[AsyncConnection, ActedBatch] | None] = asyncio.Queue()
-        # Connections whose batch committed; None wakes an `act` that must stop.
-        free: asyncio.Queue[AsyncConnection | None] = asyncio.Queue()
-        opened: list[asyncio.Task[AsyncConnection]] = []
-        unrecorded = 0  # rows of batches acted and not yet recorded
-        stopping = False
 
-        async def act() -> None:
-            nonlocal unrecorded
-            on: AsyncConnection | None = conn
-            after: Any | None = None
-            try:
-                while on is not None and not stopping:
-                    await on.begin()
-                    done = await act_batch(
-                        on,
-                        bound,
-                        run_id=run_id,
-                        cutoff=plan.cutoff,
-                        now=now,
-                        after=after,
-                        statements=statements,
-                    )
-                    unrecorded += len(done.batch.ids)
-                    acted.put_nowait((on, done))
-                    if (
-                        done.last_scanned is None
-                        or done.exhausted
-                        or not self._more(bound, outcome, force, also=unrecorded)
-                    ):
-                        return
-                    after = done.last_scanned
-                    # A connection opens only once a batch ahead is due and every open
-                    # one is busy: a run with one batch or none checks out no connection
-                    # it would not use, nor waits for one from a busy pool.
-                    if free.empty() and len(opened) < most - 1:
-                        opened.append(asyncio.create_task(self.engine.connect().start()))
-                        on = await opened[-1]
-                    else:
-                        on = await free.get()
-            finally:
-                acted.put_nowait(None)
+        async def act(
+            on: AsyncConnection | asyncio.Task[AsyncConnection], after: Any | None
+        ) -> tuple[AsyncConnection, ActedBatch]:
+            if not isinstance(on, AsyncConnection):
+                on = await on
+            await on.begin()
+            acted = await act_batch(
+                on,
+                bound,
+                run_id=run_id,
+                cutoff=plan.cutoff,
+                now=now,
+                after=after,
+                statements=statements,
+            )
+            return on, acted
 
-        async def roll_back_acted() -> None:
-            while not acted.empty():
-                item = acted.get_nowait()
-                if item is not None:
-                    await item[0].rollback()
-
-        acting = asyncio.create_task(act())
+        # The second connection opens only once a batch ahead is due (it opens while
+        # that batch's predecessor records itself): a run with one batch or none checks
+        # out no connection it would not use, nor waits for one from a busy pool.
+        opening: asyncio.Task[AsyncConnection] | None = None
         try:
-            while (item := await acted.get()) is not None:
-                current, done = item
+            current, done = await act(conn, None)
+            spare: AsyncConnection | asyncio.Task[AsyncConnection] | None = None
+            while True:
+                ahead: asyncio.Task[tuple[AsyncConnection, ActedBatch]] | None = None
+                if (
+                    done.last_scanned is not None
+                    and not done.exhausted
+                    and self._more(bound, outcome, force, also=len(done.batch.ids))
+                ):
+                    if spare is None:
+                        spare = opening = asyncio.create_task(self.engine.connect().start())
+                    ahead = asyncio.create_task(act(spare, done.last_scanned))
                 try:
                     batch = await record_batch(current, bound, done, run_id=run_id, now=now)
                     await current.commit()
                 except BaseException:
-                    stopping = True
-                    free.put_nowait(None)
-                    # This batch's locks go first, then those of the batches acted behind
-                    # it: a hold's creation may be queued behind them with the batch
-                    # acting now queued behind it, a wait PostgreSQL cannot see while
-                    # these transactions sit idle. The batch acting then ends (or
-                    # fails), and whatever it acted is rolled back too.
-                    try:
-                        await current.rollback()
-                        await roll_back_acted()
-                    finally:
-                        await asyncio.gather(acting, return_exceptions=True)
-                        await roll_back_acted()
+                    if ahead is not None:
+                        # This batch's locks go first: a hold's creation may be queued
+                        # behind them with the batch ahead queued behind it, a wait
+                        # PostgreSQL cannot see while this transaction sits idle. The batch
+                        # ahead then ends (or fails) before its connection's close rolls
+                        # it back.
+                        try:
+                            await current.rollback()
+                        finally:
+                            await asyncio.gather(ahead, return_exceptions=True)
                     raise
-                unrecorded -= len(done.batch.ids)
-                free.put_nowait(current)
                 if batch.last_scanned is None:
-                    break
+                    return
                 self._count(bound, outcome, len(batch.ids), batch.events, plan, progress)
-            await acting  # a batch that failed to act fails the policy
+                if ahead is None:
+                    return
+                spare = current
+                current, done = await ahead
         finally:
-            if not acting.done():
-                stopping = True
-                free.put_nowait(None)
-                await asyncio.gather(acting, return_exceptions=True)
-            for opening in opened:
+            if opening is not None:
                 (other,) = await asyncio.gather(opening, return_exceptions=True)
                 if isinstance(other, AsyncConnection):
                     await other.close()
