@@ -39,18 +39,15 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Integer,
-    Numeric,
     SmallInteger,
     Text,
     Uuid,
     and_,
-    case,
     cast,
     exists,
     func,
     insert,
     inspect,
-    literal_column,
     or_,
     select,
     update,
@@ -82,7 +79,6 @@ __all__ = [
     "event_held",
     "get_hold",
     "hold_audit",
-    "integer_value",
     "list_holds",
     "lock_for_creation",
     "lock_for_purge",
@@ -296,7 +292,6 @@ def active_hold_exists(
     now: datetime,
     *,
     within: tuple[ColumnElement[str], ColumnElement[str]] | None = None,
-    by_value: bool = False,
 ) -> ColumnElement[bool]:
     """SQL: an unreleased, unexpired hold covers (entity_type, entity_id::text) at `now`.
 
@@ -304,17 +299,11 @@ def active_hold_exists(
     between (both included), so that only the holds in that range of the hold index
     are read (coordinator.purge.planner.batch_window); bounds that left out a text the
     caller asks about would miss its holds.
-    `by_value`: `entity_id` is an integer column, and the hold's id is compared as the
-    integer it spells (`integer_value`), the same holds matching: a hashed hold check then
-    hashes the rows' own values instead of casting each row's id to text first (~0.3 ms
-    of PostgreSQL's CPU a 5,000-row batch, a third of a plan count's, measured).
     """
-    held = legal_hold_entities.c.entity_id
     bounds: list[ColumnElement[bool]] = []
     if within is not None:
         low, high = within
-        bounds = [held >= low, held <= high]
-    same = integer_value(held) == entity_id if by_value else held == cast(entity_id, Text)
+        bounds = [legal_hold_entities.c.entity_id >= low, legal_hold_entities.c.entity_id <= high]
     return exists(
         select(1)
         .select_from(
@@ -322,40 +311,11 @@ def active_hold_exists(
         )
         .where(
             legal_hold_entities.c.entity_type == entity_type,
-            same,
+            legal_hold_entities.c.entity_id == cast(entity_id, Text),
             *bounds,
             legal_holds.c.released_at.is_(None),
             or_(legal_holds.c.expires_at.is_(None), legal_holds.c.expires_at > now),
         )
-    )
-
-
-# The texts PostgreSQL prints for integers: no sign on 0, no leading zero, no "+". Up to
-# 18 digits any such text is a bigint; with 19 only up to 2^63 - 1 (2^63 when negative).
-_SHORT_INTEGER = r"^(0|-?[1-9][0-9]{0,17})$"
-_LONG_INTEGER = r"^-?[1-9][0-9]{18}$"
-
-
-def integer_value(text: ColumnElement[str]) -> ColumnElement[int]:
-    """SQL: the bigint whose text (as PostgreSQL prints an integer) `text` is, else NULL.
-
-    So for an integer column `c`, `integer_value(t) = c` holds exactly when
-    `t = c::text` does: a text that is not how an integer prints (leading zeros, a sign
-    on 0, spaces, beyond a bigint) equals no `c::text`, and gives NULL, which equals
-    nothing. The casts sit behind the patterns in CASE branches, which PostgreSQL
-    evaluates in order, so no text makes them fail.
-    """
-    long = case(
-        (
-            cast(text, Numeric).between(
-                literal_column("-9223372036854775808"), literal_column("9223372036854775807")
-            ),
-            cast(text, BigInteger),
-        )
-    )
-    return case(
-        (text.regexp_match(_SHORT_INTEGER), cast(text, BigInteger)),
-        (text.regexp_match(_LONG_INTEGER), long),
     )
 
 

@@ -131,17 +131,8 @@ def _hold_checks(
     within: tuple[ColumnElement[str], ColumnElement[str]] | None = None,
 ) -> list[ColumnElement[bool]]:
     """One EXISTS per way a hold can cover a row: its entity, and its subject (SPEC §11).
-    `within`: bounds of the rows' ids as text (`active_hold_exists`); subjects have none.
-    An integer column is compared by value (`active_hold_exists`'s `by_value`)."""
-    checks = [
-        active_hold_exists(
-            bound.policy.entity_type,
-            bound.id_column,
-            now,
-            within=within,
-            by_value=isinstance(bound.id_column.type, Integer),
-        )
-    ]
+    `within`: bounds of the rows' ids as text (`active_hold_exists`); subjects have none."""
+    checks = [active_hold_exists(bound.policy.entity_type, bound.id_column, now, within=within)]
     subject, column = bound.subject, bound.subject_column
     is_itself = (
         subject is not None
@@ -149,11 +140,7 @@ def _hold_checks(
         and column is bound.id_column
     )
     if subject is not None and column is not None and not is_itself:
-        checks.append(
-            active_hold_exists(
-                subject.entity_type, column, now, by_value=isinstance(column.type, Integer)
-            )
-        )
+        checks.append(active_hold_exists(subject.entity_type, column, now))
     return checks
 
 
