@@ -314,18 +314,21 @@ async def lock_head(conn: AsyncConnection) -> tuple[int, str]:
     While the caller holds the lock its next appended entry gets seq + 1, so it can write
     that number next to the change before appending the entry that records it.
     """
-    await conn.execute(select(func.pg_advisory_xact_lock(_CHAIN_LOCK)))
-    last = (
-        await conn.execute(
-            select(audit_log.c.seq, audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1)
-        )
-    ).first()
+    await conn.execute(_LOCK_CHAIN)
+    last = (await conn.execute(_HEAD)).first()
     return (last.seq, last.hash) if last else (0, GENESIS)
 
 
 async def try_lock_head(conn: AsyncConnection) -> bool:
     """Lock the chain until the transaction ends if no one holds it; whether it did."""
-    return bool(await conn.scalar(select(func.pg_try_advisory_xact_lock(_CHAIN_LOCK))))
+    return bool(await conn.scalar(_TRY_LOCK_CHAIN))
+
+
+# Built once: every writer of an entry runs them (a purge batch, each ack batch), and
+# building a statement and its cache key cost more Python than executing it (measured).
+_LOCK_CHAIN = select(func.pg_advisory_xact_lock(_CHAIN_LOCK))
+_TRY_LOCK_CHAIN = select(func.pg_try_advisory_xact_lock(_CHAIN_LOCK))
+_HEAD = select(audit_log.c.seq, audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1)
 
 
 async def chain_rows(conn: AsyncConnection, *, after: int, chunk: int) -> AsyncIterator[Any]:

@@ -277,13 +277,19 @@ async def entity_types(conn: AsyncConnection, policy_set: PolicySet) -> EntityTy
     return EntityTypes(await conn.run_sync(reflect))
 
 
+# Built once: a purge batch takes its lock every time, and building the statement and
+# its cache key cost more Python than executing it (measured).
+_FOR_PURGE = select(func.pg_advisory_xact_lock_shared(HOLD_LOCK))
+_FOR_CREATION = select(func.pg_advisory_xact_lock(HOLD_LOCK))
+
+
 async def lock_for_purge(conn: AsyncConnection) -> None:
     """Take at the start of every purge batch transaction, before selecting rows."""
-    await conn.execute(select(func.pg_advisory_xact_lock_shared(HOLD_LOCK)))
+    await conn.execute(_FOR_PURGE)
 
 
 async def lock_for_creation(conn: AsyncConnection) -> None:
-    await conn.execute(select(func.pg_advisory_xact_lock(HOLD_LOCK)))
+    await conn.execute(_FOR_CREATION)
 
 
 def active_hold_exists(
