@@ -9,7 +9,10 @@ the order a prune applies them:
 - ack ledger rows: received `ack_ledger_retention_days` (6 years) ago and their event
   completed, or rejected and naming no event the tracker knows; whole months of events
   that long past, none of them open, by dropping their partition;
+- entity ids in verifications: HMACs when requested `outbox_retention_days` ago;
 - event status, with its expected acks: completed `event_status_retention_days` ago;
+- verifications, with their answers: requested `event_status_retention_days` ago
+  (coordinator/copies/verification/prune.py);
 - audit rows: written `audit_retention_days` ago, before every open event began, never
   the newest row; each removed run of rows leaves a signed `pruned` checkpoint.
 
@@ -48,6 +51,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator.copies.vault.prune import prune_vault
+from coordinator.copies.verification.prune import prune_verifications, pseudonymise_verifications
 from coordinator.evidence import audit
 from coordinator.evidence.audit import AuditAction, AuditEntry
 from coordinator.evidence.checkpoints import Checkpoint, record_checkpoint
@@ -667,8 +671,13 @@ async def prune_own_data(
     return [
         await prune_outbox(engine, now=now, keep=retention.outbox, dry_run=dry_run),
         await pseudonymise(engine, pepper, now=now, keep=retention.outbox, dry_run=dry_run),
+        await pseudonymise_verifications(
+            engine, pepper, now=now, keep=retention.outbox, dry_run=dry_run
+        ),
         await prune_ack_ledger(engine, now=now, keep=retention.ack_ledger, dry_run=dry_run),
         await prune_event_status(engine, now=now, keep=retention.event_status, dry_run=dry_run),
+        # Verify events are evidence of the same age as the deletions they check.
+        await prune_verifications(engine, now=now, keep=retention.event_status, dry_run=dry_run),
         await prune_audit(engine, now=now, keep=retention.audit, dry_run=dry_run, signer=signer),
         # Rows a policy's restoration window kept (docs/restore.md), once it has ended.
         await prune_vault(engine, now=now, dry_run=dry_run),

@@ -32,6 +32,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     Uuid,
     and_,
     column,
@@ -43,6 +44,8 @@ from sqlalchemy import (
     select,
     table,
     true,
+    union_all,
+    update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -56,11 +59,13 @@ from coordinator.evidence.partitions import (
     months,
 )
 from coordinator.outbox.lookup import EVENTS, published_up_to, tracked_up_to
-from coordinator.store.tables import event_status, outbox_batches
+from coordinator.store.tables import event_status, outbox_batches, verifications
+from schemas import EventType
 
 __all__ = ["Pruned", "prune_outbox"]
 
 ACTOR = "coordinator"
+VERIFY = EventType.VERIFY.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,13 +104,13 @@ async def prune_outbox(
             # Published and tracked: a batch past either is never complete.
             limit = min(await published_up_to(conn), await tracked_up_to(conn))
             window = (
-                select(b.seq, b.events)
+                select(b.seq, b.events, b.event_type)
                 .where(b.seq > after, b.seq <= limit, b.created_at < cutoff, elsewhere)
                 .order_by(b.seq)
                 .limit(batch)
                 .cte("window")
             )
-            done = (
+            completed = (
                 select(EVENTS.c.seq)
                 .join(event_status, s.event_id == EVENTS.c.event_id)
                 .where(
@@ -119,13 +124,21 @@ async def prune_outbox(
                     == select(window.c.events).where(window.c.seq == EVENTS.c.seq).scalar_subquery()
                 )
             )
+            done = union_all(completed, _verified(window, cutoff))
             doomed = (
                 select(window.c.seq, window.c.events).where(window.c.seq.in_(done)).cte("doomed")
             )
+            kept: list[Any] = []
             if dry_run:
                 counted = select(func.coalesce(func.sum(doomed.c.events), 0))
                 keys: Any = null()
             else:
+                # The same snapshot as the delete: the outbox still shows the batches.
+                kept = [
+                    _keep_published_at(EVENTS.c.seq.in_(select(doomed.c.seq))).cte(
+                        "kept_published_at"
+                    )
+                ]
                 gone = (
                     delete(outbox_batches)
                     .where(b.seq.in_(select(doomed.c.seq)))
@@ -141,7 +154,7 @@ async def prune_outbox(
                         last.label("last"),
                         counted.scalar_subquery().label("n"),
                         keys.label("seqs"),
-                    )
+                    ).add_cte(*kept)
                 )
             ).one()
             if row.n and not dry_run:
@@ -152,6 +165,38 @@ async def prune_outbox(
         if row.last is None:
             return Pruned(outbox_batches.name, total, cutoff, dry_run, tuple(dropped))
         after = row.last
+
+
+def _verified(window: Any, cutoff: datetime) -> Any:
+    """The verify batches of `window` whose verification was requested before `cutoff`
+    (or is gone already): nothing tracks them to completion, their answers are due within
+    a day and never retried (docs/verification.md)."""
+    v = verifications.c
+    recent = (
+        select(EVENTS.c.seq)
+        .join(verifications, v.event_id == EVENTS.c.event_id)
+        .where(
+            EVENTS.c.seq.in_(select(window.c.seq).where(window.c.event_type == VERIFY)),
+            v.requested_at >= cutoff,
+        )
+    )
+    return select(window.c.seq).where(window.c.event_type == VERIFY, window.c.seq.not_in(recent))
+
+
+def _keep_published_at(batches: ColumnElement[bool]) -> Any:
+    """Write the publication time of the verify events of `batches` (a condition on
+    `EVENTS`) into their verifications: the views show it after the outbox row goes."""
+    v = verifications.c
+    return (
+        update(verifications)
+        .where(
+            v.event_id == EVENTS.c.event_id,
+            batches,
+            EVENTS.c.event_type == VERIFY,
+            v.published_at.is_(None),
+        )
+        .values(published_at=EVENTS.c.published_at)
+    )
 
 
 _LAST = func.retention_uuidv7_nth(
@@ -224,6 +269,15 @@ async def _drop_months(
         async def still_due(conn: AsyncConnection, name: str = name) -> bool:
             return (await _droppable(conn, name, None))[0]
 
+        async def dropping(conn: AsyncConnection, name: str = name) -> None:
+            month = OUTBOX.month_of(name)
+            assert month is not None  # `due` lists monthly partitions only
+            lo, hi = month.bounds()
+            # The month's batches by its bounds: one partition read.
+            await conn.execute(
+                _keep_published_at(and_(EVENTS.c.created_at >= lo, EVENTS.c.created_at < hi))
+            )
+
         async def dropped(conn: AsyncConnection, name: str = name, events: int = events) -> None:
             await _record(conn, name, events, cutoff, now)
 
@@ -232,6 +286,7 @@ async def _drop_months(
             OUTBOX,
             name,
             still_due=still_due,
+            dropping=dropping,
             dropped=dropped,
             chain_lock=audit.try_lock_head,
         ):

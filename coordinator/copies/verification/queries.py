@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from coordinator.evidence.pseudonyms import Pepper
 from coordinator.outbox.lookup import EVENTS, joined_on
 from coordinator.store.tables import verifications, verify_answers
 
@@ -22,17 +23,21 @@ def _ts(value: datetime | None) -> str | None:
 
 
 async def entity_verifications(
-    conn: AsyncConnection, entity_type: str, entity_id: str
+    conn: AsyncConnection, entity_type: str, entity_id: str, *, pepper: Pepper | None = None
 ) -> list[dict[str, Any]]:
     """Every verify event of one entity, oldest first, with each asked service's answer.
-    `unsupported` (no verify handler) is listed as such: it never counts as verified."""
+    `unsupported` (no verify handler) is listed as such: it never counts as verified.
+    With `pepper`, verifications whose stored id is already an HMAC (past the outbox
+    retention, SPEC §13) are found too."""
     v, a = verifications.c, verify_answers.c
+    names = [entity_id] if pepper is None else [entity_id, pepper.pseudonym(entity_type, entity_id)]
     asked = list(
         await conn.execute(
             select(v.event_id, v.policy, v.trigger, v.requested_by, v.requested_at)
-            .add_columns(EVENTS.c.published_at)
+            # Kept in the record when `db prune` removes the outbox batch.
+            .add_columns(func.coalesce(v.published_at, EVENTS.c.published_at).label("published_at"))
             .outerjoin_from(verifications, EVENTS, joined_on(v.event_id))
-            .where(v.entity_type == entity_type, v.entity_id == entity_id)
+            .where(v.entity_type == entity_type, v.entity_id.in_(names))
             .order_by(v.requested_at, v.event_id)
         )
     )
