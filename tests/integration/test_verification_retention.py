@@ -108,7 +108,7 @@ async def _batches(engine: AsyncEngine) -> int:
 
 async def _published(engine: AsyncEngine, entity: str) -> str | None:
     async with engine.connect() as conn:
-        [found] = await entity_verifications(conn, "user", entity, pepper=PEPPER)
+        [found] = await entity_verifications(conn, "user", entity)
     published: str | None = found["published_at"]
     return published
 
