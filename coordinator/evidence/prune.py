@@ -5,11 +5,11 @@ the order a prune applies them:
 
 - outbox batches: all their events completed `outbox_retention_days` (30) ago
   (coordinator/outbox/prune.py);
-- entity ids in event status and ack ledger: become HMACs at the same age (`pseudonymise`);
+- entity ids in event status and ack ledger: become HMACs at the same age (`pseudonymise`),
+  and in verifications (`pseudonymise_verifications`);
 - ack ledger rows: received `ack_ledger_retention_days` (6 years) ago and their event
   completed, or rejected and naming no event the tracker knows; whole months of events
   that long past, none of them open, by dropping their partition;
-- entity ids in verifications: HMACs when requested `outbox_retention_days` ago;
 - event status, with its expected acks: completed `event_status_retention_days` ago;
 - verifications, with their answers: requested `event_status_retention_days` ago
   (coordinator/copies/verification/prune.py);

@@ -7,7 +7,10 @@ identifying columns, so an entity's status and certificate survive without it
 (coordinator/tracking/queries.py). Rows of an event that is not completed — pending,
 overdue, failed, or not tracked at all (never published, or published and not yet
 picked up) — are never removed, however old (tests/integration/test_db_prune.py), nor
-are batches past the relay's watermark or the tracker's cursor.
+are batches past the relay's watermark or the tracker's cursor. A verify event is not
+tracked to completion (no status; answers due within a day, never retried): its batch
+goes once its verification was requested `outbox_retention_days` ago, and its
+publication time is first written into the verification, which the views read after.
 
 The walk goes through the outbox once, in seq order (a keyset, so each row is read
 once per prune whatever stays behind), a window of `batch` rows at a time; each
