@@ -532,12 +532,10 @@ async def drop_month(
     still_due: Callable[[AsyncConnection], Awaitable[bool]],
     dropped: Callable[[AsyncConnection], Awaitable[None]],
     chain_lock: Callable[[AsyncConnection], Awaitable[bool]],
-    dropping: Callable[[AsyncConnection], Awaitable[None]] | None = None,
     tries: int = 50,
 ) -> bool:
     """Drop partition `name` of `layout` if `still_due` says so under the locks, with
-    `dropping` (what must be read from it first) and `dropped` (its audit entry) in the
-    same transaction; whether it was dropped.
+    `dropped` (its audit entry) in the same transaction; whether it was dropped.
 
     The table's ACCESS EXCLUSIVE lock comes first and the chain lock (`chain_lock`, a
     try-lock) only if free; otherwise the transaction ends and the next try waits a
@@ -550,8 +548,6 @@ async def drop_month(
             if await chain_lock(conn):
                 if not await still_due(conn):
                     return False
-                if dropping is not None:
-                    await dropping(conn)
                 # The name comes from a date, never from input.
                 await conn.execute(text(f"DROP TABLE {name}"))
                 await dropped(conn)

@@ -186,19 +186,22 @@ def _verified(window: Any, cutoff: datetime) -> Any:
     return select(window.c.seq).where(window.c.event_type == VERIFY, window.c.seq.not_in(recent))
 
 
+def _unfilled(batches: ColumnElement[bool]) -> ColumnElement[bool]:
+    """A verify event of `batches` whose verification lacks its publication time."""
+    v = verifications.c
+    return and_(
+        v.event_id == EVENTS.c.event_id,
+        batches,
+        EVENTS.c.event_type == VERIFY,
+        v.published_at.is_(None),
+    )
+
+
 def _keep_published_at(batches: ColumnElement[bool]) -> Any:
     """Write the publication time of the verify events of `batches` (a condition on
     `EVENTS`) into their verifications: the views show it after the outbox row goes."""
-    v = verifications.c
     return (
-        update(verifications)
-        .where(
-            v.event_id == EVENTS.c.event_id,
-            batches,
-            EVENTS.c.event_type == VERIFY,
-            v.published_at.is_(None),
-        )
-        .values(published_at=EVENTS.c.published_at)
+        update(verifications).where(_unfilled(batches)).values(published_at=EVENTS.c.published_at)
     )
 
 
@@ -269,17 +272,25 @@ async def _drop_months(
             total, names = total + events, [*names, name]
             continue
 
-        async def still_due(conn: AsyncConnection, name: str = name) -> bool:
-            return (await _droppable(conn, name, None))[0]
+        month = OUTBOX.month_of(name)
+        assert month is not None  # `due` lists monthly partitions only
+        # The month's batches by its bounds: one partition read.
+        lo, hi = month.bounds()
+        in_month = and_(EVENTS.c.created_at >= lo, EVENTS.c.created_at < hi)
+        # Before the locks, in its own transaction: a row a prune holds would otherwise be
+        # waited for under ACCESS EXCLUSIVE on the outbox and the chain lock. The batches
+        # are published (their time fixed), so writing it again changes nothing.
+        async with engine.begin() as conn:
+            await conn.execute(_keep_published_at(in_month))
 
-        async def dropping(conn: AsyncConnection, name: str = name) -> None:
-            month = OUTBOX.month_of(name)
-            assert month is not None  # `due` lists monthly partitions only
-            lo, hi = month.bounds()
-            # The month's batches by its bounds: one partition read.
-            await conn.execute(
-                _keep_published_at(and_(EVENTS.c.created_at >= lo, EVENTS.c.created_at < hi))
-            )
+        async def still_due(
+            conn: AsyncConnection, in_month: Any = in_month, name: str = name
+        ) -> bool:
+            # A read, not the write again: a batch published since the fill leaves its
+            # verification unfilled, and the month waits for the next prune.
+            return (await _droppable(conn, name, None))[0] and not (
+                await conn.execute(select(exists().where(_unfilled(in_month))))
+            ).scalar_one()
 
         async def dropped(conn: AsyncConnection, name: str = name, events: int = events) -> None:
             await _record(conn, name, events, cutoff, now)
@@ -289,7 +300,6 @@ async def _drop_months(
             OUTBOX,
             name,
             still_due=still_due,
-            dropping=dropping,
             dropped=dropped,
             chain_lock=audit.try_lock_head,
         ):
