@@ -29,12 +29,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    ARRAY,
     Column,
     ColumnElement,
-    Uuid,
     and_,
-    any_,
     bindparam,
     column,
     delete,
@@ -55,6 +52,7 @@ from coordinator.copies.verification.prune import prune_verifications, pseudonym
 from coordinator.evidence import audit
 from coordinator.evidence.audit import AuditAction, AuditEntry
 from coordinator.evidence.checkpoints import Checkpoint, record_checkpoint
+from coordinator.evidence.ledger_pseudonyms import pseudonymise_acks
 from coordinator.evidence.partitions import (
     AUDIT,
     EPOCH,
@@ -66,7 +64,6 @@ from coordinator.evidence.partitions import (
     drop_month,
     event_time,
     is_partitioned,
-    ledger_event_at,
     month_ids,
     months,
 )
@@ -161,53 +158,9 @@ async def pseudonymise(
                     for r in rows
                 ],
             )
-            acks = (await conn.execute(_batch_acks([r.event_id for r in rows]))).all()
-            if acks:
-                a = ack_ledger.c
-                pseudonyms = [pepper.pseudonym(r.entity_type or "", r.entity_id) for r in acks]
-                # The partition key with the id: one partition's index, not every month's
-                # (NULL: a row from before migration 0025, its ledger not converted yet).
-                at: Any = bindparam("b_event_at")
-                await conn.execute(
-                    update(ack_ledger)
-                    .where(a.id == bindparam("b_id"), or_(a.event_at == at, a.event_at.is_(None)))
-                    .values(entity_id=bindparam("b_pseudonym")),
-                    [
-                        {"b_id": r.id, "b_event_at": r.event_at, "b_pseudonym": p}
-                        for r, p in zip(acks, pseudonyms, strict=True)
-                    ],
-                )
-                await _pseudonymise_copies(conn, acks, pseudonyms)
+            await pseudonymise_acks(conn, pepper, [r.event_id for r in rows])
             await _record(conn, f"{event_status.name}.entity_id", len(rows), cutoff, now)
         total += len(rows)
-
-
-def _batch_acks(events: Sequence[uuid.UUID]) -> Any:
-    """The ledger rows with an entity id of `events` (in id order), read through the two
-    partial indexes on `event_id`: with no `accepted` condition, neither applies and each
-    batch read the whole ledger.
-
-    The same bounds as `repair_pseudonyms`' read, plus the rows of a ledger not converted
-    yet, whose `event_at` is NULL."""
-    a = ack_ledger.c
-    first, last = events[0], events[-1]
-    # One array parameter for both arms, not two IN lists of len(events).
-    ids = bindparam("b_events", list(events), type_=ARRAY(Uuid()))
-    found = [
-        select(a.id, a.event_at, a.event_id, a.received_at, a.entity_type, a.entity_id).where(
-            accepted,
-            a.event_id == any_(ids),
-            a.event_id.between(first, last),
-            or_(
-                a.event_at.between(event_time(first), event_time(last)),
-                a.event_at == EPOCH,
-                a.event_at.is_(None),
-            ),
-            a.entity_id.is_not(None),
-        )
-        for accepted in (a.accepted, not_(a.accepted))
-    ]
-    return union_all(*found).order_by("id")
 
 
 async def repair_pseudonyms(
@@ -216,7 +169,7 @@ async def repair_pseudonyms(
     """Rewrite as HMACs the entity ids a partitioned ledger still holds in clear for
     events already pseudonymised; return how many it found (without a pepper it only counts).
 
-    A version before `_pseudonymise_copies` rewrote only the old ledger while it
+    A version before `ledger_pseudonyms.pseudonymise_copies` rewrote only the old ledger while it
     converted, so rows it had copied kept their ids through the swap, and their events'
     marks mean `pseudonymise` never comes back to them. `retention db partition` runs
     this once the ledger is partitioned, not daily: it walks the marked statuses in
@@ -275,41 +228,6 @@ async def repair_pseudonyms(
                     ],
                 )
         total += len(rows)
-
-
-async def _pseudonymise_copies(
-    conn: AsyncConnection, acks: Sequence[Any], pseudonyms: Sequence[str]
-) -> None:
-    """Write `pseudonyms` into the copies a ledger conversion has already made of `acks`
-    (rewritten in the old ledger just before): the swap keeps those copies, and the marked
-    status means no later run redoes them.
-
-    Checked after the update: its lock on the old ledger keeps the swap (which starts with
-    that table's ACCESS EXCLUSIVE) out until this commits, and a swap before it made the
-    update hit the partitioned table itself. The shadow's SHARE ROW EXCLUSIVE waits for a
-    copy step in flight and holds off the next, so a row was either copied already and is
-    seen by the update below (its snapshot follows the lock) or is copied later, from the
-    old ledger's HMAC. No cycle: the swap too locks the old table before the shadow, and a
-    copy step needs only ACCESS SHARE on the old one. Not SHARE: two runs could both hold
-    it and deadlock on their updates; SHARE ROW EXCLUSIVE conflicts with itself."""
-    if not await converting(conn, LEDGER):
-        return
-    await conn.execute(text(f"LOCK TABLE {LEDGER.shadow} IN SHARE ROW EXCLUSIVE MODE"))
-    shadow = table(LEDGER.shadow, column("id"), column("event_at"), column("entity_id"))
-    await conn.execute(
-        update(shadow)
-        .where(shadow.c.id == bindparam("b_id"), shadow.c.event_at == bindparam("b_event_at"))
-        .values(entity_id=bindparam("b_pseudonym")),
-        [
-            {
-                "b_id": r.id,
-                # What the copy stored: the SQL twin of `ledger_event_at` for older rows.
-                "b_event_at": r.event_at or ledger_event_at(r.event_id, r.received_at),
-                "b_pseudonym": p,
-            }
-            for r, p in zip(acks, pseudonyms, strict=True)
-        ],
-    )
 
 
 def _completed(event_id: Any) -> Any:

@@ -52,6 +52,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from coordinator.copies.verification.request import ANSWER_WINDOW
 from coordinator.evidence import audit
 from coordinator.evidence.audit import AuditAction, AuditEntry, append
 from coordinator.evidence.partitions import (
@@ -127,7 +128,7 @@ async def prune_outbox(
                     == select(window.c.events).where(window.c.seq == EVENTS.c.seq).scalar_subquery()
                 )
             )
-            done = union_all(completed, _verified(window, cutoff))
+            done = union_all(completed, _verified(window, cutoff, now))
             doomed = (
                 select(window.c.seq, window.c.events).where(window.c.seq.in_(done)).cte("doomed")
             )
@@ -170,10 +171,12 @@ async def prune_outbox(
         after = row.last
 
 
-def _verified(window: Any, cutoff: datetime) -> Any:
+def _verified(window: Any, cutoff: datetime, now: datetime) -> Any:
     """The verify batches of `window` whose verification was requested before `cutoff`
-    (or is gone already): nothing tracks them to completion, their answers are due within
-    a day and never retried (docs/verification.md)."""
+    and whose answer window has ended (or is gone already): nothing tracks them to
+    completion, their answers are due within that window and never retried
+    (docs/verification.md). A retention shorter than the window never cuts into it."""
+    cutoff = min(cutoff, now - ANSWER_WINDOW)
     v = verifications.c
     recent = (
         select(EVENTS.c.seq)
@@ -262,7 +265,9 @@ async def _drop_months(
     async with engine.connect() as conn:
         if not await is_partitioned(conn, OUTBOX.parent):
             return 0, []
-        due = [OUTBOX.partition(m) for m in await months(conn, OUTBOX) if m.bounds()[1] <= cutoff]
+        # Its verify events' answer windows ended too, whatever the retention (`_verified`).
+        end = min(cutoff, now - ANSWER_WINDOW)
+        due = [OUTBOX.partition(m) for m in await months(conn, OUTBOX) if m.bounds()[1] <= end]
     for name in due:
         async with engine.connect() as conn:
             ok, events = await _droppable(conn, name, cutoff)

@@ -12,6 +12,8 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from coordinator.copies.verification import answers
+from coordinator.copies.verification.prune import prune_verifications, pseudonymise_verifications
 from coordinator.copies.verification.queries import entity_verifications
 from coordinator.evidence.audit import AuditAction
 from coordinator.evidence.partitions import OUTBOX, Month, ensure_months
@@ -22,17 +24,22 @@ from coordinator.outbox.lookup import TRACKED
 from coordinator.outbox.prune import prune_outbox
 from coordinator.store.db import make_engine
 from coordinator.store.tables import (
+    ack_ledger,
     audit_log,
+    event_status,
+    expected_acks,
     outbox_batches,
     outbox_cursors,
     verifications,
     verify_answers,
 )
+from coordinator.tracking.ledger import ConsumedAck, lock_events
+from schemas import AckStatus, RetentionAck
 from tests import keys
 from tests.outbox import clear_outbox, insert_rows
 
 NOW = datetime.now(UTC)
-DAY, YEAR = timedelta(days=1), timedelta(days=365)
+HOUR, DAY, YEAR = timedelta(hours=1), timedelta(days=1), timedelta(days=365)
 RETENTION = Retention(outbox=30 * DAY, ack_ledger=6 * YEAR, event_status=6 * YEAR, audit=6 * YEAR)
 PEPPER = Pepper(b"p" * 32)
 SIGNER = keys.signer(keys.COORDINATOR)
@@ -46,15 +53,17 @@ ASKED = {
 PUBLISHED_AFTER = timedelta(seconds=3)
 
 
-async def _world(engine: AsyncEngine, *, months: bool = False) -> dict[str, uuid.UUID]:
-    """One published and tracked verify batch per entry of `ASKED`, its verification and
-    one service's answer (pending for the recent one); with `months`, each old batch in a
-    monthly partition of its own."""
+async def _world(
+    engine: AsyncEngine, *, months: bool = False, asked: dict[str, datetime] = ASKED
+) -> dict[str, uuid.UUID]:
+    """One published and tracked verify batch per entry of `asked`, its verification and
+    one service's answer (pending for an unanswered one); with `months`, each old batch in
+    a monthly partition of its own."""
     await clear_outbox(engine)
     async with engine.begin() as conn:
         await conn.execute(delete(verifications))  # their answers with them
         if months:
-            await ensure_months(conn, {Month.of(at) for at in ASKED.values()}, OUTBOX)
+            await ensure_months(conn, {Month.of(at) for at in asked.values()}, OUTBOX)
     rows: list[dict[str, Any]] = [
         {
             "run_id": uuid.uuid4(),
@@ -67,7 +76,7 @@ async def _world(engine: AsyncEngine, *, months: bool = False) -> dict[str, uuid
             "deadline": at + DAY,
             "published_at": at + PUBLISHED_AFTER,
         }
-        for entity, at in ASKED.items()
+        for entity, at in asked.items()
     ]
     await insert_rows(engine, rows)
     ids = {row["entity_id"]: row["event_id"] for row in rows}
@@ -76,7 +85,7 @@ async def _world(engine: AsyncEngine, *, months: bool = False) -> dict[str, uuid
         await conn.execute(update(outbox_batches).values(created_at=b.initiated_at))
         last = (await conn.execute(select(func.max(b.seq)))).scalar_one()
         await conn.execute(insert(outbox_cursors).values(name=TRACKED, seq=last))
-        for entity, at in ASKED.items():
+        for entity, at in asked.items():
             await conn.execute(
                 insert(verifications).values(
                     event_id=ids[entity],
@@ -271,3 +280,167 @@ async def test_verification_walks_read_their_indexes(coordinator_db: str) -> Non
                 assert "ix_retention_verifications_" in plan, (name, plan)
     finally:
         await engine.dispose()
+
+
+async def test_nothing_is_touched_inside_the_answer_window_whatever_the_retention(
+    coordinator_db: str,
+) -> None:
+    """With an outbox retention shorter than the answer window, a verification asked 12
+    hours ago keeps its batch and its id in clear: its answers are still due."""
+    engine = make_engine(coordinator_db)
+    try:
+        entity = "asked 12 hours ago"
+        ids = await _world(engine, asked={entity: NOW - 12 * HOUR})
+        keep = 6 * HOUR
+        pruned = await prune_outbox(engine, now=NOW, keep=keep, dry_run=False)
+        rewritten = await pseudonymise_verifications(
+            engine, PEPPER, now=NOW, keep=keep, dry_run=False
+        )
+        assert (pruned.rows, rewritten.rows, await _batches(engine)) == (0, 0, 1)
+        assert await _state(engine) == {ids[entity]: (entity, 1)}
+        # Once the window has ended, both go.
+        later = NOW + DAY
+        pruned = await prune_outbox(engine, now=later, keep=keep, dry_run=False)
+        rewritten = await pseudonymise_verifications(
+            engine, PEPPER, now=later, keep=keep, dry_run=False
+        )
+        assert (pruned.rows, rewritten.rows, await _batches(engine)) == (1, 1, 0)
+    finally:
+        await engine.dispose()
+
+
+async def test_a_batch_written_before_the_cutoff_stays_while_its_verification_is_recent(
+    coordinator_db: str,
+) -> None:
+    """The batch's age alone does not decide: its verification was asked after the cutoff."""
+    engine = make_engine(coordinator_db)
+    try:
+        entity = "batch 40 days old, asked 5 days ago"
+        ids = await _world(engine, asked={entity: NOW - 40 * DAY})
+        async with engine.begin() as conn:
+            await conn.execute(
+                update(verifications)
+                .where(verifications.c.event_id == ids[entity])
+                .values(requested_at=NOW - 5 * DAY)
+            )
+        pruned = await prune_outbox(engine, now=NOW, keep=RETENTION.outbox, dry_run=False)
+        assert (pruned.rows, await _batches(engine)) == (0, 1)
+    finally:
+        await engine.dispose()
+
+
+async def test_a_resurrection_keeps_its_verification_until_deleted_again(
+    coordinator_db: str,
+) -> None:
+    """A `still_present` answer reopened the deletion: while billing's acknowledgement is
+    still `still_present`, the record is neither pseudonymised nor pruned, so a later
+    delete finds the answer under the id in clear and completes the entity again."""
+    engine = make_engine(coordinator_db)
+    entity = f"res-{uuid.uuid4().hex[:8]}"
+    asked = NOW - 40 * DAY
+    deletion, verify, later = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(delete(verifications))
+            await conn.execute(
+                insert(event_status).values(_deletion(deletion, entity, asked - DAY))
+            )
+            await conn.execute(
+                insert(expected_acks).values(
+                    event_id=deletion, service="billing", status="completed"
+                )
+            )
+            await conn.execute(
+                insert(verifications).values(
+                    event_id=verify,
+                    entity_type="user",
+                    entity_id=entity,
+                    policy="accounts",
+                    trigger="sample",
+                    requested_by="sampler",
+                    requested_at=asked,
+                )
+            )
+            await conn.execute(insert(verify_answers).values(event_id=verify, service="billing"))
+        found = _ack(verify, entity, AckStatus.STILL_PRESENT, asked + HOUR, offset=1)
+        async with engine.begin() as conn:
+            await lock_events(conn, [deletion])
+            outcome = await answers.apply_answers(
+                conn, [found], now=asked + HOUR, locked=[deletion]
+            )
+        assert outcome.resurrected == [("user", entity, "billing")]
+
+        # Past the outbox retention and past the event status retention: kept in clear.
+        rewritten = await pseudonymise_verifications(
+            engine, PEPPER, now=NOW, keep=RETENTION.outbox, dry_run=False
+        )
+        pruned = await prune_verifications(
+            engine, now=NOW + 7 * YEAR, keep=RETENTION.event_status, dry_run=False
+        )
+        assert (rewritten.rows, pruned.rows) == (0, 0)
+        assert await _state(engine) == {verify: (entity, 1)}
+
+        async with engine.begin() as conn:
+            await conn.execute(insert(event_status).values(_deletion(later, entity, NOW)))
+            await lock_events(conn, [deletion])
+            again = await answers.delete_again(
+                conn,
+                [_ack(later, entity, AckStatus.COMPLETED, NOW, offset=2).ack],  # type: ignore[list-item]
+                now=NOW,
+                locked=[deletion],
+            )
+        assert again == [deletion]
+
+        # Completed again: the record follows the retention as any other.
+        rewritten = await pseudonymise_verifications(
+            engine, PEPPER, now=NOW, keep=RETENTION.outbox, dry_run=False
+        )
+        assert rewritten.rows == 1
+        assert await _state(engine) == {verify: (PEPPER.pseudonym("user", entity), 1)}
+        async with engine.connect() as conn:
+            ledger = (
+                (
+                    await conn.execute(
+                        select(ack_ledger.c.entity_id).where(ack_ledger.c.event_id == verify)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        # The answer's ledger row too: no clear id left beside the HMAC.
+        assert ledger == [PEPPER.pseudonym("user", entity)]
+    finally:
+        await engine.dispose()
+
+
+def _deletion(event_id: uuid.UUID, entity: str, at: datetime) -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "policy": "accounts",
+        "event_type": "delete",
+        "entity_type": "user",
+        "entity_id": entity,
+        "initiated_at": at,
+        "published_at": at,
+        "deadline": at + 30 * DAY,
+        "state": "completed",
+        "expected": 1,
+        "completed_at": at,
+        "tracked_at": at,
+        "updated_at": at,
+    }
+
+
+def _ack(
+    event_id: uuid.UUID, entity: str, status: AckStatus, at: datetime, *, offset: int
+) -> ConsumedAck:
+    ack = RetentionAck(
+        event_id=event_id,
+        service="billing",
+        entity_type="user",
+        entity_id=entity,
+        status=status,
+        records_affected=2 if status is AckStatus.STILL_PRESENT else 0,
+        acknowledged_at=at,
+    )
+    return ConsumedAck("acks", 0, uuid.uuid4().int % 10**9 + offset, ack)

@@ -4,16 +4,28 @@ A verify event's outbox batch goes with the outbox's (coordinator/outbox/prune.p
 publication time kept in `retention_verifications.published_at`. Here, the records:
 
 - past the outbox retention, the entity id becomes its HMAC under the suppression pepper,
-  as in the event status (`pseudonymise_verifications`); the entity views find it by
+  as in the event status, in the record and in its answers' ack-ledger rows
+  (`pseudonymise_verifications`); the entity views find it by
   computing the HMAC (`queries.entity_verifications`);
 - past the event status retention, the record goes with its answers (ON DELETE CASCADE)
   (`prune_verifications`).
 
 Both walk `requested_at` through an index, a batch at a time, each batch committed with
-its `db.prune` audit entry: a run reads the rows it changes, not the table. A verify
-event's answers are due within a day (`request.ANSWER_WINDOW`) and never retried, so
-nothing still expected is touched: an answer arriving after its record's id became an
-HMAC is refused as naming another entity (answers.py).
+its `db.prune` audit entry: a run reads the rows it changes, not the table. Neither
+touches a record
+
+- before its answer window (`request.ANSWER_WINDOW`) ended, whatever the retention
+  settings: its answers are still expected, and one arriving after the id became an
+  HMAC is refused as naming another entity (answers.py);
+- while it found the entity still present at a service whose reopened acknowledgements
+  are still `still_present`: a later delete completes them again by finding that answer
+  under the entity's id in clear (`answers.delete_again`), and the record is the
+  evidence of the open resurrection.
+
+Each batch takes the audit chain's lock first, as the tracker does before it reads the
+records and locks their answers (`answers.apply_answers`): no deadlock with a late
+answer, and an answer is either applied before the batch reads the records (the guard
+sees what it reopened) or refused after it.
 """
 
 from __future__ import annotations
@@ -23,12 +35,14 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import (
     ARRAY,
+    ColumnElement,
     Text,
     Uuid,
     and_,
     bindparam,
     column,
     delete,
+    exists,
     func,
     literal,
     select,
@@ -36,10 +50,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from coordinator.evidence.audit import AuditAction, AuditEntry, append
+from coordinator.copies.verification.request import ANSWER_WINDOW
+from coordinator.evidence.audit import AuditAction, AuditEntry, append, lock_head
+from coordinator.evidence.ledger_pseudonyms import pseudonymise_acks
 from coordinator.evidence.pseudonyms import Pepper
 from coordinator.outbox.prune import Pruned
-from coordinator.store.tables import verifications
+from coordinator.store.tables import event_status, expected_acks, verifications, verify_answers
+from schemas import AckStatus
 
 __all__ = ["PSEUDONYMISED", "prune_verifications", "pseudonymise_verifications"]
 
@@ -64,6 +81,31 @@ async def _record(
     )
 
 
+def _settled(cutoff: datetime, now: datetime) -> tuple[datetime, ColumnElement[bool]]:
+    """The effective cutoff (not inside the answer window) and the records that may be
+    rewritten or removed before it: none whose `still_present` answer still holds a
+    reopened acknowledgement of the entity at that service.
+
+    The probe starts from the record's answers (primary key) and stops at once for the
+    usual ones, which have no `still_present` answer; the reopened events are found by
+    the entity (the status's entity index, in clear: an open event is never
+    pseudonymised) and their acknowledgement by primary key."""
+    cutoff = min(cutoff, now - ANSWER_WINDOW)
+    v, va = verifications.c, verify_answers.c
+    s, e = event_status.c, expected_acks.c
+    still = AckStatus.STILL_PRESENT.value
+    open_finding = exists().where(
+        va.event_id == v.event_id,
+        va.status == still,
+        s.entity_type == v.entity_type,
+        s.entity_id == v.entity_id,
+        e.event_id == s.event_id,
+        e.service == va.service,
+        e.status == still,
+    )
+    return cutoff, and_(v.requested_at < cutoff, ~open_finding)
+
+
 async def pseudonymise_verifications(
     engine: AsyncEngine,
     pepper: Pepper | None,
@@ -79,9 +121,9 @@ async def pseudonymise_verifications(
     The rows still in clear are read through their partial index, in (requested_at,
     event_id) order after the previous batch; rows skipped as locked are left to the
     next run."""
-    cutoff = now - keep
+    cutoff, settled = _settled(now - keep, now)
     v = verifications.c
-    due = and_(v.pseudonymised_at.is_(None), v.requested_at < cutoff)
+    due = and_(v.pseudonymised_at.is_(None), settled)
     if dry_run or pepper is None:
         async with engine.connect() as conn:
             count = (await conn.execute(select(func.count()).where(due))).scalar_one()
@@ -103,6 +145,7 @@ async def pseudonymise_verifications(
     after: tuple[datetime, uuid.UUID] | None = None
     while True:
         async with engine.begin() as conn:
+            await lock_head(conn)
             pick = select(v.event_id, v.entity_type, v.entity_id, v.requested_at).where(due)
             if after is not None:
                 at, event_id = after
@@ -127,6 +170,8 @@ async def pseudonymise_verifications(
                     "b_names": [pepper.pseudonym(r.entity_type, r.entity_id) for r in rows],
                 },
             )
+            # Their answers' ledger rows name the entity too, joined by the event id.
+            await pseudonymise_acks(conn, pepper, [r.event_id for r in rows])
             await _record(conn, PSEUDONYMISED, len(rows), cutoff, now)
         total += len(rows)
 
@@ -138,9 +183,8 @@ async def prune_verifications(
 
     The `requested_at` index gives each batch in order; the next starts at the last
     batch's time (a keyset: not past the index entries of rows already deleted)."""
-    cutoff = now - keep
+    cutoff, due = _settled(now - keep, now)
     v = verifications.c
-    due = v.requested_at < cutoff
     if dry_run:
         async with engine.connect() as conn:
             count = (await conn.execute(select(func.count()).where(due))).scalar_one()
@@ -149,6 +193,8 @@ async def prune_verifications(
     after: datetime | None = None
     while True:
         async with engine.begin() as conn:
+            # The chain before the rows (and their answers, deleted with them).
+            await lock_head(conn)
             pick = select(v.event_id).where(due)
             if after is not None:
                 pick = pick.where(v.requested_at >= after)
