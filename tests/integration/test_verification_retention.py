@@ -5,6 +5,7 @@ by the entity view, and the records go past the event status retention."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -338,7 +339,7 @@ async def test_a_resurrection_keeps_its_verification_until_deleted_again(
     engine = make_engine(coordinator_db)
     entity = f"res-{uuid.uuid4().hex[:8]}"
     asked = NOW - 40 * DAY
-    deletion, verify, later = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    deletion, verify, later = _v7(asked - DAY), _v7(asked), _v7(NOW)
     try:
         async with engine.begin() as conn:
             await conn.execute(delete(verifications))
@@ -413,6 +414,12 @@ async def test_a_resurrection_keeps_its_verification_until_deleted_again(
         await engine.dispose()
 
 
+def _v7(minted: datetime) -> uuid.UUID:
+    """An event id as the coordinator mints them (the ledger's months read its time)."""
+    ms = int(minted.timestamp() * 1000)
+    return uuid.UUID(bytes=ms.to_bytes(6, "big") + bytes([0x70]) + os.urandom(9))
+
+
 def _deletion(event_id: uuid.UUID, entity: str, at: datetime) -> dict[str, Any]:
     return {
         "event_id": event_id,
@@ -444,3 +451,35 @@ def _ack(
         acknowledged_at=at,
     )
     return ConsumedAck("acks", 0, uuid.uuid4().int % 10**9 + offset, ack)
+
+
+async def test_a_clear_id_that_reads_as_an_hmac_is_not_the_entity_it_would_name(
+    coordinator_db: str,
+) -> None:
+    """Only a pseudonymised record is matched by the HMAC, only one in clear by the id."""
+    engine = make_engine(coordinator_db)
+    entity = f"named-{uuid.uuid4().hex[:8]}"
+    lookalike = uuid.uuid4()
+    try:
+        async with engine.begin() as conn:
+            # Another entity, whose id in clear is this one's HMAC string.
+            await conn.execute(
+                insert(verifications).values(
+                    event_id=lookalike,
+                    entity_type="user",
+                    entity_id=PEPPER.pseudonym("user", entity),
+                    policy="on_demand",
+                    trigger="on_demand",
+                    requested_by="op",
+                    requested_at=NOW,
+                )
+            )
+        async with engine.connect() as conn:
+            found = await entity_verifications(conn, "user", entity, pepper=PEPPER)
+            other = await entity_verifications(
+                conn, "user", PEPPER.pseudonym("user", entity), pepper=PEPPER
+            )
+    finally:
+        await engine.dispose()
+    assert found == []
+    assert [f["event_id"] for f in other] == [str(lookalike)]

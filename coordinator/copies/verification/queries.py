@@ -6,7 +6,7 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.evidence.pseudonyms import Pepper
@@ -30,14 +30,24 @@ async def entity_verifications(
     With `pepper`, verifications whose stored id is already an HMAC (past the outbox
     retention, SPEC §13) are found too."""
     v, a = verifications.c, verify_answers.c
-    names = [entity_id] if pepper is None else [entity_id, pepper.pseudonym(entity_type, entity_id)]
+    named = and_(v.entity_id == entity_id, v.pseudonymised_at.is_(None))
+    if pepper is not None:
+        # Each form only where it is meant: a clear id equal to another entity's HMAC
+        # string is not that entity. Both arms read the (entity_type, entity_id) index.
+        named = or_(
+            named,
+            and_(
+                v.entity_id == pepper.pseudonym(entity_type, entity_id),
+                v.pseudonymised_at.is_not(None),
+            ),
+        )
     asked = list(
         await conn.execute(
             select(v.event_id, v.policy, v.trigger, v.requested_by, v.requested_at)
             # Kept in the record when `db prune` removes the outbox batch.
             .add_columns(func.coalesce(v.published_at, EVENTS.c.published_at).label("published_at"))
             .outerjoin_from(verifications, EVENTS, joined_on(v.event_id))
-            .where(v.entity_type == entity_type, v.entity_id.in_(names))
+            .where(v.entity_type == entity_type, named)
             .order_by(v.requested_at, v.event_id)
         )
     )
