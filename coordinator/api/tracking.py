@@ -67,12 +67,15 @@ async def entity(
     "/entities/{entity_type}/{entity_id}/verifications", response_model=list[VerificationView]
 )
 async def entity_verifications(
+    ctx: Context,
     conn: Connection,
     entity_type: Annotated[str, Path(pattern=_NAME, max_length=100)],
     entity_id: Annotated[str, Path(min_length=1, max_length=500)],
 ) -> list[VerificationView]:
     """Every verify event of one entity, oldest first, with each asked service's answer."""
-    found = await verification_queries.entity_verifications(conn, entity_type, entity_id)
+    found = await verification_queries.entity_verifications(
+        conn, entity_type, entity_id, pepper=ctx.pepper
+    )
     return [VerificationView.model_validate(v) for v in found]
 
 

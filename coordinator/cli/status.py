@@ -97,7 +97,7 @@ def status(
         now = SystemClock().now()
         return (
             await entity_events(conn, policy_set, entity_type, entity_id, now=now, pepper=pepper),
-            await entity_verifications(conn, entity_type, entity_id),
+            await entity_verifications(conn, entity_type, entity_id, pepper=pepper),
         )
 
     try:

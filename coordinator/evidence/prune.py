@@ -5,11 +5,14 @@ the order a prune applies them:
 
 - outbox batches: all their events completed `outbox_retention_days` (30) ago
   (coordinator/outbox/prune.py);
-- entity ids in event status and ack ledger: become HMACs at the same age (`pseudonymise`);
+- entity ids in event status and ack ledger: become HMACs at the same age (`pseudonymise`),
+  and in verifications (`pseudonymise_verifications`);
 - ack ledger rows: received `ack_ledger_retention_days` (6 years) ago and their event
   completed, or rejected and naming no event the tracker knows; whole months of events
   that long past, none of them open, by dropping their partition;
 - event status, with its expected acks: completed `event_status_retention_days` ago;
+- verifications, with their answers: requested `event_status_retention_days` ago
+  (coordinator/copies/verification/prune.py);
 - audit rows: written `audit_retention_days` ago, before every open event began, never
   the newest row; each removed run of rows leaves a signed `pruned` checkpoint.
 
@@ -26,12 +29,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    ARRAY,
     Column,
     ColumnElement,
-    Uuid,
     and_,
-    any_,
     bindparam,
     column,
     delete,
@@ -48,9 +48,11 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator.copies.vault.prune import prune_vault
+from coordinator.copies.verification.prune import prune_verifications, pseudonymise_verifications
 from coordinator.evidence import audit
 from coordinator.evidence.audit import AuditAction, AuditEntry
 from coordinator.evidence.checkpoints import Checkpoint, record_checkpoint
+from coordinator.evidence.ledger_pseudonyms import pseudonymise_acks
 from coordinator.evidence.partitions import (
     AUDIT,
     EPOCH,
@@ -62,8 +64,6 @@ from coordinator.evidence.partitions import (
     drop_month,
     event_time,
     is_partitioned,
-    ledger_event_at,
-    lock_copies,
     month_ids,
     months,
 )
@@ -159,53 +159,9 @@ async def pseudonymise(
                     for r in rows
                 ],
             )
-            acks = (await conn.execute(_batch_acks([r.event_id for r in rows]))).all()
-            if acks:
-                a = ack_ledger.c
-                pseudonyms = [pepper.pseudonym(r.entity_type or "", r.entity_id) for r in acks]
-                # The partition key with the id: one partition's index, not every month's
-                # (NULL: a row from before migration 0025, its ledger not converted yet).
-                at: Any = bindparam("b_event_at")
-                await conn.execute(
-                    update(ack_ledger)
-                    .where(a.id == bindparam("b_id"), or_(a.event_at == at, a.event_at.is_(None)))
-                    .values(entity_id=bindparam("b_pseudonym")),
-                    [
-                        {"b_id": r.id, "b_event_at": r.event_at, "b_pseudonym": p}
-                        for r, p in zip(acks, pseudonyms, strict=True)
-                    ],
-                )
-                await _pseudonymise_copies(conn, acks, pseudonyms)
+            await pseudonymise_acks(conn, pepper, [r.event_id for r in rows])
             await _record(conn, f"{event_status.name}.entity_id", len(rows), cutoff, now)
         total += len(rows)
-
-
-def _batch_acks(events: Sequence[uuid.UUID]) -> Any:
-    """The ledger rows with an entity id of `events` (in id order), read through the two
-    partial indexes on `event_id`: with no `accepted` condition, neither applies and each
-    batch read the whole ledger.
-
-    The same bounds as `repair_pseudonyms`' read, plus the rows of a ledger not converted
-    yet, whose `event_at` is NULL."""
-    a = ack_ledger.c
-    first, last = events[0], events[-1]
-    # One array parameter for both arms, not two IN lists of len(events).
-    ids = bindparam("b_events", list(events), type_=ARRAY(Uuid()))
-    found = [
-        select(a.id, a.event_at, a.event_id, a.received_at, a.entity_type, a.entity_id).where(
-            accepted,
-            a.event_id == any_(ids),
-            a.event_id.between(first, last),
-            or_(
-                a.event_at.between(event_time(first), event_time(last)),
-                a.event_at == EPOCH,
-                a.event_at.is_(None),
-            ),
-            a.entity_id.is_not(None),
-        )
-        for accepted in (a.accepted, not_(a.accepted))
-    ]
-    return union_all(*found).order_by("id")
 
 
 async def repair_pseudonyms(
@@ -214,7 +170,7 @@ async def repair_pseudonyms(
     """Rewrite as HMACs the entity ids a partitioned ledger still holds in clear for
     events already pseudonymised; return how many it found (without a pepper it only counts).
 
-    A version before `_pseudonymise_copies` rewrote only the old ledger while it
+    A version before `ledger_pseudonyms.pseudonymise_copies` rewrote only the old ledger while it
     converted, so rows it had copied kept their ids through the swap, and their events'
     marks mean `pseudonymise` never comes back to them. `retention db partition` runs
     this once the ledger is partitioned, not daily: it walks the marked statuses in
@@ -292,32 +248,6 @@ async def repair_pseudonyms(
                     at=utc_now(),
                 )
         total += len(rows)
-
-
-async def _pseudonymise_copies(
-    conn: AsyncConnection, acks: Sequence[Any], pseudonyms: Sequence[str]
-) -> None:
-    """Write `pseudonyms` into the copies a ledger conversion has already made of `acks`
-    (rewritten in the old ledger just before): the swap keeps those copies, and the marked
-    status means no later run redoes them. A row not copied yet is copied later, from the
-    old ledger's HMAC (`lock_copies`)."""
-    if not await lock_copies(conn, LEDGER):
-        return
-    shadow = table(LEDGER.shadow, column("id"), column("event_at"), column("entity_id"))
-    await conn.execute(
-        update(shadow)
-        .where(shadow.c.id == bindparam("b_id"), shadow.c.event_at == bindparam("b_event_at"))
-        .values(entity_id=bindparam("b_pseudonym")),
-        [
-            {
-                "b_id": r.id,
-                # What the copy stored: the SQL twin of `ledger_event_at` for older rows.
-                "b_event_at": r.event_at or ledger_event_at(r.event_id, r.received_at),
-                "b_pseudonym": p,
-            }
-            for r, p in zip(acks, pseudonyms, strict=True)
-        ],
-    )
 
 
 def _completed(event_id: Any) -> Any:
@@ -679,8 +609,13 @@ async def prune_own_data(
     return [
         await prune_outbox(engine, now=now, keep=retention.outbox, dry_run=dry_run),
         await pseudonymise(engine, pepper, now=now, keep=retention.outbox, dry_run=dry_run),
+        await pseudonymise_verifications(
+            engine, pepper, now=now, keep=retention.outbox, dry_run=dry_run
+        ),
         await prune_ack_ledger(engine, now=now, keep=retention.ack_ledger, dry_run=dry_run),
         await prune_event_status(engine, now=now, keep=retention.event_status, dry_run=dry_run),
+        # Verify events are evidence of the same age as the deletions they check.
+        await prune_verifications(engine, now=now, keep=retention.event_status, dry_run=dry_run),
         await prune_audit(engine, now=now, keep=retention.audit, dry_run=dry_run, signer=signer),
         # Rows a policy's restoration window kept (docs/restore.md), once it has ended.
         await prune_vault(engine, now=now, dry_run=dry_run),

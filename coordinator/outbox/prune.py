@@ -7,7 +7,10 @@ identifying columns, so an entity's status and certificate survive without it
 (coordinator/tracking/queries.py). Rows of an event that is not completed — pending,
 overdue, failed, or not tracked at all (never published, or published and not yet
 picked up) — are never removed, however old (tests/integration/test_db_prune.py), nor
-are batches past the relay's watermark or the tracker's cursor.
+are batches past the relay's watermark or the tracker's cursor. A verify event is not
+tracked to completion (no status; answers due within a day, never retried): its batch
+goes once its verification was requested `outbox_retention_days` ago, and its
+publication time is first written into the verification, which the views read after.
 
 The walk goes through the outbox once, in seq order (a keyset, so each row is read
 once per prune whatever stays behind), a window of `batch` rows at a time; each
@@ -32,6 +35,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     Uuid,
     and_,
     column,
@@ -43,9 +47,12 @@ from sqlalchemy import (
     select,
     table,
     true,
+    union_all,
+    update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from coordinator.copies.verification.request import ANSWER_WINDOW
 from coordinator.evidence import audit
 from coordinator.evidence.audit import AuditAction, AuditEntry, append
 from coordinator.evidence.partitions import (
@@ -56,11 +63,13 @@ from coordinator.evidence.partitions import (
     months,
 )
 from coordinator.outbox.lookup import EVENTS, published_up_to, tracked_up_to
-from coordinator.store.tables import event_status, outbox_batches
+from coordinator.store.tables import event_status, outbox_batches, verifications
+from schemas import EventType
 
 __all__ = ["Pruned", "prune_outbox"]
 
 ACTOR = "coordinator"
+VERIFY = EventType.VERIFY.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,13 +108,13 @@ async def prune_outbox(
             # Published and tracked: a batch past either is never complete.
             limit = min(await published_up_to(conn), await tracked_up_to(conn))
             window = (
-                select(b.seq, b.events)
+                select(b.seq, b.events, b.event_type)
                 .where(b.seq > after, b.seq <= limit, b.created_at < cutoff, elsewhere)
                 .order_by(b.seq)
                 .limit(batch)
                 .cte("window")
             )
-            done = (
+            completed = (
                 select(EVENTS.c.seq)
                 .join(event_status, s.event_id == EVENTS.c.event_id)
                 .where(
@@ -119,13 +128,21 @@ async def prune_outbox(
                     == select(window.c.events).where(window.c.seq == EVENTS.c.seq).scalar_subquery()
                 )
             )
+            done = union_all(completed, _verified(window, cutoff, now))
             doomed = (
                 select(window.c.seq, window.c.events).where(window.c.seq.in_(done)).cte("doomed")
             )
+            kept: list[Any] = []
             if dry_run:
                 counted = select(func.coalesce(func.sum(doomed.c.events), 0))
                 keys: Any = null()
             else:
+                # The same snapshot as the delete: the outbox still shows the batches.
+                kept = [
+                    _keep_published_at(EVENTS.c.seq.in_(select(doomed.c.seq))).cte(
+                        "kept_published_at"
+                    )
+                ]
                 gone = (
                     delete(outbox_batches)
                     .where(b.seq.in_(select(doomed.c.seq)))
@@ -141,7 +158,7 @@ async def prune_outbox(
                         last.label("last"),
                         counted.scalar_subquery().label("n"),
                         keys.label("seqs"),
-                    )
+                    ).add_cte(*kept)
                 )
             ).one()
             if row.n and not dry_run:
@@ -152,6 +169,43 @@ async def prune_outbox(
         if row.last is None:
             return Pruned(outbox_batches.name, total, cutoff, dry_run, tuple(dropped))
         after = row.last
+
+
+def _verified(window: Any, cutoff: datetime, now: datetime) -> Any:
+    """The verify batches of `window` whose verification was requested before `cutoff`
+    and whose answer window has ended (or is gone already): nothing tracks them to
+    completion, their answers are due within that window and never retried
+    (docs/verification.md). A retention shorter than the window never cuts into it."""
+    cutoff = min(cutoff, now - ANSWER_WINDOW)
+    v = verifications.c
+    recent = (
+        select(EVENTS.c.seq)
+        .join(verifications, v.event_id == EVENTS.c.event_id)
+        .where(
+            EVENTS.c.seq.in_(select(window.c.seq).where(window.c.event_type == VERIFY)),
+            v.requested_at >= cutoff,
+        )
+    )
+    return select(window.c.seq).where(window.c.event_type == VERIFY, window.c.seq.not_in(recent))
+
+
+def _unfilled(batches: ColumnElement[bool]) -> ColumnElement[bool]:
+    """A verify event of `batches` whose verification lacks its publication time."""
+    v = verifications.c
+    return and_(
+        v.event_id == EVENTS.c.event_id,
+        batches,
+        EVENTS.c.event_type == VERIFY,
+        v.published_at.is_(None),
+    )
+
+
+def _keep_published_at(batches: ColumnElement[bool]) -> Any:
+    """Write the publication time of the verify events of `batches` (a condition on
+    `EVENTS`) into their verifications: the views show it after the outbox row goes."""
+    return (
+        update(verifications).where(_unfilled(batches)).values(published_at=EVENTS.c.published_at)
+    )
 
 
 _LAST = func.retention_uuidv7_nth(
@@ -211,7 +265,9 @@ async def _drop_months(
     async with engine.connect() as conn:
         if not await is_partitioned(conn, OUTBOX.parent):
             return 0, []
-        due = [OUTBOX.partition(m) for m in await months(conn, OUTBOX) if m.bounds()[1] <= cutoff]
+        # Its verify events' answer windows ended too, whatever the retention (`_verified`).
+        end = min(cutoff, now - ANSWER_WINDOW)
+        due = [OUTBOX.partition(m) for m in await months(conn, OUTBOX) if m.bounds()[1] <= end]
     for name in due:
         async with engine.connect() as conn:
             ok, events = await _droppable(conn, name, cutoff)
@@ -221,8 +277,25 @@ async def _drop_months(
             total, names = total + events, [*names, name]
             continue
 
-        async def still_due(conn: AsyncConnection, name: str = name) -> bool:
-            return (await _droppable(conn, name, None))[0]
+        month = OUTBOX.month_of(name)
+        assert month is not None  # `due` lists monthly partitions only
+        # The month's batches by its bounds: one partition read.
+        lo, hi = month.bounds()
+        in_month = and_(EVENTS.c.created_at >= lo, EVENTS.c.created_at < hi)
+        # Before the locks, in its own transaction: a row a prune holds would otherwise be
+        # waited for under ACCESS EXCLUSIVE on the outbox and the chain lock. The batches
+        # are published (their time fixed), so writing it again changes nothing.
+        async with engine.begin() as conn:
+            await conn.execute(_keep_published_at(in_month))
+
+        async def still_due(
+            conn: AsyncConnection, in_month: Any = in_month, name: str = name
+        ) -> bool:
+            # A read, not the write again: a batch published since the fill leaves its
+            # verification unfilled, and the month waits for the next prune.
+            return (await _droppable(conn, name, None))[0] and not (
+                await conn.execute(select(exists().where(_unfilled(in_month))))
+            ).scalar_one()
 
         async def dropped(conn: AsyncConnection, name: str = name, events: int = events) -> None:
             await _record(conn, name, events, cutoff, now)

@@ -675,12 +675,25 @@ verifications = Table(
     Column("trigger", Text, nullable=False),
     Column("requested_by", Text, nullable=False),
     _ts("requested_at", nullable=False),
+    # Its outbox batch's publication time, kept when `retention db prune` removes the
+    # batch (NULL before: read from the outbox; migration 0032).
+    _ts("published_at"),
+    # When `entity_id` became its HMAC (SPEC §13), past the outbox retention.
+    _ts("pseudonymised_at"),
     CheckConstraint(
         "trigger IN ('sample', 'on_demand')", name="ck_retention_verifications_trigger"
     ),
     Index(None, "entity_type", "entity_id"),
-    # `retention report`'s verification section: the verify events asked since a date.
+    # `retention report`'s verification section: the verify events asked since a date;
+    # and `db prune`'s walk over the verifications past their retention.
     Index(None, "requested_at"),
+    # The daily pseudonymisation's keyset: only the rows still in clear.
+    Index(
+        "ix_retention_verifications_unpseudonymised",
+        "requested_at",
+        "event_id",
+        postgresql_where=text("pseudonymised_at IS NULL"),
+    ),
 )
 
 # Each asked service's answer: `unsupported` (no verify handler) is shown as such and never

@@ -372,7 +372,7 @@ async def certificate(
         )
     refs = await _audit_refs(conn, ids)
     head = (await conn.execute(select(log.seq, log.hash).order_by(log.seq.desc()).limit(1))).first()
-    verified = await entity_verifications(conn, entity_type, entity_id)
+    verified = await entity_verifications(conn, entity_type, entity_id, pepper=pepper)
     documents = []
     for event in events:
         tracked_seq, completed_seq = refs.get(event["event_id"], (None, None))

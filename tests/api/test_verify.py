@@ -4,6 +4,7 @@ never snapshots, and shows under /verifications (never among the entity's events
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,7 @@ from coordinator.api import ApiContext
 from coordinator.api.tokens import Scope
 from coordinator.copies.verification import answers, request
 from coordinator.copies.verification.request import sample_all
+from coordinator.evidence.pseudonyms import Pepper
 from coordinator.outbox.lookup import EVENTS, by_event_ids
 from coordinator.policy.model import Policy
 from coordinator.store.tables import (
@@ -439,3 +441,34 @@ async def test_a_deletion_still_open_elsewhere_is_never_completed_by_verificatio
         {"billing": "still_present", "search": "completed"},
     )
     assert completed_at is not None
+
+
+async def test_a_pseudonymised_verification_is_listed_under_the_asked_id(
+    engine: AsyncEngine, ctx: ApiContext, tokens: dict[Scope, str]
+) -> None:
+    """Past the outbox retention the record names the entity by its HMAC (SPEC §13): the
+    endpoint computes it with the context's pepper, and shows the kept publication time."""
+    pepper = Pepper(b"v" * 32)
+    event_id, asked = uuid.uuid4(), NOW - timedelta(days=40)
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(verifications).values(
+                event_id=event_id,
+                entity_type="user",
+                entity_id=pepper.pseudonym("user", "gone-1"),
+                policy=request.ON_DEMAND,
+                trigger="on_demand",
+                requested_by="op",
+                requested_at=asked,
+                published_at=asked,
+                pseudonymised_at=NOW,
+            )
+        )
+    path = "/v1/entities/user/gone-1/verifications"
+    async with make_client(dataclasses.replace(ctx, pepper=pepper), tokens[Scope.READ]) as c:
+        [found] = (await c.get(path)).json()
+    assert (found["event_id"], found["entity_id"]) == (str(event_id), "gone-1")
+    assert found["published_at"] is not None
+    # Without the pepper nothing names it.
+    async with make_client(ctx, tokens[Scope.READ]) as c:
+        assert (await c.get(path)).json() == []

@@ -19,7 +19,7 @@ from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from coordinator.evidence import prune
+from coordinator.evidence import ledger_pseudonyms
 from coordinator.evidence.partitions import (
     EPOCH,
     LEDGER,
@@ -378,7 +378,7 @@ async def test_ids_an_older_version_pseudonymised_mid_conversion_are_hmacs_after
         events = await _completed_mid_conversion(engine, url, 2)
         assert (await convert(engine, LEDGER, batch=1, max_batches=1)).copied == 1
         with monkeypatch.context() as older:
-            older.setattr(prune, "lock_copies", _never_converting)
+            older.setattr(ledger_pseudonyms, "lock_copies", _never_converting)
             assert await _pseudonymise(engine) == 2
         assert await _pseudonymise(engine) == 0
 

@@ -321,8 +321,10 @@ async def _prune_and_check(
     assert {p.table: p.rows for p in dry} == {
         "retention_outbox_batches": 2,
         "retention_event_status.entity_id": 3,
+        "retention_verifications.entity_id": 0,
         "retention_ack_ledger": 2,
         "retention_event_status": 2,
+        "retention_verifications": 0,
         "audit_log": 2,
         "retention_vault": 0,
     }

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import text
 
-from coordinator.evidence import prune
+from coordinator.evidence import ledger_pseudonyms
 from coordinator.store.db import make_engine
 from tests.integration.test_ack_path_plans import (
     _FILL,
@@ -79,7 +79,7 @@ async def test_a_batch_reads_its_ledger_rows_through_the_event_indexes(
             )
         async with engine.begin() as conn:
             before = await _read(conn)
-            rows = (await conn.execute(prune._batch_acks(events))).all()
+            rows = (await conn.execute(ledger_pseudonyms.batch_acks(events))).all()
             seq_read, index_read = (a - b for a, b in zip(await _read(conn), before, strict=True))
     finally:
         await engine.dispose()

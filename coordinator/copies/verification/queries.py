@@ -6,9 +6,10 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from coordinator.evidence.pseudonyms import Pepper
 from coordinator.outbox.lookup import EVENTS, joined_on
 from coordinator.store.tables import verifications, verify_answers
 
@@ -22,17 +23,31 @@ def _ts(value: datetime | None) -> str | None:
 
 
 async def entity_verifications(
-    conn: AsyncConnection, entity_type: str, entity_id: str
+    conn: AsyncConnection, entity_type: str, entity_id: str, *, pepper: Pepper | None = None
 ) -> list[dict[str, Any]]:
     """Every verify event of one entity, oldest first, with each asked service's answer.
-    `unsupported` (no verify handler) is listed as such: it never counts as verified."""
+    `unsupported` (no verify handler) is listed as such: it never counts as verified.
+    With `pepper`, verifications whose stored id is already an HMAC (past the outbox
+    retention, SPEC §13) are found too."""
     v, a = verifications.c, verify_answers.c
+    named = and_(v.entity_id == entity_id, v.pseudonymised_at.is_(None))
+    if pepper is not None:
+        # Each form only where it is meant: a clear id equal to another entity's HMAC
+        # string is not that entity. Both arms read the (entity_type, entity_id) index.
+        named = or_(
+            named,
+            and_(
+                v.entity_id == pepper.pseudonym(entity_type, entity_id),
+                v.pseudonymised_at.is_not(None),
+            ),
+        )
     asked = list(
         await conn.execute(
             select(v.event_id, v.policy, v.trigger, v.requested_by, v.requested_at)
-            .add_columns(EVENTS.c.published_at)
+            # Kept in the record when `db prune` removes the outbox batch.
+            .add_columns(func.coalesce(v.published_at, EVENTS.c.published_at).label("published_at"))
             .outerjoin_from(verifications, EVENTS, joined_on(v.event_id))
-            .where(v.entity_type == entity_type, v.entity_id == entity_id)
+            .where(v.entity_type == entity_type, named)
             .order_by(v.requested_at, v.event_id)
         )
     )

@@ -1,0 +1,114 @@
+"""verification records in the system's own retention (SPEC §13): their publication time
+kept past the outbox, their entity ids pseudonymised
+
+Revision ID: 0032_verification_retention
+Revises: 0031_audit_link
+Create Date: 2026-12-07 10:30:00.000000
+
+`retention db prune` now removes a verify event's outbox batch past the outbox retention;
+the verification views read its publication time from the outbox, so
+`retention_verifications.published_at` keeps it, written when the batch is pruned (NULL
+before: the views read the outbox). `pseudonymised_at` marks the rows whose entity id is
+already an HMAC, and the partial index lists those still in clear, so the daily run
+reads only the new ones. Nothing is converted: rows written before are handled by the
+next prune. Both columns are nullable without a default (no table rewrite); the index is
+built CONCURRENTLY so requests and answers go on meanwhile, and a run interrupted there
+is finished by running it again.
+
+The `ALTER` waits for the table's lock at most `_LOCK_TIMEOUT`, then gives it up and
+tries again after a pause, up to `_LOCK_TRIES` times (as 0031 does): queued behind a long
+transaction it would otherwise hold up every reader behind it, and the tracker reads this
+table in every ack batch. The CONCURRENTLY drop and build take no lock readers wait for.
+
+The downgrade refuses once a prune has used the columns: the older code would lose the
+publication times of pruned verify batches and could not find an HMAC id.
+"""
+
+from __future__ import annotations
+
+from alembic import op
+from sqlalchemy import text
+
+revision = "0032_verification_retention"
+down_revision = "0031_audit_link"
+branch_labels = None
+depends_on = None
+
+_TABLE = "retention_verifications"
+_INDEX = "ix_retention_verifications_unpseudonymised"
+
+
+_LOCK_TIMEOUT = "2s"
+_LOCK_TRIES = 150
+_LOCK_PAUSE_S = 1
+# Each try a subtransaction: one given up releases what it took and leaves the queue.
+_PATIENT = """DO $$ BEGIN
+  PERFORM set_config('lock_timeout', '{timeout}', true);
+  FOR attempt IN 1..{tries} LOOP
+    BEGIN
+      {sql};
+      RETURN;
+    EXCEPTION WHEN lock_not_available THEN
+      IF attempt = {tries} THEN
+        RAISE EXCEPTION USING ERRCODE = 'lock_not_available', MESSAGE = format(
+          '0032: %s stayed locked through %s tries; run the upgrade again', '{table}', {tries});
+      END IF;
+      PERFORM pg_sleep({pause});
+    END;
+  END LOOP;
+END $$"""
+
+
+def _patiently(table: str, sql: str) -> None:
+    """Run `sql`, waiting for `table`'s lock a moment at a time."""
+    op.execute(
+        _PATIENT.format(
+            table=table, sql=sql, timeout=_LOCK_TIMEOUT, tries=_LOCK_TRIES, pause=_LOCK_PAUSE_S
+        )
+    )
+
+
+def upgrade() -> None:
+    with op.get_context().autocommit_block():
+        _patiently(
+            _TABLE,
+            f"ALTER TABLE {_TABLE} ADD COLUMN IF NOT EXISTS published_at timestamp with time zone, "
+            "ADD COLUMN IF NOT EXISTS pseudonymised_at timestamp with time zone",
+        )
+        valid = (
+            op.get_bind()
+            .execute(
+                text("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:ix)"),
+                {"ix": _INDEX},
+            )
+            .scalar()
+        )
+        if valid is False:
+            # What an interrupted CONCURRENTLY build leaves: an invalid index, never used.
+            op.execute(f"DROP INDEX CONCURRENTLY {_INDEX}")
+        op.execute(
+            f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {_INDEX} ON {_TABLE} "
+            "(requested_at, event_id) WHERE pseudonymised_at IS NULL"
+        )
+
+
+def downgrade() -> None:
+    used = (
+        op.get_bind()
+        .execute(
+            text(
+                f"SELECT EXISTS (SELECT 1 FROM {_TABLE} "
+                "WHERE published_at IS NOT NULL OR pseudonymised_at IS NOT NULL)"
+            )
+        )
+        .scalar()
+    )
+    if used:
+        raise RuntimeError(
+            "0032: retention_verifications holds publication times of pruned verify batches "
+            "or HMAC entity ids; the previous version would lose the first and not find the "
+            "second. Not downgrading."
+        )
+    op.drop_index(_INDEX, table_name=_TABLE)
+    op.drop_column(_TABLE, "pseudonymised_at")
+    op.drop_column(_TABLE, "published_at")
