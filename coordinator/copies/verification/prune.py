@@ -46,6 +46,7 @@ from sqlalchemy import (
     func,
     literal,
     select,
+    text,
     tuple_,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -53,6 +54,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from coordinator.copies.verification.request import ANSWER_WINDOW
 from coordinator.evidence.audit import AuditAction, AuditEntry, append, lock_head
 from coordinator.evidence.ledger_pseudonyms import pseudonymise_acks
+from coordinator.evidence.partitions import LEDGER, converting, lock_copies
 from coordinator.evidence.pseudonyms import Pepper
 from coordinator.outbox.prune import Pruned
 from coordinator.store.tables import event_status, expected_acks, verifications, verify_answers
@@ -145,6 +147,12 @@ async def pseudonymise_verifications(
     after: tuple[datetime, uuid.UUID] | None = None
     while True:
         async with engine.begin() as conn:
+            # A ledger conversion's copies are locked before the chain, in their own order
+            # (the old ledger, then its shadow: `lock_copies`), so that no copy step is
+            # waited for under the chain's lock, which every evidence writer needs.
+            if await converting(conn, LEDGER):
+                await conn.execute(text(f"LOCK TABLE {LEDGER.parent} IN ROW EXCLUSIVE MODE"))
+                await lock_copies(conn, LEDGER)
             await lock_head(conn)
             pick = select(v.event_id, v.entity_type, v.entity_id, v.requested_at).where(due)
             if after is not None:
