@@ -70,7 +70,7 @@ from coordinator.evidence.partitions import (
 from coordinator.evidence.pseudonyms import PREFIX, Pepper
 from coordinator.evidence.retention import Retention
 from coordinator.outbox.lookup import tracked_up_to
-from coordinator.outbox.prune import Pruned, prune_outbox
+from coordinator.outbox.prune import ACTOR, Pruned, prune_outbox, record_pruned
 from coordinator.store.tables import (
     ack_ledger,
     audit_log,
@@ -90,24 +90,6 @@ __all__ = [
     "pseudonymise",
     "repair_pseudonyms",
 ]
-
-ACTOR = "coordinator"
-
-
-async def _record(
-    conn: AsyncConnection, table: str, rows: int, cutoff: datetime, now: datetime
-) -> None:
-    await audit.append(
-        conn,
-        [
-            AuditEntry(
-                AuditAction.DB_PRUNE,
-                ACTOR,
-                {"table": table, "rows": rows, "cutoff": cutoff.isoformat()},
-            )
-        ],
-        at=now,
-    )
 
 
 async def pseudonymise(
@@ -160,7 +142,7 @@ async def pseudonymise(
                 ],
             )
             await pseudonymise_acks(conn, pepper, [r.event_id for r in rows])
-            await _record(conn, f"{event_status.name}.entity_id", len(rows), cutoff, now)
+            await record_pruned(conn, f"{event_status.name}.entity_id", len(rows), cutoff, now)
         total += len(rows)
 
 
@@ -331,7 +313,7 @@ async def _drop_ledger_months(
             return await _ledger_month_done(conn, month)
 
         async def dropped(conn: AsyncConnection, name: str = name, rows: int = rows) -> None:
-            await _record(conn, name, rows, cutoff, now)
+            await record_pruned(conn, name, rows, cutoff, now)
 
         if await drop_month(
             engine,
@@ -408,7 +390,7 @@ async def _delete_in_batches(
             if n:
                 if copies is not None:
                     await delete_copies(conn, copies, keys, cutoff)
-                await _record(conn, name, n, cutoff, now)
+                await record_pruned(conn, name, n, cutoff, now)
         total += n
         if n < batch:
             return Pruned(name, total, cutoff, dry_run)
@@ -520,7 +502,7 @@ async def _drop_months(
             rows = sum(last - first + 1 for first, last, _ in runs)
             # The name comes from a date, never from input.
             await conn.execute(text(f"DROP TABLE {name}"))
-            await _record(conn, name, rows, before, now)
+            await record_pruned(conn, name, rows, before, now)
         total += rows
         names.append(name)
 
@@ -591,7 +573,7 @@ async def prune_audit(
                     conn, Checkpoint("pruned", first, last, digest, now), signer
                 )
             await conn.execute(delete(audit_log).where(audit_log.c.seq.in_([r.seq for r in rows])))
-            await _record(conn, audit_log.name, len(rows), before, now)
+            await record_pruned(conn, audit_log.name, len(rows), before, now)
         total += len(rows)
 
 

@@ -66,7 +66,7 @@ from coordinator.outbox.lookup import EVENTS, published_up_to, tracked_up_to
 from coordinator.store.tables import event_status, outbox_batches, verifications
 from schemas import EventType
 
-__all__ = ["Pruned", "prune_outbox"]
+__all__ = ["ACTOR", "Pruned", "prune_outbox", "record_pruned"]
 
 ACTOR = "coordinator"
 VERIFY = EventType.VERIFY.value
@@ -164,7 +164,7 @@ async def prune_outbox(
             if row.n and not dry_run:
                 # A conversion's copies of them go too, or the swap would bring them back.
                 await delete_copies(conn, OUTBOX, row.seqs, cutoff)
-                await _record(conn, outbox_batches.name, int(row.n), cutoff, now)
+                await record_pruned(conn, outbox_batches.name, int(row.n), cutoff, now)
         total += int(row.n)
         if row.last is None:
             return Pruned(outbox_batches.name, total, cutoff, dry_run, tuple(dropped))
@@ -298,7 +298,7 @@ async def _drop_months(
             ).scalar_one()
 
         async def dropped(conn: AsyncConnection, name: str = name, events: int = events) -> None:
-            await _record(conn, name, events, cutoff, now)
+            await record_pruned(conn, name, events, cutoff, now)
 
         if await drop_month(
             engine,
@@ -312,9 +312,11 @@ async def _drop_months(
     return total, names
 
 
-async def _record(
+async def record_pruned(
     conn: AsyncConnection, name: str, rows: int, cutoff: datetime, now: datetime
 ) -> None:
+    """The `db.prune` audit entry of `rows` removed from `name` (a table, a partition or
+    a column rewritten) before `cutoff`, in the caller's transaction."""
     await append(
         conn,
         [

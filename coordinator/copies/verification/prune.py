@@ -49,38 +49,21 @@ from sqlalchemy import (
     text,
     tuple_,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.copies.verification.request import ANSWER_WINDOW
-from coordinator.evidence.audit import AuditAction, AuditEntry, append, lock_head
+from coordinator.evidence.audit import lock_head
 from coordinator.evidence.ledger_pseudonyms import pseudonymise_acks
 from coordinator.evidence.partitions import LEDGER, converting, lock_copies
 from coordinator.evidence.pseudonyms import Pepper
-from coordinator.outbox.prune import Pruned
+from coordinator.outbox.prune import Pruned, record_pruned
 from coordinator.store.tables import event_status, expected_acks, verifications, verify_answers
 from schemas import AckStatus
 
 __all__ = ["PSEUDONYMISED", "prune_verifications", "pseudonymise_verifications"]
 
-ACTOR = "coordinator"
 PSEUDONYMISED = f"{verifications.name}.entity_id"
 """The table name the pseudonymisation's counts and audit entries carry."""
-
-
-async def _record(
-    conn: AsyncConnection, name: str, rows: int, cutoff: datetime, now: datetime
-) -> None:
-    await append(
-        conn,
-        [
-            AuditEntry(
-                AuditAction.DB_PRUNE,
-                ACTOR,
-                {"table": name, "rows": rows, "cutoff": cutoff.isoformat()},
-            )
-        ],
-        at=now,
-    )
 
 
 def _settled(cutoff: datetime, now: datetime) -> tuple[datetime, ColumnElement[bool]]:
@@ -180,7 +163,7 @@ async def pseudonymise_verifications(
             )
             # Their answers' ledger rows name the entity too, joined by the event id.
             await pseudonymise_acks(conn, pepper, [r.event_id for r in rows])
-            await _record(conn, PSEUDONYMISED, len(rows), cutoff, now)
+            await record_pruned(conn, PSEUDONYMISED, len(rows), cutoff, now)
         total += len(rows)
 
 
@@ -217,7 +200,7 @@ async def prune_verifications(
                 await conn.execute(select(func.count(), func.max(gone.c.requested_at)))
             ).one()
             if n:
-                await _record(conn, verifications.name, n, cutoff, now)
+                await record_pruned(conn, verifications.name, n, cutoff, now)
         total += n
         if n < batch:
             return Pruned(verifications.name, total, cutoff, dry_run)
