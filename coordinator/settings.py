@@ -148,9 +148,9 @@ class RelaySettings(BaseSettings):
         default=1024,
         ge=1,
         le=50_000,
-        description="Events signed and handed to the producer at a time within a batch "
-        "(rounded down to whole signature trees): the producer sends one chunk while the "
-        "next is encoded.",
+        description="The least number of encoded events signed and handed to the producer "
+        "together, checked after each outbox batch is encoded (whole signature trees): the "
+        "producer sends one chunk while the relay encodes the next batch.",
     )
     producer: Literal["aiokafka", "confluent"] = Field(
         default="aiokafka",
