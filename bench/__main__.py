@@ -16,6 +16,7 @@ docs/benchmarks.md.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -665,4 +666,10 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    # No options (the environment above configures a run), but `--help` must not start one.
+    argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).parse_args()
     asyncio.run(main())
