@@ -233,6 +233,9 @@ class RejectReason(StrEnum):
     UNEXPECTED_SERVICE = "unexpected_service"
     UNEXPECTED_STATUS = "unexpected_status"
     """A verify answer to a deletion event, or a deletion status to a verify event."""
+    VERIFICATION_EXPIRED = "verification_expired"
+    """A verify answer to a record whose entity id is already its HMAC (docs/verification.md):
+    too late to count, and its ledger row keeps no entity id."""
 
 
 @dataclass(slots=True)
@@ -889,7 +892,8 @@ def ledger_row(
         ack.event_id,
         ack.service,
         ack.entity_type,
-        ack.entity_id,
+        # The record it answers keeps only the HMAC: an id in clear here would undo that.
+        None if reason is RejectReason.VERIFICATION_EXPIRED else ack.entity_id,
         STATUS_TEXT[ack.status],
         ack.records_affected,
         ack.attempt,

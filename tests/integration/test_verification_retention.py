@@ -310,6 +310,47 @@ async def test_nothing_is_touched_inside_the_answer_window_whatever_the_retentio
         await engine.dispose()
 
 
+async def test_a_late_answer_to_a_pseudonymised_verification_keeps_no_clear_id(
+    coordinator_db: str,
+) -> None:
+    """Once a record's entity id is its HMAC, an answer naming the id in clear is refused
+    as `verification_expired`, changes no answer, and its ledger row holds no entity id:
+    the clear id would sit beside the HMAC, joined by the event id."""
+    engine = make_engine(coordinator_db)
+    entity = "asked 40 days ago"
+    try:
+        ids = await _world(engine, asked={entity: ASKED[entity]})
+        rewritten = await pseudonymise_verifications(
+            engine, PEPPER, now=NOW, keep=RETENTION.outbox, dry_run=False
+        )
+        assert rewritten.rows == 1
+        late = _ack(ids[entity], entity, AckStatus.STILL_PRESENT, NOW, offset=1)
+        async with engine.begin() as conn:
+            outcome = await answers.apply_answers(conn, [late], now=NOW, locked=[])
+        assert [why.value for _, why in outcome.rejected] == ["verification_expired"]
+        assert (outcome.accepted, outcome.resurrected) == ([], [])
+        async with engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(
+                        ack_ledger.c.entity_type,
+                        ack_ledger.c.entity_id,
+                        ack_ledger.c.accepted,
+                        ack_ledger.c.reject_reason,
+                    ).where(ack_ledger.c.kafka_offset == late.offset)
+                )
+            ).one()
+            answer = (
+                await conn.execute(
+                    select(verify_answers.c.status).where(verify_answers.c.event_id == ids[entity])
+                )
+            ).scalar_one()
+        assert tuple(row) == ("user", None, False, "verification_expired")
+        assert answer == "verified"
+    finally:
+        await engine.dispose()
+
+
 async def test_a_batch_written_before_the_cutoff_stays_while_its_verification_is_recent(
     coordinator_db: str,
 ) -> None:

@@ -326,6 +326,8 @@ def _reject_reason(
     verification = asked.get(ack.event_id)
     if verification is None:
         return RejectReason.UNKNOWN_EVENT
+    if verification.pseudonymised_at is not None:
+        return RejectReason.VERIFICATION_EXPIRED
     if (ack.entity_type, ack.entity_id) != (verification.entity_type, verification.entity_id):
         return RejectReason.ENTITY_MISMATCH
     if (ack.event_id, ack.service) not in answers:
