@@ -11,9 +11,11 @@ from collections.abc import AsyncIterator
 import pytest
 from alembic import command
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from coordinator.store.db import make_engine
 from coordinator.store.migrate import alembic_config, upgrade
+from coordinator.store.migrations import patience
 from tests import infra
 
 BEFORE = "0031_audit_link"
@@ -113,3 +115,29 @@ async def test_the_downgrade_refuses_once_a_prune_used_the_columns(
     finally:
         await engine.dispose()
     assert left == 0
+
+
+async def test_a_downgrade_behind_a_long_transaction_gives_up_naming_what_to_run_again(
+    scratch: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The downgrade's `ALTER` waits patiently too; past its last try it fails with a
+    message that says which table stayed locked and to run the downgrade again."""
+    await upgrade(scratch)
+    monkeypatch.setattr(patience, "LOCK_TRIES", 2)
+    monkeypatch.setattr(patience, "LOCK_TIMEOUT", "50ms")
+    monkeypatch.setattr(patience, "LOCK_PAUSE_S", 0)
+    engine = make_engine(scratch)
+    try:
+        async with engine.connect() as holder:
+            await holder.begin()
+            await holder.execute(text("SELECT count(*) FROM retention_verifications"))
+            with pytest.raises(
+                DBAPIError,
+                match="0032: retention_verifications stayed locked through 2 tries; "
+                "run the downgrade again",
+            ):
+                await asyncio.to_thread(command.downgrade, alembic_config(scratch), BEFORE)
+            await holder.commit()
+        await asyncio.to_thread(command.downgrade, alembic_config(scratch), BEFORE)
+    finally:
+        await engine.dispose()

@@ -29,8 +29,8 @@ an index on the parent alone), so the audit log's writers and readers go on mean
 Every step checks what an interrupted run left, so running it again finishes it.
 
 A statement that takes a table's lock (the `ALTER`s, the parent index and each attach)
-waits for it at most `_LOCK_TIMEOUT`, then gives it up and tries again after a pause, up
-to `_LOCK_TRIES` times: queued behind a long transaction it would otherwise hold up
+waits for it at most `LOCK_TIMEOUT` (migrations/patience.py), then gives it up and
+tries again after a pause, up to `LOCK_TRIES` times: queued behind a long transaction it would otherwise hold up
 every writer that queues behind it for as long. The `CONCURRENTLY` builds and drops
 take no lock writers wait for and wait as long as they need. (Added after the
 migration was first released: it changes only how the statements wait, not what they
@@ -42,6 +42,8 @@ from __future__ import annotations
 from alembic import op
 from sqlalchemy import text
 
+from coordinator.store.migrations.patience import patiently
+
 revision = "0031_audit_link"
 down_revision = "0030_ack_row_event_ms"
 branch_labels = None
@@ -49,35 +51,11 @@ depends_on = None
 
 _IF_EXISTS = "DO $$ BEGIN IF to_regclass('{table}') IS NOT NULL THEN {sql}; END IF; END $$"
 
-_LOCK_TIMEOUT = "2s"
-_LOCK_TRIES = 150
-_LOCK_PAUSE_S = 1
-# Each try a subtransaction: one given up releases what it took and leaves the queue.
-_PATIENT = """DO $$ BEGIN
-  IF to_regclass('{table}') IS NULL THEN RETURN; END IF;
-  PERFORM set_config('lock_timeout', '{timeout}', true);
-  FOR attempt IN 1..{tries} LOOP
-    BEGIN
-      {sql};
-      RETURN;
-    EXCEPTION WHEN lock_not_available THEN
-      IF attempt = {tries} THEN
-        RAISE EXCEPTION USING ERRCODE = 'lock_not_available', MESSAGE = format(
-          '0031: %s stayed locked through %s tries; run the upgrade again', '{table}', {tries});
-      END IF;
-      PERFORM pg_sleep({pause});
-    END;
-  END LOOP;
-END $$"""
 
 
 def _patiently(table: str, sql: str) -> None:
     """Run `sql` if `table` exists, waiting for its locks a moment at a time."""
-    op.execute(
-        _PATIENT.format(
-            table=table, sql=sql, timeout=_LOCK_TIMEOUT, tries=_LOCK_TRIES, pause=_LOCK_PAUSE_S
-        )
-    )
+    patiently("0031", table, sql, if_exists=True)
 
 
 _ENTRY_ACTIONS = (

@@ -15,10 +15,11 @@ next prune. Both columns are nullable without a default (no table rewrite); the 
 built CONCURRENTLY so requests and answers go on meanwhile, and a run interrupted there
 is finished by running it again.
 
-The `ALTER` waits for the table's lock at most `_LOCK_TIMEOUT`, then gives it up and
-tries again after a pause, up to `_LOCK_TRIES` times (as 0031 does): queued behind a long
-transaction it would otherwise hold up every reader behind it, and the tracker reads this
-table in every ack batch. The CONCURRENTLY drop and build take no lock readers wait for.
+The `ALTER` (and the downgrade's) waits for the table's lock at most `LOCK_TIMEOUT`, then
+gives it up and tries again after a pause, up to `LOCK_TRIES` times
+(coordinator/store/migrations/patience.py, as 0031): queued behind a long transaction it
+would otherwise hold up every reader behind it, and the tracker reads this table in every
+ack batch. The CONCURRENTLY drop and build take no lock readers wait for.
 
 The downgrade refuses once a prune has used the columns: the older code would lose the
 publication times of pruned verify batches and could not find an HMAC id.
@@ -29,6 +30,8 @@ from __future__ import annotations
 from alembic import op
 from sqlalchemy import text
 
+from coordinator.store.migrations.patience import patiently
+
 revision = "0032_verification_retention"
 down_revision = "0031_audit_link"
 branch_labels = None
@@ -38,39 +41,10 @@ _TABLE = "retention_verifications"
 _INDEX = "ix_retention_verifications_unpseudonymised"
 
 
-_LOCK_TIMEOUT = "2s"
-_LOCK_TRIES = 150
-_LOCK_PAUSE_S = 1
-# Each try a subtransaction: one given up releases what it took and leaves the queue.
-_PATIENT = """DO $$ BEGIN
-  PERFORM set_config('lock_timeout', '{timeout}', true);
-  FOR attempt IN 1..{tries} LOOP
-    BEGIN
-      {sql};
-      RETURN;
-    EXCEPTION WHEN lock_not_available THEN
-      IF attempt = {tries} THEN
-        RAISE EXCEPTION USING ERRCODE = 'lock_not_available', MESSAGE = format(
-          '0032: %s stayed locked through %s tries; run the upgrade again', '{table}', {tries});
-      END IF;
-      PERFORM pg_sleep({pause});
-    END;
-  END LOOP;
-END $$"""
-
-
-def _patiently(table: str, sql: str) -> None:
-    """Run `sql`, waiting for `table`'s lock a moment at a time."""
-    op.execute(
-        _PATIENT.format(
-            table=table, sql=sql, timeout=_LOCK_TIMEOUT, tries=_LOCK_TRIES, pause=_LOCK_PAUSE_S
-        )
-    )
-
-
 def upgrade() -> None:
     with op.get_context().autocommit_block():
-        _patiently(
+        patiently(
+            "0032",
             _TABLE,
             f"ALTER TABLE {_TABLE} ADD COLUMN IF NOT EXISTS published_at timestamp with time zone, "
             "ADD COLUMN IF NOT EXISTS pseudonymised_at timestamp with time zone",
@@ -109,6 +83,10 @@ def downgrade() -> None:
             "or HMAC entity ids; the previous version would lose the first and not find the "
             "second. Not downgrading."
         )
-    op.drop_index(_INDEX, table_name=_TABLE)
-    op.drop_column(_TABLE, "pseudonymised_at")
-    op.drop_column(_TABLE, "published_at")
+    patiently(
+        "0032",
+        _TABLE,
+        f"DROP INDEX IF EXISTS {_INDEX}; "
+        f"ALTER TABLE {_TABLE} DROP COLUMN pseudonymised_at, DROP COLUMN published_at",
+        step="downgrade",
+    )
