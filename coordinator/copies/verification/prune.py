@@ -36,6 +36,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import (
     ARRAY,
     ColumnElement,
+    Select,
     Text,
     Uuid,
     and_,
@@ -91,6 +92,39 @@ def _settled(cutoff: datetime, now: datetime) -> tuple[datetime, ColumnElement[b
     return cutoff, and_(v.requested_at < cutoff, ~open_finding)
 
 
+def _in_clear(settled: ColumnElement[bool]) -> ColumnElement[bool]:
+    """The `settled` records whose entity id is not an HMAC yet."""
+    return and_(verifications.c.pseudonymised_at.is_(None), settled)
+
+
+def _to_pseudonymise(
+    due: ColumnElement[bool], after: tuple[datetime, uuid.UUID] | None, batch: int
+) -> Select[tuple[uuid.UUID, str, str, datetime]]:
+    """The next batch of records to rewrite, in (requested_at, event_id) order after
+    `after`: through the partial index of the ids still in clear."""
+    v = verifications.c
+    pick = select(v.event_id, v.entity_type, v.entity_id, v.requested_at).where(due)
+    if after is not None:
+        at, event_id = after
+        pick = pick.where(
+            tuple_(v.requested_at, v.event_id)
+            > tuple_(literal(at, v.requested_at.type), literal(event_id, v.event_id.type))
+        )
+    return pick.order_by(v.requested_at, v.event_id).limit(batch).with_for_update(skip_locked=True)
+
+
+def _to_prune(
+    due: ColumnElement[bool], after: datetime | None, batch: int
+) -> Select[tuple[uuid.UUID]]:
+    """The next batch of records to delete: through the `requested_at` index, from the
+    last batch's time on."""
+    v = verifications.c
+    pick = select(v.event_id).where(due)
+    if after is not None:
+        pick = pick.where(v.requested_at >= after)
+    return pick.order_by(v.requested_at).limit(batch).with_for_update(skip_locked=True)
+
+
 async def pseudonymise_verifications(
     engine: AsyncEngine,
     pepper: Pepper | None,
@@ -107,8 +141,8 @@ async def pseudonymise_verifications(
     event_id) order after the previous batch; rows skipped as locked are left to the
     next run."""
     cutoff, settled = _settled(now - keep, now)
+    due = _in_clear(settled)
     v = verifications.c
-    due = and_(v.pseudonymised_at.is_(None), settled)
     if dry_run or pepper is None:
         async with engine.connect() as conn:
             count = (await conn.execute(select(func.count()).where(due))).scalar_one()
@@ -137,20 +171,7 @@ async def pseudonymise_verifications(
                 await conn.execute(text(f"LOCK TABLE {LEDGER.parent} IN ROW EXCLUSIVE MODE"))
                 await lock_copies(conn, LEDGER)
             await lock_head(conn)
-            pick = select(v.event_id, v.entity_type, v.entity_id, v.requested_at).where(due)
-            if after is not None:
-                at, event_id = after
-                pick = pick.where(
-                    tuple_(v.requested_at, v.event_id)
-                    > tuple_(literal(at, v.requested_at.type), literal(event_id, v.event_id.type))
-                )
-            rows = (
-                await conn.execute(
-                    pick.order_by(v.requested_at, v.event_id)
-                    .limit(batch)
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
+            rows = (await conn.execute(_to_pseudonymise(due, after, batch))).all()
             if not rows:
                 return Pruned(PSEUDONYMISED, total, cutoff, dry_run)
             after = (rows[-1].requested_at, rows[-1].event_id)
@@ -186,13 +207,9 @@ async def prune_verifications(
         async with engine.begin() as conn:
             # The chain before the rows (and their answers, deleted with them).
             await lock_head(conn)
-            pick = select(v.event_id).where(due)
-            if after is not None:
-                pick = pick.where(v.requested_at >= after)
-            doomed = pick.order_by(v.requested_at).limit(batch).with_for_update(skip_locked=True)
             gone = (
                 delete(verifications)
-                .where(v.event_id.in_(doomed.scalar_subquery()))
+                .where(v.event_id.in_(_to_prune(due, after, batch).scalar_subquery()))
                 .returning(v.requested_at)
                 .cte("gone")
             )
