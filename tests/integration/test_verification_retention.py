@@ -178,6 +178,28 @@ async def test_a_month_of_verify_batches_dropped_keeps_their_publication(
         await engine.dispose()
 
 
+async def test_a_month_is_not_dropped_inside_its_last_verification_s_answer_window(
+    coordinator_db: str,
+) -> None:
+    """A month that ended 12 hours ago, under a 6-hour outbox retention, keeps its
+    partition while a verify batch it holds may still be answered; a day later it goes."""
+    engine = make_engine(coordinator_db)
+    boundary = Month.of(NOW).bounds()[0]
+    entity = "asked an hour before the month ended"
+    try:
+        await _world(engine, months=True, asked={entity: boundary - HOUR})
+        keep = 6 * HOUR
+        early = await prune_outbox(engine, now=boundary + 12 * HOUR, keep=keep, dry_run=False)
+        assert (early.rows, await _batches(engine)) == (0, 1)
+        later = await prune_outbox(engine, now=boundary + 2 * DAY, keep=keep, dry_run=False)
+        assert later.rows == 1
+        assert OUTBOX.partition(Month.of(boundary - HOUR)) in later.partitions
+        assert await _batches(engine) == 0
+        assert await _published(engine, entity) == _iso(boundary - HOUR + PUBLISHED_AFTER)
+    finally:
+        await engine.dispose()
+
+
 async def _state(engine: AsyncEngine) -> dict[uuid.UUID, tuple[str, int]]:
     """Each verification's stored entity id and its number of answers."""
     v, a = verifications.c, verify_answers.c
