@@ -26,6 +26,7 @@ from sqlalchemy import (
     case,
     func,
     literal_column,
+    or_,
     select,
     update,
 )
@@ -38,7 +39,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from coordinator import CoordinatorError
 from coordinator.evidence import audit
-from coordinator.evidence.partitions import LedgerEventMs
+from coordinator.evidence.partitions import EPOCH, LedgerEventMs
 from coordinator.store.tables import ack_ledger, event_status, expected_acks
 from coordinator.tracking.columns import (
     by_key,
@@ -210,11 +211,12 @@ per insert."""
 _STORED = tuple(name for name in _PER_ROW if name != "event_ms")
 """The columns `_PER_ROW` fills as they are; `event_ms` fills `event_at`."""
 _L = {name: at for at, name in enumerate(_PER_ROW)}
-_L_EVENT, _L_SERVICE, _L_ATTEMPT, _L_STATUS = (
+_L_EVENT, _L_SERVICE, _L_ATTEMPT, _L_STATUS, _L_EVENT_MS = (
     _L["event_id"],
     _L["service"],
     _L["attempt"],
     _L["status"],
+    _L["event_ms"],
 )
 LedgerRow = tuple[Any, ...]
 ExpectedRow = list[Any]
@@ -500,7 +502,8 @@ async def _new_to_ledger(
     event_ids = _distinct_sorted(
         record.ack.event_id for record, _ in accepted if record.ack is not None
     )
-    recorded, acks = await _recorded(conn, where, event_ids)
+    months = [row[_L_EVENT_MS] for _, row in accepted + rejected]
+    recorded, acks = await _recorded(conn, where, (min(months), max(months)), event_ids)
     new_accepted: list[_Judged] = []
     for (record, row), at in zip(accepted, where, strict=False):
         ack_key = _ack_key(row)
@@ -524,14 +527,24 @@ async def _new_to_ledger(
 
 
 async def _recorded(
-    conn: AsyncConnection, where: list[_Where], event_ids: list[uuid.UUID]
+    conn: AsyncConnection,
+    where: list[_Where],
+    event_ms: tuple[int, int],
+    event_ids: list[uuid.UUID],
 ) -> tuple[set[_Where], set[_AckKey]]:
     """The Kafka coordinates among `where` already in the ledger, and the acks already
     accepted for `event_ids`: the ledger's two unique keys.
 
     The coordinates are asked for as one offset range per topic partition (a batch's
     records of a partition are consecutive but for gaps), one index range scan each
-    rather than a probe per record; what the ranges hold beyond `where` is dropped."""
+    rather than a probe per record; what the ranges hold beyond `where` is dropped.
+
+    Both read only the ledger's months the batch's rows can be in, not every month kept
+    (`event_ms`: the least and greatest of the rows'): a row's `event_at` derives from
+    its record (`ledger_event_at`), so a redelivered record or a re-sent ack was stored
+    in the same month as its row now, or at `EPOCH` (its id minted after it arrived then:
+    made up, or a coordinator clock ahead of this one's), or with NULL (a ledger not
+    converted yet, migration 0025)."""
     ranges: dict[tuple[str, int], tuple[int, int]] = {}
     for topic, partition, offset in where:
         low, high = ranges.get((topic, partition), (offset, offset))
@@ -545,18 +558,27 @@ async def _recorded(
         ],
     )
     wanted = set(where)
+    low, high = event_ms
     recorded = {
         found
-        for row in await conn.execute(_RECORDED_AT, spans)
+        for row in await conn.execute(
+            _RECORDED_AT, {**spans, "low_at": _at(low), "high_at": _at(high)}
+        )
         if (found := (row[0], row[1], row[2])) in wanted
     }
     acks: set[_AckKey] = set()
     if event_ids:
         acks = {
             (row[0].int, row[1], row[2], row[3])
-            for row in await conn.execute(_ACCEPTED_OF, {"event_ids": event_ids})
+            for row in await conn.execute(
+                _ACCEPTED_OF, {"event_ids": event_ids, "low_at": _at(low), "high_at": _at(high)}
+            )
         }
     return recorded, acks
+
+
+def _at(ms: int) -> datetime:
+    return EPOCH + timedelta(milliseconds=ms)
 
 
 _SPAN_TYPES = {
@@ -566,17 +588,28 @@ _SPAN_TYPES = {
     "high": ack_ledger.c.kafka_offset.type,
 }
 _SPANS = unnest_slot("spans", _SPAN_TYPES)
-_RECORDED_AT = select(
-    ack_ledger.c.kafka_topic, ack_ledger.c.kafka_partition, ack_ledger.c.kafka_offset
-).join(
-    _SPANS,
-    (ack_ledger.c.kafka_topic == _SPANS.c.topic)
-    & (ack_ledger.c.kafka_partition == _SPANS.c.partition)
-    & ack_ledger.c.kafka_offset.between(_SPANS.c.low, _SPANS.c.high),
+_IN_MONTHS = or_(
+    ack_ledger.c.event_at.between(
+        bindparam("low_at", type_=ack_ledger.c.event_at.type),
+        bindparam("high_at", type_=ack_ledger.c.event_at.type),
+    ),
+    ack_ledger.c.event_at == EPOCH,
+    ack_ledger.c.event_at.is_(None),
+)
+"""The months a batch's rows can be in (`_recorded`): the partitions the two reads visit."""
+_RECORDED_AT = (
+    select(ack_ledger.c.kafka_topic, ack_ledger.c.kafka_partition, ack_ledger.c.kafka_offset)
+    .join(
+        _SPANS,
+        (ack_ledger.c.kafka_topic == _SPANS.c.topic)
+        & (ack_ledger.c.kafka_partition == _SPANS.c.partition)
+        & ack_ledger.c.kafka_offset.between(_SPANS.c.low, _SPANS.c.high),
+    )
+    .where(_IN_MONTHS)
 )
 _ACCEPTED_OF = select(
     ack_ledger.c.event_id, ack_ledger.c.service, ack_ledger.c.attempt, ack_ledger.c.status
-).where(ack_ledger.c.accepted, ack_ledger.c.event_id == any_(event_ids_slot()))
+).where(ack_ledger.c.accepted, ack_ledger.c.event_id == any_(event_ids_slot()), _IN_MONTHS)
 
 
 def _ack_key(row: LedgerRow) -> _AckKey:

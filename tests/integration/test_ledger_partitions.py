@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator.evidence import ledger_pseudonyms
 from coordinator.evidence.partitions import (
@@ -533,3 +533,84 @@ async def test_the_tracker_s_milliseconds_store_the_function_s_event_at(
         }
     finally:
         await engine.dispose()
+
+
+async def _explain(conn: AsyncConnection, statement: Any, params: dict[str, Any]) -> str:
+    """The plan of `statement` as the tracker runs it: bound parameters, not literals."""
+    compiled = statement.compile(dialect=conn.dialect)
+    bound = compiled.construct_params(params)
+    values = [bound[name] for name in compiled.positiontup]
+    driver = (await conn.get_raw_connection()).driver_connection
+    assert driver is not None
+    rows = await driver.fetch("EXPLAIN " + compiled.string, *values)
+    return "\n".join(row[0] for row in rows)
+
+
+async def test_the_de_duplication_reads_visit_only_the_batch_s_months(
+    coordinator_db: str,
+) -> None:
+    """A batch's two de-duplication reads find its redelivered records and re-sent acks
+    where they were stored (the event's month, or the epoch for an id minted after its
+    record arrived, or no event at all), and read no other month's partition: with six
+    years of months kept, each read would otherwise probe 72 indexes."""
+    engine = make_engine(coordinator_db)
+    old_event = _minted(NOW - timedelta(days=300))
+    ahead = _minted(NOW + timedelta(hours=1))  # minted after its record arrived
+    stored = [
+        _ack(old_event, NOW),
+        _ack(ahead, NOW, accepted=False, reject_reason="unknown_event"),
+        _ack(None, NOW, accepted=False, reject_reason="malformed"),
+    ]
+    try:
+        async with engine.begin() as conn:
+            await ensure_months(
+                conn, {Month.of(NOW - timedelta(days=30 * k)) for k in range(24)}, LEDGER
+            )
+            await conn.execute(insert(ack_ledger), stored)
+        where = [(r["kafka_topic"], r["kafka_partition"], r["kafka_offset"]) for r in stored]
+        new = ("acks", 0, next(_offsets))
+        later = NOW + timedelta(days=1)  # redelivered a day later: `ahead` is minted by then
+        event_ms = ledger.LedgerEventMs(later)
+        months_ms = [event_ms(old_event), event_ms(ahead), event_ms(None), event_ms(old_event)]
+        span = (min(months_ms), max(months_ms))
+        async with engine.begin() as conn:
+            recorded, acks = await ledger._recorded(conn, [*where, new], span, [old_event])
+            assert recorded == set(where)
+            assert acks == {(old_event.int, "billing", 1, "completed")}
+
+            # Only the months between the batch's events, and the default (the epoch).
+            one_month = (event_ms(old_event), event_ms(old_event))
+            low, high = ledger._at(one_month[0]), ledger._at(one_month[1])
+            accepted_plan = await _explain(
+                conn,
+                ledger._ACCEPTED_OF,
+                {"event_ids": [old_event], "low_at": low, "high_at": high},
+            )
+            spans = ledger.unnest_values(
+                "spans",
+                ledger._SPAN_TYPES,
+                [{"topic": "acks", "partition": 0, "low": 1, "high": 10_000}],
+            )
+            recorded_plan = await _explain(
+                conn, ledger._RECORDED_AT, {**spans, "low_at": low, "high_at": high}
+            )
+        month = LEDGER.partition(Month.of(NOW - timedelta(days=300)))
+        for plan in (accepted_plan, recorded_plan):
+            visited = {p for p in await _partitions(engine) if f" on {p} " in plan}
+            assert visited == {month, LEDGER.default}, plan
+    finally:
+        await engine.dispose()
+
+
+async def _partitions(engine: AsyncEngine) -> list[str]:
+    async with engine.connect() as conn:
+        return list(
+            (
+                await conn.execute(
+                    text(
+                        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                        " WHERE i.inhparent = 'retention_ack_ledger'::regclass"
+                    )
+                )
+            ).scalars()
+        )
