@@ -32,7 +32,7 @@ from typing import Any, Self
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
-from sqlalchemy import func, inspect, select
+from sqlalchemy import func, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import Clock, SystemClock
@@ -567,15 +567,51 @@ async def last_completion_at(stack: Stack) -> datetime | None:
 
 def run_cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     """The installed `retention` command, as an operator runs it, on the stack's database."""
-    return subprocess.run(
+    process = subprocess.Popen(
         [RETENTION_CLI, *args],
         cwd=ROOT,
-        env=stack.coordinator_env(),
-        capture_output=True,
+        env={**stack.coordinator_env(), "PYTHONFAULTHANDLER": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=60,
-        check=False,
     )
+    try:
+        out, err = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        import threading
+
+        found: list[str] = []
+        t = threading.Thread(target=lambda: found.append(asyncio.run(lock_waits(stack))))
+        t.start()
+        t.join()
+        process.send_signal(signal.SIGABRT)
+        out, err = process.communicate()
+        raise AssertionError(
+            f"retention {' '.join(args[:2])} still running after 60 s\n"
+            f"lock waits:\n{found[0]}\nstdout:\n{out}\nstderr (stack):\n{err}"
+        ) from None
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+async def lock_waits(stack: Stack) -> str:
+    """Each session waiting for a lock, with the sessions it waits for: who, state, query."""
+    engine = stack.engine()
+    try:
+        async with engine.connect() as conn:
+            rows = (await conn.execute(text(_LOCK_WAITS))).all()
+    finally:
+        await engine.dispose()
+    return "\n".join(" | ".join(str(v) for v in row) for row in rows) or "none"
+
+
+_LOCK_WAITS = """
+SELECT w.pid, w.locktype, w.mode, w.objid, a.query,
+       b.pid, b.application_name, b.state, now() - b.xact_start, b.query
+FROM pg_locks w
+JOIN pg_stat_activity a ON a.pid = w.pid
+JOIN pg_stat_activity b ON b.pid = ANY (pg_blocking_pids(w.pid))
+WHERE NOT w.granted
+"""
 
 
 # --- following a topic -------------------------------------------------------------------
