@@ -592,7 +592,8 @@ async def run_cli(
         done, _ = await asyncio.wait({output}, timeout=timeout_s)
         if not done:
             waits = await lock_waits(stack)
-            process.send_signal(signal.SIGABRT)
+            with suppress(ProcessLookupError):  # it may end just now
+                process.send_signal(signal.SIGABRT)
             _, err = await output
             stack_dump = err.decode(errors="replace").partition("\nExtension modules:")[0]
             raise AssertionError(
