@@ -333,3 +333,33 @@ async def test_a_recorded_batch_leaves_its_ids_and_rows_to_reference_counting(
         gc.enable()
     assert await world.states(events[20:]) == ["completed"] * 20
     assert left == []
+
+
+class _HangingAckReader(MemoryAckReader):
+    """Its first close never ends: an aiokafka consumer's close retrying a fetch from a
+    broker that stopped answering (scenario 14's tracker, frozen for a minute)."""
+
+    def __init__(self, kafka: MemoryKafka, topic: str) -> None:
+        super().__init__(kafka, topic)
+        self.closing = asyncio.Event()
+
+    async def stop(self) -> None:
+        if not self.closing.is_set():
+            self.closing.set()
+            await asyncio.Event().wait()
+        await super().stop()
+
+
+async def test_stop_closes_every_client_when_closing_one_is_cancelled(world: World) -> None:
+    w = world
+    acks = _HangingAckReader(w.kafka, TOPICS.acks)
+    publisher = MemoryPublisher(w.kafka)
+    tracker = _tracker(w.engine, w.kafka, publisher, acks, w.clock, w.entity_type)
+    await tracker.start()
+    stopping = asyncio.create_task(tracker.stop())
+    await acks.closing.wait()
+    stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+    # The producer is closed all the same, not left to warn from its finaliser later.
+    assert not publisher.started

@@ -214,8 +214,12 @@ class Tracker:
 
     async def stop(self) -> None:
         self._started = False
-        for client in (self._kafka.acks, self._kafka.registrations, self._kafka.publisher):
-            await client.stop()
+        # Each client is closed even when closing one before it failed or was cancelled (a
+        # consumer's close can hang on an unreachable broker): an unclosed producer would
+        # outlive the tracker.
+        async with contextlib.AsyncExitStack() as clients:
+            for client in (self._kafka.publisher, self._kafka.registrations, self._kafka.acks):
+                clients.push_async_callback(client.stop)
 
     # --- registry -------------------------------------------------------------------
 

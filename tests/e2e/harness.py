@@ -32,14 +32,17 @@ from typing import Any, Self
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
-from sqlalchemy import func, inspect, select
+from sqlalchemy import func, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import Clock, SystemClock
+from coordinator.evidence.audit import _CHAIN_LOCK
 from coordinator.kafka.admin import ensure_topics
 from coordinator.metrics import Metrics
 from coordinator.outbox.relay import OutboxRelay
 from coordinator.policy.model import DeclaredService
+from coordinator.purge.hold_topic import HOLD_TOPIC_LOCK
+from coordinator.purge.holds import HOLD_LOCK
 from coordinator.settings import RelaySettings, TrackerSettings
 from coordinator.store.db import make_engine
 from coordinator.store.migrate import upgrade
@@ -71,6 +74,7 @@ __all__ = [
     "has_registered",
     "isolated_stack",
     "last_completion_at",
+    "lock_waits",
     "registered",
     "run_cli",
     "running_relay",
@@ -565,17 +569,83 @@ async def last_completion_at(stack: Stack) -> datetime | None:
         await engine.dispose()
 
 
-def run_cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    """The installed `retention` command, as an operator runs it, on the stack's database."""
-    return subprocess.run(
-        [RETENTION_CLI, *args],
+async def run_cli(
+    stack: Stack, *args: str, timeout_s: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """The installed `retention` command, as an operator runs it, on the stack's database.
+
+    Awaited while the command runs, so the tracker and relay tasks of the test's event loop
+    go on: a loop blocked in `subprocess.run` froze a tracker transaction holding the audit
+    chain's lock, and a command waiting for that lock never finished (scenario 14).
+    A command still running after `timeout_s` fails the test with the lock waits and the
+    command's Python stack (faulthandler dumps it on SIGABRT)."""
+    process = await asyncio.create_subprocess_exec(
+        RETENTION_CLI,
+        *args,
         cwd=ROOT,
-        env=stack.coordinator_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+        env={**stack.coordinator_env(), "PYTHONFAULTHANDLER": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
+    output = asyncio.ensure_future(process.communicate())
+    try:
+        done, _ = await asyncio.wait({output}, timeout=timeout_s)
+        if not done:
+            waits = await lock_waits(stack)
+            with suppress(ProcessLookupError):  # it may end just now
+                process.send_signal(signal.SIGABRT)
+            _, err = await output
+            stack_dump = err.decode(errors="replace").partition("\nExtension modules:")[0]
+            raise AssertionError(
+                f"retention {' '.join(args[:2])} still running after {timeout_s:.0f} s\n"
+                f"lock waits:\n{waits}\n"
+                f"the command's stack and output:\n{stack_dump[-4000:]}"
+            )
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    out, err = output.result()
+    return subprocess.CompletedProcess(
+        [RETENTION_CLI, *args], process.returncode, out.decode(), err.decode()
+    )
+
+
+async def lock_waits(stack: Stack) -> str:
+    """Each session of the stack's database waiting for a lock, and whom it waits for."""
+    engine = stack.engine()
+    try:
+        async with engine.connect() as conn:
+            rows = (await conn.execute(text(_LOCK_WAITS))).all()
+    finally:
+        await engine.dispose()
+    return (
+        "\n".join(
+            f"pid {r.pid} waits {r.seconds:.1f} s for {r.locktype} "
+            f"{_LOCK_NAMES.get(r.objid, r.objid or r.relation)} ({r.mode}): {r.query}\n"
+            f"  held by pid {r.blocker} ({r.app or '-'}, {r.state}, in a transaction for "
+            f"{r.xact_seconds:.1f} s), last statement: {r.blocker_query}"
+            for r in rows
+        )
+        or "none"
+    )
+
+
+_LOCK_NAMES = {
+    HOLD_LOCK: "HOLD_LOCK",
+    HOLD_TOPIC_LOCK: "HOLD_TOPIC_LOCK",
+    _CHAIN_LOCK: "chain lock",
+}
+_LOCK_WAITS = """
+SELECT w.pid, w.locktype, w.objid::bigint AS objid, w.relation::regclass::text AS relation,
+       w.mode, extract(epoch FROM now() - a.state_change) AS seconds, a.query,
+       b.pid AS blocker, b.application_name AS app, b.state,
+       extract(epoch FROM now() - b.xact_start) AS xact_seconds, b.query AS blocker_query
+FROM pg_locks w
+JOIN pg_stat_activity a ON a.pid = w.pid
+JOIN pg_stat_activity b ON b.pid = ANY (pg_blocking_pids(w.pid))
+WHERE NOT w.granted AND a.datname = current_database()
+"""
 
 
 # --- following a topic -------------------------------------------------------------------

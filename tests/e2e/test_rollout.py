@@ -110,7 +110,7 @@ async def test_permissive_accepts_a_mixed_fleet_and_required_rejects_the_unsigne
         await wait_for(answered, timeout_s=60, what="signed acks in, unsigned refused", alive=alive)
         assert await states_are(stack, completed=10, pending=5)
 
-    status = run_cli(stack, "status", f"user:{late[0]}", "--json")
+    status = await run_cli(stack, "status", f"user:{late[0]}", "--json")
     assert status.returncode == 0, status.stderr
     [event] = json.loads(status.stdout)["events"]
     assert event["state"] == "pending"

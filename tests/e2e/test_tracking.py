@@ -176,7 +176,7 @@ async def test_tracker_completion_reminders_overdue_forgery_and_cli(stack: Stack
     assert await event_states(stack) == Counter(completed=work.events, overdue=len(late))
 
     since = (clock.now() - timedelta(days=60)).date().isoformat()
-    report = _json(stack, "report", "--since", since, "--json")
+    report = await _json(stack, "report", "--since", since, "--json")
     assert report["rejected_acks"] == [
         {"service": "mallory", "reason": "unknown_service", "count": 1}
     ]
@@ -189,7 +189,7 @@ async def test_tracker_completion_reminders_overdue_forgery_and_cli(stack: Stack
     services = {s["service"]: s for s in report["services"]}
     assert (services[SILENT]["events"], services[SILENT]["overdue"]) == (len(late), len(late))
 
-    status = _json(stack, "status", f"user:{victim_user}", "--json")
+    status = await _json(stack, "status", f"user:{victim_user}", "--json")
     [event] = status["events"]
     assert (event["event_id"], event["state"], event["rejected_acks"]) == (
         str(victim_event),
@@ -201,7 +201,7 @@ async def test_tracker_completion_reminders_overdue_forgery_and_cli(stack: Stack
     }
     assert all(s["acknowledged_at"] for s in event["services"])
 
-    certificate = run_cli(stack, "certificate", f"user:{victim_user}")
+    certificate = await run_cli(stack, "certificate", f"user:{victim_user}")
     assert certificate.returncode == 0, certificate.stderr
     document = json.loads(certificate.stdout)
     assert document["complete"] is True
@@ -211,14 +211,14 @@ async def test_tracker_completion_reminders_overdue_forgery_and_cli(stack: Stack
     assert all(a["audit"]["hash"] for a in proof["acknowledgements"])
     assert proof["evidence"]["completed"] is not None
 
-    overdue = _json(stack, "status", f"user:{LATE_USERS[0]}", "--json")
+    overdue = await _json(stack, "status", f"user:{LATE_USERS[0]}", "--json")
     [late_event] = overdue["events"]
     assert (late_event["state"], late_event["reminders_sent"]) == ("overdue", MAX_REMINDERS + 1)
     assert {s["service"]: s["status"] for s in late_event["services"]}[SILENT] == "pending"
-    unfinished = run_cli(stack, "certificate", f"user:{LATE_USERS[0]}")
+    unfinished = await run_cli(stack, "certificate", f"user:{LATE_USERS[0]}")
     assert unfinished.returncode == 1  # not complete: the document says so and the exit too
     assert json.loads(unfinished.stdout)["complete"] is False
-    verify = run_cli(stack, "audit", "verify")
+    verify = await run_cli(stack, "audit", "verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
@@ -237,8 +237,8 @@ async def _publish_late_users(stack: Stack) -> dict[str, uuid.UUID]:
     return {r["entity_id"]: r["event_id"] for r in rows}
 
 
-def _json(stack: Stack, *args: str) -> Any:
-    result = run_cli(stack, *args)
+async def _json(stack: Stack, *args: str) -> Any:
+    result = await run_cli(stack, *args)
     assert result.returncode == 0, result.stdout + result.stderr
     return json.loads(result.stdout)
 

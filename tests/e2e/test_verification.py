@@ -52,15 +52,15 @@ def _policy() -> Policy:
     )
 
 
-def _status(stack: Stack) -> dict[str, Any]:
-    done = run_cli(stack, "status", f"user:{USER}", "--json")
+async def _status(stack: Stack) -> dict[str, Any]:
+    done = await run_cli(stack, "status", f"user:{USER}", "--json")
     assert done.returncode == 0, done.stderr
     document: dict[str, Any] = json.loads(done.stdout)
     return document
 
 
 async def _answered(stack: Stack, count: int) -> bool:
-    verifications = _status(stack)["verifications"]
+    verifications = (await _status(stack))["verifications"]
     return len(verifications) == count and all(
         a["status"] != "pending" for v in verifications for a in v["services"]
     )
@@ -97,7 +97,7 @@ async def test_a_sampled_verify_catches_a_reinserted_row(stack: Stack) -> None:
             await wait_for(
                 partial(_answered, stack, 1), timeout_s=60, what="verify answers", alive=alive
             )
-            status = _status(stack)
+            status = await _status(stack)
             [event] = status["events"]
             assert event["state"] == "resurrected"
             answers = {s["service"]: s["status"] for s in event["services"]}
@@ -108,7 +108,7 @@ async def test_a_sampled_verify_catches_a_reinserted_row(stack: Stack) -> None:
             assert {
                 a["service"]: (a["status"], a["records_affected"]) for a in verification["services"]
             } == {"billing": ("still_present", 1), "legacy": ("unsupported", 0)}
-            certificate = run_cli(stack, "certificate", f"user:{USER}")
+            certificate = await run_cli(stack, "certificate", f"user:{USER}")
             assert certificate.returncode == 1
             document = json.loads(certificate.stdout)
             assert document["complete"] is False
@@ -120,17 +120,19 @@ async def test_a_sampled_verify_catches_a_reinserted_row(stack: Stack) -> None:
             await wait_for(
                 lambda: _completed(stack, 2), timeout_s=60, what="the second deletion", alive=alive
             )
-            [first, second] = _status(stack)["events"]
+            [first, second] = (await _status(stack))["events"]
             assert first["state"] == second["state"] == "completed"
             assert {s["service"]: s["status"] for s in first["services"]}["billing"] == "completed"
 
             # On demand, from the CLI: billing now holds nothing; legacy can't say.
-            asked_now = run_cli(stack, "verify", f"user:{USER}", "--by", "tester", "--json")
+            asked_now = await run_cli(stack, "verify", f"user:{USER}", "--by", "tester", "--json")
             assert asked_now.returncode == 0, asked_now.stderr
             await wait_for(
                 partial(_answered, stack, 2), timeout_s=60, what="on-demand answers", alive=alive
             )
-            [last] = [v for v in _status(stack)["verifications"] if v["trigger"] == "on_demand"]
+            [last] = [
+                v for v in (await _status(stack))["verifications"] if v["trigger"] == "on_demand"
+            ]
             assert last["requested_by"].startswith("tester")
             assert {a["service"]: a["status"] for a in last["services"]} == {
                 "billing": "verified",

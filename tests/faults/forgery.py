@@ -315,7 +315,7 @@ async def forgery_problems(
         }
     )
     since = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
-    result = run_cli(stack, "report", "--since", since, "--json")
+    result = await run_cli(stack, "report", "--since", since, "--json")
     if result.returncode != 0:
         return [f"retention report exited {result.returncode}: {result.stderr}"]
     by_reason: Counter[str] = Counter()

@@ -154,7 +154,7 @@ async def failing_scenario(stack: Stack, directory: Path, *, seed: int, per_cate
     assert letters == {e: fails for e, (kind, fails) in plans.items() if kind != "flaky"}
 
     since = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
-    result = run_cli(stack, "report", "--since", since, "--json")
+    result = await run_cli(stack, "report", "--since", since, "--json")
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     services = {s["service"]: s for s in document["services"]}

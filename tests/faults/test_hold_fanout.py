@@ -13,6 +13,7 @@ events for that service, it acts on them, everything settles, and the invariants
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import Counter
 from pathlib import Path
@@ -20,20 +21,39 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from coordinator.evidence.audit import lock_head
 from coordinator.outbox.lookup import EVENTS, joined_on
 from coordinator.store.db import make_engine
 from coordinator.store.tables import event_status, expected_acks, hold_topic_queue
-from tests.e2e.harness import PRODUCT_SERVICES, Stack, all_of, run_cli, running_tracker, wait_for
+from tests.e2e.harness import (
+    PRODUCT_SERVICES,
+    Stack,
+    all_of,
+    lock_waits,
+    run_cli,
+    running_tracker,
+    wait_for,
+)
 from tests.faults.drive import complete, coordinator_processes, count
 from tests.faults.inprocess import run_policies
 from tests.faults.invariants import SERVICE_LOGS, check_invariants, settle
 from tests.faults.world import USERS_POLICY, prepare_world
 
 HOLD_ID = "fanout-hold"
+ONE_POLICY = """\
+policies:
+  - name: users
+    table: hf_users
+    entity_type: user
+    timestamp_column: seen_at
+    retention: 30d
+    action: delete
+    legal_basis: "Storage limitation"
+"""
 
 
-def _hold_cli(stack: Stack, *args: str) -> None:
-    done = run_cli(stack, "holds", *args)
+async def _hold_cli(stack: Stack, *args: str) -> None:
+    done = await run_cli(stack, "holds", *args)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -83,7 +103,7 @@ async def hold_fanout_scenario(
         await complete(relay)
         # Published; `lagging` has consumed nothing. The hold arrives now.
         entities = [f"user:{u}" for u in sorted(chosen)]
-        _hold_cli(stack, "create", "--reason", "subpoena", "--by", "counsel", "--id", HOLD_ID,
+        await _hold_cli(stack, "create", "--reason", "subpoena", "--by", "counsel", "--id", HOLD_ID,
                   "--policies", str(world.policy_file), *entities)  # fmt: skip
 
         async def on_topic() -> bool:
@@ -105,7 +125,7 @@ async def hold_fanout_scenario(
         )
         assert held_events == len(chosen)
 
-        _hold_cli(stack, "release", HOLD_ID, "--by", "counsel")
+        await _hold_cli(stack, "release", HOLD_ID, "--by", "counsel")
         await settle(stack, world, timeout_s=180, alive=alive)
         assert await _effects(stack, lagging, chosen) == len(chosen)
     await stack.stop_services()
@@ -128,3 +148,40 @@ async def test_hold_arrives_mid_fan_out(stack: Stack, tmp_path: Path) -> None:
 @pytest.mark.parametrize("seed", [1121, 1122, 1123])
 async def test_hold_arrives_mid_fan_out_seeds(stack: Stack, tmp_path: Path, seed: int) -> None:
     await hold_fanout_scenario(stack, tmp_path, seed=seed, users=40, per_category=6)
+
+
+async def test_a_command_waits_for_a_lock_held_by_the_tests_own_loop(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The tracker runs in the test's event loop, and its ack batch holds the audit chain's
+    lock across awaits. `holds create` waits for that lock: it ends only if the loop goes
+    on while the command runs (a blocking `run_cli` waited here until its timeout)."""
+    policies = tmp_path / "policies.yaml"
+    policies.write_text(ONE_POLICY, encoding="utf-8")
+    create = ("create", "--reason", "subpoena", "--by", "counsel", "--id", HOLD_ID,
+              "--policies", str(policies), "user:u1")  # fmt: skip
+    locked, release = asyncio.Event(), asyncio.Event()
+    engine = stack.engine()
+
+    async def ack_batch() -> None:
+        async with engine.begin() as conn:
+            await lock_head(conn)
+            locked.set()
+            await release.wait()
+
+    async def release_once_waited_for() -> None:
+        while "advisory chain lock" not in await lock_waits(stack):
+            await asyncio.sleep(0.1)
+        release.set()
+
+    batch = asyncio.create_task(ack_batch())
+    await locked.wait()
+    releasing = asyncio.create_task(release_once_waited_for())
+    try:
+        await _hold_cli(stack, *create)
+        assert release.is_set()  # the command had waited for the lock
+    finally:
+        releasing.cancel()
+        release.set()
+        await batch
+        await engine.dispose()

@@ -93,13 +93,14 @@ class MidRunHolds:
         ]
 
     def _with_cli(self, entities: list[str], hold_id: str) -> None:
-        def create() -> None:
-            self.cli.append(run_cli(
+        async def create() -> None:
+            self.cli.append(await run_cli(
                 self.stack, "holds", "create", "--reason", "subpoena", "--by", "counsel",
                 "--id", hold_id, "--policies", str(self.world.policy_file), *entities,
             ))  # fmt: skip
 
-        self._until_queued(threading.Thread(target=create))
+        # The run's event loop is paused inside this callback: the command gets its own.
+        self._until_queued(threading.Thread(target=asyncio.run, args=(create(),)))
 
     def _in_process(self, entities: list[str], hold_id: str) -> None:
         async def create() -> None:
