@@ -160,7 +160,8 @@ def test_every_single_byte_change_of_key_value_or_header_is_refused() -> None:
     records = _records()
     record, header = records[0], _signed(records)[0]
     key, value = record
-    assert key is not None and value is not None
+    assert key is not None
+    assert value is not None
     assert _verdict(record, [(BATCH_HEADER, header)]) is Verdict.VALID
     rng = random.Random(15)
     for at in range(len(header)):
@@ -259,7 +260,7 @@ def test_a_changed_byte_anywhere_in_any_tree_is_refused(
     for record, header in zip(records, headers, strict=True):
         assert verifier.verify(record[0], record[1], [(BATCH_HEADER, header)]).valid
     index = which % len(records)
-    header = bytearray(headers[index])
-    header[at % len(header)] ^= xor
+    changed = bytearray(headers[index])
+    changed[at % len(changed)] ^= xor
     key, value = records[index]
-    assert not verifier.verify(key, value, [(BATCH_HEADER, bytes(header))]).valid
+    assert not verifier.verify(key, value, [(BATCH_HEADER, bytes(changed))]).valid
