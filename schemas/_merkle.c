@@ -3,7 +3,8 @@
  *
  * `forest` is `schemas.signing._forest_py` in one call: the same trees, the same root
  * messages, the same `retention-proof` header values, byte for byte (tests/test_signing_native.py
- * compares them over random inputs). `Walker.walk` is the proof walk of
+ * compares them over random inputs), and `forest_v2` / `root_v2` proof format v2's
+ * `_forest_v2_py` / `_root_v2_py`. `Walker.walk` is the proof walk of
  * `schemas.signing.Verifier._batch_valid` for a well-formed record: the same root, and
  * None for anything it declines, which Python then judges (tests/test_verify_native.py). The pure-Python code stays the reference and the
  * fallback: this module is built only where a compiler and OpenSSL's headers are present
@@ -292,6 +293,270 @@ done:
     return result;
 }
 
+/* Proof format v2 (docs/protocol.md): salted leaves, 16-byte nodes, one binary
+ * `retention-batch` value per record. */
+#define HALF 16          /* a v2 node (SHA-256 truncated) and a v2 salt */
+#define KEY_ID 8
+#define SIGNATURE 64
+#define BATCH_FIXED 94   /* format, key id, signature, salt, steps, sides */
+static const char ROOT_CONTEXT_V2[] = "retention-root-v2"; /* + its NUL: 18 bytes */
+
+static int
+leaf_v2(PyObject *key, PyObject *value, const unsigned char *salt, unsigned char out[HALF])
+{
+    const char *k, *v;
+    Py_ssize_t klen, vlen;
+    unsigned char length[4], digest[DIGEST];
+    if (as_bytes(key, &k, &klen) < 0 || as_bytes(value, &v, &vlen) < 0
+        || length_prefix(klen, length) < 0)
+        return -1;
+    SHA256_CTX ctx;
+    SHA256_Init(&ctx);
+    SHA256_Update(&ctx, &LEAF, 1);
+    SHA256_Update(&ctx, salt, HALF);
+    SHA256_Update(&ctx, RECORD_CONTEXT, RECORD_CONTEXT_LEN);
+    SHA256_Update(&ctx, length, 4);
+    SHA256_Update(&ctx, k, (size_t)klen);
+    SHA256_Update(&ctx, v, (size_t)vlen);
+    SHA256_Final(digest, &ctx);
+    memcpy(out, digest, HALF);
+    return 0;
+}
+
+static void
+node_v2(const unsigned char *left, const unsigned char *right, unsigned char out[HALF])
+{
+    unsigned char block[1 + 2 * HALF], digest[DIGEST];
+    block[0] = NODE;
+    memcpy(block + 1, left, HALF);
+    memcpy(block + 1 + HALF, right, HALF);
+    SHA256(block, sizeof block, digest);
+    memcpy(out, digest, HALF);
+}
+
+/* One tree of n >= 2 records: each record's `retention-batch` value set into `out` from
+ * `at` on. `hashes` has room for every level's nodes (<= 2n + 64). */
+static int
+tree_v2(PyObject **keys, PyObject **values, Py_ssize_t n, const unsigned char *salt,
+        PyObject *sign, const unsigned char *kid, unsigned char *hashes, PyObject *out,
+        Py_ssize_t at)
+{
+    Py_ssize_t starts[66], counts[66];
+    int levels = 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (leaf_v2(keys[i], values[i], salt, hashes + i * HALF) < 0)
+            return -1;
+    Py_ssize_t start = 0, count = n;
+    while (count > 1) {
+        starts[levels] = start;
+        counts[levels] = count;
+        levels++;
+        const unsigned char *level = hashes + start * HALF;
+        unsigned char *above = hashes + (start + count) * HALF;
+        Py_ssize_t pairs = count / 2;
+        for (Py_ssize_t i = 0; i < pairs; i++)
+            node_v2(level + 2 * i * HALF, level + (2 * i + 1) * HALF, above + i * HALF);
+        if (count % 2) /* the odd one out moves up unchanged */
+            memcpy(above + pairs * HALF, level + (count - 1) * HALF, HALF);
+        start += count;
+        count = pairs + count % 2;
+    }
+    unsigned char message[ROOT_CONTEXT_LEN + 2 * HALF];
+    memcpy(message, ROOT_CONTEXT_V2, ROOT_CONTEXT_LEN);
+    memcpy(message + ROOT_CONTEXT_LEN, salt, HALF);
+    memcpy(message + ROOT_CONTEXT_LEN + HALF, hashes + start * HALF, HALF);
+    PyObject *text = PyBytes_FromStringAndSize((const char *)message, sizeof message);
+    if (text == NULL)
+        return -1;
+    PyObject *signature = PyObject_CallOneArg(sign, text);
+    Py_DECREF(text);
+    if (signature == NULL)
+        return -1;
+    if (!PyBytes_Check(signature) || PyBytes_GET_SIZE(signature) != SIGNATURE) {
+        Py_DECREF(signature);
+        PyErr_SetString(PyExc_ValueError, "sign() returns the 64 bytes of a signature");
+        return -1;
+    }
+    unsigned char prefix[1 + KEY_ID + SIGNATURE + HALF];
+    prefix[0] = 0x02;
+    memcpy(prefix + 1, kid, KEY_ID);
+    memcpy(prefix + 1 + KEY_ID, PyBytes_AS_STRING(signature), SIGNATURE);
+    memcpy(prefix + 1 + KEY_ID + SIGNATURE, salt, HALF);
+    Py_DECREF(signature);
+    for (Py_ssize_t j = 0; j < n; j++) {
+        /* A leaf's steps: at each level its sibling, if it has one (the odd one out has
+         * none), from the leaf up. */
+        int steps = 0;
+        Py_ssize_t index = j;
+        for (int l = 0; l < levels; index /= 2, l++)
+            if ((index ^ 1) < counts[l])
+                steps++;
+        PyObject *value = PyBytes_FromStringAndSize(NULL, BATCH_FIXED + HALF * steps);
+        if (value == NULL)
+            return -1;
+        unsigned char *p = (unsigned char *)PyBytes_AS_STRING(value);
+        memcpy(p, prefix, sizeof prefix);
+        p[89] = (unsigned char)steps;
+        unsigned long sides = 0;
+        unsigned char *sibling = p + BATCH_FIXED;
+        int step = 0;
+        index = j;
+        for (int l = 0; l < levels; index /= 2, l++) {
+            Py_ssize_t other = index ^ 1;
+            if (other < counts[l]) {
+                if (other > index)
+                    sides |= 1UL << step;
+                memcpy(sibling, hashes + (starts[l] + other) * HALF, HALF);
+                sibling += HALF;
+                step++;
+            }
+        }
+        p[90] = (unsigned char)(sides >> 24);
+        p[91] = (unsigned char)(sides >> 16);
+        p[92] = (unsigned char)(sides >> 8);
+        p[93] = (unsigned char)sides;
+        PyList_SET_ITEM(out, at + j, value);
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(forest_v2_doc,
+"forest_v2(keys, values, tree_size, salts, sign, kid, /)\n--\n\n"
+"Trees of `tree_size` consecutive records in proof format v2: each record's\n"
+"`retention-batch` header value, None for a tree of one (signed per record). Tree t's salt\n"
+"is salts[16 * t : 16 * t + 16]; sign(message) returns each root message's 64-byte\n"
+"signature; kid is the key id's 8 bytes. What schemas.signing._forest_v2_py returns, byte\n"
+"for byte.");
+
+static PyObject *
+forest_v2(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6) {
+        PyErr_Format(PyExc_TypeError, "forest_v2() takes 6 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    Py_ssize_t tree_size = PyLong_AsSsize_t(args[2]);
+    if (tree_size == -1 && PyErr_Occurred())
+        return NULL;
+    if (tree_size < 1) {
+        PyErr_SetString(PyExc_ValueError, "a signature tree holds at least one record");
+        return NULL;
+    }
+    PyObject *salts = args[3], *sign = args[4], *kid = args[5];
+    if (!PyBytes_Check(salts) || !PyBytes_Check(kid)) {
+        PyErr_SetString(PyExc_TypeError, "salts and the key id are bytes");
+        return NULL;
+    }
+    if (PyBytes_GET_SIZE(kid) != KEY_ID) {
+        PyErr_SetString(PyExc_ValueError, "a key id is 8 bytes");
+        return NULL;
+    }
+    /* Tuples, for the reason `forest` gives; `sign` runs Python code between trees. */
+    PyObject *keys = PySequence_Tuple(args[0]);
+    if (keys == NULL)
+        return NULL;
+    PyObject *values = PySequence_Tuple(args[1]);
+    if (values == NULL) {
+        Py_DECREF(keys);
+        return NULL;
+    }
+    /* Owned: `sign` could drop the caller's references. */
+    Py_INCREF(salts);
+    Py_INCREF(sign);
+    Py_INCREF(kid);
+    PyObject *result = NULL;
+    unsigned char *hashes = NULL;
+    Py_ssize_t total = PyTuple_GET_SIZE(keys);
+    if (PyTuple_GET_SIZE(values) != total) {
+        PyErr_SetString(PyExc_ValueError, "as many values as keys");
+        goto done;
+    }
+    Py_ssize_t trees = total / tree_size + (total % tree_size != 0);
+    if (PyBytes_GET_SIZE(salts) / HALF < trees) {
+        PyErr_SetString(PyExc_ValueError, "16 bytes of salt per tree");
+        goto done;
+    }
+    Py_ssize_t most = total < tree_size ? total : tree_size;
+    if (most > (PY_SSIZE_T_MAX / HALF - 64) / 2) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    hashes = PyMem_Malloc((size_t)(2 * most + 64) * HALF);
+    if (hashes == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    result = PyList_New(total);
+    if (result == NULL)
+        goto done;
+    /* Until set, the list's items are NULL, which it tolerates only until it is read:
+     * each is set before any failure returns it (it is dropped then). */
+    PyObject **ks = &PyTuple_GET_ITEM(keys, 0), **vs = &PyTuple_GET_ITEM(values, 0);
+    const unsigned char *salt = (const unsigned char *)PyBytes_AS_STRING(salts);
+    const unsigned char *kid_bytes = (const unsigned char *)PyBytes_AS_STRING(kid);
+    for (Py_ssize_t start = 0, tree = 0; start < total; start += tree_size, tree++) {
+        Py_ssize_t n = total - start < tree_size ? total - start : tree_size;
+        if (n == 1) {
+            PyList_SET_ITEM(result, start, Py_NewRef(Py_None));
+            continue;
+        }
+        if (tree_v2(ks + start, vs + start, n, salt + tree * HALF, sign, kid_bytes, hashes,
+                    result, start) < 0) {
+            Py_CLEAR(result);
+            goto done;
+        }
+    }
+done:
+    PyMem_Free(hashes);
+    Py_DECREF(keys);
+    Py_DECREF(values);
+    Py_DECREF(salts);
+    Py_DECREF(sign);
+    Py_DECREF(kid);
+    return result;
+}
+
+PyDoc_STRVAR(root_v2_doc,
+"root_v2(key, value, batch, /)\n--\n\n"
+"The 16-byte root a `retention-batch` value's proof leads to from the record's salted\n"
+"leaf; ValueError for a value not of 94 + 16 * n bytes with n in 1..32\n"
+"(schemas.signing.Verifier checks that, and the rest of its shape, first). What\n"
+"schemas.signing._root_v2_py returns.");
+
+static PyObject *
+root_v2(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "root_v2() takes 3 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *batch = args[2];
+    if (!PyBytes_Check(batch)) {
+        PyErr_SetString(PyExc_TypeError, "a retention-batch value is bytes");
+        return NULL;
+    }
+    Py_ssize_t size = PyBytes_GET_SIZE(batch);
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(batch);
+    int steps = size < BATCH_FIXED ? 0 : p[89];
+    if (steps < 1 || steps > MAX_PROOF_STEPS || size != BATCH_FIXED + HALF * steps) {
+        PyErr_SetString(PyExc_ValueError, "not a retention-batch value's length");
+        return NULL;
+    }
+    unsigned long sides = (unsigned long)p[90] << 24 | (unsigned long)p[91] << 16
+                          | (unsigned long)p[92] << 8 | p[93];
+    unsigned char node[HALF];
+    if (leaf_v2(args[0], args[1], p + 1 + KEY_ID + SIGNATURE, node) < 0)
+        return NULL;
+    const unsigned char *sibling = p + BATCH_FIXED;
+    for (int i = 0; i < steps; i++, sibling += HALF) {
+        if (sides >> i & 1)
+            node_v2(node, sibling, node);
+        else
+            node_v2(sibling, node, node);
+    }
+    return PyBytes_FromStringAndSize((const char *)node, HALF);
+}
+
 /* Each byte's value in standard base64, or -1 (padding included: a 44-character step has
  * none). */
 static signed char B64_VALUES[256];
@@ -373,6 +638,8 @@ walker_walk(Walker *self, PyObject *const *args, Py_ssize_t nargs)
             slot = &signature;
         else if (PyUnicode_CompareWithASCIIString(name, "retention-proof") == 0)
             slot = &proof;
+        else if (PyUnicode_CompareWithASCIIString(name, "retention-batch") == 0)
+            Py_RETURN_NONE; /* a v2 record, or v1 headers beside one: Python's to judge */
         else
             continue;
         /* A repeated or null header is Python's to judge (malformed). */
@@ -449,6 +716,8 @@ static PyTypeObject WalkerType = {
 
 static PyMethodDef methods[] = {
     {"forest", (PyCFunction)(void (*)(void))forest, METH_FASTCALL, forest_doc},
+    {"forest_v2", (PyCFunction)(void (*)(void))forest_v2, METH_FASTCALL, forest_v2_doc},
+    {"root_v2", (PyCFunction)(void (*)(void))root_v2, METH_FASTCALL, root_v2_doc},
     {NULL, NULL, 0, NULL},
 };
 

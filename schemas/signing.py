@@ -433,12 +433,33 @@ def _forest_v2_py(
                 else level[i]
                 for i in range(0, len(level), 2)
             ]
-        prefix = _FORMAT_V2 + kid + sign(ROOT_CONTEXT_V2 + salt + level[0]) + salt
+        signature = sign(ROOT_CONTEXT_V2 + salt + level[0])
+        if len(signature) != 64:
+            raise ValueError("sign() returns the 64 bytes of a signature")
+        prefix = _FORMAT_V2 + kid + signature + salt
         out += [
             prefix + bytes([len(path)]) + side.to_bytes(4, "big") + b"".join(path)
             for side, path in zip(sides, siblings, strict=True)
         ]
     return out
+
+
+def _root_v2_py(key: bytes | None, value: bytes | None, batch: bytes) -> bytes:
+    """The root a `retention-batch` value's proof leads to from the record's salted leaf.
+    The value must be 94 + 16 * n bytes with n of 1 to 32 (ValueError), which the verifier
+    checks first, with the rest of its shape. The reference for `schemas._merkle.root_v2`."""
+    steps = batch[89] if len(batch) >= _BATCH_FIXED else 0
+    if not 1 <= steps <= MAX_PROOF_STEPS or len(batch) != _BATCH_FIXED + _HALF * steps:
+        raise ValueError("not a retention-batch value's length")
+    sides = int.from_bytes(batch[90:94], "big")
+    node = _sha256(_LEAF + batch[73:89] + signed_bytes(key, value)).digest()[:_HALF]
+    for at in range(_BATCH_FIXED, len(batch), _HALF):
+        sibling = batch[at : at + _HALF]
+        node = _sha256(_NODE + node + sibling if sides & 1 else _NODE + sibling + node).digest()[
+            :_HALF
+        ]
+        sides >>= 1
+    return node
 
 
 _Hashing = Literal["native", "python"]
@@ -466,23 +487,27 @@ class _Walker(Protocol):
     ) -> tuple[bytes, bytes] | None: ...
 
 
-def _choose() -> tuple[_Forester, _ForesterV2, Callable[[], _Walker] | None, _Hashing]:
+_RootV2 = Callable[[bytes | None, bytes | None, bytes], bytes]
+
+
+def _choose() -> tuple[_Forester, _ForesterV2, _RootV2, Callable[[], _Walker] | None, _Hashing]:
     try:
-        from schemas._merkle import Walker, forest, forest_v2
+        from schemas._merkle import Walker, forest, forest_v2, root_v2
     except ImportError:
         # Built only where a C compiler and OpenSSL's headers were at install (setup.py).
         # A build older than proof format v2 is not used at all: its walker would judge
         # a record's v1 headers without seeing a `retention-batch` beside them.
-        return _forest_py, _forest_v2_py, None, "python"
-    return forest, forest_v2, Walker, "native"
+        return _forest_py, _forest_v2_py, _root_v2_py, None, "python"
+    return forest, forest_v2, root_v2, Walker, "native"
 
 
-_forest, _forest_v2, _walker, HASHING = _choose()
+_forest, _forest_v2, _root_v2, _walker, HASHING = _choose()
 """Which `_forest` and `_forest_v2` sign: `native` (schemas/_merkle.c) or `python`
 (`_forest_py`, `_forest_v2_py`), chosen once at import; the relay logs it when it starts
 (docs/relay.md). With `native`, each `Verifier` walks v1 batch-signed records' proofs with
-a `schemas._merkle.Walker` (`_walker`) too; with `python` (None) in
-`Verifier._batch_valid`."""
+a `schemas._merkle.Walker` (`_walker`) and v2 ones with `root_v2` (`_root_v2`) too; with
+`python`, `_walker` is None (`Verifier._batch_valid` walks) and `_root_v2` is
+`_root_v2_py`."""
 
 
 def merkle_proofs(
@@ -697,14 +722,8 @@ class Verifier:
         if known is None:
             return Checked(Verdict.UNKNOWN_KEY, batch[1:9].hex())
         public, valid = known
+        node = _root_v2(key, value, batch)
         salt = batch[73:89]
-        node = _sha256(_LEAF + salt + signed_bytes(key, value)).digest()[:_HALF]
-        for at in range(_BATCH_FIXED, size, _HALF):
-            sibling = batch[at : at + _HALF]
-            node = _sha256(
-                _NODE + node + sibling if sides & 1 else _NODE + sibling + node
-            ).digest()[:_HALF]
-            sides >>= 1
         # Key id, signature and salt, then the root: what a verified signature proved.
         cached = batch[1:89] + node
         roots = self._roots_v2
