@@ -330,7 +330,11 @@ node_v2(const unsigned char *left, const unsigned char *right, unsigned char out
     block[0] = NODE;
     memcpy(block + 1, left, HALF);
     memcpy(block + 1 + HALF, right, HALF);
-    SHA256(block, sizeof block, digest);
+    /* Not the one-shot SHA256(): in OpenSSL 3 it fetches the algorithm on every call. */
+    SHA256_CTX ctx;
+    SHA256_Init(&ctx);
+    SHA256_Update(&ctx, block, sizeof block);
+    SHA256_Final(digest, &ctx);
     memcpy(out, digest, HALF);
 }
 
@@ -591,13 +595,76 @@ typedef struct {
     PyObject *proof; /* the last walk's proof text (bytes), or NULL */
     Py_ssize_t steps;
     unsigned char nodes[MAX_PROOF_STEPS + 1][DIGEST]; /* after 0 (the leaf) .. steps steps */
+    /* The same for proof format v2: the last `retention-batch` value walked to the end. */
+    PyObject *batch;
+    Py_ssize_t batch_steps;
+    unsigned char batch_nodes[MAX_PROOF_STEPS + 1][HALF];
 } Walker;
 
 static void
 walker_dealloc(Walker *self)
 {
     Py_XDECREF(self->proof);
+    Py_XDECREF(self->batch);
     Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Proof format v2's walk for `walker_walk`: a record with one `retention-batch` value of
+ * the documented shape (format 2, 1 to 32 steps, its length, no side bit at or above the
+ * step count) and no v1 header: (key id, signature and salt: the value's bytes 1..88, the
+ * 16-byte root). None for any other value, which Python then judges. */
+static PyObject *
+walk_v2(Walker *self, PyObject *key, PyObject *value, PyObject *batch)
+{
+    Py_ssize_t size = PyBytes_GET_SIZE(batch);
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(batch);
+    if (size < BATCH_FIXED || p[0] != 0x02)
+        Py_RETURN_NONE;
+    Py_ssize_t steps = p[89];
+    if (steps < 1 || steps > MAX_PROOF_STEPS || size != BATCH_FIXED + HALF * steps)
+        Py_RETURN_NONE;
+    unsigned long sides = (unsigned long)p[90] << 24 | (unsigned long)p[91] << 16
+                          | (unsigned long)p[92] << 8 | p[93];
+    if (steps < 32 && sides >> steps)
+        Py_RETURN_NONE;
+    unsigned char nodes[MAX_PROOF_STEPS + 1][HALF];
+    if (leaf_v2(key, value, p + 1 + KEY_ID + SIGNATURE, nodes[0]) < 0)
+        return NULL;
+    const unsigned char *siblings = p + BATCH_FIXED, *last = NULL;
+    unsigned long last_sides = 0;
+    if (self->batch != NULL) {
+        const unsigned char *q = (const unsigned char *)PyBytes_AS_STRING(self->batch);
+        last = q + BATCH_FIXED;
+        last_sides = (unsigned long)q[90] << 24 | (unsigned long)q[91] << 16
+                     | (unsigned long)q[92] << 8 | q[93];
+    }
+    for (Py_ssize_t k = 0; k < steps; k++) {
+        /* Where the last walk had as many steps left: the same node there, the same
+         * sides and siblings above lead to its root. */
+        Py_ssize_t m = self->batch_steps - (steps - k);
+        if (last != NULL && m >= 0 && memcmp(nodes[k], self->batch_nodes[m], HALF) == 0
+            && sides >> k == last_sides >> m
+            && memcmp(siblings + k * HALF, last + m * HALF, (size_t)((steps - k) * HALF)) == 0) {
+            memcpy(nodes[k + 1], self->batch_nodes[m + 1], (size_t)(steps - k) * HALF);
+            break;
+        }
+        if (sides >> k & 1)
+            node_v2(nodes[k], siblings + k * HALF, nodes[k + 1]);
+        else
+            node_v2(siblings + k * HALF, nodes[k], nodes[k + 1]);
+    }
+    Py_INCREF(batch); /* owned: building the result can run a collection */
+    PyObject *result = Py_BuildValue("(y#y#)", (const char *)p + 1,
+                                     (Py_ssize_t)(KEY_ID + SIGNATURE + HALF),
+                                     (const char *)nodes[steps], (Py_ssize_t)HALF);
+    if (result == NULL) {
+        Py_DECREF(batch);
+        return NULL;
+    }
+    memcpy(self->batch_nodes, nodes, (size_t)(steps + 1) * HALF);
+    self->batch_steps = steps;
+    Py_XSETREF(self->batch, batch);
+    return result;
 }
 
 PyDoc_STRVAR(walk_doc,
@@ -606,8 +673,9 @@ PyDoc_STRVAR(walk_doc,
 "`retention-signature` and one `retention-proof`, the proof of 1 to 32 steps, each\n"
 "strict standard base64 of a side 0 or 1 and a hash, and whose key and value are bytes\n"
 "or None: (the signature header's value, the 32-byte root the proof leads to from the\n"
-"record's leaf). None for anything else, which schemas.signing.Verifier then judges in\n"
-"Python.");
+"record's leaf). For one with exactly one `retention-batch` of the documented shape and\n"
+"neither of those: (its key id, signature and salt, the 16-byte root). None for anything\n"
+"else, which schemas.signing.Verifier then judges in Python.");
 
 static PyObject *
 walker_walk(Walker *self, PyObject *const *args, Py_ssize_t nargs)
@@ -625,7 +693,7 @@ walker_walk(Walker *self, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_NONE;
     Py_ssize_t count = PySequence_Fast_GET_SIZE(headers);
     PyObject **items = PySequence_Fast_ITEMS(headers);
-    PyObject *signature = NULL, *proof = NULL;
+    PyObject *signature = NULL, *proof = NULL, *batch = NULL;
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *item = items[i];
         if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2)
@@ -639,7 +707,7 @@ walker_walk(Walker *self, PyObject *const *args, Py_ssize_t nargs)
         else if (PyUnicode_CompareWithASCIIString(name, "retention-proof") == 0)
             slot = &proof;
         else if (PyUnicode_CompareWithASCIIString(name, "retention-batch") == 0)
-            Py_RETURN_NONE; /* a v2 record, or v1 headers beside one: Python's to judge */
+            slot = &batch;
         else
             continue;
         /* A repeated or null header is Python's to judge (malformed). */
@@ -647,15 +715,21 @@ walker_walk(Walker *self, PyObject *const *args, Py_ssize_t nargs)
             Py_RETURN_NONE;
         *slot = header;
     }
-    if (signature == NULL || proof == NULL)
-        Py_RETURN_NONE;
-    Py_ssize_t size = PyBytes_GET_SIZE(proof);
-    if (size <= 0 || size > MAX_PROOF_STEPS * STEP_B64 || size % STEP_B64)
-        Py_RETURN_NONE;
     if ((key != Py_None && !PyBytes_Check(key)) || (value != Py_None && !PyBytes_Check(value)))
         Py_RETURN_NONE;
     /* Python raises for a key this long, unless it judges the header first. */
     if (key != Py_None && (unsigned long long)PyBytes_GET_SIZE(key) > 0xFFFFFFFFULL)
+        Py_RETURN_NONE;
+    if (batch != NULL) {
+        /* v1 headers beside a `retention-batch` are Python's to judge (malformed). */
+        if (signature != NULL || proof != NULL)
+            Py_RETURN_NONE;
+        return walk_v2(self, key, value, batch);
+    }
+    if (signature == NULL || proof == NULL)
+        Py_RETURN_NONE;
+    Py_ssize_t size = PyBytes_GET_SIZE(proof);
+    if (size <= 0 || size > MAX_PROOF_STEPS * STEP_B64 || size % STEP_B64)
         Py_RETURN_NONE;
     Py_ssize_t steps = size / STEP_B64;
     unsigned char nodes[MAX_PROOF_STEPS + 1][DIGEST], step[STEP];

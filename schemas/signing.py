@@ -664,7 +664,12 @@ class Verifier:
         memo's dict lookup and slice comparison do. Whatever the walker declines
         (`schemas._merkle.Walker.walk`: a repeated, null or missing header, a proof not
         of 1 to 32 well-formed steps, a key or value that is not bytes or None) takes the
-        Python path below, so every verdict is the reference's."""
+        Python path below, so every verdict is the reference's.
+
+        A proof format v2 record (one `retention-batch`, no v1 header) is walked by the
+        same C call, from its salted leaf, stopping likewise where it meets the last v2
+        walk; without the walker by `_batch_v2` (a plain walk, no memo). Its verified
+        roots are remembered with the key id, signature and salt they verified under."""
         walk = self._walk
         if walk is not None:
             walked = walk(key, value, headers)
@@ -673,6 +678,12 @@ class Verifier:
                 if walked == last_walked:
                     return last_valid
                 text, root = walked
+                if len(root) == _HALF:
+                    # Proof format v2: `text` is the value's key id, signature and salt.
+                    verdict = self._signed_root_v2(text, root)
+                    if verdict.valid:
+                        self._last = walked, verdict
+                    return verdict
                 parsed = self._parsed(text)
                 if isinstance(parsed, Checked):
                     return parsed
@@ -718,18 +729,23 @@ class Verifier:
         sides = int.from_bytes(batch[90:94], "big")
         if sides >> steps:
             return Checked(Verdict.MALFORMED)
-        known = self._raw_keys.get(batch[1:9])
-        if known is None:
+        if batch[1:9] not in self._raw_keys:
             return Checked(Verdict.UNKNOWN_KEY, batch[1:9].hex())
+        return self._signed_root_v2(batch[1:89], _root_v2(key, value, batch))
+
+    def _signed_root_v2(self, signed: bytes, root: bytes) -> Checked:
+        """The verdict on a v2 `root` under `signed`, a `retention-batch` value's key id,
+        signature and salt (its bytes 1 to 88): only verified ones are remembered, with
+        the root (at most `cache_size`)."""
+        known = self._raw_keys.get(signed[:8])
+        if known is None:
+            return Checked(Verdict.UNKNOWN_KEY, signed[:8].hex())
         public, valid = known
-        node = _root_v2(key, value, batch)
-        salt = batch[73:89]
-        # Key id, signature and salt, then the root: what a verified signature proved.
-        cached = batch[1:89] + node
+        cached = signed + root
         roots = self._roots_v2
         if cached in roots:
             roots.move_to_end(cached)
-        elif _verifies(public, batch[9:73], ROOT_CONTEXT_V2 + salt + node):
+        elif _verifies(public, signed[8:72], ROOT_CONTEXT_V2 + signed[72:] + root):
             roots[cached] = None
             if len(roots) > self._cache_size:
                 roots.popitem(last=False)

@@ -27,7 +27,9 @@ from schemas.signing import (
 )
 from tests.infra import ROOT
 from tests.test_signing import VECTOR as V1_VECTOR
-from tests.test_signing import _openssl_verifies
+from tests.test_signing import _openssl_verifies, walker
+
+__all__ = ["walker"]  # the fixture: each test taking it runs with each proof walk
 
 VECTOR: dict[str, Any] = json.loads(
     (ROOT / "schemas" / "testvectors" / "batch-v2.json").read_text(encoding="utf-8")
@@ -156,7 +158,7 @@ def _verdict(record: _Record, headers: list[tuple[str, bytes | None]]) -> Verdic
     return Verifier([SIGNER.public]).verify(record[0], record[1], headers).verdict
 
 
-def test_every_single_byte_change_of_key_value_or_header_is_refused() -> None:
+def test_every_single_byte_change_of_key_value_or_header_is_refused(walker: str) -> None:
     records = _records()
     record, header = records[0], _signed(records)[0]
     key, value = record
@@ -180,7 +182,7 @@ def test_every_single_byte_change_of_key_value_or_header_is_refused() -> None:
     assert _verdict((key, None), [(BATCH_HEADER, header)]) is Verdict.BAD_SIGNATURE
 
 
-def test_refusals_as_docs_protocol_lists_them() -> None:
+def test_refusals_as_docs_protocol_lists_them(walker: str) -> None:
     records = _records()
     first, second, third = _signed(records)
     record = records[0]
@@ -225,7 +227,7 @@ def test_refusals_as_docs_protocol_lists_them() -> None:
     assert verdict((BATCH_HEADER, swapped)) is Verdict.BAD_SIGNATURE
 
 
-def test_a_v1_root_signed_over_the_v2_root_bytes_is_still_refused() -> None:
+def test_a_v1_root_signed_over_the_v2_root_bytes_is_still_refused(walker: str) -> None:
     """Even a v1 signature over the very 16 root bytes (padded as a v1 root) is not a v2
     one: the context strings differ."""
     records = _records()

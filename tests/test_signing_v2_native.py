@@ -129,7 +129,9 @@ def test_both_roots_refuse_a_value_of_the_wrong_length_alike() -> None:
                 root(b"a", b"v", bad)
 
 
-def test_native_and_python_roots_give_the_same_verdicts_on_tampered_values() -> None:
+def test_native_and_python_walks_give_the_same_verdicts_on_tampered_values() -> None:
+    """The C walker (with its memo of the last walk), and the Python path with either
+    root function, over each record of genuine trees then each with a byte changed."""
     rng = random.Random(2026)
     records = [
         (rng.randbytes(rng.randrange(12)) or None, rng.randbytes(rng.randrange(90)) or None)
@@ -137,39 +139,54 @@ def test_native_and_python_roots_give_the_same_verdicts_on_tampered_values() -> 
     ]
     _, batches = SIGNER.sign_columns_v2([k for k, _ in records], [v for _, v in records], 32)
     chosen = signing._root_v2
-    verdicts: dict[str, list[Verdict]] = {}
-    for name, root in (("python", signing._root_v2_py), ("native", _merkle.root_v2)):
+    verdicts: dict[str, list[tuple[Verdict, str | None]]] = {}
+    ways = (
+        ("python", "python", signing._root_v2_py),
+        ("python root in C", "python", _merkle.root_v2),
+        ("native", "native", _merkle.root_v2),
+    )
+    for name, walk, root in ways:
         signing._root_v2 = root
         try:
-            verifier = Verifier([SIGNER.public])
+            with walking(walk):
+                verifier = Verifier([SIGNER.public])
             out = verdicts[name] = []
             case = random.Random(15)
             for (key, value), batch in zip(records, batches, strict=True):
                 assert batch is not None
-                out.append(verifier.verify(key, value, [(BATCH_HEADER, batch)]).verdict)
+                checked = verifier.verify(key, value, [(BATCH_HEADER, batch)])
+                out.append((checked.verdict, checked.key_id))
                 changed = bytearray(batch)
                 changed[case.randrange(len(changed))] ^= case.randrange(1, 256)
-                out.append(verifier.verify(key, value, [(BATCH_HEADER, bytes(changed))]).verdict)
+                checked = verifier.verify(key, value, [(BATCH_HEADER, bytes(changed))])
+                out.append((checked.verdict, checked.key_id))
         finally:
             signing._root_v2 = chosen
-    assert verdicts["python"] == verdicts["native"]
-    assert set(verdicts["native"][::2]) == {Verdict.VALID}
-    assert Verdict.VALID not in verdicts["native"][1::2]
-    assert {Verdict.MALFORMED, Verdict.BAD_SIGNATURE, Verdict.UNKNOWN_KEY} <= set(
-        verdicts["native"][1::2]
-    )
+    assert verdicts["python"] == verdicts["python root in C"] == verdicts["native"]
+    assert {v for v, _ in verdicts["native"][::2]} == {Verdict.VALID}
+    tampered = {v for v, _ in verdicts["native"][1::2]}
+    assert Verdict.VALID not in tampered
+    assert {Verdict.MALFORMED, Verdict.BAD_SIGNATURE, Verdict.UNKNOWN_KEY} <= tampered
 
 
-def test_the_c_walker_leaves_v1_headers_beside_a_batch_header_to_python() -> None:
+def test_the_c_walker_walks_a_lone_batch_header_and_leaves_v1_headers_beside_one() -> None:
     records: list[_Record] = [(b"user:1", b"{}"), (b"user:2", b"{}")]
     v1 = SIGNER.sign_batch(records)[0]
-    [[v2]] = [SIGNER.sign_batch_v2(records)[0]]
+    [v2] = SIGNER.sign_batch_v2(records)[0]
     with walking("native"):
         verifier = Verifier([SIGNER.public])
     walker = verifier._walk
     assert walker is not None
     assert walker(b"user:1", b"{}", v1) is not None
-    assert walker(b"user:1", b"{}", [*v1, v2]) is None
-    assert verifier.verify(b"user:1", b"{}", [*v1, v2]).verdict is Verdict.MALFORMED
-    assert verifier.verify(b"user:1", b"{}", [v2, *v1]).verdict is Verdict.MALFORMED
+    assert walker(b"user:1", b"{}", [v2]) == (
+        v2[1][1:89],
+        signing._root_v2_py(b"user:1", b"{}", v2[1]),
+    )
+    for declined in ([*v1, v2], [v2, v1[0]], [v2, v1[1]], [v2, v2], [(BATCH_HEADER, v2[1][:-1])]):
+        assert walker(b"user:1", b"{}", declined) is None
+        assert verifier.verify(b"user:1", b"{}", declined).verdict is Verdict.MALFORMED
     assert verifier.verify(b"user:1", b"{}", [v2]).valid
+    # A side bit at or above the step count: declined, then refused in Python.
+    high = v2[1][:90] + (1 | 1 << 5).to_bytes(4, "big") + v2[1][94:]
+    assert walker(b"user:1", b"{}", [(BATCH_HEADER, high)]) is None
+    assert verifier.verify(b"user:1", b"{}", [(BATCH_HEADER, high)]).verdict is Verdict.MALFORMED
