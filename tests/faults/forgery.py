@@ -380,7 +380,8 @@ async def forged_event_problems(
     )
     refused: Counter[str] = Counter()
     for letter in letters:
-        headers = {k: v.decode() for k, v in letter.headers or ()}  # type: ignore[attr-defined]
+        # The original record's headers come along, `retention-batch` binary among them.
+        headers = {k: v.decode("utf-8", "replace") for k, v in letter.headers or ()}  # type: ignore[attr-defined]
         if headers.get("retention.dlq.reason") == "bad_signature":
             refused[headers["retention.dlq.service"]] += 1
     problems = [
