@@ -3,7 +3,6 @@ from collections.abc import Callable, Iterable, Sequence
 def forest(
     keys: Sequence[bytes | None], values: Sequence[bytes | None], tree_size: int, /
 ) -> list[tuple[bytes, list[bytes]]]: ...
-
 def forest_v2(
     keys: Sequence[bytes | None],
     values: Sequence[bytes | None],
