@@ -15,10 +15,11 @@ topics (interleaved, rotated every round):
   the extension saves (absent when it is not built; `signing_hashing` in the results
   says which one `relay` used);
 * `relay_headers_only`: signed as far as the wire goes, but nothing hashed or signed:
-  every record gets a copy of the two headers of a record of a genuinely signed tree
-  (same names, same lengths), so its cost over `relay_unsigned` is what carrying the
-  headers costs (aiokafka's record builder, CRC32C, requests, the socket, the broker):
-  the floor under any signer of these wire bytes. Not verifiable; for measuring only;
+  every record gets a copy of the headers of a record of a genuinely signed tree, in the
+  proof format the relay sends (`RETENTION_RELAY_PROOF_FORMAT`; same names, same
+  lengths), so its cost over `relay_unsigned` is what carrying the headers costs
+  (aiokafka's record builder, CRC32C, requests, the socket, the broker): the floor
+  under any signer of these wire bytes. Not verifiable; for measuring only;
 * `relay_aiokafka_builder`, `relay_aiokafka_builder_unsigned`: the relay with its record
   batches written by aiokafka's builder, one Python call per record, instead of the C
   module `coordinator.kafka._recordbatch` (the fallback where it is not built; absent
@@ -288,31 +289,41 @@ async def producer_performance(
 
 @contextmanager
 def headers_only() -> Iterator[None]:
-    """While inside, `Signer.sign_columns` returns a genuinely signed tree's header values
-    instead of signing (see `relay_headers_only`)."""
-    sample = Signer(Ed25519PrivateKey.generate()).sign_batch(
-        [(f"session_logs:{n}".encode(), b"{}") for n in range(128)]
-    )
-    signatures = [headers[0][1] for headers in sample]
-    proofs: list[bytes | None] = [headers[1][1] for headers in sample]
-    sign_columns = Signer.sign_columns
+    """While inside, `Signer.sign_columns` and `sign_columns_v2` (whichever proof format
+    the relay sends) return a genuinely signed tree's header values instead of signing
+    (see `relay_headers_only`)."""
+    signer = Signer(Ed25519PrivateKey.generate())
+    keys: list[bytes | None] = [f"session_logs:{n}".encode() for n in range(128)]
+    values: list[bytes | None] = [b"{}"] * 128
+    samples = {
+        "sign_columns": signer.sign_columns(keys, values, 128),
+        "sign_columns_v2": signer.sign_columns_v2(keys, values, 128),
+    }
+    originals = {name: getattr(Signer, name) for name in samples}
 
-    def copy_headers(
-        self: Signer,
-        keys: Sequence[bytes | None],
-        values: Sequence[bytes | None],
-        tree_size: int,
-    ) -> tuple[list[bytes], list[bytes | None]]:
-        n = len(keys)
-        return list(itertools.islice(itertools.cycle(signatures), n)), list(
-            itertools.islice(itertools.cycle(proofs), n)
-        )
+    def copying(name: str) -> object:
+        first, second = samples[name]
 
-    Signer.sign_columns = copy_headers  # type: ignore[method-assign]
+        def copy_headers(
+            self: Signer,
+            keys: Sequence[bytes | None],
+            values: Sequence[bytes | None],
+            tree_size: int,
+        ) -> tuple[list[bytes | None], list[bytes | None]]:
+            n = len(keys)
+            return list(itertools.islice(itertools.cycle(first), n)), list(
+                itertools.islice(itertools.cycle(second), n)
+            )
+
+        return copy_headers
+
+    for name in samples:
+        setattr(Signer, name, copying(name))
     try:
         yield
     finally:
-        Signer.sign_columns = sign_columns  # type: ignore[method-assign]
+        for name, original in originals.items():
+            setattr(Signer, name, original)
 
 
 async def relay_drain_headers_only(

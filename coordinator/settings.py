@@ -14,7 +14,7 @@ from coordinator.policy.durations import parse_duration
 from coordinator.purge.scheduler import validate_cron
 from schemas import DEFAULT_DATABASE_URL, KafkaSettings
 from schemas.kafka import Compression
-from schemas.signing import SignatureSettings
+from schemas.signing import ProofFormat, SignatureSettings
 
 __all__ = [
     "COORDINATOR_CLIENT_ID",
@@ -163,6 +163,12 @@ class RelaySettings(BaseSettings):
         le=50_000,
         description="Records per signed Merkle tree: one Ed25519 signature each, and a proof "
         "of log2(n) steps in every record (docs/protocol.md).",
+    )
+    proof_format: ProofFormat = Field(
+        default=ProofFormat.V2,
+        description="v2: one binary `retention-batch` header per signed event (about half "
+        "v1's header bytes); v1: `retention-signature` + `retention-proof`, for services "
+        "whose SDK predates v2 (docs/protocol.md, docs/upgrading.md).",
     )
     round_claims: int = Field(
         default=4,

@@ -1,6 +1,6 @@
 """Ed25519 signatures on Kafka records (SPEC §9; byte for byte in docs/protocol.md).
 
-Two schemes, told apart by the `retention-proof` header:
+Three forms, told apart by their headers:
 
 * **per record** (the reference scheme, no proof header): the signature covers
   `signed_bytes(key, value)` directly. Services sign their registrations so, and an
@@ -10,8 +10,12 @@ Two schemes, told apart by the `retention-proof` header:
   inclusion proof, so it stays verifiable on its own. A verifier checks a root's
   signature once and remembers it and the inner nodes it walked through (`Verifier`), so
   a batch of n records costs one Ed25519 verify, log2(n) SHA-256 for its first record and
-  about two for each other. The relay signs its events so, and the SDK a batch's acks
-  (bench/signing.py).
+  about two for each other. The relay signs its events so (proof format v1), and the SDK
+  a batch's acks (bench/signing.py).
+* **per batch, compact** (proof format v2, the relay's default): the same trees over
+  salted leaves with 16-byte nodes, and one binary `retention-batch` header per record
+  carrying key id, root signature, salt and inclusion proof (about half v1's bytes: the
+  relay's rate is bound by the bytes it sends, docs/relay.md).
 """
 
 from __future__ import annotations
@@ -35,11 +39,13 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
+    "BATCH_HEADER",
     "HASHING",
     "MAX_PROOF_STEPS",
     "PROOF_HEADER",
     "SIGNATURE_HEADER",
     "Checked",
+    "ProofFormat",
     "SignableRecord",
     "SignatureMode",
     "SignatureSettings",
@@ -72,6 +78,27 @@ MAX_PROOF_STEPS = 32
 """A longer proof is refused before any hashing: it would be a tree of over 2**32 records
 (the relay's trees hold at most 50,000), and each step costs a verifier a SHA-256."""
 _PUBLIC_PREFIX = "ed25519:"
+
+BATCH_HEADER = "retention-batch"
+ROOT_CONTEXT_V2 = b"retention-root-v2\x00"
+"""A v2 root signature covers this, the tree's salt and its root: never a v1 message, so
+no v1 root signature can pass for a v2 one."""
+_FORMAT_V2 = b"\x02"
+_HALF = 16
+"""Bytes of a v2 node (SHA-256 truncated) and of a v2 salt."""
+_BATCH_FIXED = 94
+"""Bytes of a `retention-batch` value before its siblings: format 1, key id 8, signature
+64, salt 16, steps 1, sides 4."""
+
+
+class ProofFormat(StrEnum):
+    """`RETENTION_RELAY_PROOF_FORMAT`: the headers the relay proves a tree's records with."""
+
+    V1 = "v1"
+    """`retention-signature` (base64 text) and `retention-proof` (base64 steps) per record:
+    what SDKs older than proof format v2 read."""
+    V2 = "v2"
+    """One binary `retention-batch` per record (docs/protocol.md)."""
 
 
 class SigningKeyError(ValueError):
@@ -182,10 +209,16 @@ class SignableRecord(Protocol):
 class Signer:
     """Signs records with one private key."""
 
-    def __init__(self, private: Ed25519PrivateKey) -> None:
+    def __init__(
+        self, private: Ed25519PrivateKey, *, salts: Callable[[int], bytes] = os.urandom
+    ) -> None:
+        """`salts(n)`: n random bytes, the v2 trees' salts (fixed only in tests and test
+        vectors: a salt must be unpredictable to whoever chose a tree's records)."""
         self._private = private
+        self._salts = salts
         self.public = private.public_key()
         self.key_id = key_id(self.public)
+        self._key_id_raw = bytes.fromhex(self.key_id)
 
     @classmethod
     def from_file(cls, path: Path | str) -> Signer:
@@ -259,6 +292,47 @@ class Signer:
             proofs += tree_proofs
         return signatures, proofs
 
+    def sign_columns_v2(
+        self,
+        keys: Sequence[bytes | None],
+        values: Sequence[bytes | None],
+        tree_size: int,
+    ) -> tuple[list[bytes | None], list[bytes | None]]:
+        """Proof format v2 of `sign_columns`: each record's `retention-signature` and
+        `retention-batch` header values, in order, exactly one of the two not None (a
+        tree of one is signed per record, as in v1). One Ed25519 signature and one fresh
+        16-byte salt per tree."""
+        if tree_size < 1:
+            raise ValueError("a signature tree holds at least one record")
+        n = len(keys)
+        batches = _forest_v2(
+            keys,
+            values,
+            tree_size,
+            self._salts(_HALF * -(-n // tree_size)),
+            self._private.sign,
+            self._key_id_raw,
+        )
+        signatures: list[bytes | None] = [None] * n
+        # Trees of one: every record when trees hold one, else at most the last record.
+        singles = range(n) if tree_size == 1 else range(n - 1 if n % tree_size == 1 else n, n)
+        for i in singles:
+            signatures[i] = self._header(signed_bytes(keys[i], values[i]))[1]
+        return signatures, batches
+
+    def sign_batch_v2(self, records: Sequence[tuple[bytes | None, bytes | None]]) -> list[Headers]:
+        """`sign_batch` in proof format v2: one `retention-batch` header per record (a
+        batch of one: the per-record signature)."""
+        signatures, batches = self.sign_columns_v2(
+            [k for k, _ in records], [v for _, v in records], max(len(records), 1)
+        )
+        return [
+            [(SIGNATURE_HEADER, signature)]
+            if signature is not None
+            else [(BATCH_HEADER, cast("bytes", batch))]
+            for signature, batch in zip(signatures, batches, strict=True)
+        ]
+
 
 _Forest = list[tuple[bytes, list[bytes]]]
 """Per tree, in order: the message its signature covers and each record's
@@ -307,8 +381,100 @@ def _forest_py(
     return forest
 
 
+def _forest_v2_py(
+    keys: Sequence[bytes | None],
+    values: Sequence[bytes | None],
+    tree_size: int,
+    salts: bytes,
+    sign: Callable[[bytes], bytes],
+    kid: bytes,
+) -> list[bytes | None]:
+    """Trees of `tree_size` consecutive records, as `_forest_py`, in proof format v2: each
+    record's `retention-batch` header value (None for a tree of one, signed per record).
+    Tree t's salt is `salts[16 * t : 16 * t + 16]`; `sign` signs each tree's root message
+    and `kid` is the signing key's id as 8 bytes.
+
+    The reference for `schemas._merkle.forest_v2` (the same bytes)."""
+    if tree_size < 1:
+        raise ValueError("a signature tree holds at least one record")
+    if len(kid) != 8:
+        raise ValueError("a key id is 8 bytes")
+    if len(salts) < _HALF * -(-len(keys) // tree_size):
+        raise ValueError("16 bytes of salt per tree")
+    sha256 = hashlib.sha256
+    out: list[bytes | None] = []
+    for tree, start in enumerate(range(0, len(keys), tree_size)):
+        tree_keys, tree_values = keys[start : start + tree_size], values[start : start + tree_size]
+        if len(tree_keys) == 1:
+            out.append(None)
+            continue
+        salt = salts[_HALF * tree : _HALF * tree + _HALF]
+        level = [
+            sha256(_LEAF + salt + signed_bytes(k, v)).digest()[:_HALF]
+            for k, v in zip(tree_keys, tree_values, strict=True)
+        ]
+        # Per leaf: its steps' sides (bit i set: step i's sibling is on the right) and
+        # siblings, from the leaf up; `at` is the leaf's node index on the current level.
+        sides = [0] * len(level)
+        siblings: list[list[bytes]] = [[] for _ in level]
+        at = list(range(len(level)))
+        while len(level) > 1:
+            for leaf, index in enumerate(at):
+                sibling = index ^ 1
+                if sibling < len(level):
+                    if sibling > index:
+                        sides[leaf] |= 1 << len(siblings[leaf])
+                    siblings[leaf].append(level[sibling])
+                at[leaf] = index // 2
+            # Neighbours paired left to right; the odd one out moves up unchanged.
+            level = [
+                sha256(_NODE + level[i] + level[i + 1]).digest()[:_HALF]
+                if i + 1 < len(level)
+                else level[i]
+                for i in range(0, len(level), 2)
+            ]
+        signature = sign(ROOT_CONTEXT_V2 + salt + level[0])
+        if len(signature) != 64:
+            raise ValueError("sign() returns the 64 bytes of a signature")
+        prefix = _FORMAT_V2 + kid + signature + salt
+        out += [
+            prefix + bytes([len(path)]) + side.to_bytes(4, "big") + b"".join(path)
+            for side, path in zip(sides, siblings, strict=True)
+        ]
+    return out
+
+
+def _root_v2_py(key: bytes | None, value: bytes | None, batch: bytes) -> bytes:
+    """The root a `retention-batch` value's proof leads to from the record's salted leaf.
+    The value must be 94 + 16 * n bytes with n of 1 to 32 (ValueError), which the verifier
+    checks first, with the rest of its shape. The reference for `schemas._merkle.root_v2`."""
+    steps = batch[89] if len(batch) >= _BATCH_FIXED else 0
+    if not 1 <= steps <= MAX_PROOF_STEPS or len(batch) != _BATCH_FIXED + _HALF * steps:
+        raise ValueError("not a retention-batch value's length")
+    sides = int.from_bytes(batch[90:94], "big")
+    node = _sha256(_LEAF + batch[73:89] + signed_bytes(key, value)).digest()[:_HALF]
+    for at in range(_BATCH_FIXED, len(batch), _HALF):
+        sibling = batch[at : at + _HALF]
+        node = _sha256(_NODE + node + sibling if sides & 1 else _NODE + sibling + node).digest()[
+            :_HALF
+        ]
+        sides >>= 1
+    return node
+
+
 _Hashing = Literal["native", "python"]
 _Forester = Callable[[Sequence[bytes | None], Sequence[bytes | None], int], _Forest]
+_ForesterV2 = Callable[
+    [
+        Sequence[bytes | None],
+        Sequence[bytes | None],
+        int,
+        bytes,
+        Callable[[bytes], bytes],
+        bytes,
+    ],
+    list[bytes | None],
+]
 
 
 class _Walker(Protocol):
@@ -321,25 +487,27 @@ class _Walker(Protocol):
     ) -> tuple[bytes, bytes] | None: ...
 
 
-def _choose() -> tuple[_Forester, Callable[[], _Walker] | None, _Hashing]:
+_RootV2 = Callable[[bytes | None, bytes | None, bytes], bytes]
+
+
+def _choose() -> tuple[_Forester, _ForesterV2, _RootV2, Callable[[], _Walker] | None, _Hashing]:
     try:
-        from schemas._merkle import forest
+        from schemas._merkle import Walker, forest, forest_v2, root_v2
     except ImportError:
         # Built only where a C compiler and OpenSSL's headers were at install (setup.py).
-        return _forest_py, None, "python"
-    try:
-        from schemas._merkle import Walker
-    except ImportError:
-        # A build from before the walk was in C still signs natively.
-        return forest, None, "native"
-    return forest, Walker, "native"
+        # A build older than proof format v2 is not used at all: its walker would judge
+        # a record's v1 headers without seeing a `retention-batch` beside them.
+        return _forest_py, _forest_v2_py, _root_v2_py, None, "python"
+    return forest, forest_v2, root_v2, Walker, "native"
 
 
-_forest, _walker, HASHING = _choose()
-"""Which `_forest` signs: `native` (schemas/_merkle.c) or `python` (`_forest_py`), chosen
-once at import; the relay logs it when it starts (docs/relay.md). With `native`, each
-`Verifier` walks batch-signed records' proofs with a `schemas._merkle.Walker` (`_walker`)
-too; with `python` (None) in `Verifier._batch_valid`."""
+_forest, _forest_v2, _root_v2, _walker, HASHING = _choose()
+"""Which `_forest` and `_forest_v2` sign: `native` (schemas/_merkle.c) or `python`
+(`_forest_py`, `_forest_v2_py`), chosen once at import; the relay logs it when it starts
+(docs/relay.md). With `native`, each `Verifier` walks v1 batch-signed records' proofs with
+a `schemas._merkle.Walker` (`_walker`) and v2 ones with `root_v2` (`_root_v2`) too; with
+`python`, `_walker` is None (`Verifier._batch_valid` walks) and `_root_v2` is
+`_root_v2_py`."""
 
 
 def merkle_proofs(
@@ -435,6 +603,15 @@ class Verifier:
         # Fixed for the verifier's life: the memo, the parsed headers and the root cache
         # all stand for checks made under these keys (a rotation builds a new Verifier).
         self._keys = {key_id(k): k for k in public_keys}
+        self._raw_keys = {
+            bytes.fromhex(kid): (public, Checked(Verdict.VALID, kid))
+            for kid, public in self._keys.items()
+        }
+        """The keys by their id's 8 bytes (what a `retention-batch` value carries), each with
+        its VALID verdict."""
+        self._roots_v2: OrderedDict[bytes, None] = OrderedDict()
+        """Proof format v2's verified roots (at most `cache_size`), each with the key id,
+        signature and salt it verified under: a tree's other records cost their walk only."""
         self._walk = _walker().walk if _walker is not None else None
         self._last: tuple[tuple[bytes, bytes] | None, Checked] = (None, Checked(Verdict.VALID))
         """The last (signature header, root) the C walk found valid, and its verdict: a
@@ -487,7 +664,12 @@ class Verifier:
         memo's dict lookup and slice comparison do. Whatever the walker declines
         (`schemas._merkle.Walker.walk`: a repeated, null or missing header, a proof not
         of 1 to 32 well-formed steps, a key or value that is not bytes or None) takes the
-        Python path below, so every verdict is the reference's."""
+        Python path below, so every verdict is the reference's.
+
+        A proof format v2 record (one `retention-batch`, no v1 header) is walked by the
+        same C call, from its salted leaf, stopping likewise where it meets the last v2
+        walk; without the walker by `_batch_v2` (a plain walk, no memo). Its verified
+        roots are remembered with the key id, signature and salt they verified under."""
         walk = self._walk
         if walk is not None:
             walked = walk(key, value, headers)
@@ -496,6 +678,12 @@ class Verifier:
                 if walked == last_walked:
                     return last_valid
                 text, root = walked
+                if len(root) == _HALF:
+                    # Proof format v2: `text` is the value's key id, signature and salt.
+                    verdict = self._signed_root_v2(text, root)
+                    if verdict.valid:
+                        self._last = walked, verdict
+                    return verdict
                 parsed = self._parsed(text)
                 if isinstance(parsed, Checked):
                     return parsed
@@ -505,6 +693,7 @@ class Verifier:
                 return parsed[3]
         signature: bytes | None = None
         proof: bytes | None = None
+        batch: bytes | None = None
         for name, header in headers:
             if name == SIGNATURE_HEADER:
                 if signature is not None:
@@ -514,10 +703,55 @@ class Verifier:
                 if proof is not None:
                     return Checked(Verdict.MALFORMED)
                 proof = header if isinstance(header, bytes) else _NULL
+            elif name == BATCH_HEADER:
+                if batch is not None:
+                    return Checked(Verdict.MALFORMED)
+                batch = header if isinstance(header, bytes) else _NULL
+        if batch is not None:
+            if signature is not None or proof is not None or batch is _NULL:
+                return Checked(Verdict.MALFORMED)
+            return self._batch_v2(key, value, batch)
         if signature is None or proof is None or signature is _NULL or proof is _NULL:
             return self._judged(key, value, signature, proof)
         checked = self._batch_valid(key, value, signature, proof)
         return self._judged(key, value, signature, proof) if checked is None else checked
+
+    def _batch_v2(self, key: bytes | None, value: bytes | None, batch: bytes) -> Checked:
+        """The verdict on a record carrying one `retention-batch` value and no v1 header,
+        each check in the order docs/protocol.md lists: the value's shape, the key id,
+        then the walk from the record's salted leaf to a root its signature must sign."""
+        size = len(batch)
+        if size < _BATCH_FIXED or batch[0] != 2:
+            return Checked(Verdict.MALFORMED)
+        steps = batch[89]
+        if not 1 <= steps <= MAX_PROOF_STEPS or size != _BATCH_FIXED + _HALF * steps:
+            return Checked(Verdict.MALFORMED)
+        sides = int.from_bytes(batch[90:94], "big")
+        if sides >> steps:
+            return Checked(Verdict.MALFORMED)
+        if batch[1:9] not in self._raw_keys:
+            return Checked(Verdict.UNKNOWN_KEY, batch[1:9].hex())
+        return self._signed_root_v2(batch[1:89], _root_v2(key, value, batch))
+
+    def _signed_root_v2(self, signed: bytes, root: bytes) -> Checked:
+        """The verdict on a v2 `root` under `signed`, a `retention-batch` value's key id,
+        signature and salt (its bytes 1 to 88): only verified ones are remembered, with
+        the root (at most `cache_size`)."""
+        known = self._raw_keys.get(signed[:8])
+        if known is None:
+            return Checked(Verdict.UNKNOWN_KEY, signed[:8].hex())
+        public, valid = known
+        cached = signed + root
+        roots = self._roots_v2
+        if cached in roots:
+            roots.move_to_end(cached)
+        elif _verifies(public, signed[8:72], ROOT_CONTEXT_V2 + signed[72:] + root):
+            roots[cached] = None
+            if len(roots) > self._cache_size:
+                roots.popitem(last=False)
+        else:
+            return Checked(Verdict.BAD_SIGNATURE, valid.key_id)
+        return valid
 
     def _batch_valid(
         self, key: bytes | None, value: bytes | None, text: bytes, proof: bytes

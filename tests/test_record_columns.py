@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from coordinator.kafka import recordbatch
 from coordinator.kafka.producer import OutgoingRecord, RecordColumns
-from schemas.signing import PROOF_HEADER, SIGNATURE_HEADER, Signer
+from schemas.signing import BATCH_HEADER, PROOF_HEADER, SIGNATURE_HEADER, Signer
 from tests.native import native_or_skip
 from tests.test_recordbatch import STATE, TIMESTAMP, by_partition, expected, kafka_placement
 
@@ -205,3 +205,37 @@ def test_sign_columns_gives_the_headers_sign_in_place_appends(
     signatures, proofs = SIGNER.sign_columns(keys, values, tree_size)
     columns = RecordColumns(keys, values, (SIGNATURE_HEADER, PROOF_HEADER), [signatures, proofs])
     assert list(columns) == records
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(0, 400),
+    tree_size=st.sampled_from([1, 2, 3, 7, 128]),
+    tombstones=st.booleans(),
+)
+def test_v2_columns_give_each_record_the_headers_sign_batch_v2_gives_its_tree(
+    n: int, tree_size: int, tombstones: bool
+) -> None:
+    """Proof format v2 as the relay sends it: one `retention-batch` per record, or a tree
+    of one's `retention-signature`, and through the C record batches the same bytes."""
+    keys: list[bytes | None] = [f"user:{i}".encode() for i in range(n)]
+    values: list[bytes | None] = [
+        None if tombstones and i % 5 == 0 else b"v" * (i % 50) for i in range(n)
+    ]
+    salt = bytes(range(16))
+    signer = Signer(SIGNER._private, salts=lambda size: salt * (size // 16))
+    signatures, batches = signer.sign_columns_v2(keys, values, tree_size)
+    columns = RecordColumns(keys, values, (SIGNATURE_HEADER, BATCH_HEADER), [signatures, batches])
+    expected: list[list[tuple[str, bytes]]] = []
+    for start in range(0, n, tree_size):
+        pairs = list(
+            zip(keys[start : start + tree_size], values[start : start + tree_size], strict=True)
+        )
+        expected += signer.sign_batch_v2(pairs)
+    assert [record.headers for record in columns] == expected
+    if n:
+        got = recordbatch.fill_columns(columns, [0, 1, 2], None, 1 << 16)
+        want = recordbatch.fill(list(columns), [0, 1, 2], None, 1 << 16)
+        for (p, batch, indexes), (q, other, others) in zip(got, want, strict=True):
+            assert (p, indexes) == (q, others)
+            assert batch._batch[61:] == other._batch[61:]

@@ -243,7 +243,9 @@ class Republisher:
             progress(len(events))
 
     def records(self, events: Sequence[RetentionEvent], *, reason: str) -> list[OutgoingRecord]:
-        """Key, value and headers exactly as the relay writes them, plus the reason."""
+        """Key, value and event id as the relay writes them, plus the reason, signed in
+        proof format v1 whatever the relay's (every SDK version reads v1; re-published
+        events are few, so their header bytes do not matter)."""
         pairs = [(e.key.encode(), encode(e)) for e in events]
         signed = self._signer.sign_batch(pairs) if self._signer is not None else [[] for _ in pairs]
         return [

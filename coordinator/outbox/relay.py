@@ -60,7 +60,14 @@ from coordinator.store.tables import outbox_batches, outbox_marks
 from schemas import KafkaSettings, RetryPolicy, Stopped, is_transient, retry
 from schemas.collector import fewer_collections
 from schemas.errors import error_text
-from schemas.signing import HASHING, PROOF_HEADER, SIGNATURE_HEADER, SignatureSettings
+from schemas.signing import (
+    BATCH_HEADER,
+    HASHING,
+    PROOF_HEADER,
+    SIGNATURE_HEADER,
+    ProofFormat,
+    SignatureSettings,
+)
 
 __all__ = [
     "AUDIT_ACTION",
@@ -81,8 +88,13 @@ _RELAY_LOCK = 0x72656C79
 """The advisory lock the leading relay holds for the length of each round."""
 
 _UNSIGNED = ("event_id",)
-_SIGNED = ("event_id", SIGNATURE_HEADER, PROOF_HEADER)
-"""Each record's headers, in this order (SPEC §9); a tree of one carries no proof."""
+_SIGNED = {
+    ProofFormat.V1: ("event_id", SIGNATURE_HEADER, PROOF_HEADER),
+    ProofFormat.V2: ("event_id", SIGNATURE_HEADER, BATCH_HEADER),
+}
+"""Each record's headers, in this order (SPEC §9, docs/protocol.md), by proof format: a
+tree of one carries the signature alone; in v2 every other record `retention-batch`
+alone."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +311,7 @@ class OutboxRelay:
             topic=self._topic,
             signing_key_id=signer.key_id if signer is not None else None,
             signature_hashing=HASHING if signer is not None else None,
+            proof_format=self._settings.proof_format.value if signer is not None else None,
             # Who writes the record batches: the C module or aiokafka (docs/relay.md).
             record_batches=recordbatch.BUILDER,
             # Who makes each batch's ids, keys and values: the C module or Python.
@@ -517,10 +530,13 @@ class OutboxRelay:
         else:
             # One Ed25519 signature per `signature_batch` records (a Merkle root), a proof
             # in each: smaller trees keep the proof header short, larger ones sign less.
-            signatures, proofs = self._signer.sign_columns(
-                keys, values, self._settings.signature_batch
+            tree, proof_format = self._settings.signature_batch, self._settings.proof_format
+            signatures, proofs = (
+                self._signer.sign_columns_v2(keys, values, tree)
+                if proof_format is ProofFormat.V2
+                else self._signer.sign_columns(keys, values, tree)
             )
-            chunk = RecordColumns(keys, values, _SIGNED, [ids, signatures, proofs])
+            chunk = RecordColumns(keys, values, _SIGNED[proof_format], [ids, signatures, proofs])
         try:
             # Enqueueing awaits topic metadata, which can hang (aiokafka#759).
             async with asyncio.timeout_at(claim.deadline):

@@ -5,8 +5,10 @@ a service nobody declared; unsigned, or signed with a key nobody declared, in a 
 service's name; a genuine signature moved onto another ack; and, signed with the
 service's own key (a stolen key), acks for a type it does not handle, for another entity
 and for an event that does not exist. Besides: events written straight to the events
-topic (unsigned, foreign key, a real batch's signature and proof on another value), for
-held users; forged registrations and tombstones; verbatim replays of genuine acks.
+topic (unsigned, foreign key, a real batch's signature and proof on another value, and
+proof format v2 headers each one defect away from valid: a tampered sibling, another
+tree's salt, a v1 root signature of the coordinator's key, a truncated value), for held
+users; forged registrations and tombstones; verbatim replays of genuine acks.
 `forgery_problems` checks the ack ledger's reasons, `retention_acks_rejected{reason}`,
 `retention report` and that no forged service became an expected acknowledger.
 """
@@ -14,6 +16,7 @@ held users; forged registrations and tombstones; verbatim replays of genuine ack
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import random
 import uuid
@@ -39,7 +42,7 @@ from schemas import (
     decode,
     encode,
 )
-from schemas.signing import SIGNATURE_HEADER, Signer
+from schemas.signing import BATCH_HEADER, SIGNATURE_HEADER, Signer
 from tests import keys
 from tests.e2e.harness import Stack, run_cli, wait_for
 from tests.faults.world import ENTITY_SERVICES
@@ -241,8 +244,10 @@ class ForgedEvents:
 
 async def forge_events(stack: Stack, rng: random.Random, users: Sequence[str]) -> ForgedEvents:
     """Delete events for `users` (held ones: nothing may touch them) written straight to
-    the events topic: unsigned, signed with a foreign key, and carrying a real record's
-    signature and proof. No service may act on or acknowledge any of them."""
+    the events topic: unsigned, signed with a foreign key, carrying a real record's
+    signature and proof, or a proof format v2 header one defect away from what the
+    coordinator's key would have signed (see `_one_defect_v2`). No service may act on or
+    acknowledge any of them."""
     real = await _read(stack.kafka, stack.kafka.topics.events, at_least=1)
     borrowed = list(real[0].headers)  # type: ignore[attr-defined]
     records: list[tuple[bytes | None, bytes | None, Headers]] = []
@@ -261,10 +266,41 @@ async def forge_events(stack: Stack, rng: random.Random, users: Sequence[str]) -
         )
         ids.add(event.event_id)
         key, value = event.key.encode(), encode(event)
-        headers = [[], MALLORY.sign_record(key, value), borrowed][n % 3]
+        kind = n % (3 + len(V2_DEFECTS))
+        if kind < 3:
+            headers = [[], MALLORY.sign_record(key, value), borrowed][kind]
+        else:
+            headers = _one_defect_v2(rng, key, value, V2_DEFECTS[kind - 3])
         records.append((key, value, headers))
     await _produce(stack.kafka, stack.kafka.topics.events, records)
     return ForgedEvents(ids, len(records))
+
+
+V2_DEFECTS = ("tampered_sibling", "swapped_salt", "v1_root_signature", "truncated")
+
+
+def _one_defect_v2(rng: random.Random, key: bytes, value: bytes, defect: str) -> Headers:
+    """A `retention-batch` header for this record that the coordinator's key genuinely
+    signed (a tree of the record and a decoy), then changed by one `defect`: a sibling's
+    byte flipped, the salt of another tree, the coordinator's genuine v1 root signature
+    of the same records in place of the v2 one, or its last byte cut. The genuine header
+    is never sent."""
+    coordinator = keys.signer(keys.COORDINATOR)
+    pairs: list[tuple[bytes | None, bytes | None]] = [(key, value), (key, value + b" ")]
+    [[(name, genuine)], _] = coordinator.sign_batch_v2(pairs)
+    assert name == BATCH_HEADER
+    if defect == "tampered_sibling":
+        at = rng.randrange(94, len(genuine))
+        forged = genuine[:at] + bytes([genuine[at] ^ 1]) + genuine[at + 1 :]
+    elif defect == "swapped_salt":
+        [[(_, other)], _] = coordinator.sign_batch_v2(pairs)
+        forged = genuine[:73] + other[73:89] + genuine[89:]
+    elif defect == "v1_root_signature":
+        v1 = base64.b64decode(coordinator.sign_batch(pairs)[0][0][1].split(b":", 1)[1])
+        forged = genuine[:9] + v1 + genuine[73:]
+    else:
+        forged = genuine[:-1]
+    return [(BATCH_HEADER, forged)]
 
 
 async def forge_registrations(stack: Stack, services: Sequence[str]) -> int:
@@ -344,7 +380,8 @@ async def forged_event_problems(
     )
     refused: Counter[str] = Counter()
     for letter in letters:
-        headers = {k: v.decode() for k, v in letter.headers or ()}  # type: ignore[attr-defined]
+        # The original record's headers come along, `retention-batch` binary among them.
+        headers = {k: v.decode("utf-8", "replace") for k, v in letter.headers or ()}  # type: ignore[attr-defined]
         if headers.get("retention.dlq.reason") == "bad_signature":
             refused[headers["retention.dlq.service"]] += 1
     problems = [

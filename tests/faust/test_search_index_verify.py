@@ -24,7 +24,8 @@ async def test_faust_service_answers_verify_events(
     # In one partition's order: the delete first, then both verify events.
     verify_gone = event("gone", action=EventType.VERIFY)
     verify_kept = event("kept", action=EventType.VERIFY)
-    await produce(topics, [delete, verify_gone, verify_kept])
+    # A tree of two as the relay signs them (proof format v2), then a tree of one.
+    await produce(topics, [delete, verify_gone, verify_kept], tree=2)
     proc = start(topics, fresh_database, "-m", "services.search_index")
     try:
         acks = [

@@ -25,7 +25,7 @@ from coordinator.store.migrate import upgrade
 from coordinator.store.tables import audit_log
 from schemas import EventType, KafkaSettings, encode
 from schemas.dlq import DlqHeader, DlqReason, dlq_headers
-from schemas.signing import SignatureSettings
+from schemas.signing import BATCH_HEADER, PROOF_HEADER, SIGNATURE_HEADER, SignatureSettings
 from tests import infra, keys
 from tests.integration.operations_support import FAST, event_states, run_cli
 from tests.integration.tracking_support import drain, insert_published, make_tracker
@@ -103,7 +103,8 @@ async def test_a_fixed_service_is_redriven_from_the_dlq_and_its_events_complete(
             for r in await read_topic(topics, topics.topics.events, expect=3)
             if r.key == f"{entity_type}:a".encode()
         ]
-        unsigned = [(k, v) for k, v in record.headers if not k.startswith("retention-sig")]
+        signature_headers = (SIGNATURE_HEADER, PROOF_HEADER, BATCH_HEADER)
+        unsigned = [(k, v) for k, v in record.headers if k not in signature_headers]
         await _dead_letter(
             topics, record.key, record.value, unsigned, service, topics.topics.events
         )

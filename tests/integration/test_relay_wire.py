@@ -1,21 +1,25 @@
 """What the relay stores on the real broker, record by record: the value `schemas.encode`
-writes, the key, and SPEC §9's headers in order (`event_id`, `retention-signature`,
-`retention-proof`; a signature tree of one without a proof), every record verifying on
-its own. Entity ids that JSON escapes and non-ASCII ones go through the escaping path,
-the others through the C expansion where built (docs/relay.md)."""
+writes, the key, and SPEC §9's headers in order (proof format v2: `event_id`,
+`retention-batch`; v1: `event_id`, `retention-signature`, `retention-proof`; a signature
+tree of one: `event_id`, `retention-signature`), every record verifying on its own.
+Entity ids that JSON escapes and non-ASCII ones go through the escaping path, the others
+through the C expansion where built (docs/relay.md)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.outbox.relay import OutboxRelay
 from coordinator.settings import RelaySettings
 from schemas import KafkaSettings, RetentionEvent, decode, encode
 from schemas.signing import (
+    BATCH_HEADER,
     PROOF_HEADER,
     SIGNATURE_HEADER,
+    ProofFormat,
     SignatureSettings,
     Verdict,
     format_public_key,
@@ -28,8 +32,9 @@ from tests.outbox import insert_rows, outbox_rows, read_records
 AWKWARD = ['say "hi"', "back\\slash", "tab\there", "Zoë 東京 🙂", "</script>"]
 
 
+@pytest.mark.parametrize("proof_format", list(ProofFormat))
 async def test_every_record_is_the_encoded_event_with_its_headers_and_verifies(
-    engine: AsyncEngine, topics: KafkaSettings, tmp_path: Path
+    engine: AsyncEngine, topics: KafkaSettings, tmp_path: Path, proof_format: ProofFormat
 ) -> None:
     key_file, _ = generate_key_files(tmp_path, "coordinator")
     public = format_public_key(load_private_key(key_file).public_key())
@@ -37,7 +42,9 @@ async def test_every_record_is_the_encoded_event_with_its_headers_and_verifies(
     rows = outbox_rows(257, entity_ids=ids)
     await insert_rows(engine, rows)
     signing = SignatureSettings(signing_key_file=key_file)
-    settings = RelaySettings(batch_size=1000, idle_sleep_s=0.05, backoff_initial_s=0.05)
+    settings = RelaySettings(
+        batch_size=1000, idle_sleep_s=0.05, backoff_initial_s=0.05, proof_format=proof_format
+    )
     async with OutboxRelay(engine, topics, settings=settings, signatures=signing) as relay:
         assert await relay.drain(timeout_s=60) == len(rows)
 
@@ -53,9 +60,14 @@ async def test_every_record_is_the_encoded_event_with_its_headers_and_verifies(
         assert event.entity_id == row["entity_id"]
         assert record.key == f"user:{row['entity_id']}".encode()
         names = [name for name, _ in record.headers]
-        assert names[:2] == ["event_id", SIGNATURE_HEADER]
-        assert names[2:] in ([PROOF_HEADER], [])
-        alone += names[2:] == []
+        if names == ["event_id", SIGNATURE_HEADER]:
+            alone += 1
+        elif proof_format is ProofFormat.V1:
+            assert names == ["event_id", SIGNATURE_HEADER, PROOF_HEADER]
+        else:
+            assert names == ["event_id", BATCH_HEADER]
+            # Trees of 128: seven steps of 16 bytes.
+            assert len(record.headers[1][1]) == 94 + 7 * 16
         assert dict(record.headers)["event_id"] == str(event.event_id).encode()
         checked = verifier.verify(record.key, record.value, record.headers)
         assert checked.verdict is Verdict.VALID

@@ -107,7 +107,8 @@ async def test_failing_event_mid_batch_commits_the_others_and_holds_back_its_key
             raise ConnectionError("downstream unavailable")
         return 1
 
-    await produce(kafka, [a, b, flaky, c, flaky_later, doomed, doomed_later])
+    # Trees of three as the relay signs them (proof format v2), the last a tree of one.
+    await produce(kafka, [a, b, flaky, c, flaky_later, doomed, doomed_later], tree=3)
     await app.start()
     try:
         acks = await acks_of(kafka, expect=7)

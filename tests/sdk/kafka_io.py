@@ -28,7 +28,8 @@ async def produce(
     """Events (keyed as the relay keys them) or raw (key, value) pairs, in order, each
     signed as the coordinator signs (None: unsigned, like a forger without the key), to
     `topic` (default: the events topic). `tree` > 1 signs `tree` consecutive records at a
-    time, one Merkle root each, as the relay does (`RETENTION_RELAY_SIGNATURE_BATCH`)."""
+    time, one Merkle root each, as the relay does (`RETENTION_RELAY_SIGNATURE_BATCH`), in
+    its default proof format v2 (a tree of one: per record)."""
     pairs = [
         (item.key.encode(), encode(item)) if isinstance(item, RetentionEvent) else item
         for item in records
@@ -39,7 +40,7 @@ async def produce(
         if signer is None:
             signed += [[] for _ in chunk]
         else:
-            signed += signer.sign_batch(chunk) if tree > 1 else [signer.sign_record(*chunk[0])]
+            signed += signer.sign_batch_v2(chunk) if tree > 1 else [signer.sign_record(*chunk[0])]
     producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all", enable_idempotence=True)
     await producer.start()
     try:
