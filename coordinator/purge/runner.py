@@ -464,10 +464,6 @@ class Runner:
             except BaseException:
                 # The other range stops after its batch in flight, which commits whole.
                 halt.set()
-                # This range's failed batch ends now, not when the run waits for the
-                # other one: its locks may hold up a hold's creation with the other
-                # range's next batch queued behind it (a wait PostgreSQL cannot see).
-                await on.rollback()
                 raise
 
         async with self.engine.connect() as other:

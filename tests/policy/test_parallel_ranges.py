@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import threading
-import time
 from typing import Any
 
 import pytest
@@ -19,14 +17,13 @@ from coordinator.clock import FrozenClock
 from coordinator.evidence import audit
 from coordinator.outbox.events import event_id_texts
 from coordinator.policy.model import parse_policies
-from coordinator.purge.holds import HOLD_LOCK, create_hold, entity_types
+from coordinator.purge.holds import create_hold, entity_types
 from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
 from coordinator.store.tables import audit_log, legal_hold_entities, legal_holds, outbox_batches
 from demo.seed_data import orders
 from tests.policy import test_batch_statements as statements
 from tests.policy.conftest import NOW, add_orders
-from tests.policy.test_pipelined_hold_race import creation_queued, in_thread
 
 POLICY = parse_policies(statements.POLICY.format(fan_out="true"))
 DUE = range(1, 201)
@@ -232,56 +229,3 @@ async def test_a_run_failing_half_way_then_run_again_loses_nothing_and_repeats_n
     async with engine.connect() as conn:
         rows = (await conn.execute(select(func.count()).select_from(outbox_batches))).scalar()
     assert batches == rows
-
-
-@pytest.mark.parametrize("failing", ["act", "record"])
-async def test_a_batch_failing_with_a_hold_queued_behind_it_ends_both_ranges(
-    engine: AsyncEngine, clock: FrozenClock, settings: Settings, coordinator_db: str, failing: str
-) -> None:
-    """test_pipelined_hold_race's hang across the ranges: a batch of one range holds the
-    shared hold lock, a hold's creation queues for it exclusively, the other range's
-    next batch queues behind the creation, then the first batch fails. Unless the failed
-    range's transaction ends before the run waits for the other range, nothing moves."""
-    await _setup(engine)
-    records = 0
-    created = threading.Event()
-
-    async def create(other: AsyncEngine) -> None:
-        async with other.begin() as conn:
-            await conn.execute(select(func.pg_advisory_xact_lock(HOLD_LOCK)))
-        created.set()
-
-    def queue_creation() -> None:
-        threading.Thread(target=in_thread, args=(coordinator_db, create)).start()
-        deadline = time.monotonic() + 20
-        while not in_thread(coordinator_db, creation_queued):
-            assert time.monotonic() < deadline, "the hold's creation never queued"
-            time.sleep(0.02)
-
-    def interleave(*args: Any) -> None:
-        nonlocal records
-        flat = " ".join(args[2].split())
-        # The first range's first batch: its hold lock taken, its delete refused.
-        first = not records and args[4].compiled_parameters[0].get("until") is not None
-        if failing == "act" and first and re.search(r"^WITH .*DELETE FROM orders", flat):
-            records += 1
-            queue_creation()
-            raise Refused("the first range's delete")
-        if failing == "record" and flat.startswith("WITH batch AS (INSERT INTO retention_outbox"):
-            records += 1
-            if records == 3:
-                queue_creation()
-                raise Refused("the third batch's outbox row")
-
-    event.listen(engine.sync_engine, "before_cursor_execute", interleave)
-    try:
-        async with asyncio.timeout(30):
-            report = await Runner(engine, POLICY, _parallel(settings, 2), clock=clock).run()
-    except TimeoutError:
-        pytest.fail("the run hung behind the hold's creation")
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", interleave)
-    assert created.wait(30), "the hold's creation never went through"
-    assert report.outcomes[0].status == "error"
-    events = await _events(engine)
-    assert {int(e) for _, e in events} == set(DUE) - await _left(engine)
