@@ -414,15 +414,6 @@ class Settings(BaseSettings):
         "transaction on its own connection: the next one deletes while this one records "
         "itself and commits (docs/policies.md); 1: one after the other.",
     )
-    purge_parallel: int = Field(
-        default=1,
-        ge=1,
-        le=2,
-        description="Key ranges of a delete policy's run deleted at once (no `before_purge` "
-        "hook, no `restore_window`, no `max_rows_per_run` unless forced): 2 splits the due "
-        "rows at their middle key at the run's start and walks both halves in parallel, "
-        "each on connections of its own (docs/policies.md); 1: one range.",
-    )
     schedule: str = Field(
         default="0 3 * * *",
         description="Cron expression (UTC) of the global run; policies with their own "

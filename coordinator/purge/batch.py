@@ -382,9 +382,9 @@ class RunStatements:
     _built: dict[tuple[Any, ...], tuple[Any, Window]] = field(default_factory=dict)
 
     def get(
-        self, bound: BoundPolicy, *, cutoff: datetime, now: datetime, starts: bool, ends: bool
+        self, bound: BoundPolicy, *, cutoff: datetime, now: datetime, starts: bool
     ) -> tuple[Any, Window] | None:
-        return self._built.get((id(bound), cutoff, now, starts, ends))
+        return self._built.get((id(bound), cutoff, now, starts))
 
     def put(
         self,
@@ -394,11 +394,10 @@ class RunStatements:
         cutoff: datetime,
         now: datetime,
         starts: bool,
-        ends: bool,
     ) -> None:
         # Keyed on the bound policy's identity: the memo lives for one run, whose
         # binding does not change.
-        self._built[(id(bound), cutoff, now, starts, ends)] = built
+        self._built[(id(bound), cutoff, now, starts)] = built
 
 
 def _select_and_act_statement(
@@ -409,16 +408,9 @@ def _select_and_act_statement(
     now: datetime,
     after: Any | None,
     scope: ColumnElement[bool] | None,
-    until: Any | None,
 ) -> tuple[Any, Window]:
     window = batch_window(
-        bound,
-        cutoff=cutoff,
-        now=now,
-        after=after,
-        limit=bound.policy.batch_size,
-        scope=scope,
-        until=until,
+        bound, cutoff=cutoff, now=now, after=after, limit=bound.policy.batch_size, scope=scope
     )
     acted, helpers = _with_ledger(bound, window.chosen, run_id, now)
     entities = _acted_entities(bound, acted).subquery("entities")
@@ -447,7 +439,6 @@ async def _select_and_act(
     after: Any | None,
     scope: ColumnElement[bool] | None,
     statements: RunStatements | None,
-    until: Any | None,
 ) -> tuple[Batch, _Acted]:
     """Choose and act in one statement: the action's own row locks replace FOR UPDATE.
 
@@ -456,20 +447,18 @@ async def _select_and_act(
     the rows instead of a locking select, an id array round trip and index probes.
     PostgreSQL re-checks the predicate on rows changed concurrently, as FOR UPDATE does.
     """
-    starts, ends = after is not None, until is not None
+    starts = after is not None
     # An erasure request's scope is an expression of its own: built each time.
     memo = statements if scope is None else None
-    built = memo.get(bound, cutoff=cutoff, now=now, starts=starts, ends=ends) if memo else None
+    built = memo.get(bound, cutoff=cutoff, now=now, starts=starts) if memo else None
     if built is None:
         built = _select_and_act_statement(
-            bound, run_id=run_id, cutoff=cutoff, now=now, after=after, scope=scope, until=until
+            bound, run_id=run_id, cutoff=cutoff, now=now, after=after, scope=scope
         )
         if memo is not None:
-            memo.put(bound, built, cutoff=cutoff, now=now, starts=starts, ends=ends)
+            memo.put(bound, built, cutoff=cutoff, now=now, starts=starts)
     statement, window = built
-    params: dict[str, Any] = {"after": after} if starts else {}
-    if ends:
-        params["until"] = until
+    params = {"after": after} if starts else {}
     row = (await conn.execute(statement, params)).one()
     if row.last is None:
         return Batch((), None, exhausted=True), _Acted((), (), None)
@@ -521,9 +510,8 @@ async def purge_batch(
     keys: KeyStore | None = None,
     mark: bool = False,
     statements: RunStatements | None = None,
-    until: Any | None = None,
 ) -> BatchResult:
-    """Purge the next batch after `after` (up to `until`) inside the caller's transaction.
+    """Purge the next batch after `after` inside the caller's transaction.
 
     `keys` is the key store an archive policy seals its rows with.
     `scope` and `origin` make it an erasure request's batch: the subject's rows instead
@@ -555,7 +543,6 @@ async def purge_batch(
         keys=keys,
         mark=mark,
         statements=statements,
-        until=until,
     )
     return await record_batch(conn, bound, acted, run_id=run_id, now=now, origin=origin)
 
@@ -573,19 +560,13 @@ async def act_batch(
     keys: KeyStore | None = None,
     mark: bool = False,
     statements: RunStatements | None = None,
-    until: Any | None = None,
 ) -> ActedBatch:
     """The first half of `purge_batch`: the hold lock, choosing and acting (and the
-    anonymize mark), in the caller's transaction. `record_batch` completes it.
-    `until`: the last key of the key range a one-pass batch walks (`batch_window`).
-    """
+    anonymize mark), in the caller's transaction. `record_batch` completes it."""
     policy = bound.policy
-    one_pass = acts_in_one_pass(bound, origin)
-    if until is not None and not one_pass:
-        # An anonymize policy's mark and a hook's batches assume one range from the start.
-        raise ValueError("only a one-pass batch walks a key range of its own")
     await lock_for_purge(conn)  # before the select: see coordinator.purge.holds
     acted = _Acted((), (), None)
+    one_pass = acts_in_one_pass(bound, origin)
     if one_pass:
         batch, acted = await _select_and_act(
             conn,
@@ -596,7 +577,6 @@ async def act_batch(
             after=after,
             scope=scope,
             statements=statements,
-            until=until,
         )
     else:
         batch = await next_batch(

@@ -65,7 +65,6 @@ __all__ = [
     "oldest_due",
     "oldest_due_query",
     "plan_policy",
-    "split_key",
     "time_base",
     "timestamp_value",
     "unheld_clause",
@@ -300,23 +299,6 @@ async def count_due(
     return DueCount(cutoff, counts.due, guard_error(bound.policy, counts.due, total) is not None)
 
 
-async def split_key(conn: AsyncConnection, bound: BoundPolicy, plan: DueCount) -> Any | None:
-    """The key that splits the due rows in two halves in id order (held rows counted as
-    due: only the balance depends on it), or None when no due row is that far in.
-
-    The first of two key ranges a run deletes in parallel ends here, the second starts
-    after it (coordinator.purge.runner): one index-ordered read of half the due rows.
-    """
-    middle = (
-        select(bound.id_column)
-        .where(due_clause(bound, plan.cutoff, with_ledger=False))
-        .order_by(bound.id_column)
-        .offset(plan.due // 2)
-        .limit(1)
-    )
-    return (await conn.execute(middle)).scalar()
-
-
 @dataclass(frozen=True, slots=True)
 class Leftover:
     """What a run left due: the rows a hold keeps, and the oldest unheld one."""
@@ -439,7 +421,6 @@ def batch_window(
     after: Any | None,
     limit: int,
     scope: ColumnElement[bool] | None = None,
-    until: Any | None = None,
 ) -> Window:
     """The next window of `limit` due rows after `after` in id order, minus held ones.
 
@@ -454,17 +435,10 @@ def batch_window(
 
     `scope` replaces "due" as what the window looks for: an erasure request's rows of
     one subject, whatever their age (coordinator.erasure.execute).
-    `until`: the windows end at this key (included), the first of two key ranges a run
-    deletes in parallel (coordinator.purge.runner); bound when the statement runs.
     """
     id_column = bound.id_column
     wanted = scope if scope is not None else due_clause(bound, cutoff, with_ledger=False)
     window_query = select(id_column.label("id")).where(wanted).order_by(id_column).limit(limit)
-    if until is not None:
-        # The window's rows, hence its `last` and the rows chosen, stay within the range.
-        window_query = window_query.where(
-            id_column <= bindparam("until", until, type_=id_column.type)
-        )
     chosen: list[ColumnElement[bool]] = []
     start = bindparam("after", after, type_=id_column.type)
     if after is not None:

@@ -42,7 +42,6 @@ from coordinator.purge.planner import (
     leftover,
     oldest_due,
     plan_policy,
-    split_key,
     time_base,
 )
 from coordinator.settings import Settings
@@ -402,8 +401,12 @@ class Runner:
                 outcome.errors.append(str(exc))
                 return
         try:
-            if keys is None and acts_in_one_pass(bound):
-                await self._in_ranges(conn, bound, run_id, outcome, plan, base.now, force, progress)
+            if (
+                keys is None
+                and acts_in_one_pass(bound)
+                and self.settings.purge_batches_in_flight > 1
+            ):
+                await self._pipelined(conn, bound, run_id, outcome, plan, base.now, force, progress)
             else:
                 await self._one_by_one(
                     conn, bound, run_id, outcome, plan, base.now, force, progress, keys, start
@@ -420,84 +423,6 @@ class Runner:
         await conn.rollback()
         outcome.held, outcome.oldest_unprocessed_days = left.held, left.oldest_age_days
 
-    async def _in_ranges(
-        self,
-        conn: AsyncConnection,
-        bound: BoundPolicy,
-        run_id: uuid.UUID,
-        outcome: PolicyOutcome,
-        plan: DueCount,
-        now: datetime,
-        force: bool,
-        progress: Progress | None,
-    ) -> None:
-        """A one-pass delete's batches: in one key range, or (RETENTION_PURGE_PARALLEL=2)
-        in two, up to and after the due rows' middle key, walked at once on connections
-        of their own, so that PostgreSQL deletes on two backends.
-
-        The ranges are disjoint, so no row is in two batches; each batch is the same
-        transaction a one-range run makes (hold lock, delete, outbox row and audit entry
-        under the chain lock, commit), and the chain lock orders the two ranges'
-        records. Nothing about the split outlives the run: a run that stops half-way
-        (crash, failure) has committed whole batches, and the next run splits what is
-        left anew. A run capped by `max_rows_per_run` keeps one range: two could not stop
-        at the cap exactly.
-        """
-        middle = None
-        if (
-            self.settings.purge_parallel > 1
-            and (force or bound.policy.max_rows_per_run is None)
-            and plan.due >= 2 * bound.policy.batch_size
-        ):
-            middle = await split_key(conn, bound, plan)
-            await conn.rollback()
-        if middle is None:
-            await self._in_range(conn, bound, run_id, outcome, plan, now, force, progress)
-            return
-        halt = asyncio.Event()
-
-        async def walk(on: AsyncConnection, start: Any | None, until: Any | None) -> None:
-            try:
-                await self._in_range(
-                    on, bound, run_id, outcome, plan, now, force, progress, start, until, halt
-                )
-            except BaseException:
-                # The other range stops after its batch in flight, which commits whole.
-                halt.set()
-                raise
-
-        async with self.engine.connect() as other:
-            ends = await asyncio.gather(
-                walk(conn, None, middle), walk(other, middle, None), return_exceptions=True
-            )
-        for end in ends:
-            if isinstance(end, BaseException):
-                raise end
-
-    async def _in_range(
-        self,
-        conn: AsyncConnection,
-        bound: BoundPolicy,
-        run_id: uuid.UUID,
-        outcome: PolicyOutcome,
-        plan: DueCount,
-        now: datetime,
-        force: bool,
-        progress: Progress | None,
-        start: Any | None = None,
-        until: Any | None = None,
-        halt: asyncio.Event | None = None,
-    ) -> None:
-        """A one-pass delete's batches over the keys after `start` up to `until`."""
-        if self.settings.purge_batches_in_flight > 1:
-            await self._pipelined(
-                conn, bound, run_id, outcome, plan, now, force, progress, start, until, halt
-            )
-        else:
-            await self._one_by_one(
-                conn, bound, run_id, outcome, plan, now, force, progress, None, start, until, halt
-            )
-
     async def _one_by_one(
         self,
         conn: AsyncConnection,
@@ -510,11 +435,8 @@ class Runner:
         progress: Progress | None,
         keys: KeyStore | None,
         start: Any | None,
-        until: Any | None = None,
-        halt: asyncio.Event | None = None,
     ) -> None:
-        """The batches one after the other, each its own transaction; `halt` set: no
-        further batch."""
+        """The batches one after the other, each its own transaction."""
         after, contiguous = start, bound.policy.action is Action.ANONYMIZE
         statements = RunStatements()
         while True:
@@ -529,14 +451,13 @@ class Runner:
                     keys=keys,
                     mark=contiguous,
                     statements=statements,
-                    until=until,
                 )
             contiguous = contiguous and batch.contiguous
             if batch.last_scanned is None:
                 return
             after = batch.last_scanned
             self._count(bound, outcome, len(batch.ids), batch.events, plan, progress)
-            if batch.exhausted or not self._more(bound, outcome, force, halt=halt):
+            if batch.exhausted or not self._more(bound, outcome, force):
                 return
 
     async def _pipelined(
@@ -549,12 +470,8 @@ class Runner:
         now: datetime,
         force: bool,
         progress: Progress | None,
-        start: Any | None = None,
-        until: Any | None = None,
-        halt: asyncio.Event | None = None,
     ) -> None:
-        """The batches of a one-statement delete after `start` up to `until`, two in
-        flight on two connections; `halt` set: no further batch.
+        """The batches of a one-statement delete, two in flight on two connections.
 
         While batch N writes its outbox row and audit entry and commits on one
         connection, batch N+1 (whose keyset starts where N's window ended, so no row is
@@ -581,7 +498,6 @@ class Runner:
                 now=now,
                 after=after,
                 statements=statements,
-                until=until,
             )
             return on, acted
 
@@ -590,14 +506,14 @@ class Runner:
         # out no connection it would not use, nor waits for one from a busy pool.
         opening: asyncio.Task[AsyncConnection] | None = None
         try:
-            current, done = await act(conn, start)
+            current, done = await act(conn, None)
             spare: AsyncConnection | asyncio.Task[AsyncConnection] | None = None
             while True:
                 ahead: asyncio.Task[tuple[AsyncConnection, ActedBatch]] | None = None
                 if (
                     done.last_scanned is not None
                     and not done.exhausted
-                    and self._more(bound, outcome, force, also=len(done.batch.ids), halt=halt)
+                    and self._more(bound, outcome, force, also=len(done.batch.ids))
                 ):
                     if spare is None:
                         spare = opening = asyncio.create_task(self.engine.connect().start())
@@ -645,18 +561,9 @@ class Runner:
             progress(bound.policy.name, outcome.processed, plan.due)
 
     @staticmethod
-    def _more(
-        bound: BoundPolicy,
-        outcome: PolicyOutcome,
-        force: bool,
-        also: int = 0,
-        halt: asyncio.Event | None = None,
-    ) -> bool:
-        """Whether another batch may run after `also` more rows than `outcome` counts,
-        unless `halt` is set. The guard counted before the run; rows that became due
-        meanwhile wait."""
-        if halt is not None and halt.is_set():
-            return False
+    def _more(bound: BoundPolicy, outcome: PolicyOutcome, force: bool, also: int = 0) -> bool:
+        """Whether another batch may run after `also` more rows than `outcome` counts.
+        The guard counted before the run; rows that became due meanwhile wait."""
         cap = bound.policy.max_rows_per_run
         return force or cap is None or outcome.processed + also < cap
 
