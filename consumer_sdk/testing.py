@@ -179,7 +179,7 @@ class TestConsumer:
         ]
         self.acks.extend(acks)
         self.dead_letters.extend(
-            DeadLetter(key, value, {k: v.decode() for k, v in headers})
+            DeadLetter(key, value, {k: v.decode("utf-8", "replace") for k, v in headers})
             for topic, key, value, headers in sent.records
             if topic == topics.dlq
         )
@@ -230,7 +230,11 @@ class TestConsumer:
             record, service=self.app.service, reason=reason, error=error, attempts=attempts
         )
         self.dead_letters.append(
-            DeadLetter(record.key, record.value or b"", {k: v.decode() for k, v in headers})
+            DeadLetter(
+                record.key,
+                record.value or b"",
+                {k: v.decode("utf-8", "replace") for k, v in headers},
+            )
         )
 
     def _record_call(self, spec: HandlerSpec, argument: object, ctx: HandlerContext) -> None:

@@ -175,5 +175,6 @@ def dead_letter(
 
 
 def clip_text(text: str) -> bytes:
-    """A header value from free text (an error message), bounded."""
-    return text.encode("utf-8")[:DLQ_TEXT_BYTES]
+    """A header value from free text (an error message), bounded, and still UTF-8: a cut
+    through a character drops that character's first bytes too."""
+    return text.encode("utf-8")[:DLQ_TEXT_BYTES].decode("utf-8", "ignore").encode("utf-8")

@@ -14,8 +14,8 @@ Three forms, told apart by their headers:
   a batch's acks (bench/signing.py).
 * **per batch, compact** (proof format v2, the relay's default): the same trees over
   salted leaves with 16-byte nodes, and one binary `retention-batch` header per record
-  carrying key id, root signature, salt and inclusion proof (about half v1's bytes: the
-  relay's rate is bound by the bytes it sends, docs/relay.md).
+  carrying key id, root signature, salt and inclusion proof (about half v1's bytes, which
+  cost the signed relay most of its rate, docs/relay.md).
 """
 
 from __future__ import annotations

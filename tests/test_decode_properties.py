@@ -27,7 +27,7 @@ from schemas import (
     decode,
     encode,
 )
-from schemas.codec import validate
+from schemas.codec import DLQ_TEXT_BYTES, clip_text, validate
 from schemas.fast_decode import fast_decoder
 from schemas.models import MAX_BIGINT, MAX_INTEGER, WireModel
 from tests.fuzz.decode_target import MODELS, check, check_fast_path
@@ -339,3 +339,18 @@ def test_a_record_with_every_field_and_one_leaving_some_out_equal_pydantics() ->
     for raw, fields_set in ((whole, set(RetentionEvent.model_fields)), (partial, set(document))):
         assert check_fast_path(RetentionEvent, raw)
         assert fast_decoder(RetentionEvent)(raw).model_fields_set == fields_set
+
+
+@given(st.text(min_size=0, max_size=1500))
+def test_a_clipped_header_text_is_valid_utf8_within_the_bound(text: str) -> None:
+    """An error message cut to the DLQ header's bound never ends inside a character:
+    readers in any language take header values as UTF-8."""
+    clipped = clip_text(text)
+    assert len(clipped) <= DLQ_TEXT_BYTES
+    assert text.startswith(clipped.decode("utf-8"))
+    assert len(clipped) > DLQ_TEXT_BYTES - 4 or clipped == text.encode("utf-8")
+
+
+def test_a_cut_through_a_character_drops_it_whole() -> None:
+    clipped = clip_text("a" + "€" * 999)
+    assert clipped.decode("utf-8") == "a" + "€" * ((DLQ_TEXT_BYTES - 1) // 3)
