@@ -498,6 +498,8 @@ async def _new_to_ledger(
     in an earlier batch or earlier in this one. The answer holds until the insert: every
     accepted ack's event is locked by this transaction; `_insert_new` checks it anyway.
     """
+    if not accepted and not rejected:
+        return []  # a batch of verify answers only (recorded by `apply_answers`)
     where = [(r.topic, r.partition, r.offset) for r, _ in accepted + rejected]
     event_ids = _distinct_sorted(
         record.ack.event_id for record, _ in accepted if record.ack is not None
@@ -588,12 +590,14 @@ _SPAN_TYPES = {
     "high": ack_ledger.c.kafka_offset.type,
 }
 _SPANS = unnest_slot("spans", _SPAN_TYPES)
+# A literal, not a bound value: the shared statements bind every value when they run.
+_EPOCH_SQL = literal_column("TIMESTAMPTZ 'epoch'", DateTime(timezone=True))
 _IN_MONTHS = or_(
     ack_ledger.c.event_at.between(
         bindparam("low_at", type_=ack_ledger.c.event_at.type),
         bindparam("high_at", type_=ack_ledger.c.event_at.type),
     ),
-    ack_ledger.c.event_at == EPOCH,
+    ack_ledger.c.event_at == _EPOCH_SQL,
     ack_ledger.c.event_at.is_(None),
 )
 """The months a batch's rows can be in (`_recorded`): the partitions the two reads visit."""
@@ -999,7 +1003,6 @@ def _ledger_values(rows: list[LedgerRow], audit: int, received_at: datetime) -> 
 # Exact: a product below 2**53 µs (any time before the year 2255; `LedgerEventMs` never
 # sends one after the batch arrived) is a whole number in float8, and an interval of
 # microseconds only is added to a timestamptz without the session's time zone.
-_EPOCH_SQL = literal_column("TIMESTAMPTZ 'epoch'", DateTime(timezone=True))
 _MILLISECOND = literal_column("INTERVAL '1 millisecond'", Interval())
 _INSERT_LINKED = _ledger_insert("audit_link")
 _INSERT_SEQ = (
