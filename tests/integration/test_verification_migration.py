@@ -12,6 +12,7 @@ import pytest
 from alembic import command
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.store.db import make_engine
 from coordinator.store.migrate import alembic_config, upgrade
@@ -141,3 +142,41 @@ async def test_a_downgrade_behind_a_long_transaction_gives_up_naming_what_to_run
         await asyncio.to_thread(command.downgrade, alembic_config(scratch), BEFORE)
     finally:
         await engine.dispose()
+
+
+async def test_an_index_build_interrupted_before_is_dropped_and_built_again(scratch: str) -> None:
+    """A CONCURRENTLY build that failed half-way leaves an invalid index of the name the
+    migration builds; the migration replaces it with its own, valid one."""
+    engine = make_engine(scratch)
+    try:
+        async with engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            # Division by zero while scanning the table's row: the build fails after the
+            # index's catalog entry is committed, as a killed build would leave it.
+            with pytest.raises(DBAPIError, match="division by zero"):
+                await conn.execute(
+                    text(
+                        "CREATE INDEX CONCURRENTLY ix_retention_verifications_unpseudonymised"
+                        " ON retention_verifications"
+                        " ((1 / (length(entity_id) - length(entity_id))))"
+                    )
+                )
+            assert await _index(conn) == (False, "no WHERE")
+        await upgrade(scratch)
+        async with engine.connect() as conn:
+            assert await _index(conn) == (True, "WHERE (pseudonymised_at IS NULL)")
+    finally:
+        await engine.dispose()
+
+
+async def _index(conn: AsyncConnection) -> tuple[bool, str]:
+    valid, definition = (
+        await conn.execute(
+            text(
+                "SELECT indisvalid, pg_get_indexdef(indexrelid) FROM pg_index"
+                " WHERE indexrelid = to_regclass('ix_retention_verifications_unpseudonymised')"
+            )
+        )
+    ).one()
+    where = definition.partition(" WHERE ")[2]
+    return valid, f"WHERE {where}" if where else "no WHERE"

@@ -1,11 +1,15 @@
-"""Schema changes that wait for a busy table's lock a moment at a time (migrations 0031
-on): an `ALTER TABLE` queued behind the tracker's long transactions would block every
-statement queued behind it, so each try gives up after `LOCK_TIMEOUT` and lets them by.
+"""Schema changes on busy tables (migrations 0031 on).
+
+An `ALTER TABLE` queued behind the tracker's long transactions would block every
+statement queued behind it, so `patiently` gives each try up after `LOCK_TIMEOUT` and
+lets them by. An index is built CONCURRENTLY (no lock that readers or writers wait
+for), and `build_index_concurrently` finishes what an interrupted build left.
 """
 
 from __future__ import annotations
 
 from alembic import op
+from sqlalchemy import text
 
 LOCK_TIMEOUT = "2s"
 LOCK_TRIES = 150
@@ -49,3 +53,22 @@ def patiently(
             pause=LOCK_PAUSE_S,
         )
     )
+
+
+def build_index_concurrently(index: str, definition: str) -> None:
+    """`CREATE INDEX CONCURRENTLY index definition` (`definition`: "ON table (...) ..."),
+    unless a valid index of that name exists. Run inside an autocommit block."""
+    valid = (
+        op.get_bind()
+        .execute(
+            text("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:ix)"),
+            {"ix": index},
+        )
+        .scalar()
+    )
+    if valid:
+        return
+    if valid is not None:
+        # What an interrupted CONCURRENTLY build leaves: an invalid index, never used.
+        op.execute(f"DROP INDEX CONCURRENTLY {index}")
+    op.execute(f"CREATE INDEX CONCURRENTLY {index} {definition}")

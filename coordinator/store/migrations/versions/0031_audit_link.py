@@ -42,7 +42,7 @@ from __future__ import annotations
 from alembic import op
 from sqlalchemy import text
 
-from coordinator.store.migrations.patience import patiently
+from coordinator.store.migrations.patience import build_index_concurrently, patiently
 
 revision = "0031_audit_link"
 down_revision = "0030_ack_row_event_ms"
@@ -92,7 +92,7 @@ def _index_link(table: str) -> None:
         return
     index = f"ix_{table}_link"
     if kind != "p":
-        _build(table, index)
+        build_index_concurrently(index, f"ON {table} (link) WHERE link IS NOT NULL")
         return
     # CONCURRENTLY builds no index on a partitioned table: one on the parent alone (invalid
     # until every partition's is attached, cloned onto partitions created meanwhile),
@@ -117,20 +117,10 @@ def _index_link(table: str) -> None:
         ).scalar()
         if attached:
             continue
-        _build(partition, f"{partition}_link_idx")
+        build_index_concurrently(
+            f"{partition}_link_idx", f"ON {partition} (link) WHERE link IS NOT NULL"
+        )
         _patiently(table, f"ALTER INDEX {index} ATTACH PARTITION {partition}_link_idx")
-
-
-def _build(table: str, index: str) -> None:
-    valid = op.get_bind().execute(
-        text("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:ix)"), {"ix": index}
-    ).scalar()
-    if valid:
-        return
-    if valid is not None:
-        # What an interrupted CONCURRENTLY build leaves: an invalid index, never used.
-        op.execute(f"DROP INDEX CONCURRENTLY {index}")
-    op.execute(f"CREATE INDEX CONCURRENTLY {index} ON {table} (link) WHERE link IS NOT NULL")
 
 
 def downgrade() -> None:

@@ -30,7 +30,7 @@ from __future__ import annotations
 from alembic import op
 from sqlalchemy import text
 
-from coordinator.store.migrations.patience import patiently
+from coordinator.store.migrations.patience import build_index_concurrently, patiently
 
 revision = "0032_verification_retention"
 down_revision = "0031_audit_link"
@@ -49,20 +49,8 @@ def upgrade() -> None:
             f"ALTER TABLE {_TABLE} ADD COLUMN IF NOT EXISTS published_at timestamp with time zone, "
             "ADD COLUMN IF NOT EXISTS pseudonymised_at timestamp with time zone",
         )
-        valid = (
-            op.get_bind()
-            .execute(
-                text("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:ix)"),
-                {"ix": _INDEX},
-            )
-            .scalar()
-        )
-        if valid is False:
-            # What an interrupted CONCURRENTLY build leaves: an invalid index, never used.
-            op.execute(f"DROP INDEX CONCURRENTLY {_INDEX}")
-        op.execute(
-            f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {_INDEX} ON {_TABLE} "
-            "(requested_at, event_id) WHERE pseudonymised_at IS NULL"
+        build_index_concurrently(
+            _INDEX, f"ON {_TABLE} (requested_at, event_id) WHERE pseudonymised_at IS NULL"
         )
 
 

@@ -18,7 +18,8 @@ build leaves an invalid index, which the next run drops and builds again.
 from __future__ import annotations
 
 from alembic import op
-from sqlalchemy import text
+
+from coordinator.store.migrations.patience import build_index_concurrently
 
 revision = "0033_verify_findings_index"
 down_revision = "0032_verification_retention"
@@ -31,19 +32,8 @@ _INDEX = "ix_retention_verify_answers_still_present"
 
 def upgrade() -> None:
     with op.get_context().autocommit_block():
-        valid = (
-            op.get_bind()
-            .execute(
-                text("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:ix)"),
-                {"ix": _INDEX},
-            )
-            .scalar()
-        )
-        if valid is False:
-            op.execute(f"DROP INDEX CONCURRENTLY {_INDEX}")
-        op.execute(
-            f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {_INDEX} ON {_TABLE} "
-            "(event_id, service) WHERE status = 'still_present'"
+        build_index_concurrently(
+            _INDEX, f"ON {_TABLE} (event_id, service) WHERE status = 'still_present'"
         )
 
 
