@@ -989,6 +989,10 @@ def _ledger_insert(column: str) -> Any:
         [*_STORED, "event_at", "received_at", column],
         select(
             *(consumed.c[name] for name in _STORED),
+            # Exact: a product below 2**53 µs (any time before the year 2255;
+            # `LedgerEventMs` never sends one after the batch arrived) is a whole number in
+            # float8, and an interval of microseconds only is added to a timestamptz
+            # without the session's time zone.
             _EPOCH_SQL + consumed.c.event_ms * _MILLISECOND,
             bindparam("received", type_=c.received_at.type),
             bindparam("audit", type_=BigInteger()),
@@ -1000,9 +1004,6 @@ def _ledger_values(rows: list[LedgerRow], audit: int, received_at: datetime) -> 
     return {"consumed_rows": rows, "received": received_at, "audit": audit}
 
 
-# Exact: a product below 2**53 µs (any time before the year 2255; `LedgerEventMs` never
-# sends one after the batch arrived) is a whole number in float8, and an interval of
-# microseconds only is added to a timestamptz without the session's time zone.
 _MILLISECOND = literal_column("INTERVAL '1 millisecond'", Interval())
 _INSERT_LINKED = _ledger_insert("audit_link")
 _INSERT_SEQ = (
