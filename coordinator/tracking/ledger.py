@@ -882,7 +882,7 @@ def _order(ack: RetentionAck) -> tuple[datetime, int]:
 
 def _reject_reason(
     record: ConsumedAck,
-    entities: dict[int, tuple[str, str]],
+    entities: dict[int, tuple[str, str | None]],
     expected: Expected,
 ) -> RejectReason | None:
     """Why the record is refused, if it is; `entities`: each known event's entity, by
