@@ -12,7 +12,6 @@ from schemas import RetryPolicy, async_database_url, is_transient, retry
 
 __all__ = [
     "RECONNECT",
-    "application_name",
     "bound_lock_waits",
     "connect_outside_pool",
     "make_engine",
@@ -37,10 +36,6 @@ def name_sessions(command: str) -> None:
     coordinator process it is (`retention serve`, `retention relay`, `retention holds`...).
     Called once by the command line's entry point, before any engine is made."""
     _session["application_name"] = f"retention {command}"[:_NAMEDATALEN]
-
-
-def application_name() -> str:
-    return _session["application_name"]
 
 
 def bound_lock_waits(timeout_s: float) -> None:

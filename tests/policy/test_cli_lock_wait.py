@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, text
+from sqlalchemy.exc import DBAPIError
 
+from coordinator.cli._locks import lock_report
 from coordinator.evidence.audit import CHAIN_LOCK
+from coordinator.settings import Settings
 from coordinator.store import db
 from coordinator.store.db import connect_outside_pool, make_engine
 from coordinator.store.tables import legal_holds
@@ -101,9 +106,14 @@ async def test_a_command_gives_up_on_a_stalled_lock_naming_it_and_its_holder(
 async def test_sessions_carry_the_name_of_their_process(
     coordinator_db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert db.application_name() == "retention"
     # Restored after the test: the settings are the process's.
     monkeypatch.setattr(db, "_session", dict(db._session))
+    engine = make_engine(coordinator_db, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            assert await conn.scalar(text("SHOW application_name")) == "retention"
+    finally:
+        await engine.dispose()
     db.name_sessions("serve")
     engine = make_engine(coordinator_db, pool_size=1)
     try:
@@ -124,3 +134,49 @@ async def test_sessions_carry_the_name_of_their_process(
             assert await conn.scalar(text("SHOW lock_timeout")) == "2500ms"
     finally:
         await engine.dispose()
+
+
+class _OrigError(Exception):
+    sqlstate = "55P03"
+
+
+def test_a_row_lock_or_an_unnamed_advisory_lock_lists_the_older_transactions(
+    coordinator_db: str,
+) -> None:
+    """Without an advisory key the report cannot tell the holder: it lists the sessions
+    in a transaction since before the wait began, never what they ran."""
+    opened, release = threading.Event(), threading.Event()
+    pids: list[int] = []
+
+    async def hold() -> None:
+        engine = make_engine(coordinator_db, pool_size=1)
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text("SET application_name = 'stalled replica'"))
+                pids.append(await conn.scalar(select(func.pg_backend_pid())))
+                opened.set()
+                await asyncio.to_thread(release.wait, 60)
+        finally:
+            await engine.dispose()
+
+    holder = threading.Thread(target=asyncio.run, args=(hold(),))
+    holder.start()
+    try:
+        assert opened.wait(60)
+        time.sleep(1.5)
+        settings = Settings(database_url=coordinator_db, cli_lock_timeout_s=1)
+        reports = [
+            lock_report(DBAPIError(statement, params, _OrigError()), settings)
+            for statement, params in (
+                ("UPDATE retention_event_status SET state=$1", ("user-00001",)),
+                ("SELECT pg_advisory_xact_lock(hashtext($1))", ("retention.policy:p",)),
+            )
+        ]
+    finally:
+        release.set()
+        holder.join()
+    for report, what in zip(reports, ("a row or table lock", "an advisory lock"), strict=True):
+        assert report.startswith(f"gave up after 1 s waiting for {what}, sessions in a"), report
+        assert f"pid {pids[0]} (stalled replica, idle in transaction" in report, report
+        assert "user-00001" not in report
+        assert "retention.policy" not in report
