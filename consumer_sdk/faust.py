@@ -35,7 +35,12 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 from consumer_sdk._internal.dispatch import Dispatcher
 from consumer_sdk._internal.executor import EventExecutor
 from consumer_sdk._internal.holds import HoldReader
-from consumer_sdk._internal.transport import ProducerPort, Record, kafka_producer
+from consumer_sdk._internal.transport import (
+    ProducerPort,
+    Record,
+    consumed_headers,
+    kafka_producer,
+)
 from consumer_sdk._internal.trust import Trust
 from consumer_sdk.app import RetentionConsumer
 from consumer_sdk.exceptions import ConfigurationError
@@ -104,17 +109,34 @@ def _servers(bootstrap: str) -> set[str]:
 
 
 def _record(message: Any) -> Record:
+    """Ours of a Faust message, its headers as the core SDK reads aiokafka's: every value
+    under every name, so a repeated signature header is refused here as it is there."""
     headers = message.headers or ()
     if isinstance(headers, Mapping):
-        headers = headers.items()
+        headers = _pairs(headers)
     return Record(
         message.topic,
         message.partition,
         message.offset,
         message.key,
         message.value,
-        tuple((str(k), bytes(v or b"")) for k, v in headers),
+        consumed_headers((str(k), v) for k, v in headers),
     )
+
+
+def _pairs(headers: Mapping[Any, Any]) -> list[tuple[Any, Any]]:
+    """A mapping's headers as pairs: a name holding several values (a list or tuple of
+    them, or a multidict's repeated items) gives one pair each. Faust's aiokafka driver
+    hands a list of pairs; a plain dict of one value per name, built by some other driver
+    from a record holding a name twice, has already lost one, which no reader of it can
+    tell (docs/faust.md)."""
+    pairs: list[tuple[Any, Any]] = []
+    for name, value in headers.items():
+        if isinstance(value, list | tuple):
+            pairs.extend((name, one) for one in value)
+        else:
+            pairs.append((name, value))
+    return pairs
 
 
 class FaustRetention:

@@ -390,6 +390,14 @@ class Settings(BaseSettings):
         "other is refused before it is imported.",
     )
     http_port: int = Field(default=8080, ge=1, le=65535, description="Port of `retention serve`.")
+    cli_lock_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long a one-shot `retention` command (`holds create`, `acks waive`, "
+        "...) waits for a lock, such as the hold lock or the audit chain lock, before it "
+        "gives up, naming the lock and its holder; 0: without bound. Not `serve`, `relay`, "
+        "`run` or `db`, which wait as long as it takes.",
+    )
     api_tokens_file: Path | None = Field(
         default=None,
         description="YAML file of the HTTP API's named, scoped tokens (SHA-256 hashes; "

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from schemas import signing
 from schemas.signing import (
     BATCH_HEADER,
     PROOF_HEADER,
@@ -25,6 +26,7 @@ from schemas.signing import (
     Verifier,
     signed_bytes,
 )
+from tests import spec_v2
 from tests.infra import ROOT
 from tests.test_signing import VECTOR as V1_VECTOR
 from tests.test_signing import _openssl_verifies, walker
@@ -266,3 +268,81 @@ def test_a_changed_byte_anywhere_in_any_tree_is_refused(
     changed[at % len(changed)] ^= xor
     key, value = records[index]
     assert not verifier.verify(key, value, [(BATCH_HEADER, bytes(changed))]).valid
+
+
+FORESTS = {"python": signing._forest_v2_py, signing.HASHING: signing._forest_v2}
+"""The v2 forests a signer can sign with here: the Python reference and, where the C
+extension built, `schemas._merkle.forest_v2`."""
+
+
+@pytest.mark.parametrize("forest", sorted(FORESTS))
+def test_the_signers_bytes_are_those_of_a_tree_built_from_the_spec(forest: str) -> None:
+    """`sign_columns_v2` (the relay's call) against `tests.spec_v2`, written from
+    docs/protocol.md alone: every `retention-batch` value byte for byte, and a
+    `retention-signature` exactly where a tree holds one record."""
+    rng = random.Random(16)
+    private = Ed25519PrivateKey.from_private_bytes(bytes(range(9, 41)))
+    chosen = signing._forest_v2
+    signing._forest_v2 = FORESTS[forest]
+    try:
+        for _ in range(60):
+            n, tree = rng.randrange(0, 400), rng.choice([2, 3, 5, 64, 128, 129, 1000])
+            pool = rng.randbytes(16 * (n // tree + 1))
+            signer = Signer(private, salts=lambda size, pool=pool: pool[:size])
+            records = [
+                (
+                    rng.choice([None, b"", rng.randbytes(rng.randrange(1, 300))]),
+                    rng.choice([None, b"", rng.randbytes(rng.randrange(1, 500))]),
+                )
+                for _ in range(n)
+            ]
+            signatures, batches = signer.sign_columns_v2(
+                [k for k, _ in records], [v for _, v in records], tree
+            )
+            expected: list[bytes | None] = []
+            for t, start in enumerate(range(0, n, tree)):
+                chunk = records[start : start + tree]
+                salt = pool[16 * t : 16 * t + 16]
+                kid = bytes.fromhex(signer.key_id)
+                expected += (
+                    [None]
+                    if len(chunk) == 1
+                    else spec_v2.tree_values(private.sign, kid, salt, chunk)
+                )
+            assert batches == expected
+            assert [s is None for s in signatures] == [b is not None for b in expected]
+    finally:
+        signing._forest_v2 = chosen
+
+
+def test_a_warm_verifier_refuses_every_one_byte_change_of_what_it_just_verified(
+    walker: str,
+) -> None:
+    """Each record of a tree verified first (its root remembered, and with the C walk
+    the walk itself), then offered again with one byte of its `retention-batch`, key or
+    value changed, at every position: never valid, and the genuine record still is."""
+    rng = random.Random(28)
+    records: list[_Record] = [(f"user:{i}".encode(), b"v%d" % i) for i in range(128)]
+    _, batches = OTHER.sign_columns_v2([k for k, _ in records], [v for _, v in records], 128)
+    verifier = Verifier([OTHER.public])
+    for at in [*rng.sample(range(128), 6), 0, 127]:
+        (key, value), batch = records[at], batches[at]
+        assert key is not None
+        assert value is not None
+        assert batch is not None
+        changes = [
+            (key, value, batch[:i] + bytes([batch[i] ^ rng.randrange(1, 256)]) + batch[i + 1 :])
+            for i in range(len(batch))
+        ]
+        changes += [
+            (key[:i] + bytes([key[i] ^ 1]) + key[i + 1 :], value, batch) for i in range(len(key))
+        ]
+        changes += [
+            (key, value[:i] + bytes([value[i] ^ 0x80]) + value[i + 1 :], batch)
+            for i in range(len(value))
+        ]
+        for changed_key, changed_value, changed in changes:
+            assert verifier.verify(key, value, [(BATCH_HEADER, batch)]).valid
+            checked = verifier.verify(changed_key, changed_value, [(BATCH_HEADER, changed)])
+            assert not checked.valid, (at, changed_key, changed_value, changed.hex())
+        assert verifier.verify(key, value, [(BATCH_HEADER, batch)]).valid

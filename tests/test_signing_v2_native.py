@@ -190,3 +190,69 @@ def test_the_c_walker_walks_a_lone_batch_header_and_leaves_v1_headers_beside_one
     high = v2[1][:90] + (1 | 1 << 5).to_bytes(4, "big") + v2[1][94:]
     assert walker(b"user:1", b"{}", [(BATCH_HEADER, high)]) is None
     assert verifier.verify(b"user:1", b"{}", [(BATCH_HEADER, high)]).verdict is Verdict.MALFORMED
+
+
+_Offered = tuple[bytes | None, bytes | None, list[tuple[str, bytes]], bool]
+"""A record as offered to a verifier: key, value, headers, and whether it is genuine."""
+
+
+def _checked(verifier: Verifier, records: list[_Offered]) -> list[signing.Checked]:
+    return [verifier.verify(key, value, headers) for key, value, headers, _ in records]
+
+
+def test_v1_and_v2_records_interleaved_in_one_verifier_get_the_reference_verdicts() -> None:
+    """One warm verifier fed v1 and v2 records of the same trees in a shuffled order, with
+    tampered copies and v1/v2 headers swapped or mixed: the C walk (its memo of the last
+    walk holding either format), the Python walk, and a fresh verifier per record agree,
+    every genuine record is valid and no changed one is."""
+    rng = random.Random(1528)
+    records: list[_Offered] = []
+    for _ in range(12):
+        pairs: list[_Record] = [
+            (f"u:{rng.randrange(10**6)}".encode(), rng.randbytes(rng.randrange(0, 60)) or None)
+            for _ in range(rng.choice([2, 3, 9, 130]))
+        ]
+        keys, values = [k for k, _ in pairs], [v for _, v in pairs]
+        v1 = SIGNER.sign_batch(pairs)
+        signatures, batches = SIGNER.sign_columns_v2(keys, values, 128)
+        for (key, value), headers, signature, batch in zip(
+            pairs, v1, signatures, batches, strict=True
+        ):
+            records.append((key, value, list(headers), True))
+            if signature is not None:
+                records.append((key, value, [(signing.SIGNATURE_HEADER, signature)], True))
+                continue
+            assert batch is not None
+            changed = bytearray(batch)
+            changed[rng.randrange(len(changed))] ^= rng.randrange(1, 256)
+            records += [
+                (key, value, [(BATCH_HEADER, batch)], True),
+                (key, value, [(BATCH_HEADER, bytes(changed))], False),
+                (key, value, [headers[0], (signing.PROOF_HEADER, batch)], False),
+                (key, value, [*headers, (BATCH_HEADER, batch)], False),
+                ((key or b"") + b"x", value, [(BATCH_HEADER, batch)], False),
+            ]
+            if len(headers) == 2:
+                proof = bytearray(headers[1][1])
+                proof[rng.randrange(len(proof))] ^= 1
+                records.append((key, value, [headers[0], (headers[1][0], bytes(proof))], False))
+    rng.shuffle(records)
+    verdicts: dict[str, list[tuple[Verdict, str | None]]] = {}
+    with walking("native"):
+        verifier = Verifier([SIGNER.public])
+    verdicts["native"] = [(c.verdict, c.key_id) for c in _checked(verifier, records)]
+    chosen = signing._root_v2
+    signing._root_v2 = signing._root_v2_py  # Python all the way
+    try:
+        with walking("python"):
+            verifier = Verifier([SIGNER.public])
+            verdicts["python"] = [(c.verdict, c.key_id) for c in _checked(verifier, records)]
+            verdicts["fresh"] = [
+                (c.verdict, c.key_id)
+                for record in records
+                for c in _checked(Verifier([SIGNER.public]), [record])
+            ]
+    finally:
+        signing._root_v2 = chosen
+    assert verdicts["native"] == verdicts["python"] == verdicts["fresh"]
+    assert [v is Verdict.VALID for v, _ in verdicts["native"]] == [g for *_, g in records]

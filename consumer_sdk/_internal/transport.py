@@ -28,6 +28,7 @@ __all__ = [
     "ProducerPort",
     "Record",
     "TransportError",
+    "consumed_headers",
     "kafka_consumer",
     "kafka_producer",
     "record_of",
@@ -56,10 +57,13 @@ class Record(NamedTuple):
 def record_of(r: Any) -> Record:
     """Ours of an aiokafka `ConsumerRecord`; a null header value (anyone may write one)
     becomes empty bytes."""
-    return Record(r.topic, r.partition, r.offset, r.key, r.value, _headers(r.headers))
+    return Record(r.topic, r.partition, r.offset, r.key, r.value, consumed_headers(r.headers))
 
 
-def _headers(raw: Any) -> tuple[tuple[str, bytes], ...]:
+def consumed_headers(raw: Any) -> tuple[tuple[str, bytes], ...]:
+    """A consumed record's headers as `Record` holds them: every (name, value) pair in
+    the order read, repeated names kept (a verifier refuses a repeated signature header),
+    a null value as empty bytes."""
     headers = tuple(raw) if raw else ()
     for header in headers:
         if header.__class__ is not tuple or header[1].__class__ is not bytes:

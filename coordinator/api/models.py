@@ -77,7 +77,8 @@ class RejectedAck(_View):
     status: str | None
     reason: str = Field(
         description="bad_signature | unknown_service | unexpected_service | unknown_event "
-        "| entity_mismatch | unexpected_status | verification_expired | malformed"
+        "| entity_mismatch | evidence_expired | unexpected_status | verification_expired "
+        "| malformed"
     )
     received_at: datetime
 

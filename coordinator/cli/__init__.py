@@ -30,7 +30,8 @@ from coordinator.cli import (
     tokens,
     verify,
 )
-from coordinator.cli._app import ExitCode, app, err_console
+from coordinator.cli._app import ExitCode, app, err_console, load_settings, start_command
+from coordinator.cli._locks import gave_up_waiting, lock_report
 from schemas import error_text
 from schemas.database import mask_passwords
 from schemas.errors import traceback_text
@@ -67,6 +68,7 @@ app.command("verify")(verify.verify)
 def main() -> None:
     # Logs go to stderr so that `--json` output on stdout stays one document.
     configure_logging(os.environ.get("RETENTION_LOG_LEVEL", "WARNING"))
+    start_command(sys.argv)
     # Operational failures get one clear line, not a driver traceback.
     try:
         app()
@@ -81,10 +83,15 @@ def main() -> None:
             err_console.print(f"[red]database error:[/red] {error_text(exc)}")
         sys.exit(ExitCode.ERRORS)
     except (DBAPIError, OSError) as exc:
-        err_console.print(
-            f"[red]cannot reach the database:[/red] {error_text(exc)} "
-            "(check RETENTION_DATABASE_URL)"
-        )
+        if isinstance(exc, DBAPIError) and gave_up_waiting(exc):
+            # A frozen holder (a stopped `serve` replica mid ack batch) would otherwise
+            # keep the command waiting without a word.
+            err_console.print(f"[red]lock wait:[/red] {escape(lock_report(exc, load_settings()))}")
+        else:
+            err_console.print(
+                f"[red]cannot reach the database:[/red] {error_text(exc)} "
+                "(check RETENTION_DATABASE_URL)"
+            )
         sys.exit(ExitCode.ERRORS)
     except Exception as exc:
         # A bug or a bad setting: where it happened, and the message with URL passwords

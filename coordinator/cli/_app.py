@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator.copies.crypto.keystore import KeyStore, open_keystore
 from coordinator.settings import Settings
-from coordinator.store.db import make_engine
+from coordinator.store.db import bound_lock_waits, make_engine, name_sessions
 
 __all__ = [
     "ExitCode",
@@ -29,6 +29,7 @@ __all__ = [
     "os_user",
     "out_console",
     "read_database",
+    "start_command",
     "with_keystore",
     "write_database",
 ]
@@ -70,12 +71,32 @@ def actor(by: str) -> str:
     return f"{by} (os user {os_user()})"
 
 
+_WAIT_AS_LONG_AS_IT_TAKES = frozenset({"serve", "relay", "run", "db"})
+"""Commands whose lock waits stay unbounded: the services and the purge run wait for
+locks by design, and `db`'s migrations wait patiently on their own
+(coordinator/store/migrations/patience.py); a build CONCURRENTLY waits for every older
+transaction, which a bound would fail."""
+_command: list[str] = []
+
+
+def start_command(argv: list[str]) -> None:
+    """For the `retention` entry point, before the command runs: name this process's
+    database sessions after the command (`retention holds`, `retention serve`), and
+    have `load_settings` bound its lock waits unless it is one that waits."""
+    command = next((arg for arg in argv[1:] if not arg.startswith("-")), "")
+    _command[:] = [command]
+    name_sessions(command or "cli")
+
+
 def load_settings() -> Settings:
     try:
-        return Settings()
+        settings = Settings()
     except ValueError as exc:
         err_console.print(f"[red]invalid settings:[/red] {exc}")
         raise typer.Exit(ExitCode.BAD_INPUT) from None
+    if _command and _command[0] not in _WAIT_AS_LONG_AS_IT_TAKES:
+        bound_lock_waits(settings.cli_lock_timeout_s)
+    return settings
 
 
 def emit_json(document: Any) -> None:

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from coordinator.store.tables import audit_link_seq, audit_log
 
 __all__ = [
+    "CHAIN_LOCK",
     "GENESIS",
     "AuditAction",
     "AuditEntry",
@@ -53,7 +54,7 @@ GENESIS = "0" * 64
 
 # Appends serialize on this transaction-scoped advisory lock so that two writers can
 # never chain onto the same predecessor. The number is arbitrary but fixed.
-_CHAIN_LOCK = 0x72657461
+CHAIN_LOCK = 0x72657461
 
 
 class AuditAction(StrEnum):
@@ -326,8 +327,8 @@ async def try_lock_head(conn: AsyncConnection) -> bool:
 
 # Built once: every writer of an entry runs them (a purge batch, each ack batch), and
 # building a statement and its cache key cost more Python than executing it (measured).
-_LOCK_CHAIN = select(func.pg_advisory_xact_lock(_CHAIN_LOCK))
-_TRY_LOCK_CHAIN = select(func.pg_try_advisory_xact_lock(_CHAIN_LOCK))
+_LOCK_CHAIN = select(func.pg_advisory_xact_lock(CHAIN_LOCK))
+_TRY_LOCK_CHAIN = select(func.pg_try_advisory_xact_lock(CHAIN_LOCK))
 _HEAD = select(audit_log.c.seq, audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1)
 
 

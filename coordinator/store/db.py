@@ -10,7 +10,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from schemas import RetryPolicy, async_database_url, is_transient, retry
 
-__all__ = ["RECONNECT", "connect_outside_pool", "make_engine", "when_reachable"]
+__all__ = [
+    "RECONNECT",
+    "bound_lock_waits",
+    "connect_outside_pool",
+    "make_engine",
+    "name_sessions",
+    "when_reachable",
+]
 
 T = TypeVar("T")
 
@@ -18,8 +25,35 @@ RECONNECT = RetryPolicy(initial_s=0.5, max_s=5.0, give_up_after_s=60.0)
 """Bookkeeping waits up to a minute for a restarting server, then gives up."""
 
 
+_session: dict[str, str] = {"application_name": "retention"}
+"""The server settings every session this process opens starts with (`name_sessions`,
+`bound_lock_waits`)."""
+
+
+def name_sessions(command: str) -> None:
+    """Name every database session this process opens from now on `retention <command>`
+    (`pg_stat_activity.application_name`): who holds a lock, or waits for one, shows which
+    coordinator process it is (`retention serve`, `retention relay`, `retention holds`...).
+    Called once by the command line's entry point, before any engine is made."""
+    _session["application_name"] = f"retention {command}"[:_NAMEDATALEN]
+
+
+def bound_lock_waits(timeout_s: float) -> None:
+    """From now on, a statement of this process waiting longer than `timeout_s` for any
+    lock fails (PostgreSQL's `lock_timeout`, SQLSTATE 55P03); 0: waits without bound."""
+    if timeout_s > 0:
+        _session["lock_timeout"] = f"{max(1, round(timeout_s * 1000))}ms"
+    else:
+        _session.pop("lock_timeout", None)
+
+
+_NAMEDATALEN = 63
+"""The longest application_name PostgreSQL keeps (it cuts the rest)."""
+
+
 def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> AsyncEngine:
-    """An asyncpg-backed engine; `pool_pre_ping` so a restarted server is survived."""
+    """An asyncpg-backed engine; `pool_pre_ping` so a restarted server is survived. Its
+    sessions start with this process's settings (`name_sessions`, `bound_lock_waits`)."""
     return create_async_engine(
         async_database_url(url),
         pool_size=pool_size,
@@ -28,6 +62,7 @@ def make_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> AsyncEng
         # A statement's parameters (a hash key, personal data) stay out of its errors.
         hide_parameters=True,
         echo=echo,
+        connect_args={"server_settings": dict(_session)},
     )
 
 
@@ -43,7 +78,7 @@ async def connect_outside_pool(engine: AsyncEngine) -> Any:
         "prepared_statement_name_func",
     ):
         kwargs.pop(adapter_only, None)
-    return await asyncpg.connect(*args, **kwargs)
+    return await asyncpg.connect(*args, **kwargs, server_settings=dict(_session))
 
 
 async def when_reachable(

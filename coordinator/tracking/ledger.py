@@ -238,6 +238,14 @@ class RejectReason(StrEnum):
     VERIFICATION_EXPIRED = "verification_expired"
     """A verify answer to a record whose entity id is already its HMAC (docs/verification.md):
     too late to count, and its ledger row keeps no entity id."""
+    EVIDENCE_EXPIRED = "evidence_expired"
+    """An ack to an event whose status names the entity only by its HMAC (past the outbox
+    retention, coordinator/evidence/prune.py): too late to count, and its ledger row keeps
+    no entity id."""
+
+
+_EXPIRED = frozenset({RejectReason.VERIFICATION_EXPIRED, RejectReason.EVIDENCE_EXPIRED})
+"""The reasons whose ledger rows keep no entity id."""
 
 
 @dataclass(slots=True)
@@ -471,8 +479,12 @@ def _judge(
     accepted: list[_Judged] = []
     rejected: list[_Judged] = []
     # Once per event, not per ack: a Row's attribute costs ~0.3 µs (its class's MRO is
-    # searched before Row.__getattr__), an index ~0.03.
-    entities = {event_id.int: (row.entity_type, row.entity_id) for event_id, row in events.items()}
+    # searched before Row.__getattr__), an index ~0.03. A pseudonymised event's id is None,
+    # which no ack's equals (`_reject_reason`).
+    entities = {
+        event_id.int: (row.entity_type, None if row.pseudonymised_at else row.entity_id)
+        for event_id, row in events.items()
+    }
     event_at = LedgerEventMs(now)
     for record in records:
         reason = _reject_reason(record, entities, expected)
@@ -820,6 +832,8 @@ class EventRow(NamedTuple):
     state: str
     expected: int
     completed_at: datetime | None
+    pseudonymised_at: datetime | None
+    """Set once `entity_id` is its HMAC: acks to it are refused `evidence_expired`."""
 
 
 async def lock_events(
@@ -868,11 +882,11 @@ def _order(ack: RetentionAck) -> tuple[datetime, int]:
 
 def _reject_reason(
     record: ConsumedAck,
-    entities: dict[int, tuple[str, str]],
+    entities: dict[int, tuple[str, str | None]],
     expected: Expected,
 ) -> RejectReason | None:
     """Why the record is refused, if it is; `entities`: each known event's entity, by
-    the event id's int."""
+    the event id's int, its id None once pseudonymised."""
     ack = record.ack
     if ack is None:
         return RejectReason.MALFORMED
@@ -883,6 +897,9 @@ def _reject_reason(
     if entity is None:
         return RejectReason.UNKNOWN_EVENT
     if (ack.entity_type, ack.entity_id) != entity:
+        # Checked only on a mismatch: an accepted ack pays nothing for it.
+        if entity[1] is None:
+            return RejectReason.EVIDENCE_EXPIRED
         return RejectReason.ENTITY_MISMATCH
     if (event, ack.service) not in expected:
         return RejectReason.UNEXPECTED_SERVICE
@@ -929,8 +946,9 @@ def ledger_row(
         ack.event_id,
         ack.service,
         ack.entity_type,
-        # The record it answers keeps only the HMAC: an id in clear here would undo that.
-        None if reason is RejectReason.VERIFICATION_EXPIRED else ack.entity_id,
+        # The event or record it answers keeps only the HMAC: an id in clear here would
+        # undo that.
+        None if reason in _EXPIRED else ack.entity_id,
         STATUS_TEXT[ack.status],
         ack.records_affected,
         ack.attempt,

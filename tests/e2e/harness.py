@@ -36,7 +36,7 @@ from sqlalchemy import func, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import Clock, SystemClock
-from coordinator.evidence.audit import _CHAIN_LOCK
+from coordinator.evidence.audit import CHAIN_LOCK
 from coordinator.kafka.admin import ensure_topics
 from coordinator.metrics import Metrics
 from coordinator.outbox.relay import OutboxRelay
@@ -634,7 +634,7 @@ async def lock_waits(stack: Stack) -> str:
 _LOCK_NAMES = {
     HOLD_LOCK: "HOLD_LOCK",
     HOLD_TOPIC_LOCK: "HOLD_TOPIC_LOCK",
-    _CHAIN_LOCK: "chain lock",
+    CHAIN_LOCK: "chain lock",
 }
 _LOCK_WAITS = """
 SELECT w.pid, w.locktype, w.objid::bigint AS objid, w.relation::regclass::text AS relation,

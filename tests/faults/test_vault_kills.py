@@ -27,7 +27,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator.clock import SystemClock
-from coordinator.evidence.audit import _CHAIN_LOCK
+from coordinator.evidence.audit import CHAIN_LOCK
 from coordinator.policy.model import PolicySet, parse_policies
 from coordinator.purge.archive import CryptoShredded
 from coordinator.purge.archive_read import read_entity
@@ -196,7 +196,7 @@ async def test_sigkill_during_key_destruction_leaves_the_key_usable_or_gone(env:
         proc = await _start(env, *request)
         await _until(lambda: _waiting_on_a_lock(env.engine, keystore_db), proc)
         chain_held = await chain.begin()
-        await chain.execute(select(func.pg_advisory_xact_lock(_CHAIN_LOCK)))
+        await chain.execute(select(func.pg_advisory_xact_lock(CHAIN_LOCK)))
         await held.rollback()
         await _until(lambda: _gone(env, scope), proc)
         await _until(lambda: _waiting_on_a_lock(env.engine, data_db), proc)

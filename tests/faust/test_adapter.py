@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from types import SimpleNamespace
+from typing import Any
 
 import faust
 import pytest
 
 from consumer_sdk import ConfigurationError, ConsumerSettings, RetentionConsumer, RetentionEvent
-from consumer_sdk.faust import CONCURRENCY, attach, faust_app_settings
+from consumer_sdk._internal.transport import record_of
+from consumer_sdk.faust import CONCURRENCY, _record, attach, faust_app_settings
 from schemas import KafkaSettings
+from schemas.signing import Verifier
+from tests import keys
 from tests.infra import ROOT
 
 KAFKA = KafkaSettings(bootstrap_servers="127.0.0.1:19092", topic_prefix="t.adapter")
@@ -100,3 +105,49 @@ def test_app_settings_carry_the_transport_settings() -> None:
 def test_app_settings_order_brokers() -> None:
     two = KAFKA.model_copy(update={"bootstrap_servers": "b:2, a:1"})
     assert faust_app_settings(two)["broker"] == "kafka://a:1;kafka://b:2"
+
+
+def _message(headers: Any, key: bytes, value: bytes) -> SimpleNamespace:
+    return SimpleNamespace(
+        topic="t.adapter", partition=0, offset=7, key=key, value=value, headers=headers
+    )
+
+
+def test_repeated_signature_headers_are_refused_as_the_runtime_refuses_them() -> None:
+    """However a driver hands a repeated `retention-batch` or v1 header (as pairs, or as
+    a mapping holding several values under the name), the adapter's record carries every
+    value, and the verdict is the aiokafka runtime's on the same record: malformed."""
+    signer = keys.signer(keys.COORDINATOR)
+    verifier = Verifier([signer.public])
+    records = [(b"k1", b"v1"), (b"k2", b"v2")]
+    [v2_first, v2_second] = signer.sign_batch_v2(records)
+    [v1_first, _] = signer.sign_batch(records)
+    key, value = records[0]
+
+    def verdicts(pairs: list[tuple[str, bytes]], *as_faust: Any) -> set[str]:
+        runtime = record_of(_message(pairs, key, value))
+        found = {verifier.verify(key, value, runtime.headers).verdict.value}
+        for headers in as_faust:
+            record = _record(_message(headers, key, value))
+            assert sorted(record.headers) == sorted(runtime.headers)
+            found.add(verifier.verify(record.key, record.value, record.headers).verdict.value)
+        return found
+
+    [(batch, genuine)] = v2_first
+    [(_, other)] = v2_second
+    assert verdicts([(batch, genuine)], {batch: genuine}) == {"valid"}
+    assert verdicts([(batch, genuine), (batch, genuine)], {batch: [genuine, genuine]}) == {
+        "malformed_signature"
+    }
+    assert verdicts([(batch, genuine), (batch, other)], {batch: (genuine, other)}) == {
+        "malformed_signature"
+    }
+    v1 = dict(v1_first)
+    assert verdicts(list(v1_first), v1) == {"valid"}
+    for name in v1:
+        twice = [*v1_first, (name, v1[name])]
+        assert verdicts(twice, {**v1, name: [v1[name], v1[name]]}) == {"malformed_signature"}
+    # v1 beside v2 is refused whichever way it comes.
+    assert verdicts([*v1_first, (batch, genuine)], {**v1, batch: genuine}) == {
+        "malformed_signature"
+    }

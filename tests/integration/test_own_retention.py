@@ -488,3 +488,41 @@ async def test_an_ack_whose_signature_failed_tracks_nothing(coordinator_db: str)
         assert (await _present(engine, ids))[UNTRACKED] == (1, 0, 0, 1)
     finally:
         await engine.dispose()
+
+
+async def test_an_ack_to_a_pseudonymised_event_keeps_no_clear_id(coordinator_db: str) -> None:
+    """Once an event's entity id is its HMAC, an ack naming the id in clear (a genuine one
+    replayed, say) is refused as `evidence_expired`, changes nothing, and its ledger row
+    holds no entity id: the clear id would sit beside the HMAC, joined by the event id."""
+    engine = make_engine(coordinator_db)
+    try:
+        ids = await _world(engine)
+        await prune_own_data(
+            engine, RETENTION, now=NOW, dry_run=False, pepper=PEPPER, signer=SIGNER
+        )
+        kind = "completed 40 days ago"
+        outcome = await _apply(engine, [_ack_record(ids[kind], kind, 1000, None)])
+        assert [(r.offset, why.value) for r, why in outcome.rejected] == [
+            (1000, "evidence_expired")
+        ]
+        assert outcome.accepted == []
+        async with engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(
+                        ack_ledger.c.entity_type,
+                        ack_ledger.c.entity_id,
+                        ack_ledger.c.accepted,
+                        ack_ledger.c.reject_reason,
+                    ).where(ack_ledger.c.kafka_offset == 1000)
+                )
+            ).one()
+            stored = (
+                await conn.execute(
+                    select(ack_ledger.c.entity_id).where(ack_ledger.c.event_id == ids[kind])
+                )
+            ).scalars()
+        assert tuple(row) == ("user", None, False, "evidence_expired")
+        assert kind not in set(stored)
+    finally:
+        await engine.dispose()

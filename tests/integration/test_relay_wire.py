@@ -7,9 +7,12 @@ through the C expansion where built (docs/relay.md)."""
 
 from __future__ import annotations
 
+import hashlib
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.outbox.relay import OutboxRelay
@@ -26,6 +29,7 @@ from schemas.signing import (
     generate_key_files,
     load_private_key,
 )
+from tests import spec_v2
 from tests.outbox import insert_rows, outbox_rows, read_records
 
 # 257 events in one batch and one chunk: trees of 128, 128 and one.
@@ -52,6 +56,8 @@ async def test_every_record_is_the_encoded_event_with_its_headers_and_verifies(
     assert len(records) == len(rows)
     verifier = SignatureSettings(coordinator_public_keys=public).coordinator_verifier()
     by_id = {str(row["event_id"]): row for row in rows}
+    sent_at = {str(row["event_id"]): at for at, row in enumerate(rows)}
+    trees: dict[bytes, list[tuple[int, bytes, bytes, bytes]]] = defaultdict(list)
     alone = 0
     for record in records:
         event = decode(RetentionEvent, record.value)
@@ -68,7 +74,24 @@ async def test_every_record_is_the_encoded_event_with_its_headers_and_verifies(
             assert names == ["event_id", BATCH_HEADER]
             # Trees of 128: seven steps of 16 bytes.
             assert len(record.headers[1][1]) == 94 + 7 * 16
+            batch = record.headers[1][1]
+            trees[batch[73:89]].append(
+                (sent_at[str(event.event_id)], record.key, record.value, batch)
+            )
         assert dict(record.headers)["event_id"] == str(event.event_id).encode()
         checked = verifier.verify(record.key, record.value, record.headers)
         assert checked.verdict is Verdict.VALID
     assert alone == 1
+    if proof_format is ProofFormat.V2:
+        # The bytes on the wire are those of the trees docs/protocol.md describes, built
+        # by `tests.spec_v2` from the records in the order the relay sent them.
+        private = load_private_key(key_file)
+        raw = private.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        kid = hashlib.sha256(raw).digest()[:8]
+        assert sorted(len(tree) for tree in trees.values()) == [128, 128]
+        for salt, tree in trees.items():
+            tree.sort()
+            built = spec_v2.tree_values(private.sign, kid, salt, [(k, v) for _, k, v, _ in tree])
+            assert [batch for *_, batch in tree] == built

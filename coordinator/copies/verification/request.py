@@ -36,6 +36,7 @@ __all__ = [
     "LEGAL_BASIS",
     "ON_DEMAND",
     "SAMPLER",
+    "SAMPLE_LOCK",
     "CompletedDeletion",
     "Requested",
     "completed_deletions",
@@ -54,7 +55,7 @@ ANSWER_WINDOW = timedelta(days=1)
 ASKED_AFTER = ("completed", "not_found", "still_present")
 """The acknowledgements whose services are asked: those that said the data was gone."""
 _SAMPLE_CHUNK = 1000
-_SAMPLE_LOCK = 0x7665726966790001
+SAMPLE_LOCK = 0x7665726966790001
 """pg_advisory_xact_lock key of the sampler ("verify" + 1)."""
 
 
@@ -214,7 +215,7 @@ async def sample_policy(
         return [], False
     draw = chance or random.SystemRandom()
     # One sampler at a time (several `serve` replicas): a deletion is considered once.
-    await conn.execute(select(func.pg_advisory_xact_lock(_SAMPLE_LOCK)))
+    await conn.execute(select(func.pg_advisory_xact_lock(SAMPLE_LOCK)))
     mark = (
         await conn.execute(
             select(verify_marks.c.completed_before, verify_marks.c.event_id).where(
