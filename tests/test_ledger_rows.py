@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
+from asyncpg.pgproto.pgproto import UUID as PgUUID
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -67,6 +68,33 @@ def test_a_ledger_row_holds_each_value_under_its_column() -> None:
         "reject_reason": "malformed",
         "event_ms": 0,
     }
+
+
+def test_a_ledger_row_names_a_known_event_by_the_id_it_is_given() -> None:
+    # `_judge` passes the locked events' ids as asyncpg read them: asyncpg encodes its own
+    # UUID by copying its bytes, a stdlib one through the Python property `bytes`.
+    known, unknown = _v7(NOW - timedelta(hours=1)), _v7(NOW - timedelta(hours=2))
+    read_back = PgUUID(str(known))
+    at = ledger.LEDGER_COLUMNS[1:].index("event_id")
+    named = {}
+    for event_id in (known, unknown):
+        ack = RetentionAck(
+            event_id=event_id,
+            service="billing",
+            entity_type="user",
+            entity_id="u-1",
+            status=AckStatus.COMPLETED,
+            records_affected=1,
+            detail="",
+            attempt=1,
+            acknowledged_at=NOW,
+        )
+        record = ledger.ConsumedAck("acks", 0, 1, ack)
+        row = ledger.ledger_row(record, NOW, None, ids={known.int: read_back})
+        assert row == ledger.ledger_row(record, NOW, None)  # the same values
+        named[event_id] = row[at]
+    assert named[known] is read_back
+    assert type(named[unknown]) is uuid.UUID
 
 
 @given(st.lists(st.integers(min_value=-(2**47), max_value=2**48 - 1), max_size=30))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import operator
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -485,13 +485,18 @@ def _judge(
         event_id.int: (row.entity_type, None if row.pseudonymised_at else row.entity_id)
         for event_id, row in events.items()
     }
+    # The rows name a known event by its id as asyncpg read it (`lock_events`): asyncpg
+    # encodes its own UUID by copying 16 bytes, a decoded ack's stdlib one through the
+    # Python property `bytes`. The same value: only the object differs.
+    ids = {event_id.int: event_id for event_id in events}
     event_at = LedgerEventMs(now)
     for record in records:
         reason = _reject_reason(record, entities, expected)
+        row = ledger_row(record, now, reason, event_at=event_at, ids=ids)
         if reason is None:
-            accepted.append((record, ledger_row(record, now, reason, event_at=event_at)))
+            accepted.append((record, row))
         else:
-            rejected.append((record, ledger_row(record, now, reason, event_at=event_at)))
+            rejected.append((record, row))
             outcome.rejected.append((record, reason))
     return accepted, rejected
 
@@ -513,9 +518,8 @@ async def _new_to_ledger(
     if not accepted and not rejected:
         return []  # a batch of verify answers only (recorded by `apply_answers`)
     where = [(r.topic, r.partition, r.offset) for r, _ in accepted + rejected]
-    event_ids = _distinct_sorted(
-        record.ack.event_id for record, _ in accepted if record.ack is not None
-    )
+    # The rows' ids: every accepted ack's event is locked, its id asyncpg's (`_judge`).
+    event_ids = _distinct_sorted(row[_L_EVENT] for _, row in accepted)
     months = [row[_L_EVENT_MS] for _, row in accepted + rejected]
     recorded, acks = await _recorded(conn, where, (min(months), max(months)), event_ids)
     new_accepted: list[_Judged] = []
@@ -914,9 +918,11 @@ def ledger_row(
     reason: RejectReason | None,
     *,
     event_at: Callable[[uuid.UUID | None], int] | None = None,
+    ids: Mapping[int, uuid.UUID] | None = None,
 ) -> LedgerRow:
     """The record's row, `_PER_ROW`'s values in order; received at `now`. `event_at`:
-    a `LedgerEventMs(now)` shared by a batch's rows."""
+    a `LedgerEventMs(now)` shared by a batch's rows; `ids`: event ids by their int, to
+    name the event by instead of the ack's equal one."""
     if event_at is None:
         event_at = LedgerEventMs(now)
     ack = record.ack
@@ -939,11 +945,12 @@ def ledger_row(
             record.key_id,
             event_at(None),
         )
+    event_id = ack.event_id if ids is None else ids.get(ack.event_id.int, ack.event_id)
     return (
         record.topic,
         record.partition,
         record.offset,
-        ack.event_id,
+        event_id,
         ack.service,
         ack.entity_type,
         # The event or record it answers keeps only the HMAC: an id in clear here would
@@ -958,7 +965,7 @@ def ledger_row(
         None if reason is None else reason.value,
         record.key_id,
         # The partition key both unique keys hold (coordinator/store/tables.py).
-        event_at(ack.event_id),
+        event_at(event_id),
     )
 
 
