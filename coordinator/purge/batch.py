@@ -553,8 +553,8 @@ async def purge_batch(
     hook and one statement for action + ledger, returning the touched ids as text and
     their subjects (archive: then the key store, once for the batch, and the sealed rows'
     insert); the anonymize mark; last, under the audit chain's lock, the batch's one
-    outbox row and its audit entry in one statement that also reads the chain's head
-    (coordinator/outbox/write.py: two round trips with the lock, then the commit).
+    outbox row and its audit entry in one statement (coordinator/outbox/write.py: three
+    round trips with the lock, then the commit).
     """
     acted = await act_batch(
         conn,
