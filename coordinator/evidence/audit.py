@@ -188,10 +188,6 @@ class Prepared:
     @property
     def around(self) -> str:
         """`head` before the data: `head` is `around`, `data_json`, then a comma."""
-        # ASCII (`canonical` and `prepare` escape the rest), so characters are bytes and
-        # SQL's text hashes as these bytes (`linked_onto_head`).
-        if not self.head.isascii():
-            raise AssertionError("a prepared entry's text is no longer ASCII")
         return self.head[: len(self.head) - len(self.data_json) - 1].decode()
 
 
