@@ -97,30 +97,6 @@ async def test_the_audit_entry_is_written_with_the_row_and_chains_on(
         assert [r.entity_ids for r in rows] == [["1", "2"], ["3"]]
 
 
-async def test_the_statement_links_its_entry_as_audit_link_does(engine: AsyncEngine) -> None:
-    """The outbox row's statement reads the chain's head and hashes its entry in SQL
-    (`audit.linked_onto_head`): the same bytes `link` hashes, from the first entry (onto
-    GENESIS) on, whatever the data holds, serialized either way `prepare` does."""
-    texts = ['a"b', "e\\f", "ü ñ", "x\ny", "\x7f", "\x01", "{}", ",", "9" * 30]
-    entries = [
-        AuditEntry(AuditAction.PURGE_BATCH, "coordinator", {"ids": texts, "count": 9}),
-        AuditEntry(AuditAction.PURGE_BATCH, "coordinator", {"ids": ["1", "2"], "count": 2}),
-    ]
-    async with engine.begin() as conn:
-        for native in (False, True):
-            for entry in entries:
-                await enqueue(conn, batch("1"), recorded=entry, json_native=native)
-    async with engine.connect() as conn:
-        assert await audit.verify(conn) == (4, None)
-        rows = (await conn.execute(select(audit_log).order_by(audit_log.c.seq))).all()
-    prev = audit.GENESIS
-    for row, entry in zip(rows, entries * 2, strict=True):
-        assert row.data == entry.data
-        body = audit.canonical(row.seq, T0, entry)
-        assert (row.prev_hash, row.hash) == (prev, audit.link(prev, body))
-        prev = row.hash
-
-
 async def test_an_empty_batch_writes_only_its_audit_entry(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         assert await enqueue(conn, batch(), recorded=recorded(0)) == 0
