@@ -139,9 +139,8 @@ KINDS = (
     ("hold lock", r"pg_advisory_xact_lock_shared"),
     ("chain lock", r"pg_advisory_xact_lock\("),
     ("policy lock", r"pg_try_advisory_lock|pg_advisory_unlock"),
-    # Before the chain head: this statement reads the head itself.
-    ("outbox row + audit entry", r"INSERT INTO retention_outbox_batches.*INSERT INTO audit_log"),
     ("chain head", r"FROM audit_log ORDER BY"),
+    ("outbox row + audit entry", r"^WITH batch AS \(INSERT INTO retention_outbox_batches"),
     ("audit entry", r"^INSERT INTO audit_log"),
     ("choose + act", r"^WITH .*(DELETE|UPDATE)"),
     ("select and lock", r"FOR UPDATE"),

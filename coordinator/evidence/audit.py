@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 import msgspec
-from sqlalchemy import Text, bindparam, cast, func, insert, literal, select, true
+from sqlalchemy import Text, bindparam, cast, func, insert, literal, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -41,8 +41,6 @@ __all__ = [
     "draw_link",
     "id_texts",
     "link",
-    "linked_onto_head",
-    "lock_chain",
     "lock_head",
     "prepare",
     "row_values",
@@ -185,11 +183,6 @@ class Prepared:
     """The data as `canonical` serializes it inside `head`: the text stored, so the data
     is serialized once (it was again for the insert, with the chain locked)."""
 
-    @property
-    def around(self) -> str:
-        """`head` before the data: `head` is `around`, `data_json`, then a comma."""
-        return self.head[: len(self.head) - len(self.data_json) - 1].decode()
-
 
 def prepare(
     entries: Sequence[AuditEntry], *, at: datetime, json_native: bool = False
@@ -302,43 +295,6 @@ def chained(head: tuple[int, str], prepared: Sequence[Prepared]) -> list[dict[st
     return rows
 
 
-def linked_onto_head(*, around: Any, data: Any) -> tuple[Any, dict[str, Any]]:
-    """The seq, prev_hash and hash of one entry as SQL reading the chain's head in the
-    statement that inserts the entry (a CTE to add to it, and the columns' values):
-    `chained` for a writer that took `lock_chain` in an earlier statement of its
-    transaction, whose snapshot then holds the head. One round trip fewer under the
-    lock than `lock_head`. `around` and `data` are the entry's `Prepared.around` and
-    `data_json` as SQL text; the hash is `link`'s over the same bytes (the text is ASCII:
-    `canonical` and `prepare` escape everything else), spelled in SQL."""
-    last = (
-        select(audit_log.c.seq, audit_log.c.hash)
-        .order_by(audit_log.c.seq.desc())
-        .limit(1)
-        .lateral("last")
-    )
-    head = (
-        select(
-            (func.coalesce(last.c.seq, 0) + 1).label("seq"),
-            func.coalesce(last.c.hash, literal(GENESIS, Text())).label("prev"),
-        )
-        .select_from(select(literal(1).label("one")).subquery("one").outerjoin(last, true()))
-        .cte("head")
-    )
-    body = (
-        head.c.prev.concat(around)
-        .concat(data)
-        .concat(literal(',"seq":', Text()))
-        .concat(cast(head.c.seq, Text()))
-        .concat(literal("}", Text()))
-    )
-    digest = func.encode(func.sha256(func.convert_to(body, literal("UTF8", Text()))), "hex")
-    return head, {
-        "seq": select(head.c.seq).scalar_subquery(),
-        "prev_hash": select(head.c.prev).scalar_subquery(),
-        "hash": select(digest).scalar_subquery(),
-    }
-
-
 def row_values(row: dict[str, Any]) -> dict[str, Any]:
     """A row of `chained` as the values of `insert(audit_log)`."""
     values = {name: value for name, value in row.items() if name != "data_json"}
@@ -352,19 +308,13 @@ async def draw_link(conn: AsyncConnection) -> int:
     return drawn
 
 
-async def lock_chain(conn: AsyncConnection) -> None:
-    """Lock the chain until the transaction ends, for a writer whose next statement reads
-    the head itself (`linked_onto_head`)."""
-    await conn.execute(_LOCK_CHAIN)
-
-
 async def lock_head(conn: AsyncConnection) -> tuple[int, str]:
     """Lock the chain until the transaction ends; return its last (seq, hash).
 
     While the caller holds the lock its next appended entry gets seq + 1, so it can write
     that number next to the change before appending the entry that records it.
     """
-    await lock_chain(conn)
+    await conn.execute(_LOCK_CHAIN)
     last = (await conn.execute(_HEAD)).first()
     return (last.seq, last.hash) if last else (0, GENESIS)
 

@@ -5,8 +5,8 @@ the row the next seq, so seq order is commit order: when the relay sees seq N co
 every smaller seq committed before it, and its watermark never skips a row that commits
 later. Writers append their audit entry in the same transaction anyway, so the lock is
 held for no longer than it was. Given the audit entry, `enqueue` writes it in the
-same statement as the row, which also reads the chain's head: under the lock then go
-two round trips (the lock, the inserts) and the commit, so call it last before the commit.
+same statement as the row: under the lock then go three round trips (the lock, the
+chain's head, the inserts) and the commit, so call it last before the commit.
 """
 
 from __future__ import annotations
@@ -153,20 +153,14 @@ async def enqueue(
     # sent before the chain's lock, as it costs a round trip and is queued until commit.
     if not woken:
         await conn.execute(_NOTIFY)
-    # The statement after the lock reads the chain's head itself: its snapshot is taken
-    # once the lock is held, so no entry can be appended after the head it reads.
-    await audit.lock_chain(conn)
+    head = await audit.lock_head(conn)
     if recorded is None:
         return int(await conn.scalar(_batch_row(), params) or 0)
-    (entry,) = prepared
-    params.update(
-        a_at=entry.at,
-        a_action=entry.entry.action,
-        a_actor=entry.entry.actor,
-        a_around=entry.around,
-        a_data=entry.data_json,
-    )
-    seq = await conn.scalar(_batch_row_and_entry(), params)
+    (entry,) = audit.chained(head, prepared)
+    columns = tuple(name for name in entry if name != "data_json")
+    params.update({f"a_{name}": entry[name] for name in columns})
+    params["a_data"] = entry["data_json"]
+    seq = await conn.scalar(_batch_row_and_entry(columns), params)
     return int(seq or 0)
 
 
@@ -207,18 +201,15 @@ def _batch_row() -> Any:
 
 
 @functools.cache
-def _batch_row_and_entry() -> Any:
-    """The outbox row and its audit entry, linked onto the chain's head that the statement
-    reads (`audit.linked_onto_head`), in one statement: the entry's time, action and actor
-    bound as "a_" + the name, its `Prepared.around` as "a_around", its data as "a_data"."""
+def _batch_row_and_entry(columns: tuple[str, ...]) -> Any:
+    """The outbox row and its audit entry in one statement (the entry's `columns` as
+    `audit.chained` names them, bound as "a_" + the name, its data as "a_data")."""
     written = _batch_row().cte("batch")
-    data = bindparam("a_data", type_=Text)
-    head, linked = audit.linked_onto_head(around=bindparam("a_around", type_=Text), data=data)
-    values: dict[str, Any] = {name: bindparam(f"a_{name}") for name in ("at", "action", "actor")}
-    values.update(linked, data=cast(data, JSONB))
+    values: dict[str, Any] = {name: bindparam(f"a_{name}") for name in columns}
+    values["data"] = cast(bindparam("a_data", type_=Text), JSONB)
     return (
         insert(audit_log)
         .values(values)
-        .add_cte(written, head)
+        .add_cte(written)
         .returning(select(written.c.seq).scalar_subquery())
     )

@@ -39,7 +39,7 @@ async def test_a_batch_failing_to_record_rolls_back_the_batch_in_flight_behind_i
         flat = " ".join(args[2].split())
         if re.search(r"^WITH .*DELETE FROM orders", flat):
             deletes.append(args[4].compiled_parameters[0].get("after"))
-        if re.search(r"INSERT INTO retention_outbox_batches.*INSERT INTO audit_log", flat):
+        if flat.startswith("WITH batch AS (INSERT INTO retention_outbox_batches"):
             records += 1
             if records == 2:
                 raise Refused("the second batch's outbox row")
