@@ -50,9 +50,6 @@ class EventBatch:
     run_id: uuid.UUID | None = None
     reason: EventReason = EventReason.RETENTION_POLICY
     request_id: uuid.UUID | None = None
-    entity_ids_text: str | None = None
-    """`entity_ids` as PostgreSQL's text of a text[] (`{"a","b"}`), from a caller that
-    has it from the database: sent as it is, not built again."""
 
 
 def notify_statement(below: float = 0.5) -> Any:
@@ -142,11 +139,7 @@ async def enqueue(
         "b_deadline": batch.deadline,
         "b_reason": batch.reason.value,
         "b_request_id": batch.request_id,
-        "b_entity_ids": (
-            batch.entity_ids_text
-            if batch.entity_ids_text is not None
-            else _array_literal(batch.entity_ids)
-        ),
+        "b_entity_ids": _array_literal(batch.entity_ids),
         "b_subjects": None if subjects is None else _array_literal(subjects),
     }
     # Wakes the relays when this transaction commits (coordinator/outbox/wakeup.py);

@@ -14,7 +14,6 @@ from typing import Any
 
 from sqlalchemy import (
     DateTime,
-    Integer,
     Text,
     Uuid,
     any_,
@@ -191,10 +190,10 @@ def _subject(bound: BoundPolicy, acted: Any) -> ColumnElement[Any] | None:
     return literal(f"{bound.subject.entity_type}:", Text).concat(cast(column, Text))
 
 
-def _acted_entities(bound: BoundPolicy, acted: Any, *, as_text: bool = False) -> Any:
+def _acted_entities(bound: BoundPolicy, acted: Any) -> Any:
     """The acted rows' entity ids as text, and their subjects, in id order: what the audit
     entry names, and the arrays the batch's outbox row holds (subjects: NULL for a policy
-    that does not fan out). `as_text`: the ids' array as its own text (`_plain_text`)."""
+    that does not fan out)."""
     done = acted.c[bound.id_column.name]
     subject = _subject(bound, acted) if bound.policy.fan_out else None
     subjects: ColumnElement[Any] = literal(None, ARRAY(Text))
@@ -205,8 +204,6 @@ def _acted_entities(bound: BoundPolicy, acted: Any, *, as_text: bool = False) ->
     # values, ~0.6–0.9 ms of PostgreSQL's CPU a 5,000-row batch cheaper than sorting (text,
     # id) pairs (measured, integer keys).
     entities = cast(func.array_agg(aggregate_order_by(done, done)), ARRAY(Text))
-    if as_text:
-        entities = cast(entities, Text)
     return select(
         func.count().label("touched"),
         entities.label("entities"),
@@ -257,25 +254,6 @@ class _Acted:
     ids: Sequence[Any]
     entities: Sequence[str]
     subjects: Sequence[str | None] | None
-    entities_text: str | None = None
-    """`entities` as PostgreSQL's text of the array, when the statement returned that."""
-
-
-def _plain_text(bound: BoundPolicy) -> bool:
-    """Whether no id's text ever needs quoting in an array's text (digits and a sign; a
-    UUID's hex and dashes), so that the statement returns the ids' array as one text,
-    `{1,2,3}`, split at its commas here and sent back as it is for the outbox row.
-
-    asyncpg decodes a text[] element by element in Python and the outbox row's insert
-    encodes it again (`write._array_literal`): for a 5,000-id batch ~0.3 and ~0.1 ms of
-    this process's CPU, against ~0.1 for the split (measured), and fewer bytes each way.
-    """
-    return isinstance(bound.id_column.type, Integer | Uuid)
-
-
-def _split(text: str | None) -> list[str]:
-    """The elements of an array's text none of whose elements is quoted (`_plain_text`)."""
-    return text[1:-1].split(",") if text and len(text) > 2 else []
 
 
 def _archived_entities(
@@ -435,7 +413,7 @@ def _select_and_act_statement(
         bound, cutoff=cutoff, now=now, after=after, limit=bound.policy.batch_size, scope=scope
     )
     acted, helpers = _with_ledger(bound, window.chosen, run_id, now)
-    entities = _acted_entities(bound, acted, as_text=_plain_text(bound)).subquery("entities")
+    entities = _acted_entities(bound, acted).subquery("entities")
     columns = [
         window.last.label("last"),
         window.seen.label("seen"),
@@ -485,13 +463,10 @@ async def _select_and_act(
     if row.last is None:
         return Batch((), None, exhausted=True), _Acted((), (), None)
     # The ids as text (what the audit entry and the events name) are all the caller needs.
-    if isinstance(row.entities, str):
-        touched, text = _split(row.entities), row.entities
-    else:
-        touched, text = list(row.entities or ()), None
+    touched = list(row.entities or ())
     return (
         Batch(touched, row.last, exhausted=window.exhausted(row.seen)),
-        _Acted(touched, touched, row.subjects, text),
+        _Acted(touched, touched, row.subjects),
     )
 
 
@@ -671,7 +646,6 @@ async def record_batch(
                 initiated_at=now,
                 deadline=origin.deadline or now + policy.completion_deadline,
                 entity_ids=acted.entities,
-                entity_ids_text=acted.entities_text,
                 subjects=acted.subjects,
                 fields=policy.fields,
                 run_id=run_id,
