@@ -20,6 +20,7 @@
  * shipped and are the cheapest way to hash many small inputs: EVP adds a context dispatch
  * per digest (~20 ns of a 65-byte node's ~85 ns). */
 #define OPENSSL_SUPPRESS_DEPRECATED
+#include <openssl/evp.h>
 #include <openssl/sha.h>
 
 #include <string.h>
@@ -520,6 +521,373 @@ done:
     return result;
 }
 
+/* ---- Signer: `schemas.signing.Signer.sign_columns_v2` without the GIL ---- */
+
+#define SIGNATURE_B64 88 /* standard base64 of 64 bytes, padded */
+
+/* Standard base64 with padding, as Python's base64.b64encode. */
+static void
+b64_padded(const unsigned char *in, size_t n, char *out)
+{
+    size_t i = 0;
+    for (; i + 3 <= n; i += 3) {
+        unsigned int v = (unsigned int)in[i] << 16 | (unsigned int)in[i + 1] << 8 | in[i + 2];
+        *out++ = B64[v >> 18];
+        *out++ = B64[(v >> 12) & 63];
+        *out++ = B64[(v >> 6) & 63];
+        *out++ = B64[v & 63];
+    }
+    if (n - i == 1) {
+        unsigned int v = (unsigned int)in[i] << 16;
+        *out++ = B64[v >> 18];
+        *out++ = B64[(v >> 12) & 63];
+        *out++ = '=';
+        *out++ = '=';
+    }
+    else if (n - i == 2) {
+        unsigned int v = (unsigned int)in[i] << 16 | (unsigned int)in[i + 1] << 8;
+        *out++ = B64[v >> 18];
+        *out++ = B64[(v >> 12) & 63];
+        *out++ = B64[(v >> 6) & 63];
+        *out++ = '=';
+    }
+}
+
+/* A record's key and value, read under the GIL; the tuples the caller holds keep the
+ * bytes alive (and bytes do not change) while the GIL is released. */
+typedef struct {
+    const unsigned char *key, *value;
+    size_t key_size, value_size;
+} Record;
+
+typedef struct {
+    PyObject_HEAD
+    EVP_PKEY *key;
+    PyObject *prefix; /* bytes: the key id and ":", what every signature header starts with */
+} SignerObject;
+
+static void
+signer_dealloc(SignerObject *self)
+{
+    EVP_PKEY_free(self->key);
+    Py_XDECREF(self->prefix);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+signer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    Py_buffer seed;
+    PyObject *prefix;
+    if (kwargs != NULL && PyDict_GET_SIZE(kwargs)) {
+        PyErr_SetString(PyExc_TypeError, "Signer() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "y*O!:Signer", &seed, &PyBytes_Type, &prefix))
+        return NULL;
+    EVP_PKEY *key = NULL;
+    if (seed.len == 32)
+        key = EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, NULL,
+                                           (const unsigned char *)seed.buf, 32);
+    PyBuffer_Release(&seed);
+    if (key == NULL) {
+        /* Nothing of the key in the message. */
+        PyErr_SetString(PyExc_ValueError, "an Ed25519 private key is a 32-byte seed");
+        return NULL;
+    }
+    SignerObject *self = (SignerObject *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        EVP_PKEY_free(key);
+        return NULL;
+    }
+    self->key = key;
+    self->prefix = Py_NewRef(prefix);
+    return (PyObject *)self;
+}
+
+/* Ed25519 over `message` into `out`; 0, or -1 when OpenSSL failed. */
+static int
+ed25519(EVP_PKEY *key, EVP_MD_CTX *ctx, const unsigned char *message, size_t size,
+        unsigned char out[SIGNATURE])
+{
+    size_t length = SIGNATURE;
+    if (EVP_MD_CTX_reset(ctx) != 1 || EVP_DigestSignInit(ctx, NULL, NULL, NULL, key) != 1
+        || EVP_DigestSign(ctx, out, &length, message, size) != 1 || length != SIGNATURE)
+        return -1;
+    return 0;
+}
+
+static void
+leaf_v2_raw(const Record *r, const unsigned char *salt, unsigned char out[HALF])
+{
+    unsigned char length[4], digest[DIGEST];
+    length[0] = (unsigned char)(r->key_size >> 24);
+    length[1] = (unsigned char)(r->key_size >> 16);
+    length[2] = (unsigned char)(r->key_size >> 8);
+    length[3] = (unsigned char)r->key_size;
+    SHA256_CTX ctx;
+    SHA256_Init(&ctx);
+    SHA256_Update(&ctx, &LEAF, 1);
+    SHA256_Update(&ctx, salt, HALF);
+    SHA256_Update(&ctx, RECORD_CONTEXT, RECORD_CONTEXT_LEN);
+    SHA256_Update(&ctx, length, 4);
+    SHA256_Update(&ctx, r->key, r->key_size);
+    SHA256_Update(&ctx, r->value, r->value_size);
+    SHA256_Final(digest, &ctx);
+    memcpy(out, digest, HALF);
+}
+
+/* Every tree of `total` records, hashed and signed without the GIL. Record j's output is
+ * at `out + j * stride`: its `retention-batch` value (94 + 16 * steps bytes, steps at
+ * byte 89), or for a tree of one a zero byte and the 64 bytes of its per-record
+ * signature. `hashes` has room for one tree's nodes (<= 2 * tree_size + 64). -1: out of
+ * memory or OpenSSL failed. */
+static int
+sign_trees_v2(EVP_PKEY *key, const Record *records, Py_ssize_t total, Py_ssize_t tree_size,
+              const unsigned char *salts, const unsigned char *kid, unsigned char *hashes,
+              unsigned char *out, size_t stride)
+{
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    if (ctx == NULL)
+        return -1;
+    int failed = 0;
+    for (Py_ssize_t start = 0, t = 0; start < total && !failed; start += tree_size, t++) {
+        Py_ssize_t n = total - start < tree_size ? total - start : tree_size;
+        const Record *rs = records + start;
+        const unsigned char *salt = salts + t * HALF;
+        if (n == 1) {
+            /* A tree of one: signed per record, over its signed bytes (as v1). */
+            size_t size = RECORD_CONTEXT_LEN + 4 + rs->key_size + rs->value_size;
+            unsigned char *message = PyMem_RawMalloc(size ? size : 1);
+            if (message == NULL) {
+                failed = 1;
+                break;
+            }
+            unsigned char *p = message;
+            memcpy(p, RECORD_CONTEXT, RECORD_CONTEXT_LEN);
+            p += RECORD_CONTEXT_LEN;
+            p[0] = (unsigned char)(rs->key_size >> 24);
+            p[1] = (unsigned char)(rs->key_size >> 16);
+            p[2] = (unsigned char)(rs->key_size >> 8);
+            p[3] = (unsigned char)rs->key_size;
+            memcpy(p + 4, rs->key, rs->key_size);
+            memcpy(p + 4 + rs->key_size, rs->value, rs->value_size);
+            unsigned char *slot = out + (size_t)start * stride;
+            slot[0] = 0;
+            failed = ed25519(key, ctx, message, size, slot + 1) < 0;
+            PyMem_RawFree(message);
+            continue;
+        }
+        Py_ssize_t starts[66], counts[66];
+        int levels = 0;
+        for (Py_ssize_t i = 0; i < n; i++)
+            leaf_v2_raw(rs + i, salt, hashes + i * HALF);
+        Py_ssize_t at = 0, count = n;
+        while (count > 1) {
+            starts[levels] = at;
+            counts[levels] = count;
+            levels++;
+            const unsigned char *level = hashes + at * HALF;
+            unsigned char *above = hashes + (at + count) * HALF;
+            Py_ssize_t pairs = count / 2;
+            for (Py_ssize_t i = 0; i < pairs; i++)
+                node_v2(level + 2 * i * HALF, level + (2 * i + 1) * HALF, above + i * HALF);
+            if (count % 2) /* the odd one out moves up unchanged */
+                memcpy(above + pairs * HALF, level + (count - 1) * HALF, HALF);
+            at += count;
+            count = pairs + count % 2;
+        }
+        unsigned char message[ROOT_CONTEXT_LEN + 2 * HALF];
+        memcpy(message, ROOT_CONTEXT_V2, ROOT_CONTEXT_LEN);
+        memcpy(message + ROOT_CONTEXT_LEN, salt, HALF);
+        memcpy(message + ROOT_CONTEXT_LEN + HALF, hashes + at * HALF, HALF);
+        unsigned char prefix[1 + KEY_ID + SIGNATURE + HALF];
+        prefix[0] = 0x02;
+        memcpy(prefix + 1, kid, KEY_ID);
+        if (ed25519(key, ctx, message, sizeof message, prefix + 1 + KEY_ID) < 0) {
+            failed = 1;
+            break;
+        }
+        memcpy(prefix + 1 + KEY_ID + SIGNATURE, salt, HALF);
+        for (Py_ssize_t j = 0; j < n; j++) {
+            unsigned char *p = out + (size_t)(start + j) * stride;
+            memcpy(p, prefix, sizeof prefix);
+            unsigned long sides = 0;
+            unsigned char *sibling = p + BATCH_FIXED;
+            int step = 0;
+            Py_ssize_t index = j;
+            for (int l = 0; l < levels; index /= 2, l++) {
+                Py_ssize_t other = index ^ 1;
+                if (other < counts[l]) {
+                    if (other > index)
+                        sides |= 1UL << step;
+                    memcpy(sibling, hashes + (starts[l] + other) * HALF, HALF);
+                    sibling += HALF;
+                    step++;
+                }
+            }
+            p[89] = (unsigned char)step;
+            p[90] = (unsigned char)(sides >> 24);
+            p[91] = (unsigned char)(sides >> 16);
+            p[92] = (unsigned char)(sides >> 8);
+            p[93] = (unsigned char)sides;
+        }
+    }
+    EVP_MD_CTX_free(ctx);
+    return failed ? -1 : 0;
+}
+
+PyDoc_STRVAR(columns_v2_doc,
+"columns_v2(keys, values, tree_size, salts, kid, /)\n--\n\n"
+"schemas.signing.Signer.sign_columns_v2 with this key: each record's\n"
+"`retention-signature` and `retention-batch` header values, exactly one of the two not\n"
+"None, byte for byte; salts and kid as forest_v2's. The hashing and signing run without\n"
+"the GIL, so another thread (the relay's event loop) goes on meanwhile.");
+
+static PyObject *
+signer_columns_v2(SignerObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_Format(PyExc_TypeError, "columns_v2() takes 5 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    Py_ssize_t tree_size = PyLong_AsSsize_t(args[2]);
+    if (tree_size == -1 && PyErr_Occurred())
+        return NULL;
+    if (tree_size < 1) {
+        PyErr_SetString(PyExc_ValueError, "a signature tree holds at least one record");
+        return NULL;
+    }
+    PyObject *salts = args[3], *kid = args[4];
+    if (!PyBytes_Check(salts) || !PyBytes_Check(kid)) {
+        PyErr_SetString(PyExc_TypeError, "salts and the key id are bytes");
+        return NULL;
+    }
+    if (PyBytes_GET_SIZE(kid) != KEY_ID) {
+        PyErr_SetString(PyExc_ValueError, "a key id is 8 bytes");
+        return NULL;
+    }
+    PyObject *keys = PySequence_Tuple(args[0]);
+    if (keys == NULL)
+        return NULL;
+    PyObject *values = PySequence_Tuple(args[1]);
+    if (values == NULL) {
+        Py_DECREF(keys);
+        return NULL;
+    }
+    /* Owned while the GIL is released: nothing else may drop them meanwhile. */
+    Py_INCREF(salts);
+    Py_INCREF(kid);
+    PyObject *result = NULL, *signatures = NULL, *batches = NULL;
+    Record *records = NULL;
+    unsigned char *hashes = NULL, *out = NULL;
+    Py_ssize_t total = PyTuple_GET_SIZE(keys);
+    if (PyTuple_GET_SIZE(values) != total) {
+        PyErr_SetString(PyExc_ValueError, "as many values as keys");
+        goto done;
+    }
+    Py_ssize_t trees = total / tree_size + (total % tree_size != 0);
+    if (PyBytes_GET_SIZE(salts) / HALF < trees) {
+        PyErr_SetString(PyExc_ValueError, "16 bytes of salt per tree");
+        goto done;
+    }
+    Py_ssize_t most = total < tree_size ? total : tree_size;
+    int depth = 0; /* the most steps a proof of a tree of `most` records has */
+    while (((Py_ssize_t)1 << depth) < most)
+        depth++;
+    size_t stride = BATCH_FIXED + (size_t)HALF * (size_t)depth;
+    if (most > (PY_SSIZE_T_MAX / HALF - 64) / 2
+        || (size_t)total > ((size_t)PY_SSIZE_T_MAX) / (stride + sizeof(Record))) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    records = PyMem_RawMalloc((size_t)(total ? total : 1) * sizeof(Record));
+    hashes = PyMem_RawMalloc((size_t)(2 * most + 64) * HALF);
+    out = PyMem_RawMalloc((size_t)(total ? total : 1) * stride);
+    if (records == NULL || hashes == NULL || out == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < total; i++) {
+        const char *k, *v;
+        Py_ssize_t klen, vlen;
+        unsigned char length[4];
+        if (as_bytes(PyTuple_GET_ITEM(keys, i), &k, &klen) < 0
+            || as_bytes(PyTuple_GET_ITEM(values, i), &v, &vlen) < 0
+            || length_prefix(klen, length) < 0)
+            goto done;
+        records[i] = (Record){(const unsigned char *)k, (const unsigned char *)v,
+                              (size_t)klen, (size_t)vlen};
+    }
+    int failed;
+    const unsigned char *salt_bytes = (const unsigned char *)PyBytes_AS_STRING(salts);
+    const unsigned char *kid_bytes = (const unsigned char *)PyBytes_AS_STRING(kid);
+    Py_BEGIN_ALLOW_THREADS
+    failed = sign_trees_v2(self->key, records, total, tree_size, salt_bytes, kid_bytes, hashes,
+                           out, stride);
+    Py_END_ALLOW_THREADS
+    if (failed) {
+        PyErr_SetString(PyExc_MemoryError, "out of memory, or OpenSSL could not sign");
+        goto done;
+    }
+    signatures = PyList_New(total);
+    batches = PyList_New(total);
+    if (signatures == NULL || batches == NULL)
+        goto done;
+    /* Until set, the lists' items are NULL, which they tolerate only until read: each is
+     * set before a failure drops them. */
+    Py_ssize_t prefix = PyBytes_GET_SIZE(self->prefix);
+    for (Py_ssize_t j = 0; j < total; j++) {
+        const unsigned char *p = out + (size_t)j * stride;
+        if (p[0] == 0) {
+            PyObject *header = PyBytes_FromStringAndSize(NULL, prefix + SIGNATURE_B64);
+            if (header == NULL)
+                goto done;
+            memcpy(PyBytes_AS_STRING(header), PyBytes_AS_STRING(self->prefix), (size_t)prefix);
+            b64_padded(p + 1, SIGNATURE, PyBytes_AS_STRING(header) + prefix);
+            PyList_SET_ITEM(signatures, j, header);
+            PyList_SET_ITEM(batches, j, Py_NewRef(Py_None));
+            continue;
+        }
+        PyObject *batch =
+            PyBytes_FromStringAndSize((const char *)p, BATCH_FIXED + HALF * (Py_ssize_t)p[89]);
+        if (batch == NULL)
+            goto done;
+        PyList_SET_ITEM(signatures, j, Py_NewRef(Py_None));
+        PyList_SET_ITEM(batches, j, batch);
+    }
+    result = PyTuple_Pack(2, signatures, batches);
+done:
+    PyMem_RawFree(records);
+    PyMem_RawFree(hashes);
+    PyMem_RawFree(out);
+    Py_XDECREF(signatures);
+    Py_XDECREF(batches);
+    Py_DECREF(keys);
+    Py_DECREF(values);
+    Py_DECREF(salts);
+    Py_DECREF(kid);
+    return result;
+}
+
+static PyMethodDef signer_methods[] = {
+    {"columns_v2", (PyCFunction)(void (*)(void))signer_columns_v2, METH_FASTCALL,
+     columns_v2_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject SignerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "schemas._merkle.Signer",
+    .tp_doc = PyDoc_STR("Signer(seed, prefix)\n--\n\nSigns columns of records with one Ed25519 "
+                        "key (its 32-byte seed); prefix: the key id and \":\"."),
+    .tp_basicsize = sizeof(SignerObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = signer_new,
+    .tp_dealloc = (destructor)signer_dealloc,
+    .tp_methods = signer_methods,
+};
+
 PyDoc_STRVAR(root_v2_doc,
 "root_v2(key, value, batch, /)\n--\n\n"
 "The 16-byte root a `retention-batch` value's proof leads to from the record's salted\n"
@@ -809,12 +1177,13 @@ PyInit__merkle(void)
     memset(B64_VALUES, -1, sizeof B64_VALUES);
     for (int i = 0; i < 64; i++)
         B64_VALUES[(unsigned char)B64[i]] = (signed char)i;
-    if (PyType_Ready(&WalkerType) < 0)
+    if (PyType_Ready(&WalkerType) < 0 || PyType_Ready(&SignerType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
-    if (PyModule_AddObjectRef(m, "Walker", (PyObject *)&WalkerType) < 0) {
+    if (PyModule_AddObjectRef(m, "Walker", (PyObject *)&WalkerType) < 0
+        || PyModule_AddObjectRef(m, "Signer", (PyObject *)&SignerType) < 0) {
         Py_DECREF(m);
         return NULL;
     }
