@@ -239,6 +239,12 @@ class Signer:
     def from_file(cls, path: Path | str) -> Signer:
         return cls(load_private_key(path))
 
+    @property
+    def signs_without_gil(self) -> bool:
+        """Whether `sign_columns_v2` hashes and signs in C without holding the GIL (worth
+        calling on a thread of its own)."""
+        return self._columns_v2 is not None and _forest_v2 is not _forest_v2_py
+
     def _header(self, message: bytes) -> tuple[str, bytes]:
         signature = base64.b64encode(self._private.sign(message))
         return (SIGNATURE_HEADER, self.key_id.encode("ascii") + b":" + signature)
