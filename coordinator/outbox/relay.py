@@ -583,9 +583,7 @@ class OutboxRelay:
                 if proof_format is ProofFormat.V2
                 else self._signer.sign_columns(keys, values, tree)
             )
-            records = RecordColumns(
-                keys, values, _SIGNED[proof_format], [ids, signatures, proofs]
-            )
+            records = RecordColumns(keys, values, _SIGNED[proof_format], [ids, signatures, proofs])
         try:
             # Enqueueing awaits topic metadata, which can hang (aiokafka#759).
             async with asyncio.timeout_at(claim.deadline):
