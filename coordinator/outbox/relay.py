@@ -553,7 +553,6 @@ class OutboxRelay:
             signer is not None
             and signer.signs_without_gil
             and self._settings.proof_format is ProofFormat.V2
-            and __import__("os").environ.get("RELAY15_AB") != "inline"  # A/B only; removed
         ):
             signed = asyncio.get_running_loop().run_in_executor(
                 None,
