@@ -22,15 +22,3 @@ class Walker:
         headers: Iterable[tuple[str, bytes | None]],
         /,
     ) -> tuple[bytes, bytes] | None: ...
-
-class Signer:
-    def __init__(self, seed: bytes, prefix: bytes, /) -> None: ...
-    def columns_v2(
-        self,
-        keys: Sequence[bytes | None],
-        values: Sequence[bytes | None],
-        tree_size: int,
-        salts: bytes,
-        kid: bytes,
-        /,
-    ) -> tuple[list[bytes | None], list[bytes | None]]: ...

@@ -219,31 +219,10 @@ class Signer:
         self.public = private.public_key()
         self.key_id = key_id(self.public)
         self._key_id_raw = bytes.fromhex(self.key_id)
-        # `sign_columns_v2` in C, hashing and signing without the GIL (the relay signs on
-        # a thread of its own while its event loop hands over): the same bytes, Ed25519
-        # being deterministic.
-        self._columns_v2 = (
-            None
-            if _column_signer is None
-            else _column_signer(
-                private.private_bytes(
-                    serialization.Encoding.Raw,
-                    serialization.PrivateFormat.Raw,
-                    serialization.NoEncryption(),
-                ),
-                self.key_id.encode("ascii") + b":",
-            )
-        )
 
     @classmethod
     def from_file(cls, path: Path | str) -> Signer:
         return cls(load_private_key(path))
-
-    @property
-    def signs_without_gil(self) -> bool:
-        """Whether `sign_columns_v2` hashes and signs in C without holding the GIL (worth
-        calling on a thread of its own)."""
-        return self._columns_v2 is not None and _forest_v2 is not _forest_v2_py
 
     def _header(self, message: bytes) -> tuple[str, bytes]:
         signature = base64.b64encode(self._private.sign(message))
@@ -322,18 +301,18 @@ class Signer:
         """Proof format v2 of `sign_columns`: each record's `retention-signature` and
         `retention-batch` header values, in order, exactly one of the two not None (a
         tree of one is signed per record, as in v1). One Ed25519 signature and one fresh
-        16-byte salt per tree.
-
-        With the C core (`HASHING` native), one call hashes and signs every tree without
-        holding the GIL, so other threads run meanwhile; while `_forest_v2` is the Python
-        reference (no C core, or a bench or test choosing it), Python signs."""
+        16-byte salt per tree."""
         if tree_size < 1:
             raise ValueError("a signature tree holds at least one record")
         n = len(keys)
-        salts = self._salts(_HALF * -(-n // tree_size))
-        if self._columns_v2 is not None and _forest_v2 is not _forest_v2_py:
-            return self._columns_v2.columns_v2(keys, values, tree_size, salts, self._key_id_raw)
-        batches = _forest_v2(keys, values, tree_size, salts, self._private.sign, self._key_id_raw)
+        batches = _forest_v2(
+            keys,
+            values,
+            tree_size,
+            self._salts(_HALF * -(-n // tree_size)),
+            self._private.sign,
+            self._key_id_raw,
+        )
         signatures: list[bytes | None] = [None] * n
         # Trees of one: every record when trees hold one, else at most the last record.
         singles = range(n) if tree_size == 1 else range(n - 1 if n % tree_size == 1 else n, n)
@@ -498,18 +477,6 @@ _ForesterV2 = Callable[
 ]
 
 
-class _ColumnSigner(Protocol):
-    def columns_v2(
-        self,
-        keys: Sequence[bytes | None],
-        values: Sequence[bytes | None],
-        tree_size: int,
-        salts: bytes,
-        kid: bytes,
-        /,
-    ) -> tuple[list[bytes | None], list[bytes | None]]: ...
-
-
 class _Walker(Protocol):
     def walk(
         self,
@@ -523,36 +490,24 @@ class _Walker(Protocol):
 _RootV2 = Callable[[bytes | None, bytes | None, bytes], bytes]
 
 
-_Choice = tuple[
-    _Forester,
-    _ForesterV2,
-    _RootV2,
-    Callable[[], _Walker] | None,
-    Callable[[bytes, bytes], _ColumnSigner] | None,
-    _Hashing,
-]
-
-
-def _choose() -> _Choice:
+def _choose() -> tuple[_Forester, _ForesterV2, _RootV2, Callable[[], _Walker] | None, _Hashing]:
     try:
-        from schemas._merkle import Signer as ColumnSigner
         from schemas._merkle import Walker, forest, forest_v2, root_v2
     except ImportError:
         # Built only where a C compiler and OpenSSL's headers were at install (setup.py).
         # A build older than proof format v2 is not used at all: its walker would judge
         # a record's v1 headers without seeing a `retention-batch` beside them.
-        return _forest_py, _forest_v2_py, _root_v2_py, None, None, "python"
-    return forest, forest_v2, root_v2, Walker, ColumnSigner, "native"
+        return _forest_py, _forest_v2_py, _root_v2_py, None, "python"
+    return forest, forest_v2, root_v2, Walker, "native"
 
 
-_forest, _forest_v2, _root_v2, _walker, _column_signer, HASHING = _choose()
+_forest, _forest_v2, _root_v2, _walker, HASHING = _choose()
 """Which `_forest` and `_forest_v2` sign: `native` (schemas/_merkle.c) or `python`
 (`_forest_py`, `_forest_v2_py`), chosen once at import; the relay logs it when it starts
 (docs/relay.md). With `native`, each `Verifier` walks v1 batch-signed records' proofs with
 a `schemas._merkle.Walker` (`_walker`) and v2 ones with `root_v2` (`_root_v2`) too; with
 `python`, `_walker` is None (`Verifier._batch_valid` walks) and `_root_v2` is
-`_root_v2_py`. With `native`, `Signer.sign_columns_v2` hashes and signs in C
-(`_column_signer`, a `schemas._merkle.Signer` per key)."""
+`_root_v2_py`."""
 
 
 def merkle_proofs(

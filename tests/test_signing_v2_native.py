@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import sys
-import threading
 from collections.abc import Callable
 
 import pytest
@@ -192,90 +190,3 @@ def test_the_c_walker_walks_a_lone_batch_header_and_leaves_v1_headers_beside_one
     high = v2[1][:90] + (1 | 1 << 5).to_bytes(4, "big") + v2[1][94:]
     assert walker(b"user:1", b"{}", [(BATCH_HEADER, high)]) is None
     assert verifier.verify(b"user:1", b"{}", [(BATCH_HEADER, high)]).verdict is Verdict.MALFORMED
-
-
-_SEEDS = [bytes(range(5, 37)), bytes(range(40, 72))]
-KID_OF = {
-    seed: bytes.fromhex(Signer(Ed25519PrivateKey.from_private_bytes(seed)).key_id)
-    for seed in _SEEDS
-}
-
-
-@given(
-    st.lists(st.tuples(_keys, _values), min_size=0, max_size=400),
-    st.integers(1, 200),
-    st.binary(min_size=16, max_size=16),
-    st.sampled_from(_SEEDS),
-)
-@settings(max_examples=200, deadline=None)
-def test_the_c_signer_gives_the_reference_bytes(
-    records: list[_Record], tree_size: int, salt: bytes, seed: bytes
-) -> None:
-    """`schemas._merkle.Signer` (hashing and Ed25519 in C, without the GIL) against the
-    Python reference walk signed by `cryptography`: the same header values, byte for byte
-    (Ed25519 is deterministic), trees of one and the last partial tree included."""
-    salts = (salt * (len(records) // tree_size + 1))[: 16 * -(-len(records) // tree_size)]
-    signer = Signer(Ed25519PrivateKey.from_private_bytes(seed), salts=lambda n: salts[:n])
-    keys, values = [k for k, _ in records], [v for _, v in records]
-    batches = signing._forest_v2_py(
-        keys, values, tree_size, salts, signer._private.sign, KID_OF[seed]
-    )
-    signatures = [
-        None if batch is not None else signer._header(signing.signed_bytes(k, v))[1]
-        for k, v, batch in zip(keys, values, batches, strict=True)
-    ]
-    expected = (signatures, batches)
-    assert signer._columns_v2 is not None
-    assert signer.sign_columns_v2(keys, values, tree_size) == expected
-    assert (
-        signer._columns_v2.columns_v2(tuple(keys), tuple(values), tree_size, salts, KID_OF[seed])
-        == expected
-    )
-
-
-def test_the_c_signer_refuses_what_the_reference_refuses() -> None:
-    columns = SIGNER._columns_v2
-    assert columns is not None
-    salts = bytes(64)
-    cases: list[tuple[tuple[object, ...], type[Exception]]] = [
-        (([b"k"], [b"v"], 0, salts, KID), ValueError),
-        (([b"a", "b"], [b"v", b"w"], 2, salts, KID), TypeError),
-        (([b"a", b"b"], [b"v", 7], 2, salts, KID), TypeError),
-        (([b"a", b"b"], [b"v"], 2, salts, KID), ValueError),
-        (([b"a"] * 5, [b"v"] * 5, 1, bytes(64), KID), ValueError),
-        (([b"a", b"b"], [b"v", b"w"], 2, salts, KID[:7]), ValueError),
-        (([b"a", b"b"], [b"v", b"w"], 2, "salt", KID), TypeError),
-    ]
-    for args, error in cases:
-        with pytest.raises(error):
-            columns.columns_v2(*args)
-    with pytest.raises(ValueError, match="32-byte seed"):
-        _merkle.Signer(bytes(31), b"kid:")
-
-
-def test_the_c_signer_lets_other_threads_run_while_it_signs() -> None:
-    """The relay signs on a thread while its event loop hands over: with a switch interval
-    far longer than the test, a waiting thread runs only if the signer releases the GIL."""
-    columns = SIGNER._columns_v2
-    assert columns is not None
-    keys, values = [b"k"] * 512, [b"v" * 400] * 512
-    go, ran = threading.Event(), threading.Event()
-
-    def other() -> None:
-        go.wait()
-        ran.set()
-
-    thread = threading.Thread(target=other)
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(30.0)
-    try:
-        thread.start()
-        go.set()
-        for _ in range(200):
-            columns.columns_v2(keys, values, 2, bytes(16 * 256), KID)
-            if ran.is_set():
-                break
-    finally:
-        sys.setswitchinterval(interval)
-        thread.join()
-    assert ran.is_set()

@@ -235,17 +235,6 @@ class PublishFailed(CoordinatorError, KafkaError):  # type: ignore[misc]  # aiok
     retriable = True
 
 
-@dataclass(frozen=True, slots=True)
-class _Chunk:
-    """Records [start, end) of a claim, handed over together."""
-
-    start: int
-    end: int
-    signed: asyncio.Future[tuple[list[bytes | None], list[bytes | None]]] | None
-    """Their proof format v2 header values, being made on a thread; None when they are
-    signed (if at all) as they are handed over."""
-
-
 @dataclass(eq=False, slots=True)
 class _LoopState:
     total: int = 0
@@ -492,31 +481,16 @@ class OutboxRelay:
         tree = self._settings.signature_batch
         chunk = max(tree, self._settings.send_chunk // tree * tree)
         encode = BatchEncoder()
-        # The chunk being signed: it is handed over once the next one is encoded and its
-        # signing started, so a signing thread works while this loop encodes and sends.
-        signing: _Chunk | None = None
         sent = 0
-        try:
-            for row in claim.rows:
-                self._encode(claim, encode, row)
-                if len(claim.keys) - sent >= chunk:
-                    ready = (len(claim.keys) - sent) // tree * tree
-                    ahead, signing = signing, self._chunk(claim, sent, sent + ready)
-                    sent += ready
-                    if ahead is not None and not await self._hand_over(producer, claim, ahead):
-                        return
-            if sent < len(claim.keys):
-                ahead, signing = signing, self._chunk(claim, sent, len(claim.keys))
-                if ahead is not None and not await self._hand_over(producer, claim, ahead):
+        for row in claim.rows:
+            self._encode(claim, encode, row)
+            if len(claim.keys) - sent >= chunk:
+                ready = (len(claim.keys) - sent) // tree * tree
+                if not await self._hand_over(producer, claim, sent, sent + ready):
                     return
-            last, signing = signing, None
-            if last is not None:
-                await self._hand_over(producer, claim, last)
-        finally:
-            if signing is not None and signing.signed is not None:
-                # Never handed over (a failed hand-over ended the claim's sending): a
-                # running signature cannot be stopped, only its result dropped.
-                signing.signed.cancel()
+                sent += ready
+        if sent < len(claim.keys):
+            await self._hand_over(producer, claim, sent, len(claim.keys))
 
     def _encode(self, claim: _Claim, encode: BatchEncoder, row: Row[Any]) -> None:
         """Append the events of one batch row to the claim; log those it cannot build."""
@@ -544,49 +518,29 @@ class OutboxRelay:
         claim.built.append(built)
         claim.batch_of += [index] * built
 
-    def _chunk(self, claim: _Claim, start: int, end: int) -> _Chunk:
-        """Records [start, end) of the claim; in proof format v2 with the C signer, their
-        signing started on a thread (`Signer.sign_columns_v2` releases the GIL then)."""
-        signed = None
-        signer = self._signer
-        if (
-            signer is not None
-            and signer.signs_without_gil
-            and self._settings.proof_format is ProofFormat.V2
-        ):
-            signed = asyncio.get_running_loop().run_in_executor(
-                None,
-                signer.sign_columns_v2,
-                claim.keys[start:end],
-                claim.values[start:end],
-                self._settings.signature_batch,
-            )
-        return _Chunk(start, end, signed)
-
-    async def _hand_over(self, producer: EventProducer, claim: _Claim, chunk: _Chunk) -> bool:
-        """Enqueue the chunk's records, signed; False if the producer failed."""
-        start, end = chunk.start, chunk.end
+    async def _hand_over(
+        self, producer: EventProducer, claim: _Claim, start: int, end: int
+    ) -> bool:
+        """Sign records [start, end) and enqueue them; False if the producer failed."""
         keys, values = claim.keys[start:end], claim.values[start:end]
         # The event id as text: the C batches write its UTF-8, no bytes object per event.
         ids = claim.event_ids[start:end]
         if self._signer is None:
-            records = RecordColumns(keys, values, _UNSIGNED, [ids])
+            chunk = RecordColumns(keys, values, _UNSIGNED, [ids])
         else:
             # One Ed25519 signature per `signature_batch` records (a Merkle root), a proof
             # in each: smaller trees keep the proof header short, larger ones sign less.
             tree, proof_format = self._settings.signature_batch, self._settings.proof_format
             signatures, proofs = (
-                await chunk.signed
-                if chunk.signed is not None
-                else self._signer.sign_columns_v2(keys, values, tree)
+                self._signer.sign_columns_v2(keys, values, tree)
                 if proof_format is ProofFormat.V2
                 else self._signer.sign_columns(keys, values, tree)
             )
-            records = RecordColumns(keys, values, _SIGNED[proof_format], [ids, signatures, proofs])
+            chunk = RecordColumns(keys, values, _SIGNED[proof_format], [ids, signatures, proofs])
         try:
             # Enqueueing awaits topic metadata, which can hang (aiokafka#759).
             async with asyncio.timeout_at(claim.deadline):
-                async for delivery in producer.send_all(self._topic, records):
+                async for delivery in producer.send_all(self._topic, chunk):
                     claim.deliveries.append((start, delivery))
         except (KafkaError, TimeoutError) as exc:
             claim.enqueue_error = exc
