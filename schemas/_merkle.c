@@ -212,6 +212,26 @@ tree(PyObject **keys, PyObject **values, Py_ssize_t n, unsigned char *hashes, ch
     return Py_BuildValue("(NN)", message, proofs);
 }
 
+/* The argument count and `tree_size` (the third argument) of `forest` and `forest_v2`:
+ * -1 with an exception set when either is wrong. */
+static Py_ssize_t
+tree_size_arg(const char *name, PyObject *const *args, Py_ssize_t nargs, Py_ssize_t expected)
+{
+    if (nargs != expected) {
+        PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments (%zd given)", name, expected,
+                     nargs);
+        return -1;
+    }
+    Py_ssize_t tree_size = PyLong_AsSsize_t(args[2]);
+    if (tree_size == -1 && PyErr_Occurred())
+        return -1;
+    if (tree_size < 1) {
+        PyErr_SetString(PyExc_ValueError, "a signature tree holds at least one record");
+        return -1;
+    }
+    return tree_size;
+}
+
 PyDoc_STRVAR(forest_doc,
 "forest(keys, values, tree_size, /)\n--\n\n"
 "Trees of `tree_size` consecutive records (the last may be smaller): per tree, the message\n"
@@ -221,17 +241,9 @@ PyDoc_STRVAR(forest_doc,
 static PyObject *
 forest(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_Format(PyExc_TypeError, "forest() takes 3 arguments (%zd given)", nargs);
+    Py_ssize_t tree_size = tree_size_arg("forest", args, nargs, 3);
+    if (tree_size < 0)
         return NULL;
-    }
-    Py_ssize_t tree_size = PyLong_AsSsize_t(args[2]);
-    if (tree_size == -1 && PyErr_Occurred())
-        return NULL;
-    if (tree_size < 1) {
-        PyErr_SetString(PyExc_ValueError, "a signature tree holds at least one record");
-        return NULL;
-    }
     /* Tuples, not the caller's lists: creating the results can run a collection, and with
      * it a finalizer, which must not resize what is being read while it is read. (The copy
      * itself is CPython's; on 3.11 a finalizer emptying the very list being copied breaks
@@ -435,17 +447,9 @@ PyDoc_STRVAR(forest_v2_doc,
 static PyObject *
 forest_v2(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 6) {
-        PyErr_Format(PyExc_TypeError, "forest_v2() takes 6 arguments (%zd given)", nargs);
+    Py_ssize_t tree_size = tree_size_arg("forest_v2", args, nargs, 6);
+    if (tree_size < 0)
         return NULL;
-    }
-    Py_ssize_t tree_size = PyLong_AsSsize_t(args[2]);
-    if (tree_size == -1 && PyErr_Occurred())
-        return NULL;
-    if (tree_size < 1) {
-        PyErr_SetString(PyExc_ValueError, "a signature tree holds at least one record");
-        return NULL;
-    }
     PyObject *salts = args[3], *sign = args[4], *kid = args[5];
     if (!PyBytes_Check(salts) || !PyBytes_Check(kid)) {
         PyErr_SetString(PyExc_TypeError, "salts and the key id are bytes");

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from schemas import signing
 from schemas.signing import PROOF_HEADER, SIGNATURE_HEADER, Signer, Verdict, Verifier
 from tests.infra import ROOT
-from tests.native import required
+from tests.native import native_or_skip, required
 from tests.test_signing import VECTOR, _Outgoing, _proofs_by_hand, _signer, _value
 
 try:
@@ -101,6 +101,14 @@ def test_both_refuse_what_is_not_a_record_alike() -> None:
         for forest in IMPLEMENTATIONS.values():
             with pytest.raises(error):
                 forest(keys, values, tree_size)  # type: ignore[arg-type]
+
+
+def test_the_native_forests_name_a_wrong_argument_count() -> None:
+    native_or_skip(_merkle is not None, "schemas._merkle")
+    with pytest.raises(TypeError, match=r"^forest\(\) takes 3 arguments \(2 given\)$"):
+        _merkle.forest([b"k"], [b"v"])  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match=r"^forest_v2\(\) takes 6 arguments \(3 given\)$"):
+        _merkle.forest_v2([b"k"], [b"v"], 1)  # type: ignore[call-arg]
 
 
 def test_the_vector_is_signed_alike(hashing: str) -> None:
