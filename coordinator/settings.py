@@ -393,6 +393,8 @@ class Settings(BaseSettings):
     cli_lock_timeout_s: float = Field(
         default=30.0,
         ge=0,
+        # PostgreSQL's lock_timeout is an int of milliseconds.
+        le=2_147_483,
         description="How long a one-shot `retention` command (`holds create`, `acks waive`, "
         "...) waits for a lock, such as the hold lock or the audit chain lock, before it "
         "gives up, naming the lock and its holder; 0: without bound. Not `serve`, `relay`, "

@@ -60,9 +60,9 @@ def lock_report(exc: DBAPIError, settings: Settings) -> str:
     else:
         held = "held by " + "; ".join(holders)
     return (
-        f"gave up after {waited:g} s waiting for {what}, {held}. This command's "
-        "transaction was rolled back; RETENTION_CLI_LOCK_TIMEOUT_S sets the wait (0: no "
-        "bound)."
+        f"gave up after {waited:g} s waiting for {what}, {held}. The transaction that "
+        "waited was rolled back (what the command committed before it stands); "
+        "RETENTION_CLI_LOCK_TIMEOUT_S sets the wait (0: no bound)."
     )
 
 

@@ -371,7 +371,13 @@ async def _act_on(
     key = func.hashtext(f"retention.policy:{bound.name}")
     async with engine.connect() as lock:
         await lock.execution_options(isolation_level="AUTOCOMMIT")
+        # However long: a bounded one-shot command (`requests create`) would otherwise
+        # record the part as failed for a run that is merely long; the bound comes back
+        # for the statements after it.
+        waits = await lock.scalar(select(func.current_setting("lock_timeout")))
+        await lock.execute(select(func.set_config("lock_timeout", "0", False)))
         await lock.execute(select(func.pg_advisory_lock(key)))
+        await lock.execute(select(func.set_config("lock_timeout", waits, False)))
         try:
             after: Any | None = None
             while True:

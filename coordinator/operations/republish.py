@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator import CoordinatorError
@@ -55,6 +55,8 @@ REPUBLISH_HEADER = "retention-republish"
 The signature covers key and value only; readers need not look at it."""
 
 BATCH = 500
+
+_UNBOUNDED_LOCK_WAITS = select(func.set_config("lock_timeout", "0", True))
 
 
 class UnknownSelection(CoordinatorError, LookupError):
@@ -222,6 +224,9 @@ class Republisher:
             if not events:
                 return
             await self._publisher.publish(self._topic, self.records(events, reason=reason))
+            # Sent: the audit entry must follow, however long the chain's lock takes (a
+            # bounded one-shot command giving up here would leave a send unaudited).
+            await conn.execute(_UNBOUNDED_LOCK_WAITS)
             await audit.append(
                 conn,
                 [

@@ -123,19 +123,25 @@ async def encrypt_plain_archive(
         archive = await _reflect(conn, name)
         if archive is None:
             raise MigrationError(f"policy {policy_name!r} has no archive table {name!r}")
-        if SEALED in archive.c and not archive.c[SEALED].nullable:
-            report.finished = report.already = True
-            return report
-        wanted = [policy.id_column, policy.timestamp_column, ARCHIVED_AT]
-        if subject is not None:
-            wanted.append(subject.column)
-        if missing := [c for c in wanted if c not in archive.c]:
-            raise MigrationError(f"archive table {name!r} lacks column(s) {', '.join(missing)}")
-        clear = clear_columns(archive, [c for c in wanted if c != ARCHIVED_AT])
-        sealed_later = [
-            c.name for c in archive.c if c.name not in {*clear, ARCHIVED_AT, KEY_ID, SEALED}
-        ]
-        await _prepare(conn, archive, sealed_later)
+        already = SEALED in archive.c and not archive.c[SEALED].nullable
+        if not already:
+            wanted = [policy.id_column, policy.timestamp_column, ARCHIVED_AT]
+            if subject is not None:
+                wanted.append(subject.column)
+            if missing := [c for c in wanted if c not in archive.c]:
+                raise MigrationError(f"archive table {name!r} lacks column(s) {', '.join(missing)}")
+            clear = clear_columns(archive, [c for c in wanted if c != ARCHIVED_AT])
+            sealed_later = [
+                c.name for c in archive.c if c.name not in {*clear, ARCHIVED_AT, KEY_ID, SEALED}
+            ]
+            await _prepare(conn, archive, sealed_later)
+    if already:
+        # A run stopped before its vacuum, or one run with --no-vacuum: running it again
+        # vacuums, so the data files lose their clear row versions in the end.
+        report.finished = report.already = True
+        if vacuum:
+            await _vacuum(engine, name)
+        return report
     async with engine.connect() as conn:
         archive = await _reflect(conn, name)
     assert archive is not None
@@ -199,10 +205,18 @@ async def encrypt_plain_archive(
             after_batch(report)
     await _finish(engine, archive, sealed_later, report, policy_name, by=by, now=now)
     if vacuum:
-        async with engine.connect() as conn:
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
-            await conn.exec_driver_sql(f"VACUUM FULL {_quote(conn, name)}")
+        await _vacuum(engine, name)
     return report
+
+
+async def _vacuum(engine: AsyncEngine, name: str) -> None:
+    """`VACUUM FULL` the archive: its data files keep no earlier row version with the
+    clear values. It waits for its lock however long a reader holds the table: giving up
+    (a bounded one-shot command) would leave those versions with the work reported done."""
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await conn.execute(select(func.set_config("lock_timeout", "0", False)))
+        await conn.exec_driver_sql(f"VACUUM FULL {_quote(conn, name)}")
 
 
 async def _finish(

@@ -25,7 +25,13 @@ RECONNECT = RetryPolicy(initial_s=0.5, max_s=5.0, give_up_after_s=60.0)
 """Bookkeeping waits up to a minute for a restarting server, then gives up."""
 
 
-_session: dict[str, str] = {"application_name": "retention"}
+_session: dict[str, str] = {
+    "application_name": "retention",
+    # The audit chain's writers read its head after taking its lock, and count on the
+    # next statement's snapshot to see every entry committed before: READ COMMITTED,
+    # whatever the server's or the role's default (REPEATABLE READ would fork the chain).
+    "default_transaction_isolation": "read committed",
+}
 """The server settings every session this process opens starts with (`name_sessions`,
 `bound_lock_waits`)."""
 

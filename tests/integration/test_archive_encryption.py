@@ -364,6 +364,22 @@ async def test_a_plain_archive_is_encrypted_in_place_and_resumes(env: Sealed) ->
         "already_encrypted": False,
     }
 
+    # Run again (as after a run stopped before its vacuum, or one with --no-vacuum): an
+    # encrypted archive is only vacuumed, its table rewritten.
+    async with env.engine.connect() as conn:
+        before = await conn.scalar(text("SELECT pg_relation_filenode('ae_notes_archive')"))
+    keys = open_keystore(env.settings, env.engine)
+    try:
+        again = await encrypt_plain_archive(
+            env.engine, keys, policy_set, "notes", now=datetime.now(UTC), by="ops"
+        )
+    finally:
+        await keys.aclose()
+    async with env.engine.connect() as conn:
+        after = await conn.scalar(text("SELECT pg_relation_filenode('ae_notes_archive')"))
+    assert (again.already, again.rows) == (True, 0)
+    assert after != before
+
     dump = await _tool("pg_dump", "--data-only", _libpq(env.url))
     assert b"plain-secret" not in dump
     code, out_text, err_text = await _archive_read(env, env.url, "user:9")
