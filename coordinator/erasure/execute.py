@@ -60,6 +60,7 @@ from coordinator.purge.batch import EventOrigin, ensure_archive_table, purge_bat
 from coordinator.purge.holds import active_hold_exists, event_held, lock_for_purge
 from coordinator.purge.planner import held_clause, time_base
 from coordinator.settings import Settings
+from coordinator.store.db import unbounded_lock_waits
 from coordinator.store.tables import (
     erasure_parts,
     erasure_requests,
@@ -374,10 +375,8 @@ async def _act_on(
         # However long: a bounded one-shot command (`requests create`) would otherwise
         # record the part as failed for a run that is merely long; the bound comes back
         # for the statements after it.
-        waits = await lock.scalar(select(func.current_setting("lock_timeout")))
-        await lock.execute(select(func.set_config("lock_timeout", "0", False)))
-        await lock.execute(select(func.pg_advisory_lock(key)))
-        await lock.execute(select(func.set_config("lock_timeout", waits, False)))
+        async with unbounded_lock_waits(lock):
+            await lock.execute(select(func.pg_advisory_lock(key)))
         try:
             after: Any | None = None
             while True:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator import CoordinatorError
@@ -35,6 +35,7 @@ from coordinator.kafka.clients import KafkaPublisher
 from coordinator.kafka.ports import OutgoingRecord, Publisher
 from coordinator.outbox.lookup import StoredEvent, events_by
 from coordinator.purge.holds import lock_for_purge
+from coordinator.store.db import unbounded_lock_waits
 from coordinator.store.tables import expected_acks
 from schemas import KafkaSettings, RetentionEvent, encode
 from schemas.signing import Signer
@@ -55,8 +56,6 @@ REPUBLISH_HEADER = "retention-republish"
 The signature covers key and value only; readers need not look at it."""
 
 BATCH = 500
-
-_UNBOUNDED_LOCK_WAITS = select(func.set_config("lock_timeout", "0", True))
 
 
 class UnknownSelection(CoordinatorError, LookupError):
@@ -226,22 +225,22 @@ class Republisher:
             await self._publisher.publish(self._topic, self.records(events, reason=reason))
             # Sent: the audit entry must follow, however long the chain's lock takes (a
             # bounded one-shot command giving up here would leave a send unaudited).
-            await conn.execute(_UNBOUNDED_LOCK_WAITS)
-            await audit.append(
-                conn,
-                [
-                    audit.AuditEntry(
-                        action,
-                        actor,
-                        {
-                            **audit_data,
-                            "count": len(events),
-                            "event_ids": [str(e.event_id) for e in events],
-                        },
-                    )
-                ],
-                at=self._clock.now(),
-            )
+            async with unbounded_lock_waits(conn):
+                await audit.append(
+                    conn,
+                    [
+                        audit.AuditEntry(
+                            action,
+                            actor,
+                            {
+                                **audit_data,
+                                "count": len(events),
+                                "event_ids": [str(e.event_id) for e in events],
+                            },
+                        )
+                    ],
+                    at=self._clock.now(),
+                )
         outcome.sent.extend(e.event_id for e in events)
         log.info("events_republished", count=len(events), reason=reason)
         if progress is not None:

@@ -42,6 +42,7 @@ from coordinator.purge.archive import (
     owners,
     seal_row,
 )
+from coordinator.store.db import unbounded_lock_waits
 
 __all__ = ["Encrypted", "MigrationError", "encrypt_plain_archive"]
 
@@ -215,8 +216,8 @@ async def _vacuum(engine: AsyncEngine, name: str) -> None:
     (a bounded one-shot command) would leave those versions with the work reported done."""
     async with engine.connect() as conn:
         await conn.execution_options(isolation_level="AUTOCOMMIT")
-        await conn.execute(select(func.set_config("lock_timeout", "0", False)))
-        await conn.exec_driver_sql(f"VACUUM FULL {_quote(conn, name)}")
+        async with unbounded_lock_waits(conn):
+            await conn.exec_driver_sql(f"VACUUM FULL {_quote(conn, name)}")
 
 
 async def _finish(

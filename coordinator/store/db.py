@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import asyncpg
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from schemas import RetryPolicy, async_database_url, is_transient, retry
 
@@ -16,6 +18,7 @@ __all__ = [
     "connect_outside_pool",
     "make_engine",
     "name_sessions",
+    "unbounded_lock_waits",
     "when_reachable",
 ]
 
@@ -51,6 +54,27 @@ def bound_lock_waits(timeout_s: float) -> None:
         _session["lock_timeout"] = f"{max(1, round(timeout_s * 1000))}ms"
     else:
         _session.pop("lock_timeout", None)
+
+
+@asynccontextmanager
+async def unbounded_lock_waits(conn: AsyncConnection) -> AsyncIterator[None]:
+    """Inside, the statements on `conn` wait for their locks however long (`bound_lock_waits`
+    lifted): for a step that must not give up halfway, such as the audit entry of records
+    already sent. The bound comes back after; on a connection in a transaction, the
+    setting is the transaction's own, so a rollback drops it too."""
+    autocommit = conn.sync_connection is not None and (
+        conn.sync_connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+    )
+    before = await conn.scalar(select(func.current_setting("lock_timeout")))
+    await conn.execute(select(func.set_config("lock_timeout", "0", not autocommit)))
+    try:
+        yield
+    except BaseException:
+        # A failed transaction takes no statement; its rollback drops the setting anyway.
+        if autocommit:
+            await conn.execute(select(func.set_config("lock_timeout", before, False)))
+        raise
+    await conn.execute(select(func.set_config("lock_timeout", before, not autocommit)))
 
 
 _NAMEDATALEN = 63

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text
+from sqlalchemy.exc import DBAPIError
 
 from coordinator.clock import FrozenClock
 from coordinator.evidence import audit
@@ -123,3 +124,30 @@ async def test_sessions_read_committed_whatever_the_database_default(postgres_ur
         await infra.drop_database(url)
     assert broken is None
     assert seqs == list(range(1, checked + 1))
+
+
+@pytest.mark.parametrize("autocommit", [True, False])
+async def test_unbounded_lock_waits_lift_the_bound_and_bring_it_back(
+    coordinator_db: str, monkeypatch: pytest.MonkeyPatch, autocommit: bool
+) -> None:
+    """Inside, no bound; after, the session's bound again, also when the step failed (on
+    an autocommit session nothing else would put it back: the pool reuses the session)."""
+    monkeypatch.setattr(db, "_session", dict(db._session))
+    db.bound_lock_waits(1.5)
+    engine = make_engine(coordinator_db, pool_size=1)
+    bound = select(func.current_setting("lock_timeout"))
+    try:
+        async with engine.connect() as conn:
+            if autocommit:
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+            async with db.unbounded_lock_waits(conn):
+                assert await conn.scalar(bound) == "0"
+            assert await conn.scalar(bound) == "1500ms"
+            with pytest.raises(DBAPIError, match="division by zero"):
+                async with db.unbounded_lock_waits(conn):
+                    await conn.execute(text("SELECT 1 / 0"))
+            if not autocommit:
+                await conn.rollback()
+            assert await conn.scalar(bound) == "1500ms"
+    finally:
+        await engine.dispose()
