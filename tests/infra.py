@@ -212,6 +212,26 @@ async def check_postgres(url: str) -> str:
         await conn.close()
 
 
+async def lock_waiters(
+    url: str, *, database: str | None = None, application_name: str | None = None
+) -> int:
+    """How many sessions wait for a lock (advisory ones too) in `database`, or named
+    `application_name`, as the server at `url` sees them now."""
+    conn = await asyncpg.connect(_asyncpg_dsn(url), timeout=10)
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND ($1::text IS NULL OR datname = $1)"
+                " AND ($2::text IS NULL OR application_name = $2)",
+                database,
+                application_name,
+            )
+        )
+    finally:
+        await conn.close()
+
+
 async def create_database(url: str, prefix: str) -> str:
     """Create a fresh, uniquely named database; return its URL."""
     name = f"{re.sub(r'[^a-z0-9_]', '_', prefix.lower())[:40]}_{uuid.uuid4().hex[:8]}"

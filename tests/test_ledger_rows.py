@@ -22,13 +22,25 @@ def _v7(minted: datetime) -> uuid.UUID:
     return uuid.UUID(bytes=ms.to_bytes(6, "big") + bytes([0x70]) + bytes(9))
 
 
+def _ack(event_id: uuid.UUID, **fields: object) -> RetentionAck:
+    values: dict[str, object] = {
+        "event_id": event_id,
+        "service": "billing",
+        "entity_type": "user",
+        "entity_id": "u-1",
+        "status": AckStatus.COMPLETED,
+        "records_affected": 1,
+        "detail": "",
+        "attempt": 1,
+        "acknowledged_at": NOW,
+    }
+    return RetentionAck.model_validate(values | fields)
+
+
 def test_a_ledger_row_holds_each_value_under_its_column() -> None:
     event_id = _v7(NOW - timedelta(hours=1))
-    ack = RetentionAck(
-        event_id=event_id,
-        service="billing",
-        entity_type="user",
-        entity_id="u-1",
+    ack = _ack(
+        event_id,
         status=AckStatus.FAILED,
         records_affected=0,
         detail="x" * 2048,
@@ -78,23 +90,35 @@ def test_a_ledger_row_names_a_known_event_by_the_id_it_is_given() -> None:
     at = ledger.LEDGER_COLUMNS[1:].index("event_id")
     named = {}
     for event_id in (known, unknown):
-        ack = RetentionAck(
-            event_id=event_id,
-            service="billing",
-            entity_type="user",
-            entity_id="u-1",
-            status=AckStatus.COMPLETED,
-            records_affected=1,
-            detail="",
-            attempt=1,
-            acknowledged_at=NOW,
-        )
-        record = ledger.ConsumedAck("acks", 0, 1, ack)
+        record = ledger.ConsumedAck("acks", 0, 1, _ack(event_id))
         row = ledger.ledger_row(record, NOW, None, ids={known.int: read_back})
         assert row == ledger.ledger_row(record, NOW, None)  # the same values
         named[event_id] = row[at]
     assert named[known] is read_back
     assert type(named[unknown]) is uuid.UUID
+
+
+def test_a_refused_sender_or_a_late_ack_leaves_no_entity_id() -> None:
+    # An unverified sender's entity id is anyone's claim, read before any event is: its
+    # event may name the entity by its HMAC by now. A mismatch keeps it (the event is
+    # locked and known to be in clear).
+    record = ledger.ConsumedAck("acks", 0, 1, _ack(_v7(NOW)))
+    at = ledger.LEDGER_COLUMNS[1:].index("entity_id")
+    kept = {
+        reason: ledger.ledger_row(record, NOW, reason)[at]
+        for reason in (
+            None,
+            ledger.RejectReason.BAD_SIGNATURE,
+            ledger.RejectReason.UNKNOWN_SERVICE,
+            ledger.RejectReason.EVIDENCE_EXPIRED,
+            ledger.RejectReason.VERIFICATION_EXPIRED,
+            ledger.RejectReason.ENTITY_MISMATCH,
+        )
+    }
+    assert {reason for reason, entity in kept.items() if entity is not None} == {
+        None,
+        ledger.RejectReason.ENTITY_MISMATCH,
+    }
 
 
 @given(st.lists(st.integers(min_value=-(2**47), max_value=2**48 - 1), max_size=30))

@@ -244,8 +244,18 @@ class RejectReason(StrEnum):
     no entity id."""
 
 
-_EXPIRED = frozenset({RejectReason.VERIFICATION_EXPIRED, RejectReason.EVIDENCE_EXPIRED})
-"""The reasons whose ledger rows keep no entity id."""
+_NO_ENTITY_ID = frozenset(
+    {
+        RejectReason.VERIFICATION_EXPIRED,
+        RejectReason.EVIDENCE_EXPIRED,
+        RejectReason.BAD_SIGNATURE,
+        RejectReason.UNKNOWN_SERVICE,
+    }
+)
+"""The reasons whose ledger rows keep no entity id: the event or record answered keeps
+only its HMAC, or the sender is nobody the declaration names a key of (its entity id
+is anyone's claim, refused before any event is read, so nothing tells whether that
+event's id is an HMAC by now)."""
 
 
 @dataclass(slots=True)
@@ -953,9 +963,7 @@ def ledger_row(
         event_id,
         ack.service,
         ack.entity_type,
-        # The event or record it answers keeps only the HMAC: an id in clear here would
-        # undo that.
-        None if reason in _EXPIRED else ack.entity_id,
+        None if reason in _NO_ENTITY_ID else ack.entity_id,
         STATUS_TEXT[ack.status],
         ack.records_affected,
         ack.attempt,

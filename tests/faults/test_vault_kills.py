@@ -35,6 +35,7 @@ from coordinator.purge.runner import Runner
 from coordinator.settings import Settings
 from coordinator.store.db import make_engine
 from coordinator.store.tables import audit_log, data_keys, legal_hold_entities, vault
+from tests import infra
 from tests.sealed import sealed_databases
 
 POLICIES = """\
@@ -136,16 +137,8 @@ async def _kill(proc: asyncio.subprocess.Process) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
-async def _waiting_on_a_lock(engine: AsyncEngine, database: str) -> bool:
-    async with engine.connect() as conn:
-        waiting = await conn.execute(
-            text(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE datname = :db AND wait_event_type IN ('Lock', 'Advisory')"
-            ),
-            {"db": database},
-        )
-        return bool(waiting.scalar())
+async def _waiting_on_a_lock(url: str, database: str) -> bool:
+    return bool(await infra.lock_waiters(url, database=database))
 
 
 async def _audited(env: Env, action: str) -> list[dict[str, object]]:
@@ -178,7 +171,7 @@ async def test_sigkill_during_key_destruction_leaves_the_key_usable_or_gone(env:
             select(data_keys.c.scope).where(data_keys.c.scope == scope).with_for_update()
         )
         proc = await _start(env, *request)
-        await _until(lambda: _waiting_on_a_lock(env.engine, keystore_db), proc)
+        await _until(lambda: _waiting_on_a_lock(env.url, keystore_db), proc)
         assert len(await _audited(env, "data_key.destroying")) == 1
         await _kill(proc)
         await held.rollback()
@@ -194,12 +187,12 @@ async def test_sigkill_during_key_destruction_leaves_the_key_usable_or_gone(env:
             select(data_keys.c.scope).where(data_keys.c.scope == scope).with_for_update()
         )
         proc = await _start(env, *request)
-        await _until(lambda: _waiting_on_a_lock(env.engine, keystore_db), proc)
+        await _until(lambda: _waiting_on_a_lock(env.url, keystore_db), proc)
         chain_held = await chain.begin()
         await chain.execute(select(func.pg_advisory_xact_lock(CHAIN_LOCK)))
         await held.rollback()
         await _until(lambda: _gone(env, scope), proc)
-        await _until(lambda: _waiting_on_a_lock(env.engine, data_db), proc)
+        await _until(lambda: _waiting_on_a_lock(env.url, data_db), proc)
         await _kill(proc)
         await chain_held.rollback()
     # Gone: no copy opens; the log holds the intent, and no claim of an outcome yet.
@@ -278,7 +271,7 @@ async def test_sigkill_during_a_restore_leaves_each_batch_all_or_nothing(env: En
         proc = await _start(
             env, "restore", "--run", str(run_id), "--by", "ops", "--batch-size", "2"
         )
-        await _until(lambda: _waiting_on_a_lock(env.engine, data_db), proc)
+        await _until(lambda: _waiting_on_a_lock(env.url, data_db), proc)
         await _kill(proc)
         await held.rollback()
 

@@ -48,6 +48,7 @@ from coordinator.tracking import ledger, queries
 from schemas import AckStatus, KafkaSettings, RetentionAck
 from schemas.signing import Verifier
 from tests import infra, keys
+from tests.integration.tracking_support import ledger_row_at
 from tests.outbox import clear_outbox, insert_rows, outbox_rows
 
 NOW = datetime.now(UTC)
@@ -443,6 +444,12 @@ async def _apply(engine: AsyncEngine, records: list[ledger.ConsumedAck]) -> ledg
         )
 
 
+async def _pruned_world(engine: AsyncEngine) -> dict[str, uuid.UUID]:
+    ids = await _world(engine)
+    await prune_own_data(engine, RETENTION, now=NOW, dry_run=False, pepper=PEPPER, signer=SIGNER)
+    return ids
+
+
 async def test_an_ack_naming_a_pruned_event_does_not_track_it_again(coordinator_db: str) -> None:
     # Its outbox batch stays (a batch-mate is open), its status row is pruned: an ack
     # naming it (a genuine one replayed from the topic verifies) must not reopen it: its
@@ -451,10 +458,7 @@ async def test_an_ack_naming_a_pruned_event_does_not_track_it_again(coordinator_
     # pass).
     engine = make_engine(coordinator_db)
     try:
-        ids = await _world(engine)
-        await prune_own_data(
-            engine, RETENTION, now=NOW, dry_run=False, pepper=PEPPER, signer=SIGNER
-        )
+        ids = await _pruned_world(engine)
         kind = "completed 7 years ago, batched with a pending one"
         assert (await _present(engine, ids))[kind] == (1, 0, 0, 0)
         outcome = await _apply(
@@ -486,6 +490,7 @@ async def test_an_ack_whose_signature_failed_tracks_nothing(coordinator_db: str)
         )
         assert [why for _, why in outcome.rejected] == [ledger.RejectReason.BAD_SIGNATURE]
         assert (await _present(engine, ids))[UNTRACKED] == (1, 0, 0, 1)
+        assert await ledger_row_at(engine, 1000) == ("user", None, False, "bad_signature")
     finally:
         await engine.dispose()
 
@@ -496,33 +501,20 @@ async def test_an_ack_to_a_pseudonymised_event_keeps_no_clear_id(coordinator_db:
     holds no entity id: the clear id would sit beside the HMAC, joined by the event id."""
     engine = make_engine(coordinator_db)
     try:
-        ids = await _world(engine)
-        await prune_own_data(
-            engine, RETENTION, now=NOW, dry_run=False, pepper=PEPPER, signer=SIGNER
-        )
+        ids = await _pruned_world(engine)
         kind = "completed 40 days ago"
         outcome = await _apply(engine, [_ack_record(ids[kind], kind, 1000, None)])
         assert [(r.offset, why.value) for r, why in outcome.rejected] == [
             (1000, "evidence_expired")
         ]
         assert outcome.accepted == []
+        assert await ledger_row_at(engine, 1000) == ("user", None, False, "evidence_expired")
         async with engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(
-                        ack_ledger.c.entity_type,
-                        ack_ledger.c.entity_id,
-                        ack_ledger.c.accepted,
-                        ack_ledger.c.reject_reason,
-                    ).where(ack_ledger.c.kafka_offset == 1000)
-                )
-            ).one()
             stored = (
                 await conn.execute(
                     select(ack_ledger.c.entity_id).where(ack_ledger.c.event_id == ids[kind])
                 )
             ).scalars()
-        assert tuple(row) == ("user", None, False, "evidence_expired")
         assert kind not in set(stored)
     finally:
         await engine.dispose()

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
 from aiokafka import AIOKafkaProducer
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.clock import Clock
@@ -15,6 +16,7 @@ from coordinator.metrics import Metrics
 from coordinator.policy.model import DeclaredService
 from coordinator.settings import TrackerSettings
 from coordinator.store.db import make_engine
+from coordinator.store.tables import ack_ledger
 from coordinator.tracking.tracker import Tracker
 from schemas import (
     AckStatus,
@@ -35,6 +37,7 @@ __all__ = [
     "ack",
     "drain",
     "insert_published",
+    "ledger_row_at",
     "make_tracker",
     "produce",
     "registration",
@@ -186,3 +189,19 @@ def make_tracker(
         signer=keys.signer(keys.COORDINATOR),
     )
     return tracker, engine, metrics
+
+
+async def ledger_row_at(engine: AsyncEngine, offset: int) -> tuple[object, ...]:
+    """What the ledger kept of the record at `offset`: entity type and id, accepted, reason."""
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                select(
+                    ack_ledger.c.entity_type,
+                    ack_ledger.c.entity_id,
+                    ack_ledger.c.accepted,
+                    ack_ledger.c.reject_reason,
+                ).where(ack_ledger.c.kafka_offset == offset)
+            )
+        ).one()
+    return tuple(row)

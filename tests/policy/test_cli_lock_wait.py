@@ -20,6 +20,7 @@ from coordinator.settings import Settings
 from coordinator.store import db
 from coordinator.store.db import connect_outside_pool, make_engine
 from coordinator.store.tables import legal_holds
+from tests import infra
 from tests.policy.conftest import SEED_POLICIES
 from tests.policy.test_cli import _seed
 
@@ -27,27 +28,15 @@ RETENTION_CLI = str(Path(sys.executable).with_name("retention"))
 ENTITY = "user:user-00001"
 
 
-async def _waiting_as(engine_url: str, name: str, timeout_s: float) -> bool:
+async def _waiting_as(url: str, name: str, timeout_s: float) -> bool:
     """Whether a session named `name` is seen waiting for a lock within `timeout_s`."""
-    engine = make_engine(engine_url, pool_size=1)
     try:
         async with asyncio.timeout(timeout_s):
-            while True:
-                async with engine.connect() as conn:
-                    waiting = await conn.scalar(
-                        text(
-                            "SELECT count(*) FROM pg_stat_activity"
-                            " WHERE application_name = :name AND wait_event_type = 'Lock'"
-                        ),
-                        {"name": name},
-                    )
-                if waiting:
-                    return True
+            while not await infra.lock_waiters(url, application_name=name):
                 await asyncio.sleep(0.2)
     except TimeoutError:
         return False
-    finally:
-        await engine.dispose()
+    return True
 
 
 async def test_a_command_gives_up_on_a_stalled_lock_naming_it_and_its_holder(
@@ -103,23 +92,29 @@ async def test_a_command_gives_up_on_a_stalled_lock_naming_it_and_its_holder(
         await verify.dispose()
 
 
+async def _shown(url: str, *settings: str) -> list[str]:
+    """The settings a new session of a new engine starts with, as PostgreSQL shows them."""
+    engine = make_engine(url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            return [await conn.scalar(text(f"SHOW {name}")) for name in settings]
+    finally:
+        await engine.dispose()
+
+
 async def test_sessions_carry_the_name_of_their_process(
     coordinator_db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Restored after the test: the settings are the process's.
     monkeypatch.setattr(db, "_session", dict(db._session))
-    engine = make_engine(coordinator_db, pool_size=1)
-    try:
-        async with engine.connect() as conn:
-            assert await conn.scalar(text("SHOW application_name")) == "retention"
-    finally:
-        await engine.dispose()
+    assert await _shown(coordinator_db, "application_name") == ["retention"]
     db.name_sessions("serve")
+    assert await _shown(coordinator_db, "application_name", "lock_timeout") == [
+        "retention serve",
+        "0",
+    ]
     engine = make_engine(coordinator_db, pool_size=1)
     try:
-        async with engine.connect() as conn:
-            assert await conn.scalar(text("SHOW application_name")) == "retention serve"
-            assert await conn.scalar(text("SHOW lock_timeout")) == "0"
         raw = await connect_outside_pool(engine)
         try:
             assert await raw.fetchval("SHOW application_name") == "retention serve"
@@ -128,12 +123,7 @@ async def test_sessions_carry_the_name_of_their_process(
     finally:
         await engine.dispose()
     db.bound_lock_waits(2.5)
-    engine = make_engine(coordinator_db, pool_size=1)
-    try:
-        async with engine.connect() as conn:
-            assert await conn.scalar(text("SHOW lock_timeout")) == "2500ms"
-    finally:
-        await engine.dispose()
+    assert await _shown(coordinator_db, "lock_timeout") == ["2500ms"]
 
 
 class _OrigError(Exception):
