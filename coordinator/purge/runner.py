@@ -451,6 +451,7 @@ class Runner:
                     keys=keys,
                     mark=contiguous,
                     statements=statements,
+                    mostly_due=plan.mostly_due,
                 )
             contiguous = contiguous and batch.contiguous
             if batch.last_scanned is None:
@@ -498,6 +499,7 @@ class Runner:
                 now=now,
                 after=after,
                 statements=statements,
+                mostly_due=plan.mostly_due,
             )
             return on, acted
 
