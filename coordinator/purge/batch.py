@@ -510,7 +510,6 @@ async def purge_batch(
     keys: KeyStore | None = None,
     mark: bool = False,
     statements: RunStatements | None = None,
-    mostly_due: bool = False,
 ) -> BatchResult:
     """Purge the next batch after `after` inside the caller's transaction.
 
@@ -520,8 +519,7 @@ async def purge_batch(
     `mark`: every batch of the run so far was contiguous (an anonymize policy), so the
     policy's mark moves past this one if it is too (coordinator/purge/marks.py).
     `statements`: the run's memo of its batch statement (`RunStatements`), for a caller
-    that purges the same policy batch after batch. `mostly_due`: the run's count says
-    most of the table is due (`act_batch`).
+    that purges the same policy batch after batch.
 
     Round trips per batch: the hold lock, then either one statement that chooses the rows
     and acts on them (delete without a hook; it also sends a fanning-out batch's wake-up
@@ -545,7 +543,6 @@ async def purge_batch(
         keys=keys,
         mark=mark,
         statements=statements,
-        mostly_due=mostly_due,
     )
     return await record_batch(conn, bound, acted, run_id=run_id, now=now, origin=origin)
 
@@ -563,25 +560,13 @@ async def act_batch(
     keys: KeyStore | None = None,
     mark: bool = False,
     statements: RunStatements | None = None,
-    mostly_due: bool = False,
 ) -> ActedBatch:
     """The first half of `purge_batch`: the hold lock, choosing and acting (and the
-    anonymize mark), in the caller's transaction. `record_batch` completes it.
-
-    `mostly_due` (coordinator.purge.planner.DueCount): a one-pass batch runs under
-    generic plans. PostgreSQL otherwise plans its batch statement anew for every batch
-    (0.4–1.4 ms of a ~9 ms 5,000-row batch, measured), its generic plan's cost estimate
-    never winning; that plan assumes a third of the rows due (its cutoff and key are
-    parameters), so it walks the primary key as the custom plan of a mostly due table
-    does. On a table with few due rows the custom plan finds the window through the
-    timestamp index instead, and the generic one would walk every young row in the key
-    range (docs/benchmarks.md "Twelfth pass").
-    """
+    anonymize mark), in the caller's transaction. `record_batch` completes it."""
     policy = bound.policy
-    one_pass = acts_in_one_pass(bound, origin)
-    # Before the select: see coordinator.purge.holds.
-    await lock_for_purge(conn, generic_plans=one_pass and mostly_due and scope is None)
+    await lock_for_purge(conn)  # before the select: see coordinator.purge.holds
     acted = _Acted((), (), None)
+    one_pass = acts_in_one_pass(bound, origin)
     if one_pass:
         batch, acted = await _select_and_act(
             conn,

@@ -280,23 +280,12 @@ async def entity_types(conn: AsyncConnection, policy_set: PolicySet) -> EntityTy
 # Built once: a purge batch takes its lock every time, and building the statement and
 # its cache key cost more Python than executing it (measured).
 _FOR_PURGE = select(func.pg_advisory_xact_lock_shared(HOLD_LOCK))
-# The setting in the lock's round trip; is_local: it ends with the transaction, so a
-# pooled connection's next user plans as before.
-_FOR_PURGE_GENERIC = select(
-    func.pg_advisory_xact_lock_shared(HOLD_LOCK),
-    func.set_config("plan_cache_mode", "force_generic_plan", True),
-)
 _FOR_CREATION = select(func.pg_advisory_xact_lock(HOLD_LOCK))
 
 
-async def lock_for_purge(conn: AsyncConnection, *, generic_plans: bool = False) -> None:
-    """Take at the start of every purge batch transaction, before selecting rows.
-
-    `generic_plans`: the rest of the transaction runs its statements with the generic
-    plans PostgreSQL caches for them (`plan_cache_mode`), not one planned for each
-    execution's parameters (coordinator/purge/batch.py `act_batch` says when).
-    """
-    await conn.execute(_FOR_PURGE_GENERIC if generic_plans else _FOR_PURGE)
+async def lock_for_purge(conn: AsyncConnection) -> None:
+    """Take at the start of every purge batch transaction, before selecting rows."""
+    await conn.execute(_FOR_PURGE)
 
 
 async def lock_for_creation(conn: AsyncConnection) -> None:

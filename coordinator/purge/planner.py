@@ -20,7 +20,6 @@ from typing import Any
 from sqlalchemy import (
     ARRAY,
     DateTime,
-    Float,
     Integer,
     String,
     Text,
@@ -29,14 +28,12 @@ from sqlalchemy import (
     bindparam,
     case,
     cast,
-    column,
     exists,
     func,
     literal,
     not_,
     or_,
     select,
-    table,
     true,
     type_coerce,
 )
@@ -74,8 +71,6 @@ __all__ = [
 ]
 
 _DAY = 86400.0
-
-_pg_class = table("pg_class", column("oid"), column("reltuples", Float))
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,16 +270,11 @@ async def plan_policy(
 class DueCount:
     """What a run needs to know before it starts: the due, unheld rows and whether the
     guard refuses them (`plan_policy` then says why, with the held count and the
-    table's size), and whether most of the table is due (`mostly_due`)."""
+    table's size)."""
 
     cutoff: datetime
     due: int
     refused: bool
-    mostly_due: bool = False
-    """At least half the rows PostgreSQL's statistics say the table holds
-    (`pg_class.reltuples`) are due: a generic plan of the batch statement, which assumes
-    a third of the rows due, is then the custom plan's shape without its planning
-    (coordinator/purge/batch.py `act_batch`). False when the statistics know nothing."""
 
 
 async def count_due(
@@ -299,28 +289,14 @@ async def count_due(
         .where(due_clause(bound, cutoff), _after(bound, after), unheld_clause(bound, now))
         .scalar_subquery()
     )
-    # The statistics' row count, not a count: a catalog read instead of a pass.
-    name = conn.dialect.identifier_preparer.format_table(bound.table)
-    estimate = (
-        select(_pg_class.c.reltuples)
-        .where(_pg_class.c.oid == func.to_regclass(literal(name, Text)))
-        .scalar_subquery()
-    )
-    columns = [due.label("due"), estimate.label("estimate")]
+    columns = [due.label("due")]
     if bound.policy.max_fraction is not None:
         total = select(func.count()).select_from(bound.table).scalar_subquery()
         columns.append(total.label("total"))
     counts = (await conn.execute(select(*columns))).one()
     # Without a max_fraction the table's size decides nothing.
     total = counts.total if bound.policy.max_fraction is not None else counts.due
-    # reltuples is -1 (or 0) before the table's first VACUUM or ANALYZE.
-    mostly_due = (counts.estimate or 0) > 0 and counts.due * 2 >= counts.estimate
-    return DueCount(
-        cutoff,
-        counts.due,
-        guard_error(bound.policy, counts.due, total) is not None,
-        mostly_due=mostly_due,
-    )
+    return DueCount(cutoff, counts.due, guard_error(bound.policy, counts.due, total) is not None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -451,7 +451,6 @@ class Runner:
                     keys=keys,
                     mark=contiguous,
                     statements=statements,
-                    mostly_due=plan.mostly_due,
                 )
             contiguous = contiguous and batch.contiguous
             if batch.last_scanned is None:
@@ -499,7 +498,6 @@ class Runner:
                 now=now,
                 after=after,
                 statements=statements,
-                mostly_due=plan.mostly_due,
             )
             return on, acted
 
