@@ -153,18 +153,6 @@ def _mirror(annotation: Any, metadata: list[Any]) -> tuple[Any, Convert | None]:
     raise TypeError(f"no fast mirror for {annotation}")
 
 
-def _slot(name: str) -> Callable[[object, Any], None]:
-    """The setter of BaseModel's slot `name`, called directly: `object.__setattr__` looks
-    the name up on the type first (~0.05 µs more a call, three calls an event)."""
-    setter: Callable[[object, Any], None] = BaseModel.__dict__[name].__set__
-    return setter
-
-
-_SET_FIELDS_SET = _slot("__pydantic_fields_set__")
-_SET_EXTRA = _slot("__pydantic_extra__")
-_SET_PRIVATE = _slot("__pydantic_private__")
-
-
 class _Mirror:
     """A model's msgspec struct and the function that turns one into the model."""
 
@@ -236,17 +224,14 @@ class _Mirror:
         found: dict[str, Any],
         given: set[str],
         put: Callable[[object, str, Any], None] = object.__setattr__,
-        fields_set: Callable[[object, Any], None] = _SET_FIELDS_SET,
-        extra: Callable[[object, Any], None] = _SET_EXTRA,
-        private: Callable[[object, Any], None] = _SET_PRIVATE,
     ) -> BaseModel:
         # What `model_construct` does, without its per-call introspection: the instance
         # a validation would have produced (extra="ignore": no extras, no private state).
         made = self.model.__new__(self.model)
         put(made, "__dict__", found)
-        fields_set(made, given)
-        extra(made, None)
-        private(made, None)
+        put(made, "__pydantic_fields_set__", given)
+        put(made, "__pydantic_extra__", None)
+        put(made, "__pydantic_private__", None)
         return made
 
 
