@@ -135,9 +135,10 @@ class RelaySettings(BaseSettings):
         default=5, ge=0, description="Producer linger: how long a partition batch may fill."
     )
     max_batch_size: int = Field(
-        default=512 * 1024,
+        default=1_000_000,
         ge=16 * 1024,
-        description="Producer per-partition batch size in bytes.",
+        description="Producer per-partition batch size in bytes; at most the events "
+        "topic's `max.message.bytes` (1 MiB + 12 by default).",
     )
     compression: Compression = Field(
         default="none",
