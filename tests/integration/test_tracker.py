@@ -212,7 +212,8 @@ async def test_an_expected_row_keeps_the_answer_that_stands_and_counts_every_new
     await env.declare(*SERVICES)
     (settled, s_id), (failing, f_id) = await env.publish(2, T0)
     assert await env.tracker.track_published() >= 2
-    t = T0 + timedelta(minutes=10)
+    # Not a whole second: the ack times travel as microseconds (migration 0034).
+    t = T0 + timedelta(minutes=10, microseconds=654_321)
 
     def billing(
         event: tuple[uuid.UUID, str], minutes: int, status: AckStatus, attempt: int, detail: str
@@ -268,7 +269,18 @@ async def test_an_expected_row_keeps_the_answer_that_stands_and_counts_every_new
                 ).where(e.event_id.in_([settled, failing]), e.service == "billing")
             )
         }
+        # Each accepted ack's row holds its ack time, to the microsecond.
+        ledger_times = sorted(
+            await conn.scalars(
+                select(ack_ledger.c.acknowledged_at).where(
+                    ack_ledger.c.event_id == settled,
+                    ack_ledger.c.service == "billing",
+                    ack_ledger.c.accepted,
+                )
+            )
+        )
     minute = timedelta(minutes=1)
+    assert ledger_times == [t + n * minute for n in (1, 2, 3, 4, 20)]
     assert rows[settled] == ("completed", 5, 1, "deleted", t + 3 * minute, t + minute, 5)
     assert rows[failing] == (
         "failed",
