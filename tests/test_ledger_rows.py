@@ -45,7 +45,7 @@ def test_a_ledger_row_holds_each_value_under_its_column() -> None:
         records_affected=0,
         detail="x" * 2048,
         attempt=3,
-        acknowledged_at=NOW - timedelta(minutes=5),
+        acknowledged_at=NOW - timedelta(minutes=5, microseconds=123_457),
     )
     record = ledger.ConsumedAck("acks", 4, 77, ack, key_id="k1")
     row = dict(zip(ledger.LEDGER_COLUMNS[1:], ledger.ledger_row(record, NOW, None), strict=True))
@@ -62,7 +62,7 @@ def test_a_ledger_row_holds_each_value_under_its_column() -> None:
         "records_affected": 0,
         "attempt": 3,
         "detail": "x" * 2000,
-        "acknowledged_at": NOW - timedelta(minutes=5),
+        "acknowledged_us": _us(NOW - timedelta(minutes=5, microseconds=123_457)),
         "accepted": True,
         "reject_reason": None,
         "key_id": "k1",
@@ -136,6 +136,11 @@ def test_event_ms_is_the_function_in_milliseconds(offsets_ms: list[int]) -> None
 
 def _ms(at: datetime) -> int:
     return (at - EPOCH) // timedelta(milliseconds=1)
+
+
+def _us(at: datetime) -> int:
+    # Whole seconds and the microsecond apart, not the code's timedelta division.
+    return round(at.timestamp() - at.microsecond / 1e6) * 1_000_000 + at.microsecond
 
 
 def test_ids_sorted_by_int_are_sorted() -> None:

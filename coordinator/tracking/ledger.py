@@ -85,8 +85,8 @@ log = structlog.get_logger("retention.tracker")
 # The arrays the tracker binds: asyncpg knows their element types but looks each array
 # type up too, the composites with every attribute's type.
 _BOUND_TYPES = (
-    "retention_ack_row_ms",
-    "retention_ack_change",
+    "retention_ack_row_us",
+    "retention_ack_change_us",
     "uuid",
     "text",
     "int4",
@@ -99,8 +99,8 @@ _LEARN = "SELECT " + ", ".join(f"${n}::{t}[]" for n, t in enumerate(_BOUND_TYPES
 _LEARNED = "retention_bound_types"
 _WARNED = "retention_bound_types_missing"
 _MADE_BY = {
-    "retention_ack_change": "0027_ack_ledger_row_type",
-    "retention_ack_row_ms": "0030_ack_row_event_ms",
+    "retention_ack_change_us": "0034_ack_times_us",
+    "retention_ack_row_us": "0034_ack_times_us",
 }
 """The migration that creates each of the tracker's own types."""
 _MISSING = (
@@ -173,15 +173,19 @@ _CHANGE_COLUMNS = (
     "records_affected",
     "attempt",
     "detail",
-    "acknowledged_at",
-    "first_ack_at",
+    "acknowledged_us",
+    "first_ack_us",
     "acks_received",
 )
-"""The attributes of `retention_ack_change` (migration 0027), as `_fold` fills them: the
-row's status, attempt and acknowledged_at as folded; records and detail of the ack that
-replaced the status, both NULL when none did (an ack's detail is never NULL); the batch's
-earliest ack time, NULL when it is the acknowledged_at sent; how many new acks the batch
-holds for the row. The update adds these to the stored row (`_CHANGE_SET`)."""
+"""The attributes of `retention_ack_change_us` (migration 0034), as `_fold` fills them:
+the row's status, attempt and acknowledged_at (as Unix microseconds) as folded; records
+and detail of the ack that replaced the status, both NULL when none did (an ack's detail
+is never NULL); the batch's earliest ack time in microseconds, NULL when it is the
+acknowledged_at sent; how many new acks the batch holds for the row. The update adds
+these to the stored row (`_change_set`)."""
+_US_COLUMNS = {"acknowledged_us": "acknowledged_at", "first_ack_us": "first_ack_at"}
+"""The attributes sent as Unix microseconds (`_from_us`), and the timestamptz column
+each stands for."""
 LEDGER_COLUMNS = (
     "received_at",
     "kafka_topic",
@@ -195,21 +199,23 @@ LEDGER_COLUMNS = (
     "records_affected",
     "attempt",
     "detail",
-    "acknowledged_at",
+    "acknowledged_us",
     "accepted",
     "reject_reason",
     "key_id",
     "event_ms",
 )
 """What the tracker writes of a ledger row, in the composite type's order after
-`received_at`; `event_ms` is the `event_at` column as Unix milliseconds."""
+`received_at`; `event_ms` is the `event_at` column as Unix milliseconds,
+`acknowledged_us` the `acknowledged_at` column as Unix microseconds (`_from_us`)."""
 
 _PER_ROW = tuple(name for name in LEDGER_COLUMNS if name != "received_at")
 """A ledger row as `ledger_row` makes it: a tuple of these values, in this order (the
-composite type `retention_ack_row_ms`'s, migration 0030); `received_at` is bound once
+composite type `retention_ack_row_us`'s, migration 0034); `received_at` is bound once
 per insert."""
-_STORED = tuple(name for name in _PER_ROW if name != "event_ms")
-"""The columns `_PER_ROW` fills as they are; `event_ms` fills `event_at`."""
+_STORED = tuple(name for name in _PER_ROW if name not in ("event_ms", "acknowledged_us"))
+"""The columns `_PER_ROW` fills as they are; `event_ms` fills `event_at`,
+`acknowledged_us` `acknowledged_at`."""
 _L = {name: at for at, name in enumerate(_PER_ROW)}
 _L_EVENT, _L_SERVICE, _L_ATTEMPT, _L_STATUS, _L_EVENT_MS = (
     _L["event_id"],
@@ -618,6 +624,19 @@ _SPAN_TYPES = {
 _SPANS = unnest_slot("spans", _SPAN_TYPES)
 # A literal, not a bound value: the shared statements bind every value when they run.
 _EPOCH_SQL = literal_column("TIMESTAMPTZ 'epoch'", DateTime(timezone=True))
+_MICROSECOND = literal_column("INTERVAL '1 microsecond'", Interval())
+_MICROSECOND_DELTA = timedelta(microseconds=1)
+
+
+def _from_us(us: Any) -> Any:
+    """The timestamptz `us` Unix microseconds stand for (NULL for NULL): exact below 2**53
+    µs, any time before the year 2255, as `_ledger_insert`'s milliseconds are. The ack
+    path sends its ack times so, each `(at - EPOCH) // _MICROSECOND_DELTA`: asyncpg
+    encodes an aware datetime through comparisons with its infinities that ask the
+    datetime's `tzinfo` for its offset, a bigint without any."""
+    return _EPOCH_SQL + us * _MICROSECOND
+
+
 _IN_MONTHS = or_(
     ack_ledger.c.event_at.between(
         bindparam("low_at", type_=ack_ledger.c.event_at.type),
@@ -710,21 +729,23 @@ def _change_set(new: Any) -> dict[str, Any]:
     return {
         "status": new.status,
         "attempt": new.attempt,
-        "acknowledged_at": new.acknowledged_at,
+        "acknowledged_at": _from_us(new.acknowledged_us),
         "records_affected": case(
             (new.detail.is_(None), e.records_affected), else_=new.records_affected
         ),
         "detail": func.coalesce(new.detail, e.detail),
         # LEAST ignores NULLs: a row's first ack sets it.
         "first_ack_at": func.least(
-            e.first_ack_at, func.coalesce(new.first_ack_at, new.acknowledged_at)
+            e.first_ack_at, _from_us(func.coalesce(new.first_ack_us, new.acknowledged_us))
         ),
         "acks_received": e.acks_received + new.acks_received,
     }
 
 
 _NEW = unnest_rows(
-    "new", "retention_ack_change", {n: expected_acks.c[n].type for n in _CHANGE_COLUMNS}
+    "new",
+    "retention_ack_change_us",
+    {n: BigInteger() if n in _US_COLUMNS else expected_acks.c[n].type for n in _CHANGE_COLUMNS},
 )
 _UPDATE_EXPECTED = (
     update(expected_acks)
@@ -744,9 +765,10 @@ class _Change:
 
 
 def _change_row(row: ExpectedRow, change: _Change) -> tuple[Any, ...]:
-    """`row` and `change` as a `retention_ack_change`, in `_CHANGE_COLUMNS`' order."""
+    """`row` and `change` as a `retention_ack_change_us`, in `_CHANGE_COLUMNS`' order."""
     acked = row[_E_ACKED]
     replaced = change.replaced
+    first = change.first
     return (
         row[0],
         row[1],
@@ -754,8 +776,9 @@ def _change_row(row: ExpectedRow, change: _Change) -> tuple[Any, ...]:
         None if replaced is None else replaced.records_affected,
         row[_E_ATTEMPT],
         None if replaced is None else replaced.detail[:_DETAIL_CHARS],
-        acked,
-        None if change.first == acked else change.first,
+        # A settled row no ack replaced may have none (a waiver sets no ack time).
+        None if acked is None else (acked - EPOCH) // _MICROSECOND_DELTA,
+        None if first is None or first == acked else (first - EPOCH) // _MICROSECOND_DELTA,
         change.acks,
     )
 
@@ -968,7 +991,7 @@ def ledger_row(
         ack.records_affected,
         ack.attempt,
         ack.detail[:_DETAIL_CHARS],
-        ack.acknowledged_at,
+        (ack.acknowledged_at - EPOCH) // _MICROSECOND_DELTA,
         reason is None,
         None if reason is None else reason.value,
         record.key_id,
@@ -1007,21 +1030,26 @@ async def insert_ledger(
 
 
 def _ledger_insert(column: str) -> Any:
-    """The rows' insert, from one array of rows (`retention_ack_row_ms`, migration
-    0030). The rows were received at one time, bound once (a timestamp is the dearest
-    value asyncpg encodes, ~0.5 µs); each row's `event_at` travels as milliseconds.
+    """The rows' insert, from one array of rows (`retention_ack_row_us`, migration
+    0034). The rows were received at one time, bound once (a timestamp is the dearest
+    value asyncpg encodes, ~0.5 µs); each row's `event_at` travels as milliseconds, its
+    `acknowledged_at` as microseconds.
     `column`: the one naming the rows' audit entry (`audit_seq` or `audit_link`), bound
     with the rows (`_ledger_values`)."""
     c = ack_ledger.c
     consumed = unnest_rows(
         "consumed",
-        "retention_ack_row_ms",
-        {**{name: c[name].type for name in _STORED}, "event_ms": BigInteger()},
+        "retention_ack_row_us",
+        {
+            name: BigInteger() if name in ("event_ms", "acknowledged_us") else c[name].type
+            for name in _PER_ROW
+        },
     )
     return pg_insert(ack_ledger).from_select(
-        [*_STORED, "event_at", "received_at", column],
+        [*_STORED, "acknowledged_at", "event_at", "received_at", column],
         select(
             *(consumed.c[name] for name in _STORED),
+            _from_us(consumed.c.acknowledged_us),
             # Exact: a product below 2**53 µs (any time before the year 2255;
             # `LedgerEventMs` never sends one after the batch arrived) is a whole number in
             # float8, and an interval of microseconds only is added to a timestamptz

@@ -38,10 +38,11 @@ async def test_ack_batch_types_are_the_columns_the_tracker_sends(coordinator_db:
     """`columns.unnest_rows` maps a composite type's attributes onto columns by position:
     a type whose attributes drifted from the tracker's column order would put values in
     the wrong columns (text into text), so both must agree, names and types. The ledger
-    row's `event_ms` stands for `event_at` (bigint milliseconds, migration 0030)."""
+    row's `event_ms` stands for `event_at` (bigint milliseconds, migration 0030), the
+    `…_us` attributes for their `…_at` columns (bigint microseconds, migration 0034)."""
     cases = {
-        "retention_ack_row_ms": ("retention_ack_ledger", ledger._PER_ROW),
-        "retention_ack_change": ("retention_expected_acks", ledger._CHANGE_COLUMNS),
+        "retention_ack_row_us": ("retention_ack_ledger", ledger._PER_ROW),
+        "retention_ack_change_us": ("retention_expected_acks", ledger._CHANGE_COLUMNS),
     }
     attributes = text(
         "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
@@ -60,7 +61,7 @@ async def test_ack_batch_types_are_the_columns_the_tracker_sends(coordinator_db:
                 )
                 sent = (await conn.execute(attributes, {"relid": type_relid})).all()
                 stored = dict((await conn.execute(attributes, {"relid": table_relid})).all())
-                stored["event_ms"] = "bigint"
+                stored.update(event_ms="bigint", acknowledged_us="bigint", first_ack_us="bigint")
                 assert [name for name, _ in sent] == list(columns), type_name
                 assert all(stored[name] == kind for name, kind in sent), type_name
     finally:

@@ -212,7 +212,8 @@ async def test_an_expected_row_keeps_the_answer_that_stands_and_counts_every_new
     await env.declare(*SERVICES)
     (settled, s_id), (failing, f_id) = await env.publish(2, T0)
     assert await env.tracker.track_published() >= 2
-    t = T0 + timedelta(minutes=10)
+    # Not a whole second: the ack times travel as microseconds (migration 0034).
+    t = T0 + timedelta(minutes=10, microseconds=654_321)
 
     def billing(
         event: tuple[uuid.UUID, str], minutes: int, status: AckStatus, attempt: int, detail: str
@@ -268,7 +269,18 @@ async def test_an_expected_row_keeps_the_answer_that_stands_and_counts_every_new
                 ).where(e.event_id.in_([settled, failing]), e.service == "billing")
             )
         }
+        # Each accepted ack's row holds its ack time, to the microsecond.
+        ledger_times = sorted(
+            await conn.scalars(
+                select(ack_ledger.c.acknowledged_at).where(
+                    ack_ledger.c.event_id == settled,
+                    ack_ledger.c.service == "billing",
+                    ack_ledger.c.accepted,
+                )
+            )
+        )
     minute = timedelta(minutes=1)
+    assert ledger_times == [t + n * minute for n in (1, 2, 3, 4, 20)]
     assert rows[settled] == ("completed", 5, 1, "deleted", t + 3 * minute, t + minute, 5)
     assert rows[failing] == (
         "failed",
@@ -961,7 +973,7 @@ async def test_a_connection_learns_the_bound_types_before_any_lock(env: Env) -> 
     engine = make_engine(env.engine.url.render_as_string(hide_password=False), pool_size=1)
     ledger.learn_bound_types(engine)
     ledger.learn_bound_types(engine)  # once per engine, however many trackers share it
-    types = ("retention_ack_row_ms", "retention_ack_change", "uuid", "timestamptz", "interval")
+    types = ("retention_ack_row_us", "retention_ack_change_us", "uuid", "timestamptz", "interval")
     try:
         async with engine.connect() as conn:
             raw = (await conn.get_raw_connection()).driver_connection
@@ -983,7 +995,7 @@ async def test_a_database_not_yet_upgraded_fails_only_the_tracker_s_statements()
     url = await infra.create_database(infra.database_url(), "tracker_types_missing")
     engine = make_engine(url, pool_size=1)
     try:
-        await upgrade(url, "0029_lz4_evidence")
+        await upgrade(url, "0033_verify_findings_index")
         ledger.learn_bound_types(engine)
         with capture_logs() as logs:
             for _ in range(2):
@@ -991,18 +1003,18 @@ async def test_a_database_not_yet_upgraded_fails_only_the_tracker_s_statements()
                     assert await conn.scalar(text("SELECT 1")) == 1
         warned = [e for e in logs if e["event"] == "tracker_types_missing"]
         assert [(e["types"], e["migrations"]) for e in warned] == [
-            (["retention_ack_row_ms"], ["0030_ack_row_event_ms"])
+            (["retention_ack_change_us", "retention_ack_row_us"], ["0034_ack_times_us"])
         ]
         async with engine.connect() as conn:
-            with pytest.raises(DBAPIError, match="retention_ack_row_ms"):
-                await conn.execute(text("SELECT CAST(:p AS retention_ack_row_ms[])"), {"p": []})
+            with pytest.raises(DBAPIError, match="retention_ack_row_us"):
+                await conn.execute(text("SELECT CAST(:p AS retention_ack_row_us[])"), {"p": []})
         await upgrade(url)
         async with engine.connect() as conn:
             raw = (await conn.get_raw_connection()).driver_connection
             assert raw is not None
             ran: list[str] = []
             raw.add_query_logger(lambda record: ran.append(record.query))
-            await conn.execute(text("SELECT CAST(:p AS retention_ack_row_ms[])"), {"p": []})
+            await conn.execute(text("SELECT CAST(:p AS retention_ack_row_us[])"), {"p": []})
         # The next checkout learned the type: binding it looked nothing up.
         assert ran
         assert not [q for q in ran if "pg_catalog" in q or "typeinfo" in q]
