@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import random
-import uuid
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coordinator.kafka import recordbatch
-from coordinator.kafka.producer import KafkaEventProducer, OutgoingRecord, RecordColumns
+from coordinator.kafka.producer import KafkaEventProducer, OutgoingRecord
 from coordinator.settings import RelaySettings
 from schemas import KafkaSettings
-from schemas.signing import BATCH_HEADER, SIGNATURE_HEADER, Signer
 from tests.native import native_or_skip
 
 
@@ -69,34 +66,3 @@ def test_every_key_of_a_chunk_of_one_length_is_placed_as_alone(builder: str) -> 
     placed = _placed(records, [0, 1, 2], builder)
     default = DefaultPartitioner()
     assert [placed[i] for i in range(len(keys))] == [default(k, [0, 1, 2], [0, 1, 2]) for k in keys]
-
-
-def test_a_signed_chunk_of_the_default_settings_is_one_batch_per_partition(builder: str) -> None:
-    """A 5,000-event outbox batch is handed over as a 4,992-record chunk (whole trees of
-    128). aiokafka queues one batch per partition behind the request in flight, so a
-    second batch of a partition waits a whole round trip before the relay can sign the
-    next chunk: with proof format v2 headers, ~420-byte values fit one batch a partition."""
-    signer = Signer(Ed25519PrivateKey.generate())
-    rng = random.Random(11)
-    count = 4992
-    keys: list[bytes | None] = [
-        f"session_logs:{rng.getrandbits(122):032x}".encode() for _ in range(count)
-    ]
-    values: list[bytes | None] = [rng.randbytes(420) for _ in range(count)]
-    ids = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(count)]
-    signatures, batches = signer.sign_columns_v2(keys, values, 128)
-    chunk = RecordColumns(
-        keys, values, ("event_id", SIGNATURE_HEADER, BATCH_HEADER), [ids, signatures, batches]
-    )
-
-    async def fill(settings: RelaySettings) -> list[int]:
-        producer = KafkaEventProducer(KafkaSettings(), settings)
-        filled = (producer._fill_native if builder == "native" else producer._fill)(
-            list(range(6)), chunk
-        )
-        await producer.stop()
-        return sorted(partition for partition, _, _ in filled)
-
-    assert asyncio.run(fill(RelaySettings())) == list(range(6))
-    # What it was at 512 KiB: a partition's share of the chunk did not fit.
-    assert len(asyncio.run(fill(RelaySettings(max_batch_size=512 * 1024)))) > 6
