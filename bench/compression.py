@@ -15,7 +15,7 @@ on a fresh topic (codecs interleaved, rotated every round):
   µs per event (decompressing is every service's CPU);
 * `bytes`: the record batches as the producer sends them and the broker stores them,
   built offline from the same records with aiokafka's batch builder, spread over the
-  topic's 6 partitions by key as the producer does (the relay's batch size): bytes per event on
+  topic's 6 partitions by key as the producer does (512 KiB batches): bytes per event on
   the wire and on disk.
 
 Prints one JSON document on stdout (medians with min–max, the load average) and, with

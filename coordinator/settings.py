@@ -135,10 +135,9 @@ class RelaySettings(BaseSettings):
         default=5, ge=0, description="Producer linger: how long a partition batch may fill."
     )
     max_batch_size: int = Field(
-        default=1_000_000,
+        default=512 * 1024,
         ge=16 * 1024,
-        description="Producer per-partition batch size in bytes; at most the events "
-        "topic's `max.message.bytes` (1 MiB + 12 by default).",
+        description="Producer per-partition batch size in bytes.",
     )
     compression: Compression = Field(
         default="none",

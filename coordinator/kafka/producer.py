@@ -170,12 +170,8 @@ def producer_options(relay: RelaySettings) -> dict[str, Any]:
         # batch join the same request. Larger values add latency to every batch.
         "linger_ms": relay.linger_ms,
         # The size of one partition's batch builder. aiokafka keeps one request in flight
-        # per broker and queues one batch per partition behind it: with the 16 KiB default
-        # a 5,000-record chunk (~1.8 MB) would leave in ~20 sequential requests per
-        # partition. At 1,000,000 bytes a 4,992-event chunk of signed records (more than
-        # 512 KiB a partition over 6) is one batch per partition, so one request; at
-        # 512 KiB it was two, and the relay sat out the second's round trip before it
-        # could sign the next chunk (docs/relay.md, Session 16).
+        # per partition: with the 16 KiB default a 5,000-record claim (~1.8 MB) would
+        # leave in ~20 sequential requests per partition; 512 KiB, in about one.
         "max_batch_size": relay.max_batch_size,
         "max_request_size": max(relay.max_batch_size * 2, 1_048_576),
         # Default none: with gzip the only codec every mainstream client reads out of the
