@@ -205,9 +205,9 @@ def ledger_event_at(event_id: uuid.UUID | None, received_at: datetime) -> dateti
 
 class LedgerEventMs:
     """`ledger_event_at` for records received at `received_at`, as Unix milliseconds
-    (`EPOCH` is 0): what the tracker sends for each ledger row (`retention_ack_row_ms`,
-    migration 0030), where a datetime costs asyncpg about twice as much to encode and
-    ~0.8 µs to make."""
+    (`EPOCH` is 0): what the tracker sends for each ledger row (`event_ms` of
+    `retention_ack_row_us`, migration 0034; since 0030), where a datetime costs asyncpg
+    about twice as much to encode and ~0.8 µs to make."""
 
     __slots__ = ("_limit_ms",)
 

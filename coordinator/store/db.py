@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any, TypeVar
 
 import asyncpg
@@ -71,8 +71,15 @@ async def unbounded_lock_waits(conn: AsyncConnection) -> AsyncIterator[None]:
         yield
     except BaseException:
         # A failed transaction takes no statement; its rollback drops the setting anyway.
-        if autocommit:
-            await conn.execute(select(func.set_config("lock_timeout", before, False)))
+        # A session cancelled mid-statement is invalidated: the pool discards it.
+        if autocommit and not conn.invalidated:
+            try:
+                await conn.execute(select(func.set_config("lock_timeout", before, False)))
+            except Exception:
+                # What the caller sees is the first failure; a session whose bound could
+                # not be put back must not go back to the pool either.
+                with suppress(Exception):
+                    await conn.invalidate()
         raise
     await conn.execute(select(func.set_config("lock_timeout", before, not autocommit)))
 

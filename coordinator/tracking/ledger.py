@@ -624,17 +624,21 @@ _SPAN_TYPES = {
 _SPANS = unnest_slot("spans", _SPAN_TYPES)
 # A literal, not a bound value: the shared statements bind every value when they run.
 _EPOCH_SQL = literal_column("TIMESTAMPTZ 'epoch'", DateTime(timezone=True))
+_SECOND = literal_column("INTERVAL '1 second'", Interval())
 _MICROSECOND = literal_column("INTERVAL '1 microsecond'", Interval())
 _MICROSECOND_DELTA = timedelta(microseconds=1)
 
 
 def _from_us(us: Any) -> Any:
-    """The timestamptz `us` Unix microseconds stand for (NULL for NULL): exact below 2**53
-    µs, any time before the year 2255, as `_ledger_insert`'s milliseconds are. The ack
-    path sends its ack times so, each `(at - EPOCH) // _MICROSECOND_DELTA`: asyncpg
-    encodes an aware datetime through comparisons with its infinities that ask the
-    datetime's `tzinfo` for its offset, a bigint without any."""
-    return _EPOCH_SQL + us * _MICROSECOND
+    """The timestamptz `us` Unix microseconds stand for (NULL for NULL), exactly for any
+    time the wire accepts. The ack path sends its ack times so, each `(at - EPOCH) //
+    _MICROSECOND_DELTA`: asyncpg encodes an aware datetime through comparisons with its
+    infinities that ask the datetime's `tzinfo` for its offset, a bigint without any.
+
+    PostgreSQL multiplies an interval through float8: `us` microseconds at once would be
+    rounded past 2**53 (the year 2255), whole seconds stay exact for ±18,000 years. So
+    the seconds and the rest apart (both truncated toward zero, so they sum to `us`)."""
+    return _EPOCH_SQL + (us // 1_000_000) * _SECOND + (us % 1_000_000) * _MICROSECOND
 
 
 _IN_MONTHS = or_(

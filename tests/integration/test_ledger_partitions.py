@@ -614,3 +614,41 @@ async def _partitions(engine: AsyncEngine) -> list[str]:
                 )
             ).scalars()
         )
+
+
+# Any time the wire accepts: an unsigned ack is refused, but its row keeps what arrived.
+ACK_TIMES = [
+    datetime(1970, 1, 1, 0, 0, 0, 1, tzinfo=UTC),
+    datetime(2255, 6, 5, 23, 47, 34, 740_993, tzinfo=UTC),  # just past 2**53 µs
+    datetime(8999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+]
+
+
+@pytest.mark.parametrize("at", ACK_TIMES, ids=[t.isoformat() for t in ACK_TIMES])
+async def test_an_ack_time_is_stored_to_the_microsecond(coordinator_db: str, at: datetime) -> None:
+    # Sent as Unix microseconds (migration 0034); PostgreSQL multiplies an interval
+    # through float8, so all of them at once came back rounded past 2**53 (review30).
+    ack = RetentionAck(
+        event_id=uuid.uuid4(),
+        service="billing",
+        entity_type="user",
+        entity_id="u-1",
+        status=AckStatus.COMPLETED,
+        records_affected=1,
+        attempt=1,
+        acknowledged_at=at,
+    )
+    topic = f"acks-{uuid.uuid4().hex[:8]}"
+    row = ledger.ledger_row(
+        ledger.ConsumedAck(topic, 0, 1, ack), NOW, ledger.RejectReason.BAD_SIGNATURE
+    )
+    engine = make_engine(coordinator_db)
+    try:
+        async with engine.connect() as conn:  # rolled back
+            await ledger.insert_ledger(conn, [row], audit_seq=1, received_at=NOW)
+            stored = await conn.scalar(
+                select(ack_ledger.c.acknowledged_at).where(ack_ledger.c.kafka_topic == topic)
+            )
+    finally:
+        await engine.dispose()
+    assert stored == at

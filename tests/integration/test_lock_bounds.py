@@ -151,3 +151,36 @@ async def test_unbounded_lock_waits_lift_the_bound_and_bring_it_back(
             assert await conn.scalar(bound) == "1500ms"
     finally:
         await engine.dispose()
+
+
+async def test_a_cancelled_unbounded_wait_stays_a_cancellation(
+    coordinator_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wait inside cancelled (a timeout, a stopping `serve`, Ctrl-C) comes out as the
+    cancellation, not as the restore's failure on the session the cancellation
+    invalidated (an erasure's `except Exception` would have recorded it as a table's
+    error and gone on); the pool's session has its bound (review30)."""
+    monkeypatch.setattr(db, "_session", dict(db._session))
+    db.bound_lock_waits(1.5)
+    holder_engine = make_engine(coordinator_db, pool_size=1)
+    engine = make_engine(coordinator_db, pool_size=1)
+    key = 730_301
+    try:
+        async with holder_engine.connect() as holder:
+            await holder.execution_options(isolation_level="AUTOCOMMIT")
+            await holder.execute(select(func.pg_advisory_lock(key)))
+
+            async def wait() -> None:
+                async with engine.connect() as conn:
+                    await conn.execution_options(isolation_level="AUTOCOMMIT")
+                    async with db.unbounded_lock_waits(conn):
+                        await conn.execute(select(func.pg_advisory_lock(key)))
+
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(wait(), 3.0)
+            await holder.execute(select(func.pg_advisory_unlock(key)))
+        async with engine.connect() as conn:
+            assert await conn.scalar(select(func.current_setting("lock_timeout"))) == "1500ms"
+    finally:
+        await engine.dispose()
+        await holder_engine.dispose()
