@@ -625,6 +625,7 @@ _SPANS = unnest_slot("spans", _SPAN_TYPES)
 # A literal, not a bound value: the shared statements bind every value when they run.
 _EPOCH_SQL = literal_column("TIMESTAMPTZ 'epoch'", DateTime(timezone=True))
 _SECOND = literal_column("INTERVAL '1 second'", Interval())
+_US_PER_SECOND = literal_column("1000000", BigInteger())
 _MICROSECOND = literal_column("INTERVAL '1 microsecond'", Interval())
 _MICROSECOND_DELTA = timedelta(microseconds=1)
 
@@ -638,7 +639,7 @@ def _from_us(us: Any) -> Any:
     PostgreSQL multiplies an interval through float8: `us` microseconds at once would be
     rounded past 2**53 (the year 2255), whole seconds stay exact for ±18,000 years. So
     the seconds and the rest apart (both truncated toward zero, so they sum to `us`)."""
-    return _EPOCH_SQL + (us // 1_000_000) * _SECOND + (us % 1_000_000) * _MICROSECOND
+    return _EPOCH_SQL + (us // _US_PER_SECOND) * _SECOND + (us % _US_PER_SECOND) * _MICROSECOND
 
 
 _IN_MONTHS = or_(
