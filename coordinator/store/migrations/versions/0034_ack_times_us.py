@@ -26,8 +26,14 @@ branch_labels = None
 depends_on = None
 
 
+def _create(definition: str) -> None:
+    # A database stamped back before this revision (to re-run an interrupted 0031) has
+    # the types already: the upgrade gets past them.
+    op.execute(f"DO $$ BEGIN {definition}; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+
+
 def upgrade() -> None:
-    op.execute(
+    _create(
         """
 CREATE TYPE retention_ack_row_us AS (
   kafka_topic text,
@@ -46,10 +52,9 @@ CREATE TYPE retention_ack_row_us AS (
   reject_reason text,
   key_id text,
   event_ms bigint
-)
-"""
+)"""
     )
-    op.execute(
+    _create(
         """
 CREATE TYPE retention_ack_change_us AS (
   event_id uuid,
@@ -61,8 +66,7 @@ CREATE TYPE retention_ack_change_us AS (
   acknowledged_us bigint,
   first_ack_us bigint,
   acks_received integer
-)
-"""
+)"""
     )
 
 
