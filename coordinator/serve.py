@@ -52,7 +52,7 @@ from coordinator.erasure.service import Erasure
 from coordinator.evidence import evidence_signer
 from coordinator.evidence.pseudonyms import load_pepper
 from coordinator.evidence.upkeep import Upkeep
-from coordinator.kafka.admin import ensure_topics
+from coordinator.kafka.admin import TopicsRefused, ensure_topics
 from coordinator.kafka.clients import KafkaPublisher
 from coordinator.metrics import Metrics
 from coordinator.operations.notify.notifier import Notifier
@@ -434,11 +434,16 @@ class Service:
                 if s.signatures.mode is SignatureMode.PERMISSIVE
                 else "nothing is verified",
             )
-        created = await ensure_topics(
-            s.kafka,
-            partitions=s.serve.topic_partitions,
-            replication_factor=s.serve.topic_replication_factor,
-        )
+        try:
+            created = await ensure_topics(
+                s.kafka,
+                partitions=s.serve.topic_partitions,
+                replication_factor=s.serve.topic_replication_factor,
+            )
+        except TopicsRefused as exc:
+            # No CREATE permission, too few brokers for the replication factor: the
+            # operator fixes the ACLs or the settings.
+            raise ServiceFailed(str(exc)) from None
         if created:
             log.info("topics_created", topics=created)
         try:

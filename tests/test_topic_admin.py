@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from coordinator.kafka.admin import TopicSpec, ensure_topics, missing_topics
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from coordinator.kafka.admin import (
+    KafkaTopicAdmin,
+    TopicSpec,
+    TopicsRefused,
+    ensure_topics,
+    missing_topics,
+)
 from coordinator.kafka.memory import MemoryTopicAdmin
 from schemas import KafkaSettings
 
@@ -34,3 +45,33 @@ async def test_named_topics_missing_or_present() -> None:
     names = [TOPICS.events, TOPICS.acks]
     assert await missing_topics(KAFKA, names, admin=admin) == [TOPICS.acks]
     assert await missing_topics(KAFKA, names, admin=admin, present=True) == [TOPICS.events]
+
+
+class _Answering:
+    """An aiokafka admin client whose CreateTopics answers with these per-topic codes."""
+
+    def __init__(self, answers: list[tuple[Any, ...]]) -> None:
+        self.answers = answers
+
+    async def create_topics(self, new: list[Any]) -> Any:
+        return SimpleNamespace(topic_errors=self.answers)
+
+
+async def test_only_topics_the_broker_created_are_reported_created() -> None:
+    admin = KafkaTopicAdmin(_Answering([("a", 0, None), ("b", 36, "Topic 'b' already exists.")]))
+    assert await admin.create_topics([TopicSpec("a", 1, 1), TopicSpec("b", 1, 1)]) == ["a"]
+
+
+async def test_a_refused_topic_raises_naming_each_refused_topic_and_its_reason() -> None:
+    admin = KafkaTopicAdmin(
+        _Answering([("a", 0, None), ("b", 29, None), ("c", 38, "Replication factor: 3.")])
+    )
+    with pytest.raises(TopicsRefused) as raised:
+        await admin.create_topics([TopicSpec(n, 1, 1) for n in "abc"])
+    assert raised.value.refused == [
+        ("b", "TopicAuthorizationFailedError"),
+        ("c", "Replication factor: 3."),
+    ]
+    assert str(raised.value) == (
+        "could not create topics: b (TopicAuthorizationFailedError), c (Replication factor: 3.)"
+    )

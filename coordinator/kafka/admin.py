@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from schemas import KafkaSettings
 
@@ -23,6 +23,7 @@ __all__ = [
     "KafkaTopicAdmin",
     "TopicAdmin",
     "TopicSpec",
+    "TopicsRefused",
     "delete_topics",
     "ensure_topics",
     "kafka_admin",
@@ -38,13 +39,26 @@ class TopicSpec:
     compacted: bool = False
 
 
+class TopicsRefused(RuntimeError):
+    """The broker refused to create these topics: (name, its reason) each. Its text names
+    only topics and the broker's reasons, so it can be shown as it is."""
+
+    def __init__(self, refused: Sequence[tuple[str, str]]) -> None:
+        self.refused = list(refused)
+        super().__init__(
+            "could not create topics: " + ", ".join(f"{t} ({r})" for t, r in self.refused)
+        )
+
+
 class TopicAdmin(Protocol):
     """What the coordinator asks of the cluster about topics."""
 
     async def list_topics(self) -> set[str]: ...
 
-    async def create_topics(self, topics: Sequence[TopicSpec]) -> None:
-        """Create these; one that another client created meanwhile is no error."""
+    async def create_topics(self, topics: Sequence[TopicSpec]) -> list[str]:
+        """Create these and return the names this call created. One that exists already
+        (another client created it meanwhile) is no error and is not returned; any other
+        refusal raises `TopicsRefused`."""
 
     async def delete_topics(self, names: Sequence[str]) -> None: ...
 
@@ -58,7 +72,7 @@ class KafkaTopicAdmin:
     async def list_topics(self) -> set[str]:
         return set(await self._client.list_topics())
 
-    async def create_topics(self, topics: Sequence[TopicSpec]) -> None:
+    async def create_topics(self, topics: Sequence[TopicSpec]) -> list[str]:
         new = [
             NewTopic(
                 t.name,
@@ -68,9 +82,22 @@ class KafkaTopicAdmin:
             )
             for t in topics
         ]
-        # Another coordinator may create them between our list and create: that's fine.
-        with suppress(TopicAlreadyExistsError):
-            await self._client.create_topics(new)
+        # aiokafka hands back the broker's answer per topic without raising: a refusal
+        # (no CREATE permission, a replication factor the cluster cannot meet) would
+        # otherwise pass for a creation.
+        response = await self._client.create_topics(new)
+        created: list[str] = []
+        refused: list[tuple[str, str]] = []
+        for topic, code, *message in response.topic_errors:
+            if code == 0:
+                created.append(topic)
+            # Another coordinator may create one between our list and create: fine.
+            elif code != TopicAlreadyExistsError.errno:
+                reason = message[0] if message and message[0] else for_code(code).__name__
+                refused.append((topic, reason))
+        if refused:
+            raise TopicsRefused(refused)
+        return created
 
     async def delete_topics(self, names: Sequence[str]) -> None:
         await self._client.delete_topics(list(names))
@@ -112,9 +139,10 @@ async def ensure_topics(
         )
         for name in await missing_topics(kafka, admin=admin)
     ]
-    if wanted:
-        await admin.create_topics(wanted)
-    return [t.name for t in wanted]
+    if not wanted:
+        return []
+    created = set(await admin.create_topics(wanted))
+    return [t.name for t in wanted if t.name in created]
 
 
 async def missing_topics(

@@ -133,9 +133,11 @@ class MemoryTopicAdmin:
     async def list_topics(self) -> set[str]:
         return set(self.existing)
 
-    async def create_topics(self, topics: Sequence[TopicSpec]) -> None:
+    async def create_topics(self, topics: Sequence[TopicSpec]) -> list[str]:
         self.created.extend(topics)
-        self.existing |= {t.name for t in topics}
+        new = [t.name for t in topics if t.name not in self.existing]
+        self.existing |= set(new)
+        return new
 
     async def delete_topics(self, names: Sequence[str]) -> None:
         self.existing -= set(names)

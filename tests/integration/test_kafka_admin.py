@@ -10,7 +10,13 @@ import sys
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from coordinator.kafka.admin import ensure_topics, missing_topics
+from coordinator.kafka.admin import (
+    TopicSpec,
+    TopicsRefused,
+    ensure_topics,
+    kafka_admin,
+    missing_topics,
+)
 from schemas import KafkaSettings
 from tests import infra
 from tests.infra import ROOT
@@ -45,6 +51,24 @@ async def test_readiness_check_fails_until_the_topics_exist(kafka_settings: Kafk
     assert await ensure_topics(kafka_settings, partitions=1) == []
     assert await missing_topics(kafka_settings) == []
     assert _ready(kafka_settings).returncode == 0
+
+
+async def test_a_topic_the_broker_refuses_is_an_error_naming_it(
+    kafka_settings: KafkaSettings,
+) -> None:
+    """The broker answers CreateTopics per topic and aiokafka does not raise on it: a
+    refusal must not pass for a creation (serve would start, then find no topic)."""
+    refused = f"{kafka_settings.topic_prefix}.three-replicas"
+    kept = f"{kafka_settings.topic_prefix}.one-replica"
+    async with kafka_admin(kafka_settings) as admin:
+        with pytest.raises(TopicsRefused) as raised:
+            await admin.create_topics([TopicSpec(kept, 1, 1), TopicSpec(refused, 1, 3)])
+        assert [name for name, _ in raised.value.refused] == [refused]
+        assert "replication factor" in str(raised.value).lower()
+        # Made by the call that raised; created again, it exists already: not an error,
+        # and not reported as created.
+        assert await admin.create_topics([TopicSpec(kept, 1, 1)]) == []
+        await admin.delete_topics([kept])
 
 
 async def test_the_topics_of_prefixes_fixtures_left_go_in_one_batch(

@@ -25,6 +25,7 @@ from coordinator.store.db import make_engine
 from coordinator.store.tables import audit_log, erasure_requests
 from demo.seed_data import create_seed_tables, drop_seed_tables, populate
 from schemas import KafkaSettings
+from tests import infra
 from tests.infra import ROOT
 from tests.webhook_receiver import receiving
 
@@ -205,6 +206,19 @@ async def test_a_port_in_use_fails_the_service_naming_it(
         with pytest.raises(ServiceFailed, match=f"could not listen on 127.0.0.1:{port}"):
             async with asyncio.timeout(30):
                 await service.run(asyncio.Event())
+
+
+async def test_topics_the_broker_refuses_fail_the_service_naming_them(
+    coordinator_db: str, topics: KafkaSettings, tokens_file: Path, token: str
+) -> None:
+    """One broker cannot hold three replicas: serve stops at start, naming the topics,
+    instead of starting with none."""
+    fresh = topics.model_copy(update={"topic_prefix": infra.unique_topic_prefix("refused")})
+    settings = settings_for(coordinator_db, fresh, tokens_file, topic_replication_factor=3)
+    service = Service(settings, SEED, port=free_port())
+    with pytest.raises(ServiceFailed, match=f"could not create topics: {fresh.topics.events} "):
+        async with asyncio.timeout(30):
+            await service.run(asyncio.Event())
 
 
 async def test_serve_notifies_the_webhooks_of_its_file(
