@@ -48,7 +48,9 @@ async def test_readiness_check_fails_until_the_topics_exist(kafka_settings: Kafk
     assert sorted(await ensure_topics(kafka_settings, partitions=1)) == sorted(
         kafka_settings.topics.all()
     )
+    # Created already: said so even while the broker's metadata does not list them yet.
     assert await ensure_topics(kafka_settings, partitions=1) == []
+    await infra.wait_for_topics(kafka_settings)
     assert await missing_topics(kafka_settings) == []
     assert _ready(kafka_settings).returncode == 0
 
