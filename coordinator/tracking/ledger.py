@@ -75,6 +75,7 @@ __all__ = [
     "learn_bound_types",
     "ledger_row",
     "lock_events",
+    "malformed",
     "sorted_ids",
     "track_overtaken",
     "write_transitions",
@@ -281,6 +282,18 @@ class ConsumedAck:
     that does not verify against the service's declared keys."""
     key_id: str | None = None
     """The id of the declared key whose signature verified (None: unsigned, or not checked)."""
+
+
+def malformed(
+    topic: str, partition: int, offset: int, reason: str, raw: bytes | None
+) -> ConsumedAck:
+    """A record that did not decode, as its ledger row keeps it: the decoder's reason
+    (it names fields and rules, never a value: tests/test_decode_properties.py) and the
+    record's size, never its bytes: whoever can write to the acks topic chooses them,
+    and the row outlives the topic's copy. Its topic, partition and offset find the
+    DLQ's copy (whose headers carry them) while that is kept."""
+    size = f" ({0 if raw is None else len(raw)} bytes)"
+    return ConsumedAck(topic, partition, offset, None, reason[: _DETAIL_CHARS - len(size)] + size)
 
 
 class Overtaken(CoordinatorError):
