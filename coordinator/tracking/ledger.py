@@ -28,6 +28,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy import event as sa_event
@@ -76,6 +77,8 @@ __all__ = [
     "ledger_row",
     "lock_events",
     "malformed",
+    "migrations_for",
+    "missing_types",
     "sorted_ids",
     "track_overtaken",
     "write_transitions",
@@ -105,9 +108,23 @@ _MADE_BY = {
 }
 """The migration that creates each of the tracker's own types."""
 _MISSING = (
-    "SELECT coalesce(array_agg(t ORDER BY t), '{}') FROM unnest($1::text[]) t"
+    "SELECT coalesce(array_agg(t ORDER BY t), '{{}}') FROM unnest(CAST({} AS text[])) t"
     " WHERE to_regtype(t) IS NULL"
 )
+"""Which of a list of type names the database lacks; `{}`: the list's parameter, asyncpg's
+in the checkout hook, SQLAlchemy's in `missing_types`."""
+
+
+async def missing_types(conn: AsyncConnection) -> list[str]:
+    """The tracker's own types this database lacks (sorted): while any is missing the
+    tracker records no ack (`/healthz` reports it, coordinator/api/ops.py)."""
+    found = await conn.scalar(text(_MISSING.format(":names")), {"names": list(_MADE_BY)})
+    return list(found)
+
+
+def migrations_for(types: Iterable[str]) -> list[str]:
+    """The migrations that create `types` (from `missing_types`), sorted."""
+    return sorted({_MADE_BY[name] for name in types})
 
 
 def learn_bound_types(engine: AsyncEngine) -> None:
@@ -137,11 +154,13 @@ def _learn(
         # missing type fail (and are retried); the next checkout learns again.
         if not record.info.get(_WARNED):
             record.info[_WARNED] = True
-            missing = dbapi_conn.run_async(lambda conn: conn.fetchval(_MISSING, list(_MADE_BY)))
+            missing = dbapi_conn.run_async(
+                lambda conn: conn.fetchval(_MISSING.format("$1"), list(_MADE_BY))
+            )
             log.warning(
                 "tracker_types_missing",
                 types=missing,
-                migrations=sorted({_MADE_BY[name] for name in missing}),
+                migrations=migrations_for(missing),
                 fix="retention db upgrade",
             )
         return
