@@ -203,9 +203,10 @@ and detail of the ack that replaced the status, both NULL when none did (an ack'
 is never NULL); the batch's earliest ack time in microseconds, NULL when it is the
 acknowledged_at sent; how many new acks the batch holds for the row. The update adds
 these to the stored row (`_change_set`)."""
-_US_COLUMNS = {"acknowledged_us": "acknowledged_at", "first_ack_us": "first_ack_at"}
-"""The attributes sent as Unix microseconds (`_from_us`), and the timestamptz column
-each stands for."""
+_AS_INTEGERS = frozenset({"acknowledged_us", "first_ack_us", "event_ms"})
+"""The attributes of both composite types sent as bigints, each for a timestamptz
+column: an ack time as Unix microseconds (`_from_us`), a ledger row's `event_at` as Unix
+milliseconds."""
 LEDGER_COLUMNS = (
     "received_at",
     "kafka_topic",
@@ -233,7 +234,7 @@ _PER_ROW = tuple(name for name in LEDGER_COLUMNS if name != "received_at")
 """A ledger row as `ledger_row` makes it: a tuple of these values, in this order (the
 composite type `retention_ack_row_us`'s, migration 0034); `received_at` is bound once
 per insert."""
-_STORED = tuple(name for name in _PER_ROW if name not in ("event_ms", "acknowledged_us"))
+_STORED = tuple(name for name in _PER_ROW if name not in _AS_INTEGERS)
 """The columns `_PER_ROW` fills as they are; `event_ms` fills `event_at`,
 `acknowledged_us` `acknowledged_at`."""
 _L = {name: at for at, name in enumerate(_PER_ROW)}
@@ -782,7 +783,7 @@ def _change_set(new: Any) -> dict[str, Any]:
 _NEW = unnest_rows(
     "new",
     "retention_ack_change_us",
-    {n: BigInteger() if n in _US_COLUMNS else expected_acks.c[n].type for n in _CHANGE_COLUMNS},
+    {n: BigInteger() if n in _AS_INTEGERS else expected_acks.c[n].type for n in _CHANGE_COLUMNS},
 )
 _UPDATE_EXPECTED = (
     update(expected_acks)
@@ -1077,10 +1078,7 @@ def _ledger_insert(column: str) -> Any:
     consumed = unnest_rows(
         "consumed",
         "retention_ack_row_us",
-        {
-            name: BigInteger() if name in ("event_ms", "acknowledged_us") else c[name].type
-            for name in _PER_ROW
-        },
+        {name: BigInteger() if name in _AS_INTEGERS else c[name].type for name in _PER_ROW},
     )
     return pg_insert(ack_ledger).from_select(
         [*_STORED, "acknowledged_at", "event_at", "received_at", column],
