@@ -81,6 +81,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.tracker_types_missing = Gauge(
+            "retention_tracker_types_missing",
+            "The tracker's own database types missing (a database not upgraded: no ack is "
+            "recorded until `retention db upgrade`); set by each /healthz.",
+            registry=r,
+        )
         self.pending_acks = Gauge(
             "retention_pending_acks",
             "Acknowledgements still expected from each service.",

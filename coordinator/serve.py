@@ -354,6 +354,7 @@ class Service:
                 erasure=erasure,
                 republish=republish,
                 settings=s,
+                metrics=self.metrics,
                 ui_secret=self.ui_secret,
                 ui_session_s=s.ui_session_hours * 3600,
                 pepper=self.pepper,

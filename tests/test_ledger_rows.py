@@ -6,13 +6,14 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from asyncpg.pgproto.pgproto import UUID as PgUUID
 from hypothesis import given
 from hypothesis import strategies as st
 
 from coordinator.evidence.partitions import EPOCH, LedgerEventMs, ledger_event_at
 from coordinator.tracking import ledger
-from schemas import AckStatus, RetentionAck
+from schemas import AckStatus, PoisonRecord, RetentionAck, decode
 
 NOW = datetime(2026, 12, 6, 12, tzinfo=UTC)
 
@@ -80,6 +81,49 @@ def test_a_ledger_row_holds_each_value_under_its_column() -> None:
         "reject_reason": "malformed",
         "event_ms": 0,
     }
+
+
+_PERSONAL = "jane.doe@example.com"
+_GOOD = (
+    '{"event_id":"0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b","service":"billing",'
+    '"entity_type":"user","entity_id":"u-1","status":"completed","records_affected":1,'
+    '"acknowledged_at":"2026-12-06T12:00:00Z"}'
+)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        _GOOD.replace('"u-1"', "1").replace('"billing"', f'"{_PERSONAL}", "x": 1'),
+        _GOOD.replace('"completed"', f'"{_PERSONAL}"'),
+        _GOOD.replace("0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", _PERSONAL),
+        _GOOD.replace("2026-12-06T12:00:00Z", _PERSONAL),
+        _GOOD.replace('"u-1"', '"' + _PERSONAL * 20 + '"'),
+        _GOOD.replace('"u-1"', f'"{_PERSONAL}\u0000"'),
+        _GOOD.replace("1,", f'"{_PERSONAL}",'),
+        _GOOD.replace('"u-1"', "{" + f'"{_PERSONAL}": 1' + "}"),
+        f'["{_PERSONAL}"]',
+        f'{{"entity_id": "{_PERSONAL}"',
+        f'"{_PERSONAL}"',
+        _PERSONAL,
+    ],
+)
+def test_a_malformed_acks_row_keeps_its_reason_and_size_not_its_text(raw: str) -> None:
+    value = raw.encode()
+    with pytest.raises(PoisonRecord) as poison:
+        decode(RetentionAck, value)
+    record = ledger.malformed("acks", 0, 7, poison.value.reason, value)
+    row = ledger.ledger_row(record, NOW, ledger.RejectReason.MALFORMED)
+    assert all(_PERSONAL not in str(v) and "jane" not in str(v) for v in row), row
+    detail = row[ledger.LEDGER_COLUMNS[1:].index("detail")]
+    assert detail == f"{poison.value.reason} ({len(value)} bytes)"
+
+
+def test_a_malformed_acks_size_outlasts_a_long_reason() -> None:
+    record = ledger.malformed("acks", 0, 7, "x" * 5000, None)
+    row = ledger.ledger_row(record, NOW, ledger.RejectReason.MALFORMED)
+    detail = row[ledger.LEDGER_COLUMNS[1:].index("detail")]
+    assert (len(detail), detail[-11:]) == (2000, "x (0 bytes)")
 
 
 def test_a_ledger_row_names_a_known_event_by_the_id_it_is_given() -> None:

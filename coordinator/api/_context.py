@@ -19,6 +19,7 @@ from coordinator.clock import Clock
 from coordinator.copies.backups import BackupHorizon
 from coordinator.erasure.service import Erasure
 from coordinator.evidence.pseudonyms import Pepper
+from coordinator.metrics import Metrics
 from coordinator.operations.republish import RepublishSetup
 from coordinator.policy.model import PolicySet
 from coordinator.settings import Settings
@@ -62,6 +63,9 @@ class ApiContext:
     republish: RepublishSetup | None = None
     """Kafka and the signing key for the admin re-publish routes; None: they answer 503."""
     settings: Settings | None = None
+    metrics: Metrics | None = None
+    """The process's metrics, for those a route sets (/healthz: the tracker's missing
+    types); None: no route sets any."""
     """For what needs the key store (archive read) and the backup retentions."""
     # The console's session cookies (SPEC §14): signed with this secret, valid this long.
     ui_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)

@@ -16,14 +16,31 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from coordinator.kafka.admin import KafkaTopicAdmin, missing_topics
+from coordinator.metrics import Metrics
+from coordinator.tracking import ledger
 from schemas import KafkaSettings
 
-__all__ = ["KafkaHealth", "check_database"]
+__all__ = ["KafkaHealth", "check_database", "check_tracker"]
 
 
 async def check_database(engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
         await conn.execute(select(1))
+
+
+async def check_tracker(engine: AsyncEngine, metrics: Metrics | None) -> None:
+    """The database has the types the tracker binds its ack batches as: without them
+    (a database not upgraded) the tracker records no ack and retries its batches, while
+    the rest of `serve` works on."""
+    async with engine.connect() as conn:
+        missing = await ledger.missing_types(conn)
+    if metrics is not None:
+        metrics.tracker_types_missing.set(len(missing))
+    if missing:
+        raise LookupError(
+            f"types missing: {', '.join(missing)} "
+            f"(migrations {', '.join(ledger.migrations_for(missing))}: retention db upgrade)"
+        )
 
 
 class KafkaHealth:

@@ -43,7 +43,10 @@ class HealthCheck(_View):
 
 class HealthView(_View):
     status: Literal["ok", "unavailable"]
-    checks: dict[str, HealthCheck] = Field(description="`database` and `kafka`.")
+    checks: dict[str, HealthCheck] = Field(
+        description="`database`, `kafka`, and `tracker` (the database has the types the "
+        "tracker records acks with)."
+    )
     signatures: str = Field(
         description="RETENTION_SIGNATURES: required | permissive | off (off verifies nothing)."
     )

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from coordinator.api._context import Context
-from coordinator.api.health import check_database
+from coordinator.api.health import check_database, check_tracker
 from coordinator.api.models import HealthCheck, HealthView
 
 __all__ = ["router"]
@@ -32,7 +32,7 @@ async def _timed(check: Awaitable[None], timeout_s: float) -> HealthCheck:
     except TimeoutError:
         detail = f"no answer within {timeout_s:g}s"
     except LookupError as exc:
-        detail = str(exc)  # our own text: the missing topics' names
+        detail = str(exc)  # our own text: the missing topics' or types' names
     except Exception as exc:
         # Open to anyone: the class says what kind of failure, never the message.
         detail = f"unavailable ({type(exc).__name__})"
@@ -42,10 +42,16 @@ async def _timed(check: Awaitable[None], timeout_s: float) -> HealthCheck:
 @router.get(
     "/healthz",
     response_model=HealthView,
-    responses={503: {"model": HealthView, "description": "the database or Kafka is down"}},
+    responses={
+        503: {
+            "model": HealthView,
+            "description": "the database or Kafka is down, or the tracker cannot record",
+        }
+    },
 )
 async def healthz(ctx: Context, response: Response) -> HealthView:
-    """200 when the database and Kafka both answer; 503 naming what failed otherwise.
+    """200 when the database and Kafka both answer and the database has the tracker's
+    types; 503 naming what failed otherwise.
 
     Open without a token, so it says which part failed and the exception's class, never
     an error text.
@@ -54,12 +60,19 @@ async def healthz(ctx: Context, response: Response) -> HealthView:
         _timed(check_database(ctx.engine), ctx.health_timeout_s),
         _timed(ctx.kafka_health.check(), ctx.health_timeout_s),
     )
-    healthy = database.ok and kafka.ok
+    # After the database's check, on the connection it returned to the pool (a probe
+    # opens no second one); not at all when the database is down (no second timeout).
+    tracker = (
+        await _timed(check_tracker(ctx.engine, ctx.metrics), ctx.health_timeout_s)
+        if database.ok
+        else HealthCheck(ok=False, detail="database unavailable", seconds=0.0)
+    )
+    healthy = database.ok and kafka.ok and tracker.ok
     if not healthy:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     return HealthView(
         status="ok" if healthy else "unavailable",
-        checks={"database": database, "kafka": kafka},
+        checks={"database": database, "kafka": kafka, "tracker": tracker},
         signatures=ctx.signatures.value,
     )
 

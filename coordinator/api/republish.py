@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from coordinator.api._context import ApiContext, Context
 from coordinator.api.auth import Admin
 from coordinator.operations import republish_jobs
-from coordinator.operations.republish import Selection, UnknownSelection
+from coordinator.operations.republish import SAMPLE, Selection, UnknownSelection
 from coordinator.outbox.lookup import events_by
 
 __all__ = ["router"]
@@ -45,8 +45,15 @@ class RepublishRequest(BaseModel):
 
 
 class RepublishResult(BaseModel):
-    sent: list[uuid.UUID] = Field(description="Re-sent, same event ids.")
-    held: list[uuid.UUID] = Field(description="Under an active legal hold now: not sent.")
+    sent: list[uuid.UUID] = Field(
+        description=f"Re-sent, same event ids: the first {SAMPLE} (`sent_total` counts all)."
+    )
+    sent_total: int
+    held: list[uuid.UUID] = Field(
+        description=f"Under an active legal hold now, not sent: the first {SAMPLE}."
+    )
+    held_total: int
+    truncated: bool = Field(description="A list holds fewer ids than its total.")
 
 
 async def _republish(ctx: ApiContext, selection: Selection, actor: str) -> RepublishResult:
@@ -57,7 +64,7 @@ async def _republish(ctx: ApiContext, selection: Selection, actor: str) -> Repub
             done = await republisher.republish(selection, actor=actor)
     except UnknownSelection as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
-    return RepublishResult(sent=done.sent, held=done.held)
+    return RepublishResult.model_validate(done.as_dict())
 
 
 @router.post("/events/{event_id}/republish", response_model=RepublishResult, responses=_RESPONSES)

@@ -74,11 +74,11 @@ def republish(
     except UnknownSelection as exc:
         err_console.print(str(exc))
         if as_json:
-            emit_json({"sent": [], "held": []})
+            emit_json(Outcome().as_dict())
         raise typer.Exit(ExitCode.BAD_INPUT) from None
     if as_json:
         emit_json(done.as_dict())
         return
-    out_console.print(f"re-sent {len(done.sent)} event(s)")
-    if done.held:
-        out_console.print(f"{len(done.held)} event(s) under an active legal hold were not sent")
+    out_console.print(f"re-sent {done.sent_total} event(s)")
+    if done.held_total:
+        out_console.print(f"{done.held_total} event(s) under an active legal hold were not sent")

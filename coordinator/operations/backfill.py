@@ -182,7 +182,7 @@ async def backfill(
                     at=now,
                 )
         sending: list[StoredEvent] = [s for s in covered if s.event.event_id in to_send]
-        outcome = Outcome()
+        outcome = Outcome(keep=None)
         await republisher.send(
             sending,
             outcome,

@@ -302,7 +302,7 @@ async def redrive(
     for event_id, copies in wanted.items():
         if event_id not in found:
             done.add_left(copies, Left.NOT_IN_EVIDENCE)
-    outcome = Outcome()
+    outcome = Outcome(keep=None)
     for start in range(0, len(stored), BATCH):
         await republisher.send(
             stored[start : start + BATCH],

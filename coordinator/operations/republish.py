@@ -42,6 +42,7 @@ from schemas.signing import Signer
 
 __all__ = [
     "REPUBLISH_HEADER",
+    "SAMPLE",
     "Outcome",
     "RepublishSetup",
     "Republisher",
@@ -94,14 +95,44 @@ class Selection:
         return out
 
 
+SAMPLE = 100
+"""How many sent and held ids an `Outcome` lists by default: a run's re-send can send
+millions, which neither a response nor the process should hold."""
+
+
 @dataclass(slots=True)
 class Outcome:
+    """What a re-send did: whole counts, and the first `keep` sent and held ids (every id
+    with `keep=None`, for a caller whose selection is bounded already: one DLQ chunk, one
+    backfill page)."""
+
+    keep: int | None = SAMPLE
     sent: list[uuid.UUID] = field(default_factory=list)
     held: list[uuid.UUID] = field(default_factory=list)
     """Found but under an active hold now: not sent."""
+    sent_total: int = 0
+    held_total: int = 0
+
+    def add(self, sent: Sequence[uuid.UUID], held: Sequence[uuid.UUID]) -> None:
+        self.sent_total += len(sent)
+        self.held_total += len(held)
+        room = None if self.keep is None else max(self.keep - len(self.sent), 0)
+        self.sent.extend(sent[:room])
+        room = None if self.keep is None else max(self.keep - len(self.held), 0)
+        self.held.extend(held[:room])
+
+    @property
+    def truncated(self) -> bool:
+        return self.sent_total > len(self.sent) or self.held_total > len(self.held)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"sent": [str(i) for i in self.sent], "held": [str(i) for i in self.held]}
+        return {
+            "sent": [str(i) for i in self.sent],
+            "sent_total": self.sent_total,
+            "held": [str(i) for i in self.held],
+            "held_total": self.held_total,
+            "truncated": self.truncated,
+        }
 
 
 async def _expecting(
@@ -192,7 +223,7 @@ class Republisher:
                 reason="republish",
                 audit_data=selection.described(),
             )
-        if not outcome.sent and not outcome.held:
+        if not outcome.sent_total and not outcome.held_total:
             raise UnknownSelection(f"no published event matches the {selection.kind()}")
         return outcome
 
@@ -218,9 +249,10 @@ class Republisher:
             current = await events_by(
                 conn, now=self._clock.now(), event_ids=[s.event.event_id for s in stored]
             )
-            outcome.held.extend(s.event.event_id for s in current if s.held)
+            held = [s.event.event_id for s in current if s.held]
             events = [s.event for s in current if not s.held]
             if not events:
+                outcome.add([], held)
                 return
             await self._publisher.publish(self._topic, self.records(events, reason=reason))
             # Sent: the audit entry must follow, however long the chain's lock takes (a
@@ -241,7 +273,7 @@ class Republisher:
                     ],
                     at=self._clock.now(),
                 )
-        outcome.sent.extend(e.event_id for e in events)
+        outcome.add([e.event_id for e in events], held)
         log.info("events_republished", count=len(events), reason=reason)
         if progress is not None:
             progress(len(events))

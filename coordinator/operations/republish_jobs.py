@@ -193,12 +193,12 @@ class RepublishJobs:
                 state=state.value,
             )
         else:
-            await self._finish(job, JobState.DONE, sent=len(outcome.sent), held=len(outcome.held))
+            await self._finish(job, JobState.DONE, sent=outcome.sent_total, held=outcome.held_total)
             log.info(
                 "republish_job_done",
                 job_id=str(job.job_id),
-                sent=len(outcome.sent),
-                held=len(outcome.held),
+                sent=outcome.sent_total,
+                held=outcome.held_total,
             )
         finally:
             renewing.cancel()

@@ -28,6 +28,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy import event as sa_event
@@ -75,6 +76,9 @@ __all__ = [
     "learn_bound_types",
     "ledger_row",
     "lock_events",
+    "malformed",
+    "migrations_for",
+    "missing_types",
     "sorted_ids",
     "track_overtaken",
     "write_transitions",
@@ -104,9 +108,23 @@ _MADE_BY = {
 }
 """The migration that creates each of the tracker's own types."""
 _MISSING = (
-    "SELECT coalesce(array_agg(t ORDER BY t), '{}') FROM unnest($1::text[]) t"
+    "SELECT coalesce(array_agg(t ORDER BY t), '{{}}') FROM unnest(CAST({} AS text[])) t"
     " WHERE to_regtype(t) IS NULL"
 )
+"""Which of a list of type names the database lacks; `{}`: the list's parameter, asyncpg's
+in the checkout hook, SQLAlchemy's in `missing_types`."""
+
+
+async def missing_types(conn: AsyncConnection) -> list[str]:
+    """The tracker's own types this database lacks (sorted): while any is missing the
+    tracker records no ack (`/healthz` reports it, coordinator/api/ops.py)."""
+    found = await conn.scalar(text(_MISSING.format(":names")), {"names": list(_MADE_BY)})
+    return list(found)
+
+
+def migrations_for(types: Iterable[str]) -> list[str]:
+    """The migrations that create `types` (from `missing_types`), sorted."""
+    return sorted({_MADE_BY[name] for name in types})
 
 
 def learn_bound_types(engine: AsyncEngine) -> None:
@@ -136,11 +154,13 @@ def _learn(
         # missing type fail (and are retried); the next checkout learns again.
         if not record.info.get(_WARNED):
             record.info[_WARNED] = True
-            missing = dbapi_conn.run_async(lambda conn: conn.fetchval(_MISSING, list(_MADE_BY)))
+            missing = dbapi_conn.run_async(
+                lambda conn: conn.fetchval(_MISSING.format("$1"), list(_MADE_BY))
+            )
             log.warning(
                 "tracker_types_missing",
                 types=missing,
-                migrations=sorted({_MADE_BY[name] for name in missing}),
+                migrations=migrations_for(missing),
                 fix="retention db upgrade",
             )
         return
@@ -183,9 +203,10 @@ and detail of the ack that replaced the status, both NULL when none did (an ack'
 is never NULL); the batch's earliest ack time in microseconds, NULL when it is the
 acknowledged_at sent; how many new acks the batch holds for the row. The update adds
 these to the stored row (`_change_set`)."""
-_US_COLUMNS = {"acknowledged_us": "acknowledged_at", "first_ack_us": "first_ack_at"}
-"""The attributes sent as Unix microseconds (`_from_us`), and the timestamptz column
-each stands for."""
+_AS_INTEGERS = frozenset({"acknowledged_us", "first_ack_us", "event_ms"})
+"""The attributes of both composite types sent as bigints, each for a timestamptz
+column: an ack time as Unix microseconds (`_from_us`), a ledger row's `event_at` as Unix
+milliseconds."""
 LEDGER_COLUMNS = (
     "received_at",
     "kafka_topic",
@@ -213,7 +234,7 @@ _PER_ROW = tuple(name for name in LEDGER_COLUMNS if name != "received_at")
 """A ledger row as `ledger_row` makes it: a tuple of these values, in this order (the
 composite type `retention_ack_row_us`'s, migration 0034); `received_at` is bound once
 per insert."""
-_STORED = tuple(name for name in _PER_ROW if name not in ("event_ms", "acknowledged_us"))
+_STORED = tuple(name for name in _PER_ROW if name not in _AS_INTEGERS)
 """The columns `_PER_ROW` fills as they are; `event_ms` fills `event_at`,
 `acknowledged_us` `acknowledged_at`."""
 _L = {name: at for at, name in enumerate(_PER_ROW)}
@@ -281,6 +302,18 @@ class ConsumedAck:
     that does not verify against the service's declared keys."""
     key_id: str | None = None
     """The id of the declared key whose signature verified (None: unsigned, or not checked)."""
+
+
+def malformed(
+    topic: str, partition: int, offset: int, reason: str, raw: bytes | None
+) -> ConsumedAck:
+    """A record that did not decode, as its ledger row keeps it: the decoder's reason
+    (it names fields and rules, never a value: tests/test_decode_properties.py) and the
+    record's size, never its bytes: whoever can write to the acks topic chooses them,
+    and the row outlives the topic's copy. Its topic, partition and offset find the
+    DLQ's copy (whose headers carry them) while that is kept."""
+    size = f" ({0 if raw is None else len(raw)} bytes)"
+    return ConsumedAck(topic, partition, offset, None, reason[: _DETAIL_CHARS - len(size)] + size)
 
 
 class Overtaken(CoordinatorError):
@@ -750,7 +783,7 @@ def _change_set(new: Any) -> dict[str, Any]:
 _NEW = unnest_rows(
     "new",
     "retention_ack_change_us",
-    {n: BigInteger() if n in _US_COLUMNS else expected_acks.c[n].type for n in _CHANGE_COLUMNS},
+    {n: BigInteger() if n in _AS_INTEGERS else expected_acks.c[n].type for n in _CHANGE_COLUMNS},
 )
 _UPDATE_EXPECTED = (
     update(expected_acks)
@@ -1045,10 +1078,7 @@ def _ledger_insert(column: str) -> Any:
     consumed = unnest_rows(
         "consumed",
         "retention_ack_row_us",
-        {
-            name: BigInteger() if name in ("event_ms", "acknowledged_us") else c[name].type
-            for name in _PER_ROW
-        },
+        {name: BigInteger() if name in _AS_INTEGERS else c[name].type for name in _PER_ROW},
     )
     return pg_insert(ack_ledger).from_select(
         [*_STORED, "acknowledged_at", "event_at", "received_at", column],

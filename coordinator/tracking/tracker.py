@@ -393,7 +393,7 @@ class Tracker:
                 ack = decode(RetentionAck, msg.value)
             except PoisonRecord as exc:
                 batch.records.append(
-                    ledger.ConsumedAck(msg.topic, msg.partition, msg.offset, None, exc.reason)
+                    ledger.malformed(msg.topic, msg.partition, msg.offset, exc.reason, msg.value)
                 )
                 batch.poison.append((msg, exc.reason))
             else:

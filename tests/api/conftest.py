@@ -83,6 +83,7 @@ async def ctx(
         engine=engine,
         kafka_health=kafka_health,
         registry=metrics.registry,
+        metrics=metrics,
         clock=SystemClock(),
         tokens=TokenStore(tokens_file),
         policy_set=SEED_POLICIES,

@@ -13,8 +13,10 @@ from coordinator.api import ApiContext
 from coordinator.api.health import KafkaHealth
 from coordinator.metrics import Metrics
 from coordinator.store.db import make_engine
+from coordinator.store.migrate import upgrade
 from schemas import KafkaSettings
 from schemas.signing import SignatureMode
+from tests import infra
 from tests.api.conftest import make_client
 
 # What an open route may say about a failed check: its kind, never an error text.
@@ -87,6 +89,40 @@ async def test_healthz_503_when_the_topics_are_missing(ctx: ApiContext) -> None:
         await missing.close()
     assert response.status_code == 503
     assert "topics missing" in response.json()["checks"]["kafka"]["detail"]
+
+
+async def test_healthz_503_while_the_tracker_cannot_record(
+    ctx: ApiContext, metrics: Metrics
+) -> None:
+    # A database one migration behind the code: `serve` works on, but its tracker records
+    # no ack until the types exist; a readiness probe must see that.
+    url = await infra.create_database(infra.database_url(), "healthz_tracker_types")
+    behind = make_engine(url, pool_size=1)
+    missing = metrics.registry.get_sample_value
+    try:
+        await upgrade(url, "0033_verify_findings_index")
+        async with make_client(dataclasses.replace(ctx, engine=behind)) as client:
+            response = await client.get("/healthz")
+            assert response.status_code == 503, response.text
+            checks = response.json()["checks"]
+            assert (checks["database"]["ok"], checks["tracker"]) == (
+                True,
+                {
+                    "ok": False,
+                    "detail": "types missing: retention_ack_change_us, retention_ack_row_us "
+                    "(migrations 0034_ack_times_us: retention db upgrade)",
+                    "seconds": checks["tracker"]["seconds"],
+                },
+            )
+            assert missing("retention_tracker_types_missing") == 2
+            await upgrade(url)
+            response = await client.get("/healthz")
+            assert response.status_code == 200, response.text
+            assert response.json()["checks"]["tracker"]["ok"]
+            assert missing("retention_tracker_types_missing") == 0
+    finally:
+        await behind.dispose()
+        await infra.drop_database(url)
 
 
 async def test_healthz_reuses_one_kafka_client_and_the_pool(

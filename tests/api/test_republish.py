@@ -47,7 +47,13 @@ async def test_republish_routes_need_admin_and_send_the_stored_event(
         for route in routes:
             done = await client.post(route, json={}, headers=auth(tokens[Scope.ADMIN]))
             assert done.status_code == 200, done.text
-            assert done.json() == {"sent": [str(event_id)], "held": []}
+            assert done.json() == {
+                "sent": [str(event_id)],
+                "sent_total": 1,
+                "held": [],
+                "held_total": 0,
+                "truncated": False,
+            }
         missing = await client.post(
             f"/v1/events/{unpublished}/republish", json={}, headers=auth(tokens[Scope.ADMIN])
         )

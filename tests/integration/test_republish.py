@@ -141,6 +141,7 @@ async def test_an_overdue_event_completes_after_a_republish_to_one_service(
         assert (one.sent, one.held) == ([events[0]], [])
         assert (by_entity.sent, by_entity.held) == ([events[1]], [])
         assert (held.sent, held.held) == ([], [events[2]])
+        assert (held.sent_total, held.held_total, held.truncated) == (0, 1, False)
         # The batch read before the hold is checked again when it is sent.
         late = Outcome()
         await republisher.send(
