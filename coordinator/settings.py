@@ -164,13 +164,6 @@ class RelaySettings(BaseSettings):
         description="Records per signed Merkle tree: one Ed25519 signature each, and a proof "
         "of log2(n) steps in every record (docs/protocol.md).",
     )
-    sign_slice: int = Field(
-        default=0,
-        ge=0,
-        le=50_000,
-        description="Signature trees signed in one call before the relay lets its event "
-        "loop run (produce responses, the next request); 0: a whole chunk in one call.",
-    )
     proof_format: ProofFormat = Field(
         default=ProofFormat.V2,
         description="v2: one binary `retention-batch` header per signed event (about half "

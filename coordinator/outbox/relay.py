@@ -530,10 +530,13 @@ class OutboxRelay:
         else:
             # One Ed25519 signature per `signature_batch` records (a Merkle root), a proof
             # in each: smaller trees keep the proof header short, larger ones sign less.
-            signatures, proofs = await self._sign(keys, values)
-            chunk = RecordColumns(
-                keys, values, _SIGNED[self._settings.proof_format], [ids, signatures, proofs]
+            tree, proof_format = self._settings.signature_batch, self._settings.proof_format
+            signatures, proofs = (
+                self._signer.sign_columns_v2(keys, values, tree)
+                if proof_format is ProofFormat.V2
+                else self._signer.sign_columns(keys, values, tree)
             )
+            chunk = RecordColumns(keys, values, _SIGNED[proof_format], [ids, signatures, proofs])
         try:
             # Enqueueing awaits topic metadata, which can hang (aiokafka#759).
             async with asyncio.timeout_at(claim.deadline):
@@ -543,38 +546,6 @@ class OutboxRelay:
             claim.enqueue_error = exc
             return False
         return True
-
-    async def _sign(
-        self, keys: list[bytes | None], values: list[bytes | None]
-    ) -> tuple[list[bytes | None], list[bytes | None]]:
-        """Each record's signature and proof headers, `sign_slice` trees at a time.
-
-        Between slices the event loop runs: a produce response that arrived meanwhile is
-        read and the sender puts the next request on the wire, so the broker works while
-        the relay signs instead of waiting for a whole chunk's signing (docs/relay.md).
-        Trees are independent (each its own salt and signature), so slices at tree
-        boundaries give the same trees as one call.
-        """
-        signer, settings = self._signer, self._settings
-        assert signer is not None
-        tree = settings.signature_batch
-        sign = (
-            signer.sign_columns_v2
-            if settings.proof_format is ProofFormat.V2
-            else signer.sign_columns
-        )
-        step = settings.sign_slice * tree
-        if not step or len(keys) <= step:
-            return sign(keys, values, tree)  # type: ignore[return-value]
-        signatures: list[bytes | None] = []
-        proofs: list[bytes | None] = []
-        for start in range(0, len(keys), step):
-            if start:
-                await asyncio.sleep(0)
-            part = sign(keys[start : start + step], values[start : start + step], tree)
-            signatures += part[0]
-            proofs += part[1]
-        return signatures, proofs
 
     async def _settle(
         self, claim: _Claim
