@@ -63,10 +63,10 @@ class ApiContext:
     republish: RepublishSetup | None = None
     """Kafka and the signing key for the admin re-publish routes; None: they answer 503."""
     settings: Settings | None = None
+    """For what needs the key store (archive read) and the backup retentions."""
     metrics: Metrics | None = None
     """The process's metrics, for those a route sets (/healthz: the tracker's missing
     types); None: no route sets any."""
-    """For what needs the key store (archive read) and the backup retentions."""
     # The console's session cookies (SPEC §14): signed with this secret, valid this long.
     ui_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
     ui_session_s: float = 8 * 3600.0
