@@ -268,7 +268,10 @@ class ServeSettings(BaseSettings):
         "take before the remaining tasks are cancelled.",
     )
     health_timeout_s: float = Field(
-        default=2.0, gt=0, le=30, description="Bound on each /healthz check (database, Kafka)."
+        default=2.0,
+        gt=0,
+        le=30,
+        description="Bound on each /healthz check (database, Kafka, the tracker's types).",
     )
     erasure_interval_s: float = Field(
         default=5.0,

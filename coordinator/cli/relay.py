@@ -12,8 +12,8 @@ import signal
 
 import typer
 
-from coordinator.cli._app import emit_json, err_console, load_settings
-from coordinator.kafka.admin import ensure_topics
+from coordinator.cli._app import ExitCode, emit_json, err_console, load_settings
+from coordinator.kafka.admin import TopicsRefused, ensure_topics
 from coordinator.outbox.relay import OutboxRelay
 from coordinator.settings import Settings
 from coordinator.store.db import make_engine
@@ -52,7 +52,11 @@ def relay(
     # through the one pipeline (schemas.logs.configure_logging); don't reconfigure here.
     if not drain:
         err_console.print(f"relaying the outbox to {settings.kafka.topics.events}; Ctrl-C stops")
-    published, unpublished = asyncio.run(_relay(settings, drain=drain))
+    try:
+        published, unpublished = asyncio.run(_relay(settings, drain=drain))
+    except TopicsRefused as exc:
+        err_console.print(f"[red]retention relay:[/red] {exc}", highlight=False)
+        raise typer.Exit(ExitCode.ERRORS) from None
     if as_json:
         emit_json({"published": published, "unpublished": unpublished})
     else:

@@ -91,8 +91,10 @@ class KafkaTopicAdmin:
         for topic, code, *message in response.topic_errors:
             if code == 0:
                 created.append(topic)
-            # Another coordinator may create one between our list and create: fine.
-            elif code != TopicAlreadyExistsError.errno:
+            # Another coordinator may create one between our list and create: fine. A
+            # retriable answer (request timed out, not the controller) may still end in
+            # a topic: not reported as created, left to /healthz and the next start.
+            elif code != TopicAlreadyExistsError.errno and not for_code(code).retriable:
                 reason = message[0] if message and message[0] else for_code(code).__name__
                 refused.append((topic, reason))
         if refused:

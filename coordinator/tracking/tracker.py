@@ -19,6 +19,7 @@ from typing import NamedTuple, TypeVar
 
 import structlog
 from prometheus_client import Histogram
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator.clock import Clock
@@ -70,6 +71,9 @@ _CONTENDED_RETRIES = 3
 """A batch's immediate retries after `ledger.Contended`. Each locks the events named in
 the sorted pass, so they are never contended again: another retry needs yet other
 events changed meanwhile (a new delete of an answered entity, a new reopening)."""
+_UNDEFINED_OBJECT = "42704"
+"""SQLSTATE of a type (or other object) the database does not have: a batch failing on
+it may be a database not upgraded to the tracker's types (`Tracker.check_types`)."""
 DLQ_SERVICE = "tracker"
 """`DlqHeader.SERVICE` on acks the tracker dead-letters."""
 
@@ -195,6 +199,7 @@ class Tracker:
             slow_interval=timedelta(seconds=settings.slow_reminder_interval_s),
         )
         self._started = False
+        self._types_missing = 0
         self._gauge_services: set[str] = set()
         self._resurrected_services: set[str] = set()
         self._last_gauges = float("-inf")
@@ -421,12 +426,30 @@ class Tracker:
         if batch.poison:
             await self._dead_letter(batch.poison)
         # One connection for the batch: a checkout pings the server first.
-        async with self._engine.connect() as conn:
-            outcome, verified = await self._record_retrying(conn, records)
+        try:
+            async with self._engine.connect() as conn:
+                outcome, verified = await self._record_retrying(conn, records)
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) == _UNDEFINED_OBJECT:
+                await self.check_types()
+            raise
+        if self._types_missing:
+            self._types_missing = 0
+            self._metrics.tracker_types_missing.set(0)
         await self._client(self._kafka.acks).commit(batch.messages)
         self._count(outcome)
         self._count_answers(verified)
         return outcome
+
+    async def check_types(self) -> int:
+        """How many of the tracker's own types the database lacks (it records no ack
+        until `retention db upgrade` makes them), also set as
+        `retention_tracker_types_missing`: at start, and after a batch failed on one."""
+        async with self._engine.connect() as conn:
+            missing = len(await ledger.missing_types(conn))
+        self._types_missing = missing
+        self._metrics.tracker_types_missing.set(missing)
+        return missing
 
     async def _record_retrying(
         self, conn: AsyncConnection, records: list[ledger.ConsumedAck]
@@ -728,6 +751,7 @@ class Tracker:
         acks topic never delays tracking (docs/tracking.md)."""
         await self.start()
         try:
+            await self.check_types()
             await self.sync_registry()
             timeout_s = self._settings.poll_interval_s
             ahead: asyncio.Task[_AckBatch | None] | None = None

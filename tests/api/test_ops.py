@@ -101,7 +101,9 @@ async def test_healthz_503_while_the_tracker_cannot_record(
     missing = metrics.registry.get_sample_value
     try:
         await upgrade(url, "0033_verify_findings_index")
-        async with make_client(dataclasses.replace(ctx, engine=behind)) as client:
+        async with make_client(
+            dataclasses.replace(ctx, engine=behind, health_timeout_s=10)
+        ) as client:
             response = await client.get("/healthz")
             assert response.status_code == 503, response.text
             checks = response.json()["checks"]

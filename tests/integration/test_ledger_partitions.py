@@ -36,8 +36,8 @@ from coordinator.store.db import make_engine
 from coordinator.store.migrate import upgrade
 from coordinator.store.tables import ack_ledger, audit_log, event_status
 from coordinator.tracking import ledger
-from schemas import AckStatus, RetentionAck
 from tests import infra
+from tests.integration.tracking_support import ack
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 KEEP = timedelta(days=2192)
@@ -477,19 +477,6 @@ def test_the_command_converts_each_table_and_refuses_an_unknown_one(coordinator_
     assert "not a partitioned table: retention_event_status" in refused.stderr
 
 
-def _completed_ack(event_id: uuid.UUID, at: datetime) -> RetentionAck:
-    return RetentionAck(
-        event_id=event_id,
-        service="billing",
-        entity_type="user",
-        entity_id="u-1",
-        status=AckStatus.COMPLETED,
-        records_affected=1,
-        attempt=1,
-        acknowledged_at=at,
-    )
-
-
 async def test_the_tracker_s_milliseconds_store_the_function_s_event_at(
     coordinator_db: str,
 ) -> None:
@@ -509,7 +496,7 @@ async def test_the_tracker_s_milliseconds_store_the_function_s_event_at(
             "acks.event-ms",
             0,
             offset,
-            None if event_id is None else _completed_ack(event_id, NOW),
+            None if event_id is None else ack(event_id, "billing", "u-1", NOW),
             poison=None if event_id else "not json",
         )
         for offset, event_id in enumerate(claimed)
@@ -630,10 +617,10 @@ ACK_TIMES = [
 async def test_an_ack_time_is_stored_to_the_microsecond(coordinator_db: str, at: datetime) -> None:
     # Sent as Unix microseconds (migration 0034); PostgreSQL multiplies an interval
     # through float8, so all of them at once came back rounded past 2**53 (review30).
-    ack = _completed_ack(uuid.uuid4(), at)
+    completed = ack(uuid.uuid4(), "billing", "u-1", at)
     topic = f"acks-{uuid.uuid4().hex[:8]}"
     row = ledger.ledger_row(
-        ledger.ConsumedAck(topic, 0, 1, ack), NOW, ledger.RejectReason.BAD_SIGNATURE
+        ledger.ConsumedAck(topic, 0, 1, completed), NOW, ledger.RejectReason.BAD_SIGNATURE
     )
     engine = make_engine(coordinator_db)
     try:

@@ -421,6 +421,21 @@ async def test_rejected_acks_are_recorded_never_applied(env: Env) -> None:
     ]
     # Ack batches name their entry by link since migration 0031, not by seq.
     assert all(r.audit_link is not None and r.audit_seq is None for r in rows)
+    # A record that did not decode keeps the decoder's reason and its size, not its bytes.
+    async with env.engine.connect() as conn:
+        details = (
+            await conn.scalars(
+                select(ack_ledger.c.detail)
+                .where(
+                    ack_ledger.c.reject_reason == "malformed",
+                    ack_ledger.c.kafka_topic == env.kafka.topics.acks,
+                )
+                .order_by(ack_ledger.c.kafka_offset)
+            )
+        ).all()
+    sizes = [len(b'{"event_id": "not json'), len(b'{"service": "billing"}')]
+    assert [d.rpartition(" (")[2] for d in details] == [f"{n} bytes)" for n in sizes]
+    assert not [d for d in details if "not json" in d or '"service"' in d]
     dead = await _read_all(env.kafka, env.kafka.topics.dlq, 2)
     assert sorted(dict(m.headers)[DlqHeader.ERROR][:7] for m in dead) == [b"invalid", b"not JSO"]
 
@@ -1019,5 +1034,34 @@ async def test_a_database_not_yet_upgraded_fails_only_the_tracker_s_statements()
         assert ran
         assert not [q for q in ran if "pg_catalog" in q or "typeinfo" in q]
     finally:
+        await engine.dispose()
+        await infra.drop_database(url)
+
+
+async def test_the_tracker_says_how_many_of_its_types_are_missing_until_they_exist(
+    topics: KafkaSettings,
+) -> None:
+    """`retention_tracker_types_missing` follows the database from the tracker itself (at
+    start, and when a batch fails on a missing type), not only from /healthz calls."""
+    url = await infra.create_database(infra.database_url(), "tracker_types_gauge")
+    tracker, engine, metrics = make_tracker(url, topics, FrozenClock(T0), services=[])
+    try:
+        await upgrade(url, "0033_verify_findings_index")
+        await tracker.start()
+        producer = AIOKafkaProducer(**topics.client_kwargs())
+        await producer.start()
+        try:
+            await producer.send_and_wait(topics.topics.acks, b"not json", key=b"k")
+        finally:
+            await producer.stop()
+        assert _value(metrics, "retention_tracker_types_missing") == 0  # not looked yet
+        with pytest.raises(DBAPIError, match="retention_ack_row_us"):
+            await tracker.consume_acks(timeout_s=10)
+        assert _value(metrics, "retention_tracker_types_missing") == 2
+        await upgrade(url)
+        assert await tracker.consume_acks(timeout_s=10) is not None  # the batch again
+        assert _value(metrics, "retention_tracker_types_missing") == 0
+    finally:
+        await tracker.stop()
         await engine.dispose()
         await infra.drop_database(url)
