@@ -561,7 +561,10 @@ def e2e_detail(result: dict[str, Any]) -> dict[str, Any]:
     return detail
 
 
-_NOT_SERVICES = ("bench", "postgres", "poller")
+_NOT_SERVICES = ("bench", "postgres", "postgres_services", "poller", "postgres_server", "kafka")
+"""The parts of a contestant's `cpu_s` that are not its service processes (bench/e2e.py
+`_report`). `postgres_services` is a share of `postgres`, and the whole servers overlap
+it: each is reported apart, none is added to another."""
 
 
 def _is_replica(process: str) -> bool:
@@ -571,9 +574,15 @@ def _is_replica(process: str) -> bool:
 
 def _cpu_parts(runs: list[dict[str, Any]]) -> list[str]:
     """The parts reported: the services summed, `serve` (the replicas summed) and each
-    replica where there are any, then this process, PostgreSQL and the poller."""
+    replica where there are any, then this process, PostgreSQL, the poller and the whole
+    servers, those the runs measured."""
     replicas = sorted({p for got in runs for p in got["cpu_s"] if _is_replica(p)})
-    return ["services", *(["serve", *replicas] if replicas else []), *_NOT_SERVICES]
+    measured = {p for got in runs for p in got["cpu_s"]}
+    return [
+        "services",
+        *(["serve", *replicas] if replicas else []),
+        *(p for p in _NOT_SERVICES if p in measured),
+    ]
 
 
 def _cpu_part(got: dict[str, Any], part: str) -> float:

@@ -55,7 +55,7 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy import ARRAY, Select, Text, any_, func, literal, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from bench.proc_cpu import backend_cpu, cpu_seconds
+from bench.proc_cpu import backend_cpu, cpu_seconds, family_cpu_seconds, parent_pid
 from bench.seed_executor import check_ids, in_params
 from coordinator.clock import SystemClock
 from coordinator.outbox.lookup import event_counts, tracked_up_to
@@ -454,6 +454,33 @@ async def _backend_cpu_parts(
     cpu["poller"] = sum(v for pid, v in delta.items() if pid in poller)
 
 
+async def _servers(stack: Stack) -> dict[str, tuple[int, Callable[[int], float]]]:
+    """The whole broker ("kafka", when this project's scripts started it: its pid file)
+    and the whole PostgreSQL server ("postgres_server": the postmaster and every process
+    it forked, those that ended meanwhile too), each with how its CPU is read.
+
+    Both serve any client, so on a quiet machine they add what the per-process figures
+    leave out (the broker; autovacuum and parallel workers), and elsewhere they include
+    other work."""
+    engine = make_engine(infra.with_database(stack.coordinator_url, "postgres"))
+    try:
+        async with engine.connect() as conn:
+            backend = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+    finally:
+        await engine.dispose()
+    servers: dict[str, tuple[int, Callable[[int], float]]] = {
+        "postgres_server": (parent_pid(backend), family_cpu_seconds)
+    }
+    broker = ROOT / ".cache" / "kafka" / "broker.pid"
+    if broker.exists():
+        servers["kafka"] = (int(broker.read_text().split()[0]), cpu_seconds)
+    return servers
+
+
+def _servers_cpu(servers: dict[str, tuple[int, Callable[[int], float]]]) -> dict[str, float]:
+    return {name: read(pid) for name, (pid, read) in servers.items()}
+
+
 def _own_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -472,7 +499,9 @@ def _report(
         # publisher. Both include the milestone poller's Python side (one query per
         # pending milestone per poll, O(log T) polls). "serve-N": ours' replicas.
         # "postgres": the backends serving this round's two databases, except the
-        # poller's; "poller": the poller's backends, reported apart.
+        # poller's; "postgres_services": those of them serving the service database;
+        # "poller": the poller's backends, reported apart; "postgres_server" and "kafka":
+        # the whole servers (`_servers`).
         "cpu_s": {name: round(value, 2) for name, value in cpu.items()},
     }
 
@@ -552,8 +581,10 @@ async def _ours(
             milestones = Milestones(_urls(stack), _ours_checks(users))
             await milestones.open()
             processes = [stack.processes[s] for s in PRODUCT_SERVICES] + serve
+            servers = await _servers(stack)
             cpu_before = {p.name: _cpu_seconds(p) for p in processes}
             cpu_before["bench"] = _own_cpu_seconds()
+            cpu_before |= _servers_cpu(servers)
             backends_before = await _backend_cpu(stack, milestones)
             gc.freeze()  # as `retention serve` does once started
             milestones.begin()
@@ -583,6 +614,7 @@ async def _ours(
             seconds = milestones.at["completed"]
             cpu = {p.name: _cpu_seconds(p) - cpu_before[p.name] for p in processes}
             cpu["bench"] = _own_cpu_seconds() - cpu_before["bench"]
+            cpu |= {n: v - cpu_before[n] for n, v in _servers_cpu(servers).items()}
             await _backend_cpu_parts(stack, milestones, backends_before, cpu)
             await milestones.stop()
         finally:
@@ -659,8 +691,10 @@ async def _seed(users: Users, log_dir: Path, label: str) -> dict[str, Any]:
         milestones = Milestones(_urls(stack), _service_checks(users))
         await milestones.open()
         try:
+            servers = await _servers(stack)
             cpu_before = {p.name: _cpu_seconds(p) for p in processes}
             cpu_before["bench"] = _own_cpu_seconds()
+            cpu_before |= _servers_cpu(servers)
             backends_before = await _backend_cpu(stack, milestones)
             gc.freeze()  # the same for the seed: neither pays for the other's setup
             milestones.begin()
@@ -677,6 +711,7 @@ async def _seed(users: Users, log_dir: Path, label: str) -> dict[str, Any]:
             seconds = max(milestones.at[s] for s in PRODUCT_SERVICES)
             cpu = {p.name: _cpu_seconds(p) - cpu_before[p.name] for p in processes}
             cpu["bench"] = _own_cpu_seconds() - cpu_before["bench"]
+            cpu |= {n: v - cpu_before[n] for n, v in _servers_cpu(servers).items()}
             await _backend_cpu_parts(stack, milestones, backends_before, cpu)
         finally:
             await milestones.stop()

@@ -221,8 +221,8 @@ def backfill(
 
     def shown(so_far: backfills.Backfilled) -> None:
         err_console.print(
-            f"backfill {name}: {so_far.covered} covered, {len(so_far.added)} added, "
-            f"{len(so_far.sent)} sent",
+            f"backfill {name}: {so_far.covered} covered, {so_far.added_total} added, "
+            f"{so_far.sent_total} sent",
             highlight=False,
         )
 
@@ -251,7 +251,7 @@ def backfill(
         emit_json(done.as_dict())
         return
     out_console.print(
-        f"{name}: expected for {len(done.added)} more event(s) "
-        f"({len(done.reopened)} reopened), {len(done.sent)} sent"
-        + (f", {len(done.held)} held (not sent)" if done.held else "")
+        f"{name}: expected for {done.added_total} more event(s) "
+        f"({done.reopened_total} reopened), {done.sent_total} sent"
+        + (f", {done.held_total} held (not sent)" if done.held_total else "")
     )

@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from coordinator.clock import Clock
 from coordinator.evidence import audit
-from coordinator.operations.republish import BATCH, Outcome, Republisher
+from coordinator.operations.republish import BATCH, SAMPLE, Outcome, Republisher
 from coordinator.outbox.lookup import StoredEvent, events_by
 from coordinator.policy.model import DeclaredService
 from coordinator.store.tables import event_status, expected_acks
@@ -40,22 +40,57 @@ _OPEN = ("pending", "failed")
 
 @dataclass(slots=True)
 class Backfilled:
+    """What a backfill did: whole counts, and the first `SAMPLE` ids of each kind. A
+    backfill over years of events can touch millions, which neither the process nor its
+    `--json` should hold; its audit entries name every one."""
+
     covered: int = 0
     """Events since the date, still in the evidence, that the declaration covers."""
     added: list[uuid.UUID] = field(default_factory=list)
-    """Events the service became an expected acknowledger of now."""
+    """Events the service became an expected acknowledger of now (the first)."""
     reopened: list[uuid.UUID] = field(default_factory=list)
-    """Of those, events that had completed and are open again."""
+    """Of those, events that had completed and are open again (the first)."""
     sent: list[uuid.UUID] = field(default_factory=list)
     held: list[uuid.UUID] = field(default_factory=list)
+    added_total: int = 0
+    reopened_total: int = 0
+    sent_total: int = 0
+    held_total: int = 0
+
+    def add(
+        self,
+        added: Sequence[uuid.UUID],
+        reopened: Sequence[uuid.UUID],
+        sent: Sequence[uuid.UUID],
+        held: Sequence[uuid.UUID],
+    ) -> None:
+        """Count one page's ids, keeping the first `SAMPLE` of each kind."""
+        self.added_total += len(added)
+        self.reopened_total += len(reopened)
+        self.sent_total += len(sent)
+        self.held_total += len(held)
+        for kept, ids in (
+            (self.added, added),
+            (self.reopened, reopened),
+            (self.sent, sent),
+            (self.held, held),
+        ):
+            kept.extend(ids[: max(SAMPLE - len(kept), 0)])
+
+    @property
+    def truncated(self) -> bool:
+        """`as_dict`'s held ids are fewer than `held_total` (the other kinds it counts)."""
+        return self.held_total > len(self.held)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "covered": self.covered,
-            "added": len(self.added),
-            "reopened": len(self.reopened),
-            "sent": len(self.sent),
+            "added": self.added_total,
+            "reopened": self.reopened_total,
+            "sent": self.sent_total,
             "held": [str(i) for i in self.held],
+            "held_total": self.held_total,
+            "truncated": self.truncated,
         }
 
 
@@ -191,9 +226,6 @@ async def backfill(
             audit_data={"service": service.name, "backfill": True},
         )
         done.covered += len(covered)
-        done.added += added
-        done.reopened += reopened
-        done.sent += outcome.sent
-        done.held += outcome.held
+        done.add(added, reopened, outcome.sent, outcome.held)
         if progress is not None:
             progress(done)

@@ -144,6 +144,44 @@ def test_serve_replicas_are_parts_of_their_own_not_services() -> None:
     assert set(detail["seed"]["cpu_ms_per_entity"]) == {"services", "bench", "postgres", "poller"}
 
 
+def test_database_and_server_shares_are_parts_of_their_own_not_services() -> None:
+    """The service database's backends (a share of `postgres`) and the whole PostgreSQL
+    server and broker are reported apart: added to the services they counted the services'
+    database work twice (files of sessions 12-16 did)."""
+    got = {
+        "entities": 1000,
+        "seconds": 2.0,
+        "entities_per_s": 500.0,
+        "milestones_s": {"completed": 2.0},
+        "polls": 9,
+        "cpu_s": {
+            "billing": 0.2,
+            "notifications": 0.1,
+            "bench": 0.05,
+            "postgres": 0.4,
+            "postgres_services": 0.15,
+            "poller": 0.01,
+            "postgres_server": 0.5,
+            "kafka": 0.3,
+        },
+        "check": {},
+    }
+
+    cpu = bench_main.e2e_detail({"rounds": [{}], "e2e_alone": got})["ours_alone"]
+
+    assert cpu["cpu_ms_per_entity"] == pytest.approx(
+        {
+            "services": 0.3,
+            "bench": 0.05,
+            "postgres": 0.4,
+            "postgres_services": 0.15,
+            "poller": 0.01,
+            "postgres_server": 0.5,
+            "kafka": 0.3,
+        }
+    )
+
+
 def test_the_header_says_how_many_replicas_ours_ran_on_when_the_file_says() -> None:
     result = _result()
     assert "replica" not in results.markdown(Path("old.json"), result)

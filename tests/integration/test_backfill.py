@@ -22,7 +22,7 @@ from coordinator.clock import SystemClock
 from coordinator.evidence import audit
 from coordinator.kafka.clients import KafkaPublisher
 from coordinator.operations.backfill import Backfilled, backfill
-from coordinator.operations.republish import Republisher
+from coordinator.operations.republish import SAMPLE, Republisher
 from coordinator.store.migrate import upgrade
 from coordinator.store.tables import audit_log, event_status
 from coordinator.tracking import queries
@@ -116,7 +116,7 @@ async def test_a_new_service_is_backfilled_for_the_last_days_and_certificates_na
             clock=SystemClock(),
             window=WINDOW,
             reminder_interval=timedelta(hours=1),
-            progress=lambda so_far: progress.append(len(so_far.sent)),
+            progress=lambda so_far: progress.append(so_far.sent_total),
         )
         assert sorted(done.added) == sorted(recent)
         assert sorted(done.reopened) == sorted(recent)
@@ -200,8 +200,34 @@ async def test_a_new_service_is_backfilled_for_the_last_days_and_certificates_na
 
 
 def test_backfilled_reports_counts() -> None:
-    done = Backfilled(covered=2, added=[uuid.uuid4()], sent=[uuid.uuid4()])
-    assert done.as_dict() == {"covered": 2, "added": 1, "reopened": 0, "sent": 1, "held": []}
+    done = Backfilled(covered=2)
+    done.add([uuid.uuid4()], [], [uuid.uuid4()], [])
+    assert done.as_dict() == {
+        "covered": 2,
+        "added": 1,
+        "reopened": 0,
+        "sent": 1,
+        "held": [],
+        "held_total": 0,
+        "truncated": False,
+    }
+
+
+def test_backfilled_counts_every_id_and_keeps_the_first_of_each_kind() -> None:
+    done = Backfilled()
+    pages = [[uuid.uuid4() for _ in range(SAMPLE - 1)], [uuid.uuid4() for _ in range(5)]]
+    for page in pages:
+        done.add(page, page[:2], page, page)
+    first = [*pages[0], pages[1][0]]
+    assert (done.added, done.sent, done.held) == (first, first, first)
+    assert done.reopened == [*pages[0][:2], *pages[1][:2]]
+    assert (done.added_total, done.reopened_total, done.sent_total) == (SAMPLE + 4, 4, SAMPLE + 4)
+    shown = done.as_dict()
+    assert (shown["held_total"], len(shown["held"]), shown["truncated"]) == (
+        SAMPLE + 4,
+        SAMPLE,
+        True,
+    )
 
 
 async def test_the_backfill_command_reads_the_declaration_and_shows_progress(
@@ -269,6 +295,8 @@ async def test_the_backfill_command_reads_the_declaration_and_shows_progress(
             "reopened": 0,
             "sent": 2,
             "held": [],
+            "held_total": 0,
+            "truncated": False,
         }
         assert f"backfill {new}: 2 covered, 2 added, 2 sent" in done.stderr
         async with engine.connect() as conn:
