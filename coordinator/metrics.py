@@ -84,7 +84,7 @@ class Metrics:
         self.tracker_types_missing = Gauge(
             "retention_tracker_types_missing",
             "The tracker's own database types missing (a database not upgraded: no ack is "
-            "recorded until `retention db upgrade`); set by each /healthz.",
+            "recorded until `retention db upgrade`); set by each /healthz and by the tracker.",
             registry=r,
         )
         self.pending_acks = Gauge(
