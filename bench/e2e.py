@@ -38,6 +38,7 @@ the seed keeps no such record, so a redelivered message would be applied again u
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -462,23 +463,32 @@ async def _servers(stack: Stack) -> dict[str, tuple[int, Callable[[int], float]]
     Both serve any client, so on a quiet machine they add what the per-process figures
     leave out (the broker; autovacuum and parallel workers), and elsewhere they include
     other work."""
+    servers: dict[str, tuple[int, Callable[[int], float]]] = {}
     engine = make_engine(infra.with_database(stack.coordinator_url, "postgres"))
     try:
         async with engine.connect() as conn:
             backend = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+            # While the connection is open: its backend exits with it.
+            servers["postgres_server"] = (parent_pid(backend), family_cpu_seconds)
     finally:
         await engine.dispose()
-    servers: dict[str, tuple[int, Callable[[int], float]]] = {
-        "postgres_server": (parent_pid(backend), family_cpu_seconds)
-    }
-    broker = ROOT / ".cache" / "kafka" / "broker.pid"
-    if broker.exists():
-        servers["kafka"] = (int(broker.read_text().split()[0]), cpu_seconds)
+    pid_file = ROOT / ".cache" / "kafka" / "broker.pid"
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        # A pid file left by a broker that stopped (or whose pid was reused) is no broker.
+        pid = int(pid_file.read_text().split()[0])
+        if b"kafka.Kafka" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            servers["kafka"] = (pid, cpu_seconds)
     return servers
 
 
 def _servers_cpu(servers: dict[str, tuple[int, Callable[[int], float]]]) -> dict[str, float]:
-    return {name: read(pid) for name, (pid, read) in servers.items()}
+    """Each server's CPU seconds so far; one that has ended (a broker a test restarted) is
+    left out."""
+    cpu: dict[str, float] = {}
+    for name, (pid, read) in servers.items():
+        with contextlib.suppress(OSError):
+            cpu[name] = read(pid)
+    return cpu
 
 
 def _own_cpu_seconds() -> float:
@@ -614,7 +624,9 @@ async def _ours(
             seconds = milestones.at["completed"]
             cpu = {p.name: _cpu_seconds(p) - cpu_before[p.name] for p in processes}
             cpu["bench"] = _own_cpu_seconds() - cpu_before["bench"]
-            cpu |= {n: v - cpu_before[n] for n, v in _servers_cpu(servers).items()}
+            cpu |= {
+                n: v - cpu_before[n] for n, v in _servers_cpu(servers).items() if n in cpu_before
+            }
             await _backend_cpu_parts(stack, milestones, backends_before, cpu)
             await milestones.stop()
         finally:
@@ -711,7 +723,9 @@ async def _seed(users: Users, log_dir: Path, label: str) -> dict[str, Any]:
             seconds = max(milestones.at[s] for s in PRODUCT_SERVICES)
             cpu = {p.name: _cpu_seconds(p) - cpu_before[p.name] for p in processes}
             cpu["bench"] = _own_cpu_seconds() - cpu_before["bench"]
-            cpu |= {n: v - cpu_before[n] for n, v in _servers_cpu(servers).items()}
+            cpu |= {
+                n: v - cpu_before[n] for n, v in _servers_cpu(servers).items() if n in cpu_before
+            }
             await _backend_cpu_parts(stack, milestones, backends_before, cpu)
         finally:
             await milestones.stop()

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
+from coordinator import CoordinatorError
 from schemas import KafkaSettings
 
 __all__ = [
@@ -39,7 +40,7 @@ class TopicSpec:
     compacted: bool = False
 
 
-class TopicsRefused(RuntimeError):
+class TopicsRefused(CoordinatorError, RuntimeError):
     """The broker refused to create these topics: (name, its reason) each. Its text names
     only topics and the broker's reasons, so it can be shown as it is."""
 

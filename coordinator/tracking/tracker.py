@@ -444,7 +444,8 @@ class Tracker:
     async def check_types(self) -> int:
         """How many of the tracker's own types the database lacks (it records no ack
         until `retention db upgrade` makes them), also set as
-        `retention_tracker_types_missing`: at start, and after a batch failed on one."""
+        `retention_tracker_types_missing`: with the other gauges (the first housekeeping
+        pass, then every `gauges_interval_s`) and after a batch failed on one."""
         async with self._engine.connect() as conn:
             missing = len(await ledger.missing_types(conn))
         self._types_missing = missing
@@ -714,6 +715,7 @@ class Tracker:
         async with self._engine.connect() as conn:
             counts = await deadlines.open_acks_by_service(conn, now=self._clock.now())
             resurrected = await answers.resurrected_events(conn)
+        await self.check_types()
         for service in self._resurrected_services - resurrected.keys():
             self._metrics.resurrected_events.labels(service=service).set(0)
         for service, count in resurrected.items():
@@ -751,7 +753,6 @@ class Tracker:
         acks topic never delays tracking (docs/tracking.md)."""
         await self.start()
         try:
-            await self.check_types()
             await self.sync_registry()
             timeout_s = self._settings.poll_interval_s
             ahead: asyncio.Task[_AckBatch | None] | None = None
