@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -107,25 +108,32 @@ def test_ours_alone_is_a_phase_of_its_own_without_a_seed() -> None:
     )
 
 
-def test_serve_replicas_are_parts_of_their_own_not_services() -> None:
-    """Ours' `retention serve` replicas ("serve-N") are reported each and summed, never
-    counted with the services; a contestant without replicas has no such parts."""
-    ours = {
+def _contestant(cpu_s: dict[str, float]) -> dict[str, Any]:
+    """One end-to-end contestant of 1,000 entities in 2 s with these CPU seconds."""
+    return {
         "entities": 1000,
         "seconds": 2.0,
         "entities_per_s": 500.0,
         "milestones_s": {"completed": 2.0},
         "polls": 9,
-        "cpu_s": {
+        "cpu_s": cpu_s,
+        "check": {},
+    }
+
+
+def test_serve_replicas_are_parts_of_their_own_not_services() -> None:
+    """Ours' `retention serve` replicas ("serve-N") are reported each and summed, never
+    counted with the services; a contestant without replicas has no such parts."""
+    ours = _contestant(
+        {
             "billing": 0.2,
             "serve-1": 0.1,
             "serve-2": 0.15,
             "bench": 0.05,
             "postgres": 0.4,
             "poller": 0.01,
-        },
-        "check": {},
-    }
+        }
+    )
     seed = {**ours, "cpu_s": {"seed-billing": 0.5, "bench": 0.1, "postgres": 0.3, "poller": 0.01}}
 
     detail = bench_main.e2e_detail({"rounds": [{"e2e": {"ours": ours, "seed": seed}}]})
@@ -148,13 +156,8 @@ def test_database_and_server_shares_are_parts_of_their_own_not_services() -> Non
     """The service database's backends (a share of `postgres`) and the whole PostgreSQL
     server and broker are reported apart: added to the services they counted the services'
     database work twice (files of sessions 12-16 did)."""
-    got = {
-        "entities": 1000,
-        "seconds": 2.0,
-        "entities_per_s": 500.0,
-        "milestones_s": {"completed": 2.0},
-        "polls": 9,
-        "cpu_s": {
+    got = _contestant(
+        {
             "billing": 0.2,
             "notifications": 0.1,
             "bench": 0.05,
@@ -163,9 +166,8 @@ def test_database_and_server_shares_are_parts_of_their_own_not_services() -> Non
             "poller": 0.01,
             "postgres_server": 0.5,
             "kafka": 0.3,
-        },
-        "check": {},
-    }
+        }
+    )
 
     cpu = bench_main.e2e_detail({"rounds": [{}], "e2e_alone": got})["ours_alone"]
 
